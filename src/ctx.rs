@@ -1,0 +1,102 @@
+//! The context every command runs in: settings, config, and the paths and
+//! handles derived from them.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use crate::config::{Config, ProjectConfig, Settings};
+use crate::db::Db;
+use crate::error::Error;
+use crate::pipeline::Policy;
+
+/// Settings plus config; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub settings: Settings,
+    pub config: Config,
+}
+
+impl Ctx {
+    /// Loads the config named by `settings`.
+    ///
+    /// Errors: [`Error::Config`] for an unreadable or invalid config.
+    pub fn load(settings: Settings) -> Result<Ctx, Error> {
+        let config = Config::load(&settings.config_path, settings.config_explicit)?;
+        Ok(Ctx { settings, config })
+    }
+
+    /// Creates the state folders and refuses NFS. Idempotent.
+    pub fn ensure_state_dirs(&self) -> anyhow::Result<()> {
+        let s = &self.settings;
+        for dir in [
+            s.state_dir.clone(),
+            s.locks_dir(),
+            s.logs_dir(),
+            s.repos_dir(),
+            s.worktrees_dir(),
+            s.verdicts_dir(),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating state folder {}", dir.display()))?;
+        }
+        crate::lock::ensure_local_fs(&s.state_dir)
+    }
+
+    /// Opens (and migrates) the database and syncs the project registry
+    /// into it. Call after taking any tick lock.
+    pub fn open_db(&self) -> anyhow::Result<Db> {
+        self.ensure_state_dirs()?;
+        let db = Db::open(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        let now = crate::clock::now_ms();
+        db.write(|tx| {
+            for p in &self.config.projects {
+                tx.sync_project(p, now)?;
+            }
+            Ok(())
+        })?;
+        Ok(db)
+    }
+
+    /// Takes the non-blocking tick lock `name` (exit 75 when busy).
+    pub fn tick_lock(&self, name: &str) -> anyhow::Result<crate::lock::LockGuard> {
+        self.ensure_state_dirs()?;
+        crate::lock::try_tick_lock(&self.settings.locks_dir(), name)
+    }
+
+    /// The transition policy.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_developer_retries: self.settings.max_developer_retries,
+        }
+    }
+
+    /// The project `name`.
+    ///
+    /// Errors: [`Error::Config`] when it is not in the registry (a task
+    /// whose project was removed from the config).
+    pub fn project(&self, name: &str) -> Result<&ProjectConfig, Error> {
+        self.config.project(name).ok_or_else(|| {
+            Error::config(
+                "projects",
+                format!("no project named {name:?} in the config"),
+            )
+        })
+    }
+
+    /// The git handle of a project's shared clone.
+    pub fn repo(&self, p: &ProjectConfig) -> crate::git::Repo {
+        crate::git::Repo {
+            locks_dir: self.settings.locks_dir(),
+            clone_dir: self.settings.repos_dir().join(&p.name),
+            origin_url: p.clone_url.clone(),
+            default_branch: p.default_branch.clone(),
+            branch_prefix: "orch/".into(),
+        }
+    }
+
+    /// Log file path for a name under `<state_dir>/logs`.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.settings.logs_dir().join(name)
+    }
+}

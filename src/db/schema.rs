@@ -1,0 +1,198 @@
+//! The append-only list of schema migrations. Entry `i` brings the
+//! database from `PRAGMA user_version = i` to `i + 1`. Never edit or
+//! reorder an entry; add a new one.
+//!
+//! Times are unix milliseconds in `*_ms` columns.
+
+/// Migrations in order; `MIGRATIONS.len()` is the schema version this
+/// binary writes.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+CREATE TABLE projects (
+    name               TEXT PRIMARY KEY,
+    tracker            TEXT NOT NULL,
+    tracker_project_id TEXT NOT NULL DEFAULT '',
+    forge              TEXT NOT NULL,
+    repo               TEXT NOT NULL DEFAULT '',
+    default_branch     TEXT NOT NULL,
+    clone_url          TEXT NOT NULL,
+    synced_at_ms       INTEGER NOT NULL
+);
+
+CREATE TABLE local_issues (
+    id            INTEGER PRIMARY KEY,
+    project       TEXT NOT NULL REFERENCES projects(name),
+    title         TEXT NOT NULL,
+    body          TEXT NOT NULL DEFAULT '',
+    state         TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE tasks (
+    id                INTEGER PRIMARY KEY,
+    project           TEXT NOT NULL REFERENCES projects(name),
+    tracker_issue_id  TEXT NOT NULL,
+    sequence          INTEGER NOT NULL,
+    title             TEXT NOT NULL,
+    body              TEXT NOT NULL DEFAULT '',
+    stage             TEXT NOT NULL,
+    version           INTEGER NOT NULL,
+    branch            TEXT NOT NULL,
+    worktree          TEXT NOT NULL,
+    developer_retries INTEGER NOT NULL DEFAULT 0,
+    escalated         INTEGER NOT NULL DEFAULT 0,
+    escalated_reason  TEXT,
+    created_at_ms     INTEGER NOT NULL,
+    updated_at_ms     INTEGER NOT NULL,
+    UNIQUE (project, tracker_issue_id),
+    UNIQUE (branch)
+);
+CREATE INDEX tasks_stage ON tasks(stage, escalated);
+
+CREATE TABLE transitions (
+    id         INTEGER PRIMARY KEY,
+    task_id    INTEGER NOT NULL REFERENCES tasks(id),
+    from_stage TEXT,
+    to_stage   TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    actor      TEXT NOT NULL CHECK (actor IN ('worker','reaper','reconciler','webhook','human')),
+    job_id     INTEGER REFERENCES jobs(id),
+    reason     TEXT NOT NULL DEFAULT '',
+    at_ms      INTEGER NOT NULL,
+    UNIQUE (task_id, version)
+);
+
+CREATE TABLE jobs (
+    id                  INTEGER PRIMARY KEY,
+    task_id             INTEGER NOT NULL REFERENCES tasks(id),
+    stage               TEXT NOT NULL,
+    role                TEXT NOT NULL,
+    task_version        INTEGER NOT NULL,
+    status              TEXT NOT NULL CHECK (status IN ('queued','running','done','failed','cancelled')),
+    attempt             INTEGER NOT NULL DEFAULT 1,
+    available_at_ms     INTEGER NOT NULL,
+    worker_host         TEXT,
+    worker_pid          INTEGER,
+    worker_start_time   INTEGER,
+    agent_pid           INTEGER,
+    agent_start_time    INTEGER,
+    claimed_at_ms       INTEGER,
+    heartbeat_at_ms     INTEGER,
+    timeout_s           INTEGER,
+    exit_code           INTEGER,
+    exit_recorded_at_ms INTEGER,
+    last_error          TEXT,
+    created_at_ms       INTEGER NOT NULL,
+    finished_at_ms      INTEGER,
+    UNIQUE (task_id, stage, task_version)
+);
+CREATE INDEX jobs_status ON jobs(status, available_at_ms);
+
+CREATE TABLE agent_runs (
+    id                          INTEGER PRIMARY KEY,
+    job_id                      INTEGER NOT NULL REFERENCES jobs(id),
+    task_id                     INTEGER NOT NULL REFERENCES tasks(id),
+    stage                       TEXT NOT NULL,
+    role                        TEXT NOT NULL,
+    attempt                     INTEGER NOT NULL,
+    pid                         INTEGER,
+    argv                        TEXT NOT NULL,
+    exit_code                   INTEGER,
+    duration_ms                 INTEGER,
+    success                     INTEGER,
+    usage_known                 INTEGER NOT NULL DEFAULT 0,
+    input_tokens                INTEGER NOT NULL DEFAULT 0,
+    output_tokens               INTEGER NOT NULL DEFAULT 0,
+    cache_read_input_tokens     INTEGER NOT NULL DEFAULT 0,
+    cache_creation_input_tokens INTEGER NOT NULL DEFAULT 0,
+    cost_usd                    REAL NOT NULL DEFAULT 0,
+    session_id                  TEXT,
+    permission_denials          TEXT,
+    log_path                    TEXT NOT NULL,
+    started_at_ms               INTEGER NOT NULL,
+    UNIQUE (job_id, attempt)
+);
+
+CREATE TABLE verdicts (
+    id       INTEGER PRIMARY KEY,
+    task_id  INTEGER NOT NULL REFERENCES tasks(id),
+    stage    TEXT NOT NULL,
+    job_id   INTEGER REFERENCES jobs(id),
+    source   TEXT NOT NULL,
+    verdict  TEXT NOT NULL,
+    summary  TEXT NOT NULL DEFAULT '',
+    at_ms    INTEGER NOT NULL
+);
+CREATE INDEX verdicts_task ON verdicts(task_id, stage, id);
+
+CREATE TABLE inbox (
+    id              INTEGER PRIMARY KEY,
+    source          TEXT NOT NULL CHECK (source IN ('plane','gitea')),
+    event           TEXT NOT NULL,
+    delivery_id     TEXT NOT NULL,
+    body_sha256     TEXT NOT NULL,
+    headers         TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    processed_at_ms INTEGER,
+    outcome         TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    error           TEXT,
+    dead            INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (source, delivery_id)
+);
+CREATE INDEX inbox_pending ON inbox(processed_at_ms, dead, id);
+CREATE INDEX inbox_hash ON inbox(source, body_sha256);
+
+CREATE TABLE ci_statuses (
+    id         INTEGER PRIMARY KEY,
+    project    TEXT NOT NULL,
+    sha        TEXT NOT NULL,
+    context    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    target_url TEXT NOT NULL DEFAULT '',
+    at_ms      INTEGER NOT NULL,
+    UNIQUE (project, sha, context)
+);
+
+CREATE TABLE branch_heads (
+    project TEXT NOT NULL,
+    branch  TEXT NOT NULL,
+    sha     TEXT NOT NULL,
+    at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (project, branch)
+);
+
+CREATE TABLE leases (
+    name          TEXT PRIMARY KEY,
+    holder        TEXT NOT NULL,
+    job_id        INTEGER,
+    acquired_at_ms INTEGER NOT NULL,
+    expires_at_ms INTEGER NOT NULL
+);
+
+CREATE TABLE outbox (
+    id                 INTEGER PRIMARY KEY,
+    dedupe_key         TEXT NOT NULL UNIQUE,
+    task_id            INTEGER REFERENCES tasks(id),
+    channel            TEXT NOT NULL CHECK (channel IN ('tracker','forge','notify')),
+    kind               TEXT NOT NULL,
+    payload            TEXT NOT NULL,
+    status             TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','delivered','dead')),
+    attempts           INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at_ms INTEGER NOT NULL,
+    last_error         TEXT,
+    remote_id          TEXT,
+    created_at_ms      INTEGER NOT NULL,
+    delivered_at_ms    INTEGER
+);
+CREATE INDEX outbox_due ON outbox(status, next_attempt_at_ms);
+
+CREATE TABLE counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#,
+];

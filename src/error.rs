@@ -1,0 +1,110 @@
+//! Typed errors that callers branch on, and the exit code each one maps to.
+//!
+//! The core returns [`Error`] for conditions an operator or a caller acts on
+//! (lock busy → retry next tick, lost claim → someone else won, bad config →
+//! fix the named key). Everything else travels as `anyhow::Error` with
+//! context and exits 1.
+
+use std::path::PathBuf;
+
+/// Exit codes of the `orch` binary (DESIGN §2).
+pub mod exit {
+    /// Success, also "nothing to do".
+    pub const OK: i32 = 0;
+    /// Any error not listed below.
+    pub const ERROR: i32 = 1;
+    /// Bad command line or configuration.
+    pub const USAGE: i32 = 2;
+    /// A check or gate verdict is FAIL.
+    pub const VERDICT_FAIL: i32 = 3;
+    /// EX_TEMPFAIL: another instance holds the tick lock, or the database
+    /// stayed locked past the busy timeout; safe to retry on the next tick.
+    pub const BUSY: i32 = 75;
+}
+
+/// Errors the core reports and callers branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A non-blocking tick lock (`<state_dir>/locks/<name>.lock`) is held by
+    /// another process.
+    #[error("another orch process holds the {name} lock ({path})")]
+    LockBusy { name: String, path: PathBuf },
+
+    /// The database stayed locked past `ORCH_BUSY_TIMEOUT_MS`.
+    #[error("database is busy (locked past the busy timeout): {0}")]
+    DbBusy(String),
+
+    /// A setting or config key has a value orch cannot use.
+    #[error("config: {key}: {message}")]
+    Config { key: String, message: String },
+
+    /// The database was written by a newer orch than this binary.
+    #[error(
+        "database schema version {db} is newer than this binary supports ({binary}); \
+         upgrade orch instead of downgrading the database"
+    )]
+    SchemaTooNew { db: i64, binary: i64 },
+
+    /// The state directory is on a network file system, where flock(2) is
+    /// unreliable.
+    #[error("state directory {0} is on NFS; file locks there are unreliable, refusing to run")]
+    NetworkFs(PathBuf),
+
+    /// A git ref that orch refuses to touch (e.g. a push whose destination
+    /// is the default branch, or a branch name that fails validation).
+    #[error("refusing ref {name:?}: {reason}")]
+    InvalidRef { name: String, reason: String },
+
+    /// A child process (git, test command) failed. `stderr_tail` is the last
+    /// few KiB of its stderr.
+    #[error("{argv:?} failed with {status}: {stderr_tail}")]
+    Subprocess {
+        argv: Vec<String>,
+        status: String,
+        stderr_tail: String,
+    },
+
+    /// A command-line argument names something that does not exist or
+    /// cannot be applied (unknown task id, illegal manual transition).
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::LockBusy { .. } | Error::DbBusy(_) => exit::BUSY,
+            Error::Config { .. } | Error::Usage(_) => exit::USAGE,
+            _ => exit::ERROR,
+        }
+    }
+
+    /// Shorthand for [`Error::Config`].
+    pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The exit code for any error chain: the first typed [`Error`] in the
+/// chain decides; a SQLite busy/locked error means [`exit::BUSY`].
+pub fn exit_code_for(err: &anyhow::Error) -> i32 {
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return e.exit_code();
+        }
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
+        {
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) {
+                return exit::BUSY;
+            }
+        }
+    }
+    exit::ERROR
+}

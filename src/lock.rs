@@ -1,0 +1,128 @@
+//! File locks: tick locks (non-blocking) and path locks for git operations
+//! (blocking). All of orch's flock(2) use lives here.
+//!
+//! We use the standard library's `File::try_lock`/`File::lock` (flock(2)
+//! on Linux) rather than fs2: since Rust 1.89 the std methods shadow fs2's
+//! same-named ones (fs2-rs issue 50). Rust opens files with `O_CLOEXEC`, so
+//! an agent child never inherits a lock. Locks are released when the
+//! returned guard (the open file) is dropped or the process dies.
+//!
+//! Assumptions: the lock directory is on a local file system; callers run
+//! [`ensure_local_fs`] on the state directory first. The database files are
+//! never locked here (SQLite does its own locking).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::error::Error;
+
+/// A held lock. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    /// The lock file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn open_lock_file(path: &Path) -> anyhow::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating lock directory {}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening lock file {}", path.display()))
+}
+
+/// Take the exclusive, non-blocking tick lock `<locks_dir>/<name>.lock`.
+///
+/// Errors: [`Error::LockBusy`] (exit 75) when another process holds it.
+pub fn try_tick_lock(locks_dir: &Path, name: &str) -> anyhow::Result<LockGuard> {
+    let path = locks_dir.join(format!("{name}.lock"));
+    let file = open_lock_file(&path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(LockGuard { _file: file, path }),
+        Err(TryLockError::WouldBlock) => Err(Error::LockBusy {
+            name: name.to_string(),
+            path,
+        }
+        .into()),
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+/// Take an exclusive lock for a filesystem path (a worktree or a shared
+/// clone), blocking until it is free. The lock file is
+/// `<locks_dir>/path-<sanitised path>.lock`, so the locked folder itself
+/// is never touched.
+pub fn path_lock(locks_dir: &Path, target: &Path) -> anyhow::Result<LockGuard> {
+    let name: String = target
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let path = locks_dir.join(format!("path-{name}.lock"));
+    let file = open_lock_file(&path)?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(LockGuard { _file: file, path })
+}
+
+/// Refuse to run when `dir` is on NFS, where flock(2) may hang or lie.
+///
+/// Errors: [`Error::NetworkFs`]; an I/O error if `dir` cannot be inspected.
+pub fn ensure_local_fs(dir: &Path) -> anyhow::Result<()> {
+    const NFS_SUPER_MAGIC: i64 = 0x6969;
+    let c_path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .context("state directory path contains a NUL byte")?;
+    // SAFETY: statfs writes into the zeroed struct we own; the path is a
+    // valid NUL-terminated string for the duration of the call.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut buf) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", dir.display()));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    if buf.f_type as i64 == NFS_SUPER_MAGIC {
+        return Err(Error::NetworkFs(dir.to_path_buf()).into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_tick_lock_is_busy_until_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = try_tick_lock(dir.path(), "reap").unwrap();
+        let err = try_tick_lock(dir.path(), "reap").unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::LockBusy { .. })
+        ));
+        drop(first);
+        try_tick_lock(dir.path(), "reap").unwrap();
+    }
+
+    #[test]
+    fn local_tempdir_is_not_nfs() {
+        let dir = tempfile::tempdir().unwrap();
+        ensure_local_fs(dir.path()).unwrap();
+    }
+}

@@ -1,0 +1,255 @@
+//! Quality gates: the read-only decision whether a task may leave its
+//! stage (DESIGN §4).
+//!
+//! [`decide`] is a pure function of [`Facts`]; [`gather`] reads those facts
+//! from the database and the task's worktree without changing anything.
+//! The worker, the reaper (Tier-2), the reconciler and webhook handlers all
+//! call the same two functions, so a stage is judged the same way whoever
+//! looks.
+
+use std::path::Path;
+
+use crate::config::ProjectConfig;
+use crate::db::{Db, Task};
+use crate::pipeline::Stage;
+
+/// A gate's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Leave the stage forward.
+    Pass,
+    /// Return to development (counts a developer retry), with the reason.
+    Rollback(String),
+    /// The stage's run failed (agent error, missing or wrong verdict,
+    /// missing artifact): run it again or escalate.
+    Fail(String),
+    /// Not decidable yet (CI pending, human approval outstanding, job still
+    /// running).
+    Pending(String),
+}
+
+/// What the latest job of the task's current stage and version did.
+#[derive(Debug, Clone, Default)]
+pub struct JobFacts {
+    /// `queued|running|done|failed|cancelled`.
+    pub status: String,
+    /// The agent's exit code, once recorded.
+    pub exit_code: Option<i64>,
+    /// Whether the agent's result said success (None: usage unknown).
+    pub run_success: Option<bool>,
+    /// The verdict the agent wrote: `(verdict, summary)`.
+    pub verdict: Option<(String, String)>,
+    /// Why the verdict file could not be used, if it was unreadable.
+    pub verdict_error: Option<String>,
+}
+
+/// Everything a gate looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The stage's job at the task's current version, if any.
+    pub job: Option<JobFacts>,
+    /// The project advances analysis without a human.
+    pub auto_approve_analysis: bool,
+    /// Architecture: the design folder exists at the branch head.
+    pub design_exists: bool,
+    /// Development: the branch head and its combined CI state
+    /// (`success|failure|pending`, None when no status arrived yet).
+    pub ci: Option<(String, Option<String>)>,
+}
+
+/// The design artifact folder of a task, relative to the repository root.
+pub fn design_dir(task_id: i64) -> String {
+    format!("docs/work-items/{task_id}")
+}
+
+/// Decides whether a task at `stage` may leave it.
+pub fn decide(stage: Stage, f: &Facts) -> Gate {
+    if stage == Stage::Done {
+        return Gate::Pending("done".into());
+    }
+    let job = match &f.job {
+        None => return Gate::Pending(format!("no {stage} job at this version")),
+        Some(j) => j,
+    };
+    match job.status.as_str() {
+        "queued" => return Gate::Pending("job queued".into()),
+        "running" if job.exit_code.is_none() => return Gate::Pending("agent running".into()),
+        "cancelled" => return Gate::Pending("job cancelled".into()),
+        "failed" => return Gate::Fail("job failed".into()),
+        _ => {}
+    }
+    match (job.exit_code, job.run_success) {
+        (Some(c), _) if c != 0 => return Gate::Fail(format!("agent exited with code {c}")),
+        (_, Some(false)) => return Gate::Fail("agent reported an error result".into()),
+        _ => {}
+    }
+    let verdict = || -> Result<(&str, &str), Gate> {
+        if let Some(e) = &job.verdict_error {
+            return Err(Gate::Fail(format!("unreadable verdict: {e}")));
+        }
+        job.verdict
+            .as_ref()
+            .map(|(v, s)| (v.as_str(), s.as_str()))
+            .ok_or_else(|| Gate::Fail("the agent wrote no verdict".into()))
+    };
+    let judged = |pass: &str, back: &str| match verdict() {
+        Err(g) => g,
+        Ok((v, _)) if v == pass => Gate::Pass,
+        Ok((v, s)) if v == back => Gate::Rollback(format!("{v}: {s}")),
+        Ok((v, _)) => Gate::Fail(format!("verdict {v} is not valid for {stage}")),
+    };
+    match stage {
+        Stage::Analysis if f.auto_approve_analysis => Gate::Pass,
+        Stage::Analysis => Gate::Pending("awaiting human approval of the analysis".into()),
+        Stage::Architecture if f.design_exists => Gate::Pass,
+        Stage::Architecture => Gate::Fail("no design artifact on the branch".into()),
+        Stage::Development => match &f.ci {
+            None => Gate::Pending("branch head unknown".into()),
+            Some((sha, state)) => match state.as_deref() {
+                Some("success") => Gate::Pass,
+                Some("failure") => Gate::Rollback(format!("CI failed on {sha}")),
+                Some(other) => Gate::Pending(format!("CI {other} on {sha}")),
+                None => Gate::Pending(format!("no CI status for {sha} yet")),
+            },
+        },
+        Stage::Review => judged("APPROVE", "REQUEST_CHANGES"),
+        Stage::Testing | Stage::DeployStaging => judged("PASS", "FAIL"),
+        Stage::Deploy => match verdict() {
+            Err(g) => g,
+            Ok(("DEPLOYED", _)) => Gate::Pass,
+            Ok((v, s)) => Gate::Fail(format!("{v}: {s}")),
+        },
+        Stage::Done => unreachable!("handled above"),
+    }
+}
+
+/// Reads the facts for `task`'s current stage. Read-only: it runs `git`
+/// only to read the worktree's HEAD.
+pub fn gather(
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &crate::git::Repo,
+    task: &Task,
+) -> anyhow::Result<Facts> {
+    let stage: Stage = task.stage.parse().map_err(anyhow::Error::msg)?;
+    let job = db
+        .jobs_for_task(task.id)?
+        .into_iter()
+        .rev()
+        .find(|j| j.stage == task.stage && j.task_version == task.version);
+    let job = match job {
+        None => None,
+        Some(j) => {
+            let run = db.last_run_for_job(j.id)?;
+            let verdict = db.verdict_for_job(j.id)?;
+            let (verdict, verdict_error) = match verdict {
+                Some((v, s)) if v == "UNREADABLE" => (None, Some(s)),
+                other => (other, None),
+            };
+            Some(JobFacts {
+                status: j.status,
+                exit_code: j.exit_code,
+                run_success: run.and_then(|r| r.1),
+                verdict,
+                verdict_error,
+            })
+        }
+    };
+    let worktree = Path::new(&task.worktree);
+    let mut facts = Facts {
+        job,
+        auto_approve_analysis: project.auto_approve_analysis,
+        ..Facts::default()
+    };
+    match stage {
+        Stage::Architecture if worktree.exists() => {
+            facts.design_exists = repo.exists_at_head(worktree, &design_dir(task.id))?;
+        }
+        Stage::Development if worktree.exists() => {
+            let sha = repo.head_sha(worktree)?;
+            let state = db.combined_ci_state(&project.name, &sha)?;
+            facts.ci = Some((sha, state));
+        }
+        _ => {}
+    }
+    Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done_job(verdict: Option<&str>) -> Facts {
+        Facts {
+            job: Some(JobFacts {
+                status: "running".into(),
+                exit_code: Some(0),
+                run_success: Some(true),
+                verdict: verdict.map(|v| (v.to_string(), "because".to_string())),
+                verdict_error: None,
+            }),
+            ..Facts::default()
+        }
+    }
+
+    #[test]
+    fn review_verdicts() {
+        assert_eq!(
+            decide(Stage::Review, &done_job(Some("APPROVE"))),
+            Gate::Pass
+        );
+        assert!(matches!(
+            decide(Stage::Review, &done_job(Some("REQUEST_CHANGES"))),
+            Gate::Rollback(_)
+        ));
+        assert!(matches!(
+            decide(Stage::Review, &done_job(None)),
+            Gate::Fail(_)
+        ));
+        assert!(matches!(
+            decide(Stage::Review, &done_job(Some("PASS"))),
+            Gate::Fail(_)
+        ));
+    }
+
+    #[test]
+    fn failed_agent_fails_the_gate_even_with_a_good_verdict() {
+        let mut f = done_job(Some("APPROVE"));
+        f.job.as_mut().unwrap().exit_code = Some(1);
+        assert!(matches!(decide(Stage::Review, &f), Gate::Fail(_)));
+        let mut f = done_job(Some("APPROVE"));
+        f.job.as_mut().unwrap().run_success = Some(false);
+        assert!(matches!(decide(Stage::Review, &f), Gate::Fail(_)));
+    }
+
+    #[test]
+    fn analysis_waits_for_a_human_unless_auto_approved() {
+        let mut f = done_job(None);
+        assert!(matches!(decide(Stage::Analysis, &f), Gate::Pending(_)));
+        f.auto_approve_analysis = true;
+        assert_eq!(decide(Stage::Analysis, &f), Gate::Pass);
+    }
+
+    #[test]
+    fn development_follows_ci() {
+        let mut f = done_job(None);
+        f.ci = Some(("abc".into(), None));
+        assert!(matches!(decide(Stage::Development, &f), Gate::Pending(_)));
+        f.ci = Some(("abc".into(), Some("success".into())));
+        assert_eq!(decide(Stage::Development, &f), Gate::Pass);
+        f.ci = Some(("abc".into(), Some("failure".into())));
+        assert!(matches!(decide(Stage::Development, &f), Gate::Rollback(_)));
+    }
+
+    #[test]
+    fn running_agent_is_pending_and_deploy_needs_deployed() {
+        let mut f = done_job(Some("DEPLOYED"));
+        assert_eq!(decide(Stage::Deploy, &f), Gate::Pass);
+        f.job.as_mut().unwrap().exit_code = None;
+        assert!(matches!(decide(Stage::Deploy, &f), Gate::Pending(_)));
+        assert!(matches!(
+            decide(Stage::Deploy, &done_job(Some("FAILED"))),
+            Gate::Fail(_)
+        ));
+    }
+}

@@ -1,0 +1,476 @@
+//! Stages, roles, and the one transition rule.
+//!
+//! Every stage change — by the worker, the reaper, the reconciler, a
+//! webhook or a human — goes through [`apply`], which in the caller's one
+//! `BEGIN IMMEDIATE` transaction:
+//!
+//! 1. compares-and-swaps the task (`stage`, `version`); if another actor
+//!    moved it, returns [`Moved::Lost`] having written nothing;
+//! 2. appends the transition;
+//! 3. claims the finishing job's terminal state (`running → done`), if any;
+//! 4. enqueues the next stage's job (UNIQUE `(task, stage, version)`);
+//! 5. writes the side effects to the outbox with dedupe keys.
+//!
+//! Nothing outside the database happens here. Because the transaction is
+//! `IMMEDIATE`, no other writer can commit between our reads and writes, so
+//! the checks in step 1 and 3 and the writes after them are one atomic step.
+
+pub mod gate;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde_json::json;
+
+use crate::config::ProjectConfig;
+use crate::db::{Task, Tx};
+
+/// A pipeline stage, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    Analysis,
+    Architecture,
+    Development,
+    Review,
+    Testing,
+    DeployStaging,
+    Deploy,
+    Done,
+}
+
+impl Stage {
+    /// Every stage in pipeline order.
+    pub const ALL: [Stage; 8] = [
+        Stage::Analysis,
+        Stage::Architecture,
+        Stage::Development,
+        Stage::Review,
+        Stage::Testing,
+        Stage::DeployStaging,
+        Stage::Deploy,
+        Stage::Done,
+    ];
+
+    /// The stage's name as stored and printed (`deploy-staging`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Analysis => "analysis",
+            Stage::Architecture => "architecture",
+            Stage::Development => "development",
+            Stage::Review => "review",
+            Stage::Testing => "testing",
+            Stage::DeployStaging => "deploy-staging",
+            Stage::Deploy => "deploy",
+            Stage::Done => "done",
+        }
+    }
+
+    /// The stage after this one (`Done` stays `Done`).
+    pub fn next(self) -> Stage {
+        let i = Stage::ALL.iter().position(|s| *s == self).unwrap_or(7);
+        Stage::ALL[(i + 1).min(7)]
+    }
+
+    /// The role whose agent runs in this stage (`None` for `Done`).
+    pub fn role(self) -> Option<&'static str> {
+        Some(match self {
+            Stage::Analysis => "analyst",
+            Stage::Architecture => "architect",
+            Stage::Development => "developer",
+            Stage::Review => "reviewer",
+            Stage::Testing => "tester",
+            Stage::DeployStaging | Stage::Deploy => "deployer",
+            Stage::Done => return None,
+        })
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Stage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Stage, String> {
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown stage {s:?}; expected one of {}",
+                    Stage::ALL.map(|s| s.as_str()).join(", ")
+                )
+            })
+    }
+}
+
+/// Who performs a transition (the `transitions.actor` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Worker,
+    Reaper,
+    Reconciler,
+    Webhook,
+    Human,
+}
+
+impl Actor {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Worker => "worker",
+            Actor::Reaper => "reaper",
+            Actor::Reconciler => "reconciler",
+            Actor::Webhook => "webhook",
+            Actor::Human => "human",
+        }
+    }
+}
+
+/// Whether `from → to` is a legal step of the stage machine: forward by
+/// one, a rerun of the same stage (retry, reject, unblock), or a return to
+/// development from a later stage (rollback).
+pub fn is_legal(from: Stage, to: Stage) -> bool {
+    let forward_or_rerun = from != Stage::Done && (to == from.next() || to == from);
+    let rollback = to == Stage::Development && from > Stage::Development && from < Stage::Done;
+    forward_or_rerun || rollback
+}
+
+/// Policy numbers the transition rule needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// `ORCH_MAX_DEVELOPER_RETRIES`: the return to development that brings
+    /// the count to this number escalates the task.
+    pub max_developer_retries: u32,
+}
+
+/// A requested stage change.
+#[derive(Debug, Clone)]
+pub struct Move {
+    /// The task as the caller read it; the CAS is on its stage and version.
+    pub task_id: i64,
+    pub from: Stage,
+    pub version: i64,
+    pub to: Stage,
+    pub actor: Actor,
+    pub reason: String,
+    /// The job that finishes with this move: its `running → done` claim is
+    /// part of the transaction.
+    pub job_id: Option<i64>,
+    /// This move is a return to development and counts a developer retry.
+    pub developer_retry: bool,
+    /// A human unblock or retry: clears escalation and the retry count.
+    pub reset: bool,
+    /// Escalate with this reason instead of enqueueing the next job.
+    pub escalate: Option<String>,
+}
+
+impl Move {
+    /// A plain move of `task` to `to`.
+    pub fn new(task: &Task, to: Stage, actor: Actor, reason: impl Into<String>) -> Move {
+        Move {
+            task_id: task.id,
+            from: task.stage.parse().unwrap_or(Stage::Done),
+            version: task.version,
+            to,
+            actor,
+            reason: reason.into(),
+            job_id: None,
+            developer_retry: false,
+            reset: false,
+            escalate: None,
+        }
+    }
+
+    /// Finishes running job `id` with this move.
+    pub fn finishing(mut self, job_id: i64) -> Move {
+        self.job_id = Some(job_id);
+        self
+    }
+}
+
+/// The result of [`apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moved {
+    /// The move happened; the task is now at `version`.
+    Applied {
+        version: i64,
+        /// The job enqueued for the new stage (None when done or escalated).
+        next_job: Option<i64>,
+        /// The task is now escalated (retry cap reached, or asked to).
+        escalated: bool,
+    },
+    /// Another actor changed the task or finished the job first; nothing
+    /// was written.
+    Lost,
+}
+
+/// The one transition rule. See the module documentation.
+///
+/// Assumptions: `tx` is a `BEGIN IMMEDIATE` transaction ([`crate::db::Db::write`]).
+/// Errors: database errors only; a lost race is `Ok(Moved::Lost)`.
+pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<Moved> {
+    if !is_legal(m.from, m.to) {
+        return Err(crate::error::Error::Usage(format!(
+            "illegal transition {} → {} for task {}",
+            m.from, m.to, m.task_id
+        ))
+        .into());
+    }
+    let Some(task) = tx.task(m.task_id)? else {
+        return Ok(Moved::Lost);
+    };
+    if task.stage != m.from.as_str() || task.version != m.version {
+        return Ok(Moved::Lost);
+    }
+    if let Some(job_id) = m.job_id {
+        match tx.job(job_id)? {
+            Some(j) if j.status == "running" && j.task_id == task.id => {}
+            _ => return Ok(Moved::Lost),
+        }
+    }
+
+    let mut retries = if m.reset { 0 } else { task.developer_retries };
+    if m.developer_retry {
+        retries += 1;
+    }
+    let escalate = m.escalate.clone().or_else(|| {
+        (m.developer_retry && retries >= policy.max_developer_retries as i64).then(|| {
+            format!(
+                "developer retry cap reached ({retries}/{}): {}",
+                policy.max_developer_retries, m.reason
+            )
+        })
+    });
+    let escalated = escalate.is_some() || (task.escalated && !m.reset);
+    let escalated_reason = escalate.as_deref().or(if m.reset {
+        None
+    } else {
+        task.escalated_reason.as_deref()
+    });
+    let version = task.version + 1;
+
+    // 1. CAS (cannot fail after the checks above under IMMEDIATE).
+    if !tx.cas_task(
+        task.id,
+        m.from.as_str(),
+        m.version,
+        m.to.as_str(),
+        retries,
+        escalated,
+        escalated_reason,
+        now_ms,
+    )? {
+        anyhow::bail!("task {} changed inside an IMMEDIATE transaction", task.id);
+    }
+    // 2. audit
+    tx.insert_transition(
+        task.id,
+        Some(m.from.as_str()),
+        m.to.as_str(),
+        version,
+        m.actor.as_str(),
+        m.job_id,
+        &m.reason,
+        now_ms,
+    )?;
+    // 3. terminal claim of the finishing job
+    if let Some(job_id) = m.job_id {
+        if !tx.finish_job(job_id, "done", None, now_ms)? {
+            anyhow::bail!("job {job_id} changed inside an IMMEDIATE transaction");
+        }
+    }
+    // 4. next job
+    let next_job = match m.to.role() {
+        Some(role) if !escalated => {
+            Some(tx.enqueue_job(task.id, m.to.as_str(), role, version, now_ms)?)
+        }
+        _ => None,
+    };
+    // 5. side effects
+    let key = |what: &str| format!("task:{}:v{}:{}", task.id, version, what);
+    let text = format!(
+        "orch: {} → {} by {}{}",
+        m.from,
+        m.to,
+        m.actor.as_str(),
+        if m.reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", m.reason)
+        }
+    );
+    tx.insert_outbox(
+        &key("comment"),
+        Some(task.id),
+        "tracker",
+        "comment",
+        &json!({ "text": text }),
+        now_ms,
+    )?;
+    if let Some(reason) = &escalate {
+        tx.insert_outbox(
+            &key("state"),
+            Some(task.id),
+            "tracker",
+            "state",
+            &json!({ "state": "needs_input" }),
+            now_ms,
+        )?;
+        tx.insert_outbox(
+            &key("notify"),
+            Some(task.id),
+            "notify",
+            "escalated",
+            &json!({ "text": format!("task {} ({}) escalated: {reason}", task.id, task.title) }),
+            now_ms,
+        )?;
+    } else if m.to == Stage::Done {
+        tx.insert_outbox(
+            &key("state"),
+            Some(task.id),
+            "tracker",
+            "state",
+            &json!({ "state": "done" }),
+            now_ms,
+        )?;
+        tx.insert_outbox(
+            &key("notify"),
+            Some(task.id),
+            "notify",
+            "deployed",
+            &json!({ "text": format!("task {} ({}) deployed and done", task.id, task.title) }),
+            now_ms,
+        )?;
+    }
+    Ok(Moved::Applied {
+        version,
+        next_job,
+        escalated,
+    })
+}
+
+/// The branch of a work item: `orch/<project>-<sequence>`.
+pub fn branch_name(project: &str, sequence: i64) -> String {
+    format!("orch/{project}-{sequence}")
+}
+
+/// The worktree folder of a branch under `worktrees_dir`.
+pub fn worktree_path(worktrees_dir: &Path, project: &str, branch: &str) -> std::path::PathBuf {
+    worktrees_dir.join(project).join(branch.replace('/', "-"))
+}
+
+/// A work item that entered *In Progress* in the tracker.
+#[derive(Debug, Clone)]
+pub struct WorkItem {
+    /// The tracker's id (Plane issue UUID; the local issue number).
+    pub tracker_issue_id: String,
+    /// The tracker's per-project sequence number (Plane `sequence_id`).
+    pub sequence: i64,
+    pub title: String,
+    pub body: String,
+}
+
+/// Creates the task for a work item exactly once: the task at
+/// `analysis` (version 1), its creation transition and the analyst job.
+/// Returns `(task_id, created)`; `created` is false when the item already
+/// has a task (a replay), in which case nothing is written.
+///
+/// Assumptions: `tx` is `IMMEDIATE`; the project is synced to `projects`.
+/// Errors: an invalid branch name ([`crate::error::Error::InvalidRef`]).
+pub fn create_task(
+    tx: &Tx,
+    project: &ProjectConfig,
+    item: &WorkItem,
+    worktrees_dir: &Path,
+    actor: Actor,
+    now_ms: i64,
+) -> anyhow::Result<(i64, bool)> {
+    if let Some(t) = tx.task_by_issue(&project.name, &item.tracker_issue_id)? {
+        return Ok((t.id, false));
+    }
+    let branch = branch_name(&project.name, item.sequence);
+    crate::git::validate_task_branch(&branch, "orch/", &project.default_branch)?;
+    let worktree = worktree_path(worktrees_dir, &project.name, &branch);
+    let Some(id) = tx.insert_task(
+        &project.name,
+        &item.tracker_issue_id,
+        item.sequence,
+        &item.title,
+        &item.body,
+        Stage::Analysis.as_str(),
+        &branch,
+        &worktree.to_string_lossy(),
+        now_ms,
+    )?
+    else {
+        anyhow::bail!(
+            "task for {} appeared inside an IMMEDIATE transaction",
+            item.tracker_issue_id
+        );
+    };
+    tx.insert_transition(
+        id,
+        None,
+        Stage::Analysis.as_str(),
+        1,
+        actor.as_str(),
+        None,
+        "work item in progress",
+        now_ms,
+    )?;
+    tx.enqueue_job(id, Stage::Analysis.as_str(), "analyst", 1, now_ms)?;
+    tx.insert_outbox(
+        &format!("task:{id}:v1:comment"),
+        Some(id),
+        "tracker",
+        "comment",
+        &json!({ "text": format!("orch: picked up as task {id} on branch {branch}") }),
+        now_ms,
+    )?;
+    Ok((id, true))
+}
+
+/// The human gate of analysis: approve (analysis → architecture) or reject
+/// (rerun analysis) — from `orch task approve|reject` or the tracker's
+/// Approved/Rejected states. Returns a one-line outcome.
+///
+/// Guarantees: only acts when the task is at analysis with no queued or
+/// running job; otherwise returns why it did nothing (a replayed or early
+/// delivery is harmless).
+pub fn human_gate(
+    tx: &Tx,
+    policy: Policy,
+    task: &Task,
+    approve: bool,
+    actor: Actor,
+    reason: &str,
+    now_ms: i64,
+) -> anyhow::Result<String> {
+    if task.stage != Stage::Analysis.as_str() {
+        return Ok(format!(
+            "no pipeline action: task {} is at {}, not analysis",
+            task.id, task.stage
+        ));
+    }
+    if !tx.active_jobs(task.id)?.is_empty() {
+        return Ok(format!(
+            "no pipeline action: task {} analysis job still active",
+            task.id
+        ));
+    }
+    let to = if approve {
+        Stage::Architecture
+    } else {
+        Stage::Analysis
+    };
+    let m = Move::new(task, to, actor, reason);
+    Ok(match apply(tx, policy, &m, now_ms)? {
+        Moved::Applied { .. } if approve => format!("task {} analysis approved", task.id),
+        Moved::Applied { .. } => format!("task {} analysis rejected; rerunning analysis", task.id),
+        Moved::Lost => format!("no pipeline action: task {} changed concurrently", task.id),
+    })
+}
