@@ -1,0 +1,544 @@
+//! What orch understands of an agent run: the Claude Code CLI's result
+//! object in the run's log (usage, cost, permission denials), the verdict
+//! file an agent writes for a gate, and the `{name}` prompt templates.
+//!
+//! The result format is documented in `tests/fixtures/claude/README.md` of
+//! the shared fixtures; parsing is lenient (only `subtype` and `is_error`
+//! are required) because every CLI version adds keys. An agent that prints
+//! no result is not an error: its usage is simply unknown.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Main-loop token counts from the result's top-level `usage` (missing or
+/// non-integer counts read as 0).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+}
+
+/// The parts of a Claude Code `{"type":"result"}` object orch uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentResult {
+    /// `success`, `error_max_turns`, `error_max_budget_usd`, ...
+    pub subtype: String,
+    pub is_error: bool,
+    /// `subtype == "success" && !is_error` (a `success` subtype with
+    /// `is_error` is an API error, e.g. prompt too long).
+    pub success: bool,
+    pub session_id: Option<String>,
+    pub num_turns: Option<i64>,
+    /// From the top-level `usage` object.
+    pub usage: Option<Usage>,
+    /// `total_cost_usd`, in US dollars.
+    pub cost_usd: Option<f64>,
+    /// Raw `{tool_name, tool_use_id, tool_input}` objects: tools the CLI
+    /// refused. A run with denials succeeded only in name.
+    pub permission_denials: Vec<Value>,
+    /// `result`: the final assistant text (error text when `is_error`).
+    pub result_text: Option<String>,
+    /// `errors`, present on error subtypes.
+    pub errors: Vec<String>,
+}
+
+/// Finds the Claude Code result in a run's log: scans lines from the end
+/// for a line that parses as a JSON object with `"type":"result"`. Works
+/// for `--output-format json` (the one JSON line) and `stream-json` (the
+/// last line); stderr noise around it is ignored.
+///
+/// Returns `None` when there is none (non-JSON agent output means "usage
+/// unknown", not an error). Unknown keys are ignored; only `subtype`
+/// (string) and `is_error` (bool) are required.
+pub fn parse_result(log: &str) -> Option<AgentResult> {
+    log.lines().rev().find_map(|line| {
+        let line = line.trim();
+        // Cheap filter before a JSON parse: stream-json logs can be large.
+        if !line.starts_with('{') || !line.contains("result") {
+            return None;
+        }
+        let value: Value = serde_json::from_str(line).ok()?;
+        if value.get("type")?.as_str()? != "result" {
+            return None;
+        }
+        result_from_json(&value)
+    })
+}
+
+fn result_from_json(v: &Value) -> Option<AgentResult> {
+    let subtype = v.get("subtype")?.as_str()?.to_string();
+    let is_error = v.get("is_error")?.as_bool()?;
+    let str_field = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let usage = v.get("usage").filter(|u| u.is_object()).map(|u| {
+        let n = |key: &str| u.get(key).and_then(Value::as_i64).unwrap_or(0);
+        Usage {
+            input_tokens: n("input_tokens"),
+            output_tokens: n("output_tokens"),
+            cache_read_input_tokens: n("cache_read_input_tokens"),
+            cache_creation_input_tokens: n("cache_creation_input_tokens"),
+        }
+    });
+    let errors = match v.get("errors") {
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|e| match e {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(AgentResult {
+        success: subtype == "success" && !is_error,
+        subtype,
+        is_error,
+        session_id: str_field("session_id"),
+        num_turns: v.get("num_turns").and_then(Value::as_i64),
+        usage,
+        cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
+        permission_denials: v
+            .get("permission_denials")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+        result_text: str_field("result"),
+        errors,
+    })
+}
+
+/// A gate verdict. JSON spellings: `APPROVE`, `REQUEST_CHANGES`, `PASS`,
+/// `FAIL`, `DEPLOYED`, `FAILED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerdictKind {
+    Approve,
+    RequestChanges,
+    Pass,
+    Fail,
+    Deployed,
+    Failed,
+}
+
+impl VerdictKind {
+    pub const ALL: [VerdictKind; 6] = [
+        VerdictKind::Approve,
+        VerdictKind::RequestChanges,
+        VerdictKind::Pass,
+        VerdictKind::Fail,
+        VerdictKind::Deployed,
+        VerdictKind::Failed,
+    ];
+
+    /// The JSON spelling, e.g. `"REQUEST_CHANGES"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictKind::Approve => "APPROVE",
+            VerdictKind::RequestChanges => "REQUEST_CHANGES",
+            VerdictKind::Pass => "PASS",
+            VerdictKind::Fail => "FAIL",
+            VerdictKind::Deployed => "DEPLOYED",
+            VerdictKind::Failed => "FAILED",
+        }
+    }
+}
+
+impl fmt::Display for VerdictKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VerdictKind {
+    type Err = String;
+
+    /// Accepts the JSON spellings, ignoring ASCII case and surrounding
+    /// whitespace. Errors name the value and the accepted ones.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        VerdictKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(t))
+            .ok_or_else(|| {
+                let known: Vec<_> = VerdictKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "unknown verdict {s:?} (expected one of {})",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+/// The verdict an agent wrote to `ORCH_VERDICT_FILE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub verdict: VerdictKind,
+    /// Free text; `""` when absent.
+    pub summary: String,
+}
+
+/// Reads the verdict file an agent wrote to `ORCH_VERDICT_FILE`:
+/// `{"verdict": "...", "summary": "..."}` (summary optional → `""`; a
+/// non-string summary is kept as its JSON text).
+///
+/// `Ok(None)` when the file does not exist. `Err(message naming the file
+/// and the problem)` when it exists but is unreadable, not a JSON object,
+/// lacks a string `verdict`, or has an unknown verdict. A gate that needs
+/// a verdict treats both as a failed run, never as an approval.
+pub fn read_verdict(path: &Path) -> Result<Option<Verdict>, String> {
+    let shown = path.display();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("verdict file {shown}: cannot read: {e}")),
+    };
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("verdict file {shown}: not valid JSON: {e}"))?;
+    let Some(obj) = value.as_object() else {
+        return Err(format!("verdict file {shown}: not a JSON object"));
+    };
+    let verdict = match obj.get("verdict") {
+        Some(Value::String(s)) => s
+            .parse::<VerdictKind>()
+            .map_err(|e| format!("verdict file {shown}: {e}"))?,
+        Some(_) => return Err(format!("verdict file {shown}: \"verdict\" is not a string")),
+        None => return Err(format!("verdict file {shown}: no \"verdict\" key")),
+    };
+    let summary = match obj.get("summary") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    Ok(Some(Verdict { verdict, summary }))
+}
+
+/// Renders `template`, replacing each `{name}` with `vars[name]`; `{{` and
+/// `}}` are literal braces. No whitespace is trimmed inside braces.
+///
+/// Errors (a message naming the placeholder or position; never panics): an
+/// unknown or empty placeholder, an unclosed `{`, or a lone `}`.
+pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let pos = template.len() - rest.len() + i; // byte offset, for messages
+        let brace = &rest[i..];
+        if let Some(after) = brace.strip_prefix("{{") {
+            out.push('{');
+            rest = after;
+        } else if let Some(after) = brace.strip_prefix("}}") {
+            out.push('}');
+            rest = after;
+        } else if brace.starts_with('}') {
+            return Err(format!(
+                "unmatched '}}' at byte {pos} (write '}}}}' for a literal brace)"
+            ));
+        } else {
+            // `brace` is `{name}...`: the name ends at the next brace, which
+            // must be a `}`.
+            let inner = &brace[1..];
+            let end = inner
+                .find(['{', '}'])
+                .filter(|&j| inner[j..].starts_with('}'))
+                .ok_or_else(|| {
+                    format!("unclosed '{{' at byte {pos} (write '{{{{' for a literal brace)")
+                })?;
+            let name = &inner[..end];
+            let value = vars.get(name).ok_or_else(|| {
+                if name.is_empty() {
+                    format!("empty placeholder {{}} at byte {pos}")
+                } else {
+                    let known: Vec<_> = vars.keys().copied().collect();
+                    format!(
+                        "unknown placeholder {{{name}}} at byte {pos} (known: {})",
+                        known.join(", ")
+                    )
+                }
+            })?;
+            out.push_str(value);
+            rest = &inner[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SUCCESS: &str = include_str!("../tests/fixtures/claude/json/success.json");
+    const DENIAL: &str =
+        include_str!("../tests/fixtures/claude/json/success_with_permission_denial.json");
+    const MAX_TURNS: &str = include_str!("../tests/fixtures/claude/json/error_max_turns.json");
+    const MAX_BUDGET: &str =
+        include_str!("../tests/fixtures/claude/json/error_max_budget_usd.json");
+    const TOO_LONG: &str =
+        include_str!("../tests/fixtures/claude/json/api_error_prompt_too_long.json");
+
+    const FIXTURE_USAGE: Usage = Usage {
+        input_tokens: 8,
+        output_tokens: 110,
+        cache_read_input_tokens: 33204,
+        cache_creation_input_tokens: 5722,
+    };
+
+    fn assert_fixture_success(r: &AgentResult) {
+        assert!(r.success && !r.is_error && r.subtype == "success", "{r:?}");
+        assert_eq!(r.usage, Some(FIXTURE_USAGE));
+        assert!((r.cost_usd.unwrap() - 0.0374828).abs() < 1e-9);
+        assert_eq!(r.num_turns, Some(2));
+    }
+
+    #[test]
+    fn parses_success() {
+        let r = parse_result(SUCCESS).unwrap();
+        assert_fixture_success(&r);
+        assert_eq!(
+            r.session_id.as_deref(),
+            Some("480b845b-5376-462a-80cb-f8674f2cbb75")
+        );
+        assert!(r.permission_denials.is_empty() && r.errors.is_empty());
+        assert!(r
+            .result_text
+            .unwrap()
+            .starts_with("The working tree is clean"));
+    }
+
+    #[test]
+    fn parses_permission_denial() {
+        let r = parse_result(DENIAL).unwrap();
+        assert!(r.success);
+        assert_eq!(r.permission_denials.len(), 1);
+        assert_eq!(r.permission_denials[0]["tool_name"], "Bash");
+        assert_eq!(
+            r.permission_denials[0]["tool_input"]["command"],
+            "git push origin HEAD"
+        );
+    }
+
+    #[test]
+    fn parses_error_subtypes() {
+        let r = parse_result(MAX_TURNS).unwrap();
+        assert!(!r.success && r.is_error);
+        assert_eq!(r.subtype, "error_max_turns");
+        assert_eq!(r.errors, vec!["Reached maximum number of turns (1)"]);
+        assert_eq!(r.result_text, None);
+        assert_eq!(r.usage.unwrap().output_tokens, 87);
+
+        let r = parse_result(MAX_BUDGET).unwrap();
+        assert!(!r.success);
+        assert_eq!(r.errors, vec!["Reached maximum budget ($0.01)"]);
+        assert!((r.cost_usd.unwrap() - 0.0320852).abs() < 1e-9);
+    }
+
+    #[test]
+    fn success_subtype_with_is_error_is_a_failure() {
+        let r = parse_result(TOO_LONG).unwrap();
+        assert_eq!(r.subtype, "success");
+        assert!(r.is_error && !r.success);
+        assert!(r.result_text.unwrap().starts_with("Prompt is too long"));
+        assert_eq!(r.usage, Some(Usage::default()));
+        assert_eq!(r.cost_usd, Some(0.0));
+    }
+
+    #[test]
+    fn no_result_in_garbage() {
+        assert_eq!(parse_result(""), None);
+        assert_eq!(parse_result("I did it!\nall done {not json}\n"), None);
+        assert_eq!(parse_result(r#"{"type":"assistant","result":"x"}"#), None);
+        // A result object without the required keys does not count.
+        assert_eq!(
+            parse_result(r#"{"type":"result","subtype":"success"}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn stderr_noise_and_stream_json() {
+        let log = format!("Warning: model retirement notice\n{SUCCESS}\nsome trailing stderr\n");
+        assert_fixture_success(&parse_result(&log).unwrap());
+        let stream = format!(
+            "{}\n{}\r\n{MAX_TURNS}",
+            r#"{"type":"system","subtype":"init","session_id":"s"}"#,
+            r#"{"type":"assistant","message":{"content":[{"type":"text","text":"result"}]}}"#,
+        );
+        assert_eq!(parse_result(&stream).unwrap().subtype, "error_max_turns");
+        // The last result wins.
+        let two = format!("{MAX_TURNS}\n{SUCCESS}");
+        assert!(parse_result(&two).unwrap().success);
+    }
+
+    #[test]
+    fn lenient_minimal_result() {
+        let r =
+            parse_result(r#"{"type":"result","subtype":"success","is_error":false,"errors":[1]}"#)
+                .unwrap();
+        assert!(r.success);
+        assert_eq!(r.usage, None);
+        assert_eq!(r.cost_usd, None);
+        assert_eq!(r.errors, vec!["1"]);
+    }
+
+    #[test]
+    fn verdict_kind_spellings() {
+        for k in VerdictKind::ALL {
+            assert_eq!(k.as_str().parse::<VerdictKind>(), Ok(k));
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        assert_eq!(" approve ".parse(), Ok(VerdictKind::Approve));
+        assert!("APPROVED"
+            .parse::<VerdictKind>()
+            .unwrap_err()
+            .contains("APPROVED"));
+    }
+
+    #[test]
+    fn reads_verdict_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("verdict.json");
+        assert_eq!(read_verdict(&p), Ok(None));
+
+        std::fs::write(
+            &p,
+            r#"{"verdict": "REQUEST_CHANGES", "summary": "fix tests"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            read_verdict(&p),
+            Ok(Some(Verdict {
+                verdict: VerdictKind::RequestChanges,
+                summary: "fix tests".into()
+            }))
+        );
+        std::fs::write(&p, r#"{"verdict": "PASS"}"#).unwrap();
+        assert_eq!(read_verdict(&p).unwrap().unwrap().summary, "");
+
+        for (content, needle) in [
+            ("not json", "not valid JSON"),
+            ("", "not valid JSON"),
+            ("[1]", "not a JSON object"),
+            (r#"{"summary": "x"}"#, "no \"verdict\""),
+            (r#"{"verdict": 1}"#, "not a string"),
+            (r#"{"verdict": "LGTM"}"#, "unknown verdict \"LGTM\""),
+        ] {
+            std::fs::write(&p, content).unwrap();
+            let err = read_verdict(&p).unwrap_err();
+            assert!(
+                err.contains(needle) && err.contains("verdict.json"),
+                "{err}"
+            );
+        }
+        // Exists but unreadable (a directory).
+        assert!(read_verdict(dir.path())
+            .unwrap_err()
+            .contains("cannot read"));
+    }
+
+    fn vars() -> BTreeMap<&'static str, String> {
+        BTreeMap::from([("id", "T-7".to_string()), ("title", "Fix {it}".to_string())])
+    }
+
+    #[test]
+    fn render_substitutes_and_escapes() {
+        assert_eq!(
+            render("Task {id}: {title}\n{{\"verdict\": \"PASS\"}}", &vars()).unwrap(),
+            "Task T-7: Fix {it}\n{\"verdict\": \"PASS\"}"
+        );
+        assert_eq!(render("", &vars()).unwrap(), "");
+        assert_eq!(render("{id}{id}", &vars()).unwrap(), "T-7T-7");
+        assert_eq!(render("é{id}ü", &vars()).unwrap(), "éT-7ü");
+    }
+
+    #[test]
+    fn render_errors_name_the_problem() {
+        let e = render("hello {nope} world", &vars()).unwrap_err();
+        assert!(e.contains("{nope}") && e.contains("id, title"), "{e}");
+        assert!(render("a {id", &vars())
+            .unwrap_err()
+            .contains("unclosed '{' at byte 2"));
+        assert!(render("a {x{id}}", &vars())
+            .unwrap_err()
+            .contains("unclosed"));
+        assert!(render("a } b", &vars())
+            .unwrap_err()
+            .contains("unmatched '}'"));
+        assert!(render("{}", &vars())
+            .unwrap_err()
+            .contains("empty placeholder"));
+        assert!(render("{", &vars()).unwrap_err().contains("unclosed"));
+    }
+
+    /// Runs `scripts/fake-agent` through `process::run` as a reviewer.
+    fn run_fake_agent(
+        mode: Option<&str>,
+    ) -> (
+        crate::process::RunOutcome,
+        String,
+        Result<Option<Verdict>, String>,
+    ) {
+        use crate::process::{run, RunSpec};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let verdict = dir.path().join("out/verdict.json");
+        std::fs::write(dir.path().join("prompt.txt"), "Review task T-1\nbody\n").unwrap();
+        let mut env: Vec<(String, String)> = [
+            ("ORCH_TASK_ID", "T-1"),
+            ("ORCH_STAGE", "review"),
+            ("ORCH_ROLE", "reviewer"),
+            ("ORCH_JOB_ID", "12"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.push(("ORCH_VERDICT_FILE".into(), verdict.display().to_string()));
+        if let Some(m) = mode {
+            env.push(("FAKE_AGENT_MODE".into(), m.into()));
+        }
+        let spec = RunSpec {
+            argv: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fake-agent").into()],
+            cwd: dir.path().to_path_buf(),
+            env,
+            env_remove_prefix: Some("FAKE_AGENT_".into()),
+            stdin_path: Some(dir.path().join("prompt.txt")),
+            log_path: dir.path().join("run.log"),
+            timeout: Duration::from_secs(20),
+            kill_grace: Duration::from_secs(1),
+        };
+        let out = run(&spec, Duration::from_secs(1), |_| Ok(()), || Ok(())).unwrap();
+        let log = std::fs::read_to_string(&spec.log_path).unwrap();
+        (out, log, read_verdict(&verdict))
+    }
+
+    #[test]
+    fn fake_agent_reviewer_approves() {
+        let (out, log, verdict) = run_fake_agent(None);
+        assert_eq!(out.exit_code(), 0, "{log}");
+        let r = parse_result(&log).unwrap_or_else(|| panic!("no result in {log}"));
+        assert_fixture_success(&r);
+        assert_eq!(r.session_id.unwrap().len(), 36);
+        assert_eq!(verdict.unwrap().unwrap().verdict, VerdictKind::Approve);
+    }
+
+    #[test]
+    fn fake_agent_garbage_and_fail_modes() {
+        let (out, log, verdict) = run_fake_agent(Some("garbage"));
+        assert_eq!(out.exit_code(), 0, "{log}");
+        assert_eq!(parse_result(&log), None, "{log}");
+        assert!(verdict.unwrap().is_some());
+
+        let (out, log, verdict) = run_fake_agent(Some("fail"));
+        assert_eq!(out.exit_code(), 1, "{log}");
+        let r = parse_result(&log).unwrap();
+        assert!(!r.success && r.subtype == "error_max_turns", "{r:?}");
+        assert_eq!(verdict, Ok(None));
+    }
+}

@@ -1,0 +1,632 @@
+//! Runs an agent (or any long child) in its own process group, with a
+//! wall-clock timeout, and answers "is that process still the one we
+//! started?" for the reaper.
+//!
+//! Why this exists: an agent CLI spawns tools, shells and language servers.
+//! Killing only the pid we started would leave those running (holding the
+//! worktree, burning tokens). So the child becomes a process-group leader
+//! (pgid == pid) and every kill here targets the whole group. A pid alone
+//! is not an identity (pids are reused), so callers store the pair
+//! (pid, start time from `/proc/<pid>/stat`) plus the machine's boot id.
+//!
+//! Linux only (`/proc`, `prctl`).
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+/// How often the wait loops poll (`try_wait`, group membership).
+const POLL: Duration = Duration::from_millis(50);
+
+/// What to run and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSpec {
+    /// `argv[0]` is the program (looked up in `PATH` if it has no slash);
+    /// no shell is involved.
+    pub argv: Vec<String>,
+    /// Working directory of the child.
+    pub cwd: PathBuf,
+    /// Variables added on top of the inherited environment (after
+    /// `env_remove_prefix` is applied, so these always win).
+    pub env: Vec<(String, String)>,
+    /// Inherited variables whose name starts with this prefix are removed
+    /// before `env` is applied, e.g. `Some("ORCH_")` so orch's own secrets
+    /// never reach an agent.
+    pub env_remove_prefix: Option<String>,
+    /// File opened as the child's stdin; `None` means `/dev/null`.
+    pub stdin_path: Option<PathBuf>,
+    /// The child's stdout and stderr both go to this file (created if
+    /// missing, appended to otherwise; its directory is created too).
+    pub log_path: PathBuf,
+    /// Wall-clock limit for the whole run, measured from spawn.
+    pub timeout: Duration,
+    /// After the timeout: SIGTERM to the group, wait up to this long for it
+    /// to empty, then SIGKILL to the group.
+    pub kill_grace: Duration,
+}
+
+/// Identity of a started process: the pid and its start time, field 22 of
+/// `/proc/<pid>/stat` (clock ticks since boot). The pair survives pid reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// How the child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// Exited with this status code.
+    Code(i32),
+    /// Killed by this signal (not by our timeout).
+    Signal(i32),
+    /// Killed by us because `RunSpec::timeout` passed.
+    TimedOut,
+}
+
+/// Result of [`run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub exit: ExitKind,
+    /// Wall time from spawn until the leader was reaped, in milliseconds.
+    pub duration_ms: i64,
+}
+
+impl RunOutcome {
+    /// Shell-style exit code: `Code(c)` → c, `Signal(s)` → 128 + s,
+    /// `TimedOut` → 124 (as timeout(1)).
+    pub fn exit_code(&self) -> i32 {
+        match self.exit {
+            ExitKind::Code(c) => c,
+            ExitKind::Signal(s) => 128 + s,
+            ExitKind::TimedOut => 124,
+        }
+    }
+}
+
+/// Runs `spec` to completion.
+///
+/// Calls `on_spawn` once right after the spawn (the caller records the pid
+/// in its database); if it returns `Err`, the group is SIGKILLed, the
+/// leader reaped, and that error returned. Then waits, calling `on_tick`
+/// roughly every `tick` (heartbeats); an `Err` from `on_tick` is logged with
+/// `tracing::warn` and ignored. At `spec.timeout` the group gets SIGTERM,
+/// then SIGKILL after `spec.kill_grace`, and the outcome is
+/// [`ExitKind::TimedOut`].
+///
+/// When the leader exits (or is killed at the timeout), whatever is still
+/// in its process group gets SIGKILL: no grandchild survives the run. (A
+/// grandchild that moved itself to another group or session escapes this;
+/// agents are not expected to daemonize.) The pgid is the leader's pid; we
+/// signal `-pgid` right after reaping the leader. Linux keeps a pid number
+/// reserved while any process still uses it as its pgid, so the only
+/// pid-reuse window is when the group is already empty *and* a new process
+/// got that pid *and* made itself a group leader in those microseconds.
+///
+/// The child also gets `prctl(PR_SET_PDEATHSIG, SIGKILL)`: if this process
+/// (more precisely, the thread calling `run`, which blocks here for the
+/// child's whole life) dies, even by `kill -9`, the kernel kills the
+/// leader. Its grandchildren are not covered; the reaper kills the group
+/// from the recorded pid.
+///
+/// Errors: empty argv, the stdin or log file cannot be opened, the spawn
+/// fails (program not found, bad cwd), `/proc/<pid>/stat` is unreadable,
+/// `on_spawn` fails, or waiting on the child fails.
+pub fn run(
+    spec: &RunSpec,
+    tick: Duration,
+    on_spawn: impl FnOnce(&Spawned) -> anyhow::Result<()>,
+    mut on_tick: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<RunOutcome> {
+    let mut cmd = command(spec, std::env::vars_os())?;
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {:?} in {}", spec.argv, spec.cwd.display()))?;
+    let pid = child.id() as i32; // pids fit in i32 (pid_max <= 2^22)
+
+    // The child is not reaped yet, so /proc/<pid> exists (maybe as a zombie).
+    let spawned = match proc_start_time(pid) {
+        Some(start_time) => Spawned { pid, start_time },
+        None => {
+            kill_now(&mut child, pid);
+            bail!("cannot read /proc/{pid}/stat of the process just spawned");
+        }
+    };
+    if let Err(e) = on_spawn(&spawned) {
+        kill_now(&mut child, pid);
+        return Err(e);
+    }
+
+    let mut last_tick = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(e) => {
+                kill_now(&mut child, pid);
+                return Err(anyhow::Error::new(e).context("waiting for child"));
+            }
+        }
+        if started.elapsed() >= spec.timeout {
+            break None;
+        }
+        if last_tick.elapsed() >= tick {
+            last_tick = Instant::now();
+            if let Err(e) = on_tick() {
+                tracing::warn!(pid, error = %format!("{e:#}"), "tick callback failed");
+            }
+        }
+        std::thread::sleep(POLL);
+    };
+
+    let exit = match status {
+        Some(status) => {
+            // Leader reaped; clean up anything it left behind.
+            signal_group(pid, libc::SIGKILL);
+            exit_kind(status)
+        }
+        None => {
+            tracing::warn!(
+                pid,
+                timeout_ms = spec.timeout.as_millis() as u64,
+                "timed out; killing process group"
+            );
+            terminate(&mut child, pid, spec.kill_grace)?;
+            ExitKind::TimedOut
+        }
+    };
+    Ok(RunOutcome {
+        exit,
+        duration_ms: started.elapsed().as_millis() as i64,
+    })
+}
+
+/// Builds the command for `spec`; the child's environment is `inherited`
+/// minus `env_remove_prefix` plus `spec.env`.
+fn command(
+    spec: &RunSpec,
+    inherited: impl IntoIterator<Item = (OsString, OsString)>,
+) -> anyhow::Result<Command> {
+    let Some((program, args)) = spec.argv.split_first() else {
+        bail!("empty argv");
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args).current_dir(&spec.cwd).env_clear();
+    for (key, value) in inherited {
+        let drop = spec
+            .env_remove_prefix
+            .as_deref()
+            .is_some_and(|p| key.as_encoded_bytes().starts_with(p.as_bytes()));
+        if !drop {
+            cmd.env(key, value);
+        }
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
+
+    let stdin = match &spec.stdin_path {
+        Some(path) => Stdio::from(
+            File::open(path).with_context(|| format!("opening stdin file {}", path.display()))?,
+        ),
+        None => Stdio::null(),
+    };
+    if let Some(dir) = spec.log_path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating log directory {}", dir.display()))?;
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .with_context(|| format!("opening log file {}", spec.log_path.display()))?;
+    let log2 = log.try_clone().context("duplicating log file handle")?;
+    cmd.stdin(stdin).stdout(log).stderr(log2);
+
+    cmd.process_group(0);
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec, so it may
+    // only call async-signal-safe functions and must not allocate: prctl(2)
+    // and getppid(2) are plain syscalls, and `io::Error::last_os_error` /
+    // `from_raw_os_error` only wrap an integer.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died between fork and prctl: the signal will never
+            // come, so do not start an orphan.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+fn exit_kind(status: ExitStatus) -> ExitKind {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitKind::Code(code),
+        (None, Some(sig)) => ExitKind::Signal(sig),
+        (None, None) => ExitKind::Code(-1), // not reachable on Unix
+    }
+}
+
+/// SIGKILL the group of our own child `child` (pgid `pgid`) and reap it.
+fn kill_now(child: &mut Child, pgid: i32) {
+    signal_group(pgid, libc::SIGKILL);
+    let _ = child.wait();
+}
+
+/// [`kill_group`] for our own child: also reaps the leader while waiting
+/// (an unreaped zombie leader would keep the group non-empty).
+fn terminate(child: &mut Child, pgid: i32, grace: Duration) -> anyhow::Result<()> {
+    signal_group(pgid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    let mut reaped = false;
+    while Instant::now() < deadline {
+        if !reaped {
+            reaped = child.try_wait().context("waiting for child")?.is_some();
+        }
+        if reaped && !group_exists(pgid) {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+    signal_group(pgid, libc::SIGKILL);
+    if !reaped {
+        child.wait().context("waiting for killed child")?;
+    }
+    Ok(())
+}
+
+/// Sends `sig` to process group `pgid`; true when it was delivered to at
+/// least one process. Refuses pgid <= 1 (`kill(-1)` means "every process")
+/// and our own group.
+fn signal_group(pgid: i32, sig: libc::c_int) -> bool {
+    // SAFETY: getpgrp has no preconditions.
+    if pgid <= 1 || pgid == unsafe { libc::getpgrp() } {
+        tracing::warn!(pgid, "refusing to signal process group");
+        return false;
+    }
+    // SAFETY: kill(2) with a negative pid signals a group; no memory is
+    // involved. pgid > 1 was checked above.
+    unsafe { libc::kill(-pgid, sig) == 0 }
+}
+
+/// Terminates process group `pgid`: SIGTERM, poll (every 50 ms) until the
+/// group is empty or `grace` passed, then SIGKILL.
+///
+/// Returns whether anything was signalled (false when the group did not
+/// exist; ESRCH is not an error). Refuses pgid <= 1 and the caller's own
+/// group (returns false). The caller must make sure the pgid is still the
+/// process it means (see [`is_alive`]). A zombie member that nobody reaps
+/// keeps the group non-empty, so this may wait the full `grace`.
+pub fn kill_group(pgid: i32, grace: Duration) -> bool {
+    if !signal_group(pgid, libc::SIGTERM) {
+        return false;
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && group_exists(pgid) {
+        std::thread::sleep(POLL);
+    }
+    signal_group(pgid, libc::SIGKILL);
+    true
+}
+
+/// Parses a `/proc/<pid>/stat` line into (state, start time in clock ticks
+/// since boot). Fields are read after the last `)`, since the command name
+/// (field 2) may contain spaces and parentheses.
+fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace(); // starts at field 3
+    let state = fields.next()?.chars().next()?;
+    let start_time = fields.nth(22 - 4)?.parse().ok()?;
+    Some((state, start_time))
+}
+
+fn read_stat(pid: i32) -> Option<(char, u64)> {
+    if pid <= 0 {
+        return None;
+    }
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Start time of `pid`: field 22 of `/proc/<pid>/stat`, in clock ticks
+/// since boot. `None` if there is no such process (or it is unreadable).
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    read_stat(pid).map(|(_, start)| start)
+}
+
+/// True when process `pid` exists, is not a zombie (state `Z`/`X` counts as
+/// dead), and started at `start_time` (so a reused pid is not mistaken for
+/// the original).
+pub fn is_alive(pid: i32, start_time: u64) -> bool {
+    matches!(read_stat(pid), Some((state, start)) if start == start_time && !matches!(state, 'Z' | 'X'))
+}
+
+/// This machine's boot id (`/proc/sys/kernel/random/boot_id`, trimmed),
+/// the worker host identity: after a reboot, recorded pids mean nothing.
+/// Returns `"unknown"` (with a warning) if the file is unreadable.
+pub fn boot_id() -> String {
+    match std::fs::read_to_string("/proc/sys/kernel/random/boot_id") {
+        Ok(s) => s.trim().to_string(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read boot id");
+            "unknown".to_string()
+        }
+    }
+}
+
+/// (pid, start time) of the current process; start time 0 if `/proc` is
+/// unreadable.
+pub fn current_process() -> Spawned {
+    let pid = std::process::id() as i32;
+    Spawned {
+        pid,
+        start_time: proc_start_time(pid).unwrap_or(0),
+    }
+}
+
+/// Does any process (zombies included) exist in process group `pgid`?
+/// (`kill(-pgid, 0)` succeeds or fails with EPERM.) False for pgid <= 0.
+pub fn group_exists(pgid: i32) -> bool {
+    if pgid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks existence/permission; nothing is sent.
+    let rc = unsafe { libc::kill(-pgid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec(dir: &Path, script: &str) -> RunSpec {
+        RunSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            cwd: dir.to_path_buf(),
+            env: vec![],
+            env_remove_prefix: None,
+            stdin_path: None,
+            log_path: dir.join("logs/run.log"),
+            timeout: Duration::from_secs(10),
+            kill_grace: Duration::from_millis(300),
+        }
+    }
+
+    fn run_quiet(spec: &RunSpec) -> RunOutcome {
+        run(spec, Duration::from_secs(1), |_| Ok(()), || Ok(())).unwrap()
+    }
+
+    /// Gone or a zombie (the test's init may not reap orphans promptly).
+    fn dead(pid: i32) -> bool {
+        !matches!(read_stat(pid), Some((s, _)) if !matches!(s, 'Z' | 'X'))
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn read_pid(path: &Path) -> i32 {
+        let mut pid = None;
+        wait_until("pid file", || {
+            pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            pid.is_some()
+        });
+        pid.unwrap()
+    }
+
+    #[test]
+    fn records_exit_code_and_logs_both_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "echo to-out; echo to-err >&2; exit 7");
+        let mut seen = None;
+        let out = run(
+            &s,
+            Duration::from_secs(1),
+            |sp| {
+                seen = Some(*sp);
+                Ok(())
+            },
+            || Ok(()),
+        )
+        .unwrap();
+        assert_eq!(out.exit, ExitKind::Code(7));
+        assert_eq!(out.exit_code(), 7);
+        let sp = seen.unwrap();
+        assert!(sp.pid > 0 && sp.start_time > 0);
+        let log = std::fs::read_to_string(&s.log_path).unwrap();
+        assert!(log.contains("to-out") && log.contains("to-err"), "{log}");
+    }
+
+    #[test]
+    fn signal_exit_and_exit_code_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run_quiet(&spec(dir.path(), "kill -9 $$"));
+        assert_eq!(out.exit, ExitKind::Signal(9));
+        assert_eq!(out.exit_code(), 137);
+        let t = RunOutcome {
+            exit: ExitKind::TimedOut,
+            duration_ms: 0,
+        };
+        assert_eq!(t.exit_code(), 124);
+    }
+
+    #[test]
+    fn stdin_file_is_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("in.txt"), "hello prompt\n").unwrap();
+        let mut s = spec(dir.path(), "read line; echo \"got $line\"");
+        s.stdin_path = Some(dir.path().join("in.txt"));
+        assert_eq!(run_quiet(&s).exit, ExitKind::Code(0));
+        let log = std::fs::read_to_string(&s.log_path).unwrap();
+        assert!(log.contains("got hello prompt"), "{log}");
+    }
+
+    #[test]
+    fn env_prefix_removed_before_added_vars() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(
+            dir.path(),
+            "echo \"secret=${ORCH_SECRET_TOKEN-unset} task=${ORCH_TASK_ID-unset} keep=${KEEP_ME-unset}\"",
+        );
+        s.env_remove_prefix = Some("ORCH_".into());
+        s.env = vec![("ORCH_TASK_ID".into(), "T-1".into())];
+        let inherited = [
+            ("ORCH_SECRET_TOKEN", "hunter2"),
+            ("ORCH_TASK_ID", "stale"),
+            ("KEEP_ME", "yes"),
+            ("PATH", "/usr/bin:/bin"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let status = command(&s, inherited).unwrap().status().unwrap();
+        assert!(status.success());
+        let log = std::fs::read_to_string(&s.log_path).unwrap();
+        assert_eq!(log.trim(), "secret=unset task=T-1 keep=yes");
+    }
+
+    #[test]
+    fn timeout_kills_leader_and_grandchild() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "sleep 300 & echo $! > child.pid; sleep 300");
+        s.timeout = Duration::from_secs(1);
+        let mut leader = None;
+        let out = run(
+            &s,
+            Duration::from_millis(10),
+            |sp| {
+                leader = Some(*sp);
+                Ok(())
+            },
+            || Ok(()),
+        )
+        .unwrap();
+        assert_eq!(out.exit, ExitKind::TimedOut);
+        assert!(out.duration_ms >= 1000, "{out:?}");
+        let leader = leader.unwrap();
+        assert!(!is_alive(leader.pid, leader.start_time));
+        let child = read_pid(&dir.path().join("child.pid"));
+        wait_until("grandchild dead", || dead(child));
+    }
+
+    #[test]
+    fn leftover_background_child_is_killed_after_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "sleep 300 & echo $! > child.pid; exit 0");
+        assert_eq!(run_quiet(&s).exit, ExitKind::Code(0));
+        let child = read_pid(&dir.path().join("child.pid"));
+        wait_until("background child dead", || dead(child));
+    }
+
+    #[test]
+    fn on_spawn_error_kills_and_returns_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "sleep 300");
+        let mut pid = 0;
+        let err = run(
+            &s,
+            Duration::from_secs(1),
+            |sp| {
+                pid = sp.pid;
+                anyhow::bail!("db said no")
+            },
+            || Ok(()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("db said no"));
+        wait_until("leader dead", || dead(pid));
+    }
+
+    #[test]
+    fn on_tick_is_called_and_errors_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = spec(dir.path(), "sleep 0.3");
+        let mut ticks = 0;
+        let out = run(
+            &s,
+            Duration::from_millis(50),
+            |_| Ok(()),
+            || {
+                ticks += 1;
+                anyhow::bail!("heartbeat failed")
+            },
+        )
+        .unwrap();
+        assert_eq!(out.exit, ExitKind::Code(0));
+        assert!(ticks >= 2, "ticks = {ticks}");
+    }
+
+    #[test]
+    fn spawn_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "");
+        s.argv = vec![];
+        assert!(run_quiet_err(&s).contains("empty argv"));
+        s.argv = vec!["/nonexistent/agent".into()];
+        assert!(run_quiet_err(&s).contains("/nonexistent/agent"));
+    }
+
+    fn run_quiet_err(s: &RunSpec) -> String {
+        format!(
+            "{:#}",
+            run(s, Duration::from_secs(1), |_| Ok(()), || Ok(())).unwrap_err()
+        )
+    }
+
+    #[test]
+    fn liveness_and_identity() {
+        let me = current_process();
+        assert_eq!(me.pid, std::process::id() as i32);
+        assert!(is_alive(me.pid, me.start_time));
+        assert!(!is_alive(me.pid, me.start_time + 1));
+        assert!(!is_alive(-5, 0));
+        assert_eq!(proc_start_time(0), None);
+        assert!(!boot_id().is_empty());
+        assert_eq!(boot_id(), boot_id().trim());
+        assert!(!group_exists(0));
+        // SAFETY: getpgrp has no preconditions.
+        assert!(group_exists(unsafe { libc::getpgrp() }));
+        assert!(!kill_group(1, Duration::ZERO));
+    }
+
+    #[test]
+    fn kill_group_terminates_a_foreign_group() {
+        let dir = tempfile::tempdir().unwrap();
+        // A group whose leader we do not wait on, as the reaper sees it.
+        let s = spec(dir.path(), "sleep 300");
+        let mut child = command(&s, std::env::vars_os()).unwrap().spawn().unwrap();
+        let pgid = child.id() as i32;
+        let reaper = std::thread::spawn(move || child.wait().unwrap());
+        wait_until("group exists", || group_exists(pgid));
+        assert!(kill_group(pgid, Duration::from_secs(2)));
+        let status = reaper.join().unwrap();
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        wait_until("group gone", || !group_exists(pgid));
+        assert!(!kill_group(pgid, Duration::ZERO));
+    }
+
+    #[test]
+    fn parse_stat_handles_odd_comm() {
+        let line = "4242 (my (weird) name) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 50";
+        assert_eq!(parse_stat(line), Some(('S', 987654)));
+        let zombie = "7 (a) b) Z 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 55 0 0";
+        assert_eq!(parse_stat(zombie), Some(('Z', 55)));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+}
