@@ -1,0 +1,1475 @@
+//! Every git invocation orch makes, in one place.
+//!
+//! Why one module: the default branch is the one thing orch must never
+//! damage (DESIGN §11, invariant 6). Keeping every git call here means the
+//! rules that protect it — task branches only carry the `orch/` prefix,
+//! pushes never force except with an explicit lease on a task branch, the
+//! default branch only moves by a non-forced fast-forward push — are
+//! enforced and tested in a single file.
+//!
+//! How git is run: the `git` binary via [`std::process::Command`] with
+//! explicit arguments, never a shell; stdin is `/dev/null`,
+//! `GIT_TERMINAL_PROMPT=0` (a missing credential fails instead of
+//! hanging), `LC_ALL=C` (stable messages), and inherited `GIT_DIR`-style
+//! variables are removed so a call can only touch the directory it names.
+//! Commits and rebases pass `-c user.name=orch -c user.email=orch@localhost
+//! -c commit.gpgsign=false -c rerere.enabled=false` so they work on a
+//! machine with no git identity or signing key, and a conflict is never
+//! silently auto-resolved.
+//! Every failure is [`Error::Subprocess`] with the argv, the exit status and
+//! the last ~2 KiB of stderr; refused names are [`Error::InvalidRef`].
+//!
+//! Layout: one bare clone per project at `<state_dir>/repos/<project>`
+//! (remote `origin`, remote-tracking refs under `refs/remotes/origin/*`,
+//! local branches only for task branches) and one worktree per task at
+//! `<state_dir>/worktrees/<project>/<branch with / replaced by ->`.
+//!
+//! Locks (DESIGN §3): methods take the path locks they need themselves, in
+//! the fixed order worktree → clone, and release them before returning.
+//! The locks are flock(2) on separate open files, which is not re-entrant:
+//! a caller must NOT already hold `path_lock` on the same worktree or clone
+//! when calling a method of [`Repo`], or it deadlocks with itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+
+use anyhow::{bail, Context};
+
+use crate::error::Error;
+use crate::lock::{path_lock, LockGuard};
+
+/// How much of a failed command's stderr is kept in [`Error::Subprocess`].
+const STDERR_TAIL_BYTES: usize = 2048;
+
+/// Config overrides for commands that create commits (identity, no signing,
+/// no rerere auto-resolution that would hide a conflict).
+const COMMIT_CONFIG: [&str; 10] = [
+    "-c",
+    "user.name=orch",
+    "-c",
+    "user.email=orch@localhost",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "rerere.enabled=false",
+    "-c",
+    "core.editor=true",
+];
+
+/// Inherited variables that would redirect git away from the directory we
+/// name with `-C`.
+const SCRUBBED_ENV: [&str; 8] = [
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+];
+
+/// One project's shared clone and origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repo {
+    /// `<state_dir>/locks`; where [`path_lock`] files go.
+    pub locks_dir: PathBuf,
+    /// `<state_dir>/repos/<project>`; a bare clone owned by orch.
+    pub clone_dir: PathBuf,
+    /// Any git URL (a local path in tests).
+    pub origin_url: String,
+    /// The protected branch, e.g. `main`.
+    pub default_branch: String,
+    /// Prefix every task branch must carry, normally `orch/`.
+    pub branch_prefix: String,
+}
+
+/// Result of [`Repo::rebase_onto_default`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebaseOutcome {
+    /// The branch already contains origin's default branch; nothing done.
+    UpToDate,
+    /// The branch was rebased; the worktree's HEAD is now `new_head`.
+    Rebased { new_head: String },
+    /// The rebase stopped on conflicts in `files`; it was aborted and the
+    /// worktree is back, clean, on its original commit.
+    Conflict { files: Vec<String> },
+}
+
+/// Result of [`Repo::fast_forward_default`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FastForward {
+    /// Origin's default branch now points at `sha`.
+    Merged { sha: String },
+    /// Origin's default branch already contains the branch head.
+    AlreadyMerged,
+    /// Origin's default branch is not an ancestor of the branch head (it
+    /// moved); nothing was pushed. Rebase first.
+    NotFastForward,
+}
+
+// ---------------------------------------------------------------------------
+// Running git
+
+/// The captured result of one git run.
+struct GitOutput {
+    argv: Vec<String>,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl GitOutput {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    fn success(&self) -> bool {
+        self.status.success()
+    }
+
+    /// The typed error for this (failed) run.
+    fn into_error(self) -> Error {
+        let mut text = self.stderr;
+        if !self.stdout.trim().is_empty() {
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            text.push_str("[stdout] ");
+            text.push_str(&self.stdout);
+        }
+        Error::Subprocess {
+            argv: self.argv,
+            status: self.status.to_string(),
+            stderr_tail: tail(text.trim_end(), STDERR_TAIL_BYTES).to_string(),
+        }
+    }
+
+    /// `Ok(stdout)` on exit 0, else [`Error::Subprocess`].
+    fn ok(self) -> Result<String, Error> {
+        if self.success() {
+            Ok(self.stdout)
+        } else {
+            Err(self.into_error())
+        }
+    }
+}
+
+/// The last `max` bytes of `s`, cut on a char boundary.
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Run `git [-C dir] args...` with the scrubbed environment plus `env`.
+/// Never fails on a non-zero exit; only on spawn failure.
+fn run_git_env(
+    dir: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<GitOutput, Error> {
+    let mut argv = vec!["git".to_string()];
+    let mut cmd = Command::new("git");
+    if let Some(dir) = dir {
+        cmd.arg("-C").arg(dir);
+        argv.push("-C".into());
+        argv.push(dir.to_string_lossy().into_owned());
+    }
+    cmd.args(args);
+    argv.extend(args.iter().map(|a| a.to_string()));
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C")
+        .env("GIT_EDITOR", "true")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null());
+    tracing::debug!(?argv, "git");
+    match cmd.output() {
+        Ok(out) => Ok(GitOutput {
+            argv,
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }),
+        Err(e) => Err(Error::Subprocess {
+            argv,
+            status: format!("failed to start: {e}"),
+            stderr_tail: String::new(),
+        }),
+    }
+}
+
+fn run_git(dir: &Path, args: &[&str]) -> Result<GitOutput, Error> {
+    run_git_env(Some(dir), args, &[])
+}
+
+/// Run git in `dir`; `Ok(stdout)` on exit 0, else [`Error::Subprocess`].
+fn git_ok(dir: &Path, args: &[&str]) -> Result<String, Error> {
+    run_git(dir, args)?.ok()
+}
+
+/// Like [`git_ok`] with [`COMMIT_CONFIG`] in front of `args`.
+fn git_commit_ok(dir: &Path, args: &[&str]) -> Result<GitOutput, Error> {
+    let mut full: Vec<&str> = COMMIT_CONFIG.to_vec();
+    full.extend_from_slice(args);
+    run_git(dir, &full)
+}
+
+fn utf8(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("path is not valid UTF-8: {}", path.display()))
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("making {} absolute", path.display()))
+}
+
+// ---------------------------------------------------------------------------
+// Name validation
+
+fn invalid(name: &str, reason: impl Into<String>) -> Error {
+    Error::InvalidRef {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks every branch name orch puts into a refspec or rev must pass:
+/// a plain short branch name that git accepts, with no revision syntax.
+fn validate_branch_name(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(invalid(name, "empty branch name"));
+    }
+    if name.starts_with('-') {
+        return Err(invalid(name, "starts with '-'"));
+    }
+    if name.starts_with("refs/") {
+        return Err(invalid(
+            name,
+            "is a full ref name (starts with \"refs/\"); expected a short branch name",
+        ));
+    }
+    for pat in ["..", ":", "^", "~", "@{", "\\", "?", "*", "["] {
+        if name.contains(pat) {
+            return Err(invalid(name, format!("contains {pat:?}")));
+        }
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(name, "contains whitespace or a control character"));
+    }
+    if name == "HEAD" {
+        return Err(invalid(name, "is HEAD"));
+    }
+    let out = run_git_env(None, &["check-ref-format", "--branch", name], &[])?;
+    if !out.success() || out.stdout.trim_end_matches('\n') != name {
+        return Err(invalid(name, "rejected by `git check-ref-format --branch`"));
+    }
+    Ok(())
+}
+
+/// Validates a task branch name before orch creates, pushes or checks it
+/// out.
+///
+/// A valid name starts with `branch_prefix` (and has something after it),
+/// contains no `..`, `:`, `^`, `~`, `@{`, `\`, glob characters, whitespace
+/// or control characters, does not start with `-` or `refs/`, is neither
+/// `HEAD` nor `default_branch`, and passes `git check-ref-format --branch`.
+///
+/// Guarantees: pure apart from running `git check-ref-format` (no
+/// repository needed, nothing written). Assumptions: none; no lock.
+/// Errors: [`Error::InvalidRef`] naming the first reason found;
+/// [`Error::Subprocess`] only if git cannot be started.
+pub fn validate_task_branch(
+    name: &str,
+    branch_prefix: &str,
+    default_branch: &str,
+) -> Result<(), Error> {
+    if name == default_branch {
+        return Err(invalid(name, "is the default branch"));
+    }
+    if name == "HEAD" {
+        return Err(invalid(name, "is HEAD"));
+    }
+    if !name.starts_with(branch_prefix) || name.len() == branch_prefix.len() {
+        return Err(invalid(
+            name,
+            format!("does not start with the task branch prefix {branch_prefix:?}"),
+        ));
+    }
+    validate_branch_name(name)
+}
+
+/// A full 40- (SHA-1) or 64- (SHA-256) hex object id.
+fn validate_sha(sha: &str) -> Result<(), Error> {
+    if (sha.len() == 40 || sha.len() == 64) && sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(invalid(sha, "expected a full hexadecimal object id"))
+    }
+}
+
+/// A rev handed to git as a positional argument must not look like an
+/// option.
+fn validate_rev(rev: &str) -> Result<(), Error> {
+    if rev.is_empty() || rev.starts_with('-') {
+        Err(invalid(rev, "empty or starts with '-'"))
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Repo
+
+impl Repo {
+    /// Lock a worktree (callers pass the absolute path, so one directory
+    /// always maps to one lock file).
+    fn lock(&self, path: &Path) -> anyhow::Result<LockGuard> {
+        path_lock(&self.locks_dir, path)
+    }
+
+    fn lock_clone(&self) -> anyhow::Result<LockGuard> {
+        path_lock(&self.locks_dir, &absolute(&self.clone_dir)?)
+    }
+
+    fn remote_ref(branch: &str) -> String {
+        format!("refs/remotes/origin/{branch}")
+    }
+
+    /// The default branch, checked before it goes into a refspec.
+    fn default_branch(&self) -> Result<&str, Error> {
+        validate_branch_name(&self.default_branch)?;
+        Ok(&self.default_branch)
+    }
+
+    /// True when `clone_dir` holds a repository; removes an empty leftover
+    /// directory.
+    fn clone_exists(&self) -> anyhow::Result<bool> {
+        let dir = &self.clone_dir;
+        if !dir.exists() {
+            return Ok(false);
+        }
+        if dir.join("HEAD").is_file() && dir.join("objects").is_dir() {
+            return Ok(true);
+        }
+        let empty = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .next()
+            .is_none();
+        if empty {
+            std::fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))?;
+            return Ok(false);
+        }
+        bail!(
+            "{} exists but is not a git repository; move it away so orch can clone",
+            dir.display()
+        )
+    }
+
+    fn fetch_locked(&self) -> anyhow::Result<()> {
+        // Explicit refspecs: heads into remote-tracking refs, tags forced
+        // (a re-tagged origin must not break every later fetch).
+        git_ok(
+            &self.clone_dir,
+            &[
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--no-tags",
+                "origin",
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Clone or fetch. Caller holds the clone lock.
+    fn sync_locked(&self) -> anyhow::Result<()> {
+        let url = self.origin_url.as_str();
+        if url.is_empty() || url.starts_with('-') {
+            return Err(Error::config("origin_url", format!("unusable git URL {url:?}")).into());
+        }
+        if self.clone_exists()? {
+            let current = run_git(&self.clone_dir, &["config", "--get", "remote.origin.url"])?;
+            if current.stdout.trim_end() != url {
+                git_ok(&self.clone_dir, &["config", "remote.origin.url", url])?;
+            }
+            return self.fetch_locked();
+        }
+        // Build the clone beside its final place and rename it in, so a
+        // crash never leaves a half-made clone at clone_dir.
+        let parent = self
+            .clone_dir
+            .parent()
+            .context("clone_dir has no parent directory")?;
+        let name = self
+            .clone_dir
+            .file_name()
+            .context("clone_dir has no file name")?
+            .to_string_lossy()
+            .into_owned();
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let tmp = parent.join(format!(".{name}.orch-clone-tmp"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        }
+        let tmp_str = utf8(&tmp)?;
+        run_git_env(None, &["init", "--quiet", "--bare", tmp_str], &[])?.ok()?;
+        git_ok(&tmp, &["remote", "add", "origin", url])?;
+        git_ok(
+            &tmp,
+            &[
+                "symbolic-ref",
+                "HEAD",
+                &format!("refs/heads/{}", self.default_branch()?),
+            ],
+        )?;
+        let tmp_repo = Repo {
+            clone_dir: tmp.clone(),
+            ..self.clone()
+        };
+        tmp_repo.fetch_locked()?;
+        std::fs::rename(&tmp, &self.clone_dir).with_context(|| {
+            format!("renaming {} to {}", tmp.display(), self.clone_dir.display())
+        })?;
+        Ok(())
+    }
+
+    /// The admin directory a worktree's `.git` file points to, if it has
+    /// one.
+    fn worktree_gitdir(worktree: &Path) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(worktree.join(".git")).ok()?;
+        let dir = text.strip_prefix("gitdir:")?.trim();
+        let dir = Path::new(dir);
+        Some(if dir.is_absolute() {
+            dir.to_path_buf()
+        } else {
+            worktree.join(dir)
+        })
+    }
+
+    /// Ok when `worktree` is a live worktree of this clone (so git cannot
+    /// wander up into some enclosing repository). Returns its admin dir.
+    fn check_worktree(&self, worktree: &Path) -> anyhow::Result<PathBuf> {
+        let gitdir = Self::worktree_gitdir(worktree).with_context(|| {
+            format!(
+                "{} is not a git worktree (no .git file)",
+                worktree.display()
+            )
+        })?;
+        let clone = self
+            .clone_dir
+            .canonicalize()
+            .with_context(|| format!("clone {} is missing", self.clone_dir.display()))?;
+        let real = gitdir.canonicalize().with_context(|| {
+            format!(
+                "worktree {} points to {}, which no longer exists (was the clone re-created?)",
+                worktree.display(),
+                gitdir.display()
+            )
+        })?;
+        if !real.starts_with(clone.join("worktrees")) {
+            bail!(
+                "{} is a worktree of {}, not of {}",
+                worktree.display(),
+                real.display(),
+                clone.display()
+            );
+        }
+        Ok(real)
+    }
+
+    /// The branch `worktree` has checked out; `None` when HEAD is detached.
+    fn current_branch(worktree: &Path) -> anyhow::Result<Option<String>> {
+        let out = run_git(worktree, &["symbolic-ref", "--quiet", "HEAD"])?;
+        match out.code() {
+            Some(0) => Ok(out
+                .stdout
+                .trim_end()
+                .strip_prefix("refs/heads/")
+                .map(str::to_string)),
+            Some(1) => Ok(None),
+            _ => Err(out.into_error().into()),
+        }
+    }
+
+    fn rebase_in_progress(admin_dir: &Path) -> bool {
+        admin_dir.join("rebase-merge").exists() || admin_dir.join("rebase-apply").exists()
+    }
+
+    /// Abort a rebase a crashed orch left half-done. Caller holds the
+    /// worktree lock.
+    fn abort_stale_rebase(&self, worktree: &Path, admin_dir: &Path) -> anyhow::Result<()> {
+        if Self::rebase_in_progress(admin_dir) {
+            tracing::warn!(worktree = %worktree.display(), "aborting a rebase left in progress");
+            git_ok(worktree, &["rebase", "--abort"])?;
+        }
+        Ok(())
+    }
+
+    /// The sha `reference` (a full ref name) points to in `dir`, if any.
+    fn resolve_ref(dir: &Path, reference: &str) -> anyhow::Result<Option<String>> {
+        let out = run_git(dir, &["rev-parse", "--verify", "--quiet", reference])?;
+        match out.code() {
+            Some(0) => Ok(Some(out.stdout.trim().to_string())),
+            Some(1) => Ok(None),
+            _ => Err(out.into_error().into()),
+        }
+    }
+
+    fn head_sha_of(worktree: &Path) -> anyhow::Result<String> {
+        Ok(git_ok(worktree, &["rev-parse", "--verify", "HEAD"])?
+            .trim()
+            .to_string())
+    }
+
+    /// Idempotent: clone `origin_url` into `clone_dir` (bare) if it is
+    /// missing, else `git fetch --prune origin` (heads into
+    /// `refs/remotes/origin/*`, tags forced). Also resets the clone's
+    /// `origin` URL to `origin_url` if the configuration changed.
+    ///
+    /// Guarantees: a clone appears at `clone_dir` only complete (built in a
+    /// sibling temp dir and renamed); local branches are never touched.
+    /// Assumptions: takes `path_lock(clone_dir)` itself; the caller must not
+    /// hold it.
+    /// Errors: [`Error::Subprocess`] if git fails (unreachable origin…);
+    /// [`Error::Config`] for an empty URL or one starting with `-`; an
+    /// error if `clone_dir` exists and is not a repository.
+    pub fn sync(&self) -> anyhow::Result<()> {
+        let _clone = self.lock_clone()?;
+        self.sync_locked()
+    }
+
+    /// Idempotent: make sure `worktree` exists and is checked out on
+    /// `branch`.
+    ///
+    /// - Exists on `branch`: no-op (no fetch). A rebase a crash left in
+    ///   progress there is aborted first.
+    /// - Otherwise syncs the clone, prunes stale worktree entries (e.g. a
+    ///   deleted worktree directory), and creates it:
+    ///   - origin has `branch`: the worktree continues from what was pushed
+    ///     (the local branch is reset to origin's unless it already contains
+    ///     origin's commit, i.e. only adds unpushed local commits), with
+    ///     `origin/<branch>` as upstream;
+    ///   - origin lacks it but a local branch exists (created, never
+    ///     pushed): that local branch;
+    ///   - neither: a new branch from origin's current default branch.
+    ///
+    /// Assumptions: takes `path_lock(worktree)` then `path_lock(clone_dir)`;
+    /// the caller holds neither.
+    /// Errors: [`Error::InvalidRef`] if `branch` fails
+    /// [`validate_task_branch`]; an error if `worktree` exists but is not a
+    /// worktree of this clone, or is on another branch (nothing is deleted);
+    /// [`Error::Subprocess`] from git.
+    pub fn ensure_worktree(&self, worktree: &Path, branch: &str) -> anyhow::Result<()> {
+        validate_task_branch(branch, &self.branch_prefix, &self.default_branch)?;
+        let default = self.default_branch()?;
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        if worktree.exists() {
+            let is_empty_dir = worktree.is_dir()
+                && std::fs::read_dir(&worktree)
+                    .with_context(|| format!("reading {}", worktree.display()))?
+                    .next()
+                    .is_none();
+            if is_empty_dir {
+                std::fs::remove_dir(&worktree)
+                    .with_context(|| format!("removing {}", worktree.display()))?;
+            } else {
+                let admin = self.check_worktree(&worktree)?;
+                self.abort_stale_rebase(&worktree, &admin)?;
+                return match Self::current_branch(&worktree)? {
+                    Some(b) if b == branch => Ok(()),
+                    other => bail!(
+                        "worktree {} is on {}, not {branch}",
+                        worktree.display(),
+                        other.map_or("a detached HEAD".to_string(), |b| format!("branch {b}"))
+                    ),
+                };
+            }
+        }
+
+        let _clone = self.lock_clone()?;
+        self.sync_locked()?;
+        let clone = self.clone_dir.as_path();
+        git_ok(clone, &["worktree", "prune"])?;
+        if let Some(parent) = worktree.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let wt = utf8(&worktree)?;
+        let remote_ref = Self::remote_ref(branch);
+        let remote = Self::resolve_ref(clone, &remote_ref)?;
+        let local = Self::resolve_ref(clone, &format!("refs/heads/{branch}"))?;
+        match (remote, local) {
+            (Some(r), Some(l)) if r == l || self.is_ancestor(clone, &r, &l)? => {
+                git_ok(clone, &["worktree", "add", "--quiet", wt, branch])?;
+            }
+            (Some(_), _) => {
+                git_ok(
+                    clone,
+                    &[
+                        "worktree",
+                        "add",
+                        "--quiet",
+                        "--no-track",
+                        "-B",
+                        branch,
+                        wt,
+                        &remote_ref,
+                    ],
+                )?;
+            }
+            (None, Some(_)) => {
+                git_ok(clone, &["worktree", "add", "--quiet", wt, branch])?;
+            }
+            (None, None) => {
+                let base = Self::remote_ref(default);
+                if Self::resolve_ref(clone, &base)?.is_none() {
+                    bail!("origin has no default branch {default:?} to start {branch} from");
+                }
+                git_ok(
+                    clone,
+                    &[
+                        "worktree",
+                        "add",
+                        "--quiet",
+                        "--no-track",
+                        "-b",
+                        branch,
+                        wt,
+                        &base,
+                    ],
+                )?;
+            }
+        }
+        if Self::resolve_ref(clone, &remote_ref)?.is_some() {
+            git_ok(
+                clone,
+                &[
+                    "branch",
+                    "--quiet",
+                    &format!("--set-upstream-to=origin/{branch}"),
+                    branch,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Throws away uncommitted changes (tracked and untracked, not ignored
+    /// files) so the worktree equals its HEAD: used after a failed agent
+    /// run, so a retry starts from what was committed. Idempotent.
+    /// Holds the worktree lock.
+    pub fn discard_changes(&self, worktree: &Path) -> anyhow::Result<()> {
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        self.check_worktree(&worktree)?;
+        git_ok(&worktree, &["reset", "--quiet", "--hard", "HEAD"])?;
+        git_ok(&worktree, &["clean", "--quiet", "-fd"])?;
+        Ok(())
+    }
+
+    /// Stage everything (`git add -A`, so new untracked files too; ignored
+    /// files are not) and commit it with `message` as orch.
+    ///
+    /// Guarantees: `Ok(Some(sha))` with the new HEAD when it committed,
+    /// `Ok(None)` when there was nothing to commit; idempotent on a clean
+    /// tree. Hooks are skipped (`--no-verify`), commits are not signed.
+    /// Assumptions: takes `path_lock(worktree)`; the caller does not hold
+    /// it; no other git process (e.g. an agent) is using the worktree.
+    /// Errors: an error if `worktree` is not a worktree of this clone;
+    /// [`Error::Subprocess`] from git.
+    pub fn commit_all(&self, worktree: &Path, message: &str) -> anyhow::Result<Option<String>> {
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        self.check_worktree(&worktree)?;
+        git_ok(&worktree, &["add", "--all"])?;
+        let diff = run_git(&worktree, &["diff", "--cached", "--quiet"])?;
+        match diff.code() {
+            Some(0) => return Ok(None),
+            Some(1) => {}
+            _ => return Err(diff.into_error().into()),
+        }
+        git_commit_ok(
+            &worktree,
+            &["commit", "--quiet", "--no-verify", "-m", message],
+        )?
+        .ok()?;
+        Ok(Some(Self::head_sha_of(&worktree)?))
+    }
+
+    /// Push the worktree's HEAD to `refs/heads/<branch>` on origin, without
+    /// force (origin rejects a non-fast-forward).
+    ///
+    /// Guarantees: refuses — before pushing anything — any `branch` that
+    /// fails [`validate_task_branch`], so the default branch (`main`,
+    /// `refs/heads/main`, `HEAD:main`, `orch/../main`, …) can never be the
+    /// destination. Idempotent: pushing an up-to-date branch is Ok.
+    /// Assumptions: takes `path_lock(worktree)` then `path_lock(clone_dir)`
+    /// (the push updates the clone's remote-tracking ref).
+    /// Errors: [`Error::InvalidRef`]; [`Error::Subprocess`] when git or
+    /// origin refuses (non-fast-forward, no access…).
+    pub fn push_branch(&self, worktree: &Path, branch: &str) -> anyhow::Result<()> {
+        validate_task_branch(branch, &self.branch_prefix, &self.default_branch)?;
+        self.push_task_branch(worktree, branch, None)
+    }
+
+    /// Like [`Repo::push_branch`] but may overwrite a non-fast-forward
+    /// (after a rebase) with
+    /// `--force-with-lease=refs/heads/<branch>:<expected_remote_sha>`:
+    /// origin accepts only if its branch is still at `expected_remote_sha`.
+    ///
+    /// Guarantees: same refusals as [`Repo::push_branch`]; the lease is
+    /// checked by origin, so a concurrent push is never overwritten.
+    /// Assumptions: as [`Repo::push_branch`].
+    /// Errors: [`Error::InvalidRef`] for a refused branch or an
+    /// `expected_remote_sha` that is not a full hex object id;
+    /// [`Error::Subprocess`] when the lease is stale or the push fails.
+    pub fn push_branch_force_with_lease(
+        &self,
+        worktree: &Path,
+        branch: &str,
+        expected_remote_sha: &str,
+    ) -> anyhow::Result<()> {
+        validate_task_branch(branch, &self.branch_prefix, &self.default_branch)?;
+        validate_sha(expected_remote_sha)?;
+        self.push_task_branch(worktree, branch, Some(expected_remote_sha))
+    }
+
+    /// Push HEAD to a task branch that the caller has already validated.
+    fn push_task_branch(
+        &self,
+        worktree: &Path,
+        branch: &str,
+        lease: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        self.check_worktree(&worktree)?;
+        let _clone = self.lock_clone()?;
+        let refspec = format!("HEAD:refs/heads/{branch}");
+        let lease_arg = lease.map(|sha| format!("--force-with-lease=refs/heads/{branch}:{sha}"));
+        let mut args = vec!["push", "--porcelain", "--no-verify"];
+        if let Some(l) = &lease_arg {
+            args.push(l);
+        }
+        args.extend(["origin", refspec.as_str()]);
+        git_ok(&worktree, &args)?;
+        Ok(())
+    }
+
+    /// The worktree's HEAD commit sha.
+    ///
+    /// Guarantees: read-only. Assumptions: no lock taken (a concurrent
+    /// commit may move HEAD right after).
+    /// Errors: an error if `worktree` is not a worktree of this clone;
+    /// [`Error::Subprocess`] from git.
+    pub fn head_sha(&self, worktree: &Path) -> anyhow::Result<String> {
+        let worktree = absolute(worktree)?;
+        self.check_worktree(&worktree)?;
+        Self::head_sha_of(&worktree)
+    }
+
+    /// Fetch origin (cloning if needed), then the sha of origin's
+    /// `refs/heads/<name>`, `None` if origin has no such branch. `name` may
+    /// be any branch, including the default branch.
+    ///
+    /// Guarantees: only the clone's remote-tracking refs change.
+    /// Assumptions: takes `path_lock(clone_dir)`; the caller does not hold
+    /// it.
+    /// Errors: [`Error::InvalidRef`] for a name that is not a plain branch
+    /// name; [`Error::Subprocess`] from git.
+    pub fn remote_branch_sha(&self, name: &str) -> anyhow::Result<Option<String>> {
+        validate_branch_name(name)?;
+        let _clone = self.lock_clone()?;
+        self.sync_locked()?;
+        Self::resolve_ref(&self.clone_dir, &Self::remote_ref(name))
+    }
+
+    /// True when `ancestor` is an ancestor of, or equal to, `descendant`
+    /// (`git merge-base --is-ancestor`) in the repository at `dir` (the
+    /// clone or a worktree).
+    ///
+    /// Guarantees: read-only. Assumptions: no lock taken.
+    /// Errors: [`Error::InvalidRef`] for an empty rev or one starting with
+    /// `-`; [`Error::Subprocess`] for any git exit but 0/1 (e.g. an unknown
+    /// sha).
+    pub fn is_ancestor(
+        &self,
+        dir: &Path,
+        ancestor: &str,
+        descendant: &str,
+    ) -> anyhow::Result<bool> {
+        validate_rev(ancestor)?;
+        validate_rev(descendant)?;
+        let out = run_git(dir, &["merge-base", "--is-ancestor", ancestor, descendant])?;
+        match out.code() {
+            Some(0) => Ok(true),
+            Some(1) => Ok(false),
+            _ => Err(out.into_error().into()),
+        }
+    }
+
+    /// Fetch, then rebase the worktree's branch onto origin's current
+    /// default branch.
+    ///
+    /// Guarantees: `UpToDate` when the branch already contains origin's
+    /// default (nothing changes); `Rebased { new_head }` on success;
+    /// `Conflict { files }` when it stopped on conflicts — the rebase is
+    /// aborted, so the worktree is clean, on its branch, at the original
+    /// commit. Nothing is pushed. A rebase left in progress by a crash is
+    /// aborted first.
+    /// Assumptions: takes `path_lock(worktree)` for the whole operation and
+    /// `path_lock(clone_dir)` for the fetch; the caller holds neither. The
+    /// worktree has no uncommitted changes (run [`Repo::commit_all`] first).
+    /// Errors: [`Error::Subprocess`] if git fails for another reason (a
+    /// dirty worktree, a stop without conflicted files — aborted too).
+    pub fn rebase_onto_default(&self, worktree: &Path) -> anyhow::Result<RebaseOutcome> {
+        let default = self.default_branch()?;
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        let admin = self.check_worktree(&worktree)?;
+        {
+            let _clone = self.lock_clone()?;
+            self.sync_locked()?;
+        }
+        self.abort_stale_rebase(&worktree, &admin)?;
+        let upstream = Self::resolve_ref(&worktree, &Self::remote_ref(default))?
+            .with_context(|| format!("origin has no default branch {default:?}"))?;
+        let original = Self::head_sha_of(&worktree)?;
+        if self.is_ancestor(&worktree, &upstream, &original)? {
+            return Ok(RebaseOutcome::UpToDate);
+        }
+        let out = git_commit_ok(
+            &worktree,
+            &[
+                "rebase",
+                "--quiet",
+                "--no-verify",
+                "--no-autostash",
+                "--no-update-refs",
+                &upstream,
+            ],
+        )?;
+        if out.success() {
+            return Ok(RebaseOutcome::Rebased {
+                new_head: Self::head_sha_of(&worktree)?,
+            });
+        }
+        if !Self::rebase_in_progress(&admin) {
+            return Err(out.into_error().into());
+        }
+        let files: Vec<String> =
+            git_ok(&worktree, &["diff", "--name-only", "-z", "--diff-filter=U"])?
+                .split('\0')
+                .filter(|f| !f.is_empty())
+                .map(str::to_string)
+                .collect();
+        git_ok(&worktree, &["rebase", "--abort"])?;
+        let after = Self::head_sha_of(&worktree)?;
+        if after != original {
+            bail!(
+                "after `git rebase --abort` {} is at {after}, expected {original}",
+                worktree.display()
+            );
+        }
+        if files.is_empty() {
+            return Err(out.into_error().into());
+        }
+        Ok(RebaseOutcome::Conflict { files })
+    }
+
+    /// The only way orch moves the default branch: push
+    /// `<worktree HEAD sha>:refs/heads/<default_branch>` to origin WITHOUT
+    /// force, so origin itself refuses anything but a fast-forward.
+    ///
+    /// Guarantees: fetches first; `AlreadyMerged` (nothing pushed) when
+    /// origin's default already contains HEAD; `NotFastForward` (nothing
+    /// pushed) when origin's default is not an ancestor of HEAD, including
+    /// when origin moved between the fetch and the push; `Merged { sha }`
+    /// when origin's default now points at HEAD. Idempotent.
+    /// Assumptions: takes `path_lock(worktree)` then `path_lock(clone_dir)`;
+    /// the caller holds neither, and holds the repo's merge lease
+    /// (DESIGN §7). The worktree must be on a valid task branch.
+    /// Errors: [`Error::InvalidRef`] if the worktree is not on a task
+    /// branch; [`Error::Subprocess`] if git or origin fails for another
+    /// reason (hook declined, no access…).
+    pub fn fast_forward_default(&self, worktree: &Path) -> anyhow::Result<FastForward> {
+        let default = self.default_branch()?;
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        self.check_worktree(&worktree)?;
+        match Self::current_branch(&worktree)? {
+            Some(b) => validate_task_branch(&b, &self.branch_prefix, default)?,
+            None => {
+                return Err(
+                    invalid("HEAD", "worktree HEAD is detached, not on a task branch").into(),
+                )
+            }
+        }
+        let head = Self::head_sha_of(&worktree)?;
+        let _clone = self.lock_clone()?;
+        self.sync_locked()?;
+        let clone = self.clone_dir.as_path();
+        let main = Self::resolve_ref(clone, &Self::remote_ref(default))?
+            .with_context(|| format!("origin has no default branch {default:?}"))?;
+        if self.is_ancestor(clone, &head, &main)? {
+            return Ok(FastForward::AlreadyMerged);
+        }
+        if !self.is_ancestor(clone, &main, &head)? {
+            return Ok(FastForward::NotFastForward);
+        }
+        let refspec = format!("{head}:refs/heads/{default}");
+        let out = run_git(
+            clone,
+            &["push", "--porcelain", "--no-verify", "origin", &refspec],
+        )?;
+        if out.success() {
+            return Ok(FastForward::Merged { sha: head });
+        }
+        let raced = out.stdout.lines().any(|l| {
+            l.starts_with('!') && (l.contains("non-fast-forward") || l.contains("fetch first"))
+        });
+        if raced {
+            return Ok(FastForward::NotFastForward);
+        }
+        Err(out.into_error().into())
+    }
+
+    /// True when `path` (a file or directory, relative to the repository
+    /// root, e.g. `docs/work-items/12/`) exists in the worktree's HEAD
+    /// commit. Uncommitted files do not count.
+    ///
+    /// Guarantees: read-only; the path is matched literally (no globs).
+    /// Assumptions: no lock taken.
+    /// Errors: an error for an empty, absolute or `..` path, or if
+    /// `worktree` is not a worktree of this clone; [`Error::Subprocess`]
+    /// from git.
+    pub fn exists_at_head(&self, worktree: &Path, path: &str) -> anyhow::Result<bool> {
+        let rel = path.trim_start_matches("./").trim_end_matches('/');
+        if rel.is_empty() || rel.starts_with('/') || rel.split('/').any(|c| c == "..") {
+            bail!("path {path:?} must be a non-empty path relative to the repository root");
+        }
+        let worktree = absolute(worktree)?;
+        self.check_worktree(&worktree)?;
+        let out = run_git_env(
+            Some(&worktree),
+            &[
+                "ls-tree",
+                "-z",
+                "--name-only",
+                "--full-tree",
+                "HEAD",
+                "--",
+                rel,
+            ],
+            &[("GIT_LITERAL_PATHSPECS", "1")],
+        )?
+        .ok()?;
+        Ok(out.split('\0').any(|entry| entry == rel))
+    }
+
+    /// Best-effort removal of a task's worktree (cancel/done):
+    /// `git worktree remove --force --force`, then deleting the directory if
+    /// git left it, then `git worktree prune`. The local branch stays.
+    ///
+    /// Guarantees: idempotent (a missing worktree is Ok); a directory is
+    /// only deleted when its `.git` file points into this clone (or it is
+    /// empty); uncommitted work in it is lost.
+    /// Assumptions: takes `path_lock(worktree)` then `path_lock(clone_dir)`;
+    /// the caller holds neither; no agent is running in the worktree.
+    /// Errors: an error if `worktree` exists but is not a worktree of this
+    /// clone, or cannot be deleted; [`Error::Subprocess`] if the prune
+    /// fails.
+    pub fn remove_worktree(&self, worktree: &Path) -> anyhow::Result<()> {
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        let _clone = self.lock_clone()?;
+        let have_clone = self.clone_exists()?;
+        if worktree.exists() {
+            let ours = have_clone && self.check_worktree(&worktree).is_ok();
+            let orphan_of_ours = Self::worktree_gitdir(&worktree).is_some_and(|g| {
+                self.clone_dir
+                    .canonicalize()
+                    .is_ok_and(|c| g.starts_with(c.join("worktrees")))
+            });
+            if ours {
+                let wt = utf8(&worktree)?;
+                let out = run_git(
+                    &self.clone_dir,
+                    &["worktree", "remove", "--force", "--force", wt],
+                )?;
+                if !out.success() {
+                    tracing::warn!(error = %out.into_error(), "git worktree remove failed; deleting the directory");
+                }
+            }
+            let empty = std::fs::read_dir(&worktree).is_ok_and(|mut d| d.next().is_none());
+            if worktree.exists() && (ours || orphan_of_ours || empty) {
+                std::fs::remove_dir_all(&worktree)
+                    .with_context(|| format!("removing {}", worktree.display()))?;
+            } else if worktree.exists() {
+                bail!(
+                    "{} is not a worktree of {}; refusing to delete it",
+                    worktree.display(),
+                    self.clone_dir.display()
+                );
+            }
+        }
+        if have_clone {
+            git_ok(&self.clone_dir, &["worktree", "prune"])?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A temp dir with a bare origin whose `main` has one commit, a scratch
+    /// clone of it (playing "someone else"), and a [`Repo`] for project `p`.
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        origin: PathBuf,
+        scratch: PathBuf,
+        repo: Repo,
+    }
+
+    /// Run git with an identity; panic on failure; stdout trimmed.
+    fn sh(dir: &Path, args: &[&str]) -> String {
+        let out = git_commit_ok(dir, args).unwrap();
+        assert!(
+            out.success(),
+            "git {args:?} in {} failed: {}",
+            dir.display(),
+            out.stderr
+        );
+        out.stdout.trim().to_string()
+    }
+
+    fn fixture() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().canonicalize().unwrap();
+        let origin = root.join("origin.git");
+        let scratch = root.join("scratch");
+        sh(&root, &["init", "-q", "--bare", "-b", "main", "origin.git"]);
+        sh(&root, &["init", "-q", "-b", "main", "scratch"]);
+        std::fs::write(scratch.join("README"), "line one\n").unwrap();
+        sh(&scratch, &["add", "-A"]);
+        sh(&scratch, &["commit", "-qm", "seed"]);
+        sh(
+            &scratch,
+            &["remote", "add", "origin", origin.to_str().unwrap()],
+        );
+        sh(&scratch, &["push", "-q", "origin", "HEAD:refs/heads/main"]);
+        let repo = Repo {
+            locks_dir: root.join("locks"),
+            clone_dir: root.join("repos/p"),
+            origin_url: origin.to_str().unwrap().to_string(),
+            default_branch: "main".into(),
+            branch_prefix: "orch/".into(),
+        };
+        Fixture {
+            _tmp: tmp,
+            root,
+            origin,
+            scratch,
+            repo,
+        }
+    }
+
+    impl Fixture {
+        fn wt(&self, n: u32) -> PathBuf {
+            self.root.join(format!("worktrees/p/orch-p-{n}"))
+        }
+        fn origin_sha(&self, reference: &str) -> String {
+            let out = run_git_env(
+                None,
+                &[
+                    "--git-dir",
+                    self.origin.to_str().unwrap(),
+                    "rev-parse",
+                    reference,
+                ],
+                &[],
+            )
+            .unwrap();
+            out.ok().unwrap().trim().to_string()
+        }
+        /// Someone else pushes a commit touching `file` to origin's main.
+        fn advance_main(&self, file: &str, content: &str) {
+            sh(
+                &self.scratch,
+                &["pull", "-q", "--ff-only", "origin", "main"],
+            );
+            std::fs::write(self.scratch.join(file), content).unwrap();
+            sh(&self.scratch, &["add", "-A"]);
+            sh(&self.scratch, &["commit", "-qm", "elsewhere"]);
+            sh(
+                &self.scratch,
+                &["push", "-q", "origin", "HEAD:refs/heads/main"],
+            );
+        }
+        /// ensure_worktree + write a file + commit_all; returns the sha.
+        fn work(&self, n: u32, file: &str, content: &str) -> (PathBuf, String) {
+            let wt = self.wt(n);
+            self.repo
+                .ensure_worktree(&wt, &format!("orch/p-{n}"))
+                .unwrap();
+            std::fs::write(wt.join(file), content).unwrap();
+            let sha = self.repo.commit_all(&wt, "work").unwrap().unwrap();
+            (wt, sha)
+        }
+    }
+
+    fn is_invalid_ref(err: &anyhow::Error) -> bool {
+        matches!(err.downcast_ref::<Error>(), Some(Error::InvalidRef { .. }))
+    }
+
+    #[test]
+    fn validate_task_branch_accepts_prefixed_and_refuses_the_rest() {
+        validate_task_branch("orch/p-1", "orch/", "main").unwrap();
+        for bad in [
+            "main",
+            "HEAD",
+            "refs/heads/main",
+            "refs/heads/orch/p-1",
+            "HEAD:main",
+            "orch/../main",
+            "orch/p-1:main",
+            "feature/x",
+            "orch/",
+            "-orch/p-1",
+            "orch/p 1",
+            "orch/p~1",
+            "orch/p^1",
+            "orch/p@{1}",
+            "orch/p*",
+            "orch/p.lock",
+            "orch//p",
+            "orch/p/",
+            "",
+        ] {
+            let err = validate_task_branch(bad, "orch/", "main").unwrap_err();
+            assert!(matches!(err, Error::InvalidRef { .. }), "{bad:?}: {err}");
+        }
+        // A misconfigured prefix can never make the default branch valid.
+        assert!(validate_task_branch("main", "ma", "main").is_err());
+    }
+
+    #[test]
+    fn sync_and_ensure_worktree_are_idempotent() {
+        let f = fixture();
+        f.repo.sync().unwrap();
+        f.repo.sync().unwrap();
+        let wt = f.wt(1);
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        assert_eq!(f.repo.head_sha(&wt).unwrap(), f.origin_sha("main"));
+        assert_eq!(
+            std::fs::read_to_string(wt.join("README")).unwrap(),
+            "line one\n"
+        );
+        // Second call is a no-op: uncommitted work survives.
+        std::fs::write(wt.join("scratch.txt"), "wip").unwrap();
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        assert!(wt.join("scratch.txt").exists());
+        // Same path, other branch: refused, nothing deleted.
+        assert!(f.repo.ensure_worktree(&wt, "orch/p-2").is_err());
+        assert!(wt.join("scratch.txt").exists());
+        // Invalid branch names are refused before anything happens.
+        let err = f.repo.ensure_worktree(&f.wt(9), "main").unwrap_err();
+        assert!(is_invalid_ref(&err));
+        assert!(!f.wt(9).exists());
+    }
+
+    #[test]
+    fn recreated_worktree_continues_from_pushed_branch() {
+        let f = fixture();
+        let (wt, sha) = f.work(1, "a.txt", "a\n");
+        f.repo.push_branch(&wt, "orch/p-1").unwrap();
+        std::fs::remove_dir_all(&wt).unwrap();
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        assert_eq!(f.repo.head_sha(&wt).unwrap(), sha);
+        assert_eq!(std::fs::read_to_string(wt.join("a.txt")).unwrap(), "a\n");
+        // Removed the proper way, then re-created: same result.
+        f.repo.remove_worktree(&wt).unwrap();
+        f.repo.remove_worktree(&wt).unwrap();
+        assert!(!wt.exists());
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        assert_eq!(f.repo.head_sha(&wt).unwrap(), sha);
+    }
+
+    #[test]
+    fn recreated_worktree_prefers_origin_unless_local_only_adds_commits() {
+        let f = fixture();
+        let (wt, first) = f.work(1, "a.txt", "a\n");
+        std::fs::write(wt.join("b.txt"), "b\n").unwrap();
+        let second = f.repo.commit_all(&wt, "more").unwrap().unwrap();
+        f.repo.push_branch(&wt, "orch/p-1").unwrap();
+        f.repo.remove_worktree(&wt).unwrap();
+        // A stale local branch (behind origin) is reset to origin's.
+        sh(&f.repo.clone_dir, &["branch", "-f", "orch/p-1", &first]);
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        assert_eq!(f.repo.head_sha(&wt).unwrap(), second);
+        // Unpushed local commits on top of origin's are kept.
+        std::fs::write(wt.join("c.txt"), "c\n").unwrap();
+        let third = f.repo.commit_all(&wt, "unpushed").unwrap().unwrap();
+        std::fs::remove_dir_all(&wt).unwrap();
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        assert_eq!(f.repo.head_sha(&wt).unwrap(), third);
+        assert_eq!(
+            sh(&wt, &["rev-parse", "--abbrev-ref", "@{upstream}"]),
+            "origin/orch/p-1"
+        );
+    }
+
+    #[test]
+    fn commit_all_commits_changes_including_untracked_and_not_a_clean_tree() {
+        let f = fixture();
+        let wt = f.wt(1);
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        assert_eq!(f.repo.commit_all(&wt, "nothing").unwrap(), None);
+        std::fs::create_dir_all(wt.join("new/dir")).unwrap();
+        std::fs::write(wt.join("new/dir/file"), "x").unwrap();
+        let sha = f.repo.commit_all(&wt, "add").unwrap().unwrap();
+        assert_eq!(sha, f.repo.head_sha(&wt).unwrap());
+        assert!(f.repo.exists_at_head(&wt, "new/dir/file").unwrap());
+        assert_eq!(f.repo.commit_all(&wt, "again").unwrap(), None);
+        std::fs::write(wt.join("README"), "changed\n").unwrap();
+        let sha2 = f.repo.commit_all(&wt, "edit").unwrap().unwrap();
+        assert_ne!(sha, sha2);
+        let author = sh(&wt, &["log", "-1", "--format=%an <%ae>"]);
+        assert_eq!(author, "orch <orch@localhost>");
+    }
+
+    #[test]
+    fn push_branch_pushes_and_refuses_the_default_branch() {
+        let f = fixture();
+        let main_before = f.origin_sha("main");
+        let (wt, sha) = f.work(1, "a.txt", "a\n");
+        assert_eq!(f.repo.remote_branch_sha("orch/p-1").unwrap(), None);
+        f.repo.push_branch(&wt, "orch/p-1").unwrap();
+        f.repo.push_branch(&wt, "orch/p-1").unwrap();
+        assert_eq!(
+            f.repo.remote_branch_sha("orch/p-1").unwrap(),
+            Some(sha.clone())
+        );
+        assert_eq!(f.origin_sha("orch/p-1"), sha);
+        for bad in [
+            "main",
+            "refs/heads/main",
+            "HEAD:main",
+            "orch/../main",
+            "feature/x",
+        ] {
+            let err = f.repo.push_branch(&wt, bad).unwrap_err();
+            assert!(is_invalid_ref(&err), "{bad}: {err:#}");
+            let err = f
+                .repo
+                .push_branch_force_with_lease(&wt, bad, &main_before)
+                .unwrap_err();
+            assert!(is_invalid_ref(&err), "{bad}: {err:#}");
+        }
+        assert_eq!(f.origin_sha("main"), main_before);
+        assert_eq!(f.repo.remote_branch_sha("main").unwrap(), Some(main_before));
+        assert!(is_invalid_ref(
+            &f.repo.remote_branch_sha("main~1").unwrap_err()
+        ));
+    }
+
+    #[test]
+    fn force_with_lease_refuses_a_stale_expectation() {
+        let f = fixture();
+        let (wt, first) = f.work(1, "a.txt", "1\n");
+        f.repo.push_branch(&wt, "orch/p-1").unwrap();
+        // Rewrite history locally (as a rebase would).
+        sh(&wt, &["commit", "-q", "--amend", "-m", "amended"]);
+        let amended = f.repo.head_sha(&wt).unwrap();
+        // Plain push is a non-fast-forward: refused.
+        let err = f.repo.push_branch(&wt, "orch/p-1").unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Subprocess { .. })
+        ));
+        // Stale lease (origin is at `first`, not main's sha): refused.
+        let stale = f.origin_sha("main");
+        let err = f
+            .repo
+            .push_branch_force_with_lease(&wt, "orch/p-1", &stale)
+            .unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<Error>(), Some(Error::Subprocess { .. })),
+            "{err:#}"
+        );
+        assert_eq!(f.origin_sha("orch/p-1"), first);
+        // Not a sha at all: refused before git.
+        assert!(is_invalid_ref(
+            &f.repo
+                .push_branch_force_with_lease(&wt, "orch/p-1", "main")
+                .unwrap_err()
+        ));
+        // Correct lease: accepted.
+        f.repo
+            .push_branch_force_with_lease(&wt, "orch/p-1", &first)
+            .unwrap();
+        assert_eq!(f.origin_sha("orch/p-1"), amended);
+    }
+
+    #[test]
+    fn fast_forward_default_merges_once_and_refuses_when_main_moved() {
+        let f = fixture();
+        let (wt1, sha1) = f.work(1, "a.txt", "a\n");
+        f.repo.push_branch(&wt1, "orch/p-1").unwrap();
+        assert_eq!(
+            f.repo.fast_forward_default(&wt1).unwrap(),
+            FastForward::Merged { sha: sha1.clone() }
+        );
+        assert_eq!(f.origin_sha("main"), sha1);
+        assert_eq!(
+            f.repo.fast_forward_default(&wt1).unwrap(),
+            FastForward::AlreadyMerged
+        );
+
+        // Task 2 starts from the new main; then main moves elsewhere.
+        let (wt2, sha2) = f.work(2, "b.txt", "b\n");
+        f.repo.push_branch(&wt2, "orch/p-2").unwrap();
+        assert!(f.repo.is_ancestor(&wt2, &sha1, &sha2).unwrap());
+        f.advance_main("c.txt", "c\n");
+        let moved = f.origin_sha("main");
+        assert_eq!(
+            f.repo.fast_forward_default(&wt2).unwrap(),
+            FastForward::NotFastForward
+        );
+        assert_eq!(f.origin_sha("main"), moved);
+
+        let RebaseOutcome::Rebased { new_head } = f.repo.rebase_onto_default(&wt2).unwrap() else {
+            panic!("expected Rebased");
+        };
+        assert_eq!(new_head, f.repo.head_sha(&wt2).unwrap());
+        assert!(f.repo.is_ancestor(&wt2, &moved, &new_head).unwrap());
+        assert!(!f.repo.is_ancestor(&wt2, &sha2, &new_head).unwrap());
+        assert_eq!(
+            f.repo.rebase_onto_default(&wt2).unwrap(),
+            RebaseOutcome::UpToDate
+        );
+        f.repo
+            .push_branch_force_with_lease(&wt2, "orch/p-2", &sha2)
+            .unwrap();
+        assert_eq!(
+            f.repo.fast_forward_default(&wt2).unwrap(),
+            FastForward::Merged {
+                sha: new_head.clone()
+            }
+        );
+        assert_eq!(f.origin_sha("main"), new_head);
+        assert!(f.repo.is_ancestor(&wt2, "no-such-rev", &new_head).is_err());
+    }
+
+    #[test]
+    fn rebase_conflict_is_aborted_and_leaves_the_worktree_clean() {
+        let f = fixture();
+        let (wt1, _) = f.work(1, "README", "from task one\n");
+        let (wt2, sha2) = f.work(2, "README", "from task two\n");
+        assert!(matches!(
+            f.repo.fast_forward_default(&wt1).unwrap(),
+            FastForward::Merged { .. }
+        ));
+        let main = f.origin_sha("main");
+        match f.repo.rebase_onto_default(&wt2).unwrap() {
+            RebaseOutcome::Conflict { files } => assert_eq!(files, vec!["README".to_string()]),
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+        assert_eq!(sh(&wt2, &["status", "--porcelain"]), "");
+        let admin = f.repo.check_worktree(&wt2).unwrap();
+        assert!(!Repo::rebase_in_progress(&admin));
+        assert_eq!(f.repo.head_sha(&wt2).unwrap(), sha2);
+        assert_eq!(sh(&wt2, &["symbolic-ref", "--short", "HEAD"]), "orch/p-2");
+        assert_eq!(
+            f.repo.fast_forward_default(&wt2).unwrap(),
+            FastForward::NotFastForward
+        );
+        assert_eq!(f.origin_sha("main"), main);
+    }
+
+    #[test]
+    fn discard_changes_restores_head() {
+        let f = fixture();
+        let wt = f.wt(9);
+        f.repo.ensure_worktree(&wt, "orch/p-9").unwrap();
+        std::fs::write(wt.join("README"), "scribbled").unwrap();
+        std::fs::write(wt.join("new.txt"), "x").unwrap();
+        f.repo.discard_changes(&wt).unwrap();
+        assert_eq!(sh(&wt, &["status", "--porcelain"]), "");
+        assert!(!wt.join("new.txt").exists());
+    }
+
+    #[test]
+    fn exists_at_head_sees_committed_paths_only() {
+        let f = fixture();
+        let wt = f.wt(1);
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        std::fs::create_dir_all(wt.join("docs/work-items/7")).unwrap();
+        std::fs::write(wt.join("docs/work-items/7/design.md"), "# d\n").unwrap();
+        assert!(!f.repo.exists_at_head(&wt, "docs/work-items/7/").unwrap());
+        f.repo.commit_all(&wt, "design").unwrap().unwrap();
+        for p in [
+            "docs/work-items/7",
+            "docs/work-items/7/",
+            "./docs/work-items/7/design.md",
+            "docs",
+            "README",
+        ] {
+            assert!(f.repo.exists_at_head(&wt, p).unwrap(), "{p}");
+        }
+        for p in [
+            "docs/work-items/8",
+            "docs/work-items/*",
+            "docs/work",
+            "READ",
+        ] {
+            assert!(!f.repo.exists_at_head(&wt, p).unwrap(), "{p}");
+        }
+        assert!(f.repo.exists_at_head(&wt, "../x").is_err());
+        assert!(f.repo.exists_at_head(&wt, "/etc").is_err());
+    }
+
+    #[test]
+    fn concurrent_tasks_on_one_clone_do_not_trip_over_each_other() {
+        let f = fixture();
+        std::thread::scope(|s| {
+            for n in 1..=4u32 {
+                let f = &f;
+                s.spawn(move || {
+                    let branch = format!("orch/p-{n}");
+                    let (wt, sha) = f.work(n, &format!("f{n}.txt"), "x\n");
+                    f.repo.push_branch(&wt, &branch).unwrap();
+                    f.repo.sync().unwrap();
+                    assert_eq!(f.repo.remote_branch_sha(&branch).unwrap(), Some(sha));
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn methods_refuse_a_directory_that_is_not_one_of_our_worktrees() {
+        let f = fixture();
+        f.repo.sync().unwrap();
+        // The scratch clone is a git repo, but not a worktree of our clone.
+        assert!(f.repo.commit_all(&f.scratch, "x").is_err());
+        assert!(f.repo.head_sha(&f.scratch).is_err());
+        assert!(f.repo.remove_worktree(&f.scratch).is_err());
+        assert!(f.scratch.join(".git").exists());
+    }
+}
