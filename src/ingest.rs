@@ -1,0 +1,345 @@
+//! `orch ingest`: turn stored deliveries into task and job changes.
+//!
+//! Oldest first, one `BEGIN IMMEDIATE` transaction per delivery: the
+//! handler's changes and the delivery's outcome commit together, so a crash
+//! either leaves the delivery pending (and the next ingest redoes it) or
+//! fully applied. Handlers are idempotent by meaning: they re-read the
+//! task and do nothing when the change is already there. A delivery that
+//! keeps failing is dead-lettered after `ORCH_INBOX_MAX_ATTEMPTS` and stays
+//! visible in `orch events list --failed`.
+//!
+//! Payloads: Plane's `issue` webhook (v1, `data` = IssueExpandSerializer,
+//! `activity.field` = `state` or `state_id`) and Gitea's `push` and `status`
+//! events, per `tests/fixtures/`.
+
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::clock::now_ms;
+use crate::config::ProjectConfig;
+use crate::ctx::Ctx;
+use crate::db::{Db, Tx};
+use crate::failpoint::failpoint;
+use crate::pipeline::{self, Actor, WorkItem};
+
+/// What an ingest pass did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct IngestSummary {
+    /// `(inbox id, outcome)` of each processed delivery.
+    pub processed: Vec<(i64, String)>,
+    /// `(inbox id, error)` of each delivery that failed this time.
+    pub failed: Vec<(i64, String)>,
+    /// Deliveries dead-lettered this pass.
+    pub dead_lettered: Vec<i64>,
+}
+
+/// What a handler decided, before commit.
+struct Handled {
+    outcome: String,
+    /// A task created by this delivery: its worktree is prepared after commit.
+    created_task: Option<i64>,
+}
+
+impl Handled {
+    fn nothing(why: impl Into<String>) -> Handled {
+        Handled {
+            outcome: format!("no pipeline action: {}", why.into()),
+            created_task: None,
+        }
+    }
+}
+
+/// Ingests up to `limit` pending deliveries, oldest first.
+///
+/// Assumptions: the caller holds the `ingest` tick lock.
+pub fn ingest_pending(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<IngestSummary> {
+    let mut summary = IngestSummary::default();
+    for id in db.pending_deliveries(limit)? {
+        match ingest_one(ctx, db, id) {
+            Ok(outcome) => summary.processed.push((id, outcome)),
+            Err(e) => {
+                let msg = format!("{e:#}");
+                let dead = db.write(|tx| {
+                    tx.mark_delivery_failed(id, &msg, ctx.settings.inbox_max_attempts)
+                })?;
+                warn!(target: "ingest", delivery = id, dead, error = %msg, "delivery failed");
+                if dead {
+                    summary.dead_lettered.push(id);
+                }
+                summary.failed.push((id, msg));
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Ingests inbox row `id` in one transaction and returns its outcome. A
+/// row that is already processed is left alone.
+pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<String> {
+    let Some(crate::db::Delivery {
+        source,
+        event,
+        body,
+        processed,
+    }) = db.delivery(id)?
+    else {
+        anyhow::bail!("no delivery {id}");
+    };
+    if processed {
+        return Ok("already processed".into());
+    }
+    let now = now_ms();
+    let handled = db.write(|tx| {
+        let h = route(ctx, tx, &source, &event, &body, now)?;
+        tx.mark_delivery_processed(id, &h.outcome, now)?;
+        failpoint("ingest.before_commit");
+        Ok(h)
+    })?;
+    failpoint("ingest.after_commit");
+    info!(target: "ingest", delivery = id, source = %source, event = %event, outcome = %handled.outcome, "ingested");
+    if let Some(task_id) = handled.created_task {
+        prepare_worktree(ctx, db, task_id);
+    }
+    Ok(handled.outcome)
+}
+
+/// Creates the task's branch and worktree from current main, best effort:
+/// on failure the worker prepares it before the first job runs.
+pub fn prepare_worktree(ctx: &Ctx, db: &Db, task_id: i64) {
+    let run = || -> anyhow::Result<()> {
+        let task = db
+            .task(task_id)?
+            .ok_or_else(|| anyhow::anyhow!("no task {task_id}"))?;
+        let repo = ctx.repo(ctx.project(&task.project)?);
+        repo.sync()?;
+        repo.ensure_worktree(std::path::Path::new(&task.worktree), &task.branch)
+    };
+    if let Err(e) = run() {
+        warn!(target: "ingest", task = task_id, error = %format!("{e:#}"), "could not prepare worktree yet; the worker will retry");
+    }
+}
+
+fn route(
+    ctx: &Ctx,
+    tx: &Tx,
+    source: &str,
+    event: &str,
+    body: &[u8],
+    now: i64,
+) -> anyhow::Result<Handled> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Ok(Handled::nothing("body is not JSON"));
+    };
+    match (source, event) {
+        ("plane", "issue") => plane_issue(ctx, tx, &v, now),
+        ("plane", other) => Ok(Handled::nothing(format!(
+            "plane event {other:?} is not one orch acts on"
+        ))),
+        ("gitea", "push") => gitea_push(ctx, tx, &v, now),
+        ("gitea", "status") => gitea_status(ctx, tx, &v, now),
+        ("gitea", other) => Ok(Handled::nothing(format!(
+            "gitea event {other:?} is not one orch acts on"
+        ))),
+        (s, _) => Ok(Handled::nothing(format!("unknown source {s:?}"))),
+    }
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
+/// A Plane `issue` delivery: a work item entering the project's In
+/// Progress, Approved or Rejected state.
+fn plane_issue(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
+    let action = v.get("action").and_then(Value::as_str).unwrap_or("");
+    let created = matches!(action, "created" | "create");
+    if !created && !matches!(action, "updated" | "update") {
+        return Ok(Handled::nothing(format!("issue action {action:?}")));
+    }
+    let field = str_at(v, &["activity", "field"]);
+    if !created && !matches!(field, Some("state") | Some("state_id")) {
+        return Ok(Handled::nothing(format!(
+            "field {:?} changed, not the state",
+            field.unwrap_or("")
+        )));
+    }
+    let data = v.get("data").unwrap_or(&Value::Null);
+    let Some(tracker_project) = data.get("project").and_then(Value::as_str) else {
+        return Ok(Handled::nothing("delivery has no data.project"));
+    };
+    let Some(project) = ctx.config.project_by_tracker_id(tracker_project) else {
+        return Ok(Handled::nothing(format!(
+            "tracker project {tracker_project} is not in the registry"
+        )));
+    };
+    let state = str_at(data, &["state", "id"])
+        .or_else(|| data.get("state").and_then(Value::as_str))
+        .or_else(|| str_at(v, &["activity", "new_value"]))
+        .unwrap_or("");
+    let Some(issue_id) = data.get("id").and_then(Value::as_str) else {
+        return Ok(Handled::nothing("delivery has no data.id"));
+    };
+    let state_name = str_at(data, &["state", "name"]).unwrap_or(state);
+    if state == project.states.in_progress {
+        let Some(sequence) = data.get("sequence_id").and_then(Value::as_i64) else {
+            return Ok(Handled::nothing("delivery has no data.sequence_id"));
+        };
+        let item = WorkItem {
+            tracker_issue_id: issue_id.to_string(),
+            sequence,
+            title: data
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            body: data
+                .get("description_stripped")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        };
+        return start_work_item(ctx, tx, project, &item, Actor::Webhook, now);
+    }
+    let approve = if state == project.states.approved {
+        true
+    } else if state == project.states.rejected {
+        false
+    } else {
+        return Ok(Handled::nothing(format!(
+            "state {state_name:?} is not one orch acts on"
+        )));
+    };
+    let Some(task) = tx.task_by_issue(&project.name, issue_id)? else {
+        return Ok(Handled::nothing(format!(
+            "work item {issue_id} has no task"
+        )));
+    };
+    let reason = format!("{state_name} in the tracker");
+    Ok(Handled {
+        outcome: pipeline::human_gate(
+            tx,
+            ctx.policy(),
+            &task,
+            approve,
+            Actor::Webhook,
+            &reason,
+            now,
+        )?,
+        created_task: None,
+    })
+}
+
+/// Creates the task for a work item that entered In Progress (idempotent).
+fn start_work_item(
+    ctx: &Ctx,
+    tx: &Tx,
+    project: &ProjectConfig,
+    item: &WorkItem,
+    actor: Actor,
+    now: i64,
+) -> anyhow::Result<Handled> {
+    let (id, created) =
+        pipeline::create_task(tx, project, item, &ctx.settings.worktrees_dir(), actor, now)?;
+    Ok(if created {
+        Handled {
+            outcome: format!("created task {id}"),
+            created_task: Some(id),
+        }
+    } else {
+        Handled::nothing(format!("work item already has task {id}"))
+    })
+}
+
+/// Creates a local-tracker work item already *In Progress* and its task
+/// (`orch issue add`). Returns `(issue id, task id)`.
+pub fn add_local_issue(
+    ctx: &Ctx,
+    db: &Db,
+    project: &str,
+    title: &str,
+    body: &str,
+) -> anyhow::Result<(i64, i64)> {
+    let p = ctx.project(project)?;
+    if p.tracker != "local" {
+        return Err(crate::error::Error::Usage(format!(
+            "project {project} uses the {} tracker; create work items there",
+            p.tracker
+        ))
+        .into());
+    }
+    let now = now_ms();
+    let (issue, handled) = db.write(|tx| {
+        let issue = tx.insert_local_issue(project, title, body, &p.states.in_progress, now)?;
+        let item = WorkItem {
+            tracker_issue_id: issue.to_string(),
+            sequence: issue,
+            title: title.to_string(),
+            body: body.to_string(),
+        };
+        Ok((
+            issue,
+            start_work_item(ctx, tx, p, &item, Actor::Human, now)?,
+        ))
+    })?;
+    let task = handled
+        .created_task
+        .expect("a new local issue always creates a task");
+    prepare_worktree(ctx, db, task);
+    Ok((issue, task))
+}
+
+fn project_by_repo<'a>(ctx: &'a Ctx, v: &Value) -> Option<&'a ProjectConfig> {
+    let full = str_at(v, &["repository", "full_name"])?;
+    ctx.config.projects.iter().find(|p| p.repo == full)
+}
+
+/// Gitea `push`: remember the head of orch's branches (for `status`).
+fn gitea_push(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
+    let Some(project) = project_by_repo(ctx, v) else {
+        return Ok(Handled::nothing("repository is not in the registry"));
+    };
+    let (Some(r), Some(after)) = (
+        v.get("ref").and_then(Value::as_str),
+        v.get("after").and_then(Value::as_str),
+    ) else {
+        return Ok(Handled::nothing("push without ref/after"));
+    };
+    let Some(branch) = r
+        .strip_prefix("refs/heads/")
+        .filter(|b| b.starts_with("orch/"))
+    else {
+        return Ok(Handled::nothing(format!("ref {r} is not an orch branch")));
+    };
+    tx.upsert_branch_head(&project.name, branch, after, now)?;
+    Ok(Handled {
+        outcome: format!("recorded head {after} of {branch}"),
+        created_task: None,
+    })
+}
+
+/// Gitea `status`: store a CI state for a sha that is a known branch head.
+/// The payload has no branch (fixtures README, surprise 1).
+fn gitea_status(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
+    let Some(project) = project_by_repo(ctx, v) else {
+        return Ok(Handled::nothing("repository is not in the registry"));
+    };
+    let (Some(sha), Some(state)) = (
+        v.get("sha").and_then(Value::as_str),
+        v.get("state").and_then(Value::as_str),
+    ) else {
+        return Ok(Handled::nothing("status without sha/state"));
+    };
+    let Some(branch) = tx.branch_for_sha(&project.name, sha)? else {
+        return Ok(Handled::nothing(format!(
+            "sha {sha} matches no known branch head"
+        )));
+    };
+    let context = v.get("context").and_then(Value::as_str).unwrap_or("ci");
+    let url = v.get("target_url").and_then(Value::as_str).unwrap_or("");
+    tx.upsert_ci_status(&project.name, sha, context, state, url, now)?;
+    Ok(Handled {
+        outcome: format!("recorded CI {state} for {branch} at {sha}"),
+        created_task: None,
+    })
+}

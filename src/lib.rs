@@ -1,0 +1,26 @@
+//! orch: drives tracker work items through an AI-agent delivery pipeline,
+//! one crash-safe, idempotent tick at a time.
+//!
+//! The binary (`src/main.rs`, `src/cli.rs`, `src/cmd/`) parses and prints;
+//! everything here is the core. See `docs/DESIGN.md` for the contract.
+
+pub mod agent;
+pub mod clock;
+pub mod config;
+pub mod ctx;
+pub mod db;
+pub mod deliver;
+pub mod error;
+pub mod failpoint;
+pub mod git;
+pub mod ingest;
+pub mod lock;
+pub mod merge_gate;
+pub mod pipeline;
+pub mod process;
+pub mod reap;
+pub mod reconcile;
+pub mod serve;
+pub mod status;
+pub mod webhook;
+pub mod worker;

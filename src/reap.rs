@@ -1,0 +1,284 @@
+//! `orch reap`: recover jobs whose worker died, finish jobs whose worker
+//! died while finalizing, kill agents past their timeout, release stale
+//! merge leases (DESIGN §6).
+//!
+//! A pass first *plans* from observed state, then *executes* each action
+//! as a claim: the action re-checks, inside its own `BEGIN IMMEDIATE`
+//! transaction, that the job is still in the state the plan saw (same
+//! status and attempt, exit still unrecorded for Tier-1); a job that moved
+//! meanwhile is skipped. `--dry-run` prints the plan and writes nothing.
+//!
+//! Crash policy (what happens to a half-done row):
+//! - running, no exit recorded, worker gone → Tier-1: kill any orphaned
+//!   agent group, then requeue (attempt+1, backoff) or fail at the cap and
+//!   escalate. The agent's work is not trusted: the next attempt starts
+//!   from what was pushed.
+//! - running, exit recorded ≥ `ORCH_REAPER_FINALIZE_GRACE_S` ago → Tier-2:
+//!   finish it with the worker's own idempotent finalize; the agent is
+//!   never run again. Inside the grace nothing is touched, even when the
+//!   worker's pid is gone.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::clock::now_ms;
+use crate::ctx::Ctx;
+use crate::db::{Db, Job};
+use crate::pipeline::Actor;
+use crate::process;
+use crate::worker::{self, Finalized};
+
+/// One planned reaper action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Tier-1: the worker is gone and the agent never reported an exit.
+    Recover {
+        job_id: i64,
+        task_id: i64,
+        attempt: i64,
+        reason: String,
+    },
+    /// Tier-2: the agent exited long ago and nobody finished the job.
+    Finish {
+        job_id: i64,
+        task_id: i64,
+        exit_code: i64,
+        exited_ms_ago: i64,
+    },
+    /// The job ran past its role's timeout: kill the agent group, then Tier-1.
+    Timeout {
+        job_id: i64,
+        task_id: i64,
+        attempt: i64,
+        running_s: i64,
+    },
+    /// A merge lease whose holder is gone or that expired.
+    ReleaseLeases,
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Recover {
+                job_id,
+                task_id,
+                attempt,
+                reason,
+            } => {
+                write!(
+                    f,
+                    "recover job {job_id} (task {task_id}, attempt {attempt}): {reason}"
+                )
+            }
+            Action::Finish {
+                job_id,
+                task_id,
+                exit_code,
+                exited_ms_ago,
+            } => write!(
+                f,
+                "finish job {job_id} (task {task_id}): agent exited {exit_code} {}s ago",
+                exited_ms_ago / 1000
+            ),
+            Action::Timeout {
+                job_id,
+                task_id,
+                attempt,
+                running_s,
+            } => write!(
+                f,
+                "timeout job {job_id} (task {task_id}, attempt {attempt}): running {running_s}s"
+            ),
+            Action::ReleaseLeases => write!(f, "release stale leases"),
+        }
+    }
+}
+
+/// An executed action and what came of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Done {
+    #[serde(flatten)]
+    pub action: Action,
+    pub result: String,
+}
+
+/// Why the worker of running job `j` is gone, or `None` when it lives.
+fn worker_gone(ctx: &Ctx, j: &Job, boot_id: &str, now: i64) -> Option<String> {
+    let stale_ms = ctx.settings.heartbeat_stale_s as i64 * 1000;
+    if j.worker_host.as_deref() != Some(boot_id) {
+        return Some("worker ran before a reboot or on another host".into());
+    }
+    match (j.worker_pid, j.worker_start_time) {
+        (Some(pid), Some(start)) if process::is_alive(pid as i32, start as u64) => {}
+        (Some(pid), _) => return Some(format!("worker pid {pid} is gone")),
+        _ => return Some("job has no worker identity".into()),
+    }
+    let beat = j.heartbeat_at_ms.or(j.claimed_at_ms).unwrap_or(0);
+    (now - beat > stale_ms).then(|| format!("heartbeat {}s old", (now - beat) / 1000))
+}
+
+/// Plans a pass over the running jobs at `now`. Read-only.
+pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
+    let boot = process::boot_id();
+    let grace_ms = ctx.settings.reaper_finalize_grace_s as i64 * 1000;
+    let mut actions = Vec::new();
+    for j in db.jobs_with_status("running")? {
+        if let Some(exited_at) = j.exit_recorded_at_ms {
+            if now - exited_at >= grace_ms {
+                actions.push(Action::Finish {
+                    job_id: j.id,
+                    task_id: j.task_id,
+                    exit_code: j.exit_code.unwrap_or(-1),
+                    exited_ms_ago: now - exited_at,
+                });
+            }
+            continue;
+        }
+        let timeout_s = j.timeout_s.unwrap_or(ctx.settings.agent_timeout_s as i64);
+        let running_s = (now - j.claimed_at_ms.unwrap_or(now)) / 1000;
+        // The worker enforces the timeout itself; step in only once it had
+        // the kill grace and a minute more to do so.
+        if running_s > timeout_s + ctx.settings.kill_grace_s as i64 + 60 {
+            actions.push(Action::Timeout {
+                job_id: j.id,
+                task_id: j.task_id,
+                attempt: j.attempt,
+                running_s,
+            });
+        } else if let Some(reason) = worker_gone(ctx, &j, &boot, now) {
+            actions.push(Action::Recover {
+                job_id: j.id,
+                task_id: j.task_id,
+                attempt: j.attempt,
+                reason,
+            });
+        }
+    }
+    if db.leases()?.iter().any(|l| {
+        l.expires_at_ms < now
+            || l.job_id.is_some_and(|job| {
+                db.job(job)
+                    .ok()
+                    .flatten()
+                    .is_none_or(|j| j.status != "running")
+            })
+    }) {
+        actions.push(Action::ReleaseLeases);
+    }
+    Ok(actions)
+}
+
+/// Kills the agent process group of `j` if its leader is still the process
+/// we started (same pid and start time).
+fn kill_agent(ctx: &Ctx, j: &Job) -> bool {
+    match (j.agent_pid, j.agent_start_time) {
+        (Some(pid), Some(start)) if process::is_alive(pid as i32, start as u64) => {
+            warn!(target: "reap", job = j.id, pid, "killing orphaned agent process group");
+            process::kill_group(pid as i32, Duration::from_secs(ctx.settings.kill_grace_s))
+        }
+        _ => false,
+    }
+}
+
+/// Executes planned actions; each re-checks its claim first.
+///
+/// Assumptions: the caller holds the `reap` tick lock.
+pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<Done>> {
+    let mut done = Vec::new();
+    for action in actions {
+        let result = match &action {
+            Action::Recover {
+                job_id, attempt, ..
+            }
+            | Action::Timeout {
+                job_id, attempt, ..
+            } => {
+                let reason = match &action {
+                    Action::Timeout { running_s, .. } => {
+                        format!("agent timed out after {running_s}s")
+                    }
+                    Action::Recover { reason, .. } => format!("worker gone: {reason}"),
+                    _ => unreachable!(),
+                };
+                match db.job(*job_id)? {
+                    Some(j)
+                        if j.status == "running"
+                            && j.attempt == *attempt
+                            && j.exit_recorded_at_ms.is_none() =>
+                    {
+                        kill_agent(ctx, &j);
+                        let now = now_ms();
+                        let out = db.write(|tx| {
+                            // Claim: still running this attempt, exit still unrecorded.
+                            match tx.job(j.id)? {
+                                Some(cur)
+                                    if cur.status == "running"
+                                        && cur.attempt == j.attempt
+                                        && cur.exit_recorded_at_ms.is_none() =>
+                                {
+                                    worker::retry_or_fail(
+                                        ctx,
+                                        tx,
+                                        &cur,
+                                        &reason,
+                                        Actor::Reaper,
+                                        now,
+                                    )
+                                }
+                                _ => Ok(Finalized::Lost),
+                            }
+                        })?;
+                        describe(&out)
+                    }
+                    _ => "skipped: job changed since the plan".to_string(),
+                }
+            }
+            Action::Finish { job_id, .. } => {
+                match worker::finalize(ctx, db, *job_id, Actor::Reaper) {
+                    Ok(out) => describe(&out),
+                    Err(e) => format!("finalize failed, will retry next pass: {e:#}"),
+                }
+            }
+            Action::ReleaseLeases => {
+                let released = db.write(|tx| tx.release_stale_leases(now_ms()))?;
+                if released.is_empty() {
+                    "skipped: no stale lease left".into()
+                } else {
+                    released
+                        .iter()
+                        .map(|(n, h)| format!("released {n} held by {h}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                }
+            }
+        };
+        info!(target: "reap", action = %action, result = %result, "reaped");
+        done.push(Done { action, result });
+    }
+    Ok(done)
+}
+
+fn describe(f: &Finalized) -> String {
+    match f {
+        Finalized::Advanced {
+            from,
+            to,
+            escalated,
+        } => {
+            format!(
+                "advanced {from} → {to}{}",
+                if *escalated { " (escalated)" } else { "" }
+            )
+        }
+        Finalized::Waiting { reason } => format!("job done; task waits: {reason}"),
+        Finalized::Retrying { attempt, reason } => {
+            format!("requeued for attempt {attempt}: {reason}")
+        }
+        Finalized::Failed { reason } => format!("job failed, task escalated: {reason}"),
+        Finalized::Cancelled { reason } => format!("job cancelled: {reason}"),
+        Finalized::Lost => "lost: another actor finished it first; nothing written".into(),
+    }
+}

@@ -1,0 +1,46 @@
+//! The `orch status` document (also served as `GET /queue`).
+
+use serde_json::{json, Value};
+
+use crate::clock::now_ms;
+use crate::db::Db;
+
+/// Builds the status document: tasks by stage, jobs by status, running
+/// jobs with their age in seconds, leases, inbox backlog and dead
+/// letters, outbox by status, counters. Times are unix milliseconds.
+pub fn document(db: &Db) -> anyhow::Result<Value> {
+    let now = now_ms();
+    let running: Vec<Value> = db
+        .jobs_with_status("running")?
+        .into_iter()
+        .map(|j| {
+            json!({
+                "job_id": j.id, "task_id": j.task_id, "stage": j.stage, "role": j.role,
+                "attempt": j.attempt, "worker_pid": j.worker_pid, "agent_pid": j.agent_pid,
+                "age_s": (now - j.claimed_at_ms.unwrap_or(now)) / 1000,
+                "exit_code": j.exit_code,
+            })
+        })
+        .collect();
+    let (pending, retrying, dead) = db.inbox_counts()?;
+    let stages: Vec<Value> = db
+        .tasks_by_stage()?
+        .into_iter()
+        .map(|(stage, escalated, count)| json!({ "stage": stage, "escalated": escalated, "count": count }))
+        .collect();
+    let leases = serde_json::to_value(db.leases()?)?;
+    let as_map = |pairs: Vec<(String, i64)>| -> Value {
+        Value::Object(pairs.into_iter().map(|(k, v)| (k, json!(v))).collect())
+    };
+    Ok(json!({
+        "now_ms": now,
+        "schema_version": db.user_version()?,
+        "tasks": stages,
+        "jobs": as_map(db.count_by_status("jobs")?),
+        "running": running,
+        "leases": leases,
+        "inbox": { "pending": pending, "failing": retrying, "dead": dead },
+        "outbox": as_map(db.count_by_status("outbox")?),
+        "counters": as_map(db.counters()?),
+    }))
+}

@@ -1,0 +1,510 @@
+//! `orch work-once`: claim at most one runnable job, run its agent to the
+//! end, record the exit, and finalize it.
+//!
+//! Job lifecycle (DESIGN §4):
+//! `queued → (claim) running → (agent exits) running + exit_code →
+//! (finalize) done | failed | queued (retry)`.
+//!
+//! [`finalize`] is shared with the reaper's Tier-2: every step before the
+//! terminal claim (auto-commit, push, local CI, merge) is idempotent —
+//! check, then act — so a finalize interrupted at any instruction can be
+//! run again by whoever comes next; only the terminal claim, a single
+//! transaction, decides who advances the task.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tracing::{info, warn};
+
+use crate::clock::now_ms;
+use crate::config::ProjectConfig;
+use crate::ctx::Ctx;
+use crate::db::{Db, Job, RunRecord, Task};
+use crate::failpoint::failpoint;
+use crate::pipeline::gate::{self, Gate};
+use crate::pipeline::{self, Actor, Move, Moved, Stage};
+use crate::process::{self, RunSpec};
+
+/// What one `work-once` did.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum WorkOutcome {
+    /// No job was runnable (or the concurrency limit is reached).
+    Idle,
+    /// A job ran and was finalized.
+    Ran {
+        job_id: i64,
+        task_id: i64,
+        stage: String,
+        exit_code: i64,
+        finalized: Finalized,
+    },
+}
+
+/// How a finalize ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Finalized {
+    /// The task moved `from → to` with this job.
+    Advanced {
+        from: String,
+        to: String,
+        escalated: bool,
+    },
+    /// The job is done; the task waits at its stage (`reason`).
+    Waiting { reason: String },
+    /// The run failed; the job is queued again for attempt `attempt`.
+    Retrying { attempt: i64, reason: String },
+    /// The run failed at the attempt cap; job failed, task escalated.
+    Failed { reason: String },
+    /// The task moved on while the job ran; the job is cancelled.
+    Cancelled { reason: String },
+    /// Another actor finished this job first; nothing was done.
+    Lost,
+}
+
+/// This worker's identity: (boot id, pid, process start time).
+pub fn identity() -> (String, i64, i64) {
+    let me = process::current_process();
+    (process::boot_id(), me.pid as i64, me.start_time as i64)
+}
+
+/// Claims and runs at most one job.
+///
+/// Errors: database errors; failures of the job itself are recorded on the
+/// job, not returned.
+pub fn work_once(
+    ctx: &Ctx,
+    db: &Db,
+    role: Option<&str>,
+    project: Option<&str>,
+) -> anyhow::Result<WorkOutcome> {
+    let (host, pid, start) = identity();
+    let now = now_ms();
+    let job = db.write(|tx| {
+        tx.claim_next_job(
+            ctx.settings.max_concurrency,
+            role,
+            project,
+            (&host, pid, start),
+            now,
+        )
+    })?;
+    let Some(job) = job else {
+        return Ok(WorkOutcome::Idle);
+    };
+    info!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.attempt, "claimed job");
+    failpoint("worker.after_claim");
+    let exit_code = match run_agent(ctx, db, &job) {
+        Ok(code) => code,
+        Err(e) => {
+            // The agent could not even start (worktree, config): a failed run.
+            let msg = format!("{e:#}");
+            warn!(target: "worker", job = job.id, error = %msg, "could not run agent");
+            let recorded = db.write(|tx| {
+                if !tx.record_exit(job.id, job.attempt, -1, now_ms())? {
+                    return Ok(false);
+                }
+                tx.insert_verdict(
+                    job.task_id,
+                    &job.stage,
+                    Some(job.id),
+                    "orch",
+                    "UNREADABLE",
+                    &msg,
+                    now_ms(),
+                )?;
+                Ok(true)
+            })?;
+            recorded.then_some(-1)
+        }
+    };
+    let Some(exit_code) = exit_code else {
+        warn!(target: "worker", job = job.id, "job was taken from this worker while its agent ran; result discarded");
+        return Ok(WorkOutcome::Ran {
+            job_id: job.id,
+            task_id: job.task_id,
+            stage: job.stage.clone(),
+            exit_code: -1,
+            finalized: Finalized::Lost,
+        });
+    };
+    let finalized = finalize(ctx, db, job.id, Actor::Worker)?;
+    info!(target: "worker", job = job.id, task = job.task_id, exit_code, outcome = ?finalized, "finalized job");
+    Ok(WorkOutcome::Ran {
+        job_id: job.id,
+        task_id: job.task_id,
+        stage: job.stage.clone(),
+        exit_code,
+        finalized,
+    })
+}
+
+/// Per-run file names: `<kind>-job<id>-a<attempt>.<ext>`.
+fn run_file(dir: &Path, job: &Job, ext: &str) -> PathBuf {
+    dir.join(format!("job{}-a{}.{ext}", job.id, job.attempt))
+}
+
+/// Prepares the worktree, runs the agent, and records its exit, run and
+/// verdict in one transaction. Returns the exit code, or `None` when the
+/// job was taken from this worker meanwhile (nothing recorded).
+fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
+    let task = db.task(job.task_id)?.context("job's task vanished")?;
+    let project = ctx.project(&task.project)?;
+    let repo = ctx.repo(project);
+    let worktree = PathBuf::from(&task.worktree);
+    repo.sync()?;
+    repo.ensure_worktree(&worktree, &task.branch)?;
+
+    let agent = ctx.config.agent(&job.role)?;
+    let verdict_file = run_file(&ctx.settings.verdicts_dir(), job, "json");
+    let _ = std::fs::remove_file(&verdict_file);
+    let log_path = run_file(&ctx.settings.logs_dir(), job, "log");
+    let prompt_path = run_file(&ctx.settings.logs_dir(), job, "prompt");
+
+    let vars: BTreeMap<&str, String> = [
+        ("task_id", task.id.to_string()),
+        ("project", task.project.clone()),
+        ("title", task.title.clone()),
+        ("body", task.body.clone()),
+        ("stage", job.stage.clone()),
+        ("role", job.role.clone()),
+        ("branch", task.branch.clone()),
+        ("worktree", task.worktree.clone()),
+        ("verdict_file", verdict_file.to_string_lossy().into_owned()),
+        (
+            "verdict_dir",
+            ctx.settings.verdicts_dir().to_string_lossy().into_owned(),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let argv: Vec<String> = agent
+        .argv
+        .iter()
+        .map(|a| crate::agent::render(a, &vars))
+        .collect::<Result<_, _>>()
+        .map_err(|m| crate::error::Error::config(format!("agents.{}.argv", job.role), m))?;
+    let prompt = crate::agent::render(&agent.prompt, &vars)
+        .map_err(|m| crate::error::Error::config(format!("agents.{}.prompt", job.role), m))?;
+    std::fs::create_dir_all(ctx.settings.logs_dir())?;
+    std::fs::write(&prompt_path, prompt)?;
+
+    let timeout_s = agent.timeout_s.unwrap_or(ctx.settings.agent_timeout_s);
+    let mut env: Vec<(String, String)> = vec![
+        ("ORCH_TASK_ID".into(), task.id.to_string()),
+        ("ORCH_STAGE".into(), job.stage.clone()),
+        ("ORCH_ROLE".into(), job.role.clone()),
+        ("ORCH_JOB_ID".into(), job.id.to_string()),
+        (
+            "ORCH_VERDICT_FILE".into(),
+            verdict_file.to_string_lossy().into_owned(),
+        ),
+    ];
+    env.extend(agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let spec = RunSpec {
+        argv: argv.clone(),
+        cwd: worktree.clone(),
+        env,
+        env_remove_prefix: Some("ORCH_".into()),
+        stdin_path: Some(prompt_path),
+        log_path: log_path.clone(),
+        timeout: Duration::from_secs(timeout_s),
+        kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
+    };
+    let started = now_ms();
+    let heartbeat_every = ctx.settings.heartbeat_s as i64 * 1000;
+    let mut last_beat = started;
+    let mut agent_pid = None;
+    let outcome = process::run(
+        &spec,
+        Duration::from_millis(200),
+        |s| {
+            agent_pid = Some(s.pid as i64);
+            db.write(|tx| {
+                tx.set_job_agent(
+                    job.id,
+                    job.attempt,
+                    s.pid as i64,
+                    s.start_time as i64,
+                    timeout_s as i64,
+                )
+            })
+        },
+        || {
+            let now = now_ms();
+            if now - last_beat >= heartbeat_every {
+                last_beat = now;
+                db.write(|tx| tx.heartbeat(job.id, job.attempt, now))?;
+            }
+            Ok(())
+        },
+    )?;
+    failpoint("worker.after_agent_exit");
+
+    let log = std::fs::read(&log_path).unwrap_or_default();
+    let result = crate::agent::parse_result(&String::from_utf8_lossy(&log));
+    if result.is_none() {
+        info!(target: "worker", job = job.id, log = %log_path.display(), "agent printed no result JSON: usage unknown");
+    }
+    if let Some(r) = result.as_ref().filter(|r| !r.permission_denials.is_empty()) {
+        warn!(target: "worker", job = job.id, denials = r.permission_denials.len(), "agent run had permission denials");
+    }
+    let verdict = crate::agent::read_verdict(&verdict_file);
+    let exit_code = outcome.exit_code() as i64;
+    let record = RunRecord {
+        pid: agent_pid,
+        argv,
+        exit_code,
+        duration_ms: outcome.duration_ms,
+        success: result.as_ref().map(|r| r.success),
+        usage: result.as_ref().and_then(|r| r.usage.as_ref()).map(|u| {
+            (
+                u.input_tokens,
+                u.output_tokens,
+                u.cache_read_input_tokens,
+                u.cache_creation_input_tokens,
+            )
+        }),
+        cost_usd: result.as_ref().and_then(|r| r.cost_usd),
+        session_id: result.as_ref().and_then(|r| r.session_id.clone()),
+        permission_denials: result
+            .as_ref()
+            .filter(|r| !r.permission_denials.is_empty())
+            .map(|r| serde_json::Value::Array(r.permission_denials.clone())),
+        log_path: log_path.to_string_lossy().into_owned(),
+        started_at_ms: started,
+    };
+    let now = now_ms();
+    let recorded = db.write(|tx| {
+        if !tx.record_exit(job.id, job.attempt, exit_code, now)? {
+            return Ok(false);
+        }
+        tx.insert_agent_run(job, &record)?;
+        match &verdict {
+            Ok(Some(v)) => tx.insert_verdict(
+                job.task_id,
+                &job.stage,
+                Some(job.id),
+                "agent",
+                v.verdict.as_str(),
+                &v.summary,
+                now,
+            )?,
+            Ok(None) => {}
+            Err(e) => tx.insert_verdict(
+                job.task_id,
+                &job.stage,
+                Some(job.id),
+                "agent",
+                "UNREADABLE",
+                e,
+                now,
+            )?,
+        }
+        Ok(true)
+    })?;
+    failpoint("worker.after_exit_recorded");
+    Ok(recorded.then_some(exit_code))
+}
+
+/// Finalizes running job `job_id` whose agent exit is recorded: commits
+/// and pushes the worktree, runs local CI or the merge where the stage
+/// needs it, evaluates the gate and applies its answer through the
+/// transition rule. Used by the worker and by the reaper's Tier-2.
+///
+/// Guarantees: idempotent up to the terminal claim; the terminal claim is
+/// one transaction, and an actor that loses it writes nothing.
+/// Errors: database errors, and git/CI errors (the job stays `running`
+/// with its exit recorded, so the reaper's Tier-2 finishes it later).
+pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
+    let job = db.job(job_id)?.context("no such job")?;
+    if job.status != "running" || job.exit_code.is_none() {
+        return Ok(Finalized::Lost);
+    }
+    let task = db.task(job.task_id)?.context("job's task vanished")?;
+    if task.stage != job.stage || task.version != job.task_version {
+        let reason = format!(
+            "task moved to {} v{} while the job ran",
+            task.stage, task.version
+        );
+        let won = db.write(|tx| tx.finish_job(job.id, "cancelled", Some(&reason), now_ms()))?;
+        return Ok(if won {
+            Finalized::Cancelled { reason }
+        } else {
+            Finalized::Lost
+        });
+    }
+    let stage: Stage = task.stage.parse().map_err(anyhow::Error::msg)?;
+    let project = ctx.project(&task.project)?;
+    let repo = ctx.repo(project);
+    let worktree = PathBuf::from(&task.worktree);
+    let agent_ok = job.exit_code == Some(0);
+
+    if worktree.exists() {
+        if agent_ok {
+            let run_id = db.last_run_for_job(job.id)?.map(|r| r.0).unwrap_or(0);
+            let msg = format!(
+                "{}({}): auto-commit from {} run_id={run_id}",
+                job.role, task.project, job.role
+            );
+            repo.commit_all(&worktree, &msg)?;
+            failpoint("finalize.after_commit");
+            repo.push_branch(&worktree, &task.branch)?;
+            failpoint("finalize.after_push");
+        } else {
+            // A failed run's half-done edits are not committed: the retry
+            // starts again from what was pushed.
+            repo.discard_changes(&worktree)?;
+        }
+        if agent_ok && stage == Stage::Development && project.forge == "local" {
+            run_local_ci(ctx, db, project, &repo, &task)?;
+        }
+    }
+
+    let facts = gate::gather(db, project, &repo, &task)?;
+    let mut verdict = gate::decide(stage, &facts);
+    if verdict == Gate::Pass && stage == Stage::DeployStaging {
+        verdict = crate::merge_gate::merge(ctx, db, project, &repo, &task)?;
+    }
+    info!(target: "gate", task = task.id, stage = %stage, verdict = ?verdict, "gate evaluated");
+    failpoint("finalize.before_terminal_claim");
+    apply_gate(ctx, db, &task, &job, stage, verdict, actor)
+}
+
+/// Applies a gate answer for a finishing job in one transaction.
+fn apply_gate(
+    ctx: &Ctx,
+    db: &Db,
+    task: &Task,
+    job: &Job,
+    stage: Stage,
+    verdict: Gate,
+    actor: Actor,
+) -> anyhow::Result<Finalized> {
+    let now = now_ms();
+    let policy = ctx.policy();
+    match verdict {
+        Gate::Pass | Gate::Rollback(_) => {
+            let (to, reason, retry) = match &verdict {
+                Gate::Rollback(r) => (Stage::Development, r.clone(), true),
+                _ => (stage.next(), format!("{stage} gate passed"), false),
+            };
+            let mut m = Move::new(task, to, actor, reason).finishing(job.id);
+            m.developer_retry = retry;
+            match db.write(|tx| pipeline::apply(tx, policy, &m, now))? {
+                Moved::Applied { escalated, .. } => Ok(Finalized::Advanced {
+                    from: stage.to_string(),
+                    to: to.to_string(),
+                    escalated,
+                }),
+                Moved::Lost => Ok(Finalized::Lost),
+            }
+        }
+        Gate::Pending(reason) => {
+            let won = db.write(|tx| tx.finish_job(job.id, "done", None, now))?;
+            Ok(if won {
+                Finalized::Waiting { reason }
+            } else {
+                Finalized::Lost
+            })
+        }
+        Gate::Fail(reason) => db.write(|tx| retry_or_fail(ctx, tx, job, &reason, actor, now)),
+    }
+}
+
+/// A failed run of running job `job` (claim `job.attempt`): queue the next
+/// attempt with exponential backoff (`ORCH_JOB_BACKOFF_S` · 2^(attempt-1)),
+/// or at `ORCH_JOB_MAX_ATTEMPTS` fail the job and escalate its task.
+/// Shared by the worker (a failed gate) and the reaper (Tier-1).
+///
+/// Guarantees: a claim on the job's attempt; a loser writes nothing and
+/// gets `Finalized::Lost`.
+pub fn retry_or_fail(
+    ctx: &Ctx,
+    tx: &crate::db::Tx,
+    job: &Job,
+    reason: &str,
+    actor: Actor,
+    now: i64,
+) -> anyhow::Result<Finalized> {
+    match tx.job(job.id)? {
+        Some(j) if j.status == "running" && j.attempt == job.attempt => {}
+        _ => return Ok(Finalized::Lost),
+    }
+    if job.attempt < ctx.settings.job_max_attempts as i64 {
+        let delay_ms = (ctx.settings.job_backoff_s as i64 * 1000) << (job.attempt - 1).clamp(0, 16);
+        tx.requeue_job(job.id, job.attempt, reason, now + delay_ms)?;
+        return Ok(Finalized::Retrying {
+            attempt: job.attempt + 1,
+            reason: reason.to_string(),
+        });
+    }
+    let why = format!(
+        "{} job {} failed after {} attempts: {reason}",
+        job.stage, job.id, job.attempt
+    );
+    tx.finish_job(job.id, "failed", Some(reason), now)?;
+    if let Some(task) = tx.task(job.task_id)? {
+        if task.stage == job.stage && task.version == job.task_version {
+            let stage: Stage = task.stage.parse().map_err(anyhow::Error::msg)?;
+            let mut m = Move::new(&task, stage, actor, why.clone());
+            m.escalate = Some(why.clone());
+            pipeline::apply(tx, ctx.policy(), &m, now)?;
+        }
+    }
+    Ok(Finalized::Failed { reason: why })
+}
+
+/// The local forge's CI: runs the project's test command on the worktree's
+/// head once per sha and stores the result as CI status `orch/test`.
+///
+/// Guarantees: idempotent per sha (a stored status is not re-run).
+pub fn run_local_ci(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &crate::git::Repo,
+    task: &Task,
+) -> anyhow::Result<String> {
+    let worktree = Path::new(&task.worktree);
+    let sha = repo.head_sha(worktree)?;
+    if let Some(state) = db.combined_ci_state(&project.name, &sha)? {
+        return Ok(state);
+    }
+    let passed = run_tests(
+        ctx,
+        project,
+        worktree,
+        &format!("ci-task{}-{}", task.id, &sha[..sha.len().min(12)]),
+    )?;
+    let state = if passed { "success" } else { "failure" };
+    db.write(|tx| tx.upsert_ci_status(&project.name, &sha, "orch/test", state, "", now_ms()))?;
+    info!(target: "ci", task = task.id, sha = %sha, state, "local CI finished");
+    Ok(state.to_string())
+}
+
+/// Runs the project's test command in `dir` with its timeout; the output
+/// goes to `<logs>/<name>.log`. Returns whether it exited 0.
+pub fn run_tests(
+    ctx: &Ctx,
+    project: &ProjectConfig,
+    dir: &Path,
+    name: &str,
+) -> anyhow::Result<bool> {
+    let spec = RunSpec {
+        argv: project.test_command.clone(),
+        cwd: dir.to_path_buf(),
+        env: vec![],
+        env_remove_prefix: Some("ORCH_".into()),
+        stdin_path: None,
+        log_path: ctx.log_path(&format!("{name}.log")),
+        timeout: Duration::from_secs(project.test_timeout_s),
+        kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
+    };
+    let out = process::run(&spec, Duration::from_millis(200), |_| Ok(()), || Ok(()))
+        .with_context(|| format!("running test command {:?}", project.test_command))?;
+    Ok(out.exit_code() == 0)
+}
