@@ -1,0 +1,192 @@
+//! Command-line definitions (clap derive). Nothing here reaches the core:
+//! `main.rs` turns these into calls.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// orch drives work items through an AI-agent delivery pipeline, one
+/// crash-safe, idempotent tick at a time.
+///
+/// Every command does one bounded unit of work against one SQLite file and
+/// exits. Exit codes: 0 success (also "nothing to do"), 1 error, 2 usage or
+/// config error, 3 a gate or check verdict is FAIL, 75 busy (another
+/// instance holds the lock; retry on the next tick).
+#[derive(Debug, Parser)]
+#[command(name = "orch", version, propagate_version = true)]
+pub struct Cli {
+    /// The SQLite database file [default: $ORCH_STATE_DIR/orch.db]
+    #[arg(long, global = true, env = "ORCH_DB", value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// The TOML config with projects and agents [default: ./orch.toml]
+    #[arg(long, global = true, env = "ORCH_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON on stdout (logs always go to stderr)
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (warnings and errors only)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or migrate the database and state folders (idempotent)
+    Init,
+    /// Webhook shim: verify signatures, store deliveries in the inbox, answer
+    ///
+    /// Routes: POST /webhooks/plane, POST /webhooks/gitea, GET /healthz,
+    /// GET /queue (the `status --json` document). Runs no pipeline logic.
+    Serve {
+        /// Address to listen on [env: ORCH_BIND, default 127.0.0.1:8500]
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Turn stored deliveries into task and job changes, oldest first
+    Ingest(IngestArgs),
+    /// Claim at most one runnable job, run its agent, finalize it
+    #[command(name = "work-once")]
+    WorkOnce {
+        /// Only claim jobs of this role
+        #[arg(long)]
+        role: Option<String>,
+        /// Only claim jobs of this project
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// One reconcile pass: advance tasks whose gate passed without an event
+    Reconcile {
+        /// Print what the pass would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// One reaper pass: recover dead workers' jobs, finish abandoned
+    /// finalizations, kill timed-out agents, release stale leases
+    Reap {
+        /// Print the plan; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Send due outbox messages (tracker comments and states, notifications)
+    Deliver,
+    /// ingest, reap, reconcile, deliver, then work-once while jobs are
+    /// runnable (for cron users and the demo)
+    Tick {
+        /// At most this many jobs in this tick
+        #[arg(long, default_value_t = 100)]
+        max_jobs: u32,
+    },
+    /// Queue depth by stage, running jobs, leases, inbox and outbox backlog
+    Status,
+    /// Inspect tasks; the human gate; ad-hoc repair
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// The local tracker
+    #[command(subcommand)]
+    Issue(IssueCommand),
+    /// The inbox of webhook deliveries
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Tokens and cost per task, stage and role
+    Usage {
+        /// Only this task
+        #[arg(long)]
+        task: Option<i64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Ingest at most this many deliveries
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    /// Store and ingest one delivery from a file: its sender
+    #[arg(long, value_enum, requires_all = ["event", "file"])]
+    pub source: Option<SourceArg>,
+    /// The event name of the delivery (Plane: issue; Gitea: push, status, …)
+    #[arg(long, requires = "source")]
+    pub event: Option<String>,
+    /// The delivery's body (JSON)
+    #[arg(long, requires = "source", value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SourceArg {
+    Plane,
+    Gitea,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// List tasks
+    List,
+    /// A task with its transitions, jobs, usage and messages
+    Show { id: i64 },
+    /// Approve the analysis (analysis → architecture)
+    Approve { id: i64 },
+    /// Reject the analysis and run it again
+    Reject {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Move a task to its next stage by hand
+    Advance {
+        id: i64,
+        #[arg(long, default_value = "advanced by hand")]
+        reason: String,
+    },
+    /// Send a task back to development by hand
+    Rollback {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Run the current stage's job again
+    Retry { id: i64 },
+    /// Stop all work on a task: cancel its jobs and escalate it
+    Cancel {
+        id: i64,
+        #[arg(long, default_value = "cancelled by hand")]
+        reason: String,
+    },
+    /// Clear an escalation and the developer retry count, and rerun the stage
+    Unblock {
+        id: i64,
+        #[arg(long, default_value = "unblocked by hand")]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IssueCommand {
+    /// Create a work item in the local tracker, already In Progress
+    Add {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        title: String,
+        #[arg(long, default_value = "")]
+        body: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Stored deliveries, newest first
+    List {
+        /// Only failing and dead-lettered deliveries
+        #[arg(long)]
+        failed: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Make a delivery pending again and ingest it
+    Replay { id: i64 },
+}
