@@ -1,0 +1,94 @@
+//! init, config errors, help: what an operator meets first.
+
+use crate::util::*;
+
+#[test]
+fn init_is_idempotent_and_a_newer_database_is_refused() {
+    let sbx = Sandbox::new();
+    let first = sbx.json(&["init"]);
+    assert_eq!(first["schema_version"], 1);
+    assert!(first["previous_version"].is_null());
+    let dump = |sbx: &Sandbox| -> String {
+        let db = sbx.db();
+        let mut st = db
+            .prepare("SELECT type||name||COALESCE(sql,'') FROM sqlite_master ORDER BY name")
+            .unwrap();
+        st.query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let schema = dump(&sbx);
+    let second = sbx.json(&["init"]);
+    assert_eq!(second["previous_version"], 1);
+    assert_eq!(dump(&sbx), schema);
+    assert!(sbx.ok(&["init"]).contains("is up to date"));
+
+    sbx.db().pragma_update(None, "user_version", 7).unwrap();
+    let out = sbx.orch().args(["status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("schema version 7 is newer than this binary supports (1)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_settings_and_config_name_the_key_and_exit_2() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MAX_CONCURRENCY", "many");
+    let out = sbx.orch().arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ORCH_MAX_CONCURRENCY"));
+
+    let sbx = Sandbox::new();
+    sbx.append_config("\n[agents.wizard]\nargv = [\"x\"]\n");
+    let out = sbx.orch().arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("agents.wizard") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    let out = sbx.orch().args(["work-once", "--bogus"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn every_command_has_help() {
+    let sbx = Sandbox::new();
+    let top = sbx.ok(&["--help"]);
+    for cmd in [
+        "init",
+        "serve",
+        "ingest",
+        "work-once",
+        "reconcile",
+        "reap",
+        "deliver",
+        "tick",
+        "status",
+        "task",
+        "issue",
+        "events",
+        "usage",
+    ] {
+        assert!(top.contains(cmd), "--help lists {cmd}");
+        let help = sbx.ok(&[cmd, "--help"]);
+        assert!(help.lines().count() > 3, "{cmd} --help: {help}");
+    }
+}
+
+#[test]
+fn a_second_reap_while_one_holds_the_lock_exits_75() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let locks = std::path::PathBuf::from(&sbx.env["ORCH_STATE_DIR"]).join("locks");
+    let held = orch::lock::try_tick_lock(&locks, "reap").unwrap();
+    let out = sbx.orch().arg("reap").output().unwrap();
+    assert_eq!(out.status.code(), Some(75));
+    drop(held);
+    sbx.ok(&["reap"]);
+}

@@ -1,0 +1,189 @@
+//! The pipeline end to end: webhook to merged main, the retry cap, the
+//! human gate.
+
+use crate::util::*;
+
+const IN_PROGRESS: &str = "plane/webhooks/issue-updated-state-in-progress.json";
+
+#[test]
+fn signed_webhook_takes_a_work_item_to_done_and_fast_forwards_main() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let main_before = sbx.origin_git(&["rev-parse", "main"]);
+    {
+        let server = sbx.serve();
+        let (status, body) = server.post_plane(&fixture(IN_PROGRESS), "d-1");
+        assert_eq!(status, 202, "{body}");
+    }
+    sbx.tick_until(15, |s| {
+        s.count("SELECT COUNT(*) FROM tasks WHERE stage='done'") == 1
+    });
+
+    let stages: Vec<(Option<String>, String, String)> = sbx.transitions(1);
+    let expected = [
+        (None, "analysis", "webhook"),
+        (Some("analysis"), "architecture", "worker"),
+        (Some("architecture"), "development", "worker"),
+        (Some("development"), "review", "worker"),
+        (Some("review"), "testing", "worker"),
+        (Some("testing"), "deploy-staging", "worker"),
+        (Some("deploy-staging"), "deploy", "worker"),
+        (Some("deploy"), "done", "worker"),
+    ];
+    let expected: Vec<(Option<String>, String, String)> = expected
+        .iter()
+        .map(|(f, t, a)| (f.map(String::from), t.to_string(), a.to_string()))
+        .collect();
+    assert_eq!(stages, expected);
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs"),
+        7,
+        "one job per stage"
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='done'"),
+        7
+    );
+
+    // main moved by fast-forward to the task branch, which holds the work.
+    let main_after = sbx.origin_git(&["rev-parse", "main"]);
+    assert_ne!(main_after, main_before);
+    assert_eq!(main_after, sbx.origin_git(&["rev-parse", "orch/widget-42"]));
+    sbx.origin_git(&["merge-base", "--is-ancestor", &main_before, &main_after]);
+    let files = sbx.origin_git(&["ls-tree", "-r", "--name-only", "main"]);
+    assert!(files.contains("docs/work-items/1/analysis.md"), "{files}");
+    assert!(files.contains("docs/work-items/1/design.md"), "{files}");
+    let log = sbx.origin_git(&["log", "--format=%s", "main"]);
+    assert!(
+        log.contains("developer(widget): auto-commit from developer run_id="),
+        "{log}"
+    );
+
+    // usage was recorded from the Claude-shaped results.
+    let usage = sbx.json(&["usage", "--task", "1"]);
+    assert_eq!(usage["total"]["output_tokens"], 7 * 110);
+    assert_eq!(usage["total"]["input_tokens_full"], 7 * (8 + 33204 + 5722));
+
+    // a further tick changes nothing
+    let before = sbx.count("SELECT COUNT(*) FROM transitions");
+    sbx.ok(&["tick"]);
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM transitions"), before);
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM outbox WHERE status='pending'"),
+        0,
+        "all messages delivered"
+    );
+    sbx.check_invariants();
+}
+
+#[test]
+fn reviewer_that_always_requests_changes_escalates_at_the_retry_cap() {
+    let mut sbx = Sandbox::new();
+    sbx.set("FAKE_AGENT_VERDICT_REVIEWER", "REQUEST_CHANGES")
+        .set("ORCH_MAX_DEVELOPER_RETRIES", "2");
+    sbx.ok(&[
+        "issue",
+        "add",
+        "--project",
+        "widget",
+        "--title",
+        "never good enough",
+    ]);
+    sbx.tick_until(20, |s| {
+        s.count("SELECT escalated FROM tasks WHERE id=1") == 1
+    });
+
+    let t = sbx.transitions(1);
+    let returns = t
+        .iter()
+        .filter(|(f, to, _)| f.as_deref() == Some("review") && to == "development")
+        .count();
+    assert_eq!(
+        returns, 2,
+        "escalated on the return that reached the cap: {t:?}"
+    );
+    assert_eq!(sbx.stage(1), "development");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status IN ('queued','running')"),
+        0
+    );
+    let notifications =
+        sbx.count("SELECT COUNT(*) FROM outbox WHERE channel='notify' AND kind='escalated'");
+    assert_eq!(notifications, 1);
+
+    // Later ticks (and reconcile passes with no grace) leave it alone.
+    sbx.set("ORCH_RECONCILE_GRACE_S", "0");
+    let transitions = sbx.count("SELECT COUNT(*) FROM transitions");
+    let outbox = sbx.count("SELECT COUNT(*) FROM outbox");
+    for _ in 0..3 {
+        sbx.ok(&["tick"]);
+    }
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM transitions"), transitions);
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM outbox"), outbox);
+    assert!(sbx
+        .ok(&["task", "show", "1"])
+        .contains("ESCALATED: developer retry cap reached (2/2)"));
+    sbx.check_invariants();
+
+    // A human unblock resets the count and reruns development.
+    sbx.ok(&["task", "unblock", "1"]);
+    assert_eq!(
+        sbx.count("SELECT escalated + developer_retries FROM tasks WHERE id=1"),
+        0
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='queued' AND stage='development'"),
+        1
+    );
+    assert_eq!(sbx.transitions(1).last().unwrap().2, "human");
+}
+
+#[test]
+fn analysis_waits_for_a_human_and_reject_reruns_it() {
+    let sbx = Sandbox::new();
+    let cfg = std::fs::read_to_string(sbx.dir.join("orch.toml")).unwrap();
+    std::fs::write(
+        sbx.dir.join("orch.toml"),
+        cfg.replace(
+            "auto_approve_analysis = true",
+            "auto_approve_analysis = false",
+        ),
+    )
+    .unwrap();
+    sbx.ok(&[
+        "issue",
+        "add",
+        "--project",
+        "widget",
+        "--title",
+        "needs a look",
+    ]);
+    sbx.ok(&["tick"]);
+    sbx.ok(&["tick"]);
+    assert_eq!(sbx.stage(1), "analysis");
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM jobs"), 1);
+
+    sbx.ok(&["task", "reject", "1", "--reason", "too vague"]);
+    sbx.ok(&["tick"]);
+    assert_eq!(sbx.stage(1), "analysis");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE stage='analysis' AND status='done'"),
+        2
+    );
+
+    sbx.ok(&["task", "approve", "1"]);
+    assert_eq!(sbx.stage(1), "architecture");
+    let last = sbx.transitions(1).pop().unwrap();
+    assert_eq!(
+        last,
+        (
+            Some("analysis".into()),
+            "architecture".into(),
+            "human".into()
+        )
+    );
+    // approving again is refused with a clear message, exit 2
+    let out = sbx.orch().args(["task", "approve", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is at architecture, not analysis"));
+}

@@ -1,0 +1,10 @@
+//! One integration test binary: each module drives the built `orch` binary
+//! against a sandbox of real SQLite, real git and real HTTP on loopback.
+
+mod util;
+
+mod agents;
+mod cli;
+mod ingest;
+mod pipeline;
+mod shim;

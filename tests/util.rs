@@ -1,0 +1,371 @@
+//! Test fixture: a sandbox made by `scripts/make-sandbox` (a bare git
+//! origin seeded with a project whose tests really run, a registry, the
+//! fake agent for every role) in a temp dir, an `orch` command bound to
+//! it, and helpers to read its database, sign deliveries, talk HTTP and
+//! wait for conditions with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as StdCommand, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::Command;
+use hmac::{Hmac, Mac};
+use rusqlite::Connection;
+use sha2::Sha256;
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+pub const PLANE_SECRET: &str = "sandbox-plane-secret";
+pub const GITEA_SECRET: &str = "sandbox-gitea-secret";
+
+/// A fixture file's bytes (`tests/fixtures/<rel>`).
+pub fn fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(Path::new(ROOT).join("tests/fixtures").join(rel)).unwrap()
+}
+
+/// `hex(HMAC-SHA256(secret, body))`, as Plane and Gitea sign.
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Polls `cond` every 50 ms until it holds or `secs` pass.
+pub fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Sandbox {
+    pub _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub env: BTreeMap<String, String>,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sbx");
+        let out = StdCommand::new(Path::new(ROOT).join("scripts/make-sandbox"))
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "make-sandbox: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut env = BTreeMap::new();
+        for line in std::fs::read_to_string(dir.join("orch.env"))
+            .unwrap()
+            .lines()
+        {
+            if let Some((k, v)) = line.strip_prefix("export ").and_then(|l| l.split_once('=')) {
+                env.insert(k.to_string(), v.trim_matches('"').to_string());
+            }
+        }
+        Sandbox {
+            _tmp: tmp,
+            dir,
+            env,
+        }
+    }
+
+    /// Sets (or overrides) an environment variable for every later command.
+    pub fn set(&mut self, k: &str, v: &str) -> &mut Self {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    /// Appends TOML to the sandbox config (e.g. a `[agents.reviewer]`).
+    pub fn append_config(&self, toml: &str) {
+        let p = self.dir.join("orch.toml");
+        let mut s = std::fs::read_to_string(&p).unwrap();
+        s.push_str(toml);
+        std::fs::write(p, s).unwrap();
+    }
+
+    fn apply_env(&self, c: &mut StdCommand) {
+        c.current_dir(&self.dir);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ORCH_")
+                || k.starts_with("FAKE_AGENT_")
+                || k == "RUST_LOG"
+                || k == "FAILPOINTS"
+            {
+                c.env_remove(k);
+            }
+        }
+        c.envs(&self.env);
+    }
+
+    /// An `orch` command in the sandbox.
+    pub fn orch(&self) -> Command {
+        let mut c = StdCommand::new(env!("CARGO_BIN_EXE_orch"));
+        self.apply_env(&mut c);
+        Command::from_std(c)
+    }
+
+    /// A raw `std::process::Command` for `orch` (for background children).
+    pub fn orch_std(&self) -> StdCommand {
+        let mut c = StdCommand::new(env!("CARGO_BIN_EXE_orch"));
+        self.apply_env(&mut c);
+        c
+    }
+
+    /// Runs `orch ARGS` and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.orch().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "orch {args:?} exited {:?}\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs `orch --json ARGS`, asserts success, parses stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        PathBuf::from(&self.env["ORCH_STATE_DIR"]).join("orch.db")
+    }
+
+    pub fn origin(&self) -> PathBuf {
+        self.dir.join("origin.git")
+    }
+
+    /// A read connection to the sandbox database.
+    pub fn db(&self) -> Connection {
+        let c = Connection::open(self.db_path()).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// `git --git-dir origin.git ARGS` → trimmed stdout.
+    pub fn origin_git(&self, args: &[&str]) -> String {
+        let out = StdCommand::new("git")
+            .arg("--git-dir")
+            .arg(self.origin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The stage of task `id`.
+    pub fn stage(&self, id: i64) -> String {
+        self.db()
+            .query_row("SELECT stage FROM tasks WHERE id=?1", [id], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// `(from, to, actor)` of task `id`'s transitions in order.
+    pub fn transitions(&self, id: i64) -> Vec<(Option<String>, String, String)> {
+        let db = self.db();
+        let mut st = db
+            .prepare("SELECT from_stage, to_stage, actor FROM transitions WHERE task_id=?1 ORDER BY version")
+            .unwrap();
+        st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    /// Runs `orch tick` until `done` holds or `max` ticks passed.
+    pub fn tick_until(&self, max: usize, mut done: impl FnMut(&Sandbox) -> bool) {
+        for _ in 0..max {
+            if done(self) {
+                return;
+            }
+            self.ok(&["tick"]);
+        }
+        assert!(done(self), "condition not reached after {max} ticks");
+    }
+
+    /// Starts `orch serve` on a free loopback port and waits for /healthz.
+    pub fn serve(&self) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = self
+            .orch_std()
+            .args(["serve", "--bind", &addr])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server { child, addr };
+        wait_until(20, "orch serve to answer /healthz", || {
+            matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _)))
+        });
+        server
+    }
+
+    /// Checks the invariants of DESIGN §11 that hold for any finished run:
+    /// integrity, no duplicate transition, legal stage paths, no job
+    /// running without a worker, at most one job per (task, stage, version).
+    pub fn check_invariants(&self) {
+        let db = self.db();
+        let ok: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        let fk = db
+            .prepare("PRAGMA foreign_key_check")
+            .unwrap()
+            .query_map([], |_| Ok(()))
+            .unwrap()
+            .count();
+        assert_eq!(fk, 0, "foreign key violations");
+        let order = [
+            "analysis",
+            "architecture",
+            "development",
+            "review",
+            "testing",
+            "deploy-staging",
+            "deploy",
+            "done",
+        ];
+        let idx = |s: &str| order.iter().position(|x| *x == s).unwrap();
+        let mut st = db.prepare("SELECT task_id, version, from_stage, to_stage FROM transitions ORDER BY task_id, version").unwrap();
+        let rows: Vec<(i64, i64, Option<String>, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut last: Option<(i64, i64, String)> = None;
+        for (task, version, from, to) in rows {
+            match &last {
+                Some((t, v, prev_to)) if *t == task => {
+                    assert_eq!(version, v + 1, "task {task}: versions skip or repeat");
+                    assert_eq!(
+                        from.as_deref(),
+                        Some(prev_to.as_str()),
+                        "task {task}: transition does not start where the last ended"
+                    );
+                    let (f, t2) = (idx(from.as_deref().unwrap()), idx(&to));
+                    let legal = t2 == f + 1 || t2 == f || (to == "development" && f > 2 && f < 7);
+                    assert!(legal, "task {task}: illegal transition {from:?} → {to}");
+                }
+                _ => {
+                    assert_eq!(
+                        version, 1,
+                        "task {task}: first transition must be version 1"
+                    );
+                    assert!(from.is_none());
+                }
+            }
+            last = Some((task, version, to));
+        }
+        let dup: i64 = db
+            .query_row("SELECT COUNT(*) FROM (SELECT 1 FROM jobs GROUP BY task_id, stage, task_version HAVING COUNT(*)>1)", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(dup, 0);
+    }
+}
+
+/// A running `orch serve`; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl Server {
+    /// Sends one HTTP/1.1 request; returns (status, body).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect(&self.addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            req += &format!("{k}: {v}\r\n");
+        }
+        req += "\r\n";
+        s.write_all(req.as_bytes())?;
+        s.write_all(body)?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp)?;
+        let text = String::from_utf8_lossy(&resp).to_string();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    /// Posts a Plane delivery signed with the sandbox secret.
+    pub fn post_plane(&self, body: &[u8], delivery: &str) -> (u16, String) {
+        let sig = sign(PLANE_SECRET, body);
+        self.request(
+            "POST",
+            "/webhooks/plane",
+            &[
+                ("Content-Type", "application/json"),
+                ("X-Plane-Event", "issue"),
+                ("X-Plane-Delivery", delivery),
+                ("X-Plane-Signature", &sig),
+            ],
+            body,
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Is a process with this pid alive (and not a zombie)?
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !matches!(
+            s.rsplit_once(')').map(|x| x.1.trim_start().chars().next()),
+            Some(Some('Z')) | Some(Some('X'))
+        ),
+        Err(_) => false,
+    }
+}
