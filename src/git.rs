@@ -503,6 +503,22 @@ impl Repo {
         }
     }
 
+    /// Removes `index.lock` left by a git process that was killed (a crashed
+    /// worker). Safe only because every git command orch runs on a worktree
+    /// holds that worktree's path lock, which the caller holds now: no live
+    /// git of ours can own the file.
+    fn clear_stale_index_lock(admin_dir: &Path) -> anyhow::Result<()> {
+        let lock = admin_dir.join("index.lock");
+        match std::fs::remove_file(&lock) {
+            Ok(()) => {
+                tracing::warn!(target: "git", path = %lock.display(), "removed a stale index.lock left by a killed git");
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing stale {}", lock.display())),
+        }
+    }
+
     fn rebase_in_progress(admin_dir: &Path) -> bool {
         admin_dir.join("rebase-merge").exists() || admin_dir.join("rebase-apply").exists()
     }
@@ -674,7 +690,8 @@ impl Repo {
     pub fn discard_changes(&self, worktree: &Path) -> anyhow::Result<()> {
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        self.check_worktree(&worktree)?;
+        let admin = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&admin)?;
         git_ok(&worktree, &["reset", "--quiet", "--hard", "HEAD"])?;
         git_ok(&worktree, &["clean", "--quiet", "-fd"])?;
         Ok(())
@@ -693,7 +710,8 @@ impl Repo {
     pub fn commit_all(&self, worktree: &Path, message: &str) -> anyhow::Result<Option<String>> {
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        self.check_worktree(&worktree)?;
+        let admin = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&admin)?;
         git_ok(&worktree, &["add", "--all"])?;
         let diff = run_git(&worktree, &["diff", "--cached", "--quiet"])?;
         match diff.code() {
@@ -1413,6 +1431,17 @@ mod tests {
         f.repo.discard_changes(&wt).unwrap();
         assert_eq!(sh(&wt, &["status", "--porcelain"]), "");
         assert!(!wt.join("new.txt").exists());
+    }
+
+    #[test]
+    fn a_stale_index_lock_from_a_killed_git_does_not_wedge_commits() {
+        let f = fixture();
+        let wt = f.wt(8);
+        f.repo.ensure_worktree(&wt, "orch/p-8").unwrap();
+        let admin = f.repo.check_worktree(&absolute(&wt).unwrap()).unwrap();
+        std::fs::write(admin.join("index.lock"), "").unwrap();
+        std::fs::write(wt.join("new.txt"), "x").unwrap();
+        assert!(f.repo.commit_all(&wt, "after a crash").unwrap().is_some());
     }
 
     #[test]

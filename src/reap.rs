@@ -171,16 +171,25 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
     Ok(actions)
 }
 
-/// Kills the agent process group of `j` if its leader is still the process
-/// we started (same pid and start time).
+/// Kills what is left of job `j`'s agent process group. The leader itself
+/// usually died with its worker (PDEATHSIG), but its children survive in
+/// the group; Linux does not hand out a pid that is still some group's id,
+/// so a live group `agent_pid` is still the group we started.
 fn kill_agent(ctx: &Ctx, j: &Job) -> bool {
-    match (j.agent_pid, j.agent_start_time) {
-        (Some(pid), Some(start)) if process::is_alive(pid as i32, start as u64) => {
-            warn!(target: "reap", job = j.id, pid, "killing orphaned agent process group");
-            process::kill_group(pid as i32, Duration::from_secs(ctx.settings.kill_grace_s))
-        }
-        _ => false,
+    let Some(pgid) = j.agent_pid.map(|p| p as i32) else {
+        return false;
+    };
+    // The pid is free, or still ours (alive or a zombie nobody reaped,
+    // with the start time we recorded): not someone else's process.
+    let ours_or_free = match process::proc_start_time(pgid) {
+        None => true,
+        Some(start) => j.agent_start_time == Some(start as i64),
+    };
+    if ours_or_free && process::group_exists(pgid) {
+        warn!(target: "reap", job = j.id, pgid, "killing orphaned agent process group");
+        return process::kill_group(pgid, Duration::from_secs(ctx.settings.kill_grace_s));
     }
+    false
 }
 
 /// Executes planned actions; each re-checks its claim first.

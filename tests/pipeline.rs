@@ -187,3 +187,173 @@ fn analysis_waits_for_a_human_and_reject_reruns_it() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is at architecture, not analysis"));
 }
+
+/// Runs `work-once` until task 1 is at `stage` with its job queued.
+fn work_until_stage(sbx: &Sandbox, stage: &str) {
+    for _ in 0..10 {
+        if sbx.stage(1) == stage {
+            return;
+        }
+        sbx.ok(&["work-once"]);
+    }
+    panic!("task never reached {stage}");
+}
+
+/// Pushes a commit that appends `line` to `file` on origin's main, as
+/// another developer would.
+fn push_to_main(sbx: &Sandbox, file: &str, line: &str) {
+    let scratch = sbx.dir.join("other-dev");
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&scratch)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
+    let out = std::process::Command::new("git")
+        .arg("clone")
+        .arg("-q")
+        .arg(sbx.origin())
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let path = scratch.join(file);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    text.push_str(line);
+    text.push('\n');
+    std::fs::write(&path, text).unwrap();
+    git(&[
+        "-c",
+        "user.name=o",
+        "-c",
+        "user.email=o@x",
+        "commit",
+        "-qam",
+        "another change on main",
+    ]);
+    git(&["push", "-q", "origin", "HEAD:main"]);
+}
+
+#[test]
+fn when_main_moved_the_branch_is_rebased_retested_and_fast_forwarded() {
+    let sbx = Sandbox::new();
+    sbx.ok(&[
+        "issue",
+        "add",
+        "--project",
+        "widget",
+        "--title",
+        "main moves",
+    ]);
+    work_until_stage(&sbx, "deploy-staging");
+    push_to_main(&sbx, "README.md", "A line someone else added.");
+    let theirs = sbx.origin_git(&["rev-parse", "main"]);
+
+    sbx.tick_until(5, |s| s.stage(1) == "done");
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    sbx.origin_git(&["merge-base", "--is-ancestor", &theirs, &main]);
+    assert_eq!(main, sbx.origin_git(&["rev-parse", "orch/widget-1"]));
+    assert!(sbx
+        .origin_git(&["show", "main:README.md"])
+        .contains("someone else"));
+    assert!(sbx
+        .origin_git(&["show", "main:CHANGES.md"])
+        .contains("- task 1:"));
+    // the combined tree was tested before the merge
+    let ci: i64 = sbx
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM ci_statuses WHERE sha=?1 AND state='success'",
+            [&main],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(ci, 1, "the rebased head has a green CI status");
+    // main's history is linear (fast-forwards only)
+    let merges = sbx.origin_git(&["rev-list", "--merges", "main"]);
+    assert!(merges.is_empty());
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_conflict_with_main_rolls_back_to_development_with_the_reason() {
+    let sbx = Sandbox::new();
+    sbx.ok(&[
+        "issue",
+        "add",
+        "--project",
+        "widget",
+        "--title",
+        "conflicts",
+    ]);
+    work_until_stage(&sbx, "deploy-staging");
+    push_to_main(&sbx, "CHANGES.md", "- a competing change on the same line");
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["to"], "development", "{v}");
+    let last = sbx
+        .db()
+        .query_row(
+            "SELECT reason FROM transitions ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .unwrap();
+    assert!(last.contains("conflicts in CHANGES.md"), "{last}");
+    assert_eq!(
+        sbx.count("SELECT developer_retries FROM tasks WHERE id=1"),
+        1
+    );
+    assert_eq!(
+        sbx.origin_git(&["rev-parse", "main"]),
+        main,
+        "main untouched"
+    );
+    let wt = sbx.json(&["task", "show", "1"])["task"]["worktree"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let st = std::process::Command::new("git")
+        .args(["-C", &wt, "status", "--porcelain"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&st.stdout),
+        "",
+        "worktree left clean"
+    );
+    sbx.check_invariants();
+}
+
+#[test]
+fn the_claim_enforces_max_concurrency() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MAX_CONCURRENCY", "1");
+    sbx.ok(&["issue", "add", "--project", "widget", "--title", "slow one"]);
+    sbx.ok(&["issue", "add", "--project", "widget", "--title", "waits"]);
+    let mut slow = sbx.orch_std();
+    slow.args(["work-once"])
+        .env("FAKE_AGENT_SLEEP", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut slow = slow.spawn().unwrap();
+    wait_until(20, "first job running", || {
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'") == 1
+    });
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(
+        v["result"], "idle",
+        "a second worker finds the limit reached: {v}"
+    );
+    assert!(slow.wait().unwrap().success());
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["result"], "ran", "{v}");
+}

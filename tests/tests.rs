@@ -7,4 +7,5 @@ mod agents;
 mod cli;
 mod ingest;
 mod pipeline;
+mod reap;
 mod shim;

@@ -1,0 +1,218 @@
+//! Crashes at named points, and the reaper that makes them harmless. (The
+//! exhaustive crash matrix and the soak belong to the reaper issue; these
+//! prove the skeleton leaves no known hole.)
+
+use std::process::Stdio;
+
+use crate::util::*;
+
+fn pids(file: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_killed_worker_loses_its_agent_and_tier1_requeues_the_job_and_kills_orphans() {
+    let mut sbx = Sandbox::new();
+    let pidfile = sbx.dir.join("pids");
+    sbx.ok(&[
+        "issue",
+        "add",
+        "--project",
+        "widget",
+        "--title",
+        "worker dies",
+    ]);
+    sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap());
+    let mut worker = {
+        let mut c = sbx.orch_std();
+        c.args(["work-once"])
+            .env("FAKE_AGENT_MODE_ANALYST", "hang-with-child")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        c.spawn().unwrap()
+    };
+    wait_until(20, "agent and child started", || pids(&pidfile).len() == 2);
+    worker.kill().unwrap(); // SIGKILL, like an OOM kill
+    worker.wait().unwrap();
+    let (leader, child) = (pids(&pidfile)[0], pids(&pidfile)[1]);
+    wait_until(10, "agent leader to die with its worker", || {
+        !pid_alive(leader)
+    });
+    assert!(
+        pid_alive(child),
+        "the agent's child outlives the worker until the reaper comes"
+    );
+
+    let plan = sbx.json(&["reap", "--dry-run"]);
+    assert_eq!(plan["actions"][0]["action"], "recover", "{plan}");
+    assert!(pid_alive(child), "--dry-run kills nothing");
+    assert_eq!(
+        sbx.count("SELECT attempt FROM jobs WHERE id=1"),
+        1,
+        "--dry-run writes nothing"
+    );
+
+    let done = sbx.json(&["reap"]);
+    assert!(
+        done["actions"][0]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("requeued for attempt 2"),
+        "{done}"
+    );
+    wait_until(10, "orphaned child killed", || !pid_alive(child));
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='queued' AND attempt=2"),
+        1
+    );
+
+    // the next worker runs it normally
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+    assert_eq!(sbx.stage(1), "architecture");
+    sbx.check_invariants();
+}
+
+#[test]
+fn tier2_waits_out_the_grace_then_finishes_without_rerunning_the_agent() {
+    let mut sbx = Sandbox::new();
+    sbx.ok(&[
+        "issue",
+        "add",
+        "--project",
+        "widget",
+        "--title",
+        "dies finalizing",
+    ]);
+    let out = sbx
+        .orch()
+        .args(["work-once"])
+        .env("FAILPOINTS", "worker.after_exit_recorded=return")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed by the failpoint");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running' AND exit_code=0"),
+        1
+    );
+
+    // inside the grace nothing is touched, although the worker is gone
+    assert!(sbx.ok(&["reap"]).contains("nothing to reap"));
+    sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0");
+    let before =
+        sbx.count("SELECT COUNT(*) FROM transitions") + sbx.count("SELECT COUNT(*) FROM outbox");
+    assert!(sbx
+        .ok(&["reap", "--dry-run"])
+        .contains("would finish job 1"));
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM transitions") + sbx.count("SELECT COUNT(*) FROM outbox"),
+        before
+    );
+
+    let done = sbx.json(&["reap"]);
+    assert_eq!(
+        done["actions"][0]["result"], "advanced analysis → architecture",
+        "{done}"
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM agent_runs"),
+        1,
+        "the agent was not run again"
+    );
+    assert_eq!(sbx.transitions(1).last().unwrap().2, "reaper");
+    // a second reaper finds nothing
+    assert!(sbx.ok(&["reap"]).contains("nothing to reap"));
+}
+
+#[test]
+fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
+    let points = [
+        ("worker.after_claim", "work-once"),
+        ("worker.after_agent_exit", "work-once"),
+        ("worker.after_exit_recorded", "work-once"),
+        ("finalize.after_commit", "work-once"),
+        ("finalize.after_push", "work-once"),
+        ("finalize.before_terminal_claim", "work-once"),
+        ("ingest.before_commit", "ingest"),
+        ("ingest.after_commit", "ingest"),
+        ("deliver.before_send", "deliver"),
+        ("deliver.after_send", "deliver"),
+    ];
+    for (point, command) in points {
+        let mut sbx = Sandbox::new();
+        sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0")
+            .set("ORCH_RECONCILE_GRACE_S", "0");
+        let delivery = std::path::Path::new(ROOT)
+            .join("tests/fixtures/plane/webhooks/issue-updated-state-in-progress.json");
+        if command == "ingest" {
+            // store without ingesting, then crash inside the ingest
+            let server = sbx.serve();
+            assert_eq!(
+                server
+                    .post_plane(&std::fs::read(&delivery).unwrap(), "crash")
+                    .0,
+                202
+            );
+        } else {
+            sbx.ok(&[
+                "ingest",
+                "--source",
+                "plane",
+                "--event",
+                "issue",
+                "--file",
+                delivery.to_str().unwrap(),
+            ]);
+        }
+        let out = sbx
+            .orch()
+            .arg(command)
+            .env("FAILPOINTS", format!("{point}=return"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{point}: the process was killed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        sbx.tick_until(15, |s| {
+            s.count("SELECT COUNT(*) FROM tasks WHERE stage='done'") == 1
+        });
+        sbx.ok(&["tick"]);
+        sbx.check_invariants();
+        assert_eq!(sbx.count("SELECT COUNT(*) FROM tasks"), 1, "{point}");
+        assert_eq!(
+            sbx.count("SELECT COUNT(*) FROM transitions"),
+            8,
+            "{point}: each stage advanced once"
+        );
+        assert_eq!(
+            sbx.count("SELECT COUNT(*) FROM outbox WHERE status<>'delivered'"),
+            0,
+            "{point}"
+        );
+        assert_eq!(
+            sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'"),
+            0,
+            "{point}"
+        );
+        // one recorded run per stage: a run whose exit was recorded is never
+        // run again (a run killed before its exit was recorded leaves no row)
+        assert_eq!(
+            sbx.count("SELECT COUNT(*) FROM agent_runs WHERE stage='analysis'"),
+            1,
+            "{point}"
+        );
+        assert_eq!(
+            sbx.origin_git(&["rev-parse", "main"]),
+            sbx.origin_git(&["rev-parse", "orch/widget-42"]),
+            "{point}"
+        );
+    }
+}
