@@ -83,6 +83,12 @@ pub enum Command {
     },
     /// Queue depth by stage, running jobs, leases, inbox and outbox backlog
     Status,
+    /// Verify the invariants over the database (exit 3 when one is violated)
+    ///
+    /// Integrity and foreign keys, the schema version, legal and unique
+    /// transitions, one active job per task, no running job without a live
+    /// worker (run `orch reap` first), dead letters with their reasons.
+    Check,
     /// Inspect tasks; the human gate; ad-hoc repair
     #[command(subcommand)]
     Task(TaskCommand),

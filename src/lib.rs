@@ -5,6 +5,7 @@
 //! everything here is the core. See `docs/DESIGN.md` for the contract.
 
 pub mod agent;
+pub mod check;
 pub mod clock;
 pub mod config;
 pub mod ctx;

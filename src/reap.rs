@@ -218,28 +218,26 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
                             && j.attempt == *attempt
                             && j.exit_recorded_at_ms.is_none() =>
                     {
-                        kill_agent(ctx, &j);
                         let now = now_ms();
-                        let out = db.write(|tx| {
-                            // Claim: still running this attempt, exit still unrecorded.
-                            match tx.job(j.id)? {
-                                Some(cur)
-                                    if cur.status == "running"
-                                        && cur.attempt == j.attempt
-                                        && cur.exit_recorded_at_ms.is_none() =>
-                                {
-                                    worker::retry_or_fail(
-                                        ctx,
-                                        tx,
-                                        &cur,
-                                        &reason,
-                                        Actor::Reaper,
-                                        now,
-                                    )
-                                }
-                                _ => Ok(Finalized::Lost),
+                        // Claim first: still running this attempt, exit still
+                        // unrecorded. Only the winner acts on the processes.
+                        let out = db.write(|tx| match tx.job(j.id)? {
+                            Some(cur)
+                                if cur.status == "running"
+                                    && cur.attempt == j.attempt
+                                    && cur.exit_recorded_at_ms.is_none() =>
+                            {
+                                worker::retry_or_fail(ctx, tx, &cur, &reason, Actor::Reaper, now)
                             }
+                            _ => Ok(Finalized::Lost),
                         })?;
+                        if out != Finalized::Lost {
+                            // The job belongs to its next attempt now; what is
+                            // left of this attempt's agent must not touch the
+                            // worktree (a live worker's late exit is refused by
+                            // the attempt check).
+                            kill_agent(ctx, &j);
+                        }
                         describe(&out)
                     }
                     _ => "skipped: job changed since the plan".to_string(),

@@ -92,3 +92,19 @@ fn a_second_reap_while_one_holds_the_lock_exits_75() {
     drop(held);
     sbx.ok(&["reap"]);
 }
+
+#[test]
+fn check_reports_a_violated_invariant_with_exit_3() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["issue", "add", "--project", "widget", "--title", "t"]);
+    assert!(sbx.ok(&["check"]).contains("all invariants hold"));
+    // a second active job for the task, as a double enqueue would leave
+    sbx.db()
+        .execute("INSERT INTO jobs (task_id, stage, role, task_version, status, available_at_ms, created_at_ms) VALUES (1, 'analysis', 'analyst', 9, 'queued', 0, 0)", [])
+        .unwrap();
+    let out = sbx.orch().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("VIOLATED jobs: task 1 has 2 active jobs")
+    );
+}

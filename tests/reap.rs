@@ -131,12 +131,17 @@ fn tier2_waits_out_the_grace_then_finishes_without_rerunning_the_agent() {
 #[test]
 fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
     let points = [
+        ("claim.before_commit", "work-once"),
         ("worker.after_claim", "work-once"),
         ("worker.after_agent_exit", "work-once"),
         ("worker.after_exit_recorded", "work-once"),
         ("finalize.after_commit", "work-once"),
         ("finalize.after_push", "work-once"),
         ("finalize.before_terminal_claim", "work-once"),
+        ("transition.after_cas", "work-once"),
+        ("transition.before_enqueue", "work-once"),
+        ("transition.before_outbox", "work-once"),
+        ("transition.before_commit", "work-once"),
         ("ingest.before_commit", "ingest"),
         ("ingest.after_commit", "ingest"),
         ("deliver.before_send", "deliver"),
@@ -215,4 +220,165 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
             "{point}"
         );
     }
+}
+
+/// A sandbox whose first job's worker died right after recording the
+/// agent's exit: the job is `running` with an exit code and no worker.
+fn job_left_finalizing() -> Sandbox {
+    let sbx = Sandbox::new();
+    sbx.ok(&[
+        "issue",
+        "add",
+        "--project",
+        "widget",
+        "--title",
+        "left finalizing",
+    ]);
+    let out = sbx
+        .orch()
+        .args(["work-once"])
+        .env("FAILPOINTS", "worker.after_exit_recorded=return")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None);
+    sbx
+}
+
+#[test]
+fn two_finalizers_racing_on_one_job_advance_it_once_and_the_loser_writes_nothing() {
+    let sbx = job_left_finalizing();
+    let env = sbx.env.clone();
+    let settings = orch::config::Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
+    let ctx = orch::ctx::Ctx::load(settings).unwrap();
+    let before_outbox = sbx.count("SELECT COUNT(*) FROM outbox");
+    // Both reach the terminal claim, then race for it.
+    fail::cfg("finalize.before_terminal_claim", "sleep(300)").unwrap();
+    let barrier = std::sync::Barrier::new(2);
+    let results: Vec<orch::worker::Finalized> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let db = ctx.open_db().unwrap();
+                    barrier.wait();
+                    orch::worker::finalize(&ctx, &db, 1, orch::pipeline::Actor::Reaper).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    fail::remove("finalize.before_terminal_claim");
+    let advanced = results
+        .iter()
+        .filter(|r| matches!(r, orch::worker::Finalized::Advanced { .. }))
+        .count();
+    let lost = results
+        .iter()
+        .filter(|r| **r == orch::worker::Finalized::Lost)
+        .count();
+    assert_eq!((advanced, lost), (1, 1), "{results:?}");
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM transitions"), 2);
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs"),
+        2,
+        "the next job enqueued once"
+    );
+    // one transition's worth of messages: one comment
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM outbox") - before_outbox, 1);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_reaper_leaves_a_live_finalizing_worker_alone_and_after_the_grace_only_one_advances() {
+    let mut sbx = Sandbox::new();
+    sbx.ok(&[
+        "issue",
+        "add",
+        "--project",
+        "widget",
+        "--title",
+        "slow finalize",
+    ]);
+    let mut worker = sbx
+        .orch_std()
+        .args(["work-once"])
+        .env("FAILPOINTS", "finalize.before_terminal_claim=sleep(3000)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(20, "agent exit recorded", || {
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE exit_recorded_at_ms IS NOT NULL") == 1
+    });
+    // inside the grace: nothing, although the job has been "exited" a while
+    assert!(sbx.ok(&["reap"]).contains("nothing to reap"));
+    // past the grace the reaper finishes it too; the claim decides
+    sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0");
+    let reaped = sbx.json(&["reap"]);
+    assert!(worker.wait().unwrap().success());
+    let result = reaped["actions"][0]["result"].as_str().unwrap().to_string();
+    assert!(
+        result.starts_with("advanced") || result.starts_with("lost"),
+        "{result}"
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM transitions"),
+        2,
+        "exactly one advance"
+    );
+    assert_eq!(sbx.stage(1), "architecture");
+    sbx.check_invariants();
+}
+
+#[test]
+fn an_agent_past_its_timeout_under_a_stuck_worker_is_killed_by_the_reaper_and_requeued() {
+    let mut sbx = Sandbox::new();
+    let pidfile = sbx.dir.join("pids");
+    sbx.ok(&["issue", "add", "--project", "widget", "--title", "stuck"]);
+    sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap());
+    let mut worker = sbx
+        .orch_std()
+        .args(["work-once"])
+        .env("FAKE_AGENT_MODE_ANALYST", "hang-with-child")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(20, "agent and child started", || pids(&pidfile).len() == 2);
+    // The worker lives; the reaper's clock is past timeout (120 s) + grace + 60 s.
+    let plan = sbx
+        .orch()
+        .args(["--json", "reap", "--dry-run"])
+        .env("ORCH_TEST_CLOCK_OFFSET_MS", "300000")
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    assert_eq!(plan["actions"][0]["action"], "timeout", "{plan}");
+    let out = sbx
+        .orch()
+        .args(["reap"])
+        .env("ORCH_TEST_CLOCK_OFFSET_MS", "300000")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for pid in pids(&pidfile) {
+        wait_until(10, "agent group killed", || !pid_alive(pid));
+    }
+    assert!(
+        worker.wait().unwrap().success(),
+        "the stuck worker notices it lost the job and exits"
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='queued' AND attempt=2"),
+        1
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM agent_runs"),
+        0,
+        "the killed run's result was discarded"
+    );
+    // later ticks share the reaper's clock (the retry was scheduled on it)
+    sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "300000");
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+    sbx.check_invariants();
 }

@@ -7,5 +7,7 @@ mod agents;
 mod cli;
 mod ingest;
 mod pipeline;
+// Crash points and the test clock need the `testing` feature.
+#[cfg(feature = "testing")]
 mod reap;
 mod shim;

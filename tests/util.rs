@@ -288,6 +288,12 @@ impl Sandbox {
             .query_row("SELECT COUNT(*) FROM (SELECT 1 FROM jobs GROUP BY task_id, stage, task_version HAVING COUNT(*)>1)", [], |r| r.get(0))
             .unwrap();
         assert_eq!(dup, 0);
+        let out = self.orch().args(["check"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "orch check: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 }
 

@@ -96,6 +96,34 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 json: doc,
             }
         }
+        Command::Check => {
+            let db = ctx.open_db()?;
+            let boot = orch::process::boot_id();
+            let live = |host: &str, pid: i64, start: i64| {
+                host == boot && orch::process::is_alive(pid as i32, start as u64)
+            };
+            let violations = orch::check::run(&db, &live)?;
+            let text = if violations.is_empty() {
+                "all invariants hold".to_string()
+            } else {
+                violations
+                    .iter()
+                    .map(|v| format!("VIOLATED {}: {}\n", v.invariant, v.detail))
+                    .collect()
+            };
+            print(
+                json_mode,
+                &Output {
+                    json: json!({ "ok": violations.is_empty(), "violations": violations }),
+                    text,
+                },
+            )?;
+            return Ok(if violations.is_empty() {
+                exit::OK
+            } else {
+                exit::VERDICT_FAIL
+            });
+        }
         Command::Task(c) => task::run(&ctx, c)?,
         Command::Issue(IssueCommand::Add {
             project,

@@ -995,6 +995,7 @@ impl Tx<'_> {
              exit_code=NULL, exit_recorded_at_ms=NULL WHERE id=?1 AND status='queued'",
         )?
         .execute(params![id, host, pid, start, now_ms])?;
+        crate::failpoint::failpoint("claim.before_commit");
         self.job(id)
     }
 

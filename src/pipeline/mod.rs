@@ -266,6 +266,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     )? {
         anyhow::bail!("task {} changed inside an IMMEDIATE transaction", task.id);
     }
+    crate::failpoint::failpoint("transition.after_cas");
     // 2. audit
     tx.insert_transition(
         task.id,
@@ -283,6 +284,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
             anyhow::bail!("job {job_id} changed inside an IMMEDIATE transaction");
         }
     }
+    crate::failpoint::failpoint("transition.before_enqueue");
     // 4. next job
     let next_job = match m.to.role() {
         Some(role) if !escalated => {
@@ -290,6 +292,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
         }
         _ => None,
     };
+    crate::failpoint::failpoint("transition.before_outbox");
     // 5. side effects
     let key = |what: &str| format!("task:{}:v{}:{}", task.id, version, what);
     let text = format!(
@@ -346,6 +349,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
             now_ms,
         )?;
     }
+    crate::failpoint::failpoint("transition.before_commit");
     Ok(Moved::Applied {
         version,
         next_job,

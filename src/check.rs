@@ -1,0 +1,169 @@
+//! `orch check`: verify the invariants of DESIGN §11 that the database can
+//! show. Used by operators after an incident, by the chaos soak and by the
+//! tests; one place for what "consistent" means.
+//!
+//! Checked: integrity and foreign keys; the schema version; every task's
+//! transitions form a legal path with consecutive versions that ends at
+//! the task's stage; no two jobs for one (task, stage, version); at most one
+//! queued-or-running job per task; no running job whose worker is gone
+//! (meaningful after a `reap`); every delivery processed, retryable or
+//! dead-lettered with its reason; every outbox message pending, delivered
+//! or dead with its reason.
+
+use serde::Serialize;
+
+use crate::db::Db;
+use crate::pipeline::{is_legal, Stage};
+
+/// One violated invariant.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant (`integrity`, `transitions`, `jobs`, …).
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+/// Runs every check; an empty list means consistent.
+///
+/// `live_worker(host, pid, start_time)` tells whether a running job's
+/// worker is alive (the reaper's notion); pass `|_, _, _| true` to skip
+/// that check.
+pub fn run(
+    db: &Db,
+    live_worker: &dyn Fn(&str, i64, i64) -> bool,
+) -> anyhow::Result<Vec<Violation>> {
+    let mut v = Vec::new();
+    let mut bad = |invariant: &'static str, detail: String| v.push(Violation { invariant, detail });
+
+    let (integrity, fk) = db.integrity()?;
+    if integrity != "ok" {
+        bad("integrity", format!("PRAGMA integrity_check: {integrity}"));
+    }
+    if fk > 0 {
+        bad("integrity", format!("{fk} foreign key violation(s)"));
+    }
+    let version = db.user_version()?;
+    if version != crate::db::schema_version() {
+        bad(
+            "schema",
+            format!(
+                "user_version {version}, binary {}",
+                crate::db::schema_version()
+            ),
+        );
+    }
+
+    for task in db.tasks()? {
+        let transitions = db.transitions(task.id)?;
+        let mut prev: Option<(i64, String)> = None;
+        for t in &transitions {
+            match &prev {
+                None => {
+                    if t.version != 1 || t.from_stage.is_some() {
+                        bad(
+                            "transitions",
+                            format!(
+                                "task {}: first transition is v{} from {:?}",
+                                task.id, t.version, t.from_stage
+                            ),
+                        );
+                    }
+                }
+                Some((pv, pto)) => {
+                    if t.version != pv + 1 {
+                        bad(
+                            "transitions",
+                            format!("task {}: v{} follows v{pv}", task.id, t.version),
+                        );
+                    }
+                    if t.from_stage.as_deref() != Some(pto.as_str()) {
+                        bad(
+                            "transitions",
+                            format!(
+                                "task {}: v{} starts at {:?}, previous ended at {pto}",
+                                task.id, t.version, t.from_stage
+                            ),
+                        );
+                    }
+                    let legal = match (
+                        t.from_stage.as_deref().map(str::parse::<Stage>),
+                        t.to_stage.parse::<Stage>(),
+                    ) {
+                        (Some(Ok(f)), Ok(to)) => is_legal(f, to),
+                        _ => false,
+                    };
+                    if !legal {
+                        bad(
+                            "transitions",
+                            format!(
+                                "task {}: illegal v{} {:?} → {}",
+                                task.id, t.version, t.from_stage, t.to_stage
+                            ),
+                        );
+                    }
+                }
+            }
+            prev = Some((t.version, t.to_stage.clone()));
+        }
+        match prev {
+            Some((pv, pto)) if pv == task.version && pto == task.stage => {}
+            other => bad(
+                "transitions",
+                format!(
+                    "task {} at {} v{} but its last transition is {other:?}",
+                    task.id, task.stage, task.version
+                ),
+            ),
+        }
+        let jobs = db.jobs_for_task(task.id)?;
+        let active = jobs
+            .iter()
+            .filter(|j| j.status == "queued" || j.status == "running")
+            .count();
+        if active > 1 {
+            bad("jobs", format!("task {} has {active} active jobs", task.id));
+        }
+        let mut keys: Vec<(&str, i64)> = jobs
+            .iter()
+            .map(|j| (j.stage.as_str(), j.task_version))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if keys.len() != jobs.len() {
+            bad(
+                "jobs",
+                format!("task {} has two jobs for one (stage, version)", task.id),
+            );
+        }
+        for j in jobs.iter().filter(|j| j.status == "running") {
+            let alive = match (&j.worker_host, j.worker_pid, j.worker_start_time) {
+                (Some(h), Some(p), Some(s)) => live_worker(h, p, s),
+                _ => false,
+            };
+            if !alive {
+                bad(
+                    "jobs",
+                    format!("job {} is running but its worker is gone", j.id),
+                );
+            }
+        }
+    }
+
+    for d in db.inbox(false, i64::MAX)? {
+        if d.dead && d.error.is_none() {
+            bad(
+                "inbox",
+                format!("delivery {} is dead-lettered without a reason", d.id),
+            );
+        }
+    }
+    for m in db.outbox(None)? {
+        if m.status == "dead" && m.last_error.is_none() {
+            bad(
+                "outbox",
+                format!("message {} is dead-lettered without a reason", m.id),
+            );
+        }
+    }
+    Ok(v)
+}
