@@ -191,6 +191,9 @@ fn run_git_env(
         .env("GIT_EDITOR", "true")
         .envs(env.iter().copied())
         .stdin(Stdio::null());
+    // A git whose orch died must not keep working on a worktree whose lock
+    // is gone (and whose index.lock the next actor will clear).
+    crate::process::die_with_parent(&mut cmd);
     tracing::debug!(?argv, "git");
     match cmd.output() {
         Ok(out) => Ok(GitOutput {

@@ -229,6 +229,16 @@ fn command(
     cmd.stdin(stdin).stdout(log).stderr(log2);
 
     cmd.process_group(0);
+    die_with_parent(&mut cmd);
+    Ok(cmd)
+}
+
+/// Makes the child of `cmd` die with SIGKILL when this process (more
+/// precisely the spawning thread) dies, even by `kill -9`
+/// (`prctl(PR_SET_PDEATHSIG)`), and refuses to start it when we died
+/// between fork and exec. Used for agents and for git: a crashed orch
+/// leaves no child working on a worktree whose lock it no longer holds.
+pub fn die_with_parent(cmd: &mut Command) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs in the forked child before exec, so it may
     // only call async-signal-safe functions and must not allocate: prctl(2)
@@ -247,7 +257,6 @@ fn command(
             Ok(())
         });
     }
-    Ok(cmd)
 }
 
 fn exit_kind(status: ExitStatus) -> ExitKind {

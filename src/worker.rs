@@ -343,25 +343,26 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
     let worktree = PathBuf::from(&task.worktree);
     let agent_ok = job.exit_code == Some(0);
 
-    if worktree.exists() {
-        if agent_ok {
-            let run_id = db.last_run_for_job(job.id)?.map(|r| r.0).unwrap_or(0);
-            let msg = format!(
-                "{}({}): auto-commit from {} run_id={run_id}",
-                job.role, task.project, job.role
-            );
-            repo.commit_all(&worktree, &msg)?;
-            failpoint("finalize.after_commit");
-            repo.push_branch(&worktree, &task.branch)?;
-            failpoint("finalize.after_push");
-        } else {
-            // A failed run's half-done edits are not committed: the retry
-            // starts again from what was pushed.
-            repo.discard_changes(&worktree)?;
-        }
-        if agent_ok && stage == Stage::Development && project.forge == "local" {
-            run_local_ci(ctx, db, project, &repo, &task)?;
-        }
+    // Recreates a missing worktree and aborts a rebase a crashed merge step
+    // left in progress; a no-op on a healthy worktree.
+    repo.ensure_worktree(&worktree, &task.branch)?;
+    if agent_ok {
+        let run_id = db.last_run_for_job(job.id)?.map(|r| r.0).unwrap_or(0);
+        let msg = format!(
+            "{}({}): auto-commit from {} run_id={run_id}",
+            job.role, task.project, job.role
+        );
+        repo.commit_all(&worktree, &msg)?;
+        failpoint("finalize.after_commit");
+        push_task_branch(&repo, &worktree, &task.branch, stage)?;
+        failpoint("finalize.after_push");
+    } else {
+        // A failed run's half-done edits are not committed: the retry
+        // starts again from what was pushed.
+        repo.discard_changes(&worktree)?;
+    }
+    if agent_ok && stage == Stage::Development && project.forge == "local" {
+        run_local_ci(ctx, db, project, &repo, &task)?;
     }
 
     let facts = gate::gather(db, project, &repo, &task)?;
@@ -372,6 +373,26 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
     info!(target: "gate", task = task.id, stage = %stage, verdict = ?verdict, "gate evaluated");
     failpoint("finalize.before_terminal_claim");
     apply_gate(ctx, db, &task, &job, stage, verdict, actor)
+}
+
+/// Pushes the task branch unless origin already has the worktree's head.
+///
+/// orch rewrites a task branch in one place only: the merge step of
+/// deploy-staging rebases it onto main. A crash between that rebase and its
+/// push leaves a local branch that is a rebase of origin's; in that stage
+/// (only) the branch is replaced with `--force-with-lease` on the sha just
+/// seen. Everywhere else a non-fast-forward is an error, so a commit someone
+/// else pushed to the branch is never overwritten.
+fn push_task_branch(repo: &crate::git::Repo, worktree: &Path, branch: &str, stage: Stage) -> anyhow::Result<()> {
+    let head = repo.head_sha(worktree)?;
+    match repo.remote_branch_sha(branch)? {
+        Some(remote) if remote == head => Ok(()),
+        Some(remote) if stage == Stage::DeployStaging && !repo.is_ancestor(worktree, &remote, &head)? => {
+            warn!(target: "worker", branch, remote = %remote, head = %head, "origin has the branch before a rebase; replacing it");
+            repo.push_branch_force_with_lease(worktree, branch, &remote)
+        }
+        _ => repo.push_branch(worktree, branch),
+    }
 }
 
 /// Applies a gate answer for a finishing job in one transaction.

@@ -382,3 +382,20 @@ fn an_agent_past_its_timeout_under_a_stuck_worker_is_killed_by_the_reaper_and_re
     assert_eq!(v["finalized"]["action"], "advanced", "{v}");
     sbx.check_invariants();
 }
+
+#[test]
+fn chaos_soak_briefly_finds_no_invariant_violation() {
+    // scripts/soak.sh kills random orch processes while workers, reap,
+    // reconcile, ingest and deliver run concurrently, then recovers with
+    // ordinary ticks and runs `orch check`. Longer runs: see the README.
+    let out = std::process::Command::new(std::path::Path::new(ROOT).join("scripts/soak.sh"))
+        .env("ORCH_BIN", env!("CARGO_BIN_EXE_orch"))
+        .env("SOAK_SECONDS", "8")
+        .env("SOAK_TASKS", "4")
+        .env("SOAK_WORKERS", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "soak failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all invariants hold") && stdout.contains("done 4, escalated 0"), "{stdout}");
+}
