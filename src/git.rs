@@ -606,6 +606,7 @@ impl Repo {
                     .with_context(|| format!("removing {}", worktree.display()))?;
             } else {
                 let admin = self.check_worktree(&worktree)?;
+                Self::clear_stale_index_lock(&admin)?;
                 self.abort_stale_rebase(&worktree, &admin)?;
                 return match Self::current_branch(&worktree)? {
                     Some(b) if b == branch => Ok(()),
@@ -861,6 +862,7 @@ impl Repo {
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
         let admin = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&admin)?;
         {
             let _clone = self.lock_clone()?;
             self.sync_locked()?;
@@ -1445,6 +1447,34 @@ mod tests {
         std::fs::write(admin.join("index.lock"), "").unwrap();
         std::fs::write(wt.join("new.txt"), "x").unwrap();
         assert!(f.repo.commit_all(&wt, "after a crash").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_rebase_killed_midway_with_its_index_lock_is_aborted_by_ensure_worktree() {
+        let f = fixture();
+        let (wt, head) = f.work(7, "README", "mine\n");
+        f.advance_main("README", "theirs\n");
+        f.repo.sync().unwrap();
+        // A conflicting rebase stops midway, as a killed one would be left.
+        let _ = Command::new("git")
+            .arg("-C")
+            .arg(&wt)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@x",
+                "rebase",
+                "origin/main",
+            ])
+            .output()
+            .unwrap();
+        let admin = f.repo.check_worktree(&absolute(&wt).unwrap()).unwrap();
+        assert!(Repo::rebase_in_progress(&admin));
+        std::fs::write(admin.join("index.lock"), "").unwrap();
+        f.repo.ensure_worktree(&wt, "orch/p-7").unwrap();
+        assert!(!Repo::rebase_in_progress(&admin));
+        assert_eq!(f.repo.head_sha(&wt).unwrap(), head);
     }
 
     #[test]

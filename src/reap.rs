@@ -13,9 +13,10 @@
 //!   agent group, then requeue (attempt+1, backoff) or fail at the cap and
 //!   escalate. The agent's work is not trusted: the next attempt starts
 //!   from what was pushed.
-//! - running, exit recorded ≥ `ORCH_REAPER_FINALIZE_GRACE_S` ago → Tier-2:
-//!   finish it with the worker's own idempotent finalize; the agent is
-//!   never run again. Inside the grace nothing is touched, even when the
+//! - running, exit recorded ≥ `ORCH_REAPER_FINALIZE_GRACE_S` ago, and its
+//!   worker gone or silent (no heartbeat for `ORCH_HEARTBEAT_STALE_S`) →
+//!   Tier-2: finish it with the worker's own idempotent finalize; the agent
+//!   is never run again. Inside the grace nothing is touched, even when the
 //!   worker's pid is gone.
 
 use std::time::Duration;
@@ -127,7 +128,10 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
     let mut actions = Vec::new();
     for j in db.jobs_with_status("running")? {
         if let Some(exited_at) = j.exit_recorded_at_ms {
-            if now - exited_at >= grace_ms {
+            // Past the grace, unless its worker is alive and still
+            // heartbeating (a long merge-gate test run): finishing it
+            // alongside would be safe (the claim decides) but wasted.
+            if now - exited_at >= grace_ms && worker_gone(ctx, &j, &boot, now).is_some() {
                 actions.push(Action::Finish {
                     job_id: j.id,
                     task_id: j.task_id,

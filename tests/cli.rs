@@ -5,8 +5,9 @@ use crate::util::*;
 #[test]
 fn init_is_idempotent_and_a_newer_database_is_refused() {
     let sbx = Sandbox::new();
+    let latest = orch::db::schema_version();
     let first = sbx.json(&["init"]);
-    assert_eq!(first["schema_version"], 1);
+    assert_eq!(first["schema_version"], latest);
     assert!(first["previous_version"].is_null());
     let dump = |sbx: &Sandbox| -> String {
         let db = sbx.db();
@@ -20,16 +21,21 @@ fn init_is_idempotent_and_a_newer_database_is_refused() {
     };
     let schema = dump(&sbx);
     let second = sbx.json(&["init"]);
-    assert_eq!(second["previous_version"], 1);
+    assert_eq!(second["previous_version"], latest);
     assert_eq!(dump(&sbx), schema);
     assert!(sbx.ok(&["init"]).contains("is up to date"));
 
-    sbx.db().pragma_update(None, "user_version", 7).unwrap();
+    sbx.db()
+        .pragma_update(None, "user_version", latest + 5)
+        .unwrap();
     let out = sbx.orch().args(["status"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("schema version 7 is newer than this binary supports (1)"),
+        err.contains(&format!(
+            "schema version {} is newer than this binary supports ({latest})",
+            latest + 5
+        )),
         "{err}"
     );
 }

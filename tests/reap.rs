@@ -301,7 +301,7 @@ fn a_reaper_leaves_a_live_finalizing_worker_alone_and_after_the_grace_only_one_a
     let mut worker = sbx
         .orch_std()
         .args(["work-once"])
-        .env("FAILPOINTS", "finalize.before_terminal_claim=sleep(3000)")
+        .env("FAILPOINTS", "finalize.before_terminal_claim=sleep(5000)")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -311,8 +311,12 @@ fn a_reaper_leaves_a_live_finalizing_worker_alone_and_after_the_grace_only_one_a
     });
     // inside the grace: nothing, although the job has been "exited" a while
     assert!(sbx.ok(&["reap"]).contains("nothing to reap"));
-    // past the grace the reaper finishes it too; the claim decides
+    // past the grace, a worker that still heartbeats is left alone too
     sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0");
+    assert!(sbx.ok(&["reap"]).contains("nothing to reap"));
+    // once it falls silent the reaper finishes the job too; the claim decides
+    sbx.set("ORCH_HEARTBEAT_STALE_S", "1");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let reaped = sbx.json(&["reap"]);
     assert!(worker.wait().unwrap().success());
     let result = reaped["actions"][0]["result"].as_str().unwrap().to_string();
@@ -396,6 +400,13 @@ fn chaos_soak_briefly_finds_no_invariant_violation() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "soak failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("all invariants hold") && stdout.contains("done 4, escalated 0"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "soak failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("all invariants hold") && stdout.contains("done 4, escalated 0"),
+        "{stdout}"
+    );
 }
