@@ -36,6 +36,9 @@ export ORCH_LOG=error
 export ORCH_REAPER_FINALIZE_GRACE_S=1 ORCH_HEARTBEAT_STALE_S=5 ORCH_RECONCILE_GRACE_S=1
 export ORCH_MAX_CONCURRENCY=$workers ORCH_JOB_MAX_ATTEMPTS=1000 ORCH_JOB_BACKOFF_S=0
 export ORCH_AGENT_TIMEOUT_S=30 ORCH_KILL_GRACE_S=1
+# Merges queue behind the repo's merge lease: retry a deferred merge at once
+# and never escalate for waiting (like ORCH_JOB_MAX_ATTEMPTS above).
+export ORCH_MERGE_GATE_DEFER_S=0 ORCH_MERGE_GATE_MAX_DEFERS=1000000
 export FAKE_AGENT_SLEEP=${FAKE_AGENT_SLEEP:-0}
 # Each task changes its own file: conflicts between tasks are the merge
 # gate's tests, not the soak's.

@@ -72,6 +72,27 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run the merge gate for one task at deploy-staging, by hand
+    ///
+    /// Takes the repo's merge lease, catches the task branch up with main
+    /// (rebase, push with --force-with-lease), re-runs the test command,
+    /// fast-forwards main, and moves the task to deploy (actor human).
+    /// Stands in for the deployer's staging verdict. Exit 0 merged, 3
+    /// rolled back (conflict or red tests), 75 deferred (lease busy, job
+    /// running, main moving; nothing changed).
+    #[command(name = "merge-gate")]
+    MergeGate {
+        /// The task (at deploy-staging)
+        #[arg(long)]
+        task: i64,
+        /// Print the steps a real run would take; write nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Instead of running the gate, release the merge lease this task
+        /// holds (for a stuck lease; `orch reap` releases stale ones)
+        #[arg(long)]
+        release: bool,
+    },
     /// Send due outbox messages (tracker comments and states, notifications)
     Deliver,
     /// ingest, reap, reconcile, deliver, then work-once while jobs are

@@ -100,6 +100,26 @@ pub struct Settings {
     /// `ORCH_RECONCILE_GRACE_S` (default 300): a task must be unchanged this
     /// long before reconcile evaluates its gate.
     pub reconcile_grace_s: u64,
+    /// Plane, Gitea and Telegram: URLs, tokens, timeouts, kill switches
+    /// (see [`crate::adapters::AdapterSettings`]).
+    pub adapters: crate::adapters::AdapterSettings,
+    /// `ORCH_MERGE_GATE_ENABLED` (default true): serialise merges under the
+    /// repo's merge lease. Off: deploy-staging still catches up with main,
+    /// re-tests and fast-forwards, but takes no lease.
+    pub merge_gate_enabled: bool,
+    /// `ORCH_MERGE_GATE_REPOS` (comma list; empty = every project): the
+    /// projects (by `name` or forge `repo`) whose merges take the lease.
+    pub merge_gate_repos: Vec<String>,
+    /// `ORCH_MERGE_GATE_LEASE_TTL_S` (default 7200): how long a merge lease
+    /// lasts without renewal; a backstop, since a lease whose job ended is
+    /// released at once.
+    pub merge_gate_lease_ttl_s: u64,
+    /// `ORCH_MERGE_GATE_DEFER_S` (default 30): delay before a merge that
+    /// found the lease busy is tried again; doubles per defer, up to 16×.
+    pub merge_gate_defer_s: u64,
+    /// `ORCH_MERGE_GATE_MAX_DEFERS` (default 24): defers of one job after
+    /// which the next busy lease escalates the task.
+    pub merge_gate_max_defers: u32,
 }
 
 impl Settings {
@@ -149,6 +169,19 @@ impl Settings {
         Ok(Settings {
             reconcile_enabled: flag("ORCH_RECONCILE_ENABLED", true)?,
             reconcile_grace_s: num("ORCH_RECONCILE_GRACE_S", 300, 0)?,
+            adapters: crate::adapters::AdapterSettings::load(&get)?,
+            merge_gate_enabled: flag("ORCH_MERGE_GATE_ENABLED", true)?,
+            merge_gate_repos: get("ORCH_MERGE_GATE_REPOS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|r| r.trim().to_string())
+                        .filter(|r| !r.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            merge_gate_lease_ttl_s: num("ORCH_MERGE_GATE_LEASE_TTL_S", 7200, 1)?,
+            merge_gate_defer_s: num("ORCH_MERGE_GATE_DEFER_S", 30, 0)?,
+            merge_gate_max_defers: num("ORCH_MERGE_GATE_MAX_DEFERS", 24, 0)? as u32,
             db_path,
             config_path,
             config_explicit,
@@ -274,6 +307,15 @@ pub struct ProjectConfig {
     /// Tracker state ids this project reacts to.
     #[serde(default)]
     pub states: TrackerStates,
+    /// `[projects.state_names]`: tracker state names resolved to ids
+    /// through the tracker's API; an id in `[projects.states]` wins.
+    #[serde(default)]
+    pub state_names: crate::adapters::plane::StateNames,
+    /// Gitea merge style of deploy-staging → deploy (`Do` of the merge
+    /// API): `fast-forward-only` (default), `rebase`, `rebase-merge`,
+    /// `merge` or `squash`.
+    #[serde(default = "default_merge_style")]
+    pub merge_style: String,
 }
 
 /// Tracker state ids (Plane state UUIDs) of one project. For the local
@@ -290,6 +332,15 @@ pub struct TrackerStates {
     /// Entering this state reruns the analysis (default `Rejected`).
     #[serde(default = "default_rejected")]
     pub rejected: String,
+    /// Plane id of the Blocked state (default: resolved by name).
+    #[serde(default)]
+    pub blocked: Option<String>,
+    /// Plane id of the Needs Input state (default: resolved by name).
+    #[serde(default)]
+    pub needs_input: Option<String>,
+    /// Plane id of the Done state (default: resolved by name).
+    #[serde(default)]
+    pub done: Option<String>,
 }
 
 impl Default for TrackerStates {
@@ -298,6 +349,9 @@ impl Default for TrackerStates {
             in_progress: default_in_progress(),
             approved: default_approved(),
             rejected: default_rejected(),
+            blocked: None,
+            needs_input: None,
+            done: None,
         }
     }
 }
@@ -307,6 +361,9 @@ fn default_local() -> String {
 }
 fn default_main() -> String {
     "main".into()
+}
+fn default_merge_style() -> String {
+    "fast-forward-only".into()
 }
 fn default_test_timeout() -> u64 {
     600
@@ -448,6 +505,22 @@ impl Config {
             }
             if p.test_command.is_empty() {
                 return Err(Error::config(k("test_command"), "must name a program"));
+            }
+            if !crate::adapters::gitea::MERGE_STYLES.contains(&p.merge_style.as_str()) {
+                return Err(Error::config(
+                    k("merge_style"),
+                    format!(
+                        "{:?}: expected one of {}",
+                        p.merge_style,
+                        crate::adapters::gitea::MERGE_STYLES.join(", ")
+                    ),
+                ));
+            }
+            if p.forge == "gitea" && p.repo.split('/').filter(|s| !s.is_empty()).count() != 2 {
+                return Err(Error::config(
+                    k("repo"),
+                    format!("{:?}: expected owner/name when forge = \"gitea\"", p.repo),
+                ));
             }
             if p.tracker == "plane" && p.tracker_project_id.is_empty() {
                 return Err(Error::config(

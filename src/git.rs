@@ -819,6 +819,30 @@ impl Repo {
         Self::resolve_ref(&self.clone_dir, &Self::remote_ref(name))
     }
 
+    /// The sha of origin's `refs/heads/<name>` read with `git ls-remote`,
+    /// `None` if origin has no such branch. Unlike
+    /// [`Repo::remote_branch_sha`] it fetches nothing: for plans
+    /// (`--dry-run`) that must not write, not even to the clone.
+    ///
+    /// Guarantees: read-only everywhere. Assumptions: no lock taken.
+    /// Errors: [`Error::InvalidRef`] for a name that is not a plain branch
+    /// name; [`Error::Config`] for an unusable URL; [`Error::Subprocess`]
+    /// when origin cannot be read.
+    pub fn ls_remote_branch(&self, name: &str) -> anyhow::Result<Option<String>> {
+        validate_branch_name(name)?;
+        let url = self.origin_url.as_str();
+        if url.is_empty() || url.starts_with('-') {
+            return Err(Error::config("origin_url", format!("unusable git URL {url:?}")).into());
+        }
+        let refname = format!("refs/heads/{name}");
+        let out = run_git_env(None, &["ls-remote", "--heads", "--", url, &refname], &[])?.ok()?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(_, r)| *r == refname)
+            .map(|(sha, _)| sha.to_string()))
+    }
+
     /// True when `ancestor` is an ancestor of, or equal to, `descendant`
     /// (`git merge-base --is-ancestor`) in the repository at `dir` (the
     /// clone or a worktree).

@@ -9,8 +9,13 @@
 //! visible in `orch events list --failed`.
 //!
 //! Payloads: Plane's `issue` webhook (v1, `data` = IssueExpandSerializer,
-//! `activity.field` = `state` or `state_id`) and Gitea's `push` and `status`
-//! events, per `tests/fixtures/`.
+//! `activity.field` = `state` or `state_id`; states matched by explicit id
+//! or by name, see `adapters::plane`) and Gitea's `push` (branch heads),
+//! `status` (CI of a known branch head; may advance a task waiting at
+//! development) and `pull_request` (PR bookkeeping; a merge releases the
+//! task's merge lease but never completes it) events, per `tests/fixtures/`.
+//! Deliveries orch does not act on are processed with an outcome that
+//! starts with "no pipeline action:" and says why.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -21,7 +26,8 @@ use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, Tx};
 use crate::failpoint::failpoint;
-use crate::pipeline::{self, Actor, WorkItem};
+use crate::pipeline::gate::{self, Gate};
+use crate::pipeline::{self, Actor, Move, Moved, Stage, WorkItem};
 
 /// What an ingest pass did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -91,7 +97,7 @@ pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<String> {
     }
     let now = now_ms();
     let handled = db.write(|tx| {
-        let h = route(ctx, tx, &source, &event, &body, now)?;
+        let h = route(ctx, db, tx, &source, &event, &body, now)?;
         tx.mark_delivery_processed(id, &h.outcome, now)?;
         failpoint("ingest.before_commit");
         Ok(h)
@@ -122,6 +128,7 @@ pub fn prepare_worktree(ctx: &Ctx, db: &Db, task_id: i64) {
 
 fn route(
     ctx: &Ctx,
+    db: &Db,
     tx: &Tx,
     source: &str,
     event: &str,
@@ -137,7 +144,8 @@ fn route(
             "plane event {other:?} is not one orch acts on"
         ))),
         ("gitea", "push") => gitea_push(ctx, tx, &v, now),
-        ("gitea", "status") => gitea_status(ctx, tx, &v, now),
+        ("gitea", "status") => gitea_status(ctx, db, tx, &v, now),
+        ("gitea", "pull_request" | "pull_request_sync") => gitea_pull_request(ctx, tx, &v, now),
         ("gitea", other) => Ok(Handled::nothing(format!(
             "gitea event {other:?} is not one orch acts on"
         ))),
@@ -180,8 +188,14 @@ fn plane_issue(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handle
     let Some(issue_id) = data.get("id").and_then(Value::as_str) else {
         return Ok(Handled::nothing("delivery has no data.id"));
     };
-    let state_name = str_at(data, &["state", "name"]).unwrap_or(state);
-    if state == project.states.in_progress {
+    let payload_name = str_at(data, &["state", "name"]);
+    let state_name = payload_name.unwrap_or(state);
+    // An explicit id in [projects.states] wins; else the configured name
+    // (from the payload, or the cached Plane id of that name).
+    let cached = tx.cached_states(&project.name)?;
+    let is = |kind| crate::adapters::plane::state_is(project, &cached, kind, state, payload_name);
+    use crate::adapters::plane::StateKind;
+    if is(StateKind::InProgress) {
         let Some(sequence) = data.get("sequence_id").and_then(Value::as_i64) else {
             return Ok(Handled::nothing("delivery has no data.sequence_id"));
         };
@@ -201,9 +215,9 @@ fn plane_issue(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handle
         };
         return start_work_item(ctx, tx, project, &item, Actor::Webhook, now);
     }
-    let approve = if state == project.states.approved {
+    let approve = if is(StateKind::Approved) {
         true
-    } else if state == project.states.rejected {
+    } else if is(StateKind::Rejected) {
         false
     } else {
         return Ok(Handled::nothing(format!(
@@ -318,9 +332,13 @@ fn gitea_push(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled
     })
 }
 
-/// Gitea `status`: store a CI state for a sha that is a known branch head.
-/// The payload has no branch (fixtures README, surprise 1).
-fn gitea_status(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
+/// Gitea `status`: store a CI state for a sha that is a known branch head
+/// (the payload has no branch: fixtures README, surprise 1), then — for a
+/// task waiting at development with no active job — evaluate the
+/// development gate read-only and apply its answer through the transition
+/// rule as `webhook`: green → review, red → back to development (a
+/// developer retry), anything else waits.
+fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
     let Some(project) = project_by_repo(ctx, v) else {
         return Ok(Handled::nothing("repository is not in the registry"));
     };
@@ -332,14 +350,101 @@ fn gitea_status(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handl
     };
     let Some(branch) = tx.branch_for_sha(&project.name, sha)? else {
         return Ok(Handled::nothing(format!(
-            "sha {sha} matches no known branch head"
+            "sha {sha} matches no known branch head; status not recorded"
         )));
     };
     let context = v.get("context").and_then(Value::as_str).unwrap_or("ci");
     let url = v.get("target_url").and_then(Value::as_str).unwrap_or("");
     tx.upsert_ci_status(&project.name, sha, context, state, url, now)?;
-    Ok(Handled {
-        outcome: format!("recorded CI {state} for {branch} at {sha}"),
+    let recorded = format!("recorded CI {state} ({context}) for {branch} at {sha}");
+    let done = |outcome: String| Handled {
+        outcome,
         created_task: None,
-    })
+    };
+    let Some(task) = tx.task_by_branch(&project.name, &branch)? else {
+        return Ok(done(format!(
+            "{recorded}; no pipeline action: no task has branch {branch}"
+        )));
+    };
+    if task.stage != Stage::Development.as_str() {
+        return Ok(done(format!(
+            "{recorded}; no pipeline action: task {} is at {}",
+            task.id, task.stage
+        )));
+    }
+    if task.escalated {
+        return Ok(done(format!(
+            "{recorded}; no pipeline action: task {} is escalated",
+            task.id
+        )));
+    }
+    if !tx.active_jobs(task.id)?.is_empty() {
+        return Ok(done(format!(
+            "{recorded}; no pipeline action: task {}'s development job is still active (its finalize reads CI)",
+            task.id
+        )));
+    }
+    let facts = gate::gather(db, project, &ctx.repo(project), &task)?;
+    let (to, retry, why) = match gate::decide(Stage::Development, &facts) {
+        Gate::Pass => (Stage::Review, false, format!("CI {state} on {sha}")),
+        Gate::Rollback(r) => (Stage::Development, true, r),
+        Gate::Pending(r) | Gate::Fail(r) => {
+            return Ok(done(format!("{recorded}; task {} waits: {r}", task.id)))
+        }
+    };
+    let mut m = Move::new(&task, to, Actor::Webhook, why.clone());
+    m.developer_retry = retry;
+    Ok(done(match pipeline::apply(tx, ctx.policy(), &m, now)? {
+        Moved::Applied { escalated, .. } => format!(
+            "{recorded}; task {}: development → {to} ({why}){}",
+            task.id,
+            if escalated { "; escalated" } else { "" }
+        ),
+        Moved::Lost => format!(
+            "{recorded}; no pipeline action: task {} changed concurrently",
+            task.id
+        ),
+    }))
+}
+
+/// Gitea `pull_request` (and `pull_request_sync`): remember the PR of an
+/// orch task branch; on `closed` with `merged: true`, release the merge
+/// lease the task holds (holder-aware). Never moves the task: a task at
+/// deploy is completed only by the deployer's verdict.
+fn gitea_pull_request(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
+    let Some(project) = project_by_repo(ctx, v) else {
+        return Ok(Handled::nothing("repository is not in the registry"));
+    };
+    let action = v.get("action").and_then(Value::as_str).unwrap_or("");
+    let pr = v.get("pull_request").unwrap_or(&Value::Null);
+    let (Some(number), Some(head)) = (
+        pr.get("number").and_then(Value::as_i64),
+        str_at(pr, &["head", "ref"]),
+    ) else {
+        return Ok(Handled::nothing("pull_request without number/head.ref"));
+    };
+    let Some(task) = tx.task_by_branch(&project.name, head)? else {
+        return Ok(Handled::nothing(format!(
+            "PR #{number} is not from an orch task branch ({head})"
+        )));
+    };
+    let merged = pr.get("merged").and_then(Value::as_bool).unwrap_or(false);
+    let url = pr.get("html_url").and_then(Value::as_str).unwrap_or("");
+    tx.upsert_pull_request(task.id, number, url, head, merged, now)?;
+    if action == "closed" && merged {
+        let released = crate::merge_gate::release_for_task(tx, task.id)?;
+        let lease = if released.is_empty() {
+            "it held no merge lease".to_string()
+        } else {
+            format!("released merge lease {}", released.join(", "))
+        };
+        return Ok(Handled::nothing(format!(
+            "PR #{number} of task {} merged; {lease}; the task stays at {} (only the deployer's verdict completes it)",
+            task.id, task.stage
+        )));
+    }
+    Ok(Handled::nothing(format!(
+        "recorded PR #{number} ({action}) of task {}",
+        task.id
+    )))
 }

@@ -59,6 +59,12 @@ fn init_logging(verbose: u8, quiet: bool) {
         .or_else(|| std::env::var("RUST_LOG").ok())
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
+    // ureq logs request paths at trace level, and a Telegram bot token is
+    // part of the path: never let ureq log at trace.
+    let filter = match "ureq=debug".parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

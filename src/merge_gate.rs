@@ -1,78 +1,1002 @@
-//! The merge step of deploy-staging → deploy: catch the task branch up
-//! with the default branch, re-test the combined tree, fast-forward.
+//! The merge gate: the deterministic (no LLM) sub-gate on deploy-staging →
+//! deploy (DESIGN §7). Two branches that are each green can still break
+//! main together; this gate makes that impossible and serialises merges.
 //!
-//! orch moves the default branch only here, and only by a non-forced push
-//! of the task branch's head (`git::Repo::fast_forward_default`), so origin
-//! itself refuses anything that is not a fast-forward.
+//! For a task whose deployer gave its staging verdict PASS (the worker, or
+//! the reaper's Tier-2, calls [`gate_job`] from `worker::finalize`), or by
+//! hand (`orch merge-gate --task ID`, [`run_by_hand`]):
+//!
+//! 1. take the repo's merge lease `merge:<repo>` (holder `task:<id>`, the
+//!    job it acts for, an expiry `ORCH_MERGE_GATE_LEASE_TTL_S` away). Busy →
+//!    the job is *deferred*, never waited for (see below);
+//! 2. fetch; if the task branch does not contain origin's current main,
+//!    rebase it onto main in its worktree and push it with
+//!    `--force-with-lease=<branch>:<sha origin had>`. Only task branches are
+//!    ever pushed here (`git::validate_task_branch` refuses `main`,
+//!    `refs/heads/main`, `HEAD:main`, … before anything happens);
+//! 3. run the project's test command on the combined tree (its timeout,
+//!    one log per run under `<state>/logs/merge-task<id>-<sha>.log`; the
+//!    result is stored as CI status `orch/test` of that sha, so a sha is
+//!    tested once);
+//! 4. green → [`merge_into_default`] moves main to exactly the tested sha
+//!    (a fast-forward; origin refuses anything else), then the task moves to
+//!    deploy. Conflict (the rebase is aborted, the worktree left clean) or
+//!    red → roll back to development with the reason, counting a developer
+//!    retry. Main moved meanwhile → catch up again, up to three times.
+//!
+//! The lease follows the task through the transition rule
+//! ([`follow_transition`], called by `pipeline::apply`): deploy-staging →
+//! deploy hands it to the deploy job, so merges *and deploys* of one repo
+//! are serialised; any other move (deploy → done, a rollback, an
+//! escalation, a rerun) releases it. A Gitea PR-merged delivery releases it
+//! from its holder ([`release_for_task`]), and `orch reap` releases a stale
+//! one (expired, or its job no longer queued or running). Every release is
+//! holder-aware: a tick that no longer holds a lease cannot release the
+//! lease someone else took since.
+//!
+//! ## Deferral: only the merge is retried
+//!
+//! The deployer already ran and its verdict is recorded, so a busy lease
+//! must not cost another agent run. The job goes back to `queued` with
+//! `merge_pending` set, its exit code kept, the same attempt, and
+//! `available_at` = now + `ORCH_MERGE_GATE_DEFER_S` · 2^defers (at most 16×).
+//! The next worker to claim it skips the agent and runs `finalize`, which
+//! runs this gate again. After `ORCH_MERGE_GATE_MAX_DEFERS` defers, the next
+//! busy lease fails the job and escalates the task (through the transition
+//! rule). Main moving three times under one gate run is deferred the same
+//! way (and the lease released meanwhile).
+//!
+//! ## Crash policy
+//!
+//! Every step is idempotent and the lease is tied to the task, so whoever
+//! finishes the job next simply runs the gate again:
+//! - crash while the worker runs the gate (exit recorded, job running): the
+//!   lease's job is still running, so the lease stays; the reaper's Tier-2
+//!   finishes the job after `ORCH_REAPER_FINALIZE_GRACE_S`, renewing the
+//!   lease as the same holder and continuing from wherever git is: a rebase
+//!   left in progress is aborted (`Repo::ensure_worktree`), a rebased but
+//!   unpushed branch is pushed with a lease on the sha origin has, a tested
+//!   sha is not re-tested, an already fast-forwarded main is `AlreadyMerged`;
+//! - crash between the merge and the transition: the next run finds main
+//!   already containing the head and only applies the transition;
+//! - a deferred job (`queued`, `merge_pending`) is ordinary queued work; the
+//!   claim restarts the finalize grace;
+//! - a manual run claims the stage's job as its own worker; killed, it is a
+//!   dead worker: Tier-1 requeues the job (the lease stays with the queued
+//!   job) or, for a deferred merge, Tier-2 finishes it;
+//! - a lease nobody will come back for (its job ended, or it expired) is
+//!   released by `orch reap`; `reconcile` never merges.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use tracing::info;
+use anyhow::Context as _;
+use serde::Serialize;
+use tracing::{info, warn};
 
+use crate::clock::now_ms;
 use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
-use crate::db::{Db, Task};
-use crate::git::{FastForward, RebaseOutcome, Repo};
+use crate::db::{Db, Job, Lease, LeaseAcquire, Task, Tx};
+use crate::error::Error;
+use crate::failpoint::failpoint;
+use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
 use crate::pipeline::gate::Gate;
+use crate::pipeline::{self, Actor, Move, Moved, Stage};
+use crate::process::{self, RunSpec};
+use crate::worker::{self, Finalized};
 
-/// How often main may move under us before we give up for this run.
+/// How often main may move under one gate run before it is deferred.
 const MAX_CATCH_UPS: usize = 3;
 
-/// Merges the task branch into the default branch by fast-forward.
-/// Returns `Gate::Pass` once origin's default branch contains the task
-/// head, `Gate::Rollback` on a rebase conflict or red tests on the combined
-/// tree (the worktree is left clean), `Gate::Fail` when main kept moving.
+/// The CI context under which the gate stores its test results.
+const TEST_CONTEXT: &str = "orch/test";
+
+/// The name of the merge lease of `project`'s repository (`merge:<repo>`,
+/// `merge:<project>` without a forge repo), or `None` when the project
+/// merges without the lease (`ORCH_MERGE_GATE_ENABLED=false`, or the
+/// project is not in a non-empty `ORCH_MERGE_GATE_REPOS`).
+pub fn lease_name(ctx: &Ctx, project: &ProjectConfig) -> Option<String> {
+    let s = &ctx.settings;
+    if !s.merge_gate_enabled {
+        return None;
+    }
+    let listed = s
+        .merge_gate_repos
+        .iter()
+        .any(|r| *r == project.name || (!project.repo.is_empty() && *r == project.repo));
+    if !s.merge_gate_repos.is_empty() && !listed {
+        return None;
+    }
+    let repo = if project.repo.is_empty() {
+        &project.name
+    } else {
+        &project.repo
+    };
+    Some(format!("merge:{repo}"))
+}
+
+/// The holder string of the merge lease taken for task `task_id`.
+pub fn holder(task_id: i64) -> String {
+    format!("task:{task_id}")
+}
+
+/// Releases the merge lease(s) task `task_id` holds, and only those.
+/// Returns the released lease names (empty when it held none — e.g. the
+/// lease expired and another task took it since).
 ///
-/// Guarantees: idempotent — after a crash anywhere, running it again
-/// finds the branch merged (`AlreadyMerged`) or merges it once.
-/// Errors: git and process errors.
-pub fn merge(
+/// For the Gitea adapter: call it when a PR-merged delivery for the task's
+/// branch arrives (the merge is done; the lease may go).
+///
+/// Assumptions: `tx` is `IMMEDIATE` ([`Db::write`]).
+/// Errors: database errors.
+pub fn release_for_task(tx: &Tx, task_id: i64) -> anyhow::Result<Vec<String>> {
+    tx.release_leases_held_by(&holder(task_id))
+}
+
+/// The lease's part of the transition rule (`pipeline::apply`, step 6): a
+/// move into deploy that enqueued `next_job` hands the task's lease to that
+/// job (renewed for its TTL); any other move releases it.
+///
+/// Assumptions: called inside `apply`'s transaction, after its CAS.
+/// Errors: database errors.
+pub fn follow_transition(
+    tx: &Tx,
+    task_id: i64,
+    to: Stage,
+    escalated: bool,
+    next_job: Option<i64>,
+    now_ms: i64,
+) -> anyhow::Result<()> {
+    match next_job {
+        Some(job) if to == Stage::Deploy && !escalated => {
+            tx.hand_over_leases(&holder(task_id), job, now_ms)?;
+        }
+        _ => {
+            release_for_task(tx, task_id)?;
+        }
+    }
+    Ok(())
+}
+
+/// Moves the default branch to the worktree's head — the one forge-specific
+/// step of the gate. The caller holds the merge lease and has tested
+/// exactly this head.
+///
+/// The local forge merges by a non-forced fast-forward push
+/// ([`Repo::fast_forward_default`]); a Gitea project merges its PR through
+/// the API with the project's `merge_style` (default fast-forward only),
+/// on the tested head sha ([`crate::adapters::gitea::merge_into_default`]),
+/// returning the same [`FastForward`] answers.
+///
+/// Guarantees: idempotent (`AlreadyMerged` the second time); main moves
+/// only to a descendant of itself.
+/// Errors: git errors ([`Error::Subprocess`], [`Error::InvalidRef`]);
+/// for Gitea, API errors and a merge Gitea refuses for now.
+pub fn merge_into_default(
+    ctx: &Ctx,
+    project: &ProjectConfig,
+    repo: &Repo,
+    task: &Task,
+) -> anyhow::Result<FastForward> {
+    if project.forge == "gitea" {
+        let head = repo.head_sha(Path::new(&task.worktree))?;
+        return crate::adapters::gitea::merge_into_default(ctx, project, task, &head);
+    }
+    repo.fast_forward_default(Path::new(&task.worktree))
+}
+
+/// What the gate decided for a finishing deploy-staging job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobGate {
+    /// Apply this through the transition rule: `Pass` (merged),
+    /// `Rollback` (conflict, red), `Fail` (refused branch name).
+    Verdict(Gate),
+    /// The gate settled the job itself: deferred, escalated at the defer
+    /// cap, or lost the job to another actor.
+    Settled(Finalized),
+}
+
+/// The gate for running job `job` of `task` at deploy-staging whose
+/// staging verdict passed (called by `worker::finalize`, so by the worker
+/// and the reaper's Tier-2). See the module documentation.
+///
+/// Guarantees: on `Verdict(Pass)` origin's main contains the task head,
+/// which was tested on exactly that tree, and the task still holds the
+/// lease (the transition hands it on); on a deferral the job's agent result
+/// is kept. Safe to run again after a crash anywhere.
+/// Errors: git, process and database errors; the lease is released first
+/// and the job stays running, for the reaper's Tier-2.
+pub fn gate_job(
     ctx: &Ctx,
     db: &Db,
     project: &ProjectConfig,
     repo: &Repo,
     task: &Task,
-) -> anyhow::Result<Gate> {
-    let worktree = Path::new(&task.worktree);
-    for _ in 0..MAX_CATCH_UPS {
-        if crate::worker::run_local_ci(ctx, db, project, repo, task)? != "success" {
-            return Ok(Gate::Rollback(format!(
-                "tests fail on {} at {}",
-                task.branch,
-                repo.head_sha(worktree)?
-            )));
+    job: &Job,
+    actor: Actor,
+) -> anyhow::Result<JobGate> {
+    if let Err(e) = validate_task_branch(&task.branch, &repo.branch_prefix, &project.default_branch)
+    {
+        return Ok(JobGate::Verdict(Gate::Fail(format!("merge gate: {e}"))));
+    }
+    let mut steps = Steps::new(task.id, false);
+    let lease = lease_name(ctx, project);
+    if let Some(name) = &lease {
+        let now = now_ms();
+        let ttl_ms = ctx.settings.merge_gate_lease_ttl_s as i64 * 1000;
+        match db.write(|tx| tx.acquire_lease(name, &holder(task.id), Some(job.id), now, ttl_ms))? {
+            LeaseAcquire::Acquired(l) => steps.push(took_lease(&l)),
+            LeaseAcquire::Busy(l) => {
+                return defer(ctx, db, job, actor, &busy_reason(&l)).map(JobGate::Settled)
+            }
         }
-        match repo.fast_forward_default(worktree)? {
-            FastForward::Merged { sha } => {
-                info!(target: "merge", task = task.id, sha = %sha, branch = %project.default_branch, "fast-forwarded");
-                return Ok(Gate::Pass);
-            }
-            FastForward::AlreadyMerged => return Ok(Gate::Pass),
-            FastForward::NotFastForward => {}
+        failpoint("merge_gate.after_acquire");
+    }
+    match catch_up_test_merge(ctx, db, project, repo, task, Some(job), &mut steps) {
+        Ok(Merge::Merged { .. }) => Ok(JobGate::Verdict(Gate::Pass)),
+        Ok(Merge::Rollback(reason)) => Ok(JobGate::Verdict(Gate::Rollback(reason))),
+        Ok(Merge::MainMoving(reason)) => {
+            give_back(db, lease.as_deref(), task, None)?;
+            defer(ctx, db, job, actor, &reason).map(JobGate::Settled)
         }
-        let pushed = repo.remote_branch_sha(&task.branch)?;
-        match repo.rebase_onto_default(worktree)? {
-            RebaseOutcome::Conflict { files } => {
-                return Ok(Gate::Rollback(format!(
-                    "rebase onto {} conflicts in {}",
-                    project.default_branch,
-                    files.join(", ")
-                )))
+        Err(e) => {
+            if let Err(e2) = give_back(db, lease.as_deref(), task, None) {
+                warn!(target: "merge", task = task.id, error = %format!("{e2:#}"), "could not release the merge lease");
             }
-            RebaseOutcome::UpToDate => {}
-            RebaseOutcome::Rebased { new_head } => {
-                info!(target: "merge", task = task.id, head = %new_head, "rebased onto the default branch");
-                match pushed {
-                    Some(expected) => {
-                        repo.push_branch_force_with_lease(worktree, &task.branch, &expected)?
-                    }
-                    None => repo.push_branch(worktree, &task.branch)?,
-                }
-            }
+            Err(e)
         }
     }
-    Ok(Gate::Fail(format!(
-        "{} kept moving; not merged after {MAX_CATCH_UPS} catch-ups",
-        project.default_branch
+}
+
+/// Defers running job `job`'s merge, or at the defer cap fails it and
+/// escalates the task. One transaction; a lost claim writes nothing.
+fn defer(ctx: &Ctx, db: &Db, job: &Job, actor: Actor, reason: &str) -> anyhow::Result<Finalized> {
+    let s = &ctx.settings;
+    let now = now_ms();
+    let out = db.write(|tx| {
+        let cur = match tx.job(job.id)? {
+            Some(j) if j.status == "running" && j.attempt == job.attempt => j,
+            _ => return Ok(Finalized::Lost),
+        };
+        if cur.merge_defers >= s.merge_gate_max_defers as i64 {
+            let why = format!(
+                "merge gate deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
+                cur.merge_defers
+            );
+            tx.finish_job(job.id, "failed", Some(&why), now)?;
+            if let Some(task) = tx.task(job.task_id)? {
+                if task.stage == job.stage && task.version == job.task_version {
+                    let stage: Stage = task.stage.parse().map_err(anyhow::Error::msg)?;
+                    let mut m = Move::new(&task, stage, actor, why.clone());
+                    m.escalate = Some(why.clone());
+                    pipeline::apply(tx, ctx.policy(), &m, now)?;
+                }
+            }
+            return Ok(Finalized::Failed { reason: why });
+        }
+        let delay_ms = (s.merge_gate_defer_s as i64 * 1000) << cur.merge_defers.clamp(0, 4);
+        let at = now + delay_ms;
+        if !tx.defer_merge_job(job.id, job.attempt, reason, at)? {
+            return Ok(Finalized::Lost);
+        }
+        tx.bump_counter("merge_gate.deferred_total", 1)?;
+        Ok(Finalized::Deferred {
+            defers: cur.merge_defers + 1,
+            available_at_ms: at,
+            reason: reason.to_string(),
+        })
+    })?;
+    info!(target: "merge", job = job.id, task = job.task_id, outcome = ?out, "merge not run now");
+    Ok(out)
+}
+
+/// Why a lease is busy, for people.
+fn busy_reason(l: &Lease) -> String {
+    let left_s = (l.expires_at_ms - now_ms()).max(0) / 1000;
+    format!(
+        "merge lease {} is held by {}{} (expires in {left_s}s)",
+        l.name,
+        l.holder,
+        l.job_id
+            .map(|j| format!(" for job {j}"))
+            .unwrap_or_default()
+    )
+}
+
+fn took_lease(l: &Lease) -> String {
+    format!(
+        "took lease {} (holder {}{}, expires in {}s)",
+        l.name,
+        l.holder,
+        l.job_id.map(|j| format!(", job {j}")).unwrap_or_default(),
+        (l.expires_at_ms - l.acquired_at_ms) / 1000
+    )
+}
+
+/// Releases the task's lease `lease` (holder-aware) and gives back the job
+/// a manual run claimed, in one transaction.
+fn give_back(
+    db: &Db,
+    lease: Option<&str>,
+    task: &Task,
+    claimed: Option<(&Job, (i64, i64))>,
+) -> anyhow::Result<()> {
+    db.write(|tx| {
+        if let Some(name) = lease {
+            tx.release_lease(name, &holder(task.id))?;
+        }
+        if let Some((job, (pid, start))) = claimed {
+            tx.unclaim_job(job.id, job.attempt, pid, start)?;
+        }
+        Ok(())
+    })
+}
+
+/// The steps a run took (or, with `--dry-run`, would take), logged as they
+/// happen.
+struct Steps {
+    task_id: i64,
+    dry_run: bool,
+    list: Vec<String>,
+}
+
+impl Steps {
+    fn new(task_id: i64, dry_run: bool) -> Steps {
+        Steps {
+            task_id,
+            dry_run,
+            list: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, step: String) {
+        if !self.dry_run {
+            info!(target: "merge", task = self.task_id, "{step}");
+        }
+        self.list.push(step);
+    }
+}
+
+/// How steps 2–4 ended.
+enum Merge {
+    /// Origin's main contains the tested head `sha` (merged now or before).
+    Merged { sha: String },
+    /// Conflict or red tests: back to development with this reason.
+    Rollback(String),
+    /// Main moved under every catch-up: try again later.
+    MainMoving(String),
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
+/// Steps 2–4 of the gate for `task`, whose lease (if any) the caller holds
+/// and whose job (if any) it runs; `job` gets heartbeats while tests run.
+fn catch_up_test_merge(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &Repo,
+    task: &Task,
+    job: Option<&Job>,
+    steps: &mut Steps,
+) -> anyhow::Result<Merge> {
+    let worktree = Path::new(&task.worktree);
+    let default = project.default_branch.as_str();
+    let branch = task.branch.as_str();
+    for _ in 0..MAX_CATCH_UPS {
+        let main = repo
+            .remote_branch_sha(default)?
+            .with_context(|| format!("origin has no default branch {default:?}"))?;
+        let pushed = repo.remote_branch_sha(branch)?;
+        let before = repo.head_sha(worktree)?;
+        steps.push(format!(
+            "fetched origin: {default} at {}, {branch} at {}",
+            short(&main),
+            pushed.as_deref().map_or("(not on origin)", short)
+        ));
+        match repo.rebase_onto_default(worktree)? {
+            RebaseOutcome::Conflict { files } => {
+                let files = files.join(", ");
+                steps.push(format!(
+                    "rebase of {branch} onto {default} ({}) conflicts in {files}; aborted, worktree clean at {}",
+                    short(&main),
+                    short(&before)
+                ));
+                return Ok(Merge::Rollback(format!(
+                    "merge gate: rebase onto {default} ({}) conflicts in {files}",
+                    short(&main)
+                )));
+            }
+            RebaseOutcome::UpToDate => {
+                steps.push(format!("{branch} contains {default}: no rebase needed"))
+            }
+            RebaseOutcome::Rebased { new_head } => steps.push(format!(
+                "rebased {branch} onto {default}: {} → {}",
+                short(&before),
+                short(&new_head)
+            )),
+        }
+        failpoint("merge_gate.after_rebase");
+        sync_branch(repo, worktree, branch, pushed.as_deref(), &before, steps)?;
+        let (sha, green, log) = retest(ctx, db, project, repo, task, job, steps)?;
+        if !green {
+            return Ok(Merge::Rollback(format!(
+                "merge gate: tests fail on the combined tree {} ({branch} on top of {default} at {}); log {}",
+                short(&sha),
+                short(&main),
+                log.display()
+            )));
+        }
+        failpoint("merge_gate.before_merge");
+        if repo.head_sha(worktree)? != sha {
+            steps.push(format!("{branch} moved while it was tested; again"));
+            continue;
+        }
+        match merge_into_default(ctx, project, repo, task)? {
+            FastForward::Merged { sha } => {
+                steps.push(format!("fast-forwarded {default} to {}", short(&sha)));
+                return Ok(Merge::Merged { sha });
+            }
+            FastForward::AlreadyMerged => {
+                steps.push(format!("{default} already contains {}", short(&sha)));
+                return Ok(Merge::Merged { sha });
+            }
+            FastForward::NotFastForward => steps.push(format!(
+                "{default} moved during the gate; catching up again"
+            )),
+        }
+    }
+    Ok(Merge::MainMoving(format!(
+        "{default} kept moving; not merged after {MAX_CATCH_UPS} catch-ups"
     )))
+}
+
+/// Makes origin's task branch equal the worktree's head after the
+/// catch-up: nothing when it already is, a plain push when origin's is an
+/// ancestor, else — after a rebase, or a crash between a rebase and its
+/// push — a push with `--force-with-lease` on the sha origin had, but only
+/// when that sha is what the worktree rebased (`before`, or its
+/// `ORIG_HEAD`): a commit someone else pushed is never overwritten.
+fn sync_branch(
+    repo: &Repo,
+    worktree: &Path,
+    branch: &str,
+    pushed: Option<&str>,
+    before: &str,
+    steps: &mut Steps,
+) -> anyhow::Result<()> {
+    let head = repo.head_sha(worktree)?;
+    let Some(remote) = pushed else {
+        repo.push_branch(worktree, branch)?;
+        steps.push(format!("pushed {branch} ({})", short(&head)));
+        return Ok(());
+    };
+    if remote == head {
+        return Ok(());
+    }
+    if repo.is_ancestor(worktree, remote, &head)? {
+        repo.push_branch(worktree, branch)?;
+        steps.push(format!("pushed {branch} ({})", short(&head)));
+        return Ok(());
+    }
+    let rebased_from_it = remote == before
+        || repo.is_ancestor(worktree, remote, before).unwrap_or(false)
+        || repo
+            .is_ancestor(worktree, remote, "ORIG_HEAD")
+            .unwrap_or(false);
+    if !rebased_from_it {
+        anyhow::bail!(
+            "origin's {branch} is at {remote}, which the worktree ({head}) neither contains nor rebased; refusing to overwrite it"
+        );
+    }
+    repo.push_branch_force_with_lease(worktree, branch, remote)?;
+    steps.push(format!(
+        "pushed {branch} ({}) with --force-with-lease={branch}:{}",
+        short(&head),
+        short(remote)
+    ));
+    Ok(())
+}
+
+/// Step 3: the project's test command on the worktree's head, once per sha
+/// (the result is stored as CI status `orch/test`). Returns the sha,
+/// whether it passed, and the log path. Refreshes `job`'s heartbeat while
+/// the tests run.
+fn retest(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &Repo,
+    task: &Task,
+    job: Option<&Job>,
+    steps: &mut Steps,
+) -> anyhow::Result<(String, bool, PathBuf)> {
+    let worktree = Path::new(&task.worktree);
+    let sha = repo.head_sha(worktree)?;
+    let log = ctx.log_path(&format!("merge-task{}-{}.log", task.id, short(&sha)));
+    if let Some(state) = db.ci_status(&project.name, &sha, TEST_CONTEXT)? {
+        if state == "success" || state == "failure" {
+            steps.push(format!(
+                "tests already ran on {}: {state} (not run again)",
+                short(&sha)
+            ));
+            return Ok((sha, state == "success", log));
+        }
+    }
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let spec = RunSpec {
+        argv: project.test_command.clone(),
+        cwd: worktree.to_path_buf(),
+        env: vec![],
+        env_remove_prefix: Some("ORCH_".into()),
+        stdin_path: None,
+        log_path: log.clone(),
+        timeout: Duration::from_secs(project.test_timeout_s),
+        kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
+    };
+    let beat_ms = ctx.settings.heartbeat_s as i64 * 1000;
+    let mut last_beat = now_ms();
+    let out = process::run(
+        &spec,
+        Duration::from_millis(200),
+        |_| Ok(()),
+        || {
+            let now = now_ms();
+            if let Some(j) = job.filter(|_| now - last_beat >= beat_ms) {
+                last_beat = now;
+                db.write(|tx| tx.heartbeat(j.id, j.attempt, now))?;
+            }
+            Ok(())
+        },
+    )
+    .with_context(|| format!("running test command {:?}", project.test_command))?;
+    let green = out.exit_code() == 0;
+    let state = if green { "success" } else { "failure" };
+    db.write(|tx| tx.upsert_ci_status(&project.name, &sha, TEST_CONTEXT, state, "", now_ms()))?;
+    steps.push(format!(
+        "ran the test command {:?} on {}: {} (exit {}); log {}",
+        project.test_command,
+        short(&sha),
+        if green { "passed" } else { "FAILED" },
+        out.exit_code(),
+        log.display()
+    ));
+    Ok((sha, green, log))
+}
+
+// ------------------------------------------------------------ by hand
+
+/// What `orch merge-gate --task ID` did or, with `--dry-run`, would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub task_id: i64,
+    pub dry_run: bool,
+    /// The merge lease used, `None` when the project merges without one.
+    pub lease: Option<String>,
+    /// One line per step, in order ("would …" with `--dry-run`).
+    pub steps: Vec<String>,
+    #[serde(flatten)]
+    pub result: ByHand,
+}
+
+/// How a manual run ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ByHand {
+    /// Origin's main contains the tested head `sha`; the task moved to
+    /// deploy (now at `version`). Exit 0.
+    Merged { sha: String, version: i64 },
+    /// A conflict or red tests: the task went back to development (and is
+    /// escalated when that reached the retry cap). Exit 3.
+    RolledBack { reason: String, escalated: bool },
+    /// Nothing changed: the lease is busy, the task's job is running, or
+    /// main kept moving. Exit 75; run it again later.
+    Deferred { reason: String },
+    /// `--dry-run`: `would` is `merge`, `roll back` or `defer`. Exit 0.
+    Planned { would: String },
+}
+
+/// Whom the manual run's claim found.
+enum Claim {
+    Ok(Option<Job>),
+    JobRunning(Job),
+    Busy(Lease),
+    Moved,
+}
+
+/// `orch merge-gate --task ID [--dry-run]`: runs the gate for a task at
+/// deploy-staging now, as a human.
+///
+/// A manual run stands in for the staging verdict: it does not wait for
+/// the deployer (an operator who runs it vouches for staging). It claims
+/// the stage's queued job (so no worker runs it meanwhile; a deferred
+/// merge's job, or one whose deployer has not run yet) together with the
+/// lease — both or neither — then catches up, re-tests and merges. Pass →
+/// deploy-staging → deploy with actor `human`, finishing the claimed job
+/// (the lease passes to the deploy job); conflict or red → development with
+/// actor `human`, counting a developer retry. A busy lease, a running job,
+/// or main moving changes nothing (the claim is given back). `dry_run`
+/// reads only (no database write, no fetch, no rebase, no push, no test
+/// run) and lists the steps a real run would take.
+///
+/// Errors: [`Error::Usage`] for an unknown task, one not at
+/// deploy-staging, or an escalated one; [`Error::InvalidRef`] when the
+/// task's branch is not a task branch (e.g. `main`), before anything is
+/// done; git, process and database errors (the lease and the job are given
+/// back first).
+pub fn run_by_hand(ctx: &Ctx, db: &Db, task_id: i64, dry_run: bool) -> anyhow::Result<Report> {
+    let task = db
+        .task(task_id)?
+        .ok_or_else(|| Error::Usage(format!("no task {task_id}")))?;
+    if task.stage != Stage::DeployStaging.as_str() {
+        return Err(Error::Usage(format!(
+            "task {task_id} is at {}; the merge gate runs for a task at deploy-staging",
+            task.stage
+        ))
+        .into());
+    }
+    if task.escalated {
+        return Err(Error::Usage(format!(
+            "task {task_id} is escalated ({}); `orch task unblock {task_id}` first",
+            task.escalated_reason.as_deref().unwrap_or("")
+        ))
+        .into());
+    }
+    let project = ctx.project(&task.project)?;
+    let repo = ctx.repo(project);
+    validate_task_branch(&task.branch, &repo.branch_prefix, &project.default_branch)?;
+    let lease = lease_name(ctx, project);
+    let mut steps = Steps::new(task.id, dry_run);
+    let result = if dry_run {
+        plan(ctx, db, project, &repo, &task, lease.as_deref(), &mut steps)?
+    } else {
+        by_hand(ctx, db, project, &repo, &task, lease.as_deref(), &mut steps)?
+    };
+    Ok(Report {
+        task_id,
+        dry_run,
+        lease,
+        steps: steps.list,
+        result,
+    })
+}
+
+fn by_hand(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &Repo,
+    task: &Task,
+    lease: Option<&str>,
+    steps: &mut Steps,
+) -> anyhow::Result<ByHand> {
+    let (host, pid, start) = worker::identity();
+    let now = now_ms();
+    let ttl_ms = ctx.settings.merge_gate_lease_ttl_s as i64 * 1000;
+    let claim = db.write(|tx| {
+        match tx.task(task.id)? {
+            Some(t) if t.stage == task.stage && t.version == task.version && !t.escalated => {}
+            _ => return Ok(Claim::Moved),
+        }
+        let job = tx
+            .active_jobs(task.id)?
+            .into_iter()
+            .find(|j| j.stage == task.stage && j.task_version == task.version);
+        if let Some(j) = job.as_ref().filter(|j| j.status == "running") {
+            return Ok(Claim::JobRunning(j.clone()));
+        }
+        if let Some(name) = lease {
+            let job_id = job.as_ref().map(|j| j.id);
+            match tx.acquire_lease(name, &holder(task.id), job_id, now, ttl_ms)? {
+                LeaseAcquire::Busy(l) => return Ok(Claim::Busy(l)),
+                LeaseAcquire::Acquired(l) => steps.push(took_lease(&l)),
+            }
+        }
+        let claimed = match job {
+            Some(j) => Some(
+                tx.claim_job(j.id, (&host, pid, start), now)?
+                    .context("the task's queued job vanished inside a transaction")?,
+            ),
+            None => None,
+        };
+        Ok(Claim::Ok(claimed))
+    })?;
+    let job = match claim {
+        Claim::Moved => {
+            return Err(
+                Error::Usage(format!("task {} changed meanwhile; look again", task.id)).into(),
+            )
+        }
+        Claim::JobRunning(j) => {
+            let reason = format!(
+                "job {} ({}) is running under worker pid {}; its worker runs the merge gate",
+                j.id,
+                j.stage,
+                j.worker_pid.unwrap_or(0)
+            );
+            steps.push(format!("deferred: {reason}"));
+            return Ok(ByHand::Deferred { reason });
+        }
+        Claim::Busy(l) => {
+            let reason = busy_reason(&l);
+            steps.push(format!("deferred: {reason}"));
+            return Ok(ByHand::Deferred { reason });
+        }
+        Claim::Ok(job) => job,
+    };
+    match &job {
+        Some(j) if j.merge_pending => steps.push(format!(
+            "claimed job {} (a deferred merge: its deployer's verdict stands)",
+            j.id
+        )),
+        Some(j) => steps.push(format!(
+            "claimed job {}: its deployer will not run (this manual merge stands in for the staging verdict)",
+            j.id
+        )),
+        None => steps.push("the task has no active job; merging without one".into()),
+    }
+    failpoint("merge_gate.after_acquire");
+    let claimed = job.as_ref().map(|j| (j, (pid, start)));
+    let merged = repo
+        .ensure_worktree(Path::new(&task.worktree), &task.branch)
+        .and_then(|()| catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), steps));
+    let merged = match merged {
+        Ok(m) => m,
+        Err(e) => {
+            if let Err(e2) = give_back(db, lease, task, claimed) {
+                warn!(target: "merge", task = task.id, error = %format!("{e2:#}"), "could not give back the lease and job");
+            }
+            return Err(e);
+        }
+    };
+    let default = &project.default_branch;
+    let (to, reason, retry) = match &merged {
+        Merge::MainMoving(reason) => {
+            give_back(db, lease, task, claimed)?;
+            steps.push(format!("deferred: {reason}; lease and job given back"));
+            return Ok(ByHand::Deferred {
+                reason: reason.clone(),
+            });
+        }
+        Merge::Merged { sha } => (
+            Stage::Deploy,
+            format!(
+                "merge gate passed (by hand): {default} contains the tested head {}",
+                short(sha)
+            ),
+            false,
+        ),
+        Merge::Rollback(reason) => (Stage::Development, reason.clone(), true),
+    };
+    let mut m = Move::new(task, to, Actor::Human, reason.clone());
+    m.job_id = job.as_ref().map(|j| j.id);
+    m.developer_retry = retry;
+    let now = now_ms();
+    match db.write(|tx| pipeline::apply(tx, ctx.policy(), &m, now))? {
+        Moved::Lost => Err(Error::Usage(format!(
+            "task {} changed meanwhile; the gate's git work stands, the transition was not applied",
+            task.id
+        ))
+        .into()),
+        Moved::Applied {
+            version,
+            next_job,
+            escalated,
+        } => match merged {
+            Merge::Merged { sha } => {
+                steps.push(format!(
+                    "moved deploy-staging → deploy (actor human, v{version}){}",
+                    match (lease, next_job) {
+                        (Some(_), Some(j)) => format!("; lease handed to deploy job {j}"),
+                        _ => String::new(),
+                    }
+                ));
+                Ok(ByHand::Merged { sha, version })
+            }
+            _ => {
+                steps.push(format!(
+                    "rolled back to development (actor human, v{version}), a developer retry counted{}{}",
+                    if lease.is_some() { "; lease released" } else { "" },
+                    if escalated { "; task escalated" } else { "" }
+                ));
+                Ok(ByHand::RolledBack { reason, escalated })
+            }
+        },
+    }
+}
+
+/// The `--dry-run` of [`run_by_hand`]: reads the database, the worktree and
+/// origin (`git ls-remote`) and lists what a real run would do.
+fn plan(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &Repo,
+    task: &Task,
+    lease: Option<&str>,
+    steps: &mut Steps,
+) -> anyhow::Result<ByHand> {
+    let defer = |steps: &mut Steps, reason: String| {
+        steps.push(format!("would defer (exit 75), changing nothing: {reason}"));
+        ByHand::Planned {
+            would: "defer".into(),
+        }
+    };
+    let job = db.jobs_for_task(task.id)?.into_iter().rev().find(|j| {
+        j.stage == task.stage
+            && j.task_version == task.version
+            && (j.status == "queued" || j.status == "running")
+    });
+    if let Some(j) = job.as_ref().filter(|j| j.status == "running") {
+        return Ok(defer(
+            steps,
+            format!("job {} is running; its worker runs the merge gate", j.id),
+        ));
+    }
+    let now = now_ms();
+    let me = holder(task.id);
+    match lease {
+        None => steps
+            .push("would merge without a lease (the merge gate is off for this project)".into()),
+        Some(name) => match db.lease(name)? {
+            None => steps.push(format!(
+                "would take lease {name} (holder {me}{}, for {}s)",
+                job.as_ref()
+                    .map(|j| format!(", job {}", j.id))
+                    .unwrap_or_default(),
+                ctx.settings.merge_gate_lease_ttl_s
+            )),
+            Some(l) if l.holder == me => steps.push(format!(
+                "would renew lease {name}, which {me} already holds"
+            )),
+            Some(l) if db.stale_leases(now)?.iter().any(|s| s.name == l.name) => steps.push(
+                format!("would take over lease {name} from {} (stale)", l.holder),
+            ),
+            Some(l) => return Ok(defer(steps, busy_reason(&l))),
+        },
+    }
+    match &job {
+        Some(j) if j.merge_pending => steps.push(format!(
+            "would claim job {} (a deferred merge: its deployer's verdict stands)",
+            j.id
+        )),
+        Some(j) => steps.push(format!(
+            "would claim job {}: its deployer would not run (a manual merge stands in for the staging verdict)",
+            j.id
+        )),
+        None => steps.push("the task has no active job; would merge without one".into()),
+    }
+    let default = project.default_branch.as_str();
+    let branch = task.branch.as_str();
+    let worktree = Path::new(&task.worktree);
+    let main = repo
+        .ls_remote_branch(default)?
+        .with_context(|| format!("origin has no default branch {default:?}"))?;
+    let remote = repo.ls_remote_branch(branch)?;
+    steps.push(format!(
+        "would fetch origin: {default} is at {}, {branch} at {}",
+        short(&main),
+        remote.as_deref().map_or("(not on origin)", short)
+    ));
+    let head = if worktree.exists() {
+        repo.head_sha(worktree)?
+    } else {
+        steps.push(format!(
+            "would create the worktree {} from origin's {branch}",
+            worktree.display()
+        ));
+        remote
+            .clone()
+            .with_context(|| format!("{branch} has no worktree and is not on origin"))?
+    };
+    let dir = if worktree.exists() {
+        worktree.to_path_buf()
+    } else {
+        repo.clone_dir.clone()
+    };
+    let contains = dir.exists() && repo.is_ancestor(&dir, &main, &head).unwrap_or(false);
+    let test = format!(
+        "{:?} (timeout {}s, log {})",
+        project.test_command,
+        project.test_timeout_s,
+        ctx.log_path(&format!("merge-task{}-<sha>.log", task.id))
+            .display()
+    );
+    if contains {
+        steps.push(format!(
+            "{branch} ({}) contains {default}: no rebase, no push",
+            short(&head)
+        ));
+        match db.ci_status(&project.name, &head, TEST_CONTEXT)?.as_deref() {
+            Some("failure") => {
+                steps.push(format!(
+                    "tests already failed on {}: would roll back to development (actor human), counting a developer retry",
+                    short(&head)
+                ));
+                return Ok(ByHand::Planned {
+                    would: "roll back".into(),
+                });
+            }
+            Some("success") => steps.push(format!(
+                "tests already passed on {} (would not run them again)",
+                short(&head)
+            )),
+            _ => steps.push(format!(
+                "would run the test command {test} on {}",
+                short(&head)
+            )),
+        }
+        if main == head {
+            steps.push(format!(
+                "{default} is already at {}: nothing to push",
+                short(&head)
+            ));
+        } else {
+            steps.push(format!(
+                "would fast-forward {default} from {} to {}",
+                short(&main),
+                short(&head)
+            ));
+        }
+    } else {
+        steps.push(format!(
+            "would rebase {branch} ({}) onto {default} ({}) in {}; a conflict would abort the rebase and roll back to development",
+            short(&head),
+            short(&main),
+            worktree.display()
+        ));
+        steps.push(match &remote {
+            Some(r) => format!(
+                "would push {branch} with --force-with-lease={branch}:{}",
+                short(r)
+            ),
+            None => format!("would push {branch}"),
+        });
+        steps.push(format!(
+            "would run the test command {test} on the rebased tree"
+        ));
+        steps.push(format!("would fast-forward {default} to the tested head"));
+    }
+    steps.push(format!(
+        "would move deploy-staging → deploy (actor human){}; a conflict or red tests would roll back to development (actor human) instead, counting a developer retry",
+        if lease.is_some() {
+            " and hand the lease to the deploy job"
+        } else {
+            ""
+        }
+    ));
+    Ok(ByHand::Planned {
+        would: "merge".into(),
+    })
+}
+
+/// `orch merge-gate --task ID --release`: releases the lease task `task_id`
+/// holds (an operator's repair for a stuck lease; `orch reap` releases
+/// stale ones by itself). With `dry_run`, only names it. Returns the
+/// released (or releasable) lease names.
+///
+/// Errors: [`Error::Usage`] for an unknown task; database errors.
+pub fn release_by_hand(db: &Db, task_id: i64, dry_run: bool) -> anyhow::Result<Vec<String>> {
+    if db.task(task_id)?.is_none() {
+        return Err(Error::Usage(format!("no task {task_id}")).into());
+    }
+    if dry_run {
+        let me = holder(task_id);
+        return Ok(db
+            .leases()?
+            .into_iter()
+            .filter(|l| l.holder == me)
+            .map(|l| l.name)
+            .collect());
+    }
+    let released = db.write(|tx| release_for_task(tx, task_id))?;
+    for name in &released {
+        info!(target: "merge", task = task_id, lease = %name, "lease released by hand");
+    }
+    Ok(released)
 }

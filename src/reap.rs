@@ -161,15 +161,9 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
             });
         }
     }
-    if db.leases()?.iter().any(|l| {
-        l.expires_at_ms < now
-            || l.job_id.is_some_and(|job| {
-                db.job(job)
-                    .ok()
-                    .flatten()
-                    .is_none_or(|j| j.status != "running")
-            })
-    }) {
+    // Stale: expired, or its job is no longer queued or running (the one
+    // definition, shared with the release: `db::leases`).
+    if !db.stale_leases(now)?.is_empty() {
         actions.push(Action::ReleaseLeases);
     }
     Ok(actions)
@@ -290,6 +284,9 @@ fn describe(f: &Finalized) -> String {
         }
         Finalized::Failed { reason } => format!("job failed, task escalated: {reason}"),
         Finalized::Cancelled { reason } => format!("job cancelled: {reason}"),
+        Finalized::Deferred { defers, reason, .. } => {
+            format!("merge deferred ({defers}): {reason}")
+        }
         Finalized::Lost => "lost: another actor finished it first; nothing written".into(),
     }
 }

@@ -41,6 +41,10 @@ pub fn document(db: &Db) -> anyhow::Result<Value> {
         "leases": leases,
         "inbox": { "pending": pending, "failing": retrying, "dead": dead },
         "outbox": as_map(db.count_by_status("outbox")?),
+        "outbox_dead": db.dead_outbox(20)?.into_iter().map(|m| json!({
+            "id": m.id, "key": m.dedupe_key, "channel": m.channel, "kind": m.kind,
+            "attempts": m.attempts, "error": m.last_error,
+        })).collect::<Vec<Value>>(),
         "counters": as_map(db.counters()?),
     }))
 }

@@ -61,6 +61,15 @@ pub enum Finalized {
     Failed { reason: String },
     /// The task moved on while the job ran; the job is cancelled.
     Cancelled { reason: String },
+    /// The merge gate could not merge now (the repo's merge lease is busy,
+    /// or main kept moving): the job is queued again for `available_at_ms`
+    /// with its agent's result kept, so only the merge is retried
+    /// (`crate::merge_gate`).
+    Deferred {
+        defers: i64,
+        available_at_ms: i64,
+        reason: String,
+    },
     /// Another actor finished this job first; nothing was done.
     Lost,
 }
@@ -97,7 +106,7 @@ pub fn work_once(
     };
     info!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.attempt, "claimed job");
     failpoint("worker.after_claim");
-    let exit_code = match run_agent(ctx, db, &job) {
+    let exit_code = match run_agent_unless_merge_pending(ctx, db, &job) {
         Ok(code) => code,
         Err(e) => {
             // The agent could not even start (worktree, config): a failed run.
@@ -140,6 +149,18 @@ pub fn work_once(
         exit_code,
         finalized,
     })
+}
+
+/// A deferred merge (`merge_pending`) keeps its agent's result: the claim
+/// kept the exit code, and only the merge runs again (in [`finalize`]).
+fn run_agent_unless_merge_pending(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
+    match job.exit_code {
+        Some(code) if job.merge_pending => {
+            info!(target: "worker", job = job.id, defers = job.merge_defers, "deferred merge: the agent is not run again");
+            Ok(Some(code))
+        }
+        _ => run_agent(ctx, db, job),
+    }
 }
 
 /// Per-run file names: `<kind>-job<id>-a<attempt>.<ext>`.
@@ -355,6 +376,7 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
         repo.commit_all(&worktree, &msg)?;
         failpoint("finalize.after_commit");
         push_task_branch(&repo, &worktree, &task.branch, stage)?;
+        crate::adapters::gitea::after_push(db, project, &repo, &task)?;
         failpoint("finalize.after_push");
     } else {
         // A failed run's half-done edits are not committed: the retry
@@ -364,11 +386,17 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
     if agent_ok && stage == Stage::Development && project.forge == "local" {
         run_local_ci(ctx, db, project, &repo, &task)?;
     }
+    if agent_ok && stage == Stage::Development && project.forge == "gitea" {
+        crate::adapters::gitea::poll_ci(ctx, db, project, &repo, &task);
+    }
 
     let facts = gate::gather(db, project, &repo, &task)?;
     let mut verdict = gate::decide(stage, &facts);
     if verdict == Gate::Pass && stage == Stage::DeployStaging {
-        verdict = crate::merge_gate::merge(ctx, db, project, &repo, &task)?;
+        match crate::merge_gate::gate_job(ctx, db, project, &repo, &task, &job, actor)? {
+            crate::merge_gate::JobGate::Verdict(g) => verdict = g,
+            crate::merge_gate::JobGate::Settled(f) => return Ok(f),
+        }
     }
     info!(target: "gate", task = task.id, stage = %stage, verdict = ?verdict, "gate evaluated");
     failpoint("finalize.before_terminal_claim");
@@ -383,11 +411,18 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
 /// (only) the branch is replaced with `--force-with-lease` on the sha just
 /// seen. Everywhere else a non-fast-forward is an error, so a commit someone
 /// else pushed to the branch is never overwritten.
-fn push_task_branch(repo: &crate::git::Repo, worktree: &Path, branch: &str, stage: Stage) -> anyhow::Result<()> {
+fn push_task_branch(
+    repo: &crate::git::Repo,
+    worktree: &Path,
+    branch: &str,
+    stage: Stage,
+) -> anyhow::Result<()> {
     let head = repo.head_sha(worktree)?;
     match repo.remote_branch_sha(branch)? {
         Some(remote) if remote == head => Ok(()),
-        Some(remote) if stage == Stage::DeployStaging && !repo.is_ancestor(worktree, &remote, &head)? => {
+        Some(remote)
+            if stage == Stage::DeployStaging && !repo.is_ancestor(worktree, &remote, &head)? =>
+        {
             warn!(target: "worker", branch, remote = %remote, head = %head, "origin has the branch before a rebase; replacing it");
             repo.push_branch_force_with_lease(worktree, branch, &remote)
         }
@@ -407,33 +442,41 @@ fn apply_gate(
 ) -> anyhow::Result<Finalized> {
     let now = now_ms();
     let policy = ctx.policy();
-    match verdict {
-        Gate::Pass | Gate::Rollback(_) => {
-            let (to, reason, retry) = match &verdict {
-                Gate::Rollback(r) => (Stage::Development, r.clone(), true),
-                _ => (stage.next(), format!("{stage} gate passed"), false),
-            };
-            let mut m = Move::new(task, to, actor, reason).finishing(job.id);
-            m.developer_retry = retry;
-            match db.write(|tx| pipeline::apply(tx, policy, &m, now))? {
-                Moved::Applied { escalated, .. } => Ok(Finalized::Advanced {
-                    from: stage.to_string(),
-                    to: to.to_string(),
-                    escalated,
-                }),
-                Moved::Lost => Ok(Finalized::Lost),
+    // The run's report (tracker comment, PR comment) is written in the same
+    // transaction that finishes the job.
+    let report = crate::adapters::report::RunReport::gather(ctx, task, job);
+    db.write(|tx| {
+        let finalized = match &verdict {
+            Gate::Pass | Gate::Rollback(_) => {
+                let (to, reason, retry) = match &verdict {
+                    Gate::Rollback(r) => (Stage::Development, r.clone(), true),
+                    _ => (stage.next(), format!("{stage} gate passed"), false),
+                };
+                let mut m = Move::new(task, to, actor, reason).finishing(job.id);
+                m.developer_retry = retry;
+                match pipeline::apply(tx, policy, &m, now)? {
+                    Moved::Applied { escalated, .. } => Finalized::Advanced {
+                        from: stage.to_string(),
+                        to: to.to_string(),
+                        escalated,
+                    },
+                    Moved::Lost => Finalized::Lost,
+                }
             }
-        }
-        Gate::Pending(reason) => {
-            let won = db.write(|tx| tx.finish_job(job.id, "done", None, now))?;
-            Ok(if won {
-                Finalized::Waiting { reason }
-            } else {
-                Finalized::Lost
-            })
-        }
-        Gate::Fail(reason) => db.write(|tx| retry_or_fail(ctx, tx, job, &reason, actor, now)),
-    }
+            Gate::Pending(reason) => {
+                if tx.finish_job(job.id, "done", None, now)? {
+                    Finalized::Waiting {
+                        reason: reason.clone(),
+                    }
+                } else {
+                    Finalized::Lost
+                }
+            }
+            Gate::Fail(reason) => retry_or_fail(ctx, tx, job, reason, actor, now)?,
+        };
+        report.queue(tx, ctx, task, job, &finalized, now)?;
+        Ok(finalized)
+    })
 }
 
 /// A failed run of running job `job` (claim `job.attempt`): queue the next

@@ -129,7 +129,7 @@ fn irrelevant_deliveries_are_processed_with_the_reason() {
             "gitea",
             "pull_request",
             "gitea/webhooks/pull_request-opened.json",
-            "no pipeline action: gitea event \"pull_request\"",
+            "no pipeline action: PR #7 is not from an orch task branch",
         ),
     ];
     for (source, event, file, expect) in cases {

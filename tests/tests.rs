@@ -9,5 +9,11 @@ mod ingest;
 mod pipeline;
 // Crash points and the test clock need the `testing` feature.
 #[cfg(feature = "testing")]
+mod adapters;
+#[cfg(feature = "testing")]
+mod fakes;
+#[cfg(feature = "testing")]
+mod merge_gate;
+#[cfg(feature = "testing")]
 mod reap;
 mod shim;

@@ -1,6 +1,7 @@
 //! One function per subcommand: build what the core needs from the
 //! arguments, call it, print the result (text, or JSON with `--json`).
 
+mod merge_gate;
 mod task;
 
 use std::io::Write;
@@ -95,6 +96,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 text: status_text(&doc),
                 json: doc,
             }
+        }
+        Command::MergeGate {
+            task,
+            dry_run,
+            release,
+        } => {
+            let (out, code) = merge_gate::run(&ctx, task, dry_run, release)?;
+            print(json_mode, &out)?;
+            return Ok(code);
         }
         Command::Check => {
             let db = ctx.open_db()?;
@@ -284,11 +294,12 @@ fn deliver_output(s: &deliver::DeliverSummary) -> anyhow::Result<Output> {
     Ok(Output {
         json: serde_json::to_value(s)?,
         text: format!(
-            "delivered {}, failed {}, dead-lettered {}, waiting for an adapter {}",
+            "delivered {}, failed {}, dead-lettered {}, waiting {}, deferred {}",
             s.delivered.len(),
             s.failed.len(),
             s.dead_lettered.len(),
-            s.waiting.len()
+            s.waiting.len(),
+            s.deferred.len()
         ),
     })
 }
@@ -388,10 +399,16 @@ fn status_text(doc: &Value) -> String {
         );
     }
     for l in doc["leases"].as_array().into_iter().flatten() {
+        let left_s =
+            (l["expires_at_ms"].as_i64().unwrap_or(0) - doc["now_ms"].as_i64().unwrap_or(0)) / 1000;
         t += &format!(
-            "lease {} held by {}\n",
+            "lease {} held by {}{}, expires in {left_s}s\n",
             l["name"].as_str().unwrap_or(""),
-            l["holder"].as_str().unwrap_or("")
+            l["holder"].as_str().unwrap_or(""),
+            l["job_id"]
+                .as_i64()
+                .map(|j| format!(" for job {j}"))
+                .unwrap_or_default()
         );
     }
     t += &format!(
@@ -399,6 +416,15 @@ fn status_text(doc: &Value) -> String {
         doc["inbox"]["pending"], doc["inbox"]["failing"], doc["inbox"]["dead"]
     );
     t += &format!("outbox: {}\n", map(&doc["outbox"]));
+    for d in doc["outbox_dead"].as_array().into_iter().flatten() {
+        t += &format!(
+            "  dead letter {} {} after {} attempt(s): {}\n",
+            d["id"],
+            d["key"].as_str().unwrap_or(""),
+            d["attempts"],
+            d["error"].as_str().unwrap_or("")
+        );
+    }
     t += &format!("counters: {}\n", map(&doc["counters"]));
     t
 }

@@ -9,7 +9,11 @@
 //!
 //! Times are unix milliseconds (`*_ms`).
 
+mod adapters;
+mod leases;
 mod schema;
+
+pub use adapters::{CachedState, PullRequestRow, RunUsage};
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,6 +24,7 @@ use serde::Serialize;
 
 use crate::error::Error;
 
+pub use leases::LeaseAcquire;
 pub use schema::MIGRATIONS;
 
 /// The schema version this binary writes (`PRAGMA user_version`).
@@ -211,11 +216,17 @@ pub struct Job {
     pub last_error: Option<String>,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
+    /// A deploy-staging job whose merge was deferred: its agent's exit and
+    /// verdict stand; the next claim runs only the merge (migration 3).
+    pub merge_pending: bool,
+    /// How often this job's merge was deferred (lease busy, main moving).
+    pub merge_defers: i64,
 }
 
 const JOB_COLS: &str = "id, task_id, stage, role, task_version, status, attempt, available_at_ms, \
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
-    heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms";
+    heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
+    merge_pending, merge_defers";
 
 fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -240,6 +251,8 @@ fn job_row(r: &Row) -> rusqlite::Result<Job> {
         last_error: r.get(18)?,
         created_at_ms: r.get(19)?,
         finished_at_ms: r.get(20)?,
+        merge_pending: r.get(21)?,
+        merge_defers: r.get(22)?,
     })
 }
 
@@ -954,7 +967,10 @@ impl Tx<'_> {
     /// not escalated and still at the job's stage and version, optionally
     /// filtered by role and project, while fewer than `max_running` jobs
     /// run. Jobs whose task moved on are cancelled on the way. Returns the
-    /// claimed job, now `running` with this worker's identity.
+    /// claimed job, now `running` with this worker's identity. A
+    /// `merge_pending` job keeps its agent's exit code (its exit counts as
+    /// recorded now, so the reaper's finalize grace starts again): the
+    /// worker runs only its merge.
     #[allow(clippy::too_many_arguments)]
     pub fn claim_next_job(
         &self,
@@ -992,7 +1008,8 @@ impl Tx<'_> {
         self.prepare_cached(
             "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
              claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
-             exit_code=NULL, exit_recorded_at_ms=NULL WHERE id=?1 AND status='queued'",
+             exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
+             exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END WHERE id=?1 AND status='queued'",
         )?
         .execute(params![id, host, pid, start, now_ms])?;
         crate::failpoint::failpoint("claim.before_commit");
@@ -1122,8 +1139,9 @@ impl Tx<'_> {
     }
 
     /// Puts running job `id` (claim `attempt`) back in the queue for the
-    /// next attempt at `available_at_ms`. Returns false when it was no
-    /// longer running under that attempt.
+    /// next attempt at `available_at_ms` (a full rerun: a pending merge is
+    /// forgotten). Returns false when it was no longer running under that
+    /// attempt.
     pub fn requeue_job(
         &self,
         id: i64,
@@ -1135,8 +1153,8 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
-                 claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL \
-                 WHERE id=?1 AND status='running' AND attempt=?4",
+                 claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
+                 merge_pending=0 WHERE id=?1 AND status='running' AND attempt=?4",
             )?
             .execute(params![id, error, available_at_ms, attempt])?;
         Ok(n == 1)
@@ -1204,17 +1222,6 @@ impl Tx<'_> {
         } else {
             None
         })
-    }
-
-    /// Releases leases that expired or whose holder job is not running.
-    /// Returns the released `(name, holder)` pairs.
-    pub fn release_stale_leases(&self, now_ms: i64) -> anyhow::Result<Vec<(String, String)>> {
-        let mut stmt = self.prepare_cached(
-            "DELETE FROM leases WHERE expires_at_ms<?1 OR (job_id IS NOT NULL AND NOT EXISTS \
-             (SELECT 1 FROM jobs WHERE jobs.id=leases.job_id AND jobs.status='running')) RETURNING name, holder",
-        )?;
-        let rows = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Adds `by` to counter `name`.

@@ -195,4 +195,39 @@ CREATE TABLE counters (
     value INTEGER NOT NULL
 );
 "#,
+    // 2: outside adapters (Plane, Gitea, Telegram). `outbox.sends` counts
+    // send attempts that may have reached the remote side (bumped before
+    // each send), so a retry knows to look before re-posting;
+    // `tracker_states` caches Plane state ids per project (resolved by
+    // name); `pull_requests` remembers the forge PR of each task.
+    r#"
+ALTER TABLE outbox ADD COLUMN sends INTEGER NOT NULL DEFAULT 0;
+
+CREATE TABLE tracker_states (
+    project       TEXT NOT NULL,
+    state_id      TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    state_group   TEXT NOT NULL DEFAULT '',
+    fetched_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (project, state_id)
+);
+
+CREATE TABLE pull_requests (
+    task_id     INTEGER PRIMARY KEY REFERENCES tasks(id),
+    number      INTEGER NOT NULL,
+    html_url    TEXT NOT NULL DEFAULT '',
+    head_branch TEXT NOT NULL,
+    merged      INTEGER NOT NULL DEFAULT 0,
+    at_ms       INTEGER NOT NULL
+);
+"#,
+    // 3: the merge gate (DESIGN §7). A deploy-staging job whose merge was
+    // deferred (the repo's merge lease was busy) goes back to `queued` with
+    // `merge_pending = 1`: its agent's exit and verdict stand, and the next
+    // claim runs only the merge. `merge_defers` counts the defers toward
+    // `ORCH_MERGE_GATE_MAX_DEFERS`.
+    r#"
+ALTER TABLE jobs ADD COLUMN merge_pending INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN merge_defers INTEGER NOT NULL DEFAULT 0;
+"#,
 ];

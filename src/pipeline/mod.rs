@@ -9,7 +9,9 @@
 //! 2. appends the transition;
 //! 3. claims the finishing job's terminal state (`running → done`), if any;
 //! 4. enqueues the next stage's job (UNIQUE `(task, stage, version)`);
-//! 5. writes the side effects to the outbox with dedupe keys.
+//! 5. writes the side effects to the outbox with dedupe keys;
+//! 6. hands the task's merge lease to its deploy job, or releases it when
+//!    the task goes anywhere else (`crate::merge_gate::follow_transition`).
 //!
 //! Nothing outside the database happens here. Because the transaction is
 //! `IMMEDIATE`, no other writer can commit between our reads and writes, so
@@ -349,6 +351,9 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
             now_ms,
         )?;
     }
+    // 6. the merge lease follows the task: handed to the deploy job, or
+    // released when the task leaves the merge (DESIGN §7).
+    crate::merge_gate::follow_transition(tx, task.id, m.to, escalated, next_job, now_ms)?;
     crate::failpoint::failpoint("transition.before_commit");
     Ok(Moved::Applied {
         version,

@@ -1,0 +1,333 @@
+//! The report orch writes after every agent run: role, outcome, links to
+//! the branch, PR and commit, and a usage line.
+//!
+//! It is queued as outbox messages inside the transaction that finishes
+//! the run's job ([`RunReport::queue`], called by the worker's finalize),
+//! so a report exists exactly when the job's outcome does: one tracker
+//! comment per run (key `task:<id>:job<j>:a<attempt>:report`), and for a
+//! Gitea project one PR comment per verdict-bearing run (review and
+//! later). Links are rendered when the tracker comment is delivered, from
+//! `ORCH_GITEA_PUBLIC_URL` and the PR orch knows by then.
+//!
+//! Usage arithmetic (Claude's result): the full input is `input_tokens +
+//! cache_read_input_tokens + cache_creation_input_tokens`; the cached part
+//! is the read plus the creation tokens; output and cost (USD) as
+//! reported.
+
+use serde_json::{json, Value};
+
+use super::gitea::Links;
+use super::html_escape;
+use crate::config::ProjectConfig;
+use crate::ctx::Ctx;
+use crate::db::{Db, Job, OutboxRow, RunUsage, Task, Tx};
+use crate::pipeline::Stage;
+use crate::worker::Finalized;
+
+/// Token and cost numbers of one run.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub cost_usd: f64,
+}
+
+impl Usage {
+    /// Input including the cache: input + cache read + cache creation.
+    pub fn full_input(&self) -> i64 {
+        self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
+    }
+    /// The cached part of the input: cache read + cache creation.
+    pub fn cached_input(&self) -> i64 {
+        self.cache_read_input_tokens + self.cache_creation_input_tokens
+    }
+    /// `input 38934 tokens (38926 cached: 33204 read, 5722 written) ·
+    /// output 110 tokens · cost $0.0375`
+    pub fn line(&self) -> String {
+        format!(
+            "input {} tokens ({} cached: {} read, {} written) · output {} tokens · cost ${:.4}",
+            self.full_input(),
+            self.cached_input(),
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+            self.output_tokens,
+            self.cost_usd
+        )
+    }
+
+    fn from_run(r: &RunUsage) -> Option<Usage> {
+        r.usage_known.then_some(Usage {
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cache_read_input_tokens: r.cache_read_input_tokens,
+            cache_creation_input_tokens: r.cache_creation_input_tokens,
+            cost_usd: r.cost_usd,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Usage> {
+        let n = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
+        v.is_object().then(|| Usage {
+            input_tokens: n("input_tokens"),
+            output_tokens: n("output_tokens"),
+            cache_read_input_tokens: n("cache_read_input_tokens"),
+            cache_creation_input_tokens: n("cache_creation_input_tokens"),
+            cost_usd: v.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
+        })
+    }
+}
+
+/// One line for how a finalize ended, or `None` when nobody should hear
+/// about it (the job was lost to another actor or cancelled).
+pub fn outcome_text(f: &Finalized) -> Option<String> {
+    Some(match f {
+        Finalized::Advanced {
+            from,
+            to,
+            escalated,
+        } => {
+            let mut s = if from == to {
+                format!("{from} runs again")
+            } else if to == "development" && from != "architecture" {
+                format!("{from} returned the work to development")
+            } else {
+                format!("passed the {from} gate: {from} → {to}")
+            };
+            if *escalated {
+                s += "; the task is escalated (needs a human)";
+            }
+            s
+        }
+        Finalized::Waiting { reason } => format!("done; the task waits: {reason}"),
+        Finalized::Retrying { attempt, reason } => {
+            format!("failed: {reason}; retrying (attempt {attempt})")
+        }
+        Finalized::Failed { reason } => format!("failed: {reason}"),
+        // A deferred merge reports when the job really finishes.
+        Finalized::Cancelled { .. } | Finalized::Deferred { .. } | Finalized::Lost => return None,
+    })
+}
+
+/// What the finalize knows about a run before its terminal transaction.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// The branch head after the run's commit and push (successful runs).
+    pub head: Option<String>,
+}
+
+impl RunReport {
+    /// Reads the worktree's head for a run that exited 0 (read-only; a
+    /// failure just leaves the commit link out).
+    pub fn gather(ctx: &Ctx, task: &Task, job: &Job) -> RunReport {
+        let worktree = std::path::Path::new(&task.worktree);
+        let head = (job.exit_code == Some(0) && worktree.exists())
+            .then(|| ctx.project(&task.project).ok())
+            .flatten()
+            .and_then(|p| ctx.repo(p).head_sha(worktree).ok());
+        RunReport { head }
+    }
+
+    /// Queues the run's report in the job's terminal transaction `tx`: a
+    /// tracker comment and, for a Gitea project at review or later, a PR
+    /// comment. Nothing for a lost or cancelled finalize. Idempotent by
+    /// key.
+    ///
+    /// Errors: database errors.
+    pub fn queue(
+        &self,
+        tx: &Tx,
+        ctx: &Ctx,
+        task: &Task,
+        job: &Job,
+        finalized: &Finalized,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        let Some(outcome) = outcome_text(finalized) else {
+            return Ok(());
+        };
+        let run = tx.run_usage(job.id)?;
+        let usage = run.as_ref().and_then(Usage::from_run);
+        let verdict = tx.job_verdict(job.id)?;
+        let attempt = run.as_ref().map_or(job.attempt, |r| r.attempt);
+        let key = format!("task:{}:job{}:a{attempt}:report", task.id, job.id);
+        let title = format!(
+            "{} run (job {}, attempt {attempt}): {outcome}",
+            job.role, job.id
+        );
+        let verdict_line = verdict.as_ref().map(|(v, s)| format!("verdict {v}: {s}"));
+        let usage_line = usage.map_or_else(
+            || "usage: unknown (the agent printed no result)".to_string(),
+            |u| format!("usage: {}", u.line()),
+        );
+        let mut text = title.clone();
+        if let Some(v) = &verdict_line {
+            text += &format!("\n{v}");
+        }
+        text += &format!("\nbranch {}", task.branch);
+        if let Some(h) = &self.head {
+            text += &format!(" · commit {}", short(h));
+        }
+        text += &format!("\n{usage_line}");
+        let report = json!({
+            "role": job.role,
+            "stage": job.stage,
+            "job_id": job.id,
+            "attempt": attempt,
+            "outcome": outcome,
+            "exit_code": run.as_ref().and_then(|r| r.exit_code),
+            "verdict": verdict.as_ref().map(|(v, s)| json!({ "verdict": v, "summary": s })),
+            "branch": task.branch,
+            "commit": self.head,
+            "usage": usage.map(|u| json!({
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+                "cache_read_input_tokens": u.cache_read_input_tokens,
+                "cache_creation_input_tokens": u.cache_creation_input_tokens,
+                "cost_usd": u.cost_usd,
+            })),
+        });
+        tx.insert_outbox(
+            &key,
+            Some(task.id),
+            "tracker",
+            "comment",
+            &json!({ "text": text, "report": report }),
+            now_ms,
+        )?;
+        let stage: Option<Stage> = job.stage.parse().ok();
+        let forge_gitea = ctx.project(&task.project).is_ok_and(|p| p.forge == "gitea");
+        if forge_gitea && stage.is_some_and(|s| s >= Stage::Review) {
+            let mut md = format!(
+                "**{}** run (job {}, attempt {attempt}): {outcome}",
+                job.role, job.id
+            );
+            if let Some(v) = &verdict_line {
+                md += &format!("\n\n{v}");
+            }
+            if let Some(h) = &self.head {
+                md += &format!("\n\nat {h}");
+            }
+            md += &format!("\n\n{usage_line}");
+            tx.insert_outbox(
+                &format!("{key}:pr"),
+                Some(task.id),
+                "forge",
+                "comment",
+                &json!({ "text": md }),
+                now_ms,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(10)]
+}
+
+/// The HTML of a tracker comment message for Plane: a run report with its
+/// links (rendered now, so the PR opened meanwhile is linked), or the
+/// message's text.
+pub fn tracker_html(
+    ctx: &Ctx,
+    db: &Db,
+    msg: &OutboxRow,
+    task: &Task,
+    project: &ProjectConfig,
+) -> String {
+    let text = msg
+        .payload
+        .get("text")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(r) = msg.payload.get("report").filter(|r| r.is_object()) else {
+        return super::plane::text_html(text);
+    };
+    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
+    let mut html = format!(
+        "<p><strong>{}</strong> run (job {}, attempt {}): {}</p>",
+        html_escape(s("role")),
+        r.get("job_id").and_then(Value::as_i64).unwrap_or(0),
+        r.get("attempt").and_then(Value::as_i64).unwrap_or(0),
+        html_escape(s("outcome"))
+    );
+    if let Some(v) = r.get("verdict").filter(|v| v.is_object()) {
+        html += &format!(
+            "<p>Verdict <strong>{}</strong>: {}</p>",
+            html_escape(v.get("verdict").and_then(Value::as_str).unwrap_or("")),
+            html_escape(v.get("summary").and_then(Value::as_str).unwrap_or(""))
+        );
+    }
+    let links = Links::for_project(ctx, project);
+    let a = |href: Option<String>, label: &str| match href {
+        Some(h) => format!("<a href=\"{}\">{}</a>", html_escape(&h), html_escape(label)),
+        None => html_escape(label),
+    };
+    let branch = s("branch");
+    let mut parts = vec![format!(
+        "Branch {}",
+        a(links.as_ref().map(|l| l.branch(branch)), branch)
+    )];
+    if let Ok(Some(pr)) = db.pull_request(task.id) {
+        let href = links.as_ref().map(|l| l.pull(pr.number));
+        parts.push(format!("PR {}", a(href, &format!("#{}", pr.number))));
+    }
+    if let Some(sha) = r.get("commit").and_then(Value::as_str) {
+        let href = links.as_ref().map(|l| l.commit(sha));
+        parts.push(format!("commit {}", a(href, short(sha))));
+    }
+    html += &format!("<p>{}</p>", parts.join(" · "));
+    html += &match r.get("usage").and_then(Usage::from_json) {
+        Some(u) => format!("<p>Usage: {}</p>", html_escape(&u.line())),
+        None => "<p>Usage: unknown (the agent printed no result)</p>".to_string(),
+    };
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_arithmetic_matches_the_claude_fixture() {
+        // tests/fixtures/claude/json/success.json
+        let u = Usage {
+            input_tokens: 8,
+            output_tokens: 110,
+            cache_read_input_tokens: 33204,
+            cache_creation_input_tokens: 5722,
+            cost_usd: 0.037_482_8,
+        };
+        assert_eq!(u.full_input(), 38934);
+        assert_eq!(u.cached_input(), 38926);
+        assert_eq!(
+            u.line(),
+            "input 38934 tokens (38926 cached: 33204 read, 5722 written) · output 110 tokens · cost $0.0375"
+        );
+    }
+
+    #[test]
+    fn outcomes_read_well_and_lost_runs_are_silent() {
+        let adv = Finalized::Advanced {
+            from: "review".into(),
+            to: "testing".into(),
+            escalated: false,
+        };
+        assert_eq!(
+            outcome_text(&adv).unwrap(),
+            "passed the review gate: review → testing"
+        );
+        let back = Finalized::Advanced {
+            from: "review".into(),
+            to: "development".into(),
+            escalated: true,
+        };
+        assert!(outcome_text(&back)
+            .unwrap()
+            .contains("returned the work to development"));
+        assert!(outcome_text(&back).unwrap().contains("escalated"));
+        assert_eq!(outcome_text(&Finalized::Lost), None);
+    }
+}

@@ -1,0 +1,272 @@
+//! The Telegram notifier (Bot API `sendMessage`), per
+//! `tests/fixtures/telegram/README.md`.
+//!
+//! Escalations, unblocks, failures and deploys are outbox messages on the
+//! `notify` channel; with `ORCH_NOTIFIER=telegram` they are sent here as
+//! plain text (no parse mode, so no markup can be rejected), link previews
+//! off. A 429 carries `parameters.retry_after` (and usually a
+//! `Retry-After` header); the outbox waits at least that long before the
+//! next try.
+//!
+//! **What "exactly once" means here.** The Bot API offers no way to look
+//! for a message already sent and no idempotency key, so a send that
+//! reached Telegram but whose answer was lost (a crash between sending and
+//! recording, a dropped connection, a timeout after the request was
+//! written) is sent again on the next pass: notifications are delivered
+//! *at least once*, and a duplicate is possible only after such an
+//! ambiguous failure. Every other failure (connection refused, 4xx, 5xx)
+//! is known not to have posted. The bot token is part of the URL path, so
+//! neither URLs nor ureq's trace logs of them are ever written.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{required, AdapterError, Body, Http, Reply};
+use crate::config::Secret;
+use crate::ctx::Ctx;
+
+const SERVICE: &str = "telegram";
+
+/// The Bot API answer envelope: `{ok, result}` or
+/// `{ok: false, error_code, description, parameters}`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Answer {
+    pub ok: bool,
+    #[serde(default)]
+    pub result: Option<Message>,
+    #[serde(default)]
+    pub error_code: Option<i64>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Parameters>,
+}
+
+/// `ResponseParameters` (only `retry_after` is read).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Parameters {
+    /// Seconds to wait before the next request (flood control).
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    #[serde(default)]
+    pub migrate_to_chat_id: Option<i64>,
+}
+
+/// The sent message (only `message_id` is read).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Message {
+    pub message_id: i64,
+    #[serde(default)]
+    pub date: i64,
+}
+
+/// A Telegram bot posting to one chat. `Debug` and `Display` leave out
+/// the URL, which holds the token.
+pub struct Telegram {
+    http: Http,
+    url: String,
+    chat_id: Value,
+}
+
+impl std::fmt::Debug for Telegram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telegram")
+            .field("chat_id", &self.chat_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for Telegram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "telegram bot (chat {})", self.chat_id)
+    }
+}
+
+impl Telegram {
+    /// A bot with `token` posting to `chat_id` (a number, or `@channel`)
+    /// through the Bot API at `api_url`.
+    pub fn new(s: &super::AdapterSettings, api_url: &str, token: &Secret, chat_id: &str) -> Self {
+        let chat_id = chat_id
+            .trim()
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::from(chat_id.trim()));
+        Telegram {
+            http: Http::new(SERVICE, s, vec![token.clone()]),
+            url: format!(
+                "{}/bot{}/sendMessage",
+                api_url.trim_end_matches('/'),
+                token.expose()
+            ),
+            chat_id,
+        }
+    }
+
+    /// Sends `text` and returns the message id.
+    ///
+    /// Errors: transport errors; [`AdapterError::Status`] with the Bot
+    /// API's `description` and, for 429, the wait from
+    /// `parameters.retry_after` (or the `Retry-After` header);
+    /// [`AdapterError::Malformed`] for an answer that is not the envelope.
+    pub fn send(&self, text: &str) -> Result<i64, AdapterError> {
+        let op = "sendMessage";
+        let req = json!({
+            "chat_id": self.chat_id,
+            "text": text,
+            "link_preview_options": { "is_disabled": true },
+        });
+        let r = self
+            .http
+            .send("POST", &self.url, &[], Body::Json(&req), op)?;
+        parse_answer(r, op)
+    }
+}
+
+/// Interprets a `sendMessage` answer.
+pub fn parse_answer(r: Reply, op: &str) -> Result<i64, AdapterError> {
+    let answer: Result<Answer, _> = serde_json::from_slice(&r.body);
+    match answer {
+        Ok(Answer {
+            ok: true,
+            result: Some(m),
+            ..
+        }) if r.ok() => Ok(m.message_id),
+        Ok(a) if !r.ok() || !a.ok => {
+            let retry_after_ms = a
+                .parameters
+                .as_ref()
+                .and_then(|p| p.retry_after)
+                .map(|s| s * 1000)
+                .or(r.retry_after_ms);
+            let status = if r.ok() {
+                a.error_code
+                    .and_then(|c| u16::try_from(c).ok())
+                    .unwrap_or(500)
+            } else {
+                r.status
+            };
+            Err(AdapterError::Status {
+                service: SERVICE,
+                op: op.into(),
+                status,
+                message: a.description.unwrap_or_else(|| r.error_text()),
+                retry_after_ms,
+            })
+        }
+        Ok(_) => Err(AdapterError::Malformed {
+            service: SERVICE,
+            op: op.into(),
+            message: "ok answer without result.message_id".into(),
+        }),
+        Err(_) if !r.ok() => Err(r.into_status_error(SERVICE, op)),
+        Err(e) => Err(AdapterError::Malformed {
+            service: SERVICE,
+            op: op.into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// The Telegram notifier from the settings.
+///
+/// Errors: [`AdapterError::Disabled`] when `ORCH_NOTIFY_ENABLED` is off,
+/// [`AdapterError::Config`] naming `ORCH_TELEGRAM_BOT_TOKEN` or
+/// `ORCH_TELEGRAM_CHAT_ID` when missing.
+pub fn client(ctx: &Ctx) -> Result<Telegram, AdapterError> {
+    let s = &ctx.settings.adapters;
+    if !s.notify_enabled {
+        return Err(AdapterError::Disabled {
+            service: SERVICE,
+            key: "ORCH_NOTIFY_ENABLED",
+        });
+    }
+    let why = "with ORCH_NOTIFIER=telegram";
+    let token = required(&s.telegram_bot_token, "ORCH_TELEGRAM_BOT_TOKEN", why)?;
+    let chat = required(&s.telegram_chat_id, "ORCH_TELEGRAM_CHAT_ID", why)?;
+    Ok(Telegram::new(s, &s.telegram_api_url, token, chat))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(name: &str) -> Reply {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/telegram");
+        let headers = std::fs::read_to_string(dir.join(format!("{name}.headers"))).unwrap();
+        let status = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("Status: "))
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse().ok())
+            .unwrap();
+        let retry_after_ms = headers
+            .lines()
+            .find_map(|l| l.strip_prefix("Retry-After: "))
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|s| s * 1000);
+        Reply {
+            status,
+            retry_after_ms,
+            body: std::fs::read(dir.join(format!("{name}.json"))).unwrap(),
+            ..Reply::default()
+        }
+    }
+
+    #[test]
+    fn success_answers_give_the_message_id() {
+        assert_eq!(parse_answer(reply("sendMessage.200"), "x").unwrap(), 4711);
+        assert_eq!(
+            parse_answer(reply("sendMessage-private.200"), "x").unwrap(),
+            88
+        );
+    }
+
+    #[test]
+    fn errors_are_classified_and_429_carries_retry_after() {
+        let e = parse_answer(reply("error-429-flood"), "x").unwrap_err();
+        assert!(e.retryable());
+        assert_eq!(e.retry_after_ms(), Some(35_000));
+        assert!(e.to_string().contains("retry after 35"), "{e}");
+        for name in [
+            "error-400-chat-not-found",
+            "error-400-text-empty",
+            "error-401-unauthorized",
+            "error-401-invalid-token",
+            "error-403-blocked",
+            "error-404-method",
+        ] {
+            let e = parse_answer(reply(name), "x").unwrap_err();
+            assert!(!e.retryable(), "{name}: {e}");
+            assert!(
+                e.status().is_some_and(|s| (400..500).contains(&s)),
+                "{name}"
+            );
+        }
+        let garbage = Reply {
+            status: 200,
+            body: b"<html>".to_vec(),
+            ..Reply::default()
+        };
+        assert!(parse_answer(garbage, "x").unwrap_err().retryable());
+    }
+
+    #[test]
+    fn the_request_matches_the_fixture_shape_and_hides_the_token() {
+        let s = super::super::AdapterSettings::load(&|_| None).unwrap();
+        let t = Telegram::new(&s, "http://x", &Secret::new("123:SECRET"), "-1001234567890");
+        assert_eq!(t.chat_id, json!(-1001234567890i64));
+        assert!(!format!("{t:?}").contains("SECRET"));
+        assert!(!t.to_string().contains("SECRET"));
+        let fixture: Value = serde_json::from_slice(
+            &std::fs::read(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("tests/fixtures/telegram/sendMessage.request.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(fixture["chat_id"], t.chat_id);
+        let t = Telegram::new(&s, "http://x", &Secret::new("1:a"), "@orch_channel");
+        assert_eq!(t.chat_id, json!("@orch_channel"));
+    }
+}

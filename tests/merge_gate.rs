@@ -1,0 +1,829 @@
+//! The merge gate (DESIGN §7, issue 6): catch up with main, re-test the
+//! combined tree, serialise merges under the repo's lease — through the
+//! worker and by hand (`orch merge-gate`), with crashes, busy leases,
+//! refused branch names and `--dry-run`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Output, Stdio};
+
+use crate::util::*;
+
+const LEASE: &str = "merge:acme/widget";
+const NOT_DEPLOYER: [&str; 5] = ["analyst", "architect", "developer", "reviewer", "tester"];
+
+/// `orch ARGS` with extra environment; the raw output.
+fn run(sbx: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = sbx.orch_std();
+    c.args(args).envs(env.iter().copied());
+    c.output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Creates a local work item; returns its task id.
+fn add(sbx: &Sandbox, title: &str) -> i64 {
+    let v = sbx.json(&["issue", "add", "--project", "widget", "--title", title]);
+    v["task_id"].as_i64().unwrap()
+}
+
+/// Runs every role but the deployer (with `env`) until task `id` waits at
+/// deploy-staging with its job queued. Tasks parked at deploy-staging are
+/// left alone.
+fn to_deploy_staging(sbx: &Sandbox, id: i64, env: &[(&str, &str)]) {
+    for _ in 0..10 {
+        if sbx.stage(id) == "deploy-staging" {
+            return;
+        }
+        for role in NOT_DEPLOYER {
+            let o = run(sbx, &["work-once", "--role", role], env);
+            assert!(o.status.success(), "{}", text(&o));
+        }
+    }
+    panic!("task {id} never reached deploy-staging");
+}
+
+/// One `work-once` for the deployer role; the JSON outcome.
+fn deployer_once(sbx: &Sandbox) -> serde_json::Value {
+    sbx.json(&["work-once", "--role", "deployer"])
+}
+
+fn lease_holder(sbx: &Sandbox) -> Option<(String, Option<i64>)> {
+    sbx.db()
+        .query_row(
+            "SELECT holder, job_id FROM leases WHERE name=?1",
+            [LEASE],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok()
+}
+
+fn worktree(sbx: &Sandbox, id: i64) -> PathBuf {
+    PathBuf::from(
+        sbx.json(&["task", "show", &id.to_string()])["task"]["worktree"]
+            .as_str()
+            .unwrap(),
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = StdCommand::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// The worktree has no changes and no rebase in progress.
+fn assert_clean(wt: &Path) {
+    assert_eq!(git(wt, &["status", "--porcelain"]), "", "worktree clean");
+    for dir in ["rebase-merge", "rebase-apply"] {
+        let p = git(wt, &["rev-parse", "--git-path", dir]);
+        let p = if Path::new(&p).is_absolute() {
+            PathBuf::from(p)
+        } else {
+            wt.join(p)
+        };
+        assert!(!p.exists(), "no rebase left in progress ({})", p.display());
+    }
+}
+
+fn last_reason(sbx: &Sandbox, id: i64) -> String {
+    sbx.db()
+        .query_row(
+            "SELECT reason FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// The deploy-staging job of task `id` at its latest version there.
+fn staging_job(sbx: &Sandbox, id: i64) -> i64 {
+    sbx.db()
+        .query_row(
+            "SELECT id FROM jobs WHERE task_id=?1 AND stage='deploy-staging' ORDER BY id DESC LIMIT 1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn agent_runs(sbx: &Sandbox, job: i64) -> i64 {
+    sbx.count(&format!(
+        "SELECT COUNT(*) FROM agent_runs WHERE job_id={job}"
+    ))
+}
+
+/// Runs `sh test.sh` on every commit of origin's main first-parent history.
+fn assert_main_always_green(sbx: &Sandbox) {
+    let clone = sbx.dir.join("history-check");
+    let _ = std::fs::remove_dir_all(&clone);
+    let out = StdCommand::new("git")
+        .arg("clone")
+        .arg("-q")
+        .arg(sbx.origin())
+        .arg(&clone)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let commits = sbx.origin_git(&["rev-list", "--first-parent", "main"]);
+    assert!(commits.lines().count() > 1);
+    for sha in commits.lines() {
+        git(&clone, &["checkout", "-q", "--detach", sha]);
+        let t = StdCommand::new("sh")
+            .arg("test.sh")
+            .current_dir(&clone)
+            .output()
+            .unwrap();
+        assert!(
+            t.status.success(),
+            "main's commit {sha} is red: {}",
+            String::from_utf8_lossy(&t.stderr)
+        );
+    }
+}
+
+/// Pushes a commit appending `line` to `file` on origin's main, as another
+/// developer would.
+fn push_to_main(sbx: &Sandbox, file: &str, line: &str) {
+    let scratch = sbx.dir.join("other-dev");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let out = StdCommand::new("git")
+        .arg("clone")
+        .arg("-q")
+        .arg(sbx.origin())
+        .arg(&scratch)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let path = scratch.join(file);
+    let mut t = std::fs::read_to_string(&path).unwrap_or_default();
+    t.push_str(line);
+    t.push('\n');
+    std::fs::write(&path, t).unwrap();
+    git(&scratch, &["add", "-A"]);
+    git(
+        &scratch,
+        &[
+            "-c",
+            "user.name=o",
+            "-c",
+            "user.email=o@x",
+            "commit",
+            "-qm",
+            "another change on main",
+        ],
+    );
+    git(&scratch, &["push", "-q", "origin", "HEAD:main"]);
+}
+
+/// Every table's rows, plus origin's refs: what "writes nothing" compares.
+fn dump(sbx: &Sandbox) -> String {
+    let db = sbx.db();
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut out = String::new();
+    for t in tables {
+        out += &format!("== {t}\n");
+        let mut st = db
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
+            .unwrap();
+        let n = st.column_count();
+        let rows = st
+            .query_map([], |r| {
+                (0..n)
+                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .unwrap();
+        for row in rows {
+            out += &format!("{:?}\n", row.unwrap());
+        }
+    }
+    out += &sbx.origin_git(&["for-each-ref"]);
+    out
+}
+
+#[test]
+fn two_green_branches_on_the_same_lines_the_second_is_deferred_then_conflicts_and_rolls_back() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_DEFER_S", "0");
+    // Both developers append to the end of CHANGES.md: green alone, a
+    // conflict together.
+    let one = add(&sbx, "first");
+    to_deploy_staging(&sbx, one, &[]);
+    let two = add(&sbx, "second");
+    to_deploy_staging(&sbx, two, &[]);
+
+    // Task 1 merges and its deploy job inherits the lease.
+    let v = deployer_once(&sbx);
+    assert_eq!(v["finalized"]["to"], "deploy", "{v}");
+    let deploy_job: i64 = sbx.count(&format!(
+        "SELECT id FROM jobs WHERE task_id={one} AND stage='deploy'"
+    ));
+    assert_eq!(
+        lease_holder(&sbx),
+        Some((format!("task:{one}"), Some(deploy_job)))
+    );
+    let main_after_one = sbx.origin_git(&["rev-parse", "main"]);
+
+    // Task 2's deployer passes staging, but the lease is busy: deferred,
+    // its agent result kept.
+    let job2 = staging_job(&sbx, two);
+    let v = deployer_once(&sbx);
+    assert_eq!(v["job_id"], job2, "{v}");
+    assert_eq!(v["finalized"]["action"], "deferred", "{v}");
+    assert!(
+        v["finalized"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("held by task:{one}")),
+        "{v}"
+    );
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE id={job2} AND status='queued' AND merge_pending=1 \
+             AND merge_defers=1 AND attempt=1 AND exit_code=0"
+        )),
+        1
+    );
+    assert_eq!(agent_runs(&sbx, job2), 1);
+
+    // Task 1 deploys and is done: the lease is released.
+    let v = deployer_once(&sbx);
+    assert_eq!(v["finalized"]["to"], "done", "{v}");
+    assert_eq!(lease_holder(&sbx), None);
+
+    // Task 2's merge runs again — only the merge — and its rebase conflicts.
+    let v = deployer_once(&sbx);
+    assert_eq!(v["job_id"], job2, "{v}");
+    assert_eq!(v["finalized"]["to"], "development", "{v}");
+    assert_eq!(agent_runs(&sbx, job2), 1, "the deployer ran once");
+    let reason = last_reason(&sbx, two);
+    assert!(
+        reason.contains("merge gate: rebase onto main")
+            && reason.contains("conflicts in CHANGES.md"),
+        "{reason}"
+    );
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT developer_retries FROM tasks WHERE id={two}"
+        )),
+        1
+    );
+    let comment = sbx.count(&format!(
+        "SELECT COUNT(*) FROM outbox WHERE task_id={two} AND channel='tracker' AND kind='comment' \
+         AND payload LIKE '%conflicts in CHANGES.md%'"
+    ));
+    assert_eq!(comment, 1, "the reason goes to the tracker");
+    assert_eq!(lease_holder(&sbx), None, "lease free");
+    assert_clean(&worktree(&sbx, two));
+    assert_eq!(sbx.origin_git(&["rev-parse", "main"]), main_after_one);
+    assert_eq!(
+        sbx.count("SELECT value FROM counters WHERE name='merge_gate.deferred_total'"),
+        1
+    );
+    sbx.check_invariants();
+}
+
+#[test]
+fn two_branches_green_alone_but_red_together_are_caught_by_the_retest() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_DEFER_S", "0");
+    let one = add(&sbx, "first feature");
+    to_deploy_staging(
+        &sbx,
+        one,
+        &[
+            ("FAKE_AGENT_DEV_FILE", "alpha.txt"),
+            ("FAKE_AGENT_DEV_LINE", "ALPHA"),
+        ],
+    );
+    let two = add(&sbx, "second feature");
+    to_deploy_staging(
+        &sbx,
+        two,
+        &[
+            ("FAKE_AGENT_DEV_FILE", "beta.txt"),
+            ("FAKE_AGENT_DEV_LINE", "BETA"),
+        ],
+    );
+    // Each branch was green on its own (development's CI).
+    assert_eq!(
+        sbx.count(
+            "SELECT COUNT(*) FROM transitions WHERE from_stage='development' AND to_stage='review'"
+        ),
+        2
+    );
+
+    for _ in 0..6 {
+        if sbx.stage(two) == "development" {
+            break;
+        }
+        deployer_once(&sbx);
+    }
+    assert_eq!(sbx.stage(one), "done");
+    assert_eq!(sbx.stage(two), "development");
+    let reason = last_reason(&sbx, two);
+    assert!(
+        reason.contains("tests fail on the combined tree"),
+        "{reason}"
+    );
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    assert_eq!(
+        main,
+        sbx.origin_git(&["rev-parse", &format!("orch/widget-{one}")])
+    );
+    assert!(sbx
+        .origin_git(&["ls-tree", "--name-only", "main"])
+        .contains("alpha.txt"));
+    assert!(!sbx
+        .origin_git(&["ls-tree", "--name-only", "main"])
+        .contains("beta.txt"));
+    // Task 2's branch was rebased onto main and pushed (force-with-lease);
+    // its combined head is recorded red.
+    let two_head = sbx.origin_git(&["rev-parse", &format!("orch/widget-{two}")]);
+    sbx.origin_git(&["merge-base", "--is-ancestor", &main, &two_head]);
+    let red: i64 = sbx
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM ci_statuses WHERE sha=?1 AND context='orch/test' AND state='failure'",
+            [&two_head],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(red, 1);
+    assert_eq!(lease_holder(&sbx), None);
+    assert_clean(&worktree(&sbx, two));
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+#[test]
+fn two_merge_gates_at_once_one_proceeds_the_other_defers_and_both_finish_in_order() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_DEFER_S", "3600");
+    let one = add(&sbx, "first");
+    to_deploy_staging(&sbx, one, &[("FAKE_AGENT_DEV_FILE", "one.md")]);
+    let two = add(&sbx, "second");
+    to_deploy_staging(&sbx, two, &[("FAKE_AGENT_DEV_FILE", "two.md")]);
+
+    // The first gate pauses inside its lease; the second finds it busy.
+    let mut first = sbx.orch_std();
+    first
+        .args(["merge-gate", "--task", &one.to_string()])
+        .env("FAILPOINTS", "merge_gate.after_acquire=sleep(2000)")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let first = first.spawn().unwrap();
+    wait_until(20, "the first gate to hold the lease", || {
+        lease_holder(&sbx).is_some()
+    });
+    let second = run(&sbx, &["merge-gate", "--task", &two.to_string()], &[]);
+    assert_eq!(second.status.code(), Some(75), "{}", text(&second));
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains(&format!("held by task:{one}")),
+        "{}",
+        text(&second)
+    );
+    assert_eq!(
+        sbx.stage(two),
+        "deploy-staging",
+        "a deferred manual run changes nothing"
+    );
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE task_id={two} AND stage='deploy-staging' AND status='queued'"
+        )),
+        1
+    );
+    let first = first.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("fast-forwarded main"));
+    assert_eq!(sbx.stage(one), "deploy");
+    assert_eq!(
+        sbx.transitions(one).last().unwrap(),
+        &(
+            Some("deploy-staging".into()),
+            "deploy".into(),
+            "human".into()
+        )
+    );
+
+    // The lease stays with task 1 until its deploy is done.
+    let again = run(
+        &sbx,
+        &["--json", "merge-gate", "--task", &two.to_string()],
+        &[],
+    );
+    assert_eq!(again.status.code(), Some(75), "{}", text(&again));
+    let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(v["result"], "deferred", "{v}");
+
+    sbx.tick_until(5, |s| s.stage(one) == "done");
+    assert_eq!(lease_holder(&sbx), None);
+    let ok = run(&sbx, &["merge-gate", "--task", &two.to_string()], &[]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    sbx.tick_until(5, |s| s.stage(two) == "done");
+
+    // In order: task 1's merge is below task 2's on main's first-parent line.
+    let at = |id: i64| -> i64 {
+        sbx.db()
+            .query_row(
+                "SELECT at_ms FROM transitions WHERE task_id=?1 AND from_stage='deploy-staging' AND to_stage='deploy'",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert!(at(one) < at(two));
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    assert_eq!(
+        main,
+        sbx.origin_git(&["rev-parse", &format!("orch/widget-{two}")])
+    );
+    let one_head = sbx.origin_git(&["rev-parse", &format!("orch/widget-{one}")]);
+    let line = sbx.origin_git(&["rev-list", "--first-parent", "main"]);
+    assert!(
+        line.lines().any(|c| c == one_head),
+        "task 1's head is on main's first-parent line"
+    );
+    assert!(sbx.origin_git(&["rev-list", "--merges", "main"]).is_empty());
+    assert_eq!(lease_holder(&sbx), None);
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_lease_holder_killed_mid_gate_is_recovered_by_the_reaper_and_the_task_continues() {
+    let mut sbx = Sandbox::new();
+    // A worker dies holding the lease (its deployer's exit is recorded).
+    let one = add(&sbx, "worker dies in the gate");
+    to_deploy_staging(&sbx, one, &[("FAKE_AGENT_DEV_FILE", "one.md")]);
+    push_to_main(&sbx, "README.md", "Someone else moved main.");
+    let job = staging_job(&sbx, one);
+    let o = run(
+        &sbx,
+        &["work-once", "--role", "deployer"],
+        &[("FAILPOINTS", "merge_gate.after_acquire=return")],
+    );
+    assert_eq!(
+        o.status.code(),
+        None,
+        "killed by the failpoint: {}",
+        text(&o)
+    );
+    assert_eq!(lease_holder(&sbx), Some((format!("task:{one}"), Some(job))));
+
+    // Inside the finalize grace the lease stays: its job may still finish.
+    let plan = sbx.json(&["reap", "--dry-run"]);
+    assert_eq!(plan["actions"].as_array().unwrap().len(), 0, "{plan}");
+    sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0");
+    let done = sbx.json(&["reap"]);
+    assert_eq!(
+        done["actions"][0]["result"], "advanced deploy-staging → deploy",
+        "{done}"
+    );
+    assert_eq!(agent_runs(&sbx, job), 1, "the deployer is not run again");
+    assert!(sbx
+        .origin_git(&["show", "main:README.md"])
+        .contains("Someone else"));
+    sbx.tick_until(5, |s| s.stage(one) == "done");
+    assert_eq!(lease_holder(&sbx), None);
+
+    // A manual run dies mid-gate (after the catch-up and the tests).
+    let two = add(&sbx, "manual run dies in the gate");
+    to_deploy_staging(&sbx, two, &[("FAKE_AGENT_DEV_FILE", "two.md")]);
+    push_to_main(&sbx, "README.md", "And moved it again.");
+    let job2 = staging_job(&sbx, two);
+    let o = run(
+        &sbx,
+        &["merge-gate", "--task", &two.to_string()],
+        &[("FAILPOINTS", "merge_gate.before_merge=return")],
+    );
+    assert_eq!(
+        o.status.code(),
+        None,
+        "killed by the failpoint: {}",
+        text(&o)
+    );
+    assert_eq!(
+        lease_holder(&sbx),
+        Some((format!("task:{two}"), Some(job2)))
+    );
+    // Had it expired, the reaper would release it outright.
+    let later = run(
+        &sbx,
+        &["--json", "reap", "--dry-run"],
+        &[("ORCH_TEST_CLOCK_OFFSET_MS", "86400000")],
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&later.stdout).unwrap();
+    assert!(
+        plan["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "release_leases"),
+        "{plan}"
+    );
+    // Now: the manual run was the job's worker; it is gone, so Tier-1
+    // requeues the job, which keeps the lease for its next run.
+    let done = sbx.json(&["reap"]);
+    assert!(
+        done["actions"][0]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("requeued for attempt 2"),
+        "{done}"
+    );
+    assert_eq!(
+        lease_holder(&sbx),
+        Some((format!("task:{two}"), Some(job2)))
+    );
+    sbx.tick_until(5, |s| s.stage(two) == "done");
+    assert_eq!(lease_holder(&sbx), None);
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    assert_eq!(
+        main,
+        sbx.origin_git(&["rev-parse", &format!("orch/widget-{two}")])
+    );
+    assert!(sbx
+        .origin_git(&["show", "main:README.md"])
+        .contains("moved it again"));
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_task_branch_that_targets_main_is_refused_before_any_push() {
+    let sbx = Sandbox::new();
+    let one = add(&sbx, "evil branch");
+    to_deploy_staging(&sbx, one, &[]);
+    let refs = sbx.origin_git(&["for-each-ref"]);
+    for name in ["main", "refs/heads/main", "HEAD:main", "orch/../main"] {
+        sbx.db()
+            .execute(
+                "UPDATE tasks SET branch=?1 WHERE id=?2",
+                rusqlite::params![name, one],
+            )
+            .unwrap();
+        for dry in [false, true] {
+            let mut args = vec!["merge-gate", "--task", "1"];
+            if dry {
+                args.push("--dry-run");
+            }
+            let o = run(&sbx, &args, &[]);
+            assert_eq!(o.status.code(), Some(1), "{name}: {}", text(&o));
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(
+                err.contains(&format!("refusing ref {name:?}")),
+                "{name}: {err}"
+            );
+        }
+        assert_eq!(
+            sbx.origin_git(&["for-each-ref"]),
+            refs,
+            "{name}: origin untouched"
+        );
+        assert_eq!(lease_holder(&sbx), None, "{name}: no lease taken");
+        assert_eq!(sbx.stage(one), "deploy-staging");
+    }
+    // The worker refuses it too, and pushes nothing.
+    let _ = run(&sbx, &["work-once", "--role", "deployer"], &[]);
+    assert_eq!(sbx.origin_git(&["for-each-ref"]), refs);
+    assert_eq!(sbx.origin_git(&["rev-parse", "main"]).len(), 40);
+    assert_eq!(lease_holder(&sbx), None);
+}
+
+#[test]
+fn dry_run_writes_nothing_and_names_its_steps_then_the_real_run_takes_them() {
+    let sbx = Sandbox::new();
+    let one = add(&sbx, "dry first");
+    to_deploy_staging(&sbx, one, &[]);
+    push_to_main(&sbx, "README.md", "Main moved after the branch was cut.");
+    let wt = worktree(&sbx, one);
+    let clone = PathBuf::from(&sbx.env["ORCH_STATE_DIR"]).join("repos/widget");
+    let before = (
+        dump(&sbx),
+        git(&wt, &["rev-parse", "HEAD"]),
+        git(&wt, &["status", "--porcelain"]),
+        git(&clone, &["for-each-ref"]),
+    );
+
+    let o = run(
+        &sbx,
+        &["merge-gate", "--task", &one.to_string(), "--dry-run"],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    for step in [
+        "merge gate --dry-run (lease merge:acme/widget)",
+        &format!("would take lease {LEASE} (holder task:{one}"),
+        "would claim job",
+        "would fetch origin: main is at",
+        &format!("would rebase orch/widget-{one}"),
+        &format!("would push orch/widget-{one} with --force-with-lease=orch/widget-{one}:"),
+        "would run the test command [\"sh\", \"test.sh\"]",
+        "would fast-forward main to the tested head",
+        "would move deploy-staging → deploy (actor human) and hand the lease to the deploy job",
+        "result: would merge",
+    ] {
+        assert!(out.contains(step), "missing {step:?} in:\n{out}");
+    }
+    let v = sbx.json(&["merge-gate", "--task", &one.to_string(), "--dry-run"]);
+    assert_eq!(
+        (
+            v["dry_run"].clone(),
+            v["result"].clone(),
+            v["would"].clone()
+        ),
+        (true.into(), "planned".into(), "merge".into()),
+        "{v}"
+    );
+    let after = (
+        dump(&sbx),
+        git(&wt, &["rev-parse", "HEAD"]),
+        git(&wt, &["status", "--porcelain"]),
+        git(&clone, &["for-each-ref"]),
+    );
+    assert_eq!(
+        before, after,
+        "--dry-run wrote nothing (database, origin, worktree, clone)"
+    );
+
+    // The real run takes those steps.
+    let v = sbx.json(&["merge-gate", "--task", &one.to_string()]);
+    assert_eq!(v["result"], "merged", "{v}");
+    let steps: Vec<String> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "took lease merge:acme/widget",
+        "claimed job",
+        &format!("rebased orch/widget-{one} onto main"),
+        &format!("--force-with-lease=orch/widget-{one}:"),
+        "ran the test command",
+        "fast-forwarded main to",
+        "moved deploy-staging → deploy (actor human",
+    ] {
+        assert!(
+            steps.iter().any(|s| s.contains(want)),
+            "missing {want:?} in {steps:?}"
+        );
+    }
+    assert_eq!(sbx.stage(one), "deploy");
+    assert!(sbx
+        .origin_git(&["show", "main:README.md"])
+        .contains("Main moved"));
+
+    // A dry run against a busy lease would defer.
+    let two = add(&sbx, "dry second");
+    to_deploy_staging(&sbx, two, &[("FAKE_AGENT_DEV_FILE", "two.md")]);
+    let plan = sbx.ok(&["merge-gate", "--task", &two.to_string(), "--dry-run"]);
+    assert!(
+        plan.contains(&format!(
+            "would defer (exit 75), changing nothing: merge lease {LEASE} is held by task:{one}"
+        )),
+        "{plan}"
+    );
+
+    // Releasing by hand (the repair for a stuck lease), dry first.
+    let rel = sbx.ok(&[
+        "merge-gate",
+        "--task",
+        &one.to_string(),
+        "--release",
+        "--dry-run",
+    ]);
+    assert!(
+        rel.contains(&format!("would release {LEASE} held by task:{one}")),
+        "{rel}"
+    );
+    assert!(lease_holder(&sbx).is_some());
+    let rel = sbx.ok(&["merge-gate", "--task", &one.to_string(), "--release"]);
+    assert!(
+        rel.contains(&format!("released {LEASE} held by task:{one}")),
+        "{rel}"
+    );
+    assert_eq!(lease_holder(&sbx), None);
+    sbx.tick_until(8, |s| s.stage(one) == "done" && s.stage(two) == "done");
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_merge_deferred_past_the_cap_escalates_and_a_stuck_lease_expires() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_DEFER_S", "0")
+        .set("ORCH_MERGE_GATE_MAX_DEFERS", "2");
+    let one = add(&sbx, "never gets the lease");
+    to_deploy_staging(&sbx, one, &[]);
+    // A lease nobody will come back for (no job; expires in an hour).
+    let now: i64 = sbx.json(&["status"])["now_ms"].as_i64().unwrap();
+    sbx.db()
+        .execute(
+            "INSERT INTO leases (name, holder, job_id, acquired_at_ms, expires_at_ms) VALUES (?1,'task:99',NULL,?2,?3)",
+            rusqlite::params![LEASE, now, now + 3_600_000],
+        )
+        .unwrap();
+    let job = staging_job(&sbx, one);
+    for defers in 1..=2 {
+        let v = deployer_once(&sbx);
+        assert_eq!(v["finalized"]["action"], "deferred", "{v}");
+        assert_eq!(v["finalized"]["defers"], defers, "{v}");
+    }
+    let v = deployer_once(&sbx);
+    assert_eq!(v["finalized"]["action"], "failed", "{v}");
+    assert_eq!(agent_runs(&sbx, job), 1, "only the merge was retried");
+    let (escalated, why): (bool, String) = sbx
+        .db()
+        .query_row(
+            "SELECT escalated, escalated_reason FROM tasks WHERE id=?1",
+            [one],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(escalated);
+    assert!(
+        why.contains("merge gate deferred 2 times") && why.contains("held by task:99"),
+        "{why}"
+    );
+    assert_eq!(sbx.stage(one), "deploy-staging");
+
+    // The stuck lease: `orch reap` releases it once it expired.
+    assert!(sbx
+        .ok(&["status"])
+        .contains(&format!("lease {LEASE} held by task:99")));
+    sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "3700000");
+    let done = sbx.json(&["reap"]);
+    assert!(
+        done["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["result"] == format!("released {LEASE} held by task:99")),
+        "{done}"
+    );
+    assert_eq!(lease_holder(&sbx), None);
+    sbx.ok(&["task", "unblock", &one.to_string()]);
+    sbx.tick_until(5, |s| s.stage(one) == "done");
+    sbx.check_invariants();
+}
+
+#[test]
+fn without_the_gate_for_a_repo_merges_take_no_lease() {
+    for (k, v) in [
+        ("ORCH_MERGE_GATE_ENABLED", "false"),
+        ("ORCH_MERGE_GATE_REPOS", "other, acme/other"),
+    ] {
+        let mut sbx = Sandbox::new();
+        sbx.set(k, v);
+        let one = add(&sbx, "no lease");
+        to_deploy_staging(&sbx, one, &[]);
+        sbx.db()
+            .execute(
+                "INSERT INTO leases (name, holder, job_id, acquired_at_ms, expires_at_ms) VALUES (?1,'task:99',NULL,0,9000000000000)",
+                [LEASE],
+            )
+            .unwrap();
+        let plan = sbx.ok(&["merge-gate", "--task", &one.to_string(), "--dry-run"]);
+        assert!(
+            plan.contains("merge gate --dry-run (no lease)")
+                && plan.contains("would merge without a lease"),
+            "{plan}"
+        );
+        let v = deployer_once(&sbx);
+        assert_eq!(v["finalized"]["to"], "deploy", "{k}={v}");
+        assert_eq!(lease_holder(&sbx), Some(("task:99".into(), None)));
+    }
+    // Listed by name, the project uses the lease.
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_REPOS", "widget");
+    let one = add(&sbx, "lease by name");
+    to_deploy_staging(&sbx, one, &[]);
+    deployer_once(&sbx);
+    assert_eq!(lease_holder(&sbx).map(|l| l.0), Some(format!("task:{one}")));
+}
