@@ -181,6 +181,9 @@ fn run_git_env(
         argv.push("-C".into());
         argv.push(dir.to_string_lossy().into_owned());
     }
+    // No background gc or maintenance: a detached gc could hold locks after
+    // its orch is gone.
+    cmd.args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"]);
     cmd.args(args);
     argv.extend(args.iter().map(|a| a.to_string()));
     for var in SCRUBBED_ENV {
@@ -402,6 +405,7 @@ impl Repo {
             return Err(Error::config("origin_url", format!("unusable git URL {url:?}")).into());
         }
         if self.clone_exists()? {
+            self.clear_stale_clone_locks()?;
             let current = run_git(&self.clone_dir, &["config", "--get", "remote.origin.url"])?;
             if current.stdout.trim_end() != url {
                 git_ok(&self.clone_dir, &["config", "remote.origin.url", url])?;
@@ -506,20 +510,79 @@ impl Repo {
         }
     }
 
-    /// Removes `index.lock` left by a git process that was killed (a crashed
-    /// worker). Safe only because every git command orch runs on a worktree
-    /// holds that worktree's path lock, which the caller holds now: no live
-    /// git of ours can own the file.
+    /// Removes the lock files a git killed mid-command (with its crashed
+    /// orch) leaves for a worktree: every `*.lock` in its admin folder
+    /// (`index.lock`, `HEAD.lock`, `ORIG_HEAD.lock`, …) and the lock of the
+    /// branch its HEAD names, which lives in the shared clone. Safe only
+    /// because every git command orch runs on a worktree holds that
+    /// worktree's path lock, which the caller holds now, each branch has one
+    /// worktree, and a git outlives no orch (PDEATHSIG): no live git of ours
+    /// can own these files.
     fn clear_stale_index_lock(admin_dir: &Path) -> anyhow::Result<()> {
-        let lock = admin_dir.join("index.lock");
-        match std::fs::remove_file(&lock) {
-            Ok(()) => {
-                tracing::warn!(target: "git", path = %lock.display(), "removed a stale index.lock left by a killed git");
-                Ok(())
+        let mut stale: Vec<PathBuf> = Self::lock_files_in(admin_dir)?;
+        if let Ok(head) = std::fs::read_to_string(admin_dir.join("HEAD")) {
+            let common = std::fs::read_to_string(admin_dir.join("commondir"))
+                .map(|c| admin_dir.join(c.trim()))
+                .unwrap_or_else(|_| admin_dir.join("../.."));
+            if let Some(r) = head.trim().strip_prefix("ref: refs/heads/") {
+                if !r.contains("..") {
+                    stale.push(common.join("refs/heads").join(format!("{r}.lock")));
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing stale {}", lock.display())),
         }
+        Self::remove_stale(&stale)
+    }
+
+    /// `*.lock` files directly in `dir`.
+    fn lock_files_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        Ok(entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "lock"))
+            .collect())
+    }
+
+    fn remove_stale(paths: &[PathBuf]) -> anyhow::Result<()> {
+        for lock in paths {
+            match std::fs::remove_file(lock) {
+                Ok(()) => {
+                    tracing::warn!(target: "git", path = %lock.display(), "removed a stale lock file left by a killed git")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing stale {}", lock.display()))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the clone-level lock files a killed git leaves
+    /// (`packed-refs.lock`, `config.lock`, `FETCH_HEAD.lock`, and the
+    /// remote-tracking refs a fetch or push updates). Assumptions: the
+    /// caller holds the clone lock, under which every such write happens.
+    fn clear_stale_clone_locks(&self) -> anyhow::Result<()> {
+        let mut stale = Self::lock_files_in(&self.clone_dir)?;
+        let mut dirs = vec![self.clone_dir.join("refs/remotes")];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.filter_map(Result::ok) {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "lock") {
+                    stale.push(p);
+                }
+            }
+        }
+        Self::remove_stale(&stale)
     }
 
     fn rebase_in_progress(admin_dir: &Path) -> bool {
@@ -1469,8 +1532,12 @@ mod tests {
         f.repo.ensure_worktree(&wt, "orch/p-8").unwrap();
         let admin = f.repo.check_worktree(&absolute(&wt).unwrap()).unwrap();
         std::fs::write(admin.join("index.lock"), "").unwrap();
+        std::fs::write(admin.join("HEAD.lock"), "").unwrap();
+        let branch_lock = f.repo.clone_dir.join("refs/heads/orch/p-8.lock");
+        std::fs::write(&branch_lock, "").unwrap();
         std::fs::write(wt.join("new.txt"), "x").unwrap();
         assert!(f.repo.commit_all(&wt, "after a crash").unwrap().is_some());
+        assert!(!branch_lock.exists());
     }
 
     #[test]
