@@ -98,8 +98,17 @@ pub struct Settings {
     /// `ORCH_RECONCILE_ENABLED` (default true): kill switch of `orch reconcile`.
     pub reconcile_enabled: bool,
     /// `ORCH_RECONCILE_GRACE_S` (default 300): a task must be unchanged this
-    /// long before reconcile evaluates its gate.
+    /// long before reconcile evaluates its gate; per stage
+    /// `ORCH_RECONCILE_GRACE_<STAGE>_S` (e.g. `_DEVELOPMENT_S`,
+    /// `_DEPLOY_STAGING_S`) overrides it (see [`Settings::grace_for_stage`]).
     pub reconcile_grace_s: u64,
+    /// Per-stage overrides of `reconcile_grace_s`, by stage name.
+    pub reconcile_grace_by_stage: BTreeMap<String, u64>,
+    /// `ORCH_RECONCILE_PLANE_ENABLED` (default true): the tracker side (F-2).
+    pub reconcile_plane_enabled: bool,
+    /// `ORCH_RECONCILE_SKIP_BLOCKED_ENABLED` (default true): the networked
+    /// guard (skip tasks the tracker shows Blocked or Needs Input).
+    pub reconcile_skip_blocked_enabled: bool,
     /// Plane, Gitea and Telegram: URLs, tokens, timeouts, kill switches
     /// (see [`crate::adapters::AdapterSettings`]).
     pub adapters: crate::adapters::AdapterSettings,
@@ -169,6 +178,28 @@ impl Settings {
         Ok(Settings {
             reconcile_enabled: flag("ORCH_RECONCILE_ENABLED", true)?,
             reconcile_grace_s: num("ORCH_RECONCILE_GRACE_S", 300, 0)?,
+            reconcile_grace_by_stage: {
+                let mut m = BTreeMap::new();
+                for stage in [
+                    "architecture",
+                    "development",
+                    "review",
+                    "testing",
+                    "deploy-staging",
+                    "deploy",
+                ] {
+                    let key = format!(
+                        "ORCH_RECONCILE_GRACE_{}_S",
+                        stage.to_ascii_uppercase().replace('-', "_")
+                    );
+                    if get(&key).is_some() {
+                        m.insert(stage.to_string(), num(&key, 0, 0)?);
+                    }
+                }
+                m
+            },
+            reconcile_plane_enabled: flag("ORCH_RECONCILE_PLANE_ENABLED", true)?,
+            reconcile_skip_blocked_enabled: flag("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", true)?,
             adapters: crate::adapters::AdapterSettings::load(&get)?,
             merge_gate_enabled: flag("ORCH_MERGE_GATE_ENABLED", true)?,
             merge_gate_repos: get("ORCH_MERGE_GATE_REPOS")
@@ -204,6 +235,15 @@ impl Settings {
             reaper_finalize_grace_s: num("ORCH_REAPER_FINALIZE_GRACE_S", 300, 0)?,
             state_dir,
         })
+    }
+
+    /// `grace_for_stage(stage)`: seconds a task at `stage` must be unchanged
+    /// before reconcile evaluates its gate.
+    pub fn grace_for_stage(&self, stage: &str) -> u64 {
+        self.reconcile_grace_by_stage
+            .get(stage)
+            .copied()
+            .unwrap_or(self.reconcile_grace_s)
     }
 
     /// `<state_dir>/locks`

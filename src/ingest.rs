@@ -41,10 +41,12 @@ pub struct IngestSummary {
 }
 
 /// What a handler decided, before commit.
-struct Handled {
-    outcome: String,
+#[derive(Debug, Clone)]
+pub struct Handled {
+    /// One line: what happened, or `no pipeline action: <why>`.
+    pub outcome: String,
     /// A task created by this delivery: its worktree is prepared after commit.
-    created_task: Option<i64>,
+    pub created_task: Option<i64>,
 }
 
 impl Handled {
@@ -195,53 +197,105 @@ fn plane_issue(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handle
     let cached = tx.cached_states(&project.name)?;
     let is = |kind| crate::adapters::plane::state_is(project, &cached, kind, state, payload_name);
     use crate::adapters::plane::StateKind;
-    if is(StateKind::InProgress) {
-        let Some(sequence) = data.get("sequence_id").and_then(Value::as_i64) else {
-            return Ok(Handled::nothing("delivery has no data.sequence_id"));
-        };
-        let item = WorkItem {
-            tracker_issue_id: issue_id.to_string(),
-            sequence,
-            title: data
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            body: data
-                .get("description_stripped")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        };
-        return start_work_item(ctx, tx, project, &item, Actor::Webhook, now);
-    }
-    let approve = if is(StateKind::Approved) {
-        true
-    } else if is(StateKind::Rejected) {
-        false
-    } else {
+    let kind = [
+        StateKind::InProgress,
+        StateKind::Approved,
+        StateKind::Rejected,
+    ]
+    .into_iter()
+    .find(|k| is(*k));
+    let Some(kind) = kind else {
         return Ok(Handled::nothing(format!(
             "state {state_name:?} is not one orch acts on"
         )));
     };
-    let Some(task) = tx.task_by_issue(&project.name, issue_id)? else {
-        return Ok(Handled::nothing(format!(
-            "work item {issue_id} has no task"
-        )));
+    let item = WorkItem {
+        tracker_issue_id: issue_id.to_string(),
+        sequence: data.get("sequence_id").and_then(Value::as_i64).unwrap_or(0),
+        title: data
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        body: data
+            .get("description_stripped")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
     };
-    let reason = format!("{state_name} in the tracker");
-    Ok(Handled {
-        outcome: pipeline::human_gate(
-            tx,
-            ctx.policy(),
-            &task,
-            approve,
-            Actor::Webhook,
-            &reason,
-            now,
-        )?,
-        created_task: None,
-    })
+    on_work_item(
+        ctx,
+        tx,
+        project,
+        &item,
+        kind,
+        state_name,
+        Actor::Webhook,
+        now,
+    )
+}
+
+/// A work item observed in the tracker state `kind` — from a webhook
+/// (actor `webhook`) or the reconciler's tracker listing (actor
+/// `reconciler`): the one handler for both, idempotent by meaning.
+/// In Progress creates the task once; Approved approves the analysis;
+/// Rejected reruns it — but the reconciler does not rerun it again while
+/// the last transition already is a rerun (a level, unlike an event, stays
+/// true until a human changes it).
+///
+/// Assumptions: `tx` is IMMEDIATE.
+#[allow(clippy::too_many_arguments)]
+pub fn on_work_item(
+    ctx: &Ctx,
+    tx: &Tx,
+    project: &ProjectConfig,
+    item: &WorkItem,
+    kind: crate::adapters::plane::StateKind,
+    state_name: &str,
+    actor: Actor,
+    now: i64,
+) -> anyhow::Result<Handled> {
+    use crate::adapters::plane::StateKind;
+    match kind {
+        StateKind::InProgress => {
+            if item.sequence <= 0 {
+                return Ok(Handled::nothing("work item has no sequence_id"));
+            }
+            start_work_item(ctx, tx, project, item, actor, now)
+        }
+        StateKind::Approved | StateKind::Rejected => {
+            let Some(task) = tx.task_by_issue(&project.name, &item.tracker_issue_id)? else {
+                return Ok(Handled::nothing(format!(
+                    "work item {} has no task",
+                    item.tracker_issue_id
+                )));
+            };
+            let approve = kind == StateKind::Approved;
+            if !approve && actor == Actor::Reconciler && tx.last_transition_is_rerun(task.id)? {
+                return Ok(Handled::nothing(format!(
+                    "task {} was already rerun after the rejection",
+                    task.id
+                )));
+            }
+            let reason = format!("{state_name} in the tracker");
+            Ok(Handled {
+                outcome: pipeline::human_gate(
+                    tx,
+                    ctx.policy(),
+                    &task,
+                    approve,
+                    actor,
+                    &reason,
+                    now,
+                )?,
+                created_task: None,
+            })
+        }
+        other => Ok(Handled::nothing(format!(
+            "state {:?} is not one orch acts on",
+            other.key()
+        ))),
+    }
 }
 
 /// Creates the task for a work item that entered In Progress (idempotent).

@@ -1,102 +1,488 @@
 //! `orch reconcile`: level-triggered repair of what a lost event left
-//! behind (DESIGN §5). Acts on observed state, never on the event that
-//! would have woken it.
+//! behind (DESIGN §5). It acts on observed state, never on the event that
+//! should have woken it, and every action goes through the same handlers
+//! and the same transition rule as the event would have.
 //!
-//! This pass implements F-1, the gate side: a task that is not done, not
-//! escalated, not at analysis (a human gate), below the developer retry
-//! cap, has no queued or running job and was unchanged for
-//! `ORCH_RECONCILE_GRACE_S` gets its gate evaluated read-only; `Pass`
-//! advances it through the transition rule with actor `reconciler`;
-//! anything else is left alone, silently. Every unblock logs one line,
-//! bumps `reconcile.unblocked_total` and queues one notification.
+//! A pass, in order:
+//!
+//! - **F-2, tracker side** (`ORCH_RECONCILE_PLANE_ENABLED`): per project
+//!   whose tracker is Plane, list the work items (all pages, once per pass)
+//!   and replay those in In Progress / Approved / Rejected through
+//!   `ingest::on_work_item`, the handler webhooks use. One failing project
+//!   or item never stops the pass.
+//! - **F-3**: a Gitea `status` delivery whose sha matched no branch head is
+//!   attributed to the project's single development-stage task (zero or
+//!   several candidates: left alone, and the reason is reported), then
+//!   replayed through ingest.
+//! - **F-1, gate side**: tasks not done, not escalated, with no queued or
+//!   running job and unchanged for `grace_for_stage(stage)` get their gate
+//!   evaluated read-only; `Pass` advances them with actor `reconciler`;
+//!   `Fail`/`Pending` leave them, silently. The guards, each a silent skip,
+//!   in this order: analysis (a human gate, never advanced here); the
+//!   developer retry count at `ORCH_MAX_DEVELOPER_RETRIES`; the tracker
+//!   shows the item Blocked or Needs Input; the tracker errs or the project
+//!   is unknown (counted as blocked). The networked guard runs only for
+//!   tasks whose gate passed, and reads the project's one listing, so a
+//!   pass makes no per-task network calls
+//!   (`ORCH_RECONCILE_SKIP_BLOCKED_ENABLED=false` turns off only it).
+//!
+//! Every unblock logs one line, bumps `reconcile.unblocked_total` and
+//! queues one notification. The pass report is stored for `orch status`
+//! and `GET /queue`. `--dry-run` runs the same code in transactions that
+//! are rolled back: it reports exactly what a real pass would do and
+//! writes nothing.
+
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use serde_json::json;
-use tracing::info;
+use serde_json::{json, Value};
+use tracing::{info, warn};
 
+use crate::adapters::plane::StateKind;
 use crate::clock::now_ms;
+use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::Db;
 use crate::pipeline::gate::{self, Gate};
-use crate::pipeline::{self, Actor, Move, Moved, Stage};
+use crate::pipeline::{self, Actor, Move, Moved, Stage, WorkItem};
 
-/// What a pass saw and did.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Pass {
-    /// Tasks whose gate was evaluated.
-    pub examined: usize,
-    /// `(task id, from, to)` of tasks advanced (planned, with `--dry-run`).
-    pub unblocked: Vec<(i64, String, String)>,
-    /// `(task id, reason)` of tasks skipped by a guard.
-    pub skipped: Vec<(i64, String)>,
+/// A work item as the tracker shows it.
+#[derive(Debug, Clone)]
+pub struct TrackerItem {
+    pub kind: StateKind,
+    /// The state's name, for reasons and outcomes.
+    pub state_name: String,
+    pub item: WorkItem,
 }
 
-/// Runs one F-1 pass; with `dry_run` nothing is written and `unblocked`
-/// lists what a real pass would advance.
+/// What the reconciler asks the tracker. One call per project per pass.
+pub trait Tracker {
+    /// The project's work items in a state orch knows (In Progress,
+    /// Approved, Rejected, Blocked, Needs Input, Done), by tracker issue
+    /// id. `Err` is a tracker error, with its message.
+    fn items(
+        &mut self,
+        ctx: &Ctx,
+        db: &Db,
+        project: &ProjectConfig,
+    ) -> Result<HashMap<String, TrackerItem>, String>;
+}
+
+/// The real trackers: Plane through its adapter, the local tracker from
+/// the database. Caches each project's listing for the pass.
+#[derive(Default)]
+pub struct LiveTracker {
+    cache: HashMap<String, Result<HashMap<String, TrackerItem>, String>>,
+    /// Listings actually fetched (each one paginated call sequence).
+    pub listings: usize,
+    /// A dry run: what the listing learns (state ids) is not cached.
+    pub read_only: bool,
+}
+
+impl LiveTracker {
+    fn fetch(
+        &self,
+        ctx: &Ctx,
+        db: &Db,
+        project: &ProjectConfig,
+    ) -> Result<HashMap<String, TrackerItem>, String> {
+        match project.tracker.as_str() {
+            "plane" => {
+                let items = crate::adapters::plane::list_work_items(
+                    ctx,
+                    db,
+                    project,
+                    &StateKind::ALL,
+                    !self.read_only,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(items
+                    .into_iter()
+                    .map(|(kind, i)| {
+                        let item = WorkItem {
+                            tracker_issue_id: i.id.clone(),
+                            sequence: i.sequence_id,
+                            title: i.name.clone(),
+                            body: String::new(),
+                        };
+                        let state_name = i.state_name().unwrap_or(kind.default_name()).to_string();
+                        (
+                            i.id.clone(),
+                            TrackerItem {
+                                kind,
+                                state_name,
+                                item,
+                            },
+                        )
+                    })
+                    .collect())
+            }
+            _ => {
+                // The local tracker: orch's own `local_issues`, whose state is
+                // a configured name or a state key orch wrote (`needs_input`).
+                let issues = db
+                    .local_issue_states(&project.name)
+                    .map_err(|e| e.to_string())?;
+                Ok(issues
+                    .into_iter()
+                    .filter_map(|(id, state)| {
+                        let kind = local_kind(project, &state)?;
+                        let item = WorkItem {
+                            tracker_issue_id: id.to_string(),
+                            sequence: id,
+                            title: String::new(),
+                            body: String::new(),
+                        };
+                        Some((
+                            id.to_string(),
+                            TrackerItem {
+                                kind,
+                                state_name: state,
+                                item,
+                            },
+                        ))
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
+fn local_kind(project: &ProjectConfig, state: &str) -> Option<StateKind> {
+    let s = state.trim();
+    StateKind::ALL.into_iter().find(|k| {
+        s.eq_ignore_ascii_case(k.key())
+            || s.eq_ignore_ascii_case(k.default_name())
+            || match k {
+                StateKind::InProgress => s == project.states.in_progress,
+                StateKind::Approved => s == project.states.approved,
+                StateKind::Rejected => s == project.states.rejected,
+                _ => false,
+            }
+    })
+}
+
+impl Tracker for LiveTracker {
+    fn items(
+        &mut self,
+        ctx: &Ctx,
+        db: &Db,
+        project: &ProjectConfig,
+    ) -> Result<HashMap<String, TrackerItem>, String> {
+        if let Some(cached) = self.cache.get(&project.name) {
+            return cached.clone();
+        }
+        self.listings += 1;
+        let fetched = self.fetch(ctx, db, project);
+        self.cache.insert(project.name.clone(), fetched.clone());
+        fetched
+    }
+}
+
+/// What a pass saw and did (or, with `dry_run`, would do).
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Pass {
+    pub at_ms: i64,
+    pub dry_run: bool,
+    /// False when `ORCH_RECONCILE_ENABLED=false` stopped the pass.
+    pub enabled: bool,
+    /// Tasks whose gate was evaluated (F-1).
+    pub examined: usize,
+    /// `(task id, from, to)` advanced by F-1.
+    pub unblocked: Vec<(i64, String, String)>,
+    /// Skipped tasks by reason (`analysis is a human gate`, `developer
+    /// retry cap reached`, `tracker shows Blocked`, `tracker error`, …).
+    pub skipped: BTreeMap<String, Vec<i64>>,
+    /// F-2: `(project, tracker issue id, outcome)` of replayed work items.
+    pub replayed: Vec<(String, String, String)>,
+    /// F-3: `(inbox id, outcome)` of orphan CI statuses looked at.
+    pub attributed: Vec<(i64, String)>,
+    /// `(project, error)` of projects whose tracker failed this pass.
+    pub errors: Vec<(String, String)>,
+    /// Tracker listings fetched (one per project at most).
+    pub tracker_listings: usize,
+}
+
+impl Pass {
+    fn skip(&mut self, task: i64, reason: &str) {
+        self.skipped
+            .entry(reason.to_string())
+            .or_default()
+            .push(task);
+    }
+}
+
+/// Runs one pass against the live trackers. See the module docs.
 ///
 /// Assumptions: the caller holds the `reconcile` tick lock.
 pub fn run(ctx: &Ctx, db: &Db, dry_run: bool) -> anyhow::Result<Pass> {
-    let mut pass = Pass::default();
+    let mut tracker = LiveTracker {
+        read_only: dry_run,
+        ..LiveTracker::default()
+    };
+    let mut pass = run_with(ctx, db, &mut tracker, dry_run)?;
+    pass.tracker_listings = tracker.listings;
+    if !dry_run && ctx.settings.reconcile_enabled {
+        let report = serde_json::to_value(&pass)?;
+        db.write(|tx| tx.record_reconcile_pass(pass.at_ms, &report))?;
+    }
+    Ok(pass)
+}
+
+/// Runs one pass against `tracker` (tests and the benchmark count its
+/// calls).
+pub fn run_with(
+    ctx: &Ctx,
+    db: &Db,
+    tracker: &mut dyn Tracker,
+    dry_run: bool,
+) -> anyhow::Result<Pass> {
+    let mut pass = Pass {
+        at_ms: now_ms(),
+        dry_run,
+        enabled: ctx.settings.reconcile_enabled,
+        ..Pass::default()
+    };
     if !ctx.settings.reconcile_enabled {
         return Ok(pass);
     }
+    if ctx.settings.reconcile_plane_enabled {
+        tracker_side(ctx, db, tracker, dry_run, &mut pass)?;
+    }
+    orphan_statuses(ctx, db, dry_run, &mut pass)?;
+    gate_side(ctx, db, tracker, dry_run, &mut pass)?;
+    Ok(pass)
+}
+
+/// F-2: replay the tracker's In Progress / Approved / Rejected items.
+fn tracker_side(
+    ctx: &Ctx,
+    db: &Db,
+    tracker: &mut dyn Tracker,
+    dry_run: bool,
+    pass: &mut Pass,
+) -> anyhow::Result<()> {
+    for project in ctx.config.projects.iter().filter(|p| p.tracker == "plane") {
+        let items = match tracker.items(ctx, db, project) {
+            Ok(items) => items,
+            Err(e) => {
+                warn!(target: "reconcile", project = %project.name, error = %e, "tracker listing failed; skipping the project");
+                pass.errors.push((project.name.clone(), e));
+                continue;
+            }
+        };
+        let mut items: Vec<&TrackerItem> = items
+            .values()
+            .filter(|i| {
+                matches!(
+                    i.kind,
+                    StateKind::InProgress | StateKind::Approved | StateKind::Rejected
+                )
+            })
+            .collect();
+        items.sort_by_key(|i| i.item.sequence);
+        for i in items {
+            let now = now_ms();
+            let handled = db.write_or_rehearse(dry_run, |tx| {
+                crate::ingest::on_work_item(
+                    ctx,
+                    tx,
+                    project,
+                    &i.item,
+                    i.kind,
+                    &i.state_name,
+                    Actor::Reconciler,
+                    now,
+                )
+            });
+            match handled {
+                Ok(h) => {
+                    if !h.outcome.starts_with("no pipeline action") {
+                        info!(target: "reconcile", project = %project.name, item = %i.item.tracker_issue_id, outcome = %h.outcome, "replayed work item");
+                    }
+                    if let (Some(task), false) = (h.created_task, dry_run) {
+                        crate::ingest::prepare_worktree(ctx, db, task);
+                    }
+                    pass.replayed.push((
+                        project.name.clone(),
+                        i.item.tracker_issue_id.clone(),
+                        h.outcome,
+                    ));
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    warn!(target: "reconcile", project = %project.name, item = %i.item.tracker_issue_id, error = %msg, "replay failed");
+                    pass.replayed.push((
+                        project.name.clone(),
+                        i.item.tracker_issue_id.clone(),
+                        format!("error: {msg}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// F-3: attribute CI statuses whose sha matched no branch head (received
+/// in the last day) to the project's single development-stage task, then
+/// replay them through ingest.
+fn orphan_statuses(ctx: &Ctx, db: &Db, dry_run: bool, pass: &mut Pass) -> anyhow::Result<()> {
+    const LOOKBACK_MS: i64 = 24 * 3600 * 1000;
+    let orphans = db.orphan_status_deliveries(now_ms() - LOOKBACK_MS)?;
+    if orphans.is_empty() {
+        return Ok(());
+    }
+    let tasks = db.tasks()?;
+    for (inbox_id, body) in orphans {
+        let Ok(v) = serde_json::from_slice::<Value>(&body) else {
+            continue;
+        };
+        let repo = v
+            .pointer("/repository/full_name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let sha = v.get("sha").and_then(Value::as_str).unwrap_or("");
+        let Some(project) = ctx.config.projects.iter().find(|p| p.repo == repo) else {
+            continue;
+        };
+        let candidates: Vec<_> = tasks
+            .iter()
+            .filter(|t| {
+                t.project == project.name && t.stage == Stage::Development.as_str() && !t.escalated
+            })
+            .collect();
+        let outcome = match candidates.as_slice() {
+            [task] => {
+                let now = now_ms();
+                if dry_run {
+                    format!(
+                        "would attribute {sha} to task {} ({})",
+                        task.id, task.branch
+                    )
+                } else {
+                    db.write(|tx| {
+                        tx.upsert_branch_head(&project.name, &task.branch, sha, now)?;
+                        tx.reset_delivery(inbox_id)
+                    })?;
+                    let replay = crate::ingest::ingest_one(ctx, db, inbox_id)?;
+                    info!(target: "reconcile", delivery = inbox_id, task = task.id, sha, "attributed an orphan CI status");
+                    format!("attributed {sha} to task {}: {replay}", task.id)
+                }
+            }
+            [] => format!("left {sha}: no development-stage task in {}", project.name),
+            many => format!(
+                "left {sha}: {} development-stage tasks in {} (ambiguous)",
+                many.len(),
+                project.name
+            ),
+        };
+        pass.attributed.push((inbox_id, outcome));
+    }
+    Ok(())
+}
+
+/// F-1: advance tasks whose gate passes without the event that should
+/// have said so.
+fn gate_side(
+    ctx: &Ctx,
+    db: &Db,
+    tracker: &mut dyn Tracker,
+    dry_run: bool,
+    pass: &mut Pass,
+) -> anyhow::Result<()> {
     let now = now_ms();
-    let grace_ms = ctx.settings.reconcile_grace_s as i64 * 1000;
+    let max_retries = ctx.settings.max_developer_retries as i64;
+    let active = db.tasks_with_active_jobs()?;
     for task in db.tasks()? {
         let Ok(stage) = task.stage.parse::<Stage>() else {
             continue;
         };
-        if stage == Stage::Done || task.escalated || now - task.updated_at_ms < grace_ms {
+        if stage == Stage::Done || task.escalated || active.contains(&task.id) {
             continue;
         }
+        if now - task.updated_at_ms < ctx.settings.grace_for_stage(stage.as_str()) as i64 * 1000 {
+            continue;
+        }
+        // Guards, each a silent skip, in order.
         if stage == Stage::Analysis {
-            pass.skipped
-                .push((task.id, "analysis is a human gate".into()));
+            pass.skip(task.id, "analysis is a human gate");
             continue;
         }
-        if task.developer_retries >= ctx.settings.max_developer_retries as i64 {
-            pass.skipped
-                .push((task.id, "developer retry cap reached".into()));
+        if task.developer_retries >= max_retries {
+            pass.skip(task.id, "developer retry cap reached");
             continue;
         }
-        if db
-            .jobs_for_task(task.id)?
-            .iter()
-            .any(|j| j.status == "queued" || j.status == "running")
-        {
-            continue;
-        }
-        let Ok(project) = ctx.project(&task.project) else {
-            pass.skipped
-                .push((task.id, "project not in the registry".into()));
+        let Some(project) = ctx.config.project(&task.project) else {
+            pass.skip(task.id, "project not in the registry (counted as blocked)");
             continue;
         };
         pass.examined += 1;
-        let facts = gate::gather(db, project, &ctx.repo(project), &task)?;
-        if gate::decide(stage, &facts) != Gate::Pass {
+        let repo = ctx.repo(project);
+        let mut facts = gate::gather(db, project, &repo, &task)?;
+        let mut verdict = gate::decide(stage, &facts);
+        // A Gitea project's CI result lives at the forge: when the gate waits
+        // for a status whose delivery may have been lost, ask once.
+        if stage == Stage::Development
+            && project.forge == "gitea"
+            && matches!(verdict, Gate::Pending(_))
+        {
+            match crate::adapters::gitea::check_ci_once(ctx, db, project, &repo, &task, !dry_run) {
+                Ok((sha, state)) => {
+                    if dry_run {
+                        let state = if state == "error" {
+                            "failure".to_string()
+                        } else {
+                            state
+                        };
+                        facts.ci = Some((sha, Some(state).filter(|s| !s.is_empty())));
+                    } else {
+                        facts = gate::gather(db, project, &repo, &task)?;
+                    }
+                    verdict = gate::decide(stage, &facts);
+                }
+                Err(e) => {
+                    warn!(target: "reconcile", task = task.id, error = %format!("{e:#}"), "could not ask the forge for CI")
+                }
+            }
+        }
+        if verdict != Gate::Pass {
             continue;
+        }
+        if stage == Stage::DeployStaging {
+            // The merge is the worker's step (under the merge lease), never
+            // the reconciler's: a passing staging gate without a job means
+            // the job finished as Waiting; requeue-free, it stays visible.
+            pass.skip(task.id, "deploy-staging advances through the merge gate");
+            continue;
+        }
+        if ctx.settings.reconcile_skip_blocked_enabled {
+            match tracker.items(ctx, db, project) {
+                Err(_) => {
+                    pass.skip(task.id, "tracker error (counted as blocked)");
+                    continue;
+                }
+                Ok(items) => match items.get(&task.tracker_issue_id).map(|i| i.kind) {
+                    Some(StateKind::Blocked) => {
+                        pass.skip(task.id, "tracker shows Blocked");
+                        continue;
+                    }
+                    Some(StateKind::NeedsInput) => {
+                        pass.skip(task.id, "tracker shows Needs Input");
+                        continue;
+                    }
+                    _ => {}
+                },
+            }
         }
         let to = stage.next();
-        if stage == Stage::DeployStaging {
-            // The merge is the worker's step, never the reconciler's.
-            pass.skipped.push((
-                task.id,
-                "deploy-staging advances through the merge step".into(),
-            ));
-            continue;
-        }
-        if dry_run {
-            pass.unblocked
-                .push((task.id, stage.to_string(), to.to_string()));
-            continue;
-        }
         let m = Move::new(
             &task,
             to,
             Actor::Reconciler,
             format!("reconcile: {stage} gate passed"),
         );
-        let moved = db.write(|tx| {
+        let moved = db.write_or_rehearse(dry_run, |tx| {
             let moved = pipeline::apply(tx, ctx.policy(), &m, now)?;
             if let Moved::Applied { version, .. } = moved {
                 tx.bump_counter("reconcile.unblocked_total", 1)?;
@@ -112,10 +498,12 @@ pub fn run(ctx: &Ctx, db: &Db, dry_run: bool) -> anyhow::Result<Pass> {
             Ok(moved)
         })?;
         if let Moved::Applied { .. } = moved {
-            info!(target: "reconcile", task = task.id, from = %stage, to = %to, "unblocked");
+            if !dry_run {
+                info!(target: "reconcile", task = task.id, from = %stage, to = %to, "unblocked");
+            }
             pass.unblocked
                 .push((task.id, stage.to_string(), to.to_string()));
         }
     }
-    Ok(pass)
+    Ok(())
 }

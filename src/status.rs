@@ -46,5 +46,12 @@ pub fn document(db: &Db) -> anyhow::Result<Value> {
             "attempts": m.attempts, "error": m.last_error,
         })).collect::<Vec<Value>>(),
         "counters": as_map(db.counters()?),
+        "reconcile_last_pass": db.last_reconcile_pass()?.map(|p| json!({
+            "at_ms": p["at_ms"], "examined": p["examined"],
+            "unblocked": p["unblocked"].as_array().map_or(0, Vec::len),
+            "replayed": p["replayed"].as_array().map_or(0, Vec::len),
+            "errors": p["errors"],
+            "skipped": p["skipped"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), json!(v.as_array().map_or(0, Vec::len)))).collect::<serde_json::Map<_, _>>()),
+        })),
     }))
 }

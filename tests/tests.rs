@@ -16,4 +16,6 @@ mod fakes;
 mod merge_gate;
 #[cfg(feature = "testing")]
 mod reap;
+#[cfg(feature = "testing")]
+mod reconcile;
 mod shim;

@@ -485,6 +485,32 @@ pub fn after_push(
     Ok(())
 }
 
+/// One look at the forge's combined status of the worktree's head, for the
+/// reconciler, whose development gate would otherwise wait for a `status`
+/// delivery that was lost. One API call; the statuses are stored in
+/// `ci_statuses` when `store` (not in a dry run). Returns `(sha, combined
+/// state)`, the state `""` when the forge has no status for the sha.
+///
+/// Errors: the head cannot be read, or Gitea cannot be asked.
+pub fn check_ci_once(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &crate::git::Repo,
+    task: &Task,
+    store: bool,
+) -> anyhow::Result<(String, String)> {
+    let sha = repo.head_sha(std::path::Path::new(&task.worktree))?;
+    let g = client(ctx).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cs = g
+        .combined_status(&project.repo, &sha)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if store {
+        store_statuses(db, project, &sha, &cs)?;
+    }
+    Ok((sha, cs.state))
+}
+
 /// The bounded CI poll of the worker's finalize for a fresh development
 /// head of a Gitea project: polls the combined status of the worktree's
 /// head every `ORCH_GITEA_CI_POLL_INTERVAL_MS` for up to

@@ -518,11 +518,13 @@ fn no_project_id(project: &ProjectConfig) -> AdapterError {
     }
 }
 
-/// Fetches the project's states from Plane and replaces the cache.
+/// Fetches the project's states from Plane and, with `persist`, replaces
+/// the cache (a `--dry-run` reads but never writes).
 pub fn refresh_states(
     db: &Db,
     plane: &Plane,
     project: &ProjectConfig,
+    persist: bool,
 ) -> Result<Vec<CachedState>, AdapterError> {
     if project.tracker_project_id.is_empty() {
         return Err(no_project_id(project));
@@ -533,8 +535,10 @@ pub fn refresh_states(
         .map(|s| (s.id, s.name, s.group))
         .collect();
     let now = now_ms();
-    if let Err(e) = db.write(|tx| tx.replace_tracker_states(&project.name, &rows, now)) {
-        warn!(target: "plane", project = %project.name, error = %format!("{e:#}"), "could not cache states");
+    if persist {
+        if let Err(e) = db.write(|tx| tx.replace_tracker_states(&project.name, &rows, now)) {
+            warn!(target: "plane", project = %project.name, error = %format!("{e:#}"), "could not cache states");
+        }
     }
     info!(target: "plane", project = %project.name, states = rows.len(), "refreshed the state cache");
     Ok(rows
@@ -550,7 +554,8 @@ pub fn refresh_states(
 
 /// The Plane state id of `kind` for `project`: the explicit id from
 /// `[projects.states]`, else the cached id of the configured name (fetched
-/// again when stale, missing, or with `force_refresh`).
+/// again when stale, missing, or with `force_refresh`; what is fetched is
+/// cached only with `persist`).
 ///
 /// Errors: [`AdapterError::Rejected`] when the project has no state of that
 /// name; the API's errors.
@@ -561,6 +566,7 @@ pub fn resolve_state(
     project: &ProjectConfig,
     kind: StateKind,
     force_refresh: bool,
+    persist: bool,
 ) -> Result<String, AdapterError> {
     if let Some(id) = explicit_id(project, kind) {
         return Ok(id.to_string());
@@ -584,7 +590,7 @@ pub fn resolve_state(
             }
         }
     }
-    let states = refresh_states(db, plane, project)?;
+    let states = refresh_states(db, plane, project, persist)?;
     find(&states).ok_or_else(|| AdapterError::Rejected {
         service: SERVICE,
         op: "resolve state".into(),
@@ -599,7 +605,8 @@ pub fn resolve_state(
 
 /// The project's work items currently in one of `kinds`, from every page
 /// of Plane's issue list, filtered client-side (the API has no state
-/// filter). For the reconciler's tracker side.
+/// filter). For the reconciler's tracker side; with `persist` false (a dry
+/// run) the state ids it resolves are not cached.
 ///
 /// Errors: settings, state resolution and API errors.
 pub fn list_work_items(
@@ -607,6 +614,7 @@ pub fn list_work_items(
     db: &Db,
     project: &ProjectConfig,
     kinds: &[StateKind],
+    persist: bool,
 ) -> Result<Vec<(StateKind, Issue)>, AdapterError> {
     let plane = client(ctx)?;
     if project.tracker_project_id.is_empty() {
@@ -614,7 +622,10 @@ pub fn list_work_items(
     }
     let mut ids = Vec::new();
     for &kind in kinds {
-        ids.push((kind, resolve_state(ctx, db, &plane, project, kind, false)?));
+        ids.push((
+            kind,
+            resolve_state(ctx, db, &plane, project, kind, false, persist)?,
+        ));
     }
     let issues = plane.list_issues(&project.tracker_project_id)?;
     Ok(issues
@@ -690,13 +701,13 @@ pub fn deliver(
                 op: "move work item".into(),
                 message: format!("unknown state {key:?}"),
             })?;
-            let id = resolve_state(ctx, db, plane, project, kind, false)?;
+            let id = resolve_state(ctx, db, plane, project, kind, false, true)?;
             match plane.set_state(pid, issue, &id) {
                 Err(e) if e.status() == Some(400) && explicit_id(project, kind).is_none() => {
                     // The cached id may be stale (state deleted and
                     // recreated): refresh once.
                     warn!(target: "plane", task = task.id, error = %e, "Plane refused the cached state id; refreshing");
-                    let id = resolve_state(ctx, db, plane, project, kind, true)?;
+                    let id = resolve_state(ctx, db, plane, project, kind, true, true)?;
                     plane.set_state(pid, issue, &id)?;
                     Ok(id)
                 }

@@ -277,17 +277,32 @@ fn reap_cmd(ctx: &Ctx, db: &Db, dry_run: bool) -> anyhow::Result<Output> {
 }
 
 fn reconcile_output(pass: &reconcile::Pass, dry_run: bool) -> anyhow::Result<Output> {
-    let verb = if dry_run { "would advance" } else { "advanced" };
-    let mut text = format!("examined {} task(s)\n", pass.examined);
+    let would = if dry_run { "would " } else { "" };
+    let mut text = String::new();
+    if !pass.enabled {
+        text += "reconcile is disabled (ORCH_RECONCILE_ENABLED=false)\n";
+    }
+    for (project, item, outcome) in &pass.replayed {
+        text += &format!("{would}replay {project} work item {item}: {outcome}\n");
+    }
+    for (project, error) in &pass.errors {
+        text += &format!("tracker of {project} failed: {error}\n");
+    }
+    for (inbox, outcome) in &pass.attributed {
+        text += &format!("orphan CI status (delivery {inbox}): {outcome}\n");
+    }
+    text += &format!("examined {} task(s)\n", pass.examined);
     for (id, from, to) in &pass.unblocked {
-        text += &format!("{verb} task {id}: {from} → {to}\n");
+        text += &format!("{would}advance task {id}: {from} → {to}\n");
     }
-    for (id, why) in &pass.skipped {
-        text += &format!("skipped task {id}: {why}\n");
+    for (why, ids) in &pass.skipped {
+        let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+        text += &format!("skipped ({why}): task {}\n", ids.join(", "));
     }
-    let mut json = serde_json::to_value(pass)?;
-    json["dry_run"] = json!(dry_run);
-    Ok(Output { json, text })
+    Ok(Output {
+        json: serde_json::to_value(pass)?,
+        text,
+    })
 }
 
 fn deliver_output(s: &deliver::DeliverSummary) -> anyhow::Result<Output> {
@@ -426,6 +441,17 @@ fn status_text(doc: &Value) -> String {
         );
     }
     t += &format!("counters: {}\n", map(&doc["counters"]));
+    let last = &doc["reconcile_last_pass"];
+    if last.is_object() {
+        t += &format!(
+            "reconcile: last pass at {} ms: examined {}, unblocked {}, replayed {}, skipped {}\n",
+            last["at_ms"],
+            last["examined"],
+            last["unblocked"],
+            last["replayed"],
+            map(&last["skipped"])
+        );
+    }
     t
 }
 

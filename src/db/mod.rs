@@ -130,6 +130,30 @@ impl Db {
         Ok(out)
     }
 
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction that is always rolled
+    /// back: `--dry-run` runs the real code path and writes nothing.
+    pub fn rehearse<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let tx = Tx {
+            tx: rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?,
+        };
+        let out = f(&tx);
+        tx.tx.rollback()?;
+        out
+    }
+
+    /// Runs `f` for real ([`Db::write`]) or as a rehearsal ([`Db::rehearse`]).
+    pub fn write_or_rehearse<T>(
+        &self,
+        dry_run: bool,
+        f: impl FnOnce(&Tx) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        if dry_run {
+            self.rehearse(f)
+        } else {
+            self.write(f)
+        }
+    }
+
     /// The raw connection, for read-only queries.
     pub fn conn(&self) -> &Connection {
         &self.conn
@@ -648,6 +672,48 @@ impl Db {
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?)
+    }
+
+    /// Gitea `status` deliveries received since `since_ms` whose sha matched
+    /// no known branch head (reconcile F-3): `(inbox id, body)`.
+    pub fn orphan_status_deliveries(&self, since_ms: i64) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, body FROM inbox WHERE source='gitea' AND event='status' AND received_at_ms>=?1 \
+             AND outcome LIKE 'no pipeline action: sha % matches no known branch head%' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ids of tasks with a queued or running job.
+    pub fn tasks_with_active_jobs(&self) -> anyhow::Result<std::collections::HashSet<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT task_id FROM jobs WHERE status IN ('queued','running')",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Local tracker issues of a project: `(id, state)`.
+    pub fn local_issue_states(&self, project: &str) -> anyhow::Result<Vec<(i64, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, state FROM local_issues WHERE project=?1")?;
+        let rows = stmt.query_map([project], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The last reconcile pass report, if any.
+    pub fn last_reconcile_pass(&self) -> anyhow::Result<Option<serde_json::Value>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT report FROM reconcile_passes ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// All counters.
@@ -1222,6 +1288,32 @@ impl Tx<'_> {
         } else {
             None
         })
+    }
+
+    /// Records a reconcile pass report (JSON) and keeps the last 100.
+    pub fn record_reconcile_pass(
+        &self,
+        at_ms: i64,
+        report: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.prepare_cached("INSERT INTO reconcile_passes (at_ms, report) VALUES (?1, ?2)")?
+            .execute(params![at_ms, report.to_string()])?;
+        self.prepare_cached(
+            "DELETE FROM reconcile_passes WHERE id <= (SELECT MAX(id) - 100 FROM reconcile_passes)",
+        )?
+        .execute([])?;
+        Ok(())
+    }
+
+    /// Whether task `id`'s latest transition reruns its stage (`from = to`).
+    pub fn last_transition_is_rerun(&self, id: i64) -> anyhow::Result<bool> {
+        Ok(self
+            .prepare_cached(
+                "SELECT from_stage IS to_stage FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+            )?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(false))
     }
 
     /// Adds `by` to counter `name`.

@@ -230,4 +230,13 @@ CREATE TABLE pull_requests (
 ALTER TABLE jobs ADD COLUMN merge_pending INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE jobs ADD COLUMN merge_defers INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 4: the reconciler's pass reports (the last 100), for `orch status`
+    // and `GET /queue`; `report` is the pass's JSON.
+    r#"
+CREATE TABLE reconcile_passes (
+    id     INTEGER PRIMARY KEY,
+    at_ms  INTEGER NOT NULL,
+    report TEXT NOT NULL
+);
+"#,
 ];
