@@ -950,3 +950,24 @@ pub fn plane_rate_limited(retry_after: u64) -> Fault {
         vec![("Retry-After".into(), retry_after.to_string())],
     )
 }
+
+/// A sandbox whose project `widget` uses the fake Plane as its tracker
+/// (state ids resolved by name, no `[projects.states]`) and the local
+/// forge, with no reconcile grace.
+pub fn sandbox_with_plane() -> (crate::util::Sandbox, FakePlane) {
+    let mut sbx = crate::util::Sandbox::new();
+    let path = sbx.dir.join("orch.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    let cfg = cfg[..cfg.find("[projects.states]").unwrap()]
+        .replace("tracker = \"local\"", "tracker = \"plane\"");
+    std::fs::write(&path, cfg).unwrap();
+    let plane = FakePlane::start();
+    sbx.set("ORCH_PLANE_URL", &plane.url())
+        .set("ORCH_PLANE_API_KEY", PLANE_KEY)
+        .set("ORCH_PLANE_WORKSPACE", "acme")
+        .set("ORCH_PLANE_STATE_CACHE_S", "86400")
+        .set("ORCH_HTTP_CONNECT_TIMEOUT_MS", "1000")
+        .set("ORCH_HTTP_TIMEOUT_MS", "2000")
+        .set("ORCH_RECONCILE_GRACE_S", "0");
+    (sbx, plane)
+}

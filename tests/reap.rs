@@ -148,7 +148,9 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         ("deliver.after_send", "deliver"),
     ];
     for (point, command) in points {
-        let mut sbx = Sandbox::new();
+        // The tracker is the fake Plane, so deliveries are real HTTP
+        // calls that can be counted: no comment may arrive twice.
+        let (mut sbx, plane) = crate::fakes::sandbox_with_plane();
         sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0")
             .set("ORCH_RECONCILE_GRACE_S", "0");
         let delivery = std::path::Path::new(ROOT)
@@ -202,6 +204,24 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
             0,
             "{point}"
         );
+        // every tracker comment arrived, each exactly once (by dedupe key)
+        let comments = plane.comments();
+        let mut keys: Vec<String> = comments
+            .iter()
+            .map(|c| c.external_id.clone().unwrap_or_default())
+            .collect();
+        keys.sort();
+        let posted = keys.len();
+        assert!(posted > 0, "{point}: no comment reached Plane");
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            posted,
+            "{point}: a comment was posted twice: {keys:?}"
+        );
+        let expected =
+            sbx.count("SELECT COUNT(*) FROM outbox WHERE channel='tracker' AND kind='comment'");
+        assert_eq!(posted as i64, expected, "{point}: comments lost or doubled");
         assert_eq!(
             sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'"),
             0,

@@ -8,8 +8,7 @@ use crate::util::*;
 
 const IN_PROGRESS: &str = "plane/webhooks/issue-updated-state-in-progress.json";
 
-/// A sandbox whose project `widget` uses the fake Plane as its tracker
-/// (state ids resolved by name) and the local forge; no reconcile grace.
+/// `fakes::sandbox_with_plane`, with helpers.
 struct World {
     sbx: Sandbox,
     plane: FakePlane,
@@ -17,20 +16,7 @@ struct World {
 
 impl World {
     fn new() -> World {
-        let mut sbx = Sandbox::new();
-        let path = sbx.dir.join("orch.toml");
-        let cfg = std::fs::read_to_string(&path).unwrap();
-        let cfg = cfg[..cfg.find("[projects.states]").unwrap()]
-            .replace("tracker = \"local\"", "tracker = \"plane\"");
-        std::fs::write(&path, cfg).unwrap();
-        let plane = FakePlane::start();
-        sbx.set("ORCH_PLANE_URL", &plane.url())
-            .set("ORCH_PLANE_API_KEY", PLANE_KEY)
-            .set("ORCH_PLANE_WORKSPACE", "acme")
-            .set("ORCH_PLANE_STATE_CACHE_S", "86400")
-            .set("ORCH_HTTP_CONNECT_TIMEOUT_MS", "1000")
-            .set("ORCH_HTTP_TIMEOUT_MS", "2000")
-            .set("ORCH_RECONCILE_GRACE_S", "0");
+        let (sbx, plane) = sandbox_with_plane();
         World { sbx, plane }
     }
 
