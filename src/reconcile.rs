@@ -29,8 +29,10 @@
 //! Every unblock logs one line, bumps `reconcile.unblocked_total` and
 //! queues one notification. The pass report is stored for `orch status`
 //! and `GET /queue`. `--dry-run` runs the same code in transactions that
-//! are rolled back: it reports exactly what a real pass would do and
-//! writes nothing.
+//! are rolled back and writes nothing. Each phase reports exactly the
+//! actions a real pass would take, but a later phase does not see an
+//! earlier phase's rehearsed changes (a task F-2 would create is not there
+//! for F-1 to skip), and rehearsed new tasks all show the next free id.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -55,7 +57,9 @@ pub struct TrackerItem {
     pub item: WorkItem,
 }
 
-/// What the reconciler asks the tracker. One call per project per pass.
+/// What the reconciler asks the tracker: a project's whole listing.
+/// [`run_with`] calls it at most once per project per pass, so a pass makes
+/// no per-task tracker calls whatever the implementation.
 pub trait Tracker {
     /// The project's work items in a state orch knows (In Progress,
     /// Approved, Rejected, Blocked, Needs Input, Done), by tracker issue
@@ -69,12 +73,9 @@ pub trait Tracker {
 }
 
 /// The real trackers: Plane through its adapter, the local tracker from
-/// the database. Caches each project's listing for the pass.
+/// the database.
 #[derive(Default)]
 pub struct LiveTracker {
-    cache: HashMap<String, Result<HashMap<String, TrackerItem>, String>>,
-    /// Listings actually fetched (each one paginated call sequence).
-    pub listings: usize,
     /// A dry run: what the listing learns (state ids) is not cached.
     pub read_only: bool,
 }
@@ -169,13 +170,26 @@ impl Tracker for LiveTracker {
         db: &Db,
         project: &ProjectConfig,
     ) -> Result<HashMap<String, TrackerItem>, String> {
-        if let Some(cached) = self.cache.get(&project.name) {
-            return cached.clone();
-        }
-        self.listings += 1;
-        let fetched = self.fetch(ctx, db, project);
-        self.cache.insert(project.name.clone(), fetched.clone());
-        fetched
+        self.fetch(ctx, db, project)
+    }
+}
+
+/// Each project's listing, fetched at most once per pass.
+struct Listings<'a> {
+    tracker: &'a mut dyn Tracker,
+    cache: HashMap<String, Result<HashMap<String, TrackerItem>, String>>,
+}
+
+impl Listings<'_> {
+    fn get(
+        &mut self,
+        ctx: &Ctx,
+        db: &Db,
+        project: &ProjectConfig,
+    ) -> &Result<HashMap<String, TrackerItem>, String> {
+        self.cache
+            .entry(project.name.clone())
+            .or_insert_with(|| self.tracker.items(ctx, db, project))
     }
 }
 
@@ -216,12 +230,8 @@ impl Pass {
 ///
 /// Assumptions: the caller holds the `reconcile` tick lock.
 pub fn run(ctx: &Ctx, db: &Db, dry_run: bool) -> anyhow::Result<Pass> {
-    let mut tracker = LiveTracker {
-        read_only: dry_run,
-        ..LiveTracker::default()
-    };
-    let mut pass = run_with(ctx, db, &mut tracker, dry_run)?;
-    pass.tracker_listings = tracker.listings;
+    let mut tracker = LiveTracker { read_only: dry_run };
+    let pass = run_with(ctx, db, &mut tracker, dry_run)?;
     if !dry_run && ctx.settings.reconcile_enabled {
         let report = serde_json::to_value(&pass)?;
         db.write(|tx| tx.record_reconcile_pass(pass.at_ms, &report))?;
@@ -246,11 +256,16 @@ pub fn run_with(
     if !ctx.settings.reconcile_enabled {
         return Ok(pass);
     }
+    let mut listings = Listings {
+        tracker,
+        cache: HashMap::new(),
+    };
     if ctx.settings.reconcile_plane_enabled {
-        tracker_side(ctx, db, tracker, dry_run, &mut pass)?;
+        tracker_side(ctx, db, &mut listings, dry_run, &mut pass)?;
     }
     orphan_statuses(ctx, db, dry_run, &mut pass)?;
-    gate_side(ctx, db, tracker, dry_run, &mut pass)?;
+    gate_side(ctx, db, &mut listings, dry_run, &mut pass)?;
+    pass.tracker_listings = listings.cache.len();
     Ok(pass)
 }
 
@@ -258,16 +273,16 @@ pub fn run_with(
 fn tracker_side(
     ctx: &Ctx,
     db: &Db,
-    tracker: &mut dyn Tracker,
+    listings: &mut Listings,
     dry_run: bool,
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
     for project in ctx.config.projects.iter().filter(|p| p.tracker == "plane") {
-        let items = match tracker.items(ctx, db, project) {
+        let items = match listings.get(ctx, db, project) {
             Ok(items) => items,
             Err(e) => {
                 warn!(target: "reconcile", project = %project.name, error = %e, "tracker listing failed; skipping the project");
-                pass.errors.push((project.name.clone(), e));
+                pass.errors.push((project.name.clone(), e.clone()));
                 continue;
             }
         };
@@ -387,14 +402,14 @@ fn orphan_statuses(ctx: &Ctx, db: &Db, dry_run: bool, pass: &mut Pass) -> anyhow
 fn gate_side(
     ctx: &Ctx,
     db: &Db,
-    tracker: &mut dyn Tracker,
+    listings: &mut Listings,
     dry_run: bool,
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
     let now = now_ms();
     let max_retries = ctx.settings.max_developer_retries as i64;
     let active = db.tasks_with_active_jobs()?;
-    for task in db.tasks()? {
+    for task in db.unfinished_tasks()? {
         let Ok(stage) = task.stage.parse::<Stage>() else {
             continue;
         };
@@ -457,7 +472,7 @@ fn gate_side(
             continue;
         }
         if ctx.settings.reconcile_skip_blocked_enabled {
-            match tracker.items(ctx, db, project) {
+            match listings.get(ctx, db, project) {
                 Err(_) => {
                     pass.skip(task.id, "tracker error (counted as blocked)");
                     continue;

@@ -440,6 +440,15 @@ impl Db {
             .optional()?)
     }
 
+    /// Tasks not yet done, oldest first.
+    pub fn unfinished_tasks(&self) -> anyhow::Result<Vec<Task>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {TASK_COLS} FROM tasks WHERE stage<>'done' ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], task_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// All tasks, newest first.
     pub fn tasks(&self) -> anyhow::Result<Vec<Task>> {
         let mut stmt = self
