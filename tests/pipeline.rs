@@ -189,7 +189,7 @@ fn analysis_waits_for_a_human_and_reject_reruns_it() {
 }
 
 /// Runs `work-once` until task 1 is at `stage` with its job queued.
-fn work_until_stage(sbx: &Sandbox, stage: &str) {
+pub fn work_until_stage(sbx: &Sandbox, stage: &str) {
     for _ in 0..10 {
         if sbx.stage(1) == stage {
             return;
@@ -201,7 +201,7 @@ fn work_until_stage(sbx: &Sandbox, stage: &str) {
 
 /// Pushes a commit that appends `line` to `file` on origin's main, as
 /// another developer would.
-fn push_to_main(sbx: &Sandbox, file: &str, line: &str) {
+pub fn push_to_main(sbx: &Sandbox, file: &str, line: &str) {
     let scratch = sbx.dir.join("other-dev");
     let git = |args: &[&str]| {
         let out = std::process::Command::new("git")

@@ -146,6 +146,11 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         ("ingest.after_commit", "ingest"),
         ("deliver.before_send", "deliver"),
         ("deliver.after_send", "deliver"),
+        // the merge gate's points, in the deploy-staging job; main moves
+        // first so that the rebase really happens
+        ("merge_gate.after_acquire", "work-once"),
+        ("merge_gate.after_rebase", "work-once"),
+        ("merge_gate.before_merge", "work-once"),
     ];
     for (point, command) in points {
         // The tracker is the fake Plane, so deliveries are real HTTP
@@ -174,6 +179,10 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
                 "--file",
                 delivery.to_str().unwrap(),
             ]);
+        }
+        if point.starts_with("merge_gate.") {
+            crate::pipeline::work_until_stage(&sbx, "deploy-staging");
+            crate::pipeline::push_to_main(&sbx, "README.md", "Someone else's line.");
         }
         let out = sbx
             .orch()
