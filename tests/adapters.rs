@@ -920,3 +920,75 @@ fn plane_work_items_by_state_come_from_every_page_through_a_rate_limit() {
     list_work_items(&ctx, &db, project, &[StateKind::Done], true).unwrap();
     assert!(w.plane.server.lines().iter().all(|l| *l == issues));
 }
+
+#[test]
+fn a_lost_ci_status_delivery_is_recovered_by_reconcile_asking_the_forge_once() {
+    let mut w = World::new();
+    w.sbx.set("ORCH_RECONCILE_GRACE_S", "0");
+    w.task_from_plane();
+    // Run to development: its finalize polls the forge once
+    // (ORCH_GITEA_CI_POLL_S=0), finds no status, and the job ends waiting.
+    for _ in 0..6 {
+        let done = w
+            .sbx
+            .count("SELECT COUNT(*) FROM jobs WHERE stage='development' AND status='done'");
+        if w.sbx.stage(1) == "development" && done == 1 {
+            break;
+        }
+        w.sbx.ok(&["work-once"]);
+    }
+    assert_eq!(w.sbx.stage(1), "development");
+    let status_calls = |w: &World| {
+        w.gitea
+            .server
+            .lines()
+            .iter()
+            .filter(|l| l.contains("/status"))
+            .count()
+    };
+
+    // CI has not finished: the pass asks once and leaves the task.
+    let before = status_calls(&w);
+    let pass = w.sbx.json(&["reconcile"]);
+    assert_eq!(pass["unblocked"], serde_json::json!([]), "{pass}");
+    assert_eq!(status_calls(&w), before + 1);
+
+    // CI finishes green at the forge; its `status` delivery is lost.
+    let head = w.sbx.origin_git(&["rev-parse", BRANCH]);
+    w.gitea.state.lock().unwrap().statuses.insert(
+        head.clone(),
+        vec![("CI / test (pull_request)".into(), "success".into())],
+    );
+    let pass = w.sbx.json(&["reconcile"]);
+    assert_eq!(
+        pass["unblocked"],
+        serde_json::json!([[1, "development", "review"]]),
+        "{pass}"
+    );
+    assert_eq!(
+        status_calls(&w),
+        before + 2,
+        "one forge call per pass for the waiting task"
+    );
+    assert_eq!(w.sbx.transitions(1).last().unwrap().2, "reconciler");
+    let green: i64 = w
+        .sbx
+        .db()
+        .query_row(
+            "SELECT COUNT(*) FROM ci_statuses WHERE sha=?1 AND state='success'",
+            [&head],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(green, 1, "what the forge said is stored");
+
+    // The review job is queued now: later passes leave the forge alone.
+    w.sbx.json(&["reconcile"]);
+    assert_eq!(status_calls(&w), before + 2);
+    assert_eq!(
+        w.sbx
+            .count("SELECT COUNT(*) FROM transitions WHERE actor='reconciler'"),
+        1
+    );
+    w.sbx.check_invariants();
+}
