@@ -182,8 +182,18 @@ fn run_git_env(
         argv.push(dir.to_string_lossy().into_owned());
     }
     // No background gc or maintenance: a detached gc could hold locks after
-    // its orch is gone.
-    cmd.args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"]);
+    // its orch is gone. An HTTP remote slower than 1 KiB/s for a minute is
+    // given up on, so a stalled forge cannot hang a worker forever.
+    cmd.args([
+        "-c",
+        "gc.auto=0",
+        "-c",
+        "maintenance.auto=false",
+        "-c",
+        "http.lowSpeedLimit=1024",
+        "-c",
+        "http.lowSpeedTime=60",
+    ]);
     cmd.args(args);
     argv.extend(args.iter().map(|a| a.to_string()));
     for var in SCRUBBED_ENV {
