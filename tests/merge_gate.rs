@@ -157,72 +157,6 @@ fn assert_main_always_green(sbx: &Sandbox) {
     }
 }
 
-/// Pushes a commit appending `line` to `file` on origin's main, as another
-/// developer would.
-fn push_to_main(sbx: &Sandbox, file: &str, line: &str) {
-    let scratch = sbx.dir.join("other-dev");
-    let _ = std::fs::remove_dir_all(&scratch);
-    let out = StdCommand::new("git")
-        .arg("clone")
-        .arg("-q")
-        .arg(sbx.origin())
-        .arg(&scratch)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let path = scratch.join(file);
-    let mut t = std::fs::read_to_string(&path).unwrap_or_default();
-    t.push_str(line);
-    t.push('\n');
-    std::fs::write(&path, t).unwrap();
-    git(&scratch, &["add", "-A"]);
-    git(
-        &scratch,
-        &[
-            "-c",
-            "user.name=o",
-            "-c",
-            "user.email=o@x",
-            "commit",
-            "-qm",
-            "another change on main",
-        ],
-    );
-    git(&scratch, &["push", "-q", "origin", "HEAD:main"]);
-}
-
-/// Every table's rows, plus origin's refs: what "writes nothing" compares.
-fn dump(sbx: &Sandbox) -> String {
-    let db = sbx.db();
-    let tables: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let mut out = String::new();
-    for t in tables {
-        out += &format!("== {t}\n");
-        let mut st = db
-            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
-            .unwrap();
-        let n = st.column_count();
-        let rows = st
-            .query_map([], |r| {
-                (0..n)
-                    .map(|i| r.get::<_, rusqlite::types::Value>(i))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .unwrap();
-        for row in rows {
-            out += &format!("{:?}\n", row.unwrap());
-        }
-    }
-    out += &sbx.origin_git(&["for-each-ref"]);
-    out
-}
-
 #[test]
 fn two_green_branches_on_the_same_lines_the_second_is_deferred_then_conflicts_and_rolls_back() {
     let mut sbx = Sandbox::new();
@@ -479,7 +413,7 @@ fn a_lease_holder_killed_mid_gate_is_recovered_by_the_reaper_and_the_task_contin
     // A worker dies holding the lease (its deployer's exit is recorded).
     let one = add(&sbx, "worker dies in the gate");
     to_deploy_staging(&sbx, one, &[("FAKE_AGENT_DEV_FILE", "one.md")]);
-    push_to_main(&sbx, "README.md", "Someone else moved main.");
+    sbx.push_to_main("README.md", "Someone else moved main.");
     let job = staging_job(&sbx, one);
     let o = run(
         &sbx,
@@ -513,7 +447,7 @@ fn a_lease_holder_killed_mid_gate_is_recovered_by_the_reaper_and_the_task_contin
     // A manual run dies mid-gate (after the catch-up and the tests).
     let two = add(&sbx, "manual run dies in the gate");
     to_deploy_staging(&sbx, two, &[("FAKE_AGENT_DEV_FILE", "two.md")]);
-    push_to_main(&sbx, "README.md", "And moved it again.");
+    sbx.push_to_main("README.md", "And moved it again.");
     let job2 = staging_job(&sbx, two);
     let o = run(
         &sbx,
@@ -619,11 +553,11 @@ fn dry_run_writes_nothing_and_names_its_steps_then_the_real_run_takes_them() {
     let sbx = Sandbox::new();
     let one = add(&sbx, "dry first");
     to_deploy_staging(&sbx, one, &[]);
-    push_to_main(&sbx, "README.md", "Main moved after the branch was cut.");
+    sbx.push_to_main("README.md", "Main moved after the branch was cut.");
     let wt = worktree(&sbx, one);
     let clone = PathBuf::from(&sbx.env["ORCH_STATE_DIR"]).join("repos/widget");
     let before = (
-        dump(&sbx),
+        sbx.dump(),
         git(&wt, &["rev-parse", "HEAD"]),
         git(&wt, &["status", "--porcelain"]),
         git(&clone, &["for-each-ref"]),
@@ -661,7 +595,7 @@ fn dry_run_writes_nothing_and_names_its_steps_then_the_real_run_takes_them() {
         "{v}"
     );
     let after = (
-        dump(&sbx),
+        sbx.dump(),
         git(&wt, &["rev-parse", "HEAD"]),
         git(&wt, &["status", "--porcelain"]),
         git(&clone, &["for-each-ref"]),

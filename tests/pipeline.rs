@@ -199,49 +199,6 @@ pub fn work_until_stage(sbx: &Sandbox, stage: &str) {
     panic!("task never reached {stage}");
 }
 
-/// Pushes a commit that appends `line` to `file` on origin's main, as
-/// another developer would.
-pub fn push_to_main(sbx: &Sandbox, file: &str, line: &str) {
-    let scratch = sbx.dir.join("other-dev");
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&scratch)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let _ = std::fs::remove_dir_all(&scratch);
-    let out = std::process::Command::new("git")
-        .arg("clone")
-        .arg("-q")
-        .arg(sbx.origin())
-        .arg(&scratch)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let path = scratch.join(file);
-    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-    text.push_str(line);
-    text.push('\n');
-    std::fs::write(&path, text).unwrap();
-    git(&[
-        "-c",
-        "user.name=o",
-        "-c",
-        "user.email=o@x",
-        "commit",
-        "-qam",
-        "another change on main",
-    ]);
-    git(&["push", "-q", "origin", "HEAD:main"]);
-}
-
 #[test]
 fn when_main_moved_the_branch_is_rebased_retested_and_fast_forwarded() {
     let sbx = Sandbox::new();
@@ -254,7 +211,7 @@ fn when_main_moved_the_branch_is_rebased_retested_and_fast_forwarded() {
         "main moves",
     ]);
     work_until_stage(&sbx, "deploy-staging");
-    push_to_main(&sbx, "README.md", "A line someone else added.");
+    sbx.push_to_main("README.md", "A line someone else added.");
     let theirs = sbx.origin_git(&["rev-parse", "main"]);
 
     sbx.tick_until(5, |s| s.stage(1) == "done");
@@ -295,7 +252,7 @@ fn a_conflict_with_main_rolls_back_to_development_with_the_reason() {
         "conflicts",
     ]);
     work_until_stage(&sbx, "deploy-staging");
-    push_to_main(&sbx, "CHANGES.md", "- a competing change on the same line");
+    sbx.push_to_main("CHANGES.md", "- a competing change on the same line");
     let main = sbx.origin_git(&["rev-parse", "main"]);
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["to"], "development", "{v}");

@@ -182,7 +182,7 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         }
         if point.starts_with("merge_gate.") {
             crate::pipeline::work_until_stage(&sbx, "deploy-staging");
-            crate::pipeline::push_to_main(&sbx, "README.md", "Someone else's line.");
+            sbx.push_to_main("README.md", "Someone else's line.");
         }
         let out = sbx
             .orch()

@@ -72,41 +72,6 @@ fn stuck_at(sbx: &Sandbox, id: i64, stage: &str) {
     assert_eq!(sbx.stage(id), stage);
 }
 
-fn dump(sbx: &Sandbox) -> String {
-    let db = sbx.db();
-    let tables: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let mut out = String::new();
-    for t in tables {
-        let mut st = db
-            .prepare(&format!("SELECT * FROM {t} ORDER BY rowid"))
-            .unwrap();
-        let n = st.column_count();
-        let rows = st
-            .query_map([], |r| {
-                Ok((0..n)
-                    .map(|i| match r.get_ref(i).unwrap() {
-                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                            String::from_utf8_lossy(t).chars().take(60).collect()
-                        }
-                        other => format!("{other:?}"),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("|"))
-            })
-            .unwrap();
-        for row in rows {
-            out += &format!("{t}: {}\n", row.unwrap());
-        }
-    }
-    out
-}
-
 #[test]
 fn a_lost_in_progress_delivery_is_created_once_by_the_tracker_side() {
     let w = World::new();
@@ -423,9 +388,9 @@ fn dry_run_writes_nothing_and_prints_what_the_real_pass_then_does() {
         file.to_str().unwrap(),
     ]);
     stuck_at(&w.sbx, 1, "testing");
-    let before = dump(&w.sbx);
+    let before = w.sbx.dump();
     let plan = w.sbx.json(&["reconcile", "--dry-run"]);
-    let after = dump(&w.sbx);
+    let after = w.sbx.dump();
     let changed: Vec<_> = after
         .lines()
         .filter(|l| !before.lines().any(|b| b == *l))
@@ -440,7 +405,7 @@ fn dry_run_writes_nothing_and_prints_what_the_real_pass_then_does() {
         text.contains("would advance task 1: testing → deploy-staging"),
         "{text}"
     );
-    assert_eq!(dump(&w.sbx), before);
+    assert_eq!(w.sbx.dump(), before);
 
     let real = w.sbx.json(&["reconcile"]);
     assert_eq!(real["unblocked"], plan["unblocked"]);

@@ -227,6 +227,94 @@ impl Sandbox {
         server
     }
 
+    /// Pushes a commit that appends `line` to `file` on origin's main, as
+    /// another developer would.
+    pub fn push_to_main(&self, file: &str, line: &str) {
+        let scratch = self.dir.join("other-dev");
+        let _ = std::fs::remove_dir_all(&scratch);
+        let out = StdCommand::new("git")
+            .arg("clone")
+            .arg("-q")
+            .arg(self.origin())
+            .arg(&scratch)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = scratch.join(file);
+        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        for args in [
+            &["add", "-A"][..],
+            &[
+                "-c",
+                "user.name=o",
+                "-c",
+                "user.email=o@x",
+                "commit",
+                "-qm",
+                "another change on main",
+            ],
+            &["push", "-q", "origin", "HEAD:main"],
+        ] {
+            let out = StdCommand::new("git")
+                .arg("-C")
+                .arg(&scratch)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "git {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Every table's rows, one line each (`table: v|v|…`), plus origin's
+    /// refs: what "writes nothing" compares.
+    pub fn dump(&self) -> String {
+        let db = self.db();
+        let tables: Vec<String> = db
+            .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut out = String::new();
+        for t in tables {
+            let mut st = db
+                .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
+                .unwrap();
+            let n = st.column_count();
+            let rows = st
+                .query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| match r.get_ref(i).unwrap() {
+                            rusqlite::types::ValueRef::Text(b)
+                            | rusqlite::types::ValueRef::Blob(b) => {
+                                String::from_utf8_lossy(b).chars().take(80).collect()
+                            }
+                            other => format!("{other:?}"),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })
+                .unwrap();
+            for row in rows {
+                out += &format!("{t}: {}\n", row.unwrap());
+            }
+        }
+        out += &self.origin_git(&["for-each-ref"]);
+        out
+    }
+
     /// Checks the invariants of DESIGN §11 that hold for any finished run:
     /// integrity, no duplicate transition, legal stage paths, no job
     /// running without a worker, at most one job per (task, stage, version).
