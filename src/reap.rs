@@ -198,49 +198,29 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
     for action in actions {
         let result = match &action {
             Action::Recover {
-                job_id, attempt, ..
-            }
-            | Action::Timeout {
-                job_id, attempt, ..
-            } => {
-                let reason = match &action {
-                    Action::Timeout { running_s, .. } => {
-                        format!("agent timed out after {running_s}s")
-                    }
-                    Action::Recover { reason, .. } => format!("worker gone: {reason}"),
-                    _ => unreachable!(),
-                };
-                match db.job(*job_id)? {
-                    Some(j)
-                        if j.status == "running"
-                            && j.attempt == *attempt
-                            && j.exit_recorded_at_ms.is_none() =>
-                    {
-                        let now = now_ms();
-                        // Claim first: still running this attempt, exit still
-                        // unrecorded. Only the winner acts on the processes.
-                        let out = db.write(|tx| match tx.job(j.id)? {
-                            Some(cur)
-                                if cur.status == "running"
-                                    && cur.attempt == j.attempt
-                                    && cur.exit_recorded_at_ms.is_none() =>
-                            {
-                                worker::retry_or_fail(ctx, tx, &cur, &reason, Actor::Reaper, now)
-                            }
-                            _ => Ok(Finalized::Lost),
-                        })?;
-                        if out != Finalized::Lost {
-                            // The job belongs to its next attempt now; what is
-                            // left of this attempt's agent must not touch the
-                            // worktree (a live worker's late exit is refused by
-                            // the attempt check).
-                            kill_agent(ctx, &j);
-                        }
-                        describe(&out)
-                    }
-                    _ => "skipped: job changed since the plan".to_string(),
-                }
-            }
+                job_id,
+                attempt,
+                reason,
+                ..
+            } => recover(
+                ctx,
+                db,
+                *job_id,
+                *attempt,
+                &format!("worker gone: {reason}"),
+            )?,
+            Action::Timeout {
+                job_id,
+                attempt,
+                running_s,
+                ..
+            } => recover(
+                ctx,
+                db,
+                *job_id,
+                *attempt,
+                &format!("agent timed out after {running_s}s"),
+            )?,
             Action::Finish { job_id, .. } => {
                 match worker::finalize(ctx, db, *job_id, Actor::Reaper) {
                     Ok(out) => describe(&out),
@@ -264,6 +244,30 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
         done.push(Done { action, result });
     }
     Ok(done)
+}
+
+/// Tier-1 for one job: claims it — still running `attempt`, its exit
+/// unrecorded — by requeueing or failing it in one transaction, and only as
+/// the winner kills what is left of that attempt's agent group (a live
+/// worker's late exit is then refused by the attempt check).
+fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyhow::Result<String> {
+    let now = now_ms();
+    let claimed = db.write(|tx| match tx.job(job_id)? {
+        Some(j)
+            if j.status == "running" && j.attempt == attempt && j.exit_recorded_at_ms.is_none() =>
+        {
+            let out = worker::retry_or_fail(ctx, tx, &j, reason, Actor::Reaper, now)?;
+            Ok(Some((j, out)))
+        }
+        _ => Ok(None),
+    })?;
+    let Some((old, out)) = claimed else {
+        return Ok("skipped: job changed since the plan".into());
+    };
+    if out != Finalized::Lost {
+        kill_agent(ctx, &old);
+    }
+    Ok(describe(&out))
 }
 
 fn describe(f: &Finalized) -> String {

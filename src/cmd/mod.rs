@@ -366,9 +366,12 @@ fn tick(ctx: &Ctx, max_jobs: u32) -> anyhow::Result<Output> {
     text += &format!("work: ran {} job(s)\n", jobs.len());
     report.insert("work".into(), serde_json::to_value(&jobs)?);
     if !jobs.is_empty() {
-        let _ = ctx
-            .tick_lock("deliver")
-            .map(|_l| deliver::deliver_due(ctx, &db, 1000));
+        // Deliver what the jobs just wrote; busy means another deliver runs.
+        if let Ok(_lock) = ctx.tick_lock("deliver") {
+            if let Err(e) = deliver::deliver_due(ctx, &db, 1000) {
+                tracing::warn!(target: "deliver", error = %format!("{e:#}"), "delivery after the jobs failed; the next tick retries");
+            }
+        }
     }
     Ok(Output {
         json: Value::Object(report),
