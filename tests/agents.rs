@@ -20,7 +20,7 @@ fn a_hanging_agent_is_killed_at_the_timeout_with_its_child_and_the_job_fails() {
         .set("ORCH_AGENT_TIMEOUT_S", "2")
         .set("ORCH_KILL_GRACE_S", "1")
         .set("ORCH_JOB_MAX_ATTEMPTS", "1");
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "hangs"]);
+    sbx.add_issue("hangs");
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["exit_code"], 124, "{v}");
     assert_eq!(v["finalized"]["action"], "failed", "{v}");
@@ -53,7 +53,7 @@ fn a_crashing_agent_fails_its_job_and_is_retried_from_a_clean_worktree() {
     let mut sbx = Sandbox::new();
     sbx.set("FAKE_AGENT_MODE_ANALYST", "crash")
         .set("ORCH_JOB_MAX_ATTEMPTS", "2");
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "crashes"]);
+    sbx.add_issue("crashes");
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["exit_code"], 137, "{v}");
     assert_eq!(v["finalized"]["action"], "retrying", "{v}");
@@ -77,11 +77,10 @@ fn a_crashing_agent_fails_its_job_and_is_retried_from_a_clean_worktree() {
         .as_str()
         .unwrap()
         .to_string();
-    let status = std::process::Command::new("git")
-        .args(["-C", &wt, "status", "--porcelain"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&status.stdout), "");
+    assert_eq!(
+        git_in(std::path::Path::new(&wt), &["status", "--porcelain"]),
+        ""
+    );
     sbx.check_invariants();
 }
 
@@ -89,7 +88,7 @@ fn a_crashing_agent_fails_its_job_and_is_retried_from_a_clean_worktree() {
 fn an_agent_that_prints_garbage_records_unknown_usage_and_the_pipeline_goes_on() {
     let mut sbx = Sandbox::new();
     sbx.set("FAKE_AGENT_MODE_ANALYST", "garbage");
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "noisy"]);
+    sbx.add_issue("noisy");
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["exit_code"], 0);
     assert_eq!(v["finalized"]["action"], "advanced", "{v}");
@@ -103,21 +102,14 @@ fn an_agent_that_prints_garbage_records_unknown_usage_and_the_pipeline_goes_on()
 fn an_agent_error_result_fails_the_run_even_with_exit_0_and_permission_denials_are_shown() {
     let mut sbx = Sandbox::new();
     sbx.set("FAKE_AGENT_MODE_ANALYST", "permission-denial");
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "denied"]);
+    sbx.add_issue("denied");
     sbx.json(&["work-once"]);
     assert!(sbx.ok(&["usage"]).contains("1 permission denial(s)"));
 
     let mut sbx = Sandbox::new();
     sbx.set("FAKE_AGENT_MODE_ANALYST", "fail")
         .set("ORCH_JOB_MAX_ATTEMPTS", "1");
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "max turns",
-    ]);
+    sbx.add_issue("max turns");
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["action"], "failed", "{v}");
     assert_eq!(sbx.count("SELECT success FROM agent_runs"), 0);
@@ -128,14 +120,7 @@ fn a_reviewer_without_a_verdict_fails_the_run_instead_of_approving() {
     let mut sbx = Sandbox::new();
     sbx.set("FAKE_AGENT_VERDICT_REVIEWER", "none")
         .set("ORCH_JOB_MAX_ATTEMPTS", "1");
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "silent reviewer",
-    ]);
+    sbx.add_issue("silent reviewer");
     sbx.tick_until(10, |s| s.count("SELECT escalated FROM tasks") == 1);
     assert_eq!(sbx.stage(1), "review");
     let err: String = sbx

@@ -102,7 +102,7 @@ fn a_second_reap_while_one_holds_the_lock_exits_75() {
 #[test]
 fn check_reports_a_violated_invariant_with_exit_3() {
     let sbx = Sandbox::new();
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "t"]);
+    sbx.add_issue("t");
     assert!(sbx.ok(&["check"]).contains("all invariants hold"));
     // a second active job for the task, as a double enqueue would leave
     sbx.db()

@@ -24,14 +24,7 @@ fn the_same_delivery_twice_and_two_concurrent_ingests_make_one_task_and_one_anal
     let replay_file = sbx.dir.join("replay.json");
     std::fs::write(&replay_file, &replay).unwrap();
 
-    let spawn = |args: &[&str]| {
-        sbx.orch_std()
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = |args: &[&str]| sbx.spawn(args, &[]);
     let a = spawn(&["ingest"]);
     let b = spawn(&["ingest"]);
     let c = spawn(&[

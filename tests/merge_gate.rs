@@ -27,12 +27,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Creates a local work item; returns its task id.
-fn add(sbx: &Sandbox, title: &str) -> i64 {
-    let v = sbx.json(&["issue", "add", "--project", "widget", "--title", title]);
-    v["task_id"].as_i64().unwrap()
-}
-
 /// Runs every role but the deployer (with `env`) until task `id` waits at
 /// deploy-staging with its job queued. Tasks parked at deploy-staging are
 /// left alone.
@@ -72,26 +66,11 @@ fn worktree(sbx: &Sandbox, id: i64) -> PathBuf {
     )
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = StdCommand::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// The worktree has no changes and no rebase in progress.
 fn assert_clean(wt: &Path) {
-    assert_eq!(git(wt, &["status", "--porcelain"]), "", "worktree clean");
+    assert_eq!(git_in(wt, &["status", "--porcelain"]), "", "worktree clean");
     for dir in ["rebase-merge", "rebase-apply"] {
-        let p = git(wt, &["rev-parse", "--git-path", dir]);
+        let p = git_in(wt, &["rev-parse", "--git-path", dir]);
         let p = if Path::new(&p).is_absolute() {
             PathBuf::from(p)
         } else {
@@ -143,7 +122,7 @@ fn assert_main_always_green(sbx: &Sandbox) {
     let commits = sbx.origin_git(&["rev-list", "--first-parent", "main"]);
     assert!(commits.lines().count() > 1);
     for sha in commits.lines() {
-        git(&clone, &["checkout", "-q", "--detach", sha]);
+        git_in(&clone, &["checkout", "-q", "--detach", sha]);
         let t = StdCommand::new("sh")
             .arg("test.sh")
             .current_dir(&clone)
@@ -163,9 +142,9 @@ fn two_green_branches_on_the_same_lines_the_second_is_deferred_then_conflicts_an
     sbx.set("ORCH_MERGE_GATE_DEFER_S", "0");
     // Both developers append to the end of CHANGES.md: green alone, a
     // conflict together.
-    let one = add(&sbx, "first");
+    let one = sbx.add_issue("first");
     to_deploy_staging(&sbx, one, &[]);
-    let two = add(&sbx, "second");
+    let two = sbx.add_issue("second");
     to_deploy_staging(&sbx, two, &[]);
 
     // Task 1 merges and its deploy job inherits the lease.
@@ -243,7 +222,7 @@ fn two_green_branches_on_the_same_lines_the_second_is_deferred_then_conflicts_an
 fn two_branches_green_alone_but_red_together_are_caught_by_the_retest() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_DEFER_S", "0");
-    let one = add(&sbx, "first feature");
+    let one = sbx.add_issue("first feature");
     to_deploy_staging(
         &sbx,
         one,
@@ -252,7 +231,7 @@ fn two_branches_green_alone_but_red_together_are_caught_by_the_retest() {
             ("FAKE_AGENT_DEV_LINE", "ALPHA"),
         ],
     );
-    let two = add(&sbx, "second feature");
+    let two = sbx.add_issue("second feature");
     to_deploy_staging(
         &sbx,
         two,
@@ -316,9 +295,9 @@ fn two_branches_green_alone_but_red_together_are_caught_by_the_retest() {
 fn two_merge_gates_at_once_one_proceeds_the_other_defers_and_both_finish_in_order() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_DEFER_S", "3600");
-    let one = add(&sbx, "first");
+    let one = sbx.add_issue("first");
     to_deploy_staging(&sbx, one, &[("FAKE_AGENT_DEV_FILE", "one.md")]);
-    let two = add(&sbx, "second");
+    let two = sbx.add_issue("second");
     to_deploy_staging(&sbx, two, &[("FAKE_AGENT_DEV_FILE", "two.md")]);
 
     // The first gate pauses inside its lease; the second finds it busy.
@@ -411,7 +390,7 @@ fn two_merge_gates_at_once_one_proceeds_the_other_defers_and_both_finish_in_orde
 fn a_lease_holder_killed_mid_gate_is_recovered_by_the_reaper_and_the_task_continues() {
     let mut sbx = Sandbox::new();
     // A worker dies holding the lease (its deployer's exit is recorded).
-    let one = add(&sbx, "worker dies in the gate");
+    let one = sbx.add_issue("worker dies in the gate");
     to_deploy_staging(&sbx, one, &[("FAKE_AGENT_DEV_FILE", "one.md")]);
     sbx.push_to_main("README.md", "Someone else moved main.");
     let job = staging_job(&sbx, one);
@@ -445,7 +424,7 @@ fn a_lease_holder_killed_mid_gate_is_recovered_by_the_reaper_and_the_task_contin
     assert_eq!(lease_holder(&sbx), None);
 
     // A manual run dies mid-gate (after the catch-up and the tests).
-    let two = add(&sbx, "manual run dies in the gate");
+    let two = sbx.add_issue("manual run dies in the gate");
     to_deploy_staging(&sbx, two, &[("FAKE_AGENT_DEV_FILE", "two.md")]);
     sbx.push_to_main("README.md", "And moved it again.");
     let job2 = staging_job(&sbx, two);
@@ -510,7 +489,7 @@ fn a_lease_holder_killed_mid_gate_is_recovered_by_the_reaper_and_the_task_contin
 #[test]
 fn a_task_branch_that_targets_main_is_refused_before_any_push() {
     let sbx = Sandbox::new();
-    let one = add(&sbx, "evil branch");
+    let one = sbx.add_issue("evil branch");
     to_deploy_staging(&sbx, one, &[]);
     let refs = sbx.origin_git(&["for-each-ref"]);
     for name in ["main", "refs/heads/main", "HEAD:main", "orch/../main"] {
@@ -551,16 +530,16 @@ fn a_task_branch_that_targets_main_is_refused_before_any_push() {
 #[test]
 fn dry_run_writes_nothing_and_names_its_steps_then_the_real_run_takes_them() {
     let sbx = Sandbox::new();
-    let one = add(&sbx, "dry first");
+    let one = sbx.add_issue("dry first");
     to_deploy_staging(&sbx, one, &[]);
     sbx.push_to_main("README.md", "Main moved after the branch was cut.");
     let wt = worktree(&sbx, one);
     let clone = PathBuf::from(&sbx.env["ORCH_STATE_DIR"]).join("repos/widget");
     let before = (
         sbx.dump(),
-        git(&wt, &["rev-parse", "HEAD"]),
-        git(&wt, &["status", "--porcelain"]),
-        git(&clone, &["for-each-ref"]),
+        git_in(&wt, &["rev-parse", "HEAD"]),
+        git_in(&wt, &["status", "--porcelain"]),
+        git_in(&clone, &["for-each-ref"]),
     );
 
     let o = run(
@@ -596,9 +575,9 @@ fn dry_run_writes_nothing_and_names_its_steps_then_the_real_run_takes_them() {
     );
     let after = (
         sbx.dump(),
-        git(&wt, &["rev-parse", "HEAD"]),
-        git(&wt, &["status", "--porcelain"]),
-        git(&clone, &["for-each-ref"]),
+        git_in(&wt, &["rev-parse", "HEAD"]),
+        git_in(&wt, &["status", "--porcelain"]),
+        git_in(&clone, &["for-each-ref"]),
     );
     assert_eq!(
         before, after,
@@ -634,7 +613,7 @@ fn dry_run_writes_nothing_and_names_its_steps_then_the_real_run_takes_them() {
         .contains("Main moved"));
 
     // A dry run against a busy lease would defer.
-    let two = add(&sbx, "dry second");
+    let two = sbx.add_issue("dry second");
     to_deploy_staging(&sbx, two, &[("FAKE_AGENT_DEV_FILE", "two.md")]);
     let plan = sbx.ok(&["merge-gate", "--task", &two.to_string(), "--dry-run"]);
     assert!(
@@ -673,7 +652,7 @@ fn a_merge_deferred_past_the_cap_escalates_and_a_stuck_lease_expires() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_DEFER_S", "0")
         .set("ORCH_MERGE_GATE_MAX_DEFERS", "2");
-    let one = add(&sbx, "never gets the lease");
+    let one = sbx.add_issue("never gets the lease");
     to_deploy_staging(&sbx, one, &[]);
     // A lease nobody will come back for (no job; expires in an hour).
     let now: i64 = sbx.json(&["status"])["now_ms"].as_i64().unwrap();
@@ -735,7 +714,7 @@ fn without_the_gate_for_a_repo_merges_take_no_lease() {
     ] {
         let mut sbx = Sandbox::new();
         sbx.set(k, v);
-        let one = add(&sbx, "no lease");
+        let one = sbx.add_issue("no lease");
         to_deploy_staging(&sbx, one, &[]);
         sbx.db()
             .execute(
@@ -756,7 +735,7 @@ fn without_the_gate_for_a_repo_merges_take_no_lease() {
     // Listed by name, the project uses the lease.
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_REPOS", "widget");
-    let one = add(&sbx, "lease by name");
+    let one = sbx.add_issue("lease by name");
     to_deploy_staging(&sbx, one, &[]);
     deployer_once(&sbx);
     assert_eq!(lease_holder(&sbx).map(|l| l.0), Some(format!("task:{one}")));

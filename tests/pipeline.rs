@@ -81,14 +81,7 @@ fn reviewer_that_always_requests_changes_escalates_at_the_retry_cap() {
     let mut sbx = Sandbox::new();
     sbx.set("FAKE_AGENT_VERDICT_REVIEWER", "REQUEST_CHANGES")
         .set("ORCH_MAX_DEVELOPER_RETRIES", "2");
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "never good enough",
-    ]);
+    sbx.add_issue("never good enough");
     sbx.tick_until(20, |s| {
         s.count("SELECT escalated FROM tasks WHERE id=1") == 1
     });
@@ -150,14 +143,7 @@ fn analysis_waits_for_a_human_and_reject_reruns_it() {
         ),
     )
     .unwrap();
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "needs a look",
-    ]);
+    sbx.add_issue("needs a look");
     sbx.ok(&["tick"]);
     sbx.ok(&["tick"]);
     assert_eq!(sbx.stage(1), "analysis");
@@ -202,14 +188,7 @@ pub fn work_until_stage(sbx: &Sandbox, stage: &str) {
 #[test]
 fn when_main_moved_the_branch_is_rebased_retested_and_fast_forwarded() {
     let sbx = Sandbox::new();
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "main moves",
-    ]);
+    sbx.add_issue("main moves");
     work_until_stage(&sbx, "deploy-staging");
     sbx.push_to_main("README.md", "A line someone else added.");
     let theirs = sbx.origin_git(&["rev-parse", "main"]);
@@ -243,14 +222,7 @@ fn when_main_moved_the_branch_is_rebased_retested_and_fast_forwarded() {
 #[test]
 fn a_conflict_with_main_rolls_back_to_development_with_the_reason() {
     let sbx = Sandbox::new();
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "conflicts",
-    ]);
+    sbx.add_issue("conflicts");
     work_until_stage(&sbx, "deploy-staging");
     sbx.push_to_main("CHANGES.md", "- a competing change on the same line");
     let main = sbx.origin_git(&["rev-parse", "main"]);
@@ -278,12 +250,8 @@ fn a_conflict_with_main_rolls_back_to_development_with_the_reason() {
         .as_str()
         .unwrap()
         .to_string();
-    let st = std::process::Command::new("git")
-        .args(["-C", &wt, "status", "--porcelain"])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&st.stdout),
+        git_in(std::path::Path::new(&wt), &["status", "--porcelain"]),
         "",
         "worktree left clean"
     );
@@ -294,14 +262,9 @@ fn a_conflict_with_main_rolls_back_to_development_with_the_reason() {
 fn the_claim_enforces_max_concurrency() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MAX_CONCURRENCY", "1");
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "slow one"]);
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "waits"]);
-    let mut slow = sbx.orch_std();
-    slow.args(["work-once"])
-        .env("FAKE_AGENT_SLEEP", "3")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut slow = slow.spawn().unwrap();
+    sbx.add_issue("slow one");
+    sbx.add_issue("waits");
+    let slow = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", "3")]);
     wait_until(20, "first job running", || {
         sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'") == 1
     });
@@ -310,7 +273,7 @@ fn the_claim_enforces_max_concurrency() {
         v["result"], "idle",
         "a second worker finds the limit reached: {v}"
     );
-    assert!(slow.wait().unwrap().success());
+    assert!(slow.wait_with_output().unwrap().status.success());
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["result"], "ran", "{v}");
 }

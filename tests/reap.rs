@@ -2,8 +2,6 @@
 //! exhaustive crash matrix and the soak belong to the reaper issue; these
 //! prove the skeleton leaves no known hole.)
 
-use std::process::Stdio;
-
 use crate::util::*;
 
 fn pids(file: &std::path::Path) -> Vec<i32> {
@@ -18,23 +16,12 @@ fn pids(file: &std::path::Path) -> Vec<i32> {
 fn a_killed_worker_loses_its_agent_and_tier1_requeues_the_job_and_kills_orphans() {
     let mut sbx = Sandbox::new();
     let pidfile = sbx.dir.join("pids");
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "worker dies",
-    ]);
+    sbx.add_issue("worker dies");
     sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap());
-    let mut worker = {
-        let mut c = sbx.orch_std();
-        c.args(["work-once"])
-            .env("FAKE_AGENT_MODE_ANALYST", "hang-with-child")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        c.spawn().unwrap()
-    };
+    let mut worker = sbx.spawn(
+        &["work-once"],
+        &[("FAKE_AGENT_MODE_ANALYST", "hang-with-child")],
+    );
     wait_until(20, "agent and child started", || pids(&pidfile).len() == 2);
     worker.kill().unwrap(); // SIGKILL, like an OOM kill
     worker.wait().unwrap();
@@ -80,14 +67,7 @@ fn a_killed_worker_loses_its_agent_and_tier1_requeues_the_job_and_kills_orphans(
 #[test]
 fn tier2_waits_out_the_grace_then_finishes_without_rerunning_the_agent() {
     let mut sbx = Sandbox::new();
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "dies finalizing",
-    ]);
+    sbx.add_issue("dies finalizing");
     let out = sbx
         .orch()
         .args(["work-once"])
@@ -255,14 +235,7 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
 /// agent's exit: the job is `running` with an exit code and no worker.
 fn job_left_finalizing() -> Sandbox {
     let sbx = Sandbox::new();
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "left finalizing",
-    ]);
+    sbx.add_issue("left finalizing");
     let out = sbx
         .orch()
         .args(["work-once"])
@@ -320,22 +293,11 @@ fn two_finalizers_racing_on_one_job_advance_it_once_and_the_loser_writes_nothing
 #[test]
 fn a_reaper_leaves_a_live_finalizing_worker_alone_and_after_the_grace_only_one_advances() {
     let mut sbx = Sandbox::new();
-    sbx.ok(&[
-        "issue",
-        "add",
-        "--project",
-        "widget",
-        "--title",
-        "slow finalize",
-    ]);
-    let mut worker = sbx
-        .orch_std()
-        .args(["work-once"])
-        .env("FAILPOINTS", "finalize.before_terminal_claim=sleep(5000)")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    sbx.add_issue("slow finalize");
+    let worker = sbx.spawn(
+        &["work-once"],
+        &[("FAILPOINTS", "finalize.before_terminal_claim=sleep(5000)")],
+    );
     wait_until(20, "agent exit recorded", || {
         sbx.count("SELECT COUNT(*) FROM jobs WHERE exit_recorded_at_ms IS NOT NULL") == 1
     });
@@ -348,7 +310,7 @@ fn a_reaper_leaves_a_live_finalizing_worker_alone_and_after_the_grace_only_one_a
     sbx.set("ORCH_HEARTBEAT_STALE_S", "1");
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let reaped = sbx.json(&["reap"]);
-    assert!(worker.wait().unwrap().success());
+    assert!(worker.wait_with_output().unwrap().status.success());
     let result = reaped["actions"][0]["result"].as_str().unwrap().to_string();
     assert!(
         result.starts_with("advanced") || result.starts_with("lost"),
@@ -367,16 +329,12 @@ fn a_reaper_leaves_a_live_finalizing_worker_alone_and_after_the_grace_only_one_a
 fn an_agent_past_its_timeout_under_a_stuck_worker_is_killed_by_the_reaper_and_requeued() {
     let mut sbx = Sandbox::new();
     let pidfile = sbx.dir.join("pids");
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "stuck"]);
+    sbx.add_issue("stuck");
     sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap());
-    let mut worker = sbx
-        .orch_std()
-        .args(["work-once"])
-        .env("FAKE_AGENT_MODE_ANALYST", "hang-with-child")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let worker = sbx.spawn(
+        &["work-once"],
+        &[("FAKE_AGENT_MODE_ANALYST", "hang-with-child")],
+    );
     wait_until(20, "agent and child started", || pids(&pidfile).len() == 2);
     // The worker lives; the reaper's clock is past timeout (120 s) + grace + 60 s.
     let plan = sbx
@@ -398,7 +356,7 @@ fn an_agent_past_its_timeout_under_a_stuck_worker_is_killed_by_the_reaper_and_re
         wait_until(10, "agent group killed", || !pid_alive(pid));
     }
     assert!(
-        worker.wait().unwrap().success(),
+        worker.wait_with_output().unwrap().status.success(),
         "the stuck worker notices it lost the job and exits"
     );
     assert_eq!(

@@ -132,15 +132,7 @@ fn a_replay_and_a_live_webhook_racing_make_one_task_branch_worktree_and_job() {
         let file = std::path::Path::new(ROOT)
             .join("tests/fixtures")
             .join(IN_PROGRESS);
-        let spawn = |args: &[&str]| {
-            w.sbx
-                .orch_std()
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        };
+        let spawn = |args: &[&str]| w.sbx.spawn(args, &[]);
         let a = spawn(&["reconcile"]);
         let b = spawn(&[
             "ingest",
@@ -171,13 +163,7 @@ fn a_replay_and_a_live_webhook_racing_make_one_task_branch_worktree_and_job() {
             "round {round}"
         );
         let clone = std::path::PathBuf::from(&w.sbx.env["ORCH_STATE_DIR"]).join("repos/widget");
-        let wts = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&clone)
-            .args(["worktree", "list"])
-            .output()
-            .unwrap();
-        let listed = String::from_utf8_lossy(&wts.stdout);
+        let listed = git_in(&clone, &["worktree", "list"]);
         assert_eq!(
             listed.matches("[orch/widget-42]").count(),
             1,
@@ -307,7 +293,7 @@ fn an_escalated_task_with_green_ci_is_never_unblocked_by_any_number_of_passes() 
     sbx.set("FAKE_AGENT_VERDICT_REVIEWER", "REQUEST_CHANGES")
         .set("ORCH_MAX_DEVELOPER_RETRIES", "2")
         .set("ORCH_RECONCILE_GRACE_S", "0");
-    sbx.ok(&["issue", "add", "--project", "widget", "--title", "bounce"]);
+    sbx.add_issue("bounce");
     sbx.tick_until(20, |s| {
         s.count("SELECT escalated FROM tasks WHERE id=1") == 1
     });

@@ -159,20 +159,30 @@ impl Sandbox {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// `orch issue add --project widget --title TITLE`; returns the task id.
+    pub fn add_issue(&self, title: &str) -> i64 {
+        let v = self.json(&["issue", "add", "--project", "widget", "--title", title]);
+        v["task_id"].as_i64().unwrap()
+    }
+
+    /// Starts `orch ARGS` in the background with `env` added (stdout
+    /// discarded, stderr piped: read it with `wait_with_output`).
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Child {
+        self.orch_std()
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `git --git-dir origin.git ARGS` → trimmed stdout.
     pub fn origin_git(&self, args: &[&str]) -> String {
-        let out = StdCommand::new("git")
-            .arg("--git-dir")
-            .arg(self.origin())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "git {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        let origin = self.origin();
+        let mut a = vec!["--git-dir", origin.to_str().unwrap()];
+        a.extend_from_slice(args);
+        git_in(&self.dir, &a)
     }
 
     /// The stage of task `id`.
@@ -232,25 +242,23 @@ impl Sandbox {
     pub fn push_to_main(&self, file: &str, line: &str) {
         let scratch = self.dir.join("other-dev");
         let _ = std::fs::remove_dir_all(&scratch);
-        let out = StdCommand::new("git")
-            .arg("clone")
-            .arg("-q")
-            .arg(self.origin())
-            .arg(&scratch)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        git_in(
+            &self.dir,
+            &[
+                "clone",
+                "-q",
+                self.origin().to_str().unwrap(),
+                scratch.to_str().unwrap(),
+            ],
         );
         let path = scratch.join(file);
         let mut text = std::fs::read_to_string(&path).unwrap_or_default();
         text.push_str(line);
         text.push('\n');
         std::fs::write(&path, text).unwrap();
-        for args in [
-            &["add", "-A"][..],
+        git_in(&scratch, &["add", "-A"]);
+        git_in(
+            &scratch,
             &[
                 "-c",
                 "user.name=o",
@@ -260,20 +268,8 @@ impl Sandbox {
                 "-qm",
                 "another change on main",
             ],
-            &["push", "-q", "origin", "HEAD:main"],
-        ] {
-            let out = StdCommand::new("git")
-                .arg("-C")
-                .arg(&scratch)
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "git {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        );
+        git_in(&scratch, &["push", "-q", "origin", "HEAD:main"]);
     }
 
     /// Every table's rows, one line each (`table: v|v|…`), plus origin's
@@ -462,4 +458,20 @@ pub fn pid_alive(pid: i32) -> bool {
         ),
         Err(_) => false,
     }
+}
+
+/// `git -C DIR ARGS`, asserting success; returns trimmed stdout.
+pub fn git_in(dir: &Path, args: &[&str]) -> String {
+    let out = StdCommand::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
