@@ -152,29 +152,8 @@ impl Settings {
                 Some(p) => (p, true),
                 None => (PathBuf::from("orch.toml"), false),
             };
-        let num = |key: &str, default: u64, min: u64| -> Result<u64, Error> {
-            match get(key) {
-                None => Ok(default),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(n) if n >= min => Ok(n),
-                    _ => Err(Error::config(
-                        key,
-                        format!("expected a whole number >= {min}, got {v:?}"),
-                    )),
-                },
-            }
-        };
-        let flag = |key: &str, default: bool| -> Result<bool, Error> {
-            match get(key).map(|v| v.trim().to_ascii_lowercase()) {
-                None => Ok(default),
-                Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
-                Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
-                Some(v) => Err(Error::config(
-                    key,
-                    format!("expected true or false, got {v:?}"),
-                )),
-            }
-        };
+        let num = |key: &str, default: u64, min: u64| setting_num(&get, key, default, min);
+        let flag = |key: &str, default: bool| setting_flag(&get, key, default);
         Ok(Settings {
             reconcile_enabled: flag("ORCH_RECONCILE_ENABLED", true)?,
             reconcile_grace_s: num("ORCH_RECONCILE_GRACE_S", 300, 0)?,
@@ -266,6 +245,48 @@ impl Settings {
     /// (outside the worktree, so a verdict is never committed).
     pub fn verdicts_dir(&self) -> PathBuf {
         self.state_dir.join("verdicts")
+    }
+}
+
+/// Reads setting `key` through `get` as a whole number `>= min`;
+/// `default` when unset.
+///
+/// Errors: [`Error::Config`] naming the key and the value.
+pub(crate) fn setting_num(
+    get: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+    default: u64,
+    min: u64,
+) -> Result<u64, Error> {
+    match get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(Error::config(
+                key,
+                format!("expected a whole number >= {min}, got {v:?}"),
+            )),
+        },
+    }
+}
+
+/// Reads setting `key` through `get` as a boolean (`true/false`,
+/// `1/0`, `yes/no`, `on/off`); `default` when unset.
+///
+/// Errors: [`Error::Config`] naming the key and the value.
+pub(crate) fn setting_flag(
+    get: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+    default: bool,
+) -> Result<bool, Error> {
+    match get(key).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
+        Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => Err(Error::config(
+            key,
+            format!("expected true or false, got {v:?}"),
+        )),
     }
 }
 

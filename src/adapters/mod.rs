@@ -103,29 +103,9 @@ impl AdapterSettings {
                 .map(|v| v.trim().to_string())
                 .filter(|v| !v.is_empty())
         };
-        let num = |key: &str, default: u64, min: u64| -> Result<u64, Error> {
-            match get(key) {
-                None => Ok(default),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if n >= min => Ok(n),
-                    _ => Err(Error::config(
-                        key,
-                        format!("expected a whole number >= {min}, got {v:?}"),
-                    )),
-                },
-            }
-        };
-        let flag = |key: &str, default: bool| -> Result<bool, Error> {
-            match get(key).map(|v| v.to_ascii_lowercase()) {
-                None => Ok(default),
-                Some(v) if matches!(v.as_str(), "1" | "true" | "yes" | "on") => Ok(true),
-                Some(v) if matches!(v.as_str(), "0" | "false" | "no" | "off") => Ok(false),
-                Some(v) => Err(Error::config(
-                    key,
-                    format!("expected true or false, got {v:?}"),
-                )),
-            }
-        };
+        let num =
+            |key: &str, default: u64, min: u64| crate::config::setting_num(&get, key, default, min);
+        let flag = |key: &str, default: bool| crate::config::setting_flag(&get, key, default);
         let url = |key: &str| -> Result<Option<String>, Error> {
             match get(key) {
                 None => Ok(None),
