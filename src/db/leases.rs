@@ -54,6 +54,15 @@ impl Db {
             .optional()?)
     }
 
+    /// All leases, by name.
+    pub fn leases(&self) -> anyhow::Result<Vec<Lease>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {LEASE_COLS} FROM leases ORDER BY name"))?;
+        let rows = stmt.query_map([], lease_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Leases that are stale at `now_ms` (see the module documentation):
     /// what `orch reap` would release. Read-only.
     pub fn stale_leases(&self, now_ms: i64) -> anyhow::Result<Vec<Lease>> {

@@ -734,23 +734,6 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// All leases.
-    pub fn leases(&self) -> anyhow::Result<Vec<Lease>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT name, holder, job_id, acquired_at_ms, expires_at_ms FROM leases ORDER BY name",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(Lease {
-                name: r.get(0)?,
-                holder: r.get(1)?,
-                job_id: r.get(2)?,
-                acquired_at_ms: r.get(3)?,
-                expires_at_ms: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// The routing and body of inbox row `id`.
     pub fn delivery(&self, id: i64) -> anyhow::Result<Option<Delivery>> {
         Ok(self
