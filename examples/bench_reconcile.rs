@@ -33,7 +33,7 @@ use orch::adapters::plane::StateKind;
 use orch::config::{Config, ProjectConfig, Settings};
 use orch::ctx::Ctx;
 use orch::db::{Db, Job, RunRecord, Tx};
-use orch::pipeline::{self, Actor, Move, Moved, Policy, Stage, WorkItem};
+use orch::pipeline::{self, Actor, JobStatus, Move, Moved, Policy, Stage, WorkItem};
 use orch::reconcile::{self, Pass, Tracker, TrackerItem};
 
 /// The worker identity the builder claims jobs under.
@@ -264,7 +264,7 @@ fn run_agent(tx: &Tx, task_id: i64, verdict: Option<&str>, at: i64) -> anyhow::R
     if let Some(v) = verdict {
         tx.insert_verdict(
             task_id,
-            &job.stage,
+            job.stage,
             Some(job.id),
             "agent",
             v,
@@ -299,7 +299,7 @@ fn advance(
 
 fn stage_of(tx: &Tx, task_id: i64) -> anyhow::Result<Stage> {
     let task = tx.task(task_id)?.context("task vanished")?;
-    task.stage.parse().map_err(anyhow::Error::msg)
+    Ok(task.stage)
 }
 
 /// Walks a task forward to `target` as the worker (and, for analysis, a
@@ -323,7 +323,7 @@ fn walk(
         let next = stage.next();
         let at = last_at.filter(|_| next == target).unwrap_or(*t);
         if stage == Stage::Analysis {
-            tx.finish_job(job.id, "done", None, *t)?;
+            tx.finish_job(job.id, JobStatus::Done, None, *t)?;
             advance(tx, policy, id, next, None, false, Actor::Human, at)?;
         } else {
             advance(tx, policy, id, next, Some(job.id), false, Actor::Worker, at)?;
@@ -400,7 +400,7 @@ fn build_task(ctx: &Ctx, tx: &Tx, p: &Planned, times: &Times, t: &mut i64) -> an
     let finished = |s: Stage, pass: bool, at: i64, t: &mut i64| -> anyhow::Result<()> {
         walk(tx, policy, id, s, t, Some(at))?;
         let job = run_agent(tx, id, verdict_for(s, pass), at)?;
-        tx.finish_job(job.id, "done", None, at)?;
+        tx.finish_job(job.id, JobStatus::Done, None, at)?;
         Ok(())
     };
     match p.kind {

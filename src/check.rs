@@ -13,7 +13,7 @@
 use serde::Serialize;
 
 use crate::db::Db;
-use crate::pipeline::{is_legal, Stage};
+use crate::pipeline::{is_legal, JobStatus, Stage};
 
 /// One violated invariant.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub fn run(
 
     for task in db.tasks()? {
         let transitions = db.transitions(task.id)?;
-        let mut prev: Option<(i64, String)> = None;
+        let mut prev: Option<(i64, Stage)> = None;
         for t in &transitions {
             match &prev {
                 None => {
@@ -64,7 +64,9 @@ pub fn run(
                             "transitions",
                             format!(
                                 "task {}: first transition is v{} from {:?}",
-                                task.id, t.version, t.from_stage
+                                task.id,
+                                t.version,
+                                t.from_stage.map(Stage::as_str)
                             ),
                         );
                     }
@@ -76,57 +78,53 @@ pub fn run(
                             format!("task {}: v{} follows v{pv}", task.id, t.version),
                         );
                     }
-                    if t.from_stage.as_deref() != Some(pto.as_str()) {
+                    if t.from_stage != Some(*pto) {
                         bad(
                             "transitions",
                             format!(
                                 "task {}: v{} starts at {:?}, previous ended at {pto}",
-                                task.id, t.version, t.from_stage
+                                task.id,
+                                t.version,
+                                t.from_stage.map(Stage::as_str)
                             ),
                         );
                     }
-                    let legal = match (
-                        t.from_stage.as_deref().map(str::parse::<Stage>),
-                        t.to_stage.parse::<Stage>(),
-                    ) {
-                        (Some(Ok(f)), Ok(to)) => is_legal(f, to),
-                        _ => false,
-                    };
+                    let legal = t.from_stage.is_some_and(|f| is_legal(f, t.to_stage));
                     if !legal {
                         bad(
                             "transitions",
                             format!(
                                 "task {}: illegal v{} {:?} → {}",
-                                task.id, t.version, t.from_stage, t.to_stage
+                                task.id,
+                                t.version,
+                                t.from_stage.map(Stage::as_str),
+                                t.to_stage
                             ),
                         );
                     }
                 }
             }
-            prev = Some((t.version, t.to_stage.clone()));
+            prev = Some((t.version, t.to_stage));
         }
         match prev {
             Some((pv, pto)) if pv == task.version && pto == task.stage => {}
             other => bad(
                 "transitions",
                 format!(
-                    "task {} at {} v{} but its last transition is {other:?}",
-                    task.id, task.stage, task.version
+                    "task {} at {} v{} but its last transition is {:?}",
+                    task.id,
+                    task.stage,
+                    task.version,
+                    other.map(|(v, s)| (v, s.as_str()))
                 ),
             ),
         }
         let jobs = db.jobs_for_task(task.id)?;
-        let active = jobs
-            .iter()
-            .filter(|j| j.status == "queued" || j.status == "running")
-            .count();
+        let active = jobs.iter().filter(|j| j.status.is_active()).count();
         if active > 1 {
             bad("jobs", format!("task {} has {active} active jobs", task.id));
         }
-        let mut keys: Vec<(&str, i64)> = jobs
-            .iter()
-            .map(|j| (j.stage.as_str(), j.task_version))
-            .collect();
+        let mut keys: Vec<(Stage, i64)> = jobs.iter().map(|j| (j.stage, j.task_version)).collect();
         keys.sort();
         keys.dedup();
         if keys.len() != jobs.len() {
@@ -135,7 +133,7 @@ pub fn run(
                 format!("task {} has two jobs for one (stage, version)", task.id),
             );
         }
-        for j in jobs.iter().filter(|j| j.status == "running") {
+        for j in jobs.iter().filter(|j| j.status == JobStatus::Running) {
             let alive = match (&j.worker_host, j.worker_pid, j.worker_start_time) {
                 (Some(h), Some(p), Some(s)) => live_worker(h, p, s),
                 _ => false,

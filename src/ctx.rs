@@ -51,7 +51,16 @@ impl Ctx {
         let now = crate::clock::now_ms();
         db.write(|tx| {
             for p in &self.config.projects {
-                tx.sync_project(p, now)?;
+                let row = crate::db::ProjectRow {
+                    name: &p.name,
+                    tracker: &p.tracker,
+                    tracker_project_id: &p.tracker_project_id,
+                    forge: &p.forge,
+                    repo: &p.repo,
+                    default_branch: &p.default_branch,
+                    clone_url: &p.clone_url,
+                };
+                tx.sync_project(&row, now)?;
             }
             Ok(())
         })?;

@@ -420,7 +420,7 @@ fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Res
             "{recorded}; no pipeline action: no task has branch {branch}"
         )));
     };
-    if task.stage != Stage::Development.as_str() {
+    if task.stage != Stage::Development {
         return Ok(done(format!(
             "{recorded}; no pipeline action: task {} is at {}",
             task.id, task.stage

@@ -18,6 +18,7 @@ pub mod git;
 pub mod ingest;
 pub mod lock;
 pub mod merge_gate;
+pub mod model;
 pub mod pipeline;
 pub mod process;
 pub mod reap;

@@ -82,7 +82,7 @@ use crate::error::Error;
 use crate::failpoint::failpoint;
 use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
 use crate::pipeline::gate::Gate;
-use crate::pipeline::{self, Actor, Move, Moved, Stage};
+use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 use crate::process::{self, RunSpec};
 use crate::worker::{self, Finalized};
 
@@ -256,7 +256,7 @@ fn defer(ctx: &Ctx, db: &Db, job: &Job, actor: Actor, reason: &str) -> anyhow::R
     let now = now_ms();
     let out = db.write(|tx| {
         let cur = match tx.job(job.id)? {
-            Some(j) if j.status == "running" && j.attempt == job.attempt => j,
+            Some(j) if j.status == JobStatus::Running && j.attempt == job.attempt => j,
             _ => return Ok(Finalized::Lost),
         };
         if cur.merge_defers >= s.merge_gate_max_defers as i64 {
@@ -264,11 +264,10 @@ fn defer(ctx: &Ctx, db: &Db, job: &Job, actor: Actor, reason: &str) -> anyhow::R
                 "merge gate deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
                 cur.merge_defers
             );
-            tx.finish_job(job.id, "failed", Some(&why), now)?;
+            tx.finish_job(job.id, JobStatus::Failed, Some(&why), now)?;
             if let Some(task) = tx.task(job.task_id)? {
                 if task.stage == job.stage && task.version == job.task_version {
-                    let stage: Stage = task.stage.parse().map_err(anyhow::Error::msg)?;
-                    let mut m = Move::new(&task, stage, actor, why.clone());
+                    let mut m = Move::new(&task, task.stage, actor, why.clone());
                     m.escalate = Some(why.clone());
                     pipeline::apply(tx, ctx.policy(), &m, now)?;
                 }
@@ -633,7 +632,7 @@ pub fn run_by_hand(ctx: &Ctx, db: &Db, task_id: i64, dry_run: bool) -> anyhow::R
     let task = db
         .task(task_id)?
         .ok_or_else(|| Error::Usage(format!("no task {task_id}")))?;
-    if task.stage != Stage::DeployStaging.as_str() {
+    if task.stage != Stage::DeployStaging {
         return Err(Error::Usage(format!(
             "task {task_id} is at {}; the merge gate runs for a task at deploy-staging",
             task.stage
@@ -687,7 +686,7 @@ fn by_hand(
             .active_jobs(task.id)?
             .into_iter()
             .find(|j| j.stage == task.stage && j.task_version == task.version);
-        if let Some(j) = job.as_ref().filter(|j| j.status == "running") {
+        if let Some(j) = job.as_ref().filter(|j| j.status == JobStatus::Running) {
             return Ok(Claim::JobRunning(j.clone()));
         }
         if let Some(name) = lease {
@@ -827,12 +826,11 @@ fn plan(
             would: "defer".into(),
         }
     };
-    let job = db.jobs_for_task(task.id)?.into_iter().rev().find(|j| {
-        j.stage == task.stage
-            && j.task_version == task.version
-            && (j.status == "queued" || j.status == "running")
-    });
-    if let Some(j) = job.as_ref().filter(|j| j.status == "running") {
+    let job =
+        db.jobs_for_task(task.id)?.into_iter().rev().find(|j| {
+            j.stage == task.stage && j.task_version == task.version && j.status.is_active()
+        });
+    if let Some(j) = job.as_ref().filter(|j| j.status == JobStatus::Running) {
         return Ok(defer(
             steps,
             format!("job {} is running; its worker runs the merge gate", j.id),

@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job};
-use crate::pipeline::Actor;
+use crate::pipeline::{Actor, JobStatus};
 use crate::process;
 use crate::worker::{self, Finalized};
 
@@ -126,7 +126,7 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
     let boot = process::boot_id();
     let grace_ms = ctx.settings.reaper_finalize_grace_s as i64 * 1000;
     let mut actions = Vec::new();
-    for j in db.jobs_with_status("running")? {
+    for j in db.jobs_with_status(JobStatus::Running)? {
         if let Some(exited_at) = j.exit_recorded_at_ms {
             // Past the grace, unless its worker is alive and still
             // heartbeating (a long merge-gate test run): finishing it
@@ -254,7 +254,9 @@ fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyho
     let now = now_ms();
     let claimed = db.write(|tx| match tx.job(job_id)? {
         Some(j)
-            if j.status == "running" && j.attempt == attempt && j.exit_recorded_at_ms.is_none() =>
+            if j.status == JobStatus::Running
+                && j.attempt == attempt
+                && j.exit_recorded_at_ms.is_none() =>
         {
             let out = worker::retry_or_fail(ctx, tx, &j, reason, Actor::Reaper, now)?;
             Ok(Some((j, out)))

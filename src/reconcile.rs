@@ -363,9 +363,7 @@ fn orphan_statuses(ctx: &Ctx, db: &Db, dry_run: bool, pass: &mut Pass) -> anyhow
         };
         let candidates: Vec<_> = tasks
             .iter()
-            .filter(|t| {
-                t.project == project.name && t.stage == Stage::Development.as_str() && !t.escalated
-            })
+            .filter(|t| t.project == project.name && t.stage == Stage::Development && !t.escalated)
             .collect();
         let outcome = match candidates.as_slice() {
             [task] => {
@@ -410,9 +408,7 @@ fn gate_side(
     let max_retries = ctx.settings.max_developer_retries as i64;
     let active = db.tasks_with_active_jobs()?;
     for task in db.unfinished_tasks()? {
-        let Ok(stage) = task.stage.parse::<Stage>() else {
-            continue;
-        };
+        let stage = task.stage;
         if stage == Stage::Done || task.escalated || active.contains(&task.id) {
             continue;
         }

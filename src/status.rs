@@ -11,7 +11,7 @@ use crate::db::Db;
 pub fn document(db: &Db) -> anyhow::Result<Value> {
     let now = now_ms();
     let running: Vec<Value> = db
-        .jobs_with_status("running")?
+        .jobs_with_status(crate::model::JobStatus::Running)?
         .into_iter()
         .map(|j| {
             json!({

@@ -24,7 +24,7 @@ use crate::ctx::Ctx;
 use crate::db::{Db, Job, RunRecord, Task};
 use crate::failpoint::failpoint;
 use crate::pipeline::gate::{self, Gate};
-use crate::pipeline::{self, Actor, Move, Moved, Stage};
+use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 use crate::process::{self, RunSpec};
 
 /// What one `work-once` did.
@@ -37,7 +37,7 @@ pub enum WorkOutcome {
     Ran {
         job_id: i64,
         task_id: i64,
-        stage: String,
+        stage: Stage,
         exit_code: i64,
         finalized: Finalized,
     },
@@ -118,7 +118,7 @@ pub fn work_once(
                 }
                 tx.insert_verdict(
                     job.task_id,
-                    &job.stage,
+                    job.stage,
                     Some(job.id),
                     "orch",
                     "UNREADABLE",
@@ -135,7 +135,7 @@ pub fn work_once(
         return Ok(WorkOutcome::Ran {
             job_id: job.id,
             task_id: job.task_id,
-            stage: job.stage.clone(),
+            stage: job.stage,
             exit_code: -1,
             finalized: Finalized::Lost,
         });
@@ -145,7 +145,7 @@ pub fn work_once(
     Ok(WorkOutcome::Ran {
         job_id: job.id,
         task_id: job.task_id,
-        stage: job.stage.clone(),
+        stage: job.stage,
         exit_code,
         finalized,
     })
@@ -190,7 +190,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         ("project", task.project.clone()),
         ("title", task.title.clone()),
         ("body", task.body.clone()),
-        ("stage", job.stage.clone()),
+        ("stage", job.stage.to_string()),
         ("role", job.role.clone()),
         ("branch", task.branch.clone()),
         ("worktree", task.worktree.clone()),
@@ -216,7 +216,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let timeout_s = agent.timeout_s.unwrap_or(ctx.settings.agent_timeout_s);
     let mut env: Vec<(String, String)> = vec![
         ("ORCH_TASK_ID".into(), task.id.to_string()),
-        ("ORCH_STAGE".into(), job.stage.clone()),
+        ("ORCH_STAGE".into(), job.stage.to_string()),
         ("ORCH_ROLE".into(), job.role.clone()),
         ("ORCH_JOB_ID".into(), job.id.to_string()),
         (
@@ -307,7 +307,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         match &verdict {
             Ok(Some(v)) => tx.insert_verdict(
                 job.task_id,
-                &job.stage,
+                job.stage,
                 Some(job.id),
                 "agent",
                 v.verdict.as_str(),
@@ -317,7 +317,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             Ok(None) => {}
             Err(e) => tx.insert_verdict(
                 job.task_id,
-                &job.stage,
+                job.stage,
                 Some(job.id),
                 "agent",
                 "UNREADABLE",
@@ -342,7 +342,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
 /// with its exit recorded, so the reaper's Tier-2 finishes it later).
 pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
     let job = db.job(job_id)?.context("no such job")?;
-    if job.status != "running" || job.exit_code.is_none() {
+    if job.status != JobStatus::Running || job.exit_code.is_none() {
         return Ok(Finalized::Lost);
     }
     let task = db.task(job.task_id)?.context("job's task vanished")?;
@@ -351,14 +351,15 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
             "task moved to {} v{} while the job ran",
             task.stage, task.version
         );
-        let won = db.write(|tx| tx.finish_job(job.id, "cancelled", Some(&reason), now_ms()))?;
+        let won =
+            db.write(|tx| tx.finish_job(job.id, JobStatus::Cancelled, Some(&reason), now_ms()))?;
         return Ok(if won {
             Finalized::Cancelled { reason }
         } else {
             Finalized::Lost
         });
     }
-    let stage: Stage = task.stage.parse().map_err(anyhow::Error::msg)?;
+    let stage = task.stage;
     let project = ctx.project(&task.project)?;
     let repo = ctx.repo(project);
     let worktree = PathBuf::from(&task.worktree);
@@ -464,7 +465,7 @@ fn apply_gate(
                 }
             }
             Gate::Pending(reason) => {
-                if tx.finish_job(job.id, "done", None, now)? {
+                if tx.finish_job(job.id, JobStatus::Done, None, now)? {
                     Finalized::Waiting {
                         reason: reason.clone(),
                     }
@@ -495,7 +496,7 @@ pub fn retry_or_fail(
     now: i64,
 ) -> anyhow::Result<Finalized> {
     match tx.job(job.id)? {
-        Some(j) if j.status == "running" && j.attempt == job.attempt => {}
+        Some(j) if j.status == JobStatus::Running && j.attempt == job.attempt => {}
         _ => return Ok(Finalized::Lost),
     }
     if job.attempt < ctx.settings.job_max_attempts as i64 {
@@ -510,11 +511,10 @@ pub fn retry_or_fail(
         "{} job {} failed after {} attempts: {reason}",
         job.stage, job.id, job.attempt
     );
-    tx.finish_job(job.id, "failed", Some(reason), now)?;
+    tx.finish_job(job.id, JobStatus::Failed, Some(reason), now)?;
     if let Some(task) = tx.task(job.task_id)? {
         if task.stage == job.stage && task.version == job.task_version {
-            let stage: Stage = task.stage.parse().map_err(anyhow::Error::msg)?;
-            let mut m = Move::new(&task, stage, actor, why.clone());
+            let mut m = Move::new(&task, task.stage, actor, why.clone());
             m.escalate = Some(why.clone());
             pipeline::apply(tx, ctx.policy(), &m, now)?;
         }

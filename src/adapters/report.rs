@@ -149,7 +149,7 @@ impl RunReport {
         };
         let run = tx.run_usage(job.id)?;
         let usage = run.as_ref().and_then(Usage::from_run);
-        let verdict = tx.job_verdict(job.id)?;
+        let verdict = tx.verdict_for_job(job.id)?;
         let attempt = run.as_ref().map_or(job.attempt, |r| r.attempt);
         let key = format!("task:{}:job{}:a{attempt}:report", task.id, job.id);
         let title = format!(
@@ -196,7 +196,7 @@ impl RunReport {
             &json!({ "text": text, "report": report }),
             now_ms,
         )?;
-        let stage: Option<Stage> = job.stage.parse().ok();
+        let stage = Some(job.stage);
         let forge_gitea = ctx.project(&task.project).is_ok_and(|p| p.forge == "gitea");
         if forge_gitea && stage.is_some_and(|s| s >= Stage::Review) {
             let mut md = format!(

@@ -16,10 +16,6 @@ fn load(db: &Db, id: i64) -> anyhow::Result<Task> {
         .ok_or_else(|| Error::Usage(format!("no task {id}")).into())
 }
 
-fn stage_of(t: &Task) -> anyhow::Result<Stage> {
-    t.stage.parse().map_err(anyhow::Error::msg)
-}
-
 pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
     let db = ctx.open_db()?;
     match c {
@@ -51,7 +47,7 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
         TaskCommand::Reject { id, reason } => gate(ctx, &db, id, false, &reason),
         TaskCommand::Advance { id, reason } => {
             let t = load(&db, id)?;
-            let to = stage_of(&t)?.next();
+            let to = t.stage.next();
             manual(ctx, &db, Move::new(&t, to, Actor::Human, reason))
         }
         TaskCommand::Rollback { id, reason } => {
@@ -70,7 +66,7 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
                 ))
                 .into());
             }
-            let stage = stage_of(&t)?;
+            let stage = t.stage;
             manual(
                 ctx,
                 &db,
@@ -79,14 +75,14 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
         }
         TaskCommand::Cancel { id, reason } => {
             let t = load(&db, id)?;
-            let stage = stage_of(&t)?;
+            let stage = t.stage;
             let mut m = Move::new(&t, stage, Actor::Human, reason.clone());
             m.escalate = Some(reason);
             manual(ctx, &db, m)
         }
         TaskCommand::Unblock { id, reason } => {
             let t = load(&db, id)?;
-            let stage = stage_of(&t)?;
+            let stage = t.stage;
             let mut m = Move::new(&t, stage, Actor::Human, reason);
             m.reset = true;
             manual(ctx, &db, m)
@@ -190,7 +186,7 @@ fn show(db: &Db, id: i64) -> anyhow::Result<Output> {
         text += &format!(
             "  v{:<3} {:<15} → {:<15} {:<10} {}\n",
             tr.version,
-            tr.from_stage.as_deref().unwrap_or("(new)"),
+            tr.from_stage.map_or("(new)", Stage::as_str),
             tr.to_stage,
             tr.actor,
             tr.reason

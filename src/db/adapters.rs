@@ -3,7 +3,7 @@
 //! forge pull request of each task, and the lookups the Gitea deliveries
 //! and the per-run reports need.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{outbox_row, task_row, Db, OutboxRow, Task, Tx, OUTBOX_COLS, TASK_COLS};
@@ -43,49 +43,6 @@ pub struct RunUsage {
     pub cache_creation_input_tokens: i64,
     pub cost_usd: f64,
     pub duration_ms: Option<i64>,
-}
-
-fn task_by_branch(conn: &Connection, project: &str, branch: &str) -> anyhow::Result<Option<Task>> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {TASK_COLS} FROM tasks WHERE project=?1 AND branch=?2"
-        ))?
-        .query_row(params![project, branch], task_row)
-        .optional()?)
-}
-
-fn cached_states(conn: &Connection, project: &str) -> anyhow::Result<Vec<CachedState>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT state_id, name, state_group, fetched_at_ms FROM tracker_states \
-         WHERE project=?1 ORDER BY name",
-    )?;
-    let rows = stmt.query_map([project], |r| {
-        Ok(CachedState {
-            state_id: r.get(0)?,
-            name: r.get(1)?,
-            group: r.get(2)?,
-            fetched_at_ms: r.get(3)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-fn pull_request(conn: &Connection, task_id: i64) -> anyhow::Result<Option<PullRequestRow>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT task_id, number, html_url, head_branch, merged, at_ms FROM pull_requests WHERE task_id=?1",
-        )?
-        .query_row([task_id], |r| {
-            Ok(PullRequestRow {
-                task_id: r.get(0)?,
-                number: r.get(1)?,
-                html_url: r.get(2)?,
-                head_branch: r.get(3)?,
-                merged: r.get(4)?,
-                at_ms: r.get(5)?,
-            })
-        })
-        .optional()?)
 }
 
 impl Db {
@@ -130,108 +87,55 @@ impl Db {
 
     /// The cached tracker states of `project`, by name.
     pub fn cached_states(&self, project: &str) -> anyhow::Result<Vec<CachedState>> {
-        cached_states(&self.conn, project)
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT state_id, name, state_group, fetched_at_ms FROM tracker_states \
+         WHERE project=?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([project], |r| {
+            Ok(CachedState {
+                state_id: r.get(0)?,
+                name: r.get(1)?,
+                group: r.get(2)?,
+                fetched_at_ms: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The pull request recorded for task `task_id`.
     pub fn pull_request(&self, task_id: i64) -> anyhow::Result<Option<PullRequestRow>> {
-        pull_request(&self.conn, task_id)
+        Ok(self
+            .conn
+        .prepare_cached(
+            "SELECT task_id, number, html_url, head_branch, merged, at_ms FROM pull_requests WHERE task_id=?1",
+        )?
+        .query_row([task_id], |r| {
+            Ok(PullRequestRow {
+                task_id: r.get(0)?,
+                number: r.get(1)?,
+                html_url: r.get(2)?,
+                head_branch: r.get(3)?,
+                merged: r.get(4)?,
+                at_ms: r.get(5)?,
+            })
+        })
+        .optional()?)
     }
 
     /// The task of `project` whose branch is `branch`.
     pub fn task_by_branch(&self, project: &str, branch: &str) -> anyhow::Result<Option<Task>> {
-        task_by_branch(&self.conn, project, branch)
-    }
-}
-
-impl Tx<'_> {
-    /// Starts a send of pending outbox message `id`: bumps its `sends`
-    /// counter and returns the value before, i.e. how many earlier sends
-    /// may have reached the remote side. `None` when the message is no
-    /// longer pending (another pass delivered or dead-lettered it).
-    pub fn begin_outbox_send(&self, id: i64) -> anyhow::Result<Option<i64>> {
         Ok(self
-            .prepare_cached(
-                "UPDATE outbox SET sends=sends+1 WHERE id=?1 AND status='pending' RETURNING sends-1",
-            )?
-            .query_row([id], |r| r.get(0))
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLS} FROM tasks WHERE project=?1 AND branch=?2"
+            ))?
+            .query_row(params![project, branch], task_row)
             .optional()?)
-    }
-
-    /// Records why pending message `id` waits (no adapter, a kill switch,
-    /// missing settings) without counting an attempt.
-    pub fn mark_outbox_waiting(&self, id: i64, reason: &str) -> anyhow::Result<()> {
-        self.prepare_cached("UPDATE outbox SET last_error=?2 WHERE id=?1 AND status='pending'")?
-            .execute(params![id, reason])?;
-        Ok(())
-    }
-
-    /// Replaces the cached tracker states of `project` with `states`
-    /// (`(id, name, group)`).
-    pub fn replace_tracker_states(
-        &self,
-        project: &str,
-        states: &[(String, String, String)],
-        now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.prepare_cached("DELETE FROM tracker_states WHERE project=?1")?
-            .execute([project])?;
-        let mut stmt = self.prepare_cached(
-            "INSERT INTO tracker_states (project, state_id, name, state_group, fetched_at_ms) \
-             VALUES (?1,?2,?3,?4,?5) ON CONFLICT(project, state_id) DO UPDATE SET \
-             name=excluded.name, state_group=excluded.state_group, fetched_at_ms=excluded.fetched_at_ms",
-        )?;
-        for (id, name, group) in states {
-            stmt.execute(params![project, id, name, group, now_ms])?;
-        }
-        Ok(())
-    }
-
-    /// The cached tracker states of `project` (inside the transaction).
-    pub fn cached_states(&self, project: &str) -> anyhow::Result<Vec<CachedState>> {
-        cached_states(self, project)
-    }
-
-    /// Records (or updates) the pull request of task `task_id`.
-    pub fn upsert_pull_request(
-        &self,
-        task_id: i64,
-        number: i64,
-        html_url: &str,
-        head_branch: &str,
-        merged: bool,
-        now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.prepare_cached(
-            "INSERT INTO pull_requests (task_id, number, html_url, head_branch, merged, at_ms) \
-             VALUES (?1,?2,?3,?4,?5,?6) ON CONFLICT(task_id) DO UPDATE SET number=excluded.number, \
-             html_url=excluded.html_url, head_branch=excluded.head_branch, \
-             merged=MAX(pull_requests.merged, excluded.merged), at_ms=excluded.at_ms",
-        )?
-        .execute(params![
-            task_id,
-            number,
-            html_url,
-            head_branch,
-            merged,
-            now_ms
-        ])?;
-        Ok(())
-    }
-
-    /// The pull request recorded for task `task_id` (inside the transaction).
-    pub fn pull_request(&self, task_id: i64) -> anyhow::Result<Option<PullRequestRow>> {
-        pull_request(self, task_id)
-    }
-
-    /// The task of `project` whose branch is `branch` (inside the transaction).
-    pub fn task_by_branch(&self, project: &str, branch: &str) -> anyhow::Result<Option<Task>> {
-        task_by_branch(self, project, branch)
     }
 
     /// Usage of the latest agent run of job `job_id`.
     pub fn run_usage(&self, job_id: i64) -> anyhow::Result<Option<RunUsage>> {
-        Ok(self
+        Ok(self.conn
             .prepare_cached(
                 "SELECT id, attempt, exit_code, success, usage_known, input_tokens, output_tokens, \
                  cache_read_input_tokens, cache_creation_input_tokens, cost_usd, duration_ms \
@@ -254,15 +158,78 @@ impl Tx<'_> {
             })
             .optional()?)
     }
+}
 
-    /// The latest verdict recorded for job `job_id`: `(verdict, summary)`.
-    pub fn job_verdict(&self, job_id: i64) -> anyhow::Result<Option<(String, String)>> {
-        Ok(self
+impl Tx<'_> {
+    /// Starts a send of pending outbox message `id`: bumps its `sends`
+    /// counter and returns the value before, i.e. how many earlier sends
+    /// may have reached the remote side. `None` when the message is no
+    /// longer pending (another pass delivered or dead-lettered it).
+    pub fn begin_outbox_send(&self, id: i64) -> anyhow::Result<Option<i64>> {
+        Ok(self.conn
             .prepare_cached(
-                "SELECT verdict, summary FROM verdicts WHERE job_id=?1 ORDER BY id DESC LIMIT 1",
+                "UPDATE outbox SET sends=sends+1 WHERE id=?1 AND status='pending' RETURNING sends-1",
             )?
-            .query_row([job_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row([id], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Records why pending message `id` waits (no adapter, a kill switch,
+    /// missing settings) without counting an attempt.
+    pub fn mark_outbox_waiting(&self, id: i64, reason: &str) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE outbox SET last_error=?2 WHERE id=?1 AND status='pending'")?
+            .execute(params![id, reason])?;
+        Ok(())
+    }
+
+    /// Replaces the cached tracker states of `project` with `states`
+    /// (`(id, name, group)`).
+    pub fn replace_tracker_states(
+        &self,
+        project: &str,
+        states: &[(String, String, String)],
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM tracker_states WHERE project=?1")?
+            .execute([project])?;
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO tracker_states (project, state_id, name, state_group, fetched_at_ms) \
+             VALUES (?1,?2,?3,?4,?5) ON CONFLICT(project, state_id) DO UPDATE SET \
+             name=excluded.name, state_group=excluded.state_group, fetched_at_ms=excluded.fetched_at_ms",
+        )?;
+        for (id, name, group) in states {
+            stmt.execute(params![project, id, name, group, now_ms])?;
+        }
+        Ok(())
+    }
+
+    /// Records (or updates) the pull request of task `task_id`.
+    pub fn upsert_pull_request(
+        &self,
+        task_id: i64,
+        number: i64,
+        html_url: &str,
+        head_branch: &str,
+        merged: bool,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.conn.prepare_cached(
+            "INSERT INTO pull_requests (task_id, number, html_url, head_branch, merged, at_ms) \
+             VALUES (?1,?2,?3,?4,?5,?6) ON CONFLICT(task_id) DO UPDATE SET number=excluded.number, \
+             html_url=excluded.html_url, head_branch=excluded.head_branch, \
+             merged=MAX(pull_requests.merged, excluded.merged), at_ms=excluded.at_ms",
+        )?
+        .execute(params![
+            task_id,
+            number,
+            html_url,
+            head_branch,
+            merged,
+            now_ms
+        ])?;
+        Ok(())
     }
 }
 

@@ -92,14 +92,6 @@ impl Db {
 }
 
 impl Tx<'_> {
-    /// The lease `name` (inside the transaction).
-    pub fn lease(&self, name: &str) -> anyhow::Result<Option<Lease>> {
-        Ok(self
-            .prepare_cached(&format!("SELECT {LEASE_COLS} FROM leases WHERE name=?1"))?
-            .query_row([name], lease_row)
-            .optional()?)
-    }
-
     /// Takes lease `name` for `holder` (on behalf of `job_id`) until
     /// `now_ms + ttl_ms`: inserts it when free, takes it over when it is
     /// stale, renews it (new `job_id`, `acquired_at_ms` and expiry) when
@@ -117,6 +109,7 @@ impl Tx<'_> {
         ttl_ms: i64,
     ) -> anyhow::Result<LeaseAcquire> {
         let n = self
+            .conn
             .prepare_cached(&format!(
                 "INSERT INTO leases (name, holder, job_id, acquired_at_ms, expires_at_ms) \
                  VALUES (?1,?2,?3,?4,?5) ON CONFLICT(name) DO UPDATE SET holder=excluded.holder, \
@@ -140,6 +133,7 @@ impl Tx<'_> {
     /// whether a row was deleted.
     pub fn release_lease(&self, name: &str, holder: &str) -> anyhow::Result<bool> {
         Ok(self
+            .conn
             .prepare_cached("DELETE FROM leases WHERE name=?1 AND holder=?2")?
             .execute(params![name, holder])?
             == 1)
@@ -147,7 +141,9 @@ impl Tx<'_> {
 
     /// Releases every lease `holder` holds. Returns their names.
     pub fn release_leases_held_by(&self, holder: &str) -> anyhow::Result<Vec<String>> {
-        let mut stmt = self.prepare_cached("DELETE FROM leases WHERE holder=?1 RETURNING name")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM leases WHERE holder=?1 RETURNING name")?;
         let rows = stmt.query_map([holder], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -161,7 +157,7 @@ impl Tx<'_> {
         job_id: i64,
         now_ms: i64,
     ) -> anyhow::Result<usize> {
-        Ok(self
+        Ok(self.conn
             .prepare_cached(
                 "UPDATE leases SET job_id=?2, expires_at_ms=?3 + (expires_at_ms - acquired_at_ms), \
                  acquired_at_ms=?3 WHERE holder=?1",
@@ -173,7 +169,7 @@ impl Tx<'_> {
     /// job is no longer queued or running). Returns the released
     /// `(name, holder)` pairs.
     pub fn release_stale_leases(&self, now_ms: i64) -> anyhow::Result<Vec<(String, String)>> {
-        let mut stmt = self.prepare_cached(&format!(
+        let mut stmt = self.conn.prepare_cached(&format!(
             "DELETE FROM leases WHERE {} RETURNING name, holder",
             stale("?1")
         ))?;
@@ -194,7 +190,7 @@ impl Tx<'_> {
         reason: &str,
         available_at_ms: i64,
     ) -> anyhow::Result<bool> {
-        let n = self
+        let n = self.conn
             .prepare_cached(
                 "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
                  available_at_ms=?3, last_error=?2, worker_host=NULL, worker_pid=NULL, \
@@ -217,7 +213,7 @@ impl Tx<'_> {
         now_ms: i64,
     ) -> anyhow::Result<Option<Job>> {
         let (host, pid, start) = worker;
-        let n = self
+        let n = self.conn
             .prepare_cached(
                 "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
                  claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
@@ -230,6 +226,7 @@ impl Tx<'_> {
             return Ok(None);
         }
         Ok(self
+            .conn
             .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id=?1"))?
             .query_row([id], job_row)
             .optional()?)
@@ -247,6 +244,7 @@ impl Tx<'_> {
         start_time: i64,
     ) -> anyhow::Result<bool> {
         Ok(self
+            .conn
             .prepare_cached(
                 "UPDATE jobs SET status='queued', worker_host=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, claimed_at_ms=NULL, heartbeat_at_ms=NULL \

@@ -23,6 +23,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::model::{Actor, JobStatus, Stage};
 
 pub use leases::LeaseAcquire;
 pub use schema::MIGRATIONS;
@@ -37,15 +38,19 @@ pub struct Db {
     conn: Connection,
 }
 
-/// A write transaction (`BEGIN IMMEDIATE`), see [`Db::write`].
+/// A write transaction (`BEGIN IMMEDIATE`), see [`Db::write`]. It derefs
+/// to [`Db`], so every read is written once, on `Db`, and sees the
+/// transaction's own writes (one connection); the writes are methods of
+/// `Tx`.
 pub struct Tx<'a> {
     tx: rusqlite::Transaction<'a>,
+    db: &'a Db,
 }
 
 impl std::ops::Deref for Tx<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        &self.tx
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        self.db
     }
 }
 
@@ -124,6 +129,7 @@ impl Db {
     pub fn write<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let tx = Tx {
             tx: rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?,
+            db: self,
         };
         let out = f(&tx)?;
         tx.tx.commit()?;
@@ -135,6 +141,7 @@ impl Db {
     pub fn rehearse<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let tx = Tx {
             tx: rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?,
+            db: self,
         };
         let out = f(&tx);
         tx.tx.rollback()?;
@@ -182,7 +189,7 @@ pub struct Task {
     pub sequence: i64,
     pub title: String,
     pub body: String,
-    pub stage: String,
+    pub stage: Stage,
     pub version: i64,
     pub branch: String,
     pub worktree: String,
@@ -216,15 +223,15 @@ fn task_row(r: &Row) -> rusqlite::Result<Task> {
     })
 }
 
-/// A job row. `status` is `queued|running|done|failed|cancelled`.
+/// A job row.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     pub id: i64,
     pub task_id: i64,
-    pub stage: String,
+    pub stage: Stage,
     pub role: String,
     pub task_version: i64,
-    pub status: String,
+    pub status: JobStatus,
     pub attempt: i64,
     pub available_at_ms: i64,
     pub worker_host: Option<String>,
@@ -285,10 +292,10 @@ fn job_row(r: &Row) -> rusqlite::Result<Job> {
 pub struct TransitionRow {
     pub id: i64,
     pub task_id: i64,
-    pub from_stage: Option<String>,
-    pub to_stage: String,
+    pub from_stage: Option<Stage>,
+    pub to_stage: Stage,
     pub version: i64,
-    pub actor: String,
+    pub actor: Actor,
     pub job_id: Option<i64>,
     pub reason: String,
     pub at_ms: i64,
@@ -359,6 +366,21 @@ pub struct Lease {
     pub expires_at_ms: i64,
 }
 
+/// A project of the registry (`projects` table), as the caller's config
+/// names it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectRow<'a> {
+    pub name: &'a str,
+    /// `local` or `plane`.
+    pub tracker: &'a str,
+    pub tracker_project_id: &'a str,
+    /// `local` or `gitea`.
+    pub forge: &'a str,
+    pub repo: &'a str,
+    pub default_branch: &'a str,
+    pub clone_url: &'a str,
+}
+
 /// A stored delivery's routing and exact body bytes.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -413,7 +435,7 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageRow {
     pub task_id: i64,
-    pub stage: String,
+    pub stage: Stage,
     pub role: String,
     pub runs: i64,
     pub input_tokens: i64,
@@ -470,6 +492,30 @@ impl Db {
             .optional()?)
     }
 
+    /// The task for `(project, tracker_issue_id)`, if any.
+    pub fn task_by_issue(
+        &self,
+        project: &str,
+        tracker_issue_id: &str,
+    ) -> anyhow::Result<Option<Task>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {TASK_COLS} FROM tasks WHERE project=?1 AND tracker_issue_id=?2"
+            ))?
+            .query_row(params![project, tracker_issue_id], task_row)
+            .optional()?)
+    }
+
+    /// Jobs of a task that are queued or running.
+    pub fn active_jobs(&self, task_id: i64) -> anyhow::Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE task_id=?1 AND status IN ('queued','running') ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([task_id], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Jobs of a task, oldest first.
     pub fn jobs_for_task(&self, task_id: i64) -> anyhow::Result<Vec<Job>> {
         let mut stmt = self.conn.prepare_cached(&format!(
@@ -480,7 +526,7 @@ impl Db {
     }
 
     /// Jobs with `status`, oldest first.
-    pub fn jobs_with_status(&self, status: &str) -> anyhow::Result<Vec<Job>> {
+    pub fn jobs_with_status(&self, status: JobStatus) -> anyhow::Result<Vec<Job>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {JOB_COLS} FROM jobs WHERE status=?1 ORDER BY id"
         ))?;
@@ -663,7 +709,7 @@ impl Db {
     }
 
     /// `(stage, escalated, count)` over all tasks.
-    pub fn tasks_by_stage(&self) -> anyhow::Result<Vec<(String, bool, i64)>> {
+    pub fn tasks_by_stage(&self) -> anyhow::Result<Vec<(Stage, bool, i64)>> {
         let mut stmt = self.conn.prepare(
             "SELECT stage, escalated, COUNT(*) FROM tasks GROUP BY stage, escalated ORDER BY stage",
         )?;
@@ -767,13 +813,9 @@ impl Db {
 // ---------------------------------------------------------------- writes
 
 impl Tx<'_> {
-    /// Upserts a project of the registry.
-    pub fn sync_project(
-        &self,
-        p: &crate::config::ProjectConfig,
-        now_ms: i64,
-    ) -> anyhow::Result<()> {
-        self.prepare_cached(
+    /// Upserts a project of the registry (a no-op when nothing changed).
+    pub fn sync_project(&self, p: &ProjectRow<'_>, now_ms: i64) -> anyhow::Result<()> {
+        self.conn.prepare_cached(
             "INSERT INTO projects (name, tracker, tracker_project_id, forge, repo, default_branch, clone_url, synced_at_ms) \
              VALUES (?1,?2,?3,?4,?5,?6,?7,?8) \
              ON CONFLICT(name) DO UPDATE SET tracker=excluded.tracker, tracker_project_id=excluded.tracker_project_id, \
@@ -805,7 +847,7 @@ impl Tx<'_> {
         body_sha256: &str,
         now_ms: i64,
     ) -> anyhow::Result<Recorded> {
-        let existing: Option<i64> = self
+        let existing: Option<i64> = self.conn
             .prepare_cached(
                 "SELECT id FROM inbox WHERE source=?1 AND (delivery_id=?2 OR (?1='plane' AND body_sha256=?3)) \
                  ORDER BY id LIMIT 1",
@@ -815,7 +857,7 @@ impl Tx<'_> {
         if let Some(id) = existing {
             return Ok(Recorded::Duplicate(id));
         }
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms) \
              VALUES (?1,?2,?3,?4,?5,?6,?7)",
         )?
@@ -828,7 +870,7 @@ impl Tx<'_> {
             d.body,
             now_ms
         ])?;
-        Ok(Recorded::Stored(self.last_insert_rowid()))
+        Ok(Recorded::Stored(self.conn.last_insert_rowid()))
     }
 
     /// Marks inbox row `id` processed with `outcome`.
@@ -838,7 +880,7 @@ impl Tx<'_> {
         outcome: &str,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "UPDATE inbox SET processed_at_ms=?2, outcome=?3, attempts=attempts+1, error=NULL WHERE id=?1",
         )?
         .execute(params![id, now_ms, outcome])?;
@@ -853,51 +895,24 @@ impl Tx<'_> {
         error: &str,
         max_attempts: u32,
     ) -> anyhow::Result<bool> {
-        self.prepare_cached(
-            "UPDATE inbox SET attempts=attempts+1, error=?2, dead=(attempts+1>=?3) WHERE id=?1",
-        )?
-        .execute(params![id, error, max_attempts])?;
-        Ok(self.query_row("SELECT dead FROM inbox WHERE id=?1", [id], |r| r.get(0))?)
+        self.conn
+            .prepare_cached(
+                "UPDATE inbox SET attempts=attempts+1, error=?2, dead=(attempts+1>=?3) WHERE id=?1",
+            )?
+            .execute(params![id, error, max_attempts])?;
+        Ok(self
+            .conn
+            .query_row("SELECT dead FROM inbox WHERE id=?1", [id], |r| r.get(0))?)
     }
 
     /// Makes inbox row `id` pending again (for `orch events replay`).
     pub fn reset_delivery(&self, id: i64) -> anyhow::Result<bool> {
-        Ok(self
+        Ok(self.conn
             .prepare_cached(
                 "UPDATE inbox SET processed_at_ms=NULL, outcome=NULL, error=NULL, dead=0, attempts=0 WHERE id=?1",
             )?
             .execute([id])?
             == 1)
-    }
-
-    /// The task for `(project, tracker_issue_id)`, if any.
-    pub fn task_by_issue(
-        &self,
-        project: &str,
-        tracker_issue_id: &str,
-    ) -> anyhow::Result<Option<Task>> {
-        Ok(self
-            .prepare_cached(&format!(
-                "SELECT {TASK_COLS} FROM tasks WHERE project=?1 AND tracker_issue_id=?2"
-            ))?
-            .query_row(params![project, tracker_issue_id], task_row)
-            .optional()?)
-    }
-
-    /// The task with `id` (inside the transaction).
-    pub fn task(&self, id: i64) -> anyhow::Result<Option<Task>> {
-        Ok(self
-            .prepare_cached(&format!("SELECT {TASK_COLS} FROM tasks WHERE id=?1"))?
-            .query_row([id], task_row)
-            .optional()?)
-    }
-
-    /// The job with `id` (inside the transaction).
-    pub fn job(&self, id: i64) -> anyhow::Result<Option<Job>> {
-        Ok(self
-            .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id=?1"))?
-            .query_row([id], job_row)
-            .optional()?)
     }
 
     /// Inserts a task at `stage` with version 1. Returns its id, or `None`
@@ -910,18 +925,18 @@ impl Tx<'_> {
         sequence: i64,
         title: &str,
         body: &str,
-        stage: &str,
+        stage: Stage,
         branch: &str,
         worktree: &str,
         now_ms: i64,
     ) -> anyhow::Result<Option<i64>> {
-        let n = self
+        let n = self.conn
             .prepare_cached(
                 "INSERT INTO tasks (project, tracker_issue_id, sequence, title, body, stage, version, branch, worktree, created_at_ms, updated_at_ms) \
                  VALUES (?1,?2,?3,?4,?5,?6,1,?7,?8,?9,?9) ON CONFLICT(project, tracker_issue_id) DO NOTHING",
             )?
             .execute(params![project, tracker_issue_id, sequence, title, body, stage, branch, worktree, now_ms])?;
-        Ok((n == 1).then(|| self.last_insert_rowid()))
+        Ok((n == 1).then(|| self.conn.last_insert_rowid()))
     }
 
     /// Compare-and-swap of a task's stage: moves it from `(from, version)`
@@ -932,15 +947,15 @@ impl Tx<'_> {
     pub fn cas_task(
         &self,
         id: i64,
-        from: &str,
+        from: Stage,
         version: i64,
-        to: &str,
+        to: Stage,
         developer_retries: i64,
         escalated: bool,
         escalated_reason: Option<&str>,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
-        let n = self
+        let n = self.conn
             .prepare_cached(
                 "UPDATE tasks SET stage=?4, version=version+1, developer_retries=?5, escalated=?6, \
                  escalated_reason=?7, updated_at_ms=?8 WHERE id=?1 AND stage=?2 AND version=?3",
@@ -954,15 +969,15 @@ impl Tx<'_> {
     pub fn insert_transition(
         &self,
         task_id: i64,
-        from: Option<&str>,
-        to: &str,
+        from: Option<Stage>,
+        to: Stage,
         version: i64,
-        actor: &str,
+        actor: Actor,
         job_id: Option<i64>,
         reason: &str,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO transitions (task_id, from_stage, to_stage, version, actor, job_id, reason, at_ms) \
              VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
         )?
@@ -975,30 +990,22 @@ impl Tx<'_> {
     pub fn enqueue_job(
         &self,
         task_id: i64,
-        stage: &str,
+        stage: Stage,
         role: &str,
         task_version: i64,
         now_ms: i64,
     ) -> anyhow::Result<i64> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, available_at_ms, created_at_ms) \
              VALUES (?1,?2,?3,?4,'queued',1,?5,?5) ON CONFLICT(task_id, stage, task_version) DO NOTHING",
         )?
         .execute(params![task_id, stage, role, task_version, now_ms])?;
         Ok(self
+            .conn
             .prepare_cached(
                 "SELECT id FROM jobs WHERE task_id=?1 AND stage=?2 AND task_version=?3",
             )?
             .query_row(params![task_id, stage, task_version], |r| r.get(0))?)
-    }
-
-    /// Jobs of a task that are queued or running.
-    pub fn active_jobs(&self, task_id: i64) -> anyhow::Result<Vec<Job>> {
-        let mut stmt = self.prepare_cached(&format!(
-            "SELECT {JOB_COLS} FROM jobs WHERE task_id=?1 AND status IN ('queued','running') ORDER BY id"
-        ))?;
-        let rows = stmt.query_map([task_id], job_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Writes an outbox message; a second write with the same `dedupe_key`
@@ -1012,7 +1019,7 @@ impl Tx<'_> {
         payload: &serde_json::Value,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
-        let n = self
+        let n = self.conn
             .prepare_cached(
                 "INSERT INTO outbox (dedupe_key, task_id, channel, kind, payload, next_attempt_at_ms, created_at_ms) \
                  VALUES (?1,?2,?3,?4,?5,?6,?6) ON CONFLICT(dedupe_key) DO NOTHING",
@@ -1040,19 +1047,21 @@ impl Tx<'_> {
     ) -> anyhow::Result<Option<Job>> {
         // Cancel queued jobs their task has moved past (a human advance,
         // a rollback): they can never be valid again.
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "UPDATE jobs SET status='cancelled', finished_at_ms=?1, last_error='task moved on before the job ran' \
              WHERE status='queued' AND EXISTS (SELECT 1 FROM tasks t WHERE t.id=jobs.task_id \
                AND (t.version<>jobs.task_version OR t.stage<>jobs.stage))",
         )?
         .execute([now_ms])?;
         let running: i64 = self
+            .conn
             .prepare_cached("SELECT COUNT(*) FROM jobs WHERE status='running'")?
             .query_row([], |r| r.get(0))?;
         if running >= max_running as i64 {
             return Ok(None);
         }
         let id: Option<i64> = self
+            .conn
             .prepare_cached(
                 "SELECT j.id FROM jobs j JOIN tasks t ON t.id=j.task_id \
                  WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
@@ -1063,7 +1072,7 @@ impl Tx<'_> {
             .optional()?;
         let Some(id) = id else { return Ok(None) };
         let (host, pid, start) = worker;
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
              claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
              exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
@@ -1084,17 +1093,18 @@ impl Tx<'_> {
         start_time: i64,
         timeout_s: i64,
     ) -> anyhow::Result<()> {
-        self.prepare_cached(
-            "UPDATE jobs SET agent_pid=?3, agent_start_time=?4, timeout_s=?5 \
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET agent_pid=?3, agent_start_time=?4, timeout_s=?5 \
              WHERE id=?1 AND attempt=?2 AND status='running'",
-        )?
-        .execute(params![id, attempt, pid, start_time, timeout_s])?;
+            )?
+            .execute(params![id, attempt, pid, start_time, timeout_s])?;
         Ok(())
     }
 
     /// Refreshes the heartbeat of running job `id` (claim `attempt`).
     pub fn heartbeat(&self, id: i64, attempt: i64, now_ms: i64) -> anyhow::Result<()> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "UPDATE jobs SET heartbeat_at_ms=?3 WHERE id=?1 AND attempt=?2 AND status='running'",
         )?
         .execute(params![id, attempt, now_ms])?;
@@ -1113,6 +1123,7 @@ impl Tx<'_> {
         now_ms: i64,
     ) -> anyhow::Result<bool> {
         let n = self
+            .conn
             .prepare_cached(
                 "UPDATE jobs SET exit_code=?3, exit_recorded_at_ms=?4 \
                  WHERE id=?1 AND attempt=?2 AND status='running' AND exit_recorded_at_ms IS NULL",
@@ -1124,7 +1135,7 @@ impl Tx<'_> {
     /// Stores one agent run.
     pub fn insert_agent_run(&self, job: &Job, r: &RunRecord) -> anyhow::Result<()> {
         let (i, o, cr, cc) = r.usage.unwrap_or((0, 0, 0, 0));
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO agent_runs (job_id, task_id, stage, role, attempt, pid, argv, exit_code, duration_ms, success, \
              usage_known, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd, \
              session_id, permission_denials, log_path, started_at_ms) \
@@ -1162,14 +1173,14 @@ impl Tx<'_> {
     pub fn insert_verdict(
         &self,
         task_id: i64,
-        stage: &str,
+        stage: Stage,
         job_id: Option<i64>,
         source: &str,
         verdict: &str,
         summary: &str,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO verdicts (task_id, stage, job_id, source, verdict, summary, at_ms) VALUES (?1,?2,?3,?4,?5,?6,?7)",
         )?
         .execute(params![task_id, stage, job_id, source, verdict, summary, now_ms])?;
@@ -1182,12 +1193,12 @@ impl Tx<'_> {
     pub fn finish_job(
         &self,
         id: i64,
-        status: &str,
+        status: JobStatus,
         error: Option<&str>,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
-        debug_assert!(matches!(status, "done" | "failed" | "cancelled"));
-        let n = self
+        debug_assert!(!status.is_active());
+        let n = self.conn
             .prepare_cached(
                 "UPDATE jobs SET status=?2, last_error=COALESCE(?3, last_error), finished_at_ms=?4 \
                  WHERE id=?1 AND status='running'",
@@ -1207,7 +1218,7 @@ impl Tx<'_> {
         error: &str,
         available_at_ms: i64,
     ) -> anyhow::Result<bool> {
-        let n = self
+        let n = self.conn
             .prepare_cached(
                 "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
@@ -1227,6 +1238,7 @@ impl Tx<'_> {
         now_ms: i64,
     ) -> anyhow::Result<usize> {
         Ok(self
+            .conn
             .prepare_cached(
                 "UPDATE jobs SET status='cancelled', last_error=?3, finished_at_ms=?4 \
                  WHERE task_id=?1 AND status IN ('queued','running') AND id IS NOT ?2",
@@ -1244,7 +1256,7 @@ impl Tx<'_> {
         target_url: &str,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO ci_statuses (project, sha, context, state, target_url, at_ms) VALUES (?1,?2,?3,?4,?5,?6) \
              ON CONFLICT(project, sha, context) DO UPDATE SET state=excluded.state, target_url=excluded.target_url, at_ms=excluded.at_ms",
         )?
@@ -1260,18 +1272,20 @@ impl Tx<'_> {
         sha: &str,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.prepare_cached(
-            "INSERT INTO branch_heads (project, branch, sha, at_ms) VALUES (?1,?2,?3,?4) \
+        self.conn
+            .prepare_cached(
+                "INSERT INTO branch_heads (project, branch, sha, at_ms) VALUES (?1,?2,?3,?4) \
              ON CONFLICT(project, branch) DO UPDATE SET sha=excluded.sha, at_ms=excluded.at_ms",
-        )?
-        .execute(params![project, branch, sha, now_ms])?;
+            )?
+            .execute(params![project, branch, sha, now_ms])?;
         Ok(())
     }
 
     /// The orch branch whose last known head is `sha`, if exactly one.
     pub fn branch_for_sha(&self, project: &str, sha: &str) -> anyhow::Result<Option<String>> {
-        let mut stmt =
-            self.prepare_cached("SELECT branch FROM branch_heads WHERE project=?1 AND sha=?2")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT branch FROM branch_heads WHERE project=?1 AND sha=?2")?;
         let branches: Vec<String> = stmt
             .query_map(params![project, sha], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
@@ -1288,9 +1302,10 @@ impl Tx<'_> {
         at_ms: i64,
         report: &serde_json::Value,
     ) -> anyhow::Result<()> {
-        self.prepare_cached("INSERT INTO reconcile_passes (at_ms, report) VALUES (?1, ?2)")?
+        self.conn
+            .prepare_cached("INSERT INTO reconcile_passes (at_ms, report) VALUES (?1, ?2)")?
             .execute(params![at_ms, report.to_string()])?;
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "DELETE FROM reconcile_passes WHERE id <= (SELECT MAX(id) - 100 FROM reconcile_passes)",
         )?
         .execute([])?;
@@ -1299,7 +1314,7 @@ impl Tx<'_> {
 
     /// Whether task `id`'s latest transition reruns its stage (`from = to`).
     pub fn last_transition_is_rerun(&self, id: i64) -> anyhow::Result<bool> {
-        Ok(self
+        Ok(self.conn
             .prepare_cached(
                 "SELECT from_stage IS to_stage FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
             )?
@@ -1310,7 +1325,7 @@ impl Tx<'_> {
 
     /// Adds `by` to counter `name`.
     pub fn bump_counter(&self, name: &str, by: i64) -> anyhow::Result<()> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
         )?
         .execute(params![name, by])?;
@@ -1326,16 +1341,17 @@ impl Tx<'_> {
         state: &str,
         now_ms: i64,
     ) -> anyhow::Result<i64> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "INSERT INTO local_issues (project, title, body, state, created_at_ms, updated_at_ms) VALUES (?1,?2,?3,?4,?5,?5)",
         )?
         .execute(params![project, title, body, state, now_ms])?;
-        Ok(self.last_insert_rowid())
+        Ok(self.conn.last_insert_rowid())
     }
 
     /// Sets a local tracker issue's state.
     pub fn set_local_issue_state(&self, id: i64, state: &str, now_ms: i64) -> anyhow::Result<()> {
-        self.prepare_cached("UPDATE local_issues SET state=?2, updated_at_ms=?3 WHERE id=?1")?
+        self.conn
+            .prepare_cached("UPDATE local_issues SET state=?2, updated_at_ms=?3 WHERE id=?1")?
             .execute(params![id, state, now_ms])?;
         Ok(())
     }
@@ -1347,7 +1363,7 @@ impl Tx<'_> {
         remote_id: Option<&str>,
         now_ms: i64,
     ) -> anyhow::Result<()> {
-        self.prepare_cached(
+        self.conn.prepare_cached(
             "UPDATE outbox SET status='delivered', attempts=attempts+1, remote_id=COALESCE(?2, remote_id), \
              delivered_at_ms=?3, last_error=NULL WHERE id=?1 AND status='pending'",
         )?
@@ -1364,11 +1380,12 @@ impl Tx<'_> {
         next_attempt_at_ms: i64,
         dead: bool,
     ) -> anyhow::Result<()> {
-        self.prepare_cached(
-            "UPDATE outbox SET attempts=attempts+1, last_error=?2, next_attempt_at_ms=?3, \
+        self.conn
+            .prepare_cached(
+                "UPDATE outbox SET attempts=attempts+1, last_error=?2, next_attempt_at_ms=?3, \
              status=CASE WHEN ?4 THEN 'dead' ELSE status END WHERE id=?1 AND status='pending'",
-        )?
-        .execute(params![id, error, next_attempt_at_ms, dead])?;
+            )?
+            .execute(params![id, error, next_attempt_at_ms, dead])?;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::config::ProjectConfig;
 use crate::db::{Db, Task};
-use crate::pipeline::Stage;
+use crate::pipeline::{JobStatus, Stage};
 
 /// A gate's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub enum Gate {
 #[derive(Debug, Clone, Default)]
 pub struct JobFacts {
     /// `queued|running|done|failed|cancelled`.
-    pub status: String,
+    pub status: JobStatus,
     /// The agent's exit code, once recorded.
     pub exit_code: Option<i64>,
     /// Whether the agent's result said success (None: usage unknown).
@@ -71,11 +71,13 @@ pub fn decide(stage: Stage, f: &Facts) -> Gate {
         None => return Gate::Pending(format!("no {stage} job at this version")),
         Some(j) => j,
     };
-    match job.status.as_str() {
-        "queued" => return Gate::Pending("job queued".into()),
-        "running" if job.exit_code.is_none() => return Gate::Pending("agent running".into()),
-        "cancelled" => return Gate::Pending("job cancelled".into()),
-        "failed" => return Gate::Fail("job failed".into()),
+    match job.status {
+        JobStatus::Queued => return Gate::Pending("job queued".into()),
+        JobStatus::Running if job.exit_code.is_none() => {
+            return Gate::Pending("agent running".into())
+        }
+        JobStatus::Cancelled => return Gate::Pending("job cancelled".into()),
+        JobStatus::Failed => return Gate::Fail("job failed".into()),
         _ => {}
     }
     match (job.exit_code, job.run_success) {
@@ -131,7 +133,7 @@ pub fn gather(
     repo: &crate::git::Repo,
     task: &Task,
 ) -> anyhow::Result<Facts> {
-    let stage: Stage = task.stage.parse().map_err(anyhow::Error::msg)?;
+    let stage = task.stage;
     let job = db
         .jobs_for_task(task.id)?
         .into_iter()
@@ -182,7 +184,7 @@ mod tests {
     fn done_job(verdict: Option<&str>) -> Facts {
         Facts {
             job: Some(JobFacts {
-                status: "running".into(),
+                status: JobStatus::Running,
                 exit_code: Some(0),
                 run_success: Some(true),
                 verdict: verdict.map(|v| (v.to_string(), "because".to_string())),

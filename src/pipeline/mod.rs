@@ -19,118 +19,13 @@
 
 pub mod gate;
 
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
 use serde_json::json;
 
 use crate::config::ProjectConfig;
 use crate::db::{Task, Tx};
-
-/// A pipeline stage, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Stage {
-    Analysis,
-    Architecture,
-    Development,
-    Review,
-    Testing,
-    DeployStaging,
-    Deploy,
-    Done,
-}
-
-impl Stage {
-    /// Every stage in pipeline order.
-    pub const ALL: [Stage; 8] = [
-        Stage::Analysis,
-        Stage::Architecture,
-        Stage::Development,
-        Stage::Review,
-        Stage::Testing,
-        Stage::DeployStaging,
-        Stage::Deploy,
-        Stage::Done,
-    ];
-
-    /// The stage's name as stored and printed (`deploy-staging`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Analysis => "analysis",
-            Stage::Architecture => "architecture",
-            Stage::Development => "development",
-            Stage::Review => "review",
-            Stage::Testing => "testing",
-            Stage::DeployStaging => "deploy-staging",
-            Stage::Deploy => "deploy",
-            Stage::Done => "done",
-        }
-    }
-
-    /// The stage after this one (`Done` stays `Done`).
-    pub fn next(self) -> Stage {
-        let i = Stage::ALL.iter().position(|s| *s == self).unwrap_or(7);
-        Stage::ALL[(i + 1).min(7)]
-    }
-
-    /// The role whose agent runs in this stage (`None` for `Done`).
-    pub fn role(self) -> Option<&'static str> {
-        Some(match self {
-            Stage::Analysis => "analyst",
-            Stage::Architecture => "architect",
-            Stage::Development => "developer",
-            Stage::Review => "reviewer",
-            Stage::Testing => "tester",
-            Stage::DeployStaging | Stage::Deploy => "deployer",
-            Stage::Done => return None,
-        })
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Stage {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Stage, String> {
-        Stage::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                format!(
-                    "unknown stage {s:?}; expected one of {}",
-                    Stage::ALL.map(|s| s.as_str()).join(", ")
-                )
-            })
-    }
-}
-
-/// Who performs a transition (the `transitions.actor` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Actor {
-    Worker,
-    Reaper,
-    Reconciler,
-    Webhook,
-    Human,
-}
-
-impl Actor {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Actor::Worker => "worker",
-            Actor::Reaper => "reaper",
-            Actor::Reconciler => "reconciler",
-            Actor::Webhook => "webhook",
-            Actor::Human => "human",
-        }
-    }
-}
+pub use crate::model::{Actor, JobStatus, Stage};
 
 /// Whether `from → to` is a legal step of the stage machine: forward by
 /// one, a rerun of the same stage (retry, reject, unblock), or a return to
@@ -175,7 +70,7 @@ impl Move {
     pub fn new(task: &Task, to: Stage, actor: Actor, reason: impl Into<String>) -> Move {
         Move {
             task_id: task.id,
-            from: task.stage.parse().unwrap_or(Stage::Done),
+            from: task.stage,
             version: task.version,
             to,
             actor,
@@ -225,12 +120,12 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     let Some(task) = tx.task(m.task_id)? else {
         return Ok(Moved::Lost);
     };
-    if task.stage != m.from.as_str() || task.version != m.version {
+    if task.stage != m.from || task.version != m.version {
         return Ok(Moved::Lost);
     }
     if let Some(job_id) = m.job_id {
         match tx.job(job_id)? {
-            Some(j) if j.status == "running" && j.task_id == task.id => {}
+            Some(j) if j.status == JobStatus::Running && j.task_id == task.id => {}
             _ => return Ok(Moved::Lost),
         }
     }
@@ -258,9 +153,9 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     // 1. CAS (cannot fail after the checks above under IMMEDIATE).
     if !tx.cas_task(
         task.id,
-        m.from.as_str(),
+        m.from,
         m.version,
-        m.to.as_str(),
+        m.to,
         retries,
         escalated,
         escalated_reason,
@@ -272,26 +167,24 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     // 2. audit
     tx.insert_transition(
         task.id,
-        Some(m.from.as_str()),
-        m.to.as_str(),
+        Some(m.from),
+        m.to,
         version,
-        m.actor.as_str(),
+        m.actor,
         m.job_id,
         &m.reason,
         now_ms,
     )?;
     // 3. terminal claim of the finishing job
     if let Some(job_id) = m.job_id {
-        if !tx.finish_job(job_id, "done", None, now_ms)? {
+        if !tx.finish_job(job_id, JobStatus::Done, None, now_ms)? {
             anyhow::bail!("job {job_id} changed inside an IMMEDIATE transaction");
         }
     }
     crate::failpoint::failpoint("transition.before_enqueue");
     // 4. next job
     let next_job = match m.to.role() {
-        Some(role) if !escalated => {
-            Some(tx.enqueue_job(task.id, m.to.as_str(), role, version, now_ms)?)
-        }
+        Some(role) if !escalated => Some(tx.enqueue_job(task.id, m.to, role, version, now_ms)?),
         _ => None,
     };
     crate::failpoint::failpoint("transition.before_outbox");
@@ -410,7 +303,7 @@ pub fn create_task(
         item.sequence,
         &item.title,
         &item.body,
-        Stage::Analysis.as_str(),
+        Stage::Analysis,
         &branch,
         &worktree.to_string_lossy(),
         now_ms,
@@ -424,14 +317,14 @@ pub fn create_task(
     tx.insert_transition(
         id,
         None,
-        Stage::Analysis.as_str(),
+        Stage::Analysis,
         1,
-        actor.as_str(),
+        actor,
         None,
         "work item in progress",
         now_ms,
     )?;
-    tx.enqueue_job(id, Stage::Analysis.as_str(), "analyst", 1, now_ms)?;
+    tx.enqueue_job(id, Stage::Analysis, "analyst", 1, now_ms)?;
     tx.insert_outbox(
         &format!("task:{id}:v1:comment"),
         Some(id),
@@ -459,7 +352,7 @@ pub fn human_gate(
     reason: &str,
     now_ms: i64,
 ) -> anyhow::Result<String> {
-    if task.stage != Stage::Analysis.as_str() {
+    if task.stage != Stage::Analysis {
         return Ok(format!(
             "no pipeline action: task {} is at {}, not analysis",
             task.id, task.stage
