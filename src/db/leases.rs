@@ -1,5 +1,5 @@
-//! Queries of the merge gate (DESIGN §7, migration 3): named leases that
-//! span ticks, and the deploy-staging jobs whose merge is deferred.
+//! Named leases that span ticks (`leases`; DESIGN §7, migration 3): the
+//! merge gate's per-repository lease.
 //!
 //! A lease row is `(name, holder, job_id, acquired_at_ms, expires_at_ms)`.
 //! It is *stale* — free for anyone to take, and released by the reaper —
@@ -11,21 +11,32 @@
 //! one definition the acquire, the reaper's plan and its release share.
 
 use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
 
-use super::{job_row, Db, Job, Lease, Tx, JOB_COLS};
+use super::{Db, Tx};
+
+/// A lease row (e.g. `merge:<repo>`); times in unix ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub job_id: Option<i64>,
+    pub acquired_at_ms: i64,
+    pub expires_at_ms: i64,
+}
 
 /// The SQL predicate "lease row `leases` is stale at `now`", with `now`
 /// bound to the parameter `now_param` (e.g. `?1`).
-fn stale(now_param: &str) -> String {
+pub(super) fn stale(now_param: &str) -> String {
     format!(
         "(leases.expires_at_ms < {now_param} OR (leases.job_id IS NOT NULL AND NOT EXISTS \
          (SELECT 1 FROM jobs WHERE jobs.id = leases.job_id AND jobs.status IN ('queued','running'))))"
     )
 }
 
-const LEASE_COLS: &str = "name, holder, job_id, acquired_at_ms, expires_at_ms";
+pub(super) const LEASE_COLS: &str = "name, holder, job_id, acquired_at_ms, expires_at_ms";
 
-fn lease_row(r: &Row) -> rusqlite::Result<Lease> {
+pub(super) fn lease_row(r: &Row) -> rusqlite::Result<Lease> {
     Ok(Lease {
         name: r.get(0)?,
         holder: r.get(1)?,
@@ -72,22 +83,6 @@ impl Db {
         ))?;
         let rows = stmt.query_map([now_ms], lease_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The state of CI context `context` for `sha` of `project`, if stored.
-    pub fn ci_status(
-        &self,
-        project: &str,
-        sha: &str,
-        context: &str,
-    ) -> anyhow::Result<Option<String>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT state FROM ci_statuses WHERE project=?1 AND sha=?2 AND context=?3",
-            )?
-            .query_row(params![project, sha, context], |r| r.get(0))
-            .optional()?)
     }
 }
 
@@ -175,84 +170,6 @@ impl Tx<'_> {
         ))?;
         let rows = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// Defers the merge of running job `id` (claim `attempt`, agent exit
-    /// recorded): back to `queued` at `available_at_ms` with
-    /// `merge_pending`, one more `merge_defers`, the same attempt, and its
-    /// exit code kept, so the next claim runs only the merge. Returns false
-    /// (and changes nothing) when the job is no longer running under that
-    /// attempt.
-    pub fn defer_merge_job(
-        &self,
-        id: i64,
-        attempt: i64,
-        reason: &str,
-        available_at_ms: i64,
-    ) -> anyhow::Result<bool> {
-        let n = self.conn
-            .prepare_cached(
-                "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
-                 available_at_ms=?3, last_error=?2, worker_host=NULL, worker_pid=NULL, \
-                 worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
-                 heartbeat_at_ms=NULL \
-                 WHERE id=?1 AND status='running' AND attempt=?4 AND exit_code IS NOT NULL",
-            )?
-            .execute(params![id, reason, available_at_ms, attempt])?;
-        Ok(n == 1)
-    }
-
-    /// Claims queued job `id` for the caller's process (`orch merge-gate`
-    /// by hand), like [`Tx::claim_next_job`] does for a worker but ignoring
-    /// `available_at_ms` and the concurrency limit. Returns the job, or
-    /// `None` when it was not queued.
-    pub fn claim_job(
-        &self,
-        id: i64,
-        worker: (&str, i64, i64),
-        now_ms: i64,
-    ) -> anyhow::Result<Option<Job>> {
-        let (host, pid, start) = worker;
-        let n = self.conn
-            .prepare_cached(
-                "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
-                 claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
-                 exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
-                 exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END \
-                 WHERE id=?1 AND status='queued'",
-            )?
-            .execute(params![id, host, pid, start, now_ms])?;
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(self
-            .conn
-            .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id=?1"))?
-            .query_row([id], job_row)
-            .optional()?)
-    }
-
-    /// Gives back a job claimed with [`Tx::claim_job`]: `queued` again with
-    /// its attempt, available at once, if it is still running under this
-    /// claim (`attempt` and the worker `pid`, `start_time`). Returns whether
-    /// it was given back.
-    pub fn unclaim_job(
-        &self,
-        id: i64,
-        attempt: i64,
-        pid: i64,
-        start_time: i64,
-    ) -> anyhow::Result<bool> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "UPDATE jobs SET status='queued', worker_host=NULL, worker_pid=NULL, \
-                 worker_start_time=NULL, claimed_at_ms=NULL, heartbeat_at_ms=NULL \
-                 WHERE id=?1 AND status='running' AND attempt=?2 AND worker_pid=?3 \
-                 AND worker_start_time=?4",
-            )?
-            .execute(params![id, attempt, pid, start_time])?
-            == 1)
     }
 }
 

@@ -1,0 +1,217 @@
+//! The inbox (`inbox`): deliveries as received, until ingested or
+//! dead-lettered.
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::{Db, Tx};
+
+/// A stored delivery (without its body).
+#[derive(Debug, Clone, Serialize)]
+pub struct InboxRow {
+    pub id: i64,
+    pub source: String,
+    pub event: String,
+    pub delivery_id: String,
+    pub received_at_ms: i64,
+    pub processed_at_ms: Option<i64>,
+    pub outcome: Option<String>,
+    pub attempts: i64,
+    pub error: Option<String>,
+    pub dead: bool,
+}
+
+/// A stored delivery's routing and exact body bytes.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub source: String,
+    pub event: String,
+    pub body: Vec<u8>,
+    pub processed: bool,
+}
+
+/// A new delivery for the inbox, as the shim or `ingest --file` received
+/// it.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// `plane` or `gitea`.
+    pub source: String,
+    /// The sender's event name (`X-Plane-Event`, `X-Gitea-Event-Type`).
+    pub event: String,
+    /// The sender's delivery id (`X-Plane-Delivery`, `X-Gitea-Delivery`).
+    pub delivery_id: String,
+    /// Request headers as a JSON object (secrets removed by the caller).
+    pub headers: serde_json::Value,
+    /// The exact body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Whether [`Db::record_delivery`] stored a new row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Stored as inbox row `id`.
+    Stored(i64),
+    /// A redelivery of inbox row `id`; nothing stored.
+    Duplicate(i64),
+}
+
+impl Db {
+    /// Inbox rows, newest first; only unprocessed-and-failed or dead ones
+    /// with `failed_only`.
+    pub fn inbox(&self, failed_only: bool, limit: i64) -> anyhow::Result<Vec<InboxRow>> {
+        let filter = if failed_only {
+            "WHERE dead=1 OR (processed_at_ms IS NULL AND error IS NOT NULL)"
+        } else {
+            ""
+        };
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, source, event, delivery_id, received_at_ms, processed_at_ms, outcome, \
+             attempts, error, dead FROM inbox {filter} ORDER BY id DESC LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map([limit], |r| {
+            Ok(InboxRow {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                event: r.get(2)?,
+                delivery_id: r.get(3)?,
+                received_at_ms: r.get(4)?,
+                processed_at_ms: r.get(5)?,
+                outcome: r.get(6)?,
+                attempts: r.get(7)?,
+                error: r.get(8)?,
+                dead: r.get(9)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Inbox ids still to ingest (not processed, not dead), oldest first.
+    pub fn pending_deliveries(&self, limit: i64) -> anyhow::Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM inbox WHERE processed_at_ms IS NULL AND dead=0 ORDER BY id LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// `(pending, failed_retrying, dead)` counts of the inbox.
+    pub fn inbox_counts(&self) -> anyhow::Result<(i64, i64, i64)> {
+        Ok(self.conn.query_row(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN processed_at_ms IS NULL AND dead=0 THEN 1 ELSE 0 END),0), \
+               COALESCE(SUM(CASE WHEN processed_at_ms IS NULL AND dead=0 AND error IS NOT NULL THEN 1 ELSE 0 END),0), \
+               COALESCE(SUM(dead),0) FROM inbox",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
+    /// Gitea `status` deliveries received since `since_ms` whose sha matched
+    /// no known branch head (reconcile F-3): `(inbox id, body)`.
+    pub fn orphan_status_deliveries(&self, since_ms: i64) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, body FROM inbox WHERE source='gitea' AND event='status' AND received_at_ms>=?1 \
+             AND outcome LIKE 'no pipeline action: sha % matches no known branch head%' ORDER BY id",
+        )?;
+        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The routing and body of inbox row `id`.
+    pub fn delivery(&self, id: i64) -> anyhow::Result<Option<Delivery>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT source, event, body, processed_at_ms IS NOT NULL FROM inbox WHERE id=?1",
+                [id],
+                |r| {
+                    Ok(Delivery {
+                        source: r.get(0)?,
+                        event: r.get(1)?,
+                        body: r.get(2)?,
+                        processed: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+impl Tx<'_> {
+    /// Stores a delivery unless it is a redelivery: the same
+    /// `(source, delivery_id)`, or for Plane (whose retries carry a new
+    /// id) the same body hash.
+    pub fn record_delivery(
+        &self,
+        d: &NewDelivery,
+        body_sha256: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<Recorded> {
+        let existing: Option<i64> = self.conn
+            .prepare_cached(
+                "SELECT id FROM inbox WHERE source=?1 AND (delivery_id=?2 OR (?1='plane' AND body_sha256=?3)) \
+                 ORDER BY id LIMIT 1",
+            )?
+            .query_row(params![d.source, d.delivery_id, body_sha256], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok(Recorded::Duplicate(id));
+        }
+        self.conn.prepare_cached(
+            "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7)",
+        )?
+        .execute(params![
+            d.source,
+            d.event,
+            d.delivery_id,
+            body_sha256,
+            d.headers.to_string(),
+            d.body,
+            now_ms
+        ])?;
+        Ok(Recorded::Stored(self.conn.last_insert_rowid()))
+    }
+
+    /// Marks inbox row `id` processed with `outcome`.
+    pub fn mark_delivery_processed(
+        &self,
+        id: i64,
+        outcome: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.conn.prepare_cached(
+            "UPDATE inbox SET processed_at_ms=?2, outcome=?3, attempts=attempts+1, error=NULL WHERE id=?1",
+        )?
+        .execute(params![id, now_ms, outcome])?;
+        Ok(())
+    }
+
+    /// Records a failed ingest attempt of inbox row `id`; dead-letters it
+    /// once `attempts` reaches `max_attempts`. Returns whether it is dead.
+    pub fn mark_delivery_failed(
+        &self,
+        id: i64,
+        error: &str,
+        max_attempts: u32,
+    ) -> anyhow::Result<bool> {
+        self.conn
+            .prepare_cached(
+                "UPDATE inbox SET attempts=attempts+1, error=?2, dead=(attempts+1>=?3) WHERE id=?1",
+            )?
+            .execute(params![id, error, max_attempts])?;
+        Ok(self
+            .conn
+            .query_row("SELECT dead FROM inbox WHERE id=?1", [id], |r| r.get(0))?)
+    }
+
+    /// Makes inbox row `id` pending again (for `orch events replay`).
+    pub fn reset_delivery(&self, id: i64) -> anyhow::Result<bool> {
+        Ok(self.conn
+            .prepare_cached(
+                "UPDATE inbox SET processed_at_ms=NULL, outcome=NULL, error=NULL, dead=0, attempts=0 WHERE id=?1",
+            )?
+            .execute([id])?
+            == 1)
+    }
+}

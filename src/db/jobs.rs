@@ -1,0 +1,530 @@
+//! Jobs (`jobs`), their agent runs (`agent_runs`) and verdicts
+//! (`verdicts`).
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{Db, Tx};
+use crate::model::{JobStatus, Stage};
+
+/// A job row.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub task_id: i64,
+    pub stage: Stage,
+    pub role: String,
+    pub task_version: i64,
+    pub status: JobStatus,
+    pub attempt: i64,
+    pub available_at_ms: i64,
+    pub worker_host: Option<String>,
+    pub worker_pid: Option<i64>,
+    pub worker_start_time: Option<i64>,
+    pub agent_pid: Option<i64>,
+    pub agent_start_time: Option<i64>,
+    pub claimed_at_ms: Option<i64>,
+    pub heartbeat_at_ms: Option<i64>,
+    pub timeout_s: Option<i64>,
+    pub exit_code: Option<i64>,
+    pub exit_recorded_at_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+    /// A deploy-staging job whose merge was deferred: its agent's exit and
+    /// verdict stand; the next claim runs only the merge (migration 3).
+    pub merge_pending: bool,
+    /// How often this job's merge was deferred (lease busy, main moving).
+    pub merge_defers: i64,
+}
+
+pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, status, attempt, available_at_ms, \
+    worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
+    heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
+    merge_pending, merge_defers";
+
+pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        task_id: r.get(1)?,
+        stage: r.get(2)?,
+        role: r.get(3)?,
+        task_version: r.get(4)?,
+        status: r.get(5)?,
+        attempt: r.get(6)?,
+        available_at_ms: r.get(7)?,
+        worker_host: r.get(8)?,
+        worker_pid: r.get(9)?,
+        worker_start_time: r.get(10)?,
+        agent_pid: r.get(11)?,
+        agent_start_time: r.get(12)?,
+        claimed_at_ms: r.get(13)?,
+        heartbeat_at_ms: r.get(14)?,
+        timeout_s: r.get(15)?,
+        exit_code: r.get(16)?,
+        exit_recorded_at_ms: r.get(17)?,
+        last_error: r.get(18)?,
+        created_at_ms: r.get(19)?,
+        finished_at_ms: r.get(20)?,
+        merge_pending: r.get(21)?,
+        merge_defers: r.get(22)?,
+    })
+}
+
+/// Usage and outcome of one agent run, for `agent_runs`.
+#[derive(Debug, Clone, Default)]
+pub struct RunRecord {
+    pub pid: Option<i64>,
+    pub argv: Vec<String>,
+    pub exit_code: i64,
+    pub duration_ms: i64,
+    pub success: Option<bool>,
+    pub usage: Option<(i64, i64, i64, i64)>,
+    pub cost_usd: Option<f64>,
+    pub session_id: Option<String>,
+    pub permission_denials: Option<serde_json::Value>,
+    pub log_path: String,
+    pub started_at_ms: i64,
+}
+
+/// Usage and outcome of a job's latest agent run, for the run report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunUsage {
+    pub run_id: i64,
+    pub attempt: i64,
+    pub exit_code: Option<i64>,
+    /// The agent's result said success (None: no result, usage unknown).
+    pub success: Option<bool>,
+    pub usage_known: bool,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub cost_usd: f64,
+    pub duration_ms: Option<i64>,
+}
+
+impl Db {
+    /// The job with `id`.
+    pub fn job(&self, id: i64) -> anyhow::Result<Option<Job>> {
+        Ok(self
+            .conn
+            .query_row(
+                &format!("SELECT {JOB_COLS} FROM jobs WHERE id=?1"),
+                [id],
+                job_row,
+            )
+            .optional()?)
+    }
+
+    /// Jobs of a task that are queued or running.
+    pub fn active_jobs(&self, task_id: i64) -> anyhow::Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE task_id=?1 AND status IN ('queued','running') ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([task_id], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Jobs of a task, oldest first.
+    pub fn jobs_for_task(&self, task_id: i64) -> anyhow::Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE task_id=?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([task_id], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Jobs with `status`, oldest first.
+    pub fn jobs_with_status(&self, status: JobStatus) -> anyhow::Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE status=?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([status], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Ids of tasks with a queued or running job.
+    pub fn tasks_with_active_jobs(&self) -> anyhow::Result<std::collections::HashSet<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT DISTINCT task_id FROM jobs WHERE status IN ('queued','running')",
+        )?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The latest verdict recorded for (task, stage) at or after task
+    /// version `since_version`'s job, i.e. the verdict of `job_id`.
+    pub fn verdict_for_job(&self, job_id: i64) -> anyhow::Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT verdict, summary FROM verdicts WHERE job_id=?1 ORDER BY id DESC LIMIT 1",
+                [job_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    /// The latest agent run of a job.
+    pub fn last_run_for_job(
+        &self,
+        job_id: i64,
+    ) -> anyhow::Result<Option<(i64, Option<bool>, i64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, success, exit_code FROM agent_runs WHERE job_id=?1 ORDER BY attempt DESC LIMIT 1",
+                [job_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<i64>>(2)?.unwrap_or(-1))),
+            )
+            .optional()?)
+    }
+
+    /// Usage of the latest agent run of job `job_id`.
+    pub fn run_usage(&self, job_id: i64) -> anyhow::Result<Option<RunUsage>> {
+        Ok(self.conn
+            .prepare_cached(
+                "SELECT id, attempt, exit_code, success, usage_known, input_tokens, output_tokens, \
+                 cache_read_input_tokens, cache_creation_input_tokens, cost_usd, duration_ms \
+                 FROM agent_runs WHERE job_id=?1 ORDER BY attempt DESC LIMIT 1",
+            )?
+            .query_row([job_id], |r| {
+                Ok(RunUsage {
+                    run_id: r.get(0)?,
+                    attempt: r.get(1)?,
+                    exit_code: r.get(2)?,
+                    success: r.get(3)?,
+                    usage_known: r.get(4)?,
+                    input_tokens: r.get(5)?,
+                    output_tokens: r.get(6)?,
+                    cache_read_input_tokens: r.get(7)?,
+                    cache_creation_input_tokens: r.get(8)?,
+                    cost_usd: r.get(9)?,
+                    duration_ms: r.get(10)?,
+                })
+            })
+            .optional()?)
+    }
+}
+
+impl Tx<'_> {
+    /// Enqueues the job for `(task, stage, task_version)`; a replay of the
+    /// same key is a no-op. Returns the job id (new or existing).
+    pub fn enqueue_job(
+        &self,
+        task_id: i64,
+        stage: Stage,
+        role: &str,
+        task_version: i64,
+        now_ms: i64,
+    ) -> anyhow::Result<i64> {
+        self.conn.prepare_cached(
+            "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, available_at_ms, created_at_ms) \
+             VALUES (?1,?2,?3,?4,'queued',1,?5,?5) ON CONFLICT(task_id, stage, task_version) DO NOTHING",
+        )?
+        .execute(params![task_id, stage, role, task_version, now_ms])?;
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE task_id=?1 AND stage=?2 AND task_version=?3",
+            )?
+            .query_row(params![task_id, stage, task_version], |r| r.get(0))?)
+    }
+
+    /// Claims the oldest runnable job: queued, available, of a task that is
+    /// not escalated and still at the job's stage and version, optionally
+    /// filtered by role and project, while fewer than `max_running` jobs
+    /// run. Jobs whose task moved on are cancelled on the way. Returns the
+    /// claimed job, now `running` with this worker's identity. A
+    /// `merge_pending` job keeps its agent's exit code (its exit counts as
+    /// recorded now, so the reaper's finalize grace starts again): the
+    /// worker runs only its merge.
+    #[allow(clippy::too_many_arguments)]
+    pub fn claim_next_job(
+        &self,
+        max_running: u32,
+        role: Option<&str>,
+        project: Option<&str>,
+        worker: (&str, i64, i64),
+        now_ms: i64,
+    ) -> anyhow::Result<Option<Job>> {
+        // Cancel queued jobs their task has moved past (a human advance,
+        // a rollback): they can never be valid again.
+        self.conn.prepare_cached(
+            "UPDATE jobs SET status='cancelled', finished_at_ms=?1, last_error='task moved on before the job ran' \
+             WHERE status='queued' AND EXISTS (SELECT 1 FROM tasks t WHERE t.id=jobs.task_id \
+               AND (t.version<>jobs.task_version OR t.stage<>jobs.stage))",
+        )?
+        .execute([now_ms])?;
+        let running: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM jobs WHERE status='running'")?
+            .query_row([], |r| r.get(0))?;
+        if running >= max_running as i64 {
+            return Ok(None);
+        }
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT j.id FROM jobs j JOIN tasks t ON t.id=j.task_id \
+                 WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
+                   AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
+                 ORDER BY j.available_at_ms, j.id LIMIT 1",
+            )?
+            .query_row(params![now_ms, role, project], |r| r.get(0))
+            .optional()?;
+        let Some(id) = id else { return Ok(None) };
+        let (host, pid, start) = worker;
+        self.conn.prepare_cached(
+            "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
+             claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
+             exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
+             exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END WHERE id=?1 AND status='queued'",
+        )?
+        .execute(params![id, host, pid, start, now_ms])?;
+        crate::failpoint::failpoint("claim.before_commit");
+        self.job(id)
+    }
+
+    /// Records the agent process of running job `id` (claim `attempt`)
+    /// and its timeout.
+    pub fn set_job_agent(
+        &self,
+        id: i64,
+        attempt: i64,
+        pid: i64,
+        start_time: i64,
+        timeout_s: i64,
+    ) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET agent_pid=?3, agent_start_time=?4, timeout_s=?5 \
+             WHERE id=?1 AND attempt=?2 AND status='running'",
+            )?
+            .execute(params![id, attempt, pid, start_time, timeout_s])?;
+        Ok(())
+    }
+
+    /// Refreshes the heartbeat of running job `id` (claim `attempt`).
+    pub fn heartbeat(&self, id: i64, attempt: i64, now_ms: i64) -> anyhow::Result<()> {
+        self.conn.prepare_cached(
+            "UPDATE jobs SET heartbeat_at_ms=?3 WHERE id=?1 AND attempt=?2 AND status='running'",
+        )?
+        .execute(params![id, attempt, now_ms])?;
+        Ok(())
+    }
+
+    /// Records the agent's exit on running job `id`, only for the claim
+    /// `attempt` and only once. Returns false when the job was taken from
+    /// this worker (requeued by the reaper) or the exit is already
+    /// recorded.
+    pub fn record_exit(
+        &self,
+        id: i64,
+        attempt: i64,
+        exit_code: i64,
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET exit_code=?3, exit_recorded_at_ms=?4 \
+                 WHERE id=?1 AND attempt=?2 AND status='running' AND exit_recorded_at_ms IS NULL",
+            )?
+            .execute(params![id, attempt, exit_code, now_ms])?;
+        Ok(n == 1)
+    }
+
+    /// Stores one agent run.
+    pub fn insert_agent_run(&self, job: &Job, r: &RunRecord) -> anyhow::Result<()> {
+        let (i, o, cr, cc) = r.usage.unwrap_or((0, 0, 0, 0));
+        self.conn.prepare_cached(
+            "INSERT INTO agent_runs (job_id, task_id, stage, role, attempt, pid, argv, exit_code, duration_ms, success, \
+             usage_known, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd, \
+             session_id, permission_denials, log_path, started_at_ms) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20) \
+             ON CONFLICT(job_id, attempt) DO NOTHING",
+        )?
+        .execute(params![
+            job.id,
+            job.task_id,
+            job.stage,
+            job.role,
+            job.attempt,
+            r.pid,
+            serde_json::to_string(&r.argv)?,
+            r.exit_code,
+            r.duration_ms,
+            r.success,
+            r.usage.is_some(),
+            i,
+            o,
+            cr,
+            cc,
+            r.cost_usd.unwrap_or(0.0),
+            r.session_id,
+            r.permission_denials.as_ref().map(|v| v.to_string()),
+            r.log_path,
+            r.started_at_ms
+        ])?;
+        Ok(())
+    }
+
+    /// Stores a verdict (`source` = `agent`, `orch` or `human`; verdict
+    /// `UNREADABLE` with the problem as summary for a bad verdict file).
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_verdict(
+        &self,
+        task_id: i64,
+        stage: Stage,
+        job_id: Option<i64>,
+        source: &str,
+        verdict: &str,
+        summary: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.conn.prepare_cached(
+            "INSERT INTO verdicts (task_id, stage, job_id, source, verdict, summary, at_ms) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+        )?
+        .execute(params![task_id, stage, job_id, source, verdict, summary, now_ms])?;
+        Ok(())
+    }
+
+    /// Terminal claim of a running job: `running → status`. Returns false
+    /// (and changes nothing) when the job is no longer running, i.e.
+    /// another actor finished it first.
+    pub fn finish_job(
+        &self,
+        id: i64,
+        status: JobStatus,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        debug_assert!(!status.is_active());
+        let n = self.conn
+            .prepare_cached(
+                "UPDATE jobs SET status=?2, last_error=COALESCE(?3, last_error), finished_at_ms=?4 \
+                 WHERE id=?1 AND status='running'",
+            )?
+            .execute(params![id, status, error, now_ms])?;
+        Ok(n == 1)
+    }
+
+    /// Puts running job `id` (claim `attempt`) back in the queue for the
+    /// next attempt at `available_at_ms` (a full rerun: a pending merge is
+    /// forgotten). Returns false when it was no longer running under that
+    /// attempt.
+    pub fn requeue_job(
+        &self,
+        id: i64,
+        attempt: i64,
+        error: &str,
+        available_at_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self.conn
+            .prepare_cached(
+                "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
+                 worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
+                 claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
+                 merge_pending=0 WHERE id=?1 AND status='running' AND attempt=?4",
+            )?
+            .execute(params![id, error, available_at_ms, attempt])?;
+        Ok(n == 1)
+    }
+
+    /// Cancels every queued or running job of a task except `keep`.
+    pub fn cancel_task_jobs(
+        &self,
+        task_id: i64,
+        keep: Option<i64>,
+        reason: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET status='cancelled', last_error=?3, finished_at_ms=?4 \
+                 WHERE task_id=?1 AND status IN ('queued','running') AND id IS NOT ?2",
+            )?
+            .execute(params![task_id, keep, reason, now_ms])?)
+    }
+
+    /// Defers the merge of running job `id` (claim `attempt`, agent exit
+    /// recorded): back to `queued` at `available_at_ms` with
+    /// `merge_pending`, one more `merge_defers`, the same attempt, and its
+    /// exit code kept, so the next claim runs only the merge. Returns false
+    /// (and changes nothing) when the job is no longer running under that
+    /// attempt.
+    pub fn defer_merge_job(
+        &self,
+        id: i64,
+        attempt: i64,
+        reason: &str,
+        available_at_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self.conn
+            .prepare_cached(
+                "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
+                 available_at_ms=?3, last_error=?2, worker_host=NULL, worker_pid=NULL, \
+                 worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
+                 heartbeat_at_ms=NULL \
+                 WHERE id=?1 AND status='running' AND attempt=?4 AND exit_code IS NOT NULL",
+            )?
+            .execute(params![id, reason, available_at_ms, attempt])?;
+        Ok(n == 1)
+    }
+
+    /// Claims queued job `id` for the caller's process (`orch merge-gate`
+    /// by hand), like [`Tx::claim_next_job`] does for a worker but ignoring
+    /// `available_at_ms` and the concurrency limit. Returns the job, or
+    /// `None` when it was not queued.
+    pub fn claim_job(
+        &self,
+        id: i64,
+        worker: (&str, i64, i64),
+        now_ms: i64,
+    ) -> anyhow::Result<Option<Job>> {
+        let (host, pid, start) = worker;
+        let n = self.conn
+            .prepare_cached(
+                "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
+                 claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
+                 exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
+                 exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END \
+                 WHERE id=?1 AND status='queued'",
+            )?
+            .execute(params![id, host, pid, start, now_ms])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(self
+            .conn
+            .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id=?1"))?
+            .query_row([id], job_row)
+            .optional()?)
+    }
+
+    /// Gives back a job claimed with [`Tx::claim_job`]: `queued` again with
+    /// its attempt, available at once, if it is still running under this
+    /// claim (`attempt` and the worker `pid`, `start_time`). Returns whether
+    /// it was given back.
+    pub fn unclaim_job(
+        &self,
+        id: i64,
+        attempt: i64,
+        pid: i64,
+        start_time: i64,
+    ) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET status='queued', worker_host=NULL, worker_pid=NULL, \
+                 worker_start_time=NULL, claimed_at_ms=NULL, heartbeat_at_ms=NULL \
+                 WHERE id=?1 AND status='running' AND attempt=?2 AND worker_pid=?3 \
+                 AND worker_start_time=?4",
+            )?
+            .execute(params![id, attempt, pid, start_time])?
+            == 1)
+    }
+}

@@ -1,0 +1,233 @@
+//! The outbox (`outbox`): side effects written in the transaction that
+//! caused them, delivered later with a send counter, backoff and dead
+//! letters.
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
+
+use super::{Db, Tx};
+
+/// An outbox message.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub dedupe_key: String,
+    pub task_id: Option<i64>,
+    pub channel: String,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+    pub remote_id: Option<String>,
+    pub created_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+}
+
+pub(super) const OUTBOX_COLS: &str =
+    "id, dedupe_key, task_id, channel, kind, payload, status, attempts, \
+    next_attempt_at_ms, last_error, remote_id, created_at_ms, delivered_at_ms";
+
+pub(super) fn outbox_row(r: &Row) -> rusqlite::Result<OutboxRow> {
+    let payload: String = r.get(5)?;
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        dedupe_key: r.get(1)?,
+        task_id: r.get(2)?,
+        channel: r.get(3)?,
+        kind: r.get(4)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        status: r.get(6)?,
+        attempts: r.get(7)?,
+        next_attempt_at_ms: r.get(8)?,
+        last_error: r.get(9)?,
+        remote_id: r.get(10)?,
+        created_at_ms: r.get(11)?,
+        delivered_at_ms: r.get(12)?,
+    })
+}
+
+impl Db {
+    /// Outbox messages of a task (all when `task_id` is None), oldest first.
+    pub fn outbox(&self, task_id: Option<i64>) -> anyhow::Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE ?1 IS NULL OR task_id=?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([task_id], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Outbox messages due for delivery at `now_ms`, oldest first.
+    pub fn due_outbox(&self, now_ms: i64, limit: i64) -> anyhow::Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE status='pending' AND next_attempt_at_ms<=?1 \
+             ORDER BY id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![now_ms, limit], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// How many sends of outbox message `id` were started (0 for a
+    /// message never sent, or an unknown id).
+    pub fn outbox_sends(&self, id: i64) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT sends FROM outbox WHERE id=?1", [id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Whether an older message of the same task and channel than `id` is
+    /// still pending (backing off or waiting): per task and channel,
+    /// messages are delivered in order.
+    pub fn earlier_pending(
+        &self,
+        id: i64,
+        task_id: Option<i64>,
+        channel: &str,
+    ) -> anyhow::Result<bool> {
+        let Some(task_id) = task_id else {
+            return Ok(false);
+        };
+        Ok(self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM outbox WHERE task_id=?1 AND channel=?2 AND id<?3 \
+             AND status='pending')",
+            params![task_id, channel, id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Dead-lettered outbox messages, newest first, at most `limit`.
+    pub fn dead_outbox(&self, limit: i64) -> anyhow::Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE status='dead' ORDER BY id DESC LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map([limit], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+impl Tx<'_> {
+    /// Writes an outbox message; a second write with the same `dedupe_key`
+    /// is a no-op. Returns whether a row was inserted.
+    pub fn insert_outbox(
+        &self,
+        dedupe_key: &str,
+        task_id: Option<i64>,
+        channel: &str,
+        kind: &str,
+        payload: &serde_json::Value,
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self.conn
+            .prepare_cached(
+                "INSERT INTO outbox (dedupe_key, task_id, channel, kind, payload, next_attempt_at_ms, created_at_ms) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?6) ON CONFLICT(dedupe_key) DO NOTHING",
+            )?
+            .execute(params![dedupe_key, task_id, channel, kind, payload.to_string(), now_ms])?;
+        Ok(n == 1)
+    }
+
+    /// Marks an outbox message delivered (with the remote id, if any).
+    pub fn mark_outbox_delivered(
+        &self,
+        id: i64,
+        remote_id: Option<&str>,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        self.conn.prepare_cached(
+            "UPDATE outbox SET status='delivered', attempts=attempts+1, remote_id=COALESCE(?2, remote_id), \
+             delivered_at_ms=?3, last_error=NULL WHERE id=?1 AND status='pending'",
+        )?
+        .execute(params![id, remote_id, now_ms])?;
+        Ok(())
+    }
+
+    /// Records a failed delivery attempt: retry at `next_attempt_at_ms`, or
+    /// dead-letter when `dead`.
+    pub fn mark_outbox_failed(
+        &self,
+        id: i64,
+        error: &str,
+        next_attempt_at_ms: i64,
+        dead: bool,
+    ) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE outbox SET attempts=attempts+1, last_error=?2, next_attempt_at_ms=?3, \
+             status=CASE WHEN ?4 THEN 'dead' ELSE status END WHERE id=?1 AND status='pending'",
+            )?
+            .execute(params![id, error, next_attempt_at_ms, dead])?;
+        Ok(())
+    }
+
+    /// Starts a send of pending outbox message `id`: bumps its `sends`
+    /// counter and returns the value before, i.e. how many earlier sends
+    /// may have reached the remote side. `None` when the message is no
+    /// longer pending (another pass delivered or dead-lettered it).
+    pub fn begin_outbox_send(&self, id: i64) -> anyhow::Result<Option<i64>> {
+        Ok(self.conn
+            .prepare_cached(
+                "UPDATE outbox SET sends=sends+1 WHERE id=?1 AND status='pending' RETURNING sends-1",
+            )?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Records why pending message `id` waits (no adapter, a kill switch,
+    /// missing settings) without counting an attempt.
+    pub fn mark_outbox_waiting(&self, id: i64, reason: &str) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE outbox SET last_error=?2 WHERE id=?1 AND status='pending'")?
+            .execute(params![id, reason])?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_counter_state_cache_and_pull_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
+        db.write(|tx| {
+            tx.insert_outbox("k", None, "notify", "x", &serde_json::json!({}), 1)?;
+            Ok(())
+        })
+        .unwrap();
+        let id: i64 = db
+            .conn()
+            .query_row("SELECT id FROM outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(db.write(|tx| tx.begin_outbox_send(id)).unwrap(), Some(0));
+        assert_eq!(db.write(|tx| tx.begin_outbox_send(id)).unwrap(), Some(1));
+        assert_eq!(db.outbox_sends(id).unwrap(), 2);
+        db.write(|tx| tx.mark_outbox_failed(id, "boom", 0, true))
+            .unwrap();
+        assert_eq!(db.write(|tx| tx.begin_outbox_send(id)).unwrap(), None);
+        assert_eq!(
+            db.dead_outbox(10).unwrap()[0].last_error.as_deref(),
+            Some("boom")
+        );
+
+        let states = vec![
+            ("a".to_string(), "Done".to_string(), "completed".to_string()),
+            (
+                "b".to_string(),
+                "Needs Input".to_string(),
+                "started".to_string(),
+            ),
+        ];
+        db.write(|tx| tx.replace_tracker_states("p", &states, 5))
+            .unwrap();
+        db.write(|tx| tx.replace_tracker_states("p", &states[..1], 6))
+            .unwrap();
+        let cached = db.cached_states("p").unwrap();
+        assert_eq!(cached.len(), 1);
+        assert_eq!(cached[0].fetched_at_ms, 6);
+        assert!(db.pull_request(1).unwrap().is_none());
+    }
+}

@@ -1,0 +1,115 @@
+//! Accounting: token and cost totals over `agent_runs`, status counts,
+//! `counters`, and the reconciler's pass reports (`reconcile_passes`).
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use super::{Db, Tx};
+use crate::model::Stage;
+
+/// Token and cost totals for one group of `orch usage`.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRow {
+    pub task_id: i64,
+    pub stage: Stage,
+    pub role: String,
+    pub runs: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub cost_usd: f64,
+    pub unknown_usage_runs: i64,
+    pub permission_denials: i64,
+}
+
+impl Db {
+    /// Usage totals grouped by task, stage and role (one task with
+    /// `task_id`).
+    pub fn usage(&self, task_id: Option<i64>) -> anyhow::Result<Vec<UsageRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT task_id, stage, role, COUNT(*), SUM(input_tokens), SUM(output_tokens), \
+             SUM(cache_read_input_tokens), SUM(cache_creation_input_tokens), SUM(cost_usd), \
+             SUM(CASE WHEN usage_known=0 THEN 1 ELSE 0 END), \
+             SUM(COALESCE(json_array_length(permission_denials), 0)) \
+             FROM agent_runs WHERE ?1 IS NULL OR task_id=?1 \
+             GROUP BY task_id, stage, role ORDER BY task_id, MIN(id)",
+        )?;
+        let rows = stmt.query_map([task_id], |r| {
+            Ok(UsageRow {
+                task_id: r.get(0)?,
+                stage: r.get(1)?,
+                role: r.get(2)?,
+                runs: r.get(3)?,
+                input_tokens: r.get(4)?,
+                output_tokens: r.get(5)?,
+                cache_read_input_tokens: r.get(6)?,
+                cache_creation_input_tokens: r.get(7)?,
+                cost_usd: r.get(8)?,
+                unknown_usage_runs: r.get(9)?,
+                permission_denials: r.get(10)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// `(status, count)` pairs of a table with a `status` column (`jobs`
+    /// or `outbox`).
+    pub fn count_by_status(&self, table: &str) -> anyhow::Result<Vec<(String, i64)>> {
+        debug_assert!(table == "jobs" || table == "outbox");
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT status, COUNT(*) FROM {table} GROUP BY status ORDER BY status"
+        ))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// All counters.
+    pub fn counters(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, value FROM counters ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The last reconcile pass report, if any.
+    pub fn last_reconcile_pass(&self) -> anyhow::Result<Option<serde_json::Value>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT report FROM reconcile_passes ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+}
+
+impl Tx<'_> {
+    /// Adds `by` to counter `name`.
+    pub fn bump_counter(&self, name: &str, by: i64) -> anyhow::Result<()> {
+        self.conn.prepare_cached(
+            "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+        )?
+        .execute(params![name, by])?;
+        Ok(())
+    }
+
+    /// Records a reconcile pass report (JSON) and keeps the last 100.
+    pub fn record_reconcile_pass(
+        &self,
+        at_ms: i64,
+        report: &serde_json::Value,
+    ) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO reconcile_passes (at_ms, report) VALUES (?1, ?2)")?
+            .execute(params![at_ms, report.to_string()])?;
+        self.conn.prepare_cached(
+            "DELETE FROM reconcile_passes WHERE id <= (SELECT MAX(id) - 100 FROM reconcile_passes)",
+        )?
+        .execute([])?;
+        Ok(())
+    }
+}
