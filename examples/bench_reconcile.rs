@@ -235,8 +235,7 @@ fn verdict_for(stage: Stage, pass: bool) -> Option<&'static str> {
 /// Claims the task's queued job (the only runnable one at `at`) and
 /// records a successful agent run with `verdict`, as the worker does.
 fn run_agent(tx: &Tx, task_id: i64, verdict: Option<&str>, at: i64) -> anyhow::Result<Job> {
-    let job = tx
-        .claim_next_job(u32::MAX, None, None, WORKER, at)?
+    let job = pipeline::job::claim_next(tx, u32::MAX, None, None, WORKER, at)?
         .with_context(|| format!("no runnable job for task {task_id}"))?;
     ensure!(
         job.task_id == task_id,
@@ -323,7 +322,7 @@ fn walk(
         let next = stage.next();
         let at = last_at.filter(|_| next == target).unwrap_or(*t);
         if stage == Stage::Analysis {
-            tx.finish_job(job.id, JobStatus::Done, None, *t)?;
+            pipeline::job::finish(tx, job.id, None, JobStatus::Done, None, *t)?;
             advance(tx, policy, id, next, None, false, Actor::Human, at)?;
         } else {
             advance(tx, policy, id, next, Some(job.id), false, Actor::Worker, at)?;
@@ -400,7 +399,7 @@ fn build_task(ctx: &Ctx, tx: &Tx, p: &Planned, times: &Times, t: &mut i64) -> an
     let finished = |s: Stage, pass: bool, at: i64, t: &mut i64| -> anyhow::Result<()> {
         walk(tx, policy, id, s, t, Some(at))?;
         let job = run_agent(tx, id, verdict_for(s, pass), at)?;
-        tx.finish_job(job.id, JobStatus::Done, None, at)?;
+        pipeline::job::finish(tx, job.id, None, JobStatus::Done, None, at)?;
         Ok(())
     };
     match p.kind {
@@ -408,8 +407,7 @@ fn build_task(ctx: &Ctx, tx: &Tx, p: &Planned, times: &Times, t: &mut i64) -> an
         Kind::Queued(s) => walk(tx, policy, id, s, t, Some(times.active))?,
         Kind::Running(s) => {
             walk(tx, policy, id, s, t, Some(times.active))?;
-            let job = tx
-                .claim_next_job(u32::MAX, None, None, WORKER, times.active)?
+            let job = pipeline::job::claim_next(tx, u32::MAX, None, None, WORKER, times.active)?
                 .context("no job to claim")?;
             ensure!(job.task_id == id, "claimed a job of task {}", job.task_id);
             tx.set_job_agent(job.id, job.attempt, 4242, 1, 3600)?;

@@ -166,9 +166,7 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
 /// Exponential backoff with deterministic jitter: 2^attempts seconds
 /// (capped at one hour) plus up to 25 % derived from the message id.
 pub fn backoff_ms(attempts: i64, id: i64) -> i64 {
-    let base = 1000i64 << attempts.clamp(0, 12);
-    let base = base.min(3_600_000);
-    base + (id.wrapping_mul(7919) % 1000).abs() * base / 4000
+    crate::backoff::backoff_ms(1000, 3_600_000, attempts, Some(id))
 }
 
 fn route_of(ctx: &Ctx, msg: &OutboxRow, project: Option<&ProjectConfig>) -> Route {

@@ -6,6 +6,7 @@
 
 pub mod adapters;
 pub mod agent;
+pub mod backoff;
 pub mod check;
 pub mod clock;
 pub mod config;

@@ -74,6 +74,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::backoff::backoff_ms;
 use crate::clock::now_ms;
 use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
@@ -82,9 +83,10 @@ use crate::error::Error;
 use crate::failpoint::failpoint;
 use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
 use crate::pipeline::gate::Gate;
+use crate::pipeline::job::{self as jobs, Changed, Finalized, How, JobChange};
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 use crate::process::{self, RunSpec};
-use crate::worker::{self, Finalized};
+use crate::worker;
 
 /// How often main may move under one gate run before it is deferred.
 const MAX_CATCH_UPS: usize = 3;
@@ -264,19 +266,21 @@ fn defer(ctx: &Ctx, db: &Db, job: &Job, actor: Actor, reason: &str) -> anyhow::R
                 "merge gate deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
                 cur.merge_defers
             );
-            tx.finish_job(job.id, JobStatus::Failed, Some(&why), now)?;
-            if let Some(task) = tx.task(job.task_id)? {
-                if task.stage == job.stage && task.version == job.task_version {
-                    let mut m = Move::new(&task, task.stage, actor, why.clone());
-                    m.escalate = Some(why.clone());
-                    pipeline::apply(tx, ctx.policy(), &m, now)?;
-                }
-            }
-            return Ok(Finalized::Failed { reason: why });
+            return jobs::fail_and_escalate(tx, ctx.policy(), job, &why, why.clone(), actor, now);
         }
-        let delay_ms = (s.merge_gate_defer_s as i64 * 1000) << cur.merge_defers.clamp(0, 4);
-        let at = now + delay_ms;
-        if !tx.defer_merge_job(job.id, job.attempt, reason, at)? {
+        let base_ms = s.merge_gate_defer_s as i64 * 1000;
+        let at = now + backoff_ms(base_ms, base_ms << 4, cur.merge_defers, None);
+        let c = JobChange {
+            job_id: job.id,
+            from: JobStatus::Running,
+            to: JobStatus::Queued,
+            attempt: Some(job.attempt),
+            how: How::Defer {
+                reason,
+                available_at_ms: at,
+            },
+        };
+        if jobs::change(tx, &c, now)? == Changed::Lost {
             return Ok(Finalized::Lost);
         }
         tx.bump_counter("merge_gate.deferred_total", 1)?;
@@ -326,7 +330,17 @@ fn give_back(
             tx.release_lease(name, &holder(task.id))?;
         }
         if let Some((job, (pid, start))) = claimed {
-            tx.unclaim_job(job.id, job.attempt, pid, start)?;
+            let c = JobChange {
+                job_id: job.id,
+                from: JobStatus::Running,
+                to: JobStatus::Queued,
+                attempt: Some(job.attempt),
+                how: How::Unclaim {
+                    pid,
+                    start_time: start,
+                },
+            };
+            jobs::change(tx, &c, now_ms())?;
         }
         Ok(())
     })
@@ -698,7 +712,7 @@ fn by_hand(
         }
         let claimed = match job {
             Some(j) => Some(
-                tx.claim_job(j.id, (&host, pid, start), now)?
+                jobs::claim(tx, j.id, (&host, pid, start), now)?
                     .context("the task's queued job vanished inside a transaction")?,
             ),
             None => None,

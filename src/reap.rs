@@ -27,9 +27,10 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job};
+use crate::pipeline::job::{self as jobs, Finalized};
 use crate::pipeline::{Actor, JobStatus};
 use crate::process;
-use crate::worker::{self, Finalized};
+use crate::worker;
 
 /// One planned reaper action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -258,7 +259,15 @@ fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyho
                 && j.attempt == attempt
                 && j.exit_recorded_at_ms.is_none() =>
         {
-            let out = worker::retry_or_fail(ctx, tx, &j, reason, Actor::Reaper, now)?;
+            let out = jobs::retry_or_fail(
+                tx,
+                ctx.policy(),
+                &ctx.settings,
+                &j,
+                reason,
+                Actor::Reaper,
+                now,
+            )?;
             Ok(Some((j, out)))
         }
         _ => Ok(None),

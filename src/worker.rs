@@ -24,6 +24,7 @@ use crate::ctx::Ctx;
 use crate::db::{Db, Job, RunRecord, Task};
 use crate::failpoint::failpoint;
 use crate::pipeline::gate::{self, Gate};
+use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 use crate::process::{self, RunSpec};
 
@@ -41,37 +42,6 @@ pub enum WorkOutcome {
         exit_code: i64,
         finalized: Finalized,
     },
-}
-
-/// How a finalize ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Finalized {
-    /// The task moved `from → to` with this job.
-    Advanced {
-        from: String,
-        to: String,
-        escalated: bool,
-    },
-    /// The job is done; the task waits at its stage (`reason`).
-    Waiting { reason: String },
-    /// The run failed; the job is queued again for attempt `attempt`.
-    Retrying { attempt: i64, reason: String },
-    /// The run failed at the attempt cap; job failed, task escalated.
-    Failed { reason: String },
-    /// The task moved on while the job ran; the job is cancelled.
-    Cancelled { reason: String },
-    /// The merge gate could not merge now (the repo's merge lease is busy,
-    /// or main kept moving): the job is queued again for `available_at_ms`
-    /// with its agent's result kept, so only the merge is retried
-    /// (`crate::merge_gate`).
-    Deferred {
-        defers: i64,
-        available_at_ms: i64,
-        reason: String,
-    },
-    /// Another actor finished this job first; nothing was done.
-    Lost,
 }
 
 /// This worker's identity: (boot id, pid, process start time).
@@ -93,7 +63,8 @@ pub fn work_once(
     let (host, pid, start) = identity();
     let now = now_ms();
     let job = db.write(|tx| {
-        tx.claim_next_job(
+        jobs::claim_next(
+            tx,
             ctx.settings.max_concurrency,
             role,
             project,
@@ -351,9 +322,17 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
             "task moved to {} v{} while the job ran",
             task.stage, task.version
         );
-        let won =
-            db.write(|tx| tx.finish_job(job.id, JobStatus::Cancelled, Some(&reason), now_ms()))?;
-        return Ok(if won {
+        let won = db.write(|tx| {
+            jobs::finish(
+                tx,
+                job.id,
+                Some(job.attempt),
+                JobStatus::Cancelled,
+                Some(&reason),
+                now_ms(),
+            )
+        })?;
+        return Ok(if won == Changed::Applied {
             Finalized::Cancelled { reason }
         } else {
             Finalized::Lost
@@ -457,15 +436,16 @@ fn apply_gate(
                 m.developer_retry = retry;
                 match pipeline::apply(tx, policy, &m, now)? {
                     Moved::Applied { escalated, .. } => Finalized::Advanced {
-                        from: stage.to_string(),
-                        to: to.to_string(),
+                        from: stage,
+                        to,
                         escalated,
                     },
                     Moved::Lost => Finalized::Lost,
                 }
             }
             Gate::Pending(reason) => {
-                if tx.finish_job(job.id, JobStatus::Done, None, now)? {
+                let done = jobs::finish(tx, job.id, Some(job.attempt), JobStatus::Done, None, now)?;
+                if done == Changed::Applied {
                     Finalized::Waiting {
                         reason: reason.clone(),
                     }
@@ -473,53 +453,13 @@ fn apply_gate(
                     Finalized::Lost
                 }
             }
-            Gate::Fail(reason) => retry_or_fail(ctx, tx, job, reason, actor, now)?,
+            Gate::Fail(reason) => {
+                jobs::retry_or_fail(tx, policy, &ctx.settings, job, reason, actor, now)?
+            }
         };
         report.queue(tx, ctx, task, job, &finalized, now)?;
         Ok(finalized)
     })
-}
-
-/// A failed run of running job `job` (claim `job.attempt`): queue the next
-/// attempt with exponential backoff (`ORCH_JOB_BACKOFF_S` · 2^(attempt-1)),
-/// or at `ORCH_JOB_MAX_ATTEMPTS` fail the job and escalate its task.
-/// Shared by the worker (a failed gate) and the reaper (Tier-1).
-///
-/// Guarantees: a claim on the job's attempt; a loser writes nothing and
-/// gets `Finalized::Lost`.
-pub fn retry_or_fail(
-    ctx: &Ctx,
-    tx: &crate::db::Tx,
-    job: &Job,
-    reason: &str,
-    actor: Actor,
-    now: i64,
-) -> anyhow::Result<Finalized> {
-    match tx.job(job.id)? {
-        Some(j) if j.status == JobStatus::Running && j.attempt == job.attempt => {}
-        _ => return Ok(Finalized::Lost),
-    }
-    if job.attempt < ctx.settings.job_max_attempts as i64 {
-        let delay_ms = (ctx.settings.job_backoff_s as i64 * 1000) << (job.attempt - 1).clamp(0, 16);
-        tx.requeue_job(job.id, job.attempt, reason, now + delay_ms)?;
-        return Ok(Finalized::Retrying {
-            attempt: job.attempt + 1,
-            reason: reason.to_string(),
-        });
-    }
-    let why = format!(
-        "{} job {} failed after {} attempts: {reason}",
-        job.stage, job.id, job.attempt
-    );
-    tx.finish_job(job.id, JobStatus::Failed, Some(reason), now)?;
-    if let Some(task) = tx.task(job.task_id)? {
-        if task.stage == job.stage && task.version == job.task_version {
-            let mut m = Move::new(&task, task.stage, actor, why.clone());
-            m.escalate = Some(why.clone());
-            pipeline::apply(tx, ctx.policy(), &m, now)?;
-        }
-    }
-    Ok(Finalized::Failed { reason: why })
 }
 
 /// The local forge's CI: runs the project's test command on the worktree's

@@ -256,7 +256,7 @@ fn two_finalizers_racing_on_one_job_advance_it_once_and_the_loser_writes_nothing
     // Both reach the terminal claim, then race for it.
     fail::cfg("finalize.before_terminal_claim", "sleep(300)").unwrap();
     let barrier = std::sync::Barrier::new(2);
-    let results: Vec<orch::worker::Finalized> = std::thread::scope(|s| {
+    let results: Vec<orch::pipeline::job::Finalized> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
             .map(|_| {
                 s.spawn(|| {
@@ -271,11 +271,11 @@ fn two_finalizers_racing_on_one_job_advance_it_once_and_the_loser_writes_nothing
     fail::remove("finalize.before_terminal_claim");
     let advanced = results
         .iter()
-        .filter(|r| matches!(r, orch::worker::Finalized::Advanced { .. }))
+        .filter(|r| matches!(r, orch::pipeline::job::Finalized::Advanced { .. }))
         .count();
     let lost = results
         .iter()
-        .filter(|r| **r == orch::worker::Finalized::Lost)
+        .filter(|r| **r == orch::pipeline::job::Finalized::Lost)
         .count();
     assert_eq!((advanced, lost), (1, 1), "{results:?}");
     assert_eq!(sbx.count("SELECT COUNT(*) FROM transitions"), 2);

@@ -21,8 +21,8 @@ use super::html_escape;
 use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job, OutboxRow, RunUsage, Task, Tx};
+use crate::pipeline::job::Finalized;
 use crate::pipeline::Stage;
-use crate::worker::Finalized;
 
 /// Token and cost numbers of one run.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -90,7 +90,7 @@ pub fn outcome_text(f: &Finalized) -> Option<String> {
         } => {
             let mut s = if from == to {
                 format!("{from} runs again")
-            } else if to == "development" && from != "architecture" {
+            } else if *to == Stage::Development && *from != Stage::Architecture {
                 format!("{from} returned the work to development")
             } else {
                 format!("passed the {from} gate: {from} → {to}")
@@ -311,8 +311,8 @@ mod tests {
     #[test]
     fn outcomes_read_well_and_lost_runs_are_silent() {
         let adv = Finalized::Advanced {
-            from: "review".into(),
-            to: "testing".into(),
+            from: Stage::Review,
+            to: Stage::Testing,
             escalated: false,
         };
         assert_eq!(
@@ -320,8 +320,8 @@ mod tests {
             "passed the review gate: review → testing"
         );
         let back = Finalized::Advanced {
-            from: "review".into(),
-            to: "development".into(),
+            from: Stage::Review,
+            to: Stage::Development,
             escalated: true,
         };
         assert!(outcome_text(&back)

@@ -126,7 +126,8 @@ fn manual(ctx: &Ctx, db: &Db, m: Move) -> anyhow::Result<Output> {
     let moved = db.write(|tx| {
         let moved = pipeline::apply(tx, ctx.policy(), &m, now)?;
         if let Moved::Applied { next_job, .. } = &moved {
-            tx.cancel_task_jobs(
+            pipeline::job::cancel_task_jobs(
+                tx,
                 m.task_id,
                 *next_job,
                 &format!("superseded: {}", m.reason),

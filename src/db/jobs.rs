@@ -206,8 +206,46 @@ impl Db {
             })
             .optional()?)
     }
-}
+    /// Queued jobs whose task has moved past them (another version or
+    /// stage: a human advance, a rollback); they can never be valid again.
+    pub fn queued_jobs_of_moved_tasks(&self) -> anyhow::Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE status='queued' AND EXISTS (SELECT 1 FROM tasks t \
+             WHERE t.id=jobs.task_id AND (t.version<>jobs.task_version OR t.stage<>jobs.stage)) \
+             ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 
+    /// How many jobs are running.
+    pub fn running_job_count(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM jobs WHERE status='running'")?
+            .query_row([], |r| r.get(0))?)
+    }
+
+    /// The oldest runnable job at `now_ms`: queued, available, of a task
+    /// that is not escalated, optionally of `role` and `project`.
+    pub fn next_runnable_job(
+        &self,
+        role: Option<&str>,
+        project: Option<&str>,
+        now_ms: i64,
+    ) -> anyhow::Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT j.id FROM jobs j JOIN tasks t ON t.id=j.task_id \
+                 WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
+                   AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
+                 ORDER BY j.available_at_ms, j.id LIMIT 1",
+            )?
+            .query_row(params![now_ms, role, project], |r| r.get(0))
+            .optional()?)
+    }
+}
 impl Tx<'_> {
     /// Enqueues the job for `(task, stage, task_version)`; a replay of the
     /// same key is a no-op. Returns the job id (new or existing).
@@ -230,61 +268,6 @@ impl Tx<'_> {
                 "SELECT id FROM jobs WHERE task_id=?1 AND stage=?2 AND task_version=?3",
             )?
             .query_row(params![task_id, stage, task_version], |r| r.get(0))?)
-    }
-
-    /// Claims the oldest runnable job: queued, available, of a task that is
-    /// not escalated and still at the job's stage and version, optionally
-    /// filtered by role and project, while fewer than `max_running` jobs
-    /// run. Jobs whose task moved on are cancelled on the way. Returns the
-    /// claimed job, now `running` with this worker's identity. A
-    /// `merge_pending` job keeps its agent's exit code (its exit counts as
-    /// recorded now, so the reaper's finalize grace starts again): the
-    /// worker runs only its merge.
-    #[allow(clippy::too_many_arguments)]
-    pub fn claim_next_job(
-        &self,
-        max_running: u32,
-        role: Option<&str>,
-        project: Option<&str>,
-        worker: (&str, i64, i64),
-        now_ms: i64,
-    ) -> anyhow::Result<Option<Job>> {
-        // Cancel queued jobs their task has moved past (a human advance,
-        // a rollback): they can never be valid again.
-        self.conn.prepare_cached(
-            "UPDATE jobs SET status='cancelled', finished_at_ms=?1, last_error='task moved on before the job ran' \
-             WHERE status='queued' AND EXISTS (SELECT 1 FROM tasks t WHERE t.id=jobs.task_id \
-               AND (t.version<>jobs.task_version OR t.stage<>jobs.stage))",
-        )?
-        .execute([now_ms])?;
-        let running: i64 = self
-            .conn
-            .prepare_cached("SELECT COUNT(*) FROM jobs WHERE status='running'")?
-            .query_row([], |r| r.get(0))?;
-        if running >= max_running as i64 {
-            return Ok(None);
-        }
-        let id: Option<i64> = self
-            .conn
-            .prepare_cached(
-                "SELECT j.id FROM jobs j JOIN tasks t ON t.id=j.task_id \
-                 WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
-                   AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
-                 ORDER BY j.available_at_ms, j.id LIMIT 1",
-            )?
-            .query_row(params![now_ms, role, project], |r| r.get(0))
-            .optional()?;
-        let Some(id) = id else { return Ok(None) };
-        let (host, pid, start) = worker;
-        self.conn.prepare_cached(
-            "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
-             claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
-             exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
-             exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END WHERE id=?1 AND status='queued'",
-        )?
-        .execute(params![id, host, pid, start, now_ms])?;
-        crate::failpoint::failpoint("claim.before_commit");
-        self.job(id)
     }
 
     /// Records the agent process of running job `id` (claim `attempt`)
@@ -391,128 +374,126 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Terminal claim of a running job: `running → status`. Returns false
-    /// (and changes nothing) when the job is no longer running, i.e.
-    /// another actor finished it first.
-    pub fn finish_job(
-        &self,
-        id: i64,
-        status: JobStatus,
-        error: Option<&str>,
-        now_ms: i64,
-    ) -> anyhow::Result<bool> {
-        debug_assert!(!status.is_active());
-        let n = self.conn
-            .prepare_cached(
-                "UPDATE jobs SET status=?2, last_error=COALESCE(?3, last_error), finished_at_ms=?4 \
-                 WHERE id=?1 AND status='running'",
-            )?
-            .execute(params![id, status, error, now_ms])?;
-        Ok(n == 1)
-    }
+    // The status-changing UPDATEs of `jobs`, each written once. Callers go
+    // through `crate::pipeline::job::change`, which checks the edge. Each
+    // is a compare-and-swap on the status (and on the claim `attempt` when
+    // given) and returns whether it changed the row.
 
-    /// Puts running job `id` (claim `attempt`) back in the queue for the
-    /// next attempt at `available_at_ms` (a full rerun: a pending merge is
-    /// forgotten). Returns false when it was no longer running under that
-    /// attempt.
-    pub fn requeue_job(
-        &self,
-        id: i64,
-        attempt: i64,
-        error: &str,
-        available_at_ms: i64,
-    ) -> anyhow::Result<bool> {
-        let n = self.conn
-            .prepare_cached(
-                "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
-                 worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
-                 claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
-                 merge_pending=0 WHERE id=?1 AND status='running' AND attempt=?4",
-            )?
-            .execute(params![id, error, available_at_ms, attempt])?;
-        Ok(n == 1)
-    }
-
-    /// Cancels every queued or running job of a task except `keep`.
-    pub fn cancel_task_jobs(
-        &self,
-        task_id: i64,
-        keep: Option<i64>,
-        reason: &str,
-        now_ms: i64,
-    ) -> anyhow::Result<usize> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "UPDATE jobs SET status='cancelled', last_error=?3, finished_at_ms=?4 \
-                 WHERE task_id=?1 AND status IN ('queued','running') AND id IS NOT ?2",
-            )?
-            .execute(params![task_id, keep, reason, now_ms])?)
-    }
-
-    /// Defers the merge of running job `id` (claim `attempt`, agent exit
-    /// recorded): back to `queued` at `available_at_ms` with
-    /// `merge_pending`, one more `merge_defers`, the same attempt, and its
-    /// exit code kept, so the next claim runs only the merge. Returns false
-    /// (and changes nothing) when the job is no longer running under that
-    /// attempt.
-    pub fn defer_merge_job(
-        &self,
-        id: i64,
-        attempt: i64,
-        reason: &str,
-        available_at_ms: i64,
-    ) -> anyhow::Result<bool> {
-        let n = self.conn
-            .prepare_cached(
-                "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
-                 available_at_ms=?3, last_error=?2, worker_host=NULL, worker_pid=NULL, \
-                 worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
-                 heartbeat_at_ms=NULL \
-                 WHERE id=?1 AND status='running' AND attempt=?4 AND exit_code IS NOT NULL",
-            )?
-            .execute(params![id, reason, available_at_ms, attempt])?;
-        Ok(n == 1)
-    }
-
-    /// Claims queued job `id` for the caller's process (`orch merge-gate`
-    /// by hand), like [`Tx::claim_next_job`] does for a worker but ignoring
-    /// `available_at_ms` and the concurrency limit. Returns the job, or
-    /// `None` when it was not queued.
+    /// `queued → running`: claims job `id` for `worker` (boot id, pid,
+    /// process start time). A `merge_pending` job keeps its agent's exit
+    /// code (its exit counts as recorded now, so the reaper's finalize
+    /// grace starts again): the worker runs only its merge.
     pub fn claim_job(
         &self,
         id: i64,
+        attempt: Option<i64>,
         worker: (&str, i64, i64),
         now_ms: i64,
-    ) -> anyhow::Result<Option<Job>> {
+    ) -> anyhow::Result<bool> {
         let (host, pid, start) = worker;
-        let n = self.conn
+        let n = self
+            .conn
             .prepare_cached(
                 "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
                  claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
                  exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
                  exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END \
-                 WHERE id=?1 AND status='queued'",
+                 WHERE id=?1 AND status='queued' AND (?6 IS NULL OR attempt=?6)",
             )?
-            .execute(params![id, host, pid, start, now_ms])?;
-        if n == 0 {
-            return Ok(None);
-        }
-        Ok(self
-            .conn
-            .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id=?1"))?
-            .query_row([id], job_row)
-            .optional()?)
+            .execute(params![id, host, pid, start, now_ms, attempt])?;
+        Ok(n == 1)
     }
 
-    /// Gives back a job claimed with [`Tx::claim_job`]: `queued` again with
-    /// its attempt, available at once, if it is still running under this
-    /// claim (`attempt` and the worker `pid`, `start_time`). Returns whether
-    /// it was given back.
+    /// `running → status` (done, failed, cancelled): the terminal claim.
+    /// `error`, when given, becomes `last_error`.
+    pub fn finish_job(
+        &self,
+        id: i64,
+        attempt: Option<i64>,
+        status: JobStatus,
+        error: Option<&str>,
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        debug_assert!(!status.is_active());
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET status=?2, last_error=COALESCE(?3, last_error), finished_at_ms=?4 \
+                 WHERE id=?1 AND status='running' AND (?5 IS NULL OR attempt=?5)",
+            )?
+            .execute(params![id, status, error, now_ms, attempt])?;
+        Ok(n == 1)
+    }
+
+    /// `queued → cancelled` (the task moved on before the job ran).
+    pub fn cancel_queued_job(
+        &self,
+        id: i64,
+        attempt: Option<i64>,
+        reason: &str,
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET status='cancelled', last_error=?2, finished_at_ms=?3 \
+                 WHERE id=?1 AND status='queued' AND (?4 IS NULL OR attempt=?4)",
+            )?
+            .execute(params![id, reason, now_ms, attempt])?;
+        Ok(n == 1)
+    }
+
+    /// `running → queued` for the next attempt at `available_at_ms` (a full
+    /// rerun: a pending merge is forgotten).
+    pub fn requeue_job(
+        &self,
+        id: i64,
+        attempt: Option<i64>,
+        error: &str,
+        available_at_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
+                 worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
+                 claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
+                 merge_pending=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
+            )?
+            .execute(params![id, error, available_at_ms, attempt])?;
+        Ok(n == 1)
+    }
+
+    /// `running → queued` with the merge deferred (agent exit recorded):
+    /// `merge_pending`, one more `merge_defers`, the same attempt, and its
+    /// exit code kept, so the next claim runs only the merge.
+    pub fn defer_merge_job(
+        &self,
+        id: i64,
+        attempt: Option<i64>,
+        reason: &str,
+        available_at_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
+                 available_at_ms=?3, last_error=?2, worker_host=NULL, worker_pid=NULL, \
+                 worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
+                 heartbeat_at_ms=NULL \
+                 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4) AND exit_code IS NOT NULL",
+            )?
+            .execute(params![id, reason, available_at_ms, attempt])?;
+        Ok(n == 1)
+    }
+
+    /// `running → queued`, the same attempt, available at once: gives back
+    /// a job claimed by hand, only while the claimer (`pid`, `start_time`)
+    /// still holds it.
     pub fn unclaim_job(
         &self,
         id: i64,
-        attempt: i64,
+        attempt: Option<i64>,
         pid: i64,
         start_time: i64,
     ) -> anyhow::Result<bool> {
@@ -521,7 +502,7 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status='queued', worker_host=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, claimed_at_ms=NULL, heartbeat_at_ms=NULL \
-                 WHERE id=?1 AND status='running' AND attempt=?2 AND worker_pid=?3 \
+                 WHERE id=?1 AND status='running' AND (?2 IS NULL OR attempt=?2) AND worker_pid=?3 \
                  AND worker_start_time=?4",
             )?
             .execute(params![id, attempt, pid, start_time])?

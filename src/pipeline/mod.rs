@@ -7,7 +7,8 @@
 //! 1. compares-and-swaps the task (`stage`, `version`); if another actor
 //!    moved it, returns [`Moved::Lost`] having written nothing;
 //! 2. appends the transition;
-//! 3. claims the finishing job's terminal state (`running → done`), if any;
+//! 3. claims the finishing job's terminal state (`running → done`), if any,
+//!    through the job status rule ([`job::change`]);
 //! 4. enqueues the next stage's job (UNIQUE `(task, stage, version)`);
 //! 5. writes the side effects to the outbox with dedupe keys;
 //! 6. hands the task's merge lease to its deploy job, or releases it when
@@ -18,6 +19,7 @@
 //! the checks in step 1 and 3 and the writes after them are one atomic step.
 
 pub mod gate;
+pub mod job;
 
 use std::path::Path;
 
@@ -177,7 +179,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     )?;
     // 3. terminal claim of the finishing job
     if let Some(job_id) = m.job_id {
-        if !tx.finish_job(job_id, JobStatus::Done, None, now_ms)? {
+        if job::finish(tx, job_id, None, JobStatus::Done, None, now_ms)? == job::Changed::Lost {
             anyhow::bail!("job {job_id} changed inside an IMMEDIATE transaction");
         }
     }

@@ -1,0 +1,475 @@
+//! Job status has one rule, as the stage has [`super::apply`]: every change
+//! of `jobs.status` — claim, finish (done, failed, cancelled), requeue,
+//! defer, unclaim, cancel — goes through [`change`], which checks that the
+//! edge is legal and applies the compare-and-swap (on the status, and on
+//! the claim attempt when the caller knows it), returning
+//! [`Changed::Lost`] uniformly when another actor changed the job first.
+//!
+//! The legal edges:
+//!
+//! ```text
+//! queued  → running                      claim
+//! running → done | failed | cancelled    finish
+//! running → queued                       retry, defer (merge pending), unclaim
+//! queued  → cancelled                    cancel (the task moved on)
+//! ```
+//!
+//! Also here: the outcome of finishing a job ([`Finalized`]) and the one
+//! "retry, or fail the job and escalate the task" path
+//! ([`retry_or_fail`], [`fail_and_escalate`]) that the worker, the reaper
+//! and the merge gate share.
+//!
+//! Assumptions (every function): `tx` is a `BEGIN IMMEDIATE` transaction.
+
+use crate::backoff::backoff_ms;
+use crate::config::Settings;
+use crate::db::{Job, Tx};
+use crate::error::Error;
+
+use super::{apply, Actor, JobStatus, Move, Policy, Stage};
+
+/// Whether `from → to` is an edge of the job status machine (see the
+/// module documentation).
+pub fn is_legal(from: JobStatus, to: JobStatus) -> bool {
+    use JobStatus::*;
+    matches!(
+        (from, to),
+        (Queued, Running)
+            | (Running, Done)
+            | (Running, Failed)
+            | (Running, Cancelled)
+            | (Running, Queued)
+            | (Queued, Cancelled)
+    )
+}
+
+/// How a job changes status, with what each kind of change writes.
+#[derive(Debug, Clone, Copy)]
+pub enum How<'a> {
+    /// `queued → running` by this worker (boot id, pid, start time).
+    Claim { worker: (&'a str, i64, i64) },
+    /// `running → done | failed | cancelled`; `error`, when given, becomes
+    /// `last_error`.
+    Finish { error: Option<&'a str> },
+    /// `running → queued` for the next attempt at `available_at_ms`.
+    Retry {
+        error: &'a str,
+        available_at_ms: i64,
+    },
+    /// `running → queued` with the merge deferred: the agent's result is
+    /// kept, the next claim runs only the merge.
+    Defer {
+        reason: &'a str,
+        available_at_ms: i64,
+    },
+    /// `running → queued`, same attempt: a claim by hand given back, only
+    /// while the claimer (worker `pid`, `start_time`) still holds it.
+    Unclaim { pid: i64, start_time: i64 },
+    /// `queued → cancelled`.
+    Cancel { reason: &'a str },
+}
+
+impl How<'_> {
+    /// Whether this kind of change is the edge `from → to`.
+    fn fits(&self, from: JobStatus, to: JobStatus) -> bool {
+        use JobStatus::*;
+        match self {
+            How::Claim { .. } => (from, to) == (Queued, Running),
+            How::Finish { .. } => from == Running && !to.is_active(),
+            How::Retry { .. } | How::Defer { .. } | How::Unclaim { .. } => {
+                (from, to) == (Running, Queued)
+            }
+            How::Cancel { .. } => (from, to) == (Queued, Cancelled),
+        }
+    }
+}
+
+/// A requested job status change.
+#[derive(Debug, Clone, Copy)]
+pub struct JobChange<'a> {
+    pub job_id: i64,
+    pub from: JobStatus,
+    pub to: JobStatus,
+    /// The claim attempt the caller read; the swap is refused when the
+    /// job's attempt changed. `None`: any attempt (the status alone is
+    /// compared).
+    pub attempt: Option<i64>,
+    pub how: How<'a>,
+}
+
+/// The result of [`change`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Changed {
+    /// The job is now at the requested status.
+    Applied,
+    /// The job was not at `from` (or not at `attempt`); nothing was written.
+    Lost,
+}
+
+/// The one job status rule. See the module documentation.
+///
+/// Errors: [`Error::Usage`] naming the edge when `from → to` is not legal
+/// or `how` is not that edge (nothing is written); database errors. A lost
+/// compare-and-swap is `Ok(Changed::Lost)`.
+pub fn change(tx: &Tx, c: &JobChange, now_ms: i64) -> anyhow::Result<Changed> {
+    if !is_legal(c.from, c.to) || !c.how.fits(c.from, c.to) {
+        return Err(Error::Usage(format!(
+            "illegal job status change {} → {} ({:?}) for job {}",
+            c.from, c.to, c.how, c.job_id
+        ))
+        .into());
+    }
+    let (id, attempt) = (c.job_id, c.attempt);
+    let won = match c.how {
+        How::Claim { worker } => tx.claim_job(id, attempt, worker, now_ms)?,
+        How::Finish { error } => tx.finish_job(id, attempt, c.to, error, now_ms)?,
+        How::Retry {
+            error,
+            available_at_ms,
+        } => tx.requeue_job(id, attempt, error, available_at_ms)?,
+        How::Defer {
+            reason,
+            available_at_ms,
+        } => tx.defer_merge_job(id, attempt, reason, available_at_ms)?,
+        How::Unclaim { pid, start_time } => tx.unclaim_job(id, attempt, pid, start_time)?,
+        How::Cancel { reason } => tx.cancel_queued_job(id, attempt, reason, now_ms)?,
+    };
+    Ok(if won { Changed::Applied } else { Changed::Lost })
+}
+
+/// Claims the oldest runnable job for `worker`: queued, available, of a
+/// task that is not escalated, optionally of `role` and `project`, while
+/// fewer than `max_running` jobs run. Queued jobs whose task moved on are
+/// cancelled on the way. Returns the claimed job, now `running`.
+pub fn claim_next(
+    tx: &Tx,
+    max_running: u32,
+    role: Option<&str>,
+    project: Option<&str>,
+    worker: (&str, i64, i64),
+    now_ms: i64,
+) -> anyhow::Result<Option<Job>> {
+    // They can never be valid again (a human advance, a rollback).
+    for j in tx.queued_jobs_of_moved_tasks()? {
+        cancel_queued(tx, &j, "task moved on before the job ran", now_ms)?;
+    }
+    if tx.running_job_count()? >= max_running as i64 {
+        return Ok(None);
+    }
+    let Some(id) = tx.next_runnable_job(role, project, now_ms)? else {
+        return Ok(None);
+    };
+    let claimed = claim(tx, id, worker, now_ms)?;
+    crate::failpoint::failpoint("claim.before_commit");
+    Ok(claimed)
+}
+
+/// Claims queued job `id` for `worker` regardless of `available_at_ms`
+/// and the concurrency limit (`orch merge-gate` by hand). Returns the job,
+/// or `None` when it was not queued.
+pub fn claim(
+    tx: &Tx,
+    id: i64,
+    worker: (&str, i64, i64),
+    now_ms: i64,
+) -> anyhow::Result<Option<Job>> {
+    let c = JobChange {
+        job_id: id,
+        from: JobStatus::Queued,
+        to: JobStatus::Running,
+        attempt: None,
+        how: How::Claim { worker },
+    };
+    match change(tx, &c, now_ms)? {
+        Changed::Applied => tx.job(id),
+        Changed::Lost => Ok(None),
+    }
+}
+
+/// Finishes running job `job_id` as `to` (done, failed, cancelled), under
+/// claim `attempt` when given.
+pub fn finish(
+    tx: &Tx,
+    job_id: i64,
+    attempt: Option<i64>,
+    to: JobStatus,
+    error: Option<&str>,
+    now_ms: i64,
+) -> anyhow::Result<Changed> {
+    let c = JobChange {
+        job_id,
+        from: JobStatus::Running,
+        to,
+        attempt,
+        how: How::Finish { error },
+    };
+    change(tx, &c, now_ms)
+}
+
+fn cancel_queued(tx: &Tx, j: &Job, reason: &str, now_ms: i64) -> anyhow::Result<Changed> {
+    let c = JobChange {
+        job_id: j.id,
+        from: JobStatus::Queued,
+        to: JobStatus::Cancelled,
+        attempt: Some(j.attempt),
+        how: How::Cancel { reason },
+    };
+    change(tx, &c, now_ms)
+}
+
+/// Cancels every queued or running job of task `task_id` except `keep`
+/// (a manual move superseded them). Returns how many were cancelled.
+pub fn cancel_task_jobs(
+    tx: &Tx,
+    task_id: i64,
+    keep: Option<i64>,
+    reason: &str,
+    now_ms: i64,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for j in tx.active_jobs(task_id)? {
+        if Some(j.id) == keep {
+            continue;
+        }
+        let out = match j.status {
+            JobStatus::Queued => cancel_queued(tx, &j, reason, now_ms)?,
+            _ => finish(
+                tx,
+                j.id,
+                Some(j.attempt),
+                JobStatus::Cancelled,
+                Some(reason),
+                now_ms,
+            )?,
+        };
+        n += usize::from(out == Changed::Applied);
+    }
+    Ok(n)
+}
+
+/// How a finalize ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Finalized {
+    /// The task moved `from → to` with this job.
+    Advanced {
+        from: Stage,
+        to: Stage,
+        escalated: bool,
+    },
+    /// The job is done; the task waits at its stage (`reason`).
+    Waiting { reason: String },
+    /// The run failed; the job is queued again for attempt `attempt`.
+    Retrying { attempt: i64, reason: String },
+    /// The run failed at the attempt cap; job failed, task escalated.
+    Failed { reason: String },
+    /// The task moved on while the job ran; the job is cancelled.
+    Cancelled { reason: String },
+    /// The merge gate could not merge now (the repo's merge lease is busy,
+    /// or main kept moving): the job is queued again for `available_at_ms`
+    /// with its agent's result kept, so only the merge is retried
+    /// (`crate::merge_gate`).
+    Deferred {
+        defers: i64,
+        available_at_ms: i64,
+        reason: String,
+    },
+    /// Another actor finished this job first; nothing was done.
+    Lost,
+}
+
+/// A failed run of running job `job` (claim `job.attempt`): queue the next
+/// attempt with exponential backoff (`ORCH_JOB_BACKOFF_S` · 2^(attempt-1),
+/// see [`crate::backoff`]), or at `ORCH_JOB_MAX_ATTEMPTS` fail the job and
+/// escalate its task ([`fail_and_escalate`]). Shared by the worker (a
+/// failed gate) and the reaper (Tier-1).
+///
+/// Guarantees: a claim on the job's attempt; a loser writes nothing and
+/// gets `Finalized::Lost`.
+pub fn retry_or_fail(
+    tx: &Tx,
+    policy: Policy,
+    settings: &Settings,
+    job: &Job,
+    reason: &str,
+    actor: Actor,
+    now: i64,
+) -> anyhow::Result<Finalized> {
+    if job.attempt < settings.job_max_attempts as i64 {
+        let base_ms = settings.job_backoff_s as i64 * 1000;
+        let delay_ms = backoff_ms(base_ms, base_ms << 16, job.attempt - 1, None);
+        let c = JobChange {
+            job_id: job.id,
+            from: JobStatus::Running,
+            to: JobStatus::Queued,
+            attempt: Some(job.attempt),
+            how: How::Retry {
+                error: reason,
+                available_at_ms: now + delay_ms,
+            },
+        };
+        return Ok(match change(tx, &c, now)? {
+            Changed::Applied => Finalized::Retrying {
+                attempt: job.attempt + 1,
+                reason: reason.to_string(),
+            },
+            Changed::Lost => Finalized::Lost,
+        });
+    }
+    let why = format!(
+        "{} job {} failed after {} attempts: {reason}",
+        job.stage, job.id, job.attempt
+    );
+    fail_and_escalate(tx, policy, job, reason, why, actor, now)
+}
+
+/// The one "fail the job and escalate the task": running job `job` (claim
+/// `job.attempt`) becomes `failed` with `error`, and its task — if it is
+/// still at the job's stage and version — is escalated with `why` through
+/// the transition rule (a rerun of its stage that enqueues nothing).
+///
+/// Guarantees: one step of the caller's transaction; a lost claim writes
+/// nothing and gets `Finalized::Lost`.
+pub fn fail_and_escalate(
+    tx: &Tx,
+    policy: Policy,
+    job: &Job,
+    error: &str,
+    why: String,
+    actor: Actor,
+    now: i64,
+) -> anyhow::Result<Finalized> {
+    let failed = finish(
+        tx,
+        job.id,
+        Some(job.attempt),
+        JobStatus::Failed,
+        Some(error),
+        now,
+    )?;
+    if failed == Changed::Lost {
+        return Ok(Finalized::Lost);
+    }
+    if let Some(task) = tx.task(job.task_id)? {
+        if task.stage == job.stage && task.version == job.task_version {
+            let mut m = Move::new(&task, task.stage, actor, why.clone());
+            m.escalate = Some(why.clone());
+            apply(tx, policy, &m, now)?;
+        }
+    }
+    Ok(Finalized::Failed { reason: why })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, ProjectRow};
+
+    /// A database with one task at analysis and its queued job (id 1).
+    fn db_with_job() -> (tempfile::TempDir, Db, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
+        let p = ProjectRow {
+            name: "p",
+            tracker: "local",
+            tracker_project_id: "",
+            forge: "local",
+            repo: "",
+            default_branch: "main",
+            clone_url: "",
+        };
+        let job = db
+            .write(|tx| {
+                tx.sync_project(&p, 1)?;
+                let t = tx
+                    .insert_task("p", "1", 1, "t", "", Stage::Analysis, "orch/p-1", "/w", 1)?
+                    .unwrap();
+                tx.enqueue_job(t, Stage::Analysis, "analyst", 1, 1)
+            })
+            .unwrap();
+        (dir, db, job)
+    }
+
+    #[test]
+    fn an_illegal_edge_is_refused_naming_it_and_writes_nothing() {
+        let (_d, db, job) = db_with_job();
+        for (from, to, how) in [
+            (
+                JobStatus::Queued,
+                JobStatus::Done,
+                How::Finish { error: None },
+            ),
+            (
+                JobStatus::Done,
+                JobStatus::Running,
+                How::Claim {
+                    worker: ("h", 1, 1),
+                },
+            ),
+            // A legal edge, but not the change asked for.
+            (
+                JobStatus::Queued,
+                JobStatus::Running,
+                How::Cancel { reason: "x" },
+            ),
+        ] {
+            let c = JobChange {
+                job_id: job,
+                from,
+                to,
+                attempt: None,
+                how,
+            };
+            let err = db.write(|tx| change(tx, &c, 5)).unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(
+                msg.contains(&format!("{from} → {to}")) && msg.contains("illegal"),
+                "{msg}"
+            );
+        }
+        assert_eq!(db.job(job).unwrap().unwrap().status, JobStatus::Queued);
+    }
+
+    #[test]
+    fn a_swap_against_a_changed_attempt_or_status_is_lost() {
+        let (_d, db, job) = db_with_job();
+        let claimed = db.write(|tx| claim(tx, job, ("h", 1, 1), 5)).unwrap();
+        assert_eq!(claimed.unwrap().status, JobStatus::Running);
+        // Requeue under attempt 1: attempt 2 now.
+        let retry = |attempt| JobChange {
+            job_id: job,
+            from: JobStatus::Running,
+            to: JobStatus::Queued,
+            attempt: Some(attempt),
+            how: How::Retry {
+                error: "boom",
+                available_at_ms: 0,
+            },
+        };
+        assert_eq!(
+            db.write(|tx| change(tx, &retry(1), 6)).unwrap(),
+            Changed::Applied
+        );
+        db.write(|tx| claim(tx, job, ("h", 1, 1), 7)).unwrap();
+        // A late actor still holding attempt 1 loses, and writes nothing.
+        assert_eq!(
+            db.write(|tx| change(tx, &retry(1), 8)).unwrap(),
+            Changed::Lost
+        );
+        let lost = db
+            .write(|tx| finish(tx, job, Some(1), JobStatus::Failed, Some("late"), 8))
+            .unwrap();
+        assert_eq!(lost, Changed::Lost);
+        let j = db.job(job).unwrap().unwrap();
+        assert_eq!((j.status, j.attempt), (JobStatus::Running, 2));
+        // The right attempt wins; a second finish finds it no longer running.
+        let done = |tx: &Tx| finish(tx, job, Some(2), JobStatus::Done, None, 9);
+        assert_eq!(db.write(done).unwrap(), Changed::Applied);
+        assert_eq!(db.write(done).unwrap(), Changed::Lost);
+        // A claim of a job that is not queued is lost too.
+        assert!(db
+            .write(|tx| claim(tx, job, ("h", 1, 1), 10))
+            .unwrap()
+            .is_none());
+    }
+}
