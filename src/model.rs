@@ -166,7 +166,7 @@ impl FromStr for Actor {
 named!(Actor);
 
 /// The status of a job (the `jobs.status` column). Its legal changes are
-/// the edges of `crate::pipeline::job`. The default is `Queued`, the status
+/// the edges of `pipeline::job`. The default is `Queued`, the status
 /// a job is enqueued with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum JobStatus {

@@ -375,7 +375,7 @@ impl Tx<'_> {
     }
 
     // The status-changing UPDATEs of `jobs`, each written once. Callers go
-    // through `crate::pipeline::job::change`, which checks the edge. Each
+    // through `pipeline::job::change`, which checks the edge. Each
     // is a compare-and-swap on the status (and on the claim `attempt` when
     // given) and returns whether it changed the row.
 
