@@ -173,11 +173,17 @@ pub fn backoff_ms(attempts: i64, id: i64) -> i64 {
 
 fn route_of(ctx: &Ctx, msg: &OutboxRow, project: Option<&ProjectConfig>) -> Route {
     match msg.channel.as_str() {
-        "tracker" if project.is_some_and(|p| p.tracker == "plane") => Route::Plane,
+        "tracker" if project.is_some_and(|p| p.tracker == crate::config::TrackerKind::Plane) => {
+            Route::Plane
+        }
         "tracker" => Route::LocalTracker,
-        "forge" if project.is_some_and(|p| p.forge == "gitea") => Route::Gitea,
+        "forge" if project.is_some_and(|p| p.forge == crate::config::ForgeKind::Gitea) => {
+            Route::Gitea
+        }
         "forge" => Route::LocalForge,
-        _ if ctx.settings.adapters.notifier == "telegram" => Route::Telegram,
+        _ if ctx.settings.adapters.notifier == crate::config::NotifierKind::Telegram => {
+            Route::Telegram
+        }
         _ => Route::Log,
     }
 }

@@ -329,7 +329,7 @@ pub fn add_local_issue(
     body: &str,
 ) -> anyhow::Result<(i64, i64)> {
     let p = ctx.project(project)?;
-    if p.tracker != "local" {
+    if p.tracker != crate::config::TrackerKind::Local {
         return Err(crate::error::Error::Usage(format!(
             "project {project} uses the {} tracker; create work items there",
             p.tracker

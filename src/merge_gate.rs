@@ -179,7 +179,7 @@ pub fn merge_into_default(
     repo: &Repo,
     task: &Task,
 ) -> anyhow::Result<FastForward> {
-    if project.forge == "gitea" {
+    if project.forge == crate::config::ForgeKind::Gitea {
         let head = repo.head_sha(Path::new(&task.worktree))?;
         return crate::adapters::gitea::merge_into_default(ctx, project, task, &head);
     }

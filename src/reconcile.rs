@@ -87,8 +87,8 @@ impl LiveTracker {
         db: &Db,
         project: &ProjectConfig,
     ) -> Result<HashMap<String, TrackerItem>, String> {
-        match project.tracker.as_str() {
-            "plane" => {
+        match project.tracker {
+            crate::config::TrackerKind::Plane => {
                 let items = crate::adapters::plane::list_work_items(
                     ctx,
                     db,
@@ -277,7 +277,12 @@ fn tracker_side(
     dry_run: bool,
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
-    for project in ctx.config.projects.iter().filter(|p| p.tracker == "plane") {
+    for project in ctx
+        .config
+        .projects
+        .iter()
+        .filter(|p| p.tracker == crate::config::TrackerKind::Plane)
+    {
         let items = match listings.get(ctx, db, project) {
             Ok(items) => items,
             Err(e) => {
@@ -439,7 +444,7 @@ fn gate_side(
         // A Gitea project's CI result lives at the forge: when the gate waits
         // for a status whose delivery may have been lost, ask once.
         if stage == Stage::Development
-            && project.forge == "gitea"
+            && project.forge == crate::config::ForgeKind::Gitea
             && matches!(verdict, Gate::Pending(_))
         {
             match crate::adapters::gitea::check_ci_once(ctx, db, project, &repo, &task, !dry_run) {

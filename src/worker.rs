@@ -383,10 +383,10 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
         // starts again from what was pushed.
         repo.discard_changes(&worktree)?;
     }
-    if agent_ok && stage == Stage::Development && project.forge == "local" {
+    if agent_ok && stage == Stage::Development && project.forge == crate::config::ForgeKind::Local {
         run_local_ci(ctx, db, project, &repo, &task)?;
     }
-    if agent_ok && stage == Stage::Development && project.forge == "gitea" {
+    if agent_ok && stage == Stage::Development && project.forge == crate::config::ForgeKind::Gitea {
         crate::adapters::gitea::poll_ci(ctx, db, project, &repo, &task);
     }
 

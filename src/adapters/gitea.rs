@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::{encode_path, marker, required, AdapterError, Body, Http, Reply};
 use crate::clock::now_ms;
-use crate::config::ProjectConfig;
+use crate::config::{ForgeKind, MergeStyle, ProjectConfig};
 use crate::ctx::Ctx;
 use crate::db::{Db, OutboxRow, Task};
 
@@ -118,15 +118,6 @@ pub enum MergeOutcome {
     Conflict(String),
 }
 
-/// The merge styles Gitea accepts (`Do` of `MergePullRequestForm`).
-pub const MERGE_STYLES: [&str; 5] = [
-    "merge",
-    "rebase",
-    "rebase-merge",
-    "squash",
-    "fast-forward-only",
-];
-
 /// A Gitea API client. `Debug` leaves out the token.
 pub struct Gitea {
     http: Http,
@@ -144,7 +135,11 @@ impl std::fmt::Debug for Gitea {
 
 impl Gitea {
     /// A client for the API at `<url>/api/v1` with `token`.
-    pub fn new(s: &super::AdapterSettings, url: &str, token: &crate::config::Secret) -> Gitea {
+    pub fn new(
+        s: &crate::config::AdapterSettings,
+        url: &str,
+        token: &crate::config::Secret,
+    ) -> Gitea {
         Gitea {
             http: Http::new(SERVICE, s, vec![token.clone()]),
             api: format!("{}/api/v1", url.trim_end_matches('/')),
@@ -349,12 +344,12 @@ impl Gitea {
         &self,
         repo: &str,
         number: i64,
-        style: &str,
+        style: MergeStyle,
         head_sha: &str,
     ) -> Result<MergeOutcome, AdapterError> {
         let op = "merge pull request";
         let req = json!({
-            "Do": style,
+            "Do": style.as_str(),
             "head_commit_id": head_sha,
             "delete_branch_after_merge": false,
             "force_merge": false,
@@ -424,7 +419,7 @@ impl Links {
     /// Links for `project` when its forge is Gitea and a public URL is set.
     pub fn for_project(ctx: &Ctx, project: &ProjectConfig) -> Option<Links> {
         let url = ctx.settings.adapters.gitea_public_url.as_ref()?;
-        (project.forge == "gitea" && !project.repo.is_empty()).then(|| Links {
+        (project.forge == ForgeKind::Gitea && !project.repo.is_empty()).then(|| Links {
             base: format!("{}/{}", url.trim_end_matches('/'), project.repo),
         })
     }
@@ -458,7 +453,7 @@ pub fn after_push(
     let now = now_ms();
     db.write(|tx| {
         tx.upsert_branch_head(&project.name, &task.branch, &sha, now)?;
-        if project.forge == "gitea" {
+        if project.forge == ForgeKind::Gitea {
             let mut body = format!(
                 "Work item {} of project {}, opened by orch (task {}).",
                 task.tracker_issue_id, project.name, task.id
@@ -519,7 +514,7 @@ pub fn check_ci_once(
 /// error). Never fails: a Gitea that cannot be asked is logged and left to
 /// `status` deliveries and reconcile.
 pub fn poll_ci(ctx: &Ctx, db: &Db, project: &ProjectConfig, repo: &crate::git::Repo, task: &Task) {
-    if project.forge != "gitea" {
+    if project.forge != ForgeKind::Gitea {
         return;
     }
     let sha = match repo.head_sha(std::path::Path::new(&task.worktree)) {
@@ -724,7 +719,7 @@ pub fn merge(
             message: format!("PR #{} was closed without merging", pr.number),
         });
     }
-    let out = g.merge_pull(&project.repo, pr.number, &project.merge_style, head_sha)?;
+    let out = g.merge_pull(&project.repo, pr.number, project.merge_style, head_sha)?;
     info!(target: "merge", task = task.id, pr = pr.number, outcome = ?out, "Gitea merge");
     Ok(out)
 }
@@ -861,7 +856,7 @@ mod tests {
 
     #[test]
     fn debug_hides_the_token() {
-        let s = super::super::AdapterSettings::load(&|_| None).unwrap();
+        let s = crate::config::AdapterSettings::load(&|_| None).unwrap();
         let g = Gitea::new(&s, "http://g", &crate::config::Secret::new("tok-SECRET"));
         assert!(!format!("{g:?}").contains("SECRET"), "{g:?}");
         let p = super::super::plane::Plane::new(

@@ -197,7 +197,9 @@ impl RunReport {
             now_ms,
         )?;
         let stage: Option<Stage> = job.stage.parse().ok();
-        let forge_gitea = ctx.project(&task.project).is_ok_and(|p| p.forge == "gitea");
+        let forge_gitea = ctx
+            .project(&task.project)
+            .is_ok_and(|p| p.forge == crate::config::ForgeKind::Gitea);
         if forge_gitea && stage.is_some_and(|s| s >= Stage::Review) {
             let mut md = format!(
                 "**{}** run (job {}, attempt {attempt}): {outcome}",

@@ -85,7 +85,12 @@ impl std::fmt::Display for Telegram {
 impl Telegram {
     /// A bot with `token` posting to `chat_id` (a number, or `@channel`)
     /// through the Bot API at `api_url`.
-    pub fn new(s: &super::AdapterSettings, api_url: &str, token: &Secret, chat_id: &str) -> Self {
+    pub fn new(
+        s: &crate::config::AdapterSettings,
+        api_url: &str,
+        token: &Secret,
+        chat_id: &str,
+    ) -> Self {
         let chat_id = chat_id
             .trim()
             .parse::<i64>()
@@ -252,7 +257,7 @@ mod tests {
 
     #[test]
     fn the_request_matches_the_fixture_shape_and_hides_the_token() {
-        let s = super::super::AdapterSettings::load(&|_| None).unwrap();
+        let s = crate::config::AdapterSettings::load(&|_| None).unwrap();
         let t = Telegram::new(&s, "http://x", &Secret::new("123:SECRET"), "-1001234567890");
         assert_eq!(t.chat_id, json!(-1001234567890i64));
         assert!(!format!("{t:?}").contains("SECRET"));

@@ -785,9 +785,9 @@ impl Tx<'_> {
         )?
         .execute(params![
             p.name,
-            p.tracker,
+            p.tracker.as_str(),
             p.tracker_project_id,
-            p.forge,
+            p.forge.as_str(),
             p.repo,
             p.default_branch,
             p.clone_url,
