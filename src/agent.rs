@@ -217,6 +217,9 @@ pub fn read_verdict(path: &Path) -> Result<Option<Verdict>, String> {
     Ok(Some(Verdict { verdict, summary }))
 }
 
+/// The `{name}` template renderer. It lives in [`crate::config`], which
+/// validates every template at load with it; re-exported here for the
+/// worker, which renders agent argv and prompts.
 pub use crate::config::render;
 
 #[cfg(test)]

@@ -560,3 +560,60 @@ pub fn run_tests(
         .with_context(|| format!("running test command {:?}", project.test_command))?;
     Ok(out.exit_code() == 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Settings};
+    use crate::notifier::Notifier;
+    use crate::tracker::Tracker;
+
+    fn ctx(env: &[(&str, &str)]) -> Ctx {
+        let env: std::collections::BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let settings = Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
+        let config = Config::parse(
+            "[[projects]]\nname = \"loc\"\nclone_url = \"x\"\ntest_command = [\"true\"]\n\
+             [[projects]]\nname = \"remote\"\nforge = \"gitea\"\nrepo = \"acme/widget\"\n\
+             tracker = \"plane\"\ntracker_project_id = \"p1\"\nclone_url = \"x\"\ntest_command = [\"true\"]\n",
+        )
+        .unwrap();
+        Ctx { settings, config }
+    }
+
+    #[test]
+    fn each_service_follows_the_projects_choice() {
+        let ctx = ctx(&[
+            ("ORCH_GITEA_PUBLIC_URL", "https://g.example"),
+            ("ORCH_PLANE_PUBLIC_URL", "https://p.example"),
+            ("ORCH_PLANE_WORKSPACE", "acme"),
+            ("ORCH_NOTIFIER", "telegram"),
+        ]);
+        let (loc, remote) = (&ctx.config.projects[0], &ctx.config.projects[1]);
+
+        let f = Forge::for_project(&ctx, loc);
+        assert!(!f.is_remote() && !f.has_pull_requests() && f.links(loc).is_none());
+        assert!(!Forge::of(&ctx, None).is_remote());
+        let f = Forge::for_project(&ctx, remote);
+        assert!(f.is_remote() && f.has_pull_requests());
+        assert_eq!(
+            f.links(remote).unwrap().pull(7),
+            "https://g.example/acme/widget/pulls/7"
+        );
+
+        let t = Tracker::for_project(&ctx, loc);
+        assert!(t.takes_local_issues() && !t.is_remote());
+        assert_eq!(t.work_item_link(loc, "1"), None);
+        let t = Tracker::for_project(&ctx, remote);
+        assert!(!t.takes_local_issues() && t.is_remote());
+        assert_eq!(
+            t.work_item_link(remote, "i9").as_deref(),
+            Some("https://p.example/acme/projects/p1/issues/i9")
+        );
+
+        assert!(Notifier::from_settings(&ctx).is_remote());
+        assert!(!Notifier::from_settings(&self::ctx(&[])).is_remote());
+    }
+}
