@@ -29,7 +29,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
-use orch::adapters::plane::StateKind;
+use orch::config::StateKind;
 use orch::config::{Config, ProjectConfig, Settings};
 use orch::ctx::Ctx;
 use orch::db::{Db, Job, RunRecord, Tx};

@@ -7,7 +7,6 @@
 //! are required) because every CLI version adds keys. An agent that prints
 //! no result is not an error: its usage is simply unknown.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -218,61 +217,15 @@ pub fn read_verdict(path: &Path) -> Result<Option<Verdict>, String> {
     Ok(Some(Verdict { verdict, summary }))
 }
 
-/// Renders `template`, replacing each `{name}` with `vars[name]`; `{{` and
-/// `}}` are literal braces. No whitespace is trimmed inside braces.
-///
-/// Errors (a message naming the placeholder or position; never panics): an
-/// unknown or empty placeholder, an unclosed `{`, or a lone `}`.
-pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(i) = rest.find(['{', '}']) {
-        out.push_str(&rest[..i]);
-        let pos = template.len() - rest.len() + i; // byte offset, for messages
-        let brace = &rest[i..];
-        if let Some(after) = brace.strip_prefix("{{") {
-            out.push('{');
-            rest = after;
-        } else if let Some(after) = brace.strip_prefix("}}") {
-            out.push('}');
-            rest = after;
-        } else if brace.starts_with('}') {
-            return Err(format!(
-                "unmatched '}}' at byte {pos} (write '}}}}' for a literal brace)"
-            ));
-        } else {
-            // `brace` is `{name}...`: the name ends at the next brace, which
-            // must be a `}`.
-            let inner = &brace[1..];
-            let end = inner
-                .find(['{', '}'])
-                .filter(|&j| inner[j..].starts_with('}'))
-                .ok_or_else(|| {
-                    format!("unclosed '{{' at byte {pos} (write '{{{{' for a literal brace)")
-                })?;
-            let name = &inner[..end];
-            let value = vars.get(name).ok_or_else(|| {
-                if name.is_empty() {
-                    format!("empty placeholder {{}} at byte {pos}")
-                } else {
-                    let known: Vec<_> = vars.keys().copied().collect();
-                    format!(
-                        "unknown placeholder {{{name}}} at byte {pos} (known: {})",
-                        known.join(", ")
-                    )
-                }
-            })?;
-            out.push_str(value);
-            rest = &inner[end + 1..];
-        }
-    }
-    out.push_str(rest);
-    Ok(out)
-}
+/// The `{name}` template renderer. It lives in [`crate::config`], which
+/// validates every template at load with it; re-exported here for the
+/// worker, which renders agent argv and prompts.
+pub use crate::config::render;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     const SUCCESS: &str = include_str!("../tests/fixtures/claude/json/success.json");
     const DENIAL: &str =

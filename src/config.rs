@@ -9,6 +9,11 @@
 //!
 //! A value orch cannot use is one [`Error::Config`] naming the key, never a
 //! panic. Secrets are wrapped in [`Secret`], whose `Debug` is redacted.
+//!
+//! Service choices are enums ([`ForgeKind`], [`TrackerKind`],
+//! [`NotifierKind`], [`MergeStyle`]), so a typo fails at load with the key
+//! and the accepted values. This module is a leaf: it imports only
+//! [`crate::error`], so every other module may read the configuration.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,8 +115,8 @@ pub struct Settings {
     /// guard (skip tasks the tracker shows Blocked or Needs Input).
     pub reconcile_skip_blocked_enabled: bool,
     /// Plane, Gitea and Telegram: URLs, tokens, timeouts, kill switches
-    /// (see [`crate::adapters::AdapterSettings`]).
-    pub adapters: crate::adapters::AdapterSettings,
+    /// (see [`AdapterSettings`]).
+    pub adapters: AdapterSettings,
     /// `ORCH_MERGE_GATE_ENABLED` (default true): serialise merges under the
     /// repo's merge lease. Off: deploy-staging still catches up with main,
     /// re-tests and fast-forwards, but takes no lease.
@@ -179,7 +184,7 @@ impl Settings {
             },
             reconcile_plane_enabled: flag("ORCH_RECONCILE_PLANE_ENABLED", true)?,
             reconcile_skip_blocked_enabled: flag("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", true)?,
-            adapters: crate::adapters::AdapterSettings::load(&get)?,
+            adapters: AdapterSettings::load(&get)?,
             merge_gate_enabled: flag("ORCH_MERGE_GATE_ENABLED", true)?,
             merge_gate_repos: get("ORCH_MERGE_GATE_REPOS")
                 .map(|v| {
@@ -245,6 +250,122 @@ impl Settings {
     /// (outside the worktree, so a verdict is never committed).
     pub fn verdicts_dir(&self) -> PathBuf {
         self.state_dir.join("verdicts")
+    }
+}
+
+/// Settings of the outside adapters (`ORCH_*` environment variables), part
+/// of [`Settings`]. Durations carry their unit in the name.
+#[derive(Debug, Clone)]
+pub struct AdapterSettings {
+    /// `ORCH_GITEA_URL`: Gitea's root URL (`https://gitea.example.com`);
+    /// the API is `<url>/api/v1`.
+    pub gitea_url: Option<String>,
+    /// `ORCH_GITEA_TOKEN`: access token (scopes `write:repository`,
+    /// `write:issue`), sent as `Authorization: token …`.
+    pub gitea_token: Option<Secret>,
+    /// `ORCH_GITEA_PUBLIC_URL` (default `ORCH_GITEA_URL`): base of the
+    /// branch, PR and commit links orch writes into comments.
+    pub gitea_public_url: Option<String>,
+    /// `ORCH_GITEA_CI_POLL_S` (default 20): how long the worker's finalize
+    /// keeps polling the combined status of a fresh development head
+    /// before leaving it to `status` deliveries and reconcile.
+    pub gitea_ci_poll_s: u64,
+    /// `ORCH_GITEA_CI_POLL_INTERVAL_MS` (default 2000): pause between polls.
+    pub gitea_ci_poll_interval_ms: u64,
+    /// `ORCH_PLANE_URL`: Plane's root URL; the API is `<url>/api/v1`.
+    pub plane_url: Option<String>,
+    /// `ORCH_PLANE_API_KEY`: personal access token, sent as `X-API-Key`.
+    pub plane_api_key: Option<Secret>,
+    /// `ORCH_PLANE_WORKSPACE`: the workspace slug (`acme`).
+    pub plane_workspace: Option<String>,
+    /// `ORCH_PLANE_PUBLIC_URL` (default `ORCH_PLANE_URL`): base of work
+    /// item links in notifications.
+    pub plane_public_url: Option<String>,
+    /// `ORCH_PLANE_STATE_CACHE_S` (default 3600): age after which the
+    /// cached Plane state ids of a project are fetched again.
+    pub plane_state_cache_s: u64,
+    /// `ORCH_NOTIFIER` (default `log`): `log` or `telegram`.
+    pub notifier: NotifierKind,
+    /// `ORCH_TELEGRAM_BOT_TOKEN`: the bot token (it is part of every URL).
+    pub telegram_bot_token: Option<Secret>,
+    /// `ORCH_TELEGRAM_CHAT_ID`: chat id (`-100…`) or `@channelname`.
+    pub telegram_chat_id: Option<String>,
+    /// `ORCH_TELEGRAM_API_URL` (default `https://api.telegram.org`).
+    pub telegram_api_url: String,
+    /// `ORCH_HTTP_CONNECT_TIMEOUT_MS` (default 5000): TCP/TLS connect limit.
+    pub http_connect_timeout_ms: u64,
+    /// `ORCH_HTTP_TIMEOUT_MS` (default 30000): limit for one whole call.
+    pub http_timeout_ms: u64,
+    /// `ORCH_HTTP_MAX_WAIT_S` (default 10): the longest a synchronous
+    /// caller (a listing, the CI poll) sleeps for a rate limit before it
+    /// gives up with the retryable error.
+    pub http_max_wait_s: u64,
+    /// `ORCH_TRACKER_ENABLED` (default true): kill switch of the Plane
+    /// adapter; when off, tracker messages wait in the outbox.
+    pub tracker_enabled: bool,
+    /// `ORCH_FORGE_ENABLED` (default true): kill switch of the Gitea
+    /// adapter; when off, forge messages wait, the CI poll is skipped and
+    /// merges wait.
+    pub forge_enabled: bool,
+    /// `ORCH_NOTIFY_ENABLED` (default true): kill switch of the Telegram
+    /// notifier; when off, notifications wait in the outbox.
+    pub notify_enabled: bool,
+}
+
+impl AdapterSettings {
+    /// Reads the adapter settings through `get` (blank values count as
+    /// unset).
+    ///
+    /// Errors: [`Error::Config`] naming the first key with a bad value.
+    pub fn load(get: &dyn Fn(&str) -> Option<String>) -> Result<AdapterSettings, Error> {
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let num = |key: &str, default: u64, min: u64| setting_num(&get, key, default, min);
+        let flag = |key: &str, default: bool| setting_flag(&get, key, default);
+        let url = |key: &str| -> Result<Option<String>, Error> {
+            match get(key) {
+                None => Ok(None),
+                Some(v) if v.starts_with("http://") || v.starts_with("https://") => {
+                    Ok(Some(v.trim_end_matches('/').to_string()))
+                }
+                Some(v) => Err(Error::config(
+                    key,
+                    format!("expected an http:// or https:// URL, got {v:?}"),
+                )),
+            }
+        };
+        let notifier = match get("ORCH_NOTIFIER") {
+            None => NotifierKind::Log,
+            Some(v) => v.parse().map_err(|m| Error::config("ORCH_NOTIFIER", m))?,
+        };
+        let gitea_url = url("ORCH_GITEA_URL")?;
+        let plane_url = url("ORCH_PLANE_URL")?;
+        Ok(AdapterSettings {
+            gitea_public_url: url("ORCH_GITEA_PUBLIC_URL")?.or_else(|| gitea_url.clone()),
+            gitea_url,
+            gitea_token: get("ORCH_GITEA_TOKEN").map(Secret::new),
+            gitea_ci_poll_s: num("ORCH_GITEA_CI_POLL_S", 20, 0)?,
+            gitea_ci_poll_interval_ms: num("ORCH_GITEA_CI_POLL_INTERVAL_MS", 2000, 10)?,
+            plane_public_url: url("ORCH_PLANE_PUBLIC_URL")?.or_else(|| plane_url.clone()),
+            plane_url,
+            plane_api_key: get("ORCH_PLANE_API_KEY").map(Secret::new),
+            plane_workspace: get("ORCH_PLANE_WORKSPACE"),
+            plane_state_cache_s: num("ORCH_PLANE_STATE_CACHE_S", 3600, 0)?,
+            notifier,
+            telegram_bot_token: get("ORCH_TELEGRAM_BOT_TOKEN").map(Secret::new),
+            telegram_chat_id: get("ORCH_TELEGRAM_CHAT_ID"),
+            telegram_api_url: url("ORCH_TELEGRAM_API_URL")?
+                .unwrap_or_else(|| "https://api.telegram.org".into()),
+            http_connect_timeout_ms: num("ORCH_HTTP_CONNECT_TIMEOUT_MS", 5000, 1)?,
+            http_timeout_ms: num("ORCH_HTTP_TIMEOUT_MS", 30_000, 1)?,
+            http_max_wait_s: num("ORCH_HTTP_MAX_WAIT_S", 10, 0)?,
+            tracker_enabled: flag("ORCH_TRACKER_ENABLED", true)?,
+            forge_enabled: flag("ORCH_FORGE_ENABLED", true)?,
+            notify_enabled: flag("ORCH_NOTIFY_ENABLED", true)?,
+        })
     }
 }
 
@@ -339,16 +460,16 @@ pub struct ProjectConfig {
     /// `orch/<name>-<sequence>`.
     pub name: String,
     /// `local` (work items from `orch issue add`) or `plane`.
-    #[serde(default = "default_local")]
-    pub tracker: String,
+    #[serde(default)]
+    pub tracker: TrackerKind,
     /// The tracker's project id (Plane project UUID); Plane deliveries whose
     /// `data.project` matches belong to this project (also with the local
     /// tracker, which then receives orch's comments and state changes).
     #[serde(default)]
     pub tracker_project_id: String,
     /// `local` (a bare repository as origin; CI = `test_command`) or `gitea`.
-    #[serde(default = "default_local")]
-    pub forge: String,
+    #[serde(default)]
+    pub forge: ForgeKind,
     /// Forge repository `owner/name`.
     #[serde(default)]
     pub repo: String,
@@ -371,12 +492,247 @@ pub struct ProjectConfig {
     /// `[projects.state_names]`: tracker state names resolved to ids
     /// through the tracker's API; an id in `[projects.states]` wins.
     #[serde(default)]
-    pub state_names: crate::adapters::plane::StateNames,
+    pub state_names: StateNames,
     /// Gitea merge style of deploy-staging → deploy (`Do` of the merge
     /// API): `fast-forward-only` (default), `rebase`, `rebase-merge`,
     /// `merge` or `squash`.
-    #[serde(default = "default_merge_style")]
-    pub merge_style: String,
+    #[serde(default)]
+    pub merge_style: MergeStyle,
+}
+
+/// The tracker states orch reads or sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StateKind {
+    InProgress,
+    Approved,
+    Rejected,
+    Blocked,
+    NeedsInput,
+    Done,
+}
+
+impl StateKind {
+    /// Every kind.
+    pub const ALL: [StateKind; 6] = [
+        StateKind::InProgress,
+        StateKind::Approved,
+        StateKind::Rejected,
+        StateKind::Blocked,
+        StateKind::NeedsInput,
+        StateKind::Done,
+    ];
+
+    /// The config key (`in_progress`, `needs_input`, …), also the value of
+    /// a tracker `state` outbox message.
+    pub fn key(self) -> &'static str {
+        match self {
+            StateKind::InProgress => "in_progress",
+            StateKind::Approved => "approved",
+            StateKind::Rejected => "rejected",
+            StateKind::Blocked => "blocked",
+            StateKind::NeedsInput => "needs_input",
+            StateKind::Done => "done",
+        }
+    }
+
+    /// The kind of a config key.
+    pub fn from_key(key: &str) -> Option<StateKind> {
+        StateKind::ALL.into_iter().find(|k| k.key() == key)
+    }
+
+    /// The state's default name.
+    pub fn default_name(self) -> &'static str {
+        match self {
+            StateKind::InProgress => "In Progress",
+            StateKind::Approved => "Approved",
+            StateKind::Rejected => "Rejected",
+            StateKind::Blocked => "Blocked",
+            StateKind::NeedsInput => "Needs Input",
+            StateKind::Done => "Done",
+        }
+    }
+}
+
+/// `[projects.state_names]`: the tracker's names of the states orch reads
+/// or sets; resolved to ids through the tracker's API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateNames {
+    /// Entering it creates the task (default `In Progress`).
+    #[serde(default = "n_in_progress")]
+    pub in_progress: String,
+    /// Entering it approves the analysis (default `Approved`).
+    #[serde(default = "n_approved")]
+    pub approved: String,
+    /// Entering it reruns the analysis (default `Rejected`).
+    #[serde(default = "n_rejected")]
+    pub rejected: String,
+    /// A human stopped the item (default `Blocked`).
+    #[serde(default = "n_blocked")]
+    pub blocked: String,
+    /// orch escalated the item (default `Needs Input`).
+    #[serde(default = "n_needs_input")]
+    pub needs_input: String,
+    /// The item is deployed (default `Done`).
+    #[serde(default = "n_done")]
+    pub done: String,
+}
+
+fn n_in_progress() -> String {
+    StateKind::InProgress.default_name().into()
+}
+fn n_approved() -> String {
+    StateKind::Approved.default_name().into()
+}
+fn n_rejected() -> String {
+    StateKind::Rejected.default_name().into()
+}
+fn n_blocked() -> String {
+    StateKind::Blocked.default_name().into()
+}
+fn n_needs_input() -> String {
+    StateKind::NeedsInput.default_name().into()
+}
+fn n_done() -> String {
+    StateKind::Done.default_name().into()
+}
+
+impl Default for StateNames {
+    fn default() -> Self {
+        StateNames {
+            in_progress: n_in_progress(),
+            approved: n_approved(),
+            rejected: n_rejected(),
+            blocked: n_blocked(),
+            needs_input: n_needs_input(),
+            done: n_done(),
+        }
+    }
+}
+
+impl StateNames {
+    /// The configured name of `kind`.
+    pub fn get(&self, kind: StateKind) -> &str {
+        match kind {
+            StateKind::InProgress => &self.in_progress,
+            StateKind::Approved => &self.approved,
+            StateKind::Rejected => &self.rejected,
+            StateKind::Blocked => &self.blocked,
+            StateKind::NeedsInput => &self.needs_input,
+            StateKind::Done => &self.done,
+        }
+    }
+}
+
+/// Declares a service-choice enum spelled in the config as the given
+/// strings, with `ALL`, `as_str`, `Display`, `FromStr` (error
+/// `"<value>": expected …`, naming the accepted values) and
+/// `Deserialize` through `FromStr`.
+macro_rules! kind_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $var:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $($(#[$vm])* $var),+
+        }
+
+        impl $name {
+            /// Every value, in the order errors list them.
+            pub const ALL: &'static [$name] = &[$($name::$var),+];
+
+            /// The config spelling.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$var => $s),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(v: &str) -> Result<Self, String> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|k| k.as_str() == v)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+                        format!("{v:?}: {}", expected(&names))
+                    })
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let v = String::deserialize(d)?;
+                v.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+/// `expected a or b`, or `expected one of a, b, c`.
+fn expected(names: &[&str]) -> String {
+    match names {
+        [a, b] => format!("expected {a} or {b}"),
+        _ => format!("expected one of {}", names.join(", ")),
+    }
+}
+
+kind_enum! {
+    /// `projects.forge` (default `local`): where a project's code lives,
+    /// how its CI is read and how it merges.
+    ForgeKind {
+        /// A bare repository as origin; CI = `test_command`; merge = a
+        /// fast-forward push.
+        #[default]
+        Local = "local",
+        /// Gitea: pull requests, commit statuses, merges through the API.
+        Gitea = "gitea",
+    }
+}
+
+kind_enum! {
+    /// `projects.tracker` (default `local`): where a project's work items
+    /// live.
+    TrackerKind {
+        /// orch's own `local_issues` (`orch issue add`).
+        #[default]
+        Local = "local",
+        /// Plane work items.
+        Plane = "plane",
+    }
+}
+
+kind_enum! {
+    /// `ORCH_NOTIFIER` (default `log`): where notifications go.
+    NotifierKind {
+        /// A log line.
+        #[default]
+        Log = "log",
+        /// A Telegram chat.
+        Telegram = "telegram",
+    }
+}
+
+kind_enum! {
+    /// `projects.merge_style` (default `fast-forward-only`): the Gitea
+    /// merge style of deploy-staging → deploy (`Do` of Gitea's
+    /// `MergePullRequestForm`).
+    MergeStyle {
+        Merge = "merge",
+        Rebase = "rebase",
+        RebaseMerge = "rebase-merge",
+        Squash = "squash",
+        #[default]
+        FastForwardOnly = "fast-forward-only",
+    }
 }
 
 /// Tracker state ids (Plane state UUIDs) of one project. For the local
@@ -417,14 +773,8 @@ impl Default for TrackerStates {
     }
 }
 
-fn default_local() -> String {
-    "local".into()
-}
 fn default_main() -> String {
     "main".into()
-}
-fn default_merge_style() -> String {
-    "fast-forward-only".into()
 }
 fn default_test_timeout() -> u64 {
     600
@@ -460,6 +810,102 @@ fn example_vars() -> BTreeMap<&'static str, String> {
         .collect()
 }
 
+/// Renders `template`, replacing each `{name}` with `vars[name]`; `{{` and
+/// `}}` are literal braces. No whitespace is trimmed inside braces.
+///
+/// Errors (a message naming the placeholder or position; never panics): an
+/// unknown or empty placeholder, an unclosed `{`, or a lone `}`.
+pub fn render(template: &str, vars: &BTreeMap<&str, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find(['{', '}']) {
+        out.push_str(&rest[..i]);
+        let pos = template.len() - rest.len() + i; // byte offset, for messages
+        let brace = &rest[i..];
+        if let Some(after) = brace.strip_prefix("{{") {
+            out.push('{');
+            rest = after;
+        } else if let Some(after) = brace.strip_prefix("}}") {
+            out.push('}');
+            rest = after;
+        } else if brace.starts_with('}') {
+            return Err(format!(
+                "unmatched '}}' at byte {pos} (write '}}}}' for a literal brace)"
+            ));
+        } else {
+            // `brace` is `{name}...`: the name ends at the next brace, which
+            // must be a `}`.
+            let inner = &brace[1..];
+            let end = inner
+                .find(['{', '}'])
+                .filter(|&j| inner[j..].starts_with('}'))
+                .ok_or_else(|| {
+                    format!("unclosed '{{' at byte {pos} (write '{{{{' for a literal brace)")
+                })?;
+            let name = &inner[..end];
+            let value = vars.get(name).ok_or_else(|| {
+                if name.is_empty() {
+                    format!("empty placeholder {{}} at byte {pos}")
+                } else {
+                    let known: Vec<_> = vars.keys().copied().collect();
+                    format!(
+                        "unknown placeholder {{{name}}} at byte {pos} (known: {})",
+                        known.join(", ")
+                    )
+                }
+            })?;
+            out.push_str(value);
+            rest = &inner[end + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A TOML error as [`Error::Config`]: keyed by the dotted path of the
+/// offending `key = value` line (`projects[0].tracker`) when the error
+/// points at one, else by `toml` with the parser's whole message.
+fn toml_error(text: &str, e: &toml::de::Error) -> Error {
+    match e.span().and_then(|span| key_at(text, span.start)) {
+        Some(key) => Error::config(key, e.message().replace('\n', " ").trim().to_string()),
+        None => Error::config("toml", e.to_string().replace('\n', " ").trim().to_string()),
+    }
+}
+
+/// The dotted path (`projects[1].state_names.done`) of the `key = value`
+/// line holding byte `pos` of `text`, or `None` when that line is no
+/// assignment.
+fn key_at(text: &str, pos: usize) -> Option<String> {
+    let line_start = text.get(..pos)?.rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text[line_start..].lines().next()?.split_once('=')?;
+    let key = key.trim();
+    if key.is_empty() || key.starts_with(['[', '#']) {
+        return None;
+    }
+    let mut table = String::new();
+    let mut arrays: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in text[..line_start].lines().map(str::trim) {
+        if let Some((h, _)) = l.strip_prefix("[[").and_then(|h| h.split_once("]]")) {
+            let h = h.trim();
+            let n = arrays.entry(h).and_modify(|n| *n += 1).or_insert(0);
+            table = format!("{h}[{n}]");
+        } else if let Some((h, _)) = l.strip_prefix('[').and_then(|h| h.split_once(']')) {
+            let h = h.trim();
+            table = match h.split_once('.') {
+                Some((array, rest)) if arrays.contains_key(array) => {
+                    format!("{array}[{}].{rest}", arrays[array])
+                }
+                _ => h.to_string(),
+            };
+        }
+    }
+    Some(if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
+    })
+}
+
 /// The roles agents can be configured for.
 pub const ROLES: [&str; 6] = [
     "analyst",
@@ -492,9 +938,7 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, Error> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
-            Error::config("toml", e.to_string().replace('\n', " ").trim().to_string())
-        })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -520,10 +964,10 @@ impl Config {
             }
             let vars = example_vars();
             for (i, arg) in a.argv.iter().enumerate() {
-                crate::agent::render(arg, &vars)
+                render(arg, &vars)
                     .map_err(|m| Error::config(format!("agents.{role}.argv[{i}]"), m))?;
             }
-            crate::agent::render(&a.prompt, &vars)
+            render(&a.prompt, &vars)
                 .map_err(|m| Error::config(format!("agents.{role}.prompt"), m))?;
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -549,41 +993,21 @@ impl Config {
                     format!("duplicate project {:?}", p.name),
                 ));
             }
-            if !matches!(p.tracker.as_str(), "local" | "plane") {
-                return Err(Error::config(
-                    k("tracker"),
-                    format!("{:?}: expected local or plane", p.tracker),
-                ));
-            }
-            if !matches!(p.forge.as_str(), "local" | "gitea") {
-                return Err(Error::config(
-                    k("forge"),
-                    format!("{:?}: expected local or gitea", p.forge),
-                ));
-            }
             if p.clone_url.trim().is_empty() {
                 return Err(Error::config(k("clone_url"), "must not be empty"));
             }
             if p.test_command.is_empty() {
                 return Err(Error::config(k("test_command"), "must name a program"));
             }
-            if !crate::adapters::gitea::MERGE_STYLES.contains(&p.merge_style.as_str()) {
-                return Err(Error::config(
-                    k("merge_style"),
-                    format!(
-                        "{:?}: expected one of {}",
-                        p.merge_style,
-                        crate::adapters::gitea::MERGE_STYLES.join(", ")
-                    ),
-                ));
-            }
-            if p.forge == "gitea" && p.repo.split('/').filter(|s| !s.is_empty()).count() != 2 {
+            if p.forge == ForgeKind::Gitea
+                && p.repo.split('/').filter(|s| !s.is_empty()).count() != 2
+            {
                 return Err(Error::config(
                     k("repo"),
                     format!("{:?}: expected owner/name when forge = \"gitea\"", p.repo),
                 ));
             }
-            if p.tracker == "plane" && p.tracker_project_id.is_empty() {
+            if p.tracker == TrackerKind::Plane && p.tracker_project_id.is_empty() {
                 return Err(Error::config(
                     k("tracker_project_id"),
                     "required when tracker = \"plane\"",
@@ -677,5 +1101,68 @@ mod tests {
         assert!(e.to_string().contains("agents.default.argv[1]"), "{e}");
         let e = Config::parse("[[projects]]\nnme = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("nme"), "{e}");
+    }
+
+    #[test]
+    fn service_kinds_fail_at_load_naming_key_and_values() {
+        let project = |extra: &str| {
+            Config::parse(&format!(
+                "[[projects]]\nname = \"a\"\nclone_url = \"x\"\ntest_command = [\"true\"]\n\
+                 [[projects]]\nname = \"b\"\nclone_url = \"x\"\ntest_command = [\"true\"]\n{extra}"
+            ))
+        };
+        let p = project("").unwrap();
+        assert_eq!(p.projects[1].tracker, TrackerKind::Local);
+        assert_eq!(p.projects[1].forge, ForgeKind::Local);
+        assert_eq!(p.projects[1].merge_style, MergeStyle::FastForwardOnly);
+        let p =
+            project("merge_style = \"rebase-merge\"\nforge = \"gitea\"\nrepo = \"o/n\"\n").unwrap();
+        assert_eq!(p.projects[1].merge_style, MergeStyle::RebaseMerge);
+        assert_eq!(p.projects[1].forge, ForgeKind::Gitea);
+        for (extra, want) in [
+            ("tracker = \"plain\"", "config: projects[1].tracker: \"plain\": expected local or plane"),
+            ("forge = \"github\"", "config: projects[1].forge: \"github\": expected local or gitea"),
+            (
+                "merge_style = \"ff\"",
+                "config: projects[1].merge_style: \"ff\": expected one of merge, rebase, rebase-merge, squash, fast-forward-only",
+            ),
+        ] {
+            assert_eq!(project(extra).unwrap_err().to_string(), want);
+        }
+        let e = project("[projects.state_names]\ndone = 3\n").unwrap_err();
+        assert!(
+            e.to_string().contains("projects[1].state_names.done"),
+            "{e}"
+        );
+        let e = Settings::load(&env(&[("ORCH_NOTIFIER", "pager")]), None, None).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config: ORCH_NOTIFIER: \"pager\": expected log or telegram"
+        );
+    }
+
+    #[test]
+    fn settings_defaults_redaction_and_errors() {
+        let s = AdapterSettings::load(&env(&[
+            ("ORCH_GITEA_URL", "https://gitea.example.com/"),
+            ("ORCH_GITEA_TOKEN", "tok-123"),
+            ("ORCH_TELEGRAM_BOT_TOKEN", "123:abc"),
+            ("ORCH_PLANE_API_KEY", "plane_api_x"),
+        ]))
+        .unwrap();
+        assert_eq!(s.gitea_url.as_deref(), Some("https://gitea.example.com"));
+        assert_eq!(s.gitea_public_url, s.gitea_url);
+        assert_eq!(s.notifier, NotifierKind::Log);
+        assert!(s.tracker_enabled && s.forge_enabled && s.notify_enabled);
+        let dbg = format!("{s:?}");
+        for secret in ["tok-123", "123:abc", "plane_api_x"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+        let e = AdapterSettings::load(&env(&[("ORCH_NOTIFIER", "pager")])).unwrap_err();
+        assert!(e.to_string().contains("ORCH_NOTIFIER"), "{e}");
+        let e = AdapterSettings::load(&env(&[("ORCH_PLANE_URL", "plane.local")])).unwrap_err();
+        assert!(e.to_string().contains("ORCH_PLANE_URL"), "{e}");
+        let e = AdapterSettings::load(&env(&[("ORCH_FORGE_ENABLED", "maybe")])).unwrap_err();
+        assert!(e.to_string().contains("ORCH_FORGE_ENABLED"), "{e}");
     }
 }

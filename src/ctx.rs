@@ -53,9 +53,9 @@ impl Ctx {
             for p in &self.config.projects {
                 let row = crate::db::ProjectRow {
                     name: &p.name,
-                    tracker: &p.tracker,
+                    tracker: p.tracker.as_str(),
                     tracker_project_id: &p.tracker_project_id,
-                    forge: &p.forge,
+                    forge: p.forge.as_str(),
                     repo: &p.repo,
                     default_branch: &p.default_branch,
                     clone_url: &p.clone_url,

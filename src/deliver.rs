@@ -31,15 +31,17 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::Value;
 use tracing::{info, warn};
 
-use crate::adapters::{gitea, plane, telegram, AdapterError};
+use crate::adapters::{AdapterError, Clients};
 use crate::clock::now_ms;
 use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, OutboxRow, Task};
 use crate::failpoint::failpoint;
+use crate::forge::Forge;
+use crate::notifier::Notifier;
+use crate::tracker::Tracker;
 
 /// What a delivery pass did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -56,29 +58,32 @@ pub struct DeliverSummary {
     pub deferred: Vec<i64>,
 }
 
-/// Where a message goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Route {
-    LocalTracker,
-    Plane,
-    Gitea,
-    LocalForge,
-    Log,
-    Telegram,
+/// Where a message goes: its channel's service for the message's project.
+#[derive(Debug, Clone, Copy)]
+enum Route<'a> {
+    Tracker(Tracker<'a>),
+    Forge(Forge<'a>),
+    Notifier(Notifier<'a>),
 }
 
-impl Route {
-    fn remote(self) -> bool {
-        matches!(self, Route::Plane | Route::Gitea | Route::Telegram)
+impl Route<'_> {
+    /// The service's name: routes are skipped by name for the rest of a
+    /// pass after a failure.
+    fn name(self) -> &'static str {
+        match self {
+            Route::Tracker(t) => t.name(),
+            Route::Forge(f) => f.name(),
+            Route::Notifier(n) => n.name(),
+        }
     }
-}
 
-/// Clients built once per pass, on first use.
-#[derive(Default)]
-struct Clients {
-    plane: Option<plane::Plane>,
-    gitea: Option<gitea::Gitea>,
-    telegram: Option<telegram::Telegram>,
+    fn remote(self) -> bool {
+        match self {
+            Route::Tracker(t) => t.is_remote(),
+            Route::Forge(f) => f.is_remote(),
+            Route::Notifier(n) => n.is_remote(),
+        }
+    }
 }
 
 /// Delivers up to `limit` due messages.
@@ -88,8 +93,8 @@ struct Clients {
 /// message.
 pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSummary> {
     let mut summary = DeliverSummary::default();
-    let mut broken: BTreeMap<Route, String> = BTreeMap::new();
-    let mut clients = Clients::default();
+    let mut broken: BTreeMap<&'static str, String> = BTreeMap::new();
+    let clients = Clients::default();
     for msg in db.due_outbox(now_ms(), limit)? {
         let task = match msg.task_id {
             Some(id) => db.task(id)?,
@@ -97,7 +102,9 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
         };
         let project = task.as_ref().and_then(|t| ctx.config.project(&t.project));
         let route = route_of(ctx, &msg, project);
-        if broken.contains_key(&route) || db.earlier_pending(msg.id, msg.task_id, &msg.channel)? {
+        if broken.contains_key(route.name())
+            || db.earlier_pending(msg.id, msg.task_id, &msg.channel)?
+        {
             summary.deferred.push(msg.id);
             continue;
         }
@@ -113,7 +120,7 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
         let result = send(
             ctx,
             db,
-            &mut clients,
+            &clients,
             route,
             &msg,
             task.as_ref(),
@@ -124,7 +131,7 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
             Ok(remote) => {
                 failpoint("deliver.after_send");
                 db.write(|tx| tx.mark_outbox_delivered(msg.id, remote.as_deref(), now_ms()))?;
-                info!(target: "deliver", message = msg.id, key = %msg.dedupe_key, route = ?route, remote = ?remote, "delivered");
+                info!(target: "deliver", message = msg.id, key = %msg.dedupe_key, route = route.name(), remote = ?remote, "delivered");
                 summary.delivered.push(msg.id);
             }
             Err(e) if e.is_waiting() => {
@@ -132,7 +139,7 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
                 db.write(|tx| tx.mark_outbox_waiting(msg.id, &why))?;
                 warn!(target: "deliver", message = msg.id, key = %msg.dedupe_key, why = %why, "left pending");
                 summary.waiting.push(msg.id);
-                broken.insert(route, why);
+                broken.insert(route.name(), why);
             }
             Err(e) => {
                 let err = e.to_string();
@@ -151,13 +158,13 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
                     summary.dead_lettered.push(msg.id);
                 }
                 if retryable {
-                    broken.insert(route, err.clone());
+                    broken.insert(route.name(), err.clone());
                 }
                 summary.failed.push((msg.id, err));
             }
         }
-        if route == Route::Plane && clients.plane.as_ref().is_some_and(|p| p.exhausted()) {
-            broken.insert(route, "Plane rate-limit window exhausted".into());
+        if matches!(route, Route::Tracker(t) if t.exhausted(&clients)) {
+            broken.insert(route.name(), "Plane rate-limit window exhausted".into());
         }
     }
     Ok(summary)
@@ -169,14 +176,11 @@ pub fn backoff_ms(attempts: i64, id: i64) -> i64 {
     crate::backoff::backoff_ms(1000, 3_600_000, attempts, Some(id))
 }
 
-fn route_of(ctx: &Ctx, msg: &OutboxRow, project: Option<&ProjectConfig>) -> Route {
+fn route_of<'a>(ctx: &'a Ctx, msg: &OutboxRow, project: Option<&ProjectConfig>) -> Route<'a> {
     match msg.channel.as_str() {
-        "tracker" if project.is_some_and(|p| p.tracker == "plane") => Route::Plane,
-        "tracker" => Route::LocalTracker,
-        "forge" if project.is_some_and(|p| p.forge == "gitea") => Route::Gitea,
-        "forge" => Route::LocalForge,
-        _ if ctx.settings.adapters.notifier == "telegram" => Route::Telegram,
-        _ => Route::Log,
+        "tracker" => Route::Tracker(Tracker::of(ctx, project)),
+        "forge" => Route::Forge(Forge::of(ctx, project)),
+        _ => Route::Notifier(Notifier::from_settings(ctx)),
     }
 }
 
@@ -185,96 +189,24 @@ fn route_of(ctx: &Ctx, msg: &OutboxRow, project: Option<&ProjectConfig>) -> Rout
 fn send(
     ctx: &Ctx,
     db: &Db,
-    clients: &mut Clients,
+    clients: &Clients,
     route: Route,
     msg: &OutboxRow,
     task: Option<&Task>,
     project: Option<&ProjectConfig>,
     sends_before: i64,
 ) -> Result<Option<String>, AdapterError> {
-    let text = msg
-        .payload
-        .get("text")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let needs_task = |service: &'static str| -> Result<(&Task, &ProjectConfig), AdapterError> {
-        match (task, project) {
-            (Some(t), Some(p)) => Ok((t, p)),
-            _ => Err(AdapterError::Rejected {
-                service,
-                op: format!("deliver {}", msg.kind),
-                message: "the message's task or its project is gone".into(),
-            }),
-        }
-    };
     match route {
-        Route::Log => {
-            info!(target: "notify", key = %msg.dedupe_key, kind = %msg.kind, "{text}");
-            Ok(None)
-        }
-        Route::LocalForge => {
-            info!(target: "forge", key = %msg.dedupe_key, kind = %msg.kind, "local forge: nothing to send");
-            Ok(None)
-        }
-        Route::LocalTracker => {
-            local_tracker(db, msg, task, text).map_err(|e| AdapterError::Transport {
-                service: "local",
-                op: "tracker".into(),
-                message: format!("{e:#}"),
-            })?;
-            Ok(None)
-        }
-        Route::Plane => {
-            let (task, project) = needs_task("plane")?;
-            if clients.plane.is_none() {
-                clients.plane = Some(plane::client(ctx)?);
-            }
-            let p = clients.plane.as_ref().expect("set above");
-            plane::deliver(ctx, db, p, msg, task, project, sends_before).map(Some)
-        }
-        Route::Gitea => {
-            let (task, project) = needs_task("gitea")?;
-            if clients.gitea.is_none() {
-                clients.gitea = Some(gitea::client(ctx)?);
-            }
-            let g = clients.gitea.as_ref().expect("set above");
-            gitea::deliver(db, g, msg, task, project, sends_before).map(Some)
-        }
-        Route::Telegram => {
-            if clients.telegram.is_none() {
-                clients.telegram = Some(telegram::client(ctx)?);
-            }
-            let t = clients.telegram.as_ref().expect("set above");
-            let mut body = format!("orch: {text}");
-            if let (Some(task), Some(project)) = (task, project) {
-                if let Some(link) = plane::work_item_link(ctx, project, &task.tracker_issue_id) {
-                    body += &format!("\n{link}");
+        Route::Tracker(t) => {
+            let html = || match (task, project) {
+                (Some(task), Some(project)) => {
+                    crate::report::tracker_html(ctx, db, msg, task, project)
                 }
-            }
-            t.send(&body).map(|id| Some(id.to_string()))
+                _ => String::new(),
+            };
+            t.deliver(ctx, db, clients, msg, task, project, sends_before, &html)
         }
+        Route::Forge(f) => f.deliver(db, clients, msg, task, project, sends_before),
+        Route::Notifier(n) => n.send(ctx, clients, msg, task, project),
     }
-}
-
-/// The local tracker: states of `local_issues`; comments are logged (the
-/// outbox row itself is the record).
-fn local_tracker(db: &Db, msg: &OutboxRow, task: Option<&Task>, text: &str) -> anyhow::Result<()> {
-    let state = msg.payload.get("state").and_then(Value::as_str);
-    if let (Some(t), Some(state)) = (task, state.filter(|_| msg.kind == "state")) {
-        // Tasks created from a Plane delivery have no local issue: their
-        // state change is only logged.
-        let issue = t.tracker_issue_id.parse::<i64>().ok();
-        let known = issue
-            .map(|i| db.local_issue_state(i))
-            .transpose()?
-            .flatten()
-            .is_some();
-        if known {
-            db.write(|tx| tx.set_local_issue_state(issue.unwrap_or_default(), state, now_ms()))?;
-        }
-        info!(target: "tracker", key = %msg.dedupe_key, task = t.id, "state → {state}");
-    } else {
-        info!(target: "tracker", key = %msg.dedupe_key, "comment: {text}");
-    }
-    Ok(())
 }

@@ -10,7 +10,7 @@
 //!
 //! Payloads: Plane's `issue` webhook (v1, `data` = IssueExpandSerializer,
 //! `activity.field` = `state` or `state_id`; states matched by explicit id
-//! or by name, see `adapters::plane`) and Gitea's `push` (branch heads),
+//! or by name, see `tracker`) and Gitea's `push` (branch heads),
 //! `status` (CI of a known branch head; may advance a task waiting at
 //! development) and `pull_request` (PR bookkeeping; a merge releases the
 //! task's merge lease but never completes it) events, per `tests/fixtures/`.
@@ -195,8 +195,8 @@ fn plane_issue(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handle
     // An explicit id in [projects.states] wins; else the configured name
     // (from the payload, or the cached Plane id of that name).
     let cached = tx.cached_states(&project.name)?;
-    let is = |kind| crate::adapters::plane::state_is(project, &cached, kind, state, payload_name);
-    use crate::adapters::plane::StateKind;
+    let is = |kind| crate::tracker::state_is(project, &cached, kind, state, payload_name);
+    use crate::config::StateKind;
     let kind = [
         StateKind::InProgress,
         StateKind::Approved,
@@ -250,12 +250,12 @@ pub fn on_work_item(
     tx: &Tx,
     project: &ProjectConfig,
     item: &WorkItem,
-    kind: crate::adapters::plane::StateKind,
+    kind: crate::config::StateKind,
     state_name: &str,
     actor: Actor,
     now: i64,
 ) -> anyhow::Result<Handled> {
-    use crate::adapters::plane::StateKind;
+    use crate::config::StateKind;
     match kind {
         StateKind::InProgress => {
             if item.sequence <= 0 {
@@ -329,7 +329,7 @@ pub fn add_local_issue(
     body: &str,
 ) -> anyhow::Result<(i64, i64)> {
     let p = ctx.project(project)?;
-    if p.tracker != "local" {
+    if !crate::tracker::Tracker::for_project(ctx, p).takes_local_issues() {
         return Err(crate::error::Error::Usage(format!(
             "project {project} uses the {} tracker; create work items there",
             p.tracker

@@ -165,11 +165,11 @@ pub fn follow_transition(
 /// step of the gate. The caller holds the merge lease and has tested
 /// exactly this head.
 ///
-/// The local forge merges by a non-forced fast-forward push
-/// ([`Repo::fast_forward_default`]); a Gitea project merges its PR through
-/// the API with the project's `merge_style` (default fast-forward only),
-/// on the tested head sha ([`crate::adapters::gitea::merge_into_default`]),
-/// returning the same [`FastForward`] answers.
+/// The project's forge does it ([`crate::forge::Forge::merge_into_default`]):
+/// the local forge by a non-forced fast-forward push
+/// ([`Repo::fast_forward_default`]), Gitea by merging the PR through the
+/// API with the project's `merge_style` on the tested head sha, each
+/// answering with the same [`FastForward`] values.
 ///
 /// Guarantees: idempotent (`AlreadyMerged` the second time); main moves
 /// only to a descendant of itself.
@@ -181,11 +181,7 @@ pub fn merge_into_default(
     repo: &Repo,
     task: &Task,
 ) -> anyhow::Result<FastForward> {
-    if project.forge == "gitea" {
-        let head = repo.head_sha(Path::new(&task.worktree))?;
-        return crate::adapters::gitea::merge_into_default(ctx, project, task, &head);
-    }
-    repo.fast_forward_default(Path::new(&task.worktree))
+    crate::forge::Forge::for_project(ctx, project).merge_into_default(project, repo, task)
 }
 
 /// What the gate decided for a finishing deploy-staging job.

@@ -40,22 +40,13 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::adapters::plane::StateKind;
 use crate::clock::now_ms;
-use crate::config::ProjectConfig;
+use crate::config::{ProjectConfig, StateKind};
 use crate::ctx::Ctx;
 use crate::db::Db;
 use crate::pipeline::gate::{self, Gate};
-use crate::pipeline::{self, Actor, Move, Moved, Stage, WorkItem};
-
-/// A work item as the tracker shows it.
-#[derive(Debug, Clone)]
-pub struct TrackerItem {
-    pub kind: StateKind,
-    /// The state's name, for reasons and outcomes.
-    pub state_name: String,
-    pub item: WorkItem,
-}
+use crate::pipeline::{self, Actor, Move, Moved, Stage};
+pub use crate::tracker::TrackerItem;
 
 /// What the reconciler asks the tracker: a project's whole listing.
 /// [`run_with`] calls it at most once per project per pass, so a pass makes
@@ -72,95 +63,12 @@ pub trait Tracker {
     ) -> Result<HashMap<String, TrackerItem>, String>;
 }
 
-/// The real trackers: Plane through its adapter, the local tracker from
-/// the database.
+/// The real trackers ([`crate::tracker::Tracker`]): Plane through its
+/// client, the local tracker from the database.
 #[derive(Default)]
 pub struct LiveTracker {
     /// A dry run: what the listing learns (state ids) is not cached.
     pub read_only: bool,
-}
-
-impl LiveTracker {
-    fn fetch(
-        &self,
-        ctx: &Ctx,
-        db: &Db,
-        project: &ProjectConfig,
-    ) -> Result<HashMap<String, TrackerItem>, String> {
-        match project.tracker.as_str() {
-            "plane" => {
-                let items = crate::adapters::plane::list_work_items(
-                    ctx,
-                    db,
-                    project,
-                    &StateKind::ALL,
-                    !self.read_only,
-                )
-                .map_err(|e| e.to_string())?;
-                Ok(items
-                    .into_iter()
-                    .map(|(kind, i)| {
-                        let item = WorkItem {
-                            tracker_issue_id: i.id.clone(),
-                            sequence: i.sequence_id,
-                            title: i.name.clone(),
-                            body: String::new(),
-                        };
-                        let state_name = i.state_name().unwrap_or(kind.default_name()).to_string();
-                        (
-                            i.id.clone(),
-                            TrackerItem {
-                                kind,
-                                state_name,
-                                item,
-                            },
-                        )
-                    })
-                    .collect())
-            }
-            _ => {
-                // The local tracker: orch's own `local_issues`, whose state is
-                // a configured name or a state key orch wrote (`needs_input`).
-                let issues = db
-                    .local_issue_states(&project.name)
-                    .map_err(|e| e.to_string())?;
-                Ok(issues
-                    .into_iter()
-                    .filter_map(|(id, state)| {
-                        let kind = local_kind(project, &state)?;
-                        let item = WorkItem {
-                            tracker_issue_id: id.to_string(),
-                            sequence: id,
-                            title: String::new(),
-                            body: String::new(),
-                        };
-                        Some((
-                            id.to_string(),
-                            TrackerItem {
-                                kind,
-                                state_name: state,
-                                item,
-                            },
-                        ))
-                    })
-                    .collect())
-            }
-        }
-    }
-}
-
-fn local_kind(project: &ProjectConfig, state: &str) -> Option<StateKind> {
-    let s = state.trim();
-    StateKind::ALL.into_iter().find(|k| {
-        s.eq_ignore_ascii_case(k.key())
-            || s.eq_ignore_ascii_case(k.default_name())
-            || match k {
-                StateKind::InProgress => s == project.states.in_progress,
-                StateKind::Approved => s == project.states.approved,
-                StateKind::Rejected => s == project.states.rejected,
-                _ => false,
-            }
-    })
 }
 
 impl Tracker for LiveTracker {
@@ -170,7 +78,7 @@ impl Tracker for LiveTracker {
         db: &Db,
         project: &ProjectConfig,
     ) -> Result<HashMap<String, TrackerItem>, String> {
-        self.fetch(ctx, db, project)
+        crate::tracker::Tracker::for_project(ctx, project).items(ctx, db, project, !self.read_only)
     }
 }
 
@@ -277,7 +185,12 @@ fn tracker_side(
     dry_run: bool,
     pass: &mut Pass,
 ) -> anyhow::Result<()> {
-    for project in ctx.config.projects.iter().filter(|p| p.tracker == "plane") {
+    for project in ctx
+        .config
+        .projects
+        .iter()
+        .filter(|p| crate::tracker::Tracker::for_project(ctx, p).is_remote())
+    {
         let items = match listings.get(ctx, db, project) {
             Ok(items) => items,
             Err(e) => {
@@ -432,14 +345,14 @@ fn gate_side(
         let repo = ctx.repo(project);
         let mut facts = gate::gather(db, project, &repo, &task)?;
         let mut verdict = gate::decide(stage, &facts);
-        // A Gitea project's CI result lives at the forge: when the gate waits
-        // for a status whose delivery may have been lost, ask once.
-        if stage == Stage::Development
-            && project.forge == "gitea"
-            && matches!(verdict, Gate::Pending(_))
-        {
-            match crate::adapters::gitea::check_ci_once(ctx, db, project, &repo, &task, !dry_run) {
-                Ok((sha, state)) => {
+        // A remote forge's CI result lives at the forge (the local forge's
+        // is stored by orch): when the gate waits for a status whose
+        // delivery may have been lost, ask once.
+        if stage == Stage::Development && matches!(verdict, Gate::Pending(_)) {
+            let forge = crate::forge::Forge::for_project(ctx, project);
+            match forge.ci_state(db, project, &repo, &task, !dry_run) {
+                Ok(None) => {}
+                Ok(Some((sha, state))) => {
                     if dry_run {
                         let state = if state == "error" {
                             "failure".to_string()

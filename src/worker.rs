@@ -19,7 +19,6 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
-use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job, RunRecord, Task};
 use crate::failpoint::failpoint;
@@ -356,18 +355,16 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
         repo.commit_all(&worktree, &msg)?;
         failpoint("finalize.after_commit");
         push_task_branch(&repo, &worktree, &task.branch, stage)?;
-        crate::adapters::gitea::after_push(db, project, &repo, &task)?;
+        crate::forge::Forge::for_project(ctx, project).after_push(db, project, &repo, &task)?;
         failpoint("finalize.after_push");
     } else {
         // A failed run's half-done edits are not committed: the retry
         // starts again from what was pushed.
         repo.discard_changes(&worktree)?;
     }
-    if agent_ok && stage == Stage::Development && project.forge == "local" {
-        run_local_ci(ctx, db, project, &repo, &task)?;
-    }
-    if agent_ok && stage == Stage::Development && project.forge == "gitea" {
-        crate::adapters::gitea::poll_ci(ctx, db, project, &repo, &task);
+    if agent_ok && stage == Stage::Development {
+        crate::forge::Forge::for_project(ctx, project)
+            .ci_after_push(ctx, db, project, &repo, &task)?;
     }
 
     let facts = gate::gather(db, project, &repo, &task)?;
@@ -424,7 +421,7 @@ fn apply_gate(
     let policy = ctx.policy();
     // The run's report (tracker comment, PR comment) is written in the same
     // transaction that finishes the job.
-    let report = crate::adapters::report::RunReport::gather(ctx, task, job);
+    let report = crate::report::RunReport::gather(ctx, task, job);
     db.write(|tx| {
         let finalized = match &verdict {
             Gate::Pass | Gate::Rollback(_) => {
@@ -460,55 +457,4 @@ fn apply_gate(
         report.queue(tx, ctx, task, job, &finalized, now)?;
         Ok(finalized)
     })
-}
-
-/// The local forge's CI: runs the project's test command on the worktree's
-/// head once per sha and stores the result as CI status `orch/test`.
-///
-/// Guarantees: idempotent per sha (a stored status is not re-run).
-pub fn run_local_ci(
-    ctx: &Ctx,
-    db: &Db,
-    project: &ProjectConfig,
-    repo: &crate::git::Repo,
-    task: &Task,
-) -> anyhow::Result<String> {
-    let worktree = Path::new(&task.worktree);
-    let sha = repo.head_sha(worktree)?;
-    if let Some(state) = db.combined_ci_state(&project.name, &sha)? {
-        return Ok(state);
-    }
-    let passed = run_tests(
-        ctx,
-        project,
-        worktree,
-        &format!("ci-task{}-{}", task.id, &sha[..sha.len().min(12)]),
-    )?;
-    let state = if passed { "success" } else { "failure" };
-    db.write(|tx| tx.upsert_ci_status(&project.name, &sha, "orch/test", state, "", now_ms()))?;
-    info!(target: "ci", task = task.id, sha = %sha, state, "local CI finished");
-    Ok(state.to_string())
-}
-
-/// Runs the project's test command in `dir` with its timeout; the output
-/// goes to `<logs>/<name>.log`. Returns whether it exited 0.
-pub fn run_tests(
-    ctx: &Ctx,
-    project: &ProjectConfig,
-    dir: &Path,
-    name: &str,
-) -> anyhow::Result<bool> {
-    let spec = RunSpec {
-        argv: project.test_command.clone(),
-        cwd: dir.to_path_buf(),
-        env: vec![],
-        env_remove_prefix: Some("ORCH_".into()),
-        stdin_path: None,
-        log_path: ctx.log_path(&format!("{name}.log")),
-        timeout: Duration::from_secs(project.test_timeout_s),
-        kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
-    };
-    let out = process::run(&spec, Duration::from_millis(200), |_| Ok(()), || Ok(()))
-        .with_context(|| format!("running test command {:?}", project.test_command))?;
-    Ok(out.exit_code() == 0)
 }

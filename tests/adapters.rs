@@ -881,7 +881,8 @@ fn plane_work_items_by_state_come_from_every_page_through_a_rate_limit() {
     let ctx = orch::ctx::Ctx::load(settings).unwrap();
     let db = ctx.open_db().unwrap();
     let project = ctx.project("widget").unwrap();
-    use orch::adapters::plane::{list_work_items, StateKind};
+    use orch::config::StateKind;
+    use orch::tracker::list_work_items;
     let items = list_work_items(
         &ctx,
         &db,

@@ -1,5 +1,7 @@
-//! The Plane tracker adapter (REST v1, `X-API-Key`), per
-//! `tests/fixtures/plane/API.md` (Plane CE ≈ v1.3).
+//! The Plane REST client (v1, `X-API-Key`), per
+//! `tests/fixtures/plane/API.md` (Plane CE ≈ v1.3). It knows URLs, the key
+//! and Plane's shapes, nothing of orch's database: state resolution, the
+//! state cache and deliveries are driven by [`crate::tracker`].
 //!
 //! - **State ids are never hard-coded.** Each project names its states in
 //!   `[projects.state_names]` (defaults: In Progress, Approved, Rejected,
@@ -12,7 +14,7 @@
 //!   state name Plane puts in the payload (`data.state.name`).
 //! - **Lists page with cursors** until `next_page_results` is false (the
 //!   cursor is never empty); the issue list has no state filter, so work
-//!   items are filtered by state client-side ([`list_work_items`], for the
+//!   items are filtered by state client-side (`tracker::list_work_items`, for the
 //!   reconciler).
 //! - **Rate limits** (default 60/minute per key): a listing that finds
 //!   `X-RateLimit-Remaining: 0` waits for `X-RateLimit-Reset`, and a 429
@@ -32,11 +34,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::{encode_path, html_escape, required, AdapterError, Body, Http, Reply};
+use super::http::{encode_path, encode_query, html_escape, required, AdapterError, Api, Reply};
 use crate::clock::now_ms;
-use crate::config::ProjectConfig;
-use crate::ctx::Ctx;
-use crate::db::{CachedState, Db, OutboxRow, Task};
+use crate::config::{AdapterSettings, Secret};
 
 const SERVICE: &str = "plane";
 
@@ -47,175 +47,6 @@ const PER_PAGE: u32 = 100;
 const MAX_PAGES: usize = 1000;
 /// How often one request is retried after a 429 in a listing.
 const MAX_RATE_RETRIES: usize = 3;
-
-/// The tracker states orch reads or sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StateKind {
-    InProgress,
-    Approved,
-    Rejected,
-    Blocked,
-    NeedsInput,
-    Done,
-}
-
-impl StateKind {
-    /// Every kind.
-    pub const ALL: [StateKind; 6] = [
-        StateKind::InProgress,
-        StateKind::Approved,
-        StateKind::Rejected,
-        StateKind::Blocked,
-        StateKind::NeedsInput,
-        StateKind::Done,
-    ];
-
-    /// The config key (`in_progress`, `needs_input`, …), also the value of
-    /// a tracker `state` outbox message.
-    pub fn key(self) -> &'static str {
-        match self {
-            StateKind::InProgress => "in_progress",
-            StateKind::Approved => "approved",
-            StateKind::Rejected => "rejected",
-            StateKind::Blocked => "blocked",
-            StateKind::NeedsInput => "needs_input",
-            StateKind::Done => "done",
-        }
-    }
-
-    /// The kind of a config key.
-    pub fn from_key(key: &str) -> Option<StateKind> {
-        StateKind::ALL.into_iter().find(|k| k.key() == key)
-    }
-
-    /// The state's default name.
-    pub fn default_name(self) -> &'static str {
-        match self {
-            StateKind::InProgress => "In Progress",
-            StateKind::Approved => "Approved",
-            StateKind::Rejected => "Rejected",
-            StateKind::Blocked => "Blocked",
-            StateKind::NeedsInput => "Needs Input",
-            StateKind::Done => "Done",
-        }
-    }
-}
-
-/// `[projects.state_names]`: the tracker's names of the states orch reads
-/// or sets; resolved to ids through the tracker's API.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StateNames {
-    /// Entering it creates the task (default `In Progress`).
-    #[serde(default = "n_in_progress")]
-    pub in_progress: String,
-    /// Entering it approves the analysis (default `Approved`).
-    #[serde(default = "n_approved")]
-    pub approved: String,
-    /// Entering it reruns the analysis (default `Rejected`).
-    #[serde(default = "n_rejected")]
-    pub rejected: String,
-    /// A human stopped the item (default `Blocked`).
-    #[serde(default = "n_blocked")]
-    pub blocked: String,
-    /// orch escalated the item (default `Needs Input`).
-    #[serde(default = "n_needs_input")]
-    pub needs_input: String,
-    /// The item is deployed (default `Done`).
-    #[serde(default = "n_done")]
-    pub done: String,
-}
-
-fn n_in_progress() -> String {
-    StateKind::InProgress.default_name().into()
-}
-fn n_approved() -> String {
-    StateKind::Approved.default_name().into()
-}
-fn n_rejected() -> String {
-    StateKind::Rejected.default_name().into()
-}
-fn n_blocked() -> String {
-    StateKind::Blocked.default_name().into()
-}
-fn n_needs_input() -> String {
-    StateKind::NeedsInput.default_name().into()
-}
-fn n_done() -> String {
-    StateKind::Done.default_name().into()
-}
-
-impl Default for StateNames {
-    fn default() -> Self {
-        StateNames {
-            in_progress: n_in_progress(),
-            approved: n_approved(),
-            rejected: n_rejected(),
-            blocked: n_blocked(),
-            needs_input: n_needs_input(),
-            done: n_done(),
-        }
-    }
-}
-
-impl StateNames {
-    /// The configured name of `kind`.
-    pub fn get(&self, kind: StateKind) -> &str {
-        match kind {
-            StateKind::InProgress => &self.in_progress,
-            StateKind::Approved => &self.approved,
-            StateKind::Rejected => &self.rejected,
-            StateKind::Blocked => &self.blocked,
-            StateKind::NeedsInput => &self.needs_input,
-            StateKind::Done => &self.done,
-        }
-    }
-}
-
-/// The id `[projects.states]` sets explicitly for `kind`, if any. For
-/// in_progress/approved/rejected (which default to their names, the local
-/// tracker's ids) a value equal to the default or configured name is a
-/// name, not an explicit id.
-pub fn explicit_id(project: &ProjectConfig, kind: StateKind) -> Option<&str> {
-    let s = &project.states;
-    let v = match kind {
-        StateKind::InProgress => Some(s.in_progress.as_str()),
-        StateKind::Approved => Some(s.approved.as_str()),
-        StateKind::Rejected => Some(s.rejected.as_str()),
-        StateKind::Blocked => s.blocked.as_deref(),
-        StateKind::NeedsInput => s.needs_input.as_deref(),
-        StateKind::Done => s.done.as_deref(),
-    }?;
-    let v = v.trim();
-    (!v.is_empty() && v != kind.default_name() && v != project.state_names.get(kind)).then_some(v)
-}
-
-fn same_name(a: &str, b: &str) -> bool {
-    a.trim().eq_ignore_ascii_case(b.trim())
-}
-
-/// Whether a state (`state_id`, and its name when the payload carries one)
-/// is the project's `kind`: the explicit id if one is configured, else the
-/// configured name, else the id cached for that name.
-pub fn state_is(
-    project: &ProjectConfig,
-    cached: &[CachedState],
-    kind: StateKind,
-    state_id: &str,
-    state_name: Option<&str>,
-) -> bool {
-    if let Some(id) = explicit_id(project, kind) {
-        return state_id == id;
-    }
-    let name = project.state_names.get(kind);
-    if state_name.is_some_and(|n| same_name(n, name)) {
-        return true;
-    }
-    !state_id.is_empty()
-        && cached
-            .iter()
-            .any(|c| c.state_id == state_id && same_name(&c.name, name))
-}
 
 /// A page of a Plane list endpoint (cursor pagination envelope).
 #[derive(Debug, Clone, Deserialize)]
@@ -285,10 +116,8 @@ pub struct Comment {
 /// A Plane API client for one workspace.
 #[derive(Debug)]
 pub struct Plane {
-    http: Http,
     /// `<url>/api/v1/workspaces/<slug>`
-    api: String,
-    key: crate::config::Secret,
+    api: Api,
     max_wait_ms: i64,
     /// `(X-RateLimit-Remaining, X-RateLimit-Reset)` of the last answer.
     rate: Cell<Option<(i64, i64)>>,
@@ -296,23 +125,41 @@ pub struct Plane {
 
 impl Plane {
     /// A client for workspace `slug` at `<url>/api/v1`.
-    pub fn new(
-        s: &super::AdapterSettings,
-        url: &str,
-        slug: &str,
-        key: &crate::config::Secret,
-    ) -> Plane {
+    pub fn new(s: &AdapterSettings, url: &str, slug: &str, key: &Secret) -> Plane {
         Plane {
-            http: Http::new(SERVICE, s, vec![key.clone()]),
-            api: format!(
-                "{}/api/v1/workspaces/{}",
-                url.trim_end_matches('/'),
-                encode_path(slug, false)
+            api: Api::new(
+                SERVICE,
+                s,
+                format!(
+                    "{}/api/v1/workspaces/{}",
+                    url.trim_end_matches('/'),
+                    encode_path(slug, false)
+                ),
+                Some(("X-API-Key", key.clone())),
+                vec![],
             ),
-            key: key.clone(),
             max_wait_ms: (s.http_max_wait_s * 1000) as i64,
             rate: Cell::new(None),
         }
+    }
+
+    /// The client from the settings.
+    ///
+    /// Errors: [`AdapterError::Disabled`] when `ORCH_TRACKER_ENABLED` is
+    /// off, [`AdapterError::Config`] naming `ORCH_PLANE_URL`,
+    /// `ORCH_PLANE_API_KEY` or `ORCH_PLANE_WORKSPACE` when missing.
+    pub fn from_settings(s: &AdapterSettings) -> Result<Plane, AdapterError> {
+        if !s.tracker_enabled {
+            return Err(AdapterError::Disabled {
+                service: SERVICE,
+                key: "ORCH_TRACKER_ENABLED",
+            });
+        }
+        let why = "for projects with tracker = \"plane\"";
+        let url = required(&s.plane_url, "ORCH_PLANE_URL", why)?;
+        let key = required(&s.plane_api_key, "ORCH_PLANE_API_KEY", why)?;
+        let slug = required(&s.plane_workspace, "ORCH_PLANE_WORKSPACE", why)?;
+        Ok(Plane::new(s, url, slug, key))
     }
 
     /// Whether the last answer said the key has no requests left in this
@@ -328,14 +175,7 @@ impl Plane {
         body: Option<&Value>,
         op: &str,
     ) -> Result<Reply, AdapterError> {
-        let url = format!("{}/{path}", self.api);
-        let r = self.http.send(
-            method,
-            &url,
-            &[("X-API-Key", self.key.expose())],
-            body.map_or(Body::None, Body::Json),
-            op,
-        )?;
+        let r = self.api.call(method, path, body, op)?;
         if let (Some(rem), Some(reset)) = (r.rate_remaining, r.rate_reset_s) {
             self.rate.set(Some((rem, reset)));
         }
@@ -376,7 +216,7 @@ impl Plane {
             let sep = if path.contains('?') { '&' } else { '?' };
             let page_path = format!(
                 "{path}{sep}per_page={PER_PAGE}&cursor={}",
-                super::encode_query(&cursor)
+                encode_query(&cursor)
             );
             let r = self.get_waiting(&page_path, op)?;
             if r.status != 200 {
@@ -450,12 +290,8 @@ impl Plane {
             Some(&json!({ "state": state_id })),
             op,
         )?;
-        if r.ok() {
-            let _: Issue = r.json(SERVICE, op)?;
-            Ok(())
-        } else {
-            Err(r.into_status_error(SERVICE, op))
-        }
+        let _: Issue = r.ok_json(SERVICE, op)?;
+        Ok(())
     }
 
     /// Posts a comment with `external_source = "orch"` and `external_id`
@@ -491,171 +327,6 @@ impl Plane {
     }
 }
 
-/// The Plane client from the settings.
-///
-/// Errors: [`AdapterError::Disabled`] when `ORCH_TRACKER_ENABLED` is off,
-/// [`AdapterError::Config`] naming `ORCH_PLANE_URL`, `ORCH_PLANE_API_KEY`
-/// or `ORCH_PLANE_WORKSPACE` when missing.
-pub fn client(ctx: &Ctx) -> Result<Plane, AdapterError> {
-    let s = &ctx.settings.adapters;
-    if !s.tracker_enabled {
-        return Err(AdapterError::Disabled {
-            service: SERVICE,
-            key: "ORCH_TRACKER_ENABLED",
-        });
-    }
-    let why = "for projects with tracker = \"plane\"";
-    let url = required(&s.plane_url, "ORCH_PLANE_URL", why)?;
-    let key = required(&s.plane_api_key, "ORCH_PLANE_API_KEY", why)?;
-    let slug = required(&s.plane_workspace, "ORCH_PLANE_WORKSPACE", why)?;
-    Ok(Plane::new(s, url, slug, key))
-}
-
-fn no_project_id(project: &ProjectConfig) -> AdapterError {
-    AdapterError::Config {
-        key: format!("projects.{}.tracker_project_id", project.name),
-        message: "required for tracker = \"plane\"".into(),
-    }
-}
-
-/// Fetches the project's states from Plane and, with `persist`, replaces
-/// the cache (a `--dry-run` reads but never writes).
-pub fn refresh_states(
-    db: &Db,
-    plane: &Plane,
-    project: &ProjectConfig,
-    persist: bool,
-) -> Result<Vec<CachedState>, AdapterError> {
-    if project.tracker_project_id.is_empty() {
-        return Err(no_project_id(project));
-    }
-    let states = plane.list_states(&project.tracker_project_id)?;
-    let rows: Vec<(String, String, String)> = states
-        .into_iter()
-        .map(|s| (s.id, s.name, s.group))
-        .collect();
-    let now = now_ms();
-    if persist {
-        if let Err(e) = db.write(|tx| tx.replace_tracker_states(&project.name, &rows, now)) {
-            warn!(target: "plane", project = %project.name, error = %format!("{e:#}"), "could not cache states");
-        }
-    }
-    info!(target: "plane", project = %project.name, states = rows.len(), "refreshed the state cache");
-    Ok(rows
-        .into_iter()
-        .map(|(state_id, name, group)| CachedState {
-            state_id,
-            name,
-            group,
-            fetched_at_ms: now,
-        })
-        .collect())
-}
-
-/// The Plane state id of `kind` for `project`: the explicit id from
-/// `[projects.states]`, else the cached id of the configured name (fetched
-/// again when stale, missing, or with `force_refresh`; what is fetched is
-/// cached only with `persist`).
-///
-/// Errors: [`AdapterError::Rejected`] when the project has no state of that
-/// name; the API's errors.
-pub fn resolve_state(
-    ctx: &Ctx,
-    db: &Db,
-    plane: &Plane,
-    project: &ProjectConfig,
-    kind: StateKind,
-    force_refresh: bool,
-    persist: bool,
-) -> Result<String, AdapterError> {
-    if let Some(id) = explicit_id(project, kind) {
-        return Ok(id.to_string());
-    }
-    let name = project.state_names.get(kind);
-    let find = |states: &[CachedState]| {
-        states
-            .iter()
-            .find(|s| same_name(&s.name, name))
-            .map(|s| s.state_id.clone())
-    };
-    if !force_refresh {
-        let max_age = (ctx.settings.adapters.plane_state_cache_s * 1000) as i64;
-        let cached = db.cached_states(&project.name).unwrap_or_default();
-        let fresh = cached
-            .first()
-            .is_some_and(|c| now_ms() - c.fetched_at_ms <= max_age);
-        if fresh {
-            if let Some(id) = find(&cached) {
-                return Ok(id);
-            }
-        }
-    }
-    let states = refresh_states(db, plane, project, persist)?;
-    find(&states).ok_or_else(|| AdapterError::Rejected {
-        service: SERVICE,
-        op: "resolve state".into(),
-        message: format!(
-            "project {} has no state named {name:?} in Plane; create it, or set \
-             [projects.state_names].{key} (or an id in [projects.states].{key})",
-            project.name,
-            key = kind.key()
-        ),
-    })
-}
-
-/// The project's work items currently in one of `kinds`, from every page
-/// of Plane's issue list, filtered client-side (the API has no state
-/// filter). For the reconciler's tracker side; with `persist` false (a dry
-/// run) the state ids it resolves are not cached.
-///
-/// Errors: settings, state resolution and API errors.
-pub fn list_work_items(
-    ctx: &Ctx,
-    db: &Db,
-    project: &ProjectConfig,
-    kinds: &[StateKind],
-    persist: bool,
-) -> Result<Vec<(StateKind, Issue)>, AdapterError> {
-    let plane = client(ctx)?;
-    if project.tracker_project_id.is_empty() {
-        return Err(no_project_id(project));
-    }
-    let mut ids = Vec::new();
-    for &kind in kinds {
-        ids.push((
-            kind,
-            resolve_state(ctx, db, &plane, project, kind, false, persist)?,
-        ));
-    }
-    let issues = plane.list_issues(&project.tracker_project_id)?;
-    Ok(issues
-        .into_iter()
-        .filter_map(|i| {
-            let kind = ids
-                .iter()
-                .find(|(_, id)| id == i.state_id())
-                .map(|(k, _)| *k)?;
-            Some((kind, i))
-        })
-        .collect())
-}
-
-/// The web link of a work item, from `ORCH_PLANE_PUBLIC_URL`.
-pub fn work_item_link(ctx: &Ctx, project: &ProjectConfig, issue_id: &str) -> Option<String> {
-    let s = &ctx.settings.adapters;
-    let base = s.plane_public_url.as_ref()?;
-    let slug = s.plane_workspace.as_ref()?;
-    (project.tracker == "plane").then(|| {
-        format!(
-            "{}/{}/projects/{}/issues/{}",
-            base.trim_end_matches('/'),
-            slug,
-            project.tracker_project_id,
-            issue_id
-        )
-    })
-}
-
 /// Plain text as Plane comment HTML: paragraphs, line breaks, escaped.
 pub fn text_html(text: &str) -> String {
     text.split("\n\n")
@@ -669,85 +340,6 @@ pub fn text_html(text: &str) -> String {
         .collect()
 }
 
-/// Delivers a `tracker` outbox message of `task` to Plane: `state`
-/// (payload `{state: "needs_input"|"done"|…}`) moves the work item;
-/// `comment` (payload `{text}` or a run report) posts a comment once.
-/// `sends_before` > 0 means an earlier send may have reached Plane: look
-/// before posting. Returns the remote id (state id, comment id). The
-/// client is passed in so the caller can see its rate-limit window.
-pub fn deliver(
-    ctx: &Ctx,
-    db: &Db,
-    plane: &Plane,
-    msg: &OutboxRow,
-    task: &Task,
-    project: &ProjectConfig,
-    sends_before: i64,
-) -> Result<String, AdapterError> {
-    if project.tracker_project_id.is_empty() {
-        return Err(no_project_id(project));
-    }
-    let pid = &project.tracker_project_id;
-    let issue = &task.tracker_issue_id;
-    match msg.kind.as_str() {
-        "state" => {
-            let key = msg
-                .payload
-                .get("state")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let kind = StateKind::from_key(key).ok_or_else(|| AdapterError::Rejected {
-                service: SERVICE,
-                op: "move work item".into(),
-                message: format!("unknown state {key:?}"),
-            })?;
-            let id = resolve_state(ctx, db, plane, project, kind, false, true)?;
-            match plane.set_state(pid, issue, &id) {
-                Err(e) if e.status() == Some(400) && explicit_id(project, kind).is_none() => {
-                    // The cached id may be stale (state deleted and
-                    // recreated): refresh once.
-                    warn!(target: "plane", task = task.id, error = %e, "Plane refused the cached state id; refreshing");
-                    let id = resolve_state(ctx, db, plane, project, kind, true, true)?;
-                    plane.set_state(pid, issue, &id)?;
-                    Ok(id)
-                }
-                Err(e) => Err(e),
-                Ok(()) => Ok(id),
-            }
-        }
-        "comment" => {
-            let key = &msg.dedupe_key;
-            let find = || -> Result<Option<String>, AdapterError> {
-                let mark = super::marker(key);
-                Ok(plane
-                    .list_comments(pid, issue)?
-                    .into_iter()
-                    .find(|c| {
-                        c.external_id.as_deref() == Some(key.as_str())
-                            || c.comment_html.contains(&mark)
-                    })
-                    .map(|c| c.id))
-            };
-            if sends_before > 0 {
-                if let Some(id) = find()? {
-                    info!(target: "plane", key = %key, comment = %id, "comment was already posted");
-                    return Ok(id);
-                }
-            }
-            let html = super::report::tracker_html(ctx, db, msg, task, project);
-            match plane.create_comment(pid, issue, &html, key)? {
-                Some(c) => Ok(c.id),
-                None => Ok(find()?.unwrap_or_else(|| format!("external_id:{key}"))),
-            }
-        }
-        other => Err(AdapterError::Rejected {
-            service: SERVICE,
-            op: format!("deliver {other}"),
-            message: format!("unknown tracker message kind {other:?}"),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -759,15 +351,6 @@ mod tests {
                 .join(name),
         )
         .unwrap()
-    }
-
-    fn project(extra: &str) -> ProjectConfig {
-        let cfg = crate::config::Config::parse(&format!(
-            "[[projects]]\nname = \"w\"\ntracker = \"plane\"\ntracker_project_id = \"p\"\n\
-             clone_url = \"x\"\ntest_command = [\"true\"]\n{extra}"
-        ))
-        .unwrap();
-        cfg.projects[0].clone()
     }
 
     #[test]
@@ -830,56 +413,6 @@ mod tests {
             assert!(e.to_string().contains(text), "{file}: {e}");
             assert_eq!(e.retryable(), status == 429, "{file}");
         }
-    }
-
-    #[test]
-    fn explicit_ids_win_over_names_and_the_cache() {
-        let cached = vec![CachedState {
-            state_id: "id-np".into(),
-            name: "needs input".into(),
-            group: "started".into(),
-            fetched_at_ms: 0,
-        }];
-        let p = project("");
-        assert_eq!(explicit_id(&p, StateKind::InProgress), None);
-        assert!(state_is(
-            &p,
-            &[],
-            StateKind::InProgress,
-            "x",
-            Some("In Progress")
-        ));
-        assert!(!state_is(&p, &[], StateKind::InProgress, "x", Some("Todo")));
-        assert!(state_is(&p, &cached, StateKind::NeedsInput, "id-np", None));
-        assert!(!state_is(&p, &cached, StateKind::Done, "id-np", None));
-
-        let p = project("[projects.states]\nin_progress = \"uuid-1\"\ndone = \"uuid-d\"\n");
-        assert_eq!(explicit_id(&p, StateKind::InProgress), Some("uuid-1"));
-        assert_eq!(explicit_id(&p, StateKind::Done), Some("uuid-d"));
-        assert!(state_is(
-            &p,
-            &[],
-            StateKind::InProgress,
-            "uuid-1",
-            Some("Whatever")
-        ));
-        assert!(
-            !state_is(&p, &[], StateKind::InProgress, "other", Some("In Progress")),
-            "an explicit id wins over the name"
-        );
-
-        let p = project("[projects.state_names]\nneeds_input = \"Waiting for human\"\n");
-        assert_eq!(
-            p.state_names.get(StateKind::NeedsInput),
-            "Waiting for human"
-        );
-        assert!(state_is(
-            &p,
-            &[],
-            StateKind::NeedsInput,
-            "z",
-            Some("waiting for HUMAN")
-        ));
     }
 
     #[test]

@@ -21,9 +21,8 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{required, AdapterError, Body, Http, Reply};
-use crate::config::Secret;
-use crate::ctx::Ctx;
+use super::http::{required, AdapterError, Api, Reply};
+use crate::config::{AdapterSettings, Secret};
 
 const SERVICE: &str = "telegram";
 
@@ -63,8 +62,8 @@ pub struct Message {
 /// A Telegram bot posting to one chat. `Debug` and `Display` leave out
 /// the URL, which holds the token.
 pub struct Telegram {
-    http: Http,
-    url: String,
+    /// `<api>/bot<token>`
+    api: Api,
     chat_id: Value,
 }
 
@@ -85,21 +84,40 @@ impl std::fmt::Display for Telegram {
 impl Telegram {
     /// A bot with `token` posting to `chat_id` (a number, or `@channel`)
     /// through the Bot API at `api_url`.
-    pub fn new(s: &super::AdapterSettings, api_url: &str, token: &Secret, chat_id: &str) -> Self {
+    pub fn new(s: &AdapterSettings, api_url: &str, token: &Secret, chat_id: &str) -> Self {
         let chat_id = chat_id
             .trim()
             .parse::<i64>()
             .map(Value::from)
             .unwrap_or_else(|_| Value::from(chat_id.trim()));
         Telegram {
-            http: Http::new(SERVICE, s, vec![token.clone()]),
-            url: format!(
-                "{}/bot{}/sendMessage",
-                api_url.trim_end_matches('/'),
-                token.expose()
+            api: Api::new(
+                SERVICE,
+                s,
+                format!("{}/bot{}", api_url.trim_end_matches('/'), token.expose()),
+                None,
+                vec![token.clone()],
             ),
             chat_id,
         }
+    }
+
+    /// The notifier from the settings.
+    ///
+    /// Errors: [`AdapterError::Disabled`] when `ORCH_NOTIFY_ENABLED` is
+    /// off, [`AdapterError::Config`] naming `ORCH_TELEGRAM_BOT_TOKEN` or
+    /// `ORCH_TELEGRAM_CHAT_ID` when missing.
+    pub fn from_settings(s: &AdapterSettings) -> Result<Telegram, AdapterError> {
+        if !s.notify_enabled {
+            return Err(AdapterError::Disabled {
+                service: SERVICE,
+                key: "ORCH_NOTIFY_ENABLED",
+            });
+        }
+        let why = "with ORCH_NOTIFIER=telegram";
+        let token = required(&s.telegram_bot_token, "ORCH_TELEGRAM_BOT_TOKEN", why)?;
+        let chat = required(&s.telegram_chat_id, "ORCH_TELEGRAM_CHAT_ID", why)?;
+        Ok(Telegram::new(s, &s.telegram_api_url, token, chat))
     }
 
     /// Sends `text` and returns the message id.
@@ -115,9 +133,7 @@ impl Telegram {
             "text": text,
             "link_preview_options": { "is_disabled": true },
         });
-        let r = self
-            .http
-            .send("POST", &self.url, &[], Body::Json(&req), op)?;
+        let r = self.api.call("POST", "sendMessage", Some(&req), op)?;
         parse_answer(r, op)
     }
 }
@@ -165,25 +181,6 @@ pub fn parse_answer(r: Reply, op: &str) -> Result<i64, AdapterError> {
             message: e.to_string(),
         }),
     }
-}
-
-/// The Telegram notifier from the settings.
-///
-/// Errors: [`AdapterError::Disabled`] when `ORCH_NOTIFY_ENABLED` is off,
-/// [`AdapterError::Config`] naming `ORCH_TELEGRAM_BOT_TOKEN` or
-/// `ORCH_TELEGRAM_CHAT_ID` when missing.
-pub fn client(ctx: &Ctx) -> Result<Telegram, AdapterError> {
-    let s = &ctx.settings.adapters;
-    if !s.notify_enabled {
-        return Err(AdapterError::Disabled {
-            service: SERVICE,
-            key: "ORCH_NOTIFY_ENABLED",
-        });
-    }
-    let why = "with ORCH_NOTIFIER=telegram";
-    let token = required(&s.telegram_bot_token, "ORCH_TELEGRAM_BOT_TOKEN", why)?;
-    let chat = required(&s.telegram_chat_id, "ORCH_TELEGRAM_CHAT_ID", why)?;
-    Ok(Telegram::new(s, &s.telegram_api_url, token, chat))
 }
 
 #[cfg(test)]
@@ -252,7 +249,7 @@ mod tests {
 
     #[test]
     fn the_request_matches_the_fixture_shape_and_hides_the_token() {
-        let s = super::super::AdapterSettings::load(&|_| None).unwrap();
+        let s = AdapterSettings::load(&|_| None).unwrap();
         let t = Telegram::new(&s, "http://x", &Secret::new("123:SECRET"), "-1001234567890");
         assert_eq!(t.chat_id, json!(-1001234567890i64));
         assert!(!format!("{t:?}").contains("SECRET"));

@@ -5,7 +5,7 @@
 //! the run's job ([`RunReport::queue`], called by the worker's finalize),
 //! so a report exists exactly when the job's outcome does: one tracker
 //! comment per run (key `task:<id>:job<j>:a<attempt>:report`), and for a
-//! Gitea project one PR comment per verdict-bearing run (review and
+//! project whose forge has pull requests (Gitea) one PR comment per verdict-bearing run (review and
 //! later). Links are rendered when the tracker comment is delivered, from
 //! `ORCH_GITEA_PUBLIC_URL` and the PR orch knows by then.
 //!
@@ -16,11 +16,11 @@
 
 use serde_json::{json, Value};
 
-use super::gitea::Links;
-use super::html_escape;
+use crate::adapters::html_escape;
 use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job, OutboxRow, RunUsage, Task, Tx};
+use crate::forge::Forge;
 use crate::pipeline::job::Finalized;
 use crate::pipeline::Stage;
 
@@ -130,7 +130,7 @@ impl RunReport {
     }
 
     /// Queues the run's report in the job's terminal transaction `tx`: a
-    /// tracker comment and, for a Gitea project at review or later, a PR
+    /// tracker comment and, for a forge with pull requests at review or later, a PR
     /// comment. Nothing for a lost or cancelled finalize. Idempotent by
     /// key.
     ///
@@ -197,8 +197,10 @@ impl RunReport {
             now_ms,
         )?;
         let stage = Some(job.stage);
-        let forge_gitea = ctx.project(&task.project).is_ok_and(|p| p.forge == "gitea");
-        if forge_gitea && stage.is_some_and(|s| s >= Stage::Review) {
+        let has_prs = ctx
+            .project(&task.project)
+            .is_ok_and(|p| Forge::for_project(ctx, p).has_pull_requests());
+        if has_prs && stage.is_some_and(|s| s >= Stage::Review) {
             let mut md = format!(
                 "**{}** run (job {}, attempt {attempt}): {outcome}",
                 job.role, job.id
@@ -243,7 +245,7 @@ pub fn tracker_html(
         .and_then(Value::as_str)
         .unwrap_or("");
     let Some(r) = msg.payload.get("report").filter(|r| r.is_object()) else {
-        return super::plane::text_html(text);
+        return crate::adapters::plane::text_html(text);
     };
     let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
     let mut html = format!(
@@ -260,7 +262,7 @@ pub fn tracker_html(
             html_escape(v.get("summary").and_then(Value::as_str).unwrap_or(""))
         );
     }
-    let links = Links::for_project(ctx, project);
+    let links = Forge::for_project(ctx, project).links(project);
     let a = |href: Option<String>, label: &str| match href {
         Some(h) => format!("<a href=\"{}\">{}</a>", html_escape(&h), html_escape(label)),
         None => html_escape(label),
