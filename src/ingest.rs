@@ -486,7 +486,7 @@ fn gitea_pull_request(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result
     let url = pr.get("html_url").and_then(Value::as_str).unwrap_or("");
     tx.upsert_pull_request(task.id, number, url, head, merged, now)?;
     if action == "closed" && merged {
-        let released = crate::merge_gate::release_for_task(tx, task.id)?;
+        let released = crate::pipeline::lease::release_for_task(tx, task.id)?;
         let lease = if released.is_empty() {
             "it held no merge lease".to_string()
         } else {

@@ -25,14 +25,15 @@
 //!    retry. Main moved meanwhile → catch up again, up to three times.
 //!
 //! The lease follows the task through the transition rule
-//! ([`follow_transition`], called by `pipeline::apply`): deploy-staging →
-//! deploy hands it to the deploy job, so merges *and deploys* of one repo
-//! are serialised; any other move (deploy → done, a rollback, an
-//! escalation, a rerun) releases it. A Gitea PR-merged delivery releases it
-//! from its holder ([`release_for_task`]), and `orch reap` releases a stale
-//! one (expired, or its job no longer queued or running). Every release is
-//! holder-aware: a tick that no longer holds a lease cannot release the
-//! lease someone else took since.
+//! ([`crate::pipeline::lease::follow_transition`], called by
+//! `pipeline::apply`): deploy-staging → deploy hands it to the deploy job,
+//! so merges *and deploys* of one repo are serialised; any other move
+//! (deploy → done, a rollback, an escalation, a rerun) releases it. A Gitea
+//! PR-merged delivery releases it from its holder
+//! ([`crate::pipeline::lease::release_for_task`]), and `orch reap` releases
+//! a stale one (expired, or its job no longer queued or running). Every
+//! release is holder-aware: a tick that no longer holds a lease cannot
+//! release the lease someone else took since.
 //!
 //! ## Deferral: only the merge is retried
 //!
@@ -77,11 +78,12 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
-use crate::db::{Db, Job, Lease, LeaseAcquire, Task, Tx};
+use crate::db::{Db, Job, Lease, LeaseAcquire, Task};
 use crate::error::Error;
 use crate::failpoint::failpoint;
 use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
 use crate::pipeline::gate::Gate;
+use crate::pipeline::lease::{holder, release_for_task};
 use crate::pipeline::{self, Actor, Move, Moved, Stage};
 use crate::process::{self, RunSpec};
 use crate::worker::{self, Finalized};
@@ -114,49 +116,6 @@ pub fn lease_name(ctx: &Ctx, project: &ProjectConfig) -> Option<String> {
         &project.repo
     };
     Some(format!("merge:{repo}"))
-}
-
-/// The holder string of the merge lease taken for task `task_id`.
-pub fn holder(task_id: i64) -> String {
-    format!("task:{task_id}")
-}
-
-/// Releases the merge lease(s) task `task_id` holds, and only those.
-/// Returns the released lease names (empty when it held none — e.g. the
-/// lease expired and another task took it since).
-///
-/// For the Gitea adapter: call it when a PR-merged delivery for the task's
-/// branch arrives (the merge is done; the lease may go).
-///
-/// Assumptions: `tx` is `IMMEDIATE` ([`Db::write`]).
-/// Errors: database errors.
-pub fn release_for_task(tx: &Tx, task_id: i64) -> anyhow::Result<Vec<String>> {
-    tx.release_leases_held_by(&holder(task_id))
-}
-
-/// The lease's part of the transition rule (`pipeline::apply`, step 6): a
-/// move into deploy that enqueued `next_job` hands the task's lease to that
-/// job (renewed for its TTL); any other move releases it.
-///
-/// Assumptions: called inside `apply`'s transaction, after its CAS.
-/// Errors: database errors.
-pub fn follow_transition(
-    tx: &Tx,
-    task_id: i64,
-    to: Stage,
-    escalated: bool,
-    next_job: Option<i64>,
-    now_ms: i64,
-) -> anyhow::Result<()> {
-    match next_job {
-        Some(job) if to == Stage::Deploy && !escalated => {
-            tx.hand_over_leases(&holder(task_id), job, now_ms)?;
-        }
-        _ => {
-            release_for_task(tx, task_id)?;
-        }
-    }
-    Ok(())
 }
 
 /// Moves the default branch to the worktree's head — the one forge-specific

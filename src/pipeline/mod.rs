@@ -11,13 +11,14 @@
 //! 4. enqueues the next stage's job (UNIQUE `(task, stage, version)`);
 //! 5. writes the side effects to the outbox with dedupe keys;
 //! 6. hands the task's merge lease to its deploy job, or releases it when
-//!    the task goes anywhere else (`crate::merge_gate::follow_transition`).
+//!    the task goes anywhere else ([`lease::follow_transition`]).
 //!
 //! Nothing outside the database happens here. Because the transaction is
 //! `IMMEDIATE`, no other writer can commit between our reads and writes, so
 //! the checks in step 1 and 3 and the writes after them are one atomic step.
 
 pub mod gate;
+pub mod lease;
 
 use std::fmt;
 use std::path::Path;
@@ -353,7 +354,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     }
     // 6. the merge lease follows the task: handed to the deploy job, or
     // released when the task leaves the merge (DESIGN §7).
-    crate::merge_gate::follow_transition(tx, task.id, m.to, escalated, next_job, now_ms)?;
+    lease::follow_transition(tx, task.id, m.to, escalated, next_job, now_ms)?;
     crate::failpoint::failpoint("transition.before_commit");
     Ok(Moved::Applied {
         version,
