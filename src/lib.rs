@@ -24,5 +24,6 @@ pub mod reap;
 pub mod reconcile;
 pub mod serve;
 pub mod status;
+pub mod tick;
 pub mod webhook;
 pub mod worker;
