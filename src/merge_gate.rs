@@ -86,7 +86,7 @@ use crate::pipeline::gate::Gate;
 use crate::pipeline::lease::{holder, release_for_task};
 use crate::pipeline::{self, Actor, Move, Moved, Stage};
 use crate::process::{self, RunSpec};
-use crate::worker::{self, Finalized};
+use crate::worker::Finalized;
 
 /// How often main may move under one gate run before it is deferred.
 const MAX_CATCH_UPS: usize = 3;
@@ -849,7 +849,7 @@ fn by_hand(
     steps: &mut Steps,
 ) -> anyhow::Result<ByHand> {
     let dry = steps.dry_run;
-    let (host, pid, start) = worker::identity();
+    let (host, pid, start) = process::identity();
     let now = now_ms();
     let ttl_ms = ctx.settings.merge_gate_lease_ttl_s as i64 * 1000;
     let claim_in = |tx: &Tx| claim(tx, task, lease, (&host, pid, start), now, ttl_ms);
