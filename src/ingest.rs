@@ -17,6 +17,7 @@
 //! Deliveries orch does not act on are processed with an outcome that
 //! starts with "no pipeline action:" and says why.
 
+use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
@@ -110,6 +111,62 @@ pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<String> {
         prepare_worktree(ctx, db, task_id);
     }
     Ok(handled.outcome)
+}
+
+/// What ingesting one delivery by hand did: the inbox row and its
+/// outcome line (`orch ingest --file`, `orch events replay`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ingested {
+    pub inbox_id: i64,
+    pub outcome: String,
+}
+
+/// `orch ingest --source S --event E --file F`: stores `body` as a
+/// delivery of `source`/`event` (delivery id `file:<sha256 of body>`, so
+/// the same file twice is a duplicate), then ingests it. A duplicate is
+/// not ingested again. `origin` names the body (its file) in errors.
+///
+/// Assumptions: the caller holds the `ingest` tick lock.
+/// Errors: a body that is not JSON or too large
+/// ([`crate::webhook::Rejection`], with context `storing <origin>`;
+/// nothing is stored); database errors; the delivery's own failure.
+pub fn ingest_file(
+    ctx: &Ctx,
+    db: &Db,
+    source: crate::webhook::Source,
+    event: &str,
+    body: &[u8],
+    origin: &str,
+) -> anyhow::Result<Ingested> {
+    let delivery = format!("file:{}", crate::webhook::body_sha256(body));
+    let recorded = crate::webhook::store(db, source, event, &delivery, &[], body, now_ms())
+        .with_context(|| format!("storing {origin}"))?;
+    Ok(match recorded {
+        crate::db::Recorded::Stored(id) => Ingested {
+            inbox_id: id,
+            outcome: ingest_one(ctx, db, id)?,
+        },
+        crate::db::Recorded::Duplicate(id) => Ingested {
+            inbox_id: id,
+            outcome: format!("duplicate of delivery {id}; not ingested again"),
+        },
+    })
+}
+
+/// `orch events replay ID`: resets inbox row `id` (processed, attempts,
+/// error, dead) and ingests it again now.
+///
+/// Assumptions: the caller holds the `ingest` tick lock.
+/// Errors: [`crate::error::Error::Usage`] for an unknown delivery; database
+/// errors; the delivery's own failure.
+pub fn replay(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Ingested> {
+    if !db.write(|tx| tx.reset_delivery(id))? {
+        return Err(crate::error::Error::Usage(format!("no delivery {id}")).into());
+    }
+    Ok(Ingested {
+        inbox_id: id,
+        outcome: ingest_one(ctx, db, id)?,
+    })
 }
 
 /// Creates the task's branch and worktree from current main, best effort:
@@ -287,7 +344,8 @@ pub fn on_work_item(
                     actor,
                     &reason,
                     now,
-                )?,
+                )?
+                .to_string(),
                 created_task: None,
             })
         }
@@ -486,7 +544,7 @@ fn gitea_pull_request(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result
     let url = pr.get("html_url").and_then(Value::as_str).unwrap_or("");
     tx.upsert_pull_request(task.id, number, url, head, merged, now)?;
     if action == "closed" && merged {
-        let released = crate::merge_gate::release_for_task(tx, task.id)?;
+        let released = crate::pipeline::lease::release_for_task(tx, task.id)?;
         let lease = if released.is_empty() {
             "it held no merge lease".to_string()
         } else {

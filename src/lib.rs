@@ -29,6 +29,7 @@ pub mod reconcile;
 pub mod report;
 pub mod serve;
 pub mod status;
+pub mod tick;
 pub mod tracker;
 pub mod webhook;
 pub mod worker;

@@ -25,14 +25,15 @@
 //!    retry. Main moved meanwhile → catch up again, up to three times.
 //!
 //! The lease follows the task through the transition rule
-//! ([`follow_transition`], called by `pipeline::apply`): deploy-staging →
-//! deploy hands it to the deploy job, so merges *and deploys* of one repo
-//! are serialised; any other move (deploy → done, a rollback, an
-//! escalation, a rerun) releases it. A Gitea PR-merged delivery releases it
-//! from its holder ([`release_for_task`]), and `orch reap` releases a stale
-//! one (expired, or its job no longer queued or running). Every release is
-//! holder-aware: a tick that no longer holds a lease cannot release the
-//! lease someone else took since.
+//! ([`crate::pipeline::lease::follow_transition`], called by
+//! `pipeline::apply`): deploy-staging → deploy hands it to the deploy job,
+//! so merges *and deploys* of one repo are serialised; any other move
+//! (deploy → done, a rollback, an escalation, a rerun) releases it. A Gitea
+//! PR-merged delivery releases it from its holder
+//! ([`crate::pipeline::lease::release_for_task`]), and `orch reap` releases
+//! a stale one (expired, or its job no longer queued or running). Every
+//! release is holder-aware: a tick that no longer holds a lease cannot
+//! release the lease someone else took since.
 //!
 //! ## Deferral: only the merge is retried
 //!
@@ -84,9 +85,9 @@ use crate::failpoint::failpoint;
 use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
 use crate::pipeline::gate::Gate;
 use crate::pipeline::job::{self as jobs, Changed, Finalized, How, JobChange};
+use crate::pipeline::lease::{holder, release_for_task};
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 use crate::process::{self, RunSpec};
-use crate::worker;
 
 /// How often main may move under one gate run before it is deferred.
 const MAX_CATCH_UPS: usize = 3;
@@ -116,49 +117,6 @@ pub fn lease_name(ctx: &Ctx, project: &ProjectConfig) -> Option<String> {
         &project.repo
     };
     Some(format!("merge:{repo}"))
-}
-
-/// The holder string of the merge lease taken for task `task_id`.
-pub fn holder(task_id: i64) -> String {
-    format!("task:{task_id}")
-}
-
-/// Releases the merge lease(s) task `task_id` holds, and only those.
-/// Returns the released lease names (empty when it held none — e.g. the
-/// lease expired and another task took it since).
-///
-/// For the Gitea adapter: call it when a PR-merged delivery for the task's
-/// branch arrives (the merge is done; the lease may go).
-///
-/// Assumptions: `tx` is `IMMEDIATE` ([`Db::write`]).
-/// Errors: database errors.
-pub fn release_for_task(tx: &Tx, task_id: i64) -> anyhow::Result<Vec<String>> {
-    tx.release_leases_held_by(&holder(task_id))
-}
-
-/// The lease's part of the transition rule (`pipeline::apply`, step 6): a
-/// move into deploy that enqueued `next_job` hands the task's lease to that
-/// job (renewed for its TTL); any other move releases it.
-///
-/// Assumptions: called inside `apply`'s transaction, after its CAS.
-/// Errors: database errors.
-pub fn follow_transition(
-    tx: &Tx,
-    task_id: i64,
-    to: Stage,
-    escalated: bool,
-    next_job: Option<i64>,
-    now_ms: i64,
-) -> anyhow::Result<()> {
-    match next_job {
-        Some(job) if to == Stage::Deploy && !escalated => {
-            tx.hand_over_leases(&holder(task_id), job, now_ms)?;
-        }
-        _ => {
-            release_for_task(tx, task_id)?;
-        }
-    }
-    Ok(())
 }
 
 /// Moves the default branch to the worktree's head — the one forge-specific
@@ -313,6 +271,16 @@ fn took_lease(l: &Lease) -> String {
     )
 }
 
+fn would_take_lease(l: &Lease) -> String {
+    format!(
+        "would take lease {} (holder {}{}, for {}s)",
+        l.name,
+        l.holder,
+        l.job_id.map(|j| format!(", job {j}")).unwrap_or_default(),
+        (l.expires_at_ms - l.acquired_at_ms) / 1000
+    )
+}
+
 /// Releases the task's lease `lease` (holder-aware) and gives back the job
 /// a manual run claimed, in one transaction.
 fn give_back(
@@ -343,7 +311,9 @@ fn give_back(
 }
 
 /// The steps a run took (or, with `--dry-run`, would take), logged as they
-/// happen.
+/// happen. In a dry run every decision is made from the observed state as
+/// in a real run; a step that would change git, origin or the database is
+/// skipped and reported as `would …`.
 struct Steps {
     task_id: i64,
     dry_run: bool,
@@ -359,17 +329,33 @@ impl Steps {
         }
     }
 
+    /// A step that is the same in both modes (an observation, a decision).
     fn push(&mut self, step: String) {
         if !self.dry_run {
             info!(target: "merge", task = self.task_id, "{step}");
         }
         self.list.push(step);
     }
+
+    /// A side-effecting step: `done` after a real run took it, `would` in
+    /// a dry run, which skips it.
+    fn did(&mut self, done: impl FnOnce() -> String, would: impl FnOnce() -> String) {
+        let step = if self.dry_run { would() } else { done() };
+        self.push(step);
+    }
+
+    /// A note only a dry run makes (what a real run does silently).
+    fn would(&mut self, step: String) {
+        if self.dry_run {
+            self.push(step);
+        }
+    }
 }
 
 /// How steps 2–4 ended.
 enum Merge {
-    /// Origin's main contains the tested head `sha` (merged now or before).
+    /// Origin's main contains the tested head `sha` (merged now or before;
+    /// in a dry run: would).
     Merged { sha: String },
     /// Conflict or red tests: back to development with this reason.
     Rollback(String),
@@ -383,6 +369,11 @@ fn short(sha: &str) -> &str {
 
 /// Steps 2–4 of the gate for `task`, whose lease (if any) the caller holds
 /// and whose job (if any) it runs; `job` gets heartbeats while tests run.
+///
+/// With `steps.dry_run` it fetches, rebases, pushes, tests and merges
+/// nothing: origin is read with `git ls-remote`, the worktree (or, when it
+/// does not exist yet, origin's branch) and the stored test results are
+/// read, and each step reports what it would do.
 fn catch_up_test_merge(
     ctx: &Ctx,
     db: &Db,
@@ -395,42 +386,112 @@ fn catch_up_test_merge(
     let worktree = Path::new(&task.worktree);
     let default = project.default_branch.as_str();
     let branch = task.branch.as_str();
+    let dry = steps.dry_run;
     for _ in 0..MAX_CATCH_UPS {
-        let main = repo
-            .remote_branch_sha(default)?
-            .with_context(|| format!("origin has no default branch {default:?}"))?;
-        let pushed = repo.remote_branch_sha(branch)?;
-        let before = repo.head_sha(worktree)?;
-        steps.push(format!(
-            "fetched origin: {default} at {}, {branch} at {}",
-            short(&main),
-            pushed.as_deref().map_or("(not on origin)", short)
-        ));
-        match repo.rebase_onto_default(worktree)? {
-            RebaseOutcome::Conflict { files } => {
-                let files = files.join(", ");
-                steps.push(format!(
-                    "rebase of {branch} onto {default} ({}) conflicts in {files}; aborted, worktree clean at {}",
+        let (main, pushed) = if dry {
+            (
+                repo.ls_remote_branch(default)?,
+                repo.ls_remote_branch(branch)?,
+            )
+        } else {
+            (
+                repo.remote_branch_sha(default)?,
+                repo.remote_branch_sha(branch)?,
+            )
+        };
+        let main = main.with_context(|| format!("origin has no default branch {default:?}"))?;
+        let at = |sha: &Option<String>| sha.as_deref().map_or("(not on origin)", short).to_string();
+        steps.did(
+            || {
+                format!(
+                    "fetched origin: {default} at {}, {branch} at {}",
                     short(&main),
-                    short(&before)
+                    at(&pushed)
+                )
+            },
+            || {
+                format!(
+                    "would fetch origin: {default} is at {}, {branch} at {}",
+                    short(&main),
+                    at(&pushed)
+                )
+            },
+        );
+        // A dry run does not create the worktree: origin's branch stands in.
+        let before = if dry && !worktree.exists() {
+            pushed
+                .clone()
+                .with_context(|| format!("{branch} has no worktree and is not on origin"))?
+        } else {
+            repo.head_sha(worktree)?
+        };
+        let rebased = if dry {
+            let dir = if worktree.exists() {
+                worktree
+            } else {
+                repo.clone_dir.as_path()
+            };
+            let contains = dir.exists() && repo.is_ancestor(dir, &main, &before).unwrap_or(false);
+            if contains {
+                steps.push(format!("{branch} contains {default}: no rebase needed"));
+            } else {
+                steps.push(format!(
+                    "would rebase {branch} ({}) onto {default} ({}) in {}; a conflict would abort the rebase and roll back to development",
+                    short(&before),
+                    short(&main),
+                    worktree.display()
                 ));
-                return Ok(Merge::Rollback(format!(
-                    "merge gate: rebase onto {default} ({}) conflicts in {files}",
-                    short(&main)
-                )));
             }
-            RebaseOutcome::UpToDate => {
-                steps.push(format!("{branch} contains {default}: no rebase needed"))
+            !contains
+        } else {
+            match repo.rebase_onto_default(worktree)? {
+                RebaseOutcome::Conflict { files } => {
+                    let files = files.join(", ");
+                    steps.push(format!(
+                        "rebase of {branch} onto {default} ({}) conflicts in {files}; aborted, worktree clean at {}",
+                        short(&main),
+                        short(&before)
+                    ));
+                    return Ok(Merge::Rollback(format!(
+                        "merge gate: rebase onto {default} ({}) conflicts in {files}",
+                        short(&main)
+                    )));
+                }
+                RebaseOutcome::UpToDate => {
+                    steps.push(format!("{branch} contains {default}: no rebase needed"));
+                    false
+                }
+                RebaseOutcome::Rebased { new_head } => {
+                    steps.push(format!(
+                        "rebased {branch} onto {default}: {} → {}",
+                        short(&before),
+                        short(&new_head)
+                    ));
+                    true
+                }
             }
-            RebaseOutcome::Rebased { new_head } => steps.push(format!(
-                "rebased {branch} onto {default}: {} → {}",
-                short(&before),
-                short(&new_head)
-            )),
+        };
+        if dry && rebased {
+            // The rebased head is unknown until the rebase runs.
+            steps.push(match &pushed {
+                Some(r) => format!(
+                    "would push {branch} with --force-with-lease={branch}:{}",
+                    short(r)
+                ),
+                None => format!("would push {branch}"),
+            });
+            steps.push(format!(
+                "would run the test command {} on the rebased tree",
+                test_command(ctx, project, task)
+            ));
+            steps.push(format!("would fast-forward {default} to the tested head"));
+            return Ok(Merge::Merged { sha: before });
         }
-        failpoint("merge_gate.after_rebase");
+        if !dry {
+            failpoint("merge_gate.after_rebase");
+        }
         sync_branch(repo, worktree, branch, pushed.as_deref(), &before, steps)?;
-        let (sha, green, log) = retest(ctx, db, project, repo, task, job, steps)?;
+        let (sha, green, log) = retest(ctx, db, project, repo, task, &before, job, steps)?;
         if !green {
             return Ok(Merge::Rollback(format!(
                 "merge gate: tests fail on the combined tree {} ({branch} on top of {default} at {}); log {}",
@@ -438,6 +499,18 @@ fn catch_up_test_merge(
                 short(&main),
                 log.display()
             )));
+        }
+        if dry {
+            if main == sha {
+                steps.push(format!("{default} already contains {}", short(&sha)));
+            } else {
+                steps.push(format!(
+                    "would fast-forward {default} from {} to {}",
+                    short(&main),
+                    short(&sha)
+                ));
+            }
+            return Ok(Merge::Merged { sha });
         }
         failpoint("merge_gate.before_merge");
         if repo.head_sha(worktree)? != sha {
@@ -468,7 +541,9 @@ fn catch_up_test_merge(
 /// ancestor, else — after a rebase, or a crash between a rebase and its
 /// push — a push with `--force-with-lease` on the sha origin had, but only
 /// when that sha is what the worktree rebased (`before`, or its
-/// `ORIG_HEAD`): a commit someone else pushed is never overwritten.
+/// `ORIG_HEAD`): a commit someone else pushed is never overwritten. A dry
+/// run decides the same and pushes nothing; its head is `before` (no
+/// rebase ran), read from origin when there is no worktree yet.
 fn sync_branch(
     repo: &Repo,
     worktree: &Path,
@@ -477,54 +552,93 @@ fn sync_branch(
     before: &str,
     steps: &mut Steps,
 ) -> anyhow::Result<()> {
-    let head = repo.head_sha(worktree)?;
+    let head = if steps.dry_run {
+        before.to_string()
+    } else {
+        repo.head_sha(worktree)?
+    };
+    let dir = if worktree.exists() {
+        worktree
+    } else {
+        repo.clone_dir.as_path()
+    };
+    let plain = || format!("pushed {branch} ({})", short(&head));
+    let would_plain = || format!("would push {branch} ({})", short(&head));
     let Some(remote) = pushed else {
-        repo.push_branch(worktree, branch)?;
-        steps.push(format!("pushed {branch} ({})", short(&head)));
+        if !steps.dry_run {
+            repo.push_branch(worktree, branch)?;
+        }
+        steps.did(plain, would_plain);
         return Ok(());
     };
     if remote == head {
         return Ok(());
     }
-    if repo.is_ancestor(worktree, remote, &head)? {
-        repo.push_branch(worktree, branch)?;
-        steps.push(format!("pushed {branch} ({})", short(&head)));
+    // A dry run fetched nothing, so origin's sha may be unknown here.
+    let contained = if steps.dry_run {
+        repo.is_ancestor(dir, remote, &head).unwrap_or(false)
+    } else {
+        repo.is_ancestor(dir, remote, &head)?
+    };
+    if contained {
+        if !steps.dry_run {
+            repo.push_branch(worktree, branch)?;
+        }
+        steps.did(plain, would_plain);
         return Ok(());
     }
     let rebased_from_it = remote == before
-        || repo.is_ancestor(worktree, remote, before).unwrap_or(false)
-        || repo
-            .is_ancestor(worktree, remote, "ORIG_HEAD")
-            .unwrap_or(false);
+        || repo.is_ancestor(dir, remote, before).unwrap_or(false)
+        || repo.is_ancestor(dir, remote, "ORIG_HEAD").unwrap_or(false);
     if !rebased_from_it {
         anyhow::bail!(
             "origin's {branch} is at {remote}, which the worktree ({head}) neither contains nor rebased; refusing to overwrite it"
         );
     }
-    repo.push_branch_force_with_lease(worktree, branch, remote)?;
-    steps.push(format!(
-        "pushed {branch} ({}) with --force-with-lease={branch}:{}",
-        short(&head),
-        short(remote)
-    ));
+    if !steps.dry_run {
+        repo.push_branch_force_with_lease(worktree, branch, remote)?;
+    }
+    let lease = format!("--force-with-lease={branch}:{}", short(remote));
+    steps.did(
+        || format!("pushed {branch} ({}) with {lease}", short(&head)),
+        || format!("would push {branch} ({}) with {lease}", short(&head)),
+    );
     Ok(())
+}
+
+/// The test command as people read it: argv, timeout and log pattern.
+fn test_command(ctx: &Ctx, project: &ProjectConfig, task: &Task) -> String {
+    format!(
+        "{:?} (timeout {}s, log {})",
+        project.test_command,
+        project.test_timeout_s,
+        ctx.log_path(&format!("merge-task{}-<sha>.log", task.id))
+            .display()
+    )
 }
 
 /// Step 3: the project's test command on the worktree's head, once per sha
 /// (the result is stored as CI status `orch/test`). Returns the sha,
 /// whether it passed, and the log path. Refreshes `job`'s heartbeat while
-/// the tests run.
+/// the tests run. A dry run looks up `head` (the head it observed) and
+/// runs nothing: an unknown result counts as green for the plan.
+#[allow(clippy::too_many_arguments)]
 fn retest(
     ctx: &Ctx,
     db: &Db,
     project: &ProjectConfig,
     repo: &Repo,
     task: &Task,
+    head: &str,
     job: Option<&Job>,
     steps: &mut Steps,
 ) -> anyhow::Result<(String, bool, PathBuf)> {
     let worktree = Path::new(&task.worktree);
-    let sha = repo.head_sha(worktree)?;
+    let sha = if steps.dry_run {
+        head.to_string()
+    } else {
+        repo.head_sha(worktree)?
+    };
     let log = ctx.log_path(&format!("merge-task{}-{}.log", task.id, short(&sha)));
     if let Some(state) = db.ci_status(&project.name, &sha, TEST_CONTEXT)? {
         if state == "success" || state == "failure" {
@@ -534,6 +648,14 @@ fn retest(
             ));
             return Ok((sha, state == "success", log));
         }
+    }
+    if steps.dry_run {
+        steps.push(format!(
+            "would run the test command {} on {}",
+            test_command(ctx, project, task),
+            short(&sha)
+        ));
+        return Ok((sha, true, log));
     }
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -612,10 +734,60 @@ pub enum ByHand {
 
 /// Whom the manual run's claim found.
 enum Claim {
-    Ok(Option<Job>),
+    /// Claimed: the lease taken (`None` without the gate) and the stage's
+    /// job (`None` when the task has no active job).
+    Ok {
+        lease: Option<Lease>,
+        job: Option<Job>,
+    },
     JobRunning(Job),
     Busy(Lease),
     Moved,
+}
+
+/// The manual run's claim, inside `tx`: the task unchanged, the stage's
+/// queued job claimed by `me` (boot id, pid, start time) and the lease
+/// taken — both or neither.
+fn claim(
+    tx: &Tx,
+    task: &Task,
+    lease: Option<&str>,
+    me: (&str, i64, i64),
+    now: i64,
+    ttl_ms: i64,
+) -> anyhow::Result<Claim> {
+    match tx.task(task.id)? {
+        Some(t) if t.stage == task.stage && t.version == task.version && !t.escalated => {}
+        _ => return Ok(Claim::Moved),
+    }
+    let job = tx
+        .active_jobs(task.id)?
+        .into_iter()
+        .find(|j| j.stage == task.stage && j.task_version == task.version);
+    if let Some(j) = job.as_ref().filter(|j| j.status == JobStatus::Running) {
+        return Ok(Claim::JobRunning(j.clone()));
+    }
+    let taken = match lease {
+        Some(name) => {
+            let job_id = job.as_ref().map(|j| j.id);
+            match tx.acquire_lease(name, &holder(task.id), job_id, now, ttl_ms)? {
+                LeaseAcquire::Busy(l) => return Ok(Claim::Busy(l)),
+                LeaseAcquire::Acquired(l) => Some(l),
+            }
+        }
+        None => None,
+    };
+    let claimed = match job {
+        Some(j) => Some(
+            jobs::claim(tx, j.id, me, now)?
+                .context("the task's queued job vanished inside a transaction")?,
+        ),
+        None => None,
+    };
+    Ok(Claim::Ok {
+        lease: taken,
+        job: claimed,
+    })
 }
 
 /// `orch merge-gate --task ID [--dry-run]`: runs the gate for a task at
@@ -629,9 +801,13 @@ enum Claim {
 /// deploy-staging → deploy with actor `human`, finishing the claimed job
 /// (the lease passes to the deploy job); conflict or red → development with
 /// actor `human`, counting a developer retry. A busy lease, a running job,
-/// or main moving changes nothing (the claim is given back). `dry_run`
-/// reads only (no database write, no fetch, no rebase, no push, no test
-/// run) and lists the steps a real run would take.
+/// or main moving changes nothing (the claim is given back).
+///
+/// `dry_run` takes the same path: the claim and the transition are
+/// rehearsed in transactions that are rolled back ([`Db::rehearse`]), the
+/// git steps are decided from what origin (`git ls-remote`), the worktree
+/// and the stored test results show, and nothing is fetched, rebased,
+/// pushed, tested or merged; the steps say what a real run would do.
 ///
 /// Errors: [`Error::Usage`] for an unknown task, one not at
 /// deploy-staging, or an escalated one; [`Error::InvalidRef`] when the
@@ -661,11 +837,7 @@ pub fn run_by_hand(ctx: &Ctx, db: &Db, task_id: i64, dry_run: bool) -> anyhow::R
     validate_task_branch(&task.branch, &repo.branch_prefix, &project.default_branch)?;
     let lease = lease_name(ctx, project);
     let mut steps = Steps::new(task.id, dry_run);
-    let result = if dry_run {
-        plan(ctx, db, project, &repo, &task, lease.as_deref(), &mut steps)?
-    } else {
-        by_hand(ctx, db, project, &repo, &task, lease.as_deref(), &mut steps)?
-    };
+    let result = by_hand(ctx, db, project, &repo, &task, lease.as_deref(), &mut steps)?;
     Ok(Report {
         task_id,
         dry_run,
@@ -684,38 +856,23 @@ fn by_hand(
     lease: Option<&str>,
     steps: &mut Steps,
 ) -> anyhow::Result<ByHand> {
-    let (host, pid, start) = worker::identity();
+    let dry = steps.dry_run;
+    let (host, pid, start) = process::identity();
     let now = now_ms();
     let ttl_ms = ctx.settings.merge_gate_lease_ttl_s as i64 * 1000;
-    let claim = db.write(|tx| {
-        match tx.task(task.id)? {
-            Some(t) if t.stage == task.stage && t.version == task.version && !t.escalated => {}
-            _ => return Ok(Claim::Moved),
-        }
-        let job = tx
-            .active_jobs(task.id)?
-            .into_iter()
-            .find(|j| j.stage == task.stage && j.task_version == task.version);
-        if let Some(j) = job.as_ref().filter(|j| j.status == JobStatus::Running) {
-            return Ok(Claim::JobRunning(j.clone()));
-        }
-        if let Some(name) = lease {
-            let job_id = job.as_ref().map(|j| j.id);
-            match tx.acquire_lease(name, &holder(task.id), job_id, now, ttl_ms)? {
-                LeaseAcquire::Busy(l) => return Ok(Claim::Busy(l)),
-                LeaseAcquire::Acquired(l) => steps.push(took_lease(&l)),
+    let claim_in = |tx: &Tx| claim(tx, task, lease, (&host, pid, start), now, ttl_ms);
+    let deferred = |steps: &mut Steps, reason: String| {
+        if steps.dry_run {
+            steps.push(format!("would defer (exit 75), changing nothing: {reason}"));
+            ByHand::Planned {
+                would: "defer".into(),
             }
+        } else {
+            steps.push(format!("deferred: {reason}"));
+            ByHand::Deferred { reason }
         }
-        let claimed = match job {
-            Some(j) => Some(
-                jobs::claim(tx, j.id, (&host, pid, start), now)?
-                    .context("the task's queued job vanished inside a transaction")?,
-            ),
-            None => None,
-        };
-        Ok(Claim::Ok(claimed))
-    })?;
-    let job = match claim {
+    };
+    let job = match db.write_or_rehearse(dry, claim_in)? {
         Claim::Moved => {
             return Err(
                 Error::Usage(format!("task {} changed meanwhile; look again", task.id)).into(),
@@ -728,37 +885,56 @@ fn by_hand(
                 j.stage,
                 j.worker_pid.unwrap_or(0)
             );
-            steps.push(format!("deferred: {reason}"));
-            return Ok(ByHand::Deferred { reason });
+            return Ok(deferred(steps, reason));
         }
-        Claim::Busy(l) => {
-            let reason = busy_reason(&l);
-            steps.push(format!("deferred: {reason}"));
-            return Ok(ByHand::Deferred { reason });
+        Claim::Busy(l) => return Ok(deferred(steps, busy_reason(&l))),
+        Claim::Ok { lease: taken, job } => {
+            match &taken {
+                Some(l) => steps.did(|| took_lease(l), || would_take_lease(l)),
+                None => steps.would(
+                    "would merge without a lease (the merge gate is off for this project)".into(),
+                ),
+            }
+            job
         }
-        Claim::Ok(job) => job,
     };
     match &job {
-        Some(j) if j.merge_pending => steps.push(format!(
-            "claimed job {} (a deferred merge: its deployer's verdict stands)",
-            j.id
-        )),
-        Some(j) => steps.push(format!(
-            "claimed job {}: its deployer will not run (this manual merge stands in for the staging verdict)",
-            j.id
-        )),
-        None => steps.push("the task has no active job; merging without one".into()),
+        Some(j) if j.merge_pending => steps.did(
+            || format!("claimed job {} (a deferred merge: its deployer's verdict stands)", j.id),
+            || format!("would claim job {} (a deferred merge: its deployer's verdict stands)", j.id),
+        ),
+        Some(j) => steps.did(
+            || format!("claimed job {}: its deployer will not run (this manual merge stands in for the staging verdict)", j.id),
+            || format!("would claim job {}: its deployer would not run (a manual merge stands in for the staging verdict)", j.id),
+        ),
+        None => steps.did(
+            || "the task has no active job; merging without one".into(),
+            || "the task has no active job; would merge without one".into(),
+        ),
     }
-    failpoint("merge_gate.after_acquire");
     let claimed = job.as_ref().map(|j| (j, (pid, start)));
-    let merged = repo
-        .ensure_worktree(Path::new(&task.worktree), &task.branch)
-        .and_then(|()| catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), steps));
+    let worktree = Path::new(&task.worktree);
+    let merged = if dry {
+        if !worktree.exists() {
+            steps.push(format!(
+                "would create the worktree {} from origin's {}",
+                worktree.display(),
+                task.branch
+            ));
+        }
+        catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), steps)
+    } else {
+        failpoint("merge_gate.after_acquire");
+        repo.ensure_worktree(worktree, &task.branch)
+            .and_then(|()| catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), steps))
+    };
     let merged = match merged {
         Ok(m) => m,
         Err(e) => {
-            if let Err(e2) = give_back(db, lease, task, claimed) {
-                warn!(target: "merge", task = task.id, error = %format!("{e2:#}"), "could not give back the lease and job");
+            if !dry {
+                if let Err(e2) = give_back(db, lease, task, claimed) {
+                    warn!(target: "merge", task = task.id, error = %format!("{e2:#}"), "could not give back the lease and job");
+                }
             }
             return Err(e);
         }
@@ -786,201 +962,72 @@ fn by_hand(
     m.job_id = job.as_ref().map(|j| j.id);
     m.developer_retry = retry;
     let now = now_ms();
-    match db.write(|tx| pipeline::apply(tx, ctx.policy(), &m, now))? {
-        Moved::Lost => Err(Error::Usage(format!(
+    let moved = if dry {
+        // The claim was rolled back: rehearse it again, then the move.
+        db.rehearse(|tx| match claim_in(tx)? {
+            Claim::Ok { .. } => pipeline::apply(tx, ctx.policy(), &m, now),
+            _ => Ok(Moved::Lost),
+        })?
+    } else {
+        db.write(|tx| pipeline::apply(tx, ctx.policy(), &m, now))?
+    };
+    let Moved::Applied {
+        version,
+        next_job,
+        escalated,
+    } = moved
+    else {
+        return Err(Error::Usage(format!(
             "task {} changed meanwhile; the gate's git work stands, the transition was not applied",
             task.id
         ))
-        .into()),
-        Moved::Applied {
-            version,
-            next_job,
-            escalated,
-        } => match merged {
-            Merge::Merged { sha } => {
-                steps.push(format!(
+        .into());
+    };
+    match merged {
+        Merge::Merged { sha } => {
+            steps.did(
+                || format!(
                     "moved deploy-staging → deploy (actor human, v{version}){}",
                     match (lease, next_job) {
                         (Some(_), Some(j)) => format!("; lease handed to deploy job {j}"),
                         _ => String::new(),
                     }
-                ));
-                Ok(ByHand::Merged { sha, version })
-            }
-            _ => {
-                steps.push(format!(
+                ),
+                || format!(
+                    "would move deploy-staging → deploy (actor human){}; a conflict or red tests would roll back to development (actor human) instead, counting a developer retry",
+                    if lease.is_some() { " and hand the lease to the deploy job" } else { "" }
+                ),
+            );
+            Ok(if dry {
+                ByHand::Planned {
+                    would: "merge".into(),
+                }
+            } else {
+                ByHand::Merged { sha, version }
+            })
+        }
+        _ => {
+            steps.did(
+                || format!(
                     "rolled back to development (actor human, v{version}), a developer retry counted{}{}",
                     if lease.is_some() { "; lease released" } else { "" },
                     if escalated { "; task escalated" } else { "" }
-                ));
-                Ok(ByHand::RolledBack { reason, escalated })
-            }
-        },
-    }
-}
-
-/// The `--dry-run` of [`run_by_hand`]: reads the database, the worktree and
-/// origin (`git ls-remote`) and lists what a real run would do.
-fn plan(
-    ctx: &Ctx,
-    db: &Db,
-    project: &ProjectConfig,
-    repo: &Repo,
-    task: &Task,
-    lease: Option<&str>,
-    steps: &mut Steps,
-) -> anyhow::Result<ByHand> {
-    let defer = |steps: &mut Steps, reason: String| {
-        steps.push(format!("would defer (exit 75), changing nothing: {reason}"));
-        ByHand::Planned {
-            would: "defer".into(),
-        }
-    };
-    let job =
-        db.jobs_for_task(task.id)?.into_iter().rev().find(|j| {
-            j.stage == task.stage && j.task_version == task.version && j.status.is_active()
-        });
-    if let Some(j) = job.as_ref().filter(|j| j.status == JobStatus::Running) {
-        return Ok(defer(
-            steps,
-            format!("job {} is running; its worker runs the merge gate", j.id),
-        ));
-    }
-    let now = now_ms();
-    let me = holder(task.id);
-    match lease {
-        None => steps
-            .push("would merge without a lease (the merge gate is off for this project)".into()),
-        Some(name) => match db.lease(name)? {
-            None => steps.push(format!(
-                "would take lease {name} (holder {me}{}, for {}s)",
-                job.as_ref()
-                    .map(|j| format!(", job {}", j.id))
-                    .unwrap_or_default(),
-                ctx.settings.merge_gate_lease_ttl_s
-            )),
-            Some(l) if l.holder == me => steps.push(format!(
-                "would renew lease {name}, which {me} already holds"
-            )),
-            Some(l) if db.stale_leases(now)?.iter().any(|s| s.name == l.name) => steps.push(
-                format!("would take over lease {name} from {} (stale)", l.holder),
-            ),
-            Some(l) => return Ok(defer(steps, busy_reason(&l))),
-        },
-    }
-    match &job {
-        Some(j) if j.merge_pending => steps.push(format!(
-            "would claim job {} (a deferred merge: its deployer's verdict stands)",
-            j.id
-        )),
-        Some(j) => steps.push(format!(
-            "would claim job {}: its deployer would not run (a manual merge stands in for the staging verdict)",
-            j.id
-        )),
-        None => steps.push("the task has no active job; would merge without one".into()),
-    }
-    let default = project.default_branch.as_str();
-    let branch = task.branch.as_str();
-    let worktree = Path::new(&task.worktree);
-    let main = repo
-        .ls_remote_branch(default)?
-        .with_context(|| format!("origin has no default branch {default:?}"))?;
-    let remote = repo.ls_remote_branch(branch)?;
-    steps.push(format!(
-        "would fetch origin: {default} is at {}, {branch} at {}",
-        short(&main),
-        remote.as_deref().map_or("(not on origin)", short)
-    ));
-    let head = if worktree.exists() {
-        repo.head_sha(worktree)?
-    } else {
-        steps.push(format!(
-            "would create the worktree {} from origin's {branch}",
-            worktree.display()
-        ));
-        remote
-            .clone()
-            .with_context(|| format!("{branch} has no worktree and is not on origin"))?
-    };
-    let dir = if worktree.exists() {
-        worktree.to_path_buf()
-    } else {
-        repo.clone_dir.clone()
-    };
-    let contains = dir.exists() && repo.is_ancestor(&dir, &main, &head).unwrap_or(false);
-    let test = format!(
-        "{:?} (timeout {}s, log {})",
-        project.test_command,
-        project.test_timeout_s,
-        ctx.log_path(&format!("merge-task{}-<sha>.log", task.id))
-            .display()
-    );
-    if contains {
-        steps.push(format!(
-            "{branch} ({}) contains {default}: no rebase, no push",
-            short(&head)
-        ));
-        match db.ci_status(&project.name, &head, TEST_CONTEXT)?.as_deref() {
-            Some("failure") => {
-                steps.push(format!(
-                    "tests already failed on {}: would roll back to development (actor human), counting a developer retry",
-                    short(&head)
-                ));
-                return Ok(ByHand::Planned {
+                ),
+                || format!(
+                    "would roll back to development (actor human), counting a developer retry{}{}",
+                    if lease.is_some() { "; would release the lease" } else { "" },
+                    if escalated { "; would escalate the task" } else { "" }
+                ),
+            );
+            Ok(if dry {
+                ByHand::Planned {
                     would: "roll back".into(),
-                });
-            }
-            Some("success") => steps.push(format!(
-                "tests already passed on {} (would not run them again)",
-                short(&head)
-            )),
-            _ => steps.push(format!(
-                "would run the test command {test} on {}",
-                short(&head)
-            )),
+                }
+            } else {
+                ByHand::RolledBack { reason, escalated }
+            })
         }
-        if main == head {
-            steps.push(format!(
-                "{default} is already at {}: nothing to push",
-                short(&head)
-            ));
-        } else {
-            steps.push(format!(
-                "would fast-forward {default} from {} to {}",
-                short(&main),
-                short(&head)
-            ));
-        }
-    } else {
-        steps.push(format!(
-            "would rebase {branch} ({}) onto {default} ({}) in {}; a conflict would abort the rebase and roll back to development",
-            short(&head),
-            short(&main),
-            worktree.display()
-        ));
-        steps.push(match &remote {
-            Some(r) => format!(
-                "would push {branch} with --force-with-lease={branch}:{}",
-                short(r)
-            ),
-            None => format!("would push {branch}"),
-        });
-        steps.push(format!(
-            "would run the test command {test} on the rebased tree"
-        ));
-        steps.push(format!("would fast-forward {default} to the tested head"));
     }
-    steps.push(format!(
-        "would move deploy-staging → deploy (actor human){}; a conflict or red tests would roll back to development (actor human) instead, counting a developer retry",
-        if lease.is_some() {
-            " and hand the lease to the deploy job"
-        } else {
-            ""
-        }
-    ));
-    Ok(ByHand::Planned {
-        would: "merge".into(),
-    })
 }
 
 /// `orch merge-gate --task ID --release`: releases the lease task `task_id`

@@ -373,6 +373,14 @@ pub fn boot_id() -> String {
     }
 }
 
+/// This process's identity as a job's worker: (boot id, pid, process
+/// start time), as recorded on a claimed job (`worker_host`, `worker_pid`,
+/// `worker_start_time`).
+pub fn identity() -> (String, i64, i64) {
+    let me = current_process();
+    (boot_id(), me.pid as i64, me.start_time as i64)
+}
+
 /// (pid, start time) of the current process; start time 0 if `/proc` is
 /// unreadable.
 pub fn current_process() -> Spawned {

@@ -1,57 +1,329 @@
-//! The `orch status` document (also served as `GET /queue`).
+//! The `orch status` document (also served as `GET /queue`): a typed,
+//! serialisable snapshot of the queue, and its text form for people.
 
-use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::db::Db;
+use crate::db::{Db, Lease};
+use crate::model::Stage;
+
+/// The status document. Times are unix milliseconds; its JSON is what
+/// `orch status --json` prints and `GET /queue` serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub now_ms: i64,
+    pub schema_version: i64,
+    /// Tasks by stage and escalation.
+    pub tasks: Vec<StageCount>,
+    /// Jobs by status.
+    pub jobs: BTreeMap<String, i64>,
+    pub running: Vec<RunningJob>,
+    pub leases: Vec<Lease>,
+    pub inbox: InboxCounts,
+    /// Outbox messages by status.
+    pub outbox: BTreeMap<String, i64>,
+    /// The newest dead letters (at most 20).
+    pub outbox_dead: Vec<DeadLetter>,
+    pub counters: BTreeMap<String, i64>,
+    /// A summary of the last recorded reconcile pass, if any.
+    pub reconcile_last_pass: Option<LastPass>,
+}
+
+/// How many tasks are at `stage` with this escalation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StageCount {
+    pub stage: Stage,
+    pub escalated: bool,
+    pub count: i64,
+}
+
+/// A running job; `age_s` is seconds since its claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunningJob {
+    pub job_id: i64,
+    pub task_id: i64,
+    pub stage: Stage,
+    pub role: String,
+    pub attempt: i64,
+    pub worker_pid: Option<i64>,
+    pub agent_pid: Option<i64>,
+    pub age_s: i64,
+    pub exit_code: Option<i64>,
+}
+
+/// The inbox backlog: pending, failing (retrying) and dead deliveries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InboxCounts {
+    pub pending: i64,
+    pub failing: i64,
+    pub dead: i64,
+}
+
+/// A dead-lettered outbox message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    pub id: i64,
+    /// Its dedupe key.
+    pub key: String,
+    pub channel: String,
+    pub kind: String,
+    pub attempts: i64,
+    pub error: Option<String>,
+}
+
+/// The last reconcile pass, as recorded (fields missing from the record
+/// are `None`/null); lists are given as their lengths.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastPass {
+    pub at_ms: Option<i64>,
+    pub examined: Option<i64>,
+    pub unblocked: usize,
+    pub replayed: usize,
+    /// `(project, error)` pairs, as recorded.
+    pub errors: serde_json::Value,
+    /// Skipped tasks by reason: how many.
+    pub skipped: Option<BTreeMap<String, usize>>,
+}
 
 /// Builds the status document: tasks by stage, jobs by status, running
 /// jobs with their age in seconds, leases, inbox backlog and dead
-/// letters, outbox by status, counters. Times are unix milliseconds.
-pub fn document(db: &Db) -> anyhow::Result<Value> {
+/// letters, outbox by status, counters.
+///
+/// Errors: database errors.
+pub fn document(db: &Db) -> anyhow::Result<Status> {
     let now = now_ms();
-    let running: Vec<Value> = db
+    let running = db
         .jobs_with_status(crate::model::JobStatus::Running)?
         .into_iter()
-        .map(|j| {
-            json!({
-                "job_id": j.id, "task_id": j.task_id, "stage": j.stage, "role": j.role,
-                "attempt": j.attempt, "worker_pid": j.worker_pid, "agent_pid": j.agent_pid,
-                "age_s": (now - j.claimed_at_ms.unwrap_or(now)) / 1000,
-                "exit_code": j.exit_code,
-            })
+        .map(|j| RunningJob {
+            job_id: j.id,
+            task_id: j.task_id,
+            stage: j.stage,
+            role: j.role,
+            attempt: j.attempt,
+            worker_pid: j.worker_pid,
+            agent_pid: j.agent_pid,
+            age_s: (now - j.claimed_at_ms.unwrap_or(now)) / 1000,
+            exit_code: j.exit_code,
         })
         .collect();
-    let (pending, retrying, dead) = db.inbox_counts()?;
-    let stages: Vec<Value> = db
+    let (pending, failing, dead) = db.inbox_counts()?;
+    let tasks = db
         .tasks_by_stage()?
         .into_iter()
-        .map(|(stage, escalated, count)| json!({ "stage": stage, "escalated": escalated, "count": count }))
+        .map(|(stage, escalated, count)| StageCount {
+            stage,
+            escalated,
+            count,
+        })
         .collect();
-    let leases = serde_json::to_value(db.leases()?)?;
-    let as_map = |pairs: Vec<(String, i64)>| -> Value {
-        Value::Object(pairs.into_iter().map(|(k, v)| (k, json!(v))).collect())
-    };
-    Ok(json!({
-        "now_ms": now,
-        "schema_version": db.user_version()?,
-        "tasks": stages,
-        "jobs": as_map(db.count_by_status("jobs")?),
-        "running": running,
-        "leases": leases,
-        "inbox": { "pending": pending, "failing": retrying, "dead": dead },
-        "outbox": as_map(db.count_by_status("outbox")?),
-        "outbox_dead": db.dead_outbox(20)?.into_iter().map(|m| json!({
-            "id": m.id, "key": m.dedupe_key, "channel": m.channel, "kind": m.kind,
-            "attempts": m.attempts, "error": m.last_error,
-        })).collect::<Vec<Value>>(),
-        "counters": as_map(db.counters()?),
-        "reconcile_last_pass": db.last_reconcile_pass()?.map(|p| json!({
-            "at_ms": p["at_ms"], "examined": p["examined"],
-            "unblocked": p["unblocked"].as_array().map_or(0, Vec::len),
-            "replayed": p["replayed"].as_array().map_or(0, Vec::len),
-            "errors": p["errors"],
-            "skipped": p["skipped"].as_object().map(|m| m.iter().map(|(k, v)| (k.clone(), json!(v.as_array().map_or(0, Vec::len)))).collect::<serde_json::Map<_, _>>()),
-        })),
-    }))
+    let outbox_dead = db
+        .dead_outbox(20)?
+        .into_iter()
+        .map(|m| DeadLetter {
+            id: m.id,
+            key: m.dedupe_key,
+            channel: m.channel,
+            kind: m.kind,
+            attempts: m.attempts,
+            error: m.last_error,
+        })
+        .collect();
+    let reconcile_last_pass = db.last_reconcile_pass()?.map(|p| LastPass {
+        at_ms: p["at_ms"].as_i64(),
+        examined: p["examined"].as_i64(),
+        unblocked: p["unblocked"].as_array().map_or(0, Vec::len),
+        replayed: p["replayed"].as_array().map_or(0, Vec::len),
+        errors: p["errors"].clone(),
+        skipped: p["skipped"].as_object().map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_array().map_or(0, Vec::len)))
+                .collect()
+        }),
+    });
+    Ok(Status {
+        now_ms: now,
+        schema_version: db.user_version()?,
+        tasks,
+        jobs: db.count_by_status("jobs")?.into_iter().collect(),
+        running,
+        leases: db.leases()?,
+        inbox: InboxCounts {
+            pending,
+            failing,
+            dead,
+        },
+        outbox: db.count_by_status("outbox")?.into_iter().collect(),
+        outbox_dead,
+        counters: db.counters()?.into_iter().collect(),
+        reconcile_last_pass,
+    })
+}
+
+/// `k=v k=v …`, or `none` for an empty map.
+fn pairs<V: fmt::Display>(m: &BTreeMap<String, V>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A number that may be missing from a record: `null` when it is.
+fn or_null(v: Option<i64>) -> String {
+    v.map_or_else(|| "null".into(), |n| n.to_string())
+}
+
+/// The text form `orch status` prints for people.
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "tasks:")?;
+        for s in &self.tasks {
+            writeln!(
+                f,
+                // `{:>5}` was meant, but the count was always printed
+                // unpadded; people and scripts read it so.
+                "  {:<15} {}{}",
+                s.stage,
+                s.count,
+                if s.escalated { "  (escalated)" } else { "" }
+            )?;
+        }
+        writeln!(f, "jobs: {}", pairs(&self.jobs))?;
+        for r in &self.running {
+            writeln!(
+                f,
+                "  running job {} task {} {} attempt {} for {}s",
+                r.job_id, r.task_id, r.stage, r.attempt, r.age_s
+            )?;
+        }
+        for l in &self.leases {
+            writeln!(
+                f,
+                "lease {} held by {}{}, expires in {}s",
+                l.name,
+                l.holder,
+                l.job_id
+                    .map(|j| format!(" for job {j}"))
+                    .unwrap_or_default(),
+                (l.expires_at_ms - self.now_ms) / 1000
+            )?;
+        }
+        writeln!(
+            f,
+            "inbox: pending={} failing={} dead={}",
+            self.inbox.pending, self.inbox.failing, self.inbox.dead
+        )?;
+        writeln!(f, "outbox: {}", pairs(&self.outbox))?;
+        for d in &self.outbox_dead {
+            writeln!(
+                f,
+                "  dead letter {} {} after {} attempt(s): {}",
+                d.id,
+                d.key,
+                d.attempts,
+                d.error.as_deref().unwrap_or("")
+            )?;
+        }
+        writeln!(f, "counters: {}", pairs(&self.counters))?;
+        if let Some(last) = &self.reconcile_last_pass {
+            writeln!(
+                f,
+                "reconcile: last pass at {} ms: examined {}, unblocked {}, replayed {}, skipped {}",
+                or_null(last.at_ms),
+                or_null(last.examined),
+                last.unblocked,
+                last.replayed,
+                last.skipped.as_ref().map_or_else(|| "none".into(), pairs)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text form people read, as a snapshot: change it only on purpose.
+    #[test]
+    fn status_text_snapshot() {
+        let status = Status {
+            now_ms: 1_000_000,
+            schema_version: 3,
+            tasks: vec![
+                StageCount {
+                    stage: Stage::Development,
+                    escalated: false,
+                    count: 2,
+                },
+                StageCount {
+                    stage: Stage::DeployStaging,
+                    escalated: true,
+                    count: 1,
+                },
+            ],
+            jobs: [("queued".to_string(), 1), ("running".to_string(), 1)].into(),
+            running: vec![RunningJob {
+                job_id: 7,
+                task_id: 3,
+                stage: Stage::Development,
+                role: "developer".into(),
+                attempt: 2,
+                worker_pid: Some(100),
+                agent_pid: None,
+                age_s: 42,
+                exit_code: None,
+            }],
+            leases: vec![Lease {
+                name: "merge:acme/app".into(),
+                holder: "task:4".into(),
+                job_id: Some(9),
+                acquired_at_ms: 900_000,
+                expires_at_ms: 1_600_000,
+            }],
+            inbox: InboxCounts {
+                pending: 1,
+                failing: 0,
+                dead: 2,
+            },
+            outbox: BTreeMap::new(),
+            outbox_dead: vec![DeadLetter {
+                id: 5,
+                key: "task-3-v2-notify".into(),
+                channel: "notify".into(),
+                kind: "escalated".into(),
+                attempts: 8,
+                error: Some("HTTP 500".into()),
+            }],
+            counters: [("merge_gate.deferred_total".to_string(), 4)].into(),
+            reconcile_last_pass: Some(LastPass {
+                at_ms: Some(990_000),
+                examined: Some(3),
+                unblocked: 1,
+                replayed: 0,
+                errors: serde_json::json!([]),
+                skipped: Some([("analysis is a human gate".to_string(), 2)].into()),
+            }),
+        };
+        let expected = "\
+tasks:
+  development     2
+  deploy-staging  1  (escalated)
+jobs: queued=1 running=1
+  running job 7 task 3 development attempt 2 for 42s
+lease merge:acme/app held by task:4 for job 9, expires in 600s
+inbox: pending=1 failing=0 dead=2
+outbox: none
+  dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500
+counters: merge_gate.deferred_total=4
+reconcile: last pass at 990000 ms: examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
+";
+        assert_eq!(status.to_string(), expected);
+    }
 }

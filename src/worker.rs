@@ -43,12 +43,6 @@ pub enum WorkOutcome {
     },
 }
 
-/// This worker's identity: (boot id, pid, process start time).
-pub fn identity() -> (String, i64, i64) {
-    let me = process::current_process();
-    (process::boot_id(), me.pid as i64, me.start_time as i64)
-}
-
 /// Claims and runs at most one job.
 ///
 /// Errors: database errors; failures of the job itself are recorded on the
@@ -59,7 +53,7 @@ pub fn work_once(
     role: Option<&str>,
     project: Option<&str>,
 ) -> anyhow::Result<WorkOutcome> {
-    let (host, pid, start) = identity();
+    let (host, pid, start) = process::identity();
     let now = now_ms();
     let job = db.write(|tx| {
         jobs::claim_next(

@@ -1,5 +1,6 @@
 //! `orch task …`: inspection, the human gate and ad-hoc repair. Every
-//! change goes through the transition rule with actor `human`.
+//! change is a manual move of the core ([`orch::pipeline::manual`]); this
+//! file names the move and prints its outcome.
 
 use serde_json::json;
 
@@ -9,152 +10,73 @@ use orch::clock::now_ms;
 use orch::ctx::Ctx;
 use orch::db::{Db, Task};
 use orch::error::Error;
-use orch::pipeline::{self, Actor, Move, Moved, Stage};
+use orch::pipeline::manual::{self, ManualMove, ManualOutcome};
+use orch::pipeline::Stage;
 
 fn load(db: &Db, id: i64) -> anyhow::Result<Task> {
     db.task(id)?
         .ok_or_else(|| Error::Usage(format!("no task {id}")).into())
 }
 
+/// Runs `orch task <command>`.
 pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
     let db = ctx.open_db()?;
-    match c {
-        TaskCommand::List => {
-            let tasks = db.tasks()?;
-            let mut text = format!(
-                "{:>5} {:<12} {:<15} {:>3} {:<24} {}\n",
-                "id", "project", "stage", "ver", "branch", "title"
-            );
-            for t in &tasks {
-                text += &format!(
-                    "{:>5} {:<12} {:<15} {:>3} {:<24} {}{}\n",
-                    t.id,
-                    t.project,
-                    t.stage,
-                    t.version,
-                    t.branch,
-                    t.title,
-                    if t.escalated { "  [ESCALATED]" } else { "" }
-                );
-            }
-            Ok(Output {
-                json: serde_json::to_value(&tasks)?,
-                text,
-            })
-        }
-        TaskCommand::Show { id } => show(&db, id),
-        TaskCommand::Approve { id } => gate(ctx, &db, id, true, "approved by hand"),
-        TaskCommand::Reject { id, reason } => gate(ctx, &db, id, false, &reason),
-        TaskCommand::Advance { id, reason } => {
-            let t = load(&db, id)?;
-            let to = t.stage.next();
-            manual(ctx, &db, Move::new(&t, to, Actor::Human, reason))
-        }
-        TaskCommand::Rollback { id, reason } => {
-            let t = load(&db, id)?;
-            manual(
-                ctx,
-                &db,
-                Move::new(&t, Stage::Development, Actor::Human, reason),
-            )
-        }
-        TaskCommand::Retry { id } => {
-            let t = load(&db, id)?;
-            if t.escalated {
-                return Err(Error::Usage(format!(
-                    "task {id} is escalated; use `orch task unblock {id}`"
-                ))
-                .into());
-            }
-            let stage = t.stage;
-            manual(
-                ctx,
-                &db,
-                Move::new(&t, stage, Actor::Human, "retry by hand"),
-            )
-        }
-        TaskCommand::Cancel { id, reason } => {
-            let t = load(&db, id)?;
-            let stage = t.stage;
-            let mut m = Move::new(&t, stage, Actor::Human, reason.clone());
-            m.escalate = Some(reason);
-            manual(ctx, &db, m)
-        }
-        TaskCommand::Unblock { id, reason } => {
-            let t = load(&db, id)?;
-            let stage = t.stage;
-            let mut m = Move::new(&t, stage, Actor::Human, reason);
-            m.reset = true;
-            manual(ctx, &db, m)
-        }
-    }
-}
-
-fn gate(ctx: &Ctx, db: &Db, id: i64, approve: bool, reason: &str) -> anyhow::Result<Output> {
-    let t = load(db, id)?;
-    let outcome = db.write(|tx| {
-        pipeline::human_gate(
-            tx,
-            ctx.policy(),
-            &t,
-            approve,
-            Actor::Human,
-            reason,
-            now_ms(),
-        )
-    })?;
-    if outcome.starts_with("no pipeline action") {
-        return Err(Error::Usage(outcome).into());
-    }
-    Ok(Output {
-        json: json!({ "task_id": id, "outcome": outcome }),
-        text: outcome,
-    })
-}
-
-/// A manual move: cancels the task's other jobs and applies the move in
-/// one transaction.
-fn manual(ctx: &Ctx, db: &Db, m: Move) -> anyhow::Result<Output> {
-    if m.to == Stage::Done || m.from == Stage::Done {
-        return Err(Error::Usage(format!(
-            "task {} cannot move {} → {} by hand",
-            m.task_id, m.from, m.to
-        ))
-        .into());
-    }
-    let now = now_ms();
-    let moved = db.write(|tx| {
-        let moved = pipeline::apply(tx, ctx.policy(), &m, now)?;
-        if let Moved::Applied { next_job, .. } = &moved {
-            pipeline::job::cancel_task_jobs(
-                tx,
-                m.task_id,
-                *next_job,
-                &format!("superseded: {}", m.reason),
-                now,
-            )?;
-        }
-        Ok(moved)
-    })?;
-    match moved {
-        Moved::Applied {
+    let (id, mv, reason) = match c {
+        TaskCommand::List => return list(&db),
+        TaskCommand::Show { id } => return show(&db, id),
+        TaskCommand::Approve { id } => (id, ManualMove::Approve, String::new()),
+        TaskCommand::Reject { id, reason } => (id, ManualMove::Reject, reason),
+        TaskCommand::Advance { id, reason } => (id, ManualMove::Advance, reason),
+        TaskCommand::Rollback { id, reason } => (id, ManualMove::Rollback, reason),
+        TaskCommand::Retry { id } => (id, ManualMove::Retry, String::new()),
+        TaskCommand::Cancel { id, reason } => (id, ManualMove::Cancel, reason),
+        TaskCommand::Unblock { id, reason } => (id, ManualMove::Unblock, reason),
+    };
+    let outcome = manual::apply(&db, ctx.policy(), id, mv, &reason, now_ms())?;
+    Ok(match outcome {
+        ManualOutcome::Gate(g) => Output {
+            json: json!({ "task_id": id, "outcome": g.to_string() }),
+            text: g.to_string(),
+        },
+        ManualOutcome::Moved {
+            task_id,
+            from,
+            to,
             version,
             next_job,
             escalated,
-        } => Ok(Output {
-            json: json!({ "task_id": m.task_id, "from": m.from.as_str(), "to": m.to.as_str(), "version": version, "next_job": next_job, "escalated": escalated }),
+        } => Output {
+            json: json!({ "task_id": task_id, "from": from.as_str(), "to": to.as_str(), "version": version, "next_job": next_job, "escalated": escalated }),
             text: format!(
-                "task {}: {} → {} (v{version}){}",
-                m.task_id,
-                m.from,
-                m.to,
+                "task {task_id}: {from} → {to} (v{version}){}",
                 if escalated { ", escalated" } else { "" }
             ),
-        }),
-        Moved::Lost => {
-            Err(Error::Usage(format!("task {} changed meanwhile; look again", m.task_id)).into())
-        }
+        },
+    })
+}
+
+fn list(db: &Db) -> anyhow::Result<Output> {
+    let tasks = db.tasks()?;
+    let mut text = format!(
+        "{:>5} {:<12} {:<15} {:>3} {:<24} {}\n",
+        "id", "project", "stage", "ver", "branch", "title"
+    );
+    for t in &tasks {
+        text += &format!(
+            "{:>5} {:<12} {:<15} {:>3} {:<24} {}{}\n",
+            t.id,
+            t.project,
+            t.stage,
+            t.version,
+            t.branch,
+            t.title,
+            if t.escalated { "  [ESCALATED]" } else { "" }
+        );
     }
+    Ok(Output {
+        json: serde_json::to_value(&tasks)?,
+        text,
+    })
 }
 
 fn show(db: &Db, id: i64) -> anyhow::Result<Output> {

@@ -12,7 +12,7 @@
 //! 4. enqueues the next stage's job (UNIQUE `(task, stage, version)`);
 //! 5. writes the side effects to the outbox with dedupe keys;
 //! 6. hands the task's merge lease to its deploy job, or releases it when
-//!    the task goes anywhere else (`crate::merge_gate::follow_transition`).
+//!    the task goes anywhere else ([`lease::follow_transition`]).
 //!
 //! Nothing outside the database happens here. Because the transaction is
 //! `IMMEDIATE`, no other writer can commit between our reads and writes, so
@@ -20,7 +20,10 @@
 
 pub mod gate;
 pub mod job;
+pub mod lease;
+pub mod manual;
 
+use std::fmt;
 use std::path::Path;
 
 use serde_json::json;
@@ -248,7 +251,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     }
     // 6. the merge lease follows the task: handed to the deploy job, or
     // released when the task leaves the merge (DESIGN §7).
-    crate::merge_gate::follow_transition(tx, task.id, m.to, escalated, next_job, now_ms)?;
+    lease::follow_transition(tx, task.id, m.to, escalated, next_job, now_ms)?;
     crate::failpoint::failpoint("transition.before_commit");
     Ok(Moved::Applied {
         version,
@@ -338,13 +341,43 @@ pub fn create_task(
     Ok((id, true))
 }
 
+/// What [`human_gate`] did. Its `Display` is the one-line outcome an
+/// inbox row records and `orch task approve|reject` prints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HumanGate {
+    /// Task `task_id` moved: analysis → architecture when `approved`, else
+    /// a rerun of analysis.
+    Applied { task_id: i64, approved: bool },
+    /// Nothing was done; `why` says so (the task is not at analysis, its
+    /// analysis job is still active, or it changed concurrently). Displayed
+    /// as `no pipeline action: <why>`.
+    NoAction { why: String },
+}
+
+impl fmt::Display for HumanGate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HumanGate::Applied {
+                task_id,
+                approved: true,
+            } => write!(f, "task {task_id} analysis approved"),
+            HumanGate::Applied {
+                task_id,
+                approved: false,
+            } => write!(f, "task {task_id} analysis rejected; rerunning analysis"),
+            HumanGate::NoAction { why } => write!(f, "no pipeline action: {why}"),
+        }
+    }
+}
+
 /// The human gate of analysis: approve (analysis → architecture) or reject
 /// (rerun analysis) — from `orch task approve|reject` or the tracker's
-/// Approved/Rejected states. Returns a one-line outcome.
+/// Approved/Rejected states.
 ///
 /// Guarantees: only acts when the task is at analysis with no queued or
-/// running job; otherwise returns why it did nothing (a replayed or early
-/// delivery is harmless).
+/// running job; otherwise returns [`HumanGate::NoAction`] saying why it did
+/// nothing (a replayed or early delivery is harmless).
+/// Assumptions: `tx` is `IMMEDIATE`. Errors: database errors.
 pub fn human_gate(
     tx: &Tx,
     policy: Policy,
@@ -353,18 +386,16 @@ pub fn human_gate(
     actor: Actor,
     reason: &str,
     now_ms: i64,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<HumanGate> {
+    let nothing = |why: String| Ok(HumanGate::NoAction { why });
     if task.stage != Stage::Analysis {
-        return Ok(format!(
-            "no pipeline action: task {} is at {}, not analysis",
+        return nothing(format!(
+            "task {} is at {}, not analysis",
             task.id, task.stage
         ));
     }
     if !tx.active_jobs(task.id)?.is_empty() {
-        return Ok(format!(
-            "no pipeline action: task {} analysis job still active",
-            task.id
-        ));
+        return nothing(format!("task {} analysis job still active", task.id));
     }
     let to = if approve {
         Stage::Architecture
@@ -372,9 +403,11 @@ pub fn human_gate(
         Stage::Analysis
     };
     let m = Move::new(task, to, actor, reason);
-    Ok(match apply(tx, policy, &m, now_ms)? {
-        Moved::Applied { .. } if approve => format!("task {} analysis approved", task.id),
-        Moved::Applied { .. } => format!("task {} analysis rejected; rerunning analysis", task.id),
-        Moved::Lost => format!("no pipeline action: task {} changed concurrently", task.id),
-    })
+    match apply(tx, policy, &m, now_ms)? {
+        Moved::Applied { .. } => Ok(HumanGate::Applied {
+            task_id: task.id,
+            approved: approve,
+        }),
+        Moved::Lost => nothing(format!("task {} changed concurrently", task.id)),
+    }
 }

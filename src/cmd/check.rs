@@ -1,0 +1,38 @@
+//! `orch check`: verifies the invariants ([`orch::check`]); exit 3 when
+//! one is violated.
+
+use serde_json::json;
+
+use super::Output;
+use orch::ctx::Ctx;
+use orch::error::exit;
+
+/// Runs the check; returns what to print and the exit code.
+pub fn run(ctx: &Ctx) -> anyhow::Result<(Output, i32)> {
+    let db = ctx.open_db()?;
+    let boot = orch::process::boot_id();
+    let live = |host: &str, pid: i64, start: i64| {
+        host == boot && orch::process::is_alive(pid as i32, start as u64)
+    };
+    let violations = orch::check::run(&db, &live)?;
+    let text = if violations.is_empty() {
+        "all invariants hold".to_string()
+    } else {
+        violations
+            .iter()
+            .map(|v| format!("VIOLATED {}: {}\n", v.invariant, v.detail))
+            .collect()
+    };
+    let code = if violations.is_empty() {
+        exit::OK
+    } else {
+        exit::VERDICT_FAIL
+    };
+    Ok((
+        Output {
+            json: json!({ "ok": violations.is_empty(), "violations": violations }),
+            text,
+        },
+        code,
+    ))
+}

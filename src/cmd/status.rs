@@ -1,0 +1,15 @@
+//! `orch status`: the status document ([`orch::status`]), as JSON or text.
+
+use super::Output;
+use orch::ctx::Ctx;
+use orch::status;
+
+/// Runs `orch status`.
+pub fn run(ctx: &Ctx) -> anyhow::Result<Output> {
+    let db = ctx.open_db()?;
+    let doc = status::document(&db)?;
+    Ok(Output {
+        text: doc.to_string(),
+        json: serde_json::to_value(&doc)?,
+    })
+}

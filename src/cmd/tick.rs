@@ -1,0 +1,41 @@
+//! `orch tick`: one tick ([`orch::tick::run`]), printed step by step.
+
+use super::Output;
+use orch::ctx::Ctx;
+use orch::tick::{self, Step};
+
+/// Runs one tick of at most `max_jobs` jobs.
+pub fn run(ctx: &Ctx, max_jobs: u32) -> anyhow::Result<Output> {
+    let report = tick::run(ctx, max_jobs)?;
+    let mut text = String::new();
+    let mut line = |name: &str, step: Option<String>| match step {
+        None => text += &format!("{name}: busy, skipped\n"),
+        Some(t) => text += &format!("{name}: {}\n", t.trim_end().replace('\n', "\n  ")),
+    };
+    line(
+        "ingest",
+        ran(&report.ingest)
+            .map(|s| format!("{} processed, {} failed", s.processed.len(), s.failed.len())),
+    );
+    line(
+        "reap",
+        ran(&report.reap).map(|r| super::reap::text(&r.actions)),
+    );
+    line(
+        "reconcile",
+        ran(&report.reconcile).map(|p| super::reconcile::text(p, false)),
+    );
+    line("deliver", ran(&report.deliver).map(super::deliver::text));
+    text += &format!("work: ran {} job(s)\n", report.work.len());
+    Ok(Output {
+        json: serde_json::to_value(&report)?,
+        text,
+    })
+}
+
+fn ran<T>(s: &Step<T>) -> Option<&T> {
+    match s {
+        Step::Ran(t) => Some(t),
+        Step::Busy => None,
+    }
+}

@@ -1,0 +1,29 @@
+//! `orch work-once`: claims at most one runnable job, runs it, finalizes it.
+
+use super::Output;
+use orch::ctx::Ctx;
+use orch::worker::{self, WorkOutcome};
+
+/// Runs `orch work-once`, optionally only for jobs of `role` or `project`.
+pub fn run(ctx: &Ctx, role: Option<&str>, project: Option<&str>) -> anyhow::Result<Output> {
+    let db = ctx.open_db()?;
+    let o = worker::work_once(ctx, &db, role, project)?;
+    let text = match &o {
+        WorkOutcome::Idle => "nothing runnable".to_string(),
+        WorkOutcome::Ran {
+            job_id,
+            task_id,
+            stage,
+            exit_code,
+            finalized,
+        } => {
+            format!(
+                "job {job_id} (task {task_id}, {stage}): agent exited {exit_code}; {finalized:?}"
+            )
+        }
+    };
+    Ok(Output {
+        json: serde_json::to_value(&o)?,
+        text,
+    })
+}

@@ -1,0 +1,113 @@
+//! `orch tick`: one tick for cron users — ingest, reap, reconcile and
+//! deliver, each under its own tick lock (a busy step is skipped, not
+//! fatal), then jobs while any is runnable, then the deliveries those jobs
+//! wrote. Returns what each step did as one serialisable [`TickReport`].
+
+use serde::{Serialize, Serializer};
+use tracing::warn;
+
+use crate::ctx::Ctx;
+use crate::deliver::{self, DeliverSummary};
+use crate::error::{exit, exit_code_for};
+use crate::ingest::{self, IngestSummary};
+use crate::reap;
+use crate::reconcile;
+use crate::worker::{self, WorkOutcome};
+
+/// What one step of a tick did: it ran (with its report), or its lock was
+/// held by another process and it was skipped. Serialises as the report,
+/// or as the string `"busy"`.
+#[derive(Debug, Clone)]
+pub enum Step<T> {
+    Ran(T),
+    Busy,
+}
+
+impl<T: Serialize> Serialize for Step<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Step::Ran(t) => t.serialize(s),
+            Step::Busy => s.serialize_str("busy"),
+        }
+    }
+}
+
+/// What the reap step did (the shape of `orch reap --json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Reaped {
+    /// Always false in a tick.
+    pub dry_run: bool,
+    pub actions: Vec<reap::Done>,
+}
+
+/// What a tick did, step by step.
+#[derive(Debug, Clone, Serialize)]
+pub struct TickReport {
+    pub ingest: Step<IngestSummary>,
+    pub reap: Step<Reaped>,
+    pub reconcile: Step<reconcile::Pass>,
+    pub deliver: Step<DeliverSummary>,
+    /// The jobs that ran, in order (at most `max_jobs`).
+    pub work: Vec<WorkOutcome>,
+}
+
+/// Runs `f` under tick lock `name`; a lock held elsewhere skips it.
+fn step<T>(
+    ctx: &Ctx,
+    name: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<Step<T>> {
+    let lock = match ctx.tick_lock(name) {
+        Ok(l) => l,
+        Err(e) if exit_code_for(&e) == exit::BUSY => return Ok(Step::Busy),
+        Err(e) => return Err(e),
+    };
+    let out = f()?;
+    drop(lock);
+    Ok(Step::Ran(out))
+}
+
+/// Runs one tick: ingest (up to 1000 deliveries), reap, reconcile, deliver
+/// (up to 1000 messages), then up to `max_jobs` jobs while one is runnable
+/// and the concurrency limit allows, then — when any job ran — one more
+/// delivery pass (skipped when another deliver holds its lock; a failure
+/// is logged, the next tick retries).
+///
+/// Assumptions: no tick lock is held by the caller.
+/// Errors: a step's error ends the tick (database, git, tracker errors as
+/// the step reports them); a busy lock does not.
+pub fn run(ctx: &Ctx, max_jobs: u32) -> anyhow::Result<TickReport> {
+    let db = ctx.open_db()?;
+    let ingest = step(ctx, "ingest", || ingest::ingest_pending(ctx, &db, 1000))?;
+    let reap = step(ctx, "reap", || {
+        let plan = reap::plan(ctx, &db, crate::clock::now_ms())?;
+        Ok(Reaped {
+            dry_run: false,
+            actions: reap::execute(ctx, &db, plan)?,
+        })
+    })?;
+    let reconcile = step(ctx, "reconcile", || reconcile::run(ctx, &db, false))?;
+    let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, &db, 1000))?;
+    let mut work = Vec::new();
+    for _ in 0..max_jobs {
+        match worker::work_once(ctx, &db, None, None)? {
+            WorkOutcome::Idle => break,
+            ran => work.push(ran),
+        }
+    }
+    if !work.is_empty() {
+        // Deliver what the jobs just wrote; busy means another deliver runs.
+        if let Ok(_lock) = ctx.tick_lock("deliver") {
+            if let Err(e) = deliver::deliver_due(ctx, &db, 1000) {
+                warn!(target: "deliver", error = %format!("{e:#}"), "delivery after the jobs failed; the next tick retries");
+            }
+        }
+    }
+    Ok(TickReport {
+        ingest,
+        reap,
+        reconcile,
+        deliver,
+        work,
+    })
+}
