@@ -6,6 +6,7 @@ mod util;
 mod agents;
 mod cli;
 mod ingest;
+mod layers;
 mod pipeline;
 // Crash points and the test clock need the `testing` feature.
 #[cfg(feature = "testing")]
