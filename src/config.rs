@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::model::Stage;
 
 /// A secret string (webhook secret, API token). `Debug` and `Display` print
 /// `[redacted]`; use [`Secret::expose`] where the value is really needed.
@@ -107,8 +108,8 @@ pub struct Settings {
     /// `ORCH_RECONCILE_GRACE_<STAGE>_S` (e.g. `_DEVELOPMENT_S`,
     /// `_DEPLOY_STAGING_S`) overrides it (see [`Settings::grace_for_stage`]).
     pub reconcile_grace_s: u64,
-    /// Per-stage overrides of `reconcile_grace_s`, by stage name.
-    pub reconcile_grace_by_stage: BTreeMap<String, u64>,
+    /// Per-stage overrides of `reconcile_grace_s`.
+    pub reconcile_grace_by_stage: BTreeMap<Stage, u64>,
     /// `ORCH_RECONCILE_PLANE_ENABLED` (default true): the tracker side (F-2).
     pub reconcile_plane_enabled: bool,
     /// `ORCH_RECONCILE_SKIP_BLOCKED_ENABLED` (default true): the networked
@@ -164,20 +165,17 @@ impl Settings {
             reconcile_grace_s: num("ORCH_RECONCILE_GRACE_S", 300, 0)?,
             reconcile_grace_by_stage: {
                 let mut m = BTreeMap::new();
-                for stage in [
-                    "architecture",
-                    "development",
-                    "review",
-                    "testing",
-                    "deploy-staging",
-                    "deploy",
-                ] {
+                // Analysis is a human gate and done has no gate: no grace.
+                for stage in Stage::ALL
+                    .into_iter()
+                    .filter(|s| !matches!(s, Stage::Analysis | Stage::Done))
+                {
                     let key = format!(
                         "ORCH_RECONCILE_GRACE_{}_S",
-                        stage.to_ascii_uppercase().replace('-', "_")
+                        stage.as_str().to_ascii_uppercase().replace('-', "_")
                     );
                     if get(&key).is_some() {
-                        m.insert(stage.to_string(), num(&key, 0, 0)?);
+                        m.insert(stage, num(&key, 0, 0)?);
                     }
                 }
                 m
@@ -223,9 +221,9 @@ impl Settings {
 
     /// `grace_for_stage(stage)`: seconds a task at `stage` must be unchanged
     /// before reconcile evaluates its gate.
-    pub fn grace_for_stage(&self, stage: &str) -> u64 {
+    pub fn grace_for_stage(&self, stage: Stage) -> u64 {
         self.reconcile_grace_by_stage
-            .get(stage)
+            .get(&stage)
             .copied()
             .unwrap_or(self.reconcile_grace_s)
     }
@@ -1065,6 +1063,31 @@ mod tests {
         assert_eq!(s.max_developer_retries, 3);
         let s = Settings::load(&env(&[("ORCH_DB", "/a.db")]), Some("/b.db".into()), None).unwrap();
         assert_eq!(s.db_path, PathBuf::from("/b.db"));
+    }
+
+    #[test]
+    fn reconcile_grace_per_stage_overrides_the_default() {
+        let s = Settings::load(
+            &env(&[
+                ("ORCH_RECONCILE_GRACE_S", "60"),
+                ("ORCH_RECONCILE_GRACE_DEPLOY_STAGING_S", "5"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.grace_for_stage(Stage::DeployStaging), 5);
+        assert_eq!(s.grace_for_stage(Stage::Development), 60);
+        let e = Settings::load(
+            &env(&[("ORCH_RECONCILE_GRACE_REVIEW_S", "soon")]),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("ORCH_RECONCILE_GRACE_REVIEW_S"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use crate::db::{Db, Tx};
 use crate::failpoint::failpoint;
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::{self, Actor, Move, Moved, Stage, WorkItem};
+use crate::webhook::Source;
 
 /// What an ingest pass did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -197,18 +198,19 @@ fn route(
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return Ok(Handled::nothing("body is not JSON"));
     };
+    let Ok(source) = source.parse::<Source>() else {
+        return Ok(Handled::nothing(format!("unknown source {source:?}")));
+    };
     match (source, event) {
-        ("plane", "issue") => plane_issue(ctx, tx, &v, now),
-        ("plane", other) => Ok(Handled::nothing(format!(
-            "plane event {other:?} is not one orch acts on"
+        (Source::Plane, "issue") => plane_issue(ctx, tx, &v, now),
+        (Source::Gitea, "push") => gitea_push(ctx, tx, &v, now),
+        (Source::Gitea, "status") => gitea_status(ctx, db, tx, &v, now),
+        (Source::Gitea, "pull_request" | "pull_request_sync") => {
+            gitea_pull_request(ctx, tx, &v, now)
+        }
+        (source, other) => Ok(Handled::nothing(format!(
+            "{source} event {other:?} is not one orch acts on"
         ))),
-        ("gitea", "push") => gitea_push(ctx, tx, &v, now),
-        ("gitea", "status") => gitea_status(ctx, db, tx, &v, now),
-        ("gitea", "pull_request" | "pull_request_sync") => gitea_pull_request(ctx, tx, &v, now),
-        ("gitea", other) => Ok(Handled::nothing(format!(
-            "gitea event {other:?} is not one orch acts on"
-        ))),
-        (s, _) => Ok(Handled::nothing(format!("unknown source {s:?}"))),
     }
 }
 

@@ -325,7 +325,7 @@ fn gate_side(
         if stage == Stage::Done || task.escalated || active.contains(&task.id) {
             continue;
         }
-        if now - task.updated_at_ms < ctx.settings.grace_for_stage(stage.as_str()) as i64 * 1000 {
+        if now - task.updated_at_ms < ctx.settings.grace_for_stage(stage) as i64 * 1000 {
             continue;
         }
         // Guards, each a silent skip, in order.
