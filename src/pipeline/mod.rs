@@ -214,38 +214,36 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
         &json!({ "text": text }),
         now_ms,
     )?;
-    if let Some(reason) = &escalate {
-        tx.insert_outbox(
-            &key("state"),
-            Some(task.id),
-            "tracker",
-            "state",
-            &json!({ "state": "needs_input" }),
-            now_ms,
-        )?;
-        tx.insert_outbox(
-            &key("notify"),
-            Some(task.id),
-            "notify",
+    // An escalation or the end of the pipeline also moves the tracker item
+    // and notifies people: (tracker state, notification kind, text).
+    let settled = match (&escalate, m.to) {
+        (Some(reason), _) => Some((
+            "needs_input",
             "escalated",
-            &json!({ "text": format!("task {} ({}) escalated: {reason}", task.id, task.title) }),
-            now_ms,
-        )?;
-    } else if m.to == Stage::Done {
+            format!("task {} ({}) escalated: {reason}", task.id, task.title),
+        )),
+        (None, Stage::Done) => Some((
+            "done",
+            "deployed",
+            format!("task {} ({}) deployed and done", task.id, task.title),
+        )),
+        (None, _) => None,
+    };
+    if let Some((state, kind, text)) = settled {
         tx.insert_outbox(
             &key("state"),
             Some(task.id),
             "tracker",
             "state",
-            &json!({ "state": "done" }),
+            &json!({ "state": state }),
             now_ms,
         )?;
         tx.insert_outbox(
             &key("notify"),
             Some(task.id),
             "notify",
-            "deployed",
-            &json!({ "text": format!("task {} ({}) deployed and done", task.id, task.title) }),
+            kind,
+            &json!({ "text": text }),
             now_ms,
         )?;
     }
