@@ -137,6 +137,13 @@ impl Db {
     }
 }
 
+/// A redelivery by its sender's delivery id (`UNIQUE (source, delivery_id)`).
+const DEDUPE_BY_ID: &str = "SELECT id FROM inbox WHERE source=?1 AND delivery_id=?2";
+/// A Plane redelivery by its body hash (index `inbox_hash`): Plane sends a
+/// new delivery id on every retry.
+const DEDUPE_BY_HASH: &str =
+    "SELECT id FROM inbox WHERE source='plane' AND body_sha256=?1 ORDER BY id LIMIT 1";
+
 impl Tx<'_> {
     /// Stores a delivery unless it is a redelivery: the same
     /// `(source, delivery_id)`, or for Plane (whose retries carry a new
@@ -147,13 +154,21 @@ impl Tx<'_> {
         body_sha256: &str,
         now_ms: i64,
     ) -> anyhow::Result<Recorded> {
-        let existing: Option<i64> = self.conn
-            .prepare_cached(
-                "SELECT id FROM inbox WHERE source=?1 AND (delivery_id=?2 OR (?1='plane' AND body_sha256=?3)) \
-                 ORDER BY id LIMIT 1",
-            )?
-            .query_row(params![d.source, d.delivery_id, body_sha256], |r| r.get(0))
+        // Two lookups, each on an index (`UNIQUE (source, delivery_id)`,
+        // `inbox_hash`): one query with an OR cannot use either and reads
+        // every stored delivery of the source inside the write transaction.
+        let mut existing: Option<i64> = self
+            .conn
+            .prepare_cached(DEDUPE_BY_ID)?
+            .query_row(params![d.source, d.delivery_id], |r| r.get(0))
             .optional()?;
+        if existing.is_none() && d.source == "plane" {
+            existing = self
+                .conn
+                .prepare_cached(DEDUPE_BY_HASH)?
+                .query_row(params![body_sha256], |r| r.get(0))
+                .optional()?;
+        }
         if let Some(id) = existing {
             return Ok(Recorded::Duplicate(id));
         }
@@ -213,5 +228,71 @@ impl Tx<'_> {
             )?
             .execute([id])?
             == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan's detail lines for `sql`.
+    fn plan(db: &Db, sql: &str) -> String {
+        let mut stmt = db
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap();
+        let args = rusqlite::params_from_iter(std::iter::repeat_n("x", stmt.parameter_count()));
+        let rows = stmt.query_map(args, |r| r.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    }
+
+    #[test]
+    fn redelivery_lookups_use_an_index_not_a_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
+        // The index must be searched on both columns, not on the source
+        // alone (which reads every delivery of that source).
+        for (sql, key) in [
+            (DEDUPE_BY_ID, "delivery_id=?"),
+            (DEDUPE_BY_HASH, "body_sha256=?"),
+        ] {
+            let p = plan(&db, sql);
+            assert!(p.contains("INDEX") && p.contains(key), "{sql}: {p}");
+            assert!(
+                !p.contains("SCAN") && !p.contains("TEMP B-TREE"),
+                "{sql}: {p}"
+            );
+        }
+        let old = "SELECT id FROM inbox WHERE source=?1 AND (delivery_id=?2 OR (?1='plane' AND body_sha256=?3)) ORDER BY id LIMIT 1";
+        assert!(
+            !plan(&db, old).contains("delivery_id=?"),
+            "the check tells the old query apart"
+        );
+    }
+
+    #[test]
+    fn a_plane_retry_is_a_duplicate_by_body_a_gitea_one_only_by_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
+        let d = |source: &str, id: &str| NewDelivery {
+            source: source.into(),
+            event: "issue".into(),
+            delivery_id: id.into(),
+            headers: serde_json::json!({}),
+            body: b"{}".to_vec(),
+        };
+        let rec = |n: &NewDelivery| db.write(|tx| tx.record_delivery(n, "h1", 1)).unwrap();
+        let first = rec(&d("plane", "a"));
+        assert!(matches!(first, Recorded::Stored(_)));
+        let Recorded::Stored(id) = first else {
+            unreachable!()
+        };
+        assert_eq!(rec(&d("plane", "b")), Recorded::Duplicate(id));
+        assert_eq!(rec(&d("plane", "a")), Recorded::Duplicate(id));
+        let Recorded::Stored(g) = rec(&d("gitea", "a")) else {
+            panic!("gitea a stored")
+        };
+        assert!(matches!(rec(&d("gitea", "b")), Recorded::Stored(_)));
+        assert_eq!(rec(&d("gitea", "a")), Recorded::Duplicate(g));
     }
 }
