@@ -206,17 +206,6 @@ impl Db {
             })
             .optional()?)
     }
-    /// Queued jobs whose task has moved past them (another version or
-    /// stage: a human advance, a rollback); they can never be valid again.
-    pub fn queued_jobs_of_moved_tasks(&self) -> anyhow::Result<Vec<Job>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {JOB_COLS} FROM jobs WHERE status='queued' AND EXISTS (SELECT 1 FROM tasks t \
-             WHERE t.id=jobs.task_id AND (t.version<>jobs.task_version OR t.stage<>jobs.stage)) \
-             ORDER BY id"
-        ))?;
-        let rows = stmt.query_map([], job_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
 
     /// How many jobs are running.
     pub fn running_job_count(&self) -> anyhow::Result<i64> {
@@ -227,22 +216,28 @@ impl Db {
     }
 
     /// The oldest runnable job at `now_ms`: queued, available, of a task
-    /// that is not escalated, optionally of `role` and `project`.
+    /// that is not escalated, optionally of `role` and `project`; with
+    /// whether its task has moved past it (another stage or version: the
+    /// job can never run). Reads the `jobs_status` index from its head.
     pub fn next_runnable_job(
         &self,
         role: Option<&str>,
         project: Option<&str>,
         now_ms: i64,
-    ) -> anyhow::Result<Option<i64>> {
+    ) -> anyhow::Result<Option<(Job, bool)>> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT j.id FROM jobs j JOIN tasks t ON t.id=j.task_id \
-                 WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
-                   AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
-                 ORDER BY j.available_at_ms, j.id LIMIT 1",
-            )?
-            .query_row(params![now_ms, role, project], |r| r.get(0))
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLS}, moved FROM (SELECT j.*, \
+                   (t.version<>j.task_version OR t.stage<>j.stage) AS moved FROM jobs j \
+                   JOIN tasks t ON t.id=j.task_id \
+                   WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
+                     AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
+                   ORDER BY j.available_at_ms, j.id LIMIT 1)"
+            ))?
+            .query_row(params![now_ms, role, project], |r| {
+                Ok((job_row(r)?, r.get(JOB_COLS.split(',').count())?))
+            })
             .optional()?)
     }
 }

@@ -140,7 +140,7 @@ pub fn change(tx: &Tx, c: &JobChange, now_ms: i64) -> anyhow::Result<Changed> {
 /// Claims the oldest runnable job for `worker`: queued, available, of a
 /// task that is not escalated, optionally of `role` and `project`, while
 /// fewer than `max_running` jobs run. Queued jobs whose task moved on are
-/// cancelled on the way. Returns the claimed job, now `running`.
+/// cancelled when they come up. Returns the claimed job, now `running`.
 pub fn claim_next(
     tx: &Tx,
     max_running: u32,
@@ -149,15 +149,20 @@ pub fn claim_next(
     worker: (&str, i64, i64),
     now_ms: i64,
 ) -> anyhow::Result<Option<Job>> {
-    // They can never be valid again (a human advance, a rollback).
-    for j in tx.queued_jobs_of_moved_tasks()? {
-        cancel_queued(tx, &j, "task moved on before the job ran", now_ms)?;
-    }
     if tx.running_job_count()? >= max_running as i64 {
         return Ok(None);
     }
-    let Some(id) = tx.next_runnable_job(role, project, now_ms)? else {
-        return Ok(None);
+    // A queued job whose task moved past it (a human advance, a rollback)
+    // can never be valid again: cancel it when it comes up, and look at the
+    // next. Only such jobs are visited, never the whole queue.
+    let id = loop {
+        match tx.next_runnable_job(role, project, now_ms)? {
+            None => return Ok(None),
+            Some((j, true)) => {
+                cancel_queued(tx, &j, "task moved on before the job ran", now_ms)?;
+            }
+            Some((j, false)) => break j.id,
+        }
     };
     let claimed = claim(tx, id, worker, now_ms)?;
     crate::failpoint::failpoint("claim.before_commit");
