@@ -284,9 +284,27 @@ fn validate_branch_name(name: &str) -> Result<(), Error> {
     if name == "HEAD" {
         return Err(invalid(name, "is HEAD"));
     }
-    let out = run_git_env(None, &["check-ref-format", "--branch", name], &[])?;
-    if !out.success() || out.stdout.trim_end_matches('\n') != name {
-        return Err(invalid(name, "rejected by `git check-ref-format --branch`"));
+    // The rest of git-check-ref-format(1), checked here rather than by
+    // spawning git: this runs inside write transactions (task creation).
+    if name == "@" {
+        return Err(invalid(name, "is \"@\""));
+    }
+    if name.ends_with('.') {
+        return Err(invalid(name, "ends with '.'"));
+    }
+    for component in name.split('/') {
+        if component.is_empty() {
+            return Err(invalid(name, "starts or ends with '/' or contains \"//\""));
+        }
+        if component.starts_with('.') {
+            return Err(invalid(name, "has a path component that starts with '.'"));
+        }
+        if component.ends_with(".lock") {
+            return Err(invalid(
+                name,
+                "has a path component that ends with \".lock\"",
+            ));
+        }
     }
     Ok(())
 }
@@ -297,12 +315,13 @@ fn validate_branch_name(name: &str) -> Result<(), Error> {
 /// A valid name starts with `branch_prefix` (and has something after it),
 /// contains no `..`, `:`, `^`, `~`, `@{`, `\`, glob characters, whitespace
 /// or control characters, does not start with `-` or `refs/`, is neither
-/// `HEAD` nor `default_branch`, and passes `git check-ref-format --branch`.
+/// `HEAD` nor `default_branch`, and follows the rest of
+/// git-check-ref-format(1) for `--branch` (no component starting with `.`
+/// or ending with `.lock`, no empty component, no trailing `.`, not `@`).
 ///
-/// Guarantees: pure apart from running `git check-ref-format` (no
-/// repository needed, nothing written). Assumptions: none; no lock.
-/// Errors: [`Error::InvalidRef`] naming the first reason found;
-/// [`Error::Subprocess`] only if git cannot be started.
+/// Guarantees: pure: no process, no repository, nothing written (it runs
+/// inside write transactions). Assumptions: none; no lock.
+/// Errors: [`Error::InvalidRef`] naming the first reason found.
 pub fn validate_task_branch(
     name: &str,
     branch_prefix: &str,
@@ -1287,6 +1306,43 @@ mod tests {
         }
         // A misconfigured prefix can never make the default branch valid.
         assert!(validate_task_branch("main", "ma", "main").is_err());
+    }
+
+    /// The in-process check agrees with `git check-ref-format --branch`
+    /// on every name git itself refuses or accepts here.
+    #[test]
+    fn branch_names_are_judged_as_git_judges_them() {
+        for name in [
+            "orch/p-1",
+            "orch/p.1",
+            "orch/.p",
+            "orch/p.",
+            "orch/p.lock",
+            "orch/p.lock.x",
+            "orch//p",
+            "orch/p/",
+            "/orch/p",
+            "orch/p..1",
+            "orch/@",
+            "orch/a@b",
+            "orch/p\x7f",
+            "orch/é",
+            "orch/p{1}",
+            "orch/p@{1}",
+            "orch/a/.b/c",
+            "orch/x.lock/y",
+        ] {
+            let git = run_git_env(None, &["check-ref-format", "--branch", name], &[]).unwrap();
+            let git_ok = git.success() && git.stdout.trim_end_matches('\n') == name;
+            let ours = validate_branch_name(name);
+            assert_eq!(
+                ours.is_ok(),
+                git_ok,
+                "{name:?}: ours {ours:?}, git accepts: {git_ok}"
+            );
+        }
+        // Stricter than `--branch`, which reads a lone "@" as HEAD.
+        assert!(validate_branch_name("@").is_err());
     }
 
     #[test]
