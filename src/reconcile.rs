@@ -142,9 +142,32 @@ pub fn run(ctx: &Ctx, db: &Db, dry_run: bool) -> anyhow::Result<Pass> {
     let pass = run_with(ctx, db, &mut tracker, dry_run)?;
     if !dry_run && ctx.settings.reconcile_enabled {
         let report = serde_json::to_value(&pass)?;
-        db.write(|tx| tx.record_reconcile_pass(pass.at_ms, &report))?;
+        if worth_recording(db.last_reconcile_pass()?.as_ref(), &report) {
+            db.write(|tx| tx.record_reconcile_pass(pass.at_ms, &report))?;
+        }
     }
     Ok(pass)
+}
+
+/// How old the last recorded pass may grow before an unchanged pass is
+/// recorded anyway (so `orch status` shows reconcile is running).
+const UNCHANGED_PASS_RECORD_MS: i64 = 60_000;
+
+/// Whether a pass's report is kept: when it differs from the last one
+/// recorded (apart from its time), or that one is a minute old. An idle
+/// pass therefore writes nothing — no commit, no fsync, no growth — on
+/// most ticks.
+fn worth_recording(last: Option<&serde_json::Value>, report: &serde_json::Value) -> bool {
+    let Some(last) = last else { return true };
+    let at = |v: &serde_json::Value| v["at_ms"].as_i64().unwrap_or(0);
+    let without_time = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("at_ms");
+        }
+        v
+    };
+    at(report) - at(last) >= UNCHANGED_PASS_RECORD_MS || without_time(last) != without_time(report)
 }
 
 /// Runs one pass against `tracker` (tests and the benchmark count its

@@ -409,3 +409,24 @@ fn the_kill_switch_stops_the_pass() {
     assert_eq!(w.issue_list_calls(), 0);
     assert_eq!(w.sbx.count("SELECT COUNT(*) FROM tasks"), 0);
 }
+
+#[test]
+fn an_idle_reconcile_pass_records_nothing_until_a_minute_has_passed() {
+    let mut sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let passes = |sbx: &Sandbox| sbx.count("SELECT COUNT(*) FROM reconcile_passes");
+    sbx.ok(&["reconcile"]);
+    assert_eq!(passes(&sbx), 1, "the first pass is recorded");
+    sbx.ok(&["reconcile"]);
+    sbx.ok(&["reconcile"]);
+    assert_eq!(
+        passes(&sbx),
+        1,
+        "unchanged passes within a minute write nothing"
+    );
+    sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "61000");
+    sbx.ok(&["reconcile"]);
+    assert_eq!(passes(&sbx), 2, "a minute later the pass is recorded again");
+    let status = sbx.json(&["status"]);
+    assert!(status["reconcile_last_pass"]["at_ms"].as_i64().unwrap() > 0);
+}
