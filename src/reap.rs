@@ -19,6 +19,7 @@
 //!   is never run again. Inside the grace nothing is touched, even when the
 //!   worker's pid is gone.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -107,14 +108,29 @@ pub struct Done {
     pub result: String,
 }
 
+/// Whether worker processes live, each looked up in `/proc` once per pass
+/// however many jobs name it: `(pid, start time) → alive`.
+type Liveness = HashMap<(i64, i64), bool>;
+
 /// Why the worker of running job `j` is gone, or `None` when it lives.
-fn worker_gone(ctx: &Ctx, j: &Job, boot_id: &str, now: i64) -> Option<String> {
+fn worker_gone(
+    ctx: &Ctx,
+    j: &Job,
+    boot_id: &str,
+    now: i64,
+    alive: &mut Liveness,
+) -> Option<String> {
     let stale_ms = ctx.settings.heartbeat_stale_s as i64 * 1000;
     if j.worker_host.as_deref() != Some(boot_id) {
         return Some("worker ran before a reboot or on another host".into());
     }
+    let mut lives = |pid: i64, start: i64| {
+        *alive
+            .entry((pid, start))
+            .or_insert_with(|| process::is_alive(pid as i32, start as u64))
+    };
     match (j.worker_pid, j.worker_start_time) {
-        (Some(pid), Some(start)) if process::is_alive(pid as i32, start as u64) => {}
+        (Some(pid), Some(start)) if lives(pid, start) => {}
         (Some(pid), _) => return Some(format!("worker pid {pid} is gone")),
         _ => return Some("job has no worker identity".into()),
     }
@@ -127,12 +143,14 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
     let boot = process::boot_id();
     let grace_ms = ctx.settings.reaper_finalize_grace_s as i64 * 1000;
     let mut actions = Vec::new();
+    let mut alive = Liveness::new();
     for j in db.jobs_with_status(JobStatus::Running)? {
         if let Some(exited_at) = j.exit_recorded_at_ms {
             // Past the grace, unless its worker is alive and still
             // heartbeating (a long merge-gate test run): finishing it
             // alongside would be safe (the claim decides) but wasted.
-            if now - exited_at >= grace_ms && worker_gone(ctx, &j, &boot, now).is_some() {
+            if now - exited_at >= grace_ms && worker_gone(ctx, &j, &boot, now, &mut alive).is_some()
+            {
                 actions.push(Action::Finish {
                     job_id: j.id,
                     task_id: j.task_id,
@@ -153,7 +171,7 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
                 attempt: j.attempt,
                 running_s,
             });
-        } else if let Some(reason) = worker_gone(ctx, &j, &boot, now) {
+        } else if let Some(reason) = worker_gone(ctx, &j, &boot, now, &mut alive) {
             actions.push(Action::Recover {
                 job_id: j.id,
                 task_id: j.task_id,
