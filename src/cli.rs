@@ -125,6 +125,15 @@ pub enum Command {
         #[arg(long)]
         task: Option<i64>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    ///
+    /// e.g. `orch completions bash > /usr/share/bash-completion/completions/orch`
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `orch man > /usr/share/man/man1/orch.1`
+    Man,
 }
 
 #[derive(Debug, Args)]

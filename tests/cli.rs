@@ -114,3 +114,25 @@ fn check_reports_a_violated_invariant_with_exit_3() {
         String::from_utf8_lossy(&out.stdout).contains("VIOLATED jobs: task 1 has 2 active jobs")
     );
 }
+
+#[test]
+fn completions_and_the_man_page_need_no_config_or_database() {
+    let mut sbx = Sandbox::new();
+    // A config that does not exist would stop every other command.
+    sbx.set("ORCH_CONFIG", "/nonexistent/orch.toml");
+    let bash = sbx.ok(&["completions", "bash"]);
+    assert!(
+        bash.contains("work-once") && bash.contains("merge-gate"),
+        "{bash}"
+    );
+    let zsh = sbx.ok(&["completions", "zsh"]);
+    assert!(zsh.contains("#compdef orch"), "{zsh}");
+    let man = sbx.ok(&["man"]);
+    assert!(
+        man.contains(".TH orch 1") && man.contains("reconcile"),
+        "{man}"
+    );
+    assert!(!sbx.dir.join("orch-state").exists(), "nothing was created");
+    let out = sbx.orch().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -4,6 +4,7 @@
 
 mod check;
 mod deliver;
+mod docs;
 mod events;
 mod ingest;
 mod init;
@@ -42,8 +43,14 @@ pub fn print(json_mode: bool, out: &Output) -> anyhow::Result<()> {
     } else {
         format!("{}\n", out.text)
     };
+    write_stdout(s.as_bytes())
+}
+
+/// Writes `bytes` to stdout; a closed pipe (`orch man | head`) is not an
+/// error.
+pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    match stdout.write_all(s.as_bytes()).and_then(|_| stdout.flush()) {
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),
     }
@@ -51,6 +58,12 @@ pub fn print(json_mode: bool, out: &Output) -> anyhow::Result<()> {
 
 /// Runs the command, prints its output and returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    // Documentation needs no settings, database or config.
+    match cli.command {
+        Command::Completions { shell } => return docs::completions(shell).map(|()| exit::OK),
+        Command::Man => return docs::man().map(|()| exit::OK),
+        _ => {}
+    }
     let settings = Settings::load(
         &|k| std::env::var(k).ok(),
         cli.db.clone(),
@@ -80,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
         Command::Usage { task } => (usage::run(&ctx, task)?, exit::OK),
+        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     };
     print(cli.json, &out)?;
     Ok(code)
