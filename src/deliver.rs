@@ -131,13 +131,13 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
             Ok(remote) => {
                 failpoint("deliver.after_send");
                 db.write(|tx| tx.mark_outbox_delivered(msg.id, remote.as_deref(), now_ms()))?;
-                info!(target: "deliver", message = msg.id, key = %msg.dedupe_key, route = route.name(), remote = ?remote, "delivered");
+                info!(target: "deliver", outbox_id = msg.id, key = %msg.dedupe_key, route = route.name(), remote = remote.as_deref().unwrap_or("-"), "delivered");
                 summary.delivered.push(msg.id);
             }
             Err(e) if e.is_waiting() => {
                 let why = e.to_string();
                 db.write(|tx| tx.mark_outbox_waiting(msg.id, &why))?;
-                warn!(target: "deliver", message = msg.id, key = %msg.dedupe_key, why = %why, "left pending");
+                warn!(target: "deliver", outbox_id = msg.id, key = %msg.dedupe_key, why = %why, "left pending");
                 summary.waiting.push(msg.id);
                 broken.insert(route.name(), why);
             }
@@ -153,7 +153,7 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
                     format!("permanent: {err}")
                 };
                 db.write(|tx| tx.mark_outbox_failed(msg.id, &reason, now_ms() + wait, dead))?;
-                warn!(target: "deliver", message = msg.id, key = %msg.dedupe_key, attempts, dead, retry_in_ms = wait, error = %err, "delivery failed");
+                warn!(target: "deliver", outbox_id = msg.id, key = %msg.dedupe_key, attempts, dead, retry_in_ms = wait, error = %err, "delivery failed");
                 if dead {
                     summary.dead_lettered.push(msg.id);
                 }

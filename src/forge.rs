@@ -475,7 +475,7 @@ fn merge_pull(
         });
     }
     let out = g.merge_pull(&project.repo, pr.number, project.merge_style, head_sha)?;
-    info!(target: "merge", task = task.id, pr = pr.number, outcome = ?out, "Gitea merge");
+    info!(target: "merge", task = task.id, pr = pr.number, outcome = %out, "Gitea merge");
     Ok(out)
 }
 

@@ -46,7 +46,11 @@ fn main() {
     std::process::exit(code);
 }
 
+/// Logs go to stderr, one line per event: plain text without colour unless
+/// stderr is a terminal, or JSON with `ORCH_LOG_FORMAT=json`. The level
+/// comes from `-q`/`-v`, or `ORCH_LOG` (`RUST_LOG`) as an `EnvFilter`.
 fn init_logging(verbose: u8, quiet: bool) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "warn",
@@ -54,20 +58,74 @@ fn init_logging(verbose: u8, quiet: bool) {
         (_, 1) => "debug",
         _ => "trace",
     };
-    let filter = std::env::var("ORCH_LOG")
+    let asked = std::env::var("ORCH_LOG")
         .ok()
-        .or_else(|| std::env::var("RUST_LOG").ok())
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
+        .map(|f| ("ORCH_LOG", f))
+        .or_else(|| std::env::var("RUST_LOG").ok().map(|f| ("RUST_LOG", f)));
+    let mut problems = Vec::new();
+    let filter = match &asked {
+        Some((key, f)) => EnvFilter::try_new(f).unwrap_or_else(|e| {
+            problems.push(format!("ignoring {key}={f:?} ({e}); logging at {default}"));
+            EnvFilter::new(default)
+        }),
+        None => EnvFilter::new(default),
+    };
     // ureq logs request paths at trace level, and a Telegram bot token is
     // part of the path: never let ureq log at trace.
     let filter = match "ureq=debug".parse() {
         Ok(cap) => filter.add_directive(cap),
         Err(_) => filter,
     };
-    tracing_subscriber::fmt()
+    let format = std::env::var("ORCH_LOG_FORMAT").unwrap_or_default();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(OneLine)
         .with_target(true)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    match format.as_str() {
+        "json" => builder.json().init(),
+        "" | "text" => builder.init(),
+        other => {
+            builder.init();
+            problems.push(format!(
+                "ignoring ORCH_LOG_FORMAT={other:?}: expected text or json"
+            ));
+        }
+    }
+    for p in problems {
+        tracing::warn!("{p}");
+    }
+}
+
+/// stderr, where each event stays one line: a newline inside a message or
+/// field (a multi-line comment, a stderr tail) is written as `\n`.
+struct OneLine;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OneLine {
+    type Writer = OneLine;
+    fn make_writer(&'a self) -> OneLine {
+        OneLine
+    }
+}
+
+impl std::io::Write for OneLine {
+    /// The formatter hands over each event whole, ending in its newline.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let mut line = Vec::with_capacity(buf.len() + 8);
+        for &b in body {
+            match b {
+                b'\n' => line.extend_from_slice(b"\\n"),
+                b'\r' => line.extend_from_slice(b"\\r"),
+                _ => line.push(b),
+            }
+        }
+        line.push(b'\n');
+        std::io::stderr().lock().write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }

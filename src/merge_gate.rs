@@ -244,7 +244,7 @@ fn defer(ctx: &Ctx, db: &Db, job: &Job, actor: Actor, reason: &str) -> anyhow::R
             reason: reason.to_string(),
         })
     })?;
-    info!(target: "merge", job = job.id, task = job.task_id, outcome = ?out, "merge not run now");
+    info!(target: "merge", job = job.id, task = job.task_id, outcome = %out, "merge not run now");
     Ok(out)
 }
 

@@ -4,7 +4,7 @@
 //! chat; `orch deliver` asks it, and never compares notifier kinds itself.
 
 use serde_json::Value;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::adapters::{AdapterError, Clients};
 use crate::config::{AdapterSettings, NotifierKind, ProjectConfig};
@@ -66,7 +66,12 @@ impl<'a> Notifier<'a> {
             .unwrap_or("");
         match self {
             Notifier::Log => {
-                info!(target: "notify", key = %msg.dedupe_key, kind = %msg.kind, "{text}");
+                // An escalation needs a human: WARN, so `-q` still shows it.
+                if msg.kind == "escalated" {
+                    warn!(target: "notify", key = %msg.dedupe_key, kind = %msg.kind, "{text}");
+                } else {
+                    info!(target: "notify", key = %msg.dedupe_key, kind = %msg.kind, "{text}");
+                }
                 Ok(None)
             }
             Notifier::Telegram(s) => {

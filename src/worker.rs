@@ -105,7 +105,11 @@ pub fn work_once(
         });
     };
     let finalized = finalize(ctx, db, job.id, Actor::Worker)?;
-    info!(target: "worker", job = job.id, task = job.task_id, exit_code, outcome = ?finalized, "finalized job");
+    if finalized.needs_a_human() {
+        warn!(target: "worker", job = job.id, task = job.task_id, exit_code, outcome = %finalized, "finalized job; needs a human");
+    } else {
+        info!(target: "worker", job = job.id, task = job.task_id, exit_code, outcome = %finalized, "finalized job");
+    }
     Ok(WorkOutcome::Ran {
         job_id: job.id,
         task_id: job.task_id,
@@ -369,7 +373,7 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
             crate::merge_gate::JobGate::Settled(f) => return Ok(f),
         }
     }
-    info!(target: "gate", task = task.id, stage = %stage, verdict = ?verdict, "gate evaluated");
+    info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
     failpoint("finalize.before_terminal_claim");
     apply_gate(ctx, db, &task, &job, stage, verdict, actor)
 }

@@ -7,6 +7,7 @@ mod agents;
 mod cli;
 mod ingest;
 mod layers;
+mod logs;
 mod pipeline;
 // Crash points and the test clock need the `testing` feature.
 #[cfg(feature = "testing")]

@@ -116,6 +116,27 @@ pub enum MergeOutcome {
     Conflict(String),
 }
 
+/// `merged #3 (abc123)`, `already merged #3`, `not ready: …`, `conflict: …`.
+impl std::fmt::Display for MergeOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MergeOutcome::Merged {
+                number,
+                merge_commit,
+            } => {
+                write!(
+                    f,
+                    "merged #{number} ({})",
+                    merge_commit.as_deref().unwrap_or("-")
+                )
+            }
+            MergeOutcome::AlreadyMerged { number, .. } => write!(f, "already merged #{number}"),
+            MergeOutcome::NotReady(why) => write!(f, "not ready: {why}"),
+            MergeOutcome::Conflict(why) => write!(f, "conflict: {why}"),
+        }
+    }
+}
+
 /// A Gitea API client. `Debug` leaves out the token.
 #[derive(Debug)]
 pub struct Gitea {

@@ -8,7 +8,9 @@ use orch::deliver::{self, DeliverSummary};
 pub fn run(ctx: &Ctx) -> anyhow::Result<Output> {
     let _lock = ctx.tick_lock("deliver")?;
     let db = ctx.open_db()?;
+    let started = std::time::Instant::now();
     let s = deliver::deliver_due(ctx, &db, 1000)?;
+    super::log_tick("deliver", started, &counts(&s));
     Ok(Output {
         json: serde_json::to_value(&s)?,
         text: text(&s),
@@ -25,4 +27,16 @@ pub fn text(s: &DeliverSummary) -> String {
         s.waiting.len(),
         s.deferred.len()
     )
+}
+
+/// The summary line's counts: messages left waiting or deferred (settings
+/// missing, an older message first) do not raise the line each tick.
+pub fn counts(s: &DeliverSummary) -> Vec<super::Count> {
+    vec![
+        ("delivered", s.delivered.len(), true),
+        ("delivery_failed", s.failed.len(), true),
+        ("outbox_dead", s.dead_lettered.len(), true),
+        ("waiting", s.waiting.len(), false),
+        ("deferred", s.deferred.len(), false),
+    ]
 }

@@ -27,7 +27,9 @@ pub fn run(ctx: &Ctx, args: IngestArgs) -> anyhow::Result<Output> {
             text: format!("delivery {}: {}", done.inbox_id, done.outcome),
         });
     }
+    let started = std::time::Instant::now();
     let s = ingest::ingest_pending(ctx, &db, args.limit)?;
+    super::log_tick("ingest", started, &counts(&s));
     let mut text = String::new();
     for (id, o) in &s.processed {
         text += &format!("delivery {id}: {o}\n");
@@ -42,4 +44,13 @@ pub fn run(ctx: &Ctx, args: IngestArgs) -> anyhow::Result<Output> {
         json: serde_json::to_value(&s)?,
         text,
     })
+}
+
+/// The summary line's counts of an ingest pass.
+pub fn counts(s: &ingest::IngestSummary) -> Vec<super::Count> {
+    vec![
+        ("processed", s.processed.len(), true),
+        ("ingest_failed", s.failed.len(), true),
+        ("inbox_dead", s.dead_lettered.len(), true),
+    ]
 }

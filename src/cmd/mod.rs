@@ -46,6 +46,27 @@ pub fn print(json_mode: bool, out: &Output) -> anyhow::Result<()> {
     write_stdout(s.as_bytes())
 }
 
+/// One count of a tick's summary line: `(name, count, acted)`; `acted`
+/// counts raise the line to INFO (the tick changed something).
+pub type Count = (&'static str, usize, bool);
+
+/// Logs a tick's one summary line with its counts and duration: INFO when
+/// it acted, DEBUG when it did nothing (so an idle tick is silent at the
+/// default level, and cron mails nothing).
+pub fn log_tick(tick: &str, started: std::time::Instant, counts: &[Count]) {
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let text = counts
+        .iter()
+        .map(|(name, n, _)| format!("{name}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    if counts.iter().any(|(_, n, acted)| *acted && *n > 0) {
+        tracing::info!(target: "tick", tick, duration_ms, "{tick}: {text}");
+    } else {
+        tracing::debug!(target: "tick", tick, duration_ms, "{tick}: {text}");
+    }
+}
+
 /// Writes `bytes` to stdout; a closed pipe (`orch man | head`) is not an
 /// error.
 pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {

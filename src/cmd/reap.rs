@@ -22,7 +22,9 @@ pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
             text,
         });
     }
+    let started = std::time::Instant::now();
     let done = reap::execute(ctx, &db, plan)?;
+    super::log_tick("reap", started, &counts(&done));
     Ok(Output {
         json: json!({ "dry_run": false, "actions": done }),
         text: text(&done),
@@ -38,4 +40,9 @@ pub fn text(done: &[reap::Done]) -> String {
             .map(|d| format!("{}: {}\n", d.action, d.result))
             .collect()
     }
+}
+
+/// The summary line's counts of a reaper pass.
+pub fn counts(done: &[reap::Done]) -> Vec<super::Count> {
+    vec![("actions", done.len(), true)]
 }

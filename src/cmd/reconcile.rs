@@ -8,7 +8,11 @@ use orch::reconcile::{self, Pass};
 pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
     let _lock = ctx.tick_lock("reconcile")?;
     let db = ctx.open_db()?;
+    let started = std::time::Instant::now();
     let pass = reconcile::run(ctx, &db, dry_run)?;
+    if !dry_run {
+        super::log_tick("reconcile", started, &counts(&pass));
+    }
     Ok(Output {
         json: serde_json::to_value(&pass)?,
         text: text(&pass, dry_run),
@@ -40,4 +44,17 @@ pub fn text(pass: &Pass, dry_run: bool) -> String {
         text += &format!("skipped ({why}): task {}\n", ids.join(", "));
     }
     text
+}
+
+/// The summary line's counts of a pass: what it changed (unblocked,
+/// attributed) and what went wrong raise the line; what it looked at does
+/// not.
+pub fn counts(p: &Pass) -> Vec<super::Count> {
+    vec![
+        ("examined", p.examined, false),
+        ("unblocked", p.unblocked.len(), true),
+        ("replayed", p.replayed.len(), false),
+        ("attributed", p.attributed.len(), true),
+        ("errors", p.errors.len(), true),
+    ]
 }

@@ -6,7 +6,15 @@ use orch::tick::{self, Step};
 
 /// Runs one tick of at most `max_jobs` jobs.
 pub fn run(ctx: &Ctx, max_jobs: u32) -> anyhow::Result<Output> {
+    let started = std::time::Instant::now();
     let report = tick::run(ctx, max_jobs)?;
+    let mut counts = Vec::new();
+    counts.extend(ran(&report.ingest).map_or_else(Vec::new, super::ingest::counts));
+    counts.extend(ran(&report.reap).map_or_else(Vec::new, |r| super::reap::counts(&r.actions)));
+    counts.extend(ran(&report.reconcile).map_or_else(Vec::new, super::reconcile::counts));
+    counts.extend(ran(&report.deliver).map_or_else(Vec::new, super::deliver::counts));
+    counts.push(("jobs", report.work.len(), true));
+    super::log_tick("tick", started, &counts);
     let mut text = String::new();
     let mut line = |name: &str, step: Option<String>| match step {
         None => text += &format!("{name}: busy, skipped\n"),

@@ -7,7 +7,10 @@ use orch::worker::{self, WorkOutcome};
 /// Runs `orch work-once`, optionally only for jobs of `role` or `project`.
 pub fn run(ctx: &Ctx, role: Option<&str>, project: Option<&str>) -> anyhow::Result<Output> {
     let db = ctx.open_db()?;
+    let started = std::time::Instant::now();
     let o = worker::work_once(ctx, &db, role, project)?;
+    let ran = usize::from(matches!(o, WorkOutcome::Ran { .. }));
+    super::log_tick("work-once", started, &[("jobs", ran, true)]);
     let text = match &o {
         WorkOutcome::Idle => "nothing runnable".to_string(),
         WorkOutcome::Ran {
@@ -17,9 +20,7 @@ pub fn run(ctx: &Ctx, role: Option<&str>, project: Option<&str>) -> anyhow::Resu
             exit_code,
             finalized,
         } => {
-            format!(
-                "job {job_id} (task {task_id}, {stage}): agent exited {exit_code}; {finalized:?}"
-            )
+            format!("job {job_id} (task {task_id}, {stage}): agent exited {exit_code}; {finalized}")
         }
     };
     Ok(Output {

@@ -28,6 +28,18 @@ pub enum Gate {
     Pending(String),
 }
 
+/// `pass`, `rollback: …`, `fail: …`, `pending: …` (for logs).
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gate::Pass => f.write_str("pass"),
+            Gate::Rollback(why) => write!(f, "rollback: {why}"),
+            Gate::Fail(why) => write!(f, "fail: {why}"),
+            Gate::Pending(why) => write!(f, "pending: {why}"),
+        }
+    }
+}
+
 /// What the latest job of the task's current stage and version did.
 #[derive(Debug, Clone, Default)]
 pub struct JobFacts {

@@ -283,6 +283,55 @@ pub enum Finalized {
     Lost,
 }
 
+impl Finalized {
+    /// Whether an operator must act: the job failed for good, or the task
+    /// was escalated (logged at WARN).
+    pub fn needs_a_human(&self) -> bool {
+        matches!(
+            self,
+            Finalized::Failed { .. }
+                | Finalized::Advanced {
+                    escalated: true,
+                    ..
+                }
+        )
+    }
+}
+
+/// One line for logs and `orch work-once`: `advanced review → testing`,
+/// `retrying (attempt 2): …`, `failed: …`.
+impl std::fmt::Display for Finalized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finalized::Advanced {
+                from,
+                to,
+                escalated,
+            } => {
+                if from == to {
+                    write!(f, "{from} runs again")?;
+                } else {
+                    write!(f, "advanced {from} → {to}")?;
+                }
+                if *escalated {
+                    f.write_str("; task escalated")?;
+                }
+                Ok(())
+            }
+            Finalized::Waiting { reason } => write!(f, "waiting: {reason}"),
+            Finalized::Retrying { attempt, reason } => {
+                write!(f, "retrying (attempt {attempt}): {reason}")
+            }
+            Finalized::Failed { reason } => write!(f, "failed: {reason}"),
+            Finalized::Cancelled { reason } => write!(f, "cancelled: {reason}"),
+            Finalized::Deferred { defers, reason, .. } => {
+                write!(f, "merge deferred ({defers} so far): {reason}")
+            }
+            Finalized::Lost => f.write_str("another actor finished the job first"),
+        }
+    }
+}
+
 /// A failed run of running job `job` (claim `job.attempt`): queue the next
 /// attempt with exponential backoff (`ORCH_JOB_BACKOFF_S` · 2^(attempt-1),
 /// see [`crate::backoff`]), or at `ORCH_JOB_MAX_ATTEMPTS` fail the job and
