@@ -125,6 +125,15 @@ pub enum Command {
         #[arg(long)]
         task: Option<i64>,
     },
+    /// Prometheus metrics of the pipeline (text format), to stdout or a file
+    ///
+    /// With --textfile the file is replaced atomically, for node exporter's
+    /// textfile collector (e.g. --textfile /var/lib/node_exporter/orch.prom).
+    Metrics {
+        /// Write the metrics to this file instead of stdout
+        #[arg(long, value_name = "PATH")]
+        textfile: Option<std::path::PathBuf>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     ///
     /// e.g. `orch completions bash > /usr/share/bash-completion/completions/orch`

@@ -73,6 +73,35 @@ impl Ctx {
         crate::lock::try_tick_lock(&self.settings.locks_dir(), name)
     }
 
+    /// Records that tick `name` (`ingest`, `reap`, `reconcile`, `deliver`,
+    /// `work-once`, `tick`) finished successfully now: the modification
+    /// time of `<state>/locks/<name>.ok`. A stamp, not a database write, so
+    /// an idle tick still commits nothing.
+    ///
+    /// Errors: the stamp file cannot be created or touched.
+    pub fn mark_tick_ok(&self, name: &str) -> anyhow::Result<()> {
+        let path = self.settings.locks_dir().join(format!("{name}.ok"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening tick stamp {}", path.display()))?;
+        let now = std::time::UNIX_EPOCH
+            + std::time::Duration::from_millis(crate::clock::now_ms().max(0) as u64);
+        file.set_modified(now)
+            .with_context(|| format!("touching tick stamp {}", path.display()))
+    }
+
+    /// When tick `name` last finished successfully (unix ms), from its
+    /// stamp ([`Ctx::mark_tick_ok`]); `None` when it never did.
+    pub fn tick_last_ok(&self, name: &str) -> Option<i64> {
+        let path = self.settings.locks_dir().join(format!("{name}.ok"));
+        let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+        let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+        Some(since.as_millis() as i64)
+    }
+
     /// The transition policy.
     pub fn policy(&self) -> Policy {
         Policy {

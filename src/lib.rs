@@ -20,6 +20,7 @@ pub mod git;
 pub mod ingest;
 pub mod lock;
 pub mod merge_gate;
+pub mod metrics;
 pub mod model;
 pub mod notifier;
 pub mod pipeline;

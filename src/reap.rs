@@ -62,6 +62,19 @@ pub enum Action {
     ReleaseLeases,
 }
 
+impl Action {
+    /// The action's kind as counted in `reap.<kind>_total`: `recover`,
+    /// `finish`, `timeout`, `release_leases`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Recover { .. } => "recover",
+            Action::Finish { .. } => "finish",
+            Action::Timeout { .. } => "timeout",
+            Action::ReleaseLeases => "release_leases",
+        }
+    }
+}
+
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -260,6 +273,7 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
             }
         };
         info!(target: "reap", action = %action, result = %result, "reaped");
+        db.write(|tx| tx.bump_counter(&format!("reap.{}_total", action.kind()), 1))?;
         done.push(Done { action, result });
     }
     Ok(done)

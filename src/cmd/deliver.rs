@@ -10,7 +10,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Output> {
     let db = ctx.open_db()?;
     let started = std::time::Instant::now();
     let s = deliver::deliver_due(ctx, &db, 1000)?;
-    super::log_tick("deliver", started, &counts(&s));
+    super::finish_tick(ctx, "deliver", started, &counts(&s));
     Ok(Output {
         json: serde_json::to_value(&s)?,
         text: text(&s),

@@ -29,7 +29,7 @@ pub fn run(ctx: &Ctx, args: IngestArgs) -> anyhow::Result<Output> {
     }
     let started = std::time::Instant::now();
     let s = ingest::ingest_pending(ctx, &db, args.limit)?;
-    super::log_tick("ingest", started, &counts(&s));
+    super::finish_tick(ctx, "ingest", started, &counts(&s));
     let mut text = String::new();
     for (id, o) in &s.processed {
         text += &format!("delivery {id}: {o}\n");

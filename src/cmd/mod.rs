@@ -10,6 +10,7 @@ mod ingest;
 mod init;
 mod issue;
 mod merge_gate;
+mod metrics;
 mod reap;
 mod reconcile;
 mod serve;
@@ -50,10 +51,14 @@ pub fn print(json_mode: bool, out: &Output) -> anyhow::Result<()> {
 /// counts raise the line to INFO (the tick changed something).
 pub type Count = (&'static str, usize, bool);
 
-/// Logs a tick's one summary line with its counts and duration: INFO when
+/// Ends a successful tick: stamps its last success (for `orch metrics`)
+/// and logs its one summary line with its counts and duration — INFO when
 /// it acted, DEBUG when it did nothing (so an idle tick is silent at the
 /// default level, and cron mails nothing).
-pub fn log_tick(tick: &str, started: std::time::Instant, counts: &[Count]) {
+pub fn finish_tick(ctx: &Ctx, tick: &str, started: std::time::Instant, counts: &[Count]) {
+    if let Err(e) = ctx.mark_tick_ok(tick) {
+        tracing::warn!(target: "tick", tick, error = %format!("{e:#}"), "could not stamp the tick's success");
+    }
     let duration_ms = started.elapsed().as_millis() as u64;
     let text = counts
         .iter()
@@ -114,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
         Command::Usage { task } => (usage::run(&ctx, task)?, exit::OK),
+        Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     };
     print(cli.json, &out)?;

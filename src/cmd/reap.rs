@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
     }
     let started = std::time::Instant::now();
     let done = reap::execute(ctx, &db, plan)?;
-    super::log_tick("reap", started, &counts(&done));
+    super::finish_tick(ctx, "reap", started, &counts(&done));
     Ok(Output {
         json: json!({ "dry_run": false, "actions": done }),
         text: text(&done),

@@ -11,7 +11,7 @@ pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
     let started = std::time::Instant::now();
     let pass = reconcile::run(ctx, &db, dry_run)?;
     if !dry_run {
-        super::log_tick("reconcile", started, &counts(&pass));
+        super::finish_tick(ctx, "reconcile", started, &counts(&pass));
     }
     Ok(Output {
         json: serde_json::to_value(&pass)?,

@@ -14,7 +14,7 @@ pub fn run(ctx: &Ctx, max_jobs: u32) -> anyhow::Result<Output> {
     counts.extend(ran(&report.reconcile).map_or_else(Vec::new, super::reconcile::counts));
     counts.extend(ran(&report.deliver).map_or_else(Vec::new, super::deliver::counts));
     counts.push(("jobs", report.work.len(), true));
-    super::log_tick("tick", started, &counts);
+    super::finish_tick(ctx, "tick", started, &counts);
     let mut text = String::new();
     let mut line = |name: &str, step: Option<String>| match step {
         None => text += &format!("{name}: busy, skipped\n"),

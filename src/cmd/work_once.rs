@@ -10,7 +10,7 @@ pub fn run(ctx: &Ctx, role: Option<&str>, project: Option<&str>) -> anyhow::Resu
     let started = std::time::Instant::now();
     let o = worker::work_once(ctx, &db, role, project)?;
     let ran = usize::from(matches!(o, WorkOutcome::Ran { .. }));
-    super::log_tick("work-once", started, &[("jobs", ran, true)]);
+    super::finish_tick(ctx, "work-once", started, &[("jobs", ran, true)]);
     let text = match &o {
         WorkOutcome::Idle => "nothing runnable".to_string(),
         WorkOutcome::Ran {

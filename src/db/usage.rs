@@ -23,6 +23,20 @@ pub struct UsageRow {
     pub permission_denials: i64,
 }
 
+/// Agent runs of one role and outcome, with their usage (metrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct RoleRuns {
+    pub role: String,
+    /// `success`, `failure` or `unknown` (no usable result).
+    pub outcome: String,
+    pub runs: i64,
+    pub input_tokens: i64,
+    pub cache_read_input_tokens: i64,
+    pub cache_creation_input_tokens: i64,
+    pub output_tokens: i64,
+    pub cost_usd: f64,
+}
+
 impl Db {
     /// Usage totals grouped by task, stage and role (one task with
     /// `task_id`).
@@ -62,6 +76,91 @@ impl Db {
         ))?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Tasks by `(stage, state, count)`; state is `escalated`,
+    /// `awaiting_human` (at analysis, no active job: waiting for approval),
+    /// `done` or `active`.
+    pub fn tasks_by_stage_and_state(&self) -> anyhow::Result<Vec<(Stage, String, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT stage, CASE WHEN escalated THEN 'escalated' WHEN stage='done' THEN 'done' \
+               WHEN stage='analysis' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.task_id=tasks.id \
+                 AND j.status IN ('queued','running')) THEN 'awaiting_human' ELSE 'active' END AS state, \
+             COUNT(*) FROM tasks GROUP BY stage, state ORDER BY stage, state",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The oldest `updated_at_ms` of the unfinished tasks at each stage.
+    pub fn oldest_unchanged_by_stage(&self) -> anyhow::Result<Vec<(Stage, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT stage, MIN(updated_at_ms) FROM tasks WHERE stage<>'done' GROUP BY stage ORDER BY stage",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Since when the oldest runnable job (queued, available at `now_ms`,
+    /// its task not escalated) has been available, if any.
+    pub fn oldest_runnable_since(&self, now_ms: i64) -> anyhow::Result<Option<i64>> {
+        Ok(self.conn.query_row(
+            "SELECT MIN(j.available_at_ms) FROM jobs j JOIN tasks t ON t.id=j.task_id \
+             WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0",
+            [now_ms],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Running jobs whose agent process runs (started, exit not recorded).
+    pub fn running_agents(&self) -> anyhow::Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE status='running' AND agent_pid IS NOT NULL \
+             AND exit_recorded_at_ms IS NULL",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Agent runs and their usage by role and outcome (`success`,
+    /// `failure`, `unknown`).
+    pub fn agent_runs_by_role(&self) -> anyhow::Result<Vec<RoleRuns>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT role, CASE success WHEN 1 THEN 'success' WHEN 0 THEN 'failure' ELSE 'unknown' END AS outcome, \
+             COUNT(*), SUM(input_tokens), SUM(cache_read_input_tokens), SUM(cache_creation_input_tokens), \
+             SUM(output_tokens), SUM(cost_usd) FROM agent_runs GROUP BY role, outcome ORDER BY role, outcome",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RoleRuns {
+                role: r.get(0)?,
+                outcome: r.get(1)?,
+                runs: r.get(2)?,
+                input_tokens: r.get(3)?,
+                cache_read_input_tokens: r.get(4)?,
+                cache_creation_input_tokens: r.get(5)?,
+                output_tokens: r.get(6)?,
+                cost_usd: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stored deliveries by source (`plane`, `gitea`).
+    pub fn deliveries_by_source(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT source, COUNT(*) FROM inbox GROUP BY source ORDER BY source")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Pending outbox messages that failed at least once (retrying).
+    pub fn outbox_retrying(&self) -> anyhow::Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE status='pending' AND attempts>0",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// All counters.
