@@ -5,8 +5,11 @@ use std::collections::HashMap;
 
 use crate::util::*;
 
-/// The samples of `text` as `(name, labels) → value`.
-fn samples(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// Samples as `(name, sorted labels) → value`.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// The samples of `text`.
+fn samples(text: &str) -> Samples {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
     scrape
@@ -30,11 +33,7 @@ fn samples(text: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
         .collect()
 }
 
-fn get(
-    m: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut l: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
