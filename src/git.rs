@@ -1746,6 +1746,32 @@ mod tests {
     }
 
     #[test]
+    fn git_sees_only_the_minimal_environment() {
+        // cargo sets CARGO_MANIFEST_DIR for the test process; git must not
+        // see it (nor any ORCH_* secret), only KEPT_ENV and orch's own.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let out = run_git_env(None, &["-c", "alias.showenv=!env", "showenv"], &[])
+            .unwrap()
+            .ok()
+            .unwrap();
+        let names: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(
+            names.contains(&"PATH") && names.contains(&"GIT_TERMINAL_PROMPT"),
+            "{out}"
+        );
+        for name in &names {
+            assert!(
+                !name.starts_with("ORCH_") && !name.starts_with("CARGO"),
+                "{name} reached git: {out}"
+            );
+        }
+    }
+
+    #[test]
     fn probe_finds_hooks_off() {
         let tmp = tempfile::tempdir().unwrap();
         probe_hooks_off(tmp.path()).unwrap();
