@@ -87,6 +87,28 @@ escalated=$("$orch" --json task list | grep -c '"escalated": true' || true)
 echo "soak: ${seconds}s, $tasks tasks, $workers workers, $kills processes killed; done $done_count, escalated $escalated"
 status=0
 "$orch" check || status=$?
+# No job left running after the reap (orch check above says so too).
+if ! "$orch" --json status | grep -q '"running": \[\]'; then
+  echo "soak: FAILED: a job is still running after the final reap" >&2
+  status=1
+fi
+# Each done task's developer change is on main once: its own file, one
+# line per developer run that reached main, never the same edit twice.
+for id in $("$orch" --json task list | awk -F': ' '/"id"/ {gsub(/[^0-9]/, "", $2); print $2}'); do
+  file="changes/task-$id.md"
+  if git -C "$dir/sbx/origin.git" cat-file -e "main:$file" 2>/dev/null; then
+    dups=$(git -C "$dir/sbx/origin.git" show "main:$file" | sort | uniq -d | wc -l)
+    if [ "$dups" -gt 0 ]; then
+      echo "soak: FAILED: task $id's change appears more than once on main ($file)" >&2
+      status=1
+    fi
+  fi
+done
+# Every outbox message delivered (local routes: each exactly once).
+if ! "$orch" --json status | grep -q '"outbox_dead": \[\]'; then
+  echo "soak: FAILED: dead-lettered outbox messages" >&2
+  status=1
+fi
 if [ $((done_count + escalated)) -lt "$tasks" ]; then
   echo "soak: FAILED: $((tasks - done_count - escalated)) task(s) neither done nor escalated" >&2
   "$orch" task list >&2

@@ -8,7 +8,9 @@
 //! queued-or-running job per task; no running job whose worker is gone
 //! (meaningful after a `reap`); every delivery processed, retryable or
 //! dead-lettered with its reason; every outbox message pending, delivered
-//! or dead with its reason.
+//! or dead with its reason. [`repositories`] adds invariant 8 as far as it
+//! can be seen from outside: orch's git runs no hook, and no clone or
+//! worktree config sets a program-running key.
 
 use serde::Serialize;
 
@@ -161,6 +163,46 @@ pub fn run(
                 "outbox",
                 format!("message {} is dead-lettered without a reason", m.id),
             );
+        }
+    }
+    Ok(v)
+}
+
+/// Invariant 8 ("nothing an agent writes runs with orch's privileges or
+/// reads its secrets"), as far as orch can verify it: a probe commit in a
+/// scratch repository under the system temp dir with planted hooks shows
+/// that orch's git runs none ([`crate::git::probe_hooks_off`]), and no
+/// project clone or task worktree has a program-running key in its own
+/// config ([`crate::git::audit`]). Writes only the scratch repository.
+pub fn repositories(ctx: &crate::ctx::Ctx, db: &Db) -> anyhow::Result<Vec<Violation>> {
+    let mut v = Vec::new();
+    let scratch = std::env::temp_dir().join(format!("orch-check-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let probe = crate::git::probe_hooks_off(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    if let Err(e) = probe {
+        v.push(Violation {
+            invariant: "secrets",
+            detail: format!("{e:#}"),
+        });
+    }
+    let mut dirs: Vec<std::path::PathBuf> = ctx
+        .config
+        .projects
+        .iter()
+        .map(|p| ctx.repo(p).clone_dir)
+        .collect();
+    dirs.extend(
+        db.tasks()?
+            .into_iter()
+            .map(|t| std::path::PathBuf::from(t.worktree)),
+    );
+    for dir in dirs.iter().filter(|d| d.exists()) {
+        for detail in crate::git::audit(dir) {
+            v.push(Violation {
+                invariant: "secrets",
+                detail,
+            });
         }
     }
     Ok(v)

@@ -66,6 +66,10 @@ pub struct Settings {
     /// `ORCH_JOB_MAX_ATTEMPTS` (default 3): runs of one job before it fails
     /// for good and the task is escalated.
     pub job_max_attempts: u32,
+    /// `ORCH_FINALIZE_MAX_ATTEMPTS` (default 5): failed finalizes (commit,
+    /// push, CI launch, worktree set-up after the agent exited) of one job
+    /// attempt before the job fails and the task is escalated.
+    pub finalize_max_attempts: u32,
     /// `ORCH_JOB_BACKOFF_S` (default 30): base delay before a retried job
     /// runs again; doubles per attempt.
     pub job_backoff_s: u64,
@@ -135,6 +139,24 @@ pub struct Settings {
     /// `ORCH_MERGE_GATE_MAX_DEFERS` (default 24): defers of one job after
     /// which the next busy lease escalates the task.
     pub merge_gate_max_defers: u32,
+    /// `ORCH_AGENT_SANDBOX` (`bwrap` or `none`; unset: `bwrap` when
+    /// bubblewrap works here, else `none` with a warning): how agents run.
+    pub agent_sandbox: AgentSandbox,
+    /// `ORCH_AGENT_SANDBOX_WRITABLE` (`:`-separated absolute paths): extra
+    /// paths a sandboxed agent may write, e.g. the agent CLI's own state
+    /// directory (`~/.claude`).
+    pub agent_sandbox_writable: Vec<PathBuf>,
+}
+
+/// The value of `ORCH_AGENT_SANDBOX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentSandbox {
+    /// Unset: bubblewrap when it works on this machine, else none (WARN).
+    Auto,
+    /// `bwrap`: bubblewrap, required (an agent does not run without it).
+    Bwrap,
+    /// `none`: agents run as orch, in their own process group.
+    None,
 }
 
 impl Settings {
@@ -195,12 +217,41 @@ impl Settings {
             merge_gate_lease_ttl_s: num("ORCH_MERGE_GATE_LEASE_TTL_S", 7200, 1)?,
             merge_gate_defer_s: num("ORCH_MERGE_GATE_DEFER_S", 30, 0)?,
             merge_gate_max_defers: num("ORCH_MERGE_GATE_MAX_DEFERS", 24, 0)? as u32,
+            agent_sandbox: match get("ORCH_AGENT_SANDBOX").as_deref().map(str::trim) {
+                None => AgentSandbox::Auto,
+                Some("bwrap") => AgentSandbox::Bwrap,
+                Some("none") => AgentSandbox::None,
+                Some(other) => {
+                    return Err(Error::config(
+                        "ORCH_AGENT_SANDBOX",
+                        format!("{other:?}: expected bwrap or none"),
+                    ))
+                }
+            },
+            agent_sandbox_writable: match get("ORCH_AGENT_SANDBOX_WRITABLE") {
+                None => Vec::new(),
+                Some(v) => {
+                    let paths: Vec<PathBuf> = v
+                        .split(':')
+                        .filter(|p| !p.trim().is_empty())
+                        .map(PathBuf::from)
+                        .collect();
+                    if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
+                        return Err(Error::config(
+                            "ORCH_AGENT_SANDBOX_WRITABLE",
+                            format!("{}: expected an absolute path", p.display()),
+                        ));
+                    }
+                    paths
+                }
+            },
             db_path,
             config_path,
             config_explicit,
             max_concurrency: num("ORCH_MAX_CONCURRENCY", 2, 1)? as u32,
             max_developer_retries: num("ORCH_MAX_DEVELOPER_RETRIES", 3, 1)? as u32,
             job_max_attempts: num("ORCH_JOB_MAX_ATTEMPTS", 3, 1)? as u32,
+            finalize_max_attempts: num("ORCH_FINALIZE_MAX_ATTEMPTS", 5, 1)? as u32,
             job_backoff_s: num("ORCH_JOB_BACKOFF_S", 30, 0)?,
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
@@ -994,8 +1045,31 @@ impl Config {
             if p.clone_url.trim().is_empty() {
                 return Err(Error::config(k("clone_url"), "must not be empty"));
             }
-            if p.test_command.is_empty() {
-                return Err(Error::config(k("test_command"), "must name a program"));
+            match p.test_command.first() {
+                Some(prog) if !prog.trim().is_empty() && !prog.contains('\0') => {}
+                _ => return Err(Error::config(k("test_command"), "must name a program")),
+            }
+            if let Err(e) = crate::git::validate_branch_name(&p.default_branch) {
+                let reason = match e {
+                    Error::InvalidRef { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                return Err(Error::config(
+                    k("default_branch"),
+                    format!(
+                        "{:?} is not a valid branch name: {reason}",
+                        p.default_branch
+                    ),
+                ));
+            }
+            if p.default_branch == "orch" || p.default_branch.starts_with("orch/") {
+                return Err(Error::config(
+                    k("default_branch"),
+                    format!(
+                        "{:?} is inside orch's task branch prefix \"orch/\"",
+                        p.default_branch
+                    ),
+                ));
             }
             if p.forge == ForgeKind::Gitea
                 && p.repo.split('/').filter(|s| !s.is_empty()).count() != 2
@@ -1124,6 +1198,58 @@ mod tests {
         assert!(e.to_string().contains("agents.default.argv[1]"), "{e}");
         let e = Config::parse("[[projects]]\nnme = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("nme"), "{e}");
+    }
+
+    #[test]
+    fn test_command_and_default_branch_are_validated_at_load() {
+        let parse = |extra: &str| {
+            Config::parse(&format!(
+                "[[projects]]\nname = \"a\"\nclone_url = \"x\"\n{extra}\n"
+            ))
+        };
+        parse("test_command = [\"true\"]\ndefault_branch = \"trunk\"").unwrap();
+        for (extra, key, why) in [
+            (
+                "test_command = [\"\"]",
+                "projects[0].test_command",
+                "must name a program",
+            ),
+            (
+                "test_command = [\"  \", \"x\"]",
+                "projects[0].test_command",
+                "must name a program",
+            ),
+            (
+                "test_command = []",
+                "projects[0].test_command",
+                "must name a program",
+            ),
+            (
+                "test_command = [\"true\"]\ndefault_branch = \"\"",
+                "projects[0].default_branch",
+                "empty branch name",
+            ),
+            (
+                "test_command = [\"true\"]\ndefault_branch = \"a..b\"",
+                "projects[0].default_branch",
+                "contains \"..\"",
+            ),
+            (
+                "test_command = [\"true\"]\ndefault_branch = \"orch/main\"",
+                "projects[0].default_branch",
+                "task branch prefix",
+            ),
+            (
+                "test_command = [\"true\"]\ndefault_branch = \"main.lock\"",
+                "projects[0].default_branch",
+                "ends with \".lock\"",
+            ),
+        ] {
+            let e = parse(extra).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(key) && msg.contains(why), "{extra}: {msg}");
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@
 //! | route | kinds | repeat-safety |
 //! |---|---|---|
 //! | local tracker | `state`, `comment` | a state set twice is the same state; comments are logged |
-//! | Plane | `state`, `comment` | PATCH state is idempotent; comments carry `external_id` = dedupe key, looked up before a re-post, and Plane refuses a second one (409) |
-//! | Gitea | `open_pr`, `comment` | the PR is looked up by base/head before creating (409 = exists); comments carry a hidden marker with the key, looked up before a re-post |
+//! | Plane | `state`, `comment` | PATCH state is idempotent; comments carry `external_id` = `<instance id>:<dedupe key>`, looked up before a re-post, and Plane refuses a second one (409) |
+//! | Gitea | `open_pr`, `comment` | the PR is looked up by base/head before creating (409 = exists; Gitea < 1.22: found by listing open PRs); comments carry a hidden marker with `<instance id>:<key>`, looked up before a re-post |
 //! | log notifier | any | a log line |
 //! | Telegram | any | no lookup possible: at least once — a duplicate only after a send whose answer was lost |
 //!

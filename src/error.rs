@@ -64,6 +64,23 @@ pub enum Error {
         stderr_tail: String,
     },
 
+    /// A repository's own git config sets keys that make git run a program
+    /// (hooks path, fsmonitor, pager, ssh command, credential helper,
+    /// filter/diff/merge drivers, includes…); orch runs no git there
+    /// (DESIGN §11, invariant 8).
+    #[error(
+        "refusing to run git: {file} sets program-running keys {keys:?} \
+         (orch never sets them; remove them, or set what you need in the orch user's global git config)"
+    )]
+    UnsafeGitConfig { file: PathBuf, keys: Vec<String> },
+
+    /// An input (a delivery, an outbox message) that can never succeed as
+    /// it is: retrying it cannot help, so it gets one recorded outcome and
+    /// no retries (e.g. a work item whose branch belongs to another task,
+    /// a remote's 4xx refusal).
+    #[error("{0}")]
+    Permanent(String),
+
     /// A command-line argument names something that does not exist or
     /// cannot be applied (unknown task id, illegal manual transition).
     #[error("{0}")]
@@ -87,6 +104,29 @@ impl Error {
             message: message.into(),
         }
     }
+}
+
+/// Whether `err` will fail the same way however often it is retried: a
+/// typed [`Error::Permanent`], [`Error::Config`], [`Error::InvalidRef`] or
+/// [`Error::UnsafeGitConfig`] anywhere in the chain, or a SQLite
+/// constraint violation (the same row conflicts the same way next time).
+pub fn is_permanent(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return matches!(
+                e,
+                Error::Permanent(_)
+                    | Error::Config { .. }
+                    | Error::InvalidRef { .. }
+                    | Error::UnsafeGitConfig { .. }
+            );
+        }
+        matches!(
+            cause.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation
+        )
+    })
 }
 
 /// The exit code for any error chain: the first typed [`Error`] in the

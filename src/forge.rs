@@ -378,7 +378,14 @@ fn deliver_gitea(
         }
         "comment" => {
             let number = pull_number(g, db, task, project)?;
-            let mark = marker(&msg.dedupe_key);
+            let key = db
+                .remote_dedupe_key(msg)
+                .map_err(|e| AdapterError::Transport {
+                    service: "gitea",
+                    op: "read instance id".into(),
+                    message: format!("{e:#}"),
+                })?;
+            let mark = marker(&key);
             if sends_before > 0 {
                 if let Some(c) = g
                     .list_comments(&project.repo, number)?
@@ -426,7 +433,12 @@ fn pull_number(
     if let Ok(Some(pr)) = db.pull_request(task.id) {
         return Ok(pr.number);
     }
-    match g.find_pull(&project.repo, &project.default_branch, &task.branch)? {
+    let found = match g.find_pull(&project.repo, &project.default_branch, &task.branch)? {
+        // Gitea < 1.22 has no base/head lookup: list the open PRs.
+        None => g.find_open_pull_listed(&project.repo, &project.default_branch, &task.branch)?,
+        found => found,
+    };
+    match found {
         Some(pr) => {
             record_pull(db, task, &pr);
             Ok(pr.number)
@@ -556,8 +568,14 @@ pub fn run_tests(
         timeout: Duration::from_secs(project.test_timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
-    let out = process::run(&spec, Duration::from_millis(200), |_| Ok(()), || Ok(()))
-        .with_context(|| format!("running test command {:?}", project.test_command))?;
+    let out = process::run(&spec, Duration::from_millis(200), |_| Ok(()), || Ok(())).with_context(
+        || {
+            format!(
+                "test command {:?} cannot be started (projects.{}.test_command)",
+                project.test_command, project.name
+            )
+        },
+    )?;
     Ok(out.exit_code() == 0)
 }
 

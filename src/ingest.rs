@@ -6,7 +6,10 @@
 //! fully applied. Handlers are idempotent by meaning: they re-read the
 //! task and do nothing when the change is already there. A delivery that
 //! keeps failing is dead-lettered after `ORCH_INBOX_MAX_ATTEMPTS` and stays
-//! visible in `orch events list --failed`.
+//! visible in `orch events list --failed`; one that can never succeed
+//! ([`crate::error::is_permanent`]: a work item whose branch belongs to
+//! another task, a constraint violation, a bad setting) is dead-lettered at
+//! once with an error starting `permanent:`, without retries.
 //!
 //! Payloads: Plane's `issue` webhook (v1, `data` = IssueExpandSerializer,
 //! `activity.field` = `state` or `state_id`; states matched by explicit id
@@ -69,11 +72,16 @@ pub fn ingest_pending(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<IngestSu
         match ingest_one(ctx, db, id) {
             Ok(outcome) => summary.processed.push((id, outcome)),
             Err(e) => {
-                let msg = format!("{e:#}");
-                let dead = db.write(|tx| {
-                    tx.mark_delivery_failed(id, &msg, ctx.settings.inbox_max_attempts)
-                })?;
-                warn!(target: "ingest", delivery = id, dead, error = %msg, "delivery failed");
+                // A permanent error is dead-lettered at once with one clear
+                // reason; anything else is retried up to the cap.
+                let permanent = crate::error::is_permanent(&e);
+                let (msg, max) = if permanent {
+                    (format!("permanent: {e:#}"), 1)
+                } else {
+                    (format!("{e:#}"), ctx.settings.inbox_max_attempts)
+                };
+                let dead = db.write(|tx| tx.mark_delivery_failed(id, &msg, max))?;
+                warn!(target: "ingest", delivery = id, dead, permanent, error = %msg, "delivery failed");
                 if dead {
                     summary.dead_lettered.push(id);
                 }

@@ -15,7 +15,7 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -186,6 +186,150 @@ pub fn run(
         exit,
         duration_ms: started.elapsed().as_millis() as i64,
     })
+}
+
+/// How an agent is run: the one runner interface. Every runner keeps the
+/// contract of [`run`] (own process group, timeout, heartbeats, no
+/// survivor); they differ in what the child can see. This is the seam where
+/// `systemd-run` or a cluster scheduler plugs in later (DESIGN §10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runner {
+    /// The child runs as orch does, in its own process group ([`run`]).
+    Group,
+    /// The child runs under bubblewrap with [`Confinement`].
+    Bwrap(Confinement),
+}
+
+/// What a bubblewrap-confined child sees: the whole filesystem read-only,
+/// `/tmp` a private empty tmpfs, its own pid namespace (no other process,
+/// so no `/proc/<pid>/environ` of orch), the network unchanged; then, in
+/// this order, `hidden_dirs` replaced by empty tmpfs, `hidden_files` by
+/// `/dev/null`, `readonly` bound back read-only and `writable` bound back
+/// read-write (later binds win, so a writable path inside a hidden or
+/// read-only one is reachable).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Confinement {
+    pub hidden_dirs: Vec<PathBuf>,
+    pub hidden_files: Vec<PathBuf>,
+    pub readonly: Vec<PathBuf>,
+    pub writable: Vec<PathBuf>,
+}
+
+impl Confinement {
+    /// The `bwrap` argv that runs `spec.argv` confined, in `spec.cwd`.
+    /// Paths that do not exist are left out (bwrap cannot bind them).
+    pub fn wrap(&self, spec: &RunSpec) -> Vec<String> {
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let mut a: Vec<String> = [
+            "bwrap",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--die-with-parent",
+        ]
+        .map(String::from)
+        .to_vec();
+        for d in self.hidden_dirs.iter().filter(|d| d.is_dir()) {
+            a.extend(["--tmpfs".into(), s(d)]);
+        }
+        for f in self.hidden_files.iter().filter(|f| f.exists()) {
+            a.extend(["--ro-bind".into(), "/dev/null".into(), s(f)]);
+        }
+        for p in self.readonly.iter().filter(|p| p.exists()) {
+            a.extend(["--ro-bind".into(), s(p), s(p)]);
+        }
+        for p in self.writable.iter().filter(|p| p.exists()) {
+            a.extend(["--bind".into(), s(p), s(p)]);
+        }
+        a.extend([
+            "--setenv".into(),
+            "TMPDIR".into(),
+            "/tmp".into(),
+            "--chdir".into(),
+            s(&spec.cwd),
+            "--".into(),
+        ]);
+        a.extend(spec.argv.iter().cloned());
+        a
+    }
+}
+
+/// Whether bubblewrap works on this machine: `bwrap` is installed and a
+/// probe run with the options [`Confinement::wrap`] uses exits 0 (user
+/// namespaces may be disabled in a container). Asked once per process;
+/// `Err` says why not.
+pub fn bwrap_usable() -> Result<(), String> {
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let probe = RunSpec {
+                argv: vec!["true".into()],
+                cwd: PathBuf::from("/"),
+                env: vec![],
+                env_remove_prefix: None,
+                stdin_path: None,
+                log_path: PathBuf::new(),
+                timeout: Duration::from_secs(10),
+                kill_grace: Duration::from_secs(1),
+            };
+            let argv = Confinement::default().wrap(&probe);
+            match Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .output()
+            {
+                Ok(out) if out.status.success() => Ok(()),
+                Ok(out) => Err(format!(
+                    "bwrap probe failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )),
+                Err(e) => Err(format!("bwrap cannot be started: {e}")),
+            }
+        })
+        .clone()
+}
+
+impl Runner {
+    /// Runs `spec` as [`run`] does, confined as this runner says.
+    ///
+    /// Errors: those of [`run`].
+    pub fn run(
+        &self,
+        spec: &RunSpec,
+        tick: Duration,
+        on_spawn: impl FnOnce(&Spawned) -> anyhow::Result<()>,
+        on_tick: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<RunOutcome> {
+        match self {
+            Runner::Group => run(spec, tick, on_spawn, on_tick),
+            Runner::Bwrap(c) => {
+                let wrapped = RunSpec {
+                    argv: c.wrap(spec),
+                    ..spec.clone()
+                };
+                run(&wrapped, tick, on_spawn, on_tick)
+            }
+        }
+    }
+
+    /// `"bwrap"` or `"none"`, as `ORCH_AGENT_SANDBOX` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Runner::Group => "none",
+            Runner::Bwrap(_) => "bwrap",
+        }
+    }
 }
 
 /// Builds the command for `spec`; the child's environment is `inherited`
@@ -406,6 +550,89 @@ pub fn group_exists(pgid: i32) -> bool {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn bwrap_argv_hides_then_binds_back_and_skips_missing_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("state/wt")).unwrap();
+        std::fs::write(d.join("secret.env"), "x").unwrap();
+        let c = Confinement {
+            hidden_dirs: vec![d.join("state")],
+            hidden_files: vec![d.join("secret.env"), d.join("missing.env")],
+            readonly: vec![],
+            writable: vec![d.join("state/wt"), d.join("nowhere")],
+        };
+        let mut sp = spec(d, "true");
+        sp.cwd = d.join("state/wt");
+        let argv = c.wrap(&sp);
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let at = |needle: &[String]| {
+            argv.windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap_or_else(|| panic!("{needle:?} not in {argv:?}"))
+        };
+        let hide = at(&["--tmpfs".into(), s(&d.join("state"))]);
+        let null = at(&[
+            "--ro-bind".into(),
+            "/dev/null".into(),
+            s(&d.join("secret.env")),
+        ]);
+        let back = at(&[
+            "--bind".into(),
+            s(&d.join("state/wt")),
+            s(&d.join("state/wt")),
+        ]);
+        assert!(hide < back && null < back, "{argv:?}");
+        assert!(!argv
+            .iter()
+            .any(|a| a.contains("missing.env") || a.contains("nowhere")));
+        let dashdash = argv.iter().position(|a| a == "--").unwrap();
+        assert_eq!(argv[dashdash + 1..], ["/bin/sh", "-c", "true"]);
+        assert!(argv.contains(&"--unshare-pid".to_string()));
+    }
+
+    #[test]
+    fn the_bwrap_runner_runs_confined_or_the_probe_says_why_not() {
+        let dir = tempfile::tempdir().unwrap();
+        if let Err(why) = bwrap_usable() {
+            eprintln!("SKIPPED: bubblewrap does not work here: {why}");
+            return;
+        }
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("work")).unwrap();
+        std::fs::write(d.join("secret"), "hunter2").unwrap();
+        let runner = Runner::Bwrap(Confinement {
+            hidden_files: vec![d.join("secret")],
+            writable: vec![d.join("work"), d.join("logs")],
+            ..Confinement::default()
+        });
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+        let mut sp = spec(
+            d,
+            &format!(
+                "cat {0}/secret; echo made > {0}/work/out; echo no > {0}/outside; echo pid $$",
+                d.display()
+            ),
+        );
+        sp.cwd = d.join("work");
+        let out = runner
+            .run(&sp, Duration::from_millis(50), |_| Ok(()), || Ok(()))
+            .unwrap();
+        assert_eq!(
+            out.exit,
+            ExitKind::Code(0),
+            "{}",
+            std::fs::read_to_string(&sp.log_path).unwrap_or_default()
+        );
+        let log = std::fs::read_to_string(&sp.log_path).unwrap();
+        assert!(!log.contains("hunter2"), "{log}");
+        assert_eq!(
+            std::fs::read_to_string(d.join("work/out")).unwrap(),
+            "made\n"
+        );
+        assert!(!d.join("outside").exists(), "{log}");
+    }
 
     fn spec(dir: &Path, script: &str) -> RunSpec {
         RunSpec {

@@ -501,7 +501,15 @@ fn deliver_plane(
             }
         }
         "comment" => {
-            let key = &msg.dedupe_key;
+            // Keyed by instance too: another orch posting to this Plane
+            // project never has the same external_id.
+            let key = &db
+                .remote_dedupe_key(msg)
+                .map_err(|e| AdapterError::Transport {
+                    service: "plane",
+                    op: "read instance id".into(),
+                    message: format!("{e:#}"),
+                })?;
             let find = || -> Result<Option<String>, AdapterError> {
                 let mark = marker(key);
                 Ok(plane

@@ -21,11 +21,12 @@ use tracing::{info, warn};
 use crate::clock::now_ms;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job, RunRecord, Task};
+use crate::error::is_permanent;
 use crate::failpoint::failpoint;
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
-use crate::process::{self, RunSpec};
+use crate::process::{self, Confinement, RunSpec, Runner};
 
 /// What one `work-once` did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -73,25 +74,18 @@ pub fn work_once(
     let exit_code = match run_agent_unless_merge_pending(ctx, db, &job) {
         Ok(code) => code,
         Err(e) => {
-            // The agent could not even start (worktree, config): a failed run.
-            let msg = format!("{e:#}");
-            warn!(target: "worker", job = job.id, error = %msg, "could not run agent");
-            let recorded = db.write(|tx| {
-                if !tx.record_exit(job.id, job.attempt, -1, now_ms())? {
-                    return Ok(false);
-                }
-                tx.insert_verdict(
-                    job.task_id,
-                    job.stage,
-                    Some(job.id),
-                    "orch",
-                    "UNREADABLE",
-                    &msg,
-                    now_ms(),
-                )?;
-                Ok(true)
-            })?;
-            recorded.then_some(-1)
+            // The agent could not even start (clone, fetch, worktree,
+            // config): a set-up failure counts as an attempt of the job, so
+            // it is retried with backoff and, at the cap — or at once when
+            // it cannot succeed — the job fails and the task is escalated.
+            let finalized = setup_failed(ctx, db, &job, &e)?;
+            return Ok(WorkOutcome::Ran {
+                job_id: job.id,
+                task_id: job.task_id,
+                stage: job.stage,
+                exit_code: -1,
+                finalized,
+            });
         }
     };
     let Some(exit_code) = exit_code else {
@@ -146,6 +140,10 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let worktree = PathBuf::from(&task.worktree);
     repo.sync()?;
     repo.ensure_worktree(&worktree, &task.branch)?;
+    // A run starts from what was committed: uncommitted edits are a dead
+    // run's (a worker killed mid-run, recovered by Tier-1), and running on
+    // top of them would apply the same edit twice.
+    repo.discard_changes(&worktree)?;
 
     let agent = ctx.config.agent(&job.role)?;
     let verdict_file = run_file(&ctx.settings.verdicts_dir(), job, "json");
@@ -203,11 +201,12 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         timeout: Duration::from_secs(timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
+    let runner = agent_runner(ctx, &repo, &worktree, &verdict_file)?;
     let started = now_ms();
     let heartbeat_every = ctx.settings.heartbeat_s as i64 * 1000;
     let mut last_beat = started;
     let mut agent_pid = None;
-    let outcome = process::run(
+    let outcome = runner.run(
         &spec,
         Duration::from_millis(200),
         |s| {
@@ -299,16 +298,99 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     Ok(recorded.then_some(exit_code))
 }
 
+/// A set-up step failed before the agent ran: retry the job (backoff, a
+/// new attempt) or, at `ORCH_JOB_MAX_ATTEMPTS` or for an error that cannot
+/// succeed on a retry ([`is_permanent`]: a refused repository config, a
+/// bad setting, a refused branch name), fail it and escalate the task
+/// with the reason, which names the failing step.
+fn setup_failed(ctx: &Ctx, db: &Db, job: &Job, e: &anyhow::Error) -> anyhow::Result<Finalized> {
+    let reason = format!("set-up failed: {}", name_failure(e));
+    warn!(target: "worker", job = job.id, task = job.task_id, error = %reason, "could not run agent");
+    let policy = ctx.policy();
+    let now = now_ms();
+    db.write(|tx| {
+        if is_permanent(e) {
+            let why = format!("{} job {} cannot run: {reason}", job.stage, job.id);
+            jobs::fail_and_escalate(tx, policy, job, &reason, why, Actor::Worker, now)
+        } else {
+            jobs::retry_or_fail(tx, policy, &ctx.settings, job, &reason, Actor::Worker, now)
+        }
+    })
+}
+
+/// The error chain as one line (what an escalation and `last_error` show).
+fn name_failure(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    const MAX: usize = 1500;
+    if text.len() <= MAX {
+        return text;
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut)", &text[..end])
+}
+
 /// Finalizes running job `job_id` whose agent exit is recorded: commits
 /// and pushes the worktree, runs local CI or the merge where the stage
 /// needs it, evaluates the gate and applies its answer through the
 /// transition rule. Used by the worker and by the reaper's Tier-2.
 ///
+/// Recovery is bounded: each failed finalize of a job attempt is counted
+/// (`jobs.finalize_failures`); at `ORCH_FINALIZE_MAX_ATTEMPTS`, or at once
+/// for an error that cannot succeed on a retry ([`is_permanent`]), the job
+/// fails and its task is escalated with the reason (one notification), and
+/// this returns `Ok(Finalized::Failed)`.
+///
 /// Guarantees: idempotent up to the terminal claim; the terminal claim is
 /// one transaction, and an actor that loses it writes nothing.
-/// Errors: database errors, and git/CI errors (the job stays `running`
-/// with its exit recorded, so the reaper's Tier-2 finishes it later).
+/// Errors: database errors, and git/CI errors below the cap (the job stays
+/// `running` with its exit recorded, so the reaper's Tier-2 finishes it
+/// later).
 pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
+    let err = match finalize_once(ctx, db, job_id, actor) {
+        Ok(f) => return Ok(f),
+        Err(e) => e,
+    };
+    let Some(job) = db.job(job_id)?.filter(|j| j.status == JobStatus::Running) else {
+        return Err(err);
+    };
+    let reason = format!("finalize failed: {}", name_failure(&err));
+    let cap = ctx.settings.finalize_max_attempts as i64;
+    let permanent = is_permanent(&err);
+    let policy = ctx.policy();
+    let now = now_ms();
+    let out = db.write(|tx| {
+        let Some(n) = tx.note_finalize_failure(job.id, job.attempt, &reason)? else {
+            return Ok(None);
+        };
+        if !permanent && n < cap {
+            return Ok(Some((n, None)));
+        }
+        let why = if permanent {
+            format!("{} job {} cannot finish: {reason}", job.stage, job.id)
+        } else {
+            format!(
+                "{} job {} could not be finished after {n} attempts: {reason}",
+                job.stage, job.id
+            )
+        };
+        let f = jobs::fail_and_escalate(tx, policy, &job, &reason, why, actor, now)?;
+        Ok(Some((n, Some(f))))
+    })?;
+    match out {
+        Some((_, Some(f))) => {
+            warn!(target: "worker", job = job.id, task = job.task_id, outcome = ?f, "finalize gave up");
+            Ok(f)
+        }
+        Some((n, None)) => Err(err.context(format!("finalize attempt {n} of {cap} failed"))),
+        None => Err(err),
+    }
+}
+
+/// One try of [`finalize`], without the failure accounting.
+fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
     let job = db.job(job_id)?.context("no such job")?;
     if job.status != JobStatus::Running || job.exit_code.is_none() {
         return Ok(Finalized::Lost);
@@ -455,4 +537,75 @@ fn apply_gate(
         report.queue(tx, ctx, task, job, &finalized, now)?;
         Ok(finalized)
     })
+}
+
+/// The runner for one agent run (`ORCH_AGENT_SANDBOX`, DESIGN §4 "Agent
+/// sandbox"). Under bubblewrap the agent sees the filesystem read-only;
+/// orch's state directory (every other task's worktree, the logs, the
+/// locks), the database files and every `.env` from the current directory
+/// up are hidden; its worktree, its verdict folder and a private `/tmp` are
+/// writable; of the shared clone, what a commit needs is writable
+/// (`objects/`, `refs/`, `logs/`, the worktree's own admin folder) and the
+/// rest — `config`, `hooks/`, `info/`, other worktrees' admin folders —
+/// read-only, so an agent can commit but plant nothing orch's git would
+/// read.
+///
+/// Errors: [`crate::error::Error::Config`] when `ORCH_AGENT_SANDBOX=bwrap`
+/// and bubblewrap does not work here.
+fn agent_runner(
+    ctx: &Ctx,
+    repo: &crate::git::Repo,
+    worktree: &Path,
+    verdict_file: &Path,
+) -> anyhow::Result<Runner> {
+    use crate::config::AgentSandbox;
+    let want = ctx.settings.agent_sandbox;
+    if want == AgentSandbox::None {
+        return Ok(Runner::Group);
+    }
+    if let Err(why) = process::bwrap_usable() {
+        if want == AgentSandbox::Bwrap {
+            return Err(crate::error::Error::config(
+                "ORCH_AGENT_SANDBOX",
+                format!("bwrap is required but does not work here: {why}"),
+            )
+            .into());
+        }
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            warn!(target: "worker", reason = %why, "agents run UNSANDBOXED (as orch): install bubblewrap, or set ORCH_AGENT_SANDBOX=none to accept this");
+        });
+        return Ok(Runner::Group);
+    }
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let db = abs(&ctx.settings.db_path);
+    let mut hidden_files: Vec<PathBuf> = ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
+        .collect();
+    if let Ok(cwd) = std::env::current_dir() {
+        hidden_files.extend(cwd.ancestors().map(|d| d.join(".env")));
+    }
+    let clone = abs(&repo.clone_dir);
+    // A commit writes reflogs under logs/; make sure it exists to be bound.
+    let _ = std::fs::create_dir_all(clone.join("logs"));
+    let mut writable = vec![
+        abs(worktree),
+        clone.join("objects"),
+        clone.join("refs"),
+        clone.join("logs"),
+    ];
+    if let Some(admin) = crate::git::worktree_admin_dir(worktree) {
+        writable.push(admin);
+    }
+    if let Some(dir) = verdict_file.parent() {
+        writable.push(abs(dir));
+    }
+    writable.extend(ctx.settings.agent_sandbox_writable.iter().cloned());
+    Ok(Runner::Bwrap(Confinement {
+        hidden_dirs: vec![abs(&ctx.settings.state_dir)],
+        hidden_files,
+        readonly: vec![clone],
+        writable,
+    }))
 }

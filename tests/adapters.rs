@@ -255,20 +255,27 @@ fn plane_and_gitea_drive_a_work_item_from_webhook_to_merged_and_done() {
         "main is the tested head"
     );
     let pr_comments = w.gitea.comments(7);
+    let instance: String = w
+        .sbx
+        .db()
+        .query_row("SELECT value FROM meta WHERE key='instance_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     assert!(
         pr_comments[0].starts_with("**reviewer** run"),
         "{pr_comments:#?}"
     );
     assert!(pr_comments
         .iter()
-        .all(|c| c.contains(USAGE) && c.contains("<!-- orch:task:1:job")));
+        .all(|c| c.contains(USAGE) && c.contains(&format!("<!-- orch:{instance}:task:1:job"))));
 
     // Plane: the states once (for Done), every comment once and in outbox
     // order, the item moved to Done after the done comment.
     let p = w.plane.server.requests();
-    let comments_path = plane_issue_path(&format!("issues/{PLANE_ISSUE}/comments/"));
+    let comments_path = plane_issue_path(&format!("work-items/{PLANE_ISSUE}/comments/"));
     let states_path = plane_issue_path("states/");
-    let issue_path = plane_issue_path(&format!("issues/{PLANE_ISSUE}/"));
+    let issue_path = plane_issue_path(&format!("work-items/{PLANE_ISSUE}/"));
     for r in &p {
         assert!(
             (r.method == "POST" && r.path() == comments_path)
@@ -296,7 +303,13 @@ fn plane_and_gitea_drive_a_work_item_from_webhook_to_merged_and_done() {
         st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
             .unwrap()
             .map(Result::unwrap)
-            .map(|(k, kind)| if kind == "state" { "PATCH".into() } else { k })
+            .map(|(k, kind)| {
+                if kind == "state" {
+                    "PATCH".into()
+                } else {
+                    format!("{instance}:{k}")
+                }
+            })
             .collect()
     };
     let seen: Vec<String> = p
@@ -412,7 +425,7 @@ fn a_service_failing_n_times_then_recovering_gets_each_side_effect_exactly_once(
         json!({ "text": "task 1 escalated" }),
     );
 
-    let c = plane_issue_path(&format!("issues/{PLANE_ISSUE}/comments/"));
+    let c = plane_issue_path(&format!("work-items/{PLANE_ISSUE}/comments/"));
     w.plane.faults.push(
         "POST",
         "/comments/",
@@ -421,9 +434,11 @@ fn a_service_failing_n_times_then_recovering_gets_each_side_effect_exactly_once(
     w.plane
         .faults
         .push("POST", "/comments/", Fault::Status(502, json!({}), vec![]));
-    w.plane
-        .faults
-        .push("PATCH", "/issues/", Fault::Status(500, json!({}), vec![]));
+    w.plane.faults.push(
+        "PATCH",
+        "/work-items/",
+        Fault::Status(500, json!({}), vec![]),
+    );
     w.gitea.faults.push(
         "POST",
         "/pulls",
@@ -484,7 +499,7 @@ fn a_service_failing_n_times_then_recovering_gets_each_side_effect_exactly_once(
 
     // Plane: exactly one comment, state Needs Input; each retry of the
     // comment looked before posting again.
-    let issue = plane_issue_path(&format!("issues/{PLANE_ISSUE}/"));
+    let issue = plane_issue_path(&format!("work-items/{PLANE_ISSUE}/"));
     let states = plane_issue_path("states/");
     assert_eq!(
         w.plane.server.lines(),
@@ -521,7 +536,19 @@ fn a_service_failing_n_times_then_recovering_gets_each_side_effect_exactly_once(
     );
     assert_eq!(w.gitea.state.lock().unwrap().prs.len(), 1);
     assert_eq!(w.gitea.comments(7).len(), 1);
-    assert!(w.gitea.comments(7)[0].starts_with("hello PR\n\n<!-- orch:task:1:v2:prnote -->"));
+    // The marker carries the database's instance id (two orch instances
+    // never share a key).
+    let instance: String = w
+        .sbx
+        .db()
+        .query_row("SELECT value FROM meta WHERE key='instance_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(instance.len(), 16);
+    assert!(w.gitea.comments(7)[0].starts_with(&format!(
+        "hello PR\n\n<!-- orch:{instance}:task:1:v2:prnote -->"
+    )));
     assert_eq!(w.outbox("task:1:pr").2.as_deref(), Some("7"));
 
     // Telegram: one message after a 429 and a 502.
@@ -584,7 +611,7 @@ fn an_answer_lost_after_the_comment_was_stored_never_posts_it_twice() {
     }
     assert_eq!(w.pending(), 0);
 
-    let c = plane_issue_path(&format!("issues/{PLANE_ISSUE}/comments/"));
+    let c = plane_issue_path(&format!("work-items/{PLANE_ISSUE}/comments/"));
     assert_eq!(
         w.plane.server.lines(),
         [format!("POST {c}"), format!("GET {c}")]
@@ -875,7 +902,7 @@ fn plane_work_items_by_state_come_from_every_page_through_a_rate_limit() {
     // The issue list is rate limited once (Retry-After: 1).
     w.plane
         .faults
-        .push("GET", "/issues/", plane_rate_limited(1));
+        .push("GET", "/work-items/", plane_rate_limited(1));
     let env = w.sbx.env.clone();
     let settings = orch::config::Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
     let ctx = orch::ctx::Ctx::load(settings).unwrap();
@@ -895,7 +922,7 @@ fn plane_work_items_by_state_come_from_every_page_through_a_rate_limit() {
     assert_eq!(got, [(StateKind::InProgress, 42), (StateKind::Done, 38)]);
     let lines = w.plane.server.lines();
     let states = format!("GET {}", plane_issue_path("states/"));
-    let issues = format!("GET {}", plane_issue_path("issues/"));
+    let issues = format!("GET {}", plane_issue_path("work-items/"));
     // 10 states in pages of 2; 3 issues (fixture pages 1 and 3) in 2 pages,
     // the first answered 429 once.
     assert_eq!(count(&lines, &states), 5, "{lines:#?}");
@@ -992,4 +1019,62 @@ fn a_lost_ci_status_delivery_is_recovered_by_reconcile_asking_the_forge_once() {
         1
     );
     w.sbx.check_invariants();
+}
+
+#[test]
+fn an_older_plane_without_work_items_routes_is_used_through_the_legacy_routes_remembered() {
+    let w = World::new();
+    w.plane.state.lock().unwrap().legacy_only = true;
+    let env = w.sbx.env.clone();
+    let settings = orch::config::Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
+    let ctx = orch::ctx::Ctx::load(settings).unwrap();
+    let db = ctx.open_db().unwrap();
+    let project = ctx.project("widget").unwrap();
+    use orch::config::StateKind;
+    use orch::tracker::list_work_items;
+    let list = || {
+        list_work_items(&ctx, &db, project, &[StateKind::InProgress], true)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(list(), 1);
+    let lines = w.plane.server.lines();
+    let new = format!("GET {}", plane_issue_path("work-items/"));
+    let old = format!("GET {}", plane_issue_path("issues/"));
+    assert_eq!(count(&lines, &new), 1, "tried once: {lines:#?}");
+    assert_eq!(count(&lines, &old), 1, "{lines:#?}");
+    // Remembered: the next listing goes straight to the legacy route.
+    w.plane.server.clear();
+    assert_eq!(list(), 1);
+    let lines = w.plane.server.lines();
+    assert_eq!(count(&lines, &new), 0, "{lines:#?}");
+    assert_eq!(count(&lines, &old), 1, "{lines:#?}");
+}
+
+#[test]
+fn a_gitea_older_than_1_22_finds_the_open_pr_by_listing_instead_of_looping() {
+    let w = World::new();
+    w.gitea.state.lock().unwrap().before_1_22 = true;
+    // A task branch on origin to open a PR from.
+    w.sbx.origin_git(&["branch", "orch/widget-9", "main"]);
+    let env = w.sbx.env.clone();
+    let settings = orch::config::Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
+    let g = orch::adapters::gitea::Gitea::from_settings(&settings.adapters).unwrap();
+    let first = g
+        .ensure_pull("acme/widget", "main", "orch/widget-9", "t", "b")
+        .unwrap();
+    w.gitea.server.clear();
+    // The base/head lookup is missing (404); creating again is refused
+    // (409); the open PR is found in the listing: the same PR, no second.
+    let again = g
+        .ensure_pull("acme/widget", "main", "orch/widget-9", "t", "b")
+        .unwrap();
+    assert_eq!(again.number, first.number);
+    assert_eq!(w.gitea.state.lock().unwrap().prs.len(), 1);
+    let lines = w.gitea.server.lines();
+    assert!(
+        lines.iter().any(|l| l.starts_with("GET /api/v1/repos/acme/widget/pulls")
+            && !l.contains("/pulls/")),
+        "{lines:#?}"
+    );
 }

@@ -17,6 +17,8 @@ fn a_hanging_agent_is_killed_at_the_timeout_with_its_child_and_the_job_fails() {
     let pidfile = sbx.dir.join("pids");
     sbx.set("FAKE_AGENT_MODE_ANALYST", "hang-with-child")
         .set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap())
+        // The test reads host pids from the file: no pid namespace.
+        .set("ORCH_AGENT_SANDBOX", "none")
         .set("ORCH_AGENT_TIMEOUT_S", "2")
         .set("ORCH_KILL_GRACE_S", "1")
         .set("ORCH_JOB_MAX_ATTEMPTS", "1");

@@ -365,6 +365,8 @@ pub struct GiteaState {
     pub success_after_polls: Option<usize>,
     pub polls: usize,
     pub next_comment: i64,
+    /// A Gitea older than 1.22: no `GET pulls/{base}/{head}` route.
+    pub before_1_22: bool,
 }
 
 /// A fake Gitea for repo `acme/widget` (REST v1), backed by the sandbox's
@@ -523,7 +525,18 @@ fn gitea_route(st: &Mutex<GiteaState>, origin: &Path, r: &Req) -> Resp {
             s.prs[i].merge_body = Some(b);
             Resp::empty(200)
         }
-        ("GET", ["pulls", base, head @ ..]) => {
+        ("GET", ["pulls"]) => {
+            // The open PRs into `base_branch` (API.md §3; no head filter).
+            let base = r.query("base_branch");
+            let list: Vec<Value> = s
+                .prs
+                .iter()
+                .filter(|p| !p.merged && base.as_deref().is_none_or(|b| b == p.base))
+                .map(|p| gitea_pr_json(p, origin))
+                .collect();
+            Resp::json(200, &json!(list))
+        }
+        ("GET", ["pulls", base, head @ ..]) if !s.before_1_22 => {
             let head = head.join("/");
             match s
                 .prs
@@ -639,6 +652,9 @@ pub struct PlaneState {
     pub max_page: usize,
     /// `X-RateLimit-Remaining` to send (None: the header is left out).
     pub remaining: Option<i64>,
+    /// An older Plane: only the legacy `issues` routes exist, the
+    /// `work-items` ones answer 404.
+    pub legacy_only: bool,
 }
 
 /// A fake Plane workspace `acme` with the fixture project, its states
@@ -681,6 +697,7 @@ impl FakePlane {
             comments: vec![],
             max_page: 1000,
             remaining: Some(59),
+            legacy_only: false,
         }));
         let faults: Arc<Faults> = Arc::default();
         let (st, fl) = (state.clone(), faults.clone());
@@ -803,7 +820,15 @@ fn plane_route(st: &Mutex<PlaneState>, r: &Req) -> Resp {
         return plane_not_found();
     };
     let mut s = st.lock().unwrap();
-    let segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    let mut segs: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    // Every work-item route exists twice (API.md): `work-items` (current)
+    // and `issues` (deprecated); an older Plane has only the latter.
+    if segs[0] == "work-items" {
+        if s.legacy_only {
+            return plane_not_found();
+        }
+        segs[0] = "issues";
+    }
     match (r.method.as_str(), segs.as_slice()) {
         ("GET", ["states"]) => plane_page(&s.states.clone(), r, s.max_page),
         ("GET", ["issues"]) => plane_page(&s.issues.clone(), r, s.max_page),
@@ -905,6 +930,12 @@ impl FakeTelegram {
                 let text = b["text"].as_str().unwrap_or("").to_string();
                 if text.is_empty() {
                     return Resp::json(400, &telegram_file("error-400-text-empty"));
+                }
+                // The Bot API's limit (README: 1–4096 characters).
+                if text.encode_utf16().count() > 4096 {
+                    let mut v = telegram_file("error-400-text-empty");
+                    v["description"] = json!("Bad Request: message is too long");
+                    return Resp::json(400, &v);
                 }
                 let mut s = st.lock().unwrap();
                 s.push(text.clone());

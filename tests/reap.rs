@@ -17,7 +17,9 @@ fn a_killed_worker_loses_its_agent_and_tier1_requeues_the_job_and_kills_orphans(
     let mut sbx = Sandbox::new();
     let pidfile = sbx.dir.join("pids");
     sbx.add_issue("worker dies");
-    sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap());
+    // The test reads host pids from the file: no pid namespace.
+    sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap())
+        .set("ORCH_AGENT_SANDBOX", "none");
     let mut worker = sbx.spawn(
         &["work-once"],
         &[("FAKE_AGENT_MODE_ANALYST", "hang-with-child")],
@@ -228,6 +230,28 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
             sbx.origin_git(&["rev-parse", "orch/widget-42"]),
             "{point}"
         );
+        // The developer's change is on main exactly once (a finalize run
+        // twice never duplicates an edit).
+        let changes = sbx.origin_git(&["show", "main:CHANGES.md"]);
+        let edits = changes
+            .lines()
+            .filter(|l| l.starts_with("- task 1: change from job"))
+            .count();
+        assert_eq!(edits, 1, "{point}: {changes}");
+        // A reap after the end finds nothing to do and leaves nothing running.
+        assert!(sbx.ok(&["reap"]).contains("nothing to reap"), "{point}");
+        assert_eq!(
+            sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'"),
+            0,
+            "{point}"
+        );
+        // Every outbox message was delivered, each with one successful
+        // send recorded.
+        assert_eq!(
+            sbx.count("SELECT COUNT(*) FROM outbox WHERE status='delivered' AND delivered_at_ms IS NOT NULL"),
+            sbx.count("SELECT COUNT(*) FROM outbox"),
+            "{point}"
+        );
     }
 }
 
@@ -330,7 +354,9 @@ fn an_agent_past_its_timeout_under_a_stuck_worker_is_killed_by_the_reaper_and_re
     let mut sbx = Sandbox::new();
     let pidfile = sbx.dir.join("pids");
     sbx.add_issue("stuck");
-    sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap());
+    // The test reads host pids from the file: no pid namespace.
+    sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap())
+        .set("ORCH_AGENT_SANDBOX", "none");
     let worker = sbx.spawn(
         &["work-once"],
         &[("FAKE_AGENT_MODE_ANALYST", "hang-with-child")],

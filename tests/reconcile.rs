@@ -31,7 +31,7 @@ impl World {
             .server
             .lines()
             .iter()
-            .filter(|l| l.starts_with("GET") && l.contains("/issues/"))
+            .filter(|l| l.starts_with("GET") && l.contains("/work-items/"))
             .count()
     }
 }
@@ -246,7 +246,7 @@ fn blocked_or_needs_input_in_the_tracker_and_tracker_errors_are_skipped_and_the_
     for _ in 0..5 {
         w.plane.faults.push(
             "GET",
-            "/issues/",
+            "/work-items/",
             Fault::Status(500, json!({"error": "boom"}), vec![]),
         );
     }

@@ -5,6 +5,7 @@ mod util;
 
 mod agents;
 mod cli;
+mod hardening;
 mod ingest;
 mod layers;
 mod logs;

@@ -51,7 +51,14 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        let tmp = tempfile::tempdir().unwrap();
+        Sandbox::new_in(&std::env::temp_dir())
+    }
+
+    /// A sandbox in a fresh temp dir under `base` (e.g. outside `/tmp`,
+    /// which a sandboxed agent sees as an empty private dir).
+    pub fn new_in(base: &Path) -> Sandbox {
+        std::fs::create_dir_all(base).unwrap();
+        let tmp = tempfile::tempdir_in(base).unwrap();
         let dir = tmp.path().join("sbx");
         let out = StdCommand::new(Path::new(ROOT).join("scripts/make-sandbox"))
             .arg(&dir)

@@ -29,7 +29,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{encode_path, required, AdapterError, Api};
+use super::http::{encode_path, encode_query, required, AdapterError, Api};
 use crate::config::{AdapterSettings, MergeStyle, Secret};
 
 const SERVICE: &str = "gitea";
@@ -215,6 +215,38 @@ impl Gitea {
         }
     }
 
+    /// The open PR from `head` into `base` found by listing the open PRs
+    /// into `base` (`GET /repos/{o}/{r}/pulls?state=open&base_branch=…`,
+    /// every page; Gitea has no head filter, so `head.ref` is compared
+    /// here). For a Gitea older than 1.22, which lacks the base/head route
+    /// of [`Gitea::find_pull`] (it answers 404 there).
+    pub fn find_open_pull_listed(
+        &self,
+        repo: &str,
+        base: &str,
+        head: &str,
+    ) -> Result<Option<PullRequest>, AdapterError> {
+        const LIMIT: usize = 50;
+        for page in 1..=20 {
+            let path = format!(
+                "{}/pulls?state=open&base_branch={}&sort=recentupdate&page={page}&limit={LIMIT}",
+                Self::repo_path(repo)?,
+                encode_query(base)
+            );
+            let prs: Vec<PullRequest> = self.api.json("GET", &path, None, "list pull requests")?;
+            if let Some(pr) = prs
+                .iter()
+                .find(|p| p.head.branch == head && p.base.branch == base)
+            {
+                return Ok(Some(pr.clone()));
+            }
+            if prs.len() < LIMIT {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
     /// The PR number `number` (`GET /repos/{o}/{r}/pulls/{index}`).
     pub fn get_pull(&self, repo: &str, number: i64) -> Result<PullRequest, AdapterError> {
         let path = format!("{}/pulls/{number}", Self::repo_path(repo)?);
@@ -273,8 +305,12 @@ impl Gitea {
             return Ok(pr);
         }
         // 409: it exists after all (created concurrently, or the lookup
-        // returned an older closed one).
-        match self.find_pull(repo, base, head)? {
+        // returned an older closed one, or — Gitea < 1.22 — the base/head
+        // lookup does not exist: then the open PRs are listed).
+        if let Some(pr) = self.find_pull(repo, base, head)? {
+            return Ok(pr);
+        }
+        match self.find_open_pull_listed(repo, base, head)? {
             Some(pr) => Ok(pr),
             None => Err(AdapterError::NotYet {
                 service: SERVICE,

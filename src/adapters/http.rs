@@ -158,7 +158,8 @@ impl AdapterError {
 #[derive(Debug, Clone, Default)]
 pub struct Reply {
     pub status: u16,
-    /// `Retry-After` in milliseconds (delta-seconds form only).
+    /// `Retry-After` in milliseconds (delta-seconds or HTTP-date form,
+    /// see [`retry_after_ms`]).
     pub retry_after_ms: Option<u64>,
     /// Plane's `X-RateLimit-Remaining`.
     pub rate_remaining: Option<i64>,
@@ -378,9 +379,8 @@ impl Http {
                 .and_then(|v| v.to_str().ok())
                 .map(|s| s.trim().to_string())
         };
-        let retry_after_ms = header("retry-after")
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|s| s * 1000);
+        let retry_after_ms =
+            header("retry-after").and_then(|v| retry_after_ms(&v, crate::clock::now_ms()));
         let rate_remaining = header("x-ratelimit-remaining").and_then(|v| v.parse().ok());
         let rate_reset_s = header("x-ratelimit-reset").and_then(|v| v.parse().ok());
         let status = resp.status().as_u16();
@@ -532,6 +532,59 @@ pub fn html_escape(s: &str) -> String {
     out
 }
 
+/// A `Retry-After` header value as a wait in milliseconds from `now_ms`
+/// (unix ms): delta-seconds (`"120"`) or an HTTP-date
+/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`, RFC 9110 IMF-fixdate; a date in the
+/// past means no wait). `None` for anything else.
+pub fn retry_after_ms(value: &str, now_ms: i64) -> Option<u64> {
+    let v = value.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(s.saturating_mul(1000));
+    }
+    let at_s = http_date_s(v)?;
+    Some((at_s * 1000 - now_ms).max(0) as u64)
+}
+
+/// Unix seconds of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+fn http_date_s(v: &str) -> Option<i64> {
+    let (_, rest) = v.split_once(", ")?;
+    let mut parts = rest.split_whitespace();
+    let day: i64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
+    if parts.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to year-month-day (proleptic Gregorian).
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
 /// The invisible marker orch puts in every comment it posts, so that a
 /// retry can find a comment a crashed send already posted:
 /// `<!-- orch:<dedupe key> -->`.
@@ -542,6 +595,37 @@ pub fn marker(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_in_both_forms() {
+        assert_eq!(retry_after_ms("120", 0), Some(120_000));
+        assert_eq!(retry_after_ms(" 0 ", 0), Some(0));
+        // 1994-11-06T08:49:37Z is unix 784111777.
+        let at = 784_111_777_000;
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", at - 30_000),
+            Some(30_000)
+        );
+        assert_eq!(
+            retry_after_ms("Sun, 06 Nov 1994 08:49:37 GMT", at + 5_000),
+            Some(0),
+            "a past date: no wait"
+        );
+        assert_eq!(retry_after_ms("Thu, 01 Jan 1970 00:00:00 GMT", 0), Some(0));
+        assert_eq!(
+            retry_after_ms("Tue, 29 Feb 2028 23:59:59 GMT", 0),
+            Some(1_835_481_599_000)
+        );
+        for bad in [
+            "soon",
+            "-5",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "",
+        ] {
+            assert_eq!(retry_after_ms(bad, 0), None, "{bad}");
+        }
+    }
 
     #[test]
     fn retryable_classification() {

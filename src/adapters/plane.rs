@@ -22,10 +22,17 @@
 //!   outbox instead defers the channel ([`Plane::exhausted`]) and retries
 //!   after `Retry-After`.
 //! - **Comments are posted once**: each carries `external_source = "orch"`
-//!   and `external_id = <dedupe key>` (Plane answers 409 to a second one),
+//!   and `external_id = <instance id>:<dedupe key>` (Plane answers 409 to a
+//!   second one, and deduplicates per Plane project, so the key carries the
+//!   database's instance id),
 //!   and a send that may have reached Plane before lists the issue's
 //!   comments and reuses the one with that id.
 //! - **Moving a work item** (`PATCH {"state": id}`) is idempotent.
+//! - **Routes**: Plane lists `…/issues/…` as deprecated; orch calls the
+//!   current `…/work-items/…` routes and, when one answers 404 and the
+//!   legacy `…/issues/…` route does not (an older Plane), uses the legacy
+//!   routes for that Plane for the rest of the process ([`Plane::legacy`]).
+//!   A 404 from both is the work item's own 404.
 
 use std::cell::Cell;
 
@@ -121,7 +128,13 @@ pub struct Plane {
     max_wait_ms: i64,
     /// `(X-RateLimit-Remaining, X-RateLimit-Reset)` of the last answer.
     rate: Cell<Option<(i64, i64)>>,
+    /// `<url>|<slug>`: which Plane this is, for [`LEGACY`].
+    instance: String,
 }
+
+/// The Planes (`<url>|<slug>`) found to lack the `work-items` routes in
+/// this process.
+static LEGACY: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 impl Plane {
     /// A client for workspace `slug` at `<url>/api/v1`.
@@ -140,6 +153,7 @@ impl Plane {
             ),
             max_wait_ms: (s.http_max_wait_s * 1000) as i64,
             rate: Cell::new(None),
+            instance: format!("{}|{slug}", url.trim_end_matches('/')),
         }
     }
 
@@ -236,6 +250,39 @@ impl Plane {
         })
     }
 
+    /// Whether this Plane is known to lack the `work-items` routes.
+    pub fn legacy(&self) -> bool {
+        LEGACY
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&self.instance)
+    }
+
+    /// Runs `call` with the work-item route segment: `work-items`, or
+    /// `issues` on a Plane known to lack it; a 404 from `work-items` is
+    /// tried once more on `issues`, and if that answers anything but 404
+    /// the Plane is remembered as legacy.
+    fn items<T>(&self, call: impl Fn(&str) -> Result<T, AdapterError>) -> Result<T, AdapterError> {
+        if self.legacy() {
+            return call("issues");
+        }
+        match call("work-items") {
+            Err(e) if e.status() == Some(404) => {
+                let legacy = call("issues");
+                if !matches!(&legacy, Err(e) if e.status() == Some(404)) {
+                    warn!(target: "plane", plane = %self.instance, "this Plane has no work-items routes; using the deprecated issues routes");
+                    LEGACY
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(self.instance.clone());
+                    return legacy;
+                }
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
     fn project_path(project_id: &str) -> String {
         format!("projects/{}", encode_path(project_id, false))
     }
@@ -248,31 +295,35 @@ impl Plane {
         )
     }
 
-    /// All work items of a project, every page (`GET …/issues/`).
+    /// All work items of a project, every page (`GET …/work-items/`).
     pub fn list_issues(&self, project_id: &str) -> Result<Vec<Issue>, AdapterError> {
-        self.paged(
-            &format!("{}/issues/", Self::project_path(project_id)),
-            "list work items",
-        )
+        self.items(|seg| {
+            self.paged(
+                &format!("{}/{seg}/", Self::project_path(project_id)),
+                "list work items",
+            )
+        })
     }
 
-    /// All comments of a work item (`GET …/issues/{id}/comments/`).
+    /// All comments of a work item (`GET …/work-items/{id}/comments/`).
     pub fn list_comments(
         &self,
         project_id: &str,
         issue_id: &str,
     ) -> Result<Vec<Comment>, AdapterError> {
-        self.paged(
-            &format!(
-                "{}/issues/{}/comments/",
-                Self::project_path(project_id),
-                encode_path(issue_id, false)
-            ),
-            "list comments",
-        )
+        self.items(|seg| {
+            self.paged(
+                &format!(
+                    "{}/{seg}/{}/comments/",
+                    Self::project_path(project_id),
+                    encode_path(issue_id, false)
+                ),
+                "list comments",
+            )
+        })
     }
 
-    /// Moves a work item to `state_id` (`PATCH …/issues/{id}/`).
+    /// Moves a work item to `state_id` (`PATCH …/work-items/{id}/`).
     pub fn set_state(
         &self,
         project_id: &str,
@@ -280,23 +331,25 @@ impl Plane {
         state_id: &str,
     ) -> Result<(), AdapterError> {
         let op = "move work item";
-        let r = self.call(
-            "PATCH",
-            &format!(
-                "{}/issues/{}/",
-                Self::project_path(project_id),
-                encode_path(issue_id, false)
-            ),
-            Some(&json!({ "state": state_id })),
-            op,
-        )?;
-        let _: Issue = r.ok_json(SERVICE, op)?;
-        Ok(())
+        self.items(|seg| {
+            let r = self.call(
+                "PATCH",
+                &format!(
+                    "{}/{seg}/{}/",
+                    Self::project_path(project_id),
+                    encode_path(issue_id, false)
+                ),
+                Some(&json!({ "state": state_id })),
+                op,
+            )?;
+            let _: Issue = r.ok_json(SERVICE, op)?;
+            Ok(())
+        })
     }
 
     /// Posts a comment with `external_source = "orch"` and `external_id`
-    /// (`POST …/issues/{id}/comments/`). `Ok(None)` when Plane answers 409:
-    /// a comment with that external id exists.
+    /// (`POST …/work-items/{id}/comments/`). `Ok(None)` when Plane answers
+    /// 409: a comment with that external id exists.
     pub fn create_comment(
         &self,
         project_id: &str,
@@ -305,25 +358,27 @@ impl Plane {
         external_id: &str,
     ) -> Result<Option<Comment>, AdapterError> {
         let op = "create comment";
-        let r = self.call(
-            "POST",
-            &format!(
-                "{}/issues/{}/comments/",
-                Self::project_path(project_id),
-                encode_path(issue_id, false)
-            ),
-            Some(&json!({
-                "comment_html": html,
-                "external_source": "orch",
-                "external_id": external_id,
-            })),
-            op,
-        )?;
-        match r.status {
-            200 | 201 => r.json(SERVICE, op).map(Some),
-            409 => Ok(None),
-            _ => Err(r.into_status_error(SERVICE, op)),
-        }
+        self.items(|seg| {
+            let r = self.call(
+                "POST",
+                &format!(
+                    "{}/{seg}/{}/comments/",
+                    Self::project_path(project_id),
+                    encode_path(issue_id, false)
+                ),
+                Some(&json!({
+                    "comment_html": html,
+                    "external_source": "orch",
+                    "external_id": external_id,
+                })),
+                op,
+            )?;
+            match r.status {
+                200 | 201 => r.json(SERVICE, op).map(Some),
+                409 => Ok(None),
+                _ => Err(r.into_status_error(SERVICE, op)),
+            }
+        })
     }
 }
 

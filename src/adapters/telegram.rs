@@ -126,15 +126,54 @@ impl Telegram {
     /// API's `description` and, for 429, the wait from
     /// `parameters.retry_after` (or the `Retry-After` header);
     /// [`AdapterError::Malformed`] for an answer that is not the envelope.
+    /// A text longer than Telegram's limit ([`MAX_TEXT`]) is trimmed with
+    /// the cut marked ([`fit`]).
     pub fn send(&self, text: &str) -> Result<i64, AdapterError> {
         let op = "sendMessage";
         let req = json!({
             "chat_id": self.chat_id,
-            "text": text,
+            "text": fit(text),
             "link_preview_options": { "is_disabled": true },
         });
         let r = self.api.call("POST", "sendMessage", Some(&req), op)?;
         parse_answer(r, op)
+    }
+}
+
+/// Telegram's limit on a message text: 4,096 characters (counted here in
+/// UTF-16 code units, which is never fewer than characters).
+pub const MAX_TEXT: usize = 4096;
+
+/// `text` if it fits in [`MAX_TEXT`]; otherwise its beginning and its end
+/// (where an escalation's stderr tail is) around a marked cut:
+/// `…\n[orch: N characters cut]\n…`.
+pub fn fit(text: &str) -> std::borrow::Cow<'_, str> {
+    let units = |s: &str| s.encode_utf16().count();
+    if units(text) <= MAX_TEXT {
+        return text.into();
+    }
+    let chars: Vec<char> = text.chars().collect();
+    // Leave room for the marker; keep a third at the head, the rest at
+    // the end. Char-wise, then shrink until it fits in UTF-16 units.
+    let mut budget = MAX_TEXT - 64;
+    loop {
+        let head = budget / 3;
+        let tail = budget - head;
+        let cut = chars.len() - head - tail;
+        let out: String = chars[..head]
+            .iter()
+            .chain(
+                format!("\n[orch: {cut} characters cut]\n")
+                    .chars()
+                    .collect::<Vec<_>>()
+                    .iter(),
+            )
+            .chain(chars[chars.len() - tail..].iter())
+            .collect();
+        if units(&out) <= MAX_TEXT {
+            return out.into();
+        }
+        budget -= budget / 8 + 1;
     }
 }
 
@@ -207,6 +246,21 @@ mod tests {
             body: std::fs::read(dir.join(format!("{name}.json"))).unwrap(),
             ..Reply::default()
         }
+    }
+
+    #[test]
+    fn a_text_over_4096_is_trimmed_with_the_cut_marked_keeping_head_and_tail() {
+        assert_eq!(fit("short"), "short");
+        let exact = "x".repeat(MAX_TEXT);
+        assert_eq!(fit(&exact), exact);
+        let long = format!("HEAD{}TAIL", "é".repeat(10_000));
+        let out = fit(&long);
+        assert!(out.encode_utf16().count() <= MAX_TEXT, "{}", out.len());
+        assert!(out.starts_with("HEAD") && out.ends_with("TAIL"));
+        assert!(out.contains(" characters cut]"), "{out}");
+        // Astral characters count twice in UTF-16.
+        let emoji = "🦀".repeat(5000);
+        assert!(fit(&emoji).encode_utf16().count() <= MAX_TEXT);
     }
 
     #[test]

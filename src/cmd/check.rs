@@ -14,7 +14,8 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<(Output, i32)> {
     let live = |host: &str, pid: i64, start: i64| {
         host == boot && orch::process::is_alive(pid as i32, start as u64)
     };
-    let violations = orch::check::run(&db, &live)?;
+    let mut violations = orch::check::run(&db, &live)?;
+    violations.extend(orch::check::repositories(ctx, &db)?);
     let text = if violations.is_empty() {
         "all invariants hold".to_string()
     } else {

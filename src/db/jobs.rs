@@ -36,12 +36,15 @@ pub struct Job {
     pub merge_pending: bool,
     /// How often this job's merge was deferred (lease busy, main moving).
     pub merge_defers: i64,
+    /// Failed finalizes of the current attempt (migration 6), toward
+    /// `ORCH_FINALIZE_MAX_ATTEMPTS`.
+    pub finalize_failures: i64,
 }
 
 pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, status, attempt, available_at_ms, \
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
-    merge_pending, merge_defers";
+    merge_pending, merge_defers, finalize_failures";
 
 pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -68,6 +71,7 @@ pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
         finished_at_ms: r.get(20)?,
         merge_pending: r.get(21)?,
         merge_defers: r.get(22)?,
+        finalize_failures: r.get(23)?,
     })
 }
 
@@ -453,10 +457,33 @@ impl Tx<'_> {
                 "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
-                 merge_pending=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
+                 merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
             )?
             .execute(params![id, error, available_at_ms, attempt])?;
         Ok(n == 1)
+    }
+
+    /// Records one failed finalize of running job `id` at claim `attempt`
+    /// (its `last_error` becomes `error`). Returns the job's failure count
+    /// now, or `None` when the job is no longer running at that attempt
+    /// (nothing written).
+    pub fn note_finalize_failure(
+        &self,
+        id: i64,
+        attempt: i64,
+        error: &str,
+    ) -> anyhow::Result<Option<i64>> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET finalize_failures=finalize_failures+1, last_error=?3 \
+                 WHERE id=?1 AND attempt=?2 AND status='running'",
+            )?
+            .execute(params![id, attempt, error])?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(self.job(id)?.map(|j| j.finalize_failures))
     }
 
     /// `running → queued` with the merge deferred (agent exit recorded):

@@ -108,6 +108,24 @@ impl Db {
     }
 }
 
+impl Db {
+    /// This database's instance id (16 hex digits, made when the database
+    /// was created; migration 7).
+    pub fn instance_id(&self) -> anyhow::Result<String> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key='instance_id'", [], |r| {
+                r.get(0)
+            })?)
+    }
+
+    /// The dedupe key of `msg` as remote services see it:
+    /// `<instance id>:<dedupe key>`, unique across orch instances.
+    pub fn remote_dedupe_key(&self, msg: &OutboxRow) -> anyhow::Result<String> {
+        Ok(format!("{}:{}", self.instance_id()?, msg.dedupe_key))
+    }
+}
+
 impl Tx<'_> {
     /// Writes an outbox message; a second write with the same `dedupe_key`
     /// is a no-op. Returns whether a row was inserted.

@@ -244,4 +244,24 @@ CREATE TABLE reconcile_passes (
     r#"
 CREATE INDEX verdicts_job ON verdicts(job_id, id);
 "#,
+    // 6: bounded recovery (issue 12). `finalize_failures` counts failed
+    // finalizes of the job's current attempt (Tier-2 and the worker's own);
+    // at `ORCH_FINALIZE_MAX_ATTEMPTS` the job fails and its task is
+    // escalated instead of being retried on every reap for ever.
+    r#"
+ALTER TABLE jobs ADD COLUMN finalize_failures INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 7: the database's instance id (issue 12), made once when the
+    // database is created (`orch init`): every dedupe key orch sends to a
+    // remote service (Plane `external_id`, the Gitea comment marker) carries
+    // it, so two orch instances posting to one Plane project (staging beside
+    // production, or a re-initialised database whose task ids restart at 1)
+    // never take each other's comments for their own.
+    r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT INTO meta (key, value) VALUES ('instance_id', lower(hex(randomblob(8))));
+"#,
 ];

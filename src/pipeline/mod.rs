@@ -299,6 +299,13 @@ pub fn create_task(
     }
     let branch = branch_name(&project.name, item.sequence);
     crate::git::validate_task_branch(&branch, "orch/", &project.default_branch)?;
+    if let Some(other) = tx.task_by_branch(&project.name, &branch)? {
+        return Err(crate::error::Error::Permanent(format!(
+            "branch {branch} already belongs to task {} (work item {}); work item {} has the same number",
+            other.id, other.tracker_issue_id, item.tracker_issue_id
+        ))
+        .into());
+    }
     let worktree = worktree_path(worktrees_dir, &project.name, &branch);
     let Some(id) = tx.insert_task(
         &project.name,

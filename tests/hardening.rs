@@ -1,0 +1,356 @@
+//! Issue 12: nothing an agent writes runs with orch's privileges, and no
+//! set-up mistake leaves a job running for ever (bounded recovery, each
+//! cause named, one escalation, `orch check` clean afterwards).
+
+use crate::util::*;
+
+/// Replaces `from` with `to` in the sandbox config.
+fn edit_config(sbx: &Sandbox, from: &str, to: &str) {
+    let p = sbx.dir.join("orch.toml");
+    let s = std::fs::read_to_string(&p).unwrap();
+    assert!(s.contains(from), "config has no {from:?}");
+    std::fs::write(p, s.replace(from, to)).unwrap();
+}
+
+/// The task's escalation reason, and how many escalation notifications
+/// were queued.
+fn escalation(sbx: &Sandbox, task: i64) -> (Option<String>, i64) {
+    let reason = sbx
+        .db()
+        .query_row(
+            "SELECT escalated_reason FROM tasks WHERE id=?1 AND escalated=1",
+            [task],
+            |r| r.get(0),
+        )
+        .ok();
+    let n = sbx.count(&format!(
+        "SELECT COUNT(*) FROM outbox WHERE task_id={task} AND kind='escalated'"
+    ));
+    (reason, n)
+}
+
+/// Runs `work-once` `n` times (each may exit non-zero), then one reap.
+fn work(sbx: &Sandbox, n: usize) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|_| {
+            let out = sbx.orch().args(["--json", "work-once"]).output().unwrap();
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+        })
+        .collect()
+}
+
+#[test]
+fn a_missing_default_branch_fails_the_job_at_the_attempt_cap_naming_it() {
+    let mut sbx = Sandbox::new();
+    edit_config(
+        &sbx,
+        "default_branch = \"main\"",
+        "default_branch = \"trunk\"",
+    );
+    sbx.set("ORCH_JOB_MAX_ATTEMPTS", "2");
+    sbx.add_issue("no trunk");
+    let runs = work(&sbx, 3);
+    assert_eq!(runs[0]["finalized"]["action"], "retrying", "{runs:?}");
+    assert_eq!(runs[1]["finalized"]["action"], "failed", "{runs:?}");
+    assert_eq!(runs[2]["result"], "idle", "{runs:?}");
+    let (reason, notes) = escalation(&sbx, 1);
+    let reason = reason.expect("task escalated");
+    assert!(
+        reason.contains("set-up failed")
+            && reason.contains("origin has no default branch \"trunk\""),
+        "{reason}"
+    );
+    assert_eq!(notes, 1, "one notification");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'"),
+        0
+    );
+    sbx.ok(&["reap"]);
+    sbx.check_invariants();
+}
+
+#[test]
+fn an_unreachable_clone_url_is_named_and_ends_the_job() {
+    let mut sbx = Sandbox::new();
+    let origin = sbx.origin();
+    let origin = origin.to_str().unwrap();
+    edit_config(
+        &sbx,
+        &format!("clone_url = \"{origin}\""),
+        "clone_url = \"https://orch:s3cret@127.0.0.1:9/none.git\"",
+    );
+    sbx.set("ORCH_JOB_MAX_ATTEMPTS", "1");
+    sbx.add_issue("nowhere");
+    let runs = work(&sbx, 1);
+    assert_eq!(runs[0]["finalized"]["action"], "failed", "{runs:?}");
+    let (reason, notes) = escalation(&sbx, 1);
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("cannot fetch from clone_url https://***@127.0.0.1:9/none.git"),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("s3cret"),
+        "the password stays out: {reason}"
+    );
+    assert_eq!(notes, 1);
+    sbx.check_invariants();
+}
+
+#[test]
+fn an_unstartable_test_command_fails_finalize_at_its_cap_and_reap_leaves_nothing_running() {
+    let mut sbx = Sandbox::new();
+    edit_config(
+        &sbx,
+        "test_command = [\"sh\", \"test.sh\"]",
+        "test_command = [\"/nonexistent/run-tests\"]",
+    );
+    sbx.set("ORCH_FINALIZE_MAX_ATTEMPTS", "2")
+        .set("ORCH_REAPER_FINALIZE_GRACE_S", "0");
+    sbx.add_issue("no tests");
+    // analysis, architecture advance; development's finalize launches CI.
+    let runs = work(&sbx, 3);
+    assert_eq!(runs[1]["finalized"]["to"], "development", "{runs:?}");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'"),
+        1
+    );
+    let reaped = sbx.json(&["reap"]);
+    let result = reaped["actions"][0]["result"].as_str().unwrap().to_string();
+    assert!(result.starts_with("job failed, task escalated"), "{reaped}");
+    let (reason, notes) = escalation(&sbx, 1);
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("could not be finished after 2 attempts")
+            && reason.contains("test command [\"/nonexistent/run-tests\"] cannot be started"),
+        "{reason}"
+    );
+    assert_eq!(notes, 1);
+    assert!(sbx.ok(&["reap"]).contains("nothing to reap"));
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_program_key_planted_in_the_shared_clone_fails_the_job_at_once_and_check_names_it() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_JOB_MAX_ATTEMPTS", "3");
+    sbx.add_issue("planted");
+    let runs = work(&sbx, 1);
+    assert_eq!(runs[0]["finalized"]["to"], "architecture", "{runs:?}");
+    let marker = sbx.dir.join("fsmonitor-ran");
+    let prog = sbx.dir.join("fsmon");
+    std::fs::write(
+        &prog,
+        format!("#!/bin/sh\necho ran >> '{}'\n", marker.display()),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", prog.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let clone = sbx.dir.join("state/repos/widget");
+    git_in(
+        &clone,
+        &["config", "core.fsmonitor", prog.to_str().unwrap()],
+    );
+    let runs = work(&sbx, 1);
+    assert_eq!(
+        runs[0]["finalized"]["action"], "failed",
+        "at once: {runs:?}"
+    );
+    let (reason, notes) = escalation(&sbx, 1);
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("cannot run")
+            && reason.contains("core.fsmonitor")
+            && reason.contains("refusing to run git"),
+        "{reason}"
+    );
+    assert_eq!(notes, 1);
+    assert!(!marker.exists(), "the fsmonitor never ran");
+    let out = sbx.orch().args(["check"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("VIOLATED secrets") && text.contains("core.fsmonitor"),
+        "{text}"
+    );
+    git_in(&clone, &["config", "--unset", "core.fsmonitor"]);
+    sbx.check_invariants();
+}
+
+#[test]
+fn bad_test_command_or_default_branch_exits_2_naming_the_key() {
+    let sbx = Sandbox::new();
+    edit_config(
+        &sbx,
+        "default_branch = \"main\"",
+        "default_branch = \"orch/main\"",
+    );
+    let out = sbx.orch().args(["status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("projects[0].default_branch"), "{err}");
+    edit_config(
+        &sbx,
+        "default_branch = \"orch/main\"",
+        "default_branch = \"main\"",
+    );
+    edit_config(
+        &sbx,
+        "test_command = [\"sh\", \"test.sh\"]",
+        "test_command = [\"\"]",
+    );
+    let out = sbx.orch().args(["status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("projects[0].test_command: must name a program"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_work_item_whose_branch_belongs_to_another_task_is_dead_lettered_once_without_retries() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let body = String::from_utf8(fixture(
+        "plane/webhooks/issue-updated-state-in-progress.json",
+    ))
+    .unwrap();
+    // Another work item (another id) with the same number 42.
+    let other = body.replace(
+        "\"data\": {\"id\": \"b2ec7265-54a6-4ae7-9ab1-a4bf993a9690\"",
+        "\"data\": {\"id\": \"0c4f1d3e-0000-4000-8000-000000000042\"",
+    );
+    assert_ne!(body, other);
+    {
+        let server = sbx.serve();
+        assert_eq!(server.post_plane(body.as_bytes(), "first").0, 202);
+        assert_eq!(server.post_plane(other.as_bytes(), "second").0, 202);
+    }
+    let out = sbx.json(&["ingest"]);
+    assert_eq!(out["dead_lettered"].as_array().unwrap().len(), 1, "{out}");
+    let error: String = sbx
+        .db()
+        .query_row("SELECT error FROM inbox WHERE dead=1", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        error.starts_with("permanent: ")
+            && error.contains("branch orch/widget-42 already belongs to task 1"),
+        "{error}"
+    );
+    assert_eq!(
+        sbx.count("SELECT attempts FROM inbox WHERE dead=1"),
+        1,
+        "no retries"
+    );
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM tasks"), 1);
+    // Nothing left to retry: the next pass does nothing.
+    let again = sbx.json(&["ingest"]);
+    assert!(again["failed"].as_array().unwrap().is_empty(), "{again}");
+    sbx.check_invariants();
+}
+
+/// One probe line of the sandbox test's agent: runs `cmd` in sh and prints
+/// `PROBE <name> yes|no`.
+fn probe(name: &str, cmd: &str) -> String {
+    format!("if {cmd} >/dev/null 2>&1; then echo PROBE {name} yes; else echo PROBE {name} no; fi\n")
+}
+
+#[test]
+fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_and_the_pipeline_completes(
+) {
+    if let Err(why) = orch::process::bwrap_usable() {
+        eprintln!("SKIPPED: bubblewrap does not work here: {why}");
+        return;
+    }
+    // Outside /tmp, so only orch's own hiding rules are tested (a
+    // sandboxed agent's /tmp is empty anyway).
+    let mut sbx = Sandbox::new_in(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sbx"));
+    sbx.set("ORCH_AGENT_SANDBOX", "bwrap");
+    std::fs::write(sbx.dir.join(".env"), "ORCH_PROBE_SECRET=hunter2\n").unwrap();
+    sbx.add_issue("probe");
+    sbx.add_issue("neighbour");
+    let state = sbx.dir.join("state");
+    let wt2 = state.join("worktrees/widget/orch-widget-2");
+    assert!(
+        wt2.join("README.md").exists(),
+        "task 2's worktree is prepared"
+    );
+    let clone = state.join("repos/widget");
+    let db = sbx.db_path();
+    let q = |p: &std::path::Path| format!("'{}'", p.display());
+    let mut script = String::new();
+    script += &probe(
+        "env_read",
+        &format!("grep -q hunter2 {}", q(&sbx.dir.join(".env"))),
+    );
+    script += &probe("db_read", &format!("grep -q SQLite {}", q(&db)));
+    script += &probe(
+        "other_worktree_read",
+        &format!("cat {}", q(&wt2.join("README.md"))),
+    );
+    script += &probe("logs_read", &format!("ls {}", q(&state.join("logs"))));
+    script += &probe(
+        "write_outside",
+        &format!("touch {}", q(&sbx.dir.join("outside"))),
+    );
+    script += &probe("write_etc", "touch /etc/orch-probe");
+    script += &probe(
+        "plant_hook",
+        &format!("touch {}", q(&clone.join("hooks/post-commit"))),
+    );
+    script += &probe(
+        "plant_config",
+        &format!(
+            "git config --file {} core.pager evil",
+            q(&clone.join("config"))
+        ),
+    );
+    script += &probe("orch_environ", "grep -qa hunter2 /proc/[0-9]*/environ");
+    script += &probe("write_worktree", "touch from-agent.txt");
+    script += &probe("write_tmp", "touch /tmp/scratch");
+    script += &probe(
+        "commit",
+        "git add from-agent.txt && git -c user.name=agent -c user.email=a@a commit -qm agent-commit",
+    );
+    script += &format!("exec {}/scripts/fake-agent\n", env!("CARGO_MANIFEST_DIR"));
+    let argv = serde_json::to_string(&["/bin/sh", "-c", &script]).unwrap();
+    sbx.append_config(&format!("\n[agents.analyst]\nargv = {argv}\n"));
+
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["to"], "architecture", "{v}");
+    let log = std::fs::read_to_string(state.join("logs/job1-a1.log")).unwrap();
+    let answer = |name: &str| {
+        let line = format!("PROBE {name} ");
+        log.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .unwrap_or_else(|| panic!("no probe {name} in {log}"))
+            .to_string()
+    };
+    for (name, want) in [
+        ("env_read", "no"),
+        ("db_read", "no"),
+        ("other_worktree_read", "no"),
+        ("logs_read", "no"),
+        ("write_outside", "no"),
+        ("write_etc", "no"),
+        ("plant_hook", "no"),
+        ("plant_config", "no"),
+        ("orch_environ", "no"),
+        ("write_worktree", "yes"),
+        ("write_tmp", "yes"),
+        ("commit", "yes"),
+    ] {
+        assert_eq!(answer(name), want, "{name}\n{log}");
+    }
+    assert!(!sbx.dir.join("outside").exists());
+    assert!(!clone.join("hooks/post-commit").exists());
+    // The agent's own commit is pushed with the branch.
+    let msgs = sbx.origin_git(&["log", "--format=%s", "orch/widget-1"]);
+    assert!(msgs.contains("agent-commit"), "{msgs}");
+    // The rest of the pipeline runs sandboxed to the end.
+    sbx.tick_until(60, |s| s.stage(1) == "done");
+    sbx.check_invariants();
+}
