@@ -244,4 +244,13 @@ CREATE TABLE reconcile_passes (
     r#"
 CREATE INDEX verdicts_job ON verdicts(job_id, id);
 "#,
+    // 6: honest run outcomes. `error` is orch's judgement of a failed run
+    // (timeout, model-API error, crash) and `retryable` whether another
+    // attempt can help; `base_sha` is the branch head the run started on,
+    // so a run that changed nothing is seen as such.
+    r#"
+ALTER TABLE agent_runs ADD COLUMN error TEXT;
+ALTER TABLE agent_runs ADD COLUMN retryable INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE agent_runs ADD COLUMN base_sha TEXT;
+"#,
 ];
