@@ -374,6 +374,10 @@ mod tests {
         include_str!("../tests/fixtures/claude/json/error_max_budget_usd.json");
     const TOO_LONG: &str =
         include_str!("../tests/fixtures/claude/json/api_error_prompt_too_long.json");
+    const RATE_LIMIT: &str =
+        include_str!("../tests/fixtures/claude/json/api_error_rate_limit_429.json");
+    const OVERLOADED: &str =
+        include_str!("../tests/fixtures/claude/json/api_error_overloaded_529.json");
 
     const FIXTURE_USAGE: Usage = Usage {
         input_tokens: 8,
@@ -439,6 +443,61 @@ mod tests {
         assert!(r.result_text.unwrap().starts_with("Prompt is too long"));
         assert_eq!(r.usage, Some(Usage::default()));
         assert_eq!(r.cost_usd, Some(0.0));
+    }
+
+    #[test]
+    fn run_errors_name_the_api_status_and_only_what_can_succeed_is_retried() {
+        let r = parse_result(TOO_LONG).unwrap();
+        let e = run_error(1, None, Some(&r)).unwrap();
+        assert!(!e.retryable);
+        assert!(
+            e.reason
+                .starts_with("model API error 400 (invalid_request_error): Prompt is too long"),
+            "{e:?}"
+        );
+        for (fixture, status) in [(RATE_LIMIT, 429), (OVERLOADED, 529)] {
+            let e = run_error(1, None, Some(&parse_result(fixture).unwrap())).unwrap();
+            assert!(e.retryable, "{e:?}");
+            assert!(
+                e.reason.starts_with(&format!("model API error {status} (")),
+                "{e:?}"
+            );
+        }
+        let e = run_error(1, None, Some(&parse_result(MAX_TURNS).unwrap())).unwrap();
+        assert!(e.retryable);
+        assert_eq!(
+            e.reason,
+            "agent result error_max_turns: Reached maximum number of turns (1)"
+        );
+        let e = run_error(124, Some(30), None).unwrap();
+        assert_eq!(e.reason, "timed out after 30 s; process group killed");
+        assert!(e.retryable);
+        let e = run_error(137, None, None).unwrap();
+        assert!(e.reason.contains("signal 9") && e.retryable, "{e:?}");
+        assert_eq!(
+            run_error(0, None, Some(&parse_result(SUCCESS).unwrap())),
+            None
+        );
+        assert_eq!(run_error(0, None, None), None);
+    }
+
+    #[test]
+    fn denials_are_named_by_tool_and_target() {
+        let r = parse_result(DENIAL).unwrap();
+        assert_eq!(r.denials(), vec!["Bash git push origin HEAD"]);
+        let raw: Vec<Value> = serde_json::from_str(
+            r#"[{"tool_name":"Write","tool_input":{"file_path":"/w/a.md","content":"x"}},{"tool_input":{}}]"#,
+        )
+        .unwrap();
+        assert_eq!(name_denials(&raw), vec!["Write /w/a.md", "?"]);
+    }
+
+    #[test]
+    fn bounded_and_tail_cut_at_char_boundaries() {
+        assert_eq!(bounded("  héllo  ", 3), "hél…");
+        assert_eq!(bounded("ok", 3), "ok");
+        assert_eq!(tail("a\nb\nc\n", 2, 100), "b\nc");
+        assert_eq!(tail("ééé", 5, 2), "…é");
     }
 
     #[test]

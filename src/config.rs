@@ -1162,6 +1162,43 @@ mod tests {
     }
 
     #[test]
+    fn every_built_in_prompt_renders_and_names_its_gate() {
+        let vars = example_vars();
+        for role in ROLES {
+            let p = render(&default_prompt(role), &vars).unwrap();
+            assert!(
+                p.contains("<feedback>") && p.contains("<test_command>"),
+                "{role}"
+            );
+            let verdict = matches!(role, "reviewer" | "tester" | "deployer");
+            assert_eq!(p.contains("<verdict_file>"), verdict, "{role}");
+            assert_eq!(p.contains("<verdicts>"), verdict, "{role}");
+        }
+        assert!(default_prompt("architect").contains("{work_dir}/design.md"));
+        assert!(default_prompt("reviewer").contains("git diff origin/{default_branch}...HEAD"));
+        // An entry without a prompt gets its role's; `default`'s own prompt
+        // applies to the roles without an entry.
+        let c = Config::parse(
+            "[agents.default]\nargv = [\"x\"]\nprompt = \"do {role}\"\n[agents.tester]\nargv = [\"y\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.prompt("analyst").unwrap(), "do {role}");
+        assert_eq!(c.prompt("tester").unwrap(), default_prompt("tester"));
+    }
+
+    #[test]
+    fn a_relative_state_dir_is_made_absolute() {
+        let s = Settings::load(&env(&[("ORCH_STATE_DIR", "rel")]), None, None).unwrap();
+        assert!(s.state_dir.is_absolute(), "{}", s.state_dir.display());
+        assert!(s.state_dir.ends_with("rel"));
+        assert!(s.db_path.is_absolute());
+        assert_eq!(
+            s.job_verdict_dir(7, 2),
+            s.state_dir.join("verdicts").join("job7-a2")
+        );
+    }
+
+    #[test]
     fn defaults_and_overrides() {
         let s = Settings::load(&env(&[("ORCH_STATE_DIR", "/tmp/x")]), None, None).unwrap();
         assert_eq!(s.db_path, PathBuf::from("/tmp/x/orch.db"));

@@ -8,6 +8,7 @@ mod cli;
 mod ingest;
 mod layers;
 mod pipeline;
+mod rework;
 // Crash points and the test clock need the `testing` feature.
 #[cfg(feature = "testing")]
 mod adapters;
