@@ -73,6 +73,9 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
     let verdict_file = verdict_dir.join("verdict.json");
     let worktree = absolute(Path::new(&task.worktree))?;
     let mut feedback = feedback(db, task, stage, job)?;
+    if let Some(tail) = ci_log_tail(ctx, &feedback, task.id) {
+        push_part(&mut feedback, &tail);
+    }
     for n in notes {
         push_part(&mut feedback, n);
     }
@@ -237,6 +240,21 @@ pub fn feedback(db: &Db, task: &Task, stage: Stage, job: Option<&Job>) -> anyhow
         }
     }
     Ok(out)
+}
+
+/// The tail of the local CI's log when the feedback says "CI failed on
+/// <sha>" (the development gate's reason for red tests).
+fn ci_log_tail(ctx: &Ctx, feedback: &str, task_id: i64) -> Option<String> {
+    let i = feedback.find("CI failed on ")?;
+    let sha: String = feedback[i + "CI failed on ".len()..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    if sha.len() < 7 {
+        return None;
+    }
+    let path = crate::forge::local_ci_log(ctx, task_id, &sha);
+    log_tail_named_in(&format!(" log {}", path.display()))
 }
 
 /// The bounded tail of the log file a reason names (`… log /abs/path.log`),

@@ -20,6 +20,10 @@ fn a_reviewer_that_requests_changes_once_gets_them_and_the_reason_travels() {
     let mut sbx = Sandbox::new();
     let wanted = "- handle the empty input";
     sbx.set("FAKE_AGENT_REQUIRE_LINE", wanted);
+    // The developer resumes its previous session on rework.
+    sbx.append_config(&format!(
+        "\n[agents.developer]\nargv = [\"{ROOT}/scripts/fake-agent\", \"--resume\", \"{{previous_session}}\"]\nresume = true\n"
+    ));
     sbx.add_issue("needs one rework");
     sbx.tick_until(25, |s| s.stage(1) == "done");
 
@@ -69,6 +73,27 @@ fn a_reviewer_that_requests_changes_once_gets_them_and_the_reason_travels() {
     );
     let changes = origin_file(&sbx, "main", "CHANGES.md");
     assert!(changes.lines().any(|l| l == wanted), "{changes}");
+    // Resume: no session on the first run (the flag is dropped), the first
+    // run's session on the second.
+    let runs: Vec<(String, String)> = {
+        let db = sbx.db();
+        let mut st = db
+            .prepare(
+                "SELECT argv, session_id FROM agent_runs WHERE stage='development' ORDER BY id",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let argv = |i: usize| serde_json::from_str::<Vec<String>>(&runs[i].0).unwrap();
+    assert_eq!(argv(0).len(), 1, "{runs:?}");
+    assert_eq!(
+        argv(1)[1..],
+        ["--resume".to_string(), runs[0].1.clone()],
+        "{runs:?}"
+    );
     // The tracker comment of the review run carries the same reason.
     let comments = sbx.count(&format!(
         "SELECT COUNT(*) FROM outbox WHERE task_id=1 AND channel='tracker' AND kind='comment' \
@@ -107,6 +132,27 @@ fn a_reviewer_whose_reasons_are_only_in_its_result_text_still_reaches_the_develo
         "{prompt}"
     );
     assert!(origin_file(&sbx, "main", "CHANGES.md").contains(wanted));
+}
+
+#[test]
+fn red_ci_hands_the_failing_test_output_to_the_next_developer_run() {
+    let mut sbx = Sandbox::new();
+    sbx.set("FAKE_AGENT_DEV_LINE", "- BROKEN on purpose");
+    sbx.add_issue("red first");
+    sbx.tick_until(25, |s| s.stage(1) == "done");
+    let dev2: i64 = sbx
+        .count("SELECT job_id FROM agent_runs WHERE stage='development' ORDER BY id DESC LIMIT 1");
+    let prompt = sbx.prompt_of_run(dev2, 1);
+    assert!(
+        prompt.contains("CI failed on ") && prompt.contains("FAIL: CHANGES.md has a BROKEN line"),
+        "{prompt}"
+    );
+    let changes = origin_file(&sbx, "main", "CHANGES.md");
+    assert!(!changes.contains("BROKEN"), "{changes}");
+    assert_eq!(
+        sbx.count("SELECT developer_retries FROM tasks WHERE id=1"),
+        1
+    );
 }
 
 #[test]
