@@ -215,8 +215,7 @@ pub fn feedback(db: &Db, task: &Task, stage: Stage, job: Option<&Job>) -> anyhow
         .find(|t| t.version == task.version)
         .filter(|t| {
             t.to_stage == stage
-                && t.from_stage
-                    .is_some_and(|from| from == stage || from > stage)
+                && t.from_stage.is_some_and(|from| from >= stage)
                 && !t.reason.trim().is_empty()
         });
     if let Some(t) = came_back {

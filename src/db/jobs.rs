@@ -531,17 +531,18 @@ impl Tx<'_> {
         attempt: Option<i64>,
         reason: &str,
         available_at_ms: i64,
+        lease: Option<&str>,
     ) -> anyhow::Result<bool> {
         let n = self
             .conn
             .prepare_cached(
                 "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
-                 available_at_ms=?3, last_error=?2, worker_host=NULL, worker_pid=NULL, \
+                 available_at_ms=?3, last_error=?2, deferred_on=?5, worker_host=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
                  heartbeat_at_ms=NULL \
                  WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4) AND exit_code IS NOT NULL",
             )?
-            .execute(params![id, reason, available_at_ms, attempt])?;
+            .execute(params![id, reason, available_at_ms, attempt, lease])?;
         Ok(n == 1)
     }
 

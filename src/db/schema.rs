@@ -252,5 +252,8 @@ CREATE INDEX verdicts_job ON verdicts(job_id, id);
 ALTER TABLE agent_runs ADD COLUMN error TEXT;
 ALTER TABLE agent_runs ADD COLUMN retryable INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE agent_runs ADD COLUMN base_sha TEXT;
+-- The merge lease a deferred merge waits for: its release makes the job
+-- runnable at once (the growing delay stays as the fallback).
+ALTER TABLE jobs ADD COLUMN deferred_on TEXT;
 "#,
 ];
