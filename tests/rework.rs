@@ -205,6 +205,13 @@ fn a_developer_that_changes_nothing_fails_with_no_change_and_denials_are_named()
     );
     let show = sbx.ok(&["task", "show", "1"]);
     assert!(show.contains("denied (1): Write /"), "{show}");
+    // The run's tracker comment names them too.
+    assert!(
+        sbx.count(
+            "SELECT COUNT(*) FROM outbox WHERE channel='tracker' AND kind='comment' \
+             AND payload LIKE '%permission denials (1): Write /%CHANGES.md%'"
+        ) >= 1
+    );
     assert!(show.contains("CHANGES.md"), "{show}");
     assert!(
         show.contains("ESCALATED") && show.contains("no change"),
