@@ -474,3 +474,54 @@ fn two_tasks_on_the_same_lines_the_second_resolves_its_conflict_and_both_ship() 
     }
     sbx.check_invariants();
 }
+
+#[test]
+fn the_readme_claude_recipe_is_what_orch_renders() {
+    let sbx = Sandbox::new();
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let start = readme.find("[agents.default]").unwrap();
+    let end = start + readme[start..].find("[[projects]]").unwrap();
+    let cfg = std::fs::read_to_string(sbx.dir.join("orch.toml")).unwrap();
+    let projects = &cfg[cfg.find("[[projects]]").unwrap()..];
+    std::fs::write(
+        sbx.dir.join("orch.toml"),
+        format!("{}\n{projects}", &readme[start..end]),
+    )
+    .unwrap();
+
+    let argv = |role: &str| -> Vec<String> {
+        let v = sbx.json(&["agents", "show", role]);
+        serde_json::from_value(v["argv"].clone()).unwrap()
+    };
+    let reviewer = argv("reviewer");
+    let verdict_dir = reviewer.last().unwrap().clone();
+    assert!(
+        Path::new(&verdict_dir).is_absolute() && verdict_dir.contains("/verdicts/job0-a1"),
+        "{reviewer:?}"
+    );
+    assert_eq!(
+        reviewer[..reviewer.len() - 1],
+        [
+            "claude",
+            "-p",
+            "--output-format",
+            "json",
+            "--permission-mode",
+            "acceptEdits",
+            "--max-turns",
+            "60",
+            "--add-dir"
+        ]
+    );
+    // The developer's resume pair is dropped when there is no session.
+    let developer = argv("developer");
+    assert!(
+        developer.contains(&"acceptEdits".to_string()),
+        "{developer:?}"
+    );
+    assert!(
+        !developer.contains(&"--resume".to_string()),
+        "{developer:?}"
+    );
+    assert_eq!(developer.last().unwrap(), &verdict_dir);
+}
