@@ -103,6 +103,12 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
         ("test_command", shell_join(&project.test_command)),
         ("work_dir", gate::design_dir(task.id)),
         ("previous_session", previous_session),
+        (
+            "tracker_link",
+            crate::tracker::Tracker::for_project(ctx, project)
+                .work_item_link(project, &task.tracker_issue_id)
+                .unwrap_or_else(|| "none".into()),
+        ),
     ]
     .into_iter()
     .collect();

@@ -467,6 +467,8 @@ const PROMPT_HEAD: &str = "You are the {role} of project {project}, run headless
 
 {body}
 
+Work item link: {tracker_link}
+
 Your working directory is the git worktree {worktree}, on branch {branch}. orch commits and pushes what you change there when you finish: do not commit, push or switch branches yourself. The work item's folder is {work_dir}/ (relative to the worktree). The project's test command is: {test_command}
 
 ";
@@ -871,8 +873,9 @@ fn default_rejected() -> String {
 /// (`docs/work-items/<task_id>`, relative to the worktree),
 /// `{previous_session}` (the role's previous Claude session id on this
 /// task, with `resume = true`; else empty, and an argv element that is
-/// empty because of it is dropped with the flag before it).
-pub const TEMPLATE_VARS: [&str; 17] = [
+/// empty because of it is dropped with the flag before it),
+/// `{tracker_link}` (the work item's web link, or `none`).
+pub const TEMPLATE_VARS: [&str; 18] = [
     "task_id",
     "project",
     "title",
@@ -890,6 +893,7 @@ pub const TEMPLATE_VARS: [&str; 17] = [
     "test_command",
     "work_dir",
     "previous_session",
+    "tracker_link",
 ];
 
 fn example_vars() -> BTreeMap<&'static str, String> {

@@ -372,6 +372,7 @@ fn a_relative_state_dir_gives_agents_absolute_paths_and_per_stage_verdict_words(
     );
     assert!(verdict.exists(), "the agent wrote it where it was told");
     assert!(review.contains("APPROVE or REQUEST_CHANGES"), "{review}");
+    assert!(review.contains("Work item link: none"), "{review}");
     assert!(review.contains("git diff origin/main...HEAD"), "{review}");
     let wt = sbx.worktree(1);
     assert!(Path::new(&wt).is_absolute(), "{}", wt.display());
