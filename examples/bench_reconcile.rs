@@ -258,6 +258,8 @@ fn run_agent(tx: &Tx, task_id: i64, verdict: Option<&str>, at: i64) -> anyhow::R
             permission_denials: None,
             log_path: format!("logs/job-{}-1.log", job.id),
             started_at_ms: at - 60_000,
+            error: None,
+            base_sha: None,
         },
     )?;
     if let Some(v) = verdict {

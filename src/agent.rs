@@ -46,6 +46,143 @@ pub struct AgentResult {
     pub result_text: Option<String>,
     /// `errors`, present on error subtypes.
     pub errors: Vec<String>,
+    /// `api_error_status`: the HTTP status of the model API call that
+    /// ended the turn (CLI ≥ 2.1.110); `None` on a normal result.
+    pub api_error_status: Option<i64>,
+    /// `api_error_type`, e.g. `invalid_request_error`.
+    pub api_error_type: Option<String>,
+}
+
+impl AgentResult {
+    /// The permission denials named for a person: `Write docs/x.md`,
+    /// `Bash git push origin HEAD` (the tool, then its path, command or
+    /// pattern when the input has one).
+    pub fn denials(&self) -> Vec<String> {
+        name_denials(&self.permission_denials)
+    }
+}
+
+/// Names raw `{tool_name, tool_input}` denial objects (see
+/// [`AgentResult::denials`]); entries without a tool name read `?`.
+pub fn name_denials(denials: &[Value]) -> Vec<String> {
+    denials
+        .iter()
+        .map(|d| {
+            let tool = d.get("tool_name").and_then(Value::as_str).unwrap_or("?");
+            let input = d.get("tool_input");
+            let what = [
+                "file_path",
+                "notebook_path",
+                "path",
+                "command",
+                "pattern",
+                "url",
+            ]
+            .iter()
+            .find_map(|k| input.and_then(|i| i.get(*k)).and_then(Value::as_str));
+            match what {
+                Some(w) => format!("{tool} {}", bounded(w, 200)),
+                None => tool.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// `s` cut to at most `max` characters, `…` marking a cut.
+pub fn bounded(s: &str, max: usize) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The last `max_lines` lines of `text`, at most `max_bytes` bytes (cut at
+/// a character boundary), for feedback an agent reads.
+pub fn tail(text: &str, max_lines: usize, max_bytes: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(max_lines);
+    let joined = lines[start..].join("\n");
+    if joined.len() <= max_bytes {
+        return joined;
+    }
+    let mut cut = joined.len() - max_bytes;
+    while !joined.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("…{}", &joined[cut..])
+}
+
+/// Why an agent run failed, and whether running it again can help.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunError {
+    /// For people and for the next run's feedback, e.g. `model API error
+    /// 400 (invalid_request_error): Prompt is too long`.
+    pub reason: String,
+    /// `false` for what cannot succeed on retry: a model-API 400, 401 or
+    /// 403 (and other 4xx but 408/429) or an invalid configuration.
+    pub retryable: bool,
+}
+
+/// Judges a finished run from its exit and result: `None` when it
+/// succeeded (exit 0 and, when there is a result, a success result).
+/// `timeout_s` is `Some` when orch killed it at its timeout.
+///
+/// Retry classes: an API status 429, 529, 5xx (and 408) or none (a crash,
+/// a connection error, max turns) retries; other 4xx fail at once.
+pub fn run_error(
+    exit_code: i64,
+    timeout_s: Option<u64>,
+    result: Option<&AgentResult>,
+) -> Option<RunError> {
+    if let Some(t) = timeout_s {
+        return Some(RunError {
+            reason: format!("timed out after {t} s; process group killed"),
+            retryable: true,
+        });
+    }
+    if let Some(r) = result.filter(|r| !r.success) {
+        if let Some(status) = r.api_error_status {
+            let retryable = !(400..500).contains(&status) || status == 408 || status == 429;
+            let kind = r
+                .api_error_type
+                .as_deref()
+                .map(|t| format!(" ({t})"))
+                .unwrap_or_default();
+            let text = r
+                .result_text
+                .as_deref()
+                .map(|t| format!(": {}", bounded(t, 500)))
+                .unwrap_or_default();
+            return Some(RunError {
+                reason: format!("model API error {status}{kind}{text}"),
+                retryable,
+            });
+        }
+        let detail = if r.errors.is_empty() {
+            r.result_text
+                .as_deref()
+                .map(|t| bounded(t, 500))
+                .unwrap_or_default()
+        } else {
+            bounded(&r.errors.join("; "), 500)
+        };
+        return Some(RunError {
+            reason: if detail.is_empty() {
+                format!("agent result {} is an error", r.subtype)
+            } else {
+                format!("agent result {}: {detail}", r.subtype)
+            },
+            retryable: true,
+        });
+    }
+    (exit_code != 0).then(|| RunError {
+        reason: match exit_code {
+            c if c > 128 => format!("agent exited with code {c} (killed by signal {})", c - 128),
+            c => format!("agent exited with code {c}"),
+        },
+        retryable: true,
+    })
 }
 
 /// Finds the Claude Code result in a run's log: scans lines from the end
@@ -109,6 +246,8 @@ fn result_from_json(v: &Value) -> Option<AgentResult> {
             .unwrap_or_default(),
         result_text: str_field("result"),
         errors,
+        api_error_status: v.get("api_error_status").and_then(Value::as_i64),
+        api_error_type: str_field("api_error_type"),
     })
 }
 
@@ -235,6 +374,10 @@ mod tests {
         include_str!("../tests/fixtures/claude/json/error_max_budget_usd.json");
     const TOO_LONG: &str =
         include_str!("../tests/fixtures/claude/json/api_error_prompt_too_long.json");
+    const RATE_LIMIT: &str =
+        include_str!("../tests/fixtures/claude/json/api_error_rate_limit_429.json");
+    const OVERLOADED: &str =
+        include_str!("../tests/fixtures/claude/json/api_error_overloaded_529.json");
 
     const FIXTURE_USAGE: Usage = Usage {
         input_tokens: 8,
@@ -300,6 +443,61 @@ mod tests {
         assert!(r.result_text.unwrap().starts_with("Prompt is too long"));
         assert_eq!(r.usage, Some(Usage::default()));
         assert_eq!(r.cost_usd, Some(0.0));
+    }
+
+    #[test]
+    fn run_errors_name_the_api_status_and_only_what_can_succeed_is_retried() {
+        let r = parse_result(TOO_LONG).unwrap();
+        let e = run_error(1, None, Some(&r)).unwrap();
+        assert!(!e.retryable);
+        assert!(
+            e.reason
+                .starts_with("model API error 400 (invalid_request_error): Prompt is too long"),
+            "{e:?}"
+        );
+        for (fixture, status) in [(RATE_LIMIT, 429), (OVERLOADED, 529)] {
+            let e = run_error(1, None, Some(&parse_result(fixture).unwrap())).unwrap();
+            assert!(e.retryable, "{e:?}");
+            assert!(
+                e.reason.starts_with(&format!("model API error {status} (")),
+                "{e:?}"
+            );
+        }
+        let e = run_error(1, None, Some(&parse_result(MAX_TURNS).unwrap())).unwrap();
+        assert!(e.retryable);
+        assert_eq!(
+            e.reason,
+            "agent result error_max_turns: Reached maximum number of turns (1)"
+        );
+        let e = run_error(124, Some(30), None).unwrap();
+        assert_eq!(e.reason, "timed out after 30 s; process group killed");
+        assert!(e.retryable);
+        let e = run_error(137, None, None).unwrap();
+        assert!(e.reason.contains("signal 9") && e.retryable, "{e:?}");
+        assert_eq!(
+            run_error(0, None, Some(&parse_result(SUCCESS).unwrap())),
+            None
+        );
+        assert_eq!(run_error(0, None, None), None);
+    }
+
+    #[test]
+    fn denials_are_named_by_tool_and_target() {
+        let r = parse_result(DENIAL).unwrap();
+        assert_eq!(r.denials(), vec!["Bash git push origin HEAD"]);
+        let raw: Vec<Value> = serde_json::from_str(
+            r#"[{"tool_name":"Write","tool_input":{"file_path":"/w/a.md","content":"x"}},{"tool_input":{}}]"#,
+        )
+        .unwrap();
+        assert_eq!(name_denials(&raw), vec!["Write /w/a.md", "?"]);
+    }
+
+    #[test]
+    fn bounded_and_tail_cut_at_char_boundaries() {
+        assert_eq!(bounded("  héllo  ", 3), "hél…");
+        assert_eq!(bounded("ok", 3), "ok");
+        assert_eq!(tail("a\nb\nc\n", 2, 100), "b\nc");
+        assert_eq!(tail("ééé", 5, 2), "…é");
     }
 
     #[test]

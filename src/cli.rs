@@ -119,6 +119,9 @@ pub enum Command {
     /// The inbox of webhook deliveries
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The agents: what a run of a role is told
+    #[command(subcommand)]
+    Agents(AgentsCommand),
     /// Tokens and cost per task, stage and role
     Usage {
         /// Only this task
@@ -234,4 +237,27 @@ pub enum EventsCommand {
     },
     /// Make a delivery pending again and ingest it
     Replay { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentsCommand {
+    /// Print the argv, environment and prompt a run of ROLE gets
+    ///
+    /// Rendered as the worker renders them: with --task, for that task at
+    /// its stage (or --stage), feedback included; without, for an example
+    /// task with <placeholder> values. Writes nothing.
+    Show {
+        /// analyst, architect, developer, reviewer, tester or deployer
+        role: String,
+        /// Render for this task
+        #[arg(long)]
+        task: Option<i64>,
+        /// The stage to render for (the deployer runs at deploy-staging and
+        /// deploy) [default: the task's stage, else the role's first]
+        #[arg(long)]
+        stage: Option<String>,
+        /// Without --task: the project of the example [default: the first]
+        #[arg(long)]
+        project: Option<String>,
+    },
 }

@@ -171,7 +171,15 @@ impl Settings {
         config: Option<PathBuf>,
     ) -> Result<Settings, Error> {
         let get = |k: &str| lookup(k).filter(|v| !v.trim().is_empty());
+        // Absolute from here on: every path handed to an agent (which runs
+        // in a worktree, not in orch's directory) derives from it.
         let state_dir = PathBuf::from(get("ORCH_STATE_DIR").unwrap_or_else(|| "orch-state".into()));
+        let state_dir = std::path::absolute(&state_dir).map_err(|e| {
+            Error::config(
+                "ORCH_STATE_DIR",
+                format!("cannot make {} absolute: {e}", state_dir.display()),
+            )
+        })?;
         let db_path = db
             .or_else(|| get("ORCH_DB").map(PathBuf::from))
             .unwrap_or_else(|| state_dir.join("orch.db"));
@@ -299,6 +307,12 @@ impl Settings {
     /// (outside the worktree, so a verdict is never committed).
     pub fn verdicts_dir(&self) -> PathBuf {
         self.state_dir.join("verdicts")
+    }
+    /// `<state_dir>/verdicts/job<job_id>-a<attempt>`: the one folder run
+    /// `attempt` of job `job_id` may write (`{verdict_dir}`), so an
+    /// `--add-dir {verdict_dir}` grants no other job's verdicts.
+    pub fn job_verdict_dir(&self, job_id: i64, attempt: i64) -> PathBuf {
+        self.verdicts_dir().join(format!("job{job_id}-a{attempt}"))
     }
 }
 
@@ -482,11 +496,16 @@ pub struct AgentConfig {
     /// placeholders, e.g. `["claude", "-p", "--output-format", "json",
     /// "--add-dir", "{verdict_dir}"]`.
     pub argv: Vec<String>,
-    /// Prompt template, fed on stdin. Placeholders: `{task_id}`,
-    /// `{project}`, `{title}`, `{body}`, `{stage}`, `{role}`, `{branch}`,
-    /// `{worktree}`, `{verdict_file}`, `{verdict_dir}`.
-    #[serde(default = "default_prompt")]
-    pub prompt: String,
+    /// Prompt template, fed on stdin; `None`: the role's built-in prompt
+    /// ([`default_prompt`]). Placeholders: [`TEMPLATE_VARS`].
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// On rework, hand the role's previous Claude session id of this task
+    /// to `{previous_session}` (for `--resume`). Default false: the
+    /// placeholder is always empty, and an empty `{previous_session}`
+    /// argument is dropped with the flag before it.
+    #[serde(default)]
+    pub resume: bool,
     /// Wall-clock limit in seconds (default `ORCH_AGENT_TIMEOUT_S`).
     pub timeout_s: Option<u64>,
     /// Extra environment for the agent.
@@ -494,12 +513,66 @@ pub struct AgentConfig {
     pub env: BTreeMap<String, String>,
 }
 
-fn default_prompt() -> String {
-    DEFAULT_PROMPT.to_string()
+/// The opening of every built-in prompt: the work item and the ground rules.
+const PROMPT_HEAD: &str = "You are the {role} of project {project}, run headless by orch at stage {stage} (attempt {attempt}) of work item {task_id}: {title}
+
+{body}
+
+Work item link: {tracker_link}
+
+Your working directory is the git worktree {worktree}, on branch {branch}. orch commits and pushes what you change there when you finish: do not commit, push or switch branches yourself. The work item's folder is {work_dir}/ (relative to the worktree). The project's test command is: {test_command}
+
+";
+
+/// The feedback section of every built-in prompt.
+const PROMPT_FEEDBACK: &str =
+    "Feedback on earlier runs of this work item (act on it first; empty on a first run):
+{feedback}
+
+";
+
+/// The closing of the built-in prompts of roles whose gate reads a verdict.
+const PROMPT_VERDICT: &str = "Finish by writing your verdict as one JSON object {{\"verdict\": \"...\", \"summary\": \"...\"}} to {verdict_file}. At this stage the verdict is {verdicts}. The summary says why, in words the next agent can act on (what to change, which test fails).
+";
+
+/// Each role's job and what its gate checks.
+fn role_brief(role: &str) -> &'static str {
+    match role {
+        "analyst" => "Your job: analyse the request. Write {work_dir}/analysis.md: the problem, what is in and out of scope, acceptance criteria, open questions. Do not change code. Gate: a person approves your analysis (or rejects it with a comment, and you run again).
+
+",
+        "architect" => "Your job: design the change. Read {work_dir}/analysis.md and the code. Write {work_dir}/design.md: the approach, the files to change, the tests to add. Do not change code. Gate: orch checks that {work_dir}/ exists at the branch head and that your run changed the branch (a run that changes nothing fails).
+
+",
+        "developer" => "Your job: implement the change described in {work_dir}/design.md and {work_dir}/analysis.md, with tests. Gate: your run must change the branch (a run that changes nothing fails), and the test command must pass on the branch head. If files hold conflict markers (<<<<<<<, =======, >>>>>>>), resolve them: orch refuses to commit a file that still holds them.
+
+",
+        "reviewer" => "Your job: review the change, the diff `git diff origin/{default_branch}...HEAD`, against {work_dir}/design.md and {work_dir}/analysis.md. Do not change files. Gate: your verdict; REQUEST_CHANGES sends the work back to the developer with your summary.
+
+",
+        "tester" => "Your job: test the change, the diff `git diff origin/{default_branch}...HEAD`: run the test command and check the acceptance criteria in {work_dir}/analysis.md. Do not change files. Gate: your verdict; FAIL sends the work back to the developer with your summary.
+
+",
+        _ => "Your job: decide whether the change is ready at stage {stage}. At deploy-staging orch merges the branch into {default_branch} after your pass, testing the combined tree first; at deploy, confirm that it is deployed. Do not change files. Gate: your verdict.
+
+",
+    }
 }
 
-/// The prompt used when an agent entry sets none.
-pub const DEFAULT_PROMPT: &str = "You are the {role} of project {project}, working on work item {task_id}: {title}\n\n{body}\n\nStage: {stage}. Your working directory is the git worktree {worktree} on branch {branch}; orch commits and pushes what you change there.\nWhen your role gives a verdict, write it as JSON {{\"verdict\": \"...\", \"summary\": \"...\"}} to {verdict_file}.\n";
+/// The built-in prompt template of `role` (used when its agent entry sets
+/// no `prompt`): the work item, the role's job and what its gate checks,
+/// where earlier stages' outputs are, the test command, the feedback and,
+/// for roles whose gate reads one, the verdict words and file.
+pub fn default_prompt(role: &str) -> String {
+    let verdict = match role {
+        "reviewer" | "tester" | "deployer" => PROMPT_VERDICT,
+        _ => "You write no verdict file at this stage.\n",
+    };
+    format!(
+        "{PROMPT_HEAD}{}{PROMPT_FEEDBACK}{verdict}",
+        role_brief(role)
+    )
+}
 
 /// One project of the registry.
 #[derive(Debug, Clone, Deserialize)]
@@ -838,8 +911,22 @@ fn default_rejected() -> String {
     "Rejected".into()
 }
 
-/// The placeholders agent argv and prompt templates may use.
-pub const TEMPLATE_VARS: [&str; 10] = [
+/// The placeholders agent argv and prompt templates may use. Every path is
+/// absolute:
+/// `{task_id}`, `{project}`, `{title}`, `{body}`, `{stage}`, `{role}`,
+/// `{branch}`, `{worktree}` (the task's worktree, the agent's cwd),
+/// `{verdict_file}` (`{verdict_dir}/verdict.json`), `{verdict_dir}` (this
+/// run's own folder `<state>/verdicts/job<N>-a<k>/`), `{feedback}` (why
+/// the task came back or the last attempt failed; empty on a first run),
+/// `{attempt}` (1, 2, …), `{verdicts}` (the verdict words this stage
+/// accepts, e.g. `PASS or FAIL`), `{default_branch}`, `{test_command}`
+/// (the project's test argv, shell-quoted), `{work_dir}`
+/// (`docs/work-items/<task_id>`, relative to the worktree),
+/// `{previous_session}` (the role's previous Claude session id on this
+/// task, with `resume = true`; else empty, and an argv element that is
+/// empty because of it is dropped with the flag before it),
+/// `{tracker_link}` (the work item's web link, or `none`).
+pub const TEMPLATE_VARS: [&str; 18] = [
     "task_id",
     "project",
     "title",
@@ -850,6 +937,14 @@ pub const TEMPLATE_VARS: [&str; 10] = [
     "worktree",
     "verdict_file",
     "verdict_dir",
+    "feedback",
+    "attempt",
+    "verdicts",
+    "default_branch",
+    "test_command",
+    "work_dir",
+    "previous_session",
+    "tracker_link",
 ];
 
 fn example_vars() -> BTreeMap<&'static str, String> {
@@ -1016,8 +1111,10 @@ impl Config {
                 render(arg, &vars)
                     .map_err(|m| Error::config(format!("agents.{role}.argv[{i}]"), m))?;
             }
-            render(&a.prompt, &vars)
-                .map_err(|m| Error::config(format!("agents.{role}.prompt"), m))?;
+            if let Some(prompt) = &a.prompt {
+                render(prompt, &vars)
+                    .map_err(|m| Error::config(format!("agents.{role}.prompt"), m))?;
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.projects.iter().enumerate() {
@@ -1101,6 +1198,19 @@ impl Config {
             .find(|p| !id.is_empty() && p.tracker_project_id == id)
     }
 
+    /// The prompt template of `role`: its agent entry's `prompt` (its own
+    /// entry, else `default`), else the role's built-in
+    /// [`default_prompt`].
+    ///
+    /// Errors: as [`Config::agent`].
+    pub fn prompt(&self, role: &str) -> Result<String, Error> {
+        Ok(self
+            .agent(role)?
+            .prompt
+            .clone()
+            .unwrap_or_else(|| default_prompt(role)))
+    }
+
     /// The agent for `role`: its own entry, else `default`.
     ///
     /// Errors: [`Error::Config`] when neither exists.
@@ -1127,6 +1237,43 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k: &str| m.get(k).cloned()
+    }
+
+    #[test]
+    fn every_built_in_prompt_renders_and_names_its_gate() {
+        let vars = example_vars();
+        for role in ROLES {
+            let p = render(&default_prompt(role), &vars).unwrap();
+            assert!(
+                p.contains("<feedback>") && p.contains("<test_command>"),
+                "{role}"
+            );
+            let verdict = matches!(role, "reviewer" | "tester" | "deployer");
+            assert_eq!(p.contains("<verdict_file>"), verdict, "{role}");
+            assert_eq!(p.contains("<verdicts>"), verdict, "{role}");
+        }
+        assert!(default_prompt("architect").contains("{work_dir}/design.md"));
+        assert!(default_prompt("reviewer").contains("git diff origin/{default_branch}...HEAD"));
+        // An entry without a prompt gets its role's; `default`'s own prompt
+        // applies to the roles without an entry.
+        let c = Config::parse(
+            "[agents.default]\nargv = [\"x\"]\nprompt = \"do {role}\"\n[agents.tester]\nargv = [\"y\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.prompt("analyst").unwrap(), "do {role}");
+        assert_eq!(c.prompt("tester").unwrap(), default_prompt("tester"));
+    }
+
+    #[test]
+    fn a_relative_state_dir_is_made_absolute() {
+        let s = Settings::load(&env(&[("ORCH_STATE_DIR", "rel")]), None, None).unwrap();
+        assert!(s.state_dir.is_absolute(), "{}", s.state_dir.display());
+        assert!(s.state_dir.ends_with("rel"));
+        assert!(s.db_path.is_absolute());
+        assert_eq!(
+            s.job_verdict_dir(7, 2),
+            s.state_dir.join("verdicts").join("job7-a2")
+        );
     }
 
     #[test]

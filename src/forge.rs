@@ -522,6 +522,16 @@ fn gitea_merge_into_default(
     }
 }
 
+fn local_ci_name(task_id: i64, sha: &str) -> String {
+    format!("ci-task{task_id}-{}", &sha[..sha.len().min(12)])
+}
+
+/// The log of the local forge's CI run of task `task_id` on `sha`
+/// (`<logs>/ci-task<id>-<sha12>.log`; it exists once the tests ran).
+pub fn local_ci_log(ctx: &Ctx, task_id: i64, sha: &str) -> std::path::PathBuf {
+    ctx.log_path(&format!("{}.log", local_ci_name(task_id, sha)))
+}
+
 /// The local forge's CI: runs the project's test command on the worktree's
 /// head once per sha and stores the result as CI status `orch/test`.
 ///
@@ -538,12 +548,7 @@ fn run_local_ci(
     if let Some(state) = db.combined_ci_state(&project.name, &sha)? {
         return Ok(state);
     }
-    let passed = run_tests(
-        ctx,
-        project,
-        worktree,
-        &format!("ci-task{}-{}", task.id, &sha[..sha.len().min(12)]),
-    )?;
+    let passed = run_tests(ctx, project, worktree, &local_ci_name(task.id, &sha))?;
     let state = if passed { "success" } else { "failure" };
     db.write(|tx| tx.upsert_ci_status(&project.name, &sha, "orch/test", state, "", now_ms()))?;
     info!(target: "ci", task = task.id, sha = %sha, state, "local CI finished");

@@ -143,6 +143,17 @@ pub enum RebaseOutcome {
     Conflict { files: Vec<String> },
 }
 
+/// Result of [`Repo::merge_default_in`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeIn {
+    /// The branch already contains origin's default branch; nothing done.
+    UpToDate,
+    /// Merged cleanly and committed; HEAD is now `sha`.
+    Merged { sha: String },
+    /// The merge stopped on conflicts in `files`, left in progress.
+    Conflict { files: Vec<String> },
+}
+
 /// Result of [`Repo::fast_forward_default`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FastForward {
@@ -1317,6 +1328,97 @@ impl Repo {
             return Err(out.into_error().into());
         }
         Ok(RebaseOutcome::Conflict { files })
+    }
+
+    /// Fetch, then merge origin's current default branch into the
+    /// worktree's branch (the conflict handoff: a task the merge gate sent
+    /// back starts its development run on a branch that contains main).
+    ///
+    /// Guarantees: `UpToDate` when the branch already contains origin's
+    /// default (nothing changes); `Merged { sha }` when the merge was clean
+    /// and is committed; `Conflict { files }` when it stopped on conflicts:
+    /// the merge is left in progress (conflict markers in `files`) for an
+    /// agent to resolve, and [`Repo::commit_all`] then concludes it. Nothing
+    /// is pushed. [`Repo::discard_changes`] abandons an unfinished merge.
+    /// Assumptions: as [`Repo::rebase_onto_default`]; the worktree is clean.
+    /// Errors: [`Error::Subprocess`] if git fails for another reason (the
+    /// merge is then aborted).
+    pub fn merge_default_in(&self, worktree: &Path) -> anyhow::Result<MergeIn> {
+        let default = self.default_branch()?;
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        let admin = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&admin)?;
+        {
+            let _clone = self.lock_clone()?;
+            self.sync_locked()?;
+        }
+        let upstream = Self::resolve_ref(&worktree, &Self::remote_ref(default))?
+            .with_context(|| format!("origin has no default branch {default:?}"))?;
+        let original = Self::head_sha_of(&worktree)?;
+        if self.is_ancestor(&worktree, &upstream, &original)? {
+            return Ok(MergeIn::UpToDate);
+        }
+        let message = format!("Merge origin/{default} into the task branch (orch)");
+        let out = git_commit_ok(
+            &worktree,
+            &[
+                "merge",
+                "--quiet",
+                "--no-ff",
+                "--no-verify",
+                "-m",
+                &message,
+                &upstream,
+            ],
+        )?;
+        if out.success() {
+            return Ok(MergeIn::Merged {
+                sha: Self::head_sha_of(&worktree)?,
+            });
+        }
+        let files: Vec<String> =
+            git_ok(&worktree, &["diff", "--name-only", "-z", "--diff-filter=U"])?
+                .split('\0')
+                .filter(|f| !f.is_empty())
+                .map(str::to_string)
+                .collect();
+        if files.is_empty() {
+            let _ = git_ok(&worktree, &["merge", "--abort"]);
+            return Err(out.into_error().into());
+        }
+        Ok(MergeIn::Conflict { files })
+    }
+
+    /// Changed or new files of the worktree (against HEAD, not ignored)
+    /// that still hold a conflict marker line (`<<<<<<< ` or `>>>>>>> `
+    /// at a line start), sorted. Read-only; takes no lock.
+    /// Errors: [`Error::Subprocess`] from git.
+    pub fn conflict_marked_files(&self, worktree: &Path) -> anyhow::Result<Vec<String>> {
+        let worktree = absolute(worktree)?;
+        let mut files: Vec<String> = Vec::new();
+        for args in [
+            &["diff", "--name-only", "-z", "HEAD"][..],
+            &["ls-files", "--others", "--exclude-standard", "-z"][..],
+        ] {
+            files.extend(
+                git_ok(&worktree, args)?
+                    .split('\0')
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        files.sort();
+        files.dedup();
+        Ok(files
+            .into_iter()
+            .filter(|f| {
+                std::fs::read(worktree.join(f)).is_ok_and(|b| {
+                    b.split(|&c| c == b'\n')
+                        .any(|l| l.starts_with(b"<<<<<<< ") || l.starts_with(b">>>>>>> "))
+                })
+            })
+            .collect())
     }
 
     /// The only way orch moves the default branch: push

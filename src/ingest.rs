@@ -510,7 +510,7 @@ fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Res
     let (to, retry, why) = match gate::decide(Stage::Development, &facts) {
         Gate::Pass => (Stage::Review, false, format!("CI {state} on {sha}")),
         Gate::Rollback(r) => (Stage::Development, true, r),
-        Gate::Pending(r) | Gate::Fail(r) => {
+        Gate::Pending(r) | Gate::Fail(r) | Gate::FailFinal(r) => {
             return Ok(done(format!("{recorded}; task {} waits: {r}", task.id)))
         }
     };

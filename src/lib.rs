@@ -7,6 +7,7 @@
 pub mod adapters;
 pub mod agent;
 pub mod backoff;
+pub mod brief;
 pub mod check;
 pub mod clock;
 pub mod config;

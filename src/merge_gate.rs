@@ -184,7 +184,8 @@ pub fn gate_job(
         match db.write(|tx| tx.acquire_lease(name, &holder(task.id), Some(job.id), now, ttl_ms))? {
             LeaseAcquire::Acquired(l) => steps.push(took_lease(&l)),
             LeaseAcquire::Busy(l) => {
-                return defer(ctx, db, job, actor, &busy_reason(&l)).map(JobGate::Settled)
+                return defer(ctx, db, job, actor, &busy_reason(&l), Some(name))
+                    .map(JobGate::Settled)
             }
         }
         failpoint("merge_gate.after_acquire");
@@ -194,7 +195,7 @@ pub fn gate_job(
         Ok(Merge::Rollback(reason)) => Ok(JobGate::Verdict(Gate::Rollback(reason))),
         Ok(Merge::MainMoving(reason)) => {
             give_back(db, lease.as_deref(), task, None)?;
-            defer(ctx, db, job, actor, &reason).map(JobGate::Settled)
+            defer(ctx, db, job, actor, &reason, None).map(JobGate::Settled)
         }
         Err(e) => {
             if let Err(e2) = give_back(db, lease.as_deref(), task, None) {
@@ -207,7 +208,16 @@ pub fn gate_job(
 
 /// Defers running job `job`'s merge, or at the defer cap fails it and
 /// escalates the task. One transaction; a lost claim writes nothing.
-fn defer(ctx: &Ctx, db: &Db, job: &Job, actor: Actor, reason: &str) -> anyhow::Result<Finalized> {
+/// `lease`: the busy lease it waits for; its release wakes the job (and a
+/// lease released before this transaction leaves the job runnable now).
+fn defer(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    actor: Actor,
+    reason: &str,
+    lease: Option<&str>,
+) -> anyhow::Result<Finalized> {
     let s = &ctx.settings;
     let now = now_ms();
     let out = db.write(|tx| {
@@ -223,7 +233,15 @@ fn defer(ctx: &Ctx, db: &Db, job: &Job, actor: Actor, reason: &str) -> anyhow::R
             return jobs::fail_and_escalate(tx, ctx.policy(), job, &why, why.clone(), actor, now);
         }
         let base_ms = s.merge_gate_defer_s as i64 * 1000;
-        let at = now + backoff_ms(base_ms, base_ms << 4, cur.merge_defers, None);
+        let released_meanwhile = match lease {
+            Some(name) => tx.lease(name)?.is_none(),
+            None => false,
+        };
+        let at = if released_meanwhile {
+            now
+        } else {
+            now + backoff_ms(base_ms, base_ms << 4, cur.merge_defers, None)
+        };
         let c = JobChange {
             job_id: job.id,
             from: JobStatus::Running,
@@ -232,6 +250,7 @@ fn defer(ctx: &Ctx, db: &Db, job: &Job, actor: Actor, reason: &str) -> anyhow::R
             how: How::Defer {
                 reason,
                 available_at_ms: at,
+                lease,
             },
         };
         if jobs::change(tx, &c, now)? == Changed::Lost {

@@ -310,7 +310,42 @@ fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyho
     if out != Finalized::Lost {
         kill_agent(ctx, &old);
     }
+    if let Finalized::Retrying { attempt, .. } = out {
+        discard_killed_edits(ctx, db, &old, attempt);
+    }
     Ok(describe(&out))
+}
+
+/// After a requeue: resets the task's worktree to its branch head and
+/// cleans it, so the killed run's half-done edits never reach a commit
+/// (the next attempt resets it too, before its agent starts). Skipped when
+/// a worker already claimed `next_attempt`. Best effort: a failure is
+/// logged, the worker's own reset still holds.
+fn discard_killed_edits(ctx: &Ctx, db: &Db, old: &Job, next_attempt: i64) {
+    let result = (|| -> anyhow::Result<bool> {
+        let still_queued = db
+            .job(old.id)?
+            .is_some_and(|j| j.status == JobStatus::Queued && j.attempt == next_attempt);
+        let Some(task) = db.task(old.task_id)? else {
+            return Ok(false);
+        };
+        let worktree = std::path::Path::new(&task.worktree);
+        if !still_queued || !worktree.exists() {
+            return Ok(false);
+        }
+        let repo = ctx.repo(ctx.project(&task.project)?);
+        repo.discard_changes(worktree)?;
+        Ok(true)
+    })();
+    match result {
+        Ok(true) => {
+            info!(target: "reap", job = old.id, "worktree reset to the branch head and cleaned")
+        }
+        Ok(false) => {}
+        Err(e) => {
+            warn!(target: "reap", job = old.id, error = %format!("{e:#}"), "could not reset the worktree; the next attempt resets it")
+        }
+    }
 }
 
 fn describe(f: &Finalized) -> String {

@@ -156,14 +156,27 @@ impl RunReport {
             "{} run (job {}, attempt {attempt}): {outcome}",
             job.role, job.id
         );
-        let verdict_line = verdict.as_ref().map(|(v, s)| format!("verdict {v}: {s}"));
+        let verdict_line = verdict
+            .as_ref()
+            .map(|(v, s)| crate::pipeline::gate::with_reason(&format!("verdict {v}"), s));
+        let denials = tx
+            .run_judgement(job.id)?
+            .map(|r| crate::agent::name_denials(&r.denials))
+            .unwrap_or_default();
+        let denials_line = (!denials.is_empty()).then(|| {
+            format!(
+                "permission denials ({}): {}",
+                denials.len(),
+                denials.join(", ")
+            )
+        });
         let usage_line = usage.map_or_else(
             || "usage: unknown (the agent printed no result)".to_string(),
             |u| format!("usage: {}", u.line()),
         );
         let mut text = title.clone();
-        if let Some(v) = &verdict_line {
-            text += &format!("\n{v}");
+        for line in [&verdict_line, &denials_line].into_iter().flatten() {
+            text += &format!("\n{line}");
         }
         text += &format!("\nbranch {}", task.branch);
         if let Some(h) = &self.head {
@@ -178,6 +191,7 @@ impl RunReport {
             "outcome": outcome,
             "exit_code": run.as_ref().and_then(|r| r.exit_code),
             "verdict": verdict.as_ref().map(|(v, s)| json!({ "verdict": v, "summary": s })),
+            "permission_denials": denials,
             "branch": task.branch,
             "commit": self.head,
             "usage": usage.map(|u| json!({
@@ -205,8 +219,8 @@ impl RunReport {
                 "**{}** run (job {}, attempt {attempt}): {outcome}",
                 job.role, job.id
             );
-            if let Some(v) = &verdict_line {
-                md += &format!("\n\n{v}");
+            for line in [&verdict_line, &denials_line].into_iter().flatten() {
+                md += &format!("\n\n{line}");
             }
             if let Some(h) = &self.head {
                 md += &format!("\n\nat {h}");

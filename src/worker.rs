@@ -11,7 +11,6 @@
 //! run again by whoever comes next; only the terminal claim, a single
 //! transaction, decides who advances the task.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -125,76 +124,95 @@ fn run_agent_unless_merge_pending(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Resu
     }
 }
 
-/// Per-run file names: `<kind>-job<id>-a<attempt>.<ext>`.
+/// Per-run file names: `job<id>-a<attempt>.<ext>`.
 fn run_file(dir: &Path, job: &Job, ext: &str) -> PathBuf {
     dir.join(format!("job{}-a{}.{ext}", job.id, job.attempt))
+}
+
+/// Whether `task`'s current version came from the merge gate (or the
+/// deployer at deploy-staging) sending it back to development.
+fn sent_back_by_merge_gate(db: &Db, task: &Task) -> anyhow::Result<bool> {
+    Ok(db
+        .transitions(task.id)?
+        .into_iter()
+        .rev()
+        .find(|t| t.version == task.version)
+        .is_some_and(|t| {
+            t.to_stage == Stage::Development && t.from_stage == Some(Stage::DeployStaging)
+        }))
 }
 
 /// Prepares the worktree, runs the agent, and records its exit, run and
 /// verdict in one transaction. Returns the exit code, or `None` when the
 /// job was taken from this worker meanwhile (nothing recorded).
+///
+/// The worktree is reset to the branch head and cleaned before every
+/// attempt after the first, so a killed or failed run's edits never reach
+/// a commit. A development run the merge gate sent back starts on a branch
+/// that contains origin's current default branch (merged in here; a
+/// conflicted merge is left for the agent, its files named in the
+/// feedback).
 fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let task = db.task(job.task_id)?.context("job's task vanished")?;
     let project = ctx.project(&task.project)?;
     let repo = ctx.repo(project);
-    let worktree = PathBuf::from(&task.worktree);
+    let worktree = std::path::absolute(&task.worktree)
+        .with_context(|| format!("making {} absolute", task.worktree))?;
     repo.sync()?;
     repo.ensure_worktree(&worktree, &task.branch)?;
     // A run starts from what was committed: uncommitted edits are a dead
     // run's (a worker killed mid-run, recovered by Tier-1), and running on
     // top of them would apply the same edit twice.
     repo.discard_changes(&worktree)?;
+    let base_sha = repo.head_sha(&worktree)?;
+    let mut notes = Vec::new();
+    if job.stage == Stage::Development && sent_back_by_merge_gate(db, &task)? {
+        match repo.merge_default_in(&worktree)? {
+            crate::git::MergeIn::UpToDate => {}
+            crate::git::MergeIn::Merged { sha } => {
+                info!(target: "worker", job = job.id, sha = %sha, "merged origin's default branch into the task branch");
+                notes.push(format!(
+                    "orch merged origin/{} into the branch before this run (clean merge, committed).",
+                    project.default_branch
+                ));
+            }
+            crate::git::MergeIn::Conflict { files } => {
+                info!(target: "worker", job = job.id, files = ?files, "merge of origin's default branch left conflicts for the agent");
+                notes.push(format!(
+                    "orch merged origin/{} into the branch before this run; the merge is in progress and these files hold conflict markers: {}. Resolve each (keep both sides' intent), remove every marker line; orch concludes the merge when you finish.",
+                    project.default_branch,
+                    files.join(", ")
+                ));
+            }
+        }
+    }
 
-    let agent = ctx.config.agent(&job.role)?;
-    let verdict_file = run_file(&ctx.settings.verdicts_dir(), job, "json");
+    let brief = crate::brief::render(
+        ctx,
+        db,
+        crate::brief::RunOf {
+            task: &task,
+            stage: job.stage,
+            role: &job.role,
+            job: Some(job),
+        },
+        &notes,
+    )?;
+    let verdict_file = brief.verdict_file.clone();
+    std::fs::create_dir_all(&brief.verdict_dir)
+        .with_context(|| format!("creating {}", brief.verdict_dir.display()))?;
     let _ = std::fs::remove_file(&verdict_file);
     let log_path = run_file(&ctx.settings.logs_dir(), job, "log");
     let prompt_path = run_file(&ctx.settings.logs_dir(), job, "prompt");
-
-    let vars: BTreeMap<&str, String> = [
-        ("task_id", task.id.to_string()),
-        ("project", task.project.clone()),
-        ("title", task.title.clone()),
-        ("body", task.body.clone()),
-        ("stage", job.stage.to_string()),
-        ("role", job.role.clone()),
-        ("branch", task.branch.clone()),
-        ("worktree", task.worktree.clone()),
-        ("verdict_file", verdict_file.to_string_lossy().into_owned()),
-        (
-            "verdict_dir",
-            ctx.settings.verdicts_dir().to_string_lossy().into_owned(),
-        ),
-    ]
-    .into_iter()
-    .collect();
-    let argv: Vec<String> = agent
-        .argv
-        .iter()
-        .map(|a| crate::agent::render(a, &vars))
-        .collect::<Result<_, _>>()
-        .map_err(|m| crate::error::Error::config(format!("agents.{}.argv", job.role), m))?;
-    let prompt = crate::agent::render(&agent.prompt, &vars)
-        .map_err(|m| crate::error::Error::config(format!("agents.{}.prompt", job.role), m))?;
     std::fs::create_dir_all(ctx.settings.logs_dir())?;
-    std::fs::write(&prompt_path, prompt)?;
+    std::fs::write(&prompt_path, &brief.prompt)?;
 
-    let timeout_s = agent.timeout_s.unwrap_or(ctx.settings.agent_timeout_s);
-    let mut env: Vec<(String, String)> = vec![
-        ("ORCH_TASK_ID".into(), task.id.to_string()),
-        ("ORCH_STAGE".into(), job.stage.to_string()),
-        ("ORCH_ROLE".into(), job.role.clone()),
-        ("ORCH_JOB_ID".into(), job.id.to_string()),
-        (
-            "ORCH_VERDICT_FILE".into(),
-            verdict_file.to_string_lossy().into_owned(),
-        ),
-    ];
-    env.extend(agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let timeout_s = brief.timeout_s;
+    let argv = brief.argv.clone();
     let spec = RunSpec {
         argv: argv.clone(),
         cwd: worktree.clone(),
-        env,
+        env: brief.env.clone(),
         env_remove_prefix: Some("ORCH_".into()),
         stdin_path: Some(prompt_path),
         log_path: log_path.clone(),
@@ -232,16 +250,38 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     )?;
     failpoint("worker.after_agent_exit");
 
+    let timed_out = outcome.exit == process::ExitKind::TimedOut;
+    if timed_out {
+        append_to_log(
+            &log_path,
+            &format!("orch: timed out after {timeout_s} s; process group killed\n"),
+        );
+    }
     let log = std::fs::read(&log_path).unwrap_or_default();
     let result = crate::agent::parse_result(&String::from_utf8_lossy(&log));
     if result.is_none() {
         info!(target: "worker", job = job.id, log = %log_path.display(), "agent printed no result JSON: usage unknown");
     }
     if let Some(r) = result.as_ref().filter(|r| !r.permission_denials.is_empty()) {
-        warn!(target: "worker", job = job.id, denials = r.permission_denials.len(), "agent run had permission denials");
+        warn!(target: "worker", job = job.id, denials = %r.denials().join(", "), "agent run had permission denials");
     }
-    let verdict = crate::agent::read_verdict(&verdict_file);
     let exit_code = outcome.exit_code() as i64;
+    let error = crate::agent::run_error(exit_code, timed_out.then_some(timeout_s), result.as_ref());
+    if let Some(e) = &error {
+        warn!(target: "worker", job = job.id, reason = %e.reason, retryable = e.retryable, "agent run failed");
+    }
+    // A verdict without a summary takes the final text of the CLI's
+    // result: a reviewer's reasons often live only there.
+    let verdict = crate::agent::read_verdict(&verdict_file).map(|v| {
+        v.map(|mut v| {
+            if v.summary.trim().is_empty() {
+                if let Some(text) = result.as_ref().and_then(|r| r.result_text.as_deref()) {
+                    v.summary = crate::agent::bounded(text, 4000);
+                }
+            }
+            v
+        })
+    });
     let record = RunRecord {
         pid: agent_pid,
         argv,
@@ -264,6 +304,8 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             .map(|r| serde_json::Value::Array(r.permission_denials.clone())),
         log_path: log_path.to_string_lossy().into_owned(),
         started_at_ms: started,
+        error,
+        base_sha: matches!(job.stage, Stage::Architecture | Stage::Development).then_some(base_sha),
     };
     let now = now_ms();
     let recorded = db.write(|tx| {
@@ -330,6 +372,18 @@ fn name_failure(e: &anyhow::Error) -> String {
         end -= 1;
     }
     format!("{}… (cut)", &text[..end])
+}
+
+/// Appends `line` to a run's log (best effort: the log is for people).
+fn append_to_log(path: &Path, line: &str) {
+    use std::io::Write as _;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
 }
 
 /// Finalizes running job `job_id` whose agent exit is recorded: commits
@@ -426,7 +480,23 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     // Recreates a missing worktree and aborts a rebase a crashed merge step
     // left in progress; a no-op on a healthy worktree.
     repo.ensure_worktree(&worktree, &task.branch)?;
-    if agent_ok {
+    // A file that still holds conflict markers is never committed: the run
+    // failed, and the retry starts again from what was pushed.
+    let marked = if agent_ok {
+        repo.conflict_marked_files(&worktree)?
+    } else {
+        Vec::new()
+    };
+    let refused = (!marked.is_empty()).then(|| {
+        format!(
+            "conflict markers left in {}; nothing committed",
+            marked.join(", ")
+        )
+    });
+    if let Some(r) = &refused {
+        warn!(target: "worker", job = job.id, reason = %r, "refusing to commit");
+    }
+    if agent_ok && refused.is_none() {
         let run_id = db.last_run_for_job(job.id)?.map(|r| r.0).unwrap_or(0);
         let msg = format!(
             "{}({}): auto-commit from {} run_id={run_id}",
@@ -442,13 +512,16 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
         // starts again from what was pushed.
         repo.discard_changes(&worktree)?;
     }
-    if agent_ok && stage == Stage::Development {
+    if agent_ok && refused.is_none() && stage == Stage::Development {
         crate::forge::Forge::for_project(ctx, project)
             .ci_after_push(ctx, db, project, &repo, &task)?;
     }
 
     let facts = gate::gather(db, project, &repo, &task)?;
-    let mut verdict = gate::decide(stage, &facts);
+    let mut verdict = match refused {
+        Some(r) => Gate::Fail(r),
+        None => gate::decide(stage, &facts),
+    };
     if verdict == Gate::Pass && stage == Stage::DeployStaging {
         match crate::merge_gate::gate_job(ctx, db, project, &repo, &task, &job, actor)? {
             crate::merge_gate::JobGate::Verdict(g) => verdict = g,
@@ -532,6 +605,13 @@ fn apply_gate(
             }
             Gate::Fail(reason) => {
                 jobs::retry_or_fail(tx, policy, &ctx.settings, job, reason, actor, now)?
+            }
+            Gate::FailFinal(reason) => {
+                let why = format!(
+                    "{} job {} failed (not retried): {reason}",
+                    job.stage, job.id
+                );
+                jobs::fail_and_escalate(tx, policy, job, reason, why, actor, now)?
             }
         };
         report.queue(tx, ctx, task, job, &finalized, now)?;

@@ -47,6 +47,14 @@ fn a_hanging_agent_is_killed_at_the_timeout_with_its_child_and_the_job_fails() {
         .query_row("SELECT log_path FROM agent_runs", [], |r| r.get(0))
         .unwrap();
     assert!(std::path::Path::new(&log).exists(), "log kept at {log}");
+    // The reason and the log say what happened, not "code 124".
+    let reason = v["finalized"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("timed out after 2 s; process group killed"),
+        "{reason}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("orch: timed out after 2 s"), "{text}");
     sbx.check_invariants();
 }
 

@@ -185,6 +185,7 @@ const FLOORS: &[(&str, &[&str])] = &[
         "features",
         &[
             "tick",
+            "brief",
             "ingest",
             "worker",
             "reap",

@@ -352,10 +352,14 @@ fn two_merge_gates_at_once_one_proceeds_the_other_defers_and_both_finish_in_orde
     let v: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
     assert_eq!(v["result"], "deferred", "{v}");
 
+    // Task 1's ticks also run task 2's deployer, whose merge is deferred
+    // (for an hour) on the busy lease; the release at task 1's done wakes
+    // it, so task 2 merges without waiting the hour out.
     sbx.tick_until(5, |s| s.stage(one) == "done");
-    assert_eq!(lease_holder(&sbx), None);
-    let ok = run(&sbx, &["merge-gate", "--task", &two.to_string()], &[]);
-    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    if sbx.stage(two) == "deploy-staging" {
+        let ok = run(&sbx, &["merge-gate", "--task", &two.to_string()], &[]);
+        assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    }
     sbx.tick_until(5, |s| s.stage(two) == "done");
 
     // In order: task 1's merge is below task 2's on main's first-parent line.
@@ -739,4 +743,44 @@ fn without_the_gate_for_a_repo_merges_take_no_lease() {
     to_deploy_staging(&sbx, one, &[]);
     deployer_once(&sbx);
     assert_eq!(lease_holder(&sbx).map(|l| l.0), Some(format!("task:{one}")));
+}
+
+#[test]
+fn a_merge_deferred_on_a_busy_lease_runs_in_the_first_tick_after_its_release() {
+    // The default 30 s defer delay: without the wake-up, the second merge
+    // would sleep through the free lease.
+    let sbx = Sandbox::new();
+    let env = [("FAKE_AGENT_DEV_FILE", "notes-%t.md")];
+    let one = sbx.add_issue("first");
+    to_deploy_staging(&sbx, one, &env);
+    let two = sbx.add_issue("second");
+    to_deploy_staging(&sbx, two, &env);
+
+    let v = deployer_once(&sbx);
+    assert_eq!(v["finalized"]["to"], "deploy", "{v}");
+    let job2 = staging_job(&sbx, two);
+    let v = deployer_once(&sbx);
+    assert_eq!(v["job_id"], job2, "{v}");
+    assert_eq!(v["finalized"]["action"], "deferred", "{v}");
+    assert!(v["finalized"]["available_at_ms"].as_i64().unwrap() > now_ms() + 10_000);
+
+    // Task 1 deploys: its lease is released, and the very next tick takes
+    // task 2's merge.
+    let v = deployer_once(&sbx);
+    assert_eq!(v["finalized"]["to"], "done", "{v}");
+    assert_eq!(lease_holder(&sbx), None);
+    let v = sbx.json(&["tick"]);
+    assert!(v.to_string().contains(&format!("\"job_id\":{job2}")), "{v}");
+    assert_ne!(sbx.stage(two), "deploy-staging", "merged without waiting");
+    assert!(sbx
+        .origin_git(&["ls-tree", "--name-only", "main"])
+        .contains("notes-2.md"));
+    sbx.check_invariants();
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -152,6 +152,9 @@ fn analysis_waits_for_a_human_and_reject_reruns_it() {
     sbx.ok(&["task", "reject", "1", "--reason", "too vague"]);
     sbx.ok(&["tick"]);
     assert_eq!(sbx.stage(1), "analysis");
+    // The rerun is told why.
+    let prompt = sbx.prompt_of(1, "analysis");
+    assert!(prompt.contains("too vague"), "{prompt}");
     assert_eq!(
         sbx.count("SELECT COUNT(*) FROM jobs WHERE stage='analysis' AND status='done'"),
         2

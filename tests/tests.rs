@@ -11,6 +11,7 @@ mod layers;
 mod logs;
 mod metrics;
 mod pipeline;
+mod rework;
 // Crash points and the test clock need the `testing` feature.
 #[cfg(feature = "testing")]
 mod adapters;

@@ -147,8 +147,57 @@ impl Sandbox {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// The state folder (a relative `ORCH_STATE_DIR` is relative to the
+    /// sandbox, where every `orch` runs).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(&self.env["ORCH_STATE_DIR"])
+    }
+
     pub fn db_path(&self) -> PathBuf {
-        PathBuf::from(&self.env["ORCH_STATE_DIR"]).join("orch.db")
+        self.state_dir().join("orch.db")
+    }
+
+    /// The prompt file of the latest run of task `task`'s `stage` job
+    /// (`<state>/logs/job<N>-a<k>.prompt`).
+    pub fn prompt_of(&self, task: i64, stage: &str) -> String {
+        let (job, attempt): (i64, i64) = self
+            .db()
+            .query_row(
+                "SELECT job_id, attempt FROM agent_runs WHERE task_id=?1 AND stage=?2 ORDER BY id DESC LIMIT 1",
+                rusqlite::params![task, stage],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        self.prompt_of_run(job, attempt)
+    }
+
+    /// The prompt file of run `attempt` of job `job`.
+    pub fn prompt_of_run(&self, job: i64, attempt: i64) -> String {
+        let p = self
+            .state_dir()
+            .join("logs")
+            .join(format!("job{job}-a{attempt}.prompt"));
+        std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    }
+
+    /// The worktree of task `id`.
+    pub fn worktree(&self, id: i64) -> PathBuf {
+        PathBuf::from(
+            self.json(&["task", "show", &id.to_string()])["task"]["worktree"]
+                .as_str()
+                .unwrap(),
+        )
+    }
+
+    /// The reason of task `id`'s latest transition.
+    pub fn last_reason(&self, id: i64) -> String {
+        self.db()
+            .query_row(
+                "SELECT reason FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
     }
 
     pub fn origin(&self) -> PathBuf {

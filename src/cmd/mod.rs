@@ -2,6 +2,7 @@
 //! needs from the arguments, call it, return what to print. This file
 //! holds only the [`Output`], [`print`] and the dispatch.
 
+mod agents;
 mod check;
 mod deliver;
 mod docs;
@@ -118,6 +119,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Task(c) => (task::run(&ctx, c)?, exit::OK),
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
+        Command::Agents(c) => (agents::run(&ctx, c)?, exit::OK),
         Command::Usage { task } => (usage::run(&ctx, task)?, exit::OK),
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),

@@ -131,6 +131,19 @@ fn show(db: &Db, id: i64) -> anyhow::Result<Output> {
                 .map(|e| format!("  ({e})"))
                 .unwrap_or_default()
         );
+        if let Some(run) = db.run_judgement(j.id)? {
+            let denials = orch::agent::name_denials(&run.denials);
+            if !denials.is_empty() {
+                text += &format!("    denied ({}): {}\n", denials.len(), denials.join(", "));
+            }
+            if let Some(e) = &run.error {
+                text += &format!(
+                    "    run failed{}: {}\n",
+                    if e.retryable { "" } else { " (not retried)" },
+                    e.reason
+                );
+            }
+        }
     }
     text += "messages:\n";
     for m in &messages {

@@ -89,6 +89,20 @@ pub struct RunRecord {
     pub permission_denials: Option<serde_json::Value>,
     pub log_path: String,
     pub started_at_ms: i64,
+    /// Why the run failed, when it did (see [`crate::agent::run_error`]).
+    pub error: Option<crate::agent::RunError>,
+    /// The branch head the run started on.
+    pub base_sha: Option<String>,
+}
+
+/// What orch judged of a job's latest run ([`Db::run_judgement`]).
+#[derive(Debug, Clone, Default)]
+pub struct RunJudgement {
+    pub error: Option<crate::agent::RunError>,
+    /// Raw `{tool_name, tool_use_id, tool_input}` objects.
+    pub denials: Vec<serde_json::Value>,
+    pub base_sha: Option<String>,
+    pub session_id: Option<String>,
 }
 
 /// Usage and outcome of a job's latest agent run, for the run report.
@@ -181,6 +195,47 @@ impl Db {
                 "SELECT id, success, exit_code FROM agent_runs WHERE job_id=?1 ORDER BY attempt DESC LIMIT 1",
                 [job_id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<i64>>(2)?.unwrap_or(-1))),
+            )
+            .optional()?)
+    }
+
+    /// orch's judgement of the latest agent run of job `job_id`: its error
+    /// and retry class, permission denials, base sha and session id.
+    /// `None` when the job has no run. A malformed denials column reads as
+    /// no denials.
+    pub fn run_judgement(&self, job_id: i64) -> anyhow::Result<Option<RunJudgement>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT error, retryable, permission_denials, base_sha, session_id FROM agent_runs \
+                 WHERE job_id=?1 ORDER BY attempt DESC LIMIT 1",
+            )?
+            .query_row([job_id], |r| {
+                let error: Option<String> = r.get(0)?;
+                let retryable: bool = r.get(1)?;
+                let denials: Option<String> = r.get(2)?;
+                Ok(RunJudgement {
+                    error: error.map(|reason| crate::agent::RunError { reason, retryable }),
+                    denials: denials
+                        .and_then(|d| serde_json::from_str::<Vec<serde_json::Value>>(&d).ok())
+                        .unwrap_or_default(),
+                    base_sha: r.get(3)?,
+                    session_id: r.get(4)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The session id of the latest run of `role` on task `task_id` that
+    /// reported one (for `resume`).
+    pub fn last_session(&self, task_id: i64, role: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT session_id FROM agent_runs WHERE task_id=?1 AND role=?2 \
+                 AND session_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+                params![task_id, role],
+                |r| r.get(0),
             )
             .optional()?)
     }
@@ -324,8 +379,8 @@ impl Tx<'_> {
         self.conn.prepare_cached(
             "INSERT INTO agent_runs (job_id, task_id, stage, role, attempt, pid, argv, exit_code, duration_ms, success, \
              usage_known, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd, \
-             session_id, permission_denials, log_path, started_at_ms) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20) \
+             session_id, permission_denials, log_path, started_at_ms, error, retryable, base_sha) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23) \
              ON CONFLICT(job_id, attempt) DO NOTHING",
         )?
         .execute(params![
@@ -348,7 +403,10 @@ impl Tx<'_> {
             r.session_id,
             r.permission_denials.as_ref().map(|v| v.to_string()),
             r.log_path,
-            r.started_at_ms
+            r.started_at_ms,
+            r.error.as_ref().map(|e| e.reason.as_str()),
+            r.error.as_ref().is_none_or(|e| e.retryable),
+            r.base_sha,
         ])?;
         Ok(())
     }
@@ -495,17 +553,18 @@ impl Tx<'_> {
         attempt: Option<i64>,
         reason: &str,
         available_at_ms: i64,
+        lease: Option<&str>,
     ) -> anyhow::Result<bool> {
         let n = self
             .conn
             .prepare_cached(
                 "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
-                 available_at_ms=?3, last_error=?2, worker_host=NULL, worker_pid=NULL, \
+                 available_at_ms=?3, last_error=?2, deferred_on=?5, worker_host=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
                  heartbeat_at_ms=NULL \
                  WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4) AND exit_code IS NOT NULL",
             )?
-            .execute(params![id, reason, available_at_ms, attempt])?;
+            .execute(params![id, reason, available_at_ms, attempt, lease])?;
         Ok(n == 1)
     }
 

@@ -127,20 +127,44 @@ impl Tx<'_> {
     /// Releases lease `name` if, and only if, `holder` holds it. Returns
     /// whether a row was deleted.
     pub fn release_lease(&self, name: &str, holder: &str) -> anyhow::Result<bool> {
-        Ok(self
+        let released = self
             .conn
             .prepare_cached("DELETE FROM leases WHERE name=?1 AND holder=?2")?
             .execute(params![name, holder])?
-            == 1)
+            == 1;
+        if released {
+            self.wake_deferred_on(name)?;
+        }
+        Ok(released)
     }
 
     /// Releases every lease `holder` holds. Returns their names.
     pub fn release_leases_held_by(&self, holder: &str) -> anyhow::Result<Vec<String>> {
-        let mut stmt = self
+        let names: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("DELETE FROM leases WHERE holder=?1 RETURNING name")?;
+            let rows = stmt.query_map([holder], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for name in &names {
+            self.wake_deferred_on(name)?;
+        }
+        Ok(names)
+    }
+
+    /// Makes the queued merges deferred on lease `name` runnable at once
+    /// (`available_at_ms = 0`, so they also come first in line): every
+    /// release of a lease calls it, so a deferred merge never sleeps while
+    /// its lease is free.
+    fn wake_deferred_on(&self, name: &str) -> anyhow::Result<usize> {
+        Ok(self
             .conn
-            .prepare_cached("DELETE FROM leases WHERE holder=?1 RETURNING name")?;
-        let rows = stmt.query_map([holder], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            .prepare_cached(
+                "UPDATE jobs SET available_at_ms=0 \
+                 WHERE status='queued' AND merge_pending=1 AND deferred_on=?1",
+            )?
+            .execute([name])?)
     }
 
     /// Passes the leases `holder` holds to job `job_id`, renewing them for
@@ -168,8 +192,14 @@ impl Tx<'_> {
             "DELETE FROM leases WHERE {} RETURNING name, holder",
             stale("?1")
         ))?;
-        let rows = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let released: Vec<(String, String)> = {
+            let rows = stmt.query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for (name, _) in &released {
+            self.wake_deferred_on(name)?;
+        }
+        Ok(released)
     }
 }
 

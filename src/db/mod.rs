@@ -24,7 +24,7 @@ mod usage;
 
 pub use ci::PullRequestRow;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded};
-pub use jobs::{Job, RunRecord, RunUsage};
+pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
 pub use leases::{Lease, LeaseAcquire};
 pub use outbox::OutboxRow;
 pub use tasks::{CachedState, ProjectRow, Task, TransitionRow};

@@ -264,4 +264,16 @@ CREATE TABLE meta (
 );
 INSERT INTO meta (key, value) VALUES ('instance_id', lower(hex(randomblob(8))));
 "#,
+    // 8: honest run outcomes (issue 10). `error` is orch's judgement of a failed run
+    // (timeout, model-API error, crash) and `retryable` whether another
+    // attempt can help; `base_sha` is the branch head the run started on,
+    // so a run that changed nothing is seen as such.
+    r#"
+ALTER TABLE agent_runs ADD COLUMN error TEXT;
+ALTER TABLE agent_runs ADD COLUMN retryable INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE agent_runs ADD COLUMN base_sha TEXT;
+-- The merge lease a deferred merge waits for: its release makes the job
+-- runnable at once (the growing delay stays as the fallback).
+ALTER TABLE jobs ADD COLUMN deferred_on TEXT;
+"#,
 ];

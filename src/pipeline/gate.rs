@@ -21,8 +21,12 @@ pub enum Gate {
     /// Return to development (counts a developer retry), with the reason.
     Rollback(String),
     /// The stage's run failed (agent error, missing or wrong verdict,
-    /// missing artifact): run it again or escalate.
+    /// missing artifact, no change): run it again or escalate.
     Fail(String),
+    /// The stage's run failed in a way a retry cannot fix (a model-API
+    /// 400/401/403, an invalid configuration): fail the job at once and
+    /// escalate.
+    FailFinal(String),
     /// Not decidable yet (CI pending, human approval outstanding, job still
     /// running).
     Pending(String),
@@ -35,6 +39,7 @@ impl std::fmt::Display for Gate {
             Gate::Pass => f.write_str("pass"),
             Gate::Rollback(why) => write!(f, "rollback: {why}"),
             Gate::Fail(why) => write!(f, "fail: {why}"),
+            Gate::FailFinal(why) => write!(f, "fail for good: {why}"),
             Gate::Pending(why) => write!(f, "pending: {why}"),
         }
     }
@@ -53,6 +58,15 @@ pub struct JobFacts {
     pub verdict: Option<(String, String)>,
     /// Why the verdict file could not be used, if it was unreadable.
     pub verdict_error: Option<String>,
+    /// Why the run failed (timeout, API error, crash), when orch judged it
+    /// ([`crate::agent::run_error`]); runs recorded before that have none.
+    pub run_error: Option<crate::agent::RunError>,
+    /// The run's permission denials, named (`Write docs/x.md`).
+    pub denials: Vec<String>,
+    /// The branch head when the run started (before orch's own catch-up
+    /// merge), for architecture and development: an unchanged head after
+    /// the run means the run did nothing.
+    pub base_sha: Option<String>,
 }
 
 /// Everything a gate looks at.
@@ -67,6 +81,43 @@ pub struct Facts {
     /// Development: the branch head and its combined CI state
     /// (`success|failure|pending`, None when no status arrived yet).
     pub ci: Option<(String, Option<String>)>,
+    /// Architecture and development: the branch head, when the worktree
+    /// exists (compared with the run's [`JobFacts::base_sha`]).
+    pub head: Option<String>,
+}
+
+/// The verdict words a stage accepts: `(pass, back)`; `back` returns the
+/// task to development (review, testing, deploy-staging) or fails the run
+/// (deploy). `None` for stages whose gate reads no verdict.
+pub fn verdict_words(stage: Stage) -> Option<(&'static str, &'static str)> {
+    match stage {
+        Stage::Review => Some(("APPROVE", "REQUEST_CHANGES")),
+        Stage::Testing | Stage::DeployStaging => Some(("PASS", "FAIL")),
+        Stage::Deploy => Some(("DEPLOYED", "FAILED")),
+        _ => None,
+    }
+}
+
+/// `"VERDICT: summary"`, or just `"VERDICT"` when the summary is empty.
+pub fn with_reason(head: &str, reason: &str) -> String {
+    if reason.trim().is_empty() {
+        head.to_string()
+    } else {
+        format!("{head}: {}", reason.trim())
+    }
+}
+
+/// `reason`, followed by the run's permission denials when it had any.
+fn with_denials(reason: String, denials: &[String]) -> String {
+    if denials.is_empty() {
+        reason
+    } else {
+        format!(
+            "{reason}; {} permission denial(s): {}",
+            denials.len(),
+            denials.join(", ")
+        )
+    }
 }
 
 /// The design artifact folder of a task, relative to the repository root.
@@ -92,6 +143,15 @@ pub fn decide(stage: Stage, f: &Facts) -> Gate {
         JobStatus::Failed => return Gate::Fail("job failed".into()),
         _ => {}
     }
+    let denials = &job.denials;
+    if let Some(e) = &job.run_error {
+        let reason = with_denials(e.reason.clone(), denials);
+        return if e.retryable {
+            Gate::Fail(reason)
+        } else {
+            Gate::FailFinal(reason)
+        };
+    }
     match (job.exit_code, job.run_success) {
         (Some(c), _) if c != 0 => return Gate::Fail(format!("agent exited with code {c}")),
         (_, Some(false)) => return Gate::Fail("agent reported an error result".into()),
@@ -99,24 +159,53 @@ pub fn decide(stage: Stage, f: &Facts) -> Gate {
     }
     let verdict = || -> Result<(&str, &str), Gate> {
         if let Some(e) = &job.verdict_error {
-            return Err(Gate::Fail(format!("unreadable verdict: {e}")));
+            return Err(Gate::Fail(with_denials(
+                format!("unreadable verdict: {e}"),
+                denials,
+            )));
         }
         job.verdict
             .as_ref()
             .map(|(v, s)| (v.as_str(), s.as_str()))
-            .ok_or_else(|| Gate::Fail("the agent wrote no verdict".into()))
+            .ok_or_else(|| {
+                let why = if denials.is_empty() {
+                    "the agent wrote no verdict".to_string()
+                } else {
+                    "the agent wrote no verdict (a write was denied)".to_string()
+                };
+                Gate::Fail(with_denials(why, denials))
+            })
     };
-    let judged = |pass: &str, back: &str| match verdict() {
+    let (pass, back) = verdict_words(stage).unwrap_or(("", ""));
+    let judged = || match verdict() {
         Err(g) => g,
         Ok((v, _)) if v == pass => Gate::Pass,
-        Ok((v, s)) if v == back => Gate::Rollback(format!("{v}: {s}")),
-        Ok((v, _)) => Gate::Fail(format!("verdict {v} is not valid for {stage}")),
+        Ok((v, s)) if v == back => Gate::Rollback(with_reason(v, s)),
+        Ok((v, _)) => Gate::Fail(format!(
+            "verdict {v} is not valid for {stage} (expected {pass} or {back})"
+        )),
     };
+    let unchanged = matches!(stage, Stage::Architecture | Stage::Development)
+        && job.base_sha.is_some()
+        && job.base_sha == f.head;
+    if unchanged {
+        let sha = f.head.as_deref().unwrap_or_default();
+        return Gate::Fail(with_denials(
+            format!(
+                "no change: the run left the branch at {}",
+                &sha[..sha.len().min(12)]
+            ),
+            denials,
+        ));
+    }
     match stage {
         Stage::Analysis if f.auto_approve_analysis => Gate::Pass,
         Stage::Analysis => Gate::Pending("awaiting human approval of the analysis".into()),
         Stage::Architecture if f.design_exists => Gate::Pass,
-        Stage::Architecture => Gate::Fail("no design artifact on the branch".into()),
+        Stage::Architecture => Gate::Fail(with_denials(
+            "no design folder docs/work-items/<task id>/ at the branch head".to_string(),
+            denials,
+        )),
         Stage::Development => match &f.ci {
             None => Gate::Pending("branch head unknown".into()),
             Some((sha, state)) => match state.as_deref() {
@@ -126,12 +215,11 @@ pub fn decide(stage: Stage, f: &Facts) -> Gate {
                 None => Gate::Pending(format!("no CI status for {sha} yet")),
             },
         },
-        Stage::Review => judged("APPROVE", "REQUEST_CHANGES"),
-        Stage::Testing | Stage::DeployStaging => judged("PASS", "FAIL"),
+        Stage::Review | Stage::Testing | Stage::DeployStaging => judged(),
         Stage::Deploy => match verdict() {
             Err(g) => g,
-            Ok(("DEPLOYED", _)) => Gate::Pass,
-            Ok((v, s)) => Gate::Fail(format!("{v}: {s}")),
+            Ok((v, _)) if v == pass => Gate::Pass,
+            Ok((v, s)) => Gate::Fail(with_reason(v, s)),
         },
         Stage::Done => unreachable!("handled above"),
     }
@@ -155,6 +243,7 @@ pub fn gather(
         None => None,
         Some(j) => {
             let run = db.last_run_for_job(j.id)?;
+            let judged = db.run_judgement(j.id)?;
             let verdict = db.verdict_for_job(j.id)?;
             let (verdict, verdict_error) = match verdict {
                 Some((v, s)) if v == "UNREADABLE" => (None, Some(s)),
@@ -166,6 +255,12 @@ pub fn gather(
                 run_success: run.and_then(|r| r.1),
                 verdict,
                 verdict_error,
+                run_error: judged.as_ref().and_then(|r| r.error.clone()),
+                denials: judged
+                    .as_ref()
+                    .map(|r| crate::agent::name_denials(&r.denials))
+                    .unwrap_or_default(),
+                base_sha: judged.and_then(|r| r.base_sha),
             })
         }
     };
@@ -178,9 +273,11 @@ pub fn gather(
     match stage {
         Stage::Architecture if worktree.exists() => {
             facts.design_exists = repo.exists_at_head(worktree, &design_dir(task.id))?;
+            facts.head = Some(repo.head_sha(worktree)?);
         }
         Stage::Development if worktree.exists() => {
             let sha = repo.head_sha(worktree)?;
+            facts.head = Some(sha.clone());
             let state = db.combined_ci_state(&project.name, &sha)?;
             facts.ci = Some((sha, state));
         }
@@ -200,7 +297,7 @@ mod tests {
                 exit_code: Some(0),
                 run_success: Some(true),
                 verdict: verdict.map(|v| (v.to_string(), "because".to_string())),
-                verdict_error: None,
+                ..JobFacts::default()
             }),
             ..Facts::default()
         }

@@ -57,10 +57,12 @@ pub enum How<'a> {
         available_at_ms: i64,
     },
     /// `running → queued` with the merge deferred: the agent's result is
-    /// kept, the next claim runs only the merge.
+    /// kept, the next claim runs only the merge. `lease`: the busy merge
+    /// lease it waits for, whose release makes it runnable at once.
     Defer {
         reason: &'a str,
         available_at_ms: i64,
+        lease: Option<&'a str>,
     },
     /// `running → queued`, same attempt: a claim by hand given back, only
     /// while the claimer (worker `pid`, `start_time`) still holds it.
@@ -130,7 +132,8 @@ pub fn change(tx: &Tx, c: &JobChange, now_ms: i64) -> anyhow::Result<Changed> {
         How::Defer {
             reason,
             available_at_ms,
-        } => tx.defer_merge_job(id, attempt, reason, available_at_ms)?,
+            lease,
+        } => tx.defer_merge_job(id, attempt, reason, available_at_ms, lease)?,
         How::Unclaim { pid, start_time } => tx.unclaim_job(id, attempt, pid, start_time)?,
         How::Cancel { reason } => tx.cancel_queued_job(id, attempt, reason, now_ms)?,
     };

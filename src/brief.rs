@@ -1,0 +1,317 @@
+//! What one agent run is told (DESIGN §4 "Agents"): its argv, the prompt
+//! fed on stdin and its environment, rendered from the role's templates
+//! ([`crate::config::Config::prompt`]) with the work item, the verdict
+//! words the stage accepts, absolute paths, and the feedback of earlier
+//! rounds — why the task came back to this stage, why the last attempt
+//! failed. The worker runs what [`render`] returns; `orch agents show`
+//! prints the same thing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::TEMPLATE_VARS;
+use crate::ctx::Ctx;
+use crate::db::{Db, Job, Task};
+use crate::error::Error;
+use crate::pipeline::gate;
+use crate::pipeline::Stage;
+
+/// Longest feedback handed to an agent, in bytes (each part is bounded
+/// too); the rest is cut with `…`.
+const FEEDBACK_MAX_BYTES: usize = 8000;
+
+/// A rendered run of one role on one task.
+#[derive(Debug, Clone, Serialize)]
+pub struct Brief {
+    /// The agent's argv, placeholders rendered; an element that rendered
+    /// empty because `{previous_session}` was empty is dropped with the
+    /// flag before it.
+    pub argv: Vec<String>,
+    /// The prompt, fed on stdin.
+    pub prompt: String,
+    /// Environment set for the agent (`ORCH_*` first, then the agent's
+    /// `env`); other `ORCH_*` variables are removed.
+    pub env: Vec<(String, String)>,
+    /// This run's own verdict folder (absolute), `{verdict_dir}`.
+    pub verdict_dir: PathBuf,
+    /// `{verdict_dir}/verdict.json`, `ORCH_VERDICT_FILE`.
+    pub verdict_file: PathBuf,
+    /// The agent's wall-clock limit in seconds.
+    pub timeout_s: u64,
+    /// The feedback part of the prompt (`""` on a first run).
+    pub feedback: String,
+}
+
+/// Which run to render: a real job (its id and attempt), or a preview of
+/// `stage` for `orch agents show` (`job` None: job id 0, attempt 1).
+#[derive(Debug, Clone, Copy)]
+pub struct RunOf<'a> {
+    pub task: &'a Task,
+    pub stage: Stage,
+    pub role: &'a str,
+    pub job: Option<&'a Job>,
+}
+
+/// Renders the run. `notes` are extra feedback orch found while preparing
+/// the worktree (e.g. the files a catch-up merge left conflicted).
+///
+/// Errors: [`Error::Config`] for an unknown project, a role without an
+/// agent, or a template that does not render; database errors.
+pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::Result<Brief> {
+    let RunOf {
+        task,
+        stage,
+        role,
+        job,
+    } = run;
+    let project = ctx.project(&task.project)?;
+    let agent = ctx.config.agent(role)?;
+    let (job_id, attempt) = job.map_or((0, 1), |j| (j.id, j.attempt));
+    let verdict_dir = ctx.settings.job_verdict_dir(job_id, attempt);
+    let verdict_file = verdict_dir.join("verdict.json");
+    let worktree = absolute(Path::new(&task.worktree))?;
+    let mut feedback = feedback(db, task, stage, job)?;
+    if let Some(tail) = ci_log_tail(ctx, &feedback, task.id) {
+        push_part(&mut feedback, &tail);
+    }
+    for n in notes {
+        push_part(&mut feedback, n);
+    }
+    let feedback = crate::agent::bounded(&feedback, FEEDBACK_MAX_BYTES);
+    let previous_session = if agent.resume {
+        db.last_session(task.id, role)?.unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let vars: BTreeMap<&str, String> = [
+        ("task_id", task.id.to_string()),
+        ("project", task.project.clone()),
+        ("title", task.title.clone()),
+        ("body", task.body.clone()),
+        ("stage", stage.to_string()),
+        ("role", role.to_string()),
+        ("branch", task.branch.clone()),
+        ("worktree", worktree.to_string_lossy().into_owned()),
+        ("verdict_file", verdict_file.to_string_lossy().into_owned()),
+        ("verdict_dir", verdict_dir.to_string_lossy().into_owned()),
+        ("feedback", feedback.clone()),
+        ("attempt", attempt.to_string()),
+        ("verdicts", verdicts(stage)),
+        ("default_branch", project.default_branch.clone()),
+        ("test_command", shell_join(&project.test_command)),
+        ("work_dir", gate::design_dir(task.id)),
+        ("previous_session", previous_session),
+        (
+            "tracker_link",
+            crate::tracker::Tracker::for_project(ctx, project)
+                .work_item_link(project, &task.tracker_issue_id)
+                .unwrap_or_else(|| "none".into()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    debug_assert!(TEMPLATE_VARS.iter().all(|k| vars.contains_key(k)));
+    let argv = render_argv(&agent.argv, &vars)
+        .map_err(|(i, m)| Error::config(format!("agents.{role}.argv[{i}]"), m))?;
+    let prompt = crate::agent::render(&ctx.config.prompt(role)?, &vars)
+        .map_err(|m| Error::config(format!("agents.{role}.prompt"), m))?;
+    let mut env: Vec<(String, String)> = vec![
+        ("ORCH_TASK_ID".into(), task.id.to_string()),
+        ("ORCH_STAGE".into(), stage.to_string()),
+        ("ORCH_ROLE".into(), role.to_string()),
+        ("ORCH_JOB_ID".into(), job_id.to_string()),
+        ("ORCH_ATTEMPT".into(), attempt.to_string()),
+        (
+            "ORCH_VERDICT_FILE".into(),
+            verdict_file.to_string_lossy().into_owned(),
+        ),
+    ];
+    env.extend(agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    Ok(Brief {
+        argv,
+        prompt,
+        env,
+        verdict_dir,
+        verdict_file,
+        timeout_s: agent.timeout_s.unwrap_or(ctx.settings.agent_timeout_s),
+        feedback,
+    })
+}
+
+/// `path` made absolute against orch's current directory.
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path)
+        .map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))
+}
+
+/// Renders each argv element; an element that uses `{previous_session}`
+/// and renders empty is dropped together with the element before it (its
+/// flag, e.g. `--resume`). Errors: `(index, message)`.
+fn render_argv(
+    argv: &[String],
+    vars: &BTreeMap<&str, String>,
+) -> Result<Vec<String>, (usize, String)> {
+    let mut out: Vec<(usize, String)> = Vec::with_capacity(argv.len());
+    for (i, a) in argv.iter().enumerate() {
+        let r = crate::agent::render(a, vars).map_err(|m| (i, m))?;
+        if r.is_empty() && a.contains("{previous_session}") {
+            if out.last().is_some_and(|(j, _)| j + 1 == i) {
+                out.pop();
+            }
+            continue;
+        }
+        out.push((i, r));
+    }
+    Ok(out.into_iter().map(|(_, a)| a).collect())
+}
+
+/// The verdict words `stage` accepts, for `{verdicts}`: `PASS or FAIL`;
+/// `none` for stages whose gate reads no verdict.
+pub fn verdicts(stage: Stage) -> String {
+    match gate::verdict_words(stage) {
+        Some((pass, back)) => format!("{pass} or {back}"),
+        None => "none (this stage reads no verdict)".into(),
+    }
+}
+
+/// argv joined for a person or a shell: elements with spaces or quotes in
+/// single quotes.
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn push_part(out: &mut String, part: &str) {
+    if part.trim().is_empty() {
+        return;
+    }
+    if !out.is_empty() {
+        out.push_str("\n\n");
+    }
+    out.push_str(part.trim());
+}
+
+/// The feedback for a run of `task` at `stage`: why the task is at this
+/// stage again (the reason of the transition into its current version,
+/// when that was a rerun or a return to development — a review's or
+/// test's summary, a merge-gate conflict with its files, red tests with the
+/// tail of their log, a rejection comment), and, from the second attempt
+/// on, why the previous attempt failed. `""` on a first run.
+///
+/// Errors: database errors.
+pub fn feedback(db: &Db, task: &Task, stage: Stage, job: Option<&Job>) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let came_back = db
+        .transitions(task.id)?
+        .into_iter()
+        .rev()
+        .find(|t| t.version == task.version)
+        .filter(|t| {
+            t.to_stage == stage
+                && t.from_stage.is_some_and(|from| from >= stage)
+                && !t.reason.trim().is_empty()
+        });
+    if let Some(t) = came_back {
+        let from = t.from_stage.unwrap_or(stage);
+        let head = if from == stage {
+            format!("This {stage} runs again ({} decided): ", t.actor)
+        } else {
+            format!("The work came back from {from} to {stage}: ")
+        };
+        push_part(&mut out, &format!("{head}{}", t.reason.trim()));
+        if let Some(tail) = log_tail_named_in(&t.reason) {
+            push_part(&mut out, &tail);
+        }
+    }
+    if let Some(j) = job.filter(|j| j.attempt > 1) {
+        if let Some(e) = j.last_error.as_deref().filter(|e| !e.trim().is_empty()) {
+            push_part(
+                &mut out,
+                &format!("Attempt {} of this run failed: {}", j.attempt - 1, e.trim()),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// The tail of the local CI's log when the feedback says "CI failed on
+/// <sha>" (the development gate's reason for red tests).
+fn ci_log_tail(ctx: &Ctx, feedback: &str, task_id: i64) -> Option<String> {
+    let i = feedback.find("CI failed on ")?;
+    let sha: String = feedback[i + "CI failed on ".len()..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    if sha.len() < 7 {
+        return None;
+    }
+    let path = crate::forge::local_ci_log(ctx, task_id, &sha);
+    log_tail_named_in(&format!(" log {}", path.display()))
+}
+
+/// The bounded tail of the log file a reason names (`… log /abs/path.log`),
+/// when it exists: what failed, for the agent to read.
+fn log_tail_named_in(reason: &str) -> Option<String> {
+    let i = reason.find(" log /")?;
+    let path: String = reason[i + 5..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';')
+        .collect();
+    let text = std::fs::read(&path).ok()?;
+    let tail = crate::agent::tail(&String::from_utf8_lossy(&text), 30, 3000);
+    (!tail.trim().is_empty()).then(|| format!("The end of {path}:\n{tail}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(session: &str) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("previous_session", session.to_string()),
+            ("x", "X".to_string()),
+        ])
+    }
+
+    #[test]
+    fn an_empty_previous_session_drops_its_flag() {
+        let argv: Vec<String> = ["claude", "-p", "--resume", "{previous_session}", "{x}"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            render_argv(&argv, &vars("")).unwrap(),
+            vec!["claude", "-p", "X"]
+        );
+        assert_eq!(
+            render_argv(&argv, &vars("s-1")).unwrap(),
+            vec!["claude", "-p", "--resume", "s-1", "X"]
+        );
+        let err = render_argv(&["{nope}".to_string()], &vars("")).unwrap_err();
+        assert_eq!(err.0, 0);
+    }
+
+    #[test]
+    fn verdict_words_per_stage_and_shell_join() {
+        assert_eq!(verdicts(Stage::DeployStaging), "PASS or FAIL");
+        assert_eq!(verdicts(Stage::Deploy), "DEPLOYED or FAILED");
+        assert_eq!(verdicts(Stage::Review), "APPROVE or REQUEST_CHANGES");
+        assert!(verdicts(Stage::Development).starts_with("none"));
+        assert_eq!(
+            shell_join(&["sh".into(), "test.sh".into(), "a b".into(), "it's".into()]),
+            r"sh test.sh 'a b' 'it'\''s'"
+        );
+    }
+}
