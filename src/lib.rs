@@ -7,6 +7,7 @@
 pub mod adapters;
 pub mod agent;
 pub mod backoff;
+pub mod build_info;
 pub mod check;
 pub mod clock;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod reap;
 pub mod reconcile;
 pub mod report;
 pub mod serve;
+pub mod staging;
 pub mod status;
 pub mod tick;
 pub mod tracker;

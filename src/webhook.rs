@@ -154,6 +154,20 @@ pub fn verify_signature(
         .map_err(|_| format!("{name} does not match the body"))
 }
 
+/// `hex(HMAC-SHA256(secret, body))`: the signature Plane sends as
+/// `X-Plane-Signature` and Gitea as `X-Gitea-Signature` (no prefix), which
+/// [`verify_signature`] checks. For senders orch plays itself
+/// (`orch staging-check`).
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    // HMAC accepts a key of any length; `new_from_slice` cannot fail.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// The delivery id and event name of a delivery.
 ///
 /// Plane: `X-Plane-Delivery`, `X-Plane-Event`. Gitea: `X-Gitea-Delivery`,

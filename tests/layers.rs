@@ -175,6 +175,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "agent",
             "failpoint",
             "backoff",
+            "build_info",
         ],
     ),
     ("store", &["db"]),
@@ -196,6 +197,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "report",
             "status",
             "check",
+            "staging",
         ],
     ),
 ];

@@ -12,6 +12,7 @@ mod merge_gate;
 mod reap;
 mod reconcile;
 mod serve;
+mod staging_check;
 mod status;
 mod task;
 mod tick;
@@ -56,6 +57,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         cli.db.clone(),
         cli.config.clone(),
     )?;
+    if let Command::StagingCheck(args) = cli.command {
+        // The staging config is checked (C4), not required to load.
+        let (out, code) = staging_check::run(&settings, args)?;
+        print(cli.json, &out)?;
+        return Ok(code);
+    }
     let ctx = Ctx::load(settings)?;
     let (out, code) = match cli.command {
         Command::Init => (init::run(&ctx)?, exit::OK),
@@ -80,6 +87,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
         Command::Usage { task } => (usage::run(&ctx, task)?, exit::OK),
+        Command::StagingCheck(_) => unreachable!("dispatched before the context loads"),
     };
     print(cli.json, &out)?;
     Ok(code)
