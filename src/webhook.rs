@@ -384,6 +384,27 @@ mod tests {
     }
 
     #[test]
+    fn sign_reproduces_the_senders_signatures() {
+        for (src, name, body, headers) in fixtures() {
+            let h = parse_header_lines(headers);
+            let want = header(&h, "X-Plane-Signature")
+                .or_else(|| header(&h, "X-Gitea-Signature"))
+                .unwrap_or_else(|| panic!("{name}: no signature header"));
+            assert_eq!(sign(SECRET, body), want, "{name}");
+            let ours = vec![(
+                if src == Source::Plane {
+                    "X-Plane-Signature"
+                } else {
+                    "X-Gitea-Signature"
+                }
+                .to_string(),
+                sign(SECRET, body),
+            )];
+            assert!(verify_signature(src, SECRET, &ours, body).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
     fn flipped_byte_wrong_secret_and_missing_header_fail() {
         for (src, name, body, headers) in fixtures() {
             let h = parse_header_lines(headers);
