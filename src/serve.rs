@@ -453,7 +453,7 @@ fn handle(ctx: &Ctx, db: &Db, req: Request) {
 fn health() -> Reply {
     let mut r = Reply::new(200, "ok", "orch serve is running");
     r.body["version"] = json!(crate::build_info::VERSION);
-    r.body["commit"] = json!(crate::build_info::COMMIT);
+    r.body["commit"] = json!(crate::build_info::commit());
     r.body["schema"] = json!(crate::db::schema_version());
     r
 }

@@ -347,3 +347,161 @@ fn help_explains_checks_verdicts_and_exit_codes() {
         assert!(help.contains(want), "--help lacks {want}:\n{help}");
     }
 }
+
+/// Runs every role but the deployer until task `id` waits at
+/// deploy-staging with its job queued.
+fn to_deploy_staging(sbx: &Sandbox, id: i64) {
+    for _ in 0..10 {
+        if sbx.stage(id) == "deploy-staging" {
+            return;
+        }
+        for role in ["analyst", "architect", "developer", "reviewer", "tester"] {
+            sbx.ok(&["work-once", "--role", role]);
+        }
+    }
+    panic!("task {id} never reached deploy-staging");
+}
+
+/// Starts the staging instance's shim on `addr`, reporting `commit` as
+/// the revision it was deployed from; waits for /healthz.
+fn serve_staging(stg: &Sandbox, addr: &str, commit: &str) -> Server {
+    let child = stg.spawn(
+        &["serve", "--bind", addr],
+        &[("ORCH_TESTING_COMMIT", commit)],
+    );
+    let server = Server {
+        child,
+        addr: addr.to_string(),
+    };
+    wait_until(20, "the staging shim to answer /healthz", || {
+        matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _)))
+    });
+    server
+}
+
+fn last_transition(sbx: &Sandbox, id: i64) -> (String, String) {
+    sbx.db()
+        .query_row(
+            "SELECT to_stage, reason FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the_validated_revision(
+) {
+    // Production, whose project widget names a staging instance of orch:
+    // a second sandbox with its own state, port, database and config.
+    let mut prod = Sandbox::new();
+    let stg = Sandbox::new();
+    stg.ok(&["init"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    prod.append_config(&format!(
+        "\n[projects.staging]\nurl = \"http://{addr}\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 15\n",
+        stg.db_path().display(),
+        stg.dir.join("orch.toml").display()
+    ));
+    prod.set("ORCH_MERGE_GATE_DEFER_S", "0");
+    prod.ok(&["init"]);
+    let id = prod.add_issue("a change staging validates");
+    to_deploy_staging(&prod, id);
+    let job = prod.count(&format!(
+        "SELECT id FROM jobs WHERE task_id={id} AND stage='deploy-staging'"
+    ));
+
+    // 1. Staging is down: INFRA → the job is deferred, not an attempt; the
+    //    deployer ran once and its PASS stands.
+    let v = prod.json(&["work-once", "--role", "deployer"]);
+    assert_eq!(v["finalized"]["action"], "deferred", "{v:#}");
+    assert!(
+        v["finalized"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("staging-check INFRA"),
+        "{v:#}"
+    );
+    assert_eq!(prod.stage(id), "deploy-staging");
+    assert_eq!(
+        prod.count(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE id={job} AND status='queued' AND merge_pending=1 AND attempt=1"
+        )),
+        1
+    );
+    assert_eq!(
+        prod.count(&format!(
+            "SELECT COUNT(*) FROM verdicts WHERE job_id={job} AND source='staging' AND verdict='INFRA'"
+        )),
+        1
+    );
+
+    with_ingest(&stg, || {
+        // 2. Staging runs, but not the task's revision (a stale deploy):
+        //    FAIL → back to development with the failed checks as the reason.
+        let stale = serve_staging(&stg, &addr, "0123456789abcdef0123456789abcdef01234567");
+        prod.ok(&["work-once", "--role", "deployer"]);
+        let (to, reason) = last_transition(&prod, id);
+        assert_eq!(to, "development", "{reason}");
+        assert!(
+            reason.starts_with("staging-check FAIL on ") && reason.contains("C2 provenance"),
+            "{reason}"
+        );
+        assert_eq!(
+            prod.count(&format!(
+                "SELECT COUNT(*) FROM agent_runs WHERE job_id={job}"
+            )),
+            1,
+            "the deferred job did not run its deployer again"
+        );
+        drop(stale);
+
+        // 3. Back at deploy-staging; the deployer deploys the head to
+        //    staging and staging validates it, but main moved meanwhile: the
+        //    merge gate catches up, and the new head is not what staging
+        //    validated — the stage runs again instead of merging.
+        to_deploy_staging(&prod, id);
+        let wt: String = prod
+            .db()
+            .query_row("SELECT worktree FROM tasks WHERE id=?1", [id], |r| r.get(0))
+            .unwrap();
+        let head_of = || git_in(std::path::Path::new(&wt), &["rev-parse", "HEAD"]);
+        let validated = head_of();
+        prod.push_to_main("OTHER.md", "another developer's change");
+        let staging = serve_staging(&stg, &addr, &validated);
+        prod.ok(&["work-once", "--role", "deployer"]);
+        let (to, reason) = last_transition(&prod, id);
+        assert_eq!(to, "deploy-staging", "{reason}");
+        assert!(
+            reason.contains("staging validates the new head"),
+            "{reason}"
+        );
+        let head = head_of();
+        assert_ne!(head, validated);
+        assert_ne!(prod.origin_git(&["rev-parse", "main"]), validated);
+        drop(staging);
+
+        // 4. The deployer deploys the caught-up head: PASS → merged, main
+        //    at exactly the revision staging validated.
+        let _staging = serve_staging(&stg, &addr, &head);
+        prod.ok(&["work-once", "--role", "deployer"]);
+        let (to, reason) = last_transition(&prod, id);
+        assert_eq!(to, "deploy", "{reason}");
+        assert_eq!(prod.origin_git(&["rev-parse", "main"]), head);
+        let summary: String = prod
+            .db()
+            .query_row(
+                "SELECT summary FROM verdicts WHERE task_id=?1 AND source='staging' AND verdict='PASS' ORDER BY id DESC LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(summary.starts_with(&format!("PASS on {head}")), "{summary}");
+    });
+    prod.check_invariants();
+}
