@@ -54,8 +54,9 @@ pub enum Command {
     Init,
     /// Webhook shim: verify signatures, store deliveries in the inbox, answer
     ///
-    /// Routes: POST /webhooks/plane, POST /webhooks/gitea, GET /healthz,
-    /// GET /queue (the `status --json` document). Runs no pipeline logic.
+    /// Routes: POST /webhooks/plane, POST /webhooks/gitea, GET /healthz
+    /// (version, commit, schema), GET /queue (the `status --json`
+    /// document). Runs no pipeline logic.
     Serve {
         /// Address to listen on [env: ORCH_BIND, default 127.0.0.1:8500]
         #[arg(long)]

@@ -19,6 +19,14 @@ const IDS: [&str; 11] = [
 /// systemd timer would (only ingest: the worker stays off, so "no agent
 /// ran" is decided by the cancellation, checked afterwards).
 fn with_ingest<T>(sbx: &Sandbox, body: impl FnOnce() -> T) -> T {
+    /// Stops the loop when `body` returns or panics (else the scope would
+    /// wait for it forever).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -27,9 +35,8 @@ fn with_ingest<T>(sbx: &Sandbox, body: impl FnOnce() -> T) -> T {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let out = body();
-        stop.store(true, Ordering::SeqCst);
-        out
+        let _stop = Stop(&stop);
+        body()
     })
 }
 
@@ -403,12 +410,17 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
+    // Staging has its own webhook secrets: the suite signs with those of
+    // its env_file, not production's.
     prod.append_config(&format!(
-        "\n[projects.staging]\nurl = \"http://{addr}\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 15\n",
+        "\n[projects.staging]\nurl = \"http://{addr}\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 15\nenv_file = \"{}\"\n",
         stg.db_path().display(),
-        stg.dir.join("orch.toml").display()
+        stg.dir.join("orch.toml").display(),
+        stg.dir.join("orch.env").display()
     ));
-    prod.set("ORCH_MERGE_GATE_DEFER_S", "0");
+    prod.set("ORCH_MERGE_GATE_DEFER_S", "0")
+        .set("ORCH_PLANE_WEBHOOK_SECRET", "production-plane-secret")
+        .set("ORCH_GITEA_WEBHOOK_SECRET", "production-gitea-secret");
     prod.ok(&["init"]);
     let id = prod.add_issue("a change staging validates");
     to_deploy_staging(&prod, id);
@@ -452,6 +464,7 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the
             reason.starts_with("staging-check FAIL on ") && reason.contains("C2 provenance"),
             "{reason}"
         );
+        assert_eq!(reason.lines().count(), 2, "only C2 failed: {reason}");
         assert_eq!(
             prod.count(&format!(
                 "SELECT COUNT(*) FROM agent_runs WHERE job_id={job}"
