@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// config error, 3 a gate or check verdict is FAIL, 75 busy (another
 /// instance holds the lock; retry on the next tick).
 #[derive(Debug, Parser)]
-#[command(name = "orch", version, propagate_version = true)]
+#[command(name = "orch", version = version_line(), propagate_version = true)]
 pub struct Cli {
     /// The SQLite database file [default: $ORCH_STATE_DIR/orch.db]
     #[arg(long, global = true, env = "ORCH_DB", value_name = "PATH")]
@@ -34,14 +34,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `orch --version`: `orch 0.1.0 (commit <sha>, schema <n>)` — the git
+/// commit the binary was built from and the schema version it expects.
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (commit {}, schema {})",
+            orch::build_info::VERSION,
+            orch::build_info::COMMIT,
+            orch::db::schema_version()
+        )
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or migrate the database and state folders (idempotent)
     Init,
     /// Webhook shim: verify signatures, store deliveries in the inbox, answer
     ///
-    /// Routes: POST /webhooks/plane, POST /webhooks/gitea, GET /healthz,
-    /// GET /queue (the `status --json` document). Runs no pipeline logic.
+    /// Routes: POST /webhooks/plane, POST /webhooks/gitea, GET /healthz
+    /// (version, commit, schema), GET /queue (the `status --json`
+    /// document). Runs no pipeline logic.
     Serve {
         /// Address to listen on [env: ORCH_BIND, default 127.0.0.1:8500]
         #[arg(long)]
@@ -93,6 +108,9 @@ pub enum Command {
         #[arg(long)]
         release: bool,
     },
+    /// Run the staging suite against a staging instance of orch
+    #[command(name = "staging-check", long_about = STAGING_CHECK_HELP)]
+    StagingCheck(StagingCheckArgs),
     /// Send due outbox messages (tracker comments and states, notifications)
     Deliver,
     /// ingest, reap, reconcile, deliver, then work-once while jobs are
@@ -146,6 +164,79 @@ pub enum Command {
     },
     /// Print the man page (roff), e.g. `orch man > /usr/share/man/man1/orch.1`
     Man,
+}
+
+const STAGING_CHECK_HELP: &str = "\
+Run the staging suite against a staging instance of orch.
+
+The instance is its shim (--url) and, read-only, its database (--db) and
+config (--config); run the check with the staging instance's environment
+(its .env): deliveries are signed with ORCH_PLANE_WEBHOOK_SECRET and
+ORCH_GITEA_WEBHOOK_SECRET as set here, so a secret that differs from the
+instance's is a FAIL. The only write to the instance's database is C10.
+
+Checks:
+  C1   health       GET /healthz answers with version, commit and schema
+  C2   provenance   that commit is --expect-revision (when given)
+  C3   schema       the database is at the schema the instance expects
+  C4   config       the config loads; the sandbox project (--project)
+                    exists and receives Plane deliveries; the Plane
+                    webhook secret is set
+  C5   unsigned     an unsigned delivery is 401, nothing stored
+  C6   mis-signed   a delivery signed with another secret is 401, nothing
+                    stored
+  C7   oversize     a delivery over 1 MiB is 413, nothing stored
+  C8   redelivery   a delivery is 202 once, then 200 duplicate (also
+                    Plane's retry with a new delivery id)
+  C9a  end to end   a signed synthetic In Progress delivery for the
+                    sandbox project (its state id resolved from the
+                    tracker, never hard-coded) creates the task within
+                    --timeout-s (the instance's ingest must be running)
+  C9b  task set-up  the task has its branch and its analyst job
+  C10  cleanup      the task is cancelled the moment it appears (actor
+                    human, reason staging-check); no agent ran on it
+
+Each check is PASS, FAIL or INFRA, with a reason and its duration. INFRA
+means the environment failed, not the code: connection refused or reset,
+timeouts, the tracker or forge unreachable or answering 5xx.
+
+Verdict: PASS when no check FAILed and every INFRA check is waived
+(--waive, ORCH_STAGING_WAIVE); FAIL when any check FAILed; INFRA
+otherwise. A FAIL cannot be waived.
+
+Exit codes: 0 PASS, 3 FAIL, 75 INFRA (retry later), 2 usage (a bad
+argument, an unknown check id in --waive), 1 an error of the checker itself.
+
+--json prints the machine verdict: {verdict, url, project, revision (the
+commit validated), version, expected_revision, started_at_ms, finished_at_ms,
+waived, task_id, checks: [{id, name, status, reason, duration_ms,
+waived}]}.";
+
+#[derive(Debug, Args)]
+pub struct StagingCheckArgs {
+    /// The staging instance's shim, e.g. http://127.0.0.1:8501
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    /// The sandbox project [default: the config's only project]
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
+    /// The git commit the instance must run (full sha or a prefix of at
+    /// least 7 hex digits)
+    #[arg(long, value_name = "REV")]
+    pub expect_revision: Option<String>,
+    /// Checks whose INFRA does not hold the verdict back (comma list of
+    /// ids, e.g. C9a,C9b)
+    #[arg(
+        long,
+        env = "ORCH_STAGING_WAIVE",
+        value_delimiter = ',',
+        value_name = "CHECK,…"
+    )]
+    pub waive: Vec<String>,
+    /// How long to wait for the instance (each HTTP call, capped at 30 s,
+    /// and the synthetic task), in seconds
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout_s: u64,
 }
 
 #[derive(Debug, Args)]

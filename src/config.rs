@@ -620,6 +620,44 @@ pub struct ProjectConfig {
     /// `merge` or `squash`.
     #[serde(default)]
     pub merge_style: MergeStyle,
+    /// `[projects.staging]`: the staging instance of orch that validates
+    /// this project's deploy-staging revisions (`orch staging-check`,
+    /// DESIGN §8). Set: after the deployer's PASS, orch runs the suite
+    /// itself before the merge gate.
+    #[serde(default)]
+    pub staging: Option<StagingConfig>,
+}
+
+/// `[projects.staging]`: where the project's staging instance of orch is,
+/// for the deterministic deploy-staging gate (`orch staging-check`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StagingConfig {
+    /// The instance's shim, e.g. `http://127.0.0.1:8501`.
+    pub url: String,
+    /// The instance's database file (read; the suite's cleanup writes).
+    pub db: PathBuf,
+    /// The instance's config file.
+    pub config: PathBuf,
+    /// The sandbox project in the instance's config (default: its only
+    /// project).
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Check ids whose INFRA does not hold the verdict back (`C9a`, …).
+    #[serde(default)]
+    pub waive: Vec<String>,
+    /// How long to wait for the instance, in seconds (default 60).
+    #[serde(default = "default_staging_timeout")]
+    pub timeout_s: u64,
+    /// A `.env` file (the instance's) whose `ORCH_PLANE_WEBHOOK_SECRET`
+    /// and `ORCH_GITEA_WEBHOOK_SECRET` sign the suite's deliveries;
+    /// default: orch's own environment.
+    #[serde(default)]
+    pub env_file: Option<PathBuf>,
+}
+
+fn default_staging_timeout() -> u64 {
+    60
 }
 
 /// The tracker states orch reads or sets.
@@ -1181,6 +1219,17 @@ impl Config {
                     k("tracker_project_id"),
                     "required when tracker = \"plane\"",
                 ));
+            }
+            if let Some(st) = &p.staging {
+                if !(st.url.starts_with("http://") || st.url.starts_with("https://")) {
+                    return Err(Error::config(
+                        k("staging.url"),
+                        format!("expected an http:// or https:// URL, got {:?}", st.url),
+                    ));
+                }
+                if st.timeout_s == 0 {
+                    return Err(Error::config(k("staging.timeout_s"), "must be at least 1"));
+                }
             }
         }
         Ok(())

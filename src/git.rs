@@ -826,6 +826,15 @@ impl Repo {
         Ok(real)
     }
 
+    /// The branch the worktree at `worktree` has checked out; `None` when
+    /// HEAD is detached.
+    ///
+    /// Guarantees: read-only. Assumptions: no lock taken.
+    /// Errors: [`Error::Subprocess`] when `worktree` is not a git worktree.
+    pub fn worktree_branch(worktree: &Path) -> anyhow::Result<Option<String>> {
+        Self::current_branch(worktree)
+    }
+
     /// The branch `worktree` has checked out; `None` when HEAD is detached.
     fn current_branch(worktree: &Path) -> anyhow::Result<Option<String>> {
         let out = run_git(worktree, &["symbolic-ref", "--quiet", "HEAD"])?;

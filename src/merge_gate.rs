@@ -163,6 +163,12 @@ pub enum JobGate {
 /// is kept. Safe to run again after a crash anywhere.
 /// Errors: git, process and database errors; the lease is released first
 /// and the job stays running, for the reaper's Tier-2.
+///
+/// `validated` is the revision the staging check validated (projects with
+/// `[projects.staging]`): when the catch-up leaves another head, nothing
+/// merges — the stage runs again (a rerun, not a developer retry), so the
+/// deployer deploys the caught-up head and staging validates it first.
+#[allow(clippy::too_many_arguments)]
 pub fn gate_job(
     ctx: &Ctx,
     db: &Db,
@@ -171,6 +177,7 @@ pub fn gate_job(
     task: &Task,
     job: &Job,
     actor: Actor,
+    validated: Option<&str>,
 ) -> anyhow::Result<JobGate> {
     if let Err(e) = validate_task_branch(&task.branch, &repo.branch_prefix, &project.default_branch)
     {
@@ -184,18 +191,49 @@ pub fn gate_job(
         match db.write(|tx| tx.acquire_lease(name, &holder(task.id), Some(job.id), now, ttl_ms))? {
             LeaseAcquire::Acquired(l) => steps.push(took_lease(&l)),
             LeaseAcquire::Busy(l) => {
-                return defer(ctx, db, job, actor, &busy_reason(&l), Some(name))
-                    .map(JobGate::Settled)
+                return defer_job(
+                    ctx,
+                    db,
+                    job,
+                    actor,
+                    "merge gate",
+                    &busy_reason(&l),
+                    Some(name),
+                )
+                .map(JobGate::Settled)
             }
         }
         failpoint("merge_gate.after_acquire");
     }
-    match catch_up_test_merge(ctx, db, project, repo, task, Some(job), &mut steps) {
+    match catch_up_test_merge(
+        ctx,
+        db,
+        project,
+        repo,
+        task,
+        Some(job),
+        validated,
+        &mut steps,
+    ) {
         Ok(Merge::Merged { .. }) => Ok(JobGate::Verdict(Gate::Pass)),
         Ok(Merge::Rollback(reason)) => Ok(JobGate::Verdict(Gate::Rollback(reason))),
         Ok(Merge::MainMoving(reason)) => {
             give_back(db, lease.as_deref(), task, None)?;
-            defer(ctx, db, job, actor, &reason, None).map(JobGate::Settled)
+            defer_job(ctx, db, job, actor, "merge gate", &reason, None).map(JobGate::Settled)
+        }
+        Ok(Merge::Restage(reason)) => {
+            // The transition releases the lease (a rerun) and enqueues the
+            // deployer again; the job finishes with it.
+            let m = Move::new(task, Stage::DeployStaging, actor, reason).finishing(job.id);
+            let moved = db.write(|tx| pipeline::apply(tx, ctx.policy(), &m, now_ms()))?;
+            Ok(JobGate::Settled(match moved {
+                Moved::Applied { escalated, .. } => Finalized::Advanced {
+                    from: Stage::DeployStaging,
+                    to: Stage::DeployStaging,
+                    escalated,
+                },
+                Moved::Lost => Finalized::Lost,
+            }))
         }
         Err(e) => {
             if let Err(e2) = give_back(db, lease.as_deref(), task, None) {
@@ -206,15 +244,20 @@ pub fn gate_job(
     }
 }
 
-/// Defers running job `job`'s merge, or at the defer cap fails it and
-/// escalates the task. One transaction; a lost claim writes nothing.
+/// Defers running deploy-staging job `job`'s gate (the merge gate's busy
+/// lease or moving main, the staging check's INFRA; `what` names it), or
+/// at the defer cap (`ORCH_MERGE_GATE_MAX_DEFERS`) fails it and escalates
+/// the task. Not an attempt: the job is queued again with its agent's
+/// result kept (`merge_pending`), so the next claim runs only the gates.
 /// `lease`: the busy lease it waits for; its release wakes the job (and a
 /// lease released before this transaction leaves the job runnable now).
-fn defer(
+/// One transaction; a lost claim writes nothing.
+pub fn defer_job(
     ctx: &Ctx,
     db: &Db,
     job: &Job,
     actor: Actor,
+    what: &str,
     reason: &str,
     lease: Option<&str>,
 ) -> anyhow::Result<Finalized> {
@@ -227,7 +270,7 @@ fn defer(
         };
         if cur.merge_defers >= s.merge_gate_max_defers as i64 {
             let why = format!(
-                "merge gate deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
+                "{what} deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
                 cur.merge_defers
             );
             return jobs::fail_and_escalate(tx, ctx.policy(), job, &why, why.clone(), actor, now);
@@ -380,6 +423,9 @@ enum Merge {
     Rollback(String),
     /// Main moved under every catch-up: try again later.
     MainMoving(String),
+    /// The caught-up head is not the revision staging validated: run the
+    /// stage again (pushed, nothing tested or merged).
+    Restage(String),
 }
 
 fn short(sha: &str) -> &str {
@@ -393,6 +439,7 @@ fn short(sha: &str) -> &str {
 /// nothing: origin is read with `git ls-remote`, the worktree (or, when it
 /// does not exist yet, origin's branch) and the stored test results are
 /// read, and each step reports what it would do.
+#[allow(clippy::too_many_arguments)]
 fn catch_up_test_merge(
     ctx: &Ctx,
     db: &Db,
@@ -400,6 +447,7 @@ fn catch_up_test_merge(
     repo: &Repo,
     task: &Task,
     job: Option<&Job>,
+    validated: Option<&str>,
     steps: &mut Steps,
 ) -> anyhow::Result<Merge> {
     let worktree = Path::new(&task.worktree);
@@ -510,6 +558,21 @@ fn catch_up_test_merge(
             failpoint("merge_gate.after_rebase");
         }
         sync_branch(repo, worktree, branch, pushed.as_deref(), &before, steps)?;
+        if let Some(validated) = validated.filter(|_| !dry) {
+            let head = repo.head_sha(worktree)?;
+            if head != validated {
+                steps.push(format!(
+                    "{branch} is now at {}, not the revision staging validated ({}): staging runs again first",
+                    short(&head),
+                    short(validated)
+                ));
+                return Ok(Merge::Restage(format!(
+                    "merge gate: {branch} caught up with {default} ({} → {}); staging validates the new head before it merges",
+                    short(validated),
+                    short(&head)
+                )));
+            }
+        }
         let (sha, green, log) = retest(ctx, db, project, repo, task, &before, job, steps)?;
         if !green {
             return Ok(Merge::Rollback(format!(
@@ -941,11 +1004,12 @@ fn by_hand(
                 task.branch
             ));
         }
-        catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), steps)
+        catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), None, steps)
     } else {
         failpoint("merge_gate.after_acquire");
-        repo.ensure_worktree(worktree, &task.branch)
-            .and_then(|()| catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), steps))
+        repo.ensure_worktree(worktree, &task.branch).and_then(|()| {
+            catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), None, steps)
+        })
     };
     let merged = match merged {
         Ok(m) => m,
@@ -960,7 +1024,7 @@ fn by_hand(
     };
     let default = &project.default_branch;
     let (to, reason, retry) = match &merged {
-        Merge::MainMoving(reason) => {
+        Merge::MainMoving(reason) | Merge::Restage(reason) => {
             give_back(db, lease, task, claimed)?;
             steps.push(format!("deferred: {reason}; lease and job given back"));
             return Ok(ByHand::Deferred {

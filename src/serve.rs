@@ -411,10 +411,7 @@ fn handle(ctx: &Ctx, db: &Db, req: Request) {
             }
             hook(ctx, db, source, req)
         }
-        (Route::Health, Method::Get | Method::Head) => (
-            Reply::new(200, "ok", "orch serve is running"),
-            finish_for(req),
-        ),
+        (Route::Health, Method::Get | Method::Head) => (health(), finish_for(req)),
         (Route::Queue, Method::Get | Method::Head) => {
             let doc = catch_unwind(AssertUnwindSafe(|| (ctx.queue)()));
             let reply = match doc {
@@ -447,6 +444,18 @@ fn handle(ctx: &Ctx, db: &Db, req: Request) {
         Finish::Detached(req) => respond_detached(req, response),
         Finish::Reader => {}
     }
+}
+
+/// `GET /healthz`: `{"status": "ok", "detail", "version", "commit",
+/// "schema"}` — the binary's version, the git commit it was built from
+/// ([`crate::build_info`]) and the schema version it expects
+/// (`orch staging-check` C1–C3 read them).
+fn health() -> Reply {
+    let mut r = Reply::new(200, "ok", "orch serve is running");
+    r.body["version"] = json!(crate::build_info::VERSION);
+    r.body["commit"] = json!(crate::build_info::commit());
+    r.body["schema"] = json!(crate::db::schema_version());
+    r
 }
 
 fn not_allowed(allow: &'static str) -> Reply {
@@ -1123,6 +1132,8 @@ mod tests {
         let f = serve(1, 2_000);
         let a = get(&f, "/healthz");
         assert_eq!((a.code, a.body["status"].as_str()), (200, Some("ok")));
+        assert_eq!(a.body["commit"], crate::build_info::COMMIT);
+        assert_eq!(a.body["schema"], crate::db::schema_version());
         let a = get(&f, "/queue");
         assert_eq!(a.code, 200);
         assert_eq!(a.body, json!({"queue": {"queued": 3}, "ok": true}));

@@ -218,6 +218,47 @@ impl<'a> Tracker<'a> {
         }
     }
 
+    /// The state a delivery from this tracker carries for a work item
+    /// entering `kind`, as `(id, name)`, resolved the way the instance
+    /// matches it and never hard-coded: Plane — the explicit id of
+    /// `[projects.states]`, else the id Plane's states API lists for the
+    /// configured name (fetched afresh, not cached: `db` is only read);
+    /// the local tracker — the configured value of `[projects.states]`
+    /// (its default is the name). The name is the configured one of
+    /// `[projects.state_names]`. For `orch staging-check`'s synthetic
+    /// delivery.
+    ///
+    /// Errors: [`AdapterError`]s (Plane settings, transport, no state of
+    /// that name).
+    pub fn delivery_state(
+        &self,
+        ctx: &Ctx,
+        db: &Db,
+        project: &ProjectConfig,
+        kind: StateKind,
+    ) -> Result<(String, String), AdapterError> {
+        let name = project.state_names.get(kind).to_string();
+        match self {
+            Tracker::Plane(s) => {
+                let plane = Plane::from_settings(s)?;
+                let id = resolve_state(ctx, db, &plane, project, kind, true, false)?;
+                Ok((id, name))
+            }
+            Tracker::Local => {
+                let st = &project.states;
+                let id = match kind {
+                    StateKind::InProgress => Some(st.in_progress.clone()),
+                    StateKind::Approved => Some(st.approved.clone()),
+                    StateKind::Rejected => Some(st.rejected.clone()),
+                    StateKind::Blocked => st.blocked.clone(),
+                    StateKind::NeedsInput => st.needs_input.clone(),
+                    StateKind::Done => st.done.clone(),
+                };
+                Ok((id.unwrap_or_else(|| name.clone()), name))
+            }
+        }
+    }
+
     /// Whether the tracker's rate-limit window is exhausted (Plane, as the
     /// last answer in `clients` said): its route waits for the next pass.
     pub fn exhausted(&self, clients: &Clients) -> bool {

@@ -523,9 +523,25 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
         None => gate::decide(stage, &facts),
     };
     if verdict == Gate::Pass && stage == Stage::DeployStaging {
-        match crate::merge_gate::gate_job(ctx, db, project, &repo, &task, &job, actor)? {
-            crate::merge_gate::JobGate::Verdict(g) => verdict = g,
-            crate::merge_gate::JobGate::Settled(f) => return Ok(f),
+        // With [projects.staging], orch runs the staging suite itself
+        // first; the merge gate then merges only the revision it validated.
+        let mut validated = None;
+        if project.staging.is_some() {
+            use crate::staging::StagingGate;
+            match crate::staging::gate_job(ctx, db, project, &repo, &task, &job, actor)? {
+                StagingGate::Validated(rev) => validated = Some(rev),
+                StagingGate::Verdict(g) => verdict = g,
+                StagingGate::Settled(f) => return Ok(f),
+            }
+        }
+        if verdict == Gate::Pass {
+            let validated = validated.as_deref();
+            match crate::merge_gate::gate_job(
+                ctx, db, project, &repo, &task, &job, actor, validated,
+            )? {
+                crate::merge_gate::JobGate::Verdict(g) => verdict = g,
+                crate::merge_gate::JobGate::Settled(f) => return Ok(f),
+            }
         }
     }
     info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");

@@ -175,6 +175,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "agent",
             "failpoint",
             "backoff",
+            "build_info",
         ],
     ),
     ("store", &["db"]),
@@ -198,6 +199,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "status",
             "check",
             "metrics",
+            "staging",
         ],
     ),
 ];

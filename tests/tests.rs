@@ -24,3 +24,5 @@ mod reap;
 #[cfg(feature = "testing")]
 mod reconcile;
 mod shim;
+#[cfg(feature = "testing")]
+mod staging;

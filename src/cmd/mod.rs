@@ -15,6 +15,7 @@ mod metrics;
 mod reap;
 mod reconcile;
 mod serve;
+mod staging_check;
 mod status;
 mod task;
 mod tick;
@@ -96,6 +97,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         cli.db.clone(),
         cli.config.clone(),
     )?;
+    if let Command::StagingCheck(args) = cli.command {
+        // The staging config is checked (C4), not required to load.
+        let (out, code) = staging_check::run(&settings, args)?;
+        print(cli.json, &out)?;
+        return Ok(code);
+    }
     let ctx = Ctx::load(settings)?;
     let (out, code) = match cli.command {
         Command::Init => (init::run(&ctx)?, exit::OK),
@@ -122,7 +129,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Agents(c) => (agents::run(&ctx, c)?, exit::OK),
         Command::Usage { task } => (usage::run(&ctx, task)?, exit::OK),
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
-        Command::Completions { .. } | Command::Man => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man | Command::StagingCheck(_) => {
+            unreachable!("dispatched before the context loads")
+        }
     };
     print(cli.json, &out)?;
     Ok(code)

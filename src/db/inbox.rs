@@ -85,6 +85,37 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The stored delivery of `source` with the sender's `delivery_id`,
+    /// if any.
+    pub fn delivery_by_sender_id(
+        &self,
+        source: &str,
+        delivery_id: &str,
+    ) -> anyhow::Result<Option<InboxRow>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id, source, event, delivery_id, received_at_ms, processed_at_ms, outcome, \
+                 attempts, error, dead FROM inbox WHERE source=?1 AND delivery_id=?2",
+                params![source, delivery_id],
+                |r| {
+                    Ok(InboxRow {
+                        id: r.get(0)?,
+                        source: r.get(1)?,
+                        event: r.get(2)?,
+                        delivery_id: r.get(3)?,
+                        received_at_ms: r.get(4)?,
+                        processed_at_ms: r.get(5)?,
+                        outcome: r.get(6)?,
+                        attempts: r.get(7)?,
+                        error: r.get(8)?,
+                        dead: r.get(9)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     /// Inbox ids still to ingest (not processed, not dead), oldest first.
     pub fn pending_deliveries(&self, limit: i64) -> anyhow::Result<Vec<i64>> {
         let mut stmt = self.conn.prepare_cached(

@@ -172,12 +172,15 @@ impl Db {
     }
 
     /// The latest verdict recorded for (task, stage) at or after task
-    /// version `since_version`'s job, i.e. the verdict of `job_id`.
+    /// version `since_version`'s job, i.e. the verdict of `job_id` — the
+    /// agent's (or orch's `UNREADABLE`), not the staging suite's, which
+    /// is stored beside it with source `staging`.
     pub fn verdict_for_job(&self, job_id: i64) -> anyhow::Result<Option<(String, String)>> {
         Ok(self
             .conn
             .query_row(
-                "SELECT verdict, summary FROM verdicts WHERE job_id=?1 ORDER BY id DESC LIMIT 1",
+                "SELECT verdict, summary FROM verdicts WHERE job_id=?1 AND source <> 'staging' \
+                 ORDER BY id DESC LIMIT 1",
                 [job_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -411,7 +414,8 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Stores a verdict (`source` = `agent`, `orch` or `human`; verdict
+    /// Stores a verdict (`source` = `agent`, `orch`, `human` or `staging`
+    /// — the deploy-staging gate's `orch staging-check`; verdict
     /// `UNREADABLE` with the problem as summary for a bad verdict file).
     #[allow(clippy::too_many_arguments)]
     pub fn insert_verdict(

@@ -91,6 +91,30 @@ impl Db {
         Ok(db)
     }
 
+    /// Opens an existing database file as it is: nothing is created and
+    /// nothing migrated (`orch staging-check` reads another instance's
+    /// database, and writes only its cleanup). `writable` false opens it
+    /// read-only.
+    ///
+    /// Errors: no file at `path`; SQLite errors with the path as context.
+    pub fn open_existing(path: &Path, busy_timeout_ms: u64, writable: bool) -> anyhow::Result<Db> {
+        use rusqlite::OpenFlags;
+        anyhow::ensure!(path.is_file(), "no database at {}", path.display());
+        let mode = if writable {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            mode | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .with_context(|| format!("opening database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(Db { conn })
+    }
+
     /// The `user_version` of an existing database file, without migrating.
     pub fn open_readonly_version(path: &Path) -> anyhow::Result<i64> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)

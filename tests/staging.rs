@@ -1,0 +1,520 @@
+//! `orch staging-check` against a real second orch instance: `orch serve`
+//! on its own port and database (the Sandbox fixture), its ingest running
+//! as its timer would, and — for a Plane project — the fake Plane.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::fakes::{sandbox_with_plane, PLANE_PROJECT};
+use crate::util::*;
+
+/// The checks in report order.
+const IDS: [&str; 11] = [
+    "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9a", "C9b", "C10",
+];
+
+/// Runs `body` while the instance's ingest runs every 100 ms, as its
+/// systemd timer would (only ingest: the worker stays off, so "no agent
+/// ran" is decided by the cancellation, checked afterwards).
+fn with_ingest<T>(sbx: &Sandbox, body: impl FnOnce() -> T) -> T {
+    /// Stops the loop when `body` returns or panics (else the scope would
+    /// wait for it forever).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                let _ = sbx.orch_std().arg("ingest").output();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let _stop = Stop(&stop);
+        body()
+    })
+}
+
+/// `orch --json staging-check --url URL ARGS` with `env` added: (exit
+/// code, verdict JSON, stderr).
+fn check(sbx: &Sandbox, url: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, Value, String) {
+    let mut a = vec!["--json", "staging-check", "--url", url, "--timeout-s", "20"];
+    a.extend_from_slice(args);
+    let out = sbx
+        .orch()
+        .args(&a)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let v = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}\nstderr: {stderr}"));
+    (out.status.code().unwrap_or(-1), v, stderr)
+}
+
+fn status<'a>(v: &'a Value, id: &str) -> &'a str {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id} in {v:#}"))["status"]
+        .as_str()
+        .unwrap()
+}
+
+fn statuses(v: &Value) -> Vec<(String, String)> {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["id"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The synthetic task of a run, its final state and whether any of its
+/// jobs was ever claimed.
+fn assert_cancelled_without_agent(sbx: &Sandbox, task: i64) {
+    let (stage, escalated): (String, bool) = sbx
+        .db()
+        .query_row(
+            "SELECT stage, escalated FROM tasks WHERE id=?1",
+            [task],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((stage.as_str(), escalated), ("analysis", true));
+    let (actor, reason): (String, String) = sbx
+        .db()
+        .query_row(
+            "SELECT actor, reason FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+            [task],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (actor.as_str(), reason.as_str()),
+        ("human", "staging-check")
+    );
+    let jobs = sbx.count(&format!(
+        "SELECT COUNT(*) FROM jobs WHERE task_id={task} AND stage='analysis' AND role='analyst' AND status='cancelled' AND claimed_at_ms IS NULL"
+    ));
+    assert_eq!(jobs, 1, "its analyst job, cancelled unclaimed");
+    // The instance's worker comes by: nothing to run for the task.
+    sbx.ok(&["work-once"]);
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM agent_runs"),
+        0,
+        "no agent ran"
+    );
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE task_id={task} AND status IN ('queued','running')"
+        )),
+        0
+    );
+}
+
+#[test]
+fn a_healthy_instance_passes_every_check_and_a_wrong_secret_or_revision_fails() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let url = format!("http://{}", server.addr);
+
+    // /healthz and --version name the commit and the schema.
+    let (code, body) = server.request("GET", "/healthz", &[], b"").unwrap();
+    assert_eq!(code, 200);
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["commit"], orch::build_info::COMMIT);
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(health["schema"], orch::db::schema_version());
+    let version = sbx.ok(&["--version"]);
+    assert!(
+        version.contains(orch::build_info::COMMIT)
+            && version.contains(&format!("schema {}", orch::db::schema_version())),
+        "{version}"
+    );
+
+    with_ingest(&sbx, || {
+        let (code, v, stderr) = check(&sbx, &url, &[], &[]);
+        assert_eq!(code, 0, "{v:#}\n{stderr}");
+        assert_eq!(v["verdict"], "PASS");
+        let ids: Vec<String> = statuses(&v).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, IDS, "every check, in order");
+        for c in v["checks"].as_array().unwrap() {
+            assert_eq!(c["status"], "PASS", "{c:#}");
+            assert!(!c["reason"].as_str().unwrap().is_empty());
+            assert!(c["duration_ms"].is_u64());
+            assert_eq!(c["waived"], false);
+        }
+        assert_eq!(v["revision"], orch::build_info::COMMIT);
+        assert_eq!(v["url"], url.as_str());
+        assert_eq!(v["project"], "widget");
+        assert!(v["started_at_ms"].as_i64().unwrap() <= v["finished_at_ms"].as_i64().unwrap());
+        let task = v["task_id"].as_i64().unwrap();
+
+        // Nothing stored by C5–C7: the inbox holds C8's probe and C9a's
+        // synthetic delivery only.
+        let db = sbx.db();
+        let stored: Vec<String> = db
+            .prepare("SELECT delivery_id FROM inbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(stored.len(), 2, "{stored:?}");
+        assert!(
+            stored[0].ends_with("-c8") && stored[1].ends_with("-c9a"),
+            "{stored:?}"
+        );
+        assert_cancelled_without_agent(&sbx, task);
+
+        // A stale build: the revision differs → C2 FAIL, exit 3.
+        let (code, v, _) = check(
+            &sbx,
+            &url,
+            &[
+                "--expect-revision",
+                "0123456789abcdef0123456789abcdef01234567",
+            ],
+            &[],
+        );
+        assert_eq!(code, 3, "{v:#}");
+        assert_eq!(v["verdict"], "FAIL");
+        assert_eq!(status(&v, "C2"), "FAIL");
+        let failed: Vec<_> = statuses(&v)
+            .into_iter()
+            .filter(|(_, s)| s != "PASS")
+            .collect();
+        assert_eq!(failed, [("C2".to_string(), "FAIL".to_string())]);
+        // The right one (a 12-digit prefix) passes.
+        let short = &orch::build_info::COMMIT[..12.min(orch::build_info::COMMIT.len())];
+        if orch::build_info::COMMIT != "unknown" {
+            let (code, v, _) = check(&sbx, &url, &["--expect-revision", short], &[]);
+            assert_eq!((code, status(&v, "C2")), (0, "PASS"), "{v:#}");
+        }
+
+        // The checker's secret is not the instance's: FAIL, exit 3, and
+        // still nothing stored for the refused deliveries.
+        let before = sbx.count("SELECT COUNT(*) FROM inbox");
+        let (code, v, _) = check(
+            &sbx,
+            &url,
+            &[],
+            &[("ORCH_PLANE_WEBHOOK_SECRET", "not-the-staging-secret")],
+        );
+        assert_eq!(code, 3, "{v:#}");
+        assert_eq!(v["verdict"], "FAIL");
+        for (id, want) in [
+            ("C5", "PASS"),
+            ("C6", "PASS"),
+            ("C7", "PASS"),
+            ("C8", "FAIL"),
+            ("C9a", "FAIL"),
+        ] {
+            assert_eq!(status(&v, id), want, "{id}: {v:#}");
+        }
+        let c8 = &v["checks"].as_array().unwrap()[7];
+        assert!(
+            c8["reason"].as_str().unwrap().contains("secrets differ"),
+            "{c8}"
+        );
+        assert_eq!(sbx.count("SELECT COUNT(*) FROM inbox"), before);
+    });
+    drop(server);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_plane_state_id_unlike_any_other_is_resolved_not_hard_coded() {
+    // The old incident: the sandbox project's In Progress state has an id
+    // unlike the fixture's and every other project's (here also its own
+    // name). The check resolves it through Plane's states API.
+    let (sbx, plane) = sandbox_with_plane();
+    let fresh = "0f5e1d2c-3b4a-4c5d-8e6f-7a8b9c0d1e2f";
+    {
+        let mut st = plane.state.lock().unwrap();
+        let s = st
+            .states
+            .iter_mut()
+            .find(|s| s["name"] == "In Progress")
+            .unwrap();
+        s["id"] = fresh.into();
+        s["name"] = "Agent Working".into();
+    }
+    sbx.append_config(&format!(
+        "\n[projects.state_names]\nin_progress = \"Agent Working\"\n\n\
+         [[projects]]\nname = \"other\"\ntracker = \"local\"\n\
+         tracker_project_id = \"11111111-2222-4333-8444-555555555555\"\n\
+         clone_url = \"{}\"\ntest_command = [\"true\"]\n\
+         [projects.states]\nin_progress = \"3e237c0a-e2cb-4c24-bad9-ca246ba03ff2\"\n",
+        sbx.origin().display()
+    ));
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let url = format!("http://{}", server.addr);
+    with_ingest(&sbx, || {
+        let (code, v, stderr) = check(&sbx, &url, &["--project", "widget"], &[]);
+        assert_eq!(code, 0, "{v:#}\n{stderr}");
+        assert!(statuses(&v).iter().all(|(_, s)| s == "PASS"), "{v:#}");
+        // The synthetic delivery carried the resolved id.
+        let body: Vec<u8> = sbx
+            .db()
+            .query_row(
+                "SELECT body FROM inbox WHERE delivery_id LIKE '%-c9a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["data"]["state"]["id"], fresh);
+        assert_eq!(body["data"]["project"], PLANE_PROJECT);
+        assert_cancelled_without_agent(&sbx, v["task_id"].as_i64().unwrap());
+    });
+    assert!(
+        plane.server.lines().iter().any(|l| l.ends_with("/states/")),
+        "the states were asked: {:?}",
+        plane.server.lines()
+    );
+}
+
+#[test]
+fn an_instance_that_is_down_is_infra_and_a_waiver_makes_it_pass() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, v, _) = check(&sbx, &url, &[], &[]);
+    assert_eq!(code, 75, "{v:#}");
+    assert_eq!(v["verdict"], "INFRA");
+    assert_eq!(status(&v, "C1"), "INFRA");
+    assert!(v["revision"].is_null());
+    let infra: Vec<String> = statuses(&v)
+        .into_iter()
+        .filter(|(_, s)| s == "INFRA")
+        .map(|(id, _)| id)
+        .collect();
+    assert!(statuses(&v).iter().all(|(_, s)| s != "FAIL"), "{v:#}");
+
+    // Waived (from the environment): PASS, exit 0, each marked waived.
+    let (code, v, _) = check(&sbx, &url, &[], &[("ORCH_STAGING_WAIVE", &infra.join(","))]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["verdict"], "PASS");
+    for c in v["checks"].as_array().unwrap() {
+        assert_eq!(c["waived"], c["status"] == "INFRA", "{c}");
+    }
+    // Waiving all but one still leaves INFRA.
+    let (code, _, _) = check(&sbx, &url, &["--waive", &infra[1..].join(",")], &[]);
+    assert_eq!(code, 75);
+    // An unknown check id is a usage error.
+    let out = sbx
+        .orch()
+        .args(["staging-check", "--url", &url, "--waive", "C1,C42"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("C42"));
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM inbox"), 0);
+}
+
+#[test]
+fn help_explains_checks_verdicts_and_exit_codes() {
+    let sbx = Sandbox::new();
+    let help = sbx.ok(&["staging-check", "--help"]);
+    for want in [
+        "C1",
+        "C9a",
+        "C10",
+        "PASS",
+        "FAIL",
+        "INFRA",
+        "Exit codes",
+        "75",
+        "--waive",
+        "ORCH_STAGING_WAIVE",
+        "--expect-revision",
+    ] {
+        assert!(help.contains(want), "--help lacks {want}:\n{help}");
+    }
+}
+
+/// Runs every role but the deployer until task `id` waits at
+/// deploy-staging with its job queued.
+fn to_deploy_staging(sbx: &Sandbox, id: i64) {
+    for _ in 0..10 {
+        if sbx.stage(id) == "deploy-staging" {
+            return;
+        }
+        for role in ["analyst", "architect", "developer", "reviewer", "tester"] {
+            sbx.ok(&["work-once", "--role", role]);
+        }
+    }
+    panic!("task {id} never reached deploy-staging");
+}
+
+/// Starts the staging instance's shim on `addr`, reporting `commit` as
+/// the revision it was deployed from; waits for /healthz.
+fn serve_staging(stg: &Sandbox, addr: &str, commit: &str) -> Server {
+    let child = stg.spawn(
+        &["serve", "--bind", addr],
+        &[("ORCH_TESTING_COMMIT", commit)],
+    );
+    let server = Server {
+        child,
+        addr: addr.to_string(),
+    };
+    wait_until(20, "the staging shim to answer /healthz", || {
+        matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _)))
+    });
+    server
+}
+
+fn last_transition(sbx: &Sandbox, id: i64) -> (String, String) {
+    sbx.db()
+        .query_row(
+            "SELECT to_stage, reason FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the_validated_revision(
+) {
+    // Production, whose project widget names a staging instance of orch:
+    // a second sandbox with its own state, port, database and config.
+    let mut prod = Sandbox::new();
+    let stg = Sandbox::new();
+    stg.ok(&["init"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    // Staging has its own webhook secrets: the suite signs with those of
+    // its env_file, not production's.
+    prod.append_config(&format!(
+        "\n[projects.staging]\nurl = \"http://{addr}\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 15\nenv_file = \"{}\"\n",
+        stg.db_path().display(),
+        stg.dir.join("orch.toml").display(),
+        stg.dir.join("orch.env").display()
+    ));
+    prod.set("ORCH_MERGE_GATE_DEFER_S", "0")
+        .set("ORCH_PLANE_WEBHOOK_SECRET", "production-plane-secret")
+        .set("ORCH_GITEA_WEBHOOK_SECRET", "production-gitea-secret");
+    prod.ok(&["init"]);
+    let id = prod.add_issue("a change staging validates");
+    to_deploy_staging(&prod, id);
+    let job = prod.count(&format!(
+        "SELECT id FROM jobs WHERE task_id={id} AND stage='deploy-staging'"
+    ));
+
+    // 1. Staging is down: INFRA → the job is deferred, not an attempt; the
+    //    deployer ran once and its PASS stands.
+    let v = prod.json(&["work-once", "--role", "deployer"]);
+    assert_eq!(v["finalized"]["action"], "deferred", "{v:#}");
+    assert!(
+        v["finalized"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("staging-check INFRA"),
+        "{v:#}"
+    );
+    assert_eq!(prod.stage(id), "deploy-staging");
+    assert_eq!(
+        prod.count(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE id={job} AND status='queued' AND merge_pending=1 AND attempt=1"
+        )),
+        1
+    );
+    assert_eq!(
+        prod.count(&format!(
+            "SELECT COUNT(*) FROM verdicts WHERE job_id={job} AND source='staging' AND verdict='INFRA'"
+        )),
+        1
+    );
+
+    with_ingest(&stg, || {
+        // 2. Staging runs, but not the task's revision (a stale deploy):
+        //    FAIL → back to development with the failed checks as the reason.
+        let stale = serve_staging(&stg, &addr, "0123456789abcdef0123456789abcdef01234567");
+        prod.ok(&["work-once", "--role", "deployer"]);
+        let (to, reason) = last_transition(&prod, id);
+        assert_eq!(to, "development", "{reason}");
+        assert!(
+            reason.starts_with("staging-check FAIL on ") && reason.contains("C2 provenance"),
+            "{reason}"
+        );
+        assert_eq!(reason.lines().count(), 2, "only C2 failed: {reason}");
+        assert_eq!(
+            prod.count(&format!(
+                "SELECT COUNT(*) FROM agent_runs WHERE job_id={job}"
+            )),
+            1,
+            "the deferred job did not run its deployer again"
+        );
+        drop(stale);
+
+        // 3. Back at deploy-staging; the deployer deploys the head to
+        //    staging and staging validates it, but main moved meanwhile: the
+        //    merge gate catches up, and the new head is not what staging
+        //    validated — the stage runs again instead of merging.
+        to_deploy_staging(&prod, id);
+        let wt: String = prod
+            .db()
+            .query_row("SELECT worktree FROM tasks WHERE id=?1", [id], |r| r.get(0))
+            .unwrap();
+        let head_of = || git_in(std::path::Path::new(&wt), &["rev-parse", "HEAD"]);
+        let validated = head_of();
+        prod.push_to_main("OTHER.md", "another developer's change");
+        let staging = serve_staging(&stg, &addr, &validated);
+        prod.ok(&["work-once", "--role", "deployer"]);
+        let (to, reason) = last_transition(&prod, id);
+        assert_eq!(to, "deploy-staging", "{reason}");
+        assert!(
+            reason.contains("staging validates the new head"),
+            "{reason}"
+        );
+        let head = head_of();
+        assert_ne!(head, validated);
+        assert_ne!(prod.origin_git(&["rev-parse", "main"]), validated);
+        drop(staging);
+
+        // 4. The deployer deploys the caught-up head: PASS → merged, main
+        //    at exactly the revision staging validated.
+        let _staging = serve_staging(&stg, &addr, &head);
+        prod.ok(&["work-once", "--role", "deployer"]);
+        let (to, reason) = last_transition(&prod, id);
+        assert_eq!(to, "deploy", "{reason}");
+        assert_eq!(prod.origin_git(&["rev-parse", "main"]), head);
+        let summary: String = prod
+            .db()
+            .query_row(
+                "SELECT summary FROM verdicts WHERE task_id=?1 AND source='staging' AND verdict='PASS' ORDER BY id DESC LIMIT 1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(summary.starts_with(&format!("PASS on {head}")), "{summary}");
+    });
+    prod.check_invariants();
+}
