@@ -479,6 +479,20 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the
         //    merge gate catches up, and the new head is not what staging
         //    validated — the stage runs again instead of merging.
         to_deploy_staging(&prod, id);
+        // The developer's rework run was told which checks failed.
+        let (dev_job, dev_attempt): (i64, i64) = prod
+            .db()
+            .query_row(
+                "SELECT job_id, attempt FROM agent_runs WHERE role='developer' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let prompt = prod.prompt_of_run(dev_job, dev_attempt);
+        assert!(
+            prompt.contains("staging-check FAIL") && prompt.contains("C2 provenance"),
+            "{prompt}"
+        );
         let wt: String = prod
             .db()
             .query_row("SELECT worktree FROM tasks WHERE id=?1", [id], |r| r.get(0))
