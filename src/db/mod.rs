@@ -807,11 +807,12 @@ impl Tx<'_> {
     ) -> anyhow::Result<Recorded> {
         let existing: Option<i64> = self
             .prepare_cached(
-                "SELECT id FROM inbox WHERE source=?1 AND (delivery_id=?2 OR (?1='plane' AND body_sha256=?3)) \
-                 ORDER BY id LIMIT 1",
+                // Two indexed lookups: the planner scans every row of the
+                // source for the equivalent `delivery_id=?2 OR (…)`.
+                "SELECT min(id) FROM (SELECT id FROM inbox WHERE source=?1 AND delivery_id=?2 \
+                 UNION ALL SELECT id FROM inbox WHERE ?1='plane' AND source=?1 AND body_sha256=?3)",
             )?
-            .query_row(params![d.source, d.delivery_id, body_sha256], |r| r.get(0))
-            .optional()?;
+            .query_row(params![d.source, d.delivery_id, body_sha256], |r| r.get(0))?;
         if let Some(id) = existing {
             return Ok(Recorded::Duplicate(id));
         }
