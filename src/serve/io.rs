@@ -20,10 +20,10 @@
 //!    most [`LINGER`] and [`LINGER_BYTES`].
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::future::Future;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -71,7 +71,11 @@ enum State {
     Fixed(u64),
     /// Reading a chunk-size line: the size so far, whether any hex digit
     /// was seen, and whether the digits have ended (extensions follow).
-    ChunkSize { size: u64, digits: bool, ended: bool },
+    ChunkSize {
+        size: u64,
+        digits: bool,
+        ended: bool,
+    },
     /// Skipping this many bytes of chunk data.
     ChunkData(u64),
     /// Expecting the CRLF after chunk data.
@@ -147,7 +151,10 @@ impl Framing {
     fn feed_head<'a>(&mut self, mut data: &'a [u8]) -> &'a [u8] {
         if self.head.is_empty() {
             // Empty lines before a request line are skipped (RFC 9112 §2.2).
-            let blank = data.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+            let blank = data
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
             data = &data[blank..];
             if data.is_empty() {
                 return data;
@@ -222,19 +229,15 @@ impl Framing {
                 }
             }
         }
-        if te && req.version != Some(1) {
+        if te && (req.version != Some(1) || !chunked) {
             return State::Gone;
         }
         self.heads.push(te && has_cl);
         if te {
-            return if chunked {
-                State::ChunkSize {
-                    size: 0,
-                    digits: false,
-                    ended: false,
-                }
-            } else {
-                State::Gone
+            return State::ChunkSize {
+                size: 0,
+                digits: false,
+                ended: false,
             };
         }
         match length {
@@ -294,10 +297,7 @@ impl Framing {
 /// How far the close has got.
 enum Close {
     Open,
-    Lingering {
-        until: Pin<Box<Sleep>>,
-        left: usize,
-    },
+    Lingering { until: Pin<Box<Sleep>>, left: usize },
     Closed,
 }
 
@@ -419,7 +419,8 @@ mod tests {
             b"POST /c HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         let both_te_first =
             b"POST /d HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n0\r\n\r\n";
-        let stream: Vec<u8> = [CL, CHUNKED, GET, &both_cl_first[..], &both_te_first[..], CL].concat();
+        let stream: Vec<u8> =
+            [CL, CHUNKED, GET, &both_cl_first[..], &both_te_first[..], CL].concat();
         for split in [1, 2, 3, 7, 64, stream.len()] {
             let (mut f, heads) = watch(64 * 1024);
             for part in stream.chunks(split) {

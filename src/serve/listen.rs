@@ -81,7 +81,11 @@ pub fn classify(e: &io::Error) -> AcceptError {
     use io::ErrorKind as K;
     if matches!(
         e.kind(),
-        K::ConnectionAborted | K::ConnectionReset | K::ConnectionRefused | K::Interrupted | K::WouldBlock
+        K::ConnectionAborted
+            | K::ConnectionReset
+            | K::ConnectionRefused
+            | K::Interrupted
+            | K::WouldBlock
     ) {
         return AcceptError::Connection;
     }
@@ -163,9 +167,8 @@ pub async fn accept_loop(
                         break Err(anyhow::Error::new(e).context("the listening socket failed"))
                     }
                     AcceptError::Unknown if unknown + 1 >= MAX_UNKNOWN_ERRORS => {
-                        break Err(anyhow::Error::new(e).context(format!(
-                            "accept failed {MAX_UNKNOWN_ERRORS} times in a row"
-                        )))
+                        break Err(anyhow::Error::new(e)
+                            .context(format!("accept failed {MAX_UNKNOWN_ERRORS} times in a row")))
                     }
                     AcceptError::Unknown => unknown += 1,
                     AcceptError::Resources => {}

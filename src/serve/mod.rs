@@ -335,3 +335,93 @@ fn raise_open_files_limit() -> Option<u64> {
         Some(lim.rlim_cur as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn options(dir: &std::path::Path, secret: Option<&str>) -> ServeOptions {
+        ServeOptions {
+            bind: "127.0.0.1:0".into(),
+            threads: 1,
+            read_timeout: Duration::from_secs(2),
+            header_timeout: Duration::from_secs(2),
+            max_connections: 64,
+            max_header_bytes: 65_536,
+            plane_secret: secret.map(Into::into),
+            gitea_secret: secret.map(Into::into),
+            db_path: dir.join("orch.db"),
+            busy_timeout_ms: 1_000,
+        }
+    }
+
+    fn exchange(server: &Server, raw: &str) -> (u16, Value) {
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let code = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    #[test]
+    fn queue_errors_are_503_and_a_missing_secret_refuses_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue: QueueFn = Arc::new(|| anyhow::bail!("database is locked"));
+        let server = start(options(dir.path(), None), queue).unwrap();
+        let (code, v) = exchange(
+            &server,
+            "GET /queue HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!((code, v["status"].as_str()), (503, Some("unavailable")));
+        let body = include_str!(
+            "../../tests/fixtures/plane/webhooks/issue-updated-state-in-progress.json"
+        );
+        let headers = include_str!(
+            "../../tests/fixtures/plane/webhooks/issue-updated-state-in-progress.headers"
+        );
+        let mut raw = format!(
+            "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (n, v) in crate::webhook::parse_header_lines(headers) {
+            if !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("host") {
+                raw += &format!("{n}: {v}\r\n");
+            }
+        }
+        raw += "\r\n";
+        raw += body;
+        let (code, v) = exchange(&server, &raw);
+        assert_eq!(code, 401);
+        assert!(v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("ORCH_PLANE_WEBHOOK_SECRET"));
+        server.shutdown().unwrap();
+    }
+
+    #[test]
+    fn shutdown_closes_the_port_and_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = start(options(dir.path(), Some("s")), Arc::new(|| Ok(Value::Null))).unwrap();
+        let addr = server.addr();
+        let idle = TcpStream::connect(addr).unwrap();
+        let started = std::time::Instant::now();
+        server.shutdown().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "still listening on {addr}"
+        );
+        drop(idle);
+    }
+}

@@ -140,7 +140,11 @@ async fn queue(State(app): State<Arc<App>>) -> Response {
     let build = app.queue.clone();
     match tokio::task::spawn_blocking(move || build()).await {
         Ok(Ok(doc)) => with_body(StatusCode::OK, doc, "ok", String::new()),
-        Ok(Err(e)) => reply(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}")),
+        Ok(Err(e)) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{e:#}"),
+        ),
         Err(_) => reply(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

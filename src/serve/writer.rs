@@ -148,12 +148,7 @@ fn write_loop(db: &Db, mut rx: mpsc::Receiver<Pending>, pages: &std_mpsc::Sender
             .sum::<usize>();
         let now = crate::clock::now_ms();
         let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            db.write(|tx| {
-                batch
-                    .iter()
-                    .map(|p| tx.record_delivery(&p.delivery, &p.body_sha256, now))
-                    .collect::<anyhow::Result<Vec<_>>>()
-            })
+            store_batch(db, &batch, now)
         }))
         .unwrap_or_else(|_| Err(anyhow::anyhow!("the writer panicked storing a batch")));
         match stored {
@@ -177,6 +172,17 @@ fn write_loop(db: &Db, mut rx: mpsc::Receiver<Pending>, pages: &std_mpsc::Sender
     }
 }
 
+/// Records every delivery of `batch`, in order, in one `BEGIN IMMEDIATE`
+/// transaction: all committed (`Ok`, one outcome each) or none (`Err`).
+fn store_batch(db: &Db, batch: &[Pending], now_ms: i64) -> anyhow::Result<Vec<Recorded>> {
+    db.write(|tx| {
+        batch
+            .iter()
+            .map(|p| tx.record_delivery(&p.delivery, &p.body_sha256, now_ms))
+            .collect()
+    })
+}
+
 fn checkpoint_loop(db: &Db, wake: &std_mpsc::Receiver<()>) {
     while wake.recv().is_ok() {
         while wake.try_recv().is_ok() {}
@@ -191,4 +197,94 @@ fn checkpoint_loop(db: &Db, wake: &std_mpsc::Receiver<()>) {
     let _ = db
         .conn()
         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(id: &str, body: &str) -> Pending {
+        Pending {
+            delivery: NewDelivery {
+                source: "plane".into(),
+                event: "issue".into(),
+                delivery_id: id.into(),
+                headers: serde_json::json!({}),
+                body: body.as_bytes().to_vec(),
+            },
+            body_sha256: crate::webhook::body_sha256(body.as_bytes()),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn rows(db: &Db) -> i64 {
+        db.conn()
+            .query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_batch_deduplicates_inside_itself_and_against_earlier_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1_000).unwrap();
+        let first = store_batch(&db, &[delivery("a", r#"{"n":1}"#)], 1).unwrap();
+        let Recorded::Stored(a) = first[0] else {
+            panic!("{first:?}")
+        };
+        let out = store_batch(
+            &db,
+            &[
+                delivery("b", r#"{"n":2}"#),
+                delivery("b", r#"{"n":2}"#), // same id and body
+                delivery("c", r#"{"n":2}"#), // Plane retry: new id, same body
+                delivery("a", r#"{"n":3}"#), // an earlier batch's id
+                delivery("d", r#"{"n":1}"#), // an earlier batch's body
+                delivery("e", r#"{"n":5}"#),
+            ],
+            2,
+        )
+        .unwrap();
+        let Recorded::Stored(b) = out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            out[1..],
+            [
+                Recorded::Duplicate(b),
+                Recorded::Duplicate(b),
+                Recorded::Duplicate(a),
+                Recorded::Duplicate(a),
+                Recorded::Stored(b + 1),
+            ]
+        );
+        assert_eq!(rows(&db), 3);
+    }
+
+    #[test]
+    fn a_database_error_fails_the_whole_batch_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (writer, thread) = start(&path, 100).unwrap();
+        // Hold the write lock longer than the writer's busy timeout.
+        let holder = Db::open(&path, 100).unwrap();
+        holder.conn().execute_batch("BEGIN IMMEDIATE").unwrap();
+        let send = |id: &str| {
+            let p = delivery(id, &format!(r#"{{"id":"{id}"}}"#));
+            writer.store(p.delivery, p.body_sha256)
+        };
+        let (x, y) = rt.block_on(async { tokio::join!(send("x"), send("y")) });
+        assert!(x.is_err() && y.is_err(), "{x:?} {y:?}");
+        holder.conn().execute_batch("ROLLBACK").unwrap();
+        assert_eq!(rows(&holder), 0);
+        // The same deliveries are stored once the lock is gone.
+        let x = rt.block_on(send("x")).unwrap();
+        assert!(matches!(x, Recorded::Stored(_)), "{x:?}");
+        assert_eq!(rows(&holder), 1);
+        drop(writer);
+        thread.join();
+    }
 }
