@@ -154,6 +154,9 @@ fn read_status(s: &mut TcpStream, buf: &mut Vec<u8>) -> anyhow::Result<u16> {
     Ok(status)
 }
 
+/// One round: accepted/s, the load, raw 1/commit and 100/commit rows/s.
+type Round = (f64, Load, f64, f64);
+
 struct Load {
     accepted: usize,
     other: usize,
@@ -361,7 +364,7 @@ fn main() -> anyhow::Result<()> {
             }
             rounds.push((rate, l, one, hundred));
         }
-        let median = |f: &dyn Fn(&(f64, Load, f64, f64)) -> f64| -> f64 {
+        let median = |f: &dyn Fn(&Round) -> f64| -> f64 {
             let mut v: Vec<f64> = rounds.iter().map(f).collect();
             v.sort_by(|a, b| a.total_cmp(b));
             v[v.len() / 2]
