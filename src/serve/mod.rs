@@ -170,29 +170,53 @@ impl Server {
         result
     }
 
-    /// Waits for SIGTERM or SIGINT (`Ok(name)`), or for the accept loop to
-    /// end on its own (`Err`: the listener failed).
-    fn wait_for_signal(&mut self) -> anyhow::Result<&'static str> {
+    /// Serves until SIGTERM or SIGINT, then stops as [`Server::shutdown`]
+    /// does; a second signal during that stops waiting (`Err`: the writer
+    /// is left to finish on its own while the process exits).
+    ///
+    /// Errors: the listener failed (the accept loop ended by itself), or a
+    /// second signal.
+    fn serve_until_signal(&mut self) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Some(rt), Some(accept)) = (self.runtime.as_ref(), self.accept.as_mut()) else {
+        let (Some(rt), Some(accept)) = (self.runtime.as_ref(), self.accept.take()) else {
             anyhow::bail!("the server is not running");
         };
-        rt.block_on(async {
+        let stop = &self.stop;
+        let loop_result = |r: Result<anyhow::Result<()>, tokio::task::JoinError>| match r {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("the accept loop panicked: {e}")),
+        };
+        let outcome = rt.block_on(async {
             let mut term = signal(SignalKind::terminate())?;
             let mut int = signal(SignalKind::interrupt())?;
-            tokio::select! {
-                _ = term.recv() => Ok("SIGTERM"),
-                _ = int.recv() => Ok("SIGINT"),
-                r = accept => {
-                    let e = match r {
-                        Ok(Ok(())) => anyhow::anyhow!("the accept loop ended"),
-                        Ok(Err(e)) => e,
-                        Err(e) => anyhow::anyhow!("the accept loop panicked: {e}"),
-                    };
-                    Err(e)
+            tokio::pin!(accept);
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+                r = &mut accept => {
+                    let e = loop_result(r).err().unwrap_or_else(|| anyhow::anyhow!("the accept loop ended"));
+                    return Err(e.context("the HTTP listener failed"));
                 }
+            };
+            tracing::info!(target: "webhook", signal = name, "stopping: no new connections; finishing the requests in flight");
+            let _ = stop.send(true);
+            tokio::select! {
+                r = &mut accept => loop_result(r),
+                _ = term.recv() => Err(anyhow::anyhow!("a second signal during shutdown; not waiting for the requests in flight")),
+                _ = int.recv() => Err(anyhow::anyhow!("a second signal during shutdown; not waiting for the requests in flight")),
             }
-        })
+        });
+        if outcome.is_err() {
+            let _ = stop.send(true);
+            if let Some(rt) = self.runtime.take() {
+                rt.shutdown_background();
+            }
+            // The writer finishes what it was handed once the connection
+            // tasks are gone; nobody waits for it.
+            self.writer = None;
+            return outcome;
+        }
+        self.stop_and_wait()
     }
 }
 
@@ -284,7 +308,8 @@ pub fn start(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<Server> {
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully
 /// ([`Server::shutdown`]: stop accepting, finish the requests in flight,
 /// commit) and returns `Ok`. Returns `Err` when the listener fails, so the
-/// process exits non-zero and the service manager restarts it.
+/// process exits non-zero and the service manager restarts it, or when a
+/// second signal arrives during the shutdown (it then stops waiting).
 ///
 /// First raises the soft limit on open files to the hard limit (each
 /// connection is one descriptor) and warns when `max_connections` does
@@ -299,17 +324,14 @@ pub fn run_forever(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<()> {
     let (threads, max_connections) = (opts.threads, opts.max_connections);
     let mut server = start(opts, queue)?;
     tracing::info!(target: "webhook", addr = %server.addr(), threads, max_connections, open_files_limit = files, "orch serve listening");
-    match server.wait_for_signal() {
-        Ok(name) => {
-            tracing::info!(target: "webhook", signal = name, "stopping: no new connections; finishing the requests in flight");
-            server.shutdown()?;
+    match server.serve_until_signal() {
+        Ok(()) => {
             tracing::info!(target: "webhook", "stopped");
             Ok(())
         }
         Err(e) => {
-            tracing::error!(target: "webhook", error = %format!("{e:#}"), "the listener failed; exiting so the service manager restarts orch serve");
-            let _ = server.shutdown();
-            Err(e.context("the HTTP listener failed"))
+            tracing::error!(target: "webhook", error = %format!("{e:#}"), "orch serve stops with an error");
+            Err(e)
         }
     }
 }
