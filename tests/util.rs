@@ -474,6 +474,12 @@ impl Server {
     pub fn terminate(&mut self, secs: u64) -> Option<i32> {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit(secs)
+    }
+
+    /// Waits up to `secs` for the server to exit; returns the exit code
+    /// (`None`: killed by a signal).
+    pub fn wait_exit(&mut self, secs: u64) -> Option<i32> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
