@@ -14,20 +14,20 @@
 //! file descriptors pauses accepting instead of killing the listener.
 //!
 //! Layout:
-//! - [`listen`]: the accept loop on hyper's HTTP/1 connection driver (the
+//! - `listen`: the accept loop on hyper's HTTP/1 connection driver (the
 //!   connection cap, header deadline and size, accept errors, draining);
-//! - [`io`]: the connection's socket (the `Content-Length` +
+//! - `io`: the connection's socket (the `Content-Length` +
 //!   `Transfer-Encoding` watch, the lingering close);
-//! - [`routes`]: the axum router, its handlers and tower-http layers;
-//! - [`writer`]: group commit on one thread with one connection.
+//! - `routes`: the axum router, its handlers and tower-http layers;
+//! - `writer`: group commit on one thread with one connection.
 //!
 //! A tokio runtime exists only inside `orch serve` (and the in-process
 //! [`Server`] of tests and the benchmark); the rest of orch is synchronous.
 
-pub mod io;
-pub mod listen;
-pub mod routes;
-pub mod writer;
+mod io;
+mod listen;
+mod routes;
+mod writer;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -140,11 +140,13 @@ impl Server {
     }
 
     /// Stops accepting (the listening socket is closed), lets the requests
-    /// in flight finish (each bounded by the header and read deadlines; at
-    /// most [`ServeOptions`]' drain time in all), then waits until the
-    /// writer has committed everything it was handed.
+    /// in flight finish (each bounded by the header and read deadlines; in
+    /// all at most `header_timeout + read_timeout` + 2 s, after which the
+    /// rest are dropped unanswered), then waits until the writer has
+    /// committed everything it was handed.
     ///
-    /// Errors: the listener had failed before (see [`listen`]).
+    /// Errors: the listener had failed before (an unusable listening
+    /// socket; see `listen`).
     pub fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop_and_wait()
     }
