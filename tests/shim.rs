@@ -671,3 +671,68 @@ fn a_second_sigterm_stops_waiting_for_the_requests_in_flight() {
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(inbox(&sbx), 0);
 }
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_SERVE_READ_TIMEOUT_MS", "1000");
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let mut s = small_window_connect(&server.addr);
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    // Pipelined requests, answers never read: the server's writes stall
+    // once both socket buffers are full (a long unknown path makes long
+    // 404s, so that takes fewer requests).
+    let one = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(200));
+    let batch = one.repeat(1000).into_bytes();
+    let started = Instant::now();
+    let err = loop {
+        if let Err(e) = s.write_all(&batch) {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still writing after a minute"
+        );
+    };
+    assert!(
+        !matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "the server kept the connection and stopped reading: {err}"
+    );
+    assert_eq!(server.request("GET", "/healthz", &[], b"").unwrap().0, 200);
+}
+
+/// A connection whose receive buffer is 4 KiB (set before connecting, so
+/// the kernel does not grow it): it fills after a few answers.
+fn small_window_connect(addr: &str) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+    // SAFETY: plain socket calls on a descriptor we own; `sockaddr_in` is
+    // filled in full before use, and the descriptor goes to a TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = addr.port().to_be();
+        sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+        let rc = libc::connect(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}

@@ -12,7 +12,10 @@
 //!    order, whether it had both headers ([`Heads`]). The connection's
 //!    service takes one record per request it is handed and the shim answers
 //!    400 to a flagged one.
-//! 2. **Lingering close.** When the shim answers before the client has sent
+//! 2. **Write deadline.** A client that stops reading its answers (its
+//!    receive window full) would hold the connection forever: a write that
+//!    has waited longer than the deadline fails, and the connection ends.
+//! 3. **Lingering close.** When the shim answers before the client has sent
 //!    all of its request (413 for a declared oversize body, 408, 431),
 //!    closing the socket with unread bytes in it makes the kernel send a
 //!    reset, and the client may lose the answer. [`ConnIo`]'s shutdown first
@@ -301,22 +304,50 @@ enum Close {
     Closed,
 }
 
-/// A client connection: the socket, its [`Framing`] watch and the
-/// lingering close. Reads and writes go straight to the socket.
+/// A client connection: the socket, its [`Framing`] watch, the write
+/// deadline and the lingering close. Reads and writes go straight to the
+/// socket.
 pub struct ConnIo {
     stream: TcpStream,
     framing: Framing,
+    write_timeout: Duration,
+    /// Set while a write waits for the client to read.
+    write_stall: Option<Pin<Box<Sleep>>>,
     close: Close,
 }
 
 impl ConnIo {
-    /// Wraps an accepted socket.
-    pub fn new(stream: TcpStream, framing: Framing) -> ConnIo {
+    /// Wraps an accepted socket; a write may wait at most `write_timeout`
+    /// for the client to make room.
+    pub fn new(stream: TcpStream, framing: Framing, write_timeout: Duration) -> ConnIo {
         ConnIo {
             stream,
             framing,
+            write_timeout,
+            write_stall: None,
             close: Close::Open,
         }
+    }
+
+    /// Passes a write's outcome through; a write that stays pending past
+    /// the deadline fails with `TimedOut`.
+    fn deadline<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.write_stall = None;
+            return r;
+        }
+        let timeout = self.write_timeout;
+        let stall = self
+            .write_stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stall.as_mut().poll(cx).is_ready() {
+            self.write_stall = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read its answer in time",
+            )));
+        }
+        Poll::Pending
     }
 }
 
@@ -340,7 +371,9 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.deadline(cx, r)
     }
 
     fn poll_write_vectored(
@@ -348,7 +381,9 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.deadline(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -356,7 +391,9 @@ impl AsyncWrite for ConnIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_flush(cx);
+        this.deadline(cx, r)
     }
 
     /// Sends FIN; then, if the client was mid-request, reads and discards

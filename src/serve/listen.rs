@@ -10,6 +10,8 @@
 //!   ends an idle keep-alive connection, whose next head is due within the
 //!   same time after the previous answer — and `max_header_size` answers
 //!   431 once a head is longer than allowed, without reading further.
+//! - **Write deadline.** A client that does not read its answers loses
+//!   the connection after the read deadline (see [`super::io`]).
 //! - **Accept errors.** Out of file descriptors or memory (EMFILE, ENFILE,
 //!   ENOBUFS, ENOMEM), the loop backs off (10 ms doubling to 500 ms) and
 //!   keeps accepting; a connection that failed before it was accepted is
@@ -59,6 +61,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Connections open at once.
     pub max_connections: usize,
+    /// Longest a write may wait for the client to read.
+    pub write_timeout: Duration,
     /// On shutdown, how long open connections may take to finish.
     pub drain: Duration,
 }
@@ -188,6 +192,7 @@ pub async fn accept_loop(
         let io = TokioIo::new(ConnIo::new(
             stream,
             Framing::new(limits.max_header_bytes, heads.clone()),
+            limits.write_timeout,
         ));
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {

@@ -51,7 +51,8 @@ pub struct ServeOptions {
     /// Runtime worker threads; 0 = one per CPU.
     pub threads: usize,
     /// A request must be complete (body read, delivery stored) within this
-    /// time after its head arrived, else 408.
+    /// time after its head arrived, else 408; also the longest a write
+    /// waits for a client that does not read its answer.
     pub read_timeout: Duration,
     /// A request head must be complete within this time after the
     /// connection opened or the previous answer was sent, else the
@@ -282,6 +283,7 @@ pub fn start(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<Server> {
         header_timeout: opts.header_timeout,
         max_header_bytes: opts.max_header_bytes,
         max_connections: opts.max_connections,
+        write_timeout: opts.read_timeout,
         drain: opts.drain(),
     };
     let app = Arc::new(routes::App {
