@@ -74,7 +74,8 @@ pub struct Settings {
     pub serve_threads: usize,
     /// `ORCH_SERVE_READ_TIMEOUT_MS` (default 10000): a request must be
     /// complete (body read, delivery stored) within this time after its
-    /// head arrived, else 408.
+    /// head arrived, else 408; also how long an answer may wait for a
+    /// client that does not read it.
     pub serve_read_timeout_ms: u64,
     /// `ORCH_SERVE_HEADER_TIMEOUT_MS` (default 5000): a request head must
     /// arrive within this time after the connection opened or the previous
