@@ -15,7 +15,8 @@
 //! come back. It reports accepted (202) requests per second, the p50 and p99
 //! latency of a request (write to last byte of the answer), and, after a
 //! graceful shutdown, the rows in the inbox divided by the 202s it got
-//! (1.000 = every accepted delivery persisted, none stored unanswered).
+//! (1.000 = every accepted delivery persisted, none stored unanswered), and
+//! the CPU time of the whole process (server and clients) per request.
 //!
 //! Right before each load, on the same disk and with the same
 //! `synchronous=FULL` connection (`Db::open`), the raw ceiling:
@@ -164,6 +165,19 @@ struct Load {
     p50_us: u64,
     p99_us: u64,
     persisted: i64,
+    cpu_us_per_req: f64,
+}
+
+/// User + system CPU time of this process so far, µs.
+fn cpu_us() -> f64 {
+    // SAFETY: getrusage writes only the struct passed.
+    let u = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -197,6 +211,7 @@ fn run_load(dir: &Path, conns: usize, requests: usize, run: usize) -> anyhow::Re
             .collect(),
     );
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_us();
     let started = Instant::now();
     let clients: Vec<_> = (0..conns)
         .map(|_| {
@@ -231,6 +246,7 @@ fn run_load(dir: &Path, conns: usize, requests: usize, run: usize) -> anyhow::Re
         lat.extend(l);
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu_us_per_req = (cpu_us() - cpu_before) / requests as f64;
     server.shutdown()?;
     lat.sort_unstable();
     let persisted: i64 =
@@ -244,6 +260,7 @@ fn run_load(dir: &Path, conns: usize, requests: usize, run: usize) -> anyhow::Re
         p50_us: percentile(&lat, 0.50),
         p99_us: percentile(&lat, 0.99),
         persisted,
+        cpu_us_per_req,
     })
 }
 
@@ -328,11 +345,12 @@ fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "{:>5}  {:>10}  {:>7}  {:>7}  {:>17}  {:>11}  {:>13}  {:>11}  {:>13}",
+        "{:>5}  {:>10}  {:>7}  {:>7}  {:>9}  {:>17}  {:>11}  {:>13}  {:>11}  {:>13}",
         "conns",
         "accepted/s",
         "p50 ms",
         "p99 ms",
+        "CPU µs/req",
         "persisted/accepted",
         "raw 1/commit",
         "raw 100/commit",
@@ -349,10 +367,11 @@ fn main() -> anyhow::Result<()> {
             let rate = l.accepted as f64 / l.secs;
             if args.runs > 1 {
                 println!(
-                    "  run {}: {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} / {} persisted, raw {one:.0} and {hundred:.0} rows/s{}",
+                    "  run {}: {rate:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} µs CPU/request, {} / {} persisted, raw {one:.0} and {hundred:.0} rows/s{}",
                     run + 1,
                     l.p50_us as f64 / 1000.0,
                     l.p99_us as f64 / 1000.0,
+                    l.cpu_us_per_req,
                     l.persisted,
                     l.accepted,
                     if l.other > 0 {
@@ -373,11 +392,12 @@ fn main() -> anyhow::Result<()> {
         let accepted: usize = rounds.iter().map(|r| r.1.accepted).sum();
         let other: usize = rounds.iter().map(|r| r.1.other).sum();
         println!(
-            "{:>5}  {:>10.0}  {:>7.2}  {:>7.2}  {:>9} / {:<6}  {:>11.0}  {:>13.0}  {:>10.2}x  {:>12.2}x{}",
+            "{:>5}  {:>10.0}  {:>7.2}  {:>7.2}  {:>10.0}  {:>9} / {:<6}  {:>11.0}  {:>13.0}  {:>10.2}x  {:>12.2}x{}",
             conns,
             median(&|r| r.0),
             median(&|r| r.1.p50_us as f64) / 1000.0,
             median(&|r| r.1.p99_us as f64) / 1000.0,
+            median(&|r| r.1.cpu_us_per_req),
             persisted,
             accepted,
             median(&|r| r.2),

@@ -80,10 +80,7 @@ impl WriterThread {
 /// Errors: the database cannot be opened (or migrated), or a thread cannot
 /// be started.
 pub fn start(db_path: &Path, busy_timeout_ms: u64) -> anyhow::Result<(Writer, WriterThread)> {
-    let db = Db::open(db_path, busy_timeout_ms)?;
-    db.conn()
-        .pragma_update(None, "wal_autocheckpoint", 0)
-        .context("turning off the writer's own checkpoints")?;
+    let db = open_writer_db(db_path, busy_timeout_ms)?;
     let checkpoint_db = Db::open(db_path, busy_timeout_ms)?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let (pages_tx, pages_rx) = std_mpsc::channel::<()>();
@@ -102,6 +99,27 @@ pub fn start(db_path: &Path, busy_timeout_ms: u64) -> anyhow::Result<(Writer, Wr
             checkpointer,
         },
     ))
+}
+
+/// The writer's connection: WAL, `synchronous=FULL` (set by `Db::open`
+/// today; the 202 contract rests on it, so the writer sets it itself), no
+/// checkpoints of its own.
+fn open_writer_db(db_path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
+    let db = Db::open(db_path, busy_timeout_ms)?;
+    db.conn()
+        .pragma_update(None, "synchronous", "FULL")
+        .context("setting synchronous=FULL on the writer's connection")?;
+    let mode: String = db
+        .conn()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    anyhow::ensure!(
+        mode.eq_ignore_ascii_case("wal"),
+        "the inbox database is in {mode} mode, not WAL"
+    );
+    db.conn()
+        .pragma_update(None, "wal_autocheckpoint", 0)
+        .context("turning off the writer's own checkpoints")?;
+    Ok(db)
 }
 
 impl Writer {
@@ -221,6 +239,23 @@ mod tests {
         db.conn()
             .query_row("SELECT count(*) FROM inbox", [], |r| r.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn the_writer_connection_syncs_every_commit_and_leaves_checkpoints_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_writer_db(&dir.path().join("orch.db"), 1_000).unwrap();
+        let get = |pragma: &str| -> String {
+            db.conn()
+                .query_row(&format!("PRAGMA {pragma}"), [], |r| {
+                    r.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|v| format!("{v:?}"))
+                .unwrap()
+        };
+        assert_eq!(get("synchronous"), "Integer(2)", "FULL");
+        assert_eq!(get("journal_mode"), "Text(\"wal\")");
+        assert_eq!(get("wal_autocheckpoint"), "Integer(0)");
     }
 
     #[test]
