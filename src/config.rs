@@ -79,11 +79,25 @@ pub struct Settings {
     pub gitea_webhook_secret: Option<Secret>,
     /// `ORCH_BIND` (default `127.0.0.1:8500`): address of `orch serve`.
     pub bind: String,
-    /// `ORCH_SERVE_THREADS` (default 4): request worker threads of the shim.
+    /// `ORCH_SERVE_THREADS` (default 0 = one per CPU): the shim's runtime
+    /// worker threads.
     pub serve_threads: usize,
-    /// `ORCH_SERVE_READ_TIMEOUT_MS` (default 10000): a request body must
-    /// arrive within this time or the connection is cut.
+    /// `ORCH_SERVE_READ_TIMEOUT_MS` (default 10000): a request must be
+    /// complete (body read, delivery stored) within this time after its
+    /// head arrived, else 408; also how long an answer may wait for a
+    /// client that does not read it.
     pub serve_read_timeout_ms: u64,
+    /// `ORCH_SERVE_HEADER_TIMEOUT_MS` (default 5000): a request head must
+    /// arrive within this time after the connection opened or the previous
+    /// answer, else the connection is closed (also the idle keep-alive
+    /// timeout).
+    pub serve_header_timeout_ms: u64,
+    /// `ORCH_SERVE_MAX_CONNECTIONS` (default 4096): connections the shim
+    /// keeps open at once; more wait in the listen backlog.
+    pub serve_max_connections: usize,
+    /// `ORCH_SERVE_MAX_HEADER_BYTES` (default 65536, at least 8192): the
+    /// longest request head; longer is answered 431.
+    pub serve_max_header_bytes: usize,
     /// `ORCH_BUSY_TIMEOUT_MS` (default 5000): SQLite busy timeout.
     pub busy_timeout_ms: u64,
     /// `ORCH_INBOX_MAX_ATTEMPTS` (default 5): ingest attempts before a
@@ -264,8 +278,11 @@ impl Settings {
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
             bind: get("ORCH_BIND").unwrap_or_else(|| "127.0.0.1:8500".into()),
-            serve_threads: num("ORCH_SERVE_THREADS", 4, 1)? as usize,
+            serve_threads: num("ORCH_SERVE_THREADS", 0, 0)? as usize,
             serve_read_timeout_ms: num("ORCH_SERVE_READ_TIMEOUT_MS", 10_000, 1)?,
+            serve_header_timeout_ms: num("ORCH_SERVE_HEADER_TIMEOUT_MS", 5_000, 1)?,
+            serve_max_connections: num("ORCH_SERVE_MAX_CONNECTIONS", 4096, 1)? as usize,
+            serve_max_header_bytes: num("ORCH_SERVE_MAX_HEADER_BYTES", 65_536, 8192)? as usize,
             busy_timeout_ms: num("ORCH_BUSY_TIMEOUT_MS", 5_000, 0)?,
             inbox_max_attempts: num("ORCH_INBOX_MAX_ATTEMPTS", 5, 1)? as u32,
             outbox_max_attempts: num("ORCH_OUTBOX_MAX_ATTEMPTS", 8, 1)? as u32,

@@ -1,7 +1,15 @@
-//! `orch serve` as a user's sender sees it: every answer, and nothing
-//! stored for a rejected request.
+//! `orch serve` as a user's sender sees it — every answer, and nothing
+//! stored for a rejected request — and as a hostile or unlucky client
+//! does: slow or huge heads, stalled bodies, smuggling-shaped framing,
+//! thousands of idle connections, running out of file descriptors,
+//! SIGTERM under load, many clients at once. Raw `TcpStream` clients
+//! against the built binary on loopback.
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
@@ -109,7 +117,12 @@ fn every_shim_answer_and_nothing_stored_for_a_rejected_request() {
     assert_eq!(inbox(&sbx), 2);
 
     // health and queue
-    assert_eq!(server.request("GET", "/healthz", &[], b"").unwrap().0, 200);
+    let (code, health) = server.request("GET", "/healthz", &[], b"").unwrap();
+    assert_eq!(code, 200, "{health}");
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["schema"], orch::db::schema_version(), "{health}");
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"), "{health}");
+    assert!(health["commit"].is_string(), "{health}");
     let (s, b) = server.request("GET", "/queue", &[], b"").unwrap();
     assert_eq!(s, 200);
     let q: serde_json::Value = serde_json::from_str(&b).unwrap();
@@ -117,32 +130,614 @@ fn every_shim_answer_and_nothing_stored_for_a_rejected_request() {
 }
 
 #[test]
-fn a_client_that_sends_its_body_too_slowly_is_cut_off_and_the_shim_keeps_serving() {
+fn a_stalled_small_body_gets_408_and_the_shim_keeps_serving() {
     let mut sbx = Sandbox::new();
-    sbx.set("ORCH_SERVE_READ_TIMEOUT_MS", "500")
-        .set("ORCH_SERVE_THREADS", "1");
+    sbx.set("ORCH_SERVE_READ_TIMEOUT_MS", "700");
     sbx.ok(&["init"]);
     let server = sbx.serve();
+    let (headers, body) = unique_plane_delivery("stalled");
+    let mut c = server.client().unwrap();
+    let mut raw = format!(
+        "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in &headers {
+        raw += &format!("{k}: {v}\r\n");
+    }
+    raw += "\r\n";
     let started = Instant::now();
-    let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
-    slow.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    // tiny_http itself buffers bodies of up to 1 KiB before a worker sees
-    // them, so the slow client announces a larger one.
-    slow.write_all(b"POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nX-Plane-Event: issue\r\nX-Plane-Delivery: slow\r\nX-Plane-Signature: 00\r\n\r\n0123456789").unwrap();
-    let mut resp = Vec::new();
-    let _ = slow.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp);
-    assert!(
-        text.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "{text}"
+    c.stream().write_all(raw.as_bytes()).unwrap();
+    c.stream().write_all(&body[..10]).unwrap();
+    let (out, closed) = read_until_closed(c.stream(), Duration::from_secs(10));
+    let took = started.elapsed();
+    let (code, json) = parse_answer(&out);
+    assert_eq!(
+        (code, json["status"].as_str()),
+        (408, Some("timeout")),
+        "{json}"
     );
+    assert!(closed, "the connection stays open after the 408");
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "cut off near the deadline, took {:?}",
-        started.elapsed()
+        took >= Duration::from_millis(600) && took < Duration::from_secs(5),
+        "answered after {took:?}"
     );
-    // the only worker is free again
+    // A trickle never idle, never done: the deadline is for the whole request.
+    let mut c = server.client().unwrap();
+    c.stream().write_all(raw.as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut w = c.stream().try_clone().unwrap();
+    let trickle = thread::spawn(move || {
+        for _ in 0..40 {
+            thread::sleep(Duration::from_millis(50));
+            if w.write_all(b" ").is_err() {
+                break;
+            }
+        }
+    });
+    let (out, _) = read_until_closed(c.stream(), Duration::from_secs(10));
+    assert_eq!(parse_answer(&out).0, 408);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    trickle.join().unwrap();
+    let (s, b) = server.post_plane(&body, "stalled");
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(inbox(&sbx), 1);
+}
+
+#[test]
+fn a_head_over_64_kib_is_431_without_reading_the_rest() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = sent.clone();
+    // 100 MB of one header value, written until the server stops reading.
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(b"POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nX-Huge: ");
+        let chunk = vec![b'a'; 64 * 1024];
+        for _ in 0..(100 << 20) / chunk.len() {
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+            counter.fetch_add(chunk.len(), Ordering::SeqCst);
+        }
+    });
+    let started = Instant::now();
+    let (out, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert_eq!(
+        parse_answer(&out).0,
+        431,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(s);
+    writer.join().unwrap();
+    let sent = sent.load(Ordering::SeqCst);
+    assert!(
+        sent < 32 << 20,
+        "the server read on: the client wrote {sent} bytes"
+    );
     assert_eq!(server.request("GET", "/healthz", &[], b"").unwrap().0, 200);
+}
+
+#[test]
+fn slowloris_headers_are_cut_at_the_header_deadline() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_SERVE_HEADER_TIMEOUT_MS", "1000");
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let started = Instant::now();
+    s.write_all(b"POST /webhooks/plane HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    // One header byte every 100 ms, for up to 10 s.
+    let drip = thread::spawn(move || {
+        for _ in 0..100 {
+            if stopped.load(Ordering::SeqCst) || w.write_all(b"X").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(8));
+    let took = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    drip.join().unwrap();
+    assert!(closed, "still open after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}"
+    );
+    assert_eq!(server.request("GET", "/healthz", &[], b"").unwrap().0, 200);
+}
+
+#[test]
+fn content_length_with_chunked_and_malformed_requests_are_400() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let (headers, body) = unique_plane_delivery("smuggled");
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend_from_slice(&body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    for both in [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+    ] {
+        let mut raw = format!("POST /webhooks/plane HTTP/1.1\r\nHost: x\r\n{both}").into_bytes();
+        for (k, v) in &headers {
+            raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        raw.extend_from_slice(&chunked);
+        let mut s = TcpStream::connect(&server.addr).unwrap();
+        s.write_all(&raw).unwrap();
+        let (out, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+        let (code, json) = parse_answer(&out);
+        assert_eq!(
+            (code, json["status"].as_str()),
+            (400, Some("bad_request")),
+            "{both}"
+        );
+        assert!(closed, "{both}: the connection stays open");
+    }
+    // The same delivery, chunked alone, is fine.
+    let mut raw = b"POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n".to_vec();
+    for (k, v) in &headers {
+        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(&chunked);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(&raw).unwrap();
+    let (out, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert_eq!(
+        parse_answer(&out).0,
+        202,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    // Chunked past 1 MiB: 413 once the limit is crossed.
+    let big = vec![b' '; (1 << 20) + 10];
+    let mut raw = b"POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-Plane-Event: issue\r\nX-Plane-Delivery: big\r\n".to_vec();
+    raw.extend_from_slice(
+        format!("X-Plane-Signature: {}\r\n\r\n", sign(PLANE_SECRET, &big)).as_bytes(),
+    );
+    for part in big.chunks(64 * 1024) {
+        raw.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        raw.extend_from_slice(part);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(&raw);
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    let (out, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    writer.join().unwrap();
+    let (code, json) = parse_answer(&out);
+    assert_eq!(
+        (code, json["status"].as_str()),
+        (413, Some("too_large")),
+        "{json}"
+    );
+
+    // A garbage request line, and a header that is not UTF-8.
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(b"\x01\x02 nonsense\r\n\r\n").unwrap();
+    let (out, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert_eq!(
+        parse_answer(&out).0,
+        400,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(closed);
+    let (headers, body) = unique_plane_delivery("latin1");
+    let mut raw = format!(
+        "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    for (k, v) in &headers {
+        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"X-Note: caf\xe9\r\n\r\n");
+    raw.extend_from_slice(&body);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    s.write_all(&raw).unwrap();
+    let (out, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    let (code, json) = parse_answer(&out);
+    assert_eq!(
+        (code, json["status"].as_str()),
+        (400, Some("bad_request")),
+        "{json}"
+    );
+    assert_eq!(inbox(&sbx), 1, "only the plain chunked delivery is stored");
+}
+
+#[test]
+fn two_thousand_idle_connections_do_not_keep_a_delivery_out_and_are_closed_at_the_deadline() {
+    let limit = raise_open_files_limit();
+    let idle_n = 2000.min(limit.saturating_sub(200) as usize);
+    assert!(
+        idle_n >= 500,
+        "open-files limit {limit} is too low for this test"
+    );
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_SERVE_HEADER_TIMEOUT_MS", "3000");
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let opened = Instant::now();
+    let idle: Vec<TcpStream> = (0..idle_n)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let (headers, body) = unique_plane_delivery("fresh");
+    let mut c = server.client().unwrap();
+    let (s, b, _) = c
+        .request("POST", "/webhooks/plane", &headers, &body)
+        .unwrap();
+    assert_eq!(s, 202, "{b}");
+    assert!(
+        server.open_fds() >= idle_n,
+        "the server holds {} descriptors, fewer than the {idle_n} idle connections",
+        server.open_fds()
+    );
+    assert_eq!(inbox(&sbx), 1);
+    drop(c);
+    // Idle connections are closed once their head is overdue.
+    for mut s in idle {
+        let (_, closed) = read_until_closed(&mut s, Duration::from_secs(15));
+        assert!(
+            closed,
+            "an idle connection is still open after {:?}",
+            opened.elapsed()
+        );
+    }
+    assert!(opened.elapsed() >= Duration::from_millis(2900));
+}
+
+#[test]
+fn out_of_file_descriptors_the_shim_pauses_accepting_and_keeps_serving() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_SERVE_HEADER_TIMEOUT_MS", "1000");
+    sbx.ok(&["init"]);
+    let server = sbx.serve_with(Some(64));
+    // Far more connections than the server has descriptors for; tiny_http's
+    // accept thread died here and took the listener with it.
+    let idle: Vec<TcpStream> = (0..150)
+        .filter_map(|_| TcpStream::connect(&server.addr).ok())
+        .collect();
+    assert!(idle.len() > 100);
+    let (headers, body) = unique_plane_delivery("after-emfile");
+    let started = Instant::now();
+    let mut c = server.client().unwrap();
+    let (s, b, _) = c
+        .request("POST", "/webhooks/plane", &headers, &body)
+        .unwrap();
+    assert_eq!(s, 202, "{b}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(inbox(&sbx), 1);
+    drop(idle);
+    assert_eq!(server.request("GET", "/healthz", &[], b"").unwrap().0, 200);
+}
+
+#[test]
+fn sigterm_finishes_the_requests_in_flight_and_loses_no_202() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_SERVE_READ_TIMEOUT_MS", "5000");
+    sbx.ok(&["init"]);
+    let mut server = sbx.serve();
+    // One request in flight for sure: its head and half its body are sent
+    // before the signal, the rest after.
+    let (slow_headers, slow_body) = unique_plane_delivery("in-flight");
+    let mut slow = server.client().unwrap();
+    let mut head = format!(
+        "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+        slow_body.len()
+    );
+    for (k, v) in &slow_headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    slow.stream().write_all(head.as_bytes()).unwrap();
+    let half = slow_body.len() / 2;
+    slow.stream().write_all(&slow_body[..half]).unwrap();
+
+    let accepted = Arc::new(Mutex::new(Vec::<(String, i64)>::new()));
+    let others = Arc::new(Mutex::new(Vec::<u16>::new()));
+    let addr = server.addr.clone();
+    let clients: Vec<_> = (0..8)
+        .map(|t| {
+            let (accepted, others, addr) = (accepted.clone(), others.clone(), addr.clone());
+            thread::spawn(move || {
+                let mut n = 0;
+                'outer: loop {
+                    let Ok(mut c) = Client::connect(&addr) else {
+                        break;
+                    };
+                    loop {
+                        let id = format!("term-{t}-{n}");
+                        n += 1;
+                        let (h, b) = unique_plane_delivery(&id);
+                        match c.request("POST", "/webhooks/plane", &h, &b) {
+                            Ok((202, body, closes)) => {
+                                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                                accepted
+                                    .lock()
+                                    .unwrap()
+                                    .push((id, v["inbox_id"].as_i64().unwrap()));
+                                if closes {
+                                    continue 'outer;
+                                }
+                            }
+                            Ok((code, _, _)) => {
+                                others.lock().unwrap().push(code);
+                                break 'outer;
+                            }
+                            Err(_) => continue 'outer,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    wait_until(30, "100 deliveries accepted", || {
+        accepted.lock().unwrap().len() >= 100
+    });
+    // SIGTERM while the slow request is still open.
+    let pid = server.child.id() as i32;
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    thread::sleep(Duration::from_millis(200)); // the signal lands; not an assertion
+    slow.stream().write_all(&slow_body[half..]).unwrap();
+    let (s, b, closes) = slow.read_answer().unwrap();
+    assert_eq!(s, 202, "the request in flight at SIGTERM: {b}");
+    assert!(
+        closes,
+        "a draining server closes the connection after the answer"
+    );
+    let code = server.wait_exit(30);
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(code, Some(0), "exit code after SIGTERM");
+    assert!(
+        others.lock().unwrap().is_empty(),
+        "answers other than 202: {:?}",
+        others.lock().unwrap()
+    );
+    let mut accepted = accepted.lock().unwrap().clone();
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    accepted.push(("in-flight".into(), v["inbox_id"].as_i64().unwrap()));
+    let db = sbx.db();
+    for (id, inbox_id) in &accepted {
+        let stored: String = db
+            .query_row(
+                "SELECT delivery_id FROM inbox WHERE id=?1",
+                [inbox_id],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| panic!("202 for {id} as inbox {inbox_id}, not in the db: {e}"));
+        assert_eq!(&stored, id);
+    }
+    assert_eq!(inbox(&sbx), accepted.len() as i64, "rows without a 202");
+}
+
+/// `threads` clients post `n` unique deliveries between them over
+/// keep-alive connections; returns every status.
+fn post_concurrently(server: &Server, prefix: &str, threads: usize, n: usize) -> Vec<u16> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let codes = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (next, codes, addr, prefix) = (
+                next.clone(),
+                codes.clone(),
+                server.addr.clone(),
+                prefix.to_string(),
+            );
+            thread::spawn(move || {
+                let mut c = Client::connect(&addr).unwrap();
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n {
+                        return;
+                    }
+                    let (h, b) = unique_plane_delivery(&format!("{prefix}-{i}"));
+                    let (s, _, closes) = c.request("POST", "/webhooks/plane", &h, &b).unwrap();
+                    codes.lock().unwrap().push(s);
+                    if closes {
+                        c = Client::connect(&addr).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let codes = codes.lock().unwrap().clone();
+    codes
+}
+
+#[test]
+fn sixteen_clients_post_2000_unique_deliveries_and_all_are_stored_once() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let codes = post_concurrently(&server, "fresh", 16, 2000);
+    assert_eq!(codes.len(), 2000);
+    assert!(
+        codes.iter().all(|c| *c == 202),
+        "not all 202: {:?}",
+        codes.iter().filter(|c| **c != 202).collect::<Vec<_>>()
+    );
+    assert_eq!(inbox(&sbx), 2000);
+    assert_eq!(
+        sbx.count("SELECT COUNT(DISTINCT delivery_id) FROM inbox"),
+        2000
+    );
+}
+
+#[test]
+fn with_50000_deliveries_stored_2000_more_are_stored_once_each() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    // Seeded in one statement: fast even in a debug build.
+    let seeded = sbx
+        .db()
+        .execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 49999) \
+             INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms, processed_at_ms, outcome) \
+             SELECT 'plane', 'issue', 'seed-' || i, printf('%064x', i), '{}', '{\"seed\":' || i || '}', 1, 2, 'seeded' FROM n",
+            [],
+        )
+        .unwrap();
+    assert_eq!(seeded, 50_000);
+    let server = sbx.serve();
+    let started = Instant::now();
+    let codes = post_concurrently(&server, "more", 16, 2000);
+    let took = started.elapsed();
+    assert!(codes.iter().all(|c| *c == 202), "not all 202");
+    assert_eq!(inbox(&sbx), 52_000);
+    // A redelivery is still found among 52,000 rows.
+    let (h, b) = unique_plane_delivery("more-7");
+    let mut c = server.client().unwrap();
+    let (s, body, _) = c.request("POST", "/webhooks/plane", &h, &b).unwrap();
+    assert_eq!(s, 200, "{body}");
+    assert!(
+        took < Duration::from_secs(60),
+        "2,000 deliveries took {took:?}"
+    );
+}
+
+#[test]
+fn one_delivery_posted_by_50_clients_at_once_is_one_row() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let (h, b) = unique_plane_delivery("same-for-all");
+    let gate = Arc::new(Barrier::new(50));
+    let handles: Vec<_> = (0..50)
+        .map(|_| {
+            let (h, b, gate, addr) = (h.clone(), b.clone(), gate.clone(), server.addr.clone());
+            thread::spawn(move || {
+                let mut c = Client::connect(&addr).unwrap();
+                gate.wait();
+                let (s, body, _) = c.request("POST", "/webhooks/plane", &h, &b).unwrap();
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+                (s, v["inbox_id"].as_i64().unwrap())
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, i64)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        answers.iter().filter(|a| a.0 == 202).count(),
+        1,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|a| a.0 == 200).count(),
+        49,
+        "{answers:?}"
+    );
+    assert!(answers.iter().all(|a| a.1 == answers[0].1), "{answers:?}");
+    assert_eq!(inbox(&sbx), 1);
+}
+
+#[test]
+fn a_second_sigterm_stops_waiting_for_the_requests_in_flight() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let mut server = sbx.serve();
+    // A request that would hold the drain for the whole read deadline.
+    let mut slow = TcpStream::connect(&server.addr).unwrap();
+    slow.write_all(b"POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    wait_until(10, "the slow request to reach the server", || {
+        server.request("GET", "/healthz", &[], b"").is_ok()
+    });
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    wait_until(10, "the listener to close", || {
+        TcpStream::connect(&server.addr).is_err()
+    });
+    let started = Instant::now();
+    assert_eq!(server.terminate(5), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(inbox(&sbx), 0);
+}
+
+#[test]
+fn a_client_that_never_reads_its_answers_is_cut_off() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_SERVE_READ_TIMEOUT_MS", "1000");
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let mut s = small_window_connect(&server.addr);
+    s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    // Pipelined requests, answers never read: the server's writes stall
+    // once both socket buffers are full (a long unknown path makes long
+    // 404s, so that takes fewer requests).
+    let one = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(200));
+    let batch = one.repeat(1000).into_bytes();
+    let started = Instant::now();
+    let err = loop {
+        if let Err(e) = s.write_all(&batch) {
+            break e;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still writing after a minute"
+        );
+    };
+    assert!(
+        !matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "the server kept the connection and stopped reading: {err}"
+    );
+    assert_eq!(server.request("GET", "/healthz", &[], b"").unwrap().0, 200);
+}
+
+/// A connection whose receive buffer is 4 KiB (set before connecting, so
+/// the kernel does not grow it): it fills after a few answers.
+fn small_window_connect(addr: &str) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+    // SAFETY: plain socket calls on a descriptor we own; `sockaddr_in` is
+    // filled in full before use, and the descriptor goes to a TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_port = addr.port().to_be();
+        sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
+        let rc = libc::connect(
+            fd,
+            &sa as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
 }

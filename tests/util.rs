@@ -273,19 +273,40 @@ impl Sandbox {
 
     /// Starts `orch serve` on a free loopback port and waits for /healthz.
     pub fn serve(&self) -> Server {
+        self.serve_with(None)
+    }
+
+    /// [`Sandbox::serve`], optionally with `RLIMIT_NOFILE` (soft and hard)
+    /// set to `open_files` in the server process.
+    pub fn serve_with(&self, open_files: Option<u64>) -> Server {
+        use std::os::unix::process::CommandExt;
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let child = self
-            .orch_std()
-            .args(["serve", "--bind", &addr])
+        let mut cmd = self.orch_std();
+        cmd.args(["serve", "--bind", &addr])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        if let Some(n) = open_files {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n as libc::rlim_t,
+                        rlim_max: n as libc::rlim_t,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd.spawn().unwrap();
         let server = Server { child, addr };
         wait_until(20, "orch serve to answer /healthz", || {
             matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _)))
@@ -495,6 +516,211 @@ impl Server {
             body,
         )
         .unwrap()
+    }
+}
+
+impl Server {
+    /// A keep-alive connection to the server.
+    pub fn client(&self) -> std::io::Result<Client> {
+        Client::connect(&self.addr)
+    }
+
+    /// Sends SIGTERM and waits up to `secs` for the exit; returns the exit
+    /// code (`None`: killed by a signal).
+    pub fn terminate(&mut self, secs: u64) -> Option<i32> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit(secs)
+    }
+
+    /// Waits up to `secs` for the server to exit; returns the exit code
+    /// (`None`: killed by a signal).
+    pub fn wait_exit(&mut self, secs: u64) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "orch serve still running {secs} s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Open file descriptors of the server process.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// A signed Plane delivery `(headers, body)` that no other delivery
+/// shares: its id is `id`, and the body (built from the In Progress fixture)
+/// carries `id` too, so the body hash is unique as well.
+pub fn unique_plane_delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
+    let mut v: serde_json::Value = serde_json::from_slice(&fixture(
+        "plane/webhooks/issue-updated-state-in-progress.json",
+    ))
+    .unwrap();
+    v["test_delivery"] = serde_json::Value::String(id.to_string());
+    let body = serde_json::to_vec(&v).unwrap();
+    let headers = vec![
+        ("Content-Type".to_string(), "application/json".to_string()),
+        ("X-Plane-Event".to_string(), "issue".to_string()),
+        ("X-Plane-Delivery".to_string(), id.to_string()),
+        ("X-Plane-Signature".to_string(), sign(PLANE_SECRET, &body)),
+    ];
+    (headers, body)
+}
+
+/// A minimal HTTP/1.1 keep-alive client on one connection.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: &str) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one request (with `Content-Length`) and reads the answer:
+    /// `(status, body, the server closes the connection)`.
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, bool)> {
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req += &format!("{k}: {v}\r\n");
+        }
+        req += "\r\n";
+        let mut raw = req.into_bytes();
+        raw.extend_from_slice(body);
+        self.stream.write_all(&raw)?;
+        self.read_answer()
+    }
+
+    /// Reads one answer (its body framed by `Content-Length`).
+    pub fn read_answer(&mut self) -> std::io::Result<(u16, String, bool)> {
+        let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed mid-answer");
+        let head_end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(eof());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let closes = head.lines().any(|l| l.trim() == "connection: close");
+        while self.buf.len() < head_end + len {
+            let mut chunk = [0u8; 8192];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(eof());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8_lossy(&self.buf[head_end..head_end + len]).to_string();
+        self.buf.drain(..head_end + len);
+        Ok((status, body, closes))
+    }
+
+    /// The raw stream (to send partial requests).
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+/// Reads from `s` until the peer closes it, an error, or `limit` passes:
+/// `(bytes, closed)`.
+pub fn read_until_closed(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return (out, false);
+        };
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (out, false)
+            }
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// The status code and JSON body of a raw answer (0 and `Null` if none).
+pub fn parse_answer(raw: &[u8]) -> (u16, serde_json::Value) {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns
+/// the soft limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only touch the struct passed.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur as u64
     }
 }
 

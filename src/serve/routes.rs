@@ -1,0 +1,392 @@
+//! What the shim answers: the axum router, its handlers and the layers
+//! around them.
+//!
+//! Layers, outermost first:
+//! - [`finish`]: refuses a request whose head had both `Content-Length` and
+//!   `Transfer-Encoding` (400, see [`super::io`]) or a header value that is
+//!   not UTF-8 (400); gives every answer the JSON shape `{"status",
+//!   "detail"}` (also those made by the layers below and by axum's routing,
+//!   which have none); logs one line per request.
+//! - tower-http `CatchPanicLayer`: a bug in a handler is a 500, not a
+//!   dropped connection.
+//! - tower-http `TimeoutLayer`: the whole request — body and storing —
+//!   must be done within the read deadline after its head arrived (408).
+//! - tower-http `RequestBodyLimitLayer`: a declared body over
+//!   [`MAX_BODY_BYTES`] is refused before it is read (413); a longer
+//!   chunked body fails while being read (413).
+//!
+//! The webhook handler verifies the signature over the raw body, reads the
+//! delivery id and event, checks the body is JSON and hands the delivery to
+//! the group-commit [`Writer`]; it answers 202 (or 200 for a redelivery)
+//! only once the commit that holds it is on disk, 503 if that commit
+//! failed. Nothing is stored for a refused request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+
+use super::writer::Writer;
+use super::QueueFn;
+use crate::db::{NewDelivery, Recorded};
+use crate::webhook::{self, Rejection, Source, MAX_BODY_BYTES};
+
+/// What the handlers share.
+pub struct App {
+    /// HMAC secret of the Plane webhook (`None`: refuse Plane deliveries).
+    pub plane_secret: Option<String>,
+    /// HMAC secret of the Gitea webhook.
+    pub gitea_secret: Option<String>,
+    /// The whole-request deadline after the head.
+    pub read_timeout: Duration,
+    /// The group-commit writer.
+    pub writer: Writer,
+    /// The `GET /queue` document.
+    pub queue: QueueFn,
+}
+
+impl App {
+    fn secret(&self, source: Source) -> &str {
+        match source {
+            Source::Plane => self.plane_secret.as_deref(),
+            Source::Gitea => self.gitea_secret.as_deref(),
+        }
+        .unwrap_or("")
+    }
+}
+
+/// Why the connection's service marked a request for refusal (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refuse {
+    /// Its head had both `Content-Length` and `Transfer-Encoding`.
+    SmugglingShape,
+    /// The framing watch did not see this request's head (it lost step
+    /// with hyper): refuse rather than guess.
+    FramingLost,
+}
+
+/// The router with its layers.
+pub fn router(app: Arc<App>) -> Router {
+    let read_timeout = app.read_timeout;
+    Router::new()
+        .route("/webhooks/plane", post(plane))
+        .route("/webhooks/gitea", post(gitea))
+        .route("/healthz", get(health))
+        .route("/queue", get(queue))
+        .fallback(not_found)
+        .with_state(app.clone())
+        // Each `layer` wraps the ones before it: `finish` is outermost.
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            read_timeout,
+        ))
+        .layer(CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn_with_state(app, finish))
+}
+
+/// Why the log line says what it says (kept in the response's extensions).
+#[derive(Clone)]
+struct Note {
+    outcome: &'static str,
+    detail: String,
+}
+
+/// A JSON answer `{"status", "detail"}` (+ `inbox_id`).
+fn reply(code: StatusCode, status: &'static str, detail: impl Into<String>) -> Response {
+    let detail = detail.into();
+    let body = json!({"status": status, "detail": detail});
+    with_body(code, body, status, detail)
+}
+
+fn stored(code: StatusCode, status: &'static str, inbox_id: i64, detail: &str) -> Response {
+    let body = json!({"status": status, "detail": detail, "inbox_id": inbox_id});
+    with_body(code, body, status, detail.to_string())
+}
+
+fn with_body(code: StatusCode, body: Value, outcome: &'static str, detail: String) -> Response {
+    let mut r = (code, body.to_string()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.extensions_mut().insert(Note { outcome, detail });
+    r
+}
+
+async fn plane(State(app): State<Arc<App>>, req: Request) -> Response {
+    hook(&app, Source::Plane, req).await
+}
+
+async fn gitea(State(app): State<Arc<App>>, req: Request) -> Response {
+    hook(&app, Source::Gitea, req).await
+}
+
+/// `GET /healthz`: `{"status": "ok", "detail", "version", "commit",
+/// "schema"}` — the binary's version, the git commit it was built from
+/// ([`crate::build_info`]) and the schema version it expects
+/// (`orch staging-check` C1–C3 read them).
+async fn health() -> Response {
+    let detail = "orch serve is running";
+    let body = json!({
+        "status": "ok",
+        "detail": detail,
+        "version": crate::build_info::VERSION,
+        "commit": crate::build_info::commit(),
+        "schema": crate::db::schema_version(),
+    });
+    with_body(StatusCode::OK, body, "ok", detail.to_string())
+}
+
+async fn queue(State(app): State<Arc<App>>) -> Response {
+    let build = app.queue.clone();
+    match tokio::task::spawn_blocking(move || build()).await {
+        Ok(Ok(doc)) => with_body(StatusCode::OK, doc, "ok", String::new()),
+        Ok(Err(e)) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{e:#}"),
+        ),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "building the queue document failed",
+        ),
+    }
+}
+
+async fn not_found(req: Request) -> Response {
+    reply(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {}", clean(req.uri().path())),
+    )
+}
+
+/// The headers as `(name, value)` text; [`finish`] has already refused
+/// values that are not UTF-8.
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Whether a body-read error is the body limit's.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+async fn hook(app: &App, source: Source, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let e: axum::Error = e;
+            return if is_length_limit(&e) {
+                reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("body exceeds the {MAX_BODY_BYTES}-byte limit"),
+                )
+            } else {
+                reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("reading the body: {e}"),
+                )
+            };
+        }
+    };
+    let headers = header_pairs(&parts.headers);
+    if let Err(e) = webhook::verify_signature(source, app.secret(source), &headers, &body) {
+        return reply(StatusCode::UNAUTHORIZED, "bad_signature", e);
+    }
+    let (delivery_id, event) = match webhook::delivery_meta(source, &headers) {
+        Ok(meta) => meta,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, "bad_request", e),
+    };
+    // The rule of `webhook::store`, checked here so the writer only stores.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        let r = Rejection::BadJson(e.to_string());
+        return reply(StatusCode::BAD_REQUEST, "bad_json", r.to_string());
+    }
+    let body_sha256 = webhook::body_sha256(&body);
+    let delivery = NewDelivery {
+        source: source.as_str().to_string(),
+        event,
+        delivery_id,
+        headers: webhook::stored_headers(&headers),
+        body: body.to_vec(),
+    };
+    match app.writer.store(delivery, body_sha256).await {
+        Ok(Recorded::Stored(id)) => stored(StatusCode::ACCEPTED, "accepted", id, "stored"),
+        Ok(Recorded::Duplicate(id)) => stored(
+            StatusCode::OK,
+            "duplicate",
+            id,
+            "already received; nothing stored",
+        ),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the database is unavailable; retry later",
+        ),
+    }
+}
+
+/// The outermost layer; see the module documentation.
+async fn finish(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = clean(req.uri().path());
+    let delivery = ["x-plane-delivery", "x-gitea-delivery"]
+        .iter()
+        .find_map(|h| req.headers().get(*h))
+        .map(|v| clean(&String::from_utf8_lossy(v.as_bytes())))
+        .unwrap_or_else(|| "-".into());
+    let non_utf8 = req
+        .headers()
+        .iter()
+        .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
+        .map(|(n, _)| n.as_str().to_string());
+    let refuse = req.extensions().get::<Refuse>().copied();
+    let resp = if let Some(why) = refuse {
+        let detail = match why {
+            Refuse::SmugglingShape => {
+                "Content-Length together with Transfer-Encoding (RFC 9112 section 6.1)"
+            }
+            Refuse::FramingLost => {
+                tracing::error!(target: "webhook", "the framing watch lost step with hyper; refusing the request");
+                "the request's framing could not be followed"
+            }
+        };
+        close(reply(StatusCode::BAD_REQUEST, "bad_request", detail))
+    } else if let Some(name) = non_utf8 {
+        reply(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("header {name} is not UTF-8"),
+        )
+    } else {
+        next.run(req).await
+    };
+    let resp = shape(resp, &path, &app);
+    log(&method, &path, &resp, &delivery, started);
+    resp
+}
+
+/// Asks hyper to close the connection after this answer.
+fn close(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Gives an answer made without a JSON body (by a layer or axum's
+/// routing) the JSON shape.
+fn shape(resp: Response, path: &str, app: &App) -> Response {
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json {
+        return resp;
+    }
+    let code = resp.status();
+    let mut shaped = match code {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            // axum adds the `Allow` header outside this layer.
+            let allow = match path {
+                "/webhooks/plane" | "/webhooks/gitea" => "POST",
+                _ => "GET, HEAD",
+            };
+            reply(
+                code,
+                "method_not_allowed",
+                format!("this path accepts {allow}"),
+            )
+        }
+        StatusCode::REQUEST_TIMEOUT => close(reply(
+            code,
+            "timeout",
+            format!(
+                "the request did not arrive within {} ms",
+                app.read_timeout.as_millis()
+            ),
+        )),
+        StatusCode::PAYLOAD_TOO_LARGE => close(reply(
+            code,
+            "too_large",
+            format!("body exceeds the {MAX_BODY_BYTES}-byte limit"),
+        )),
+        StatusCode::INTERNAL_SERVER_ERROR => reply(code, "internal_error", "the handler failed"),
+        _ => {
+            let status = if code.is_success() { "ok" } else { "error" };
+            reply(code, status, code.canonical_reason().unwrap_or(""))
+        }
+    };
+    for (name, value) in resp.headers() {
+        if !shaped.headers().contains_key(name) && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
+}
+
+/// Printable ASCII only, at most 200 characters (request data in logs).
+fn clean(s: &str) -> String {
+    s.chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+fn log(method: &Method, path: &str, resp: &Response, delivery: &str, started: Instant) {
+    let status = resp.status().as_u16();
+    let (outcome, detail) = resp
+        .extensions()
+        .get::<Note>()
+        .map(|n| (n.outcome, clean(&n.detail)))
+        .unwrap_or(("-", String::new()));
+    let method = method.as_str();
+    let ms = started.elapsed().as_millis() as u64;
+    macro_rules! line {
+        ($lvl:ident) => {
+            tracing::$lvl!(target: "webhook", method, path = %path, status, outcome, delivery = %delivery, detail = %detail, ms, "request")
+        };
+    }
+    match status {
+        500.. => line!(error),
+        400..=499 => line!(warn),
+        _ => line!(info),
+    }
+}
