@@ -26,9 +26,9 @@
 //! reconcile queries — each a child process timed from spawn to exit, its
 //! peak RSS from `wait4`'s rusage — after one untimed warm-up of each whose
 //! output it prints. It prints medians, the ratio of each tick to its
-//! sqlite3 twin, peak RSS, and whether the database changed (`PRAGMA
-//! data_version` cannot see another process's commit from outside, so it
-//! compares the file and WAL sizes and the reconcile report count).
+//! sqlite3 twin, peak RSS, and whether the timed runs wrote anything (the
+//! file and WAL sizes, the reconcile report count and the registry's sync
+//! time, before and after).
 //!
 //! orch's children get a clean environment (`PATH`, `ORCH_STATE_DIR`,
 //! `ORCH_CONFIG`, `ORCH_RECONCILE_PLANE_ENABLED=false`,
