@@ -127,11 +127,8 @@ impl Db {
     pub fn job(&self, id: i64) -> anyhow::Result<Option<Job>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {JOB_COLS} FROM jobs WHERE id=?1"),
-                [id],
-                job_row,
-            )
+            .prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id=?1"))?
+            .query_row([id], job_row)
             .optional()?)
     }
 

@@ -45,6 +45,9 @@ pub fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
 }
 
+/// Prepared statements kept per connection (see [`Db::open`]).
+const STATEMENT_CACHE: usize = 64;
+
 /// An open database.
 pub struct Db {
     conn: Connection,
@@ -81,6 +84,10 @@ impl Db {
         let conn = Connection::open(path)
             .with_context(|| format!("opening database {}", path.display()))?;
         conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+        // The hot queries are `prepare_cached` statements; rusqlite's default
+        // of 16 can be fewer than one worker cycle uses, and an LRU cache
+        // smaller than a loop's working set misses on every statement.
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.pragma_update(None, "journal_mode", "WAL")
             .with_context(|| format!("setting WAL on {}", path.display()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;

@@ -96,11 +96,8 @@ impl Db {
     pub fn task(&self, id: i64) -> anyhow::Result<Option<Task>> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT {TASK_COLS} FROM tasks WHERE id=?1"),
-                [id],
-                task_row,
-            )
+            .prepare_cached(&format!("SELECT {TASK_COLS} FROM tasks WHERE id=?1"))?
+            .query_row([id], task_row)
             .optional()?)
     }
 

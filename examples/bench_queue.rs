@@ -1,0 +1,562 @@
+//! Benchmark of the job queue through orch's own code (issue 11): enqueue
+//! N tasks as ingest does, then claim and complete every job through the
+//! transition rule until each task is done; beside it, in the same run and
+//! on the same disk, raw rusqlite claim+complete in the same mode.
+//!
+//! ```sh
+//! cargo run --release --example bench_queue -- [--db PATH] [--n 1000] [--rounds 1]
+//! ```
+//!
+//! What is measured:
+//!
+//! - **enqueue**: one `BEGIN IMMEDIATE` transaction per task holding
+//!   `pipeline::create_task` (the task, its creation transition, the
+//!   analyst job, the tracker comment in the outbox), after
+//!   `Tx::sync_project`, as `orch ingest` does for a work item.
+//! - **drain**: cycles until the queue is empty. A **cycle** is one job:
+//!   transaction 1 claims it (`pipeline::job::claim_next`, as the worker
+//!   does), transaction 2 completes it (`pipeline::apply` with a `Move` to
+//!   the next stage finishing that job: CAS of the task, transition row,
+//!   `running → done`, the next stage's job, outbox rows, the merge lease
+//!   rule). A task goes analysis → architecture → … → deploy → done: 7
+//!   cycles, 14 commits. No agent runs, no gate, no git: the store and the
+//!   rules only.
+//! - **raw**: the same numbers of tasks, cycles and transactions per
+//!   cycle with plain rusqlite on a minimal schema (tasks, jobs, the same
+//!   `(status, available_at_ms)` index): claim = one `UPDATE … WHERE id =
+//!   (SELECT oldest queued) RETURNING`, complete = mark the job done, move
+//!   the task, insert the next job. Same `journal_mode=WAL`, same
+//!   `synchronous` as `Db::open` sets (read back from both connections and
+//!   printed), same busy timeout.
+//!
+//! Each round builds both databases afresh (`PATH` and `PATH.raw.db`,
+//! deleted afterwards unless `--keep`) and runs the two sides step by
+//! step, alternating (an orch enqueue, a raw enqueue, …; an orch cycle, a
+//! raw cycle, …, who goes first swapping each step), so the rest of a
+//! shared machine — other processes' fsyncs above all — weighs on both
+//! alike. A side's `enqueue_s` and `drain_s` are the sums of its own
+//! steps' times. With several rounds the figures are medians. The last
+//! line is JSON:
+//! `{"enqueue_s", "drain_s", "done", "mode", "cycles", "cycles_per_s",
+//! "raw": {…}, "ratio": orch cycles/s ÷ raw cycles/s, …}`.
+//!
+//! It measures; it asserts no time.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use orch::config::Config;
+use orch::db::{Db, ProjectRow};
+use orch::pipeline::{self, Actor, Move, Moved, Policy, Stage, WorkItem};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde_json::json;
+
+/// Stages a task passes through (analysis … deploy): one job each.
+const CYCLES_PER_TASK: usize = 7;
+
+struct Args {
+    db: Option<PathBuf>,
+    n: usize,
+    rounds: usize,
+    keep: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        db: None,
+        n: 1000,
+        rounds: 1,
+        keep: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--db" => a.db = Some(PathBuf::from(value("--db")?)),
+            "--n" => {
+                let v = value("--n")?;
+                a.n = v
+                    .parse()
+                    .with_context(|| format!("--n: not a number: {v:?}"))?;
+            }
+            "--rounds" => {
+                let v = value("--rounds")?;
+                a.rounds = v
+                    .parse()
+                    .with_context(|| format!("--rounds: not a number: {v:?}"))?;
+            }
+            "--keep" => a.keep = true,
+            "-h" | "--help" => {
+                println!(
+                    "usage: bench_queue [--db PATH] [--n 1000] [--rounds 1] [--keep]\n\
+                     --db PATH: orch's database file (must not exist; the raw one is PATH.raw.db);\n\
+                     \x20          default: a fresh temp folder\n\
+                     --n N: tasks; each is 7 claim+complete cycles (14 commits)\n\
+                     --rounds R: orch then raw, R times on fresh files; medians are reported\n\
+                     --keep: keep the last round's databases"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (see --help)"),
+        }
+    }
+    ensure!(
+        a.n >= 1 && a.rounds >= 1,
+        "--n and --rounds must be at least 1"
+    );
+    Ok(a)
+}
+
+/// One side's figures.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    enqueue: Duration,
+    drain: Duration,
+    /// Time inside the claim transactions (begin to commit) while draining.
+    claim: Duration,
+    /// Time inside the complete transactions.
+    complete: Duration,
+    cycles: usize,
+    done: usize,
+}
+
+impl Figures {
+    fn cycles_per_s(&self) -> f64 {
+        self.cycles as f64 / self.drain.as_secs_f64()
+    }
+    fn enqueue_per_s(&self, n: usize) -> f64 {
+        n as f64 / self.enqueue.as_secs_f64()
+    }
+}
+
+/// `<synchronous>/<journal_mode>` of a connection, e.g. `FULL/WAL`.
+fn mode(conn: &Connection) -> anyhow::Result<String> {
+    let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    let sync = match sync {
+        0 => "OFF",
+        1 => "NORMAL",
+        2 => "FULL",
+        3 => "EXTRA",
+        _ => "?",
+    };
+    Ok(format!("{sync}/{}", journal.to_uppercase()))
+}
+
+// ------------------------------------------------------------ orch
+
+const CONFIG: &str = "[agents.default]\nargv = [\"true\"]\n\n[[projects]]\nname = \"bench\"\n\
+    tracker = \"local\"\nforge = \"local\"\nclone_url = \"/nonexistent/bench.git\"\n\
+    default_branch = \"main\"\ntest_command = [\"true\"]\n";
+
+/// The timed steps of one side: enqueue a task, run a cycle.
+trait Side {
+    /// Enqueues work item `i` in one transaction.
+    fn enqueue(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Claims a job (transaction 1) and completes it (transaction 2);
+    /// `None` when the queue is empty (after the claim transaction).
+    fn cycle(&mut self, f: &mut Figures) -> anyhow::Result<Option<()>>;
+    /// Tasks done.
+    fn done(&self) -> anyhow::Result<usize>;
+    /// `<synchronous>/<journal_mode>`.
+    fn mode(&self) -> anyhow::Result<String>;
+}
+
+struct Orch {
+    db: Db,
+    config: Config,
+    worktrees: PathBuf,
+    worker: (String, i64, i64),
+    policy: Policy,
+}
+
+impl Orch {
+    fn open(path: &Path) -> anyhow::Result<Orch> {
+        let config = Config::parse(CONFIG)?;
+        let db = Db::open(path, 5000)?;
+        let p = &config.projects[0];
+        db.write(|tx| {
+            tx.sync_project(
+                &ProjectRow {
+                    name: &p.name,
+                    tracker: p.tracker.as_str(),
+                    tracker_project_id: &p.tracker_project_id,
+                    forge: p.forge.as_str(),
+                    repo: &p.repo,
+                    default_branch: &p.default_branch,
+                    clone_url: &p.clone_url,
+                },
+                orch::clock::now_ms(),
+            )
+        })?;
+        Ok(Orch {
+            db,
+            config,
+            worktrees: path.with_extension("worktrees"),
+            worker: orch::process::identity(),
+            policy: Policy {
+                max_developer_retries: 3,
+            },
+        })
+    }
+}
+
+impl Side for Orch {
+    fn enqueue(&mut self, i: usize) -> anyhow::Result<()> {
+        let item = WorkItem {
+            tracker_issue_id: format!("{i}"),
+            sequence: i as i64,
+            title: format!("Work item {i}"),
+            body: "Make the widget faster.".into(),
+        };
+        let (_, created) = self.db.write(|tx| {
+            pipeline::create_task(
+                tx,
+                &self.config.projects[0],
+                &item,
+                &self.worktrees,
+                Actor::Webhook,
+                orch::clock::now_ms(),
+            )
+        })?;
+        ensure!(created, "work item {i} already had a task");
+        Ok(())
+    }
+
+    fn cycle(&mut self, f: &mut Figures) -> anyhow::Result<Option<()>> {
+        let worker = (self.worker.0.as_str(), self.worker.1, self.worker.2);
+        let t = Instant::now();
+        let claimed = self.db.write(|tx| {
+            pipeline::job::claim_next(tx, u32::MAX, None, None, worker, orch::clock::now_ms())
+        })?;
+        f.claim += t.elapsed();
+        let Some(job) = claimed else { return Ok(None) };
+        let t = Instant::now();
+        let moved = self.db.write(|tx| {
+            let task = tx.task(job.task_id)?.context("task vanished")?;
+            let m = Move::new(&task, task.stage.next(), Actor::Worker, "bench").finishing(job.id);
+            pipeline::apply(tx, self.policy, &m, orch::clock::now_ms())
+        })?;
+        f.complete += t.elapsed();
+        ensure!(
+            matches!(moved, Moved::Applied { .. }),
+            "job {} lost",
+            job.id
+        );
+        f.cycles += 1;
+        Ok(Some(()))
+    }
+
+    fn done(&self) -> anyhow::Result<usize> {
+        Ok(self.db.conn().query_row(
+            "SELECT COUNT(*) FROM tasks WHERE stage=?1",
+            [Stage::Done],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn mode(&self) -> anyhow::Result<String> {
+        mode(self.db.conn())
+    }
+}
+
+// ------------------------------------------------------------ raw
+
+const RAW_SCHEMA: &str = "
+CREATE TABLE tasks (id INTEGER PRIMARY KEY, title TEXT NOT NULL, stage INTEGER NOT NULL,
+                    version INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL);
+CREATE TABLE jobs (id INTEGER PRIMARY KEY, task_id INTEGER NOT NULL, stage INTEGER NOT NULL,
+                   status TEXT NOT NULL, available_at_ms INTEGER NOT NULL, worker_pid INTEGER,
+                   claimed_at_ms INTEGER, finished_at_ms INTEGER);
+CREATE INDEX jobs_status ON jobs(status, available_at_ms);
+";
+
+struct Raw {
+    conn: Connection,
+    pid: i64,
+}
+
+impl Raw {
+    /// Opens a raw connection the way `Db::open` does: WAL, `synchronous`
+    /// copied from orch's connection (`sync`), the same busy timeout.
+    fn open(path: &Path, sync: &str) -> anyhow::Result<Raw> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_millis(5000))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.execute_batch(RAW_SCHEMA)?;
+        Ok(Raw {
+            conn,
+            pid: std::process::id() as i64,
+        })
+    }
+}
+
+impl Side for Raw {
+    fn enqueue(&mut self, i: usize) -> anyhow::Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let t = orch::clock::now_ms();
+        tx.prepare_cached(
+            "INSERT INTO tasks (title, stage, version, updated_at_ms) VALUES (?1, 0, 1, ?2)",
+        )?
+        .execute(params![format!("Work item {i}"), t])?;
+        let task = tx.last_insert_rowid();
+        tx.prepare_cached(
+            "INSERT INTO jobs (task_id, stage, status, available_at_ms) VALUES (?1, 0, 'queued', ?2)",
+        )?
+        .execute(params![task, t])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn cycle(&mut self, f: &mut Figures) -> anyhow::Result<Option<()>> {
+        let t = Instant::now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let claimed: Option<(i64, i64, i64)> = tx
+            .prepare_cached(
+                "UPDATE jobs SET status='running', worker_pid=?2, claimed_at_ms=?1 WHERE id = \
+                 (SELECT id FROM jobs WHERE status='queued' AND available_at_ms<=?1 \
+                  ORDER BY available_at_ms, id LIMIT 1) RETURNING id, task_id, stage",
+            )?
+            .query_row(params![orch::clock::now_ms(), self.pid], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        tx.commit()?;
+        f.claim += t.elapsed();
+        let Some((job, task, stage)) = claimed else {
+            return Ok(None);
+        };
+        let t = Instant::now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let at = orch::clock::now_ms();
+        let n = tx
+            .prepare_cached(
+                "UPDATE jobs SET status='done', finished_at_ms=?2 WHERE id=?1 AND status='running'",
+            )?
+            .execute(params![job, at])?;
+        ensure!(n == 1, "raw job {job} was not running");
+        tx.prepare_cached(
+            "UPDATE tasks SET stage=stage+1, version=version+1, updated_at_ms=?3 WHERE id=?1 AND stage=?2",
+        )?
+        .execute(params![task, stage, at])?;
+        if stage + 1 < CYCLES_PER_TASK as i64 {
+            tx.prepare_cached(
+                "INSERT INTO jobs (task_id, stage, status, available_at_ms) VALUES (?1, ?2, 'queued', ?3)",
+            )?
+            .execute(params![task, stage + 1, at])?;
+        }
+        tx.commit()?;
+        f.complete += t.elapsed();
+        f.cycles += 1;
+        Ok(Some(()))
+    }
+
+    fn done(&self) -> anyhow::Result<usize> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM tasks WHERE stage=?1",
+            [CYCLES_PER_TASK as i64],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn mode(&self) -> anyhow::Result<String> {
+        mode(&self.conn)
+    }
+}
+
+/// One round: both sides step by step, alternating (orch first on odd
+/// steps, raw first on even ones), so a disk or CPU hiccup from the rest
+/// of the machine hits both alike. Each side's time is the sum of its own
+/// steps.
+fn round(orch: &mut Orch, raw: &mut Raw, n: usize) -> anyhow::Result<(Figures, Figures)> {
+    let (mut o, mut r) = (Figures::default(), Figures::default());
+    for i in 1..=n {
+        let (a, b): (&mut dyn Side, &mut dyn Side) = if i % 2 == 1 {
+            (&mut *orch, &mut *raw)
+        } else {
+            (&mut *raw, &mut *orch)
+        };
+        let t = Instant::now();
+        a.enqueue(i)?;
+        let ta = t.elapsed();
+        let t = Instant::now();
+        b.enqueue(i)?;
+        let tb = t.elapsed();
+        let (to, tr) = if i % 2 == 1 { (ta, tb) } else { (tb, ta) };
+        o.enqueue += to;
+        r.enqueue += tr;
+    }
+    let (mut orch_open, mut raw_open) = (true, true);
+    let mut step = 0usize;
+    while orch_open || raw_open {
+        step += 1;
+        let order: [bool; 2] = if step % 2 == 1 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for is_orch in order {
+            if is_orch && orch_open {
+                let t = Instant::now();
+                orch_open = orch.cycle(&mut o)?.is_some();
+                o.drain += t.elapsed();
+            } else if !is_orch && raw_open {
+                let t = Instant::now();
+                raw_open = raw.cycle(&mut r)?.is_some();
+                r.drain += t.elapsed();
+            }
+        }
+    }
+    o.done = orch.done()?;
+    r.done = raw.done()?;
+    Ok((o, r))
+}
+
+// ------------------------------------------------------------ report
+
+fn remove_db(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let k = v.len();
+    if k % 2 == 1 {
+        v[k / 2]
+    } else {
+        (v[k / 2 - 1] + v[k / 2]) / 2.0
+    }
+}
+
+fn line(label: &str, n: usize, f: &Figures) {
+    println!(
+        "  {label:<4} enqueue {:>7.3} s ({:>6.0} tasks/s)  drain {:>7.3} s: {} cycles, {:>6.0} cycles/s \
+         (claim tx {:.3} ms, complete tx {:.3} ms per cycle), {} of {n} tasks done",
+        f.enqueue.as_secs_f64(),
+        f.enqueue_per_s(n),
+        f.drain.as_secs_f64(),
+        f.cycles,
+        f.cycles_per_s(),
+        f.claim.as_secs_f64() * 1e3 / f.cycles.max(1) as f64,
+        f.complete.as_secs_f64() * 1e3 / f.cycles.max(1) as f64,
+        f.done,
+    );
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let temp = match &args.db {
+        Some(_) => None,
+        None => {
+            let d = std::env::temp_dir().join(format!("orch-bench-queue-{}", std::process::id()));
+            std::fs::create_dir_all(&d)?;
+            Some(d)
+        }
+    };
+    let path = match (&args.db, &temp) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => d.join("orch.db"),
+        (None, None) => unreachable!(),
+    };
+    ensure!(
+        !path.exists(),
+        "{} exists: give a path to a new file (the benchmark deletes its databases between rounds)",
+        path.display()
+    );
+    let mut raw_path = path.as_os_str().to_owned();
+    raw_path.push(".raw.db");
+    let raw_path = PathBuf::from(raw_path);
+    ensure!(!raw_path.exists(), "{} exists", raw_path.display());
+
+    println!(
+        "orch queue benchmark: {} tasks x {CYCLES_PER_TASK} claim+complete cycles, {} round(s), build {}",
+        args.n,
+        args.rounds,
+        if cfg!(debug_assertions) {
+            "debug (numbers are not representative)"
+        } else {
+            "release"
+        }
+    );
+    println!(
+        "databases: {} and {} (same folder, same disk)",
+        path.display(),
+        raw_path.display()
+    );
+    let mut rounds = Vec::new();
+    let mut modes = (String::new(), String::new());
+    for r in 1..=args.rounds {
+        remove_db(&path);
+        remove_db(&raw_path);
+        let mut orch = Orch::open(&path)?;
+        let orch_mode = orch.mode()?;
+        let sync = orch_mode.split('/').next().unwrap_or("FULL").to_string();
+        let mut raw = Raw::open(&raw_path, &sync)?;
+        let raw_mode = raw.mode()?;
+        ensure!(
+            orch_mode == raw_mode,
+            "modes differ: orch {orch_mode}, raw {raw_mode}"
+        );
+        let (o, raw) = round(&mut orch, &mut raw, args.n)?;
+        ensure!(
+            o.done == args.n && raw.done == args.n && o.cycles == raw.cycles,
+            "round {r}: orch did {} tasks in {} cycles, raw {} in {}",
+            o.done,
+            o.cycles,
+            raw.done,
+            raw.cycles
+        );
+        println!(
+            "round {r} ({orch_mode}): orch / raw = {:.2} (cycles/s), {:.2} (enqueue)",
+            o.cycles_per_s() / raw.cycles_per_s(),
+            o.enqueue_per_s(args.n) / raw.enqueue_per_s(args.n)
+        );
+        line("orch", args.n, &o);
+        line("raw", args.n, &raw);
+        modes = (orch_mode, raw_mode);
+        rounds.push((o, raw));
+    }
+    if !args.keep {
+        remove_db(&path);
+        remove_db(&raw_path);
+        let _ = std::fs::remove_dir_all(path.with_extension("worktrees"));
+        if let Some(d) = &temp {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+    let med = |f: &dyn Fn(&(Figures, Figures)) -> f64| median(rounds.iter().map(f).collect());
+    let cycles = rounds[0].0.cycles;
+    let report = json!({
+        "enqueue_s": med(&|r| r.0.enqueue.as_secs_f64()),
+        "drain_s": med(&|r| r.0.drain.as_secs_f64()),
+        "done": args.n,
+        "mode": modes.0,
+        "cycles": cycles,
+        "cycles_per_s": med(&|r| r.0.cycles_per_s()),
+        "raw": {
+            "enqueue_s": med(&|r| r.1.enqueue.as_secs_f64()),
+            "drain_s": med(&|r| r.1.drain.as_secs_f64()),
+            "done": args.n,
+            "mode": modes.1,
+            "cycles": cycles,
+            "cycles_per_s": med(&|r| r.1.cycles_per_s()),
+        },
+        "ratio": med(&|r| r.0.cycles_per_s() / r.1.cycles_per_s()),
+        "enqueue_ratio": med(&|r| r.0.enqueue_per_s(args.n) / r.1.enqueue_per_s(args.n)),
+        "rounds": args.rounds,
+    });
+    println!("{report}");
+    Ok(())
+}
