@@ -196,6 +196,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "report",
             "status",
             "check",
+            "metrics",
         ],
     ),
 ];

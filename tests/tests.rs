@@ -9,6 +9,7 @@ mod ingest;
 mod layers;
 mod logs;
 mod metrics;
+mod operator;
 mod pipeline;
 // Crash points and the test clock need the `testing` feature.
 #[cfg(feature = "testing")]

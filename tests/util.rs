@@ -50,7 +50,15 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// A sandbox with its database created (`orch init`).
     pub fn new() -> Sandbox {
+        let sbx = Sandbox::uninitialised();
+        sbx.ok(&["init"]);
+        sbx
+    }
+
+    /// A sandbox before `orch init`: no state folder, no database.
+    pub fn uninitialised() -> Sandbox {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("sbx");
         let out = StdCommand::new(Path::new(ROOT).join("scripts/make-sandbox"))

@@ -11,7 +11,7 @@ use orch::ingest;
 pub fn run(ctx: &Ctx, c: EventsCommand) -> anyhow::Result<Output> {
     match c {
         EventsCommand::List { failed, limit } => {
-            let db = ctx.open_db()?;
+            let db = ctx.open_db_read_only()?;
             let rows = db.inbox(failed, limit)?;
             let text = if rows.is_empty() {
                 "no deliveries".to_string()

@@ -15,7 +15,7 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Output> {
     } else {
         None
     };
-    let db = ctx.open_db()?;
+    let db = ctx.init_db()?;
     let version = db.user_version()?;
     let text = match before {
         Some(v) if v == version => format!(

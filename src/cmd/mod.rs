@@ -84,6 +84,14 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Runs the command, prints its output and returns the exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    for (name, near) in
+        orch::config::unknown_keys(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+    {
+        match near {
+            Some(k) => tracing::warn!("ignoring unknown setting {name} (did you mean {k}?)"),
+            None => tracing::warn!("ignoring unknown setting {name}"),
+        }
+    }
     // Documentation needs no settings, database or config.
     match cli.command {
         Command::Completions { shell } => return docs::completions(shell).map(|()| exit::OK),
@@ -96,6 +104,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         cli.config.clone(),
     )?;
     let ctx = Ctx::load(settings)?;
+    if ctx.config.projects.is_empty() {
+        tracing::warn!(
+            "no projects configured in {}: add a [[projects]] entry (README, \"Configuration\")",
+            ctx.settings.config_path.display()
+        );
+    }
     let (out, code) = match cli.command {
         Command::Init => (init::run(&ctx)?, exit::OK),
         Command::Serve { bind } => return serve::run(&ctx, bind).map(|()| exit::OK),

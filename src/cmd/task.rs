@@ -20,10 +20,9 @@ fn load(db: &Db, id: i64) -> anyhow::Result<Task> {
 
 /// Runs `orch task <command>`.
 pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
-    let db = ctx.open_db()?;
     let (id, mv, reason) = match c {
-        TaskCommand::List => return list(&db),
-        TaskCommand::Show { id } => return show(&db, id),
+        TaskCommand::List => return list(&ctx.open_db_read_only()?),
+        TaskCommand::Show { id } => return show(&ctx.open_db_read_only()?, id),
         TaskCommand::Approve { id } => (id, ManualMove::Approve, String::new()),
         TaskCommand::Reject { id, reason } => (id, ManualMove::Reject, reason),
         TaskCommand::Advance { id, reason } => (id, ManualMove::Advance, reason),
@@ -32,6 +31,7 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
         TaskCommand::Cancel { id, reason } => (id, ManualMove::Cancel, reason),
         TaskCommand::Unblock { id, reason } => (id, ManualMove::Unblock, reason),
     };
+    let db = ctx.open_db()?;
     let outcome = manual::apply(&db, ctx.policy(), id, mv, &reason, now_ms())?;
     Ok(match outcome {
         ManualOutcome::Gate(g) => Output {

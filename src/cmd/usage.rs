@@ -7,7 +7,12 @@ use orch::ctx::Ctx;
 
 /// Runs `orch usage`, for one task or all.
 pub fn run(ctx: &Ctx, task: Option<i64>) -> anyhow::Result<Output> {
-    let db = ctx.open_db()?;
+    let db = ctx.open_db_read_only()?;
+    if let Some(id) = task {
+        if db.task(id)?.is_none() {
+            return Err(orch::error::Error::Usage(format!("no task {id}")).into());
+        }
+    }
     let rows = db.usage(task)?;
     let mut text = format!(
         "{:>5} {:<15} {:<10} {:>4} {:>12} {:>10} {:>12} {:>10}\n",

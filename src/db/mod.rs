@@ -91,6 +91,79 @@ impl Db {
         Ok(db)
     }
 
+    /// Opens an existing, up-to-date database for reading and writing:
+    /// creates nothing and migrates nothing (only `orch init` does).
+    ///
+    /// Errors: [`Error::NotInitialised`] when `path` does not exist,
+    /// [`Error::SchemaTooOld`] when it needs migrating,
+    /// [`Error::SchemaTooNew`] when a newer orch wrote it; SQLite errors
+    /// with the path as context.
+    pub fn open_existing(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
+        require_file(path)?;
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let db = Db { conn };
+        db.require_current(path)?;
+        Ok(db)
+    }
+
+    /// Opens an existing, up-to-date database read-only
+    /// (`SQLITE_OPEN_READ_ONLY`): needs no write access to the file or its
+    /// folder. When the folder is not writable and SQLite cannot make the
+    /// WAL index, the file is opened `immutable` (no other writer can
+    /// exist then). Any write through it fails.
+    ///
+    /// Errors: as [`Db::open_existing`].
+    pub fn open_read_only(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
+        require_file(path)?;
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let open = |uri: &str| -> anyhow::Result<Db> {
+            let conn = Connection::open_with_flags(uri, flags)
+                .with_context(|| format!("opening database {} read-only", path.display()))?;
+            conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+            let db = Db { conn };
+            db.require_current(path)?;
+            Ok(db)
+        };
+        let uri = format!("file:{}", uri_path(path));
+        match open(&uri) {
+            Ok(db) => Ok(db),
+            Err(e) if is_cantopen(&e) => open(&format!("{uri}?immutable=1")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Refuses a database whose schema is not this binary's.
+    fn require_current(&self, path: &Path) -> anyhow::Result<()> {
+        let current = self
+            .user_version()
+            .with_context(|| format!("reading the schema version of {}", path.display()))?;
+        let latest = schema_version();
+        if current > latest {
+            return Err(Error::SchemaTooNew {
+                db: current,
+                binary: latest,
+            }
+            .into());
+        }
+        if current < latest {
+            return Err(Error::SchemaTooOld {
+                path: path.to_path_buf(),
+                db: current,
+                binary: latest,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// The `user_version` of an existing database file, without migrating.
     pub fn open_readonly_version(path: &Path) -> anyhow::Result<i64> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
@@ -188,6 +261,44 @@ impl Db {
         let fk = stmt.query_map([], |_| Ok(()))?.count();
         Ok((ok, fk))
     }
+}
+
+/// Errors with [`Error::NotInitialised`] unless `path` is a file.
+fn require_file(path: &Path) -> anyhow::Result<()> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(Error::NotInitialised {
+            path: path.to_path_buf(),
+        }
+        .into())
+    }
+}
+
+/// `path` for an SQLite `file:` URI: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether SQLite could not open the file or its WAL index (a read-only
+/// folder without `-shm`).
+fn is_cantopen(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+        )
+    })
 }
 
 #[cfg(test)]
