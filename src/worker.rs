@@ -41,6 +41,16 @@ pub enum WorkOutcome {
         exit_code: i64,
         finalized: Finalized,
     },
+    /// `--dry-run`: the job the real run would claim and the argv its
+    /// agent would run; nothing was claimed or run.
+    WouldRun {
+        job_id: i64,
+        task_id: i64,
+        stage: Stage,
+        role: String,
+        attempt: i64,
+        argv: Vec<String>,
+    },
 }
 
 /// Claims and runs at most one job.
@@ -68,6 +78,17 @@ pub fn work_once(
     let Some(job) = job else {
         return Ok(WorkOutcome::Idle);
     };
+    if db.is_rehearsal() {
+        // --dry-run: the claim above is rolled back; nothing is run.
+        return Ok(WorkOutcome::WouldRun {
+            argv: planned_argv(ctx, db, &job)?,
+            job_id: job.id,
+            task_id: job.task_id,
+            stage: job.stage,
+            role: job.role.clone(),
+            attempt: job.attempt,
+        });
+    }
     info!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.attempt, "claimed job");
     failpoint("worker.after_claim");
     let exit_code = match run_agent_unless_merge_pending(ctx, db, &job) {
@@ -132,8 +153,63 @@ fn run_agent_unless_merge_pending(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Resu
 }
 
 /// Per-run file names: `<kind>-job<id>-a<attempt>.<ext>`.
-fn run_file(dir: &Path, job: &Job, ext: &str) -> PathBuf {
+pub fn run_file(dir: &Path, job: &Job, ext: &str) -> PathBuf {
     dir.join(format!("job{}-a{}.{ext}", job.id, job.attempt))
+}
+
+/// The template variables of a job's agent run (`{task_id}`, `{stage}`,
+/// `{verdict_file}`, …), for its argv and prompt.
+fn agent_vars(
+    ctx: &Ctx,
+    task: &Task,
+    job: &Job,
+    verdict_file: &Path,
+) -> BTreeMap<&'static str, String> {
+    [
+        ("task_id", task.id.to_string()),
+        ("project", task.project.clone()),
+        ("title", task.title.clone()),
+        ("body", task.body.clone()),
+        ("stage", job.stage.to_string()),
+        ("role", job.role.clone()),
+        ("branch", task.branch.clone()),
+        ("worktree", task.worktree.clone()),
+        ("verdict_file", verdict_file.to_string_lossy().into_owned()),
+        (
+            "verdict_dir",
+            ctx.settings.verdicts_dir().to_string_lossy().into_owned(),
+        ),
+    ]
+    .into_iter()
+    .collect()
+}
+
+/// The argv of a job's agent, rendered from `agents.<role>.argv`.
+///
+/// Errors: [`crate::error::Error::Config`] naming the argv entry.
+fn agent_argv(
+    ctx: &Ctx,
+    job: &Job,
+    vars: &BTreeMap<&str, String>,
+) -> Result<Vec<String>, crate::error::Error> {
+    let agent = ctx.config.agent(&job.role)?;
+    agent
+        .argv
+        .iter()
+        .map(|a| crate::agent::render(a, vars))
+        .collect::<Result<_, _>>()
+        .map_err(|m| crate::error::Error::config(format!("agents.{}.argv", job.role), m))
+}
+
+/// What `work-once --dry-run` reports for the job it would claim: the
+/// argv its agent would run (paths as the real run names them).
+///
+/// Errors: the task vanished; a config error rendering the argv.
+pub fn planned_argv(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Vec<String>> {
+    let task = db.task(job.task_id)?.context("job's task vanished")?;
+    let verdict_file = run_file(&ctx.settings.verdicts_dir(), job, "json");
+    let vars = agent_vars(ctx, &task, job, &verdict_file);
+    Ok(agent_argv(ctx, job, &vars)?)
 }
 
 /// Prepares the worktree, runs the agent, and records its exit, run and
@@ -153,29 +229,8 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let log_path = run_file(&ctx.settings.logs_dir(), job, "log");
     let prompt_path = run_file(&ctx.settings.logs_dir(), job, "prompt");
 
-    let vars: BTreeMap<&str, String> = [
-        ("task_id", task.id.to_string()),
-        ("project", task.project.clone()),
-        ("title", task.title.clone()),
-        ("body", task.body.clone()),
-        ("stage", job.stage.to_string()),
-        ("role", job.role.clone()),
-        ("branch", task.branch.clone()),
-        ("worktree", task.worktree.clone()),
-        ("verdict_file", verdict_file.to_string_lossy().into_owned()),
-        (
-            "verdict_dir",
-            ctx.settings.verdicts_dir().to_string_lossy().into_owned(),
-        ),
-    ]
-    .into_iter()
-    .collect();
-    let argv: Vec<String> = agent
-        .argv
-        .iter()
-        .map(|a| crate::agent::render(a, &vars))
-        .collect::<Result<_, _>>()
-        .map_err(|m| crate::error::Error::config(format!("agents.{}.argv", job.role), m))?;
+    let vars = agent_vars(ctx, &task, job, &verdict_file);
+    let argv = agent_argv(ctx, job, &vars)?;
     let prompt = crate::agent::render(&agent.prompt, &vars)
         .map_err(|m| crate::error::Error::config(format!("agents.{}.prompt", job.role), m))?;
     std::fs::create_dir_all(ctx.settings.logs_dir())?;

@@ -279,3 +279,287 @@ fn an_unknown_orch_variable_is_warned_about_with_the_likely_key() {
     let (_, _, err) = run(&sbx, &["status"]);
     assert!(!err.contains("unknown setting"), "{err}");
 }
+
+/// Runs `orch ARGS --dry-run` and then `orch ARGS`: the dry run changes
+/// nothing (a dump of every table before and after) and prints what the
+/// real run then prints, below its note; both exit alike. Returns the
+/// real run's stdout.
+fn rehearse_then_run(sbx: &Sandbox, args: &[&str]) -> String {
+    let before = dump(sbx);
+    let mut dry = args.to_vec();
+    dry.push("--dry-run");
+    let (dcode, dout, derr) = run(sbx, &dry);
+    assert_eq!(dump(sbx), before, "orch {dry:?} wrote to the database");
+    let (code, out, err) = run(sbx, args);
+    assert_eq!(dcode, code, "orch {args:?}: {derr} / {err}");
+    if code == 0 {
+        let planned = dout
+            .strip_prefix("dry run: nothing was written; the real run would do this:\n")
+            .unwrap_or_else(|| panic!("orch {dry:?} says it is a dry run: {dout}"));
+        assert_eq!(normalise(planned), normalise(&out), "orch {args:?}");
+    } else {
+        assert_eq!(derr, err, "orch {args:?}");
+    }
+    out
+}
+
+/// The words of a dry run's plan and of the real run's report, with the
+/// tense made the same ("would create" / "created").
+fn normalise(s: &str) -> String {
+    s.replace("created local issue", "create local issue")
+}
+
+#[test]
+fn every_manual_move_has_a_dry_run_that_writes_nothing_and_prints_what_the_move_does() {
+    let sbx = Sandbox::new();
+    sbx.add_issue("dry runs");
+    for args in [
+        &["task", "advance", "1", "--reason", "by hand"][..],
+        &["task", "rollback", "1", "--reason", "again"],
+        &["task", "retry", "1"],
+        &["task", "cancel", "1", "--reason", "stop"],
+        &["task", "retry", "1"], // refused: escalated
+        &["task", "unblock", "1"],
+        &["task", "approve", "1"], // no pipeline action
+        &["task", "reject", "1", "--reason", "no"],
+        &["task", "advance", "99"], // no such task
+    ] {
+        rehearse_then_run(&sbx, args);
+    }
+    let shown = sbx.ok(&["task", "show", "1"]);
+    assert!(shown.contains("stop"), "{shown}");
+}
+
+#[test]
+fn issue_add_ingest_replay_work_once_deliver_and_tick_rehearse_the_real_path() {
+    let sbx = Sandbox::new();
+    let out = rehearse_then_run(
+        &sbx,
+        &["issue", "add", "--project", "widget", "--title", "t"],
+    );
+    assert_eq!(out.trim(), "created local issue 1 → task 1");
+
+    // The job it would claim and the argv it would run.
+    let before = dump(&sbx);
+    let (code, dry, err) = run(&sbx, &["work-once", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(dump(&sbx), before);
+    let fake = format!("{ROOT}/scripts/fake-agent");
+    assert!(
+        dry.contains(&format!(
+            "claim job 1 (task 1, analysis, role analyst, attempt 1) and run: {fake}"
+        )),
+        "{dry}"
+    );
+    let (code, dry_tick, err) = run(&sbx, &["tick", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(dump(&sbx), before);
+    assert!(
+        dry_tick.contains("work: would claim 1 job(s)") && dry_tick.contains(&fake),
+        "{dry_tick}"
+    );
+    let ran = sbx.ok(&["work-once"]);
+    assert!(
+        ran.starts_with("job 1 (task 1, analysis): agent exited 0"),
+        "{ran}"
+    );
+
+    // A delivery from a file, and its replay.
+    let file = std::path::PathBuf::from(ROOT)
+        .join("tests/fixtures/plane/webhooks/issue-updated-state-in-progress.json");
+    let f = file.to_str().unwrap();
+    let out = rehearse_then_run(
+        &sbx,
+        &[
+            "ingest", "--source", "plane", "--event", "issue", "--file", f,
+        ],
+    );
+    assert!(out.starts_with("delivery 1: "), "{out}");
+    rehearse_then_run(&sbx, &["events", "replay", "1"]);
+    rehearse_then_run(&sbx, &["ingest"]);
+
+    // deliver: the messages it would send are the ones the real pass sends.
+    let (code, dry, err) = run(&sbx, &["deliver", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    let would = dry
+        .lines()
+        .filter(|l| l.starts_with("send message"))
+        .count();
+    let real = sbx.json(&["deliver"]);
+    let sent = real["delivered"].as_array().unwrap().len()
+        + real["failed"].as_array().unwrap().len()
+        + real["waiting"].as_array().unwrap().len();
+    assert_eq!(would, sent, "{dry}\n{real}");
+}
+
+#[test]
+fn init_dry_run_says_what_it_would_create_and_creates_nothing() {
+    let sbx = Sandbox::uninitialised();
+    let db = sbx.db_path();
+    let (code, out, err) = run(&sbx, &["init", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "create {} (schema {})",
+            db.display(),
+            orch::db::schema_version()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("create folder"), "{out}");
+    assert!(!Path::new(&sbx.env["ORCH_STATE_DIR"]).exists());
+    sbx.ok(&["init"]);
+    let before = dump(&sbx);
+    let (_, out, _) = run(&sbx, &["init", "--dry-run"]);
+    assert!(
+        out.contains("up to date") && !out.contains("create folder"),
+        "{out}"
+    );
+    assert_eq!(dump(&sbx), before);
+}
+
+/// Text with its times made stable: every RFC 3339 stamp becomes `<time>`,
+/// every relative time (`just now`, `3 s ago`, `in 2 min`) `<ago>`, every
+/// short span (`ran 0 s`) `<span>`, and the sandbox's folder `<sbx>`.
+fn stable(sbx: &Sandbox, text: &str) -> String {
+    let mut s = text.replace(sbx.dir.to_str().unwrap(), "<sbx>");
+    // RFC 3339: 2026-12-01T23:12:05Z or …+01:00
+    let mut out: Vec<u8> = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let stamp = |len: usize| {
+            i + len <= b.len()
+                && b[i..i + 4].iter().all(u8::is_ascii_digit)
+                && b[i + 4] == b'-'
+                && b[i + 10] == b'T'
+                && b[i + 13] == b':'
+        };
+        if stamp(20) && b[i + 19] == b'Z' {
+            out.extend_from_slice(b"<time>");
+            i += 20;
+        } else if stamp(25) && (b[i + 19] == b'+' || b[i + 19] == b'-') {
+            out.extend_from_slice(b"<time>");
+            i += 25;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    s = String::from_utf8(out).unwrap();
+    for unit in [" s", " min", " h"] {
+        for n in (0..120).rev() {
+            s = s
+                .replace(&format!("{n}{unit} ago"), "<ago>")
+                .replace(&format!("ran {n}{unit}"), "ran <span>");
+        }
+    }
+    s.replace("just now", "<ago>")
+}
+
+#[test]
+fn status_task_show_logs_and_usage_read_like_people_write() {
+    let sbx = Sandbox::new();
+    sbx.add_issue("Add a button");
+    sbx.ok(&["work-once"]);
+    let shown = stable(&sbx, &sbx.ok(&["task", "show", "1"]));
+    let head: Vec<&str> = shown.lines().take(11).collect();
+    assert_eq!(
+        head.join("\n"),
+        "\
+task 1 [widget] Add a button
+  stage architecture v2  branch orch/widget-1  worktree <sbx>/state/worktrees/widget/orch-widget-1
+  created <time> (<ago>), last change <time> (<ago>)
+  developer retries 0
+transitions:
+  v1   (new)           → analysis        human      <time>  work item in progress
+  v2   analysis        → architecture    worker     <time>  analysis gate passed
+jobs:
+  job 1    analysis        done       attempt 1 exit 0, ran <span>, finished <ago>
+    log    <sbx>/state/logs/job1-a1.log
+    prompt <sbx>/state/logs/job1-a1.prompt"
+    );
+    assert!(
+        shown.ends_with(
+            "next: job 2 is queued: the next `orch tick` (or `orch work-once`) runs it\n"
+        ),
+        "{shown}"
+    );
+    let v = sbx.json(&["task", "show", "1"]);
+    assert!(v["task"]["created_at_ms"].is_i64(), "JSON keeps _ms: {v}");
+
+    // The log of the run, by job id; --follow ends with the job.
+    let log = sbx.ok(&["logs", "1"]);
+    assert!(log.contains("\"type\":\"result\""), "{log}");
+    assert_eq!(sbx.ok(&["logs", "1", "--follow"]), log);
+    let (code, _, err) = run(&sbx, &["logs", "99"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no job 99"), "{err}");
+    let (code, _, err) = run(&sbx, &["logs", "2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("job 2 attempt 1 has no log") && err.contains("queued"),
+        "{err}"
+    );
+
+    // Escalated: status lists it with the command that moves it on.
+    sbx.ok(&["task", "cancel", "1", "--reason", "stop here"]);
+    let status = stable(&sbx, &sbx.ok(&["status"]));
+    assert_eq!(
+        status,
+        "\
+tasks:
+  architecture    1  (escalated)
+jobs: cancelled=1 done=1
+inbox: pending=0 failing=0 dead=0
+outbox: pending=6
+counters: none
+waiting for a human:
+  task 1 [widget] Add a button at architecture, escalated: stop here (<ago>): orch task unblock 1
+"
+    );
+    let shown = sbx.ok(&["task", "show", "1"]);
+    assert!(
+        shown.ends_with("next: escalated: orch task unblock 1\n"),
+        "{shown}"
+    );
+    let doc = sbx.json(&["status"]);
+    assert_eq!(doc["waiting"][0]["command"], "orch task unblock 1");
+
+    // usage --since: the run is in the last hour, not in a span before it.
+    let usage = sbx.ok(&["usage", "--since", "1h"]);
+    assert!(usage.contains("analysis        analyst       1"), "{usage}");
+    let v = sbx.json(&["usage", "--since", "1h"]);
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+    let (code, _, err) = run(&sbx, &["usage", "--since", "soon"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("expected a span such as 90s"), "{err}");
+}
+
+/// The main error messages, word for word (stderr, one line each).
+#[test]
+fn the_main_error_messages_snapshot() {
+    let sbx = Sandbox::uninitialised();
+    let db = sbx.db_path();
+    let (_, _, err) = run(&sbx, &["status"]);
+    assert_eq!(
+        err,
+        format!(
+            "orch: error: no database at {}: run `orch init` to create it (or point --db / ORCH_DB at it)\n",
+            db.display()
+        )
+    );
+    sbx.ok(&["init"]);
+    let (_, _, err) = run(&sbx, &["task", "show", "7"]);
+    assert_eq!(err, "orch: error: no task 7\n");
+    let (_, _, err) = run(&sbx, &["work-once", "--role", "wizard"]);
+    assert_eq!(
+        err,
+        "orch: error: no role \"wizard\"; roles are analyst, architect, developer, reviewer, tester, deployer\n"
+    );
+    let (_, _, err) = run(&sbx, &["--config", "/nonexistent/orch.toml", "status"]);
+    assert_eq!(
+        err,
+        "orch: error: config: ORCH_CONFIG (/nonexistent/orch.toml): no such file: create it (README, \"Configuration\"; `scripts/install` writes a starting one) or point --config / ORCH_CONFIG at it\n"
+    );
+}

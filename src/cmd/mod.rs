@@ -9,6 +9,7 @@ mod events;
 mod ingest;
 mod init;
 mod issue;
+mod logs;
 mod merge_gate;
 mod metrics;
 mod reap;
@@ -72,6 +73,24 @@ pub fn finish_tick(ctx: &Ctx, tick: &str, started: std::time::Instant, counts: &
     }
 }
 
+/// Runs `f` for real, or — with `dry_run` — as a rehearsal
+/// ([`orch::db::Db::rehearse_all`]): the same code path, every write rolled
+/// back at the end, nothing outside the database touched.
+pub fn run_or_rehearse<T>(
+    db: &orch::db::Db,
+    dry_run: bool,
+    f: impl FnOnce(&orch::db::Db) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if dry_run {
+        db.rehearse_all(f)
+    } else {
+        f(db)
+    }
+}
+
+/// The first line of a dry run's text: nothing was written.
+pub const DRY_RUN_NOTE: &str = "dry run: nothing was written; the real run would do this:\n";
+
 /// Writes `bytes` to stdout; a closed pipe (`orch man | head`) is not an
 /// error.
 pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
@@ -111,17 +130,21 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         );
     }
     let (out, code) = match cli.command {
-        Command::Init => (init::run(&ctx)?, exit::OK),
+        Command::Init { dry_run } => (init::run(&ctx, dry_run)?, exit::OK),
         Command::Serve { bind } => return serve::run(&ctx, bind).map(|()| exit::OK),
         Command::Ingest(args) => (ingest::run(&ctx, args)?, exit::OK),
-        Command::WorkOnce { role, project } => (
-            work_once::run(&ctx, role.as_deref(), project.as_deref())?,
+        Command::WorkOnce {
+            role,
+            project,
+            dry_run,
+        } => (
+            work_once::run(&ctx, role.as_deref(), project.as_deref(), dry_run)?,
             exit::OK,
         ),
         Command::Reconcile { dry_run } => (reconcile::run(&ctx, dry_run)?, exit::OK),
         Command::Reap { dry_run } => (reap::run(&ctx, dry_run)?, exit::OK),
-        Command::Deliver => (deliver::run(&ctx)?, exit::OK),
-        Command::Tick { max_jobs } => (tick::run(&ctx, max_jobs)?, exit::OK),
+        Command::Deliver { dry_run } => (deliver::run(&ctx, dry_run)?, exit::OK),
+        Command::Tick { max_jobs, dry_run } => (tick::run(&ctx, max_jobs, dry_run)?, exit::OK),
         Command::Status => (status::run(&ctx)?, exit::OK),
         Command::MergeGate {
             task,
@@ -132,7 +155,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Task(c) => (task::run(&ctx, c)?, exit::OK),
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
-        Command::Usage { task } => (usage::run(&ctx, task)?, exit::OK),
+        Command::Usage { task, since } => (usage::run(&ctx, task, since.as_deref())?, exit::OK),
+        Command::Logs {
+            job,
+            attempt,
+            follow,
+        } => match logs::run(&ctx, job, attempt, follow, cli.json)? {
+            Some(out) => (out, exit::OK),
+            None => return Ok(exit::OK),
+        },
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     };

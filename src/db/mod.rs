@@ -48,6 +48,9 @@ pub fn schema_version() -> i64 {
 /// An open database.
 pub struct Db {
     conn: Connection,
+    /// Inside [`Db::rehearse_all`]: every write is a savepoint of the one
+    /// outer transaction, which is rolled back at the end.
+    rehearsing: std::cell::Cell<bool>,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`), see [`Db::write`]. It derefs
@@ -55,7 +58,8 @@ pub struct Db {
 /// transaction's own writes (one connection); the writes are methods of
 /// `Tx`.
 pub struct Tx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    /// `None` for a savepoint inside a rehearsal.
+    tx: Option<rusqlite::Transaction<'a>>,
     db: &'a Db,
 }
 
@@ -85,7 +89,10 @@ impl Db {
             .with_context(|| format!("setting WAL on {}", path.display()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut db = Db { conn };
+        let mut db = Db {
+            conn,
+            rehearsing: Default::default(),
+        };
         db.migrate()
             .with_context(|| format!("migrating database {}", path.display()))?;
         Ok(db)
@@ -107,7 +114,10 @@ impl Db {
         conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let db = Db { conn };
+        let db = Db {
+            conn,
+            rehearsing: Default::default(),
+        };
         db.require_current(path)?;
         Ok(db)
     }
@@ -128,7 +138,10 @@ impl Db {
             let conn = Connection::open_with_flags(uri, flags)
                 .with_context(|| format!("opening database {} read-only", path.display()))?;
             conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
-            let db = Db { conn };
+            let db = Db {
+                conn,
+                rehearsing: Default::default(),
+            };
             db.require_current(path)?;
             Ok(db)
         };
@@ -210,26 +223,85 @@ impl Db {
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits when it
-    /// returns `Ok`; rolls back on `Err`.
+    /// returns `Ok`; rolls back on `Err`. Inside [`Db::rehearse_all`] it
+    /// is a savepoint of the rehearsal instead (released on `Ok`, rolled
+    /// back on `Err`), so the rehearsed code path is the real one.
     pub fn write<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if self.rehearsing.get() {
+            return self.savepoint(f, false);
+        }
         let tx = Tx {
-            tx: rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?,
+            tx: Some(rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                TransactionBehavior::Immediate,
+            )?),
             db: self,
         };
         let out = f(&tx)?;
-        tx.tx.commit()?;
+        if let Some(t) = tx.tx {
+            t.commit()?;
+        }
         Ok(out)
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction that is always rolled
     /// back: `--dry-run` runs the real code path and writes nothing.
     pub fn rehearse<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if self.rehearsing.get() {
+            return self.savepoint(f, true);
+        }
         let tx = Tx {
-            tx: rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?,
+            tx: Some(rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                TransactionBehavior::Immediate,
+            )?),
             db: self,
         };
         let out = f(&tx);
-        tx.tx.rollback()?;
+        if let Some(t) = tx.tx {
+            t.rollback()?;
+        }
+        out
+    }
+
+    /// Runs `f` — a whole pass that may write many times — inside one
+    /// `BEGIN IMMEDIATE` transaction that is rolled back at the end: every
+    /// [`Db::write`] in it becomes a savepoint, so later steps see earlier
+    /// ones and nothing is committed. `--dry-run` of a multi-step command
+    /// (ingest, deliver, events replay, work-once) runs the real code path
+    /// this way. Code with effects outside the database asks
+    /// [`Db::is_rehearsal`] and only reports what it would do.
+    ///
+    /// Errors: `f`'s error (after the rollback); database errors.
+    pub fn rehearse_all<T>(&self, f: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        anyhow::ensure!(!self.rehearsing.get(), "a rehearsal is already running");
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.rehearsing.set(true);
+        let out = f(self);
+        self.rehearsing.set(false);
+        self.conn.execute_batch("ROLLBACK")?;
+        out
+    }
+
+    /// Whether this is a rehearsal ([`Db::rehearse_all`]): effects outside
+    /// the database (git, HTTP, agents, files) must not happen.
+    pub fn is_rehearsal(&self) -> bool {
+        self.rehearsing.get()
+    }
+
+    fn savepoint<T>(
+        &self,
+        f: impl FnOnce(&Tx) -> anyhow::Result<T>,
+        always_roll_back: bool,
+    ) -> anyhow::Result<T> {
+        self.conn.execute_batch("SAVEPOINT orch_step")?;
+        let out = f(&Tx { tx: None, db: self });
+        if out.is_err() || always_roll_back {
+            self.conn
+                .execute_batch("ROLLBACK TO orch_step; RELEASE orch_step")?;
+        } else {
+            self.conn.execute_batch("RELEASE orch_step")?;
+        }
         out
     }
 
