@@ -171,6 +171,9 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         textfile: Option<std::path::PathBuf>,
     },
+    /// The effective configuration, and checks that it can work
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     ///
     /// e.g. `orch completions bash > /usr/share/bash-completion/completions/orch`
@@ -306,5 +309,20 @@ pub enum EventsCommand {
         /// Print what the real run would do; write nothing
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Effective settings with their source (default, .env, environment;
+    /// secrets redacted), each role's agent with its argv, the projects and
+    /// their tracker state ids as resolved
+    Show,
+    /// Agent programs on PATH, test commands startable, clone URLs
+    /// reachable with their default branch (exit 3 when a check fails)
+    Check {
+        /// Also ask the services: Plane states resolvable
+        #[arg(long)]
+        online: bool,
     },
 }

@@ -801,7 +801,10 @@ pub const TEMPLATE_VARS: [&str; 10] = [
     "verdict_dir",
 ];
 
-fn example_vars() -> BTreeMap<&'static str, String> {
+/// Every template variable as its own placeholder (`{task_id}` → `<task_id>`):
+/// how `orch config show` renders an agent's argv and config validation
+/// tries a template.
+pub fn example_vars() -> BTreeMap<&'static str, String> {
     TEMPLATE_VARS
         .iter()
         .map(|k| (*k, format!("<{k}>")))

@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod ctx;
 pub mod db;
 pub mod deliver;

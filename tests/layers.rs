@@ -197,6 +197,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "status",
             "check",
             "metrics",
+            "config_check",
         ],
     ),
 ];

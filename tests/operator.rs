@@ -563,3 +563,89 @@ fn the_main_error_messages_snapshot() {
         "orch: error: config: ORCH_CONFIG (/nonexistent/orch.toml): no such file: create it (README, \"Configuration\"; `scripts/install` writes a starting one) or point --config / ORCH_CONFIG at it\n"
     );
 }
+
+#[test]
+fn config_show_names_each_setting_source_and_redacts_secrets() {
+    let sbx = Sandbox::new();
+    std::fs::write(sbx.dir.join(".env"), "ORCH_MAX_CONCURRENCY=5\n").unwrap();
+    sbx.append_config(
+        "\n[agents.reviewer]\nargv = [\"review-bot\", \"--verdict\", \"{verdict_file}\"]\n",
+    );
+    let out = sbx.ok(&["config", "show"]);
+    let line = |key: &str| -> String {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key} ")))
+            .unwrap_or_else(|| panic!("no {key} in {out}"))
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        line("ORCH_STATE_DIR"),
+        format!("ORCH_STATE_DIR {} environment", sbx.env["ORCH_STATE_DIR"])
+    );
+    assert!(line("ORCH_MAX_CONCURRENCY").starts_with("ORCH_MAX_CONCURRENCY 5 .env ("));
+    assert_eq!(
+        line("ORCH_BUSY_TIMEOUT_MS"),
+        "ORCH_BUSY_TIMEOUT_MS 5000 default"
+    );
+    assert_eq!(
+        line("ORCH_PLANE_WEBHOOK_SECRET"),
+        "ORCH_PLANE_WEBHOOK_SECRET [redacted] environment"
+    );
+    assert!(
+        !out.contains(PLANE_SECRET) && !out.contains(GITEA_SECRET),
+        "{out}"
+    );
+    assert_eq!(
+        line("reviewer"),
+        "reviewer [reviewer] review-bot --verdict <verdict_file>"
+    );
+    assert!(line("developer").ends_with("scripts/fake-agent"));
+    assert_eq!(
+        line("in_progress"),
+        "in_progress In Progress 3e237c0a-e2cb-4c24-bad9-ca246ba03ff2 (configured)"
+    );
+    assert_eq!(line("done"), "done Done Done (name)");
+    let v = sbx.json(&["config", "show"]);
+    assert_eq!(v["projects"][0]["name"], "widget");
+    assert_eq!(v["projects"][0]["states"][0]["from"], "configured");
+    assert!(v["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["key"] == "ORCH_MAX_CONCURRENCY" && s["value"] == "5"));
+
+    // config check: the reviewer's program is missing → exit 3, named.
+    let (code, out, err) = run(&sbx, &["config", "check"]);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("FAIL agent reviewer: review-bot is not on PATH"),
+        "{out}"
+    );
+    assert!(out.contains("ok   agent developer: "), "{out}");
+    assert!(out.contains("ok   project widget test command: "), "{out}");
+    assert!(out.contains("ok   project widget clone: "), "{out}");
+    assert!(out.ends_with("1 of 8 checks failed\n"), "{out}");
+}
+
+#[test]
+fn config_check_finds_a_missing_default_branch_and_passes_a_good_config() {
+    let sbx = Sandbox::new();
+    let (code, out, err) = run(&sbx, &["config", "check"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("all 8 checks passed\n"), "{out}");
+    let path = sbx.dir.join("orch.toml");
+    let toml = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        toml.replace("default_branch = \"main\"", "default_branch = \"trunk\""),
+    )
+    .unwrap();
+    let (code, out, _) = run(&sbx, &["config", "check"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("FAIL project widget clone: ") && out.contains("has no branch \"trunk\""),
+        "{out}"
+    );
+}

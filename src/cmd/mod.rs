@@ -3,6 +3,7 @@
 //! holds only the [`Output`], [`print`] and the dispatch.
 
 mod check;
+mod config;
 mod deliver;
 mod docs;
 mod events;
@@ -101,8 +102,15 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// Where the environment's settings came from: the `ORCH_*` keys set
+/// before `.env` was read, and the `.env` file read (if any).
+pub struct Sources {
+    pub from_env: std::collections::BTreeSet<String>,
+    pub dotenv: Option<std::path::PathBuf>,
+}
+
 /// Runs the command, prints its output and returns the exit code.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
+pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
     for (name, near) in
         orch::config::unknown_keys(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
     {
@@ -156,6 +164,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
         Command::Usage { task, since } => (usage::run(&ctx, task, since.as_deref())?, exit::OK),
+        Command::Config(c) => config::run(&ctx, c, sources)?,
         Command::Logs {
             job,
             attempt,
