@@ -80,6 +80,8 @@ fn every_command_has_help() {
         "issue",
         "events",
         "usage",
+        "logs",
+        "config",
     ] {
         assert!(top.contains(cmd), "--help lists {cmd}");
         let help = sbx.ok(&[cmd, "--help"]);
