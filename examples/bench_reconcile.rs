@@ -762,7 +762,7 @@ fn bench_size(
     let dir = root.join(format!("size-{tasks}"));
     std::fs::create_dir_all(&dir)?;
     let ctx = make_ctx(&dir, origin, args.projects)?;
-    let db = ctx.open_db()?;
+    let db = ctx.init_db()?; // a fresh database, as `orch init` makes it
     println!(
         "== {tasks} tasks, {active} active, {} projects (tracker = \"plane\", forge = \"local\") ==",
         args.projects

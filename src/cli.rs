@@ -51,7 +51,14 @@ fn version_line() -> &'static str {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or migrate the database and state folders (idempotent)
-    Init,
+    ///
+    /// The only command that creates or migrates a database: every other
+    /// command opens it as it is and exits 2 when it is missing or old.
+    Init {
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Webhook shim: verify signatures, store deliveries in the inbox, answer
     ///
     /// Routes: POST /webhooks/plane, POST /webhooks/gitea, GET /healthz
@@ -73,6 +80,10 @@ pub enum Command {
         /// Only claim jobs of this project
         #[arg(long)]
         project: Option<String>,
+        /// Print the job it would claim and the argv it would run; claim
+        /// and run nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// One reconcile pass: advance tasks whose gate passed without an event
     Reconcile {
@@ -112,13 +123,22 @@ pub enum Command {
     #[command(name = "staging-check", long_about = STAGING_CHECK_HELP)]
     StagingCheck(StagingCheckArgs),
     /// Send due outbox messages (tracker comments and states, notifications)
-    Deliver,
+    Deliver {
+        /// Print the messages it would send; send and write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// ingest, reap, reconcile, deliver, then work-once while jobs are
     /// runnable (for cron users and the demo)
     Tick {
         /// At most this many jobs in this tick
         #[arg(long, default_value_t = 100)]
         max_jobs: u32,
+        /// Rehearse every step: the deliveries it would ingest, the reaper's
+        /// plan, reconcile's moves, the messages it would send, the jobs it
+        /// would claim and their argv; write, send and run nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Queue depth by stage, running jobs, leases, inbox and outbox backlog
     Status,
@@ -145,6 +165,23 @@ pub enum Command {
         /// Only this task
         #[arg(long)]
         task: Option<i64>,
+        /// Only runs started in this last span: 90s, 30m, 12h, 7d
+        #[arg(long, value_name = "SPAN")]
+        since: Option<String>,
+    },
+    /// The agent log of a job's run (its latest attempt by default)
+    ///
+    /// e.g. `orch logs 7 --follow` while job 7 runs; `orch task show ID`
+    /// lists a task's jobs.
+    Logs {
+        /// The job id
+        job: i64,
+        /// This attempt instead of the latest
+        #[arg(long)]
+        attempt: Option<i64>,
+        /// Keep printing what the agent appends until the job ends
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Prometheus metrics of the pipeline (text format), to stdout or a file
     ///
@@ -155,6 +192,9 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         textfile: Option<std::path::PathBuf>,
     },
+    /// The effective configuration, and checks that it can work
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     ///
     /// e.g. `orch completions bash > /usr/share/bash-completion/completions/orch`
@@ -253,6 +293,9 @@ pub struct IngestArgs {
     /// The delivery's body (JSON)
     #[arg(long, requires = "source", value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// Print what ingesting would do; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -268,38 +311,63 @@ pub enum TaskCommand {
     /// A task with its transitions, jobs, usage and messages
     Show { id: i64 },
     /// Approve the analysis (analysis → architecture)
-    Approve { id: i64 },
+    Approve {
+        id: i64,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Reject the analysis and run it again
     Reject {
         id: i64,
         #[arg(long)]
         reason: String,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Move a task to its next stage by hand
     Advance {
         id: i64,
         #[arg(long, default_value = "advanced by hand")]
         reason: String,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Send a task back to development by hand
     Rollback {
         id: i64,
         #[arg(long)]
         reason: String,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Run the current stage's job again
-    Retry { id: i64 },
+    Retry {
+        id: i64,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Stop all work on a task: cancel its jobs and escalate it
     Cancel {
         id: i64,
         #[arg(long, default_value = "cancelled by hand")]
         reason: String,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Clear an escalation and the developer retry count, and rerun the stage
     Unblock {
         id: i64,
         #[arg(long, default_value = "unblocked by hand")]
         reason: String,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -313,6 +381,9 @@ pub enum IssueCommand {
         title: String,
         #[arg(long, default_value = "")]
         body: String,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -327,7 +398,27 @@ pub enum EventsCommand {
         limit: i64,
     },
     /// Make a delivery pending again and ingest it
-    Replay { id: i64 },
+    Replay {
+        id: i64,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Effective settings with their source (default, .env, environment;
+    /// secrets redacted), each role's agent with its argv, the projects and
+    /// their tracker state ids as resolved
+    Show,
+    /// Agent programs on PATH, test commands startable, clone URLs
+    /// reachable with their default branch (exit 3 when a check fails)
+    Check {
+        /// Also ask the services: Plane states resolvable
+        #[arg(long)]
+        online: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

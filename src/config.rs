@@ -1002,7 +1002,10 @@ pub const TEMPLATE_VARS: [&str; 18] = [
     "tracker_link",
 ];
 
-fn example_vars() -> BTreeMap<&'static str, String> {
+/// Every template variable as its own placeholder (`{task_id}` → `<task_id>`):
+/// how `orch config show` renders an agent's argv and config validation
+/// tries a template.
+pub fn example_vars() -> BTreeMap<&'static str, String> {
     TEMPLATE_VARS
         .iter()
         .map(|k| (*k, format!("<{k}>")))
@@ -1103,6 +1106,71 @@ fn key_at(text: &str, pos: usize) -> Option<String> {
     } else {
         format!("{table}.{key}")
     })
+}
+
+/// Every `ORCH_*` environment variable orch reads: the settings' keys
+/// (found by loading [`Settings`] through a lookup that records each key
+/// asked for, so the list never drifts from the code), the log keys, the
+/// test clock, and the variables orch sets for its agents.
+pub fn known_keys() -> std::collections::BTreeSet<String> {
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let record = |k: &str| {
+        seen.borrow_mut().insert(k.to_string());
+        None
+    };
+    let _ = Settings::load(&record, None, None);
+    let mut keys = seen.into_inner();
+    keys.extend(
+        [
+            "ORCH_LOG",
+            "ORCH_LOG_FORMAT",
+            "ORCH_TEST_CLOCK_OFFSET_MS",
+            "ORCH_TASK_ID",
+            "ORCH_STAGE",
+            "ORCH_ROLE",
+            "ORCH_JOB_ID",
+            "ORCH_VERDICT_FILE",
+        ]
+        .map(String::from),
+    );
+    keys
+}
+
+/// The `ORCH_*` names among `names` that orch does not know, each with the
+/// closest known key when one is near (a likely misspelling):
+/// `[("ORCH_MAX_CONCURENCY", Some("ORCH_MAX_CONCURRENCY"))]`.
+pub fn unknown_keys(names: impl IntoIterator<Item = String>) -> Vec<(String, Option<String>)> {
+    let known = known_keys();
+    let mut out: Vec<(String, Option<String>)> = names
+        .into_iter()
+        .filter(|n| n.starts_with("ORCH_") && !known.contains(n))
+        .map(|n| {
+            let near = known
+                .iter()
+                .map(|k| (edit_distance(&n, k), k))
+                .filter(|(d, _)| *d <= 3)
+                .min()
+                .map(|(_, k)| k.clone());
+            (n, near)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Levenshtein distance between two ASCII-ish strings (by `char`).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// The roles agents can be configured for.

@@ -21,8 +21,18 @@ impl Ctx {
     /// Loads the config named by `settings`.
     ///
     /// Errors: [`Error::Config`] for an unreadable or invalid config.
+    /// A missing config file is an error even at the default path
+    /// (`./orch.toml`): a cron job without `cd` must not "succeed" doing
+    /// nothing.
     pub fn load(settings: Settings) -> Result<Ctx, Error> {
-        let config = Config::load(&settings.config_path, settings.config_explicit)?;
+        if !settings.config_path.exists() {
+            return Err(Error::config(
+                format!("ORCH_CONFIG ({})", settings.config_path.display()),
+                "no such file: create it (README, \"Configuration\"; `scripts/install` \
+                 writes a starting one) or point --config / ORCH_CONFIG at it",
+            ));
+        }
+        let config = Config::load(&settings.config_path, true)?;
         Ok(Ctx { settings, config })
     }
 
@@ -43,11 +53,38 @@ impl Ctx {
         crate::lock::ensure_local_fs(&s.state_dir)
     }
 
-    /// Opens (and migrates) the database and syncs the project registry
-    /// into it. Call after taking any tick lock.
-    pub fn open_db(&self) -> anyhow::Result<Db> {
+    /// Creates (or migrates) the database and the state folders and syncs
+    /// the project registry into it: `orch init`, the only command that
+    /// creates or migrates.
+    pub fn init_db(&self) -> anyhow::Result<Db> {
         self.ensure_state_dirs()?;
         let db = Db::open(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        self.sync_registry(&db)?;
+        Ok(db)
+    }
+
+    /// Opens the existing database for writing and syncs the project
+    /// registry into it. Call after taking any tick lock.
+    ///
+    /// Errors: [`Error::NotInitialised`] (no database: run `orch init`),
+    /// [`Error::SchemaTooOld`] (run `orch init`), [`Error::SchemaTooNew`].
+    pub fn open_db(&self) -> anyhow::Result<Db> {
+        let db = Db::open_existing(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        self.ensure_state_dirs()?;
+        self.sync_registry(&db)?;
+        Ok(db)
+    }
+
+    /// Opens the existing database read-only, for the read commands
+    /// (`status`, `task list|show`, `events list`, `usage`, `metrics`,
+    /// `check`, `logs`, `config`): no registry sync, no write access needed.
+    ///
+    /// Errors: as [`Ctx::open_db`].
+    pub fn open_db_read_only(&self) -> anyhow::Result<Db> {
+        Db::open_read_only(&self.settings.db_path, self.settings.busy_timeout_ms)
+    }
+
+    fn sync_registry(&self, db: &Db) -> anyhow::Result<()> {
         let now = crate::clock::now_ms();
         db.write(|tx| {
             for p in &self.config.projects {
@@ -63,12 +100,19 @@ impl Ctx {
                 tx.sync_project(&row, now)?;
             }
             Ok(())
-        })?;
-        Ok(db)
+        })
     }
 
     /// Takes the non-blocking tick lock `name` (exit 75 when busy).
+    /// Errors: [`Error::NotInitialised`] before `orch init` (no state
+    /// folder is created then).
     pub fn tick_lock(&self, name: &str) -> anyhow::Result<crate::lock::LockGuard> {
+        if !self.settings.db_path.is_file() {
+            return Err(Error::NotInitialised {
+                path: self.settings.db_path.clone(),
+            }
+            .into());
+        }
         self.ensure_state_dirs()?;
         crate::lock::try_tick_lock(&self.settings.locks_dir(), name)
     }

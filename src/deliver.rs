@@ -56,6 +56,20 @@ pub struct DeliverSummary {
     /// Messages not tried this pass: their route failed earlier in the
     /// pass, or an older message of the same task and channel is pending.
     pub deferred: Vec<i64>,
+    /// In a rehearsal (`--dry-run`): the messages that would be sent now,
+    /// none of them sent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub would_send: Vec<WouldSend>,
+}
+
+/// A message `deliver --dry-run` would send.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct WouldSend {
+    pub id: i64,
+    pub task_id: Option<i64>,
+    /// `tracker`, `forge`, `notifier`, … (the route's name).
+    pub route: String,
+    pub kind: String,
 }
 
 /// Where a message goes: its channel's service for the message's project.
@@ -106,6 +120,18 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
             || db.earlier_pending(msg.id, msg.task_id, &msg.channel)?
         {
             summary.deferred.push(msg.id);
+            continue;
+        }
+        if db.is_rehearsal() {
+            summary.would_send.push(WouldSend {
+                id: msg.id,
+                task_id: msg.task_id,
+                route: route.name().to_string(),
+                kind: msg.kind.clone(),
+            });
+            // As if sent, so the pass goes on as the real one would
+            // (rolled back with the rehearsal).
+            db.write(|tx| tx.mark_outbox_delivered(msg.id, None, now_ms()))?;
             continue;
         }
         let sends_before = if route.remote() {

@@ -45,6 +45,21 @@ pub enum Error {
     )]
     SchemaTooNew { db: i64, binary: i64 },
 
+    /// The database file does not exist: nothing but `orch init` creates
+    /// one.
+    #[error(
+        "no database at {}: run `orch init` to create it (or point --db / ORCH_DB at it)",
+        path.display()
+    )]
+    NotInitialised { path: PathBuf },
+
+    /// The database needs migrating: nothing but `orch init` migrates.
+    #[error(
+        "database {} has schema version {db}, this orch needs {binary}: run `orch init` to migrate it",
+        path.display()
+    )]
+    SchemaTooOld { path: PathBuf, db: i64, binary: i64 },
+
     /// The state directory is on a network file system, where flock(2) is
     /// unreliable.
     #[error("state directory {0} is on NFS; file locks there are unreliable, refusing to run")]
@@ -92,7 +107,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::LockBusy { .. } | Error::DbBusy(_) => exit::BUSY,
-            Error::Config { .. } | Error::Usage(_) => exit::USAGE,
+            Error::Config { .. }
+            | Error::Usage(_)
+            | Error::NotInitialised { .. }
+            | Error::SchemaTooOld { .. } => exit::USAGE,
             _ => exit::ERROR,
         }
     }

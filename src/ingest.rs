@@ -181,6 +181,9 @@ pub fn replay(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Ingested> {
 /// Creates the task's branch and worktree from current main, best effort:
 /// on failure the worker prepares it before the first job runs.
 pub fn prepare_worktree(ctx: &Ctx, db: &Db, task_id: i64) {
+    if db.is_rehearsal() {
+        return; // --dry-run: no git
+    }
     let run = || -> anyhow::Result<()> {
         let task = db
             .task(task_id)?

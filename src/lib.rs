@@ -12,6 +12,7 @@ pub mod build_info;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod ctx;
 pub mod db;
 pub mod deliver;

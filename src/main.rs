@@ -11,6 +11,12 @@ use orch::error::{exit, exit_code_for};
 fn main() {
     // .env first, so clap's `env =` fallbacks and the settings see it; real
     // environment variables win over the file.
+    // Which settings came from the environment, before .env adds its own
+    // (for `orch config show`).
+    let from_env: std::collections::BTreeSet<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("ORCH_"))
+        .collect();
     let dotenv = dotenvy::dotenv();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
@@ -25,13 +31,17 @@ fn main() {
         }
     };
     init_logging(cli.verbose, cli.quiet);
-    if let Err(e) = dotenv {
+    if let Err(e) = &dotenv {
         if !e.not_found() {
             tracing::warn!("ignoring .env: {e}");
         }
     }
     orch::failpoint::setup();
-    let code = match cmd::run(cli) {
+    let sources = cmd::Sources {
+        from_env,
+        dotenv: dotenv.as_ref().ok().cloned(),
+    };
+    let code = match cmd::run(cli, &sources) {
         Ok(code) => code,
         Err(e) => {
             let code = exit_code_for(&e);

@@ -912,7 +912,7 @@ impl<'a> Suite<'a> {
     // -------------------------------------------------------- database
 
     fn open_db(&self, writable: bool) -> anyhow::Result<Db> {
-        Db::open_existing(&self.target.db, self.settings.busy_timeout_ms, writable)
+        Db::open_as_is(&self.target.db, self.settings.busy_timeout_ms, writable)
     }
 
     /// Whether a delivery with this sender id was stored: `Ok(None)` when

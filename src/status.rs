@@ -30,6 +30,62 @@ pub struct Status {
     pub counters: BTreeMap<String, i64>,
     /// A summary of the last recorded reconcile pass, if any.
     pub reconcile_last_pass: Option<LastPass>,
+    /// Tasks that wait for a human (an escalation, the analysis approval),
+    /// oldest change first.
+    pub waiting: Vec<Waiting>,
+}
+
+/// A task that only a human moves on, and the command to do it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    pub task_id: i64,
+    pub project: String,
+    pub title: String,
+    pub stage: Stage,
+    /// Why it waits: `escalated: <reason>` or `analysis waits for approval`.
+    pub why: String,
+    /// What to run, e.g. `orch task unblock 2`.
+    pub command: String,
+    /// When the task last changed (unix ms).
+    pub since_ms: i64,
+}
+
+/// The tasks waiting for a human, from the database.
+///
+/// Errors: database errors.
+pub fn waiting(db: &Db) -> anyhow::Result<Vec<Waiting>> {
+    let mut out = Vec::new();
+    for t in db.tasks()? {
+        let (why, command) = if t.escalated {
+            (
+                format!("escalated: {}", t.escalated_reason.as_deref().unwrap_or("")),
+                format!("orch task unblock {}", t.id),
+            )
+        } else if t.stage == Stage::Analysis
+            && !db.jobs_for_task(t.id)?.iter().any(|j| j.status.is_active())
+        {
+            (
+                "analysis waits for approval".to_string(),
+                format!(
+                    "orch task approve {id}  (or: orch task reject {id} --reason …)",
+                    id = t.id
+                ),
+            )
+        } else {
+            continue;
+        };
+        out.push(Waiting {
+            task_id: t.id,
+            project: t.project,
+            title: t.title,
+            stage: t.stage,
+            why,
+            command,
+            since_ms: t.updated_at_ms,
+        });
+    }
+    out.sort_by_key(|w| (w.since_ms, w.task_id));
+    Ok(out)
 }
 
 /// How many tasks are at `stage` with this escalation.
@@ -160,6 +216,7 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
         outbox_dead,
         counters: db.counters()?.into_iter().collect(),
         reconcile_last_pass,
+        waiting: waiting(db)?,
     })
 }
 
@@ -198,20 +255,24 @@ impl fmt::Display for Status {
         for r in &self.running {
             writeln!(
                 f,
-                "  running job {} task {} {} attempt {} for {}s",
-                r.job_id, r.task_id, r.stage, r.attempt, r.age_s
+                "  running job {} task {} {} attempt {} for {}",
+                r.job_id,
+                r.task_id,
+                r.stage,
+                r.attempt,
+                crate::clock::duration(r.age_s * 1000)
             )?;
         }
         for l in &self.leases {
             writeln!(
                 f,
-                "lease {} held by {}{}, expires in {}s",
+                "lease {} held by {}{}, expires {}",
                 l.name,
                 l.holder,
                 l.job_id
                     .map(|j| format!(" for job {j}"))
                     .unwrap_or_default(),
-                (l.expires_at_ms - self.now_ms) / 1000
+                crate::clock::ago(l.expires_at_ms, self.now_ms)
             )?;
         }
         writeln!(
@@ -234,13 +295,32 @@ impl fmt::Display for Status {
         if let Some(last) = &self.reconcile_last_pass {
             writeln!(
                 f,
-                "reconcile: last pass at {} ms: examined {}, unblocked {}, replayed {}, skipped {}",
-                or_null(last.at_ms),
+                "reconcile: last pass {}: examined {}, unblocked {}, replayed {}, skipped {}",
+                last.at_ms.map_or_else(
+                    || "at an unknown time".to_string(),
+                    |at| crate::clock::human(at, self.now_ms)
+                ),
                 or_null(last.examined),
                 last.unblocked,
                 last.replayed,
                 last.skipped.as_ref().map_or_else(|| "none".into(), pairs)
             )?;
+        }
+        if !self.waiting.is_empty() {
+            writeln!(f, "waiting for a human:")?;
+            for w in &self.waiting {
+                writeln!(
+                    f,
+                    "  task {} [{}] {} at {}, {} ({}): {}",
+                    w.task_id,
+                    w.project,
+                    w.title,
+                    w.stage,
+                    w.why,
+                    crate::clock::ago(w.since_ms, self.now_ms),
+                    w.command
+                )?;
+            }
         }
         Ok(())
     }
@@ -310,20 +390,35 @@ mod tests {
                 errors: serde_json::json!([]),
                 skipped: Some([("analysis is a human gate".to_string(), 2)].into()),
             }),
+            waiting: vec![Waiting {
+                task_id: 3,
+                project: "app".into(),
+                title: "Add a button".into(),
+                stage: Stage::DeployStaging,
+                why: "escalated: merge conflict".into(),
+                command: "orch task unblock 3".into(),
+                since_ms: 820_000,
+            }],
         };
-        let expected = "\
+        // The one absolute time is local: the zone the test runs in.
+        let last_pass = crate::clock::local_rfc3339(990_000);
+        let expected = format!(
+            "\
 tasks:
   development     2
   deploy-staging  1  (escalated)
 jobs: queued=1 running=1
-  running job 7 task 3 development attempt 2 for 42s
-lease merge:acme/app held by task:4 for job 9, expires in 600s
+  running job 7 task 3 development attempt 2 for 42 s
+lease merge:acme/app held by task:4 for job 9, expires in 10 min
 inbox: pending=1 failing=0 dead=2
 outbox: none
   dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500
 counters: merge_gate.deferred_total=4
-reconcile: last pass at 990000 ms: examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
-";
+reconcile: last pass {last_pass} (10 s ago): examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
+waiting for a human:
+  task 3 [app] Add a button at deploy-staging, escalated: merge conflict (3 min ago): orch task unblock 3
+"
+        );
         assert_eq!(status.to_string(), expected);
     }
 }

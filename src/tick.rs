@@ -7,6 +7,7 @@ use serde::{Serialize, Serializer};
 use tracing::warn;
 
 use crate::ctx::Ctx;
+use crate::db::Db;
 use crate::deliver::{self, DeliverSummary};
 use crate::error::{exit, exit_code_for};
 use crate::ingest::{self, IngestSummary};
@@ -35,7 +36,8 @@ impl<T: Serialize> Serialize for Step<T> {
 /// What the reap step did (the shape of `orch reap --json`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Reaped {
-    /// Always false in a tick.
+    /// True in `tick --dry-run` (then `actions` is the plan, each result
+    /// "would run").
     pub dry_run: bool,
     pub actions: Vec<reap::Done>,
 }
@@ -76,29 +78,45 @@ fn step<T>(
 /// Assumptions: no tick lock is held by the caller.
 /// Errors: a step's error ends the tick (database, git, tracker errors as
 /// the step reports them); a busy lock does not.
-pub fn run(ctx: &Ctx, max_jobs: u32) -> anyhow::Result<TickReport> {
+pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport> {
     let db = ctx.open_db()?;
-    let ingest = step(ctx, "ingest", || ingest::ingest_pending(ctx, &db, 1000))?;
+    if dry_run {
+        // The same steps, every write a savepoint of one rolled-back
+        // transaction; the reaper and deliver only plan, no agent runs.
+        return db.rehearse_all(|db| steps(ctx, db, max_jobs, true));
+    }
+    steps(ctx, &db, max_jobs, false)
+}
+
+fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport> {
+    let ingest = step(ctx, "ingest", || ingest::ingest_pending(ctx, db, 1000))?;
     let reap = step(ctx, "reap", || {
-        let plan = reap::plan(ctx, &db, crate::clock::now_ms())?;
-        Ok(Reaped {
-            dry_run: false,
-            actions: reap::execute(ctx, &db, plan)?,
-        })
+        let plan = reap::plan(ctx, db, crate::clock::now_ms())?;
+        let actions = if dry_run {
+            plan.into_iter()
+                .map(|action| reap::Done {
+                    action,
+                    result: "would run".into(),
+                })
+                .collect()
+        } else {
+            reap::execute(ctx, db, plan)?
+        };
+        Ok(Reaped { dry_run, actions })
     })?;
-    let reconcile = step(ctx, "reconcile", || reconcile::run(ctx, &db, false))?;
-    let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, &db, 1000))?;
+    let reconcile = step(ctx, "reconcile", || reconcile::run(ctx, db, dry_run))?;
+    let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, db, 1000))?;
     let mut work = Vec::new();
     for _ in 0..max_jobs {
-        match worker::work_once(ctx, &db, None, None)? {
+        match worker::work_once(ctx, db, None, None)? {
             WorkOutcome::Idle => break,
             ran => work.push(ran),
         }
     }
-    if !work.is_empty() {
+    if !work.is_empty() && !dry_run {
         // Deliver what the jobs just wrote; busy means another deliver runs.
         if let Ok(_lock) = ctx.tick_lock("deliver") {
-            if let Err(e) = deliver::deliver_due(ctx, &db, 1000) {
+            if let Err(e) = deliver::deliver_due(ctx, db, 1000) {
                 warn!(target: "deliver", error = %format!("{e:#}"), "delivery after the jobs failed; the next tick retries");
             }
         }

@@ -41,6 +41,16 @@ pub enum WorkOutcome {
         exit_code: i64,
         finalized: Finalized,
     },
+    /// `--dry-run`: the job the real run would claim and the argv its
+    /// agent would run; nothing was claimed or run.
+    WouldRun {
+        job_id: i64,
+        task_id: i64,
+        stage: Stage,
+        role: String,
+        attempt: i64,
+        argv: Vec<String>,
+    },
 }
 
 /// Claims and runs at most one job.
@@ -68,6 +78,17 @@ pub fn work_once(
     let Some(job) = job else {
         return Ok(WorkOutcome::Idle);
     };
+    if db.is_rehearsal() {
+        // --dry-run: the claim above is rolled back; nothing is run.
+        return Ok(WorkOutcome::WouldRun {
+            argv: planned_argv(ctx, db, &job)?,
+            job_id: job.id,
+            task_id: job.task_id,
+            stage: job.stage,
+            role: job.role.clone(),
+            attempt: job.attempt,
+        });
+    }
     info!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.attempt, "claimed job");
     failpoint("worker.after_claim");
     let exit_code = match run_agent_unless_merge_pending(ctx, db, &job) {
@@ -125,7 +146,7 @@ fn run_agent_unless_merge_pending(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Resu
 }
 
 /// Per-run file names: `job<id>-a<attempt>.<ext>`.
-fn run_file(dir: &Path, job: &Job, ext: &str) -> PathBuf {
+pub fn run_file(dir: &Path, job: &Job, ext: &str) -> PathBuf {
     dir.join(format!("job{}-a{}.{ext}", job.id, job.attempt))
 }
 
@@ -140,6 +161,26 @@ fn sent_back_by_merge_gate(db: &Db, task: &Task) -> anyhow::Result<bool> {
         .is_some_and(|t| {
             t.to_stage == Stage::Development && t.from_stage == Some(Stage::DeployStaging)
         }))
+}
+
+/// What `work-once --dry-run` reports for the job it would claim: the
+/// argv its agent would run (rendered as the real run renders it).
+///
+/// Errors: the task vanished; a config error rendering the argv.
+pub fn planned_argv(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Vec<String>> {
+    let task = db.task(job.task_id)?.context("job's task vanished")?;
+    let brief = crate::brief::render(
+        ctx,
+        db,
+        crate::brief::RunOf {
+            task: &task,
+            stage: job.stage,
+            role: &job.role,
+            job: Some(job),
+        },
+        &[],
+    )?;
+    Ok(brief.argv)
 }
 
 /// Prepares the worktree, runs the agent, and records its exit, run and

@@ -1078,3 +1078,46 @@ fn a_gitea_older_than_1_22_finds_the_open_pr_by_listing_instead_of_looping() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn config_check_online_resolves_the_plane_states_without_caching_them() {
+    let w = World::new();
+    let show = w.sbx.ok(&["config", "show"]);
+    assert!(
+        show.contains("in_progress  In Progress    - (unresolved)"),
+        "{show}"
+    );
+    let out = w
+        .sbx
+        .orch()
+        .args(["config", "check", "--online"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("ok   project widget plane states: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("in_progress=") && line.contains("done="),
+        "{line}"
+    );
+    // Asked, not cached: config show still resolves nothing by itself.
+    assert_eq!(w.sbx.count("SELECT COUNT(*) FROM tracker_states"), 0);
+
+    // A Plane that refuses the key fails the check (exit 3), naming it.
+    let mut sbx = w.sbx;
+    sbx.set("ORCH_PLANE_API_KEY", "wrong");
+    let out = sbx
+        .orch()
+        .args(["config", "check", "--online"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.contains("FAIL project widget plane states: "),
+        "{text}"
+    );
+}

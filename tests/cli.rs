@@ -4,7 +4,7 @@ use crate::util::*;
 
 #[test]
 fn init_is_idempotent_and_a_newer_database_is_refused() {
-    let sbx = Sandbox::new();
+    let sbx = Sandbox::uninitialised();
     let latest = orch::db::schema_version();
     let first = sbx.json(&["init"]);
     assert_eq!(first["schema_version"], latest);
@@ -80,6 +80,8 @@ fn every_command_has_help() {
         "issue",
         "events",
         "usage",
+        "logs",
+        "config",
     ] {
         assert!(top.contains(cmd), "--help lists {cmd}");
         let help = sbx.ok(&[cmd, "--help"]);
@@ -117,7 +119,7 @@ fn check_reports_a_violated_invariant_with_exit_3() {
 
 #[test]
 fn completions_and_the_man_page_need_no_config_or_database() {
-    let mut sbx = Sandbox::new();
+    let mut sbx = Sandbox::uninitialised();
     // A config that does not exist would stop every other command.
     sbx.set("ORCH_CONFIG", "/nonexistent/orch.toml");
     let bash = sbx.ok(&["completions", "bash"]);
@@ -133,6 +135,7 @@ fn completions_and_the_man_page_need_no_config_or_database() {
         "{man}"
     );
     assert!(!sbx.dir.join("orch-state").exists(), "nothing was created");
+    assert!(!sbx.dir.join("state").exists(), "nothing was created");
     let out = sbx.orch().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -200,6 +200,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "check",
             "metrics",
             "staging",
+            "config_check",
         ],
     ),
 ];

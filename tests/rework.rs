@@ -360,6 +360,7 @@ fn a_retry_starts_from_a_clean_worktree_even_without_the_reaper() {
 fn a_relative_state_dir_gives_agents_absolute_paths_and_per_stage_verdict_words() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_STATE_DIR", "rel-state");
+    sbx.ok(&["init"]);
     sbx.add_issue("relative paths");
     sbx.tick_until(15, |s| s.stage(1) == "done");
     let state = std::fs::canonicalize(sbx.dir.join("rel-state")).unwrap();

@@ -10,6 +10,7 @@ mod ingest;
 mod layers;
 mod logs;
 mod metrics;
+mod operator;
 mod pipeline;
 mod rework;
 // Crash points and the test clock need the `testing` feature.

@@ -50,13 +50,26 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// A sandbox with its database created (`orch init`).
     pub fn new() -> Sandbox {
         Sandbox::new_in(&std::env::temp_dir())
     }
 
-    /// A sandbox in a fresh temp dir under `base` (e.g. outside `/tmp`,
-    /// which a sandboxed agent sees as an empty private dir).
+    /// A sandbox with its database created, in a fresh temp dir under
+    /// `base` (e.g. outside `/tmp`, which a sandboxed agent sees as an
+    /// empty private dir).
     pub fn new_in(base: &Path) -> Sandbox {
+        let sbx = Sandbox::uninitialised_in(base);
+        sbx.ok(&["init"]);
+        sbx
+    }
+
+    /// A sandbox before `orch init`: no state folder, no database.
+    pub fn uninitialised() -> Sandbox {
+        Sandbox::uninitialised_in(&std::env::temp_dir())
+    }
+
+    fn uninitialised_in(base: &Path) -> Sandbox {
         std::fs::create_dir_all(base).unwrap();
         let tmp = tempfile::tempdir_in(base).unwrap();
         let dir = tmp.path().join("sbx");

@@ -9,7 +9,7 @@ use orch::error::exit;
 
 /// Runs the check; returns what to print and the exit code.
 pub fn run(ctx: &Ctx) -> anyhow::Result<(Output, i32)> {
-    let db = ctx.open_db()?;
+    let db = ctx.open_db_read_only()?;
     let boot = orch::process::boot_id();
     let live = |host: &str, pid: i64, start: i64| {
         host == boot && orch::process::is_alive(pid as i32, start as u64)

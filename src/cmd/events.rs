@@ -11,7 +11,7 @@ use orch::ingest;
 pub fn run(ctx: &Ctx, c: EventsCommand) -> anyhow::Result<Output> {
     match c {
         EventsCommand::List { failed, limit } => {
-            let db = ctx.open_db()?;
+            let db = ctx.open_db_read_only()?;
             let rows = db.inbox(failed, limit)?;
             let text = if rows.is_empty() {
                 "no deliveries".to_string()
@@ -43,13 +43,14 @@ pub fn run(ctx: &Ctx, c: EventsCommand) -> anyhow::Result<Output> {
                 text,
             })
         }
-        EventsCommand::Replay { id } => {
+        EventsCommand::Replay { id, dry_run } => {
             let _lock = ctx.tick_lock("ingest")?;
             let db = ctx.open_db()?;
-            let done = ingest::replay(ctx, &db, id)?;
+            let done = super::run_or_rehearse(&db, dry_run, |db| ingest::replay(ctx, db, id))?;
+            let note = if dry_run { super::DRY_RUN_NOTE } else { "" };
             Ok(Output {
-                json: json!(done),
-                text: format!("delivery {}: {}", done.inbox_id, done.outcome),
+                json: json!({ "dry_run": dry_run, "inbox_id": done.inbox_id, "outcome": done.outcome }),
+                text: format!("{note}delivery {}: {}", done.inbox_id, done.outcome),
             })
         }
     }

@@ -20,25 +20,38 @@ pub fn run(ctx: &Ctx, args: IngestArgs) -> anyhow::Result<Output> {
             SourceArg::Plane => Source::Plane,
             SourceArg::Gitea => Source::Gitea,
         };
-        let done =
-            ingest::ingest_file(ctx, &db, source, &event, &body, &file.display().to_string())?;
+        let origin = file.display().to_string();
+        let done = super::run_or_rehearse(&db, args.dry_run, |db| {
+            ingest::ingest_file(ctx, db, source, &event, &body, &origin)
+        })?;
+        let note = if args.dry_run {
+            super::DRY_RUN_NOTE
+        } else {
+            ""
+        };
         return Ok(Output {
-            json: json!(done),
-            text: format!("delivery {}: {}", done.inbox_id, done.outcome),
+            json: json!({ "dry_run": args.dry_run, "inbox_id": done.inbox_id, "outcome": done.outcome }),
+            text: format!("{note}delivery {}: {}", done.inbox_id, done.outcome),
         });
     }
     let started = std::time::Instant::now();
-    let s = ingest::ingest_pending(ctx, &db, args.limit)?;
-    super::finish_tick(ctx, "ingest", started, &counts(&s));
+    let s = super::run_or_rehearse(&db, args.dry_run, |db| {
+        ingest::ingest_pending(ctx, db, args.limit)
+    })?;
     let mut text = String::new();
+    if args.dry_run {
+        text += super::DRY_RUN_NOTE;
+    } else {
+        super::finish_tick(ctx, "ingest", started, &counts(&s));
+    }
     for (id, o) in &s.processed {
         text += &format!("delivery {id}: {o}\n");
     }
     for (id, e) in &s.failed {
         text += &format!("delivery {id}: FAILED: {e}\n");
     }
-    if text.is_empty() {
-        text = "no pending deliveries".into();
+    if s.processed.is_empty() && s.failed.is_empty() {
+        text += "no pending deliveries";
     }
     Ok(Output {
         json: serde_json::to_value(&s)?,

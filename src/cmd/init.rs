@@ -8,14 +8,19 @@ use orch::db::Db;
 
 /// Runs `orch init`; says whether the database was created, migrated (from
 /// which schema version) or already up to date.
-pub fn run(ctx: &Ctx) -> anyhow::Result<Output> {
+/// With `dry_run` it says what it would create or migrate and writes
+/// nothing.
+pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
+    if dry_run {
+        return plan(ctx);
+    }
     ctx.ensure_state_dirs()?;
     let before = if ctx.settings.db_path.exists() {
         Some(Db::open_readonly_version(&ctx.settings.db_path)?)
     } else {
         None
     };
-    let db = ctx.open_db()?;
+    let db = ctx.init_db()?;
     let version = db.user_version()?;
     let text = match before {
         Some(v) if v == version => format!(
@@ -35,6 +40,60 @@ pub fn run(ctx: &Ctx) -> anyhow::Result<Output> {
         json: json!({
             "db": ctx.settings.db_path, "state_dir": ctx.settings.state_dir,
             "schema_version": version, "previous_version": before,
+            "projects": ctx.config.projects.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        }),
+        text,
+    })
+}
+
+/// `orch init --dry-run`: the folders it would create and what it would do
+/// to the database, from the files as they are.
+fn plan(ctx: &Ctx) -> anyhow::Result<Output> {
+    let s = &ctx.settings;
+    let latest = orch::db::schema_version();
+    let missing: Vec<_> = [
+        s.state_dir.clone(),
+        s.locks_dir(),
+        s.logs_dir(),
+        s.repos_dir(),
+        s.worktrees_dir(),
+        s.verdicts_dir(),
+    ]
+    .into_iter()
+    .filter(|d| !d.is_dir())
+    .collect();
+    let before = if s.db_path.exists() {
+        Some(Db::open_readonly_version(&s.db_path)?)
+    } else {
+        None
+    };
+    let mut text = super::DRY_RUN_NOTE.to_string();
+    for d in &missing {
+        text += &format!("create folder {}\n", d.display());
+    }
+    text += &match before {
+        Some(v) if v == latest => format!(
+            "leave {} as it is (schema {latest}, up to date)\n",
+            s.db_path.display()
+        ),
+        Some(v) if v > latest => format!(
+            "refuse {}: schema {v} is newer than this orch ({latest})\n",
+            s.db_path.display()
+        ),
+        Some(v) => format!(
+            "migrate {} from schema {v} to {latest}\n",
+            s.db_path.display()
+        ),
+        None => format!("create {} (schema {latest})\n", s.db_path.display()),
+    };
+    text += &format!(
+        "sync {} project(s) into the registry\n",
+        ctx.config.projects.len()
+    );
+    Ok(Output {
+        json: json!({
+            "dry_run": true, "db": s.db_path, "schema_version": latest,
+            "previous_version": before, "create_folders": missing,
             "projects": ctx.config.projects.iter().map(|p| &p.name).collect::<Vec<_>>(),
         }),
         text,

@@ -10,7 +10,7 @@ use orch::metrics;
 
 /// Prints the metrics, or writes them to `textfile` atomically.
 pub fn run(ctx: &Ctx, textfile: Option<&Path>) -> anyhow::Result<Output> {
-    let db = ctx.open_db()?;
+    let db = ctx.open_db_read_only()?;
     let text = metrics::render(ctx, &db)?;
     Ok(match textfile {
         Some(path) => {

@@ -4,12 +4,14 @@
 
 mod agents;
 mod check;
+mod config;
 mod deliver;
 mod docs;
 mod events;
 mod ingest;
 mod init;
 mod issue;
+mod logs;
 mod merge_gate;
 mod metrics;
 mod reap;
@@ -74,6 +76,24 @@ pub fn finish_tick(ctx: &Ctx, tick: &str, started: std::time::Instant, counts: &
     }
 }
 
+/// Runs `f` for real, or — with `dry_run` — as a rehearsal
+/// ([`orch::db::Db::rehearse_all`]): the same code path, every write rolled
+/// back at the end, nothing outside the database touched.
+pub fn run_or_rehearse<T>(
+    db: &orch::db::Db,
+    dry_run: bool,
+    f: impl FnOnce(&orch::db::Db) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    if dry_run {
+        db.rehearse_all(f)
+    } else {
+        f(db)
+    }
+}
+
+/// The first line of a dry run's text: nothing was written.
+pub const DRY_RUN_NOTE: &str = "dry run: nothing was written; the real run would do this:\n";
+
 /// Writes `bytes` to stdout; a closed pipe (`orch man | head`) is not an
 /// error.
 pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
@@ -84,8 +104,23 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
     }
 }
 
+/// Where the environment's settings came from: the `ORCH_*` keys set
+/// before `.env` was read, and the `.env` file read (if any).
+pub struct Sources {
+    pub from_env: std::collections::BTreeSet<String>,
+    pub dotenv: Option<std::path::PathBuf>,
+}
+
 /// Runs the command, prints its output and returns the exit code.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
+pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
+    for (name, near) in
+        orch::config::unknown_keys(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))
+    {
+        match near {
+            Some(k) => tracing::warn!("ignoring unknown setting {name} (did you mean {k}?)"),
+            None => tracing::warn!("ignoring unknown setting {name}"),
+        }
+    }
     // Documentation needs no settings, database or config.
     match cli.command {
         Command::Completions { shell } => return docs::completions(shell).map(|()| exit::OK),
@@ -104,18 +139,28 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         return Ok(code);
     }
     let ctx = Ctx::load(settings)?;
+    if ctx.config.projects.is_empty() {
+        tracing::warn!(
+            "no projects configured in {}: add a [[projects]] entry (README, \"Configuration\")",
+            ctx.settings.config_path.display()
+        );
+    }
     let (out, code) = match cli.command {
-        Command::Init => (init::run(&ctx)?, exit::OK),
+        Command::Init { dry_run } => (init::run(&ctx, dry_run)?, exit::OK),
         Command::Serve { bind } => return serve::run(&ctx, bind).map(|()| exit::OK),
         Command::Ingest(args) => (ingest::run(&ctx, args)?, exit::OK),
-        Command::WorkOnce { role, project } => (
-            work_once::run(&ctx, role.as_deref(), project.as_deref())?,
+        Command::WorkOnce {
+            role,
+            project,
+            dry_run,
+        } => (
+            work_once::run(&ctx, role.as_deref(), project.as_deref(), dry_run)?,
             exit::OK,
         ),
         Command::Reconcile { dry_run } => (reconcile::run(&ctx, dry_run)?, exit::OK),
         Command::Reap { dry_run } => (reap::run(&ctx, dry_run)?, exit::OK),
-        Command::Deliver => (deliver::run(&ctx)?, exit::OK),
-        Command::Tick { max_jobs } => (tick::run(&ctx, max_jobs)?, exit::OK),
+        Command::Deliver { dry_run } => (deliver::run(&ctx, dry_run)?, exit::OK),
+        Command::Tick { max_jobs, dry_run } => (tick::run(&ctx, max_jobs, dry_run)?, exit::OK),
         Command::Status => (status::run(&ctx)?, exit::OK),
         Command::MergeGate {
             task,
@@ -127,7 +172,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
         Command::Agents(c) => (agents::run(&ctx, c)?, exit::OK),
-        Command::Usage { task } => (usage::run(&ctx, task)?, exit::OK),
+        Command::Usage { task, since } => (usage::run(&ctx, task, since.as_deref())?, exit::OK),
+        Command::Config(c) => config::run(&ctx, c, sources)?,
+        Command::Logs {
+            job,
+            attempt,
+            follow,
+        } => match logs::run(&ctx, job, attempt, follow, cli.json)? {
+            Some(out) => (out, exit::OK),
+            None => return Ok(exit::OK),
+        },
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
         Command::Completions { .. } | Command::Man | Command::StagingCheck(_) => {
             unreachable!("dispatched before the context loads")

@@ -3,20 +3,40 @@
 
 use orch::ctx::Ctx;
 use orch::db::Db;
+use orch::error::Error;
 use orch::status;
 
 /// Runs the shim until it stops; `bind` overrides `ORCH_BIND`.
 pub fn run(ctx: &Ctx, bind: Option<String>) -> anyhow::Result<()> {
-    // Creates and migrates the database before the first request arrives.
-    drop(ctx.open_db()?);
     let mut opts = orch::serve::ServeOptions::from_settings(&ctx.settings);
+    let key = if bind.is_some() {
+        "--bind"
+    } else {
+        "ORCH_BIND"
+    };
     if let Some(bind) = bind {
         opts.bind = bind;
     }
+    check_bind(key, &opts.bind)?;
+    // The database must exist (`orch init`) before the first request.
+    drop(ctx.open_db()?);
     let (db_path, timeout) = (ctx.settings.db_path.clone(), ctx.settings.busy_timeout_ms);
     let queue: orch::serve::QueueFn = std::sync::Arc::new(move || {
-        let doc = status::document(&Db::open(&db_path, timeout)?)?;
+        let doc = status::document(&Db::open_read_only(&db_path, timeout)?)?;
         Ok(serde_json::to_value(doc)?)
     });
     orch::serve::run_forever(opts, queue)
+}
+
+/// Refuses a bind address that is not `HOST:PORT` (exit 2, naming `key`).
+fn check_bind(key: &str, bind: &str) -> Result<(), Error> {
+    use std::net::ToSocketAddrs;
+    match bind.to_socket_addrs() {
+        Ok(addrs) if addrs.len() > 0 => Ok(()),
+        Ok(_) => Err(Error::config(key, format!("{bind:?} resolves to no address"))),
+        Err(e) => Err(Error::config(
+            key,
+            format!("{bind:?} is not an address to listen on (expected HOST:PORT, e.g. 127.0.0.1:8500): {e}"),
+        )),
+    }
 }

@@ -6,7 +6,7 @@ use orch::status;
 
 /// Runs `orch status`.
 pub fn run(ctx: &Ctx) -> anyhow::Result<Output> {
-    let db = ctx.open_db()?;
+    let db = ctx.open_db_read_only()?;
     let doc = status::document(&db)?;
     Ok(Output {
         text: doc.to_string(),

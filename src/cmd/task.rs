@@ -20,23 +20,46 @@ fn load(db: &Db, id: i64) -> anyhow::Result<Task> {
 
 /// Runs `orch task <command>`.
 pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
-    let db = ctx.open_db()?;
-    let (id, mv, reason) = match c {
-        TaskCommand::List => return list(&db),
-        TaskCommand::Show { id } => return show(&db, id),
-        TaskCommand::Approve { id } => (id, ManualMove::Approve, String::new()),
-        TaskCommand::Reject { id, reason } => (id, ManualMove::Reject, reason),
-        TaskCommand::Advance { id, reason } => (id, ManualMove::Advance, reason),
-        TaskCommand::Rollback { id, reason } => (id, ManualMove::Rollback, reason),
-        TaskCommand::Retry { id } => (id, ManualMove::Retry, String::new()),
-        TaskCommand::Cancel { id, reason } => (id, ManualMove::Cancel, reason),
-        TaskCommand::Unblock { id, reason } => (id, ManualMove::Unblock, reason),
+    let (id, mv, reason, dry_run) = match c {
+        TaskCommand::List => return list(&ctx.open_db_read_only()?),
+        TaskCommand::Show { id } => return show(ctx, &ctx.open_db_read_only()?, id),
+        TaskCommand::Approve { id, dry_run } => (id, ManualMove::Approve, String::new(), dry_run),
+        TaskCommand::Reject {
+            id,
+            reason,
+            dry_run,
+        } => (id, ManualMove::Reject, reason, dry_run),
+        TaskCommand::Advance {
+            id,
+            reason,
+            dry_run,
+        } => (id, ManualMove::Advance, reason, dry_run),
+        TaskCommand::Rollback {
+            id,
+            reason,
+            dry_run,
+        } => (id, ManualMove::Rollback, reason, dry_run),
+        TaskCommand::Retry { id, dry_run } => (id, ManualMove::Retry, String::new(), dry_run),
+        TaskCommand::Cancel {
+            id,
+            reason,
+            dry_run,
+        } => (id, ManualMove::Cancel, reason, dry_run),
+        TaskCommand::Unblock {
+            id,
+            reason,
+            dry_run,
+        } => (id, ManualMove::Unblock, reason, dry_run),
     };
-    let outcome = manual::apply(&db, ctx.policy(), id, mv, &reason, now_ms())?;
+    let db = ctx.open_db()?;
+    let outcome = super::run_or_rehearse(&db, dry_run, |db| {
+        manual::apply(db, ctx.policy(), id, mv, &reason, now_ms())
+    })?;
+    let note = if dry_run { super::DRY_RUN_NOTE } else { "" };
     Ok(match outcome {
         ManualOutcome::Gate(g) => Output {
-            json: json!({ "task_id": id, "outcome": g.to_string() }),
-            text: g.to_string(),
+            json: json!({ "task_id": id, "dry_run": dry_run, "outcome": g.to_string() }),
+            text: format!("{note}{g}"),
         },
         ManualOutcome::Moved {
             task_id,
@@ -46,9 +69,9 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
             next_job,
             escalated,
         } => Output {
-            json: json!({ "task_id": task_id, "from": from.as_str(), "to": to.as_str(), "version": version, "next_job": next_job, "escalated": escalated }),
+            json: json!({ "task_id": task_id, "dry_run": dry_run, "from": from.as_str(), "to": to.as_str(), "version": version, "next_job": next_job, "escalated": escalated }),
             text: format!(
-                "task {task_id}: {from} → {to} (v{version}){}",
+                "{note}task {task_id}: {from} → {to} (v{version}){}",
                 if escalated { ", escalated" } else { "" }
             ),
         },
@@ -79,14 +102,16 @@ fn list(db: &Db) -> anyhow::Result<Output> {
     })
 }
 
-fn show(db: &Db, id: i64) -> anyhow::Result<Output> {
+fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
     let t = load(db, id)?;
     let transitions = db.transitions(id)?;
     let jobs = db.jobs_for_task(id)?;
     let usage = db.usage(Some(id))?;
     let messages = db.outbox(Some(id))?;
+    let now = now_ms();
+    let human = |ms: i64| orch::clock::human(ms, now);
     let mut text = format!(
-        "task {} [{}] {}\n  stage {} v{}  branch {}  worktree {}\n  developer retries {}{}\n",
+        "task {} [{}] {}\n  stage {} v{}  branch {}  worktree {}\n  created {}, last change {}\n  developer retries {}{}\n",
         t.id,
         t.project,
         t.title,
@@ -94,6 +119,8 @@ fn show(db: &Db, id: i64) -> anyhow::Result<Output> {
         t.version,
         t.branch,
         t.worktree,
+        human(t.created_at_ms),
+        human(t.updated_at_ms),
         t.developer_retries,
         if t.escalated {
             format!(
@@ -107,18 +134,29 @@ fn show(db: &Db, id: i64) -> anyhow::Result<Output> {
     text += "transitions:\n";
     for tr in &transitions {
         text += &format!(
-            "  v{:<3} {:<15} → {:<15} {:<10} {}\n",
+            "  v{:<3} {:<15} → {:<15} {:<10} {}  {}\n",
             tr.version,
             tr.from_stage.map_or("(new)", Stage::as_str),
             tr.to_stage,
             tr.actor,
+            orch::clock::local_rfc3339(tr.at_ms),
             tr.reason
         );
     }
     text += "jobs:\n";
+    let logs = ctx.settings.logs_dir();
     for j in &jobs {
+        let ran = match (j.claimed_at_ms, j.finished_at_ms) {
+            (Some(a), Some(b)) => format!(
+                ", ran {}, finished {}",
+                orch::clock::duration(b - a),
+                orch::clock::ago(b, now)
+            ),
+            (Some(a), None) => format!(", claimed {}", orch::clock::ago(a, now)),
+            _ => String::new(),
+        };
         text += &format!(
-            "  job {:<4} {:<15} {:<10} attempt {} exit {}{}\n",
+            "  job {:<4} {:<15} {:<10} attempt {} exit {}{ran}{}\n",
             j.id,
             j.stage,
             j.status,
@@ -144,6 +182,26 @@ fn show(db: &Db, id: i64) -> anyhow::Result<Output> {
                 );
             }
         }
+        if j.claimed_at_ms.is_some() {
+            for ext in ["log", "prompt"] {
+                let path = orch::worker::run_file(&logs, j, ext);
+                if path.exists() {
+                    text += &format!("    {ext:<6} {}\n", path.display());
+                }
+            }
+        }
+    }
+    let denials: i64 = usage.iter().map(|u| u.permission_denials).sum();
+    if denials > 0 {
+        text += &format!(
+            "permission denials: {denials} ({})\n",
+            usage
+                .iter()
+                .filter(|u| u.permission_denials > 0)
+                .map(|u| format!("{} {}", u.stage, u.permission_denials))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     text += "messages:\n";
     for m in &messages {
@@ -158,8 +216,34 @@ fn show(db: &Db, id: i64) -> anyhow::Result<Output> {
                 .unwrap_or(&m.payload.to_string())
         );
     }
+    let next = next_step(&t, &jobs);
+    text += &format!("next: {next}\n");
     Ok(Output {
-        json: json!({ "task": t, "transitions": transitions, "jobs": jobs, "usage": usage, "messages": messages }),
+        json: json!({ "task": t, "transitions": transitions, "jobs": jobs, "usage": usage, "messages": messages, "next": next }),
         text,
     })
+}
+
+/// What a person does next with task `t`, as a command where there is one.
+fn next_step(t: &Task, jobs: &[orch::db::Job]) -> String {
+    let id = t.id;
+    if t.escalated {
+        return format!("escalated: orch task unblock {id}");
+    }
+    if t.stage == Stage::Done {
+        return "done: nothing to do".into();
+    }
+    match jobs.iter().rev().find(|j| j.status.is_active()) {
+        Some(j) if j.status == orch::model::JobStatus::Running => {
+            format!("job {} is running: orch logs {} --follow", j.id, j.id)
+        }
+        Some(j) => format!(
+            "job {} is queued: the next `orch tick` (or `orch work-once`) runs it",
+            j.id
+        ),
+        None if t.stage == Stage::Analysis => format!(
+            "analysis waits for approval: orch task approve {id} (or: orch task reject {id} --reason …)"
+        ),
+        None => format!("no job queued: orch task retry {id}"),
+    }
 }

@@ -4,18 +4,22 @@ use super::Output;
 use orch::ctx::Ctx;
 use orch::tick::{self, Step};
 
-/// Runs one tick of at most `max_jobs` jobs.
-pub fn run(ctx: &Ctx, max_jobs: u32) -> anyhow::Result<Output> {
+/// Runs one tick of at most `max_jobs` jobs; `dry_run` rehearses it.
+pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<Output> {
     let started = std::time::Instant::now();
-    let report = tick::run(ctx, max_jobs)?;
+    let report = tick::run(ctx, max_jobs, dry_run)?;
     let mut counts = Vec::new();
     counts.extend(ran(&report.ingest).map_or_else(Vec::new, super::ingest::counts));
     counts.extend(ran(&report.reap).map_or_else(Vec::new, |r| super::reap::counts(&r.actions)));
     counts.extend(ran(&report.reconcile).map_or_else(Vec::new, super::reconcile::counts));
     counts.extend(ran(&report.deliver).map_or_else(Vec::new, super::deliver::counts));
     counts.push(("jobs", report.work.len(), true));
-    super::finish_tick(ctx, "tick", started, &counts);
     let mut text = String::new();
+    if dry_run {
+        text += super::DRY_RUN_NOTE;
+    } else {
+        super::finish_tick(ctx, "tick", started, &counts);
+    }
     let mut line = |name: &str, step: Option<String>| match step {
         None => text += &format!("{name}: busy, skipped\n"),
         Some(t) => text += &format!("{name}: {}\n", t.trim_end().replace('\n', "\n  ")),
@@ -31,10 +35,21 @@ pub fn run(ctx: &Ctx, max_jobs: u32) -> anyhow::Result<Output> {
     );
     line(
         "reconcile",
-        ran(&report.reconcile).map(|p| super::reconcile::text(p, false)),
+        ran(&report.reconcile).map(|p| super::reconcile::text(p, dry_run)),
     );
-    line("deliver", ran(&report.deliver).map(super::deliver::text));
-    text += &format!("work: ran {} job(s)\n", report.work.len());
+    if dry_run {
+        line(
+            "deliver",
+            ran(&report.deliver).map(super::deliver::would_text),
+        );
+        text += &format!("work: would claim {} job(s)\n", report.work.len());
+        for o in &report.work {
+            text += &format!("  {}\n", super::work_once::text(o));
+        }
+    } else {
+        line("deliver", ran(&report.deliver).map(super::deliver::text));
+        text += &format!("work: ran {} job(s)\n", report.work.len());
+    }
     Ok(Output {
         json: serde_json::to_value(&report)?,
         text,

@@ -51,6 +51,9 @@ const STATEMENT_CACHE: usize = 64;
 /// An open database.
 pub struct Db {
     conn: Connection,
+    /// Inside [`Db::rehearse_all`]: every write is a savepoint of the one
+    /// outer transaction, which is rolled back at the end.
+    rehearsing: std::cell::Cell<bool>,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`), see [`Db::write`]. It derefs
@@ -58,7 +61,8 @@ pub struct Db {
 /// transaction's own writes (one connection); the writes are methods of
 /// `Tx`.
 pub struct Tx<'a> {
-    tx: rusqlite::Transaction<'a>,
+    /// `None` for a savepoint inside a rehearsal.
+    tx: Option<rusqlite::Transaction<'a>>,
     db: &'a Db,
 }
 
@@ -92,19 +96,101 @@ impl Db {
             .with_context(|| format!("setting WAL on {}", path.display()))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut db = Db { conn };
+        let mut db = Db {
+            conn,
+            rehearsing: Default::default(),
+        };
         db.migrate()
             .with_context(|| format!("migrating database {}", path.display()))?;
         Ok(db)
     }
 
-    /// Opens an existing database file as it is: nothing is created and
-    /// nothing migrated (`orch staging-check` reads another instance's
+    /// Opens an existing, up-to-date database for reading and writing:
+    /// creates nothing and migrates nothing (only `orch init` does).
+    ///
+    /// Errors: [`Error::NotInitialised`] when `path` does not exist,
+    /// [`Error::SchemaTooOld`] when it needs migrating,
+    /// [`Error::SchemaTooNew`] when a newer orch wrote it; SQLite errors
+    /// with the path as context.
+    pub fn open_existing(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
+        require_file(path)?;
+        let flags =
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("opening database {}", path.display()))?;
+        conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let db = Db {
+            conn,
+            rehearsing: Default::default(),
+        };
+        db.require_current(path)?;
+        Ok(db)
+    }
+
+    /// Opens an existing, up-to-date database read-only
+    /// (`SQLITE_OPEN_READ_ONLY`): needs no write access to the file or its
+    /// folder. When the folder is not writable and SQLite cannot make the
+    /// WAL index, the file is opened `immutable` (no other writer can
+    /// exist then). Any write through it fails.
+    ///
+    /// Errors: as [`Db::open_existing`].
+    pub fn open_read_only(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
+        require_file(path)?;
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let open = |uri: &str| -> anyhow::Result<Db> {
+            let conn = Connection::open_with_flags(uri, flags)
+                .with_context(|| format!("opening database {} read-only", path.display()))?;
+            conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+            let db = Db {
+                conn,
+                rehearsing: Default::default(),
+            };
+            db.require_current(path)?;
+            Ok(db)
+        };
+        let uri = format!("file:{}", uri_path(path));
+        match open(&uri) {
+            Ok(db) => Ok(db),
+            Err(e) if is_cantopen(&e) => open(&format!("{uri}?immutable=1")),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Refuses a database whose schema is not this binary's.
+    fn require_current(&self, path: &Path) -> anyhow::Result<()> {
+        let current = self
+            .user_version()
+            .with_context(|| format!("reading the schema version of {}", path.display()))?;
+        let latest = schema_version();
+        if current > latest {
+            return Err(Error::SchemaTooNew {
+                db: current,
+                binary: latest,
+            }
+            .into());
+        }
+        if current < latest {
+            return Err(Error::SchemaTooOld {
+                path: path.to_path_buf(),
+                db: current,
+                binary: latest,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Opens an existing database file as it is, whatever its schema
+    /// version: nothing is created and nothing migrated (`orch staging-check` reads another instance's
     /// database, and writes only its cleanup). `writable` false opens it
     /// read-only.
     ///
     /// Errors: no file at `path`; SQLite errors with the path as context.
-    pub fn open_existing(path: &Path, busy_timeout_ms: u64, writable: bool) -> anyhow::Result<Db> {
+    pub fn open_as_is(path: &Path, busy_timeout_ms: u64, writable: bool) -> anyhow::Result<Db> {
         use rusqlite::OpenFlags;
         anyhow::ensure!(path.is_file(), "no database at {}", path.display());
         let mode = if writable {
@@ -119,7 +205,10 @@ impl Db {
         .with_context(|| format!("opening database {}", path.display()))?;
         conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        Ok(Db { conn })
+        Ok(Db {
+            conn,
+            rehearsing: Default::default(),
+        })
     }
 
     /// The `user_version` of an existing database file, without migrating.
@@ -168,26 +257,85 @@ impl Db {
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits when it
-    /// returns `Ok`; rolls back on `Err`.
+    /// returns `Ok`; rolls back on `Err`. Inside [`Db::rehearse_all`] it
+    /// is a savepoint of the rehearsal instead (released on `Ok`, rolled
+    /// back on `Err`), so the rehearsed code path is the real one.
     pub fn write<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if self.rehearsing.get() {
+            return self.savepoint(f, false);
+        }
         let tx = Tx {
-            tx: rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?,
+            tx: Some(rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                TransactionBehavior::Immediate,
+            )?),
             db: self,
         };
         let out = f(&tx)?;
-        tx.tx.commit()?;
+        if let Some(t) = tx.tx {
+            t.commit()?;
+        }
         Ok(out)
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction that is always rolled
     /// back: `--dry-run` runs the real code path and writes nothing.
     pub fn rehearse<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        if self.rehearsing.get() {
+            return self.savepoint(f, true);
+        }
         let tx = Tx {
-            tx: rusqlite::Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?,
+            tx: Some(rusqlite::Transaction::new_unchecked(
+                &self.conn,
+                TransactionBehavior::Immediate,
+            )?),
             db: self,
         };
         let out = f(&tx);
-        tx.tx.rollback()?;
+        if let Some(t) = tx.tx {
+            t.rollback()?;
+        }
+        out
+    }
+
+    /// Runs `f` — a whole pass that may write many times — inside one
+    /// `BEGIN IMMEDIATE` transaction that is rolled back at the end: every
+    /// [`Db::write`] in it becomes a savepoint, so later steps see earlier
+    /// ones and nothing is committed. `--dry-run` of a multi-step command
+    /// (ingest, deliver, events replay, work-once) runs the real code path
+    /// this way. Code with effects outside the database asks
+    /// [`Db::is_rehearsal`] and only reports what it would do.
+    ///
+    /// Errors: `f`'s error (after the rollback); database errors.
+    pub fn rehearse_all<T>(&self, f: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        anyhow::ensure!(!self.rehearsing.get(), "a rehearsal is already running");
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.rehearsing.set(true);
+        let out = f(self);
+        self.rehearsing.set(false);
+        self.conn.execute_batch("ROLLBACK")?;
+        out
+    }
+
+    /// Whether this is a rehearsal ([`Db::rehearse_all`]): effects outside
+    /// the database (git, HTTP, agents, files) must not happen.
+    pub fn is_rehearsal(&self) -> bool {
+        self.rehearsing.get()
+    }
+
+    fn savepoint<T>(
+        &self,
+        f: impl FnOnce(&Tx) -> anyhow::Result<T>,
+        always_roll_back: bool,
+    ) -> anyhow::Result<T> {
+        self.conn.execute_batch("SAVEPOINT orch_step")?;
+        let out = f(&Tx { tx: None, db: self });
+        if out.is_err() || always_roll_back {
+            self.conn
+                .execute_batch("ROLLBACK TO orch_step; RELEASE orch_step")?;
+        } else {
+            self.conn.execute_batch("RELEASE orch_step")?;
+        }
         out
     }
 
@@ -219,6 +367,44 @@ impl Db {
         let fk = stmt.query_map([], |_| Ok(()))?.count();
         Ok((ok, fk))
     }
+}
+
+/// Errors with [`Error::NotInitialised`] unless `path` is a file.
+fn require_file(path: &Path) -> anyhow::Result<()> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(Error::NotInitialised {
+            path: path.to_path_buf(),
+        }
+        .into())
+    }
+}
+
+/// `path` for an SQLite `file:` URI: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '?' => out.push_str("%3f"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Whether SQLite could not open the file or its WAL index (a read-only
+/// folder without `-shm`).
+fn is_cantopen(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>(),
+            Some(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(f.code, rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+        )
+    })
 }
 
 #[cfg(test)]

@@ -41,15 +41,26 @@ impl Db {
     /// Usage totals grouped by task, stage and role (one task with
     /// `task_id`).
     pub fn usage(&self, task_id: Option<i64>) -> anyhow::Result<Vec<UsageRow>> {
+        self.usage_since(task_id, None)
+    }
+
+    /// [`Db::usage`] of the runs started at or after `since_ms` (unix ms;
+    /// `None`: all runs).
+    pub fn usage_since(
+        &self,
+        task_id: Option<i64>,
+        since_ms: Option<i64>,
+    ) -> anyhow::Result<Vec<UsageRow>> {
         let mut stmt = self.conn.prepare(
             "SELECT task_id, stage, role, COUNT(*), SUM(input_tokens), SUM(output_tokens), \
              SUM(cache_read_input_tokens), SUM(cache_creation_input_tokens), SUM(cost_usd), \
              SUM(CASE WHEN usage_known=0 THEN 1 ELSE 0 END), \
              SUM(COALESCE(json_array_length(permission_denials), 0)) \
-             FROM agent_runs WHERE ?1 IS NULL OR task_id=?1 \
+             FROM agent_runs WHERE (?1 IS NULL OR task_id=?1) \
+             AND (?2 IS NULL OR started_at_ms >= ?2) \
              GROUP BY task_id, stage, role ORDER BY task_id, MIN(id)",
         )?;
-        let rows = stmt.query_map([task_id], |r| {
+        let rows = stmt.query_map(rusqlite::params![task_id, since_ms], |r| {
             Ok(UsageRow {
                 task_id: r.get(0)?,
                 stage: r.get(1)?,

@@ -1,0 +1,194 @@
+//! What the configuration resolves to and whether it can work, before the
+//! first job finds out: the tracker state ids per project (`orch config
+//! show`) and the checks of `orch config check` — agent programs on PATH,
+//! test commands startable, clone URLs reachable with their default branch,
+//! and (online) the Plane states resolvable.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::{ProjectConfig, StateKind, TrackerKind, ROLES};
+use crate::ctx::Ctx;
+use crate::db::Db;
+
+/// One tracker state of a project as orch resolves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedState {
+    /// `in_progress`, `approved`, … (the `[projects.states]` key).
+    pub kind: &'static str,
+    /// The configured name (`[projects.state_names]` or the default).
+    pub name: String,
+    /// The id orch uses, when it is known without asking the tracker.
+    pub id: Option<String>,
+    /// Where the id comes from: `configured`, `cached` (Plane's list, in
+    /// the database), `name` (the local tracker uses names), or
+    /// `unresolved` (looked up by name in Plane at first use).
+    pub from: &'static str,
+}
+
+/// The tracker states of project `p`, from the config and (when given) the
+/// database's cache of Plane's states. Asks no one.
+///
+/// Errors: database errors.
+pub fn resolved_states(p: &ProjectConfig, db: Option<&Db>) -> anyhow::Result<Vec<ResolvedState>> {
+    let cached = match db {
+        Some(db) if p.tracker == TrackerKind::Plane => db.cached_states(&p.name)?,
+        _ => Vec::new(),
+    };
+    Ok(StateKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let name = p.state_names.get(kind).to_string();
+            let (id, from) = if let Some(id) = crate::tracker::explicit_id(p, kind) {
+                (Some(id.to_string()), "configured")
+            } else if p.tracker == TrackerKind::Local {
+                (Some(name.clone()), "name")
+            } else if let Some(c) = cached
+                .iter()
+                .find(|c| c.name.trim().eq_ignore_ascii_case(name.trim()))
+            {
+                (Some(c.state_id.clone()), "cached")
+            } else {
+                (None, "unresolved")
+            };
+            ResolvedState {
+                kind: kind.key(),
+                name,
+                id,
+                from,
+            }
+        })
+        .collect())
+}
+
+/// One check of `orch config check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What was checked, e.g. `agent developer`, `project widget clone`.
+    pub name: String,
+    pub ok: bool,
+    /// What was found: the program's path, the branch's sha, the error.
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: impl Into<String>, result: Result<String, String>) -> Check {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        Check {
+            name: name.into(),
+            ok,
+            detail,
+        }
+    }
+}
+
+/// Runs the checks: every role's agent program on PATH (or an executable
+/// path), every project's test command startable (its program on PATH; a
+/// path relative to the worktree is only noted), clone URL reachable and
+/// default branch present (`git ls-remote`). With `online`, every Plane
+/// project's states resolve by asking Plane (nothing is cached); `db` is
+/// the read-only database when there is one.
+///
+/// Errors: none of its own: each failure is a failed [`Check`].
+pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for role in ROLES {
+        let result = match ctx.config.agent(role) {
+            Err(e) => Err(e.to_string()),
+            Ok(a) => program(&a.argv[0]).map(|p| p.display().to_string()),
+        };
+        checks.push(Check::new(format!("agent {role}"), result));
+    }
+    for p in &ctx.config.projects {
+        let test = match p.test_command.first() {
+            None => Err("test_command is empty".to_string()),
+            Some(prog) if !Path::new(prog).is_absolute() && prog.contains('/') => Ok(format!(
+                "{prog} is relative to the task's worktree: checked when the tests run"
+            )),
+            Some(prog) => program(prog).map(|p| p.display().to_string()),
+        };
+        checks.push(Check::new(format!("project {} test command", p.name), test));
+        let branch = ctx
+            .repo(p)
+            .ls_remote_branch(&p.default_branch)
+            .map_err(|e| format!("{} is not reachable: {e:#}", p.clone_url))
+            .and_then(|sha| match sha {
+                Some(sha) => Ok(format!(
+                    "{} has {} at {}",
+                    p.clone_url,
+                    p.default_branch,
+                    &sha[..sha.len().min(12)]
+                )),
+                None => Err(format!(
+                    "{} has no branch {:?} (default_branch)",
+                    p.clone_url, p.default_branch
+                )),
+            });
+        checks.push(Check::new(format!("project {} clone", p.name), branch));
+        if online && p.tracker == TrackerKind::Plane {
+            checks.push(Check::new(
+                format!("project {} plane states", p.name),
+                plane_states(ctx, db, p),
+            ));
+        }
+    }
+    checks
+}
+
+/// Resolves every state of a Plane project by asking Plane (not cached).
+fn plane_states(ctx: &Ctx, db: Option<&Db>, p: &ProjectConfig) -> Result<String, String> {
+    let db = db.ok_or("no database to resolve states with: run `orch init` first")?;
+    let plane = crate::adapters::plane::Plane::from_settings(&ctx.settings.adapters)
+        .map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    for kind in StateKind::ALL {
+        let id = crate::tracker::resolve_state(ctx, db, &plane, p, kind, true, false)
+            .map_err(|e| e.to_string())?;
+        ids.push(format!("{}={id}", kind.key()));
+    }
+    Ok(ids.join(" "))
+}
+
+/// Where `name` runs from: an executable path as given (when it has a
+/// `/`), else the first executable of that name on `PATH`.
+fn program(name: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return if runnable(&p) {
+            Ok(p)
+        } else {
+            Err(format!("{name} is not an executable file"))
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| runnable(p))
+        .ok_or_else(|| format!("{name} is not on PATH"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_found_on_path_or_refused_by_name() {
+        assert!(program("sh").is_ok());
+        assert_eq!(
+            program("no-such-program-xyz").unwrap_err(),
+            "no-such-program-xyz is not on PATH"
+        );
+        assert_eq!(
+            program("/nonexistent/agent").unwrap_err(),
+            "/nonexistent/agent is not an executable file"
+        );
+    }
+}
