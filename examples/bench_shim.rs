@@ -191,6 +191,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn run_load(dir: &Path, conns: usize, requests: usize, run: usize) -> anyhow::Result<Load> {
     let db_path = dir.join(format!("shim-{conns}-{run}.db"));
     let opts = ServeOptions {
+        admin_bind: None,
         bind: "127.0.0.1:0".into(),
         threads: 0,
         read_timeout: Duration::from_secs(10),
@@ -203,7 +204,11 @@ fn run_load(dir: &Path, conns: usize, requests: usize, run: usize) -> anyhow::Re
         busy_timeout_ms: 5_000,
     };
     let queue: QueueFn = Arc::new(|| Ok(serde_json::Value::Null));
-    let server = orch::serve::start(opts, queue)?;
+    let admin = orch::serve::Admin {
+        queue,
+        metrics: Arc::new(|| Ok(String::new())),
+    };
+    let server = orch::serve::start(opts, admin)?;
     let addr = server.addr();
     let reqs: Arc<Vec<Vec<u8>>> = Arc::new(
         (0..requests)

@@ -79,6 +79,10 @@ pub struct Settings {
     pub gitea_webhook_secret: Option<Secret>,
     /// `ORCH_BIND` (default `127.0.0.1:8500`): address of `orch serve`.
     pub bind: String,
+    /// `ORCH_ADMIN_BIND` (default `127.0.0.1:8501`; empty turns it off):
+    /// the admin listener of `orch serve` (`GET /queue`, `GET /metrics`,
+    /// `GET /healthz`), kept off the webhook port.
+    pub admin_bind: Option<String>,
     /// `ORCH_SERVE_THREADS` (default 0 = one per CPU): the shim's runtime
     /// worker threads.
     pub serve_threads: usize,
@@ -278,6 +282,11 @@ impl Settings {
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
             bind: get("ORCH_BIND").unwrap_or_else(|| "127.0.0.1:8500".into()),
+            admin_bind: match get("ORCH_ADMIN_BIND") {
+                None => Some("127.0.0.1:8501".into()),
+                Some(b) if b.trim().is_empty() => None,
+                Some(b) => Some(b.trim().to_string()),
+            },
             serve_threads: num("ORCH_SERVE_THREADS", 0, 0)? as usize,
             serve_read_timeout_ms: num("ORCH_SERVE_READ_TIMEOUT_MS", 10_000, 1)?,
             serve_header_timeout_ms: num("ORCH_SERVE_HEADER_TIMEOUT_MS", 5_000, 1)?,

@@ -123,10 +123,19 @@ fn every_shim_answer_and_nothing_stored_for_a_rejected_request() {
     assert_eq!(health["schema"], orch::db::schema_version(), "{health}");
     assert_eq!(health["version"], env!("CARGO_PKG_VERSION"), "{health}");
     assert!(health["commit"].is_string(), "{health}");
-    let (s, b) = server.request("GET", "/queue", &[], b"").unwrap();
+    // The queue and the metrics are on the admin listener only.
+    assert_eq!(server.request("GET", "/queue", &[], b"").unwrap().0, 404);
+    assert_eq!(server.request("GET", "/metrics", &[], b"").unwrap().0, 404);
+    let (s, b) = server.admin_get("/queue").unwrap();
     assert_eq!(s, 200);
     let q: serde_json::Value = serde_json::from_str(&b).unwrap();
     assert_eq!(q["inbox"]["pending"], 2, "{q}");
+    let (s, metrics) = server.admin_get("/metrics").unwrap();
+    assert_eq!(s, 200, "{metrics}");
+    assert!(
+        metrics.contains("orch_inbox_deliveries{state=\"pending\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -91,6 +91,9 @@ impl Sandbox {
                 env.insert(k.to_string(), v.trim_matches('"').to_string());
             }
         }
+        // Many sandboxes serve at once: no fixed admin port (a test that
+        // wants the admin listener gets a free one from `serve`).
+        env.insert("ORCH_ADMIN_BIND".into(), String::new());
         Sandbox {
             _tmp: tmp,
             dir,
@@ -299,8 +302,15 @@ impl Sandbox {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
+        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let admin_addr = format!("127.0.0.1:{admin_port}");
         let mut cmd = self.orch_std();
         cmd.args(["serve", "--bind", &addr])
+            .env("ORCH_ADMIN_BIND", &admin_addr)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if let Some(n) = open_files {
@@ -320,7 +330,11 @@ impl Sandbox {
             }
         }
         let child = cmd.spawn().unwrap();
-        let server = Server { child, addr };
+        let server = Server {
+            child,
+            addr,
+            admin_addr,
+        };
         wait_until(20, "orch serve to answer /healthz", || {
             matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _)))
         });
@@ -474,11 +488,15 @@ impl Sandbox {
 /// A running `orch serve`; killed on drop.
 pub struct Server {
     pub child: Child,
+    /// The webhook listener.
     pub addr: String,
+    /// The admin listener (`/queue`, `/metrics`).
+    pub admin_addr: String,
 }
 
 impl Server {
-    /// Sends one HTTP/1.1 request; returns (status, body).
+    /// Sends one HTTP/1.1 request to the webhook listener; returns
+    /// (status, body).
     pub fn request(
         &self,
         method: &str,
@@ -486,11 +504,29 @@ impl Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<(u16, String)> {
-        let mut s = TcpStream::connect(&self.addr)?;
+        request_to(&self.addr, method, path, headers, body)
+    }
+
+    /// A GET to the admin listener; returns (status, body).
+    pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        request_to(&self.admin_addr, "GET", path, &[], b"")
+    }
+}
+
+/// Sends one HTTP/1.1 request to `addr`; returns (status, body).
+fn request_to(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
+    {
+        let mut s = TcpStream::connect(addr)?;
         s.set_read_timeout(Some(Duration::from_secs(20)))?;
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
+            addr,
             body.len()
         );
         for (k, v) in headers {
@@ -513,7 +549,9 @@ impl Server {
             .unwrap_or_default();
         Ok((status, body))
     }
+}
 
+impl Server {
     /// Posts a Plane delivery signed with the sandbox secret.
     pub fn post_plane(&self, body: &[u8], delivery: &str) -> (u16, String) {
         let sig = sign(PLANE_SECRET, body);

@@ -1,5 +1,5 @@
-//! `orch serve`: the webhook shim ([`orch::serve`]), with `GET /queue`
-//! answered by the status document.
+//! `orch serve`: the webhook shim ([`orch::serve`]), with its admin
+//! listener's `GET /queue` (the status document) and `GET /metrics`.
 
 use orch::ctx::Ctx;
 use orch::db::Db;
@@ -25,7 +25,12 @@ pub fn run(ctx: &Ctx, bind: Option<String>) -> anyhow::Result<()> {
         let doc = status::document(&Db::open_read_only(&db_path, timeout)?)?;
         Ok(serde_json::to_value(doc)?)
     });
-    orch::serve::run_forever(opts, queue)
+    let metrics_ctx = ctx.clone();
+    let metrics: orch::serve::MetricsFn = std::sync::Arc::new(move || {
+        let db = metrics_ctx.open_db_read_only()?;
+        orch::metrics::render(&metrics_ctx, &db)
+    });
+    orch::serve::run_forever(opts, orch::serve::Admin { queue, metrics })
 }
 
 /// Refuses a bind address that is not `HOST:PORT` (exit 2, naming `key`).

@@ -43,11 +43,28 @@ use crate::webhook::Source;
 /// concurrently.
 pub type QueueFn = Arc<dyn Fn() -> anyhow::Result<Value> + Send + Sync>;
 
+/// Builds the `GET /metrics` text (Prometheus exposition format; the caller
+/// passes `orch metrics`' renderer). Called from the blocking pool.
+pub type MetricsFn = Arc<dyn Fn() -> anyhow::Result<String> + Send + Sync>;
+
+/// What the admin listener serves, built by the caller (the binary), which
+/// knows the database and the context.
+#[derive(Clone)]
+pub struct Admin {
+    /// `GET /queue`: the `orch status --json` document.
+    pub queue: QueueFn,
+    /// `GET /metrics`: Prometheus text.
+    pub metrics: MetricsFn,
+}
+
 /// How to run the shim.
 #[derive(Clone)]
 pub struct ServeOptions {
     /// Listen address, e.g. `127.0.0.1:8500` (`:0` picks a free port).
     pub bind: String,
+    /// The admin listener's address (`GET /queue`, `GET /metrics`,
+    /// `GET /healthz`); `None` serves no admin listener.
+    pub admin_bind: Option<String>,
     /// Runtime worker threads; 0 = one per CPU.
     pub threads: usize,
     /// A request must be complete (body read, delivery stored) within this
@@ -80,6 +97,7 @@ impl ServeOptions {
     pub fn from_settings(s: &crate::config::Settings) -> ServeOptions {
         ServeOptions {
             bind: s.bind.clone(),
+            admin_bind: s.admin_bind.clone(),
             threads: s.serve_threads,
             read_timeout: Duration::from_millis(s.serve_read_timeout_ms),
             header_timeout: Duration::from_millis(s.serve_header_timeout_ms),
@@ -111,6 +129,7 @@ impl std::fmt::Debug for ServeOptions {
         let redact = |s: &Option<String>| s.as_ref().map(|_| "[redacted]");
         f.debug_struct("ServeOptions")
             .field("bind", &self.bind)
+            .field("admin_bind", &self.admin_bind)
             .field("threads", &self.threads)
             .field("read_timeout", &self.read_timeout)
             .field("header_timeout", &self.header_timeout)
@@ -128,6 +147,7 @@ impl std::fmt::Debug for ServeOptions {
 /// (ignoring its result).
 pub struct Server {
     addr: std::net::SocketAddr,
+    admin_addr: Option<std::net::SocketAddr>,
     runtime: Option<tokio::runtime::Runtime>,
     stop: watch::Sender<bool>,
     accept: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -138,6 +158,11 @@ impl Server {
     /// The bound address (the real port when `bind` asked for port 0).
     pub fn addr(&self) -> std::net::SocketAddr {
         self.addr
+    }
+
+    /// The admin listener's bound address, when it serves one.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr
     }
 
     /// Stops accepting (the listening socket is closed), lets the requests
@@ -235,7 +260,7 @@ impl Drop for Server {
 ///
 /// Errors: an unusable bind address, a database that cannot be opened,
 /// a zero deadline, `max_connections == 0` or `max_header_bytes < 8192`.
-pub fn start(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<Server> {
+pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
     anyhow::ensure!(
         !opts.read_timeout.is_zero(),
         "serve: the read timeout must be positive"
@@ -273,11 +298,21 @@ pub fn start(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<Server> {
         .max_blocking_threads(4)
         .enable_all()
         .build()?;
-    let listener = {
+    let (listener, admin_listener) = {
         let _guard = runtime.enter();
-        listen::bind(&opts.bind)?
+        let admin = match &opts.admin_bind {
+            Some(bind) => Some(anyhow::Context::with_context(listen::bind(bind), || {
+                format!("the admin listener (ORCH_ADMIN_BIND={bind})")
+            })?),
+            None => None,
+        };
+        (listen::bind(&opts.bind)?, admin)
     };
     let addr = listener.local_addr()?;
+    let admin_addr = match &admin_listener {
+        Some(l) => Some(l.local_addr()?),
+        None => None,
+    };
     let (writer, writer_thread) = writer::start(&opts.db_path, opts.busy_timeout_ms)?;
     let limits = listen::Limits {
         header_timeout: opts.header_timeout,
@@ -291,17 +326,27 @@ pub fn start(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<Server> {
         gitea_secret: opts.gitea_secret,
         read_timeout: opts.read_timeout,
         writer,
-        queue,
+        admin,
     });
     let (stop, stop_rx) = watch::channel(false);
-    let accept = runtime.spawn(listen::accept_loop(
+    let webhooks = listen::accept_loop(
         listener,
-        routes::router(app),
-        limits,
-        stop_rx,
-    ));
+        routes::router(app.clone()),
+        limits.clone(),
+        stop_rx.clone(),
+    );
+    // Both loops end together on a stop; either failing is the server
+    // failing (the process then exits non-zero).
+    let accept = match admin_listener {
+        Some(l) => {
+            let admin = listen::accept_loop(l, routes::admin_router(app), limits, stop_rx);
+            runtime.spawn(async move { tokio::try_join!(webhooks, admin).map(|_| ()) })
+        }
+        None => runtime.spawn(webhooks),
+    };
     Ok(Server {
         addr,
+        admin_addr,
         runtime: Some(runtime),
         stop,
         accept: Some(accept),
@@ -318,7 +363,7 @@ pub fn start(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<Server> {
 /// First raises the soft limit on open files to the hard limit (each
 /// connection is one descriptor) and warns when `max_connections` does
 /// not fit under it.
-pub fn run_forever(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<()> {
+pub fn run_forever(opts: ServeOptions, admin: Admin) -> anyhow::Result<()> {
     let files = raise_open_files_limit();
     if let Some(files) = files {
         if (opts.max_connections as u64).saturating_add(64) > files {
@@ -326,8 +371,11 @@ pub fn run_forever(opts: ServeOptions, queue: QueueFn) -> anyhow::Result<()> {
         }
     }
     let (threads, max_connections) = (opts.threads, opts.max_connections);
-    let mut server = start(opts, queue)?;
-    tracing::info!(target: "webhook", addr = %server.addr(), threads, max_connections, open_files_limit = files, "orch serve listening");
+    let mut server = start(opts, admin)?;
+    let admin_addr = server
+        .admin_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    tracing::info!(target: "webhook", addr = %server.addr(), admin = %admin_addr, threads, max_connections, open_files_limit = files, "orch serve listening");
     match server.serve_until_signal() {
         Ok(()) => {
             tracing::info!(target: "webhook", "stopped");
@@ -371,6 +419,7 @@ mod tests {
     fn options(dir: &std::path::Path, secret: Option<&str>) -> ServeOptions {
         ServeOptions {
             bind: "127.0.0.1:0".into(),
+            admin_bind: Some("127.0.0.1:0".into()),
             threads: 1,
             read_timeout: Duration::from_secs(2),
             header_timeout: Duration::from_secs(2),
@@ -383,8 +432,20 @@ mod tests {
         }
     }
 
+    fn admin(queue: QueueFn) -> Admin {
+        Admin {
+            queue,
+            metrics: Arc::new(|| Ok("orch_up 1\n".to_string())),
+        }
+    }
+
     fn exchange(server: &Server, raw: &str) -> (u16, Value) {
-        let mut s = TcpStream::connect(server.addr()).unwrap();
+        exchange_at(server.addr(), raw).0
+    }
+
+    /// One request to `addr`: `((code, JSON body), raw body)`.
+    fn exchange_at(addr: std::net::SocketAddr, raw: &str) -> ((u16, Value), String) {
+        let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         s.write_all(raw.as_bytes()).unwrap();
         let mut out = Vec::new();
@@ -392,18 +453,58 @@ mod tests {
         let text = String::from_utf8_lossy(&out);
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let code = head.split(' ').nth(1).unwrap().parse().unwrap();
-        (code, serde_json::from_str(body).unwrap_or(Value::Null))
+        (
+            (code, serde_json::from_str(body).unwrap_or(Value::Null)),
+            body.to_string(),
+        )
+    }
+
+    const GET: &str = "HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+    #[test]
+    fn queue_and_metrics_are_served_on_the_admin_listener_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue: QueueFn = Arc::new(|| Ok(serde_json::json!({"ok": true})));
+        let server = start(options(dir.path(), Some("s")), admin(queue)).unwrap();
+        let admin_addr = server.admin_addr().expect("an admin listener");
+        assert_ne!(admin_addr, server.addr());
+        let (q, _) = exchange_at(admin_addr, &format!("GET /queue {GET}"));
+        assert_eq!(q, (200, serde_json::json!({"ok": true})));
+        let ((code, _), text) = exchange_at(admin_addr, &format!("GET /metrics {GET}"));
+        assert_eq!((code, text.as_str()), (200, "orch_up 1\n"));
+        assert_eq!(
+            exchange_at(admin_addr, &format!("GET /healthz {GET}")).0 .0,
+            200
+        );
+        // The webhook port serves neither, and the admin port no webhooks.
+        for path in ["/queue", "/metrics"] {
+            assert_eq!(
+                exchange(&server, &format!("GET {path} {GET}")).0,
+                404,
+                "{path}"
+            );
+        }
+        let (code, _) = exchange_at(admin_addr, "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}").0;
+        assert_eq!(code, 404);
+        server.shutdown().unwrap();
+        // Off: no admin listener at all.
+        let mut opts = options(dir.path(), Some("s"));
+        opts.admin_bind = None;
+        let server = start(opts, admin(Arc::new(|| Ok(Value::Null)))).unwrap();
+        assert_eq!(server.admin_addr(), None);
+        server.shutdown().unwrap();
     }
 
     #[test]
     fn queue_errors_are_503_and_a_missing_secret_refuses_everything() {
         let dir = tempfile::tempdir().unwrap();
         let queue: QueueFn = Arc::new(|| anyhow::bail!("database is locked"));
-        let server = start(options(dir.path(), None), queue).unwrap();
-        let (code, v) = exchange(
-            &server,
+        let server = start(options(dir.path(), None), admin(queue)).unwrap();
+        let (code, v) = exchange_at(
+            server.admin_addr().unwrap(),
             "GET /queue HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
+        )
+        .0;
         assert_eq!((code, v["status"].as_str()), (503, Some("unavailable")));
         let body = include_str!(
             "../../tests/fixtures/plane/webhooks/issue-updated-state-in-progress.json"
@@ -434,7 +535,11 @@ mod tests {
     #[test]
     fn shutdown_closes_the_port_and_returns() {
         let dir = tempfile::tempdir().unwrap();
-        let server = start(options(dir.path(), Some("s")), Arc::new(|| Ok(Value::Null))).unwrap();
+        let server = start(
+            options(dir.path(), Some("s")),
+            admin(Arc::new(|| Ok(Value::Null))),
+        )
+        .unwrap();
         let addr = server.addr();
         let idle = TcpStream::connect(addr).unwrap();
         let started = std::time::Instant::now();

@@ -37,7 +37,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use super::writer::Writer;
-use super::QueueFn;
+use super::Admin;
 use crate::db::{NewDelivery, Recorded};
 use crate::webhook::{self, Rejection, Source, MAX_BODY_BYTES};
 
@@ -51,8 +51,8 @@ pub struct App {
     pub read_timeout: Duration,
     /// The group-commit writer.
     pub writer: Writer,
-    /// The `GET /queue` document.
-    pub queue: QueueFn,
+    /// What the admin listener serves (`/queue`, `/metrics`).
+    pub admin: Admin,
 }
 
 impl App {
@@ -75,14 +75,33 @@ pub enum Refuse {
     FramingLost,
 }
 
-/// The router with its layers.
+/// The webhook listener's router with its layers: the webhooks and
+/// `/healthz`, nothing an outsider should read.
 pub fn router(app: Arc<App>) -> Router {
+    layered(
+        Router::new()
+            .route("/webhooks/plane", post(plane))
+            .route("/webhooks/gitea", post(gitea))
+            .route("/healthz", get(health)),
+        app,
+    )
+}
+
+/// The admin listener's router (`ORCH_ADMIN_BIND`, loopback by default):
+/// `/queue`, `/metrics` and `/healthz`, with the same layers.
+pub fn admin_router(app: Arc<App>) -> Router {
+    layered(
+        Router::new()
+            .route("/queue", get(queue))
+            .route("/metrics", get(metrics))
+            .route("/healthz", get(health)),
+        app,
+    )
+}
+
+fn layered(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
     let read_timeout = app.read_timeout;
-    Router::new()
-        .route("/webhooks/plane", post(plane))
-        .route("/webhooks/gitea", post(gitea))
-        .route("/healthz", get(health))
-        .route("/queue", get(queue))
+    routes
         .fallback(not_found)
         .with_state(app.clone())
         // Each `layer` wraps the ones before it: `finish` is outermost.
@@ -148,8 +167,37 @@ async fn health() -> Response {
     with_body(StatusCode::OK, body, "ok", detail.to_string())
 }
 
+/// `GET /metrics`: Prometheus text, built on the blocking pool.
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let build = app.admin.metrics.clone();
+    match tokio::task::spawn_blocking(move || build()).await {
+        Ok(Ok(text)) => {
+            let mut r = (StatusCode::OK, text).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r.extensions_mut().insert(Note {
+                outcome: "ok",
+                detail: String::new(),
+            });
+            r
+        }
+        Ok(Err(e)) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{e:#}"),
+        ),
+        Err(_) => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "building the metrics failed",
+        ),
+    }
+}
+
 async fn queue(State(app): State<Arc<App>>) -> Response {
-    let build = app.queue.clone();
+    let build = app.admin.queue.clone();
     match tokio::task::spawn_blocking(move || build()).await {
         Ok(Ok(doc)) => with_body(StatusCode::OK, doc, "ok", String::new()),
         Ok(Err(e)) => reply(
@@ -308,11 +356,12 @@ fn close(mut r: Response) -> Response {
 /// Gives an answer made without a JSON body (by a layer or axum's
 /// routing) the JSON shape.
 fn shape(resp: Response, path: &str, app: &App) -> Response {
+    // A handler's own answer (JSON, or the metrics' text) carries its Note.
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
+    if is_json || resp.extensions().get::<Note>().is_some() {
         return resp;
     }
     let code = resp.status();
