@@ -332,7 +332,7 @@ pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
     let webhooks = listen::accept_loop(
         listener,
         routes::router(app.clone()),
-        limits.clone(),
+        limits,
         stop_rx.clone(),
     );
     // Both loops end together on a stop; either failing is the server
