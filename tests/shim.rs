@@ -136,6 +136,20 @@ fn every_shim_answer_and_nothing_stored_for_a_rejected_request() {
         metrics.contains("orch_inbox_deliveries{state=\"pending\"} 2"),
         "{metrics}"
     );
+    // What was refused is counted by the shim itself (it stores nothing).
+    for (answer, n) in [
+        ("accepted", 1),
+        ("duplicate", 2),
+        ("bad_signature", 3),
+        ("too_large", 1),
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "orch_webhook_answers_total{{source=\"plane\",answer=\"{answer}\"}} {n}\n"
+            )),
+            "{answer}: {metrics}"
+        );
+    }
 }
 
 #[test]

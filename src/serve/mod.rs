@@ -327,6 +327,7 @@ pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
         read_timeout: opts.read_timeout,
         writer,
         admin,
+        answers: Default::default(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let webhooks = listen::accept_loop(
@@ -471,7 +472,12 @@ mod tests {
         let (q, _) = exchange_at(admin_addr, &format!("GET /queue {GET}"));
         assert_eq!(q, (200, serde_json::json!({"ok": true})));
         let ((code, _), text) = exchange_at(admin_addr, &format!("GET /metrics {GET}"));
-        assert_eq!((code, text.as_str()), (200, "orch_up 1\n"));
+        assert_eq!(code, 200);
+        assert!(text.starts_with("orch_up 1\n"), "{text}");
+        assert!(
+            text.contains("# TYPE orch_webhook_answers_total counter"),
+            "{text}"
+        );
         assert_eq!(
             exchange_at(admin_addr, &format!("GET /healthz {GET}")).0 .0,
             200

@@ -53,6 +53,38 @@ pub struct App {
     pub writer: Writer,
     /// What the admin listener serves (`/queue`, `/metrics`).
     pub admin: Admin,
+    /// Webhook answers since the process started, by `(source, answer)`
+    /// (`stored`, `duplicate`, `bad_signature`, `too_large`, …): the
+    /// rejected ones are stored nowhere else (`GET /metrics`).
+    pub answers: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl App {
+    /// Counts one answer to a webhook path.
+    fn count_answer(&self, path: &str, outcome: &'static str) {
+        let source = match path {
+            "/webhooks/plane" => "plane",
+            "/webhooks/gitea" => "gitea",
+            _ => return,
+        };
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        *answers.entry((source, outcome)).or_default() += 1;
+    }
+
+    /// The answer counters as Prometheus text
+    /// (`orch_webhook_answers_total{source, answer}`).
+    fn answers_text(&self) -> String {
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut text = String::from(
+            "# HELP orch_webhook_answers_total Webhook deliveries answered by this orch serve process, by source and answer (stored, duplicate, or why it was refused).\n# TYPE orch_webhook_answers_total counter\n",
+        );
+        for ((source, answer), n) in answers.iter() {
+            text += &format!(
+                "orch_webhook_answers_total{{source=\"{source}\",answer=\"{answer}\"}} {n}\n"
+            );
+        }
+        text
+    }
 }
 
 impl App {
@@ -172,6 +204,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let build = app.admin.metrics.clone();
     match tokio::task::spawn_blocking(move || build()).await {
         Ok(Ok(text)) => {
+            let text = text + &app.answers_text();
             let mut r = (StatusCode::OK, text).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -343,6 +376,8 @@ async fn finish(State(app): State<Arc<App>>, req: Request, next: Next) -> Respon
     };
     let resp = shape(resp, &path, &app);
     log(&method, &path, &resp, &delivery, started);
+    let outcome = resp.extensions().get::<Note>().map_or("-", |n| n.outcome);
+    app.count_answer(&path, outcome);
     resp
 }
 
