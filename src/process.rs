@@ -246,6 +246,16 @@ impl Confinement {
         for p in self.readonly.iter().filter(|p| p.exists()) {
             a.extend(["--ro-bind".into(), s(p), s(p)]);
         }
+        // The program itself stays runnable wherever it lives, e.g. a
+        // checkout under the host's /tmp, which the private /tmp hides.
+        if let Some(program) = spec
+            .argv
+            .first()
+            .map(Path::new)
+            .filter(|p| p.is_absolute() && p.is_file())
+        {
+            a.extend(["--ro-bind".into(), s(program), s(program)]);
+        }
         for p in self.writable.iter().filter(|p| p.exists()) {
             a.extend(["--bind".into(), s(p), s(p)]);
         }
@@ -632,6 +642,36 @@ mod tests {
             "made\n"
         );
         assert!(!d.join("outside").exists(), "{log}");
+    }
+
+    /// A checkout under the host's `/tmp` (CI may clone there): the agent
+    /// program stays runnable though the sandbox's `/tmp` is private.
+    #[test]
+    fn a_program_under_the_host_tmp_runs_confined() {
+        if let Err(why) = bwrap_usable() {
+            eprintln!("SKIPPED: bubblewrap does not work here: {why}");
+            return;
+        }
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("logs")).unwrap();
+        let program = d.join("agent.sh");
+        std::fs::write(&program, "#!/bin/sh\necho ran confined\n").unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runner = Runner::Bwrap(Confinement {
+            writable: vec![d.join("logs")],
+            ..Confinement::default()
+        });
+        let mut sp = spec(d, "");
+        sp.argv = vec![program.to_string_lossy().into_owned()];
+        sp.cwd = PathBuf::from("/");
+        let out = runner
+            .run(&sp, Duration::from_millis(50), |_| Ok(()), || Ok(()))
+            .unwrap();
+        let log = std::fs::read_to_string(&sp.log_path).unwrap_or_default();
+        assert_eq!(out.exit, ExitKind::Code(0), "{log}");
+        assert!(log.contains("ran confined"), "{log}");
     }
 
     fn spec(dir: &Path, script: &str) -> RunSpec {
