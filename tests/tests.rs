@@ -26,3 +26,4 @@ mod reconcile;
 mod shim;
 #[cfg(feature = "testing")]
 mod staging;
+mod why;

@@ -20,6 +20,7 @@ mod status;
 mod task;
 mod tick;
 mod usage;
+mod why;
 mod work_once;
 
 use std::io::Write;
@@ -128,6 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
         Command::Agents(c) => (agents::run(&ctx, c)?, exit::OK),
         Command::Usage { task } => (usage::run(&ctx, task)?, exit::OK),
+        Command::Why { task } => (why::run(&ctx, task)?, exit::OK),
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
         Command::Completions { .. } | Command::Man | Command::StagingCheck(_) => {
             unreachable!("dispatched before the context loads")
