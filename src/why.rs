@@ -369,7 +369,8 @@ pub fn waiting(db: &Db, task: &Task, jobs: &[Job]) -> anyhow::Result<Waiting> {
     if let Some(r) = db
         .failed_deliveries_for(&task.tracker_issue_id, &task.branch)?
         .into_iter()
-        .next()
+        // One received before the task's last move is history.
+        .find(|r| r.received_at_ms >= task.updated_at_ms)
     {
         return Ok(failed_delivery(r));
     }

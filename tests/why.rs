@@ -210,3 +210,41 @@ fn why_of_a_missing_task_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no task 42"));
 }
+
+#[test]
+fn an_approval_whose_delivery_died_is_named_as_the_wait() {
+    let sbx = Sandbox::new();
+    let cfg = sbx.dir.join("orch.toml");
+    let s = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, s.replace("auto_approve_analysis = true\n", "")).unwrap();
+    sbx.ok(&["init"]);
+    sbx.json(&[
+        "ingest",
+        "--source",
+        "plane",
+        "--event",
+        "issue",
+        "--file",
+        &format!("{ROOT}/tests/fixtures/{IN_PROGRESS}"),
+    ]);
+    sbx.ok(&["work-once"]);
+    assert_eq!(kind(&why(&sbx, 1)), "approval");
+    // The tracker's Approved arrives, and its ingest is dead-lettered (as
+    // a permanent error would leave it).
+    {
+        let server = sbx.serve();
+        let body = fixture("plane/webhooks/issue-updated-state-approved.json");
+        assert_eq!(server.post_plane(&body, "approve-1").0, 202);
+    }
+    sbx.db()
+        .execute(
+            "UPDATE inbox SET attempts=1, dead=1, error='permanent: planted' WHERE delivery_id='approve-1'",
+            [],
+        )
+        .unwrap();
+    let v = why(&sbx, 1);
+    assert_eq!(kind(&v), "failed_delivery", "{v}");
+    assert_eq!(v["waiting"]["delivery_id"], "approve-1", "{v}");
+    assert_eq!(v["waiting"]["dead"], true, "{v}");
+    assert!(sbx.ok(&["why", "1"]).contains("orch events replay"));
+}
