@@ -160,6 +160,19 @@ pub enum Command {
     /// The agents: what a run of a role is told
     #[command(subcommand)]
     Agents(AgentsCommand),
+    /// Why a task is where it is: its transitions with their causes, and
+    /// the one thing it waits for
+    ///
+    /// Read-only (it never takes the write lock). The chain lists every
+    /// transition with its cause: the job, its run and verdict (worker,
+    /// reaper), the delivery (webhook), the reconcile pass (reconciler),
+    /// the command (human). `waiting.kind` in --json is one of done,
+    /// escalated, job_running, merge_lease, job_queued, failed_delivery,
+    /// tracker, approval, gate. Exit 2 when there is no such task.
+    Why {
+        /// The task id
+        task: i64,
+    },
     /// Tokens and cost per task, stage and role
     Usage {
         /// Only this task

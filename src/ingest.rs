@@ -109,7 +109,9 @@ pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<String> {
     }
     let now = now_ms();
     let handled = db.write(|tx| {
+        let before = tx.last_transition_id()?;
         let h = route(ctx, db, tx, &source, &event, &body, now)?;
+        tx.link_transitions_to_delivery(before, id)?;
         tx.mark_delivery_processed(id, &h.outcome, now)?;
         failpoint("ingest.before_commit");
         Ok(h)

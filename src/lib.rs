@@ -37,4 +37,5 @@ pub mod status;
 pub mod tick;
 pub mod tracker;
 pub mod webhook;
+pub mod why;
 pub mod worker;

@@ -191,6 +191,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "worker",
             "reap",
             "reconcile",
+            "why",
             "deliver",
             "merge_gate",
             "serve",

@@ -234,6 +234,19 @@ fn blocked_or_needs_input_in_the_tracker_and_tracker_errors_are_skipped_and_the_
         "{pass}"
     );
     assert_eq!(pass["unblocked"], json!([[2, "review", "testing"]]));
+    // `orch why` names both: task 1 waits for the tracker, task 2 was
+    // moved by this pass.
+    let why = w.sbx.json(&["why", "1"]);
+    assert_eq!(why["waiting"]["kind"], "tracker", "{why}");
+    assert_eq!(why["waiting"]["reason"], "tracker shows Blocked", "{why}");
+    let why = w.sbx.json(&["why", "2"]);
+    let last = why["chain"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["actor"], "reconciler", "{why}");
+    assert_eq!(last["cause"]["kind"], "reconcile_pass", "{why}");
+    assert_eq!(
+        last["cause"]["detail"], "unblocked review → testing",
+        "{why}"
+    );
 
     w.set_plane_state(PLANE_ISSUE, NEEDS_INPUT_ID);
     let pass = w.sbx.json(&["reconcile"]);

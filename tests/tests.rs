@@ -27,3 +27,4 @@ mod reconcile;
 mod shim;
 #[cfg(feature = "testing")]
 mod staging;
+mod why;

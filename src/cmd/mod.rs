@@ -22,6 +22,7 @@ mod status;
 mod task;
 mod tick;
 mod usage;
+mod why;
 mod work_once;
 
 use std::io::Write;
@@ -182,6 +183,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
             Some(out) => (out, exit::OK),
             None => return Ok(exit::OK),
         },
+        Command::Why { task } => (why::run(&ctx, task)?, exit::OK),
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
         Command::Completions { .. } | Command::Man | Command::StagingCheck(_) => {
             unreachable!("dispatched before the context loads")

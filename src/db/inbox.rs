@@ -55,6 +55,25 @@ pub enum Recorded {
     Duplicate(i64),
 }
 
+const INBOX_COLS: &str =
+    "id, source, event, delivery_id, received_at_ms, processed_at_ms, outcome, \
+     attempts, error, dead";
+
+fn inbox_row(r: &rusqlite::Row) -> rusqlite::Result<InboxRow> {
+    Ok(InboxRow {
+        id: r.get(0)?,
+        source: r.get(1)?,
+        event: r.get(2)?,
+        delivery_id: r.get(3)?,
+        received_at_ms: r.get(4)?,
+        processed_at_ms: r.get(5)?,
+        outcome: r.get(6)?,
+        attempts: r.get(7)?,
+        error: r.get(8)?,
+        dead: r.get(9)?,
+    })
+}
+
 impl Db {
     /// Inbox rows, newest first; only unprocessed-and-failed or dead ones
     /// with `failed_only`.
@@ -114,6 +133,38 @@ impl Db {
                 },
             )
             .optional()?)
+    }
+
+    /// Inbox row `id` (without its body), if it exists.
+    pub fn inbox_row(&self, id: i64) -> anyhow::Result<Option<InboxRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("SELECT {INBOX_COLS} FROM inbox WHERE id=?1"))?
+            .query_row([id], inbox_row)
+            .optional()?)
+    }
+
+    /// Failed (unprocessed with an error) or dead deliveries about one
+    /// work item, newest first: a Plane delivery whose `data.id` is
+    /// `tracker_issue_id`, or a Gitea delivery about `branch` (its `ref`
+    /// or its pull request's head). Bodies that are not JSON match nothing.
+    pub fn failed_deliveries_for(
+        &self,
+        tracker_issue_id: &str,
+        branch: &str,
+    ) -> anyhow::Result<Vec<InboxRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {INBOX_COLS} FROM ( \
+               SELECT *, CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END AS j \
+               FROM inbox WHERE dead=1 OR (processed_at_ms IS NULL AND error IS NOT NULL)) \
+             WHERE j IS NOT NULL AND ( \
+               (source='plane' AND json_extract(j, '$.data.id')=?1) \
+               OR (source='gitea' AND (json_extract(j, '$.ref')='refs/heads/'||?2 \
+                   OR json_extract(j, '$.pull_request.head.ref')=?2))) \
+             ORDER BY id DESC"
+        ))?;
+        let rows = stmt.query_map(params![tracker_issue_id, branch], inbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Inbox ids still to ingest (not processed, not dead), oldest first.

@@ -184,6 +184,17 @@ impl Db {
             .optional()?)
     }
 
+    /// The merge lease a deferred merge of job `id` waits for
+    /// (`jobs.deferred_on`, migration 8), if any.
+    pub fn job_deferred_on(&self, id: i64) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT deferred_on FROM jobs WHERE id=?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
     /// The latest agent run of a job.
     pub fn last_run_for_job(
         &self,

@@ -276,4 +276,10 @@ ALTER TABLE agent_runs ADD COLUMN base_sha TEXT;
 -- runnable at once (the growing delay stays as the fallback).
 ALTER TABLE jobs ADD COLUMN deferred_on TEXT;
 "#,
+    // 9: `orch why` (issue 16). The inbox row (delivery) whose ingest
+    // made a transition, so a webhook move names the delivery that caused
+    // it; NULL for every other actor and for rows older than this column.
+    r#"
+ALTER TABLE transitions ADD COLUMN inbox_id INTEGER REFERENCES inbox(id);
+"#,
 ];

@@ -65,6 +65,9 @@ pub struct TransitionRow {
     pub job_id: Option<i64>,
     pub reason: String,
     pub at_ms: i64,
+    /// The delivery (inbox row) whose ingest made this move (migration 9);
+    /// `None` for other actors and older rows.
+    pub inbox_id: Option<i64>,
 }
 
 /// A project of the registry (`projects` table), as the caller's config
@@ -148,7 +151,7 @@ impl Db {
     /// The transitions of a task in order.
     pub fn transitions(&self, task_id: i64) -> anyhow::Result<Vec<TransitionRow>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, task_id, from_stage, to_stage, version, actor, job_id, reason, at_ms \
+            "SELECT id, task_id, from_stage, to_stage, version, actor, job_id, reason, at_ms, inbox_id \
              FROM transitions WHERE task_id=?1 ORDER BY version",
         )?;
         let rows = stmt.query_map([task_id], |r| {
@@ -162,9 +165,20 @@ impl Db {
                 job_id: r.get(6)?,
                 reason: r.get(7)?,
                 at_ms: r.get(8)?,
+                inbox_id: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The id of the latest transition row (0 when there is none): ingest
+    /// notes it before handling a delivery, to link what the handler wrote
+    /// ([`Tx::link_transitions_to_delivery`]).
+    pub fn last_transition_id(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM transitions")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Whether task `id`'s latest transition reruns its stage (`from = to`).
@@ -318,6 +332,23 @@ impl Tx<'_> {
         )?
         .execute(params![task_id, from, to, version, actor, job_id, reason, now_ms])?;
         Ok(())
+    }
+
+    /// Stamps every transition after row `after_id` with the delivery
+    /// `inbox_id` whose ingest wrote them. Returns how many.
+    ///
+    /// Assumptions: the caller's IMMEDIATE transaction wrote every row
+    /// after `after_id` (no other writer can), i.e. `after_id` was read in
+    /// the same transaction before the delivery was handled.
+    pub fn link_transitions_to_delivery(
+        &self,
+        after_id: i64,
+        inbox_id: i64,
+    ) -> anyhow::Result<usize> {
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE transitions SET inbox_id=?2 WHERE id>?1 AND inbox_id IS NULL")?
+            .execute(params![after_id, inbox_id])?)
     }
 
     /// Creates a local tracker issue in `state`. Returns its id.

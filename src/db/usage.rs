@@ -183,6 +183,25 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The latest recorded reconcile pass that started at or before
+    /// `at_ms`: `(pass id, at_ms, report)`. Only the last 100 passes (and
+    /// only passes that differ from the one before) are kept, so an old
+    /// move may find none.
+    pub fn reconcile_pass_at(
+        &self,
+        at_ms: i64,
+    ) -> anyhow::Result<Option<(i64, i64, serde_json::Value)>> {
+        let row: Option<(i64, i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, at_ms, report FROM reconcile_passes WHERE at_ms<=?1 \
+                 ORDER BY at_ms DESC, id DESC LIMIT 1",
+            )?
+            .query_row([at_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        Ok(row.and_then(|(id, at, t)| Some((id, at, serde_json::from_str(&t).ok()?))))
+    }
+
     /// The last reconcile pass report, if any.
     pub fn last_reconcile_pass(&self) -> anyhow::Result<Option<serde_json::Value>> {
         let text: Option<String> = self

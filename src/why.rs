@@ -1,0 +1,589 @@
+//! `orch why TASK`: why a task is where it is, from the database alone.
+//!
+//! Two answers ([`Why`]):
+//! - the *chain*: every transition of the task in order, each with what
+//!   caused it ([`Cause`]) — the job, its latest agent run and verdict for
+//!   `worker`/`reaper` moves; the delivery (inbox row) for `webhook` moves
+//!   (linked since migration 9, `transitions.inbox_id`); the reconcile
+//!   pass for `reconciler` moves; the command for `human` moves;
+//! - the *wait*: for a task that is not moving, the one thing it waits for
+//!   ([`Waiting`]), checked in a fixed order (see [`waiting`]).
+//!
+//! Read-only: it runs reads only, so it never takes the write lock and
+//! answers while ticks run. Times are unix ms.
+
+use serde::Serialize;
+
+use crate::db::{Db, InboxRow, Job, Task, TransitionRow};
+use crate::model::{Actor, JobStatus, Stage};
+
+/// The answer of [`explain`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Why {
+    pub task_id: i64,
+    pub project: String,
+    pub title: String,
+    pub stage: Stage,
+    pub version: i64,
+    pub escalated: bool,
+    /// The transitions in order, each with its cause.
+    pub chain: Vec<Link>,
+    /// The one thing the task waits for.
+    pub waiting: Waiting,
+}
+
+/// One transition and what caused it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Link {
+    pub version: i64,
+    pub from: Option<Stage>,
+    pub to: Stage,
+    pub actor: Actor,
+    pub reason: String,
+    pub at_ms: i64,
+    pub cause: Cause,
+}
+
+/// What caused a transition, by actor.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    /// A worker's (or the reaper's) finalize of a job: the job, its latest
+    /// run and its verdict.
+    Job {
+        job_id: i64,
+        stage: Stage,
+        role: String,
+        attempt: i64,
+        status: JobStatus,
+        /// The agent's exit code (`None`: no run recorded).
+        exit_code: Option<i64>,
+        /// The agent's result said success (`None`: no result).
+        success: Option<bool>,
+        /// orch's judgement of a failed run (timeout, model-API error, …).
+        error: Option<String>,
+        /// The verdict the job's agent (or orch, `UNREADABLE`) recorded.
+        verdict: Option<String>,
+        verdict_summary: Option<String>,
+    },
+    /// A worker/reaper move with no job (should not happen; kept honest).
+    NoJob,
+    /// The delivery whose ingest made the move.
+    Delivery {
+        inbox_id: i64,
+        source: String,
+        event: String,
+        delivery_id: String,
+        received_at_ms: i64,
+        outcome: Option<String>,
+    },
+    /// A webhook move recorded before deliveries were linked (migration 9).
+    DeliveryUnknown,
+    /// The reconcile pass that ran when the move was made: the latest
+    /// recorded pass that started at or before it.
+    ReconcilePass {
+        pass_id: i64,
+        pass_at_ms: i64,
+        /// The pass's report lists this task (unblocked) or its work item
+        /// (replayed from the tracker).
+        listed: bool,
+        /// What the report says about this task (`unblocked <from> → <to>`,
+        /// `replayed: <outcome>`), when listed.
+        detail: Option<String>,
+    },
+    /// No recorded pass covers the move (only the last 100 are kept).
+    ReconcilePassUnknown,
+    /// A human command, as far as the row tells (`command` is orch's
+    /// reading of the move: e.g. `orch task approve`).
+    Human { command: String },
+}
+
+/// The one thing a task waits for (`waiting.kind` in the JSON).
+///
+/// Hooks for two kinds that need their own tables (issue 16 scopes 1–2):
+/// a budget park and a usage-limit pause belong between
+/// [`Waiting::JobQueued`]'s detection and the others, see [`waiting`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Waiting {
+    /// The task is done: nothing.
+    Done { since_ms: i64 },
+    /// Escalated: a human must act (`orch task unblock|retry|cancel`).
+    Escalated { reason: String, since_ms: i64 },
+    /// An agent runs for it now.
+    JobRunning {
+        job_id: i64,
+        stage: Stage,
+        role: String,
+        attempt: i64,
+        claimed_at_ms: Option<i64>,
+        heartbeat_at_ms: Option<i64>,
+        agent_pid: Option<i64>,
+        worker_host: Option<String>,
+        worker_pid: Option<i64>,
+    },
+    /// Its merge waits for the repository's merge lease, held by another
+    /// task.
+    MergeLease {
+        job_id: i64,
+        lease: String,
+        holder: String,
+        /// The task holding it, when the holder is `task:<id>`.
+        holder_task: Option<i64>,
+        since_ms: i64,
+        expires_at_ms: i64,
+    },
+    /// A job is queued for it, runnable from `available_at_ms`.
+    JobQueued {
+        job_id: i64,
+        stage: Stage,
+        role: String,
+        attempt: i64,
+        available_at_ms: i64,
+        /// Why the last attempt did not finish it, if one ran.
+        last_error: Option<String>,
+    },
+    /// A delivery about its work item failed or is dead-lettered: the
+    /// tracker's move never reached the pipeline (`orch events replay ID`).
+    FailedDelivery {
+        inbox_id: i64,
+        source: String,
+        event: String,
+        delivery_id: String,
+        received_at_ms: i64,
+        attempts: i64,
+        dead: bool,
+        error: Option<String>,
+    },
+    /// The last reconcile pass skipped it because of the tracker (the item
+    /// is Blocked, Needs Input, or the tracker failed).
+    Tracker {
+        reason: String,
+        pass_id: i64,
+        pass_at_ms: i64,
+    },
+    /// The analysis is done and waits for a human's approval (the tracker's
+    /// Approved state, or `orch task approve`).
+    Approval { job_id: Option<i64>, since_ms: i64 },
+    /// No job, no human, no lease: the stage's gate has not decided yet
+    /// (e.g. CI pending at development); the next webhook or reconcile pass
+    /// re-evaluates it.
+    Gate { stage: Stage, since_ms: i64 },
+}
+
+/// Explains task `task_id`. `None` when there is no such task.
+///
+/// Errors: database errors.
+pub fn explain(db: &Db, task_id: i64) -> anyhow::Result<Option<Why>> {
+    let Some(task) = db.task(task_id)? else {
+        return Ok(None);
+    };
+    let transitions = db.transitions(task.id)?;
+    let jobs = db.jobs_for_task(task.id)?;
+    let mut chain = Vec::with_capacity(transitions.len());
+    for t in &transitions {
+        chain.push(Link {
+            version: t.version,
+            from: t.from_stage,
+            to: t.to_stage,
+            actor: t.actor,
+            reason: t.reason.clone(),
+            at_ms: t.at_ms,
+            cause: cause(db, &task, t, &jobs)?,
+        });
+    }
+    let waiting = waiting(db, &task, &jobs)?;
+    Ok(Some(Why {
+        task_id: task.id,
+        project: task.project.clone(),
+        title: task.title.clone(),
+        stage: task.stage,
+        version: task.version,
+        escalated: task.escalated,
+        chain,
+        waiting,
+    }))
+}
+
+fn cause(db: &Db, task: &Task, t: &TransitionRow, jobs: &[Job]) -> anyhow::Result<Cause> {
+    Ok(match t.actor {
+        Actor::Worker | Actor::Reaper => {
+            match t.job_id.and_then(|id| jobs.iter().find(|j| j.id == id)) {
+                None => Cause::NoJob,
+                Some(j) => {
+                    let run = db.last_run_for_job(j.id)?;
+                    let judged = db.run_judgement(j.id)?;
+                    let verdict = db.verdict_for_job(j.id)?;
+                    Cause::Job {
+                        job_id: j.id,
+                        stage: j.stage,
+                        role: j.role.clone(),
+                        attempt: j.attempt,
+                        status: j.status,
+                        exit_code: j.exit_code.or(run.map(|r| r.2).filter(|c| *c >= 0)),
+                        success: run.and_then(|r| r.1),
+                        error: judged.and_then(|r| r.error).map(|e| e.reason),
+                        verdict_summary: verdict.as_ref().map(|v| v.1.clone()),
+                        verdict: verdict.map(|v| v.0),
+                    }
+                }
+            }
+        }
+        Actor::Webhook => match t.inbox_id.map(|id| db.inbox_row(id)).transpose()?.flatten() {
+            Some(r) => Cause::Delivery {
+                inbox_id: r.id,
+                source: r.source,
+                event: r.event,
+                delivery_id: r.delivery_id,
+                received_at_ms: r.received_at_ms,
+                outcome: r.outcome,
+            },
+            None => Cause::DeliveryUnknown,
+        },
+        Actor::Reconciler => match db.reconcile_pass_at(t.at_ms)? {
+            None => Cause::ReconcilePassUnknown,
+            Some((pass_id, pass_at_ms, report)) => {
+                let detail = pass_detail(task, &report);
+                Cause::ReconcilePass {
+                    pass_id,
+                    pass_at_ms,
+                    listed: detail.is_some(),
+                    detail,
+                }
+            }
+        },
+        Actor::Human => Cause::Human {
+            command: human_command(t),
+        },
+    })
+}
+
+/// What a reconcile pass report says about `task`, if it lists it.
+fn pass_detail(task: &Task, report: &serde_json::Value) -> Option<String> {
+    let arr = |k: &str| {
+        report
+            .get(k)
+            .and_then(|v| v.as_array())
+            .cloned()
+            .unwrap_or_default()
+    };
+    for u in arr("unblocked") {
+        if u.get(0).and_then(|v| v.as_i64()) == Some(task.id) {
+            let s = |i: usize| u.get(i).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+            return Some(format!("unblocked {} → {}", s(1), s(2)));
+        }
+    }
+    for r in arr("replayed") {
+        if r.get(0).and_then(|v| v.as_str()) == Some(task.project.as_str())
+            && r.get(1).and_then(|v| v.as_str()) == Some(task.tracker_issue_id.as_str())
+        {
+            let outcome = r.get(2).and_then(|v| v.as_str()).unwrap_or("");
+            return Some(format!("replayed from the tracker: {outcome}"));
+        }
+    }
+    None
+}
+
+/// orch's reading of a human move: the command that makes such a row.
+fn human_command(t: &TransitionRow) -> String {
+    let cmd = match (t.from_stage, t.to_stage, t.reason.as_str()) {
+        (None, _, _) => "orch issue add",
+        (_, _, "approved by hand") => "orch task approve",
+        (_, _, "retry by hand") => "orch task retry",
+        (Some(Stage::Analysis), Stage::Architecture, _) => "orch task approve",
+        (Some(Stage::Analysis), Stage::Analysis, _) if t.reason.contains("in the tracker") => {
+            "orch task reject"
+        }
+        (Some(f), to, _) if f == to => "orch task cancel or orch task unblock",
+        (Some(f), to, _) if f.next() == to => "orch task advance",
+        (Some(_), Stage::Development, _) => "orch task rollback",
+        _ => "orch task (by hand)",
+    };
+    cmd.to_string()
+}
+
+/// The one thing `task` waits for, checked in this order: done;
+/// escalated; a running job; a queued job (a deferred merge whose lease
+/// another task holds is [`Waiting::MergeLease`]); a failed delivery about
+/// its work item; the tracker (the last reconcile pass skipped it because
+/// of the tracker); the analysis approval; otherwise the stage's gate.
+///
+/// Where the budget park and the usage-limit pause (issue 16 scopes 1–2)
+/// plug in: right after the queued-job check — a queued job that is not
+/// claimed because its task is parked, or its role's account paused, waits
+/// for that, not for a worker.
+pub fn waiting(db: &Db, task: &Task, jobs: &[Job]) -> anyhow::Result<Waiting> {
+    let since_ms = task.updated_at_ms;
+    if task.stage == Stage::Done {
+        return Ok(Waiting::Done { since_ms });
+    }
+    if task.escalated {
+        return Ok(Waiting::Escalated {
+            reason: task.escalated_reason.clone().unwrap_or_default(),
+            since_ms,
+        });
+    }
+    if let Some(j) = jobs.iter().find(|j| j.status == JobStatus::Running) {
+        return Ok(Waiting::JobRunning {
+            job_id: j.id,
+            stage: j.stage,
+            role: j.role.clone(),
+            attempt: j.attempt,
+            claimed_at_ms: j.claimed_at_ms,
+            heartbeat_at_ms: j.heartbeat_at_ms,
+            agent_pid: j.agent_pid,
+            worker_host: j.worker_host.clone(),
+            worker_pid: j.worker_pid,
+        });
+    }
+    if let Some(j) = jobs.iter().find(|j| j.status == JobStatus::Queued) {
+        if j.merge_pending {
+            if let Some(name) = db.job_deferred_on(j.id)? {
+                if let Some(l) = db.lease(&name)? {
+                    let mine = crate::pipeline::lease::holder(task.id);
+                    if l.holder != mine {
+                        return Ok(Waiting::MergeLease {
+                            job_id: j.id,
+                            holder_task: l
+                                .holder
+                                .strip_prefix("task:")
+                                .and_then(|s| s.parse().ok()),
+                            lease: l.name,
+                            holder: l.holder,
+                            since_ms: l.acquired_at_ms,
+                            expires_at_ms: l.expires_at_ms,
+                        });
+                    }
+                }
+            }
+        }
+        return Ok(Waiting::JobQueued {
+            job_id: j.id,
+            stage: j.stage,
+            role: j.role.clone(),
+            attempt: j.attempt,
+            available_at_ms: j.available_at_ms,
+            last_error: j.last_error.clone(),
+        });
+    }
+    if let Some(r) = db
+        .failed_deliveries_for(&task.tracker_issue_id, &task.branch)?
+        .into_iter()
+        // One received before the task's last move is history.
+        .find(|r| r.received_at_ms >= task.updated_at_ms)
+    {
+        return Ok(failed_delivery(r));
+    }
+    if let Some((pass_id, pass_at_ms, report)) = db.reconcile_pass_at(i64::MAX)? {
+        // A skip before the task's last move is history, not a wait.
+        let reason = (pass_at_ms >= task.updated_at_ms)
+            .then(|| tracker_skip(task.id, &report))
+            .flatten();
+        if let Some(reason) = reason {
+            return Ok(Waiting::Tracker {
+                reason,
+                pass_id,
+                pass_at_ms,
+            });
+        }
+    }
+    if task.stage == Stage::Analysis {
+        let job = jobs
+            .iter()
+            .rev()
+            .find(|j| j.stage == Stage::Analysis && j.task_version == task.version);
+        if job.is_some_and(|j| j.status == JobStatus::Done) {
+            return Ok(Waiting::Approval {
+                job_id: job.map(|j| j.id),
+                since_ms: job.and_then(|j| j.finished_at_ms).unwrap_or(since_ms),
+            });
+        }
+    }
+    Ok(Waiting::Gate {
+        stage: task.stage,
+        since_ms,
+    })
+}
+
+fn failed_delivery(r: InboxRow) -> Waiting {
+    Waiting::FailedDelivery {
+        inbox_id: r.id,
+        source: r.source,
+        event: r.event,
+        delivery_id: r.delivery_id,
+        received_at_ms: r.received_at_ms,
+        attempts: r.attempts,
+        dead: r.dead,
+        error: r.error,
+    }
+}
+
+/// The tracker reason a reconcile pass report skipped task `id` for, if
+/// any (`tracker shows Blocked`, `tracker shows Needs Input`, `tracker
+/// error …`).
+fn tracker_skip(id: i64, report: &serde_json::Value) -> Option<String> {
+    let skipped = report.get("skipped")?.as_object()?;
+    skipped
+        .iter()
+        .filter(|(reason, _)| reason.starts_with("tracker"))
+        .find(|(_, ids)| {
+            ids.as_array()
+                .is_some_and(|a| a.iter().any(|v| v.as_i64() == Some(id)))
+        })
+        .map(|(reason, _)| reason.clone())
+}
+
+/// `ms` relative to `now_ms` for people: `3 min ago`, `in 20 s`.
+pub fn ago(ms: i64, now_ms: i64) -> String {
+    let d = now_ms - ms;
+    let a = d.unsigned_abs() / 1000;
+    let span = match a {
+        0..=59 => format!("{a} s"),
+        60..=3599 => format!("{} min", a / 60),
+        3600..=172_799 => format!("{} h {} min", a / 3600, a % 3600 / 60),
+        _ => format!("{} days", a / 86_400),
+    };
+    if d >= 0 {
+        format!("{span} ago")
+    } else {
+        format!("in {span}")
+    }
+}
+
+impl Waiting {
+    /// One line for people, with times relative to `now_ms`.
+    pub fn describe(&self, now_ms: i64) -> String {
+        let t = |ms: i64| ago(ms, now_ms);
+        match self {
+            Waiting::Done { since_ms } => format!("nothing: done {}", t(*since_ms)),
+            Waiting::Escalated { reason, since_ms } => format!(
+                "a human: escalated {} because {reason} (orch task unblock|retry|cancel)",
+                t(*since_ms)
+            ),
+            Waiting::JobRunning {
+                job_id,
+                role,
+                attempt,
+                claimed_at_ms,
+                agent_pid,
+                heartbeat_at_ms,
+                ..
+            } => format!(
+                "job {job_id} ({role}, attempt {attempt}): running for {}, agent pid {}, last heartbeat {}",
+                claimed_at_ms.map_or("?".into(), |c| ago(c, now_ms).trim_end_matches(" ago").to_string()),
+                agent_pid.map_or("-".into(), |p| p.to_string()),
+                heartbeat_at_ms.map_or("never".into(), t)
+            ),
+            Waiting::MergeLease {
+                job_id,
+                lease,
+                holder,
+                since_ms,
+                expires_at_ms,
+                ..
+            } => format!(
+                "the merge lease {lease}: held by {holder} since {} (expires {}); job {job_id} merges after it",
+                t(*since_ms),
+                t(*expires_at_ms)
+            ),
+            Waiting::JobQueued {
+                job_id,
+                role,
+                attempt,
+                available_at_ms,
+                last_error,
+                ..
+            } => format!(
+                "job {job_id} ({role}, attempt {attempt}): queued, available {}{}",
+                if *available_at_ms <= now_ms { "now".to_string() } else { t(*available_at_ms) },
+                last_error.as_deref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+            ),
+            Waiting::FailedDelivery {
+                inbox_id,
+                source,
+                event,
+                attempts,
+                dead,
+                error,
+                ..
+            } => format!(
+                "a failed delivery: inbox {inbox_id} ({source} {event}) {} after {attempts} attempts: {} (orch events replay {inbox_id})",
+                if *dead { "is dead" } else { "failed" },
+                error.as_deref().unwrap_or("")
+            ),
+            Waiting::Tracker { reason, pass_at_ms, .. } => {
+                format!("the tracker: reconcile skipped it {} ({reason})", t(*pass_at_ms))
+            }
+            Waiting::Approval { since_ms, .. } => format!(
+                "a human: approval of the analysis, waiting {} (Approved in the tracker, or orch task approve)",
+                ago(*since_ms, now_ms).trim_end_matches(" ago")
+            ),
+            Waiting::Gate { stage, since_ms } => format!(
+                "the {stage} gate: undecided since {} (the next webhook or reconcile pass re-evaluates it)",
+                t(*since_ms)
+            ),
+        }
+    }
+}
+
+impl Cause {
+    /// One line for people.
+    pub fn describe(&self, now_ms: i64) -> String {
+        match self {
+            Cause::Job {
+                job_id,
+                role,
+                attempt,
+                status,
+                exit_code,
+                success,
+                error,
+                verdict,
+                ..
+            } => {
+                let mut s = format!("job {job_id} ({role}, attempt {attempt}, {status})");
+                if let Some(c) = exit_code {
+                    s += &format!(", exit {c}");
+                }
+                if let Some(ok) = success {
+                    s += if *ok { ", result ok" } else { ", result error" };
+                }
+                if let Some(e) = error {
+                    s += &format!(", run failed: {e}");
+                }
+                if let Some(v) = verdict {
+                    s += &format!(", verdict {v}");
+                }
+                s
+            }
+            Cause::NoJob => "no job recorded".into(),
+            Cause::Delivery {
+                inbox_id,
+                source,
+                event,
+                delivery_id,
+                received_at_ms,
+                ..
+            } => format!(
+                "delivery inbox {inbox_id} ({source} {event}, id {delivery_id}, received {})",
+                ago(*received_at_ms, now_ms)
+            ),
+            Cause::DeliveryUnknown => "a delivery (not linked: recorded before migration 9)".into(),
+            Cause::ReconcilePass {
+                pass_id,
+                pass_at_ms,
+                detail,
+                ..
+            } => format!(
+                "reconcile pass {pass_id} ({}){}",
+                ago(*pass_at_ms, now_ms),
+                detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ),
+            Cause::ReconcilePassUnknown => "a reconcile pass (no longer recorded)".into(),
+            Cause::Human { command } => format!("by hand: {command}"),
+        }
+    }
+}
