@@ -315,7 +315,16 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
         "commit",
         "git add from-agent.txt && git -c user.name=agent -c user.email=a@a commit -qm agent-commit",
     );
-    script += &format!("exec {}/scripts/fake-agent\n", env!("CARGO_MANIFEST_DIR"));
+    // The fake agent from a folder the sandbox shows whatever the checkout's
+    // location (a checkout under /tmp is hidden by the private /tmp).
+    let agent_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let agent = agent_dir.path().join("fake-agent");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fake-agent"),
+        &agent,
+    )
+    .unwrap();
+    script += &format!("exec {}\n", q(&agent));
     let argv = serde_json::to_string(&["/bin/sh", "-c", &script]).unwrap();
     sbx.append_config(&format!("\n[agents.analyst]\nargv = {argv}\n"));
 
