@@ -60,6 +60,10 @@ pub struct Settings {
     pub config_explicit: bool,
     /// `ORCH_MAX_CONCURRENCY` (default 2): running jobs across all workers.
     pub max_concurrency: u32,
+    /// `ORCH_MAX_CONCURRENCY_<ROLE>` (e.g. `ORCH_MAX_CONCURRENCY_DEVELOPER`;
+    /// unset: only the global limit): running jobs of one role across all
+    /// workers. 0 stops the role's dispatch.
+    pub max_concurrency_by_role: BTreeMap<String, u32>,
     /// `ORCH_MAX_DEVELOPER_RETRIES` (default 3): returns to development
     /// after which the task is escalated.
     pub max_developer_retries: u32,
@@ -73,6 +77,10 @@ pub struct Settings {
     /// `ORCH_JOB_BACKOFF_S` (default 30): base delay before a retried job
     /// runs again; doubles per attempt.
     pub job_backoff_s: u64,
+    /// `ORCH_LIMIT_BACKOFF_S` (default 60): how long an agent account's
+    /// dispatch pauses after a rate limit (or a usage limit without a reset
+    /// time); doubles per limit hit since its last clean run, up to 64×.
+    pub limit_backoff_s: u64,
     /// `ORCH_PLANE_WEBHOOK_SECRET`: HMAC secret of the Plane webhook.
     pub plane_webhook_secret: Option<Secret>,
     /// `ORCH_GITEA_WEBHOOK_SECRET`: HMAC secret of the Gitea webhook.
@@ -257,10 +265,21 @@ impl Settings {
             config_path,
             config_explicit,
             max_concurrency: num("ORCH_MAX_CONCURRENCY", 2, 1)? as u32,
+            max_concurrency_by_role: {
+                let mut m = BTreeMap::new();
+                for role in ROLES {
+                    let key = format!("ORCH_MAX_CONCURRENCY_{}", role.to_ascii_uppercase());
+                    if get(&key).is_some() {
+                        m.insert(role.to_string(), num(&key, 0, 0)? as u32);
+                    }
+                }
+                m
+            },
             max_developer_retries: num("ORCH_MAX_DEVELOPER_RETRIES", 3, 1)? as u32,
             job_max_attempts: num("ORCH_JOB_MAX_ATTEMPTS", 3, 1)? as u32,
             finalize_max_attempts: num("ORCH_FINALIZE_MAX_ATTEMPTS", 5, 1)? as u32,
             job_backoff_s: num("ORCH_JOB_BACKOFF_S", 30, 0)?,
+            limit_backoff_s: num("ORCH_LIMIT_BACKOFF_S", 60, 1)?,
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
             bind: get("ORCH_BIND").unwrap_or_else(|| "127.0.0.1:8500".into()),
@@ -511,6 +530,11 @@ pub struct AgentConfig {
     /// Extra environment for the agent.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The model account this agent runs on (default: the agent entry's
+    /// key — the role, or `default`). Roles sharing an account pause
+    /// together when it hits its usage or rate limit.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 /// The opening of every built-in prompt: the work item and the ground rules.
@@ -626,6 +650,10 @@ pub struct ProjectConfig {
     /// itself before the merge gate.
     #[serde(default)]
     pub staging: Option<StagingConfig>,
+    /// Running jobs of this project across all workers (unset: only the
+    /// global and per-role limits). 0 stops the project's dispatch.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
 }
 
 /// `[projects.staging]`: where the project's staging instance of orch is,
@@ -1274,6 +1302,19 @@ impl Config {
                 )
             })
     }
+
+    /// The model account `role` runs on: its agent entry's `account`, else
+    /// the entry's key (`role` when it has its own `[agents.<role>]`, else
+    /// `default`).
+    pub fn account(&self, role: &str) -> String {
+        let (key, agent) = match self.agents.get_key_value(role) {
+            Some((k, a)) => (k.as_str(), Some(a)),
+            None => ("default", self.agents.get("default")),
+        };
+        agent
+            .and_then(|a| a.account.clone())
+            .unwrap_or_else(|| key.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -1367,6 +1408,39 @@ mod tests {
             e.to_string(),
             "config: ORCH_MAX_CONCURRENCY: expected a whole number >= 1, got \"lots\""
         );
+    }
+
+    #[test]
+    fn per_role_concurrency_is_read_by_role_and_a_bad_one_names_its_key() {
+        let s = Settings::load(
+            &env(&[
+                ("ORCH_MAX_CONCURRENCY_DEVELOPER", "1"),
+                ("ORCH_MAX_CONCURRENCY_REVIEWER", "0"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        let want: BTreeMap<String, u32> = [("developer".into(), 1), ("reviewer".into(), 0)].into();
+        assert_eq!(s.max_concurrency_by_role, want);
+        let e =
+            Settings::load(&env(&[("ORCH_MAX_CONCURRENCY_TESTER", "-1")]), None, None).unwrap_err();
+        assert!(e.to_string().contains("ORCH_MAX_CONCURRENCY_TESTER"), "{e}");
+    }
+
+    #[test]
+    fn a_roles_account_is_its_agents_account_else_its_agent_entry() {
+        let cfg: Config = toml::from_str(
+            "[agents.default]\nargv = [\"claude\"]\n\
+             [agents.developer]\nargv = [\"claude\"]\naccount = \"team\"\n\
+             [agents.reviewer]\nargv = [\"claude\"]\naccount = \"team\"\n\
+             [agents.tester]\nargv = [\"claude\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.account("developer"), "team");
+        assert_eq!(cfg.account("reviewer"), "team");
+        assert_eq!(cfg.account("tester"), "tester");
+        assert_eq!(cfg.account("analyst"), "default");
     }
 
     #[test]

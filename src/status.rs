@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::db::{Db, Lease};
+use crate::db::{Db, Lease, Pause};
 use crate::model::Stage;
 
 /// The status document. Times are unix milliseconds; its JSON is what
@@ -22,6 +22,9 @@ pub struct Status {
     pub jobs: BTreeMap<String, i64>,
     pub running: Vec<RunningJob>,
     pub leases: Vec<Lease>,
+    /// Agent accounts whose dispatch is paused now (usage or rate limit),
+    /// with the pause's end (`until_ms`).
+    pub pauses: Vec<Pause>,
     pub inbox: InboxCounts,
     /// Outbox messages by status.
     pub outbox: BTreeMap<String, i64>,
@@ -151,6 +154,11 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
         jobs: db.count_by_status("jobs")?.into_iter().collect(),
         running,
         leases: db.leases()?,
+        pauses: db
+            .pauses()?
+            .into_iter()
+            .filter(|p| p.until_ms > now)
+            .collect(),
         inbox: InboxCounts {
             pending,
             failing,
@@ -212,6 +220,17 @@ impl fmt::Display for Status {
                     .map(|j| format!(" for job {j}"))
                     .unwrap_or_default(),
                 (l.expires_at_ms - self.now_ms) / 1000
+            )?;
+        }
+        for p in &self.pauses {
+            writeln!(
+                f,
+                "paused: account {} ({} limit) until {} (in {}s): {}",
+                p.account,
+                p.kind,
+                crate::clock::format_ms(p.until_ms),
+                (p.until_ms - self.now_ms) / 1000,
+                p.reason
             )?;
         }
         writeln!(
@@ -287,6 +306,7 @@ mod tests {
                 acquired_at_ms: 900_000,
                 expires_at_ms: 1_600_000,
             }],
+            pauses: vec![],
             inbox: InboxCounts {
                 pending: 1,
                 failing: 0,

@@ -18,6 +18,7 @@ mod inbox;
 mod jobs;
 mod leases;
 mod outbox;
+mod pauses;
 mod schema;
 mod tasks;
 mod usage;
@@ -27,6 +28,7 @@ pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
 pub use leases::{Lease, LeaseAcquire};
 pub use outbox::OutboxRow;
+pub use pauses::Pause;
 pub use tasks::{CachedState, ProjectRow, Task, TransitionRow};
 pub use usage::UsageRow;
 

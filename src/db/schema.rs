@@ -276,4 +276,31 @@ ALTER TABLE agent_runs ADD COLUMN base_sha TEXT;
 -- runnable at once (the growing delay stays as the fallback).
 ALTER TABLE jobs ADD COLUMN deferred_on TEXT;
 "#,
+    // 9: fair claims across projects (issue 16). `claim_seq` orders the
+    // projects by their last claim (0: never): the claim tries the project
+    // claimed longest ago first, so a busy project cannot starve the others.
+    r#"
+ALTER TABLE projects ADD COLUMN claim_seq INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 10: usage and rate limits (issue 16). A run stopped by the account's
+    // limit records it (`limit_kind` usage|rate, `limit_reset_ms` when the
+    // CLI said); its job is requeued under a new attempt number that does
+    // not count toward `ORCH_JOB_MAX_ATTEMPTS` (`free_attempts`); `pauses`
+    // holds one row per paused account (the role's agent, or its
+    // `account`): no job of it is claimed before `until_ms`. `strikes`
+    // counts the pauses since the account's last clean run (the backoff's
+    // exponent); a clean run deletes the row.
+    r#"
+ALTER TABLE agent_runs ADD COLUMN limit_kind TEXT;
+ALTER TABLE agent_runs ADD COLUMN limit_reset_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN free_attempts INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE pauses (
+    account  TEXT PRIMARY KEY,
+    kind     TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    strikes  INTEGER NOT NULL DEFAULT 1
+);
+"#,
 ];
