@@ -301,6 +301,10 @@ pub enum TaskCommand {
         #[arg(long, default_value = "unblocked by hand")]
         reason: String,
     },
+    /// End a task's budget park: its next job runs once regardless of the
+    /// budget ceilings (a parked task also resumes by itself when the day
+    /// rolls over or the ceiling is raised)
+    Unpark { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]

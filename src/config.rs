@@ -77,6 +77,16 @@ pub struct Settings {
     /// `ORCH_JOB_BACKOFF_S` (default 30): base delay before a retried job
     /// runs again; doubles per attempt.
     pub job_backoff_s: u64,
+    /// `ORCH_BUDGET_DAY_USD` (unset: none): dollars all agent runs may
+    /// cost per UTC day.
+    pub budget_day_usd: Option<f64>,
+    /// `ORCH_BUDGET_TASK_USD` (unset: none): dollars the runs of one task
+    /// may cost in all.
+    pub budget_task_usd: Option<f64>,
+    /// `ORCH_BUDGET_RESERVE_USD` (default 0.5): what a job is expected to
+    /// cost when its role has no recorded runs yet (else the median of the
+    /// role's last 20 runs).
+    pub budget_reserve_usd: f64,
     /// `ORCH_LIMIT_BACKOFF_S` (default 60): how long an agent account's
     /// dispatch pauses after a rate limit (or a usage limit without a reset
     /// time); doubles per limit hit since its last clean run, up to 64×.
@@ -280,6 +290,9 @@ impl Settings {
             finalize_max_attempts: num("ORCH_FINALIZE_MAX_ATTEMPTS", 5, 1)? as u32,
             job_backoff_s: num("ORCH_JOB_BACKOFF_S", 30, 0)?,
             limit_backoff_s: num("ORCH_LIMIT_BACKOFF_S", 60, 1)?,
+            budget_day_usd: setting_usd(&get, "ORCH_BUDGET_DAY_USD")?,
+            budget_task_usd: setting_usd(&get, "ORCH_BUDGET_TASK_USD")?,
+            budget_reserve_usd: setting_usd(&get, "ORCH_BUDGET_RESERVE_USD")?.unwrap_or(0.5),
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
             bind: get("ORCH_BIND").unwrap_or_else(|| "127.0.0.1:8500".into()),
@@ -473,6 +486,26 @@ pub(crate) fn setting_num(
     }
 }
 
+/// Reads setting `key` through `get` as an amount of US dollars (a finite
+/// number >= 0); `None` when unset.
+///
+/// Errors: [`Error::Config`] naming the key and the value.
+pub(crate) fn setting_usd(
+    get: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+) -> Result<Option<f64>, Error> {
+    match get(key) {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
+            _ => Err(Error::config(
+                key,
+                format!("expected an amount of US dollars >= 0, got {v:?}"),
+            )),
+        },
+    }
+}
+
 /// Reads setting `key` through `get` as a boolean (`true/false`,
 /// `1/0`, `yes/no`, `on/off`); `default` when unset.
 ///
@@ -654,6 +687,10 @@ pub struct ProjectConfig {
     /// global and per-role limits). 0 stops the project's dispatch.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Dollars this project's agent runs may cost per UTC day (unset:
+    /// only `ORCH_BUDGET_DAY_USD`).
+    #[serde(default)]
+    pub budget_day_usd: Option<f64>,
 }
 
 /// `[projects.staging]`: where the project's staging instance of orch is,
@@ -991,8 +1028,11 @@ fn default_rejected() -> String {
 /// `{previous_session}` (the role's previous Claude session id on this
 /// task, with `resume = true`; else empty, and an argv element that is
 /// empty because of it is dropped with the flag before it),
-/// `{tracker_link}` (the work item's web link, or `none`).
-pub const TEMPLATE_VARS: [&str; 18] = [
+/// `{tracker_link}` (the work item's web link, or `none`),
+/// `{budget_left}` (dollars the task may still spend under the budget
+/// ceilings, e.g. `1.25`, or `unlimited` without one; also
+/// `ORCH_BUDGET_USD_LEFT`).
+pub const TEMPLATE_VARS: [&str; 19] = [
     "task_id",
     "project",
     "title",
@@ -1011,6 +1051,7 @@ pub const TEMPLATE_VARS: [&str; 18] = [
     "work_dir",
     "previous_session",
     "tracker_link",
+    "budget_left",
 ];
 
 fn example_vars() -> BTreeMap<&'static str, String> {
@@ -1426,6 +1467,19 @@ mod tests {
         let e =
             Settings::load(&env(&[("ORCH_MAX_CONCURRENCY_TESTER", "-1")]), None, None).unwrap_err();
         assert!(e.to_string().contains("ORCH_MAX_CONCURRENCY_TESTER"), "{e}");
+    }
+
+    #[test]
+    fn budgets_are_dollars_and_a_bad_one_names_its_key() {
+        let s = Settings::load(&env(&[("ORCH_BUDGET_DAY_USD", "12.5")]), None, None).unwrap();
+        assert_eq!(
+            (s.budget_day_usd, s.budget_task_usd, s.budget_reserve_usd),
+            (Some(12.5), None, 0.5)
+        );
+        for bad in ["-1", "lots", "NaN"] {
+            let e = Settings::load(&env(&[("ORCH_BUDGET_TASK_USD", bad)]), None, None).unwrap_err();
+            assert!(e.to_string().contains("ORCH_BUDGET_TASK_USD"), "{e}");
+        }
     }
 
     #[test]

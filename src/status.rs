@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::db::{Db, Lease, Pause};
+use crate::db::{Db, Lease, Parked, Pause};
 use crate::model::Stage;
 
 /// The status document. Times are unix milliseconds; its JSON is what
@@ -25,6 +25,8 @@ pub struct Status {
     /// Agent accounts whose dispatch is paused now (usage or rate limit),
     /// with the pause's end (`until_ms`).
     pub pauses: Vec<Pause>,
+    /// Tasks parked by a budget: not claimed until within it again.
+    pub parked: Vec<Parked>,
     pub inbox: InboxCounts,
     /// Outbox messages by status.
     pub outbox: BTreeMap<String, i64>,
@@ -159,6 +161,7 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
             .into_iter()
             .filter(|p| p.until_ms > now)
             .collect(),
+        parked: db.parked_tasks()?,
         inbox: InboxCounts {
             pending,
             failing,
@@ -230,6 +233,16 @@ impl fmt::Display for Status {
                 p.kind,
                 crate::clock::format_ms(p.until_ms),
                 (p.until_ms - self.now_ms) / 1000,
+                p.reason
+            )?;
+        }
+        for p in &self.parked {
+            writeln!(
+                f,
+                "parked: task {} ({}) since {}: {}",
+                p.task_id,
+                p.project,
+                crate::clock::format_ms(p.since_ms),
                 p.reason
             )?;
         }
@@ -307,6 +320,7 @@ mod tests {
                 expires_at_ms: 1_600_000,
             }],
             pauses: vec![],
+            parked: vec![],
             inbox: InboxCounts {
                 pending: 1,
                 failing: 0,

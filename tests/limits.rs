@@ -127,3 +127,99 @@ fn a_rate_limit_without_a_time_backs_off_and_grows_until_a_clean_run() {
     assert_eq!(v["finalized"]["action"], "advanced", "{v}");
     assert_eq!(sbx.count("SELECT COUNT(*) FROM pauses"), 0);
 }
+
+fn parked(sbx: &Sandbox) -> i64 {
+    sbx.count("SELECT COUNT(*) FROM tasks WHERE parked_at_ms IS NOT NULL")
+}
+
+fn park_notifications(sbx: &Sandbox) -> i64 {
+    sbx.count("SELECT COUNT(*) FROM outbox WHERE channel='notify' AND kind='parked'")
+}
+
+#[test]
+fn a_task_budget_reached_mid_pipeline_parks_the_task_until_the_ceiling_is_raised() {
+    let mut sbx = Sandbox::new();
+    // Each fake run costs $0.0375: two fit in $0.08, a third (reserved at
+    // $0.01: the developer has no runs yet to take a median of) would not.
+    sbx.set("ORCH_BUDGET_TASK_USD", "0.08")
+        .set("ORCH_BUDGET_RESERVE_USD", "0.01");
+    sbx.add_issue("costly");
+    for stage in ["analysis", "architecture"] {
+        assert_eq!(sbx.json(&["work-once"])["stage"], stage);
+    }
+    assert_eq!(sbx.stage(1), "development");
+    for _ in 0..2 {
+        assert_eq!(
+            sbx.json(&["work-once"])["result"],
+            "idle",
+            "nothing claimed"
+        );
+    }
+    let show = sbx.json(&["task", "show", "1"]);
+    let reason = show["task"]["parked_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("task budget $0.08"), "{show}");
+    assert!(show["task"]["parked_at_ms"].is_i64(), "{show}");
+    assert_eq!(show["task"]["escalated"], false);
+    let status = sbx.json(&["status"]);
+    assert_eq!(status["parked"][0]["task_id"], 1, "{status}");
+    assert!(sbx
+        .ok(&["status"])
+        .contains("parked: task 1 (widget) since "));
+    // Not failed, not an attempt; one notification however often it is
+    // looked at.
+    assert_eq!(
+        sbx.count("SELECT attempt FROM jobs WHERE stage='development'"),
+        1
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE stage='development' AND status='queued'"),
+        1
+    );
+    assert_eq!(park_notifications(&sbx), 1);
+    // What an agent of the task would be told is left: $0.08 − $0.075.
+    let brief = sbx.json(&["agents", "show", "developer", "--task", "1"]);
+    let env = brief["env"].to_string();
+    assert!(
+        env.contains(r#"["ORCH_BUDGET_USD_LEFT","0.01"]"#),
+        "{brief}"
+    );
+
+    sbx.set("ORCH_BUDGET_TASK_USD", "10");
+    sbx.tick_until(20, |s| s.stage(1) == "done");
+    assert_eq!(parked(&sbx), 0);
+    assert_eq!(park_notifications(&sbx), 1);
+}
+
+#[test]
+fn a_daily_budget_parks_and_unpark_lets_one_job_through() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_BUDGET_DAY_USD", "0.01");
+    sbx.add_issue("over the day");
+    // No recorded runs: the reservation is ORCH_BUDGET_RESERVE_USD ($0.50).
+    assert_eq!(sbx.json(&["work-once"])["result"], "idle");
+    assert_eq!(parked(&sbx), 1);
+    let out = sbx.orch().args(["task", "unpark", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "no task 2");
+    let v = sbx.json(&["task", "unpark", "1"]);
+    assert_eq!(v["unparked"], true, "{v}");
+    assert_eq!(parked(&sbx), 0);
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(
+        v["finalized"]["action"], "advanced",
+        "the waiver lets it run: {v}"
+    );
+    // The waiver was for one job: the next one parks again.
+    assert_eq!(sbx.json(&["work-once"])["result"], "idle");
+    assert_eq!(parked(&sbx), 1);
+    assert_eq!(park_notifications(&sbx), 2);
+    let out = sbx.orch().args(["task", "unpark", "1"]).output().unwrap();
+    assert!(out.status.success());
+    let out = sbx.orch().args(["task", "unpark", "1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "not parked any more");
+
+    // The next UTC day has its own budget: a parked task resumes by itself.
+    sbx.set("ORCH_BUDGET_DAY_USD", "0.05")
+        .set("ORCH_TEST_CLOCK_OFFSET_MS", "86400000");
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+}

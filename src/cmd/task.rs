@@ -31,6 +31,7 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
         TaskCommand::Retry { id } => (id, ManualMove::Retry, String::new()),
         TaskCommand::Cancel { id, reason } => (id, ManualMove::Cancel, reason),
         TaskCommand::Unblock { id, reason } => (id, ManualMove::Unblock, reason),
+        TaskCommand::Unpark { id } => return unpark(&db, id),
     };
     let outcome = manual::apply(&db, ctx.policy(), id, mv, &reason, now_ms())?;
     Ok(match outcome {
@@ -52,6 +53,21 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
                 if escalated { ", escalated" } else { "" }
             ),
         },
+    })
+}
+
+/// `orch task unpark ID`: ends the park and waives the budgets for the
+/// task's next job. Refused (exit 2) for a task that is not parked.
+fn unpark(db: &Db, id: i64) -> anyhow::Result<Output> {
+    let t = load(db, id)?;
+    if t.parked_at_ms.is_none() {
+        return Err(Error::Usage(format!("task {id} is not parked")).into());
+    }
+    db.write(|tx| tx.unpark_task(id, true))?;
+    tracing::info!(target: "budget", task = id, "task unparked by hand; its next job runs regardless of the budgets");
+    Ok(Output {
+        json: json!({ "task_id": id, "unparked": true, "was": t.parked_reason }),
+        text: format!("task {id}: unparked; its next job runs regardless of the budgets"),
     })
 }
 
@@ -104,6 +120,12 @@ fn show(db: &Db, id: i64) -> anyhow::Result<Output> {
             String::new()
         }
     );
+    if let (Some(since), Some(reason)) = (t.parked_at_ms, &t.parked_reason) {
+        text += &format!(
+            "  PARKED since {}: {reason}\n",
+            orch::clock::format_ms(since)
+        );
+    }
     text += "transitions:\n";
     for tr in &transitions {
         text += &format!(

@@ -293,7 +293,8 @@ impl Db {
 
     /// The oldest runnable job at `now_ms`: queued, available, of a task
     /// that is not escalated, optionally of `role` and `project`, of no
-    /// role in `skip_roles` (roles at their concurrency limit); with
+    /// role in `skip_roles` (roles at their concurrency limit) and of no
+    /// task in `skip_tasks` (parked by a budget in this claim); with
     /// whether its task has moved past it (another stage or version: the
     /// job can never run). Reads the `jobs_status` index from its head.
     pub fn next_runnable_job(
@@ -301,9 +302,11 @@ impl Db {
         role: Option<&str>,
         project: Option<&str>,
         skip_roles: &[&str],
+        skip_tasks: &[i64],
         now_ms: i64,
     ) -> anyhow::Result<Option<(Job, bool)>> {
         let skip = serde_json::to_string(skip_roles)?;
+        let skip_tasks = serde_json::to_string(skip_tasks)?;
         Ok(self
             .conn
             .prepare_cached(&format!(
@@ -313,9 +316,10 @@ impl Db {
                    WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
                      AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
                      AND j.role NOT IN (SELECT value FROM json_each(?4)) \
+                     AND j.task_id NOT IN (SELECT value FROM json_each(?5)) \
                    ORDER BY j.available_at_ms, j.id LIMIT 1)"
             ))?
-            .query_row(params![now_ms, role, project, skip], |r| {
+            .query_row(params![now_ms, role, project, skip, skip_tasks], |r| {
                 Ok((job_row(r)?, r.get(JOB_COLS.split(',').count())?))
             })
             .optional()?)

@@ -13,6 +13,7 @@
 //!
 //! Times are unix milliseconds (`*_ms`).
 
+mod budget;
 mod ci;
 mod inbox;
 mod jobs;
@@ -23,6 +24,7 @@ mod schema;
 mod tasks;
 mod usage;
 
+pub use budget::Parked;
 pub use ci::PullRequestRow;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};

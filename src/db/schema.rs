@@ -303,4 +303,19 @@ CREATE TABLE pauses (
     strikes  INTEGER NOT NULL DEFAULT 1
 );
 "#,
+    // 11: budgets (issue 16). A task whose next job would pass a budget
+    // ceiling is *parked* (`parked_at_ms`, `parked_reason`): not claimed,
+    // not failed, no attempt; the claim checks again each time, so it
+    // resumes when the day rolls over or the ceiling is raised.
+    // `budget_waived`: `orch task unpark` lets its next job run once
+    // regardless. The indexes serve the spend sums and the role medians.
+    r#"
+ALTER TABLE tasks ADD COLUMN parked_at_ms INTEGER;
+ALTER TABLE tasks ADD COLUMN parked_reason TEXT;
+ALTER TABLE tasks ADD COLUMN budget_waived INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX tasks_parked ON tasks(parked_at_ms) WHERE parked_at_ms IS NOT NULL;
+CREATE INDEX agent_runs_started ON agent_runs(started_at_ms);
+CREATE INDEX agent_runs_task ON agent_runs(task_id);
+CREATE INDEX agent_runs_role ON agent_runs(role, id);
+"#,
 ];

@@ -166,6 +166,29 @@ pub struct Limits {
     /// account is paused is not dispatched. A role not listed is its own
     /// account.
     pub accounts: BTreeMap<String, String>,
+    /// The budget ceilings in dollars (see [`over_budget`]).
+    pub budget: Budget,
+}
+
+/// Budget ceilings in US dollars; `None` is no ceiling.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// `ORCH_BUDGET_DAY_USD`: all runs per UTC day.
+    pub day: Option<f64>,
+    /// `ORCH_BUDGET_TASK_USD`: all runs of one task.
+    pub task: Option<f64>,
+    /// Each project's `budget_day_usd`.
+    pub project_day: BTreeMap<String, f64>,
+    /// `ORCH_BUDGET_RESERVE_USD`: a job's expected cost when its role has
+    /// no recorded runs.
+    pub reserve_default: f64,
+}
+
+impl Budget {
+    /// Whether any ceiling is set (else the claim checks nothing).
+    pub fn is_set(&self) -> bool {
+        self.day.is_some() || self.task.is_some() || !self.project_day.is_empty()
+    }
 }
 
 impl Limits {
@@ -183,6 +206,16 @@ impl Limits {
                 .iter()
                 .map(|r| (r.to_string(), config.account(r)))
                 .collect(),
+            budget: Budget {
+                day: settings.budget_day_usd,
+                task: settings.budget_task_usd,
+                project_day: config
+                    .projects
+                    .iter()
+                    .filter_map(|p| p.budget_day_usd.map(|n| (p.name.clone(), n)))
+                    .collect(),
+                reserve_default: settings.budget_reserve_usd,
+            },
         }
     }
 }
@@ -240,24 +273,170 @@ pub fn claim_next(
         // rollback) can never be valid again: cancel it when it comes up,
         // and look at the next. Only such jobs are visited, never the
         // whole queue.
+        let mut parked = Vec::new();
         let id = loop {
-            match tx.next_runnable_job(role, Some(&p), &skip_roles, now_ms)? {
+            match tx.next_runnable_job(role, Some(&p), &skip_roles, &parked, now_ms)? {
                 None => break None,
                 Some((j, true)) => {
                     cancel_queued(tx, &j, "task moved on before the job ran", now_ms)?;
                 }
-                Some((j, false)) => break Some(j.id),
+                Some((j, false)) => {
+                    // A job that would pass a budget ceiling parks its
+                    // task (checked again at every claim); look further.
+                    if let Some(reason) = over_budget(tx, &limits.budget, &j, &running, now_ms)? {
+                        park(tx, j.task_id, &reason, now_ms)?;
+                        parked.push(j.task_id);
+                        continue;
+                    }
+                    break Some(j.id);
+                }
             }
         };
         let Some(id) = id else { continue };
         let claimed = claim(tx, id, worker, now_ms)?;
-        if claimed.is_some() {
+        if let Some(j) = &claimed {
             tx.mark_project_claimed(&p)?;
+            // Runnable again: the park (or the waiver of `orch task
+            // unpark`) ends with this claim.
+            if tx.unpark_task(j.task_id, false)? {
+                tracing::info!(target: "budget", task = j.task_id, "task unparked: its job is within the budgets now");
+            }
         }
         crate::failpoint::failpoint("claim.before_commit");
         return Ok(claimed);
     }
     Ok(None)
+}
+
+/// The start (unix ms) of the UTC day of `now_ms`.
+pub fn day_start(now_ms: i64) -> i64 {
+    now_ms - now_ms.rem_euclid(86_400_000)
+}
+
+/// What a run of `role` is expected to cost: the median of its last 20
+/// runs, or `budget.reserve_default` without any.
+pub fn reservation(tx: &Tx, budget: &Budget, role: &str) -> anyhow::Result<f64> {
+    Ok(tx.role_median_cost(role)?.unwrap_or(budget.reserve_default))
+}
+
+/// Which ceiling queued job `j` would pass if it ran now, or `None`: the
+/// spend so far (today's, overall and of its project; its task's in all)
+/// plus the reservations of the running jobs (`running`: their role and
+/// project) and of `j` itself, against `budget`. A task whose budget is
+/// waived (`orch task unpark`) passes.
+pub fn over_budget(
+    tx: &Tx,
+    budget: &Budget,
+    j: &Job,
+    running: &[(String, String)],
+    now_ms: i64,
+) -> anyhow::Result<Option<String>> {
+    if !budget.is_set() {
+        return Ok(None);
+    }
+    let Some(task) = tx.task(j.task_id)? else {
+        return Ok(None);
+    };
+    if task.budget_waived {
+        return Ok(None);
+    }
+    let mine = reservation(tx, budget, &j.role)?;
+    let day = day_start(now_ms);
+    let mut in_flight = 0.0;
+    let mut in_flight_project = 0.0;
+    for (role, project) in running {
+        let r = reservation(tx, budget, role)?;
+        in_flight += r;
+        if *project == task.project {
+            in_flight_project += r;
+        }
+    }
+    let fmt = |what: &str, spent: f64, ceiling: f64| {
+        format!(
+            "{what} budget ${ceiling:.2}: ${spent:.2} spent or running, this {} run is expected to cost ${mine:.2}",
+            j.role
+        )
+    };
+    if let Some(ceiling) = budget.task {
+        let spent = tx.spent_on_task(task.id)?;
+        if spent + mine > ceiling {
+            return Ok(Some(fmt("task", spent, ceiling)));
+        }
+    }
+    if let Some(&ceiling) = budget.project_day.get(&task.project) {
+        let spent = tx.spent_since(day, Some(&task.project))? + in_flight_project;
+        if spent + mine > ceiling {
+            return Ok(Some(fmt(
+                &format!("project {} daily", task.project),
+                spent,
+                ceiling,
+            )));
+        }
+    }
+    if let Some(ceiling) = budget.day {
+        let spent = tx.spent_since(day, None)? + in_flight;
+        if spent + mine > ceiling {
+            return Ok(Some(fmt("daily", spent, ceiling)));
+        }
+    }
+    Ok(None)
+}
+
+/// Dollars `task` may still spend under `budget` now: the least of what
+/// is left of its task ceiling, its project's and the overall daily
+/// ceiling (never below 0); `None` without a ceiling. Running jobs'
+/// reservations are not subtracted (the run being briefed is one).
+pub fn budget_left(
+    db: &crate::db::Db,
+    budget: &Budget,
+    task: &crate::db::Task,
+    now_ms: i64,
+) -> anyhow::Result<Option<f64>> {
+    let day = day_start(now_ms);
+    let mut left: Option<f64> = None;
+    let mut keep = |l: f64| left = Some(left.map_or(l, |x: f64| x.min(l)).max(0.0));
+    if let Some(c) = budget.task {
+        keep(c - db.spent_on_task(task.id)?);
+    }
+    if let Some(&c) = budget.project_day.get(&task.project) {
+        keep(c - db.spent_since(day, Some(&task.project))?);
+    }
+    if let Some(c) = budget.day {
+        keep(c - db.spent_since(day, None)?);
+    }
+    Ok(left)
+}
+
+/// Parks task `task_id` for `reason`; a new park writes one notification
+/// and one tracker comment (dedupe `park:<task>:<since>`).
+fn park(tx: &Tx, task_id: i64, reason: &str, now_ms: i64) -> anyhow::Result<()> {
+    if !tx.park_task(task_id, reason, now_ms)? {
+        return Ok(());
+    }
+    tracing::warn!(target: "budget", task = task_id, reason, "task parked");
+    let text = format!(
+        "task {task_id} parked: its next job would pass the {reason}. It resumes when the day \
+         rolls over or the ceiling is raised (or by hand: orch task unpark {task_id})"
+    );
+    let payload = serde_json::json!({ "text": text });
+    let key = format!("park:{task_id}:{now_ms}");
+    tx.insert_outbox(
+        &format!("{key}:notify"),
+        Some(task_id),
+        "notify",
+        "parked",
+        &payload,
+        now_ms,
+    )?;
+    tx.insert_outbox(
+        &format!("{key}:comment"),
+        Some(task_id),
+        "tracker",
+        "comment",
+        &payload,
+        now_ms,
+    )?;
+    Ok(())
 }
 
 /// Claims queued job `id` for `worker` regardless of `available_at_ms`
@@ -673,6 +852,7 @@ mod tests {
             by_role: [("developer".to_string(), 0)].into(),
             by_project: [("p".to_string(), 2)].into(),
             accounts: BTreeMap::new(),
+            budget: Budget::default(),
         };
         let next = || {
             db.write(|tx| claim_next(tx, &limits, None, None, ("h", 1, 1), 5))
