@@ -68,6 +68,8 @@ fn a_usage_limit_pauses_the_account_until_its_reset_without_an_attempt() {
         "{text}"
     );
     assert_eq!(paused_notifications(&sbx), 1, "one notification");
+    let metrics = sbx.ok(&["metrics"]);
+    assert!(metrics.contains("\norch_accounts_paused 1\n"), "{metrics}");
 
     // After the reset the work goes on; a clean run ends the pause.
     sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "3601000")
@@ -176,6 +178,8 @@ fn a_task_budget_reached_mid_pipeline_parks_the_task_until_the_ceiling_is_raised
         1
     );
     assert_eq!(park_notifications(&sbx), 1);
+    let metrics = sbx.ok(&["metrics"]);
+    assert!(metrics.contains("\norch_tasks_parked 1\n"), "{metrics}");
     // What an agent of the task would be told is left: $0.08 − $0.075.
     let brief = sbx.json(&["agents", "show", "developer", "--task", "1"]);
     let env = brief["env"].to_string();
