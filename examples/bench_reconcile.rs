@@ -47,6 +47,7 @@ const UNLIMITED: orch::pipeline::job::Limits = orch::pipeline::job::Limits {
     budget: orch::pipeline::job::Budget {
         day: None,
         task: None,
+        run: None,
         project_day: std::collections::BTreeMap::new(),
         reserve_default: 0.0,
     },

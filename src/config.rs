@@ -83,6 +83,9 @@ pub struct Settings {
     /// `ORCH_BUDGET_TASK_USD` (unset: none): dollars the runs of one task
     /// may cost in all.
     pub budget_task_usd: Option<f64>,
+    /// `ORCH_BUDGET_RUN_USD` (unset: none): dollars one stage run may
+    /// cost; handed to agents in `{budget_left}` (for `--max-budget-usd`).
+    pub budget_run_usd: Option<f64>,
     /// `ORCH_BUDGET_RESERVE_USD` (default 0.5): what a job is expected to
     /// cost when its role has no recorded runs yet (else the median of the
     /// role's last 20 runs).
@@ -292,6 +295,7 @@ impl Settings {
             limit_backoff_s: num("ORCH_LIMIT_BACKOFF_S", 60, 1)?,
             budget_day_usd: setting_usd(&get, "ORCH_BUDGET_DAY_USD")?,
             budget_task_usd: setting_usd(&get, "ORCH_BUDGET_TASK_USD")?,
+            budget_run_usd: setting_usd(&get, "ORCH_BUDGET_RUN_USD")?,
             budget_reserve_usd: setting_usd(&get, "ORCH_BUDGET_RESERVE_USD")?.unwrap_or(0.5),
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
@@ -1473,8 +1477,13 @@ mod tests {
     fn budgets_are_dollars_and_a_bad_one_names_its_key() {
         let s = Settings::load(&env(&[("ORCH_BUDGET_DAY_USD", "12.5")]), None, None).unwrap();
         assert_eq!(
-            (s.budget_day_usd, s.budget_task_usd, s.budget_reserve_usd),
-            (Some(12.5), None, 0.5)
+            (
+                s.budget_day_usd,
+                s.budget_task_usd,
+                s.budget_run_usd,
+                s.budget_reserve_usd
+            ),
+            (Some(12.5), None, None, 0.5)
         );
         for bad in ["-1", "lots", "NaN"] {
             let e = Settings::load(&env(&[("ORCH_BUDGET_TASK_USD", bad)]), None, None).unwrap_err();

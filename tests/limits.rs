@@ -227,3 +227,25 @@ fn a_daily_budget_parks_and_unpark_lets_one_job_through() {
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["action"], "advanced", "{v}");
 }
+
+#[test]
+fn a_run_expected_to_cost_more_than_the_stage_run_ceiling_parks_and_agents_see_the_ceiling() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_BUDGET_RUN_USD", "0.20");
+    sbx.add_issue("big run");
+    // The analyst has no runs: reserved at ORCH_BUDGET_RESERVE_USD ($0.50).
+    assert_eq!(sbx.json(&["work-once"])["result"], "idle");
+    let show = sbx.json(&["task", "show", "1"]);
+    let reason = show["task"]["parked_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("stage run budget $0.20"), "{show}");
+    let brief = sbx.json(&["agents", "show", "analyst", "--task", "1"]);
+    assert!(
+        brief["env"]
+            .to_string()
+            .contains(r#"["ORCH_BUDGET_USD_LEFT","0.20"]"#),
+        "{brief}"
+    );
+    sbx.set("ORCH_BUDGET_RESERVE_USD", "0.05");
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+}

@@ -177,6 +177,8 @@ pub struct Budget {
     pub day: Option<f64>,
     /// `ORCH_BUDGET_TASK_USD`: all runs of one task.
     pub task: Option<f64>,
+    /// `ORCH_BUDGET_RUN_USD`: one stage run.
+    pub run: Option<f64>,
     /// Each project's `budget_day_usd`.
     pub project_day: BTreeMap<String, f64>,
     /// `ORCH_BUDGET_RESERVE_USD`: a job's expected cost when its role has
@@ -187,7 +189,10 @@ pub struct Budget {
 impl Budget {
     /// Whether any ceiling is set (else the claim checks nothing).
     pub fn is_set(&self) -> bool {
-        self.day.is_some() || self.task.is_some() || !self.project_day.is_empty()
+        self.day.is_some()
+            || self.task.is_some()
+            || self.run.is_some()
+            || !self.project_day.is_empty()
     }
 }
 
@@ -209,6 +214,7 @@ impl Limits {
             budget: Budget {
                 day: settings.budget_day_usd,
                 task: settings.budget_task_usd,
+                run: settings.budget_run_usd,
                 project_day: config
                     .projects
                     .iter()
@@ -357,6 +363,14 @@ pub fn over_budget(
             j.role
         )
     };
+    if let Some(ceiling) = budget.run {
+        if mine > ceiling {
+            return Ok(Some(format!(
+                "stage run budget ${ceiling:.2}: this {} run is expected to cost ${mine:.2}",
+                j.role
+            )));
+        }
+    }
     if let Some(ceiling) = budget.task {
         let spent = tx.spent_on_task(task.id)?;
         if spent + mine > ceiling {
@@ -382,9 +396,10 @@ pub fn over_budget(
     Ok(None)
 }
 
-/// Dollars `task` may still spend under `budget` now: the least of what
-/// is left of its task ceiling, its project's and the overall daily
-/// ceiling (never below 0); `None` without a ceiling. Running jobs'
+/// Dollars `task` may still spend under `budget` now: the least of the
+/// stage run ceiling and what is left of its task ceiling, its project's
+/// and the overall daily ceiling (never below 0); `None` without a
+/// ceiling. Running jobs'
 /// reservations are not subtracted (the run being briefed is one).
 pub fn budget_left(
     db: &crate::db::Db,
@@ -395,6 +410,9 @@ pub fn budget_left(
     let day = day_start(now_ms);
     let mut left: Option<f64> = None;
     let mut keep = |l: f64| left = Some(left.map_or(l, |x: f64| x.min(l)).max(0.0));
+    if let Some(c) = budget.run {
+        keep(c);
+    }
     if let Some(c) = budget.task {
         keep(c - db.spent_on_task(task.id)?);
     }
