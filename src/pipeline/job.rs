@@ -329,7 +329,8 @@ pub fn reservation(tx: &Tx, budget: &Budget, role: &str) -> anyhow::Result<f64> 
 /// spend so far (today's, overall and of its project; its task's in all)
 /// plus the reservations of the running jobs (`running`: their role and
 /// project) and of `j` itself, against `budget`. A task whose budget is
-/// waived (`orch task unpark`) passes.
+/// waived (`orch task unpark`) passes, and so does a deferred merge
+/// (`merge_pending`: no agent runs).
 pub fn over_budget(
     tx: &Tx,
     budget: &Budget,
@@ -337,7 +338,8 @@ pub fn over_budget(
     running: &[(String, String)],
     now_ms: i64,
 ) -> anyhow::Result<Option<String>> {
-    if !budget.is_set() {
+    // A deferred merge runs no agent: it costs nothing.
+    if !budget.is_set() || j.merge_pending {
         return Ok(None);
     }
     let Some(task) = tx.task(j.task_id)? else {
