@@ -163,8 +163,18 @@ fn kind(j: usize, tasks: usize, queued: usize, running: usize) -> Kind {
 
 /// Claims the one available job (this task's) as `worker` and checks it.
 fn claim(tx: &Tx, task: i64, worker: (&str, i64, i64), at: i64) -> anyhow::Result<orch::db::Job> {
-    let j = job::claim_next(tx, u32::MAX, None, None, worker, at)?
-        .with_context(|| format!("no runnable job for task {task}"))?;
+    let j = job::claim_next(
+        tx,
+        &job::Limits {
+            global: u32::MAX,
+            ..Default::default()
+        },
+        None,
+        None,
+        worker,
+        at,
+    )?
+    .with_context(|| format!("no runnable job for task {task}"))?;
     ensure!(
         j.task_id == task,
         "claimed job {} of task {}, expected task {task}",

@@ -228,7 +228,17 @@ impl Side for Orch {
         let worker = (self.worker.0.as_str(), self.worker.1, self.worker.2);
         let t = Instant::now();
         let claimed = self.db.write(|tx| {
-            pipeline::job::claim_next(tx, u32::MAX, None, None, worker, orch::clock::now_ms())
+            pipeline::job::claim_next(
+                tx,
+                &pipeline::job::Limits {
+                    global: u32::MAX,
+                    ..Default::default()
+                },
+                None,
+                None,
+                worker,
+                orch::clock::now_ms(),
+            )
         })?;
         f.claim += t.elapsed();
         let Some(job) = claimed else { return Ok(None) };

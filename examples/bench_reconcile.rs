@@ -38,6 +38,20 @@ use orch::reconcile::{self, Pass, Tracker, TrackerItem};
 
 /// The worker identity the builder claims jobs under.
 const WORKER: (&str, i64, i64) = ("bench", 1, 1);
+/// No concurrency limit: the bench claims whatever is runnable.
+const UNLIMITED: orch::pipeline::job::Limits = orch::pipeline::job::Limits {
+    global: u32::MAX,
+    by_role: std::collections::BTreeMap::new(),
+    by_project: std::collections::BTreeMap::new(),
+    accounts: std::collections::BTreeMap::new(),
+    budget: orch::pipeline::job::Budget {
+        day: None,
+        task: None,
+        run: None,
+        project_day: std::collections::BTreeMap::new(),
+        reserve_default: 0.0,
+    },
+};
 
 struct Args {
     tasks: usize,
@@ -235,7 +249,7 @@ fn verdict_for(stage: Stage, pass: bool) -> Option<&'static str> {
 /// Claims the task's queued job (the only runnable one at `at`) and
 /// records a successful agent run with `verdict`, as the worker does.
 fn run_agent(tx: &Tx, task_id: i64, verdict: Option<&str>, at: i64) -> anyhow::Result<Job> {
-    let job = pipeline::job::claim_next(tx, u32::MAX, None, None, WORKER, at)?
+    let job = pipeline::job::claim_next(tx, &UNLIMITED, None, None, WORKER, at)?
         .with_context(|| format!("no runnable job for task {task_id}"))?;
     ensure!(
         job.task_id == task_id,
@@ -260,6 +274,7 @@ fn run_agent(tx: &Tx, task_id: i64, verdict: Option<&str>, at: i64) -> anyhow::R
             started_at_ms: at - 60_000,
             error: None,
             base_sha: None,
+            limit: None,
         },
     )?;
     if let Some(v) = verdict {
@@ -409,7 +424,7 @@ fn build_task(ctx: &Ctx, tx: &Tx, p: &Planned, times: &Times, t: &mut i64) -> an
         Kind::Queued(s) => walk(tx, policy, id, s, t, Some(times.active))?,
         Kind::Running(s) => {
             walk(tx, policy, id, s, t, Some(times.active))?;
-            let job = pipeline::job::claim_next(tx, u32::MAX, None, None, WORKER, times.active)?
+            let job = pipeline::job::claim_next(tx, &UNLIMITED, None, None, WORKER, times.active)?
                 .context("no job to claim")?;
             ensure!(job.task_id == id, "claimed a job of task {}", job.task_id);
             tx.set_job_agent(job.id, job.attempt, 4242, 1, 3600)?;

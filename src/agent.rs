@@ -124,6 +124,102 @@ pub struct RunError {
     pub retryable: bool,
 }
 
+/// What kind of account limit stopped a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// The account's usage limit (session, weekly): "Claude AI usage limit
+    /// reached|<reset unix seconds>", "You've hit your limit · resets …".
+    Usage,
+    /// A model-API rate limit or overload (HTTP 429 or 529).
+    Rate,
+}
+
+impl LimitKind {
+    /// `usage` or `rate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitKind::Usage => "usage",
+            LimitKind::Rate => "rate",
+        }
+    }
+}
+
+/// A run stopped by the account's usage or rate limit: no fault of the
+/// job, so it is requeued without counting an attempt and the account's
+/// dispatch pauses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitHit {
+    pub kind: LimitKind,
+    /// When the limit resets (unix ms), when the CLI said so.
+    pub reset_at_ms: Option<i64>,
+    /// The CLI's words, bounded.
+    pub message: String,
+}
+
+/// Whether a failed result says the account hit its usage limit or a rate
+/// limit. A usage limit's reset time is read from the CLI's two shapes:
+/// `…usage limit reached|<unix seconds>` and `… · resets 3pm (UTC)` /
+/// `resets 4:50am (UTC)` (a time of day in another zone is not resolved:
+/// no reset time, so the pause backs off instead). `now_ms` anchors a
+/// time of day to its next occurrence.
+pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
+    if r.success {
+        return None;
+    }
+    let text = r.result_text.clone().unwrap_or_default();
+    let lower = text.to_ascii_lowercase();
+    let usage = lower.contains("usage limit reached")
+        || (lower.contains("hit your") && lower.contains("limit"));
+    let message = bounded(&text, 500);
+    if usage {
+        return Some(LimitHit {
+            kind: LimitKind::Usage,
+            reset_at_ms: reset_time(&lower, now_ms),
+            message,
+        });
+    }
+    matches!(r.api_error_status, Some(429 | 529)).then(|| LimitHit {
+        kind: LimitKind::Rate,
+        reset_at_ms: None,
+        message,
+    })
+}
+
+/// The reset time in a usage-limit message (see [`limit_hit`]).
+fn reset_time(lower: &str, now_ms: i64) -> Option<i64> {
+    if let Some((_, tail)) = lower.rsplit_once('|') {
+        let digits: String = tail
+            .trim()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        let n: i64 = digits.parse().ok()?;
+        // Seconds as the CLI prints them; milliseconds accepted too.
+        return Some(if n > 100_000_000_000 { n } else { n * 1000 });
+    }
+    let (_, after) = lower.split_once("resets ")?;
+    let after = after.trim_start_matches("at ");
+    let (clock, rest) = after.split_once(' ').unwrap_or((after, ""));
+    if !rest.trim_start().starts_with("(utc)") {
+        return None;
+    }
+    let (hm, pm) = if let Some(h) = clock.strip_suffix("pm") {
+        (h, true)
+    } else {
+        (clock.strip_suffix("am")?, false)
+    };
+    let (h, m) = hm.split_once(':').unwrap_or((hm, "0"));
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    if !(1..=12).contains(&h) || !(0..60).contains(&m) {
+        return None;
+    }
+    let hour = h % 12 + if pm { 12 } else { 0 };
+    let day_ms = 86_400_000;
+    let at = now_ms - now_ms.rem_euclid(day_ms) + (hour * 60 + m) * 60_000;
+    Some(if at <= now_ms { at + day_ms } else { at })
+}
+
 /// Judges a finished run from its exit and result: `None` when it
 /// succeeded (exit 0 and, when there is a result, a success result).
 /// `timeout_s` is `Some` when orch killed it at its timeout.
@@ -364,6 +460,39 @@ pub use crate::config::render;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usage_limit_is_read_with_its_reset_and_a_429_or_529_as_a_rate_limit() {
+        let mut r = parse_result(RATE_LIMIT).unwrap();
+        let hit = limit_hit(&r, 0).unwrap();
+        assert_eq!((hit.kind, hit.reset_at_ms), (LimitKind::Rate, None));
+        let overloaded = limit_hit(&parse_result(OVERLOADED).unwrap(), 0).unwrap();
+        assert_eq!(overloaded.kind, LimitKind::Rate);
+        r.result_text = Some("Claude AI usage limit reached|1766502000".into());
+        let hit = limit_hit(&r, 0).unwrap();
+        assert_eq!(
+            (hit.kind, hit.reset_at_ms),
+            (LimitKind::Usage, Some(1_766_502_000_000))
+        );
+        // 2026-01-01 10:00 UTC; "resets 3:30pm (UTC)" is 15:30 that day,
+        // "resets 9am (UTC)" the next morning; another zone is not guessed.
+        let now = 1_767_261_600_000;
+        r.result_text = Some("You've hit your limit · resets 3:30pm (UTC)".into());
+        assert_eq!(
+            limit_hit(&r, now).unwrap().reset_at_ms,
+            Some(now + 5 * 3_600_000 + 1_800_000)
+        );
+        r.result_text = Some("You've hit your session limit · resets 9am (UTC)".into());
+        assert_eq!(
+            limit_hit(&r, now).unwrap().reset_at_ms,
+            Some(now + 23 * 3_600_000)
+        );
+        r.result_text = Some("You've hit your limit · resets 4:50am (Europe/Rome)".into());
+        let hit = limit_hit(&r, now).unwrap();
+        assert_eq!((hit.kind, hit.reset_at_ms), (LimitKind::Usage, None));
+        // Not a limit: a 400, or success.
+        assert_eq!(limit_hit(&parse_result(TOO_LONG).unwrap(), now), None);
+    }
     use std::collections::BTreeMap;
 
     const SUCCESS: &str = include_str!("../tests/fixtures/claude/json/success.json");

@@ -85,7 +85,13 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
     } else {
         String::new()
     };
+    let budget = crate::pipeline::job::Limits::new(&ctx.settings, &ctx.config).budget;
+    let budget_left = crate::pipeline::job::budget_left(db, &budget, task, crate::clock::now_ms())?;
     let vars: BTreeMap<&str, String> = [
+        (
+            "budget_left",
+            budget_left.map_or_else(|| "unlimited".into(), |l| format!("{l:.2}")),
+        ),
         ("task_id", task.id.to_string()),
         ("project", task.project.clone()),
         ("title", task.title.clone()),
@@ -128,6 +134,9 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
             verdict_file.to_string_lossy().into_owned(),
         ),
     ];
+    if let Some(l) = budget_left {
+        env.push(("ORCH_BUDGET_USD_LEFT".into(), format!("{l:.2}")));
+    }
     env.extend(agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(Brief {
         argv,

@@ -382,6 +382,10 @@ pub enum TaskCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// End a task's budget park: its next job runs once regardless of the
+    /// budget ceilings (a parked task also resumes by itself when the day
+    /// rolls over or the ceiling is raised)
+    Unpark { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]

@@ -60,6 +60,10 @@ pub struct Settings {
     pub config_explicit: bool,
     /// `ORCH_MAX_CONCURRENCY` (default 2): running jobs across all workers.
     pub max_concurrency: u32,
+    /// `ORCH_MAX_CONCURRENCY_<ROLE>` (e.g. `ORCH_MAX_CONCURRENCY_DEVELOPER`;
+    /// unset: only the global limit): running jobs of one role across all
+    /// workers. 0 stops the role's dispatch.
+    pub max_concurrency_by_role: BTreeMap<String, u32>,
     /// `ORCH_MAX_DEVELOPER_RETRIES` (default 3): returns to development
     /// after which the task is escalated.
     pub max_developer_retries: u32,
@@ -73,6 +77,23 @@ pub struct Settings {
     /// `ORCH_JOB_BACKOFF_S` (default 30): base delay before a retried job
     /// runs again; doubles per attempt.
     pub job_backoff_s: u64,
+    /// `ORCH_BUDGET_DAY_USD` (unset: none): dollars all agent runs may
+    /// cost per UTC day.
+    pub budget_day_usd: Option<f64>,
+    /// `ORCH_BUDGET_TASK_USD` (unset: none): dollars the runs of one task
+    /// may cost in all.
+    pub budget_task_usd: Option<f64>,
+    /// `ORCH_BUDGET_RUN_USD` (unset: none): dollars one stage run may
+    /// cost; handed to agents in `{budget_left}` (for `--max-budget-usd`).
+    pub budget_run_usd: Option<f64>,
+    /// `ORCH_BUDGET_RESERVE_USD` (default 0.5): what a job is expected to
+    /// cost when its role has no recorded runs yet (else the median of the
+    /// role's last 20 runs).
+    pub budget_reserve_usd: f64,
+    /// `ORCH_LIMIT_BACKOFF_S` (default 60): how long an agent account's
+    /// dispatch pauses after a rate limit (or a usage limit without a reset
+    /// time); doubles per limit hit since its last clean run, up to 64×.
+    pub limit_backoff_s: u64,
     /// `ORCH_PLANE_WEBHOOK_SECRET`: HMAC secret of the Plane webhook.
     pub plane_webhook_secret: Option<Secret>,
     /// `ORCH_GITEA_WEBHOOK_SECRET`: HMAC secret of the Gitea webhook.
@@ -275,10 +296,25 @@ impl Settings {
             config_path,
             config_explicit,
             max_concurrency: num("ORCH_MAX_CONCURRENCY", 2, 1)? as u32,
+            max_concurrency_by_role: {
+                let mut m = BTreeMap::new();
+                for role in ROLES {
+                    let key = format!("ORCH_MAX_CONCURRENCY_{}", role.to_ascii_uppercase());
+                    if get(&key).is_some() {
+                        m.insert(role.to_string(), num(&key, 0, 0)? as u32);
+                    }
+                }
+                m
+            },
             max_developer_retries: num("ORCH_MAX_DEVELOPER_RETRIES", 3, 1)? as u32,
             job_max_attempts: num("ORCH_JOB_MAX_ATTEMPTS", 3, 1)? as u32,
             finalize_max_attempts: num("ORCH_FINALIZE_MAX_ATTEMPTS", 5, 1)? as u32,
             job_backoff_s: num("ORCH_JOB_BACKOFF_S", 30, 0)?,
+            limit_backoff_s: num("ORCH_LIMIT_BACKOFF_S", 60, 1)?,
+            budget_day_usd: setting_usd(&get, "ORCH_BUDGET_DAY_USD")?,
+            budget_task_usd: setting_usd(&get, "ORCH_BUDGET_TASK_USD")?,
+            budget_run_usd: setting_usd(&get, "ORCH_BUDGET_RUN_USD")?,
+            budget_reserve_usd: setting_usd(&get, "ORCH_BUDGET_RESERVE_USD")?.unwrap_or(0.5),
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
             bind: get("ORCH_BIND").unwrap_or_else(|| "127.0.0.1:8500".into()),
@@ -480,6 +516,26 @@ pub(crate) fn setting_num(
     }
 }
 
+/// Reads setting `key` through `get` as an amount of US dollars (a finite
+/// number >= 0); `None` when unset.
+///
+/// Errors: [`Error::Config`] naming the key and the value.
+pub(crate) fn setting_usd(
+    get: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+) -> Result<Option<f64>, Error> {
+    match get(key) {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
+            _ => Err(Error::config(
+                key,
+                format!("expected an amount of US dollars >= 0, got {v:?}"),
+            )),
+        },
+    }
+}
+
 /// Reads setting `key` through `get` as a boolean (`true/false`,
 /// `1/0`, `yes/no`, `on/off`); `default` when unset.
 ///
@@ -537,6 +593,11 @@ pub struct AgentConfig {
     /// Extra environment for the agent.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The model account this agent runs on (default: the agent entry's
+    /// key — the role, or `default`). Roles sharing an account pause
+    /// together when it hits its usage or rate limit.
+    #[serde(default)]
+    pub account: Option<String>,
 }
 
 /// The opening of every built-in prompt: the work item and the ground rules.
@@ -652,6 +713,14 @@ pub struct ProjectConfig {
     /// itself before the merge gate.
     #[serde(default)]
     pub staging: Option<StagingConfig>,
+    /// Running jobs of this project across all workers (unset: only the
+    /// global and per-role limits). 0 stops the project's dispatch.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Dollars this project's agent runs may cost per UTC day (unset:
+    /// only `ORCH_BUDGET_DAY_USD`).
+    #[serde(default)]
+    pub budget_day_usd: Option<f64>,
 }
 
 /// `[projects.staging]`: where the project's staging instance of orch is,
@@ -989,8 +1058,11 @@ fn default_rejected() -> String {
 /// `{previous_session}` (the role's previous Claude session id on this
 /// task, with `resume = true`; else empty, and an argv element that is
 /// empty because of it is dropped with the flag before it),
-/// `{tracker_link}` (the work item's web link, or `none`).
-pub const TEMPLATE_VARS: [&str; 18] = [
+/// `{tracker_link}` (the work item's web link, or `none`),
+/// `{budget_left}` (dollars the task may still spend under the budget
+/// ceilings, e.g. `1.25`, or `unlimited` without one; also
+/// `ORCH_BUDGET_USD_LEFT`).
+pub const TEMPLATE_VARS: [&str; 19] = [
     "task_id",
     "project",
     "title",
@@ -1009,6 +1081,7 @@ pub const TEMPLATE_VARS: [&str; 18] = [
     "work_dir",
     "previous_session",
     "tracker_link",
+    "budget_left",
 ];
 
 /// Every template variable as its own placeholder (`{task_id}` → `<task_id>`):
@@ -1368,6 +1441,19 @@ impl Config {
                 )
             })
     }
+
+    /// The model account `role` runs on: its agent entry's `account`, else
+    /// the entry's key (`role` when it has its own `[agents.<role>]`, else
+    /// `default`).
+    pub fn account(&self, role: &str) -> String {
+        let (key, agent) = match self.agents.get_key_value(role) {
+            Some((k, a)) => (k.as_str(), Some(a)),
+            None => ("default", self.agents.get("default")),
+        };
+        agent
+            .and_then(|a| a.account.clone())
+            .unwrap_or_else(|| key.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -1461,6 +1547,57 @@ mod tests {
             e.to_string(),
             "config: ORCH_MAX_CONCURRENCY: expected a whole number >= 1, got \"lots\""
         );
+    }
+
+    #[test]
+    fn per_role_concurrency_is_read_by_role_and_a_bad_one_names_its_key() {
+        let s = Settings::load(
+            &env(&[
+                ("ORCH_MAX_CONCURRENCY_DEVELOPER", "1"),
+                ("ORCH_MAX_CONCURRENCY_REVIEWER", "0"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        let want: BTreeMap<String, u32> = [("developer".into(), 1), ("reviewer".into(), 0)].into();
+        assert_eq!(s.max_concurrency_by_role, want);
+        let e =
+            Settings::load(&env(&[("ORCH_MAX_CONCURRENCY_TESTER", "-1")]), None, None).unwrap_err();
+        assert!(e.to_string().contains("ORCH_MAX_CONCURRENCY_TESTER"), "{e}");
+    }
+
+    #[test]
+    fn budgets_are_dollars_and_a_bad_one_names_its_key() {
+        let s = Settings::load(&env(&[("ORCH_BUDGET_DAY_USD", "12.5")]), None, None).unwrap();
+        assert_eq!(
+            (
+                s.budget_day_usd,
+                s.budget_task_usd,
+                s.budget_run_usd,
+                s.budget_reserve_usd
+            ),
+            (Some(12.5), None, None, 0.5)
+        );
+        for bad in ["-1", "lots", "NaN"] {
+            let e = Settings::load(&env(&[("ORCH_BUDGET_TASK_USD", bad)]), None, None).unwrap_err();
+            assert!(e.to_string().contains("ORCH_BUDGET_TASK_USD"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_roles_account_is_its_agents_account_else_its_agent_entry() {
+        let cfg: Config = toml::from_str(
+            "[agents.default]\nargv = [\"claude\"]\n\
+             [agents.developer]\nargv = [\"claude\"]\naccount = \"team\"\n\
+             [agents.reviewer]\nargv = [\"claude\"]\naccount = \"team\"\n\
+             [agents.tester]\nargv = [\"claude\"]\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.account("developer"), "team");
+        assert_eq!(cfg.account("reviewer"), "team");
+        assert_eq!(cfg.account("tester"), "tester");
+        assert_eq!(cfg.account("analyst"), "default");
     }
 
     #[test]

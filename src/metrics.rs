@@ -194,6 +194,22 @@ pub fn render(ctx: &Ctx, db: &Db) -> anyhow::Result<String> {
         "Pending outbox messages whose delivery failed at least once.",
     );
     m.sample("orch_outbox_retrying", &[], db.outbox_retrying()? as f64);
+    m.family(
+        "orch_tasks_parked",
+        "gauge",
+        "Tasks parked by a budget ceiling (not claimed until within it again).",
+    );
+    m.sample("orch_tasks_parked", &[], db.parked_tasks()?.len() as f64);
+    m.family(
+        "orch_accounts_paused",
+        "gauge",
+        "Agent accounts whose dispatch is paused by a usage or rate limit now.",
+    );
+    m.sample(
+        "orch_accounts_paused",
+        &[],
+        db.paused_accounts(now)?.len() as f64,
+    );
 
     let mut counters: BTreeMap<String, i64> = db.counters()?.into_iter().collect();
     for (key, name, help) in KNOWN_COUNTERS {

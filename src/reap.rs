@@ -369,6 +369,9 @@ fn describe(f: &Finalized) -> String {
         Finalized::Deferred { defers, reason, .. } => {
             format!("merge deferred ({defers}): {reason}")
         }
+        Finalized::Paused {
+            account, until_ms, ..
+        } => format!("requeued without an attempt: account {account} paused until {until_ms}"),
         Finalized::Lost => "lost: another actor finished it first; nothing written".into(),
     }
 }

@@ -105,8 +105,13 @@ pub fn outcome_text(f: &Finalized) -> Option<String> {
             format!("failed: {reason}; retrying (attempt {attempt})")
         }
         Finalized::Failed { reason } => format!("failed: {reason}"),
-        // A deferred merge reports when the job really finishes.
-        Finalized::Cancelled { .. } | Finalized::Deferred { .. } | Finalized::Lost => return None,
+        // A deferred merge reports when the job really finishes; a run
+        // stopped by an account limit is told once, by the pause's
+        // notification.
+        Finalized::Cancelled { .. }
+        | Finalized::Deferred { .. }
+        | Finalized::Paused { .. }
+        | Finalized::Lost => return None,
     })
 }
 

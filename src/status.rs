@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::db::{Db, Lease};
+use crate::db::{Db, Lease, Parked, Pause};
 use crate::model::Stage;
 
 /// The status document. Times are unix milliseconds; its JSON is what
@@ -22,6 +22,11 @@ pub struct Status {
     pub jobs: BTreeMap<String, i64>,
     pub running: Vec<RunningJob>,
     pub leases: Vec<Lease>,
+    /// Agent accounts whose dispatch is paused now (usage or rate limit),
+    /// with the pause's end (`until_ms`).
+    pub pauses: Vec<Pause>,
+    /// Tasks parked by a budget: not claimed until within it again.
+    pub parked: Vec<Parked>,
     pub inbox: InboxCounts,
     /// Outbox messages by status.
     pub outbox: BTreeMap<String, i64>,
@@ -207,6 +212,12 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
         jobs: db.count_by_status("jobs")?.into_iter().collect(),
         running,
         leases: db.leases()?,
+        pauses: db
+            .pauses()?
+            .into_iter()
+            .filter(|p| p.until_ms > now)
+            .collect(),
+        parked: db.parked_tasks()?,
         inbox: InboxCounts {
             pending,
             failing,
@@ -273,6 +284,27 @@ impl fmt::Display for Status {
                     .map(|j| format!(" for job {j}"))
                     .unwrap_or_default(),
                 crate::clock::ago(l.expires_at_ms, self.now_ms)
+            )?;
+        }
+        for p in &self.pauses {
+            writeln!(
+                f,
+                "paused: account {} ({} limit) until {} (in {}s): {}",
+                p.account,
+                p.kind,
+                crate::clock::format_ms(p.until_ms),
+                (p.until_ms - self.now_ms) / 1000,
+                p.reason
+            )?;
+        }
+        for p in &self.parked {
+            writeln!(
+                f,
+                "parked: task {} ({}) since {}: {}",
+                p.task_id,
+                p.project,
+                crate::clock::format_ms(p.since_ms),
+                p.reason
             )?;
         }
         writeln!(
@@ -367,6 +399,8 @@ mod tests {
                 acquired_at_ms: 900_000,
                 expires_at_ms: 1_600_000,
             }],
+            pauses: vec![],
+            parked: vec![],
             inbox: InboxCounts {
                 pending: 1,
                 failing: 0,

@@ -68,7 +68,7 @@ pub fn work_once(
     let job = db.write(|tx| {
         jobs::claim_next(
             tx,
-            ctx.settings.max_concurrency,
+            &jobs::Limits::new(&ctx.settings, &ctx.config),
             role,
             project,
             (&host, pid, start),
@@ -308,6 +308,13 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     }
     let exit_code = outcome.exit_code() as i64;
     let error = crate::agent::run_error(exit_code, timed_out.then_some(timeout_s), result.as_ref());
+    let limit = result
+        .as_ref()
+        .filter(|_| exit_code != 0 && !timed_out)
+        .and_then(|r| crate::agent::limit_hit(r, now_ms()));
+    if let Some(l) = &limit {
+        warn!(target: "worker", job = job.id, kind = l.kind.as_str(), reset_at_ms = ?l.reset_at_ms, "agent account hit its limit");
+    }
     if let Some(e) = &error {
         warn!(target: "worker", job = job.id, reason = %e.reason, retryable = e.retryable, "agent run failed");
     }
@@ -324,6 +331,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         })
     });
     let record = RunRecord {
+        limit,
         pid: agent_pid,
         argv,
         exit_code,
@@ -553,6 +561,33 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
         // starts again from what was pushed.
         repo.discard_changes(&worktree)?;
     }
+    // The model account's usage or rate limit stopped the run: not the
+    // job's fault. Requeued without an attempt; the account pauses.
+    let account = ctx.config.account(&job.role);
+    if !agent_ok {
+        if let Some((kind, reset)) = db.run_judgement(job.id)?.and_then(|j| j.limit) {
+            let message = job_error_text(db, &job)?;
+            let settings = &ctx.settings;
+            let f = db.write(|tx| {
+                jobs::pause_for_limit(
+                    tx,
+                    settings,
+                    &job,
+                    &account,
+                    kind,
+                    reset,
+                    &message,
+                    now_ms(),
+                )
+            })?;
+            warn!(target: "worker", job = job.id, account = %account, outcome = %f, "dispatch paused");
+            return Ok(f);
+        }
+    } else if db.pause(&account)?.is_some() {
+        // A clean run of the account ends its pause and its backoff.
+        db.write(|tx| tx.clear_pause(&account))?;
+        info!(target: "worker", account = %account, "a clean run cleared the account's pause");
+    }
     if agent_ok && refused.is_none() && stage == Stage::Development {
         crate::forge::Forge::for_project(ctx, project)
             .ci_after_push(ctx, db, project, &repo, &task)?;
@@ -588,6 +623,15 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
     failpoint("finalize.before_terminal_claim");
     apply_gate(ctx, db, &task, &job, stage, verdict, actor)
+}
+
+/// The latest run's error text of `job` (its judgement's reason), or a
+/// generic one.
+fn job_error_text(db: &Db, job: &Job) -> anyhow::Result<String> {
+    Ok(db
+        .run_judgement(job.id)?
+        .and_then(|j| j.error)
+        .map_or_else(|| "the agent's account hit its limit".into(), |e| e.reason))
 }
 
 /// Pushes the task branch unless origin already has the worktree's head.

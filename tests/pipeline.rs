@@ -2,6 +2,7 @@
 //! human gate.
 
 use crate::util::*;
+use serde_json::json;
 
 const IN_PROGRESS: &str = "plane/webhooks/issue-updated-state-in-progress.json";
 
@@ -279,4 +280,60 @@ fn the_claim_enforces_max_concurrency() {
     assert!(slow.wait_with_output().unwrap().status.success());
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["result"], "ran", "{v}");
+}
+
+#[test]
+fn a_role_at_its_limit_lets_a_second_worker_run_another_role() {
+    let mut sbx = Sandbox::new();
+    // The sandbox project approves analyses by itself.
+    sbx.add_issue("one");
+    sbx.add_issue("two");
+    for stage in ["analysis", "analysis", "architecture", "architecture"] {
+        assert_eq!(sbx.json(&["work-once"])["stage"], stage);
+    }
+    // Queued, oldest first: development of 1 and 2, then analysis of 3.
+    sbx.add_issue("three");
+    sbx.set("ORCH_MAX_CONCURRENCY_DEVELOPER", "1");
+    let slow = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", "3")]);
+    wait_until(20, "the first developer job running", || {
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running' AND role='developer'") == 1
+    });
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(
+        (&v["result"], &v["stage"], &v["task_id"]),
+        (&json!("ran"), &json!("analysis"), &json!(3)),
+        "the second worker skips the developer job at the role's limit: {v}"
+    );
+    assert!(slow.wait_with_output().unwrap().status.success());
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(
+        (&v["stage"], &v["task_id"]),
+        (&json!("development"), &json!(2)),
+        "{v}"
+    );
+}
+
+#[test]
+fn claims_alternate_between_projects_with_queued_work() {
+    let sbx = Sandbox::new();
+    sbx.append_config(&format!(
+        "\n[[projects]]\nname = \"gadget\"\ntracker = \"local\"\nforge = \"local\"\nclone_url = \"{}\"\ntest_command = [\"sh\", \"test.sh\"]\n",
+        sbx.origin().display()
+    ));
+    // widget queues three analyses before gadget queues two.
+    for t in ["w1", "w2", "w3"] {
+        sbx.add_issue(t);
+    }
+    for t in ["g1", "g2"] {
+        sbx.ok(&["issue", "add", "--project", "gadget", "--title", t]);
+    }
+    let mut order = vec![];
+    for _ in 0..5 {
+        let v = sbx.json(&["work-once"]);
+        assert_eq!(v["result"], "ran", "{v}");
+        order.push(v["task_id"].as_i64().unwrap());
+    }
+    // Neither project was claimed from yet: gadget first (by name), then
+    // the project claimed longest ago, oldest job first within it.
+    assert_eq!(order, vec![4, 1, 5, 2, 3], "claims alternate");
 }

@@ -242,7 +242,7 @@ fn a_file_that_still_holds_conflict_markers_is_never_committed() {
 }
 
 #[test]
-fn an_api_400_fails_at_once_and_a_429_is_retried() {
+fn an_api_400_fails_at_once_and_a_retryable_failure_is_retried() {
     let mut sbx = Sandbox::new();
     sbx.set("FAKE_AGENT_MODE_ANALYST", "api-error")
         .set("ORCH_JOB_MAX_ATTEMPTS", "3");
@@ -257,17 +257,20 @@ fn an_api_400_fails_at_once_and_a_429_is_retried() {
     assert_eq!(sbx.count("SELECT escalated FROM tasks WHERE id=1"), 1);
     assert_eq!(sbx.count("SELECT COUNT(*) FROM agent_runs"), 1);
 
+    // (A 429 or 529 is the account's limit, not the job's failure: it
+    // pauses the account instead, see tests/limits.rs.)
     let mut sbx = Sandbox::new();
-    sbx.set("FAKE_AGENT_MODE_ANALYST", "api-error-429")
-        .set("ORCH_JOB_MAX_ATTEMPTS", "3");
-    sbx.add_issue("rate limited");
+    sbx.set("FAKE_AGENT_MODE_ANALYST", "fail")
+        .set("ORCH_JOB_MAX_ATTEMPTS", "3")
+        .set("ORCH_JOB_BACKOFF_S", "0");
+    sbx.add_issue("max turns");
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["action"], "retrying", "{v}");
     assert!(
         v["finalized"]["reason"]
             .as_str()
             .unwrap()
-            .contains("model API error 429"),
+            .contains("error_max_turns"),
         "{v}"
     );
     // The next attempt is told why the last one failed.
@@ -276,7 +279,7 @@ fn an_api_400_fails_at_once_and_a_429_is_retried() {
     assert_eq!(v["finalized"]["action"], "advanced", "{v}");
     let prompt = sbx.prompt_of(1, "analysis");
     assert!(
-        prompt.contains("Attempt 1 of this run failed: model API error 429"),
+        prompt.contains("Attempt 1 of this run failed: agent result error_max_turns"),
         "{prompt}"
     );
 }

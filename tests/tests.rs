@@ -19,6 +19,8 @@ mod adapters;
 #[cfg(feature = "testing")]
 mod fakes;
 #[cfg(feature = "testing")]
+mod limits;
+#[cfg(feature = "testing")]
 mod merge_gate;
 #[cfg(feature = "testing")]
 mod reap;

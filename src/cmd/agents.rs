@@ -137,5 +137,8 @@ fn example_task(ctx: &Ctx, project: Option<&str>) -> anyhow::Result<Task> {
         escalated_reason: None,
         created_at_ms: 0,
         updated_at_ms: 0,
+        parked_at_ms: None,
+        parked_reason: None,
+        budget_waived: false,
     })
 }

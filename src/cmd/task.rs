@@ -50,6 +50,7 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
             reason,
             dry_run,
         } => (id, ManualMove::Unblock, reason, dry_run),
+        TaskCommand::Unpark { id } => return unpark(&ctx.open_db()?, id),
     };
     let db = ctx.open_db()?;
     let outcome = super::run_or_rehearse(&db, dry_run, |db| {
@@ -75,6 +76,21 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
                 if escalated { ", escalated" } else { "" }
             ),
         },
+    })
+}
+
+/// `orch task unpark ID`: ends the park and waives the budgets for the
+/// task's next job. Refused (exit 2) for a task that is not parked.
+fn unpark(db: &Db, id: i64) -> anyhow::Result<Output> {
+    let t = load(db, id)?;
+    if t.parked_at_ms.is_none() {
+        return Err(Error::Usage(format!("task {id} is not parked")).into());
+    }
+    db.write(|tx| tx.unpark_task(id, true))?;
+    tracing::info!(target: "budget", task = id, "task unparked by hand; its next job runs regardless of the budgets");
+    Ok(Output {
+        json: json!({ "task_id": id, "unparked": true, "was": t.parked_reason }),
+        text: format!("task {id}: unparked; its next job runs regardless of the budgets"),
     })
 }
 
@@ -131,6 +147,12 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
             String::new()
         }
     );
+    if let (Some(since), Some(reason)) = (t.parked_at_ms, &t.parked_reason) {
+        text += &format!(
+            "  PARKED since {}: {reason}\n",
+            orch::clock::format_ms(since)
+        );
+    }
     text += "transitions:\n";
     for tr in &transitions {
         text += &format!(

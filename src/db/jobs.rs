@@ -39,12 +39,15 @@ pub struct Job {
     /// Failed finalizes of the current attempt (migration 6), toward
     /// `ORCH_FINALIZE_MAX_ATTEMPTS`.
     pub finalize_failures: i64,
+    /// Runs of this job stopped by an account limit (migration 10): their
+    /// attempt numbers do not count toward `ORCH_JOB_MAX_ATTEMPTS`.
+    pub free_attempts: i64,
 }
 
 pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, status, attempt, available_at_ms, \
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
-    merge_pending, merge_defers, finalize_failures";
+    merge_pending, merge_defers, finalize_failures, free_attempts";
 
 pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -72,6 +75,7 @@ pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
         merge_pending: r.get(21)?,
         merge_defers: r.get(22)?,
         finalize_failures: r.get(23)?,
+        free_attempts: r.get(24)?,
     })
 }
 
@@ -93,6 +97,8 @@ pub struct RunRecord {
     pub error: Option<crate::agent::RunError>,
     /// The branch head the run started on.
     pub base_sha: Option<String>,
+    /// The account limit that stopped the run, if one did.
+    pub limit: Option<crate::agent::LimitHit>,
 }
 
 /// What orch judged of a job's latest run ([`Db::run_judgement`]).
@@ -103,6 +109,8 @@ pub struct RunJudgement {
     pub denials: Vec<serde_json::Value>,
     pub base_sha: Option<String>,
     pub session_id: Option<String>,
+    /// The account limit that stopped the run: kind and reset (unix ms).
+    pub limit: Option<(crate::agent::LimitKind, Option<i64>)>,
 }
 
 /// Usage and outcome of a job's latest agent run, for the run report.
@@ -218,7 +226,8 @@ impl Db {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT error, retryable, permission_denials, base_sha, session_id FROM agent_runs \
+                "SELECT error, retryable, permission_denials, base_sha, session_id, limit_kind, \
+                 limit_reset_ms FROM agent_runs \
                  WHERE job_id=?1 ORDER BY attempt DESC LIMIT 1",
             )?
             .query_row([job_id], |r| {
@@ -232,6 +241,11 @@ impl Db {
                         .unwrap_or_default(),
                     base_sha: r.get(3)?,
                     session_id: r.get(4)?,
+                    limit: match r.get::<_, Option<String>>(5)?.as_deref() {
+                        Some("usage") => Some((crate::agent::LimitKind::Usage, r.get(6)?)),
+                        Some("rate") => Some((crate::agent::LimitKind::Rate, r.get(6)?)),
+                        _ => None,
+                    },
                 })
             })
             .optional()?)
@@ -286,15 +300,21 @@ impl Db {
     }
 
     /// The oldest runnable job at `now_ms`: queued, available, of a task
-    /// that is not escalated, optionally of `role` and `project`; with
+    /// that is not escalated, optionally of `role` and `project`, of no
+    /// role in `skip_roles` (roles at their concurrency limit) and of no
+    /// task in `skip_tasks` (parked by a budget in this claim); with
     /// whether its task has moved past it (another stage or version: the
     /// job can never run). Reads the `jobs_status` index from its head.
     pub fn next_runnable_job(
         &self,
         role: Option<&str>,
         project: Option<&str>,
+        skip_roles: &[&str],
+        skip_tasks: &[i64],
         now_ms: i64,
     ) -> anyhow::Result<Option<(Job, bool)>> {
+        let skip = serde_json::to_string(skip_roles)?;
+        let skip_tasks = serde_json::to_string(skip_tasks)?;
         Ok(self
             .conn
             .prepare_cached(&format!(
@@ -303,15 +323,50 @@ impl Db {
                    JOIN tasks t ON t.id=j.task_id \
                    WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
                      AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
+                     AND j.role NOT IN (SELECT value FROM json_each(?4)) \
+                     AND j.task_id NOT IN (SELECT value FROM json_each(?5)) \
                    ORDER BY j.available_at_ms, j.id LIMIT 1)"
             ))?
-            .query_row(params![now_ms, role, project], |r| {
+            .query_row(params![now_ms, role, project, skip, skip_tasks], |r| {
                 Ok((job_row(r)?, r.get(JOB_COLS.split(',').count())?))
             })
             .optional()?)
     }
+
+    /// `(role, project)` of every running job (few: at most the
+    /// concurrency limit), for the per-role and per-project limits.
+    pub fn running_roles_and_projects(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT j.role, t.project FROM jobs j JOIN tasks t ON t.id=j.task_id \
+             WHERE j.status='running'",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Project names, the one claimed longest ago (or never) first, then
+    /// by name: the order in which a claim tries them.
+    pub fn projects_by_last_claim(&self) -> anyhow::Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name FROM projects ORDER BY claim_seq, name")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 impl Tx<'_> {
+    /// Records that `project` was just claimed from: it goes to the back of
+    /// [`Db::projects_by_last_claim`].
+    pub fn mark_project_claimed(&self, project: &str) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE projects SET claim_seq=(SELECT COALESCE(MAX(claim_seq),0)+1 FROM projects) \
+                 WHERE name=?1",
+            )?
+            .execute([project])?;
+        Ok(())
+    }
+
     /// Enqueues the job for `(task, stage, task_version)`; a replay of the
     /// same key is a no-op. Returns the job id (new or existing).
     pub fn enqueue_job(
@@ -390,8 +445,9 @@ impl Tx<'_> {
         self.conn.prepare_cached(
             "INSERT INTO agent_runs (job_id, task_id, stage, role, attempt, pid, argv, exit_code, duration_ms, success, \
              usage_known, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd, \
-             session_id, permission_denials, log_path, started_at_ms, error, retryable, base_sha) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23) \
+             session_id, permission_denials, log_path, started_at_ms, error, retryable, base_sha, \
+             limit_kind, limit_reset_ms) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25) \
              ON CONFLICT(job_id, attempt) DO NOTHING",
         )?
         .execute(params![
@@ -418,6 +474,8 @@ impl Tx<'_> {
             r.error.as_ref().map(|e| e.reason.as_str()),
             r.error.as_ref().is_none_or(|e| e.retryable),
             r.base_sha,
+            r.limit.as_ref().map(|l| l.kind.as_str()),
+            r.limit.as_ref().and_then(|l| l.reset_at_ms),
         ])?;
         Ok(())
     }
@@ -525,6 +583,30 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
+                 worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
+                 claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
+                 merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
+            )?
+            .execute(params![id, error, available_at_ms, attempt])?;
+        Ok(n == 1)
+    }
+
+    /// Requeues running job `id` (claim `attempt`) after an account limit
+    /// stopped its run: a new attempt number, counted free (it does not
+    /// bring the job nearer `ORCH_JOB_MAX_ATTEMPTS`), runnable at
+    /// `available_at_ms`. Returns whether the job was requeued.
+    pub fn requeue_job_free(
+        &self,
+        id: i64,
+        attempt: Option<i64>,
+        error: &str,
+        available_at_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET status='queued', attempt=attempt+1, free_attempts=free_attempts+1, \
+                 available_at_ms=?3, last_error=?2, \
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
                  merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",

@@ -13,20 +13,24 @@
 //!
 //! Times are unix milliseconds (`*_ms`).
 
+mod budget;
 mod ci;
 mod inbox;
 mod jobs;
 mod leases;
 mod outbox;
+mod pauses;
 mod schema;
 mod tasks;
 mod usage;
 
+pub use budget::Parked;
 pub use ci::PullRequestRow;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
 pub use leases::{Lease, LeaseAcquire};
 pub use outbox::OutboxRow;
+pub use pauses::Pause;
 pub use tasks::{CachedState, ProjectRow, Task, TransitionRow};
 pub use usage::UsageRow;
 

@@ -282,4 +282,46 @@ ALTER TABLE jobs ADD COLUMN deferred_on TEXT;
     r#"
 ALTER TABLE transitions ADD COLUMN inbox_id INTEGER REFERENCES inbox(id);
 "#,
+    // 10: fair claims across projects (issue 16). `claim_seq` orders the
+    // projects by their last claim (0: never): the claim tries the project
+    // claimed longest ago first, so a busy project cannot starve the others.
+    r#"
+ALTER TABLE projects ADD COLUMN claim_seq INTEGER NOT NULL DEFAULT 0;
+"#,
+    // 11: usage and rate limits (issue 16). A run stopped by the account's
+    // limit records it (`limit_kind` usage|rate, `limit_reset_ms` when the
+    // CLI said); its job is requeued under a new attempt number that does
+    // not count toward `ORCH_JOB_MAX_ATTEMPTS` (`free_attempts`); `pauses`
+    // holds one row per paused account (the role's agent, or its
+    // `account`): no job of it is claimed before `until_ms`. `strikes`
+    // counts the pauses since the account's last clean run (the backoff's
+    // exponent); a clean run deletes the row.
+    r#"
+ALTER TABLE agent_runs ADD COLUMN limit_kind TEXT;
+ALTER TABLE agent_runs ADD COLUMN limit_reset_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN free_attempts INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE pauses (
+    account  TEXT PRIMARY KEY,
+    kind     TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    strikes  INTEGER NOT NULL DEFAULT 1
+);
+"#,
+    // 12: budgets (issue 16). A task whose next job would pass a budget
+    // ceiling is *parked* (`parked_at_ms`, `parked_reason`): not claimed,
+    // not failed, no attempt; the claim checks again each time, so it
+    // resumes when the day rolls over or the ceiling is raised.
+    // `budget_waived`: `orch task unpark` lets its next job run once
+    // regardless. The indexes serve the spend sums and the role medians.
+    r#"
+ALTER TABLE tasks ADD COLUMN parked_at_ms INTEGER;
+ALTER TABLE tasks ADD COLUMN parked_reason TEXT;
+ALTER TABLE tasks ADD COLUMN budget_waived INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX tasks_parked ON tasks(parked_at_ms) WHERE parked_at_ms IS NOT NULL;
+CREATE INDEX agent_runs_started ON agent_runs(started_at_ms);
+CREATE INDEX agent_runs_task ON agent_runs(task_id);
+CREATE INDEX agent_runs_role ON agent_runs(role, id);
+"#,
 ];

@@ -27,11 +27,18 @@ pub struct Task {
     pub escalated_reason: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Since when the task is parked by a budget (unix ms), if it is.
+    pub parked_at_ms: Option<i64>,
+    /// Which ceiling its next job would pass.
+    pub parked_reason: Option<String>,
+    /// `orch task unpark`: its next job runs regardless of the budgets.
+    pub budget_waived: bool,
 }
 
 pub(super) const TASK_COLS: &str =
     "id, project, tracker_issue_id, sequence, title, body, stage, version, \
-    branch, worktree, developer_retries, escalated, escalated_reason, created_at_ms, updated_at_ms";
+    branch, worktree, developer_retries, escalated, escalated_reason, created_at_ms, updated_at_ms, \
+    parked_at_ms, parked_reason, budget_waived";
 
 pub(super) fn task_row(r: &Row) -> rusqlite::Result<Task> {
     Ok(Task {
@@ -50,6 +57,9 @@ pub(super) fn task_row(r: &Row) -> rusqlite::Result<Task> {
         escalated_reason: r.get(12)?,
         created_at_ms: r.get(13)?,
         updated_at_ms: r.get(14)?,
+        parked_at_ms: r.get(15)?,
+        parked_reason: r.get(16)?,
+        budget_waived: r.get(17)?,
     })
 }
 

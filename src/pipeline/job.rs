@@ -21,8 +21,10 @@
 //!
 //! Assumptions (every function): `tx` is a `BEGIN IMMEDIATE` transaction.
 
+use std::collections::BTreeMap;
+
 use crate::backoff::backoff_ms;
-use crate::config::Settings;
+use crate::config::{Config, Settings};
 use crate::db::{Job, Tx};
 use crate::error::Error;
 
@@ -64,6 +66,12 @@ pub enum How<'a> {
         available_at_ms: i64,
         lease: Option<&'a str>,
     },
+    /// `running → queued` for a new attempt that does not count toward the
+    /// attempt cap (an account limit stopped the run), at `available_at_ms`.
+    Free {
+        error: &'a str,
+        available_at_ms: i64,
+    },
     /// `running → queued`, same attempt: a claim by hand given back, only
     /// while the claimer (worker `pid`, `start_time`) still holds it.
     Unclaim { pid: i64, start_time: i64 },
@@ -78,7 +86,7 @@ impl How<'_> {
         match self {
             How::Claim { .. } => (from, to) == (Queued, Running),
             How::Finish { .. } => from == Running && !to.is_active(),
-            How::Retry { .. } | How::Defer { .. } | How::Unclaim { .. } => {
+            How::Retry { .. } | How::Free { .. } | How::Defer { .. } | How::Unclaim { .. } => {
                 (from, to) == (Running, Queued)
             }
             How::Cancel { .. } => (from, to) == (Queued, Cancelled),
@@ -129,6 +137,10 @@ pub fn change(tx: &Tx, c: &JobChange, now_ms: i64) -> anyhow::Result<Changed> {
             error,
             available_at_ms,
         } => tx.requeue_job(id, attempt, error, available_at_ms)?,
+        How::Free {
+            error,
+            available_at_ms,
+        } => tx.requeue_job_free(id, attempt, error, available_at_ms)?,
         How::Defer {
             reason,
             available_at_ms,
@@ -140,36 +152,311 @@ pub fn change(tx: &Tx, c: &JobChange, now_ms: i64) -> anyhow::Result<Changed> {
     Ok(if won { Changed::Applied } else { Changed::Lost })
 }
 
-/// Claims the oldest runnable job for `worker`: queued, available, of a
-/// task that is not escalated, optionally of `role` and `project`, while
-/// fewer than `max_running` jobs run. Queued jobs whose task moved on are
+/// The concurrency limits a claim enforces (DESIGN §3): running jobs
+/// across all workers, per role and per project.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// `ORCH_MAX_CONCURRENCY`.
+    pub global: u32,
+    /// `ORCH_MAX_CONCURRENCY_<ROLE>`, by role name.
+    pub by_role: BTreeMap<String, u32>,
+    /// Each project's `max_concurrency` (orch.toml), by project name.
+    pub by_project: BTreeMap<String, u32>,
+    /// The agent account of each role ([`Config::account`]); a role whose
+    /// account is paused is not dispatched. A role not listed is its own
+    /// account.
+    pub accounts: BTreeMap<String, String>,
+    /// The budget ceilings in dollars (see [`over_budget`]).
+    pub budget: Budget,
+}
+
+/// Budget ceilings in US dollars; `None` is no ceiling.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// `ORCH_BUDGET_DAY_USD`: all runs per UTC day.
+    pub day: Option<f64>,
+    /// `ORCH_BUDGET_TASK_USD`: all runs of one task.
+    pub task: Option<f64>,
+    /// `ORCH_BUDGET_RUN_USD`: one stage run.
+    pub run: Option<f64>,
+    /// Each project's `budget_day_usd`.
+    pub project_day: BTreeMap<String, f64>,
+    /// `ORCH_BUDGET_RESERVE_USD`: a job's expected cost when its role has
+    /// no recorded runs.
+    pub reserve_default: f64,
+}
+
+impl Budget {
+    /// Whether any ceiling is set (else the claim checks nothing).
+    pub fn is_set(&self) -> bool {
+        self.day.is_some()
+            || self.task.is_some()
+            || self.run.is_some()
+            || !self.project_day.is_empty()
+    }
+}
+
+impl Limits {
+    /// The limits set in `settings` and `config`.
+    pub fn new(settings: &Settings, config: &Config) -> Limits {
+        Limits {
+            global: settings.max_concurrency,
+            by_role: settings.max_concurrency_by_role.clone(),
+            by_project: config
+                .projects
+                .iter()
+                .filter_map(|p| p.max_concurrency.map(|n| (p.name.clone(), n)))
+                .collect(),
+            accounts: crate::config::ROLES
+                .iter()
+                .map(|r| (r.to_string(), config.account(r)))
+                .collect(),
+            budget: Budget {
+                day: settings.budget_day_usd,
+                task: settings.budget_task_usd,
+                run: settings.budget_run_usd,
+                project_day: config
+                    .projects
+                    .iter()
+                    .filter_map(|p| p.budget_day_usd.map(|n| (p.name.clone(), n)))
+                    .collect(),
+                reserve_default: settings.budget_reserve_usd,
+            },
+        }
+    }
+}
+
+/// Claims a runnable job for `worker`: queued, available, of a task that
+/// is not escalated, optionally of `role` and `project`, within `limits`
+/// (fewer running jobs than the global limit, its role's and its
+/// project's). Fair across projects: the projects are tried in the order
+/// of their last claim (the one claimed longest ago first), and within one
+/// the oldest runnable job is taken. Queued jobs whose task moved on are
 /// cancelled when they come up. Returns the claimed job, now `running`.
 pub fn claim_next(
     tx: &Tx,
-    max_running: u32,
+    limits: &Limits,
     role: Option<&str>,
     project: Option<&str>,
     worker: (&str, i64, i64),
     now_ms: i64,
 ) -> anyhow::Result<Option<Job>> {
-    if tx.running_job_count()? >= max_running as i64 {
+    let running = tx.running_roles_and_projects()?;
+    if running.len() >= limits.global as usize {
         return Ok(None);
     }
-    // A queued job whose task moved past it (a human advance, a rollback)
-    // can never be valid again: cancel it when it comes up, and look at the
-    // next. Only such jobs are visited, never the whole queue.
-    let id = loop {
-        match tx.next_runnable_job(role, project, now_ms)? {
-            None => return Ok(None),
-            Some((j, true)) => {
-                cancel_queued(tx, &j, "task moved on before the job ran", now_ms)?;
+    let count = |f: &dyn Fn(&(String, String)) -> bool| running.iter().filter(|r| f(r)).count();
+    let mut skip_roles: Vec<&str> = limits
+        .by_role
+        .iter()
+        .filter(|(r, n)| count(&|x| &x.0 == *r) >= **n as usize)
+        .map(|(r, _)| r.as_str())
+        .collect();
+    // Roles whose agent account is paused (usage or rate limit).
+    let paused = tx.paused_accounts(now_ms)?;
+    if !paused.is_empty() {
+        for r in crate::config::ROLES {
+            let account = limits.accounts.get(r).map_or(r, String::as_str);
+            if paused.iter().any(|p| p == account) && !skip_roles.contains(&r) {
+                skip_roles.push(r);
             }
-            Some((j, false)) => break j.id,
         }
+    }
+    if role.is_some_and(|r| skip_roles.contains(&r)) {
+        return Ok(None);
+    }
+    let projects = match project {
+        Some(p) => vec![p.to_string()],
+        None => tx.projects_by_last_claim()?,
     };
-    let claimed = claim(tx, id, worker, now_ms)?;
-    crate::failpoint::failpoint("claim.before_commit");
-    Ok(claimed)
+    for p in projects {
+        if let Some(&n) = limits.by_project.get(&p) {
+            if count(&|x| x.1 == p) >= n as usize {
+                continue;
+            }
+        }
+        // A queued job whose task moved past it (a human advance, a
+        // rollback) can never be valid again: cancel it when it comes up,
+        // and look at the next. Only such jobs are visited, never the
+        // whole queue.
+        let mut parked = Vec::new();
+        let id = loop {
+            match tx.next_runnable_job(role, Some(&p), &skip_roles, &parked, now_ms)? {
+                None => break None,
+                Some((j, true)) => {
+                    cancel_queued(tx, &j, "task moved on before the job ran", now_ms)?;
+                }
+                Some((j, false)) => {
+                    // A job that would pass a budget ceiling parks its
+                    // task (checked again at every claim); look further.
+                    if let Some(reason) = over_budget(tx, &limits.budget, &j, &running, now_ms)? {
+                        park(tx, j.task_id, &reason, now_ms)?;
+                        parked.push(j.task_id);
+                        continue;
+                    }
+                    break Some(j.id);
+                }
+            }
+        };
+        let Some(id) = id else { continue };
+        let claimed = claim(tx, id, worker, now_ms)?;
+        if let Some(j) = &claimed {
+            tx.mark_project_claimed(&p)?;
+            // Runnable again: the park (or the waiver of `orch task
+            // unpark`) ends with this claim.
+            if tx.unpark_task(j.task_id, false)? {
+                tracing::info!(target: "budget", task = j.task_id, "task unparked: its job is within the budgets now");
+            }
+        }
+        crate::failpoint::failpoint("claim.before_commit");
+        return Ok(claimed);
+    }
+    Ok(None)
+}
+
+/// The start (unix ms) of the UTC day of `now_ms`.
+pub fn day_start(now_ms: i64) -> i64 {
+    now_ms - now_ms.rem_euclid(86_400_000)
+}
+
+/// What a run of `role` is expected to cost: the median of its last 20
+/// runs, or `budget.reserve_default` without any.
+pub fn reservation(tx: &Tx, budget: &Budget, role: &str) -> anyhow::Result<f64> {
+    Ok(tx.role_median_cost(role)?.unwrap_or(budget.reserve_default))
+}
+
+/// Which ceiling queued job `j` would pass if it ran now, or `None`: the
+/// spend so far (today's, overall and of its project; its task's in all)
+/// plus the reservations of the running jobs (`running`: their role and
+/// project) and of `j` itself, against `budget`. A task whose budget is
+/// waived (`orch task unpark`) passes, and so does a deferred merge
+/// (`merge_pending`: no agent runs).
+pub fn over_budget(
+    tx: &Tx,
+    budget: &Budget,
+    j: &Job,
+    running: &[(String, String)],
+    now_ms: i64,
+) -> anyhow::Result<Option<String>> {
+    // A deferred merge runs no agent: it costs nothing.
+    if !budget.is_set() || j.merge_pending {
+        return Ok(None);
+    }
+    let Some(task) = tx.task(j.task_id)? else {
+        return Ok(None);
+    };
+    if task.budget_waived {
+        return Ok(None);
+    }
+    let mine = reservation(tx, budget, &j.role)?;
+    let day = day_start(now_ms);
+    let mut in_flight = 0.0;
+    let mut in_flight_project = 0.0;
+    for (role, project) in running {
+        let r = reservation(tx, budget, role)?;
+        in_flight += r;
+        if *project == task.project {
+            in_flight_project += r;
+        }
+    }
+    let fmt = |what: &str, spent: f64, ceiling: f64| {
+        format!(
+            "{what} budget ${ceiling:.2}: ${spent:.2} spent or running, this {} run is expected to cost ${mine:.2}",
+            j.role
+        )
+    };
+    if let Some(ceiling) = budget.run {
+        if mine > ceiling {
+            return Ok(Some(format!(
+                "stage run budget ${ceiling:.2}: this {} run is expected to cost ${mine:.2}",
+                j.role
+            )));
+        }
+    }
+    if let Some(ceiling) = budget.task {
+        let spent = tx.spent_on_task(task.id)?;
+        if spent + mine > ceiling {
+            return Ok(Some(fmt("task", spent, ceiling)));
+        }
+    }
+    if let Some(&ceiling) = budget.project_day.get(&task.project) {
+        let spent = tx.spent_since(day, Some(&task.project))? + in_flight_project;
+        if spent + mine > ceiling {
+            return Ok(Some(fmt(
+                &format!("project {} daily", task.project),
+                spent,
+                ceiling,
+            )));
+        }
+    }
+    if let Some(ceiling) = budget.day {
+        let spent = tx.spent_since(day, None)? + in_flight;
+        if spent + mine > ceiling {
+            return Ok(Some(fmt("daily", spent, ceiling)));
+        }
+    }
+    Ok(None)
+}
+
+/// Dollars `task` may still spend under `budget` now: the least of the
+/// stage run ceiling and what is left of its task ceiling, its project's
+/// and the overall daily ceiling (never below 0); `None` without a
+/// ceiling. Running jobs'
+/// reservations are not subtracted (the run being briefed is one).
+pub fn budget_left(
+    db: &crate::db::Db,
+    budget: &Budget,
+    task: &crate::db::Task,
+    now_ms: i64,
+) -> anyhow::Result<Option<f64>> {
+    let day = day_start(now_ms);
+    let mut left: Option<f64> = None;
+    let mut keep = |l: f64| left = Some(left.map_or(l, |x: f64| x.min(l)).max(0.0));
+    if let Some(c) = budget.run {
+        keep(c);
+    }
+    if let Some(c) = budget.task {
+        keep(c - db.spent_on_task(task.id)?);
+    }
+    if let Some(&c) = budget.project_day.get(&task.project) {
+        keep(c - db.spent_since(day, Some(&task.project))?);
+    }
+    if let Some(c) = budget.day {
+        keep(c - db.spent_since(day, None)?);
+    }
+    Ok(left)
+}
+
+/// Parks task `task_id` for `reason`; a new park writes one notification
+/// and one tracker comment (dedupe `park:<task>:<since>`).
+fn park(tx: &Tx, task_id: i64, reason: &str, now_ms: i64) -> anyhow::Result<()> {
+    if !tx.park_task(task_id, reason, now_ms)? {
+        return Ok(());
+    }
+    tracing::warn!(target: "budget", task = task_id, reason, "task parked");
+    let text = format!(
+        "task {task_id} parked: its next job would pass the {reason}. It resumes when the day \
+         rolls over or the ceiling is raised (or by hand: orch task unpark {task_id})"
+    );
+    let payload = serde_json::json!({ "text": text });
+    let key = format!("park:{task_id}:{now_ms}");
+    tx.insert_outbox(
+        &format!("{key}:notify"),
+        Some(task_id),
+        "notify",
+        "parked",
+        &payload,
+        now_ms,
+    )?;
+    tx.insert_outbox(
+        &format!("{key}:comment"),
+        Some(task_id),
+        "tracker",
+        "comment",
+        &payload,
+        now_ms,
+    )?;
+    Ok(())
 }
 
 /// Claims queued job `id` for `worker` regardless of `available_at_ms`
@@ -282,6 +569,14 @@ pub enum Finalized {
         available_at_ms: i64,
         reason: String,
     },
+    /// An account limit stopped the run: the job is queued again for
+    /// `until_ms` without counting an attempt, and dispatch of `account`
+    /// pauses until then.
+    Paused {
+        account: String,
+        until_ms: i64,
+        reason: String,
+    },
     /// Another actor finished this job first; nothing was done.
     Lost,
 }
@@ -330,6 +625,15 @@ impl std::fmt::Display for Finalized {
             Finalized::Deferred { defers, reason, .. } => {
                 write!(f, "merge deferred ({defers} so far): {reason}")
             }
+            Finalized::Paused {
+                account,
+                until_ms,
+                reason,
+            } => write!(
+                f,
+                "paused: account {account} hit its limit; requeued without an attempt, \
+                 runnable at {until_ms} (unix ms): {reason}"
+            ),
             Finalized::Lost => f.write_str("another actor finished the job first"),
         }
     }
@@ -352,7 +656,7 @@ pub fn retry_or_fail(
     actor: Actor,
     now: i64,
 ) -> anyhow::Result<Finalized> {
-    if job.attempt < settings.job_max_attempts as i64 {
+    if job.attempt - job.free_attempts < settings.job_max_attempts as i64 {
         let base_ms = settings.job_backoff_s as i64 * 1000;
         let delay_ms = backoff_ms(base_ms, base_ms << 16, job.attempt - 1, None);
         let c = JobChange {
@@ -375,9 +679,79 @@ pub fn retry_or_fail(
     }
     let why = format!(
         "{} job {} failed after {} attempts: {reason}",
-        job.stage, job.id, job.attempt
+        job.stage,
+        job.id,
+        job.attempt - job.free_attempts
     );
     fail_and_escalate(tx, policy, job, reason, why, actor, now)
+}
+
+/// A run of running job `job` (claim `job.attempt`) stopped by an
+/// account limit (`kind`, `reset_at_ms` when the CLI said): the job is
+/// requeued without counting an attempt, and `account` is paused until
+/// the reset — or, without one (or with one already past), for
+/// `ORCH_LIMIT_BACKOFF_S` · 2^(pauses since its last clean run), capped at
+/// 64× — and runnable then. A new pause writes one notification (dedupe
+/// key `pause:<account>:<since_ms>`).
+///
+/// Guarantees: a claim on the job's attempt; a loser writes nothing and
+/// gets `Finalized::Lost`.
+#[allow(clippy::too_many_arguments)]
+pub fn pause_for_limit(
+    tx: &Tx,
+    settings: &Settings,
+    job: &Job,
+    account: &str,
+    kind: crate::agent::LimitKind,
+    reset_at_ms: Option<i64>,
+    message: &str,
+    now: i64,
+) -> anyhow::Result<Finalized> {
+    let strikes = tx.pause(account)?.map_or(0, |p| p.strikes);
+    let until = match reset_at_ms.filter(|r| *r > now) {
+        Some(r) => r,
+        None => {
+            let base_ms = settings.limit_backoff_s as i64 * 1000;
+            now + backoff_ms(base_ms, base_ms << 6, strikes, None)
+        }
+    };
+    let reason = format!("{} limit of account {account}: {message}", kind.as_str());
+    let c = JobChange {
+        job_id: job.id,
+        from: JobStatus::Running,
+        to: JobStatus::Queued,
+        attempt: Some(job.attempt),
+        how: How::Free {
+            error: &reason,
+            available_at_ms: until,
+        },
+    };
+    if change(tx, &c, now)? == Changed::Lost {
+        return Ok(Finalized::Lost);
+    }
+    let (pause, new) = tx.pause_account(account, kind.as_str(), message, until, now)?;
+    if new {
+        let text = format!(
+            "agent account {account} hit its {} limit; dispatch of its roles paused until {} \
+             (unix ms {}): {message}",
+            kind.as_str(),
+            crate::clock::format_ms(pause.until_ms),
+            pause.until_ms
+        );
+        tx.insert_outbox(
+            &format!("pause:{account}:{}", pause.since_ms),
+            Some(job.task_id),
+            "notify",
+            "paused",
+            &serde_json::json!({ "text": text }),
+            now,
+        )?;
+    }
+    Ok(Finalized::Paused {
+        account: account.to_string(),
+        until_ms: pause.until_ms,
+        reason,
+    })
 }
 
 /// The one "fail the job and escalate the task": running job `job` (claim
@@ -445,6 +819,87 @@ mod tests {
             })
             .unwrap();
         (dir, db, job)
+    }
+
+    #[test]
+    fn the_claim_keeps_project_and_role_limits_and_alternates_projects() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
+        let project = |name| ProjectRow {
+            name,
+            tracker: "local",
+            tracker_project_id: "",
+            forge: "local",
+            repo: "",
+            default_branch: "main",
+            clone_url: "",
+        };
+        // p: tasks 1-3 (analysis), q: task 4 (analysis), 5 (development).
+        db.write(|tx| {
+            tx.sync_project(&project("p"), 1)?;
+            tx.sync_project(&project("q"), 1)?;
+            for (i, (proj, stage)) in [
+                ("p", Stage::Analysis),
+                ("p", Stage::Analysis),
+                ("p", Stage::Analysis),
+                ("q", Stage::Analysis),
+                ("q", Stage::Development),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let n = (i + 1).to_string();
+                let t = tx
+                    .insert_task(
+                        proj,
+                        &n,
+                        i as i64 + 1,
+                        "t",
+                        "",
+                        stage,
+                        &format!("orch/{n}"),
+                        "/w",
+                        1,
+                    )?
+                    .unwrap();
+                tx.enqueue_job(t, stage, stage.role().unwrap(), 1, 1)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let limits = Limits {
+            global: 10,
+            by_role: [("developer".to_string(), 0)].into(),
+            by_project: [("p".to_string(), 2)].into(),
+            accounts: BTreeMap::new(),
+            budget: Budget::default(),
+        };
+        let next = || {
+            db.write(|tx| claim_next(tx, &limits, None, None, ("h", 1, 1), 5))
+                .unwrap()
+                .map(|j| j.task_id)
+        };
+        // p, q, p by turns; then p is at its limit and q's only job left is
+        // a developer's, whose role is stopped.
+        assert_eq!(
+            [next(), next(), next(), next()],
+            [Some(1), Some(4), Some(2), None]
+        );
+        // A paused account stops its roles until the pause ends.
+        let open = Limits {
+            global: 10,
+            by_role: [("developer".to_string(), 0)].into(),
+            ..Limits::default()
+        };
+        db.write(|tx| tx.pause_account("analyst", "rate", "429", 100, 5))
+            .unwrap();
+        let at = |now| {
+            db.write(|tx| claim_next(tx, &open, None, None, ("h", 1, 1), now))
+                .unwrap()
+                .map(|j| j.task_id)
+        };
+        assert_eq!(at(99), None);
+        assert_eq!(at(100), Some(3));
     }
 
     #[test]
