@@ -265,9 +265,10 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
         eprintln!("SKIPPED: bubblewrap does not work here: {why}");
         return;
     }
-    // Outside /tmp, so only orch's own hiding rules are tested (a
-    // sandboxed agent's /tmp is empty anyway).
-    let mut sbx = Sandbox::new_in(&std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sbx"));
+    // Outside /tmp (whatever the checkout's location), so only orch's own
+    // hiding rules are tested: a sandboxed agent's /tmp is a private tmpfs,
+    // where every probe would read nothing and write nowhere real.
+    let mut sbx = Sandbox::new_in(std::path::Path::new("/var/tmp/orch-tests"));
     sbx.set("ORCH_AGENT_SANDBOX", "bwrap");
     std::fs::write(sbx.dir.join(".env"), "ORCH_PROBE_SECRET=hunter2\n").unwrap();
     sbx.add_issue("probe");
