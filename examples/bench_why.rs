@@ -74,7 +74,8 @@ fn main() -> anyhow::Result<()> {
     let mut longest_chain = 0;
     for &id in &ids {
         let t0 = Instant::now();
-        let why = orch::why::explain(&db, id)?.context("task vanished")?;
+        let why =
+            orch::why::explain(&db, id, &|role| role.to_string())?.context("task vanished")?;
         times.push(t0.elapsed());
         let v = serde_json::to_value(&why.waiting)?;
         let kind = v["kind"].as_str().unwrap_or("?").to_string();

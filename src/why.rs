@@ -100,9 +100,9 @@ pub enum Cause {
 
 /// The one thing a task waits for (`waiting.kind` in the JSON).
 ///
-/// Hooks for two kinds that need their own tables (issue 16 scopes 1–2):
-/// a budget park and a usage-limit pause belong between
-/// [`Waiting::JobQueued`]'s detection and the others, see [`waiting`].
+/// A queued job can wait for more than a worker: its task is parked by a
+/// budget, or its agent's model account is paused by a usage or rate
+/// limit; those come before [`Waiting::JobQueued`].
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Waiting {
@@ -132,6 +132,19 @@ pub enum Waiting {
         holder_task: Option<i64>,
         since_ms: i64,
         expires_at_ms: i64,
+    },
+    /// A budget ceiling parked the task: no job of it is claimed until the
+    /// day rolls over, the ceiling is raised, or `orch task unpark`.
+    Parked { reason: String, since_ms: i64 },
+    /// The model account its queued job runs on is paused by a usage or
+    /// rate limit until `until_ms` (or a clean run of that account).
+    Paused {
+        job_id: i64,
+        account: String,
+        /// `usage` or `rate`.
+        limit: String,
+        reason: String,
+        until_ms: i64,
     },
     /// A job is queued for it, runnable from `available_at_ms`.
     JobQueued {
@@ -174,7 +187,12 @@ pub enum Waiting {
 /// Explains task `task_id`. `None` when there is no such task.
 ///
 /// Errors: database errors.
-pub fn explain(db: &Db, task_id: i64) -> anyhow::Result<Option<Why>> {
+/// `account` names the model account a role runs on (`Config::account`).
+pub fn explain(
+    db: &Db,
+    task_id: i64,
+    account: &dyn Fn(&str) -> String,
+) -> anyhow::Result<Option<Why>> {
     let Some(task) = db.task(task_id)? else {
         return Ok(None);
     };
@@ -192,7 +210,7 @@ pub fn explain(db: &Db, task_id: i64) -> anyhow::Result<Option<Why>> {
             cause: cause(db, &task, t, &jobs)?,
         });
     }
-    let waiting = waiting(db, &task, &jobs)?;
+    let waiting = waiting(db, &task, &jobs, account)?;
     Ok(Some(Why {
         task_id: task.id,
         project: task.project.clone(),
@@ -312,7 +330,12 @@ fn human_command(t: &TransitionRow) -> String {
 /// plug in: right after the queued-job check — a queued job that is not
 /// claimed because its task is parked, or its role's account paused, waits
 /// for that, not for a worker.
-pub fn waiting(db: &Db, task: &Task, jobs: &[Job]) -> anyhow::Result<Waiting> {
+pub fn waiting(
+    db: &Db,
+    task: &Task,
+    jobs: &[Job],
+    account: &dyn Fn(&str) -> String,
+) -> anyhow::Result<Waiting> {
     let since_ms = task.updated_at_ms;
     if task.stage == Stage::Done {
         return Ok(Waiting::Done { since_ms });
@@ -356,6 +379,25 @@ pub fn waiting(db: &Db, task: &Task, jobs: &[Job]) -> anyhow::Result<Waiting> {
                     }
                 }
             }
+        }
+        if let Some(since_ms) = task.parked_at_ms {
+            return Ok(Waiting::Parked {
+                reason: task.parked_reason.clone().unwrap_or_default(),
+                since_ms,
+            });
+        }
+        let acct = account(&j.role);
+        if let Some(p) = db
+            .pause(&acct)?
+            .filter(|p| p.until_ms > crate::clock::now_ms())
+        {
+            return Ok(Waiting::Paused {
+                job_id: j.id,
+                account: acct,
+                limit: p.kind,
+                reason: p.reason,
+                until_ms: p.until_ms,
+            });
         }
         return Ok(Waiting::JobQueued {
             job_id: j.id,
@@ -485,6 +527,20 @@ impl Waiting {
                 "the merge lease {lease}: held by {holder} since {} (expires {}); job {job_id} merges after it",
                 t(*since_ms),
                 t(*expires_at_ms)
+            ),
+            Waiting::Parked { reason, since_ms } => format!(
+                "a budget: parked {} ({reason}); it resumes when the day rolls over or the ceiling is raised, or orch task unpark",
+                t(*since_ms)
+            ),
+            Waiting::Paused {
+                job_id,
+                account,
+                limit,
+                reason,
+                until_ms,
+            } => format!(
+                "the model account {account}: paused by a {limit} limit until {} ({reason}); job {job_id} runs after it",
+                t(*until_ms)
             ),
             Waiting::JobQueued {
                 job_id,

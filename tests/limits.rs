@@ -70,6 +70,11 @@ fn a_usage_limit_pauses_the_account_until_its_reset_without_an_attempt() {
     assert_eq!(paused_notifications(&sbx), 1, "one notification");
     let metrics = sbx.ok(&["metrics"]);
     assert!(metrics.contains("\norch_accounts_paused 1\n"), "{metrics}");
+    // `orch why` names the pause as what the task waits for.
+    let why = sbx.json(&["why", "1"]);
+    assert_eq!(why["waiting"]["kind"], "paused", "{why}");
+    assert_eq!(why["waiting"]["account"], "default", "{why}");
+    assert_eq!(why["waiting"]["until_ms"], reset_s * 1000, "{why}");
 
     // After the reset the work goes on; a clean run ends the pause.
     sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "3601000")
@@ -164,6 +169,15 @@ fn a_task_budget_reached_mid_pipeline_parks_the_task_until_the_ceiling_is_raised
     assert_eq!(show["task"]["escalated"], false);
     let status = sbx.json(&["status"]);
     assert_eq!(status["parked"][0]["task_id"], 1, "{status}");
+    let why = sbx.json(&["why", "1"]);
+    assert_eq!(why["waiting"]["kind"], "parked", "{why}");
+    assert!(
+        why["waiting"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("task budget"),
+        "{why}"
+    );
     assert!(sbx
         .ok(&["status"])
         .contains("parked: task 1 (widget) since "));
