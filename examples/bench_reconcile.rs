@@ -44,13 +44,8 @@ const UNLIMITED: orch::pipeline::job::Limits = orch::pipeline::job::Limits {
     by_role: std::collections::BTreeMap::new(),
     by_project: std::collections::BTreeMap::new(),
     accounts: std::collections::BTreeMap::new(),
-    budget: orch::pipeline::job::Budget {
-        day: None,
-        task: None,
-        run: None,
-        project_day: std::collections::BTreeMap::new(),
-        reserve_default: 0.0,
-    },
+    budget: orch::pipeline::job::Budget::none(orch::db::Measure::Usd),
+    token_budget: orch::pipeline::job::Budget::none(orch::db::Measure::Tokens),
 };
 
 struct Args {

@@ -85,8 +85,10 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
     } else {
         String::new()
     };
-    let budget = crate::pipeline::job::Limits::new(&ctx.settings, &ctx.config).budget;
-    let budget_left = crate::pipeline::job::budget_left(db, &budget, task, crate::clock::now_ms())?;
+    let limits = crate::pipeline::job::Limits::new(&ctx.settings, &ctx.config);
+    let now = crate::clock::now_ms();
+    let budget_left = crate::pipeline::job::budget_left(db, &limits.budget, task, now)?;
+    let tokens_left = crate::pipeline::job::budget_left(db, &limits.token_budget, task, now)?;
     let vars: BTreeMap<&str, String> = [
         (
             "budget_left",
@@ -136,6 +138,9 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
     ];
     if let Some(l) = budget_left {
         env.push(("ORCH_BUDGET_USD_LEFT".into(), format!("{l:.2}")));
+    }
+    if let Some(l) = tokens_left {
+        env.push(("ORCH_BUDGET_TOKENS_LEFT".into(), format!("{l:.0}")));
     }
     env.extend(agent.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     Ok(Brief {

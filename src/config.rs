@@ -90,6 +90,18 @@ pub struct Settings {
     /// cost when its role has no recorded runs yet (else the median of the
     /// role's last 20 runs).
     pub budget_reserve_usd: f64,
+    /// `ORCH_BUDGET_DAY_TOKENS` (unset: none): tokens (input + output +
+    /// cache read + cache creation) all agent runs may use per UTC day.
+    pub budget_day_tokens: Option<u64>,
+    /// `ORCH_BUDGET_TASK_TOKENS` (unset: none): tokens the runs of one
+    /// task may use in all.
+    pub budget_task_tokens: Option<u64>,
+    /// `ORCH_BUDGET_RUN_TOKENS` (unset: none): tokens one stage run may use.
+    pub budget_run_tokens: Option<u64>,
+    /// `ORCH_BUDGET_RESERVE_TOKENS` (default 50000): what a job is
+    /// expected to use when its role has no recorded runs yet (else the
+    /// median of the role's last 20 runs).
+    pub budget_reserve_tokens: u64,
     /// `ORCH_LIMIT_BACKOFF_S` (default 60): how long an agent account's
     /// dispatch pauses after a rate limit (or a usage limit without a reset
     /// time); doubles per limit hit since its last clean run, up to 64×.
@@ -315,6 +327,10 @@ impl Settings {
             budget_task_usd: setting_usd(&get, "ORCH_BUDGET_TASK_USD")?,
             budget_run_usd: setting_usd(&get, "ORCH_BUDGET_RUN_USD")?,
             budget_reserve_usd: setting_usd(&get, "ORCH_BUDGET_RESERVE_USD")?.unwrap_or(0.5),
+            budget_day_tokens: setting_tokens(&get, "ORCH_BUDGET_DAY_TOKENS")?,
+            budget_task_tokens: setting_tokens(&get, "ORCH_BUDGET_TASK_TOKENS")?,
+            budget_run_tokens: setting_tokens(&get, "ORCH_BUDGET_RUN_TOKENS")?,
+            budget_reserve_tokens: setting_num(&get, "ORCH_BUDGET_RESERVE_TOKENS", 50_000, 0)?,
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
             bind: get("ORCH_BIND").unwrap_or_else(|| "127.0.0.1:8500".into()),
@@ -513,6 +529,20 @@ pub(crate) fn setting_num(
                 format!("expected a whole number >= {min}, got {v:?}"),
             )),
         },
+    }
+}
+
+/// Reads setting `key` through `get` as a number of tokens (a whole
+/// number >= 0); `None` when unset.
+///
+/// Errors: [`Error::Config`] naming the key and the value.
+pub(crate) fn setting_tokens(
+    get: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+) -> Result<Option<u64>, Error> {
+    match get(key) {
+        None => Ok(None),
+        Some(_) => setting_num(get, key, 0, 0).map(Some),
     }
 }
 
@@ -721,6 +751,10 @@ pub struct ProjectConfig {
     /// only `ORCH_BUDGET_DAY_USD`).
     #[serde(default)]
     pub budget_day_usd: Option<f64>,
+    /// Tokens this project's agent runs may use per UTC day (unset: only
+    /// `ORCH_BUDGET_DAY_TOKENS`).
+    #[serde(default)]
+    pub budget_day_tokens: Option<u64>,
 }
 
 /// `[projects.staging]`: where the project's staging instance of orch is,
@@ -1061,7 +1095,8 @@ fn default_rejected() -> String {
 /// `{tracker_link}` (the work item's web link, or `none`),
 /// `{budget_left}` (dollars the task may still spend under the budget
 /// ceilings, e.g. `1.25`, or `unlimited` without one; also
-/// `ORCH_BUDGET_USD_LEFT`).
+/// `ORCH_BUDGET_USD_LEFT`; tokens left under the token ceilings are in
+/// `ORCH_BUDGET_TOKENS_LEFT`).
 pub const TEMPLATE_VARS: [&str; 19] = [
     "task_id",
     "project",
@@ -1582,6 +1617,21 @@ mod tests {
         for bad in ["-1", "lots", "NaN"] {
             let e = Settings::load(&env(&[("ORCH_BUDGET_TASK_USD", bad)]), None, None).unwrap_err();
             assert!(e.to_string().contains("ORCH_BUDGET_TASK_USD"), "{e}");
+        }
+        let s = Settings::load(&env(&[("ORCH_BUDGET_TASK_TOKENS", "80000")]), None, None).unwrap();
+        assert_eq!(
+            (
+                s.budget_day_tokens,
+                s.budget_task_tokens,
+                s.budget_run_tokens,
+                s.budget_reserve_tokens
+            ),
+            (None, Some(80_000), None, 50_000)
+        );
+        for bad in ["-1", "lots", "1.5"] {
+            let e =
+                Settings::load(&env(&[("ORCH_BUDGET_DAY_TOKENS", bad)]), None, None).unwrap_err();
+            assert!(e.to_string().contains("ORCH_BUDGET_DAY_TOKENS"), "{e}");
         }
     }
 

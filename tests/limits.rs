@@ -209,6 +209,60 @@ fn a_task_budget_reached_mid_pipeline_parks_the_task_until_the_ceiling_is_raised
 }
 
 #[test]
+fn a_task_token_budget_reached_mid_pipeline_parks_the_task_until_the_ceiling_is_raised() {
+    let mut sbx = Sandbox::new();
+    // Each fake run uses 8 + 110 + 33204 + 5722 = 39044 tokens: two fit in
+    // 80000, a third (reserved at 5000: the developer has no runs yet)
+    // would not.
+    sbx.set("ORCH_BUDGET_TASK_TOKENS", "80000")
+        .set("ORCH_BUDGET_RESERVE_TOKENS", "5000");
+    sbx.add_issue("wordy");
+    for stage in ["analysis", "architecture"] {
+        assert_eq!(sbx.json(&["work-once"])["stage"], stage);
+    }
+    assert_eq!(sbx.stage(1), "development");
+    for _ in 0..2 {
+        assert_eq!(
+            sbx.json(&["work-once"])["result"],
+            "idle",
+            "nothing claimed"
+        );
+    }
+    let show = sbx.json(&["task", "show", "1"]);
+    let reason = show["task"]["parked_reason"].as_str().unwrap_or_default();
+    assert_eq!(
+        reason,
+        "task budget 80000 tokens: 78088 tokens spent or running, \
+         this developer run is expected to cost 5000 tokens",
+        "{show}"
+    );
+    assert_eq!(show["task"]["escalated"], false);
+    // Not failed, not an attempt; one notification.
+    assert_eq!(
+        sbx.count("SELECT attempt FROM jobs WHERE stage='development'"),
+        1
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE stage='development' AND status='queued'"),
+        1
+    );
+    assert_eq!(park_notifications(&sbx), 1);
+    // What an agent of the task would be told is left: 80000 − 78088.
+    let brief = sbx.json(&["agents", "show", "developer", "--task", "1"]);
+    let env = brief["env"].to_string();
+    assert!(
+        env.contains(r#"["ORCH_BUDGET_TOKENS_LEFT","1912"]"#),
+        "{brief}"
+    );
+    assert!(!env.contains("ORCH_BUDGET_USD_LEFT"), "{brief}");
+
+    sbx.set("ORCH_BUDGET_TASK_TOKENS", "1000000");
+    assert_eq!(sbx.json(&["work-once"])["stage"], "development");
+    assert_eq!(parked(&sbx), 0);
+    assert_eq!(park_notifications(&sbx), 1);
+}
+
+#[test]
 fn a_daily_budget_parks_and_unpark_lets_one_job_through() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_BUDGET_DAY_USD", "0.01");

@@ -1,5 +1,6 @@
 //! Spend and parking for budgets (issue 16): what agent runs cost today,
 //! per project and per task, a role's typical cost, and the parked tasks.
+//! Spend is in a [`Measure`]: dollars or tokens.
 
 use rusqlite::params;
 use serde::Serialize;
@@ -15,33 +16,74 @@ pub struct Parked {
     pub reason: String,
 }
 
+/// What a budget counts: US dollars, or tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Measure {
+    /// `agent_runs.cost_usd`.
+    #[default]
+    Usd,
+    /// Input + output + cache read + cache creation tokens of a run.
+    Tokens,
+}
+
+impl Measure {
+    /// A run's amount as SQL over `agent_runs` aliased `r` (a REAL).
+    fn sql(self) -> &'static str {
+        match self {
+            Measure::Usd => "r.cost_usd",
+            Measure::Tokens => {
+                "CAST(r.input_tokens+r.output_tokens+r.cache_read_input_tokens\
+                 +r.cache_creation_input_tokens AS REAL)"
+            }
+        }
+    }
+
+    /// `amount` for people: `$0.08`, `80000 tokens`.
+    pub fn show(self, amount: f64) -> String {
+        match self {
+            Measure::Usd => format!("${amount:.2}"),
+            Measure::Tokens => format!("{amount:.0} tokens"),
+        }
+    }
+}
+
 impl Db {
-    /// Dollars the agent runs started at or after `since_ms` cost, of
-    /// `project` when given (all projects otherwise).
-    pub fn spent_since(&self, since_ms: i64, project: Option<&str>) -> anyhow::Result<f64> {
+    /// What the agent runs started at or after `since_ms` cost in
+    /// `measure`, of `project` when given (all projects otherwise).
+    pub fn spent_since(
+        &self,
+        measure: Measure,
+        since_ms: i64,
+        project: Option<&str>,
+    ) -> anyhow::Result<f64> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT COALESCE(SUM(r.cost_usd),0) FROM agent_runs r JOIN tasks t ON t.id=r.task_id \
+            .prepare_cached(&format!(
+                "SELECT COALESCE(SUM({}),0.0) FROM agent_runs r JOIN tasks t ON t.id=r.task_id \
                  WHERE r.started_at_ms>=?1 AND (?2 IS NULL OR t.project=?2)",
-            )?
+                measure.sql()
+            ))?
             .query_row(params![since_ms, project], |r| r.get(0))?)
     }
 
-    /// Dollars the agent runs of task `task_id` cost in all.
-    pub fn spent_on_task(&self, task_id: i64) -> anyhow::Result<f64> {
+    /// What the agent runs of task `task_id` cost in all, in `measure`.
+    pub fn spent_on_task(&self, measure: Measure, task_id: i64) -> anyhow::Result<f64> {
         Ok(self
             .conn
-            .prepare_cached("SELECT COALESCE(SUM(cost_usd),0) FROM agent_runs WHERE task_id=?1")?
+            .prepare_cached(&format!(
+                "SELECT COALESCE(SUM({}),0.0) FROM agent_runs r WHERE r.task_id=?1",
+                measure.sql()
+            ))?
             .query_row([task_id], |r| r.get(0))?)
     }
 
-    /// The median cost (dollars) of the last 20 runs of `role` whose usage
-    /// is known; `None` without any.
-    pub fn role_median_cost(&self, role: &str) -> anyhow::Result<Option<f64>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT cost_usd FROM agent_runs WHERE role=?1 AND usage_known=1 ORDER BY id DESC LIMIT 20",
-        )?;
+    /// The median cost (in `measure`) of the last 20 runs of `role` whose
+    /// usage is known; `None` without any.
+    pub fn role_median_cost(&self, measure: Measure, role: &str) -> anyhow::Result<Option<f64>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {} FROM agent_runs r WHERE r.role=?1 AND r.usage_known=1 ORDER BY r.id DESC LIMIT 20",
+            measure.sql()
+        ))?;
         let mut costs: Vec<f64> = stmt
             .query_map([role], |r| r.get(0))?
             .collect::<Result<_, _>>()?;

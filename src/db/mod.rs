@@ -24,7 +24,7 @@ mod schema;
 mod tasks;
 mod usage;
 
-pub use budget::Parked;
+pub use budget::{Measure, Parked};
 pub use ci::PullRequestRow;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};

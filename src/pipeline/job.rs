@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 
 use crate::backoff::backoff_ms;
 use crate::config::{Config, Settings};
-use crate::db::{Job, Tx};
+use crate::db::{Job, Measure, Tx};
 use crate::error::Error;
 
 use super::{apply, Actor, JobStatus, Move, Policy, Stage};
@@ -168,25 +168,42 @@ pub struct Limits {
     pub accounts: BTreeMap<String, String>,
     /// The budget ceilings in dollars (see [`over_budget`]).
     pub budget: Budget,
+    /// The budget ceilings in tokens (see [`over_budget`]).
+    pub token_budget: Budget,
 }
 
-/// Budget ceilings in US dollars; `None` is no ceiling.
+/// Budget ceilings in one [`Measure`] (dollars or tokens); `None` is no
+/// ceiling.
 #[derive(Debug, Clone, Default)]
 pub struct Budget {
-    /// `ORCH_BUDGET_DAY_USD`: all runs per UTC day.
+    /// What the ceilings count.
+    pub measure: Measure,
+    /// `ORCH_BUDGET_DAY_USD` / `_TOKENS`: all runs per UTC day.
     pub day: Option<f64>,
-    /// `ORCH_BUDGET_TASK_USD`: all runs of one task.
+    /// `ORCH_BUDGET_TASK_USD` / `_TOKENS`: all runs of one task.
     pub task: Option<f64>,
-    /// `ORCH_BUDGET_RUN_USD`: one stage run.
+    /// `ORCH_BUDGET_RUN_USD` / `_TOKENS`: one stage run.
     pub run: Option<f64>,
-    /// Each project's `budget_day_usd`.
+    /// Each project's `budget_day_usd` / `budget_day_tokens`.
     pub project_day: BTreeMap<String, f64>,
-    /// `ORCH_BUDGET_RESERVE_USD`: a job's expected cost when its role has
-    /// no recorded runs.
+    /// `ORCH_BUDGET_RESERVE_USD` / `_TOKENS`: a job's expected cost when
+    /// its role has no recorded runs.
     pub reserve_default: f64,
 }
 
 impl Budget {
+    /// No ceilings in `measure`.
+    pub const fn none(measure: Measure) -> Budget {
+        Budget {
+            measure,
+            day: None,
+            task: None,
+            run: None,
+            project_day: BTreeMap::new(),
+            reserve_default: 0.0,
+        }
+    }
+
     /// Whether any ceiling is set (else the claim checks nothing).
     pub fn is_set(&self) -> bool {
         self.day.is_some()
@@ -212,6 +229,7 @@ impl Limits {
                 .map(|r| (r.to_string(), config.account(r)))
                 .collect(),
             budget: Budget {
+                measure: Measure::Usd,
                 day: settings.budget_day_usd,
                 task: settings.budget_task_usd,
                 run: settings.budget_run_usd,
@@ -221,6 +239,18 @@ impl Limits {
                     .filter_map(|p| p.budget_day_usd.map(|n| (p.name.clone(), n)))
                     .collect(),
                 reserve_default: settings.budget_reserve_usd,
+            },
+            token_budget: Budget {
+                measure: Measure::Tokens,
+                day: settings.budget_day_tokens.map(|n| n as f64),
+                task: settings.budget_task_tokens.map(|n| n as f64),
+                run: settings.budget_run_tokens.map(|n| n as f64),
+                project_day: config
+                    .projects
+                    .iter()
+                    .filter_map(|p| p.budget_day_tokens.map(|n| (p.name.clone(), n as f64)))
+                    .collect(),
+                reserve_default: settings.budget_reserve_tokens as f64,
             },
         }
     }
@@ -289,7 +319,14 @@ pub fn claim_next(
                 Some((j, false)) => {
                     // A job that would pass a budget ceiling parks its
                     // task (checked again at every claim); look further.
-                    if let Some(reason) = over_budget(tx, &limits.budget, &j, &running, now_ms)? {
+                    let mut over = None;
+                    for budget in [&limits.budget, &limits.token_budget] {
+                        over = over_budget(tx, budget, &j, &running, now_ms)?;
+                        if over.is_some() {
+                            break;
+                        }
+                    }
+                    if let Some(reason) = over {
                         park(tx, j.task_id, &reason, now_ms)?;
                         parked.push(j.task_id);
                         continue;
@@ -319,18 +356,21 @@ pub fn day_start(now_ms: i64) -> i64 {
     now_ms - now_ms.rem_euclid(86_400_000)
 }
 
-/// What a run of `role` is expected to cost: the median of its last 20
-/// runs, or `budget.reserve_default` without any.
+/// What a run of `role` is expected to cost in `budget.measure`: the
+/// median of its last 20 runs, or `budget.reserve_default` without any.
 pub fn reservation(tx: &Tx, budget: &Budget, role: &str) -> anyhow::Result<f64> {
-    Ok(tx.role_median_cost(role)?.unwrap_or(budget.reserve_default))
+    Ok(tx
+        .role_median_cost(budget.measure, role)?
+        .unwrap_or(budget.reserve_default))
 }
 
 /// Which ceiling queued job `j` would pass if it ran now, or `None`: the
 /// spend so far (today's, overall and of its project; its task's in all)
 /// plus the reservations of the running jobs (`running`: their role and
-/// project) and of `j` itself, against `budget`. A task whose budget is
-/// waived (`orch task unpark`) passes, and so does a deferred merge
-/// (`merge_pending`: no agent runs).
+/// project) and of `j` itself, against `budget` (in its measure: the
+/// reason reads `task budget $0.08: …` or `task budget 80000 tokens: …`).
+/// A task whose budget is waived (`orch task unpark`) passes, and so does
+/// a deferred merge (`merge_pending`: no agent runs).
 pub fn over_budget(
     tx: &Tx,
     budget: &Budget,
@@ -359,28 +399,34 @@ pub fn over_budget(
             in_flight_project += r;
         }
     }
+    let m = budget.measure;
     let fmt = |what: &str, spent: f64, ceiling: f64| {
         format!(
-            "{what} budget ${ceiling:.2}: ${spent:.2} spent or running, this {} run is expected to cost ${mine:.2}",
-            j.role
+            "{what} budget {}: {} spent or running, this {} run is expected to cost {}",
+            m.show(ceiling),
+            m.show(spent),
+            j.role,
+            m.show(mine)
         )
     };
     if let Some(ceiling) = budget.run {
         if mine > ceiling {
             return Ok(Some(format!(
-                "stage run budget ${ceiling:.2}: this {} run is expected to cost ${mine:.2}",
-                j.role
+                "stage run budget {}: this {} run is expected to cost {}",
+                m.show(ceiling),
+                j.role,
+                m.show(mine)
             )));
         }
     }
     if let Some(ceiling) = budget.task {
-        let spent = tx.spent_on_task(task.id)?;
+        let spent = tx.spent_on_task(m, task.id)?;
         if spent + mine > ceiling {
             return Ok(Some(fmt("task", spent, ceiling)));
         }
     }
     if let Some(&ceiling) = budget.project_day.get(&task.project) {
-        let spent = tx.spent_since(day, Some(&task.project))? + in_flight_project;
+        let spent = tx.spent_since(m, day, Some(&task.project))? + in_flight_project;
         if spent + mine > ceiling {
             return Ok(Some(fmt(
                 &format!("project {} daily", task.project),
@@ -390,7 +436,7 @@ pub fn over_budget(
         }
     }
     if let Some(ceiling) = budget.day {
-        let spent = tx.spent_since(day, None)? + in_flight;
+        let spent = tx.spent_since(m, day, None)? + in_flight;
         if spent + mine > ceiling {
             return Ok(Some(fmt("daily", spent, ceiling)));
         }
@@ -398,7 +444,7 @@ pub fn over_budget(
     Ok(None)
 }
 
-/// Dollars `task` may still spend under `budget` now: the least of the
+/// What `task` may still spend under `budget` now (in its measure): the least of the
 /// stage run ceiling and what is left of its task ceiling, its project's
 /// and the overall daily ceiling (never below 0); `None` without a
 /// ceiling. Running jobs'
@@ -416,13 +462,13 @@ pub fn budget_left(
         keep(c);
     }
     if let Some(c) = budget.task {
-        keep(c - db.spent_on_task(task.id)?);
+        keep(c - db.spent_on_task(budget.measure, task.id)?);
     }
     if let Some(&c) = budget.project_day.get(&task.project) {
-        keep(c - db.spent_since(day, Some(&task.project))?);
+        keep(c - db.spent_since(budget.measure, day, Some(&task.project))?);
     }
     if let Some(c) = budget.day {
-        keep(c - db.spent_since(day, None)?);
+        keep(c - db.spent_since(budget.measure, day, None)?);
     }
     Ok(left)
 }
@@ -873,6 +919,7 @@ mod tests {
             by_project: [("p".to_string(), 2)].into(),
             accounts: BTreeMap::new(),
             budget: Budget::default(),
+            token_budget: Budget::default(),
         };
         let next = || {
             db.write(|tx| claim_next(tx, &limits, None, None, ("h", 1, 1), 5))
