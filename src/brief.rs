@@ -16,7 +16,7 @@ use crate::ctx::Ctx;
 use crate::db::{Db, Job, Task};
 use crate::error::Error;
 use crate::pipeline::gate;
-use crate::pipeline::Stage;
+use crate::pipeline::{Actor, Stage};
 
 /// Longest feedback handed to an agent, in bytes (each part is bounded
 /// too); the rest is cut with `…`.
@@ -240,6 +240,28 @@ pub fn feedback(db: &Db, task: &Task, stage: Stage, job: Option<&Job>) -> anyhow
         });
     if let Some(t) = came_back {
         let from = t.from_stage.unwrap_or(stage);
+        // A rejection in the tracker: what the person wrote there, from
+        // the comment deliveries since the rejected run began.
+        let tracker_rerun = from == stage
+            && stage == Stage::Analysis
+            && matches!(t.actor, Actor::Webhook | Actor::Reconciler);
+        if tracker_rerun {
+            let since = db
+                .transitions(task.id)?
+                .into_iter()
+                .rev()
+                .find(|p| p.version < t.version)
+                .map_or(0, |p| p.at_ms);
+            if let Some(html) = db.latest_tracker_comment(&task.tracker_issue_id, since)? {
+                let comment = html_to_text(&html);
+                if !comment.is_empty() {
+                    push_part(
+                        &mut out,
+                        &format!("The comment in the tracker with the rejection: {comment}"),
+                    );
+                }
+            }
+        }
         let head = if from == stage {
             format!("This {stage} runs again ({} decided): ", t.actor)
         } else {
@@ -287,6 +309,41 @@ fn log_tail_named_in(reason: &str) -> Option<String> {
     let text = std::fs::read(&path).ok()?;
     let tail = crate::agent::tail(&String::from_utf8_lossy(&text), 30, 3000);
     (!tail.trim().is_empty()).then(|| format!("The end of {path}:\n{tail}"))
+}
+
+/// A comment's HTML (Plane's `comment_html`) as plain text: tags dropped,
+/// paragraphs and line breaks kept as newlines, the common entities
+/// decoded.
+fn html_to_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(i) = rest.find('<') {
+        out.push_str(&rest[..i]);
+        let Some(j) = rest[i..].find('>') else {
+            rest = &rest[i..];
+            break;
+        };
+        let tag = rest[i + 1..i + j]
+            .trim_start_matches('/')
+            .to_ascii_lowercase();
+        if tag.starts_with("br") || tag.starts_with("p") || tag.starts_with("li") {
+            out.push('\n');
+        }
+        rest = &rest[i + j + 1..];
+    }
+    out.push_str(rest);
+    let text = out
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&nbsp;", " ")
+        .replace("&amp;", "&");
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[cfg(test)]

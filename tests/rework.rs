@@ -532,3 +532,49 @@ fn the_readme_claude_recipe_is_what_orch_renders() {
     );
     assert_eq!(developer.last().unwrap(), &verdict_dir);
 }
+
+/// A rejection in the tracker: the comment the person wrote on the work
+/// item (Plane's `issue_comment` delivery) reaches the rerun's feedback.
+#[test]
+fn a_rejection_in_the_tracker_brings_the_persons_comment_to_the_rerun() {
+    let sbx = Sandbox::new();
+    let cfg = sbx.dir.join("orch.toml");
+    let s = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, s.replace("auto_approve_analysis = true\n", "")).unwrap();
+    let ingest = |event: &str, file: &str| {
+        sbx.json(&[
+            "ingest",
+            "--source",
+            "plane",
+            "--event",
+            event,
+            "--file",
+            &format!("{ROOT}/tests/fixtures/plane/webhooks/{file}.json"),
+        ])
+    };
+    assert_eq!(
+        ingest("issue", "issue-updated-state-in-progress")["outcome"],
+        "created task 1"
+    );
+    sbx.ok(&["work-once"]);
+    let first = sbx.prompt_of(1, "analysis");
+    assert!(!first.contains("HTTP 429 path"), "{first}");
+    // The person comments, then moves the item to Rejected.
+    ingest("issue_comment", "issue_comment-created");
+    let out = ingest("issue", "issue-updated-state-rejected");
+    assert!(
+        out["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rejected"),
+        "{out}"
+    );
+    sbx.ok(&["work-once"]);
+    let rerun = sbx.prompt_of(1, "analysis");
+    assert!(
+        rerun.contains("Rejected in the tracker")
+            && rerun.contains("Please also cover the HTTP 429 path with a test."),
+        "{rerun}"
+    );
+    assert!(!rerun.contains("<p>"), "the comment as text: {rerun}");
+}

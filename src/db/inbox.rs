@@ -167,6 +167,32 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The HTML of the newest comment a person wrote on Plane work item
+    /// `tracker_issue_id` since `since_ms`, as Plane's `issue_comment`
+    /// deliveries carried it (`data.comment_html`); comments orch posted
+    /// itself (`data.external_source` set) are left out. `None` when there
+    /// is none. Per Plane's webhook `issue_comment` event.
+    pub fn latest_tracker_comment(
+        &self,
+        tracker_issue_id: &str,
+        since_ms: i64,
+    ) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT json_extract(j, '$.data.comment_html') FROM ( \
+                   SELECT id, CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END AS j \
+                   FROM inbox WHERE source='plane' AND event='issue_comment' AND received_at_ms>=?2) \
+                 WHERE j IS NOT NULL AND json_extract(j, '$.data.issue')=?1 \
+                   AND json_extract(j, '$.data.external_source') IS NULL \
+                   AND json_extract(j, '$.data.deleted_at') IS NULL \
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![tracker_issue_id, since_ms], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
     /// Inbox ids still to ingest (not processed, not dead), oldest first.
     pub fn pending_deliveries(&self, limit: i64) -> anyhow::Result<Vec<i64>> {
         let mut stmt = self.conn.prepare_cached(
