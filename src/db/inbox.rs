@@ -84,23 +84,9 @@ impl Db {
             ""
         };
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT id, source, event, delivery_id, received_at_ms, processed_at_ms, outcome, \
-             attempts, error, dead FROM inbox {filter} ORDER BY id DESC LIMIT ?1"
+            "SELECT {INBOX_COLS} FROM inbox {filter} ORDER BY id DESC LIMIT ?1"
         ))?;
-        let rows = stmt.query_map([limit], |r| {
-            Ok(InboxRow {
-                id: r.get(0)?,
-                source: r.get(1)?,
-                event: r.get(2)?,
-                delivery_id: r.get(3)?,
-                received_at_ms: r.get(4)?,
-                processed_at_ms: r.get(5)?,
-                outcome: r.get(6)?,
-                attempts: r.get(7)?,
-                error: r.get(8)?,
-                dead: r.get(9)?,
-            })
-        })?;
+        let rows = stmt.query_map([limit], inbox_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
