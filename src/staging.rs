@@ -710,6 +710,28 @@ impl<'a> Suite<'a> {
         Ok(a)
     }
 
+    /// Posts a new signed Plane delivery that the instance must store
+    /// (202). A 401 means the checker's `ORCH_PLANE_WEBHOOK_SECRET` differs
+    /// from the instance's; `what` names the delivery in the reason.
+    fn post_new_plane(
+        &self,
+        headers: &[(String, String)],
+        body: &[u8],
+        what: &str,
+    ) -> Result<(), Outcome> {
+        let a = self.post(Source::Plane, headers, body).map_err(infra)?;
+        if a.status == 401 {
+            return Err(fail(format!(
+                "the instance refused {what} signed with the checker's ORCH_PLANE_WEBHOOK_SECRET: {} — the secrets differ",
+                a.describe()
+            )));
+        }
+        if a.status != 202 {
+            return Err(fail(format!("{what}: expected 202, got {}", a.describe())));
+        }
+        Ok(())
+    }
+
     /// Posts a body over 1 MiB. On plain HTTP the request is written from
     /// a second thread while this one reads, so an answer the server sends
     /// before reading the whole body (and the connection reset after it)
@@ -1189,21 +1211,8 @@ impl<'a> Suite<'a> {
         let body = self.harmless("c8");
         let id = self.delivery_id("c8");
         let headers = self.headers(Source::Plane, &id, &body, Some(&secret));
-        let first = match self.post(Source::Plane, &headers, &body) {
-            Ok(a) => a,
-            Err(e) => return infra(e),
-        };
-        if first.status == 401 {
-            return fail(format!(
-                "the instance refused a delivery signed with the checker's ORCH_PLANE_WEBHOOK_SECRET: {} — the secrets differ",
-                first.describe()
-            ));
-        }
-        if first.status != 202 {
-            return fail(format!(
-                "a new signed delivery: expected 202, got {}",
-                first.describe()
-            ));
+        if let Err(o) = self.post_new_plane(&headers, &body, "a new signed delivery") {
+            return o;
         }
         let again = match self.post(Source::Plane, &headers, &body) {
             Ok(a) => a,
@@ -1275,21 +1284,8 @@ impl<'a> Suite<'a> {
         let issue = self.uuid("c9a");
         let delivery = self.synthetic_delivery.clone();
         let headers = self.headers(Source::Plane, &delivery, &body, Some(&secret));
-        let a = match self.post(Source::Plane, &headers, &body) {
-            Ok(a) => a,
-            Err(e) => return infra(e),
-        };
-        if a.status == 401 {
-            return fail(format!(
-                "the instance refused the synthetic delivery signed with the checker's ORCH_PLANE_WEBHOOK_SECRET: {} — the secrets differ",
-                a.describe()
-            ));
-        }
-        if a.status != 202 {
-            return fail(format!(
-                "the synthetic delivery: expected 202, got {}",
-                a.describe()
-            ));
+        if let Err(o) = self.post_new_plane(&headers, &body, "the synthetic delivery") {
+            return o;
         }
         self.synthetic = Synthetic::Pending;
         let state = format!("state {state_name:?} (id {state_id})");
