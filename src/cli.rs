@@ -385,7 +385,12 @@ pub enum TaskCommand {
     /// End a task's budget park: its next job runs once regardless of the
     /// budget ceilings (a parked task also resumes by itself when the day
     /// rolls over or the ceiling is raised)
-    Unpark { id: i64 },
+    Unpark {
+        id: i64,
+        /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

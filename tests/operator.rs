@@ -332,6 +332,24 @@ fn every_manual_move_has_a_dry_run_that_writes_nothing_and_prints_what_the_move_
 }
 
 #[test]
+fn unpark_has_a_dry_run_that_writes_nothing_and_prints_what_the_unpark_does() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_BUDGET_DAY_USD", "0.01");
+    sbx.add_issue("over the day");
+    assert_eq!(sbx.json(&["work-once"])["result"], "idle");
+    let parked = "SELECT COUNT(*) FROM tasks WHERE parked_at_ms IS NOT NULL";
+    assert_eq!(sbx.count(parked), 1);
+    rehearse_then_run(&sbx, &["task", "unpark", "99"]); // no such task
+    let out = rehearse_then_run(&sbx, &["task", "unpark", "1"]);
+    assert_eq!(
+        out.trim(),
+        "task 1: unparked; its next job runs regardless of the budgets"
+    );
+    assert_eq!(sbx.count(parked), 0);
+    rehearse_then_run(&sbx, &["task", "unpark", "1"]); // not parked any more
+}
+
+#[test]
 fn issue_add_ingest_replay_work_once_deliver_and_tick_rehearse_the_real_path() {
     let sbx = Sandbox::new();
     let out = rehearse_then_run(

@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
             reason,
             dry_run,
         } => (id, ManualMove::Unblock, reason, dry_run),
-        TaskCommand::Unpark { id } => return unpark(&ctx.open_db()?, id),
+        TaskCommand::Unpark { id, dry_run } => return unpark(&ctx.open_db()?, id, dry_run),
     };
     let db = ctx.open_db()?;
     let outcome = super::run_or_rehearse(&db, dry_run, |db| {
@@ -80,17 +80,23 @@ pub fn run(ctx: &Ctx, c: TaskCommand) -> anyhow::Result<Output> {
 }
 
 /// `orch task unpark ID`: ends the park and waives the budgets for the
-/// task's next job. Refused (exit 2) for a task that is not parked.
-fn unpark(db: &Db, id: i64) -> anyhow::Result<Output> {
+/// task's next job. Refused (exit 2) for a task that is not parked. With
+/// `dry_run`, the same write is rehearsed and rolled back.
+fn unpark(db: &Db, id: i64, dry_run: bool) -> anyhow::Result<Output> {
     let t = load(db, id)?;
     if t.parked_at_ms.is_none() {
         return Err(Error::Usage(format!("task {id} is not parked")).into());
     }
-    db.write(|tx| tx.unpark_task(id, true))?;
-    tracing::info!(target: "budget", task = id, "task unparked by hand; its next job runs regardless of the budgets");
+    super::run_or_rehearse(db, dry_run, |db| db.write(|tx| tx.unpark_task(id, true)))?;
+    let note = if dry_run {
+        super::DRY_RUN_NOTE
+    } else {
+        tracing::info!(target: "budget", task = id, "task unparked by hand; its next job runs regardless of the budgets");
+        ""
+    };
     Ok(Output {
-        json: json!({ "task_id": id, "unparked": true, "was": t.parked_reason }),
-        text: format!("task {id}: unparked; its next job runs regardless of the budgets"),
+        json: json!({ "task_id": id, "dry_run": dry_run, "unparked": true, "was": t.parked_reason }),
+        text: format!("{note}task {id}: unparked; its next job runs regardless of the budgets"),
     })
 }
 
