@@ -437,7 +437,9 @@ pub enum ConfigCommand {
     /// Agent programs on PATH, test commands startable, clone URLs
     /// reachable with their default branch (exit 3 when a check fails)
     Check {
-        /// Also ask the services: Plane states resolvable
+        /// Also ask the services: Plane states resolvable, Gitea's version
+        /// and the token's write:repository and write:issue on each repo
+        /// (probes that create nothing), the Telegram bot and its chat
         #[arg(long)]
         online: bool,
     },

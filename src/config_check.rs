@@ -2,13 +2,16 @@
 //! first job finds out: the tracker state ids per project (`orch config
 //! show`) and the checks of `orch config check` — agent programs on PATH,
 //! test commands startable, clone URLs reachable with their default branch,
-//! and (online) the Plane states resolvable.
+//! and (online) the Plane states resolvable, Gitea's version and the
+//! token's write scopes on each repository, and the Telegram bot and chat.
 
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{ProjectConfig, StateKind, TrackerKind, ROLES};
+use crate::adapters::gitea::{self, Gitea, WriteScope};
+use crate::adapters::telegram::Telegram;
+use crate::config::{ForgeKind, NotifierKind, ProjectConfig, StateKind, TrackerKind, ROLES};
 use crate::ctx::Ctx;
 use crate::db::Db;
 
@@ -90,8 +93,12 @@ impl Check {
 /// path), every project's test command startable (its program on PATH; a
 /// path relative to the worktree is only noted), clone URL reachable and
 /// default branch present (`git ls-remote`). With `online`, every Plane
-/// project's states resolve by asking Plane (nothing is cached); `db` is
-/// the read-only database when there is one.
+/// project's states resolve by asking Plane (nothing is cached), Gitea
+/// answers its version and the token holds `write:repository` and
+/// `write:issue` on every Gitea project's repository (probes that create
+/// nothing, see [`Gitea::has_write_scope`]), and with `ORCH_NOTIFIER=telegram`
+/// the bot token is valid and the bot can see its chat; `db` is the
+/// read-only database when there is one.
 ///
 /// Errors: none of its own: each failure is a failed [`Check`].
 pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
@@ -135,8 +142,79 @@ pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
                 plane_states(ctx, db, p),
             ));
         }
+        if online && p.forge == ForgeKind::Gitea {
+            checks.push(Check::new(
+                format!("project {} gitea token", p.name),
+                gitea_scopes(ctx, p),
+            ));
+        }
+    }
+    if online
+        && ctx
+            .config
+            .projects
+            .iter()
+            .any(|p| p.forge == ForgeKind::Gitea)
+    {
+        checks.push(Check::new("gitea version", gitea_version(ctx)));
+    }
+    if online && ctx.settings.adapters.notifier == NotifierKind::Telegram {
+        checks.push(Check::new("telegram bot", telegram_bot(ctx)));
     }
     checks
+}
+
+/// Gitea's version, with what orch does differently on an old one.
+fn gitea_version(ctx: &Ctx) -> Result<String, String> {
+    let g = Gitea::from_settings(&ctx.settings.adapters).map_err(|e| e.to_string())?;
+    let v = g.version().map_err(|e| e.to_string())?;
+    Ok(match gitea::parse_version(&v) {
+        None => format!("Gitea {v} (a version orch cannot read; assumed current)"),
+        Some(n) if n < (1, 22, 0) => {
+            format!("Gitea {v} (older than 1.22: open pull requests are found by listing them)")
+        }
+        Some(_) => format!("Gitea {v}"),
+    })
+}
+
+/// The token's write scopes on project `p`'s repository.
+fn gitea_scopes(ctx: &Ctx, p: &ProjectConfig) -> Result<String, String> {
+    let g = Gitea::from_settings(&ctx.settings.adapters).map_err(|e| e.to_string())?;
+    let mut missing = Vec::new();
+    for scope in [WriteScope::Repository, WriteScope::Issue] {
+        if !g
+            .has_write_scope(&p.repo, scope)
+            .map_err(|e| e.to_string())?
+        {
+            missing.push(scope.name());
+        }
+    }
+    if missing.is_empty() {
+        Ok(format!("write:repository and write:issue on {}", p.repo))
+    } else {
+        Err(format!(
+            "ORCH_GITEA_TOKEN lacks {} on {} (a token needs write:repository and write:issue)",
+            missing.join(" and "),
+            p.repo
+        ))
+    }
+}
+
+/// The bot behind `ORCH_TELEGRAM_BOT_TOKEN` and the chat it posts to.
+fn telegram_bot(ctx: &Ctx) -> Result<String, String> {
+    let t = Telegram::from_settings(&ctx.settings.adapters).map_err(|e| e.to_string())?;
+    let bot = t
+        .get_me()
+        .map_err(|e| format!("ORCH_TELEGRAM_BOT_TOKEN: {e}"))?;
+    let chat = t
+        .get_chat()
+        .map_err(|e| format!("ORCH_TELEGRAM_CHAT_ID: {e}"))?;
+    let name = bot.username.map_or(bot.first_name, |u| format!("@{u}"));
+    let title = chat.title.or(chat.first_name).unwrap_or_default();
+    Ok(format!(
+        "{name} posts to {} {title:?} ({})",
+        chat.kind, chat.id
+    ))
 }
 
 /// Resolves every state of a Plane project by asking Plane (not cached).

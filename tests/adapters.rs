@@ -1121,3 +1121,99 @@ fn config_check_online_resolves_the_plane_states_without_caching_them() {
         "{text}"
     );
 }
+
+#[test]
+fn config_check_online_asks_gitea_for_its_version_and_the_tokens_scopes_and_telegram_for_its_bot() {
+    // The fakes are bound, not `..`-dropped: they serve while bound.
+    let World {
+        mut sbx,
+        gitea,
+        plane: _plane,
+        tg: _tg,
+        ..
+    } = World::new();
+    let check = |sbx: &Sandbox| {
+        let out = sbx
+            .orch()
+            .args(["config", "check", "--online"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.code(), text)
+    };
+    let line = |text: &str, start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start:?} in:\n{text}"))
+            .to_string()
+    };
+    let (code, text) = check(&sbx);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        line(&text, "ok   gitea version"),
+        "ok   gitea version: Gitea 1.25.4"
+    );
+    assert_eq!(
+        line(&text, "ok   project widget gitea token"),
+        "ok   project widget gitea token: write:repository and write:issue on acme/widget"
+    );
+    assert_eq!(
+        line(&text, "ok   telegram bot"),
+        "ok   telegram bot: @orch_pipeline_bot posts to supergroup \"Delivery pipeline\" (-1001234567890)"
+    );
+    // The probes were writes that Gitea refuses at validation: nothing made.
+    let probes: Vec<String> = gitea
+        .server
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("POST "))
+        .collect();
+    assert_eq!(probes.len(), 2, "{probes:#?}");
+    {
+        let st = gitea.state.lock().unwrap();
+        assert!(st.prs.is_empty() && st.comments.is_empty(), "{st:?}");
+    }
+
+    // A token that may open PRs but not comment; an old Gitea.
+    {
+        let mut st = gitea.state.lock().unwrap();
+        st.scopes = Some(vec!["write:repository"]);
+        st.version = Some("1.21.11".into());
+    }
+    let (code, text) = check(&sbx);
+    assert_eq!(code, Some(3), "{text}");
+    assert_eq!(
+        line(&text, "FAIL project widget gitea token"),
+        "FAIL project widget gitea token: ORCH_GITEA_TOKEN lacks write:issue on acme/widget \
+         (a token needs write:repository and write:issue)"
+    );
+    assert!(
+        line(&text, "ok   gitea version").contains("older than 1.22"),
+        "{text}"
+    );
+
+    // A chat the bot cannot see, then a revoked bot token.
+    sbx.set("ORCH_TELEGRAM_CHAT_ID", "-1009999999999");
+    let (code, text) = check(&sbx);
+    assert_eq!(code, Some(3), "{text}");
+    let l = line(&text, "FAIL telegram bot");
+    assert!(
+        l.contains("ORCH_TELEGRAM_CHAT_ID") && l.contains("chat not found"),
+        "{l}"
+    );
+    sbx.set("ORCH_TELEGRAM_BOT_TOKEN", "7123456789:revoked");
+    let (_, text) = check(&sbx);
+    let l = line(&text, "FAIL telegram bot");
+    assert!(
+        l.contains("ORCH_TELEGRAM_BOT_TOKEN")
+            && l.contains("Unauthorized")
+            && !l.contains("revoked"),
+        "the token is named, its value scrubbed: {l}"
+    );
+
+    // A Gitea that refuses the token altogether.
+    sbx.set("ORCH_GITEA_TOKEN", "wrong");
+    let (_, text) = check(&sbx);
+    let l = line(&text, "FAIL project widget gitea token");
+    assert!(l.contains("401"), "{l}");
+}

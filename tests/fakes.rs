@@ -367,6 +367,10 @@ pub struct GiteaState {
     pub next_comment: i64,
     /// A Gitea older than 1.22: no `GET pulls/{base}/{head}` route.
     pub before_1_22: bool,
+    /// The token's scopes (`write:repository`, …); `None`: all of them.
+    pub scopes: Option<Vec<&'static str>>,
+    /// `GET /version`'s answer instead of the fixture's.
+    pub version: Option<String>,
 }
 
 /// A fake Gitea for repo `acme/widget` (REST v1), backed by the sandbox's
@@ -450,15 +454,47 @@ impl FakeGitea {
     }
 }
 
+/// Gitea's 422 for a body without a required field (`[Head]: Required`).
+fn gitea_required(field: &str) -> Resp {
+    let mut v = fixture_json("gitea/api/error-422-required.422.json");
+    v["message"] = json!(format!("[{field}]: Required"));
+    Resp::json(422, &v)
+}
+
 fn gitea_route(st: &Mutex<GiteaState>, origin: &Path, r: &Req) -> Resp {
+    if (r.method.as_str(), r.path()) == ("GET", "/api/v1/version") {
+        let mut v = fixture_json("gitea/api/version.200.json");
+        if let Some(version) = &st.lock().unwrap().version {
+            v["version"] = json!(version);
+        }
+        return Resp::json(200, &v);
+    }
     let Some(rest) = r.path().strip_prefix("/api/v1/repos/acme/widget/") else {
         return gitea_not_found();
     };
     let mut s = st.lock().unwrap();
     let segs: Vec<&str> = rest.split('/').collect();
+    // The route group's scope check runs first: writes to pulls need
+    // write:repository, to issues (comments) write:issue.
+    let scope = match segs[0] {
+        "issues" => "write:issue",
+        _ => "write:repository",
+    };
+    if r.method != "GET" && s.scopes.as_ref().is_some_and(|have| !have.contains(&scope)) {
+        let mut v = fixture_json("gitea/api/error-403-token-scope.403.json");
+        v["message"] = json!(format!(
+            "token does not have at least one of required scope(s): [{scope}]"
+        ));
+        return Resp::json(403, &v);
+    }
     match (r.method.as_str(), segs.as_slice()) {
         ("POST", ["pulls"]) => {
             let b = r.json();
+            for (key, field) in [("head", "Head"), ("base", "Base"), ("title", "Title")] {
+                if b[key].as_str().unwrap_or("").is_empty() {
+                    return gitea_required(field);
+                }
+            }
             let (head, base) = (
                 b["head"].as_str().unwrap_or("").to_string(),
                 b["base"].as_str().unwrap_or("").to_string(),
@@ -601,6 +637,9 @@ fn gitea_route(st: &Mutex<GiteaState>, origin: &Path, r: &Req) -> Resp {
         }
         ("POST", ["issues", n, "comments"]) => {
             let n: i64 = n.parse().unwrap_or(0);
+            if r.json()["body"].as_str().unwrap_or("").is_empty() {
+                return gitea_required("Body");
+            }
             if !s.prs.iter().any(|p| p.number == n) {
                 return gitea_not_found();
             }
@@ -919,12 +958,27 @@ impl FakeTelegram {
         let faults: Arc<Faults> = Arc::default();
         let (st, fl) = (sent.clone(), faults.clone());
         let server = FakeServer::start(move |r| {
-            if r.path() != format!("/bot{TELEGRAM_TOKEN}/sendMessage") {
-                return Outcome::Answer(Resp::json(404, &telegram_file("error-404-method")));
+            let Some(method) = r.path().strip_prefix(&format!("/bot{TELEGRAM_TOKEN}/")) else {
+                return Outcome::Answer(Resp::json(401, &telegram_file("error-401-unauthorized")));
+            };
+            let chat_found = |b: &Value| b["chat_id"].as_i64() == TELEGRAM_CHAT.parse::<i64>().ok();
+            match method {
+                "getMe" => return Outcome::Answer(Resp::json(200, &telegram_file("getMe.200"))),
+                "getChat" if chat_found(&r.json()) => {
+                    return Outcome::Answer(Resp::json(200, &telegram_file("getChat.200")))
+                }
+                "getChat" => {
+                    return Outcome::Answer(Resp::json(
+                        400,
+                        &telegram_file("error-400-chat-not-found"),
+                    ))
+                }
+                "sendMessage" => {}
+                _ => return Outcome::Answer(Resp::json(404, &telegram_file("error-404-method"))),
             }
             with_faults(&fl, r, || {
                 let b = r.json();
-                if b["chat_id"].as_i64() != TELEGRAM_CHAT.parse::<i64>().ok() {
+                if !chat_found(&b) {
                     return Resp::json(400, &telegram_file("error-400-chat-not-found"));
                 }
                 let text = b["text"].as_str().unwrap_or("").to_string();

@@ -409,6 +409,85 @@ impl Gitea {
     }
 }
 
+/// A write scope of a Gitea access token that orch needs on a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteScope {
+    /// `write:repository`: open and merge pull requests.
+    Repository,
+    /// `write:issue`: comment on pull requests.
+    Issue,
+}
+
+impl WriteScope {
+    /// Gitea's name of the scope (`write:repository`, `write:issue`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WriteScope::Repository => "write:repository",
+            WriteScope::Issue => "write:issue",
+        }
+    }
+}
+
+impl Gitea {
+    /// The server's version (`GET /version`: `{"version": "1.25.4"}`).
+    ///
+    /// Errors: transport, non-2xx and malformed answers.
+    pub fn version(&self) -> Result<String, AdapterError> {
+        #[derive(Deserialize)]
+        struct ServerVersion {
+            version: String,
+        }
+        let v: ServerVersion = self.api.json("GET", "version", None, "get version")?;
+        Ok(v.version)
+    }
+
+    /// Whether the token has `scope` on `repo`, found without changing
+    /// anything: a POST with an empty JSON body to a route of that scope
+    /// (`/pulls` for `write:repository`, `/issues/0/comments` for
+    /// `write:issue`). Gitea checks the token's scope on the route group
+    /// before the route binds its body, so the answer is 403 "token does
+    /// not have at least one of required scope(s)" without the scope and
+    /// 422 (a required field missing) with it; nothing is created either
+    /// way (`tests/fixtures/gitea/api/README.md`). A token without scopes
+    /// (Gitea < 1.19) passes.
+    ///
+    /// Errors: any other answer, as [`AdapterError::Status`]: 401 (token
+    /// refused), 404 (no such repository, or the token's user cannot see
+    /// it), 423 (archived); a 2xx as [`AdapterError::Malformed`].
+    pub fn has_write_scope(&self, repo: &str, scope: WriteScope) -> Result<bool, AdapterError> {
+        let route = match scope {
+            WriteScope::Repository => "pulls",
+            WriteScope::Issue => "issues/0/comments",
+        };
+        let path = format!("{}/{route}", Self::repo_path(repo)?);
+        let op = format!("probe {}", scope.name());
+        let r = self.api.call("POST", &path, Some(&json!({})), &op)?;
+        match r.status {
+            422 => Ok(true),
+            403 if r.error_text().contains("required scope") => Ok(false),
+            s if r.ok() => Err(AdapterError::Malformed {
+                service: SERVICE,
+                op,
+                message: format!("an empty body was accepted ({s}): not the Gitea API?"),
+            }),
+            _ => Err(r.into_status_error(SERVICE, &op)),
+        }
+    }
+}
+
+/// `(major, minor, patch)` of a Gitea version string: `1.25.4`,
+/// `1.22.0+dev-12-gabcdef`, or Forgejo's `11.0.1+gitea-1.22.0` (the Gitea
+/// version it is compatible with). `None` for anything else.
+pub fn parse_version(v: &str) -> Option<(u32, u32, u32)> {
+    let v = v.split_once("+gitea-").map_or(v, |(_, g)| g);
+    let core = v.split(['+', '-']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u32>().ok());
+    let major = parts.next()??;
+    let minor = parts.next()??;
+    let patch = parts.next().flatten().unwrap_or(0);
+    Some((major, minor, patch))
+}
+
 /// Web links of a repository on Gitea's web UI.
 #[derive(Debug, Clone)]
 pub struct Links {
@@ -449,6 +528,20 @@ mod tests {
                 .join(name),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn parses_versions_including_dev_builds_and_forgejo() {
+        let v: serde_json::Value = serde_json::from_slice(&fixture("version.200.json")).unwrap();
+        assert_eq!(
+            parse_version(v["version"].as_str().unwrap()),
+            Some((1, 25, 4))
+        );
+        assert_eq!(parse_version("1.22.0+dev-12-gabcdef"), Some((1, 22, 0)));
+        assert_eq!(parse_version("11.0.1+gitea-1.22.0"), Some((1, 22, 0)));
+        assert_eq!(parse_version("1.21"), Some((1, 21, 0)));
+        assert_eq!(parse_version("main"), None);
+        assert_eq!(parse_version(""), None);
     }
 
     #[test]

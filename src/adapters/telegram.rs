@@ -1,5 +1,6 @@
 //! The Telegram notifier (Bot API `sendMessage`), per
-//! `tests/fixtures/telegram/README.md`.
+//! `tests/fixtures/telegram/README.md`, and the two reads `orch config
+//! check --online` makes of the bot (`getMe`) and its chat (`getChat`).
 //!
 //! Escalations, unblocks, failures and deploys are outbox messages on the
 //! `notify` channel; with `ORCH_NOTIFIER=telegram` they are sent here as
@@ -18,6 +19,7 @@
 //! is known not to have posted. The bot token is part of the URL path, so
 //! neither URLs nor ureq's trace logs of them are ever written.
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -27,12 +29,13 @@ use crate::config::{AdapterSettings, Secret};
 const SERVICE: &str = "telegram";
 
 /// The Bot API answer envelope: `{ok, result}` or
-/// `{ok: false, error_code, description, parameters}`.
+/// `{ok: false, error_code, description, parameters}`; `T` is the method's
+/// result (`Message` for `sendMessage`).
 #[derive(Debug, Clone, Deserialize)]
-pub struct Answer {
+pub struct Answer<T = Message> {
     pub ok: bool,
-    #[serde(default)]
-    pub result: Option<Message>,
+    /// Missing in error answers (serde reads a missing `Option` as `None`).
+    pub result: Option<T>,
     #[serde(default)]
     pub error_code: Option<i64>,
     #[serde(default)]
@@ -57,6 +60,34 @@ pub struct Message {
     pub message_id: i64,
     #[serde(default)]
     pub date: i64,
+}
+
+/// The bot, as `getMe` answers it (a `User`; the other fields are not
+/// read). Shape: `tests/fixtures/telegram/getMe.200.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Bot {
+    pub id: i64,
+    #[serde(default)]
+    pub is_bot: bool,
+    #[serde(default)]
+    pub first_name: String,
+    #[serde(default)]
+    pub username: Option<String>,
+}
+
+/// The chat, as `getChat` answers it (a `ChatFullInfo`; only these fields
+/// are read). `kind` is `private`, `group`, `supergroup` or `channel`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Chat {
+    pub id: i64,
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Groups, supergroups and channels.
+    #[serde(default)]
+    pub title: Option<String>,
+    /// Private chats.
+    #[serde(default)]
+    pub first_name: Option<String>,
 }
 
 /// A Telegram bot posting to one chat. `Debug` and `Display` leave out
@@ -138,6 +169,25 @@ impl Telegram {
         let r = self.api.call("POST", "sendMessage", Some(&req), op)?;
         parse_answer(r, op)
     }
+
+    /// The bot the token belongs to (`getMe`).
+    ///
+    /// Errors: as [`Telegram::send`]; a revoked or unknown token is a 401
+    /// `Unauthorized`.
+    pub fn get_me(&self) -> Result<Bot, AdapterError> {
+        let op = "getMe";
+        parse(self.api.call("GET", "getMe", None, op)?, op)
+    }
+
+    /// The configured chat, as the bot sees it (`getChat`).
+    ///
+    /// Errors: as [`Telegram::send`]; a wrong chat id, or a chat the bot is
+    /// not in, is a 400 `Bad Request: chat not found`.
+    pub fn get_chat(&self) -> Result<Chat, AdapterError> {
+        let op = "getChat";
+        let req = json!({ "chat_id": self.chat_id });
+        parse(self.api.call("POST", "getChat", Some(&req), op)?, op)
+    }
 }
 
 /// Telegram's limit on a message text: 4,096 characters (counted here in
@@ -177,15 +227,27 @@ pub fn fit(text: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Interprets a `sendMessage` answer.
+/// Interprets a `sendMessage` answer: the sent message's id.
+///
+/// Errors: as [`parse`].
 pub fn parse_answer(r: Reply, op: &str) -> Result<i64, AdapterError> {
-    let answer: Result<Answer, _> = serde_json::from_slice(&r.body);
+    parse::<Message>(r, op).map(|m| m.message_id)
+}
+
+/// Interprets a Bot API answer: its `result` as `T`.
+///
+/// Errors: [`AdapterError::Status`] with the `description` (and, for 429,
+/// the wait from `parameters.retry_after` or the `Retry-After` header) for
+/// `ok: false` or a non-2xx status; [`AdapterError::Malformed`] for an
+/// answer that is not the envelope or has no `result`.
+pub fn parse<T: DeserializeOwned>(r: Reply, op: &str) -> Result<T, AdapterError> {
+    let answer: Result<Answer<T>, _> = serde_json::from_slice(&r.body);
     match answer {
         Ok(Answer {
             ok: true,
             result: Some(m),
             ..
-        }) if r.ok() => Ok(m.message_id),
+        }) if r.ok() => Ok(m),
         Ok(a) if !r.ok() || !a.ok => {
             let retry_after_ms = a
                 .parameters
@@ -211,7 +273,7 @@ pub fn parse_answer(r: Reply, op: &str) -> Result<i64, AdapterError> {
         Ok(_) => Err(AdapterError::Malformed {
             service: SERVICE,
             op: op.into(),
-            message: "ok answer without result.message_id".into(),
+            message: "ok answer without a result".into(),
         }),
         Err(_) if !r.ok() => Err(r.into_status_error(SERVICE, op)),
         Err(e) => Err(AdapterError::Malformed {
@@ -270,6 +332,21 @@ mod tests {
             parse_answer(reply("sendMessage-private.200"), "x").unwrap(),
             88
         );
+    }
+
+    #[test]
+    fn get_me_and_get_chat_answers_give_the_bot_and_the_chat() {
+        let bot: Bot = parse(reply("getMe.200"), "getMe").unwrap();
+        assert_eq!(bot.id, 7123456789);
+        assert!(bot.is_bot);
+        assert_eq!(bot.username.as_deref(), Some("orch_pipeline_bot"));
+        let chat: Chat = parse(reply("getChat.200"), "getChat").unwrap();
+        assert_eq!(chat.id, -1001234567890);
+        assert_eq!(chat.kind, "supergroup");
+        assert_eq!(chat.title.as_deref(), Some("Delivery pipeline"));
+        let e = parse::<Chat>(reply("error-400-chat-not-found"), "getChat").unwrap_err();
+        assert_eq!(e.status(), Some(400));
+        assert!(e.to_string().contains("chat not found"), "{e}");
     }
 
     #[test]
