@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, c: AgentsCommand) -> anyhow::Result<Output> {
         Some(s) => Some(s.parse::<Stage>().map_err(Error::Usage)?),
         None => None,
     };
-    let db = ctx.open_db()?;
+    let db = ctx.open_db_read_only()?;
     let task = match task {
         Some(id) => db
             .task(id)?
