@@ -290,6 +290,10 @@ pub struct StagingCheckArgs {
     /// and the synthetic task), in seconds
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_s: u64,
+    /// Run only the checks that read (C1–C4) and list what C5–C10 would
+    /// send and write; the verdict and exit code are C1–C4's
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

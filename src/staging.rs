@@ -192,6 +192,19 @@ pub struct Target {
     /// How long to wait for the instance: each HTTP call (capped at 30 s)
     /// and the synthetic task's appearance and set-up.
     pub timeout: Duration,
+    /// Run only the checks that read (C1–C4; C9a's state resolution too)
+    /// and list what the others would send and write.
+    pub dry_run: bool,
+}
+
+/// A check a dry run did not run: what it would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct Planned {
+    pub id: &'static str,
+    pub name: &'static str,
+    /// The check's contract ([`CHECKS`]), and for C9a the In Progress
+    /// state it would send, as resolved now.
+    pub would: String,
 }
 
 /// The suite's result: the machine verdict `orch staging-check --json`
@@ -218,8 +231,12 @@ pub struct Report {
     pub waived: Vec<String>,
     /// The synthetic task the suite created (and cancelled), if any.
     pub task_id: Option<i64>,
-    /// Every check, in [`CHECKS`] order.
+    /// Every check run, in [`CHECKS`] order (C1–C4 in a dry run).
     pub checks: Vec<Check>,
+    /// A dry run: the verdict is over C1–C4 only.
+    pub dry_run: bool,
+    /// What a dry run left out: C5–C10, in order.
+    pub planned: Vec<Planned>,
 }
 
 impl Report {
@@ -257,8 +274,12 @@ impl Report {
                 c.id, c.name, status, c.duration_ms, c.reason
             );
         }
+        for p in &self.planned {
+            out += &format!("  {:<4} {:<12} would: {}\n", p.id, p.name, p.would);
+        }
         out += &format!(
-            "verdict: {} (revision {})\n",
+            "verdict{}: {} (revision {})\n",
+            if self.dry_run { " of C1–C4" } else { "" },
             self.verdict,
             self.revision.as_deref().unwrap_or("unknown")
         );
@@ -328,6 +349,7 @@ pub fn run(settings: &Settings, target: &Target) -> Report {
     let mut suite = Suite::new(settings, target);
     suite.run_all();
     let mut checks = suite.results;
+    let planned = suite.planned;
     for c in &mut checks {
         c.waived = c.status == Status::Infra && target.waive.iter().any(|w| w == c.id);
     }
@@ -345,6 +367,8 @@ pub fn run(settings: &Settings, target: &Target) -> Report {
         waived: target.waive.clone(),
         task_id: suite.task.as_ref().map(|t| t.id),
         checks,
+        dry_run: target.dry_run,
+        planned,
     };
     info!(target: "staging", url = %report.url, verdict = %report.verdict,
         revision = report.revision.as_deref().unwrap_or("unknown"),
@@ -437,6 +461,7 @@ pub fn gate_job(
         expect_revision: Some(head.clone()),
         waive,
         timeout: Duration::from_secs(cfg.timeout_s),
+        dry_run: false,
     };
     let report = run(&settings, &target);
     let not_passed: Vec<String> = report
@@ -541,6 +566,8 @@ struct Suite<'a> {
     /// Unique per run: delivery ids, the synthetic work item.
     run_id: String,
     results: Vec<Check>,
+    /// A dry run's checks left out.
+    planned: Vec<Planned>,
     health: Option<Health>,
     /// The health check's status when it did not pass.
     health_status: Status,
@@ -598,6 +625,7 @@ impl<'a> Suite<'a> {
             synthetic_delivery: format!("staging-check-{run_id}-c9a"),
             run_id,
             results: Vec::new(),
+            planned: Vec::new(),
             health: None,
             health_status: Status::Infra,
             staging: None,
@@ -613,6 +641,10 @@ impl<'a> Suite<'a> {
         self.timed("C2", Suite::c2_provenance);
         self.timed("C3", Suite::c3_schema);
         self.timed("C4", Suite::c4_config);
+        if self.target.dry_run {
+            self.plan();
+            return;
+        }
         self.timed("C5", Suite::c5_unsigned);
         self.timed("C6", Suite::c6_mis_signed);
         self.timed("C7", Suite::c7_oversize);
@@ -620,6 +652,23 @@ impl<'a> Suite<'a> {
         self.timed("C9a", Suite::c9a_end_to_end);
         self.timed("C9b", Suite::c9b_set_up);
         self.timed("C10", Suite::c10_cleanup);
+    }
+
+    /// A dry run's C5–C10: each check's contract; for C9a also the In
+    /// Progress state its delivery would carry, resolved now (a read).
+    fn plan(&mut self) {
+        for (id, name, contract) in &CHECKS[4..] {
+            let mut would = contract.to_string();
+            if *id == "C9a" {
+                would += &match self.in_progress_state() {
+                    Ok((state_id, state_name)) => {
+                        format!("; the state would be {state_name:?} (id {state_id})")
+                    }
+                    Err((_, why)) => format!("; it cannot be sent now: {why}"),
+                };
+            }
+            self.planned.push(Planned { id, name, would });
+        }
     }
 
     fn timed(&mut self, id: &'static str, f: fn(&mut Suite<'a>) -> Outcome) {
@@ -1250,34 +1299,47 @@ impl<'a> Suite<'a> {
         pass("202 stored, then 200 duplicate for the same delivery and for Plane's retry with a new id; stored once")
     }
 
+    /// The sandbox project's In Progress state `(id, name)`, resolved
+    /// through its tracker (never hard-coded); the outcome to report when
+    /// it cannot be.
+    fn in_progress_state(&self) -> Result<(String, String), Outcome> {
+        let (Some(ctx), Some(project)) = (self.staging.as_ref(), self.project.as_ref()) else {
+            return Err(fail("needs the sandbox project (C4)"));
+        };
+        let db = self
+            .open_db(false)
+            .map_err(|e| fail(format!("the instance's database: {e:#}")))?;
+        let tracker = Tracker::for_project(ctx, project);
+        tracker
+            .delivery_state(ctx, &db, project, StateKind::InProgress)
+            .map_err(|e| {
+                let why = format!(
+                    "resolving the In Progress state through the {}: {e}",
+                    tracker.name()
+                );
+                if adapter_infra(&e) {
+                    infra(why)
+                } else {
+                    fail(why)
+                }
+            })
+    }
+
     fn c9a_end_to_end(&mut self) -> Outcome {
-        let (Some(ctx), Some(project)) = (self.staging.clone(), self.project.clone()) else {
+        let Some(project) = self.project.clone() else {
             return fail("needs the sandbox project (C4)");
         };
         let Some(secret) = self.secret(Source::Plane).map(str::to_string) else {
             return fail("no ORCH_PLANE_WEBHOOK_SECRET to sign with (C4)");
         };
+        let (state_id, state_name) = match self.in_progress_state() {
+            Ok(s) => s,
+            Err(o) => return o,
+        };
         let db = match self.open_db(false) {
             Ok(db) => db,
             Err(e) => return fail(format!("the instance's database: {e:#}")),
         };
-        let tracker = Tracker::for_project(&ctx, &project);
-        let (state_id, state_name) =
-            match tracker.delivery_state(&ctx, &db, &project, StateKind::InProgress) {
-                Ok(s) => s,
-                Err(e) if adapter_infra(&e) => {
-                    return infra(format!(
-                        "resolving the In Progress state through the {}: {e}",
-                        tracker.name()
-                    ))
-                }
-                Err(e) => {
-                    return fail(format!(
-                        "resolving the In Progress state through the {}: {e}",
-                        tracker.name()
-                    ))
-                }
-            };
         // Unique per run: orch/<project>-<sequence> must be a new branch.
         let sequence = now_ms();
         let body = self.plane_issue("c9a", "state", (&state_id, &state_name), sequence);

@@ -292,6 +292,59 @@ fn a_plane_state_id_unlike_any_other_is_resolved_not_hard_coded() {
 }
 
 #[test]
+fn a_dry_run_reads_c1_to_c4_lists_what_c5_to_c10_would_do_and_writes_nothing() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let url = format!("http://{}", server.addr);
+    let before = sbx.dump();
+    let (code, v, stderr) = check(&sbx, &url, &["--dry-run"], &[]);
+    assert_eq!(code, 0, "{v:#}\n{stderr}");
+    assert_eq!(v["verdict"], "PASS");
+    assert_eq!(v["dry_run"], true);
+    let ran: Vec<String> = statuses(&v).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ran, IDS[..4], "{v:#}");
+    let planned: Vec<&str> = v["planned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(planned, IDS[4..], "{v:#}");
+    let c9a = &v["planned"][4]["would"];
+    assert!(
+        c9a.as_str()
+            .unwrap()
+            .contains("the state would be \"In Progress\""),
+        "the state is resolved, not assumed: {c9a}"
+    );
+    assert_eq!(sbx.dump(), before, "a dry run wrote to the instance");
+    assert_eq!(v["task_id"], Value::Null);
+
+    // Text: the dry-run note, C1–C4 with their status, the rest as "would".
+    let out = sbx
+        .orch()
+        .args(["staging-check", "--url", &url, "--dry-run"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("dry run: nothing was written"), "{text}");
+    assert!(text.contains("  C10  cleanup      would: "), "{text}");
+    assert!(text.contains("verdict of C1–C4: PASS"), "{text}");
+
+    // The verdict is C1–C4's: a wrong revision still fails a dry run.
+    let (code, v, _) = check(
+        &sbx,
+        &url,
+        &["--dry-run", "--expect-revision", "0000000"],
+        &[],
+    );
+    assert_eq!(code, 3, "{v:#}");
+    assert_eq!(status(&v, "C2"), "FAIL");
+    assert_eq!(sbx.dump(), before);
+}
+
+#[test]
 fn an_instance_that_is_down_is_infra_and_a_waiver_makes_it_pass() {
     let sbx = Sandbox::new();
     sbx.ok(&["init"]);

@@ -1,6 +1,7 @@
 //! `orch staging-check`: the staging suite ([`orch::staging`]) against the
 //! instance at `--url`, with its database (`--db`) and config
-//! (`--config`); exit 0 PASS, 3 FAIL, 75 INFRA.
+//! (`--config`); exit 0 PASS, 3 FAIL, 75 INFRA. `--dry-run` runs the
+//! checks that only read (C1–C4) and lists what the others would do.
 
 use std::time::Duration;
 
@@ -31,6 +32,7 @@ pub fn run(settings: &Settings, args: StagingCheckArgs) -> anyhow::Result<(Outpu
         expect_revision: args.expect_revision.filter(|r| !r.trim().is_empty()),
         waive,
         timeout: Duration::from_secs(args.timeout_s),
+        dry_run: args.dry_run,
     };
     let report = staging::run(settings, &target);
     let code = match report.verdict {
@@ -41,7 +43,15 @@ pub fn run(settings: &Settings, args: StagingCheckArgs) -> anyhow::Result<(Outpu
     Ok((
         Output {
             json: serde_json::to_value(&report)?,
-            text: report.text(),
+            text: format!(
+                "{}{}",
+                if args.dry_run {
+                    super::DRY_RUN_NOTE
+                } else {
+                    ""
+                },
+                report.text()
+            ),
         },
         code,
     ))
