@@ -325,6 +325,65 @@ fn normalise(s: &str) -> String {
     s.replace("created local issue", "create local issue")
 }
 
+/// The subcommands (space-separated paths) listed in `orch [PATH…] --help`.
+fn subcommands(sbx: &Sandbox, path: &[&str]) -> Vec<String> {
+    let mut args = path.to_vec();
+    args.push("--help");
+    let (_, help, _) = run(sbx, &args);
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// What only reads (or only prints), and serve, which is a process.
+const READERS: [&str; 15] = [
+    "serve",
+    "status",
+    "check",
+    "task list",
+    "task show",
+    "events list",
+    "agents show",
+    "why",
+    "usage",
+    "logs",
+    "metrics",
+    "config show",
+    "config check",
+    "completions",
+    "man",
+];
+
+#[test]
+fn every_command_but_the_readers_has_a_dry_run() {
+    let sbx = Sandbox::new();
+    let mut commands = Vec::new();
+    for top in subcommands(&sbx, &[]) {
+        let subs = subcommands(&sbx, &[&top]);
+        if subs.is_empty() {
+            commands.push(top);
+        } else {
+            commands.extend(subs.iter().map(|s| format!("{top} {s}")));
+        }
+    }
+    assert!(commands.len() > 25, "{commands:?}");
+    let missing: Vec<&String> = commands
+        .iter()
+        .filter(|c| !READERS.contains(&c.as_str()))
+        .filter(|c| {
+            let mut args: Vec<&str> = c.split(' ').collect();
+            args.push("--help");
+            !run(&sbx, &args).1.contains("--dry-run")
+        })
+        .collect();
+    assert!(missing.is_empty(), "writers without --dry-run: {missing:?}");
+}
+
 #[test]
 fn every_manual_move_has_a_dry_run_that_writes_nothing_and_prints_what_the_move_does() {
     let sbx = Sandbox::new();
