@@ -160,9 +160,9 @@ pub struct LimitHit {
 /// Whether a failed result says the account hit its usage limit or a rate
 /// limit. A usage limit's reset time is read from the CLI's two shapes:
 /// `…usage limit reached|<unix seconds>` and `… · resets 3pm (UTC)` /
-/// `resets 4:50am (UTC)` (a time of day in another zone is not resolved:
-/// no reset time, so the pause backs off instead). `now_ms` anchors a
-/// time of day to its next occurrence.
+/// `resets 4:50am (Europe/Rome)`: a time of day in the named zone, at its
+/// next occurrence after `now_ms` ([`crate::clock::next_wall_clock_ms`]).
+/// A zone orch does not know gives no reset time: the pause backs off.
 pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
     if r.success {
         return None;
@@ -175,7 +175,7 @@ pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
     if usage {
         return Some(LimitHit {
             kind: LimitKind::Usage,
-            reset_at_ms: reset_time(&lower, now_ms),
+            reset_at_ms: reset_time(&text, now_ms),
             message,
         });
     }
@@ -187,8 +187,8 @@ pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
 }
 
 /// The reset time in a usage-limit message (see [`limit_hit`]).
-fn reset_time(lower: &str, now_ms: i64) -> Option<i64> {
-    if let Some((_, tail)) = lower.rsplit_once('|') {
+fn reset_time(text: &str, now_ms: i64) -> Option<i64> {
+    if let Some((_, tail)) = text.rsplit_once('|') {
         let digits: String = tail
             .trim()
             .chars()
@@ -198,26 +198,24 @@ fn reset_time(lower: &str, now_ms: i64) -> Option<i64> {
         // Seconds as the CLI prints them; milliseconds accepted too.
         return Some(if n > 100_000_000_000 { n } else { n * 1000 });
     }
-    let (_, after) = lower.split_once("resets ")?;
-    let after = after.trim_start_matches("at ");
+    // ASCII lower-casing keeps byte offsets: the zone is cut from `text`.
+    let at = text.to_ascii_lowercase().find("resets ")? + "resets ".len();
+    let after = text[at..].trim_start();
+    let after = after.strip_prefix("at ").unwrap_or(after);
     let (clock, rest) = after.split_once(' ').unwrap_or((after, ""));
-    if !rest.trim_start().starts_with("(utc)") {
-        return None;
-    }
+    let zone = rest.trim_start().strip_prefix('(')?.split_once(')')?.0;
+    let clock = clock.to_ascii_lowercase();
     let (hm, pm) = if let Some(h) = clock.strip_suffix("pm") {
         (h, true)
     } else {
         (clock.strip_suffix("am")?, false)
     };
     let (h, m) = hm.split_once(':').unwrap_or((hm, "0"));
-    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
-    if !(1..=12).contains(&h) || !(0..60).contains(&m) {
+    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
+    if !(1..=12).contains(&h) {
         return None;
     }
-    let hour = h % 12 + if pm { 12 } else { 0 };
-    let day_ms = 86_400_000;
-    let at = now_ms - now_ms.rem_euclid(day_ms) + (hour * 60 + m) * 60_000;
-    Some(if at <= now_ms { at + day_ms } else { at })
+    crate::clock::next_wall_clock_ms(now_ms, h % 12 + if pm { 12 } else { 0 }, m, zone)
 }
 
 /// Judges a finished run from its exit and result: `None` when it
@@ -475,7 +473,8 @@ mod tests {
             (LimitKind::Usage, Some(1_766_502_000_000))
         );
         // 2026-01-01 10:00 UTC; "resets 3:30pm (UTC)" is 15:30 that day,
-        // "resets 9am (UTC)" the next morning; another zone is not guessed.
+        // "resets 9am (UTC)" the next morning, 4:50am in Rome (UTC+1) is
+        // 03:50 UTC the next day; a zone no one knows is not guessed.
         let now = 1_767_261_600_000;
         r.result_text = Some("You've hit your limit · resets 3:30pm (UTC)".into());
         assert_eq!(
@@ -488,6 +487,14 @@ mod tests {
             Some(now + 23 * 3_600_000)
         );
         r.result_text = Some("You've hit your limit · resets 4:50am (Europe/Rome)".into());
+        let hit = limit_hit(&r, now).unwrap();
+        assert_eq!(
+            (hit.kind, hit.reset_at_ms),
+            (LimitKind::Usage, Some(now + 17 * 3_600_000 + 50 * 60_000))
+        );
+        r.result_text = Some("You've hit your limit · resets 4:75am (UTC)".into());
+        assert_eq!(limit_hit(&r, now).unwrap().reset_at_ms, None);
+        r.result_text = Some("You've hit your limit · resets 4:50am (Mars/Base)".into());
         let hit = limit_hit(&r, now).unwrap();
         assert_eq!((hit.kind, hit.reset_at_ms), (LimitKind::Usage, None));
         // Not a limit: a 400, or success.

@@ -7,6 +7,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+
 /// Current time in unix milliseconds.
 pub fn now_ms() -> i64 {
     let real = SystemTime::now()
@@ -31,32 +34,61 @@ fn offset_ms() -> i64 {
 
 /// `ms` (unix milliseconds) as local RFC 3339 to the second, with the
 /// offset: `2026-12-01T23:12:05+01:00` (`…Z` when local time is UTC).
-/// The zone is the process's (`TZ`).
+/// The zone is the process's (`TZ`, else `/etc/localtime`).
 pub fn local_rfc3339(ms: i64) -> String {
-    let secs = ms.div_euclid(1000) as libc::time_t;
-    // SAFETY: `localtime_r` writes only into `tm`, which outlives the call.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
-    if !ok {
+    let Ok(ts) = Timestamp::from_millisecond(ms) else {
         return format!("{ms} ms");
-    }
-    let off = tm.tm_gmtoff;
-    let zone = if off == 0 {
-        "Z".to_string()
-    } else {
-        let sign = if off < 0 { '-' } else { '+' };
-        let a = off.abs();
-        format!("{sign}{:02}:{:02}", a / 3600, a % 3600 / 60)
     };
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{zone}",
-        tm.tm_year + 1900,
-        tm.tm_mon + 1,
-        tm.tm_mday,
-        tm.tm_hour,
-        tm.tm_min,
-        tm.tm_sec
-    )
+    let local = ts.to_zoned(TimeZone::system());
+    let format = if local.offset().seconds() == 0 {
+        "%Y-%m-%dT%H:%M:%SZ"
+    } else {
+        "%Y-%m-%dT%H:%M:%S%:z"
+    };
+    local.strftime(format).to_string()
+}
+
+/// `ms` (unix milliseconds) as `YYYY-MM-DD HH:MM:SS UTC`: the form of the
+/// times in stored messages (comments, notifications), which people read
+/// in other zones than orch's.
+pub fn format_ms(ms: i64) -> String {
+    match Timestamp::from_millisecond(ms) {
+        Ok(ts) => ts.strftime("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        Err(_) => format!("{ms} ms"),
+    }
+}
+
+/// An HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`, RFC 9110's IMF-fixdate)
+/// as unix milliseconds; `None` for anything else, a zone other than GMT
+/// included.
+pub fn http_date_ms(value: &str) -> Option<i64> {
+    let v = value.trim();
+    if !v.ends_with(" GMT") {
+        return None;
+    }
+    let at = jiff::fmt::rfc2822::parse(v).ok()?;
+    Some(at.timestamp().as_millisecond())
+}
+
+/// The first moment after `now_ms` at which the wall clock of `zone` (an
+/// IANA name such as `Europe/Rome`, or `UTC`; any case) reads
+/// `hour:minute`, in unix milliseconds. A time that a daylight-saving
+/// change skips resolves to the moment after the gap. `None` for a zone
+/// orch does not know or an hour/minute out of range.
+pub fn next_wall_clock_ms(now_ms: i64, hour: i8, minute: i8, zone: &str) -> Option<i64> {
+    let time = jiff::civil::Time::new(hour, minute, 0, 0).ok()?;
+    let tz = TimeZone::get(zone.trim()).ok()?;
+    let now = Timestamp::from_millisecond(now_ms)
+        .ok()?
+        .to_zoned(tz.clone());
+    let mut day = now.date();
+    loop {
+        let at = day.to_datetime(time).to_zoned(tz.clone()).ok()?;
+        if at.timestamp() > now.timestamp() {
+            return Some(at.timestamp().as_millisecond());
+        }
+        day = day.tomorrow().ok()?;
+    }
 }
 
 /// A span of milliseconds for people: `45 s`, `3 min`, `2 h 5 min`,
@@ -118,40 +150,64 @@ mod tests {
         assert_eq!(&t[4..5], "-");
         assert_eq!(&t[10..11], "T");
     }
-}
 
-/// `ms` (unix milliseconds) as `YYYY-MM-DD HH:MM:SS UTC`, for messages
-/// people read.
-pub fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod format_tests {
     #[test]
     fn formats_utc() {
-        assert_eq!(super::format_ms(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_ms(1_767_261_600_000), "2026-01-01 10:00:00 UTC");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn http_dates_are_gmt_only() {
+        // 1994-11-06T08:49:37Z is unix 784111777.
         assert_eq!(
-            super::format_ms(1_767_261_600_000),
-            "2026-01-01 10:00:00 UTC"
+            http_date_ms("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777_000)
         );
-        assert_eq!(super::format_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(
+            http_date_ms("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599_000)
+        );
+        for bad in [
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 +0000",
+            "soon",
+            "",
+        ] {
+            assert_eq!(http_date_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn wall_clock_times_resolve_in_their_zone_across_days_and_dst() {
+        // 2026-01-01 10:00 UTC.
+        let now = 1_767_261_600_000;
+        let h = 3_600_000;
+        assert_eq!(
+            next_wall_clock_ms(now, 15, 30, "UTC"),
+            Some(now + 5 * h + h / 2)
+        );
+        assert_eq!(next_wall_clock_ms(now, 9, 0, "utc"), Some(now + 23 * h));
+        // Rome is UTC+1 in January: 04:50 there is 03:50 UTC, tomorrow.
+        assert_eq!(
+            next_wall_clock_ms(now, 4, 50, "Europe/Rome"),
+            Some(now + 17 * h + 50 * 60_000)
+        );
+        assert_eq!(
+            next_wall_clock_ms(now, 4, 50, "europe/rome"),
+            next_wall_clock_ms(now, 4, 50, "Europe/Rome")
+        );
+        // New York on 2026-03-08: 02:30 does not exist (clocks jump from
+        // 02:00 to 03:00 EST→EDT); it resolves to 03:30 EDT = 07:30 UTC.
+        let mar8_0500_utc = 1_772_946_000_000; // 00:00 EST
+        assert_eq!(
+            next_wall_clock_ms(mar8_0500_utc, 2, 30, "America/New_York"),
+            Some(mar8_0500_utc + 2 * h + h / 2)
+        );
+        assert_eq!(next_wall_clock_ms(now, 4, 50, "Mars/Olympus_Mons"), None);
+        assert_eq!(next_wall_clock_ms(now, 25, 0, "UTC"), None);
+        assert_eq!(next_wall_clock_ms(now, 4, 75, "UTC"), None);
     }
 }

@@ -289,11 +289,10 @@ impl fmt::Display for Status {
         for p in &self.pauses {
             writeln!(
                 f,
-                "paused: account {} ({} limit) until {} (in {}s): {}",
+                "paused: account {} ({} limit) until {}: {}",
                 p.account,
                 p.kind,
-                crate::clock::format_ms(p.until_ms),
-                (p.until_ms - self.now_ms) / 1000,
+                crate::clock::human(p.until_ms, self.now_ms),
                 p.reason
             )?;
         }
@@ -303,7 +302,7 @@ impl fmt::Display for Status {
                 "parked: task {} ({}) since {}: {}",
                 p.task_id,
                 p.project,
-                crate::clock::format_ms(p.since_ms),
+                crate::clock::human(p.since_ms, self.now_ms),
                 p.reason
             )?;
         }

@@ -541,48 +541,8 @@ pub fn retry_after_ms(value: &str, now_ms: i64) -> Option<u64> {
     if let Ok(s) = v.parse::<u64>() {
         return Some(s.saturating_mul(1000));
     }
-    let at_s = http_date_s(v)?;
-    Some((at_s * 1000 - now_ms).max(0) as u64)
-}
-
-/// Unix seconds of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
-fn http_date_s(v: &str) -> Option<i64> {
-    let (_, rest) = v.split_once(", ")?;
-    let mut parts = rest.split_whitespace();
-    let day: i64 = parts.next()?.parse().ok()?;
-    let month = match parts.next()? {
-        "Jan" => 1,
-        "Feb" => 2,
-        "Mar" => 3,
-        "Apr" => 4,
-        "May" => 5,
-        "Jun" => 6,
-        "Jul" => 7,
-        "Aug" => 8,
-        "Sep" => 9,
-        "Oct" => 10,
-        "Nov" => 11,
-        "Dec" => 12,
-        _ => return None,
-    };
-    let year: i64 = parts.next()?.parse().ok()?;
-    let mut hms = parts.next()?.split(':').map(|x| x.parse::<i64>().ok());
-    let (h, m, s) = (hms.next()??, hms.next()??, hms.next()??);
-    if parts.next()? != "GMT" || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    // Days from 1970-01-01 to year-month-day (proleptic Gregorian).
-    let (y, mo) = if month <= 2 {
-        (year - 1, month + 9)
-    } else {
-        (year, month - 3)
-    };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * mo + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + m * 60 + s)
+    let at_ms = crate::clock::http_date_ms(v)?;
+    Some((at_ms - now_ms).max(0) as u64)
 }
 
 /// The invisible marker orch puts in every comment it posts, so that a

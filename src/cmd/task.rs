@@ -154,10 +154,7 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
         }
     );
     if let (Some(since), Some(reason)) = (t.parked_at_ms, &t.parked_reason) {
-        text += &format!(
-            "  PARKED since {}: {reason}\n",
-            orch::clock::format_ms(since)
-        );
+        text += &format!("  PARKED since {}: {reason}\n", human(since));
     }
     text += "transitions:\n";
     for tr in &transitions {
