@@ -1573,6 +1573,195 @@ impl Repo {
     }
 }
 
+// ---------------------------------------------------------------------------
+// The agent's private view of the shared clone's refs
+
+/// A private copy of the shared clone's loose refs (`refs/`) and an empty
+/// `logs/` for one sandboxed agent run, which the sandbox binds over the
+/// clone's own (DESIGN §4): inside, the agent's git reads and writes the
+/// copies, so whatever it does to a ref — another task's branch, a
+/// remote-tracking ref, a tag, `refs/stash` — stays in the copy. After the
+/// run, [`Repo::apply_refs_view`] carries over one change only: the task
+/// branch's, by compare-and-swap. Packed refs are read from the clone's
+/// `packed-refs`, which the agent sees read-only.
+#[derive(Debug)]
+pub struct RefsView {
+    dir: PathBuf,
+    branch: String,
+    /// The branch's commit when the view was made.
+    start: String,
+    /// Every loose ref copied: its path under `refs/` → its content.
+    snapshot: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl RefsView {
+    /// The copy of `refs/`, to bind over `<clone>/refs`.
+    pub fn refs_dir(&self) -> PathBuf {
+        self.dir.join("refs")
+    }
+
+    /// The empty folder for reflogs, to bind over `<clone>/logs`.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+}
+
+/// What [`Repo::apply_refs_view`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RefsApplied {
+    /// The task branch's new commit, when the agent moved it.
+    pub moved_to: Option<String>,
+    /// What the agent did to other refs in its copy, thrown away: names
+    /// under `refs/` (`heads/orch/widget-2`, `stash`), and the task branch
+    /// itself when the agent left something there that is not a commit.
+    pub discarded: Vec<String>,
+}
+
+/// Most loose refs read from a view (an agent could create millions).
+const MAX_VIEW_REFS: usize = 100_000;
+
+/// Largest loose ref file read (an object id or `ref: …` line is tiny).
+const MAX_REF_BYTES: u64 = 4096;
+
+impl Repo {
+    /// Makes the refs view of task branch `branch` in `dir` (emptied
+    /// first): the clone's loose refs copied under the clone lock (lock
+    /// files and symlinks left out) and an empty `logs/`.
+    ///
+    /// Errors: [`Error::InvalidRef`] for a refused branch name; a branch
+    /// that does not exist yet (the worktree is made first); I/O errors.
+    pub fn refs_view(&self, dir: &Path, branch: &str) -> anyhow::Result<RefsView> {
+        validate_task_branch(branch, &self.branch_prefix, &self.default_branch)?;
+        let _clone = self.lock_clone()?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+        }
+        let snapshot = read_loose_refs(&self.clone_dir.join("refs"))?;
+        let refs = dir.join("refs");
+        std::fs::create_dir_all(&refs).with_context(|| format!("creating {}", refs.display()))?;
+        std::fs::create_dir_all(dir.join("logs"))?;
+        for (name, content) in &snapshot {
+            let path = refs.join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&path, content)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        let start = Self::resolve_ref(&self.clone_dir, &format!("refs/heads/{branch}"))?
+            .with_context(|| format!("branch {branch} does not exist in the clone"))?;
+        Ok(RefsView {
+            dir: dir.to_path_buf(),
+            branch: branch.to_string(),
+            start,
+            snapshot,
+        })
+    }
+
+    /// After the agent's run: moves the task branch to where the agent
+    /// left it in `view` — when it moved there and names a commit the
+    /// clone has — only if the real branch is still where the view began
+    /// (`git update-ref <ref> <new> <old>`), then deletes the view. Every
+    /// other change in the view is reported in
+    /// [`RefsApplied::discarded`] and dropped.
+    ///
+    /// Errors: the real branch moved during the run (someone else wrote
+    /// it); a view with more than 100,000 loose refs; git and I/O errors.
+    pub fn apply_refs_view(&self, view: RefsView) -> anyhow::Result<RefsApplied> {
+        let own = format!("heads/{}", view.branch);
+        let after = read_loose_refs(&view.refs_dir())?;
+        let mut applied = RefsApplied::default();
+        for name in view.snapshot.keys().chain(after.keys()) {
+            if *name != own
+                && view.snapshot.get(name) != after.get(name)
+                && !applied.discarded.contains(name)
+            {
+                applied.discarded.push(name.clone());
+            }
+        }
+        let candidate = after
+            .get(&own)
+            .filter(|content| Some(*content) != view.snapshot.get(&own));
+        let _clone = self.lock_clone()?;
+        if let Some(content) = candidate {
+            match parse_object_id(content) {
+                Some(new) if new == view.start => {}
+                Some(new) if self.is_commit(&new)? => {
+                    let reference = format!("refs/{own}");
+                    git_ok(
+                        &self.clone_dir,
+                        &["update-ref", &reference, &new, &view.start],
+                    )
+                    .with_context(|| {
+                        format!("{reference} moved during the agent's run; its commit {new} is not applied")
+                    })?;
+                    applied.moved_to = Some(new);
+                }
+                _ => applied.discarded.push(own.clone()),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&view.dir);
+        Ok(applied)
+    }
+
+    /// Whether `id` (a full object id) names a commit in the clone.
+    fn is_commit(&self, id: &str) -> anyhow::Result<bool> {
+        let out = run_git(&self.clone_dir, &["cat-file", "-t", id])?;
+        Ok(out.success() && out.stdout.trim() == "commit")
+    }
+}
+
+/// The loose refs under `root`: path relative to it (`/`-separated) →
+/// content. Lock files, symlinks and oversized files are left out.
+///
+/// Errors: more than [`MAX_VIEW_REFS`] files; I/O errors.
+fn read_loose_refs(root: &Path) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    let mut seen = 0usize;
+    while let Some(dir) = dirs.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        };
+        for entry in entries {
+            let entry = entry?;
+            seen += 1;
+            if seen > MAX_VIEW_REFS {
+                bail!("more than {MAX_VIEW_REFS} files under {}", root.display());
+            }
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                dirs.push(path);
+            } else if kind.is_file()
+                && path.extension().is_none_or(|x| x != "lock")
+                && entry.metadata()?.len() <= MAX_REF_BYTES
+            {
+                let Ok(rel) = path.strip_prefix(root) else {
+                    continue;
+                };
+                let Some(name) = rel.to_str() else { continue };
+                out.insert(name.to_string(), std::fs::read(&path)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A loose ref's object id (40 or 64 lowercase hex digits and a newline);
+/// `None` for a symbolic ref or anything else.
+fn parse_object_id(content: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(content).ok()?;
+    let id = s.strip_suffix('\n').unwrap_or(s);
+    ((id.len() == 40 || id.len() == 64)
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then(|| id.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2309,6 +2498,68 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn a_refs_view_carries_over_only_the_task_branch_and_only_by_compare_and_swap() {
+        let f = fixture();
+        let (wt1, wt2) = (f.wt(1), f.wt(2));
+        f.repo.ensure_worktree(&wt1, "orch/p-1").unwrap();
+        f.repo.ensure_worktree(&wt2, "orch/p-2").unwrap();
+        let real = |b: &str| {
+            Repo::resolve_ref(&f.repo.clone_dir, &format!("refs/heads/{b}"))
+                .unwrap()
+                .unwrap()
+        };
+        let (p1, p2) = (real("orch/p-1"), real("orch/p-2"));
+        let dir = f.root.join("views/task-1");
+        // What an agent's git does in its view: commit on its branch, move
+        // another task's branch, stash.
+        let view = f.repo.refs_view(&dir, "orch/p-1").unwrap();
+        let own = view.refs_dir().join("heads/orch/p-1");
+        let commit = sh(
+            &wt1,
+            &["commit-tree", "-p", "HEAD", "-m", "agent", "HEAD^{tree}"],
+        );
+        std::fs::write(&own, format!("{commit}\n")).unwrap();
+        std::fs::write(
+            view.refs_dir().join("heads/orch/p-2"),
+            format!("{commit}\n"),
+        )
+        .unwrap();
+        std::fs::write(view.refs_dir().join("stash"), format!("{commit}\n")).unwrap();
+        let applied = f.repo.apply_refs_view(view).unwrap();
+        assert_eq!(applied.moved_to.as_deref(), Some(commit.as_str()));
+        assert_eq!(applied.discarded, ["heads/orch/p-2", "stash"]);
+        assert_eq!(real("orch/p-1"), commit);
+        assert_eq!(real("orch/p-2"), p2, "another task's branch is untouched");
+        assert!(!dir.exists(), "the view is removed");
+        assert_ne!(p1, commit);
+
+        // Something that is not a commit on the branch is not applied.
+        let view = f.repo.refs_view(&dir, "orch/p-1").unwrap();
+        let blob = sh(&wt1, &["hash-object", "-w", "README"]);
+        std::fs::write(view.refs_dir().join("heads/orch/p-1"), format!("{blob}\n")).unwrap();
+        let applied = f.repo.apply_refs_view(view).unwrap();
+        assert_eq!(applied.moved_to, None);
+        assert_eq!(applied.discarded, ["heads/orch/p-1"]);
+        assert_eq!(real("orch/p-1"), commit);
+
+        // The real branch moved during the run: the view is not applied.
+        let view = f.repo.refs_view(&dir, "orch/p-1").unwrap();
+        let other = sh(
+            &wt1,
+            &["commit-tree", "-p", "HEAD", "-m", "agent 2", "HEAD^{tree}"],
+        );
+        std::fs::write(view.refs_dir().join("heads/orch/p-1"), format!("{other}\n")).unwrap();
+        std::fs::write(wt1.join("README"), "moved by someone else\n").unwrap();
+        let moved = f.repo.commit_all(&wt1, "someone else").unwrap().unwrap();
+        let err = f.repo.apply_refs_view(view).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("moved during the agent's run"),
+            "{err:#}"
+        );
+        assert_eq!(real("orch/p-1"), moved);
     }
 
     #[test]

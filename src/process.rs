@@ -204,8 +204,9 @@ pub enum Runner {
 /// `/tmp` a private empty tmpfs, its own pid namespace (no other process,
 /// so no `/proc/<pid>/environ` of orch), the network unchanged; then, in
 /// this order, `hidden_dirs` replaced by empty tmpfs, `hidden_files` by
-/// `/dev/null`, `readonly` bound back read-only and `writable` bound back
-/// read-write (later binds win, so a writable path inside a hidden or
+/// `/dev/null`, `readonly` bound back read-only, `writable` bound back
+/// read-write, and last each `overlays` source bound read-write at its
+/// destination (later binds win, so a writable path inside a hidden or
 /// read-only one is reachable).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Confinement {
@@ -213,6 +214,9 @@ pub struct Confinement {
     pub hidden_files: Vec<PathBuf>,
     pub readonly: Vec<PathBuf>,
     pub writable: Vec<PathBuf>,
+    /// `(source, destination)`: the child sees `source` at
+    /// `destination` (e.g. a private copy of a folder over the original).
+    pub overlays: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Confinement {
@@ -258,6 +262,13 @@ impl Confinement {
         }
         for p in self.writable.iter().filter(|p| p.exists()) {
             a.extend(["--bind".into(), s(p), s(p)]);
+        }
+        for (src, dest) in self
+            .overlays
+            .iter()
+            .filter(|(s, d)| s.exists() && d.exists())
+        {
+            a.extend(["--bind".into(), s(src), s(dest)]);
         }
         a.extend([
             "--setenv".into(),
@@ -572,7 +583,12 @@ mod tests {
             hidden_files: vec![d.join("secret.env"), d.join("missing.env")],
             readonly: vec![],
             writable: vec![d.join("state/wt"), d.join("nowhere")],
+            overlays: vec![
+                (d.join("state/view"), d.join("state/wt")),
+                (d.join("nowhere"), d.join("state/wt")),
+            ],
         };
+        std::fs::create_dir_all(d.join("state/view")).unwrap();
         let mut sp = spec(d, "true");
         sp.cwd = d.join("state/wt");
         let argv = c.wrap(&sp);
@@ -593,7 +609,12 @@ mod tests {
             s(&d.join("state/wt")),
             s(&d.join("state/wt")),
         ]);
-        assert!(hide < back && null < back, "{argv:?}");
+        let over = at(&[
+            "--bind".into(),
+            s(&d.join("state/view")),
+            s(&d.join("state/wt")),
+        ]);
+        assert!(hide < back && null < back && back < over, "{argv:?}");
         assert!(!argv
             .iter()
             .any(|a| a.contains("missing.env") || a.contains("nowhere")));

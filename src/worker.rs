@@ -260,7 +260,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         timeout: Duration::from_secs(timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
-    let runner = agent_runner(ctx, &repo, &worktree, &verdict_file)?;
+    let (runner, refs_view) = agent_runner(ctx, &repo, &task, &worktree, &verdict_file)?;
     let started = now_ms();
     let heartbeat_every = ctx.settings.heartbeat_s as i64 * 1000;
     let mut last_beat = started;
@@ -289,6 +289,12 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             Ok(())
         },
     )?;
+    if let Some(view) = refs_view {
+        let applied = repo.apply_refs_view(view)?;
+        if !applied.discarded.is_empty() {
+            warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
+        }
+    }
     failpoint("worker.after_agent_exit");
 
     let timed_out = outcome.exit == process::ExitKind::TimedOut;
@@ -726,23 +732,26 @@ fn apply_gate(
 /// locks), the database files and every `.env` from the current directory
 /// up are hidden; its worktree, its verdict folder and a private `/tmp` are
 /// writable; of the shared clone, what a commit needs is writable
-/// (`objects/`, `refs/`, `logs/`, the worktree's own admin folder) and the
-/// rest — `config`, `hooks/`, `info/`, other worktrees' admin folders —
+/// (`objects/`, the worktree's own admin folder) and the rest — `config`,
+/// `hooks/`, `info/`, `packed-refs`, other worktrees' admin folders —
 /// read-only, so an agent can commit but plant nothing orch's git would
-/// read.
+/// read. Its `refs/` and `logs/` are a private copy ([`crate::git::RefsView`],
+/// under `<state>/refs-views/task-<id>`): the returned view is applied
+/// after the run, carrying over the task branch only.
 ///
 /// Errors: [`crate::error::Error::Config`] when `ORCH_AGENT_SANDBOX=bwrap`
 /// and bubblewrap does not work here.
 fn agent_runner(
     ctx: &Ctx,
     repo: &crate::git::Repo,
+    task: &crate::db::Task,
     worktree: &Path,
     verdict_file: &Path,
-) -> anyhow::Result<Runner> {
+) -> anyhow::Result<(Runner, Option<crate::git::RefsView>)> {
     use crate::config::AgentSandbox;
     let want = ctx.settings.agent_sandbox;
     if want == AgentSandbox::None {
-        return Ok(Runner::Group);
+        return Ok((Runner::Group, None));
     }
     if let Err(why) = process::bwrap_usable() {
         if want == AgentSandbox::Bwrap {
@@ -756,7 +765,7 @@ fn agent_runner(
         WARNED.call_once(|| {
             warn!(target: "worker", reason = %why, "agents run UNSANDBOXED (as orch): install bubblewrap, or set ORCH_AGENT_SANDBOX=none to accept this");
         });
-        return Ok(Runner::Group);
+        return Ok((Runner::Group, None));
     }
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let db = abs(&ctx.settings.db_path);
@@ -768,14 +777,14 @@ fn agent_runner(
         hidden_files.extend(cwd.ancestors().map(|d| d.join(".env")));
     }
     let clone = abs(&repo.clone_dir);
-    // A commit writes reflogs under logs/; make sure it exists to be bound.
-    let _ = std::fs::create_dir_all(clone.join("logs"));
-    let mut writable = vec![
-        abs(worktree),
-        clone.join("objects"),
-        clone.join("refs"),
-        clone.join("logs"),
-    ];
+    // The view's logs/ is bound over the clone's: it must exist.
+    std::fs::create_dir_all(clone.join("logs"))
+        .with_context(|| format!("creating {}", clone.join("logs").display()))?;
+    let view_dir = abs(&ctx.settings.state_dir)
+        .join("refs-views")
+        .join(format!("task-{}", task.id));
+    let view = repo.refs_view(&view_dir, &task.branch)?;
+    let mut writable = vec![abs(worktree), clone.join("objects")];
     if let Some(admin) = crate::git::worktree_admin_dir(worktree) {
         writable.push(admin);
     }
@@ -783,10 +792,16 @@ fn agent_runner(
         writable.push(abs(dir));
     }
     writable.extend(ctx.settings.agent_sandbox_writable.iter().cloned());
-    Ok(Runner::Bwrap(Confinement {
+    let overlays = vec![
+        (view.refs_dir(), clone.join("refs")),
+        (view.logs_dir(), clone.join("logs")),
+    ];
+    let confinement = Confinement {
         hidden_dirs: vec![abs(&ctx.settings.state_dir)],
         hidden_files,
         readonly: vec![clone],
         writable,
-    }))
+        overlays,
+    };
+    Ok((Runner::Bwrap(confinement), Some(view)))
 }

@@ -316,6 +316,12 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
         "commit",
         "git add from-agent.txt && git -c user.name=agent -c user.email=a@a commit -qm agent-commit",
     );
+    // Inside its view of the shared clone's refs the agent may move any
+    // ref; only its own branch's move is carried over after the run.
+    script += &probe(
+        "move_other_branch",
+        "git update-ref refs/heads/orch/widget-2 HEAD",
+    );
     // The fake agent from a folder the sandbox shows whatever the checkout's
     // location (a checkout under /tmp is hidden by the private /tmp).
     let agent_dir = tempfile::tempdir_in("/var/tmp").unwrap();
@@ -329,8 +335,23 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
     let argv = serde_json::to_string(&["/bin/sh", "-c", &script]).unwrap();
     sbx.append_config(&format!("\n[agents.analyst]\nargv = {argv}\n"));
 
+    let branch2 = |sbx: &Sandbox| {
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&clone)
+            .args(["rev-parse", "refs/heads/orch/widget-2"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = branch2(&sbx);
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["to"], "architecture", "{v}");
+    assert_eq!(branch2(&sbx), before, "task 2's branch was not moved");
+    assert!(
+        !state.join("refs-views/task-1").exists(),
+        "the view is removed after the run"
+    );
     let log = std::fs::read_to_string(state.join("logs/job1-a1.log")).unwrap();
     let answer = |name: &str| {
         let line = format!("PROBE {name} ");
@@ -352,6 +373,7 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
         ("write_worktree", "yes"),
         ("write_tmp", "yes"),
         ("commit", "yes"),
+        ("move_other_branch", "yes"),
     ] {
         assert_eq!(answer(name), want, "{name}\n{log}");
     }
