@@ -335,7 +335,7 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
     let argv = serde_json::to_string(&["/bin/sh", "-c", &script]).unwrap();
     sbx.append_config(&format!("\n[agents.analyst]\nargv = {argv}\n"));
 
-    let branch2 = |sbx: &Sandbox| {
+    let branch2 = || {
         let out = std::process::Command::new("git")
             .arg("--git-dir")
             .arg(&clone)
@@ -344,10 +344,10 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let before = branch2(&sbx);
+    let before = branch2();
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["to"], "architecture", "{v}");
-    assert_eq!(branch2(&sbx), before, "task 2's branch was not moved");
+    assert_eq!(branch2(), before, "task 2's branch was not moved");
     assert!(
         !state.join("refs-views/task-1").exists(),
         "the view is removed after the run"
