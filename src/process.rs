@@ -214,9 +214,38 @@ pub struct Confinement {
     pub hidden_files: Vec<PathBuf>,
     pub readonly: Vec<PathBuf>,
     pub writable: Vec<PathBuf>,
-    /// `(source, destination)`: the child sees `source` at
-    /// `destination` (e.g. a private copy of a folder over the original).
-    pub overlays: Vec<(PathBuf, PathBuf)>,
+    /// The child sees each source at its destination (e.g. a private
+    /// copy of a folder over the original); bound last, in order.
+    pub overlays: Vec<Bind>,
+}
+
+/// One bind of [`Confinement::overlays`]: `source` (a host path) seen at
+/// `destination`, read-write or read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    pub destination: PathBuf,
+    pub writable: bool,
+}
+
+impl Bind {
+    /// `source` read-write at `destination`.
+    pub fn writable(source: PathBuf, destination: PathBuf) -> Bind {
+        Bind {
+            source,
+            destination,
+            writable: true,
+        }
+    }
+
+    /// `source` read-only at `destination`.
+    pub fn readonly(source: PathBuf, destination: PathBuf) -> Bind {
+        Bind {
+            source,
+            destination,
+            writable: false,
+        }
+    }
 }
 
 impl Confinement {
@@ -263,12 +292,10 @@ impl Confinement {
         for p in self.writable.iter().filter(|p| p.exists()) {
             a.extend(["--bind".into(), s(p), s(p)]);
         }
-        for (src, dest) in self
-            .overlays
-            .iter()
-            .filter(|(s, d)| s.exists() && d.exists())
-        {
-            a.extend(["--bind".into(), s(src), s(dest)]);
+        // A destination inside a hidden folder is made by bwrap.
+        for b in self.overlays.iter().filter(|b| b.source.exists()) {
+            let op = if b.writable { "--bind" } else { "--ro-bind" };
+            a.extend([op.into(), s(&b.source), s(&b.destination)]);
         }
         a.extend([
             "--setenv".into(),
@@ -584,8 +611,9 @@ mod tests {
             readonly: vec![],
             writable: vec![d.join("state/wt"), d.join("nowhere")],
             overlays: vec![
-                (d.join("state/view"), d.join("state/wt")),
-                (d.join("nowhere"), d.join("state/wt")),
+                Bind::writable(d.join("state/view"), d.join("state/wt")),
+                Bind::writable(d.join("nowhere"), d.join("state/wt")),
+                Bind::readonly(d.join("state/wt"), d.join("state/view/base")),
             ],
         };
         std::fs::create_dir_all(d.join("state/view")).unwrap();
@@ -614,7 +642,15 @@ mod tests {
             s(&d.join("state/view")),
             s(&d.join("state/wt")),
         ]);
-        assert!(hide < back && null < back && back < over, "{argv:?}");
+        let ro = at(&[
+            "--ro-bind".into(),
+            s(&d.join("state/wt")),
+            s(&d.join("state/view/base")),
+        ]);
+        assert!(
+            hide < back && null < back && back < over && over < ro,
+            "{argv:?}"
+        );
         assert!(!argv
             .iter()
             .any(|a| a.contains("missing.env") || a.contains("nowhere")));

@@ -25,7 +25,7 @@ use crate::failpoint::failpoint;
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
-use crate::process::{self, Confinement, RunSpec, Runner};
+use crate::process::{self, Bind, Confinement, RunSpec, Runner};
 
 /// What one `work-once` did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -260,7 +260,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         timeout: Duration::from_secs(timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
-    let (runner, refs_view) = agent_runner(ctx, &repo, &task, &worktree, &verdict_file)?;
+    let (runner, clone_view) = agent_runner(ctx, &repo, &task, &worktree, &verdict_file)?;
     let started = now_ms();
     let heartbeat_every = ctx.settings.heartbeat_s as i64 * 1000;
     let mut last_beat = started;
@@ -289,10 +289,13 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             Ok(())
         },
     )?;
-    if let Some(view) = refs_view {
-        let applied = repo.apply_refs_view(view)?;
+    if let Some(view) = clone_view {
+        let applied = repo.apply_clone_view(view)?;
         if !applied.discarded.is_empty() {
             warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
+        }
+        if repo.repair_index(&worktree)? {
+            info!(target: "worker", job = job.id, "the agent left staged files its store kept; the index was reset to HEAD, the files are committed from the worktree");
         }
     }
     failpoint("worker.after_agent_exit");
@@ -732,12 +735,13 @@ fn apply_gate(
 /// locks), the database files and every `.env` from the current directory
 /// up are hidden; its worktree, its verdict folder and a private `/tmp` are
 /// writable; of the shared clone, what a commit needs is writable
-/// (`objects/`, the worktree's own admin folder) and the rest — `config`,
-/// `hooks/`, `info/`, `packed-refs`, other worktrees' admin folders —
-/// read-only, so an agent can commit but plant nothing orch's git would
-/// read. Its `refs/` and `logs/` are a private copy ([`crate::git::RefsView`],
-/// under `<state>/refs-views/task-<id>`): the returned view is applied
-/// after the run, carrying over the task branch only.
+/// (the worktree's own admin folder) and the rest — `config`, `hooks/`,
+/// `info/`, `packed-refs`, other worktrees' admin folders — read-only, so
+/// an agent can commit but plant nothing orch's git would read. Its
+/// `refs/`, `logs/` and `objects/` are private stand-ins
+/// ([`crate::git::CloneView`], under `<state>/clone-views/task-<id>`, the
+/// clone's object store bound read-only as their alternate): the returned
+/// view is applied after the run, carrying over the task branch only.
 ///
 /// Errors: [`crate::error::Error::Config`] when `ORCH_AGENT_SANDBOX=bwrap`
 /// and bubblewrap does not work here.
@@ -747,7 +751,7 @@ fn agent_runner(
     task: &crate::db::Task,
     worktree: &Path,
     verdict_file: &Path,
-) -> anyhow::Result<(Runner, Option<crate::git::RefsView>)> {
+) -> anyhow::Result<(Runner, Option<crate::git::CloneView>)> {
     use crate::config::AgentSandbox;
     let want = ctx.settings.agent_sandbox;
     if want == AgentSandbox::None {
@@ -781,10 +785,10 @@ fn agent_runner(
     std::fs::create_dir_all(clone.join("logs"))
         .with_context(|| format!("creating {}", clone.join("logs").display()))?;
     let view_dir = abs(&ctx.settings.state_dir)
-        .join("refs-views")
+        .join("clone-views")
         .join(format!("task-{}", task.id));
-    let view = repo.refs_view(&view_dir, &task.branch)?;
-    let mut writable = vec![abs(worktree), clone.join("objects")];
+    let view = repo.clone_view(&view_dir, &task.branch)?;
+    let mut writable = vec![abs(worktree)];
     if let Some(admin) = crate::git::worktree_admin_dir(worktree) {
         writable.push(admin);
     }
@@ -793,8 +797,10 @@ fn agent_runner(
     }
     writable.extend(ctx.settings.agent_sandbox_writable.iter().cloned());
     let overlays = vec![
-        (view.refs_dir(), clone.join("refs")),
-        (view.logs_dir(), clone.join("logs")),
+        Bind::writable(view.refs_dir(), clone.join("refs")),
+        Bind::writable(view.logs_dir(), clone.join("logs")),
+        Bind::writable(view.objects_dir(), clone.join("objects")),
+        Bind::readonly(clone.join("objects"), view.base_objects_dir()),
     ];
     let confinement = Confinement {
         hidden_dirs: vec![abs(&ctx.settings.state_dir)],

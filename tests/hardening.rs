@@ -316,11 +316,28 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
         "commit",
         "git add from-agent.txt && git -c user.name=agent -c user.email=a@a commit -qm agent-commit",
     );
+    // Staged, not committed: the blob lives in the agent's private store,
+    // gone after the run; orch's auto-commit still takes the file.
+    script += &probe(
+        "stage_only",
+        // (an old mtime, so git does not re-read it as "racily clean")
+        "echo staged > staged.txt && touch -d @946684800 staged.txt && git add staged.txt",
+    );
     // Inside its view of the shared clone's refs the agent may move any
     // ref; only its own branch's move is carried over after the run.
     script += &probe(
         "move_other_branch",
         "git update-ref refs/heads/orch/widget-2 HEAD",
+    );
+    // The clone's object store (the private store's first alternate; the
+    // store itself were there none) is read-only: deleting an object other
+    // tasks need fails.
+    script += &probe(
+        "delete_object",
+        &format!(
+            "a={0}/objects/info/alternates; if [ -f \"$a\" ]; then d=$(head -1 \"$a\"); else d={0}/objects; fi; f=$(find \"$d\" -type f | head -1); [ -n \"$f\" ] && rm -f \"$f\"",
+            q(&clone)
+        ),
     );
     // The fake agent from a folder the sandbox shows whatever the checkout's
     // location (a checkout under /tmp is hidden by the private /tmp).
@@ -348,8 +365,19 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["to"], "architecture", "{v}");
     assert_eq!(branch2(), before, "task 2's branch was not moved");
+    let fsck = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&clone)
+        .args(["fsck", "--connectivity-only", "--no-dangling"])
+        .output()
+        .unwrap();
     assert!(
-        !state.join("refs-views/task-1").exists(),
+        fsck.status.success(),
+        "the clone's objects are intact: {}",
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    assert!(
+        !state.join("clone-views/task-1").exists(),
         "the view is removed after the run"
     );
     let log = std::fs::read_to_string(state.join("logs/job1-a1.log")).unwrap();
@@ -374,6 +402,8 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
         ("write_tmp", "yes"),
         ("commit", "yes"),
         ("move_other_branch", "yes"),
+        ("delete_object", "no"),
+        ("stage_only", "yes"),
     ] {
         assert_eq!(answer(name), want, "{name}\n{log}");
     }
@@ -382,6 +412,12 @@ fn a_sandboxed_agent_cannot_read_secrets_or_other_worktrees_nor_write_outside_an
     // The agent's own commit is pushed with the branch.
     let msgs = sbx.origin_git(&["log", "--format=%s", "orch/widget-1"]);
     assert!(msgs.contains("agent-commit"), "{msgs}");
+    let staged = sbx.origin_git(&["show", "orch/widget-1:staged.txt"]);
+    assert_eq!(
+        staged.trim(),
+        "staged",
+        "the staged file was committed and pushed"
+    );
     // The rest of the pipeline runs sandboxed to the end.
     sbx.tick_until(60, |s| s.stage(1) == "done");
     sbx.check_invariants();
