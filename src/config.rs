@@ -334,7 +334,8 @@ impl Settings {
             plane_webhook_secret: get("ORCH_PLANE_WEBHOOK_SECRET").map(Secret::new),
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
             bind: get("ORCH_BIND").unwrap_or_else(|| "127.0.0.1:8500".into()),
-            admin_bind: match get("ORCH_ADMIN_BIND") {
+            // Read unfiltered: set but empty means off, unset the default.
+            admin_bind: match lookup("ORCH_ADMIN_BIND") {
                 None => Some("127.0.0.1:8501".into()),
                 Some(b) if b.trim().is_empty() => None,
                 Some(b) => Some(b.trim().to_string()),
@@ -1764,6 +1765,20 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "config: ORCH_NOTIFIER: \"pager\": expected log or telegram"
+        );
+    }
+
+    #[test]
+    fn an_empty_admin_bind_turns_the_admin_listener_off() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(&env(pairs), None, None).unwrap();
+        assert_eq!(load(&[]).admin_bind.as_deref(), Some("127.0.0.1:8501"));
+        assert_eq!(load(&[("ORCH_ADMIN_BIND", "")]).admin_bind, None);
+        assert_eq!(load(&[("ORCH_ADMIN_BIND", "  ")]).admin_bind, None);
+        assert_eq!(
+            load(&[("ORCH_ADMIN_BIND", "127.0.0.1:9000")])
+                .admin_bind
+                .as_deref(),
+            Some("127.0.0.1:9000")
         );
     }
 
