@@ -764,3 +764,112 @@ fn small_window_connect(addr: &str) -> TcpStream {
         TcpStream::from_raw_fd(fd)
     }
 }
+
+/// Duplicates the listening TCP socket on `port` out of process `pid`
+/// (`pidfd_getfd`, Linux 5.6+; a parent may take its child's descriptors)
+/// and shuts it down under the process: its `accept(2)` then fails as for a
+/// socket that died. `Err` says why this machine cannot.
+fn shut_down_listener_of(pid: u32, port: u16) -> Result<(), String> {
+    // SAFETY: plain syscalls on descriptors this function owns and closes;
+    // the getsockopt/getsockname buffers are local and sized as passed.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as libc::c_int;
+        if pidfd < 0 {
+            return Err(format!("pidfd_open: {}", std::io::Error::last_os_error()));
+        }
+        let mut result = Err(format!(
+            "no listening socket on port {port} in process {pid}"
+        ));
+        for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| e.to_string())? {
+            let Some(n) = entry.ok().and_then(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<libc::c_int>().ok())
+            }) else {
+                continue;
+            };
+            let fd = libc::syscall(libc::SYS_pidfd_getfd, pidfd, n, 0) as libc::c_int;
+            if fd < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EPERM) || e.raw_os_error() == Some(libc::ENOSYS) {
+                    result = Err(format!("pidfd_getfd: {e}"));
+                    break;
+                }
+                continue;
+            }
+            let mut listening: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            let mut slen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let is_ours = libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                (&mut listening as *mut libc::c_int).cast(),
+                &mut len,
+            ) == 0
+                && listening == 1
+                && libc::getsockname(fd, (&mut sin as *mut libc::sockaddr_in).cast(), &mut slen)
+                    == 0
+                && u16::from_be(sin.sin_port) == port;
+            if is_ours {
+                libc::shutdown(fd, libc::SHUT_RDWR);
+                result = Ok(());
+            }
+            libc::close(fd);
+            if is_ours {
+                break;
+            }
+        }
+        libc::close(pidfd);
+        result
+    }
+}
+
+#[test]
+fn a_listening_socket_that_dies_under_the_shim_ends_it_non_zero_naming_why() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let log = sbx.dir.join("serve.log");
+    let mut child = sbx
+        .orch_std()
+        .args(["serve", "--bind", &addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "serve did not listen");
+        thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(why) = shut_down_listener_of(child.id(), port) {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("SKIPPED: cannot take the listening socket out of the process here: {why}");
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "serve kept running without a listener: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "exit {status:?}: {text}");
+    assert!(text.contains("the listening socket failed"), "{text}");
+}
