@@ -830,11 +830,7 @@ fn shut_down_listener_of(pid: u32, port: u16) -> Result<(), String> {
 fn a_listening_socket_that_dies_under_the_shim_ends_it_non_zero_naming_why() {
     let sbx = Sandbox::new();
     sbx.ok(&["init"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let log = sbx.dir.join("serve.log");
     let mut child = sbx

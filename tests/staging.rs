@@ -348,11 +348,7 @@ fn a_dry_run_reads_c1_to_c4_lists_what_c5_to_c10_would_do_and_writes_nothing() {
 fn an_instance_that_is_down_is_infra_and_a_waiver_makes_it_pass() {
     let sbx = Sandbox::new();
     sbx.ok(&["init"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let (code, v, _) = check(&sbx, &url, &[], &[]);
     assert_eq!(code, 75, "{v:#}");
@@ -458,11 +454,7 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the
     let mut prod = Sandbox::new();
     let stg = Sandbox::new();
     stg.ok(&["init"]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     // Staging has its own webhook secrets: the suite signs with those of
     // its env_file, not production's.

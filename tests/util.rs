@@ -296,18 +296,8 @@ impl Sandbox {
     /// set to `open_files` in the server process.
     pub fn serve_with(&self, open_files: Option<u64>) -> Server {
         use std::os::unix::process::CommandExt;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let admin_addr = format!("127.0.0.1:{admin_port}");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let admin_addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = self.orch_std();
         cmd.args(["serve", "--bind", &addr])
             .env("ORCH_ADMIN_BIND", &admin_addr)
@@ -486,6 +476,15 @@ impl Sandbox {
 }
 
 /// A running `orch serve`; killed on drop.
+/// A port on 127.0.0.1 that was free a moment ago (the OS's pick).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub struct Server {
     pub child: Child,
     /// The webhook listener.
