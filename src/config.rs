@@ -156,6 +156,10 @@ pub struct Settings {
     /// `ORCH_REAPER_FINALIZE_GRACE_S` (default 300): how long after its
     /// agent exited a still-running job is left to its own worker.
     pub reaper_finalize_grace_s: u64,
+    /// `ORCH_WORKTREE_KEEP_S` (default 86400): how long after a task is
+    /// done the reaper removes its worktree (the branch stays on the forge
+    /// and in the clone); 0 keeps worktrees for ever.
+    pub worktree_keep_s: u64,
     /// `ORCH_RECONCILE_ENABLED` (default true): kill switch of `orch reconcile`.
     pub reconcile_enabled: bool,
     /// `ORCH_RECONCILE_GRACE_S` (default 300): a task must be unchanged this
@@ -353,6 +357,7 @@ impl Settings {
             heartbeat_s: num("ORCH_HEARTBEAT_S", 10, 1)?,
             heartbeat_stale_s: num("ORCH_HEARTBEAT_STALE_S", 120, 1)?,
             reaper_finalize_grace_s: num("ORCH_REAPER_FINALIZE_GRACE_S", 300, 0)?,
+            worktree_keep_s: num("ORCH_WORKTREE_KEEP_S", 86_400, 0)?,
             state_dir,
         })
     }
@@ -381,6 +386,13 @@ impl Settings {
     /// `<state_dir>/worktrees`: one worktree per task.
     pub fn worktrees_dir(&self) -> PathBuf {
         self.state_dir.join("worktrees")
+    }
+    /// `<state_dir>/clone-views/task-<id>`: the private view of the shared
+    /// clone a sandboxed agent of task `task_id` works in (DESIGN §4).
+    pub fn clone_view_dir(&self, task_id: i64) -> PathBuf {
+        self.state_dir
+            .join("clone-views")
+            .join(format!("task-{task_id}"))
     }
     /// `<state_dir>/verdicts`: where agents write their verdict files
     /// (outside the worktree, so a verdict is never committed).

@@ -1533,8 +1533,26 @@ impl Repo {
     /// clone, or cannot be deleted; [`Error::Subprocess`] if the prune
     /// fails.
     pub fn remove_worktree(&self, worktree: &Path) -> anyhow::Result<()> {
+        self.remove_worktree_if(worktree, || Ok(true)).map(|_| ())
+    }
+
+    /// [`Repo::remove_worktree`], but only when `still_wanted`, asked while
+    /// the worktree lock is held, says yes: a worker that would use the
+    /// worktree takes the same lock first (`ensure_worktree`), so a check
+    /// of the task's jobs made here cannot go stale before the removal.
+    /// Returns whether it removed.
+    ///
+    /// Errors: as [`Repo::remove_worktree`], and `still_wanted`'s.
+    pub fn remove_worktree_if(
+        &self,
+        worktree: &Path,
+        still_wanted: impl FnOnce() -> anyhow::Result<bool>,
+    ) -> anyhow::Result<bool> {
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
+        if !still_wanted()? {
+            return Ok(false);
+        }
         let _clone = self.lock_clone()?;
         let have_clone = self.clone_exists()?;
         if worktree.exists() {
@@ -1569,7 +1587,7 @@ impl Repo {
         if have_clone {
             git_ok(&self.clone_dir, &["worktree", "prune"])?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -30,7 +30,7 @@ pub const TICKS: [&str; 6] = [
 
 /// Counters of the `counters` table with their metric name and help;
 /// any other counter is exported as `orch_events_total{name}`.
-const KNOWN_COUNTERS: [(&str, &str, &str); 6] = [
+const KNOWN_COUNTERS: [(&str, &str, &str); 7] = [
     (
         "reconcile.unblocked_total",
         "orch_reconcile_unblocked_total",
@@ -60,6 +60,11 @@ const KNOWN_COUNTERS: [(&str, &str, &str); 6] = [
         "reap.release_leases_total",
         "orch_reap_release_leases_total",
         "Reaper passes that released stale merge leases.",
+    ),
+    (
+        "reap.remove_worktree_total",
+        "orch_reap_remove_worktree_total",
+        "Worktrees of done tasks the reaper removed after ORCH_WORKTREE_KEEP_S.",
     ),
 ];
 

@@ -1,6 +1,7 @@
 //! `orch reap`: recover jobs whose worker died, finish jobs whose worker
 //! died while finalizing, kill agents past their timeout, release stale
-//! merge leases (DESIGN §6).
+//! merge leases (DESIGN §6), and remove the worktrees of tasks done for
+//! `ORCH_WORKTREE_KEEP_S`.
 //!
 //! A pass first *plans* from observed state, then *executes* each action
 //! as a claim: the action re-checks, inside its own `BEGIN IMMEDIATE`
@@ -60,6 +61,13 @@ pub enum Action {
     },
     /// A merge lease whose holder is gone or that expired.
     ReleaseLeases,
+    /// The worktree of a task done for at least `ORCH_WORKTREE_KEEP_S`
+    /// (its branch stays on the forge and in the clone).
+    RemoveWorktree {
+        task_id: i64,
+        path: String,
+        done_s_ago: i64,
+    },
 }
 
 impl Action {
@@ -71,6 +79,7 @@ impl Action {
             Action::Finish { .. } => "finish",
             Action::Timeout { .. } => "timeout",
             Action::ReleaseLeases => "release_leases",
+            Action::RemoveWorktree { .. } => "remove_worktree",
         }
     }
 }
@@ -109,6 +118,15 @@ impl std::fmt::Display for Action {
                 "timeout job {job_id} (task {task_id}, attempt {attempt}): running {running_s}s"
             ),
             Action::ReleaseLeases => write!(f, "release stale leases"),
+            Action::RemoveWorktree {
+                task_id,
+                path,
+                done_s_ago,
+            } => write!(
+                f,
+                "remove worktree {path} (task {task_id}, done {} ago)",
+                crate::clock::duration(done_s_ago * 1000)
+            ),
         }
     }
 }
@@ -198,7 +216,64 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
     if !db.stale_leases(now)?.is_empty() {
         actions.push(Action::ReleaseLeases);
     }
+    actions.extend(finished_worktrees(ctx, db, now)?);
     Ok(actions)
+}
+
+/// The worktrees on disk whose task is done, has been for
+/// `ORCH_WORKTREE_KEEP_S`, and has no queued or running job. Found by
+/// listing each project's worktree folder (what is left to remove, not
+/// every task ever done) and looking each up by its path.
+fn finished_worktrees(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
+    let keep_ms = ctx.settings.worktree_keep_s as i64 * 1000;
+    if keep_ms == 0 {
+        return Ok(Vec::new());
+    }
+    let mut actions = Vec::new();
+    for p in &ctx.config.projects {
+        let dir = ctx.settings.worktrees_dir().join(&p.name);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path().to_string_lossy().into_owned();
+            let Some(t) = db.task_by_worktree(&path)? else {
+                continue;
+            };
+            if removable(db, &t)? && now - t.updated_at_ms >= keep_ms {
+                actions.push(Action::RemoveWorktree {
+                    task_id: t.id,
+                    path,
+                    done_s_ago: (now - t.updated_at_ms) / 1000,
+                });
+            }
+        }
+    }
+    Ok(actions)
+}
+
+/// Whether task `t`'s worktree may go: the task is done and no job of it
+/// is queued or running.
+fn removable(db: &Db, t: &crate::db::Task) -> anyhow::Result<bool> {
+    Ok(t.stage == crate::pipeline::Stage::Done && db.active_jobs(t.id)?.is_empty())
+}
+
+/// Removes a done task's worktree, checking under the worktree lock that
+/// the task is still done and idle, and the task's clone view if one was
+/// left (DESIGN §4).
+fn remove_worktree(ctx: &Ctx, db: &Db, task_id: i64, path: &str) -> anyhow::Result<String> {
+    let Some(task) = db.task(task_id)? else {
+        return Ok("skipped: the task is gone".into());
+    };
+    let repo = ctx.repo(ctx.project(&task.project)?);
+    let removed = repo.remove_worktree_if(std::path::Path::new(path), || {
+        db.task(task_id)?.map_or(Ok(false), |t| removable(db, &t))
+    })?;
+    if !removed {
+        return Ok("skipped: the task is active again".into());
+    }
+    let _ = std::fs::remove_dir_all(ctx.settings.clone_view_dir(task_id));
+    Ok("removed".into())
 }
 
 /// Kills what is left of job `j`'s agent process group. The leader itself
@@ -257,6 +332,12 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
                 match worker::finalize(ctx, db, *job_id, Actor::Reaper) {
                     Ok(out) => describe(&out),
                     Err(e) => format!("finalize failed, will retry next pass: {e:#}"),
+                }
+            }
+            Action::RemoveWorktree { task_id, path, .. } => {
+                match remove_worktree(ctx, db, *task_id, path) {
+                    Ok(r) => r,
+                    Err(e) => format!("not removed, will retry next pass: {e:#}"),
                 }
             }
             Action::ReleaseLeases => {

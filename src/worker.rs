@@ -784,10 +784,7 @@ fn agent_runner(
     // The view's logs/ is bound over the clone's: it must exist.
     std::fs::create_dir_all(clone.join("logs"))
         .with_context(|| format!("creating {}", clone.join("logs").display()))?;
-    let view_dir = abs(&ctx.settings.state_dir)
-        .join("clone-views")
-        .join(format!("task-{}", task.id));
-    let view = repo.clone_view(&view_dir, &task.branch)?;
+    let view = repo.clone_view(&ctx.settings.clone_view_dir(task.id), &task.branch)?;
     let mut writable = vec![abs(worktree)];
     if let Some(admin) = crate::git::worktree_admin_dir(worktree) {
         writable.push(admin);

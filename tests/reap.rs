@@ -424,3 +424,62 @@ fn chaos_soak_briefly_finds_no_invariant_violation() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_reaper_removes_a_worktree_once_its_task_is_done_for_orch_worktree_keep_s() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_WORKTREE_KEEP_S", "3600");
+    sbx.add_issue("finish me");
+    sbx.tick_until(30, |s| s.stage(1) == "done");
+    let done_wt = sbx.worktree(1);
+    assert!(done_wt.exists());
+    // A second task, started but not done, keeps its worktree.
+    sbx.add_issue("keep me");
+    sbx.ok(&["work-once"]);
+    let busy_wt = sbx.worktree(2);
+    assert!(busy_wt.exists());
+    assert_eq!(sbx.ok(&["reap"]).trim(), "nothing to reap", "done only now");
+
+    // Two hours later: the dry run names it and changes nothing.
+    sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "7200000");
+    let before = sbx.dump();
+    let plan = sbx.ok(&["reap", "--dry-run"]);
+    assert_eq!(
+        plan.trim(),
+        format!(
+            "would remove worktree {} (task 1, done 2 h ago)",
+            done_wt.display()
+        )
+    );
+    assert_eq!(sbx.dump(), before);
+    assert!(done_wt.exists());
+
+    let v = sbx.json(&["reap"]);
+    assert_eq!(v["actions"][0]["action"], "remove_worktree", "{v}");
+    assert_eq!(v["actions"][0]["result"], "removed", "{v}");
+    assert!(!done_wt.exists());
+    assert!(busy_wt.exists(), "a task not done keeps its worktree");
+    let listed = git_in(
+        &sbx.dir,
+        &[
+            "--git-dir",
+            sbx.state_dir().join("repos/widget").to_str().unwrap(),
+            "worktree",
+            "list",
+        ],
+    );
+    assert!(!listed.contains(done_wt.to_str().unwrap()), "{listed}");
+    assert_eq!(sbx.ok(&["reap"]).trim(), "nothing to reap", "idempotent");
+    // The branch is still on the forge; the metric counts the removal.
+    assert!(!sbx.origin_git(&["rev-parse", "orch/widget-1"]).is_empty());
+    let metrics = sbx.ok(&["metrics"]);
+    assert!(
+        metrics.contains("\norch_reap_remove_worktree_total 1\n"),
+        "{metrics}"
+    );
+
+    // 0 keeps worktrees for ever.
+    sbx.set("ORCH_WORKTREE_KEEP_S", "0")
+        .set("ORCH_TEST_CLOCK_OFFSET_MS", "999999999");
+    assert_eq!(sbx.ok(&["reap"]).trim(), "nothing to reap");
+}

@@ -324,4 +324,11 @@ CREATE INDEX agent_runs_started ON agent_runs(started_at_ms);
 CREATE INDEX agent_runs_task ON agent_runs(task_id);
 CREATE INDEX agent_runs_role ON agent_runs(role, id);
 "#,
+    // 13: the reaper removes the worktrees of tasks done for a while
+    // (`ORCH_WORKTREE_KEEP_S`); it finds them on disk and looks each up by
+    // its path. A worktree's path never changes after the task is made, so
+    // the index costs nothing on the hot path.
+    r#"
+CREATE INDEX tasks_worktree ON tasks(worktree);
+"#,
 ];

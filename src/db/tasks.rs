@@ -132,6 +132,14 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The task whose worktree is `path` (as stored: absolute), if any.
+    pub fn task_by_worktree(&self, path: &str) -> anyhow::Result<Option<Task>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {TASK_COLS} FROM tasks WHERE worktree=?1"))?;
+        Ok(stmt.query_row([path], task_row).optional()?)
+    }
+
     /// The task for `(project, tracker_issue_id)`, if any.
     pub fn task_by_issue(
         &self,
