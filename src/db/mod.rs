@@ -38,7 +38,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::error::Error;
 
@@ -89,21 +89,15 @@ impl Db {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating database directory {}", dir.display()))?;
         }
-        let conn = Connection::open(path)
-            .with_context(|| format!("opening database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
-        // The hot queries are `prepare_cached` statements; rusqlite's default
-        // of 16 can be fewer than one worker cycle uses, and an LRU cache
-        // smaller than a loop's working set misses on every statement.
-        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.pragma_update(None, "journal_mode", "WAL")
+        let mut db = connect(
+            path.as_os_str(),
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+            busy_timeout_ms,
+        )?;
+        db.conn
+            .pragma_update(None, "journal_mode", "WAL")
             .with_context(|| format!("setting WAL on {}", path.display()))?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut db = Db {
-            conn,
-            rehearsing: Default::default(),
-        };
         db.migrate()
             .with_context(|| format!("migrating database {}", path.display()))?;
         Ok(db)
@@ -118,17 +112,12 @@ impl Db {
     /// with the path as context.
     pub fn open_existing(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
         require_file(path)?;
-        let flags =
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags)
-            .with_context(|| format!("opening database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        let db = Db {
-            conn,
-            rehearsing: Default::default(),
-        };
+        let db = connect(
+            path.as_os_str(),
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE,
+            busy_timeout_ms,
+        )?;
         db.require_current(path)?;
         Ok(db)
     }
@@ -142,17 +131,13 @@ impl Db {
     /// Errors: as [`Db::open_existing`].
     pub fn open_read_only(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
         require_file(path)?;
-        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
         let open = |uri: &str| -> anyhow::Result<Db> {
-            let conn = Connection::open_with_flags(uri, flags)
-                .with_context(|| format!("opening database {} read-only", path.display()))?;
-            conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
-            let db = Db {
-                conn,
-                rehearsing: Default::default(),
-            };
+            let db = connect(
+                std::ffi::OsStr::new(uri),
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+                busy_timeout_ms,
+            )?;
             db.require_current(path)?;
             Ok(db)
         };
@@ -193,26 +178,16 @@ impl Db {
     /// database, and writes only its cleanup). `writable` false opens it
     /// read-only.
     ///
-    /// Errors: no file at `path`; SQLite errors with the path as context.
+    /// Errors: [`Error::NotInitialised`] when there is no file at `path`;
+    /// SQLite errors with the path as context.
     pub fn open_as_is(path: &Path, busy_timeout_ms: u64, writable: bool) -> anyhow::Result<Db> {
-        use rusqlite::OpenFlags;
-        anyhow::ensure!(path.is_file(), "no database at {}", path.display());
+        require_file(path)?;
         let mode = if writable {
             OpenFlags::SQLITE_OPEN_READ_WRITE
         } else {
             OpenFlags::SQLITE_OPEN_READ_ONLY
         };
-        let conn = Connection::open_with_flags(
-            path,
-            mode | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("opening database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        Ok(Db {
-            conn,
-            rehearsing: Default::default(),
-        })
+        connect(path.as_os_str(), path, mode, busy_timeout_ms)
     }
 
     /// The `user_version` of an existing database file, without migrating.
@@ -374,6 +349,41 @@ impl Db {
 }
 
 /// Errors with [`Error::NotInitialised`] unless `path` is a file.
+/// The one connection set-up of every `open`: `target` (a path, or a
+/// `file:` URI with `SQLITE_OPEN_URI`) opened with `flags`, the busy
+/// timeout, the statement cache, foreign keys, and `synchronous=FULL` on a
+/// writable connection (a delivery is durable before the shim answers).
+/// `path` names the database in errors.
+fn connect(
+    target: &std::ffi::OsStr,
+    path: &Path,
+    flags: OpenFlags,
+    busy_timeout_ms: u64,
+) -> anyhow::Result<Db> {
+    let writable = flags.contains(OpenFlags::SQLITE_OPEN_READ_WRITE);
+    let conn = Connection::open_with_flags(target, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .with_context(|| {
+            format!(
+                "opening database {}{}",
+                path.display(),
+                if writable { "" } else { " read-only" }
+            )
+        })?;
+    conn.busy_timeout(Duration::from_millis(busy_timeout_ms))?;
+    // The hot queries are `prepare_cached` statements; rusqlite's default
+    // of 16 can be fewer than one worker cycle uses, and an LRU cache
+    // smaller than a loop's working set misses on every statement.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    if writable {
+        conn.pragma_update(None, "synchronous", "FULL")?;
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(Db {
+        conn,
+        rehearsing: Default::default(),
+    })
+}
+
 fn require_file(path: &Path) -> anyhow::Result<()> {
     if path.is_file() {
         Ok(())
