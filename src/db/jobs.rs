@@ -356,12 +356,14 @@ impl Db {
 }
 impl Tx<'_> {
     /// Records that `project` was just claimed from: it goes to the back of
-    /// [`Db::projects_by_last_claim`].
+    /// [`Db::projects_by_last_claim`]. A project already at the back (its
+    /// `claim_seq` above every other's; the only project, say) keeps its
+    /// row: the order would not change, and the claim writes one page less.
     pub fn mark_project_claimed(&self, project: &str) -> anyhow::Result<()> {
         self.conn
             .prepare_cached(
                 "UPDATE projects SET claim_seq=(SELECT COALESCE(MAX(claim_seq),0)+1 FROM projects) \
-                 WHERE name=?1",
+                 WHERE name=?1 AND claim_seq <= (SELECT MAX(claim_seq) FROM projects WHERE name<>?1)",
             )?
             .execute([project])?;
         Ok(())
@@ -377,11 +379,16 @@ impl Tx<'_> {
         task_version: i64,
         now_ms: i64,
     ) -> anyhow::Result<i64> {
-        self.conn.prepare_cached(
+        let inserted = self.conn.prepare_cached(
             "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, available_at_ms, created_at_ms) \
              VALUES (?1,?2,?3,?4,'queued',1,?5,?5) ON CONFLICT(task_id, stage, task_version) DO NOTHING",
         )?
         .execute(params![task_id, stage, role, task_version, now_ms])?;
+        if inserted == 1 {
+            // The row this statement inserted (a replay inserts none and
+            // leaves the rowid alone): no second lookup.
+            return Ok(self.conn.last_insert_rowid());
+        }
         Ok(self
             .conn
             .prepare_cached(
