@@ -519,7 +519,7 @@ impl Tally {
                 .or_default() += n;
         }
         let mut by: Vec<_> = by.into_iter().collect();
-        by.sort_by(|a, b| b.1.cmp(&a.1));
+        by.sort_by_key(|b| std::cmp::Reverse(b.1));
         let k = self.frames.len().max(1) as f64;
         by.iter()
             .map(|(name, n)| format!("{name} {:.2}", *n as f64 / k))
