@@ -60,6 +60,7 @@ struct Args {
     n: usize,
     rounds: usize,
     keep: bool,
+    profile: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -68,6 +69,7 @@ fn parse_args() -> anyhow::Result<Args> {
         n: 1000,
         rounds: 1,
         keep: false,
+        profile: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,14 +89,18 @@ fn parse_args() -> anyhow::Result<Args> {
                     .with_context(|| format!("--rounds: not a number: {v:?}"))?;
             }
             "--keep" => a.keep = true,
+            "--profile" => a.profile = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: bench_queue [--db PATH] [--n 1000] [--rounds 1] [--keep]\n\
+                    "usage: bench_queue [--db PATH] [--n 1000] [--rounds 1] [--keep] [--profile]\n\
                      --db PATH: orch's database file (must not exist; the raw one is PATH.raw.db);\n\
                      \x20          default: a fresh temp folder\n\
                      --n N: tasks; each is 7 claim+complete cycles (14 commits)\n\
                      --rounds R: orch then raw, R times on fresh files; medians are reported\n\
-                     --keep: keep the last round's databases"
+                     --keep: keep the last round's databases\n\
+                     --profile: no timing; count the WAL frames and statements of each claim\n\
+                     \x20          and complete transaction (checkpoints off), print the\n\
+                     \x20          statements of one claim and one complete with their query plans"
                 );
                 std::process::exit(0);
             }
@@ -154,14 +160,36 @@ const CONFIG: &str = "[agents.default]\nargv = [\"true\"]\n\n[[projects]]\nname 
 trait Side {
     /// Enqueues work item `i` in one transaction.
     fn enqueue(&mut self, i: usize) -> anyhow::Result<()>;
-    /// Claims a job (transaction 1) and completes it (transaction 2);
-    /// `None` when the queue is empty (after the claim transaction).
-    fn cycle(&mut self, f: &mut Figures) -> anyhow::Result<Option<()>>;
+    /// Claims a job (transaction 1): `(job, task, stage)`, `None` when the
+    /// queue is empty.
+    fn claim(&mut self) -> anyhow::Result<Option<Claimed>>;
+    /// Completes a claimed job (transaction 2).
+    fn complete(&mut self, c: Claimed) -> anyhow::Result<()>;
     /// Tasks done.
     fn done(&self) -> anyhow::Result<usize>;
     /// `<synchronous>/<journal_mode>`.
     fn mode(&self) -> anyhow::Result<String>;
+    /// The side's connection (for `--profile`).
+    fn conn(&self) -> &Connection;
+
+    /// Claims a job and completes it, timing both transactions into `f`;
+    /// `None` when the queue is empty (after the claim transaction).
+    fn cycle(&mut self, f: &mut Figures) -> anyhow::Result<Option<()>> {
+        let t = Instant::now();
+        let claimed = self.claim()?;
+        f.claim += t.elapsed();
+        let Some(c) = claimed else { return Ok(None) };
+        let t = Instant::now();
+        self.complete(c)?;
+        f.complete += t.elapsed();
+        f.cycles += 1;
+        Ok(Some(()))
+    }
 }
+
+/// A claimed job: `(job id, task id, stage number)` (the stage number is
+/// the raw side's; orch reads its task).
+type Claimed = (i64, i64, i64);
 
 struct Orch {
     db: Db,
@@ -224,9 +252,8 @@ impl Side for Orch {
         Ok(())
     }
 
-    fn cycle(&mut self, f: &mut Figures) -> anyhow::Result<Option<()>> {
+    fn claim(&mut self) -> anyhow::Result<Option<Claimed>> {
         let worker = (self.worker.0.as_str(), self.worker.1, self.worker.2);
-        let t = Instant::now();
         let claimed = self.db.write(|tx| {
             pipeline::job::claim_next(
                 tx,
@@ -240,22 +267,17 @@ impl Side for Orch {
                 orch::clock::now_ms(),
             )
         })?;
-        f.claim += t.elapsed();
-        let Some(job) = claimed else { return Ok(None) };
-        let t = Instant::now();
+        Ok(claimed.map(|j| (j.id, j.task_id, 0)))
+    }
+
+    fn complete(&mut self, (job, task, _): Claimed) -> anyhow::Result<()> {
         let moved = self.db.write(|tx| {
-            let task = tx.task(job.task_id)?.context("task vanished")?;
-            let m = Move::new(&task, task.stage.next(), Actor::Worker, "bench").finishing(job.id);
+            let task = tx.task(task)?.context("task vanished")?;
+            let m = Move::new(&task, task.stage.next(), Actor::Worker, "bench").finishing(job);
             pipeline::apply(tx, self.policy, &m, orch::clock::now_ms())
         })?;
-        f.complete += t.elapsed();
-        ensure!(
-            matches!(moved, Moved::Applied { .. }),
-            "job {} lost",
-            job.id
-        );
-        f.cycles += 1;
-        Ok(Some(()))
+        ensure!(matches!(moved, Moved::Applied { .. }), "job {job} lost");
+        Ok(())
     }
 
     fn done(&self) -> anyhow::Result<usize> {
@@ -268,6 +290,10 @@ impl Side for Orch {
 
     fn mode(&self) -> anyhow::Result<String> {
         mode(self.db.conn())
+    }
+
+    fn conn(&self) -> &Connection {
+        self.db.conn()
     }
 }
 
@@ -322,12 +348,11 @@ impl Side for Raw {
         Ok(())
     }
 
-    fn cycle(&mut self, f: &mut Figures) -> anyhow::Result<Option<()>> {
-        let t = Instant::now();
+    fn claim(&mut self) -> anyhow::Result<Option<Claimed>> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let claimed: Option<(i64, i64, i64)> = tx
+        let claimed: Option<Claimed> = tx
             .prepare_cached(
                 "UPDATE jobs SET status='running', worker_pid=?2, claimed_at_ms=?1 WHERE id = \
                  (SELECT id FROM jobs WHERE status='queued' AND available_at_ms<=?1 \
@@ -338,11 +363,10 @@ impl Side for Raw {
             })
             .optional()?;
         tx.commit()?;
-        f.claim += t.elapsed();
-        let Some((job, task, stage)) = claimed else {
-            return Ok(None);
-        };
-        let t = Instant::now();
+        Ok(claimed)
+    }
+
+    fn complete(&mut self, (job, task, stage): Claimed) -> anyhow::Result<()> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -364,9 +388,7 @@ impl Side for Raw {
             .execute(params![task, stage + 1, at])?;
         }
         tx.commit()?;
-        f.complete += t.elapsed();
-        f.cycles += 1;
-        Ok(Some(()))
+        Ok(())
     }
 
     fn done(&self) -> anyhow::Result<usize> {
@@ -379,6 +401,10 @@ impl Side for Raw {
 
     fn mode(&self) -> anyhow::Result<String> {
         mode(&self.conn)
+    }
+
+    fn conn(&self) -> &Connection {
+        &self.conn
     }
 }
 
@@ -428,6 +454,181 @@ fn round(orch: &mut Orch, raw: &mut Raw, n: usize) -> anyhow::Result<(Figures, F
     o.done = orch.done()?;
     r.done = raw.done()?;
     Ok((o, r))
+}
+
+// ------------------------------------------------------------ profile
+
+/// SQL of the statements run on the profiled connections, in order
+/// (`--profile`; both sides share the trace callback, and run one at a
+/// time).
+static TRACED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+fn trace(e: rusqlite::trace::TraceEvent<'_>) {
+    if let rusqlite::trace::TraceEvent::Stmt(_, sql) = e {
+        if let Ok(mut v) = TRACED.lock() {
+            v.push(sql.to_string());
+        }
+    }
+}
+
+fn traced() -> Vec<String> {
+    TRACED
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default()
+}
+
+/// Frames and statements of one kind of transaction (claim or complete).
+#[derive(Default)]
+struct Tally {
+    frames: Vec<u64>,
+    statements: Vec<usize>,
+    /// The statements of the first one.
+    first: Vec<String>,
+    /// How many frames wrote each page (number), over all of them.
+    pages: std::collections::BTreeMap<u32, u64>,
+}
+
+impl Tally {
+    /// One transaction: the WAL bytes it appended (whole frames of
+    /// `page` bytes plus a 24-byte header starting with the page number)
+    /// and its statements.
+    fn add(&mut self, wal: &[u8], page: usize, statements: Vec<String>) {
+        let frames = wal.chunks(page + 24).filter(|f| f.len() >= 4);
+        let mut n = 0;
+        for f in frames {
+            *self
+                .pages
+                .entry(u32::from_be_bytes([f[0], f[1], f[2], f[3]]))
+                .or_default() += 1;
+            n += 1;
+        }
+        self.frames.push(n);
+        self.statements.push(statements.len());
+        if self.first.is_empty() {
+            self.first = statements;
+        }
+    }
+
+    /// Frames per transaction by b-tree (table or index, `dbstat`'s
+    /// `names` of each page), most first.
+    fn by_btree(&self, names: &std::collections::HashMap<u32, String>) -> String {
+        let mut by: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (p, n) in &self.pages {
+            *by.entry(names.get(p).map_or("(free or new)", String::as_str))
+                .or_default() += n;
+        }
+        let mut by: Vec<_> = by.into_iter().collect();
+        by.sort_by_key(|b| std::cmp::Reverse(b.1));
+        let k = self.frames.len().max(1) as f64;
+        by.iter()
+            .map(|(name, n)| format!("{name} {:.2}", *n as f64 / k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    fn show(&self, what: &str) -> String {
+        let k = self.frames.len().max(1) as f64;
+        let f: u64 = self.frames.iter().sum();
+        let st: usize = self.statements.iter().sum();
+        format!(
+            "{what}: {:.2} WAL frames per commit ({}–{}), {:.2} statements per transaction",
+            f as f64 / k,
+            self.frames.iter().min().unwrap_or(&0),
+            self.frames.iter().max().unwrap_or(&0),
+            st as f64 / k
+        )
+    }
+}
+
+/// `--profile`: each side on its own fresh file with checkpoints off, so
+/// the WAL only grows; a commit's frames are its growth ÷ (page size + 24).
+/// Prints the frames and statements per claim and per complete, then the
+/// statements of one claim and one complete with their query plans.
+fn profile(path: &Path, raw_path: &Path, n: usize) -> anyhow::Result<()> {
+    let mut orch = Orch::open(path)?;
+    let sync = orch.mode()?.split('/').next().unwrap_or("FULL").to_string();
+    let mut raw = Raw::open(raw_path, &sync)?;
+    let sides: [(&str, &mut dyn Side, &Path); 2] =
+        [("orch", &mut orch, path), ("raw", &mut raw, raw_path)];
+    for (name, side, file) in sides {
+        for i in 1..=n {
+            side.enqueue(i)?;
+        }
+        // An empty WAL that only grows from here: a commit's frames are its
+        // growth.
+        side.conn().pragma_update(None, "wal_autocheckpoint", 0)?;
+        side.conn()
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        let page: u64 = side
+            .conn()
+            .query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let mut wal = file.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let appended = |from: u64| -> anyhow::Result<Vec<u8>> {
+            use std::io::{Read, Seek};
+            let mut f = std::fs::File::open(&wal)?;
+            f.seek(std::io::SeekFrom::Start(from))?;
+            let mut out = Vec::new();
+            f.read_to_end(&mut out)?;
+            Ok(out)
+        };
+        side.conn().trace_v2(
+            rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(trace),
+        );
+        let (mut claims, mut completes) = (Tally::default(), Tally::default());
+        traced();
+        let page = page as usize;
+        loop {
+            let before = size();
+            let claimed = side.claim()?;
+            claims.add(&appended(before)?, page, traced());
+            let Some(c) = claimed else { break };
+            let before = size();
+            side.complete(c)?;
+            completes.add(&appended(before)?, page, traced());
+        }
+        side.conn()
+            .trace_v2(rusqlite::trace::TraceEventCodes::empty(), None);
+        ensure!(side.done()? == n, "{name}: not every task is done");
+        let names: std::collections::HashMap<u32, String> = {
+            let mut stmt = side.conn().prepare("SELECT pageno, name FROM dbstat")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        println!(
+            "{name} ({} cycles, page size {page}):",
+            completes.frames.len()
+        );
+        println!("  {}", claims.show("claim"));
+        println!("    by b-tree: {}", claims.by_btree(&names));
+        println!("  {}", completes.show("complete"));
+        println!("    by b-tree: {}", completes.by_btree(&names));
+        for (what, t) in [("claim", &claims), ("complete", &completes)] {
+            println!("  statements of the first {what}:");
+            for sql in &t.first {
+                println!("    {sql}");
+                let upper = sql.trim_start().to_uppercase();
+                if ["BEGIN", "COMMIT", "SAVEPOINT", "RELEASE"]
+                    .iter()
+                    .any(|k| upper.starts_with(k))
+                {
+                    continue;
+                }
+                let mut stmt = side.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+                let plan: Vec<String> = stmt
+                    .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))?
+                    .collect::<Result<_, _>>()?;
+                for step in plan {
+                    println!("        plan: {step}");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------ report
@@ -505,6 +706,18 @@ fn main() -> anyhow::Result<()> {
         path.display(),
         raw_path.display()
     );
+    if args.profile {
+        let out = profile(&path, &raw_path, args.n);
+        if !args.keep {
+            remove_db(&path);
+            remove_db(&raw_path);
+            let _ = std::fs::remove_dir_all(path.with_extension("worktrees"));
+            if let Some(d) = &temp {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+        return out;
+    }
     let mut rounds = Vec::new();
     let mut modes = (String::new(), String::new());
     for r in 1..=args.rounds {

@@ -135,15 +135,22 @@ impl Tx<'_> {
     /// regardless of the budgets (`orch task unpark`), else the waiver is
     /// used up (a claim). Returns whether the task was parked.
     pub fn unpark_task(&self, task_id: i64, waive: bool) -> anyhow::Result<bool> {
-        let was: bool = self
+        // Every claim calls this; most tasks are neither parked nor waived,
+        // and then there is nothing to write.
+        let (was, has_reason, waived): (bool, bool, bool) = self
             .conn
-            .prepare_cached("SELECT parked_at_ms IS NOT NULL FROM tasks WHERE id=?1")?
-            .query_row([task_id], |r| r.get(0))?;
-        self.conn
             .prepare_cached(
-                "UPDATE tasks SET parked_at_ms=NULL, parked_reason=NULL, budget_waived=?2 WHERE id=?1",
+                "SELECT parked_at_ms IS NOT NULL, parked_reason IS NOT NULL, budget_waived \
+                 FROM tasks WHERE id=?1",
             )?
-            .execute(params![task_id, waive])?;
+            .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        if was || has_reason || waived != waive {
+            self.conn
+                .prepare_cached(
+                    "UPDATE tasks SET parked_at_ms=NULL, parked_reason=NULL, budget_waived=?2 WHERE id=?1",
+                )?
+                .execute(params![task_id, waive])?;
+        }
         Ok(was)
     }
 }

@@ -949,6 +949,103 @@ mod tests {
         assert_eq!(at(100), Some(3));
     }
 
+    thread_local! {
+        /// Statements traced on this thread's connection.
+        static TRACED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn trace(e: rusqlite::trace::TraceEvent<'_>) {
+        if let rusqlite::trace::TraceEvent::Stmt(_, sql) = e {
+            TRACED.with(|t| t.borrow_mut().push(sql.to_string()));
+        }
+    }
+
+    /// Runs `f` in a write transaction; returns the rows it changed and
+    /// the query plan lines of every statement it ran.
+    fn rows_and_plans<T>(db: &Db, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> (u64, Vec<String>) {
+        let conn = db.conn();
+        TRACED.with(|t| t.borrow_mut().clear());
+        conn.trace_v2(
+            rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,
+            Some(trace),
+        );
+        let before = conn.total_changes();
+        db.write(f).unwrap();
+        let changed = conn.total_changes() - before;
+        conn.trace_v2(rusqlite::trace::TraceEventCodes::empty(), None);
+        let mut plans = Vec::new();
+        for sql in TRACED.with(|t| t.take()) {
+            if sql.starts_with("BEGIN") || sql.starts_with("COMMIT") {
+                continue;
+            }
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let nulls = vec![rusqlite::types::Null; stmt.parameter_count()];
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+                .unwrap();
+            plans.extend(rows.map(|r| format!("{}  <- {sql}", r.unwrap())));
+        }
+        (changed, plans)
+    }
+
+    /// The hot path of the queue (issue 11's benchmark): a claim changes
+    /// only its job's row — no bookkeeping rewritten with the values it
+    /// had (the only project's claim order, an unparked task) — and a move
+    /// only the rows the transition rule promises (task, transition, the
+    /// finished and the next job, the tracker comment). Every statement of
+    /// both finds its rows through a key or index: none scans the growing
+    /// tables (only the small `projects`, `pauses`, `leases`).
+    #[test]
+    fn a_claim_and_a_move_write_only_their_rows_and_scan_no_growing_table() {
+        let (_d, db, job) = db_with_job();
+        let limits = Limits {
+            global: 10,
+            ..Limits::default()
+        };
+        let (claimed, claim_plans) = rows_and_plans(&db, |tx| {
+            let j = claim_next(tx, &limits, None, None, ("h", 1, 1), 5)?;
+            assert_eq!(j.map(|j| j.id), Some(job));
+            Ok(())
+        });
+        assert_eq!(claimed, 1, "the claim changes its job's row only");
+        let (moved, move_plans) = rows_and_plans(&db, |tx| {
+            let task = tx.task(1)?.unwrap();
+            let m = Move::new(&task, Stage::Architecture, Actor::Worker, "ok").finishing(job);
+            assert!(matches!(
+                apply(
+                    tx,
+                    Policy {
+                        max_developer_retries: 3
+                    },
+                    &m,
+                    6
+                )?,
+                super::super::Moved::Applied {
+                    next_job: Some(_),
+                    ..
+                }
+            ));
+            Ok(())
+        });
+        assert_eq!(
+            moved, 5,
+            "task, transition, finished job, next job, comment"
+        );
+        let scans_a_growing_table = |plan: &str| {
+            let mut words = plan.split_whitespace();
+            words.next() == Some("SCAN")
+                && words.next().is_some_and(|t| {
+                    ["jobs", "j", "tasks", "t", "transitions", "outbox"].contains(&t)
+                })
+        };
+        for plan in claim_plans.iter().chain(&move_plans) {
+            assert!(!scans_a_growing_table(plan), "{plan}");
+        }
+        // The check sees a scan when there is one.
+        let (_, plans) = rows_and_plans(&db, |tx| tx.unfinished_tasks());
+        assert!(plans.iter().any(|p| scans_a_growing_table(p)), "{plans:?}");
+    }
+
     #[test]
     fn an_illegal_edge_is_refused_naming_it_and_writes_nothing() {
         let (_d, db, job) = db_with_job();
