@@ -1657,7 +1657,7 @@ pub struct ViewApplied {
     pub discarded: Vec<String>,
 }
 
-/// Most files read from a view's `refs/` or `objects/` (an agent could
+/// Most files read from a view's `refs/` (an agent could
 /// create millions).
 const MAX_VIEW_FILES: usize = 100_000;
 
