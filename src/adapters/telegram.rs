@@ -44,7 +44,8 @@ pub struct Answer<T = Message> {
     pub parameters: Option<Parameters>,
 }
 
-/// `ResponseParameters` (only `retry_after` is read).
+/// `ResponseParameters`: `retry_after` (flood control) and
+/// `migrate_to_chat_id` (the group became a supergroup) are read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Parameters {
     /// Seconds to wait before the next request (flood control).
@@ -262,11 +263,16 @@ pub fn parse<T: DeserializeOwned>(r: Reply, op: &str) -> Result<T, AdapterError>
             } else {
                 r.status
             };
+            let mut message = a.description.unwrap_or_else(|| r.error_text());
+            // A basic group upgraded to a supergroup has a new id for good.
+            if let Some(id) = a.parameters.as_ref().and_then(|p| p.migrate_to_chat_id) {
+                message += &format!(" (its id is now {id}: set ORCH_TELEGRAM_CHAT_ID={id})");
+            }
             Err(AdapterError::Status {
                 service: SERVICE,
                 op: op.into(),
                 status,
-                message: a.description.unwrap_or_else(|| r.error_text()),
+                message,
                 retry_after_ms,
             })
         }
@@ -344,6 +350,14 @@ mod tests {
         assert_eq!(chat.id, -1001234567890);
         assert_eq!(chat.kind, "supergroup");
         assert_eq!(chat.title.as_deref(), Some("Delivery pipeline"));
+        let e = parse::<Chat>(reply("error-400-migrated"), "getChat").unwrap_err();
+        assert_eq!(e.status(), Some(400));
+        assert!(!e.retryable());
+        assert!(
+            e.to_string()
+                .contains("its id is now -1001234567890: set ORCH_TELEGRAM_CHAT_ID=-1001234567890"),
+            "{e}"
+        );
         let e = parse::<Chat>(reply("error-400-chat-not-found"), "getChat").unwrap_err();
         assert_eq!(e.status(), Some(400));
         assert!(e.to_string().contains("chat not found"), "{e}");
