@@ -240,7 +240,7 @@ fn finished_worktrees(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action
             let Some(t) = db.task_by_worktree(&path)? else {
                 continue;
             };
-            if removable(db, &t)? && now - t.updated_at_ms >= keep_ms {
+            if now - t.updated_at_ms >= keep_ms && removable(db, &t)? {
                 actions.push(Action::RemoveWorktree {
                     task_id: t.id,
                     path,
