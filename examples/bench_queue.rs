@@ -706,8 +706,8 @@ fn main() -> anyhow::Result<()> {
         path.display(),
         raw_path.display()
     );
-    if args.profile {
-        let out = profile(&path, &raw_path, args.n);
+    // The databases, their worktrees and the temp folder, unless --keep.
+    let clean_up = || {
         if !args.keep {
             remove_db(&path);
             remove_db(&raw_path);
@@ -716,6 +716,10 @@ fn main() -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir_all(d);
             }
         }
+    };
+    if args.profile {
+        let out = profile(&path, &raw_path, args.n);
+        clean_up();
         return out;
     }
     let mut rounds = Vec::new();
@@ -751,14 +755,7 @@ fn main() -> anyhow::Result<()> {
         modes = (orch_mode, raw_mode);
         rounds.push((o, raw));
     }
-    if !args.keep {
-        remove_db(&path);
-        remove_db(&raw_path);
-        let _ = std::fs::remove_dir_all(path.with_extension("worktrees"));
-        if let Some(d) = &temp {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
+    clean_up();
     let med = |f: &dyn Fn(&(Figures, Figures)) -> f64| median(rounds.iter().map(f).collect());
     let cycles = rounds[0].0.cycles;
     let report = json!({
