@@ -54,16 +54,8 @@ const BATCH: usize = 500;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
-/// The stages a task can stop at (the ones with a job).
-const STAGES: [Stage; 7] = [
-    Stage::Analysis,
-    Stage::Architecture,
-    Stage::Development,
-    Stage::Review,
-    Stage::Testing,
-    Stage::DeployStaging,
-    Stage::Deploy,
-];
+/// The stages a task can stop at (the ones with a job): all but done.
+const STAGES: &[Stage] = Stage::ALL.split_last().unwrap().1;
 
 // ------------------------------------------------------------ arguments
 
@@ -214,20 +206,7 @@ fn build(args: &Args, path: &Path) -> anyhow::Result<()> {
 
     let db = Db::open(path, 5000)?;
     let now = orch::clock::now_ms();
-    db.write(|tx| {
-        tx.sync_project(
-            &ProjectRow {
-                name: &project.name,
-                tracker: project.tracker.as_str(),
-                tracker_project_id: &project.tracker_project_id,
-                forge: project.forge.as_str(),
-                repo: &project.repo,
-                default_branch: &project.default_branch,
-                clone_url: &project.clone_url,
-            },
-            now,
-        )
-    })?;
+    db.write(|tx| tx.sync_project(&ProjectRow::of(project), now))?;
     // History an hour ago and earlier, one ms per step.
     let mut t = now - 3600 * 1000 - (args.tasks as i64) * 20;
     let started = Instant::now();

@@ -204,20 +204,7 @@ impl Orch {
         let config = Config::parse(CONFIG)?;
         let db = Db::open(path, 5000)?;
         let p = &config.projects[0];
-        db.write(|tx| {
-            tx.sync_project(
-                &ProjectRow {
-                    name: &p.name,
-                    tracker: p.tracker.as_str(),
-                    tracker_project_id: &p.tracker_project_id,
-                    forge: p.forge.as_str(),
-                    repo: &p.repo,
-                    default_branch: &p.default_branch,
-                    clone_url: &p.clone_url,
-                },
-                orch::clock::now_ms(),
-            )
-        })?;
+        db.write(|tx| tx.sync_project(&ProjectRow::of(p), orch::clock::now_ms()))?;
         Ok(Orch {
             db,
             config,

@@ -387,6 +387,18 @@ impl Settings {
     pub fn worktrees_dir(&self) -> PathBuf {
         self.state_dir.join("worktrees")
     }
+    /// The folders `orch init` makes under the state directory (the
+    /// directory itself first).
+    pub fn state_dirs(&self) -> [PathBuf; 6] {
+        [
+            self.state_dir.clone(),
+            self.locks_dir(),
+            self.logs_dir(),
+            self.repos_dir(),
+            self.worktrees_dir(),
+            self.verdicts_dir(),
+        ]
+    }
     /// `<state_dir>/clone-views/task-<id>`: the private view of the shared
     /// clone a sandboxed agent of task `task_id` works in (DESIGN §4).
     pub fn clone_view_dir(&self, task_id: i64) -> PathBuf {

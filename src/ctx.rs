@@ -39,14 +39,7 @@ impl Ctx {
     /// Creates the state folders and refuses NFS. Idempotent.
     pub fn ensure_state_dirs(&self) -> anyhow::Result<()> {
         let s = &self.settings;
-        for dir in [
-            s.state_dir.clone(),
-            s.locks_dir(),
-            s.logs_dir(),
-            s.repos_dir(),
-            s.worktrees_dir(),
-            s.verdicts_dir(),
-        ] {
+        for dir in s.state_dirs() {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating state folder {}", dir.display()))?;
         }
@@ -88,16 +81,7 @@ impl Ctx {
         let now = crate::clock::now_ms();
         db.write(|tx| {
             for p in &self.config.projects {
-                let row = crate::db::ProjectRow {
-                    name: &p.name,
-                    tracker: p.tracker.as_str(),
-                    tracker_project_id: &p.tracker_project_id,
-                    forge: p.forge.as_str(),
-                    repo: &p.repo,
-                    default_branch: &p.default_branch,
-                    clone_url: &p.clone_url,
-                };
-                tx.sync_project(&row, now)?;
+                tx.sync_project(&crate::db::ProjectRow::of(p), now)?;
             }
             Ok(())
         })

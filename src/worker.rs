@@ -169,18 +169,29 @@ fn sent_back_by_merge_gate(db: &Db, task: &Task) -> anyhow::Result<bool> {
 /// Errors: the task vanished; a config error rendering the argv.
 pub fn planned_argv(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Vec<String>> {
     let task = db.task(job.task_id)?.context("job's task vanished")?;
-    let brief = crate::brief::render(
+    Ok(brief_of(ctx, db, &task, job, &[])?.argv)
+}
+
+/// The brief of `job`'s run of `task` with `notes`: what the run gets and
+/// what a dry run reports, rendered by the one [`crate::brief::render`].
+fn brief_of(
+    ctx: &Ctx,
+    db: &Db,
+    task: &Task,
+    job: &Job,
+    notes: &[String],
+) -> anyhow::Result<crate::brief::Brief> {
+    crate::brief::render(
         ctx,
         db,
         crate::brief::RunOf {
-            task: &task,
+            task,
             stage: job.stage,
             role: &job.role,
             job: Some(job),
         },
-        &[],
-    )?;
-    Ok(brief.argv)
+        notes,
+    )
 }
 
 /// Prepares the worktree, runs the agent, and records its exit, run and
@@ -228,17 +239,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         }
     }
 
-    let brief = crate::brief::render(
-        ctx,
-        db,
-        crate::brief::RunOf {
-            task: &task,
-            stage: job.stage,
-            role: &job.role,
-            job: Some(job),
-        },
-        &notes,
-    )?;
+    let brief = brief_of(ctx, db, &task, job, &notes)?;
     let verdict_file = brief.verdict_file.clone();
     std::fs::create_dir_all(&brief.verdict_dir)
         .with_context(|| format!("creating {}", brief.verdict_dir.display()))?;

@@ -51,17 +51,7 @@ pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
 fn plan(ctx: &Ctx) -> anyhow::Result<Output> {
     let s = &ctx.settings;
     let latest = orch::db::schema_version();
-    let missing: Vec<_> = [
-        s.state_dir.clone(),
-        s.locks_dir(),
-        s.logs_dir(),
-        s.repos_dir(),
-        s.worktrees_dir(),
-        s.verdicts_dir(),
-    ]
-    .into_iter()
-    .filter(|d| !d.is_dir())
-    .collect();
+    let missing: Vec<_> = s.state_dirs().into_iter().filter(|d| !d.is_dir()).collect();
     let before = if s.db_path.exists() {
         Some(Db::open_readonly_version(&s.db_path)?)
     } else {

@@ -192,9 +192,7 @@ impl Db {
 
     /// The `user_version` of an existing database file, without migrating.
     pub fn open_readonly_version(path: &Path) -> anyhow::Result<i64> {
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .with_context(|| format!("opening database {}", path.display()))?;
-        Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        connect(path.as_os_str(), path, OpenFlags::SQLITE_OPEN_READ_ONLY, 0)?.user_version()
     }
 
     /// The database's `PRAGMA user_version`.

@@ -95,6 +95,21 @@ pub struct ProjectRow<'a> {
     pub clone_url: &'a str,
 }
 
+impl<'a> ProjectRow<'a> {
+    /// The registry row of configured project `p`.
+    pub fn of(p: &'a crate::config::ProjectConfig) -> ProjectRow<'a> {
+        ProjectRow {
+            name: &p.name,
+            tracker: p.tracker.as_str(),
+            tracker_project_id: &p.tracker_project_id,
+            forge: p.forge.as_str(),
+            repo: &p.repo,
+            default_branch: &p.default_branch,
+            clone_url: &p.clone_url,
+        }
+    }
+}
+
 /// One cached tracker state (Plane `State`: id, name, group).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CachedState {

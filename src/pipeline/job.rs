@@ -842,22 +842,26 @@ mod tests {
     use super::*;
     use crate::db::{Db, ProjectRow};
 
-    /// A database with one task at analysis and its queued job (id 1).
-    fn db_with_job() -> (tempfile::TempDir, Db, i64) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
-        let p = ProjectRow {
-            name: "p",
+    /// A registry row of a local project `name`.
+    fn local_project(name: &str) -> ProjectRow<'_> {
+        ProjectRow {
+            name,
             tracker: "local",
             tracker_project_id: "",
             forge: "local",
             repo: "",
             default_branch: "main",
             clone_url: "",
-        };
+        }
+    }
+
+    /// A database with one task at analysis and its queued job (id 1).
+    fn db_with_job() -> (tempfile::TempDir, Db, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
         let job = db
             .write(|tx| {
-                tx.sync_project(&p, 1)?;
+                tx.sync_project(&local_project("p"), 1)?;
                 let t = tx
                     .insert_task("p", "1", 1, "t", "", Stage::Analysis, "orch/p-1", "/w", 1)?
                     .unwrap();
@@ -871,15 +875,7 @@ mod tests {
     fn the_claim_keeps_project_and_role_limits_and_alternates_projects() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
-        let project = |name| ProjectRow {
-            name,
-            tracker: "local",
-            tracker_project_id: "",
-            forge: "local",
-            repo: "",
-            default_branch: "main",
-            clone_url: "",
-        };
+        let project = local_project;
         // p: tasks 1-3 (analysis), q: task 4 (analysis), 5 (development).
         db.write(|tx| {
             tx.sync_project(&project("p"), 1)?;

@@ -390,8 +390,9 @@ pub fn run_forever(opts: ServeOptions, admin: Admin) -> anyhow::Result<()> {
 }
 
 /// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit; returns the soft
-/// limit in force afterwards (`None` if it cannot be read).
-fn raise_open_files_limit() -> Option<u64> {
+/// limit in force afterwards (`None` if it cannot be read). Tests that
+/// open thousands of connections use it too.
+pub fn raise_open_files_limit() -> Option<u64> {
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
