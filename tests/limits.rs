@@ -139,6 +139,22 @@ fn parked(sbx: &Sandbox) -> i64 {
     sbx.count("SELECT COUNT(*) FROM tasks WHERE parked_at_ms IS NOT NULL")
 }
 
+/// Runs task 1's analysis and architecture; then its development job is
+/// over a budget: the next claims take nothing.
+fn run_until_parked_at_development(sbx: &Sandbox) {
+    for stage in ["analysis", "architecture"] {
+        assert_eq!(sbx.json(&["work-once"])["stage"], stage);
+    }
+    assert_eq!(sbx.stage(1), "development");
+    for _ in 0..2 {
+        assert_eq!(
+            sbx.json(&["work-once"])["result"],
+            "idle",
+            "nothing claimed"
+        );
+    }
+}
+
 fn park_notifications(sbx: &Sandbox) -> i64 {
     sbx.count("SELECT COUNT(*) FROM outbox WHERE channel='notify' AND kind='parked'")
 }
@@ -151,17 +167,7 @@ fn a_task_budget_reached_mid_pipeline_parks_the_task_until_the_ceiling_is_raised
     sbx.set("ORCH_BUDGET_TASK_USD", "0.08")
         .set("ORCH_BUDGET_RESERVE_USD", "0.01");
     sbx.add_issue("costly");
-    for stage in ["analysis", "architecture"] {
-        assert_eq!(sbx.json(&["work-once"])["stage"], stage);
-    }
-    assert_eq!(sbx.stage(1), "development");
-    for _ in 0..2 {
-        assert_eq!(
-            sbx.json(&["work-once"])["result"],
-            "idle",
-            "nothing claimed"
-        );
-    }
+    run_until_parked_at_development(&sbx);
     let show = sbx.json(&["task", "show", "1"]);
     let reason = show["task"]["parked_reason"].as_str().unwrap_or_default();
     assert!(reason.starts_with("task budget $0.08"), "{show}");
@@ -217,17 +223,7 @@ fn a_task_token_budget_reached_mid_pipeline_parks_the_task_until_the_ceiling_is_
     sbx.set("ORCH_BUDGET_TASK_TOKENS", "80000")
         .set("ORCH_BUDGET_RESERVE_TOKENS", "5000");
     sbx.add_issue("wordy");
-    for stage in ["analysis", "architecture"] {
-        assert_eq!(sbx.json(&["work-once"])["stage"], stage);
-    }
-    assert_eq!(sbx.stage(1), "development");
-    for _ in 0..2 {
-        assert_eq!(
-            sbx.json(&["work-once"])["result"],
-            "idle",
-            "nothing claimed"
-        );
-    }
+    run_until_parked_at_development(&sbx);
     let show = sbx.json(&["task", "show", "1"]);
     let reason = show["task"]["parked_reason"].as_str().unwrap_or_default();
     assert_eq!(

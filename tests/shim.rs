@@ -14,6 +14,28 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
+/// A raw `POST /webhooks/plane`: `framing` header lines (each ending in
+/// CRLF), the delivery's `headers`, `extra` raw header bytes, the blank
+/// line, then `body` as given.
+fn raw_post(framing: &str, headers: &[(String, String)], extra: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut raw = format!("POST /webhooks/plane HTTP/1.1\r\nHost: x\r\n{framing}").into_bytes();
+    for (k, v) in headers {
+        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(extra);
+    raw.extend_from_slice(b"\r\n");
+    raw.extend_from_slice(body);
+    raw
+}
+
+/// Sends `raw` on a new connection; returns what came back until the
+/// server closed it (or 10 s passed) and whether it closed.
+fn send_raw(addr: &str, raw: &[u8]) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(raw).unwrap();
+    read_until_closed(&mut s, Duration::from_secs(10))
+}
+
 fn inbox(sbx: &Sandbox) -> i64 {
     sbx.count("SELECT COUNT(*) FROM inbox")
 }
@@ -160,16 +182,14 @@ fn a_stalled_small_body_gets_408_and_the_shim_keeps_serving() {
     let server = sbx.serve();
     let (headers, body) = unique_plane_delivery("stalled");
     let mut c = server.client().unwrap();
-    let mut raw = format!(
-        "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n",
-        body.len()
+    let raw = raw_post(
+        &format!("Content-Length: {}\r\n", body.len()),
+        &headers,
+        b"",
+        b"",
     );
-    for (k, v) in &headers {
-        raw += &format!("{k}: {v}\r\n");
-    }
-    raw += "\r\n";
     let started = Instant::now();
-    c.stream().write_all(raw.as_bytes()).unwrap();
+    c.stream().write_all(&raw).unwrap();
     c.stream().write_all(&body[..10]).unwrap();
     let (out, closed) = read_until_closed(c.stream(), Duration::from_secs(10));
     let took = started.elapsed();
@@ -186,7 +206,7 @@ fn a_stalled_small_body_gets_408_and_the_shim_keeps_serving() {
     );
     // A trickle never idle, never done: the deadline is for the whole request.
     let mut c = server.client().unwrap();
-    c.stream().write_all(raw.as_bytes()).unwrap();
+    c.stream().write_all(&raw).unwrap();
     let started = Instant::now();
     let mut w = c.stream().try_clone().unwrap();
     let trickle = thread::spawn(move || {
@@ -292,15 +312,7 @@ fn content_length_with_chunked_and_malformed_requests_are_400() {
         "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
     ] {
-        let mut raw = format!("POST /webhooks/plane HTTP/1.1\r\nHost: x\r\n{both}").into_bytes();
-        for (k, v) in &headers {
-            raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-        }
-        raw.extend_from_slice(b"\r\n");
-        raw.extend_from_slice(&chunked);
-        let mut s = TcpStream::connect(&server.addr).unwrap();
-        s.write_all(&raw).unwrap();
-        let (out, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+        let (out, closed) = send_raw(&server.addr, &raw_post(both, &headers, b"", &chunked));
         let (code, json) = parse_answer(&out);
         assert_eq!(
             (code, json["status"].as_str()),
@@ -310,15 +322,13 @@ fn content_length_with_chunked_and_malformed_requests_are_400() {
         assert!(closed, "{both}: the connection stays open");
     }
     // The same delivery, chunked alone, is fine.
-    let mut raw = b"POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n".to_vec();
-    for (k, v) in &headers {
-        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    raw.extend_from_slice(b"\r\n");
-    raw.extend_from_slice(&chunked);
-    let mut s = TcpStream::connect(&server.addr).unwrap();
-    s.write_all(&raw).unwrap();
-    let (out, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    let raw = raw_post(
+        "Connection: close\r\nTransfer-Encoding: chunked\r\n",
+        &headers,
+        b"",
+        &chunked,
+    );
+    let (out, _) = send_raw(&server.addr, &raw);
     assert_eq!(
         parse_answer(&out).0,
         202,
@@ -354,9 +364,7 @@ fn content_length_with_chunked_and_malformed_requests_are_400() {
     );
 
     // A garbage request line, and a header that is not UTF-8.
-    let mut s = TcpStream::connect(&server.addr).unwrap();
-    s.write_all(b"\x01\x02 nonsense\r\n\r\n").unwrap();
-    let (out, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    let (out, closed) = send_raw(&server.addr, b"\x01\x02 nonsense\r\n\r\n");
     assert_eq!(
         parse_answer(&out).0,
         400,
@@ -365,19 +373,13 @@ fn content_length_with_chunked_and_malformed_requests_are_400() {
     );
     assert!(closed);
     let (headers, body) = unique_plane_delivery("latin1");
-    let mut raw = format!(
-        "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    )
-    .into_bytes();
-    for (k, v) in &headers {
-        raw.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
-    }
-    raw.extend_from_slice(b"X-Note: caf\xe9\r\n\r\n");
-    raw.extend_from_slice(&body);
-    let mut s = TcpStream::connect(&server.addr).unwrap();
-    s.write_all(&raw).unwrap();
-    let (out, _) = read_until_closed(&mut s, Duration::from_secs(10));
+    let raw = raw_post(
+        &format!("Connection: close\r\nContent-Length: {}\r\n", body.len()),
+        &headers,
+        b"X-Note: caf\xe9\r\n",
+        &body,
+    );
+    let (out, _) = send_raw(&server.addr, &raw);
     let (code, json) = parse_answer(&out);
     assert_eq!(
         (code, json["status"].as_str()),

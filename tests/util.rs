@@ -754,24 +754,10 @@ pub fn parse_answer(raw: &[u8]) -> (u16, serde_json::Value) {
     )
 }
 
-/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit; returns
-/// the soft limit now in force.
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (as `orch
+/// serve` does); returns the soft limit now in force.
 pub fn raise_open_files_limit() -> u64 {
-    // SAFETY: getrlimit/setrlimit only touch the struct passed.
-    unsafe {
-        let mut lim: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim.rlim_cur = lim.rlim_max;
-            }
-        }
-        lim.rlim_cur as u64
-    }
+    orch::serve::raise_open_files_limit().expect("getrlimit(RLIMIT_NOFILE)")
 }
 
 impl Drop for Server {
