@@ -6,6 +6,7 @@ mod util;
 mod agents;
 mod cli;
 mod hardening;
+mod hostile;
 mod ingest;
 mod layers;
 mod logs;

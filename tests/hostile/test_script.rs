@@ -1,0 +1,1 @@
+//! Route: (to be written).
