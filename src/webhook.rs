@@ -403,9 +403,8 @@ mod tests {
     #[test]
     fn check_json_refuses_what_is_not_json_within_limits() {
         let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
-        let deep_objects = |n: usize| {
-            format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n)).into_bytes()
-        };
+        let deep_objects =
+            |n: usize| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n)).into_bytes();
         assert!(check_json(&deep(MAX_JSON_DEPTH)).is_ok());
         assert!(check_json(&deep_objects(MAX_JSON_DEPTH)).is_ok());
         for body in [
@@ -415,18 +414,34 @@ mod tests {
             b"-9223372036854775808".to_vec(),
             b"1e308".to_vec(),
         ] {
-            assert!(check_json(&body).is_ok(), "{}", String::from_utf8_lossy(&body));
+            assert!(
+                check_json(&body).is_ok(),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
         }
         let bad: Vec<(Vec<u8>, &str)> = vec![
             (deep(MAX_JSON_DEPTH + 1), "nesting deeper than 64 levels"),
-            (deep_objects(MAX_JSON_DEPTH + 1), "nesting deeper than 64 levels"),
+            (
+                deep_objects(MAX_JSON_DEPTH + 1),
+                "nesting deeper than 64 levels",
+            ),
             (deep(100_000), "nesting deeper than 64 levels"),
-            (b"{\"a\": \"\xff\xfe\"}".to_vec(), "invalid unicode code point"),
+            (
+                b"{\"a\": \"\xff\xfe\"}".to_vec(),
+                "invalid unicode code point",
+            ),
             (b"\xef\xbb\xbf{}".to_vec(), "expected value"),
             (b"[1e999]".to_vec(), "number out of range"),
             (b"-1e999".to_vec(), "number out of range"),
-            (br#"{"a": "\ud800"}"#.to_vec(), "unexpected end of hex escape"),
-            (br#"{"a": "\ud800x"}"#.to_vec(), "unexpected end of hex escape"),
+            (
+                br#"{"a": "\ud800"}"#.to_vec(),
+                "unexpected end of hex escape",
+            ),
+            (
+                br#"{"a": "\ud800x"}"#.to_vec(),
+                "unexpected end of hex escape",
+            ),
             // serde_json names a lone trailing surrogate a "leading" one.
             (br#"["\udc00x"]"#.to_vec(), "lone leading surrogate"),
             (br#"["\ud800\u0041"]"#.to_vec(), "lone leading surrogate"),
