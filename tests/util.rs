@@ -318,9 +318,10 @@ impl Sandbox {
         let addr = format!("127.0.0.1:{}", free_port());
         let admin = self.admin();
         let mut cmd = self.orch_std();
+        let log = self.dir.join("serve.stderr");
         cmd.args(["serve", "--bind", &addr])
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(&log).unwrap());
         if let Some(n) = open_files {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs
             // between fork and exec.
@@ -338,10 +339,17 @@ impl Sandbox {
             }
         }
         let child = cmd.spawn().unwrap();
-        let server = Server { child, addr, admin };
-        wait_until(20, "orch serve to answer /healthz", || {
-            matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _)))
-        });
+        let mut server = Server { child, addr, admin };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _))) {
+            let exited = server.child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "orch serve did not answer /healthz ({exited:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         server
     }
 
