@@ -566,7 +566,7 @@ mod tests {
     }
 
     fn parse(out: &[u8]) -> ((u16, Value), String) {
-        let text = String::from_utf8_lossy(&out);
+        let text = String::from_utf8_lossy(out);
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let code = head.split(' ').nth(1).unwrap().parse().unwrap();
         (

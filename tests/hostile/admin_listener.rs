@@ -50,8 +50,7 @@ fn agent_probes(h: &Hostile, port: u16) -> String {
     let v = h.sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["to"], "architecture", "{v}");
     drop(server);
-    h.sbx
-        .origin_git(&["show", "orch/widget-1:admin-loot.txt"])
+    h.sbx.origin_git(&["show", "orch/widget-1:admin-loot.txt"])
 }
 
 /// Asserts the agent got nothing of the admin listener: no queue
