@@ -192,6 +192,7 @@ fn run_load(dir: &Path, conns: usize, requests: usize, run: usize) -> anyhow::Re
     let db_path = dir.join(format!("shim-{conns}-{run}.db"));
     let opts = ServeOptions {
         admin_bind: None,
+        admin_token: None,
         bind: "127.0.0.1:0".into(),
         threads: 0,
         read_timeout: Duration::from_secs(10),

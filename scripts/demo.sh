@@ -23,16 +23,17 @@ source ./orch.env
 export ORCH_LOG=${ORCH_LOG:-warn}
 "$orch" init
 
-# Free loopback ports: the webhook listener and the admin one (/queue).
+# A free loopback port for the webhook listener; the admin one (/queue) is
+# the Unix socket in the state directory.
 free_port() {
   local p=$1
   while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
   echo "$p"
 }
 port=$(free_port 8500)
-admin=$(free_port $((port + 1)))
-say "starting orch serve on 127.0.0.1:$port (admin 127.0.0.1:$admin)"
-ORCH_ADMIN_BIND="127.0.0.1:$admin" "$orch" serve --bind "127.0.0.1:$port" 2>"$dir/serve.log" &
+admin="${ORCH_STATE_DIR:-orch-state}/admin.sock"
+say "starting orch serve on 127.0.0.1:$port (admin socket $admin)"
+"$orch" serve --bind "127.0.0.1:$port" 2>"$dir/serve.log" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do
@@ -64,6 +65,6 @@ git --git-dir "$dir/origin.git" log --oneline --first-parent main
 say "usage"
 "$orch" usage
 say "queue"
-curl -sS "http://127.0.0.1:$admin/queue"; echo
+curl -sS --unix-socket "$admin" http://orch/queue; echo
 [ "$stage" = done ] || { echo "demo: the task did not reach done" >&2; exit 1; }
 say "done: the sandbox stays in $dir"

@@ -112,10 +112,15 @@ pub struct Settings {
     pub gitea_webhook_secret: Option<Secret>,
     /// `ORCH_BIND` (default `127.0.0.1:8500`): address of `orch serve`.
     pub bind: String,
-    /// `ORCH_ADMIN_BIND` (default `127.0.0.1:8501`; empty turns it off):
-    /// the admin listener of `orch serve` (`GET /queue`, `GET /metrics`,
-    /// `GET /healthz`), kept off the webhook port.
-    pub admin_bind: Option<String>,
+    /// `ORCH_ADMIN_BIND` (default: the Unix socket `<state_dir>/admin.sock`;
+    /// set but empty turns it off): where `orch serve`'s admin listener
+    /// (`GET /queue`, `GET /metrics`, `GET /healthz`) listens, kept off the
+    /// webhook port. See [`AdminBind`] for the syntax.
+    pub admin_bind: Option<AdminBind>,
+    /// `ORCH_ADMIN_TOKEN` (a secret; required when the admin listener is
+    /// on TCP): every request to a TCP admin listener must carry
+    /// `Authorization: Bearer <token>`.
+    pub admin_token: Option<Secret>,
     /// `ORCH_SERVE_THREADS` (default 0 = one per CPU): the shim's runtime
     /// worker threads.
     pub serve_threads: usize,
@@ -201,6 +206,68 @@ pub struct Settings {
     /// paths a sandboxed agent may write, e.g. the agent CLI's own state
     /// directory (`~/.claude`).
     pub agent_sandbox_writable: Vec<PathBuf>,
+}
+
+/// The admin listener's socket file in the state directory, when
+/// `ORCH_ADMIN_BIND` is unset.
+pub const ADMIN_SOCKET: &str = "admin.sock";
+
+/// Where `orch serve`'s admin listener listens (`ORCH_ADMIN_BIND`).
+///
+/// Syntax: unset is the Unix socket `<state_dir>/admin.sock` (hidden from
+/// agents with the rest of the state directory); set but empty (or
+/// blank) is no admin listener; `unix:/abs/path` or an absolute path
+/// `/abs/path` is a Unix socket there; `IP:PORT` (`127.0.0.1:8501`,
+/// `[::1]:8501`) is TCP, which `orch serve` only starts with
+/// `ORCH_ADMIN_TOKEN` set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminBind {
+    /// A Unix socket at this absolute path (mode 0660).
+    Socket(PathBuf),
+    /// TCP on this address; every request needs the bearer token.
+    Tcp(std::net::SocketAddr),
+}
+
+impl AdminBind {
+    /// Parses an `ORCH_ADMIN_BIND` value (surrounding blanks ignored):
+    /// `Ok(None)` for a blank one (off).
+    ///
+    /// Errors (the message to show after the key): a relative or empty
+    /// socket path, or a value that is neither a path nor `IP:PORT`.
+    pub fn parse(value: &str) -> Result<Option<AdminBind>, String> {
+        let v = value.trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        if let Some(path) = v.strip_prefix("unix:").or(v.starts_with('/').then_some(v)) {
+            let path = PathBuf::from(path);
+            if !path.is_absolute() {
+                return Err(format!(
+                    "{v:?}: a Unix socket needs an absolute path (unix:/path/admin.sock)"
+                ));
+            }
+            if path.file_name().is_none() {
+                return Err(format!("{v:?}: the socket path names no file"));
+            }
+            return Ok(Some(AdminBind::Socket(path)));
+        }
+        match v.parse::<std::net::SocketAddr>() {
+            Ok(addr) => Ok(Some(AdminBind::Tcp(addr))),
+            Err(_) => Err(format!(
+                "{v:?} is neither IP:PORT (e.g. 127.0.0.1:8501) nor a Unix socket (unix:/abs/path or /abs/path); empty turns the admin listener off"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for AdminBind {
+    /// The value in `ORCH_ADMIN_BIND`'s syntax (`unix:/path` or `IP:PORT`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AdminBind::Socket(p) => write!(f, "unix:{}", p.display()),
+            AdminBind::Tcp(a) => write!(f, "{a}"),
+        }
+    }
 }
 
 /// The value of `ORCH_AGENT_SANDBOX`.
@@ -339,10 +406,10 @@ impl Settings {
             gitea_webhook_secret: get("ORCH_GITEA_WEBHOOK_SECRET").map(Secret::new),
             bind: get("ORCH_BIND").unwrap_or_else(|| "127.0.0.1:8500".into()),
             // Read unfiltered: set but empty means off, unset the default.
+            admin_token: get("ORCH_ADMIN_TOKEN").map(Secret::new),
             admin_bind: match lookup("ORCH_ADMIN_BIND") {
-                None => Some("127.0.0.1:8501".into()),
-                Some(b) if b.trim().is_empty() => None,
-                Some(b) => Some(b.trim().to_string()),
+                None => Some(AdminBind::Socket(state_dir.join(ADMIN_SOCKET))),
+                Some(b) => AdminBind::parse(&b).map_err(|e| Error::config("ORCH_ADMIN_BIND", e))?,
             },
             serve_threads: num("ORCH_SERVE_THREADS", 0, 0)? as usize,
             serve_read_timeout_ms: num("ORCH_SERVE_READ_TIMEOUT_MS", 10_000, 1)?,
@@ -1793,17 +1860,57 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_admin_bind_turns_the_admin_listener_off() {
-        let load = |pairs: &[(&str, &str)]| Settings::load(&env(pairs), None, None).unwrap();
-        assert_eq!(load(&[]).admin_bind.as_deref(), Some("127.0.0.1:8501"));
-        assert_eq!(load(&[("ORCH_ADMIN_BIND", "")]).admin_bind, None);
-        assert_eq!(load(&[("ORCH_ADMIN_BIND", "  ")]).admin_bind, None);
+    fn admin_bind_is_a_socket_in_the_state_dir_by_default_tcp_or_a_path_when_set() {
+        let load = |pairs: &[(&str, &str)]| Settings::load(&env(pairs), None, None);
+        let s = load(&[("ORCH_STATE_DIR", "/srv/st")]).unwrap();
+        assert_eq!(
+            s.admin_bind,
+            Some(AdminBind::Socket("/srv/st/admin.sock".into()))
+        );
+        assert_eq!(load(&[("ORCH_ADMIN_BIND", "")]).unwrap().admin_bind, None);
+        assert_eq!(load(&[("ORCH_ADMIN_BIND", "  ")]).unwrap().admin_bind, None);
         assert_eq!(
             load(&[("ORCH_ADMIN_BIND", "127.0.0.1:9000")])
-                .admin_bind
-                .as_deref(),
-            Some("127.0.0.1:9000")
+                .unwrap()
+                .admin_bind,
+            Some(AdminBind::Tcp("127.0.0.1:9000".parse().unwrap()))
         );
+        assert_eq!(
+            load(&[("ORCH_ADMIN_BIND", "[::1]:9000")])
+                .unwrap()
+                .admin_bind,
+            Some(AdminBind::Tcp("[::1]:9000".parse().unwrap()))
+        );
+        for v in ["unix:/run/orch/admin.sock", "/run/orch/admin.sock"] {
+            assert_eq!(
+                load(&[("ORCH_ADMIN_BIND", v)]).unwrap().admin_bind,
+                Some(AdminBind::Socket("/run/orch/admin.sock".into())),
+                "{v}"
+            );
+        }
+        for bad in [
+            "unix:admin.sock",
+            "unix:",
+            "localhost",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            "admin.sock",
+            "http://127.0.0.1:8501",
+        ] {
+            let e = load(&[("ORCH_ADMIN_BIND", bad)]).unwrap_err();
+            assert!(
+                e.to_string().starts_with("config: ORCH_ADMIN_BIND: "),
+                "{bad}: {e}"
+            );
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{bad}");
+        }
+        // The token is a secret: never printed.
+        let s = load(&[("ORCH_ADMIN_TOKEN", "tok-admin-1")]).unwrap();
+        assert_eq!(
+            s.admin_token.as_ref().map(Secret::expose),
+            Some("tok-admin-1")
+        );
+        assert!(!format!("{s:?}").contains("tok-admin-1"));
     }
 
     #[test]

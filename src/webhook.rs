@@ -4,7 +4,8 @@
 //! or `orch ingest --file`. Nothing is stored unless the sender's HMAC over
 //! the *raw* body bytes verifies with the configured secret (compared in
 //! constant time), the delivery carries its id and event headers, the body
-//! is at most [`MAX_BODY_BYTES`] and parses as JSON. An unset secret
+//! is at most [`MAX_BODY_BYTES`] and is JSON within limits
+//! ([`check_json`]). An unset secret
 //! refuses every delivery of that source: unsigned input is never accepted.
 //!
 //! The functions are pure (apart from [`store`], which writes one inbox row
@@ -21,6 +22,10 @@ use crate::db::{Db, NewDelivery, Recorded};
 
 /// Largest accepted request body (1 MiB); larger deliveries are refused.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Deepest nesting of arrays and objects a delivery body may have (Plane
+/// and Gitea send a handful of levels).
+pub const MAX_JSON_DEPTH: usize = 64;
 
 /// Longest accepted delivery id or event name; anything longer is not
 /// from Plane or Gitea (UUIDs and short event names).
@@ -74,7 +79,8 @@ impl FromStr for Source {
 /// Why [`store`] refused a delivery (the caller answers 400, not 503).
 #[derive(Debug, thiserror::Error)]
 pub enum Rejection {
-    /// The body is not valid JSON.
+    /// The body is not valid JSON, or nests deeper than
+    /// [`MAX_JSON_DEPTH`], or holds a number out of range.
     #[error("body is not valid JSON: {0}")]
     BadJson(String),
     /// The body is larger than [`MAX_BODY_BYTES`].
@@ -258,9 +264,104 @@ pub fn parse_header_lines(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Checks that a delivery body is JSON orch can hold and read back: UTF-8,
+/// one JSON value (RFC 8259) and nothing after it, arrays and objects
+/// nested at most [`MAX_JSON_DEPTH`] deep, every number a finite `f64` or
+/// an integer that fits 64 bits, and no unpaired surrogate escape
+/// (`"\ud800"`) in a string. The parse is serde_json's, streaming, with
+/// no tree built; the depth limit bounds its recursion, so no input can
+/// exhaust the stack.
+///
+/// Errors: [`Rejection::BadJson`] with serde_json's reason and position
+/// (e.g. `invalid unicode code point`, `number out of range`,
+/// `lone leading surrogate in hex escape`, `nesting deeper than 64
+/// levels`).
+pub fn check_json(body: &[u8]) -> Result<(), Rejection> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(body);
+    JsonCheck(MAX_JSON_DEPTH)
+        .deserialize(&mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| Rejection::BadJson(e.to_string()))
+}
+
+/// [`check_json`]'s visitor: the levels of nesting still allowed.
+struct JsonCheck(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonCheck {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl JsonCheck {
+    /// The level below this one, or the error when there is none.
+    fn deeper<E: serde::de::Error>(&self) -> Result<JsonCheck, E> {
+        match self.0 {
+            0 => Err(E::custom(format!(
+                "nesting deeper than {MAX_JSON_DEPTH} levels"
+            ))),
+            n => Ok(JsonCheck(n - 1)),
+        }
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonCheck {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        if v.is_finite() {
+            Ok(())
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while seq.next_element_seed(JsonCheck(inner.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let inner = self.deeper()?;
+        while map.next_key_seed(JsonCheck(0))?.is_some() {
+            map.next_value_seed(JsonCheck(inner.0))?;
+        }
+        Ok(())
+    }
+}
+
 /// Validates and stores one delivery: the body must be at most
-/// [`MAX_BODY_BYTES`] (else [`Rejection::TooLarge`]) and JSON (else
-/// `Err(`[`Rejection::BadJson`]`)`; nothing written); then one `BEGIN
+/// [`MAX_BODY_BYTES`] (else [`Rejection::TooLarge`]) and JSON within
+/// limits ([`check_json`], else `Err(`[`Rejection::BadJson`]`)`; nothing
+/// written); then one `BEGIN
 /// IMMEDIATE` transaction records it unless it is a redelivery (same
 /// delivery id; for Plane also the same body hash). The signature must
 /// have been verified by the caller ([`verify_signature`]).
@@ -281,9 +382,7 @@ pub fn store(
         // The shim caps the body while reading; `ingest --file` relies on this.
         return Err(Rejection::TooLarge(body.len()).into());
     }
-    if let Err(e) = serde_json::from_slice::<serde_json::Value>(body) {
-        return Err(Rejection::BadJson(e.to_string()).into());
-    }
+    check_json(body)?;
     let delivery = NewDelivery {
         source: source.as_str().to_string(),
         event: event.to_string(),
@@ -300,6 +399,66 @@ mod tests {
     use super::*;
 
     const SECRET: &str = "fixture-secret";
+
+    #[test]
+    fn check_json_refuses_what_is_not_json_within_limits() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n)).into_bytes();
+        let deep_objects =
+            |n: usize| format!("{}1{}", "{\"a\":".repeat(n), "}".repeat(n)).into_bytes();
+        assert!(check_json(&deep(MAX_JSON_DEPTH)).is_ok());
+        assert!(check_json(&deep_objects(MAX_JSON_DEPTH)).is_ok());
+        for body in [
+            br#"{"a": [1, -2, 3.5e10, "x\u00e9\ud83d\ude00", null, true]}"#.to_vec(),
+            "{\"caf\u{e9}\": \"\u{1F600}\"}".as_bytes().to_vec(),
+            b"18446744073709551615".to_vec(),
+            b"-9223372036854775808".to_vec(),
+            b"1e308".to_vec(),
+        ] {
+            assert!(
+                check_json(&body).is_ok(),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let bad: Vec<(Vec<u8>, &str)> = vec![
+            (deep(MAX_JSON_DEPTH + 1), "nesting deeper than 64 levels"),
+            (
+                deep_objects(MAX_JSON_DEPTH + 1),
+                "nesting deeper than 64 levels",
+            ),
+            (deep(100_000), "nesting deeper than 64 levels"),
+            (
+                b"{\"a\": \"\xff\xfe\"}".to_vec(),
+                "invalid unicode code point",
+            ),
+            (b"\xef\xbb\xbf{}".to_vec(), "expected value"),
+            (b"[1e999]".to_vec(), "number out of range"),
+            (b"-1e999".to_vec(), "number out of range"),
+            (
+                br#"{"a": "\ud800"}"#.to_vec(),
+                "unexpected end of hex escape",
+            ),
+            (
+                br#"{"a": "\ud800x"}"#.to_vec(),
+                "unexpected end of hex escape",
+            ),
+            // serde_json names a lone trailing surrogate a "leading" one.
+            (br#"["\udc00x"]"#.to_vec(), "lone leading surrogate"),
+            (br#"["\ud800\u0041"]"#.to_vec(), "lone leading surrogate"),
+            (br#"{"\ud800": 1}"#.to_vec(), "unexpected end of hex escape"),
+            (b"{} {}".to_vec(), "trailing characters"),
+            (b"".to_vec(), "EOF"),
+            (b"NaN".to_vec(), "expected value"),
+        ];
+        for (body, want) in bad {
+            let e = check_json(&body).unwrap_err().to_string();
+            assert!(
+                e.starts_with("body is not valid JSON: ") && e.contains(want),
+                "{}: {e}",
+                String::from_utf8_lossy(&body[..body.len().min(40)])
+            );
+        }
+    }
 
     /// (name, body, headers) of every recorded delivery.
     fn fixtures() -> Vec<(Source, &'static str, &'static [u8], &'static str)> {

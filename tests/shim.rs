@@ -871,3 +871,224 @@ fn a_listening_socket_that_dies_under_the_shim_ends_it_non_zero_naming_why() {
     assert!(!status.success(), "exit {status:?}: {text}");
     assert!(text.contains("the listening socket failed"), "{text}");
 }
+
+#[test]
+fn signed_bodies_that_are_not_json_within_limits_are_400_and_not_stored() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("deep", deep, "nesting deeper than 64 levels"),
+        (
+            "utf8",
+            b"{\"title\": \"caf\xe9 \xff\xfe\"}".to_vec(),
+            "invalid unicode code point",
+        ),
+        (
+            "inf",
+            br#"{"estimate": 1e999}"#.to_vec(),
+            "number out of range",
+        ),
+        (
+            "surrogate",
+            br#"{"title": "\ud800", "x": 1}"#.to_vec(),
+            "hex escape",
+        ),
+    ];
+    for (id, body, why) in &cases {
+        let (code, answer) = server.post_plane(body, &format!("bad-{id}"));
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(
+            (code, v["status"].as_str()),
+            (400, Some("bad_json")),
+            "{id}: {v}"
+        );
+        let detail = v["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("body is not valid JSON: ") && detail.contains(why),
+            "{id}: {detail}"
+        );
+    }
+    assert_eq!(inbox(&sbx), 0, "nothing stored");
+    // Unsigned, the same bodies are 401: the signature is checked first.
+    let (code, _) = server
+        .request(
+            "POST",
+            "/webhooks/plane",
+            &[
+                ("X-Plane-Event", "issue"),
+                ("X-Plane-Delivery", "unsigned"),
+                ("X-Plane-Signature", &"0".repeat(64)),
+            ],
+            &cases[0].1,
+        )
+        .unwrap();
+    assert_eq!(code, 401);
+    // `orch ingest --file` holds bodies to the same rule (exit 1, nothing
+    // stored).
+    let file = sbx.dir.join("deep.json");
+    std::fs::write(&file, &cases[0].1).unwrap();
+    let out = sbx
+        .orch_std()
+        .args(["ingest", "--source", "plane", "--event", "issue"])
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nesting deeper"),
+        "{err}"
+    );
+    assert_eq!(inbox(&sbx), 0);
+}
+
+#[test]
+fn a_transfer_encoding_other_than_chunked_alone_is_400() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let server = sbx.serve();
+    let (headers, body) = unique_plane_delivery("codings");
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend_from_slice(&body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    for te in [
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Transfer-Encoding: chunked, chunked\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: identity, chunked\r\n",
+    ] {
+        let (out, closed) = send_raw(&server.addr, &raw_post(te, &headers, b"", &chunked));
+        let (code, json) = parse_answer(&out);
+        assert_eq!(
+            (code, json["status"].as_str()),
+            (400, Some("bad_request")),
+            "{te}: {}",
+            String::from_utf8_lossy(&out)
+        );
+        assert!(
+            json["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Transfer-Encoding"),
+            "{te}: {json}"
+        );
+        assert!(closed, "{te}: the connection stays open");
+    }
+    assert_eq!(inbox(&sbx), 0);
+    // `chunked` alone, in any case, is fine.
+    let raw = raw_post(
+        "Connection: close\r\nTransfer-Encoding: Chunked\r\n",
+        &headers,
+        b"",
+        &chunked,
+    );
+    let (out, _) = send_raw(&server.addr, &raw);
+    assert_eq!(
+        parse_answer(&out).0,
+        202,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(inbox(&sbx), 1);
+}
+
+#[test]
+fn the_admin_listener_is_a_socket_in_the_state_dir_or_tcp_with_a_bearer_token() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let mut sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    // The default: the socket in the state directory, mode 0660.
+    let server = sbx.serve();
+    let sock = sbx.state_dir().join("admin.sock");
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let (code, q) = admin_socket_get(&sock, "/queue").unwrap();
+    assert_eq!(code, 200, "{q}");
+    let q: serde_json::Value = serde_json::from_str(&q).unwrap();
+    assert!(q["inbox"].is_object(), "{q}");
+    let (code, m) = admin_socket_get(&sock, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        m.contains("# TYPE orch_webhook_answers_total counter"),
+        "{m}"
+    );
+    // Stopped by SIGKILL, it leaves its socket behind; the next start
+    // replaces it.
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert!(sock.exists());
+    let server = sbx.serve();
+    assert_eq!(admin_socket_get(&sock, "/healthz").unwrap().0, 200);
+    // A second shim does not take over a live socket.
+    let out = sbx
+        .orch_std()
+        .args(["serve", "--bind", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is in use") && err.contains("ORCH_ADMIN_BIND"),
+        "{err}"
+    );
+    assert_eq!(admin_socket_get(&sock, "/healthz").unwrap().0, 200);
+    drop(server);
+
+    // TCP: only with a token, and then only with it.
+    let admin = format!("127.0.0.1:{}", free_port());
+    sbx.set("ORCH_ADMIN_BIND", &admin);
+    let (code, _, err) = run_orch(&sbx, &["serve", "--bind", "127.0.0.1:0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("config: ORCH_ADMIN_TOKEN"), "{err}");
+    // The other commands do not need the token (the operator's shell
+    // may not hold it).
+    assert_eq!(run_orch(&sbx, &["status"]).0, 0);
+    sbx.set("ORCH_ADMIN_TOKEN", "admin-canary-token-77aa");
+    let server = sbx.serve();
+    for path in ["/queue", "/metrics", "/healthz"] {
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer admin-canary-token-77a"),
+            Some("Basic YWRtaW4="),
+        ] {
+            let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", *a)).collect();
+            let (code, body) = request_to(&admin, "GET", path, &headers, b"").unwrap();
+            assert_eq!(code, 401, "{path} {auth:?}: {body}");
+            assert!(!body.contains("orch_") && !body.contains("inbox"), "{body}");
+        }
+    }
+    let (code, q) = server.admin_get("/queue").unwrap();
+    assert_eq!(code, 200, "{q}");
+    assert!(q.contains("\"inbox\""), "{q}");
+    let (code, m) = server.admin_get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(m.contains("orch_webhook_answers_total"), "{m}");
+    assert!(!sock.exists() || admin_socket_get(&sock, "/queue").is_err());
+    drop(server);
+
+    // A bad ORCH_ADMIN_BIND is a configuration error of every command.
+    for bad in ["localhost", "unix:admin.sock", "127.0.0.1:99999"] {
+        sbx.set("ORCH_ADMIN_BIND", bad);
+        for cmd in [&["serve"][..], &["status"][..]] {
+            let (code, _, err) = run_orch(&sbx, cmd);
+            assert_eq!(code, 2, "{bad} {cmd:?}: {err}");
+            assert!(err.contains("config: ORCH_ADMIN_BIND"), "{bad}: {err}");
+        }
+    }
+}
+
+/// Runs orch to the end: (exit code, stdout, stderr).
+fn run_orch(sbx: &Sandbox, args: &[&str]) -> (i32, String, String) {
+    let out = sbx.orch_std().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -428,7 +428,7 @@ fn serve_staging(stg: &Sandbox, addr: &str, commit: &str) -> Server {
     let server = Server {
         child,
         addr: addr.to_string(),
-        admin_addr: String::new(), // off (the sandbox's ORCH_ADMIN_BIND)
+        admin: stg.admin(),
     };
     wait_until(20, "the staging shim to answer /healthz", || {
         matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _)))

@@ -50,6 +50,26 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// Where `serve` will put the admin listener, from the sandbox's
+    /// `ORCH_ADMIN_BIND` and `ORCH_ADMIN_TOKEN` (unset: the socket in the
+    /// state directory).
+    pub fn admin(&self) -> Admin {
+        match self.env.get("ORCH_ADMIN_BIND").map(|v| v.trim()) {
+            None => Admin::Socket(self.state_dir().join("admin.sock")),
+            Some("") => Admin::Off,
+            Some(v) if v.starts_with('/') => Admin::Socket(v.into()),
+            Some(v) if v.starts_with("unix:") => Admin::Socket(v["unix:".len()..].into()),
+            Some(v) => Admin::Tcp {
+                addr: v.to_string(),
+                token: self
+                    .env
+                    .get("ORCH_ADMIN_TOKEN")
+                    .cloned()
+                    .unwrap_or_default(),
+            },
+        }
+    }
+
     /// A sandbox with its database created (`orch init`).
     pub fn new() -> Sandbox {
         Sandbox::new_in(&std::env::temp_dir())
@@ -91,9 +111,6 @@ impl Sandbox {
                 env.insert(k.to_string(), v.trim_matches('"').to_string());
             }
         }
-        // Many sandboxes serve at once: no fixed admin port (a test that
-        // wants the admin listener gets a free one from `serve`).
-        env.insert("ORCH_ADMIN_BIND".into(), String::new());
         Sandbox {
             _tmp: tmp,
             dir,
@@ -288,6 +305,8 @@ impl Sandbox {
     }
 
     /// Starts `orch serve` on a free loopback port and waits for /healthz.
+    /// Its admin listener is the sandbox's `ORCH_ADMIN_BIND` (by default
+    /// the socket `<state_dir>/admin.sock`; TCP with `ORCH_ADMIN_TOKEN`).
     pub fn serve(&self) -> Server {
         self.serve_with(None)
     }
@@ -297,12 +316,12 @@ impl Sandbox {
     pub fn serve_with(&self, open_files: Option<u64>) -> Server {
         use std::os::unix::process::CommandExt;
         let addr = format!("127.0.0.1:{}", free_port());
-        let admin_addr = format!("127.0.0.1:{}", free_port());
+        let admin = self.admin();
         let mut cmd = self.orch_std();
+        let log = self.dir.join("serve.stderr");
         cmd.args(["serve", "--bind", &addr])
-            .env("ORCH_ADMIN_BIND", &admin_addr)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(&log).unwrap());
         if let Some(n) = open_files {
             // SAFETY: setrlimit is async-signal-safe; nothing else runs
             // between fork and exec.
@@ -320,14 +339,17 @@ impl Sandbox {
             }
         }
         let child = cmd.spawn().unwrap();
-        let server = Server {
-            child,
-            addr,
-            admin_addr,
-        };
-        wait_until(20, "orch serve to answer /healthz", || {
-            matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _)))
-        });
+        let mut server = Server { child, addr, admin };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(server.request("GET", "/healthz", &[], b""), Ok((200, _))) {
+            let exited = server.child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "orch serve did not answer /healthz ({exited:?}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         server
     }
 
@@ -490,7 +512,18 @@ pub struct Server {
     /// The webhook listener.
     pub addr: String,
     /// The admin listener (`/queue`, `/metrics`).
-    pub admin_addr: String,
+    pub admin: Admin,
+}
+
+/// Where a test's `orch serve` has its admin listener.
+#[derive(Debug, Clone)]
+pub enum Admin {
+    /// None (`ORCH_ADMIN_BIND` set but empty).
+    Off,
+    /// A Unix socket (the default: `<state_dir>/admin.sock`).
+    Socket(PathBuf),
+    /// TCP at `addr`; requests carry `Authorization: Bearer <token>`.
+    Tcp { addr: String, token: String },
 }
 
 impl Server {
@@ -506,23 +539,54 @@ impl Server {
         request_to(&self.addr, method, path, headers, body)
     }
 
-    /// A GET to the admin listener; returns (status, body).
+    /// A GET to the admin listener (with the bearer token on TCP); returns
+    /// (status, body).
     pub fn admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        request_to(&self.admin_addr, "GET", path, &[], b"")
+        match &self.admin {
+            Admin::Off => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no admin listener",
+            )),
+            Admin::Socket(p) => admin_socket_get(p, path),
+            Admin::Tcp { addr, token } => {
+                let auth = format!("Bearer {token}");
+                request_to(addr, "GET", path, &[("Authorization", &auth)], b"")
+            }
+        }
     }
 }
 
+/// A GET over the Unix socket at `socket`; returns (status, body).
+pub fn admin_socket_get(socket: &Path, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    exchange(&mut s, "admin", "GET", path, &[], b"")
+}
+
 /// Sends one HTTP/1.1 request to `addr`; returns (status, body).
-fn request_to(
+pub fn request_to(
     addr: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    exchange(&mut s, addr, method, path, headers, body)
+}
+
+/// One request on an open connection, read until the server closes it.
+fn exchange(
+    s: &mut (impl Read + Write),
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     {
-        let mut s = TcpStream::connect(addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let addr = host;
         let mut req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
             addr,

@@ -304,11 +304,11 @@ enum Close {
     Closed,
 }
 
-/// A client connection: the socket, its [`Framing`] watch, the write
-/// deadline and the lingering close. Reads and writes go straight to the
-/// socket.
-pub struct ConnIo {
-    stream: TcpStream,
+/// A client connection: the socket (TCP, or a Unix socket for the admin
+/// listener), its [`Framing`] watch, the write deadline and the lingering
+/// close. Reads and writes go straight to the socket.
+pub struct ConnIo<S = TcpStream> {
+    stream: S,
     framing: Framing,
     write_timeout: Duration,
     /// Set while a write waits for the client to read.
@@ -316,10 +316,10 @@ pub struct ConnIo {
     close: Close,
 }
 
-impl ConnIo {
+impl<S> ConnIo<S> {
     /// Wraps an accepted socket; a write may wait at most `write_timeout`
     /// for the client to make room.
-    pub fn new(stream: TcpStream, framing: Framing, write_timeout: Duration) -> ConnIo {
+    pub fn new(stream: S, framing: Framing, write_timeout: Duration) -> ConnIo<S> {
         ConnIo {
             stream,
             framing,
@@ -351,7 +351,7 @@ impl ConnIo {
     }
 }
 
-impl AsyncRead for ConnIo {
+impl<S: AsyncRead + Unpin> AsyncRead for ConnIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -365,7 +365,7 @@ impl AsyncRead for ConnIo {
     }
 }
 
-impl AsyncWrite for ConnIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

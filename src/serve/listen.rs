@@ -19,6 +19,10 @@
 //!   (EBADF, EINVAL, ENOTSOCK, EFAULT), or any other error repeating
 //!   [`MAX_UNKNOWN_ERRORS`] times in a row, ends the loop with `Err`: the
 //!   process then exits non-zero and its service manager restarts it.
+//! - **Listeners.** The webhook listener is TCP; the admin listener is a
+//!   Unix socket by default ([`bind_socket`]: mode 0660, a stale file
+//!   replaced, a live one left alone) or TCP; both run the same loop with
+//!   the same limits ([`Accept`]).
 //! - **Shutdown.** When told to stop, the loop closes the listening socket
 //!   (new connections are refused), lets every open connection finish the
 //!   request it is in (hyper's graceful shutdown: idle connections close at
@@ -35,7 +39,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -112,10 +117,34 @@ pub fn classify(e: &io::Error) -> AcceptError {
     }
 }
 
+/// A listening socket the accept loop serves.
+pub trait Accept: Send + 'static {
+    /// An accepted connection.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The next connection (`accept(2)`'s errors as they come).
+    fn next(&self) -> impl std::future::Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn next(&self) -> io::Result<Self::Stream> {
+        let (stream, _peer) = self.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> io::Result<Self::Stream> {
+        Ok(self.accept().await?.0)
+    }
+}
+
 /// Accepts and serves until `stop` turns true (then drains and returns
 /// `Ok`) or the listener fails (drains and returns `Err`).
-pub async fn accept_loop(
-    listener: TcpListener,
+pub async fn accept_loop<L: Accept>(
+    listener: L,
     router: Router,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
@@ -151,11 +180,11 @@ pub async fn accept_loop(
             }
         };
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = listener.next() => r,
             _ = stop.wait_for(|s| *s) => break Ok(()),
         };
         let stream = match accepted {
-            Ok((stream, _peer)) => {
+            Ok(stream) => {
                 backoff = BACKOFF.0;
                 unknown = 0;
                 if at_cap && slots.available_permits() > 0 {
@@ -187,7 +216,6 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let heads = Arc::new(Heads::default());
         let io = TokioIo::new(ConnIo::new(
             stream,
@@ -260,6 +288,77 @@ pub fn bind(addr: &str) -> anyhow::Result<TcpListener> {
         Some(e) => anyhow::Error::new(e).context(format!("binding {addr}")),
         None => anyhow::anyhow!("binding {addr}: no address"),
     })
+}
+
+/// Binds a Unix socket at `path` (absolute; its folder must exist) with
+/// mode 0660 and a listen backlog of 1,024. Must run inside the runtime.
+///
+/// The socket is bound under a temporary name beside `path`, given its
+/// mode, then renamed over `path`: no client ever sees it with wider
+/// permissions, and a stale socket left by a crashed run is replaced in
+/// one step. Returns the listener and the socket file's identity
+/// (device, inode), so the caller removes only its own file on shutdown.
+///
+/// Errors (naming the path): `path` exists and is not a socket (it is
+/// left alone); a process answers on it (another `orch serve`: it is not
+/// taken over); the folder is missing or not writable; the path is too
+/// long for a socket address (108 bytes on Linux).
+pub fn bind_socket(path: &std::path::Path) -> anyhow::Result<(UnixListener, (u64, u64))> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            anyhow::bail!(
+                "{} exists and is not a socket; not replacing it",
+                path.display()
+            )
+        }
+        Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => anyhow::bail!(
+                "{} is in use: a process (another orch serve?) accepts connections on it; stop it, or give this one another ORCH_ADMIN_BIND",
+                path.display()
+            ),
+            // Nobody listens: a stale socket from a run that did not
+            // clean up; the rename below replaces it.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("checking the existing socket {}", path.display())))
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("{}", path.display()))),
+    }
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: no file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let _ = std::fs::remove_file(&tmp);
+    let std_listener = std::os::unix::net::UnixListener::bind(&tmp)
+        .with_context(|| format!("binding the Unix socket {}", tmp.display()))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .and_then(|()| std::fs::symlink_metadata(path));
+    let meta = match placed {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(
+                anyhow::Error::new(e).context(format!("placing the socket at {}", path.display()))
+            );
+        }
+    };
+    // The backlog: std's listen(2) used 128; raise it as the TCP one has.
+    // SAFETY: listen(2) on a descriptor we own.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::listen(std_listener.as_raw_fd(), 1024);
+    }
+    std_listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(std_listener)?;
+    Ok((listener, (meta.dev(), meta.ino())))
 }
 
 #[cfg(test)]

@@ -3,8 +3,16 @@
 //!
 //! It verifies, stores and answers — nothing else. Routes:
 //! `POST /webhooks/plane`, `POST /webhooks/gitea`, `GET /healthz`,
-//! `GET /queue` (the `status --json` document, built by the caller's
-//! closure). Every answer the shim makes is JSON `{"status", "detail"}`
+//! and, on the separate admin listener, `GET /queue` (the `status --json`
+//! document, built by the caller's closure), `GET /metrics` and
+//! `GET /healthz`.
+//!
+//! The admin listener is a Unix socket in the state directory by default
+//! (`<state_dir>/admin.sock`, mode 0660): agents run with the state
+//! directory hidden, so they cannot reach it, although they keep the
+//! network. On TCP (only when `ORCH_ADMIN_BIND` says so) every request
+//! must carry `Authorization: Bearer <ORCH_ADMIN_TOKEN>`, and the shim
+//! does not start without that token. Every answer the shim makes is JSON `{"status", "detail"}`
 //! (+ `inbox_id`); a 202 is sent only after the commit that holds the
 //! delivery is on disk.
 //!
@@ -36,6 +44,8 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::config::AdminBind;
+use crate::error::Error;
 use crate::webhook::Source;
 
 /// Builds the `GET /queue` document (the caller passes the `orch status
@@ -62,9 +72,13 @@ pub struct Admin {
 pub struct ServeOptions {
     /// Listen address, e.g. `127.0.0.1:8500` (`:0` picks a free port).
     pub bind: String,
-    /// The admin listener's address (`GET /queue`, `GET /metrics`,
-    /// `GET /healthz`); `None` serves no admin listener.
-    pub admin_bind: Option<String>,
+    /// Where the admin listener listens (`GET /queue`, `GET /metrics`,
+    /// `GET /healthz`): a Unix socket or TCP; `None` serves no admin
+    /// listener.
+    pub admin_bind: Option<AdminBind>,
+    /// The bearer token every request to a TCP admin listener must carry
+    /// (`ORCH_ADMIN_TOKEN`); required for TCP, unused for a socket.
+    pub admin_token: Option<String>,
     /// Runtime worker threads; 0 = one per CPU.
     pub threads: usize,
     /// A request must be complete (body read, delivery stored) within this
@@ -98,6 +112,7 @@ impl ServeOptions {
         ServeOptions {
             bind: s.bind.clone(),
             admin_bind: s.admin_bind.clone(),
+            admin_token: s.admin_token.as_ref().map(|x| x.expose().to_string()),
             threads: s.serve_threads,
             read_timeout: Duration::from_millis(s.serve_read_timeout_ms),
             header_timeout: Duration::from_millis(s.serve_header_timeout_ms),
@@ -130,6 +145,7 @@ impl std::fmt::Debug for ServeOptions {
         f.debug_struct("ServeOptions")
             .field("bind", &self.bind)
             .field("admin_bind", &self.admin_bind)
+            .field("admin_token", &redact(&self.admin_token))
             .field("threads", &self.threads)
             .field("read_timeout", &self.read_timeout)
             .field("header_timeout", &self.header_timeout)
@@ -148,6 +164,9 @@ impl std::fmt::Debug for ServeOptions {
 pub struct Server {
     addr: std::net::SocketAddr,
     admin_addr: Option<std::net::SocketAddr>,
+    /// The admin socket's path and file identity (device, inode): removed
+    /// on shutdown if the path is still this file.
+    admin_socket: Option<(PathBuf, (u64, u64))>,
     runtime: Option<tokio::runtime::Runtime>,
     stop: watch::Sender<bool>,
     accept: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -160,9 +179,14 @@ impl Server {
         self.addr
     }
 
-    /// The admin listener's bound address, when it serves one.
+    /// The admin listener's bound TCP address, when it listens on TCP.
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.admin_addr
+    }
+
+    /// The admin listener's socket path, when it listens on a Unix socket.
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin_socket.as_ref().map(|(p, _)| p.as_path())
     }
 
     /// Stops accepting (the listening socket is closed), lets the requests
@@ -195,7 +219,19 @@ impl Server {
         if let Some(w) = self.writer.take() {
             w.join();
         }
+        self.remove_admin_socket();
         result
+    }
+
+    /// Removes the admin socket file if it is still the one this server
+    /// bound (another process may have replaced it since).
+    fn remove_admin_socket(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Some((path, id)) = self.admin_socket.take() {
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == id) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
     }
 
     /// Serves until SIGTERM or SIGINT, then stops as [`Server::shutdown`]
@@ -242,6 +278,7 @@ impl Server {
             // The writer finishes what it was handed once the connection
             // tasks are gone; nobody waits for it.
             self.writer = None;
+            self.remove_admin_socket();
             return outcome;
         }
         self.stop_and_wait()
@@ -254,12 +291,15 @@ impl Drop for Server {
     }
 }
 
-/// Binds `opts.bind`, opens the writer's database connection (applying
-/// migrations), starts the writer thread and a tokio runtime, and starts
-/// accepting.
+/// Binds `opts.bind` and the admin listener, opens the writer's database
+/// connection (applying migrations), starts the writer thread and a tokio
+/// runtime, and starts accepting.
 ///
-/// Errors: an unusable bind address, a database that cannot be opened,
-/// a zero deadline, `max_connections == 0` or `max_header_bytes < 8192`.
+/// Errors: an unusable bind address or admin socket ([`listen::bind_socket`]),
+/// a database that cannot be opened, a zero deadline,
+/// `max_connections == 0` or `max_header_bytes < 8192`; a TCP admin
+/// listener without a token is [`Error::Config`] naming `ORCH_ADMIN_TOKEN`
+/// (exit 2).
 pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
     anyhow::ensure!(
         !opts.read_timeout.is_zero(),
@@ -277,6 +317,23 @@ pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
         opts.max_header_bytes >= 8192,
         "serve: max header bytes must be at least 8192"
     );
+    let admin_token = match (&opts.admin_bind, &opts.admin_token) {
+        (Some(AdminBind::Tcp(addr)), token) => {
+            match token.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+                Some(t) => Some(routes::Token::new(t)),
+                None => {
+                    return Err(Error::config(
+                        "ORCH_ADMIN_TOKEN",
+                        format!(
+                            "the admin listener is on TCP (ORCH_ADMIN_BIND={addr}), where anyone who reaches the port could read it: set ORCH_ADMIN_TOKEN (every request then needs Authorization: Bearer <token>), or leave ORCH_ADMIN_BIND unset for the Unix socket in the state directory"
+                        ),
+                    )
+                    .into())
+                }
+            }
+        }
+        _ => None,
+    };
     for (source, secret) in [
         (Source::Plane, &opts.plane_secret),
         (Source::Gitea, &opts.gitea_secret),
@@ -298,22 +355,36 @@ pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
         .max_blocking_threads(4)
         .enable_all()
         .build()?;
+    // The webhook port first: a second `orch serve` on the same ORCH_BIND
+    // fails there, before it looks at the admin socket.
     let (listener, admin_listener) = {
         let _guard = runtime.enter();
+        let listener = listen::bind(&opts.bind)?;
         let admin = match &opts.admin_bind {
-            Some(bind) => Some(anyhow::Context::with_context(listen::bind(bind), || {
-                format!("the admin listener (ORCH_ADMIN_BIND={bind})")
-            })?),
+            Some(bind) => Some(anyhow::Context::with_context(
+                AdminListener::bind(bind),
+                || format!("the admin listener (ORCH_ADMIN_BIND={bind})"),
+            )?),
             None => None,
         };
-        (listen::bind(&opts.bind)?, admin)
+        (listener, admin)
     };
     let addr = listener.local_addr()?;
-    let admin_addr = match &admin_listener {
-        Some(l) => Some(l.local_addr()?),
-        None => None,
+    let (admin_addr, admin_socket) = match &admin_listener {
+        Some(AdminListener::Tcp(l)) => (Some(l.local_addr()?), None),
+        Some(AdminListener::Unix(_, path, id)) => (None, Some((path.clone(), *id))),
+        None => (None, None),
     };
-    let (writer, writer_thread) = writer::start(&opts.db_path, opts.busy_timeout_ms)?;
+    let writer = writer::start(&opts.db_path, opts.busy_timeout_ms);
+    let (writer, writer_thread) = match writer {
+        Ok(w) => w,
+        Err(e) => {
+            if let Some((path, _)) = &admin_socket {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
     let limits = listen::Limits {
         header_timeout: opts.header_timeout,
         max_header_bytes: opts.max_header_bytes,
@@ -338,9 +409,14 @@ pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
     );
     // Both loops end together on a stop; either failing is the server
     // failing (the process then exits non-zero).
+    let admin_router = routes::admin_router(app, admin_token);
     let accept = match admin_listener {
-        Some(l) => {
-            let admin = listen::accept_loop(l, routes::admin_router(app), limits, stop_rx);
+        Some(AdminListener::Tcp(l)) => {
+            let admin = listen::accept_loop(l, admin_router, limits, stop_rx);
+            runtime.spawn(async move { tokio::try_join!(webhooks, admin).map(|_| ()) })
+        }
+        Some(AdminListener::Unix(l, _, _)) => {
+            let admin = listen::accept_loop(l, admin_router, limits, stop_rx);
             runtime.spawn(async move { tokio::try_join!(webhooks, admin).map(|_| ()) })
         }
         None => runtime.spawn(webhooks),
@@ -348,11 +424,32 @@ pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
     Ok(Server {
         addr,
         admin_addr,
+        admin_socket,
         runtime: Some(runtime),
         stop,
         accept: Some(accept),
         writer: Some(writer_thread),
     })
+}
+
+/// The admin listener, bound.
+enum AdminListener {
+    Tcp(tokio::net::TcpListener),
+    /// The listener, its path and its file's (device, inode).
+    Unix(tokio::net::UnixListener, PathBuf, (u64, u64)),
+}
+
+impl AdminListener {
+    /// Binds `bind`; must run inside the runtime.
+    fn bind(bind: &AdminBind) -> anyhow::Result<AdminListener> {
+        Ok(match bind {
+            AdminBind::Tcp(addr) => AdminListener::Tcp(listen::bind(&addr.to_string())?),
+            AdminBind::Socket(path) => {
+                let (l, id) = listen::bind_socket(path)?;
+                AdminListener::Unix(l, path.clone(), id)
+            }
+        })
+    }
 }
 
 /// Serves until SIGTERM or SIGINT, then shuts down gracefully
@@ -373,9 +470,11 @@ pub fn run_forever(opts: ServeOptions, admin: Admin) -> anyhow::Result<()> {
     }
     let (threads, max_connections) = (opts.threads, opts.max_connections);
     let mut server = start(opts, admin)?;
-    let admin_addr = server
-        .admin_addr()
-        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    let admin_addr = match (server.admin_addr(), server.admin_socket()) {
+        (Some(a), _) => format!("{a} (bearer token)"),
+        (None, Some(p)) => format!("unix:{}", p.display()),
+        (None, None) => "off".to_string(),
+    };
     tracing::info!(target: "webhook", addr = %server.addr(), admin = %admin_addr, threads, max_connections, open_files_limit = files, "orch serve listening");
     match server.serve_until_signal() {
         Ok(()) => {
@@ -421,7 +520,8 @@ mod tests {
     fn options(dir: &std::path::Path, secret: Option<&str>) -> ServeOptions {
         ServeOptions {
             bind: "127.0.0.1:0".into(),
-            admin_bind: Some("127.0.0.1:0".into()),
+            admin_bind: Some(AdminBind::Socket(dir.join("admin.sock"))),
+            admin_token: None,
             threads: 1,
             read_timeout: Duration::from_secs(2),
             header_timeout: Duration::from_secs(2),
@@ -452,7 +552,21 @@ mod tests {
         s.write_all(raw.as_bytes()).unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).unwrap();
-        let text = String::from_utf8_lossy(&out);
+        parse(&out)
+    }
+
+    /// One request over the Unix socket at `path`.
+    fn exchange_unix(path: &std::path::Path, raw: &str) -> ((u16, Value), String) {
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(raw.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).unwrap();
+        parse(&out)
+    }
+
+    fn parse(out: &[u8]) -> ((u16, Value), String) {
+        let text = String::from_utf8_lossy(out);
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let code = head.split(' ').nth(1).unwrap().parse().unwrap();
         (
@@ -464,15 +578,23 @@ mod tests {
     const GET: &str = "HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
 
     #[test]
-    fn queue_and_metrics_are_served_on_the_admin_listener_only() {
+    fn queue_and_metrics_are_served_on_the_admin_socket_only() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
         let dir = tempfile::tempdir().unwrap();
         let queue: QueueFn = Arc::new(|| Ok(serde_json::json!({"ok": true})));
         let server = start(options(dir.path(), Some("s")), admin(queue)).unwrap();
-        let admin_addr = server.admin_addr().expect("an admin listener");
-        assert_ne!(admin_addr, server.addr());
-        let (q, _) = exchange_at(admin_addr, &format!("GET /queue {GET}"));
+        assert_eq!(server.admin_addr(), None);
+        let sock = server
+            .admin_socket()
+            .expect("an admin socket")
+            .to_path_buf();
+        assert_eq!(sock, dir.path().join("admin.sock"));
+        let meta = std::fs::metadata(&sock).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+        let (q, _) = exchange_unix(&sock, &format!("GET /queue {GET}"));
         assert_eq!(q, (200, serde_json::json!({"ok": true})));
-        let ((code, _), text) = exchange_at(admin_addr, &format!("GET /metrics {GET}"));
+        let ((code, _), text) = exchange_unix(&sock, &format!("GET /metrics {GET}"));
         assert_eq!(code, 200);
         assert!(text.starts_with("orch_up 1\n"), "{text}");
         assert!(
@@ -480,10 +602,10 @@ mod tests {
             "{text}"
         );
         assert_eq!(
-            exchange_at(admin_addr, &format!("GET /healthz {GET}")).0 .0,
+            exchange_unix(&sock, &format!("GET /healthz {GET}")).0 .0,
             200
         );
-        // The webhook port serves neither, and the admin port no webhooks.
+        // The webhook port serves neither, and the admin socket no webhooks.
         for path in ["/queue", "/metrics"] {
             assert_eq!(
                 exchange(&server, &format!("GET {path} {GET}")).0,
@@ -491,14 +613,97 @@ mod tests {
                 "{path}"
             );
         }
-        let (code, _) = exchange_at(admin_addr, "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}").0;
+        let (code, _) = exchange_unix(&sock, "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}").0;
         assert_eq!(code, 404);
         server.shutdown().unwrap();
+        assert!(!sock.exists(), "the socket file is removed on shutdown");
         // Off: no admin listener at all.
         let mut opts = options(dir.path(), Some("s"));
         opts.admin_bind = None;
         let server = start(opts, admin(Arc::new(|| Ok(Value::Null)))).unwrap();
-        assert_eq!(server.admin_addr(), None);
+        assert_eq!((server.admin_addr(), server.admin_socket()), (None, None));
+        server.shutdown().unwrap();
+        assert!(!sock.exists());
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_a_live_one_and_other_files_are_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("admin.sock");
+        let null = || admin(Arc::new(|| Ok(Value::Null)));
+        // A crashed run's socket: nobody listens on it.
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let first = start(options(dir.path(), Some("s")), null()).unwrap();
+        assert_eq!(
+            exchange_unix(&sock, &format!("GET /healthz {GET}")).0 .0,
+            200
+        );
+        // A second shim (its own webhook port) does not take it over.
+        let e = start(options(dir.path(), Some("s")), null()).err().unwrap();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("ORCH_ADMIN_BIND") && msg.contains("is in use"),
+            "{msg}"
+        );
+        assert_eq!(
+            exchange_unix(&sock, &format!("GET /healthz {GET}")).0 .0,
+            200
+        );
+        first.shutdown().unwrap();
+        // A file that is not a socket is not removed.
+        std::fs::write(&sock, "mine").unwrap();
+        let e = start(options(dir.path(), Some("s")), null()).err().unwrap();
+        assert!(format!("{e:#}").contains("is not a socket"), "{e:#}");
+        assert_eq!(std::fs::read_to_string(&sock).unwrap(), "mine");
+    }
+
+    #[test]
+    fn a_tcp_admin_listener_needs_the_bearer_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = options(dir.path(), Some("s"));
+        opts.admin_bind = Some(AdminBind::Tcp("127.0.0.1:0".parse().unwrap()));
+        let queue: QueueFn = Arc::new(|| Ok(serde_json::json!({"ok": true})));
+        for token in [None, Some(" ")] {
+            opts.admin_token = token.map(Into::into);
+            let e = start(opts.clone(), admin(queue.clone())).err().unwrap();
+            let code = crate::error::exit_code_for(&e);
+            assert_eq!(code, crate::error::exit::USAGE, "{e:#}");
+            assert!(format!("{e:#}").contains("ORCH_ADMIN_TOKEN"), "{e:#}");
+        }
+        opts.admin_token = Some("admin-token-0123".into());
+        let server = start(opts, admin(queue)).unwrap();
+        let at = server.admin_addr().expect("a TCP admin listener");
+        assert_eq!(server.admin_socket(), None);
+        let get = |path: &str, auth: Option<&str>| {
+            let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+            exchange_at(
+                at,
+                &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"),
+            )
+        };
+        for path in ["/queue", "/metrics", "/healthz", "/nowhere"] {
+            for auth in [
+                None,
+                Some("Bearer"),
+                Some("Bearer "),
+                Some("Bearer admin-token-012"),
+                Some("Bearer admin-token-01234"),
+                Some("Basic admin-token-0123"),
+                Some("admin-token-0123"),
+            ] {
+                let ((code, v), _) = get(path, auth);
+                assert_eq!(code, 401, "{path} {auth:?}");
+                assert_eq!(v["status"], "unauthorized", "{path} {auth:?}");
+            }
+        }
+        assert_eq!(
+            get("/queue", Some("Bearer admin-token-0123")).0,
+            (200, serde_json::json!({"ok": true}))
+        );
+        assert_eq!(get("/queue", Some("bearer  admin-token-0123")).0 .0, 200);
+        let ((code, _), text) = get("/metrics", Some("Bearer admin-token-0123"));
+        assert_eq!(code, 200);
+        assert!(text.starts_with("orch_up 1\n"), "{text}");
         server.shutdown().unwrap();
     }
 
@@ -507,8 +712,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue: QueueFn = Arc::new(|| anyhow::bail!("database is locked"));
         let server = start(options(dir.path(), None), admin(queue)).unwrap();
-        let (code, v) = exchange_at(
-            server.admin_addr().unwrap(),
+        let (code, v) = exchange_unix(
+            server.admin_socket().unwrap(),
             "GET /queue HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
         .0;

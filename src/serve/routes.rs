@@ -3,10 +3,15 @@
 //!
 //! Layers, outermost first:
 //! - [`finish`]: refuses a request whose head had both `Content-Length` and
-//!   `Transfer-Encoding` (400, see [`super::io`]) or a header value that is
-//!   not UTF-8 (400); gives every answer the JSON shape `{"status",
+//!   `Transfer-Encoding` (400, see [`super::io`]), a `Transfer-Encoding`
+//!   other than exactly `chunked` (400: the shim decodes no other coding,
+//!   RFC 9112 §6.1; hyper accepts any list that ends in `chunked`, such as
+//!   `gzip, chunked` or `chunked, chunked`), or a header value that is not
+//!   UTF-8 (400); gives every answer the JSON shape `{"status",
 //!   "detail"}` (also those made by the layers below and by axum's routing,
 //!   which have none); logs one line per request.
+//! - [`bearer`] (a TCP admin listener only): 401 unless the request
+//!   carries `Authorization: Bearer <ORCH_ADMIN_TOKEN>`.
 //! - tower-http `CatchPanicLayer`: a bug in a handler is a 500, not a
 //!   dropped connection.
 //! - tower-http `TimeoutLayer`: the whole request — body and storing —
@@ -16,7 +21,8 @@
 //!   chunked body fails while being read (413).
 //!
 //! The webhook handler verifies the signature over the raw body, reads the
-//! delivery id and event, checks the body is JSON and hands the delivery to
+//! delivery id and event, checks the body is JSON within limits
+//! ([`webhook::check_json`]) and hands the delivery to
 //! the group-commit [`Writer`]; it answers 202 (or 200 for a redelivery)
 //! only once the commit that holds it is on disk, 503 if that commit
 //! failed. Nothing is stored for a refused request.
@@ -32,6 +38,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use sha2::Digest;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -39,7 +46,7 @@ use tower_http::timeout::TimeoutLayer;
 use super::writer::Writer;
 use super::Admin;
 use crate::db::{NewDelivery, Recorded};
-use crate::webhook::{self, Rejection, Source, MAX_BODY_BYTES};
+use crate::webhook::{self, Source, MAX_BODY_BYTES};
 
 /// What the handlers share.
 pub struct App {
@@ -116,26 +123,31 @@ pub fn router(app: Arc<App>) -> Router {
             .route("/webhooks/gitea", post(gitea))
             .route("/healthz", get(health)),
         app,
+        None,
     )
 }
 
-/// The admin listener's router (`ORCH_ADMIN_BIND`, loopback by default):
-/// `/queue`, `/metrics` and `/healthz`, with the same layers.
-pub fn admin_router(app: Arc<App>) -> Router {
-    layered(
-        Router::new()
-            .route("/queue", get(queue))
-            .route("/metrics", get(metrics))
-            .route("/healthz", get(health)),
-        app,
-    )
+/// The admin listener's router (`ORCH_ADMIN_BIND`: a Unix socket in the
+/// state directory by default): `/queue`, `/metrics` and `/healthz`, with
+/// the same layers; with a `token` (TCP) every request must carry it.
+pub fn admin_router(app: Arc<App>, token: Option<Token>) -> Router {
+    let routes = Router::new()
+        .route("/queue", get(queue))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(health));
+    layered(routes, app, token)
 }
 
-fn layered(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
+fn layered(routes: Router<Arc<App>>, app: Arc<App>, token: Option<Token>) -> Router {
     let read_timeout = app.read_timeout;
+    let routes = routes.fallback(not_found).with_state(app.clone());
+    // The guard covers the fallback too: without the token, even which
+    // paths exist stays unknown.
+    let routes = match token {
+        Some(t) => routes.layer(axum::middleware::from_fn_with_state(Arc::new(t), bearer)),
+        None => routes,
+    };
     routes
-        .fallback(not_found)
-        .with_state(app.clone())
         // Each `layer` wraps the ones before it: `finish` is outermost.
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(
@@ -144,6 +156,87 @@ fn layered(routes: Router<Arc<App>>, app: Arc<App>) -> Router {
         ))
         .layer(CatchPanicLayer::new())
         .layer(axum::middleware::from_fn_with_state(app, finish))
+}
+
+/// The admin bearer token, kept as its SHA-256 so that comparing takes the
+/// same time whatever the length and content of what a client sends.
+pub struct Token([u8; 32]);
+
+impl Token {
+    /// The token every request must carry (`ORCH_ADMIN_TOKEN`).
+    pub fn new(token: &str) -> Token {
+        Token(sha2::Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Whether an `Authorization` header value is `Bearer <this token>`
+    /// (the scheme is case-insensitive, RFC 9110 §11.1); compared in
+    /// constant time.
+    fn admits(&self, authorization: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(sep) = authorization.iter().position(|b| *b == b' ') else {
+            return false;
+        };
+        let (scheme, rest) = authorization.split_at(sep);
+        if !scheme.eq_ignore_ascii_case(b"bearer") {
+            return false;
+        }
+        let given: [u8; 32] = sha2::Sha256::digest(rest.trim_ascii()).into();
+        given.ct_eq(&self.0).into()
+    }
+}
+
+/// The TCP admin listener's guard: 401 (with `WWW-Authenticate: Bearer`)
+/// unless the request's `Authorization` is the bearer token.
+async fn bearer(State(token): State<Arc<Token>>, req: Request, next: Next) -> Response {
+    let admitted = req
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .any(|v| token.admits(v.as_bytes()));
+    if admitted {
+        return next.run(req).await;
+    }
+    let mut r = reply(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this admin listener needs Authorization: Bearer <ORCH_ADMIN_TOKEN>",
+    );
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"orch admin\""),
+    );
+    r
+}
+
+/// Why a request's `Transfer-Encoding` is refused, if it is: every value
+/// of every `Transfer-Encoding` line together must be the one coding
+/// `chunked` (RFC 9112 §6.1: a server that does not decode other codings
+/// answers 400; a repeated `chunked` is not allowed either, §7).
+fn transfer_coding_refused(headers: &HeaderMap) -> Option<String> {
+    let values: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let codings: Vec<&[u8]> = values
+        .iter()
+        .flat_map(|v| v.split(|b| *b == b','))
+        .map(|c| c.trim_ascii())
+        .collect();
+    if codings.len() == 1 && codings[0].eq_ignore_ascii_case(b"chunked") {
+        return None;
+    }
+    let shown: Vec<String> = values
+        .iter()
+        .map(|v| clean(&String::from_utf8_lossy(v)))
+        .collect();
+    Some(format!(
+        "Transfer-Encoding {:?}: only \"chunked\" alone is accepted (RFC 9112 section 6.1)",
+        shown.join(", ")
+    ))
 }
 
 /// Why the log line says what it says (kept in the response's extensions).
@@ -309,9 +402,10 @@ async fn hook(app: &App, source: Source, req: Request) -> Response {
         Ok(meta) => meta,
         Err(e) => return reply(StatusCode::BAD_REQUEST, "bad_request", e),
     };
-    // The rule of `webhook::store`, checked here so the writer only stores.
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-        let r = Rejection::BadJson(e.to_string());
+    // The rule of `webhook::store`, checked here so the writer only
+    // stores. After the signature: an unauthenticated sender spends no
+    // parsing and learns nothing about the parser.
+    if let Err(r) = webhook::check_json(&body) {
         return reply(StatusCode::BAD_REQUEST, "bad_json", r.to_string());
     }
     let body_sha256 = webhook::body_sha256(&body);
@@ -354,6 +448,7 @@ async fn finish(State(app): State<Arc<App>>, req: Request, next: Next) -> Respon
         .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
         .map(|(n, _)| n.as_str().to_string());
     let refuse = req.extensions().get::<Refuse>().copied();
+    let coding = transfer_coding_refused(req.headers());
     let resp = if let Some(why) = refuse {
         let detail = match why {
             Refuse::SmugglingShape => {
@@ -364,6 +459,8 @@ async fn finish(State(app): State<Arc<App>>, req: Request, next: Next) -> Respon
                 "the request's framing could not be followed"
             }
         };
+        close(reply(StatusCode::BAD_REQUEST, "bad_request", detail))
+    } else if let Some(detail) = coding {
         close(reply(StatusCode::BAD_REQUEST, "bad_request", detail))
     } else if let Some(name) = non_utf8 {
         reply(
