@@ -1410,6 +1410,7 @@ pub fn known_keys() -> std::collections::BTreeSet<String> {
             "ORCH_LOG",
             "ORCH_LOG_FORMAT",
             "ORCH_TEST_CLOCK_OFFSET_MS",
+            "ORCH_TEST_WALL_JUMP_MS",
             "ORCH_TASK_ID",
             "ORCH_STAGE",
             "ORCH_ROLE",
