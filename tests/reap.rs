@@ -428,7 +428,10 @@ fn a_wall_clock_jumped_past_the_timeout_and_the_heartbeat_kills_no_live_agent() 
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "nothing to reap");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "nothing to reap"
+        );
     }
     let agent = pids(&pidfile)[0];
     assert!(pid_alive(agent), "the agent still runs");
@@ -493,7 +496,10 @@ fn a_clock_set_back_ends_a_merge_lease_and_an_account_pause_taken_before() {
     .unwrap();
     assert_eq!(sbx.json(&["status"])["pauses"], serde_json::json!([]));
     let out = sbx.ok(&["reap"]);
-    assert!(out.contains("released merge:acme/widget held by w"), "{out}");
+    assert!(
+        out.contains("released merge:acme/widget held by w"),
+        "{out}"
+    );
     sbx.add_issue("runs");
     let v = sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["action"], "advanced", "not paused: {v}");
