@@ -146,13 +146,13 @@ type Liveness = HashMap<(i64, i64), bool>;
 /// The time now on both clocks, and this machine's boot id: what the
 /// reaper measures the spans of a running job against (`clock`'s rules).
 #[derive(Debug, Clone, Copy)]
-pub struct Now<'a> {
+struct Now<'a> {
     /// Wall clock, unix ms.
-    pub wall_ms: i64,
+    wall_ms: i64,
     /// This boot's monotonic clock (`clock::boot_ms`).
-    pub boot_ms: i64,
+    boot_ms: i64,
     /// `process::boot_id()`.
-    pub boot_id: &'a str,
+    boot_id: &'a str,
 }
 
 impl Now<'_> {

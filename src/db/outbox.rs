@@ -219,6 +219,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_retry_set_before_the_clock_went_back_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
+        let t = 1_800_000_000_000i64;
+        let hour = 3_600_000;
+        db.write(|tx| {
+            tx.insert_outbox("k", None, "notify", "x", &serde_json::json!({}), t)?;
+            Ok(())
+        })
+        .unwrap();
+        let id = db.due_outbox(t, 10).unwrap()[0].id;
+        db.write(|tx| tx.mark_outbox_failed(id, "busy", t + hour, false))
+            .unwrap();
+        let due = |now: i64| db.due_outbox(now, 10).unwrap().len();
+        assert_eq!(due(t), 0, "in its backoff");
+        assert_eq!(due(t + hour), 1);
+        // The clock went back a day: the retry was set "in the future",
+        // further than any wait orch sets.
+        assert_eq!(due(t - 24 * hour), 1);
+        // Back by less than the longest wait: it waits out its length
+        // plus the step at most.
+        assert_eq!(due(t - hour), 0);
+        assert_eq!(
+            due(t + hour - MAX_RETRY_WAIT_MS - crate::clock::STEP_SLACK_MS - 1),
+            1
+        );
+    }
+
+    #[test]
     fn send_counter_state_cache_and_pull_requests() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
