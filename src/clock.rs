@@ -1,34 +1,117 @@
 //! The one clock. Nothing else in orch reads the system time.
 //!
 //! Times are unix milliseconds (`i64`) everywhere: in the database (columns
-//! named `*_ms`), in logs and in JSON output. Builds with the `testing`
-//! feature honour `ORCH_TEST_CLOCK_OFFSET_MS`, which shifts the clock so a
-//! process test can step past a grace period without sleeping.
+//! named `*_ms`), in logs and in JSON output. That wall clock can jump
+//! (an operator, NTP stepping a clock that was far off, a VM resumed), so
+//! what measures a span reads a second clock too: [`boot_ms`], the
+//! machine's monotonic clock since boot (`CLOCK_BOOTTIME`, which counts
+//! suspend and never jumps), meaningful only on the boot that read it (a
+//! row records the boot id beside it: `process::boot_id`). The rules:
+//! - A span one process measures (the agent's own timeout) is an
+//!   `Instant` (`process::run`).
+//! - A span measured across processes (the reaper judging a worker's
+//!   heartbeat, a run's time, the finalize grace) is [`elapsed_ms`]: on
+//!   the boot clock when both ends were read on this boot, else on the
+//!   wall clock. A forward jump of the wall clock then kills no live
+//!   agent.
+//! - A time set ahead (a backoff, a pause, a lease) is judged on the wall
+//!   clock, indexable, but [`set_in_the_future`] bounds a backward jump: a
+//!   row written more than [`STEP_SLACK_MS`] "after now" was written
+//!   before the clock went back, and its wait counts as over. A clock
+//!   that goes back never stops claims; a wait lasts at most its length
+//!   plus the slack, and ends early by at most its length.
+//!
+//! Builds with the `testing` feature honour `ORCH_TEST_CLOCK_OFFSET_MS`,
+//! which shifts both clocks (time passes: a process test steps past a
+//! grace period without sleeping), and `ORCH_TEST_WALL_JUMP_MS`, which
+//! shifts the wall clock only (the clock jumped; no time passed).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 
-/// Current time in unix milliseconds.
+/// How far behind a row's write time the wall clock may read before
+/// orch counts it as having gone back (60 s): more than any gap between
+/// reading the clock and committing a write (`ORCH_BUSY_TIMEOUT_MS` is
+/// 5 s by default), so concurrent processes never trip it. A backward
+/// step smaller than this is not detected and makes a wait last up to
+/// that much longer.
+pub const STEP_SLACK_MS: i64 = 60_000;
+
+/// Current time in unix milliseconds (the wall clock).
 pub fn now_ms() -> i64 {
     let real = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
+    real + offset_ms() + wall_jump_ms()
+}
+
+/// Milliseconds since this machine booted, suspend included
+/// (`CLOCK_BOOTTIME`): monotonic, never stepped by a change of the wall
+/// clock. Comparable only with readings of the same boot (same
+/// `process::boot_id`).
+pub fn boot_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME exists
+    // on every Linux orch supports (2.6.39+).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    let real = if rc == 0 {
+        ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+    } else {
+        0
+    };
     real + offset_ms()
 }
 
+/// Milliseconds from an event to now, on the boot clock when the event's
+/// boot-clock reading `then_boot` is known and of this boot (the caller
+/// passes `None` otherwise), else on the wall clock (`then_wall` to
+/// `now_wall`). Never negative.
+pub fn elapsed_ms(then_wall: i64, then_boot: Option<i64>, now_wall: i64, now_boot: i64) -> i64 {
+    match then_boot {
+        Some(b) => now_boot - b,
+        None => now_wall - then_wall,
+    }
+    .max(0)
+}
+
+/// Whether a row written at wall time `written_ms` was written before the
+/// wall clock went back (it reads more than [`STEP_SLACK_MS`] ahead of
+/// `now_ms`): then the wait it set counts as over.
+pub fn set_in_the_future(written_ms: i64, now_ms: i64) -> bool {
+    written_ms > now_ms + STEP_SLACK_MS
+}
+
 #[cfg(feature = "testing")]
-fn offset_ms() -> i64 {
-    std::env::var("ORCH_TEST_CLOCK_OFFSET_MS")
+fn test_ms(key: &str) -> i64 {
+    std::env::var(key)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
+#[cfg(feature = "testing")]
+fn offset_ms() -> i64 {
+    test_ms("ORCH_TEST_CLOCK_OFFSET_MS")
+}
+
+#[cfg(feature = "testing")]
+fn wall_jump_ms() -> i64 {
+    test_ms("ORCH_TEST_WALL_JUMP_MS")
+}
+
 #[cfg(not(feature = "testing"))]
 fn offset_ms() -> i64 {
+    0
+}
+
+#[cfg(not(feature = "testing"))]
+fn wall_jump_ms() -> i64 {
     0
 }
 
@@ -130,6 +213,20 @@ pub fn human(at_ms: i64, now_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_across_processes_read_the_boot_clock_of_the_same_boot() {
+        let (w, b) = (now_ms(), boot_ms());
+        assert!(b > 0);
+        // Same boot: the wall clock's jump (an hour ahead) does not count.
+        assert_eq!(elapsed_ms(w - 1000, Some(b - 1000), w + 3_600_000, b), 1000);
+        // Another boot: the wall clock is all there is.
+        assert_eq!(elapsed_ms(w - 1000, None, w, b), 1000);
+        assert_eq!(elapsed_ms(w + 5000, None, w, b), 0, "never negative");
+        assert!(!set_in_the_future(w + STEP_SLACK_MS, w));
+        assert!(set_in_the_future(w + STEP_SLACK_MS + 1, w));
+        assert!(!set_in_the_future(w - 86_400_000, w));
+    }
 
     #[test]
     fn spans_and_relative_times_read_like_people_write_them() {

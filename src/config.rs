@@ -311,6 +311,7 @@ impl Settings {
                 None => (PathBuf::from("orch.toml"), false),
             };
         let num = |key: &str, default: u64, min: u64| setting_num(&get, key, default, min);
+        let num32 = |key: &str, default: u32, min: u32| setting_u32(&get, key, default, min);
         let flag = |key: &str, default: bool| setting_flag(&get, key, default);
         Ok(Settings {
             reconcile_enabled: flag("ORCH_RECONCILE_ENABLED", true)?,
@@ -346,7 +347,7 @@ impl Settings {
                 .unwrap_or_default(),
             merge_gate_lease_ttl_s: num("ORCH_MERGE_GATE_LEASE_TTL_S", 7200, 1)?,
             merge_gate_defer_s: num("ORCH_MERGE_GATE_DEFER_S", 30, 0)?,
-            merge_gate_max_defers: num("ORCH_MERGE_GATE_MAX_DEFERS", 24, 0)? as u32,
+            merge_gate_max_defers: num32("ORCH_MERGE_GATE_MAX_DEFERS", 24, 0)?,
             agent_sandbox: match get("ORCH_AGENT_SANDBOX").as_deref().map(str::trim) {
                 None => AgentSandbox::Auto,
                 Some("bwrap") => AgentSandbox::Bwrap,
@@ -378,20 +379,20 @@ impl Settings {
             db_path,
             config_path,
             config_explicit,
-            max_concurrency: num("ORCH_MAX_CONCURRENCY", 2, 1)? as u32,
+            max_concurrency: num32("ORCH_MAX_CONCURRENCY", 2, 1)?,
             max_concurrency_by_role: {
                 let mut m = BTreeMap::new();
                 for role in ROLES {
                     let key = format!("ORCH_MAX_CONCURRENCY_{}", role.to_ascii_uppercase());
                     if get(&key).is_some() {
-                        m.insert(role.to_string(), num(&key, 0, 0)? as u32);
+                        m.insert(role.to_string(), num32(&key, 0, 0)?);
                     }
                 }
                 m
             },
-            max_developer_retries: num("ORCH_MAX_DEVELOPER_RETRIES", 3, 1)? as u32,
-            job_max_attempts: num("ORCH_JOB_MAX_ATTEMPTS", 3, 1)? as u32,
-            finalize_max_attempts: num("ORCH_FINALIZE_MAX_ATTEMPTS", 5, 1)? as u32,
+            max_developer_retries: num32("ORCH_MAX_DEVELOPER_RETRIES", 3, 1)?,
+            job_max_attempts: num32("ORCH_JOB_MAX_ATTEMPTS", 3, 1)?,
+            finalize_max_attempts: num32("ORCH_FINALIZE_MAX_ATTEMPTS", 5, 1)?,
             job_backoff_s: num("ORCH_JOB_BACKOFF_S", 30, 0)?,
             limit_backoff_s: num("ORCH_LIMIT_BACKOFF_S", 60, 1)?,
             budget_day_usd: setting_usd(&get, "ORCH_BUDGET_DAY_USD")?,
@@ -417,8 +418,8 @@ impl Settings {
             serve_max_connections: num("ORCH_SERVE_MAX_CONNECTIONS", 4096, 1)? as usize,
             serve_max_header_bytes: num("ORCH_SERVE_MAX_HEADER_BYTES", 65_536, 8192)? as usize,
             busy_timeout_ms: num("ORCH_BUSY_TIMEOUT_MS", 5_000, 0)?,
-            inbox_max_attempts: num("ORCH_INBOX_MAX_ATTEMPTS", 5, 1)? as u32,
-            outbox_max_attempts: num("ORCH_OUTBOX_MAX_ATTEMPTS", 8, 1)? as u32,
+            inbox_max_attempts: num32("ORCH_INBOX_MAX_ATTEMPTS", 5, 1)?,
+            outbox_max_attempts: num32("ORCH_OUTBOX_MAX_ATTEMPTS", 8, 1)?,
             agent_timeout_s: num("ORCH_AGENT_TIMEOUT_S", 3600, 1)?,
             kill_grace_s: num("ORCH_KILL_GRACE_S", 10, 0)?,
             heartbeat_s: num("ORCH_HEARTBEAT_S", 10, 1)?,
@@ -602,8 +603,79 @@ impl AdapterSettings {
     }
 }
 
-/// Reads setting `key` through `get` as a whole number `>= min`;
-/// `default` when unset.
+/// The largest whole number a setting or a config value may hold: 10^12
+/// (seconds of some 31 000 years; as milliseconds it still leaves the
+/// unix-ms arithmetic of `i64` room).
+pub const MAX_WHOLE: u64 = 1_000_000_000_000;
+
+/// A number as written in a setting or in the config file, before the
+/// one rule ([`whole`], [`amount`]) judges it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Number {
+    /// An integer (`-1`, `30`).
+    Whole(i128),
+    /// Anything else TOML or Rust reads as a float (`0.5`, `nan`, `inf`).
+    Real(f64),
+}
+
+impl Number {
+    /// `text` (trimmed) as a number: an integer, else a float (Rust's
+    /// syntax: `nan`, `inf`, `1e3` included); `None` for anything else.
+    fn parse(text: &str) -> Option<Number> {
+        let t = text.trim();
+        t.parse::<i128>()
+            .map(Number::Whole)
+            .or_else(|_| t.parse::<f64>().map(Number::Real))
+            .ok()
+    }
+}
+
+impl std::fmt::Display for Number {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Number::Whole(n) => write!(f, "{n}"),
+            Number::Real(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// The one rule for counts and durations (every `ORCH_*` whole-number
+/// setting and every integer of the config file): a whole number from
+/// `min` to [`MAX_WHOLE`].
+///
+/// Errors: what was expected (`expected a whole number >= 1`), for the
+/// caller to key and to add what it got.
+pub(crate) fn whole(n: Option<Number>, min: u64) -> Result<u64, String> {
+    match n {
+        Some(Number::Whole(v)) if v > MAX_WHOLE as i128 => {
+            Err(format!("expected a whole number <= {MAX_WHOLE}"))
+        }
+        Some(Number::Whole(v)) if v >= min as i128 => Ok(v as u64),
+        _ => Err(format!("expected a whole number >= {min}")),
+    }
+}
+
+/// The one rule for amounts (budgets in US dollars, in settings and in
+/// the config file): a finite number `>= 0` (`nan`, `inf` and negatives
+/// are refused: any of them would silently disable a ceiling).
+///
+/// Errors: what was expected, for the caller to key and to add what it
+/// got.
+pub(crate) fn amount(n: Option<Number>) -> Result<f64, String> {
+    let v = match n {
+        Some(Number::Whole(v)) => v as f64,
+        Some(Number::Real(v)) => v,
+        None => f64::NAN,
+    };
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err("expected a finite number >= 0".into())
+    }
+}
+
+/// Reads setting `key` through `get` as a whole number from `min` to
+/// [`MAX_WHOLE`] ([`whole`]); `default` when unset.
 ///
 /// Errors: [`Error::Config`] naming the key and the value.
 pub(crate) fn setting_num(
@@ -614,14 +686,30 @@ pub(crate) fn setting_num(
 ) -> Result<u64, Error> {
     match get(key) {
         None => Ok(default),
-        Some(v) => match v.trim().parse::<u64>() {
-            Ok(n) if n >= min => Ok(n),
-            _ => Err(Error::config(
-                key,
-                format!("expected a whole number >= {min}, got {v:?}"),
-            )),
-        },
+        Some(v) => {
+            whole(Number::parse(&v), min).map_err(|m| Error::config(key, format!("{m}, got {v:?}")))
+        }
     }
+}
+
+/// [`setting_num`] for a setting held in a `u32` (a count of attempts,
+/// of jobs).
+///
+/// Errors: [`Error::Config`] naming the key and the value, also when it
+/// is above `u32::MAX`.
+pub(crate) fn setting_u32(
+    get: &dyn Fn(&str) -> Option<String>,
+    key: &str,
+    default: u32,
+    min: u32,
+) -> Result<u32, Error> {
+    let n = setting_num(get, key, default.into(), min.into())?;
+    u32::try_from(n).map_err(|_| {
+        Error::config(
+            key,
+            format!("expected a whole number <= {}, got \"{n}\"", u32::MAX),
+        )
+    })
 }
 
 /// Reads setting `key` through `get` as a number of tokens (a whole
@@ -638,8 +726,8 @@ pub(crate) fn setting_tokens(
     }
 }
 
-/// Reads setting `key` through `get` as an amount of US dollars (a finite
-/// number >= 0); `None` when unset.
+/// Reads setting `key` through `get` as an amount of US dollars
+/// ([`amount`]: a finite number >= 0); `None` when unset.
 ///
 /// Errors: [`Error::Config`] naming the key and the value.
 pub(crate) fn setting_usd(
@@ -648,14 +736,68 @@ pub(crate) fn setting_usd(
 ) -> Result<Option<f64>, Error> {
     match get(key) {
         None => Ok(None),
-        Some(v) => match v.trim().parse::<f64>() {
-            Ok(n) if n.is_finite() && n >= 0.0 => Ok(Some(n)),
-            _ => Err(Error::config(
-                key,
-                format!("expected an amount of US dollars >= 0, got {v:?}"),
-            )),
-        },
+        Some(v) => amount(Number::parse(&v))
+            .map(Some)
+            .map_err(|m| Error::config(key, format!("{m}, got {v:?}"))),
     }
+}
+
+/// A number of the config file, any TOML integer or float, for the one
+/// rule to judge (a string or table is a type error).
+fn de_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Number, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Number;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Number, E> {
+            Ok(Number::Whole(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Number, E> {
+            Ok(Number::Whole(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Number, E> {
+            Ok(Number::Real(v))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// `deserialize_with` of the config's whole numbers (counts, seconds):
+/// [`whole`] with minimum 0 (a field's own minimum is checked in
+/// [`Config::parse`]), in the field's integer type. The error (`expected
+/// a whole number >= 0, got -1`) is keyed by the field's path.
+fn de_whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error as _;
+    let n = de_number(d)?;
+    let v = whole(Some(n), 0).map_err(|m| D::Error::custom(format!("{m}, got {n}")))?;
+    T::try_from(v).map_err(|_| D::Error::custom(format!("{n} is too large")))
+}
+
+/// [`de_whole`] for an optional field (`#[serde(default)]` makes it
+/// `None` when absent).
+fn de_whole_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    de_whole(d).map(Some)
+}
+
+/// `deserialize_with` of the config's optional amounts of US dollars:
+/// [`amount`]. The error (`expected a finite number >= 0, got NaN`) is
+/// keyed by the field's path.
+fn de_amount_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    use serde::de::Error as _;
+    let n = de_number(d)?;
+    amount(Some(n))
+        .map(Some)
+        .map_err(|m| D::Error::custom(format!("{m}, got {n}")))
 }
 
 /// Reads setting `key` through `get` as a boolean (`true/false`,
@@ -710,7 +852,8 @@ pub struct AgentConfig {
     /// argument is dropped with the flag before it.
     #[serde(default)]
     pub resume: bool,
-    /// Wall-clock limit in seconds (default `ORCH_AGENT_TIMEOUT_S`).
+    /// Time limit in seconds, at least 1 (default `ORCH_AGENT_TIMEOUT_S`).
+    #[serde(default, deserialize_with = "de_whole_opt")]
     pub timeout_s: Option<u64>,
     /// Extra environment for the agent.
     #[serde(default)]
@@ -811,8 +954,8 @@ pub struct ProjectConfig {
     pub default_branch: String,
     /// The project's test command (argv, no shell), run in the worktree.
     pub test_command: Vec<String>,
-    /// Test command timeout in seconds (default 600).
-    #[serde(default = "default_test_timeout")]
+    /// Test command timeout in seconds, at least 1 (default 600).
+    #[serde(default = "default_test_timeout", deserialize_with = "de_whole")]
     pub test_timeout_s: u64,
     /// Advance analysis → architecture without a human (demos only).
     #[serde(default)]
@@ -837,15 +980,15 @@ pub struct ProjectConfig {
     pub staging: Option<StagingConfig>,
     /// Running jobs of this project across all workers (unset: only the
     /// global and per-role limits). 0 stops the project's dispatch.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_whole_opt")]
     pub max_concurrency: Option<u32>,
     /// Dollars this project's agent runs may cost per UTC day (unset:
     /// only `ORCH_BUDGET_DAY_USD`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_amount_opt")]
     pub budget_day_usd: Option<f64>,
     /// Tokens this project's agent runs may use per UTC day (unset: only
     /// `ORCH_BUDGET_DAY_TOKENS`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_whole_opt")]
     pub budget_day_tokens: Option<u64>,
 }
 
@@ -868,7 +1011,7 @@ pub struct StagingConfig {
     #[serde(default)]
     pub waive: Vec<String>,
     /// How long to wait for the instance, in seconds (default 60).
-    #[serde(default = "default_staging_timeout")]
+    #[serde(default = "default_staging_timeout", deserialize_with = "de_whole")]
     pub timeout_s: u64,
     /// A `.env` file (the instance's) whose `ORCH_PLANE_WEBHOOK_SECRET`
     /// and `ORCH_GITEA_WEBHOOK_SECRET` sign the suite's deliveries;
@@ -1334,6 +1477,7 @@ pub fn known_keys() -> std::collections::BTreeSet<String> {
             "ORCH_LOG",
             "ORCH_LOG_FORMAT",
             "ORCH_TEST_CLOCK_OFFSET_MS",
+            "ORCH_TEST_WALL_JUMP_MS",
             "ORCH_TASK_ID",
             "ORCH_STAGE",
             "ORCH_ROLE",
@@ -1438,6 +1582,12 @@ impl Config {
                     "must name a program",
                 ));
             }
+            if a.timeout_s == Some(0) {
+                return Err(Error::config(
+                    format!("agents.{role}.timeout_s"),
+                    "must be at least 1",
+                ));
+            }
             let vars = example_vars();
             for (i, arg) in a.argv.iter().enumerate() {
                 render(arg, &vars)
@@ -1513,6 +1663,9 @@ impl Config {
                     k("tracker_project_id"),
                     "required when tracker = \"plane\"",
                 ));
+            }
+            if p.test_timeout_s == 0 {
+                return Err(Error::config(k("test_timeout_s"), "must be at least 1"));
             }
             if let Some(st) = &p.staging {
                 if !(st.url.starts_with("http://") || st.url.starts_with("https://")) {
@@ -1665,6 +1818,129 @@ mod tests {
             e.to_string().contains("ORCH_RECONCILE_GRACE_REVIEW_S"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn every_number_setting_is_finite_whole_and_in_range() {
+        let err = |k: &str, v: &str| {
+            Settings::load(&env(&[(k, v)]), None, None)
+                .unwrap_err()
+                .to_string()
+        };
+        for v in ["nan", "NaN", "inf", "-inf", "-1", "1.5", "1e3", "lots"] {
+            assert_eq!(
+                err("ORCH_AGENT_TIMEOUT_S", v),
+                format!("config: ORCH_AGENT_TIMEOUT_S: expected a whole number >= 1, got {v:?}")
+            );
+            assert_eq!(
+                err("ORCH_BUDGET_RESERVE_TOKENS", v),
+                format!(
+                    "config: ORCH_BUDGET_RESERVE_TOKENS: expected a whole number >= 0, got {v:?}"
+                )
+            );
+            assert!(err("ORCH_BUDGET_DAY_TOKENS", v).contains("ORCH_BUDGET_DAY_TOKENS"));
+            assert!(err("ORCH_GITEA_CI_POLL_S", v).contains("ORCH_GITEA_CI_POLL_S"));
+        }
+        for v in ["nan", "inf", "-inf", "-1", "-0.01", "lots"] {
+            assert_eq!(
+                err("ORCH_BUDGET_DAY_USD", v),
+                format!("config: ORCH_BUDGET_DAY_USD: expected a finite number >= 0, got {v:?}")
+            );
+        }
+        // Too large to compute with: refused, not wrapped.
+        assert_eq!(
+            err("ORCH_HEARTBEAT_STALE_S", "18446744073709551615"),
+            "config: ORCH_HEARTBEAT_STALE_S: expected a whole number <= 1000000000000, \
+             got \"18446744073709551615\""
+        );
+        assert_eq!(
+            err("ORCH_JOB_MAX_ATTEMPTS", "4294967296"),
+            "config: ORCH_JOB_MAX_ATTEMPTS: expected a whole number <= 4294967295, \
+             got \"4294967296\""
+        );
+        let ok = Settings::load(
+            &env(&[
+                ("ORCH_BUDGET_DAY_USD", "2"),
+                ("ORCH_BUDGET_RUN_USD", " 0.25 "),
+                ("ORCH_AGENT_TIMEOUT_S", "1000000000000"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.budget_day_usd, Some(2.0));
+        assert_eq!(ok.budget_run_usd, Some(0.25));
+        assert_eq!(ok.agent_timeout_s, MAX_WHOLE);
+    }
+
+    #[test]
+    fn every_number_of_the_config_file_is_finite_whole_and_at_least_0() {
+        let project = "[[projects]]\nname = \"a\"\nclone_url = \"x\"\ntest_command = [\"true\"]\n";
+        let err = |extra: &str| {
+            Config::parse(&format!("{project}{extra}\n"))
+                .unwrap_err()
+                .to_string()
+        };
+        for (v, shown) in [
+            ("nan", "NaN"),
+            ("inf", "inf"),
+            ("-inf", "-inf"),
+            ("-1", "-1"),
+            ("-0.5", "-0.5"),
+        ] {
+            assert_eq!(
+                err(&format!("budget_day_usd = {v}")),
+                format!(
+                    "config: projects[0].budget_day_usd: expected a finite number >= 0, got {shown}"
+                )
+            );
+            for key in ["test_timeout_s", "max_concurrency", "budget_day_tokens"] {
+                assert_eq!(
+                    err(&format!("{key} = {v}")),
+                    format!("config: projects[0].{key}: expected a whole number >= 0, got {shown}")
+                );
+            }
+            assert_eq!(
+                err(&format!("[projects.staging]\nurl = \"http://x\"\ndb = \"d\"\nconfig = \"c\"\ntimeout_s = {v}")),
+                format!("config: projects[0].staging.timeout_s: expected a whole number >= 0, got {shown}")
+            );
+            let e = Config::parse(&format!(
+                "[agents.default]\nargv = [\"x\"]\ntimeout_s = {v}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert_eq!(
+                e,
+                format!(
+                    "config: agents.default.timeout_s: expected a whole number >= 0, got {shown}"
+                )
+            );
+        }
+        assert_eq!(
+            err("max_concurrency = 4294967296"),
+            "config: projects[0].max_concurrency: 4294967296 is too large"
+        );
+        assert_eq!(
+            err("test_timeout_s = 0"),
+            "config: projects[0].test_timeout_s: must be at least 1"
+        );
+        assert!(err("budget_day_usd = \"5\"").contains("projects[0].budget_day_usd"));
+        let c = Config::parse(&format!(
+            "{project}budget_day_usd = 5\nbudget_day_tokens = 7\nmax_concurrency = 0\n"
+        ))
+        .unwrap();
+        let p = &c.projects[0];
+        assert_eq!(
+            (
+                p.budget_day_usd,
+                p.budget_day_tokens,
+                p.max_concurrency,
+                p.test_timeout_s
+            ),
+            (Some(5.0), Some(7), Some(0), 600)
+        );
+        let c = Config::parse(&format!("{project}budget_day_usd = 0.5\n")).unwrap();
+        assert_eq!(c.projects[0].budget_day_usd, Some(0.5));
     }
 
     #[test]

@@ -172,7 +172,9 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
                 let attempts = msg.attempts + 1;
                 let retryable = e.retryable();
                 let dead = !retryable || attempts >= ctx.settings.outbox_max_attempts as i64;
-                let wait = backoff_ms(attempts, msg.id).max(e.retry_after_ms().unwrap_or(0) as i64);
+                let wait = backoff_ms(attempts, msg.id)
+                    .max(e.retry_after_ms().unwrap_or(0) as i64)
+                    .min(crate::db::MAX_RETRY_WAIT_MS);
                 let reason = if retryable {
                     err.clone()
                 } else {

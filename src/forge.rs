@@ -287,7 +287,9 @@ fn poll_ci(s: &AdapterSettings, db: &Db, project: &ProjectConfig, repo: &Repo, t
             return;
         }
     };
-    let deadline = now_ms() + (s.gitea_ci_poll_s * 1000) as i64;
+    // This process's own span: on the monotonic clock, which no change of
+    // the wall clock stretches or cuts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(s.gitea_ci_poll_s);
     let interval = s.gitea_ci_poll_interval_ms as i64;
     loop {
         let mut wait = interval;
@@ -314,7 +316,7 @@ fn poll_ci(s: &AdapterSettings, db: &Db, project: &ProjectConfig, repo: &Repo, t
                 return;
             }
         }
-        if now_ms() + wait > deadline {
+        if std::time::Instant::now() + std::time::Duration::from_millis(wait as u64) > deadline {
             info!(target: "ci", task = task.id, sha = %sha, "no final CI status yet; a status delivery or reconcile will pick it up");
             return;
         }

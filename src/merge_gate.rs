@@ -752,17 +752,17 @@ fn retest(
         timeout: Duration::from_secs(project.test_timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
-    let beat_ms = ctx.settings.heartbeat_s as i64 * 1000;
-    let mut last_beat = now_ms();
+    // On the monotonic clock: a wall clock set back does not stop the beats.
+    let beat_every = Duration::from_secs(ctx.settings.heartbeat_s);
+    let mut last_beat = std::time::Instant::now();
     let out = process::run(
         &spec,
         Duration::from_millis(200),
         |_| Ok(()),
         || {
-            let now = now_ms();
-            if let Some(j) = job.filter(|_| now - last_beat >= beat_ms) {
-                last_beat = now;
-                db.write(|tx| tx.heartbeat(j.id, j.attempt, now))?;
+            if let Some(j) = job.filter(|_| last_beat.elapsed() >= beat_every) {
+                last_beat = std::time::Instant::now();
+                db.write(|tx| tx.heartbeat(j.id, j.attempt, now_ms()))?;
             }
             Ok(())
         },

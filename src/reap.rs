@@ -143,16 +143,34 @@ pub struct Done {
 /// however many jobs name it: `(pid, start time) → alive`.
 type Liveness = HashMap<(i64, i64), bool>;
 
+/// The time now on both clocks, and this machine's boot id: what the
+/// reaper measures the spans of a running job against (`clock`'s rules).
+#[derive(Debug, Clone, Copy)]
+struct Now<'a> {
+    /// Wall clock, unix ms.
+    wall_ms: i64,
+    /// This boot's monotonic clock (`clock::boot_ms`).
+    boot_ms: i64,
+    /// `process::boot_id()`.
+    boot_id: &'a str,
+}
+
+impl Now<'_> {
+    /// Milliseconds since the event job `j` recorded at wall time
+    /// `wall_ms` and boot-clock time `boot_ms`: on the boot clock when
+    /// the job's worker runs on this boot (`worker_host`), so a jump of
+    /// the wall clock does not count; else on the wall clock.
+    fn since(&self, j: &Job, wall_ms: i64, boot_ms: Option<i64>) -> i64 {
+        let boot_ms = boot_ms.filter(|_| j.worker_host.as_deref() == Some(self.boot_id));
+        crate::clock::elapsed_ms(wall_ms, boot_ms, self.wall_ms, self.boot_ms)
+    }
+}
+
 /// Why the worker of running job `j` is gone, or `None` when it lives.
-fn worker_gone(
-    ctx: &Ctx,
-    j: &Job,
-    boot_id: &str,
-    now: i64,
-    alive: &mut Liveness,
-) -> Option<String> {
+/// The heartbeat's age is measured on the boot clock ([`Now::since`]).
+fn worker_gone(ctx: &Ctx, j: &Job, now: &Now, alive: &mut Liveness) -> Option<String> {
     let stale_ms = ctx.settings.heartbeat_stale_s as i64 * 1000;
-    if j.worker_host.as_deref() != Some(boot_id) {
+    if j.worker_host.as_deref() != Some(now.boot_id) {
         return Some("worker ran before a reboot or on another host".into());
     }
     let mut lives = |pid: i64, start: i64| {
@@ -165,13 +183,26 @@ fn worker_gone(
         (Some(pid), _) => return Some(format!("worker pid {pid} is gone")),
         _ => return Some("job has no worker identity".into()),
     }
-    let beat = j.heartbeat_at_ms.or(j.claimed_at_ms).unwrap_or(0);
-    (now - beat > stale_ms).then(|| format!("heartbeat {}s old", (now - beat) / 1000))
+    let age = match (j.heartbeat_at_ms, j.claimed_at_ms) {
+        (Some(beat), _) => now.since(j, beat, j.heartbeat_boot_ms),
+        (None, Some(claimed)) => now.since(j, claimed, j.claimed_boot_ms),
+        (None, None) => now.wall_ms,
+    };
+    (age > stale_ms).then(|| format!("heartbeat {}s old", age / 1000))
 }
 
-/// Plans a pass over the running jobs at `now`. Read-only.
+/// Plans a pass over the running jobs at `now` (wall clock, unix ms).
+/// Read-only. A run's time, a heartbeat's age and the finalize grace are
+/// measured on this boot's clock where the worker ran on this boot, so a
+/// forward jump of the wall clock neither times out nor reaps a live,
+/// heartbeating worker's job.
 pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
     let boot = process::boot_id();
+    let clocks = Now {
+        wall_ms: now,
+        boot_ms: crate::clock::boot_ms(),
+        boot_id: &boot,
+    };
     let grace_ms = ctx.settings.reaper_finalize_grace_s as i64 * 1000;
     let mut actions = Vec::new();
     let mut alive = Liveness::new();
@@ -180,19 +211,22 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
             // Past the grace, unless its worker is alive and still
             // heartbeating (a long merge-gate test run): finishing it
             // alongside would be safe (the claim decides) but wasted.
-            if now - exited_at >= grace_ms && worker_gone(ctx, &j, &boot, now, &mut alive).is_some()
-            {
+            let exited_ms_ago = clocks.since(&j, exited_at, j.exit_boot_ms);
+            if exited_ms_ago >= grace_ms && worker_gone(ctx, &j, &clocks, &mut alive).is_some() {
                 actions.push(Action::Finish {
                     job_id: j.id,
                     task_id: j.task_id,
                     exit_code: j.exit_code.unwrap_or(-1),
-                    exited_ms_ago: now - exited_at,
+                    exited_ms_ago,
                 });
             }
             continue;
         }
         let timeout_s = j.timeout_s.unwrap_or(ctx.settings.agent_timeout_s as i64);
-        let running_s = (now - j.claimed_at_ms.unwrap_or(now)) / 1000;
+        let running_s = j
+            .claimed_at_ms
+            .map_or(0, |c| clocks.since(&j, c, j.claimed_boot_ms))
+            / 1000;
         // The worker enforces the timeout itself; step in only once it had
         // the kill grace and a minute more to do so.
         if running_s > timeout_s + ctx.settings.kill_grace_s as i64 + 60 {
@@ -202,7 +236,7 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
                 attempt: j.attempt,
                 running_s,
             });
-        } else if let Some(reason) = worker_gone(ctx, &j, &boot, now, &mut alive) {
+        } else if let Some(reason) = worker_gone(ctx, &j, &clocks, &mut alive) {
             actions.push(Action::Recover {
                 job_id: j.id,
                 task_id: j.task_id,

@@ -215,7 +215,7 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
         pauses: db
             .pauses()?
             .into_iter()
-            .filter(|p| p.until_ms > now)
+            .filter(|p| p.holds_at(now))
             .collect(),
         parked: db.parked_tasks()?,
         inbox: InboxCounts {

@@ -389,7 +389,7 @@ pub fn waiting(
         let acct = account(&j.role);
         if let Some(p) = db
             .pause(&acct)?
-            .filter(|p| p.until_ms > crate::clock::now_ms())
+            .filter(|p| p.holds_at(crate::clock::now_ms()))
         {
             return Ok(Waiting::Paused {
                 job_id: j.id,

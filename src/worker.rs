@@ -263,8 +263,10 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     };
     let (runner, clone_view) = agent_runner(ctx, &repo, &task, &worktree, &verdict_file)?;
     let started = now_ms();
-    let heartbeat_every = ctx.settings.heartbeat_s as i64 * 1000;
-    let mut last_beat = started;
+    // The beat's cadence is this process's own span: the monotonic clock,
+    // so a wall clock set back does not stop the heartbeats.
+    let heartbeat_every = Duration::from_secs(ctx.settings.heartbeat_s);
+    let mut last_beat = std::time::Instant::now();
     let mut agent_pid = None;
     let outcome = runner.run(
         &spec,
@@ -282,10 +284,9 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             })
         },
         || {
-            let now = now_ms();
-            if now - last_beat >= heartbeat_every {
-                last_beat = now;
-                db.write(|tx| tx.heartbeat(job.id, job.attempt, now))?;
+            if last_beat.elapsed() >= heartbeat_every {
+                last_beat = std::time::Instant::now();
+                db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
             }
             Ok(())
         },

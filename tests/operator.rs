@@ -742,3 +742,49 @@ fn config_check_finds_a_missing_default_branch_and_passes_a_good_config() {
         "{out}"
     );
 }
+
+#[test]
+fn a_number_that_is_nan_infinite_or_negative_is_a_config_error_naming_its_key() {
+    let mut sbx = Sandbox::new();
+    let path = sbx.dir.join("orch.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    // In orch.toml: `orch config check` and an ordinary tick both refuse.
+    for (v, shown) in [("nan", "NaN"), ("inf", "inf"), ("-1", "-1")] {
+        std::fs::write(
+            &path,
+            good.replace(
+                "auto_approve_analysis = true",
+                &format!("auto_approve_analysis = true\nbudget_day_usd = {v}"),
+            ),
+        )
+        .unwrap();
+        for args in [&["config", "check"][..], &["work-once"]] {
+            let (code, out, err) = run(&sbx, args);
+            assert_eq!(code, 2, "{args:?} {v}: {out}{err}");
+            assert!(
+                err.contains(&format!(
+                    "projects[0].budget_day_usd: expected a finite number >= 0, got {shown}"
+                )),
+                "{args:?} {v}: {err}"
+            );
+        }
+    }
+    std::fs::write(&path, good).unwrap();
+    // In the environment: the same.
+    for v in ["nan", "inf", "-1"] {
+        for key in ["ORCH_BUDGET_DAY_USD", "ORCH_AGENT_TIMEOUT_S"] {
+            sbx.set(key, v);
+            for args in [&["config", "check"][..], &["work-once"]] {
+                let (code, out, err) = run(&sbx, args);
+                assert_eq!(code, 2, "{key}={v} {args:?}: {out}{err}");
+                assert!(
+                    err.contains(&format!("{key}: expected a ")) && err.contains(v),
+                    "{key}={v} {args:?}: {err}"
+                );
+            }
+            sbx.set(key, "");
+        }
+    }
+    let (code, out, err) = run(&sbx, &["config", "check"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

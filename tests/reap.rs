@@ -402,6 +402,110 @@ fn an_agent_past_its_timeout_under_a_stuck_worker_is_killed_by_the_reaper_and_re
 }
 
 #[test]
+fn a_wall_clock_jumped_past_the_timeout_and_the_heartbeat_kills_no_live_agent() {
+    let mut sbx = Sandbox::new();
+    let pidfile = sbx.dir.join("pids");
+    sbx.add_issue("clock jumps");
+    sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap())
+        .set("ORCH_AGENT_SANDBOX", "none");
+    let worker = sbx.spawn(&["work-once"], &[("FAKE_AGENT_MODE_ANALYST", "hang")]);
+    wait_until(20, "agent started", || pids(&pidfile).len() == 1);
+    // The wall clock jumps 2 h ahead: past the timeout (120 s) + grace +
+    // 60 s, and past the heartbeat's staleness (120 s). No time passed.
+    for jump in ["7200000", "86400000"] {
+        let plan = sbx
+            .orch()
+            .args(["--json", "reap", "--dry-run"])
+            .env("ORCH_TEST_WALL_JUMP_MS", jump)
+            .output()
+            .unwrap();
+        let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+        assert_eq!(plan["actions"], serde_json::json!([]), "{jump}: {plan}");
+        let out = sbx
+            .orch()
+            .args(["reap"])
+            .env("ORCH_TEST_WALL_JUMP_MS", jump)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "nothing to reap"
+        );
+    }
+    let agent = pids(&pidfile)[0];
+    assert!(pid_alive(agent), "the agent still runs");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running' AND attempt=1"),
+        1
+    );
+    // Time that really passes (both clocks) still times it out.
+    let out = sbx
+        .orch()
+        .args(["reap"])
+        .env("ORCH_TEST_CLOCK_OFFSET_MS", "300000")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("timeout job 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_until(10, "agent killed", || !pid_alive(agent));
+    assert!(worker.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn a_clock_set_a_day_back_does_not_stop_the_claim_of_a_job_in_backoff() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_JOB_BACKOFF_S", "30")
+        .set("FAKE_AGENT_MODE_ANALYST", "fail");
+    sbx.add_issue("retried");
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "retrying", "{v}");
+    sbx.set("FAKE_AGENT_MODE_ANALYST", "ok");
+    assert_eq!(sbx.json(&["work-once"])["result"], "idle", "in its backoff");
+    // The clock goes a day back: the backoff (30 s) was set "in the
+    // future" and counts as over.
+    sbx.set("ORCH_TEST_WALL_JUMP_MS", "-86400000");
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+    assert_eq!(sbx.stage(1), "architecture");
+    // The next job, queued on the clock as it now reads, runs at once.
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_clock_set_back_ends_a_merge_lease_and_an_account_pause_taken_before() {
+    let sbx = Sandbox::new();
+    let db = sbx.db();
+    let later = 4_102_444_800_000i64; // 2100-01-01: "after now"
+    db.execute(
+        "INSERT INTO leases (name, holder, job_id, acquired_at_ms, expires_at_ms) \
+         VALUES ('merge:acme/widget', 'w', NULL, ?1, ?1 + 7200000)",
+        [later],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO pauses (account, kind, reason, since_ms, until_ms) \
+         VALUES ('default', 'rate', 'x', ?1, ?1 + 60000)",
+        [later],
+    )
+    .unwrap();
+    assert_eq!(sbx.json(&["status"])["pauses"], serde_json::json!([]));
+    let out = sbx.ok(&["reap"]);
+    assert!(
+        out.contains("released merge:acme/widget held by w"),
+        "{out}"
+    );
+    sbx.add_issue("runs");
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "not paused: {v}");
+}
+
+#[test]
 fn chaos_soak_briefly_finds_no_invariant_violation() {
     // scripts/soak.sh kills random orch processes while workers, reap,
     // reconcile, ingest and deliver run concurrently, then recovers with

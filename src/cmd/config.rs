@@ -95,6 +95,7 @@ fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Resu
             "ORCH_JOB_ID",
             "ORCH_VERDICT_FILE",
             "ORCH_TEST_CLOCK_OFFSET_MS",
+            "ORCH_TEST_WALL_JUMP_MS",
         ]
         .contains(&key.as_str())
         {

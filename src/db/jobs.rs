@@ -42,12 +42,23 @@ pub struct Job {
     /// Runs of this job stopped by an account limit (migration 10): their
     /// attempt numbers do not count toward `ORCH_JOB_MAX_ATTEMPTS`.
     pub free_attempts: i64,
+    /// The worker's boot-clock reading (`clock::boot_ms`, of boot
+    /// `worker_host`) at the claim (migration 15).
+    pub claimed_boot_ms: Option<i64>,
+    /// The worker's boot-clock reading at its last heartbeat.
+    pub heartbeat_boot_ms: Option<i64>,
+    /// The worker's boot-clock reading when the agent's exit was recorded.
+    pub exit_boot_ms: Option<i64>,
+    /// When `available_at_ms` was last set (unix ms; `None` for a job
+    /// not queued since migration 15).
+    pub scheduled_at_ms: Option<i64>,
 }
 
 pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, status, attempt, available_at_ms, \
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
-    merge_pending, merge_defers, finalize_failures, free_attempts";
+    merge_pending, merge_defers, finalize_failures, free_attempts, claimed_boot_ms, heartbeat_boot_ms, \
+    exit_boot_ms, scheduled_at_ms";
 
 pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -76,6 +87,10 @@ pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
         merge_defers: r.get(22)?,
         finalize_failures: r.get(23)?,
         free_attempts: r.get(24)?,
+        claimed_boot_ms: r.get(25)?,
+        heartbeat_boot_ms: r.get(26)?,
+        exit_boot_ms: r.get(27)?,
+        scheduled_at_ms: r.get(28)?,
     })
 }
 
@@ -308,6 +323,12 @@ impl Db {
     /// The skip lists are checked per row (`NOT EXISTS` over `json_each`):
     /// `NOT IN` built two temporary b-trees on every claim, a measurable
     /// part of the claim's CPU though the lists are almost always empty.
+    ///
+    /// Available: `available_at_ms <= now_ms`, or, when none is, queued
+    /// before the wall clock went back (`scheduled_at_ms` more than
+    /// `clock::STEP_SLACK_MS` after `now_ms`, found through the
+    /// `jobs_scheduled` index of the queued jobs): a clock set back never
+    /// stops the claims, and a backoff ends early by at most its length.
     pub fn next_runnable_job(
         &self,
         role: Option<&str>,
@@ -318,22 +339,39 @@ impl Db {
     ) -> anyhow::Result<Option<(Job, bool)>> {
         let skip = serde_json::to_string(skip_roles)?;
         let skip_tasks = serde_json::to_string(skip_tasks)?;
-        Ok(self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {JOB_COLS}, moved FROM (SELECT j.*, \
-                   (t.version<>j.task_version OR t.stage<>j.stage) AS moved FROM jobs j \
-                   JOIN tasks t ON t.id=j.task_id \
-                   WHERE j.status='queued' AND j.available_at_ms<=?1 AND t.escalated=0 \
-                     AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
-                     AND NOT EXISTS (SELECT 1 FROM json_each(?4) WHERE value=j.role) \
-                     AND NOT EXISTS (SELECT 1 FROM json_each(?5) WHERE value=j.task_id) \
-                   ORDER BY j.available_at_ms, j.id LIMIT 1)"
-            ))?
-            .query_row(params![now_ms, role, project, skip, skip_tasks], |r| {
-                Ok((job_row(r)?, r.get(JOB_COLS.split(',').count())?))
-            })
-            .optional()?)
+        // The same filter and order twice, on the two ways a job becomes
+        // available; each reads its own index (the second forced: by
+        // order alone the planner would walk every queued job).
+        let slack = crate::clock::STEP_SLACK_MS;
+        for (index, available) in [
+            ("", "j.available_at_ms<=?1".to_string()),
+            (
+                "INDEXED BY jobs_scheduled",
+                format!("j.scheduled_at_ms>?1 + {slack}"),
+            ),
+        ] {
+            let found = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {JOB_COLS}, moved FROM (SELECT j.*, \
+                       (t.version<>j.task_version OR t.stage<>j.stage) AS moved FROM jobs j {index} \
+                       JOIN tasks t ON t.id=j.task_id \
+                       WHERE j.status='queued' AND {available} AND t.escalated=0 \
+                         AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
+                         AND NOT EXISTS (SELECT 1 FROM json_each(?4) WHERE value=j.role) \
+                         AND NOT EXISTS (SELECT 1 FROM json_each(?5) WHERE value=j.task_id) \
+                       ORDER BY j.available_at_ms, j.id LIMIT 1)"
+                ))?
+                .query_row(
+                    params![now_ms, role, project, skip, skip_tasks],
+                    |r| Ok((job_row(r)?, r.get(JOB_COLS.split(',').count())?)),
+                )
+                .optional()?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
     }
 
     /// `(role, project)` of every running job (few: at most the
@@ -383,8 +421,8 @@ impl Tx<'_> {
         now_ms: i64,
     ) -> anyhow::Result<i64> {
         let inserted = self.conn.prepare_cached(
-            "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, available_at_ms, created_at_ms) \
-             VALUES (?1,?2,?3,?4,'queued',1,?5,?5) ON CONFLICT(task_id, stage, task_version) DO NOTHING",
+            "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, available_at_ms, created_at_ms, \
+             scheduled_at_ms) VALUES (?1,?2,?3,?4,'queued',1,?5,?5,?5) ON CONFLICT(task_id, stage, task_version) DO NOTHING",
         )?
         .execute(params![task_id, stage, role, task_version, now_ms])?;
         if inserted == 1 {
@@ -419,12 +457,13 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Refreshes the heartbeat of running job `id` (claim `attempt`).
+    /// Refreshes the heartbeat of running job `id` (claim `attempt`): the
+    /// wall time `now_ms` and this boot's clock.
     pub fn heartbeat(&self, id: i64, attempt: i64, now_ms: i64) -> anyhow::Result<()> {
         self.conn.prepare_cached(
-            "UPDATE jobs SET heartbeat_at_ms=?3 WHERE id=?1 AND attempt=?2 AND status='running'",
+            "UPDATE jobs SET heartbeat_at_ms=?3, heartbeat_boot_ms=?4 WHERE id=?1 AND attempt=?2 AND status='running'",
         )?
-        .execute(params![id, attempt, now_ms])?;
+        .execute(params![id, attempt, now_ms, crate::clock::boot_ms()])?;
         Ok(())
     }
 
@@ -442,10 +481,16 @@ impl Tx<'_> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE jobs SET exit_code=?3, exit_recorded_at_ms=?4 \
+                "UPDATE jobs SET exit_code=?3, exit_recorded_at_ms=?4, exit_boot_ms=?5 \
                  WHERE id=?1 AND attempt=?2 AND status='running' AND exit_recorded_at_ms IS NULL",
             )?
-            .execute(params![id, attempt, exit_code, now_ms])?;
+            .execute(params![
+                id,
+                attempt,
+                exit_code,
+                now_ms,
+                crate::clock::boot_ms()
+            ])?;
         Ok(n == 1)
     }
 
@@ -517,7 +562,8 @@ impl Tx<'_> {
     // given) and returns whether it changed the row.
 
     /// `queued → running`: claims job `id` for `worker` (boot id, pid,
-    /// process start time). A `merge_pending` job keeps its agent's exit
+    /// process start time), with the time on the wall clock (`now_ms`) and
+    /// on this boot's clock. A `merge_pending` job keeps its agent's exit
     /// code (its exit counts as recorded now, so the reaper's finalize
     /// grace starts again): the worker runs only its merge.
     pub fn claim_job(
@@ -533,11 +579,13 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
                  claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
+                 claimed_boot_ms=?7, heartbeat_boot_ms=?7, \
                  exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
-                 exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END \
+                 exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END, \
+                 exit_boot_ms=CASE WHEN merge_pending=1 THEN ?7 END \
                  WHERE id=?1 AND status='queued' AND (?6 IS NULL OR attempt=?6)",
             )?
-            .execute(params![id, host, pid, start, now_ms, attempt])?;
+            .execute(params![id, host, pid, start, now_ms, attempt, crate::clock::boot_ms()])?;
         Ok(n == 1)
     }
 
@@ -581,13 +629,14 @@ impl Tx<'_> {
     }
 
     /// `running → queued` for the next attempt at `available_at_ms` (a full
-    /// rerun: a pending merge is forgotten).
+    /// rerun: a pending merge is forgotten), scheduled at `now_ms`.
     pub fn requeue_job(
         &self,
         id: i64,
         attempt: Option<i64>,
         error: &str,
         available_at_ms: i64,
+        now_ms: i64,
     ) -> anyhow::Result<bool> {
         let n = self
             .conn
@@ -595,9 +644,10 @@ impl Tx<'_> {
                 "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
+                 claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
                  merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
             )?
-            .execute(params![id, error, available_at_ms, attempt])?;
+            .execute(params![id, error, available_at_ms, attempt, now_ms])?;
         Ok(n == 1)
     }
 
@@ -611,6 +661,7 @@ impl Tx<'_> {
         attempt: Option<i64>,
         error: &str,
         available_at_ms: i64,
+        now_ms: i64,
     ) -> anyhow::Result<bool> {
         let n = self
             .conn
@@ -619,9 +670,10 @@ impl Tx<'_> {
                  available_at_ms=?3, last_error=?2, \
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
+                 claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
                  merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
             )?
-            .execute(params![id, error, available_at_ms, attempt])?;
+            .execute(params![id, error, available_at_ms, attempt, now_ms])?;
         Ok(n == 1)
     }
 
@@ -658,6 +710,7 @@ impl Tx<'_> {
         reason: &str,
         available_at_ms: i64,
         lease: Option<&str>,
+        now_ms: i64,
     ) -> anyhow::Result<bool> {
         let n = self
             .conn
@@ -665,10 +718,10 @@ impl Tx<'_> {
                 "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
                  available_at_ms=?3, last_error=?2, deferred_on=?5, worker_host=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
-                 heartbeat_at_ms=NULL \
+                 heartbeat_at_ms=NULL, claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, scheduled_at_ms=?6 \
                  WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4) AND exit_code IS NOT NULL",
             )?
-            .execute(params![id, reason, available_at_ms, attempt, lease])?;
+            .execute(params![id, reason, available_at_ms, attempt, lease, now_ms])?;
         Ok(n == 1)
     }
 

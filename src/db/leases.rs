@@ -3,7 +3,8 @@
 //!
 //! A lease row is `(name, holder, job_id, acquired_at_ms, expires_at_ms)`.
 //! It is *stale* — free for anyone to take, and released by the reaper —
-//! when it expired, or when it names a job that is no longer `queued` or
+//! when it expired (or was acquired before the wall clock went back), or
+//! when it names a job that is no longer `queued` or
 //! `running` (done, failed, cancelled, or gone). A queued job still counts
 //! as a live holder: the merge lease passes from a task's deploy-staging
 //! job to its queued deploy job, and a job requeued after its worker died
@@ -26,10 +27,15 @@ pub struct Lease {
 }
 
 /// The SQL predicate "lease row `leases` is stale at `now`", with `now`
-/// bound to the parameter `now_param` (e.g. `?1`).
+/// bound to the parameter `now_param` (e.g. `?1`). A lease acquired
+/// "after now" was taken before the wall clock went back
+/// (`clock::set_in_the_future`): stale too, so a clock set back never
+/// makes a lease outlast its length by more than `clock::STEP_SLACK_MS`.
 pub(super) fn stale(now_param: &str) -> String {
+    let slack = crate::clock::STEP_SLACK_MS;
     format!(
-        "(leases.expires_at_ms < {now_param} OR (leases.job_id IS NOT NULL AND NOT EXISTS \
+        "(leases.expires_at_ms < {now_param} OR leases.acquired_at_ms > {now_param} + {slack} \
+         OR (leases.job_id IS NOT NULL AND NOT EXISTS \
          (SELECT 1 FROM jobs WHERE jobs.id = leases.job_id AND jobs.status IN ('queued','running'))))"
     )
 }

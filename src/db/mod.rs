@@ -29,7 +29,7 @@ pub use ci::PullRequestRow;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
 pub use leases::{Lease, LeaseAcquire};
-pub use outbox::OutboxRow;
+pub use outbox::{OutboxRow, MAX_RETRY_WAIT_MS};
 pub use pauses::Pause;
 pub use tasks::{CachedState, ProjectRow, Task, TransitionRow};
 pub use usage::UsageRow;

@@ -48,6 +48,12 @@ pub(super) fn outbox_row(r: &Row) -> rusqlite::Result<OutboxRow> {
     })
 }
 
+/// The longest wait before an outbox message's next attempt (6 h): the
+/// backoff is at most 1 h 15 min, and a `Retry-After` beyond this is cut
+/// to it. A next attempt further ahead was set before the clock went back
+/// ([`Db::due_outbox`]).
+pub const MAX_RETRY_WAIT_MS: i64 = 6 * 3_600_000;
+
 impl Db {
     /// Outbox messages of a task (all when `task_id` is None), oldest first.
     pub fn outbox(&self, task_id: Option<i64>) -> anyhow::Result<Vec<OutboxRow>> {
@@ -58,13 +64,17 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Outbox messages due for delivery at `now_ms`, oldest first.
+    /// Outbox messages due for delivery at `now_ms`, oldest first: their
+    /// next attempt is due, or further ahead than [`MAX_RETRY_WAIT_MS`]
+    /// plus `clock::STEP_SLACK_MS` — set before the wall clock went back,
+    /// so a clock set back never holds the outbox up.
     pub fn due_outbox(&self, now_ms: i64, limit: i64) -> anyhow::Result<Vec<OutboxRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {OUTBOX_COLS} FROM outbox WHERE status='pending' AND next_attempt_at_ms<=?1 \
-             ORDER BY id LIMIT ?2"
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE status='pending' \
+             AND (next_attempt_at_ms<=?1 OR next_attempt_at_ms>?1 + ?3) ORDER BY id LIMIT ?2"
         ))?;
-        let rows = stmt.query_map(params![now_ms, limit], outbox_row)?;
+        let ahead = MAX_RETRY_WAIT_MS + crate::clock::STEP_SLACK_MS;
+        let rows = stmt.query_map(params![now_ms, limit, ahead], outbox_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -162,8 +172,9 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Records a failed delivery attempt: retry at `next_attempt_at_ms`, or
-    /// dead-letter when `dead`.
+    /// Records a failed delivery attempt: retry at `next_attempt_at_ms`
+    /// (at most [`MAX_RETRY_WAIT_MS`] from now), or dead-letter when
+    /// `dead`.
     pub fn mark_outbox_failed(
         &self,
         id: i64,
@@ -206,6 +217,35 @@ impl Tx<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_set_before_the_clock_went_back_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
+        let t = 1_800_000_000_000i64;
+        let hour = 3_600_000;
+        db.write(|tx| {
+            tx.insert_outbox("k", None, "notify", "x", &serde_json::json!({}), t)?;
+            Ok(())
+        })
+        .unwrap();
+        let id = db.due_outbox(t, 10).unwrap()[0].id;
+        db.write(|tx| tx.mark_outbox_failed(id, "busy", t + hour, false))
+            .unwrap();
+        let due = |now: i64| db.due_outbox(now, 10).unwrap().len();
+        assert_eq!(due(t), 0, "in its backoff");
+        assert_eq!(due(t + hour), 1);
+        // The clock went back a day: the retry was set "in the future",
+        // further than any wait orch sets.
+        assert_eq!(due(t - 24 * hour), 1);
+        // Back by less than the longest wait: it waits out its length
+        // plus the step at most.
+        assert_eq!(due(t - hour), 0);
+        assert_eq!(
+            due(t + hour - MAX_RETRY_WAIT_MS - crate::clock::STEP_SLACK_MS - 1),
+            1
+        );
+    }
 
     #[test]
     fn send_counter_state_cache_and_pull_requests() {

@@ -26,6 +26,16 @@ pub struct Pause {
     pub strikes: i64,
 }
 
+impl Pause {
+    /// Whether the pause holds at `now_ms` (wall clock): `until_ms` is
+    /// ahead, and the pause did not begin "after now" — one that did began
+    /// before the clock went back (`clock::set_in_the_future`) and counts
+    /// as over, so a clock set back never stretches a pause by the jump.
+    pub fn holds_at(&self, now_ms: i64) -> bool {
+        self.until_ms > now_ms && !crate::clock::set_in_the_future(self.since_ms, now_ms)
+    }
+}
+
 fn pause_row(r: &rusqlite::Row) -> rusqlite::Result<Pause> {
     Ok(Pause {
         account: r.get(0)?,
@@ -59,13 +69,14 @@ impl Db {
             .optional()?)
     }
 
-    /// Accounts paused at `now_ms` (`until_ms` still ahead).
+    /// Accounts paused at `now_ms` ([`Pause::holds_at`]).
     pub fn paused_accounts(&self, now_ms: i64) -> anyhow::Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT account FROM pauses WHERE until_ms > ?1")?;
-        let rows = stmt.query_map([now_ms], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        Ok(self
+            .pauses()?
+            .into_iter()
+            .filter(|p| p.holds_at(now_ms))
+            .map(|p| p.account)
+            .collect())
     }
 }
 
@@ -85,8 +96,13 @@ impl Tx<'_> {
         now_ms: i64,
     ) -> anyhow::Result<(Pause, bool)> {
         let old = self.pause(account)?;
-        let since = old.as_ref().map_or(now_ms, |p| p.since_ms);
-        let until = old.as_ref().map_or(until_ms, |p| p.until_ms.max(until_ms));
+        // A pause begun before the clock went back lends neither its start
+        // nor its end (it no longer holds); its strikes still count.
+        let live = old
+            .as_ref()
+            .filter(|p| !crate::clock::set_in_the_future(p.since_ms, now_ms));
+        let since = live.map_or(now_ms, |p| p.since_ms);
+        let until = live.map_or(until_ms, |p| p.until_ms.max(until_ms));
         self.conn
             .prepare_cached(
                 "INSERT INTO pauses (account, kind, reason, since_ms, until_ms, strikes) \

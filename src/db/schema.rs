@@ -339,4 +339,21 @@ DROP INDEX tasks_stage;
     r#"
 CREATE INDEX tasks_worktree ON tasks(worktree);
 "#,
+    // 15: clock jumps (issue 20). The worker's readings of its boot's
+    // monotonic clock (`clock::boot_ms`; the boot is `worker_host`) beside
+    // the wall times of the claim, the heartbeat and the agent's exit, so
+    // the reaper measures a run, a heartbeat's age and the finalize grace
+    // on a clock a jump of the wall clock does not move.
+    // `scheduled_at_ms`: when `available_at_ms` was last set; a queued job
+    // scheduled more than `clock::STEP_SLACK_MS` after now was queued
+    // before the clock went back and may be claimed. `jobs_scheduled`
+    // holds only queued jobs and finds those few without a scan.
+    r#"
+ALTER TABLE jobs ADD COLUMN claimed_boot_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN heartbeat_boot_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN exit_boot_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN scheduled_at_ms INTEGER;
+UPDATE jobs SET scheduled_at_ms=created_at_ms WHERE status='queued';
+CREATE INDEX jobs_scheduled ON jobs(scheduled_at_ms) WHERE status='queued';
+"#,
 ];

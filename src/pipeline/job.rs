@@ -136,16 +136,16 @@ pub fn change(tx: &Tx, c: &JobChange, now_ms: i64) -> anyhow::Result<Changed> {
         How::Retry {
             error,
             available_at_ms,
-        } => tx.requeue_job(id, attempt, error, available_at_ms)?,
+        } => tx.requeue_job(id, attempt, error, available_at_ms, now_ms)?,
         How::Free {
             error,
             available_at_ms,
-        } => tx.requeue_job_free(id, attempt, error, available_at_ms)?,
+        } => tx.requeue_job_free(id, attempt, error, available_at_ms, now_ms)?,
         How::Defer {
             reason,
             available_at_ms,
             lease,
-        } => tx.defer_merge_job(id, attempt, reason, available_at_ms, lease)?,
+        } => tx.defer_merge_job(id, attempt, reason, available_at_ms, lease, now_ms)?,
         How::Unclaim { pid, start_time } => tx.unclaim_job(id, attempt, pid, start_time)?,
         How::Cancel { reason } => tx.cancel_queued_job(id, attempt, reason, now_ms)?,
     };
@@ -1034,7 +1034,18 @@ mod tests {
                     ["jobs", "j", "tasks", "t", "transitions", "outbox"].contains(&t)
                 })
         };
-        for plan in claim_plans.iter().chain(&move_plans) {
+        // A claim that finds nothing due looks for jobs queued before the
+        // clock went back too, through their own index.
+        let (_, idle_plans) = rows_and_plans(&db, |tx| {
+            claim_next(tx, &limits, Some("deployer"), None, ("h", 1, 1), 7)
+        });
+        assert!(
+            idle_plans
+                .iter()
+                .any(|p| p.contains("USING INDEX jobs_scheduled")),
+            "{idle_plans:?}"
+        );
+        for plan in claim_plans.iter().chain(&move_plans).chain(&idle_plans) {
             assert!(!scans_a_growing_table(plan), "{plan}");
         }
         // The check sees a scan when there is one.
