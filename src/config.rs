@@ -201,6 +201,12 @@ pub struct Settings {
     /// paths a sandboxed agent may write, e.g. the agent CLI's own state
     /// directory (`~/.claude`).
     pub agent_sandbox_writable: Vec<PathBuf>,
+    /// `ORCH_AGENT_SANDBOX_HIDE` (`:`-separated absolute paths): paths a
+    /// sandboxed agent or test command must not see (a file reads as
+    /// empty, a folder is an empty tmpfs), on top of orch's state, the
+    /// database, `.env`, `/etc/orch/secrets.env` and
+    /// `$CREDENTIALS_DIRECTORY`, which are always hidden.
+    pub agent_sandbox_hide: Vec<PathBuf>,
 }
 
 /// The value of `ORCH_AGENT_SANDBOX`.
@@ -212,6 +218,28 @@ pub enum AgentSandbox {
     Bwrap,
     /// `none`: agents run as orch, in their own process group.
     None,
+}
+
+/// A `:`-separated list of absolute paths (empty items skipped; unset:
+/// none), e.g. `ORCH_AGENT_SANDBOX_WRITABLE`.
+///
+/// Errors: [`Error::Config`] naming `key` and the first relative path.
+fn absolute_paths(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Result<Vec<PathBuf>, Error> {
+    let Some(v) = get(key) else {
+        return Ok(Vec::new());
+    };
+    let paths: Vec<PathBuf> = v
+        .split(':')
+        .filter(|p| !p.trim().is_empty())
+        .map(PathBuf::from)
+        .collect();
+    match paths.iter().find(|p| !p.is_absolute()) {
+        Some(p) => Err(Error::config(
+            key,
+            format!("{}: expected an absolute path", p.display()),
+        )),
+        None => Ok(paths),
+    }
 }
 
 impl Settings {
@@ -291,23 +319,8 @@ impl Settings {
                     ))
                 }
             },
-            agent_sandbox_writable: match get("ORCH_AGENT_SANDBOX_WRITABLE") {
-                None => Vec::new(),
-                Some(v) => {
-                    let paths: Vec<PathBuf> = v
-                        .split(':')
-                        .filter(|p| !p.trim().is_empty())
-                        .map(PathBuf::from)
-                        .collect();
-                    if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
-                        return Err(Error::config(
-                            "ORCH_AGENT_SANDBOX_WRITABLE",
-                            format!("{}: expected an absolute path", p.display()),
-                        ));
-                    }
-                    paths
-                }
-            },
+            agent_sandbox_writable: absolute_paths(&get, "ORCH_AGENT_SANDBOX_WRITABLE")?,
+            agent_sandbox_hide: absolute_paths(&get, "ORCH_AGENT_SANDBOX_HIDE")?,
             db_path,
             config_path,
             config_explicit,

@@ -583,6 +583,24 @@ pub fn current_process() -> Spawned {
     }
 }
 
+/// Makes this process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`): its
+/// `/proc/<pid>/environ`, `mem` and `fd/` become root's, so a process of
+/// the same user — a test command or agent run unconfined, or one that
+/// escaped its sandbox — cannot read orch's secrets there or attach to it.
+/// No core dumps either. Children are not affected (`execve` resets it).
+///
+/// Errors: the `prctl` call fails (it does not on Linux).
+pub fn make_undumpable() -> io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes one integer argument and touches no
+    // memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Does any process (zombies included) exist in process group `pgid`?
 /// (`kill(-pgid, 0)` succeeds or fails with EPERM.) False for pgid <= 0.
 pub fn group_exists(pgid: i32) -> bool {

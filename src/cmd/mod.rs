@@ -106,10 +106,29 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Where the environment's settings came from: the `ORCH_*` keys set
-/// before `.env` was read, and the `.env` file read (if any).
+/// before `.env` was read, the `.env` file read (if any), and the secret
+/// keys removed from the environment once read ([`drop_secrets`]).
 pub struct Sources {
     pub from_env: std::collections::BTreeSet<String>,
     pub dotenv: Option<std::path::PathBuf>,
+    pub dropped: std::collections::BTreeSet<String>,
+}
+
+/// Removes every secret setting (`ORCH_*_SECRET`, `_TOKEN`, `_API_KEY`)
+/// from this process's environment once the settings hold them: nothing
+/// orch starts inherits them, and `/proc/<pid>/environ` — which shows the
+/// environment orch was started with, not this one — is unreadable to
+/// others anyway ([`orch::process::make_undumpable`]). Returns the keys
+/// removed. Call while the process is single-threaded.
+fn drop_secrets() -> std::collections::BTreeSet<String> {
+    let keys: std::collections::BTreeSet<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("ORCH_") && config::is_secret(k))
+        .collect();
+    for k in &keys {
+        std::env::remove_var(k);
+    }
+    keys
 }
 
 /// Runs the command, prints its output and returns the exit code.
@@ -133,6 +152,11 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         cli.db.clone(),
         cli.config.clone(),
     )?;
+    let sources = &Sources {
+        dropped: drop_secrets(),
+        from_env: sources.from_env.clone(),
+        dotenv: sources.dotenv.clone(),
+    };
     if let Command::StagingCheck(args) = cli.command {
         // The staging config is checked (C4), not required to load.
         let (out, code) = staging_check::run(&settings, args)?;
