@@ -88,15 +88,23 @@ fn a_test_script_planted_by_an_agent_runs_confined_in_ci_and_in_the_merge_gate()
     assert_eq!(h.sbx.stage(id), "review", "{}", h.sbx.dump());
     let logs = h.sbx.state_dir().join("logs");
     let ci_log = read_log(&logs, &format!("ci-task{id}-"));
-    assert!(ci_log.contains(RAN), "the payload did not run in CI: {ci_log}");
+    assert!(
+        ci_log.contains(RAN),
+        "the payload did not run in CI: {ci_log}"
+    );
     assert!(
         ci_log.contains("tests passed"),
         "the tests stayed green: {ci_log}"
     );
-    let loot = std::fs::read_to_string(h.sbx.worktree(id).join("loot.txt")).unwrap();
+    let loot =
+        String::from_utf8_lossy(&std::fs::read(h.sbx.worktree(id).join("loot.txt")).unwrap())
+            .into_owned();
     assert!(loot.contains("PATH="), "the payload wrote its loot: {loot}");
     assert!(!loot.contains("SQLite format 3"), "it read the database");
-    assert!(!loot.contains("ORCH_"), "orch's environment reached it: {loot}");
+    assert!(
+        !loot.contains("ORCH_"),
+        "orch's environment reached it: {loot}"
+    );
     h.assert_no_leak();
     before.assert_unchanged(&Snapshot::of(&roots));
 
@@ -129,9 +137,14 @@ fn read_log(logs: &Path, prefix: &str) -> String {
     let mut text = String::new();
     for e in std::fs::read_dir(logs).unwrap().flatten() {
         if e.file_name().to_string_lossy().starts_with(prefix) {
-            text += &std::fs::read_to_string(e.path()).unwrap_or_default();
+            text += &String::from_utf8_lossy(&std::fs::read(e.path()).unwrap());
         }
     }
-    assert!(!text.is_empty(), "no log {prefix}* in {}", logs.display());
+    let names: Vec<_> = std::fs::read_dir(logs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(!text.is_empty(), "no log {prefix}* among {names:?}");
     text
 }
