@@ -1689,6 +1689,28 @@ mod tests {
     }
 
     #[test]
+    fn sandbox_path_lists_must_be_absolute() {
+        for key in ["ORCH_AGENT_SANDBOX_WRITABLE", "ORCH_AGENT_SANDBOX_HIDE"] {
+            let e = Settings::load(&env(&[(key, "/a:rel/b")]), None, None).unwrap_err();
+            assert!(
+                e.to_string().contains(key) && e.to_string().contains("rel/b"),
+                "{e}"
+            );
+        }
+        let s = Settings::load(
+            &env(&[("ORCH_AGENT_SANDBOX_HIDE", "/etc/x.env::/srv/keys")]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.agent_sandbox_hide,
+            [PathBuf::from("/etc/x.env"), PathBuf::from("/srv/keys")]
+        );
+        assert!(s.agent_sandbox_writable.is_empty());
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let s = Settings::load(
             &env(&[("ORCH_PLANE_WEBHOOK_SECRET", "hunter2")]),

@@ -362,6 +362,16 @@ impl Runner {
         match self {
             Runner::Group => run(spec, tick, on_spawn, on_tick),
             Runner::Bwrap(c) => {
+                // bwrap itself starts; a missing program would only show
+                // as its exit 1. Refuse it here, as a spawn would.
+                let program = spec.argv.first().map(String::as_str).unwrap_or_default();
+                if !program.is_empty() && !runnable(program, &spec.cwd) {
+                    bail!(
+                        "spawning {:?} in {}: {program}: no such executable file",
+                        spec.argv,
+                        spec.cwd.display()
+                    );
+                }
                 let wrapped = RunSpec {
                     argv: c.wrap(spec),
                     ..spec.clone()
@@ -378,6 +388,20 @@ impl Runner {
             Runner::Bwrap(_) => "bwrap",
         }
     }
+}
+
+/// Whether `program` names an executable file: a path with a slash
+/// relative to `cwd`, else a name looked up in `PATH` (as `execvp` does).
+fn runnable(program: &str, cwd: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return is_exec(&cwd.join(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|d| is_exec(&d.join(program)))
 }
 
 /// Builds the command for `spec`; the child's environment is `inherited`
@@ -717,6 +741,28 @@ mod tests {
             "made\n"
         );
         assert!(!d.join("outside").exists(), "{log}");
+    }
+
+    #[test]
+    fn the_bwrap_runner_refuses_a_missing_program_as_a_spawn_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Runner::Bwrap(Confinement::default());
+        for program in [
+            "/nonexistent/run-tests",
+            "./run-tests",
+            "no-such-program-here",
+        ] {
+            let mut sp = spec(dir.path(), "");
+            sp.argv = vec![program.into()];
+            let err = runner
+                .run(&sp, Duration::from_millis(50), |_| Ok(()), || Ok(()))
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("no such executable file"),
+                "{err:#}"
+            );
+        }
+        assert!(runnable("sh", dir.path()));
     }
 
     /// A checkout under the host's `/tmp` (CI may clone there): the agent
