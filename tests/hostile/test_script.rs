@@ -148,3 +148,71 @@ fn read_log(logs: &Path, prefix: &str) -> String {
     assert!(!text.is_empty(), "no log {prefix}* among {names:?}");
     text
 }
+
+/// Without a sandbox (`ORCH_AGENT_SANDBOX=none`) the test command runs as
+/// orch, in orch's pid namespace: what still keeps orch's secrets from it
+/// is that orch is not dumpable (`/proc/<orch>/environ` holds the
+/// environment orch was started with, secrets included, and is readable
+/// by its user otherwise) and that its children get no `ORCH_*`. orch runs
+/// as an unprivileged user here (root reads every process's environ).
+#[test]
+fn without_a_sandbox_the_test_command_cannot_read_orchs_environment() {
+    let Some(mut h) = Hostile::new() else { return };
+    h.sbx.set("ORCH_AGENT_SANDBOX", "none");
+    let id = h.sbx.add_issue("unsandboxed");
+    let dev = "cat >> test.sh <<'PAYLOAD'\n\
+         tr '\\0' '\\n' < /proc/$PPID/environ >> loot.txt 2>&1 || echo 'environ denied' >> loot.txt\n\
+         env >> loot.txt\nexit 0\nPAYLOAD\necho loot.txt >> .gitignore";
+    h.agent_runs_first("developer", dev);
+    const NOBODY: &str = "65534";
+    for dir in [h.sbx._tmp.path(), h.fake_agent().parent().unwrap()] {
+        let ok = std::process::Command::new("chown")
+            .args([
+                "-R",
+                &format!("{NOBODY}:{NOBODY}"),
+                &dir.display().to_string(),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "chown {}", dir.display());
+    }
+    for role in ["analyst", "architect", "developer"] {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+                "--",
+                env!("CARGO_BIN_EXE_orch"),
+                "-q",
+                "work-once",
+                "--role",
+                role,
+            ])
+            .current_dir(&h.sbx.dir)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &h.sbx.dir)
+            .envs(&h.sbx.env)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{role}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(h.sbx.stage(id), "review", "{}", h.sbx.dump());
+    let loot =
+        String::from_utf8_lossy(&std::fs::read(h.sbx.worktree(id).join("loot.txt")).unwrap())
+            .into_owned();
+    assert!(loot.contains("environ denied"), "{loot}");
+    for s in Hostile::secret_values() {
+        assert!(
+            !loot.contains(s),
+            "secret {s:?} read by the test command: {loot}"
+        );
+    }
+    h.assert_no_leak();
+}
