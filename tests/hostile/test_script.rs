@@ -44,6 +44,10 @@ fn payload(h: &Hostile, neighbour: &Path, clone: &Path) -> String {
     ] {
         s += &format!("echo pwned >> {} 2>/dev/null || true\n", q(&t));
     }
+    // A commit and a moved HEAD would change what orch pushes and merges
+    // after the tests passed.
+    s += "git -c user.name=x -c user.email=x@x commit -q --allow-empty -m hostile-planted-commit 2>/dev/null || true\n";
+    s += "echo 'ref: refs/heads/main' > \"$(git rev-parse --git-dir)/HEAD\" 2>/dev/null || true\n";
     s += "cat loot.txt\nexit 0\n";
     s
 }
@@ -126,6 +130,10 @@ fn a_test_script_planted_by_an_agent_runs_confined_in_ci_and_in_the_merge_gate()
         .origin_git(&["show", "main:test.sh"])
         .contains("hostile payload ran"));
     assert!(!Path::new(&clone.join("hooks/pre-push")).exists());
+    assert!(!h
+        .sbx
+        .origin_git(&["log", "--all", "--format=%s"])
+        .contains("hostile-planted-commit"));
     before.assert_unchanged(&Snapshot::of(&roots));
     assert!(!logs.join("planted.log").exists());
     h.assert_no_leak();
