@@ -195,7 +195,8 @@ pub struct Settings {
     /// which the next busy lease escalates the task.
     pub merge_gate_max_defers: u32,
     /// `ORCH_AGENT_SANDBOX` (`bwrap` or `none`; unset: `bwrap` when
-    /// bubblewrap works here, else `none` with a warning): how agents run.
+    /// bubblewrap works here, else `none` with a warning): how agents and
+    /// the projects' test commands run.
     pub agent_sandbox: AgentSandbox,
     /// `ORCH_AGENT_SANDBOX_WRITABLE` (`:`-separated absolute paths): extra
     /// paths a sandboxed agent may write, e.g. the agent CLI's own state

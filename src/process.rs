@@ -188,7 +188,9 @@ pub fn run(
     })
 }
 
-/// How an agent is run: the one runner interface. Every runner keeps the
+/// How an agent or the project's test command (code the agents may have
+/// written; `sandbox` builds both confinements) is run: the one runner
+/// interface. Every runner keeps the
 /// contract of [`run`] (own process group, timeout, heartbeats, no
 /// survivor); they differ in what the child can see. This is the seam where
 /// `systemd-run` or a cluster scheduler plugs in later (DESIGN §10).
