@@ -119,16 +119,20 @@ pub struct Sources {
 /// orch starts inherits them, and `/proc/<pid>/environ` — which shows the
 /// environment orch was started with, not this one — is unreadable to
 /// others anyway ([`orch::process::make_undumpable`]). Returns the keys
-/// removed. Call while the process is single-threaded.
+/// removed that had a value (`config show` reports them as set). Call
+/// while the process is single-threaded.
 fn drop_secrets() -> std::collections::BTreeSet<String> {
-    let keys: std::collections::BTreeSet<String> = std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| k.starts_with("ORCH_") && config::is_secret(k))
-        .collect();
-    for k in &keys {
-        std::env::remove_var(k);
+    let mut set = std::collections::BTreeSet::new();
+    for (key, value) in std::env::vars_os() {
+        let Ok(key) = key.into_string() else { continue };
+        if key.starts_with("ORCH_") && config::is_secret(&key) {
+            if !value.to_string_lossy().trim().is_empty() {
+                set.insert(key.clone());
+            }
+            std::env::remove_var(&key);
+        }
     }
-    keys
+    set
 }
 
 /// Runs the command, prints its output and returns the exit code.
