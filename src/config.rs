@@ -200,12 +200,19 @@ pub struct Settings {
     /// which the next busy lease escalates the task.
     pub merge_gate_max_defers: u32,
     /// `ORCH_AGENT_SANDBOX` (`bwrap` or `none`; unset: `bwrap` when
-    /// bubblewrap works here, else `none` with a warning): how agents run.
+    /// bubblewrap works here, else `none` with a warning): how agents and
+    /// the projects' test commands run.
     pub agent_sandbox: AgentSandbox,
     /// `ORCH_AGENT_SANDBOX_WRITABLE` (`:`-separated absolute paths): extra
     /// paths a sandboxed agent may write, e.g. the agent CLI's own state
     /// directory (`~/.claude`).
     pub agent_sandbox_writable: Vec<PathBuf>,
+    /// `ORCH_AGENT_SANDBOX_HIDE` (`:`-separated absolute paths): paths a
+    /// sandboxed agent or test command must not see (a file reads as
+    /// empty, a folder is an empty tmpfs), on top of orch's state, the
+    /// database, `.env`, `/etc/orch/secrets.env` and
+    /// `$CREDENTIALS_DIRECTORY`, which are always hidden.
+    pub agent_sandbox_hide: Vec<PathBuf>,
 }
 
 /// The admin listener's socket file in the state directory, when
@@ -279,6 +286,28 @@ pub enum AgentSandbox {
     Bwrap,
     /// `none`: agents run as orch, in their own process group.
     None,
+}
+
+/// A `:`-separated list of absolute paths (empty items skipped; unset:
+/// none), e.g. `ORCH_AGENT_SANDBOX_WRITABLE`.
+///
+/// Errors: [`Error::Config`] naming `key` and the first relative path.
+fn absolute_paths(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Result<Vec<PathBuf>, Error> {
+    let Some(v) = get(key) else {
+        return Ok(Vec::new());
+    };
+    let paths: Vec<PathBuf> = v
+        .split(':')
+        .filter(|p| !p.trim().is_empty())
+        .map(PathBuf::from)
+        .collect();
+    match paths.iter().find(|p| !p.is_absolute()) {
+        Some(p) => Err(Error::config(
+            key,
+            format!("{}: expected an absolute path", p.display()),
+        )),
+        None => Ok(paths),
+    }
 }
 
 impl Settings {
@@ -359,23 +388,8 @@ impl Settings {
                     ))
                 }
             },
-            agent_sandbox_writable: match get("ORCH_AGENT_SANDBOX_WRITABLE") {
-                None => Vec::new(),
-                Some(v) => {
-                    let paths: Vec<PathBuf> = v
-                        .split(':')
-                        .filter(|p| !p.trim().is_empty())
-                        .map(PathBuf::from)
-                        .collect();
-                    if let Some(p) = paths.iter().find(|p| !p.is_absolute()) {
-                        return Err(Error::config(
-                            "ORCH_AGENT_SANDBOX_WRITABLE",
-                            format!("{}: expected an absolute path", p.display()),
-                        ));
-                    }
-                    paths
-                }
-            },
+            agent_sandbox_writable: absolute_paths(&get, "ORCH_AGENT_SANDBOX_WRITABLE")?,
+            agent_sandbox_hide: absolute_paths(&get, "ORCH_AGENT_SANDBOX_HIDE")?,
             db_path,
             config_path,
             config_explicit,
@@ -2016,6 +2030,28 @@ mod tests {
         assert_eq!(cfg.account("reviewer"), "team");
         assert_eq!(cfg.account("tester"), "tester");
         assert_eq!(cfg.account("analyst"), "default");
+    }
+
+    #[test]
+    fn sandbox_path_lists_must_be_absolute() {
+        for key in ["ORCH_AGENT_SANDBOX_WRITABLE", "ORCH_AGENT_SANDBOX_HIDE"] {
+            let e = Settings::load(&env(&[(key, "/a:rel/b")]), None, None).unwrap_err();
+            assert!(
+                e.to_string().contains(key) && e.to_string().contains("rel/b"),
+                "{e}"
+            );
+        }
+        let s = Settings::load(
+            &env(&[("ORCH_AGENT_SANDBOX_HIDE", "/etc/x.env::/srv/keys")]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.agent_sandbox_hide,
+            [PathBuf::from("/etc/x.env"), PathBuf::from("/srv/keys")]
+        );
+        assert!(s.agent_sandbox_writable.is_empty());
     }
 
     #[test]

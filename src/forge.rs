@@ -28,7 +28,7 @@ use crate::config::{AdapterSettings, ForgeKind, ProjectConfig};
 use crate::ctx::Ctx;
 use crate::db::{Db, OutboxRow, Task};
 use crate::git::{FastForward, Repo};
-use crate::process::{self, RunSpec};
+use crate::process::RunSpec;
 
 /// A project's forge, chosen by `projects.forge`.
 #[derive(Debug, Clone, Copy)]
@@ -550,21 +550,28 @@ fn run_local_ci(
     if let Some(state) = db.combined_ci_state(&project.name, &sha)? {
         return Ok(state);
     }
-    let passed = run_tests(ctx, project, worktree, &local_ci_name(task.id, &sha))?;
+    let passed = run_tests(ctx, project, repo, worktree, &local_ci_name(task.id, &sha))?;
     let state = if passed { "success" } else { "failure" };
     db.write(|tx| tx.upsert_ci_status(&project.name, &sha, "orch/test", state, "", now_ms()))?;
     info!(target: "ci", task = task.id, sha = %sha, state, "local CI finished");
     Ok(state.to_string())
 }
 
-/// Runs the project's test command in `dir` with its timeout; the output
-/// goes to `<logs>/<name>.log`. Returns whether it exited 0.
+/// Runs the project's test command in `dir` (a worktree of `repo`) with
+/// its timeout, confined as agents are ([`crate::sandbox::test_runner`]):
+/// it is code the agents may have written. The output goes to
+/// `<logs>/<name>.log`. Returns whether it exited 0.
+///
+/// Errors: the command cannot be started; `ORCH_AGENT_SANDBOX=bwrap` and
+/// bubblewrap does not work here.
 pub fn run_tests(
     ctx: &Ctx,
     project: &ProjectConfig,
+    repo: &Repo,
     dir: &Path,
     name: &str,
 ) -> anyhow::Result<bool> {
+    let runner = crate::sandbox::test_runner(&ctx.settings, &repo.clone_dir, dir)?;
     let spec = RunSpec {
         argv: project.test_command.clone(),
         cwd: dir.to_path_buf(),
@@ -575,14 +582,14 @@ pub fn run_tests(
         timeout: Duration::from_secs(project.test_timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
-    let out = process::run(&spec, Duration::from_millis(200), |_| Ok(()), || Ok(())).with_context(
-        || {
+    let out = runner
+        .run(&spec, Duration::from_millis(200), |_| Ok(()), || Ok(()))
+        .with_context(|| {
             format!(
                 "test command {:?} cannot be started (projects.{}.test_command)",
                 project.test_command, project.name
             )
-        },
-    )?;
+        })?;
     Ok(out.exit_code() == 0)
 }
 

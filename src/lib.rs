@@ -31,6 +31,7 @@ pub mod process;
 pub mod reap;
 pub mod reconcile;
 pub mod report;
+pub mod sandbox;
 pub mod serve;
 pub mod staging;
 pub mod status;

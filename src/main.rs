@@ -9,6 +9,11 @@ use clap::Parser;
 use orch::error::{exit, exit_code_for};
 
 fn main() {
+    // First: nothing of the same user reads this process's environment or
+    // memory through /proc (DESIGN §11 INV-8).
+    if let Err(e) = orch::process::make_undumpable() {
+        eprintln!("orch: warning: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
+    }
     // .env first, so clap's `env =` fallbacks and the settings see it; real
     // environment variables win over the file.
     // Which settings came from the environment, before .env adds its own
@@ -40,6 +45,7 @@ fn main() {
     let sources = cmd::Sources {
         from_env,
         dotenv: dotenv.as_ref().ok().cloned(),
+        dropped: Default::default(),
     };
     let code = match cmd::run(cli, &sources) {
         Ok(code) => code,

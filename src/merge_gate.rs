@@ -752,22 +752,25 @@ fn retest(
         timeout: Duration::from_secs(project.test_timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
+    // Code the agents may have written: confined as they are.
+    let runner = crate::sandbox::test_runner(&ctx.settings, &repo.clone_dir, worktree)?;
     // On the monotonic clock: a wall clock set back does not stop the beats.
     let beat_every = Duration::from_secs(ctx.settings.heartbeat_s);
     let mut last_beat = std::time::Instant::now();
-    let out = process::run(
-        &spec,
-        Duration::from_millis(200),
-        |_| Ok(()),
-        || {
-            if let Some(j) = job.filter(|_| last_beat.elapsed() >= beat_every) {
-                last_beat = std::time::Instant::now();
-                db.write(|tx| tx.heartbeat(j.id, j.attempt, now_ms()))?;
-            }
-            Ok(())
-        },
-    )
-    .with_context(|| format!("running test command {:?}", project.test_command))?;
+    let out = runner
+        .run(
+            &spec,
+            Duration::from_millis(200),
+            |_| Ok(()),
+            || {
+                if let Some(j) = job.filter(|_| last_beat.elapsed() >= beat_every) {
+                    last_beat = std::time::Instant::now();
+                    db.write(|tx| tx.heartbeat(j.id, j.attempt, now_ms()))?;
+                }
+                Ok(())
+            },
+        )
+        .with_context(|| format!("running test command {:?}", project.test_command))?;
     let green = out.exit_code() == 0;
     let state = if green { "success" } else { "failure" };
     db.write(|tx| tx.upsert_ci_status(&project.name, &sha, TEST_CONTEXT, state, "", now_ms()))?;

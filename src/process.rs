@@ -188,7 +188,9 @@ pub fn run(
     })
 }
 
-/// How an agent is run: the one runner interface. Every runner keeps the
+/// How an agent or the project's test command (code the agents may have
+/// written; `sandbox` builds both confinements) is run: the one runner
+/// interface. Every runner keeps the
 /// contract of [`run`] (own process group, timeout, heartbeats, no
 /// survivor); they differ in what the child can see. This is the seam where
 /// `systemd-run` or a cluster scheduler plugs in later (DESIGN §10).
@@ -362,6 +364,16 @@ impl Runner {
         match self {
             Runner::Group => run(spec, tick, on_spawn, on_tick),
             Runner::Bwrap(c) => {
+                // bwrap itself starts; a missing program would only show
+                // as its exit 1. Refuse it here, as a spawn would.
+                let program = spec.argv.first().map(String::as_str).unwrap_or_default();
+                if !program.is_empty() && !runnable(program, &spec.cwd) {
+                    bail!(
+                        "spawning {:?} in {}: {program}: no such executable file",
+                        spec.argv,
+                        spec.cwd.display()
+                    );
+                }
                 let wrapped = RunSpec {
                     argv: c.wrap(spec),
                     ..spec.clone()
@@ -378,6 +390,20 @@ impl Runner {
             Runner::Bwrap(_) => "bwrap",
         }
     }
+}
+
+/// Whether `program` names an executable file: a path with a slash
+/// relative to `cwd`, else a name looked up in `PATH` (as `execvp` does).
+fn runnable(program: &str, cwd: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return is_exec(&cwd.join(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|d| is_exec(&d.join(program)))
 }
 
 /// Builds the command for `spec`; the child's environment is `inherited`
@@ -583,6 +609,24 @@ pub fn current_process() -> Spawned {
     }
 }
 
+/// Makes this process non-dumpable (`prctl(PR_SET_DUMPABLE, 0)`): its
+/// `/proc/<pid>/environ`, `mem` and `fd/` become root's, so a process of
+/// the same user — a test command or agent run unconfined, or one that
+/// escaped its sandbox — cannot read orch's secrets there or attach to it.
+/// No core dumps either. Children are not affected (`execve` resets it).
+///
+/// Errors: the `prctl` call fails (it does not on Linux).
+pub fn make_undumpable() -> io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes one integer argument and touches no
+    // memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Does any process (zombies included) exist in process group `pgid`?
 /// (`kill(-pgid, 0)` succeeds or fails with EPERM.) False for pgid <= 0.
 pub fn group_exists(pgid: i32) -> bool {
@@ -699,6 +743,28 @@ mod tests {
             "made\n"
         );
         assert!(!d.join("outside").exists(), "{log}");
+    }
+
+    #[test]
+    fn the_bwrap_runner_refuses_a_missing_program_as_a_spawn_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = Runner::Bwrap(Confinement::default());
+        for program in [
+            "/nonexistent/run-tests",
+            "./run-tests",
+            "no-such-program-here",
+        ] {
+            let mut sp = spec(dir.path(), "");
+            sp.argv = vec![program.into()];
+            let err = runner
+                .run(&sp, Duration::from_millis(50), |_| Ok(()), || Ok(()))
+                .unwrap_err();
+            assert!(
+                format!("{err:#}").contains("no such executable file"),
+                "{err:#}"
+            );
+        }
+        assert!(runnable("sh", dir.path()));
     }
 
     /// A checkout under the host's `/tmp` (CI may clone there): the agent

@@ -25,7 +25,7 @@ use crate::failpoint::failpoint;
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
-use crate::process::{self, Bind, Confinement, RunSpec, Runner};
+use crate::process::{self, Bind, RunSpec, Runner};
 
 /// What one `work-once` did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -732,18 +732,20 @@ fn apply_gate(
 }
 
 /// The runner for one agent run (`ORCH_AGENT_SANDBOX`, DESIGN §4 "Agent
-/// sandbox"). Under bubblewrap the agent sees the filesystem read-only;
-/// orch's state directory (every other task's worktree, the logs, the
-/// locks), the database files and every `.env` from the current directory
-/// up are hidden; its worktree, its verdict folder and a private `/tmp` are
-/// writable; of the shared clone, what a commit needs is writable
-/// (the worktree's own admin folder) and the rest — `config`, `hooks/`,
-/// `info/`, `packed-refs`, other worktrees' admin folders — read-only, so
-/// an agent can commit but plant nothing orch's git would read. Its
-/// `refs/`, `logs/` and `objects/` are private stand-ins
+/// sandbox"). Under bubblewrap the agent gets the base every confined
+/// child shares ([`crate::sandbox::confinement`]: the filesystem
+/// read-only; orch's state directory, the database files, every `.env`
+/// from the current directory up, the secrets file and
+/// `ORCH_AGENT_SANDBOX_HIDE` hidden; its worktree and a private `/tmp`
+/// writable; the shared clone read-only) plus what a commit needs: its
+/// verdict folder and the worktree's own admin folder writable, and the
+/// clone's `refs/`, `logs/` and `objects/` replaced by private stand-ins
 /// ([`crate::git::CloneView`], under `<state>/clone-views/task-<id>`, the
-/// clone's object store bound read-only as their alternate): the returned
-/// view is applied after the run, carrying over the task branch only.
+/// clone's object store bound read-only as their alternate). The rest of
+/// the clone — `config`, `hooks/`, `info/`, `packed-refs`, other worktrees'
+/// admin folders — stays read-only, so an agent can commit but plant
+/// nothing orch's git would read. The returned view is applied after the
+/// run, carrying over the task branch only.
 ///
 /// Errors: [`crate::error::Error::Config`] when `ORCH_AGENT_SANDBOX=bwrap`
 /// and bubblewrap does not work here.
@@ -754,59 +756,28 @@ fn agent_runner(
     worktree: &Path,
     verdict_file: &Path,
 ) -> anyhow::Result<(Runner, Option<crate::git::CloneView>)> {
-    use crate::config::AgentSandbox;
-    let want = ctx.settings.agent_sandbox;
-    if want == AgentSandbox::None {
-        return Ok((Runner::Group, None));
-    }
-    if let Err(why) = process::bwrap_usable() {
-        if want == AgentSandbox::Bwrap {
-            return Err(crate::error::Error::config(
-                "ORCH_AGENT_SANDBOX",
-                format!("bwrap is required but does not work here: {why}"),
-            )
-            .into());
-        }
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| {
-            warn!(target: "worker", reason = %why, "agents run UNSANDBOXED (as orch): install bubblewrap, or set ORCH_AGENT_SANDBOX=none to accept this");
-        });
+    use crate::sandbox::{self, Child};
+    if !sandbox::use_bwrap(&ctx.settings, Child::Agent)? {
         return Ok((Runner::Group, None));
     }
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let db = abs(&ctx.settings.db_path);
-    let mut hidden_files: Vec<PathBuf> = ["", "-wal", "-shm", "-journal"]
-        .iter()
-        .map(|suffix| PathBuf::from(format!("{}{suffix}", db.display())))
-        .collect();
-    if let Ok(cwd) = std::env::current_dir() {
-        hidden_files.extend(cwd.ancestors().map(|d| d.join(".env")));
-    }
     let clone = abs(&repo.clone_dir);
     // The view's logs/ is bound over the clone's: it must exist.
     std::fs::create_dir_all(clone.join("logs"))
         .with_context(|| format!("creating {}", clone.join("logs").display()))?;
     let view = repo.clone_view(&ctx.settings.clone_view_dir(task.id), &task.branch)?;
-    let mut writable = vec![abs(worktree)];
+    let mut confinement = sandbox::confinement(&ctx.settings, &clone, worktree);
     if let Some(admin) = crate::git::worktree_admin_dir(worktree) {
-        writable.push(admin);
+        confinement.writable.push(admin);
     }
     if let Some(dir) = verdict_file.parent() {
-        writable.push(abs(dir));
+        confinement.writable.push(abs(dir));
     }
-    writable.extend(ctx.settings.agent_sandbox_writable.iter().cloned());
-    let overlays = vec![
+    confinement.overlays = vec![
         Bind::writable(view.refs_dir(), clone.join("refs")),
         Bind::writable(view.logs_dir(), clone.join("logs")),
         Bind::writable(view.objects_dir(), clone.join("objects")),
         Bind::readonly(clone.join("objects"), view.base_objects_dir()),
     ];
-    let confinement = Confinement {
-        hidden_dirs: vec![abs(&ctx.settings.state_dir)],
-        hidden_files,
-        readonly: vec![clone],
-        writable,
-        overlays,
-    };
     Ok((Runner::Bwrap(confinement), Some(view)))
 }

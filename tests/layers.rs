@@ -172,6 +172,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "lock",
             "git",
             "process",
+            "sandbox",
             "agent",
             "failpoint",
             "backoff",

@@ -71,11 +71,13 @@ pub fn documented_defaults() -> BTreeMap<&'static str, &'static str> {
         .collect()
 }
 
-/// Whether a setting holds a secret: its value is never printed.
-fn is_secret(key: &str) -> bool {
-    ["SECRET", "TOKEN", "API_KEY"]
+/// Whether a setting holds a secret (`…_SECRET`, `…_TOKEN`, `…_API_KEY`):
+/// its value is never printed, and orch drops it from its environment once
+/// read. (`ORCH_BUDGET_DAY_TOKENS` is a number, not a secret.)
+pub(crate) fn is_secret(key: &str) -> bool {
+    ["_SECRET", "_TOKEN", "_API_KEY"]
         .iter()
-        .any(|s| key.contains(s))
+        .any(|s| key.ends_with(s))
 }
 
 fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Result<Output> {
@@ -101,7 +103,12 @@ fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Resu
         {
             continue;
         }
-        let set = std::env::var(&key).ok().filter(|v| !v.trim().is_empty());
+        // A secret read at start is no longer in the environment.
+        let set = match sources.dropped.contains(&key) {
+            true => Some("[redacted]".to_string()),
+            false => std::env::var(&key).ok(),
+        }
+        .filter(|v| !v.trim().is_empty());
         let (value, source) = match set {
             Some(v) if sources.from_env.contains(&key) => (Some(v), "environment".to_string()),
             Some(v) => (Some(v), dotenv.clone().unwrap_or_else(|| ".env".into())),

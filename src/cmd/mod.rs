@@ -106,10 +106,33 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Where the environment's settings came from: the `ORCH_*` keys set
-/// before `.env` was read, and the `.env` file read (if any).
+/// before `.env` was read, the `.env` file read (if any), and the secret
+/// keys removed from the environment once read ([`drop_secrets`]).
 pub struct Sources {
     pub from_env: std::collections::BTreeSet<String>,
     pub dotenv: Option<std::path::PathBuf>,
+    pub dropped: std::collections::BTreeSet<String>,
+}
+
+/// Removes every secret setting (`ORCH_*_SECRET`, `_TOKEN`, `_API_KEY`)
+/// from this process's environment once the settings hold them: nothing
+/// orch starts inherits them, and `/proc/<pid>/environ` — which shows the
+/// environment orch was started with, not this one — is unreadable to
+/// others anyway ([`orch::process::make_undumpable`]). Returns the keys
+/// removed that had a value (`config show` reports them as set). Call
+/// while the process is single-threaded.
+fn drop_secrets() -> std::collections::BTreeSet<String> {
+    let mut set = std::collections::BTreeSet::new();
+    for (key, value) in std::env::vars_os() {
+        let Ok(key) = key.into_string() else { continue };
+        if key.starts_with("ORCH_") && config::is_secret(&key) {
+            if !value.to_string_lossy().trim().is_empty() {
+                set.insert(key.clone());
+            }
+            std::env::remove_var(&key);
+        }
+    }
+    set
 }
 
 /// Runs the command, prints its output and returns the exit code.
@@ -133,6 +156,11 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         cli.db.clone(),
         cli.config.clone(),
     )?;
+    let sources = &Sources {
+        dropped: drop_secrets(),
+        from_env: sources.from_env.clone(),
+        dotenv: sources.dotenv.clone(),
+    };
     if let Command::StagingCheck(args) = cli.command {
         // The staging config is checked (C4), not required to load.
         let (out, code) = staging_check::run(&settings, args)?;
