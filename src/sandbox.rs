@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{AgentSandbox, Settings};
+use crate::config::{AdminBind, AgentSandbox, Settings};
 use crate::process::{Confinement, Runner};
 
 /// Where `scripts/install` puts the secrets (`root:root 0600`, read by
@@ -106,9 +106,10 @@ pub fn confinement(settings: &Settings, clone: &Path, worktree: &Path) -> Confin
 
 /// The paths hidden beyond orch's own state: [`SECRETS_FILE`], the
 /// systemd credentials directory `credentials` (`$CREDENTIALS_DIRECTORY`,
-/// set by `LoadCredential=`) and every `ORCH_AGENT_SANDBOX_HIDE` path, in
-/// that order. A path that does not exist is kept here and skipped when
-/// the sandbox is built.
+/// set by `LoadCredential=`), the admin listener's socket when
+/// `ORCH_ADMIN_BIND` puts it outside the state directory, and every
+/// `ORCH_AGENT_SANDBOX_HIDE` path, in that order. A path that does not
+/// exist is kept here and skipped when the sandbox is built.
 pub fn hidden_paths(settings: &Settings, credentials: Option<std::ffi::OsString>) -> Vec<PathBuf> {
     let mut paths = vec![PathBuf::from(SECRETS_FILE)];
     paths.extend(
@@ -117,6 +118,11 @@ pub fn hidden_paths(settings: &Settings, credentials: Option<std::ffi::OsString>
             .map(PathBuf::from)
             .filter(|p| p.is_absolute()),
     );
+    if let Some(AdminBind::Socket(socket)) = &settings.admin_bind {
+        if !socket.starts_with(abs(&settings.state_dir)) {
+            paths.push(socket.clone());
+        }
+    }
     paths.extend(settings.agent_sandbox_hide.iter().cloned());
     paths
 }
@@ -155,17 +161,25 @@ mod tests {
 
     #[test]
     fn the_installed_secrets_the_credentials_and_the_setting_are_hidden() {
-        let s = settings(&[("ORCH_AGENT_SANDBOX_HIDE", "/srv/a.key:/srv/keys")]);
+        let s = settings(&[
+            ("ORCH_AGENT_SANDBOX_HIDE", "/srv/a.key:/srv/keys"),
+            ("ORCH_ADMIN_BIND", "unix:/run/orch/admin.sock"),
+        ]);
         assert_eq!(
             hidden_paths(&s, Some("/run/credentials/orch-worker@1.service".into())),
             [
                 SECRETS_FILE,
                 "/run/credentials/orch-worker@1.service",
+                "/run/orch/admin.sock",
                 "/srv/a.key",
                 "/srv/keys"
             ]
             .map(PathBuf::from)
         );
+        let s = settings(&[
+            ("ORCH_AGENT_SANDBOX_HIDE", "/srv/a.key:/srv/keys"),
+            ("ORCH_ADMIN_BIND", "127.0.0.1:8501"),
+        ]);
         assert_eq!(
             hidden_paths(&s, Some("".into())),
             [SECRETS_FILE, "/srv/a.key", "/srv/keys"].map(PathBuf::from)
