@@ -97,6 +97,21 @@ pub fn bounded(s: &str, max: usize) -> String {
     }
 }
 
+/// Whether `id` has the shape of a Claude Code session id: a UUID in its
+/// hyphenated form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (36 characters,
+/// ASCII hex digits and four hyphens; `tests/fixtures/claude/json`).
+/// The session id comes from the agent's output and goes into the next
+/// run's argv (`{previous_session}`): anything else — a flag, a path,
+/// spaces, a long string — is refused there and when it is stored.
+pub fn is_session_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 /// The last `max_lines` lines of `text`, at most `max_bytes` bytes (cut at
 /// a character boundary), for feedback an agent reads.
 pub fn tail(text: &str, max_lines: usize, max_bytes: usize) -> String {
@@ -803,6 +818,41 @@ mod tests {
         let out = run(&spec, Duration::from_secs(1), |_| Ok(()), || Ok(())).unwrap();
         let log = std::fs::read_to_string(&spec.log_path).unwrap();
         (out, log, read_verdict(&verdict))
+    }
+
+    #[test]
+    fn only_a_uuid_is_a_session_id() {
+        for good in [
+            "c16fbc15-69f6-40ad-95a0-90ab58f71af9",
+            "C16FBC15-69F6-40AD-95A0-90AB58F71AF9",
+        ] {
+            assert!(is_session_id(good), "{good}");
+        }
+        let long = "a".repeat(5000);
+        for bad in [
+            "",
+            "--dangerously-skip-permissions",
+            "x --resume y",
+            "../../etc/passwd",
+            long.as_str(),
+            "-16fbc15-69f6-40ad-95a0-90ab58f71af9",
+            "c16fbc15-69f6-40ad-95a0-90ab58f71af9 ",
+            "c16fbc15-69f6-40ad-95a0-90ab58f71af9\n",
+            "c16fbc1569f640ad95a090ab58f71af9",
+            "c16fbc15-69f6-40ad-95a0-90ab58f71afg",
+            "c16fbc15-69f6-40ad-95a0_90ab58f71af9",
+            "c16fbc15-69f6-40ad-95a0-90ab58f71af9a",
+        ] {
+            assert!(!is_session_id(bad), "{bad:?}");
+        }
+        // Every fixture's id is one.
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/claude/json");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let r = parse_result(&text).unwrap();
+            assert!(is_session_id(r.session_id.as_deref().unwrap()), "{r:?}");
+        }
     }
 
     #[test]

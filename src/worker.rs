@@ -356,7 +356,16 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             )
         }),
         cost_usd: result.as_ref().and_then(|r| r.cost_usd),
-        session_id: result.as_ref().and_then(|r| r.session_id.clone()),
+        session_id: result
+            .as_ref()
+            .and_then(|r| r.session_id.as_deref())
+            .and_then(|id| {
+                if crate::agent::is_session_id(id) {
+                    return Some(id.to_string());
+                }
+                warn!(target: "worker", job = job.id, task = job.task_id, session_id = ?crate::agent::bounded(id, 80), "the agent's result names a session id that is not a UUID: not stored, never resumed");
+                None
+            }),
         permission_denials: result
             .as_ref()
             .filter(|r| !r.permission_denials.is_empty())
@@ -688,13 +697,16 @@ fn apply_gate(
     let report = crate::report::RunReport::gather(ctx, task, job);
     db.write(|tx| {
         let finalized = match &verdict {
-            Gate::Pass | Gate::Rollback(_) => {
-                let (to, reason, retry) = match &verdict {
-                    Gate::Rollback(r) => (Stage::Development, r.clone(), true),
-                    _ => (stage.next(), format!("{stage} gate passed"), false),
+            Gate::Pass | Gate::Rollback { .. } => {
+                let (to, reason, retry, log) = match &verdict {
+                    Gate::Rollback { reason, log } => {
+                        (Stage::Development, reason.clone(), true, log.clone())
+                    }
+                    _ => (stage.next(), format!("{stage} gate passed"), false, None),
                 };
                 let mut m = Move::new(task, to, actor, reason).finishing(job.id);
                 m.developer_retry = retry;
+                m.log_path = log;
                 match pipeline::apply(tx, policy, &m, now)? {
                     Moved::Applied { escalated, .. } => Finalized::Advanced {
                         from: stage,
