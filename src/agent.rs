@@ -430,21 +430,40 @@ pub struct Verdict {
     pub summary: String,
 }
 
+/// The largest verdict file orch reads, in bytes.
+pub const VERDICT_MAX_BYTES: u64 = 1 << 20;
+
 /// Reads the verdict file an agent wrote to `ORCH_VERDICT_FILE`:
 /// `{"verdict": "...", "summary": "..."}` (summary optional → `""`; a
 /// non-string summary is kept as its JSON text).
 ///
 /// `Ok(None)` when the file does not exist. `Err(message naming the file
-/// and the problem)` when it exists but is unreadable, not a JSON object,
-/// lacks a string `verdict`, or has an unknown verdict. A gate that needs
+/// and the problem)` when it exists but is unreadable, not a regular file
+/// (a symlink is not followed, a FIFO not waited on), larger than
+/// [`VERDICT_MAX_BYTES`], not a JSON object, lacks a string `verdict`, or
+/// has an unknown verdict. A gate that needs
 /// a verdict treats both as a failed run, never as an approval.
 pub fn read_verdict(path: &Path) -> Result<Option<Verdict>, String> {
     let shown = path.display();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    // The agent chooses what the file is: never follow a symlink, never
+    // block on a FIFO, never read more than a verdict needs.
+    let bytes = match crate::untrusted::open_regular(path)
+        .and_then(|f| crate::untrusted::read_bounded(f, VERDICT_MAX_BYTES + 1, false))
+    {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(format!("verdict file {shown}: is a symlink (not followed)"))
+        }
         Err(e) => return Err(format!("verdict file {shown}: cannot read: {e}")),
     };
+    if bytes.len() as u64 > VERDICT_MAX_BYTES {
+        return Err(format!(
+            "verdict file {shown}: larger than {VERDICT_MAX_BYTES} bytes"
+        ));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("verdict file {shown}: not valid UTF-8"))?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| format!("verdict file {shown}: not valid JSON: {e}"))?;
     let Some(obj) = value.as_object() else {
@@ -742,6 +761,44 @@ mod tests {
         assert!(read_verdict(dir.path())
             .unwrap_err()
             .contains("cannot read"));
+    }
+
+    #[test]
+    fn a_planted_verdict_file_is_refused_without_following_or_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        // A symlink to a file that holds a valid verdict is still refused:
+        // what the agent points at is none of orch's business.
+        let target = dir.path().join("elsewhere.json");
+        std::fs::write(&target, r#"{"verdict": "APPROVE", "summary": "s3cret"}"#).unwrap();
+        let link = dir.path().join("verdict.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = read_verdict(&link).unwrap_err();
+        assert!(err.contains("symlink") && !err.contains("s3cret"), "{err}");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(read_verdict(&link).unwrap_err().contains("symlink"));
+        std::fs::remove_file(&link).unwrap();
+        // A FIFO would block a plain read forever.
+        let c = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = link.clone();
+        std::thread::spawn(move || tx.send(read_verdict(&p)).unwrap());
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("reading a FIFO verdict blocked");
+        assert!(got.unwrap_err().contains("not a regular file"));
+        std::fs::remove_file(&link).unwrap();
+        // Too large.
+        let big = format!(
+            r#"{{"verdict": "PASS", "summary": "{}"}}"#,
+            "x".repeat(VERDICT_MAX_BYTES as usize)
+        );
+        std::fs::write(&link, big).unwrap();
+        assert!(read_verdict(&link).unwrap_err().contains("larger than"));
+        std::fs::write(&link, b"{\"verdict\": \"PASS\", \"summary\": \"\xff\"}").unwrap();
+        assert!(read_verdict(&link).unwrap_err().contains("UTF-8"));
     }
 
     fn vars() -> BTreeMap<&'static str, String> {

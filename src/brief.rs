@@ -338,40 +338,10 @@ const LOG_READ_MAX_BYTES: u64 = 64 * 1024;
 /// Errors (the caller leaves the tail out): a path outside `logs_dir`, a
 /// missing or unreadable file, a non-regular file, an empty tail.
 pub fn read_log_tail(logs_dir: &Path, log: &Path) -> Result<String, String> {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = logs_dir
-        .canonicalize()
-        .map_err(|e| format!("log folder {}: {e}", logs_dir.display()))?;
-    let real = log
-        .canonicalize()
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    if !real.starts_with(&dir) || real == dir {
-        return Err(format!(
-            "{} is not inside orch's log folder {}",
-            real.display(),
-            dir.display()
-        ));
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(&real)
-        .map_err(|e| format!("{}: {e}", real.display()))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| format!("{}: {e}", real.display()))?;
-    if !meta.is_file() {
-        return Err(format!("{} is not a regular file", real.display()));
-    }
-    let len = meta.len();
-    if len > LOG_READ_MAX_BYTES {
-        f.seek(SeekFrom::Start(len - LOG_READ_MAX_BYTES))
-            .map_err(|e| format!("{}: {e}", real.display()))?;
-    }
-    let mut bytes = Vec::new();
-    f.take(LOG_READ_MAX_BYTES)
-        .read_to_end(&mut bytes)
+    use crate::untrusted;
+    let real = untrusted::beneath(logs_dir, log)?;
+    let bytes = untrusted::open_regular(&real)
+        .and_then(|f| untrusted::read_bounded(f, LOG_READ_MAX_BYTES, true))
         .map_err(|e| format!("{}: {e}", real.display()))?;
     let tail = crate::agent::tail(&String::from_utf8_lossy(&bytes), 30, 3000);
     if tail.trim().is_empty() {

@@ -176,6 +176,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "failpoint",
             "backoff",
             "build_info",
+            "untrusted",
         ],
     ),
     ("store", &["db"]),
