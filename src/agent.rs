@@ -179,6 +179,8 @@ pub struct LimitHit {
 /// next occurrence after `now_ms` ([`crate::clock::next_wall_clock_ms`]).
 /// A zone orch does not know gives no reset time: the pause backs off.
 pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
+    // The result's text is the agent's to write: a reset years away would
+    // pause every role of the account for good.
     if r.success {
         return None;
     }
@@ -190,7 +192,7 @@ pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
     if usage {
         return Some(LimitHit {
             kind: LimitKind::Usage,
-            reset_at_ms: reset_time(&text, now_ms),
+            reset_at_ms: reset_time(&text, now_ms).map(|r| r.min(now_ms + LIMIT_RESET_MAX_MS)),
             message,
         });
     }
@@ -200,6 +202,11 @@ pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
         message,
     })
 }
+
+/// The furthest a usage limit's reset is believed, from now: 8 days (the
+/// longest window, weekly, plus a day). A message naming a later reset
+/// pauses the account this long.
+pub const LIMIT_RESET_MAX_MS: i64 = 8 * 24 * 3_600_000;
 
 /// The reset time in a usage-limit message (see [`limit_hit`]).
 fn reset_time(text: &str, now_ms: i64) -> Option<i64> {
@@ -322,7 +329,14 @@ fn result_from_json(v: &Value) -> Option<AgentResult> {
     let is_error = v.get("is_error")?.as_bool()?;
     let str_field = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
     let usage = v.get("usage").filter(|u| u.is_object()).map(|u| {
-        let n = |key: &str| u.get(key).and_then(Value::as_i64).unwrap_or(0);
+        // The counts and the cost feed budgets: a negative one (the
+        // result line is the agent's to forge) reads as unknown.
+        let n = |key: &str| {
+            u.get(key)
+                .and_then(Value::as_i64)
+                .filter(|n| *n >= 0)
+                .unwrap_or(0)
+        };
         Usage {
             input_tokens: n("input_tokens"),
             output_tokens: n("output_tokens"),
@@ -347,7 +361,10 @@ fn result_from_json(v: &Value) -> Option<AgentResult> {
         session_id: str_field("session_id"),
         num_turns: v.get("num_turns").and_then(Value::as_i64),
         usage,
-        cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
+        cost_usd: v
+            .get("total_cost_usd")
+            .and_then(Value::as_f64)
+            .filter(|c| c.is_finite() && *c >= 0.0),
         permission_denials: v
             .get("permission_denials")
             .and_then(Value::as_array)
@@ -501,10 +518,16 @@ mod tests {
         let overloaded = limit_hit(&parse_result(OVERLOADED).unwrap(), 0).unwrap();
         assert_eq!(overloaded.kind, LimitKind::Rate);
         r.result_text = Some("Claude AI usage limit reached|1766502000".into());
-        let hit = limit_hit(&r, 0).unwrap();
+        let hit = limit_hit(&r, 1_766_500_000_000).unwrap();
         assert_eq!(
             (hit.kind, hit.reset_at_ms),
             (LimitKind::Usage, Some(1_766_502_000_000))
+        );
+        // A reset years away (the text is the agent's) is held to 8 days.
+        r.result_text = Some("Claude AI usage limit reached|9999999999".into());
+        assert_eq!(
+            limit_hit(&r, 1_766_500_000_000).unwrap().reset_at_ms,
+            Some(1_766_500_000_000 + LIMIT_RESET_MAX_MS)
         );
         // 2026-01-01 10:00 UTC; "resets 3:30pm (UTC)" is 15:30 that day,
         // "resets 9am (UTC)" the next morning, 4:50am in Rome (UTC+1) is
@@ -706,6 +729,23 @@ mod tests {
         assert_eq!(r.usage, None);
         assert_eq!(r.cost_usd, None);
         assert_eq!(r.errors, vec!["1"]);
+    }
+
+    #[test]
+    fn a_forged_negative_cost_or_token_count_reads_as_unknown() {
+        let r = parse_result(
+            r#"{"type":"result","subtype":"success","is_error":false,"total_cost_usd":-1000.5,
+               "usage":{"input_tokens":-5,"output_tokens":7,"cache_read_input_tokens":-1}}"#
+                .replace('\n', "")
+                .as_str(),
+        )
+        .unwrap();
+        assert_eq!(r.cost_usd, None);
+        let u = r.usage.unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cache_read_input_tokens),
+            (0, 7, 0)
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@ use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 use crate::process::{self, Bind, Confinement, RunSpec, Runner};
 
+/// How much of the end of an agent's log orch reads for its result JSON,
+/// in bytes (a result longer than this reads as no result).
+const AGENT_LOG_READ_MAX_BYTES: u64 = 16 << 20;
+
 /// What one `work-once` did.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -308,7 +312,11 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             &format!("orch: timed out after {timeout_s} s; process group killed\n"),
         );
     }
-    let log = std::fs::read(&log_path).unwrap_or_default();
+    // The agent's output is as long as it likes: the result is its last
+    // line, so only the log's end is read.
+    let log = crate::untrusted::open_regular(&log_path)
+        .and_then(|f| crate::untrusted::read_bounded(f, AGENT_LOG_READ_MAX_BYTES, true))
+        .unwrap_or_default();
     let result = crate::agent::parse_result(&String::from_utf8_lossy(&log));
     if result.is_none() {
         info!(target: "worker", job = job.id, log = %log_path.display(), "agent printed no result JSON: usage unknown");
