@@ -97,6 +97,21 @@ pub fn bounded(s: &str, max: usize) -> String {
     }
 }
 
+/// Whether `id` has the shape of a Claude Code session id: a UUID in its
+/// hyphenated form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (36 characters,
+/// ASCII hex digits and four hyphens; `tests/fixtures/claude/json`).
+/// The session id comes from the agent's output and goes into the next
+/// run's argv (`{previous_session}`): anything else — a flag, a path,
+/// spaces, a long string — is refused there and when it is stored.
+pub fn is_session_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
 /// The last `max_lines` lines of `text`, at most `max_bytes` bytes (cut at
 /// a character boundary), for feedback an agent reads.
 pub fn tail(text: &str, max_lines: usize, max_bytes: usize) -> String {
@@ -164,6 +179,8 @@ pub struct LimitHit {
 /// next occurrence after `now_ms` ([`crate::clock::next_wall_clock_ms`]).
 /// A zone orch does not know gives no reset time: the pause backs off.
 pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
+    // The result's text is the agent's to write: a reset years away would
+    // pause every role of the account for good.
     if r.success {
         return None;
     }
@@ -175,7 +192,7 @@ pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
     if usage {
         return Some(LimitHit {
             kind: LimitKind::Usage,
-            reset_at_ms: reset_time(&text, now_ms),
+            reset_at_ms: reset_time(&text, now_ms).map(|r| r.min(now_ms + LIMIT_RESET_MAX_MS)),
             message,
         });
     }
@@ -185,6 +202,11 @@ pub fn limit_hit(r: &AgentResult, now_ms: i64) -> Option<LimitHit> {
         message,
     })
 }
+
+/// The furthest a usage limit's reset is believed, from now: 8 days (the
+/// longest window, weekly, plus a day). A message naming a later reset
+/// pauses the account this long.
+pub const LIMIT_RESET_MAX_MS: i64 = 8 * 24 * 3_600_000;
 
 /// The reset time in a usage-limit message (see [`limit_hit`]).
 fn reset_time(text: &str, now_ms: i64) -> Option<i64> {
@@ -307,7 +329,14 @@ fn result_from_json(v: &Value) -> Option<AgentResult> {
     let is_error = v.get("is_error")?.as_bool()?;
     let str_field = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
     let usage = v.get("usage").filter(|u| u.is_object()).map(|u| {
-        let n = |key: &str| u.get(key).and_then(Value::as_i64).unwrap_or(0);
+        // The counts and the cost feed budgets: a negative one (the
+        // result line is the agent's to forge) reads as unknown.
+        let n = |key: &str| {
+            u.get(key)
+                .and_then(Value::as_i64)
+                .filter(|n| *n >= 0)
+                .unwrap_or(0)
+        };
         Usage {
             input_tokens: n("input_tokens"),
             output_tokens: n("output_tokens"),
@@ -332,7 +361,10 @@ fn result_from_json(v: &Value) -> Option<AgentResult> {
         session_id: str_field("session_id"),
         num_turns: v.get("num_turns").and_then(Value::as_i64),
         usage,
-        cost_usd: v.get("total_cost_usd").and_then(Value::as_f64),
+        cost_usd: v
+            .get("total_cost_usd")
+            .and_then(Value::as_f64)
+            .filter(|c| c.is_finite() && *c >= 0.0),
         permission_denials: v
             .get("permission_denials")
             .and_then(Value::as_array)
@@ -415,21 +447,40 @@ pub struct Verdict {
     pub summary: String,
 }
 
+/// The largest verdict file orch reads, in bytes.
+pub const VERDICT_MAX_BYTES: u64 = 1 << 20;
+
 /// Reads the verdict file an agent wrote to `ORCH_VERDICT_FILE`:
 /// `{"verdict": "...", "summary": "..."}` (summary optional → `""`; a
 /// non-string summary is kept as its JSON text).
 ///
 /// `Ok(None)` when the file does not exist. `Err(message naming the file
-/// and the problem)` when it exists but is unreadable, not a JSON object,
-/// lacks a string `verdict`, or has an unknown verdict. A gate that needs
+/// and the problem)` when it exists but is unreadable, not a regular file
+/// (a symlink is not followed, a FIFO not waited on), larger than
+/// [`VERDICT_MAX_BYTES`], not a JSON object, lacks a string `verdict`, or
+/// has an unknown verdict. A gate that needs
 /// a verdict treats both as a failed run, never as an approval.
 pub fn read_verdict(path: &Path) -> Result<Option<Verdict>, String> {
     let shown = path.display();
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    // The agent chooses what the file is: never follow a symlink, never
+    // block on a FIFO, never read more than a verdict needs.
+    let bytes = match crate::untrusted::open_regular(path)
+        .and_then(|f| crate::untrusted::read_bounded(f, VERDICT_MAX_BYTES + 1, false))
+    {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(format!("verdict file {shown}: is a symlink (not followed)"))
+        }
         Err(e) => return Err(format!("verdict file {shown}: cannot read: {e}")),
     };
+    if bytes.len() as u64 > VERDICT_MAX_BYTES {
+        return Err(format!(
+            "verdict file {shown}: larger than {VERDICT_MAX_BYTES} bytes"
+        ));
+    }
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("verdict file {shown}: not valid UTF-8"))?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| format!("verdict file {shown}: not valid JSON: {e}"))?;
     let Some(obj) = value.as_object() else {
@@ -467,10 +518,16 @@ mod tests {
         let overloaded = limit_hit(&parse_result(OVERLOADED).unwrap(), 0).unwrap();
         assert_eq!(overloaded.kind, LimitKind::Rate);
         r.result_text = Some("Claude AI usage limit reached|1766502000".into());
-        let hit = limit_hit(&r, 0).unwrap();
+        let hit = limit_hit(&r, 1_766_500_000_000).unwrap();
         assert_eq!(
             (hit.kind, hit.reset_at_ms),
             (LimitKind::Usage, Some(1_766_502_000_000))
+        );
+        // A reset years away (the text is the agent's) is held to 8 days.
+        r.result_text = Some("Claude AI usage limit reached|9999999999".into());
+        assert_eq!(
+            limit_hit(&r, 1_766_500_000_000).unwrap().reset_at_ms,
+            Some(1_766_500_000_000 + LIMIT_RESET_MAX_MS)
         );
         // 2026-01-01 10:00 UTC; "resets 3:30pm (UTC)" is 15:30 that day,
         // "resets 9am (UTC)" the next morning, 4:50am in Rome (UTC+1) is
@@ -675,6 +732,23 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_negative_cost_or_token_count_reads_as_unknown() {
+        let r = parse_result(
+            r#"{"type":"result","subtype":"success","is_error":false,"total_cost_usd":-1000.5,
+               "usage":{"input_tokens":-5,"output_tokens":7,"cache_read_input_tokens":-1}}"#
+                .replace('\n', "")
+                .as_str(),
+        )
+        .unwrap();
+        assert_eq!(r.cost_usd, None);
+        let u = r.usage.unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cache_read_input_tokens),
+            (0, 7, 0)
+        );
+    }
+
+    #[test]
     fn verdict_kind_spellings() {
         for k in VerdictKind::ALL {
             assert_eq!(k.as_str().parse::<VerdictKind>(), Ok(k));
@@ -727,6 +801,44 @@ mod tests {
         assert!(read_verdict(dir.path())
             .unwrap_err()
             .contains("cannot read"));
+    }
+
+    #[test]
+    fn a_planted_verdict_file_is_refused_without_following_or_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        // A symlink to a file that holds a valid verdict is still refused:
+        // what the agent points at is none of orch's business.
+        let target = dir.path().join("elsewhere.json");
+        std::fs::write(&target, r#"{"verdict": "APPROVE", "summary": "s3cret"}"#).unwrap();
+        let link = dir.path().join("verdict.json");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = read_verdict(&link).unwrap_err();
+        assert!(err.contains("symlink") && !err.contains("s3cret"), "{err}");
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert!(read_verdict(&link).unwrap_err().contains("symlink"));
+        std::fs::remove_file(&link).unwrap();
+        // A FIFO would block a plain read forever.
+        let c = std::ffi::CString::new(link.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = link.clone();
+        std::thread::spawn(move || tx.send(read_verdict(&p)).unwrap());
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("reading a FIFO verdict blocked");
+        assert!(got.unwrap_err().contains("not a regular file"));
+        std::fs::remove_file(&link).unwrap();
+        // Too large.
+        let big = format!(
+            r#"{{"verdict": "PASS", "summary": "{}"}}"#,
+            "x".repeat(VERDICT_MAX_BYTES as usize)
+        );
+        std::fs::write(&link, big).unwrap();
+        assert!(read_verdict(&link).unwrap_err().contains("larger than"));
+        std::fs::write(&link, b"{\"verdict\": \"PASS\", \"summary\": \"\xff\"}").unwrap();
+        assert!(read_verdict(&link).unwrap_err().contains("UTF-8"));
     }
 
     fn vars() -> BTreeMap<&'static str, String> {
@@ -803,6 +915,41 @@ mod tests {
         let out = run(&spec, Duration::from_secs(1), |_| Ok(()), || Ok(())).unwrap();
         let log = std::fs::read_to_string(&spec.log_path).unwrap();
         (out, log, read_verdict(&verdict))
+    }
+
+    #[test]
+    fn only_a_uuid_is_a_session_id() {
+        for good in [
+            "c16fbc15-69f6-40ad-95a0-90ab58f71af9",
+            "C16FBC15-69F6-40AD-95A0-90AB58F71AF9",
+        ] {
+            assert!(is_session_id(good), "{good}");
+        }
+        let long = "a".repeat(5000);
+        for bad in [
+            "",
+            "--dangerously-skip-permissions",
+            "x --resume y",
+            "../../etc/passwd",
+            long.as_str(),
+            "-16fbc15-69f6-40ad-95a0-90ab58f71af9",
+            "c16fbc15-69f6-40ad-95a0-90ab58f71af9 ",
+            "c16fbc15-69f6-40ad-95a0-90ab58f71af9\n",
+            "c16fbc1569f640ad95a090ab58f71af9",
+            "c16fbc15-69f6-40ad-95a0-90ab58f71afg",
+            "c16fbc15-69f6-40ad-95a0_90ab58f71af9",
+            "c16fbc15-69f6-40ad-95a0-90ab58f71af9a",
+        ] {
+            assert!(!is_session_id(bad), "{bad:?}");
+        }
+        // Every fixture's id is one.
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/claude/json");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let text = std::fs::read_to_string(e.unwrap().path()).unwrap();
+            let r = parse_result(&text).unwrap();
+            assert!(is_session_id(r.session_id.as_deref().unwrap()), "{r:?}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use tracing::warn;
 
 use crate::config::TEMPLATE_VARS;
 use crate::ctx::Ctx;
@@ -72,16 +73,22 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
     let verdict_dir = ctx.settings.job_verdict_dir(job_id, attempt);
     let verdict_file = verdict_dir.join("verdict.json");
     let worktree = absolute(Path::new(&task.worktree))?;
-    let mut feedback = feedback(db, task, stage, job)?;
-    if let Some(tail) = ci_log_tail(ctx, &feedback, task.id) {
-        push_part(&mut feedback, &tail);
-    }
+    let mut feedback = feedback(ctx, db, task, stage, job)?;
     for n in notes {
         push_part(&mut feedback, n);
     }
     let feedback = crate::agent::bounded(&feedback, FEEDBACK_MAX_BYTES);
     let previous_session = if agent.resume {
-        db.last_session(task.id, role)?.unwrap_or_default()
+        // Stored ids were checked when stored; a database from before that
+        // check may still hold anything the agent printed.
+        match db.last_session(task.id, role)? {
+            Some(id) if crate::agent::is_session_id(&id) => id,
+            Some(id) => {
+                warn!(target: "brief", task = task.id, role, job = job_id, session_id = ?crate::agent::bounded(&id, 80), "the stored session id is not a UUID: not resumed");
+                String::new()
+            }
+            None => String::new(),
+        }
     } else {
         String::new()
     };
@@ -160,9 +167,17 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
         .map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))
 }
 
+/// The placeholders whose values carry text an agent wrote: a reviewer's
+/// summary in `{feedback}`, the session id of its result in
+/// `{previous_session}`.
+const AGENT_TEXT_VARS: [&str; 2] = ["feedback", "previous_session"];
+
 /// Renders each argv element; an element that uses `{previous_session}`
 /// and renders empty is dropped together with the element before it (its
-/// flag, e.g. `--resume`). Errors: `(index, message)`.
+/// flag, e.g. `--resume`). An element whose template does not start with
+/// `-` but which renders to one that does, through a placeholder that
+/// carries agent text ([`AGENT_TEXT_VARS`]), is refused: no value from an
+/// agent's output becomes a flag of its own. Errors: `(index, message)`.
 fn render_argv(
     argv: &[String],
     vars: &BTreeMap<&str, String>,
@@ -170,6 +185,18 @@ fn render_argv(
     let mut out: Vec<(usize, String)> = Vec::with_capacity(argv.len());
     for (i, a) in argv.iter().enumerate() {
         let r = crate::agent::render(a, vars).map_err(|m| (i, m))?;
+        let from_agent = AGENT_TEXT_VARS
+            .iter()
+            .find(|v| a.contains(&format!("{{{v}}}")));
+        if let Some(v) = from_agent.filter(|_| r.starts_with('-') && !a.starts_with('-')) {
+            return Err((
+                i,
+                format!(
+                    "renders to {:?}, a flag made of agent text ({{{v}}}): refused",
+                    crate::agent::bounded(&r, 60)
+                ),
+            ));
+        }
         if r.is_empty() && a.contains("{previous_session}") {
             if out.last().is_some_and(|(j, _)| j + 1 == i) {
                 out.pop();
@@ -225,8 +252,20 @@ fn push_part(out: &mut String, part: &str) {
 /// tail of their log, a rejection comment), and, from the second attempt
 /// on, why the previous attempt failed. `""` on a first run.
 ///
+/// The test log whose tail is shown is the one orch recorded with the
+/// transition (`transitions.log_path`, [`crate::pipeline::Move::log_path`])
+/// and only when it lies in orch's own log folder ([`read_log_tail`]):
+/// a reason or summary carries agent text, and orch never opens a path
+/// named there (DESIGN §11 INV-8).
+///
 /// Errors: database errors.
-pub fn feedback(db: &Db, task: &Task, stage: Stage, job: Option<&Job>) -> anyhow::Result<String> {
+pub fn feedback(
+    ctx: &Ctx,
+    db: &Db,
+    task: &Task,
+    stage: Stage,
+    job: Option<&Job>,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     let came_back = db
         .transitions(task.id)?
@@ -268,8 +307,13 @@ pub fn feedback(db: &Db, task: &Task, stage: Stage, job: Option<&Job>) -> anyhow
             format!("The work came back from {from} to {stage}: ")
         };
         push_part(&mut out, &format!("{head}{}", t.reason.trim()));
-        if let Some(tail) = log_tail_named_in(&t.reason) {
-            push_part(&mut out, &tail);
+        if let Some(log) = t.log_path.as_deref() {
+            match read_log_tail(&ctx.settings.logs_dir(), Path::new(log)) {
+                Ok(tail) => push_part(&mut out, &tail),
+                Err(why) => {
+                    warn!(target: "brief", task = task.id, log, why = %why, "test log left out of the feedback");
+                }
+            }
         }
     }
     if let Some(j) = job.filter(|j| j.attempt > 1) {
@@ -283,32 +327,27 @@ pub fn feedback(db: &Db, task: &Task, stage: Stage, job: Option<&Job>) -> anyhow
     Ok(out)
 }
 
-/// The tail of the local CI's log when the feedback says "CI failed on
-/// <sha>" (the development gate's reason for red tests).
-fn ci_log_tail(ctx: &Ctx, feedback: &str, task_id: i64) -> Option<String> {
-    let i = feedback.find("CI failed on ")?;
-    let sha: String = feedback[i + "CI failed on ".len()..]
-        .chars()
-        .take_while(char::is_ascii_hexdigit)
-        .collect();
-    if sha.len() < 7 {
-        return None;
-    }
-    let path = crate::forge::local_ci_log(ctx, task_id, &sha);
-    log_tail_named_in(&format!(" log {}", path.display()))
-}
+/// How much of the end of a test log [`read_log_tail`] reads, in bytes.
+const LOG_READ_MAX_BYTES: u64 = 64 * 1024;
 
-/// The bounded tail of the log file a reason names (`… log /abs/path.log`),
-/// when it exists: what failed, for the agent to read.
-fn log_tail_named_in(reason: &str) -> Option<String> {
-    let i = reason.find(" log /")?;
-    let path: String = reason[i + 5..]
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ';')
-        .collect();
-    let text = std::fs::read(&path).ok()?;
-    let tail = crate::agent::tail(&String::from_utf8_lossy(&text), 30, 3000);
-    (!tail.trim().is_empty()).then(|| format!("The end of {path}:\n{tail}"))
+/// `The end of <log>:` and the bounded tail (30 lines, 3000 bytes) of the
+/// test log `log`, which must be a regular file inside `logs_dir` once
+/// every symlink is resolved; the last component is opened without
+/// following a symlink. Reads at most the last [`LOG_READ_MAX_BYTES`].
+///
+/// Errors (the caller leaves the tail out): a path outside `logs_dir`, a
+/// missing or unreadable file, a non-regular file, an empty tail.
+pub fn read_log_tail(logs_dir: &Path, log: &Path) -> Result<String, String> {
+    use crate::untrusted;
+    let real = untrusted::beneath(logs_dir, log)?;
+    let bytes = untrusted::open_regular(&real)
+        .and_then(|f| untrusted::read_bounded(f, LOG_READ_MAX_BYTES, true))
+        .map_err(|e| format!("{}: {e}", real.display()))?;
+    let tail = crate::agent::tail(&String::from_utf8_lossy(&bytes), 30, 3000);
+    if tail.trim().is_empty() {
+        return Err(format!("{} is empty", real.display()));
+    }
+    Ok(format!("The end of {}:\n{tail}", log.display()))
 }
 
 /// A comment's HTML (Plane's `comment_html`) as plain text: tags dropped,
@@ -372,6 +411,67 @@ mod tests {
         );
         let err = render_argv(&["{nope}".to_string()], &vars("")).unwrap_err();
         assert_eq!(err.0, 0);
+    }
+
+    #[test]
+    fn a_test_log_is_read_only_inside_the_log_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let logs = tmp.path().join("state/logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        let outside = tmp.path().join("secret.env");
+        std::fs::write(&outside, "TOKEN=s3cret\n").unwrap();
+        let log = logs.join("ci-task1-abc.log");
+        let mut text = "x".repeat(200_000);
+        text.push_str("\nFAIL: CHANGES.md has a BROKEN line\n");
+        std::fs::write(&log, &text).unwrap();
+        let tail = read_log_tail(&logs, &log).unwrap();
+        assert!(tail.starts_with("The end of "), "{tail}");
+        assert!(
+            tail.ends_with("FAIL: CHANGES.md has a BROKEN line"),
+            "{tail}"
+        );
+        assert!(tail.len() < 3200, "{}", tail.len());
+
+        std::os::unix::fs::symlink(&outside, logs.join("link.log")).unwrap();
+        let refused = [
+            outside.clone(),
+            logs.join("../../secret.env"),
+            logs.join("link.log"),
+            logs.clone(),
+            logs.join("missing.log"),
+            std::path::PathBuf::from("/proc/self/environ"),
+            std::path::PathBuf::from("/etc/passwd"),
+        ];
+        for p in refused {
+            let r = read_log_tail(&logs, &p);
+            assert!(r.is_err(), "{} was read: {r:?}", p.display());
+        }
+        std::fs::create_dir(logs.join("dir.log")).unwrap();
+        assert!(read_log_tail(&logs, &logs.join("dir.log")).is_err());
+        std::fs::write(logs.join("empty.log"), "\n\n").unwrap();
+        assert!(read_log_tail(&logs, &logs.join("empty.log")).is_err());
+    }
+
+    #[test]
+    fn agent_text_never_renders_to_a_flag_of_its_own() {
+        let argv: Vec<String> = ["claude", "--resume", "{previous_session}"]
+            .map(String::from)
+            .to_vec();
+        let err = render_argv(&argv, &vars("--dangerously-skip-permissions")).unwrap_err();
+        assert_eq!(err.0, 2, "{err:?}");
+        assert!(err.1.contains("{previous_session}"), "{err:?}");
+        // Inside an element that is a flag already, a value stays a value.
+        let argv = vec!["--resume={previous_session}".to_string()];
+        assert_eq!(
+            render_argv(&argv, &vars("-x")).unwrap(),
+            vec!["--resume=-x"]
+        );
+        // Text that is not an agent's may start with a dash (`{x}`).
+        let mut v = vars("");
+        v.insert("x", "-X".into());
+        assert_eq!(render_argv(&["{x}".to_string()], &v).unwrap(), vec!["-X"]);
+        v.insert("feedback", "-rf".into());
+        assert!(render_argv(&["{feedback}".to_string()], &v).is_err());
     }
 
     #[test]

@@ -344,6 +344,7 @@ fn store_statuses(
                 &st.context,
                 &st.status,
                 st.target_url.as_deref().unwrap_or(""),
+                None,
                 now,
             )?;
         }
@@ -552,7 +553,20 @@ fn run_local_ci(
     }
     let passed = run_tests(ctx, project, repo, worktree, &local_ci_name(task.id, &sha))?;
     let state = if passed { "success" } else { "failure" };
-    db.write(|tx| tx.upsert_ci_status(&project.name, &sha, "orch/test", state, "", now_ms()))?;
+    // The run's own log, recorded by orch: the next developer's feedback
+    // reads it from here, never from a path named in text.
+    let log = local_ci_log(ctx, task.id, &sha);
+    db.write(|tx| {
+        tx.upsert_ci_status(
+            &project.name,
+            &sha,
+            crate::db::ORCH_TEST_CONTEXT,
+            state,
+            "",
+            Some(&log.to_string_lossy()),
+            now_ms(),
+        )
+    })?;
     info!(target: "ci", task = task.id, sha = %sha, state, "local CI finished");
     Ok(state.to_string())
 }

@@ -1401,7 +1401,11 @@ impl Repo {
 
     /// Changed or new files of the worktree (against HEAD, not ignored)
     /// that still hold a conflict marker line (`<<<<<<< ` or `>>>>>>> `
-    /// at a line start), sorted. Read-only; takes no lock.
+    /// at a line start), sorted. Read-only; takes no lock. The agent chose
+    /// what each path is: only a regular file that lies inside the
+    /// worktree once symlinks are resolved is read (streamed, never
+    /// whole); a symlink out of it, a FIFO or a device is not read
+    /// ([`crate::untrusted`]).
     /// Errors: [`Error::Subprocess`] from git.
     pub fn conflict_marked_files(&self, worktree: &Path) -> anyhow::Result<Vec<String>> {
         let worktree = absolute(worktree)?;
@@ -1422,10 +1426,10 @@ impl Repo {
         Ok(files
             .into_iter()
             .filter(|f| {
-                std::fs::read(worktree.join(f)).is_ok_and(|b| {
-                    b.split(|&c| c == b'\n')
-                        .any(|l| l.starts_with(b"<<<<<<< ") || l.starts_with(b">>>>>>> "))
-                })
+                crate::untrusted::beneath(&worktree, &worktree.join(f))
+                    .ok()
+                    .and_then(|real| crate::untrusted::open_regular(&real).ok())
+                    .is_some_and(|file| holds_conflict_marker(file).unwrap_or(false))
             })
             .collect())
     }
@@ -1828,6 +1832,39 @@ impl Repo {
     fn is_commit(&self, id: &str) -> anyhow::Result<bool> {
         let out = run_git(&self.clone_dir, &["cat-file", "-t", id])?;
         Ok(out.success() && out.stdout.trim() == "commit")
+    }
+}
+
+/// Whether a line of `file` starts with a conflict marker (`<<<<<<< ` or
+/// `>>>>>>> `), read in chunks: memory stays bounded whatever the file.
+fn holds_conflict_marker(file: std::fs::File) -> std::io::Result<bool> {
+    use std::io::BufRead;
+    const MARKERS: [&[u8]; 2] = [b"<<<<<<< ", b">>>>>>> "];
+    let mut r = std::io::BufReader::new(file);
+    // The start of the current line, while it may still be a marker.
+    let mut head: Option<Vec<u8>> = Some(Vec::with_capacity(8));
+    loop {
+        let buf = r.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        for &c in buf {
+            if c == b'\n' {
+                head = Some(Vec::with_capacity(8));
+                continue;
+            }
+            if let Some(h) = head.as_mut() {
+                h.push(c);
+                if h.len() == 8 {
+                    if MARKERS.contains(&h.as_slice()) {
+                        return Ok(true);
+                    }
+                    head = None;
+                }
+            }
+        }
+        let n = buf.len();
+        r.consume(n);
     }
 }
 
@@ -2362,6 +2399,34 @@ mod tests {
             sh(&wt, &["rev-parse", "--abbrev-ref", "@{upstream}"]),
             "origin/orch/p-1"
         );
+    }
+
+    #[test]
+    fn conflict_markers_are_found_only_in_regular_files_inside_the_worktree() {
+        let f = fixture();
+        let wt = f.wt(1);
+        f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+        std::fs::write(wt.join("clean.txt"), "a\n<<<<<<<no space\n").unwrap();
+        std::fs::write(wt.join("marked.txt"), "a\n>>>>>>> theirs\n").unwrap();
+        std::fs::write(wt.join("README"), "<<<<<<< HEAD\n").unwrap();
+        // Outside the worktree, a file with a marker; inside, links to it
+        // and to a device, and a FIFO (a plain read would block forever).
+        let outside = f.root.join("outside.txt");
+        std::fs::write(&outside, "<<<<<<< secret\n").unwrap();
+        std::os::unix::fs::symlink(&outside, wt.join("link.txt")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", wt.join("zero")).unwrap();
+        let fifo = wt.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let repo = f.repo.clone();
+        let w = wt.clone();
+        std::thread::spawn(move || tx.send(repo.conflict_marked_files(&w).unwrap()).unwrap());
+        let marked = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("conflict_marked_files blocked");
+        assert_eq!(marked, vec!["README".to_string(), "marked.txt".to_string()]);
     }
 
     #[test]

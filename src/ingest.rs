@@ -482,7 +482,7 @@ fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Res
     };
     let context = v.get("context").and_then(Value::as_str).unwrap_or("ci");
     let url = v.get("target_url").and_then(Value::as_str).unwrap_or("");
-    tx.upsert_ci_status(&project.name, sha, context, state, url, now)?;
+    tx.upsert_ci_status(&project.name, sha, context, state, url, None, now)?;
     let recorded = format!("recorded CI {state} ({context}) for {branch} at {sha}");
     let done = |outcome: String| Handled {
         outcome,
@@ -512,15 +512,16 @@ fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Res
         )));
     }
     let facts = gate::gather(db, project, &ctx.repo(project), &task)?;
-    let (to, retry, why) = match gate::decide(Stage::Development, &facts) {
-        Gate::Pass => (Stage::Review, false, format!("CI {state} on {sha}")),
-        Gate::Rollback(r) => (Stage::Development, true, r),
+    let (to, retry, why, log) = match gate::decide(Stage::Development, &facts) {
+        Gate::Pass => (Stage::Review, false, format!("CI {state} on {sha}"), None),
+        Gate::Rollback { reason, log } => (Stage::Development, true, reason, log),
         Gate::Pending(r) | Gate::Fail(r) | Gate::FailFinal(r) => {
             return Ok(done(format!("{recorded}; task {} waits: {r}", task.id)))
         }
     };
     let mut m = Move::new(&task, to, Actor::Webhook, why.clone());
     m.developer_retry = retry;
+    m.log_path = log;
     Ok(done(match pipeline::apply(tx, ctx.policy(), &m, now)? {
         Moved::Applied { escalated, .. } => format!(
             "{recorded}; task {}: development → {to} ({why}){}",

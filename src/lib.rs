@@ -37,6 +37,7 @@ pub mod staging;
 pub mod status;
 pub mod tick;
 pub mod tracker;
+pub mod untrusted;
 pub mod webhook;
 pub mod why;
 pub mod worker;

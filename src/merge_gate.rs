@@ -93,7 +93,7 @@ use crate::process::{self, RunSpec};
 const MAX_CATCH_UPS: usize = 3;
 
 /// The CI context under which the gate stores its test results.
-const TEST_CONTEXT: &str = "orch/test";
+const TEST_CONTEXT: &str = crate::db::ORCH_TEST_CONTEXT;
 
 /// The name of the merge lease of `project`'s repository (`merge:<repo>`,
 /// `merge:<project>` without a forge repo), or `None` when the project
@@ -216,7 +216,7 @@ pub fn gate_job(
         &mut steps,
     ) {
         Ok(Merge::Merged { .. }) => Ok(JobGate::Verdict(Gate::Pass)),
-        Ok(Merge::Rollback(reason)) => Ok(JobGate::Verdict(Gate::Rollback(reason))),
+        Ok(Merge::Rollback { reason, log }) => Ok(JobGate::Verdict(Gate::Rollback { reason, log })),
         Ok(Merge::MainMoving(reason)) => {
             give_back(db, lease.as_deref(), task, None)?;
             defer_job(ctx, db, job, actor, "merge gate", &reason, None).map(JobGate::Settled)
@@ -419,8 +419,12 @@ enum Merge {
     /// Origin's main contains the tested head `sha` (merged now or before;
     /// in a dry run: would).
     Merged { sha: String },
-    /// Conflict or red tests: back to development with this reason.
-    Rollback(String),
+    /// Conflict or red tests: back to development with this reason; `log`
+    /// is the red test run's own log (orch's path, for the feedback).
+    Rollback {
+        reason: String,
+        log: Option<PathBuf>,
+    },
     /// Main moved under every catch-up: try again later.
     MainMoving(String),
     /// The caught-up head is not the revision staging validated: run the
@@ -519,10 +523,13 @@ fn catch_up_test_merge(
                         short(&main),
                         short(&before)
                     ));
-                    return Ok(Merge::Rollback(format!(
-                        "merge gate: rebase onto {default} ({}) conflicts in {files}",
-                        short(&main)
-                    )));
+                    return Ok(Merge::Rollback {
+                        reason: format!(
+                            "merge gate: rebase onto {default} ({}) conflicts in {files}",
+                            short(&main)
+                        ),
+                        log: None,
+                    });
                 }
                 RebaseOutcome::UpToDate => {
                     steps.push(format!("{branch} contains {default}: no rebase needed"));
@@ -575,12 +582,15 @@ fn catch_up_test_merge(
         }
         let (sha, green, log) = retest(ctx, db, project, repo, task, &before, job, steps)?;
         if !green {
-            return Ok(Merge::Rollback(format!(
-                "merge gate: tests fail on the combined tree {} ({branch} on top of {default} at {}); log {}",
-                short(&sha),
-                short(&main),
-                log.display()
-            )));
+            return Ok(Merge::Rollback {
+                reason: format!(
+                    "merge gate: tests fail on the combined tree {} ({branch} on top of {default} at {}); log {}",
+                    short(&sha),
+                    short(&main),
+                    log.display()
+                ),
+                log: Some(log),
+            });
         }
         if dry {
             if main == sha {
@@ -728,7 +738,9 @@ fn retest(
                 "tests already ran on {}: {state} (not run again)",
                 short(&sha)
             ));
-            return Ok((sha, state == "success", log));
+            // The log of the run that decided, as orch recorded it.
+            let ran = db.ci_log_path(&project.name, &sha)?.map(PathBuf::from);
+            return Ok((sha, state == "success", ran.unwrap_or(log)));
         }
     }
     if steps.dry_run {
@@ -773,7 +785,18 @@ fn retest(
         .with_context(|| format!("running test command {:?}", project.test_command))?;
     let green = out.exit_code() == 0;
     let state = if green { "success" } else { "failure" };
-    db.write(|tx| tx.upsert_ci_status(&project.name, &sha, TEST_CONTEXT, state, "", now_ms()))?;
+    let log_path = log.to_string_lossy();
+    db.write(|tx| {
+        tx.upsert_ci_status(
+            &project.name,
+            &sha,
+            TEST_CONTEXT,
+            state,
+            "",
+            Some(&log_path),
+            now_ms(),
+        )
+    })?;
     steps.push(format!(
         "ran the test command {:?} on {}: {} (exit {}); log {}",
         project.test_command,
@@ -1042,9 +1065,12 @@ fn by_hand(
             ),
             false,
         ),
-        Merge::Rollback(reason) => (Stage::Development, reason.clone(), true),
+        Merge::Rollback { reason, .. } => (Stage::Development, reason.clone(), true),
     };
     let mut m = Move::new(task, to, Actor::Human, reason.clone());
+    if let Merge::Rollback { log, .. } = &merged {
+        m.log_path = log.clone();
+    }
     m.job_id = job.as_ref().map(|j| j.id);
     m.developer_retry = retry;
     let now = now_ms();

@@ -489,7 +489,7 @@ pub fn gate_job(
     info!(target: "gate", task = task.id, job = job.id, revision = %head, verdict = %report.verdict, "staging check");
     Ok(match report.verdict {
         Status::Pass => StagingGate::Validated(head),
-        Status::Fail => StagingGate::Verdict(Gate::Rollback(format!(
+        Status::Fail => StagingGate::Verdict(Gate::rollback(format!(
             "staging-check FAIL on {head}:\n{}",
             report.failure_summary()
         ))),

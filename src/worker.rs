@@ -27,6 +27,10 @@ use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 use crate::process::{self, Bind, RunSpec, Runner};
 
+/// How much of the end of an agent's log orch reads for its result JSON,
+/// in bytes (a result longer than this reads as no result).
+const AGENT_LOG_READ_MAX_BYTES: u64 = 16 << 20;
+
 /// What one `work-once` did.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -309,7 +313,11 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             &format!("orch: timed out after {timeout_s} s; process group killed\n"),
         );
     }
-    let log = std::fs::read(&log_path).unwrap_or_default();
+    // The agent's output is as long as it likes: the result is its last
+    // line, so only the log's end is read.
+    let log = crate::untrusted::open_regular(&log_path)
+        .and_then(|f| crate::untrusted::read_bounded(f, AGENT_LOG_READ_MAX_BYTES, true))
+        .unwrap_or_default();
     let result = crate::agent::parse_result(&String::from_utf8_lossy(&log));
     if result.is_none() {
         info!(target: "worker", job = job.id, log = %log_path.display(), "agent printed no result JSON: usage unknown");
@@ -357,7 +365,16 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             )
         }),
         cost_usd: result.as_ref().and_then(|r| r.cost_usd),
-        session_id: result.as_ref().and_then(|r| r.session_id.clone()),
+        session_id: result
+            .as_ref()
+            .and_then(|r| r.session_id.as_deref())
+            .and_then(|id| {
+                if crate::agent::is_session_id(id) {
+                    return Some(id.to_string());
+                }
+                warn!(target: "worker", job = job.id, task = job.task_id, session_id = ?crate::agent::bounded(id, 80), "the agent's result names a session id that is not a UUID: not stored, never resumed");
+                None
+            }),
         permission_denials: result
             .as_ref()
             .filter(|r| !r.permission_denials.is_empty())
@@ -689,13 +706,16 @@ fn apply_gate(
     let report = crate::report::RunReport::gather(ctx, task, job);
     db.write(|tx| {
         let finalized = match &verdict {
-            Gate::Pass | Gate::Rollback(_) => {
-                let (to, reason, retry) = match &verdict {
-                    Gate::Rollback(r) => (Stage::Development, r.clone(), true),
-                    _ => (stage.next(), format!("{stage} gate passed"), false),
+            Gate::Pass | Gate::Rollback { .. } => {
+                let (to, reason, retry, log) = match &verdict {
+                    Gate::Rollback { reason, log } => {
+                        (Stage::Development, reason.clone(), true, log.clone())
+                    }
+                    _ => (stage.next(), format!("{stage} gate passed"), false, None),
                 };
                 let mut m = Move::new(task, to, actor, reason).finishing(job.id);
                 m.developer_retry = retry;
+                m.log_path = log;
                 match pipeline::apply(tx, policy, &m, now)? {
                     Moved::Applied { escalated, .. } => Finalized::Advanced {
                         from: stage,

@@ -177,6 +177,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "failpoint",
             "backoff",
             "build_info",
+            "untrusted",
         ],
     ),
     ("store", &["db"]),

@@ -285,6 +285,25 @@ fn two_branches_green_alone_but_red_together_are_caught_by_the_retest() {
         )
         .unwrap();
     assert_eq!(red, 1);
+    // The next developer run is told what failed: the tail of the
+    // re-test's own log, which orch recorded with the rollback.
+    let log: String = sbx
+        .db()
+        .query_row(
+            "SELECT log_path FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+            [two],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(log.contains("/logs/merge-task"), "{log}");
+    let brief = sbx.json(&["agents", "show", "developer", "--task", &two.to_string()]);
+    let feedback = brief["feedback"].as_str().unwrap();
+    assert!(
+        feedback.contains("tests fail on the combined tree")
+            && feedback.contains(&format!("The end of {log}"))
+            && feedback.contains("FAIL: alpha.txt (ALPHA) and beta.txt (BETA) clash"),
+        "{feedback}"
+    );
     assert_eq!(lease_holder(&sbx), None);
     assert_clean(&worktree(&sbx, two));
     assert_main_always_green(&sbx);

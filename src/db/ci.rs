@@ -6,6 +6,11 @@ use serde::Serialize;
 
 use super::{Db, Tx};
 
+/// The CI context under which orch stores the result of the project's
+/// test command when it runs it itself (local CI, the merge gate's
+/// re-test).
+pub const ORCH_TEST_CONTEXT: &str = "orch/test";
+
 /// The forge pull request of a task, as orch last saw it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PullRequestRow {
@@ -61,6 +66,21 @@ impl Db {
             .optional()?)
     }
 
+    /// The log of orch's own run of the test command on `sha` of
+    /// `project` (context [`ORCH_TEST_CONTEXT`]), as orch recorded it when
+    /// it ran the tests; `None` when orch did not run them (or the row
+    /// predates migration 15).
+    pub fn ci_log_path(&self, project: &str, sha: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT log_path FROM ci_statuses WHERE project=?1 AND sha=?2 AND context=?3",
+            )?
+            .query_row(params![project, sha, ORCH_TEST_CONTEXT], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
     /// The orch branch whose last known head is `sha`, if exactly one.
     pub fn branch_for_sha(&self, project: &str, sha: &str) -> anyhow::Result<Option<String>> {
         let mut stmt = self
@@ -99,6 +119,10 @@ impl Db {
 
 impl Tx<'_> {
     /// Stores a CI status for `sha` (the latest per context wins).
+    /// `log_path`: the log of the test run, only when orch ran the tests
+    /// itself (a status a forge reported passes `None`, which also clears
+    /// a log stored before under the same context).
+    #[allow(clippy::too_many_arguments)]
     pub fn upsert_ci_status(
         &self,
         project: &str,
@@ -106,13 +130,15 @@ impl Tx<'_> {
         context: &str,
         state: &str,
         target_url: &str,
+        log_path: Option<&str>,
         now_ms: i64,
     ) -> anyhow::Result<()> {
         self.conn.prepare_cached(
-            "INSERT INTO ci_statuses (project, sha, context, state, target_url, at_ms) VALUES (?1,?2,?3,?4,?5,?6) \
-             ON CONFLICT(project, sha, context) DO UPDATE SET state=excluded.state, target_url=excluded.target_url, at_ms=excluded.at_ms",
+            "INSERT INTO ci_statuses (project, sha, context, state, target_url, log_path, at_ms) VALUES (?1,?2,?3,?4,?5,?6,?7) \
+             ON CONFLICT(project, sha, context) DO UPDATE SET state=excluded.state, target_url=excluded.target_url, \
+             log_path=excluded.log_path, at_ms=excluded.at_ms",
         )?
-        .execute(params![project, sha, context, state, target_url, now_ms])?;
+        .execute(params![project, sha, context, state, target_url, log_path, now_ms])?;
         Ok(())
     }
 

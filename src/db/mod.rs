@@ -25,7 +25,7 @@ mod tasks;
 mod usage;
 
 pub use budget::{Measure, Parked};
-pub use ci::PullRequestRow;
+pub use ci::{PullRequestRow, ORCH_TEST_CONTEXT};
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
 pub use leases::{Lease, LeaseAcquire};

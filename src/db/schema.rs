@@ -356,4 +356,14 @@ ALTER TABLE jobs ADD COLUMN scheduled_at_ms INTEGER;
 UPDATE jobs SET scheduled_at_ms=created_at_ms WHERE status='queued';
 CREATE INDEX jobs_scheduled ON jobs(scheduled_at_ms) WHERE status='queued';
 "#,
+    // 16: feedback never opens a path taken from agent text (issue 20).
+    // `ci_statuses.log_path`: the log of a test run orch itself ran (local
+    // CI, the merge gate's re-test; NULL for statuses a forge reported).
+    // `transitions.log_path`: the log of the test run that sent the task
+    // back to development (red CI, a red re-test), written by orch from the
+    // former; the next developer's feedback shows its tail.
+    r#"
+ALTER TABLE ci_statuses ADD COLUMN log_path TEXT;
+ALTER TABLE transitions ADD COLUMN log_path TEXT;
+"#,
 ];

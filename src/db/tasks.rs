@@ -78,6 +78,10 @@ pub struct TransitionRow {
     /// The delivery (inbox row) whose ingest made this move (migration 9);
     /// `None` for other actors and older rows.
     pub inbox_id: Option<i64>,
+    /// The log of orch's own test run that caused this move (migration
+    /// 15): set by orch for red CI and a red merge-gate re-test, never
+    /// taken from the reason's text. `None` otherwise and for older rows.
+    pub log_path: Option<String>,
 }
 
 /// A project of the registry (`projects` table), as the caller's config
@@ -184,7 +188,7 @@ impl Db {
     /// The transitions of a task in order.
     pub fn transitions(&self, task_id: i64) -> anyhow::Result<Vec<TransitionRow>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, task_id, from_stage, to_stage, version, actor, job_id, reason, at_ms, inbox_id \
+            "SELECT id, task_id, from_stage, to_stage, version, actor, job_id, reason, at_ms, inbox_id, log_path \
              FROM transitions WHERE task_id=?1 ORDER BY version",
         )?;
         let rows = stmt.query_map([task_id], |r| {
@@ -199,6 +203,7 @@ impl Db {
                 reason: r.get(7)?,
                 at_ms: r.get(8)?,
                 inbox_id: r.get(9)?,
+                log_path: r.get(10)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -357,13 +362,15 @@ impl Tx<'_> {
         actor: Actor,
         job_id: Option<i64>,
         reason: &str,
+        log_path: Option<&std::path::Path>,
         now_ms: i64,
     ) -> anyhow::Result<()> {
+        let log_path = log_path.map(|p| p.to_string_lossy().into_owned());
         self.conn.prepare_cached(
-            "INSERT INTO transitions (task_id, from_stage, to_stage, version, actor, job_id, reason, at_ms) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+            "INSERT INTO transitions (task_id, from_stage, to_stage, version, actor, job_id, reason, log_path, at_ms) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
         )?
-        .execute(params![task_id, from, to, version, actor, job_id, reason, now_ms])?;
+        .execute(params![task_id, from, to, version, actor, job_id, reason, log_path, now_ms])?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@
 //! call the same two functions, so a stage is judged the same way whoever
 //! looks.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::config::ProjectConfig;
 use crate::db::{Db, Task};
@@ -18,8 +18,14 @@ use crate::pipeline::{JobStatus, Stage};
 pub enum Gate {
     /// Leave the stage forward.
     Pass,
-    /// Return to development (counts a developer retry), with the reason.
-    Rollback(String),
+    /// Return to development (counts a developer retry), with the reason;
+    /// `log` is the log of orch's own test run that failed (red local CI, a
+    /// red merge-gate re-test), recorded with the move for the next
+    /// developer's feedback. It never comes from text an agent wrote.
+    Rollback {
+        reason: String,
+        log: Option<PathBuf>,
+    },
     /// The stage's run failed (agent error, missing or wrong verdict,
     /// missing artifact, no change): run it again or escalate.
     Fail(String),
@@ -37,7 +43,7 @@ impl std::fmt::Display for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Gate::Pass => f.write_str("pass"),
-            Gate::Rollback(why) => write!(f, "rollback: {why}"),
+            Gate::Rollback { reason, .. } => write!(f, "rollback: {reason}"),
             Gate::Fail(why) => write!(f, "fail: {why}"),
             Gate::FailFinal(why) => write!(f, "fail for good: {why}"),
             Gate::Pending(why) => write!(f, "pending: {why}"),
@@ -69,6 +75,16 @@ pub struct JobFacts {
     pub base_sha: Option<String>,
 }
 
+impl Gate {
+    /// A return to development for `reason`, with no test log.
+    pub fn rollback(reason: impl Into<String>) -> Gate {
+        Gate::Rollback {
+            reason: reason.into(),
+            log: None,
+        }
+    }
+}
+
 /// Everything a gate looks at.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
@@ -81,6 +97,10 @@ pub struct Facts {
     /// Development: the branch head and its combined CI state
     /// (`success|failure|pending`, None when no status arrived yet).
     pub ci: Option<(String, Option<String>)>,
+    /// Development: the log of orch's own test run on the branch head
+    /// (local CI), as recorded in `ci_statuses` when orch ran the tests;
+    /// `None` when a forge ran them.
+    pub ci_log: Option<PathBuf>,
     /// Architecture and development: the branch head, when the worktree
     /// exists (compared with the run's [`JobFacts::base_sha`]).
     pub head: Option<String>,
@@ -180,7 +200,7 @@ pub fn decide(stage: Stage, f: &Facts) -> Gate {
     let judged = || match verdict() {
         Err(g) => g,
         Ok((v, _)) if v == pass => Gate::Pass,
-        Ok((v, s)) if v == back => Gate::Rollback(with_reason(v, s)),
+        Ok((v, s)) if v == back => Gate::rollback(with_reason(v, s)),
         Ok((v, _)) => Gate::Fail(format!(
             "verdict {v} is not valid for {stage} (expected {pass} or {back})"
         )),
@@ -210,7 +230,10 @@ pub fn decide(stage: Stage, f: &Facts) -> Gate {
             None => Gate::Pending("branch head unknown".into()),
             Some((sha, state)) => match state.as_deref() {
                 Some("success") => Gate::Pass,
-                Some("failure") => Gate::Rollback(format!("CI failed on {sha}")),
+                Some("failure") => Gate::Rollback {
+                    reason: format!("CI failed on {sha}"),
+                    log: f.ci_log.clone(),
+                },
                 Some(other) => Gate::Pending(format!("CI {other} on {sha}")),
                 None => Gate::Pending(format!("no CI status for {sha} yet")),
             },
@@ -279,6 +302,7 @@ pub fn gather(
             let sha = repo.head_sha(worktree)?;
             facts.head = Some(sha.clone());
             let state = db.combined_ci_state(&project.name, &sha)?;
+            facts.ci_log = db.ci_log_path(&project.name, &sha)?.map(PathBuf::from);
             facts.ci = Some((sha, state));
         }
         _ => {}
@@ -311,7 +335,7 @@ mod tests {
         );
         assert!(matches!(
             decide(Stage::Review, &done_job(Some("REQUEST_CHANGES"))),
-            Gate::Rollback(_)
+            Gate::Rollback { .. }
         ));
         assert!(matches!(
             decide(Stage::Review, &done_job(None)),
@@ -349,7 +373,18 @@ mod tests {
         f.ci = Some(("abc".into(), Some("success".into())));
         assert_eq!(decide(Stage::Development, &f), Gate::Pass);
         f.ci = Some(("abc".into(), Some("failure".into())));
-        assert!(matches!(decide(Stage::Development, &f), Gate::Rollback(_)));
+        assert!(matches!(
+            decide(Stage::Development, &f),
+            Gate::Rollback { log: None, .. }
+        ));
+        f.ci_log = Some("/state/logs/ci-task1-abc.log".into());
+        assert_eq!(
+            decide(Stage::Development, &f),
+            Gate::Rollback {
+                reason: "CI failed on abc".into(),
+                log: Some("/state/logs/ci-task1-abc.log".into()),
+            }
+        );
     }
 
     #[test]

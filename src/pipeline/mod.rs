@@ -68,6 +68,11 @@ pub struct Move {
     pub reset: bool,
     /// Escalate with this reason instead of enqueueing the next job.
     pub escalate: Option<String>,
+    /// The log of orch's own test run that caused this move (red CI, a
+    /// red merge-gate re-test), stored with the transition for the next
+    /// developer's feedback ([`crate::brief::feedback`]). Only orch sets
+    /// it, from the path it ran the tests with.
+    pub log_path: Option<std::path::PathBuf>,
 }
 
 impl Move {
@@ -84,6 +89,7 @@ impl Move {
             developer_retry: false,
             reset: false,
             escalate: None,
+            log_path: None,
         }
     }
 
@@ -178,6 +184,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
         m.actor,
         m.job_id,
         &m.reason,
+        m.log_path.as_deref(),
         now_ms,
     )?;
     // 3. terminal claim of the finishing job
@@ -332,6 +339,7 @@ pub fn create_task(
         actor,
         None,
         "work item in progress",
+        None,
         now_ms,
     )?;
     tx.enqueue_job(id, Stage::Analysis, "analyst", 1, now_ms)?;
