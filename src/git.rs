@@ -26,6 +26,34 @@
 //! `include.path`, …). orch never writes such keys into a clone; an
 //! operator who needs one sets it in the orch user's global git config,
 //! which orch trusts.
+//!
+//! An agent can also write its worktree's git metadata: the worktree's
+//! `.git` file and, in the clone, the worktree's admin folder
+//! (`<clone>/worktrees/<name>/`, writable in the sandbox so the agent can
+//! commit), whose `commondir` says where the refs, objects and config are.
+//! Rewritten, they would point orch's own commit and push at a repository
+//! of the agent's choosing. So orch never follows them:
+//! [`Repo::check_worktree`], which every method runs before git touches a
+//! worktree, compares them with what `git worktree add` wrote — `.git` a
+//! regular file `gitdir: <clone>/worktrees/<name>` (not a directory, not a
+//! symbolic link), `commondir` `../..`, `gitdir` the worktree's own `.git`
+//! — and git then runs there with `--git-dir <admin> --work-tree
+//! <worktree>` and `GIT_COMMON_DIR=<clone>` from that check, never reading
+//! `.git` or `commondir` itself (so a check and the git after it cannot
+//! disagree). Where the branch is known, the admin folder's `HEAD` must be
+//! the task branch (before a push, and in [`Repo::ensure_worktree`]), and a
+//! rebase left in progress is aborted only when its `head-name` is a task
+//! branch (`git rebase --abort` moves and checks out that ref). The admin
+//! folder's own `config` and `objects/info/alternates` are not read by git
+//! when the common dir is given; its `config.worktree` is checked for
+//! program-running keys like the clone's `config`. Any difference is
+//! [`Error::TamperedGitMetadata`], naming the file and what it held: the
+//! job fails at once (`error::is_permanent`), and the next run of the task
+//! re-creates the worktree from origin's branch
+//! ([`Repo::drop_tampered_worktree`]). Every other git call runs in a
+//! repository orch made (the bare clone, a clone view) and is refused for
+//! a directory whose `.git` is a file.
+//!
 //! Commits and rebases pass `-c user.name=orch -c user.email=orch@localhost
 //! -c commit.gpgsign=false -c rerere.enabled=false` so they work on a
 //! machine with no git identity or signing key, and a conflict is never
@@ -967,7 +995,10 @@ impl Repo {
             .map(PathBuf::from)
             .filter(|p| {
                 p.parent() == Some(worktrees.as_path())
-                    && matches!(p.components().last(), Some(std::path::Component::Normal(_)))
+                    && matches!(
+                        p.components().next_back(),
+                        Some(std::path::Component::Normal(_))
+                    )
             });
         let Some(admin) = named else {
             return Err(tampered(
@@ -3175,7 +3206,8 @@ mod tests {
         let fake = f.root.join("fake");
         sh(&f.root, &["init", "-q", "fake"]);
         let other_branch = "ref: refs/heads/orch/p-2\n".to_string();
-        let cases: Vec<(&str, PathBuf, Box<dyn Fn()>)> = vec![
+        type Tamper<'a> = Box<dyn Fn() + 'a>;
+        let cases: Vec<(&str, PathBuf, Tamper)> = vec![
             (
                 "commondir → the attacker's copy",
                 admin.join("commondir"),
