@@ -419,9 +419,19 @@ fn shown(text: &str) -> String {
 }
 
 /// The admin folder (`<clone>/worktrees/<name>`) that worktree
-/// `worktree`'s `.git` file points to, canonical; `None` when it has none.
+/// `worktree`'s `.git` file (a regular file) points to, canonical, when
+/// that folder names the worktree back (its `gitdir` is `<worktree>/.git`)
+/// and its `commondir` is `../..`; `None` otherwise. For the sandbox's
+/// writable list, made right after a [`Repo`] method checked the worktree:
+/// the back-reference keeps a `.git` changed since then from making some
+/// other folder writable.
 pub fn worktree_admin_dir(worktree: &Path) -> Option<PathBuf> {
-    Repo::worktree_gitdir(worktree)?.canonicalize().ok()
+    read_plain_file(&worktree.join(".git")).ok()?;
+    let admin = Repo::worktree_gitdir(worktree)?.canonicalize().ok()?;
+    let own = worktree.canonicalize().ok()?.join(".git");
+    let back = read_plain_file(&admin.join("gitdir")).ok()?;
+    let common = read_plain_file(&admin.join("commondir")).ok()?;
+    (Path::new(back.trim_end()) == own && common.trim_end() == "../..").then_some(admin)
 }
 
 /// Replaces `cmd`'s environment with [`KEPT_ENV`] taken from orch's own,
@@ -1048,11 +1058,32 @@ impl Repo {
         match read_plain_file(&back) {
             Ok(t) if Path::new(t.strip_suffix('\n').unwrap_or(&t)) == own => {}
             Ok(t) => {
-                return Err(tampered(
-                    back,
-                    format!("points to {}", shown(&t)),
-                    format!("`{}`", own.display()),
-                ))
+                // When the worktree that folder names claims it back, it is
+                // this worktree's `.git` that was pointed at another's.
+                let other = Path::new(t.strip_suffix('\n').unwrap_or(&t));
+                let claimed = read_plain_file(other).is_ok_and(|o| {
+                    o.strip_suffix('\n').unwrap_or(&o) == format!("gitdir: {}", admin.display())
+                });
+                return Err(if claimed {
+                    tampered(
+                        dotgit,
+                        format!(
+                            "names {}, the admin folder of {}",
+                            admin.display(),
+                            other.parent().unwrap_or(other).display()
+                        ),
+                        format!(
+                            "this worktree's own `gitdir: {}/<name>`",
+                            worktrees.display()
+                        ),
+                    )
+                } else {
+                    tampered(
+                        back,
+                        format!("points to {}", shown(&t)),
+                        format!("`{}`", own.display()),
+                    )
+                });
             }
             Err(found) => return Err(tampered(back, found, format!("`{}`", own.display()))),
         }
@@ -3184,6 +3215,7 @@ mod tests {
     fn a_worktree_whose_git_metadata_changed_is_refused_and_then_recreated() {
         let f = fixture();
         let (wt, _) = f.work(1, "a", "1");
+        f.work(2, "a", "2");
         f.repo.push_branch(&wt, "orch/p-1").unwrap();
         let pushed = f.origin_sha("refs/heads/orch/p-1");
         let admin = f.at(&wt).admin;
@@ -3239,6 +3271,17 @@ mod tests {
                     std::fs::write(
                         wt.join(".git"),
                         format!("gitdir: {}\n", evil.join("worktrees/orch-p-1").display()),
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                ".git → another task's admin folder",
+                wt.join(".git"),
+                Box::new(|| {
+                    std::fs::write(
+                        wt.join(".git"),
+                        format!("gitdir: {}\n", f.at(&f.wt(2)).admin.display()),
                     )
                     .unwrap()
                 }),
@@ -3332,6 +3375,8 @@ mod tests {
             assert!(!f.repo.drop_tampered_worktree(&wt, "orch/p-1").unwrap());
         }
         assert!(f.scratch.join(".git").is_dir());
+        // The other task's worktree was left alone throughout.
+        f.repo.ensure_worktree(&f.wt(2), "orch/p-2").unwrap();
     }
 
     #[test]
