@@ -33,7 +33,7 @@
 //! commit), whose `commondir` says where the refs, objects and config are.
 //! Rewritten, they would point orch's own commit and push at a repository
 //! of the agent's choosing. So orch never follows them:
-//! [`Repo::check_worktree`], which every method runs before git touches a
+//! `Repo::check_worktree`, which every method runs before git touches a
 //! worktree, compares them with what `git worktree add` wrote — `.git` a
 //! regular file `gitdir: <clone>/worktrees/<name>` (not a directory, not a
 //! symbolic link), `commondir` `../..`, `gitdir` the worktree's own `.git`
@@ -48,7 +48,7 @@
 //! when the common dir is given; its `config.worktree` is checked for
 //! program-running keys like the clone's `config`. Any difference is
 //! [`Error::TamperedGitMetadata`], naming the file and what it held: the
-//! job fails at once (`error::is_permanent`), and the next run of the task
+//! job fails at once ([`crate::error::is_permanent`]), and the next run of the task
 //! re-creates the worktree from origin's branch
 //! ([`Repo::drop_tampered_worktree`]). Every other git call runs in a
 //! repository orch made (the bare clone, a clone view) and is refused for
@@ -2165,7 +2165,7 @@ impl Repo {
     ///
     /// Nothing is carried over from a run that changed its worktree's git
     /// metadata: `worktree` (the run's) is checked first
-    /// ([`Repo::check_worktree`], and its `HEAD` must still be the task
+    /// (`Repo::check_worktree`, and its `HEAD` must still be the task
     /// branch).
     ///
     /// Errors: [`Error::TamperedGitMetadata`]; the fetch fails (a corrupt
