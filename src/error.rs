@@ -89,6 +89,25 @@ pub enum Error {
     )]
     UnsafeGitConfig { file: PathBuf, keys: Vec<String> },
 
+    /// A worktree's git metadata is not what orch wrote (its `.git` file,
+    /// its admin folder's `commondir`, `gitdir` or `HEAD`, a rebase's
+    /// `head-name`): an agent could point orch's git at a repository of its
+    /// choosing, so orch runs no git there (DESIGN §11, invariant 8).
+    /// `found` says what `file` holds or is ("points to /x", "is a
+    /// directory"), `expected` what orch wrote.
+    #[error(
+        "refusing to run git in worktree {}: {} {found}, but orch wrote {expected} \
+         (git metadata changed since orch made the worktree; the next run of the task re-creates it)",
+        worktree.display(),
+        file.display()
+    )]
+    TamperedGitMetadata {
+        worktree: PathBuf,
+        file: PathBuf,
+        found: String,
+        expected: String,
+    },
+
     /// An input (a delivery, an outbox message) that can never succeed as
     /// it is: retrying it cannot help, so it gets one recorded outcome and
     /// no retries (e.g. a work item whose branch belongs to another task,
@@ -125,8 +144,9 @@ impl Error {
 }
 
 /// Whether `err` will fail the same way however often it is retried: a
-/// typed [`Error::Permanent`], [`Error::Config`], [`Error::InvalidRef`] or
-/// [`Error::UnsafeGitConfig`] anywhere in the chain, or a SQLite
+/// typed [`Error::Permanent`], [`Error::Config`], [`Error::InvalidRef`],
+/// [`Error::UnsafeGitConfig`] or [`Error::TamperedGitMetadata`] anywhere in
+/// the chain, or a SQLite
 /// constraint violation (the same row conflicts the same way next time).
 pub fn is_permanent(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
@@ -137,6 +157,7 @@ pub fn is_permanent(err: &anyhow::Error) -> bool {
                     | Error::Config { .. }
                     | Error::InvalidRef { .. }
                     | Error::UnsafeGitConfig { .. }
+                    | Error::TamperedGitMetadata { .. }
             );
         }
         matches!(

@@ -26,6 +26,34 @@
 //! `include.path`, …). orch never writes such keys into a clone; an
 //! operator who needs one sets it in the orch user's global git config,
 //! which orch trusts.
+//!
+//! An agent can also write its worktree's git metadata: the worktree's
+//! `.git` file and, in the clone, the worktree's admin folder
+//! (`<clone>/worktrees/<name>/`, writable in the sandbox so the agent can
+//! commit), whose `commondir` says where the refs, objects and config are.
+//! Rewritten, they would point orch's own commit and push at a repository
+//! of the agent's choosing. So orch never follows them:
+//! `Repo::check_worktree`, which every method runs before git touches a
+//! worktree, compares them with what `git worktree add` wrote — `.git` a
+//! regular file `gitdir: <clone>/worktrees/<name>` (not a directory, not a
+//! symbolic link), `commondir` `../..`, `gitdir` the worktree's own `.git`
+//! — and git then runs there with `--git-dir <admin> --work-tree
+//! <worktree>` and `GIT_COMMON_DIR=<clone>` from that check, never reading
+//! `.git` or `commondir` itself (so a check and the git after it cannot
+//! disagree). Where the branch is known, the admin folder's `HEAD` must be
+//! the task branch (before a push, and in [`Repo::ensure_worktree`]), and a
+//! rebase left in progress is aborted only when its `head-name` is a task
+//! branch (`git rebase --abort` moves and checks out that ref). The admin
+//! folder's own `config` and `objects/info/alternates` are not read by git
+//! when the common dir is given; its `config.worktree` is checked for
+//! program-running keys like the clone's `config`. Any difference is
+//! [`Error::TamperedGitMetadata`], naming the file and what it held: the
+//! job fails at once ([`crate::error::is_permanent`]), and the next run of the task
+//! re-creates the worktree from origin's branch
+//! ([`Repo::drop_tampered_worktree`]). Every other git call runs in a
+//! repository orch made (the bare clone, a clone view) and is refused for
+//! a directory whose `.git` is a file.
+//!
 //! Commits and rebases pass `-c user.name=orch -c user.email=orch@localhost
 //! -c commit.gpgsign=false -c rerere.enabled=false` so they work on a
 //! machine with no git identity or signing key, and a conflict is never
@@ -98,8 +126,11 @@ pub const KEPT_ENV: [&str; 17] = [
 /// transport runs, whatever the repository's config or hooks folder says;
 /// no background gc or maintenance (a detached gc could hold locks after
 /// its orch is gone); an HTTP remote slower than 1 KiB/s for a minute is
-/// given up on, so a stalled forge cannot hang a worker forever.
-const SAFE_CONFIG: [&str; 14] = [
+/// given up on, so a stalled forge cannot hang a worker forever; a new
+/// worktree's `.git` and admin files hold absolute paths (git 2.48's
+/// `worktree.useRelativePaths` off), which is what
+/// [`Repo::check_worktree`] expects.
+const SAFE_CONFIG: [&str; 16] = [
     "-c",
     "core.hooksPath=/dev/null",
     "-c",
@@ -114,6 +145,8 @@ const SAFE_CONFIG: [&str; 14] = [
     "http.lowSpeedLimit=1024",
     "-c",
     "http.lowSpeedTime=60",
+    "-c",
+    "worktree.useRelativePaths=false",
 ];
 
 /// One project's shared clone and origin.
@@ -225,30 +258,91 @@ fn tail(s: &str, max: usize) -> &str {
     &s[start..]
 }
 
-/// Run `git [-C dir] args...` with the scrubbed environment plus `env`.
-/// Never fails on a non-zero exit; only on spawn failure.
-fn run_git_env(
-    dir: Option<&Path>,
-    args: &[&str],
-    env: &[(&str, &str)],
-) -> Result<GitOutput, Error> {
+/// Where orch runs git.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    /// In no repository (`init`, `ls-remote`).
+    Nowhere,
+    /// In a repository that is not a linked worktree: the bare clone, a
+    /// clone view, a scratch repository (`git -C <dir>`, discovery stopped
+    /// above it). Refused for a directory whose `.git` is a file: that is a
+    /// worktree, which only runs as [`At::Worktree`].
+    Dir(&'a Path),
+    /// In a worktree whose metadata [`Repo::check_worktree`] checked:
+    /// `git -C <path> --git-dir <admin> --work-tree <path>` with
+    /// `GIT_COMMON_DIR=<clone>`, so git reads neither the worktree's `.git`
+    /// file nor the admin folder's `commondir`.
+    Worktree(&'a Worktree),
+}
+
+impl<'a> From<&'a Path> for At<'a> {
+    fn from(dir: &'a Path) -> Self {
+        At::Dir(dir)
+    }
+}
+
+impl<'a> From<&'a PathBuf> for At<'a> {
+    fn from(dir: &'a PathBuf) -> Self {
+        At::Dir(dir)
+    }
+}
+
+impl<'a> From<&'a Worktree> for At<'a> {
+    fn from(wt: &'a Worktree) -> Self {
+        At::Worktree(wt)
+    }
+}
+
+/// Run `git args...` at `at` with the scrubbed environment plus `env`.
+/// Never fails on a non-zero exit; only on spawn failure or a refusal
+/// (unsafe config; a worktree run as a plain directory).
+fn run_git_env(at: At<'_>, args: &[&str], env: &[(&str, &str)]) -> Result<GitOutput, Error> {
     let mut argv = vec!["git".to_string()];
     let mut cmd = Command::new("git");
-    if let Some(dir) = dir {
-        refuse_unsafe_config(dir)?;
-        cmd.arg("-C").arg(dir);
-        argv.push("-C".into());
-        argv.push(dir.to_string_lossy().into_owned());
-        // Never wander up into an enclosing repository whose config was
-        // not checked.
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            cmd.env("GIT_CEILING_DIRECTORIES", parent);
+    let mut located: Vec<(&str, &std::ffi::OsStr)> = Vec::new();
+    match at {
+        At::Nowhere => {}
+        At::Dir(dir) => {
+            if std::fs::symlink_metadata(dir.join(".git")).is_ok_and(|m| !m.is_dir()) {
+                return Err(Error::Subprocess {
+                    argv,
+                    status: format!(
+                        "not started: {} is a linked worktree, run only after its metadata is checked",
+                        dir.display()
+                    ),
+                    stderr_tail: String::new(),
+                });
+            }
+            refuse_unsafe_config(&repo_config_files(dir))?;
+            cmd.arg("-C").arg(dir);
+            argv.push("-C".into());
+            argv.push(dir.to_string_lossy().into_owned());
+            // Never wander up into an enclosing repository whose config was
+            // not checked.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                located.push(("GIT_CEILING_DIRECTORIES", parent.as_os_str()));
+            }
+        }
+        At::Worktree(wt) => {
+            refuse_unsafe_config(&[wt.common.join("config"), wt.admin.join("config.worktree")])?;
+            for (flag, value) in [
+                ("-C", &wt.path),
+                ("--git-dir", &wt.admin),
+                ("--work-tree", &wt.path),
+            ] {
+                cmd.arg(flag).arg(value);
+                argv.push(flag.into());
+                argv.push(value.to_string_lossy().into_owned());
+            }
+            located.push(("GIT_COMMON_DIR", wt.common.as_os_str()));
         }
     }
     cmd.args(SAFE_CONFIG);
     cmd.args(args);
     argv.extend(args.iter().map(|a| a.to_string()));
     minimal_env(&mut cmd);
+    // After minimal_env, which clears every variable set before it.
+    cmd.envs(located);
     cmd.envs(env.iter().copied()).stdin(Stdio::null());
     // A git whose orch died must not keep working on a worktree whose lock
     // is gone (and whose index.lock the next actor will clear).
@@ -269,10 +363,75 @@ fn run_git_env(
     }
 }
 
+/// A worktree of the clone whose git metadata [`Repo::check_worktree`]
+/// checked against what orch wrote: git runs there with these paths given
+/// explicitly ([`At::Worktree`]).
+#[derive(Debug, Clone)]
+struct Worktree {
+    /// The worktree, absolute.
+    path: PathBuf,
+    /// Its admin folder, `<clone>/worktrees/<name>` (the clone's real path).
+    admin: PathBuf,
+    /// The clone's real path: the common git directory.
+    common: PathBuf,
+}
+
+/// Largest git metadata file read (a `gitdir:` line, a ref name).
+const MAX_META_BYTES: u64 = 4096;
+
+/// The text of `path` when it is a regular file (not a symbolic link) of at
+/// most [`MAX_META_BYTES`]; else what it is instead, phrased to follow the
+/// file's name in a message ("is missing", "is a directory", …).
+fn read_plain_file(path: &Path) -> Result<String, String> {
+    use std::io::Read as _;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("is missing".into()),
+        Err(e) => return Err(format!("cannot be read ({e})")),
+    };
+    if meta.file_type().is_symlink() {
+        let to = std::fs::read_link(path).unwrap_or_default();
+        return Err(format!("is a symbolic link to {}", to.display()));
+    }
+    if meta.is_dir() {
+        return Err("is a directory".into());
+    }
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > MAX_META_BYTES {
+        return Err(format!("is {} bytes long", meta.len()));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_META_BYTES).read_to_string(&mut text))
+        .map_err(|e| format!("cannot be read ({e})"))?;
+    Ok(text)
+}
+
+/// `text` for a message: quoted, escaped, at most 200 characters.
+fn shown(text: &str) -> String {
+    let t = text.strip_suffix('\n').unwrap_or(text);
+    match t.char_indices().nth(200) {
+        Some((end, _)) => format!("{:?}…", &t[..end]),
+        None => format!("{t:?}"),
+    }
+}
+
 /// The admin folder (`<clone>/worktrees/<name>`) that worktree
-/// `worktree`'s `.git` file points to, canonical; `None` when it has none.
+/// `worktree`'s `.git` file (a regular file) points to, canonical, when
+/// that folder names the worktree back (its `gitdir` is `<worktree>/.git`)
+/// and its `commondir` is `../..`; `None` otherwise. For the sandbox's
+/// writable list, made right after a [`Repo`] method checked the worktree:
+/// the back-reference keeps a `.git` changed since then from making some
+/// other folder writable.
 pub fn worktree_admin_dir(worktree: &Path) -> Option<PathBuf> {
-    Repo::worktree_gitdir(worktree)?.canonicalize().ok()
+    read_plain_file(&worktree.join(".git")).ok()?;
+    let admin = Repo::worktree_gitdir(worktree)?.canonicalize().ok()?;
+    let own = worktree.canonicalize().ok()?.join(".git");
+    let back = read_plain_file(&admin.join("gitdir")).ok()?;
+    let common = read_plain_file(&admin.join("commondir")).ok()?;
+    (Path::new(back.trim_end()) == own && common.trim_end() == "../..").then_some(admin)
 }
 
 /// Replaces `cmd`'s environment with [`KEPT_ENV`] taken from orch's own,
@@ -430,10 +589,11 @@ fn program_keys_in(file: &Path) -> Result<Vec<String>, Error> {
     Ok(keys)
 }
 
-/// Refuses ([`Error::UnsafeGitConfig`]) to run git in the repository at
-/// `dir` when its own config sets a program-running key.
-fn refuse_unsafe_config(dir: &Path) -> Result<(), Error> {
-    for file in repo_config_files(dir) {
+/// Refuses ([`Error::UnsafeGitConfig`]) to run git in a repository when
+/// one of its own config files `files` (missing ones skipped) sets a
+/// program-running key.
+fn refuse_unsafe_config(files: &[PathBuf]) -> Result<(), Error> {
+    for file in files.iter().filter(|f| f.is_file()).cloned() {
         let keys = program_keys_in(&file)?;
         if !keys.is_empty() {
             tracing::error!(target: "git", file = %file.display(), keys = ?keys, "refusing to run git: repository config sets program-running keys");
@@ -473,7 +633,7 @@ pub fn probe_hooks_off(scratch: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(repo.join(".git/hooks"))?;
     let marker = scratch.join("probe-ran");
     let _ = std::fs::remove_file(&marker);
-    run_git_env(None, &["init", "--quiet", utf8(&repo)?], &[])?.ok()?;
+    run_git_env(At::Nowhere, &["init", "--quiet", utf8(&repo)?], &[])?.ok()?;
     let script = format!("#!/bin/sh\necho \"$0\" >> '{}'\n", marker.display());
     for hook in [
         "pre-commit",
@@ -498,20 +658,20 @@ pub fn probe_hooks_off(scratch: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_git(dir: &Path, args: &[&str]) -> Result<GitOutput, Error> {
-    run_git_env(Some(dir), args, &[])
+fn run_git<'a>(at: impl Into<At<'a>>, args: &[&str]) -> Result<GitOutput, Error> {
+    run_git_env(at.into(), args, &[])
 }
 
-/// Run git in `dir`; `Ok(stdout)` on exit 0, else [`Error::Subprocess`].
-fn git_ok(dir: &Path, args: &[&str]) -> Result<String, Error> {
-    run_git(dir, args)?.ok()
+/// Run git at `at`; `Ok(stdout)` on exit 0, else [`Error::Subprocess`].
+fn git_ok<'a>(at: impl Into<At<'a>>, args: &[&str]) -> Result<String, Error> {
+    run_git(at, args)?.ok()
 }
 
-/// Like [`git_ok`] with [`COMMIT_CONFIG`] in front of `args`.
-fn git_commit_ok(dir: &Path, args: &[&str]) -> Result<GitOutput, Error> {
+/// Like [`run_git`] with [`COMMIT_CONFIG`] in front of `args`.
+fn git_commit_ok<'a>(at: impl Into<At<'a>>, args: &[&str]) -> Result<GitOutput, Error> {
     let mut full: Vec<&str> = COMMIT_CONFIG.to_vec();
     full.extend_from_slice(args);
-    run_git(dir, &full)
+    run_git(at, &full)
 }
 
 /// `url` with the user-info part (`user:token@`) of a `scheme://` URL
@@ -750,7 +910,7 @@ impl Repo {
             std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
         }
         let tmp_str = utf8(&tmp)?;
-        run_git_env(None, &["init", "--quiet", "--bare", tmp_str], &[])?.ok()?;
+        run_git_env(At::Nowhere, &["init", "--quiet", "--bare", tmp_str], &[])?.ok()?;
         git_ok(&tmp, &["remote", "add", "origin", url])?;
         git_ok(
             &tmp,
@@ -783,7 +943,9 @@ impl Repo {
     }
 
     /// The admin directory a worktree's `.git` file points to, if it has
-    /// one.
+    /// one. Unchecked: for reading only ([`audit`], [`Repo::worktree_branch`],
+    /// recognising an orphan); git runs only on [`Repo::check_worktree`]'s
+    /// answer.
     fn worktree_gitdir(worktree: &Path) -> Option<PathBuf> {
         let text = std::fs::read_to_string(worktree.join(".git")).ok()?;
         let dir = text.strip_prefix("gitdir:")?.trim();
@@ -795,49 +957,195 @@ impl Repo {
         })
     }
 
-    /// Ok when `worktree` is a live worktree of this clone (so git cannot
-    /// wander up into some enclosing repository). Returns its admin dir.
-    fn check_worktree(&self, worktree: &Path) -> anyhow::Result<PathBuf> {
-        let gitdir = Self::worktree_gitdir(worktree).with_context(|| {
-            format!(
-                "{} is not a git worktree (no .git file)",
-                worktree.display()
-            )
-        })?;
+    /// Checks that `worktree` (absolute) is a worktree of this clone whose
+    /// git metadata is what `git worktree add` wrote for it, and returns
+    /// the paths git is then run with ([`At::Worktree`]):
+    ///
+    /// - `<worktree>/.git` is a regular file (not a directory, not a
+    ///   symbolic link) holding exactly `gitdir: <clone>/worktrees/<name>`,
+    ///   `<clone>` being the clone's real path;
+    /// - that admin folder is a real directory (not a symbolic link);
+    /// - its `commondir` holds `../..` (the clone) and its `gitdir` the
+    ///   worktree's own `.git` (real path).
+    ///
+    /// Errors: [`Error::TamperedGitMetadata`] naming the first file that
+    /// differs and what it held; an error when the clone is missing or the
+    /// admin folder no longer exists (the clone was re-created).
+    fn check_worktree(&self, worktree: &Path) -> anyhow::Result<Worktree> {
         let clone = self
             .clone_dir
             .canonicalize()
             .with_context(|| format!("clone {} is missing", self.clone_dir.display()))?;
-        let real = gitdir.canonicalize().with_context(|| {
-            format!(
+        let tampered = |file: PathBuf, found: String, expected: String| -> anyhow::Error {
+            let e = Error::TamperedGitMetadata {
+                worktree: worktree.to_path_buf(),
+                file,
+                found,
+                expected,
+            };
+            tracing::error!(target: "git", error = %e, "refusing to run git in a worktree");
+            e.into()
+        };
+        let worktrees = clone.join("worktrees");
+        let dotgit = worktree.join(".git");
+        let text = match read_plain_file(&dotgit) {
+            Ok(text) => text,
+            Err(found) => {
+                return Err(tampered(
+                    dotgit,
+                    found,
+                    format!("a file `gitdir: {}/<name>`", worktrees.display()),
+                ))
+            }
+        };
+        let named = text
+            .strip_suffix('\n')
+            .unwrap_or(&text)
+            .strip_prefix("gitdir: ")
+            .map(PathBuf::from)
+            .filter(|p| {
+                p.parent() == Some(worktrees.as_path())
+                    && matches!(
+                        p.components().next_back(),
+                        Some(std::path::Component::Normal(_))
+                    )
+            });
+        let Some(admin) = named else {
+            return Err(tampered(
+                dotgit,
+                format!("says {}", shown(&text)),
+                format!("`gitdir: {}/<name>`", worktrees.display()),
+            ));
+        };
+        match std::fs::symlink_metadata(&admin) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(tampered(
+                    admin,
+                    "is not a directory".into(),
+                    "the worktree's admin folder".into(),
+                ))
+            }
+            Err(_) => bail!(
                 "worktree {} points to {}, which no longer exists (was the clone re-created?)",
                 worktree.display(),
-                gitdir.display()
-            )
-        })?;
-        if !real.starts_with(clone.join("worktrees")) {
-            bail!(
-                "{} is a worktree of {}, not of {}",
-                worktree.display(),
-                real.display(),
-                clone.display()
-            );
+                admin.display()
+            ),
         }
-        Ok(real)
+        let commondir = admin.join("commondir");
+        match read_plain_file(&commondir) {
+            Ok(t) if t.strip_suffix('\n').unwrap_or(&t) == "../.." => {}
+            Ok(t) => {
+                return Err(tampered(
+                    commondir,
+                    format!("points to {}", shown(&t)),
+                    format!("`../..` (the clone {})", clone.display()),
+                ))
+            }
+            Err(found) => {
+                return Err(tampered(
+                    commondir,
+                    found,
+                    format!("`../..` (the clone {})", clone.display()),
+                ))
+            }
+        }
+        let own = worktree
+            .canonicalize()
+            .with_context(|| format!("resolving {}", worktree.display()))?
+            .join(".git");
+        let back = admin.join("gitdir");
+        match read_plain_file(&back) {
+            Ok(t) if Path::new(t.strip_suffix('\n').unwrap_or(&t)) == own => {}
+            Ok(t) => {
+                // When the worktree that folder names claims it back, it is
+                // this worktree's `.git` that was pointed at another's.
+                let other = Path::new(t.strip_suffix('\n').unwrap_or(&t));
+                let claimed = read_plain_file(other).is_ok_and(|o| {
+                    o.strip_suffix('\n').unwrap_or(&o) == format!("gitdir: {}", admin.display())
+                });
+                return Err(if claimed {
+                    tampered(
+                        dotgit,
+                        format!(
+                            "names {}, the admin folder of {}",
+                            admin.display(),
+                            other.parent().unwrap_or(other).display()
+                        ),
+                        format!(
+                            "this worktree's own `gitdir: {}/<name>`",
+                            worktrees.display()
+                        ),
+                    )
+                } else {
+                    tampered(
+                        back,
+                        format!("points to {}", shown(&t)),
+                        format!("`{}`", own.display()),
+                    )
+                });
+            }
+            Err(found) => return Err(tampered(back, found, format!("`{}`", own.display()))),
+        }
+        Ok(Worktree {
+            path: worktree.to_path_buf(),
+            admin,
+            common: clone,
+        })
+    }
+
+    /// Refuses ([`Error::TamperedGitMetadata`]) a worktree whose `HEAD` is
+    /// not the symbolic ref `refs/heads/<branch>`: orch commits and pushes
+    /// only on the task's own branch.
+    fn check_head(wt: &Worktree, branch: &str) -> anyhow::Result<()> {
+        let file = wt.admin.join("HEAD");
+        let want = format!("ref: refs/heads/{branch}");
+        match read_plain_file(&file) {
+            Ok(t) if t.strip_suffix('\n').unwrap_or(&t) == want => Ok(()),
+            found => {
+                let found = match found {
+                    Ok(t) => format!("says {}", shown(&t)),
+                    Err(f) => f,
+                };
+                let e = Error::TamperedGitMetadata {
+                    worktree: wt.path.clone(),
+                    file,
+                    found,
+                    expected: format!("`{want}`"),
+                };
+                tracing::error!(target: "git", error = %e, "refusing to run git in a worktree");
+                Err(e.into())
+            }
+        }
     }
 
     /// The branch the worktree at `worktree` has checked out; `None` when
-    /// HEAD is detached.
+    /// HEAD is detached or unreadable.
     ///
-    /// Guarantees: read-only. Assumptions: no lock taken.
-    /// Errors: [`Error::Subprocess`] when `worktree` is not a git worktree.
+    /// Guarantees: read-only, and runs no git: it reads the `HEAD` file the
+    /// worktree's `.git` names (for observing a worktree that is not this
+    /// clone's, such as a staged instance's). Assumptions: no lock taken.
+    /// Errors: none in practice (kept for callers).
     pub fn worktree_branch(worktree: &Path) -> anyhow::Result<Option<String>> {
-        Self::current_branch(worktree)
+        let dotgit = worktree.join(".git");
+        let gitdir = if dotgit.is_dir() {
+            dotgit
+        } else {
+            let Some(g) = Self::worktree_gitdir(worktree) else {
+                return Ok(None);
+            };
+            g
+        };
+        Ok(read_plain_file(&gitdir.join("HEAD")).ok().and_then(|t| {
+            t.trim_end()
+                .strip_prefix("ref: refs/heads/")
+                .map(str::to_string)
+        }))
     }
 
     /// The branch `worktree` has checked out; `None` when HEAD is detached.
-    fn current_branch(worktree: &Path) -> anyhow::Result<Option<String>> {
-        let out = run_git(worktree, &["symbolic-ref", "--quiet", "HEAD"])?;
+    fn current_branch(wt: &Worktree) -> anyhow::Result<Option<String>> {
+        let out = run_git(wt, &["symbolic-ref", "--quiet", "HEAD"])?;
         match out.code() {
             Some(0) => Ok(out
                 .stdout
@@ -857,15 +1165,12 @@ impl Repo {
     /// worktree's path lock, which the caller holds now, each branch has one
     /// worktree, and a git outlives no orch (PDEATHSIG): no live git of ours
     /// can own these files.
-    fn clear_stale_index_lock(admin_dir: &Path) -> anyhow::Result<()> {
-        let mut stale: Vec<PathBuf> = Self::lock_files_in(admin_dir)?;
-        if let Ok(head) = std::fs::read_to_string(admin_dir.join("HEAD")) {
-            let common = std::fs::read_to_string(admin_dir.join("commondir"))
-                .map(|c| admin_dir.join(c.trim()))
-                .unwrap_or_else(|_| admin_dir.join("../.."));
+    fn clear_stale_index_lock(wt: &Worktree) -> anyhow::Result<()> {
+        let mut stale: Vec<PathBuf> = Self::lock_files_in(&wt.admin)?;
+        if let Ok(head) = read_plain_file(&wt.admin.join("HEAD")) {
             if let Some(r) = head.trim().strip_prefix("ref: refs/heads/") {
-                if !r.contains("..") {
-                    stale.push(common.join("refs/heads").join(format!("{r}.lock")));
+                if validate_branch_name(r).is_ok() {
+                    stale.push(wt.common.join("refs/heads").join(format!("{r}.lock")));
                 }
             }
         }
@@ -928,19 +1233,67 @@ impl Repo {
         admin_dir.join("rebase-merge").exists() || admin_dir.join("rebase-apply").exists()
     }
 
-    /// Abort a rebase a crashed orch left half-done. Caller holds the
-    /// worktree lock.
-    fn abort_stale_rebase(&self, worktree: &Path, admin_dir: &Path) -> anyhow::Result<()> {
-        if Self::rebase_in_progress(admin_dir) {
-            tracing::warn!(worktree = %worktree.display(), "aborting a rebase left in progress");
-            git_ok(worktree, &["rebase", "--abort"])?;
+    /// Abort a rebase a crashed orch left half-done, after
+    /// [`Repo::check_rebase_state`]. Caller holds the worktree lock.
+    fn abort_stale_rebase(&self, wt: &Worktree, branch: Option<&str>) -> anyhow::Result<()> {
+        if !Self::rebase_in_progress(&wt.admin) {
+            return Ok(());
+        }
+        self.check_rebase_state(wt, branch)?;
+        tracing::warn!(worktree = %wt.path.display(), "aborting a rebase left in progress");
+        git_ok(wt, &["rebase", "--abort"])?;
+        Ok(())
+    }
+
+    /// `git rebase --abort` moves the ref the rebase state's `head-name`
+    /// names and checks it out, so that file (agent-writable, like the
+    /// whole admin folder) must name the task branch: `branch` when the
+    /// caller knows it, else any valid task branch.
+    ///
+    /// Errors: [`Error::TamperedGitMetadata`] for another `head-name`.
+    fn check_rebase_state(&self, wt: &Worktree, branch: Option<&str>) -> anyhow::Result<()> {
+        for state in ["rebase-merge", "rebase-apply"] {
+            if !wt.admin.join(state).exists() {
+                continue;
+            }
+            let file = wt.admin.join(state).join("head-name");
+            let found = read_plain_file(&file);
+            let named = found.as_deref().ok().and_then(|t| {
+                t.strip_suffix('\n')
+                    .unwrap_or(t)
+                    .strip_prefix("refs/heads/")
+            });
+            let ok = match (named, branch) {
+                (Some(n), Some(b)) => n == b,
+                (Some(n), None) => {
+                    validate_task_branch(n, &self.branch_prefix, &self.default_branch).is_ok()
+                }
+                (None, _) => false,
+            };
+            if !ok {
+                let e = Error::TamperedGitMetadata {
+                    worktree: wt.path.clone(),
+                    file,
+                    found: match found {
+                        Ok(t) => format!("says {}", shown(&t)),
+                        Err(f) => f,
+                    },
+                    expected: branch.map_or_else(
+                        || format!("`refs/heads/{}<name>`", self.branch_prefix),
+                        |b| format!("`refs/heads/{b}`"),
+                    ),
+                };
+                tracing::error!(target: "git", error = %e, "refusing to abort a rebase");
+                return Err(e.into());
+            }
         }
         Ok(())
     }
 
-    /// The sha `reference` (a full ref name) points to in `dir`, if any.
-    fn resolve_ref(dir: &Path, reference: &str) -> anyhow::Result<Option<String>> {
-        let out = run_git(dir, &["rev-parse", "--verify", "--quiet", reference])?;
+    /// The sha `reference` (a full ref name) points to at `at` (the clone
+    /// or a checked worktree), if any.
+    fn resolve_ref<'a>(at: impl Into<At<'a>>, reference: &str) -> anyhow::Result<Option<String>> {
+        let out = run_git(at, &["rev-parse", "--verify", "--quiet", reference])?;
         match out.code() {
             Some(0) => Ok(Some(out.stdout.trim().to_string())),
             Some(1) => Ok(None),
@@ -948,8 +1301,8 @@ impl Repo {
         }
     }
 
-    fn head_sha_of(worktree: &Path) -> anyhow::Result<String> {
-        Ok(git_ok(worktree, &["rev-parse", "--verify", "HEAD"])?
+    fn head_sha_of(wt: &Worktree) -> anyhow::Result<String> {
+        Ok(git_ok(wt, &["rev-parse", "--verify", "HEAD"])?
             .trim()
             .to_string())
     }
@@ -1007,17 +1360,10 @@ impl Repo {
                 std::fs::remove_dir(&worktree)
                     .with_context(|| format!("removing {}", worktree.display()))?;
             } else {
-                let admin = self.check_worktree(&worktree)?;
-                Self::clear_stale_index_lock(&admin)?;
-                self.abort_stale_rebase(&worktree, &admin)?;
-                return match Self::current_branch(&worktree)? {
-                    Some(b) if b == branch => Ok(()),
-                    other => bail!(
-                        "worktree {} is on {}, not {branch}",
-                        worktree.display(),
-                        other.map_or("a detached HEAD".to_string(), |b| format!("branch {b}"))
-                    ),
-                };
+                let wt = self.check_worktree(&worktree)?;
+                Self::clear_stale_index_lock(&wt)?;
+                self.abort_stale_rebase(&wt, Some(branch))?;
+                return Self::check_head(&wt, branch);
             }
         }
 
@@ -1089,6 +1435,74 @@ impl Repo {
         Ok(())
     }
 
+    /// Before a new run of a task: when its worktree's git metadata is not
+    /// what orch wrote ([`Error::TamperedGitMetadata`]; the run that did it
+    /// was refused for it), throws the worktree away so the
+    /// [`Repo::ensure_worktree`] that follows re-creates it from orch's own
+    /// state: deletes the worktree folder, the clone's admin folders that
+    /// name it or have `branch` checked out (a task branch has one
+    /// worktree), prunes, and resets the local `branch` to origin's
+    /// (deletes it when origin has none), so nothing of the refused run is
+    /// kept. A sound or missing worktree, or one that fails for another
+    /// reason (a missing clone), is left alone. Returns whether it replaced.
+    ///
+    /// Assumptions: `worktree` is a task's worktree path, which orch made:
+    /// the folder is deleted whatever its `.git` says. Takes the worktree
+    /// lock, then the clone lock; the caller holds neither.
+    /// Errors: [`Error::InvalidRef`] for a refused branch; I/O and git
+    /// errors (the fetch that finds origin's branch).
+    pub fn drop_tampered_worktree(&self, worktree: &Path, branch: &str) -> anyhow::Result<bool> {
+        validate_task_branch(branch, &self.branch_prefix, &self.default_branch)?;
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        if !worktree.exists() {
+            return Ok(false);
+        }
+        let checked = self.check_worktree(&worktree).and_then(|wt| {
+            // A rebase a crash left in progress detaches HEAD; ensure_worktree
+            // aborts it (checking its head-name) before it checks HEAD.
+            if Self::rebase_in_progress(&wt.admin) {
+                self.check_rebase_state(&wt, Some(branch))
+            } else {
+                Self::check_head(&wt, branch)
+            }
+        });
+        let why = match checked {
+            Err(e) if matches!(e.downcast_ref(), Some(Error::TamperedGitMetadata { .. })) => e,
+            _ => return Ok(false),
+        };
+        tracing::warn!(target: "git", worktree = %worktree.display(), error = %why, "re-creating a worktree whose git metadata was changed");
+        let own = worktree.canonicalize()?.join(".git");
+        std::fs::remove_dir_all(&worktree)
+            .with_context(|| format!("removing {}", worktree.display()))?;
+        let _clone = self.lock_clone()?;
+        let admins = self.clone_dir.join("worktrees");
+        let head = format!("ref: refs/heads/{branch}");
+        for entry in std::fs::read_dir(&admins).into_iter().flatten().flatten() {
+            let admin = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let says = |name: &str, want: &str| {
+                read_plain_file(&admin.join(name))
+                    .is_ok_and(|t| t.strip_suffix('\n').unwrap_or(&t) == want)
+            };
+            if says("HEAD", &head) || says("gitdir", &own.to_string_lossy()) {
+                std::fs::remove_dir_all(&admin)
+                    .with_context(|| format!("removing {}", admin.display()))?;
+            }
+        }
+        let clone = self.clone_dir.as_path();
+        git_ok(clone, &["worktree", "prune"])?;
+        self.sync_locked()?;
+        let local = format!("refs/heads/{branch}");
+        match Self::resolve_ref(clone, &Self::remote_ref(branch))? {
+            Some(sha) => git_ok(clone, &["update-ref", &local, &sha])?,
+            None => git_ok(clone, &["update-ref", "-d", &local])?,
+        };
+        Ok(true)
+    }
+
     /// Throws away uncommitted changes (tracked and untracked, not ignored
     /// files) so the worktree equals its HEAD: used after a failed agent
     /// run, so a retry starts from what was committed. Idempotent.
@@ -1096,10 +1510,10 @@ impl Repo {
     pub fn discard_changes(&self, worktree: &Path) -> anyhow::Result<()> {
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        let admin = self.check_worktree(&worktree)?;
-        Self::clear_stale_index_lock(&admin)?;
-        git_ok(&worktree, &["reset", "--quiet", "--hard", "HEAD"])?;
-        git_ok(&worktree, &["clean", "--quiet", "-fd"])?;
+        let wt = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&wt)?;
+        git_ok(&wt, &["reset", "--quiet", "--hard", "HEAD"])?;
+        git_ok(&wt, &["clean", "--quiet", "-fd"])?;
         Ok(())
     }
 
@@ -1116,21 +1530,17 @@ impl Repo {
     pub fn commit_all(&self, worktree: &Path, message: &str) -> anyhow::Result<Option<String>> {
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        let admin = self.check_worktree(&worktree)?;
-        Self::clear_stale_index_lock(&admin)?;
-        git_ok(&worktree, &["add", "--all"])?;
-        let diff = run_git(&worktree, &["diff", "--cached", "--quiet"])?;
+        let wt = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&wt)?;
+        git_ok(&wt, &["add", "--all"])?;
+        let diff = run_git(&wt, &["diff", "--cached", "--quiet"])?;
         match diff.code() {
             Some(0) => return Ok(None),
             Some(1) => {}
             _ => return Err(diff.into_error().into()),
         }
-        git_commit_ok(
-            &worktree,
-            &["commit", "--quiet", "--no-verify", "-m", message],
-        )?
-        .ok()?;
-        Ok(Some(Self::head_sha_of(&worktree)?))
+        git_commit_ok(&wt, &["commit", "--quiet", "--no-verify", "-m", message])?.ok()?;
+        Ok(Some(Self::head_sha_of(&wt)?))
     }
 
     /// Push the worktree's HEAD to `refs/heads/<branch>` on origin, without
@@ -1180,7 +1590,10 @@ impl Repo {
     ) -> anyhow::Result<()> {
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        self.check_worktree(&worktree)?;
+        let wt = self.check_worktree(&worktree)?;
+        // The refspec's source is HEAD: it must be the task branch, not a
+        // branch the worktree's (agent-writable) HEAD file was turned to.
+        Self::check_head(&wt, branch)?;
         let _clone = self.lock_clone()?;
         let refspec = format!("HEAD:refs/heads/{branch}");
         let lease_arg = lease.map(|sha| format!("--force-with-lease=refs/heads/{branch}:{sha}"));
@@ -1189,7 +1602,7 @@ impl Repo {
             args.push(l);
         }
         args.extend(["origin", refspec.as_str()]);
-        git_ok(&worktree, &args)?;
+        git_ok(&wt, &args)?;
         Ok(())
     }
 
@@ -1201,8 +1614,8 @@ impl Repo {
     /// [`Error::Subprocess`] from git.
     pub fn head_sha(&self, worktree: &Path) -> anyhow::Result<String> {
         let worktree = absolute(worktree)?;
-        self.check_worktree(&worktree)?;
-        Self::head_sha_of(&worktree)
+        let wt = self.check_worktree(&worktree)?;
+        Self::head_sha_of(&wt)
     }
 
     /// Fetch origin (cloning if needed), then the sha of origin's
@@ -1237,7 +1650,12 @@ impl Repo {
             return Err(Error::config("origin_url", format!("unusable git URL {url:?}")).into());
         }
         let refname = format!("refs/heads/{name}");
-        let out = run_git_env(None, &["ls-remote", "--heads", "--", url, &refname], &[])?.ok()?;
+        let out = run_git_env(
+            At::Nowhere,
+            &["ls-remote", "--heads", "--", url, &refname],
+            &[],
+        )?
+        .ok()?;
         Ok(out
             .lines()
             .filter_map(|l| l.split_once('\t'))
@@ -1247,21 +1665,31 @@ impl Repo {
 
     /// True when `ancestor` is an ancestor of, or equal to, `descendant`
     /// (`git merge-base --is-ancestor`) in the repository at `dir` (the
-    /// clone or a worktree).
+    /// clone or a worktree, whose metadata is checked first).
     ///
     /// Guarantees: read-only. Assumptions: no lock taken.
     /// Errors: [`Error::InvalidRef`] for an empty rev or one starting with
-    /// `-`; [`Error::Subprocess`] for any git exit but 0/1 (e.g. an unknown
-    /// sha).
+    /// `-`; [`Error::TamperedGitMetadata`] for a worktree whose metadata
+    /// changed; [`Error::Subprocess`] for any git exit but 0/1 (e.g. an
+    /// unknown sha).
     pub fn is_ancestor(
         &self,
         dir: &Path,
         ancestor: &str,
         descendant: &str,
     ) -> anyhow::Result<bool> {
+        if absolute(dir)? == absolute(&self.clone_dir)? {
+            return Self::is_ancestor_at(dir.into(), ancestor, descendant);
+        }
+        let wt = self.check_worktree(&absolute(dir)?)?;
+        Self::is_ancestor_at((&wt).into(), ancestor, descendant)
+    }
+
+    /// [`Repo::is_ancestor`] at `at`.
+    fn is_ancestor_at(at: At<'_>, ancestor: &str, descendant: &str) -> anyhow::Result<bool> {
         validate_rev(ancestor)?;
         validate_rev(descendant)?;
-        let out = run_git(dir, &["merge-base", "--is-ancestor", ancestor, descendant])?;
+        let out = run_git(at, &["merge-base", "--is-ancestor", ancestor, descendant])?;
         match out.code() {
             Some(0) => Ok(true),
             Some(1) => Ok(false),
@@ -1287,21 +1715,21 @@ impl Repo {
         let default = self.default_branch()?;
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        let admin = self.check_worktree(&worktree)?;
-        Self::clear_stale_index_lock(&admin)?;
+        let wt = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&wt)?;
         {
             let _clone = self.lock_clone()?;
             self.sync_locked()?;
         }
-        self.abort_stale_rebase(&worktree, &admin)?;
-        let upstream = Self::resolve_ref(&worktree, &Self::remote_ref(default))?
+        self.abort_stale_rebase(&wt, None)?;
+        let upstream = Self::resolve_ref(&wt, &Self::remote_ref(default))?
             .with_context(|| format!("origin has no default branch {default:?}"))?;
-        let original = Self::head_sha_of(&worktree)?;
-        if self.is_ancestor(&worktree, &upstream, &original)? {
+        let original = Self::head_sha_of(&wt)?;
+        if Self::is_ancestor_at((&wt).into(), &upstream, &original)? {
             return Ok(RebaseOutcome::UpToDate);
         }
         let out = git_commit_ok(
-            &worktree,
+            &wt,
             &[
                 "rebase",
                 "--quiet",
@@ -1313,20 +1741,19 @@ impl Repo {
         )?;
         if out.success() {
             return Ok(RebaseOutcome::Rebased {
-                new_head: Self::head_sha_of(&worktree)?,
+                new_head: Self::head_sha_of(&wt)?,
             });
         }
-        if !Self::rebase_in_progress(&admin) {
+        if !Self::rebase_in_progress(&wt.admin) {
             return Err(out.into_error().into());
         }
-        let files: Vec<String> =
-            git_ok(&worktree, &["diff", "--name-only", "-z", "--diff-filter=U"])?
-                .split('\0')
-                .filter(|f| !f.is_empty())
-                .map(str::to_string)
-                .collect();
-        git_ok(&worktree, &["rebase", "--abort"])?;
-        let after = Self::head_sha_of(&worktree)?;
+        let files: Vec<String> = git_ok(&wt, &["diff", "--name-only", "-z", "--diff-filter=U"])?
+            .split('\0')
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect();
+        git_ok(&wt, &["rebase", "--abort"])?;
+        let after = Self::head_sha_of(&wt)?;
         if after != original {
             bail!(
                 "after `git rebase --abort` {} is at {after}, expected {original}",
@@ -1356,21 +1783,21 @@ impl Repo {
         let default = self.default_branch()?;
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        let admin = self.check_worktree(&worktree)?;
-        Self::clear_stale_index_lock(&admin)?;
+        let wt = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&wt)?;
         {
             let _clone = self.lock_clone()?;
             self.sync_locked()?;
         }
-        let upstream = Self::resolve_ref(&worktree, &Self::remote_ref(default))?
+        let upstream = Self::resolve_ref(&wt, &Self::remote_ref(default))?
             .with_context(|| format!("origin has no default branch {default:?}"))?;
-        let original = Self::head_sha_of(&worktree)?;
-        if self.is_ancestor(&worktree, &upstream, &original)? {
+        let original = Self::head_sha_of(&wt)?;
+        if Self::is_ancestor_at((&wt).into(), &upstream, &original)? {
             return Ok(MergeIn::UpToDate);
         }
         let message = format!("Merge origin/{default} into the task branch (orch)");
         let out = git_commit_ok(
-            &worktree,
+            &wt,
             &[
                 "merge",
                 "--quiet",
@@ -1383,17 +1810,16 @@ impl Repo {
         )?;
         if out.success() {
             return Ok(MergeIn::Merged {
-                sha: Self::head_sha_of(&worktree)?,
+                sha: Self::head_sha_of(&wt)?,
             });
         }
-        let files: Vec<String> =
-            git_ok(&worktree, &["diff", "--name-only", "-z", "--diff-filter=U"])?
-                .split('\0')
-                .filter(|f| !f.is_empty())
-                .map(str::to_string)
-                .collect();
+        let files: Vec<String> = git_ok(&wt, &["diff", "--name-only", "-z", "--diff-filter=U"])?
+            .split('\0')
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect();
         if files.is_empty() {
-            let _ = git_ok(&worktree, &["merge", "--abort"]);
+            let _ = git_ok(&wt, &["merge", "--abort"]);
             return Err(out.into_error().into());
         }
         Ok(MergeIn::Conflict { files })
@@ -1406,16 +1832,18 @@ impl Repo {
     /// worktree once symlinks are resolved is read (streamed, never
     /// whole); a symlink out of it, a FIFO or a device is not read
     /// ([`crate::untrusted`]).
-    /// Errors: [`Error::Subprocess`] from git.
+    /// Errors: [`Error::TamperedGitMetadata`]; [`Error::Subprocess`] from
+    /// git.
     pub fn conflict_marked_files(&self, worktree: &Path) -> anyhow::Result<Vec<String>> {
         let worktree = absolute(worktree)?;
+        let wt = self.check_worktree(&worktree)?;
         let mut files: Vec<String> = Vec::new();
         for args in [
             &["diff", "--name-only", "-z", "HEAD"][..],
             &["ls-files", "--others", "--exclude-standard", "-z"][..],
         ] {
             files.extend(
-                git_ok(&worktree, args)?
+                git_ok(&wt, args)?
                     .split('\0')
                     .filter(|f| !f.is_empty())
                     .map(str::to_string),
@@ -1453,8 +1881,8 @@ impl Repo {
         let default = self.default_branch()?;
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        self.check_worktree(&worktree)?;
-        match Self::current_branch(&worktree)? {
+        let wt = self.check_worktree(&worktree)?;
+        match Self::current_branch(&wt)? {
             Some(b) => validate_task_branch(&b, &self.branch_prefix, default)?,
             None => {
                 return Err(
@@ -1462,7 +1890,7 @@ impl Repo {
                 )
             }
         }
-        let head = Self::head_sha_of(&worktree)?;
+        let head = Self::head_sha_of(&wt)?;
         let _clone = self.lock_clone()?;
         self.sync_locked()?;
         let clone = self.clone_dir.as_path();
@@ -1506,9 +1934,9 @@ impl Repo {
             bail!("path {path:?} must be a non-empty path relative to the repository root");
         }
         let worktree = absolute(worktree)?;
-        self.check_worktree(&worktree)?;
+        let wt = self.check_worktree(&worktree)?;
         let out = run_git_env(
-            Some(&worktree),
+            At::Worktree(&wt),
             &[
                 "ls-tree",
                 "-z",
@@ -1739,12 +2167,24 @@ impl Repo {
     /// <old>`); then deletes the view. Every other change in the view is
     /// reported in [`ViewApplied::discarded`] and dropped.
     ///
-    /// Errors: the fetch fails (a corrupt or missing object); the real
-    /// branch moved during the run (someone else wrote it); a view with
-    /// more than 100,000 files in `refs/`; git and I/O errors. The view is
-    /// deleted either way.
-    pub fn apply_clone_view(&self, view: CloneView) -> anyhow::Result<ViewApplied> {
-        let result = self.apply_clone_view_inner(&view);
+    /// Nothing is carried over from a run that changed its worktree's git
+    /// metadata: `worktree` (the run's) is checked first
+    /// (`Repo::check_worktree`, and its `HEAD` must still be the task
+    /// branch).
+    ///
+    /// Errors: [`Error::TamperedGitMetadata`]; the fetch fails (a corrupt
+    /// or missing object); the real branch moved during the run (someone
+    /// else wrote it); a view with more than 100,000 files in `refs/`; git
+    /// and I/O errors. The view is deleted either way.
+    pub fn apply_clone_view(
+        &self,
+        view: CloneView,
+        worktree: &Path,
+    ) -> anyhow::Result<ViewApplied> {
+        let result = absolute(worktree)
+            .and_then(|w| self.check_worktree(&w))
+            .and_then(|wt| Self::check_head(&wt, &view.branch))
+            .and_then(|()| self.apply_clone_view_inner(&view));
         let _ = std::fs::remove_dir_all(&view.dir);
         result
     }
@@ -1819,12 +2259,12 @@ impl Repo {
     pub fn repair_index(&self, worktree: &Path) -> anyhow::Result<bool> {
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
-        let admin = self.check_worktree(&worktree)?;
-        Self::clear_stale_index_lock(&admin)?;
-        if run_git(&worktree, &["write-tree"])?.success() {
+        let wt = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&wt)?;
+        if run_git(&wt, &["write-tree"])?.success() {
             return Ok(false);
         }
-        git_ok(&worktree, &["read-tree", "HEAD"])?;
+        git_ok(&wt, &["read-tree", "HEAD"])?;
         Ok(true)
     }
 
@@ -1948,14 +2388,9 @@ mod tests {
     }
 
     /// Run git with an identity; panic on failure; stdout trimmed.
-    fn sh(dir: &Path, args: &[&str]) -> String {
-        let out = git_commit_ok(dir, args).unwrap();
-        assert!(
-            out.success(),
-            "git {args:?} in {} failed: {}",
-            dir.display(),
-            out.stderr
-        );
+    fn sh<'a>(at: impl Into<At<'a>>, args: &[&str]) -> String {
+        let out = git_commit_ok(at, args).unwrap();
+        assert!(out.success(), "git {:?} failed: {}", out.argv, out.stderr);
         out.stdout.trim().to_string()
     }
 
@@ -1991,12 +2426,16 @@ mod tests {
     }
 
     impl Fixture {
+        /// Worktree `wt` as orch runs git in it (its metadata checked).
+        fn at(&self, wt: &Path) -> Worktree {
+            self.repo.check_worktree(&absolute(wt).unwrap()).unwrap()
+        }
         fn wt(&self, n: u32) -> PathBuf {
             self.root.join(format!("worktrees/p/orch-p-{n}"))
         }
         fn origin_sha(&self, reference: &str) -> String {
             let out = run_git_env(
-                None,
+                At::Nowhere,
                 &[
                     "--git-dir",
                     self.origin.to_str().unwrap(),
@@ -2240,7 +2679,7 @@ mod tests {
         // cargo sets CARGO_MANIFEST_DIR for the test process; git must not
         // see it (nor any ORCH_* secret), only KEPT_ENV and orch's own.
         assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
-        let out = run_git_env(None, &["-c", "alias.showenv=!env", "showenv"], &[])
+        let out = run_git_env(At::Nowhere, &["-c", "alias.showenv=!env", "showenv"], &[])
             .unwrap()
             .ok()
             .unwrap();
@@ -2322,7 +2761,8 @@ mod tests {
             "orch/a/.b/c",
             "orch/x.lock/y",
         ] {
-            let git = run_git_env(None, &["check-ref-format", "--branch", name], &[]).unwrap();
+            let git =
+                run_git_env(At::Nowhere, &["check-ref-format", "--branch", name], &[]).unwrap();
             let git_ok = git.success() && git.stdout.trim_end_matches('\n') == name;
             let ours = validate_branch_name(name);
             assert_eq!(
@@ -2396,7 +2836,7 @@ mod tests {
         f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
         assert_eq!(f.repo.head_sha(&wt).unwrap(), third);
         assert_eq!(
-            sh(&wt, &["rev-parse", "--abbrev-ref", "@{upstream}"]),
+            sh(&f.at(&wt), &["rev-parse", "--abbrev-ref", "@{upstream}"]),
             "origin/orch/p-1"
         );
     }
@@ -2444,7 +2884,7 @@ mod tests {
         std::fs::write(wt.join("README"), "changed\n").unwrap();
         let sha2 = f.repo.commit_all(&wt, "edit").unwrap().unwrap();
         assert_ne!(sha, sha2);
-        let author = sh(&wt, &["log", "-1", "--format=%an <%ae>"]);
+        let author = sh(&f.at(&wt), &["log", "-1", "--format=%an <%ae>"]);
         assert_eq!(author, "orch <orch@localhost>");
     }
 
@@ -2489,7 +2929,7 @@ mod tests {
         let (wt, first) = f.work(1, "a.txt", "1\n");
         f.repo.push_branch(&wt, "orch/p-1").unwrap();
         // Rewrite history locally (as a rebase would).
-        sh(&wt, &["commit", "-q", "--amend", "-m", "amended"]);
+        sh(&f.at(&wt), &["commit", "-q", "--amend", "-m", "amended"]);
         let amended = f.repo.head_sha(&wt).unwrap();
         // Plain push is a non-fast-forward: refused.
         let err = f.repo.push_branch(&wt, "orch/p-1").unwrap_err();
@@ -2585,11 +3025,14 @@ mod tests {
             RebaseOutcome::Conflict { files } => assert_eq!(files, vec!["README".to_string()]),
             other => panic!("expected Conflict, got {other:?}"),
         }
-        assert_eq!(sh(&wt2, &["status", "--porcelain"]), "");
-        let admin = f.repo.check_worktree(&wt2).unwrap();
+        assert_eq!(sh(&f.at(&wt2), &["status", "--porcelain"]), "");
+        let admin = f.repo.check_worktree(&wt2).unwrap().admin;
         assert!(!Repo::rebase_in_progress(&admin));
         assert_eq!(f.repo.head_sha(&wt2).unwrap(), sha2);
-        assert_eq!(sh(&wt2, &["symbolic-ref", "--short", "HEAD"]), "orch/p-2");
+        assert_eq!(
+            sh(&f.at(&wt2), &["symbolic-ref", "--short", "HEAD"]),
+            "orch/p-2"
+        );
         assert_eq!(
             f.repo.fast_forward_default(&wt2).unwrap(),
             FastForward::NotFastForward
@@ -2605,7 +3048,7 @@ mod tests {
         std::fs::write(wt.join("README"), "scribbled").unwrap();
         std::fs::write(wt.join("new.txt"), "x").unwrap();
         f.repo.discard_changes(&wt).unwrap();
-        assert_eq!(sh(&wt, &["status", "--porcelain"]), "");
+        assert_eq!(sh(&f.at(&wt), &["status", "--porcelain"]), "");
         assert!(!wt.join("new.txt").exists());
     }
 
@@ -2614,7 +3057,11 @@ mod tests {
         let f = fixture();
         let wt = f.wt(8);
         f.repo.ensure_worktree(&wt, "orch/p-8").unwrap();
-        let admin = f.repo.check_worktree(&absolute(&wt).unwrap()).unwrap();
+        let admin = f
+            .repo
+            .check_worktree(&absolute(&wt).unwrap())
+            .unwrap()
+            .admin;
         std::fs::write(admin.join("index.lock"), "").unwrap();
         std::fs::write(admin.join("HEAD.lock"), "").unwrap();
         let branch_lock = f.repo.clone_dir.join("refs/heads/orch/p-8.lock");
@@ -2644,7 +3091,11 @@ mod tests {
             ])
             .output()
             .unwrap();
-        let admin = f.repo.check_worktree(&absolute(&wt).unwrap()).unwrap();
+        let admin = f
+            .repo
+            .check_worktree(&absolute(&wt).unwrap())
+            .unwrap()
+            .admin;
         assert!(Repo::rebase_in_progress(&admin));
         std::fs::write(admin.join("index.lock"), "").unwrap();
         f.repo.ensure_worktree(&wt, "orch/p-7").unwrap();
@@ -2723,7 +3174,7 @@ mod tests {
             let mut full: Vec<&str> = COMMIT_CONFIG.to_vec();
             full.extend_from_slice(args);
             run_git_env(
-                Some(&wt1),
+                At::Worktree(&f.at(&wt1)),
                 &full,
                 &[("GIT_OBJECT_DIRECTORY", private.to_str().unwrap())],
             )
@@ -2750,7 +3201,7 @@ mod tests {
         .unwrap();
         std::fs::write(view.refs_dir().join("stash"), format!("{commit}\n")).unwrap();
         std::fs::write(private.join("evil.sh"), "#!/bin/sh\n").unwrap();
-        let applied = f.repo.apply_clone_view(view).unwrap();
+        let applied = f.repo.apply_clone_view(view, &wt1).unwrap();
         assert_eq!(applied.moved_to.as_deref(), Some(commit.as_str()));
         assert_eq!(applied.discarded, ["heads/orch/p-2", "stash"]);
         assert_eq!(real("orch/p-1"), commit);
@@ -2771,7 +3222,7 @@ mod tests {
         )
         .unwrap();
         std::fs::write(view.refs_dir().join("heads/orch/p-1"), format!("{fake}\n")).unwrap();
-        let err = f.repo.apply_clone_view(view).unwrap_err();
+        let err = f.repo.apply_clone_view(view, &wt1).unwrap_err();
         assert!(
             format!("{err:#}").contains("fetching the agent's"),
             "{err:#}"
@@ -2782,9 +3233,9 @@ mod tests {
 
         // Something that is not a commit on the branch is not applied.
         let view = f.repo.clone_view(&dir, "orch/p-1").unwrap();
-        let blob = sh(&wt1, &["hash-object", "-w", "README"]);
+        let blob = sh(&f.at(&wt1), &["hash-object", "-w", "README"]);
         std::fs::write(view.refs_dir().join("heads/orch/p-1"), format!("{blob}\n")).unwrap();
-        let applied = f.repo.apply_clone_view(view).unwrap();
+        let applied = f.repo.apply_clone_view(view, &wt1).unwrap();
         assert_eq!(applied.moved_to, None);
         assert_eq!(applied.discarded, ["heads/orch/p-1"]);
         assert_eq!(real("orch/p-1"), commit);
@@ -2792,13 +3243,13 @@ mod tests {
         // The real branch moved during the run: the view is not applied.
         let view = f.repo.clone_view(&dir, "orch/p-1").unwrap();
         let other = sh(
-            &wt1,
+            &f.at(&wt1),
             &["commit-tree", "-p", "HEAD", "-m", "agent 2", "HEAD^{tree}"],
         );
         std::fs::write(view.refs_dir().join("heads/orch/p-1"), format!("{other}\n")).unwrap();
         std::fs::write(wt1.join("README"), "moved by someone else\n").unwrap();
         let moved = f.repo.commit_all(&wt1, "someone else").unwrap().unwrap();
-        let err = f.repo.apply_clone_view(view).unwrap_err();
+        let err = f.repo.apply_clone_view(view, &wt1).unwrap_err();
         assert!(
             format!("{err:#}").contains("moved during the agent's run"),
             "{err:#}"
@@ -2815,5 +3266,195 @@ mod tests {
         assert!(f.repo.head_sha(&f.scratch).is_err());
         assert!(f.repo.remove_worktree(&f.scratch).is_err());
         assert!(f.scratch.join(".git").exists());
+    }
+
+    /// The file a [`Error::TamperedGitMetadata`] in `err`'s chain names.
+    fn tampered_file(err: &anyhow::Error) -> PathBuf {
+        match err.chain().find_map(|c| c.downcast_ref::<Error>()) {
+            Some(Error::TamperedGitMetadata { file, .. }) => file.clone(),
+            _ => panic!("expected TamperedGitMetadata, got {err:#}"),
+        }
+    }
+
+    #[test]
+    fn a_worktree_whose_git_metadata_changed_is_refused_and_then_recreated() {
+        let f = fixture();
+        let (wt, _) = f.work(1, "a", "1");
+        f.work(2, "a", "2");
+        f.repo.push_branch(&wt, "orch/p-1").unwrap();
+        let pushed = f.origin_sha("refs/heads/orch/p-1");
+        let admin = f.at(&wt).admin;
+        // A repository of the attacker's: a copy of the clone whose origin
+        // is its own bare repository.
+        let evil = f.root.join("evil.git");
+        let target = f.root.join("evil-target.git");
+        sh(&f.root, &["init", "-q", "--bare", "evil-target.git"]);
+        let copy = Command::new("cp")
+            .arg("-a")
+            .arg(&f.repo.clone_dir)
+            .arg(&evil)
+            .status()
+            .unwrap();
+        assert!(copy.success());
+        sh(
+            &evil,
+            &["config", "remote.origin.url", target.to_str().unwrap()],
+        );
+        let fake = f.root.join("fake");
+        sh(&f.root, &["init", "-q", "fake"]);
+        let other_branch = "ref: refs/heads/orch/p-2\n".to_string();
+        type Tamper<'a> = Box<dyn Fn() + 'a>;
+        let cases: Vec<(&str, PathBuf, Tamper)> = vec![
+            (
+                "commondir → the attacker's copy",
+                admin.join("commondir"),
+                Box::new(|| {
+                    std::fs::write(admin.join("commondir"), format!("{}\n", evil.display()))
+                        .unwrap()
+                }),
+            ),
+            (
+                "commondir removed (the admin folder a repository of its own)",
+                admin.join("commondir"),
+                Box::new(|| std::fs::remove_file(admin.join("commondir")).unwrap()),
+            ),
+            (
+                "gitdir → elsewhere",
+                admin.join("gitdir"),
+                Box::new(|| {
+                    std::fs::write(
+                        admin.join("gitdir"),
+                        format!("{}\n", fake.join(".git").display()),
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                ".git → the attacker's worktree admin",
+                wt.join(".git"),
+                Box::new(|| {
+                    std::fs::write(
+                        wt.join(".git"),
+                        format!("gitdir: {}\n", evil.join("worktrees/orch-p-1").display()),
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                ".git → another task's admin folder",
+                wt.join(".git"),
+                Box::new(|| {
+                    std::fs::write(
+                        wt.join(".git"),
+                        format!("gitdir: {}\n", f.at(&f.wt(2)).admin.display()),
+                    )
+                    .unwrap()
+                }),
+            ),
+            (
+                ".git a directory (a whole repository)",
+                wt.join(".git"),
+                Box::new(|| {
+                    std::fs::remove_file(wt.join(".git")).unwrap();
+                    let c = Command::new("cp")
+                        .arg("-a")
+                        .arg(fake.join(".git"))
+                        .arg(wt.join(".git"))
+                        .status()
+                        .unwrap();
+                    assert!(c.success());
+                }),
+            ),
+            (
+                ".git a symbolic link",
+                wt.join(".git"),
+                Box::new(|| {
+                    std::fs::remove_file(wt.join(".git")).unwrap();
+                    std::os::unix::fs::symlink(fake.join(".git"), wt.join(".git")).unwrap();
+                }),
+            ),
+            (
+                "HEAD → another task's branch",
+                admin.join("HEAD"),
+                Box::new(|| std::fs::write(admin.join("HEAD"), &other_branch).unwrap()),
+            ),
+            (
+                "a planted rebase whose head-name is another branch",
+                admin.join("rebase-merge/head-name"),
+                Box::new(|| {
+                    std::fs::create_dir_all(admin.join("rebase-merge")).unwrap();
+                    std::fs::write(
+                        admin.join("rebase-merge/head-name"),
+                        "refs/remotes/origin/main\n",
+                    )
+                    .unwrap();
+                    std::fs::write(admin.join("rebase-merge/orig-head"), format!("{pushed}\n"))
+                        .unwrap();
+                }),
+            ),
+        ];
+        for (what, file, tamper) in &cases {
+            f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+            tamper();
+            std::fs::write(wt.join("b"), what).unwrap();
+            let err = f.repo.ensure_worktree(&wt, "orch/p-1").unwrap_err();
+            assert_eq!(&tampered_file(&err), file, "{what}: {err:#}");
+            assert!(crate::error::is_permanent(&err), "{what}");
+            assert!(
+                format!("{err:#}").contains("refusing to run git"),
+                "{err:#}"
+            );
+            if !what.starts_with("HEAD") && !what.starts_with("a planted") {
+                for err in [
+                    f.repo.commit_all(&wt, "x").unwrap_err(),
+                    f.repo.push_branch(&wt, "orch/p-1").unwrap_err(),
+                    f.repo.head_sha(&wt).unwrap_err(),
+                    f.repo.conflict_marked_files(&wt).unwrap_err(),
+                    f.repo.discard_changes(&wt).unwrap_err(),
+                    f.repo.is_ancestor(&wt, &pushed, &pushed).unwrap_err(),
+                ] {
+                    assert_eq!(&tampered_file(&err), file, "{what}: {err:#}");
+                }
+            }
+            if what.starts_with("HEAD") {
+                let err = f.repo.push_branch(&wt, "orch/p-1").unwrap_err();
+                assert_eq!(&tampered_file(&err), file, "{what}: {err:#}");
+            }
+            // Nothing reached the attacker's repositories or origin.
+            assert_eq!(sh(&target, &["for-each-ref"]), "", "{what}");
+            assert_eq!(f.origin_sha("refs/heads/orch/p-1"), pushed, "{what}");
+            // The next run throws the worktree away and re-creates it from
+            // what origin has.
+            assert!(
+                f.repo.drop_tampered_worktree(&wt, "orch/p-1").unwrap(),
+                "{what}"
+            );
+            f.repo.ensure_worktree(&wt, "orch/p-1").unwrap();
+            assert_eq!(f.repo.head_sha(&wt).unwrap(), pushed, "{what}");
+            assert!(!wt.join("b").exists(), "{what}");
+            assert_eq!(
+                f.at(&wt).admin,
+                admin,
+                "{what}: the admin folder's name is reused"
+            );
+            assert!(!f.repo.drop_tampered_worktree(&wt, "orch/p-1").unwrap());
+        }
+        assert!(f.scratch.join(".git").is_dir());
+        // The other task's worktree was left alone throughout.
+        f.repo.ensure_worktree(&f.wt(2), "orch/p-2").unwrap();
+    }
+
+    #[test]
+    fn a_program_key_in_the_worktree_config_is_refused() {
+        let f = fixture();
+        let (wt, _) = f.work(1, "a", "1");
+        let admin = f.at(&wt).admin;
+        std::fs::write(
+            admin.join("config.worktree"),
+            "[core]\n\tsshCommand = touch /tmp/pwned\n",
+        )
+        .unwrap();
+        let err = f.repo.commit_all(&wt, "x").unwrap_err();
+        assert_eq!(unsafe_keys(&err), ["core.sshcommand"]);
     }
 }

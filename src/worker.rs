@@ -215,6 +215,11 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let worktree = std::path::absolute(&task.worktree)
         .with_context(|| format!("making {} absolute", task.worktree))?;
     repo.sync()?;
+    // A worktree whose git metadata an earlier (refused) run changed is
+    // re-created from the task branch, never used (DESIGN §11 INV-8).
+    if repo.drop_tampered_worktree(&worktree, &task.branch)? {
+        warn!(target: "worker", job = job.id, worktree = %worktree.display(), "the worktree's git metadata had been changed; re-created from the task branch");
+    }
     repo.ensure_worktree(&worktree, &task.branch)?;
     // A run starts from what was committed: uncommitted edits are a dead
     // run's (a worker killed mid-run, recovered by Tier-1), and running on
@@ -296,7 +301,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         },
     )?;
     if let Some(view) = clone_view {
-        let applied = repo.apply_clone_view(view)?;
+        let applied = repo.apply_clone_view(view, &worktree)?;
         if !applied.discarded.is_empty() {
             warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
         }
