@@ -305,9 +305,7 @@ fn content_length_with_chunked_and_malformed_requests_are_400() {
     sbx.ok(&["init"]);
     let server = sbx.serve();
     let (headers, body) = unique_plane_delivery("smuggled");
-    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
-    chunked.extend_from_slice(&body);
-    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let chunked = one_chunk(&body);
     for both in [
         "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
@@ -950,9 +948,7 @@ fn a_transfer_encoding_other_than_chunked_alone_is_400() {
     sbx.ok(&["init"]);
     let server = sbx.serve();
     let (headers, body) = unique_plane_delivery("codings");
-    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
-    chunked.extend_from_slice(&body);
-    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let chunked = one_chunk(&body);
     for te in [
         "Transfer-Encoding: gzip, chunked\r\n",
         "Transfer-Encoding: chunked, chunked\r\n",
@@ -1091,4 +1087,12 @@ fn run_orch(sbx: &Sandbox, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `body` as a chunked message body: one chunk, then the last (empty) one.
+fn one_chunk(body: &[u8]) -> Vec<u8> {
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend_from_slice(body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    chunked
 }

@@ -47,28 +47,21 @@ fn an_agent_writing_outside_its_worktree_changes_nothing_there_and_reads_no_secr
     script += "cat /proc/[0-9]*/environ >> loot.txt 2>/dev/null || true\n";
     script += "env >> loot.txt\n";
     h.agent_runs_first("analyst", &script);
-    let before = Snapshot::of(&[
-        &wt2,
-        &clone.join("hooks"),
-        &clone.join("config"),
-        &clone.join("info"),
-        &h.outside,
-        &h.sbx.dir.join("orch.toml"),
-        &h.sbx.dir.join(".env"),
-        &h.secrets_file,
-    ]);
+    let watched = [
+        wt2.clone(),
+        clone.join("hooks"),
+        clone.join("config"),
+        clone.join("info"),
+        h.outside.clone(),
+        h.sbx.dir.join("orch.toml"),
+        h.sbx.dir.join(".env"),
+        h.secrets_file.clone(),
+    ];
+    let watched: Vec<&std::path::Path> = watched.iter().map(|p| p.as_path()).collect();
+    let before = Snapshot::of(&watched);
     let v = h.sbx.json(&["work-once"]);
     assert_eq!(v["finalized"]["to"], "architecture", "{v}");
-    let after = Snapshot::of(&[
-        &wt2,
-        &clone.join("hooks"),
-        &clone.join("config"),
-        &clone.join("info"),
-        &h.outside,
-        &h.sbx.dir.join("orch.toml"),
-        &h.sbx.dir.join(".env"),
-        &h.secrets_file,
-    ]);
+    let after = Snapshot::of(&watched);
     before.assert_unchanged(&after);
     assert!(!state.join("logs/planted.log").exists());
     // The loot was committed and pushed (it is the agent's work) and holds
