@@ -6,6 +6,8 @@ use std::path::Path;
 use super::names::{validate_sha, validate_task_branch};
 use super::run::{absolute, git_commit_ok, git_ok, run_git};
 use super::Repo;
+#[cfg(doc)]
+use crate::error::Error;
 
 impl Repo {
     /// Stage everything (`git add -A`, so new untracked files too; ignored

@@ -9,6 +9,8 @@ use anyhow::{bail, Context};
 use super::names::{invalid, validate_task_branch};
 use super::run::{absolute, git_commit_ok, git_ok, run_git};
 use super::Repo;
+#[cfg(doc)]
+use crate::error::Error;
 
 /// Result of [`Repo::rebase_onto_default`].
 #[derive(Debug, Clone, PartialEq, Eq)]

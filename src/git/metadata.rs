@@ -10,6 +10,8 @@ use anyhow::{bail, Context};
 use super::names::validate_task_branch;
 use super::run::{git_ok, run_git};
 use super::Repo;
+#[cfg(doc)]
+use super::{audit, run::At};
 use crate::error::Error;
 
 /// A worktree of the clone whose git metadata [`Repo::check_worktree`]

@@ -9,6 +9,8 @@ use anyhow::Context;
 
 use super::metadata::Worktree;
 use super::safety::{refuse_unsafe_config, repo_config_files};
+#[cfg(doc)]
+use super::Repo;
 use crate::error::Error;
 
 /// How much of a failed command's stderr is kept in [`Error::Subprocess`].

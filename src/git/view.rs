@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use super::names::validate_task_branch;
 use super::run::{absolute, git_ok, run_git, utf8};
 use super::Repo;
+#[cfg(doc)]
+use crate::error::Error;
 
 /// What a sandboxed agent sees of the shared clone's refs, reflogs and
 /// objects: private stand-ins that the sandbox binds over the clone's own
