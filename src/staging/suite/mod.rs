@@ -10,6 +10,8 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use self::instance::Answer;
+#[cfg(doc)]
+use super::report::parse_waivers;
 use super::report::{verdict, Check, Planned, Report, Status, CANCEL_REASON, CHECKS};
 use crate::adapters::AdapterError;
 use crate::clock::now_ms;
