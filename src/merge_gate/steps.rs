@@ -3,6 +3,7 @@
 //! once per sha, and move main to exactly the tested head; each step
 //! reported as it happens (or, in a dry run, as it would).
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -119,6 +120,11 @@ pub(super) fn short(sha: &str) -> &str {
 /// nothing: origin is read with `git ls-remote`, the worktree (or, when it
 /// does not exist yet, origin's branch) and the stored test results are
 /// read, and each step reports what it would do.
+///
+/// Each round: [`observe_origin`], [`rebase`] (a dry run that would rebase
+/// ends in [`plan_after_rebase`]), [`sync_branch`], the staging revision
+/// check, [`retest`], [`merge_tested`]; main moving under it starts the
+/// next round, at most [`MAX_CATCH_UPS`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn catch_up_test_merge(
     ctx: &Ctx,
@@ -135,35 +141,7 @@ pub(super) fn catch_up_test_merge(
     let branch = task.branch.as_str();
     let dry = steps.dry_run;
     for _ in 0..MAX_CATCH_UPS {
-        let (main, pushed) = if dry {
-            (
-                repo.ls_remote_branch(default)?,
-                repo.ls_remote_branch(branch)?,
-            )
-        } else {
-            (
-                repo.remote_branch_sha(default)?,
-                repo.remote_branch_sha(branch)?,
-            )
-        };
-        let main = main.with_context(|| format!("origin has no default branch {default:?}"))?;
-        let at = |sha: &Option<String>| sha.as_deref().map_or("(not on origin)", short).to_string();
-        steps.did(
-            || {
-                format!(
-                    "fetched origin: {default} at {}, {branch} at {}",
-                    short(&main),
-                    at(&pushed)
-                )
-            },
-            || {
-                format!(
-                    "would fetch origin: {default} is at {}, {branch} at {}",
-                    short(&main),
-                    at(&pushed)
-                )
-            },
-        );
+        let (main, pushed) = observe_origin(repo, default, branch, steps)?;
         // A dry run does not create the worktree: origin's branch stands in.
         let before = if dry && !worktree.exists() {
             pushed
@@ -172,70 +150,19 @@ pub(super) fn catch_up_test_merge(
         } else {
             repo.head_sha(worktree)?
         };
-        let rebased = if dry {
-            let dir = if worktree.exists() {
-                worktree
-            } else {
-                repo.clone_dir.as_path()
-            };
-            let contains = dir.exists() && repo.is_ancestor(dir, &main, &before).unwrap_or(false);
-            if contains {
-                steps.push(format!("{branch} contains {default}: no rebase needed"));
-            } else {
-                steps.push(format!(
-                    "would rebase {branch} ({}) onto {default} ({}) in {}; a conflict would abort the rebase and roll back to development",
-                    short(&before),
-                    short(&main),
-                    worktree.display()
-                ));
-            }
-            !contains
-        } else {
-            match repo.rebase_onto_default(worktree)? {
-                RebaseOutcome::Conflict { files } => {
-                    let files = files.join(", ");
-                    steps.push(format!(
-                        "rebase of {branch} onto {default} ({}) conflicts in {files}; aborted, worktree clean at {}",
-                        short(&main),
-                        short(&before)
-                    ));
-                    return Ok(Merge::Rollback {
-                        reason: format!(
-                            "merge gate: rebase onto {default} ({}) conflicts in {files}",
-                            short(&main)
-                        ),
-                        log: None,
-                    });
-                }
-                RebaseOutcome::UpToDate => {
-                    steps.push(format!("{branch} contains {default}: no rebase needed"));
-                    false
-                }
-                RebaseOutcome::Rebased { new_head } => {
-                    steps.push(format!(
-                        "rebased {branch} onto {default}: {} → {}",
-                        short(&before),
-                        short(&new_head)
-                    ));
-                    true
-                }
-            }
+        let rebased = match rebase(repo, worktree, default, branch, &main, &before, steps)? {
+            ControlFlow::Break(rollback) => return Ok(rollback),
+            ControlFlow::Continue(rebased) => rebased,
         };
         if dry && rebased {
-            // The rebased head is unknown until the rebase runs.
-            steps.push(match &pushed {
-                Some(r) => format!(
-                    "would push {branch} with --force-with-lease={branch}:{}",
-                    short(r)
-                ),
-                None => format!("would push {branch}"),
-            });
-            steps.push(format!(
-                "would run the test command {} on the rebased tree",
-                test_command(ctx, project, task)
+            return Ok(plan_after_rebase(
+                ctx,
+                project,
+                task,
+                pushed.as_deref(),
+                before,
+                steps,
             ));
-            steps.push(format!("would fast-forward {default} to the tested head"));
-            return Ok(Merge::Merged { sha: before });
         }
         if !dry {
             failpoint("merge_gate.after_rebase");
@@ -285,23 +212,180 @@ pub(super) fn catch_up_test_merge(
             steps.push(format!("{branch} moved while it was tested; again"));
             continue;
         }
-        match merge_into_default(ctx, project, repo, task)? {
-            FastForward::Merged { sha } => {
-                steps.push(format!("fast-forwarded {default} to {}", short(&sha)));
-                return Ok(Merge::Merged { sha });
-            }
-            FastForward::AlreadyMerged => {
-                steps.push(format!("{default} already contains {}", short(&sha)));
-                return Ok(Merge::Merged { sha });
-            }
-            FastForward::NotFastForward => steps.push(format!(
-                "{default} moved during the gate; catching up again"
-            )),
+        if let Some(merged) = merge_tested(ctx, project, repo, task, &sha, steps)? {
+            return Ok(merged);
         }
     }
     Ok(Merge::MainMoving(format!(
         "{default} kept moving; not merged after {MAX_CATCH_UPS} catch-ups"
     )))
+}
+
+/// Step 2's look at origin: where its `default` and `branch` are (fetched
+/// first; a dry run reads them with `git ls-remote`), as
+/// `(main, pushed)`.
+///
+/// Errors: origin has no `default`; git errors.
+fn observe_origin(
+    repo: &Repo,
+    default: &str,
+    branch: &str,
+    steps: &mut Steps,
+) -> anyhow::Result<(String, Option<String>)> {
+    let (main, pushed) = if steps.dry_run {
+        (
+            repo.ls_remote_branch(default)?,
+            repo.ls_remote_branch(branch)?,
+        )
+    } else {
+        (
+            repo.remote_branch_sha(default)?,
+            repo.remote_branch_sha(branch)?,
+        )
+    };
+    let main = main.with_context(|| format!("origin has no default branch {default:?}"))?;
+    let at = |sha: &Option<String>| sha.as_deref().map_or("(not on origin)", short).to_string();
+    steps.did(
+        || {
+            format!(
+                "fetched origin: {default} at {}, {branch} at {}",
+                short(&main),
+                at(&pushed)
+            )
+        },
+        || {
+            format!(
+                "would fetch origin: {default} is at {}, {branch} at {}",
+                short(&main),
+                at(&pushed)
+            )
+        },
+    );
+    Ok((main, pushed))
+}
+
+/// Step 2's rebase of `branch` (at `before`) onto origin's `default` (at
+/// `main`) in `worktree`: `Continue(rebased)`, whether the branch moved
+/// (in a dry run: would move); `Break(Merge::Rollback)` on a conflict
+/// (the rebase aborted, the worktree clean). A dry run rebases nothing and
+/// reads the ancestry in the worktree, or in the clone when there is none.
+fn rebase(
+    repo: &Repo,
+    worktree: &Path,
+    default: &str,
+    branch: &str,
+    main: &str,
+    before: &str,
+    steps: &mut Steps,
+) -> anyhow::Result<ControlFlow<Merge, bool>> {
+    if steps.dry_run {
+        let dir = if worktree.exists() {
+            worktree
+        } else {
+            repo.clone_dir.as_path()
+        };
+        let contains = dir.exists() && repo.is_ancestor(dir, main, before).unwrap_or(false);
+        if contains {
+            steps.push(format!("{branch} contains {default}: no rebase needed"));
+        } else {
+            steps.push(format!(
+                "would rebase {branch} ({}) onto {default} ({}) in {}; a conflict would abort the rebase and roll back to development",
+                short(before),
+                short(main),
+                worktree.display()
+            ));
+        }
+        return Ok(ControlFlow::Continue(!contains));
+    }
+    Ok(match repo.rebase_onto_default(worktree)? {
+        RebaseOutcome::Conflict { files } => {
+            let files = files.join(", ");
+            steps.push(format!(
+                "rebase of {branch} onto {default} ({}) conflicts in {files}; aborted, worktree clean at {}",
+                short(main),
+                short(before)
+            ));
+            ControlFlow::Break(Merge::Rollback {
+                reason: format!(
+                    "merge gate: rebase onto {default} ({}) conflicts in {files}",
+                    short(main)
+                ),
+                log: None,
+            })
+        }
+        RebaseOutcome::UpToDate => {
+            steps.push(format!("{branch} contains {default}: no rebase needed"));
+            ControlFlow::Continue(false)
+        }
+        RebaseOutcome::Rebased { new_head } => {
+            steps.push(format!(
+                "rebased {branch} onto {default}: {} → {}",
+                short(before),
+                short(&new_head)
+            ));
+            ControlFlow::Continue(true)
+        }
+    })
+}
+
+/// A dry run whose branch would be rebased: the rebased head is unknown
+/// until the rebase runs, so the push, the test and the fast-forward are
+/// only named; the plan counts as merged at `before`.
+fn plan_after_rebase(
+    ctx: &Ctx,
+    project: &ProjectConfig,
+    task: &Task,
+    pushed: Option<&str>,
+    before: String,
+    steps: &mut Steps,
+) -> Merge {
+    let branch = task.branch.as_str();
+    let default = project.default_branch.as_str();
+    steps.push(match pushed {
+        Some(r) => format!(
+            "would push {branch} with --force-with-lease={branch}:{}",
+            short(r)
+        ),
+        None => format!("would push {branch}"),
+    });
+    steps.push(format!(
+        "would run the test command {} on the rebased tree",
+        test_command(ctx, project, task)
+    ));
+    steps.push(format!("would fast-forward {default} to the tested head"));
+    Merge::Merged { sha: before }
+}
+
+/// Step 4: moves main to the tested head `sha` ([`merge_into_default`]):
+/// `Some(Merged)` when origin's main now contains it, `None` when main
+/// moved during the gate (catch up again).
+fn merge_tested(
+    ctx: &Ctx,
+    project: &ProjectConfig,
+    repo: &Repo,
+    task: &Task,
+    sha: &str,
+    steps: &mut Steps,
+) -> anyhow::Result<Option<Merge>> {
+    let default = project.default_branch.as_str();
+    Ok(match merge_into_default(ctx, project, repo, task)? {
+        FastForward::Merged { sha } => {
+            steps.push(format!("fast-forwarded {default} to {}", short(&sha)));
+            Some(Merge::Merged { sha })
+        }
+        FastForward::AlreadyMerged => {
+            steps.push(format!("{default} already contains {}", short(sha)));
+            Some(Merge::Merged {
+                sha: sha.to_string(),
+            })
+        }
+        FastForward::NotFastForward => {
+            steps.push(format!(
+                "{default} moved during the gate; catching up again"
+            ));
+            None
+        }
+    })
 }
 
 /// Makes origin's task branch equal the worktree's head after the
