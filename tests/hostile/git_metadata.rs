@@ -3,7 +3,7 @@
 //! writable in the sandbox so it can commit) holds `commondir` and
 //! `gitdir`; in the worktree, `.git` names that folder — so that orch's own
 //! git, run after the agent's, commits and pushes into a repository of the
-//! agent's choosing. Closed in `src/git.rs` (`Repo::check_worktree`): orch
+//! agent's choosing. Closed in `src/git/metadata.rs` (`Repo::check_worktree`): orch
 //! checks that metadata against what it wrote before every git call on a
 //! worktree and runs git there with `--git-dir`/`--work-tree`/
 //! `GIT_COMMON_DIR` of its own; a difference fails the job at once
