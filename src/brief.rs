@@ -333,7 +333,7 @@ const LOG_READ_MAX_BYTES: u64 = 64 * 1024;
 /// `The end of <log>:` and the bounded tail (30 lines, 3000 bytes) of the
 /// test log `log`, which must be a regular file inside `logs_dir` once
 /// every symlink is resolved; the last component is opened without
-/// following a symlink. Reads at most the last [`LOG_READ_MAX_BYTES`].
+/// following a symlink. Reads at most the last `LOG_READ_MAX_BYTES` (64 KiB).
 ///
 /// Errors (the caller leaves the tail out): a path outside `logs_dir`, a
 /// missing or unreadable file, a non-regular file, an empty tail.

@@ -46,7 +46,7 @@ pub struct NewDelivery {
     pub body: Vec<u8>,
 }
 
-/// Whether [`Db::record_delivery`] stored a new row.
+/// Whether [`Tx::record_delivery`] stored a new row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     /// Stored as inbox row `id`.

@@ -295,7 +295,7 @@ impl Drop for Server {
 /// connection (applying migrations), starts the writer thread and a tokio
 /// runtime, and starts accepting.
 ///
-/// Errors: an unusable bind address or admin socket ([`listen::bind_socket`]),
+/// Errors: an unusable bind address or admin socket (see `listen::bind_socket`),
 /// a database that cannot be opened, a zero deadline,
 /// `max_connections == 0` or `max_header_bytes < 8192`; a TCP admin
 /// listener without a token is [`Error::Config`] naming `ORCH_ADMIN_TOKEN`
