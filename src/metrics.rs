@@ -30,7 +30,7 @@ pub const TICKS: [&str; 6] = [
 
 /// Counters of the `counters` table with their metric name and help;
 /// any other counter is exported as `orch_events_total{name}`.
-const KNOWN_COUNTERS: [(&str, &str, &str); 7] = [
+const KNOWN_COUNTERS: [(&str, &str, &str); 8] = [
     (
         "reconcile.unblocked_total",
         "orch_reconcile_unblocked_total",
@@ -60,6 +60,11 @@ const KNOWN_COUNTERS: [(&str, &str, &str); 7] = [
         "reap.release_leases_total",
         "orch_reap_release_leases_total",
         "Reaper passes that released stale merge leases.",
+    ),
+    (
+        "outbox.retried_total",
+        "orch_outbox_retried_total",
+        "Dead-lettered outbox messages sent again by hand (orch outbox retry).",
     ),
     (
         "reap.remove_worktree_total",
