@@ -170,8 +170,9 @@ pub enum Command {
     /// transition with its cause: the job, its run and verdict (worker,
     /// reaper), the delivery (webhook), the reconcile pass (reconciler),
     /// the command (human). `waiting.kind` in --json is one of done,
-    /// escalated, job_running, merge_lease, job_queued, failed_delivery,
-    /// tracker, approval, gate. Exit 2 when there is no such task.
+    /// escalated, job_running, finalize_failed, merge_lease, parked,
+    /// paused, job_queued, failed_delivery, tracker, approval, gate. Exit 2
+    /// when there is no such task.
     Why {
         /// The task id
         task: i64,

@@ -122,6 +122,20 @@ pub enum Waiting {
         worker_host: Option<String>,
         worker_pid: Option<i64>,
     },
+    /// Its job's agent exited but the finalize failed: nothing runs for
+    /// it until the reaper finalizes it again at `retry_at_ms` (its next
+    /// pass once past), or the job fails at `max_attempts` failures.
+    FinalizeFailed {
+        job_id: i64,
+        stage: Stage,
+        role: String,
+        attempt: i64,
+        failures: i64,
+        max_attempts: i64,
+        error: String,
+        exited_at_ms: i64,
+        retry_at_ms: i64,
+    },
     /// Its merge waits for the repository's merge lease, held by another
     /// task.
     MergeLease {
@@ -188,9 +202,12 @@ pub enum Waiting {
 ///
 /// Errors: database errors.
 /// `account` names the model account a role runs on (`Config::account`).
+/// `settings` give the finalize cap and the reaper's grace
+/// ([`Waiting::FinalizeFailed`]).
 pub fn explain(
     db: &Db,
     task_id: i64,
+    settings: &crate::config::Settings,
     account: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<Option<Why>> {
     let Some(task) = db.task(task_id)? else {
@@ -210,7 +227,7 @@ pub fn explain(
             cause: cause(db, &task, t, &jobs)?,
         });
     }
-    let waiting = waiting(db, &task, &jobs, account)?;
+    let waiting = waiting(db, &task, &jobs, settings, account)?;
     Ok(Some(Why {
         task_id: task.id,
         project: task.project.clone(),
@@ -334,6 +351,7 @@ pub fn waiting(
     db: &Db,
     task: &Task,
     jobs: &[Job],
+    settings: &crate::config::Settings,
     account: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<Waiting> {
     let since_ms = task.updated_at_ms;
@@ -347,6 +365,19 @@ pub fn waiting(
         });
     }
     if let Some(j) = jobs.iter().find(|j| j.status == JobStatus::Running) {
+        if let Some(f) = crate::reap::finalize_failed(settings, j) {
+            return Ok(Waiting::FinalizeFailed {
+                job_id: f.job_id,
+                stage: f.stage,
+                role: f.role,
+                attempt: f.attempt,
+                failures: f.failures,
+                max_attempts: f.max_attempts,
+                error: f.error,
+                exited_at_ms: f.exited_at_ms,
+                retry_at_ms: f.retry_at_ms,
+            });
+        }
         return Ok(Waiting::JobRunning {
             job_id: j.id,
             stage: j.stage,
@@ -515,6 +546,21 @@ impl Waiting {
                 claimed_at_ms.map_or("?".into(), |c| ago(c, now_ms).trim_end_matches(" ago").to_string()),
                 agent_pid.map_or("-".into(), |p| p.to_string()),
                 heartbeat_at_ms.map_or("never".into(), t)
+            ),
+            Waiting::FinalizeFailed {
+                job_id,
+                role,
+                attempt,
+                failures,
+                max_attempts,
+                error,
+                exited_at_ms,
+                retry_at_ms,
+                ..
+            } => format!(
+                "the reaper: job {job_id} ({role}, attempt {attempt}) exited {} but its finalize failed ({error}); {}",
+                t(*exited_at_ms),
+                crate::reap::retry_text(*retry_at_ms, *failures, *max_attempts, now_ms)
             ),
             Waiting::MergeLease {
                 job_id,

@@ -13,7 +13,7 @@ pub fn run(ctx: &Ctx, task: i64) -> anyhow::Result<Output> {
     // Read-only: no migration, no project sync, no write transaction; a
     // missing or out-of-date database is an exit-2 error naming `orch init`.
     let db = ctx.open_db_read_only()?;
-    let why = explain(&db, task, &|role| ctx.config.account(role))?
+    let why = explain(&db, task, &ctx.settings, &|role| ctx.config.account(role))?
         .ok_or_else(|| Error::Usage(format!("no task {task}")))?;
     let now = now_ms();
     let mut text = format!(

@@ -182,6 +182,18 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Running jobs whose agent's exit is recorded and whose finalize
+    /// failed at least once this attempt, oldest first: they wait for the
+    /// reaper (`reap::finalize_failed` reads each).
+    pub fn finalize_failed_jobs(&self) -> anyhow::Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE status='running' \
+             AND exit_recorded_at_ms IS NOT NULL AND finalize_failures>0 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Ids of tasks with a queued or running job.
     pub fn tasks_with_active_jobs(&self) -> anyhow::Result<std::collections::HashSet<i64>> {
         let mut stmt = self.conn.prepare_cached(
