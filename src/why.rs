@@ -56,6 +56,9 @@ pub enum Cause {
         role: String,
         attempt: i64,
         status: JobStatus,
+        /// Why the job failed or was cancelled (its `last_error`); `None`
+        /// for a job that finished well.
+        job_error: Option<String>,
         /// The agent's exit code (`None`: no run recorded).
         exit_code: Option<i64>,
         /// The agent's result said success (`None`: no result).
@@ -255,6 +258,9 @@ fn cause(db: &Db, task: &Task, t: &TransitionRow, jobs: &[Job]) -> anyhow::Resul
                         role: j.role.clone(),
                         attempt: j.attempt,
                         status: j.status,
+                        job_error: matches!(j.status, JobStatus::Failed | JobStatus::Cancelled)
+                            .then(|| j.last_error.clone())
+                            .flatten(),
                         exit_code: j.exit_code.or(run.map(|r| r.2).filter(|c| *c >= 0)),
                         success: run.and_then(|r| r.1),
                         error: judged.and_then(|r| r.error).map(|e| e.reason),
@@ -637,20 +643,26 @@ impl Cause {
                 role,
                 attempt,
                 status,
+                job_error,
                 exit_code,
                 success,
                 error,
                 verdict,
                 ..
             } => {
-                let mut s = format!("job {job_id} ({role}, attempt {attempt}, {status})");
+                let mut s = match job_error {
+                    Some(e) => format!("job {job_id} ({role}, attempt {attempt}, {status}: {e})"),
+                    None => format!("job {job_id} ({role}, attempt {attempt}, {status})"),
+                };
                 if let Some(c) = exit_code {
                     s += &format!(", exit {c}");
                 }
                 if let Some(ok) = success {
                     s += if *ok { ", result ok" } else { ", result error" };
                 }
-                if let Some(e) = error {
+                if let Some(e) = error.as_ref().filter(|e| {
+                    !job_error.as_deref().is_some_and(|j| j.contains(e.as_str()))
+                }) {
                     s += &format!(", run failed: {e}");
                 }
                 if let Some(v) = verdict {

@@ -831,6 +831,7 @@ pub fn fail_and_escalate(
         if task.stage == job.stage && task.version == job.task_version {
             let mut m = Move::new(&task, task.stage, actor, why.clone());
             m.escalate = Some(why.clone());
+            m.cause_job = Some(job.id);
             apply(tx, policy, &m, now)?;
         }
     }
