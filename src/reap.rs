@@ -92,7 +92,7 @@ pub fn finalize_failed(settings: &crate::config::Settings, j: &Job) -> Option<Fi
         task_id: j.task_id,
         stage: j.stage,
         role: j.role.clone(),
-        attempt: j.attempt,
+        attempt: j.counted_attempt(),
         failures: j.finalize_failures,
         max_attempts: settings.finalize_max_attempts as i64,
         error: j.last_error.clone().unwrap_or_default(),
@@ -492,8 +492,8 @@ fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyho
     if out != Finalized::Lost {
         kill_agent(ctx, &old);
     }
-    if let Finalized::Retrying { attempt, .. } = out {
-        discard_killed_edits(ctx, db, &old, attempt);
+    if let Finalized::Retrying { run, .. } = out {
+        discard_killed_edits(ctx, db, &old, run);
     }
     Ok(describe(&out))
 }
@@ -543,7 +543,9 @@ fn describe(f: &Finalized) -> String {
             )
         }
         Finalized::Waiting { reason } => format!("job done; task waits: {reason}"),
-        Finalized::Retrying { attempt, reason } => {
+        Finalized::Retrying {
+            attempt, reason, ..
+        } => {
             format!("requeued for attempt {attempt}: {reason}")
         }
         Finalized::Failed { reason } => format!("job failed, task escalated: {reason}"),
@@ -553,7 +555,10 @@ fn describe(f: &Finalized) -> String {
         }
         Finalized::Paused {
             account, until_ms, ..
-        } => format!("requeued without an attempt: account {account} paused until {until_ms}"),
+        } => format!(
+            "requeued without an attempt: account {account} paused until {}",
+            crate::clock::human(*until_ms, now_ms())
+        ),
         Finalized::Lost => "lost: another actor finished it first; nothing written".into(),
     }
 }

@@ -113,6 +113,7 @@ pub struct RunningJob {
     pub task_id: i64,
     pub stage: Stage,
     pub role: String,
+    /// As counted toward `ORCH_JOB_MAX_ATTEMPTS` ([`crate::db::Job::counted_attempt`]).
     pub attempt: i64,
     pub worker_pid: Option<i64>,
     pub agent_pid: Option<i64>,
@@ -176,8 +177,8 @@ pub fn document(db: &Db, settings: &crate::config::Settings) -> anyhow::Result<S
             job_id: j.id,
             task_id: j.task_id,
             stage: j.stage,
+            attempt: j.counted_attempt(),
             role: j.role,
-            attempt: j.attempt,
             worker_pid: j.worker_pid,
             agent_pid: j.agent_pid,
             age_s: (now - j.claimed_at_ms.unwrap_or(now)) / 1000,

@@ -14,6 +14,7 @@
 
 use serde::Serialize;
 
+use crate::clock::{ago, duration};
 use crate::db::{Db, InboxRow, Job, Task, TransitionRow};
 use crate::model::{Actor, JobStatus, Stage};
 
@@ -256,7 +257,7 @@ fn cause(db: &Db, task: &Task, t: &TransitionRow, jobs: &[Job]) -> anyhow::Resul
                         job_id: j.id,
                         stage: j.stage,
                         role: j.role.clone(),
-                        attempt: j.attempt,
+                        attempt: j.counted_attempt(),
                         status: j.status,
                         job_error: matches!(j.status, JobStatus::Failed | JobStatus::Cancelled)
                             .then(|| j.last_error.clone())
@@ -388,7 +389,7 @@ pub fn waiting(
             job_id: j.id,
             stage: j.stage,
             role: j.role.clone(),
-            attempt: j.attempt,
+            attempt: j.counted_attempt(),
             claimed_at_ms: j.claimed_at_ms,
             heartbeat_at_ms: j.heartbeat_at_ms,
             agent_pid: j.agent_pid,
@@ -440,7 +441,7 @@ pub fn waiting(
             job_id: j.id,
             stage: j.stage,
             role: j.role.clone(),
-            attempt: j.attempt,
+            attempt: j.counted_attempt(),
             available_at_ms: j.available_at_ms,
             last_error: j.last_error.clone(),
         });
@@ -512,27 +513,13 @@ fn tracker_skip(id: i64, report: &serde_json::Value) -> Option<String> {
         .map(|(reason, _)| reason.clone())
 }
 
-/// `ms` relative to `now_ms` for people: `3 min ago`, `in 20 s`.
-pub fn ago(ms: i64, now_ms: i64) -> String {
-    let d = now_ms - ms;
-    let a = d.unsigned_abs() / 1000;
-    let span = match a {
-        0..=59 => format!("{a} s"),
-        60..=3599 => format!("{} min", a / 60),
-        3600..=172_799 => format!("{} h {} min", a / 3600, a % 3600 / 60),
-        _ => format!("{} days", a / 86_400),
-    };
-    if d >= 0 {
-        format!("{span} ago")
-    } else {
-        format!("in {span}")
-    }
-}
-
 impl Waiting {
     /// One line for people, with times relative to `now_ms`.
     pub fn describe(&self, now_ms: i64) -> String {
+        // A point in time (`3 min ago`, `in 20 s`) and a span up to now
+        // (`3 min`): "running for 3 min", never "running for in 2 s".
         let t = |ms: i64| ago(ms, now_ms);
+        let span = |since: i64| duration(now_ms - since);
         match self {
             Waiting::Done { since_ms } => format!("nothing: done {}", t(*since_ms)),
             Waiting::Escalated { reason, since_ms } => format!(
@@ -549,7 +536,7 @@ impl Waiting {
                 ..
             } => format!(
                 "job {job_id} ({role}, attempt {attempt}): running for {}, agent pid {}, last heartbeat {}",
-                claimed_at_ms.map_or("?".into(), |c| ago(c, now_ms).trim_end_matches(" ago").to_string()),
+                claimed_at_ms.map_or("?".into(), span),
                 agent_pid.map_or("-".into(), |p| p.to_string()),
                 heartbeat_at_ms.map_or("never".into(), t)
             ),
@@ -576,8 +563,8 @@ impl Waiting {
                 expires_at_ms,
                 ..
             } => format!(
-                "the merge lease {lease}: held by {holder} since {} (expires {}); job {job_id} merges after it",
-                t(*since_ms),
+                "the merge lease {lease}: held by {holder} for {} (expires {}); job {job_id} merges after it",
+                span(*since_ms),
                 t(*expires_at_ms)
             ),
             Waiting::Parked { reason, since_ms } => format!(
@@ -592,7 +579,7 @@ impl Waiting {
                 until_ms,
             } => format!(
                 "the model account {account}: paused by a {limit} limit until {} ({reason}); job {job_id} runs after it",
-                t(*until_ms)
+                crate::clock::human(*until_ms, now_ms)
             ),
             Waiting::JobQueued {
                 job_id,
@@ -624,11 +611,11 @@ impl Waiting {
             }
             Waiting::Approval { since_ms, .. } => format!(
                 "a human: approval of the analysis, waiting {} (Approved in the tracker, or orch task approve)",
-                ago(*since_ms, now_ms).trim_end_matches(" ago")
+                span(*since_ms)
             ),
             Waiting::Gate { stage, since_ms } => format!(
-                "the {stage} gate: undecided since {} (the next webhook or reconcile pass re-evaluates it)",
-                t(*since_ms)
+                "the {stage} gate: undecided for {} (the next webhook or reconcile pass re-evaluates it)",
+                span(*since_ms)
             ),
         }
     }
@@ -660,9 +647,10 @@ impl Cause {
                 if let Some(ok) = success {
                     s += if *ok { ", result ok" } else { ", result error" };
                 }
-                if let Some(e) = error.as_ref().filter(|e| {
-                    !job_error.as_deref().is_some_and(|j| j.contains(e.as_str()))
-                }) {
+                if let Some(e) = error
+                    .as_ref()
+                    .filter(|e| !job_error.as_deref().is_some_and(|j| j.contains(e.as_str())))
+                {
                     s += &format!(", run failed: {e}");
                 }
                 if let Some(v) = verdict {

@@ -219,14 +219,17 @@ fn a_developer_that_changes_nothing_because_writes_were_denied_fails_at_once_nam
     let last = why["chain"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         (&last["from"], &last["to"], &last["actor"]),
-        (&"development".into(), &"development".into(), &"worker".into()),
+        (
+            &"development".into(),
+            &"development".into(),
+            &"worker".into()
+        ),
         "{last}"
     );
     assert!(
-        last["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with(&format!("development job {job} failed (not retried): no change")),
+        last["reason"].as_str().unwrap().starts_with(&format!(
+            "development job {job} failed (not retried): no change"
+        )),
         "{last}"
     );
     assert_eq!(last["cause"]["kind"], "job", "{last}");

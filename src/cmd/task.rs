@@ -181,11 +181,11 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
             _ => String::new(),
         };
         text += &format!(
-            "  job {:<4} {:<15} {:<10} attempt {} exit {}{ran}{}\n",
+            "  job {:<4} {:<15} {:<10} {} exit {}{ran}{}\n",
             j.id,
             j.stage,
             j.status,
-            j.attempt,
+            j.attempt_text(),
             j.exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),

@@ -2,10 +2,11 @@
 //! ([`orch::why`]), from a read-only connection.
 
 use super::Output;
+use orch::clock::ago;
 use orch::clock::now_ms;
 use orch::ctx::Ctx;
 use orch::error::Error;
-use orch::why::{ago, explain};
+use orch::why::explain;
 
 /// Runs `orch why TASK`. Errors: no database, a database of another schema
 /// version, no task `task` (usage, exit 2).
