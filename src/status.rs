@@ -356,11 +356,12 @@ impl fmt::Display for Status {
         for d in &self.outbox_dead {
             writeln!(
                 f,
-                "  dead letter {} {} after {} attempt(s): {}",
+                "  dead letter {} {} after {} attempt(s): {} (orch outbox retry {})",
                 d.id,
                 d.key,
                 d.attempts,
-                d.error.as_deref().unwrap_or("")
+                d.error.as_deref().unwrap_or(""),
+                d.id
             )?;
         }
         writeln!(f, "counters: {}", pairs(&self.counters))?;
@@ -499,7 +500,7 @@ jobs: queued=1 running=1
 lease merge:acme/app held by task:4 for job 9, expires in 10 min
 inbox: pending=1 failing=0 dead=2
 outbox: none
-  dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500
+  dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500 (orch outbox retry 5)
 counters: merge_gate.deferred_total=4
 reconcile: last pass {last_pass} (10 s ago): examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
 waiting for a human:

@@ -63,6 +63,11 @@ fn a_dead_letter_is_listed_rehearsed_then_sent_once_and_the_retry_recorded() {
         .unwrap()
         .iter()
         .any(|m| m["status"] == "delivered"));
+    let status = sbx.ok(&["status"]);
+    assert!(
+        status.contains(&format!("(orch outbox retry {id})")),
+        "status names the command: {status}"
+    );
     let dead = sbx.json(&["outbox", "list", "--dead"]);
     assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
     assert_eq!(dead[0]["id"], id);
