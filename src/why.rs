@@ -689,3 +689,63 @@ impl Cause {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Points in time read as points, spans as spans: "until <time> (in
+    /// 2 s)", "running for 0 s", "held by … for 3 min" — never "until in
+    /// 2 s", "running for just now" or "since 3 min ago".
+    #[test]
+    fn relative_times_read_naturally() {
+        let now = 1_800_000_000_000;
+        let paused = Waiting::Paused {
+            job_id: 4,
+            account: "default".into(),
+            limit: "usage".into(),
+            reason: "limit reached".into(),
+            until_ms: now + 2_000,
+        };
+        let text = paused.describe(now);
+        let until = crate::clock::local_rfc3339(now + 2_000);
+        assert!(text.contains(&format!("until {until} (in 2 s)")), "{text}");
+        let running = Waiting::JobRunning {
+            job_id: 4,
+            stage: Stage::Analysis,
+            role: "analyst".into(),
+            attempt: 1,
+            claimed_at_ms: Some(now - 400),
+            heartbeat_at_ms: Some(now - 400),
+            agent_pid: Some(9),
+            worker_host: None,
+            worker_pid: None,
+        };
+        assert_eq!(
+            running.describe(now),
+            "job 4 (analyst, attempt 1): running for 0 s, agent pid 9, last heartbeat just now"
+        );
+        let lease = Waiting::MergeLease {
+            job_id: 4,
+            lease: "merge:widget".into(),
+            holder: "task:2".into(),
+            holder_task: Some(2),
+            since_ms: now - 180_000,
+            expires_at_ms: now + 600_000,
+        };
+        assert_eq!(
+            lease.describe(now),
+            "the merge lease merge:widget: held by task:2 for 3 min (expires in 10 min); job 4 merges after it"
+        );
+        let gate = Waiting::Gate {
+            stage: Stage::Development,
+            since_ms: now - 7_500_000,
+        };
+        assert!(
+            gate.describe(now)
+                .starts_with("the development gate: undecided for 2 h 5 min"),
+            "{}",
+            gate.describe(now)
+        );
+    }
+}
