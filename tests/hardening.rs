@@ -175,6 +175,12 @@ fn an_unstartable_test_command_fails_finalize_at_its_cap_and_reap_leaves_nothing
             && metrics.contains("\norch_agents_running 0\n"),
         "{metrics}"
     );
+    let check = sbx.orch().args(["check"]).output().unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.contains("its agent exited and its finalize failed") && check.contains(cannot),
+        "{check}"
+    );
     assert!(
         sbx.ok(&["reap"]).contains("nothing to reap"),
         "inside the grace"
