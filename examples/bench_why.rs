@@ -55,6 +55,9 @@ fn main() -> anyhow::Result<()> {
     let dir = dir.context("--dir is required (see --help)")?;
     let db_path = dir.join("state/orch.db");
     let db = Db::open_read_only(&db_path, 5000)?;
+    // The defaults (the finalize cap and the reaper's grace are all `why`
+    // reads of them).
+    let settings = orch::config::Settings::load(&|_| None, Some(db_path.clone()), None)?;
     let ids: Vec<i64> = db.tasks()?.into_iter().map(|t| t.id).collect();
     println!(
         "orch why benchmark: {} tasks in {} ({} MB); build: {}",
@@ -74,8 +77,8 @@ fn main() -> anyhow::Result<()> {
     let mut longest_chain = 0;
     for &id in &ids {
         let t0 = Instant::now();
-        let why =
-            orch::why::explain(&db, id, &|role| role.to_string())?.context("task vanished")?;
+        let why = orch::why::explain(&db, id, &settings, &|role| role.to_string())?
+            .context("task vanished")?;
         times.push(t0.elapsed());
         let v = serde_json::to_value(&why.waiting)?;
         let kind = v["kind"].as_str().unwrap_or("?").to_string();

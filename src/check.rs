@@ -140,7 +140,17 @@ pub fn run(
                 (Some(h), Some(p), Some(s)) => live_worker(h, p, s),
                 _ => false,
             };
-            if !alive {
+            if !alive && j.exit_recorded_at_ms.is_some() && j.finalize_failures > 0 {
+                bad(
+                    "jobs",
+                    format!(
+                        "job {} is running but its worker is gone: its agent exited and its \
+                         finalize failed ({}); the reaper retries it (orch reap)",
+                        j.id,
+                        j.last_error.as_deref().unwrap_or("")
+                    ),
+                );
+            } else if !alive {
                 bad(
                     "jobs",
                     format!("job {} is running but its worker is gone", j.id),

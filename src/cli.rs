@@ -157,6 +157,9 @@ pub enum Command {
     /// The inbox of webhook deliveries
     #[command(subcommand)]
     Events(EventsCommand),
+    /// The outbox of side effects: list messages, send dead letters again
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
     /// The agents: what a run of a role is told
     #[command(subcommand)]
     Agents(AgentsCommand),
@@ -167,8 +170,9 @@ pub enum Command {
     /// transition with its cause: the job, its run and verdict (worker,
     /// reaper), the delivery (webhook), the reconcile pass (reconciler),
     /// the command (human). `waiting.kind` in --json is one of done,
-    /// escalated, job_running, merge_lease, job_queued, failed_delivery,
-    /// tracker, approval, gate. Exit 2 when there is no such task.
+    /// escalated, job_running, finalize_failed, merge_lease, parked,
+    /// paused, job_queued, failed_delivery, tracker, approval, gate. Exit 2
+    /// when there is no such task.
     Why {
         /// The task id
         task: i64,
@@ -427,6 +431,41 @@ pub enum EventsCommand {
     Replay {
         id: i64,
         /// Print what the real run would do; write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// Outbox messages (tracker states and comments, forge pull requests,
+    /// notifications), newest first, with their status and last error
+    List {
+        /// Only dead-lettered messages
+        #[arg(long)]
+        dead: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Send dead-lettered messages again, now
+    ///
+    /// Each message becomes pending with a new round of attempts and is
+    /// sent at once (a message waits while an older one of its task and
+    /// channel is pending; a send that fails again backs off as usual).
+    /// The retry is recorded on the message (retries, retried_at_ms,
+    /// retried_by: your login), counted (orch_outbox_retried_total) and
+    /// logged. A tracker state that a newer delivered state superseded is
+    /// refused (--all-dead skips it).
+    /// Exit 0 when every retried message was delivered or waits its turn,
+    /// 1 when a send failed again, 2 for an id that is not a dead letter.
+    Retry {
+        /// The dead letters to send again (`orch outbox list --dead`)
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        ids: Vec<i64>,
+        /// Every dead letter
+        #[arg(long)]
+        all_dead: bool,
+        /// Print what the real run would send; send and write nothing
         #[arg(long)]
         dry_run: bool,
     },

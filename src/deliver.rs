@@ -20,7 +20,8 @@
 //! 408, 429) back off exponentially with jitter ([`backoff_ms`]), at least
 //! as long as the service's `Retry-After`, and are dead-lettered after
 //! `ORCH_OUTBOX_MAX_ATTEMPTS`; any other 4xx is dead-lettered at once with
-//! the service's reason (`orch status` lists dead letters). Missing
+//! the service's reason (`orch status` and `orch outbox list --dead`
+//! list dead letters; `orch outbox retry` sends them again, [`retry`]). Missing
 //! settings and kill switches leave messages pending without counting an
 //! attempt. Isolation: after a retryable failure (or an exhausted Plane
 //! rate-limit window) a route is skipped for the rest of the pass, so a
@@ -106,10 +107,21 @@ impl Route<'_> {
 /// Errors: database errors only; every send failure is recorded on its
 /// message.
 pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSummary> {
+    deliver_messages(ctx, db, db.due_outbox(now_ms(), limit)?)
+}
+
+/// One delivery pass over `messages` (pending ones, oldest first): the
+/// pass [`deliver_due`] makes over the due messages and [`retry`] over
+/// the dead letters it revived.
+fn deliver_messages(
+    ctx: &Ctx,
+    db: &Db,
+    messages: Vec<OutboxRow>,
+) -> anyhow::Result<DeliverSummary> {
     let mut summary = DeliverSummary::default();
     let mut broken: BTreeMap<&'static str, String> = BTreeMap::new();
     let clients = Clients::default();
-    for msg in db.due_outbox(now_ms(), limit)? {
+    for msg in messages {
         let task = match msg.task_id {
             Some(id) => db.task(id)?,
             None => None,
@@ -196,6 +208,129 @@ pub fn deliver_due(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<DeliverSumm
         }
     }
     Ok(summary)
+}
+
+/// Which dead letters `orch outbox retry` sends again.
+#[derive(Debug, Clone)]
+pub enum RetryWhich {
+    /// These messages; each must be a dead letter.
+    Ids(Vec<i64>),
+    /// Every dead letter not superseded (see [`Retried::superseded`]).
+    AllDead,
+}
+
+/// What `orch outbox retry` did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Retried {
+    /// The dead letters made pending again, oldest first.
+    pub retried: Vec<RetriedMessage>,
+    /// `(id, newer delivered message)`: tracker-state dead letters left
+    /// dead because a newer state of their task was delivered since
+    /// (sending them would move the tracker item back). Only with
+    /// [`RetryWhich::AllDead`]; named ids are refused instead.
+    pub superseded: Vec<(i64, i64)>,
+    /// The delivery pass over the retried messages.
+    pub delivery: DeliverSummary,
+}
+
+/// A dead letter sent again, as it was before the retry.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetriedMessage {
+    pub id: i64,
+    pub task_id: Option<i64>,
+    pub channel: String,
+    pub kind: String,
+    /// Its attempts before the retry.
+    pub attempts: i64,
+    /// Why it was dead-lettered.
+    pub error: Option<String>,
+}
+
+/// `orch outbox retry`: makes dead letters pending again — due now, with
+/// a new round of `ORCH_OUTBOX_MAX_ATTEMPTS` attempts — and sends them at
+/// once through the same pass as [`deliver_due`] (so a message whose
+/// older sibling is still pending waits its turn, and a send that fails
+/// again backs off or is dead-lettered as usual). Each retry is recorded
+/// on its row (`retries`, `retried_at_ms`, `retried_by` = `by`), counted
+/// in `outbox.retried_total`, and logged at INFO (target `outbox`). The
+/// send counter is kept, so a remote that can be asked (Plane, Gitea) is
+/// looked at before re-posting. In a rehearsal ([`Db::rehearse_all`])
+/// nothing is sent and everything is rolled back.
+///
+/// Assumptions: the caller holds the `deliver` tick lock.
+/// Errors: [`crate::error::Error::Usage`] for an unknown id, a message
+/// that is not dead-lettered, or a tracker state superseded by a newer
+/// delivered one; database errors.
+pub fn retry(ctx: &Ctx, db: &Db, which: RetryWhich, by: &str) -> anyhow::Result<Retried> {
+    use crate::error::Error;
+    let mut out = Retried::default();
+    let candidates = match which {
+        RetryWhich::Ids(ids) => {
+            let mut rows = Vec::new();
+            for id in ids {
+                let msg = db
+                    .outbox_message(id)?
+                    .ok_or_else(|| Error::Usage(format!("no outbox message {id}")))?;
+                if msg.status != "dead" {
+                    return Err(Error::Usage(format!(
+                        "outbox message {id} is {}, not dead-lettered: only dead letters are retried \
+                         (a pending one is sent by the next orch deliver)",
+                        msg.status
+                    ))
+                    .into());
+                }
+                if let Some(newer) = db.outbox_superseded_by(&msg)? {
+                    return Err(Error::Usage(format!(
+                        "outbox message {id} sets task {}'s tracker state, and the newer state \
+                         message {newer} was delivered since: sending it would move the item back",
+                        msg.task_id.unwrap_or(0)
+                    ))
+                    .into());
+                }
+                rows.push(msg);
+            }
+            rows
+        }
+        RetryWhich::AllDead => {
+            let mut rows = Vec::new();
+            for msg in db.dead_outbox(i64::MAX)?.into_iter().rev() {
+                match db.outbox_superseded_by(&msg)? {
+                    Some(newer) => out.superseded.push((msg.id, newer)),
+                    None => rows.push(msg),
+                }
+            }
+            rows
+        }
+    };
+    let now = now_ms();
+    let mut revived = Vec::new();
+    for msg in candidates {
+        if !db.write(|tx| {
+            let ok = tx.retry_dead_outbox(msg.id, by, now)?;
+            if ok {
+                tx.bump_counter("outbox.retried_total", 1)?;
+            }
+            Ok(ok)
+        })? {
+            continue; // retried twice in one list, or changed meanwhile
+        }
+        if !db.is_rehearsal() {
+            info!(target: "outbox", outbox_id = msg.id, key = %msg.dedupe_key, by, attempts = msg.attempts, was = msg.last_error.as_deref().unwrap_or(""), "dead letter retried by hand");
+        }
+        out.retried.push(RetriedMessage {
+            id: msg.id,
+            task_id: msg.task_id,
+            channel: msg.channel.clone(),
+            kind: msg.kind.clone(),
+            attempts: msg.attempts,
+            error: msg.last_error.clone(),
+        });
+        if let Some(row) = db.outbox_message(msg.id)? {
+            revived.push(row);
+        }
+    }
+    out.delivery = deliver_messages(ctx, db, revived)?;
+    Ok(out)
 }
 
 /// Exponential backoff with deterministic jitter: 2^attempts seconds

@@ -30,7 +30,7 @@ pub const TICKS: [&str; 6] = [
 
 /// Counters of the `counters` table with their metric name and help;
 /// any other counter is exported as `orch_events_total{name}`.
-const KNOWN_COUNTERS: [(&str, &str, &str); 7] = [
+const KNOWN_COUNTERS: [(&str, &str, &str); 8] = [
     (
         "reconcile.unblocked_total",
         "orch_reconcile_unblocked_total",
@@ -60,6 +60,11 @@ const KNOWN_COUNTERS: [(&str, &str, &str); 7] = [
         "reap.release_leases_total",
         "orch_reap_release_leases_total",
         "Reaper passes that released stale merge leases.",
+    ),
+    (
+        "outbox.retried_total",
+        "orch_outbox_retried_total",
+        "Dead-lettered outbox messages sent again by hand (orch outbox retry).",
     ),
     (
         "reap.remove_worktree_total",
@@ -144,10 +149,31 @@ pub fn render(ctx: &Ctx, db: &Db) -> anyhow::Result<String> {
         );
     }
 
-    m.family("orch_jobs", "gauge", "Jobs by status.");
-    for (status, n) in db.count_by_status("jobs")? {
+    m.family(
+        "orch_jobs",
+        "gauge",
+        "Jobs by status; finalize_failed: running jobs whose agent exited and whose finalize failed, waiting for the reaper's retry.",
+    );
+    let stalled: Vec<_> = db
+        .finalize_failed_jobs()?
+        .iter()
+        .filter_map(|j| crate::reap::finalize_failed(&ctx.settings, j))
+        .collect();
+    let counts = crate::status::job_counts(db.count_by_status("jobs")?, stalled.len() as i64);
+    for (status, n) in counts {
         m.sample("orch_jobs", &[("status", &status)], n as f64);
     }
+    m.family(
+        "orch_job_finalize_failed_oldest_seconds",
+        "gauge",
+        "How long ago the agent of the oldest job whose finalize failed exited (0 when none).",
+    );
+    let oldest = stalled.iter().map(|f| f.exited_at_ms).min();
+    m.sample(
+        "orch_job_finalize_failed_oldest_seconds",
+        &[],
+        seconds(oldest.map_or(0, |at| (now - at).max(0))),
+    );
     m.family(
         "orch_job_oldest_runnable_wait_seconds",
         "gauge",

@@ -34,6 +34,73 @@ use crate::pipeline::{Actor, JobStatus};
 use crate::process;
 use crate::worker;
 
+/// A job whose agent exited and whose finalize failed (below
+/// `ORCH_FINALIZE_MAX_ATTEMPTS`): its row still says `running`, but no
+/// agent runs and nothing happens until the reaper's Tier-2 finalizes it
+/// again. `orch status`, `orch why`, `orch task show` and the metrics show
+/// it as such, with the error and the retry ([`finalize_failed`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FinalizeFailed {
+    pub job_id: i64,
+    pub task_id: i64,
+    pub stage: crate::model::Stage,
+    pub role: String,
+    pub attempt: i64,
+    /// Failed finalizes of this attempt so far.
+    pub failures: i64,
+    /// `ORCH_FINALIZE_MAX_ATTEMPTS`: at this many the job fails and its
+    /// task is escalated.
+    pub max_attempts: i64,
+    /// The last failure (`finalize failed: …`).
+    pub error: String,
+    /// When the agent's exit was recorded (unix ms).
+    pub exited_at_ms: i64,
+    /// When the reaper retries it at the earliest (unix ms): the exit plus
+    /// `ORCH_REAPER_FINALIZE_GRACE_S`; once past, its next pass (the
+    /// reaper measures the grace on the boot clock where it can, so a
+    /// wall-clock jump moves this estimate, not the retry).
+    pub retry_at_ms: i64,
+}
+
+impl FinalizeFailed {
+    /// When the reaper retries, for people: `the reaper retries it in
+    /// 4 min (finalize 1 of 5 failed)` or `… at its next pass …`.
+    pub fn retry_text(&self, now_ms: i64) -> String {
+        retry_text(self.retry_at_ms, self.failures, self.max_attempts, now_ms)
+    }
+}
+
+/// [`FinalizeFailed::retry_text`] from its parts.
+pub fn retry_text(retry_at_ms: i64, failures: i64, max_attempts: i64, now_ms: i64) -> String {
+    let when = if retry_at_ms > now_ms {
+        crate::clock::ago(retry_at_ms, now_ms)
+    } else {
+        "at its next pass".into()
+    };
+    format!("the reaper retries it {when} (finalize {failures} of {max_attempts} failed)")
+}
+
+/// `Some` when job `j` is running with its agent's exit recorded and at
+/// least one failed finalize of this attempt ([`FinalizeFailed`]).
+pub fn finalize_failed(settings: &crate::config::Settings, j: &Job) -> Option<FinalizeFailed> {
+    let exited_at_ms = j.exit_recorded_at_ms?;
+    if j.status != JobStatus::Running || j.finalize_failures == 0 {
+        return None;
+    }
+    Some(FinalizeFailed {
+        job_id: j.id,
+        task_id: j.task_id,
+        stage: j.stage,
+        role: j.role.clone(),
+        attempt: j.counted_attempt(),
+        failures: j.finalize_failures,
+        max_attempts: settings.finalize_max_attempts as i64,
+        error: j.last_error.clone().unwrap_or_default(),
+        exited_at_ms,
+        retry_at_ms: exited_at_ms + settings.reaper_finalize_grace_s as i64 * 1000,
+    })
+}
+
 /// One planned reaper action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
@@ -425,8 +492,8 @@ fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyho
     if out != Finalized::Lost {
         kill_agent(ctx, &old);
     }
-    if let Finalized::Retrying { attempt, .. } = out {
-        discard_killed_edits(ctx, db, &old, attempt);
+    if let Finalized::Retrying { run, .. } = out {
+        discard_killed_edits(ctx, db, &old, run);
     }
     Ok(describe(&out))
 }
@@ -476,7 +543,9 @@ fn describe(f: &Finalized) -> String {
             )
         }
         Finalized::Waiting { reason } => format!("job done; task waits: {reason}"),
-        Finalized::Retrying { attempt, reason } => {
+        Finalized::Retrying {
+            attempt, reason, ..
+        } => {
             format!("requeued for attempt {attempt}: {reason}")
         }
         Finalized::Failed { reason } => format!("job failed, task escalated: {reason}"),
@@ -486,7 +555,10 @@ fn describe(f: &Finalized) -> String {
         }
         Finalized::Paused {
             account, until_ms, ..
-        } => format!("requeued without an attempt: account {account} paused until {until_ms}"),
+        } => format!(
+            "requeued without an attempt: account {account} paused until {}",
+            crate::clock::human(*until_ms, now_ms())
+        ),
         Finalized::Lost => "lost: another actor finished it first; nothing written".into(),
     }
 }

@@ -101,7 +101,9 @@ pub fn outcome_text(f: &Finalized) -> Option<String> {
             s
         }
         Finalized::Waiting { reason } => format!("done; the task waits: {reason}"),
-        Finalized::Retrying { attempt, reason } => {
+        Finalized::Retrying {
+            attempt, reason, ..
+        } => {
             format!("failed: {reason}; retrying (attempt {attempt})")
         }
         Finalized::Failed { reason } => format!("failed: {reason}"),
@@ -155,8 +157,11 @@ impl RunReport {
         let run = tx.run_usage(job.id)?;
         let usage = run.as_ref().and_then(Usage::from_run);
         let verdict = tx.verdict_for_job(job.id)?;
-        let attempt = run.as_ref().map_or(job.attempt, |r| r.attempt);
-        let key = format!("task:{}:job{}:a{attempt}:report", task.id, job.id);
+        let run_no = run.as_ref().map_or(job.attempt, |r| r.attempt);
+        let key = format!("task:{}:job{}:a{run_no}:report", task.id, job.id);
+        // As counted toward the cap: runs an account limit stopped do not
+        // count (the key keeps the run number: one report per run).
+        let attempt = run_no - job.free_attempts;
         let title = format!(
             "{} run (job {}, attempt {attempt}): {outcome}",
             job.role, job.id

@@ -18,9 +18,14 @@ pub struct Status {
     pub schema_version: i64,
     /// Tasks by stage and escalation.
     pub tasks: Vec<StageCount>,
-    /// Jobs by status.
+    /// Jobs by status; a running job whose finalize failed counts as
+    /// `finalize_failed`, not `running`.
     pub jobs: BTreeMap<String, i64>,
+    /// Jobs running now (an agent, or its finalize).
     pub running: Vec<RunningJob>,
+    /// Jobs whose agent exited and whose finalize failed: nothing runs
+    /// for them until the reaper retries.
+    pub finalize_failed: Vec<crate::reap::FinalizeFailed>,
     pub leases: Vec<Lease>,
     /// Agent accounts whose dispatch is paused now (usage or rate limit),
     /// with the pause's end (`until_ms`).
@@ -108,6 +113,7 @@ pub struct RunningJob {
     pub task_id: i64,
     pub stage: Stage,
     pub role: String,
+    /// As counted toward `ORCH_JOB_MAX_ATTEMPTS` ([`crate::db::Job::counted_attempt`]).
     pub attempt: i64,
     pub worker_pid: Option<i64>,
     pub agent_pid: Option<i64>,
@@ -154,17 +160,25 @@ pub struct LastPass {
 /// letters, outbox by status, counters.
 ///
 /// Errors: database errors.
-pub fn document(db: &Db) -> anyhow::Result<Status> {
+pub fn document(db: &Db, settings: &crate::config::Settings) -> anyhow::Result<Status> {
     let now = now_ms();
+    let mut finalize_failed = Vec::new();
     let running = db
         .jobs_with_status(crate::model::JobStatus::Running)?
         .into_iter()
+        .filter(|j| match crate::reap::finalize_failed(settings, j) {
+            Some(f) => {
+                finalize_failed.push(f);
+                false
+            }
+            None => true,
+        })
         .map(|j| RunningJob {
             job_id: j.id,
             task_id: j.task_id,
             stage: j.stage,
+            attempt: j.counted_attempt(),
             role: j.role,
-            attempt: j.attempt,
             worker_pid: j.worker_pid,
             agent_pid: j.agent_pid,
             age_s: (now - j.claimed_at_ms.unwrap_or(now)) / 1000,
@@ -209,8 +223,9 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
         now_ms: now,
         schema_version: db.user_version()?,
         tasks,
-        jobs: db.count_by_status("jobs")?.into_iter().collect(),
+        jobs: job_counts(db.count_by_status("jobs")?, finalize_failed.len() as i64),
         running,
+        finalize_failed,
         leases: db.leases()?,
         pauses: db
             .pauses()?
@@ -229,6 +244,20 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
         reconcile_last_pass,
         waiting: waiting(db)?,
     })
+}
+
+/// Jobs by status, with `stalled` running jobs counted as
+/// `finalize_failed` instead of `running` (the metrics' `orch_jobs` too).
+pub fn job_counts(by_status: Vec<(String, i64)>, stalled: i64) -> BTreeMap<String, i64> {
+    let mut m: BTreeMap<String, i64> = by_status.into_iter().collect();
+    if stalled > 0 {
+        if let Some(n) = m.get_mut("running") {
+            *n -= stalled;
+        }
+        m.retain(|_, n| *n > 0);
+        m.insert("finalize_failed".into(), stalled);
+    }
+    m
 }
 
 /// `k=v k=v …`, or `none` for an empty map.
@@ -274,6 +303,18 @@ impl fmt::Display for Status {
                 crate::clock::duration(r.age_s * 1000)
             )?;
         }
+        for x in &self.finalize_failed {
+            writeln!(
+                f,
+                "  FINALIZE FAILED job {} task {} {} attempt {}: {}; {}",
+                x.job_id,
+                x.task_id,
+                x.stage,
+                x.attempt,
+                x.error,
+                x.retry_text(self.now_ms)
+            )?;
+        }
         for l in &self.leases {
             writeln!(
                 f,
@@ -315,11 +356,12 @@ impl fmt::Display for Status {
         for d in &self.outbox_dead {
             writeln!(
                 f,
-                "  dead letter {} {} after {} attempt(s): {}",
+                "  dead letter {} {} after {} attempt(s): {} (orch outbox retry {})",
                 d.id,
                 d.key,
                 d.attempts,
-                d.error.as_deref().unwrap_or("")
+                d.error.as_deref().unwrap_or(""),
+                d.id
             )?;
         }
         writeln!(f, "counters: {}", pairs(&self.counters))?;
@@ -391,6 +433,18 @@ mod tests {
                 age_s: 42,
                 exit_code: None,
             }],
+            finalize_failed: vec![crate::reap::FinalizeFailed {
+                job_id: 8,
+                task_id: 5,
+                stage: Stage::Development,
+                role: "developer".into(),
+                attempt: 1,
+                failures: 1,
+                max_attempts: 5,
+                error: "finalize failed: git push: remote unpack failed".into(),
+                exited_at_ms: 900_000,
+                retry_at_ms: 1_200_000,
+            }],
             leases: vec![Lease {
                 name: "merge:acme/app".into(),
                 holder: "task:4".into(),
@@ -442,10 +496,11 @@ tasks:
   deploy-staging  1  (escalated)
 jobs: queued=1 running=1
   running job 7 task 3 development attempt 2 for 42 s
+  FINALIZE FAILED job 8 task 5 development attempt 1: finalize failed: git push: remote unpack failed; the reaper retries it in 3 min (finalize 1 of 5 failed)
 lease merge:acme/app held by task:4 for job 9, expires in 10 min
 inbox: pending=1 failing=0 dead=2
 outbox: none
-  dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500
+  dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500 (orch outbox retry 5)
 counters: merge_gate.deferred_total=4
 reconcile: last pass {last_pass} (10 s ago): examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
 waiting for a human:

@@ -14,6 +14,7 @@
 
 use serde::Serialize;
 
+use crate::clock::{ago, duration};
 use crate::db::{Db, InboxRow, Job, Task, TransitionRow};
 use crate::model::{Actor, JobStatus, Stage};
 
@@ -56,6 +57,9 @@ pub enum Cause {
         role: String,
         attempt: i64,
         status: JobStatus,
+        /// Why the job failed or was cancelled (its `last_error`); `None`
+        /// for a job that finished well.
+        job_error: Option<String>,
         /// The agent's exit code (`None`: no run recorded).
         exit_code: Option<i64>,
         /// The agent's result said success (`None`: no result).
@@ -121,6 +125,20 @@ pub enum Waiting {
         agent_pid: Option<i64>,
         worker_host: Option<String>,
         worker_pid: Option<i64>,
+    },
+    /// Its job's agent exited but the finalize failed: nothing runs for
+    /// it until the reaper finalizes it again at `retry_at_ms` (its next
+    /// pass once past), or the job fails at `max_attempts` failures.
+    FinalizeFailed {
+        job_id: i64,
+        stage: Stage,
+        role: String,
+        attempt: i64,
+        failures: i64,
+        max_attempts: i64,
+        error: String,
+        exited_at_ms: i64,
+        retry_at_ms: i64,
     },
     /// Its merge waits for the repository's merge lease, held by another
     /// task.
@@ -188,9 +206,12 @@ pub enum Waiting {
 ///
 /// Errors: database errors.
 /// `account` names the model account a role runs on (`Config::account`).
+/// `settings` give the finalize cap and the reaper's grace
+/// ([`Waiting::FinalizeFailed`]).
 pub fn explain(
     db: &Db,
     task_id: i64,
+    settings: &crate::config::Settings,
     account: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<Option<Why>> {
     let Some(task) = db.task(task_id)? else {
@@ -210,7 +231,7 @@ pub fn explain(
             cause: cause(db, &task, t, &jobs)?,
         });
     }
-    let waiting = waiting(db, &task, &jobs, account)?;
+    let waiting = waiting(db, &task, &jobs, settings, account)?;
     Ok(Some(Why {
         task_id: task.id,
         project: task.project.clone(),
@@ -236,8 +257,11 @@ fn cause(db: &Db, task: &Task, t: &TransitionRow, jobs: &[Job]) -> anyhow::Resul
                         job_id: j.id,
                         stage: j.stage,
                         role: j.role.clone(),
-                        attempt: j.attempt,
+                        attempt: j.counted_attempt(),
                         status: j.status,
+                        job_error: matches!(j.status, JobStatus::Failed | JobStatus::Cancelled)
+                            .then(|| j.last_error.clone())
+                            .flatten(),
                         exit_code: j.exit_code.or(run.map(|r| r.2).filter(|c| *c >= 0)),
                         success: run.and_then(|r| r.1),
                         error: judged.and_then(|r| r.error).map(|e| e.reason),
@@ -334,6 +358,7 @@ pub fn waiting(
     db: &Db,
     task: &Task,
     jobs: &[Job],
+    settings: &crate::config::Settings,
     account: &dyn Fn(&str) -> String,
 ) -> anyhow::Result<Waiting> {
     let since_ms = task.updated_at_ms;
@@ -347,11 +372,24 @@ pub fn waiting(
         });
     }
     if let Some(j) = jobs.iter().find(|j| j.status == JobStatus::Running) {
+        if let Some(f) = crate::reap::finalize_failed(settings, j) {
+            return Ok(Waiting::FinalizeFailed {
+                job_id: f.job_id,
+                stage: f.stage,
+                role: f.role,
+                attempt: f.attempt,
+                failures: f.failures,
+                max_attempts: f.max_attempts,
+                error: f.error,
+                exited_at_ms: f.exited_at_ms,
+                retry_at_ms: f.retry_at_ms,
+            });
+        }
         return Ok(Waiting::JobRunning {
             job_id: j.id,
             stage: j.stage,
             role: j.role.clone(),
-            attempt: j.attempt,
+            attempt: j.counted_attempt(),
             claimed_at_ms: j.claimed_at_ms,
             heartbeat_at_ms: j.heartbeat_at_ms,
             agent_pid: j.agent_pid,
@@ -403,7 +441,7 @@ pub fn waiting(
             job_id: j.id,
             stage: j.stage,
             role: j.role.clone(),
-            attempt: j.attempt,
+            attempt: j.counted_attempt(),
             available_at_ms: j.available_at_ms,
             last_error: j.last_error.clone(),
         });
@@ -475,27 +513,13 @@ fn tracker_skip(id: i64, report: &serde_json::Value) -> Option<String> {
         .map(|(reason, _)| reason.clone())
 }
 
-/// `ms` relative to `now_ms` for people: `3 min ago`, `in 20 s`.
-pub fn ago(ms: i64, now_ms: i64) -> String {
-    let d = now_ms - ms;
-    let a = d.unsigned_abs() / 1000;
-    let span = match a {
-        0..=59 => format!("{a} s"),
-        60..=3599 => format!("{} min", a / 60),
-        3600..=172_799 => format!("{} h {} min", a / 3600, a % 3600 / 60),
-        _ => format!("{} days", a / 86_400),
-    };
-    if d >= 0 {
-        format!("{span} ago")
-    } else {
-        format!("in {span}")
-    }
-}
-
 impl Waiting {
     /// One line for people, with times relative to `now_ms`.
     pub fn describe(&self, now_ms: i64) -> String {
+        // A point in time (`3 min ago`, `in 20 s`) and a span up to now
+        // (`3 min`): "running for 3 min", never "running for in 2 s".
         let t = |ms: i64| ago(ms, now_ms);
+        let span = |since: i64| duration(now_ms - since);
         match self {
             Waiting::Done { since_ms } => format!("nothing: done {}", t(*since_ms)),
             Waiting::Escalated { reason, since_ms } => format!(
@@ -512,9 +536,24 @@ impl Waiting {
                 ..
             } => format!(
                 "job {job_id} ({role}, attempt {attempt}): running for {}, agent pid {}, last heartbeat {}",
-                claimed_at_ms.map_or("?".into(), |c| ago(c, now_ms).trim_end_matches(" ago").to_string()),
+                claimed_at_ms.map_or("?".into(), span),
                 agent_pid.map_or("-".into(), |p| p.to_string()),
                 heartbeat_at_ms.map_or("never".into(), t)
+            ),
+            Waiting::FinalizeFailed {
+                job_id,
+                role,
+                attempt,
+                failures,
+                max_attempts,
+                error,
+                exited_at_ms,
+                retry_at_ms,
+                ..
+            } => format!(
+                "the reaper: job {job_id} ({role}, attempt {attempt}) exited {} but its finalize failed ({error}); {}",
+                t(*exited_at_ms),
+                crate::reap::retry_text(*retry_at_ms, *failures, *max_attempts, now_ms)
             ),
             Waiting::MergeLease {
                 job_id,
@@ -524,8 +563,8 @@ impl Waiting {
                 expires_at_ms,
                 ..
             } => format!(
-                "the merge lease {lease}: held by {holder} since {} (expires {}); job {job_id} merges after it",
-                t(*since_ms),
+                "the merge lease {lease}: held by {holder} for {} (expires {}); job {job_id} merges after it",
+                span(*since_ms),
                 t(*expires_at_ms)
             ),
             Waiting::Parked { reason, since_ms } => format!(
@@ -540,7 +579,7 @@ impl Waiting {
                 until_ms,
             } => format!(
                 "the model account {account}: paused by a {limit} limit until {} ({reason}); job {job_id} runs after it",
-                t(*until_ms)
+                crate::clock::human(*until_ms, now_ms)
             ),
             Waiting::JobQueued {
                 job_id,
@@ -572,11 +611,11 @@ impl Waiting {
             }
             Waiting::Approval { since_ms, .. } => format!(
                 "a human: approval of the analysis, waiting {} (Approved in the tracker, or orch task approve)",
-                ago(*since_ms, now_ms).trim_end_matches(" ago")
+                span(*since_ms)
             ),
             Waiting::Gate { stage, since_ms } => format!(
-                "the {stage} gate: undecided since {} (the next webhook or reconcile pass re-evaluates it)",
-                t(*since_ms)
+                "the {stage} gate: undecided for {} (the next webhook or reconcile pass re-evaluates it)",
+                span(*since_ms)
             ),
         }
     }
@@ -591,20 +630,27 @@ impl Cause {
                 role,
                 attempt,
                 status,
+                job_error,
                 exit_code,
                 success,
                 error,
                 verdict,
                 ..
             } => {
-                let mut s = format!("job {job_id} ({role}, attempt {attempt}, {status})");
+                let mut s = match job_error {
+                    Some(e) => format!("job {job_id} ({role}, attempt {attempt}, {status}: {e})"),
+                    None => format!("job {job_id} ({role}, attempt {attempt}, {status})"),
+                };
                 if let Some(c) = exit_code {
                     s += &format!(", exit {c}");
                 }
                 if let Some(ok) = success {
                     s += if *ok { ", result ok" } else { ", result error" };
                 }
-                if let Some(e) = error {
+                if let Some(e) = error
+                    .as_ref()
+                    .filter(|e| !job_error.as_deref().is_some_and(|j| j.contains(e.as_str())))
+                {
                     s += &format!(", run failed: {e}");
                 }
                 if let Some(v) = verdict {
@@ -641,5 +687,65 @@ impl Cause {
             Cause::ReconcilePassUnknown => "a reconcile pass (no longer recorded)".into(),
             Cause::Human { command } => format!("by hand: {command}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Points in time read as points, spans as spans: "until <time> (in
+    /// 2 s)", "running for 0 s", "held by … for 3 min" — never "until in
+    /// 2 s", "running for just now" or "since 3 min ago".
+    #[test]
+    fn relative_times_read_naturally() {
+        let now = 1_800_000_000_000;
+        let paused = Waiting::Paused {
+            job_id: 4,
+            account: "default".into(),
+            limit: "usage".into(),
+            reason: "limit reached".into(),
+            until_ms: now + 2_000,
+        };
+        let text = paused.describe(now);
+        let until = crate::clock::local_rfc3339(now + 2_000);
+        assert!(text.contains(&format!("until {until} (in 2 s)")), "{text}");
+        let running = Waiting::JobRunning {
+            job_id: 4,
+            stage: Stage::Analysis,
+            role: "analyst".into(),
+            attempt: 1,
+            claimed_at_ms: Some(now - 400),
+            heartbeat_at_ms: Some(now - 400),
+            agent_pid: Some(9),
+            worker_host: None,
+            worker_pid: None,
+        };
+        assert_eq!(
+            running.describe(now),
+            "job 4 (analyst, attempt 1): running for 0 s, agent pid 9, last heartbeat just now"
+        );
+        let lease = Waiting::MergeLease {
+            job_id: 4,
+            lease: "merge:widget".into(),
+            holder: "task:2".into(),
+            holder_task: Some(2),
+            since_ms: now - 180_000,
+            expires_at_ms: now + 600_000,
+        };
+        assert_eq!(
+            lease.describe(now),
+            "the merge lease merge:widget: held by task:2 for 3 min (expires in 10 min); job 4 merges after it"
+        );
+        let gate = Waiting::Gate {
+            stage: Stage::Development,
+            since_ms: now - 7_500_000,
+        };
+        assert!(
+            gate.describe(now)
+                .starts_with("the development gate: undecided for 2 h 5 min"),
+            "{}",
+            gate.describe(now)
+        );
     }
 }

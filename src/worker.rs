@@ -90,10 +90,10 @@ pub fn work_once(
             task_id: job.task_id,
             stage: job.stage,
             role: job.role.clone(),
-            attempt: job.attempt,
+            attempt: job.counted_attempt(),
         });
     }
-    info!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.attempt, "claimed job");
+    info!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.counted_attempt(), run = job.attempt, "claimed job");
     failpoint("worker.after_claim");
     let exit_code = match run_agent_unless_merge_pending(ctx, db, &job) {
         Ok(code) => code,

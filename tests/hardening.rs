@@ -106,7 +106,7 @@ fn an_unstartable_test_command_fails_finalize_at_its_cap_and_reap_leaves_nothing
         "test_command = [\"/nonexistent/run-tests\"]",
     );
     sbx.set("ORCH_FINALIZE_MAX_ATTEMPTS", "2")
-        .set("ORCH_REAPER_FINALIZE_GRACE_S", "0");
+        .set("ORCH_REAPER_FINALIZE_GRACE_S", "600");
     sbx.add_issue("no tests");
     // analysis, architecture advance; development's finalize launches CI.
     let runs = work(&sbx, 3);
@@ -114,6 +114,82 @@ fn an_unstartable_test_command_fails_finalize_at_its_cap_and_reap_leaves_nothing
     assert_eq!(
         sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'"),
         1
+    );
+    let job: i64 = sbx
+        .db()
+        .query_row("SELECT id FROM jobs WHERE status='running'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    // Nothing runs for it: every reader says its finalize failed, why,
+    // and when the reaper retries it — not "running".
+    let cannot = "test command [\"/nonexistent/run-tests\"] cannot be started";
+    let status = sbx.json(&["status"]);
+    assert_eq!(status["running"], serde_json::json!([]), "{status}");
+    assert_eq!(status["jobs"]["finalize_failed"], 1, "{status}");
+    assert!(status["jobs"].get("running").is_none(), "{status}");
+    let stalled = &status["finalize_failed"][0];
+    assert_eq!(stalled["job_id"], job);
+    assert_eq!(
+        (&stalled["failures"], &stalled["max_attempts"]),
+        (&1.into(), &2.into())
+    );
+    assert!(
+        stalled["error"].as_str().unwrap().contains(cannot),
+        "{stalled}"
+    );
+    let text = sbx.ok(&["status"]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("FINALIZE FAILED"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains(&format!("job {job} task 1 development attempt 1"))
+            && line.contains(cannot)
+            && line.contains("the reaper retries it in 9 min (finalize 1 of 2 failed)"),
+        "{line}"
+    );
+    assert!(!text.contains("running job"), "{text}");
+    let why = sbx.json(&["why", "1"]);
+    assert_eq!(why["waiting"]["kind"], "finalize_failed", "{why}");
+    let why = sbx.ok(&["why", "1"]);
+    assert!(
+        why.contains(&format!(
+            "waits for: the reaper: job {job} (developer, attempt 1) exited"
+        )) && why.contains(cannot)
+            && why.contains("the reaper retries it in 9 min"),
+        "{why}"
+    );
+    let show = sbx.ok(&["task", "show", "1"]);
+    let next = show.lines().find(|l| l.starts_with("next: ")).unwrap();
+    assert!(
+        next.contains(&format!("job {job}'s agent exited but its finalize failed"))
+            && next.contains(cannot)
+            && next.contains("the reaper retries it in 9 min"),
+        "{next}"
+    );
+    let metrics = sbx.ok(&["metrics"]);
+    assert!(
+        metrics.contains("\norch_jobs{status=\"finalize_failed\"} 1\n")
+            && !metrics.contains("orch_jobs{status=\"running\"}")
+            && metrics.contains("\norch_agents_running 0\n"),
+        "{metrics}"
+    );
+    let check = sbx.orch().args(["check"]).output().unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.contains("its agent exited and its finalize failed") && check.contains(cannot),
+        "{check}"
+    );
+    assert!(
+        sbx.ok(&["reap"]).contains("nothing to reap"),
+        "inside the grace"
+    );
+    sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0");
+    assert!(
+        sbx.ok(&["status"])
+            .contains("the reaper retries it at its next pass"),
+        "past the grace"
     );
     let reaped = sbx.json(&["reap"]);
     let result = reaped["actions"][0]["result"].as_str().unwrap().to_string();

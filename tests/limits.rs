@@ -23,7 +23,10 @@ fn a_usage_limit_pauses_the_account_until_its_reset_without_an_attempt() {
     let mut sbx = Sandbox::new();
     let reset_s = wall_ms() / 1000 + 3600;
     sbx.set("FAKE_AGENT_MODE_ANALYST", "usage-limit")
-        .set("FAKE_AGENT_RESET_AT", &reset_s.to_string());
+        .set("FAKE_AGENT_RESET_AT", &reset_s.to_string())
+        // The limit's run is refunded: one counted attempt is enough, and
+        // no output shows a number past it.
+        .set("ORCH_JOB_MAX_ATTEMPTS", "1");
     sbx.add_issue("one");
     sbx.add_issue("two");
     let v = sbx.json(&["work-once"]);
@@ -75,6 +78,17 @@ fn a_usage_limit_pauses_the_account_until_its_reset_without_an_attempt() {
     assert_eq!(why["waiting"]["kind"], "paused", "{why}");
     assert_eq!(why["waiting"]["account"], "default", "{why}");
     assert_eq!(why["waiting"]["until_ms"], reset_s * 1000, "{why}");
+    assert_eq!(why["waiting"]["job_id"], 1, "{why}");
+    let text = sbx.ok(&["why", "1"]);
+    let waits = text.lines().find(|l| l.starts_with("waits for: ")).unwrap();
+    // A point in time reads as one: "until <time> (in 59 min)", never
+    // "until in 59 min".
+    assert!(
+        waits.contains("paused by a usage limit until 20")
+            && (waits.contains("(in 59 min)") || waits.contains("(in 1 h)"))
+            && !waits.contains("until in"),
+        "{waits}"
+    );
 
     // After the reset the work goes on; a clean run ends the pause.
     sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "3601000")
@@ -90,6 +104,43 @@ fn a_usage_limit_pauses_the_account_until_its_reset_without_an_attempt() {
     assert_eq!(sbx.count("SELECT COUNT(*) FROM pauses"), 0);
     assert_eq!(sbx.json(&["status"])["pauses"], serde_json::json!([]));
     assert_eq!(paused_notifications(&sbx), 1, "still one notification");
+    // Job 1 ran twice (run 2 counted as attempt 1): done, with no stale
+    // error of the limit, and attempt 1 wherever it is shown.
+    let (status, error, run): (String, Option<String>, i64) = sbx
+        .db()
+        .query_row(
+            "SELECT status, last_error, attempt FROM jobs WHERE id=1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((status.as_str(), error, run), ("done", None, 2));
+    let show = sbx.ok(&["task", "show", "1"]);
+    let line = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("job 1 "))
+        .unwrap();
+    assert!(
+        line.contains(" done ") && line.contains("attempt 1 (run 2)") && !line.contains("limit"),
+        "{line}"
+    );
+    let why = sbx.ok(&["why", "1"]);
+    assert!(
+        why.contains("caused by job 1 (analyst, attempt 1, done)") && !why.contains("attempt 2"),
+        "{why}"
+    );
+    let reports = sbx.count(
+        "SELECT COUNT(*) FROM outbox WHERE task_id=1 AND kind='comment' \
+         AND payload LIKE '%(job 1, attempt 2)%'",
+    );
+    assert_eq!(reports, 0, "the run reports say attempt 1");
+    assert!(
+        sbx.count(
+            "SELECT COUNT(*) FROM outbox WHERE task_id=1 AND kind='comment' \
+             AND payload LIKE '%(job 1, attempt 1)%'"
+        ) >= 1,
+        "the clean run's report"
+    );
 }
 
 #[test]

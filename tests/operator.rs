@@ -341,13 +341,14 @@ fn subcommands(sbx: &Sandbox, path: &[&str]) -> Vec<String> {
 }
 
 /// What only reads (or only prints), and serve, which is a process.
-const READERS: [&str; 15] = [
+const READERS: [&str; 16] = [
     "serve",
     "status",
     "check",
     "task list",
     "task show",
     "events list",
+    "outbox list",
     "agents show",
     "why",
     "usage",

@@ -180,23 +180,68 @@ fn an_empty_summary_leaves_no_dangling_colon() {
 }
 
 #[test]
-fn a_developer_that_changes_nothing_fails_with_no_change_and_denials_are_named() {
+fn a_developer_that_changes_nothing_because_writes_were_denied_fails_at_once_naming_them() {
     let mut sbx = Sandbox::new();
     sbx.set("FAKE_AGENT_MODE_DEVELOPER", "denied-write")
-        .set("ORCH_JOB_MAX_ATTEMPTS", "2");
+        .set("ORCH_JOB_MAX_ATTEMPTS", "3");
     sbx.add_issue("all writes denied");
     work_until_stage(&sbx, "development");
     let head_before = sbx.origin_git(&["rev-parse", "orch/widget-1"]);
+    // As deterministic as a 400: the same permissions deny the same write
+    // on every attempt, so there is no second one.
     let v = sbx.json(&["work-once"]);
-    assert_eq!(v["finalized"]["action"], "retrying", "{v}");
+    assert_eq!(v["finalized"]["action"], "failed", "not retried: {v}");
     let reason = v["finalized"]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("no change") && reason.contains("permission denial(s): Write /"),
+        reason.contains("failed (not retried): no change")
+            && reason.contains("permission denial(s): Write /")
+            && reason.contains("the agent's permissions deny the same on a retry"),
         "{reason}"
     );
-    let v = sbx.json(&["work-once"]);
-    assert_eq!(v["finalized"]["action"], "failed", "{v}");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM agent_runs WHERE stage='development'"),
+        1,
+        "one run"
+    );
+    assert_eq!(sbx.json(&["work-once"])["result"], "idle");
     assert_eq!(sbx.stage(1), "development");
+    // The escalation names the failed job and its reason, in the
+    // transition and in `orch why`.
+    let job: i64 = sbx
+        .db()
+        .query_row(
+            "SELECT id FROM jobs WHERE stage='development' AND status='failed'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let why = sbx.json(&["why", "1"]);
+    let last = why["chain"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["from"], &last["to"], &last["actor"]),
+        (
+            &"development".into(),
+            &"development".into(),
+            &"worker".into()
+        ),
+        "{last}"
+    );
+    assert!(
+        last["reason"].as_str().unwrap().starts_with(&format!(
+            "development job {job} failed (not retried): no change"
+        )),
+        "{last}"
+    );
+    assert_eq!(last["cause"]["kind"], "job", "{last}");
+    assert_eq!(last["cause"]["job_id"], job);
+    assert_eq!(last["cause"]["status"], "failed");
+    let text = sbx.ok(&["why", "1"]);
+    assert!(
+        text.contains(&format!(
+            "caused by job {job} (developer, attempt 1, failed: no change: the run left the branch at"
+        )) && !text.contains("no job recorded"),
+        "{text}"
+    );
     assert_eq!(sbx.count("SELECT escalated FROM tasks WHERE id=1"), 1);
     assert_eq!(
         sbx.origin_git(&["rev-parse", "orch/widget-1"]),

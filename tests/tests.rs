@@ -24,6 +24,8 @@ mod limits;
 #[cfg(feature = "testing")]
 mod merge_gate;
 #[cfg(feature = "testing")]
+mod outbox;
+#[cfg(feature = "testing")]
 mod reap;
 #[cfg(feature = "testing")]
 mod reconcile;

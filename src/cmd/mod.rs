@@ -14,6 +14,7 @@ mod issue;
 mod logs;
 mod merge_gate;
 mod metrics;
+mod outbox;
 mod reap;
 mod reconcile;
 mod serve;
@@ -201,6 +202,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),
         Command::Events(c) => (events::run(&ctx, c)?, exit::OK),
         Command::Agents(c) => (agents::run(&ctx, c)?, exit::OK),
+        Command::Outbox(c) => outbox::run(&ctx, c)?,
         Command::Usage { task, since } => (usage::run(&ctx, task, since.as_deref())?, exit::OK),
         Command::Config(c) => config::run(&ctx, c, sources)?,
         Command::Logs {

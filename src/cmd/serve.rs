@@ -20,9 +20,10 @@ pub fn run(ctx: &Ctx, bind: Option<String>) -> anyhow::Result<()> {
     check_bind(key, &opts.bind)?;
     // The database must exist (`orch init`) before the first request.
     drop(ctx.open_db()?);
-    let (db_path, timeout) = (ctx.settings.db_path.clone(), ctx.settings.busy_timeout_ms);
+    let settings = ctx.settings.clone();
     let queue: orch::serve::QueueFn = std::sync::Arc::new(move || {
-        let doc = status::document(&Db::open_read_only(&db_path, timeout)?)?;
+        let db = Db::open_read_only(&settings.db_path, settings.busy_timeout_ms)?;
+        let doc = status::document(&db, &settings)?;
         Ok(serde_json::to_value(doc)?)
     });
     let metrics_ctx = ctx.clone();

@@ -181,11 +181,11 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
             _ => String::new(),
         };
         text += &format!(
-            "  job {:<4} {:<15} {:<10} attempt {} exit {}{ran}{}\n",
+            "  job {:<4} {:<15} {:<10} {} exit {}{ran}{}\n",
             j.id,
             j.stage,
             j.status,
-            j.attempt,
+            j.attempt_text(),
             j.exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -241,7 +241,7 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
                 .unwrap_or(&m.payload.to_string())
         );
     }
-    let next = next_step(&t, &jobs);
+    let next = next_step(ctx, &t, &jobs, now);
     text += &format!("next: {next}\n");
     Ok(Output {
         json: json!({ "task": t, "transitions": transitions, "jobs": jobs, "usage": usage, "messages": messages, "next": next }),
@@ -250,7 +250,7 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
 }
 
 /// What a person does next with task `t`, as a command where there is one.
-fn next_step(t: &Task, jobs: &[orch::db::Job]) -> String {
+fn next_step(ctx: &Ctx, t: &Task, jobs: &[orch::db::Job], now: i64) -> String {
     let id = t.id;
     if t.escalated {
         return format!("escalated: orch task unblock {id}");
@@ -258,7 +258,16 @@ fn next_step(t: &Task, jobs: &[orch::db::Job]) -> String {
     if t.stage == Stage::Done {
         return "done: nothing to do".into();
     }
-    match jobs.iter().rev().find(|j| j.status.is_active()) {
+    let active = jobs.iter().rev().find(|j| j.status.is_active());
+    if let Some(f) = active.and_then(|j| orch::reap::finalize_failed(&ctx.settings, j)) {
+        return format!(
+            "job {}'s agent exited but its finalize failed ({}); {}",
+            f.job_id,
+            f.error,
+            f.retry_text(now)
+        );
+    }
+    match active {
         Some(j) if j.status == orch::model::JobStatus::Running => {
             format!("job {} is running: orch logs {} --follow", j.id, j.id)
         }

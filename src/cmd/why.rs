@@ -2,10 +2,11 @@
 //! ([`orch::why`]), from a read-only connection.
 
 use super::Output;
+use orch::clock::ago;
 use orch::clock::now_ms;
 use orch::ctx::Ctx;
 use orch::error::Error;
-use orch::why::{ago, explain};
+use orch::why::explain;
 
 /// Runs `orch why TASK`. Errors: no database, a database of another schema
 /// version, no task `task` (usage, exit 2).
@@ -13,7 +14,7 @@ pub fn run(ctx: &Ctx, task: i64) -> anyhow::Result<Output> {
     // Read-only: no migration, no project sync, no write transaction; a
     // missing or out-of-date database is an exit-2 error naming `orch init`.
     let db = ctx.open_db_read_only()?;
-    let why = explain(&db, task, &|role| ctx.config.account(role))?
+    let why = explain(&db, task, &ctx.settings, &|role| ctx.config.account(role))?
         .ok_or_else(|| Error::Usage(format!("no task {task}")))?;
     let now = now_ms();
     let mut text = format!(

@@ -54,6 +54,26 @@ pub struct Job {
     pub scheduled_at_ms: Option<i64>,
 }
 
+impl Job {
+    /// The attempt as people and `ORCH_JOB_MAX_ATTEMPTS` count it: the
+    /// claim's number less the runs an account limit stopped, which did
+    /// not count (`free_attempts`). `attempt` itself numbers the runs (the
+    /// log files, `orch logs --attempt`), so it can pass the cap.
+    pub fn counted_attempt(&self) -> i64 {
+        self.attempt - self.free_attempts
+    }
+
+    /// `attempt 2`, or `attempt 2 (run 3)` when runs stopped by an
+    /// account limit did not count (`orch logs --attempt` takes the run).
+    pub fn attempt_text(&self) -> String {
+        if self.free_attempts > 0 {
+            format!("attempt {} (run {})", self.counted_attempt(), self.attempt)
+        } else {
+            format!("attempt {}", self.attempt)
+        }
+    }
+}
+
 pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, status, attempt, available_at_ms, \
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
@@ -179,6 +199,18 @@ impl Db {
             "SELECT {JOB_COLS} FROM jobs WHERE status=?1 ORDER BY id"
         ))?;
         let rows = stmt.query_map([status], job_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Running jobs whose agent's exit is recorded and whose finalize
+    /// failed at least once this attempt, oldest first: they wait for the
+    /// reaper (`reap::finalize_failed` reads each).
+    pub fn finalize_failed_jobs(&self) -> anyhow::Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE status='running' \
+             AND exit_recorded_at_ms IS NOT NULL AND finalize_failures>0 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -590,7 +622,9 @@ impl Tx<'_> {
     }
 
     /// `running → status` (done, failed, cancelled): the terminal claim.
-    /// `error`, when given, becomes `last_error`.
+    /// `error`, when given, becomes `last_error`; a job done carries no
+    /// error of an earlier attempt or finalize (each run's own stays in
+    /// `agent_runs`).
     pub fn finish_job(
         &self,
         id: i64,
@@ -603,7 +637,8 @@ impl Tx<'_> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE jobs SET status=?2, last_error=COALESCE(?3, last_error), finished_at_ms=?4 \
+                "UPDATE jobs SET status=?2, \
+                 last_error=CASE WHEN ?2='done' THEN ?3 ELSE COALESCE(?3, last_error) END, finished_at_ms=?4 \
                  WHERE id=?1 AND status='running' AND (?5 IS NULL OR attempt=?5)",
             )?
             .execute(params![id, status, error, now_ms, attempt])?;

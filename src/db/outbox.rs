@@ -23,11 +23,18 @@ pub struct OutboxRow {
     pub remote_id: Option<String>,
     pub created_at_ms: i64,
     pub delivered_at_ms: Option<i64>,
+    /// How many times it was sent again by hand (`orch outbox retry`).
+    pub retries: i64,
+    /// The last such retry (unix ms), if any.
+    pub retried_at_ms: Option<i64>,
+    /// Who asked for the last retry: the operator's login.
+    pub retried_by: Option<String>,
 }
 
 pub(super) const OUTBOX_COLS: &str =
     "id, dedupe_key, task_id, channel, kind, payload, status, attempts, \
-    next_attempt_at_ms, last_error, remote_id, created_at_ms, delivered_at_ms";
+    next_attempt_at_ms, last_error, remote_id, created_at_ms, delivered_at_ms, \
+    retries, retried_at_ms, retried_by";
 
 pub(super) fn outbox_row(r: &Row) -> rusqlite::Result<OutboxRow> {
     let payload: String = r.get(5)?;
@@ -45,6 +52,9 @@ pub(super) fn outbox_row(r: &Row) -> rusqlite::Result<OutboxRow> {
         remote_id: r.get(10)?,
         created_at_ms: r.get(11)?,
         delivered_at_ms: r.get(12)?,
+        retries: r.get(13)?,
+        retried_at_ms: r.get(14)?,
+        retried_by: r.get(15)?,
     })
 }
 
@@ -106,6 +116,44 @@ impl Db {
             params![task_id, channel, id],
             |r| r.get(0),
         )?)
+    }
+
+    /// Outbox message `id`, if there is one.
+    pub fn outbox_message(&self, id: i64) -> anyhow::Result<Option<OutboxRow>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!("SELECT {OUTBOX_COLS} FROM outbox WHERE id=?1"))?
+            .query_row([id], outbox_row)
+            .optional()?)
+    }
+
+    /// Outbox messages of every status, newest first, at most `limit`
+    /// (`orch outbox list`).
+    pub fn recent_outbox(&self, limit: i64) -> anyhow::Result<Vec<OutboxRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {OUTBOX_COLS} FROM outbox ORDER BY id DESC LIMIT ?1"
+        ))?;
+        let rows = stmt.query_map([limit], outbox_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The id of a newer tracker-state message of the same task as `msg`
+    /// that was delivered: sending `msg` now would move the tracker item
+    /// back to an older state. `None` for any other message.
+    pub fn outbox_superseded_by(&self, msg: &OutboxRow) -> anyhow::Result<Option<i64>> {
+        if msg.channel != "tracker" || msg.kind != "state" {
+            return Ok(None);
+        }
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT MIN(id) FROM outbox WHERE task_id=?1 AND channel='tracker' \
+                 AND kind='state' AND id>?2 AND status='delivered'",
+                params![msg.task_id, msg.id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
     }
 
     /// Dead-lettered outbox messages, newest first, at most `limit`.
@@ -202,6 +250,22 @@ impl Tx<'_> {
             )?
             .query_row([id], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Makes dead letter `id` pending again, due at `now_ms`, with a new
+    /// round of attempts; records the retry on the row (`retries`,
+    /// `retried_at_ms`, `retried_by` = `by`). The dead-letter reason stays
+    /// in `last_error` until a send replaces or clears it. Returns false
+    /// when `id` is not a dead letter (nothing changed).
+    pub fn retry_dead_outbox(&self, id: i64, by: &str, now_ms: i64) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE outbox SET status='pending', attempts=0, next_attempt_at_ms=?2, \
+                 retries=retries+1, retried_at_ms=?2, retried_by=?3 WHERE id=?1 AND status='dead'",
+            )?
+            .execute(params![id, now_ms, by])?;
+        Ok(n == 1)
     }
 
     /// Records why pending message `id` waits (no adapter, a kill switch,

@@ -366,4 +366,13 @@ CREATE INDEX jobs_scheduled ON jobs(scheduled_at_ms) WHERE status='queued';
 ALTER TABLE ci_statuses ADD COLUMN log_path TEXT;
 ALTER TABLE transitions ADD COLUMN log_path TEXT;
 "#,
+    // 17: `orch outbox retry` (issue 21). A dead letter sent again by hand
+    // keeps its audit on its row: how many times (`retries`), the last
+    // time (`retried_at_ms`) and by whom (`retried_by`, the operator's
+    // login). `attempts` starts again from 0 for the new round of sends.
+    r#"
+ALTER TABLE outbox ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outbox ADD COLUMN retried_at_ms INTEGER;
+ALTER TABLE outbox ADD COLUMN retried_by TEXT;
+"#,
 ];

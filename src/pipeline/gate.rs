@@ -30,8 +30,8 @@ pub enum Gate {
     /// missing artifact, no change): run it again or escalate.
     Fail(String),
     /// The stage's run failed in a way a retry cannot fix (a model-API
-    /// 400/401/403, an invalid configuration): fail the job at once and
-    /// escalate.
+    /// 400/401/403, an invalid configuration, a run that did nothing
+    /// because its writes were denied): fail the job at once and escalate.
     FailFinal(String),
     /// Not decidable yet (CI pending, human approval outstanding, job still
     /// running).
@@ -128,6 +128,17 @@ pub fn with_reason(head: &str, reason: &str) -> String {
 }
 
 /// `reason`, followed by the run's permission denials when it had any.
+/// A run that did not do its work because its writes were denied: the
+/// agent's permissions are its configuration (`--allowedTools`, the
+/// permission mode), the same on every attempt, so a retry is denied again
+/// — it fails at once, as a model-API 400 does, naming the denials.
+fn denied(reason: String, denials: &[String]) -> Gate {
+    Gate::FailFinal(format!(
+        "{}; the agent's permissions deny the same on a retry",
+        with_denials(reason, denials)
+    ))
+}
+
 fn with_denials(reason: String, denials: &[String]) -> String {
     if denials.is_empty() {
         reason
@@ -188,12 +199,14 @@ pub fn decide(stage: Stage, f: &Facts) -> Gate {
             .as_ref()
             .map(|(v, s)| (v.as_str(), s.as_str()))
             .ok_or_else(|| {
-                let why = if denials.is_empty() {
-                    "the agent wrote no verdict".to_string()
+                if denials.is_empty() {
+                    Gate::Fail("the agent wrote no verdict".to_string())
                 } else {
-                    "the agent wrote no verdict (a write was denied)".to_string()
-                };
-                Gate::Fail(with_denials(why, denials))
+                    denied(
+                        "the agent wrote no verdict (a write was denied)".to_string(),
+                        denials,
+                    )
+                }
             })
     };
     let (pass, back) = verdict_words(stage).unwrap_or(("", ""));
@@ -210,13 +223,15 @@ pub fn decide(stage: Stage, f: &Facts) -> Gate {
         && job.base_sha == f.head;
     if unchanged {
         let sha = f.head.as_deref().unwrap_or_default();
-        return Gate::Fail(with_denials(
-            format!(
-                "no change: the run left the branch at {}",
-                &sha[..sha.len().min(12)]
-            ),
-            denials,
-        ));
+        let why = format!(
+            "no change: the run left the branch at {}",
+            &sha[..sha.len().min(12)]
+        );
+        return if denials.is_empty() {
+            Gate::Fail(why)
+        } else {
+            denied(why, denials)
+        };
     }
     match stage {
         Stage::Analysis if f.auto_approve_analysis => Gate::Pass,

@@ -600,8 +600,14 @@ pub enum Finalized {
     },
     /// The job is done; the task waits at its stage (`reason`).
     Waiting { reason: String },
-    /// The run failed; the job is queued again for attempt `attempt`.
-    Retrying { attempt: i64, reason: String },
+    /// The run failed; the job is queued again for attempt `attempt` (as
+    /// counted toward `ORCH_JOB_MAX_ATTEMPTS`), its run number `run`
+    /// (higher when account limits stopped earlier runs).
+    Retrying {
+        attempt: i64,
+        run: i64,
+        reason: String,
+    },
     /// The run failed at the attempt cap; job failed, task escalated.
     Failed { reason: String },
     /// The task moved on while the job ran; the job is cancelled.
@@ -663,7 +669,9 @@ impl std::fmt::Display for Finalized {
                 Ok(())
             }
             Finalized::Waiting { reason } => write!(f, "waiting: {reason}"),
-            Finalized::Retrying { attempt, reason } => {
+            Finalized::Retrying {
+                attempt, reason, ..
+            } => {
                 write!(f, "retrying (attempt {attempt}): {reason}")
             }
             Finalized::Failed { reason } => write!(f, "failed: {reason}"),
@@ -717,7 +725,8 @@ pub fn retry_or_fail(
         };
         return Ok(match change(tx, &c, now)? {
             Changed::Applied => Finalized::Retrying {
-                attempt: job.attempt + 1,
+                attempt: job.counted_attempt() + 1,
+                run: job.attempt + 1,
                 reason: reason.to_string(),
             },
             Changed::Lost => Finalized::Lost,
@@ -831,6 +840,7 @@ pub fn fail_and_escalate(
         if task.stage == job.stage && task.version == job.task_version {
             let mut m = Move::new(&task, task.stage, actor, why.clone());
             m.escalate = Some(why.clone());
+            m.cause_job = Some(job.id);
             apply(tx, policy, &m, now)?;
         }
     }

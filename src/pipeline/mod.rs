@@ -62,6 +62,9 @@ pub struct Move {
     /// The job that finishes with this move: its `running → done` claim is
     /// part of the transaction.
     pub job_id: Option<i64>,
+    /// The job whose failure caused this move (an escalation after the job
+    /// failed): recorded as the transition's job, not claimed.
+    pub cause_job: Option<i64>,
     /// This move is a return to development and counts a developer retry.
     pub developer_retry: bool,
     /// A human unblock or retry: clears escalation and the retry count.
@@ -86,6 +89,7 @@ impl Move {
             actor,
             reason: reason.into(),
             job_id: None,
+            cause_job: None,
             developer_retry: false,
             reset: false,
             escalate: None,
@@ -182,7 +186,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
         m.to,
         version,
         m.actor,
-        m.job_id,
+        m.job_id.or(m.cause_job),
         &m.reason,
         m.log_path.as_deref(),
         now_ms,
