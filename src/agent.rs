@@ -39,7 +39,7 @@ pub struct Usage {
 
 impl Usage {
     /// Field-wise sum.
-    pub fn add(self, o: Usage) -> Usage {
+    pub fn plus(self, o: Usage) -> Usage {
         Usage {
             input_tokens: self.input_tokens.saturating_add(o.input_tokens),
             output_tokens: self.output_tokens.saturating_add(o.output_tokens),
@@ -251,6 +251,14 @@ pub fn is_session_id_of(kind: AgentKind, id: &str) -> bool {
             (20..=40).contains(&rest.len()) && rest.bytes().all(|c| c.is_ascii_alphanumeric())
         }),
         _ => is_uuid(id),
+    }
+}
+
+/// The shape [`is_session_id_of`] wants of `kind`, for people: `a UUID`.
+pub fn session_id_shape(kind: AgentKind) -> &'static str {
+    match kind {
+        AgentKind::Opencode => "ses_ and 20 to 40 letters and digits",
+        _ => "a UUID",
     }
 }
 
@@ -961,6 +969,38 @@ mod tests {
         // The last result wins.
         let two = format!("{MAX_TURNS}\n{SUCCESS}");
         assert!(parse_result(&two).unwrap().success);
+    }
+
+    #[test]
+    fn stream_json_fixtures_give_the_json_results() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/claude/stream-json/"
+        );
+        let read = |n: &str| std::fs::read_to_string(format!("{dir}{n}.jsonl")).unwrap();
+        let r = parse(AgentKind::ClaudeCode, &read("success"), 0).unwrap();
+        assert_fixture_success(&r);
+        assert_eq!(
+            r.session_id.as_deref(),
+            Some("0158dc2f-298d-41ce-ba6b-8c4a5b00ad41")
+        );
+        let r = parse(
+            AgentKind::ClaudeCode,
+            &read("success_with_permission_denial"),
+            0,
+        )
+        .unwrap();
+        assert!(r.success && r.permission_denials.len() == 1, "{r:?}");
+        let r = parse(AgentKind::ClaudeCode, &read("error_max_turns"), 1).unwrap();
+        assert_eq!(r.subtype, "error_max_turns");
+        let r = parse(AgentKind::ClaudeCode, &read("api_error_prompt_too_long"), 1).unwrap();
+        assert_eq!(r.api_error_status, Some(400));
+        assert!(!run_error(1, None, Some(&r)).unwrap().retryable);
+    }
+
+    #[test]
+    fn acp_is_not_read_from_a_log() {
+        assert_eq!(parse(AgentKind::Acp, SUCCESS, 0), None);
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn models(stats: &Value, tokens_of: impl Fn(&Value) -> Usage) -> (Option<Usage>,
             usage: tokens_of(m),
         })
         .collect();
-    let total = split.iter().fold(Usage::default(), |a, m| a.add(m.usage));
+    let total = split.iter().fold(Usage::default(), |a, m| a.plus(m.usage));
     (Some(total), split)
 }
 
@@ -313,9 +313,10 @@ mod tests {
             Some("Created hello.txt with a greeting.")
         );
         assert!(r.permission_denials.is_empty());
-        for id in [r.session_id.unwrap()] {
-            assert!(super::super::is_session_id_of(AgentKind::Gemini, &id));
-        }
+        assert!(super::super::is_session_id_of(
+            AgentKind::Gemini,
+            &r.session_id.unwrap()
+        ));
     }
 
     #[test]

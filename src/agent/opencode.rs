@@ -57,7 +57,7 @@ pub fn parse(log: &str, exit_code: i64) -> Option<AgentResult> {
                     cache_read_input_tokens: count(&cache, "read"),
                     cache_creation_input_tokens: count(&cache, "write"),
                 };
-                usage = Some(usage.unwrap_or_default().add(step));
+                usage = Some(usage.unwrap_or_default().plus(step));
                 if let Some(c) = part
                     .get("cost")
                     .and_then(Value::as_f64)
