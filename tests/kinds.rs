@@ -374,3 +374,56 @@ fn a_resumed_codex_thread_counts_only_its_own_tokens() {
         ((39704 - 19712) - (19670 - 9792), 19712 - 9792, 204 - 102)
     );
 }
+
+#[test]
+fn a_kind_without_a_cost_counts_toward_token_budgets_and_metrics_name_it() {
+    // Gemini (stream-json) without a price: each run is 12627 + 12544 + 81
+    // = 25252 tokens; two fit under 52000, a third (reserved at 5000)
+    // would not.
+    let mut sbx = sandbox_of(&KINDS[1], true);
+    sbx.set("ORCH_BUDGET_TASK_TOKENS", "52000")
+        .set("ORCH_BUDGET_RESERVE_TOKENS", "5000");
+    sbx.add_issue("wordy gemini");
+    for stage in ["analysis", "architecture"] {
+        assert_eq!(sbx.json(&["work-once"])["stage"], stage);
+    }
+    assert_eq!(sbx.json(&["work-once"])["result"], "idle", "parked");
+    let show = sbx.json(&["task", "show", "1"]);
+    assert_eq!(
+        show["task"]["parked_reason"],
+        "task budget 52000 tokens: 50504 tokens spent or running, \
+         this developer run is expected to cost 5000 tokens",
+        "{show}"
+    );
+    let metrics = sbx.ok(&["metrics"]);
+    for line in [
+        "orch_agent_cost_unknown_runs_total{role=\"analyst\"} 1",
+        "orch_agent_tokens_total{role=\"analyst\",type=\"input\"} 12627",
+        "orch_agent_cost_usd_total{role=\"analyst\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line}\n{metrics}");
+    }
+}
+
+#[test]
+fn a_reviewers_reasons_in_its_final_text_reach_the_developer_for_every_kind() {
+    for k in &KINDS {
+        let mut sbx = sandbox_of(k, true);
+        let wanted = "- log the retry count";
+        sbx.set("FAKE_AGENT_REQUIRE_LINE", wanted)
+            .set("FAKE_AGENT_SUMMARY_IN_RESULT", "1");
+        sbx.add_issue("reasons in the final text");
+        sbx.tick_until(25, |s| s.stage(1) == "done");
+        let dev2 = sbx.count(
+            "SELECT job_id FROM agent_runs WHERE stage='development' ORDER BY id DESC LIMIT 1",
+        );
+        let prompt = sbx.prompt_of_run(dev2, 1);
+        assert!(
+            prompt.contains(&format!("Please add the line: {wanted}")),
+            "{}: {prompt}",
+            k.kind
+        );
+        let why = sbx.ok(&["why", "1"]);
+        assert!(why.contains("nothing: done"), "{}: {why}", k.kind);
+    }
+}

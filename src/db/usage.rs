@@ -39,6 +39,9 @@ pub struct RoleRuns {
     pub cache_creation_input_tokens: i64,
     pub output_tokens: i64,
     pub cost_usd: f64,
+    /// Runs with known tokens but an unknown cost (no cost reported, no
+    /// price for the model).
+    pub unknown_cost_runs: i64,
 }
 
 impl Db {
@@ -145,7 +148,8 @@ impl Db {
         let mut stmt = self.conn.prepare(
             "SELECT role, CASE success WHEN 1 THEN 'success' WHEN 0 THEN 'failure' ELSE 'unknown' END AS outcome, \
              COUNT(*), SUM(input_tokens), SUM(cache_read_input_tokens), SUM(cache_creation_input_tokens), \
-             SUM(output_tokens), SUM(cost_usd) FROM agent_runs GROUP BY role, outcome ORDER BY role, outcome",
+             SUM(output_tokens), SUM(cost_usd), SUM(CASE WHEN usage_known=1 AND cost_known=0 THEN 1 ELSE 0 END) \
+             FROM agent_runs GROUP BY role, outcome ORDER BY role, outcome",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(RoleRuns {
@@ -157,6 +161,7 @@ impl Db {
                 cache_creation_input_tokens: r.get(5)?,
                 output_tokens: r.get(6)?,
                 cost_usd: r.get(7)?,
+                unknown_cost_runs: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
