@@ -252,8 +252,13 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let agent = ctx.config.agent(&job.role)?;
     let kind = agent.kind;
     if kind == crate::config::AgentKind::Acp {
+        let entry = if ctx.config.agents.contains_key(&job.role) {
+            job.role.as_str()
+        } else {
+            "default"
+        };
         return Err(crate::error::Error::config(
-            format!("agents.{}.kind", job.role),
+            format!("agents.{entry}.kind"),
             "kind acp is not supported yet",
         )
         .into());
