@@ -1453,8 +1453,8 @@ fn default_rejected() -> String {
 /// accepts, e.g. `PASS or FAIL`), `{default_branch}`, `{test_command}`
 /// (the project's test argv, shell-quoted), `{work_dir}`
 /// (`docs/work-items/<task_id>`, relative to the worktree),
-/// `{previous_session}` (the role's previous Claude session id on this
-/// task, with `resume = true`; else empty, and an argv element that is
+/// `{previous_session}` (the role's previous session id on this task, of
+/// the shape its agent kind uses, with `resume = true`; else empty, and an argv element that is
 /// empty because of it is dropped with the flag before it),
 /// `{tracker_link}` (the work item's web link, or `none`),
 /// `{budget_left}` (dollars the task may still spend under the budget

@@ -454,7 +454,7 @@ fn read_result(
         }
     }
     if let (Some(_), Some(id)) = (r.cumulative, r.session_id.as_deref()) {
-        let previous = db.session_cumulative(id)?;
+        let previous = db.session_cumulative(job.task_id, &job.role, id)?;
         r.scope_to_run(previous);
     }
     Ok(Some(r))

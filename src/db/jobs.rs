@@ -285,19 +285,23 @@ impl Db {
             .optional()?)
     }
 
-    /// The session-cumulative usage stored with the latest run of session
-    /// `session_id` that has one (for [`crate::agent::AgentResult::scope_to_run`]).
+    /// The session-cumulative usage stored with the latest run of `role`
+    /// on task `task_id` in session `session_id` that has one (for
+    /// [`crate::agent::AgentResult::scope_to_run`]). Only the same task and
+    /// role: an id the agent printed never reaches another task's figures.
     /// A malformed column reads as none.
     pub fn session_cumulative(
         &self,
+        task_id: i64,
+        role: &str,
         session_id: &str,
     ) -> anyhow::Result<Option<crate::agent::Usage>> {
         let text: Option<String> = self
             .conn
             .query_row(
-                "SELECT cumulative_usage FROM agent_runs WHERE session_id=?1 \
-                 AND cumulative_usage IS NOT NULL ORDER BY id DESC LIMIT 1",
-                [session_id],
+                "SELECT cumulative_usage FROM agent_runs WHERE session_id=?1 AND task_id=?2 \
+                 AND role=?3 AND cumulative_usage IS NOT NULL ORDER BY id DESC LIMIT 1",
+                params![session_id, task_id, role],
                 |r| r.get(0),
             )
             .optional()?;
