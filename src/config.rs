@@ -2149,6 +2149,39 @@ mod tests {
     }
 
     #[test]
+    fn agent_kinds_and_prices_parse_and_bad_ones_name_their_key() {
+        let cfg = Config::parse(
+            "[agents.default]\nargv = [\"codex\"]\nkind = \"codex\"\nmodel = \"gpt-5.5\"\n\
+             [agents.tester]\nargv = [\"claude\"]\n\
+             [prices.\"gpt-5.5\"]\ninput_usd_per_mtok = 1.25\noutput_usd_per_mtok = 10\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.agent("developer").unwrap().kind, AgentKind::Codex);
+        assert_eq!(cfg.agent("tester").unwrap().kind, AgentKind::ClaudeCode);
+        let p = cfg.prices["gpt-5.5"];
+        // Cache reads and writes default to the input price.
+        assert!((p.cost_usd(1_000_000, 1_000_000, 0, 100_000) - 3.5).abs() < 1e-12);
+        for k in AgentKind::ALL {
+            assert_eq!(k.as_str().parse::<AgentKind>(), Ok(k));
+            let toml = format!("[agents.default]\nargv = [\"x\"]\nkind = \"{k}\"\n");
+            assert_eq!(Config::parse(&toml).unwrap().agents["default"].kind, k);
+        }
+        let e = Config::parse("[agents.default]\nargv = [\"x\"]\nkind = \"aider\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("agents.default.kind") && e.to_string().contains("aider"),
+            "{e}"
+        );
+        let e = Config::parse("[prices.m]\ninput_usd_per_mtok = -1.0\noutput_usd_per_mtok = 1.0\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("prices.\"m\".input_usd_per_mtok"),
+            "{e}"
+        );
+        let e = Config::parse("[prices.m]\ninput_usd_per_mtok = 1.0\n").unwrap_err();
+        assert!(e.to_string().contains("output_usd_per_mtok"), "{e}");
+    }
+
+    #[test]
     fn a_roles_account_is_its_agents_account_else_its_agent_entry() {
         let cfg: Config = toml::from_str(
             "[agents.default]\nargv = [\"claude\"]\n\
