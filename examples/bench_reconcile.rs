@@ -270,6 +270,7 @@ fn run_agent(tx: &Tx, task_id: i64, verdict: Option<&str>, at: i64) -> anyhow::R
             error: None,
             base_sha: None,
             limit: None,
+            ..RunRecord::default()
         },
     )?;
     if let Some(v) = verdict {

@@ -1,11 +1,19 @@
-//! What orch understands of an agent run: the Claude Code CLI's result
-//! object in the run's log (usage, cost, permission denials), the verdict
-//! file an agent writes for a gate, and the `{name}` prompt templates.
+//! What orch understands of an agent run: the result in the run's log, read
+//! by one parser per agent kind ([`parse`]: Claude Code here, Codex, Gemini
+//! and OpenCode in the submodules) into the one [`AgentResult`] (usage,
+//! cost, session id, final text, API error, permission denials), the
+//! verdict file an agent writes for a gate, and the `{name}` prompt
+//! templates.
 //!
-//! The result format is documented in `tests/fixtures/claude/README.md` of
-//! the shared fixtures; parsing is lenient (only `subtype` and `is_error`
-//! are required) because every CLI version adds keys. An agent that prints
-//! no result is not an error: its usage is simply unknown.
+//! The output formats are documented in `tests/fixtures/claude/README.md`
+//! and `tests/fixtures/agents/*/README.md`; parsing is lenient because
+//! every CLI version adds keys. An agent that prints no result is not an
+//! error: its usage is simply unknown. Everything read here is the agent's
+//! to write: counts are bounded below by 0, texts are bounded where shown.
+
+pub mod codex;
+pub mod gemini;
+pub mod opencode;
 
 use std::fmt;
 use std::path::Path;
@@ -14,8 +22,13 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Main-loop token counts from the result's top-level `usage` (missing or
-/// non-integer counts read as 0).
+pub use crate::config::AgentKind;
+use crate::config::Price;
+
+/// Token counts of a run, the same for every kind (missing or
+/// non-integer counts read as 0): `input_tokens` is the *uncached* input
+/// (Codex's and Gemini's own input figures include the cached part; it is
+/// taken out), `output_tokens` includes reasoning/thinking tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub input_tokens: i64,
@@ -24,10 +37,63 @@ pub struct Usage {
     pub cache_creation_input_tokens: i64,
 }
 
-/// The parts of a Claude Code `{"type":"result"}` object orch uses.
+impl Usage {
+    /// Field-wise sum.
+    pub fn plus(self, o: Usage) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens.saturating_add(o.input_tokens),
+            output_tokens: self.output_tokens.saturating_add(o.output_tokens),
+            cache_read_input_tokens: self
+                .cache_read_input_tokens
+                .saturating_add(o.cache_read_input_tokens),
+            cache_creation_input_tokens: self
+                .cache_creation_input_tokens
+                .saturating_add(o.cache_creation_input_tokens),
+        }
+    }
+
+    /// Field-wise `self - earlier`, each at least 0 (a figure that went
+    /// down is a new count, not a refund).
+    pub fn since(self, earlier: Usage) -> Usage {
+        let d = |a: i64, b: i64| a.saturating_sub(b).max(0);
+        Usage {
+            input_tokens: d(self.input_tokens, earlier.input_tokens),
+            output_tokens: d(self.output_tokens, earlier.output_tokens),
+            cache_read_input_tokens: d(
+                self.cache_read_input_tokens,
+                earlier.cache_read_input_tokens,
+            ),
+            cache_creation_input_tokens: d(
+                self.cache_creation_input_tokens,
+                earlier.cache_creation_input_tokens,
+            ),
+        }
+    }
+
+    /// The cost of these tokens at `price`, in US dollars.
+    pub fn cost_at(&self, price: &Price) -> f64 {
+        price.cost_usd(
+            self.input_tokens,
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+            self.output_tokens,
+        )
+    }
+}
+
+/// One model's share of a run's usage, where the CLI splits it (Gemini
+/// routes each turn through a small model first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelUsage {
+    pub model: String,
+    pub usage: Usage,
+}
+
+/// What orch reads of one agent run, the same for every [`AgentKind`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentResult {
-    /// `success`, `error_max_turns`, `error_max_budget_usd`, ...
+    /// Claude Code: `success`, `error_max_turns`, `error_max_budget_usd`,
+    /// ...; other kinds: `success` or `error`.
     pub subtype: String,
     pub is_error: bool,
     /// `subtype == "success" && !is_error` (a `success` subtype with
@@ -51,9 +117,76 @@ pub struct AgentResult {
     pub api_error_status: Option<i64>,
     /// `api_error_type`, e.g. `invalid_request_error`.
     pub api_error_type: Option<String>,
+    /// The CLI's own figure for the whole session so far, where it reports
+    /// one instead of this run's (Codex after `exec resume`); stored with
+    /// the run so the next run of the session is diffed against it
+    /// ([`AgentResult::scope_to_run`]).
+    #[serde(default)]
+    pub cumulative: Option<Usage>,
+    /// The usage split by model, where the CLI reports the split (Gemini);
+    /// priced per model.
+    #[serde(default)]
+    pub model_usage: Vec<ModelUsage>,
 }
 
 impl AgentResult {
+    /// A result with every field empty: `success` as given, subtype
+    /// `success` or `error` (what the kinds other than Claude Code fill in).
+    pub fn empty(success: bool) -> AgentResult {
+        AgentResult {
+            subtype: if success { "success" } else { "error" }.into(),
+            is_error: !success,
+            success,
+            session_id: None,
+            num_turns: None,
+            usage: None,
+            cost_usd: None,
+            permission_denials: Vec::new(),
+            result_text: None,
+            errors: Vec::new(),
+            api_error_status: None,
+            api_error_type: None,
+            cumulative: None,
+            model_usage: Vec::new(),
+        }
+    }
+
+    /// Makes `usage` this run's alone where the CLI reported a figure
+    /// cumulative over the session: `previous` is the cumulative figure
+    /// stored with the session's last run (`None` for a new session: the
+    /// figure is this run's). No-op for kinds that report per run.
+    pub fn scope_to_run(&mut self, previous: Option<Usage>) {
+        if let (Some(total), Some(prev)) = (self.cumulative, previous) {
+            self.usage = Some(total.since(prev));
+        }
+    }
+
+    /// The run's cost in US dollars: the one the CLI reported, else its
+    /// tokens × `prices` for the models it names (each must have a
+    /// price; a model with no tokens needs none), else for `model` (the
+    /// agent's configured model), else `None` (unknown).
+    pub fn cost(
+        &self,
+        prices: &std::collections::BTreeMap<String, Price>,
+        model: Option<&str>,
+    ) -> Option<f64> {
+        if self.cost_usd.is_some() {
+            return self.cost_usd;
+        }
+        if !self.model_usage.is_empty() {
+            let mut sum = 0.0;
+            for m in &self.model_usage {
+                if m.usage == Usage::default() {
+                    continue;
+                }
+                sum += m.usage.cost_at(prices.get(&m.model)?);
+            }
+            return Some(sum);
+        }
+        let usage = self.usage?;
+        Some(usage.cost_at(prices.get(model?)?))
+    }
+
     /// The permission denials named for a person: `Write docs/x.md`,
     /// `Bash git push origin HEAD` (the tool, then its path, command or
     /// pattern when the input has one).
@@ -104,6 +237,32 @@ pub fn bounded(s: &str, max: usize) -> String {
 /// run's argv (`{previous_session}`): anything else — a flag, a path,
 /// spaces, a long string — is refused there and when it is stored.
 pub fn is_session_id(id: &str) -> bool {
+    is_uuid(id)
+}
+
+/// Whether `id` has the shape of a session id of `kind`: a UUID for
+/// Claude Code, Codex (`thread_id`), Gemini and ACP (`sessionId`); for
+/// OpenCode `ses_` and 20 to 40 ASCII letters and digits
+/// (`ses_daf047d0affesgIA4dy5bNyK0M`). Anything else — a flag, a path,
+/// spaces, a long string — is never stored and never resumed.
+pub fn is_session_id_of(kind: AgentKind, id: &str) -> bool {
+    match kind {
+        AgentKind::Opencode => id.strip_prefix("ses_").is_some_and(|rest| {
+            (20..=40).contains(&rest.len()) && rest.bytes().all(|c| c.is_ascii_alphanumeric())
+        }),
+        _ => is_uuid(id),
+    }
+}
+
+/// The shape [`is_session_id_of`] wants of `kind`, for people: `a UUID`.
+pub fn session_id_shape(kind: AgentKind) -> &'static str {
+    match kind {
+        AgentKind::Opencode => "ses_ and 20 to 40 letters and digits",
+        _ => "a UUID",
+    }
+}
+
+fn is_uuid(id: &str) -> bool {
     let b = id.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, c)| match i {
@@ -301,6 +460,96 @@ pub fn run_error(
     })
 }
 
+/// Reads the result of a run of an agent of `kind` from its log (stdout
+/// and stderr in one file, as written) and its exit code. `None` when the
+/// log holds no result of that kind (usage unknown). ACP runs are read by
+/// the ACP client, not from a log: `None`.
+///
+/// Usage is this run's except where the CLI reports a session-cumulative
+/// figure ([`AgentResult::cumulative`]): call
+/// [`AgentResult::scope_to_run`] with the figure stored for the session.
+pub fn parse(kind: AgentKind, log: &str, exit_code: i64) -> Option<AgentResult> {
+    match kind {
+        AgentKind::ClaudeCode => parse_result(log),
+        AgentKind::Codex => codex::parse(log, exit_code),
+        AgentKind::Gemini => gemini::parse(log, exit_code),
+        AgentKind::Opencode => opencode::parse(log, exit_code),
+        AgentKind::Acp => None,
+    }
+}
+
+/// The JSON objects of a log, one per line (JSONL), in order; lines that
+/// are not a JSON object (stderr noise) are skipped.
+fn json_lines(log: &str) -> impl Iterator<Item = Value> + '_ {
+    log.lines().filter_map(|line| {
+        let line = line.trim();
+        if !line.starts_with('{') {
+            return None;
+        }
+        serde_json::from_str::<Value>(line)
+            .ok()
+            .filter(Value::is_object)
+    })
+}
+
+/// A token count at `key` of `v`: a non-negative integer, else 0 (the
+/// numbers are the agent's to forge).
+fn count(v: &Value, key: &str) -> i64 {
+    v.get(key)
+        .and_then(Value::as_i64)
+        .filter(|n| *n >= 0)
+        .unwrap_or(0)
+}
+
+/// The string at `key` of `v`.
+fn string(v: &Value, key: &str) -> Option<String> {
+    v.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+/// The HTTP status an OpenAI-style error object implies by its `type` or
+/// `code` (the body carries no number): `invalid_request_error` → 400,
+/// `authentication_error`/`invalid_api_key` → 401, `permission_error` →
+/// 403, `not_found_error`/`model_not_found` → 404, `rate_limit_exceeded`,
+/// `insufficient_quota`, `requests`, `tokens` → 429, `server_error` → 500,
+/// `overloaded_error` → 529.
+fn status_of_error_type(err: &Value) -> Option<i64> {
+    ["code", "type"].iter().find_map(|k| {
+        Some(match err.get(*k)?.as_str()? {
+            "invalid_request_error" | "invalid_value" | "context_length_exceeded" => 400,
+            "authentication_error" | "invalid_api_key" => 401,
+            "permission_error" | "insufficient_permissions" => 403,
+            "not_found_error" | "model_not_found" => 404,
+            "rate_limit_exceeded"
+            | "rate_limit_error"
+            | "insufficient_quota"
+            | "requests"
+            | "tokens" => 429,
+            "server_error" | "api_error" => 500,
+            "overloaded_error" => 529,
+            _ => return None,
+        })
+    })
+}
+
+/// A three-digit HTTP status named in text after `status` (`last status:
+/// 429 Too Many Requests`, `status 503`), if any.
+fn status_in_text(text: &str) -> Option<i64> {
+    let lower = text.to_ascii_lowercase();
+    let mut rest = lower.as_str();
+    while let Some(i) = rest.find("status") {
+        rest = &rest[i + "status".len()..];
+        let digits: String = rest
+            .trim_start_matches([':', ' ', '='])
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if let Ok(n @ 100..=599) = digits.parse::<i64>() {
+            return Some(n);
+        }
+    }
+    None
+}
+
 /// Finds the Claude Code result in a run's log: scans lines from the end
 /// for a line that parses as a JSON object with `"type":"result"`. Works
 /// for `--output-format json` (the one JSON line) and `stream-json` (the
@@ -374,6 +623,8 @@ fn result_from_json(v: &Value) -> Option<AgentResult> {
         errors,
         api_error_status: v.get("api_error_status").and_then(Value::as_i64),
         api_error_type: str_field("api_error_type"),
+        cumulative: None,
+        model_usage: Vec::new(),
     })
 }
 
@@ -718,6 +969,38 @@ mod tests {
         // The last result wins.
         let two = format!("{MAX_TURNS}\n{SUCCESS}");
         assert!(parse_result(&two).unwrap().success);
+    }
+
+    #[test]
+    fn stream_json_fixtures_give_the_json_results() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/claude/stream-json/"
+        );
+        let read = |n: &str| std::fs::read_to_string(format!("{dir}{n}.jsonl")).unwrap();
+        let r = parse(AgentKind::ClaudeCode, &read("success"), 0).unwrap();
+        assert_fixture_success(&r);
+        assert_eq!(
+            r.session_id.as_deref(),
+            Some("0158dc2f-298d-41ce-ba6b-8c4a5b00ad41")
+        );
+        let r = parse(
+            AgentKind::ClaudeCode,
+            &read("success_with_permission_denial"),
+            0,
+        )
+        .unwrap();
+        assert!(r.success && r.permission_denials.len() == 1, "{r:?}");
+        let r = parse(AgentKind::ClaudeCode, &read("error_max_turns"), 1).unwrap();
+        assert_eq!(r.subtype, "error_max_turns");
+        let r = parse(AgentKind::ClaudeCode, &read("api_error_prompt_too_long"), 1).unwrap();
+        assert_eq!(r.api_error_status, Some(400));
+        assert!(!run_error(1, None, Some(&r)).unwrap().retryable);
+    }
+
+    #[test]
+    fn acp_is_not_read_from_a_log() {
+        assert_eq!(parse(AgentKind::Acp, SUCCESS, 0), None);
     }
 
     #[test]

@@ -82,9 +82,9 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
         // Stored ids were checked when stored; a database from before that
         // check may still hold anything the agent printed.
         match db.last_session(task.id, role)? {
-            Some(id) if crate::agent::is_session_id(&id) => id,
+            Some(id) if crate::agent::is_session_id_of(agent.kind, &id) => id,
             Some(id) => {
-                warn!(target: "brief", task = task.id, role, job = job_id, session_id = ?crate::agent::bounded(&id, 80), "the stored session id is not a UUID: not resumed");
+                warn!(target: "brief", task = task.id, role, job = job_id, kind = %agent.kind, session_id = ?crate::agent::bounded(&id, 80), "the stored session id is not {}: not resumed", crate::agent::session_id_shape(agent.kind));
                 String::new()
             }
             None => String::new(),

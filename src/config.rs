@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::model::Stage;
@@ -846,12 +846,127 @@ pub struct Config {
     /// The project registry.
     #[serde(default)]
     pub projects: Vec<ProjectConfig>,
+    /// Model prices by model name (`[prices."gpt-5.5"]`), for the cost of
+    /// runs whose CLI reports tokens but no cost (Codex, Gemini): tokens ×
+    /// price. A run whose CLI reports no cost and whose model has no price
+    /// here has an unknown cost (it still counts toward token budgets).
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+}
+
+/// Which agent CLI a role runs: it decides how orch reads the run's output
+/// (tokens, cost, session id, final text, API errors, permission denials;
+/// `agent::parse`). TOML spellings: `claude-code` (the default), `codex`,
+/// `gemini`, `opencode`, `acp`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentKind {
+    /// Claude Code: `claude -p --output-format json|stream-json`.
+    #[default]
+    ClaudeCode,
+    /// OpenAI Codex CLI: `codex exec --json` (JSONL events).
+    Codex,
+    /// Google Gemini CLI: `gemini -p "" --output-format json|stream-json`.
+    Gemini,
+    /// OpenCode: `opencode run --format json`.
+    Opencode,
+    /// Any Agent Client Protocol agent over stdio, orch as the client.
+    Acp,
+}
+
+impl AgentKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [AgentKind; 5] = [
+        AgentKind::ClaudeCode,
+        AgentKind::Codex,
+        AgentKind::Gemini,
+        AgentKind::Opencode,
+        AgentKind::Acp,
+    ];
+
+    /// The TOML spelling, e.g. `claude-code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentKind::ClaudeCode => "claude-code",
+            AgentKind::Codex => "codex",
+            AgentKind::Gemini => "gemini",
+            AgentKind::Opencode => "opencode",
+            AgentKind::Acp => "acp",
+        }
+    }
+}
+
+impl std::fmt::Display for AgentKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for AgentKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        AgentKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown agent kind {s:?}; expected one of {}",
+                    AgentKind::ALL.map(AgentKind::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// One model's price in US dollars per million tokens (`[prices."<model>"]`).
+/// `cache_read_usd_per_mtok` and `cache_write_usd_per_mtok` default to
+/// `input_usd_per_mtok`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    /// Uncached input tokens.
+    pub input_usd_per_mtok: f64,
+    /// Output tokens (reasoning/thinking tokens included).
+    pub output_usd_per_mtok: f64,
+    /// Input tokens read from the provider's prompt cache.
+    #[serde(default)]
+    pub cache_read_usd_per_mtok: Option<f64>,
+    /// Input tokens written to the prompt cache.
+    #[serde(default)]
+    pub cache_write_usd_per_mtok: Option<f64>,
+}
+
+impl Price {
+    /// The cost in US dollars of `(uncached input, cache read, cache
+    /// creation, output)` tokens at this price.
+    pub fn cost_usd(&self, input: i64, cache_read: i64, cache_write: i64, output: i64) -> f64 {
+        let m = |n: i64, p: f64| n as f64 * p / 1e6;
+        m(input, self.input_usd_per_mtok)
+            + m(
+                cache_read,
+                self.cache_read_usd_per_mtok
+                    .unwrap_or(self.input_usd_per_mtok),
+            )
+            + m(
+                cache_write,
+                self.cache_write_usd_per_mtok
+                    .unwrap_or(self.input_usd_per_mtok),
+            )
+            + m(output, self.output_usd_per_mtok)
+    }
 }
 
 /// How to run one role's agent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// Which CLI this is (default `claude-code`): how orch reads its output.
+    #[serde(default)]
+    pub kind: AgentKind,
+    /// The model this agent runs, for the price table when the CLI's
+    /// output does not name it (Codex names none); optional.
+    #[serde(default)]
+    pub model: Option<String>,
     /// argv template (no shell); each element may use the prompt
     /// placeholders, e.g. `["claude", "-p", "--output-format", "json",
     /// "--add-dir", "{verdict_dir}"]`.
@@ -860,7 +975,7 @@ pub struct AgentConfig {
     /// ([`default_prompt`]). Placeholders: [`TEMPLATE_VARS`].
     #[serde(default)]
     pub prompt: Option<String>,
-    /// On rework, hand the role's previous Claude session id of this task
+    /// On rework, hand the role's previous session id of this task
     /// to `{previous_session}` (for `--resume`). Default false: the
     /// placeholder is always empty, and an empty `{previous_session}`
     /// argument is dropped with the flag before it.
@@ -1338,8 +1453,8 @@ fn default_rejected() -> String {
 /// accepts, e.g. `PASS or FAIL`), `{default_branch}`, `{test_command}`
 /// (the project's test argv, shell-quoted), `{work_dir}`
 /// (`docs/work-items/<task_id>`, relative to the worktree),
-/// `{previous_session}` (the role's previous Claude session id on this
-/// task, with `resume = true`; else empty, and an argv element that is
+/// `{previous_session}` (the role's previous session id on this task, of
+/// the shape its agent kind uses, with `resume = true`; else empty, and an argv element that is
 /// empty because of it is dropped with the flag before it),
 /// `{tracker_link}` (the work item's web link, or `none`),
 /// `{budget_left}` (dollars the task may still spend under the budget
@@ -1610,6 +1725,22 @@ impl Config {
             if let Some(prompt) = &a.prompt {
                 render(prompt, &vars)
                     .map_err(|m| Error::config(format!("agents.{role}.prompt"), m))?;
+            }
+        }
+        for (model, p) in &self.prices {
+            let fields = [
+                ("input_usd_per_mtok", Some(p.input_usd_per_mtok)),
+                ("output_usd_per_mtok", Some(p.output_usd_per_mtok)),
+                ("cache_read_usd_per_mtok", p.cache_read_usd_per_mtok),
+                ("cache_write_usd_per_mtok", p.cache_write_usd_per_mtok),
+            ];
+            for (field, v) in fields {
+                if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                    return Err(Error::config(
+                        format!("prices.{model:?}.{field}"),
+                        format!("expected a price >= 0 in dollars per million tokens, got {v}"),
+                    ));
+                }
             }
         }
         let mut seen = std::collections::BTreeSet::new();
@@ -2015,6 +2146,39 @@ mod tests {
                 Settings::load(&env(&[("ORCH_BUDGET_DAY_TOKENS", bad)]), None, None).unwrap_err();
             assert!(e.to_string().contains("ORCH_BUDGET_DAY_TOKENS"), "{e}");
         }
+    }
+
+    #[test]
+    fn agent_kinds_and_prices_parse_and_bad_ones_name_their_key() {
+        let cfg = Config::parse(
+            "[agents.default]\nargv = [\"codex\"]\nkind = \"codex\"\nmodel = \"gpt-5.5\"\n\
+             [agents.tester]\nargv = [\"claude\"]\n\
+             [prices.\"gpt-5.5\"]\ninput_usd_per_mtok = 1.25\noutput_usd_per_mtok = 10\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.agent("developer").unwrap().kind, AgentKind::Codex);
+        assert_eq!(cfg.agent("tester").unwrap().kind, AgentKind::ClaudeCode);
+        let p = cfg.prices["gpt-5.5"];
+        // Cache reads and writes default to the input price.
+        assert!((p.cost_usd(1_000_000, 1_000_000, 0, 100_000) - 3.5).abs() < 1e-12);
+        for k in AgentKind::ALL {
+            assert_eq!(k.as_str().parse::<AgentKind>(), Ok(k));
+            let toml = format!("[agents.default]\nargv = [\"x\"]\nkind = \"{k}\"\n");
+            assert_eq!(Config::parse(&toml).unwrap().agents["default"].kind, k);
+        }
+        let e = Config::parse("[agents.default]\nargv = [\"x\"]\nkind = \"aider\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("agents.default.kind") && e.to_string().contains("aider"),
+            "{e}"
+        );
+        let e = Config::parse("[prices.m]\ninput_usd_per_mtok = -1.0\noutput_usd_per_mtok = 1.0\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("prices.\"m\".input_usd_per_mtok"),
+            "{e}"
+        );
+        let e = Config::parse("[prices.m]\ninput_usd_per_mtok = 1.0\n").unwrap_err();
+        assert!(e.to_string().contains("output_usd_per_mtok"), "{e}");
     }
 
     #[test]

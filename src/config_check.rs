@@ -106,7 +106,25 @@ pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
     for role in ROLES {
         let result = match ctx.config.agent(role) {
             Err(e) => Err(e.to_string()),
-            Ok(a) => program(&a.argv[0]).map(|p| p.display().to_string()),
+            Ok(a) if a.kind == crate::config::AgentKind::Acp => {
+                Err("kind acp is not supported yet: its jobs fail at once".to_string())
+            }
+            Ok(a) => program(&a.argv[0]).map(|p| {
+                let priced = a
+                    .model
+                    .as_deref()
+                    .is_some_and(|m| ctx.config.prices.contains_key(m));
+                let cost = match a.kind {
+                    crate::config::AgentKind::Codex if !priced => {
+                        ", cost unknown (Codex reports none; set model and [prices.\"<model>\"])"
+                    }
+                    crate::config::AgentKind::Gemini => {
+                        ", cost from [prices.\"<model>\"] per model it names, else unknown"
+                    }
+                    _ => "",
+                };
+                format!("{} (kind {}{cost})", p.display(), a.kind)
+            }),
         };
         checks.push(Check::new(format!("agent {role}"), result));
     }

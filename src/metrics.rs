@@ -286,9 +286,10 @@ pub fn render(ctx: &Ctx, db: &Db) -> anyhow::Result<String> {
             r.runs as f64,
         );
     }
-    let mut by_role: BTreeMap<&str, [f64; 5]> = BTreeMap::new();
+    let mut by_role: BTreeMap<&str, [f64; 6]> = BTreeMap::new();
     for r in &runs {
         let t = by_role.entry(&r.role).or_default();
+        t[5] += r.unknown_cost_runs as f64;
         t[0] += r.input_tokens as f64;
         t[1] += r.cache_read_input_tokens as f64;
         t[2] += r.cache_creation_input_tokens as f64;
@@ -321,6 +322,18 @@ pub fn render(ctx: &Ctx, db: &Db) -> anyhow::Result<String> {
     );
     for (role, t) in &by_role {
         m.sample("orch_agent_cost_usd_total", &[("role", role)], t[4]);
+    }
+    m.family(
+        "orch_agent_cost_unknown_runs_total",
+        "counter",
+        "Agent runs with known tokens but no cost (the CLI reports none and [prices] has no price for the model), by role; their tokens are in orch_agent_tokens_total, their cost in no total.",
+    );
+    for (role, t) in &by_role {
+        m.sample(
+            "orch_agent_cost_unknown_runs_total",
+            &[("role", role)],
+            t[5],
+        );
     }
 
     m.family(

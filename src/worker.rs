@@ -249,6 +249,20 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     }
 
     let brief = brief_of(ctx, db, &task, job, &notes)?;
+    let agent = ctx.config.agent(&job.role)?;
+    let kind = agent.kind;
+    if kind == crate::config::AgentKind::Acp {
+        let entry = if ctx.config.agents.contains_key(&job.role) {
+            job.role.as_str()
+        } else {
+            "default"
+        };
+        return Err(crate::error::Error::config(
+            format!("agents.{entry}.kind"),
+            "kind acp is not supported yet",
+        )
+        .into());
+    }
     let verdict_file = brief.verdict_file.clone();
     std::fs::create_dir_all(&brief.verdict_dir)
         .with_context(|| format!("creating {}", brief.verdict_dir.display()))?;
@@ -323,14 +337,14 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let log = crate::untrusted::open_regular(&log_path)
         .and_then(|f| crate::untrusted::read_bounded(f, AGENT_LOG_READ_MAX_BYTES, true))
         .unwrap_or_default();
-    let result = crate::agent::parse_result(&String::from_utf8_lossy(&log));
+    let exit_code = outcome.exit_code() as i64;
+    let result = read_result(db, job, kind, &String::from_utf8_lossy(&log), exit_code)?;
     if result.is_none() {
-        info!(target: "worker", job = job.id, log = %log_path.display(), "agent printed no result JSON: usage unknown");
+        info!(target: "worker", job = job.id, kind = %kind, log = %log_path.display(), "agent printed no result: usage unknown");
     }
     if let Some(r) = result.as_ref().filter(|r| !r.permission_denials.is_empty()) {
         warn!(target: "worker", job = job.id, denials = %r.denials().join(", "), "agent run had permission denials");
     }
-    let exit_code = outcome.exit_code() as i64;
     let error = crate::agent::run_error(exit_code, timed_out.then_some(timeout_s), result.as_ref());
     let limit = result
         .as_ref()
@@ -369,17 +383,12 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
                 u.cache_creation_input_tokens,
             )
         }),
-        cost_usd: result.as_ref().and_then(|r| r.cost_usd),
-        session_id: result
+        cost_usd: result
             .as_ref()
-            .and_then(|r| r.session_id.as_deref())
-            .and_then(|id| {
-                if crate::agent::is_session_id(id) {
-                    return Some(id.to_string());
-                }
-                warn!(target: "worker", job = job.id, task = job.task_id, session_id = ?crate::agent::bounded(id, 80), "the agent's result names a session id that is not a UUID: not stored, never resumed");
-                None
-            }),
+            .and_then(|r| r.cost(&ctx.config.prices, agent.model.as_deref())),
+        session_id: result.as_ref().and_then(|r| r.session_id.clone()),
+        kind,
+        cumulative: result.as_ref().and_then(|r| r.cumulative),
         permission_denials: result
             .as_ref()
             .filter(|r| !r.permission_denials.is_empty())
@@ -420,6 +429,35 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     })?;
     failpoint("worker.after_exit_recorded");
     Ok(recorded.then_some(exit_code))
+}
+
+/// Reads the result of a run of `kind` from its `log` and exit code
+/// ([`crate::agent::parse`]): a session id not of the kind's shape is
+/// dropped (never stored, never resumed), and a session-cumulative usage is
+/// scoped to this run against the figure stored for the session.
+fn read_result(
+    db: &Db,
+    job: &Job,
+    kind: crate::config::AgentKind,
+    log: &str,
+    exit_code: i64,
+) -> anyhow::Result<Option<crate::agent::AgentResult>> {
+    let Some(mut r) = crate::agent::parse(kind, log, exit_code) else {
+        return Ok(None);
+    };
+    if let Some(id) = r.session_id.take() {
+        if crate::agent::is_session_id_of(kind, &id) {
+            r.session_id = Some(id);
+        } else {
+            let shape = crate::agent::session_id_shape(kind);
+            warn!(target: "worker", job = job.id, task = job.task_id, kind = %kind, session_id = ?crate::agent::bounded(&id, 80), "the agent's result names a session id that is not {shape}: not stored, never resumed");
+        }
+    }
+    if let (Some(_), Some(id)) = (r.cumulative, r.session_id.as_deref()) {
+        let previous = db.session_cumulative(job.task_id, &job.role, id)?;
+        r.scope_to_run(previous);
+    }
+    Ok(Some(r))
 }
 
 /// A set-up step failed before the agent ran: retry the job (backoff, a

@@ -693,7 +693,7 @@ fn config_show_names_each_setting_source_and_redacts_secrets() {
     );
     assert_eq!(
         line("reviewer"),
-        "reviewer [reviewer] review-bot --verdict <verdict_file>"
+        "reviewer [reviewer, claude-code] review-bot --verdict <verdict_file>"
     );
     assert!(line("developer").ends_with("scripts/fake-agent"));
     assert_eq!(

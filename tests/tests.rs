@@ -8,6 +8,7 @@ mod cli;
 mod hardening;
 mod hostile;
 mod ingest;
+mod kinds;
 mod layers;
 mod logs;
 mod metrics;

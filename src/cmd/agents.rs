@@ -73,7 +73,11 @@ pub fn run(ctx: &Ctx, c: AgentsCommand) -> anyhow::Result<Output> {
         },
         &[],
     )?;
-    let mut text = format!("role {role} at {stage}, task {}\n\nargv:\n", task.id);
+    let kind = ctx.config.agent(&role)?.kind;
+    let mut text = format!(
+        "role {role} at {stage}, task {}\nkind: {kind}\n\nargv:\n",
+        task.id
+    );
     for a in &b.argv {
         text += &format!("  {a}\n");
     }
@@ -92,6 +96,7 @@ pub fn run(ctx: &Ctx, c: AgentsCommand) -> anyhow::Result<Output> {
             "role": role,
             "stage": stage,
             "task_id": task.id,
+            "kind": kind,
             "argv": b.argv,
             "env": b.env.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
             "timeout_s": b.timeout_s,

@@ -141,7 +141,7 @@ fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Resu
                     .iter()
                     .map(|x| render(x, &vars).unwrap_or_else(|e| format!("<{e}>")))
                     .collect();
-                json!({ "role": role, "agent": from, "argv": argv,
+                json!({ "role": role, "agent": from, "kind": a.kind, "argv": argv,
                         "timeout_s": a.timeout_s.unwrap_or(ctx.settings.agent_timeout_s) })
             }
             Err(e) => json!({ "role": role, "error": e.to_string() }),
@@ -184,9 +184,10 @@ fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Resu
                     .map(|v| v.iter().filter_map(|x| x.as_str()).collect())
                     .unwrap_or_default();
                 text += &format!(
-                    "  {:<10} [{}] {}\n",
+                    "  {:<10} [{}, {}] {}\n",
                     a["role"].as_str().unwrap_or(""),
                     a["agent"].as_str().unwrap_or(""),
+                    a["kind"].as_str().unwrap_or(""),
                     argv.join(" ")
                 );
             }

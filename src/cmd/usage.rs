@@ -22,14 +22,15 @@ pub fn run(ctx: &Ctx, task: Option<i64>, since: Option<&str>) -> anyhow::Result<
         "{:>5} {:<15} {:<10} {:>4} {:>12} {:>10} {:>12} {:>10}\n",
         "task", "stage", "role", "runs", "input(full)", "cached", "output", "cost_usd"
     );
-    let (mut tin, mut tout, mut tcost) = (0, 0, 0.0);
+    let (mut tin, mut tout, mut tcost, mut unpriced) = (0, 0, 0.0, 0);
     for r in &rows {
         let full = r.input_tokens + r.cache_read_input_tokens + r.cache_creation_input_tokens;
         tin += full;
         tout += r.output_tokens;
         tcost += r.cost_usd;
+        unpriced += r.unknown_cost_runs;
         text += &format!(
-            "{:>5} {:<15} {:<10} {:>4} {:>12} {:>10} {:>12} {:>10.4}{}{}\n",
+            "{:>5} {:<15} {:<10} {:>4} {:>12} {:>10} {:>12} {:>10.4}{}{}{}\n",
             r.task_id,
             r.stage,
             r.role,
@@ -40,6 +41,14 @@ pub fn run(ctx: &Ctx, task: Option<i64>, since: Option<&str>) -> anyhow::Result<
             r.cost_usd,
             if r.unknown_usage_runs > 0 {
                 format!("  ({} run(s) usage unknown)", r.unknown_usage_runs)
+            } else {
+                String::new()
+            },
+            if r.unknown_cost_runs > 0 {
+                format!(
+                    "  ({} run(s) cost unknown: no cost reported, no price for the model)",
+                    r.unknown_cost_runs
+                )
             } else {
                 String::new()
             },
@@ -57,10 +66,15 @@ pub fn run(ctx: &Ctx, task: Option<i64>, since: Option<&str>) -> anyhow::Result<
         );
     }
     text += &format!(
-        "total: input {tin} tokens (incl. cache), output {tout} tokens, cost ${tcost:.4}\n"
+        "total: input {tin} tokens (incl. cache), output {tout} tokens, cost ${tcost:.4}{}\n",
+        if unpriced > 0 {
+            format!(" (without {unpriced} run(s) whose cost is unknown: add [prices.\"<model>\"] to price them)")
+        } else {
+            String::new()
+        }
     );
     Ok(Output {
-        json: json!({ "since_ms": since_ms, "rows": rows, "total": { "input_tokens_full": tin, "output_tokens": tout, "cost_usd": tcost } }),
+        json: json!({ "since_ms": since_ms, "rows": rows, "total": { "input_tokens_full": tin, "output_tokens": tout, "cost_usd": tcost, "unknown_cost_runs": unpriced } }),
         text,
     })
 }

@@ -38,6 +38,15 @@ impl Measure {
         }
     }
 
+    /// The SQL condition over `agent_runs` aliased `r` of a run whose
+    /// amount is known: its cost, or its tokens.
+    fn known_sql(self) -> &'static str {
+        match self {
+            Measure::Usd => "r.cost_known=1",
+            Measure::Tokens => "r.usage_known=1",
+        }
+    }
+
     /// `amount` for people: `$0.08`, `80000 tokens`.
     pub fn show(self, amount: f64) -> String {
         match self {
@@ -78,11 +87,13 @@ impl Db {
     }
 
     /// The median cost (in `measure`) of the last 20 runs of `role` whose
-    /// usage is known; `None` without any.
+    /// amount is known (a cost for dollars, usage for tokens); `None`
+    /// without any.
     pub fn role_median_cost(&self, measure: Measure, role: &str) -> anyhow::Result<Option<f64>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {} FROM agent_runs r WHERE r.role=?1 AND r.usage_known=1 ORDER BY r.id DESC LIMIT 20",
-            measure.sql()
+            "SELECT {} FROM agent_runs r WHERE r.role=?1 AND {} ORDER BY r.id DESC LIMIT 20",
+            measure.sql(),
+            measure.known_sql()
         ))?;
         let mut costs: Vec<f64> = stmt
             .query_map([role], |r| r.get(0))?

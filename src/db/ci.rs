@@ -69,7 +69,7 @@ impl Db {
     /// The log of orch's own run of the test command on `sha` of
     /// `project` (context [`ORCH_TEST_CONTEXT`]), as orch recorded it when
     /// it ran the tests; `None` when orch did not run them (or the row
-    /// predates migration 15).
+    /// predates migration 16).
     pub fn ci_log_path(&self, project: &str, sha: &str) -> anyhow::Result<Option<String>> {
         Ok(self
             .conn

@@ -134,6 +134,11 @@ pub struct RunRecord {
     pub base_sha: Option<String>,
     /// The account limit that stopped the run, if one did.
     pub limit: Option<crate::agent::LimitHit>,
+    /// The agent kind that ran.
+    pub kind: crate::config::AgentKind,
+    /// The CLI's session-cumulative usage, where it reports one
+    /// ([`crate::agent::AgentResult::cumulative`]).
+    pub cumulative: Option<crate::agent::Usage>,
 }
 
 /// What orch judged of a job's latest run ([`Db::run_judgement`]).
@@ -310,6 +315,29 @@ impl Db {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// The session-cumulative usage stored with the latest run of `role`
+    /// on task `task_id` in session `session_id` that has one (for
+    /// [`crate::agent::AgentResult::scope_to_run`]). Only the same task and
+    /// role: an id the agent printed never reaches another task's figures.
+    /// A malformed column reads as none.
+    pub fn session_cumulative(
+        &self,
+        task_id: i64,
+        role: &str,
+        session_id: &str,
+    ) -> anyhow::Result<Option<crate::agent::Usage>> {
+        let text: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT cumulative_usage FROM agent_runs WHERE session_id=?1 AND task_id=?2 \
+                 AND role=?3 AND cumulative_usage IS NOT NULL ORDER BY id DESC LIMIT 1",
+                params![session_id, task_id, role],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     }
 
     /// Usage of the latest agent run of job `job_id`.
@@ -533,8 +561,8 @@ impl Tx<'_> {
             "INSERT INTO agent_runs (job_id, task_id, stage, role, attempt, pid, argv, exit_code, duration_ms, success, \
              usage_known, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd, \
              session_id, permission_denials, log_path, started_at_ms, error, retryable, base_sha, \
-             limit_kind, limit_reset_ms) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25) \
+             limit_kind, limit_reset_ms, kind, cost_known, cumulative_usage) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28) \
              ON CONFLICT(job_id, attempt) DO NOTHING",
         )?
         .execute(params![
@@ -563,6 +591,9 @@ impl Tx<'_> {
             r.base_sha,
             r.limit.as_ref().map(|l| l.kind.as_str()),
             r.limit.as_ref().and_then(|l| l.reset_at_ms),
+            r.kind.as_str(),
+            r.cost_usd.is_some(),
+            r.cumulative.map(|u| serde_json::to_string(&u)).transpose()?,
         ])?;
         Ok(())
     }

@@ -375,4 +375,20 @@ ALTER TABLE outbox ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outbox ADD COLUMN retried_at_ms INTEGER;
 ALTER TABLE outbox ADD COLUMN retried_by TEXT;
 "#,
+    // 18: agent kinds (issue 26). `kind`: the CLI that ran (`claude-code`,
+    // `codex`, …). `cost_known`: whether `cost_usd` is a cost (reported by
+    // the CLI or priced from `[prices]`) rather than 0 for unknown; runs
+    // from before had a cost exactly when their usage was known (Claude
+    // Code reports both). `cumulative_usage`: the CLI's own session total
+    // as JSON `{input_tokens, output_tokens, cache_read_input_tokens,
+    // cache_creation_input_tokens}` where it reports one instead of the
+    // run's (Codex after `exec resume`); the session's next run is diffed
+    // against it, found by `agent_runs_cumulative`.
+    r#"
+ALTER TABLE agent_runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'claude-code';
+ALTER TABLE agent_runs ADD COLUMN cost_known INTEGER NOT NULL DEFAULT 0;
+UPDATE agent_runs SET cost_known=usage_known;
+ALTER TABLE agent_runs ADD COLUMN cumulative_usage TEXT;
+CREATE INDEX agent_runs_cumulative ON agent_runs(session_id, id) WHERE cumulative_usage IS NOT NULL;
+"#,
 ];

@@ -20,6 +20,10 @@ pub struct UsageRow {
     pub cache_creation_input_tokens: i64,
     pub cost_usd: f64,
     pub unknown_usage_runs: i64,
+    /// Runs whose tokens are known but whose cost is not: the CLI reports
+    /// none and the config has no price for the model (their tokens still
+    /// count toward token budgets; `cost_usd` leaves them out).
+    pub unknown_cost_runs: i64,
     pub permission_denials: i64,
 }
 
@@ -35,6 +39,9 @@ pub struct RoleRuns {
     pub cache_creation_input_tokens: i64,
     pub output_tokens: i64,
     pub cost_usd: f64,
+    /// Runs with known tokens but an unknown cost (no cost reported, no
+    /// price for the model).
+    pub unknown_cost_runs: i64,
 }
 
 impl Db {
@@ -55,7 +62,8 @@ impl Db {
             "SELECT task_id, stage, role, COUNT(*), SUM(input_tokens), SUM(output_tokens), \
              SUM(cache_read_input_tokens), SUM(cache_creation_input_tokens), SUM(cost_usd), \
              SUM(CASE WHEN usage_known=0 THEN 1 ELSE 0 END), \
-             SUM(COALESCE(json_array_length(permission_denials), 0)) \
+             SUM(COALESCE(json_array_length(permission_denials), 0)), \
+             SUM(CASE WHEN usage_known=1 AND cost_known=0 THEN 1 ELSE 0 END) \
              FROM agent_runs WHERE (?1 IS NULL OR task_id=?1) \
              AND (?2 IS NULL OR started_at_ms >= ?2) \
              GROUP BY task_id, stage, role ORDER BY task_id, MIN(id)",
@@ -73,6 +81,7 @@ impl Db {
                 cost_usd: r.get(8)?,
                 unknown_usage_runs: r.get(9)?,
                 permission_denials: r.get(10)?,
+                unknown_cost_runs: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -139,7 +148,8 @@ impl Db {
         let mut stmt = self.conn.prepare(
             "SELECT role, CASE success WHEN 1 THEN 'success' WHEN 0 THEN 'failure' ELSE 'unknown' END AS outcome, \
              COUNT(*), SUM(input_tokens), SUM(cache_read_input_tokens), SUM(cache_creation_input_tokens), \
-             SUM(output_tokens), SUM(cost_usd) FROM agent_runs GROUP BY role, outcome ORDER BY role, outcome",
+             SUM(output_tokens), SUM(cost_usd), SUM(CASE WHEN usage_known=1 AND cost_known=0 THEN 1 ELSE 0 END) \
+             FROM agent_runs GROUP BY role, outcome ORDER BY role, outcome",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(RoleRuns {
@@ -151,6 +161,7 @@ impl Db {
                 cache_creation_input_tokens: r.get(5)?,
                 output_tokens: r.get(6)?,
                 cost_usd: r.get(7)?,
+                unknown_cost_runs: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
