@@ -877,6 +877,22 @@ pub struct AgentConfig {
     /// together when it hits its usage or rate limit.
     #[serde(default)]
     pub account: Option<String>,
+    /// TEMPORARY switch (issue 26 item 3), to be replaced by `kind =
+    /// "acp"`: the argv is an Agent Client Protocol agent, run with orch
+    /// as its client ([`crate::acp`]) instead of a CLI fed the prompt on
+    /// stdin.
+    #[serde(default)]
+    pub acp: bool,
+    /// ACP agents only: how the agent's permission requests are answered
+    /// (`allow`, `deny`, `deny-writes-outside-worktree`; the default is
+    /// the last).
+    #[serde(default)]
+    pub permissions: Option<crate::acp::Permissions>,
+    /// ACP agents only: the `authenticate` method orch calls before the
+    /// session, one of the agent's `authMethods` (e.g. `gemini-api-key`
+    /// for `gemini --acp`); none: no `authenticate`.
+    #[serde(default)]
+    pub auth_method: Option<String>,
 }
 
 /// The opening of every built-in prompt: the work item and the ground rules.
@@ -1594,6 +1610,12 @@ impl Config {
                 return Err(Error::config(
                     format!("agents.{role}.argv"),
                     "must name a program",
+                ));
+            }
+            if !a.acp && (a.permissions.is_some() || a.auth_method.is_some()) {
+                return Err(Error::config(
+                    format!("agents.{role}"),
+                    "permissions and auth_method apply to an ACP agent only (acp = true)",
                 ));
             }
             if a.timeout_s == Some(0) {

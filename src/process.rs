@@ -1132,6 +1132,77 @@ mod tests {
         assert!(run_quiet_err(&s).contains("/nonexistent/agent"));
     }
 
+    #[test]
+    fn run_piped_talks_to_the_child_and_ends_with_it() {
+        use std::io::{BufRead as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "echo to-err >&2; cat");
+        s.stdin_path = Some(dir.path().join("never-opened"));
+        let (out, talked) = run_piped(
+            &s,
+            Duration::from_millis(50),
+            |_| Ok(()),
+            || Ok(()),
+            |mut stdin, stdout| {
+                stdin.write_all(b"ping\n").unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(stdout)
+                    .read_line(&mut line)
+                    .unwrap();
+                line
+            },
+        )
+        .unwrap();
+        assert_eq!(talked.as_deref(), Some("ping\n"));
+        assert_eq!(out.exit, ExitKind::Code(0));
+        let log = std::fs::read_to_string(&s.log_path).unwrap();
+        assert_eq!(log, "to-err\n", "stdout is the pipe, stderr the log");
+    }
+
+    #[test]
+    fn run_piped_kills_a_child_that_stays_after_the_talk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(
+            dir.path(),
+            "trap '' TERM; sleep 300 & echo $! > child.pid; sleep 300",
+        );
+        s.timeout = Duration::from_secs(60);
+        let (out, talked) = run_piped(
+            &s,
+            Duration::from_millis(50),
+            |_| Ok(()),
+            || Ok(()),
+            |_stdin, _stdout| 7,
+        )
+        .unwrap();
+        assert_eq!(talked, Some(7));
+        assert_eq!(out.exit, ExitKind::Signal(libc::SIGKILL));
+        assert!(out.duration_ms < 10_000, "{out:?}");
+        let child = read_pid(&dir.path().join("child.pid"));
+        wait_until("grandchild dead", || dead(child));
+    }
+
+    #[test]
+    fn run_piped_times_out_and_the_blocked_talk_returns() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "sleep 300");
+        s.timeout = Duration::from_secs(1);
+        let (out, talked) = run_piped(
+            &s,
+            Duration::from_millis(50),
+            |_| Ok(()),
+            || Ok(()),
+            |_stdin, mut stdout| {
+                let mut all = Vec::new();
+                stdout.read_to_end(&mut all).map(|_| all.len()).ok()
+            },
+        )
+        .unwrap();
+        assert_eq!(out.exit, ExitKind::TimedOut);
+        assert_eq!(talked, Some(Some(0)));
+    }
+
     fn run_quiet_err(s: &RunSpec) -> String {
         format!(
             "{:#}",

@@ -277,29 +277,50 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let heartbeat_every = Duration::from_secs(ctx.settings.heartbeat_s);
     let mut last_beat = std::time::Instant::now();
     let mut agent_pid = None;
-    let outcome = runner.run(
-        &spec,
-        Duration::from_millis(200),
-        |s| {
-            agent_pid = Some(s.pid as i64);
-            db.write(|tx| {
-                tx.set_job_agent(
-                    job.id,
-                    job.attempt,
-                    s.pid as i64,
-                    s.start_time as i64,
-                    timeout_s as i64,
-                )
-            })
-        },
-        || {
-            if last_beat.elapsed() >= heartbeat_every {
-                last_beat = std::time::Instant::now();
-                db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
-            }
-            Ok(())
-        },
-    )?;
+    let on_spawn = |s: &process::Spawned| {
+        agent_pid = Some(s.pid as i64);
+        db.write(|tx| {
+            tx.set_job_agent(
+                job.id,
+                job.attempt,
+                s.pid as i64,
+                s.start_time as i64,
+                timeout_s as i64,
+            )
+        })
+    };
+    let on_tick = || {
+        if last_beat.elapsed() >= heartbeat_every {
+            last_beat = std::time::Instant::now();
+            db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
+        }
+        Ok(())
+    };
+    let agent = ctx.config.agent(&job.role)?;
+    // TEMPORARY switch (issue 26 item 3): `acp = true` stands for the
+    // role's `kind = "acp"`. An ACP agent is talked to, not fed a prompt
+    // file, and its result comes from the exchange, never from its log.
+    let (outcome, acp) = if agent.acp {
+        let req = crate::acp::Request {
+            prompt: brief.prompt.clone(),
+            worktree: worktree.clone(),
+            resume: brief.previous_session.clone(),
+            permissions: agent.permissions.unwrap_or_default(),
+            auth_method: agent.auth_method.clone(),
+        };
+        let (out, acp) = crate::acp::run(
+            &runner,
+            &spec,
+            req,
+            Duration::from_millis(200),
+            on_spawn,
+            on_tick,
+        )?;
+        (out, Some(acp))
+    } else {
+        let out = runner.run(&spec, Duration::from_millis(200), on_spawn, on_tick)?;
+        (out, None)
+    };
     if let Some(view) = clone_view {
         let applied = repo.apply_clone_view(view, &worktree)?;
         if !applied.discarded.is_empty() {
@@ -318,19 +339,29 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             &format!("orch: timed out after {timeout_s} s; process group killed\n"),
         );
     }
-    // The agent's output is as long as it likes: the result is its last
-    // line, so only the log's end is read.
-    let log = crate::untrusted::open_regular(&log_path)
-        .and_then(|f| crate::untrusted::read_bounded(f, AGENT_LOG_READ_MAX_BYTES, true))
-        .unwrap_or_default();
-    let result = crate::agent::parse_result(&String::from_utf8_lossy(&log));
+    let result = match &acp {
+        Some(acp) => Some(acp.to_agent_result()),
+        None => {
+            // The agent's output is as long as it likes: the result is its
+            // last line, so only the log's end is read.
+            let log = crate::untrusted::open_regular(&log_path)
+                .and_then(|f| crate::untrusted::read_bounded(f, AGENT_LOG_READ_MAX_BYTES, true))
+                .unwrap_or_default();
+            crate::agent::parse_result(&String::from_utf8_lossy(&log))
+        }
+    };
     if result.is_none() {
         info!(target: "worker", job = job.id, log = %log_path.display(), "agent printed no result JSON: usage unknown");
     }
     if let Some(r) = result.as_ref().filter(|r| !r.permission_denials.is_empty()) {
         warn!(target: "worker", job = job.id, denials = %r.denials().join(", "), "agent run had permission denials");
     }
-    let exit_code = outcome.exit_code() as i64;
+    // An ACP agent's process is stopped by orch once its turn ended: the
+    // exchange says how the run went, unless the timeout ended it.
+    let exit_code = match &acp {
+        Some(acp) if !timed_out => acp.exit_code(),
+        _ => outcome.exit_code() as i64,
+    };
     let error = crate::agent::run_error(exit_code, timed_out.then_some(timeout_s), result.as_ref());
     let limit = result
         .as_ref()
