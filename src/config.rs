@@ -2089,6 +2089,30 @@ mod tests {
     }
 
     #[test]
+    fn an_acp_agent_takes_permissions_and_an_auth_method_and_only_it_does() {
+        let c = Config::parse(
+            "[agents.developer]\nargv = [\"gemini\", \"--acp\"]\nacp = true\n\
+             auth_method = \"gemini-api-key\"\npermissions = \"deny\"\nresume = true\n",
+        )
+        .unwrap();
+        let a = c.agent("developer").unwrap();
+        assert!(a.acp && a.resume);
+        assert_eq!(a.permissions, Some(crate::acp::Permissions::Deny));
+        assert_eq!(a.auth_method.as_deref(), Some("gemini-api-key"));
+        let e = Config::parse("[agents.developer]\nargv = [\"x\"]\npermissions = \"allow\"\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("agents.developer") && e.to_string().contains("acp = true"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[agents.developer]\nargv = [\"x\"]\nacp = true\npermissions = \"sometimes\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("sometimes"), "{e}");
+    }
+
+    #[test]
     fn config_errors_name_the_key() {
         let e = Config::parse(
             "[[projects]]\nname = \"bad name\"\nclone_url = \"x\"\ntest_command = [\"true\"]\n",

@@ -1,5 +1,6 @@
 //! Opening files an agent may have planted (DESIGN §11 INV-8): a verdict
-//! file, a file in its worktree, a test log its test command wrote to.
+//! file, a file in its worktree, a test log its test command wrote to, a
+//! file an ACP agent asks orch to read or write ([`open_beneath`]).
 //! The agent chooses what such a path *is* — a symlink to orch's secrets,
 //! a FIFO that blocks the reader forever, `/dev/zero` — so orch opens
 //! them only through here: the last component is never followed, only a

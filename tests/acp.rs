@@ -197,3 +197,49 @@ fn a_resumed_acp_developer_loads_its_session_on_rework() {
     let main = sbx.origin_git(&["show", "main:CHANGES.md"]);
     assert!(main.ends_with(wanted), "{main}");
 }
+
+/// orch reads and writes for an ACP agent outside its sandbox: what the
+/// agent asks for beyond its worktree — `/etc/passwd`, `../outside.txt`,
+/// a path through a symlink it planted — is refused and recorded.
+#[test]
+fn an_acp_agent_cannot_make_orch_read_or_write_outside_its_worktree() {
+    let sbx = Sandbox::new();
+    sbx.append_config(&acp_developer("").replace(
+        "FAKE_ACP_FILE",
+        "FAKE_ACP_SCENARIO = \"outside\"\nFAKE_ACP_FILE",
+    ));
+    let id = sbx.add_issue("escape");
+    for _ in 0..3 {
+        if sbx.json(&["work-once"])["stage"] == "development" {
+            break;
+        }
+    }
+    let wt = sbx.worktree(id);
+    let parent = wt.parent().unwrap();
+    assert!(!parent.join("outside.txt").exists());
+    assert!(!parent.join("planted.txt").exists());
+    let runs = developer_runs(&sbx);
+    let denials: serde_json::Value = serde_json::from_str(runs[0].5.as_deref().unwrap()).unwrap();
+    let names: Vec<&str> = denials
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["tool_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "fs/read_text_file",
+            "fs/write_text_file",
+            "fs/write_text_file",
+            "Writing to hosts"
+        ],
+        "{denials}"
+    );
+    let log = developer_log(&sbx);
+    assert!(!log.contains("root:x:0"), "{log}");
+    assert!(
+        log.contains("escape/planted.txt\": REFUSED, a path that leads outside the worktree"),
+        "{log}"
+    );
+}
