@@ -35,7 +35,7 @@ use std::io::{self, BufRead, Read as _, Write};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::agent::{bounded, AgentResult, Usage};
@@ -61,38 +61,7 @@ const LOG_TEXT_MAX: usize = 300;
 /// are counted only.
 const GARBAGE_LOGGED_MAX: usize = 50;
 
-/// How a role's agent's permission requests (`session/request_permission`)
-/// are answered. TOML spellings: `allow`, `deny`,
-/// `deny-writes-outside-worktree` (the default).
-///
-/// Whatever the answer, the files orch itself reads and writes for the
-/// agent stay inside the worktree, and under the bubblewrap sandbox the
-/// agent's own writes do too.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Permissions {
-    /// Every request is allowed (once: the next one asks again).
-    Allow,
-    /// Every request is refused, each a recorded denial.
-    Deny,
-    /// A request to edit, delete or move (tool kinds `edit`, `delete`,
-    /// `move`) is refused when a path it names (`locations`, a diff's
-    /// `path`, `rawInput.path`/`file_path`) lies outside the worktree;
-    /// everything else is allowed.
-    #[default]
-    DenyWritesOutsideWorktree,
-}
-
-impl Permissions {
-    /// The TOML spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Permissions::Allow => "allow",
-            Permissions::Deny => "deny",
-            Permissions::DenyWritesOutsideWorktree => "deny-writes-outside-worktree",
-        }
-    }
-}
+pub use crate::config::Permissions;
 
 /// What one ACP run is asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

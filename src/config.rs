@@ -887,12 +887,45 @@ pub struct AgentConfig {
     /// (`allow`, `deny`, `deny-writes-outside-worktree`; the default is
     /// the last).
     #[serde(default)]
-    pub permissions: Option<crate::acp::Permissions>,
+    pub permissions: Option<Permissions>,
     /// ACP agents only: the `authenticate` method orch calls before the
     /// session, one of the agent's `authMethods` (e.g. `gemini-api-key`
     /// for `gemini --acp`); none: no `authenticate`.
     #[serde(default)]
     pub auth_method: Option<String>,
+}
+
+/// How an ACP agent's permission requests (`session/request_permission`,
+/// [`crate::acp`]) are answered. TOML spellings: `allow`, `deny`,
+/// `deny-writes-outside-worktree` (the default).
+///
+/// Whatever the answer, the files orch itself reads and writes for the
+/// agent stay inside the worktree, and under the bubblewrap sandbox the
+/// agent's own writes do too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Permissions {
+    /// Every request is allowed (once: the next one asks again).
+    Allow,
+    /// Every request is refused, each a recorded denial.
+    Deny,
+    /// A request to edit, delete or move (tool kinds `edit`, `delete`,
+    /// `move`) is refused when a path it names (`locations`, a diff's
+    /// `path`, `rawInput.path`/`file_path`) lies outside the worktree;
+    /// everything else is allowed.
+    #[default]
+    DenyWritesOutsideWorktree,
+}
+
+impl Permissions {
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permissions::Allow => "allow",
+            Permissions::Deny => "deny",
+            Permissions::DenyWritesOutsideWorktree => "deny-writes-outside-worktree",
+        }
+    }
 }
 
 /// The opening of every built-in prompt: the work item and the ground rules.
@@ -2097,7 +2130,7 @@ mod tests {
         .unwrap();
         let a = c.agent("developer").unwrap();
         assert!(a.acp && a.resume);
-        assert_eq!(a.permissions, Some(crate::acp::Permissions::Deny));
+        assert_eq!(a.permissions, Some(Permissions::Deny));
         assert_eq!(a.auth_method.as_deref(), Some("gemini-api-key"));
         let e = Config::parse("[agents.developer]\nargv = [\"x\"]\npermissions = \"allow\"\n")
             .unwrap_err();
