@@ -515,7 +515,13 @@ impl<'a, R: BufRead, W: Write, L: Write> Client<'a, R, W, L> {
         if !self.text.is_empty() {
             self.outcome.final_text = Some(std::mem::take(&mut self.text));
         }
-        if let (Some(start), Some(now)) = (self.cost_at_start.or(Some(0.0)), self.cost_now) {
+        // A new session starts at 0; a loaded one's total before the turn
+        // must have been reported, else this turn's share is unknown.
+        let start = match self.cost_at_start {
+            None if !self.outcome.resumed => Some(0.0),
+            s => s,
+        };
+        if let (Some(start), Some(now)) = (start, self.cost_now) {
             self.outcome.cost_usd = Some((now - start).max(0.0));
         }
         let result = match answer {
@@ -1578,6 +1584,53 @@ mod tests {
                 .contains("set the role's auth_method to one the agent offers: gemini-api-key"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn a_usd_cost_in_usage_updates_is_the_turns_cost() {
+        let script = |updates: &[&str]| {
+            let mut lines = vec![
+                r#"{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":1,"agentCapabilities":{"loadSession":true}}}"#.to_string(),
+                r#"{"jsonrpc":"2.0","id":2,"result":{"sessionId":"s-1"}}"#.to_string(),
+            ];
+            for u in updates {
+                lines.push(format!(
+                    r#"{{"jsonrpc":"2.0","method":"session/update","params":{{"sessionId":"s-1","update":{{"sessionUpdate":"usage_update","used":10,"size":100,"cost":{u}}}}}}}"#
+                ));
+            }
+            lines.push(r#"{"jsonrpc":"2.0","id":3,"result":{"stopReason":"end_turn"}}"#.into());
+            lines.join("\n") + "\n"
+        };
+        let mut req = request(Path::new("/nonexistent"));
+        req.auth_method = None;
+        let run = |text: String, req: &Request| {
+            let mut log = Vec::new();
+            let o = exchange(text.as_bytes(), io::sink(), req, &mut log);
+            (o, String::from_utf8(log).unwrap())
+        };
+        let (o, log) = run(
+            script(&[
+                r#"{"amount":0.25,"currency":"USD"}"#,
+                r#"{"amount":0.75,"currency":"USD"}"#,
+            ]),
+            &req,
+        );
+        assert!(o.success(), "{o:?}\n{log}");
+        assert_eq!(o.cost_usd, Some(0.75));
+        assert_eq!(o.to_agent_result().cost_usd, Some(0.75));
+        assert!(
+            log.contains("acp: ← update usage_update context 10/100 cost {\"amount\":0.75"),
+            "{log}"
+        );
+        // Credits or a forged negative amount are no dollars.
+        let (o, _) = run(
+            script(&[
+                r#"{"amount":3,"currency":"credits"}"#,
+                r#"{"amount":-1,"currency":"USD"}"#,
+            ]),
+            &req,
+        );
+        assert_eq!(o.cost_usd, None);
     }
 
     #[test]
