@@ -43,6 +43,10 @@ pub struct Brief {
     pub timeout_s: u64,
     /// The feedback part of the prompt (`""` on a first run).
     pub feedback: String,
+    /// The role's previous session id on this task (a UUID), with
+    /// `resume = true`: `{previous_session}`, and the session an ACP agent
+    /// loads.
+    pub previous_session: Option<String>,
 }
 
 /// Which run to render: a real job (its id and attempt), or a preview of
@@ -117,7 +121,7 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
         ("default_branch", project.default_branch.clone()),
         ("test_command", shell_join(&project.test_command)),
         ("work_dir", gate::design_dir(task.id)),
-        ("previous_session", previous_session),
+        ("previous_session", previous_session.clone()),
         (
             "tracker_link",
             crate::tracker::Tracker::for_project(ctx, project)
@@ -158,6 +162,7 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
         verdict_file,
         timeout_s: agent.timeout_s.unwrap_or(ctx.settings.agent_timeout_s),
         feedback,
+        previous_session: (!previous_session.is_empty()).then_some(previous_session),
     })
 }
 

@@ -992,6 +992,49 @@ pub struct AgentConfig {
     /// together when it hits its usage or rate limit.
     #[serde(default)]
     pub account: Option<String>,
+    /// ACP agents only: how the agent's permission requests are answered
+    /// (`allow`, `deny`, `deny-writes-outside-worktree`; the default is
+    /// the last).
+    #[serde(default)]
+    pub permissions: Option<Permissions>,
+    /// ACP agents only: the `authenticate` method orch calls before the
+    /// session, one of the agent's `authMethods` (e.g. `gemini-api-key`
+    /// for `gemini --acp`); none: no `authenticate`.
+    #[serde(default)]
+    pub auth_method: Option<String>,
+}
+
+/// How an ACP agent's permission requests (`session/request_permission`,
+/// [`crate::acp`]) are answered. TOML spellings: `allow`, `deny`,
+/// `deny-writes-outside-worktree` (the default).
+///
+/// Whatever the answer, the files orch itself reads and writes for the
+/// agent stay inside the worktree, and under the bubblewrap sandbox the
+/// agent's own writes do too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Permissions {
+    /// Every request is allowed (once: the next one asks again).
+    Allow,
+    /// Every request is refused, each a recorded denial.
+    Deny,
+    /// A request to edit, delete or move (tool kinds `edit`, `delete`,
+    /// `move`) is refused when a path it names (`locations`, a diff's
+    /// `path`, `rawInput.path`/`file_path`) lies outside the worktree;
+    /// everything else is allowed.
+    #[default]
+    DenyWritesOutsideWorktree,
+}
+
+impl Permissions {
+    /// The TOML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permissions::Allow => "allow",
+            Permissions::Deny => "deny",
+            Permissions::DenyWritesOutsideWorktree => "deny-writes-outside-worktree",
+        }
+    }
 }
 
 /// The opening of every built-in prompt: the work item and the ground rules.
@@ -1711,6 +1754,12 @@ impl Config {
                     "must name a program",
                 ));
             }
+            if a.kind != AgentKind::Acp && (a.permissions.is_some() || a.auth_method.is_some()) {
+                return Err(Error::config(
+                    format!("agents.{role}"),
+                    "permissions and auth_method apply to an ACP agent only (kind = \"acp\")",
+                ));
+            }
             if a.timeout_s == Some(0) {
                 return Err(Error::config(
                     format!("agents.{role}.timeout_s"),
@@ -2228,6 +2277,30 @@ mod tests {
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
         assert_eq!(s.plane_webhook_secret.unwrap().expose(), "hunter2");
+    }
+
+    #[test]
+    fn an_acp_agent_takes_permissions_and_an_auth_method_and_only_it_does() {
+        let c = Config::parse(
+            "[agents.developer]\nargv = [\"gemini\", \"--acp\"]\nkind = \"acp\"\n\
+             auth_method = \"gemini-api-key\"\npermissions = \"deny\"\nresume = true\n",
+        )
+        .unwrap();
+        let a = c.agent("developer").unwrap();
+        assert!(a.kind == AgentKind::Acp && a.resume);
+        assert_eq!(a.permissions, Some(Permissions::Deny));
+        assert_eq!(a.auth_method.as_deref(), Some("gemini-api-key"));
+        let e = Config::parse("[agents.developer]\nargv = [\"x\"]\npermissions = \"allow\"\n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("agents.developer") && e.to_string().contains("kind = \"acp\""),
+            "{e}"
+        );
+        let e = Config::parse(
+            "[agents.developer]\nargv = [\"x\"]\nkind = \"acp\"\npermissions = \"sometimes\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("sometimes"), "{e}");
     }
 
     #[test]

@@ -106,9 +106,6 @@ pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
     for role in ROLES {
         let result = match ctx.config.agent(role) {
             Err(e) => Err(e.to_string()),
-            Ok(a) if a.kind == crate::config::AgentKind::Acp => {
-                Err("kind acp is not supported yet: its jobs fail at once".to_string())
-            }
             Ok(a) => program(&a.argv[0]).map(|p| {
                 let priced = a
                     .model

@@ -4,6 +4,7 @@
 //! The binary (`src/main.rs`, `src/cli.rs`, `src/cmd/`) parses and prints;
 //! everything here is the core. See `docs/DESIGN.md` for the contract.
 
+pub mod acp;
 pub mod adapters;
 pub mod agent;
 pub mod backoff;

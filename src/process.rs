@@ -16,7 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -124,7 +124,7 @@ pub fn run(
     on_spawn: impl FnOnce(&Spawned) -> anyhow::Result<()>,
     mut on_tick: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<RunOutcome> {
-    let mut cmd = command(spec, std::env::vars_os())?;
+    let mut cmd = command(spec, std::env::vars_os(), false)?;
     let started = Instant::now();
     let mut child = cmd
         .spawn()
@@ -186,6 +186,125 @@ pub fn run(
         exit,
         duration_ms: started.elapsed().as_millis() as i64,
     })
+}
+
+/// [`run`] for a child that speaks a protocol on its standard streams
+/// (an Agent Client Protocol agent): its stdin and stdout are pipes handed
+/// to `talk`, which runs on a thread of its own; stderr goes to the log;
+/// `spec.stdin_path` is not used. Same process group, timeout, heartbeats
+/// and "no survivor" as [`run`].
+///
+/// The run ends when the child exits, at the timeout (the outcome is
+/// [`ExitKind::TimedOut`]), or when the child is still there
+/// `spec.kill_grace` after `talk` returned (its stdin is closed by then):
+/// its group gets SIGTERM, then SIGKILL after `spec.kill_grace`, and the
+/// outcome says how it died. Killing the group closes the pipes, so a
+/// `talk` blocked on them returns.
+///
+/// Returns `talk`'s value, or `None` when it did not return within
+/// `spec.kill_grace` (at least a second) after the child was gone — a
+/// process that left the group still holds the pipe; its thread is left
+/// behind.
+///
+/// Errors: those of [`run`], and a thread that cannot be started.
+pub fn run_piped<T: Send + 'static>(
+    spec: &RunSpec,
+    tick: Duration,
+    on_spawn: impl FnOnce(&Spawned) -> anyhow::Result<()>,
+    mut on_tick: impl FnMut() -> anyhow::Result<()>,
+    talk: impl FnOnce(ChildStdin, ChildStdout) -> T + Send + 'static,
+) -> anyhow::Result<(RunOutcome, Option<T>)> {
+    let mut cmd = command(spec, std::env::vars_os(), true)?;
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {:?} in {}", spec.argv, spec.cwd.display()))?;
+    let pid = child.id() as i32;
+    let spawned = match proc_start_time(pid) {
+        Some(start_time) => Spawned { pid, start_time },
+        None => {
+            kill_now(&mut child, pid);
+            bail!("cannot read /proc/{pid}/stat of the process just spawned");
+        }
+    };
+    if let Err(e) = on_spawn(&spawned) {
+        kill_now(&mut child, pid);
+        return Err(e);
+    }
+    let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        kill_now(&mut child, pid);
+        bail!("the child's stdin and stdout are not pipes");
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    if let Err(e) = std::thread::Builder::new()
+        .name(format!("talk-{pid}"))
+        .spawn(move || {
+            let _ = tx.send(talk(stdin, stdout));
+        })
+    {
+        kill_now(&mut child, pid);
+        return Err(anyhow::Error::new(e).context("starting the thread that talks to the child"));
+    }
+
+    let mut talked = None;
+    let mut talk_ended: Option<Instant> = None;
+    let mut last_tick = Instant::now();
+    let exit = loop {
+        if talked.is_none() {
+            if let Ok(t) = rx.try_recv() {
+                talked = Some(t);
+                talk_ended = Some(Instant::now());
+            }
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                signal_group(pid, libc::SIGKILL);
+                break exit_kind(status);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                kill_now(&mut child, pid);
+                return Err(anyhow::Error::new(e).context("waiting for child"));
+            }
+        }
+        if started.elapsed() >= spec.timeout {
+            tracing::warn!(
+                pid,
+                timeout_ms = spec.timeout.as_millis() as u64,
+                "timed out; killing process group"
+            );
+            terminate(&mut child, pid, spec.kill_grace)?;
+            break ExitKind::TimedOut;
+        }
+        if talk_ended.is_some_and(|t| t.elapsed() >= spec.kill_grace) {
+            tracing::info!(
+                pid,
+                "the exchange ended and the child stayed; killing its group"
+            );
+            terminate(&mut child, pid, spec.kill_grace)?;
+            let status = child.wait().context("waiting for killed child")?;
+            break exit_kind(status);
+        }
+        if last_tick.elapsed() >= tick {
+            last_tick = Instant::now();
+            if let Err(e) = on_tick() {
+                tracing::warn!(pid, error = %format!("{e:#}"), "tick callback failed");
+            }
+        }
+        std::thread::sleep(POLL);
+    };
+    if talked.is_none() {
+        talked = rx
+            .recv_timeout(spec.kill_grace.max(Duration::from_secs(1)))
+            .ok();
+    }
+    Ok((
+        RunOutcome {
+            exit,
+            duration_ms: started.elapsed().as_millis() as i64,
+        },
+        talked,
+    ))
 }
 
 /// How an agent or the project's test command (code the agents may have
@@ -361,8 +480,27 @@ impl Runner {
         on_spawn: impl FnOnce(&Spawned) -> anyhow::Result<()>,
         on_tick: impl FnMut() -> anyhow::Result<()>,
     ) -> anyhow::Result<RunOutcome> {
+        run(&self.wrapped(spec)?, tick, on_spawn, on_tick)
+    }
+
+    /// Runs `spec` as [`run_piped`] does, confined as this runner says.
+    ///
+    /// Errors: those of [`run_piped`].
+    pub fn run_piped<T: Send + 'static>(
+        &self,
+        spec: &RunSpec,
+        tick: Duration,
+        on_spawn: impl FnOnce(&Spawned) -> anyhow::Result<()>,
+        on_tick: impl FnMut() -> anyhow::Result<()>,
+        talk: impl FnOnce(ChildStdin, ChildStdout) -> T + Send + 'static,
+    ) -> anyhow::Result<(RunOutcome, Option<T>)> {
+        run_piped(&self.wrapped(spec)?, tick, on_spawn, on_tick, talk)
+    }
+
+    /// `spec` as this runner starts it: under bubblewrap, its argv wrapped.
+    fn wrapped(&self, spec: &RunSpec) -> anyhow::Result<RunSpec> {
         match self {
-            Runner::Group => run(spec, tick, on_spawn, on_tick),
+            Runner::Group => Ok(spec.clone()),
             Runner::Bwrap(c) => {
                 // bwrap itself starts; a missing program would only show
                 // as its exit 1. Refuse it here, as a spawn would.
@@ -374,11 +512,10 @@ impl Runner {
                         spec.cwd.display()
                     );
                 }
-                let wrapped = RunSpec {
+                Ok(RunSpec {
                     argv: c.wrap(spec),
                     ..spec.clone()
-                };
-                run(&wrapped, tick, on_spawn, on_tick)
+                })
             }
         }
     }
@@ -407,10 +544,12 @@ fn runnable(program: &str, cwd: &Path) -> bool {
 }
 
 /// Builds the command for `spec`; the child's environment is `inherited`
-/// minus `env_remove_prefix` plus `spec.env`.
+/// minus `env_remove_prefix` plus `spec.env`. `piped`: stdin and stdout
+/// are pipes (for [`run_piped`]) and only stderr goes to the log.
 fn command(
     spec: &RunSpec,
     inherited: impl IntoIterator<Item = (OsString, OsString)>,
+    piped: bool,
 ) -> anyhow::Result<Command> {
     let Some((program, args)) = spec.argv.split_first() else {
         bail!("empty argv");
@@ -429,6 +568,7 @@ fn command(
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
 
     let stdin = match &spec.stdin_path {
+        _ if piped => Stdio::piped(),
         Some(path) => Stdio::from(
             File::open(path).with_context(|| format!("opening stdin file {}", path.display()))?,
         ),
@@ -443,8 +583,12 @@ fn command(
         .append(true)
         .open(&spec.log_path)
         .with_context(|| format!("opening log file {}", spec.log_path.display()))?;
-    let log2 = log.try_clone().context("duplicating log file handle")?;
-    cmd.stdin(stdin).stdout(log).stderr(log2);
+    if piped {
+        cmd.stdin(stdin).stdout(Stdio::piped()).stderr(log);
+    } else {
+        let log2 = log.try_clone().context("duplicating log file handle")?;
+        cmd.stdin(stdin).stdout(log).stderr(log2);
+    }
 
     cmd.process_group(0);
     die_with_parent(&mut cmd);
@@ -901,7 +1045,7 @@ mod tests {
             ("PATH", "/usr/bin:/bin"),
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
-        let status = command(&s, inherited).unwrap().status().unwrap();
+        let status = command(&s, inherited, false).unwrap().status().unwrap();
         assert!(status.success());
         let log = std::fs::read_to_string(&s.log_path).unwrap();
         assert_eq!(log.trim(), "secret=unset task=T-1 keep=yes");
@@ -988,6 +1132,77 @@ mod tests {
         assert!(run_quiet_err(&s).contains("/nonexistent/agent"));
     }
 
+    #[test]
+    fn run_piped_talks_to_the_child_and_ends_with_it() {
+        use std::io::{BufRead as _, Write as _};
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "echo to-err >&2; cat");
+        s.stdin_path = Some(dir.path().join("never-opened"));
+        let (out, talked) = run_piped(
+            &s,
+            Duration::from_millis(50),
+            |_| Ok(()),
+            || Ok(()),
+            |mut stdin, stdout| {
+                stdin.write_all(b"ping\n").unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(stdout)
+                    .read_line(&mut line)
+                    .unwrap();
+                line
+            },
+        )
+        .unwrap();
+        assert_eq!(talked.as_deref(), Some("ping\n"));
+        assert_eq!(out.exit, ExitKind::Code(0));
+        let log = std::fs::read_to_string(&s.log_path).unwrap();
+        assert_eq!(log, "to-err\n", "stdout is the pipe, stderr the log");
+    }
+
+    #[test]
+    fn run_piped_kills_a_child_that_stays_after_the_talk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(
+            dir.path(),
+            "trap '' TERM; sleep 300 & echo $! > child.pid; sleep 300",
+        );
+        s.timeout = Duration::from_secs(60);
+        let (out, talked) = run_piped(
+            &s,
+            Duration::from_millis(50),
+            |_| Ok(()),
+            || Ok(()),
+            |_stdin, _stdout| 7,
+        )
+        .unwrap();
+        assert_eq!(talked, Some(7));
+        assert_eq!(out.exit, ExitKind::Signal(libc::SIGKILL));
+        assert!(out.duration_ms < 10_000, "{out:?}");
+        let child = read_pid(&dir.path().join("child.pid"));
+        wait_until("grandchild dead", || dead(child));
+    }
+
+    #[test]
+    fn run_piped_times_out_and_the_blocked_talk_returns() {
+        use std::io::Read as _;
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = spec(dir.path(), "sleep 300");
+        s.timeout = Duration::from_secs(1);
+        let (out, talked) = run_piped(
+            &s,
+            Duration::from_millis(50),
+            |_| Ok(()),
+            || Ok(()),
+            |_stdin, mut stdout| {
+                let mut all = Vec::new();
+                stdout.read_to_end(&mut all).map(|_| all.len()).ok()
+            },
+        )
+        .unwrap();
+        assert_eq!(out.exit, ExitKind::TimedOut);
+        assert_eq!(talked, Some(Some(0)));
+    }
+
     fn run_quiet_err(s: &RunSpec) -> String {
         format!(
             "{:#}",
@@ -1016,7 +1231,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A group whose leader we do not wait on, as the reaper sees it.
         let s = spec(dir.path(), "sleep 300");
-        let mut child = command(&s, std::env::vars_os()).unwrap().spawn().unwrap();
+        let mut child = command(&s, std::env::vars_os(), false)
+            .unwrap()
+            .spawn()
+            .unwrap();
         let pgid = child.id() as i32;
         let reaper = std::thread::spawn(move || child.wait().unwrap());
         wait_until("group exists", || group_exists(pgid));

@@ -251,18 +251,6 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let brief = brief_of(ctx, db, &task, job, &notes)?;
     let agent = ctx.config.agent(&job.role)?;
     let kind = agent.kind;
-    if kind == crate::config::AgentKind::Acp {
-        let entry = if ctx.config.agents.contains_key(&job.role) {
-            job.role.as_str()
-        } else {
-            "default"
-        };
-        return Err(crate::error::Error::config(
-            format!("agents.{entry}.kind"),
-            "kind acp is not supported yet",
-        )
-        .into());
-    }
     let verdict_file = brief.verdict_file.clone();
     std::fs::create_dir_all(&brief.verdict_dir)
         .with_context(|| format!("creating {}", brief.verdict_dir.display()))?;
@@ -291,29 +279,48 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let heartbeat_every = Duration::from_secs(ctx.settings.heartbeat_s);
     let mut last_beat = std::time::Instant::now();
     let mut agent_pid = None;
-    let outcome = runner.run(
-        &spec,
-        Duration::from_millis(200),
-        |s| {
-            agent_pid = Some(s.pid as i64);
-            db.write(|tx| {
-                tx.set_job_agent(
-                    job.id,
-                    job.attempt,
-                    s.pid as i64,
-                    s.start_time as i64,
-                    timeout_s as i64,
-                )
-            })
-        },
-        || {
-            if last_beat.elapsed() >= heartbeat_every {
-                last_beat = std::time::Instant::now();
-                db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
-            }
-            Ok(())
-        },
-    )?;
+    let on_spawn = |s: &process::Spawned| {
+        agent_pid = Some(s.pid as i64);
+        db.write(|tx| {
+            tx.set_job_agent(
+                job.id,
+                job.attempt,
+                s.pid as i64,
+                s.start_time as i64,
+                timeout_s as i64,
+            )
+        })
+    };
+    let on_tick = || {
+        if last_beat.elapsed() >= heartbeat_every {
+            last_beat = std::time::Instant::now();
+            db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
+        }
+        Ok(())
+    };
+    // An ACP agent is talked to, not fed a prompt file, and its result
+    // comes from the exchange, never from its log.
+    let (outcome, acp) = if kind == crate::config::AgentKind::Acp {
+        let req = crate::acp::Request {
+            prompt: brief.prompt.clone(),
+            worktree: worktree.clone(),
+            resume: brief.previous_session.clone(),
+            permissions: agent.permissions.unwrap_or_default(),
+            auth_method: agent.auth_method.clone(),
+        };
+        let (out, acp) = crate::acp::run(
+            &runner,
+            &spec,
+            req,
+            Duration::from_millis(200),
+            on_spawn,
+            on_tick,
+        )?;
+        (out, Some(acp))
+    } else {
+        let out = runner.run(&spec, Duration::from_millis(200), on_spawn, on_tick)?;
+        (out, None)
+    };
     if let Some(view) = clone_view {
         let applied = repo.apply_clone_view(view, &worktree)?;
         if !applied.discarded.is_empty() {
@@ -332,13 +339,24 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             &format!("orch: timed out after {timeout_s} s; process group killed\n"),
         );
     }
-    // The agent's output is as long as it likes: the result is its last
-    // line, so only the log's end is read.
-    let log = crate::untrusted::open_regular(&log_path)
-        .and_then(|f| crate::untrusted::read_bounded(f, AGENT_LOG_READ_MAX_BYTES, true))
-        .unwrap_or_default();
-    let exit_code = outcome.exit_code() as i64;
-    let result = read_result(db, job, kind, &String::from_utf8_lossy(&log), exit_code)?;
+    // An ACP agent's process is stopped by orch once its turn ended: the
+    // exchange says how the run went, unless the timeout ended it.
+    let exit_code = match &acp {
+        Some(acp) if !timed_out => acp.exit_code(),
+        _ => outcome.exit_code() as i64,
+    };
+    let parsed = match &acp {
+        Some(acp) => Some(acp.to_agent_result()),
+        None => {
+            // The agent's output is as long as it likes: the result is its
+            // last line, so only the log's end is read.
+            let log = crate::untrusted::open_regular(&log_path)
+                .and_then(|f| crate::untrusted::read_bounded(f, AGENT_LOG_READ_MAX_BYTES, true))
+                .unwrap_or_default();
+            crate::agent::parse(kind, &String::from_utf8_lossy(&log), exit_code)
+        }
+    };
+    let result = vet_result(db, job, kind, parsed)?;
     if result.is_none() {
         info!(target: "worker", job = job.id, kind = %kind, log = %log_path.display(), "agent printed no result: usage unknown");
     }
@@ -431,18 +449,18 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     Ok(recorded.then_some(exit_code))
 }
 
-/// Reads the result of a run of `kind` from its `log` and exit code
-/// ([`crate::agent::parse`]): a session id not of the kind's shape is
-/// dropped (never stored, never resumed), and a session-cumulative usage is
-/// scoped to this run against the figure stored for the session.
-fn read_result(
+/// Vets the result of a run of `kind` (parsed from its log by
+/// [`crate::agent::parse`], or an ACP exchange's): a session id not of the
+/// kind's shape is dropped (never stored, never resumed), and a
+/// session-cumulative usage is scoped to this run against the figure
+/// stored for the session.
+fn vet_result(
     db: &Db,
     job: &Job,
     kind: crate::config::AgentKind,
-    log: &str,
-    exit_code: i64,
+    parsed: Option<crate::agent::AgentResult>,
 ) -> anyhow::Result<Option<crate::agent::AgentResult>> {
-    let Some(mut r) = crate::agent::parse(kind, log, exit_code) else {
+    let Some(mut r) = parsed else {
         return Ok(None);
     };
     if let Some(id) = r.session_id.take() {

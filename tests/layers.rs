@@ -178,6 +178,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "backoff",
             "build_info",
             "untrusted",
+            "acp",
         ],
     ),
     ("store", &["db"]),

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod acp;
 mod agents;
 mod cli;
 mod hardening;
