@@ -303,7 +303,7 @@ pub struct RunError {
 #[serde(rename_all = "snake_case")]
 pub enum LimitKind {
     /// The account's usage limit (session, weekly): "Claude AI usage limit
-    /// reached|<reset unix seconds>", "You've hit your limit · resets …".
+    /// reached|`<reset unix seconds>`", "You've hit your limit · resets …".
     Usage,
     /// A model-API rate limit or overload (HTTP 429 or 529).
     Rate,
