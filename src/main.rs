@@ -14,15 +14,16 @@ fn main() {
     if let Err(e) = orch::process::make_undumpable() {
         eprintln!("orch: warning: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
     }
-    // .env first, so clap's `env =` fallbacks and the settings see it; real
-    // environment variables win over the file.
-    // Which settings came from the environment, before .env adds its own
-    // (for `orch config show`).
+    // The settings file first (`.env`, else the installed
+    // /etc/orch/orch.env), so clap's `env =` fallbacks and the settings see
+    // it; real environment variables win over the file.
+    // Which settings came from the environment, before the file adds its
+    // own (for `orch config show`).
     let from_env: std::collections::BTreeSet<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| k.starts_with("ORCH_"))
         .collect();
-    let dotenv = dotenvy::dotenv();
+    let file = orch::config::load_settings_file();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -36,15 +37,13 @@ fn main() {
         }
     };
     init_logging(cli.verbose, cli.quiet);
-    if let Err(e) = &dotenv {
-        if !e.not_found() {
-            tracing::warn!("ignoring .env: {e}");
-        }
+    if let Some(problem) = &file.problem {
+        tracing::warn!("{problem}");
     }
     orch::failpoint::setup();
     let sources = cmd::Sources {
         from_env,
-        dotenv: dotenv.as_ref().ok().cloned(),
+        dotenv: file.path.clone(),
         dropped: Default::default(),
     };
     let code = match cmd::run(cli, &sources) {
