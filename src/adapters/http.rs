@@ -29,10 +29,7 @@ pub(crate) fn required<'a, T>(
 ) -> Result<&'a T, AdapterError> {
     v.as_ref().ok_or_else(|| AdapterError::Config {
         key: key.to_string(),
-        message: format!(
-            "required {why}{}",
-            crate::config::missing_secret_hint(key)
-        ),
+        message: format!("required {why}{}", crate::config::missing_secret_hint(key)),
     })
 }
 

@@ -71,7 +71,6 @@ pub fn documented_defaults() -> BTreeMap<&'static str, &'static str> {
         .collect()
 }
 
-
 fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Result<Output> {
     let defaults = documented_defaults();
     // The settings file's name as the source: `.env (<path>)` for a
