@@ -309,8 +309,10 @@ pub struct Settings {
     pub agent_sandbox: AgentSandbox,
     /// `ORCH_AGENT_SANDBOX_WRITABLE` (`:`-separated absolute paths): extra
     /// paths a sandboxed agent may write. Unset: the Claude Code CLI's
-    /// login and state, `$HOME/.claude` and `$HOME/.claude.json` (the
-    /// sandbox binds only those that exist); set but empty: none.
+    /// login and state — `$CLAUDE_CONFIG_DIR` when set (the installed
+    /// worker sets it: the CLI then keeps `.claude.json` in that folder
+    /// too), else `$HOME/.claude` and `$HOME/.claude.json` (the sandbox
+    /// binds only those that exist); set but empty: none.
     pub agent_sandbox_writable: Vec<PathBuf>,
     /// `ORCH_AGENT_SANDBOX_HIDE` (`:`-separated absolute paths): paths a
     /// sandboxed agent or test command must not see (a file reads as
@@ -416,9 +418,16 @@ fn absolute_paths(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Result<Vec
 }
 
 /// The default of `ORCH_AGENT_SANDBOX_WRITABLE`: the Claude Code CLI's
-/// login and state under `home` (`$HOME`), so a sandboxed agent stays
-/// logged in and can refresh its token. None without an absolute home.
-fn agent_login_paths(home: Option<String>) -> Vec<PathBuf> {
+/// login and state, so a sandboxed agent stays logged in and can refresh
+/// its token: the folder `config_dir` (`$CLAUDE_CONFIG_DIR`) alone when it
+/// is absolute — the CLI keeps `.claude.json` in it, and a folder bind
+/// lets it replace that file by rename, which a file bind refuses (EBUSY)
+/// — else `home` (`$HOME`)'s `.claude` and `.claude.json`. None without
+/// an absolute path.
+fn agent_login_paths(config_dir: Option<String>, home: Option<String>) -> Vec<PathBuf> {
+    if let Some(d) = config_dir.map(PathBuf::from).filter(|d| d.is_absolute()) {
+        return vec![d];
+    }
     match home.map(PathBuf::from) {
         Some(h) if h.is_absolute() => vec![h.join(".claude"), h.join(".claude.json")],
         _ => Vec::new(),
@@ -505,7 +514,7 @@ impl Settings {
             },
             agent_sandbox_writable: match lookup("ORCH_AGENT_SANDBOX_WRITABLE") {
                 Some(_) => absolute_paths(&get, "ORCH_AGENT_SANDBOX_WRITABLE")?,
-                None => agent_login_paths(lookup("HOME")),
+                None => agent_login_paths(lookup("CLAUDE_CONFIG_DIR"), lookup("HOME")),
             },
             agent_sandbox_hide: absolute_paths(&get, "ORCH_AGENT_SANDBOX_HIDE")?,
             db_path,
@@ -2205,6 +2214,19 @@ mod tests {
         assert_eq!(s.agent_sandbox_writable, [PathBuf::from("/srv/cache")]);
         let s = Settings::load(&env(&[("HOME", "relative")]), None, None).unwrap();
         assert!(s.agent_sandbox_writable.is_empty());
+        let s = Settings::load(
+            &env(&[
+                ("HOME", "/var/lib/orch/home"),
+                ("CLAUDE_CONFIG_DIR", "/var/lib/orch/home/.claude"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.agent_sandbox_writable,
+            [PathBuf::from("/var/lib/orch/home/.claude")]
+        );
     }
 
     #[test]
