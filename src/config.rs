@@ -1,9 +1,10 @@
 //! Settings and configuration.
 //!
 //! Two sources, one rule each:
-//! - **Settings** (`ORCH_*` environment variables, with a `.env` file in the
-//!   working directory loaded first by the binary): paths, limits, secrets,
-//!   timeouts. Every key is listed with its default in `.env.example`.
+//! - **Settings** (`ORCH_*` environment variables, with one settings file
+//!   loaded first by the binary, [`load_settings_file`]): paths, limits,
+//!   secrets, timeouts. Every key is listed with its default in
+//!   `.env.example`.
 //! - **Config** (a TOML file, `ORCH_CONFIG`): the project registry, and the
 //!   per-role agent argv and prompt templates.
 //!
@@ -43,6 +44,109 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("[redacted]")
     }
+}
+
+/// Where `scripts/install` puts the settings (root:orch 0640) that the
+/// units read (`EnvironmentFile=`) and the CLI reads too
+/// ([`load_settings_file`]).
+pub const INSTALLED_SETTINGS_FILE: &str = "/etc/orch/orch.env";
+
+/// Where `scripts/install` puts the secrets (root:root 0600): systemd
+/// reads them for the units; orch never opens the file.
+pub const INSTALLED_SECRETS_FILE: &str = "/etc/orch/secrets.env";
+
+/// The settings file [`load_settings_file`] read, and why one was not
+/// read when it should have been.
+#[derive(Debug, Default)]
+pub struct SettingsFile {
+    /// The file whose variables were added (those not already set).
+    pub path: Option<PathBuf>,
+    /// A file that exists but could not be read or parsed: one line for
+    /// the log (the settings then come from the environment alone).
+    pub problem: Option<String>,
+}
+
+/// Loads the one settings file below the environment (a variable already
+/// set wins over the file), in this order, the first found only:
+/// 1. `.env` in the working directory or a folder above it (a try-out,
+///    test or staging instance's own settings);
+/// 2. `ORCH_ENV_FILE`, default [`INSTALLED_SETTINGS_FILE`] — what the
+///    installed units read, so `sudo -u orch orch status` finds the same
+///    database and config with nothing typed. `ORCH_ENV_FILE=` (empty)
+///    reads no file; a missing default file is no problem, a missing
+///    `ORCH_ENV_FILE` is.
+///
+/// Only one file is read: a `.env` instance never inherits the installed
+/// instance's paths. Call while the process is single-threaded (it sets
+/// environment variables).
+pub fn load_settings_file() -> SettingsFile {
+    match dotenvy::dotenv() {
+        Ok(path) => {
+            return SettingsFile {
+                path: Some(path),
+                problem: None,
+            }
+        }
+        Err(e) if !e.not_found() => {
+            return SettingsFile {
+                path: None,
+                problem: Some(format!("ignoring .env: {e}")),
+            }
+        }
+        Err(_) => {}
+    }
+    let (path, explicit) = match std::env::var_os("ORCH_ENV_FILE") {
+        Some(v) if v.is_empty() => return SettingsFile::default(),
+        Some(v) => (PathBuf::from(v), true),
+        None => (PathBuf::from(INSTALLED_SETTINGS_FILE), false),
+    };
+    match dotenvy::from_path(&path) {
+        Ok(()) => SettingsFile {
+            path: Some(path),
+            problem: None,
+        },
+        Err(e) if e.not_found() && !explicit => SettingsFile::default(),
+        Err(e) => {
+            let denied = matches!(&e, dotenvy::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied);
+            SettingsFile {
+                path: None,
+                problem: Some(format!(
+                    "ignoring the settings file {}: {e}{}",
+                    path.display(),
+                    if denied {
+                        " (it is root:orch 0640: run as the orch user, e.g. `sudo -u orch orch …`, or as a member of group orch)"
+                    } else {
+                        ""
+                    }
+                )),
+            }
+        }
+    }
+}
+
+/// Whether a setting holds a secret (`…_SECRET`, `…_TOKEN`, `…_API_KEY`):
+/// its value is never printed, and orch drops it from its environment once
+/// read. (`ORCH_BUDGET_DAY_TOKENS` is a number, not a secret.)
+pub fn is_secret(key: &str) -> bool {
+    ["_SECRET", "_TOKEN", "_API_KEY"]
+        .iter()
+        .any(|s| key.ends_with(s))
+}
+
+/// What to tell an operator whose command needs the secret `key` and
+/// lacks it: where it lives on an installed host and how to run a command
+/// with it without making the file readable to the orch user (and so to
+/// agents). Empty for a key that is not a secret.
+pub fn missing_secret_hint(key: &str) -> String {
+    if !is_secret(key) {
+        return String::new();
+    }
+    format!(
+        "; {key} is a secret: on an installed host it belongs in {INSTALLED_SECRETS_FILE} \
+         (root only, read by systemd for the units); to run a command by hand with it: \
+         sudo systemd-run --quiet --pipe --wait --collect -p User=orch \
+         -p EnvironmentFile={INSTALLED_SECRETS_FILE} orch <command>"
+    )
 }
 
 /// Runtime settings from `ORCH_*` environment variables. Durations carry
@@ -204,8 +308,11 @@ pub struct Settings {
     /// the projects' test commands run.
     pub agent_sandbox: AgentSandbox,
     /// `ORCH_AGENT_SANDBOX_WRITABLE` (`:`-separated absolute paths): extra
-    /// paths a sandboxed agent may write, e.g. the agent CLI's own state
-    /// directory (`~/.claude`).
+    /// paths a sandboxed agent may write. Unset: the Claude Code CLI's
+    /// login and state — `$CLAUDE_CONFIG_DIR` when set (the installed
+    /// worker sets it: the CLI then keeps `.claude.json` in that folder
+    /// too), else `$HOME/.claude` and `$HOME/.claude.json` (the sandbox
+    /// binds only those that exist); set but empty: none.
     pub agent_sandbox_writable: Vec<PathBuf>,
     /// `ORCH_AGENT_SANDBOX_HIDE` (`:`-separated absolute paths): paths a
     /// sandboxed agent or test command must not see (a file reads as
@@ -310,6 +417,23 @@ fn absolute_paths(get: &dyn Fn(&str) -> Option<String>, key: &str) -> Result<Vec
     }
 }
 
+/// The default of `ORCH_AGENT_SANDBOX_WRITABLE`: the Claude Code CLI's
+/// login and state, so a sandboxed agent stays logged in and can refresh
+/// its token: the folder `config_dir` (`$CLAUDE_CONFIG_DIR`) alone when it
+/// is absolute — the CLI keeps `.claude.json` in it, and a folder bind
+/// lets it replace that file by rename, which a file bind refuses (EBUSY)
+/// — else `home` (`$HOME`)'s `.claude` and `.claude.json`. None without
+/// an absolute path.
+fn agent_login_paths(config_dir: Option<String>, home: Option<String>) -> Vec<PathBuf> {
+    if let Some(d) = config_dir.map(PathBuf::from).filter(|d| d.is_absolute()) {
+        return vec![d];
+    }
+    match home.map(PathBuf::from) {
+        Some(h) if h.is_absolute() => vec![h.join(".claude"), h.join(".claude.json")],
+        _ => Vec::new(),
+    }
+}
+
 impl Settings {
     /// Reads settings through `lookup` (the process environment in the
     /// binary, a map in tests). `db` and `config` are the `--db` and
@@ -388,7 +512,10 @@ impl Settings {
                     ))
                 }
             },
-            agent_sandbox_writable: absolute_paths(&get, "ORCH_AGENT_SANDBOX_WRITABLE")?,
+            agent_sandbox_writable: match lookup("ORCH_AGENT_SANDBOX_WRITABLE") {
+                Some(_) => absolute_paths(&get, "ORCH_AGENT_SANDBOX_WRITABLE")?,
+                None => agent_login_paths(lookup("CLAUDE_CONFIG_DIR"), lookup("HOME")),
+            },
             agent_sandbox_hide: absolute_paths(&get, "ORCH_AGENT_SANDBOX_HIDE")?,
             db_path,
             config_path,
@@ -1648,6 +1775,7 @@ pub fn known_keys() -> std::collections::BTreeSet<String> {
         [
             "ORCH_LOG",
             "ORCH_LOG_FORMAT",
+            "ORCH_ENV_FILE",
             "ORCH_TEST_CLOCK_OFFSET_MS",
             "ORCH_TEST_WALL_JUMP_MS",
             "ORCH_TASK_ID",
@@ -2265,6 +2393,65 @@ mod tests {
             [PathBuf::from("/etc/x.env"), PathBuf::from("/srv/keys")]
         );
         assert!(s.agent_sandbox_writable.is_empty());
+    }
+
+    #[test]
+    fn the_agent_login_is_writable_unless_the_setting_says_otherwise() {
+        let s = Settings::load(&env(&[("HOME", "/var/lib/orch/home")]), None, None).unwrap();
+        assert_eq!(
+            s.agent_sandbox_writable,
+            [
+                PathBuf::from("/var/lib/orch/home/.claude"),
+                PathBuf::from("/var/lib/orch/home/.claude.json")
+            ]
+        );
+        let s = Settings::load(
+            &env(&[
+                ("HOME", "/var/lib/orch/home"),
+                ("ORCH_AGENT_SANDBOX_WRITABLE", ""),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(s.agent_sandbox_writable.is_empty(), "set but empty: none");
+        let s = Settings::load(
+            &env(&[
+                ("HOME", "/var/lib/orch/home"),
+                ("ORCH_AGENT_SANDBOX_WRITABLE", "/srv/cache"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(s.agent_sandbox_writable, [PathBuf::from("/srv/cache")]);
+        let s = Settings::load(&env(&[("HOME", "relative")]), None, None).unwrap();
+        assert!(s.agent_sandbox_writable.is_empty());
+        let s = Settings::load(
+            &env(&[
+                ("HOME", "/var/lib/orch/home"),
+                ("CLAUDE_CONFIG_DIR", "/var/lib/orch/home/.claude"),
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            s.agent_sandbox_writable,
+            [PathBuf::from("/var/lib/orch/home/.claude")]
+        );
+    }
+
+    #[test]
+    fn a_missing_secret_says_where_it_lives_and_how_to_run_with_it() {
+        let hint = missing_secret_hint("ORCH_PLANE_API_KEY");
+        assert!(hint.contains("/etc/orch/secrets.env"), "{hint}");
+        assert!(
+            hint.contains("systemd-run") && hint.contains("EnvironmentFile=/etc/orch/secrets.env"),
+            "{hint}"
+        );
+        assert_eq!(missing_secret_hint("ORCH_PLANE_WORKSPACE"), "");
+        assert!(!is_secret("ORCH_BUDGET_DAY_TOKENS"));
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! test commands startable, clone URLs reachable with their default branch,
 //! and (online) the Plane states resolvable, Gitea's version and the
 //! token's write scopes on each repository, and the Telegram bot and chat.
+//! Where the installed units run orch, the state folder and every local
+//! origin are checked as the units see them ([`UnitView`]): writable under
+//! `ProtectSystem=strict` only inside `StateDirectory=` or `ReadWritePaths=`.
 
 use std::path::{Path, PathBuf};
 
@@ -103,6 +106,11 @@ impl Check {
 /// Errors: none of its own: each failure is a failed [`Check`].
 pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
     let mut checks = Vec::new();
+    let unit_view = UnitView::installed();
+    checks.push(Check::new(
+        "state dir writable",
+        writable(&ctx.settings.state_dir, &unit_view),
+    ));
     for role in ROLES {
         let result = match ctx.config.agent(role) {
             Err(e) => Err(e.to_string()),
@@ -151,6 +159,12 @@ pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
                 )),
             });
         checks.push(Check::new(format!("project {} clone", p.name), branch));
+        if let Some(origin) = local_origin(&p.clone_url) {
+            checks.push(Check::new(
+                format!("project {} origin writable", p.name),
+                writable(&origin, &unit_view),
+            ));
+        }
         if online && p.tracker == TrackerKind::Plane {
             checks.push(Check::new(
                 format!("project {} plane states", p.name),
@@ -248,6 +262,139 @@ fn plane_states(ctx: &Ctx, db: Option<&Db>, p: &ProjectConfig) -> Result<String,
 
 /// Where `name` runs from: an executable path as given (when it has a
 /// `/`), else the first executable of that name on `PATH`.
+/// The folder of a local origin: an absolute path or a `file://` URL
+/// (`/srv/git/widget.git`); `None` for a URL with a host or `user@host:`.
+pub fn local_origin(clone_url: &str) -> Option<PathBuf> {
+    let path = clone_url.strip_prefix("file://").unwrap_or(clone_url);
+    Path::new(path).is_absolute().then(|| PathBuf::from(path))
+}
+
+/// The unit that runs orch's git and agents (`orch-worker@.service`) as
+/// systemd has it loaded: what it lets orch write. Read with `systemctl
+/// show`, so `orch config check` run by hand sees the sandbox the worker
+/// (and the reaper's finalize retries) will have.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnitView {
+    /// The unit asked about; `None` when no orch unit is installed here
+    /// (or systemd cannot be asked), and then only this process's own
+    /// access is checked.
+    pub unit: Option<String>,
+    /// `ProtectSystem=` (`strict` makes all but the paths below read-only).
+    pub protect_system: String,
+    /// `/var/lib/<StateDirectory>` and every `ReadWritePaths=` entry.
+    pub writable: Vec<PathBuf>,
+}
+
+impl UnitView {
+    /// The installed worker unit's view: from `systemctl show
+    /// orch-worker@1.service` when it is loaded; when this process runs
+    /// inside an orch unit (`INVOCATION_ID` is set), its own access
+    /// already is the unit's view and nothing is asked.
+    pub fn installed() -> UnitView {
+        const UNIT: &str = "orch-worker@1.service";
+        if std::env::var_os("INVOCATION_ID").is_some() {
+            return UnitView::default();
+        }
+        let out = std::process::Command::new("systemctl")
+            .args([
+                "show",
+                UNIT,
+                "--property=LoadState,ProtectSystem,ReadWritePaths,StateDirectory",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                UnitView::parse(UNIT, &String::from_utf8_lossy(&o.stdout)).unwrap_or_default()
+            }
+            _ => UnitView::default(),
+        }
+    }
+
+    /// Reads `systemctl show` output (`KEY=VALUE` lines); `None` unless
+    /// `LoadState=loaded`. `ReadWritePaths=` entries may carry systemd's
+    /// `-`/`+` prefixes, which are dropped.
+    pub fn parse(unit: &str, show: &str) -> Option<UnitView> {
+        let mut view = UnitView {
+            unit: Some(unit.to_string()),
+            ..UnitView::default()
+        };
+        let mut loaded = false;
+        for line in show.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            match k {
+                "LoadState" => loaded = v == "loaded",
+                "ProtectSystem" => view.protect_system = v.to_string(),
+                "ReadWritePaths" => view.writable.extend(
+                    v.split_whitespace()
+                        .map(|p| PathBuf::from(p.trim_start_matches(['-', '+']))),
+                ),
+                "StateDirectory" => view
+                    .writable
+                    .extend(v.split_whitespace().map(|d| Path::new("/var/lib").join(d))),
+                _ => {}
+            }
+        }
+        loaded.then_some(view)
+    }
+
+    /// Whether the unit may write `path` ([`Path::starts_with`]: whole
+    /// components), or what to change so it may.
+    pub fn may_write(&self, path: &Path) -> Result<(), String> {
+        let Some(unit) = &self.unit else {
+            return Ok(());
+        };
+        if self.protect_system != "strict" || self.writable.iter().any(|w| path.starts_with(w)) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} is read-only for {unit} (ProtectSystem=strict; it may write only {}): \
+             put it under /var/lib/orch, or let the units write its folder with \
+             `scripts/install --origin-dir {}` (a ReadWritePaths= drop-in) and `systemctl daemon-reload`",
+            path.display(),
+            self.writable
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            path.parent().unwrap_or(path).display()
+        ))
+    }
+}
+
+/// Whether `path` is writable: by the installed units ([`UnitView`]) and
+/// by this process (`access(2)`, which also sees read-only mounts: inside
+/// a unit it is the unit's view). A path that does not exist yet is
+/// judged by its nearest existing folder.
+fn writable(path: &Path, view: &UnitView) -> Result<String, String> {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    view.may_write(&path)?;
+    let existing = path
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("{}: a path with a NUL byte", existing.display()))?;
+    // SAFETY: access(2) reads the NUL-terminated path and nothing else.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(format!(
+            "{} is not writable by this user: {}",
+            existing.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(match &view.unit {
+        Some(unit) => format!("{} (writable for {unit} too)", path.display()),
+        None => format!(
+            "{} (no installed orch unit to ask: checked as this user)",
+            path.display()
+        ),
+    })
+}
+
 fn program(name: &str) -> Result<PathBuf, String> {
     use std::os::unix::fs::PermissionsExt;
     let runnable = |p: &Path| {
@@ -270,6 +417,42 @@ fn program(name: &str) -> Result<PathBuf, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_local_origin_outside_what_the_unit_may_write_is_named_with_the_fix() {
+        let show = "LoadState=loaded\nProtectSystem=strict\nReadWritePaths=-/srv/git /data/x\nStateDirectory=orch orch/home\n";
+        let view = super::UnitView::parse("orch-worker@1.service", show).unwrap();
+        assert_eq!(
+            view.writable,
+            ["/srv/git", "/data/x", "/var/lib/orch", "/var/lib/orch/home"]
+                .map(std::path::PathBuf::from)
+        );
+        assert!(view
+            .may_write(std::path::Path::new("/srv/git/widget.git"))
+            .is_ok());
+        assert!(view
+            .may_write(std::path::Path::new("/var/lib/orch/state"))
+            .is_ok());
+        let e = view
+            .may_write(std::path::Path::new("/srv/gitx/widget.git"))
+            .unwrap_err();
+        assert!(
+            e.contains("read-only for orch-worker@1.service")
+                && e.contains("scripts/install --origin-dir /srv/gitx"),
+            "{e}"
+        );
+        // Not installed: nothing to judge but this process's own access.
+        assert_eq!(super::UnitView::parse("x", "LoadState=not-found\n"), None);
+        assert!(super::UnitView::default()
+            .may_write(std::path::Path::new("/anything"))
+            .is_ok());
+        assert_eq!(
+            super::local_origin("file:///srv/git/w.git"),
+            Some("/srv/git/w.git".into())
+        );
+        assert_eq!(super::local_origin("git@host:acme/w.git"), None);
+        assert_eq!(super::local_origin("https://host/acme/w.git"), None);
+    }
+
     use super::*;
 
     #[test]

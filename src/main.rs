@@ -14,15 +14,16 @@ fn main() {
     if let Err(e) = orch::process::make_undumpable() {
         eprintln!("orch: warning: prctl(PR_SET_DUMPABLE, 0) failed: {e}");
     }
-    // .env first, so clap's `env =` fallbacks and the settings see it; real
-    // environment variables win over the file.
-    // Which settings came from the environment, before .env adds its own
-    // (for `orch config show`).
+    // The settings file first (`.env`, else the installed
+    // /etc/orch/orch.env), so clap's `env =` fallbacks and the settings see
+    // it; real environment variables win over the file.
+    // Which settings came from the environment, before the file adds its
+    // own (for `orch config show`).
     let from_env: std::collections::BTreeSet<String> = std::env::vars_os()
         .filter_map(|(k, _)| k.into_string().ok())
         .filter(|k| k.starts_with("ORCH_"))
         .collect();
-    let dotenv = dotenvy::dotenv();
+    let file = orch::config::load_settings_file();
     let cli = match cli::Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -36,15 +37,13 @@ fn main() {
         }
     };
     init_logging(cli.verbose, cli.quiet);
-    if let Err(e) = &dotenv {
-        if !e.not_found() {
-            tracing::warn!("ignoring .env: {e}");
-        }
+    if let Some(problem) = &file.problem {
+        tracing::warn!("{problem}");
     }
     orch::failpoint::setup();
     let sources = cmd::Sources {
         from_env,
-        dotenv: dotenv.as_ref().ok().cloned(),
+        dotenv: file.path.clone(),
         dropped: Default::default(),
     };
     let code = match cmd::run(cli, &sources) {
@@ -54,7 +53,9 @@ fn main() {
             if code == exit::BUSY {
                 tracing::info!("busy, exiting 75 so the next tick retries: {e:#}");
             } else {
-                eprintln!("orch: error: {e:#}");
+                // In the journal at error priority (LogLevelMax=notice keeps it).
+                let priority = if stderr_is_journal() { "<3>" } else { "" };
+                eprintln!("{priority}orch: error: {e:#}");
             }
             code
         }
@@ -95,7 +96,10 @@ fn init_logging(verbose: u8, quiet: bool) {
     let format = std::env::var("ORCH_LOG_FORMAT").unwrap_or_default();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(OneLine)
+        .with_writer(OneLine {
+            journal: stderr_is_journal(),
+            prefix: "",
+        })
         .with_target(true)
         .with_ansi(std::io::stderr().is_terminal());
     match format.as_str() {
@@ -113,14 +117,52 @@ fn init_logging(verbose: u8, quiet: bool) {
     }
 }
 
+/// Whether stderr is the journal's stream (`JOURNAL_STREAM=<dev>:<ino>`,
+/// set by systemd, names stderr's own file): as under the units.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(m) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream == format!("{}:{}", m.dev(), m.ino())
+}
+
 /// stderr, where each event stays one line: a newline inside a message or
-/// field (a multi-line comment, a stderr tail) is written as `\n`.
-struct OneLine;
+/// field (a multi-line comment, a stderr tail) is written as `\n`. When
+/// stderr is the journal, each line starts with its syslog priority
+/// (`<3>` error, `<4>` warning, `<5>` notice for INFO, `<7>` debug), which
+/// journald reads as the line's priority: a tick's summary of what it
+/// changed is a notice, so the units' `LogLevelMax=notice` keeps it while
+/// dropping systemd's own per-tick Starting/Finished lines (info).
+struct OneLine {
+    journal: bool,
+    prefix: &'static str,
+}
 
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OneLine {
     type Writer = OneLine;
     fn make_writer(&'a self) -> OneLine {
-        OneLine
+        OneLine {
+            journal: self.journal,
+            prefix: "",
+        }
+    }
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> OneLine {
+        use tracing::Level;
+        let prefix = match *meta.level() {
+            _ if !self.journal => "",
+            Level::ERROR => "<3>",
+            Level::WARN => "<4>",
+            Level::INFO => "<5>",
+            _ => "<7>",
+        };
+        OneLine {
+            journal: self.journal,
+            prefix,
+        }
     }
 }
 
@@ -129,6 +171,7 @@ impl std::io::Write for OneLine {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let body = buf.strip_suffix(b"\n").unwrap_or(buf);
         let mut line = Vec::with_capacity(buf.len() + 8);
+        line.extend_from_slice(self.prefix.as_bytes());
         for &b in body {
             match b {
                 b'\n' => line.extend_from_slice(b"\\n"),

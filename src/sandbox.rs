@@ -19,7 +19,7 @@ use crate::process::{Confinement, Runner};
 /// Where `scripts/install` puts the secrets (`root:root 0600`, read by
 /// systemd for the units): hidden in every sandbox even when
 /// `ORCH_AGENT_SANDBOX_HIDE` does not name it.
-pub const SECRETS_FILE: &str = "/etc/orch/secrets.env";
+pub const SECRETS_FILE: &str = crate::config::INSTALLED_SECRETS_FILE;
 
 /// Which kind of confined child is run, for the warning when it runs
 /// unconfined.

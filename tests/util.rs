@@ -143,6 +143,9 @@ impl Sandbox {
                 c.env_remove(k);
             }
         }
+        // Never the host's installed /etc/orch/orch.env: the sandbox's
+        // settings alone.
+        c.env("ORCH_ENV_FILE", "");
         c.envs(&self.env);
     }
 

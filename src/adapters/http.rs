@@ -19,7 +19,9 @@ use tracing::debug;
 use crate::config::{AdapterSettings, Secret};
 use crate::error::Error;
 
-/// A setting an adapter needs, or the config error naming it.
+/// A setting an adapter needs, or the config error naming it (for a
+/// secret, also where it lives and how to run a command with it,
+/// [`crate::config::missing_secret_hint`]).
 pub(crate) fn required<'a, T>(
     v: &'a Option<T>,
     key: &str,
@@ -27,7 +29,7 @@ pub(crate) fn required<'a, T>(
 ) -> Result<&'a T, AdapterError> {
     v.as_ref().ok_or_else(|| AdapterError::Config {
         key: key.to_string(),
-        message: format!("required {why}"),
+        message: format!("required {why}{}", crate::config::missing_secret_hint(key)),
     })
 }
 

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{Output, Sources};
 use crate::cli::ConfigCommand;
-use orch::config::{example_vars, known_keys, render, ROLES};
+use orch::config::{example_vars, is_secret, known_keys, render, ROLES};
 use orch::config_check::{self, Check};
 use orch::ctx::Ctx;
 use orch::error::exit;
@@ -71,23 +71,19 @@ pub fn documented_defaults() -> BTreeMap<&'static str, &'static str> {
         .collect()
 }
 
-/// Whether a setting holds a secret (`…_SECRET`, `…_TOKEN`, `…_API_KEY`):
-/// its value is never printed, and orch drops it from its environment once
-/// read. (`ORCH_BUDGET_DAY_TOKENS` is a number, not a secret.)
-pub(crate) fn is_secret(key: &str) -> bool {
-    ["_SECRET", "_TOKEN", "_API_KEY"]
-        .iter()
-        .any(|s| key.ends_with(s))
-}
-
 fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Result<Output> {
     let defaults = documented_defaults();
-    let dotenv = sources
-        .dotenv
-        .as_ref()
-        .map(|p| format!(".env ({})", p.display()));
+    // The settings file's name as the source: `.env (<path>)` for a
+    // `.env`, else its path (`/etc/orch/orch.env`).
+    let dotenv = sources.dotenv.as_ref().map(|p| {
+        if p.file_name().is_some_and(|n| n == ".env") {
+            format!(".env ({})", p.display())
+        } else {
+            p.display().to_string()
+        }
+    });
     let mut settings = Vec::new();
-    for key in known_keys() {
+    for key in known_keys().into_iter().filter(|k| k.starts_with("ORCH_")) {
         // Variables orch sets for its agents, and the test clock, are not
         // settings.
         if [

@@ -107,7 +107,8 @@ pub fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// Where the environment's settings came from: the `ORCH_*` keys set
-/// before `.env` was read, the `.env` file read (if any), and the secret
+/// before the settings file was read, the file read (a `.env`, or the
+/// installed `/etc/orch/orch.env`; if any), and the secret
 /// keys removed from the environment once read ([`drop_secrets`]).
 pub struct Sources {
     pub from_env: std::collections::BTreeSet<String>,
@@ -126,7 +127,7 @@ fn drop_secrets() -> std::collections::BTreeSet<String> {
     let mut set = std::collections::BTreeSet::new();
     for (key, value) in std::env::vars_os() {
         let Ok(key) = key.into_string() else { continue };
-        if key.starts_with("ORCH_") && config::is_secret(&key) {
+        if key.starts_with("ORCH_") && orch::config::is_secret(&key) {
             if !value.to_string_lossy().trim().is_empty() {
                 set.insert(key.clone());
             }
