@@ -141,7 +141,15 @@ pub enum Command {
         dry_run: bool,
     },
     /// Queue depth by stage, running jobs, leases, inbox and outbox backlog
-    Status,
+    ///
+    /// Lists (running jobs, tasks waiting for a human, parked tasks) show
+    /// at most 20 entries each, then "… and N more"; `--all` shows every
+    /// entry. The counts by stage and status are always whole.
+    Status {
+        /// Every entry of every list, however long
+        #[arg(long)]
+        all: bool,
+    },
     /// Verify the invariants over the database (exit 3 when one is violated)
     ///
     /// Integrity and foreign keys, the schema version, legal and unique

@@ -20,24 +20,48 @@ pub struct Status {
     pub tasks: Vec<StageCount>,
     /// Jobs by status.
     pub jobs: BTreeMap<String, i64>,
+    /// Running jobs, oldest first: at most [`Options::limit`] of them.
     pub running: Vec<RunningJob>,
+    /// How many jobs are running (`running` may show fewer).
+    pub running_total: usize,
     pub leases: Vec<Lease>,
     /// Agent accounts whose dispatch is paused now (usage or rate limit),
     /// with the pause's end (`until_ms`).
     pub pauses: Vec<Pause>,
-    /// Tasks parked by a budget: not claimed until within it again.
+    /// Tasks parked by a budget: not claimed until within it again. At
+    /// most [`Options::limit`] of them.
     pub parked: Vec<Parked>,
+    /// How many tasks are parked (`parked` may show fewer).
+    pub parked_total: usize,
     pub inbox: InboxCounts,
     /// Outbox messages by status.
     pub outbox: BTreeMap<String, i64>,
     /// The newest dead letters (at most 20).
     pub outbox_dead: Vec<DeadLetter>,
     pub counters: BTreeMap<String, i64>,
-    /// A summary of the last recorded reconcile pass, if any.
+    /// A summary of the last reconcile pass, if any.
     pub reconcile_last_pass: Option<LastPass>,
     /// Tasks that wait for a human (an escalation, the analysis approval),
-    /// oldest change first.
+    /// oldest change first: at most [`Options::limit`] of them.
     pub waiting: Vec<Waiting>,
+    /// How many tasks wait for a human (`waiting` may show fewer).
+    pub waiting_total: usize,
+}
+
+/// How long a list `orch status` shows by default (`--all`: all of it).
+pub const LIST_LIMIT: usize = 20;
+
+/// What [`document`] is asked for beyond the database.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The most entries a list (running jobs, waiting, parked) shows;
+    /// `None`: every entry.
+    pub limit: Option<usize>,
+    /// When the last reconcile pass finished (unix ms): the `reconcile`
+    /// tick stamp, `Ctx::tick_last_ok("reconcile")`. The database holds
+    /// the last pass that changed the report; an unchanged pass writes
+    /// nothing there.
+    pub reconcile_ran_at_ms: Option<i64>,
 }
 
 /// A task that only a human moves on, and the command to do it.
@@ -55,12 +79,16 @@ pub struct Waiting {
     pub since_ms: i64,
 }
 
-/// The tasks waiting for a human, from the database.
+/// The tasks waiting for a human, from the database. Reads only the
+/// unfinished tasks.
 ///
 /// Errors: database errors.
 pub fn waiting(db: &Db) -> anyhow::Result<Vec<Waiting>> {
     let mut out = Vec::new();
-    for t in db.tasks()? {
+    for t in db.unfinished_tasks()? {
+        if !t.escalated && t.stage != Stage::Analysis {
+            continue;
+        }
         let (why, command) = if t.escalated {
             (
                 format!("escalated: {}", t.escalated_reason.as_deref().unwrap_or("")),
@@ -136,10 +164,15 @@ pub struct DeadLetter {
 }
 
 /// The last reconcile pass, as recorded (fields missing from the record
-/// are `None`/null); lists are given as their lengths.
+/// are `None`/null); lists are given as their lengths. A pass is recorded
+/// only when its report changes, so the report is that of the last pass
+/// and of every pass since `changed_at_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LastPass {
+    /// When the last pass ran: the later of its tick stamp and the record.
     pub at_ms: Option<i64>,
+    /// When a pass last recorded a different report.
+    pub changed_at_ms: Option<i64>,
     pub examined: Option<i64>,
     pub unblocked: usize,
     pub replayed: usize,
@@ -154,10 +187,13 @@ pub struct LastPass {
 /// letters, outbox by status, counters.
 ///
 /// Errors: database errors.
-pub fn document(db: &Db) -> anyhow::Result<Status> {
+pub fn document(db: &Db, opts: &Options) -> anyhow::Result<Status> {
     let now = now_ms();
+    let limit = opts.limit.unwrap_or(usize::MAX);
+    let jobs: BTreeMap<String, i64> = db.count_by_status("jobs")?.into_iter().collect();
+    let running_total = jobs.get("running").copied().unwrap_or(0).max(0) as usize;
     let running = db
-        .jobs_with_status(crate::model::JobStatus::Running)?
+        .jobs_with_status_limit(crate::model::JobStatus::Running, limit)?
         .into_iter()
         .map(|j| RunningJob {
             job_id: j.id,
@@ -194,7 +230,8 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
         })
         .collect();
     let reconcile_last_pass = db.last_reconcile_pass()?.map(|p| LastPass {
-        at_ms: p["at_ms"].as_i64(),
+        at_ms: p["at_ms"].as_i64().max(opts.reconcile_ran_at_ms),
+        changed_at_ms: p["at_ms"].as_i64(),
         examined: p["examined"].as_i64(),
         unblocked: p["unblocked"].as_array().map_or(0, Vec::len),
         replayed: p["replayed"].as_array().map_or(0, Vec::len),
@@ -205,19 +242,27 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
                 .collect()
         }),
     });
+    let mut parked = db.parked_tasks()?;
+    let parked_total = parked.len();
+    parked.truncate(limit);
+    let mut waiting = waiting(db)?;
+    let waiting_total = waiting.len();
+    waiting.truncate(limit);
     Ok(Status {
         now_ms: now,
         schema_version: db.user_version()?,
         tasks,
-        jobs: db.count_by_status("jobs")?.into_iter().collect(),
+        jobs,
         running,
+        running_total,
         leases: db.leases()?,
         pauses: db
             .pauses()?
             .into_iter()
             .filter(|p| p.holds_at(now))
             .collect(),
-        parked: db.parked_tasks()?,
+        parked,
+        parked_total,
         inbox: InboxCounts {
             pending,
             failing,
@@ -227,7 +272,8 @@ pub fn document(db: &Db) -> anyhow::Result<Status> {
         outbox_dead,
         counters: db.counters()?.into_iter().collect(),
         reconcile_last_pass,
-        waiting: waiting(db)?,
+        waiting,
+        waiting_total,
     })
 }
 
@@ -274,6 +320,7 @@ impl fmt::Display for Status {
                 crate::clock::duration(r.age_s * 1000)
             )?;
         }
+        more(f, "  ", self.running_total, self.running.len())?;
         for l in &self.leases {
             writeln!(
                 f,
@@ -306,6 +353,7 @@ impl fmt::Display for Status {
                 p.reason
             )?;
         }
+        more(f, "", self.parked_total, self.parked.len())?;
         writeln!(
             f,
             "inbox: pending={} failing={} dead={}",
@@ -330,7 +378,12 @@ impl fmt::Display for Status {
                 last.at_ms.map_or_else(
                     || "at an unknown time".to_string(),
                     |at| crate::clock::human(at, self.now_ms)
-                ),
+                ) + &match last.changed_at_ms {
+                    Some(c) if Some(c) != last.at_ms => {
+                        format!(" (same result since {})", crate::clock::ago(c, self.now_ms))
+                    }
+                    _ => String::new(),
+                },
                 or_null(last.examined),
                 last.unblocked,
                 last.replayed,
@@ -352,9 +405,22 @@ impl fmt::Display for Status {
                     w.command
                 )?;
             }
+            more(f, "  ", self.waiting_total, self.waiting.len())?;
         }
         Ok(())
     }
+}
+
+/// `… and N more (orch status --all)` when a list shows `shown` of `total`.
+fn more(f: &mut fmt::Formatter<'_>, indent: &str, total: usize, shown: usize) -> fmt::Result {
+    if total > shown {
+        writeln!(
+            f,
+            "{indent}… and {} more (orch status --all)",
+            total - shown
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -391,6 +457,7 @@ mod tests {
                 age_s: 42,
                 exit_code: None,
             }],
+            running_total: 3,
             leases: vec![Lease {
                 name: "merge:acme/app".into(),
                 holder: "task:4".into(),
@@ -400,6 +467,7 @@ mod tests {
             }],
             pauses: vec![],
             parked: vec![],
+            parked_total: 0,
             inbox: InboxCounts {
                 pending: 1,
                 failing: 0,
@@ -417,6 +485,7 @@ mod tests {
             counters: [("merge_gate.deferred_total".to_string(), 4)].into(),
             reconcile_last_pass: Some(LastPass {
                 at_ms: Some(990_000),
+                changed_at_ms: Some(700_000),
                 examined: Some(3),
                 unblocked: 1,
                 replayed: 0,
@@ -432,6 +501,7 @@ mod tests {
                 command: "orch task unblock 3".into(),
                 since_ms: 820_000,
             }],
+            waiting_total: 1,
         };
         // The one absolute time is local: the zone the test runs in.
         let last_pass = crate::clock::local_rfc3339(990_000);
@@ -442,12 +512,13 @@ tasks:
   deploy-staging  1  (escalated)
 jobs: queued=1 running=1
   running job 7 task 3 development attempt 2 for 42 s
+  … and 2 more (orch status --all)
 lease merge:acme/app held by task:4 for job 9, expires in 10 min
 inbox: pending=1 failing=0 dead=2
 outbox: none
   dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500
 counters: merge_gate.deferred_total=4
-reconcile: last pass {last_pass} (10 s ago): examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
+reconcile: last pass {last_pass} (10 s ago) (same result since 5 min ago): examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
 waiting for a human:
   task 3 [app] Add a button at deploy-staging, escalated: merge conflict (3 min ago): orch task unblock 3
 "

@@ -190,7 +190,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         Command::Reap { dry_run } => (reap::run(&ctx, dry_run)?, exit::OK),
         Command::Deliver { dry_run } => (deliver::run(&ctx, dry_run)?, exit::OK),
         Command::Tick { max_jobs, dry_run } => (tick::run(&ctx, max_jobs, dry_run)?, exit::OK),
-        Command::Status => (status::run(&ctx)?, exit::OK),
+        Command::Status { all } => (status::run(&ctx, all)?, exit::OK),
         Command::MergeGate {
             task,
             dry_run,

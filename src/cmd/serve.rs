@@ -21,8 +21,13 @@ pub fn run(ctx: &Ctx, bind: Option<String>) -> anyhow::Result<()> {
     // The database must exist (`orch init`) before the first request.
     drop(ctx.open_db()?);
     let (db_path, timeout) = (ctx.settings.db_path.clone(), ctx.settings.busy_timeout_ms);
+    let queue_ctx = ctx.clone();
     let queue: orch::serve::QueueFn = std::sync::Arc::new(move || {
-        let doc = status::document(&Db::open_read_only(&db_path, timeout)?)?;
+        let opts = status::Options {
+            limit: Some(status::LIST_LIMIT),
+            reconcile_ran_at_ms: queue_ctx.tick_last_ok("reconcile"),
+        };
+        let doc = status::document(&Db::open_read_only(&db_path, timeout)?, &opts)?;
         Ok(serde_json::to_value(doc)?)
     });
     let metrics_ctx = ctx.clone();

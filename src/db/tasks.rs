@@ -133,10 +133,12 @@ impl Db {
             .optional()?)
     }
 
-    /// Tasks not yet done, oldest first.
+    /// Tasks not yet done, oldest first. Reads only them, through the
+    /// partial index `tasks_unfinished` (schema migration 17), however
+    /// many tasks are done.
     pub fn unfinished_tasks(&self) -> anyhow::Result<Vec<Task>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {TASK_COLS} FROM tasks WHERE stage<>'done' ORDER BY id"
+            "SELECT {TASK_COLS} FROM tasks WHERE unfinished=1 ORDER BY id"
         ))?;
         let rows = stmt.query_map([], task_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
