@@ -798,14 +798,14 @@ fn status_bounds_its_lists_and_all_shows_every_entry() {
         sbx.add_issue(&format!("task {i}"));
     }
     sbx.db()
-        .execute(
-            "UPDATE tasks SET escalated=1, escalated_reason='stuck'",
-            [],
-        )
+        .execute("UPDATE tasks SET escalated=1, escalated_reason='stuck'", [])
         .unwrap();
     let text = sbx.ok(&["status"]);
     assert_eq!(text.matches("orch task unblock").count(), 20, "{text}");
-    assert!(text.contains("  … and 5 more (orch status --all)"), "{text}");
+    assert!(
+        text.contains("  … and 5 more (orch status --all)"),
+        "{text}"
+    );
     let doc = sbx.json(&["status"]);
     assert_eq!(doc["waiting"].as_array().unwrap().len(), 20);
     assert_eq!(doc["waiting_total"], 25);

@@ -148,7 +148,9 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
     // Documentation needs no settings, database or config.
     match cli.command {
         Command::Completions { shell } => return docs::completions(shell).map(|()| exit::OK),
-        Command::Man => return docs::man().map(|()| exit::OK),
+        Command::Man { dir, dry_run } => {
+            return docs::man(dir.as_deref(), dry_run, cli.json).map(|()| exit::OK)
+        }
         _ => {}
     }
     let settings = Settings::load(
@@ -213,7 +215,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         },
         Command::Why { task } => (why::run(&ctx, task)?, exit::OK),
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
-        Command::Completions { .. } | Command::Man | Command::StagingCheck(_) => {
+        Command::Completions { .. } | Command::Man { .. } | Command::StagingCheck(_) => {
             unreachable!("dispatched before the context loads")
         }
     };
