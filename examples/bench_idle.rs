@@ -331,8 +331,8 @@ fn reconcile_sql(now: i64) -> String {
          AND outcome LIKE 'no pipeline action: sha % matches no known branch head%' ORDER BY id;\n\
          SELECT DISTINCT task_id FROM jobs WHERE status IN ('queued','running');\n\
          SELECT id, project, tracker_issue_id, sequence, title, body, stage, version, branch, worktree, \
-         developer_retries, escalated, escalated_reason, created_at_ms, updated_at_ms \
-         FROM tasks WHERE stage<>'done' ORDER BY id;\n\
+         developer_retries, escalated, escalated_reason, created_at_ms, updated_at_ms, \
+         parked_at_ms, parked_reason, budget_waived FROM tasks WHERE unfinished=1 ORDER BY id;\n\
          SELECT report FROM reconcile_passes ORDER BY id DESC LIMIT 1;\n",
         now - DAY_MS
     )
