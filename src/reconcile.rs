@@ -340,10 +340,9 @@ fn gate_side(
 ) -> anyhow::Result<()> {
     let now = now_ms();
     let max_retries = ctx.settings.max_developer_retries as i64;
-    let active = db.tasks_with_active_jobs()?;
-    for task in db.unfinished_tasks()? {
+    for task in db.unfinished_tasks_without_active_jobs()? {
         let stage = task.stage;
-        if stage == Stage::Done || task.escalated || active.contains(&task.id) {
+        if stage == Stage::Done || task.escalated {
             continue;
         }
         if now - task.updated_at_ms < ctx.settings.grace_for_stage(stage) as i64 * 1000 {

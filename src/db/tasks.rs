@@ -144,6 +144,20 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Unfinished tasks with no queued or running job, oldest first: the
+    /// ones reconcile's gate side looks at. Reads the unfinished tasks
+    /// through `tasks_unfinished` and each one's jobs through their
+    /// `(task_id, …)` key; a task with an active job is never loaded.
+    pub fn unfinished_tasks_without_active_jobs(&self) -> anyhow::Result<Vec<Task>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {TASK_COLS} FROM tasks WHERE unfinished=1 AND NOT EXISTS \
+             (SELECT 1 FROM jobs j WHERE j.task_id=tasks.id AND j.status IN ('queued','running')) \
+             ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], task_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// All tasks, newest first.
     pub fn tasks(&self) -> anyhow::Result<Vec<Task>> {
         let mut stmt = self
