@@ -196,15 +196,6 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Ids of tasks with a queued or running job.
-    pub fn tasks_with_active_jobs(&self) -> anyhow::Result<std::collections::HashSet<i64>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT DISTINCT task_id FROM jobs WHERE status IN ('queued','running')",
-        )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// The latest verdict recorded for (task, stage) at or after task
     /// version `since_version`'s job, i.e. the verdict of `job_id` — the
     /// agent's (or orch's `UNREADABLE`), not the staging suite's, which
