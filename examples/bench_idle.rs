@@ -323,16 +323,16 @@ fn reap_sql(now: i64) -> String {
 }
 
 /// What an idle `orch reconcile` reads (`Db::orphan_status_deliveries`,
-/// `Db::tasks_with_active_jobs`, `Db::unfinished_tasks`,
+/// `Db::unfinished_tasks_without_active_jobs`,
 /// `Db::last_reconcile_pass`).
 fn reconcile_sql(now: i64) -> String {
     format!(
         "{OPEN}SELECT id, body FROM inbox WHERE source='gitea' AND event='status' AND received_at_ms>={} \
          AND outcome LIKE 'no pipeline action: sha % matches no known branch head%' ORDER BY id;\n\
-         SELECT DISTINCT task_id FROM jobs WHERE status IN ('queued','running');\n\
          SELECT id, project, tracker_issue_id, sequence, title, body, stage, version, branch, worktree, \
-         developer_retries, escalated, escalated_reason, created_at_ms, updated_at_ms \
-         FROM tasks WHERE stage<>'done' ORDER BY id;\n\
+         developer_retries, escalated, escalated_reason, created_at_ms, updated_at_ms, \
+         parked_at_ms, parked_reason, budget_waived FROM tasks WHERE unfinished=1 AND NOT EXISTS \
+         (SELECT 1 FROM jobs j WHERE j.task_id=tasks.id AND j.status IN ('queued','running')) ORDER BY id;\n\
          SELECT report FROM reconcile_passes ORDER BY id DESC LIMIT 1;\n",
         now - DAY_MS
     )

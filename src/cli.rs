@@ -141,7 +141,15 @@ pub enum Command {
         dry_run: bool,
     },
     /// Queue depth by stage, running jobs, leases, inbox and outbox backlog
-    Status,
+    ///
+    /// Lists (running jobs, tasks waiting for a human, parked tasks) show
+    /// at most 20 entries each, then "… and N more"; `--all` shows every
+    /// entry. The counts by stage and status are always whole.
+    Status {
+        /// Every entry of every list, however long
+        #[arg(long)]
+        all: bool,
+    },
     /// Verify the invariants over the database (exit 3 when one is violated)
     ///
     /// Integrity and foreign keys, the schema version, legal and unique
@@ -219,8 +227,21 @@ pub enum Command {
         /// The shell to complete for
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff), e.g. `orch man > /usr/share/man/man1/orch.1`
-    Man,
+    /// Print the man page orch(1), or write one page per subcommand
+    ///
+    /// Without `--dir`: orch(1) in roff on stdout. With `--dir DIR`:
+    /// orch.1 and one page per subcommand (orch-status.1, orch-task-show.1,
+    /// …) into DIR, every page orch(1) names, each with its options; prints
+    /// the files written. `scripts/install` installs them in
+    /// PREFIX/share/man/man1.
+    Man {
+        /// Write every page into this folder (created if missing)
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+        /// With --dir: print the files it would write; write nothing
+        #[arg(long, requires = "dir")]
+        dry_run: bool,
+    },
 }
 
 const STAGING_CHECK_HELP: &str = "\

@@ -604,6 +604,13 @@ pub fn run_tests(
                 project.test_command, project.name
             )
         })?;
+    if let crate::process::ExitKind::Stopped(sig) = out.exit {
+        // Not a red run: the worker is stopping; the next attempt re-tests.
+        anyhow::bail!(
+            "test command stopped by {}: the worker is stopping",
+            crate::process::signal_name(sig)
+        );
+    }
     Ok(out.exit_code() == 0)
 }
 

@@ -60,6 +60,11 @@ fn main() {
             code
         }
     };
+    // A worker asked to stop (work-once, tick) has recorded why; it ends
+    // by that signal, as systemd and a shell expect of a stopped process.
+    if let Some(sig) = orch::process::stop_signal() {
+        orch::process::die_by(sig);
+    }
     std::process::exit(code);
 }
 

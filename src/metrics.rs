@@ -216,7 +216,14 @@ pub fn render(ctx: &Ctx, db: &Db) -> anyhow::Result<String> {
         "gauge",
         "Outbox messages by status (pending, delivered, dead).",
     );
-    for (status, n) in db.count_by_status("outbox")? {
+    // Every status an alert reads has a sample, 0 included: a rule over
+    // an absent series sees nothing (docs/alerts.md, OrchDeadLetters).
+    let mut outbox: std::collections::BTreeMap<String, i64> = ["pending", "delivered", "dead"]
+        .into_iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
+    outbox.extend(db.count_by_status("outbox")?);
+    for (status, n) in outbox {
         m.sample("orch_outbox_messages", &[("status", &status)], n as f64);
     }
     m.family(

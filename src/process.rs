@@ -9,6 +9,10 @@
 //! is not an identity (pids are reused), so callers store the pair
 //! (pid, start time from `/proc/<pid>/stat`) plus the machine's boot id.
 //!
+//! A worker stopped by SIGTERM (`systemctl stop`) or SIGINT stops its
+//! child's group the way a timeout does ([`stop_on_signals`],
+//! [`ExitKind::Stopped`]) instead of dying and leaving it behind.
+//!
 //! Linux only (`/proc`, `prctl`).
 
 use std::ffi::OsString;
@@ -17,6 +21,7 @@ use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -68,6 +73,56 @@ pub enum ExitKind {
     Signal(i32),
     /// Killed by us because `RunSpec::timeout` passed.
     TimedOut,
+    /// Stopped by us (SIGTERM, grace, SIGKILL to the group) because this
+    /// process got this signal after [`stop_on_signals`].
+    Stopped(i32),
+}
+
+/// The signal that asked this process to stop (0: none yet).
+static STOP: AtomicUsize = AtomicUsize::new(0);
+
+/// From now on SIGTERM and SIGINT no longer kill this process: they are
+/// recorded, and [`run`] stops its child's group and returns
+/// [`ExitKind::Stopped`]; the caller records why and then calls
+/// [`die_by`]. For the commands that run agents (`work-once`, `tick`).
+///
+/// Errors: the handler cannot be installed (signal-hook).
+pub fn stop_on_signals() -> io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        signal_hook::flag::register_usize(sig, &STOP, sig as usize)?;
+    }
+    Ok(())
+}
+
+/// The signal that asked this process to stop, if one came since
+/// [`stop_on_signals`].
+pub fn stop_signal() -> Option<i32> {
+    match STOP.load(Ordering::SeqCst) {
+        0 => None,
+        s => Some(s as i32),
+    }
+}
+
+/// The signal's name (`SIGTERM`), or its number.
+pub fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGTERM => "SIGTERM".into(),
+        libc::SIGINT => "SIGINT".into(),
+        libc::SIGKILL => "SIGKILL".into(),
+        libc::SIGHUP => "SIGHUP".into(),
+        _ => format!("signal {sig}"),
+    }
+}
+
+/// Ends this process by `sig` with its default action, as if the handler
+/// had never been installed: systemd (and a shell) see a death by SIGTERM,
+/// a clean stop. Returns only if the signal does not end the process.
+pub fn die_by(sig: i32) {
+    // SAFETY: signal(2) with SIG_DFL and raise(3) touch no memory of ours.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
 }
 
 /// Result of [`run`].
@@ -86,6 +141,7 @@ impl RunOutcome {
             ExitKind::Code(c) => c,
             ExitKind::Signal(s) => 128 + s,
             ExitKind::TimedOut => 124,
+            ExitKind::Stopped(s) => 128 + s,
         }
     }
 }
@@ -98,7 +154,9 @@ impl RunOutcome {
 /// roughly every `tick` (heartbeats); an `Err` from `on_tick` is logged with
 /// `tracing::warn` and ignored. At `spec.timeout` the group gets SIGTERM,
 /// then SIGKILL after `spec.kill_grace`, and the outcome is
-/// [`ExitKind::TimedOut`].
+/// [`ExitKind::TimedOut`]. When this process is asked to stop
+/// ([`stop_on_signals`]), the group gets the same SIGTERM, grace, SIGKILL
+/// and the outcome is [`ExitKind::Stopped`].
 ///
 /// When the leader exits (or is killed at the timeout), whatever is still
 /// in its process group gets SIGKILL: no grandchild survives the run. (A
@@ -156,6 +214,18 @@ pub fn run(
         }
         if started.elapsed() >= spec.timeout {
             break None;
+        }
+        if let Some(sig) = stop_signal() {
+            tracing::warn!(
+                pid,
+                signal = %signal_name(sig),
+                "asked to stop; stopping the process group"
+            );
+            terminate(&mut child, pid, spec.kill_grace)?;
+            return Ok(RunOutcome {
+                exit: ExitKind::Stopped(sig),
+                duration_ms: started.elapsed().as_millis() as i64,
+            });
         }
         if last_tick.elapsed() >= tick {
             last_tick = Instant::now();

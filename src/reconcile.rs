@@ -28,9 +28,11 @@
 //!
 //! Every unblock logs one line, bumps `reconcile.unblocked_total` and
 //! queues one notification. The pass report is stored for `orch status`
-//! and `GET /queue`. `--dry-run` runs the same code in transactions that
-//! are rolled back and writes nothing. Each phase reports exactly the
-//! actions a real pass would take, but a later phase does not see an
+//! and `GET /queue` when it differs from the last one stored (an idle pass
+//! writes nothing; the `reconcile` tick stamp says when it last ran).
+//! `--dry-run` runs the same code in transactions that are rolled back
+//! and writes nothing. Each phase reports exactly the actions a real pass
+//! would take, but a later phase does not see an
 //! earlier phase's rehearsed changes (a task F-2 would create is not there
 //! for F-1 to skip), and rehearsed new tasks all show the next free id.
 
@@ -149,17 +151,13 @@ pub fn run(ctx: &Ctx, db: &Db, dry_run: bool) -> anyhow::Result<Pass> {
     Ok(pass)
 }
 
-/// How old the last recorded pass may grow before an unchanged pass is
-/// recorded anyway (so `orch status` shows reconcile is running).
-const UNCHANGED_PASS_RECORD_MS: i64 = 60_000;
-
 /// Whether a pass's report is kept: when it differs from the last one
-/// recorded (apart from its time), or that one is a minute old. An idle
-/// pass therefore writes nothing — no commit, no fsync, no growth — on
-/// most ticks.
+/// recorded apart from its time (or none is). An idle pass therefore
+/// writes nothing to the database — no commit, no fsync, no growth; when
+/// it last ran is the `reconcile` tick stamp ([`Ctx::mark_tick_ok`]), which
+/// `orch status` shows beside the last recorded report.
 fn worth_recording(last: Option<&serde_json::Value>, report: &serde_json::Value) -> bool {
     let Some(last) = last else { return true };
-    let at = |v: &serde_json::Value| v["at_ms"].as_i64().unwrap_or(0);
     let without_time = |v: &serde_json::Value| {
         let mut v = v.clone();
         if let Some(o) = v.as_object_mut() {
@@ -167,7 +165,7 @@ fn worth_recording(last: Option<&serde_json::Value>, report: &serde_json::Value)
         }
         v
     };
-    at(report) - at(last) >= UNCHANGED_PASS_RECORD_MS || without_time(last) != without_time(report)
+    without_time(last) != without_time(report)
 }
 
 /// Runs one pass against `tracker` (tests and the benchmark count its
@@ -284,7 +282,7 @@ fn orphan_statuses(ctx: &Ctx, db: &Db, dry_run: bool, pass: &mut Pass) -> anyhow
     if orphans.is_empty() {
         return Ok(());
     }
-    let tasks = db.tasks()?;
+    let tasks = db.unfinished_tasks()?;
     for (inbox_id, body) in orphans {
         let Ok(v) = serde_json::from_slice::<Value>(&body) else {
             continue;
@@ -342,10 +340,9 @@ fn gate_side(
 ) -> anyhow::Result<()> {
     let now = now_ms();
     let max_retries = ctx.settings.max_developer_retries as i64;
-    let active = db.tasks_with_active_jobs()?;
-    for task in db.unfinished_tasks()? {
+    for task in db.unfinished_tasks_without_active_jobs()? {
         let stage = task.stage;
-        if stage == Stage::Done || task.escalated || active.contains(&task.id) {
+        if stage == Stage::Done || task.escalated {
             continue;
         }
         if now - task.updated_at_ms < ctx.settings.grace_for_stage(stage) as i64 * 1000 {

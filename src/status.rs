@@ -21,8 +21,11 @@ pub struct Status {
     /// Jobs by status; a running job whose finalize failed counts as
     /// `finalize_failed`, not `running`.
     pub jobs: BTreeMap<String, i64>,
-    /// Jobs running now (an agent, or its finalize).
+    /// Jobs running now (an agent, or its finalize), oldest first: at
+    /// most [`Options::limit`] of them.
     pub running: Vec<RunningJob>,
+    /// How many jobs are running (`running` may show fewer).
+    pub running_total: usize,
     /// Jobs whose agent exited and whose finalize failed: nothing runs
     /// for them until the reaper retries.
     pub finalize_failed: Vec<crate::reap::FinalizeFailed>,
@@ -30,19 +33,40 @@ pub struct Status {
     /// Agent accounts whose dispatch is paused now (usage or rate limit),
     /// with the pause's end (`until_ms`).
     pub pauses: Vec<Pause>,
-    /// Tasks parked by a budget: not claimed until within it again.
+    /// Tasks parked by a budget: not claimed until within it again. At
+    /// most [`Options::limit`] of them.
     pub parked: Vec<Parked>,
+    /// How many tasks are parked (`parked` may show fewer).
+    pub parked_total: usize,
     pub inbox: InboxCounts,
     /// Outbox messages by status.
     pub outbox: BTreeMap<String, i64>,
     /// The newest dead letters (at most 20).
     pub outbox_dead: Vec<DeadLetter>,
     pub counters: BTreeMap<String, i64>,
-    /// A summary of the last recorded reconcile pass, if any.
+    /// A summary of the last reconcile pass, if any.
     pub reconcile_last_pass: Option<LastPass>,
     /// Tasks that wait for a human (an escalation, the analysis approval),
-    /// oldest change first.
+    /// oldest change first: at most [`Options::limit`] of them.
     pub waiting: Vec<Waiting>,
+    /// How many tasks wait for a human (`waiting` may show fewer).
+    pub waiting_total: usize,
+}
+
+/// How long a list `orch status` shows by default (`--all`: all of it).
+pub const LIST_LIMIT: usize = 20;
+
+/// What [`document`] is asked for beyond the database.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The most entries a list (running jobs, waiting, parked) shows;
+    /// `None`: every entry.
+    pub limit: Option<usize>,
+    /// When the last reconcile pass finished (unix ms): the `reconcile`
+    /// tick stamp, `Ctx::tick_last_ok("reconcile")`. The database holds
+    /// the last pass that changed the report; an unchanged pass writes
+    /// nothing there.
+    pub reconcile_ran_at_ms: Option<i64>,
 }
 
 /// A task that only a human moves on, and the command to do it.
@@ -60,12 +84,16 @@ pub struct Waiting {
     pub since_ms: i64,
 }
 
-/// The tasks waiting for a human, from the database.
+/// The tasks waiting for a human, from the database. Reads only the
+/// unfinished tasks.
 ///
 /// Errors: database errors.
 pub fn waiting(db: &Db) -> anyhow::Result<Vec<Waiting>> {
     let mut out = Vec::new();
-    for t in db.tasks()? {
+    for t in db.unfinished_tasks()? {
+        if !t.escalated && t.stage != Stage::Analysis {
+            continue;
+        }
         let (why, command) = if t.escalated {
             (
                 format!("escalated: {}", t.escalated_reason.as_deref().unwrap_or("")),
@@ -142,10 +170,15 @@ pub struct DeadLetter {
 }
 
 /// The last reconcile pass, as recorded (fields missing from the record
-/// are `None`/null); lists are given as their lengths.
+/// are `None`/null); lists are given as their lengths. A pass is recorded
+/// only when its report changes, so the report is that of the last pass
+/// and of every pass since `changed_at_ms`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LastPass {
+    /// When the last pass ran: the later of its tick stamp and the record.
     pub at_ms: Option<i64>,
+    /// When a pass last recorded a different report.
+    pub changed_at_ms: Option<i64>,
     pub examined: Option<i64>,
     pub unblocked: usize,
     pub replayed: usize,
@@ -160,19 +193,29 @@ pub struct LastPass {
 /// letters, outbox by status, counters.
 ///
 /// Errors: database errors.
-pub fn document(db: &Db, settings: &crate::config::Settings) -> anyhow::Result<Status> {
+pub fn document(
+    db: &Db,
+    settings: &crate::config::Settings,
+    opts: &Options,
+) -> anyhow::Result<Status> {
     let now = now_ms();
-    let mut finalize_failed = Vec::new();
+    let limit = opts.limit.unwrap_or(usize::MAX);
+    // Few: each waits for the reaper, which retries or fails it.
+    let finalize_failed: Vec<crate::reap::FinalizeFailed> = db
+        .finalize_failed_jobs()?
+        .iter()
+        .filter_map(|j| crate::reap::finalize_failed(settings, j))
+        .collect();
+    let jobs = job_counts(db.count_by_status("jobs")?, finalize_failed.len() as i64);
+    let running_total = jobs.get("running").copied().unwrap_or(0).max(0) as usize;
     let running = db
-        .jobs_with_status(crate::model::JobStatus::Running)?
+        .jobs_with_status_limit(
+            crate::model::JobStatus::Running,
+            limit.saturating_add(finalize_failed.len()),
+        )?
         .into_iter()
-        .filter(|j| match crate::reap::finalize_failed(settings, j) {
-            Some(f) => {
-                finalize_failed.push(f);
-                false
-            }
-            None => true,
-        })
+        .filter(|j| crate::reap::finalize_failed(settings, j).is_none())
+        .take(limit)
         .map(|j| RunningJob {
             job_id: j.id,
             task_id: j.task_id,
@@ -208,7 +251,8 @@ pub fn document(db: &Db, settings: &crate::config::Settings) -> anyhow::Result<S
         })
         .collect();
     let reconcile_last_pass = db.last_reconcile_pass()?.map(|p| LastPass {
-        at_ms: p["at_ms"].as_i64(),
+        at_ms: p["at_ms"].as_i64().max(opts.reconcile_ran_at_ms),
+        changed_at_ms: p["at_ms"].as_i64(),
         examined: p["examined"].as_i64(),
         unblocked: p["unblocked"].as_array().map_or(0, Vec::len),
         replayed: p["replayed"].as_array().map_or(0, Vec::len),
@@ -219,12 +263,19 @@ pub fn document(db: &Db, settings: &crate::config::Settings) -> anyhow::Result<S
                 .collect()
         }),
     });
+    let mut parked = db.parked_tasks()?;
+    let parked_total = parked.len();
+    parked.truncate(limit);
+    let mut waiting = waiting(db)?;
+    let waiting_total = waiting.len();
+    waiting.truncate(limit);
     Ok(Status {
         now_ms: now,
         schema_version: db.user_version()?,
         tasks,
-        jobs: job_counts(db.count_by_status("jobs")?, finalize_failed.len() as i64),
+        jobs,
         running,
+        running_total,
         finalize_failed,
         leases: db.leases()?,
         pauses: db
@@ -232,7 +283,8 @@ pub fn document(db: &Db, settings: &crate::config::Settings) -> anyhow::Result<S
             .into_iter()
             .filter(|p| p.holds_at(now))
             .collect(),
-        parked: db.parked_tasks()?,
+        parked,
+        parked_total,
         inbox: InboxCounts {
             pending,
             failing,
@@ -242,7 +294,8 @@ pub fn document(db: &Db, settings: &crate::config::Settings) -> anyhow::Result<S
         outbox_dead,
         counters: db.counters()?.into_iter().collect(),
         reconcile_last_pass,
-        waiting: waiting(db)?,
+        waiting,
+        waiting_total,
     })
 }
 
@@ -303,6 +356,7 @@ impl fmt::Display for Status {
                 crate::clock::duration(r.age_s * 1000)
             )?;
         }
+        more(f, "  ", self.running_total, self.running.len())?;
         for x in &self.finalize_failed {
             writeln!(
                 f,
@@ -347,6 +401,7 @@ impl fmt::Display for Status {
                 p.reason
             )?;
         }
+        more(f, "", self.parked_total, self.parked.len())?;
         writeln!(
             f,
             "inbox: pending={} failing={} dead={}",
@@ -372,7 +427,12 @@ impl fmt::Display for Status {
                 last.at_ms.map_or_else(
                     || "at an unknown time".to_string(),
                     |at| crate::clock::human(at, self.now_ms)
-                ),
+                ) + &match last.changed_at_ms {
+                    Some(c) if Some(c) != last.at_ms => {
+                        format!(" (same result since {})", crate::clock::ago(c, self.now_ms))
+                    }
+                    _ => String::new(),
+                },
                 or_null(last.examined),
                 last.unblocked,
                 last.replayed,
@@ -394,9 +454,22 @@ impl fmt::Display for Status {
                     w.command
                 )?;
             }
+            more(f, "  ", self.waiting_total, self.waiting.len())?;
         }
         Ok(())
     }
+}
+
+/// `… and N more (orch status --all)` when a list shows `shown` of `total`.
+fn more(f: &mut fmt::Formatter<'_>, indent: &str, total: usize, shown: usize) -> fmt::Result {
+    if total > shown {
+        writeln!(
+            f,
+            "{indent}… and {} more (orch status --all)",
+            total - shown
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -433,6 +506,7 @@ mod tests {
                 age_s: 42,
                 exit_code: None,
             }],
+            running_total: 3,
             finalize_failed: vec![crate::reap::FinalizeFailed {
                 job_id: 8,
                 task_id: 5,
@@ -454,6 +528,7 @@ mod tests {
             }],
             pauses: vec![],
             parked: vec![],
+            parked_total: 0,
             inbox: InboxCounts {
                 pending: 1,
                 failing: 0,
@@ -471,6 +546,7 @@ mod tests {
             counters: [("merge_gate.deferred_total".to_string(), 4)].into(),
             reconcile_last_pass: Some(LastPass {
                 at_ms: Some(990_000),
+                changed_at_ms: Some(700_000),
                 examined: Some(3),
                 unblocked: 1,
                 replayed: 0,
@@ -486,6 +562,7 @@ mod tests {
                 command: "orch task unblock 3".into(),
                 since_ms: 820_000,
             }],
+            waiting_total: 1,
         };
         // The one absolute time is local: the zone the test runs in.
         let last_pass = crate::clock::local_rfc3339(990_000);
@@ -496,13 +573,14 @@ tasks:
   deploy-staging  1  (escalated)
 jobs: queued=1 running=1
   running job 7 task 3 development attempt 2 for 42 s
+  … and 2 more (orch status --all)
   FINALIZE FAILED job 8 task 5 development attempt 1: finalize failed: git push: remote unpack failed; the reaper retries it in 3 min (finalize 1 of 5 failed)
 lease merge:acme/app held by task:4 for job 9, expires in 10 min
 inbox: pending=1 failing=0 dead=2
 outbox: none
   dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500 (orch outbox retry 5)
 counters: merge_gate.deferred_total=4
-reconcile: last pass {last_pass} (10 s ago): examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
+reconcile: last pass {last_pass} (10 s ago) (same result since 5 min ago): examined 3, unblocked 1, replayed 0, skipped analysis is a human gate=2
 waiting for a human:
   task 3 [app] Add a button at deploy-staging, escalated: merge conflict (3 min ago): orch task unblock 3
 "

@@ -108,6 +108,10 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
     let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, db, 1000))?;
     let mut work = Vec::new();
     for _ in 0..max_jobs {
+        // A worker asked to stop claims nothing more.
+        if crate::process::stop_signal().is_some() {
+            break;
+        }
         match worker::work_once(ctx, db, None, None)? {
             WorkOutcome::Idle => break,
             ran => work.push(ran),

@@ -45,6 +45,17 @@ pub enum WorkOutcome {
         exit_code: i64,
         finalized: Finalized,
     },
+    /// This worker was asked to stop (SIGTERM, e.g. `systemctl stop`) while
+    /// the job's agent ran: the agent's process group was stopped and the
+    /// job requeued at once without counting the attempt, its
+    /// `last_error` saying so (`stopped by SIGTERM: …`).
+    Stopped {
+        job_id: i64,
+        task_id: i64,
+        stage: Stage,
+        /// `SIGTERM` or `SIGINT`.
+        signal: String,
+    },
     /// `--dry-run`: the job the real run would claim and the argv its
     /// agent would run; nothing was claimed or run.
     WouldRun {
@@ -67,6 +78,10 @@ pub fn work_once(
     role: Option<&str>,
     project: Option<&str>,
 ) -> anyhow::Result<WorkOutcome> {
+    if process::stop_signal().is_some() {
+        // Asked to stop before the claim: claim nothing.
+        return Ok(WorkOutcome::Idle);
+    }
     let (host, pid, start) = process::identity();
     let now = now_ms();
     let job = db.write(|tx| {
@@ -97,6 +112,17 @@ pub fn work_once(
     failpoint("worker.after_claim");
     let exit_code = match run_agent_unless_merge_pending(ctx, db, &job) {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<Stopped>().is_some() => {
+            let Some(Stopped(sig)) = e.downcast_ref::<Stopped>() else {
+                unreachable!()
+            };
+            return Ok(WorkOutcome::Stopped {
+                job_id: job.id,
+                task_id: job.task_id,
+                stage: job.stage,
+                signal: process::signal_name(*sig),
+            });
+        }
         Err(e) => {
             // The agent could not even start (clone, fetch, worktree,
             // config): a set-up failure counts as an attempt of the job, so
@@ -135,6 +161,53 @@ pub fn work_once(
         exit_code,
         finalized,
     })
+}
+
+/// [`run_agent`]'s error when the worker was asked to stop by this signal
+/// while the agent ran; the job is already requeued.
+#[derive(Debug)]
+struct Stopped(i32);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stopped by {}", process::signal_name(self.0))
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// Records that the worker stopped `job`'s run on signal `sig`: the log
+/// says so, and the job goes back to queued, runnable now, without
+/// counting the attempt (`How::Free`). Logs the WARN line an operator
+/// greps for.
+fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path) -> anyhow::Result<()> {
+    let name = process::signal_name(sig);
+    append_to_log(
+        log_path,
+        &format!("orch: the worker got {name}; agent's process group stopped, job requeued\n"),
+    );
+    let reason = format!(
+        "stopped by {name}: the worker was stopped while the agent ran; requeued, the attempt not counted"
+    );
+    let now = now_ms();
+    let changed = db.write(|tx| {
+        jobs::change(
+            tx,
+            &jobs::JobChange {
+                job_id: job.id,
+                from: JobStatus::Running,
+                to: JobStatus::Queued,
+                attempt: Some(job.attempt),
+                how: jobs::How::Free {
+                    error: &reason,
+                    available_at_ms: now,
+                },
+            },
+            now,
+        )
+    })?;
+    warn!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.attempt, signal = %name, requeued = (changed == Changed::Applied), "stopped by {name}: agent's process group stopped; job requeued without counting the attempt");
+    Ok(())
 }
 
 /// A deferred merge (`merge_pending`) keeps its agent's result: the claim
@@ -329,6 +402,10 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         if repo.repair_index(&worktree)? {
             info!(target: "worker", job = job.id, "the agent left staged files its store kept; the index was reset to HEAD, the files are committed from the worktree");
         }
+    }
+    if let process::ExitKind::Stopped(sig) = outcome.exit {
+        record_stopped(db, job, sig, &log_path)?;
+        return Err(Stopped(sig).into());
     }
     failpoint("worker.after_agent_exit");
 

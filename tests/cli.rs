@@ -139,3 +139,100 @@ fn completions_and_the_man_page_need_no_config_or_database() {
     let out = sbx.orch().args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `orch man --dir` (issue 21): one page per subcommand; every page a page
+/// names exists, and each subcommand's page has every option its --help
+/// shows. The pages walk the same tree `--help` does.
+#[test]
+fn the_man_pages_name_only_pages_that_exist_and_each_has_its_options() {
+    let mut sbx = Sandbox::uninitialised();
+    sbx.set("ORCH_CONFIG", "/nonexistent/orch.toml");
+    let dir = sbx.dir.join("man1");
+    let dry = sbx.ok(&["man", "--dir", dir.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.contains("would write") && !dir.exists(), "{dry}");
+    let listed = sbx.json(&["man", "--dir", dir.to_str().unwrap()]);
+    let pages: Vec<String> = listed["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert!(pages.len() > 30, "{pages:?}");
+    let page = |name: &str| {
+        std::fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    // Every `orch-…(1)` any page names is a file.
+    let mut named = std::collections::BTreeSet::new();
+    for p in &pages {
+        let text = page(p).replace("\\-", "-");
+        for (i, _) in text.match_indices("orch-") {
+            let rest = &text[i..];
+            if let Some(end) = rest.find("(1)") {
+                let name = &rest[..end];
+                if name.chars().all(|c| c.is_ascii_lowercase() || c == '-') {
+                    named.insert(format!("{name}.1"));
+                }
+            }
+        }
+    }
+    assert!(named.contains("orch-task-show.1"), "{named:?}");
+    for n in &named {
+        assert!(
+            pages.contains(n) && dir.join(n).is_file(),
+            "{n} is named but missing"
+        );
+    }
+    // Each page carries the options of its command's --help.
+    for p in &pages {
+        let path: Vec<&str> = p.trim_end_matches(".1").split('-').skip(1).collect();
+        // Subcommand names themselves contain dashes (work-once,
+        // merge-gate): find the split whose --help succeeds.
+        let Some(args) = command_path(&sbx, &path) else {
+            panic!("no command for page {p}");
+        };
+        let mut help_args = args.clone();
+        help_args.push("--help".into());
+        let out = sbx.orch().args(&help_args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let text = page(p).replace("\\-", "-");
+        for opt in help
+            .split_whitespace()
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(|w| w.trim_end_matches([',', '.', ')', '=', '\'']))
+            .map(|w| w.split(['=', '<', '[']).next().unwrap())
+            .filter(|w| {
+                w.chars()
+                    .skip(2)
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+        {
+            assert!(text.contains(opt), "{p} lacks {opt} (from {help_args:?})");
+        }
+    }
+}
+
+/// The argv for a page's words, joining words into dashed subcommand names
+/// (`work once` → `work-once`) where `--help` says that is the command.
+fn command_path(sbx: &Sandbox, words: &[&str]) -> Option<Vec<String>> {
+    command_path_under(sbx, Vec::new(), words)
+}
+
+/// [`command_path`] below the command `prefix`.
+fn command_path_under(sbx: &Sandbox, prefix: Vec<String>, words: &[&str]) -> Option<Vec<String>> {
+    let mut help = prefix.clone();
+    help.push("--help".into());
+    if !sbx.orch().args(&help).output().unwrap().status.success() {
+        return None;
+    }
+    if words.is_empty() {
+        return Some(prefix);
+    }
+    for take in (1..=words.len()).rev() {
+        let mut next = prefix.clone();
+        next.push(words[..take].join("-"));
+        if let Some(found) = command_path_under(sbx, next, &words[take..]) {
+            return Some(found);
+        }
+    }
+    None
+}

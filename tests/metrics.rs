@@ -98,6 +98,8 @@ fn metrics_parse_and_count_a_pipeline_run() {
     );
     assert!(get(&m, "orch_agent_cost_usd_total", &[("role", "developer")]) > 0.0);
     assert!(get(&m, "orch_outbox_messages", &[("status", "delivered")]) > 0.0);
+    // A status alerts read is a sample even at 0 (OrchDeadLetters).
+    assert_eq!(get(&m, "orch_outbox_messages", &[("status", "dead")]), 0.0);
     let tick = get(
         &m,
         "orch_tick_last_success_timestamp_seconds",

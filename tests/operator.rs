@@ -874,3 +874,30 @@ fn the_cli_reads_the_installed_settings_file_when_no_env_file_is_found() {
         "{err}"
     );
 }
+
+/// `orch status` bounds its lists (issue 21): 20 entries and "… and N
+/// more", the totals in `--json`; `--all` shows every one.
+#[test]
+fn status_bounds_its_lists_and_all_shows_every_entry() {
+    let sbx = Sandbox::new();
+    for i in 0..25 {
+        sbx.add_issue(&format!("task {i}"));
+    }
+    sbx.db()
+        .execute("UPDATE tasks SET escalated=1, escalated_reason='stuck'", [])
+        .unwrap();
+    let text = sbx.ok(&["status"]);
+    assert_eq!(text.matches("orch task unblock").count(), 20, "{text}");
+    assert!(
+        text.contains("  … and 5 more (orch status --all)"),
+        "{text}"
+    );
+    let doc = sbx.json(&["status"]);
+    assert_eq!(doc["waiting"].as_array().unwrap().len(), 20);
+    assert_eq!(doc["waiting_total"], 25);
+    let all = sbx.ok(&["status", "--all"]);
+    assert_eq!(all.matches("orch task unblock").count(), 25, "{all}");
+    assert!(!all.contains("more (orch status --all)"), "{all}");
+    let doc = sbx.json(&["status", "--all"]);
+    assert_eq!(doc["waiting"].as_array().unwrap().len(), 25);
+}

@@ -587,3 +587,54 @@ fn the_reaper_removes_a_worktree_once_its_task_is_done_for_orch_worktree_keep_s(
         .set("ORCH_TEST_CLOCK_OFFSET_MS", "999999999");
     assert_eq!(sbx.ok(&["reap"]).trim(), "nothing to reap");
 }
+
+/// `systemctl stop` sends the worker SIGTERM (issue 21): the worker stops
+/// the agent's whole group (TERM, grace, KILL), requeues the job without
+/// counting the attempt, says so in a WARN line, and dies by SIGTERM.
+#[test]
+fn sigterm_to_a_worker_stops_the_agents_group_and_requeues_the_job_saying_why() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut sbx = Sandbox::new();
+    let pidfile = sbx.dir.join("pids");
+    sbx.add_issue("worker stopped");
+    sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap())
+        .set("ORCH_AGENT_SANDBOX", "none")
+        .set("ORCH_KILL_GRACE_S", "2");
+    let worker = sbx.spawn(
+        &["work-once"],
+        &[("FAKE_AGENT_MODE_ANALYST", "hang-with-child")],
+    );
+    wait_until(20, "agent and child started", || pids(&pidfile).len() == 2);
+    let (leader, child) = (pids(&pidfile)[0], pids(&pidfile)[1]);
+    // SAFETY: kill(2) on the worker we spawned.
+    assert_eq!(unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) }, 0);
+    let out = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGTERM), "{stderr}");
+    assert!(
+        !pid_alive(leader) && !pid_alive(child),
+        "the agent's whole group is gone when the worker exits"
+    );
+    assert!(
+        stderr.contains("WARN")
+            && stderr.contains("stopped by SIGTERM: agent's process group stopped; job requeued without counting the attempt"),
+        "{stderr}"
+    );
+    let db = sbx.db();
+    let (status, error, free): (String, String, i64) = db
+        .query_row(
+            "SELECT status, last_error, free_attempts FROM jobs WHERE id=1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "queued");
+    assert!(error.starts_with("stopped by SIGTERM"), "{error}");
+    assert_eq!(free, 1, "the attempt is not counted");
+    let log = std::fs::read_to_string(sbx.state_dir().join("logs/job1-a1.log")).unwrap_or_default();
+    assert!(log.contains("orch: the worker got SIGTERM"), "{log}");
+    // The next worker runs it normally.
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+    sbx.check_invariants();
+}

@@ -150,7 +150,9 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
     // Documentation needs no settings, database or config.
     match cli.command {
         Command::Completions { shell } => return docs::completions(shell).map(|()| exit::OK),
-        Command::Man => return docs::man().map(|()| exit::OK),
+        Command::Man { dir, dry_run } => {
+            return docs::man(dir.as_deref(), dry_run, cli.json).map(|()| exit::OK)
+        }
         _ => {}
     }
     let settings = Settings::load(
@@ -192,7 +194,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         Command::Reap { dry_run } => (reap::run(&ctx, dry_run)?, exit::OK),
         Command::Deliver { dry_run } => (deliver::run(&ctx, dry_run)?, exit::OK),
         Command::Tick { max_jobs, dry_run } => (tick::run(&ctx, max_jobs, dry_run)?, exit::OK),
-        Command::Status => (status::run(&ctx)?, exit::OK),
+        Command::Status { all } => (status::run(&ctx, all)?, exit::OK),
         Command::MergeGate {
             task,
             dry_run,
@@ -216,7 +218,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         },
         Command::Why { task } => (why::run(&ctx, task)?, exit::OK),
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
-        Command::Completions { .. } | Command::Man | Command::StagingCheck(_) => {
+        Command::Completions { .. } | Command::Man { .. } | Command::StagingCheck(_) => {
             unreachable!("dispatched before the context loads")
         }
     };

@@ -21,9 +21,14 @@ pub fn run(ctx: &Ctx, bind: Option<String>) -> anyhow::Result<()> {
     // The database must exist (`orch init`) before the first request.
     drop(ctx.open_db()?);
     let settings = ctx.settings.clone();
+    let queue_ctx = ctx.clone();
     let queue: orch::serve::QueueFn = std::sync::Arc::new(move || {
+        let opts = status::Options {
+            limit: Some(status::LIST_LIMIT),
+            reconcile_ran_at_ms: queue_ctx.tick_last_ok("reconcile"),
+        };
         let db = Db::open_read_only(&settings.db_path, settings.busy_timeout_ms)?;
-        let doc = status::document(&db, &settings)?;
+        let doc = status::document(&db, &settings, &opts)?;
         Ok(serde_json::to_value(doc)?)
     });
     let metrics_ctx = ctx.clone();

@@ -7,6 +7,10 @@ use orch::tick::{self, Step};
 /// Runs one tick of at most `max_jobs` jobs; `dry_run` rehearses it.
 pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<Output> {
     let started = std::time::Instant::now();
+    if !dry_run {
+        // As `work-once`: a stop stops the running agent and claims no more.
+        orch::process::stop_on_signals()?;
+    }
     let report = tick::run(ctx, max_jobs, dry_run)?;
     let mut counts = Vec::new();
     counts.extend(ran(&report.ingest).map_or_else(Vec::new, super::ingest::counts));

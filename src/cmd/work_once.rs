@@ -39,6 +39,11 @@ pub fn run(
         }
     }
     let db = ctx.open_db()?;
+    if !dry_run {
+        // `systemctl stop` sends SIGTERM: stop the agent's group and
+        // record why instead of dying with it running (main re-raises).
+        orch::process::stop_on_signals()?;
+    }
     let started = std::time::Instant::now();
     let o = super::run_or_rehearse(&db, dry_run, |db| worker::work_once(ctx, db, role, project))?;
     if !dry_run {
@@ -66,6 +71,14 @@ pub fn text(o: &WorkOutcome) -> String {
         } => {
             format!("job {job_id} (task {task_id}, {stage}): agent exited {exit_code}; {finalized}")
         }
+        WorkOutcome::Stopped {
+            job_id,
+            task_id,
+            stage,
+            signal,
+        } => format!(
+            "job {job_id} (task {task_id}, {stage}): stopped by {signal}; the agent's process group was stopped and the job requeued without counting the attempt"
+        ),
         WorkOutcome::WouldRun {
             job_id,
             task_id,

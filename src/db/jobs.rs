@@ -219,12 +219,17 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Ids of tasks with a queued or running job.
-    pub fn tasks_with_active_jobs(&self) -> anyhow::Result<std::collections::HashSet<i64>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT DISTINCT task_id FROM jobs WHERE status IN ('queued','running')",
-        )?;
-        let rows = stmt.query_map([], |r| r.get(0))?;
+    /// At most `limit` jobs with `status`, oldest first.
+    pub fn jobs_with_status_limit(
+        &self,
+        status: JobStatus,
+        limit: usize,
+    ) -> anyhow::Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE status=?1 ORDER BY id LIMIT ?2"
+        ))?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(rusqlite::params![status, limit], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -391,4 +391,27 @@ UPDATE agent_runs SET cost_known=usage_known;
 ALTER TABLE agent_runs ADD COLUMN cumulative_usage TEXT;
 CREATE INDEX agent_runs_cumulative ON agent_runs(session_id, id) WHERE cumulative_usage IS NOT NULL;
 "#,
+    // 19: an idle reconcile reads only the unfinished tasks (issue 21).
+    // `unfinished` is 1 while the task is not done and NULL once it is;
+    // `tasks_unfinished` holds only those rows, so `Db::unfinished_tasks`
+    // reads them through it instead of the whole table. The triggers keep
+    // it equal to `stage<>'done'` from every write path, and touch the row
+    // only when a task enters or leaves done: a partial index on `stage`
+    // itself would be rewritten by every move (one WAL page a move, the
+    // cost migration 13 removed), while this one is written twice in a
+    // task's life. A move's own UPDATE never names `unfinished`.
+    r#"
+ALTER TABLE tasks ADD COLUMN unfinished INTEGER DEFAULT 1;
+UPDATE tasks SET unfinished=NULL WHERE stage='done';
+CREATE INDEX tasks_unfinished ON tasks(id) WHERE unfinished=1;
+CREATE TRIGGER tasks_unfinished_insert AFTER INSERT ON tasks WHEN new.stage='done'
+BEGIN
+    UPDATE tasks SET unfinished=NULL WHERE id=new.id;
+END;
+CREATE TRIGGER tasks_unfinished_update AFTER UPDATE OF stage ON tasks
+WHEN (old.stage='done') IS NOT (new.stage='done')
+BEGIN
+    UPDATE tasks SET unfinished=CASE WHEN new.stage='done' THEN NULL ELSE 1 END WHERE id=new.id;
+END;
+"#,
 ];

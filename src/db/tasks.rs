@@ -133,10 +133,26 @@ impl Db {
             .optional()?)
     }
 
-    /// Tasks not yet done, oldest first.
+    /// Tasks not yet done, oldest first. Reads only them, through the
+    /// partial index `tasks_unfinished` (schema migration 19), however
+    /// many tasks are done.
     pub fn unfinished_tasks(&self) -> anyhow::Result<Vec<Task>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {TASK_COLS} FROM tasks WHERE stage<>'done' ORDER BY id"
+            "SELECT {TASK_COLS} FROM tasks WHERE unfinished=1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], task_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Unfinished tasks with no queued or running job, oldest first: the
+    /// ones reconcile's gate side looks at. Reads the unfinished tasks
+    /// through `tasks_unfinished` and each one's jobs through their
+    /// `(task_id, …)` key; a task with an active job is never loaded.
+    pub fn unfinished_tasks_without_active_jobs(&self) -> anyhow::Result<Vec<Task>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {TASK_COLS} FROM tasks WHERE unfinished=1 AND NOT EXISTS \
+             (SELECT 1 FROM jobs j WHERE j.task_id=tasks.id AND j.status IN ('queued','running')) \
+             ORDER BY id"
         ))?;
         let rows = stmt.query_map([], task_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
