@@ -241,3 +241,34 @@ fn an_acp_agent_cannot_make_orch_read_or_write_outside_its_worktree() {
         "{log}"
     );
 }
+
+/// The README's ACP recipe, as an operator copies it, is what orch runs:
+/// its block parses, `agents show` renders its argv, and with its program
+/// replaced by the scripted agent it takes a task to done.
+#[test]
+fn the_readme_acp_recipe_is_what_orch_runs() {
+    let readme = std::fs::read_to_string(std::path::Path::new(ROOT).join("README.md")).unwrap();
+    let start = readme
+        .find("[agents.developer]\nargv = [\"gemini\", \"--acp\"]")
+        .expect("README's ACP recipe");
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    let sbx = Sandbox::new();
+    sbx.append_config(&format!("\n{block}"));
+    let shown = sbx.json(&["agents", "show", "developer"]);
+    assert_eq!(shown["argv"], json!(["gemini", "--acp"]), "{shown}");
+    let fake = format!("argv = [\"{ROOT}/scripts/fake-acp-agent\"]");
+    let cfg = sbx.dir.join("orch.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("argv = [\"gemini\", \"--acp\"]", &fake);
+    std::fs::write(&cfg, text).unwrap();
+    sbx.append_config(
+        "[agents.developer.env]\nFAKE_ACP_FILE = \"CHANGES.md\"\nFAKE_ACP_CONTENT = \"# Changes\\n- from the recipe\\n\"\n",
+    );
+    let id = sbx.add_issue("greet");
+    sbx.tick_until(20, |s| s.stage(id) == "done");
+    assert_eq!(
+        sbx.origin_git(&["show", "main:CHANGES.md"]),
+        "# Changes\n- from the recipe"
+    );
+}
