@@ -165,8 +165,10 @@ fn a_resumed_acp_developer_loads_its_session_on_rework() {
     let sessions = sbx.dir.join("acp-sessions");
     std::fs::create_dir_all(&sessions).unwrap();
     let wanted = "- reviewer's line";
-    sbx.set("FAKE_AGENT_REQUIRE_LINE", wanted)
-        .set("ORCH_AGENT_SANDBOX_WRITABLE", sessions.to_str().unwrap());
+    sbx.set("FAKE_AGENT_REQUIRE_LINE", wanted).set(
+        "ORCH_AGENT_SANDBOX_WRITABLE",
+        &format!("{}:{AGENT_FIXTURES}", sessions.display()),
+    );
     sbx.append_config(&acp_developer("resume = true").replace(
         "FAKE_ACP_FILE",
         &format!(

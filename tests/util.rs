@@ -19,6 +19,9 @@ use rusqlite::Connection;
 use sha2::Sha256;
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// Where `scripts/fake-agent` and `scripts/fake-acp-agent` read the agent
+/// CLIs' captured output.
+pub const AGENT_FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/agents");
 pub const PLANE_SECRET: &str = "sandbox-plane-secret";
 pub const GITEA_SECRET: &str = "sandbox-gitea-secret";
 
@@ -103,6 +106,13 @@ impl Sandbox {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut env = BTreeMap::new();
+        // The scripted agents read their captures from the checkout: a
+        // checkout under /tmp (CI may clone there) is hidden by the agent
+        // sandbox's private /tmp, so the captures are bound in.
+        env.insert(
+            "ORCH_AGENT_SANDBOX_WRITABLE".to_string(),
+            AGENT_FIXTURES.to_string(),
+        );
         for line in std::fs::read_to_string(dir.join("orch.env"))
             .unwrap()
             .lines()
