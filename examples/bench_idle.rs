@@ -157,7 +157,7 @@ fn kind(j: usize, tasks: usize, queued: usize, running: usize) -> Kind {
 fn claim(tx: &Tx, task: i64, worker: (&str, i64, i64), at: i64) -> anyhow::Result<orch::db::Job> {
     let j = job::claim_next(
         tx,
-        &job::Limits {
+        &pipeline::spend::Limits {
             global: u32::MAX,
             ..Default::default()
         },

@@ -244,7 +244,7 @@ impl Side for Orch {
         let claimed = self.db.write(|tx| {
             pipeline::job::claim_next(
                 tx,
-                &pipeline::job::Limits {
+                &pipeline::spend::Limits {
                     global: u32::MAX,
                     ..Default::default()
                 },

@@ -39,13 +39,13 @@ use orch::reconcile::{self, Pass, Tracker, TrackerItem};
 /// The worker identity the builder claims jobs under.
 const WORKER: (&str, i64, i64) = ("bench", 1, 1);
 /// No concurrency limit: the bench claims whatever is runnable.
-const UNLIMITED: orch::pipeline::job::Limits = orch::pipeline::job::Limits {
+const UNLIMITED: orch::pipeline::spend::Limits = orch::pipeline::spend::Limits {
     global: u32::MAX,
     by_role: std::collections::BTreeMap::new(),
     by_project: std::collections::BTreeMap::new(),
     accounts: std::collections::BTreeMap::new(),
-    budget: orch::pipeline::job::Budget::none(orch::db::Measure::Usd),
-    token_budget: orch::pipeline::job::Budget::none(orch::db::Measure::Tokens),
+    budget: orch::pipeline::spend::Budget::none(orch::db::Measure::Usd),
+    token_budget: orch::pipeline::spend::Budget::none(orch::db::Measure::Tokens),
 };
 
 struct Args {

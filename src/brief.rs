@@ -96,10 +96,10 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
     } else {
         String::new()
     };
-    let limits = crate::pipeline::job::Limits::new(&ctx.settings, &ctx.config);
+    let limits = crate::pipeline::spend::Limits::new(&ctx.settings, &ctx.config);
     let now = crate::clock::now_ms();
-    let budget_left = crate::pipeline::job::budget_left(db, &limits.budget, task, now)?;
-    let tokens_left = crate::pipeline::job::budget_left(db, &limits.token_budget, task, now)?;
+    let budget_left = crate::pipeline::spend::budget_left(db, &limits.budget, task, now)?;
+    let tokens_left = crate::pipeline::spend::budget_left(db, &limits.token_budget, task, now)?;
     let vars: BTreeMap<&str, String> = [
         (
             "budget_left",

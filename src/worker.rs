@@ -24,6 +24,7 @@ use crate::error::is_permanent;
 use crate::failpoint::failpoint;
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
+use crate::pipeline::spend;
 use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 use crate::process::{self, Bind, RunSpec, Runner};
 
@@ -87,7 +88,7 @@ pub fn work_once(
     let job = db.write(|tx| {
         jobs::claim_next(
             tx,
-            &jobs::Limits::new(&ctx.settings, &ctx.config),
+            &spend::Limits::new(&ctx.settings, &ctx.config),
             role,
             project,
             (&host, pid, start),
@@ -735,7 +736,7 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
             let message = job_error_text(db, &job)?;
             let settings = &ctx.settings;
             let f = db.write(|tx| {
-                jobs::pause_for_limit(
+                spend::pause_for_limit(
                     tx,
                     settings,
                     &job,

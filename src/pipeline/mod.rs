@@ -22,6 +22,7 @@ pub mod gate;
 pub mod job;
 pub mod lease;
 pub mod manual;
+pub mod spend;
 
 use std::fmt;
 use std::path::Path;
