@@ -15,7 +15,30 @@
 //! [`NotifierKind`], [`MergeStyle`]), so a typo fails at load with the key
 //! and the accepted values. This module is a leaf: it imports only
 //! [`crate::error`], so every other module may read the configuration.
+//!
+//! One file per part: `settings` (the `ORCH_*` environment), `adapter`
+//! (the outside adapters' settings, the admin listener's address), `file`
+//! (the TOML config's shape), `state_names` (tracker states), `templates`
+//! (built-in prompts and placeholders), `validation` (loading and checking
+//! the config file). Every public item is re-exported here.
 
+mod adapter;
+mod file;
 mod settings;
+mod state_names;
+mod templates;
+mod validation;
 
-pub use settings::*;
+pub use adapter::{AdapterSettings, AdminBind, ADMIN_SOCKET};
+pub(crate) use file::{amount, whole, Number};
+pub use file::{
+    AgentConfig, AgentKind, Config, ForgeKind, MergeStyle, NotifierKind, Permissions, Price,
+    ProjectConfig, StagingConfig, TrackerKind, MAX_WHOLE, ROLES,
+};
+pub use settings::{
+    is_secret, known_keys, load_settings_file, missing_secret_hint, unknown_keys, AgentSandbox,
+    Secret, Settings, SettingsFile, INSTALLED_SECRETS_FILE, INSTALLED_SETTINGS_FILE,
+};
+pub(crate) use settings::{setting_flag, setting_num};
+pub use state_names::{StateKind, StateNames, TrackerStates};
+pub use templates::{default_prompt, example_vars, render, TEMPLATE_VARS};
