@@ -14,7 +14,8 @@
 //! Service choices are enums ([`ForgeKind`], [`TrackerKind`],
 //! [`NotifierKind`], [`MergeStyle`]), so a typo fails at load with the key
 //! and the accepted values. This module is a leaf: it imports only
-//! [`crate::error`], so every other module may read the configuration.
+//! [`crate::error`] and the `model` leaf (`Stage`), so every other module
+//! may read the configuration.
 //!
 //! One file per part: `settings` (the `ORCH_*` environment), `adapter`
 //! (the outside adapters' settings, the admin listener's address), `file`
