@@ -182,25 +182,7 @@ pub fn run(
     on_spawn: impl FnOnce(&Spawned) -> anyhow::Result<()>,
     mut on_tick: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<RunOutcome> {
-    let mut cmd = command(spec, std::env::vars_os(), false)?;
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {:?} in {}", spec.argv, spec.cwd.display()))?;
-    let pid = child.id() as i32; // pids fit in i32 (pid_max <= 2^22)
-
-    // The child is not reaped yet, so /proc/<pid> exists (maybe as a zombie).
-    let spawned = match proc_start_time(pid) {
-        Some(start_time) => Spawned { pid, start_time },
-        None => {
-            kill_now(&mut child, pid);
-            bail!("cannot read /proc/{pid}/stat of the process just spawned");
-        }
-    };
-    if let Err(e) = on_spawn(&spawned) {
-        kill_now(&mut child, pid);
-        return Err(e);
-    }
+    let (mut child, pid, started) = spawn(spec, false, on_spawn)?;
 
     let mut last_tick = Instant::now();
     let status = loop {
@@ -284,23 +266,7 @@ pub fn run_piped<T: Send + 'static>(
     mut on_tick: impl FnMut() -> anyhow::Result<()>,
     talk: impl FnOnce(ChildStdin, ChildStdout) -> T + Send + 'static,
 ) -> anyhow::Result<(RunOutcome, Option<T>)> {
-    let mut cmd = command(spec, std::env::vars_os(), true)?;
-    let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("spawning {:?} in {}", spec.argv, spec.cwd.display()))?;
-    let pid = child.id() as i32;
-    let spawned = match proc_start_time(pid) {
-        Some(start_time) => Spawned { pid, start_time },
-        None => {
-            kill_now(&mut child, pid);
-            bail!("cannot read /proc/{pid}/stat of the process just spawned");
-        }
-    };
-    if let Err(e) = on_spawn(&spawned) {
-        kill_now(&mut child, pid);
-        return Err(e);
-    }
+    let (mut child, pid, started) = spawn(spec, true, on_spawn)?;
     let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         kill_now(&mut child, pid);
         bail!("the child's stdin and stdout are not pipes");
@@ -689,6 +655,37 @@ pub fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Spawns `spec` (its stdin and stdout piped when `piped`), reads the
+/// child's identity and hands it to `on_spawn`: the child, its pid and
+/// when it started. The child is killed when its identity cannot be read
+/// or `on_spawn` fails.
+fn spawn(
+    spec: &RunSpec,
+    piped: bool,
+    on_spawn: impl FnOnce(&Spawned) -> anyhow::Result<()>,
+) -> anyhow::Result<(Child, i32, Instant)> {
+    let mut cmd = command(spec, std::env::vars_os(), piped)?;
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning {:?} in {}", spec.argv, spec.cwd.display()))?;
+    // pids fit in i32 (pid_max <= 2^22).
+    let pid = child.id() as i32;
+    // The child is not reaped yet, so /proc/<pid> exists (maybe as a zombie).
+    let spawned = match proc_start_time(pid) {
+        Some(start_time) => Spawned { pid, start_time },
+        None => {
+            kill_now(&mut child, pid);
+            bail!("cannot read /proc/{pid}/stat of the process just spawned");
+        }
+    };
+    if let Err(e) = on_spawn(&spawned) {
+        kill_now(&mut child, pid);
+        return Err(e);
+    }
+    Ok((child, pid, started))
 }
 
 fn exit_kind(status: ExitStatus) -> ExitKind {
