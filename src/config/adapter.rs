@@ -186,17 +186,9 @@ impl AdapterSettings {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let m: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k: &str| m.get(k).cloned()
-    }
+    use crate::config::test_env as env;
 
     #[test]
     fn admin_bind_is_a_socket_in_the_state_dir_by_default_tcp_or_a_path_when_set() {

@@ -43,3 +43,13 @@ pub use settings::{
 pub(crate) use settings::{setting_flag, setting_num};
 pub use state_names::{StateKind, StateNames, TrackerStates};
 pub use templates::{default_prompt, example_vars, render, TEMPLATE_VARS};
+
+/// A settings lookup over `pairs`, for the unit tests of every part.
+#[cfg(test)]
+fn test_env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let m: std::collections::BTreeMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k: &str| m.get(k).cloned()
+}
