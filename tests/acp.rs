@@ -203,7 +203,8 @@ fn a_resumed_acp_developer_loads_its_session_on_rework() {
 /// a path through a symlink it planted — is refused and recorded.
 #[test]
 fn an_acp_agent_cannot_make_orch_read_or_write_outside_its_worktree() {
-    let sbx = Sandbox::new();
+    // Outside /tmp, as every hostile test: the paths it aims at are real.
+    let sbx = Sandbox::new_in(std::path::Path::new("/var/tmp/orch-tests"));
     sbx.append_config(&acp_developer("").replace(
         "FAKE_ACP_FILE",
         "FAKE_ACP_SCENARIO = \"outside\"\nFAKE_ACP_FILE",
