@@ -217,9 +217,30 @@ impl Db {
         if current == latest {
             return Ok(0);
         }
+        // A migration that rebuilds a table (20: `inbox`) drops a table
+        // other tables refer to; SQLite's procedure for that is foreign
+        // keys off for the change (the pragma is a no-op inside a
+        // transaction, so it is set before) and `foreign_key_check` before
+        // the commit. They are on again whatever the outcome.
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        let applied = self.apply_migrations();
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        applied
+    }
+
+    /// The body of [`Db::migrate`]: every pending migration in one
+    /// exclusive transaction, committed only if it left no foreign key
+    /// dangling that did not dangle before.
+    fn apply_migrations(&mut self) -> anyhow::Result<usize> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        let dangling = |tx: &rusqlite::Transaction| -> rusqlite::Result<i64> {
+            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+        };
+        let dangling_before = dangling(&tx)?;
         // Re-read under the lock: another process may have migrated.
         let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         let mut applied = 0;
@@ -228,6 +249,14 @@ impl Db {
                 .with_context(|| format!("migration {}", i + 1))?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             applied += 1;
+        }
+        let dangling_after = dangling(&tx)?;
+        if dangling_after > dangling_before {
+            anyhow::bail!(
+                "migrating to schema {}: {} row(s) would refer to rows that do not exist; nothing was changed",
+                schema_version(),
+                dangling_after - dangling_before
+            );
         }
         tx.commit()?;
         Ok(applied)
@@ -433,6 +462,101 @@ mod tests {
         drop(db);
         let db = Db::open(&path, 1000).unwrap();
         assert_eq!(db.integrity().unwrap(), ("ok".to_string(), 0));
+    }
+
+    /// Migration 20 rebuilds `inbox` without its list of sources: every
+    /// row, id, index and the transitions that point at a row survive, a
+    /// source the old schema refused is stored, and foreign keys hold.
+    #[test]
+    fn migration_20_keeps_the_inbox_and_drops_its_source_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "foreign_keys", "ON").unwrap();
+        for sql in &MIGRATIONS[..19] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", 19).unwrap();
+        c.execute_batch(
+            "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms)
+                 VALUES ('p','plane','local','main','/r',0);
+             INSERT INTO tasks (id, project, tracker_issue_id, sequence, title, stage, version,
+                                branch, worktree, created_at_ms, updated_at_ms)
+                 VALUES (1,'p','i1',1,'t','todo',1,'b','/w',0,0);
+             INSERT INTO inbox (id, source, event, delivery_id, body_sha256, headers, body,
+                                received_at_ms, processed_at_ms, outcome)
+                 VALUES (7,'plane','issue','d1','h1','{}',x'7b7d',5,6,'moved'),
+                        (8,'gitea','pull_request','d2','h2','{}',x'7b7d',9,NULL,NULL);
+             INSERT INTO transitions (task_id, from_stage, to_stage, version, actor, inbox_id, at_ms)
+                 VALUES (1,NULL,'todo',1,'webhook',7,5);",
+        )
+        .unwrap();
+        let refused = c.execute(
+            "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms)
+             VALUES ('linear','issue','d3','h3','{}',x'7b7d',10)",
+            [],
+        );
+        assert!(refused.is_err(), "schema 19 refuses an unknown source");
+        drop(c);
+
+        let db = Db::open(&path, 1000).unwrap();
+        assert_eq!(db.user_version().unwrap(), schema_version());
+        assert_eq!(db.integrity().unwrap(), ("ok".to_string(), 0));
+        let rows: Vec<(i64, String, String, Option<String>)> = db
+            .conn
+            .prepare("SELECT id, source, delivery_id, outcome FROM inbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                (7, "plane".into(), "d1".into(), Some("moved".into())),
+                (8, "gitea".into(), "d2".into(), None),
+            ]
+        );
+        let via: String = db
+            .conn
+            .query_row(
+                "SELECT i.delivery_id FROM transitions t JOIN inbox i ON i.id=t.inbox_id",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(via, "d1");
+        let indexes: Vec<String> = db
+            .conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type='index' AND tbl_name='inbox' AND sql IS NOT NULL ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(indexes, ["inbox_hash", "inbox_pending"]);
+        db.conn
+            .execute(
+                "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms)
+                 VALUES ('linear','issue','d3','h3','{}',x'7b7d',10)",
+                [],
+            )
+            .unwrap();
+        let duplicate = db.conn.execute(
+            "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms)
+             VALUES ('plane','issue','d1','h9','{}',x'7b7d',11)",
+            [],
+        );
+        assert!(duplicate.is_err(), "(source, delivery_id) stays unique");
+        let dangling = db.conn.execute(
+            "INSERT INTO transitions (task_id, to_stage, version, actor, inbox_id, at_ms)
+             VALUES (1,'todo',2,'webhook',99,5)",
+            [],
+        );
+        assert!(
+            dangling.is_err(),
+            "foreign keys are on again after migrating"
+        );
     }
 
     #[test]

@@ -414,4 +414,37 @@ BEGIN
     UPDATE tasks SET unfinished=CASE WHEN new.stage='done' THEN NULL ELSE 1 END WHERE id=new.id;
 END;
 "#,
+    // 20: the store names no webhook source (issue 22). Which sources
+    // exist is the code's registry (`webhook::source`), checked where a
+    // name comes in (a route, `orch ingest --source`); a new tracker or
+    // forge needs no migration. SQLite cannot drop a CHECK in place, so
+    // the table is rebuilt with every row, id and index: `transitions.inbox_id`
+    // refers to it by name and finds the new table (the runner turns
+    // foreign keys off for the rebuild and checks them before commit).
+    r#"
+CREATE TABLE inbox_new (
+    id              INTEGER PRIMARY KEY,
+    source          TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    delivery_id     TEXT NOT NULL,
+    body_sha256     TEXT NOT NULL,
+    headers         TEXT NOT NULL,
+    body            BLOB NOT NULL,
+    received_at_ms  INTEGER NOT NULL,
+    processed_at_ms INTEGER,
+    outcome         TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    error           TEXT,
+    dead            INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (source, delivery_id)
+);
+INSERT INTO inbox_new (id, source, event, delivery_id, body_sha256, headers, body,
+                       received_at_ms, processed_at_ms, outcome, attempts, error, dead)
+SELECT id, source, event, delivery_id, body_sha256, headers, body,
+       received_at_ms, processed_at_ms, outcome, attempts, error, dead FROM inbox;
+DROP TABLE inbox;
+ALTER TABLE inbox_new RENAME TO inbox;
+CREATE INDEX inbox_pending ON inbox(processed_at_ms, dead, id);
+CREATE INDEX inbox_hash ON inbox(source, body_sha256);
+"#,
 ];
