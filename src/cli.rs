@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+use orch::webhook::Source;
 
 /// orch drives work items through an AI-agent delivery pipeline, one
 /// crash-safe, idempotent tick at a time.
@@ -327,8 +328,8 @@ pub struct IngestArgs {
     #[arg(long, default_value_t = 100)]
     pub limit: i64,
     /// Store and ingest one delivery from a file: its sender
-    #[arg(long, value_enum, requires_all = ["event", "file"])]
-    pub source: Option<SourceArg>,
+    #[arg(long, value_parser = source_parser(), requires_all = ["event", "file"])]
+    pub source: Option<Source>,
     /// The event name of the delivery (Plane: issue; Gitea: push, status, …)
     #[arg(long, requires = "source")]
     pub event: Option<String>,
@@ -340,10 +341,12 @@ pub struct IngestArgs {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SourceArg {
-    Plane,
-    Gitea,
+/// `--source`: one of the registered webhook senders
+/// ([`orch::webhook::SOURCES`]), listed in `--help` and in the usage error.
+fn source_parser() -> impl clap::builder::TypedValueParser<Value = Source> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(orch::webhook::SOURCES.iter().map(|s| s.as_str()))
+        .try_map(|name| name.parse::<Source>())
 }
 
 #[derive(Debug, Subcommand)]

@@ -214,13 +214,11 @@ fn route(
     let Ok(source) = source.parse::<Source>() else {
         return Ok(Handled::nothing(format!("unknown source {source:?}")));
     };
-    match (source, event) {
-        (Source::Plane, "issue") => plane_issue(ctx, tx, &v, now),
-        (Source::Gitea, "push") => gitea_push(ctx, tx, &v, now),
-        (Source::Gitea, "status") => gitea_status(ctx, db, tx, &v, now),
-        (Source::Gitea, "pull_request" | "pull_request_sync") => {
-            gitea_pull_request(ctx, tx, &v, now)
-        }
+    match (source.as_str(), event) {
+        ("plane", "issue") => plane_issue(ctx, tx, &v, now),
+        ("gitea", "push") => gitea_push(ctx, tx, &v, now),
+        ("gitea", "status") => gitea_status(ctx, db, tx, &v, now),
+        ("gitea", "pull_request" | "pull_request_sync") => gitea_pull_request(ctx, tx, &v, now),
         (source, other) => Ok(Handled::nothing(format!(
             "{source} event {other:?} is not one orch acts on"
         ))),

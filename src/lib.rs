@@ -40,5 +40,6 @@ pub mod tick;
 pub mod tracker;
 pub mod untrusted;
 pub mod webhook;
+pub mod webhook_source;
 pub mod why;
 pub mod worker;

@@ -278,7 +278,7 @@ fn tracker_side(
 /// replay them through ingest.
 fn orphan_statuses(ctx: &Ctx, db: &Db, dry_run: bool, pass: &mut Pass) -> anyhow::Result<()> {
     const LOOKBACK_MS: i64 = 24 * 3600 * 1000;
-    let orphans = db.orphan_status_deliveries(now_ms() - LOOKBACK_MS)?;
+    let orphans = db.orphan_status_deliveries("gitea", "status", now_ms() - LOOKBACK_MS)?;
     if orphans.is_empty() {
         return Ok(());
     }

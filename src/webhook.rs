@@ -8,6 +8,13 @@
 //! ([`check_json`]). An unset secret
 //! refuses every delivery of that source: unsigned input is never accepted.
 //!
+//! The rules here are the same for every sender; what differs (which
+//! headers carry the id, the event and the signature, how a retry is
+//! recognised) is each sender's [`WebhookSource`], in its tracker's or
+//! forge's folder (`tracker::plane`, `forge::gitea`). [`SOURCES`] is the
+//! registry: the routes `/webhooks/<name>`, `orch ingest --source` and the
+//! inbox's `source` column take their names from it.
+//!
 //! The functions are pure (apart from [`store`], which writes one inbox row
 //! in one `BEGIN IMMEDIATE` transaction) so the HTTP shim stays a thin
 //! adapter and every rule is unit-tested against the recorded fixtures.
@@ -19,6 +26,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::db::{Db, NewDelivery, Recorded};
+use crate::webhook_source::{Signature, WebhookSource};
 
 /// Largest accepted request body (1 MiB); larger deliveries are refused.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -27,34 +35,74 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// and Gitea send a handful of levels).
 pub const MAX_JSON_DEPTH: usize = 64;
 
-/// Longest accepted delivery id or event name; anything longer is not
-/// from Plane or Gitea (UUIDs and short event names).
-const MAX_META_LEN: usize = 200;
+/// A sender of webhook deliveries: one entry of [`SOURCES`], compared
+/// and shown by its name (`plane`, `gitea`). Its rules (headers,
+/// signature, redeliveries) are its [`WebhookSource`], in its tracker's or
+/// forge's folder.
+#[derive(Clone, Copy)]
+pub struct Source(&'static dyn WebhookSource);
 
-/// Who sent a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    /// Plane (tracker).
-    Plane,
-    /// Gitea (forge).
-    Gitea,
-}
+/// Every sender orch accepts deliveries from, in the order `--help` and
+/// errors list them. A new tracker or forge adds its [`WebhookSource`]
+/// here; the route `/webhooks/<name>`, `orch ingest --source <name>` and
+/// the inbox follow from it.
+pub static SOURCES: &[Source] = &[
+    Source(&crate::tracker::plane::Webhook),
+    Source(&crate::forge::gitea::Webhook),
+];
 
 impl Source {
-    /// `"plane"` or `"gitea"` (the inbox `source` column).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Plane => "plane",
-            Source::Gitea => "gitea",
-        }
+    /// The source implemented by `rules` (for code that plays one sender,
+    /// such as `orch staging-check`).
+    pub const fn new(rules: &'static dyn WebhookSource) -> Source {
+        Source(rules)
     }
 
-    /// The setting that holds this source's webhook secret.
-    pub fn secret_setting(self) -> &'static str {
-        match self {
-            Source::Plane => "ORCH_PLANE_WEBHOOK_SECRET",
-            Source::Gitea => "ORCH_GITEA_WEBHOOK_SECRET",
-        }
+    /// The registered source named `name` (exactly, lowercase), if any.
+    pub fn named(name: &str) -> Option<Source> {
+        SOURCES.iter().copied().find(|s| s.name() == name)
+    }
+
+    /// The source's name (the inbox `source` column).
+    pub fn as_str(self) -> &'static str {
+        self.0.name()
+    }
+
+    /// The names of every registered source, `"plane, gitea"`.
+    pub fn names() -> String {
+        SOURCES
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::ops::Deref for Source {
+    type Target = dyn WebhookSource;
+
+    fn deref(&self) -> &(dyn WebhookSource + 'static) {
+        self.0
+    }
+}
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Source) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Source {}
+
+impl std::hash::Hash for Source {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Source({})", self.as_str())
     }
 }
 
@@ -67,12 +115,18 @@ impl fmt::Display for Source {
 impl FromStr for Source {
     type Err = String;
 
+    /// A registered source by name, trimmed, any case. Errors: `unknown
+    /// source "x"; expected plane or gitea` (listing [`SOURCES`]).
     fn from_str(s: &str) -> Result<Source, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "plane" => Ok(Source::Plane),
-            "gitea" => Ok(Source::Gitea),
-            _ => Err(format!("unknown source {s:?}; expected plane or gitea")),
-        }
+        Source::named(&s.trim().to_ascii_lowercase()).ok_or_else(|| {
+            let names: Vec<_> = SOURCES.iter().map(|s| s.as_str()).collect();
+            let expected = match names.split_last() {
+                Some((last, [])) => last.to_string(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => "none".to_string(),
+            };
+            format!("unknown source {s:?}; expected {expected}")
+        })
     }
 }
 
@@ -88,21 +142,11 @@ pub enum Rejection {
     TooLarge(usize),
 }
 
-/// First header named `name` (case-insensitive), value trimmed.
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-}
-
 /// Verifies the sender's signature over the raw body bytes, in constant
-/// time.
-///
-/// * Plane: `X-Plane-Signature` = `hex(HMAC-SHA256(secret, body))`, no prefix.
-/// * Gitea: `X-Gitea-Signature` = `hex(HMAC-SHA256(secret, body))`, no
-///   prefix; only when that header is absent, `X-Hub-Signature-256` =
-///   `"sha256=" + hex(...)`.
+/// time: the source says where it is ([`WebhookSource::signature`]:
+/// Plane's `X-Plane-Signature`, Gitea's `X-Gitea-Signature` or
+/// `X-Hub-Signature-256`), and it must be `hex(HMAC-SHA256(secret,
+/// body))`.
 ///
 /// Header names are matched case-insensitively. A missing header, an empty
 /// value, non-hex, a wrong length or a mismatch is an `Err` with the
@@ -119,28 +163,10 @@ pub fn verify_signature(
             source.secret_setting()
         ));
     }
-    let (name, hex_sig) = match source {
-        Source::Plane => {
-            let name = "X-Plane-Signature";
-            (
-                name,
-                header(headers, name).ok_or(format!("missing {name} header"))?,
-            )
-        }
-        Source::Gitea => match header(headers, "X-Gitea-Signature") {
-            Some(v) => ("X-Gitea-Signature", v),
-            None => {
-                let name = "X-Hub-Signature-256";
-                let v = header(headers, name).ok_or_else(|| {
-                    "missing X-Gitea-Signature (or X-Hub-Signature-256) header".to_string()
-                })?;
-                let v = v
-                    .strip_prefix("sha256=")
-                    .ok_or(format!("{name} does not start with \"sha256=\""))?;
-                (name, v)
-            }
-        },
-    };
+    let Signature {
+        header: name,
+        hex: hex_sig,
+    } = source.signature(headers)?;
     if hex_sig.is_empty() {
         return Err(format!(
             "{name} is empty (the sender has no secret configured)"
@@ -174,36 +200,16 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// The delivery id and event name of a delivery.
-///
-/// Plane: `X-Plane-Delivery`, `X-Plane-Event`. Gitea: `X-Gitea-Delivery`,
-/// `X-Gitea-Event-Type` (the exact type, e.g. `pull_request_sync`), falling
-/// back to `X-Gitea-Event`. A missing or empty header is an `Err` naming it.
+/// The delivery id and event name of a delivery, from the headers the
+/// source names ([`WebhookSource::delivery_meta`]; Plane:
+/// `X-Plane-Delivery`, `X-Plane-Event`. Gitea: `X-Gitea-Delivery`,
+/// `X-Gitea-Event-Type` falling back to `X-Gitea-Event`). A missing or
+/// empty header is an `Err` naming it.
 pub fn delivery_meta(
     source: Source,
     headers: &[(String, String)],
 ) -> Result<(String, String), String> {
-    let get = |name: &str| -> Result<String, String> {
-        match header(headers, name) {
-            None | Some("") => Err(format!("missing {name} header")),
-            Some(v) if v.len() > MAX_META_LEN => {
-                Err(format!("{name} is longer than {MAX_META_LEN} characters"))
-            }
-            Some(v) => Ok(v.to_string()),
-        }
-    };
-    match source {
-        Source::Plane => Ok((get("X-Plane-Delivery")?, get("X-Plane-Event")?)),
-        Source::Gitea => {
-            let id = get("X-Gitea-Delivery")?;
-            let event = match get("X-Gitea-Event-Type") {
-                Ok(e) => e,
-                Err(_) => get("X-Gitea-Event")
-                    .map_err(|_| "missing X-Gitea-Event-Type (or X-Gitea-Event) header")?,
-            };
-            Ok((id, event))
-        }
-    }
+    source.delivery_meta(headers)
 }
 
 /// Lowercase hex SHA-256 of the body.
@@ -363,7 +369,8 @@ impl<'de> serde::de::Visitor<'de> for JsonCheck {
 /// limits ([`check_json`], else `Err(`[`Rejection::BadJson`]`)`; nothing
 /// written); then one `BEGIN
 /// IMMEDIATE` transaction records it unless it is a redelivery (same
-/// delivery id; for Plane also the same body hash). The signature must
+/// delivery id; for a source that dedupes by body, such as Plane, also
+/// the same body hash). The signature must
 /// have been verified by the caller ([`verify_signature`]).
 ///
 /// Returns [`Recorded::Stored`] or [`Recorded::Duplicate`]; when this
@@ -385,6 +392,7 @@ pub fn store(
     check_json(body)?;
     let delivery = NewDelivery {
         source: source.as_str().to_string(),
+        dedupe: source.dedupe(),
         event: event.to_string(),
         delivery_id: delivery_id.to_string(),
         headers: stored_headers(headers),
@@ -397,6 +405,10 @@ pub fn store(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::webhook_source::header;
+
+    const PLANE: Source = Source::new(&crate::tracker::plane::Webhook);
+    const GITEA: Source = Source::new(&crate::forge::gitea::Webhook);
 
     const SECRET: &str = "fixture-secret";
 
@@ -485,23 +497,23 @@ mod tests {
             };
         }
         vec![
-            fx!(Source::Plane, "plane", "issue-updated-state-in-progress"),
-            fx!(Source::Plane, "plane", "issue-updated-state-approved"),
-            fx!(Source::Plane, "plane", "issue-updated-state-rejected"),
-            fx!(Source::Plane, "plane", "issue_comment-created"),
-            fx!(Source::Plane, "plane", "issue-created"),
-            fx!(Source::Gitea, "gitea", "issue_comment-pr-created"),
-            fx!(Source::Gitea, "gitea", "pull_request-closed-merged"),
-            fx!(Source::Gitea, "gitea", "pull_request-closed-unmerged"),
-            fx!(Source::Gitea, "gitea", "pull_request-opened"),
-            fx!(Source::Gitea, "gitea", "pull_request-synchronized"),
-            fx!(Source::Gitea, "gitea", "push"),
-            fx!(Source::Gitea, "gitea", "status-failure"),
-            fx!(Source::Gitea, "gitea", "status-pending"),
-            fx!(Source::Gitea, "gitea", "status-success"),
-            fx!(Source::Gitea, "gitea", "workflow_job-completed"),
-            fx!(Source::Gitea, "gitea", "workflow_job-queued"),
-            fx!(Source::Gitea, "gitea", "workflow_run-completed"),
+            fx!(PLANE, "plane", "issue-updated-state-in-progress"),
+            fx!(PLANE, "plane", "issue-updated-state-approved"),
+            fx!(PLANE, "plane", "issue-updated-state-rejected"),
+            fx!(PLANE, "plane", "issue_comment-created"),
+            fx!(PLANE, "plane", "issue-created"),
+            fx!(GITEA, "gitea", "issue_comment-pr-created"),
+            fx!(GITEA, "gitea", "pull_request-closed-merged"),
+            fx!(GITEA, "gitea", "pull_request-closed-unmerged"),
+            fx!(GITEA, "gitea", "pull_request-opened"),
+            fx!(GITEA, "gitea", "pull_request-synchronized"),
+            fx!(GITEA, "gitea", "push"),
+            fx!(GITEA, "gitea", "status-failure"),
+            fx!(GITEA, "gitea", "status-pending"),
+            fx!(GITEA, "gitea", "status-success"),
+            fx!(GITEA, "gitea", "workflow_job-completed"),
+            fx!(GITEA, "gitea", "workflow_job-queued"),
+            fx!(GITEA, "gitea", "workflow_run-completed"),
         ]
     }
 
@@ -551,7 +563,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("{name}: no signature header"));
             assert_eq!(sign(SECRET, body), want, "{name}");
             let ours = vec![(
-                if src == Source::Plane {
+                if src == PLANE {
                     "X-Plane-Signature"
                 } else {
                     "X-Gitea-Signature"
@@ -596,7 +608,7 @@ mod tests {
             err,
             "no webhook secret configured for plane; set ORCH_PLANE_WEBHOOK_SECRET"
         );
-        assert!(verify_signature(Source::Gitea, "  ", &h, body)
+        assert!(verify_signature(GITEA, "  ", &h, body)
             .unwrap_err()
             .contains("ORCH_GITEA_WEBHOOK_SECRET"));
     }
@@ -620,17 +632,17 @@ mod tests {
             })
             .cloned()
             .collect();
-        verify_signature(Source::Gitea, SECRET, &only_hub, body).unwrap();
+        verify_signature(GITEA, SECRET, &only_hub, body).unwrap();
         // Without the prefix it is refused.
         let no_prefix: Vec<_> = only_hub
             .iter()
             .map(|(n, v)| (n.clone(), v.trim_start_matches("sha256=").to_string()))
             .collect();
-        assert!(verify_signature(Source::Gitea, SECRET, &no_prefix, body).is_err());
+        assert!(verify_signature(GITEA, SECRET, &no_prefix, body).is_err());
         // A wrong X-Hub-Signature-256 fails too.
         let mut bad = body.to_vec();
         bad[10] ^= 1;
-        assert!(verify_signature(Source::Gitea, SECRET, &only_hub, &bad).is_err());
+        assert!(verify_signature(GITEA, SECRET, &only_hub, &bad).is_err());
     }
 
     #[test]
@@ -640,9 +652,9 @@ mod tests {
             .iter()
             .map(|(n, v)| (n.to_ascii_lowercase(), v.clone()))
             .collect();
-        verify_signature(Source::Gitea, SECRET, &lower, body).unwrap();
+        verify_signature(GITEA, SECRET, &lower, body).unwrap();
         assert_eq!(
-            delivery_meta(Source::Gitea, &lower).unwrap(),
+            delivery_meta(GITEA, &lower).unwrap(),
             (
                 "54762d50-c37c-4e30-a274-139b1b32d516".to_string(),
                 "status".to_string()
@@ -657,8 +669,8 @@ mod tests {
             vec![("X-Gitea-Signature".to_string(), v.to_string())]
         };
         let good = header(&h, "X-Gitea-Signature").unwrap().to_string();
-        verify_signature(Source::Gitea, SECRET, &with(&good), body).unwrap();
-        verify_signature(Source::Gitea, SECRET, &with(&good.to_uppercase()), body).unwrap();
+        verify_signature(GITEA, SECRET, &with(&good), body).unwrap();
+        verify_signature(GITEA, SECRET, &with(&good.to_uppercase()), body).unwrap();
         for bad in [
             "",
             "zz",
@@ -667,14 +679,14 @@ mod tests {
             &format!("sha256={good}"),
         ] {
             assert!(
-                verify_signature(Source::Gitea, SECRET, &with(bad), body).is_err(),
+                verify_signature(GITEA, SECRET, &with(bad), body).is_err(),
                 "{bad:?}"
             );
         }
         // An empty X-Gitea-Signature is not rescued by X-Hub-Signature-256.
         let mut both = with("");
         both.push(("X-Hub-Signature-256".to_string(), format!("sha256={good}")));
-        assert!(verify_signature(Source::Gitea, SECRET, &both, body).is_err());
+        assert!(verify_signature(GITEA, SECRET, &both, body).is_err());
     }
 
     #[test]
@@ -701,20 +713,14 @@ mod tests {
             .find(|f| f.1 == "pull_request-synchronized")
             .unwrap();
         let h = parse_header_lines(sync.3);
-        assert_eq!(
-            delivery_meta(Source::Gitea, &h).unwrap().1,
-            "pull_request_sync"
-        );
+        assert_eq!(delivery_meta(GITEA, &h).unwrap().1, "pull_request_sync");
         let group_only: Vec<_> = h
             .iter()
             .filter(|(n, _)| !n.eq_ignore_ascii_case("X-Gitea-Event-Type"))
             .cloned()
             .collect();
-        assert_eq!(
-            delivery_meta(Source::Gitea, &group_only).unwrap().1,
-            "pull_request"
-        );
-        assert!(delivery_meta(Source::Gitea, &[])
+        assert_eq!(delivery_meta(GITEA, &group_only).unwrap().1, "pull_request");
+        assert!(delivery_meta(GITEA, &[])
             .unwrap_err()
             .contains("X-Gitea-Delivery"));
     }
@@ -764,10 +770,14 @@ mod tests {
 
     #[test]
     fn source_round_trips() {
-        for s in [Source::Plane, Source::Gitea] {
+        for s in [PLANE, GITEA] {
             assert_eq!(s.as_str().parse::<Source>().unwrap(), s);
         }
-        assert!("github".parse::<Source>().is_err());
+        assert_eq!(
+            "github".parse::<Source>().unwrap_err(),
+            "unknown source \"github\"; expected plane or gitea"
+        );
+        assert_eq!(" Plane ".parse::<Source>().unwrap(), PLANE);
     }
 
     #[test]

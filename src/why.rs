@@ -446,8 +446,16 @@ pub fn waiting(
             last_error: j.last_error.clone(),
         });
     }
+    let about: Vec<(&str, &str, String)> = crate::webhook::SOURCES
+        .iter()
+        .flat_map(|s| {
+            s.about(&task.tracker_issue_id, &task.branch)
+                .into_iter()
+                .map(|(path, value)| (s.as_str(), path, value))
+        })
+        .collect();
     if let Some(r) = db
-        .failed_deliveries_for(&task.tracker_issue_id, &task.branch)?
+        .failed_deliveries_for(&about)?
         .into_iter()
         // One received before the task's last move is history.
         .find(|r| r.received_at_ms >= task.updated_at_ms)

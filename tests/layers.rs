@@ -179,6 +179,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "build_info",
             "untrusted",
             "acp",
+            "webhook_source",
         ],
     ),
     ("store", &["db"]),

@@ -5,10 +5,9 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use super::Output;
-use crate::cli::{IngestArgs, SourceArg};
+use crate::cli::IngestArgs;
 use orch::ctx::Ctx;
 use orch::ingest;
-use orch::webhook::Source;
 
 /// Runs `orch ingest` under the `ingest` tick lock.
 pub fn run(ctx: &Ctx, args: IngestArgs) -> anyhow::Result<Output> {
@@ -16,10 +15,6 @@ pub fn run(ctx: &Ctx, args: IngestArgs) -> anyhow::Result<Output> {
     let db = ctx.open_db()?;
     if let (Some(source), Some(event), Some(file)) = (args.source, args.event, args.file) {
         let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-        let source = match source {
-            SourceArg::Plane => Source::Plane,
-            SourceArg::Gitea => Source::Gitea,
-        };
         let origin = file.display().to_string();
         let done = super::run_or_rehearse(&db, args.dry_run, |db| {
             ingest::ingest_file(ctx, db, source, &event, &body, &origin)

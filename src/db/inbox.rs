@@ -5,6 +5,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Db, Tx};
+use crate::webhook_source::Dedupe;
 
 /// A stored delivery (without its body).
 #[derive(Debug, Clone, Serialize)]
@@ -34,8 +35,11 @@ pub struct Delivery {
 /// it.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    /// `plane` or `gitea`.
+    /// The sender's name (`webhook::SOURCES`: `plane`, `gitea`); the
+    /// store keeps it as given.
     pub source: String,
+    /// How a redelivery of this source is recognised (the source's rule).
+    pub dedupe: Dedupe,
     /// The sender's event name (`X-Plane-Event`, `X-Gitea-Event-Type`).
     pub event: String,
     /// The sender's delivery id (`X-Plane-Delivery`, `X-Gitea-Delivery`).
@@ -131,25 +135,31 @@ impl Db {
     }
 
     /// Failed (unprocessed with an error) or dead deliveries about one
-    /// work item, newest first: a Plane delivery whose `data.id` is
-    /// `tracker_issue_id`, or a Gitea delivery about `branch` (its `ref`
-    /// or its pull request's head). Bodies that are not JSON match nothing.
+    /// work item, newest first: those of a source whose JSON body has, at
+    /// a path, a value given in `about` as `(source, JSON path, value)`
+    /// (each source says which: `WebhookSource::about`; Plane's `data.id`
+    /// is the work item, Gitea's `ref` or pull request head the branch).
+    /// Bodies that are not JSON match nothing; an empty `about` matches
+    /// nothing.
     pub fn failed_deliveries_for(
         &self,
-        tracker_issue_id: &str,
-        branch: &str,
+        about: &[(&str, &str, String)],
     ) -> anyhow::Result<Vec<InboxRow>> {
+        if about.is_empty() {
+            return Ok(Vec::new());
+        }
+        let terms = vec!["(source=? AND json_extract(j, ?)=?)"; about.len()].join(" OR ");
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {INBOX_COLS} FROM ( \
                SELECT *, CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END AS j \
                FROM inbox WHERE dead=1 OR (processed_at_ms IS NULL AND error IS NOT NULL)) \
-             WHERE j IS NOT NULL AND ( \
-               (source='plane' AND json_extract(j, '$.data.id')=?1) \
-               OR (source='gitea' AND (json_extract(j, '$.ref')='refs/heads/'||?2 \
-                   OR json_extract(j, '$.pull_request.head.ref')=?2))) \
+             WHERE j IS NOT NULL AND ({terms}) \
              ORDER BY id DESC"
         ))?;
-        let rows = stmt.query_map(params![tracker_issue_id, branch], inbox_row)?;
+        let args = about
+            .iter()
+            .flat_map(|(source, path, value)| [*source, *path, value.as_str()]);
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), inbox_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -200,14 +210,22 @@ impl Db {
         )?)
     }
 
-    /// Gitea `status` deliveries received since `since_ms` whose sha matched
-    /// no known branch head (reconcile F-3): `(inbox id, body)`.
-    pub fn orphan_status_deliveries(&self, since_ms: i64) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
+    /// Deliveries of `source` and `event` (Gitea `status`) received since
+    /// `since_ms` whose sha matched no known branch head (reconcile F-3):
+    /// `(inbox id, body)`.
+    pub fn orphan_status_deliveries(
+        &self,
+        source: &str,
+        event: &str,
+        since_ms: i64,
+    ) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, body FROM inbox WHERE source='gitea' AND event='status' AND received_at_ms>=?1 \
+            "SELECT id, body FROM inbox WHERE source=?1 AND event=?2 AND received_at_ms>=?3 \
              AND outcome LIKE 'no pipeline action: sha % matches no known branch head%' ORDER BY id",
         )?;
-        let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map(params![source, event, since_ms], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -233,15 +251,16 @@ impl Db {
 
 /// A redelivery by its sender's delivery id (`UNIQUE (source, delivery_id)`).
 const DEDUPE_BY_ID: &str = "SELECT id FROM inbox WHERE source=?1 AND delivery_id=?2";
-/// A Plane redelivery by its body hash (index `inbox_hash`): Plane sends a
-/// new delivery id on every retry.
+/// A redelivery by its body hash (index `inbox_hash`), for a source whose
+/// retries carry a new delivery id ([`Dedupe::ByIdOrBody`]: Plane).
 const DEDUPE_BY_HASH: &str =
-    "SELECT id FROM inbox WHERE source='plane' AND body_sha256=?1 ORDER BY id LIMIT 1";
+    "SELECT id FROM inbox WHERE source=?1 AND body_sha256=?2 ORDER BY id LIMIT 1";
 
 impl Tx<'_> {
     /// Stores a delivery unless it is a redelivery: the same
-    /// `(source, delivery_id)`, or for Plane (whose retries carry a new
-    /// id) the same body hash.
+    /// `(source, delivery_id)`, or, when the source's rule is
+    /// [`Dedupe::ByIdOrBody`] (Plane's retries carry a new id), the same
+    /// body hash.
     pub fn record_delivery(
         &self,
         d: &NewDelivery,
@@ -256,11 +275,11 @@ impl Tx<'_> {
             .prepare_cached(DEDUPE_BY_ID)?
             .query_row(params![d.source, d.delivery_id], |r| r.get(0))
             .optional()?;
-        if existing.is_none() && d.source == "plane" {
+        if existing.is_none() && d.dedupe == Dedupe::ByIdOrBody {
             existing = self
                 .conn
                 .prepare_cached(DEDUPE_BY_HASH)?
-                .query_row(params![body_sha256], |r| r.get(0))
+                .query_row(params![d.source, body_sha256], |r| r.get(0))
                 .optional()?;
         }
         if let Some(id) = existing {
@@ -364,29 +383,35 @@ mod tests {
         );
     }
 
+    /// The store follows the source's rule, not its name: a source that
+    /// dedupes by body (Plane) finds a retry with a new id; one that
+    /// dedupes by id only (Gitea) stores it.
     #[test]
-    fn a_plane_retry_is_a_duplicate_by_body_a_gitea_one_only_by_id() {
+    fn a_retry_is_a_duplicate_by_body_only_where_the_source_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
-        let d = |source: &str, id: &str| NewDelivery {
+        let d = |source: &str, id: &str, dedupe| NewDelivery {
             source: source.into(),
+            dedupe,
             event: "issue".into(),
             delivery_id: id.into(),
             headers: serde_json::json!({}),
             body: b"{}".to_vec(),
         };
+        let by_body = |id| d("by-body", id, Dedupe::ByIdOrBody);
+        let by_id = |id| d("by-id", id, Dedupe::ById);
         let rec = |n: &NewDelivery| db.write(|tx| tx.record_delivery(n, "h1", 1)).unwrap();
-        let first = rec(&d("plane", "a"));
+        let first = rec(&by_body("a"));
         assert!(matches!(first, Recorded::Stored(_)));
         let Recorded::Stored(id) = first else {
             unreachable!()
         };
-        assert_eq!(rec(&d("plane", "b")), Recorded::Duplicate(id));
-        assert_eq!(rec(&d("plane", "a")), Recorded::Duplicate(id));
-        let Recorded::Stored(g) = rec(&d("gitea", "a")) else {
-            panic!("gitea a stored")
+        assert_eq!(rec(&by_body("b")), Recorded::Duplicate(id));
+        assert_eq!(rec(&by_body("a")), Recorded::Duplicate(id));
+        let Recorded::Stored(g) = rec(&by_id("a")) else {
+            panic!("by-id a stored")
         };
-        assert!(matches!(rec(&d("gitea", "b")), Recorded::Stored(_)));
-        assert_eq!(rec(&d("gitea", "a")), Recorded::Duplicate(g));
+        assert!(matches!(rec(&by_id("b")), Recorded::Stored(_)));
+        assert_eq!(rec(&by_id("a")), Recorded::Duplicate(g));
     }
 }

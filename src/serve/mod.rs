@@ -46,7 +46,6 @@ use tokio::sync::watch;
 
 use crate::config::AdminBind;
 use crate::error::Error;
-use crate::webhook::Source;
 
 /// Builds the `GET /queue` document (the caller passes the `orch status
 /// --json` builder). Called on tokio's blocking pool, possibly
@@ -93,10 +92,10 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Longest request head in bytes (at least 8,192); longer is 431.
     pub max_header_bytes: usize,
-    /// HMAC secret of the Plane webhook; `None` refuses Plane deliveries.
-    pub plane_secret: Option<String>,
-    /// HMAC secret of the Gitea webhook; `None` refuses Gitea deliveries.
-    pub gitea_secret: Option<String>,
+    /// The HMAC secret of each source's webhook, by source name
+    /// ([`crate::webhook::SOURCES`]: `ORCH_PLANE_WEBHOOK_SECRET`, …); a
+    /// source without one has its deliveries refused.
+    pub webhook_secrets: std::collections::BTreeMap<&'static str, String>,
     /// The database file.
     pub db_path: PathBuf,
     /// SQLite busy timeout of the writer's connection, ms.
@@ -118,14 +117,10 @@ impl ServeOptions {
             header_timeout: Duration::from_millis(s.serve_header_timeout_ms),
             max_connections: s.serve_max_connections,
             max_header_bytes: s.serve_max_header_bytes,
-            plane_secret: s
-                .plane_webhook_secret
-                .as_ref()
-                .map(|x| x.expose().to_string()),
-            gitea_secret: s
-                .gitea_webhook_secret
-                .as_ref()
-                .map(|x| x.expose().to_string()),
+            webhook_secrets: crate::webhook::SOURCES
+                .iter()
+                .filter_map(|src| Some((src.as_str(), src.secret(s)?.to_string())))
+                .collect(),
             db_path: s.db_path.clone(),
             busy_timeout_ms: s.busy_timeout_ms,
         }
@@ -151,8 +146,14 @@ impl std::fmt::Debug for ServeOptions {
             .field("header_timeout", &self.header_timeout)
             .field("max_connections", &self.max_connections)
             .field("max_header_bytes", &self.max_header_bytes)
-            .field("plane_secret", &redact(&self.plane_secret))
-            .field("gitea_secret", &redact(&self.gitea_secret))
+            .field(
+                "webhook_secrets",
+                &self
+                    .webhook_secrets
+                    .keys()
+                    .map(|k| (k, "[redacted]"))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
             .field("db_path", &self.db_path)
             .field("busy_timeout_ms", &self.busy_timeout_ms)
             .finish()
@@ -334,11 +335,9 @@ pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
         }
         _ => None,
     };
-    for (source, secret) in [
-        (Source::Plane, &opts.plane_secret),
-        (Source::Gitea, &opts.gitea_secret),
-    ] {
-        if secret.as_deref().is_none_or(|s| s.trim().is_empty()) {
+    for source in crate::webhook::SOURCES {
+        let secret = opts.webhook_secrets.get(source.as_str());
+        if secret.is_none_or(|s| s.trim().is_empty()) {
             tracing::warn!(
                 target: "webhook",
                 "no webhook secret configured for {source}; set {} — its deliveries will be refused (401)",
@@ -393,8 +392,7 @@ pub fn start(opts: ServeOptions, admin: Admin) -> anyhow::Result<Server> {
         drain: opts.drain(),
     };
     let app = Arc::new(routes::App {
-        plane_secret: opts.plane_secret,
-        gitea_secret: opts.gitea_secret,
+        secrets: opts.webhook_secrets,
         read_timeout: opts.read_timeout,
         writer,
         admin,
@@ -527,8 +525,10 @@ mod tests {
             header_timeout: Duration::from_secs(2),
             max_connections: 64,
             max_header_bytes: 65_536,
-            plane_secret: secret.map(Into::into),
-            gitea_secret: secret.map(Into::into),
+            webhook_secrets: crate::webhook::SOURCES
+                .iter()
+                .filter_map(|s| Some((s.as_str(), secret?.to_string())))
+                .collect(),
             db_path: dir.join("orch.db"),
             busy_timeout_ms: 1_000,
         }

@@ -50,10 +50,10 @@ use crate::webhook::{self, Source, MAX_BODY_BYTES};
 
 /// What the handlers share.
 pub struct App {
-    /// HMAC secret of the Plane webhook (`None`: refuse Plane deliveries).
-    pub plane_secret: Option<String>,
-    /// HMAC secret of the Gitea webhook.
-    pub gitea_secret: Option<String>,
+    /// The HMAC secret of each source's webhook, by source name
+    /// (`webhook::SOURCES`); a source without one has its deliveries
+    /// refused.
+    pub secrets: std::collections::BTreeMap<&'static str, String>,
     /// The whole-request deadline after the head.
     pub read_timeout: Duration,
     /// The group-commit writer.
@@ -69,11 +69,10 @@ pub struct App {
 impl App {
     /// Counts one answer to a webhook path.
     fn count_answer(&self, path: &str, outcome: &'static str) {
-        let source = match path {
-            "/webhooks/plane" => "plane",
-            "/webhooks/gitea" => "gitea",
-            _ => return,
+        let Some(source) = path.strip_prefix("/webhooks/").and_then(Source::named) else {
+            return;
         };
+        let source = source.as_str();
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
         *answers.entry((source, outcome)).or_default() += 1;
     }
@@ -96,11 +95,7 @@ impl App {
 
 impl App {
     fn secret(&self, source: Source) -> &str {
-        match source {
-            Source::Plane => self.plane_secret.as_deref(),
-            Source::Gitea => self.gitea_secret.as_deref(),
-        }
-        .unwrap_or("")
+        self.secrets.get(source.as_str()).map_or("", String::as_str)
     }
 }
 
@@ -114,17 +109,24 @@ pub enum Refuse {
     FramingLost,
 }
 
-/// The webhook listener's router with its layers: the webhooks and
-/// `/healthz`, nothing an outsider should read.
+/// The webhook listener's router with its layers: `POST
+/// /webhooks/<source>` for every registered source
+/// ([`webhook::SOURCES`]) and `/healthz`, nothing an outsider should
+/// read. Any other path is 404 (`not_found`), another method on a
+/// webhook path 405.
 pub fn router(app: Arc<App>) -> Router {
-    layered(
-        Router::new()
-            .route("/webhooks/plane", post(plane))
-            .route("/webhooks/gitea", post(gitea))
-            .route("/healthz", get(health)),
-        app,
-        None,
-    )
+    let mut routes = Router::new().route("/healthz", get(health));
+    for &source in webhook::SOURCES {
+        routes = routes.route(
+            &format!("/webhooks/{source}"),
+            post(
+                move |State(app): State<Arc<App>>, req: Request| async move {
+                    hook(&app, source, req).await
+                },
+            ),
+        );
+    }
+    layered(routes, app, None)
 }
 
 /// The admin listener's router (`ORCH_ADMIN_BIND`: a Unix socket in the
@@ -268,14 +270,6 @@ fn with_body(code: StatusCode, body: Value, outcome: &'static str, detail: Strin
     r
 }
 
-async fn plane(State(app): State<Arc<App>>, req: Request) -> Response {
-    hook(&app, Source::Plane, req).await
-}
-
-async fn gitea(State(app): State<Arc<App>>, req: Request) -> Response {
-    hook(&app, Source::Gitea, req).await
-}
-
 /// `GET /healthz`: `{"status": "ok", "detail", "version", "commit",
 /// "schema"}` — the binary's version, the git commit it was built from
 /// ([`crate::build_info`]) and the schema version it expects
@@ -411,6 +405,7 @@ async fn hook(app: &App, source: Source, req: Request) -> Response {
     let body_sha256 = webhook::body_sha256(&body);
     let delivery = NewDelivery {
         source: source.as_str().to_string(),
+        dedupe: source.dedupe(),
         event,
         delivery_id,
         headers: webhook::stored_headers(&headers),
@@ -437,9 +432,9 @@ async fn finish(State(app): State<Arc<App>>, req: Request, next: Next) -> Respon
     let started = Instant::now();
     let method = req.method().clone();
     let path = clean(req.uri().path());
-    let delivery = ["x-plane-delivery", "x-gitea-delivery"]
+    let delivery = webhook::SOURCES
         .iter()
-        .find_map(|h| req.headers().get(*h))
+        .find_map(|s| req.headers().get(s.delivery_header()))
         .map(|v| clean(&String::from_utf8_lossy(v.as_bytes())))
         .unwrap_or_else(|| "-".into());
     let non_utf8 = req

@@ -225,6 +225,7 @@ mod tests {
         Pending {
             delivery: NewDelivery {
                 source: "plane".into(),
+                dedupe: crate::webhook_source::Dedupe::ByIdOrBody,
                 event: "issue".into(),
                 delivery_id: id.into(),
                 headers: serde_json::json!({}),

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use std::time::Duration;
 
-use super::{fail, infra, short, Outcome, Suite};
+use super::{fail, infra, short, Outcome, Suite, PLANE};
 use crate::db::{Db, InboxRow};
 use crate::webhook::{self, Source};
 
@@ -110,7 +110,7 @@ impl<'a> Suite<'a> {
         body: &[u8],
         what: &str,
     ) -> Result<(), Outcome> {
-        let a = self.post(Source::Plane, headers, body).map_err(infra)?;
+        let a = self.post(PLANE, headers, body).map_err(infra)?;
         if a.status == 401 {
             return Err(fail(format!(
                 "the instance refused {what} signed with the checker's ORCH_PLANE_WEBHOOK_SECRET: {} — the secrets differ",
@@ -134,7 +134,7 @@ impl<'a> Suite<'a> {
     ) -> Result<Answer, String> {
         let url = self.url("/webhooks/plane");
         let Some(rest) = url.strip_prefix("http://") else {
-            return self.post(Source::Plane, headers, &body);
+            return self.post(PLANE, headers, &body);
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -218,12 +218,9 @@ impl<'a> Suite<'a> {
     // ------------------------------------------------------ deliveries
 
     pub(super) fn secret(&self, source: Source) -> Option<&str> {
-        match source {
-            Source::Plane => self.settings.plane_webhook_secret.as_ref(),
-            Source::Gitea => self.settings.gitea_webhook_secret.as_ref(),
-        }
-        .map(|s| s.expose())
-        .filter(|s| !s.trim().is_empty())
+        source
+            .secret(&self.settings)
+            .filter(|s| !s.trim().is_empty())
     }
 
     pub(super) fn delivery_id(&self, tag: &str) -> String {
@@ -239,23 +236,9 @@ impl<'a> Suite<'a> {
         body: &[u8],
         secret: Option<&str>,
     ) -> Vec<(String, String)> {
-        let h = |k: &str, v: &str| (k.to_string(), v.to_string());
-        let mut out = match source {
-            Source::Plane => vec![h("X-Plane-Delivery", delivery), h("X-Plane-Event", "issue")],
-            Source::Gitea => vec![
-                h("X-Gitea-Delivery", delivery),
-                h("X-Gitea-Event", "push"),
-                h("X-Gitea-Event-Type", "push"),
-            ],
-        };
-        if let Some(secret) = secret {
-            let name = match source {
-                Source::Plane => "X-Plane-Signature",
-                Source::Gitea => "X-Gitea-Signature",
-            };
-            out.push(h(name, &webhook::sign(secret, body)));
-        }
-        out
+        let event = if source == PLANE { "issue" } else { "push" };
+        let signature = secret.map(|s| webhook::sign(s, body));
+        source.sender_headers(delivery, event, signature.as_deref())
     }
 
     /// A UUID-shaped id unique to this run and `tag`.

@@ -24,6 +24,10 @@ use crate::pipeline::{Actor, Stage};
 use crate::tracker::Tracker;
 use crate::webhook::{Source, MAX_BODY_BYTES};
 
+/// The senders this suite plays: Plane (every check) and Gitea (C5, C6).
+pub(super) const PLANE: Source = Source::new(&crate::tracker::plane::Webhook);
+pub(super) const GITEA: Source = Source::new(&crate::forge::gitea::Webhook);
+
 /// What to check, and where.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -424,12 +428,12 @@ impl<'a> Suite<'a> {
             ));
         }
         self.staging = Some(ctx);
-        if self.secret(Source::Plane).is_none() {
+        if self.secret(PLANE).is_none() {
             return fail(
                 "ORCH_PLANE_WEBHOOK_SECRET is not set in the checker's environment (set it as the staging instance's .env does)",
             );
         }
-        let gitea = if self.secret(Source::Gitea).is_some() {
+        let gitea = if self.secret(GITEA).is_some() {
             "set"
         } else {
             "not set (Gitea deliveries are refused)"
@@ -442,10 +446,7 @@ impl<'a> Suite<'a> {
 
     fn c5_unsigned(&mut self) -> Outcome {
         let mut reasons = Vec::new();
-        for (source, body) in [
-            (Source::Plane, self.harmless("c5")),
-            (Source::Gitea, self.gitea_body("c5")),
-        ] {
+        for (source, body) in [(PLANE, self.harmless("c5")), (GITEA, self.gitea_body("c5"))] {
             let id = self.delivery_id(&format!("c5-{source}"));
             let headers = self.headers(source, &id, &body, None);
             let answer = self.post(source, &headers, &body);
@@ -460,10 +461,7 @@ impl<'a> Suite<'a> {
 
     fn c6_mis_signed(&mut self) -> Outcome {
         let mut reasons = Vec::new();
-        for (source, body) in [
-            (Source::Plane, self.harmless("c6")),
-            (Source::Gitea, self.gitea_body("c6")),
-        ] {
+        for (source, body) in [(PLANE, self.harmless("c6")), (GITEA, self.gitea_body("c6"))] {
             let id = self.delivery_id(&format!("c6-{source}"));
             let wrong = format!("{}-not-the-secret", self.secret(source).unwrap_or("orch"));
             let headers = self.headers(source, &id, &body, Some(&wrong));
@@ -484,13 +482,13 @@ impl<'a> Suite<'a> {
         let mut body = b"{\"padding\": \"".to_vec();
         body.resize(MAX_BODY_BYTES + 1 - 2, b'x');
         body.extend_from_slice(b"\"}");
-        let secret = self.secret(Source::Plane).unwrap_or("orch");
-        let headers = self.headers(Source::Plane, &id, &body, Some(secret));
+        let secret = self.secret(PLANE).unwrap_or("orch");
+        let headers = self.headers(PLANE, &id, &body, Some(secret));
         let a = match self.post_oversize(&headers, body) {
             Ok(a) => a,
             Err(e) => return infra(e),
         };
-        if self.stored(Source::Plane, &id).is_some() {
+        if self.stored(PLANE, &id).is_some() {
             return fail(format!(
                 "{} and the oversize delivery was STORED (delivery id {id})",
                 a.describe()
@@ -511,16 +509,16 @@ impl<'a> Suite<'a> {
     }
 
     fn c8_redelivery(&mut self) -> Outcome {
-        let Some(secret) = self.secret(Source::Plane).map(str::to_string) else {
+        let Some(secret) = self.secret(PLANE).map(str::to_string) else {
             return fail("no ORCH_PLANE_WEBHOOK_SECRET to sign with (C4)");
         };
         let body = self.harmless("c8");
         let id = self.delivery_id("c8");
-        let headers = self.headers(Source::Plane, &id, &body, Some(&secret));
+        let headers = self.headers(PLANE, &id, &body, Some(&secret));
         if let Err(o) = self.post_new_plane(&headers, &body, "a new signed delivery") {
             return o;
         }
-        let again = match self.post(Source::Plane, &headers, &body) {
+        let again = match self.post(PLANE, &headers, &body) {
             Ok(a) => a,
             Err(e) => return infra(e),
         };
@@ -532,8 +530,8 @@ impl<'a> Suite<'a> {
         }
         // Plane's retry: a new delivery id, the same body.
         let retry_id = self.delivery_id("c8-retry");
-        let headers = self.headers(Source::Plane, &retry_id, &body, Some(&secret));
-        let retry = match self.post(Source::Plane, &headers, &body) {
+        let headers = self.headers(PLANE, &retry_id, &body, Some(&secret));
+        let retry = match self.post(PLANE, &headers, &body) {
             Ok(a) => a,
             Err(e) => return infra(e),
         };
@@ -544,12 +542,12 @@ impl<'a> Suite<'a> {
             ));
         }
         if self.open_db(false).is_ok() {
-            if self.stored(Source::Plane, &id).is_none() {
+            if self.stored(PLANE, &id).is_none() {
                 return fail(format!(
                     "answered 202 but delivery {id} is not in the inbox"
                 ));
             }
-            if self.stored(Source::Plane, &retry_id).is_some() {
+            if self.stored(PLANE, &retry_id).is_some() {
                 return fail(format!("Plane's retry {retry_id} was stored a second time"));
             }
         }
@@ -586,7 +584,7 @@ impl<'a> Suite<'a> {
         let Some(project) = self.project.clone() else {
             return fail("needs the sandbox project (C4)");
         };
-        let Some(secret) = self.secret(Source::Plane).map(str::to_string) else {
+        let Some(secret) = self.secret(PLANE).map(str::to_string) else {
             return fail("no ORCH_PLANE_WEBHOOK_SECRET to sign with (C4)");
         };
         let (state_id, state_name) = match self.in_progress_state() {
@@ -602,7 +600,7 @@ impl<'a> Suite<'a> {
         let body = self.plane_issue("c9a", "state", (&state_id, &state_name), sequence);
         let issue = self.uuid("c9a");
         let delivery = self.synthetic_delivery.clone();
-        let headers = self.headers(Source::Plane, &delivery, &body, Some(&secret));
+        let headers = self.headers(PLANE, &delivery, &body, Some(&secret));
         if let Err(o) = self.post_new_plane(&headers, &body, "the synthetic delivery") {
             return o;
         }

@@ -11,6 +11,8 @@
 //! `ORCH_PLANE_STATE_CACHE_S`, when a name is missing from the cache, and
 //! when Plane refuses a cached id.
 
+pub mod plane;
+
 use std::collections::HashMap;
 
 use serde_json::Value;

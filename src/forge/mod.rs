@@ -14,6 +14,8 @@
 //! deploy-staging → deploy names the tested head sha, and a PR already
 //! merged is success.
 
+pub mod gitea;
+
 use std::path::Path;
 use std::time::Duration;
 
