@@ -11,12 +11,13 @@
 //! another task, a constraint violation, a bad setting) is dead-lettered at
 //! once with an error starting `permanent:`, without retries.
 //!
-//! Payloads: Plane's `issue` webhook (v1, `data` = IssueExpandSerializer,
-//! `activity.field` = `state` or `state_id`; states matched by explicit id
-//! or by name, see `tracker`) and Gitea's `push` (branch heads),
-//! `status` (CI of a known branch head; may advance a task waiting at
-//! development) and `pull_request` (PR bookkeeping; a merge releases the
-//! task's merge lease but never completes it) events, per `tests/fixtures/`.
+//! What a delivery says is its sender's to read (`WebhookSource::parse`
+//! in `tracker::plane`, `forge::gitea`): ingest acts on the
+//! source-independent [`Event`] — a work item's state (matched by
+//! explicit id or by name, see `tracker`), a branch head, a CI status (of
+//! a known branch head; may advance a task waiting at development), a
+//! pull request (bookkeeping; a merge releases the task's merge lease but
+//! never completes it) — per `tests/fixtures/`.
 //! Deliveries orch does not act on are processed with an outcome that
 //! starts with "no pipeline action:" and says why.
 
@@ -33,6 +34,7 @@ use crate::failpoint::failpoint;
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::{self, Actor, Move, Moved, Stage, WorkItem};
 use crate::webhook::Source;
+use crate::webhook_source::{DeliveredItem, Event};
 
 /// What an ingest pass did.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -214,56 +216,64 @@ fn route(
     let Ok(source) = source.parse::<Source>() else {
         return Ok(Handled::nothing(format!("unknown source {source:?}")));
     };
-    match (source.as_str(), event) {
-        ("plane", "issue") => plane_issue(ctx, tx, &v, now),
-        ("gitea", "push") => gitea_push(ctx, tx, &v, now),
-        ("gitea", "status") => gitea_status(ctx, db, tx, &v, now),
-        ("gitea", "pull_request" | "pull_request_sync") => gitea_pull_request(ctx, tx, &v, now),
-        (source, other) => Ok(Handled::nothing(format!(
-            "{source} event {other:?} is not one orch acts on"
-        ))),
+    match source.parse(event, &v) {
+        Err(why) => Ok(Handled::nothing(why)),
+        Ok(Event::WorkItemState {
+            tracker_project,
+            item,
+            state_id,
+            state_name,
+        }) => work_item_state(
+            ctx,
+            tx,
+            &tracker_project,
+            item,
+            &state_id,
+            state_name.as_deref(),
+            now,
+        ),
+        Ok(Event::Push {
+            repo,
+            git_ref,
+            head,
+        }) => push(ctx, tx, &repo, &git_ref, &head, now),
+        Ok(Event::Status {
+            repo,
+            sha,
+            state,
+            context,
+            url,
+        }) => status(ctx, db, tx, &repo, &sha, &state, &context, &url, now),
+        Ok(Event::PullRequest {
+            repo,
+            action,
+            number,
+            head,
+            merged,
+            url,
+        }) => pull_request(ctx, tx, &repo, &action, number, &head, merged, &url, now),
     }
 }
 
-fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
-}
-
-/// A Plane `issue` delivery: a work item entering the project's In
-/// Progress, Approved or Rejected state.
-fn plane_issue(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
-    let action = v.get("action").and_then(Value::as_str).unwrap_or("");
-    let created = matches!(action, "created" | "create");
-    if !created && !matches!(action, "updated" | "update") {
-        return Ok(Handled::nothing(format!("issue action {action:?}")));
-    }
-    let field = str_at(v, &["activity", "field"]);
-    if !created && !matches!(field, Some("state") | Some("state_id")) {
-        return Ok(Handled::nothing(format!(
-            "field {:?} changed, not the state",
-            field.unwrap_or("")
-        )));
-    }
-    let data = v.get("data").unwrap_or(&Value::Null);
-    let Some(tracker_project) = data.get("project").and_then(Value::as_str) else {
-        return Ok(Handled::nothing("delivery has no data.project"));
-    };
+/// A tracker's work item entering the project's In Progress, Approved or
+/// Rejected state (Plane's `issue` delivery).
+fn work_item_state(
+    ctx: &Ctx,
+    tx: &Tx,
+    tracker_project: &str,
+    item: DeliveredItem,
+    state: &str,
+    payload_name: Option<&str>,
+    now: i64,
+) -> anyhow::Result<Handled> {
     let Some(project) = ctx.config.project_by_tracker_id(tracker_project) else {
         return Ok(Handled::nothing(format!(
             "tracker project {tracker_project} is not in the registry"
         )));
     };
-    let state = str_at(data, &["state", "id"])
-        .or_else(|| data.get("state").and_then(Value::as_str))
-        .or_else(|| str_at(v, &["activity", "new_value"]))
-        .unwrap_or("");
-    let Some(issue_id) = data.get("id").and_then(Value::as_str) else {
-        return Ok(Handled::nothing("delivery has no data.id"));
-    };
-    let payload_name = str_at(data, &["state", "name"]);
     let state_name = payload_name.unwrap_or(state);
     // An explicit id in [projects.states] wins; else the configured name
-    // (from the payload, or the cached Plane id of that name).
+    // (from the payload, or the cached tracker id of that name).
     let cached = tx.cached_states(&project.name)?;
     let is = |kind| crate::tracker::state_is(project, &cached, kind, state, payload_name);
     use crate::config::StateKind;
@@ -280,18 +290,10 @@ fn plane_issue(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handle
         )));
     };
     let item = WorkItem {
-        tracker_issue_id: issue_id.to_string(),
-        sequence: data.get("sequence_id").and_then(Value::as_i64).unwrap_or(0),
-        title: data
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
-        body: data
-            .get("description_stripped")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string(),
+        tracker_issue_id: item.id,
+        sequence: item.sequence,
+        title: item.title,
+        body: item.body,
     };
     on_work_item(
         ctx,
@@ -428,21 +430,14 @@ pub fn add_local_issue(
     Ok((issue, task))
 }
 
-fn project_by_repo<'a>(ctx: &'a Ctx, v: &Value) -> Option<&'a ProjectConfig> {
-    let full = str_at(v, &["repository", "full_name"])?;
-    ctx.config.projects.iter().find(|p| p.repo == full)
+fn project_by_repo<'a>(ctx: &'a Ctx, repo: &str) -> Option<&'a ProjectConfig> {
+    ctx.config.projects.iter().find(|p| p.repo == repo)
 }
 
-/// Gitea `push`: remember the head of orch's branches (for `status`).
-fn gitea_push(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
-    let Some(project) = project_by_repo(ctx, v) else {
+/// A forge's push: remember the head of orch's branches (for `status`).
+fn push(ctx: &Ctx, tx: &Tx, repo: &str, r: &str, after: &str, now: i64) -> anyhow::Result<Handled> {
+    let Some(project) = project_by_repo(ctx, repo) else {
         return Ok(Handled::nothing("repository is not in the registry"));
-    };
-    let (Some(r), Some(after)) = (
-        v.get("ref").and_then(Value::as_str),
-        v.get("after").and_then(Value::as_str),
-    ) else {
-        return Ok(Handled::nothing("push without ref/after"));
     };
     let Some(branch) = r
         .strip_prefix("refs/heads/")
@@ -457,29 +452,32 @@ fn gitea_push(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled
     })
 }
 
-/// Gitea `status`: store a CI state for a sha that is a known branch head
-/// (the payload has no branch: fixtures README, surprise 1), then — for a
-/// task waiting at development with no active job — evaluate the
-/// development gate read-only and apply its answer through the transition
-/// rule as `webhook`: green → review, red → back to development (a
-/// developer retry), anything else waits.
-fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
-    let Some(project) = project_by_repo(ctx, v) else {
+/// A forge's CI status: store a CI state for a sha that is a known branch
+/// head (Gitea's payload has no branch: fixtures README, surprise 1),
+/// then — for a task waiting at development with no active job — evaluate
+/// the development gate read-only and apply its answer through the
+/// transition rule as `webhook`: green → review, red → back to
+/// development (a developer retry), anything else waits.
+#[allow(clippy::too_many_arguments)]
+fn status(
+    ctx: &Ctx,
+    db: &Db,
+    tx: &Tx,
+    repo: &str,
+    sha: &str,
+    state: &str,
+    context: &str,
+    url: &str,
+    now: i64,
+) -> anyhow::Result<Handled> {
+    let Some(project) = project_by_repo(ctx, repo) else {
         return Ok(Handled::nothing("repository is not in the registry"));
-    };
-    let (Some(sha), Some(state)) = (
-        v.get("sha").and_then(Value::as_str),
-        v.get("state").and_then(Value::as_str),
-    ) else {
-        return Ok(Handled::nothing("status without sha/state"));
     };
     let Some(branch) = tx.branch_for_sha(&project.name, sha)? else {
         return Ok(Handled::nothing(format!(
             "sha {sha} matches no known branch head; status not recorded"
         )));
     };
-    let context = v.get("context").and_then(Value::as_str).unwrap_or("ci");
-    let url = v.get("target_url").and_then(Value::as_str).unwrap_or("");
     tx.upsert_ci_status(&project.name, sha, context, state, url, None, now)?;
     let recorded = format!("recorded CI {state} ({context}) for {branch} at {sha}");
     let done = |outcome: String| Handled {
@@ -533,29 +531,31 @@ fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Res
     }))
 }
 
-/// Gitea `pull_request` (and `pull_request_sync`): remember the PR of an
-/// orch task branch; on `closed` with `merged: true`, release the merge
-/// lease the task holds (holder-aware). Never moves the task: a task at
-/// deploy is completed only by the deployer's verdict.
-fn gitea_pull_request(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
-    let Some(project) = project_by_repo(ctx, v) else {
+/// A forge's pull request (Gitea `pull_request`, `pull_request_sync`):
+/// remember the PR of an orch task branch; on `closed` with `merged:
+/// true`, release the merge lease the task holds (holder-aware). Never
+/// moves the task: a task at deploy is completed only by the deployer's
+/// verdict.
+#[allow(clippy::too_many_arguments)]
+fn pull_request(
+    ctx: &Ctx,
+    tx: &Tx,
+    repo: &str,
+    action: &str,
+    number: i64,
+    head: &str,
+    merged: bool,
+    url: &str,
+    now: i64,
+) -> anyhow::Result<Handled> {
+    let Some(project) = project_by_repo(ctx, repo) else {
         return Ok(Handled::nothing("repository is not in the registry"));
-    };
-    let action = v.get("action").and_then(Value::as_str).unwrap_or("");
-    let pr = v.get("pull_request").unwrap_or(&Value::Null);
-    let (Some(number), Some(head)) = (
-        pr.get("number").and_then(Value::as_i64),
-        str_at(pr, &["head", "ref"]),
-    ) else {
-        return Ok(Handled::nothing("pull_request without number/head.ref"));
     };
     let Some(task) = tx.task_by_branch(&project.name, head)? else {
         return Ok(Handled::nothing(format!(
             "PR #{number} is not from an orch task branch ({head})"
         )));
     };
-    let merged = pr.get("merged").and_then(Value::as_bool).unwrap_or(false);
-    let url = pr.get("html_url").and_then(Value::as_str).unwrap_or("");
     tx.upsert_pull_request(task.id, number, url, head, merged, now)?;
     if action == "closed" && merged {
         let released = crate::pipeline::lease::release_for_task(tx, task.id)?;

@@ -61,6 +61,69 @@ pub enum Dedupe {
     ByIdOrBody,
 }
 
+/// A work item as a tracker's delivery shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveredItem {
+    /// The tracker's id of the work item (Plane: a UUID).
+    pub id: String,
+    /// Its number within the project (Plane's `sequence_id`; 0 if none).
+    pub sequence: i64,
+    pub title: String,
+    /// Its description as plain text.
+    pub body: String,
+}
+
+/// What a delivery says, in the terms `ingest` acts on: the same for
+/// every tracker and every forge, so ingest never asks who sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A tracker's work item was created in, or moved to, a state.
+    WorkItemState {
+        /// The tracker's project id (matched to `projects.tracker_project_id`).
+        tracker_project: String,
+        item: DeliveredItem,
+        /// The state's id (may be empty when only a name came).
+        state_id: String,
+        /// The state's name, when the delivery carries one.
+        state_name: Option<String>,
+    },
+    /// A forge's push: `git_ref` (`refs/heads/…`) now points at `head`.
+    Push {
+        /// The repository's `owner/name` (matched to `projects.repo`).
+        repo: String,
+        git_ref: String,
+        head: String,
+    },
+    /// A forge's CI status for commit `sha`.
+    Status {
+        repo: String,
+        sha: String,
+        /// `pending`, `success`, `failure`, `error`, …
+        state: String,
+        /// The status's context (`ci` when the sender gave none).
+        context: String,
+        /// Where the CI run is shown (may be empty).
+        url: String,
+    },
+    /// A forge's pull request was opened, updated or closed.
+    PullRequest {
+        repo: String,
+        /// `opened`, `synchronized`, `closed`, … (may be empty).
+        action: String,
+        number: i64,
+        /// The head branch's name.
+        head: String,
+        merged: bool,
+        /// The pull request's page (may be empty).
+        url: String,
+    },
+}
+
+/// The string at `path` in `v`, if every step exists and it is a string.
+pub fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
+    path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
+}
+
 /// One sender of webhook deliveries (a tracker or a forge), registered in
 /// `webhook::SOURCES`. Implementations are unit structs in the sender's
 /// folder; every method is pure.
@@ -100,6 +163,13 @@ pub trait WebhookSource: Sync {
         let _ = (tracker_issue_id, branch);
         Vec::new()
     }
+
+    /// What a delivery of `event` with JSON `body` says, or why orch does
+    /// not act on it (`Err`: the reason, e.g. `plane event
+    /// "issue_comment" is not one orch acts on`, `field "name" changed,
+    /// not the state`), which ingest records as `no pipeline action:
+    /// <reason>`.
+    fn parse(&self, event: &str, body: &serde_json::Value) -> Result<Event, String>;
 
     /// The headers this sender would send with `delivery` of `event`,
     /// signed with `signature` (`hex(HMAC-SHA256)`) when given: for

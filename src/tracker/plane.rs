@@ -10,7 +10,11 @@
 //! = `hex(HMAC-SHA256(secret, body))`, no prefix.
 
 use crate::config::Settings;
-use crate::webhook_source::{required, Dedupe, Headers, Signature, WebhookSource};
+use serde_json::Value;
+
+use crate::webhook_source::{
+    required, str_at, Dedupe, DeliveredItem, Event, Headers, Signature, WebhookSource,
+};
 
 /// Plane's webhook deliveries (`/webhooks/plane`, source `plane`).
 pub struct Webhook;
@@ -55,6 +59,58 @@ impl WebhookSource for Webhook {
         vec![("$.data.id", tracker_issue_id.to_string())]
     }
 
+    /// An `issue` delivery (v1, `data` = IssueExpandSerializer) of a work
+    /// item created, or updated in its state (`activity.field` = `state`
+    /// or `state_id`). The state is `data.state.id` (or `data.state`, or
+    /// `activity.new_value`) with `data.state.name` when expanded.
+    fn parse(&self, event: &str, v: &Value) -> Result<Event, String> {
+        if event != "issue" {
+            return Err(format!("plane event {event:?} is not one orch acts on"));
+        }
+        let action = v.get("action").and_then(Value::as_str).unwrap_or("");
+        let created = matches!(action, "created" | "create");
+        if !created && !matches!(action, "updated" | "update") {
+            return Err(format!("issue action {action:?}"));
+        }
+        let field = str_at(v, &["activity", "field"]);
+        if !created && !matches!(field, Some("state") | Some("state_id")) {
+            return Err(format!(
+                "field {:?} changed, not the state",
+                field.unwrap_or("")
+            ));
+        }
+        let data = v.get("data").unwrap_or(&Value::Null);
+        let tracker_project = data
+            .get("project")
+            .and_then(Value::as_str)
+            .ok_or("delivery has no data.project")?;
+        let state_id = str_at(data, &["state", "id"])
+            .or_else(|| data.get("state").and_then(Value::as_str))
+            .or_else(|| str_at(v, &["activity", "new_value"]))
+            .unwrap_or("");
+        let id = data
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or("delivery has no data.id")?;
+        let text = |key: &str| {
+            data.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        Ok(Event::WorkItemState {
+            tracker_project: tracker_project.to_string(),
+            item: DeliveredItem {
+                id: id.to_string(),
+                sequence: data.get("sequence_id").and_then(Value::as_i64).unwrap_or(0),
+                title: text("name"),
+                body: text("description_stripped"),
+            },
+            state_id: state_id.to_string(),
+            state_name: str_at(data, &["state", "name"]).map(str::to_string),
+        })
+    }
+
     fn sender_headers(
         &self,
         delivery: &str,
@@ -69,5 +125,45 @@ impl WebhookSource for Webhook {
             out.push(("X-Plane-Signature".to_string(), sig.to_string()));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!(
+            "{}/tests/fixtures/plane/webhooks/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_issue_moved_to_a_state_is_a_work_item_state_and_a_comment_is_not() {
+        let Event::WorkItemState {
+            item,
+            state_id,
+            state_name,
+            ..
+        } = Webhook
+            .parse("issue", &fixture("issue-updated-state-in-progress"))
+            .unwrap()
+        else {
+            panic!("not a work item state")
+        };
+        assert!(!item.id.is_empty() && !state_id.is_empty());
+        assert!(state_name.is_some(), "the fixture expands data.state");
+        let err = Webhook
+            .parse("issue_comment", &fixture("issue_comment-created"))
+            .unwrap_err();
+        assert_eq!(err, "plane event \"issue_comment\" is not one orch acts on");
+        let mut renamed = fixture("issue-updated-state-in-progress");
+        renamed["activity"]["field"] = "name".into();
+        assert_eq!(
+            Webhook.parse("issue", &renamed).unwrap_err(),
+            "field \"name\" changed, not the state"
+        );
     }
 }
