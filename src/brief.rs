@@ -296,7 +296,18 @@ pub fn feedback(
                 .rev()
                 .find(|p| p.version < t.version)
                 .map_or(0, |p| p.at_ms);
-            if let Some(html) = db.latest_tracker_comment(&task.tracker_issue_id, since)? {
+            let mut latest = None;
+            for source in crate::webhook::SOURCES {
+                if let Some(q) = source.comments() {
+                    latest = latest.or(db.latest_tracker_comment(
+                        source.as_str(),
+                        &q,
+                        &task.tracker_issue_id,
+                        since,
+                    )?);
+                }
+            }
+            if let Some(html) = latest {
                 let comment = html_to_text(&html);
                 if !comment.is_empty() {
                     push_part(

@@ -124,6 +124,19 @@ pub fn str_at<'a>(v: &'a serde_json::Value, path: &[&str]) -> Option<&'a str> {
     path.iter().try_fold(v, |v, k| v.get(k))?.as_str()
 }
 
+/// Where a tracker's deliveries carry what a person commented on a work
+/// item: the newest delivery of `event` whose JSON body has the work
+/// item's id at `item_path`, none of `absent` set (comments orch posted
+/// itself, deleted ones), gives the comment's HTML at `html_path`. Paths
+/// are SQLite JSON paths (`$.data.issue`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommentQuery {
+    pub event: &'static str,
+    pub item_path: &'static str,
+    pub html_path: &'static str,
+    pub absent: &'static [&'static str],
+}
+
 /// One sender of webhook deliveries (a tracker or a forge), registered in
 /// `webhook::SOURCES`. Implementations are unit structs in the sender's
 /// folder; every method is pure.
@@ -162,6 +175,13 @@ pub trait WebhookSource: Sync {
     fn about(&self, tracker_issue_id: &str, branch: &str) -> Vec<(&'static str, String)> {
         let _ = (tracker_issue_id, branch);
         Vec::new()
+    }
+
+    /// Where this source's deliveries carry a person's comments on a work
+    /// item (`orch`'s brief quotes the one that came with a rejection);
+    /// `None` when they do not (the default: forges).
+    fn comments(&self) -> Option<CommentQuery> {
+        None
     }
 
     /// What a delivery of `event` with JSON `body` says, or why orch does

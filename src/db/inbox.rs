@@ -5,7 +5,7 @@ use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Db, Tx};
-use crate::webhook_source::Dedupe;
+use crate::webhook_source::{CommentQuery, Dedupe};
 
 /// A stored delivery (without its body).
 #[derive(Debug, Clone, Serialize)]
@@ -163,28 +163,46 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The HTML of the newest comment a person wrote on Plane work item
-    /// `tracker_issue_id` since `since_ms`, as Plane's `issue_comment`
-    /// deliveries carried it (`data.comment_html`); comments orch posted
-    /// itself (`data.external_source` set) are left out. `None` when there
-    /// is none. Per Plane's webhook `issue_comment` event.
+    /// The HTML of the newest comment a person wrote on work item
+    /// `tracker_issue_id` since `since_ms`, as deliveries of `source`
+    /// carried it where `q` says (Plane: `issue_comment`,
+    /// `data.comment_html`; comments orch posted itself and deleted ones
+    /// left out). `None` when there is none.
     pub fn latest_tracker_comment(
         &self,
+        source: &str,
+        q: &CommentQuery,
         tracker_issue_id: &str,
         since_ms: i64,
     ) -> anyhow::Result<Option<String>> {
+        let absent: String = q
+            .absent
+            .iter()
+            .map(|_| " AND json_extract(j, ?) IS NULL")
+            .collect();
+        let sql = format!(
+            "SELECT json_extract(j, ?1) FROM ( \
+               SELECT id, CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END AS j \
+               FROM inbox WHERE source=?2 AND event=?3 AND received_at_ms>=?4) \
+             WHERE j IS NOT NULL AND json_extract(j, ?5)=?6{absent} \
+             ORDER BY id DESC LIMIT 1"
+        );
+        use rusqlite::types::Value as Sql;
+        let text = |s: &str| Sql::Text(s.to_string());
+        let args = [
+            text(q.html_path),
+            text(source),
+            text(q.event),
+            Sql::Integer(since_ms),
+            text(q.item_path),
+            text(tracker_issue_id),
+        ]
+        .into_iter()
+        .chain(q.absent.iter().map(|p| text(p)));
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT json_extract(j, '$.data.comment_html') FROM ( \
-                   SELECT id, CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END AS j \
-                   FROM inbox WHERE source='plane' AND event='issue_comment' AND received_at_ms>=?2) \
-                 WHERE j IS NOT NULL AND json_extract(j, '$.data.issue')=?1 \
-                   AND json_extract(j, '$.data.external_source') IS NULL \
-                   AND json_extract(j, '$.data.deleted_at') IS NULL \
-                 ORDER BY id DESC LIMIT 1",
-            )?
-            .query_row(params![tracker_issue_id, since_ms], |r| r.get(0))
+            .prepare_cached(&sql)?
+            .query_row(rusqlite::params_from_iter(args), |r| r.get(0))
             .optional()?
             .flatten())
     }

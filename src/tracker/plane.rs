@@ -13,7 +13,7 @@ use crate::config::Settings;
 use serde_json::Value;
 
 use crate::webhook_source::{
-    required, str_at, Dedupe, DeliveredItem, Event, Headers, Signature, WebhookSource,
+    required, str_at, CommentQuery, Dedupe, DeliveredItem, Event, Headers, Signature, WebhookSource,
 };
 
 /// Plane's webhook deliveries (`/webhooks/plane`, source `plane`).
@@ -57,6 +57,18 @@ impl WebhookSource for Webhook {
     /// An `issue` or `issue_comment` delivery's `data.id` is the work item.
     fn about(&self, tracker_issue_id: &str, _branch: &str) -> Vec<(&'static str, String)> {
         vec![("$.data.id", tracker_issue_id.to_string())]
+    }
+
+    /// Plane's `issue_comment` event: `data.issue` is the work item,
+    /// `data.comment_html` the comment; orch's own comments carry
+    /// `data.external_source`, deleted ones `data.deleted_at`.
+    fn comments(&self) -> Option<CommentQuery> {
+        Some(CommentQuery {
+            event: "issue_comment",
+            item_path: "$.data.issue",
+            html_path: "$.data.comment_html",
+            absent: &["$.data.external_source", "$.data.deleted_at"],
+        })
     }
 
     /// An `issue` delivery (v1, `data` = IssueExpandSerializer) of a work
