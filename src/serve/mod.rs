@@ -615,6 +615,16 @@ mod tests {
         }
         let (code, _) = exchange_unix(&sock, "POST /webhooks/plane HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}").0;
         assert_eq!(code, 404);
+        // A sender not in `webhook::SOURCES` has no route, like any unknown
+        // path; a registered one answers (401 here: the body is unsigned).
+        let post = |source: &str| {
+            format!("POST /webhooks/{source} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{{}}")
+        };
+        let (code, v) = exchange(&server, &post("github"));
+        assert_eq!((code, v["status"].as_str()), (404, Some("not_found")));
+        for source in crate::webhook::SOURCES {
+            assert_eq!(exchange(&server, &post(source.as_str())).0, 401, "{source}");
+        }
         server.shutdown().unwrap();
         assert!(!sock.exists(), "the socket file is removed on shutdown");
         // Off: no admin listener at all.
