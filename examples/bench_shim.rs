@@ -199,8 +199,10 @@ fn run_load(dir: &Path, conns: usize, requests: usize, run: usize) -> anyhow::Re
         header_timeout: Duration::from_secs(5),
         max_connections: 4096,
         max_header_bytes: 65_536,
-        plane_secret: Some(SECRET.into()),
-        gitea_secret: Some(SECRET.into()),
+        webhook_secrets: orch::webhook::SOURCES
+            .iter()
+            .map(|s| (s.as_str(), SECRET.to_string()))
+            .collect(),
         db_path: db_path.clone(),
         busy_timeout_ms: 5_000,
     };
@@ -287,6 +289,7 @@ fn raw_ceiling(dir: &Path, per_commit: usize, rows: usize, tag: &str) -> anyhow:
             (
                 NewDelivery {
                     source: "plane".into(),
+                    dedupe: orch::webhook_source::Dedupe::ByIdOrBody,
                     event: "issue".into(),
                     delivery_id: id,
                     headers,

@@ -219,7 +219,7 @@ impl<'a> Suite<'a> {
 
     pub(super) fn secret(&self, source: Source) -> Option<&str> {
         source
-            .secret(&self.settings)
+            .secret(self.settings)
             .filter(|s| !s.trim().is_empty())
     }
 
