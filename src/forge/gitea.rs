@@ -1,7 +1,10 @@
-//! Gitea as a webhook sender: the headers of its deliveries and its
-//! signature. What orch does on Gitea through its API is in [`super`]
-//! and [`crate::adapters::gitea`]; how a `push`, `status` or
-//! `pull_request` delivery is acted on is `ingest`'s.
+//! Gitea, the forge: what orch does there through [`crate::adapters::gitea`]
+//! (open the task's PR once, comment on it once, poll and store CI
+//! statuses, merge the PR on the tested head); and Gitea as a webhook
+//! sender: the headers of its deliveries, its signature, and how a
+//! `push`, `status` or `pull_request` delivery reads as an [`Event`]
+//! (what ingest then does is ingest's). [`super::Forge`] dispatches here
+//! for `forge = "gitea"`.
 //!
 //! Per `tests/fixtures/gitea/webhooks/`: `X-Gitea-Delivery` (a UUID),
 //! `X-Gitea-Event-Type` (the exact type, e.g. `pull_request_sync`) with
@@ -10,7 +13,18 @@
 //! absent, `X-Hub-Signature-256` = `"sha256=" + hex(...)`.
 
 use crate::config::Settings;
+use std::path::Path;
+
 use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::adapters::gitea::{CombinedStatus, Gitea, Links, MergeOutcome, PullRequest};
+use crate::adapters::{marker, AdapterError};
+use crate::clock::now_ms;
+use crate::config::{AdapterSettings, ProjectConfig};
+use crate::db::{Db, OutboxRow, Task};
+use crate::git::{FastForward, Repo};
+use crate::outbox::ForgeMessage;
 
 use crate::webhook_source::{header, required, str_at, Event, Headers, Signature, WebhookSource};
 
@@ -141,6 +155,299 @@ impl WebhookSource for Webhook {
             out.push(("X-Gitea-Signature".to_string(), sig.to_string()));
         }
         out
+    }
+}
+
+/// Web links of the project's branches, commits and PRs, when
+/// `ORCH_GITEA_PUBLIC_URL` is set and the project names its repository.
+pub(super) fn links(s: &AdapterSettings, project: &ProjectConfig) -> Option<Links> {
+    let url = s.gitea_public_url.as_ref()?;
+    (!project.repo.is_empty()).then(|| Links::new(url, &project.repo))
+}
+
+/// One look at the forge's combined status of the worktree's head, for the
+/// reconciler, whose development gate would otherwise wait for a `status`
+/// delivery that was lost. One API call; the statuses are stored in
+/// `ci_statuses` when `store` (not in a dry run). Returns `(sha, combined
+/// state)`, the state `""` when the forge has no status for the sha.
+///
+/// Errors: the head cannot be read, or Gitea cannot be asked.
+pub(super) fn check_ci_once(
+    s: &AdapterSettings,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &Repo,
+    task: &Task,
+    store: bool,
+) -> anyhow::Result<(String, String)> {
+    let sha = repo.head_sha(Path::new(&task.worktree))?;
+    let g = Gitea::from_settings(s).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cs = g
+        .combined_status(&project.repo, &sha)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if store {
+        store_statuses(db, project, &sha, &cs)?;
+    }
+    Ok((sha, cs.state))
+}
+
+/// The bounded CI poll of the worker's finalize for a fresh development
+/// head of a Gitea project: polls the combined status of the worktree's
+/// head every `ORCH_GITEA_CI_POLL_INTERVAL_MS` for up to
+/// `ORCH_GITEA_CI_POLL_S` (at least once), storing every context's status
+/// in `ci_statuses`, until the combined state is final (success, failure,
+/// error). Never fails: a Gitea that cannot be asked is logged and left to
+/// `status` deliveries and reconcile.
+pub(super) fn poll_ci(
+    s: &AdapterSettings,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &Repo,
+    task: &Task,
+) {
+    let sha = match repo.head_sha(Path::new(&task.worktree)) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(target: "ci", task = task.id, error = %format!("{e:#}"), "cannot read the head to poll CI");
+            return;
+        }
+    };
+    let g = match Gitea::from_settings(s) {
+        Ok(g) => g,
+        Err(e) => {
+            warn!(target: "ci", task = task.id, error = %e, "not polling Gitea CI");
+            return;
+        }
+    };
+    // This process's own span: on the monotonic clock, which no change of
+    // the wall clock stretches or cuts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(s.gitea_ci_poll_s);
+    let interval = s.gitea_ci_poll_interval_ms as i64;
+    loop {
+        let mut wait = interval;
+        match g.combined_status(&project.repo, &sha) {
+            Ok(cs) => {
+                let stored = store_statuses(db, project, &sha, &cs);
+                if let Err(e) = stored {
+                    warn!(target: "ci", task = task.id, error = %format!("{e:#}"), "could not store CI status");
+                    return;
+                }
+                if matches!(cs.state.as_str(), "success" | "failure" | "error") {
+                    info!(target: "ci", task = task.id, sha = %sha, state = %cs.state, "Gitea CI finished");
+                    return;
+                }
+            }
+            Err(e) if e.retryable() => {
+                warn!(target: "ci", task = task.id, error = %e, "Gitea CI poll failed; retrying");
+                if let Some(ms) = e.retry_after_ms() {
+                    wait = wait.max(ms as i64);
+                }
+            }
+            Err(e) => {
+                warn!(target: "ci", task = task.id, error = %e, "Gitea CI poll failed");
+                return;
+            }
+        }
+        if std::time::Instant::now() + std::time::Duration::from_millis(wait as u64) > deadline {
+            info!(target: "ci", task = task.id, sha = %sha, "no final CI status yet; a status delivery or reconcile will pick it up");
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(wait as u64));
+    }
+}
+
+/// Stores every context of a combined status as a CI status of `sha`.
+fn store_statuses(
+    db: &Db,
+    project: &ProjectConfig,
+    sha: &str,
+    cs: &CombinedStatus,
+) -> anyhow::Result<()> {
+    let statuses = cs.statuses.as_deref().unwrap_or_default();
+    if statuses.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    db.write(|tx| {
+        for st in statuses {
+            tx.upsert_ci_status(
+                &project.name,
+                sha,
+                &st.context,
+                &st.status,
+                st.target_url.as_deref().unwrap_or(""),
+                None,
+                now,
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// Delivers a forge message of `task` to Gitea (`msg` is its row): open
+/// the PR, or comment on it with the dedupe-key marker. `sends_before` > 0 means
+/// an earlier send may have reached Gitea: look before posting. Returns
+/// the remote id (PR number, comment id).
+pub(super) fn deliver(
+    db: &Db,
+    g: &Gitea,
+    msg: &OutboxRow,
+    message: &ForgeMessage,
+    task: &Task,
+    project: &ProjectConfig,
+    sends_before: i64,
+) -> Result<String, AdapterError> {
+    match message {
+        ForgeMessage::OpenPr(open) => {
+            let base = Some(open.base.as_str())
+                .filter(|b| !b.is_empty())
+                .unwrap_or(&project.default_branch);
+            let branch = Some(open.branch.as_str())
+                .filter(|b| !b.is_empty())
+                .unwrap_or(&task.branch);
+            let pr = g.ensure_pull(&project.repo, base, branch, &open.title, &open.body)?;
+            record_pull(db, task, &pr);
+            info!(target: "forge", task = task.id, pr = pr.number, "pull request open");
+            Ok(pr.number.to_string())
+        }
+        ForgeMessage::Comment(comment) => {
+            let number = pull_number(g, db, task, project)?;
+            let key = db
+                .remote_dedupe_key(msg)
+                .map_err(|e| AdapterError::Transport {
+                    service: "gitea",
+                    op: "read instance id".into(),
+                    message: format!("{e:#}"),
+                })?;
+            let mark = marker(&key);
+            if sends_before > 0 {
+                if let Some(c) = g
+                    .list_comments(&project.repo, number)?
+                    .into_iter()
+                    .find(|c| c.body.contains(&mark))
+                {
+                    info!(target: "forge", key = %msg.dedupe_key, comment = c.id, "comment was already posted");
+                    return Ok(c.id.to_string());
+                }
+            }
+            let body = format!("{}\n\n{mark}", comment.text);
+            let c = g.create_comment(&project.repo, number, &body)?;
+            Ok(c.id.to_string())
+        }
+    }
+}
+
+fn record_pull(db: &Db, task: &Task, pr: &PullRequest) {
+    let r = db.write(|tx| {
+        tx.upsert_pull_request(
+            task.id,
+            pr.number,
+            &pr.html_url,
+            &task.branch,
+            pr.merged,
+            now_ms(),
+        )
+    });
+    if let Err(e) = r {
+        warn!(target: "forge", task = task.id, error = %format!("{e:#}"), "could not record the pull request");
+    }
+}
+
+fn pull_number(
+    g: &Gitea,
+    db: &Db,
+    task: &Task,
+    project: &ProjectConfig,
+) -> Result<i64, AdapterError> {
+    if let Ok(Some(pr)) = db.pull_request(task.id) {
+        return Ok(pr.number);
+    }
+    let found = match g.find_pull(&project.repo, &project.default_branch, &task.branch)? {
+        // Gitea < 1.22 has no base/head lookup: list the open PRs.
+        None => g.find_open_pull_listed(&project.repo, &project.default_branch, &task.branch)?,
+        found => found,
+    };
+    match found {
+        Some(pr) => {
+            record_pull(db, task, &pr);
+            Ok(pr.number)
+        }
+        None => Err(AdapterError::NotYet {
+            service: "gitea",
+            op: "comment".into(),
+            message: format!("no pull request for {} yet", task.branch),
+        }),
+    }
+}
+
+/// Merges `task`'s PR for deploy-staging → deploy, with the project's
+/// `merge_style`, only if the PR's head is still `head_sha` (the head the
+/// merge gate tested). Opens the PR first if it does not exist. A PR
+/// already merged is success.
+///
+/// Errors: [`AdapterError`]s of the calls; a PR closed without merging is
+/// [`AdapterError::Rejected`].
+fn merge_pull(
+    s: &AdapterSettings,
+    project: &ProjectConfig,
+    task: &Task,
+    head_sha: &str,
+) -> Result<MergeOutcome, AdapterError> {
+    let g = Gitea::from_settings(s)?;
+    let title = format!("{} (orch task {})", task.title, task.id);
+    let pr = g.ensure_pull(
+        &project.repo,
+        &project.default_branch,
+        &task.branch,
+        &title,
+        "Opened by orch for the merge.",
+    )?;
+    if pr.merged {
+        return Ok(MergeOutcome::AlreadyMerged {
+            number: pr.number,
+            merge_commit: pr.merge_commit_sha,
+        });
+    }
+    if pr.state != "open" {
+        return Err(AdapterError::Rejected {
+            service: "gitea",
+            op: "merge pull request".into(),
+            message: format!("PR #{} was closed without merging", pr.number),
+        });
+    }
+    let out = g.merge_pull(&project.repo, pr.number, project.merge_style, head_sha)?;
+    info!(target: "merge", task = task.id, pr = pr.number, outcome = %out, "Gitea merge");
+    Ok(out)
+}
+
+/// The merge gate's forge step for a Gitea project
+/// (`merge_gate::merge_into_default`), in the gate's terms: merged or
+/// already merged as such; a 409 (conflict, head out of date: the base
+/// moved) as `NotFastForward`, so the gate catches up and tests again.
+///
+/// Errors: Gitea refusing for now (405: checks running or missing,
+/// approvals) and transport errors are errors: the job stays running with
+/// its exit recorded and the reaper's Tier-2 runs the gate again later.
+pub(super) fn merge_into_default(
+    s: &AdapterSettings,
+    project: &ProjectConfig,
+    task: &Task,
+    head_sha: &str,
+) -> anyhow::Result<crate::git::FastForward> {
+    match merge_pull(s, project, task, head_sha) {
+        Ok(MergeOutcome::Merged { merge_commit, .. }) => Ok(FastForward::Merged {
+            sha: merge_commit.unwrap_or_else(|| head_sha.to_string()),
+        }),
+        Ok(MergeOutcome::AlreadyMerged { .. }) => Ok(FastForward::AlreadyMerged),
+        Ok(MergeOutcome::Conflict(why)) => {
+            warn!(target: "merge", task = task.id, why = %why, "Gitea cannot merge as is; catching up");
+            Ok(FastForward::NotFastForward)
+        }
+        Ok(MergeOutcome::NotReady(why)) => Err(anyhow::anyhow!(
+            "Gitea will not merge the PR of {} yet: {why}",
+            task.branch
+        )),
+        Err(e) => Err(e.into_anyhow()),
     }
 }
 

@@ -1,16 +1,34 @@
-//! Plane as a webhook sender: the headers of its deliveries, its
-//! signature and how its retries are recognised (Plane gives every retry
-//! a new delivery id, so a redelivery is also the same body). What orch
-//! does on Plane through its API is in [`super`] and
-//! [`crate::adapters::plane`]; how an `issue` delivery is acted on is
-//! `ingest`'s.
+//! Plane, the tracker: what orch does there (move a work item's state,
+//! post a comment once, list work items, resolve and cache state ids —
+//! never hard-coded: an explicit id in `[projects.states]` wins, else the
+//! name from `[projects.state_names]`, cached per project in
+//! `tracker_states` and refreshed after `ORCH_PLANE_STATE_CACHE_S`, when a
+//! name is missing from the cache, and when Plane refuses a cached id),
+//! through [`crate::adapters::plane`]; and Plane as a webhook sender: the
+//! headers of its deliveries, its signature, how its retries are
+//! recognised (every retry has a new delivery id, so a redelivery is also
+//! the same body), and how an `issue` delivery reads as an [`Event`].
+//! [`super::Tracker`] dispatches here for `tracker = "plane"`.
 //!
 //! Per `tests/fixtures/plane/webhooks/`: `X-Plane-Delivery` (a UUID),
 //! `X-Plane-Event` (`issue`, `issue_comment`, …) and `X-Plane-Signature`
 //! = `hex(HMAC-SHA256(secret, body))`, no prefix.
 
 use crate::config::Settings;
+use std::collections::HashMap;
+
 use serde_json::Value;
+use tracing::{info, warn};
+
+use super::{explicit_id, same_name, TrackerItem};
+use crate::adapters::plane::{Issue, Plane};
+use crate::adapters::{marker, AdapterError};
+use crate::clock::now_ms;
+use crate::config::{AdapterSettings, ProjectConfig, StateKind};
+use crate::ctx::Ctx;
+use crate::db::{CachedState, Db, OutboxRow, Task};
+use crate::outbox::{TrackerComment, TrackerMessage, TrackerState};
+use crate::pipeline::WorkItem;
 
 use crate::webhook_source::{
     required, str_at, CommentQuery, Dedupe, DeliveredItem, Event, Headers, Signature, WebhookSource,
@@ -137,6 +155,283 @@ impl WebhookSource for Webhook {
             out.push(("X-Plane-Signature".to_string(), sig.to_string()));
         }
         out
+    }
+}
+
+/// The project's work items in a state orch knows (every
+/// [`StateKind`]), by Plane issue id, from Plane's whole listing; with
+/// `persist` false (a dry run) the state ids it resolves are not cached.
+///
+/// Errors: settings, state resolution and API errors, as text.
+pub(super) fn items(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    persist: bool,
+) -> Result<HashMap<String, TrackerItem>, String> {
+    let items =
+        list_work_items(ctx, db, project, &StateKind::ALL, persist).map_err(|e| e.to_string())?;
+    Ok(items
+        .into_iter()
+        .map(|(kind, i)| {
+            let item = WorkItem {
+                tracker_issue_id: i.id.clone(),
+                sequence: i.sequence_id,
+                title: i.name.clone(),
+                body: String::new(),
+            };
+            let state_name = i.state_name().unwrap_or(kind.default_name()).to_string();
+            (
+                i.id.clone(),
+                TrackerItem {
+                    kind,
+                    state_name,
+                    item,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The web link of a work item, from `ORCH_PLANE_PUBLIC_URL` and
+/// `ORCH_PLANE_WORKSPACE`; `None` when either is unset.
+pub(super) fn work_item_link(
+    s: &AdapterSettings,
+    project: &ProjectConfig,
+    issue_id: &str,
+) -> Option<String> {
+    let base = s.plane_public_url.as_ref()?;
+    let slug = s.plane_workspace.as_ref()?;
+    Some(format!(
+        "{}/{}/projects/{}/issues/{}",
+        base.trim_end_matches('/'),
+        slug,
+        project.tracker_project_id,
+        issue_id
+    ))
+}
+
+/// The `(id, name)` a Plane delivery carries for a work item entering
+/// `kind`: the explicit id of `[projects.states]`, else the id Plane's
+/// states API lists for the configured name (fetched afresh, not cached:
+/// `db` is only read).
+///
+/// Errors: [`AdapterError`]s (settings, transport, no state of that name).
+pub(super) fn delivery_state(
+    ctx: &Ctx,
+    db: &Db,
+    s: &AdapterSettings,
+    project: &ProjectConfig,
+    kind: StateKind,
+) -> Result<(String, String), AdapterError> {
+    let name = project.state_names.get(kind).to_string();
+    let plane = Plane::from_settings(s)?;
+    let id = resolve_state(ctx, db, &plane, project, kind, true, false)?;
+    Ok((id, name))
+}
+
+fn no_project_id(project: &ProjectConfig) -> AdapterError {
+    AdapterError::Config {
+        key: format!("projects.{}.tracker_project_id", project.name),
+        message: "required for tracker = \"plane\"".into(),
+    }
+}
+
+/// Fetches the project's states from Plane and, with `persist`, replaces
+/// the cache (a `--dry-run` reads but never writes).
+pub fn refresh_states(
+    db: &Db,
+    plane: &Plane,
+    project: &ProjectConfig,
+    persist: bool,
+) -> Result<Vec<CachedState>, AdapterError> {
+    if project.tracker_project_id.is_empty() {
+        return Err(no_project_id(project));
+    }
+    let states = plane.list_states(&project.tracker_project_id)?;
+    let rows: Vec<(String, String, String)> = states
+        .into_iter()
+        .map(|s| (s.id, s.name, s.group))
+        .collect();
+    let now = now_ms();
+    if persist {
+        if let Err(e) = db.write(|tx| tx.replace_tracker_states(&project.name, &rows, now)) {
+            warn!(target: "plane", project = %project.name, error = %format!("{e:#}"), "could not cache states");
+        }
+    }
+    info!(target: "plane", project = %project.name, states = rows.len(), "refreshed the state cache");
+    Ok(rows
+        .into_iter()
+        .map(|(state_id, name, group)| CachedState {
+            state_id,
+            name,
+            group,
+            fetched_at_ms: now,
+        })
+        .collect())
+}
+
+/// The Plane state id of `kind` for `project`: the explicit id from
+/// `[projects.states]`, else the cached id of the configured name (fetched
+/// again when stale, missing, or with `force_refresh`; what is fetched is
+/// cached only with `persist`).
+///
+/// Errors: [`AdapterError::Rejected`] when the project has no state of that
+/// name; the API's errors.
+pub fn resolve_state(
+    ctx: &Ctx,
+    db: &Db,
+    plane: &Plane,
+    project: &ProjectConfig,
+    kind: StateKind,
+    force_refresh: bool,
+    persist: bool,
+) -> Result<String, AdapterError> {
+    if let Some(id) = explicit_id(project, kind) {
+        return Ok(id.to_string());
+    }
+    let name = project.state_names.get(kind);
+    let find = |states: &[CachedState]| {
+        states
+            .iter()
+            .find(|s| same_name(&s.name, name))
+            .map(|s| s.state_id.clone())
+    };
+    if !force_refresh {
+        let max_age = (ctx.settings.adapters.plane_state_cache_s * 1000) as i64;
+        let cached = db.cached_states(&project.name).unwrap_or_default();
+        let fresh = cached
+            .first()
+            .is_some_and(|c| now_ms() - c.fetched_at_ms <= max_age);
+        if fresh {
+            if let Some(id) = find(&cached) {
+                return Ok(id);
+            }
+        }
+    }
+    let states = refresh_states(db, plane, project, persist)?;
+    find(&states).ok_or_else(|| AdapterError::Rejected {
+        service: "plane",
+        op: "resolve state".into(),
+        message: format!(
+            "project {} has no state named {name:?} in Plane; create it, or set \
+             [projects.state_names].{key} (or an id in [projects.states].{key})",
+            project.name,
+            key = kind.key()
+        ),
+    })
+}
+
+/// The project's work items currently in one of `kinds`, from every page
+/// of Plane's issue list, filtered client-side (the API has no state
+/// filter). For the reconciler's tracker side; with `persist` false (a dry
+/// run) the state ids it resolves are not cached.
+///
+/// Errors: settings, state resolution and API errors.
+pub fn list_work_items(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    kinds: &[StateKind],
+    persist: bool,
+) -> Result<Vec<(StateKind, Issue)>, AdapterError> {
+    let plane = Plane::from_settings(&ctx.settings.adapters)?;
+    if project.tracker_project_id.is_empty() {
+        return Err(no_project_id(project));
+    }
+    let mut ids = Vec::new();
+    for &kind in kinds {
+        ids.push((
+            kind,
+            resolve_state(ctx, db, &plane, project, kind, false, persist)?,
+        ));
+    }
+    let issues = plane.list_issues(&project.tracker_project_id)?;
+    Ok(issues
+        .into_iter()
+        .filter_map(|i| {
+            let kind = ids
+                .iter()
+                .find(|(_, id)| id == i.state_id())
+                .map(|(k, _)| *k)?;
+            Some((kind, i))
+        })
+        .collect())
+}
+
+/// Delivers a tracker message of `task` to Plane (`msg` is its row): a
+/// state moves the work item; a comment (text or a run report) is posted
+/// once.
+/// `sends_before` > 0 means an earlier send may have reached Plane: look
+/// before posting. Returns the remote id (state id, comment id). The
+/// client is passed in so the caller can see its rate-limit window.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn deliver(
+    ctx: &Ctx,
+    db: &Db,
+    plane: &Plane,
+    msg: &OutboxRow,
+    message: &TrackerMessage,
+    task: &Task,
+    project: &ProjectConfig,
+    sends_before: i64,
+    comment_html: &dyn Fn(&TrackerComment) -> String,
+) -> Result<String, AdapterError> {
+    if project.tracker_project_id.is_empty() {
+        return Err(no_project_id(project));
+    }
+    let pid = &project.tracker_project_id;
+    let issue = &task.tracker_issue_id;
+    match message {
+        TrackerMessage::State(TrackerState { state: kind }) => {
+            let kind = *kind;
+            let id = resolve_state(ctx, db, plane, project, kind, false, true)?;
+            match plane.set_state(pid, issue, &id) {
+                Err(e) if e.status() == Some(400) && explicit_id(project, kind).is_none() => {
+                    // The cached id may be stale (state deleted and
+                    // recreated): refresh once.
+                    warn!(target: "plane", task = task.id, error = %e, "Plane refused the cached state id; refreshing");
+                    let id = resolve_state(ctx, db, plane, project, kind, true, true)?;
+                    plane.set_state(pid, issue, &id)?;
+                    Ok(id)
+                }
+                Err(e) => Err(e),
+                Ok(()) => Ok(id),
+            }
+        }
+        TrackerMessage::Comment(comment) => {
+            // Keyed by instance too: another orch posting to this Plane
+            // project never has the same external_id.
+            let key = &db
+                .remote_dedupe_key(msg)
+                .map_err(|e| AdapterError::Transport {
+                    service: "plane",
+                    op: "read instance id".into(),
+                    message: format!("{e:#}"),
+                })?;
+            let find = || -> Result<Option<String>, AdapterError> {
+                let mark = marker(key);
+                Ok(plane
+                    .list_comments(pid, issue)?
+                    .into_iter()
+                    .find(|c| {
+                        c.external_id.as_deref() == Some(key.as_str())
+                            || c.comment_html.contains(&mark)
+                    })
+                    .map(|c| c.id))
+            };
+            if sends_before > 0 {
+                if let Some(id) = find()? {
+                    info!(target: "plane", key = %key, comment = %id, "comment was already posted");
+                    return Ok(id);
+                }
+            }
+            let html = comment_html(comment);
+            match plane.create_comment(pid, issue, &html, key)? {
+                Some(c) => Ok(c.id),
+                None => Ok(find()?.unwrap_or_else(|| format!("external_id:{key}"))),
+            }
+        }
     }
 }
 
