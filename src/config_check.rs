@@ -165,11 +165,14 @@ pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
                 writable(&origin, &unit_view),
             ));
         }
-        if online && p.tracker == TrackerKind::Plane {
-            checks.push(Check::new(
-                format!("project {} plane states", p.name),
-                plane_states(ctx, db, p),
-            ));
+        let tracker = crate::tracker::Tracker::for_project(ctx, p);
+        if online {
+            if let Some(states) = tracker.check_states(ctx, db, p) {
+                checks.push(Check::new(
+                    format!("project {} {} states", p.name, tracker.name()),
+                    states,
+                ));
+            }
         }
         if online && p.forge == ForgeKind::Gitea {
             checks.push(Check::new(
@@ -244,20 +247,6 @@ fn telegram_bot(ctx: &Ctx) -> Result<String, String> {
         "{name} posts to {} {title:?} ({})",
         chat.kind, chat.id
     ))
-}
-
-/// Resolves every state of a Plane project by asking Plane (not cached).
-fn plane_states(ctx: &Ctx, db: Option<&Db>, p: &ProjectConfig) -> Result<String, String> {
-    let db = db.ok_or("no database to resolve states with: run `orch init` first")?;
-    let plane = crate::adapters::plane::Plane::from_settings(&ctx.settings.adapters)
-        .map_err(|e| e.to_string())?;
-    let mut ids = Vec::new();
-    for kind in StateKind::ALL {
-        let id = crate::tracker::resolve_state(ctx, db, &plane, p, kind, true, false)
-            .map_err(|e| e.to_string())?;
-        ids.push(format!("{}={id}", kind.key()));
-    }
-    Ok(ids.join(" "))
 }
 
 /// Where `name` runs from: an executable path as given (when it has a

@@ -189,6 +189,22 @@ impl<'a> Tracker<'a> {
         }
     }
 
+    /// For `orch config check --online`: every state orch reads or sets
+    /// resolved by asking the tracker (not cached), as `key=id …`, or why
+    /// not; `None` for a tracker that has nothing to ask (local: its
+    /// states are the configured names).
+    pub fn check_states(
+        &self,
+        ctx: &Ctx,
+        db: Option<&Db>,
+        project: &ProjectConfig,
+    ) -> Option<Result<String, String>> {
+        match self {
+            Tracker::Plane(s) => Some(plane::check_states(ctx, db, s, project)),
+            Tracker::Local => None,
+        }
+    }
+
     /// Whether the tracker's rate-limit window is exhausted (Plane, as the
     /// last answer in `clients` said): its route waits for the next pass.
     pub fn exhausted(&self, clients: &Clients) -> bool {

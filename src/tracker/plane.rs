@@ -230,6 +230,27 @@ pub(super) fn delivery_state(
     Ok((id, name))
 }
 
+/// Resolves every state of the project by asking Plane (not cached):
+/// `in_progress=<id> approved=<id> …`.
+///
+/// Errors: no database, settings, API errors, a state missing, as text.
+pub(super) fn check_states(
+    ctx: &Ctx,
+    db: Option<&Db>,
+    s: &AdapterSettings,
+    project: &ProjectConfig,
+) -> Result<String, String> {
+    let db = db.ok_or("no database to resolve states with: run `orch init` first")?;
+    let plane = Plane::from_settings(s).map_err(|e| e.to_string())?;
+    let mut ids = Vec::new();
+    for kind in StateKind::ALL {
+        let id = resolve_state(ctx, db, &plane, project, kind, true, false)
+            .map_err(|e| e.to_string())?;
+        ids.push(format!("{}={id}", kind.key()));
+    }
+    Ok(ids.join(" "))
+}
+
 fn no_project_id(project: &ProjectConfig) -> AdapterError {
     AdapterError::Config {
         key: format!("projects.{}.tracker_project_id", project.name),
