@@ -15,6 +15,7 @@ use super::{Permissions, FILE_MAX_BYTES};
 use crate::agent::bounded;
 
 impl<R: BufRead, W: Write, L: Write> Client<'_, R, W, L> {
+    /// Answers the agent's request `method` #`id`.
     pub(super) fn on_request(
         &mut self,
         method: &str,

@@ -18,6 +18,8 @@ use crate::agent::bounded;
 const TEXT_MAX_BYTES: usize = 64 << 10;
 
 impl<R: BufRead, W: Write, L: Write> Client<'_, R, W, L> {
+    /// Runs the whole exchange: a fatal end is logged and becomes the
+    /// outcome's error when the agent answered none.
     pub(super) fn run(&mut self) {
         if let Err(Fatal(why)) = self.session() {
             self.note(&format!("exchange ended: {why}"));
@@ -224,6 +226,8 @@ impl<R: BufRead, W: Write, L: Write> Client<'_, R, W, L> {
         Err(Fatal(message))
     }
 
+    /// Logs a notification; a `session/update` of the turn also feeds the
+    /// final text (`agent_message_chunk`) and the cost (`usage_update`).
     pub(super) fn on_notification(&mut self, method: &str, params: Option<&Value>) {
         if method != "session/update" {
             self.note(&format!("← notification {}: ignored", log_word(method)));
