@@ -519,7 +519,12 @@ fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Res
             return Ok(done(format!("{recorded}; task {} waits: {r}", task.id)))
         }
     };
-    let mut m = Move::new(&task, to, Actor::Webhook, why.clone());
+    let cause = if retry {
+        pipeline::TransitionCause::GateSentBack
+    } else {
+        pipeline::TransitionCause::GatePassed
+    };
+    let mut m = Move::new(&task, to, Actor::Webhook, cause, why.clone());
     m.developer_retry = retry;
     m.log_path = log;
     Ok(done(match pipeline::apply(tx, ctx.policy(), &m, now)? {

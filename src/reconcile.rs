@@ -424,6 +424,7 @@ fn gate_side(
             &task,
             to,
             Actor::Reconciler,
+            pipeline::TransitionCause::GatePassed,
             format!("reconcile: {stage} gate passed"),
         );
         let moved = db.write_or_rehearse(dry_run, |tx| {
