@@ -246,7 +246,7 @@ fn tracker_side(
             });
             match handled {
                 Ok(h) => {
-                    if !h.outcome.starts_with("no pipeline action") {
+                    if h.outcome.changed_pipeline() {
                         info!(target: "reconcile", project = %project.name, item = %i.item.tracker_issue_id, outcome = %h.outcome, "replayed work item");
                     }
                     if let (Some(task), false) = (h.created_task, dry_run) {
@@ -255,7 +255,7 @@ fn tracker_side(
                     pass.replayed.push((
                         project.name.clone(),
                         i.item.tracker_issue_id.clone(),
-                        h.outcome,
+                        h.outcome.to_string(),
                     ));
                 }
                 Err(e) => {
