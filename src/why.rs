@@ -508,7 +508,11 @@ fn tracker_skip(id: i64, report: &serde_json::Value) -> Option<String> {
     let skipped = report.get("skipped")?.as_object()?;
     skipped
         .iter()
-        .filter(|(reason, _)| reason.starts_with("tracker"))
+        .filter(|(reason, _)| {
+            reason
+                .parse::<crate::reconcile::Skip>()
+                .is_ok_and(crate::reconcile::Skip::is_tracker)
+        })
         .find(|(_, ids)| {
             ids.as_array()
                 .is_some_and(|a| a.iter().any(|v| v.as_i64() == Some(id)))
