@@ -501,6 +501,7 @@ pub fn retry_or_fail(
 ///
 /// Guarantees: one step of the caller's transaction; a lost claim writes
 /// nothing and gets `Finalized::Lost`.
+#[allow(clippy::too_many_arguments)]
 pub fn fail_and_escalate(
     tx: &Tx,
     policy: Policy,
