@@ -51,6 +51,8 @@ use crate::outbox::{self, Message, Notification, NotifyKind, Occasion};
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::{self, Actor, Move, Moved, Stage};
 pub use crate::tracker::TrackerItem;
+use crate::webhook::Source;
+use crate::webhook_source::Event;
 
 /// What the reconciler asks the tracker: a project's whole listing.
 /// [`run_with`] calls it at most once per project per pass, so a pass makes
@@ -339,20 +341,28 @@ fn tracker_side(
 /// replay them through ingest.
 fn orphan_statuses(ctx: &Ctx, db: &Db, dry_run: bool, pass: &mut Pass) -> anyhow::Result<()> {
     const LOOKBACK_MS: i64 = 24 * 3600 * 1000;
-    let orphans = db.orphan_status_deliveries("gitea", "status", now_ms() - LOOKBACK_MS)?;
+    let orphans = db.orphan_status_deliveries(now_ms() - LOOKBACK_MS)?;
     if orphans.is_empty() {
         return Ok(());
     }
     let tasks = db.unfinished_tasks()?;
-    for (inbox_id, body) in orphans {
+    for crate::db::StoredDelivery {
+        id: inbox_id,
+        source,
+        event,
+        body,
+    } in orphans
+    {
+        // The sender reads its own body, as ingest had it read.
         let Ok(v) = serde_json::from_slice::<Value>(&body) else {
             continue;
         };
-        let repo = v
-            .pointer("/repository/full_name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let sha = v.get("sha").and_then(Value::as_str).unwrap_or("");
+        let Some(Ok(Event::Status { repo, sha, .. })) =
+            Source::named(&source).map(|s| s.parse(&event, &v))
+        else {
+            continue;
+        };
+        let sha = sha.as_str();
         let Some(project) = ctx.config.projects.iter().find(|p| p.repo == repo) else {
             continue;
         };

@@ -814,6 +814,41 @@ fn a_status_delivery_for_an_unknown_sha_changes_nothing_and_says_why() {
     assert!(w.gitea.server.requests().is_empty());
 }
 
+/// Reconcile F-3: a CI status whose sha matched no branch head is read
+/// again by its sender (whatever the sender is) and attributed to the
+/// project's one task at development.
+#[test]
+fn an_orphan_status_is_attributed_to_the_one_task_at_development() {
+    let w = World::new();
+    w.sbx.ok(&["init"]);
+    w.task_from_plane();
+    w.sbx
+        .db()
+        .execute("UPDATE tasks SET stage='development' WHERE id=1", [])
+        .unwrap();
+    let branch: String = w
+        .sbx
+        .db()
+        .query_row("SELECT branch FROM tasks WHERE id=1", [], |r| r.get(0))
+        .unwrap();
+    w.sbx.ok(&[
+        "ingest",
+        "--source",
+        "gitea",
+        "--event",
+        "status",
+        "--file",
+        &format!("{ROOT}/tests/fixtures/gitea/webhooks/status-success.json"),
+    ]);
+    let text = w.sbx.ok(&["reconcile", "--dry-run"]);
+    assert!(
+        text.contains(&format!(
+            "orphan CI status (delivery 2): would attribute 9a790e2628cd4cb30cdeeadbe0a1a539a240b38f to task 1 ({branch})"
+        )),
+        "{text}"
+    );
+}
+
 #[test]
 fn ci_that_turns_green_during_the_finalize_poll_opens_the_gate_and_a_pr_merged_delivery_at_deploy_leaves_the_task_there(
 ) {

@@ -31,6 +31,15 @@ pub struct Delivery {
     pub processed: bool,
 }
 
+/// A stored delivery's id, routing and exact body bytes.
+#[derive(Debug, Clone)]
+pub struct StoredDelivery {
+    pub id: i64,
+    pub source: String,
+    pub event: String,
+    pub body: Vec<u8>,
+}
+
 /// A new delivery for the inbox, as the shim or `ingest --file` received
 /// it.
 #[derive(Debug, Clone)]
@@ -228,21 +237,21 @@ impl Db {
         )?)
     }
 
-    /// Deliveries of `source` and `event` (Gitea `status`) received since
-    /// `since_ms` whose sha matched no known branch head (reconcile F-3):
-    /// `(inbox id, body)`.
-    pub fn orphan_status_deliveries(
-        &self,
-        source: &str,
-        event: &str,
-        since_ms: i64,
-    ) -> anyhow::Result<Vec<(i64, Vec<u8>)>> {
+    /// CI status deliveries (of any source) received since `since_ms`
+    /// whose sha matched no known branch head, as ingest's outcome says
+    /// (reconcile F-3), oldest first.
+    pub fn orphan_status_deliveries(&self, since_ms: i64) -> anyhow::Result<Vec<StoredDelivery>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, body FROM inbox WHERE source=?1 AND event=?2 AND received_at_ms>=?3 \
+            "SELECT id, source, event, body FROM inbox WHERE received_at_ms>=?1 \
              AND outcome LIKE 'no pipeline action: sha % matches no known branch head%' ORDER BY id",
         )?;
-        let rows = stmt.query_map(params![source, event, since_ms], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+        let rows = stmt.query_map([since_ms], |r| {
+            Ok(StoredDelivery {
+                id: r.get(0)?,
+                source: r.get(1)?,
+                event: r.get(2)?,
+                body: r.get(3)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

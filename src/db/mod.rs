@@ -26,7 +26,7 @@ mod usage;
 
 pub use budget::{Measure, Parked};
 pub use ci::{PullRequestRow, ORCH_TEST_CONTEXT};
-pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded};
+pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded, StoredDelivery};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
 pub use leases::{Lease, LeaseAcquire};
 pub use outbox::{OutboxRow, MAX_RETRY_WAIT_MS};
