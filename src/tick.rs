@@ -1,11 +1,12 @@
-//! `orch tick`: one tick for cron users — ingest, reap, reconcile and
-//! deliver, each under its own tick lock (a busy step is skipped, not
+//! `orch tick`: one tick for cron users — ingest, reap, reconcile, the
+//! local forge's CI step and deliver, each under its own tick lock (a busy step is skipped, not
 //! fatal), then jobs while any is runnable, then the deliveries those jobs
 //! wrote. Returns what each step did as one serialisable [`TickReport`].
 
 use serde::{Serialize, Serializer};
 use tracing::warn;
 
+use crate::ci::{self, CiPass};
 use crate::ctx::Ctx;
 use crate::db::Db;
 use crate::deliver::{self, DeliverSummary};
@@ -48,6 +49,8 @@ pub struct TickReport {
     pub ingest: Step<IngestSummary>,
     pub reap: Step<Reaped>,
     pub reconcile: Step<reconcile::Pass>,
+    /// The local forge's CI step (`orch ci`).
+    pub ci: Step<CiPass>,
     pub deliver: Step<DeliverSummary>,
     /// The jobs that ran, in order (at most `max_jobs`).
     pub work: Vec<WorkOutcome>,
@@ -69,7 +72,9 @@ fn step<T>(
     Ok(Step::Ran(out))
 }
 
-/// Runs one tick: ingest (up to 1000 deliveries), reap, reconcile, deliver
+/// Runs one tick: ingest (up to 1000 deliveries), reap, reconcile, the CI
+/// step (the test command on every development head that waits for it;
+/// nothing runs in a dry run), deliver
 /// (up to 1000 messages), then up to `max_jobs` jobs while one is runnable
 /// and the concurrency limit allows, then — when any job ran — one more
 /// delivery pass (skipped when another deliver holds its lock; a failure
@@ -105,6 +110,7 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
         Ok(Reaped { dry_run, actions })
     })?;
     let reconcile = step(ctx, "reconcile", || reconcile::run(ctx, db, dry_run))?;
+    let ci = step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?;
     let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, db, 1000))?;
     let mut work = Vec::new();
     for _ in 0..max_jobs {
@@ -129,6 +135,7 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
         ingest,
         reap,
         reconcile,
+        ci,
         deliver,
         work,
     })

@@ -190,6 +190,7 @@ const FLOORS: &[(&str, &[&str])] = &[
         &[
             "tick",
             "brief",
+            "ci",
             "ingest",
             "worker",
             "reap",

@@ -1,0 +1,204 @@
+//! `orch ci`: the local forge's CI step. The worker's finalize never waits
+//! for CI: a development run whose head has no CI status finishes its job
+//! and its task waits at development. For a project on the local forge
+//! (where orch is the CI) this step runs the project's test command on
+//! each such head, confined as every test run ([`crate::forge::run_tests`]),
+//! and in one transaction records the result in `ci_statuses` (context
+//! `orch/test`, with the run's log) and decides the task's development
+//! gate again through [`crate::pipeline::ci::on_status`] — the same rule a
+//! Gitea `status` delivery goes through.
+//!
+//! One step at a time: the caller holds the `ci` tick lock (`orch ci`,
+//! `orch tick`), so two ticks never run the same test. A crash before the
+//! transaction leaves no status and the next pass runs the test again; a
+//! result whose task moved or whose head changed while the test ran is not
+//! recorded (the next pass looks again).
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::clock::now_ms;
+use crate::ctx::Ctx;
+use crate::db::{Db, Task};
+use crate::failpoint::failpoint;
+use crate::forge::{self, Forge};
+use crate::pipeline::ci::{self as rule, CiDecision};
+use crate::pipeline::gate::{self, Gate};
+use crate::pipeline::{Actor, JobStatus, Stage};
+
+/// What one CI pass did (`orch ci --json`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CiPass {
+    /// True for `--dry-run`: `runs` is the plan, nothing ran.
+    pub dry_run: bool,
+    /// One entry per development head the pass tested (or would test).
+    pub runs: Vec<CiRun>,
+}
+
+/// One test run of a development head.
+#[derive(Debug, Clone, Serialize)]
+pub struct CiRun {
+    pub task_id: i64,
+    pub project: String,
+    /// The tested head (40 hex).
+    pub sha: String,
+    /// `success`, `failure`, `would run` (dry run), or `not recorded`
+    /// (the task moved or its head changed while the test ran).
+    pub state: String,
+    /// What the gate did with it: `development → review (CI success on
+    /// <sha>)`, `waits: …`, `no pipeline action: …`.
+    pub outcome: String,
+    /// The test run's log (absent in a dry run).
+    pub log: Option<String>,
+}
+
+/// The development tasks of the local forge's projects (of `project`
+/// only, when given) whose gate waits for a CI status of their head:
+/// `(task, head sha)`, oldest change first. A task qualifies when it is at
+/// development, not escalated, has no active job, its development job at
+/// this version finished done (its finalize decided "waiting"), and its
+/// head has no stored status.
+///
+/// Errors: database errors; git errors reading a worktree's head.
+pub fn waiting_heads(
+    ctx: &Ctx,
+    db: &Db,
+    project: Option<&str>,
+) -> anyhow::Result<Vec<(Task, String)>> {
+    let mut out = Vec::new();
+    let mut tasks = db.unfinished_tasks_without_active_jobs()?;
+    tasks.sort_by_key(|t| (t.updated_at_ms, t.id));
+    for task in tasks {
+        if task.stage != Stage::Development || task.escalated {
+            continue;
+        }
+        if project.is_some_and(|p| p != task.project) {
+            continue;
+        }
+        let Some(p) = ctx.config.project(&task.project) else {
+            continue;
+        };
+        if !Forge::for_project(ctx, p).runs_own_ci() {
+            continue;
+        }
+        if !std::path::Path::new(&task.worktree).exists() {
+            continue;
+        }
+        let facts = gate::gather(db, p, &ctx.repo(p), &task)?;
+        let job_done = facts
+            .job
+            .as_ref()
+            .is_some_and(|j| j.status == JobStatus::Done);
+        let Some((sha, None)) = facts.ci.clone() else {
+            continue;
+        };
+        if job_done && matches!(gate::decide(Stage::Development, &facts), Gate::Pending(_)) {
+            out.push((task, sha));
+        }
+    }
+    Ok(out)
+}
+
+/// One CI pass: tests every waiting head ([`waiting_heads`]) in turn and
+/// records each result with the gate's answer. `dry_run` lists them and
+/// runs nothing. A stop signal (SIGTERM) ends the pass before the next
+/// test.
+///
+/// Assumptions: the caller holds the `ci` tick lock.
+/// Errors: database errors; a test command that cannot be started (the
+/// pass stops there; what it recorded before stays).
+pub fn run(ctx: &Ctx, db: &Db, project: Option<&str>, dry_run: bool) -> anyhow::Result<CiPass> {
+    let mut pass = CiPass {
+        dry_run,
+        runs: Vec::new(),
+    };
+    for (task, sha) in waiting_heads(ctx, db, project)? {
+        if dry_run {
+            pass.runs.push(CiRun {
+                task_id: task.id,
+                project: task.project.clone(),
+                sha,
+                state: "would run".into(),
+                outcome: "would record the status and decide the development gate".into(),
+                log: None,
+            });
+            continue;
+        }
+        if crate::process::stop_signal().is_some() {
+            break;
+        }
+        pass.runs.push(test_head(ctx, db, &task, &sha)?);
+    }
+    Ok(pass)
+}
+
+/// Runs the test command on `sha`, the head of `task`'s worktree, then in
+/// one transaction records the status and decides the gate as the worker
+/// (the step does the job's CI). Not recorded when the task's version or
+/// head changed while the test ran.
+fn test_head(ctx: &Ctx, db: &Db, task: &Task, sha: &str) -> anyhow::Result<CiRun> {
+    let project = ctx.project(&task.project)?;
+    let repo = ctx.repo(project);
+    info!(target: "ci", task = task.id, sha = %sha, "running the test command");
+    let (state, log) = forge::run_local_ci(ctx, project, &repo, task, sha)?;
+    failpoint("ci.after_test");
+    let head = repo.head_sha(std::path::Path::new(&task.worktree))?;
+    let now = now_ms();
+    let log_text = log.to_string_lossy().to_string();
+    let recorded = db.write(|tx| {
+        let Some(current) = tx.task(task.id)? else {
+            return Ok(None);
+        };
+        if current.version != task.version || head != sha {
+            return Ok(None);
+        }
+        tx.upsert_ci_status(
+            &project.name,
+            sha,
+            crate::db::ORCH_TEST_CONTEXT,
+            state,
+            "",
+            Some(&log_text),
+            now,
+        )?;
+        let decision = rule::on_status(
+            tx,
+            ctx.policy(),
+            project,
+            &repo,
+            &current,
+            Actor::Worker,
+            now,
+        )?;
+        Ok(Some(decision))
+    })?;
+    failpoint("ci.after_record");
+    let (state, outcome) = match &recorded {
+        Some(d) => {
+            info!(target: "ci", task = task.id, sha = %sha, state, outcome = %d, "local CI finished");
+            (state.to_string(), d.to_string())
+        }
+        None => {
+            warn!(target: "ci", task = task.id, sha = %sha, state, "the task moved or its head changed while the tests ran; not recorded");
+            (
+                "not recorded".to_string(),
+                "no pipeline action: the task moved or its head changed while the tests ran"
+                    .to_string(),
+            )
+        }
+    };
+    if let Some(CiDecision::Moved {
+        escalated: true, ..
+    }) = recorded
+    {
+        warn!(target: "ci", task = task.id, "escalated at the developer retry cap");
+    }
+    Ok(CiRun {
+        task_id: task.id,
+        project: task.project.clone(),
+        sha: sha.to_string(),
+        state,
+        outcome,
+        log: Some(log_text),
+    })
+}
