@@ -500,6 +500,7 @@ fn gitea_status(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handl
         &ctx.repo(project),
         &task,
         Actor::Webhook,
+        None,
         now,
     )?;
     Ok(done(match decision {

@@ -72,13 +72,14 @@ fn step<T>(
     Ok(Step::Ran(out))
 }
 
-/// Runs one tick: ingest (up to 1000 deliveries), reap, reconcile, the CI
-/// step (the test command on every development head that waits for it;
-/// nothing runs in a dry run), deliver
+/// Runs one tick: ingest (up to 1000 deliveries), reap, reconcile, deliver
 /// (up to 1000 messages), then up to `max_jobs` jobs while one is runnable
-/// and the concurrency limit allows, then — when any job ran — one more
-/// delivery pass (skipped when another deliver holds its lock; a failure
-/// is logged, the next tick retries).
+/// and the concurrency limit allows — when none is, the CI step
+/// ([`ci::run`]: the test command on every development head that waits
+/// for it; nothing runs in a dry run), and the jobs again while it moved a
+/// task. When any job ran, one more delivery pass follows (skipped when
+/// another deliver holds its lock; a failure is logged, the next tick
+/// retries).
 ///
 /// Assumptions: no tick lock is held by the caller.
 /// Errors: a step's error ends the tick (database, git, tracker errors as
@@ -91,6 +92,19 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport
         return db.rehearse_all(|db| steps(ctx, db, max_jobs, true));
     }
     steps(ctx, &db, max_jobs, false)
+}
+
+/// The CI passes of one tick as one report: their runs in order; busy
+/// only when no pass ran.
+fn merge_ci(before: Option<Step<CiPass>>, pass: Step<CiPass>) -> Step<CiPass> {
+    match (before, pass) {
+        (Some(Step::Ran(mut a)), Step::Ran(b)) => {
+            a.runs.extend(b.runs);
+            Step::Ran(a)
+        }
+        (Some(Step::Ran(a)), Step::Busy) => Step::Ran(a),
+        (_, pass) => pass,
+    }
 }
 
 fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport> {
@@ -110,19 +124,34 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
         Ok(Reaped { dry_run, actions })
     })?;
     let reconcile = step(ctx, "reconcile", || reconcile::run(ctx, db, dry_run))?;
-    let ci = step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?;
     let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, db, 1000))?;
     let mut work = Vec::new();
-    for _ in 0..max_jobs {
+    let mut ci: Option<Step<CiPass>> = None;
+    while work.len() < max_jobs as usize {
         // A worker asked to stop claims nothing more.
         if crate::process::stop_signal().is_some() {
             break;
         }
         match worker::work_once(ctx, db, None, None)? {
-            WorkOutcome::Idle => break,
+            WorkOutcome::Idle => {
+                // No job is runnable: the development heads that wait for
+                // the local forge's CI get it now, and a task it moves has
+                // its next job in this tick.
+                let pass = step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?;
+                let moved = matches!(&pass, Step::Ran(p) if p.runs.iter().any(|r| r.moved));
+                ci = Some(merge_ci(ci, pass));
+                if !moved {
+                    break;
+                }
+            }
             ran => work.push(ran),
         }
     }
+    let ci = match ci {
+        Some(ci) => ci,
+        // The job cap ended the loop: CI still gets its pass.
+        None => step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?,
+    };
     if !work.is_empty() && !dry_run {
         // Deliver what the jobs just wrote; busy means another deliver runs.
         if let Ok(_lock) = ctx.tick_lock("deliver") {

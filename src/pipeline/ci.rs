@@ -56,7 +56,9 @@ impl std::fmt::Display for CiDecision {
 
 /// Decides again the development gate of `task` (as read inside `tx`)
 /// after a CI status was stored in `tx`, and applies a decided answer
-/// through [`pipeline::apply`] as `actor`. Only a task at development, not
+/// through [`pipeline::apply`] as `actor`; `cause_job`, when given, is
+/// recorded as the move's job (the development job whose head orch
+/// tested, so `orch why` names it). Only a task at development, not
 /// escalated and with no queued or running job is judged: a job still
 /// active decides in its own finalize.
 ///
@@ -70,6 +72,7 @@ pub fn on_status(
     repo: &Repo,
     task: &Task,
     actor: Actor,
+    cause_job: Option<i64>,
     now_ms: i64,
 ) -> anyhow::Result<CiDecision> {
     if task.stage != Stage::Development {
@@ -102,6 +105,7 @@ pub fn on_status(
     let mut m = Move::new(task, to, actor, why.clone());
     m.developer_retry = retry;
     m.log_path = log;
+    m.cause_job = cause_job;
     Ok(match pipeline::apply(tx, policy, &m, now_ms)? {
         Moved::Applied { escalated, .. } => CiDecision::Moved { to, why, escalated },
         Moved::Lost => CiDecision::Lost,
