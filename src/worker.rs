@@ -578,7 +578,14 @@ fn setup_failed(ctx: &Ctx, db: &Db, job: &Job, e: &anyhow::Error) -> anyhow::Res
 
 /// The error chain as one line (what an escalation and `last_error` show).
 fn name_failure(e: &anyhow::Error) -> String {
-    let text = format!("{e:#}");
+    // A subprocess's stderr spans lines (git's `remote:` lines); one line
+    // keeps `orch status` one line per job.
+    let text = format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     const MAX: usize = 1500;
     if text.len() <= MAX {
         return text;
