@@ -6,7 +6,8 @@
 //! (finalize) done | failed | queued (retry)`.
 //!
 //! [`finalize`] is shared with the reaper's Tier-2: every step before the
-//! terminal claim (auto-commit, push, local CI, merge) is idempotent —
+//! terminal claim (auto-commit, push, the merge at deploy-staging) is
+//! idempotent —
 //! check, then act — so a finalize interrupted at any instruction can be
 //! run again by whoever comes next; only the terminal claim, a single
 //! transaction, decides who advances the task.
@@ -610,9 +611,13 @@ fn append_to_log(path: &Path, line: &str) {
 }
 
 /// Finalizes running job `job_id` whose agent exit is recorded: commits
-/// and pushes the worktree, runs local CI or the merge where the stage
-/// needs it, evaluates the gate and applies its answer through the
-/// transition rule. Used by the worker and by the reaper's Tier-2.
+/// and pushes the worktree (git), reads the facts, decides through
+/// `gate::decide` and applies the outcome in one transaction (DESIGN §4
+/// "Job lifecycle"). It waits for nothing: at development with no CI
+/// status yet the job finishes done and the task waits for CI
+/// ([`crate::pipeline::ci`]). At deploy-staging the staging suite and the
+/// merge gate still run here. Used by the worker and by the reaper's
+/// Tier-2.
 ///
 /// Recovery is bounded: each failed finalize of a job attempt is counted
 /// (`jobs.finalize_failures`); at `ORCH_FINALIZE_MAX_ATTEMPTS`, or at once
@@ -622,7 +627,7 @@ fn append_to_log(path: &Path, line: &str) {
 ///
 /// Guarantees: idempotent up to the terminal claim; the terminal claim is
 /// one transaction, and an actor that loses it writes nothing.
-/// Errors: database errors, and git/CI errors below the cap (the job stays
+/// Errors: database errors, and git errors below the cap (the job stays
 /// `running` with its exit recorded, so the reaper's Tier-2 finishes it
 /// later).
 pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
