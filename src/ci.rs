@@ -23,7 +23,7 @@ use crate::ctx::Ctx;
 use crate::db::{Db, Task};
 use crate::failpoint::failpoint;
 use crate::forge::{self, Forge};
-use crate::pipeline::ci::{self as rule, CiDecision};
+use crate::pipeline::ci::{self as rule, CiDecision, RecordedBy};
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::{Actor, JobStatus, Move, Moved, Stage};
 
@@ -250,8 +250,10 @@ fn test_head(
             project,
             &repo,
             &current,
-            Actor::Worker,
-            Some(head.job_id),
+            RecordedBy {
+                actor: Actor::Worker,
+                job: Some(head.job_id),
+            },
             now,
         )?;
         Ok(Some(decision))

@@ -30,7 +30,7 @@ use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, Tx};
 use crate::failpoint::failpoint;
-use crate::pipeline::ci::CiDecision;
+use crate::pipeline::ci::{CiDecision, RecordedBy};
 use crate::pipeline::{self, Actor, WorkItem};
 use crate::webhook::Source;
 
@@ -499,8 +499,10 @@ fn gitea_status(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handl
         project,
         &ctx.repo(project),
         &task,
-        Actor::Webhook,
-        None,
+        RecordedBy {
+            actor: Actor::Webhook,
+            job: None,
+        },
         now,
     )?;
     Ok(done(match decision {

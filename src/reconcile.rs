@@ -411,8 +411,10 @@ fn gate_side(
                     project,
                     &repo,
                     &current,
-                    Actor::Reconciler,
-                    None,
+                    pipeline::ci::RecordedBy {
+                        actor: Actor::Reconciler,
+                        job: None,
+                    },
                     now,
                 )?;
                 Ok(Some(d))

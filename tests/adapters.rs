@@ -1036,6 +1036,54 @@ fn a_lost_ci_status_delivery_is_recovered_by_reconcile_asking_the_forge_once() {
 }
 
 #[test]
+fn a_red_ci_status_found_by_reconcile_sends_the_task_back_to_development_once() {
+    let mut w = World::new();
+    w.sbx.set("ORCH_RECONCILE_GRACE_S", "0");
+    w.task_from_plane();
+    for _ in 0..3 {
+        w.sbx.ok(&["work-once"]);
+    }
+    assert_eq!(w.sbx.stage(1), "development");
+    assert_eq!(w.sbx.json(&["why", "1"])["waiting"]["kind"], "ci");
+    // CI fails at the forge; its `status` delivery is lost.
+    let head = w.sbx.origin_git(&["rev-parse", BRANCH]);
+    w.gitea.state.lock().unwrap().statuses.insert(
+        head.clone(),
+        vec![("CI / test (pull_request)".into(), "failure".into())],
+    );
+    let pass = w.sbx.json(&["reconcile"]);
+    assert_eq!(
+        pass["ci_failed"],
+        serde_json::json!([[1, format!("CI failed on {head}")]]),
+        "{pass}"
+    );
+    let last = w.sbx.transitions(1).last().unwrap().clone();
+    assert_eq!(
+        last,
+        (
+            Some("development".into()),
+            "development".into(),
+            "reconciler".into()
+        )
+    );
+    assert_eq!(
+        w.sbx
+            .count("SELECT developer_retries FROM tasks WHERE id=1"),
+        1
+    );
+    assert_eq!(
+        w.sbx
+            .count("SELECT COUNT(*) FROM jobs WHERE stage='development' AND status='queued'"),
+        1,
+        "the next developer run is queued"
+    );
+    // A second pass finds a job queued and does nothing.
+    let pass = w.sbx.json(&["reconcile"]);
+    assert_eq!(pass["ci_failed"], serde_json::json!([]), "{pass}");
+    w.sbx.check_invariants();
+}
+
+#[test]
 fn an_older_plane_without_work_items_routes_is_used_through_the_legacy_routes_remembered() {
     let w = World::new();
     w.plane.state.lock().unwrap().legacy_only = true;

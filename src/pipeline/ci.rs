@@ -54,11 +54,18 @@ impl std::fmt::Display for CiDecision {
     }
 }
 
+/// Who recorded a CI status: the actor of the move it causes and, for
+/// orch's own test run, the development job whose head was tested
+/// (recorded as the move's job, so `orch why` names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedBy {
+    pub actor: Actor,
+    pub job: Option<i64>,
+}
+
 /// Decides again the development gate of `task` (as read inside `tx`)
 /// after a CI status was stored in `tx`, and applies a decided answer
-/// through [`pipeline::apply`] as `actor`; `cause_job`, when given, is
-/// recorded as the move's job (the development job whose head orch
-/// tested, so `orch why` names it). Only a task at development, not
+/// through [`pipeline::apply`] as `by`. Only a task at development, not
 /// escalated and with no queued or running job is judged: a job still
 /// active decides in its own finalize.
 ///
@@ -71,8 +78,7 @@ pub fn on_status(
     project: &ProjectConfig,
     repo: &Repo,
     task: &Task,
-    actor: Actor,
-    cause_job: Option<i64>,
+    by: RecordedBy,
     now_ms: i64,
 ) -> anyhow::Result<CiDecision> {
     if task.stage != Stage::Development {
@@ -102,10 +108,10 @@ pub fn on_status(
         Gate::Rollback { reason, log } => (Stage::Development, true, reason, log),
         Gate::Pending(r) | Gate::Fail(r) | Gate::FailFinal(r) => return Ok(CiDecision::Waits(r)),
     };
-    let mut m = Move::new(task, to, actor, why.clone());
+    let mut m = Move::new(task, to, by.actor, why.clone());
     m.developer_retry = retry;
     m.log_path = log;
-    m.cause_job = cause_job;
+    m.cause_job = by.job;
     Ok(match pipeline::apply(tx, policy, &m, now_ms)? {
         Moved::Applied { escalated, .. } => CiDecision::Moved { to, why, escalated },
         Moved::Lost => CiDecision::Lost,
