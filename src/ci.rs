@@ -25,7 +25,7 @@ use crate::failpoint::failpoint;
 use crate::forge::{self, Forge};
 use crate::pipeline::ci::{self as rule, CiDecision, RecordedBy};
 use crate::pipeline::gate::{self, Gate};
-use crate::pipeline::{Actor, JobStatus, Move, Moved, Stage};
+use crate::pipeline::{Actor, JobStatus, Move, Moved, Stage, TransitionCause};
 
 /// What one CI pass did (`orch ci --json`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -179,7 +179,13 @@ fn cannot_test(
     warn!(target: "ci", task = task.id, sha = %sha, error = %format!("{e:#}"), "the test command cannot run; escalating");
     let m = Move {
         escalate: Some(reason.clone()),
-        ..Move::new(task, task.stage, Actor::Worker, reason.clone())
+        ..Move::new(
+            task,
+            task.stage,
+            Actor::Worker,
+            TransitionCause::JobFailed,
+            reason.clone(),
+        )
     };
     let moved = db.write(|tx| crate::pipeline::apply(tx, ctx.policy(), &m, now_ms()))?;
     let outcome = match moved {

@@ -100,7 +100,14 @@ pub fn gate_job(
         Ok(Merge::Restage(reason)) => {
             // The transition releases the lease (a rerun) and enqueues the
             // deployer again; the job finishes with it.
-            let m = Move::new(task, Stage::DeployStaging, actor, reason).finishing(job.id);
+            let m = Move::new(
+                task,
+                Stage::DeployStaging,
+                actor,
+                pipeline::TransitionCause::Restage,
+                reason,
+            )
+            .finishing(job.id);
             let moved = db.write(|tx| pipeline::apply(tx, ctx.policy(), &m, now_ms()))?;
             Ok(JobGate::Settled(match moved {
                 Moved::Applied { escalated, .. } => Finalized::Advanced {
@@ -149,7 +156,16 @@ pub fn defer_job(
                 "{what} deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
                 cur.merge_defers
             );
-            return jobs::fail_and_escalate(tx, ctx.policy(), job, &why, why.clone(), actor, now);
+            return jobs::fail_and_escalate(
+                tx,
+                ctx.policy(),
+                job,
+                &why,
+                why.clone(),
+                pipeline::TransitionCause::JobFailed,
+                actor,
+                now,
+            );
         }
         let base_ms = s.merge_gate_defer_s as i64 * 1000;
         let released_meanwhile = match lease {

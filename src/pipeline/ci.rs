@@ -15,7 +15,7 @@ use crate::config::ProjectConfig;
 use crate::db::{Task, Tx};
 use crate::git::Repo;
 use crate::pipeline::gate::{self, Gate};
-use crate::pipeline::{self, Actor, Move, Moved, Policy, Stage};
+use crate::pipeline::{self, Actor, Move, Moved, Policy, Stage, TransitionCause};
 
 /// What deciding a development task's gate after a CI status did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +108,12 @@ pub fn on_status(
         Gate::Rollback { reason, log } => (Stage::Development, true, reason, log),
         Gate::Pending(r) | Gate::Fail(r) | Gate::FailFinal(r) => return Ok(CiDecision::Waits(r)),
     };
-    let mut m = Move::new(task, to, by.actor, why.clone());
+    let cause = if retry {
+        TransitionCause::GateSentBack
+    } else {
+        TransitionCause::GatePassed
+    };
+    let mut m = Move::new(task, to, by.actor, cause, why.clone());
     m.developer_retry = retry;
     m.log_path = log;
     m.cause_job = by.job;
