@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# soak.sh — chaos soak: run work-once loops, reap, reconcile, ingest and
+# soak.sh — chaos soak: run work-once loops, reap, reconcile, ci, ingest and
 # deliver concurrently on many tasks while SIGKILLing random orch
 # processes; then let ordinary ticks recover and check the invariants
 # (`orch check`). Exit 0 only when every task reached done (or was
@@ -55,6 +55,7 @@ pids=()
 for _ in $(seq "$workers"); do loop work-once 2>/dev/null & pids+=($!); done
 loop reap 2>/dev/null & pids+=($!)
 loop reconcile 2>/dev/null & pids+=($!)
+loop ci 2>/dev/null & pids+=($!)
 loop ingest 2>/dev/null & pids+=($!)
 loop deliver 2>/dev/null & pids+=($!)
 

@@ -32,8 +32,8 @@ use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, Tx};
 use crate::failpoint::failpoint;
-use crate::pipeline::gate::{self, Gate};
-use crate::pipeline::{self, Actor, Move, Moved, Stage, WorkItem};
+use crate::pipeline::ci::{CiDecision, RecordedBy};
+use crate::pipeline::{self, Actor, Stage, WorkItem};
 use crate::webhook::Source;
 use crate::webhook_source::{DeliveredItem, Event};
 
@@ -213,7 +213,7 @@ pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Outcome> {
     let now = now_ms();
     let handled = db.write(|tx| {
         let before = tx.last_transition_id()?;
-        let h = route(ctx, db, tx, &source, &event, &body, now)?;
+        let h = route(ctx, tx, &source, &event, &body, now)?;
         tx.link_transitions_to_delivery(before, id)?;
         tx.mark_delivery_processed(id, &h.outcome.to_string(), now)?;
         failpoint("ingest.before_commit");
@@ -304,7 +304,6 @@ pub fn prepare_worktree(ctx: &Ctx, db: &Db, task_id: i64) {
 
 fn route(
     ctx: &Ctx,
-    db: &Db,
     tx: &Tx,
     source: &str,
     event: &str,
@@ -344,7 +343,7 @@ fn route(
             state,
             context,
             url,
-        }) => status(ctx, db, tx, &repo, &sha, &state, &context, &url, now),
+        }) => status(ctx, tx, &repo, &sha, &state, &context, &url, now),
         Ok(Event::PullRequest {
             repo,
             action,
@@ -557,14 +556,14 @@ fn push(ctx: &Ctx, tx: &Tx, repo: &str, r: &str, after: &str, now: i64) -> anyho
 
 /// A forge's CI status: store a CI state for a sha that is a known branch
 /// head (Gitea's payload has no branch: fixtures README, surprise 1),
-/// then — for a task waiting at development with no active job — evaluate
-/// the development gate read-only and apply its answer through the
-/// transition rule as `webhook`: green → review, red → back to
-/// development (a developer retry), anything else waits.
+/// then — for a task waiting at development with no active job — decide
+/// its development gate again through [`crate::pipeline::ci::on_status`]
+/// (the one rule for a recorded CI status, shared with reconcile and
+/// `orch ci`) as `webhook`: green → review, red → back to development (a
+/// developer retry), anything else waits.
 #[allow(clippy::too_many_arguments)]
 fn status(
     ctx: &Ctx,
-    db: &Db,
     tx: &Tx,
     repo: &str,
     sha: &str,
@@ -595,52 +594,32 @@ fn status(
             "no task has branch {branch}"
         ))));
     };
-    if task.stage != Stage::Development {
-        return Ok(done(Outcome::nothing(format!(
-            "task {} is at {}",
-            task.id, task.stage
-        ))));
-    }
-    if task.escalated {
-        return Ok(done(Outcome::nothing(format!(
-            "task {} is escalated",
-            task.id
-        ))));
-    }
-    if !tx.active_jobs(task.id)?.is_empty() {
-        return Ok(done(Outcome::nothing(format!(
-            "task {}'s development job is still active (its finalize reads CI)",
-            task.id
-        ))));
-    }
-    let facts = gate::gather(db, project, &ctx.repo(project), &task)?;
-    let (to, retry, why, log) = match gate::decide(Stage::Development, &facts) {
-        Gate::Pass => (Stage::Review, false, format!("CI {state} on {sha}"), None),
-        Gate::Rollback { reason, log } => (Stage::Development, true, reason, log),
-        Gate::Pending(r) | Gate::Fail(r) | Gate::FailFinal(r) => {
-            return Ok(done(Outcome::Waits {
-                task_id: task.id,
-                why: r,
-            }))
-        }
-    };
-    let cause = if retry {
-        pipeline::TransitionCause::GateSentBack
-    } else {
-        pipeline::TransitionCause::GatePassed
-    };
-    let mut m = Move::new(&task, to, Actor::Webhook, cause, why.clone());
-    m.developer_retry = retry;
-    m.log_path = log;
-    Ok(done(match pipeline::apply(tx, ctx.policy(), &m, now)? {
-        Moved::Applied { escalated, .. } => Outcome::Moved {
+    let decision = crate::pipeline::ci::on_status(
+        tx,
+        ctx.policy(),
+        project,
+        &ctx.repo(project),
+        &task,
+        RecordedBy {
+            actor: Actor::Webhook,
+            job: None,
+        },
+        now,
+    )?;
+    Ok(done(match decision {
+        CiDecision::Moved { to, why, escalated } => Outcome::Moved {
             task_id: task.id,
             from: Stage::Development,
             to,
             why,
             escalated,
         },
-        Moved::Lost => Outcome::nothing(format!("task {} changed concurrently", task.id)),
+        CiDecision::Waits(why) => Outcome::Waits {
+            task_id: task.id,
+            why,
+        },
+        CiDecision::NotWaiting(why) => Outcome::nothing(why),
+        CiDecision::Lost => Outcome::nothing(format!("task {} changed concurrently", task.id)),
     }))
 }
 

@@ -6,7 +6,8 @@
 //! (finalize) done | failed | queued (retry)`.
 //!
 //! [`finalize`] is shared with the reaper's Tier-2: every step before the
-//! terminal claim (auto-commit, push, local CI, merge) is idempotent —
+//! terminal claim (auto-commit, push, the merge at deploy-staging) is
+//! idempotent —
 //! check, then act — so a finalize interrupted at any instruction can be
 //! run again by whoever comes next; only the terminal claim, a single
 //! transaction, decides who advances the task.
@@ -587,7 +588,14 @@ fn setup_failed(ctx: &Ctx, db: &Db, job: &Job, e: &anyhow::Error) -> anyhow::Res
 
 /// The error chain as one line (what an escalation and `last_error` show).
 fn name_failure(e: &anyhow::Error) -> String {
-    let text = format!("{e:#}");
+    // A subprocess's stderr spans lines (git's `remote:` lines); one line
+    // keeps `orch status` one line per job.
+    let text = format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     const MAX: usize = 1500;
     if text.len() <= MAX {
         return text;
@@ -612,9 +620,13 @@ fn append_to_log(path: &Path, line: &str) {
 }
 
 /// Finalizes running job `job_id` whose agent exit is recorded: commits
-/// and pushes the worktree, runs local CI or the merge where the stage
-/// needs it, evaluates the gate and applies its answer through the
-/// transition rule. Used by the worker and by the reaper's Tier-2.
+/// and pushes the worktree (git), reads the facts, decides through
+/// `gate::decide` and applies the outcome in one transaction (DESIGN §4
+/// "Job lifecycle"). It waits for nothing: at development with no CI
+/// status yet the job finishes done and the task waits for CI
+/// ([`crate::pipeline::ci`]). At deploy-staging the staging suite and the
+/// merge gate still run here. Used by the worker and by the reaper's
+/// Tier-2.
 ///
 /// Recovery is bounded: each failed finalize of a job attempt is counted
 /// (`jobs.finalize_failures`); at `ORCH_FINALIZE_MAX_ATTEMPTS`, or at once
@@ -624,7 +636,7 @@ fn append_to_log(path: &Path, line: &str) {
 ///
 /// Guarantees: idempotent up to the terminal claim; the terminal claim is
 /// one transaction, and an actor that loses it writes nothing.
-/// Errors: database errors, and git/CI errors below the cap (the job stays
+/// Errors: database errors, and git errors below the cap (the job stays
 /// `running` with its exit recorded, so the reaper's Tier-2 finishes it
 /// later).
 pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
@@ -711,8 +723,9 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     let worktree = PathBuf::from(&task.worktree);
     let agent_ok = job.exit_code == Some(0);
 
-    // Recreates a missing worktree and aborts a rebase a crashed merge step
-    // left in progress; a no-op on a healthy worktree.
+    // Git: the job's work reaches origin. Recreates a missing worktree and
+    // aborts a rebase a crashed merge step left in progress; a no-op on a
+    // healthy worktree.
     repo.ensure_worktree(&worktree, &task.branch)?;
     // A file that still holds conflict markers is never committed: the run
     // failed, and the retry starts again from what was pushed.
@@ -730,7 +743,7 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     if let Some(r) = &refused {
         warn!(target: "worker", job = job.id, reason = %r, "refusing to commit");
     }
-    if agent_ok && refused.is_none() {
+    let pushed = if agent_ok && refused.is_none() {
         let run_id = db.last_run_for_job(job.id)?.map(|r| r.0).unwrap_or(0);
         let msg = format!(
             "{}({}): auto-commit from {} run_id={run_id}",
@@ -739,45 +752,40 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
         repo.commit_all(&worktree, &msg)?;
         failpoint("finalize.after_commit");
         push_task_branch(&repo, &worktree, &task.branch, stage)?;
-        crate::forge::Forge::for_project(ctx, project).after_push(db, project, &repo, &task)?;
         failpoint("finalize.after_push");
+        Some(repo.head_sha(&worktree)?)
     } else {
         // A failed run's half-done edits are not committed: the retry
         // starts again from what was pushed.
         repo.discard_changes(&worktree)?;
-    }
-    // The model account's usage or rate limit stopped the run: not the
-    // job's fault. Requeued without an attempt; the account pauses.
-    let account = ctx.config.account(&job.role);
-    if !agent_ok {
-        if let Some((kind, reset)) = db.run_judgement(job.id)?.and_then(|j| j.limit) {
-            let message = job_error_text(db, &job)?;
-            let settings = &ctx.settings;
-            let f = db.write(|tx| {
-                spend::pause_for_limit(
-                    tx,
-                    settings,
-                    &job,
-                    &account,
-                    kind,
-                    reset,
-                    &message,
-                    now_ms(),
-                )
-            })?;
-            warn!(target: "worker", job = job.id, account = %account, outcome = %f, "dispatch paused");
-            return Ok(f);
-        }
-    } else if db.pause(&account)?.is_some() {
-        // A clean run of the account ends its pause and its backoff.
-        db.write(|tx| tx.clear_pause(&account))?;
-        info!(target: "worker", account = %account, "a clean run cleared the account's pause");
-    }
-    if agent_ok && refused.is_none() && stage == Stage::Development {
-        crate::forge::Forge::for_project(ctx, project)
-            .ci_after_push(ctx, db, project, &repo, &task)?;
-    }
+        None
+    };
 
+    // Facts, then the decision. The model account's usage or rate limit
+    // stopped the run: not the job's fault (requeued without an attempt;
+    // the account pauses). A clean run ends the account's pause.
+    let account = ctx.config.account(&job.role);
+    let limit = if agent_ok {
+        None
+    } else {
+        db.run_judgement(job.id)?.and_then(|j| j.limit)
+    };
+    if let Some((kind, reset)) = limit {
+        let message = job_error_text(db, &job)?;
+        let decision = Decision::Limit {
+            kind,
+            reset,
+            message,
+        };
+        return apply(
+            ctx, db, &task, &job, stage, None, &account, false, decision, actor,
+        );
+    }
+    let clear_pause = agent_ok && db.pause(&account)?.is_some();
+    // No waiting here: at development without a final CI status the gate
+    // is Pending, the job finishes done and the task waits for the status
+    // (a `status` delivery, reconcile, or `orch ci` records it and decides
+    // again through `pipeline::ci::on_status`).
     let facts = gate::gather(db, project, &repo, &task)?;
     let mut verdict = match refused {
         Some(r) => Gate::Fail(r),
@@ -807,7 +815,33 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     }
     info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
     failpoint("finalize.before_terminal_claim");
-    apply_gate(ctx, db, &task, &job, stage, verdict, actor)
+    let decision = Decision::Gate(verdict);
+    let pushed = pushed.as_deref();
+    apply(
+        ctx,
+        db,
+        &task,
+        &job,
+        stage,
+        pushed,
+        &account,
+        clear_pause,
+        decision,
+        actor,
+    )
+}
+
+/// What finalize decided for a finishing job.
+enum Decision {
+    /// The model account's limit stopped the run: requeue the job without
+    /// an attempt and pause the account ([`spend::pause_for_limit`]).
+    Limit {
+        kind: crate::agent::LimitKind,
+        reset: Option<i64>,
+        message: String,
+    },
+    /// The stage gate's answer.
+    Gate(Gate),
 }
 
 /// The latest run's error text of `job` (its judgement's reason), or a
@@ -846,25 +880,57 @@ fn push_task_branch(
     }
 }
 
-/// Applies a gate answer for a finishing job in one transaction.
-fn apply_gate(
+/// Finalize's one write: in one transaction, records the pushed head
+/// (`pushed`, through [`crate::forge::Forge::record_push`]: the branch's
+/// known head and, on a forge with pull requests, the PR's outbox
+/// message), ends `account`'s pause after a clean run (`clear_pause`),
+/// and applies `decision` — a limit pause, or the gate's answer through
+/// the transition rule with the run's report queued.
+///
+/// Errors: database errors.
+#[allow(clippy::too_many_arguments)]
+fn apply(
     ctx: &Ctx,
     db: &Db,
     task: &Task,
     job: &Job,
     stage: Stage,
-    verdict: Gate,
+    pushed: Option<&str>,
+    account: &str,
+    clear_pause: bool,
+    decision: Decision,
     actor: Actor,
 ) -> anyhow::Result<Finalized> {
     let now = now_ms();
     let policy = ctx.policy();
+    let project = ctx.project(&task.project)?;
+    let forge = crate::forge::Forge::for_project(ctx, project);
     // The run's report (tracker comment, PR comment) is written in the same
     // transaction that finishes the job.
     let report = crate::report::RunReport::gather(ctx, task, job);
-    db.write(|tx| {
-        let finalized = match &verdict {
+    let finalized = db.write(|tx| {
+        if let Some(sha) = pushed {
+            forge.record_push(tx, project, task, sha, now)?;
+        }
+        if clear_pause {
+            tx.clear_pause(account)?;
+        }
+        let verdict = match &decision {
+            Decision::Limit {
+                kind,
+                reset,
+                message,
+            } => {
+                let settings = &ctx.settings;
+                return spend::pause_for_limit(
+                    tx, settings, job, account, *kind, *reset, message, now,
+                );
+            }
+            Decision::Gate(v) => v,
+        };
+        let finalized = match verdict {
             Gate::Pass | Gate::Rollback { .. } => {
-                let (to, reason, retry, log) = match &verdict {
+                let (to, reason, retry, log) = match verdict {
                     Gate::Rollback { reason, log } => {
                         (Stage::Development, reason.clone(), true, log.clone())
                     }
@@ -919,7 +985,14 @@ fn apply_gate(
         };
         report.queue(tx, ctx, task, job, &finalized, now)?;
         Ok(finalized)
-    })
+    })?;
+    if clear_pause {
+        info!(target: "worker", account = %account, "a clean run cleared the account's pause");
+    }
+    if let Finalized::Paused { .. } = &finalized {
+        warn!(target: "worker", job = job.id, account = %account, outcome = %finalized, "dispatch paused");
+    }
+    Ok(finalized)
 }
 
 /// The runner for one agent run (`ORCH_AGENT_SANDBOX`, DESIGN §4 "Agent

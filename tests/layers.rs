@@ -320,6 +320,7 @@ const FLOORS: &[(&str, &[&str])] = &[
         &[
             "tick",
             "brief",
+            "ci",
             "ingest",
             "worker",
             "reap",

@@ -133,6 +133,9 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         ("merge_gate.after_acquire", "work-once"),
         ("merge_gate.after_rebase", "work-once"),
         ("merge_gate.before_merge", "work-once"),
+        // the local forge's CI step, on the development head that waits
+        ("ci.after_test", "ci"),
+        ("ci.after_record", "ci"),
     ];
     for (point, command) in points {
         // The tracker is the fake Plane, so deliveries are real HTTP
@@ -165,6 +168,17 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         if point.starts_with("merge_gate.") {
             crate::pipeline::work_until_stage(&sbx, "deploy-staging");
             sbx.push_to_main("README.md", "Someone else's line.");
+        }
+        if point.starts_with("ci.") {
+            // The development run ends waiting for its CI.
+            for _ in 0..3 {
+                sbx.ok(&["work-once"]);
+            }
+            assert_eq!(
+                sbx.count("SELECT COUNT(*) FROM jobs WHERE stage='development' AND status='done'"),
+                1,
+                "{point}"
+            );
         }
         let out = sbx
             .orch()

@@ -182,6 +182,7 @@ fn a_merge_deferred_on_another_tasks_lease_waits_for_that_task() {
                     .unwrap();
                 assert!(o.status.success(), "{o:?}");
             }
+            sbx.ok(&["ci"]);
         }
         panic!("task {id} never reached deploy-staging");
     };

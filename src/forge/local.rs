@@ -1,21 +1,18 @@
 //! The local forge: a bare repository as origin. CI is the project's
-//! test command, run by orch once per head sha in the agents' sandbox and
-//! stored as CI status `orch/test`; a merge is a non-forced fast-forward
+//! test command, run in the agents' sandbox by the CI step (`crate::ci`
+//! records it as CI status `orch/test`); a merge is a non-forced fast-forward
 //! push ([`crate::git::Repo::fast_forward_default`]). [`super::Forge`]
 //! dispatches here for `forge = "local"`.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use tracing::info;
-
-use crate::clock::now_ms;
 use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
-use crate::db::{Db, Task};
+use crate::db::Task;
 use crate::git::Repo;
 use crate::process::RunSpec;
+use anyhow::Context as _;
 
 fn local_ci_name(task_id: i64, sha: &str) -> String {
     format!("ci-task{task_id}-{}", &sha[..sha.len().min(12)])
@@ -27,40 +24,24 @@ pub fn local_ci_log(ctx: &Ctx, task_id: i64, sha: &str) -> std::path::PathBuf {
     ctx.log_path(&format!("{}.log", local_ci_name(task_id, sha)))
 }
 
-/// The local forge's CI: runs the project's test command on the worktree's
-/// head once per sha and stores the result as CI status `orch/test`.
+/// The local forge's CI of `sha`, the head of `task`'s worktree: runs the
+/// project's test command there ([`run_tests`], confined) with its output
+/// in [`local_ci_log`]. Returns `(state, log)`, the state `success` or
+/// `failure`; stores nothing (the CI step records the status and decides
+/// the gate in one transaction, `crate::ci`).
 ///
-/// Guarantees: idempotent per sha (a stored status is not re-run).
-pub(super) fn run_ci(
+/// Errors: the command cannot be started or was stopped by a signal.
+pub fn run_local_ci(
     ctx: &Ctx,
-    db: &Db,
     project: &ProjectConfig,
     repo: &Repo,
     task: &Task,
-) -> anyhow::Result<String> {
+    sha: &str,
+) -> anyhow::Result<(&'static str, std::path::PathBuf)> {
     let worktree = Path::new(&task.worktree);
-    let sha = repo.head_sha(worktree)?;
-    if let Some(state) = db.combined_ci_state(&project.name, &sha)? {
-        return Ok(state);
-    }
-    let passed = run_tests(ctx, project, repo, worktree, &local_ci_name(task.id, &sha))?;
+    let passed = run_tests(ctx, project, repo, worktree, &local_ci_name(task.id, sha))?;
     let state = if passed { "success" } else { "failure" };
-    // The run's own log, recorded by orch: the next developer's feedback
-    // reads it from here, never from a path named in text.
-    let log = local_ci_log(ctx, task.id, &sha);
-    db.write(|tx| {
-        tx.upsert_ci_status(
-            &project.name,
-            &sha,
-            crate::db::ORCH_TEST_CONTEXT,
-            state,
-            "",
-            Some(&log.to_string_lossy()),
-            now_ms(),
-        )
-    })?;
-    info!(target: "ci", task = task.id, sha = %sha, state, "local CI finished");
-    Ok(state.to_string())
+    Ok((state, local_ci_log(ctx, task.id, sha)))
 }
 
 /// Runs the project's test command in `dir` (a worktree of `repo`) with

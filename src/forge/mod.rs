@@ -9,8 +9,9 @@
 //! described in [`crate::adapters::gitea`]: the PR is opened by an outbox
 //! message queued after the first push and looked up before it is
 //! created; PR comments carry a hidden marker looked up before a re-post;
-//! CI statuses are polled for a bounded time after a development push and
-//! stored in `ci_statuses` (the gate only reads that table); the merge of
+//! CI statuses arrive as `status` deliveries or are looked up once by
+//! reconcile ([`Forge::ci_state`]) and stored in `ci_statuses` (the gate
+//! only reads that table; nothing waits for them); the merge of
 //! deploy-staging → deploy names the tested head sha, and a PR already
 //! merged is success.
 //!
@@ -23,7 +24,7 @@
 pub mod gitea;
 mod local;
 
-pub use local::{local_ci_log, run_tests};
+pub use local::{local_ci_log, run_local_ci, run_tests};
 
 use std::path::Path;
 
@@ -31,10 +32,9 @@ use tracing::info;
 
 use crate::adapters::gitea::Links;
 use crate::adapters::{AdapterError, Clients};
-use crate::clock::now_ms;
 use crate::config::{AdapterSettings, ForgeKind, ProjectConfig};
 use crate::ctx::Ctx;
-use crate::db::{Db, OutboxRow, Task};
+use crate::db::{Db, OutboxRow, Task, Tx};
 use crate::git::{FastForward, Repo};
 use crate::outbox::{self, ForgeMessage, Message, Occasion, OpenPr};
 
@@ -78,6 +78,13 @@ impl<'a> Forge<'a> {
         matches!(self, Forge::Gitea(_))
     }
 
+    /// Whether orch runs the project's CI itself (the local forge: the
+    /// test command, by the CI step `orch ci`); a remote forge's CI
+    /// reports through `status` deliveries and [`Forge::ci_state`].
+    pub fn runs_own_ci(&self) -> bool {
+        matches!(self, Forge::Local)
+    }
+
     /// Whether the forge has pull requests (run reports are also posted
     /// on the task's PR).
     pub fn has_pull_requests(&self) -> bool {
@@ -93,73 +100,45 @@ impl<'a> Forge<'a> {
         }
     }
 
-    /// After the worker pushed `task`'s branch: records the pushed head as
-    /// the branch's known head (so a later `status` delivery for that sha
-    /// finds its task) and, on Gitea, queues the task's PR
-    /// ([`OpenPr`], key `task:<id>:pr`; a second call is a no-op).
+    /// After the worker pushed `task`'s branch to `sha`, in finalize's one
+    /// transaction `tx`: records `sha` as the branch's known head (so a
+    /// later `status` delivery for that sha finds its task) and, on Gitea,
+    /// queues the task's PR ([`OpenPr`], key `task:<id>:pr`; a second call
+    /// is a no-op). No network I/O: the PR is opened by the outbox's
+    /// delivery.
     ///
-    /// Errors: git and database errors.
-    pub fn after_push(
+    /// Errors: database errors.
+    pub fn record_push(
         &self,
-        db: &Db,
+        tx: &Tx,
         project: &ProjectConfig,
-        repo: &Repo,
         task: &Task,
+        sha: &str,
+        now: i64,
     ) -> anyhow::Result<()> {
-        let sha = repo.head_sha(Path::new(&task.worktree))?;
-        let now = now_ms();
-        let open_pr = self.has_pull_requests();
-        db.write(|tx| {
-            tx.upsert_branch_head(&project.name, &task.branch, &sha, now)?;
-            if open_pr {
-                let mut body = format!(
-                    "Work item {} of project {}, opened by orch (task {}).",
-                    task.tracker_issue_id, project.name, task.id
-                );
-                if !task.body.trim().is_empty() {
-                    body = format!("{}\n\n{body}", task.body.trim());
-                }
-                let pr = OpenPr {
-                    branch: task.branch.clone(),
-                    base: project.default_branch.clone(),
-                    title: format!("{} (orch task {})", task.title, task.id),
-                    body,
-                };
-                outbox::queue(
-                    tx,
-                    &Occasion::Push { task_id: task.id },
-                    &Message::Forge(ForgeMessage::OpenPr(pr)),
-                    now,
-                )?;
+        tx.upsert_branch_head(&project.name, &task.branch, sha, now)?;
+        if self.has_pull_requests() {
+            let mut body = format!(
+                "Work item {} of project {}, opened by orch (task {}).",
+                task.tracker_issue_id, project.name, task.id
+            );
+            if !task.body.trim().is_empty() {
+                body = format!("{}\n\n{body}", task.body.trim());
             }
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    /// CI of a fresh development head, in the worker's finalize after the
-    /// push. Local: runs the project's test command once per sha and
-    /// stores the result (`orch/test`). Gitea: polls the head's combined
-    /// status for up to `ORCH_GITEA_CI_POLL_S`, storing what it learns;
-    /// never fails (what it does not learn comes as a `status` delivery or
-    /// is found by reconcile).
-    ///
-    /// Errors (local only): git, process and database errors.
-    pub fn ci_after_push(
-        &self,
-        ctx: &Ctx,
-        db: &Db,
-        project: &ProjectConfig,
-        repo: &Repo,
-        task: &Task,
-    ) -> anyhow::Result<()> {
-        match self {
-            Forge::Local => local::run_ci(ctx, db, project, repo, task).map(|_| ()),
-            Forge::Gitea(s) => {
-                gitea::poll_ci(s, db, project, repo, task);
-                Ok(())
-            }
+            let pr = OpenPr {
+                branch: task.branch.clone(),
+                base: project.default_branch.clone(),
+                title: format!("{} (orch task {})", task.title, task.id),
+                body,
+            };
+            outbox::queue(
+                tx,
+                &Occasion::Push { task_id: task.id },
+                &Message::Forge(ForgeMessage::OpenPr(pr)),
+                now,
+            )?;
         }
+        Ok(())
     }
 
     /// One look at the forge's CI of the worktree's head, for the
