@@ -1,7 +1,8 @@
 //! `orch tick`: one tick for cron users — ingest, reap, reconcile and
 //! deliver, each under its own tick lock (a busy step is skipped, not
-//! fatal), then jobs while any is runnable, then the deliveries those jobs
-//! wrote. Returns what each step did as one serialisable [`TickReport`].
+//! fatal), then jobs while any is runnable, then the merge line (and the
+//! jobs its landings enqueued), then the deliveries those wrote. Returns
+//! what each step did as one serialisable [`TickReport`].
 
 use serde::{Serialize, Serializer};
 use tracing::warn;
@@ -51,6 +52,8 @@ pub struct TickReport {
     pub deliver: Step<DeliverSummary>,
     /// The jobs that ran, in order (at most `max_jobs`).
     pub work: Vec<WorkOutcome>,
+    /// The merge line, per project with tasks ready to merge.
+    pub merge_line: Step<Vec<crate::merge_gate::LineReport>>,
 }
 
 /// Runs `f` under tick lock `name`; a lock held elsewhere skips it.
@@ -107,14 +110,30 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
     let reconcile = step(ctx, "reconcile", || reconcile::run(ctx, db, dry_run))?;
     let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, db, 1000))?;
     let mut work = Vec::new();
-    for _ in 0..max_jobs {
-        // A worker asked to stop claims nothing more.
-        if crate::process::stop_signal().is_some() {
-            break;
+    let work_some = |work: &mut Vec<WorkOutcome>| -> anyhow::Result<()> {
+        while work.len() < max_jobs as usize {
+            // A worker asked to stop claims nothing more.
+            if crate::process::stop_signal().is_some() {
+                break;
+            }
+            match worker::work_once(ctx, db, None, None)? {
+                WorkOutcome::Idle => break,
+                ran => work.push(ran),
+            }
         }
-        match worker::work_once(ctx, db, None, None)? {
-            WorkOutcome::Idle => break,
-            ran => work.push(ran),
+        Ok(())
+    };
+    work_some(&mut work)?;
+    let merge_line = step(ctx, "merge-line", || {
+        crate::merge_gate::run_line(ctx, db, None, dry_run)
+    })?;
+    if let Step::Ran(reports) = &merge_line {
+        if reports
+            .iter()
+            .any(|r| r.batches.iter().any(|b| !b.landed.is_empty()))
+        {
+            // The deploy jobs the landings enqueued.
+            work_some(&mut work)?;
         }
     }
     if !work.is_empty() && !dry_run {
@@ -131,5 +150,6 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
         reconcile,
         deliver,
         work,
+        merge_line,
     })
 }

@@ -767,7 +767,9 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     };
     if verdict == Gate::Pass && stage == Stage::DeployStaging {
         // With [projects.staging], orch runs the staging suite itself
-        // first; the merge gate then merges only the revision it validated.
+        // first: it validates this task's revision. A pass then finishes
+        // the job with the task ready to merge; the merge line
+        // (`orch merge-gate`, `orch tick`) lands it with others.
         let mut validated = None;
         if project.staging.is_some() {
             use crate::staging::StagingGate;
@@ -778,13 +780,8 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
             }
         }
         if verdict == Gate::Pass {
-            let validated = validated.as_deref();
-            match crate::merge_gate::gate_job(
-                ctx, db, project, &repo, &task, &job, actor, validated,
-            )? {
-                crate::merge_gate::JobGate::Verdict(g) => verdict = g,
-                crate::merge_gate::JobGate::Settled(f) => return Ok(f),
-            }
+            failpoint("finalize.before_terminal_claim");
+            return finish_ready(ctx, db, &task, &job, validated.as_deref());
         }
     }
     info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
@@ -826,6 +823,34 @@ fn push_task_branch(
         }
         _ => repo.push_branch(worktree, branch),
     }
+}
+
+/// Finishes deploy-staging job `job` whose deployer (and staging check)
+/// passed: the job is done and `task` is ready to merge — its merge-line
+/// row written ([`crate::merge_gate::line`]) — with the run's report, in
+/// one transaction. `validated`: the revision the staging check
+/// validated.
+fn finish_ready(
+    ctx: &Ctx,
+    db: &Db,
+    task: &Task,
+    job: &Job,
+    validated: Option<&str>,
+) -> anyhow::Result<Finalized> {
+    let now = now_ms();
+    let report = crate::report::RunReport::gather(ctx, task, job);
+    db.write(|tx| {
+        let done = jobs::finish(tx, job.id, Some(job.attempt), JobStatus::Done, None, now)?;
+        if done != Changed::Applied {
+            return Ok(Finalized::Lost);
+        }
+        tx.line_ready(task.id, &task.project, task.version, validated, now)?;
+        let finalized = Finalized::Waiting {
+            reason: crate::merge_gate::READY.to_string(),
+        };
+        report.queue(tx, ctx, task, job, &finalized, now)?;
+        Ok(finalized)
+    })
 }
 
 /// Applies a gate answer for a finishing job in one transaction.
