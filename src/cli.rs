@@ -143,7 +143,7 @@ pub enum Command {
         dry_run: bool,
     },
     /// ingest, reap, reconcile, deliver, then work-once while jobs are
-    /// runnable (for cron users and the demo)
+    /// runnable, then the merge line (for cron users and the demo)
     Tick {
         /// At most this many jobs in this tick
         #[arg(long, default_value_t = 100)]

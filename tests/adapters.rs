@@ -830,6 +830,8 @@ fn ci_that_turns_green_during_the_finalize_poll_opens_the_gate_and_a_pr_merged_d
             break;
         }
         w.sbx.ok(&["work-once"]);
+        // The deployer's PASS makes it ready; the merge line merges the PR.
+        w.sbx.ok(&["merge-gate"]);
     }
     assert_eq!(w.sbx.stage(1), "deploy");
     let t = w.sbx.transitions(1);

@@ -96,7 +96,14 @@ impl Repo {
             ),
         };
         let original = Self::head_sha_of(&wt)?;
-        if Self::is_ancestor_at((&wt).into(), &upstream, &original)? {
+        // Built on commits the new tip no longer has (a task that left the
+        // batch): replay only what came after them.
+        let shed = from.filter(|f| {
+            *f != upstream
+                && Self::is_ancestor_at((&wt).into(), f, &original).unwrap_or(false)
+                && !Self::is_ancestor_at((&wt).into(), f, &upstream).unwrap_or(true)
+        });
+        if shed.is_none() && Self::is_ancestor_at((&wt).into(), &upstream, &original)? {
             return Ok(RebaseOutcome::UpToDate);
         }
         let mut args = vec![
@@ -106,9 +113,7 @@ impl Repo {
             "--no-autostash",
             "--no-update-refs",
         ];
-        let from =
-            from.filter(|f| Self::is_ancestor_at((&wt).into(), f, &original).unwrap_or(false));
-        match from {
+        match shed {
             Some(f) => args.extend(["--onto", upstream.as_str(), f]),
             None => args.push(upstream.as_str()),
         }

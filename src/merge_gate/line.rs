@@ -13,15 +13,17 @@
 //!    `Tk`'s head is the batch tip. A task that conflicts with those ahead
 //!    of it leaves the batch and goes back to development with the files
 //!    (the conflict handoff); the rest continue;
-//! 3. **test** the tip once, confined, never reusing a stored result; red
-//!    is run once more before blame (`ORCH_MERGE_LINE_RETRY_RED`, counted
-//!    as a flaky retry);
+//! 3. **test** the tip once, confined, never reusing a stored result;
 //! 4. red → **bisect**: prefixes `main + T1 … Tm` are tested (each one is
-//!    a task's head, already built) until the first red prefix is found,
-//!    at most `ORCH_MERGE_LINE_MAX_SPLITS` runs. The green prefix lands,
-//!    the culprit goes back to development with the failing log, the tasks
-//!    after it go back to ready (the next round rebuilds them without it).
-//!    Out of runs: the suspects go through the line alone (`split`);
+//!    a task's head, already built: the halves are tested on top of the
+//!    parts before them) until the first red prefix is found, at most
+//!    `ORCH_MERGE_LINE_MAX_SPLITS` runs. No task is blamed on one red run
+//!    (the flaky guard, `ORCH_MERGE_LINE_RETRY_RED`, counted): when only
+//!    the tip was red, it runs once more, and green lands the batch. The
+//!    green prefix lands, the culprit goes back to development with the
+//!    failing log, the tasks after it go back to ready (the next round
+//!    rebuilds them without it). Out of runs: the suspects go through the
+//!    line alone (`split`);
 //! 5. **fast-forward** main to the tested tip ([`merge_into_default`]: a
 //!    non-forced push, or Gitea's merge of the tip task's PR naming the
 //!    tested head); main moved meanwhile → the batch is rebuilt next round;
@@ -377,42 +379,47 @@ fn round(
     let mut red_log = log;
     let mut good = n;
     if !green {
-        let mut flaky_green = false;
-        if ctx.settings.merge_line_retry_red {
+        // Bisect. Invariant: prefix `lo` is green (0 is main), prefix `hi`
+        // red; `reds` counts the red runs that contain prefix `hi`.
+        let (mut lo, mut hi, mut reds) = (0usize, n, 1u32);
+        while hi - lo > 1 && rep.splits < ctx.settings.merge_line_max_splits {
+            let mid = (lo + hi) / 2;
+            rep.splits += 1;
+            db.write(|tx| tx.bump_counter("merge_line.splits_total", 1))?;
+            steps.push(format!(
+                "split: testing tasks {} on {default} (the prefix up to task {})",
+                join(&built[..mid].iter().map(|b| b.task.id).collect::<Vec<_>>()),
+                built[mid - 1].task.id
+            ));
+            let (g, log) = test(ctx, db, project, repo, &built[mid - 1], &mut rep, steps)?;
+            if g {
+                lo = mid;
+            } else {
+                hi = mid;
+                reds += 1;
+                red_log = log;
+            }
+        }
+        // The flaky guard: no task is blamed on one red run. When only the
+        // tip was red (the culprit is its last task), it runs once more.
+        let mut flaky = false;
+        if hi - lo == 1 && reds == 1 && ctx.settings.merge_line_retry_red {
             rep.flaky_retries += 1;
             db.write(|tx| tx.bump_counter("merge_line.flaky_retries_total", 1))?;
             steps.push(format!(
-                "tip {} red: run once more before blame",
-                short(&tip)
+                "tip {} red once: run once more before blame",
+                short(&built[hi - 1].head)
             ));
-            let (again, log) = test(ctx, db, project, repo, &built[n - 1], &mut rep, steps)?;
+            let (again, log) = test(ctx, db, project, repo, &built[hi - 1], &mut rep, steps)?;
             if again {
                 db.write(|tx| tx.bump_counter("merge_line.flaky_passes_total", 1))?;
-                flaky_green = true;
+                steps.push("green the second time: flaky, not blamed".into());
+                flaky = true;
             } else {
                 red_log = log;
             }
         }
-        if !flaky_green {
-            // Invariant: prefix `lo` is green (0 is main), prefix `hi` red.
-            let (mut lo, mut hi) = (0usize, n);
-            while hi - lo > 1 && rep.splits < ctx.settings.merge_line_max_splits {
-                let mid = (lo + hi) / 2;
-                rep.splits += 1;
-                db.write(|tx| tx.bump_counter("merge_line.splits_total", 1))?;
-                steps.push(format!(
-                    "split: testing tasks {} alone (the prefix up to task {})",
-                    join(&built[..mid].iter().map(|b| b.task.id).collect::<Vec<_>>()),
-                    built[mid - 1].task.id
-                ));
-                let (g, log) = test(ctx, db, project, repo, &built[mid - 1], &mut rep, steps)?;
-                if g {
-                    lo = mid;
-                } else {
-                    hi = mid;
-                    red_log = log;
-                }
-            }
+        if !flaky {
             good = lo;
             let now = now_ms();
             if hi - lo == 1 {
