@@ -14,6 +14,8 @@
 #   scripts/bench-merge-line.sh            # N=12 T=2 FAIL_PCT=10 KMAX=8
 #   N=24 T=1 scripts/bench-merge-line.sh
 #
+# The merge lease is off (ORCH_MERGE_GATE_ENABLED=false) in both modes: a
+# landing hands it to the deploy job, and no deployer runs here.
 # Honours CARGO_TARGET_DIR. Takes about 3 minutes on a 2-core machine
 # (making the tasks ready dominates; only the line is timed).
 set -euo pipefail
@@ -25,7 +27,7 @@ nfail=$(( (n * pct + 50) / 100 ))
 # The failing tasks, spread evenly (for N=12 and one failing: task 6).
 fails() { local i=$1; (( (i * nfail + n / 2) / n > ((i - 1) * nfail + n / 2) / n )); }
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
-check="if grep -qs BENCHFAIL f*.md; then echo 'FAIL: a BENCHFAIL task' >&2; exit 1; fi; sh test.sh"
+check="if grep -qs BENCHFAIL f*.md; then echo 'FAIL: a BENCHFAIL task'; exit 1; fi; sh test.sh"
 
 stage_of() { "$orch" -q task show "$1" 2>/dev/null | sed -n 's/^  stage \([a-z-]*\) .*/\1/p'; }
 
@@ -52,15 +54,19 @@ run_mode() { # NAME KMAX → prints "landed tests seconds"
   sed -i "s|^test_command = .*|test_command = [\"sh\", \"-c\", \"sleep $t; $check\"]|" "$ORCH_CONFIG"
   local ready start end
   ready=$("$orch" status | sed -n 's/^merge line widget: \([0-9]*\) waiting.*/\1/p')
+  local out=$dir/line.jsonl
   start=$(date +%s.%N)
   for _ in $(seq $(( 2 * n + 3 ))); do
-    "$orch" -q merge-gate | grep -q "nothing ready to merge" && break
+    local o
+    o=$("$orch" -q --json merge-gate)
+    echo "$o" >> "$out"
+    grep -q '"projects": \[\]' <<<"$o" && break
   done
   end=$(date +%s.%N)
   local landed tests
   landed=$("$orch" metrics | sed -n 's/^orch_merge_line_landed_total \([0-9]*\)$/\1/p')
-  tests=$(find "$ORCH_STATE_DIR/logs" -name 'merge-task*.log' | wc -l)
-  echo "$name: $ready ready, $landed landed, $(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.1f", e-s}') s, $tests test logs" >&2
+  tests=$(grep -o '"tests": [0-9]*' "$out" | awk -F': ' '{ t += $2 } END { print t + 0 }')
+  echo "$name: $ready ready, $landed landed, $(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.1f", e-s}') s, $tests test runs" >&2
   # Every first-parent commit of main passes the test command.
   local clone=$dir/history
   git clone -q "$dir/origin.git" "$clone"
