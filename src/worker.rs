@@ -6,7 +6,8 @@
 //! (finalize) done | failed | queued (retry)`.
 //!
 //! [`finalize`] is shared with the reaper's Tier-2: every step before the
-//! terminal claim (auto-commit, push, local CI, merge) is idempotent —
+//! terminal claim (auto-commit, push, local CI, the staging check) is
+//! idempotent —
 //! check, then act — so a finalize interrupted at any instruction can be
 //! run again by whoever comes next; only the terminal claim, a single
 //! transaction, decides who advances the task.
@@ -603,9 +604,11 @@ fn append_to_log(path: &Path, line: &str) {
 }
 
 /// Finalizes running job `job_id` whose agent exit is recorded: commits
-/// and pushes the worktree, runs local CI or the merge where the stage
-/// needs it, evaluates the gate and applies its answer through the
-/// transition rule. Used by the worker and by the reaper's Tier-2.
+/// and pushes the worktree, runs local CI where the stage needs it,
+/// evaluates the gate and applies its answer through the transition rule;
+/// a deploy-staging PASS (after the staging check) finishes the job with
+/// the task ready to merge, for the merge line. Used by the worker and by
+/// the reaper's Tier-2.
 ///
 /// Recovery is bounded: each failed finalize of a job attempt is counted
 /// (`jobs.finalize_failures`); at `ORCH_FINALIZE_MAX_ATTEMPTS`, or at once

@@ -85,6 +85,15 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every line row, by task (for `orch check`).
+    pub fn line_rows(&self) -> anyhow::Result<Vec<LineRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLS} FROM merge_line ORDER BY task_id"))?;
+        let rows = stmt.query_map([], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Tasks landed by the line since `since_ms`, per project:
     /// `(project, landed, sum of ms from ready to landed)`.
     pub fn line_landed_since(&self, since_ms: i64) -> anyhow::Result<Vec<(String, i64, i64)>> {
