@@ -48,6 +48,25 @@ fn version_line() -> &'static str {
     })
 }
 
+/// `a, b or c`: a list of names for a help text, so the text follows the
+/// list (the stages and roles come from `Stage::ALL`).
+fn one_of(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
+/// The stages an agent runs at, in order (`Stage::ALL` less `done`).
+fn agent_stages() -> Vec<&'static str> {
+    orch::model::Stage::ALL
+        .into_iter()
+        .filter(|s| s.role().is_some())
+        .map(orch::model::Stage::as_str)
+        .collect()
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create or migrate the database and state folders (idempotent)
@@ -74,8 +93,8 @@ pub enum Command {
     /// Claim at most one runnable job, run its agent, finalize it
     #[command(name = "work-once")]
     WorkOnce {
-        /// Only claim jobs of this role
-        #[arg(long)]
+        // The roles, from `Stage::ALL`.
+        #[arg(long, help = format!("Only claim jobs of this role: {}", one_of(&orch::config::ROLES)))]
         role: Option<String>,
         /// Only claim jobs of this project
         #[arg(long)]
@@ -531,14 +550,18 @@ pub enum AgentsCommand {
     /// its stage (or --stage), feedback included; without, for an example
     /// task with <placeholder> values. Writes nothing.
     Show {
-        /// analyst, architect, developer, reviewer, tester or deployer
+        // The roles, from `Stage::ALL`.
+        #[arg(help = one_of(&orch::config::ROLES))]
         role: String,
         /// Render for this task
         #[arg(long)]
         task: Option<i64>,
-        /// The stage to render for (the deployer runs at deploy-staging and
-        /// deploy) [default: the task's stage, else the role's first]
-        #[arg(long)]
+        // The stages, from `Stage::ALL`.
+        #[arg(long, help = format!(
+            "The stage to render for: {} (the deployer runs at deploy-staging and deploy) \
+             [default: the task's stage, else the role's first]",
+            one_of(&agent_stages())
+        ))]
         stage: Option<String>,
         /// Without --task: the project of the example [default: the first]
         #[arg(long)]

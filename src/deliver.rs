@@ -2,7 +2,10 @@
 //! twice where the remote side lets us look.
 //!
 //! A message is written inside the transaction of the change that causes
-//! it (the outbox pattern) and delivered here afterwards, oldest first.
+//! it (the outbox pattern, [`crate::outbox::queue`]) and delivered here
+//! afterwards, oldest first, read once into its [`Message`]; a row that
+//! is no message this orch knows is dead-lettered at once, with the
+//! reason.
 //! Each remote send is announced in the database first (`outbox.sends`),
 //! then made, then recorded with the remote id; a crash between sending
 //! and recording re-sends on the next pass, and because `sends` says a
@@ -42,6 +45,7 @@ use crate::db::{Db, OutboxRow, Task};
 use crate::failpoint::failpoint;
 use crate::forge::Forge;
 use crate::notifier::Notifier;
+use crate::outbox::{ForgeMessage, Message, Notification, TrackerComment, TrackerMessage};
 use crate::tracker::Tracker;
 
 /// What a delivery pass did.
@@ -73,30 +77,31 @@ pub struct WouldSend {
     pub kind: String,
 }
 
-/// Where a message goes: its channel's service for the message's project.
+/// Where a message goes — its channel's service for the message's
+/// project — and what it says there.
 #[derive(Debug, Clone, Copy)]
-enum Route<'a> {
-    Tracker(Tracker<'a>),
-    Forge(Forge<'a>),
-    Notifier(Notifier<'a>),
+enum Route<'a, 'm> {
+    Tracker(Tracker<'a>, &'m TrackerMessage),
+    Forge(Forge<'a>, &'m ForgeMessage),
+    Notifier(Notifier<'a>, &'m Notification),
 }
 
-impl Route<'_> {
+impl Route<'_, '_> {
     /// The service's name: routes are skipped by name for the rest of a
     /// pass after a failure.
     fn name(self) -> &'static str {
         match self {
-            Route::Tracker(t) => t.name(),
-            Route::Forge(f) => f.name(),
-            Route::Notifier(n) => n.name(),
+            Route::Tracker(t, _) => t.name(),
+            Route::Forge(f, _) => f.name(),
+            Route::Notifier(n, _) => n.name(),
         }
     }
 
     fn remote(self) -> bool {
         match self {
-            Route::Tracker(t) => t.is_remote(),
-            Route::Forge(f) => f.is_remote(),
-            Route::Notifier(n) => n.is_remote(),
+            Route::Tracker(t, _) => t.is_remote(),
+            Route::Forge(f, _) => f.is_remote(),
+            Route::Notifier(n, _) => n.is_remote(),
         }
     }
 }
@@ -127,7 +132,22 @@ fn deliver_messages(
             None => None,
         };
         let project = task.as_ref().and_then(|t| ctx.config.project(&t.project));
-        let route = route_of(ctx, &msg, project);
+        // Read once; a row that is no message can never be sent: a dead
+        // letter at once, with the reason (never retried, never dropped).
+        let message = match Message::from_row(&msg) {
+            Ok(m) => m,
+            Err(e) => {
+                let err = e.to_string();
+                db.write(|tx| {
+                    tx.mark_outbox_failed(msg.id, &format!("permanent: {err}"), now_ms(), true)
+                })?;
+                warn!(target: "deliver", outbox_id = msg.id, key = %msg.dedupe_key, dead = true, error = %err, "delivery failed");
+                summary.dead_lettered.push(msg.id);
+                summary.failed.push((msg.id, err));
+                continue;
+            }
+        };
+        let route = route_of(ctx, &message, project);
         if broken.contains_key(route.name())
             || db.earlier_pending(msg.id, msg.task_id, &msg.channel)?
         {
@@ -203,7 +223,7 @@ fn deliver_messages(
                 summary.failed.push((msg.id, err));
             }
         }
-        if matches!(route, Route::Tracker(t) if t.exhausted(&clients)) {
+        if matches!(route, Route::Tracker(t, _) if t.exhausted(&clients)) {
             broken.insert(route.name(), "Plane rate-limit window exhausted".into());
         }
     }
@@ -339,11 +359,15 @@ pub fn backoff_ms(attempts: i64, id: i64) -> i64 {
     crate::backoff::backoff_ms(1000, 3_600_000, attempts, Some(id))
 }
 
-fn route_of<'a>(ctx: &'a Ctx, msg: &OutboxRow, project: Option<&ProjectConfig>) -> Route<'a> {
-    match msg.channel.as_str() {
-        "tracker" => Route::Tracker(Tracker::of(ctx, project)),
-        "forge" => Route::Forge(Forge::of(ctx, project)),
-        _ => Route::Notifier(Notifier::from_settings(ctx)),
+fn route_of<'a, 'm>(
+    ctx: &'a Ctx,
+    message: &'m Message,
+    project: Option<&ProjectConfig>,
+) -> Route<'a, 'm> {
+    match message {
+        Message::Tracker(m) => Route::Tracker(Tracker::of(ctx, project), m),
+        Message::Forge(m) => Route::Forge(Forge::of(ctx, project), m),
+        Message::Notify(m) => Route::Notifier(Notifier::from_settings(ctx), m),
     }
 }
 
@@ -360,16 +384,16 @@ fn send(
     sends_before: i64,
 ) -> Result<Option<String>, AdapterError> {
     match route {
-        Route::Tracker(t) => {
-            let html = || match (task, project) {
+        Route::Tracker(t, m) => {
+            let html = |c: &TrackerComment| match (task, project) {
                 (Some(task), Some(project)) => {
-                    crate::report::tracker_html(ctx, db, msg, task, project)
+                    crate::report::tracker_html(ctx, db, c, task, project)
                 }
                 _ => String::new(),
             };
-            t.deliver(ctx, db, clients, msg, task, project, sends_before, &html)
+            t.deliver(ctx, db, clients, msg, m, task, project, sends_before, &html)
         }
-        Route::Forge(f) => f.deliver(db, clients, msg, task, project, sends_before),
-        Route::Notifier(n) => n.send(ctx, clients, msg, task, project),
+        Route::Forge(f, m) => f.deliver(db, clients, msg, m, task, project, sends_before),
+        Route::Notifier(n, m) => n.send(ctx, clients, msg, m, task, project),
     }
 }

@@ -18,7 +18,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::adapters::gitea::{CombinedStatus, Gitea, Links, MergeOutcome, PullRequest};
@@ -28,6 +27,7 @@ use crate::config::{AdapterSettings, ForgeKind, ProjectConfig};
 use crate::ctx::Ctx;
 use crate::db::{Db, OutboxRow, Task};
 use crate::git::{FastForward, Repo};
+use crate::outbox::{self, ForgeMessage, Message, Occasion, OpenPr};
 use crate::process::RunSpec;
 
 /// A project's forge, chosen by `projects.forge`.
@@ -89,7 +89,7 @@ impl<'a> Forge<'a> {
     /// After the worker pushed `task`'s branch: records the pushed head as
     /// the branch's known head (so a later `status` delivery for that sha
     /// finds its task) and, on Gitea, queues the task's PR
-    /// (`forge`/`open_pr`, key `task:<id>:pr`; a second call is a no-op).
+    /// ([`OpenPr`], key `task:<id>:pr`; a second call is a no-op).
     ///
     /// Errors: git and database errors.
     pub fn after_push(
@@ -112,17 +112,16 @@ impl<'a> Forge<'a> {
                 if !task.body.trim().is_empty() {
                     body = format!("{}\n\n{body}", task.body.trim());
                 }
-                tx.insert_outbox(
-                    &format!("task:{}:pr", task.id),
-                    Some(task.id),
-                    "forge",
-                    "open_pr",
-                    &json!({
-                        "branch": task.branch,
-                        "base": project.default_branch,
-                        "title": format!("{} (orch task {})", task.title, task.id),
-                        "body": body,
-                    }),
+                let pr = OpenPr {
+                    branch: task.branch.clone(),
+                    base: project.default_branch.clone(),
+                    title: format!("{} (orch task {})", task.title, task.id),
+                    body,
+                };
+                outbox::queue(
+                    tx,
+                    &Occasion::Push { task_id: task.id },
+                    &Message::Forge(ForgeMessage::OpenPr(pr)),
                     now,
                 )?;
             }
@@ -205,20 +204,21 @@ impl<'a> Forge<'a> {
         }
     }
 
-    /// Delivers a `forge` outbox message: on Gitea `open_pr` (payload
-    /// `{branch, base, title, body}`) or `comment` (payload `{text}`,
-    /// posted on the task's PR with the dedupe-key marker); the local forge
-    /// has nothing to send. `sends_before` > 0 means an earlier send may
+    /// Delivers a forge message (`msg` is its row): on Gitea an [`OpenPr`]
+    /// or a [`PrComment`](crate::outbox::PrComment) (posted on the task's
+    /// PR with the dedupe-key marker); the local forge has nothing to send. `sends_before` > 0 means an earlier send may
     /// have reached the forge: look before posting. Returns the remote id
     /// (PR number, comment id).
     ///
     /// Errors: [`AdapterError`]s; a Gitea message whose task or project is
     /// gone is [`AdapterError::Rejected`].
+    #[allow(clippy::too_many_arguments)]
     pub fn deliver(
         &self,
         db: &Db,
         clients: &Clients,
         msg: &OutboxRow,
+        message: &ForgeMessage,
         task: Option<&Task>,
         project: Option<&ProjectConfig>,
         sends_before: i64,
@@ -233,7 +233,7 @@ impl<'a> Forge<'a> {
                     return Err(crate::tracker::gone("gitea", msg));
                 };
                 let g = clients.gitea(s)?;
-                deliver_gitea(db, g, msg, task, project, sends_before).map(Some)
+                deliver_gitea(db, g, msg, message, task, project, sends_before).map(Some)
             }
         }
     }
@@ -352,34 +352,33 @@ fn store_statuses(
     })
 }
 
-/// Delivers a `forge` outbox message of `task`: `open_pr` (payload
-/// `{branch, base, title, body}`) or `comment` (payload `{text}`, posted
-/// on the task's PR with the dedupe-key marker). `sends_before` > 0 means
+/// Delivers a forge message of `task` to Gitea (`msg` is its row): open
+/// the PR, or comment on it with the dedupe-key marker. `sends_before` > 0 means
 /// an earlier send may have reached Gitea: look before posting. Returns
 /// the remote id (PR number, comment id).
 fn deliver_gitea(
     db: &Db,
     g: &Gitea,
     msg: &OutboxRow,
+    message: &ForgeMessage,
     task: &Task,
     project: &ProjectConfig,
     sends_before: i64,
 ) -> Result<String, AdapterError> {
-    let text = |k: &str| msg.payload.get(k).and_then(Value::as_str).unwrap_or("");
-    match msg.kind.as_str() {
-        "open_pr" => {
-            let base = Some(text("base"))
+    match message {
+        ForgeMessage::OpenPr(open) => {
+            let base = Some(open.base.as_str())
                 .filter(|b| !b.is_empty())
                 .unwrap_or(&project.default_branch);
-            let branch = Some(text("branch"))
+            let branch = Some(open.branch.as_str())
                 .filter(|b| !b.is_empty())
                 .unwrap_or(&task.branch);
-            let pr = g.ensure_pull(&project.repo, base, branch, text("title"), text("body"))?;
+            let pr = g.ensure_pull(&project.repo, base, branch, &open.title, &open.body)?;
             record_pull(db, task, &pr);
             info!(target: "forge", task = task.id, pr = pr.number, "pull request open");
             Ok(pr.number.to_string())
         }
-        "comment" => {
+        ForgeMessage::Comment(comment) => {
             let number = pull_number(g, db, task, project)?;
             let key = db
                 .remote_dedupe_key(msg)
@@ -399,15 +398,10 @@ fn deliver_gitea(
                     return Ok(c.id.to_string());
                 }
             }
-            let body = format!("{}\n\n{mark}", text("text"));
+            let body = format!("{}\n\n{mark}", comment.text);
             let c = g.create_comment(&project.repo, number, &body)?;
             Ok(c.id.to_string())
         }
-        other => Err(AdapterError::Rejected {
-            service: "gitea",
-            op: format!("deliver {other}"),
-            message: format!("unknown forge message kind {other:?}"),
-        }),
     }
 }
 

@@ -27,6 +27,7 @@ pub mod merge_gate;
 pub mod metrics;
 pub mod model;
 pub mod notifier;
+pub mod outbox;
 pub mod pipeline;
 pub mod process;
 pub mod reap;

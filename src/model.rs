@@ -1,5 +1,11 @@
 //! The pipeline's vocabulary: [`Stage`], [`Actor`] and [`JobStatus`].
 //!
+//! [`Stage::ALL`] is the one list of stages: their order (`<`, sorting,
+//! [`Stage::next`]), names, the roles agents run as ([`ROLES`]) and every
+//! list of stages elsewhere (settings keys, help texts, status order)
+//! derive from it. Adding a stage is one line in `stages!` and one arm of
+//! [`Stage::role`] here, then its gate in `pipeline::gate`.
+//!
 //! A leaf: every floor above speaks these types, and the database stores
 //! them as their lowercase names (`deploy-staging`, `worker`, `queued`, …)
 //! through `ToSql`/`FromSql`, so rows carry them typed and no stage or
@@ -44,54 +50,62 @@ macro_rules! named {
     };
 }
 
-/// A pipeline stage, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Stage {
-    Analysis,
-    Architecture,
-    Development,
-    Review,
-    Testing,
-    DeployStaging,
-    Deploy,
-    Done,
+/// Declares [`Stage`] from one list, in pipeline order: the variants, their
+/// names, and [`Stage::ALL`]. The derived order (`<`, `>=`, sorting) is the
+/// declaration order, so it is `ALL`'s order by construction; every list
+/// and order of stages elsewhere derives from `ALL`.
+macro_rules! stages {
+    ($($variant:ident => $name:literal,)+) => {
+        /// A pipeline stage; ordered as the pipeline runs ([`Stage::ALL`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Stage {
+            $($variant,)+
+        }
+
+        impl Stage {
+            /// Every stage in pipeline order: the one list of stages.
+            pub const ALL: [Stage; [$($name),+].len()] = [$(Stage::$variant),+];
+
+            /// The stage's name as stored and printed (`deploy-staging`, …).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Stage::$variant => $name,)+
+                }
+            }
+        }
+    };
+}
+
+stages! {
+    Analysis => "analysis",
+    Architecture => "architecture",
+    Development => "development",
+    Review => "review",
+    Testing => "testing",
+    DeployStaging => "deploy-staging",
+    Deploy => "deploy",
+    Done => "done",
 }
 
 impl Stage {
-    /// Every stage in pipeline order.
-    pub const ALL: [Stage; 8] = [
-        Stage::Analysis,
-        Stage::Architecture,
-        Stage::Development,
-        Stage::Review,
-        Stage::Testing,
-        Stage::DeployStaging,
-        Stage::Deploy,
-        Stage::Done,
-    ];
+    /// The last stage (`Done`): nothing runs there and nothing follows.
+    pub const LAST: Stage = Stage::ALL[Stage::ALL.len() - 1];
 
-    /// The stage's name as stored and printed (`deploy-staging`, …).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Analysis => "analysis",
-            Stage::Architecture => "architecture",
-            Stage::Development => "development",
-            Stage::Review => "review",
-            Stage::Testing => "testing",
-            Stage::DeployStaging => "deploy-staging",
-            Stage::Deploy => "deploy",
-            Stage::Done => "done",
-        }
+    /// The stage's place in [`Stage::ALL`], from 0.
+    pub const fn position(self) -> usize {
+        self as usize
     }
 
-    /// The stage after this one (`Done` stays `Done`).
+    /// The stage after this one (the last stays the last).
     pub fn next(self) -> Stage {
-        let i = Stage::ALL.iter().position(|s| *s == self).unwrap_or(7);
-        Stage::ALL[(i + 1).min(7)]
+        Stage::ALL
+            .get(self.position() + 1)
+            .copied()
+            .unwrap_or(Stage::LAST)
     }
 
     /// The role whose agent runs in this stage (`None` for `Done`).
-    pub fn role(self) -> Option<&'static str> {
+    pub const fn role(self) -> Option<&'static str> {
         Some(match self {
             Stage::Analysis => "analyst",
             Stage::Architecture => "architect",
@@ -102,6 +116,60 @@ impl Stage {
             Stage::Done => return None,
         })
     }
+}
+
+/// The roles agents run as: those of [`Stage::ALL`], each once, in
+/// pipeline order (`analyst`, `architect`, `developer`, `reviewer`,
+/// `tester`, `deployer`). Derived at compile time, so a stage with a new
+/// role adds the role here.
+pub const ROLES: [&str; ROLE_TABLE.1] = {
+    let mut out = [""; ROLE_TABLE.1];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = ROLE_TABLE.0[i];
+        i += 1;
+    }
+    out
+};
+
+/// The distinct roles of [`Stage::ALL`] in order (the rest of the array
+/// empty), and how many there are.
+const ROLE_TABLE: ([&str; Stage::ALL.len()], usize) = {
+    let mut roles = [""; Stage::ALL.len()];
+    let mut n = 0;
+    let mut i = 0;
+    while i < Stage::ALL.len() {
+        if let Some(role) = Stage::ALL[i].role() {
+            let mut seen = false;
+            let mut j = 0;
+            while j < n {
+                seen |= same(roles[j], role);
+                j += 1;
+            }
+            if !seen {
+                roles[n] = role;
+                n += 1;
+            }
+        }
+        i += 1;
+    }
+    (roles, n)
+};
+
+/// `a == b`, at compile time.
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 impl FromStr for Stage {
@@ -236,6 +304,64 @@ mod tests {
             serde_json::to_string(&Stage::DeployStaging).unwrap(),
             "\"deploy-staging\""
         );
+    }
+
+    #[test]
+    fn stage_all_is_the_one_order_of_stages() {
+        // next() walks ALL in order and stops at the last.
+        let mut walked = vec![Stage::ALL[0]];
+        while *walked.last().unwrap() != Stage::LAST {
+            walked.push(walked.last().unwrap().next());
+            assert!(walked.len() <= Stage::ALL.len(), "{walked:?}");
+        }
+        assert_eq!(walked, Stage::ALL);
+        assert_eq!(Stage::LAST.next(), Stage::LAST);
+        assert_eq!(Stage::LAST, Stage::Done);
+        // The order (<, sorting) and the position are ALL's.
+        for (i, s) in Stage::ALL.into_iter().enumerate() {
+            assert_eq!(s.position(), i, "{s}");
+            assert!(Stage::ALL[..i].iter().all(|earlier| *earlier < s), "{s}");
+        }
+        let mut sorted = Stage::ALL;
+        sorted.reverse();
+        sorted.sort();
+        assert_eq!(sorted, Stage::ALL);
+        // Each name parses back to its stage, and names are distinct.
+        for s in Stage::ALL {
+            assert_eq!(s.to_string().parse::<Stage>(), Ok(s));
+        }
+        let err = "limbo".parse::<Stage>().unwrap_err();
+        assert!(
+            err.ends_with("expected one of analysis, architecture, development, review, testing, deploy-staging, deploy, done"),
+            "{err}"
+        );
+        // Only the last stage runs no agent.
+        for s in Stage::ALL {
+            assert_eq!(s.role().is_none(), s == Stage::LAST, "{s}");
+        }
+    }
+
+    #[test]
+    fn the_roles_are_the_stages_roles_each_once_in_order() {
+        assert_eq!(
+            ROLES,
+            [
+                "analyst",
+                "architect",
+                "developer",
+                "reviewer",
+                "tester",
+                "deployer"
+            ]
+        );
+        let mut want: Vec<&str> = Vec::new();
+        for role in Stage::ALL.into_iter().filter_map(Stage::role) {
+            if !want.contains(&role) {
+                want.push(role);
+            }
+        }
+        assert_eq!(ROLES.to_vec(), want);
+        assert!(!same("deployer", "deploy") && same("tester", "tester"));
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! the choice `ORCH_NOTIFIER` makes between a log line and a Telegram
 //! chat; `orch deliver` asks it, and never compares notifier kinds itself.
 
-use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::adapters::{AdapterError, Clients};
 use crate::config::{AdapterSettings, NotifierKind, ProjectConfig};
 use crate::ctx::Ctx;
 use crate::db::{OutboxRow, Task};
+use crate::outbox::{Notification, NotifyKind};
 use crate::tracker::Tracker;
 
 /// The configured notifier.
@@ -46,9 +46,9 @@ impl<'a> Notifier<'a> {
         matches!(self, Notifier::Telegram(_))
     }
 
-    /// Sends a `notify` message: its `text`, prefixed `orch: ` and followed
-    /// by the work item's link when the task's tracker has one. Returns the
-    /// remote message id (Telegram).
+    /// Sends a notification (`msg` is its row): its text, prefixed
+    /// `orch: ` and followed by the work item's link when the task's
+    /// tracker has one. Returns the remote message id (Telegram).
     ///
     /// Errors: [`AdapterError`]s of the Telegram client.
     pub fn send(
@@ -56,21 +56,19 @@ impl<'a> Notifier<'a> {
         ctx: &Ctx,
         clients: &Clients,
         msg: &OutboxRow,
+        note: &Notification,
         task: Option<&Task>,
         project: Option<&ProjectConfig>,
     ) -> Result<Option<String>, AdapterError> {
-        let text = msg
-            .payload
-            .get("text")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let text = &note.text;
+        let kind = note.kind.as_str();
         match self {
             Notifier::Log => {
                 // An escalation needs a human: WARN, so `-q` still shows it.
-                if msg.kind == "escalated" {
-                    warn!(target: "notify", key = %msg.dedupe_key, kind = %msg.kind, "{text}");
+                if note.kind == NotifyKind::Escalated {
+                    warn!(target: "notify", key = %msg.dedupe_key, kind, "{text}");
                 } else {
-                    info!(target: "notify", key = %msg.dedupe_key, kind = %msg.kind, "{text}");
+                    info!(target: "notify", key = %msg.dedupe_key, kind, "{text}");
                 }
                 Ok(None)
             }

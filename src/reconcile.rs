@@ -39,13 +39,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
 use crate::config::{ProjectConfig, StateKind};
 use crate::ctx::Ctx;
 use crate::db::Db;
+use crate::outbox::{self, Message, Notification, NotifyKind, Occasion};
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::{self, Actor, Move, Moved, Stage};
 pub use crate::tracker::TrackerItem;
@@ -430,14 +431,18 @@ fn gate_side(
             let moved = pipeline::apply(tx, ctx.policy(), &m, now)?;
             if let Moved::Applied { version, .. } = moved {
                 tx.bump_counter("reconcile.unblocked_total", 1)?;
-                tx.insert_outbox(
-                    &format!("task:{}:v{version}:reconcile", task.id),
-                    Some(task.id),
-                    "notify",
-                    "unblocked",
-                    &json!({ "text": format!("reconcile unblocked task {} ({}): {stage} → {to}", task.id, task.title) }),
-                    now,
-                )?;
+                let note = Notification {
+                    kind: NotifyKind::Unblocked,
+                    text: format!(
+                        "reconcile unblocked task {} ({}): {stage} → {to}",
+                        task.id, task.title
+                    ),
+                };
+                let on = Occasion::Reconcile {
+                    task_id: task.id,
+                    version,
+                };
+                outbox::queue(tx, &on, &Message::Notify(note), now)?;
             }
             Ok(moved)
         })?;

@@ -14,49 +14,21 @@
 //! is the read plus the creation tokens; output and cost (USD) as
 //! reported.
 
-use serde_json::{json, Value};
-
 use crate::adapters::html_escape;
 use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
-use crate::db::{Db, Job, OutboxRow, RunUsage, Task, Tx};
+use crate::db::{Db, Job, RunUsage, Task, Tx};
 use crate::forge::Forge;
+use crate::outbox::{
+    self, ForgeMessage, Message, Occasion, PrComment, Report, ReportVerdict, TrackerComment,
+    TrackerMessage,
+};
 use crate::pipeline::job::Finalized;
 use crate::pipeline::Stage;
 
-/// Token and cost numbers of one run.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Usage {
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cache_read_input_tokens: i64,
-    pub cache_creation_input_tokens: i64,
-    pub cost_usd: f64,
-}
+pub use crate::outbox::Usage;
 
 impl Usage {
-    /// Input including the cache: input + cache read + cache creation.
-    pub fn full_input(&self) -> i64 {
-        self.input_tokens + self.cache_read_input_tokens + self.cache_creation_input_tokens
-    }
-    /// The cached part of the input: cache read + cache creation.
-    pub fn cached_input(&self) -> i64 {
-        self.cache_read_input_tokens + self.cache_creation_input_tokens
-    }
-    /// `input 38934 tokens (38926 cached: 33204 read, 5722 written) ·
-    /// output 110 tokens · cost $0.0375`
-    pub fn line(&self) -> String {
-        format!(
-            "input {} tokens ({} cached: {} read, {} written) · output {} tokens · cost ${:.4}",
-            self.full_input(),
-            self.cached_input(),
-            self.cache_read_input_tokens,
-            self.cache_creation_input_tokens,
-            self.output_tokens,
-            self.cost_usd
-        )
-    }
-
     fn from_run(r: &RunUsage) -> Option<Usage> {
         r.usage_known.then_some(Usage {
             input_tokens: r.input_tokens,
@@ -64,17 +36,6 @@ impl Usage {
             cache_read_input_tokens: r.cache_read_input_tokens,
             cache_creation_input_tokens: r.cache_creation_input_tokens,
             cost_usd: r.cost_usd,
-        })
-    }
-
-    fn from_json(v: &Value) -> Option<Usage> {
-        let n = |k: &str| v.get(k).and_then(Value::as_i64).unwrap_or(0);
-        v.is_object().then(|| Usage {
-            input_tokens: n("input_tokens"),
-            output_tokens: n("output_tokens"),
-            cache_read_input_tokens: n("cache_read_input_tokens"),
-            cache_creation_input_tokens: n("cache_creation_input_tokens"),
-            cost_usd: v.get("cost_usd").and_then(Value::as_f64).unwrap_or(0.0),
         })
     }
 }
@@ -158,7 +119,11 @@ impl RunReport {
         let usage = run.as_ref().and_then(Usage::from_run);
         let verdict = tx.verdict_for_job(job.id)?;
         let run_no = run.as_ref().map_or(job.attempt, |r| r.attempt);
-        let key = format!("task:{}:job{}:a{run_no}:report", task.id, job.id);
+        let on = Occasion::Run {
+            task_id: task.id,
+            job_id: job.id,
+            run: run_no,
+        };
         // As counted toward the cap: runs an account limit stopped do not
         // count (the key keeps the run number: one report per run).
         let attempt = run_no - job.free_attempts;
@@ -193,31 +158,30 @@ impl RunReport {
             text += &format!(" · commit {}", short(h));
         }
         text += &format!("\n{usage_line}");
-        let report = json!({
-            "role": job.role,
-            "stage": job.stage,
-            "job_id": job.id,
-            "attempt": attempt,
-            "outcome": outcome,
-            "exit_code": run.as_ref().and_then(|r| r.exit_code),
-            "verdict": verdict.as_ref().map(|(v, s)| json!({ "verdict": v, "summary": s })),
-            "permission_denials": denials,
-            "branch": task.branch,
-            "commit": self.head,
-            "usage": usage.map(|u| json!({
-                "input_tokens": u.input_tokens,
-                "output_tokens": u.output_tokens,
-                "cache_read_input_tokens": u.cache_read_input_tokens,
-                "cache_creation_input_tokens": u.cache_creation_input_tokens,
-                "cost_usd": u.cost_usd,
-            })),
-        });
-        tx.insert_outbox(
-            &key,
-            Some(task.id),
-            "tracker",
-            "comment",
-            &json!({ "text": text, "report": report }),
+        let report = Report {
+            role: job.role.clone(),
+            stage: job.stage.to_string(),
+            job_id: job.id,
+            attempt,
+            outcome: outcome.clone(),
+            exit_code: run.as_ref().and_then(|r| r.exit_code),
+            verdict: verdict.as_ref().map(|(v, s)| ReportVerdict {
+                verdict: v.clone(),
+                summary: s.clone(),
+            }),
+            permission_denials: denials,
+            branch: task.branch.clone(),
+            commit: self.head.clone(),
+            usage,
+        };
+        let comment = TrackerComment {
+            text,
+            report: Some(Box::new(report)),
+        };
+        outbox::queue(
+            tx,
+            &on,
+            &Message::Tracker(TrackerMessage::Comment(comment)),
             now_ms,
         )?;
         let stage = Some(job.stage);
@@ -236,12 +200,11 @@ impl RunReport {
                 md += &format!("\n\nat {h}");
             }
             md += &format!("\n\n{usage_line}");
-            tx.insert_outbox(
-                &format!("{key}:pr"),
-                Some(task.id),
-                "forge",
-                "comment",
-                &json!({ "text": md }),
+            let comment = PrComment { text: md };
+            outbox::queue(
+                tx,
+                &on,
+                &Message::Forge(ForgeMessage::Comment(comment)),
                 now_ms,
             )?;
         }
@@ -253,37 +216,31 @@ fn short(sha: &str) -> &str {
     &sha[..sha.len().min(10)]
 }
 
-/// The HTML of a tracker comment message for Plane: a run report with its
-/// links (rendered now, so the PR opened meanwhile is linked), or the
-/// message's text.
+/// The HTML of a tracker comment for Plane: a run report with its links
+/// (rendered now, so the PR opened meanwhile is linked), or the comment's
+/// text.
 pub fn tracker_html(
     ctx: &Ctx,
     db: &Db,
-    msg: &OutboxRow,
+    comment: &TrackerComment,
     task: &Task,
     project: &ProjectConfig,
 ) -> String {
-    let text = msg
-        .payload
-        .get("text")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let Some(r) = msg.payload.get("report").filter(|r| r.is_object()) else {
-        return crate::adapters::plane::text_html(text);
+    let Some(r) = &comment.report else {
+        return crate::adapters::plane::text_html(&comment.text);
     };
-    let s = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("");
     let mut html = format!(
         "<p><strong>{}</strong> run (job {}, attempt {}): {}</p>",
-        html_escape(s("role")),
-        r.get("job_id").and_then(Value::as_i64).unwrap_or(0),
-        r.get("attempt").and_then(Value::as_i64).unwrap_or(0),
-        html_escape(s("outcome"))
+        html_escape(&r.role),
+        r.job_id,
+        r.attempt,
+        html_escape(&r.outcome)
     );
-    if let Some(v) = r.get("verdict").filter(|v| v.is_object()) {
+    if let Some(v) = &r.verdict {
         html += &format!(
             "<p>Verdict <strong>{}</strong>: {}</p>",
-            html_escape(v.get("verdict").and_then(Value::as_str).unwrap_or("")),
-            html_escape(v.get("summary").and_then(Value::as_str).unwrap_or(""))
+            html_escape(&v.verdict),
+            html_escape(&v.summary)
         );
     }
     let links = Forge::for_project(ctx, project).links(project);
@@ -291,7 +248,7 @@ pub fn tracker_html(
         Some(h) => format!("<a href=\"{}\">{}</a>", html_escape(&h), html_escape(label)),
         None => html_escape(label),
     };
-    let branch = s("branch");
+    let branch = &r.branch;
     let mut parts = vec![format!(
         "Branch {}",
         a(links.as_ref().map(|l| l.branch(branch)), branch)
@@ -300,12 +257,12 @@ pub fn tracker_html(
         let href = links.as_ref().map(|l| l.pull(pr.number));
         parts.push(format!("PR {}", a(href, &format!("#{}", pr.number))));
     }
-    if let Some(sha) = r.get("commit").and_then(Value::as_str) {
+    if let Some(sha) = &r.commit {
         let href = links.as_ref().map(|l| l.commit(sha));
         parts.push(format!("commit {}", a(href, short(sha))));
     }
     html += &format!("<p>{}</p>", parts.join(" · "));
-    html += &match r.get("usage").and_then(Usage::from_json) {
+    html += &match &r.usage {
         Some(u) => format!("<p>Usage: {}</p>", html_escape(&u.line())),
         None => "<p>Usage: unknown (the agent printed no result)</p>".to_string(),
     };

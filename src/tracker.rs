@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::adapters::plane::{Issue, Plane};
@@ -22,6 +21,7 @@ use crate::clock::now_ms;
 use crate::config::{AdapterSettings, ProjectConfig, StateKind, TrackerKind};
 use crate::ctx::Ctx;
 use crate::db::{CachedState, Db, OutboxRow, Task};
+use crate::outbox::{TrackerComment, TrackerMessage, TrackerState};
 use crate::pipeline::WorkItem;
 
 /// A project's tracker, chosen by `projects.tracker`.
@@ -166,10 +166,10 @@ impl<'a> Tracker<'a> {
         }
     }
 
-    /// Delivers a `tracker` outbox message: `state` (payload `{state:
-    /// "needs_input"|"done"|…}`) moves the work item; `comment` (payload
-    /// `{text}` or a run report, whose Plane HTML `comment_html` renders)
-    /// posts a comment once. `sends_before` > 0 means an earlier send may
+    /// Delivers a tracker message (`msg` is its row): a
+    /// [`TrackerState`](crate::outbox::TrackerState) moves the work item;
+    /// a [`TrackerComment`] (text or a run report, whose Plane HTML
+    /// `comment_html` renders) posts a comment once. `sends_before` > 0 means an earlier send may
     /// have reached the tracker: look before posting. Returns the remote
     /// id (state id, comment id), `None` for the local tracker. Plane's
     /// client comes from `clients`, so the caller can see its rate-limit
@@ -184,14 +184,15 @@ impl<'a> Tracker<'a> {
         db: &Db,
         clients: &Clients,
         msg: &OutboxRow,
+        message: &TrackerMessage,
         task: Option<&Task>,
         project: Option<&ProjectConfig>,
         sends_before: i64,
-        comment_html: &dyn Fn() -> String,
+        comment_html: &dyn Fn(&TrackerComment) -> String,
     ) -> Result<Option<String>, AdapterError> {
         match self {
             Tracker::Local => {
-                local_deliver(db, msg, task).map_err(|e| AdapterError::Transport {
+                local_deliver(db, msg, message, task).map_err(|e| AdapterError::Transport {
                     service: "local",
                     op: "tracker".into(),
                     message: format!("{e:#}"),
@@ -208,6 +209,7 @@ impl<'a> Tracker<'a> {
                     db,
                     plane,
                     msg,
+                    message,
                     task,
                     project,
                     sends_before,
@@ -277,28 +279,37 @@ pub(crate) fn gone(service: &'static str, msg: &OutboxRow) -> AdapterError {
 
 /// The local tracker: states of `local_issues`; comments are logged (the
 /// outbox row itself is the record).
-fn local_deliver(db: &Db, msg: &OutboxRow, task: Option<&Task>) -> anyhow::Result<()> {
-    let text = msg
-        .payload
-        .get("text")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let state = msg.payload.get("state").and_then(Value::as_str);
-    if let (Some(t), Some(state)) = (task, state.filter(|_| msg.kind == "state")) {
-        // Tasks created from a Plane delivery have no local issue: their
-        // state change is only logged.
-        let issue = t.tracker_issue_id.parse::<i64>().ok();
-        let known = issue
-            .map(|i| db.local_issue_state(i))
-            .transpose()?
-            .flatten()
-            .is_some();
-        if known {
-            db.write(|tx| tx.set_local_issue_state(issue.unwrap_or_default(), state, now_ms()))?;
+fn local_deliver(
+    db: &Db,
+    msg: &OutboxRow,
+    message: &TrackerMessage,
+    task: Option<&Task>,
+) -> anyhow::Result<()> {
+    match message {
+        TrackerMessage::State(TrackerState { state }) => {
+            let state = state.key();
+            let Some(t) = task else {
+                info!(target: "tracker", key = %msg.dedupe_key, "state → {state} (its task is gone)");
+                return Ok(());
+            };
+            // Tasks created from a Plane delivery have no local issue:
+            // their state change is only logged.
+            let issue = t.tracker_issue_id.parse::<i64>().ok();
+            let known = issue
+                .map(|i| db.local_issue_state(i))
+                .transpose()?
+                .flatten()
+                .is_some();
+            if known {
+                db.write(|tx| {
+                    tx.set_local_issue_state(issue.unwrap_or_default(), state, now_ms())
+                })?;
+            }
+            info!(target: "tracker", key = %msg.dedupe_key, task = t.id, "state → {state}");
         }
-        info!(target: "tracker", key = %msg.dedupe_key, task = t.id, "state → {state}");
-    } else {
-        info!(target: "tracker", key = %msg.dedupe_key, "comment: {text}");
+        TrackerMessage::Comment(c) => {
+            info!(target: "tracker", key = %msg.dedupe_key, "comment: {}", c.text);
+        }
     }
     Ok(())
 }
@@ -493,9 +504,9 @@ pub fn list_work_items(
         .collect())
 }
 
-/// Delivers a `tracker` outbox message of `task` to Plane: `state`
-/// (payload `{state: "needs_input"|"done"|…}`) moves the work item;
-/// `comment` (payload `{text}` or a run report) posts a comment once.
+/// Delivers a tracker message of `task` to Plane (`msg` is its row): a
+/// state moves the work item; a comment (text or a run report) is posted
+/// once.
 /// `sends_before` > 0 means an earlier send may have reached Plane: look
 /// before posting. Returns the remote id (state id, comment id). The
 /// client is passed in so the caller can see its rate-limit window.
@@ -505,28 +516,20 @@ fn deliver_plane(
     db: &Db,
     plane: &Plane,
     msg: &OutboxRow,
+    message: &TrackerMessage,
     task: &Task,
     project: &ProjectConfig,
     sends_before: i64,
-    comment_html: &dyn Fn() -> String,
+    comment_html: &dyn Fn(&TrackerComment) -> String,
 ) -> Result<String, AdapterError> {
     if project.tracker_project_id.is_empty() {
         return Err(no_project_id(project));
     }
     let pid = &project.tracker_project_id;
     let issue = &task.tracker_issue_id;
-    match msg.kind.as_str() {
-        "state" => {
-            let key = msg
-                .payload
-                .get("state")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            let kind = StateKind::from_key(key).ok_or_else(|| AdapterError::Rejected {
-                service: "plane",
-                op: "move work item".into(),
-                message: format!("unknown state {key:?}"),
-            })?;
+    match message {
+        TrackerMessage::State(TrackerState { state: kind }) => {
+            let kind = *kind;
             let id = resolve_state(ctx, db, plane, project, kind, false, true)?;
             match plane.set_state(pid, issue, &id) {
                 Err(e) if e.status() == Some(400) && explicit_id(project, kind).is_none() => {
@@ -541,7 +544,7 @@ fn deliver_plane(
                 Ok(()) => Ok(id),
             }
         }
-        "comment" => {
+        TrackerMessage::Comment(comment) => {
             // Keyed by instance too: another orch posting to this Plane
             // project never has the same external_id.
             let key = &db
@@ -568,17 +571,12 @@ fn deliver_plane(
                     return Ok(id);
                 }
             }
-            let html = comment_html();
+            let html = comment_html(comment);
             match plane.create_comment(pid, issue, &html, key)? {
                 Some(c) => Ok(c.id),
                 None => Ok(find()?.unwrap_or_else(|| format!("external_id:{key}"))),
             }
         }
-        other => Err(AdapterError::Rejected {
-            service: "plane",
-            op: format!("deliver {other}"),
-            message: format!("unknown tracker message kind {other:?}"),
-        }),
     }
 }
 

@@ -182,7 +182,7 @@ const FLOORS: &[(&str, &[&str])] = &[
         ],
     ),
     ("store", &["db"]),
-    ("core", &["pipeline", "ctx"]),
+    ("core", &["pipeline", "ctx", "outbox"]),
     ("clients", &["adapters"]),
     ("services", &["forge", "tracker", "notifier"]),
     (
@@ -270,4 +270,69 @@ fn the_cycle_finder_finds_a_cycle_and_reads_grouped_imports() {
     assert_eq!(cycle.len(), 4);
     graph.get_mut("c").unwrap().clear();
     assert_eq!(find_cycle(&graph), None);
+}
+
+/// The files of `src/` (relative path with `/`, text) that write outbox
+/// rows other than through `outbox::queue`: a call of the store's
+/// `insert_outbox` outside `src/outbox.rs` (and its definition's own file,
+/// `src/db/outbox.rs`), or SQL inserting into `outbox` outside the store.
+/// Comments are left out; test code is not (a test writes rows the way
+/// orch does, or by SQL in `tests/`).
+fn outbox_writers_outside_the_outbox(files: &[(String, String)]) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for (rel, text) in files {
+        for (n, line) in text.lines().enumerate() {
+            let code = match line.find("//") {
+                Some(i) => &line[..i],
+                None => line,
+            };
+            let sql = code.to_ascii_lowercase();
+            let calls = code.contains("insert_outbox")
+                && !matches!(rel.as_str(), "outbox.rs" | "db/outbox.rs");
+            let inserts = (sql.contains("into outbox") || sql.contains("into \"outbox\""))
+                && rel != "db/outbox.rs";
+            if calls || inserts {
+                wrong.push(format!("src/{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn only_the_outbox_module_inserts_outbox_rows() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut paths = Vec::new();
+    rust_files(&src, &mut paths);
+    let files: Vec<(String, String)> = paths
+        .iter()
+        .map(|p| {
+            let rel = p.strip_prefix(&src).unwrap().to_string_lossy();
+            (rel.replace('\\', "/"), std::fs::read_to_string(p).unwrap())
+        })
+        .collect();
+    assert!(files.iter().any(|(rel, _)| rel == "outbox.rs"));
+    let wrong = outbox_writers_outside_the_outbox(&files);
+    assert!(
+        wrong.is_empty(),
+        "outbox rows are written only by orch::outbox::queue (typed message, derived key):\n{}",
+        wrong.join("\n")
+    );
+
+    // The check sees a stray write, by call or by SQL, and not a comment.
+    let stray = |rel: &str, text: &str| {
+        outbox_writers_outside_the_outbox(&[(rel.to_string(), text.to_string())])
+    };
+    assert_eq!(
+        stray("report.rs", "    tx.insert_outbox(&k, None)?;").len(),
+        1
+    );
+    assert_eq!(
+        stray("db/jobs.rs", "\"insert or ignore INTO outbox (x)\"").len(),
+        1
+    );
+    assert_eq!(stray("outbox.rs", "\"INSERT INTO outbox (x)\"").len(), 1);
+    assert!(stray("report.rs", "// tx.insert_outbox is the store's").is_empty());
+    assert!(stray("outbox.rs", "    tx.insert_outbox(&k, None)?;").is_empty());
+    assert!(stray("db/outbox.rs", "\"INSERT INTO outbox (x)\"").is_empty());
 }

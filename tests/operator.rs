@@ -875,6 +875,40 @@ fn the_cli_reads_the_installed_settings_file_when_no_env_file_is_found() {
     );
 }
 
+/// `orch status` and `orch metrics` list stages in pipeline order
+/// (`Stage::ALL`), not by name: development before deploy.
+#[test]
+fn status_and_metrics_list_stages_in_pipeline_order() {
+    let sbx = Sandbox::new();
+    for (title, stage) in [("a", "deploy"), ("b", "development"), ("c", "review")] {
+        let id = sbx.add_issue(title);
+        sbx.db()
+            .execute(
+                "UPDATE tasks SET stage=?1 WHERE id=?2",
+                rusqlite::params![stage, id],
+            )
+            .unwrap();
+    }
+    let status = sbx.ok(&["status"]);
+    let at = |s: &str, needle: &str| {
+        s.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not in\n{s}"))
+    };
+    assert!(
+        at(&status, "  development ") < at(&status, "  review ")
+            && at(&status, "  review ") < at(&status, "  deploy "),
+        "{status}"
+    );
+    let metrics = sbx.ok(&["metrics"]);
+    assert!(
+        at(&metrics, "orch_tasks{stage=\"development\"")
+            < at(&metrics, "orch_tasks{stage=\"review\"")
+            && at(&metrics, "orch_tasks{stage=\"review\"")
+                < at(&metrics, "orch_tasks{stage=\"deploy\""),
+        "{metrics}"
+    );
+}
+
 /// `orch status` bounds its lists (issue 21): 20 entries and "… and N
 /// more", the totals in `--json`; `--all` shows every one.
 #[test]

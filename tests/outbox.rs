@@ -208,3 +208,145 @@ fn all_dead_retries_each_once_fails_again_with_exit_1_and_skips_a_superseded_sta
         "{text}"
     );
 }
+
+/// Rows queued by an orch from before typed messages — written the way
+/// its `insert_outbox` wrote them: these columns, the `json!` payload's
+/// text — deliver unchanged; a row that is no message orch knows is a
+/// dead letter at once with the reason, and does not hold up the later
+/// messages of its task and channel.
+#[test]
+fn rows_queued_by_an_older_orch_deliver_and_a_malformed_row_is_a_dead_letter() {
+    use serde_json::json;
+    let sbx = Sandbox::new();
+    let id = sbx.add_issue("Old rows");
+    sbx.ok(&["deliver"]);
+    let report = json!({
+        "role": "reviewer", "stage": "review", "job_id": 1, "attempt": 1,
+        "outcome": "succeeded", "exit_code": 0,
+        "verdict": { "verdict": "approve", "summary": "fine" },
+        "permission_denials": [], "branch": "orch/widget-1", "commit": null,
+        "usage": null,
+    });
+    let rows = [
+        (
+            "bad:state",
+            "tracker",
+            "state",
+            json!({ "state": "sideways" }),
+        ),
+        ("bad:kind", "notify", "fired", json!({ "text": "?" })),
+        (
+            "old:comment",
+            "tracker",
+            "comment",
+            json!({ "text": "old comment" }),
+        ),
+        (
+            "old:report",
+            "tracker",
+            "comment",
+            json!({ "text": "old report", "report": report }),
+        ),
+        (
+            "old:state",
+            "tracker",
+            "state",
+            json!({ "state": "needs_input" }),
+        ),
+        (
+            "old:pr",
+            "forge",
+            "open_pr",
+            json!({ "branch": "orch/widget-1", "base": "main", "title": "t", "body": "b" }),
+        ),
+        (
+            "old:pr-comment",
+            "forge",
+            "comment",
+            json!({ "text": "pr note" }),
+        ),
+        (
+            "old:escalated",
+            "notify",
+            "escalated",
+            json!({ "text": "old escalation" }),
+        ),
+        (
+            "old:deployed",
+            "notify",
+            "deployed",
+            json!({ "text": "old deploy" }),
+        ),
+        (
+            "old:unblocked",
+            "notify",
+            "unblocked",
+            json!({ "text": "old unblock" }),
+        ),
+        (
+            "old:parked",
+            "notify",
+            "parked",
+            json!({ "text": "old park" }),
+        ),
+        (
+            "old:paused",
+            "notify",
+            "paused",
+            json!({ "text": "old pause" }),
+        ),
+    ];
+    let db = sbx.db();
+    let mut ids = Vec::new();
+    for (key, channel, kind, payload) in &rows {
+        db.execute(
+            "INSERT INTO outbox (dedupe_key, task_id, channel, kind, payload, next_attempt_at_ms, created_at_ms) \
+             VALUES (?1,?2,?3,?4,?5,?6,?6) ON CONFLICT(dedupe_key) DO NOTHING",
+            rusqlite::params![key, id, channel, kind, payload.to_string(), 0],
+        )
+        .unwrap();
+        ids.push(db.last_insert_rowid());
+    }
+    drop(db);
+
+    let out = sbx.orch().args(["--json", "deliver"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["dead_lettered"], json!(ids[..2]), "{v}");
+    assert_eq!(v["delivered"], json!(ids[2..]), "{v}\n{stderr}");
+    let failed = v["failed"].to_string();
+    assert!(
+        failed.contains("malformed tracker/state message")
+            && failed.contains("unknown tracker state \\\"sideways\\\"")
+            && failed.contains("malformed notify/fired message: unknown notification kind"),
+        "{failed}"
+    );
+    for text in ["old comment", "old escalation", "old pause"] {
+        assert!(stderr.contains(text), "{text} in {stderr}");
+    }
+    let state: String = sbx
+        .db()
+        .query_row(
+            "SELECT l.state FROM local_issues l JOIN tasks t \
+             ON t.tracker_issue_id = CAST(l.id AS TEXT) WHERE t.id=?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(state, "needs_input");
+
+    // The operator sees why, and a retry of it fails the same way.
+    let dead = sbx.ok(&["outbox", "list", "--dead"]);
+    assert!(
+        dead.contains("permanent: malformed tracker/state message"),
+        "{dead}"
+    );
+    let again = sbx
+        .orch()
+        .args(["--json", "outbox", "retry", &ids[1].to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert_eq!(outbox_row(&sbx, ids[1]).0, "dead");
+}

@@ -359,7 +359,11 @@ fn a_reaper_leaves_a_live_finalizing_worker_alone_and_after_the_grace_only_one_a
     assert!(sbx.ok(&["reap"]).contains("nothing to reap"));
     // once it falls silent the reaper finishes the job too; the claim decides
     sbx.set("ORCH_HEARTBEAT_STALE_S", "1");
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    wait_until(
+        20,
+        "the reaper to see the worker's heartbeat as stale",
+        || sbx.json(&["reap", "--dry-run"])["actions"][0]["action"] == "finish",
+    );
     let reaped = sbx.json(&["reap"]);
     assert!(worker.wait_with_output().unwrap().status.success());
     let result = reaped["actions"][0]["result"].as_str().unwrap().to_string();

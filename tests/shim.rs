@@ -520,7 +520,13 @@ fn sigterm_finishes_the_requests_in_flight_and_loses_no_202() {
     let pid = server.child.id() as i32;
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    thread::sleep(Duration::from_millis(200)); // the signal lands; not an assertion
+    // The rest of the body goes out once the server has taken the signal.
+    let log = sbx.dir.join("serve.stderr");
+    wait_until(20, "the server to log that it is stopping", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stopping: no new connections")
+    });
     slow.stream().write_all(&slow_body[half..]).unwrap();
     let (s, b, closes) = slow.read_answer().unwrap();
     assert_eq!(s, 202, "the request in flight at SIGTERM: {b}");

@@ -558,15 +558,9 @@ fn default_test_timeout() -> u64 {
     600
 }
 
-/// The roles agents can be configured for.
-pub const ROLES: [&str; 6] = [
-    "analyst",
-    "architect",
-    "developer",
-    "reviewer",
-    "tester",
-    "deployer",
-];
+/// The roles agents can be configured for: those of the stages, in
+/// pipeline order (derived from `Stage::ALL`).
+pub use crate::model::ROLES;
 
 impl Config {
     /// The project named `name`.

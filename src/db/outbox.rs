@@ -185,9 +185,11 @@ impl Db {
 }
 
 impl Tx<'_> {
-    /// Writes an outbox message; a second write with the same `dedupe_key`
-    /// is a no-op. Returns whether a row was inserted.
-    pub fn insert_outbox(
+    /// Writes an outbox row; a second write with the same `dedupe_key` is
+    /// a no-op. Returns whether a row was inserted. Only
+    /// `crate::outbox::queue` calls it (`tests/layers.rs` checks), which
+    /// derives every column from a typed message.
+    pub(crate) fn insert_outbox(
         &self,
         dedupe_key: &str,
         task_id: Option<i64>,

@@ -246,13 +246,16 @@ impl Db {
             .unwrap_or(false))
     }
 
-    /// `(stage, escalated, count)` over all tasks.
+    /// `(stage, escalated, count)` over all tasks, in pipeline order
+    /// (`Stage::ALL`), not escalated first.
     pub fn tasks_by_stage(&self) -> anyhow::Result<Vec<(Stage, bool, i64)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT stage, escalated, COUNT(*) FROM tasks GROUP BY stage, escalated ORDER BY stage",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT stage, escalated, COUNT(*) FROM tasks GROUP BY stage, escalated")?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut rows: Vec<(Stage, bool, i64)> = rows.collect::<Result<_, _>>()?;
+        rows.sort();
+        Ok(rows)
     }
 
     /// Local tracker issues of a project: `(id, state)`.

@@ -98,27 +98,34 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Tasks by `(stage, state, count)`; state is `escalated`,
-    /// `awaiting_human` (at analysis, no active job: waiting for approval),
-    /// `done` or `active`.
+    /// Tasks by `(stage, state, count)`, in pipeline order (`Stage::ALL`)
+    /// then by state; state is `escalated`, `awaiting_human` (at analysis,
+    /// no active job: waiting for approval), `done` or `active`.
     pub fn tasks_by_stage_and_state(&self) -> anyhow::Result<Vec<(Stage, String, i64)>> {
         let mut stmt = self.conn.prepare(
-            "SELECT stage, CASE WHEN escalated THEN 'escalated' WHEN stage='done' THEN 'done' \
-               WHEN stage='analysis' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.task_id=tasks.id \
+            "SELECT stage, CASE WHEN escalated THEN 'escalated' WHEN stage=?1 THEN 'done' \
+               WHEN stage=?2 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.task_id=tasks.id \
                  AND j.status IN ('queued','running')) THEN 'awaiting_human' ELSE 'active' END AS state, \
-             COUNT(*) FROM tasks GROUP BY stage, state ORDER BY stage, state",
+             COUNT(*) FROM tasks GROUP BY stage, state",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map(params![Stage::Done, Stage::Analysis], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        let mut rows: Vec<(Stage, String, i64)> = rows.collect::<Result<_, _>>()?;
+        rows.sort();
+        Ok(rows)
     }
 
-    /// The oldest `updated_at_ms` of the unfinished tasks at each stage.
+    /// The oldest `updated_at_ms` of the unfinished tasks at each stage, in
+    /// pipeline order (`Stage::ALL`).
     pub fn oldest_unchanged_by_stage(&self) -> anyhow::Result<Vec<(Stage, i64)>> {
         let mut stmt = self.conn.prepare(
-            "SELECT stage, MIN(updated_at_ms) FROM tasks WHERE stage<>'done' GROUP BY stage ORDER BY stage",
+            "SELECT stage, MIN(updated_at_ms) FROM tasks WHERE stage<>?1 GROUP BY stage",
         )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map([Stage::Done], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut rows: Vec<(Stage, i64)> = rows.collect::<Result<_, _>>()?;
+        rows.sort();
+        Ok(rows)
     }
 
     /// Since when the oldest runnable job (queued, available at `now_ms`,

@@ -27,11 +27,12 @@ pub mod spend;
 use std::fmt;
 use std::path::Path;
 
-use serde_json::json;
-
-use crate::config::ProjectConfig;
+use crate::config::{ProjectConfig, StateKind};
 use crate::db::{Task, Tx};
 pub use crate::model::{Actor, JobStatus, Stage};
+use crate::outbox::{
+    self, Message, Notification, NotifyKind, Occasion, TrackerComment, TrackerMessage, TrackerState,
+};
 
 /// Whether `from → to` is a legal step of the stage machine: forward by
 /// one, a rerun of the same stage (retry, reject, unblock), or a return to
@@ -206,7 +207,10 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     };
     crate::failpoint::failpoint("transition.before_outbox");
     // 5. side effects
-    let key = |what: &str| format!("task:{}:v{}:{}", task.id, version, what);
+    let on = Occasion::Transition {
+        task_id: task.id,
+        version,
+    };
     let text = format!(
         "orch: {} → {} by {}{}",
         m.from,
@@ -218,46 +222,33 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
             format!(": {}", m.reason)
         }
     );
-    tx.insert_outbox(
-        &key("comment"),
-        Some(task.id),
-        "tracker",
-        "comment",
-        &json!({ "text": text }),
+    let comment = TrackerComment { text, report: None };
+    outbox::queue(
+        tx,
+        &on,
+        &Message::Tracker(TrackerMessage::Comment(comment)),
         now_ms,
     )?;
     // An escalation or the end of the pipeline also moves the tracker item
     // and notifies people: (tracker state, notification kind, text).
     let settled = match (&escalate, m.to) {
         (Some(reason), _) => Some((
-            "needs_input",
-            "escalated",
+            StateKind::NeedsInput,
+            NotifyKind::Escalated,
             format!("task {} ({}) escalated: {reason}", task.id, task.title),
         )),
         (None, Stage::Done) => Some((
-            "done",
-            "deployed",
+            StateKind::Done,
+            NotifyKind::Deployed,
             format!("task {} ({}) deployed and done", task.id, task.title),
         )),
         (None, _) => None,
     };
     if let Some((state, kind, text)) = settled {
-        tx.insert_outbox(
-            &key("state"),
-            Some(task.id),
-            "tracker",
-            "state",
-            &json!({ "state": state }),
-            now_ms,
-        )?;
-        tx.insert_outbox(
-            &key("notify"),
-            Some(task.id),
-            "notify",
-            kind,
-            &json!({ "text": text }),
-            now_ms,
-        )?;
+        let state = Message::Tracker(TrackerMessage::State(TrackerState { state }));
+        outbox::queue(tx, &on, &state, now_ms)?;
+        let note = Message::Notify(Notification { kind, text });
+        outbox::queue(tx, &on, &note, now_ms)?;
     }
     // 6. the merge lease follows the task: handed to the deploy job, or
     // released when the task leaves the merge (DESIGN §7).
@@ -348,12 +339,17 @@ pub fn create_task(
         now_ms,
     )?;
     tx.enqueue_job(id, Stage::Analysis, "analyst", 1, now_ms)?;
-    tx.insert_outbox(
-        &format!("task:{id}:v1:comment"),
-        Some(id),
-        "tracker",
-        "comment",
-        &json!({ "text": format!("orch: picked up as task {id} on branch {branch}") }),
+    let comment = TrackerComment {
+        text: format!("orch: picked up as task {id} on branch {branch}"),
+        report: None,
+    };
+    outbox::queue(
+        tx,
+        &Occasion::Transition {
+            task_id: id,
+            version: 1,
+        },
+        &Message::Tracker(TrackerMessage::Comment(comment)),
         now_ms,
     )?;
     Ok((id, true))

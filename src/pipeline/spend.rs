@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
 use crate::backoff::backoff_ms;
 use crate::config::{Config, Settings};
 use crate::db::{Job, Measure, Tx};
+use crate::outbox::{
+    self, Message, Notification, NotifyKind, Occasion, TrackerComment, TrackerMessage,
+};
 
 use super::job::{change, Changed, Finalized, How, JobChange};
 use super::JobStatus;
@@ -259,22 +262,20 @@ pub(super) fn park(tx: &Tx, task_id: i64, reason: &str, now_ms: i64) -> anyhow::
         "task {task_id} parked: its next job would pass the {reason}. It resumes when the day \
          rolls over or the ceiling is raised (or by hand: orch task unpark {task_id})"
     );
-    let payload = serde_json::json!({ "text": text });
-    let key = format!("park:{task_id}:{now_ms}");
-    tx.insert_outbox(
-        &format!("{key}:notify"),
-        Some(task_id),
-        "notify",
-        "parked",
-        &payload,
-        now_ms,
-    )?;
-    tx.insert_outbox(
-        &format!("{key}:comment"),
-        Some(task_id),
-        "tracker",
-        "comment",
-        &payload,
+    let on = Occasion::Park {
+        task_id,
+        since_ms: now_ms,
+    };
+    let note = Notification {
+        kind: NotifyKind::Parked,
+        text: text.clone(),
+    };
+    outbox::queue(tx, &on, &Message::Notify(note), now_ms)?;
+    let comment = TrackerComment { text, report: None };
+    outbox::queue(
+        tx,
+        &on,
+        &Message::Tracker(TrackerMessage::Comment(comment)),
         now_ms,
     )?;
     Ok(())
@@ -332,14 +333,16 @@ pub fn pause_for_limit(
             crate::clock::format_ms(pause.until_ms),
             pause.until_ms
         );
-        tx.insert_outbox(
-            &format!("pause:{account}:{}", pause.since_ms),
-            Some(job.task_id),
-            "notify",
-            "paused",
-            &serde_json::json!({ "text": text }),
-            now,
-        )?;
+        let on = Occasion::Pause {
+            account,
+            since_ms: pause.since_ms,
+            task_id: job.task_id,
+        };
+        let note = Notification {
+            kind: NotifyKind::Paused,
+            text,
+        };
+        outbox::queue(tx, &on, &Message::Notify(note), now)?;
     }
     Ok(Finalized::Paused {
         account: account.to_string(),
