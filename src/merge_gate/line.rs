@@ -319,53 +319,21 @@ fn round(
             send_back(ctx, db, &task, &format!("merge line: {e}"), None, &mut rep)?;
             continue;
         }
-        let worktree = Path::new(&task.worktree);
-        repo.ensure_worktree(worktree, &task.branch)?;
-        let before = repo.head_sha(worktree)?;
-        let pushed = repo.remote_branch_sha(&task.branch)?;
-        match repo.rebase_onto(worktree, Some((&tip, r.base.as_deref())))? {
-            RebaseOutcome::Conflict { files } => {
-                let files = files.join(", ");
-                steps.push(format!(
-                    "task {}: {} conflicts with {default} + the tasks ahead of it ({}) in {files}; out of the batch",
-                    task.id,
-                    task.branch,
-                    short(&tip)
-                ));
-                let reason = format!(
-                    "merge line: rebase onto {default} and the tasks ahead of it ({}) conflicts in {files}",
-                    short(&tip)
-                );
-                send_back(ctx, db, &task, &reason, None, &mut rep)?;
-                continue;
+        match build_one(db, repo, default, &task, r, &tip, steps) {
+            Ok(Ok(head)) => {
+                tip = head.clone();
+                built.push(Built { task, head });
             }
-            RebaseOutcome::UpToDate => steps.push(format!(
-                "task {}: {} contains {}",
-                task.id,
-                task.branch,
-                short(&tip)
-            )),
-            RebaseOutcome::Rebased { new_head } => steps.push(format!(
-                "task {}: rebased {} onto {}: {} → {}",
-                task.id,
-                task.branch,
-                short(&tip),
-                short(&before),
-                short(&new_head)
-            )),
+            Ok(Err(reason)) => send_back(ctx, db, &task, &reason, None, &mut rep)?,
+            // One task's worktree that can never be used (its git metadata
+            // changed, …) must not hold up the line: it goes back.
+            Err(e) if crate::error::is_permanent(&e) => {
+                let reason = format!("merge line: {e:#}");
+                steps.push(format!("task {}: {reason}; out of the batch", task.id));
+                send_back(ctx, db, &task, &reason, None, &mut rep)?;
+            }
+            Err(e) => return Err(e),
         }
-        db.write(|tx| tx.line_set_base(task.id, &tip))?;
-        sync_branch(
-            repo,
-            worktree,
-            &task.branch,
-            pushed.as_deref(),
-            &before,
-            steps,
-        )?;
-        let head = repo.head_sha(worktree)?;
-        tip = head.clone();
-        built.push(Built { task, head });
     }
     failpoint("merge_line.after_build");
     if built.is_empty() {
@@ -492,6 +460,63 @@ fn round(
     let tip = last.head.clone();
     db.write(|tx| tx.line_finish_batch(batch_id, state, Some(&tip), tests, now_ms()))?;
     Ok(rep)
+}
+
+/// Builds `task` (row `r`) on `tip`: rebases its branch onto it (shedding
+/// what it was last built on), records the base, pushes the branch.
+/// `Ok(head)`, or `Err(reason)` when it conflicts with the tasks ahead.
+fn build_one(
+    db: &Db,
+    repo: &Repo,
+    default: &str,
+    task: &Task,
+    r: &LineRow,
+    tip: &str,
+    steps: &mut Steps,
+) -> anyhow::Result<Result<String, String>> {
+    let worktree = Path::new(&task.worktree);
+    repo.ensure_worktree(worktree, &task.branch)?;
+    let before = repo.head_sha(worktree)?;
+    let pushed = repo.remote_branch_sha(&task.branch)?;
+    match repo.rebase_onto(worktree, Some((tip, r.base.as_deref())))? {
+        RebaseOutcome::Conflict { files } => {
+            let files = files.join(", ");
+            steps.push(format!(
+                "task {}: {} conflicts with {default} + the tasks ahead of it ({}) in {files}; out of the batch",
+                task.id,
+                task.branch,
+                short(tip)
+            ));
+            return Ok(Err(format!(
+                "merge line: rebase onto {default} and the tasks ahead of it ({}) conflicts in {files}",
+                short(tip)
+            )));
+        }
+        RebaseOutcome::UpToDate => steps.push(format!(
+            "task {}: {} contains {}",
+            task.id,
+            task.branch,
+            short(tip)
+        )),
+        RebaseOutcome::Rebased { new_head } => steps.push(format!(
+            "task {}: rebased {} onto {}: {} → {}",
+            task.id,
+            task.branch,
+            short(tip),
+            short(&before),
+            short(&new_head)
+        )),
+    }
+    db.write(|tx| tx.line_set_base(task.id, tip))?;
+    sync_branch(
+        repo,
+        worktree,
+        &task.branch,
+        pushed.as_deref(),
+        &before,
+        steps,
+    )?;
+    Ok(Ok(repo.head_sha(worktree)?))
 }
 
 /// Runs the test command on `b`'s head (the tip of the tasks up to it),
