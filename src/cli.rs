@@ -212,7 +212,8 @@ pub enum Command {
     /// reaper), the delivery (webhook), the reconcile pass (reconciler),
     /// the command (human). `waiting.kind` in --json is one of done,
     /// escalated, job_running, finalize_failed, merge_lease, parked,
-    /// paused, job_queued, failed_delivery, tracker, approval, gate. Exit 2
+    /// paused, job_queued, merge_line, failed_delivery, tracker, approval,
+    /// gate. Exit 2
     /// when there is no such task.
     Why {
         /// The task id
