@@ -236,8 +236,14 @@ fn build(args: &Args, path: &Path) -> anyhow::Result<()> {
                     }
                     t += 1;
                     let jb = claim(tx, id, me, t)?;
-                    let m = Move::new(&task, task.stage.next(), Actor::Worker, "bench build")
-                        .finishing(jb.id);
+                    let m = Move::new(
+                        &task,
+                        task.stage.next(),
+                        Actor::Worker,
+                        orch::pipeline::TransitionCause::GatePassed,
+                        "bench build",
+                    )
+                    .finishing(jb.id);
                     ensure!(
                         matches!(pipeline::apply(tx, policy, &m, t)?, Moved::Applied { .. }),
                         "task {id}: move lost"

@@ -260,7 +260,14 @@ impl Side for Orch {
     fn complete(&mut self, (job, task, _): Claimed) -> anyhow::Result<()> {
         let moved = self.db.write(|tx| {
             let task = tx.task(task)?.context("task vanished")?;
-            let m = Move::new(&task, task.stage.next(), Actor::Worker, "bench").finishing(job);
+            let m = Move::new(
+                &task,
+                task.stage.next(),
+                Actor::Worker,
+                orch::pipeline::TransitionCause::GatePassed,
+                "bench",
+            )
+            .finishing(job);
             pipeline::apply(tx, self.policy, &m, orch::clock::now_ms())
         })?;
         ensure!(matches!(moved, Moved::Applied { .. }), "job {job} lost");

@@ -300,7 +300,12 @@ fn advance(
     at: i64,
 ) -> anyhow::Result<()> {
     let task = tx.task(task_id)?.context("task vanished")?;
-    let mut m = Move::new(&task, to, actor, "bench");
+    let cause = if developer_retry {
+        pipeline::TransitionCause::GateSentBack
+    } else {
+        pipeline::TransitionCause::GatePassed
+    };
+    let mut m = Move::new(&task, to, actor, cause, "bench");
     m.job_id = job;
     m.developer_retry = developer_retry;
     match pipeline::apply(tx, policy, &m, at)? {

@@ -17,7 +17,7 @@ use crate::ctx::Ctx;
 use crate::db::{Db, Job, Task};
 use crate::error::Error;
 use crate::pipeline::gate;
-use crate::pipeline::{Actor, Stage};
+use crate::pipeline::{Stage, TransitionCause};
 
 /// Longest feedback handed to an agent, in bytes (each part is bounded
 /// too); the rest is cut with `…`.
@@ -286,10 +286,7 @@ pub fn feedback(
         let from = t.from_stage.unwrap_or(stage);
         // A rejection in the tracker: what the person wrote there, from
         // the comment deliveries since the rejected run began.
-        let tracker_rerun = from == stage
-            && stage == Stage::Analysis
-            && matches!(t.actor, Actor::Webhook | Actor::Reconciler);
-        if tracker_rerun {
+        if t.cause == TransitionCause::TrackerRejected {
             let since = db
                 .transitions(task.id)?
                 .into_iter()

@@ -17,8 +17,9 @@
 //! `status` (CI of a known branch head; may advance a task waiting at
 //! development) and `pull_request` (PR bookkeeping; a merge releases the
 //! task's merge lease but never completes it) events, per `tests/fixtures/`.
-//! Deliveries orch does not act on are processed with an outcome that
-//! starts with "no pipeline action:" and says why.
+//! Each delivery ends with a typed [`Outcome`]; one orch does not act on
+//! is processed with [`Outcome::NoAction`], displayed as "no pipeline
+//! action: <why>".
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -34,11 +35,111 @@ use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::{self, Actor, Move, Moved, Stage, WorkItem};
 use crate::webhook::Source;
 
+/// What ingesting one delivery did. Its `Display` is the one line the
+/// inbox row records as its outcome, the log says and `orch ingest` /
+/// `orch events replay` print; it serializes as that line too, so JSON
+/// output carries the same text. Code branches on the variants, never on
+/// the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing in the pipeline changed: `no pipeline action: <why>`.
+    NoAction { why: String },
+    /// A work item entered In Progress and got its task: `created task <id>`.
+    Created { task_id: i64 },
+    /// The analysis human gate answered a tracker's Approved or Rejected
+    /// state: [`pipeline::HumanGate`]'s line (its `NoAction` reads `no
+    /// pipeline action: …`).
+    Gate(pipeline::HumanGate),
+    /// A fact from the forge was stored (a branch head, a CI status),
+    /// with what it did to the pipeline, if it was asked: `<what>` or
+    /// `<what>; <then>`.
+    Recorded {
+        what: String,
+        then: Option<Box<Outcome>>,
+    },
+    /// A task moved: `task <id>: <from> → <to> (<why>)`, then `;
+    /// escalated` when the move escalated it.
+    Moved {
+        task_id: i64,
+        from: Stage,
+        to: Stage,
+        why: String,
+        escalated: bool,
+    },
+    /// The task's gate has not decided: `task <id> waits: <why>`.
+    Waits { task_id: i64, why: String },
+    /// The delivery was processed before: `already processed`.
+    AlreadyProcessed,
+    /// The same body is stored as delivery `of`: `duplicate of delivery
+    /// <of>; not ingested again`.
+    Duplicate { of: i64 },
+}
+
+impl Outcome {
+    /// `NoAction` with `why`.
+    pub fn nothing(why: impl Into<String>) -> Outcome {
+        Outcome::NoAction { why: why.into() }
+    }
+
+    /// Whether the delivery changed the pipeline: created a task, moved
+    /// one, or answered the human gate.
+    pub fn changed_pipeline(&self) -> bool {
+        match self {
+            Outcome::Created { .. } | Outcome::Moved { .. } => true,
+            Outcome::Gate(g) => matches!(g, pipeline::HumanGate::Applied { .. }),
+            Outcome::Recorded { then, .. } => {
+                then.as_deref().is_some_and(Outcome::changed_pipeline)
+            }
+            Outcome::NoAction { .. }
+            | Outcome::Waits { .. }
+            | Outcome::AlreadyProcessed
+            | Outcome::Duplicate { .. } => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::NoAction { why } => write!(f, "no pipeline action: {why}"),
+            Outcome::Created { task_id } => write!(f, "created task {task_id}"),
+            Outcome::Gate(g) => write!(f, "{g}"),
+            Outcome::Recorded { what, then: None } => f.write_str(what),
+            Outcome::Recorded {
+                what,
+                then: Some(then),
+            } => write!(f, "{what}; {then}"),
+            Outcome::Moved {
+                task_id,
+                from,
+                to,
+                why,
+                escalated,
+            } => write!(
+                f,
+                "task {task_id}: {from} → {to} ({why}){}",
+                if *escalated { "; escalated" } else { "" }
+            ),
+            Outcome::Waits { task_id, why } => write!(f, "task {task_id} waits: {why}"),
+            Outcome::AlreadyProcessed => f.write_str("already processed"),
+            Outcome::Duplicate { of } => {
+                write!(f, "duplicate of delivery {of}; not ingested again")
+            }
+        }
+    }
+}
+
+impl Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// What an ingest pass did.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct IngestSummary {
     /// `(inbox id, outcome)` of each processed delivery.
-    pub processed: Vec<(i64, String)>,
+    pub processed: Vec<(i64, Outcome)>,
     /// `(inbox id, error)` of each delivery that failed this time.
     pub failed: Vec<(i64, String)>,
     /// Deliveries dead-lettered this pass.
@@ -48,8 +149,8 @@ pub struct IngestSummary {
 /// What a handler decided, before commit.
 #[derive(Debug, Clone)]
 pub struct Handled {
-    /// One line: what happened, or `no pipeline action: <why>`.
-    pub outcome: String,
+    /// What happened.
+    pub outcome: Outcome,
     /// A task created by this delivery: its worktree is prepared after commit.
     pub created_task: Option<i64>,
 }
@@ -57,7 +158,7 @@ pub struct Handled {
 impl Handled {
     fn nothing(why: impl Into<String>) -> Handled {
         Handled {
-            outcome: format!("no pipeline action: {}", why.into()),
+            outcome: Outcome::nothing(why),
             created_task: None,
         }
     }
@@ -94,7 +195,7 @@ pub fn ingest_pending(ctx: &Ctx, db: &Db, limit: i64) -> anyhow::Result<IngestSu
 
 /// Ingests inbox row `id` in one transaction and returns its outcome. A
 /// row that is already processed is left alone.
-pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<String> {
+pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Outcome> {
     let Some(crate::db::Delivery {
         source,
         event,
@@ -105,14 +206,14 @@ pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<String> {
         anyhow::bail!("no delivery {id}");
     };
     if processed {
-        return Ok("already processed".into());
+        return Ok(Outcome::AlreadyProcessed);
     }
     let now = now_ms();
     let handled = db.write(|tx| {
         let before = tx.last_transition_id()?;
         let h = route(ctx, db, tx, &source, &event, &body, now)?;
         tx.link_transitions_to_delivery(before, id)?;
-        tx.mark_delivery_processed(id, &h.outcome, now)?;
+        tx.mark_delivery_processed(id, &h.outcome.to_string(), now)?;
         failpoint("ingest.before_commit");
         Ok(h)
     })?;
@@ -129,7 +230,7 @@ pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<String> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ingested {
     pub inbox_id: i64,
-    pub outcome: String,
+    pub outcome: Outcome,
 }
 
 /// `orch ingest --source S --event E --file F`: stores `body` as a
@@ -159,7 +260,7 @@ pub fn ingest_file(
         },
         crate::db::Recorded::Duplicate(id) => Ingested {
             inbox_id: id,
-            outcome: format!("duplicate of delivery {id}; not ingested again"),
+            outcome: Outcome::Duplicate { of: id },
         },
     })
 }
@@ -351,7 +452,7 @@ pub fn on_work_item(
             }
             let reason = format!("{state_name} in the tracker");
             Ok(Handled {
-                outcome: pipeline::human_gate(
+                outcome: Outcome::Gate(pipeline::human_gate(
                     tx,
                     ctx.policy(),
                     &task,
@@ -359,8 +460,7 @@ pub fn on_work_item(
                     actor,
                     &reason,
                     now,
-                )?
-                .to_string(),
+                )?),
                 created_task: None,
             })
         }
@@ -384,7 +484,7 @@ fn start_work_item(
         pipeline::create_task(tx, project, item, &ctx.settings.worktrees_dir(), actor, now)?;
     Ok(if created {
         Handled {
-            outcome: format!("created task {id}"),
+            outcome: Outcome::Created { task_id: id },
             created_task: Some(id),
         }
     } else {
@@ -454,7 +554,10 @@ fn gitea_push(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled
     };
     tx.upsert_branch_head(&project.name, branch, after, now)?;
     Ok(Handled {
-        outcome: format!("recorded head {after} of {branch}"),
+        outcome: Outcome::Recorded {
+            what: format!("recorded head {after} of {branch}"),
+            then: None,
+        },
         created_task: None,
     })
 }
@@ -484,54 +587,64 @@ fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Res
     let url = v.get("target_url").and_then(Value::as_str).unwrap_or("");
     tx.upsert_ci_status(&project.name, sha, context, state, url, None, now)?;
     let recorded = format!("recorded CI {state} ({context}) for {branch} at {sha}");
-    let done = |outcome: String| Handled {
-        outcome,
+    let done = |then: Outcome| Handled {
+        outcome: Outcome::Recorded {
+            what: recorded.clone(),
+            then: Some(Box::new(then)),
+        },
         created_task: None,
     };
     let Some(task) = tx.task_by_branch(&project.name, &branch)? else {
-        return Ok(done(format!(
-            "{recorded}; no pipeline action: no task has branch {branch}"
-        )));
+        return Ok(done(Outcome::nothing(format!(
+            "no task has branch {branch}"
+        ))));
     };
     if task.stage != Stage::Development {
-        return Ok(done(format!(
-            "{recorded}; no pipeline action: task {} is at {}",
+        return Ok(done(Outcome::nothing(format!(
+            "task {} is at {}",
             task.id, task.stage
-        )));
+        ))));
     }
     if task.escalated {
-        return Ok(done(format!(
-            "{recorded}; no pipeline action: task {} is escalated",
+        return Ok(done(Outcome::nothing(format!(
+            "task {} is escalated",
             task.id
-        )));
+        ))));
     }
     if !tx.active_jobs(task.id)?.is_empty() {
-        return Ok(done(format!(
-            "{recorded}; no pipeline action: task {}'s development job is still active (its finalize reads CI)",
+        return Ok(done(Outcome::nothing(format!(
+            "task {}'s development job is still active (its finalize reads CI)",
             task.id
-        )));
+        ))));
     }
     let facts = gate::gather(db, project, &ctx.repo(project), &task)?;
     let (to, retry, why, log) = match gate::decide(Stage::Development, &facts) {
         Gate::Pass => (Stage::Review, false, format!("CI {state} on {sha}"), None),
         Gate::Rollback { reason, log } => (Stage::Development, true, reason, log),
         Gate::Pending(r) | Gate::Fail(r) | Gate::FailFinal(r) => {
-            return Ok(done(format!("{recorded}; task {} waits: {r}", task.id)))
+            return Ok(done(Outcome::Waits {
+                task_id: task.id,
+                why: r,
+            }))
         }
     };
-    let mut m = Move::new(&task, to, Actor::Webhook, why.clone());
+    let cause = if retry {
+        pipeline::TransitionCause::GateSentBack
+    } else {
+        pipeline::TransitionCause::GatePassed
+    };
+    let mut m = Move::new(&task, to, Actor::Webhook, cause, why.clone());
     m.developer_retry = retry;
     m.log_path = log;
     Ok(done(match pipeline::apply(tx, ctx.policy(), &m, now)? {
-        Moved::Applied { escalated, .. } => format!(
-            "{recorded}; task {}: development → {to} ({why}){}",
-            task.id,
-            if escalated { "; escalated" } else { "" }
-        ),
-        Moved::Lost => format!(
-            "{recorded}; no pipeline action: task {} changed concurrently",
-            task.id
-        ),
+        Moved::Applied { escalated, .. } => Outcome::Moved {
+            task_id: task.id,
+            from: Stage::Development,
+            to,
+            why,
+            escalated,
+        },
+        Moved::Lost => Outcome::nothing(format!("task {} changed concurrently", task.id)),
     }))
 }
 
@@ -575,4 +688,64 @@ fn gitea_pull_request(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result
         "recorded PR #{number} ({action}) of task {}",
         task.id
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::HumanGate;
+
+    /// The typed outcome prints the lines inbox rows, logs and `orch
+    /// ingest` showed when it was a string, and only a created task, a
+    /// move or an applied gate count as changing the pipeline.
+    #[test]
+    fn an_outcome_prints_its_line_and_knows_whether_it_changed_the_pipeline() {
+        let recorded = |then: Option<Outcome>| Outcome::Recorded {
+            what: "recorded CI success (ci) for orch/p-1 at abc".into(),
+            then: then.map(Box::new),
+        };
+        let cases = [
+            (Outcome::nothing("body is not JSON"), "no pipeline action: body is not JSON", false),
+            (Outcome::Created { task_id: 3 }, "created task 3", true),
+            (
+                Outcome::Gate(HumanGate::Applied { task_id: 3, approved: true }),
+                "task 3 analysis approved",
+                true,
+            ),
+            (
+                Outcome::Gate(HumanGate::NoAction { why: "task 3 is at review, not analysis".into() }),
+                "no pipeline action: task 3 is at review, not analysis",
+                false,
+            ),
+            (recorded(None), "recorded CI success (ci) for orch/p-1 at abc", false),
+            (
+                recorded(Some(Outcome::nothing("task 1 is escalated"))),
+                "recorded CI success (ci) for orch/p-1 at abc; no pipeline action: task 1 is escalated",
+                false,
+            ),
+            (
+                recorded(Some(Outcome::Waits { task_id: 1, why: "CI pending".into() })),
+                "recorded CI success (ci) for orch/p-1 at abc; task 1 waits: CI pending",
+                false,
+            ),
+            (
+                recorded(Some(Outcome::Moved {
+                    task_id: 1,
+                    from: Stage::Development,
+                    to: Stage::Review,
+                    why: "CI success on abc".into(),
+                    escalated: true,
+                })),
+                "recorded CI success (ci) for orch/p-1 at abc; task 1: development → review (CI success on abc); escalated",
+                true,
+            ),
+            (Outcome::AlreadyProcessed, "already processed", false),
+            (Outcome::Duplicate { of: 4 }, "duplicate of delivery 4; not ingested again", false),
+        ];
+        for (outcome, line, changed) in cases {
+            assert_eq!(outcome.to_string(), line);
+            assert_eq!(serde_json::to_value(&outcome).unwrap(), line);
+            assert_eq!(outcome.changed_pipeline(), changed, "{line}");
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! The pipeline's vocabulary: [`Stage`], [`Actor`] and [`JobStatus`].
+//! The pipeline's vocabulary: [`Stage`], [`Actor`], [`TransitionCause`]
+//! and [`JobStatus`].
 //!
 //! [`Stage::ALL`] is the one list of stages: their order (`<`, sorting,
 //! [`Stage::next`]), names, the roles agents run as ([`ROLES`]) and every
@@ -233,6 +234,135 @@ impl FromStr for Actor {
 
 named!(Actor);
 
+/// What made a transition (the `transitions.cause` column, migration 21):
+/// with the [`Actor`], the typed answer to "why did this task move" that
+/// `orch why` and the developer's feedback read. The `reason` stored beside
+/// it is text for people; no code decides anything from that text.
+///
+/// Stored and printed as the kebab-case name given on each variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransitionCause {
+    /// `work-item-started`: a work item entered In Progress (webhook,
+    /// reconcile, `orch issue add`): the task was created at analysis.
+    WorkItemStarted,
+    /// `gate-passed`: the stage's gate passed (a finishing job, a CI
+    /// webhook, reconcile): on to the next stage.
+    GatePassed,
+    /// `gate-sent-back`: the gate sent the work back to development (red
+    /// CI, changes requested, a red merge re-test, a merge conflict): a
+    /// developer retry, escalating at the retry cap.
+    GateSentBack,
+    /// `restage`: the merge gate reruns deploy-staging (main moved under
+    /// the tested head).
+    Restage,
+    /// `job-failed`: the stage's job failed for good (attempt cap, an error
+    /// no retry can fix, the merge gate's defer cap, a staging check that
+    /// could not run): the task is escalated.
+    JobFailed,
+    /// `finalize-failed`: finishing the job failed for good or too often
+    /// (`ORCH_FINALIZE_MAX_ATTEMPTS`): the task is escalated.
+    FinalizeFailed,
+    /// `tracker-approved`: the tracker's Approved state approved the
+    /// analysis.
+    TrackerApproved,
+    /// `tracker-rejected`: the tracker's Rejected state reran the analysis.
+    TrackerRejected,
+    /// `approved-by-hand`: `orch task approve`.
+    ApprovedByHand,
+    /// `rejected-by-hand`: `orch task reject`.
+    RejectedByHand,
+    /// `advanced-by-hand`: `orch task advance`.
+    AdvancedByHand,
+    /// `rolled-back-by-hand`: `orch task rollback`.
+    RolledBackByHand,
+    /// `retried-by-hand`: `orch task retry`.
+    RetriedByHand,
+    /// `cancelled-by-hand`: `orch task cancel` (escalated, no next job).
+    CancelledByHand,
+    /// `unblocked-by-hand`: `orch task unblock`.
+    UnblockedByHand,
+    /// `merged-by-hand`: the merge gate run by hand (`orch merge-gate
+    /// --task`) merged the task.
+    MergedByHand,
+    /// `other`: a row from before migration 21 whose reason text and shape
+    /// said nothing recognisable.
+    Other,
+}
+
+impl TransitionCause {
+    /// Every cause.
+    pub const ALL: [TransitionCause; 17] = [
+        TransitionCause::WorkItemStarted,
+        TransitionCause::GatePassed,
+        TransitionCause::GateSentBack,
+        TransitionCause::Restage,
+        TransitionCause::JobFailed,
+        TransitionCause::FinalizeFailed,
+        TransitionCause::TrackerApproved,
+        TransitionCause::TrackerRejected,
+        TransitionCause::ApprovedByHand,
+        TransitionCause::RejectedByHand,
+        TransitionCause::AdvancedByHand,
+        TransitionCause::RolledBackByHand,
+        TransitionCause::RetriedByHand,
+        TransitionCause::CancelledByHand,
+        TransitionCause::UnblockedByHand,
+        TransitionCause::MergedByHand,
+        TransitionCause::Other,
+    ];
+
+    /// The stored name (`gate-passed`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitionCause::WorkItemStarted => "work-item-started",
+            TransitionCause::GatePassed => "gate-passed",
+            TransitionCause::GateSentBack => "gate-sent-back",
+            TransitionCause::Restage => "restage",
+            TransitionCause::JobFailed => "job-failed",
+            TransitionCause::FinalizeFailed => "finalize-failed",
+            TransitionCause::TrackerApproved => "tracker-approved",
+            TransitionCause::TrackerRejected => "tracker-rejected",
+            TransitionCause::ApprovedByHand => "approved-by-hand",
+            TransitionCause::RejectedByHand => "rejected-by-hand",
+            TransitionCause::AdvancedByHand => "advanced-by-hand",
+            TransitionCause::RolledBackByHand => "rolled-back-by-hand",
+            TransitionCause::RetriedByHand => "retried-by-hand",
+            TransitionCause::CancelledByHand => "cancelled-by-hand",
+            TransitionCause::UnblockedByHand => "unblocked-by-hand",
+            TransitionCause::MergedByHand => "merged-by-hand",
+            TransitionCause::Other => "other",
+        }
+    }
+
+    /// The `orch` command a human runs to make a move with this cause;
+    /// `None` for the causes no human command makes.
+    pub fn command(self) -> Option<&'static str> {
+        Some(match self {
+            TransitionCause::ApprovedByHand => "orch task approve",
+            TransitionCause::RejectedByHand => "orch task reject",
+            TransitionCause::AdvancedByHand => "orch task advance",
+            TransitionCause::RolledBackByHand => "orch task rollback",
+            TransitionCause::RetriedByHand => "orch task retry",
+            TransitionCause::CancelledByHand => "orch task cancel",
+            TransitionCause::UnblockedByHand => "orch task unblock",
+            TransitionCause::MergedByHand => "orch merge-gate",
+            _ => return None,
+        })
+    }
+}
+
+impl FromStr for TransitionCause {
+    type Err = String;
+    fn from_str(s: &str) -> Result<TransitionCause, String> {
+        TransitionCause::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown transition cause {s:?}"))
+    }
+}
+
+named!(TransitionCause);
+
 /// The status of a job (the `jobs.status` column). Its legal changes are
 /// the edges of `pipeline::job`. The default is `Queued`, the status
 /// a job is enqueued with.
@@ -300,6 +430,10 @@ mod tests {
         assert_eq!(st, JobStatus::Queued);
         let a: Actor = c.query_row("SELECT 'reaper'", [], |r| r.get(0)).unwrap();
         assert_eq!(a, Actor::Reaper);
+        for cause in TransitionCause::ALL {
+            let back: TransitionCause = c.query_row("SELECT ?1", [cause], |r| r.get(0)).unwrap();
+            assert_eq!(back, cause);
+        }
         assert_eq!(
             serde_json::to_string(&Stage::DeployStaging).unwrap(),
             "\"deploy-staging\""

@@ -37,6 +37,7 @@
 //! for F-1 to skip), and rehearsed new tasks all show the next free id.
 
 use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -129,11 +130,70 @@ pub struct Pass {
 }
 
 impl Pass {
-    fn skip(&mut self, task: i64, reason: &str) {
+    fn skip(&mut self, task: i64, reason: Skip) {
         self.skipped
-            .entry(reason.to_string())
+            .entry(reason.as_str().to_string())
             .or_default()
             .push(task);
+    }
+}
+
+/// Why the gate side (F-1) left a task alone: the keys of
+/// [`Pass::skipped`], stored in the pass report as their text
+/// ([`Skip::as_str`]) and read back by `orch why` ([`FromStr`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    HumanGate,
+    RetryCap,
+    NotInRegistry,
+    MergeGate,
+    TrackerError,
+    TrackerBlocked,
+    TrackerNeedsInput,
+}
+
+impl Skip {
+    /// Every reason.
+    pub const ALL: [Skip; 7] = [
+        Skip::HumanGate,
+        Skip::RetryCap,
+        Skip::NotInRegistry,
+        Skip::MergeGate,
+        Skip::TrackerError,
+        Skip::TrackerBlocked,
+        Skip::TrackerNeedsInput,
+    ];
+
+    /// The text of the reason, as the pass report stores it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::HumanGate => "analysis is a human gate",
+            Skip::RetryCap => "developer retry cap reached",
+            Skip::NotInRegistry => "project not in the registry (counted as blocked)",
+            Skip::MergeGate => "deploy-staging advances through the merge gate",
+            Skip::TrackerError => "tracker error (counted as blocked)",
+            Skip::TrackerBlocked => "tracker shows Blocked",
+            Skip::TrackerNeedsInput => "tracker shows Needs Input",
+        }
+    }
+
+    /// The task waits for the tracker (an item Blocked or Needs Input
+    /// there, or a tracker that failed): what `orch why` names as its wait.
+    pub fn is_tracker(self) -> bool {
+        matches!(
+            self,
+            Skip::TrackerError | Skip::TrackerBlocked | Skip::TrackerNeedsInput
+        )
+    }
+}
+
+impl FromStr for Skip {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Skip, String> {
+        Skip::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown reconcile skip reason {s:?}"))
     }
 }
 
@@ -247,7 +307,7 @@ fn tracker_side(
             });
             match handled {
                 Ok(h) => {
-                    if !h.outcome.starts_with("no pipeline action") {
+                    if h.outcome.changed_pipeline() {
                         info!(target: "reconcile", project = %project.name, item = %i.item.tracker_issue_id, outcome = %h.outcome, "replayed work item");
                     }
                     if let (Some(task), false) = (h.created_task, dry_run) {
@@ -256,7 +316,7 @@ fn tracker_side(
                     pass.replayed.push((
                         project.name.clone(),
                         i.item.tracker_issue_id.clone(),
-                        h.outcome,
+                        h.outcome.to_string(),
                     ));
                 }
                 Err(e) => {
@@ -351,15 +411,15 @@ fn gate_side(
         }
         // Guards, each a silent skip, in order.
         if stage == Stage::Analysis {
-            pass.skip(task.id, "analysis is a human gate");
+            pass.skip(task.id, Skip::HumanGate);
             continue;
         }
         if task.developer_retries >= max_retries {
-            pass.skip(task.id, "developer retry cap reached");
+            pass.skip(task.id, Skip::RetryCap);
             continue;
         }
         let Some(project) = ctx.config.project(&task.project) else {
-            pass.skip(task.id, "project not in the registry (counted as blocked)");
+            pass.skip(task.id, Skip::NotInRegistry);
             continue;
         };
         pass.examined += 1;
@@ -398,22 +458,22 @@ fn gate_side(
             // The merge is the worker's step (under the merge lease), never
             // the reconciler's: a passing staging gate without a job means
             // the job finished as Waiting; requeue-free, it stays visible.
-            pass.skip(task.id, "deploy-staging advances through the merge gate");
+            pass.skip(task.id, Skip::MergeGate);
             continue;
         }
         if ctx.settings.reconcile_skip_blocked_enabled {
             match listings.get(ctx, db, project) {
                 Err(_) => {
-                    pass.skip(task.id, "tracker error (counted as blocked)");
+                    pass.skip(task.id, Skip::TrackerError);
                     continue;
                 }
                 Ok(items) => match items.get(&task.tracker_issue_id).map(|i| i.kind) {
                     Some(StateKind::Blocked) => {
-                        pass.skip(task.id, "tracker shows Blocked");
+                        pass.skip(task.id, Skip::TrackerBlocked);
                         continue;
                     }
                     Some(StateKind::NeedsInput) => {
-                        pass.skip(task.id, "tracker shows Needs Input");
+                        pass.skip(task.id, Skip::TrackerNeedsInput);
                         continue;
                     }
                     _ => {}
@@ -425,6 +485,7 @@ fn gate_side(
             &task,
             to,
             Actor::Reconciler,
+            pipeline::TransitionCause::GatePassed,
             format!("reconcile: {stage} gate passed"),
         );
         let moved = db.write_or_rehearse(dry_run, |tx| {

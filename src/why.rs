@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::clock::{ago, duration};
 use crate::db::{Db, InboxRow, Job, Task, TransitionRow};
-use crate::model::{Actor, JobStatus, Stage};
+use crate::model::{Actor, JobStatus, Stage, TransitionCause};
 
 /// The answer of [`explain`].
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +40,9 @@ pub struct Link {
     pub from: Option<Stage>,
     pub to: Stage,
     pub actor: Actor,
+    /// What made the move (`transitions.cause`, typed): e.g. `gate-passed`,
+    /// `approved-by-hand`.
+    pub moved_because: TransitionCause,
     pub reason: String,
     pub at_ms: i64,
     pub cause: Cause,
@@ -241,6 +244,7 @@ pub fn explain(
             from: t.from_stage,
             to: t.to_stage,
             actor: t.actor,
+            moved_because: t.cause,
             reason: t.reason.clone(),
             at_ms: t.at_ms,
             cause: cause(db, &task, t, &jobs)?,
@@ -341,19 +345,18 @@ fn pass_detail(task: &Task, report: &serde_json::Value) -> Option<String> {
     None
 }
 
-/// orch's reading of a human move: the command that makes such a row.
+/// The command that made a human move, from its typed cause. Only a row
+/// from before migration 21 that its reason text did not identify
+/// (`other`) is read from its shape, and says when that is ambiguous.
 fn human_command(t: &TransitionRow) -> String {
-    let cmd = match (t.from_stage, t.to_stage, t.reason.as_str()) {
-        (None, _, _) => "orch issue add",
-        (_, _, "approved by hand") => "orch task approve",
-        (_, _, "retry by hand") => "orch task retry",
-        (Some(Stage::Analysis), Stage::Architecture, _) => "orch task approve",
-        (Some(Stage::Analysis), Stage::Analysis, _) if t.reason.contains("in the tracker") => {
-            "orch task reject"
-        }
-        (Some(f), to, _) if f == to => "orch task cancel or orch task unblock",
-        (Some(f), to, _) if f.next() == to => "orch task advance",
-        (Some(_), Stage::Development, _) => "orch task rollback",
+    if let Some(cmd) = t.cause.command() {
+        return cmd.to_string();
+    }
+    let cmd = match (t.cause, t.from_stage, t.to_stage) {
+        (TransitionCause::WorkItemStarted, ..) | (_, None, _) => "orch issue add",
+        // The merge gate by hand records the gate's own return.
+        (TransitionCause::GateSentBack, ..) => "orch merge-gate",
+        (_, Some(f), to) if f == to => "orch task cancel or orch task unblock",
         _ => "orch task (by hand)",
     };
     cmd.to_string()
@@ -542,7 +545,11 @@ fn tracker_skip(id: i64, report: &serde_json::Value) -> Option<String> {
     let skipped = report.get("skipped")?.as_object()?;
     skipped
         .iter()
-        .filter(|(reason, _)| reason.starts_with("tracker"))
+        .filter(|(reason, _)| {
+            reason
+                .parse::<crate::reconcile::Skip>()
+                .is_ok_and(crate::reconcile::Skip::is_tracker)
+        })
         .find(|(_, ids)| {
             ids.as_array()
                 .is_some_and(|a| a.iter().any(|v| v.as_i64() == Some(id)))

@@ -570,7 +570,16 @@ fn setup_failed(ctx: &Ctx, db: &Db, job: &Job, e: &anyhow::Error) -> anyhow::Res
     db.write(|tx| {
         if is_permanent(e) {
             let why = format!("{} job {} cannot run: {reason}", job.stage, job.id);
-            jobs::fail_and_escalate(tx, policy, job, &reason, why, Actor::Worker, now)
+            jobs::fail_and_escalate(
+                tx,
+                policy,
+                job,
+                &reason,
+                why,
+                pipeline::TransitionCause::JobFailed,
+                Actor::Worker,
+                now,
+            )
         } else {
             jobs::retry_or_fail(tx, policy, &ctx.settings, job, &reason, Actor::Worker, now)
         }
@@ -649,7 +658,16 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
                 job.stage, job.id
             )
         };
-        let f = jobs::fail_and_escalate(tx, policy, &job, &reason, why, actor, now)?;
+        let f = jobs::fail_and_escalate(
+            tx,
+            policy,
+            &job,
+            &reason,
+            why,
+            pipeline::TransitionCause::FinalizeFailed,
+            actor,
+            now,
+        )?;
         Ok(Some((n, Some(f))))
     })?;
     match out {
@@ -880,7 +898,12 @@ fn apply_gate(
                     }
                     _ => (stage.next(), format!("{stage} gate passed"), false, None),
                 };
-                let mut m = Move::new(task, to, actor, reason).finishing(job.id);
+                let cause = if retry {
+                    pipeline::TransitionCause::GateSentBack
+                } else {
+                    pipeline::TransitionCause::GatePassed
+                };
+                let mut m = Move::new(task, to, actor, cause, reason).finishing(job.id);
                 m.developer_retry = retry;
                 m.log_path = log;
                 match pipeline::apply(tx, policy, &m, now)? {
@@ -910,7 +933,16 @@ fn apply_gate(
                     "{} job {} failed (not retried): {reason}",
                     job.stage, job.id
                 );
-                jobs::fail_and_escalate(tx, policy, job, reason, why, actor, now)?
+                jobs::fail_and_escalate(
+                    tx,
+                    policy,
+                    job,
+                    reason,
+                    why,
+                    pipeline::TransitionCause::JobFailed,
+                    actor,
+                    now,
+                )?
             }
         };
         report.queue(tx, ctx, task, job, &finalized, now)?;

@@ -1,9 +1,19 @@
-//! The house stays acyclic: no import cycle among the top-level modules of
-//! the library (`src/*.rs`, `src/<dir>/`), and every module imports only
-//! from its own floor or the floors below it (README "Layout"). A module's
-//! imports are the `crate::<module>` paths in its non-test code (comments
-//! and `#[cfg(test)]` modules are left out). The binary (`main.rs`,
-//! `cli.rs`, `cmd/`) sits on top and is not part of the graph.
+//! The house's rules, checked: the floors and the writers.
+//!
+//! Floors: no import cycle among the top-level modules of the library
+//! (`src/*.rs`, `src/<dir>/`), and every module imports only from its own
+//! floor or the floors below it (DESIGN §14). A module's imports are the
+//! `crate::<module>` paths in its non-test code (comments and
+//! `#[cfg(test)]` items are left out). The binary (`main.rs`, `cli.rs`,
+//! `cmd/`) sits on top and is not part of the graph.
+//!
+//! Writers: one place per rule (DESIGN §14). Only the transition rule
+//! (`src/pipeline/mod.rs`) runs the store methods that write a task's
+//! stage, append a transition or enqueue a job; only the job-status rule
+//! (`src/pipeline/job.rs`) runs those that change a job's status; and no
+//! SQL that does either is written outside the store (`src/db/`). The
+//! store methods are found from their SQL, so a new one is covered
+//! without naming it here. Only `outbox::queue` inserts outbox rows.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,21 +32,140 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code of a file without comments and without its `#[cfg(test)]`
-/// items (everything from the first `#[cfg(test)]` line on: test modules
-/// sit at the end of a file in this crate).
-fn code_of(text: &str) -> String {
-    let mut out = String::new();
-    for line in text.lines() {
-        if line.trim_start().starts_with("#[cfg(test)]") {
-            break;
+/// The end (exclusive) of the string, byte-string, raw-string or char
+/// literal that starts at `b[i]`, or `None` when none starts there (a
+/// lifetime `'a` is not a literal).
+fn literal_end(b: &[char], i: usize) -> Option<usize> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    if i > 0 && ident(b[i - 1]) {
+        return None; // inside an identifier (`for`, `br` is checked below)
+    }
+    let mut j = i;
+    if b[j] == 'b' {
+        j += 1;
+    }
+    if j < b.len() && b[j] == 'r' {
+        // A raw string: r"…", r#"…"#, br##"…"##.
+        let mut k = j + 1;
+        while k < b.len() && b[k] == '#' {
+            k += 1;
         }
-        let code = match line.find("//") {
-            Some(i) => &line[..i],
-            None => line,
-        };
-        out.push_str(code);
-        out.push('\n');
+        if k < b.len() && b[k] == '"' {
+            let hashes = k - j - 1;
+            let mut m = k + 1;
+            while m < b.len() {
+                if b[m] == '"'
+                    && b[m + 1..]
+                        .iter()
+                        .take(hashes)
+                        .filter(|c| **c == '#')
+                        .count()
+                        == hashes
+                {
+                    return Some(m + 1 + hashes);
+                }
+                m += 1;
+            }
+            return Some(b.len());
+        }
+        return None;
+    }
+    match b.get(j) {
+        Some('"') => {
+            let mut m = j + 1;
+            while m < b.len() && b[m] != '"' {
+                m += if b[m] == '\\' { 2 } else { 1 };
+            }
+            Some((m + 1).min(b.len()))
+        }
+        Some('\'') if b.get(j + 1) == Some(&'\\') => {
+            // An escape: `'\''`, `'\n'`, `'\u{7f}'`.
+            let mut m = j + 3;
+            while m < b.len() && b[m] != '\'' {
+                m += 1;
+            }
+            Some((m + 1).min(b.len()))
+        }
+        Some('\'') if b.get(j + 2) == Some(&'\'') => Some(j + 3),
+        _ => None,
+    }
+}
+
+/// The code of a file without comments and without its `#[cfg(test)]`
+/// items: each such item (a test module, a test-only function or import)
+/// is left out from its attribute to its end — its closing `}` or its
+/// `;` — and the code after it is kept, wherever in the file it sits.
+/// String literals are kept as written; line breaks are kept.
+fn code_of(text: &str) -> String {
+    const TEST_ATTR: &str = "#[cfg(test)]";
+    let b: Vec<char> = text.chars().collect();
+    let at = |i: usize, s: &str| s.chars().enumerate().all(|(k, c)| b.get(i + k) == Some(&c));
+    let mut out = String::new();
+    // Inside a test-only item: the bracket depth within it.
+    let mut skipping: Option<i32> = None;
+    let mut i = 0;
+    while i < b.len() {
+        if at(i, "//") {
+            while i < b.len() && b[i] != '\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if at(i, "/*") {
+            let mut depth = 0;
+            while i < b.len() {
+                if at(i, "/*") {
+                    depth += 1;
+                    i += 2;
+                } else if at(i, "*/") {
+                    depth -= 1;
+                    i += 2;
+                    if depth == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            continue;
+        }
+        if let Some(end) = literal_end(&b, i) {
+            if skipping.is_none() {
+                out.extend(&b[i..end]);
+            } else {
+                out.extend(b[i..end].iter().filter(|c| **c == '\n'));
+            }
+            i = end;
+            continue;
+        }
+        let c = b[i];
+        match skipping.as_mut() {
+            None if at(i, TEST_ATTR) => {
+                skipping = Some(0);
+                i += TEST_ATTR.len();
+                continue;
+            }
+            None => out.push(c),
+            Some(depth) => {
+                match c {
+                    '{' | '(' | '[' => *depth += 1,
+                    '}' | ')' | ']' => {
+                        *depth -= 1;
+                        if *depth < 0 {
+                            // The end of the block around the item.
+                            out.push(c);
+                            skipping = None;
+                        } else if *depth == 0 && c == '}' {
+                            skipping = None;
+                        }
+                    }
+                    ';' | ',' if *depth == 0 => skipping = None,
+                    '\n' => out.push(c),
+                    _ => {}
+                }
+            }
+        }
+        i += 1;
     }
     out
 }
@@ -260,6 +389,15 @@ fn the_cycle_finder_finds_a_cycle_and_reads_grouped_imports() {
     );
     let refs: Vec<_> = referenced_modules(&code).into_iter().collect();
     assert_eq!(refs, ["a", "b", "e", "g"]);
+    // A test-only item in the middle of a file hides only itself: the code
+    // after it is read, braces in its strings and chars do not end it early.
+    let code = code_of(
+        "use crate::a;\n#[cfg(test)]\nfn helper() { let _ = (\"}\", '}', r#\"{\"#); crate::x::y(); }\n\
+         #[cfg(test)]\nuse crate::w;\nfn later() { crate::b::c(\"http://x\"); crate::d::e(); }\n\
+         #[cfg(test)]\nmod tests { use crate::z; }\nconst C: &str = crate::f::G;\n",
+    );
+    let refs: Vec<_> = referenced_modules(&code).into_iter().collect();
+    assert_eq!(refs, ["a", "b", "d", "f"], "{code}");
     let mut graph = Graph::new();
     for (from, to) in [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")] {
         graph.entry(from.into()).or_default().insert(to.into());
@@ -270,6 +408,237 @@ fn the_cycle_finder_finds_a_cycle_and_reads_grouped_imports() {
     assert_eq!(cycle.len(), 4);
     graph.get_mut("c").unwrap().clear();
     assert_eq!(find_cycle(&graph), None);
+}
+
+/// Every `.rs` file of the library and the binary under `src/`, as its
+/// path (`src/pipeline/mod.rs`) and its code without comments and test
+/// items.
+fn sources() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            (rel, code_of(&std::fs::read_to_string(&f).unwrap()))
+        })
+        .collect()
+}
+
+/// The string literals of `code`, each with the name of the function it
+/// sits in (`""` before the first `fn`).
+fn literals_by_fn(code: &str) -> Vec<(String, String)> {
+    let b: Vec<char> = code.chars().collect();
+    let mut func = String::new();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(end) = literal_end(&b, i) {
+            out.push((func.clone(), b[i..end].iter().collect()));
+            i = end;
+            continue;
+        }
+        let starts_word = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == '_');
+        if starts_word && b[i..].starts_with(&['f', 'n', ' ']) {
+            let rest: String = b[i + 3..].iter().take(80).collect();
+            func = ident_at(rest.trim_start()).to_string();
+        }
+        i += 1;
+    }
+    out
+}
+
+/// A statement as matched: upper case, line continuations and runs of
+/// white space as one space, no space around `=`.
+fn normalize_sql(literal: &str) -> String {
+    literal
+        .replace('\\', " ")
+        .to_uppercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace(" =", "=")
+        .replace("= ", "=")
+}
+
+/// A write a rule owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Write {
+    /// `UPDATE tasks SET … stage=…`, `INSERT INTO tasks`, `DELETE FROM tasks`.
+    TaskStage,
+    /// `INSERT INTO transitions`, `DELETE FROM transitions`.
+    Transition,
+    /// `INSERT INTO jobs`: a job is born queued, by a transition.
+    NewJob,
+    /// `UPDATE jobs SET … status=…`, `DELETE FROM jobs`.
+    JobStatus,
+}
+
+/// Each write, the one file whose code may run it, and that rule's name.
+const OWNERS: &[(Write, &str, &str)] = &[
+    (
+        Write::TaskStage,
+        "src/pipeline/mod.rs",
+        "the transition rule",
+    ),
+    (
+        Write::Transition,
+        "src/pipeline/mod.rs",
+        "the transition rule",
+    ),
+    (Write::NewJob, "src/pipeline/mod.rs", "the transition rule"),
+    (
+        Write::JobStatus,
+        "src/pipeline/job.rs",
+        "the job-status rule",
+    ),
+];
+
+/// The writes a statement makes that a rule owns.
+fn writes_of(sql: &str) -> Vec<Write> {
+    let insert_into = |t: &str| {
+        (sql.contains("INSERT") || sql.contains("REPLACE"))
+            && (sql.contains(&format!("INTO {t} ")) || sql.contains(&format!("INTO {t}(")))
+    };
+    let deletes = |t: &str| {
+        sql.contains(&format!("DELETE FROM {t} ")) || sql.ends_with(&format!("DELETE FROM {t}"))
+    };
+    let sets = |t: &str, col: &str| {
+        sql.split(&format!("UPDATE {t} SET ")).skip(1).any(|rest| {
+            let clause = rest.split(" WHERE ").next().unwrap_or(rest);
+            clause
+                .split(',')
+                .any(|a| a.trim_start().starts_with(&format!("{col}=")))
+        })
+    };
+    let mut w = Vec::new();
+    if sets("TASKS", "STAGE") || insert_into("TASKS") || deletes("TASKS") {
+        w.push(Write::TaskStage);
+    }
+    if insert_into("TRANSITIONS") || deletes("TRANSITIONS") {
+        w.push(Write::Transition);
+    }
+    if insert_into("JOBS") {
+        w.push(Write::NewJob);
+    }
+    if sets("JOBS", "STATUS") || deletes("JOBS") {
+        w.push(Write::JobStatus);
+    }
+    w
+}
+
+/// Whether `code` calls method or function `name` (`.name(`, `::name(`,
+/// `.name::<`, or names it as a value `::name`).
+fn calls(code: &str, name: &str) -> bool {
+    [".", "::"].iter().any(|sep| {
+        code.match_indices(&format!("{sep}{name}")).any(|(i, m)| {
+            let after = code[i + m.len()..].chars().next();
+            !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && (sep == &"::" || matches!(after, Some('(' | ':')))
+        })
+    })
+}
+
+/// Checks the writer rules over `files` (path, code without comments and
+/// test items). Returns the violations, and the store methods found for
+/// each write.
+fn rule_violations(files: &[(String, String)]) -> (Vec<String>, BTreeMap<Write, BTreeSet<String>>) {
+    let mut wrong = Vec::new();
+    let mut writers: BTreeMap<Write, BTreeSet<String>> = BTreeMap::new();
+    for (path, code) in files {
+        // Migrations are one-time data changes that no code calls.
+        if path == "src/db/schema.rs" {
+            continue;
+        }
+        for (func, literal) in literals_by_fn(code) {
+            for w in writes_of(&normalize_sql(&literal)) {
+                if path.starts_with("src/db/") && !func.is_empty() {
+                    writers.entry(w).or_default().insert(func.clone());
+                } else {
+                    wrong.push(format!(
+                        "{path} (in or after fn {func}) runs SQL that writes {w:?}: only the store (src/db/) runs SQL, and only {} calls it: {literal}",
+                        OWNERS.iter().find(|o| o.0 == w).unwrap().2
+                    ));
+                }
+            }
+        }
+    }
+    for (path, code) in files {
+        for (w, owner, rule) in OWNERS {
+            for method in writers.get(w).into_iter().flatten() {
+                if path != owner && calls(code, method) {
+                    wrong.push(format!(
+                        "{path} calls {method}, which writes {w:?}: only {rule} ({owner}) may; go through it"
+                    ));
+                }
+            }
+        }
+    }
+    (wrong, writers)
+}
+
+#[test]
+fn only_the_transition_rule_moves_tasks_and_only_the_job_rule_changes_job_status() {
+    let (wrong, writers) = rule_violations(&sources());
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The scan sees the store: each write has its methods.
+    for (w, _, _) in OWNERS {
+        assert!(
+            writers.get(w).is_some_and(|m| !m.is_empty()),
+            "no store method found for {w:?}: {writers:?}"
+        );
+    }
+    assert!(
+        writers[&Write::TaskStage].contains("cas_task"),
+        "{writers:?}"
+    );
+    assert!(
+        writers[&Write::JobStatus].contains("finish_job"),
+        "{writers:?}"
+    );
+}
+
+/// The writer check fails on what it guards: a feature calling a store
+/// method that changes job status, and SQL that moves a task outside the
+/// store — and a test-only call does not count.
+#[test]
+fn the_writer_check_names_a_writer_outside_its_rule() {
+    let file = |path: &str, text: &str| (path.to_string(), code_of(text));
+    let files = [
+        file(
+            "src/db/jobs.rs",
+            "impl Tx { pub fn finish_job(&self, id: i64) { self.conn.execute(\n\
+             \"UPDATE jobs SET status=?2, \\\n finished_at_ms=?3 WHERE id=?1\", []); } }",
+        ),
+        file("src/pipeline/job.rs", "fn change(tx: &Tx) { tx.finish_job(1) }"),
+        file(
+            "src/reconcile.rs",
+            "fn pass(tx: &Tx) { tx\n    .finish_job(2); }\n\
+             #[cfg(test)]\nmod tests { fn t(tx: &Tx) { tx.finish_job(3) } }",
+        ),
+        file("src/worker.rs", "fn f(c: &Connection) { c.execute(\"update tasks set stage = 'done' where id=1\", []); }"),
+        file("src/why.rs", "#[cfg(test)]\nfn t(tx: &Tx) { tx.finish_job(3) }\nfn g() {}"),
+    ];
+    let (wrong, writers) = rule_violations(&files);
+    assert_eq!(
+        writers[&Write::JobStatus],
+        BTreeSet::from(["finish_job".to_string()])
+    );
+    assert_eq!(wrong.len(), 2, "{wrong:#?}");
+    assert!(
+        wrong[0].starts_with("src/worker.rs (in or after fn f) runs SQL that writes TaskStage"),
+        "{wrong:#?}"
+    );
+    assert!(
+        wrong[1].starts_with("src/reconcile.rs calls finish_job, which writes JobStatus"),
+        "{wrong:#?}"
+    );
 }
 
 /// The files of `src/` (relative path with `/`, text) that write outbox

@@ -64,9 +64,11 @@ fn a_finished_task_waits_for_nothing_and_its_chain_names_every_cause() {
     assert_eq!(first["event"], "issue", "{first}");
     assert!(first["inbox_id"].as_i64().is_some(), "{first}");
     assert_eq!(first["outcome"], "created task 1", "{first}");
+    assert_eq!(chain[0]["moved_because"], "work-item-started", "{v}");
     // Each worker move names its job, the run's exit and, where the stage
-    // has one, the verdict.
+    // has one, the verdict; each passed its stage's gate.
     for link in chain.iter().filter(|l| l["actor"] == "worker") {
+        assert_eq!(link["moved_because"], "gate-passed", "{link}");
         let c = &link["cause"];
         assert_eq!(c["exit_code"], 0, "{link}");
         assert_eq!(c["success"], true, "{link}");
@@ -80,7 +82,10 @@ fn a_finished_task_waits_for_nothing_and_its_chain_names_every_cause() {
 
     let text = sbx.ok(&["why", "1"]);
     assert!(text.contains("waits for: nothing: done"), "{text}");
-    assert!(text.contains("caused by delivery inbox"), "{text}");
+    assert!(
+        text.contains("work-item-started, caused by delivery inbox"),
+        "{text}"
+    );
     assert!(text.contains("verdict APPROVE"), "{text}");
 }
 
@@ -150,11 +155,12 @@ fn queued_running_awaiting_approval_then_escalated_by_a_human() {
         approve["cause"]["command"], "orch task approve",
         "{approve}"
     );
-    assert_eq!(
-        chain.last().unwrap()["cause"]["command"],
-        "orch task cancel or orch task unblock",
-        "{v}"
-    );
+    assert_eq!(approve["moved_because"], "approved-by-hand", "{approve}");
+    // The typed cause tells a cancel from an unblock (the reason text,
+    // the person's own, cannot).
+    let cancel = chain.last().unwrap();
+    assert_eq!(cancel["cause"]["command"], "orch task cancel", "{v}");
+    assert_eq!(cancel["moved_because"], "cancelled-by-hand", "{v}");
 }
 
 #[test]

@@ -29,13 +29,14 @@ pub fn run(ctx: &Ctx, task: i64) -> anyhow::Result<Output> {
     );
     for l in &why.chain {
         text += &format!(
-            "  v{:<3} {:>14} → {:<14} {:<10} {:<14} {}\n        caused by {}\n",
+            "  v{:<3} {:>14} → {:<14} {:<10} {:<14} {}\n        {}, caused by {}\n",
             l.version,
             l.from.map_or("(new)", |s| s.as_str()),
             l.to,
             l.actor,
             ago(l.at_ms, now),
             l.reason,
+            l.moved_because,
             l.cause.describe(now)
         );
     }

@@ -437,6 +437,160 @@ mod tests {
         assert_eq!(db.integrity().unwrap(), ("ok".to_string(), 0));
     }
 
+    /// Migration 21 reads the cause of each older transition from the
+    /// reason text orch wrote for it (and, where the text is the person's,
+    /// from its shape) once; what says nothing recognisable is `other`.
+    #[test]
+    fn migration_21_reads_old_transitions_causes_from_their_reasons() {
+        use crate::model::TransitionCause as C;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        let c = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..20] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", 20).unwrap();
+        c.execute_batch(
+            "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms) \
+             VALUES ('p', 'local', 'local', 'main', '/r', 1);
+             INSERT INTO tasks (project, tracker_issue_id, sequence, title, stage, version, branch, worktree, \
+             created_at_ms, updated_at_ms) VALUES ('p', '1', 1, 't', 'deploy', 1, 'orch/p-1', '/w', 1, 1);",
+        )
+        .unwrap();
+        let rows: &[(Option<&str>, &str, &str, &str, C)] = &[
+            (
+                None,
+                "analysis",
+                "webhook",
+                "work item in progress",
+                C::WorkItemStarted,
+            ),
+            (
+                Some("analysis"),
+                "architecture",
+                "human",
+                "approved by hand",
+                C::ApprovedByHand,
+            ),
+            (
+                Some("analysis"),
+                "analysis",
+                "webhook",
+                "Rejected in the tracker",
+                C::TrackerRejected,
+            ),
+            (
+                Some("analysis"),
+                "architecture",
+                "reconciler",
+                "Approved in the tracker",
+                C::TrackerApproved,
+            ),
+            (
+                Some("architecture"),
+                "development",
+                "worker",
+                "architecture gate passed",
+                C::GatePassed,
+            ),
+            (
+                Some("development"),
+                "review",
+                "webhook",
+                "CI success on abc",
+                C::GatePassed,
+            ),
+            (
+                Some("review"),
+                "development",
+                "worker",
+                "changes requested: fix it",
+                C::GateSentBack,
+            ),
+            (
+                Some("development"),
+                "development",
+                "worker",
+                "development job 4 failed after 3 attempts: boom",
+                C::JobFailed,
+            ),
+            (
+                Some("development"),
+                "development",
+                "reaper",
+                "development job 4 could not be finished after 3 attempts: finalize failed: x",
+                C::FinalizeFailed,
+            ),
+            (
+                Some("development"),
+                "development",
+                "human",
+                "retry by hand",
+                C::RetriedByHand,
+            ),
+            (
+                Some("review"),
+                "testing",
+                "reconciler",
+                "reconcile: review gate passed",
+                C::GatePassed,
+            ),
+            (
+                Some("testing"),
+                "deploy-staging",
+                "human",
+                "looks fine",
+                C::AdvancedByHand,
+            ),
+            (
+                Some("deploy-staging"),
+                "deploy-staging",
+                "worker",
+                "main moved",
+                C::Restage,
+            ),
+            (
+                Some("deploy-staging"),
+                "deploy",
+                "human",
+                "merge gate passed (by hand): main contains the tested head abc",
+                C::MergedByHand,
+            ),
+            (
+                Some("deploy"),
+                "development",
+                "human",
+                "start over",
+                C::RolledBackByHand,
+            ),
+            (
+                Some("development"),
+                "development",
+                "human",
+                "not wanted",
+                C::Other,
+            ),
+        ];
+        for (i, (from, to, actor, reason, _)) in rows.iter().enumerate() {
+            c.execute(
+                "INSERT INTO transitions (task_id, from_stage, to_stage, version, actor, reason, at_ms) \
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, 1)",
+                rusqlite::params![from, to, i as i64 + 1, actor, reason],
+            )
+            .unwrap();
+        }
+        drop(c);
+        let db = Db::open(&path, 1000).unwrap();
+        let got: Vec<_> = db
+            .transitions(1)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.reason, t.cause))
+            .collect();
+        let want: Vec<_> = rows.iter().map(|r| (r.3.to_string(), r.4)).collect();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn newer_schema_is_refused_naming_both_versions() {
         let dir = tempfile::tempdir().unwrap();

@@ -414,12 +414,49 @@ BEGIN
     UPDATE tasks SET unfinished=CASE WHEN new.stage='done' THEN NULL ELSE 1 END WHERE id=new.id;
 END;
 "#,
-    // 20: reserved for issue 22 item 3 (trackers and forges, another
-    // branch); empty here so that 22 keeps its number.
+    // 20: reserved for issue 22 item 3 (a tracker in one folder), which
+    // lands on main as its own migration 20 and replaces this entry when
+    // the branches are merged. Empty so the numbering stays contiguous.
     "",
-    // 21: reserved for issue 22 item 4 (typed transition causes, another
-    // branch); empty here so that 22 keeps its number.
-    "",
+    // 21: a typed transition cause (issue 22 item 4). `cause` says what
+    // made the move (`gate-passed`, `approved-by-hand`, …: the names of
+    // `model::TransitionCause`); `orch why` and the developer's feedback
+    // read it instead of the reason text, which stays for people. Older
+    // rows are read from their reason text and shape once, here; what
+    // says nothing recognisable is `other`. Names are checked in code
+    // (`FromSql`), not by a CHECK, so a new cause needs no table rebuild.
+    r#"
+ALTER TABLE transitions ADD COLUMN cause TEXT NOT NULL DEFAULT 'other';
+UPDATE transitions SET cause = CASE
+    WHEN from_stage IS NULL THEN 'work-item-started'
+    WHEN actor = 'human' AND reason = 'approved by hand' THEN 'approved-by-hand'
+    WHEN actor = 'human' AND reason = 'retry by hand' THEN 'retried-by-hand'
+    WHEN actor = 'human' AND reason LIKE 'merge gate passed (by hand)%' THEN 'merged-by-hand'
+    WHEN actor IN ('webhook','reconciler') AND reason LIKE '% in the tracker'
+         AND from_stage = 'analysis' AND to_stage = 'architecture' THEN 'tracker-approved'
+    WHEN actor IN ('webhook','reconciler') AND reason LIKE '% in the tracker'
+         AND from_stage = 'analysis' AND to_stage = 'analysis' THEN 'tracker-rejected'
+    WHEN actor <> 'human' AND (reason LIKE '% job % cannot finish: %'
+         OR reason LIKE '% job % could not be finished after %') THEN 'finalize-failed'
+    WHEN actor <> 'human' AND (reason LIKE '% job % failed after % attempts: %'
+         OR reason LIKE '% job % failed (not retried): %'
+         OR reason LIKE '% job % cannot run: %'
+         OR reason LIKE '% deferred % times (ORCH_MERGE_GATE_MAX_DEFERS)%'
+         OR reason LIKE 'staging check not run: %') THEN 'job-failed'
+    WHEN actor <> 'human' AND from_stage || '>' || to_stage IN (
+         'analysis>architecture', 'architecture>development', 'development>review',
+         'review>testing', 'testing>deploy-staging', 'deploy-staging>deploy',
+         'deploy>done') THEN 'gate-passed'
+    WHEN actor <> 'human' AND to_stage = 'development' THEN 'gate-sent-back'
+    WHEN actor IN ('worker','reaper') AND from_stage = 'deploy-staging'
+         AND to_stage = 'deploy-staging' THEN 'restage'
+    WHEN actor = 'human' AND from_stage || '>' || to_stage IN (
+         'analysis>architecture', 'architecture>development', 'development>review',
+         'review>testing', 'testing>deploy-staging', 'deploy-staging>deploy') THEN 'advanced-by-hand'
+    WHEN actor = 'human' AND to_stage = 'development' AND from_stage <> 'development'
+         THEN 'rolled-back-by-hand'
+    ELSE 'other'
+END;
     // 22: the merge line (issue 23). One row per task that a deployer
     // PASS at deploy-staging made ready to merge, at the task's version
     // `task_version`. `state`: `ready` (waiting in the line), `batched`

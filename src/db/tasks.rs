@@ -7,7 +7,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Db, Tx};
-use crate::model::{Actor, Stage};
+use crate::model::{Actor, Stage, TransitionCause};
 
 /// A task row.
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +72,9 @@ pub struct TransitionRow {
     pub to_stage: Stage,
     pub version: i64,
     pub actor: Actor,
+    /// What made the move (migration 21; older rows were read from their
+    /// reason text once, `other` where it said nothing recognisable).
+    pub cause: TransitionCause,
     pub job_id: Option<i64>,
     pub reason: String,
     pub at_ms: i64,
@@ -204,7 +207,7 @@ impl Db {
     /// The transitions of a task in order.
     pub fn transitions(&self, task_id: i64) -> anyhow::Result<Vec<TransitionRow>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, task_id, from_stage, to_stage, version, actor, job_id, reason, at_ms, inbox_id, log_path \
+            "SELECT id, task_id, from_stage, to_stage, version, actor, job_id, reason, at_ms, inbox_id, log_path, cause \
              FROM transitions WHERE task_id=?1 ORDER BY version",
         )?;
         let rows = stmt.query_map([task_id], |r| {
@@ -220,6 +223,7 @@ impl Db {
                 at_ms: r.get(8)?,
                 inbox_id: r.get(9)?,
                 log_path: r.get(10)?,
+                cause: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -379,6 +383,7 @@ impl Tx<'_> {
         to: Stage,
         version: i64,
         actor: Actor,
+        cause: TransitionCause,
         job_id: Option<i64>,
         reason: &str,
         log_path: Option<&std::path::Path>,
@@ -386,10 +391,10 @@ impl Tx<'_> {
     ) -> anyhow::Result<()> {
         let log_path = log_path.map(|p| p.to_string_lossy().into_owned());
         self.conn.prepare_cached(
-            "INSERT INTO transitions (task_id, from_stage, to_stage, version, actor, job_id, reason, log_path, at_ms) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+            "INSERT INTO transitions (task_id, from_stage, to_stage, version, actor, cause, job_id, reason, log_path, at_ms) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)",
         )?
-        .execute(params![task_id, from, to, version, actor, job_id, reason, log_path, now_ms])?;
+        .execute(params![task_id, from, to, version, actor, cause, job_id, reason, log_path, now_ms])?;
         Ok(())
     }
 

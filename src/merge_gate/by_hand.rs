@@ -277,7 +277,12 @@ fn by_hand(
         ),
         Merge::Rollback { reason, .. } => (Stage::Development, reason.clone(), true),
     };
-    let mut m = Move::new(task, to, Actor::Human, reason.clone());
+    let cause = if retry {
+        pipeline::TransitionCause::GateSentBack
+    } else {
+        pipeline::TransitionCause::MergedByHand
+    };
+    let mut m = Move::new(task, to, Actor::Human, cause, reason.clone());
     if let Merge::Rollback { log, .. } = &merged {
         m.log_path = log.clone();
     }

@@ -9,10 +9,10 @@ use crate::clock::now_ms;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job};
 use crate::pipeline::job::{self as jobs, Changed, Finalized, How, JobChange};
-use crate::pipeline::{Actor, JobStatus};
+use crate::pipeline::{self, Actor, JobStatus};
 
-/// Defers running deploy-staging job `job`'s gate (the merge gate's busy
-/// lease or moving main, the staging check's INFRA; `what` names it), or
+/// Defers running deploy-staging job `job`'s gate (the staging check's
+/// INFRA; `what` names it), or
 /// at the defer cap (`ORCH_MERGE_GATE_MAX_DEFERS`) fails it and escalates
 /// the task. Not an attempt: the job is queued again with its agent's
 /// result kept (`merge_pending`), so the next claim runs only the gates.
@@ -40,7 +40,16 @@ pub fn defer_job(
                 "{what} deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
                 cur.merge_defers
             );
-            return jobs::fail_and_escalate(tx, ctx.policy(), job, &why, why.clone(), actor, now);
+            return jobs::fail_and_escalate(
+                tx,
+                ctx.policy(),
+                job,
+                &why,
+                why.clone(),
+                pipeline::TransitionCause::JobFailed,
+                actor,
+                now,
+            );
         }
         let base_ms = s.merge_gate_defer_s as i64 * 1000;
         let released_meanwhile = match lease {

@@ -53,7 +53,7 @@ use crate::failpoint::failpoint;
 use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
 use crate::pipeline::lease::holder;
 pub use crate::pipeline::lease::LINE_HOLDER;
-use crate::pipeline::{self, Actor, Move, Moved, Stage};
+use crate::pipeline::{self, Actor, Move, Moved, Stage, TransitionCause};
 
 /// What a ready task's deployer job says when it finishes
 /// (`Finalized::Waiting`'s reason).
@@ -572,6 +572,7 @@ fn apply_landed(
                 &task,
                 Stage::Deploy,
                 Actor::Worker,
+                TransitionCause::GatePassed,
                 format!(
                     "merge line: batch {batch_id} landed; main at the tested tip {} contains {}",
                     short(&tip),
@@ -624,7 +625,13 @@ fn send_back(
     rep: &mut BatchReport,
 ) -> anyhow::Result<()> {
     let now = now_ms();
-    let mut m = Move::new(task, Stage::Development, Actor::Worker, reason);
+    let mut m = Move::new(
+        task,
+        Stage::Development,
+        Actor::Worker,
+        TransitionCause::GateSentBack,
+        reason,
+    );
     m.developer_retry = true;
     m.log_path = log.map(Path::to_path_buf);
     let moved = db.write(|tx| {

@@ -29,7 +29,7 @@ use crate::db::{Job, Tx};
 use crate::error::Error;
 
 use super::spend::{over_budget, park, Limits};
-use super::{apply, Actor, JobStatus, Move, Policy, Stage};
+use super::{apply, Actor, JobStatus, Move, Policy, Stage, TransitionCause};
 
 /// Whether `from → to` is an edge of the job status machine (see the
 /// module documentation).
@@ -481,22 +481,34 @@ pub fn retry_or_fail(
         job.id,
         job.attempt - job.free_attempts
     );
-    fail_and_escalate(tx, policy, job, reason, why, actor, now)
+    fail_and_escalate(
+        tx,
+        policy,
+        job,
+        reason,
+        why,
+        TransitionCause::JobFailed,
+        actor,
+        now,
+    )
 }
 
 /// The one "fail the job and escalate the task": running job `job` (claim
 /// `job.attempt`) becomes `failed` with `error`, and its task — if it is
 /// still at the job's stage and version — is escalated with `why` through
-/// the transition rule (a rerun of its stage that enqueues nothing).
+/// the transition rule (a rerun of its stage that enqueues nothing),
+/// recorded with `cause` (`job-failed`, `finalize-failed`).
 ///
 /// Guarantees: one step of the caller's transaction; a lost claim writes
 /// nothing and gets `Finalized::Lost`.
+#[allow(clippy::too_many_arguments)]
 pub fn fail_and_escalate(
     tx: &Tx,
     policy: Policy,
     job: &Job,
     error: &str,
     why: String,
+    cause: TransitionCause,
     actor: Actor,
     now: i64,
 ) -> anyhow::Result<Finalized> {
@@ -513,7 +525,7 @@ pub fn fail_and_escalate(
     }
     if let Some(task) = tx.task(job.task_id)? {
         if task.stage == job.stage && task.version == job.task_version {
-            let mut m = Move::new(&task, task.stage, actor, why.clone());
+            let mut m = Move::new(&task, task.stage, actor, cause, why.clone());
             m.escalate = Some(why.clone());
             m.cause_job = Some(job.id);
             apply(tx, policy, &m, now)?;
@@ -695,7 +707,14 @@ mod tests {
         assert_eq!(claimed, 1, "the claim changes its job's row only");
         let (moved, move_plans) = rows_and_plans(&db, |tx| {
             let task = tx.task(1)?.unwrap();
-            let m = Move::new(&task, Stage::Architecture, Actor::Worker, "ok").finishing(job);
+            let m = Move::new(
+                &task,
+                Stage::Architecture,
+                Actor::Worker,
+                TransitionCause::GatePassed,
+                "ok",
+            )
+            .finishing(job);
             assert!(matches!(
                 apply(
                     tx,

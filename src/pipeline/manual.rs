@@ -6,7 +6,7 @@
 
 use crate::db::{Db, Task};
 use crate::error::Error;
-use crate::pipeline::{self, Actor, HumanGate, Move, Moved, Policy, Stage};
+use crate::pipeline::{self, Actor, HumanGate, Move, Moved, Policy, Stage, TransitionCause as C};
 
 /// A move a human asks for by hand.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,8 +72,14 @@ pub fn apply(
     let m = match mv {
         ManualMove::Approve => return gate(db, policy, &t, true, "approved by hand", now_ms),
         ManualMove::Reject => return gate(db, policy, &t, false, reason, now_ms),
-        ManualMove::Advance => Move::new(&t, stage.next(), Actor::Human, reason),
-        ManualMove::Rollback => Move::new(&t, Stage::Development, Actor::Human, reason),
+        ManualMove::Advance => Move::new(&t, stage.next(), Actor::Human, C::AdvancedByHand, reason),
+        ManualMove::Rollback => Move::new(
+            &t,
+            Stage::Development,
+            Actor::Human,
+            C::RolledBackByHand,
+            reason,
+        ),
         ManualMove::Retry => {
             if t.escalated {
                 return Err(Error::Usage(format!(
@@ -81,15 +87,15 @@ pub fn apply(
                 ))
                 .into());
             }
-            Move::new(&t, stage, Actor::Human, "retry by hand")
+            Move::new(&t, stage, Actor::Human, C::RetriedByHand, "retry by hand")
         }
         ManualMove::Cancel => {
-            let mut m = Move::new(&t, stage, Actor::Human, reason);
+            let mut m = Move::new(&t, stage, Actor::Human, C::CancelledByHand, reason);
             m.escalate = Some(reason.to_string());
             m
         }
         ManualMove::Unblock => {
-            let mut m = Move::new(&t, stage, Actor::Human, reason);
+            let mut m = Move::new(&t, stage, Actor::Human, C::UnblockedByHand, reason);
             m.reset = true;
             m
         }

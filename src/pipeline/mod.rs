@@ -29,7 +29,7 @@ use std::path::Path;
 
 use crate::config::{ProjectConfig, StateKind};
 use crate::db::{Task, Tx};
-pub use crate::model::{Actor, JobStatus, Stage};
+pub use crate::model::{Actor, JobStatus, Stage, TransitionCause};
 use crate::outbox::{
     self, Message, Notification, NotifyKind, Occasion, TrackerComment, TrackerMessage, TrackerState,
 };
@@ -60,6 +60,10 @@ pub struct Move {
     pub version: i64,
     pub to: Stage,
     pub actor: Actor,
+    /// What made the move (stored typed; `orch why` reads it).
+    pub cause: TransitionCause,
+    /// Text for people (the tracker comment, `orch why`); nothing decides
+    /// from it.
     pub reason: String,
     /// The job that finishes with this move: its `running → done` claim is
     /// part of the transaction.
@@ -81,14 +85,22 @@ pub struct Move {
 }
 
 impl Move {
-    /// A plain move of `task` to `to`.
-    pub fn new(task: &Task, to: Stage, actor: Actor, reason: impl Into<String>) -> Move {
+    /// A plain move of `task` to `to` by `actor`, because of `cause`, with
+    /// `reason` for people.
+    pub fn new(
+        task: &Task,
+        to: Stage,
+        actor: Actor,
+        cause: TransitionCause,
+        reason: impl Into<String>,
+    ) -> Move {
         Move {
             task_id: task.id,
             from: task.stage,
             version: task.version,
             to,
             actor,
+            cause,
             reason: reason.into(),
             job_id: None,
             cause_job: None,
@@ -188,6 +200,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
         m.to,
         version,
         m.actor,
+        m.cause,
         m.job_id.or(m.cause_job),
         &m.reason,
         m.log_path.as_deref(),
@@ -333,6 +346,7 @@ pub fn create_task(
         Stage::Analysis,
         1,
         actor,
+        TransitionCause::WorkItemStarted,
         None,
         "work item in progress",
         None,
@@ -385,8 +399,10 @@ impl fmt::Display for HumanGate {
 }
 
 /// The human gate of analysis: approve (analysis → architecture) or reject
-/// (rerun analysis) — from `orch task approve|reject` or the tracker's
-/// Approved/Rejected states.
+/// (rerun analysis) — from `orch task approve|reject` (actor `human`:
+/// cause `approved-by-hand`/`rejected-by-hand`) or the tracker's
+/// Approved/Rejected states (actor `webhook` or `reconciler`: cause
+/// `tracker-approved`/`tracker-rejected`).
 ///
 /// Guarantees: only acts when the task is at analysis with no queued or
 /// running job; otherwise returns [`HumanGate::NoAction`] saying why it did
@@ -416,7 +432,13 @@ pub fn human_gate(
     } else {
         Stage::Analysis
     };
-    let m = Move::new(task, to, actor, reason);
+    let cause = match (approve, actor) {
+        (true, Actor::Human) => TransitionCause::ApprovedByHand,
+        (false, Actor::Human) => TransitionCause::RejectedByHand,
+        (true, _) => TransitionCause::TrackerApproved,
+        (false, _) => TransitionCause::TrackerRejected,
+    };
+    let m = Move::new(task, to, actor, cause, reason);
     match apply(tx, policy, &m, now_ms)? {
         Moved::Applied { .. } => Ok(HumanGate::Applied {
             task_id: task.id,

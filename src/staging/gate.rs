@@ -88,7 +88,16 @@ pub fn gate_job(
         Err(why) => {
             let why = format!("staging check not run: {why}");
             let out = db.write(|tx| {
-                jobs::fail_and_escalate(tx, ctx.policy(), job, &why, why.clone(), actor, now_ms())
+                jobs::fail_and_escalate(
+                    tx,
+                    ctx.policy(),
+                    job,
+                    &why,
+                    why.clone(),
+                    crate::pipeline::TransitionCause::JobFailed,
+                    actor,
+                    now_ms(),
+                )
             })?;
             return Ok(StagingGate::Settled(out));
         }

@@ -20,7 +20,7 @@ use crate::ctx::Ctx;
 use crate::db::Task;
 use crate::git::Repo;
 use crate::pipeline::manual::{self, ManualMove};
-use crate::pipeline::{Actor, Stage};
+use crate::pipeline::{Stage, TransitionCause};
 use crate::tracker::Tracker;
 use crate::webhook::{Source, MAX_BODY_BYTES};
 
@@ -812,7 +812,7 @@ impl<'a> Suite<'a> {
         };
         let recorded = transitions
             .iter()
-            .any(|t| t.actor == Actor::Human && t.reason == CANCEL_REASON);
+            .any(|t| t.cause == TransitionCause::CancelledByHand && t.reason == CANCEL_REASON);
         if !now.escalated || !recorded {
             return fail(format!(
                 "task {} is not cancelled (escalated {}, cancel transition recorded {recorded})",
