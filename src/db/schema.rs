@@ -457,6 +457,7 @@ UPDATE transitions SET cause = CASE
          THEN 'rolled-back-by-hand'
     ELSE 'other'
 END;
+"#,
     // 22: the merge line (issue 23). One row per task that a deployer
     // PASS at deploy-staging made ready to merge, at the task's version
     // `task_version`. `state`: `ready` (waiting in the line), `batched`
@@ -470,8 +471,9 @@ END;
     // (the tip of the tasks ahead of it), so that a rebuild onto another
     // tip replays only the task's own commits. `merge_batches`: one row a
     // batch (`building`, then `landed` — main moved to `tip` — `split` or
-    // `done`), `tests` the test runs it took. A row is written in the transaction that finishes the deployer's job
-    // and changed in the transactions that move the task.
+    // `done`), `tests` the test runs it took. A row is written in the
+    // transaction that finishes the deployer's job and changed in the
+    // transactions that move the task.
     r#"
 CREATE TABLE merge_line (
     task_id        INTEGER PRIMARY KEY REFERENCES tasks(id),
