@@ -47,6 +47,7 @@ run_mode() { # NAME KMAX → prints "landed tests seconds"
       for role in analyst architect developer reviewer tester; do
         FAKE_AGENT_DEV_FILE="f$i.md" FAKE_AGENT_DEV_LINE="$line" "$orch" -q work-once --role "$role" >/dev/null
       done
+      "$orch" -q ci >/dev/null  # the local forge's CI of the development head
     done
     "$orch" -q work-once --role deployer >/dev/null
   done

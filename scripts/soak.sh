@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# soak.sh — chaos soak: run work-once loops, reap, reconcile, ingest,
+# soak.sh — chaos soak: run work-once loops, reap, reconcile, ci, ingest,
 # deliver and the merge line concurrently on many tasks while SIGKILLing
 # random orch processes; then let ordinary ticks recover and check the
 # invariants
@@ -57,6 +57,7 @@ pids=()
 for _ in $(seq "$workers"); do loop work-once 2>/dev/null & pids+=($!); done
 loop reap 2>/dev/null & pids+=($!)
 loop reconcile 2>/dev/null & pids+=($!)
+loop ci 2>/dev/null & pids+=($!)
 loop ingest 2>/dev/null & pids+=($!)
 loop deliver 2>/dev/null & pids+=($!)
 loop merge-gate 2>/dev/null & pids+=($!)

@@ -110,6 +110,23 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// One CI pass of the local forge: test the development heads that wait
+    ///
+    /// Runs the project's test command (confined) on every development
+    /// head of a local-forge project whose job finished and which has no
+    /// CI status yet, records the result (context orch/test, with its log)
+    /// and decides the task's development gate: green → review, red →
+    /// back to development. One pass at a time (exit 75 when another runs);
+    /// `orch tick` runs it too. Gitea projects' CI arrives as status
+    /// webhooks and through reconcile.
+    Ci {
+        /// Only test heads of this project
+        #[arg(long)]
+        project: Option<String>,
+        /// List the heads it would test; run and write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// One reaper pass: recover dead workers' jobs, finish abandoned
     /// finalizations, kill timed-out agents, release stale leases
     Reap {

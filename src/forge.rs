@@ -9,8 +9,9 @@
 //! described in [`crate::adapters::gitea`]: the PR is opened by an outbox
 //! message queued after the first push and looked up before it is
 //! created; PR comments carry a hidden marker looked up before a re-post;
-//! CI statuses are polled for a bounded time after a development push and
-//! stored in `ci_statuses` (the gate only reads that table); the merge of
+//! CI statuses arrive as `status` deliveries or are looked up once by
+//! reconcile ([`Forge::ci_state`]) and stored in `ci_statuses` (the gate
+//! only reads that table; nothing waits for them); the merge of
 //! deploy-staging → deploy names the tested head sha, and a PR already
 //! merged is success.
 
@@ -25,7 +26,7 @@ use crate::adapters::{marker, AdapterError, Clients};
 use crate::clock::now_ms;
 use crate::config::{AdapterSettings, ForgeKind, ProjectConfig};
 use crate::ctx::Ctx;
-use crate::db::{Db, OutboxRow, Task};
+use crate::db::{Db, OutboxRow, Task, Tx};
 use crate::git::{FastForward, Repo};
 use crate::outbox::{self, ForgeMessage, Message, Occasion, OpenPr};
 use crate::process::RunSpec;
@@ -70,6 +71,13 @@ impl<'a> Forge<'a> {
         matches!(self, Forge::Gitea(_))
     }
 
+    /// Whether orch runs the project's CI itself (the local forge: the
+    /// test command, by the CI step `orch ci`); a remote forge's CI
+    /// reports through `status` deliveries and [`Forge::ci_state`].
+    pub fn runs_own_ci(&self) -> bool {
+        matches!(self, Forge::Local)
+    }
+
     /// Whether the forge has pull requests (run reports are also posted
     /// on the task's PR).
     pub fn has_pull_requests(&self) -> bool {
@@ -86,73 +94,45 @@ impl<'a> Forge<'a> {
         (!project.repo.is_empty()).then(|| Links::new(url, &project.repo))
     }
 
-    /// After the worker pushed `task`'s branch: records the pushed head as
-    /// the branch's known head (so a later `status` delivery for that sha
-    /// finds its task) and, on Gitea, queues the task's PR
-    /// ([`OpenPr`], key `task:<id>:pr`; a second call is a no-op).
+    /// After the worker pushed `task`'s branch to `sha`, in finalize's one
+    /// transaction `tx`: records `sha` as the branch's known head (so a
+    /// later `status` delivery for that sha finds its task) and, on Gitea,
+    /// queues the task's PR ([`OpenPr`], key `task:<id>:pr`; a second call
+    /// is a no-op). No network I/O: the PR is opened by the outbox's
+    /// delivery.
     ///
-    /// Errors: git and database errors.
-    pub fn after_push(
+    /// Errors: database errors.
+    pub fn record_push(
         &self,
-        db: &Db,
+        tx: &Tx,
         project: &ProjectConfig,
-        repo: &Repo,
         task: &Task,
+        sha: &str,
+        now: i64,
     ) -> anyhow::Result<()> {
-        let sha = repo.head_sha(Path::new(&task.worktree))?;
-        let now = now_ms();
-        let open_pr = self.has_pull_requests();
-        db.write(|tx| {
-            tx.upsert_branch_head(&project.name, &task.branch, &sha, now)?;
-            if open_pr {
-                let mut body = format!(
-                    "Work item {} of project {}, opened by orch (task {}).",
-                    task.tracker_issue_id, project.name, task.id
-                );
-                if !task.body.trim().is_empty() {
-                    body = format!("{}\n\n{body}", task.body.trim());
-                }
-                let pr = OpenPr {
-                    branch: task.branch.clone(),
-                    base: project.default_branch.clone(),
-                    title: format!("{} (orch task {})", task.title, task.id),
-                    body,
-                };
-                outbox::queue(
-                    tx,
-                    &Occasion::Push { task_id: task.id },
-                    &Message::Forge(ForgeMessage::OpenPr(pr)),
-                    now,
-                )?;
+        tx.upsert_branch_head(&project.name, &task.branch, sha, now)?;
+        if self.has_pull_requests() {
+            let mut body = format!(
+                "Work item {} of project {}, opened by orch (task {}).",
+                task.tracker_issue_id, project.name, task.id
+            );
+            if !task.body.trim().is_empty() {
+                body = format!("{}\n\n{body}", task.body.trim());
             }
-            Ok(())
-        })?;
-        Ok(())
-    }
-
-    /// CI of a fresh development head, in the worker's finalize after the
-    /// push. Local: runs the project's test command once per sha and
-    /// stores the result (`orch/test`). Gitea: polls the head's combined
-    /// status for up to `ORCH_GITEA_CI_POLL_S`, storing what it learns;
-    /// never fails (what it does not learn comes as a `status` delivery or
-    /// is found by reconcile).
-    ///
-    /// Errors (local only): git, process and database errors.
-    pub fn ci_after_push(
-        &self,
-        ctx: &Ctx,
-        db: &Db,
-        project: &ProjectConfig,
-        repo: &Repo,
-        task: &Task,
-    ) -> anyhow::Result<()> {
-        match self {
-            Forge::Local => run_local_ci(ctx, db, project, repo, task).map(|_| ()),
-            Forge::Gitea(s) => {
-                poll_ci(s, db, project, repo, task);
-                Ok(())
-            }
+            let pr = OpenPr {
+                branch: task.branch.clone(),
+                base: project.default_branch.clone(),
+                title: format!("{} (orch task {})", task.title, task.id),
+                body,
+            };
+            outbox::queue(
+                tx,
+                &Occasion::Push { task_id: task.id },
+                &Message::Forge(ForgeMessage::OpenPr(pr)),
+                now,
+            )?;
         }
+        Ok(())
     }
 
     /// One look at the forge's CI of the worktree's head, for the
@@ -263,65 +243,6 @@ fn check_ci_once(
         store_statuses(db, project, &sha, &cs)?;
     }
     Ok((sha, cs.state))
-}
-
-/// The bounded CI poll of the worker's finalize for a fresh development
-/// head of a Gitea project: polls the combined status of the worktree's
-/// head every `ORCH_GITEA_CI_POLL_INTERVAL_MS` for up to
-/// `ORCH_GITEA_CI_POLL_S` (at least once), storing every context's status
-/// in `ci_statuses`, until the combined state is final (success, failure,
-/// error). Never fails: a Gitea that cannot be asked is logged and left to
-/// `status` deliveries and reconcile.
-fn poll_ci(s: &AdapterSettings, db: &Db, project: &ProjectConfig, repo: &Repo, task: &Task) {
-    let sha = match repo.head_sha(Path::new(&task.worktree)) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(target: "ci", task = task.id, error = %format!("{e:#}"), "cannot read the head to poll CI");
-            return;
-        }
-    };
-    let g = match Gitea::from_settings(s) {
-        Ok(g) => g,
-        Err(e) => {
-            warn!(target: "ci", task = task.id, error = %e, "not polling Gitea CI");
-            return;
-        }
-    };
-    // This process's own span: on the monotonic clock, which no change of
-    // the wall clock stretches or cuts.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(s.gitea_ci_poll_s);
-    let interval = s.gitea_ci_poll_interval_ms as i64;
-    loop {
-        let mut wait = interval;
-        match g.combined_status(&project.repo, &sha) {
-            Ok(cs) => {
-                let stored = store_statuses(db, project, &sha, &cs);
-                if let Err(e) = stored {
-                    warn!(target: "ci", task = task.id, error = %format!("{e:#}"), "could not store CI status");
-                    return;
-                }
-                if matches!(cs.state.as_str(), "success" | "failure" | "error") {
-                    info!(target: "ci", task = task.id, sha = %sha, state = %cs.state, "Gitea CI finished");
-                    return;
-                }
-            }
-            Err(e) if e.retryable() => {
-                warn!(target: "ci", task = task.id, error = %e, "Gitea CI poll failed; retrying");
-                if let Some(ms) = e.retry_after_ms() {
-                    wait = wait.max(ms as i64);
-                }
-            }
-            Err(e) => {
-                warn!(target: "ci", task = task.id, error = %e, "Gitea CI poll failed");
-                return;
-            }
-        }
-        if std::time::Instant::now() + std::time::Duration::from_millis(wait as u64) > deadline {
-            info!(target: "ci", task = task.id, sha = %sha, "no final CI status yet; a status delivery or reconcile will pick it up");
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(wait as u64));
-    }
 }
 
 /// Stores every context of a combined status as a CI status of `sha`.
@@ -529,40 +450,24 @@ pub fn local_ci_log(ctx: &Ctx, task_id: i64, sha: &str) -> std::path::PathBuf {
     ctx.log_path(&format!("{}.log", local_ci_name(task_id, sha)))
 }
 
-/// The local forge's CI: runs the project's test command on the worktree's
-/// head once per sha and stores the result as CI status `orch/test`.
+/// The local forge's CI of `sha`, the head of `task`'s worktree: runs the
+/// project's test command there ([`run_tests`], confined) with its output
+/// in [`local_ci_log`]. Returns `(state, log)`, the state `success` or
+/// `failure`; stores nothing (the CI step records the status and decides
+/// the gate in one transaction, `crate::ci`).
 ///
-/// Guarantees: idempotent per sha (a stored status is not re-run).
-fn run_local_ci(
+/// Errors: the command cannot be started or was stopped by a signal.
+pub fn run_local_ci(
     ctx: &Ctx,
-    db: &Db,
     project: &ProjectConfig,
     repo: &Repo,
     task: &Task,
-) -> anyhow::Result<String> {
+    sha: &str,
+) -> anyhow::Result<(&'static str, std::path::PathBuf)> {
     let worktree = Path::new(&task.worktree);
-    let sha = repo.head_sha(worktree)?;
-    if let Some(state) = db.combined_ci_state(&project.name, &sha)? {
-        return Ok(state);
-    }
-    let passed = run_tests(ctx, project, repo, worktree, &local_ci_name(task.id, &sha))?;
+    let passed = run_tests(ctx, project, repo, worktree, &local_ci_name(task.id, sha))?;
     let state = if passed { "success" } else { "failure" };
-    // The run's own log, recorded by orch: the next developer's feedback
-    // reads it from here, never from a path named in text.
-    let log = local_ci_log(ctx, task.id, &sha);
-    db.write(|tx| {
-        tx.upsert_ci_status(
-            &project.name,
-            &sha,
-            crate::db::ORCH_TEST_CONTEXT,
-            state,
-            "",
-            Some(&log.to_string_lossy()),
-            now_ms(),
-        )
-    })?;
-    info!(target: "ci", task = task.id, sha = %sha, state, "local CI finished");
-    Ok(state.to_string())
+    Ok((state, local_ci_log(ctx, task.id, sha)))
 }
 
 /// Runs the project's test command in `dir` (a worktree of `repo`) with

@@ -31,8 +31,8 @@ use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, Tx};
 use crate::failpoint::failpoint;
-use crate::pipeline::gate::{self, Gate};
-use crate::pipeline::{self, Actor, Move, Moved, Stage, WorkItem};
+use crate::pipeline::ci::{CiDecision, RecordedBy};
+use crate::pipeline::{self, Actor, Stage, WorkItem};
 use crate::webhook::Source;
 
 /// What ingesting one delivery did. Its `Display` is the one line the
@@ -211,7 +211,7 @@ pub fn ingest_one(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Outcome> {
     let now = now_ms();
     let handled = db.write(|tx| {
         let before = tx.last_transition_id()?;
-        let h = route(ctx, db, tx, &source, &event, &body, now)?;
+        let h = route(ctx, tx, &source, &event, &body, now)?;
         tx.link_transitions_to_delivery(before, id)?;
         tx.mark_delivery_processed(id, &h.outcome.to_string(), now)?;
         failpoint("ingest.before_commit");
@@ -302,7 +302,6 @@ pub fn prepare_worktree(ctx: &Ctx, db: &Db, task_id: i64) {
 
 fn route(
     ctx: &Ctx,
-    db: &Db,
     tx: &Tx,
     source: &str,
     event: &str,
@@ -318,7 +317,7 @@ fn route(
     match (source, event) {
         (Source::Plane, "issue") => plane_issue(ctx, tx, &v, now),
         (Source::Gitea, "push") => gitea_push(ctx, tx, &v, now),
-        (Source::Gitea, "status") => gitea_status(ctx, db, tx, &v, now),
+        (Source::Gitea, "status") => gitea_status(ctx, tx, &v, now),
         (Source::Gitea, "pull_request" | "pull_request_sync") => {
             gitea_pull_request(ctx, tx, &v, now)
         }
@@ -564,11 +563,12 @@ fn gitea_push(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled
 
 /// Gitea `status`: store a CI state for a sha that is a known branch head
 /// (the payload has no branch: fixtures README, surprise 1), then — for a
-/// task waiting at development with no active job — evaluate the
-/// development gate read-only and apply its answer through the transition
-/// rule as `webhook`: green → review, red → back to development (a
-/// developer retry), anything else waits.
-fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
+/// task waiting at development with no active job — decide its
+/// development gate again through [`crate::pipeline::ci::on_status`] (the
+/// one rule for a recorded CI status, shared with reconcile and `orch ci`)
+/// as `webhook`: green → review, red → back to development (a developer
+/// retry), anything else waits.
+fn gitea_status(ctx: &Ctx, tx: &Tx, v: &Value, now: i64) -> anyhow::Result<Handled> {
     let Some(project) = project_by_repo(ctx, v) else {
         return Ok(Handled::nothing("repository is not in the registry"));
     };
@@ -599,52 +599,32 @@ fn gitea_status(ctx: &Ctx, db: &Db, tx: &Tx, v: &Value, now: i64) -> anyhow::Res
             "no task has branch {branch}"
         ))));
     };
-    if task.stage != Stage::Development {
-        return Ok(done(Outcome::nothing(format!(
-            "task {} is at {}",
-            task.id, task.stage
-        ))));
-    }
-    if task.escalated {
-        return Ok(done(Outcome::nothing(format!(
-            "task {} is escalated",
-            task.id
-        ))));
-    }
-    if !tx.active_jobs(task.id)?.is_empty() {
-        return Ok(done(Outcome::nothing(format!(
-            "task {}'s development job is still active (its finalize reads CI)",
-            task.id
-        ))));
-    }
-    let facts = gate::gather(db, project, &ctx.repo(project), &task)?;
-    let (to, retry, why, log) = match gate::decide(Stage::Development, &facts) {
-        Gate::Pass => (Stage::Review, false, format!("CI {state} on {sha}"), None),
-        Gate::Rollback { reason, log } => (Stage::Development, true, reason, log),
-        Gate::Pending(r) | Gate::Fail(r) | Gate::FailFinal(r) => {
-            return Ok(done(Outcome::Waits {
-                task_id: task.id,
-                why: r,
-            }))
-        }
-    };
-    let cause = if retry {
-        pipeline::TransitionCause::GateSentBack
-    } else {
-        pipeline::TransitionCause::GatePassed
-    };
-    let mut m = Move::new(&task, to, Actor::Webhook, cause, why.clone());
-    m.developer_retry = retry;
-    m.log_path = log;
-    Ok(done(match pipeline::apply(tx, ctx.policy(), &m, now)? {
-        Moved::Applied { escalated, .. } => Outcome::Moved {
+    let decision = crate::pipeline::ci::on_status(
+        tx,
+        ctx.policy(),
+        project,
+        &ctx.repo(project),
+        &task,
+        RecordedBy {
+            actor: Actor::Webhook,
+            job: None,
+        },
+        now,
+    )?;
+    Ok(done(match decision {
+        CiDecision::Moved { to, why, escalated } => Outcome::Moved {
             task_id: task.id,
             from: Stage::Development,
             to,
             why,
             escalated,
         },
-        Moved::Lost => Outcome::nothing(format!("task {} changed concurrently", task.id)),
+        CiDecision::Waits(why) => Outcome::Waits {
+            task_id: task.id,
+            why,
+        },
+        CiDecision::NotWaiting(why) => Outcome::nothing(why),
+        CiDecision::Lost => Outcome::nothing(format!("task {} changed concurrently", task.id)),
     }))
 }
 

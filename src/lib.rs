@@ -11,6 +11,7 @@ pub mod backoff;
 pub mod brief;
 pub mod build_info;
 pub mod check;
+pub mod ci;
 pub mod clock;
 pub mod config;
 pub mod config_check;

@@ -19,10 +19,11 @@ use crate::db::Db;
 
 /// The ticks whose last success is exported
 /// (`orch_tick_last_success_timestamp_seconds{tick}`).
-pub const TICKS: [&str; 6] = [
+pub const TICKS: [&str; 7] = [
     "ingest",
     "reap",
     "reconcile",
+    "ci",
     "deliver",
     "work-once",
     "tick",

@@ -17,7 +17,10 @@
 //! - **F-1, gate side**: tasks not done, not escalated, with no queued or
 //!   running job and unchanged for `grace_for_stage(stage)` get their gate
 //!   evaluated read-only; `Pass` advances them with actor `reconciler`;
-//!   `Fail`/`Pending` leave them, silently. The guards, each a silent skip,
+//!   at development a red CI status (`Rollback`) sends the task back
+//!   through the rule a `status` delivery uses
+//!   ([`crate::pipeline::ci::on_status`]); `Fail`/`Pending` leave them,
+//!   silently. The guards, each a silent skip,
 //!   in this order: analysis (a human gate, never advanced here); the
 //!   developer retry count at `ORCH_MAX_DEVELOPER_RETRIES`; the tracker
 //!   shows the item Blocked or Needs Input; the tracker errs or the project
@@ -48,6 +51,7 @@ use crate::config::{ProjectConfig, StateKind};
 use crate::ctx::Ctx;
 use crate::db::Db;
 use crate::outbox::{self, Message, Notification, NotifyKind, Occasion};
+use crate::pipeline::ci::CiDecision;
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::{self, Actor, Move, Moved, Stage};
 pub use crate::tracker::TrackerItem;
@@ -116,6 +120,10 @@ pub struct Pass {
     pub examined: usize,
     /// `(task id, from, to)` advanced by F-1.
     pub unblocked: Vec<(i64, String, String)>,
+    /// `(task id, reason)` sent back to development by F-1 because their
+    /// head's CI is red (a status the forge reported and whose delivery
+    /// was lost), through the rule a `status` delivery uses.
+    pub ci_failed: Vec<(i64, String)>,
     /// Skipped tasks by reason (`analysis is a human gate`, `developer
     /// retry cap reached`, `tracker shows Blocked`, `tracker error`, …).
     pub skipped: BTreeMap<String, Vec<i64>>,
@@ -450,6 +458,35 @@ fn gate_side(
                     warn!(target: "reconcile", task = task.id, error = %format!("{e:#}"), "could not ask the forge for CI")
                 }
             }
+        }
+        if stage == Stage::Development && matches!(verdict, Gate::Rollback { .. }) {
+            // Red CI: the task goes back to development through the one
+            // rule for a recorded CI status.
+            let decision = db.write_or_rehearse(dry_run, |tx| {
+                let Some(current) = tx.task(task.id)? else {
+                    return Ok(None);
+                };
+                let d = pipeline::ci::on_status(
+                    tx,
+                    ctx.policy(),
+                    project,
+                    &repo,
+                    &current,
+                    pipeline::ci::RecordedBy {
+                        actor: Actor::Reconciler,
+                        job: None,
+                    },
+                    now,
+                )?;
+                Ok(Some(d))
+            })?;
+            if let Some(CiDecision::Moved { why, .. }) = decision {
+                if !dry_run {
+                    info!(target: "reconcile", task = task.id, reason = %why, "CI red: back to development");
+                }
+                pass.ci_failed.push((task.id, why));
+            }
+            continue;
         }
         if verdict != Gate::Pass {
             continue;

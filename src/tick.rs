@@ -1,12 +1,14 @@
-//! `orch tick`: one tick for cron users — ingest, reap, reconcile and
-//! deliver, each under its own tick lock (a busy step is skipped, not
-//! fatal), then jobs while any is runnable, then the merge line (and the
-//! jobs its landings enqueued), then the deliveries those wrote. Returns
-//! what each step did as one serialisable [`TickReport`].
+//! `orch tick`: one tick for cron users — ingest, reap, reconcile, the
+//! local forge's CI step and deliver, each under its own tick lock (a busy
+//! step is skipped, not fatal), then jobs while any is runnable, then the
+//! merge line (and the jobs its landings enqueued), then the deliveries
+//! those wrote. Returns what each step did as one serialisable
+//! [`TickReport`].
 
 use serde::{Serialize, Serializer};
 use tracing::warn;
 
+use crate::ci::{self, CiPass};
 use crate::ctx::Ctx;
 use crate::db::Db;
 use crate::deliver::{self, DeliverSummary};
@@ -49,6 +51,8 @@ pub struct TickReport {
     pub ingest: Step<IngestSummary>,
     pub reap: Step<Reaped>,
     pub reconcile: Step<reconcile::Pass>,
+    /// The local forge's CI step (`orch ci`).
+    pub ci: Step<CiPass>,
     pub deliver: Step<DeliverSummary>,
     /// The jobs that ran, in order (at most `max_jobs`).
     pub work: Vec<WorkOutcome>,
@@ -74,9 +78,12 @@ fn step<T>(
 
 /// Runs one tick: ingest (up to 1000 deliveries), reap, reconcile, deliver
 /// (up to 1000 messages), then up to `max_jobs` jobs while one is runnable
-/// and the concurrency limit allows, then — when any job ran — one more
-/// delivery pass (skipped when another deliver holds its lock; a failure
-/// is logged, the next tick retries).
+/// and the concurrency limit allows — when none is, the CI step
+/// ([`ci::run`]: the test command on every development head that waits
+/// for it; nothing runs in a dry run), and the jobs again while it moved a
+/// task. When any job ran, one more delivery pass follows (skipped when
+/// another deliver holds its lock; a failure is logged, the next tick
+/// retries).
 ///
 /// Assumptions: no tick lock is held by the caller.
 /// Errors: a step's error ends the tick (database, git, tracker errors as
@@ -89,6 +96,19 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport
         return db.rehearse_all(|db| steps(ctx, db, max_jobs, true));
     }
     steps(ctx, &db, max_jobs, false)
+}
+
+/// The CI passes of one tick as one report: their runs in order; busy
+/// only when no pass ran.
+fn merge_ci(before: Option<Step<CiPass>>, pass: Step<CiPass>) -> Step<CiPass> {
+    match (before, pass) {
+        (Some(Step::Ran(mut a)), Step::Ran(b)) => {
+            a.runs.extend(b.runs);
+            Step::Ran(a)
+        }
+        (Some(Step::Ran(a)), Step::Busy) => Step::Ran(a),
+        (_, pass) => pass,
+    }
 }
 
 fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport> {
@@ -110,20 +130,32 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
     let reconcile = step(ctx, "reconcile", || reconcile::run(ctx, db, dry_run))?;
     let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, db, 1000))?;
     let mut work = Vec::new();
-    let work_some = |work: &mut Vec<WorkOutcome>| -> anyhow::Result<()> {
-        while work.len() < max_jobs as usize {
-            // A worker asked to stop claims nothing more.
-            if crate::process::stop_signal().is_some() {
-                break;
+    let mut ci: Option<Step<CiPass>> = None;
+    let work_some =
+        |work: &mut Vec<WorkOutcome>, ci: &mut Option<Step<CiPass>>| -> anyhow::Result<()> {
+            while work.len() < max_jobs as usize {
+                // A worker asked to stop claims nothing more.
+                if crate::process::stop_signal().is_some() {
+                    break;
+                }
+                match worker::work_once(ctx, db, None, None)? {
+                    WorkOutcome::Idle => {
+                        // No job is runnable: the development heads that wait
+                        // for the local forge's CI get it now, and a task it
+                        // moves has its next job in this tick.
+                        let pass = step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?;
+                        let moved = matches!(&pass, Step::Ran(p) if p.runs.iter().any(|r| r.moved));
+                        *ci = Some(merge_ci(ci.take(), pass));
+                        if !moved {
+                            break;
+                        }
+                    }
+                    ran => work.push(ran),
+                }
             }
-            match worker::work_once(ctx, db, None, None)? {
-                WorkOutcome::Idle => break,
-                ran => work.push(ran),
-            }
-        }
-        Ok(())
-    };
-    work_some(&mut work)?;
+            Ok(())
+        };
+    work_some(&mut work, &mut ci)?;
     let merge_line = step(ctx, "merge-line", || {
         crate::merge_gate::run_line(ctx, db, None, dry_run)
     })?;
@@ -133,9 +165,14 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
             .any(|r| r.batches.iter().any(|b| !b.landed.is_empty()))
         {
             // The deploy jobs the landings enqueued.
-            work_some(&mut work)?;
+            work_some(&mut work, &mut ci)?;
         }
     }
+    let ci = match ci {
+        Some(ci) => ci,
+        // The job cap ended the loop: CI still gets its pass.
+        None => step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?,
+    };
     if !work.is_empty() && !dry_run {
         // Deliver what the jobs just wrote; busy means another deliver runs.
         if let Ok(_lock) = ctx.tick_lock("deliver") {
@@ -148,6 +185,7 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
         ingest,
         reap,
         reconcile,
+        ci,
         deliver,
         work,
         merge_line,

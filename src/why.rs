@@ -214,9 +214,18 @@ pub enum Waiting {
     /// The analysis is done and waits for a human's approval (the tracker's
     /// Approved state, or `orch task approve`).
     Approval { job_id: Option<i64>, since_ms: i64 },
-    /// No job, no human, no lease: the stage's gate has not decided yet
-    /// (e.g. CI pending at development); the next webhook or reconcile pass
-    /// re-evaluates it.
+    /// At development, the run finished and its pushed head `sha` waits
+    /// for CI: `state` is the head's combined CI state so far (`pending`),
+    /// `None` with no status yet. The local forge's CI step (`orch ci`)
+    /// runs the tests; a forge's `status` delivery or reconcile's look
+    /// records its result. Nothing waits in a process meanwhile.
+    Ci {
+        sha: String,
+        state: Option<String>,
+        since_ms: i64,
+    },
+    /// No job, no human, no lease: the stage's gate has not decided yet;
+    /// the next webhook or reconcile pass re-evaluates it.
     Gate { stage: Stage, since_ms: i64 },
 }
 
@@ -519,6 +528,24 @@ pub fn waiting(
             });
         }
     }
+    if task.stage == Stage::Development {
+        let job = jobs
+            .iter()
+            .rev()
+            .find(|j| j.stage == Stage::Development && j.task_version == task.version);
+        if let Some(j) = job.filter(|j| j.status == JobStatus::Done) {
+            if let Some(sha) = db.branch_head(&task.project, &task.branch)? {
+                let state = db.combined_ci_state(&task.project, &sha)?;
+                if state.as_deref().is_none_or(|s| s == "pending") {
+                    return Ok(Waiting::Ci {
+                        sha,
+                        state,
+                        since_ms: j.finished_at_ms.unwrap_or(since_ms),
+                    });
+                }
+            }
+        }
+    }
     Ok(Waiting::Gate {
         stage: task.stage,
         since_ms,
@@ -678,6 +705,16 @@ impl Waiting {
             }
             Waiting::Approval { since_ms, .. } => format!(
                 "a human: approval of the analysis, waiting {} (Approved in the tracker, or orch task approve)",
+                span(*since_ms)
+            ),
+            Waiting::Ci {
+                sha,
+                state,
+                since_ms,
+            } => format!(
+                "CI of {}: {} for {} (the local forge's CI step `orch ci` runs the tests; a forge's status webhook or reconcile records its result)",
+                &sha[..sha.len().min(12)],
+                state.as_deref().unwrap_or("no status yet"),
                 span(*since_ms)
             ),
             Waiting::Gate { stage, since_ms } => format!(

@@ -6,9 +6,8 @@
 //! (finalize) done | failed | queued (retry)`.
 //!
 //! [`finalize`] is shared with the reaper's Tier-2: every step before the
-//! terminal claim (auto-commit, push, local CI, the staging check) is
-//! idempotent —
-//! check, then act — so a finalize interrupted at any instruction can be
+//! terminal claim (auto-commit, push, the staging check at deploy-staging)
+//! is idempotent — check, then act — so a finalize interrupted at any instruction can be
 //! run again by whoever comes next; only the terminal claim, a single
 //! transaction, decides who advances the task.
 
@@ -588,7 +587,14 @@ fn setup_failed(ctx: &Ctx, db: &Db, job: &Job, e: &anyhow::Error) -> anyhow::Res
 
 /// The error chain as one line (what an escalation and `last_error` show).
 fn name_failure(e: &anyhow::Error) -> String {
-    let text = format!("{e:#}");
+    // A subprocess's stderr spans lines (git's `remote:` lines); one line
+    // keeps `orch status` one line per job.
+    let text = format!("{e:#}")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
     const MAX: usize = 1500;
     if text.len() <= MAX {
         return text;
@@ -613,11 +619,15 @@ fn append_to_log(path: &Path, line: &str) {
 }
 
 /// Finalizes running job `job_id` whose agent exit is recorded: commits
-/// and pushes the worktree, runs local CI where the stage needs it,
-/// evaluates the gate and applies its answer through the transition rule;
-/// a deploy-staging PASS (after the staging check) finishes the job with
-/// the task ready to merge, for the merge line. Used by the worker and by
-/// the reaper's Tier-2.
+/// and pushes the worktree (git), reads the facts, decides through
+/// `gate::decide` and applies the outcome in one transaction (DESIGN §4
+/// "Job lifecycle"). It waits for nothing: at development with no CI
+/// status yet the job finishes done and the task waits for CI
+/// ([`crate::pipeline::ci`]). At deploy-staging the staging check (where
+/// `[projects.staging]` is set) validates the task's revision, and a PASS
+/// finishes the job with the task ready to merge, for the merge line
+/// ([`crate::merge_gate::run_line`]). Used by the worker and by the
+/// reaper's Tier-2.
 ///
 /// Recovery is bounded: each failed finalize of a job attempt is counted
 /// (`jobs.finalize_failures`); at `ORCH_FINALIZE_MAX_ATTEMPTS`, or at once
@@ -627,7 +637,7 @@ fn append_to_log(path: &Path, line: &str) {
 ///
 /// Guarantees: idempotent up to the terminal claim; the terminal claim is
 /// one transaction, and an actor that loses it writes nothing.
-/// Errors: database errors, and git/CI errors below the cap (the job stays
+/// Errors: database errors, and git errors below the cap (the job stays
 /// `running` with its exit recorded, so the reaper's Tier-2 finishes it
 /// later).
 pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
@@ -714,8 +724,9 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     let worktree = PathBuf::from(&task.worktree);
     let agent_ok = job.exit_code == Some(0);
 
-    // Recreates a missing worktree and aborts a rebase a crashed merge step
-    // left in progress; a no-op on a healthy worktree.
+    // Git: the job's work reaches origin. Recreates a missing worktree and
+    // aborts a rebase a crashed merge step left in progress; a no-op on a
+    // healthy worktree.
     repo.ensure_worktree(&worktree, &task.branch)?;
     // A file that still holds conflict markers is never committed: the run
     // failed, and the retry starts again from what was pushed.
@@ -733,7 +744,7 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     if let Some(r) = &refused {
         warn!(target: "worker", job = job.id, reason = %r, "refusing to commit");
     }
-    if agent_ok && refused.is_none() {
+    let pushed = if agent_ok && refused.is_none() {
         let run_id = db.last_run_for_job(job.id)?.map(|r| r.0).unwrap_or(0);
         let msg = format!(
             "{}({}): auto-commit from {} run_id={run_id}",
@@ -742,45 +753,40 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
         repo.commit_all(&worktree, &msg)?;
         failpoint("finalize.after_commit");
         push_task_branch(&repo, &worktree, &task.branch, stage)?;
-        crate::forge::Forge::for_project(ctx, project).after_push(db, project, &repo, &task)?;
         failpoint("finalize.after_push");
+        Some(repo.head_sha(&worktree)?)
     } else {
         // A failed run's half-done edits are not committed: the retry
         // starts again from what was pushed.
         repo.discard_changes(&worktree)?;
-    }
-    // The model account's usage or rate limit stopped the run: not the
-    // job's fault. Requeued without an attempt; the account pauses.
-    let account = ctx.config.account(&job.role);
-    if !agent_ok {
-        if let Some((kind, reset)) = db.run_judgement(job.id)?.and_then(|j| j.limit) {
-            let message = job_error_text(db, &job)?;
-            let settings = &ctx.settings;
-            let f = db.write(|tx| {
-                spend::pause_for_limit(
-                    tx,
-                    settings,
-                    &job,
-                    &account,
-                    kind,
-                    reset,
-                    &message,
-                    now_ms(),
-                )
-            })?;
-            warn!(target: "worker", job = job.id, account = %account, outcome = %f, "dispatch paused");
-            return Ok(f);
-        }
-    } else if db.pause(&account)?.is_some() {
-        // A clean run of the account ends its pause and its backoff.
-        db.write(|tx| tx.clear_pause(&account))?;
-        info!(target: "worker", account = %account, "a clean run cleared the account's pause");
-    }
-    if agent_ok && refused.is_none() && stage == Stage::Development {
-        crate::forge::Forge::for_project(ctx, project)
-            .ci_after_push(ctx, db, project, &repo, &task)?;
-    }
+        None
+    };
 
+    // Facts, then the decision. The model account's usage or rate limit
+    // stopped the run: not the job's fault (requeued without an attempt;
+    // the account pauses). A clean run ends the account's pause.
+    let account = ctx.config.account(&job.role);
+    let limit = if agent_ok {
+        None
+    } else {
+        db.run_judgement(job.id)?.and_then(|j| j.limit)
+    };
+    if let Some((kind, reset)) = limit {
+        let message = job_error_text(db, &job)?;
+        let decision = Decision::Limit {
+            kind,
+            reset,
+            message,
+        };
+        return apply(
+            ctx, db, &task, &job, stage, None, &account, false, decision, actor,
+        );
+    }
+    let clear_pause = agent_ok && db.pause(&account)?.is_some();
+    // No waiting here: at development without a final CI status the gate
+    // is Pending, the job finishes done and the task waits for the status
+    // (a `status` delivery, reconcile, or `orch ci` records it and decides
+    // again through `pipeline::ci::on_status`).
     let facts = gate::gather(db, project, &repo, &task)?;
     let mut verdict = match refused {
         Some(r) => Gate::Fail(r),
@@ -801,13 +807,57 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
             }
         }
         if verdict == Gate::Pass {
+            info!(target: "gate", task = task.id, stage = %stage, "gate evaluated: ready to merge");
             failpoint("finalize.before_terminal_claim");
-            return finish_ready(ctx, db, &task, &job, validated.as_deref());
+            let decision = Decision::Ready { validated };
+            let pushed = pushed.as_deref();
+            return apply(
+                ctx,
+                db,
+                &task,
+                &job,
+                stage,
+                pushed,
+                &account,
+                clear_pause,
+                decision,
+                actor,
+            );
         }
     }
     info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
     failpoint("finalize.before_terminal_claim");
-    apply_gate(ctx, db, &task, &job, stage, verdict, actor)
+    let decision = Decision::Gate(verdict);
+    let pushed = pushed.as_deref();
+    apply(
+        ctx,
+        db,
+        &task,
+        &job,
+        stage,
+        pushed,
+        &account,
+        clear_pause,
+        decision,
+        actor,
+    )
+}
+
+/// What finalize decided for a finishing job.
+enum Decision {
+    /// The model account's limit stopped the run: requeue the job without
+    /// an attempt and pause the account ([`spend::pause_for_limit`]).
+    Limit {
+        kind: crate::agent::LimitKind,
+        reset: Option<i64>,
+        message: String,
+    },
+    /// A deployer PASS at deploy-staging (after the staging check, which
+    /// validated revision `validated` where `[projects.staging]` is set):
+    /// the job is done and the task ready to merge.
+    Ready { validated: Option<String> },
+    /// The stage gate's answer.
+    Gate(Gate),
 }
 
 /// The latest run's error text of `job` (its judgement's reason), or a
@@ -846,53 +896,76 @@ fn push_task_branch(
     }
 }
 
-/// Finishes deploy-staging job `job` whose deployer (and staging check)
-/// passed: the job is done and `task` is ready to merge — its merge-line
-/// row written ([`crate::merge_gate::line`]) — with the run's report, in
-/// one transaction. `validated`: the revision the staging check
-/// validated.
-fn finish_ready(
-    ctx: &Ctx,
-    db: &Db,
-    task: &Task,
-    job: &Job,
-    validated: Option<&str>,
-) -> anyhow::Result<Finalized> {
-    let now = now_ms();
-    let report = crate::report::RunReport::gather(ctx, task, job);
-    db.write(|tx| {
-        let done = jobs::finish(tx, job.id, Some(job.attempt), JobStatus::Done, None, now)?;
-        if done != Changed::Applied {
-            return Ok(Finalized::Lost);
-        }
-        tx.line_ready(task.id, &task.project, task.version, validated, now)?;
-        let finalized = Finalized::Waiting {
-            reason: crate::merge_gate::READY.to_string(),
-        };
-        report.queue(tx, ctx, task, job, &finalized, now)?;
-        Ok(finalized)
-    })
-}
-
-/// Applies a gate answer for a finishing job in one transaction.
-fn apply_gate(
+/// Finalize's one write: in one transaction, records the pushed head
+/// (`pushed`, through [`crate::forge::Forge::record_push`]: the branch's
+/// known head and, on a forge with pull requests, the PR's outbox
+/// message), ends `account`'s pause after a clean run (`clear_pause`),
+/// and applies `decision` — a limit pause, the task ready to merge (the
+/// job done, its merge-line row written), or the gate's answer through
+/// the transition rule — with the run's report queued.
+///
+/// Errors: database errors.
+#[allow(clippy::too_many_arguments)]
+fn apply(
     ctx: &Ctx,
     db: &Db,
     task: &Task,
     job: &Job,
     stage: Stage,
-    verdict: Gate,
+    pushed: Option<&str>,
+    account: &str,
+    clear_pause: bool,
+    decision: Decision,
     actor: Actor,
 ) -> anyhow::Result<Finalized> {
     let now = now_ms();
     let policy = ctx.policy();
+    let project = ctx.project(&task.project)?;
+    let forge = crate::forge::Forge::for_project(ctx, project);
     // The run's report (tracker comment, PR comment) is written in the same
     // transaction that finishes the job.
     let report = crate::report::RunReport::gather(ctx, task, job);
-    db.write(|tx| {
-        let finalized = match &verdict {
+    let finalized = db.write(|tx| {
+        if let Some(sha) = pushed {
+            forge.record_push(tx, project, task, sha, now)?;
+        }
+        if clear_pause {
+            tx.clear_pause(account)?;
+        }
+        let verdict = match &decision {
+            Decision::Limit {
+                kind,
+                reset,
+                message,
+            } => {
+                let settings = &ctx.settings;
+                return spend::pause_for_limit(
+                    tx, settings, job, account, *kind, *reset, message, now,
+                );
+            }
+            Decision::Ready { validated } => {
+                let done = jobs::finish(tx, job.id, Some(job.attempt), JobStatus::Done, None, now)?;
+                if done != Changed::Applied {
+                    return Ok(Finalized::Lost);
+                }
+                tx.line_ready(
+                    task.id,
+                    &task.project,
+                    task.version,
+                    validated.as_deref(),
+                    now,
+                )?;
+                let finalized = Finalized::Waiting {
+                    reason: crate::merge_gate::READY.to_string(),
+                };
+                report.queue(tx, ctx, task, job, &finalized, now)?;
+                return Ok(finalized);
+            }
+            Decision::Gate(v) => v,
+        };
+        let finalized = match verdict {
             Gate::Pass | Gate::Rollback { .. } => {
-                let (to, reason, retry, log) = match &verdict {
+                let (to, reason, retry, log) = match verdict {
                     Gate::Rollback { reason, log } => {
                         (Stage::Development, reason.clone(), true, log.clone())
                     }
@@ -947,7 +1020,14 @@ fn apply_gate(
         };
         report.queue(tx, ctx, task, job, &finalized, now)?;
         Ok(finalized)
-    })
+    })?;
+    if clear_pause {
+        info!(target: "worker", account = %account, "a clean run cleared the account's pause");
+    }
+    if let Finalized::Paused { .. } = &finalized {
+        warn!(target: "worker", job = job.id, account = %account, outcome = %finalized, "dispatch paused");
+    }
+    Ok(finalized)
 }
 
 /// The runner for one agent run (`ORCH_AGENT_SANDBOX`, DESIGN §4 "Agent

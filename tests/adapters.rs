@@ -43,7 +43,6 @@ impl World {
             .set("ORCH_GITEA_URL", &gitea.url())
             .set("ORCH_GITEA_TOKEN", GITEA_TOKEN)
             .set("ORCH_GITEA_PUBLIC_URL", "https://gitea.example.com")
-            .set("ORCH_GITEA_CI_POLL_S", "0")
             .set("ORCH_NOTIFIER", "telegram")
             .set("ORCH_TELEGRAM_API_URL", &tg.url())
             .set("ORCH_TELEGRAM_BOT_TOKEN", TELEGRAM_TOKEN)
@@ -203,17 +202,15 @@ fn plane_and_gitea_drive_a_work_item_from_webhook_to_merged_and_done() {
         "{outcome}"
     );
 
-    // Gitea: PR opened once, CI polled, merged once with the tested head,
-    // run reports of review and later on the PR; nothing else.
+    // Gitea: PR opened once, merged once with the tested head, run reports
+    // of review and later on the PR; nothing else (no finalize asks for CI:
+    // the status came as a delivery).
     let g = w.gitea.server.lines();
     let find = format!("GET {API}/pulls/main/{BRANCH}");
     let comment = format!("POST {API}/issues/7/comments");
     assert_eq!(
         g,
         [
-            // finalize of the development run: the bounded poll (once
-            // with ORCH_GITEA_CI_POLL_S=0)
-            format!("GET {API}/commits/{head}/status"),
             // deliver after the first tick's jobs: the PR, looked up first
             find.clone(),
             format!("POST {API}/pulls"),
@@ -815,20 +812,40 @@ fn a_status_delivery_for_an_unknown_sha_changes_nothing_and_says_why() {
 }
 
 #[test]
-fn ci_that_turns_green_during_the_finalize_poll_opens_the_gate_and_a_pr_merged_delivery_at_deploy_leaves_the_task_there(
+fn ci_that_turns_green_after_the_finalize_is_found_by_reconcile_and_a_pr_merged_delivery_at_deploy_leaves_the_task_there(
 ) {
     let mut w = World::new();
     // The old system's CI race: no status right after the push, success a
-    // moment later — the bounded poll in the finalize sees it.
+    // moment later. The finalize does not wait for it: the development job
+    // ends waiting, and reconcile (its status delivery lost) asks once per
+    // pass until the forge says green.
     w.gitea.state.lock().unwrap().success_after_polls = Some(3);
-    w.sbx
-        .set("ORCH_GITEA_CI_POLL_S", "10")
-        .set("ORCH_GITEA_CI_POLL_INTERVAL_MS", "100");
+    w.sbx.set("ORCH_RECONCILE_GRACE_S", "0");
     w.task_from_plane();
+    for _ in 0..3 {
+        w.sbx.ok(&["work-once"]);
+    }
+    assert_eq!(w.sbx.stage(1), "development");
+    assert_eq!(
+        w.sbx
+            .count("SELECT COUNT(*) FROM jobs WHERE stage='development' AND status='done'"),
+        1,
+        "the development job finished, waiting"
+    );
+    let status_calls = |w: &World| {
+        w.gitea
+            .server
+            .lines()
+            .iter()
+            .filter(|l| l.ends_with("/status"))
+            .count()
+    };
+    assert_eq!(status_calls(&w), 0, "the finalize asked Gitea nothing");
     for _ in 0..8 {
         if w.sbx.stage(1) == "deploy" {
             break;
         }
+        w.sbx.ok(&["reconcile"]);
         w.sbx.ok(&["work-once"]);
         // The deployer's PASS makes it ready; the merge line merges the PR.
         w.sbx.ok(&["merge-gate"]);
@@ -837,17 +854,14 @@ fn ci_that_turns_green_during_the_finalize_poll_opens_the_gate_and_a_pr_merged_d
     let t = w.sbx.transitions(1);
     assert_eq!(
         t[3],
-        (Some("development".into()), "review".into(), "worker".into())
+        (
+            Some("development".into()),
+            "review".into(),
+            "reconciler".into()
+        )
     );
     let head = w.sbx.origin_git(&["rev-parse", BRANCH]);
-    let polls = w
-        .gitea
-        .server
-        .lines()
-        .iter()
-        .filter(|l| l.ends_with("/status"))
-        .count();
-    assert_eq!(polls, 3, "polled until green");
+    assert_eq!(status_calls(&w), 3, "one look per pass until green");
     assert_eq!(
         w.sbx.origin_git(&["rev-parse", "main"]),
         head,
@@ -956,8 +970,8 @@ fn a_lost_ci_status_delivery_is_recovered_by_reconcile_asking_the_forge_once() {
     let mut w = World::new();
     w.sbx.set("ORCH_RECONCILE_GRACE_S", "0");
     w.task_from_plane();
-    // Run to development: its finalize polls the forge once
-    // (ORCH_GITEA_CI_POLL_S=0), finds no status, and the job ends waiting.
+    // Run to development: its finalize asks the forge nothing, and the job
+    // ends waiting for CI.
     for _ in 0..6 {
         let done = w
             .sbx
@@ -1020,6 +1034,54 @@ fn a_lost_ci_status_delivery_is_recovered_by_reconcile_asking_the_forge_once() {
             .count("SELECT COUNT(*) FROM transitions WHERE actor='reconciler'"),
         1
     );
+    w.sbx.check_invariants();
+}
+
+#[test]
+fn a_red_ci_status_found_by_reconcile_sends_the_task_back_to_development_once() {
+    let mut w = World::new();
+    w.sbx.set("ORCH_RECONCILE_GRACE_S", "0");
+    w.task_from_plane();
+    for _ in 0..3 {
+        w.sbx.ok(&["work-once"]);
+    }
+    assert_eq!(w.sbx.stage(1), "development");
+    assert_eq!(w.sbx.json(&["why", "1"])["waiting"]["kind"], "ci");
+    // CI fails at the forge; its `status` delivery is lost.
+    let head = w.sbx.origin_git(&["rev-parse", BRANCH]);
+    w.gitea.state.lock().unwrap().statuses.insert(
+        head.clone(),
+        vec![("CI / test (pull_request)".into(), "failure".into())],
+    );
+    let pass = w.sbx.json(&["reconcile"]);
+    assert_eq!(
+        pass["ci_failed"],
+        serde_json::json!([[1, format!("CI failed on {head}")]]),
+        "{pass}"
+    );
+    let last = w.sbx.transitions(1).last().unwrap().clone();
+    assert_eq!(
+        last,
+        (
+            Some("development".into()),
+            "development".into(),
+            "reconciler".into()
+        )
+    );
+    assert_eq!(
+        w.sbx
+            .count("SELECT developer_retries FROM tasks WHERE id=1"),
+        1
+    );
+    assert_eq!(
+        w.sbx
+            .count("SELECT COUNT(*) FROM jobs WHERE stage='development' AND status='queued'"),
+        1,
+        "the next developer run is queued"
+    );
+    // A second pass finds a job queued and does nothing.
+    let pass = w.sbx.json(&["reconcile"]);
+    assert_eq!(pass["ci_failed"], serde_json::json!([]), "{pass}");
     w.sbx.check_invariants();
 }
 

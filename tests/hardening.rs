@@ -98,19 +98,19 @@ fn an_unreachable_clone_url_is_named_and_ends_the_job() {
 }
 
 #[test]
-fn an_unstartable_test_command_fails_finalize_at_its_cap_and_reap_leaves_nothing_running() {
+fn a_push_origin_refuses_fails_finalize_at_its_cap_and_reap_leaves_nothing_running() {
     let mut sbx = Sandbox::new();
-    edit_config(
-        &sbx,
-        "test_command = [\"sh\", \"test.sh\"]",
-        "test_command = [\"/nonexistent/run-tests\"]",
-    );
     sbx.set("ORCH_FINALIZE_MAX_ATTEMPTS", "2")
         .set("ORCH_REAPER_FINALIZE_GRACE_S", "600");
-    sbx.add_issue("no tests");
-    // analysis, architecture advance; development's finalize launches CI.
-    let runs = work(&sbx, 3);
+    sbx.add_issue("cannot push");
+    // analysis, architecture advance; then origin cannot update the task
+    // branch (a stale ref lock there), so development's finalize fails at
+    // its push, after the agent ran.
+    let runs = work(&sbx, 2);
     assert_eq!(runs[1]["finalized"]["to"], "development", "{runs:?}");
+    let lock = sbx.origin().join("refs/heads/orch/widget-1.lock");
+    std::fs::write(&lock, "").unwrap();
+    work(&sbx, 1);
     assert_eq!(
         sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'"),
         1
@@ -123,7 +123,7 @@ fn an_unstartable_test_command_fails_finalize_at_its_cap_and_reap_leaves_nothing
         .unwrap();
     // Nothing runs for it: every reader says its finalize failed, why,
     // and when the reaper retries it — not "running".
-    let cannot = "test command [\"/nonexistent/run-tests\"] cannot be started";
+    let cannot = "cannot lock ref 'refs/heads/orch/widget-1'";
     let status = sbx.json(&["status"]);
     assert_eq!(status["running"], serde_json::json!([]), "{status}");
     assert_eq!(status["jobs"]["finalize_failed"], 1, "{status}");
@@ -197,12 +197,48 @@ fn an_unstartable_test_command_fails_finalize_at_its_cap_and_reap_leaves_nothing
     let (reason, notes) = escalation(&sbx, 1);
     let reason = reason.unwrap();
     assert!(
-        reason.contains("could not be finished after 2 attempts")
-            && reason.contains("test command [\"/nonexistent/run-tests\"] cannot be started"),
+        reason.contains("could not be finished after 2 attempts") && reason.contains(cannot),
         "{reason}"
     );
     assert_eq!(notes, 1);
     assert!(sbx.ok(&["reap"]).contains("nothing to reap"));
+    sbx.check_invariants();
+}
+
+#[test]
+fn an_unstartable_test_command_escalates_its_task_once_in_the_ci_step_and_ticks_go_on() {
+    let sbx = Sandbox::new();
+    edit_config(
+        &sbx,
+        "test_command = [\"sh\", \"test.sh\"]",
+        "test_command = [\"/nonexistent/run-tests\"]",
+    );
+    sbx.add_issue("no tests");
+    // analysis, architecture advance; the development run ends waiting for
+    // CI (its finalize runs no test).
+    let runs = work(&sbx, 3);
+    assert_eq!(runs[2]["finalized"]["action"], "waiting", "{runs:?}");
+    let why = sbx.ok(&["why", "1"]);
+    assert!(why.contains("waits for: CI of"), "{why}");
+
+    let pass = sbx.json(&["ci"]);
+    let run = &pass["runs"][0];
+    assert_eq!(run["state"], "error", "{pass}");
+    let cannot = "test command [\"/nonexistent/run-tests\"] cannot be started";
+    let (reason, notes) = escalation(&sbx, 1);
+    let reason = reason.unwrap_or_default();
+    assert!(
+        reason.starts_with("CI cannot run on ") && reason.contains(cannot),
+        "{reason}"
+    );
+    assert_eq!(notes, 1);
+    assert_eq!(sbx.stage(1), "development");
+    // Nothing waits for CI any more: later passes and ticks do nothing.
+    assert_eq!(sbx.json(&["ci"])["runs"], serde_json::json!([]));
+    let transitions = sbx.count("SELECT COUNT(*) FROM transitions");
+    sbx.ok(&["tick"]);
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM transitions"), transitions);
+    assert_eq!(escalation(&sbx, 1).1, 1, "one notification");
     sbx.check_invariants();
 }
 

@@ -319,6 +319,7 @@ const FLOORS: &[(&str, &[&str])] = &[
         &[
             "tick",
             "brief",
+            "ci",
             "ingest",
             "worker",
             "reap",

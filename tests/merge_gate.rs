@@ -30,8 +30,8 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// Runs every role but the deployer (with `env`) until task `id` waits at
-/// deploy-staging with its job queued. Tasks parked at deploy-staging are
+/// Runs every role but the deployer, and the CI step, (with `env`) until
+/// task `id` waits at deploy-staging with its job queued. Tasks parked at deploy-staging are
 /// left alone.
 fn to_deploy_staging(sbx: &Sandbox, id: i64, env: &[(&str, &str)]) {
     for _ in 0..10 {
@@ -42,6 +42,9 @@ fn to_deploy_staging(sbx: &Sandbox, id: i64, env: &[(&str, &str)]) {
             let o = run(sbx, &["work-once", "--role", role], env);
             assert!(o.status.success(), "{}", text(&o));
         }
+        // The local forge's CI of the development heads.
+        let o = run(sbx, &["ci"], env);
+        assert!(o.status.success(), "{}", text(&o));
     }
     panic!("task {id} never reached deploy-staging");
 }

@@ -32,6 +32,14 @@ fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
                 .unwrap();
             assert!(o.status.success(), "{o:?}");
         }
+        // The local forge's CI of the development heads.
+        let o = sbx
+            .orch_std()
+            .args(["ci"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
     }
     panic!("task {id} never reached deploy-staging");
 }

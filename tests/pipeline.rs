@@ -178,13 +178,15 @@ fn analysis_waits_for_a_human_and_reject_reruns_it() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is at architecture, not analysis"));
 }
 
-/// Runs `work-once` until task 1 is at `stage` with its job queued.
+/// Runs `work-once` (and, for a development head waiting for its tests,
+/// the CI step `orch ci`) until task 1 is at `stage` with its job queued.
 pub fn work_until_stage(sbx: &Sandbox, stage: &str) {
     for _ in 0..10 {
         if sbx.stage(1) == stage {
             return;
         }
         sbx.ok(&["work-once"]);
+        sbx.ok(&["ci"]);
     }
     panic!("task never reached {stage}");
 }

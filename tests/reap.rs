@@ -140,6 +140,9 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         ("merge_gate.after_acquire", "merge-gate --task 1"),
         ("merge_gate.after_rebase", "merge-gate --task 1"),
         ("merge_gate.before_merge", "merge-gate --task 1"),
+        // the local forge's CI step, on the development head that waits
+        ("ci.after_test", "ci"),
+        ("ci.after_record", "ci"),
     ];
     for (point, command) in points {
         // The tracker is the fake Plane, so deliveries are real HTTP
@@ -177,6 +180,17 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
                 // the deployer passes: the task is ready to merge
                 sbx.ok(&["work-once"]);
             }
+        }
+        if point.starts_with("ci.") {
+            // The development run ends waiting for its CI.
+            for _ in 0..3 {
+                sbx.ok(&["work-once"]);
+            }
+            assert_eq!(
+                sbx.count("SELECT COUNT(*) FROM jobs WHERE stage='development' AND status='done'"),
+                1,
+                "{point}"
+            );
         }
         let out = sbx
             .orch()

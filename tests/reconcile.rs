@@ -49,6 +49,7 @@ fn stuck_at(sbx: &Sandbox, id: i64, stage: &str) {
             break;
         }
         sbx.ok(&["work-once", "--project", &project]);
+        sbx.ok(&["ci", "--project", &project]);
     }
     assert_eq!(
         sbx.stage(id),

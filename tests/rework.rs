@@ -371,8 +371,12 @@ fn a_killed_runs_edits_never_reach_the_branch() {
         wait_until(10, "the killed agent to be gone", || !pid_alive(pid));
     }
 
+    // The development run finishes waiting for CI; the CI step's green
+    // test run moves the task on.
     let v = sbx.json(&["work-once"]);
-    assert_eq!(v["finalized"]["to"], "review", "{v}");
+    assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+    sbx.ok(&["ci"]);
+    assert_eq!(sbx.stage(1), "review");
     let changes = origin_file(&sbx, "orch/widget-1", "CHANGES.md");
     assert!(!changes.contains("FIRST RUN"), "{changes}");
     assert!(changes.contains("- task 1: change from job"), "{changes}");
@@ -398,7 +402,9 @@ fn a_retry_starts_from_a_clean_worktree_even_without_the_reaper() {
     std::fs::write(wt.join("STRAY.md"), "left by a killed run\n").unwrap();
     std::fs::write(wt.join("CHANGES.md"), "# Changes\n- STRAY\n").unwrap();
     let v = sbx.json(&["work-once"]);
-    assert_eq!(v["finalized"]["to"], "review", "{v}");
+    assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+    sbx.ok(&["ci"]);
+    assert_eq!(sbx.stage(1), "review");
     let files = sbx.origin_git(&["ls-tree", "-r", "--name-only", "orch/widget-1"]);
     assert!(!files.contains("STRAY.md"), "{files}");
     assert!(!origin_file(&sbx, "orch/widget-1", "CHANGES.md").contains("STRAY"));

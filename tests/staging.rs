@@ -404,8 +404,8 @@ fn help_explains_checks_verdicts_and_exit_codes() {
     }
 }
 
-/// Runs every role but the deployer until task `id` waits at
-/// deploy-staging with its job queued.
+/// Runs every role but the deployer, and the CI step, until task `id`
+/// waits at deploy-staging with its job queued.
 fn to_deploy_staging(sbx: &Sandbox, id: i64) {
     for _ in 0..10 {
         if sbx.stage(id) == "deploy-staging" {
@@ -414,6 +414,7 @@ fn to_deploy_staging(sbx: &Sandbox, id: i64) {
         for role in ["analyst", "architect", "developer", "reviewer", "tester"] {
             sbx.ok(&["work-once", "--role", role]);
         }
+        sbx.ok(&["ci"]);
     }
     panic!("task {id} never reached deploy-staging");
 }

@@ -5,6 +5,7 @@ mod util;
 
 mod acp;
 mod agents;
+mod ci;
 mod cli;
 mod hardening;
 mod hostile;

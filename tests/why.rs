@@ -183,6 +183,7 @@ fn a_task_in_the_merge_line_names_its_place_and_the_lease_it_waits_for() {
                     .unwrap();
                 assert!(o.status.success(), "{o:?}");
             }
+            sbx.ok(&["ci"]);
         }
         panic!("task {id} never reached deploy-staging");
     };

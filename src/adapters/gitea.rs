@@ -7,7 +7,7 @@
 //!
 //! - **Open the task's pull request** on its first push — an outbox
 //!   message (`forge`/`open_pr`, key `task:<id>:pr`) queued by
-//!   `Forge::after_push`. Delivery looks first (`GET /pulls/{base}/{head}`: the
+//!   `Forge::record_push` in finalize's one write. Delivery looks first (`GET /pulls/{base}/{head}`: the
 //!   list API has no head filter), creates only when nothing is there, and
 //!   counts a 409 "pull request already exists" as found.
 //! - **Comment on the PR** (`forge`/`comment`): every body carries an
@@ -15,11 +15,10 @@
 //!   reached Gitea before (a crash, a dropped answer) lists the PR's
 //!   comments and reuses the one with the marker instead of posting again.
 //! - **CI for the development gate**: the gate itself only reads
-//!   `ci_statuses`. `Forge::ci_after_push`, called by the worker's finalize right
-//!   after the push, polls the head's combined status for a bounded time
-//!   (`ORCH_GITEA_CI_POLL_S`) and stores what it learns; a status that
-//!   arrives later comes in as a `status` delivery (ingest) or is found by
-//!   reconcile. A combined `state: ""` with `statuses: null` is "no status
+//!   `ci_statuses`; the worker's finalize never waits for CI. A status
+//!   comes in as a `status` delivery (ingest) or is found by reconcile,
+//!   which asks once per pass for a waiting task (`Forge::ci_state`);
+//!   either records it and decides the gate again. A combined `state: ""` with `statuses: null` is "no status
 //!   yet" — pending, never a failure.
 //! - **Merge** at deploy-staging → deploy (`Forge::merge_into_default`) with the project's
 //!   `merge_style` and `head_commit_id` (Gitea refuses if the head moved);

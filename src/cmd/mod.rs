@@ -4,6 +4,7 @@
 
 mod agents;
 mod check;
+mod ci;
 mod config;
 mod deliver;
 mod docs;
@@ -191,6 +192,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
             exit::OK,
         ),
         Command::Reconcile { dry_run } => (reconcile::run(&ctx, dry_run)?, exit::OK),
+        Command::Ci { project, dry_run } => (ci::run(&ctx, project.as_deref(), dry_run)?, exit::OK),
         Command::Reap { dry_run } => (reap::run(&ctx, dry_run)?, exit::OK),
         Command::Deliver { dry_run } => (deliver::run(&ctx, dry_run)?, exit::OK),
         Command::Tick { max_jobs, dry_run } => (tick::run(&ctx, max_jobs, dry_run)?, exit::OK),

@@ -39,6 +39,9 @@ pub fn text(pass: &Pass, dry_run: bool) -> String {
     for (id, from, to) in &pass.unblocked {
         text += &format!("{would}advance task {id}: {from} → {to}\n");
     }
+    for (id, why) in &pass.ci_failed {
+        text += &format!("{would}send task {id} back to development: {why}\n");
+    }
     for (why, ids) in &pass.skipped {
         let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
         text += &format!("skipped ({why}): task {}\n", ids.join(", "));
@@ -53,6 +56,7 @@ pub fn counts(p: &Pass) -> Vec<super::Count> {
     vec![
         ("examined", p.examined, false),
         ("unblocked", p.unblocked.len(), true),
+        ("ci_failed", p.ci_failed.len(), true),
         ("replayed", p.replayed.len(), false),
         ("attributed", p.attributed.len(), true),
         ("errors", p.errors.len(), true),

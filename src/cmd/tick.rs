@@ -16,6 +16,7 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<Output> {
     counts.extend(ran(&report.ingest).map_or_else(Vec::new, super::ingest::counts));
     counts.extend(ran(&report.reap).map_or_else(Vec::new, |r| super::reap::counts(&r.actions)));
     counts.extend(ran(&report.reconcile).map_or_else(Vec::new, super::reconcile::counts));
+    counts.extend(ran(&report.ci).map_or_else(Vec::new, super::ci::counts));
     counts.extend(ran(&report.deliver).map_or_else(Vec::new, super::deliver::counts));
     counts.push(("jobs", report.work.len(), true));
     if let Some(r) = ran(&report.merge_line) {
@@ -52,6 +53,7 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<Output> {
         "reconcile",
         ran(&report.reconcile).map(|p| super::reconcile::text(p, dry_run)),
     );
+    line(&mut text, "ci", ran(&report.ci).map(super::ci::text));
     if dry_run {
         line(
             &mut text,

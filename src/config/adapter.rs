@@ -81,12 +81,6 @@ pub struct AdapterSettings {
     /// `ORCH_GITEA_PUBLIC_URL` (default `ORCH_GITEA_URL`): base of the
     /// branch, PR and commit links orch writes into comments.
     pub gitea_public_url: Option<String>,
-    /// `ORCH_GITEA_CI_POLL_S` (default 20): how long the worker's finalize
-    /// keeps polling the combined status of a fresh development head
-    /// before leaving it to `status` deliveries and reconcile.
-    pub gitea_ci_poll_s: u64,
-    /// `ORCH_GITEA_CI_POLL_INTERVAL_MS` (default 2000): pause between polls.
-    pub gitea_ci_poll_interval_ms: u64,
     /// `ORCH_PLANE_URL`: Plane's root URL; the API is `<url>/api/v1`.
     pub plane_url: Option<String>,
     /// `ORCH_PLANE_API_KEY`: personal access token, sent as `X-API-Key`.
@@ -162,8 +156,6 @@ impl AdapterSettings {
             gitea_public_url: url("ORCH_GITEA_PUBLIC_URL")?.or_else(|| gitea_url.clone()),
             gitea_url,
             gitea_token: get("ORCH_GITEA_TOKEN").map(Secret::new),
-            gitea_ci_poll_s: num("ORCH_GITEA_CI_POLL_S", 20, 0)?,
-            gitea_ci_poll_interval_ms: num("ORCH_GITEA_CI_POLL_INTERVAL_MS", 2000, 10)?,
             plane_public_url: url("ORCH_PLANE_PUBLIC_URL")?.or_else(|| plane_url.clone()),
             plane_url,
             plane_api_key: get("ORCH_PLANE_API_KEY").map(Secret::new),

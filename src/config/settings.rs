@@ -805,7 +805,6 @@ mod tests {
                 )
             );
             assert!(err("ORCH_BUDGET_DAY_TOKENS", v).contains("ORCH_BUDGET_DAY_TOKENS"));
-            assert!(err("ORCH_GITEA_CI_POLL_S", v).contains("ORCH_GITEA_CI_POLL_S"));
         }
         for v in ["nan", "inf", "-inf", "-1", "-0.01", "lots"] {
             assert_eq!(

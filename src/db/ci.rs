@@ -81,6 +81,16 @@ impl Db {
             .flatten())
     }
 
+    /// The last known head of `branch` of `project` (pushed by orch or
+    /// reported by the forge), if any.
+    pub fn branch_head(&self, project: &str, branch: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT sha FROM branch_heads WHERE project=?1 AND branch=?2")?
+            .query_row(params![project, branch], |r| r.get(0))
+            .optional()?)
+    }
+
     /// The orch branch whose last known head is `sha`, if exactly one.
     pub fn branch_for_sha(&self, project: &str, sha: &str) -> anyhow::Result<Option<String>> {
         let mut stmt = self

@@ -18,6 +18,7 @@
 //! `IMMEDIATE`, no other writer can commit between our reads and writes, so
 //! the checks in step 1 and 3 and the writes after them are one atomic step.
 
+pub mod ci;
 pub mod gate;
 pub mod job;
 pub mod lease;

@@ -261,6 +261,7 @@ fn the_merge_gate_refuses_a_changed_worktree_and_main_does_not_move() {
         for role in ["analyst", "architect", "developer", "reviewer", "tester"] {
             h.sbx.ok(&["work-once", "--role", role]);
         }
+        h.sbx.ok(&["ci"]);
     }
     assert_eq!(h.sbx.stage(1), "deploy-staging");
     let wt = h.sbx.worktree(1);
@@ -298,6 +299,7 @@ fn the_merge_line_sends_back_a_task_whose_worktree_changed_and_main_does_not_mov
         for role in ["analyst", "architect", "developer", "reviewer", "tester"] {
             h.sbx.ok(&["work-once", "--role", role]);
         }
+        h.sbx.ok(&["ci"]);
     }
     // The deployer passes: the task is ready to merge. Then its worktree's
     // git metadata is changed before the line builds it.

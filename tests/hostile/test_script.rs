@@ -1,6 +1,6 @@
 //! Route: a developer agent plants a payload in the project's test script.
-//! orch runs the test command itself — in local CI at the development gate
-//! and in the merge gate's re-test — so the payload runs with whatever
+//! orch runs the test command itself — in the local forge's CI step
+//! (`orch ci`) at the development gate and in the merge gate's re-test — so the payload runs with whatever
 //! orch gives it. Closed by running the test command in the agents'
 //! sandbox (`orch::sandbox::test_runner`, DESIGN §4 "Agent sandbox"): its
 //! own pid namespace (no `/proc/<orch>/environ`), orch's state, the
@@ -85,10 +85,12 @@ fn a_test_script_planted_by_an_agent_runs_confined_in_ci_and_in_the_merge_gate()
     let roots: Vec<&Path> = outside.iter().map(PathBuf::as_path).collect();
     let before = Snapshot::of(&roots);
 
-    // Local CI at the development gate runs the planted script.
+    // The local forge's CI step at the development gate runs the planted
+    // script.
     for role in ["analyst", "architect", "developer"] {
         h.sbx.ok(&["work-once", "--role", role]);
     }
+    h.sbx.ok(&["ci"]);
     assert_eq!(h.sbx.stage(id), "review", "{}", h.sbx.dump());
     let logs = h.sbx.state_dir().join("logs");
     let ci_log = read_log(&logs, &format!("ci-task{id}-"));
@@ -185,7 +187,14 @@ fn without_a_sandbox_the_test_command_cannot_read_orchs_environment() {
             .success();
         assert!(ok, "chown {}", dir.display());
     }
-    for role in ["analyst", "architect", "developer"] {
+    // The three runs, then the CI step that runs the test command.
+    let steps: [&[&str]; 4] = [
+        &["work-once", "--role", "analyst"],
+        &["work-once", "--role", "architect"],
+        &["work-once", "--role", "developer"],
+        &["ci"],
+    ];
+    for step in steps {
         let out = std::process::Command::new("setpriv")
             .args([
                 &format!("--reuid={NOBODY}"),
@@ -194,10 +203,8 @@ fn without_a_sandbox_the_test_command_cannot_read_orchs_environment() {
                 "--",
                 env!("CARGO_BIN_EXE_orch"),
                 "-q",
-                "work-once",
-                "--role",
-                role,
             ])
+            .args(step)
             .current_dir(&h.sbx.dir)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -207,7 +214,7 @@ fn without_a_sandbox_the_test_command_cannot_read_orchs_environment() {
             .unwrap();
         assert!(
             out.status.success(),
-            "{role}: {}",
+            "{step:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
