@@ -40,7 +40,7 @@ const KNOWN_COUNTERS: [(&str, &str, &str); 15] = [
     (
         "merge_gate.deferred_total",
         "orch_merge_gate_deferred_total",
-        "Merges deferred because the repository's merge lease was busy or main kept moving.",
+        "Deploy-staging jobs deferred because the staging check answered INFRA (only the check runs again).",
     ),
     (
         "reap.recover_total",
