@@ -169,6 +169,17 @@ pub enum Waiting {
         ready_at_ms: i64,
         lease_holder: Option<String>,
     },
+    /// Its deployer passed revision `revision` and, the project having
+    /// `[projects.staging]`, it awaits the staging check of it (the merge
+    /// line's first step); `defers` INFRA answers so far, the last one's
+    /// `reason`, next try from `next_at_ms`.
+    StagingCheck {
+        revision: String,
+        defers: i64,
+        reason: Option<String>,
+        next_at_ms: Option<i64>,
+        since_ms: i64,
+    },
     /// A budget ceiling parked the task: no job of it is claimed until the
     /// day rolls over, the ceiling is raised, or `orch task unpark`.
     Parked { reason: String, since_ms: i64 },
@@ -474,6 +485,19 @@ pub fn waiting(
         });
     }
     if task.stage == Stage::DeployStaging {
+        if let Some(r) = db
+            .line_awaiting_staging(&task.project, None)?
+            .into_iter()
+            .find(|r| r.task_id == task.id)
+        {
+            return Ok(Waiting::StagingCheck {
+                revision: r.validated.unwrap_or_default(),
+                defers: r.staging_defers,
+                reason: r.reason,
+                next_at_ms: r.staging_at_ms,
+                since_ms: r.ready_at_ms,
+            });
+        }
         let line = db.line_waiting(Some(&task.project))?;
         if let Some(i) = line.iter().position(|r| r.task_id == task.id) {
             let r = &line[i];
@@ -668,6 +692,29 @@ impl Waiting {
                         .map(|h| format!("; the merge lease is held by {h}"))
                         .unwrap_or_default()
                 )
+            }
+            Waiting::StagingCheck {
+                revision,
+                defers,
+                reason,
+                next_at_ms,
+                since_ms,
+            } => {
+                let mut text = format!(
+                    "the staging check of {revision} (the merge line's first step, orch merge-gate), awaited {}",
+                    span(*since_ms)
+                );
+                if *defers > 0 {
+                    text.push_str(&format!(
+                        "; INFRA {defers} times{}, next try {}",
+                        reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default(),
+                        next_at_ms.map(t).unwrap_or_else(|| "now".into())
+                    ));
+                }
+                text
             }
             Waiting::Parked { reason, since_ms } => format!(
                 "a budget: parked {} ({reason}); it resumes when the day rolls over or the ceiling is raised, or orch task unpark",

@@ -6,8 +6,7 @@
 //! (finalize) done | failed | queued (retry)`.
 //!
 //! [`finalize`] is shared with the reaper's Tier-2: every step before the
-//! terminal claim (auto-commit, push, the staging check at deploy-staging)
-//! is idempotent — check, then act — so a finalize interrupted at any instruction can be
+//! terminal claim (auto-commit, push) is idempotent — check, then act — so a finalize interrupted at any instruction can be
 //! run again by whoever comes next; only the terminal claim, a single
 //! transaction, decides who advances the task.
 
@@ -623,11 +622,12 @@ fn append_to_log(path: &Path, line: &str) {
 /// `gate::decide` and applies the outcome in one transaction (DESIGN §4
 /// "Job lifecycle"). It waits for nothing: at development with no CI
 /// status yet the job finishes done and the task waits for CI
-/// ([`crate::pipeline::ci`]). At deploy-staging the staging check (where
-/// `[projects.staging]` is set) validates the task's revision, and a PASS
-/// finishes the job with the task ready to merge, for the merge line
-/// ([`crate::merge_gate::run_line`]). Used by the worker and by the
-/// reaper's Tier-2.
+/// ([`crate::pipeline::ci`]). At deploy-staging a PASS finishes the job
+/// with the task ready to merge, for the merge line
+/// ([`crate::merge_gate::run_line`]) — or, where `[projects.staging]` is
+/// set, awaiting the staging check of the pushed head, which the line's
+/// first step runs ([`crate::staging::check_awaiting`]). Used by the
+/// worker and by the reaper's Tier-2.
 ///
 /// Recovery is bounded: each failed finalize of a job attempt is counted
 /// (`jobs.finalize_failures`); at `ORCH_FINALIZE_MAX_ATTEMPTS`, or at once
@@ -788,42 +788,34 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     // (a `status` delivery, reconcile, or `orch ci` records it and decides
     // again through `pipeline::ci::on_status`).
     let facts = gate::gather(db, project, &repo, &task)?;
-    let mut verdict = match refused {
+    let verdict = match refused {
         Some(r) => Gate::Fail(r),
         None => gate::decide(stage, &facts),
     };
     if verdict == Gate::Pass && stage == Stage::DeployStaging {
-        // With [projects.staging], orch runs the staging suite itself
-        // first: it validates this task's revision. A pass then finishes
-        // the job with the task ready to merge; the merge line
-        // (`orch merge-gate`, `orch tick`) lands it with others.
-        let mut validated = None;
-        if project.staging.is_some() {
-            use crate::staging::StagingGate;
-            match crate::staging::gate_job(ctx, db, project, &repo, &task, &job, actor)? {
-                StagingGate::Validated(rev) => validated = Some(rev),
-                StagingGate::Verdict(g) => verdict = g,
-                StagingGate::Settled(f) => return Ok(f),
-            }
-        }
-        if verdict == Gate::Pass {
-            info!(target: "gate", task = task.id, stage = %stage, "gate evaluated: ready to merge");
-            failpoint("finalize.before_terminal_claim");
-            let decision = Decision::Ready { validated };
-            let pushed = pushed.as_deref();
-            return apply(
-                ctx,
-                db,
-                &task,
-                &job,
-                stage,
-                pushed,
-                &account,
-                clear_pause,
-                decision,
-                actor,
-            );
-        }
+        // A deployer PASS finishes the job: the task is ready to merge, or
+        // with [projects.staging] awaits the staging check of the head it
+        // passed (the merge line's step runs the suite, not finalize).
+        let awaiting = match project.staging {
+            Some(_) => Some(repo.head_sha(&worktree)?),
+            None => None,
+        };
+        info!(target: "gate", task = task.id, stage = %stage, awaiting_staging = ?awaiting, "gate evaluated: ready to merge");
+        failpoint("finalize.before_terminal_claim");
+        let decision = Decision::Ready { awaiting };
+        let pushed = pushed.as_deref();
+        return apply(
+            ctx,
+            db,
+            &task,
+            &job,
+            stage,
+            pushed,
+            &account,
+            clear_pause,
+            decision,
+            actor,
+        );
     }
     info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
     failpoint("finalize.before_terminal_claim");
@@ -852,10 +844,10 @@ enum Decision {
         reset: Option<i64>,
         message: String,
     },
-    /// A deployer PASS at deploy-staging (after the staging check, which
-    /// validated revision `validated` where `[projects.staging]` is set):
-    /// the job is done and the task ready to merge.
-    Ready { validated: Option<String> },
+    /// A deployer PASS at deploy-staging: the job is done and the task
+    /// ready to merge, or (`awaiting`, where `[projects.staging]` is set)
+    /// awaiting the staging check of that revision, the head it passed.
+    Ready { awaiting: Option<String> },
     /// The stage gate's answer.
     Gate(Gate),
 }
@@ -943,21 +935,23 @@ fn apply(
                     tx, settings, job, account, *kind, *reset, message, now,
                 );
             }
-            Decision::Ready { validated } => {
+            Decision::Ready { awaiting } => {
                 let done = jobs::finish(tx, job.id, Some(job.attempt), JobStatus::Done, None, now)?;
                 if done != Changed::Applied {
                     return Ok(Finalized::Lost);
                 }
-                tx.line_ready(
+                tx.line_enter(
                     task.id,
                     &task.project,
                     task.version,
-                    validated.as_deref(),
+                    awaiting.as_deref(),
                     now,
                 )?;
-                let finalized = Finalized::Waiting {
-                    reason: crate::merge_gate::READY.to_string(),
+                let reason = match awaiting {
+                    Some(rev) => crate::merge_gate::awaiting_staging(rev),
+                    None => crate::merge_gate::READY.to_string(),
                 };
+                let finalized = Finalized::Waiting { reason };
                 report.queue(tx, ctx, task, job, &finalized, now)?;
                 return Ok(finalized);
             }

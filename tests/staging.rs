@@ -448,8 +448,7 @@ fn last_transition(sbx: &Sandbox, id: i64) -> (String, String) {
 }
 
 #[test]
-fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_makes_the_validated_revision_ready(
-) {
+fn the_staging_step_defers_on_infra_rolls_back_on_fail_and_makes_the_validated_revision_ready() {
     // Production, whose project widget names a staging instance of orch:
     // a second sandbox with its own state, port, database and config.
     let mut prod = Sandbox::new();
@@ -475,21 +474,41 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_makes_the_valid
         "SELECT id FROM jobs WHERE task_id={id} AND stage='deploy-staging'"
     ));
 
-    // 1. Staging is down: INFRA → the job is deferred, not an attempt; the
-    //    deployer ran once and its PASS stands.
+    // 1. The deployer passes: its job is done and the task awaits the
+    //    staging check of the head it passed (finalize runs no suite).
+    //    Staging is down: the line's staging step answers INFRA, the task
+    //    stays awaiting (counted, not an attempt), the deployer's PASS
+    //    stands.
+    let wt: String = prod
+        .db()
+        .query_row("SELECT worktree FROM tasks WHERE id=?1", [id], |r| r.get(0))
+        .unwrap();
+    let head_of = || git_in(std::path::Path::new(&wt), &["rev-parse", "HEAD"]);
     let v = prod.json(&["work-once", "--role", "deployer"]);
-    assert_eq!(v["finalized"]["action"], "deferred", "{v:#}");
+    assert_eq!(v["finalized"]["action"], "waiting", "{v:#}");
+    let first = head_of();
     assert!(
         v["finalized"]["reason"]
             .as_str()
             .unwrap()
-            .contains("staging-check INFRA"),
+            .contains(&format!("awaiting the staging check of {first}")),
         "{v:#}"
     );
+    assert!(prod
+        .ok(&["why", &id.to_string()])
+        .contains(&format!("the staging check of {first}")));
+    let step = prod.ok(&["merge-gate"]);
+    assert!(step.contains("staging-check INFRA"), "{step}");
     assert_eq!(prod.stage(id), "deploy-staging");
     assert_eq!(
         prod.count(&format!(
-            "SELECT COUNT(*) FROM jobs WHERE id={job} AND status='queued' AND merge_pending=1 AND attempt=1"
+            "SELECT COUNT(*) FROM jobs WHERE id={job} AND status='done' AND attempt=1"
+        )),
+        1
+    );
+    assert_eq!(
+        prod.count(&format!(
+            "SELECT COUNT(*) FROM merge_line WHERE task_id={id} AND state='staging' AND staging_defers=1"
         )),
         1
     );
@@ -499,12 +518,15 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_makes_the_valid
         )),
         1
     );
+    let why = prod.json(&["why", &id.to_string()]);
+    assert_eq!(why["waiting"]["kind"], "staging_check", "{why}");
+    assert_eq!(why["waiting"]["defers"], 1, "{why}");
 
     with_ingest(&stg, || {
         // 2. Staging runs, but not the task's revision (a stale deploy):
         //    FAIL → back to development with the failed checks as the reason.
         let stale = serve_staging(&stg, &addr, "0123456789abcdef0123456789abcdef01234567");
-        prod.ok(&["work-once", "--role", "deployer"]);
+        prod.ok(&["merge-gate"]);
         let (to, reason) = last_transition(&prod, id);
         assert_eq!(to, "development", "{reason}");
         assert!(
@@ -517,7 +539,7 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_makes_the_valid
                 "SELECT COUNT(*) FROM agent_runs WHERE job_id={job}"
             )),
             1,
-            "the deferred job did not run its deployer again"
+            "the staging step did not run the deployer again"
         );
         drop(stale);
 
@@ -540,11 +562,6 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_makes_the_valid
             prompt.contains("staging-check FAIL") && prompt.contains("C2 provenance"),
             "{prompt}"
         );
-        let wt: String = prod
-            .db()
-            .query_row("SELECT worktree FROM tasks WHERE id=?1", [id], |r| r.get(0))
-            .unwrap();
-        let head_of = || git_in(std::path::Path::new(&wt), &["rev-parse", "HEAD"]);
         let validated = head_of();
         prod.push_to_main("OTHER.md", "another developer's change");
         let staging = serve_staging(&stg, &addr, &validated);
@@ -554,17 +571,34 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_makes_the_valid
         let recorded: String = prod
             .db()
             .query_row(
-                "SELECT validated FROM merge_line WHERE task_id=?1 AND state='ready'",
+                "SELECT validated FROM merge_line WHERE task_id=?1 AND state='staging'",
                 [id],
                 |r| r.get(0),
             )
             .unwrap();
         assert_eq!(recorded, validated);
-        drop(staging);
 
-        // 4. The line lands it: main at the caught-up head, which it
-        //    tested (the revision staging validated plus main's change).
-        prod.ok(&["merge-gate"]);
+        // 4. The line's staging step validates it (ready, the validated
+        //    revision kept), then the line lands it: main at the caught-up
+        //    head, which it tested (the revision staging validated plus
+        //    main's change).
+        let step = prod.ok(&["merge-gate"]);
+        assert!(
+            step.contains(&format!(
+                "staging check PASS on {validated}; ready to merge"
+            )),
+            "{step}"
+        );
+        drop(staging);
+        let recorded: String = prod
+            .db()
+            .query_row(
+                "SELECT validated FROM merge_line WHERE task_id=?1 AND state='landed'",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(recorded, validated);
         let (to, reason) = last_transition(&prod, id);
         assert_eq!(to, "deploy", "{reason}");
         let head = head_of();
@@ -594,4 +628,46 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_makes_the_valid
         );
     });
     prod.check_invariants();
+}
+
+#[test]
+fn a_deploy_staging_finalize_makes_no_request_to_staging_only_the_line_step_does() {
+    // The staging instance is a bare listener that counts connections.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stg = Sandbox::new();
+    stg.ok(&["init"]);
+    let mut prod = Sandbox::new();
+    prod.append_config(&format!(
+        "\n[projects.staging]\nurl = \"http://{addr}\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 5\n",
+        stg.db_path().display(),
+        stg.dir.join("orch.toml").display(),
+    ));
+    prod.ok(&["init"]);
+    let id = prod.add_issue("a change staging validates");
+    to_deploy_staging(&prod, id);
+    let v = prod.json(&["work-once", "--role", "deployer"]);
+    assert_eq!(v["finalized"]["action"], "waiting", "{v:#}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "finalize connected to the staging instance"
+    );
+    assert_eq!(
+        prod.count("SELECT COUNT(*) FROM verdicts WHERE source='staging'"),
+        0
+    );
+
+    // The line's step does connect; closing the connection is INFRA.
+    let mut step = prod.orch_std().arg("merge-gate").spawn().unwrap();
+    wait_until(30, "the staging step to connect", || {
+        listener.accept().is_ok()
+    });
+    drop(listener);
+    assert!(step.wait().unwrap().success());
+    assert_eq!(
+        prod.count("SELECT COUNT(*) FROM verdicts WHERE source='staging' AND verdict='INFRA'"),
+        1
+    );
+    assert_eq!(prod.stage(id), "deploy-staging");
 }

@@ -19,13 +19,15 @@ pub struct LineRow {
     pub task_id: i64,
     pub project: String,
     pub task_version: i64,
-    /// `ready`, `batched`, `split`, `landed` or `sent_back`.
+    /// `staging` (awaiting the staging check of `validated`), `ready`,
+    /// `batched`, `split`, `landed` or `sent_back`.
     pub state: String,
     /// The batch it is in (`batched`), or was last in.
     pub batch_id: Option<i64>,
     /// Its 1-based position in that batch.
     pub position: Option<i64>,
-    /// The revision the staging check validated (`[projects.staging]`).
+    /// The revision the staging check validates (`staging`) or validated
+    /// (`[projects.staging]`): the head the deployer passed.
     pub validated: Option<String>,
     /// The commit the line last rebased its branch onto.
     pub base: Option<String>,
@@ -34,13 +36,23 @@ pub struct LineRow {
     pub ready_at_ms: i64,
     pub updated_at_ms: i64,
     pub landed_at_ms: Option<i64>,
+    /// INFRA answers of the staging check so far (`staging`).
+    pub staging_defers: i64,
+    /// When the staging check may run again after an INFRA (`staging`).
+    pub staging_at_ms: Option<i64>,
 }
 
 const COLS: &str = "merge_line.task_id, merge_line.project, merge_line.task_version, \
      merge_line.state, merge_line.batch_id, merge_line.position, merge_line.validated, \
-     merge_line.base, merge_line.reason, merge_line.ready_at_ms, merge_line.updated_at_ms, merge_line.landed_at_ms";
+     merge_line.base, merge_line.reason, merge_line.ready_at_ms, merge_line.updated_at_ms, merge_line.landed_at_ms, \
+     merge_line.staging_defers, merge_line.staging_at_ms";
 
 /// The rows whose task still waits at deploy-staging at the row's version.
+const CURRENT: &str = "EXISTS \
+     (SELECT 1 FROM tasks WHERE tasks.id=merge_line.task_id AND tasks.stage='deploy-staging' \
+     AND tasks.version=merge_line.task_version AND tasks.escalated=0)";
+
+/// The rows waiting in the line proper (not for the staging check).
 const WAITING: &str = "merge_line.state IN ('ready','batched','split') AND EXISTS \
      (SELECT 1 FROM tasks WHERE tasks.id=merge_line.task_id AND tasks.stage='deploy-staging' \
      AND tasks.version=merge_line.task_version AND tasks.escalated=0)";
@@ -59,6 +71,8 @@ fn row(r: &Row) -> rusqlite::Result<LineRow> {
         ready_at_ms: r.get(9)?,
         updated_at_ms: r.get(10)?,
         landed_at_ms: r.get(11)?,
+        staging_defers: r.get(12)?,
+        staging_at_ms: r.get(13)?,
     })
 }
 
@@ -85,6 +99,22 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The rows of `project` awaiting the staging check whose task still
+    /// waits at their version, oldest first; with `due_ms`, only those
+    /// whose INFRA backoff ended by then.
+    pub fn line_awaiting_staging(
+        &self,
+        project: &str,
+        due_ms: Option<i64>,
+    ) -> anyhow::Result<Vec<LineRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLS} FROM merge_line WHERE state='staging' AND {CURRENT} AND project=?1 \
+             AND (?2 IS NULL OR COALESCE(staging_at_ms, 0)<=?2) ORDER BY ready_at_ms, task_id"
+        ))?;
+        let rows = stmt.query_map(params![project, due_ms], row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Every line row, by task (for `orch check`).
     pub fn line_rows(&self) -> anyhow::Result<Vec<LineRow>> {
         let mut stmt = self
@@ -107,26 +137,53 @@ impl Db {
 }
 
 impl Tx<'_> {
-    /// Marks task `task_id` (of `project`, at `task_version`) ready to
-    /// merge, replacing whatever row an earlier version left.
-    pub fn line_ready(
+    /// Enters task `task_id` (of `project`, at `task_version`) in the
+    /// line, replacing whatever row an earlier version left: ready to
+    /// merge (`awaiting` `None`), or awaiting the staging check of
+    /// revision `awaiting` (state `staging`).
+    pub fn line_enter(
         &self,
         task_id: i64,
         project: &str,
         task_version: i64,
-        validated: Option<&str>,
+        awaiting: Option<&str>,
+        now_ms: i64,
+    ) -> anyhow::Result<()> {
+        let state = if awaiting.is_some() {
+            "staging"
+        } else {
+            "ready"
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO merge_line (task_id, project, task_version, state, validated, \
+                 ready_at_ms, updated_at_ms) VALUES (?1,?2,?3,?6,?4,?5,?5) \
+                 ON CONFLICT(task_id) DO UPDATE SET project=excluded.project, \
+                 task_version=excluded.task_version, state=excluded.state, batch_id=NULL, position=NULL, \
+                 validated=excluded.validated, base=NULL, reason=NULL, ready_at_ms=excluded.ready_at_ms, \
+                 updated_at_ms=excluded.updated_at_ms, landed_at_ms=NULL, staging_defers=0, \
+                 staging_at_ms=NULL",
+            )?
+            .execute(params![task_id, project, task_version, awaiting, now_ms, state])?;
+        Ok(())
+    }
+
+    /// Records an INFRA answer of the staging check for task `task_id`
+    /// (state stays `staging`): `defers` so far, next try at `at_ms`.
+    pub fn line_staging_defer(
+        &self,
+        task_id: i64,
+        defers: i64,
+        at_ms: i64,
+        reason: &str,
         now_ms: i64,
     ) -> anyhow::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO merge_line (task_id, project, task_version, state, validated, \
-                 ready_at_ms, updated_at_ms) VALUES (?1,?2,?3,'ready',?4,?5,?5) \
-                 ON CONFLICT(task_id) DO UPDATE SET project=excluded.project, \
-                 task_version=excluded.task_version, state='ready', batch_id=NULL, position=NULL, \
-                 validated=excluded.validated, base=NULL, reason=NULL, ready_at_ms=excluded.ready_at_ms, \
-                 updated_at_ms=excluded.updated_at_ms, landed_at_ms=NULL",
+                "UPDATE merge_line SET staging_defers=?2, staging_at_ms=?3, reason=?4, \
+                 updated_at_ms=?5 WHERE task_id=?1 AND state='staging'",
             )?
-            .execute(params![task_id, project, task_version, validated, now_ms])?;
+            .execute(params![task_id, defers, at_ms, reason, now_ms])?;
         Ok(())
     }
 

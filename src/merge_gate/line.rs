@@ -2,7 +2,12 @@
 //! and its own timer; DESIGN §7): lands the tasks a deployer PASS made
 //! ready to merge, in batches.
 //!
-//! One round, per repository, under its merge lease (holder
+//! First, where the project has `[projects.staging]`, the staging step
+//! ([`crate::staging::check_awaiting`], no lease): each task awaiting the
+//! staging check of its deployer-passed revision gets it, and a PASS makes
+//! it ready.
+//!
+//! Then one round, per repository, under its merge lease (holder
 //! [`LINE_HOLDER`] while the line works):
 //!
 //! 1. **choose**: a batch a crash left (`batched` rows, same order), else
@@ -59,6 +64,12 @@ use crate::pipeline::{self, Actor, Move, Moved, Stage, TransitionCause};
 /// (`Finalized::Waiting`'s reason).
 pub const READY: &str = "ready to merge; the merge line lands it (orch merge-gate)";
 
+/// What a deployer job says when its task awaits the staging check of
+/// revision `rev` (`Finalized::Waiting`'s reason).
+pub fn awaiting_staging(rev: &str) -> String {
+    format!("awaiting the staging check of {rev}; the merge line runs it (orch merge-gate)")
+}
+
 /// What the line did for one project (or, with `--dry-run`, would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct LineReport {
@@ -93,8 +104,9 @@ pub struct BatchReport {
     pub splits: u32,
 }
 
-/// Runs the line for every project (or `project` only) that has ready
-/// tasks. A project whose lease is busy is reported busy and skipped.
+/// Runs the line for every project (or `project` only): first the staging
+/// step (tasks awaiting the staging check), then, where tasks are ready,
+/// the batches. A project whose lease is busy is reported busy and skipped.
 ///
 /// Errors: [`crate::error::Error::Usage`] for an unknown project; git,
 /// process and database errors (the lease is released first; the batch
@@ -111,14 +123,27 @@ pub fn run_line(
     };
     let mut out = Vec::new();
     for p in projects {
+        let staged = crate::staging::check_awaiting(ctx, db, p, dry_run)?;
         if db.line_waiting(Some(&p.name))?.is_empty() {
+            if !staged.is_empty() {
+                out.push(LineReport {
+                    project: p.name.clone(),
+                    dry_run,
+                    lease: None,
+                    busy: None,
+                    batches: Vec::new(),
+                    steps: staged,
+                });
+            }
             continue;
         }
-        out.push(if dry_run {
+        let mut report = if dry_run {
             plan(ctx, db, p)?
         } else {
             run_project(ctx, db, p)?
-        });
+        };
+        report.steps.splice(0..0, staged);
+        out.push(report);
     }
     Ok(out)
 }

@@ -33,23 +33,24 @@
 //! releases a stale one (expired, or its job no longer queued or running).
 //! Every release is holder-aware.
 //!
-//! [`defer_job`] is what remains of the job-side gate: a deploy-staging job
-//! whose staging check answered INFRA goes back to `queued` with its
-//! agent's result kept (`merge_pending`), so only the check runs again.
+//! Where `[projects.staging]` is set, the deployer's PASS leaves the task
+//! *awaiting the staging check* of the head it passed; the line's first
+//! step ([`crate::staging::check_awaiting`]) validates that revision
+//! before the task becomes ready.
 //!
 //! Files: `line` (the merge line), `steps` (catch up, test, merge: shared
-//! by the line and the manual run), `job` (the deferral), `by_hand`
+//! by the line and the manual run), `by_hand`
 //! (`orch merge-gate --task ID`), `lease` (the merge lease as the gate
 //! names, reports and gives it back).
 
 mod by_hand;
-mod job;
 mod lease;
 mod line;
 mod steps;
 
 pub use by_hand::{release_by_hand, run_by_hand, ByHand, Report};
-pub use job::defer_job;
 pub use lease::lease_name;
-pub use line::{batch_size, run_line, BatchReport, LineReport, LINE_HOLDER, READY};
+pub use line::{
+    awaiting_staging, batch_size, run_line, BatchReport, LineReport, LINE_HOLDER, READY,
+};
 pub use steps::merge_into_default;

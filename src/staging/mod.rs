@@ -36,8 +36,8 @@
 //!
 //! Files: `report` (the checks, their outcomes, the verdict rule, the
 //! report), `suite` (running the checks against an instance; its
-//! `instance` reaches the shim and the database), `gate` (the
-//! deploy-staging gate of the pipeline).
+//! `instance` reaches the shim and the database), `gate` (the staging
+//! check of a task awaiting it in the merge line: the line's first step).
 //!
 //! [`Tracker`]: crate::tracker::Tracker
 
@@ -45,6 +45,6 @@ mod gate;
 mod report;
 mod suite;
 
-pub use gate::{gate_job, StagingGate};
+pub use gate::check_awaiting;
 pub use report::{parse_waivers, verdict, Check, Planned, Report, Status, CANCEL_REASON, CHECKS};
 pub use suite::{run, Target};
