@@ -134,6 +134,9 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         ("merge_line.after_build", "merge-gate"),
         ("merge_line.after_test", "merge-gate"),
         ("merge_line.after_fast_forward", "merge-gate"),
+        // the line's staging step (a project with [projects.staging]),
+        // between the suite and its record
+        ("staging.before_record", "merge-gate"),
         ("transition.after_cas", "merge-gate"),
         ("transition.before_commit", "merge-gate"),
         // and the by-hand gate's
@@ -150,6 +153,22 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         let (mut sbx, plane) = crate::fakes::sandbox_with_plane();
         sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0")
             .set("ORCH_RECONCILE_GRACE_S", "0");
+        // A staging instance that is down, every check waived: its suite
+        // passes without a server.
+        let stg = point.starts_with("staging.").then(Sandbox::new);
+        if let Some(stg) = &stg {
+            stg.ok(&["init"]);
+            let ids = [
+                "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9a", "C9b", "C10",
+            ];
+            sbx.append_config(&format!(
+                "\n[projects.staging]\nurl = \"http://127.0.0.1:{}\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 5\nwaive = {:?}\n",
+                crate::util::free_port(),
+                stg.db_path().display(),
+                stg.dir.join("orch.toml").display(),
+                ids
+            ));
+        }
         let delivery = std::path::Path::new(ROOT)
             .join("tests/fixtures/plane/webhooks/issue-updated-state-in-progress.json");
         if command == "ingest" {
