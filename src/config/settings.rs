@@ -281,11 +281,12 @@ pub struct Settings {
     /// lasts without renewal; a backstop, since a lease whose job ended is
     /// released at once.
     pub merge_gate_lease_ttl_s: u64,
-    /// `ORCH_MERGE_GATE_DEFER_S` (default 30): delay before a merge that
-    /// found the lease busy is tried again; doubles per defer, up to 16×.
+    /// `ORCH_MERGE_GATE_DEFER_S` (default 30): delay before the staging
+    /// check of a task whose last check answered INFRA runs again;
+    /// doubles per answer, up to 16×.
     pub merge_gate_defer_s: u64,
-    /// `ORCH_MERGE_GATE_MAX_DEFERS` (default 24): defers of one job after
-    /// which the next busy lease escalates the task.
+    /// `ORCH_MERGE_GATE_MAX_DEFERS` (default 24): INFRA answers of one
+    /// task's staging check after which the next escalates the task.
     pub merge_gate_max_defers: u32,
     /// `ORCH_MERGE_LINE_BATCH_MIN` (default 1) and
     /// `ORCH_MERGE_LINE_BATCH_MAX` (default 8, at least the minimum): the
