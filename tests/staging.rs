@@ -638,7 +638,7 @@ fn a_deploy_staging_finalize_makes_no_request_to_staging_only_the_line_step_does
     let addr = listener.local_addr().unwrap();
     let stg = Sandbox::new();
     stg.ok(&["init"]);
-    let mut prod = Sandbox::new();
+    let prod = Sandbox::new();
     prod.append_config(&format!(
         "\n[projects.staging]\nurl = \"http://{addr}\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 5\n",
         stg.db_path().display(),
