@@ -220,7 +220,7 @@ fn store_statuses(
 }
 
 /// Delivers a forge message of `task` to Gitea (`msg` is its row): open
-/// the PR, or comment on it with the dedupe-key marker. `sends_before` > 0 means
+/// the PR, comment on it with the dedupe-key marker, or mark it merged. `sends_before` > 0 means
 /// an earlier send may have reached Gitea: look before posting. Returns
 /// the remote id (PR number, comment id).
 pub(super) fn deliver(
@@ -246,7 +246,7 @@ pub(super) fn deliver(
             Ok(pr.number.to_string())
         }
         ForgeMessage::Comment(comment) => {
-            let number = pull_number(g, db, task, project)?;
+            let number = pull_number(g, db, task, project, "comment")?;
             let key = db
                 .remote_dedupe_key(msg)
                 .map_err(|e| AdapterError::Transport {
@@ -286,7 +286,7 @@ fn mark_merged(
     m: &MarkMerged,
 ) -> Result<String, AdapterError> {
     let op = "mark pull request merged";
-    let number = pull_number(g, db, task, project)?;
+    let number = pull_number(g, db, task, project, op)?;
     let pr = g.get_pull(&project.repo, number)?;
     let rejected = |message: String| AdapterError::Rejected {
         service: "gitea",
@@ -339,11 +339,14 @@ fn record_pull(db: &Db, task: &Task, pr: &PullRequest) {
     }
 }
 
+/// The number of `task`'s PR (stored, else looked up); `op` names the
+/// delivery that needs it in the not-yet error.
 fn pull_number(
     g: &Gitea,
     db: &Db,
     task: &Task,
     project: &ProjectConfig,
+    op: &str,
 ) -> Result<i64, AdapterError> {
     if let Ok(Some(pr)) = db.pull_request(task.id) {
         return Ok(pr.number);
@@ -360,7 +363,7 @@ fn pull_number(
         }
         None => Err(AdapterError::NotYet {
             service: "gitea",
-            op: "comment".into(),
+            op: op.into(),
             message: format!("no pull request for {} yet", task.branch),
         }),
     }
