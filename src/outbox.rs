@@ -14,6 +14,7 @@
 //! | [`TrackerComment`] | `tracker` | `comment` | `{"text": …}`, with `"report": {…}` for a run report ([`Report`]) |
 //! | [`OpenPr`] | `forge` | `open_pr` | `{"branch", "base", "title", "body"}` |
 //! | [`PrComment`] | `forge` | `comment` | `{"text": …}` |
+//! | [`MarkMerged`] | `forge` | `mark_merged` | `{"branch", "merge_commit"}` |
 //! | [`Notification`] | `notify` | a [`NotifyKind`] (`escalated`, …) | `{"text": …}` |
 //!
 //! A row that does not read as one of these is an error naming what is
@@ -52,6 +53,10 @@ pub enum ForgeMessage {
     OpenPr(OpenPr),
     /// Comment on the task's pull request.
     Comment(PrComment),
+    /// Mark the task's pull request merged: its commits reached the
+    /// default branch another way (the merge line landed it inside a
+    /// batch whose tip task's PR was the one merged).
+    MarkMerged(MarkMerged),
 }
 
 /// Move the task's work item to the project's state of this kind
@@ -157,6 +162,15 @@ pub struct PrComment {
     pub text: String,
 }
 
+/// Mark the pull request of `branch` merged by `merge_commit`, a commit
+/// (40 hex) that the default branch holds and that contains the branch's
+/// head (Gitea: `POST …/pulls/{n}/merge` with `Do: manually-merged`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkMerged {
+    pub branch: String,
+    pub merge_commit: String,
+}
+
 /// A notification for people; its kind is the row's `kind` column, its
 /// payload `{"text": …}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,6 +260,7 @@ impl Message {
             Message::Tracker(TrackerMessage::Comment(_)) => "comment",
             Message::Forge(ForgeMessage::OpenPr(_)) => "open_pr",
             Message::Forge(ForgeMessage::Comment(_)) => "comment",
+            Message::Forge(ForgeMessage::MarkMerged(_)) => "mark_merged",
             Message::Notify(n) => n.kind.as_str(),
         }
     }
@@ -257,6 +272,7 @@ impl Message {
             Message::Tracker(TrackerMessage::Comment(m)) => serde_json::to_value(m),
             Message::Forge(ForgeMessage::OpenPr(m)) => serde_json::to_value(m),
             Message::Forge(ForgeMessage::Comment(m)) => serde_json::to_value(m),
+            Message::Forge(ForgeMessage::MarkMerged(m)) => serde_json::to_value(m),
             Message::Notify(n) => serde_json::to_value(Text {
                 text: n.text.clone(),
             }),
@@ -290,6 +306,9 @@ impl Message {
             }
             ("forge", "comment") => {
                 Message::Forge(ForgeMessage::Comment(fields(payload).map_err(bad)?))
+            }
+            ("forge", "mark_merged") => {
+                Message::Forge(ForgeMessage::MarkMerged(fields(payload).map_err(bad)?))
             }
             ("notify", kind) => {
                 let kind = NotifyKind::ALL
@@ -366,9 +385,10 @@ impl Occasion<'_> {
 /// | pause | notification (`paused`) | `pause:<account>:<since>` |
 /// | run | tracker comment (report) / PR comment | `task:<t>:job<j>:a<r>:report` / `…:report:pr` |
 /// | push | open PR | `task:<t>:pr` |
+/// | transition (the merge line's landing) | mark PR merged | `task:<t>:v<v>:mark_merged` |
 ///
 /// Any other pair appends the message's kind name (`state`, `comment`,
-/// `notify`, `open_pr`, `pr_comment`) to the occasion's key, so it never
+/// `notify`, `open_pr`, `pr_comment`, `mark_merged`) to the occasion's key, so it never
 /// meets a key above.
 pub fn dedupe_key(on: &Occasion, message: &Message) -> String {
     let name = match message {
@@ -376,6 +396,7 @@ pub fn dedupe_key(on: &Occasion, message: &Message) -> String {
         Message::Tracker(TrackerMessage::Comment(_)) => "comment",
         Message::Forge(ForgeMessage::OpenPr(_)) => "open_pr",
         Message::Forge(ForgeMessage::Comment(_)) => "pr_comment",
+        Message::Forge(ForgeMessage::MarkMerged(_)) => "mark_merged",
         Message::Notify(_) => "notify",
     };
     match *on {
@@ -558,6 +579,15 @@ mod tests {
                 "paused",
                 json!({ "text": "paused" }),
             ),
+            (
+                Message::Forge(ForgeMessage::MarkMerged(MarkMerged {
+                    branch: text("orch/w-1"),
+                    merge_commit: "a".repeat(40),
+                })),
+                "forge",
+                "mark_merged",
+                json!({ "branch": "orch/w-1", "merge_commit": "a".repeat(40) }),
+            ),
         ]
     }
 
@@ -598,7 +628,7 @@ mod tests {
             .into_iter()
             .map(|m| m.0)
             .collect();
-        let [state, comment, report, open_pr, pr_comment, notify] = &msgs[..] else {
+        let [state, comment, report, open_pr, pr_comment, notify, mark_merged] = &msgs[..] else {
             panic!()
         };
         let t = Occasion::Transition {
@@ -608,6 +638,7 @@ mod tests {
         assert_eq!(dedupe_key(&t, comment), "task:3:v4:comment");
         assert_eq!(dedupe_key(&t, state), "task:3:v4:state");
         assert_eq!(dedupe_key(&t, notify), "task:3:v4:notify");
+        assert_eq!(dedupe_key(&t, mark_merged), "task:3:v4:mark_merged");
         let r = Occasion::Reconcile {
             task_id: 3,
             version: 4,

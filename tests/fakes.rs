@@ -371,6 +371,8 @@ pub struct GiteaState {
     pub scopes: Option<Vec<&'static str>>,
     /// `GET /version`'s answer instead of the fixture's.
     pub version: Option<String>,
+    /// The repository does not allow marking PRs merged manually.
+    pub manual_merge_disallowed: bool,
 }
 
 /// A fake Gitea for repo `acme/widget` (REST v1), backed by the sandbox's
@@ -539,6 +541,31 @@ fn gitea_route(st: &Mutex<GiteaState>, origin: &Path, r: &Req) -> Resp {
                     &json!({"message": "The PR is already merged", "url": "https://gitea.example.com/api/swagger"}),
                 );
             }
+            let base_ref = format!("refs/heads/{}", s.prs[i].base);
+            if b["Do"] == "manually-merged" {
+                // Gitea's MergedManually: the style must be allowed, the
+                // commit a full sha it has, on the base branch; nothing
+                // is merged.
+                if s.manual_merge_disallowed {
+                    return Resp::json(
+                        405,
+                        &json!({"message": "manually-merged is not allowed an allowed merge style for this repository", "url": "https://gitea.example.com/api/swagger"}),
+                    );
+                }
+                let commit = b["MergeCommitID"].as_str().unwrap_or("");
+                let base = git(origin, &["rev-parse", &base_ref]).unwrap_or_default();
+                if commit.len() != 40
+                    || git(origin, &["cat-file", "-e", &format!("{commit}^{{commit}}")]).is_none()
+                    || git(origin, &["merge-base", "--is-ancestor", commit, &base]).is_none()
+                {
+                    // The Go error struct, as Gitea answers it.
+                    return Resp::json(409, &json!({}));
+                }
+                s.prs[i].merged = true;
+                s.prs[i].merge_commit = Some(commit.to_string());
+                s.prs[i].merge_body = Some(b);
+                return Resp::empty(200);
+            }
             let head_ref = format!("refs/heads/{}", s.prs[i].head);
             let head = git(origin, &["rev-parse", &head_ref]).unwrap_or_default();
             if b["head_commit_id"].as_str() != Some(head.as_str()) {
@@ -547,7 +574,6 @@ fn gitea_route(st: &Mutex<GiteaState>, origin: &Path, r: &Req) -> Resp {
                     &json!({"message": "head out of date", "url": "https://gitea.example.com/api/swagger"}),
                 );
             }
-            let base_ref = format!("refs/heads/{}", s.prs[i].base);
             let base = git(origin, &["rev-parse", &base_ref]).unwrap_or_default();
             if git(origin, &["merge-base", "--is-ancestor", &base, &head]).is_none() {
                 return Resp::json(

@@ -325,3 +325,140 @@ fn the_batch_size_follows_the_backlog_within_its_bounds() {
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("ORCH_MERGE_LINE_BATCH_MAX"));
 }
+
+/// Gitea's pulls route for the sandbox's repository.
+#[cfg(feature = "testing")]
+const GITEA_API: &str = "/api/v1/repos/acme/widget";
+
+#[cfg(feature = "testing")]
+#[test]
+fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_marked_once() {
+    use crate::fakes::{FakeGitea, FakePr, GITEA_TOKEN};
+
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    let ids: Vec<i64> = ["a", "b"]
+        .iter()
+        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
+        .collect();
+    // The project now merges through Gitea; its PRs exist, as the outbox's
+    // open_pr deliveries made them (numbers 7, 8).
+    let path = sbx.dir.join("orch.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, cfg.replace("forge = \"local\"", "forge = \"gitea\"")).unwrap();
+    let gitea = FakeGitea::start(sbx.origin());
+    sbx.set("ORCH_GITEA_URL", &gitea.url())
+        .set("ORCH_GITEA_TOKEN", GITEA_TOKEN)
+        .set("ORCH_HTTP_CONNECT_TIMEOUT_MS", "1000")
+        .set("ORCH_HTTP_TIMEOUT_MS", "2000");
+    {
+        let mut st = gitea.state.lock().unwrap();
+        for id in &ids {
+            st.prs.push(FakePr {
+                number: 6 + id,
+                head: format!("orch/widget-{id}"),
+                base: "main".into(),
+                title: format!("task {id}"),
+                merged: false,
+                merge_commit: None,
+                merge_body: None,
+            });
+        }
+        // The repository does not allow marking PRs merged manually yet.
+        st.manual_merge_disallowed = true;
+    }
+
+    // A crash right after Gitea merged the tip's PR, before the apply: no
+    // move, no message. The next run finds the PR merged and lands.
+    let crash = sbx
+        .orch_std()
+        .args(["merge-gate"])
+        .env("FAILPOINTS", "merge_line.after_fast_forward=return")
+        .output()
+        .unwrap();
+    assert!(!crash.status.success(), "{crash:?}");
+    assert!(gitea.state.lock().unwrap().prs[1].merged);
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM outbox WHERE kind='mark_merged'"),
+        0
+    );
+    assert_eq!(sbx.stage(ids[0]), "deploy-staging");
+
+    let v = line(&sbx);
+    let b = &v["batches"][0];
+    assert_eq!(b["landed"], json!(ids), "{v}");
+    assert_eq!(b["tests"], 1, "{v}");
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    assert_eq!(b["tip"], main.as_str(), "main is the tested tip: {v}");
+    // The tip task's PR: merged through the API naming the tested head.
+    let prs = gitea.state.lock().unwrap().prs.clone();
+    let tip = prs[1].merge_body.clone().expect("the tip's PR merged");
+    assert_eq!(tip["Do"], "fast-forward-only");
+    assert_eq!(tip["head_commit_id"], main.as_str());
+    assert!(!prs[0].merged, "the other PR waits for orch deliver");
+    let key = format!("task:{}:v", ids[0]);
+    let queued = sbx.count(&format!(
+        "SELECT COUNT(*) FROM outbox WHERE kind='mark_merged' AND dedupe_key LIKE '{key}%:mark_merged'"
+    ));
+    assert_eq!(queued, 1, "queued with the landing's move");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM outbox WHERE kind='mark_merged'"),
+        1,
+        "none for the tip"
+    );
+
+    // Gitea refuses (style not allowed): a dead letter with Gitea's reason.
+    sbx.json(&["deliver"]);
+    let (status, error): (String, String) = sbx
+        .db()
+        .query_row(
+            "SELECT status, last_error FROM outbox WHERE kind='mark_merged'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "dead", "{error}");
+    assert!(error.contains("manually-merged is not allowed"), "{error}");
+    assert!(!gitea.state.lock().unwrap().prs[0].merged);
+
+    // Allowed now: the operator's retry marks it merged, naming main.
+    gitea.state.lock().unwrap().manual_merge_disallowed = false;
+    sbx.ok(&["outbox", "retry", "--all-dead"]);
+    let prs = gitea.state.lock().unwrap().prs.clone();
+    assert!(prs.iter().all(|p| p.merged), "{prs:?}");
+    let mark = prs[0].merge_body.clone().unwrap();
+    assert_eq!(mark["Do"], "manually-merged");
+    assert_eq!(mark["MergeCommitID"], main.as_str());
+    let a_head = sbx.origin_git(&["rev-parse", &format!("orch/widget-{}", ids[0])]);
+    sbx.origin_git(&[
+        "merge-base",
+        "--is-ancestor",
+        &a_head,
+        mark["MergeCommitID"].as_str().unwrap(),
+    ]);
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM outbox WHERE kind='mark_merged' AND status='delivered'"),
+        1
+    );
+
+    // A second pass of the line and of deliver sends nothing more.
+    let before = gitea.server.lines();
+    assert!(sbx.ok(&["merge-gate"]).contains("nothing ready to merge"));
+    sbx.json(&["deliver"]);
+    assert_eq!(gitea.server.lines(), before);
+    let merges: Vec<String> = before
+        .iter()
+        .filter(|l| l.starts_with("POST ") && l.ends_with("/merge"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        merges,
+        [
+            format!("POST {GITEA_API}/pulls/8/merge"),
+            format!("POST {GITEA_API}/pulls/7/merge"),
+            format!("POST {GITEA_API}/pulls/7/merge"),
+        ],
+        "the tip once; the other refused once, then marked once"
+    );
+    sbx.check_invariants();
+}

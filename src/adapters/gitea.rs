@@ -23,7 +23,9 @@
 //! - **Merge** at deploy-staging → deploy (`Forge::merge_into_default`) with the project's
 //!   `merge_style` and `head_commit_id` (Gitea refuses if the head moved);
 //!   a PR that GET shows merged is success, so a merge repeated after a
-//!   crash is harmless.
+//!   crash is harmless. The other PRs of a merge-line batch are marked
+//!   merged (`Do: manually-merged`, [`Gitea::mark_merged`]) by an outbox
+//!   message, equally idempotent.
 
 use serde::Deserialize;
 use serde_json::json;
@@ -394,6 +396,53 @@ impl Gitea {
                     return Ok(MergeOutcome::AlreadyMerged {
                         number,
                         merge_commit,
+                    });
+                }
+                let text = r.error_text();
+                Ok(if r.status == 405 {
+                    MergeOutcome::NotReady(text)
+                } else {
+                    MergeOutcome::Conflict(text)
+                })
+            }
+            _ => Err(r.into_status_error(SERVICE, op)),
+        }
+    }
+
+    /// Marks PR `number` merged by `merge_commit` (40 hex, a commit the
+    /// base branch holds), without merging anything: `POST
+    /// /repos/{o}/{r}/pulls/{index}/merge` with `{"Do": "manually-merged",
+    /// "MergeCommitID": …}`. Gitea checks the repository allows that style
+    /// ("Allow to mark pull request as merged manually"; else 405), that
+    /// the commit is a full sha it has (else 409 "Wrong commit ID") and
+    /// that the base branch contains it (else 409). A PR that is merged
+    /// already (by orch before, or by Gitea's own detection of a manual
+    /// merge) is [`MergeOutcome::AlreadyMerged`].
+    pub fn mark_merged(
+        &self,
+        repo: &str,
+        number: i64,
+        merge_commit: &str,
+    ) -> Result<MergeOutcome, AdapterError> {
+        let op = "mark pull request merged";
+        let req = json!({ "Do": "manually-merged", "MergeCommitID": merge_commit });
+        let r = self.api.call(
+            "POST",
+            &format!("{}/pulls/{number}/merge", Self::repo_path(repo)?),
+            Some(&req),
+            op,
+        )?;
+        match r.status {
+            200 => Ok(MergeOutcome::Merged {
+                number,
+                merge_commit: Some(merge_commit.to_string()),
+            }),
+            405 | 409 => {
+                let pr = self.get_pull(repo, number)?;
+                if pr.merged {
+                    return Ok(MergeOutcome::AlreadyMerged {
+                        number,
+                        merge_commit: pr.merge_commit_sha,
                     });
                 }
                 let text = r.error_text();

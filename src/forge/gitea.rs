@@ -24,7 +24,7 @@ use crate::clock::now_ms;
 use crate::config::{AdapterSettings, ProjectConfig};
 use crate::db::{Db, OutboxRow, Task};
 use crate::git::{FastForward, Repo};
-use crate::outbox::ForgeMessage;
+use crate::outbox::{ForgeMessage, MarkMerged};
 
 use crate::webhook_source::{header, required, str_at, Event, Headers, Signature, WebhookSource};
 
@@ -220,7 +220,7 @@ fn store_statuses(
 }
 
 /// Delivers a forge message of `task` to Gitea (`msg` is its row): open
-/// the PR, or comment on it with the dedupe-key marker. `sends_before` > 0 means
+/// the PR, comment on it with the dedupe-key marker, or mark it merged. `sends_before` > 0 means
 /// an earlier send may have reached Gitea: look before posting. Returns
 /// the remote id (PR number, comment id).
 pub(super) fn deliver(
@@ -246,7 +246,7 @@ pub(super) fn deliver(
             Ok(pr.number.to_string())
         }
         ForgeMessage::Comment(comment) => {
-            let number = pull_number(g, db, task, project)?;
+            let number = pull_number(g, db, task, project, "comment")?;
             let key = db
                 .remote_dedupe_key(msg)
                 .map_err(|e| AdapterError::Transport {
@@ -269,6 +269,57 @@ pub(super) fn deliver(
             let c = g.create_comment(&project.repo, number, &body)?;
             Ok(c.id.to_string())
         }
+        ForgeMessage::MarkMerged(m) => mark_merged(g, db, task, project, m),
+    }
+}
+
+/// Marks the PR of a task that landed inside a merge-line batch (not as
+/// its tip) merged by `m.merge_commit`. Already merged (a repeat, or
+/// Gitea's own manual-merge detection) is success; closed without merging,
+/// the style not allowed (405) or a commit Gitea refuses (409) are
+/// [`AdapterError::Rejected`]: a dead letter, logged by `orch deliver`.
+fn mark_merged(
+    g: &Gitea,
+    db: &Db,
+    task: &Task,
+    project: &ProjectConfig,
+    m: &MarkMerged,
+) -> Result<String, AdapterError> {
+    let op = "mark pull request merged";
+    let number = pull_number(g, db, task, project, op)?;
+    let pr = g.get_pull(&project.repo, number)?;
+    let rejected = |message: String| AdapterError::Rejected {
+        service: "gitea",
+        op: op.into(),
+        message,
+    };
+    if !pr.merged {
+        if pr.state != "open" {
+            return Err(rejected(format!(
+                "PR #{number} of {} was closed without merging",
+                m.branch
+            )));
+        }
+        match g.mark_merged(&project.repo, number, &m.merge_commit)? {
+            MergeOutcome::Merged { .. } | MergeOutcome::AlreadyMerged { .. } => {}
+            MergeOutcome::NotReady(why) | MergeOutcome::Conflict(why) => {
+                return Err(rejected(format!(
+                    "Gitea will not mark PR #{number} merged by {}: {why}",
+                    m.merge_commit
+                )))
+            }
+        }
+    }
+    info!(target: "merge", task = task.id, pr = number, merge_commit = %m.merge_commit, already = pr.merged, "PR marked merged (landed in a merge-line batch)");
+    record_pull_merged(db, task, number, &pr.html_url);
+    Ok(number.to_string())
+}
+
+fn record_pull_merged(db: &Db, task: &Task, number: i64, url: &str) {
+    let r =
+        db.write(|tx| tx.upsert_pull_request(task.id, number, url, &task.branch, true, now_ms()));
+    if let Err(e) = r {
+        warn!(target: "forge", task = task.id, error = %format!("{e:#}"), "could not record the pull request");
     }
 }
 
@@ -288,11 +339,14 @@ fn record_pull(db: &Db, task: &Task, pr: &PullRequest) {
     }
 }
 
+/// The number of `task`'s PR (stored, else looked up); `op` names the
+/// delivery that needs it in the not-yet error.
 fn pull_number(
     g: &Gitea,
     db: &Db,
     task: &Task,
     project: &ProjectConfig,
+    op: &str,
 ) -> Result<i64, AdapterError> {
     if let Ok(Some(pr)) = db.pull_request(task.id) {
         return Ok(pr.number);
@@ -309,7 +363,7 @@ fn pull_number(
         }
         None => Err(AdapterError::NotYet {
             service: "gitea",
-            op: "comment".into(),
+            op: op.into(),
             message: format!("no pull request for {} yet", task.branch),
         }),
     }

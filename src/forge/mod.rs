@@ -190,9 +190,12 @@ impl<'a> Forge<'a> {
         }
     }
 
-    /// Delivers a forge message (`msg` is its row): on Gitea an [`OpenPr`]
-    /// or a [`PrComment`](crate::outbox::PrComment) (posted on the task's
-    /// PR with the dedupe-key marker); the local forge has nothing to send. `sends_before` > 0 means an earlier send may
+    /// Delivers a forge message (`msg` is its row): on Gitea an [`OpenPr`],
+    /// a [`PrComment`](crate::outbox::PrComment) (posted on the task's
+    /// PR with the dedupe-key marker) or a
+    /// [`MarkMerged`](crate::outbox::MarkMerged) (the PR of a task that
+    /// landed inside a merge-line batch, marked merged); the local forge
+    /// has nothing to send. `sends_before` > 0 means an earlier send may
     /// have reached the forge: look before posting. Returns the remote id
     /// (PR number, comment id).
     ///

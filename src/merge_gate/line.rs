@@ -35,7 +35,10 @@
 //! 6. **apply**: in one transaction every landed task moves deploy-staging
 //!    → deploy through `pipeline::apply`, and its row becomes `landed`; the
 //!    lease passes to the last landed task, whose move hands it to its
-//!    deploy job (merges and deploys of a repo stay serialised).
+//!    deploy job (merges and deploys of a repo stay serialised). On Gitea
+//!    the same transaction queues, for every landed task but the tip, an
+//!    outbox message marking its PR merged (`manually-merged`, naming the
+//!    commit main holds after step 5); `orch deliver` sends it.
 //!
 //! Crash safety: every step is idempotent and the batch is in the store
 //! before it is built. A rerun finds the `batched` rows, rebuilds (rebases
@@ -55,7 +58,9 @@ use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, LeaseAcquire, LineRow, Task};
 use crate::failpoint::failpoint;
+use crate::forge::Forge;
 use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
+use crate::outbox::{self, ForgeMessage, MarkMerged, Message, Occasion};
 use crate::pipeline::lease::holder;
 pub use crate::pipeline::lease::LINE_HOLDER;
 use crate::pipeline::{self, Actor, Move, Moved, Stage, TransitionCause};
@@ -462,12 +467,14 @@ fn round(
 
     // Fast-forward main to the tested tip, then apply.
     let last = &built[good - 1];
-    match merge_into_default(ctx, project, repo, &last.task)? {
+    let main_now = match merge_into_default(ctx, project, repo, &last.task)? {
         FastForward::Merged { sha } => {
-            steps.push(format!("fast-forwarded {default} to {}", short(&sha)))
+            steps.push(format!("fast-forwarded {default} to {}", short(&sha)));
+            Some(sha)
         }
         FastForward::AlreadyMerged => {
-            steps.push(format!("{default} already contains {}", short(&last.head)))
+            steps.push(format!("{default} already contains {}", short(&last.head)));
+            None
         }
         FastForward::NotFastForward => {
             steps.push(format!(
@@ -477,9 +484,29 @@ fn round(
             rep.requeued.extend(ids);
             return Ok(rep);
         }
-    }
+    };
     failpoint("merge_line.after_fast_forward");
-    apply_landed(ctx, db, lease, batch_id, &built[..good], &mut rep, steps)?;
+    // On a forge with pull requests only the tip task's PR was merged; the
+    // others are marked merged by a commit main holds that contains them.
+    let mark = if good > 1 && Forge::for_project(ctx, project).has_pull_requests() {
+        match main_now {
+            Some(sha) => Some(sha),
+            // Merged by an earlier run (a crash before the apply): main
+            // only moves forward, so its head now contains the batch.
+            None => Some(
+                repo.remote_branch_sha(default)?
+                    .ok_or_else(|| anyhow::anyhow!("origin has no default branch {default:?}"))?,
+            ),
+        }
+    } else {
+        None
+    };
+    let landing = Landing {
+        lease,
+        batch_id,
+        mark_merged_by: mark.as_deref(),
+    };
+    apply_landed(ctx, db, &landing, &built[..good], &mut rep, steps)?;
     let state = if good == n { "landed" } else { "split" };
     let tests = rep.tests as i64;
     let tip = last.head.clone();
@@ -568,19 +595,38 @@ fn test(
     Ok((green, log))
 }
 
+/// What [`apply_landed`] writes beside the moves.
+struct Landing<'a> {
+    /// The merge lease, passed to the last landed task.
+    lease: Option<&'a str>,
+    batch_id: i64,
+    /// On a forge with pull requests, a commit main holds that contains
+    /// the batch: every landed task but the tip gets a
+    /// [`MarkMerged`] naming it, queued with its move.
+    mark_merged_by: Option<&'a str>,
+}
+
 /// Moves every task in `landed` (in batch order) deploy-staging → deploy
 /// and marks it landed, in one transaction; the lease passes to the last.
+/// In the same transaction every landed task but the tip (whose PR the
+/// forge step merged) gets its PR marked merged through the outbox: the
+/// message exists exactly when the move does, and `orch deliver` sends it
+/// (a repeat is success; a refusal is a dead letter).
 fn apply_landed(
     ctx: &Ctx,
     db: &Db,
-    lease: Option<&str>,
-    batch_id: i64,
+    landing: &Landing,
     landed: &[Built],
     rep: &mut BatchReport,
     steps: &mut Steps,
 ) -> anyhow::Result<()> {
     let now = now_ms();
     let tip = landed.last().map(|b| b.head.clone()).unwrap_or_default();
+    let Landing {
+        lease,
+        batch_id,
+        mark_merged_by,
+    } = *landing;
     let moved = db.write(|tx| {
         if let (Some(name), Some(last)) = (lease, landed.last()) {
             tx.transfer_lease(name, LINE_HOLDER, &holder(last.task.id))?;
@@ -606,9 +652,25 @@ fn apply_landed(
             );
             let mut m = m;
             m.cause_job = ready_job(tx, &task)?;
-            if let Moved::Applied { .. } = pipeline::apply(tx, ctx.policy(), &m, now)? {
+            if let Moved::Applied { version, .. } = pipeline::apply(tx, ctx.policy(), &m, now)? {
                 tx.line_set(task.id, "landed", None, now)?;
                 moved.push(task.id);
+                let tip_task = landed.last().map(|l| l.task.id) == Some(task.id);
+                if let (Some(sha), false) = (mark_merged_by, tip_task) {
+                    let mark = MarkMerged {
+                        branch: task.branch.clone(),
+                        merge_commit: sha.to_string(),
+                    };
+                    outbox::queue(
+                        tx,
+                        &Occasion::Transition {
+                            task_id: task.id,
+                            version,
+                        },
+                        &Message::Forge(ForgeMessage::MarkMerged(mark)),
+                        now,
+                    )?;
+                }
             }
         }
         if !moved.is_empty() {
