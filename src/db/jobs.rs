@@ -709,17 +709,7 @@ impl Tx<'_> {
         available_at_ms: i64,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
-                 worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
-                 claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
-                 claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
-                 merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
-            )?
-            .execute(params![id, error, available_at_ms, attempt, now_ms])?;
-        Ok(n == 1)
+        self.requeue_running(id, attempt, error, available_at_ms, now_ms, false)
     }
 
     /// Requeues running job `id` (claim `attempt`) after an account limit
@@ -734,17 +724,32 @@ impl Tx<'_> {
         available_at_ms: i64,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
+        self.requeue_running(id, attempt, error, available_at_ms, now_ms, true)
+    }
+
+    /// The one `running → queued` full rerun both requeues write: a new
+    /// attempt number (also counted in `free_attempts` when `free`), the
+    /// claim, heartbeat, exit and pending merge forgotten.
+    fn requeue_running(
+        &self,
+        id: i64,
+        attempt: Option<i64>,
+        error: &str,
+        available_at_ms: i64,
+        now_ms: i64,
+        free: bool,
+    ) -> anyhow::Result<bool> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE jobs SET status='queued', attempt=attempt+1, free_attempts=free_attempts+1, \
+                "UPDATE jobs SET status='queued', attempt=attempt+1, free_attempts=free_attempts+?6, \
                  available_at_ms=?3, last_error=?2, \
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
                  claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
                  merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
             )?
-            .execute(params![id, error, available_at_ms, attempt, now_ms])?;
+            .execute(params![id, error, available_at_ms, attempt, now_ms, i64::from(free)])?;
         Ok(n == 1)
     }
 
