@@ -445,26 +445,32 @@ impl<'a> Suite<'a> {
     }
 
     fn c5_unsigned(&mut self) -> Outcome {
-        let mut reasons = Vec::new();
-        for (source, body) in [(PLANE, self.harmless("c5")), (GITEA, self.gitea_body("c5"))] {
-            let id = self.delivery_id(&format!("c5-{source}"));
-            let headers = self.headers(source, &id, &body, None);
-            let answer = self.post(source, &headers, &body);
-            let (status, reason) = self.refused(source, &id, answer);
-            if status != Status::Pass {
-                return (status, reason);
-            }
-            reasons.push(reason);
-        }
-        pass(format!("{}; nothing stored", reasons.join("; ")))
+        self.refused_from_each_source("c5", |_, _| None)
     }
 
     fn c6_mis_signed(&mut self) -> Outcome {
+        self.refused_from_each_source("c6", |check, source| {
+            Some(format!(
+                "{}-not-the-secret",
+                check.secret(source).unwrap_or("orch")
+            ))
+        })
+    }
+
+    /// Posts check `tag`'s harmless delivery from Plane and from Gitea,
+    /// signed with the secret `sign_with` gives for its source (`None`:
+    /// unsigned), and expects each [`Self::refused`]; the first that is not
+    /// is the outcome.
+    fn refused_from_each_source(
+        &self,
+        tag: &str,
+        sign_with: impl Fn(&Self, Source) -> Option<String>,
+    ) -> Outcome {
         let mut reasons = Vec::new();
-        for (source, body) in [(PLANE, self.harmless("c6")), (GITEA, self.gitea_body("c6"))] {
-            let id = self.delivery_id(&format!("c6-{source}"));
-            let wrong = format!("{}-not-the-secret", self.secret(source).unwrap_or("orch"));
-            let headers = self.headers(source, &id, &body, Some(&wrong));
+        for (source, body) in [(PLANE, self.harmless(tag)), (GITEA, self.gitea_body(tag))] {
+            let id = self.delivery_id(&format!("{tag}-{source}"));
+            let secret = sign_with(self, source);
+            let headers = self.headers(source, &id, &body, secret.as_deref());
             let answer = self.post(source, &headers, &body);
             let (status, reason) = self.refused(source, &id, answer);
             if status != Status::Pass {
