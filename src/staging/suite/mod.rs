@@ -444,6 +444,24 @@ impl<'a> Suite<'a> {
         ))
     }
 
+    /// Posts a Plane delivery the instance already holds and expects
+    /// `200 duplicate`; `what` names the delivery in the reason.
+    fn post_duplicate(
+        &self,
+        headers: &[(String, String)],
+        body: &[u8],
+        what: &str,
+    ) -> Result<(), Outcome> {
+        let a = self.post(PLANE, headers, body).map_err(infra)?;
+        if (a.status, a.status_field()) != (200, "duplicate") {
+            return Err(fail(format!(
+                "{what}: expected 200 duplicate, got {}",
+                a.describe()
+            )));
+        }
+        Ok(())
+    }
+
     fn c5_unsigned(&mut self) -> Outcome {
         self.refused_from_each_source("c5", |_, _| None)
     }
@@ -524,28 +542,15 @@ impl<'a> Suite<'a> {
         if let Err(o) = self.post_new_plane(&headers, &body, "a new signed delivery") {
             return o;
         }
-        let again = match self.post(PLANE, &headers, &body) {
-            Ok(a) => a,
-            Err(e) => return infra(e),
-        };
-        if (again.status, again.status_field()) != (200, "duplicate") {
-            return fail(format!(
-                "the same delivery again: expected 200 duplicate, got {}",
-                again.describe()
-            ));
+        if let Err(o) = self.post_duplicate(&headers, &body, "the same delivery again") {
+            return o;
         }
         // Plane's retry: a new delivery id, the same body.
         let retry_id = self.delivery_id("c8-retry");
         let headers = self.headers(PLANE, &retry_id, &body, Some(&secret));
-        let retry = match self.post(PLANE, &headers, &body) {
-            Ok(a) => a,
-            Err(e) => return infra(e),
-        };
-        if (retry.status, retry.status_field()) != (200, "duplicate") {
-            return fail(format!(
-                "Plane's retry (new delivery id, same body): expected 200 duplicate, got {}",
-                retry.describe()
-            ));
+        let what = "Plane's retry (new delivery id, same body)";
+        if let Err(o) = self.post_duplicate(&headers, &body, what) {
+            return o;
         }
         if self.open_db(false).is_ok() {
             if self.stored(PLANE, &id).is_none() {
