@@ -287,6 +287,16 @@ impl Plane {
         format!("projects/{}", encode_path(project_id, false))
     }
 
+    /// `projects/{project}/{seg}/{issue}/`: one work item, under the
+    /// segment [`Self::items`] tries (`work-items` or `issues`).
+    fn item_path(project_id: &str, seg: &str, issue_id: &str) -> String {
+        format!(
+            "{}/{seg}/{}/",
+            Self::project_path(project_id),
+            encode_path(issue_id, false)
+        )
+    }
+
     /// All states of a project (`GET …/projects/{id}/states/`).
     pub fn list_states(&self, project_id: &str) -> Result<Vec<State>, AdapterError> {
         self.paged(
@@ -313,11 +323,7 @@ impl Plane {
     ) -> Result<Vec<Comment>, AdapterError> {
         self.items(|seg| {
             self.paged(
-                &format!(
-                    "{}/{seg}/{}/comments/",
-                    Self::project_path(project_id),
-                    encode_path(issue_id, false)
-                ),
+                &format!("{}comments/", Self::item_path(project_id, seg, issue_id)),
                 "list comments",
             )
         })
@@ -334,11 +340,7 @@ impl Plane {
         self.items(|seg| {
             let r = self.call(
                 "PATCH",
-                &format!(
-                    "{}/{seg}/{}/",
-                    Self::project_path(project_id),
-                    encode_path(issue_id, false)
-                ),
+                &Self::item_path(project_id, seg, issue_id),
                 Some(&json!({ "state": state_id })),
                 op,
             )?;
@@ -361,11 +363,7 @@ impl Plane {
         self.items(|seg| {
             let r = self.call(
                 "POST",
-                &format!(
-                    "{}/{seg}/{}/comments/",
-                    Self::project_path(project_id),
-                    encode_path(issue_id, false)
-                ),
+                &format!("{}comments/", Self::item_path(project_id, seg, issue_id)),
                 Some(&json!({
                     "comment_html": html,
                     "external_source": "orch",
