@@ -41,7 +41,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::http::{encode_path, encode_query, html_escape, required, AdapterError, Api, Reply};
+use super::http::{
+    enabled, encode_path, encode_query, html_escape, required, AdapterError, Api, Reply,
+};
 use crate::clock::now_ms;
 use crate::config::{AdapterSettings, Secret};
 
@@ -163,12 +165,7 @@ impl Plane {
     /// off, [`AdapterError::Config`] naming `ORCH_PLANE_URL`,
     /// `ORCH_PLANE_API_KEY` or `ORCH_PLANE_WORKSPACE` when missing.
     pub fn from_settings(s: &AdapterSettings) -> Result<Plane, AdapterError> {
-        if !s.tracker_enabled {
-            return Err(AdapterError::Disabled {
-                service: SERVICE,
-                key: "ORCH_TRACKER_ENABLED",
-            });
-        }
+        enabled(s.tracker_enabled, SERVICE, "ORCH_TRACKER_ENABLED")?;
         let why = "for projects with tracker = \"plane\"";
         let url = required(&s.plane_url, "ORCH_PLANE_URL", why)?;
         let key = required(&s.plane_api_key, "ORCH_PLANE_API_KEY", why)?;
