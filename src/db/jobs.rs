@@ -709,7 +709,7 @@ impl Tx<'_> {
         available_at_ms: i64,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
-        self.requeue_running(id, attempt, error, available_at_ms, now_ms, false)
+        self.requeue_running(id, attempt, false, error, available_at_ms, now_ms)
     }
 
     /// Requeues running job `id` (claim `attempt`) after an account limit
@@ -724,7 +724,7 @@ impl Tx<'_> {
         available_at_ms: i64,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
-        self.requeue_running(id, attempt, error, available_at_ms, now_ms, true)
+        self.requeue_running(id, attempt, true, error, available_at_ms, now_ms)
     }
 
     /// The one `running → queued` full rerun both requeues write: a new
@@ -734,10 +734,10 @@ impl Tx<'_> {
         &self,
         id: i64,
         attempt: Option<i64>,
+        free: bool,
         error: &str,
         available_at_ms: i64,
         now_ms: i64,
-        free: bool,
     ) -> anyhow::Result<bool> {
         let n = self
             .conn

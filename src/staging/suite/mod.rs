@@ -448,9 +448,9 @@ impl<'a> Suite<'a> {
     /// `200 duplicate`; `what` names the delivery in the reason.
     fn post_duplicate(
         &self,
+        what: &str,
         headers: &[(String, String)],
         body: &[u8],
-        what: &str,
     ) -> Result<(), Outcome> {
         let a = self.post(PLANE, headers, body).map_err(infra)?;
         if (a.status, a.status_field()) != (200, "duplicate") {
@@ -542,14 +542,14 @@ impl<'a> Suite<'a> {
         if let Err(o) = self.post_new_plane(&headers, &body, "a new signed delivery") {
             return o;
         }
-        if let Err(o) = self.post_duplicate(&headers, &body, "the same delivery again") {
+        if let Err(o) = self.post_duplicate("the same delivery again", &headers, &body) {
             return o;
         }
         // Plane's retry: a new delivery id, the same body.
         let retry_id = self.delivery_id("c8-retry");
         let headers = self.headers(PLANE, &retry_id, &body, Some(&secret));
         let what = "Plane's retry (new delivery id, same body)";
-        if let Err(o) = self.post_duplicate(&headers, &body, what) {
+        if let Err(o) = self.post_duplicate(what, &headers, &body) {
             return o;
         }
         if self.open_db(false).is_ok() {
