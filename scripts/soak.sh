@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# soak.sh — chaos soak: run work-once loops, reap, reconcile, ci, ingest and
-# deliver concurrently on many tasks while SIGKILLing random orch
-# processes; then let ordinary ticks recover and check the invariants
+# soak.sh — chaos soak: run work-once loops, reap, reconcile, ci, ingest,
+# deliver and the merge line concurrently on many tasks while SIGKILLing
+# random orch processes; then let ordinary ticks recover and check the
+# invariants
 # (`orch check`). Exit 0 only when every task reached done (or was
 # escalated with a reason) and no invariant is violated.
 #
@@ -36,8 +37,9 @@ export ORCH_LOG=error
 export ORCH_REAPER_FINALIZE_GRACE_S=1 ORCH_HEARTBEAT_STALE_S=5 ORCH_RECONCILE_GRACE_S=1
 export ORCH_MAX_CONCURRENCY=$workers ORCH_JOB_MAX_ATTEMPTS=1000 ORCH_JOB_BACKOFF_S=0
 export ORCH_AGENT_TIMEOUT_S=30 ORCH_KILL_GRACE_S=1
-# Merges queue behind the repo's merge lease: retry a deferred merge at once
-# and never escalate for waiting (like ORCH_JOB_MAX_ATTEMPTS above).
+# The merge line runs in its own loop (killed like the rest); a staging
+# deferral would retry at once and never escalate for waiting (like
+# ORCH_JOB_MAX_ATTEMPTS above).
 export ORCH_MERGE_GATE_DEFER_S=0 ORCH_MERGE_GATE_MAX_DEFERS=1000000
 export FAKE_AGENT_SLEEP=${FAKE_AGENT_SLEEP:-0}
 # Each task changes its own file: conflicts between tasks are the merge
@@ -58,6 +60,7 @@ loop reconcile 2>/dev/null & pids+=($!)
 loop ci 2>/dev/null & pids+=($!)
 loop ingest 2>/dev/null & pids+=($!)
 loop deliver 2>/dev/null & pids+=($!)
+loop merge-gate 2>/dev/null & pids+=($!)
 
 kills=0
 end=$((SECONDS + seconds))

@@ -8,9 +8,11 @@
 //! queued-or-running job per task; no running job whose worker is gone
 //! (meaningful after a `reap`); every delivery processed, retryable or
 //! dead-lettered with its reason; every outbox message pending, delivered
-//! or dead with its reason. [`repositories`] adds invariant 8 as far as it
-//! can be seen from outside: orch's git runs no hook, and no clone or
-//! worktree config sets a program-running key.
+//! or dead with its reason; a task the merge line landed left
+//! deploy-staging, and a batched one has its batch and position.
+//! [`repositories`] adds invariant 8 as far as it can be seen from
+//! outside: orch's git runs no hook, and no clone or worktree config sets a
+//! program-running key.
 
 use serde::Serialize;
 
@@ -55,6 +57,33 @@ pub fn run(
         );
     }
 
+    for r in db.line_rows()? {
+        let Some(task) = db.task(r.task_id)? else {
+            continue;
+        };
+        // A landed task moved on with the landing's own transaction.
+        if r.state == "landed"
+            && task.stage == Stage::DeployStaging
+            && task.version == r.task_version
+        {
+            bad(
+                "merge_line",
+                format!(
+                    "task {} is landed in the merge line but still at deploy-staging v{}",
+                    task.id, task.version
+                ),
+            );
+        }
+        if r.state == "batched" && (r.batch_id.is_none() || r.position.is_none()) {
+            bad(
+                "merge_line",
+                format!(
+                    "task {} is batched in the merge line without a batch and position",
+                    task.id
+                ),
+            );
+        }
+    }
     for task in db.tasks()? {
         let transitions = db.transitions(task.id)?;
         let mut prev: Option<(i64, Stage)> = None;

@@ -135,25 +135,39 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run the merge gate for one task at deploy-staging, by hand
+    /// Run the merge line: land the tasks ready to merge, in batches
     ///
-    /// Takes the repo's merge lease, catches the task branch up with main
-    /// (rebase, push with --force-with-lease), re-runs the test command,
-    /// fast-forwards main, and moves the task to deploy (actor human).
-    /// Stands in for the deployer's staging verdict. Exit 0 merged, 3
-    /// rolled back (conflict or red tests), 75 deferred (lease busy, job
-    /// running, main moving; nothing changed).
+    /// Without --task: for each project (or --project) with tasks ready to
+    /// merge (a deployer PASS at deploy-staging), take the repo's merge
+    /// lease, build main + T1 … Tk (each branch rebased onto the tip before
+    /// it and pushed; a conflicting task goes back to development with the
+    /// files), run the test command once on the tip, fast-forward main to
+    /// the tested tip and move every landed task to deploy. A red batch is
+    /// bisected: the culprit goes back with the failing log, the rest land.
+    /// `orch tick` runs it too. Exit 0 (also when nothing is ready or the
+    /// lease is busy).
+    ///
+    /// With --task ID: the merge gate for that one task, by hand. Takes the
+    /// lease, catches the task branch up with main (rebase, push with
+    /// --force-with-lease), re-runs the test command, fast-forwards main,
+    /// and moves the task to deploy (actor human). Stands in for the
+    /// deployer's staging verdict. Exit 0 merged, 3 rolled back (conflict
+    /// or red tests), 75 deferred (lease busy, job running, main moving;
+    /// nothing changed).
     #[command(name = "merge-gate")]
     MergeGate {
-        /// The task (at deploy-staging)
+        /// One task (at deploy-staging), by hand; without it, the line
         #[arg(long)]
-        task: i64,
+        task: Option<i64>,
+        /// The line for this project only
+        #[arg(long, conflicts_with = "task")]
+        project: Option<String>,
         /// Print the steps a real run would take; write nothing
         #[arg(long)]
         dry_run: bool,
         /// Instead of running the gate, release the merge lease this task
         /// holds (for a stuck lease; `orch reap` releases stale ones)
-        #[arg(long)]
+        #[arg(long, requires = "task")]
         release: bool,
     },
     /// Run the staging suite against a staging instance of orch
@@ -166,7 +180,7 @@ pub enum Command {
         dry_run: bool,
     },
     /// ingest, reap, reconcile, deliver, then work-once while jobs are
-    /// runnable (for cron users and the demo)
+    /// runnable, then the merge line (for cron users and the demo)
     Tick {
         /// At most this many jobs in this tick
         #[arg(long, default_value_t = 100)]
@@ -216,7 +230,8 @@ pub enum Command {
     /// reaper), the delivery (webhook), the reconcile pass (reconciler),
     /// the command (human). `waiting.kind` in --json is one of done,
     /// escalated, job_running, finalize_failed, merge_lease, parked,
-    /// paused, job_queued, failed_delivery, tracker, approval, gate. Exit 2
+    /// paused, job_queued, merge_line, failed_delivery, tracker, approval,
+    /// gate. Exit 2
     /// when there is no such task.
     Why {
         /// The task id

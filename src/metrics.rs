@@ -31,7 +31,7 @@ pub const TICKS: [&str; 7] = [
 
 /// Counters of the `counters` table with their metric name and help;
 /// any other counter is exported as `orch_events_total{name}`.
-const KNOWN_COUNTERS: [(&str, &str, &str); 8] = [
+const KNOWN_COUNTERS: [(&str, &str, &str); 15] = [
     (
         "reconcile.unblocked_total",
         "orch_reconcile_unblocked_total",
@@ -40,7 +40,7 @@ const KNOWN_COUNTERS: [(&str, &str, &str); 8] = [
     (
         "merge_gate.deferred_total",
         "orch_merge_gate_deferred_total",
-        "Merges deferred because the repository's merge lease was busy or main kept moving.",
+        "Deploy-staging jobs deferred because the staging check answered INFRA (only the check runs again).",
     ),
     (
         "reap.recover_total",
@@ -71,6 +71,41 @@ const KNOWN_COUNTERS: [(&str, &str, &str); 8] = [
         "reap.remove_worktree_total",
         "orch_reap_remove_worktree_total",
         "Worktrees of done tasks the reaper removed after ORCH_WORKTREE_KEEP_S.",
+    ),
+    (
+        "merge_line.landed_total",
+        "orch_merge_line_landed_total",
+        "Tasks the merge line landed (main fast-forwarded to a tested tip containing them).",
+    ),
+    (
+        "merge_line.batches_total",
+        "orch_merge_line_batches_total",
+        "Batches the merge line landed (main moved once each).",
+    ),
+    (
+        "merge_line.batch_tasks_total",
+        "orch_merge_line_batch_tasks_total",
+        "Tasks in the batches the merge line landed: divided by orch_merge_line_batches_total, the mean batch size.",
+    ),
+    (
+        "merge_line.splits_total",
+        "orch_merge_line_splits_total",
+        "Test runs the merge line spent bisecting red batches.",
+    ),
+    (
+        "merge_line.flaky_retries_total",
+        "orch_merge_line_flaky_retries_total",
+        "Red batch tips the merge line ran once more before blame.",
+    ),
+    (
+        "merge_line.flaky_passes_total",
+        "orch_merge_line_flaky_passes_total",
+        "Red batch tips that passed when run again (flaky tests).",
+    ),
+    (
+        "merge_line.sent_back_total",
+        "orch_merge_line_sent_back_total",
+        "Tasks the merge line sent back to development (a conflict, red tests, a refused branch).",
     ),
 ];
 
@@ -249,6 +284,51 @@ pub fn render(ctx: &Ctx, db: &Db) -> anyhow::Result<String> {
         &[],
         db.paused_accounts(now)?.len() as f64,
     );
+
+    m.family(
+        "orch_merge_line_waiting",
+        "gauge",
+        "Tasks ready to merge that wait in the merge line, by project.",
+    );
+    let mut waiting: BTreeMap<String, i64> = BTreeMap::new();
+    for r in db.line_waiting(None)? {
+        *waiting.entry(r.project).or_default() += 1;
+    }
+    for (project, n) in &waiting {
+        m.sample(
+            "orch_merge_line_waiting",
+            &[("project", project)],
+            *n as f64,
+        );
+    }
+    let hour_ago = now - 3_600_000;
+    let landed = db.line_landed_since(hour_ago)?;
+    m.family(
+        "orch_merge_line_landed_last_hour",
+        "gauge",
+        "Tasks the merge line landed in the last hour (merges per hour), by project.",
+    );
+    for (project, n, _) in &landed {
+        m.sample(
+            "orch_merge_line_landed_last_hour",
+            &[("project", project)],
+            *n as f64,
+        );
+    }
+    m.family(
+        "orch_merge_line_time_in_line_seconds",
+        "gauge",
+        "Mean time from ready to merge to landed of the tasks landed in the last hour, by project.",
+    );
+    for (project, n, sum_ms) in &landed {
+        if *n > 0 {
+            m.sample(
+                "orch_merge_line_time_in_line_seconds",
+                &[("project", project)],
+                seconds(sum_ms / n),
+            );
+        }
+    }
 
     let mut counters: BTreeMap<String, i64> = db.counters()?.into_iter().collect();
     for (key, name, help) in KNOWN_COUNTERS {

@@ -30,6 +30,8 @@ pub struct Status {
     /// for them until the reaper retries.
     pub finalize_failed: Vec<crate::reap::FinalizeFailed>,
     pub leases: Vec<Lease>,
+    /// The merge line per project with tasks ready to merge.
+    pub merge_line: Vec<LineStatus>,
     /// Agent accounts whose dispatch is paused now (usage or rate limit),
     /// with the pause's end (`until_ms`).
     pub pauses: Vec<Pause>,
@@ -51,6 +53,43 @@ pub struct Status {
     pub waiting: Vec<Waiting>,
     /// How many tasks wait for a human (`waiting` may show fewer).
     pub waiting_total: usize,
+}
+
+/// One repository's merge line: the tasks ready to merge in line order
+/// (a batch being built first), and since when the oldest waits.
+#[derive(Debug, Clone, Serialize)]
+pub struct LineStatus {
+    pub project: String,
+    pub tasks: Vec<i64>,
+    /// The batch being built, tested or fast-forwarded, if any, with its
+    /// tasks in order.
+    pub batch_id: Option<i64>,
+    pub batch: Vec<i64>,
+    pub oldest_ready_at_ms: i64,
+}
+
+/// The merge line of every project with tasks waiting in it.
+pub fn merge_line(db: &Db) -> anyhow::Result<Vec<LineStatus>> {
+    let mut out: Vec<LineStatus> = Vec::new();
+    for r in db.line_waiting(None)? {
+        if out.last().is_none_or(|l| l.project != r.project) {
+            out.push(LineStatus {
+                project: r.project.clone(),
+                tasks: Vec::new(),
+                batch_id: None,
+                batch: Vec::new(),
+                oldest_ready_at_ms: r.ready_at_ms,
+            });
+        }
+        let l = out.last_mut().expect("pushed above");
+        l.tasks.push(r.task_id);
+        l.oldest_ready_at_ms = l.oldest_ready_at_ms.min(r.ready_at_ms);
+        if r.state == "batched" {
+            l.batch_id = r.batch_id;
+            l.batch.push(r.task_id);
+        }
+    }
+    Ok(out)
 }
 
 /// How long a list `orch status` shows by default (`--all`: all of it).
@@ -278,6 +317,7 @@ pub fn document(
         running_total,
         finalize_failed,
         leases: db.leases()?,
+        merge_line: merge_line(db)?,
         pauses: db
             .pauses()?
             .into_iter()
@@ -379,6 +419,20 @@ impl fmt::Display for Status {
                     .map(|j| format!(" for job {j}"))
                     .unwrap_or_default(),
                 crate::clock::ago(l.expires_at_ms, self.now_ms)
+            )?;
+        }
+        for l in &self.merge_line {
+            let ids = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
+            writeln!(
+                f,
+                "merge line {}: {} waiting (tasks {}){}, the oldest ready {}",
+                l.project,
+                l.tasks.len(),
+                ids(&l.tasks),
+                l.batch_id
+                    .map(|b| format!("; batch {b} in progress: {}", ids(&l.batch)))
+                    .unwrap_or_default(),
+                crate::clock::ago(l.oldest_ready_at_ms, self.now_ms)
             )?;
         }
         for p in &self.pauses {
@@ -526,6 +580,7 @@ mod tests {
                 acquired_at_ms: 900_000,
                 expires_at_ms: 1_600_000,
             }],
+            merge_line: vec![],
             pauses: vec![],
             parked: vec![],
             parked_total: 0,

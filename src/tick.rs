@@ -1,7 +1,9 @@
 //! `orch tick`: one tick for cron users — ingest, reap, reconcile, the
-//! local forge's CI step and deliver, each under its own tick lock (a busy step is skipped, not
-//! fatal), then jobs while any is runnable, then the deliveries those jobs
-//! wrote. Returns what each step did as one serialisable [`TickReport`].
+//! local forge's CI step and deliver, each under its own tick lock (a busy
+//! step is skipped, not fatal), then jobs while any is runnable, then the
+//! merge line (and the jobs its landings enqueued), then the deliveries
+//! those wrote. Returns what each step did as one serialisable
+//! [`TickReport`].
 
 use serde::{Serialize, Serializer};
 use tracing::warn;
@@ -54,6 +56,8 @@ pub struct TickReport {
     pub deliver: Step<DeliverSummary>,
     /// The jobs that ran, in order (at most `max_jobs`).
     pub work: Vec<WorkOutcome>,
+    /// The merge line, per project with tasks ready to merge.
+    pub merge_line: Step<Vec<crate::merge_gate::LineReport>>,
 }
 
 /// Runs `f` under tick lock `name`; a lock held elsewhere skips it.
@@ -127,24 +131,41 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
     let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, db, 1000))?;
     let mut work = Vec::new();
     let mut ci: Option<Step<CiPass>> = None;
-    while work.len() < max_jobs as usize {
-        // A worker asked to stop claims nothing more.
-        if crate::process::stop_signal().is_some() {
-            break;
-        }
-        match worker::work_once(ctx, db, None, None)? {
-            WorkOutcome::Idle => {
-                // No job is runnable: the development heads that wait for
-                // the local forge's CI get it now, and a task it moves has
-                // its next job in this tick.
-                let pass = step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?;
-                let moved = matches!(&pass, Step::Ran(p) if p.runs.iter().any(|r| r.moved));
-                ci = Some(merge_ci(ci, pass));
-                if !moved {
+    let work_some =
+        |work: &mut Vec<WorkOutcome>, ci: &mut Option<Step<CiPass>>| -> anyhow::Result<()> {
+            while work.len() < max_jobs as usize {
+                // A worker asked to stop claims nothing more.
+                if crate::process::stop_signal().is_some() {
                     break;
                 }
+                match worker::work_once(ctx, db, None, None)? {
+                    WorkOutcome::Idle => {
+                        // No job is runnable: the development heads that wait
+                        // for the local forge's CI get it now, and a task it
+                        // moves has its next job in this tick.
+                        let pass = step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?;
+                        let moved = matches!(&pass, Step::Ran(p) if p.runs.iter().any(|r| r.moved));
+                        *ci = Some(merge_ci(ci.take(), pass));
+                        if !moved {
+                            break;
+                        }
+                    }
+                    ran => work.push(ran),
+                }
             }
-            ran => work.push(ran),
+            Ok(())
+        };
+    work_some(&mut work, &mut ci)?;
+    let merge_line = step(ctx, "merge-line", || {
+        crate::merge_gate::run_line(ctx, db, None, dry_run)
+    })?;
+    if let Step::Ran(reports) = &merge_line {
+        if reports
+            .iter()
+            .any(|r| r.batches.iter().any(|b| !b.landed.is_empty()))
+        {
+            // The deploy jobs the landings enqueued.
+            work_some(&mut work, &mut ci)?;
         }
     }
     let ci = match ci {
@@ -167,5 +188,6 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
         ci,
         deliver,
         work,
+        merge_line,
     })
 }

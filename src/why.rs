@@ -154,6 +154,21 @@ pub enum Waiting {
         since_ms: i64,
         expires_at_ms: i64,
     },
+    /// Ready to merge: it waits in the merge line (`orch merge-gate`, `orch
+    /// tick`). `state` is `ready`, `batched` (in batch `batch_id` at
+    /// `position`, being built, tested or fast-forwarded) or `split` (it
+    /// goes alone next); `place` is its 1-based place in its repo's line;
+    /// `lease_holder` names who holds the repo's merge lease when it is not
+    /// the line itself (the line waits for it).
+    MergeLine {
+        state: String,
+        place: i64,
+        waiting: i64,
+        batch_id: Option<i64>,
+        position: Option<i64>,
+        ready_at_ms: i64,
+        lease_holder: Option<String>,
+    },
     /// A budget ceiling parked the task: no job of it is claimed until the
     /// day rolls over, the ceiling is raised, or `orch task unpark`.
     Parked { reason: String, since_ms: i64 },
@@ -458,6 +473,28 @@ pub fn waiting(
             last_error: j.last_error.clone(),
         });
     }
+    if task.stage == Stage::DeployStaging {
+        let line = db.line_waiting(Some(&task.project))?;
+        if let Some(i) = line.iter().position(|r| r.task_id == task.id) {
+            let r = &line[i];
+            let holder = db
+                .leases()?
+                .into_iter()
+                .find(|l| {
+                    l.name.starts_with("merge:") && l.holder != crate::pipeline::lease::LINE_HOLDER
+                })
+                .map(|l| l.holder);
+            return Ok(Waiting::MergeLine {
+                state: r.state.clone(),
+                place: i as i64 + 1,
+                waiting: line.len() as i64,
+                batch_id: r.batch_id.filter(|_| r.state == "batched"),
+                position: r.position.filter(|_| r.state == "batched"),
+                ready_at_ms: r.ready_at_ms,
+                lease_holder: holder,
+            });
+        }
+    }
     let about: Vec<(&str, &str, String)> = crate::webhook::SOURCES
         .iter()
         .flat_map(|s| {
@@ -609,6 +646,29 @@ impl Waiting {
                 span(*since_ms),
                 t(*expires_at_ms)
             ),
+            Waiting::MergeLine {
+                state,
+                place,
+                waiting,
+                batch_id,
+                position,
+                ready_at_ms,
+                lease_holder,
+            } => {
+                let at = match (batch_id, position) {
+                    (Some(b), Some(p)) => format!("in batch {b} at position {p}"),
+                    _ if state == "split" => "alone next (its batch was red)".to_string(),
+                    _ => "ready".to_string(),
+                };
+                format!(
+                    "the merge line: {at}, place {place} of {waiting}, ready for {}{}",
+                    span(*ready_at_ms),
+                    lease_holder
+                        .as_deref()
+                        .map(|h| format!("; the merge lease is held by {h}"))
+                        .unwrap_or_default()
+                )
+            }
             Waiting::Parked { reason, since_ms } => format!(
                 "a budget: parked {} ({reason}); it resumes when the day rolls over or the ceiling is raised, or orch task unpark",
                 t(*since_ms)

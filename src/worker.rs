@@ -6,9 +6,8 @@
 //! (finalize) done | failed | queued (retry)`.
 //!
 //! [`finalize`] is shared with the reaper's Tier-2: every step before the
-//! terminal claim (auto-commit, push, the merge at deploy-staging) is
-//! idempotent —
-//! check, then act — so a finalize interrupted at any instruction can be
+//! terminal claim (auto-commit, push, the staging check at deploy-staging)
+//! is idempotent — check, then act — so a finalize interrupted at any instruction can be
 //! run again by whoever comes next; only the terminal claim, a single
 //! transaction, decides who advances the task.
 
@@ -624,9 +623,11 @@ fn append_to_log(path: &Path, line: &str) {
 /// `gate::decide` and applies the outcome in one transaction (DESIGN §4
 /// "Job lifecycle"). It waits for nothing: at development with no CI
 /// status yet the job finishes done and the task waits for CI
-/// ([`crate::pipeline::ci`]). At deploy-staging the staging suite and the
-/// merge gate still run here. Used by the worker and by the reaper's
-/// Tier-2.
+/// ([`crate::pipeline::ci`]). At deploy-staging the staging check (where
+/// `[projects.staging]` is set) validates the task's revision, and a PASS
+/// finishes the job with the task ready to merge, for the merge line
+/// ([`crate::merge_gate::run_line`]). Used by the worker and by the
+/// reaper's Tier-2.
 ///
 /// Recovery is bounded: each failed finalize of a job attempt is counted
 /// (`jobs.finalize_failures`); at `ORCH_FINALIZE_MAX_ATTEMPTS`, or at once
@@ -793,7 +794,9 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     };
     if verdict == Gate::Pass && stage == Stage::DeployStaging {
         // With [projects.staging], orch runs the staging suite itself
-        // first; the merge gate then merges only the revision it validated.
+        // first: it validates this task's revision. A pass then finishes
+        // the job with the task ready to merge; the merge line
+        // (`orch merge-gate`, `orch tick`) lands it with others.
         let mut validated = None;
         if project.staging.is_some() {
             use crate::staging::StagingGate;
@@ -804,13 +807,22 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
             }
         }
         if verdict == Gate::Pass {
-            let validated = validated.as_deref();
-            match crate::merge_gate::gate_job(
-                ctx, db, project, &repo, &task, &job, actor, validated,
-            )? {
-                crate::merge_gate::JobGate::Verdict(g) => verdict = g,
-                crate::merge_gate::JobGate::Settled(f) => return Ok(f),
-            }
+            info!(target: "gate", task = task.id, stage = %stage, "gate evaluated: ready to merge");
+            failpoint("finalize.before_terminal_claim");
+            let decision = Decision::Ready { validated };
+            let pushed = pushed.as_deref();
+            return apply(
+                ctx,
+                db,
+                &task,
+                &job,
+                stage,
+                pushed,
+                &account,
+                clear_pause,
+                decision,
+                actor,
+            );
         }
     }
     info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
@@ -840,6 +852,10 @@ enum Decision {
         reset: Option<i64>,
         message: String,
     },
+    /// A deployer PASS at deploy-staging (after the staging check, which
+    /// validated revision `validated` where `[projects.staging]` is set):
+    /// the job is done and the task ready to merge.
+    Ready { validated: Option<String> },
     /// The stage gate's answer.
     Gate(Gate),
 }
@@ -884,8 +900,9 @@ fn push_task_branch(
 /// (`pushed`, through [`crate::forge::Forge::record_push`]: the branch's
 /// known head and, on a forge with pull requests, the PR's outbox
 /// message), ends `account`'s pause after a clean run (`clear_pause`),
-/// and applies `decision` — a limit pause, or the gate's answer through
-/// the transition rule with the run's report queued.
+/// and applies `decision` — a limit pause, the task ready to merge (the
+/// job done, its merge-line row written), or the gate's answer through
+/// the transition rule — with the run's report queued.
 ///
 /// Errors: database errors.
 #[allow(clippy::too_many_arguments)]
@@ -925,6 +942,24 @@ fn apply(
                 return spend::pause_for_limit(
                     tx, settings, job, account, *kind, *reset, message, now,
                 );
+            }
+            Decision::Ready { validated } => {
+                let done = jobs::finish(tx, job.id, Some(job.attempt), JobStatus::Done, None, now)?;
+                if done != Changed::Applied {
+                    return Ok(Finalized::Lost);
+                }
+                tx.line_ready(
+                    task.id,
+                    &task.project,
+                    task.version,
+                    validated.as_deref(),
+                    now,
+                )?;
+                let finalized = Finalized::Waiting {
+                    reason: crate::merge_gate::READY.to_string(),
+                };
+                report.queue(tx, ctx, task, job, &finalized, now)?;
+                return Ok(finalized);
             }
             Decision::Gate(v) => v,
         };

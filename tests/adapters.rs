@@ -882,6 +882,8 @@ fn ci_that_turns_green_after_the_finalize_is_found_by_reconcile_and_a_pr_merged_
         }
         w.sbx.ok(&["reconcile"]);
         w.sbx.ok(&["work-once"]);
+        // The deployer's PASS makes it ready; the merge line merges the PR.
+        w.sbx.ok(&["merge-gate"]);
     }
     assert_eq!(w.sbx.stage(1), "deploy");
     let t = w.sbx.transitions(1);

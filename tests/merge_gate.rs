@@ -1,7 +1,10 @@
-//! The merge gate (DESIGN §7, issue 6): catch up with main, re-test the
-//! combined tree, serialise merges under the repo's lease — through the
-//! worker and by hand (`orch merge-gate`), with crashes, busy leases,
-//! refused branch names and `--dry-run`.
+//! The merge gate (DESIGN §7, issues 6 and 23): catch up with main,
+//! re-test the combined tree, serialise merges under the repo's lease —
+//! through the merge line (a deployer PASS makes the task ready; `orch
+//! merge-gate` and `orch tick` land it) and by hand (`orch merge-gate
+//! --task`), with crashes, busy leases, refused branch names and
+//! `--dry-run`. Batches, bisection and the line's visibility are in
+//! `merge_line.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output, Stdio};
@@ -49,6 +52,12 @@ fn to_deploy_staging(sbx: &Sandbox, id: i64, env: &[(&str, &str)]) {
 /// One `work-once` for the deployer role; the JSON outcome.
 fn deployer_once(sbx: &Sandbox) -> serde_json::Value {
     sbx.json(&["work-once", "--role", "deployer"])
+}
+
+/// One run of the merge line (`orch merge-gate --json`), for the project.
+fn line(sbx: &Sandbox) -> serde_json::Value {
+    let v = sbx.json(&["merge-gate"]);
+    v["projects"][0].clone()
 }
 
 fn lease_holder(sbx: &Sandbox) -> Option<(String, Option<i64>)> {
@@ -140,9 +149,11 @@ fn assert_main_always_green(sbx: &Sandbox) {
 }
 
 #[test]
-fn two_green_branches_on_the_same_lines_the_second_is_deferred_then_conflicts_and_rolls_back() {
+fn two_green_branches_on_the_same_lines_the_second_waits_for_the_lease_then_conflicts_and_rolls_back(
+) {
     let mut sbx = Sandbox::new();
-    sbx.set("ORCH_MERGE_GATE_DEFER_S", "0");
+    // The serial line: one task a batch.
+    sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "1");
     // Both developers append to the end of CHANGES.md: green alone, a
     // conflict together.
     let one = sbx.add_issue("first");
@@ -150,9 +161,29 @@ fn two_green_branches_on_the_same_lines_the_second_is_deferred_then_conflicts_an
     let two = sbx.add_issue("second");
     to_deploy_staging(&sbx, two, &[]);
 
-    // Task 1 merges and its deploy job inherits the lease.
-    let v = deployer_once(&sbx);
-    assert_eq!(v["finalized"]["to"], "deploy", "{v}");
+    // Both deployers pass: each job is done, its task ready to merge.
+    let job2 = staging_job(&sbx, two);
+    for _ in 0..2 {
+        let v = deployer_once(&sbx);
+        assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+        assert!(
+            v["finalized"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("ready to merge"),
+            "{v}"
+        );
+    }
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM merge_line WHERE state='ready'"),
+        2
+    );
+
+    // The line lands task 1; its deploy job inherits the lease, so task 2
+    // waits in the line.
+    let v = line(&sbx);
+    assert_eq!(v["batches"][0]["landed"], serde_json::json!([one]), "{v}");
+    assert_eq!(sbx.stage(one), "deploy");
     let deploy_job: i64 = sbx.count(&format!(
         "SELECT id FROM jobs WHERE task_id={one} AND stage='deploy'"
     ));
@@ -160,43 +191,31 @@ fn two_green_branches_on_the_same_lines_the_second_is_deferred_then_conflicts_an
         lease_holder(&sbx),
         Some((format!("task:{one}"), Some(deploy_job)))
     );
-    let main_after_one = sbx.origin_git(&["rev-parse", "main"]);
-
-    // Task 2's deployer passes staging, but the lease is busy: deferred,
-    // its agent result kept.
-    let job2 = staging_job(&sbx, two);
-    let v = deployer_once(&sbx);
-    assert_eq!(v["job_id"], job2, "{v}");
-    assert_eq!(v["finalized"]["action"], "deferred", "{v}");
     assert!(
-        v["finalized"]["reason"]
+        v["busy"]
             .as_str()
             .unwrap()
             .contains(&format!("held by task:{one}")),
         "{v}"
     );
-    assert_eq!(
-        sbx.count(&format!(
-            "SELECT COUNT(*) FROM jobs WHERE id={job2} AND status='queued' AND merge_pending=1 \
-             AND merge_defers=1 AND attempt=1 AND exit_code=0"
-        )),
-        1
-    );
-    assert_eq!(agent_runs(&sbx, job2), 1);
+    let main_after_one = sbx.origin_git(&["rev-parse", "main"]);
+    assert_eq!(sbx.stage(two), "deploy-staging");
+    let again = line(&sbx);
+    assert_eq!(again["batches"], serde_json::json!([]), "{again}");
 
     // Task 1 deploys and is done: the lease is released.
     let v = deployer_once(&sbx);
     assert_eq!(v["finalized"]["to"], "done", "{v}");
     assert_eq!(lease_holder(&sbx), None);
 
-    // Task 2's merge runs again — only the merge — and its rebase conflicts.
-    let v = deployer_once(&sbx);
-    assert_eq!(v["job_id"], job2, "{v}");
-    assert_eq!(v["finalized"]["to"], "development", "{v}");
+    // Task 2's turn: its rebase conflicts. The deployer is not run again.
+    let v = line(&sbx);
+    assert_eq!(v["batches"][0]["sent_back"][0][0], two, "{v}");
+    assert_eq!(sbx.stage(two), "development");
     assert_eq!(agent_runs(&sbx, job2), 1, "the deployer ran once");
     let reason = last_reason(&sbx, two);
     assert!(
-        reason.contains("merge gate: rebase onto main")
+        reason.contains("merge line: rebase onto main")
             && reason.contains("conflicts in CHANGES.md"),
         "{reason}"
     );
@@ -215,7 +234,9 @@ fn two_green_branches_on_the_same_lines_the_second_is_deferred_then_conflicts_an
     assert_clean(&worktree(&sbx, two));
     assert_eq!(sbx.origin_git(&["rev-parse", "main"]), main_after_one);
     assert_eq!(
-        sbx.count("SELECT value FROM counters WHERE name='merge_gate.deferred_total'"),
+        sbx.count(&format!(
+            "SELECT COUNT(*) FROM merge_line WHERE task_id={two} AND state='sent_back'"
+        )),
         1
     );
     sbx.check_invariants();
@@ -251,12 +272,19 @@ fn two_branches_green_alone_but_red_together_are_caught_by_the_retest() {
         2
     );
 
-    for _ in 0..6 {
-        if sbx.stage(two) == "development" {
-            break;
-        }
-        deployer_once(&sbx);
-    }
+    // Both ready; the line tests them as one batch (red), bisects, lands
+    // task 1 and sends task 2 back.
+    deployer_once(&sbx);
+    deployer_once(&sbx);
+    let v = line(&sbx);
+    assert_eq!(
+        v["batches"][0]["tasks"],
+        serde_json::json!([one, two]),
+        "{v}"
+    );
+    assert_eq!(v["batches"][0]["landed"], serde_json::json!([one]), "{v}");
+    assert_eq!(v["batches"][0]["sent_back"][0][0], two, "{v}");
+    deployer_once(&sbx);
     assert_eq!(sbx.stage(one), "done");
     assert_eq!(sbx.stage(two), "development");
     let reason = last_reason(&sbx, two);
@@ -413,17 +441,18 @@ fn two_merge_gates_at_once_one_proceeds_the_other_defers_and_both_finish_in_orde
 }
 
 #[test]
-fn a_lease_holder_killed_mid_gate_is_recovered_by_the_reaper_and_the_task_continues() {
-    let mut sbx = Sandbox::new();
-    // A worker dies holding the lease (its deployer's exit is recorded).
-    let one = sbx.add_issue("worker dies in the gate");
+fn a_lease_holder_killed_mid_gate_is_recovered_by_the_next_run_and_the_task_continues() {
+    let sbx = Sandbox::new();
+    // The line dies holding the lease, after building the batch.
+    let one = sbx.add_issue("the line dies in the gate");
     to_deploy_staging(&sbx, one, &[("FAKE_AGENT_DEV_FILE", "one.md")]);
     sbx.push_to_main("README.md", "Someone else moved main.");
     let job = staging_job(&sbx, one);
+    deployer_once(&sbx);
     let o = run(
         &sbx,
-        &["work-once", "--role", "deployer"],
-        &[("FAILPOINTS", "merge_gate.after_acquire=return")],
+        &["merge-gate"],
+        &[("FAILPOINTS", "merge_line.after_build=return")],
     );
     assert_eq!(
         o.status.code(),
@@ -431,17 +460,14 @@ fn a_lease_holder_killed_mid_gate_is_recovered_by_the_reaper_and_the_task_contin
         "killed by the failpoint: {}",
         text(&o)
     );
-    assert_eq!(lease_holder(&sbx), Some((format!("task:{one}"), Some(job))));
-
-    // Inside the finalize grace the lease stays: its job may still finish.
-    let plan = sbx.json(&["reap", "--dry-run"]);
-    assert_eq!(plan["actions"].as_array().unwrap().len(), 0, "{plan}");
-    sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0");
-    let done = sbx.json(&["reap"]);
+    assert_eq!(lease_holder(&sbx), Some(("merge-line".into(), None)));
     assert_eq!(
-        done["actions"][0]["result"], "advanced deploy-staging → deploy",
-        "{done}"
+        sbx.count("SELECT COUNT(*) FROM merge_line WHERE state='batched'"),
+        1
     );
+    // The next tick's line takes its own lease again and lands the batch.
+    sbx.ok(&["tick"]);
+    assert_ne!(sbx.stage(one), "deploy-staging");
     assert_eq!(agent_runs(&sbx, job), 1, "the deployer is not run again");
     assert!(sbx
         .origin_git(&["show", "main:README.md"])
@@ -546,8 +572,9 @@ fn a_task_branch_that_targets_main_is_refused_before_any_push() {
         assert_eq!(lease_holder(&sbx), None, "{name}: no lease taken");
         assert_eq!(sbx.stage(one), "deploy-staging");
     }
-    // The worker refuses it too, and pushes nothing.
+    // The worker and the line refuse it too, and push nothing.
     let _ = run(&sbx, &["work-once", "--role", "deployer"], &[]);
+    let _ = run(&sbx, &["merge-gate"], &[]);
     assert_eq!(sbx.origin_git(&["for-each-ref"]), refs);
     assert_eq!(sbx.origin_git(&["rev-parse", "main"]).len(), 40);
     assert_eq!(lease_holder(&sbx), None);
@@ -674,11 +701,9 @@ fn dry_run_writes_nothing_and_names_its_steps_then_the_real_run_takes_them() {
 }
 
 #[test]
-fn a_merge_deferred_past_the_cap_escalates_and_a_stuck_lease_expires() {
+fn a_stuck_lease_holds_the_line_until_it_expires() {
     let mut sbx = Sandbox::new();
-    sbx.set("ORCH_MERGE_GATE_DEFER_S", "0")
-        .set("ORCH_MERGE_GATE_MAX_DEFERS", "2");
-    let one = sbx.add_issue("never gets the lease");
+    let one = sbx.add_issue("waits for the lease");
     to_deploy_staging(&sbx, one, &[]);
     // A lease nobody will come back for (no job; expires in an hour).
     let now: i64 = sbx.json(&["status"])["now_ms"].as_i64().unwrap();
@@ -689,27 +714,15 @@ fn a_merge_deferred_past_the_cap_escalates_and_a_stuck_lease_expires() {
         )
         .unwrap();
     let job = staging_job(&sbx, one);
-    for defers in 1..=2 {
-        let v = deployer_once(&sbx);
-        assert_eq!(v["finalized"]["action"], "deferred", "{v}");
-        assert_eq!(v["finalized"]["defers"], defers, "{v}");
+    deployer_once(&sbx);
+    for _ in 0..2 {
+        let out = sbx.ok(&["merge-gate"]);
+        assert!(
+            out.contains("waits: merge lease") && out.contains("held by task:99"),
+            "{out}"
+        );
     }
-    let v = deployer_once(&sbx);
-    assert_eq!(v["finalized"]["action"], "failed", "{v}");
-    assert_eq!(agent_runs(&sbx, job), 1, "only the merge was retried");
-    let (escalated, why): (bool, String) = sbx
-        .db()
-        .query_row(
-            "SELECT escalated, escalated_reason FROM tasks WHERE id=?1",
-            [one],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert!(escalated);
-    assert!(
-        why.contains("merge gate deferred 2 times") && why.contains("held by task:99"),
-        "{why}"
-    );
+    assert_eq!(agent_runs(&sbx, job), 1, "the deployer ran once");
     assert_eq!(sbx.stage(one), "deploy-staging");
 
     // The stuck lease: `orch reap` releases it once it expired.
@@ -727,8 +740,8 @@ fn a_merge_deferred_past_the_cap_escalates_and_a_stuck_lease_expires() {
         "{done}"
     );
     assert_eq!(lease_holder(&sbx), None);
-    sbx.ok(&["task", "unblock", &one.to_string()]);
     sbx.tick_until(5, |s| s.stage(one) == "done");
+    assert_eq!(agent_runs(&sbx, job), 1, "the deployer ran once");
     sbx.check_invariants();
 }
 
@@ -754,8 +767,13 @@ fn without_the_gate_for_a_repo_merges_take_no_lease() {
                 && plan.contains("would merge without a lease"),
             "{plan}"
         );
-        let v = deployer_once(&sbx);
-        assert_eq!(v["finalized"]["to"], "deploy", "{k}={v}");
+        deployer_once(&sbx);
+        let v = line(&sbx);
+        assert_eq!(
+            v["batches"][0]["landed"],
+            serde_json::json!([one]),
+            "{k}={v}"
+        );
         assert_eq!(lease_holder(&sbx), Some(("task:99".into(), None)));
     }
     // Listed by name, the project uses the lease.
@@ -764,45 +782,42 @@ fn without_the_gate_for_a_repo_merges_take_no_lease() {
     let one = sbx.add_issue("lease by name");
     to_deploy_staging(&sbx, one, &[]);
     deployer_once(&sbx);
+    line(&sbx);
     assert_eq!(lease_holder(&sbx).map(|l| l.0), Some(format!("task:{one}")));
 }
 
 #[test]
-fn a_merge_deferred_on_a_busy_lease_runs_in_the_first_tick_after_its_release() {
-    // The default 30 s defer delay: without the wake-up, the second merge
-    // would sleep through the free lease.
-    let sbx = Sandbox::new();
+fn a_task_waiting_on_a_busy_lease_lands_in_the_first_tick_after_its_release() {
+    // Without a wake-up to wait for, the second merge must not sleep
+    // through the free lease.
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "1");
     let env = [("FAKE_AGENT_DEV_FILE", "notes-%t.md")];
     let one = sbx.add_issue("first");
     to_deploy_staging(&sbx, one, &env);
     let two = sbx.add_issue("second");
     to_deploy_staging(&sbx, two, &env);
 
-    let v = deployer_once(&sbx);
-    assert_eq!(v["finalized"]["to"], "deploy", "{v}");
-    let job2 = staging_job(&sbx, two);
-    let v = deployer_once(&sbx);
-    assert_eq!(v["job_id"], job2, "{v}");
-    assert_eq!(v["finalized"]["action"], "deferred", "{v}");
-    assert!(v["finalized"]["available_at_ms"].as_i64().unwrap() > now_ms() + 10_000);
+    deployer_once(&sbx);
+    deployer_once(&sbx);
+    let v = line(&sbx);
+    assert_eq!(v["batches"][0]["landed"], serde_json::json!([one]), "{v}");
+    assert!(v["busy"].as_str().is_some(), "{v}");
 
-    // Task 1 deploys: its lease is released, and the very next tick takes
-    // task 2's merge.
+    // Task 1 deploys: its lease is released, and the very next tick lands
+    // task 2.
     let v = deployer_once(&sbx);
     assert_eq!(v["finalized"]["to"], "done", "{v}");
     assert_eq!(lease_holder(&sbx), None);
     let v = sbx.json(&["tick"]);
-    assert!(v.to_string().contains(&format!("\"job_id\":{job2}")), "{v}");
+    assert_eq!(
+        v["merge_line"][0]["batches"][0]["landed"],
+        serde_json::json!([two]),
+        "{v}"
+    );
     assert_ne!(sbx.stage(two), "deploy-staging", "merged without waiting");
     assert!(sbx
         .origin_git(&["ls-tree", "--name-only", "main"])
         .contains("notes-2.md"));
     sbx.check_invariants();
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }

@@ -233,7 +233,9 @@ fn a_conflict_with_main_rolls_back_to_development_with_the_reason() {
     sbx.push_to_main("CHANGES.md", "- a competing change on the same line");
     let main = sbx.origin_git(&["rev-parse", "main"]);
     let v = sbx.json(&["work-once"]);
-    assert_eq!(v["finalized"]["to"], "development", "{v}");
+    assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+    sbx.ok(&["merge-gate"]);
+    assert_eq!(sbx.stage(1), "development");
     let last = sbx
         .db()
         .query_row(

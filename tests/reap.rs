@@ -128,11 +128,18 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         ("ingest.after_commit", "ingest"),
         ("deliver.before_send", "deliver"),
         ("deliver.after_send", "deliver"),
-        // the merge gate's points, in the deploy-staging job; main moves
+        // the merge line's points, between building the batch, testing
+        // it, fast-forwarding main and applying the moves; main moves
         // first so that the rebase really happens
-        ("merge_gate.after_acquire", "work-once"),
-        ("merge_gate.after_rebase", "work-once"),
-        ("merge_gate.before_merge", "work-once"),
+        ("merge_line.after_build", "merge-gate"),
+        ("merge_line.after_test", "merge-gate"),
+        ("merge_line.after_fast_forward", "merge-gate"),
+        ("transition.after_cas", "merge-gate"),
+        ("transition.before_commit", "merge-gate"),
+        // and the by-hand gate's
+        ("merge_gate.after_acquire", "merge-gate --task 1"),
+        ("merge_gate.after_rebase", "merge-gate --task 1"),
+        ("merge_gate.before_merge", "merge-gate --task 1"),
         // the local forge's CI step, on the development head that waits
         ("ci.after_test", "ci"),
         ("ci.after_record", "ci"),
@@ -165,9 +172,14 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
                 delivery.to_str().unwrap(),
             ]);
         }
-        if point.starts_with("merge_gate.") {
+        let line = command.starts_with("merge-gate");
+        if line {
             crate::pipeline::work_until_stage(&sbx, "deploy-staging");
             sbx.push_to_main("README.md", "Someone else's line.");
+            if command == "merge-gate" {
+                // the deployer passes: the task is ready to merge
+                sbx.ok(&["work-once"]);
+            }
         }
         if point.starts_with("ci.") {
             // The development run ends waiting for its CI.
@@ -182,7 +194,7 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         }
         let out = sbx
             .orch()
-            .arg(command)
+            .args(command.split(' '))
             .env("FAILPOINTS", format!("{point}=return"))
             .output()
             .unwrap();
@@ -198,6 +210,21 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         });
         sbx.ok(&["tick"]);
         sbx.check_invariants();
+        if line {
+            // main moved only by fast-forward, to a tip that was tested
+            let main = sbx.origin_git(&["rev-parse", "main"]);
+            assert_eq!(
+                sbx.count(&format!(
+                    "SELECT COUNT(*) FROM ci_statuses WHERE sha='{main}' AND context='orch/test' AND state='success'"
+                )),
+                1,
+                "{point}"
+            );
+            assert!(
+                sbx.origin_git(&["rev-list", "--merges", "main"]).is_empty(),
+                "{point}"
+            );
+        }
         assert_eq!(sbx.count("SELECT COUNT(*) FROM tasks"), 1, "{point}");
         assert_eq!(
             sbx.count("SELECT COUNT(*) FROM transitions"),

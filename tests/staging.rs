@@ -448,7 +448,7 @@ fn last_transition(sbx: &Sandbox, id: i64) -> (String, String) {
 }
 
 #[test]
-fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the_validated_revision(
+fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_makes_the_validated_revision_ready(
 ) {
     // Production, whose project widget names a staging instance of orch:
     // a second sandbox with its own state, port, database and config.
@@ -522,9 +522,9 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the
         drop(stale);
 
         // 3. Back at deploy-staging; the deployer deploys the head to
-        //    staging and staging validates it, but main moved meanwhile: the
-        //    merge gate catches up, and the new head is not what staging
-        //    validated — the stage runs again instead of merging.
+        //    staging and staging validates it: the task is ready to merge,
+        //    its validated revision recorded. Main moved meanwhile: the
+        //    merge line catches up, re-tests the combination and lands it.
         to_deploy_staging(&prod, id);
         // The developer's rework run was told which checks failed.
         let (dev_job, dev_attempt): (i64, i64) = prod
@@ -548,25 +548,38 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the
         let validated = head_of();
         prod.push_to_main("OTHER.md", "another developer's change");
         let staging = serve_staging(&stg, &addr, &validated);
-        prod.ok(&["work-once", "--role", "deployer"]);
-        let (to, reason) = last_transition(&prod, id);
-        assert_eq!(to, "deploy-staging", "{reason}");
-        assert!(
-            reason.contains("staging validates the new head"),
-            "{reason}"
-        );
-        let head = head_of();
-        assert_ne!(head, validated);
-        assert_ne!(prod.origin_git(&["rev-parse", "main"]), validated);
+        let v = prod.json(&["work-once", "--role", "deployer"]);
+        assert_eq!(v["finalized"]["action"], "waiting", "{v:#}");
+        assert_eq!(prod.stage(id), "deploy-staging");
+        let recorded: String = prod
+            .db()
+            .query_row(
+                "SELECT validated FROM merge_line WHERE task_id=?1 AND state='ready'",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(recorded, validated);
         drop(staging);
 
-        // 4. The deployer deploys the caught-up head: PASS → merged, main
-        //    at exactly the revision staging validated.
-        let _staging = serve_staging(&stg, &addr, &head);
-        prod.ok(&["work-once", "--role", "deployer"]);
+        // 4. The line lands it: main at the caught-up head, which it
+        //    tested (the revision staging validated plus main's change).
+        prod.ok(&["merge-gate"]);
         let (to, reason) = last_transition(&prod, id);
         assert_eq!(to, "deploy", "{reason}");
+        let head = head_of();
+        assert_ne!(head, validated);
         assert_eq!(prod.origin_git(&["rev-parse", "main"]), head);
+        assert_eq!(
+            prod.db()
+                .query_row(
+                    "SELECT state FROM ci_statuses WHERE sha=?1 AND context='orch/test'",
+                    [&head],
+                    |r| r.get::<_, String>(0),
+                )
+                .unwrap(),
+            "success"
+        );
         let summary: String = prod
             .db()
             .query_row(
@@ -575,7 +588,10 @@ fn a_project_with_staging_defers_on_infra_rolls_back_on_fail_and_merges_only_the
                 |r| r.get(0),
             )
             .unwrap();
-        assert!(summary.starts_with(&format!("PASS on {head}")), "{summary}");
+        assert!(
+            summary.starts_with(&format!("PASS on {validated}")),
+            "{summary}"
+        );
     });
     prod.check_invariants();
 }

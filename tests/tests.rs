@@ -13,6 +13,7 @@ mod ingest;
 mod kinds;
 mod layers;
 mod logs;
+mod merge_line;
 mod metrics;
 mod operator;
 mod pipeline;

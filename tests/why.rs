@@ -164,8 +164,9 @@ fn queued_running_awaiting_approval_then_escalated_by_a_human() {
 }
 
 #[test]
-fn a_merge_deferred_on_another_tasks_lease_waits_for_that_task() {
-    let sbx = Sandbox::new();
+fn a_task_in_the_merge_line_names_its_place_and_the_lease_it_waits_for() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "1");
     let env = [("FAKE_AGENT_DEV_FILE", "notes-%t.md")];
     let not_deployer = ["analyst", "architect", "developer", "reviewer", "tester"];
     let to_deploy_staging = |id: i64| {
@@ -191,20 +192,27 @@ fn a_merge_deferred_on_another_tasks_lease_waits_for_that_task() {
     let two = sbx.add_issue("second");
     to_deploy_staging(two);
 
-    // Task 1 merges and keeps the lease for its deploy; task 2's merge is
-    // deferred on it.
-    let v = sbx.json(&["work-once", "--role", "deployer"]);
-    assert_eq!(v["finalized"]["to"], "deploy", "{v}");
-    let v = sbx.json(&["work-once", "--role", "deployer"]);
-    assert_eq!(v["finalized"]["action"], "deferred", "{v}");
+    // Both ready: the line lands task 1, whose deploy keeps the lease;
+    // task 2 waits in the line for it.
+    for _ in 0..2 {
+        sbx.ok(&["work-once", "--role", "deployer"]);
+    }
+    let v = why(&sbx, two);
+    assert_eq!(kind(&v), "merge_line", "{v}");
+    assert_eq!(v["waiting"]["state"], "ready", "{v}");
+    assert_eq!(v["waiting"]["place"], 2, "{v}");
+    sbx.ok(&["merge-gate"]);
+    assert_eq!(sbx.stage(one), "deploy");
 
     let v = why(&sbx, two);
-    assert_eq!(kind(&v), "merge_lease", "{v}");
-    assert_eq!(v["waiting"]["holder_task"], one, "{v}");
-    assert_eq!(v["waiting"]["lease"], "merge:acme/widget", "{v}");
-    assert!(v["waiting"]["since_ms"].as_i64().is_some(), "{v}");
+    assert_eq!(kind(&v), "merge_line", "{v}");
+    assert_eq!(v["waiting"]["place"], 1, "{v}");
+    assert_eq!(v["waiting"]["lease_holder"], format!("task:{one}"), "{v}");
     let text = sbx.ok(&["why", &two.to_string()]);
-    assert!(text.contains("held by task:1"), "{text}");
+    assert!(
+        text.contains("the merge line: ready, place 1 of 1") && text.contains("held by task:1"),
+        "{text}"
+    );
     // The holder itself waits for its deploy job, not for the lease.
     assert_eq!(kind(&why(&sbx, one)), "job_queued");
 }

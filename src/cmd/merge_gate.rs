@@ -1,6 +1,8 @@
-//! `orch merge-gate --task ID [--dry-run] [--release]`: the merge gate by
-//! hand (`orch::merge_gate::run_by_hand`), or the release of a stuck lease.
-//! Exit 0 merged (or planned, or released), 3 rolled back, 75 deferred.
+//! `orch merge-gate [--project P] [--dry-run]`: the merge line
+//! (`orch::merge_gate::run_line`); `orch merge-gate --task ID [--dry-run]
+//! [--release]`: the merge gate by hand (`orch::merge_gate::run_by_hand`),
+//! or the release of a stuck lease. The line exits 0; by hand: 0 merged
+//! (or planned, or released), 3 rolled back, 75 deferred.
 
 use serde_json::json;
 
@@ -69,4 +71,63 @@ pub fn run(ctx: &Ctx, task: i64, dry_run: bool, release: bool) -> anyhow::Result
         },
         code,
     ))
+}
+
+/// The merge line (every project, or `project`); prints each batch.
+pub fn line(ctx: &Ctx, project: Option<&str>, dry_run: bool) -> anyhow::Result<Output> {
+    let db = ctx.open_db()?;
+    // One line at a time per host (as in `orch tick`); busy → exit 75.
+    let _lock = if dry_run {
+        None
+    } else {
+        Some(ctx.tick_lock("merge-line")?)
+    };
+    let reports = merge_gate::run_line(ctx, &db, project, dry_run)?;
+    let mut text = String::new();
+    if reports.is_empty() {
+        text += "merge line: nothing ready to merge\n";
+    }
+    for r in &reports {
+        text += &format!(
+            "{}: merge line{} ({})\n",
+            r.project,
+            if dry_run { " --dry-run" } else { "" },
+            r.lease
+                .as_deref()
+                .map_or("no lease".to_string(), |l| format!("lease {l}"))
+        );
+        for step in &r.steps {
+            text += &format!("  {step}\n");
+        }
+        for b in r.batches.iter().filter(|_| !dry_run) {
+            let list = |ids: &[i64]| {
+                ids.iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            text += &format!(
+                "  batch {}: landed [{}]{}, sent back [{}], back in line [{}]; {} test run(s), {} split(s), {} flaky retr{}\n",
+                b.batch_id.unwrap_or(0),
+                list(&b.landed),
+                b.tip
+                    .as_deref()
+                    .map(|t| format!(" at {}", &t[..t.len().min(12)]))
+                    .unwrap_or_default(),
+                list(&b.sent_back.iter().map(|(t, _)| *t).collect::<Vec<_>>()),
+                list(&b.requeued),
+                b.tests,
+                b.splits,
+                b.flaky_retries,
+                if b.flaky_retries == 1 { "y" } else { "ies" }
+            );
+        }
+        if let Some(busy) = &r.busy {
+            text += &format!("  waits: {busy}\n");
+        }
+    }
+    Ok(Output {
+        json: json!({ "dry_run": dry_run, "projects": reports }),
+        text,
+    })
 }

@@ -198,10 +198,20 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         Command::Tick { max_jobs, dry_run } => (tick::run(&ctx, max_jobs, dry_run)?, exit::OK),
         Command::Status { all } => (status::run(&ctx, all)?, exit::OK),
         Command::MergeGate {
-            task,
+            task: Some(task),
             dry_run,
             release,
+            ..
         } => merge_gate::run(&ctx, task, dry_run, release)?,
+        Command::MergeGate {
+            task: None,
+            project,
+            dry_run,
+            ..
+        } => (
+            merge_gate::line(&ctx, project.as_deref(), dry_run)?,
+            exit::OK,
+        ),
         Command::Check => check::run(&ctx)?,
         Command::Task(c) => (task::run(&ctx, c)?, exit::OK),
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),

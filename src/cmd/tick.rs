@@ -19,32 +19,44 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<Output> {
     counts.extend(ran(&report.ci).map_or_else(Vec::new, super::ci::counts));
     counts.extend(ran(&report.deliver).map_or_else(Vec::new, super::deliver::counts));
     counts.push(("jobs", report.work.len(), true));
+    if let Some(r) = ran(&report.merge_line) {
+        let landed = r
+            .iter()
+            .flat_map(|p| &p.batches)
+            .map(|b| b.landed.len())
+            .sum();
+        counts.push(("landed", landed, true));
+    }
     let mut text = String::new();
     if dry_run {
         text += super::DRY_RUN_NOTE;
     } else {
         super::finish_tick(ctx, "tick", started, &counts);
     }
-    let mut line = |name: &str, step: Option<String>| match step {
-        None => text += &format!("{name}: busy, skipped\n"),
-        Some(t) => text += &format!("{name}: {}\n", t.trim_end().replace('\n', "\n  ")),
+    let line = |text: &mut String, name: &str, step: Option<String>| match step {
+        None => *text += &format!("{name}: busy, skipped\n"),
+        Some(t) => *text += &format!("{name}: {}\n", t.trim_end().replace('\n', "\n  ")),
     };
     line(
+        &mut text,
         "ingest",
         ran(&report.ingest)
             .map(|s| format!("{} processed, {} failed", s.processed.len(), s.failed.len())),
     );
     line(
+        &mut text,
         "reap",
         ran(&report.reap).map(|r| super::reap::text(&r.actions)),
     );
     line(
+        &mut text,
         "reconcile",
         ran(&report.reconcile).map(|p| super::reconcile::text(p, dry_run)),
     );
-    line("ci", ran(&report.ci).map(super::ci::text));
+    line(&mut text, "ci", ran(&report.ci).map(super::ci::text));
     if dry_run {
         line(
+            &mut text,
             "deliver",
             ran(&report.deliver).map(super::deliver::would_text),
         );
@@ -53,9 +65,38 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<Output> {
             text += &format!("  {}\n", super::work_once::text(o));
         }
     } else {
-        line("deliver", ran(&report.deliver).map(super::deliver::text));
+        line(
+            &mut text,
+            "deliver",
+            ran(&report.deliver).map(super::deliver::text),
+        );
         text += &format!("work: ran {} job(s)\n", report.work.len());
     }
+    line(
+        &mut text,
+        "merge line",
+        ran(&report.merge_line).map(|r| {
+            if r.is_empty() {
+                "nothing ready to merge".to_string()
+            } else {
+                r.iter()
+                    .map(|p| {
+                        let landed: usize = p.batches.iter().map(|b| b.landed.len()).sum();
+                        let back: usize = p.batches.iter().map(|b| b.sent_back.len()).sum();
+                        match &p.busy {
+                            Some(b) if p.batches.is_empty() => format!("{}: waits: {b}", p.project),
+                            _ => format!(
+                                "{}: {} batch(es), {landed} landed, {back} sent back",
+                                p.project,
+                                p.batches.len()
+                            ),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }),
+    );
     Ok(Output {
         json: serde_json::to_value(&report)?,
         text,

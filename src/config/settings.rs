@@ -287,6 +287,20 @@ pub struct Settings {
     /// `ORCH_MERGE_GATE_MAX_DEFERS` (default 24): defers of one job after
     /// which the next busy lease escalates the task.
     pub merge_gate_max_defers: u32,
+    /// `ORCH_MERGE_LINE_BATCH_MIN` (default 1) and
+    /// `ORCH_MERGE_LINE_BATCH_MAX` (default 8, at least the minimum): the
+    /// merge line's batch size `k` is the backlog of ready tasks of a repo
+    /// clamped to `[min, max]` (and never more than the backlog). 1 and 1:
+    /// the serial gate, one task caught up, tested and merged at a time.
+    pub merge_line_batch_min: u32,
+    pub merge_line_batch_max: u32,
+    /// `ORCH_MERGE_LINE_MAX_SPLITS` (default 6): test runs a red batch's
+    /// bisection may take; the suspects left when it runs out go through
+    /// the line one at a time.
+    pub merge_line_max_splits: u32,
+    /// `ORCH_MERGE_LINE_RETRY_RED` (default true): a red batch tip is run
+    /// once more before blame (the flaky guard; counted).
+    pub merge_line_retry_red: bool,
     /// `ORCH_AGENT_SANDBOX` (`bwrap` or `none`; unset: `bwrap` when
     /// bubblewrap works here, else `none` with a warning): how agents and
     /// the projects' test commands run.
@@ -423,6 +437,20 @@ impl Settings {
             merge_gate_lease_ttl_s: num("ORCH_MERGE_GATE_LEASE_TTL_S", 7200, 1)?,
             merge_gate_defer_s: num("ORCH_MERGE_GATE_DEFER_S", 30, 0)?,
             merge_gate_max_defers: num32("ORCH_MERGE_GATE_MAX_DEFERS", 24, 0)?,
+            merge_line_batch_min: num32("ORCH_MERGE_LINE_BATCH_MIN", 1, 1)?,
+            merge_line_batch_max: {
+                let min = num32("ORCH_MERGE_LINE_BATCH_MIN", 1, 1)?;
+                let max = num32("ORCH_MERGE_LINE_BATCH_MAX", 8.max(min), 1)?;
+                if max < min {
+                    return Err(Error::config(
+                        "ORCH_MERGE_LINE_BATCH_MAX",
+                        format!("{max} is below ORCH_MERGE_LINE_BATCH_MIN ({min})"),
+                    ));
+                }
+                max
+            },
+            merge_line_max_splits: num32("ORCH_MERGE_LINE_MAX_SPLITS", 6, 0)?,
+            merge_line_retry_red: flag("ORCH_MERGE_LINE_RETRY_RED", true)?,
             agent_sandbox: match get("ORCH_AGENT_SANDBOX").as_deref().map(str::trim) {
                 None => AgentSandbox::Auto,
                 Some("bwrap") => AgentSandbox::Bwrap,

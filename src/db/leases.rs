@@ -190,6 +190,17 @@ impl Tx<'_> {
             .execute(params![holder, job_id, now_ms])?)
     }
 
+    /// Passes lease `name` from `from` to `to` (the merge line hands its
+    /// lease to the task whose move into deploy takes it on). Returns
+    /// whether `from` held it.
+    pub fn transfer_lease(&self, name: &str, from: &str, to: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE leases SET holder=?3 WHERE name=?1 AND holder=?2")?
+            .execute(params![name, from, to])?
+            == 1)
+    }
+
     /// Releases the leases that are stale at `now_ms` (expired, or their
     /// job is no longer queued or running). Returns the released
     /// `(name, holder)` pairs.

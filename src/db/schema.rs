@@ -487,4 +487,47 @@ UPDATE transitions SET cause = CASE
     ELSE 'other'
 END;
 "#,
+    // 22: the merge line (issue 23). One row per task that a deployer
+    // PASS at deploy-staging made ready to merge, at the task's version
+    // `task_version`. `state`: `ready` (waiting in the line), `batched`
+    // (in batch `batch_id` at `position`, 1-based, being built, tested or
+    // fast-forwarded), `split` (its batch was red and bisection ran out of
+    // its cap: it goes alone next), `landed` (main contains it; the task
+    // moved to deploy), `sent_back` (a conflict or red tests sent it back
+    // to development; `reason` says why). `validated`: the revision the
+    // staging check validated, when the project has `[projects.staging]`.
+    // `base`: the commit the line last rebased the task's branch onto
+    // (the tip of the tasks ahead of it), so that a rebuild onto another
+    // tip replays only the task's own commits. `merge_batches`: one row a
+    // batch (`building`, then `landed` — main moved to `tip` — `split` or
+    // `done`), `tests` the test runs it took. A row is written in the
+    // transaction that finishes the deployer's job and changed in the
+    // transactions that move the task.
+    r#"
+CREATE TABLE merge_line (
+    task_id        INTEGER PRIMARY KEY REFERENCES tasks(id),
+    project        TEXT NOT NULL,
+    task_version   INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('ready','batched','split','landed','sent_back')),
+    batch_id       INTEGER,
+    position       INTEGER,
+    validated      TEXT,
+    base           TEXT,
+    reason         TEXT,
+    ready_at_ms    INTEGER NOT NULL,
+    updated_at_ms  INTEGER NOT NULL,
+    landed_at_ms   INTEGER
+);
+CREATE INDEX merge_line_waiting ON merge_line(project, ready_at_ms) WHERE state IN ('ready','batched','split');
+CREATE TABLE merge_batches (
+    id             INTEGER PRIMARY KEY,
+    project        TEXT NOT NULL,
+    size           INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('building','landed','split','done')),
+    tip            TEXT,
+    tests          INTEGER NOT NULL DEFAULT 0,
+    created_at_ms  INTEGER NOT NULL,
+    finished_at_ms INTEGER
+);
+"#,
 ];

@@ -63,6 +63,20 @@ impl Repo {
     /// Errors: [`Error::Subprocess`] if git fails for another reason (a
     /// dirty worktree, a stop without conflicted files — aborted too).
     pub fn rebase_onto_default(&self, worktree: &Path) -> anyhow::Result<RebaseOutcome> {
+        self.rebase_onto(worktree, None)
+    }
+
+    /// [`Repo::rebase_onto_default`], or with `onto = Some((upstream,
+    /// from))` a rebase of the worktree's branch onto commit `upstream`
+    /// (the merge line's batch tip): the commits after `from` (a commit
+    /// the branch was built on; `None`: those not in `upstream`) are
+    /// replayed, so a branch built on a task that left the batch sheds
+    /// that task's commits. Same guarantees, assumptions and errors.
+    pub fn rebase_onto(
+        &self,
+        worktree: &Path,
+        onto: Option<(&str, Option<&str>)>,
+    ) -> anyhow::Result<RebaseOutcome> {
         let default = self.default_branch()?;
         let worktree = absolute(worktree)?;
         let _wt = self.lock(&worktree)?;
@@ -73,23 +87,37 @@ impl Repo {
             self.sync_locked()?;
         }
         self.abort_stale_rebase(&wt, None)?;
-        let upstream = Self::resolve_ref(&wt, &Self::remote_ref(default))?
-            .with_context(|| format!("origin has no default branch {default:?}"))?;
+        let (upstream, from) = match onto {
+            Some((upstream, from)) => (upstream.to_string(), from),
+            None => (
+                Self::resolve_ref(&wt, &Self::remote_ref(default))?
+                    .with_context(|| format!("origin has no default branch {default:?}"))?,
+                None,
+            ),
+        };
         let original = Self::head_sha_of(&wt)?;
-        if Self::is_ancestor_at((&wt).into(), &upstream, &original)? {
+        // Built on commits the new tip no longer has (a task that left the
+        // batch): replay only what came after them.
+        let shed = from.filter(|f| {
+            *f != upstream
+                && Self::is_ancestor_at((&wt).into(), f, &original).unwrap_or(false)
+                && !Self::is_ancestor_at((&wt).into(), f, &upstream).unwrap_or(true)
+        });
+        if shed.is_none() && Self::is_ancestor_at((&wt).into(), &upstream, &original)? {
             return Ok(RebaseOutcome::UpToDate);
         }
-        let out = git_commit_ok(
-            &wt,
-            &[
-                "rebase",
-                "--quiet",
-                "--no-verify",
-                "--no-autostash",
-                "--no-update-refs",
-                &upstream,
-            ],
-        )?;
+        let mut args = vec![
+            "rebase",
+            "--quiet",
+            "--no-verify",
+            "--no-autostash",
+            "--no-update-refs",
+        ];
+        match shed {
+            Some(f) => args.extend(["--onto", upstream.as_str(), f]),
+            None => args.push(upstream.as_str()),
+        }
+        let out = git_commit_ok(&wt, &args)?;
         if out.success() {
             return Ok(RebaseOutcome::Rebased {
                 new_head: Self::head_sha_of(&wt)?,

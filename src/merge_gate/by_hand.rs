@@ -241,12 +241,11 @@ fn by_hand(
                 task.branch
             ));
         }
-        catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), None, steps)
+        catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), steps)
     } else {
         failpoint("merge_gate.after_acquire");
-        repo.ensure_worktree(worktree, &task.branch).and_then(|()| {
-            catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), None, steps)
-        })
+        repo.ensure_worktree(worktree, &task.branch)
+            .and_then(|()| catch_up_test_merge(ctx, db, project, repo, task, job.as_ref(), steps))
     };
     let merged = match merged {
         Ok(m) => m,
@@ -261,7 +260,7 @@ fn by_hand(
     };
     let default = &project.default_branch;
     let (to, reason, retry) = match &merged {
-        Merge::MainMoving(reason) | Merge::Restage(reason) => {
+        Merge::MainMoving(reason) => {
             give_back(db, lease, task, claimed)?;
             steps.push(format!("deferred: {reason}; lease and job given back"));
             return Ok(ByHand::Deferred {

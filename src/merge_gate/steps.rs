@@ -104,9 +104,6 @@ pub(super) enum Merge {
     },
     /// Main moved under every catch-up: try again later.
     MainMoving(String),
-    /// The caught-up head is not the revision staging validated: run the
-    /// stage again (pushed, nothing tested or merged).
-    Restage(String),
 }
 
 pub(super) fn short(sha: &str) -> &str {
@@ -122,8 +119,7 @@ pub(super) fn short(sha: &str) -> &str {
 /// read, and each step reports what it would do.
 ///
 /// Each round: [`observe_origin`], [`rebase`] (a dry run that would rebase
-/// ends in [`plan_after_rebase`]), [`sync_branch`], the staging revision
-/// check, [`retest`], [`merge_tested`]; main moving under it starts the
+/// ends in [`plan_after_rebase`]), [`sync_branch`], [`retest`], [`merge_tested`]; main moving under it starts the
 /// next round, at most [`MAX_CATCH_UPS`].
 #[allow(clippy::too_many_arguments)]
 pub(super) fn catch_up_test_merge(
@@ -133,7 +129,6 @@ pub(super) fn catch_up_test_merge(
     repo: &Repo,
     task: &Task,
     job: Option<&Job>,
-    validated: Option<&str>,
     steps: &mut Steps,
 ) -> anyhow::Result<Merge> {
     let worktree = Path::new(&task.worktree);
@@ -168,22 +163,7 @@ pub(super) fn catch_up_test_merge(
             failpoint("merge_gate.after_rebase");
         }
         sync_branch(repo, worktree, branch, pushed.as_deref(), &before, steps)?;
-        if let Some(validated) = validated.filter(|_| !dry) {
-            let head = repo.head_sha(worktree)?;
-            if head != validated {
-                steps.push(format!(
-                    "{branch} is now at {}, not the revision staging validated ({}): staging runs again first",
-                    short(&head),
-                    short(validated)
-                ));
-                return Ok(Merge::Restage(format!(
-                    "merge gate: {branch} caught up with {default} ({} → {}); staging validates the new head before it merges",
-                    short(validated),
-                    short(&head)
-                )));
-            }
-        }
-        let (sha, green, log) = retest(ctx, db, project, repo, task, &before, job, steps)?;
+        let (sha, green, log) = retest(ctx, db, project, repo, task, &before, job, true, steps)?;
         if !green {
             return Ok(Merge::Rollback {
                 reason: format!(
@@ -226,7 +206,7 @@ pub(super) fn catch_up_test_merge(
 /// `(main, pushed)`.
 ///
 /// Errors: origin has no `default`; git errors.
-fn observe_origin(
+pub(super) fn observe_origin(
     repo: &Repo,
     default: &str,
     branch: &str,
@@ -396,7 +376,7 @@ fn merge_tested(
 /// `ORIG_HEAD`): a commit someone else pushed is never overwritten. A dry
 /// run decides the same and pushes nothing; its head is `before` (no
 /// rebase ran), read from origin when there is no worktree yet.
-fn sync_branch(
+pub(super) fn sync_branch(
     repo: &Repo,
     worktree: &Path,
     branch: &str,
@@ -474,8 +454,10 @@ fn test_command(ctx: &Ctx, project: &ProjectConfig, task: &Task) -> String {
 /// whether it passed, and the log path. Refreshes `job`'s heartbeat while
 /// the tests run. A dry run looks up `head` (the head it observed) and
 /// runs nothing: an unknown result counts as green for the plan.
+/// `reuse`: whether a stored result of the sha stands (the by-hand gate);
+/// the merge line passes false, so a pass is never reused.
 #[allow(clippy::too_many_arguments)]
-fn retest(
+pub(super) fn retest(
     ctx: &Ctx,
     db: &Db,
     project: &ProjectConfig,
@@ -483,6 +465,7 @@ fn retest(
     task: &Task,
     head: &str,
     job: Option<&Job>,
+    reuse: bool,
     steps: &mut Steps,
 ) -> anyhow::Result<(String, bool, PathBuf)> {
     let worktree = Path::new(&task.worktree);
@@ -492,7 +475,12 @@ fn retest(
         repo.head_sha(worktree)?
     };
     let log = ctx.log_path(&format!("merge-task{}-{}.log", task.id, short(&sha)));
-    if let Some(state) = db.ci_status(&project.name, &sha, TEST_CONTEXT)? {
+    let stored = if reuse {
+        db.ci_status(&project.name, &sha, TEST_CONTEXT)?
+    } else {
+        None
+    };
+    if let Some(state) = stored {
         if state == "success" || state == "failure" {
             steps.push(format!(
                 "tests already ran on {}: {state} (not run again)",

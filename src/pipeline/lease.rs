@@ -13,6 +13,11 @@ pub fn holder(task_id: i64) -> String {
     format!("task:{task_id}")
 }
 
+/// The merge lease's holder while the merge line (`crate::merge_gate`)
+/// builds, tests and fast-forwards a batch; at a landing it passes to the
+/// last landed task (`task:<id>`), whose move into deploy hands it on.
+pub const LINE_HOLDER: &str = "merge-line";
+
 /// Releases the merge lease(s) task `task_id` holds, and only those.
 /// Returns the released lease names (empty when it held none — e.g. the
 /// lease expired and another task took it since).

@@ -289,6 +289,44 @@ fn the_merge_gate_refuses_a_changed_worktree_and_main_does_not_move() {
 }
 
 #[test]
+fn the_merge_line_sends_back_a_task_whose_worktree_changed_and_main_does_not_move() {
+    let Some(h) = Hostile::new() else { return };
+    h.sbx.add_issue("merge me");
+    for _ in 0..10 {
+        if h.sbx.stage(1) == "deploy-staging" {
+            break;
+        }
+        for role in ["analyst", "architect", "developer", "reviewer", "tester"] {
+            h.sbx.ok(&["work-once", "--role", role]);
+        }
+        h.sbx.ok(&["ci"]);
+    }
+    // The deployer passes: the task is ready to merge. Then its worktree's
+    // git metadata is changed before the line builds it.
+    h.sbx.ok(&["work-once", "--role", "deployer"]);
+    assert_eq!(h.sbx.stage(1), "deploy-staging");
+    let wt = h.sbx.worktree(1);
+    tamper_after_the_run(&wt, r#"echo "$PWD/evil.git" > "$admin/commondir""#);
+    let origin_refs = h.sbx.origin_git(&["for-each-ref"]);
+    let v = h.sbx.json(&["merge-gate"]);
+    let b = &v["projects"][0]["batches"][0];
+    assert_eq!(b["sent_back"][0][0], 1, "{v}");
+    let reason = h.sbx.last_reason(1);
+    assert!(
+        reason.contains("refusing to run git") && reason.contains("commondir"),
+        "{reason}"
+    );
+    assert_eq!(h.sbx.stage(1), "development");
+    assert_eq!(git_dir(&wt.join("loot.git"), &["for-each-ref"]), "");
+    assert_eq!(
+        h.sbx.origin_git(&["for-each-ref"]),
+        origin_refs,
+        "main did not move"
+    );
+    h.assert_no_leak();
+}
+
+#[test]
 fn after_a_refused_run_the_next_run_starts_from_a_re_created_worktree() {
     let Some(h) = Hostile::new() else { return };
     h.sbx.add_issue("hostile once");

@@ -1,0 +1,652 @@
+//! The merge line (`orch merge-gate` without `--task`, part of `orch tick`
+//! and its own timer; DESIGN §7): lands the tasks a deployer PASS made
+//! ready to merge, in batches.
+//!
+//! One round, per repository, under its merge lease (holder
+//! [`LINE_HOLDER`] while the line works):
+//!
+//! 1. **choose**: a batch a crash left (`batched` rows, same order), else
+//!    one `split` task alone, else the first `k` ready tasks, `k` the
+//!    backlog clamped to `ORCH_MERGE_LINE_BATCH_MIN..=MAX`;
+//! 2. **build** `main + T1 … Tk`: each task branch is rebased onto the tip
+//!    of those ahead of it (the first onto origin's main) and pushed, so
+//!    `Tk`'s head is the batch tip. A task that conflicts with those ahead
+//!    of it leaves the batch and goes back to development with the files
+//!    (the conflict handoff); the rest continue;
+//! 3. **test** the tip once, confined, never reusing a stored result;
+//! 4. red → **bisect**: prefixes `main + T1 … Tm` are tested (each one is
+//!    a task's head, already built: the halves are tested on top of the
+//!    parts before them) until the first red prefix is found, at most
+//!    `ORCH_MERGE_LINE_MAX_SPLITS` runs. No task is blamed on one red run
+//!    (the flaky guard, `ORCH_MERGE_LINE_RETRY_RED`, counted): when only
+//!    the tip was red, it runs once more, and green lands the batch. The
+//!    green prefix lands, the culprit goes back to development with the
+//!    failing log, the tasks after it go back to ready (the next round
+//!    rebuilds them without it). Out of runs: the suspects go through the
+//!    line alone (`split`);
+//! 5. **fast-forward** main to the tested tip ([`merge_into_default`]: a
+//!    non-forced push, or Gitea's merge of the tip task's PR naming the
+//!    tested head); main moved meanwhile → the batch is rebuilt next round;
+//! 6. **apply**: in one transaction every landed task moves deploy-staging
+//!    → deploy through `pipeline::apply`, and its row becomes `landed`; the
+//!    lease passes to the last landed task, whose move hands it to its
+//!    deploy job (merges and deploys of a repo stay serialised).
+//!
+//! Crash safety: every step is idempotent and the batch is in the store
+//! before it is built. A rerun finds the `batched` rows, rebuilds (rebases
+//! that already happened are up to date), tests again (a pass is never
+//! reused) and fast-forwards (`AlreadyMerged` when it had), then applies.
+//! Main only ever moves to a tip that this run tested.
+
+use std::path::Path;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::lease::{busy_reason, lease_name, took_lease};
+use super::steps::{merge_into_default, retest, short, sync_branch, Steps};
+use crate::clock::now_ms;
+use crate::config::ProjectConfig;
+use crate::ctx::Ctx;
+use crate::db::{Db, LeaseAcquire, LineRow, Task};
+use crate::failpoint::failpoint;
+use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
+use crate::pipeline::lease::holder;
+pub use crate::pipeline::lease::LINE_HOLDER;
+use crate::pipeline::{self, Actor, Move, Moved, Stage, TransitionCause};
+
+/// What a ready task's deployer job says when it finishes
+/// (`Finalized::Waiting`'s reason).
+pub const READY: &str = "ready to merge; the merge line lands it (orch merge-gate)";
+
+/// What the line did for one project (or, with `--dry-run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct LineReport {
+    pub project: String,
+    pub dry_run: bool,
+    /// The merge lease used (`None`: the project merges without one).
+    pub lease: Option<String>,
+    /// Set when the lease was busy and the line stopped for now.
+    pub busy: Option<String>,
+    /// The batches it ran, in order.
+    pub batches: Vec<BatchReport>,
+    /// One line per step, in order.
+    pub steps: Vec<String>,
+}
+
+/// One batch: its tasks in order and what became of each.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BatchReport {
+    /// `None` in a dry run.
+    pub batch_id: Option<i64>,
+    pub tasks: Vec<i64>,
+    /// Tasks that moved to deploy; main is at `tip`.
+    pub landed: Vec<i64>,
+    pub tip: Option<String>,
+    /// Tasks sent back to development: `(task, reason)`.
+    pub sent_back: Vec<(i64, String)>,
+    /// Tasks back in the line (after a culprit, or main moved).
+    pub requeued: Vec<i64>,
+    /// Test runs of the batch (tip, flaky retry, bisection).
+    pub tests: u32,
+    pub flaky_retries: u32,
+    pub splits: u32,
+}
+
+/// Runs the line for every project (or `project` only) that has ready
+/// tasks. A project whose lease is busy is reported busy and skipped.
+///
+/// Errors: [`crate::error::Error::Usage`] for an unknown project; git,
+/// process and database errors (the lease is released first; the batch
+/// stays in the store and the next run continues it).
+pub fn run_line(
+    ctx: &Ctx,
+    db: &Db,
+    project: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<Vec<LineReport>> {
+    let projects: Vec<&ProjectConfig> = match project {
+        Some(p) => vec![ctx.project(p)?],
+        None => ctx.config.projects.iter().collect(),
+    };
+    let mut out = Vec::new();
+    for p in projects {
+        if db.line_waiting(Some(&p.name))?.is_empty() {
+            continue;
+        }
+        out.push(if dry_run {
+            plan(ctx, db, p)?
+        } else {
+            run_project(ctx, db, p)?
+        });
+    }
+    Ok(out)
+}
+
+/// The batch size for a backlog of `ready` tasks.
+pub fn batch_size(ctx: &Ctx, ready: usize) -> usize {
+    let s = &ctx.settings;
+    (ready as u32)
+        .clamp(s.merge_line_batch_min, s.merge_line_batch_max)
+        .min(ready as u32) as usize
+}
+
+/// The next batch from `waiting` (line order, non-empty).
+fn choose(ctx: &Ctx, waiting: &[LineRow]) -> Vec<LineRow> {
+    let first = &waiting[0];
+    match first.state.as_str() {
+        "batched" => waiting
+            .iter()
+            .take_while(|r| r.state == "batched" && r.batch_id == first.batch_id)
+            .cloned()
+            .collect(),
+        "split" => vec![first.clone()],
+        _ => {
+            let ready: Vec<&LineRow> = waiting.iter().filter(|r| r.state == "ready").collect();
+            let k = batch_size(ctx, ready.len());
+            ready.into_iter().take(k).cloned().collect()
+        }
+    }
+}
+
+/// `--dry-run`: the next batch and what a run would do with it.
+fn plan(ctx: &Ctx, db: &Db, project: &ProjectConfig) -> anyhow::Result<LineReport> {
+    let waiting = db.line_waiting(Some(&project.name))?;
+    let batch = choose(ctx, &waiting);
+    let lease = lease_name(ctx, project);
+    let mut steps = Steps::new(batch[0].task_id, true);
+    let ids: Vec<i64> = batch.iter().map(|r| r.task_id).collect();
+    if let Some(name) = &lease {
+        match db.lease(name)? {
+            Some(l) if l.holder != LINE_HOLDER => {
+                steps.push(format!("would wait: {}", busy_reason(&l)));
+            }
+            _ => steps.push(format!("would take lease {name} (holder {LINE_HOLDER})")),
+        }
+    }
+    steps.push(format!(
+        "would build {} + tasks {} ({} of {} waiting), rebasing each onto the tip before it",
+        project.default_branch,
+        join(&ids),
+        ids.len(),
+        waiting.len()
+    ));
+    steps.push(format!(
+        "would run the test command {:?} once on the batch tip; red: bisect (at most {} runs), send the culprit back, land the rest",
+        project.test_command, ctx.settings.merge_line_max_splits
+    ));
+    steps.push(format!(
+        "would fast-forward {} to the tested tip and move every landed task deploy-staging → deploy",
+        project.default_branch
+    ));
+    Ok(LineReport {
+        project: project.name.clone(),
+        dry_run: true,
+        lease,
+        busy: None,
+        batches: vec![BatchReport {
+            tasks: ids,
+            ..BatchReport::default()
+        }],
+        steps: steps.list,
+    })
+}
+
+fn join(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn run_project(ctx: &Ctx, db: &Db, project: &ProjectConfig) -> anyhow::Result<LineReport> {
+    let repo = ctx.repo(project);
+    let lease = lease_name(ctx, project);
+    let mut report = LineReport {
+        project: project.name.clone(),
+        dry_run: false,
+        lease: lease.clone(),
+        busy: None,
+        batches: Vec::new(),
+        steps: Vec::new(),
+    };
+    let first = db.line_waiting(Some(&project.name))?.len();
+    // Every round lands, sends back or splits at least one task, or stops;
+    // main moving under a round is the only repeat, bounded here.
+    let mut moving = 0;
+    for _ in 0..(2 * first + 3) {
+        let waiting = db.line_waiting(Some(&project.name))?;
+        if waiting.is_empty() {
+            break;
+        }
+        let rows = choose(ctx, &waiting);
+        let mut steps = Steps::new(rows[0].task_id, false);
+        if let Some(name) = &lease {
+            let ttl_ms = ctx.settings.merge_gate_lease_ttl_s as i64 * 1000;
+            let now = now_ms();
+            match db.write(|tx| tx.acquire_lease(name, LINE_HOLDER, None, now, ttl_ms))? {
+                LeaseAcquire::Acquired(l) => steps.push(took_lease(&l)),
+                LeaseAcquire::Busy(l) => {
+                    let why = busy_reason(&l);
+                    info!(target: "merge", project = %project.name, "merge line waits: {why}");
+                    report.busy = Some(why);
+                    break;
+                }
+            }
+        }
+        let out = round(ctx, db, project, &repo, lease.as_deref(), &rows, &mut steps);
+        report.steps.append(&mut steps.list);
+        if let Some(name) = &lease {
+            // After a landing the lease went to the deploy job; otherwise
+            // the line gives it back between rounds.
+            db.write(|tx| tx.release_lease(name, LINE_HOLDER))?;
+        }
+        let batch = out?;
+        let main_moved = batch.landed.is_empty()
+            && batch.sent_back.is_empty()
+            && batch.splits == 0
+            && !batch.requeued.is_empty();
+        report.batches.push(batch);
+        if main_moved {
+            moving += 1;
+            if moving >= 3 {
+                report.steps.push(format!(
+                    "{} kept moving; the line stops for now",
+                    project.default_branch
+                ));
+                break;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// A built task: its row, the task, and its head after the rebase.
+struct Built {
+    task: Task,
+    head: String,
+}
+
+/// One round for batch `rows`: choose → build → test → (bisect) →
+/// fast-forward → apply. The caller holds the lease as [`LINE_HOLDER`].
+fn round(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &Repo,
+    lease: Option<&str>,
+    rows: &[LineRow],
+    steps: &mut Steps,
+) -> anyhow::Result<BatchReport> {
+    let default = project.default_branch.as_str();
+    let now = now_ms();
+    let ids: Vec<i64> = rows.iter().map(|r| r.task_id).collect();
+    let batch_id = match (rows[0].state.as_str(), rows[0].batch_id) {
+        ("batched", Some(id)) => {
+            steps.push(format!("batch {id} (tasks {}) continues", join(&ids)));
+            id
+        }
+        _ => {
+            let id = db.write(|tx| {
+                let id = tx.line_open_batch(&project.name, rows.len() as i64, now)?;
+                for (i, r) in rows.iter().enumerate() {
+                    tx.line_put_in_batch(r.task_id, id, i as i64 + 1, now)?;
+                }
+                Ok(id)
+            })?;
+            steps.push(format!("batch {id}: tasks {} in this order", join(&ids)));
+            id
+        }
+    };
+    let mut rep = BatchReport {
+        batch_id: Some(batch_id),
+        tasks: ids,
+        ..BatchReport::default()
+    };
+
+    // Build main + T1 … Tk.
+    let main = repo
+        .remote_branch_sha(default)?
+        .ok_or_else(|| anyhow::anyhow!("origin has no default branch {default:?}"))?;
+    steps.push(format!("fetched origin: {default} at {}", short(&main)));
+    let mut tip = main.clone();
+    let mut built: Vec<Built> = Vec::new();
+    for r in rows {
+        let Some(task) = db.task(r.task_id)? else {
+            continue;
+        };
+        if let Err(e) = validate_task_branch(&task.branch, &repo.branch_prefix, default) {
+            send_back(ctx, db, &task, &format!("merge line: {e}"), None, &mut rep)?;
+            continue;
+        }
+        match build_one(db, repo, default, &task, r, &tip, steps) {
+            Ok(Ok(head)) => {
+                tip = head.clone();
+                built.push(Built { task, head });
+            }
+            Ok(Err(reason)) => send_back(ctx, db, &task, &reason, None, &mut rep)?,
+            // One task's worktree that can never be used (its git metadata
+            // changed, …) must not hold up the line: it goes back.
+            Err(e) if crate::error::is_permanent(&e) => {
+                let reason = format!("merge line: {e:#}");
+                steps.push(format!("task {}: {reason}; out of the batch", task.id));
+                send_back(ctx, db, &task, &reason, None, &mut rep)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    failpoint("merge_line.after_build");
+    if built.is_empty() {
+        db.write(|tx| tx.line_finish_batch(batch_id, "done", None, 0, now_ms()))?;
+        return Ok(rep);
+    }
+
+    // Test the tip; red → once more, then bisect the prefixes.
+    let n = built.len();
+    let (green, log) = test(ctx, db, project, repo, &built[n - 1], &mut rep, steps)?;
+    let mut red_log = log;
+    let mut good = n;
+    if !green {
+        // Bisect. Invariant: prefix `lo` is green (0 is main), prefix `hi`
+        // red; `reds` counts the red runs that contain prefix `hi`.
+        let (mut lo, mut hi, mut reds) = (0usize, n, 1u32);
+        while hi - lo > 1 && rep.splits < ctx.settings.merge_line_max_splits {
+            let mid = (lo + hi) / 2;
+            rep.splits += 1;
+            db.write(|tx| tx.bump_counter("merge_line.splits_total", 1))?;
+            steps.push(format!(
+                "split: testing tasks {} on {default} (the prefix up to task {})",
+                join(&built[..mid].iter().map(|b| b.task.id).collect::<Vec<_>>()),
+                built[mid - 1].task.id
+            ));
+            let (g, log) = test(ctx, db, project, repo, &built[mid - 1], &mut rep, steps)?;
+            if g {
+                lo = mid;
+            } else {
+                hi = mid;
+                reds += 1;
+                red_log = log;
+            }
+        }
+        // The flaky guard: no task is blamed on one red run. When only the
+        // tip was red (the culprit is its last task), it runs once more.
+        let mut flaky = false;
+        if hi - lo == 1 && reds == 1 && ctx.settings.merge_line_retry_red {
+            rep.flaky_retries += 1;
+            db.write(|tx| tx.bump_counter("merge_line.flaky_retries_total", 1))?;
+            steps.push(format!(
+                "tip {} red once: run once more before blame",
+                short(&built[hi - 1].head)
+            ));
+            let (again, log) = test(ctx, db, project, repo, &built[hi - 1], &mut rep, steps)?;
+            if again {
+                db.write(|tx| tx.bump_counter("merge_line.flaky_passes_total", 1))?;
+                steps.push("green the second time: flaky, not blamed".into());
+                flaky = true;
+            } else {
+                red_log = log;
+            }
+        }
+        if !flaky {
+            good = lo;
+            let now = now_ms();
+            if hi - lo == 1 {
+                let culprit = &built[hi - 1];
+                let reason = format!(
+                    "merge line: tests fail on the combined tree {} ({} on top of {default} and the tasks ahead of it in batch {batch_id}); log {}",
+                    short(&culprit.head),
+                    culprit.task.branch,
+                    red_log.display()
+                );
+                send_back(ctx, db, &culprit.task, &reason, Some(&red_log), &mut rep)?;
+                let rest: Vec<i64> = built[hi..].iter().map(|b| b.task.id).collect();
+                db.write(|tx| {
+                    for id in &rest {
+                        tx.line_set(*id, "ready", None, now)?;
+                    }
+                    Ok(())
+                })?;
+                rep.requeued.extend(rest);
+            } else {
+                let split: Vec<i64> = built[lo..hi].iter().map(|b| b.task.id).collect();
+                let rest: Vec<i64> = built[hi..].iter().map(|b| b.task.id).collect();
+                steps.push(format!(
+                    "out of splits (ORCH_MERGE_LINE_MAX_SPLITS): tasks {} go through the line alone",
+                    join(&split)
+                ));
+                db.write(|tx| {
+                    for id in &split {
+                        tx.line_set(*id, "split", Some("its batch was red; it goes alone"), now)?;
+                    }
+                    for id in &rest {
+                        tx.line_set(*id, "ready", None, now)?;
+                    }
+                    Ok(())
+                })?;
+                rep.requeued.extend(split);
+                rep.requeued.extend(rest);
+            }
+        }
+    }
+    failpoint("merge_line.after_test");
+    if good == 0 {
+        let tests = rep.tests as i64;
+        db.write(|tx| tx.line_finish_batch(batch_id, "split", None, tests, now_ms()))?;
+        return Ok(rep);
+    }
+
+    // Fast-forward main to the tested tip, then apply.
+    let last = &built[good - 1];
+    match merge_into_default(ctx, project, repo, &last.task)? {
+        FastForward::Merged { sha } => {
+            steps.push(format!("fast-forwarded {default} to {}", short(&sha)))
+        }
+        FastForward::AlreadyMerged => {
+            steps.push(format!("{default} already contains {}", short(&last.head)))
+        }
+        FastForward::NotFastForward => {
+            steps.push(format!(
+                "{default} moved while the batch was tested; it is rebuilt next round"
+            ));
+            let ids: Vec<i64> = built[..good].iter().map(|b| b.task.id).collect();
+            rep.requeued.extend(ids);
+            return Ok(rep);
+        }
+    }
+    failpoint("merge_line.after_fast_forward");
+    apply_landed(ctx, db, lease, batch_id, &built[..good], &mut rep, steps)?;
+    let state = if good == n { "landed" } else { "split" };
+    let tests = rep.tests as i64;
+    let tip = last.head.clone();
+    db.write(|tx| tx.line_finish_batch(batch_id, state, Some(&tip), tests, now_ms()))?;
+    Ok(rep)
+}
+
+/// Builds `task` (row `r`) on `tip`: rebases its branch onto it (shedding
+/// what it was last built on), records the base, pushes the branch.
+/// `Ok(head)`, or `Err(reason)` when it conflicts with the tasks ahead.
+fn build_one(
+    db: &Db,
+    repo: &Repo,
+    default: &str,
+    task: &Task,
+    r: &LineRow,
+    tip: &str,
+    steps: &mut Steps,
+) -> anyhow::Result<Result<String, String>> {
+    let worktree = Path::new(&task.worktree);
+    repo.ensure_worktree(worktree, &task.branch)?;
+    let before = repo.head_sha(worktree)?;
+    let pushed = repo.remote_branch_sha(&task.branch)?;
+    match repo.rebase_onto(worktree, Some((tip, r.base.as_deref())))? {
+        RebaseOutcome::Conflict { files } => {
+            let files = files.join(", ");
+            steps.push(format!(
+                "task {}: {} conflicts with {default} + the tasks ahead of it ({}) in {files}; out of the batch",
+                task.id,
+                task.branch,
+                short(tip)
+            ));
+            return Ok(Err(format!(
+                "merge line: rebase onto {default} and the tasks ahead of it ({}) conflicts in {files}",
+                short(tip)
+            )));
+        }
+        RebaseOutcome::UpToDate => steps.push(format!(
+            "task {}: {} contains {}",
+            task.id,
+            task.branch,
+            short(tip)
+        )),
+        RebaseOutcome::Rebased { new_head } => steps.push(format!(
+            "task {}: rebased {} onto {}: {} → {}",
+            task.id,
+            task.branch,
+            short(tip),
+            short(&before),
+            short(&new_head)
+        )),
+    }
+    db.write(|tx| tx.line_set_base(task.id, tip))?;
+    sync_branch(
+        repo,
+        worktree,
+        &task.branch,
+        pushed.as_deref(),
+        &before,
+        steps,
+    )?;
+    Ok(Ok(repo.head_sha(worktree)?))
+}
+
+/// Runs the test command on `b`'s head (the tip of the tasks up to it),
+/// never reusing a stored result. Returns whether it passed and its log.
+fn test(
+    ctx: &Ctx,
+    db: &Db,
+    project: &ProjectConfig,
+    repo: &Repo,
+    b: &Built,
+    rep: &mut BatchReport,
+    steps: &mut Steps,
+) -> anyhow::Result<(bool, std::path::PathBuf)> {
+    rep.tests += 1;
+    let (sha, green, log) = retest(ctx, db, project, repo, &b.task, &b.head, None, false, steps)?;
+    if sha != b.head {
+        anyhow::bail!(
+            "task {}'s worktree moved while the line tested it ({} → {})",
+            b.task.id,
+            short(&b.head),
+            short(&sha)
+        );
+    }
+    Ok((green, log))
+}
+
+/// Moves every task in `landed` (in batch order) deploy-staging → deploy
+/// and marks it landed, in one transaction; the lease passes to the last.
+fn apply_landed(
+    ctx: &Ctx,
+    db: &Db,
+    lease: Option<&str>,
+    batch_id: i64,
+    landed: &[Built],
+    rep: &mut BatchReport,
+    steps: &mut Steps,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let tip = landed.last().map(|b| b.head.clone()).unwrap_or_default();
+    let moved = db.write(|tx| {
+        if let (Some(name), Some(last)) = (lease, landed.last()) {
+            tx.transfer_lease(name, LINE_HOLDER, &holder(last.task.id))?;
+        }
+        let mut moved = Vec::new();
+        for b in landed {
+            let Some(task) = tx.task(b.task.id)? else {
+                continue;
+            };
+            if task.stage != Stage::DeployStaging || task.version != b.task.version {
+                continue;
+            }
+            let m = Move::new(
+                &task,
+                Stage::Deploy,
+                Actor::Worker,
+                TransitionCause::GatePassed,
+                format!(
+                    "merge line: batch {batch_id} landed; main at the tested tip {} contains {}",
+                    short(&tip),
+                    short(&b.head)
+                ),
+            );
+            let mut m = m;
+            m.cause_job = ready_job(tx, &task)?;
+            if let Moved::Applied { .. } = pipeline::apply(tx, ctx.policy(), &m, now)? {
+                tx.line_set(task.id, "landed", None, now)?;
+                moved.push(task.id);
+            }
+        }
+        if !moved.is_empty() {
+            tx.bump_counter("merge_line.landed_total", moved.len() as i64)?;
+            tx.bump_counter("merge_line.batches_total", 1)?;
+            tx.bump_counter("merge_line.batch_tasks_total", moved.len() as i64)?;
+        }
+        Ok(moved)
+    })?;
+    steps.push(format!(
+        "tasks {} moved deploy-staging → deploy",
+        join(&moved)
+    ));
+    info!(target: "merge", batch = batch_id, tip = %short(&tip), landed = ?moved, "merge line landed a batch");
+    rep.tip = Some(tip);
+    rep.landed = moved;
+    Ok(())
+}
+
+/// The deploy-staging job whose PASS made `task` ready (the cause the
+/// line's move records), if it is still there.
+fn ready_job(db: &Db, task: &Task) -> anyhow::Result<Option<i64>> {
+    Ok(db
+        .jobs_for_task(task.id)?
+        .into_iter()
+        .rev()
+        .find(|j| j.stage == Stage::DeployStaging && j.task_version == task.version)
+        .map(|j| j.id))
+}
+
+/// Sends `task` back to development (a developer retry) with `reason` and
+/// the failing test `log`, marking its line row, in one transaction.
+fn send_back(
+    ctx: &Ctx,
+    db: &Db,
+    task: &Task,
+    reason: &str,
+    log: Option<&Path>,
+    rep: &mut BatchReport,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let mut m = Move::new(
+        task,
+        Stage::Development,
+        Actor::Worker,
+        TransitionCause::GateSentBack,
+        reason,
+    );
+    m.developer_retry = true;
+    m.log_path = log.map(Path::to_path_buf);
+    let moved = db.write(|tx| {
+        let mut m = m.clone();
+        m.cause_job = ready_job(tx, task)?;
+        let moved = pipeline::apply(tx, ctx.policy(), &m, now)?;
+        tx.line_set(task.id, "sent_back", Some(reason), now)?;
+        tx.bump_counter("merge_line.sent_back_total", 1)?;
+        Ok(moved)
+    })?;
+    if moved == Moved::Lost {
+        warn!(target: "merge", task = task.id, "task moved meanwhile; not sent back");
+    } else {
+        warn!(target: "merge", task = task.id, reason, "merge line sent the task back to development");
+    }
+    rep.sent_back.push((task.id, reason.to_string()));
+    Ok(())
+}

@@ -1,0 +1,327 @@
+//! The merge line (DESIGN §7, issue 23): ready tasks land in batches —
+//! main + T1 … Tk built, tested once, main fast-forwarded to the tested
+//! tip; a red batch bisected until the culprit is found, a conflicting
+//! task taken out, a red tip run once more before blame — and the line is
+//! visible in `orch why`, `orch status` and the metrics.
+
+use std::process::Command as StdCommand;
+
+use serde_json::json;
+
+use crate::util::*;
+
+const NOT_DEPLOYER: [&str; 5] = ["analyst", "architect", "developer", "reviewer", "tester"];
+
+/// Adds an issue and runs every role but the deployer (with `env`) until
+/// it waits at deploy-staging, then its deployer: the task is ready.
+fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
+    let id = sbx.add_issue(title);
+    for _ in 0..10 {
+        if sbx.stage(id) == "deploy-staging" {
+            let v = sbx.json(&["work-once", "--role", "deployer"]);
+            assert_eq!(v["task_id"], id, "{v}");
+            assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+            return id;
+        }
+        for role in NOT_DEPLOYER {
+            let o = sbx
+                .orch_std()
+                .args(["work-once", "--role", role])
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+        }
+        // The local forge's CI of the development heads.
+        let o = sbx
+            .orch_std()
+            .args(["ci"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    }
+    panic!("task {id} never reached deploy-staging");
+}
+
+/// One run of the line; the project's report.
+fn line(sbx: &Sandbox) -> serde_json::Value {
+    sbx.json(&["merge-gate"])["projects"][0].clone()
+}
+
+fn own_file(n: &str) -> [(&'static str, String); 1] {
+    [("FAKE_AGENT_DEV_FILE", format!("{n}.md"))]
+}
+
+fn env_of<'a>(e: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    e.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Runs `sh test.sh` on every commit of origin's main first-parent line.
+fn assert_main_always_green(sbx: &Sandbox) {
+    let clone = sbx.dir.join("history-check");
+    let _ = std::fs::remove_dir_all(&clone);
+    let out = StdCommand::new("git")
+        .arg("clone")
+        .arg("-q")
+        .arg(sbx.origin())
+        .arg(&clone)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for sha in sbx
+        .origin_git(&["rev-list", "--first-parent", "main"])
+        .lines()
+    {
+        git_in(&clone, &["checkout", "-q", "--detach", sha]);
+        let t = StdCommand::new("sh")
+            .arg("test.sh")
+            .current_dir(&clone)
+            .output()
+            .unwrap();
+        assert!(t.status.success(), "main's commit {sha} is red");
+    }
+}
+
+fn counter(sbx: &Sandbox, name: &str) -> i64 {
+    sbx.count(&format!(
+        "SELECT COALESCE((SELECT value FROM counters WHERE name='{name}'),0)"
+    ))
+}
+
+#[test]
+fn three_ready_tasks_land_as_one_batch_tested_once_and_the_line_is_visible() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    let ids: Vec<i64> = ["a", "b", "c"]
+        .iter()
+        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
+        .collect();
+    sbx.push_to_main("README.md", "Main moved meanwhile.");
+
+    // Waiting: `why` names the place, `status` the line, the metrics the
+    // backlog; a dry run plans the batch and writes nothing.
+    let why = sbx.json(&["why", &ids[1].to_string()]);
+    assert_eq!(why["waiting"]["kind"], "merge_line", "{why}");
+    assert_eq!(why["waiting"]["place"], 2, "{why}");
+    let status = sbx.ok(&["status"]);
+    assert!(
+        status.contains("merge line widget: 3 waiting (tasks 1, 2, 3)"),
+        "{status}"
+    );
+    let metrics = sbx.ok(&["metrics"]);
+    assert!(
+        metrics.contains("orch_merge_line_waiting{project=\"widget\"} 3"),
+        "{metrics}"
+    );
+    let before = sbx.dump();
+    let plan = sbx.ok(&["merge-gate", "--dry-run"]);
+    assert!(
+        plan.contains("would build main + tasks 1, 2, 3 (3 of 3 waiting)"),
+        "{plan}"
+    );
+    assert_eq!(sbx.dump(), before, "--dry-run wrote nothing");
+
+    let v = line(&sbx);
+    let b = &v["batches"][0];
+    assert_eq!(b["tasks"], json!(ids), "{v}");
+    assert_eq!(b["landed"], json!(ids), "{v}");
+    assert_eq!(b["tests"], 1, "one test run for the batch: {v}");
+    for id in &ids {
+        assert_eq!(sbx.stage(*id), "deploy");
+    }
+    // main is the tested tip: the last task's rebased head, which contains
+    // the others and main's own change; linear, no merge commits.
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    assert_eq!(main, sbx.origin_git(&["rev-parse", "orch/widget-3"]));
+    assert_eq!(b["tip"], main.as_str(), "{v}");
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT COUNT(*) FROM ci_statuses WHERE sha='{main}' AND context='orch/test' AND state='success'"
+        )),
+        1
+    );
+    for f in ["a.md", "b.md", "c.md", "README.md"] {
+        assert!(sbx
+            .origin_git(&["ls-tree", "--name-only", "main"])
+            .contains(f));
+    }
+    assert!(sbx.origin_git(&["rev-list", "--merges", "main"]).is_empty());
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM merge_line WHERE state='landed' AND batch_id=1"),
+        3
+    );
+    assert_eq!(counter(&sbx, "merge_line.batches_total"), 1);
+    assert_eq!(counter(&sbx, "merge_line.landed_total"), 3);
+    let metrics = sbx.ok(&["metrics"]);
+    for want in [
+        "orch_merge_line_landed_total 3",
+        "orch_merge_line_batches_total 1",
+        "orch_merge_line_landed_last_hour{project=\"widget\"} 3",
+        "orch_merge_line_time_in_line_seconds{project=\"widget\"}",
+    ] {
+        assert!(metrics.contains(want), "missing {want:?}: {metrics}");
+    }
+    // Each landed move is the worker's, caused by the deployer's job.
+    let why = sbx.json(&["why", "1"]);
+    let link = why["chain"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(link["to"], "deploy", "{link}");
+    assert_eq!(link["cause"]["kind"], "job", "{link}");
+    assert!(sbx.ok(&["merge-gate"]).contains("nothing ready to merge"));
+    sbx.tick_until(8, |s| ids.iter().all(|id| s.stage(*id) == "done"));
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_red_batch_is_bisected_the_culprit_goes_back_with_its_log_and_the_others_land() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    // Task 3's BETA clashes with task 1's ALPHA; each is green alone.
+    let one = ready(
+        &sbx,
+        "alpha",
+        &[
+            ("FAKE_AGENT_DEV_FILE", "alpha.txt"),
+            ("FAKE_AGENT_DEV_LINE", "ALPHA"),
+        ],
+    );
+    let two = ready(&sbx, "b", &env_of(&own_file("b")));
+    let three = ready(
+        &sbx,
+        "beta",
+        &[
+            ("FAKE_AGENT_DEV_FILE", "beta.txt"),
+            ("FAKE_AGENT_DEV_LINE", "BETA"),
+        ],
+    );
+    let four = ready(&sbx, "d", &env_of(&own_file("d")));
+
+    let v = line(&sbx);
+    let b = &v["batches"][0];
+    assert_eq!(b["tasks"], json!([one, two, three, four]), "{v}");
+    // Tip red, then halves: [1,2] green, [1,2,3] red — task 3 is the
+    // culprit, red twice (the tip and its prefix), so blamed without a
+    // retry.
+    assert_eq!(b["flaky_retries"], 0, "{v}");
+    assert_eq!(b["splits"], 2, "{v}");
+    assert_eq!(b["tests"], 3, "{v}");
+    assert_eq!(b["landed"], json!([one, two]), "{v}");
+    assert_eq!(b["sent_back"][0][0], three, "{v}");
+    assert_eq!(b["requeued"], json!([four]), "{v}");
+    // Task 4 lands in the next batch, rebuilt without task 3.
+    let b2 = &v["batches"][1];
+    assert_eq!(b2["landed"], json!([four]), "{v}");
+    assert_eq!(sbx.stage(three), "development");
+    for id in [one, two, four] {
+        assert_eq!(sbx.stage(id), "deploy");
+    }
+    let tree = sbx.origin_git(&["ls-tree", "--name-only", "main"]);
+    assert!(tree.contains("alpha.txt") && tree.contains("d.md") && !tree.contains("beta.txt"));
+    // Task 4's branch shed task 3's commits when it was rebuilt.
+    let four_branch = sbx.origin_git(&["ls-tree", "--name-only", &format!("orch/widget-{four}")]);
+    assert!(!four_branch.contains("beta.txt"), "{four_branch}");
+    // The culprit's next developer run is told what failed.
+    let reason = sbx.last_reason(three);
+    assert!(
+        reason.contains("merge line: tests fail on the combined tree"),
+        "{reason}"
+    );
+    let brief = sbx.json(&["agents", "show", "developer", "--task", &three.to_string()]);
+    let feedback = brief["feedback"].as_str().unwrap();
+    assert!(
+        feedback.contains("FAIL: alpha.txt (ALPHA) and beta.txt (BETA) clash"),
+        "{feedback}"
+    );
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT developer_retries FROM tasks WHERE id={three}"
+        )),
+        1
+    );
+    assert_eq!(counter(&sbx, "merge_line.splits_total"), 2);
+    assert_eq!(counter(&sbx, "merge_line.flaky_retries_total"), 0);
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_task_that_conflicts_with_those_ahead_leaves_the_batch_and_the_rest_land() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    // Tasks 1 and 2 both append to CHANGES.md (the default): together
+    // they conflict. Task 3 has its own file.
+    let one = ready(&sbx, "first", &[]);
+    let two = ready(&sbx, "second", &[]);
+    let three = ready(&sbx, "third", &env_of(&own_file("c")));
+    let v = line(&sbx);
+    let b = &v["batches"][0];
+    assert_eq!(b["landed"], json!([one, three]), "{v}");
+    assert_eq!(b["sent_back"][0][0], two, "{v}");
+    assert_eq!(b["tests"], 1, "{v}");
+    let reason = sbx.last_reason(two);
+    assert!(
+        reason.contains("merge line: rebase onto main and the tasks ahead of it")
+            && reason.contains("conflicts in CHANGES.md"),
+        "{reason}"
+    );
+    assert_eq!(sbx.stage(two), "development");
+    // Its next developer run starts on a branch with main merged in, the
+    // conflict left for the agent (the conflict handoff).
+    sbx.tick_until(12, |s| s.stage(two) == "done");
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_red_tip_that_passes_when_run_again_lands_and_is_counted_flaky() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    let one = ready(&sbx, "a", &env_of(&own_file("a")));
+    let two = ready(&sbx, "b", &env_of(&own_file("b")));
+    // From now on the test command fails the first time it runs on a tree
+    // with task 2's file, then passes.
+    let cfg = sbx.dir.join("orch.toml");
+    let s = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        s.replace(
+            r#"test_command = ["sh", "test.sh"]"#,
+            r#"test_command = ["sh", "-c", "if [ -e b.md ] && [ ! -e flaky.seen ]; then : > flaky.seen; exit 1; fi; sh test.sh"]"#,
+        ),
+    )
+    .unwrap();
+    let v = line(&sbx);
+    let b = &v["batches"][0];
+    // Tip red; task 1 alone green; the tip red only once, so it runs
+    // again: green, the batch lands.
+    assert_eq!(b["landed"], json!([one, two]), "{v}");
+    assert_eq!(b["flaky_retries"], 1, "{v}");
+    assert_eq!(b["splits"], 1, "{v}");
+    assert_eq!(b["tests"], 3, "{v}");
+    assert_eq!(counter(&sbx, "merge_line.flaky_passes_total"), 1);
+    sbx.check_invariants();
+}
+
+#[test]
+fn the_batch_size_follows_the_backlog_within_its_bounds() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false")
+        .set("ORCH_MERGE_LINE_BATCH_MAX", "2");
+    let ids: Vec<i64> = ["a", "b", "c"]
+        .iter()
+        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
+        .collect();
+    let v = line(&sbx);
+    assert_eq!(v["batches"][0]["landed"], json!(&ids[..2]), "{v}");
+    assert_eq!(v["batches"][1]["landed"], json!(&ids[2..]), "{v}");
+    // A maximum below the minimum is a configuration error.
+    let o = sbx
+        .orch_std()
+        .args(["merge-gate"])
+        .env("ORCH_MERGE_LINE_BATCH_MIN", "3")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ORCH_MERGE_LINE_BATCH_MAX"));
+}
