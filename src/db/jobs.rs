@@ -700,37 +700,13 @@ impl Tx<'_> {
     }
 
     /// `running → queued` for the next attempt at `available_at_ms` (a full
-    /// rerun: a pending merge is forgotten), scheduled at `now_ms`.
+    /// rerun: the claim, heartbeat, exit and a pending merge are
+    /// forgotten), scheduled at `now_ms`. With `free` (an account limit
+    /// stopped the run) the new attempt is also counted in
+    /// `free_attempts`, so it does not bring the job nearer
+    /// `ORCH_JOB_MAX_ATTEMPTS`. Returns whether running job `id` (claim
+    /// `attempt`) was requeued.
     pub fn requeue_job(
-        &self,
-        id: i64,
-        attempt: Option<i64>,
-        error: &str,
-        available_at_ms: i64,
-        now_ms: i64,
-    ) -> anyhow::Result<bool> {
-        self.requeue_running(id, attempt, false, error, available_at_ms, now_ms)
-    }
-
-    /// Requeues running job `id` (claim `attempt`) after an account limit
-    /// stopped its run: a new attempt number, counted free (it does not
-    /// bring the job nearer `ORCH_JOB_MAX_ATTEMPTS`), runnable at
-    /// `available_at_ms`. Returns whether the job was requeued.
-    pub fn requeue_job_free(
-        &self,
-        id: i64,
-        attempt: Option<i64>,
-        error: &str,
-        available_at_ms: i64,
-        now_ms: i64,
-    ) -> anyhow::Result<bool> {
-        self.requeue_running(id, attempt, true, error, available_at_ms, now_ms)
-    }
-
-    /// The one `running → queued` full rerun both requeues write: a new
-    /// attempt number (also counted in `free_attempts` when `free`), the
-    /// claim, heartbeat, exit and pending merge forgotten.
-    fn requeue_running(
         &self,
         id: i64,
         attempt: Option<i64>,
