@@ -77,6 +77,13 @@ pub struct TrackerComment {
     pub report: Option<Box<Report>>,
 }
 
+impl From<TrackerComment> for Message {
+    /// The comment as the tracker message every writer queues.
+    fn from(comment: TrackerComment) -> Message {
+        Message::Tracker(TrackerMessage::Comment(comment))
+    }
+}
+
 /// The report of one agent run, as a tracker comment carries it
 /// (`crate::report` writes and renders it). Every field has a default, so
 /// a report of an older shape still renders.

@@ -21,7 +21,6 @@ use crate::db::{Db, Job, RunUsage, Task, Tx};
 use crate::forge::Forge;
 use crate::outbox::{
     self, ForgeMessage, Message, Occasion, PrComment, Report, ReportVerdict, TrackerComment,
-    TrackerMessage,
 };
 use crate::pipeline::job::Finalized;
 use crate::pipeline::Stage;
@@ -178,12 +177,7 @@ impl RunReport {
             text,
             report: Some(Box::new(report)),
         };
-        outbox::queue(
-            tx,
-            &on,
-            &Message::Tracker(TrackerMessage::Comment(comment)),
-            now_ms,
-        )?;
+        outbox::queue(tx, &on, &comment.into(), now_ms)?;
         let stage = Some(job.stage);
         let has_prs = ctx
             .project(&task.project)

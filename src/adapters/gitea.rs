@@ -30,7 +30,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{encode_path, encode_query, required, AdapterError, Api};
+use super::http::{enabled, encode_path, encode_query, required, AdapterError, Api};
 use crate::config::{AdapterSettings, MergeStyle, Secret};
 
 const SERVICE: &str = "gitea";
@@ -167,12 +167,7 @@ impl Gitea {
     /// [`AdapterError::Config`] naming `ORCH_GITEA_URL` or
     /// `ORCH_GITEA_TOKEN` when missing.
     pub fn from_settings(s: &AdapterSettings) -> Result<Gitea, AdapterError> {
-        if !s.forge_enabled {
-            return Err(AdapterError::Disabled {
-                service: SERVICE,
-                key: "ORCH_FORGE_ENABLED",
-            });
-        }
+        enabled(s.forge_enabled, SERVICE, "ORCH_FORGE_ENABLED")?;
         let why = "for projects with forge = \"gitea\"";
         let url = required(&s.gitea_url, "ORCH_GITEA_URL", why)?;
         let token = required(&s.gitea_token, "ORCH_GITEA_TOKEN", why)?;

@@ -19,6 +19,20 @@ use tracing::debug;
 use crate::config::{AdapterSettings, Secret};
 use crate::error::Error;
 
+/// `Ok` when the adapter's switch `key` (e.g. `ORCH_FORGE_ENABLED`) is on,
+/// else [`AdapterError::Disabled`] naming `service` and `key`.
+pub(crate) fn enabled(
+    on: bool,
+    service: &'static str,
+    key: &'static str,
+) -> Result<(), AdapterError> {
+    if on {
+        Ok(())
+    } else {
+        Err(AdapterError::Disabled { service, key })
+    }
+}
+
 /// A setting an adapter needs, or the config error naming it (for a
 /// secret, also where it lives and how to run a command with it,
 /// [`crate::config::missing_secret_hint`]).

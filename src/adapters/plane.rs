@@ -41,7 +41,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use super::http::{encode_path, encode_query, html_escape, required, AdapterError, Api, Reply};
+use super::http::{
+    enabled, encode_path, encode_query, html_escape, required, AdapterError, Api, Reply,
+};
 use crate::clock::now_ms;
 use crate::config::{AdapterSettings, Secret};
 
@@ -163,12 +165,7 @@ impl Plane {
     /// off, [`AdapterError::Config`] naming `ORCH_PLANE_URL`,
     /// `ORCH_PLANE_API_KEY` or `ORCH_PLANE_WORKSPACE` when missing.
     pub fn from_settings(s: &AdapterSettings) -> Result<Plane, AdapterError> {
-        if !s.tracker_enabled {
-            return Err(AdapterError::Disabled {
-                service: SERVICE,
-                key: "ORCH_TRACKER_ENABLED",
-            });
-        }
+        enabled(s.tracker_enabled, SERVICE, "ORCH_TRACKER_ENABLED")?;
         let why = "for projects with tracker = \"plane\"";
         let url = required(&s.plane_url, "ORCH_PLANE_URL", why)?;
         let key = required(&s.plane_api_key, "ORCH_PLANE_API_KEY", why)?;
@@ -287,6 +284,16 @@ impl Plane {
         format!("projects/{}", encode_path(project_id, false))
     }
 
+    /// `projects/{project}/{seg}/{issue}/`: one work item, under the
+    /// segment [`Self::items`] tries (`work-items` or `issues`).
+    fn item_path(project_id: &str, seg: &str, issue_id: &str) -> String {
+        format!(
+            "{}/{seg}/{}/",
+            Self::project_path(project_id),
+            encode_path(issue_id, false)
+        )
+    }
+
     /// All states of a project (`GET …/projects/{id}/states/`).
     pub fn list_states(&self, project_id: &str) -> Result<Vec<State>, AdapterError> {
         self.paged(
@@ -313,11 +320,7 @@ impl Plane {
     ) -> Result<Vec<Comment>, AdapterError> {
         self.items(|seg| {
             self.paged(
-                &format!(
-                    "{}/{seg}/{}/comments/",
-                    Self::project_path(project_id),
-                    encode_path(issue_id, false)
-                ),
+                &format!("{}comments/", Self::item_path(project_id, seg, issue_id)),
                 "list comments",
             )
         })
@@ -334,11 +337,7 @@ impl Plane {
         self.items(|seg| {
             let r = self.call(
                 "PATCH",
-                &format!(
-                    "{}/{seg}/{}/",
-                    Self::project_path(project_id),
-                    encode_path(issue_id, false)
-                ),
+                &Self::item_path(project_id, seg, issue_id),
                 Some(&json!({ "state": state_id })),
                 op,
             )?;
@@ -361,11 +360,7 @@ impl Plane {
         self.items(|seg| {
             let r = self.call(
                 "POST",
-                &format!(
-                    "{}/{seg}/{}/comments/",
-                    Self::project_path(project_id),
-                    encode_path(issue_id, false)
-                ),
+                &format!("{}comments/", Self::item_path(project_id, seg, issue_id)),
                 Some(&json!({
                     "comment_html": html,
                     "external_source": "orch",

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::{required, AdapterError, Api, Reply};
+use super::http::{enabled, required, AdapterError, Api, Reply};
 use crate::config::{AdapterSettings, Secret};
 
 const SERVICE: &str = "telegram";
@@ -140,12 +140,7 @@ impl Telegram {
     /// off, [`AdapterError::Config`] naming `ORCH_TELEGRAM_BOT_TOKEN` or
     /// `ORCH_TELEGRAM_CHAT_ID` when missing.
     pub fn from_settings(s: &AdapterSettings) -> Result<Telegram, AdapterError> {
-        if !s.notify_enabled {
-            return Err(AdapterError::Disabled {
-                service: SERVICE,
-                key: "ORCH_NOTIFY_ENABLED",
-            });
-        }
+        enabled(s.notify_enabled, SERVICE, "ORCH_NOTIFY_ENABLED")?;
         let why = "with ORCH_NOTIFIER=telegram";
         let token = required(&s.telegram_bot_token, "ORCH_TELEGRAM_BOT_TOKEN", why)?;
         let chat = required(&s.telegram_chat_id, "ORCH_TELEGRAM_CHAT_ID", why)?;

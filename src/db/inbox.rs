@@ -113,23 +113,9 @@ impl Db {
         Ok(self
             .conn
             .query_row(
-                "SELECT id, source, event, delivery_id, received_at_ms, processed_at_ms, outcome, \
-                 attempts, error, dead FROM inbox WHERE source=?1 AND delivery_id=?2",
+                &format!("SELECT {INBOX_COLS} FROM inbox WHERE source=?1 AND delivery_id=?2"),
                 params![source, delivery_id],
-                |r| {
-                    Ok(InboxRow {
-                        id: r.get(0)?,
-                        source: r.get(1)?,
-                        event: r.get(2)?,
-                        delivery_id: r.get(3)?,
-                        received_at_ms: r.get(4)?,
-                        processed_at_ms: r.get(5)?,
-                        outcome: r.get(6)?,
-                        attempts: r.get(7)?,
-                        error: r.get(8)?,
-                        dead: r.get(9)?,
-                    })
-                },
+                inbox_row,
             )
             .optional()?)
     }

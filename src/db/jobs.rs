@@ -700,11 +700,17 @@ impl Tx<'_> {
     }
 
     /// `running → queued` for the next attempt at `available_at_ms` (a full
-    /// rerun: a pending merge is forgotten), scheduled at `now_ms`.
+    /// rerun: the claim, heartbeat, exit and a pending merge are
+    /// forgotten), scheduled at `now_ms`. With `free` (an account limit
+    /// stopped the run) the new attempt is also counted in
+    /// `free_attempts`, so it does not bring the job nearer
+    /// `ORCH_JOB_MAX_ATTEMPTS`. Returns whether running job `id` (claim
+    /// `attempt`) was requeued.
     pub fn requeue_job(
         &self,
         id: i64,
         attempt: Option<i64>,
+        free: bool,
         error: &str,
         available_at_ms: i64,
         now_ms: i64,
@@ -712,39 +718,14 @@ impl Tx<'_> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE jobs SET status='queued', attempt=attempt+1, available_at_ms=?3, last_error=?2, \
-                 worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
-                 claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
-                 claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
-                 merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
-            )?
-            .execute(params![id, error, available_at_ms, attempt, now_ms])?;
-        Ok(n == 1)
-    }
-
-    /// Requeues running job `id` (claim `attempt`) after an account limit
-    /// stopped its run: a new attempt number, counted free (it does not
-    /// bring the job nearer `ORCH_JOB_MAX_ATTEMPTS`), runnable at
-    /// `available_at_ms`. Returns whether the job was requeued.
-    pub fn requeue_job_free(
-        &self,
-        id: i64,
-        attempt: Option<i64>,
-        error: &str,
-        available_at_ms: i64,
-        now_ms: i64,
-    ) -> anyhow::Result<bool> {
-        let n = self
-            .conn
-            .prepare_cached(
-                "UPDATE jobs SET status='queued', attempt=attempt+1, free_attempts=free_attempts+1, \
+                "UPDATE jobs SET status='queued', attempt=attempt+1, free_attempts=free_attempts+?6, \
                  available_at_ms=?3, last_error=?2, \
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
                  claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
                  merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
             )?
-            .execute(params![id, error, available_at_ms, attempt, now_ms])?;
+            .execute(params![id, error, available_at_ms, attempt, now_ms, i64::from(free)])?;
         Ok(n == 1)
     }
 

@@ -68,24 +68,27 @@ impl Repo {
         let remote_ref = Self::remote_ref(branch);
         let remote = Self::resolve_ref(clone, &remote_ref)?;
         let local = Self::resolve_ref(clone, &format!("refs/heads/{branch}"))?;
+        // `branch` made (`-b`) or reset (`-B`) at `start` in the new
+        // worktree, untracked: the upstream is set below when origin has it.
+        let add_at = |create: &str, start: &str| {
+            let args = [
+                "worktree",
+                "add",
+                "--quiet",
+                "--no-track",
+                create,
+                branch,
+                wt,
+                start,
+            ];
+            git_ok(clone, &args)
+        };
         match (remote, local) {
             (Some(r), Some(l)) if r == l || self.is_ancestor(clone, &r, &l)? => {
                 git_ok(clone, &["worktree", "add", "--quiet", wt, branch])?;
             }
             (Some(_), _) => {
-                git_ok(
-                    clone,
-                    &[
-                        "worktree",
-                        "add",
-                        "--quiet",
-                        "--no-track",
-                        "-B",
-                        branch,
-                        wt,
-                        &remote_ref,
-                    ],
-                )?;
+                add_at("-B", &remote_ref)?;
             }
             (None, Some(_)) => {
                 git_ok(clone, &["worktree", "add", "--quiet", wt, branch])?;
@@ -95,19 +98,7 @@ impl Repo {
                 if Self::resolve_ref(clone, &base)?.is_none() {
                     bail!("origin has no default branch {default:?} to start {branch} from");
                 }
-                git_ok(
-                    clone,
-                    &[
-                        "worktree",
-                        "add",
-                        "--quiet",
-                        "--no-track",
-                        "-b",
-                        branch,
-                        wt,
-                        &base,
-                    ],
-                )?;
+                add_at("-b", &base)?;
             }
         }
         if Self::resolve_ref(clone, &remote_ref)?.is_some() {

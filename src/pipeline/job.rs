@@ -137,11 +137,11 @@ pub fn change(tx: &Tx, c: &JobChange, now_ms: i64) -> anyhow::Result<Changed> {
         How::Retry {
             error,
             available_at_ms,
-        } => tx.requeue_job(id, attempt, error, available_at_ms, now_ms)?,
+        } => tx.requeue_job(id, attempt, false, error, available_at_ms, now_ms)?,
         How::Free {
             error,
             available_at_ms,
-        } => tx.requeue_job_free(id, attempt, error, available_at_ms, now_ms)?,
+        } => tx.requeue_job(id, attempt, true, error, available_at_ms, now_ms)?,
         How::Defer {
             reason,
             available_at_ms,

@@ -237,12 +237,7 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
         }
     );
     let comment = TrackerComment { text, report: None };
-    outbox::queue(
-        tx,
-        &on,
-        &Message::Tracker(TrackerMessage::Comment(comment)),
-        now_ms,
-    )?;
+    outbox::queue(tx, &on, &comment.into(), now_ms)?;
     // An escalation or the end of the pipeline also moves the tracker item
     // and notifies people: (tracker state, notification kind, text).
     let settled = match (&escalate, m.to) {
@@ -364,7 +359,7 @@ pub fn create_task(
             task_id: id,
             version: 1,
         },
-        &Message::Tracker(TrackerMessage::Comment(comment)),
+        &comment.into(),
         now_ms,
     )?;
     Ok((id, true))

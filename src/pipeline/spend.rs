@@ -18,9 +18,7 @@ use std::collections::BTreeMap;
 use crate::backoff::backoff_ms;
 use crate::config::{Config, Settings};
 use crate::db::{Job, Measure, Tx};
-use crate::outbox::{
-    self, Message, Notification, NotifyKind, Occasion, TrackerComment, TrackerMessage,
-};
+use crate::outbox::{self, Message, Notification, NotifyKind, Occasion, TrackerComment};
 
 use super::job::{change, Changed, Finalized, How, JobChange};
 use super::JobStatus;
@@ -272,12 +270,7 @@ pub(super) fn park(tx: &Tx, task_id: i64, reason: &str, now_ms: i64) -> anyhow::
     };
     outbox::queue(tx, &on, &Message::Notify(note), now_ms)?;
     let comment = TrackerComment { text, report: None };
-    outbox::queue(
-        tx,
-        &on,
-        &Message::Tracker(TrackerMessage::Comment(comment)),
-        now_ms,
-    )?;
+    outbox::queue(tx, &on, &comment.into(), now_ms)?;
     Ok(())
 }
 

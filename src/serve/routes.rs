@@ -289,47 +289,43 @@ async fn health() -> Response {
 /// `GET /metrics`: Prometheus text, built on the blocking pool.
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let build = app.admin.metrics.clone();
-    match tokio::task::spawn_blocking(move || build()).await {
-        Ok(Ok(text)) => {
-            let text = text + &app.answers_text();
-            let mut r = (StatusCode::OK, text).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r.extensions_mut().insert(Note {
-                outcome: "ok",
-                detail: String::new(),
-            });
-            r
-        }
-        Ok(Err(e)) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("{e:#}"),
-        ),
-        Err(_) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "building the metrics failed",
-        ),
-    }
+    let text = match built(move || build(), "building the metrics failed").await {
+        Ok(text) => text + &app.answers_text(),
+        Err(r) => return r,
+    };
+    let mut r = (StatusCode::OK, text).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r.extensions_mut().insert(Note {
+        outcome: "ok",
+        detail: String::new(),
+    });
+    r
 }
 
 async fn queue(State(app): State<Arc<App>>) -> Response {
     let build = app.admin.queue.clone();
-    match tokio::task::spawn_blocking(move || build()).await {
-        Ok(Ok(doc)) => with_body(StatusCode::OK, doc, "ok", String::new()),
-        Ok(Err(e)) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("{e:#}"),
-        ),
-        Err(_) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "building the queue document failed",
-        ),
+    match built(move || build(), "building the queue document failed").await {
+        Ok(doc) => with_body(StatusCode::OK, doc, "ok", String::new()),
+        Err(r) => r,
+    }
+}
+
+/// Runs an admin document's `build` on the blocking pool. Its error is a
+/// 503 `unavailable` reply with the error's text; its panic one with
+/// `failed` as the detail.
+async fn built<T: Send + 'static>(
+    build: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    failed: &'static str,
+) -> Result<T, Response> {
+    let unavailable =
+        |detail: String| reply(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail);
+    match tokio::task::spawn_blocking(build).await {
+        Ok(Ok(doc)) => Ok(doc),
+        Ok(Err(e)) => Err(unavailable(format!("{e:#}"))),
+        Err(_) => Err(unavailable(failed.to_string())),
     }
 }
 

@@ -444,27 +444,51 @@ impl<'a> Suite<'a> {
         ))
     }
 
-    fn c5_unsigned(&mut self) -> Outcome {
-        let mut reasons = Vec::new();
-        for (source, body) in [(PLANE, self.harmless("c5")), (GITEA, self.gitea_body("c5"))] {
-            let id = self.delivery_id(&format!("c5-{source}"));
-            let headers = self.headers(source, &id, &body, None);
-            let answer = self.post(source, &headers, &body);
-            let (status, reason) = self.refused(source, &id, answer);
-            if status != Status::Pass {
-                return (status, reason);
-            }
-            reasons.push(reason);
+    /// Posts a Plane delivery the instance already holds and expects
+    /// `200 duplicate`; `what` names the delivery in the reason.
+    fn post_duplicate(
+        &self,
+        what: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<(), Outcome> {
+        let a = self.post(PLANE, headers, body).map_err(infra)?;
+        if (a.status, a.status_field()) != (200, "duplicate") {
+            return Err(fail(format!(
+                "{what}: expected 200 duplicate, got {}",
+                a.describe()
+            )));
         }
-        pass(format!("{}; nothing stored", reasons.join("; ")))
+        Ok(())
+    }
+
+    fn c5_unsigned(&mut self) -> Outcome {
+        self.refused_from_each_source("c5", |_, _| None)
     }
 
     fn c6_mis_signed(&mut self) -> Outcome {
+        self.refused_from_each_source("c6", |check, source| {
+            Some(format!(
+                "{}-not-the-secret",
+                check.secret(source).unwrap_or("orch")
+            ))
+        })
+    }
+
+    /// Posts check `tag`'s harmless delivery from Plane and from Gitea,
+    /// signed with the secret `sign_with` gives for its source (`None`:
+    /// unsigned), and expects each [`Self::refused`]; the first that is not
+    /// is the outcome.
+    fn refused_from_each_source(
+        &self,
+        tag: &str,
+        sign_with: impl Fn(&Self, Source) -> Option<String>,
+    ) -> Outcome {
         let mut reasons = Vec::new();
-        for (source, body) in [(PLANE, self.harmless("c6")), (GITEA, self.gitea_body("c6"))] {
-            let id = self.delivery_id(&format!("c6-{source}"));
-            let wrong = format!("{}-not-the-secret", self.secret(source).unwrap_or("orch"));
-            let headers = self.headers(source, &id, &body, Some(&wrong));
+        for (source, body) in [(PLANE, self.harmless(tag)), (GITEA, self.gitea_body(tag))] {
+            let id = self.delivery_id(&format!("{tag}-{source}"));
+            let secret = sign_with(self, source);
+            let headers = self.headers(source, &id, &body, secret.as_deref());
             let answer = self.post(source, &headers, &body);
             let (status, reason) = self.refused(source, &id, answer);
             if status != Status::Pass {
@@ -518,28 +542,15 @@ impl<'a> Suite<'a> {
         if let Err(o) = self.post_new_plane(&headers, &body, "a new signed delivery") {
             return o;
         }
-        let again = match self.post(PLANE, &headers, &body) {
-            Ok(a) => a,
-            Err(e) => return infra(e),
-        };
-        if (again.status, again.status_field()) != (200, "duplicate") {
-            return fail(format!(
-                "the same delivery again: expected 200 duplicate, got {}",
-                again.describe()
-            ));
+        if let Err(o) = self.post_duplicate("the same delivery again", &headers, &body) {
+            return o;
         }
         // Plane's retry: a new delivery id, the same body.
         let retry_id = self.delivery_id("c8-retry");
         let headers = self.headers(PLANE, &retry_id, &body, Some(&secret));
-        let retry = match self.post(PLANE, &headers, &body) {
-            Ok(a) => a,
-            Err(e) => return infra(e),
-        };
-        if (retry.status, retry.status_field()) != (200, "duplicate") {
-            return fail(format!(
-                "Plane's retry (new delivery id, same body): expected 200 duplicate, got {}",
-                retry.describe()
-            ));
+        let what = "Plane's retry (new delivery id, same body)";
+        if let Err(o) = self.post_duplicate(what, &headers, &body) {
+            return o;
         }
         if self.open_db(false).is_ok() {
             if self.stored(PLANE, &id).is_none() {
