@@ -792,7 +792,7 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
         Some(r) => Gate::Fail(r),
         None => gate::decide(stage, &facts),
     };
-    if verdict == Gate::Pass && stage == Stage::DeployStaging {
+    let decision = if verdict == Gate::Pass && stage == Stage::DeployStaging {
         // A deployer PASS finishes the job: the task is ready to merge, or
         // with [projects.staging] awaits the staging check of the head it
         // passed (the merge line's step runs the suite, not finalize).
@@ -801,25 +801,12 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
             None => None,
         };
         info!(target: "gate", task = task.id, stage = %stage, awaiting_staging = ?awaiting, "gate evaluated: ready to merge");
-        failpoint("finalize.before_terminal_claim");
-        let decision = Decision::Ready { awaiting };
-        let pushed = pushed.as_deref();
-        return apply(
-            ctx,
-            db,
-            &task,
-            &job,
-            stage,
-            pushed,
-            &account,
-            clear_pause,
-            decision,
-            actor,
-        );
-    }
-    info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
+        Decision::Ready { awaiting }
+    } else {
+        info!(target: "gate", task = task.id, stage = %stage, verdict = %verdict, "gate evaluated");
+        Decision::Gate(verdict)
+    };
     failpoint("finalize.before_terminal_claim");
-    let decision = Decision::Gate(verdict);
     let pushed = pushed.as_deref();
     apply(
         ctx,
