@@ -269,28 +269,25 @@ impl Db {
     /// is a savepoint of the rehearsal instead (released on `Ok`, rolled
     /// back on `Err`), so the rehearsed code path is the real one.
     pub fn write<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
-        if self.rehearsing.get() {
-            return self.savepoint(f, false);
-        }
-        let tx = Tx {
-            tx: Some(rusqlite::Transaction::new_unchecked(
-                &self.conn,
-                TransactionBehavior::Immediate,
-            )?),
-            db: self,
-        };
-        let out = f(&tx)?;
-        if let Some(t) = tx.tx {
-            t.commit()?;
-        }
-        Ok(out)
+        self.immediate(f, true)
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction that is always rolled
     /// back: `--dry-run` runs the real code path and writes nothing.
     pub fn rehearse<T>(&self, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        self.immediate(f, false)
+    }
+
+    /// Runs `f` in a `BEGIN IMMEDIATE` transaction (a savepoint inside a
+    /// rehearsal) and commits it when `commit` and `f` succeeded; otherwise
+    /// rolls it back. The one body of [`Db::write`] and [`Db::rehearse`].
+    fn immediate<T>(
+        &self,
+        f: impl FnOnce(&Tx) -> anyhow::Result<T>,
+        commit: bool,
+    ) -> anyhow::Result<T> {
         if self.rehearsing.get() {
-            return self.savepoint(f, true);
+            return self.savepoint(f, !commit);
         }
         let tx = Tx {
             tx: Some(rusqlite::Transaction::new_unchecked(
@@ -301,7 +298,13 @@ impl Db {
         };
         let out = f(&tx);
         if let Some(t) = tx.tx {
-            t.rollback()?;
+            match (&out, commit) {
+                (Ok(_), true) => t.commit()?,
+                (Ok(_), false) => t.rollback()?,
+                // `f`'s error is the one to report: SQLite may already
+                // have rolled back (SQLITE_FULL, an I/O error).
+                (Err(_), _) => drop(t.rollback()),
+            }
         }
         out
     }
