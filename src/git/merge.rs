@@ -48,6 +48,30 @@ pub enum FastForward {
 }
 
 impl Repo {
+    /// The opening of a step that rewrites a task worktree's branch from
+    /// origin's default branch: the default branch's name (validated), the
+    /// worktree's lock (hold it for the whole step), the checked worktree,
+    /// a stale index lock cleared, and the clone synced with origin under
+    /// the clone's lock.
+    ///
+    /// Errors: a refused default branch name, a busy lock, changed git
+    /// metadata ([`Error::TamperedGitMetadata`]), git.
+    fn locked_and_synced(
+        &self,
+        worktree: &Path,
+    ) -> anyhow::Result<(&str, crate::lock::LockGuard, super::metadata::Worktree)> {
+        let default = self.default_branch()?;
+        let worktree = absolute(worktree)?;
+        let guard = self.lock(&worktree)?;
+        let wt = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&wt)?;
+        {
+            let _clone = self.lock_clone()?;
+            self.sync_locked()?;
+        }
+        Ok((default, guard, wt))
+    }
+
     /// Fetch, then rebase the worktree's branch onto origin's current
     /// default branch.
     ///
@@ -77,15 +101,7 @@ impl Repo {
         worktree: &Path,
         onto: Option<(&str, Option<&str>)>,
     ) -> anyhow::Result<RebaseOutcome> {
-        let default = self.default_branch()?;
-        let worktree = absolute(worktree)?;
-        let _wt = self.lock(&worktree)?;
-        let wt = self.check_worktree(&worktree)?;
-        Self::clear_stale_index_lock(&wt)?;
-        {
-            let _clone = self.lock_clone()?;
-            self.sync_locked()?;
-        }
+        let (default, _wt, wt) = self.locked_and_synced(worktree)?;
         self.abort_stale_rebase(&wt, None)?;
         let (upstream, from) = match onto {
             Some((upstream, from)) => (upstream.to_string(), from),
@@ -136,7 +152,7 @@ impl Repo {
         if after != original {
             bail!(
                 "after `git rebase --abort` {} is at {after}, expected {original}",
-                worktree.display()
+                wt.path.display()
             );
         }
         if files.is_empty() {
@@ -159,15 +175,7 @@ impl Repo {
     /// Errors: [`Error::Subprocess`] if git fails for another reason (the
     /// merge is then aborted).
     pub fn merge_default_in(&self, worktree: &Path) -> anyhow::Result<MergeIn> {
-        let default = self.default_branch()?;
-        let worktree = absolute(worktree)?;
-        let _wt = self.lock(&worktree)?;
-        let wt = self.check_worktree(&worktree)?;
-        Self::clear_stale_index_lock(&wt)?;
-        {
-            let _clone = self.lock_clone()?;
-            self.sync_locked()?;
-        }
+        let (default, _wt, wt) = self.locked_and_synced(worktree)?;
         let upstream = Self::resolve_ref(&wt, &Self::remote_ref(default))?
             .with_context(|| format!("origin has no default branch {default:?}"))?;
         let original = Self::head_sha_of(&wt)?;

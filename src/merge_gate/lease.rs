@@ -46,19 +46,21 @@ pub(super) fn busy_reason(l: &Lease) -> String {
     )
 }
 
+/// `took lease merge:… (holder …, job 4, expires in 600s)`: the step
+/// line of a lease just taken.
 pub(super) fn took_lease(l: &Lease) -> String {
-    format!(
-        "took lease {} (holder {}{}, expires in {}s)",
-        l.name,
-        l.holder,
-        l.job_id.map(|j| format!(", job {j}")).unwrap_or_default(),
-        (l.expires_at_ms - l.acquired_at_ms) / 1000
-    )
+    lease_line("took", "expires in", l)
 }
 
+/// The dry run's line for the lease [`took_lease`] would report.
 pub(super) fn would_take_lease(l: &Lease) -> String {
+    lease_line("would take", "for", l)
+}
+
+/// `<verb> lease <name> (holder <h>[, job <j>], <span> <s>s)`.
+fn lease_line(verb: &str, span: &str, l: &Lease) -> String {
     format!(
-        "would take lease {} (holder {}{}, for {}s)",
+        "{verb} lease {} (holder {}{}, {span} {}s)",
         l.name,
         l.holder,
         l.job_id.map(|j| format!(", job {j}")).unwrap_or_default(),
