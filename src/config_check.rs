@@ -2,8 +2,9 @@
 //! first job finds out: the tracker state ids per project (`orch config
 //! show`) and the checks of `orch config check` — agent programs on PATH,
 //! test commands startable, clone URLs reachable with their default branch,
-//! and (online) the Plane states resolvable, Gitea's version and the
-//! token's write scopes on each repository, and the Telegram bot and chat.
+//! and (online) the Plane states resolvable, Gitea's version, the
+//! token's write scopes on each repository and whether the repository
+//! allows the merges orch makes, and the Telegram bot and chat.
 //! Where the installed units run orch, the state folder and every local
 //! origin are checked as the units see them ([`UnitView`]): writable under
 //! `ProtectSystem=strict` only inside `StateDirectory=` or `ReadWritePaths=`.
@@ -99,7 +100,9 @@ impl Check {
 /// project's states resolve by asking Plane (nothing is cached), Gitea
 /// answers its version and the token holds `write:repository` and
 /// `write:issue` on every Gitea project's repository (probes that create
-/// nothing, see [`Gitea::has_write_scope`]), and with `ORCH_NOTIFIER=telegram`
+/// nothing, see [`Gitea::has_write_scope`]), the repository allows the
+/// project's `merge_style` and, when the merge line may batch, manual
+/// merges (see `gitea_merge_settings`), and with `ORCH_NOTIFIER=telegram`
 /// the bot token is valid and the bot can see its chat; `db` is the
 /// read-only database when there is one.
 ///
@@ -179,6 +182,7 @@ pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
                 format!("project {} gitea token", p.name),
                 gitea_scopes(ctx, p),
             ));
+            checks.extend(gitea_merge_settings(ctx, p));
         }
     }
     if online
@@ -230,6 +234,75 @@ fn gitea_scopes(ctx: &Ctx, p: &ProjectConfig) -> Result<String, String> {
             p.repo
         ))
     }
+}
+
+/// Whether project `p`'s repository lets orch merge as configured: its
+/// `merge_style` allowed (the tip PR of a merge, [`Gitea::merge_pull`]),
+/// and, when the merge line may batch (`ORCH_MERGE_LINE_BATCH_MAX` > 1),
+/// manual merges allowed (the batch's other PRs, [`Gitea::mark_merged`]).
+/// Two checks; one failed check when the repository cannot be read. A
+/// field the answer lacks (an older Gitea) is noted, not failed.
+fn gitea_merge_settings(ctx: &Ctx, p: &ProjectConfig) -> Vec<Check> {
+    const WHERE: &str = "(Gitea: repository settings → Pull Requests)";
+    let repo = match Gitea::from_settings(&ctx.settings.adapters)
+        .and_then(|g| g.repo_merge_settings(&p.repo))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return vec![Check::new(
+                format!("project {} gitea repository", p.name),
+                Err(e.to_string()),
+            )]
+        }
+    };
+    let style = p.merge_style;
+    let setting = format!("projects.{}.merge_style = {:?}", p.name, style.as_str());
+    let what = match style {
+        crate::config::MergeStyle::Merge => "merge commits",
+        crate::config::MergeStyle::Rebase => "rebase merges",
+        crate::config::MergeStyle::RebaseMerge => "rebase merges with a merge commit",
+        crate::config::MergeStyle::Squash => "squash merges",
+        crate::config::MergeStyle::FastForwardOnly => "fast-forward-only merges",
+    };
+    let merge = match repo.allows(style) {
+        (field, Some(true)) => Ok(format!("{setting}: {} allows it ({field})", p.repo)),
+        (_, Some(false)) => Err(format!(
+            "{setting} but {} does not allow {what} {WHERE}",
+            p.repo
+        )),
+        (field, None) => Ok(format!(
+            "{setting}: Gitea does not say whether {} allows it (no {field}: an older Gitea; \
+             fast-forward-only needs 1.22)",
+            p.repo
+        )),
+    };
+    let batch_max = ctx.settings.merge_line_batch_max;
+    let batches = format!("ORCH_MERGE_LINE_BATCH_MAX = {batch_max}");
+    let manual = match repo.allow_manual_merge {
+        Some(true) => Ok(format!(
+            "{} allows marking pull requests merged manually (a batch's other PRs)",
+            p.repo
+        )),
+        _ if batch_max <= 1 => Ok(format!(
+            "not needed: {batches} (every merge is one PR's own)"
+        )),
+        Some(false) => Err(format!(
+            "{batches} but {} does not allow marking pull requests merged manually: \
+             a batch's other PRs would dead-letter; allow it {WHERE} or set \
+             ORCH_MERGE_LINE_BATCH_MAX=1 (one PR a merge)",
+            p.repo
+        )),
+        None => Ok(format!(
+            "{batches}: Gitea does not say whether {} allows marking pull requests merged \
+             manually (no allow_manual_merge: an older Gitea); if not, a batch's other PRs \
+             dead-letter",
+            p.repo
+        )),
+    };
+    vec![
+        Check::new(format!("project {} gitea merge style", p.name), merge),
+        Check::new(format!("project {} gitea manual merge", p.name), manual),
+    ]
 }
 
 /// The bot behind `ORCH_TELEGRAM_BOT_TOKEN` and the chat it posts to.

@@ -1316,3 +1316,121 @@ fn config_check_online_asks_gitea_for_its_version_and_the_tokens_scopes_and_tele
     let l = line(&text, "FAIL project widget gitea token");
     assert!(l.contains("401"), "{l}");
 }
+
+#[test]
+fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
+    let World {
+        mut sbx,
+        gitea,
+        plane: _plane,
+        tg: _tg,
+        ..
+    } = World::new();
+    let check = |sbx: &Sandbox| {
+        let out = sbx
+            .orch()
+            .args(["config", "check", "--online"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let line = |text: &str, start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start:?} in:\n{text}"))
+            .to_string()
+    };
+    let path = sbx.dir.join("orch.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap().replace(
+        "forge = \"gitea\"",
+        "forge = \"gitea\"\nmerge_style = \"squash\"",
+    );
+    std::fs::write(&path, cfg).unwrap();
+
+    // Everything allowed (the fixture's repository, manual merges on).
+    let (code, text) = check(&sbx);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        line(&text, "ok   project widget gitea merge style"),
+        "ok   project widget gitea merge style: projects.widget.merge_style = \"squash\": \
+         acme/widget allows it (allow_squash_merge)"
+    );
+    assert!(
+        line(&text, "ok   project widget gitea manual merge").contains("acme/widget allows"),
+        "{text}"
+    );
+
+    // Squash merges off, and manual merges off while the line batches (8).
+    {
+        let mut st = gitea.state.lock().unwrap();
+        st.repo_settings
+            .insert("allow_squash_merge", serde_json::json!(false));
+        st.repo_settings
+            .insert("allow_manual_merge", serde_json::json!(false));
+    }
+    sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "8");
+    let (code, text) = check(&sbx);
+    assert_eq!(code, Some(3), "{text}");
+    assert_eq!(
+        line(&text, "FAIL project widget gitea merge style"),
+        "FAIL project widget gitea merge style: projects.widget.merge_style = \"squash\" but \
+         acme/widget does not allow squash merges (Gitea: repository settings → Pull Requests)"
+    );
+    let l = line(&text, "FAIL project widget gitea manual merge");
+    assert!(
+        l.contains("ORCH_MERGE_LINE_BATCH_MAX = 8")
+            && l.contains("does not allow marking pull requests merged manually")
+            && l.contains("dead-letter"),
+        "{l}"
+    );
+    assert!(!text.contains(GITEA_TOKEN), "the token is never shown");
+
+    // Squash allowed again; manual merges off but every merge is one PR's.
+    gitea
+        .state
+        .lock()
+        .unwrap()
+        .repo_settings
+        .remove("allow_squash_merge");
+    sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "1");
+    let (code, text) = check(&sbx);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        line(&text, "ok   project widget gitea manual merge")
+            .contains("not needed: ORCH_MERGE_LINE_BATCH_MAX = 1"),
+        "{text}"
+    );
+
+    // An older Gitea that does not say: noted, not failed.
+    gitea
+        .state
+        .lock()
+        .unwrap()
+        .repo_settings
+        .insert("allow_manual_merge", serde_json::Value::Null);
+    sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "8");
+    let (code, text) = check(&sbx);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        line(&text, "ok   project widget gitea manual merge").contains("no allow_manual_merge"),
+        "{text}"
+    );
+
+    // A repository the token's user cannot see: one failed check.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("repo = \"acme/widget\"", "repo = \"acme/gone\""),
+    )
+    .unwrap();
+    let (code, text) = check(&sbx);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        line(&text, "FAIL project widget gitea repository").contains("404"),
+        "{text}"
+    );
+}

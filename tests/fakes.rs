@@ -371,8 +371,44 @@ pub struct GiteaState {
     pub scopes: Option<Vec<&'static str>>,
     /// `GET /version`'s answer instead of the fixture's.
     pub version: Option<String>,
-    /// The repository does not allow marking PRs merged manually.
-    pub manual_merge_disallowed: bool,
+    /// Fields of the repository (`GET /repos/acme/widget`) that differ
+    /// from the fixture's, e.g. `allow_squash_merge: false`; `null`
+    /// drops the field (an older Gitea). The fake's repository allows
+    /// manual merges unless set here; the merge route refuses a style
+    /// the repository does not allow, as Gitea does.
+    pub repo_settings: BTreeMap<&'static str, Value>,
+}
+
+impl GiteaState {
+    /// The repository as `GET /repos/acme/widget` answers it.
+    pub fn repository(&self) -> Value {
+        let mut v = fixture_json("gitea/api/get-repository.200.json");
+        v["allow_manual_merge"] = json!(true);
+        let obj = v.as_object_mut().unwrap();
+        for (k, val) in &self.repo_settings {
+            if val.is_null() {
+                obj.remove(*k);
+            } else {
+                obj.insert(k.to_string(), val.clone());
+            }
+        }
+        v
+    }
+
+    /// Whether the repository allows merging with `Do` style `style`
+    /// (Gitea's `IsMergeStyleAllowed`: a missing field is not allowed).
+    fn style_allowed(&self, style: &str) -> bool {
+        let field = match style {
+            "merge" => "allow_merge_commits",
+            "rebase" => "allow_rebase",
+            "rebase-merge" => "allow_rebase_explicit",
+            "squash" => "allow_squash_merge",
+            "fast-forward-only" => "allow_fast_forward_only_merge",
+            "manually-merged" => "allow_manual_merge",
+            _ => return false,
+        };
+        self.repository()[field] == json!(true)
+    }
 }
 
 /// A fake Gitea for repo `acme/widget` (REST v1), backed by the sandbox's
@@ -471,6 +507,9 @@ fn gitea_route(st: &Mutex<GiteaState>, origin: &Path, r: &Req) -> Resp {
         }
         return Resp::json(200, &v);
     }
+    if (r.method.as_str(), r.path()) == ("GET", "/api/v1/repos/acme/widget") {
+        return Resp::json(200, &st.lock().unwrap().repository());
+    }
     let Some(rest) = r.path().strip_prefix("/api/v1/repos/acme/widget/") else {
         return gitea_not_found();
     };
@@ -542,16 +581,16 @@ fn gitea_route(st: &Mutex<GiteaState>, origin: &Path, r: &Req) -> Resp {
                 );
             }
             let base_ref = format!("refs/heads/{}", s.prs[i].base);
-            if b["Do"] == "manually-merged" {
-                // Gitea's MergedManually: the style must be allowed, the
-                // commit a full sha it has, on the base branch; nothing
-                // is merged.
-                if s.manual_merge_disallowed {
-                    return Resp::json(
-                        405,
-                        &json!({"message": "manually-merged is not allowed an allowed merge style for this repository", "url": "https://gitea.example.com/api/swagger"}),
-                    );
-                }
+            let style = b["Do"].as_str().unwrap_or("");
+            if !s.style_allowed(style) {
+                return Resp::json(
+                    405,
+                    &json!({"message": format!("{style} is not allowed an allowed merge style for this repository"), "url": "https://gitea.example.com/api/swagger"}),
+                );
+            }
+            if style == "manually-merged" {
+                // Gitea's MergedManually: the commit a full sha it has,
+                // on the base branch; nothing is merged.
                 let commit = b["MergeCommitID"].as_str().unwrap_or("");
                 let base = git(origin, &["rev-parse", &base_ref]).unwrap_or_default();
                 if commit.len() != 40

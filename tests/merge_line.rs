@@ -365,7 +365,7 @@ fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_mar
             });
         }
         // The repository does not allow marking PRs merged manually yet.
-        st.manual_merge_disallowed = true;
+        st.repo_settings.insert("allow_manual_merge", json!(false));
     }
 
     // A crash right after Gitea merged the tip's PR, before the apply: no
@@ -422,7 +422,12 @@ fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_mar
     assert!(!gitea.state.lock().unwrap().prs[0].merged);
 
     // Allowed now: the operator's retry marks it merged, naming main.
-    gitea.state.lock().unwrap().manual_merge_disallowed = false;
+    gitea
+        .state
+        .lock()
+        .unwrap()
+        .repo_settings
+        .remove("allow_manual_merge");
     sbx.ok(&["outbox", "retry", "--all-dead"]);
     let prs = gitea.state.lock().unwrap().prs.clone();
     assert!(prs.iter().all(|p| p.merged), "{prs:?}");

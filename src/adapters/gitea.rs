@@ -452,6 +452,56 @@ impl Gitea {
     }
 }
 
+/// A repository's pull-request merge settings, per Gitea's REST
+/// `Repository` (`GET /repos/{o}/{r}`; the fields orch reads). Each is
+/// `None` when the answer lacks it: an older Gitea (`allow_fast_forward_only_merge`
+/// came with the fast-forward-only style in 1.22).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct RepoMergeSettings {
+    /// `owner/name`.
+    #[serde(default)]
+    pub full_name: String,
+    pub allow_merge_commits: Option<bool>,
+    pub allow_rebase: Option<bool>,
+    pub allow_rebase_explicit: Option<bool>,
+    pub allow_squash_merge: Option<bool>,
+    pub allow_fast_forward_only_merge: Option<bool>,
+    /// "Allow to mark pull request as merged manually": what
+    /// [`Gitea::mark_merged`] needs (else 405).
+    pub allow_manual_merge: Option<bool>,
+    /// Gitea marks a PR merged by itself when its head reaches the base.
+    pub autodetect_manual_merge: Option<bool>,
+}
+
+impl RepoMergeSettings {
+    /// Whether the repository allows merging with `style` (Gitea's
+    /// `IsMergeStyleAllowed`), with the `allow_*` field that says so;
+    /// `None` for the answer when the field is missing.
+    pub fn allows(&self, style: MergeStyle) -> (&'static str, Option<bool>) {
+        match style {
+            MergeStyle::Merge => ("allow_merge_commits", self.allow_merge_commits),
+            MergeStyle::Rebase => ("allow_rebase", self.allow_rebase),
+            MergeStyle::RebaseMerge => ("allow_rebase_explicit", self.allow_rebase_explicit),
+            MergeStyle::Squash => ("allow_squash_merge", self.allow_squash_merge),
+            MergeStyle::FastForwardOnly => (
+                "allow_fast_forward_only_merge",
+                self.allow_fast_forward_only_merge,
+            ),
+        }
+    }
+}
+
+impl Gitea {
+    /// `repo`'s merge settings (`GET /repos/{o}/{r}`).
+    ///
+    /// Errors: transport, non-2xx (404: no such repository, or the
+    /// token's user cannot see it) and malformed answers.
+    pub fn repo_merge_settings(&self, repo: &str) -> Result<RepoMergeSettings, AdapterError> {
+        self.api
+            .json("GET", &Self::repo_path(repo)?, None, "get repository")
+    }
+}
+
 /// A write scope of a Gitea access token that orch needs on a repository.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteScope {
