@@ -30,7 +30,7 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::http::{enabled, encode_path, encode_query, required, AdapterError, Api};
+use super::http::{enabled, encode_path, encode_query, required, AdapterError, Api, Reply};
 use crate::config::{AdapterSettings, MergeStyle, Secret};
 
 const SERVICE: &str = "gitea";
@@ -376,30 +376,16 @@ impl Gitea {
             Some(&req),
             op,
         )?;
-        let merged_now = |g: &Gitea| -> Result<Option<Option<String>>, AdapterError> {
-            let pr = g.get_pull(repo, number)?;
-            Ok(pr.merged.then_some(pr.merge_commit_sha))
-        };
         match r.status {
             200 => Ok(MergeOutcome::Merged {
                 number,
-                merge_commit: merged_now(self)?.flatten(),
+                merge_commit: {
+                    let pr = self.get_pull(repo, number)?;
+                    pr.merged.then_some(pr.merge_commit_sha).flatten()
+                },
             }),
-            405 | 409 => {
-                // A repeated merge: Gitea says no because it is done.
-                if let Some(merge_commit) = merged_now(self)? {
-                    return Ok(MergeOutcome::AlreadyMerged {
-                        number,
-                        merge_commit,
-                    });
-                }
-                let text = r.error_text();
-                Ok(if r.status == 405 {
-                    MergeOutcome::NotReady(text)
-                } else {
-                    MergeOutcome::Conflict(text)
-                })
-            }
+            // A repeated merge: Gitea says no because it is done.
+            405 | 409 => self.refused_merge(repo, number, r),
             _ => Err(r.into_status_error(SERVICE, op)),
         }
     }
@@ -432,23 +418,34 @@ impl Gitea {
                 number,
                 merge_commit: Some(merge_commit.to_string()),
             }),
-            405 | 409 => {
-                let pr = self.get_pull(repo, number)?;
-                if pr.merged {
-                    return Ok(MergeOutcome::AlreadyMerged {
-                        number,
-                        merge_commit: pr.merge_commit_sha,
-                    });
-                }
-                let text = r.error_text();
-                Ok(if r.status == 405 {
-                    MergeOutcome::NotReady(text)
-                } else {
-                    MergeOutcome::Conflict(text)
-                })
-            }
+            405 | 409 => self.refused_merge(repo, number, r),
             _ => Err(r.into_status_error(SERVICE, op)),
         }
+    }
+
+    /// What a 405 or 409 to a merge of PR `number` means: the PR is merged
+    /// already (a repeat; Gitea says no because it is done) →
+    /// [`MergeOutcome::AlreadyMerged`]; else 405 → `NotReady` and 409 →
+    /// `Conflict`, with Gitea's message.
+    fn refused_merge(
+        &self,
+        repo: &str,
+        number: i64,
+        r: Reply,
+    ) -> Result<MergeOutcome, AdapterError> {
+        let pr = self.get_pull(repo, number)?;
+        if pr.merged {
+            return Ok(MergeOutcome::AlreadyMerged {
+                number,
+                merge_commit: pr.merge_commit_sha,
+            });
+        }
+        let text = r.error_text();
+        Ok(if r.status == 405 {
+            MergeOutcome::NotReady(text)
+        } else {
+            MergeOutcome::Conflict(text)
+        })
     }
 }
 

@@ -189,6 +189,18 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The id of `task`'s latest job of `stage` at the task's current
+    /// version (e.g. the deploy-staging job whose PASS put the task in the
+    /// merge line, which a later move names as its cause), if any.
+    pub fn latest_job_at(&self, task: &super::Task, stage: Stage) -> anyhow::Result<Option<i64>> {
+        Ok(self
+            .jobs_for_task(task.id)?
+            .into_iter()
+            .rev()
+            .find(|j| j.stage == stage && j.task_version == task.version)
+            .map(|j| j.id))
+    }
+
     /// Jobs of a task, oldest first.
     pub fn jobs_for_task(&self, task_id: i64) -> anyhow::Result<Vec<Job>> {
         let mut stmt = self.conn.prepare_cached(&format!(

@@ -51,6 +51,19 @@ pub fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
 }
 
+/// This binary's schema version, or [`Error::SchemaTooNew`] when a
+/// database at `current` was written by a newer orch (never downgraded).
+fn not_newer_than_this_binary(current: i64) -> Result<i64, Error> {
+    let latest = schema_version();
+    if current > latest {
+        return Err(Error::SchemaTooNew {
+            db: current,
+            binary: latest,
+        });
+    }
+    Ok(latest)
+}
+
 /// Prepared statements kept per connection (see [`Db::open`]).
 const STATEMENT_CACHE: usize = 64;
 
@@ -156,14 +169,7 @@ impl Db {
         let current = self
             .user_version()
             .with_context(|| format!("reading the schema version of {}", path.display()))?;
-        let latest = schema_version();
-        if current > latest {
-            return Err(Error::SchemaTooNew {
-                db: current,
-                binary: latest,
-            }
-            .into());
-        }
+        let latest = not_newer_than_this_binary(current)?;
         if current < latest {
             return Err(Error::SchemaTooOld {
                 path: path.to_path_buf(),
@@ -208,14 +214,7 @@ impl Db {
     /// many were applied (0 on an up-to-date database).
     pub fn migrate(&mut self) -> anyhow::Result<usize> {
         let current = self.user_version()?;
-        let latest = schema_version();
-        if current > latest {
-            return Err(Error::SchemaTooNew {
-                db: current,
-                binary: latest,
-            }
-            .into());
-        }
+        let latest = not_newer_than_this_binary(current)?;
         if current == latest {
             return Ok(0);
         }

@@ -651,7 +651,7 @@ fn apply_landed(
                 ),
             );
             let mut m = m;
-            m.cause_job = ready_job(tx, &task)?;
+            m.cause_job = tx.latest_job_at(&task, Stage::DeployStaging)?;
             if let Moved::Applied { version, .. } = pipeline::apply(tx, ctx.policy(), &m, now)? {
                 tx.line_set(task.id, "landed", None, now)?;
                 moved.push(task.id);
@@ -690,17 +690,6 @@ fn apply_landed(
     Ok(())
 }
 
-/// The deploy-staging job whose PASS made `task` ready (the cause the
-/// line's move records), if it is still there.
-fn ready_job(db: &Db, task: &Task) -> anyhow::Result<Option<i64>> {
-    Ok(db
-        .jobs_for_task(task.id)?
-        .into_iter()
-        .rev()
-        .find(|j| j.stage == Stage::DeployStaging && j.task_version == task.version)
-        .map(|j| j.id))
-}
-
 /// Sends `task` back to development (a developer retry) with `reason` and
 /// the failing test `log`, marking its line row, in one transaction.
 fn send_back(
@@ -723,7 +712,7 @@ fn send_back(
     m.log_path = log.map(Path::to_path_buf);
     let moved = db.write(|tx| {
         let mut m = m.clone();
-        m.cause_job = ready_job(tx, task)?;
+        m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?;
         let moved = pipeline::apply(tx, ctx.policy(), &m, now)?;
         tx.line_set(task.id, "sent_back", Some(reason), now)?;
         tx.bump_counter("merge_line.sent_back_total", 1)?;

@@ -142,7 +142,7 @@ fn check_one(
         );
         let moved = db.write(|tx| {
             let mut m = m.clone();
-            m.cause_job = deployer_job(tx, task)?;
+            m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?;
             pipeline::apply(tx, ctx.policy(), &m, now_ms())
         })?;
         warn!(target: "gate", task = id, revision = %rev, "staging check: the head moved; deploy-staging runs again");
@@ -184,7 +184,7 @@ fn check_one(
                 ))
             }
         }
-        let job = deployer_job(tx, task)?;
+        let job = tx.latest_job_at(task, Stage::DeployStaging)?;
         tx.insert_verdict(
             id,
             Stage::DeployStaging,
@@ -261,7 +261,7 @@ fn escalate(ctx: &Ctx, db: &Db, task: &Task, why: &str) -> anyhow::Result<Moved>
     m.escalate = Some(why.to_string());
     db.write(|tx| {
         let mut m = m.clone();
-        m.cause_job = deployer_job(tx, task)?;
+        m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?;
         pipeline::apply(tx, ctx.policy(), &m, now_ms())
     })
 }
@@ -272,14 +272,4 @@ fn lost(moved: Moved) -> &'static str {
         Moved::Lost => " (the task moved meanwhile)",
         _ => "",
     }
-}
-
-/// The deploy-staging job whose PASS put `task` in the line, if any.
-fn deployer_job(db: &Db, task: &Task) -> anyhow::Result<Option<i64>> {
-    Ok(db
-        .jobs_for_task(task.id)?
-        .into_iter()
-        .rev()
-        .find(|j| j.stage == Stage::DeployStaging && j.task_version == task.version)
-        .map(|j| j.id))
 }
