@@ -137,8 +137,11 @@ pub enum Command {
     },
     /// Run the merge line: land the tasks ready to merge, in batches
     ///
-    /// Without --task: for each project (or --project) with tasks ready to
-    /// merge (a deployer PASS at deploy-staging), take the repo's merge
+    /// Without --task: first the staging check of each task awaiting it
+    /// (projects with [projects.staging]: PASS makes the task ready, FAIL
+    /// sends it back, INFRA retries later); then, for each project (or
+    /// --project) with tasks ready to merge (a deployer PASS at
+    /// deploy-staging, validated where staging is set), take the repo's merge
     /// lease, build main + T1 … Tk (each branch rebased onto the tip before
     /// it and pushed; a conflicting task goes back to development with the
     /// files), run the test command once on the tip, fast-forward main to
