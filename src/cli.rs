@@ -148,7 +148,8 @@ pub enum Command {
     /// the tested tip and move every landed task to deploy. A red batch is
     /// bisected: the culprit goes back with the failing log, the rest land.
     /// `orch tick` runs it too. Exit 0 (also when nothing is ready or the
-    /// lease is busy).
+    /// lease is busy); 1 when a project's line failed (git, the forge) —
+    /// the other projects' lines still ran.
     ///
     /// With --task ID: the merge gate for that one task, by hand. Takes the
     /// lease, catches the task branch up with main (rebase, push with

@@ -467,3 +467,116 @@ fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_mar
     );
     sbx.check_invariants();
 }
+
+#[test]
+fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
+    // Two projects on one origin; widget (first in the config) has a ready
+    // task whose branch someone else pushed to after the deployer's PASS,
+    // so its line must refuse to overwrite it; gadget's ready task must
+    // land all the same.
+    let sbx = Sandbox::new();
+    sbx.append_config(&format!(
+        "\n[[projects]]\nname = \"gadget\"\ntracker = \"local\"\nforge = \"local\"\nclone_url = \"{}\"\ntest_command = [\"sh\", \"test.sh\"]\nauto_approve_analysis = true\n",
+        sbx.origin().display()
+    ));
+    let env = [("FAKE_AGENT_DEV_FILE", "task-%t.md")];
+    let w = sbx.add_issue("widget work");
+    let g: i64 = sbx.json(&[
+        "issue",
+        "add",
+        "--project",
+        "gadget",
+        "--title",
+        "gadget work",
+    ])["task_id"]
+        .as_i64()
+        .expect("issue add names its task");
+    for _ in 0..10 {
+        if sbx.stage(w) == "deploy-staging" && sbx.stage(g) == "deploy-staging" {
+            break;
+        }
+        for role in NOT_DEPLOYER {
+            for _ in 0..2 {
+                let o = sbx
+                    .orch_std()
+                    .args(["work-once", "--role", role])
+                    .envs(env)
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "{o:?}");
+            }
+        }
+        sbx.ok(&["ci"]);
+    }
+    assert_eq!(
+        (sbx.stage(w), sbx.stage(g)),
+        ("deploy-staging".to_string(), "deploy-staging".to_string())
+    );
+    for _ in 0..2 {
+        let v = sbx.json(&["work-once", "--role", "deployer"]);
+        assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+    }
+    // Someone else pushes to widget's task branch.
+    let branch = sbx
+        .db()
+        .query_row("SELECT branch FROM tasks WHERE id=?1", [w], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap();
+    let other = sbx.dir.join("someone-else");
+    git_in(
+        &sbx.dir,
+        &[
+            "clone",
+            "-q",
+            "-b",
+            &branch,
+            sbx.origin().to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(other.join("theirs.md"), "not validated\n").unwrap();
+    git_in(&other, &["add", "theirs.md"]);
+    git_in(
+        &other,
+        &[
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@example.com",
+            "commit",
+            "-qm",
+            "theirs",
+        ],
+    );
+    git_in(&other, &["push", "-q", "origin", &branch]);
+    let theirs = git_in(&other, &["rev-parse", "HEAD"]);
+
+    let out = sbx.orch().args(["--json", "merge-gate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let projects = v["projects"].as_array().unwrap();
+    let widget = projects.iter().find(|p| p["project"] == "widget").unwrap();
+    let gadget = projects.iter().find(|p| p["project"] == "gadget").unwrap();
+    assert!(
+        widget["error"].as_str().unwrap_or("").contains(&branch),
+        "widget's error names the branch: {widget}"
+    );
+    assert_eq!(gadget["batches"][0]["landed"], json!([g]), "{gadget}");
+    assert!(gadget.get("error").is_none(), "{gadget}");
+    assert_eq!(sbx.stage(g), "deploy");
+    assert_eq!(sbx.stage(w), "deploy-staging");
+    // Their commit is still on origin, not overwritten.
+    assert_eq!(
+        sbx.origin_git(&["rev-parse", &branch]).trim(),
+        theirs.trim(),
+        "the foreign push survives"
+    );
+    // The text form names the failure too.
+    let out = sbx.orch().args(["merge-gate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("  error: "),
+        "{out:?}"
+    );
+}

@@ -1,7 +1,7 @@
 //! `orch merge-gate [--project P] [--dry-run]`: the merge line
 //! (`orch::merge_gate::run_line`); `orch merge-gate --task ID [--dry-run]
 //! [--release]`: the merge gate by hand (`orch::merge_gate::run_by_hand`),
-//! or the release of a stuck lease. The line exits 0; by hand: 0 merged
+//! or the release of a stuck lease. The line exits 0, or 1 when a project's line failed (the others still ran); by hand: 0 merged
 //! (or planned, or released), 3 rolled back, 75 deferred.
 
 use serde_json::json;
@@ -74,7 +74,8 @@ pub fn run(ctx: &Ctx, task: i64, dry_run: bool, release: bool) -> anyhow::Result
 }
 
 /// The merge line (every project, or `project`); prints each batch.
-pub fn line(ctx: &Ctx, project: Option<&str>, dry_run: bool) -> anyhow::Result<Output> {
+/// Exit 0, or 1 when a project's line failed (the others still ran).
+pub fn line(ctx: &Ctx, project: Option<&str>, dry_run: bool) -> anyhow::Result<(Output, i32)> {
     let db = ctx.open_db()?;
     // One line at a time per host (as in `orch tick`); busy → exit 75.
     let _lock = if dry_run {
@@ -125,9 +126,20 @@ pub fn line(ctx: &Ctx, project: Option<&str>, dry_run: bool) -> anyhow::Result<O
         if let Some(busy) = &r.busy {
             text += &format!("  waits: {busy}\n");
         }
+        if let Some(error) = &r.error {
+            text += &format!("  error: {error}\n");
+        }
     }
-    Ok(Output {
-        json: json!({ "dry_run": dry_run, "projects": reports }),
-        text,
-    })
+    let code = if reports.iter().any(|r| r.error.is_some()) {
+        exit::ERROR
+    } else {
+        exit::OK
+    };
+    Ok((
+        Output {
+            json: json!({ "dry_run": dry_run, "projects": reports }),
+            text,
+        },
+        code,
+    ))
 }

@@ -208,10 +208,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
             project,
             dry_run,
             ..
-        } => (
-            merge_gate::line(&ctx, project.as_deref(), dry_run)?,
-            exit::OK,
-        ),
+        } => merge_gate::line(&ctx, project.as_deref(), dry_run)?,
         Command::Check => check::run(&ctx)?,
         Command::Task(c) => (task::run(&ctx, c)?, exit::OK),
         Command::Issue(c) => (issue::run(&ctx, c)?, exit::OK),

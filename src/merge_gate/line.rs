@@ -88,6 +88,11 @@ pub struct LineReport {
     pub batches: Vec<BatchReport>,
     /// One line per step, in order.
     pub steps: Vec<String>,
+    /// Set when this project's line failed (git, the forge, the store):
+    /// what went wrong. The other projects' lines still ran; the next run
+    /// starts again from the recorded rows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One batch: its tasks in order and what became of each.
@@ -128,29 +133,53 @@ pub fn run_line(
     };
     let mut out = Vec::new();
     for p in projects {
-        let staged = crate::staging::check_awaiting(ctx, db, p, dry_run)?;
-        if db.line_waiting(Some(&p.name))?.is_empty() {
-            if !staged.is_empty() {
-                out.push(LineReport {
-                    project: p.name.clone(),
-                    dry_run,
-                    lease: None,
-                    busy: None,
-                    batches: Vec::new(),
-                    steps: staged,
-                });
-            }
-            continue;
-        }
-        let mut report = if dry_run {
-            plan(ctx, db, p)?
-        } else {
-            run_project(ctx, db, p)?
-        };
-        report.steps.splice(0..0, staged);
-        out.push(report);
+        // One project's failure (its origin unreachable, a branch orch
+        // refuses to overwrite, …) must not stop the other projects' lines.
+        let report = line_of(ctx, db, p, dry_run).unwrap_or_else(|e| {
+            let error = format!("{e:#}");
+            warn!(target: "merge", project = %p.name, error = %error, "merge line failed for this project; the next run continues it");
+            Some(LineReport {
+                project: p.name.clone(),
+                dry_run,
+                lease: None,
+                busy: None,
+                batches: Vec::new(),
+                steps: Vec::new(),
+                error: Some(error),
+            })
+        });
+        out.extend(report);
     }
     Ok(out)
+}
+
+/// The staging checks and then the line of project `p`; `None` when it
+/// had nothing to do.
+fn line_of(
+    ctx: &Ctx,
+    db: &Db,
+    p: &ProjectConfig,
+    dry_run: bool,
+) -> anyhow::Result<Option<LineReport>> {
+    let staged = crate::staging::check_awaiting(ctx, db, p, dry_run)?;
+    if db.line_waiting(Some(&p.name))?.is_empty() {
+        return Ok((!staged.is_empty()).then(|| LineReport {
+            project: p.name.clone(),
+            dry_run,
+            lease: None,
+            busy: None,
+            batches: Vec::new(),
+            steps: staged,
+            error: None,
+        }));
+    }
+    let mut report = if dry_run {
+        plan(ctx, db, p)?
+    } else {
+        run_project(ctx, db, p)?
+    };
+    report.steps.splice(0..0, staged);
+    Ok(Some(report))
 }
 
 /// The batch size for a backlog of `ready` tasks.
@@ -219,6 +248,7 @@ fn plan(ctx: &Ctx, db: &Db, project: &ProjectConfig) -> anyhow::Result<LineRepor
             ..BatchReport::default()
         }],
         steps: steps.list,
+        error: None,
     })
 }
 
@@ -239,6 +269,7 @@ fn run_project(ctx: &Ctx, db: &Db, project: &ProjectConfig) -> anyhow::Result<Li
         busy: None,
         batches: Vec::new(),
         steps: Vec::new(),
+        error: None,
     };
     let first = db.line_waiting(Some(&project.name))?.len();
     // Every round lands, sends back or splits at least one task, or stops;
