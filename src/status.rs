@@ -56,11 +56,15 @@ pub struct Status {
 }
 
 /// One repository's merge line: the tasks ready to merge in line order
-/// (a batch being built first), and since when the oldest waits.
+/// (a batch being built first), since when the oldest waits, and the
+/// tasks before the line, awaiting the staging check (`[projects.staging]`).
 #[derive(Debug, Clone, Serialize)]
 pub struct LineStatus {
     pub project: String,
     pub tasks: Vec<i64>,
+    /// Tasks whose deployer passed, awaiting the staging check of that
+    /// revision (the line's first step), oldest first.
+    pub awaiting_staging: Vec<i64>,
     /// The batch being built, tested or fast-forwarded, if any, with its
     /// tasks in order.
     pub batch_id: Option<i64>,
@@ -68,20 +72,25 @@ pub struct LineStatus {
     pub oldest_ready_at_ms: i64,
 }
 
-/// The merge line of every project with tasks waiting in it.
+/// The merge line of every project with tasks waiting in it or awaiting
+/// its staging check, by project.
 pub fn merge_line(db: &Db) -> anyhow::Result<Vec<LineStatus>> {
-    let mut out: Vec<LineStatus> = Vec::new();
+    let mut by_project: std::collections::BTreeMap<String, LineStatus> = Default::default();
+    fn of<'a>(
+        m: &'a mut std::collections::BTreeMap<String, LineStatus>,
+        r: &crate::db::LineRow,
+    ) -> &'a mut LineStatus {
+        m.entry(r.project.clone()).or_insert_with(|| LineStatus {
+            project: r.project.clone(),
+            tasks: Vec::new(),
+            awaiting_staging: Vec::new(),
+            batch_id: None,
+            batch: Vec::new(),
+            oldest_ready_at_ms: r.ready_at_ms,
+        })
+    }
     for r in db.line_waiting(None)? {
-        if out.last().is_none_or(|l| l.project != r.project) {
-            out.push(LineStatus {
-                project: r.project.clone(),
-                tasks: Vec::new(),
-                batch_id: None,
-                batch: Vec::new(),
-                oldest_ready_at_ms: r.ready_at_ms,
-            });
-        }
-        let l = out.last_mut().expect("pushed above");
+        let l = of(&mut by_project, &r);
         l.tasks.push(r.task_id);
         l.oldest_ready_at_ms = l.oldest_ready_at_ms.min(r.ready_at_ms);
         if r.state == "batched" {
@@ -89,7 +98,12 @@ pub fn merge_line(db: &Db) -> anyhow::Result<Vec<LineStatus>> {
             l.batch.push(r.task_id);
         }
     }
-    Ok(out)
+    for r in db.line_awaiting_staging(None, None)? {
+        let l = of(&mut by_project, &r);
+        l.awaiting_staging.push(r.task_id);
+        l.oldest_ready_at_ms = l.oldest_ready_at_ms.min(r.ready_at_ms);
+    }
+    Ok(by_project.into_values().collect())
 }
 
 /// How long a list `orch status` shows by default (`--all`: all of it).
@@ -425,13 +439,18 @@ impl fmt::Display for Status {
             let ids = |v: &[i64]| v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ");
             writeln!(
                 f,
-                "merge line {}: {} waiting (tasks {}){}, the oldest ready {}",
+                "merge line {}: {} waiting (tasks {}){}{}, the oldest ready {}",
                 l.project,
                 l.tasks.len(),
                 ids(&l.tasks),
                 l.batch_id
                     .map(|b| format!("; batch {b} in progress: {}", ids(&l.batch)))
                     .unwrap_or_default(),
+                if l.awaiting_staging.is_empty() {
+                    String::new()
+                } else {
+                    format!("; awaiting the staging check: {}", ids(&l.awaiting_staging))
+                },
                 crate::clock::ago(l.oldest_ready_at_ms, self.now_ms)
             )?;
         }

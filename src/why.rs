@@ -486,7 +486,7 @@ pub fn waiting(
     }
     if task.stage == Stage::DeployStaging {
         if let Some(r) = db
-            .line_awaiting_staging(&task.project, None)?
+            .line_awaiting_staging(Some(&task.project), None)?
             .into_iter()
             .find(|r| r.task_id == task.id)
         {

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::fakes::{sandbox_with_plane, PLANE_PROJECT};
 use crate::util::*;
@@ -497,6 +497,19 @@ fn the_staging_step_defers_on_infra_rolls_back_on_fail_and_makes_the_validated_r
     assert!(prod
         .ok(&["why", &id.to_string()])
         .contains(&format!("the staging check of {first}")));
+    // `orch status` shows it before the line, awaiting the check.
+    let st = prod.json(&["status"]);
+    assert_eq!(
+        st["merge_line"][0]["awaiting_staging"],
+        json!([id]),
+        "{st:#}"
+    );
+    assert_eq!(st["merge_line"][0]["tasks"], json!([]), "{st:#}");
+    assert!(
+        prod.ok(&["status"])
+            .contains(&format!("awaiting the staging check: {id}")),
+        "status names the task awaiting the staging check"
+    );
     let step = prod.ok(&["merge-gate"]);
     assert!(step.contains("staging-check INFRA"), "{step}");
     assert_eq!(prod.stage(id), "deploy-staging");

@@ -99,17 +99,20 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The rows of `project` awaiting the staging check whose task still
-    /// waits at their version, oldest first; with `due_ms`, only those
-    /// whose INFRA backoff ended by then.
+    /// The rows of `project` (`None`: every project, by project)
+    /// awaiting the staging check whose task still waits at their
+    /// version, oldest first; with `due_ms`, only those whose INFRA
+    /// backoff ended by then.
     pub fn line_awaiting_staging(
         &self,
-        project: &str,
+        project: Option<&str>,
         due_ms: Option<i64>,
     ) -> anyhow::Result<Vec<LineRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLS} FROM merge_line WHERE state='staging' AND {CURRENT} AND project=?1 \
-             AND (?2 IS NULL OR COALESCE(staging_at_ms, 0)<=?2) ORDER BY ready_at_ms, task_id"
+            "SELECT {COLS} FROM merge_line WHERE state='staging' AND {CURRENT} \
+             AND (?1 IS NULL OR project=?1) \
+             AND (?2 IS NULL OR COALESCE(staging_at_ms, 0)<=?2) \
+             ORDER BY project, ready_at_ms, task_id"
         ))?;
         let rows = stmt.query_map(params![project, due_ms], row)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -80,7 +80,7 @@ pub fn check_awaiting(
     let Some(cfg) = &project.staging else {
         return Ok(steps);
     };
-    let rows = db.line_awaiting_staging(&project.name, Some(now_ms()))?;
+    let rows = db.line_awaiting_staging(Some(&project.name), Some(now_ms()))?;
     if rows.is_empty() {
         return Ok(steps);
     }
