@@ -7,7 +7,7 @@
 //! `merge_line.rs`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command as StdCommand, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use crate::util::*;
 
@@ -117,35 +117,6 @@ fn agent_runs(sbx: &Sandbox, job: i64) -> i64 {
     sbx.count(&format!(
         "SELECT COUNT(*) FROM agent_runs WHERE job_id={job}"
     ))
-}
-
-/// Runs `sh test.sh` on every commit of origin's main first-parent history.
-fn assert_main_always_green(sbx: &Sandbox) {
-    let clone = sbx.dir.join("history-check");
-    let _ = std::fs::remove_dir_all(&clone);
-    let out = StdCommand::new("git")
-        .arg("clone")
-        .arg("-q")
-        .arg(sbx.origin())
-        .arg(&clone)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let commits = sbx.origin_git(&["rev-list", "--first-parent", "main"]);
-    assert!(commits.lines().count() > 1);
-    for sha in commits.lines() {
-        git_in(&clone, &["checkout", "-q", "--detach", sha]);
-        let t = StdCommand::new("sh")
-            .arg("test.sh")
-            .current_dir(&clone)
-            .output()
-            .unwrap();
-        assert!(
-            t.status.success(),
-            "main's commit {sha} is red: {}",
-            String::from_utf8_lossy(&t.stderr)
-        );
-    }
 }
 
 #[test]

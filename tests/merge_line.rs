@@ -4,8 +4,6 @@
 //! task taken out, a red tip run once more before blame — and the line is
 //! visible in `orch why`, `orch status` and the metrics.
 
-use std::process::Command as StdCommand;
-
 use serde_json::json;
 
 use crate::util::*;
@@ -55,32 +53,6 @@ fn own_file(n: &str) -> [(&'static str, String); 1] {
 
 fn env_of<'a>(e: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     e.iter().map(|(k, v)| (*k, v.as_str())).collect()
-}
-
-/// Runs `sh test.sh` on every commit of origin's main first-parent line.
-fn assert_main_always_green(sbx: &Sandbox) {
-    let clone = sbx.dir.join("history-check");
-    let _ = std::fs::remove_dir_all(&clone);
-    let out = StdCommand::new("git")
-        .arg("clone")
-        .arg("-q")
-        .arg(sbx.origin())
-        .arg(&clone)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    for sha in sbx
-        .origin_git(&["rev-list", "--first-parent", "main"])
-        .lines()
-    {
-        git_in(&clone, &["checkout", "-q", "--detach", sha]);
-        let t = StdCommand::new("sh")
-            .arg("test.sh")
-            .current_dir(&clone)
-            .output()
-            .unwrap();
-        assert!(t.status.success(), "main's commit {sha} is red");
-    }
 }
 
 fn counter(sbx: &Sandbox, name: &str) -> i64 {

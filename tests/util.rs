@@ -870,3 +870,32 @@ pub fn git_in(dir: &Path, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
+
+/// Runs `sh test.sh` on every commit of origin's main first-parent history.
+pub fn assert_main_always_green(sbx: &Sandbox) {
+    let clone = sbx.dir.join("history-check");
+    let _ = std::fs::remove_dir_all(&clone);
+    let out = StdCommand::new("git")
+        .arg("clone")
+        .arg("-q")
+        .arg(sbx.origin())
+        .arg(&clone)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let commits = sbx.origin_git(&["rev-list", "--first-parent", "main"]);
+    assert!(commits.lines().count() > 1);
+    for sha in commits.lines() {
+        git_in(&clone, &["checkout", "-q", "--detach", sha]);
+        let t = StdCommand::new("sh")
+            .arg("test.sh")
+            .current_dir(&clone)
+            .output()
+            .unwrap();
+        assert!(
+            t.status.success(),
+            "main's commit {sha} is red: {}",
+            String::from_utf8_lossy(&t.stderr)
+        );
+    }
+}

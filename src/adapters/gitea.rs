@@ -370,12 +370,7 @@ impl Gitea {
             "force_merge": false,
             "merge_when_checks_succeed": false,
         });
-        let r = self.api.call(
-            "POST",
-            &format!("{}/pulls/{number}/merge", Self::repo_path(repo)?),
-            Some(&req),
-            op,
-        )?;
+        let r = self.post_merge(repo, number, &req, op)?;
         match r.status {
             200 => Ok(MergeOutcome::Merged {
                 number,
@@ -407,12 +402,7 @@ impl Gitea {
     ) -> Result<MergeOutcome, AdapterError> {
         let op = "mark pull request merged";
         let req = json!({ "Do": "manually-merged", "MergeCommitID": merge_commit });
-        let r = self.api.call(
-            "POST",
-            &format!("{}/pulls/{number}/merge", Self::repo_path(repo)?),
-            Some(&req),
-            op,
-        )?;
+        let r = self.post_merge(repo, number, &req, op)?;
         match r.status {
             200 => Ok(MergeOutcome::Merged {
                 number,
@@ -421,6 +411,23 @@ impl Gitea {
             405 | 409 => self.refused_merge(repo, number, r),
             _ => Err(r.into_status_error(SERVICE, op)),
         }
+    }
+
+    /// `POST /repos/{o}/{r}/pulls/{number}/merge` with `req` (a merge or
+    /// a mark-as-merged); the reply whatever its status.
+    fn post_merge(
+        &self,
+        repo: &str,
+        number: i64,
+        req: &serde_json::Value,
+        op: &str,
+    ) -> Result<Reply, AdapterError> {
+        self.api.call(
+            "POST",
+            &format!("{}/pulls/{number}/merge", Self::repo_path(repo)?),
+            Some(req),
+            op,
+        )
     }
 
     /// What a 405 or 409 to a merge of PR `number` means: the PR is merged
