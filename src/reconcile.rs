@@ -502,9 +502,11 @@ fn gate_side(
             continue;
         }
         if stage == Stage::DeployStaging {
-            // The merge is the worker's step (under the merge lease), never
-            // the reconciler's: a passing staging gate without a job means
-            // the job finished as Waiting; requeue-free, it stays visible.
+            // The merge is the merge line's step (`orch merge-gate`, under
+            // the merge lease), never the reconciler's: a passing
+            // deploy-staging gate without a job means the deployer's job
+            // finished with the task in the line (ready, or awaiting its
+            // staging check); `orch why` names where.
             pass.skip(task.id, Skip::MergeGate);
             continue;
         }

@@ -199,7 +199,7 @@ fn by_hand(
         }
         Claim::JobRunning(j) => {
             let reason = format!(
-                "job {} ({}) is running under worker pid {}; its worker runs the merge gate",
+                "job {} ({}) is running under worker pid {}; its finalize decides first",
                 j.id,
                 j.stage,
                 j.worker_pid.unwrap_or(0)
