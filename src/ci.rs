@@ -98,11 +98,7 @@ pub fn waiting_heads(
         if !std::path::Path::new(&task.worktree).exists() {
             continue;
         }
-        let job = db
-            .jobs_for_task(task.id)?
-            .into_iter()
-            .rev()
-            .find(|j| j.stage == Stage::Development && j.task_version == task.version);
+        let job = db.latest_job_at(&task, Stage::Development)?;
         let Some(job) = job.filter(|j| j.status == JobStatus::Done) else {
             continue;
         };

@@ -189,16 +189,15 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// The id of `task`'s latest job of `stage` at the task's current
-    /// version (e.g. the deploy-staging job whose PASS put the task in the
-    /// merge line, which a later move names as its cause), if any.
-    pub fn latest_job_at(&self, task: &super::Task, stage: Stage) -> anyhow::Result<Option<i64>> {
+    /// `task`'s latest job of `stage` at the task's current version (the
+    /// job whose gate the task waits on, e.g. the deploy-staging job whose
+    /// PASS put the task in the merge line), if any.
+    pub fn latest_job_at(&self, task: &super::Task, stage: Stage) -> anyhow::Result<Option<Job>> {
         Ok(self
             .jobs_for_task(task.id)?
             .into_iter()
             .rev()
-            .find(|j| j.stage == stage && j.task_version == task.version)
-            .map(|j| j.id))
+            .find(|j| j.stage == stage && j.task_version == task.version))
     }
 
     /// Jobs of a task, oldest first.

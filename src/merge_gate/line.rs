@@ -682,7 +682,7 @@ fn apply_landed(
                 ),
             );
             let mut m = m;
-            m.cause_job = tx.latest_job_at(&task, Stage::DeployStaging)?;
+            m.cause_job = tx.latest_job_at(&task, Stage::DeployStaging)?.map(|j| j.id);
             if let Moved::Applied { version, .. } = pipeline::apply(tx, ctx.policy(), &m, now)? {
                 tx.line_set(task.id, "landed", None, now)?;
                 moved.push(task.id);
@@ -743,7 +743,7 @@ fn send_back(
     m.log_path = log.map(Path::to_path_buf);
     let moved = db.write(|tx| {
         let mut m = m.clone();
-        m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?;
+        m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?.map(|j| j.id);
         let moved = pipeline::apply(tx, ctx.policy(), &m, now)?;
         tx.line_set(task.id, "sent_back", Some(reason), now)?;
         tx.bump_counter("merge_line.sent_back_total", 1)?;

@@ -272,11 +272,7 @@ pub fn gather(
     task: &Task,
 ) -> anyhow::Result<Facts> {
     let stage = task.stage;
-    let job = db
-        .jobs_for_task(task.id)?
-        .into_iter()
-        .rev()
-        .find(|j| j.stage == task.stage && j.task_version == task.version);
+    let job = db.latest_job_at(task, task.stage)?;
     let job = match job {
         None => None,
         Some(j) => {

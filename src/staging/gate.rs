@@ -142,7 +142,7 @@ fn check_one(
         );
         let moved = db.write(|tx| {
             let mut m = m.clone();
-            m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?;
+            m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?.map(|j| j.id);
             pipeline::apply(tx, ctx.policy(), &m, now_ms())
         })?;
         warn!(target: "gate", task = id, revision = %rev, "staging check: the head moved; deploy-staging runs again");
@@ -184,7 +184,7 @@ fn check_one(
                 ))
             }
         }
-        let job = tx.latest_job_at(task, Stage::DeployStaging)?;
+        let job = tx.latest_job_at(task, Stage::DeployStaging)?.map(|j| j.id);
         tx.insert_verdict(
             id,
             Stage::DeployStaging,
@@ -261,7 +261,7 @@ fn escalate(ctx: &Ctx, db: &Db, task: &Task, why: &str) -> anyhow::Result<Moved>
     m.escalate = Some(why.to_string());
     db.write(|tx| {
         let mut m = m.clone();
-        m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?;
+        m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?.map(|j| j.id);
         pipeline::apply(tx, ctx.policy(), &m, now_ms())
     })
 }
