@@ -52,6 +52,10 @@ pub struct Job {
     /// When `available_at_ms` was last set (unix ms; `None` for a job
     /// not queued since migration 15).
     pub scheduled_at_ms: Option<i64>,
+    /// The claim's epoch (migration 23): 1 for a job's first claim, one
+    /// more for every later claim; 0 for a job never claimed. Effects
+    /// outside the database are fenced on it (DESIGN §11 INV-10).
+    pub epoch: i64,
 }
 
 impl Job {
@@ -78,7 +82,7 @@ pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, statu
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
     merge_pending, merge_defers, finalize_failures, free_attempts, claimed_boot_ms, heartbeat_boot_ms, \
-    exit_boot_ms, scheduled_at_ms";
+    exit_boot_ms, scheduled_at_ms, epoch";
 
 pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -111,6 +115,7 @@ pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
         heartbeat_boot_ms: r.get(26)?,
         exit_boot_ms: r.get(27)?,
         scheduled_at_ms: r.get(28)?,
+        epoch: r.get(29)?,
     })
 }
 
@@ -656,7 +661,7 @@ impl Tx<'_> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE jobs SET status='running', worker_host=?2, worker_pid=?3, worker_start_time=?4, \
+                "UPDATE jobs SET status='running', epoch=epoch+1, worker_host=?2, worker_pid=?3, worker_start_time=?4, \
                  claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_boot_ms=?7, heartbeat_boot_ms=?7, \
                  exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \

@@ -537,4 +537,14 @@ CREATE TABLE merge_batches (
     finished_at_ms INTEGER
 );
 "#,
+    // 23: claim epochs (DESIGN §11 INV-10). `epoch` counts the claims of a
+    // job: every `queued → running` takes the next one, so each claim —
+    // also a claim by hand given back and claimed again at the same
+    // attempt — has its own number, and everything the run or its
+    // finalize does outside the database is conditional on it still being
+    // current. Jobs claimed before this migration keep epoch 0 until
+    // their next claim.
+    r#"
+ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
