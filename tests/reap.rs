@@ -346,7 +346,7 @@ fn two_finalizers_racing_on_one_job_advance_it_once_and_the_loser_writes_nothing
                 s.spawn(|| {
                     let db = ctx.open_db().unwrap();
                     barrier.wait();
-                    orch::worker::finalize(&ctx, &db, 1, orch::pipeline::Actor::Reaper).unwrap()
+                    orch::worker::finalize(&ctx, &db, 1, 1, orch::pipeline::Actor::Reaper).unwrap()
                 })
             })
             .collect();
