@@ -242,8 +242,11 @@ pub fn is_epoch_worktree(worktree: &Path) -> bool {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .and_then(|n| {
-            n.rsplit_once("-j")
-                .and_then(|(_, suffix)| suffix.split_once('e').map(|(j, e)| is_number(j) && is_number(e)))
+            n.rsplit_once("-j").and_then(|(_, suffix)| {
+                suffix
+                    .split_once('e')
+                    .map(|(j, e)| is_number(j) && is_number(e))
+            })
         })
         .unwrap_or(false)
 }

@@ -156,7 +156,9 @@ impl Action {
             Action::Finish { .. } => "finish",
             Action::Timeout { .. } => "timeout",
             Action::ReleaseLeases => "release_leases",
-            Action::RemoveWorktree { .. } | Action::RemoveOrphanWorktree { .. } => "remove_worktree",
+            Action::RemoveWorktree { .. } | Action::RemoveOrphanWorktree { .. } => {
+                "remove_worktree"
+            }
         }
     }
 }
@@ -441,7 +443,8 @@ fn remove_orphan_worktree(ctx: &Ctx, db: &Db, path: &str) -> anyhow::Result<Stri
     };
     let repo = ctx.repo(project);
     let path_str = path.to_string_lossy();
-    let removed = repo.remove_worktree_if(path, || Ok(db.task_by_worktree(&path_str)?.is_none()))?;
+    let removed =
+        repo.remove_worktree_if(path, || Ok(db.task_by_worktree(&path_str)?.is_none()))?;
     let _ = std::fs::remove_file(crate::fence::lock_path(&ctx.settings, path));
     Ok(if removed {
         "removed".into()
@@ -483,13 +486,7 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
                 epoch,
                 reason,
                 ..
-            } => recover(
-                ctx,
-                db,
-                *job_id,
-                *epoch,
-                &format!("worker gone: {reason}"),
-            )?,
+            } => recover(ctx, db, *job_id, *epoch, &format!("worker gone: {reason}"))?,
             Action::Timeout {
                 job_id,
                 epoch,

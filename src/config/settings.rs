@@ -670,7 +670,7 @@ pub(crate) fn setting_flag(
 /// Every `ORCH_*` environment variable orch reads: the settings' keys
 /// (found by loading [`Settings`] through a lookup that records each key
 /// asked for, so the list never drifts from the code), the log keys, the
-/// test clock, and the variables orch sets for its agents.
+/// test clock, the host id, and the variables orch sets for its agents.
 pub fn known_keys() -> std::collections::BTreeSet<String> {
     let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let record = |k: &str| {
@@ -683,6 +683,8 @@ pub fn known_keys() -> std::collections::BTreeSet<String> {
         [
             "ORCH_LOG",
             "ORCH_LOG_FORMAT",
+            // Read where a claim is made and judged (`process::host_id`).
+            "ORCH_HOST_ID",
             "ORCH_ENV_FILE",
             "ORCH_TEST_CLOCK_OFFSET_MS",
             "ORCH_TEST_WALL_JUMP_MS",

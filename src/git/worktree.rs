@@ -49,7 +49,12 @@ impl Repo {
         self.ensure_worktree_with(worktree, branch, true)
     }
 
-    fn ensure_worktree_with(&self, worktree: &Path, branch: &str, force: bool) -> anyhow::Result<()> {
+    fn ensure_worktree_with(
+        &self,
+        worktree: &Path,
+        branch: &str,
+        force: bool,
+    ) -> anyhow::Result<()> {
         validate_task_branch(branch, &self.branch_prefix, &self.default_branch)?;
         let default = self.default_branch()?;
         let worktree = absolute(worktree)?;

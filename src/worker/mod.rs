@@ -247,7 +247,11 @@ fn bind_worktree(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<fence::RunLock
         .map_err(|h| anyhow::anyhow!("worktree {} is held by {h}", own.display()))?;
     let own_str = own.to_string_lossy();
     if !db.write(|tx| tx.move_task_worktree(task.id, &task.worktree, &own_str))? {
-        anyhow::bail!("task {}'s worktree changed while job {} was claimed", task.id, job.id);
+        anyhow::bail!(
+            "task {}'s worktree changed while job {} was claimed",
+            task.id,
+            job.id
+        );
     }
     warn!(target: "fence", job = job.id, task = task.id, epoch = job.epoch, held_by = %held_by, old = %worktree.display(), worktree = %own.display(), "the task's worktree is held by another run that may still live; this epoch runs in a worktree of its own");
     Ok(lock)
