@@ -227,3 +227,141 @@ fn a_zombie_epoch_that_wakes_after_its_job_was_run_again_changes_nothing() {
     assert!(!first_worktree.exists(), "{}", first_worktree.display());
     sbx.check_invariants();
 }
+
+/// An in-process context and database on `sbx`'s settings.
+#[cfg(feature = "testing")]
+fn ctx_and_db(sbx: &Sandbox) -> (orch::ctx::Ctx, orch::db::Db) {
+    let env = sbx.env.clone();
+    let settings = orch::config::Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
+    let ctx = orch::ctx::Ctx::load(settings).unwrap();
+    let db = ctx.open_db().unwrap();
+    (ctx, db)
+}
+
+/// The push carries the claim's lease: origin's branch as the run started
+/// (here: none). A branch someone else (another epoch) pushed since is
+/// never overwritten: the push is refused, recorded and the job fails at
+/// once, never retried. And a finalize under a stale epoch (the reaper's
+/// Tier-2 planned on an epoch the job has left) is refused before it
+/// touches anything.
+#[cfg(feature = "testing")]
+#[test]
+fn a_push_whose_branch_moved_since_the_claim_is_refused_and_never_retried() {
+    use orch::pipeline::job::Finalized;
+    let sbx = Sandbox::new();
+    let task = sbx.add_issue("leased");
+    let out = sbx
+        .orch()
+        .args(["work-once"])
+        .env("FAILPOINTS", "worker.after_exit_recorded=return")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "the worker died after the exit");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE id=1 AND claim_sha=''"),
+        1,
+        "origin had no branch when the run started"
+    );
+    let branch = format!("orch/widget-{task}");
+    sbx.origin_git(&["branch", &branch, "main"]);
+    let theirs = sbx.origin_git(&["rev-parse", &branch]);
+    let (ctx, db) = ctx_and_db(&sbx);
+    let reaper = orch::pipeline::Actor::Reaper;
+
+    // A stale epoch: refused before any effect.
+    let stale = orch::worker::finalize(&ctx, &db, 1, 7, reaper).unwrap();
+    assert!(
+        matches!(&stale, Finalized::Refused { reason } if reason == "job 1 epoch 7: finalize refused, epoch 1 holds the job"),
+        "{stale:?}"
+    );
+    // The claim's own epoch: the lease refuses the push.
+    let out = orch::worker::finalize(&ctx, &db, 1, 1, reaper).unwrap();
+    let Finalized::Failed { reason } = &out else {
+        panic!("{out:?}")
+    };
+    assert!(
+        reason.contains("push refused, origin's orch/widget-1 moved since the claim (absent → "),
+        "{reason}"
+    );
+    assert_eq!(
+        sbx.origin_git(&["rev-parse", &branch]),
+        theirs,
+        "not overwritten"
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE id=1 AND status='failed'"),
+        1,
+        "failed at once"
+    );
+    let effects: Vec<String> = db
+        .fence_refusals(task)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.effect)
+        .collect();
+    assert_eq!(effects, ["finalize", "push"]);
+    assert!(sbx.ok(&["metrics"]).contains("orch_fence_refused_total 2"));
+    sbx.check_invariants();
+}
+
+/// A run's report is queued for its claim; once the job was claimed again
+/// (a new epoch runs it) `orch deliver` never sends the old claim's
+/// report: a dead letter naming both epochs, the refusal recorded. The
+/// new epoch's own report is sent.
+#[test]
+fn a_run_report_of_an_epoch_the_job_has_left_is_never_sent() {
+    // Outside /tmp: the agent's gate file must be visible in its sandbox.
+    let sbx = Sandbox::new_in(Path::new("/var/tmp/orch-tests"));
+    let task = sbx.add_issue("two claims");
+    let v = sbx
+        .orch()
+        .args(["--json", "work-once"])
+        .env("FAKE_AGENT_MODE_ANALYST", "fail")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert_eq!(v["finalized"]["action"], "retrying", "{v}");
+    let key = format!("task:{task}:job1:a1:e1:report");
+    let row = |what: &str| -> String {
+        sbx.db()
+            .query_row(
+                &format!("SELECT {what} FROM outbox WHERE dedupe_key=?1"),
+                [&key],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(row("status"), "pending");
+    // The next claim (epoch 2) holds the job while the report waits.
+    let gate = sbx.dir.join("go");
+    let mut second = sbx.spawn(
+        &["work-once"],
+        &[("FAKE_AGENT_WAIT_FOR", gate.to_str().unwrap())],
+    );
+    wait_until(30, "epoch 2 to run", || {
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE id=1 AND status='running' AND epoch=2") == 1
+    });
+    sbx.ok(&["deliver"]);
+    assert_eq!(row("status"), "dead");
+    assert_eq!(
+        row("last_error"),
+        "stale epoch: job 1 is at epoch 2, row of epoch 1"
+    );
+    std::fs::write(&gate, "").unwrap();
+    assert!(second.wait().unwrap().success());
+    assert_eq!(sbx.stage(task), "architecture", "epoch 2's run passed");
+    sbx.ok(&["deliver"]);
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE dedupe_key='task:{task}:job1:a2:e2:report' AND status='delivered'"
+        )),
+        1,
+        "the new epoch's report is sent"
+    );
+    let why = sbx.ok(&["why", &task.to_string()]);
+    assert!(
+        why.contains("job 1 epoch 1: outbox tracker/comment refused")
+            || why.contains("stale epoch: job 1 is at epoch 2, row of epoch 1"),
+        "{why}"
+    );
+}

@@ -197,6 +197,7 @@ impl Tx<'_> {
     /// a no-op. Returns whether a row was inserted. Only
     /// `crate::outbox::queue` calls it (`tests/layers.rs` checks), which
     /// derives every column from a typed message.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert_outbox(
         &self,
         dedupe_key: &str,

@@ -327,14 +327,14 @@ fn push_task_branch(
         Ok(stage == Stage::DeployStaging && !repo.is_ancestor(worktree, r, &head)?)
     };
     let Some(lease) = lease else {
-        return Ok(match remote {
+        return match remote {
             Some(r) if rewrite(&r)? => {
                 warn!(target: "worker", branch, remote = %r, head = %head, "origin has the branch before a rebase; replacing it");
                 repo.push_branch_force_with_lease(worktree, branch, &r)
             }
             _ => repo.push_branch(worktree, branch),
         }
-        .map(Ok)?);
+        .map(Ok);
     };
     let expected = Some(lease).filter(|l| !l.is_empty());
     let moved = |now: Option<&str>| {
