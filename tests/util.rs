@@ -106,13 +106,6 @@ impl Sandbox {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut env = BTreeMap::new();
-        // The scripted agents read their captures from the checkout: a
-        // checkout under /tmp (CI may clone there) is hidden by the agent
-        // sandbox's private /tmp, so the captures are bound in.
-        env.insert(
-            "ORCH_AGENT_SANDBOX_WRITABLE".to_string(),
-            AGENT_FIXTURES.to_string(),
-        );
         for line in std::fs::read_to_string(dir.join("orch.env"))
             .unwrap()
             .lines()
@@ -121,6 +114,16 @@ impl Sandbox {
                 env.insert(k.to_string(), v.trim_matches('"').to_string());
             }
         }
+        // The scripted agents read their captures from the checkout: a
+        // checkout under /tmp (CI may clone there) is hidden by the agent
+        // sandbox's private /tmp, so the captures are bound in, beside
+        // the fake agent's session store (orch.env).
+        let writable = env
+            .get("ORCH_AGENT_SANDBOX_WRITABLE")
+            .map_or(AGENT_FIXTURES.to_string(), |w| {
+                format!("{AGENT_FIXTURES}:{w}")
+            });
+        env.insert("ORCH_AGENT_SANDBOX_WRITABLE".to_string(), writable);
         Sandbox {
             _tmp: tmp,
             dir,
