@@ -77,14 +77,7 @@ fn kill_a_run_after_its_session_is_recorded(sbx: &Sandbox) -> String {
     );
     worker.kill().unwrap(); // SIGKILL: the agent dies with it
     worker.wait().unwrap();
-    let done = sbx.json(&["reap"]);
-    assert!(
-        done["actions"][0]["result"]
-            .as_str()
-            .unwrap()
-            .starts_with("requeued for attempt 2"),
-        "{done}"
-    );
+    sbx.reap_requeues(2);
     assert_eq!(
         sbx.count("SELECT COUNT(*) FROM agent_runs"),
         0,
@@ -229,4 +222,75 @@ fn a_resumed_reworks_cost_is_the_difference_from_what_its_session_already_cost()
         "orch {total} vs the CLI's {cli}: {usage}"
     );
     sbx.check_invariants();
+}
+
+#[test]
+fn a_codex_or_gemini_thread_the_cli_lost_is_replaced_by_a_fresh_one_on_rework() {
+    for (kind, argv) in [
+        (
+            "codex",
+            r#""exec", "--json", "resume", "{previous_session}", "-""#,
+        ),
+        (
+            "gemini",
+            r#""-p", "", "--output-format", "json", "--resume", "{previous_session}""#,
+        ),
+    ] {
+        let mut sbx = Sandbox::new();
+        let cfg = sbx.dir.join("orch.toml");
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let (start, end) = (
+            text.find("[agents.default]").unwrap(),
+            text.find("[[projects]]").unwrap(),
+        );
+        let agent = format!(
+            "[agents.default]\nkind = \"{kind}\"\nargv = [\"{ROOT}/scripts/fake-agent\", {argv}]\nresume = true\n\n"
+        );
+        std::fs::write(&cfg, format!("{}{agent}{}", &text[..start], &text[end..])).unwrap();
+        sbx.set("FAKE_AGENT_KIND", kind)
+            .set("FAKE_AGENT_REQUIRE_LINE", "- the reviewer's line");
+        sbx.add_issue("lost thread");
+        // Step by step up to the reviewer's verdict (a tick would run on).
+        for role in ["analyst", "architect", "developer"] {
+            sbx.ok(&["work-once", "--role", role]);
+        }
+        sbx.ok(&["ci"]);
+        sbx.ok(&["work-once", "--role", "reviewer"]);
+        assert_eq!(sbx.stage(1), "development", "{kind}: sent back");
+        // The CLI loses every session before the rework.
+        for e in std::fs::read_dir(sessions_dir(&sbx)).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        sbx.tick_until(30, |s| s.stage(1) == "done");
+        let db = sbx.db();
+        let (job, attempt): (i64, i64) = db
+            .query_row(
+                "SELECT id, attempt FROM jobs WHERE stage='development' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(attempt, 1, "{kind}: no attempt spent on the lost thread");
+        let gone: String = db
+            .query_row(
+                "SELECT session_id FROM gone_sessions WHERE role='developer'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let (argv, session): (String, String) = db
+            .query_row(
+                "SELECT argv, session_id FROM agent_runs WHERE job_id=?1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert!(
+            !argv.contains(&gone),
+            "{kind}: the fresh run's argv: {argv}"
+        );
+        assert_ne!(session, gone, "{kind}");
+        drop(db);
+        sbx.check_invariants();
+    }
 }

@@ -290,6 +290,19 @@ impl Sandbox {
         git_in(&self.dir, &a)
     }
 
+    /// Runs `orch reap` and asserts its first action requeued a job for
+    /// `attempt` (Tier-1: its worker is gone).
+    pub fn reap_requeues(&self, attempt: i64) {
+        let done = self.json(&["reap"]);
+        assert!(
+            done["actions"][0]["result"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("requeued for attempt {attempt}")),
+            "{done}"
+        );
+    }
+
     /// The stage of task `id`.
     pub fn stage(&self, id: i64) -> String {
         self.db()
@@ -317,7 +330,11 @@ impl Sandbox {
             }
             self.ok(&["tick"]);
         }
-        assert!(done(self), "condition not reached after {max} ticks");
+        assert!(
+            done(self),
+            "condition not reached after {max} ticks\n{}",
+            self.dump()
+        );
     }
 
     /// Starts `orch serve` on a free loopback port and waits for /healthz.

@@ -55,22 +55,35 @@ pub fn first_session_id(kind: AgentKind, head: &str) -> Option<String> {
     is_session_id_of(kind, &id).then_some(id)
 }
 
-/// Whether a run of `kind` that was given `--resume <session_id>` failed
+/// Whether a run of `kind` that was given `session_id` to resume failed
 /// because the CLI no longer has that session: it exited non-zero, printed
-/// no result, and its log (`run_log`: from where this run began) has a
-/// line `No conversation found with session ID: <session_id>`. Only Claude
-/// Code's answer is known (the other kinds: false, and their failure is an
-/// ordinary failed run).
+/// no successful result, and a line of its log (`run_log`: from where this
+/// run began) is the CLI's answer naming that id —
+/// Claude Code: `No conversation found with session ID: <id>`
+/// (`tests/fixtures/claude/resume-not-found/`); Codex: `Error:
+/// thread/resume: … no rollout found for thread id <id> …`; Gemini:
+/// `Error resuming session: Invalid session identifier "<id>".`
+/// (`tests/fixtures/agents/<kind>/resume-not-found.*`). OpenCode's and an
+/// ACP agent's answers are not known here: false (the ACP client falls
+/// back itself).
 pub fn resume_refused(kind: AgentKind, run_log: &str, exit_code: i64, session_id: &str) -> bool {
-    if kind != AgentKind::ClaudeCode || exit_code == 0 || super::parse_result(run_log).is_some() {
+    if exit_code == 0 || super::parse(kind, run_log, exit_code).is_some_and(|r| r.success) {
         return false;
     }
-    run_log.lines().any(|line| {
-        line.trim()
+    let answers = |line: &str| match kind {
+        AgentKind::ClaudeCode => line
             .strip_prefix(CLAUDE_SESSION_NOT_FOUND)
-            .map(|rest| rest.trim_start_matches(':').trim())
-            == Some(session_id)
-    })
+            .is_some_and(|rest| rest.trim_start_matches(':').trim() == session_id),
+        AgentKind::Codex => {
+            line.starts_with("Error: thread/resume")
+                && line.contains(&format!("no rollout found for thread id {session_id}"))
+        }
+        AgentKind::Gemini => line.starts_with(&format!(
+            "Error resuming session: Invalid session identifier \"{session_id}\""
+        )),
+        AgentKind::Opencode | AgentKind::Acp => false,
+    };
+    run_log.lines().any(|line| answers(line.trim()))
 }
 
 /// Reads the beginning of a running agent's log, from byte `from` (where
@@ -219,6 +232,18 @@ mod tests {
         let with_result = format!("{NOT_FOUND_STDERR}{CLAUDE_STREAM}");
         assert!(!resume_refused(AgentKind::ClaudeCode, &with_result, 1, id));
         assert!(!resume_refused(AgentKind::Codex, NOT_FOUND_STDERR, 1, id));
+        // Codex's and Gemini's answers.
+        let codex = include_str!("../../tests/fixtures/agents/codex/resume-not-found.stderr");
+        let thread = "019e9154-c304-70f0-adde-36efb1be1701";
+        assert!(resume_refused(AgentKind::Codex, codex, 1, thread));
+        assert!(!resume_refused(AgentKind::Codex, codex, 1, id));
+        assert!(!resume_refused(AgentKind::ClaudeCode, codex, 1, thread));
+        let gemini = include_str!("../../tests/fixtures/agents/gemini/resume-not-found.stderr");
+        let gsession = "313b2d99-8204-410e-9d07-e31574b497fb";
+        assert!(resume_refused(AgentKind::Gemini, gemini, 1, gsession));
+        assert!(!resume_refused(AgentKind::Gemini, gemini, 0, gsession));
+        assert!(!resume_refused(AgentKind::Gemini, gemini, 1, id));
+        assert!(!resume_refused(AgentKind::Opencode, gemini, 1, gsession));
         // The words quoted inside a line are not the CLI's answer.
         let quoted = format!("the agent said: {CLAUDE_SESSION_NOT_FOUND}: {id}\n");
         assert!(!resume_refused(AgentKind::ClaudeCode, &quoted, 1, id));
