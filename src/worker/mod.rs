@@ -401,14 +401,15 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     } else {
         let tick = Duration::from_millis(200);
         let mut out = runner.run(&spec, tick, &mut on_spawn, &mut on_tick)?;
-        let from = watch.borrow().start();
-        if resume_refused(
+        // Each refusal forgets the id it names: this ends, at the latest
+        // with a run that resumes nothing.
+        while resume_refused(
             db,
             job,
             kind,
             brief.previous_session.as_deref(),
             &log_path,
-            from,
+            watch.borrow().start(),
             &out,
         )? {
             // The same claim runs the agent again, in a fresh session.
