@@ -495,14 +495,20 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     // reaper gave up on this worker; another epoch holds or finished the
     // job) reaches anything — not its clone view, its result or its
     // finalize. Refused and recorded.
+    // The task's folder of views goes with its last view (`remove_dir`
+    // leaves a folder another claim's view is in).
+    let views = ctx.settings.clone_view_dir(task.id);
     if fence::guard(db, claim, "finalize")?.is_some() {
         if let Some(view) = clone_view {
             let _ = std::fs::remove_dir_all(view.dir());
+            let _ = std::fs::remove_dir(&views);
         }
         return Ok(None);
     }
     if let Some(view) = clone_view {
-        let applied = repo.apply_clone_view(view, &worktree)?;
+        let applied = repo.apply_clone_view(view, &worktree);
+        let _ = std::fs::remove_dir(&views);
+        let applied = applied?;
         if !applied.discarded.is_empty() {
             warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
         }
