@@ -228,16 +228,6 @@ fn a_zombie_epoch_that_wakes_after_its_job_was_run_again_changes_nothing() {
     sbx.check_invariants();
 }
 
-/// An in-process context and database on `sbx`'s settings.
-#[cfg(feature = "testing")]
-fn ctx_and_db(sbx: &Sandbox) -> (orch::ctx::Ctx, orch::db::Db) {
-    let env = sbx.env.clone();
-    let settings = orch::config::Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
-    let ctx = orch::ctx::Ctx::load(settings).unwrap();
-    let db = ctx.open_db().unwrap();
-    (ctx, db)
-}
-
 /// The push carries the claim's lease: origin's branch as the run started
 /// (here: none). A branch someone else (another epoch) pushed since is
 /// never overwritten: the push is refused, recorded and the job fails at
@@ -250,13 +240,7 @@ fn a_push_whose_branch_moved_since_the_claim_is_refused_and_never_retried() {
     use orch::pipeline::job::Finalized;
     let sbx = Sandbox::new();
     let task = sbx.add_issue("leased");
-    let out = sbx
-        .orch()
-        .args(["work-once"])
-        .env("FAILPOINTS", "worker.after_exit_recorded=return")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "the worker died after the exit");
+    sbx.work_once_dying_after_the_exit();
     assert_eq!(
         sbx.count("SELECT COUNT(*) FROM jobs WHERE id=1 AND claim_sha=''"),
         1,
@@ -265,7 +249,8 @@ fn a_push_whose_branch_moved_since_the_claim_is_refused_and_never_retried() {
     let branch = format!("orch/widget-{task}");
     sbx.origin_git(&["branch", &branch, "main"]);
     let theirs = sbx.origin_git(&["rev-parse", &branch]);
-    let (ctx, db) = ctx_and_db(&sbx);
+    let ctx = sbx.ctx();
+    let db = ctx.open_db().unwrap();
     let reaper = orch::pipeline::Actor::Reaper;
 
     // A stale epoch: refused before any effect.
