@@ -195,15 +195,17 @@ pub fn try_lock(
         std::process::id()
     );
     Ok(
-        crate::lock::try_run_lock(&lock_path(settings, worktree), &holder)?.map(|g| RunLock {
-            _guard: g,
-            worktree: worktree.to_path_buf(),
+        crate::lock::try_run_lock(&lock_path(settings, worktree), Some(&holder))?.map(|g| {
+            RunLock {
+                _guard: g,
+                worktree: worktree.to_path_buf(),
+            }
         }),
     )
 }
 
 /// Whether `worktree`'s run lock is free now (nobody holds it). Takes
-/// and drops it.
+/// and drops it, keeping what its last holder wrote.
 ///
 /// Errors: I/O errors.
 pub fn is_free(settings: &Settings, worktree: &Path) -> anyhow::Result<bool> {
@@ -211,7 +213,15 @@ pub fn is_free(settings: &Settings, worktree: &Path) -> anyhow::Result<bool> {
     if !path.exists() {
         return Ok(true);
     }
-    Ok(crate::lock::try_run_lock(&path, "")?.is_ok())
+    Ok(crate::lock::try_run_lock(&path, None)?.is_ok())
+}
+
+/// The job that last held `worktree`'s run lock, as its holder line names
+/// it (`job 12 epoch 1 host a pid 345` → 12); `None` when no run held it
+/// or the line does not read.
+pub fn last_holder_job(settings: &Settings, worktree: &Path) -> Option<i64> {
+    let line = std::fs::read_to_string(lock_path(settings, worktree)).ok()?;
+    line.strip_prefix("job ")?.split(' ').next()?.parse().ok()
 }
 
 /// The worktree of `claim` when the task's own is held by another run:
@@ -299,5 +309,8 @@ mod tests {
         assert!(busy.starts_with("job 1 epoch 1 host "), "{busy}");
         drop(held);
         assert!(is_free(&settings, &wt).unwrap());
+        // A look whether it is free keeps the last holder's line.
+        assert_eq!(last_holder_job(&settings, &wt), Some(1));
+        assert_eq!(last_holder_job(&settings, &dir.path().join("never")), None);
     }
 }

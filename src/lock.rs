@@ -87,19 +87,25 @@ pub fn run_lock_path(locks_dir: &Path, worktree: &Path) -> PathBuf {
     locks_dir.join(format!("run-{}.lock", sanitise(worktree)))
 }
 
-/// Takes the run lock at `path` ([`run_lock_path`]) without waiting and
-/// writes `holder` into it. Returns `None` when another open file holds
-/// it, with what that holder wrote.
+/// Takes the run lock at `path` ([`run_lock_path`]) without waiting and,
+/// when given, writes `holder` into it (`None` keeps what the last holder
+/// wrote: a look whether it is free). Returns `Err` with what the holder
+/// wrote when another open file holds it.
 ///
 /// Errors: I/O errors opening or locking the file.
-pub fn try_run_lock(path: &Path, holder: &str) -> anyhow::Result<Result<LockGuard, String>> {
+pub fn try_run_lock(
+    path: &Path,
+    holder: Option<&str>,
+) -> anyhow::Result<Result<LockGuard, String>> {
     use std::io::{Seek, Write};
     let mut file = open_lock_file(path)?;
     match file.try_lock() {
         Ok(()) => {
-            file.set_len(0)?;
-            file.seek(std::io::SeekFrom::Start(0))?;
-            file.write_all(holder.as_bytes())?;
+            if let Some(holder) = holder {
+                file.set_len(0)?;
+                file.seek(std::io::SeekFrom::Start(0))?;
+                file.write_all(holder.as_bytes())?;
+            }
             Ok(Ok(LockGuard {
                 _file: file,
                 path: path.to_path_buf(),

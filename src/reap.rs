@@ -377,10 +377,7 @@ fn finished_worktrees(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action
         for entry in entries.flatten() {
             let path = entry.path().to_string_lossy().into_owned();
             let Some(t) = db.task_by_worktree(&path)? else {
-                // Only where a run held it (its run lock file exists) and
-                // none does now.
-                let ran_here = crate::fence::lock_path(&ctx.settings, &entry.path()).exists();
-                if ran_here && crate::fence::is_free(&ctx.settings, &entry.path())? {
+                if orphaned(ctx, db, &entry.path())? {
                     actions.push(Action::RemoveOrphanWorktree { path });
                 }
                 continue;
@@ -395,6 +392,35 @@ fn finished_worktrees(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action
         }
     }
     Ok(actions)
+}
+
+/// Whether `path`, a worktree no task names by that path, is an older
+/// epoch's left behind (INV-10): a run held it (its run lock names the
+/// job), that job's task has moved to another worktree (compared as
+/// resolved paths, so a state folder named another way since is not taken
+/// for one), and no run holds it now.
+fn orphaned(ctx: &Ctx, db: &Db, path: &std::path::Path) -> anyhow::Result<bool> {
+    let Some(job) = crate::fence::last_holder_job(&ctx.settings, path) else {
+        return Ok(false);
+    };
+    let Some(task) = db
+        .job(job)?
+        .map(|j| j.task_id)
+        .map(|t| db.task(t))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(false);
+    };
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(std::path::Path::new(&task.worktree), path) {
+        return Ok(false);
+    }
+    crate::fence::is_free(&ctx.settings, path)
 }
 
 /// Whether task `t`'s worktree may go: the task is done and no job of it
