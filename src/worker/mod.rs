@@ -367,9 +367,10 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     repo.discard_changes(&worktree)?;
     let base_sha = repo.head_sha(&worktree)?;
     // The lease of this claim's push: origin's branch as the run starts
-    // from it (INV-10: a push of another epoch meanwhile refuses ours).
+    // from it, as fetched by the sync above (INV-10: a push of another
+    // epoch meanwhile refuses ours).
     let claim = fence::Claim::of(job);
-    let origin_head = repo.remote_branch_sha(&task.branch)?;
+    let origin_head = repo.fetched_branch_sha(&task.branch)?;
     if !db.write(|tx| tx.set_claim_sha(job.id, job.epoch, origin_head.as_deref()))? {
         return Ok(None);
     }
