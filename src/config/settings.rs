@@ -559,8 +559,9 @@ impl Settings {
             self.verdicts_dir(),
         ]
     }
-    /// `<state_dir>/clone-views/task-<id>`: the private view of the shared
-    /// clone a sandboxed agent of task `task_id` works in (DESIGN §4).
+    /// `<state_dir>/clone-views/task-<id>`: the folder of the private views
+    /// of the shared clone that sandboxed agents of task `task_id` work in,
+    /// one per claim (`job<j>-e<e>` inside; DESIGN §4, §11 INV-10).
     pub fn clone_view_dir(&self, task_id: i64) -> PathBuf {
         self.state_dir
             .join("clone-views")
