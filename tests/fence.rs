@@ -61,14 +61,18 @@ fn a_zombie_epoch_that_wakes_after_its_job_was_run_again_changes_nothing() {
 
     // Host a claims the development job; its agent waits at the gate.
     let gate = sbx.dir.join("old-agent-may-go");
-    let mut old = sbx.spawn(
-        &["work-once"],
-        &[
+    let mut old = sbx
+        .orch_std()
+        .args(["--json", "work-once"])
+        .envs([
             ("ORCH_HOST_ID", "a"),
             ("FAKE_AGENT_WAIT_FOR", gate.to_str().unwrap()),
             ("FAKE_AGENT_DEV_LINE", "old epoch line"),
-        ],
-    );
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let running = format!(
         "SELECT COUNT(*) FROM jobs WHERE id={job} AND status='running' AND agent_pid IS NOT NULL"
     );
@@ -141,13 +145,16 @@ fn a_zombie_epoch_that_wakes_after_its_job_was_run_again_changes_nothing() {
         assert!(Instant::now() < deadline, "the old worker did not finish");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let stderr = {
-        use std::io::Read;
+    let read = |pipe: &mut dyn std::io::Read| {
         let mut s = String::new();
-        old.stderr.take().unwrap().read_to_string(&mut s).unwrap();
+        pipe.read_to_string(&mut s).unwrap();
         s
     };
+    let stderr = read(&mut old.stderr.take().unwrap());
+    let stdout = read(&mut old.stdout.take().unwrap());
     assert!(status.success(), "{stderr}");
+    let outcome: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(outcome["finalized"]["action"], "refused", "{outcome}");
     // Whatever the old epoch left is delivered, if it can be, and
     // reaped.
     sbx.ok(&["tick"]);

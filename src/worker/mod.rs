@@ -153,12 +153,17 @@ pub fn work_once(
     };
     let Some(exit_code) = exit_code else {
         warn!(target: "worker", job = job.id, "job was taken from this worker while its agent ran; result discarded");
+        // The fence's refusal of this claim's run, when it was refused.
+        let refused = db
+            .fence_refusals(job.task_id)?
+            .into_iter()
+            .rfind(|r| r.job_id == job.id && r.epoch == job.epoch);
         return Ok(WorkOutcome::Ran {
             job_id: job.id,
             task_id: job.task_id,
             stage: job.stage,
             exit_code: -1,
-            finalized: Finalized::Lost,
+            finalized: refused.map_or(Finalized::Lost, |r| Finalized::Refused { reason: r.reason }),
         });
     };
     let finalized = finalize(ctx, db, job.id, job.epoch, Actor::Worker)?;
