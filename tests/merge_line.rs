@@ -305,7 +305,7 @@ const GITEA_API: &str = "/api/v1/repos/acme/widget";
 #[cfg(feature = "testing")]
 #[test]
 fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_marked_once() {
-    use crate::fakes::{FakeGitea, FakePr, GITEA_TOKEN};
+    use crate::fakes::FakePr;
 
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
@@ -315,14 +315,7 @@ fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_mar
         .collect();
     // The project now merges through Gitea; its PRs exist, as the outbox's
     // open_pr deliveries made them (numbers 7, 8).
-    let path = sbx.dir.join("orch.toml");
-    let cfg = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, cfg.replace("forge = \"local\"", "forge = \"gitea\"")).unwrap();
-    let gitea = FakeGitea::start(sbx.origin());
-    sbx.set("ORCH_GITEA_URL", &gitea.url())
-        .set("ORCH_GITEA_TOKEN", GITEA_TOKEN)
-        .set("ORCH_HTTP_CONNECT_TIMEOUT_MS", "1000")
-        .set("ORCH_HTTP_TIMEOUT_MS", "2000");
+    let gitea = on_gitea(&mut sbx, "");
     {
         let mut st = gitea.state.lock().unwrap();
         for id in &ids {
@@ -551,4 +544,101 @@ fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
         String::from_utf8_lossy(&out.stdout).contains("  error: "),
         "{out:?}"
     );
+}
+
+/// Switches the sandbox's project to Gitea (`extra` added after the
+/// `forge` line) and starts the fake, with the settings orch needs.
+#[cfg(feature = "testing")]
+fn on_gitea(sbx: &mut Sandbox, extra: &str) -> crate::fakes::FakeGitea {
+    use crate::fakes::{FakeGitea, GITEA_TOKEN};
+    let path = sbx.dir.join("orch.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        cfg.replace(
+            "forge = \"local\"",
+            &format!("forge = \"gitea\"{}", extra),
+        ),
+    )
+    .unwrap();
+    let gitea = FakeGitea::start(sbx.origin());
+    sbx.set("ORCH_GITEA_URL", &gitea.url())
+        .set("ORCH_GITEA_TOKEN", GITEA_TOKEN)
+        .set("ORCH_HTTP_CONNECT_TIMEOUT_MS", "1000")
+        .set("ORCH_HTTP_TIMEOUT_MS", "2000");
+    gitea
+}
+
+#[cfg(feature = "testing")]
+#[test]
+fn a_gitea_merge_style_whose_merge_is_not_the_tested_tip_lands_nothing_and_says_which_setting() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    let ids: Vec<i64> = ["a", "b"]
+        .iter()
+        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
+        .collect();
+    let gitea = on_gitea(&mut sbx, "\nmerge_style = \"squash\"");
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    let branches: Vec<String> = ids
+        .iter()
+        .map(|id| sbx.origin_git(&["rev-parse", &format!("orch/widget-{id}")]))
+        .collect();
+    let tested = "SELECT COUNT(*) FROM ci_statuses WHERE context='orch/test'";
+    let tests_before = sbx.count(tested);
+
+    // The line: one clear error naming the project and the setting,
+    // nothing built, tested, pushed or merged; a second run the same.
+    for _ in 0..2 {
+        let out = sbx.orch().args(["--json", "merge-gate"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let err = v["projects"][0]["error"].as_str().unwrap_or("").to_string();
+        assert!(
+            err.contains("projects.widget.merge_style")
+                && err.contains("\"squash\"")
+                && err.contains("fast-forward-only"),
+            "{v}"
+        );
+        assert!(v["projects"][0]["batches"].as_array().unwrap().is_empty());
+    }
+    // A dry run says the same, and so does the by-hand gate (exit 2).
+    let out = sbx
+        .orch()
+        .args(["--json", "merge-gate", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = sbx
+        .orch()
+        .args(["merge-gate", "--task", &ids[0].to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("projects.widget.merge_style"),
+        "{out:?}"
+    );
+    assert!(gitea.server.lines().is_empty(), "Gitea was not asked");
+    assert_eq!(sbx.origin_git(&["rev-parse", "main"]), main);
+    for (id, head) in ids.iter().zip(&branches) {
+        assert_eq!(sbx.stage(*id), "deploy-staging");
+        assert_eq!(
+            &sbx.origin_git(&["rev-parse", &format!("orch/widget-{id}")]),
+            head,
+            "the branch was not rebased"
+        );
+    }
+    assert_eq!(sbx.count(tested), tests_before, "nothing tested");
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM leases"), 0);
+    // `orch config check` fails on it before any of this.
+    let out = sbx.orch().args(["config", "check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("FAIL project widget merge style")
+            && l.contains("projects.widget.merge_style")),
+        "{text}"
+    );
+    sbx.check_invariants();
 }

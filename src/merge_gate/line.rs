@@ -118,9 +118,12 @@ pub struct BatchReport {
 /// step (tasks awaiting the staging check), then, where tasks are ready,
 /// the batches. A project whose lease is busy is reported busy and skipped.
 ///
-/// Errors: [`crate::error::Error::Usage`] for an unknown project; git,
-/// process and database errors (the lease is released first; the batch
-/// stays in the store and the next run continues it).
+/// Errors: [`crate::error::Error::Usage`] for an unknown project. A
+/// project's own failure — git, process and database errors (the lease is
+/// released first; the batch stays in the store and the next run
+/// continues it), a `merge_style` whose merge is not the tested tip
+/// ([`Forge::lands_tested_tip`]: nothing is built) — is its report's
+/// `error`.
 pub fn run_line(
     ctx: &Ctx,
     db: &Db,
@@ -173,6 +176,8 @@ fn line_of(
             error: None,
         }));
     }
+    // A merge style whose result is not the tested tip lands nothing.
+    Forge::for_project(ctx, p).lands_tested_tip(p)?;
     let mut report = if dry_run {
         plan(ctx, db, p)?
     } else {
