@@ -174,7 +174,10 @@ pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
                 )
             })
             .map_err(|e| e.to_string());
-        checks.push(Check::new(format!("project {} merge style", p.name), landing));
+        checks.push(Check::new(
+            format!("project {} merge style", p.name),
+            landing,
+        ));
         if let Some(origin) = local_origin(&p.clone_url) {
             checks.push(Check::new(
                 format!("project {} origin writable", p.name),

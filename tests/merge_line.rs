@@ -436,9 +436,8 @@ fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_mar
 #[test]
 fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
     // Two projects on one origin; widget (first in the config) has a ready
-    // task whose branch someone else pushed to after the deployer's PASS,
-    // so its line must refuse to overwrite it; gadget's ready task must
-    // land all the same.
+    // task but its origin becomes unreachable, so its line fails; gadget's
+    // ready task must land all the same.
     let sbx = Sandbox::new();
     sbx.append_config(&format!(
         "\n[[projects]]\nname = \"gadget\"\ntracker = \"local\"\nforge = \"local\"\nclone_url = \"{}\"\ntest_command = [\"sh\", \"test.sh\"]\nauto_approve_analysis = true\n",
@@ -481,41 +480,16 @@ fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
         let v = sbx.json(&["work-once", "--role", "deployer"]);
         assert_eq!(v["finalized"]["action"], "waiting", "{v}");
     }
-    // Someone else pushes to widget's task branch.
-    let branch = sbx
-        .db()
-        .query_row("SELECT branch FROM tasks WHERE id=?1", [w], |r| {
-            r.get::<_, String>(0)
-        })
-        .unwrap();
-    let other = sbx.dir.join("someone-else");
-    git_in(
-        &sbx.dir,
-        &[
-            "clone",
-            "-q",
-            "-b",
-            &branch,
-            sbx.origin().to_str().unwrap(),
-            other.to_str().unwrap(),
-        ],
-    );
-    std::fs::write(other.join("theirs.md"), "not validated\n").unwrap();
-    git_in(&other, &["add", "theirs.md"]);
-    git_in(
-        &other,
-        &[
-            "-c",
-            "user.name=x",
-            "-c",
-            "user.email=x@example.com",
-            "commit",
-            "-qm",
-            "theirs",
-        ],
-    );
-    git_in(&other, &["push", "-q", "origin", &branch]);
-    let theirs = git_in(&other, &["rev-parse", "HEAD"]);
+    // widget's origin goes away (the first clone_url in the config).
+    let path = sbx.dir.join("orch.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    let url = format!("clone_url = \"{}\"", sbx.origin().display());
+    let gone = sbx.dir.join("gone.git");
+    std::fs::write(
+        &path,
+        cfg.replacen(&url, &format!("clone_url = \"{}\"", gone.display()), 1),
+    )
+    .unwrap();
 
     let out = sbx.orch().args(["--json", "merge-gate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -524,19 +498,13 @@ fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
     let widget = projects.iter().find(|p| p["project"] == "widget").unwrap();
     let gadget = projects.iter().find(|p| p["project"] == "gadget").unwrap();
     assert!(
-        widget["error"].as_str().unwrap_or("").contains(&branch),
-        "widget's error names the branch: {widget}"
+        widget["error"].as_str().unwrap_or("").contains("gone.git"),
+        "widget's error names its origin: {widget}"
     );
     assert_eq!(gadget["batches"][0]["landed"], json!([g]), "{gadget}");
     assert!(gadget.get("error").is_none(), "{gadget}");
     assert_eq!(sbx.stage(g), "deploy");
     assert_eq!(sbx.stage(w), "deploy-staging");
-    // Their commit is still on origin, not overwritten.
-    assert_eq!(
-        sbx.origin_git(&["rev-parse", &branch]).trim(),
-        theirs.trim(),
-        "the foreign push survives"
-    );
     // The text form names the failure too.
     let out = sbx.orch().args(["merge-gate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -544,6 +512,164 @@ fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
         String::from_utf8_lossy(&out.stdout).contains("  error: "),
         "{out:?}"
     );
+}
+
+/// Someone else's clone of origin's `branch` (under the sandbox).
+fn someone_elses_clone(sbx: &Sandbox, branch: &str, name: &str) -> std::path::PathBuf {
+    let other = sbx.dir.join(name);
+    git_in(
+        &sbx.dir,
+        &[
+            "clone",
+            "-q",
+            "-b",
+            branch,
+            sbx.origin().to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
+    );
+    other
+}
+
+/// Commits `file` in `dir` as someone else; the new head.
+fn commit_as_someone_else(dir: &std::path::Path, file: &str) -> String {
+    std::fs::write(dir.join(file), "not validated\n").unwrap();
+    git_in(dir, &["add", file]);
+    git_in(
+        dir,
+        &[
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@example.com",
+            "commit",
+            "-qm",
+            file,
+        ],
+    );
+    git_in(dir, &["rev-parse", "HEAD"]).trim().to_string()
+}
+
+fn branch_of(sbx: &Sandbox, id: i64) -> String {
+    sbx.db()
+        .query_row("SELECT branch FROM tasks WHERE id=?1", [id], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn someone_elses_push_to_a_ready_branch_takes_that_task_out_and_the_rest_of_the_batch_lands() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    let ids: Vec<i64> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
+        .collect();
+    let (b, c, d) = (ids[1], ids[2], ids[3]);
+    // b, c: commits pushed on top of their branches. d: its branch
+    // rewritten (someone force-pushed a history without d's commits).
+    let b_branch = branch_of(&sbx, b);
+    let other = someone_elses_clone(&sbx, &b_branch, "someone-else");
+    let theirs = commit_as_someone_else(&other, "theirs.md");
+    git_in(&other, &["push", "-q", "origin", &b_branch]);
+    let c_branch = branch_of(&sbx, c);
+    let other = someone_elses_clone(&sbx, &c_branch, "someone-else-c");
+    let theirs_c = commit_as_someone_else(&other, "theirs-c.md");
+    git_in(&other, &["push", "-q", "origin", &c_branch]);
+    let d_branch = branch_of(&sbx, d);
+    let d_head = sbx.origin_git(&["rev-parse", &d_branch]);
+    let rewrite = someone_elses_clone(&sbx, "main", "someone-else-2");
+    let rewritten = commit_as_someone_else(&rewrite, "rewritten.md");
+    git_in(
+        &rewrite,
+        &["push", "-q", "-f", "origin", &format!("HEAD:{d_branch}")],
+    );
+
+    // A crash right after b's worktree took the commits in, before the
+    // move: the next run still takes b out (its head is not what was
+    // validated), c and d too, and lands a.
+    let crash = sbx
+        .orch_std()
+        .args(["merge-gate"])
+        .env("FAILPOINTS", "foreign.after_take_in=return")
+        .output()
+        .unwrap();
+    assert!(!crash.status.success(), "{crash:?}");
+    assert_eq!(sbx.stage(b), "deploy-staging");
+    let out = sbx.orch().args(["--json", "merge-gate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let batch = &v["projects"][0]["batches"][0];
+    assert_eq!(batch["landed"], json!([ids[0]]), "{v}");
+    let out_ids: Vec<i64> = batch["taken_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(out_ids, [b, c, d], "{v}");
+    let why_out = |i: usize| batch["taken_out"][i][1].as_str().unwrap().to_string();
+    assert!(
+        why_out(0).contains("neither the revision validated before the line"),
+        "{v}"
+    );
+    assert!(
+        why_out(1).contains(&format!("someone else pushed to {c_branch}")),
+        "{v}"
+    );
+    assert!(why_out(2).contains("someone else rewrote"), "{v}");
+    // b goes back to deploy-staging with their commit in its worktree;
+    // origin keeps it. d is escalated naming both heads; origin keeps the
+    // rewrite.
+    assert_eq!(sbx.stage(b), "deploy-staging");
+    let last = sbx.transitions(b).last().unwrap().clone();
+    assert_eq!(last.1, "deploy-staging");
+    assert_eq!(sbx.origin_git(&["rev-parse", &b_branch]), theirs);
+    assert_eq!(sbx.stage(c), "deploy-staging");
+    assert_eq!(sbx.origin_git(&["rev-parse", &c_branch]), theirs_c);
+    let c_worktree: String = sbx
+        .db()
+        .query_row("SELECT worktree FROM tasks WHERE id=?1", [c], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        git_in(std::path::Path::new(&c_worktree), &["rev-parse", "HEAD"]).trim(),
+        theirs_c,
+        "c's worktree took their commit"
+    );
+    let (escalated, why): (i64, String) = sbx
+        .db()
+        .query_row(
+            "SELECT escalated, COALESCE(escalated_reason,'') FROM tasks WHERE id=?1",
+            [d],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(escalated, 1);
+    assert!(why.contains(&rewritten) && why.contains(&d_head), "{why}");
+    assert_eq!(sbx.origin_git(&["rev-parse", &d_branch]), rewritten);
+    // No loop: the next run has nothing to do and fails nothing.
+    let out = sbx.orch().args(["merge-gate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing ready to merge"));
+
+    // deploy-staging runs again on b's and c's new heads; then they land,
+    // with their commits, validated this time.
+    for id in [b, c] {
+        let v = sbx.json(&["work-once", "--role", "deployer"]);
+        assert_eq!(v["task_id"], id, "{v}");
+        assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+    }
+    let v = line(&sbx);
+    assert_eq!(v["batches"][0]["landed"], json!([b, c]), "{v}");
+    let tree = sbx.origin_git(&["ls-tree", "--name-only", "main"]);
+    assert!(
+        tree.contains("theirs.md") && tree.contains("theirs-c.md"),
+        "{tree}"
+    );
+    assert!(!tree.contains("rewritten.md"), "{tree}");
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
 }
 
 /// Switches the sandbox's project to Gitea (`extra` added after the
@@ -555,10 +681,7 @@ fn on_gitea(sbx: &mut Sandbox, extra: &str) -> crate::fakes::FakeGitea {
     let cfg = std::fs::read_to_string(&path).unwrap();
     std::fs::write(
         &path,
-        cfg.replace(
-            "forge = \"local\"",
-            &format!("forge = \"gitea\"{}", extra),
-        ),
+        cfg.replace("forge = \"local\"", &format!("forge = \"gitea\"{}", extra)),
     )
     .unwrap();
     let gitea = FakeGitea::start(sbx.origin());
@@ -636,8 +759,9 @@ fn a_gitea_merge_style_whose_merge_is_not_the_tested_tip_lands_nothing_and_says_
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(
-        text.lines().any(|l| l.starts_with("FAIL project widget merge style")
-            && l.contains("projects.widget.merge_style")),
+        text.lines()
+            .any(|l| l.starts_with("FAIL project widget merge style")
+                && l.contains("projects.widget.merge_style")),
         "{text}"
     );
     sbx.check_invariants();

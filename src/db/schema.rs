@@ -547,4 +547,14 @@ CREATE TABLE merge_batches (
     r#"
 ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 24: `merge_line.built`, the head the line last rebased the task's
+    // branch to (recorded with `base`, before the push): a rebase of
+    // `validated`, or of an earlier `built`. At the next build the
+    // branch's head must be one of the two (or what a rebase of them
+    // started from) — else it is content staging never validated and the
+    // task goes back to deploy-staging (DESIGN §7, "someone else pushed to
+    // a task branch").
+    r#"
+ALTER TABLE merge_line ADD COLUMN built TEXT;
+"#,
 ];
