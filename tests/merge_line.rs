@@ -766,3 +766,155 @@ fn a_gitea_merge_style_whose_merge_is_not_the_tested_tip_lands_nothing_and_says_
     );
     sbx.check_invariants();
 }
+
+/// [`ready`] on a Gitea project: the PRs are opened by `orch deliver`
+/// (the outbox's open_pr messages), the development CI is what Gitea
+/// answers reconcile.
+#[cfg(feature = "testing")]
+fn ready_on_gitea(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
+    let id = sbx.add_issue(title);
+    for _ in 0..12 {
+        if sbx.stage(id) == "deploy-staging" {
+            let v = sbx.json(&["work-once", "--role", "deployer"]);
+            assert_eq!(v["task_id"], id, "{v}");
+            assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+            sbx.json(&["deliver"]);
+            return id;
+        }
+        for role in NOT_DEPLOYER {
+            let o = sbx
+                .orch_std()
+                .args(["work-once", "--role", role])
+                .envs(env.iter().copied())
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{o:?}");
+        }
+        sbx.json(&["deliver"]);
+        sbx.json(&["reconcile"]);
+    }
+    panic!("task {id} never reached deploy-staging");
+}
+
+#[cfg(feature = "testing")]
+#[test]
+fn a_gitea_batch_of_prs_opened_in_the_same_run_lands_with_one_merge_and_a_missing_pr_dead_letters()
+{
+    use crate::fakes::Fault;
+
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false")
+        .set("ORCH_RECONCILE_GRACE_S", "0")
+        // A message Gitea cannot take yet is a dead letter at once (the
+        // run reports of the task whose PR is missing).
+        .set("ORCH_OUTBOX_MAX_ATTEMPTS", "1");
+    let gitea = on_gitea(&mut sbx, "");
+    // Gitea's CI is green for every head it is asked about.
+    gitea.state.lock().unwrap().success_after_polls = Some(0);
+    // The first PR Gitea is asked to open is refused: task a's PR is
+    // never opened (its open_pr message a dead letter).
+    gitea.faults.push(
+        "POST",
+        "/repos/acme/widget/pulls",
+        Fault::Status(
+            403,
+            json!({"message": "user should have permission to create a pull request"}),
+            vec![],
+        ),
+    );
+    let ids: Vec<i64> = ["a", "b", "c"]
+        .iter()
+        .map(|n| ready_on_gitea(&sbx, n, &env_of(&own_file(n))))
+        .collect();
+    let branches: Vec<String> = ids.iter().map(|id| branch_of(&sbx, *id)).collect();
+    let open_pr = |id: i64| -> (String, String) {
+        sbx.db()
+            .query_row(
+                "SELECT status, COALESCE(last_error,'') FROM outbox WHERE kind='open_pr' AND task_id=?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(open_pr(ids[0]).0, "dead", "{:?}", open_pr(ids[0]));
+    let prs = gitea.state.lock().unwrap().prs.clone();
+    assert_eq!(
+        prs.iter().map(|p| p.head.clone()).collect::<Vec<_>>(),
+        branches[1..],
+        "b's and c's PRs opened through the outbox, nothing pre-seeded"
+    );
+
+    // One batch, tested once; Gitea merges only the tip's PR (c), naming
+    // the tested head; main is that head.
+    gitea.server.clear();
+    let v = line(&sbx);
+    let b = &v["batches"][0];
+    assert_eq!(b["tasks"], json!(ids), "{v}");
+    assert_eq!(b["landed"], json!(ids), "{v}");
+    assert_eq!(b["tests"], 1, "{v}");
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    assert_eq!(b["tip"], main.as_str(), "{v}");
+    assert_eq!(main, sbx.origin_git(&["rev-parse", &branches[2]]));
+    let merges: Vec<String> = gitea
+        .server
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("POST ") && l.ends_with("/merge"))
+        .collect();
+    let c_pr = prs[1].number;
+    assert_eq!(merges, [format!("POST {GITEA_API}/pulls/{c_pr}/merge")]);
+    let body = gitea.state.lock().unwrap().prs[1]
+        .merge_body
+        .clone()
+        .unwrap();
+    assert_eq!(body["Do"], "fast-forward-only");
+    assert_eq!(body["head_commit_id"], main.as_str());
+    for id in &ids {
+        assert_eq!(sbx.stage(*id), "deploy");
+    }
+
+    // The others' PRs are marked merged by `orch deliver`: b's by main's
+    // commit; a has no PR: a dead letter saying so, once.
+    for _ in 0..3 {
+        sbx.json(&["deliver"]);
+    }
+    let prs = gitea.state.lock().unwrap().prs.clone();
+    assert!(prs.iter().all(|p| p.merged), "{prs:?}");
+    let mark = prs[0].merge_body.clone().unwrap();
+    assert_eq!(mark["Do"], "manually-merged");
+    assert_eq!(mark["MergeCommitID"], main.as_str());
+    let marks: Vec<(i64, String, String)> = {
+        let db = sbx.db();
+        let mut st = db
+            .prepare(
+                "SELECT task_id, status, COALESCE(last_error,'') FROM outbox \
+                 WHERE kind='mark_merged' ORDER BY task_id",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(marks.len(), 2, "none for the tip: {marks:?}");
+    assert_eq!((marks[1].0, marks[1].1.as_str()), (ids[1], "delivered"));
+    assert_eq!((marks[0].0, marks[0].1.as_str()), (ids[0], "dead"));
+    assert!(
+        marks[0].2.starts_with("permanent: ")
+            && marks[0]
+                .2
+                .contains(&format!("no pull request for {}", branches[0]))
+            && marks[0].2.contains(&main),
+        "a dead letter at once, with the reason: {marks:?}"
+    );
+    let mark_calls = gitea
+        .server
+        .lines()
+        .iter()
+        .filter(|l| l.ends_with("/merge"))
+        .count();
+    assert_eq!(mark_calls, 2, "the tip's merge and b's mark; none for a");
+    assert!(sbx.origin_git(&["rev-list", "--merges", "main"]).is_empty());
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
