@@ -57,7 +57,7 @@ fn setup(
 /// - FAIL → back to development through the transition rule, the failed
 ///   checks the reason (the next run's feedback);
 /// - INFRA → the row stays `staging`, retried after a backoff
-///   (`ORCH_MERGE_GATE_DEFER_S`, doubling); at `ORCH_MERGE_GATE_MAX_DEFERS`
+///   (`ORCH_STAGING_CHECK_INFRA_BACKOFF_S`, doubling); at `ORCH_STAGING_CHECK_MAX_INFRA`
 ///   answers the task is escalated;
 /// - a task branch whose head on origin moved since the deployer's PASS is
 ///   not validated: deploy-staging runs again on the new head (`restage`);
@@ -229,9 +229,9 @@ fn check_one(
             Status::Infra => {
                 let reason = format!("staging-check INFRA on {rev}: {}", not_passed.join("; "));
                 tx.bump_counter("merge_gate.deferred_total", 1)?;
-                if row.staging_defers >= s.merge_gate_max_defers as i64 {
+                if row.staging_defers >= s.staging_max_infra as i64 {
                     let why = format!(
-                        "staging check deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
+                        "staging check deferred {} times (ORCH_STAGING_CHECK_MAX_INFRA): {reason}",
                         row.staging_defers
                     );
                     let mut m = Move::new(
@@ -246,7 +246,7 @@ fn check_one(
                     pipeline::apply(tx, ctx.policy(), &m, now)?;
                     return Ok(format!("task {id}: {why}; escalated"));
                 }
-                let base_ms = s.merge_gate_defer_s as i64 * 1000;
+                let base_ms = s.staging_infra_backoff_s as i64 * 1000;
                 let at = now + backoff_ms(base_ms, base_ms << 4, row.staging_defers, None);
                 tx.line_staging_defer(id, row.staging_defers + 1, at, &reason, now)?;
                 format!(
