@@ -918,3 +918,76 @@ fn a_gitea_batch_of_prs_opened_in_the_same_run_lands_with_one_merge_and_a_missin
     assert_main_always_green(&sbx);
     sbx.check_invariants();
 }
+
+#[test]
+fn a_push_while_a_task_awaits_the_staging_check_is_taken_in_and_staged_again_never_dropped() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    // A staging instance that is never reached: the head check comes
+    // before the suite.
+    sbx.append_config(&format!(
+        "\n[projects.staging]\nurl = \"http://127.0.0.1:9\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 1\n",
+        sbx.dir.join("staging.db").display(),
+        sbx.dir.join("staging.toml").display()
+    ));
+    let ids: Vec<i64> = ["a", "b"]
+        .iter()
+        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
+        .collect();
+    let (a, b) = (ids[0], ids[1]);
+    let a_branch = branch_of(&sbx, a);
+    let passed = sbx.origin_git(&["rev-parse", &a_branch]);
+    let other = someone_elses_clone(&sbx, &a_branch, "someone-else");
+    let theirs = commit_as_someone_else(&other, "theirs.md");
+    git_in(&other, &["push", "-q", "origin", &a_branch]);
+    let b_branch = branch_of(&sbx, b);
+    let rewrite = someone_elses_clone(&sbx, "main", "someone-else-2");
+    let rewritten = commit_as_someone_else(&rewrite, "rewritten.md");
+    git_in(
+        &rewrite,
+        &["push", "-q", "-f", "origin", &format!("HEAD:{b_branch}")],
+    );
+
+    let out = sbx.orch().args(["merge-gate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // a: their commit taken into the worktree, deploy-staging again.
+    let t = sbx.transitions(a);
+    assert_eq!(t.last().unwrap().1, "deploy-staging");
+    let reason: String = sbx
+        .db()
+        .query_row(
+            "SELECT reason FROM transitions WHERE task_id=?1 ORDER BY id DESC LIMIT 1",
+            [a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        reason.starts_with(&format!("staging check: someone else pushed to {a_branch}")),
+        "{reason}"
+    );
+    let wt: String = sbx
+        .db()
+        .query_row("SELECT worktree FROM tasks WHERE id=?1", [a], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        git_in(std::path::Path::new(&wt), &["rev-parse", "HEAD"]).trim(),
+        theirs
+    );
+    // b: escalated; origin keeps the rewrite.
+    let escalated: i64 = sbx.count(&format!("SELECT escalated FROM tasks WHERE id={b}"));
+    assert_eq!(escalated, 1);
+    assert_eq!(sbx.origin_git(&["rev-parse", &b_branch]), rewritten);
+
+    // The deployer runs again on a's new head and pushes nothing away: the
+    // staging check now awaits that head.
+    let v = sbx.json(&["work-once", "--role", "deployer"]);
+    assert_eq!(v["task_id"], a, "{v}");
+    let why = v["finalized"]["reason"].as_str().unwrap_or("").to_string();
+    assert!(
+        why.contains(&format!("awaiting the staging check of {theirs}")),
+        "{v}"
+    );
+    assert_ne!(theirs, passed);
+    assert_eq!(sbx.origin_git(&["rev-parse", &a_branch]), theirs);
+    sbx.check_invariants();
+}
