@@ -11,14 +11,30 @@ use crate::util::*;
 const NOT_DEPLOYER: [&str; 5] = ["analyst", "architect", "developer", "reviewer", "tester"];
 
 /// Adds an issue and runs every role but the deployer (with `env`) until
-/// it waits at deploy-staging, then its deployer: the task is ready.
+/// it waits at deploy-staging, then its deployer: the task is ready. The
+/// development CI is the local forge's (`orch ci`).
 fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
+    ready_by(sbx, title, env, &|| {
+        let o = sbx
+            .orch_std()
+            .args(["ci"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    })
+}
+
+/// [`ready`] with `between` run after each round of the roles (and after
+/// the deployer): what records the development CI and delivers messages.
+fn ready_by(sbx: &Sandbox, title: &str, env: &[(&str, &str)], between: &dyn Fn()) -> i64 {
     let id = sbx.add_issue(title);
-    for _ in 0..10 {
+    for _ in 0..12 {
         if sbx.stage(id) == "deploy-staging" {
             let v = sbx.json(&["work-once", "--role", "deployer"]);
             assert_eq!(v["task_id"], id, "{v}");
             assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+            between();
             return id;
         }
         for role in NOT_DEPLOYER {
@@ -30,14 +46,7 @@ fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
                 .unwrap();
             assert!(o.status.success(), "{o:?}");
         }
-        // The local forge's CI of the development heads.
-        let o = sbx
-            .orch_std()
-            .args(["ci"])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{o:?}");
+        between();
     }
     panic!("task {id} never reached deploy-staging");
 }
@@ -45,6 +54,14 @@ fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
 /// One run of the line; the project's report.
 fn line(sbx: &Sandbox) -> serde_json::Value {
     sbx.json(&["merge-gate"])["projects"][0].clone()
+}
+
+/// [`ready`] for each name in turn, each task writing its own `<name>.md`.
+fn ready_each(sbx: &Sandbox, names: &[&str]) -> Vec<i64> {
+    names
+        .iter()
+        .map(|n| ready(sbx, n, &env_of(&own_file(n))))
+        .collect()
 }
 
 fn own_file(n: &str) -> [(&'static str, String); 1] {
@@ -65,10 +82,7 @@ fn counter(sbx: &Sandbox, name: &str) -> i64 {
 fn three_ready_tasks_land_as_one_batch_tested_once_and_the_line_is_visible() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
-    let ids: Vec<i64> = ["a", "b", "c"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b", "c"]);
     sbx.push_to_main("README.md", "Main moved meanwhile.");
 
     // Waiting: `why` names the place, `status` the line, the metrics the
@@ -280,10 +294,7 @@ fn the_batch_size_follows_the_backlog_within_its_bounds() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false")
         .set("ORCH_MERGE_LINE_BATCH_MAX", "2");
-    let ids: Vec<i64> = ["a", "b", "c"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b", "c"]);
     let v = line(&sbx);
     assert_eq!(v["batches"][0]["landed"], json!(&ids[..2]), "{v}");
     assert_eq!(v["batches"][1]["landed"], json!(&ids[2..]), "{v}");
@@ -309,10 +320,7 @@ fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_mar
 
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
-    let ids: Vec<i64> = ["a", "b"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b"]);
     // The project now merges through Gitea; its PRs exist, as the outbox's
     // open_pr deliveries made them (numbers 7, 8).
     let gitea = on_gitea(&mut sbx, "");
@@ -562,10 +570,7 @@ fn branch_of(sbx: &Sandbox, id: i64) -> String {
 fn someone_elses_push_to_a_ready_branch_takes_that_task_out_and_the_rest_of_the_batch_lands() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
-    let ids: Vec<i64> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b", "c", "d"]);
     let (b, c, d) = (ids[1], ids[2], ids[3]);
     // b, c: commits pushed on top of their branches. d: its branch
     // rewritten (someone force-pushed a history without d's commits).
@@ -697,10 +702,7 @@ fn on_gitea(sbx: &mut Sandbox, extra: &str) -> crate::fakes::FakeGitea {
 fn a_gitea_merge_style_whose_merge_is_not_the_tested_tip_lands_nothing_and_says_which_setting() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
-    let ids: Vec<i64> = ["a", "b"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b"]);
     let gitea = on_gitea(&mut sbx, "\nmerge_style = \"squash\"");
     let main = sbx.origin_git(&["rev-parse", "main"]);
     let branches: Vec<String> = ids
@@ -772,28 +774,10 @@ fn a_gitea_merge_style_whose_merge_is_not_the_tested_tip_lands_nothing_and_says_
 /// answers reconcile.
 #[cfg(feature = "testing")]
 fn ready_on_gitea(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
-    let id = sbx.add_issue(title);
-    for _ in 0..12 {
-        if sbx.stage(id) == "deploy-staging" {
-            let v = sbx.json(&["work-once", "--role", "deployer"]);
-            assert_eq!(v["task_id"], id, "{v}");
-            assert_eq!(v["finalized"]["action"], "waiting", "{v}");
-            sbx.json(&["deliver"]);
-            return id;
-        }
-        for role in NOT_DEPLOYER {
-            let o = sbx
-                .orch_std()
-                .args(["work-once", "--role", role])
-                .envs(env.iter().copied())
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{o:?}");
-        }
+    ready_by(sbx, title, env, &|| {
         sbx.json(&["deliver"]);
         sbx.json(&["reconcile"]);
-    }
-    panic!("task {id} never reached deploy-staging");
+    })
 }
 
 #[cfg(feature = "testing")]
@@ -930,10 +914,7 @@ fn a_push_while_a_task_awaits_the_staging_check_is_taken_in_and_staged_again_nev
         sbx.dir.join("staging.db").display(),
         sbx.dir.join("staging.toml").display()
     ));
-    let ids: Vec<i64> = ["a", "b"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b"]);
     let (a, b) = (ids[0], ids[1]);
     let a_branch = branch_of(&sbx, a);
     let passed = sbx.origin_git(&["rev-parse", &a_branch]);
