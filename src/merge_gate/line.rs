@@ -655,6 +655,9 @@ fn build_one(
             short(&new_head)
         )),
     }
+    // A crash here leaves a rebase neither recorded nor pushed: the rerun
+    // finds origin's branch and the validated revision in `ORIG_HEAD`.
+    failpoint("merge_line.after_rebase");
     let head = repo.head_sha(worktree)?;
     db.write(|tx| tx.line_set_built(task.id, tip, &head))?;
     sync_branch(
