@@ -31,7 +31,7 @@ pub const TICKS: [&str; 7] = [
 
 /// Counters of the `counters` table with their metric name and help;
 /// any other counter is exported as `orch_events_total{name}`.
-const KNOWN_COUNTERS: [(&str, &str, &str); 15] = [
+const KNOWN_COUNTERS: [(&str, &str, &str); 16] = [
     (
         "reconcile.unblocked_total",
         "orch_reconcile_unblocked_total",
@@ -106,6 +106,11 @@ const KNOWN_COUNTERS: [(&str, &str, &str); 15] = [
         "merge_line.sent_back_total",
         "orch_merge_line_sent_back_total",
         "Tasks the merge line sent back to development (a conflict, red tests, a refused branch).",
+    ),
+    (
+        "merge_line.taken_out_total",
+        "orch_merge_line_taken_out_total",
+        "Tasks the merge line took out because their branch was not what was validated (someone else pushed to it): back to deploy-staging, or escalated.",
     ),
 ];
 

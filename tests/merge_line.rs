@@ -624,6 +624,10 @@ fn someone_elses_push_to_a_ready_branch_takes_that_task_out_and_the_rest_of_the_
         "{v}"
     );
     assert!(why_out(2).contains("someone else rewrote"), "{v}");
+    assert_eq!(counter(&sbx, "merge_line.taken_out_total"), 3);
+    assert!(sbx
+        .ok(&["metrics"])
+        .contains("orch_merge_line_taken_out_total 3"));
     // b goes back to deploy-staging with their commit in its worktree;
     // origin keeps it. d is escalated naming both heads; origin keeps the
     // rewrite.

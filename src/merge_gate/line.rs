@@ -403,16 +403,13 @@ fn round(
                     foreign::take_out(ctx.policy(), db, repo, &task, &on, "merge line")?
                 {
                     steps.push(format!("task {}: {reason}; out of the batch", task.id));
-                    if moved != Moved::Lost {
-                        rep.taken_out.push((task.id, reason));
-                    }
+                    taken_out(db, &mut rep, task.id, reason, moved)?;
                 }
             }
             Ok(Build::NotValidated(reason)) => {
                 steps.push(format!("task {}: {reason}; out of the batch", task.id));
-                if foreign::restage(ctx.policy(), db, &task, &reason)? != Moved::Lost {
-                    rep.taken_out.push((task.id, reason));
-                }
+                let moved = foreign::restage(ctx.policy(), db, &task, &reason)?;
+                taken_out(db, &mut rep, task.id, reason, moved)?;
             }
             // One task's worktree that can never be used (its git metadata
             // changed, …) must not hold up the line: it goes back.
@@ -571,6 +568,22 @@ fn round(
     let tip = last.head.clone();
     db.write(|tx| tx.line_finish_batch(batch_id, state, Some(&tip), tests, now_ms()))?;
     Ok(rep)
+}
+
+/// Counts task `id` taken out of its batch (`reason`), unless its move
+/// was lost to another actor.
+fn taken_out(
+    db: &Db,
+    rep: &mut BatchReport,
+    id: i64,
+    reason: String,
+    moved: Moved,
+) -> anyhow::Result<()> {
+    if moved != Moved::Lost {
+        db.write(|tx| tx.bump_counter("merge_line.taken_out_total", 1))?;
+        rep.taken_out.push((id, reason));
+    }
+    Ok(())
 }
 
 /// How [`build_one`] ended for a task.
