@@ -1,6 +1,6 @@
 //! The record of refused effects (DESIGN §11 INV-10): each time a stale
 //! claim — an epoch the job has left — tried an effect outside the
-//! database and was refused, one row (`fence_refusals`, migration 25).
+//! database and was refused, one row (`fence_refusals`, migration 26).
 //! Written only by `crate::fence::refuse`.
 
 use rusqlite::params;

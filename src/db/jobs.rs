@@ -57,11 +57,11 @@ pub struct Job {
     /// outside the database are fenced on it (DESIGN §11 INV-10).
     pub epoch: i64,
     /// Origin's head of the task branch when this claim's run started
-    /// (migration 25): `Some("")` when origin had no such branch, `None`
+    /// (migration 26): `Some("")` when origin had no such branch, `None`
     /// when not recorded. The lease of the claim's push.
     pub claim_sha: Option<String>,
     /// The claimer's host id (`ORCH_HOST_ID`, [`crate::process::host_id`];
-    /// migration 25), `None` for a claim of an older orch.
+    /// migration 26), `None` for a claim of an older orch.
     pub host_id: Option<String>,
 }
 

@@ -29,7 +29,7 @@ pub struct OutboxRow {
     pub retried_at_ms: Option<i64>,
     /// Who asked for the last retry: the operator's login.
     pub retried_by: Option<String>,
-    /// The claim the row was queued for: (job id, epoch) — migration 25;
+    /// The claim the row was queued for: (job id, epoch) — migration 26;
     /// `None` for a row not tied to a job's run. `orch deliver` never
     /// sends a row whose job has been claimed again since.
     pub claim: Option<(i64, i64)>,

@@ -565,7 +565,17 @@ CREATE TABLE gone_sessions (
     PRIMARY KEY (task_id, role, session_id)
 );
 "#,
-    // 25: the fence of every outside effect (DESIGN §11 INV-10).
+    // 25: `merge_line.built`, the head the line last rebased the task's
+    // branch to (recorded with `base`, before the push): a rebase of
+    // `validated`, or of an earlier `built`. At the next build the
+    // branch's head must be one of the two (or what a rebase of them
+    // started from) — else it is content staging never validated and the
+    // task goes back to deploy-staging (DESIGN §7, "someone else pushed to
+    // a task branch").
+    r#"
+ALTER TABLE merge_line ADD COLUMN built TEXT;
+"#,
+    // 26: the fence of every outside effect (DESIGN §11 INV-10).
     // `jobs.claim_sha`: origin's head of the task branch when the claim's
     // run started (after the worktree was synced), the lease of its push
     // (`--force-with-lease=<branch>:<claim_sha>`); '' when origin had no
