@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use orch::process::systemd::{self, Limits, UnitName, UnitState};
+use orch::process::systemd::{self, UnitName, UnitSpec, UnitState};
 use orch::process::{Confinement, RunSpec};
 
 fn main() -> ExitCode {
@@ -46,9 +46,15 @@ fn unit(epoch: i64) -> UnitName {
 }
 
 fn check(dir: &Path, wait: bool) -> anyhow::Result<()> {
-    let limits = Limits {
+    let grace = Duration::from_secs(2);
+    let unit_spec = |unit: &UnitName, argv: &[String], output: Option<PathBuf>| UnitSpec {
+        unit: unit.clone(),
+        argv: argv.to_vec(),
+        env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+        cwd: dir.to_path_buf(),
+        output,
         runtime_max: Duration::from_secs(900),
-        stop_grace: Duration::from_secs(2),
+        stop_grace: grace,
     };
     std::fs::create_dir_all(dir)?;
     systemd::probe().map_err(|why| anyhow::anyhow!("probe: {why}"))?;
@@ -58,22 +64,19 @@ fn check(dir: &Path, wait: bool) -> anyhow::Result<()> {
     // stopped, then collected.
     let sleeper = unit(1);
     let sleep = vec!["/bin/sleep".to_string(), "600".to_string()];
-    systemd::start_transient(&sleeper, &sleep, &[], dir, &limits)?;
+    systemd::start_transient(&unit_spec(&sleeper, &sleep, None))?;
     expect(&sleeper, UnitState::Active)?;
     println!("ok {sleeper} started and active");
-    let again = systemd::start_transient(&sleeper, &sleep, &[], dir, &limits);
+    let again = systemd::start_transient(&unit_spec(&sleeper, &sleep, None));
     anyhow::ensure!(again.is_err(), "a second start of {sleeper} was accepted");
     println!(
         "ok a second start of {sleeper} is refused: {:#}",
         again.unwrap_err()
     );
-    anyhow::ensure!(
-        systemd::stop_unit(&sleeper, limits.stop_grace)?,
-        "stop said not loaded"
-    );
+    anyhow::ensure!(systemd::stop_unit(&sleeper, grace)?, "stop said not loaded");
     expect(&sleeper, UnitState::Finished)?;
     anyhow::ensure!(
-        !systemd::stop_unit(&sleeper, limits.stop_grace)?,
+        !systemd::stop_unit(&sleeper, grace)?,
         "a second stop found it loaded"
     );
     println!("ok {sleeper} stopped, collected; a second stop finds nothing");
@@ -90,7 +93,7 @@ fn check(dir: &Path, wait: bool) -> anyhow::Result<()> {
     // In a script: a unit's arguments carry no `$` (start_transient
     // refuses what the manager would expand).
     let script = dir.join("probe.sh");
-    std::fs::write(&script, format!("({probe}) > '{}'\n", seen.display()))?;
+    std::fs::write(&script, format!("{probe}\n"))?;
     let spec = RunSpec {
         argv: vec!["/bin/sh".into(), script.display().to_string()],
         cwd: dir.to_path_buf(),
@@ -111,11 +114,7 @@ fn check(dir: &Path, wait: bool) -> anyhow::Result<()> {
     let mut argv = vec![bwrap.display().to_string()];
     argv.extend(confined.into_iter().skip(1));
     let agent = unit(2);
-    let env = vec![(
-        "PATH".to_string(),
-        "/usr/local/bin:/usr/bin:/bin".to_string(),
-    )];
-    systemd::start_transient(&agent, &argv, &env, dir, &limits)?;
+    systemd::start_transient(&unit_spec(&agent, &argv, Some(seen.clone())))?;
     expect(&agent, UnitState::Finished)?;
     let saw = std::fs::read_to_string(&seen).unwrap_or_default();
     anyhow::ensure!(
@@ -129,7 +128,7 @@ fn check(dir: &Path, wait: bool) -> anyhow::Result<()> {
 
     // Left running for the boot test: it must outlive this program's unit.
     let left = unit(3);
-    systemd::start_transient(&left, &sleep, &[], dir, &limits)?;
+    systemd::start_transient(&unit_spec(&left, &sleep, None))?;
     expect(&left, UnitState::Active)?;
     println!("ok {left} started; left running");
     if wait {

@@ -91,9 +91,23 @@ fn number(s: &str) -> Option<i64> {
     digits.then(|| s.parse().ok()).flatten()
 }
 
-/// The limits a run unit keeps, whatever its program does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+/// What one run unit runs, and the limits it keeps whatever its program
+/// does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSpec {
+    pub unit: UnitName,
+    /// The program (an absolute path) and its arguments; none may hold
+    /// `$`, which the manager would expand.
+    pub argv: Vec<String>,
+    /// Set in the unit (`--setenv`) on top of the manager's own
+    /// environment; never a secret (see [`start_transient`]).
+    pub env: Vec<(String, String)>,
+    /// The working directory (absolute).
+    pub cwd: PathBuf,
+    /// The program's stdout and stderr are appended to this file
+    /// (absolute, no whitespace); `None`: stdout discarded, stderr to the
+    /// journal.
+    pub output: Option<PathBuf>,
     /// The unit is stopped this long after it started (`RuntimeMaxSec=`):
     /// a backstop above the run's own timeout, which the program enforces
     /// (give it the timeout plus twice the grace plus a margin).
@@ -161,33 +175,26 @@ fn probe_now() -> Result<(), String> {
     }
 }
 
-/// Starts `argv` (its program an absolute path) in `cwd` as the transient
-/// unit `unit` of this user's service manager and returns once the
-/// program was executed (`Type=exec`): the unit is collected when it ends,
-/// failed or not (`--collect`); nobody waits for it. The unit keeps
-/// [`Limits`] and runs with no new privileges, a seccomp filter of the
-/// worker unit's system calls (`@system-service @mount @setuid`: the
-/// sandbox's bubblewrap still works), `UMask=0077` and the journal at
-/// notice (quiet when all is well, as the orch units).
+/// Starts `spec.argv` in `spec.cwd` as the transient unit `spec.unit` of
+/// this user's service manager and returns once the program was executed
+/// (`Type=exec`): the unit is collected when it ends, failed or not
+/// (`--collect`); nobody waits for it. Besides [`UnitSpec`]'s limits, the
+/// unit runs with no new privileges, a seccomp filter of the worker unit's
+/// system calls (`@system-service @mount @setuid`: the sandbox's
+/// bubblewrap still works), `UMask=0077` and the journal at notice (quiet
+/// when all is well, as the orch units).
 ///
-/// `env` is set in the unit (`--setenv`), on top of the manager's own
-/// environment. Unit properties can be read by every process of this user
-/// that reaches the manager, so secrets do not go here (they go in a file
-/// only orch reads): a name ending in `_SECRET`, `_TOKEN`, `_API_KEY`,
-/// `_PASSWORD` or `_KEY` is refused.
+/// Unit properties, `spec.env` among them, can be read by every process of
+/// this user that reaches the manager, so secrets do not go there (they go
+/// in a file only orch reads, e.g. the run's spec): a name ending in
+/// `_SECRET`, `_TOKEN`, `_KEY` or `_PASSWORD` is refused.
 ///
-/// Errors: a refused argv, environment or `cwd` ([`transient_argv`]);
-/// `systemd-run` cannot be started, takes longer than 30 s, or fails —
-/// e.g. a unit of that name already exists, or the program cannot be
-/// executed — with its message.
-pub fn start_transient(
-    unit: &UnitName,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: &Path,
-    limits: &Limits,
-) -> anyhow::Result<()> {
-    let args = transient_argv(unit, argv, env, cwd, limits)?;
+/// Errors: a refused spec ([`transient_argv`]); `systemd-run` cannot be
+/// started, takes longer than 30 s, or fails — e.g. a unit of that name
+/// already exists, or the program cannot be executed — with its message.
+pub fn start_transient(spec: &UnitSpec) -> anyhow::Result<()> {
+    let args = transient_argv(spec)?;
+    let unit = &spec.unit;
     let mut cmd = Command::new("systemd-run");
     cmd.args(&args).env("XDG_RUNTIME_DIR", runtime_dir());
     let out = call(cmd, CALL_TIMEOUT).context("running systemd-run --user")?;
@@ -198,7 +205,7 @@ pub fn start_transient(
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    tracing::info!(target: "systemd", unit = %unit, program = %argv[0], "run started in a transient unit");
+    tracing::info!(target: "systemd", unit = %unit, program = %spec.argv[0], "run started in a transient unit");
     Ok(())
 }
 
@@ -207,34 +214,42 @@ pub fn start_transient(
 ///
 /// Errors: an empty argv, a program that is not an absolute path, an
 /// argument holding `$` (the manager would expand it as a variable), a
-/// relative `cwd`, an environment name that is not `[A-Za-z_][A-Za-z0-9_]*`
-/// or that names a secret (see [`start_transient`]), a value holding a
-/// newline.
-pub fn transient_argv(
-    unit: &UnitName,
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: &Path,
-    limits: &Limits,
-) -> anyhow::Result<Vec<String>> {
-    let Some(program) = argv.first() else {
+/// relative `cwd`, an output file that is relative or holds whitespace, an
+/// environment name that is not `[A-Za-z_][A-Za-z0-9_]*` or that names a
+/// secret (see [`start_transient`]), a value holding a newline.
+pub fn transient_argv(spec: &UnitSpec) -> anyhow::Result<Vec<String>> {
+    let unit = &spec.unit;
+    let Some(program) = spec.argv.first() else {
         bail!("{unit}: empty argv");
     };
     if !Path::new(program).is_absolute() {
         bail!("{unit}: the program must be an absolute path, not {program:?}");
     }
-    if let Some(a) = argv.iter().find(|a| a.contains('$')) {
+    if let Some(a) = spec.argv.iter().find(|a| a.contains('$')) {
         bail!("{unit}: argument {a:?} holds '$', which systemd would expand");
     }
-    if !cwd.is_absolute() {
+    if !spec.cwd.is_absolute() {
         bail!(
             "{unit}: the working directory must be absolute, not {}",
-            cwd.display()
+            spec.cwd.display()
         );
     }
-    let secret = ["_SECRET", "_TOKEN", "_API_KEY", "_PASSWORD", "_KEY"];
-    let mut setenv = Vec::with_capacity(env.len());
-    for (k, v) in env {
+    let output = match &spec.output {
+        None => None,
+        Some(p) => {
+            let text = p.to_string_lossy();
+            if !p.is_absolute() || text.chars().any(char::is_whitespace) {
+                bail!(
+                    "{unit}: the output file must be absolute and without whitespace, not {}",
+                    p.display()
+                );
+            }
+            Some(text.into_owned())
+        }
+    };
+    let secret = ["_SECRET", "_TOKEN", "_KEY", "_PASSWORD"];
+    let mut setenv = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
         let valid = k
             .bytes()
             .enumerate()
@@ -250,7 +265,7 @@ pub fn transient_argv(
         }
         setenv.push(format!("--setenv={k}={v}"));
     }
-    let secs = |d: Duration| format!("{}ms", d.as_millis().max(1));
+    let ms = |d: Duration| format!("{}ms", d.as_millis().max(1));
     let mut a: Vec<String> = vec![
         "--user".into(),
         format!("--unit={unit}"),
@@ -258,10 +273,10 @@ pub fn transient_argv(
         "--collect".into(),
         "--quiet".into(),
         "--service-type=exec".into(),
-        format!("--working-directory={}", cwd.display()),
+        format!("--working-directory={}", spec.cwd.display()),
         "--property=KillMode=control-group".into(),
-        format!("--property=TimeoutStopSec={}", secs(limits.stop_grace)),
-        format!("--property=RuntimeMaxSec={}", secs(limits.runtime_max)),
+        format!("--property=TimeoutStopSec={}", ms(spec.stop_grace)),
+        format!("--property=RuntimeMaxSec={}", ms(spec.runtime_max)),
         "--property=NoNewPrivileges=yes".into(),
         "--property=RestrictSUIDSGID=yes".into(),
         "--property=LockPersonality=yes".into(),
@@ -269,13 +284,21 @@ pub fn transient_argv(
         "--property=SystemCallArchitectures=native".into(),
         "--property=SystemCallFilter=@system-service @mount @setuid".into(),
         "--property=UMask=0077".into(),
-        "--property=StandardOutput=null".into(),
-        "--property=StandardError=journal".into(),
-        "--property=LogLevelMax=notice".into(),
     ];
+    match output {
+        Some(path) => a.extend([
+            format!("--property=StandardOutput=append:{path}"),
+            format!("--property=StandardError=append:{path}"),
+        ]),
+        None => a.extend([
+            "--property=StandardOutput=null".into(),
+            "--property=StandardError=journal".into(),
+        ]),
+    }
+    a.push("--property=LogLevelMax=notice".into());
     a.extend(setenv);
     a.push("--".into());
-    a.extend(argv.iter().cloned());
+    a.extend(spec.argv.iter().cloned());
     Ok(a)
 }
 
@@ -437,8 +460,16 @@ mod tests {
         }
     }
 
-    fn limits() -> Limits {
-        Limits {
+    fn spec(argv: &[&str], env: &[(&str, &str)], cwd: &str) -> UnitSpec {
+        UnitSpec {
+            unit: UnitName::for_run(7, 2).unwrap(),
+            argv: s(argv),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            cwd: PathBuf::from(cwd),
+            output: None,
             runtime_max: Duration::from_secs(3720),
             stop_grace: Duration::from_millis(2500),
         }
@@ -450,18 +481,15 @@ mod tests {
 
     #[test]
     fn the_argv_names_the_unit_its_limits_and_the_program_last() {
-        let unit = UnitName::for_run(7, 2).unwrap();
-        let argv = s(&[
+        let argv = [
             "/usr/local/bin/orch",
             "run-agent",
             "--spec",
             "/var/lib/orch/state/x.spec",
-        ]);
-        let env = vec![
-            ("HOME".to_string(), "/var/lib/orch/home".to_string()),
-            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
         ];
-        let a = transient_argv(&unit, &argv, &env, Path::new("/var/lib/orch"), &limits()).unwrap();
+        let env = [("HOME", "/var/lib/orch/home"), ("PATH", "/usr/bin:/bin")];
+        let mut spec = spec(&argv, &env, "/var/lib/orch");
+        let a = transient_argv(&spec).unwrap();
         assert_eq!(
             a,
             s(&[
@@ -495,26 +523,30 @@ mod tests {
             ])
         );
         assert!(!a.iter().any(|x| x == "--wait"), "nobody waits for the run");
+        // With an output file, the program's streams go there.
+        spec.output = Some(PathBuf::from("/var/lib/orch/state/logs/job7-e2.runner.log"));
+        let b = transient_argv(&spec).unwrap();
+        let streams: Vec<&String> = b.iter().filter(|x| x.contains("Standard")).collect();
+        assert_eq!(
+            streams,
+            [
+                "--property=StandardOutput=append:/var/lib/orch/state/logs/job7-e2.runner.log",
+                "--property=StandardError=append:/var/lib/orch/state/logs/job7-e2.runner.log"
+            ]
+        );
+        assert_eq!(b.len(), a.len());
     }
 
     #[test]
     fn what_the_manager_would_misread_is_refused() {
-        let unit = UnitName::for_run(7, 2).unwrap();
-        let cwd = Path::new("/var/lib/orch");
-        let err = |argv: &[&str], env: &[(&str, &str)], cwd: &Path| {
-            let env: Vec<(String, String)> = env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            format!(
-                "{:#}",
-                transient_argv(&unit, &s(argv), &env, cwd, &limits()).unwrap_err()
-            )
+        let cwd = "/var/lib/orch";
+        let err = |argv: &[&str], env: &[(&str, &str)], cwd: &str| {
+            format!("{:#}", transient_argv(&spec(argv, env, cwd)).unwrap_err())
         };
         assert!(err(&[], &[], cwd).contains("empty argv"));
         assert!(err(&["orch", "run-agent"], &[], cwd).contains("absolute path"));
         assert!(err(&["/bin/orch", "--spec", "/x/$HOME"], &[], cwd).contains("holds '$'"));
-        assert!(err(&["/bin/orch"], &[], Path::new("state")).contains("must be absolute"));
+        assert!(err(&["/bin/orch"], &[], "state").contains("must be absolute"));
         assert!(
             err(&["/bin/orch"], &[("A=B", "c")], cwd).contains("not an environment variable name")
         );
@@ -535,6 +567,12 @@ mod tests {
             );
         }
         assert!(err(&["/bin/orch"], &[("A", "x\ny")], cwd).contains("newline"));
+        for output in ["logs/x.log", "/var/lib/orch/a b.log"] {
+            let mut bad = spec(&["/bin/orch"], &[], cwd);
+            bad.output = Some(PathBuf::from(output));
+            let e = format!("{:#}", transient_argv(&bad).unwrap_err());
+            assert!(e.contains("output file must be absolute"), "{output}: {e}");
+        }
     }
 
     #[test]
