@@ -364,6 +364,25 @@ pub fn stop_unit(unit: &UnitName, grace: Duration) -> anyhow::Result<bool> {
     }
 }
 
+/// The path a run unit should start this very binary by: `/proc/self/exe`'s
+/// target (a unit cannot be given `/proc/self/exe`, which the manager
+/// would resolve to itself), without the ` (deleted)` the kernel appends
+/// once an upgrade replaced the file — the unit then starts the new binary
+/// at the same path, which reads the run's versioned spec.
+///
+/// Errors: `/proc/self/exe` cannot be read.
+pub fn this_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::fs::read_link("/proc/self/exe").context("reading /proc/self/exe")?;
+    Ok(without_deleted(exe))
+}
+
+fn without_deleted(exe: PathBuf) -> PathBuf {
+    match exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")) {
+        Some(path) => PathBuf::from(path),
+        None => exe,
+    }
+}
+
 /// `/run/user/<uid>`: the runtime folder of this user's service manager
 /// (what `user-runtime-dir@.service` makes), whatever `XDG_RUNTIME_DIR`
 /// says; the sandbox hides it.
@@ -573,6 +592,19 @@ mod tests {
             let e = format!("{:#}", transient_argv(&bad).unwrap_err());
             assert!(e.contains("output file must be absolute"), "{output}: {e}");
         }
+    }
+
+    #[test]
+    fn a_replaced_binary_is_started_by_its_path() {
+        assert_eq!(
+            without_deleted(PathBuf::from("/usr/local/bin/orch (deleted)")),
+            PathBuf::from("/usr/local/bin/orch")
+        );
+        assert_eq!(
+            without_deleted(PathBuf::from("/usr/local/bin/orch")),
+            PathBuf::from("/usr/local/bin/orch")
+        );
+        assert!(this_binary().unwrap().is_absolute());
     }
 
     #[test]
