@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tracing::{info, warn};
 
+use crate::agent::session::Watch;
 use crate::clock::now_ms;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job, RunRecord, Task};
@@ -27,7 +28,9 @@ use crate::pipeline::{self, Actor, JobStatus, Stage};
 use crate::process::{self, Bind, RunSpec, Runner};
 
 mod finalize;
+mod resume;
 pub use finalize::finalize;
+use resume::{record_session_seen, resume_refused};
 
 /// How much of the end of an agent's log orch reads for its result JSON,
 /// in bytes (a result longer than this reads as no result).
@@ -323,7 +326,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         }
     }
 
-    let brief = brief_of(ctx, db, &task, job, &notes)?;
+    let mut brief = brief_of(ctx, db, &task, job, &notes)?;
     let agent = ctx.config.agent(&job.role)?;
     let kind = agent.kind;
     let verdict_file = brief.verdict_file.clone();
@@ -336,13 +339,13 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     std::fs::write(&prompt_path, &brief.prompt)?;
 
     let timeout_s = brief.timeout_s;
-    let argv = brief.argv.clone();
-    let spec = RunSpec {
+    let mut argv = brief.argv.clone();
+    let mut spec = RunSpec {
         argv: argv.clone(),
         cwd: worktree.clone(),
         env: brief.env.clone(),
         env_remove_prefix: Some("ORCH_".into()),
-        stdin_path: Some(prompt_path),
+        stdin_path: Some(prompt_path.clone()),
         log_path: log_path.clone(),
         timeout: Duration::from_secs(timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
@@ -354,7 +357,10 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let heartbeat_every = Duration::from_secs(ctx.settings.heartbeat_s);
     let mut last_beat = std::time::Instant::now();
     let mut agent_pid = None;
-    let on_spawn = |s: &process::Spawned| {
+    // The session id is recorded as soon as the CLI prints it, so a run
+    // killed with this worker can be resumed by the job's next claim.
+    let watch = std::cell::RefCell::new(Watch::from_end(kind, &log_path));
+    let mut on_spawn = |s: &process::Spawned| {
         agent_pid = Some(s.pid as i64);
         db.write(|tx| {
             tx.set_job_agent(
@@ -366,12 +372,12 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             )
         })
     };
-    let on_tick = || {
+    let mut on_tick = || {
         if last_beat.elapsed() >= heartbeat_every {
             last_beat = std::time::Instant::now();
             db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
         }
-        Ok(())
+        record_session_seen(db, job, &mut watch.borrow_mut())
     };
     // An ACP agent is talked to, not fed a prompt file, and its result
     // comes from the exchange, never from its log.
@@ -393,7 +399,27 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         )?;
         (out, Some(acp))
     } else {
-        let out = runner.run(&spec, Duration::from_millis(200), on_spawn, on_tick)?;
+        let tick = Duration::from_millis(200);
+        let mut out = runner.run(&spec, tick, &mut on_spawn, &mut on_tick)?;
+        // Each refusal forgets the id it names: this ends, at the latest
+        // with a run that resumes nothing.
+        while resume_refused(
+            db,
+            job,
+            kind,
+            brief.previous_session.as_deref(),
+            &log_path,
+            watch.borrow().start(),
+            &out,
+        )? {
+            // The same claim runs the agent again, in a fresh session.
+            brief = brief_of(ctx, db, &task, job, &notes)?;
+            std::fs::write(&prompt_path, &brief.prompt)?;
+            argv = brief.argv.clone();
+            spec.argv = brief.argv.clone();
+            *watch.borrow_mut() = Watch::from_end(kind, &log_path);
+            out = runner.run(&spec, tick, &mut on_spawn, &mut on_tick)?;
+        }
         (out, None)
     };
     if let Some(view) = clone_view {
@@ -435,7 +461,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             crate::agent::parse(kind, &String::from_utf8_lossy(&log), exit_code)
         }
     };
-    let result = vet_result(db, job, kind, parsed)?;
+    let result = vet_result(db, job, kind, brief.previous_session.as_deref(), parsed)?;
     if result.is_none() {
         info!(target: "worker", job = job.id, kind = %kind, log = %log_path.display(), "agent printed no result: usage unknown");
     }
@@ -501,6 +527,11 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             return Ok(false);
         }
         tx.insert_agent_run(job, &record)?;
+        if let Some(id) = &record.session_id {
+            // What a later claim of this job resumes, also when the run
+            // was too quick for the watch or printed no early event.
+            tx.record_job_session(job.id, job.epoch, id)?;
+        }
         match &verdict {
             Ok(Some(v)) => tx.insert_verdict(
                 job.task_id,
@@ -532,11 +563,13 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
 /// [`crate::agent::parse`], or an ACP exchange's): a session id not of the
 /// kind's shape is dropped (never stored, never resumed), and a
 /// session-cumulative usage is scoped to this run against the figure
-/// stored for the session.
+/// stored for the session, a session-total cost against what is recorded
+/// as spent in the session the run resumed (`resumed`, else its own).
 fn vet_result(
     db: &Db,
     job: &Job,
     kind: crate::config::AgentKind,
+    resumed: Option<&str>,
     parsed: Option<crate::agent::AgentResult>,
 ) -> anyhow::Result<Option<crate::agent::AgentResult>> {
     let Some(mut r) = parsed else {
@@ -553,6 +586,10 @@ fn vet_result(
     if let (Some(_), Some(id)) = (r.cumulative, r.session_id.as_deref()) {
         let previous = db.session_cumulative(job.task_id, &job.role, id)?;
         r.scope_to_run(previous);
+    }
+    if let Some(id) = resumed.or(r.session_id.as_deref()) {
+        let spent = db.session_spent(job.task_id, &job.role, id)?;
+        r.scope_cost_to_run(spent);
     }
     Ok(Some(r))
 }
