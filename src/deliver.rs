@@ -148,10 +148,11 @@ fn deliver_messages(
                 continue;
             }
         };
-        // A run's message whose job was claimed again since is never sent
+        // A run's message of a claim its job never had is never sent
         // (DESIGN §11 INV-10): a dead letter with the reason, the refusal
-        // recorded.
-        if let Some(reason) = stale_claim(db, &msg)? {
+        // recorded. One of an epoch the job has left is sent: it was
+        // queued while its claim held.
+        if let Some(reason) = unknown_claim(db, &msg)? {
             summary.dead_lettered.push(msg.id);
             summary.failed.push((msg.id, reason));
             continue;
@@ -239,22 +240,31 @@ fn deliver_messages(
     Ok(summary)
 }
 
-/// When `msg` was queued for a claim of a job that has since been claimed
-/// again: dead-letters it (`stale epoch: job 12 is at epoch 3, row of
-/// epoch 2`), records the refusal ([`fence::record_reason`]) and returns
-/// the reason. `None` (nothing written) for a row of no claim, of the
-/// job's current claim, or of a job that is gone.
+/// When `msg` names a claim its job never had — an epoch greater than the
+/// job's: dead-letters it (`unknown epoch: job 12 is at epoch 2, row of
+/// epoch 3`), records the refusal ([`fence::record_reason`]) and returns
+/// the reason. `None` (nothing written) for every other row.
+///
+/// Why this is the only check left (DESIGN §11 INV-10): a claim's row is
+/// written only while its claim holds (`outbox::queue`), so a row of an
+/// epoch the job has since left is a valid report and is sent (the
+/// tracker hears why attempt 1 failed even after attempt 2 was claimed).
+/// What can still be wrong is a row no claim of this database vouched
+/// for: an epoch beyond the job's, which only a hand-edited or
+/// half-restored database can hold — never sent. A row whose job is gone
+/// is sent: it was checked when written, orch never deletes a job, and
+/// no other epoch exists that it could contradict.
 ///
 /// Errors: database errors.
-fn stale_claim(db: &Db, msg: &OutboxRow) -> anyhow::Result<Option<String>> {
+fn unknown_claim(db: &Db, msg: &OutboxRow) -> anyhow::Result<Option<String>> {
     let Some((job_id, epoch)) = msg.claim else {
         return Ok(None);
     };
-    let Some(job) = db.job(job_id)?.filter(|j| j.epoch != epoch) else {
+    let Some(job) = db.job(job_id)?.filter(|j| j.epoch < epoch) else {
         return Ok(None);
     };
     let reason = format!(
-        "stale epoch: job {job_id} is at epoch {}, row of epoch {epoch}",
+        "unknown epoch: job {job_id} is at epoch {}, row of epoch {epoch}",
         job.epoch
     );
     let claim = fence::Claim { job_id, epoch };

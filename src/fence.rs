@@ -146,6 +146,27 @@ pub fn refuse(db: &Db, claim: Claim, effect: &str, now: &Job) -> anyhow::Result<
     Ok(reason)
 }
 
+/// Turns `err`, when it is an outbox message refused because its claim
+/// does not hold ([`crate::outbox::NotHeld`], the whole transaction rolled
+/// back), into the fence's refusal: recorded and logged ([`refuse`]),
+/// returning the reason. `Ok(None)` for any other error (the caller's to
+/// report) and for a job that is gone (nothing to record it on).
+///
+/// Errors: database errors.
+pub fn refuse_not_held(db: &Db, err: &anyhow::Error) -> anyhow::Result<Option<String>> {
+    let Some(n) = err.downcast_ref::<crate::outbox::NotHeld>() else {
+        return Ok(None);
+    };
+    let claim = Claim {
+        job_id: n.job_id,
+        epoch: n.epoch,
+    };
+    let Some(now) = db.job(n.job_id)? else {
+        return Ok(None);
+    };
+    refuse(db, claim, &n.effect, &now).map(Some)
+}
+
 /// Checks `claim` before `effect`: `Ok(None)` when it holds (go on), or
 /// `Ok(Some(reason))` after refusing and recording the effect
 /// ([`refuse`]) when the claim is stale (do not act).

@@ -360,8 +360,8 @@ pub enum Occasion<'a> {
     },
     /// Run `run` (the job's attempt number, counting free ones) of job
     /// `job_id` of task `task_id`, under the claim of `epoch`, ended. Its
-    /// rows carry that claim: `orch deliver` never sends one once the job
-    /// was claimed again (DESIGN §11 INV-10).
+    /// rows carry that claim and are queued only while it holds
+    /// ([`queue`], DESIGN §11 INV-10).
     Run {
         task_id: i64,
         job_id: i64,
@@ -387,8 +387,9 @@ impl Occasion<'_> {
     }
 
     /// The claim (job id, epoch) whose run the message belongs to: a run
-    /// report's. `None` for the rest, none of which a stale claim can
-    /// write (the PR opening is per branch, once, not per run).
+    /// report's, which [`queue`] writes only while it holds. `None` for
+    /// the rest, none of which a stale claim can write (the PR opening is
+    /// per branch, once, not per run).
     pub fn claim(&self) -> Option<(i64, i64)> {
         match *self {
             Occasion::Run { job_id, epoch, .. } => Some((job_id, epoch)),
@@ -468,8 +469,27 @@ pub fn dedupe_key(on: &Occasion, message: &Message) -> String {
 /// ([`dedupe_key`]). A second write with the same key is a no-op. Returns
 /// whether a row was inserted.
 ///
-/// Errors: database errors.
+/// Fenced (DESIGN §11 INV-10): a message tied to a claim (a run's report,
+/// [`Occasion::claim`]) is written only while that claim holds, checked in
+/// `tx` ([`Tx::claim_held`]: the job at the claim's epoch, still running
+/// or ended by this transaction). So every such row on the outbox was
+/// written by a current claim, and `orch deliver` sends it even after the
+/// job moved on to another epoch.
+///
+/// Errors: [`NotHeld`] when the claim does not hold (nothing written; the
+/// caller rolls back and records the refusal, `crate::fence::refuse`);
+/// database errors.
 pub fn queue(tx: &Tx, on: &Occasion, message: &Message, now_ms: i64) -> anyhow::Result<bool> {
+    if let Some((job_id, epoch)) = on.claim() {
+        if !tx.claim_held(job_id, epoch)? {
+            return Err(NotHeld {
+                job_id,
+                epoch,
+                effect: effect(message),
+            }
+            .into());
+        }
+    }
     tx.insert_outbox(
         &dedupe_key(on, message),
         Some(on.task_id()),
@@ -480,6 +500,36 @@ pub fn queue(tx: &Tx, on: &Occasion, message: &Message, now_ms: i64) -> anyhow::
         now_ms,
     )
 }
+
+/// The fence's name for queueing `message` (`outbox tracker/comment`), as
+/// a refusal records it.
+pub fn effect(message: &Message) -> String {
+    format!("outbox {}/{}", message.channel(), message.kind())
+}
+
+/// [`queue`] refused a message of claim (`job_id`, `epoch`): the job is
+/// not running at that epoch (claimed again, taken back, finished by
+/// another, gone). Displayed as `job 12 epoch 1: outbox tracker/comment
+/// refused, the claim does not hold`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotHeld {
+    pub job_id: i64,
+    pub epoch: i64,
+    /// [`effect`] of the refused message.
+    pub effect: String,
+}
+
+impl std::fmt::Display for NotHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "job {} epoch {}: {} refused, the claim does not hold",
+            self.job_id, self.epoch, self.effect
+        )
+    }
+}
+
+impl std::error::Error for NotHeld {}
 
 /// Serde for a [`StateKind`] as its key (`needs_input`, …).
 mod state_key {

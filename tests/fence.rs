@@ -296,12 +296,14 @@ fn a_push_whose_branch_moved_since_the_claim_is_refused_and_never_retried() {
     sbx.check_invariants();
 }
 
-/// A run's report is queued for its claim; once the job was claimed again
-/// (a new epoch runs it) `orch deliver` never sends the old claim's
-/// report: a dead letter naming both epochs, the refusal recorded. The
-/// new epoch's own report is sent.
+/// A run's report is queued only by a claim that holds, in the
+/// transaction that ends it; so a valid report queued before a requeue is
+/// sent even after the next claim (epoch 2) holds the job: the tracker
+/// hears why attempt 1 failed. And a row naming an epoch the job never
+/// reached (only a hand-edited database holds one) is never sent: a dead
+/// letter naming both epochs, the refusal recorded.
 #[test]
-fn a_run_report_of_an_epoch_the_job_has_left_is_never_sent() {
+fn a_report_queued_before_a_requeue_is_sent_and_one_of_an_unknown_epoch_never() {
     // Outside /tmp: the agent's gate file must be visible in its sandbox.
     let sbx = Sandbox::new_in(Path::new("/var/tmp/orch-tests"));
     let task = sbx.add_issue("two claims");
@@ -313,17 +315,17 @@ fn a_run_report_of_an_epoch_the_job_has_left_is_never_sent() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
     assert_eq!(v["finalized"]["action"], "retrying", "{v}");
-    let key = format!("task:{task}:job1:a1:e1:report");
-    let row = |what: &str| -> String {
+    let row = |key: &str, what: &str| -> String {
         sbx.db()
             .query_row(
                 &format!("SELECT {what} FROM outbox WHERE dedupe_key=?1"),
-                [&key],
+                [key],
                 |r| r.get(0),
             )
             .unwrap()
     };
-    assert_eq!(row("status"), "pending");
+    let first = format!("task:{task}:job1:a1:e1:report");
+    assert_eq!(row(&first, "status"), "pending");
     // The next claim (epoch 2) holds the job while the report waits.
     let gate = sbx.dir.join("go");
     let mut second = sbx.spawn(
@@ -334,26 +336,101 @@ fn a_run_report_of_an_epoch_the_job_has_left_is_never_sent() {
         sbx.count("SELECT COUNT(*) FROM jobs WHERE id=1 AND status='running' AND epoch=2") == 1
     });
     sbx.ok(&["deliver"]);
-    assert_eq!(row("status"), "dead");
     assert_eq!(
-        row("last_error"),
-        "stale epoch: job 1 is at epoch 2, row of epoch 1"
+        row(&first, "status"),
+        "delivered",
+        "epoch 1's report was queued by a held claim: sent after the job moved on"
+    );
+    assert!(
+        row(&first, "payload").contains("failed"),
+        "it tells why attempt 1 failed"
     );
     std::fs::write(&gate, "").unwrap();
     assert!(second.wait().unwrap().success());
     assert_eq!(sbx.stage(task), "architecture", "epoch 2's run passed");
+
+    // A row of an epoch job 1 never reached: never sent.
+    let second_key = format!("task:{task}:job1:a2:e2:report");
+    sbx.db()
+        .execute(
+            "UPDATE outbox SET job_epoch=9 WHERE dedupe_key=?1",
+            [&second_key],
+        )
+        .unwrap();
     sbx.ok(&["deliver"]);
+    assert_eq!(row(&second_key, "status"), "dead");
     assert_eq!(
-        sbx.count(&format!(
-            "SELECT COUNT(*) FROM outbox WHERE dedupe_key='task:{task}:job1:a2:e2:report' AND status='delivered'"
-        )),
-        1,
-        "the new epoch's report is sent"
+        row(&second_key, "last_error"),
+        "unknown epoch: job 1 is at epoch 2, row of epoch 9"
     );
     let why = sbx.ok(&["why", &task.to_string()]);
     assert!(
-        why.contains("job 1 epoch 1: outbox tracker/comment refused")
-            || why.contains("stale epoch: job 1 is at epoch 2, row of epoch 1"),
+        why.contains("unknown epoch: job 1 is at epoch 2, row of epoch 9"),
         "{why}"
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM fence_refusals WHERE job_id=1 AND epoch=9"),
+        1
+    );
+}
+
+/// A stale claim cannot queue its run's report: `outbox::queue` checks,
+/// in the writing transaction, that the job is at the claim's epoch and
+/// running (or ended by that very transaction). Refused: nothing written,
+/// and the caller records the fence's refusal.
+#[cfg(feature = "testing")]
+#[test]
+fn a_stale_claim_cannot_queue_its_run_report() {
+    use orch::outbox::{self, Occasion, TrackerComment};
+    let sbx = Sandbox::new();
+    let task = sbx.add_issue("stale queue");
+    sbx.work_once_dying_after_the_exit();
+    let ctx = sbx.ctx();
+    let db = ctx.open_db().unwrap();
+    let report: outbox::Message = TrackerComment {
+        text: "analyst run: failed".into(),
+        report: None,
+    }
+    .into();
+    let on = |epoch: i64| Occasion::Run {
+        task_id: task,
+        job_id: 1,
+        run: 1,
+        epoch,
+    };
+    // Epoch 1 holds the job (running): its report may be queued.
+    let held = db.rehearse(|tx| outbox::queue(tx, &on(1), &report, 1));
+    assert!(held.unwrap(), "a held claim queues");
+    // Epoch 7 was never this job's; epoch 1 taken back (requeued by the
+    // reaper, the same epoch but not running) holds no more either.
+    for (epoch, requeue) in [(7, false), (1, true)] {
+        if requeue {
+            sbx.db()
+                .execute("UPDATE jobs SET status='queued' WHERE id=1", [])
+                .unwrap();
+        }
+        let err = db
+            .write(|tx| outbox::queue(tx, &on(epoch), &report, 1))
+            .unwrap_err();
+        let n = err.downcast_ref::<outbox::NotHeld>().expect("NotHeld");
+        assert_eq!((n.job_id, n.epoch), (1, epoch));
+        assert_eq!(
+            err.to_string(),
+            format!("job 1 epoch {epoch}: outbox tracker/comment refused, the claim does not hold")
+        );
+        let reason = orch::fence::refuse_not_held(&db, &err).unwrap().unwrap();
+        assert!(
+            reason.starts_with(&format!("job 1 epoch {epoch}: outbox tracker/comment refused, ")),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM outbox WHERE job_id IS NOT NULL"),
+        0,
+        "nothing queued"
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM fence_refusals WHERE effect='outbox tracker/comment'"),
+        2
     );
 }

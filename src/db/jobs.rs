@@ -816,6 +816,7 @@ impl Tx<'_> {
                  WHERE id=?1 AND status='running' AND (?5 IS NULL OR epoch=?5)",
             )?
             .execute(params![id, status, error, now_ms, epoch])?;
+        self.note_ended(id, epoch, n == 1);
         Ok(n == 1)
     }
 
@@ -864,6 +865,7 @@ impl Tx<'_> {
                  merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR epoch=?4)",
             )?
             .execute(params![id, error, available_at_ms, epoch, now_ms, i64::from(free)])?;
+        self.note_ended(id, epoch, n == 1);
         Ok(n == 1)
     }
 
@@ -912,6 +914,7 @@ impl Tx<'_> {
                  WHERE id=?1 AND status='running' AND (?4 IS NULL OR epoch=?4) AND exit_code IS NOT NULL",
             )?
             .execute(params![id, reason, available_at_ms, epoch, lease, now_ms])?;
+        self.note_ended(id, epoch, n == 1);
         Ok(n == 1)
     }
 
@@ -935,6 +938,34 @@ impl Tx<'_> {
             )?
             .execute(params![id, epoch, pid, start_time])?
             == 1)
+    }
+}
+
+impl Tx<'_> {
+    /// Notes that this transaction ended claim (`id`, `epoch`) when `won`
+    /// (a compare-and-swap of the job running at that epoch changed its
+    /// row). A swap on any epoch (`None`) proves no claim.
+    fn note_ended(&self, id: i64, epoch: Option<i64>, won: bool) {
+        if let (true, Some(e)) = (won, epoch) {
+            self.ended.borrow_mut().push((id, e));
+        }
+    }
+
+    /// Whether claim (`job_id`, `epoch`) holds as far as this transaction
+    /// can tell: the job is at that epoch and either still running, or
+    /// this very transaction ended the claim (finished, requeued or
+    /// deferred the job running at that epoch). DESIGN §11 INV-10: what a
+    /// claim writes in the transaction that ends it is written by a held
+    /// claim. Read-only.
+    ///
+    /// Errors: database errors.
+    pub fn claim_held(&self, job_id: i64, epoch: i64) -> anyhow::Result<bool> {
+        let Some(job) = self.job(job_id)? else {
+            return Ok(false);
+        };
+        Ok(job.epoch == epoch
+            && (job.status == JobStatus::Running
+                || self.ended.borrow().contains(&(job_id, epoch))))
     }
 }
 

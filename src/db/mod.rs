@@ -85,6 +85,11 @@ pub struct Tx<'a> {
     /// `None` for a savepoint inside a rehearsal.
     tx: Option<rusqlite::Transaction<'a>>,
     db: &'a Db,
+    /// The claims (job id, epoch) this transaction ended by a won
+    /// compare-and-swap on the job running at that epoch (finish, requeue,
+    /// defer): proof, within the transaction, that the claim was held
+    /// ([`Tx::claim_held`]).
+    ended: std::cell::RefCell<Vec<(i64, i64)>>,
 }
 
 impl std::ops::Deref for Tx<'_> {
@@ -296,6 +301,7 @@ impl Db {
                 TransactionBehavior::Immediate,
             )?),
             db: self,
+            ended: Default::default(),
         };
         let out = f(&tx);
         if let Some(t) = tx.tx {
@@ -341,7 +347,11 @@ impl Db {
         always_roll_back: bool,
     ) -> anyhow::Result<T> {
         self.conn.execute_batch("SAVEPOINT orch_step")?;
-        let out = f(&Tx { tx: None, db: self });
+        let out = f(&Tx {
+            tx: None,
+            db: self,
+            ended: Default::default(),
+        });
         if out.is_err() || always_roll_back {
             self.conn
                 .execute_batch("ROLLBACK TO orch_step; RELEASE orch_step")?;

@@ -406,7 +406,7 @@ fn apply(
     // The run's report (tracker comment, PR comment) is written in the same
     // transaction that finishes the job.
     let report = crate::report::RunReport::gather(ctx, task, job);
-    let finalized = db.write(|tx| {
+    let written = db.write(|tx| {
         if let Some(sha) = pushed {
             forge.record_push(tx, project, task, sha, now)?;
         }
@@ -503,7 +503,16 @@ fn apply(
         };
         report.queue(tx, ctx, task, job, &finalized, now)?;
         Ok(finalized)
-    })?;
+    });
+    // The report's queue found the claim gone (`outbox::queue`'s fence):
+    // everything was rolled back; the refusal is recorded instead.
+    let finalized = match written {
+        Ok(f) => f,
+        Err(e) => match fence::refuse_not_held(db, &e)? {
+            Some(reason) => return Ok(Finalized::Refused { reason }),
+            None => return Err(e),
+        },
+    };
     if clear_pause {
         info!(target: "worker", account = %account, "a clean run cleared the account's pause");
     }
