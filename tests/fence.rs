@@ -420,7 +420,9 @@ fn a_stale_claim_cannot_queue_its_run_report() {
         );
         let reason = orch::fence::refuse_not_held(&db, &err).unwrap().unwrap();
         assert!(
-            reason.starts_with(&format!("job 1 epoch {epoch}: outbox tracker/comment refused, ")),
+            reason.starts_with(&format!(
+                "job 1 epoch {epoch}: outbox tracker/comment refused, "
+            )),
             "{reason}"
         );
     }

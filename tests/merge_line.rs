@@ -28,13 +28,20 @@ fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
 /// [`ready`] with `between` run after each round of the roles (and after
 /// the deployer): what records the development CI and delivers messages.
 fn ready_by(sbx: &Sandbox, title: &str, env: &[(&str, &str)], between: &dyn Fn()) -> i64 {
+    let id = at_deploy_staging(sbx, title, env, between);
+    let v = sbx.json(&["work-once", "--role", "deployer"]);
+    assert_eq!(v["task_id"], id, "{v}");
+    assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+    between();
+    id
+}
+
+/// Adds an issue and runs every role but the deployer (with `env`, then
+/// `between`) until it waits at deploy-staging, its deployer's job queued.
+fn at_deploy_staging(sbx: &Sandbox, title: &str, env: &[(&str, &str)], between: &dyn Fn()) -> i64 {
     let id = sbx.add_issue(title);
     for _ in 0..12 {
         if sbx.stage(id) == "deploy-staging" {
-            let v = sbx.json(&["work-once", "--role", "deployer"]);
-            assert_eq!(v["task_id"], id, "{v}");
-            assert_eq!(v["finalized"]["action"], "waiting", "{v}");
-            between();
             return id;
         }
         for role in NOT_DEPLOYER {
@@ -974,5 +981,140 @@ fn a_push_while_a_task_awaits_the_staging_check_is_taken_in_and_staged_again_nev
     );
     assert_ne!(theirs, passed);
     assert_eq!(sbx.origin_git(&["rev-parse", &a_branch]), theirs);
+    sbx.check_invariants();
+}
+
+/// The deployer's finalize follows the one rule for someone else's push
+/// (DESIGN §7): a commit pushed on top of the task branch while its
+/// deployer runs is kept — origin is never force-pushed back — taken into
+/// the worktree, and the task runs deploy-staging again; the next
+/// deployer validates the new head and the line lands it.
+#[test]
+fn someone_elses_push_while_the_deployer_runs_is_kept_and_staged_again() {
+    // Outside /tmp: the agent's gate file must be visible in its sandbox.
+    let sbx = Sandbox::new_in(std::path::Path::new("/var/tmp/orch-tests"));
+    let ci = || {
+        let o = sbx.orch_std().args(["ci"]).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+    };
+    let id = at_deploy_staging(&sbx, "kept", &[], &ci);
+    let branch = branch_of(&sbx, id);
+    let version = sbx.count(&format!("SELECT version FROM tasks WHERE id={id}"));
+    let theirs = deployer_running_while(&sbx, || {
+        let other = someone_elses_clone(&sbx, &branch, "someone-else");
+        let theirs = commit_as_someone_else(&other, "theirs.md");
+        git_in(&other, &["push", "-q", "origin", &branch]);
+        theirs
+    });
+
+    // Kept on origin, taken into the worktree, deploy-staging again.
+    assert_eq!(
+        sbx.origin_git(&["rev-parse", &branch]),
+        theirs,
+        "not overwritten"
+    );
+    let worktree = sbx.worktree(id);
+    assert_eq!(git_in(&worktree, &["rev-parse", "HEAD"]), theirs);
+    assert_eq!(sbx.stage(id), "deploy-staging");
+    assert_eq!(
+        sbx.count(&format!("SELECT version FROM tasks WHERE id={id}")),
+        version + 1,
+        "restaged"
+    );
+    let last = sbx.transitions(id).last().unwrap().clone();
+    assert_eq!(
+        (last.0.as_deref(), last.1.as_str()),
+        (Some("deploy-staging"), "deploy-staging")
+    );
+    let why = sbx.ok(&["why", &id.to_string()]);
+    assert!(
+        why.contains(&format!(
+            "deployer's finalize: someone else pushed to {branch}"
+        )),
+        "{why}"
+    );
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE task_id={id} AND stage='deploy-staging' AND status='queued'"
+        )),
+        1,
+        "the next deployer is queued"
+    );
+
+    // The next deployer validates their commit; the line lands it.
+    let v = sbx.json(&["work-once", "--role", "deployer"]);
+    assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+    assert_eq!(sbx.origin_git(&["rev-parse", &branch]), theirs);
+    let p = line(&sbx);
+    assert_eq!(p["batches"][0]["landed"], json!([id]), "{p}");
+    assert_eq!(
+        sbx.origin_git(&["show", "main:theirs.md"]),
+        "not validated",
+        "their commit landed, validated"
+    );
+    sbx.check_invariants();
+}
+
+/// Runs the queued deployer, doing `meanwhile` while its agent runs;
+/// returns what `meanwhile` returned once the deployer's `work-once`
+/// finished.
+fn deployer_running_while(sbx: &Sandbox, meanwhile: impl FnOnce() -> String) -> String {
+    let gate = sbx.dir.join("deployer-may-go");
+    let mut deployer = sbx.spawn(
+        &["work-once", "--role", "deployer"],
+        &[("FAKE_AGENT_WAIT_FOR", gate.to_str().unwrap())],
+    );
+    wait_until(30, "the deployer to run", || {
+        sbx.count(
+            "SELECT COUNT(*) FROM jobs WHERE stage='deploy-staging' AND status='running' \
+             AND agent_pid IS NOT NULL",
+        ) == 1
+    });
+    let out = meanwhile();
+    std::fs::write(&gate, "").unwrap();
+    assert!(deployer.wait().unwrap().success());
+    out
+}
+
+/// A deployer's branch someone rewrote while it ran is not force-pushed
+/// back either: its finalize escalates the task naming both heads, and
+/// origin keeps the rewrite.
+#[test]
+fn someone_elses_rewrite_while_the_deployer_runs_is_kept_and_escalated() {
+    let sbx = Sandbox::new_in(std::path::Path::new("/var/tmp/orch-tests"));
+    let ci = || {
+        let o = sbx.orch_std().args(["ci"]).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+    };
+    let id = at_deploy_staging(&sbx, "rewritten", &[], &ci);
+    let branch = branch_of(&sbx, id);
+    let rewritten = deployer_running_while(&sbx, || {
+        let rewrite = someone_elses_clone(&sbx, "main", "someone-else");
+        let rewritten = commit_as_someone_else(&rewrite, "rewritten.md");
+        git_in(
+            &rewrite,
+            &["push", "-q", "-f", "origin", &format!("HEAD:{branch}")],
+        );
+        rewritten
+    });
+    assert_eq!(
+        sbx.origin_git(&["rev-parse", &branch]),
+        rewritten,
+        "not overwritten"
+    );
+    assert_eq!(
+        sbx.count(&format!(
+            "SELECT COUNT(*) FROM tasks WHERE id={id} AND stage='deploy-staging' AND escalated=1"
+        )),
+        1,
+        "escalated"
+    );
+    let why = sbx.ok(&["why", &id.to_string()]);
+    assert!(
+        why.contains(&format!(
+            "deployer's finalize: someone else rewrote {branch}"
+        )),
+        "{why}"
+    );
     sbx.check_invariants();
 }

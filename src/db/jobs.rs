@@ -964,8 +964,7 @@ impl Tx<'_> {
             return Ok(false);
         };
         Ok(job.epoch == epoch
-            && (job.status == JobStatus::Running
-                || self.ended.borrow().contains(&(job_id, epoch))))
+            && (job.status == JobStatus::Running || self.ended.borrow().contains(&(job_id, epoch))))
     }
 }
 

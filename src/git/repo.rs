@@ -274,6 +274,42 @@ impl Repo {
             .map(|(sha, _)| sha.to_string()))
     }
 
+    /// True when every commit `theirs` has that `ours` lacks is in `ours`
+    /// by content: `git log --cherry-pick --right-only --no-merges
+    /// ours...theirs` lists nothing — `theirs` is a history `ours`
+    /// rebased (each commit replayed with the same patch), so replacing
+    /// it loses no commit's change. Merge commits are not compared (a
+    /// rebase drops them; the commits a merge brought in are). Run in
+    /// `worktree` (its metadata checked first).
+    ///
+    /// Guarantees: read-only. Assumptions: no lock taken.
+    /// Errors: [`Error::InvalidRef`] for an empty rev or one starting with
+    /// `-`; [`Error::TamperedGitMetadata`]; [`Error::Subprocess`] (e.g. an
+    /// unknown sha).
+    pub fn has_every_change_of(
+        &self,
+        worktree: &Path,
+        ours: &str,
+        theirs: &str,
+    ) -> anyhow::Result<bool> {
+        validate_rev(ours)?;
+        validate_rev(theirs)?;
+        let wt = self.check_worktree(&absolute(worktree)?)?;
+        let range = format!("{ours}...{theirs}");
+        let out = git_ok(
+            &wt,
+            &[
+                "log",
+                "--cherry-pick",
+                "--right-only",
+                "--no-merges",
+                "--format=%H",
+                &range,
+            ],
+        )?;
+        Ok(out.trim().is_empty())
+    }
+
     /// True when `ancestor` is an ancestor of, or equal to, `descendant`
     /// (`git merge-base --is-ancestor`) in the repository at `dir` (the
     /// clone or a worktree, whose metadata is checked first).

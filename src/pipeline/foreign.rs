@@ -1,6 +1,7 @@
 //! "Someone else pushed to a task branch" (DESIGN §7): the one rule, for
 //! every place that finds origin's copy of a task branch holding commits
-//! orch did not write — the merge line's build and the staging step.
+//! orch did not write — the merge line's build, the staging step and the
+//! deployer's finalize (its push at deploy-staging).
 //!
 //! A task branch on origin is orch's; a commit someone else pushed there
 //! is never overwritten and never lands without being validated:
@@ -37,7 +38,9 @@ fn short(sha: &str) -> &str {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnOrigin {
     /// orch's own: absent, the worktree's head or an ancestor of it, or
-    /// what the worktree rebased (`ORIG_HEAD` contains it).
+    /// what the worktree rebased (`ORIG_HEAD` contains it, or every
+    /// commit of it is in the worktree by content:
+    /// [`Repo::has_every_change_of`]).
     Ours,
     /// Someone else pushed commits on top of the worktree's head: origin
     /// is at `remote`, a descendant of it.
@@ -70,7 +73,14 @@ pub fn on_origin(
             return Ok(OnOrigin::Ours);
         }
     }
-    Ok(if repo.is_ancestor(worktree, head, remote)? {
+    let ahead = repo.is_ancestor(worktree, head, remote)?;
+    // A rebase whose `ORIG_HEAD` a later git step replaced (a worker's
+    // reset before the next run): every change of origin's commits is in
+    // the worktree, so replacing origin loses nothing.
+    if !ahead && repo.has_every_change_of(worktree, head, remote)? {
+        return Ok(OnOrigin::Ours);
+    }
+    Ok(if ahead {
         OnOrigin::Ahead {
             remote: remote.to_string(),
         }
@@ -85,9 +95,10 @@ pub fn on_origin(
 /// Applies the rule to `task`, whose branch someone else pushed to
 /// (`on`, not [`OnOrigin::Ours`]); `seen` says where (`"merge line"`,
 /// `"staging check"`) for the reason. Ahead: the worktree fast-forwards
-/// to origin's head, then the task goes back to deploy-staging
-/// ([`restage`]). Rewritten: the task is escalated ([`escalate`]).
-/// Returns the reason and the move; `None` for `Ours` (nothing done).
+/// to origin's head ([`take_in`]), then the task goes back to
+/// deploy-staging ([`restage`]). Rewritten: the task is escalated
+/// ([`escalate`]). Returns the reason and the move; `None` for `Ours`
+/// (nothing done).
 ///
 /// Crash safety: the fast-forward comes before the move; a crash between
 /// them (failpoint `foreign.after_take_in`) leaves a worktree at origin's head but not at the revision
@@ -103,29 +114,36 @@ pub fn take_out(
     on: &OnOrigin,
     seen: &str,
 ) -> anyhow::Result<Option<(String, Moved)>> {
+    if let OnOrigin::Ahead { remote } = on {
+        take_in(repo, task, remote)?;
+    }
+    let Some((reason, m)) = rule(task, on, seen) else {
+        return Ok(None);
+    };
+    let moved = out_of_line(policy, db, task, m, &reason)?;
+    Ok(Some((reason, moved)))
+}
+
+/// The rule's move for `task` at deploy-staging and `on` — deploy-staging
+/// again (`restage`) for commits pushed on top, an escalation for a
+/// rewrite — with its reason for people (`seen` says where: `"merge
+/// line"`, `"staging check"`, `"deployer's finalize"`), logged at WARN
+/// (`target: "merge"`). `None` for [`OnOrigin::Ours`]. Writes nothing: the
+/// caller applies the move (with the job it finishes, if any) and, for
+/// commits on top, takes them into the worktree ([`take_in`]).
+pub fn rule(task: &Task, on: &OnOrigin, seen: &str) -> Option<(String, Move)> {
     let branch = &task.branch;
-    Ok(Some(match on {
-        OnOrigin::Ours => return Ok(None),
+    Some(match on {
+        OnOrigin::Ours => return None,
         OnOrigin::Ahead { remote } => {
-            let worktree = Path::new(&task.worktree);
-            repo.ensure_worktree(worktree, branch)?;
-            let took = repo.fast_forward_worktree(worktree, remote)?;
-            failpoint("foreign.after_take_in");
-            if !took && repo.head_sha(worktree)? != *remote {
-                anyhow::bail!(
-                    "task {}: could not fast-forward {} to origin's {}",
-                    task.id,
-                    task.worktree,
-                    short(remote)
-                );
-            }
             let reason = format!(
                 "{seen}: someone else pushed to {branch} (origin at {}, on top of what was validated); \
                  its worktree took the commits and deploy-staging runs again to validate them",
                 short(remote)
             );
             warn!(target: "merge", task = task.id, branch = %branch, remote = %remote, "foreign push on top of a task branch: taken in, deploy-staging again");
-            (reason.clone(), restage(policy, db, task, &reason)?)
+            let m = restage_move(task, &reason);
+            (reason, m)
         }
         OnOrigin::Rewritten { remote, head } => {
             let reason = format!(
@@ -135,9 +153,31 @@ pub fn take_out(
                 task.id
             );
             warn!(target: "merge", task = task.id, branch = %branch, remote = %remote, head = %head, "foreign rewrite of a task branch: escalated");
-            (reason.clone(), escalate(policy, db, task, &reason)?)
+            let m = escalate_move(task, &reason);
+            (reason, m)
         }
-    }))
+    })
+}
+
+/// Takes the commits someone pushed on top of `task`'s branch into its
+/// worktree: a fast-forward to origin's `remote` (nothing rewritten).
+/// Idempotent: a worktree already at `remote` is left as it is.
+///
+/// Errors: a worktree that cannot fast-forward to `remote`; git errors.
+pub fn take_in(repo: &Repo, task: &Task, remote: &str) -> anyhow::Result<()> {
+    let worktree = Path::new(&task.worktree);
+    repo.ensure_worktree(worktree, &task.branch)?;
+    let took = repo.fast_forward_worktree(worktree, remote)?;
+    failpoint("foreign.after_take_in");
+    if !took && repo.head_sha(worktree)? != *remote {
+        anyhow::bail!(
+            "task {}: could not fast-forward {} to origin's {}",
+            task.id,
+            task.worktree,
+            short(remote)
+        );
+    }
+    Ok(())
 }
 
 /// Moves `task` (at deploy-staging) to deploy-staging again (`restage`:
@@ -146,14 +186,7 @@ pub fn take_out(
 ///
 /// Errors: database errors.
 pub fn restage(policy: Policy, db: &Db, task: &Task, reason: &str) -> anyhow::Result<Moved> {
-    let m = Move::new(
-        task,
-        Stage::DeployStaging,
-        Actor::Worker,
-        TransitionCause::Restage,
-        reason,
-    );
-    out_of_line(policy, db, task, m, reason)
+    out_of_line(policy, db, task, restage_move(task, reason), reason)
 }
 
 /// Escalates `task` (still at deploy-staging) with `why`, its line row
@@ -161,6 +194,22 @@ pub fn restage(policy: Policy, db: &Db, task: &Task, reason: &str) -> anyhow::Re
 ///
 /// Errors: database errors.
 pub fn escalate(policy: Policy, db: &Db, task: &Task, why: &str) -> anyhow::Result<Moved> {
+    out_of_line(policy, db, task, escalate_move(task, why), why)
+}
+
+/// The move of `task` to deploy-staging again (`restage`), by the worker.
+pub fn restage_move(task: &Task, reason: &str) -> Move {
+    Move::new(
+        task,
+        Stage::DeployStaging,
+        Actor::Worker,
+        TransitionCause::Restage,
+        reason,
+    )
+}
+
+/// The move that escalates `task`, staying at deploy-staging, with `why`.
+pub fn escalate_move(task: &Task, why: &str) -> Move {
     let mut m = Move::new(
         task,
         Stage::DeployStaging,
@@ -169,7 +218,7 @@ pub fn escalate(policy: Policy, db: &Db, task: &Task, why: &str) -> anyhow::Resu
         why,
     );
     m.escalate = Some(why.to_string());
-    out_of_line(policy, db, task, m, why)
+    m
 }
 
 fn out_of_line(

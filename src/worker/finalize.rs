@@ -16,6 +16,7 @@ use crate::db::{Db, Job, Task};
 use crate::error::is_permanent;
 use crate::failpoint::failpoint;
 use crate::fence;
+use crate::pipeline::foreign::{self, OnOrigin};
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::spend;
@@ -48,7 +49,11 @@ use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 /// push carries the claim's lease (`jobs.claim_sha`,
 /// `--force-with-lease`): origin's branch moved since the claim (another
 /// epoch pushed) refuses it, recorded the same way, and the job fails at
-/// once (never retried).
+/// once (never retried). At deploy-staging someone else's commits on
+/// origin's branch (not orch's own, `pipeline::foreign::on_origin`) are
+/// never pushed over: the one rule for someone else's push finishes the
+/// job instead (deploy-staging again for commits on top, taken into the
+/// worktree; an escalation for a rewrite), checked before the lease.
 ///
 /// Guarantees: idempotent up to the terminal claim (a finalize of the
 /// same epoch run again finds origin at its head: no push); the terminal
@@ -191,15 +196,19 @@ fn finalize_once(
             return Ok(Finalized::Refused { reason });
         }
         let lease = job.claim_sha.as_deref();
-        if let Err(moved) = push_task_branch(&repo, &worktree, &task.branch, stage, lease)? {
-            let reason = format!(
-                "job {} epoch {}: push refused, {moved}: another epoch (or someone else) pushed",
-                job.id, job.epoch
-            );
-            let now = now_ms();
-            db.write(|tx| fence::record_reason(tx, claim, "push", &job, reason.clone(), now))?;
-            fence::warn_refused(claim, job.task_id, "push", &reason);
-            return Err(crate::error::Error::Permanent(reason).into());
+        match push_task_branch(&repo, &worktree, &task.branch, stage, lease)? {
+            Push::Pushed => {}
+            Push::Moved(moved) => {
+                let reason = format!(
+                    "job {} epoch {}: push refused, {moved}: another epoch (or someone else) pushed",
+                    job.id, job.epoch
+                );
+                let now = now_ms();
+                db.write(|tx| fence::record_reason(tx, claim, "push", &job, reason.clone(), now))?;
+                fence::warn_refused(claim, job.task_id, "push", &reason);
+                return Err(crate::error::Error::Permanent(reason).into());
+            }
+            Push::Foreign(on) => return someone_elses_push(ctx, db, &task, &job, &on, actor),
         }
         failpoint("finalize.after_push");
         Some(repo.head_sha(&worktree)?)
@@ -285,6 +294,49 @@ enum Decision {
     Ready { awaiting: Option<String> },
     /// The stage gate's answer.
     Gate(Gate),
+    /// Someone else pushed to the branch at deploy-staging: the one rule's
+    /// move (`pipeline::foreign::rule`), finishing the job.
+    Foreign(Move),
+}
+
+/// The deployer's push found origin's branch holding someone else's
+/// commits (`on`, not orch's own): the one rule for someone else's push
+/// (DESIGN §7, [`foreign::rule`]) instead of a push — never overwritten.
+/// Commits on top: the job finishes with the task at deploy-staging again
+/// (`restage`, the run's report queued), then the worktree takes them in
+/// ([`foreign::take_in`]), so the next deployer validates them. A rewrite:
+/// the job finishes with the task escalated, naming both heads.
+///
+/// Crash safety: the move comes first; a crash before the take-in leaves
+/// the next deployer's run on the old head, whose finalize finds origin
+/// ahead again and applies the rule again (one more run, nothing lost). A
+/// take-in that fails is logged and left to that next finalize the same
+/// way.
+///
+/// Errors: database errors.
+fn someone_elses_push(
+    ctx: &Ctx,
+    db: &Db,
+    task: &Task,
+    job: &Job,
+    on: &OnOrigin,
+    actor: Actor,
+) -> anyhow::Result<Finalized> {
+    let Some((_, m)) = foreign::rule(task, on, "deployer's finalize") else {
+        anyhow::bail!("task {}: origin's branch is orch's own", task.id);
+    };
+    let account = ctx.config.account(&job.role);
+    let decision = Decision::Foreign(m);
+    let out = apply(
+        ctx, db, task, job, task.stage, None, &account, false, decision, actor,
+    )?;
+    if let (OnOrigin::Ahead { remote }, Finalized::Advanced { .. }) = (on, &out) {
+        let project = ctx.project(&task.project)?;
+        if let Err(e) = foreign::take_in(&ctx.repo(project), task, remote) {
+            warn!(target: "worker", job = job.id, task = task.id, error = %format!("{e:#}"), "could not take someone else's commits into the worktree; the next deployer's finalize applies the rule again");
+        }
+    }
+    Ok(out)
 }
 
 /// The latest run's error text of `job` (its judgement's reason), or a
@@ -296,6 +348,19 @@ fn job_error_text(db: &Db, job: &Job) -> anyhow::Result<String> {
         .map_or_else(|| "the agent's account hit its limit".into(), |e| e.reason))
 }
 
+/// What [`push_task_branch`] did.
+enum Push {
+    /// Pushed, or origin already had the worktree's head.
+    Pushed,
+    /// Origin's branch moved since the claim (what moved, for people):
+    /// nothing pushed (INV-10).
+    Moved(String),
+    /// At deploy-staging, origin's branch holds someone else's commits
+    /// (`pipeline::foreign::on_origin`, not orch's own): nothing pushed;
+    /// the one rule for someone else's push applies.
+    Foreign(OnOrigin),
+}
+
 /// Pushes the task branch unless origin already has the worktree's head
 /// (a finalize of the same epoch run again: no push).
 ///
@@ -303,26 +368,38 @@ fn job_error_text(db: &Db, job: &Job) -> anyhow::Result<String> {
 /// started, '' for none; `None` when not recorded). With a lease the push
 /// is `--force-with-lease=<branch>:<lease>`, and origin's branch found
 /// elsewhere than the lease — another epoch, or someone, pushed since the
-/// claim — is `Ok(Err(what moved))`, nothing pushed (INV-10).
+/// claim — is [`Push::Moved`], nothing pushed (INV-10).
 ///
 /// orch rewrites a task branch in one place only: the merge step of
 /// deploy-staging rebases it onto main. A crash between that rebase and its
 /// push leaves a local branch that is a rebase of origin's; in that stage
-/// (only) the branch is replaced under the lease (without one, on the sha
-/// just seen). Everywhere else a non-fast-forward is an error, so a commit
-/// someone else pushed to the branch is never overwritten.
+/// (only) the branch is replaced — under the lease (without one, on the
+/// sha just seen) and only when origin's head is orch's own
+/// ([`foreign::on_origin`] says [`OnOrigin::Ours`]: contained in the
+/// worktree or in what it rebased). Origin holding anything else there is
+/// someone else's push, [`Push::Foreign`], checked before the lease: never
+/// overwritten. Everywhere else a non-fast-forward is an error, so a
+/// commit someone else pushed to the branch is never overwritten.
 fn push_task_branch(
     repo: &crate::git::Repo,
     worktree: &Path,
     branch: &str,
     stage: Stage,
     lease: Option<&str>,
-) -> anyhow::Result<Result<(), String>> {
+) -> anyhow::Result<Push> {
     let head = repo.head_sha(worktree)?;
     let remote = repo.remote_branch_sha(branch)?;
     if remote.as_deref() == Some(head.as_str()) {
-        return Ok(Ok(()));
+        return Ok(Push::Pushed);
     }
+    if stage == Stage::DeployStaging {
+        let on = foreign::on_origin(repo, worktree, remote.as_deref(), &head)?;
+        if on != OnOrigin::Ours {
+            return Ok(Push::Foreign(on));
+        }
+    }
+    // Origin's head is orch's own here (checked above at deploy-staging):
+    // one the worktree does not contain is what it rebased.
     let rewrite = |r: &str| -> anyhow::Result<bool> {
         Ok(stage == Stage::DeployStaging && !repo.is_ancestor(worktree, r, &head)?)
     };
@@ -334,18 +411,18 @@ fn push_task_branch(
             }
             _ => repo.push_branch(worktree, branch),
         }
-        .map(Ok);
+        .map(|()| Push::Pushed);
     };
     let expected = Some(lease).filter(|l| !l.is_empty());
     let moved = |now: Option<&str>| {
-        format!(
+        Push::Moved(format!(
             "origin's {branch} moved since the claim ({} → {})",
             expected.map_or("absent", short),
             now.map_or("deleted", short)
-        )
+        ))
     };
     if remote.as_deref() != expected {
-        return Ok(Err(moved(remote.as_deref())));
+        return Ok(moved(remote.as_deref()));
     }
     let pushed = match &remote {
         // Not a rewrite: origin refuses a non-fast-forward.
@@ -359,13 +436,13 @@ fn push_task_branch(
         _ => repo.push_branch_leased(worktree, branch, expected),
     };
     match pushed {
-        Ok(()) => Ok(Ok(())),
+        Ok(()) => Ok(Push::Pushed),
         Err(e) => {
             // Origin refused the lease: the branch moved between the read
             // above and the push.
             let now = repo.remote_branch_sha(branch)?;
             if now.as_deref() != expected && now.as_deref() != Some(head.as_str()) {
-                return Ok(Err(moved(now.as_deref())));
+                return Ok(moved(now.as_deref()));
             }
             Err(e)
         }
@@ -445,6 +522,19 @@ fn apply(
                 return Ok(finalized);
             }
             Decision::Gate(v) => v,
+            Decision::Foreign(m) => {
+                let m = m.clone().finishing(job.id, job.epoch);
+                let finalized = match pipeline::apply(tx, policy, &m, now)? {
+                    Moved::Applied { escalated, .. } => Finalized::Advanced {
+                        from: stage,
+                        to: m.to,
+                        escalated,
+                    },
+                    Moved::Lost => return Ok(Finalized::Lost),
+                };
+                report.queue(tx, ctx, task, job, &finalized, now)?;
+                return Ok(finalized);
+            }
         };
         let finalized = match verdict {
             Gate::Pass | Gate::Rollback { .. } => {
