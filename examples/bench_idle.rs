@@ -243,7 +243,7 @@ fn build(args: &Args, path: &Path) -> anyhow::Result<()> {
                         orch::pipeline::TransitionCause::GatePassed,
                         "bench build",
                     )
-                    .finishing(jb.id);
+                    .finishing(jb.id, jb.epoch);
                     ensure!(
                         matches!(pipeline::apply(tx, policy, &m, t)?, Moved::Applied { .. }),
                         "task {id}: move lost"
@@ -257,7 +257,7 @@ fn build(args: &Args, path: &Path) -> anyhow::Result<()> {
                             job_id: jb.id,
                             from: JobStatus::Running,
                             to: JobStatus::Queued,
-                            attempt: Some(jb.attempt),
+                            epoch: Some(jb.epoch),
                             how: How::Retry {
                                 error: "bench: retry tomorrow",
                                 available_at_ms: now + DAY_MS,

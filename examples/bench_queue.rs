@@ -314,6 +314,7 @@ impl Side for Orch {
     fn complete(&mut self, (job, task, _): Claimed) -> anyhow::Result<()> {
         let moved = self.db.write(|tx| {
             let task = tx.task(task)?.context("task vanished")?;
+            let epoch = tx.job(job)?.context("job vanished")?.epoch;
             let m = Move::new(
                 &task,
                 task.stage.next(),
@@ -321,7 +322,7 @@ impl Side for Orch {
                 orch::pipeline::TransitionCause::GatePassed,
                 "bench",
             )
-            .finishing(job);
+            .finishing(job, epoch);
             pipeline::apply(tx, self.policy, &m, orch::clock::now_ms())
         })?;
         ensure!(matches!(moved, Moved::Applied { .. }), "job {job} lost");

@@ -43,6 +43,7 @@ use crate::config::ProjectConfig;
 use crate::ctx::Ctx;
 use crate::db::{Db, OutboxRow, Task};
 use crate::failpoint::failpoint;
+use crate::fence;
 use crate::forge::Forge;
 use crate::notifier::Notifier;
 use crate::outbox::{ForgeMessage, Message, Notification, TrackerComment, TrackerMessage};
@@ -147,6 +148,14 @@ fn deliver_messages(
                 continue;
             }
         };
+        // A run's message whose job was claimed again since is never sent
+        // (DESIGN §11 INV-10): a dead letter with the reason, the refusal
+        // recorded.
+        if let Some(reason) = stale_claim(db, &msg)? {
+            summary.dead_lettered.push(msg.id);
+            summary.failed.push((msg.id, reason));
+            continue;
+        }
         let route = route_of(ctx, &message, project);
         if broken.contains_key(route.name())
             || db.earlier_pending(msg.id, msg.task_id, &msg.channel)?
@@ -228,6 +237,36 @@ fn deliver_messages(
         }
     }
     Ok(summary)
+}
+
+/// When `msg` was queued for a claim of a job that has since been claimed
+/// again: dead-letters it (`stale epoch: job 12 is at epoch 3, row of
+/// epoch 2`), records the refusal ([`fence::record_reason`]) and returns
+/// the reason. `None` (nothing written) for a row of no claim, of the
+/// job's current claim, or of a job that is gone.
+///
+/// Errors: database errors.
+fn stale_claim(db: &Db, msg: &OutboxRow) -> anyhow::Result<Option<String>> {
+    let Some((job_id, epoch)) = msg.claim else {
+        return Ok(None);
+    };
+    let Some(job) = db.job(job_id)?.filter(|j| j.epoch != epoch) else {
+        return Ok(None);
+    };
+    let reason = format!(
+        "stale epoch: job {job_id} is at epoch {}, row of epoch {epoch}",
+        job.epoch
+    );
+    let claim = fence::Claim { job_id, epoch };
+    let effect = format!("outbox {}/{}", msg.channel, msg.kind);
+    let now = now_ms();
+    db.write(|tx| {
+        tx.mark_outbox_failed(msg.id, &reason, now, true)?;
+        fence::record_reason(tx, claim, &effect, &job, reason.clone(), now)
+    })?;
+    fence::warn_refused(claim, job.task_id, &effect, &reason);
+    warn!(target: "deliver", outbox_id = msg.id, key = %msg.dedupe_key, dead = true, error = %reason, "not sent");
+    Ok(Some(reason))
 }
 
 /// Which dead letters `orch outbox retry` sends again.

@@ -20,6 +20,7 @@ pub mod db;
 pub mod deliver;
 pub mod error;
 pub mod failpoint;
+pub mod fence;
 pub mod forge;
 pub mod git;
 pub mod ingest;

@@ -69,16 +69,64 @@ pub fn try_tick_lock(locks_dir: &Path, name: &str) -> anyhow::Result<LockGuard> 
 /// `<locks_dir>/path-<sanitised path>.lock`, so the locked folder itself
 /// is never touched.
 pub fn path_lock(locks_dir: &Path, target: &Path) -> anyhow::Result<LockGuard> {
-    let name: String = target
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let path = locks_dir.join(format!("path-{name}.lock"));
+    let path = locks_dir.join(format!("path-{}.lock", sanitise(target)));
     let file = open_lock_file(&path)?;
     file.lock()
         .with_context(|| format!("locking {}", path.display()))?;
     Ok(LockGuard { _file: file, path })
+}
+
+/// The run lock file of a worktree: `<locks_dir>/run-<sanitised path>.lock`
+/// (DESIGN §11 INV-10). Whoever holds an agent's lifetime in that
+/// worktree — today the worker during the run and its finalize — holds
+/// an exclusive flock on it, and the file names the holder (`job 12
+/// epoch 2 host a pid 345`); a run of another epoch that finds it held
+/// does not use the worktree. Distinct from the short path lock of
+/// [`path_lock`], which every git call on the worktree takes.
+pub fn run_lock_path(locks_dir: &Path, worktree: &Path) -> PathBuf {
+    locks_dir.join(format!("run-{}.lock", sanitise(worktree)))
+}
+
+/// Takes the run lock at `path` ([`run_lock_path`]) without waiting and,
+/// when given, writes `holder` into it (`None` keeps what the last holder
+/// wrote: a look whether it is free). Returns `Err` with what the holder
+/// wrote when another open file holds it.
+///
+/// Errors: I/O errors opening or locking the file.
+pub fn try_run_lock(
+    path: &Path,
+    holder: Option<&str>,
+) -> anyhow::Result<Result<LockGuard, String>> {
+    use std::io::{Seek, Write};
+    let mut file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            if let Some(holder) = holder {
+                file.set_len(0)?;
+                file.seek(std::io::SeekFrom::Start(0))?;
+                file.write_all(holder.as_bytes())?;
+            }
+            Ok(Ok(LockGuard {
+                _file: file,
+                path: path.to_path_buf(),
+            }))
+        }
+        Err(TryLockError::WouldBlock) => {
+            let held_by = std::fs::read_to_string(path).unwrap_or_default();
+            Ok(Err(held_by.trim().to_string()))
+        }
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+fn sanitise(target: &Path) -> String {
+    target
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// Refuse to run when `dir` is on NFS, where flock(2) may hang or lie.

@@ -31,7 +31,12 @@ pub const TICKS: [&str; 7] = [
 
 /// Counters of the `counters` table with their metric name and help;
 /// any other counter is exported as `orch_events_total{name}`.
-const KNOWN_COUNTERS: [(&str, &str, &str); 16] = [
+const KNOWN_COUNTERS: [(&str, &str, &str); 17] = [
+    (
+        "fence.refused_total",
+        "orch_fence_refused_total",
+        "Effects of a stale claim (an epoch the job has left) refused: a finalize, commit, clone view, push or outbox message (DESIGN INV-10).",
+    ),
     (
         "reconcile.unblocked_total",
         "orch_reconcile_unblocked_total",

@@ -359,8 +359,15 @@ pub enum Occasion<'a> {
         task_id: i64,
     },
     /// Run `run` (the job's attempt number, counting free ones) of job
-    /// `job_id` of task `task_id` ended.
-    Run { task_id: i64, job_id: i64, run: i64 },
+    /// `job_id` of task `task_id`, under the claim of `epoch`, ended. Its
+    /// rows carry that claim: `orch deliver` never sends one once the job
+    /// was claimed again (DESIGN §11 INV-10).
+    Run {
+        task_id: i64,
+        job_id: i64,
+        run: i64,
+        epoch: i64,
+    },
     /// Task `task_id`'s branch was pushed (every push; the first queues).
     Push { task_id: i64 },
 }
@@ -378,6 +385,16 @@ impl Occasion<'_> {
             | Occasion::Push { task_id } => task_id,
         }
     }
+
+    /// The claim (job id, epoch) whose run the message belongs to: a run
+    /// report's. `None` for the rest, none of which a stale claim can
+    /// write (the PR opening is per branch, once, not per run).
+    pub fn claim(&self) -> Option<(i64, i64)> {
+        match *self {
+            Occasion::Run { job_id, epoch, .. } => Some((job_id, epoch)),
+            _ => None,
+        }
+    }
 }
 
 /// The dedupe key of `message` written for `on`: a second write with the
@@ -390,7 +407,7 @@ impl Occasion<'_> {
 /// | reconcile | notification (`unblocked`) | `task:<t>:v<v>:reconcile` |
 /// | park | notification (`parked`) / tracker comment | `park:<t>:<since>:notify` / `…:comment` |
 /// | pause | notification (`paused`) | `pause:<account>:<since>` |
-/// | run | tracker comment (report) / PR comment | `task:<t>:job<j>:a<r>:report` / `…:report:pr` |
+/// | run | tracker comment (report) / PR comment | `task:<t>:job<j>:a<r>:e<e>:report` / `…:report:pr` (`<e>` the claim's epoch) |
 /// | push | open PR | `task:<t>:pr` |
 /// | transition (the merge line's landing) | mark PR merged | `task:<t>:v<v>:mark_merged` |
 ///
@@ -429,8 +446,9 @@ pub fn dedupe_key(on: &Occasion, message: &Message) -> String {
             task_id,
             job_id,
             run,
+            epoch,
         } => {
-            let base = format!("task:{task_id}:job{job_id}:a{run}:report");
+            let base = format!("task:{task_id}:job{job_id}:a{run}:e{epoch}:report");
             match message {
                 Message::Tracker(TrackerMessage::Comment(_)) => base,
                 Message::Forge(ForgeMessage::Comment(_)) => format!("{base}:pr"),
@@ -458,6 +476,7 @@ pub fn queue(tx: &Tx, on: &Occasion, message: &Message, now_ms: i64) -> anyhow::
         message.channel(),
         message.kind(),
         &message.payload(),
+        on.claim(),
         now_ms,
     )
 }
@@ -668,9 +687,19 @@ mod tests {
             task_id: 3,
             job_id: 7,
             run: 2,
+            epoch: 5,
         };
-        assert_eq!(dedupe_key(&run, report), "task:3:job7:a2:report");
-        assert_eq!(dedupe_key(&run, pr_comment), "task:3:job7:a2:report:pr");
+        assert_eq!(dedupe_key(&run, report), "task:3:job7:a2:e5:report");
+        assert_eq!(dedupe_key(&run, pr_comment), "task:3:job7:a2:e5:report:pr");
+        assert_eq!(run.claim(), Some((7, 5)));
+        // Another claim's report of the same run number is another message.
+        let again = Occasion::Run {
+            task_id: 3,
+            job_id: 7,
+            run: 2,
+            epoch: 6,
+        };
+        assert_ne!(dedupe_key(&again, report), dedupe_key(&run, report));
         let push = Occasion::Push { task_id: 3 };
         assert_eq!(dedupe_key(&push, open_pr), "task:3:pr");
         // Pairs no writer makes today still get keys of their own.

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod systemd;
+
 /// How often the wait loops poll (`try_wait`, group membership).
 const POLL: Duration = Duration::from_millis(50);
 
@@ -800,6 +802,32 @@ pub fn boot_id() -> String {
             "unknown".to_string()
         }
     }
+}
+
+/// This machine's host id (`ORCH_HOST_ID`; default the first line of
+/// `/etc/machine-id`, else the boot id, [`boot_id`]): recorded on every
+/// claim (`jobs.host_id`). The reaper judges a job claimed under another
+/// host id by its heartbeat's age on the wall clock alone and never kills
+/// processes there (DESIGN §6); two host ids on one machine are how a test
+/// plays a partition. An empty value counts as unset.
+pub fn host_id() -> String {
+    if let Some(id) = std::env::var("ORCH_HOST_ID")
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    {
+        return id;
+    }
+    static MACHINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MACHINE
+        .get_or_init(|| {
+            std::fs::read_to_string("/etc/machine-id")
+                .ok()
+                .and_then(|s| s.lines().next().map(|l| l.trim().to_string()))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(boot_id)
+        })
+        .clone()
 }
 
 /// This process's identity as a job's worker: (boot id, pid, process

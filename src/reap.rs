@@ -110,12 +110,17 @@ pub enum Action {
         job_id: i64,
         task_id: i64,
         attempt: i64,
+        /// The claim the plan saw; the action is skipped when the job was
+        /// claimed again since.
+        epoch: i64,
         reason: String,
     },
     /// Tier-2: the agent exited long ago and nobody finished the job.
     Finish {
         job_id: i64,
         task_id: i64,
+        /// The claim whose run exited: the finalize is fenced on it.
+        epoch: i64,
         exit_code: i64,
         exited_ms_ago: i64,
     },
@@ -124,6 +129,7 @@ pub enum Action {
         job_id: i64,
         task_id: i64,
         attempt: i64,
+        epoch: i64,
         running_s: i64,
     },
     /// A merge lease whose holder is gone or that expired.
@@ -135,6 +141,10 @@ pub enum Action {
         path: String,
         done_s_ago: i64,
     },
+    /// A worktree no task names any more: an older epoch's, left when a
+    /// newer claim got a worktree of its own (DESIGN §11 INV-10), whose
+    /// run lock is free now (its run is over).
+    RemoveOrphanWorktree { path: String },
 }
 
 impl Action {
@@ -146,7 +156,9 @@ impl Action {
             Action::Finish { .. } => "finish",
             Action::Timeout { .. } => "timeout",
             Action::ReleaseLeases => "release_leases",
-            Action::RemoveWorktree { .. } => "remove_worktree",
+            Action::RemoveWorktree { .. } | Action::RemoveOrphanWorktree { .. } => {
+                "remove_worktree"
+            }
         }
     }
 }
@@ -159,6 +171,7 @@ impl std::fmt::Display for Action {
                 task_id,
                 attempt,
                 reason,
+                ..
             } => {
                 write!(
                     f,
@@ -170,6 +183,7 @@ impl std::fmt::Display for Action {
                 task_id,
                 exit_code,
                 exited_ms_ago,
+                ..
             } => write!(
                 f,
                 "finish job {job_id} (task {task_id}): agent exited {exit_code} {}s ago",
@@ -180,6 +194,7 @@ impl std::fmt::Display for Action {
                 task_id,
                 attempt,
                 running_s,
+                ..
             } => write!(
                 f,
                 "timeout job {job_id} (task {task_id}, attempt {attempt}): running {running_s}s"
@@ -194,6 +209,9 @@ impl std::fmt::Display for Action {
                 "remove worktree {path} (task {task_id}, done {} ago)",
                 crate::clock::duration(done_s_ago * 1000)
             ),
+            Action::RemoveOrphanWorktree { path } => {
+                write!(f, "remove worktree {path} (an older epoch's, its run over)")
+            }
         }
     }
 }
@@ -235,8 +253,17 @@ impl Now<'_> {
 
 /// Why the worker of running job `j` is gone, or `None` when it lives.
 /// The heartbeat's age is measured on the boot clock ([`Now::since`]).
+///
+/// A job claimed under another host id ([`process::host_id`]) is judged
+/// by its heartbeat's age on the wall clock alone: its processes are not
+/// this machine's to look up (nor to kill, [`other_host`]).
 fn worker_gone(ctx: &Ctx, j: &Job, now: &Now, alive: &mut Liveness) -> Option<String> {
     let stale_ms = ctx.settings.heartbeat_stale_s as i64 * 1000;
+    if let Some(host) = other_host(j) {
+        let age = now.wall_ms - j.heartbeat_at_ms.or(j.claimed_at_ms).unwrap_or(0);
+        return (age > stale_ms)
+            .then(|| format!("worker on host {host}: heartbeat {}s old", age / 1000));
+    }
     if j.worker_host.as_deref() != Some(now.boot_id) {
         return Some("worker ran before a reboot or on another host".into());
     }
@@ -256,6 +283,15 @@ fn worker_gone(ctx: &Ctx, j: &Job, now: &Now, alive: &mut Liveness) -> Option<St
         (None, None) => now.wall_ms,
     };
     (age > stale_ms).then(|| format!("heartbeat {}s old", age / 1000))
+}
+
+/// The host id of job `j`'s claim when it is not this machine's
+/// ([`process::host_id`]); `None` for this host's claims and for claims
+/// of an older orch that recorded none.
+fn other_host(j: &Job) -> Option<&str> {
+    j.host_id
+        .as_deref()
+        .filter(|h| *h != process::host_id().as_str())
 }
 
 /// Plans a pass over the running jobs at `now` (wall clock, unix ms).
@@ -283,6 +319,7 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
                 actions.push(Action::Finish {
                     job_id: j.id,
                     task_id: j.task_id,
+                    epoch: j.epoch,
                     exit_code: j.exit_code.unwrap_or(-1),
                     exited_ms_ago,
                 });
@@ -301,6 +338,7 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
                 job_id: j.id,
                 task_id: j.task_id,
                 attempt: j.attempt,
+                epoch: j.epoch,
                 running_s,
             });
         } else if let Some(reason) = worker_gone(ctx, &j, &clocks, &mut alive) {
@@ -308,6 +346,7 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
                 job_id: j.id,
                 task_id: j.task_id,
                 attempt: j.attempt,
+                epoch: j.epoch,
                 reason,
             });
         }
@@ -322,14 +361,13 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
 }
 
 /// The worktrees on disk whose task is done, has been for
-/// `ORCH_WORKTREE_KEEP_S`, and has no queued or running job. Found by
+/// `ORCH_WORKTREE_KEEP_S` (0: never), and has no queued or running job,
+/// and those no task names any more whose run is over
+/// ([`Action::RemoveOrphanWorktree`]). Found by
 /// listing each project's worktree folder (what is left to remove, not
 /// every task ever done) and looking each up by its path.
 fn finished_worktrees(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
     let keep_ms = ctx.settings.worktree_keep_s as i64 * 1000;
-    if keep_ms == 0 {
-        return Ok(Vec::new());
-    }
     let mut actions = Vec::new();
     for p in &ctx.config.projects {
         let dir = ctx.settings.worktrees_dir().join(&p.name);
@@ -339,9 +377,12 @@ fn finished_worktrees(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action
         for entry in entries.flatten() {
             let path = entry.path().to_string_lossy().into_owned();
             let Some(t) = db.task_by_worktree(&path)? else {
+                if orphaned(ctx, db, &entry.path())? {
+                    actions.push(Action::RemoveOrphanWorktree { path });
+                }
                 continue;
             };
-            if now - t.updated_at_ms >= keep_ms && removable(db, &t)? {
+            if keep_ms > 0 && now - t.updated_at_ms >= keep_ms && removable(db, &t)? {
                 actions.push(Action::RemoveWorktree {
                     task_id: t.id,
                     path,
@@ -351,6 +392,35 @@ fn finished_worktrees(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action
         }
     }
     Ok(actions)
+}
+
+/// Whether `path`, a worktree no task names by that path, is an older
+/// epoch's left behind (INV-10): a run held it (its run lock names the
+/// job), that job's task has moved to another worktree (compared as
+/// resolved paths, so a state folder named another way since is not taken
+/// for one), and no run holds it now.
+fn orphaned(ctx: &Ctx, db: &Db, path: &std::path::Path) -> anyhow::Result<bool> {
+    let Some(job) = crate::fence::last_holder_job(&ctx.settings, path) else {
+        return Ok(false);
+    };
+    let Some(task) = db
+        .job(job)?
+        .map(|j| j.task_id)
+        .map(|t| db.task(t))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(false);
+    };
+    let same = |a: &std::path::Path, b: &std::path::Path| match (a.canonicalize(), b.canonicalize())
+    {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same(std::path::Path::new(&task.worktree), path) {
+        return Ok(false);
+    }
+    crate::fence::is_free(&ctx.settings, path)
 }
 
 /// Whether task `t`'s worktree may go: the task is done and no job of it
@@ -375,6 +445,38 @@ fn remove_worktree(ctx: &Ctx, db: &Db, task_id: i64, path: &str) -> anyhow::Resu
     }
     let _ = std::fs::remove_dir_all(ctx.settings.clone_view_dir(task_id));
     Ok("removed".into())
+}
+
+/// Removes a worktree no task names, under its run lock (taken for the
+/// removal: a run that would start there waits for nothing, it is not
+/// any task's worktree).
+fn remove_orphan_worktree(ctx: &Ctx, db: &Db, path: &str) -> anyhow::Result<String> {
+    let path = std::path::Path::new(path);
+    let claim = crate::fence::Claim {
+        job_id: 0,
+        epoch: 0,
+    };
+    let Ok(_lock) = crate::fence::try_lock(&ctx.settings, path, claim)? else {
+        return Ok("skipped: its run lock is held again".into());
+    };
+    let Some(project) = ctx
+        .config
+        .projects
+        .iter()
+        .find(|p| path.starts_with(ctx.settings.worktrees_dir().join(&p.name)))
+    else {
+        return Ok("skipped: no project's worktree".into());
+    };
+    let repo = ctx.repo(project);
+    let path_str = path.to_string_lossy();
+    let removed =
+        repo.remove_worktree_if(path, || Ok(db.task_by_worktree(&path_str)?.is_none()))?;
+    let _ = std::fs::remove_file(crate::fence::lock_path(&ctx.settings, path));
+    Ok(if removed {
+        "removed".into()
+    } else {
+        "skipped: a task names it again".into()
+    })
 }
 
 /// Kills what is left of job `j`'s agent process group. The leader itself
@@ -407,30 +509,24 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
         let result = match &action {
             Action::Recover {
                 job_id,
-                attempt,
+                epoch,
                 reason,
                 ..
-            } => recover(
-                ctx,
-                db,
-                *job_id,
-                *attempt,
-                &format!("worker gone: {reason}"),
-            )?,
+            } => recover(ctx, db, *job_id, *epoch, &format!("worker gone: {reason}"))?,
             Action::Timeout {
                 job_id,
-                attempt,
+                epoch,
                 running_s,
                 ..
             } => recover(
                 ctx,
                 db,
                 *job_id,
-                *attempt,
+                *epoch,
                 &format!("agent timed out after {running_s}s"),
             )?,
-            Action::Finish { job_id, .. } => {
-                match worker::finalize(ctx, db, *job_id, Actor::Reaper) {
+            Action::Finish { job_id, epoch, .. } => {
+                match worker::finalize(ctx, db, *job_id, *epoch, Actor::Reaper) {
                     Ok(out) => describe(&out),
                     Err(e) => format!("finalize failed, will retry next pass: {e:#}"),
                 }
@@ -441,6 +537,10 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
                     Err(e) => format!("not removed, will retry next pass: {e:#}"),
                 }
             }
+            Action::RemoveOrphanWorktree { path } => match remove_orphan_worktree(ctx, db, path) {
+                Ok(r) => r,
+                Err(e) => format!("not removed, will retry next pass: {e:#}"),
+            },
             Action::ReleaseLeases => {
                 let released = db.write(|tx| tx.release_stale_leases(now_ms()))?;
                 if released.is_empty() {
@@ -461,16 +561,18 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
     Ok(done)
 }
 
-/// Tier-1 for one job: claims it — still running `attempt`, its exit
+/// Tier-1 for one job: claims it — still running at `epoch`, its exit
 /// unrecorded — by requeueing or failing it in one transaction, and only as
-/// the winner kills what is left of that attempt's agent group (a live
-/// worker's late exit is then refused by the attempt check).
-fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyhow::Result<String> {
+/// the winner kills what is left of that claim's agent group on this host
+/// (a live worker's late exit, and every effect of its run, is then
+/// refused by the epoch check: INV-10). A job of another host is never
+/// killed: its old run is fenced, not stopped.
+fn recover(ctx: &Ctx, db: &Db, job_id: i64, epoch: i64, reason: &str) -> anyhow::Result<String> {
     let now = now_ms();
     let claimed = db.write(|tx| match tx.job(job_id)? {
         Some(j)
             if j.status == JobStatus::Running
-                && j.attempt == attempt
+                && j.epoch == epoch
                 && j.exit_recorded_at_ms.is_none() =>
         {
             let out = jobs::retry_or_fail(
@@ -489,7 +591,7 @@ fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyho
     let Some((old, out)) = claimed else {
         return Ok("skipped: job changed since the plan".into());
     };
-    if out != Finalized::Lost {
+    if out != Finalized::Lost && other_host(&old).is_none() {
         kill_agent(ctx, &old);
     }
     if let Finalized::Retrying { run, .. } = out {
@@ -513,6 +615,12 @@ fn discard_killed_edits(ctx: &Ctx, db: &Db, old: &Job, next_attempt: i64) {
         };
         let worktree = std::path::Path::new(&task.worktree);
         if !still_queued || !worktree.exists() {
+            return Ok(false);
+        }
+        // The old run may still live (another host's, a stopped worker):
+        // its worktree is its own until its run lock is free; the next
+        // claim gets a worktree of its own meanwhile.
+        if !crate::fence::is_free(&ctx.settings, worktree)? {
             return Ok(false);
         }
         let repo = ctx.repo(ctx.project(&task.project)?);
@@ -560,5 +668,6 @@ fn describe(f: &Finalized) -> String {
             crate::clock::human(*until_ms, now_ms())
         ),
         Finalized::Lost => "lost: another actor finished it first; nothing written".into(),
+        Finalized::Refused { reason } => format!("refused: {reason}"),
     }
 }

@@ -73,7 +73,8 @@ pub fn outcome_text(f: &Finalized) -> Option<String> {
         Finalized::Cancelled { .. }
         | Finalized::Deferred { .. }
         | Finalized::Paused { .. }
-        | Finalized::Lost => return None,
+        | Finalized::Lost
+        | Finalized::Refused { .. } => return None,
     })
 }
 
@@ -122,6 +123,7 @@ impl RunReport {
             task_id: task.id,
             job_id: job.id,
             run: run_no,
+            epoch: job.epoch,
         };
         // As counted toward the cap: runs an account limit stopped do not
         // count (the key keeps the run number: one report per run).

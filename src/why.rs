@@ -31,6 +31,40 @@ pub struct Why {
     pub chain: Vec<Link>,
     /// The one thing the task waits for.
     pub waiting: Waiting,
+    /// Every job of the task with its claim's epoch, oldest first.
+    pub jobs: Vec<JobClaim>,
+    /// Effects of stale claims that were refused (DESIGN §11 INV-10),
+    /// oldest first.
+    pub refused: Vec<crate::db::FenceRefusal>,
+}
+
+/// A job of the task and its latest claim.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobClaim {
+    pub job_id: i64,
+    pub stage: Stage,
+    pub role: String,
+    pub status: JobStatus,
+    /// Its latest claim's epoch (0: never claimed).
+    pub epoch: i64,
+    /// The host id of that claim (`None`: not recorded).
+    pub host_id: Option<String>,
+}
+
+impl JobClaim {
+    /// One line for people: `job 2 development (developer) done, epoch 2
+    /// on host b`.
+    pub fn describe(&self) -> String {
+        let host = self
+            .host_id
+            .as_deref()
+            .map(|h| format!(" on host {h}"))
+            .unwrap_or_default();
+        format!(
+            "job {} {} ({}) {}, epoch {}{host}",
+            self.job_id, self.stage, self.role, self.status, self.epoch
+        )
+    }
 }
 
 /// One transition and what caused it.
@@ -59,6 +93,8 @@ pub enum Cause {
         stage: Stage,
         role: String,
         attempt: i64,
+        /// The epoch of the claim that finished it.
+        epoch: i64,
         status: JobStatus,
         /// Why the job failed or was cancelled (its `last_error`); `None`
         /// for a job that finished well.
@@ -123,6 +159,8 @@ pub enum Waiting {
         stage: Stage,
         role: String,
         attempt: i64,
+        /// The running claim's epoch.
+        epoch: i64,
         claimed_at_ms: Option<i64>,
         heartbeat_at_ms: Option<i64>,
         agent_pid: Option<i64>,
@@ -271,6 +309,18 @@ pub fn explain(
         });
     }
     let waiting = waiting(db, &task, &jobs, settings, account)?;
+    let refused = db.fence_refusals(task.id)?;
+    let jobs = jobs
+        .iter()
+        .map(|j| JobClaim {
+            job_id: j.id,
+            stage: j.stage,
+            role: j.role.clone(),
+            status: j.status,
+            epoch: j.epoch,
+            host_id: j.host_id.clone(),
+        })
+        .collect();
     Ok(Some(Why {
         task_id: task.id,
         project: task.project.clone(),
@@ -280,6 +330,8 @@ pub fn explain(
         escalated: task.escalated,
         chain,
         waiting,
+        jobs,
+        refused,
     }))
 }
 
@@ -297,6 +349,7 @@ fn cause(db: &Db, task: &Task, t: &TransitionRow, jobs: &[Job]) -> anyhow::Resul
                         stage: j.stage,
                         role: j.role.clone(),
                         attempt: j.counted_attempt(),
+                        epoch: j.epoch,
                         status: j.status,
                         job_error: matches!(j.status, JobStatus::Failed | JobStatus::Cancelled)
                             .then(|| j.last_error.clone())
@@ -428,6 +481,7 @@ pub fn waiting(
             stage: j.stage,
             role: j.role.clone(),
             attempt: j.counted_attempt(),
+            epoch: j.epoch,
             claimed_at_ms: j.claimed_at_ms,
             heartbeat_at_ms: j.heartbeat_at_ms,
             agent_pid: j.agent_pid,
@@ -636,9 +690,10 @@ impl Waiting {
                 claimed_at_ms,
                 agent_pid,
                 heartbeat_at_ms,
+                epoch,
                 ..
             } => format!(
-                "job {job_id} ({role}, attempt {attempt}): running for {}, agent pid {}, last heartbeat {}",
+                "job {job_id} ({role}, attempt {attempt}): running for {}, agent pid {}, last heartbeat {}, epoch {epoch}",
                 claimed_at_ms.map_or("?".into(), span),
                 agent_pid.map_or("-".into(), |p| p.to_string()),
                 heartbeat_at_ms.map_or("never".into(), t)
@@ -794,12 +849,14 @@ impl Cause {
                 success,
                 error,
                 verdict,
+                epoch,
                 ..
             } => {
                 let mut s = match job_error {
                     Some(e) => format!("job {job_id} ({role}, attempt {attempt}, {status}: {e})"),
                     None => format!("job {job_id} ({role}, attempt {attempt}, {status})"),
                 };
+                s += &format!(", epoch {epoch}");
                 if let Some(c) = exit_code {
                     s += &format!(", exit {c}");
                 }
@@ -874,6 +931,7 @@ mod tests {
             stage: Stage::Analysis,
             role: "analyst".into(),
             attempt: 1,
+            epoch: 2,
             claimed_at_ms: Some(now - 400),
             heartbeat_at_ms: Some(now - 400),
             agent_pid: Some(9),
@@ -882,7 +940,7 @@ mod tests {
         };
         assert_eq!(
             running.describe(now),
-            "job 4 (analyst, attempt 1): running for 0 s, agent pid 9, last heartbeat just now"
+            "job 4 (analyst, attempt 1): running for 0 s, agent pid 9, last heartbeat just now, epoch 2"
         );
         let lease = Waiting::MergeLease {
             job_id: 4,

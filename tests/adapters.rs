@@ -334,6 +334,14 @@ fn plane_and_gitea_drive_a_work_item_from_webhook_to_merged_and_done() {
         .filter(|c| c.external_id.as_deref().unwrap().ends_with(":report"))
         .collect();
     assert_eq!(reports.len(), 7);
+    // Each report's idempotency key names its claim's epoch (INV-10).
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.external_id.as_deref().unwrap().ends_with(":e1:report")),
+        "{:?}",
+        reports.iter().map(|r| &r.external_id).collect::<Vec<_>>()
+    );
     for r in &reports {
         assert!(r.html.contains(USAGE), "usage line: {}", r.html);
         assert!(
@@ -1456,4 +1464,43 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
         line(&text, "FAIL project widget gitea repository").contains("404"),
         "{text}"
     );
+}
+
+/// INV-10 at the merge: orch merges naming the head it tested
+/// (`head_commit_id`); a head that moved since — another epoch's push —
+/// is refused by Gitea and main does not move. Only the tested head
+/// merges.
+#[test]
+fn a_gitea_merge_whose_head_moved_since_it_was_tested_is_refused() {
+    use orch::adapters::gitea::{Gitea, MergeOutcome};
+    let w = World::new();
+    let sbx = &w.sbx;
+    let tree = sbx.origin_git(&["rev-parse", "main^{tree}"]);
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    let tested = sbx.origin_git(&["commit-tree", &tree, "-p", &main, "-m", "tested"]);
+    let moved = sbx.origin_git(&["commit-tree", &tree, "-p", &tested, "-m", "moved"]);
+    let branch = format!("refs/heads/{BRANCH}");
+    sbx.origin_git(&["update-ref", &branch, &moved]);
+    let env = sbx.env.clone();
+    let settings = orch::config::AdapterSettings::load(&|k| env.get(k).cloned()).unwrap();
+    let gitea = Gitea::from_settings(&settings).unwrap();
+    let pr = gitea
+        .create_pull("acme/widget", "main", BRANCH, "t", "b")
+        .unwrap()
+        .unwrap();
+    let style = orch::config::MergeStyle::FastForwardOnly;
+    let out = gitea
+        .merge_pull("acme/widget", pr.number, style, &tested)
+        .unwrap();
+    assert!(
+        matches!(&out, MergeOutcome::Conflict(t) if t.contains("head out of date")),
+        "{out}"
+    );
+    assert_eq!(sbx.origin_git(&["rev-parse", "main"]), main, "main stays");
+    assert!(!w.gitea.state.lock().unwrap().prs[0].merged);
+    let out = gitea
+        .merge_pull("acme/widget", pr.number, style, &moved)
+        .unwrap();
+    assert!(matches!(out, MergeOutcome::Merged { .. }), "{out}");
+    assert_eq!(sbx.origin_git(&["rev-parse", "main"]), moved);
 }

@@ -312,7 +312,7 @@ const FLOORS: &[(&str, &[&str])] = &[
         ],
     ),
     ("store", &["db"]),
-    ("core", &["pipeline", "ctx", "outbox"]),
+    ("core", &["pipeline", "ctx", "outbox", "fence"]),
     ("clients", &["adapters"]),
     ("services", &["forge", "tracker", "notifier"]),
     (

@@ -574,7 +574,7 @@ transitions:
   v1   (new)           → analysis        human      <time>  work item in progress
   v2   analysis        → architecture    worker     <time>  analysis gate passed
 jobs:
-  job 1    analysis        done       attempt 1 exit 0, ran <span>, finished <ago>
+  job 1    analysis        done       attempt 1 epoch 1 exit 0, ran <span>, finished <ago>
     log    <sbx>/state/logs/job1-a1.log
     prompt <sbx>/state/logs/job1-a1.prompt"
     );

@@ -63,13 +63,7 @@ fn a_killed_worker_loses_its_agent_and_tier1_requeues_the_job_and_kills_orphans(
 fn tier2_waits_out_the_grace_then_finishes_without_rerunning_the_agent() {
     let mut sbx = Sandbox::new();
     sbx.add_issue("dies finalizing");
-    let out = sbx
-        .orch()
-        .args(["work-once"])
-        .env("FAILPOINTS", "worker.after_exit_recorded=return")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "killed by the failpoint");
+    sbx.work_once_dying_after_the_exit();
     assert_eq!(
         sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running' AND exit_code=0"),
         1
@@ -314,22 +308,14 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
 fn job_left_finalizing() -> Sandbox {
     let sbx = Sandbox::new();
     sbx.add_issue("left finalizing");
-    let out = sbx
-        .orch()
-        .args(["work-once"])
-        .env("FAILPOINTS", "worker.after_exit_recorded=return")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None);
+    sbx.work_once_dying_after_the_exit();
     sbx
 }
 
 #[test]
 fn two_finalizers_racing_on_one_job_advance_it_once_and_the_loser_writes_nothing() {
     let sbx = job_left_finalizing();
-    let env = sbx.env.clone();
-    let settings = orch::config::Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
-    let ctx = orch::ctx::Ctx::load(settings).unwrap();
+    let ctx = sbx.ctx();
     let before_outbox = sbx.count("SELECT COUNT(*) FROM outbox");
     // Both reach the terminal claim, then race for it.
     fail::cfg("finalize.before_terminal_claim", "sleep(300)").unwrap();
@@ -340,7 +326,7 @@ fn two_finalizers_racing_on_one_job_advance_it_once_and_the_loser_writes_nothing
                 s.spawn(|| {
                     let db = ctx.open_db().unwrap();
                     barrier.wait();
-                    orch::worker::finalize(&ctx, &db, 1, orch::pipeline::Actor::Reaper).unwrap()
+                    orch::worker::finalize(&ctx, &db, 1, 1, orch::pipeline::Actor::Reaper).unwrap()
                 })
             })
             .collect();

@@ -7,6 +7,7 @@ mod acp;
 mod agents;
 mod ci;
 mod cli;
+mod fence;
 mod hardening;
 mod hostile;
 mod ingest;

@@ -270,6 +270,26 @@ impl Sandbox {
         v["task_id"].as_i64().unwrap()
     }
 
+    /// `orch work-once` killed (failpoint `worker.after_exit_recorded`,
+    /// the `testing` feature) once its agent's exit is recorded: its job
+    /// is left running, to be finalized.
+    pub fn work_once_dying_after_the_exit(&self) {
+        let out = self
+            .orch()
+            .args(["work-once"])
+            .env("FAILPOINTS", "worker.after_exit_recorded=return")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "killed by the failpoint");
+    }
+
+    /// An in-process context on the sandbox's settings.
+    pub fn ctx(&self) -> orch::ctx::Ctx {
+        let env = self.env.clone();
+        let settings = orch::config::Settings::load(&|k| env.get(k).cloned(), None, None).unwrap();
+        orch::ctx::Ctx::load(settings).unwrap()
+    }
+
     /// Starts `orch ARGS` in the background with `env` added (stdout
     /// discarded, stderr piped: read it with `wait_with_output`).
     pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> Child {

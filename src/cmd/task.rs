@@ -181,11 +181,12 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
             _ => String::new(),
         };
         text += &format!(
-            "  job {:<4} {:<15} {:<10} {} exit {}{ran}{}\n",
+            "  job {:<4} {:<15} {:<10} {} epoch {} exit {}{ran}{}\n",
             j.id,
             j.stage,
             j.status,
             j.attempt_text(),
+            j.epoch,
             j.exit_code
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -215,6 +216,13 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
                 }
             }
         }
+    }
+    for r in db.fence_refusals(id)? {
+        text += &format!(
+            "  refused {}: {}\n",
+            orch::clock::ago(r.at_ms, now),
+            r.reason
+        );
     }
     let denials: i64 = usage.iter().map(|u| u.permission_denials).sum();
     if denials > 0 {

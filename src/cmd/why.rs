@@ -40,6 +40,16 @@ pub fn run(ctx: &Ctx, task: i64) -> anyhow::Result<Output> {
             l.cause.describe(now)
         );
     }
+    text += "jobs:\n";
+    for j in &why.jobs {
+        text += &format!("  {}\n", j.describe());
+    }
+    if !why.refused.is_empty() {
+        text += "refused (stale claims, INV-10):\n";
+        for r in &why.refused {
+            text += &format!("  {} {}\n", ago(r.at_ms, now), r.reason);
+        }
+    }
     Ok(Output {
         json: serde_json::to_value(&why)?,
         text,

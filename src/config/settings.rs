@@ -582,8 +582,9 @@ impl Settings {
             self.verdicts_dir(),
         ]
     }
-    /// `<state_dir>/clone-views/task-<id>`: the private view of the shared
-    /// clone a sandboxed agent of task `task_id` works in (DESIGN §4).
+    /// `<state_dir>/clone-views/task-<id>`: the folder of the private views
+    /// of the shared clone that sandboxed agents of task `task_id` work in,
+    /// one per claim (`job<j>-e<e>` inside; DESIGN §4, §11 INV-10).
     pub fn clone_view_dir(&self, task_id: i64) -> PathBuf {
         self.state_dir
             .join("clone-views")
@@ -693,7 +694,7 @@ pub(crate) fn setting_flag(
 /// Every `ORCH_*` environment variable orch reads: the settings' keys
 /// (found by loading [`Settings`] through a lookup that records each key
 /// asked for, so the list never drifts from the code), the log keys, the
-/// test clock, and the variables orch sets for its agents.
+/// test clock, the host id, and the variables orch sets for its agents.
 pub fn known_keys() -> std::collections::BTreeSet<String> {
     let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
     let record = |k: &str| {
@@ -706,6 +707,8 @@ pub fn known_keys() -> std::collections::BTreeSet<String> {
         [
             "ORCH_LOG",
             "ORCH_LOG_FORMAT",
+            // Read where a claim is made and judged (`process::host_id`).
+            "ORCH_HOST_ID",
             "ORCH_ENV_FILE",
             "ORCH_TEST_CLOCK_OFFSET_MS",
             "ORCH_TEST_WALL_JUMP_MS",

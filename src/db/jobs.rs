@@ -56,6 +56,13 @@ pub struct Job {
     /// more for every later claim; 0 for a job never claimed. Effects
     /// outside the database are fenced on it (DESIGN §11 INV-10).
     pub epoch: i64,
+    /// Origin's head of the task branch when this claim's run started
+    /// (migration 26): `Some("")` when origin had no such branch, `None`
+    /// when not recorded. The lease of the claim's push.
+    pub claim_sha: Option<String>,
+    /// The claimer's host id (`ORCH_HOST_ID`, [`crate::process::host_id`];
+    /// migration 26), `None` for a claim of an older orch.
+    pub host_id: Option<String>,
 }
 
 impl Job {
@@ -82,7 +89,7 @@ pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, statu
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
     merge_pending, merge_defers, finalize_failures, free_attempts, claimed_boot_ms, heartbeat_boot_ms, \
-    exit_boot_ms, scheduled_at_ms, epoch";
+    exit_boot_ms, scheduled_at_ms, epoch, claim_sha, host_id";
 
 pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -116,6 +123,8 @@ pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
         exit_boot_ms: r.get(27)?,
         scheduled_at_ms: r.get(28)?,
         epoch: r.get(29)?,
+        claim_sha: r.get(30)?,
+        host_id: r.get(31)?,
     })
 }
 
@@ -571,12 +580,12 @@ impl Tx<'_> {
             .query_row(params![task_id, stage, task_version], |r| r.get(0))?)
     }
 
-    /// Records the agent process of running job `id` (claim `attempt`)
+    /// Records the agent process of running job `id` (claim `epoch`)
     /// and its timeout.
     pub fn set_job_agent(
         &self,
         id: i64,
-        attempt: i64,
+        epoch: i64,
         pid: i64,
         start_time: i64,
         timeout_s: i64,
@@ -584,19 +593,33 @@ impl Tx<'_> {
         self.conn
             .prepare_cached(
                 "UPDATE jobs SET agent_pid=?3, agent_start_time=?4, timeout_s=?5 \
-             WHERE id=?1 AND attempt=?2 AND status='running'",
+             WHERE id=?1 AND epoch=?2 AND status='running'",
             )?
-            .execute(params![id, attempt, pid, start_time, timeout_s])?;
+            .execute(params![id, epoch, pid, start_time, timeout_s])?;
         Ok(())
     }
 
-    /// Refreshes the heartbeat of running job `id` (claim `attempt`): the
+    /// Records origin's head of the task branch when the run of running
+    /// job `id` (claim `epoch`) started: `sha`, or `None` when origin had
+    /// no such branch (stored as ''). Returns whether the claim still
+    /// holds (nothing written otherwise).
+    pub fn set_claim_sha(&self, id: i64, epoch: i64, sha: Option<&str>) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET claim_sha=?3 WHERE id=?1 AND epoch=?2 AND status='running'",
+            )?
+            .execute(params![id, epoch, sha.unwrap_or("")])?
+            == 1)
+    }
+
+    /// Refreshes the heartbeat of running job `id` (claim `epoch`): the
     /// wall time `now_ms` and this boot's clock.
-    pub fn heartbeat(&self, id: i64, attempt: i64, now_ms: i64) -> anyhow::Result<()> {
+    pub fn heartbeat(&self, id: i64, epoch: i64, now_ms: i64) -> anyhow::Result<()> {
         self.conn.prepare_cached(
-            "UPDATE jobs SET heartbeat_at_ms=?3, heartbeat_boot_ms=?4 WHERE id=?1 AND attempt=?2 AND status='running'",
+            "UPDATE jobs SET heartbeat_at_ms=?3, heartbeat_boot_ms=?4 WHERE id=?1 AND epoch=?2 AND status='running'",
         )?
-        .execute(params![id, attempt, now_ms, crate::clock::boot_ms()])?;
+        .execute(params![id, epoch, now_ms, crate::clock::boot_ms()])?;
         Ok(())
     }
 
@@ -638,13 +661,13 @@ impl Tx<'_> {
     }
 
     /// Records the agent's exit on running job `id`, only for the claim
-    /// `attempt` and only once. Returns false when the job was taken from
-    /// this worker (requeued by the reaper) or the exit is already
-    /// recorded.
+    /// `epoch` and only once. Returns false when the job was taken from
+    /// this worker (requeued by the reaper, claimed again: another epoch)
+    /// or the exit is already recorded.
     pub fn record_exit(
         &self,
         id: i64,
-        attempt: i64,
+        epoch: i64,
         exit_code: i64,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
@@ -652,11 +675,11 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET exit_code=?3, exit_recorded_at_ms=?4, exit_boot_ms=?5 \
-                 WHERE id=?1 AND attempt=?2 AND status='running' AND exit_recorded_at_ms IS NULL",
+                 WHERE id=?1 AND epoch=?2 AND status='running' AND exit_recorded_at_ms IS NULL",
             )?
             .execute(params![
                 id,
-                attempt,
+                epoch,
                 exit_code,
                 now_ms,
                 crate::clock::boot_ms()
@@ -731,8 +754,9 @@ impl Tx<'_> {
 
     // The status-changing UPDATEs of `jobs`, each written once. Callers go
     // through `pipeline::job::change`, which checks the edge. Each
-    // is a compare-and-swap on the status (and on the claim `attempt` when
-    // given) and returns whether it changed the row.
+    // is a compare-and-swap on the status (and on the claim's `epoch` when
+    // given: every claim takes a new one, DESIGN §11 INV-10) and returns
+    // whether it changed the row.
 
     /// `queued → running`: claims job `id` for `worker` (boot id, pid,
     /// process start time), with the time on the wall clock (`now_ms`) and
@@ -742,7 +766,7 @@ impl Tx<'_> {
     pub fn claim_job(
         &self,
         id: i64,
-        attempt: Option<i64>,
+        epoch: Option<i64>,
         worker: (&str, i64, i64),
         now_ms: i64,
     ) -> anyhow::Result<bool> {
@@ -750,15 +774,24 @@ impl Tx<'_> {
         let n = self
             .conn
             .prepare_cached(
-                "UPDATE jobs SET status='running', epoch=epoch+1, worker_host=?2, worker_pid=?3, worker_start_time=?4, \
-                 claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
+                "UPDATE jobs SET status='running', epoch=epoch+1, host_id=?8, claim_sha=NULL, \
+                 worker_host=?2, worker_pid=?3, worker_start_time=?4, claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_boot_ms=?7, heartbeat_boot_ms=?7, \
                  exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
                  exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END, \
                  exit_boot_ms=CASE WHEN merge_pending=1 THEN ?7 END \
-                 WHERE id=?1 AND status='queued' AND (?6 IS NULL OR attempt=?6)",
+                 WHERE id=?1 AND status='queued' AND (?6 IS NULL OR epoch=?6)",
             )?
-            .execute(params![id, host, pid, start, now_ms, attempt, crate::clock::boot_ms()])?;
+            .execute(params![
+                id,
+                host,
+                pid,
+                start,
+                now_ms,
+                epoch,
+                crate::clock::boot_ms(),
+                crate::process::host_id()
+            ])?;
         Ok(n == 1)
     }
 
@@ -769,7 +802,7 @@ impl Tx<'_> {
     pub fn finish_job(
         &self,
         id: i64,
-        attempt: Option<i64>,
+        epoch: Option<i64>,
         status: JobStatus,
         error: Option<&str>,
         now_ms: i64,
@@ -780,9 +813,9 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status=?2, \
                  last_error=CASE WHEN ?2='done' THEN ?3 ELSE COALESCE(?3, last_error) END, finished_at_ms=?4 \
-                 WHERE id=?1 AND status='running' AND (?5 IS NULL OR attempt=?5)",
+                 WHERE id=?1 AND status='running' AND (?5 IS NULL OR epoch=?5)",
             )?
-            .execute(params![id, status, error, now_ms, attempt])?;
+            .execute(params![id, status, error, now_ms, epoch])?;
         Ok(n == 1)
     }
 
@@ -790,7 +823,7 @@ impl Tx<'_> {
     pub fn cancel_queued_job(
         &self,
         id: i64,
-        attempt: Option<i64>,
+        epoch: Option<i64>,
         reason: &str,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
@@ -798,9 +831,9 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET status='cancelled', last_error=?2, finished_at_ms=?3 \
-                 WHERE id=?1 AND status='queued' AND (?4 IS NULL OR attempt=?4)",
+                 WHERE id=?1 AND status='queued' AND (?4 IS NULL OR epoch=?4)",
             )?
-            .execute(params![id, reason, now_ms, attempt])?;
+            .execute(params![id, reason, now_ms, epoch])?;
         Ok(n == 1)
     }
 
@@ -810,11 +843,11 @@ impl Tx<'_> {
     /// stopped the run) the new attempt is also counted in
     /// `free_attempts`, so it does not bring the job nearer
     /// `ORCH_JOB_MAX_ATTEMPTS`. Returns whether running job `id` (claim
-    /// `attempt`) was requeued.
+    /// `epoch`) was requeued.
     pub fn requeue_job(
         &self,
         id: i64,
-        attempt: Option<i64>,
+        epoch: Option<i64>,
         free: bool,
         error: &str,
         available_at_ms: i64,
@@ -828,29 +861,29 @@ impl Tx<'_> {
                  worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
                  claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
-                 merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4)",
+                 merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR epoch=?4)",
             )?
-            .execute(params![id, error, available_at_ms, attempt, now_ms, i64::from(free)])?;
+            .execute(params![id, error, available_at_ms, epoch, now_ms, i64::from(free)])?;
         Ok(n == 1)
     }
 
-    /// Records one failed finalize of running job `id` at claim `attempt`
+    /// Records one failed finalize of running job `id` at claim `epoch`
     /// (its `last_error` becomes `error`). Returns the job's failure count
-    /// now, or `None` when the job is no longer running at that attempt
+    /// now, or `None` when the job is no longer running at that epoch
     /// (nothing written).
     pub fn note_finalize_failure(
         &self,
         id: i64,
-        attempt: i64,
+        epoch: i64,
         error: &str,
     ) -> anyhow::Result<Option<i64>> {
         let n = self
             .conn
             .prepare_cached(
                 "UPDATE jobs SET finalize_failures=finalize_failures+1, last_error=?3 \
-                 WHERE id=?1 AND attempt=?2 AND status='running'",
+                 WHERE id=?1 AND epoch=?2 AND status='running'",
             )?
-            .execute(params![id, attempt, error])?;
+            .execute(params![id, epoch, error])?;
         if n == 0 {
             return Ok(None);
         }
@@ -863,7 +896,7 @@ impl Tx<'_> {
     pub fn defer_merge_job(
         &self,
         id: i64,
-        attempt: Option<i64>,
+        epoch: Option<i64>,
         reason: &str,
         available_at_ms: i64,
         lease: Option<&str>,
@@ -876,9 +909,9 @@ impl Tx<'_> {
                  available_at_ms=?3, last_error=?2, deferred_on=?5, worker_host=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
                  heartbeat_at_ms=NULL, claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, scheduled_at_ms=?6 \
-                 WHERE id=?1 AND status='running' AND (?4 IS NULL OR attempt=?4) AND exit_code IS NOT NULL",
+                 WHERE id=?1 AND status='running' AND (?4 IS NULL OR epoch=?4) AND exit_code IS NOT NULL",
             )?
-            .execute(params![id, reason, available_at_ms, attempt, lease, now_ms])?;
+            .execute(params![id, reason, available_at_ms, epoch, lease, now_ms])?;
         Ok(n == 1)
     }
 
@@ -888,7 +921,7 @@ impl Tx<'_> {
     pub fn unclaim_job(
         &self,
         id: i64,
-        attempt: Option<i64>,
+        epoch: Option<i64>,
         pid: i64,
         start_time: i64,
     ) -> anyhow::Result<bool> {
@@ -897,10 +930,10 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status='queued', worker_host=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, claimed_at_ms=NULL, heartbeat_at_ms=NULL \
-                 WHERE id=?1 AND status='running' AND (?2 IS NULL OR attempt=?2) AND worker_pid=?3 \
+                 WHERE id=?1 AND status='running' AND (?2 IS NULL OR epoch=?2) AND worker_pid=?3 \
                  AND worker_start_time=?4",
             )?
-            .execute(params![id, attempt, pid, start_time])?
+            .execute(params![id, epoch, pid, start_time])?
             == 1)
     }
 }

@@ -15,6 +15,7 @@
 
 mod budget;
 mod ci;
+mod fence;
 mod inbox;
 mod jobs;
 mod leases;
@@ -27,6 +28,7 @@ mod usage;
 
 pub use budget::{Measure, Parked};
 pub use ci::{PullRequestRow, ORCH_TEST_CONTEXT};
+pub use fence::FenceRefusal;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded, StoredDelivery};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
 pub use leases::{Lease, LeaseAcquire};

@@ -29,12 +29,16 @@ pub struct OutboxRow {
     pub retried_at_ms: Option<i64>,
     /// Who asked for the last retry: the operator's login.
     pub retried_by: Option<String>,
+    /// The claim the row was queued for: (job id, epoch) — migration 26;
+    /// `None` for a row not tied to a job's run. `orch deliver` never
+    /// sends a row whose job has been claimed again since.
+    pub claim: Option<(i64, i64)>,
 }
 
 pub(super) const OUTBOX_COLS: &str =
     "id, dedupe_key, task_id, channel, kind, payload, status, attempts, \
     next_attempt_at_ms, last_error, remote_id, created_at_ms, delivered_at_ms, \
-    retries, retried_at_ms, retried_by";
+    retries, retried_at_ms, retried_by, job_id, job_epoch";
 
 pub(super) fn outbox_row(r: &Row) -> rusqlite::Result<OutboxRow> {
     let payload: String = r.get(5)?;
@@ -55,6 +59,10 @@ pub(super) fn outbox_row(r: &Row) -> rusqlite::Result<OutboxRow> {
         retries: r.get(13)?,
         retried_at_ms: r.get(14)?,
         retried_by: r.get(15)?,
+        claim: match (r.get::<_, Option<i64>>(16)?, r.get::<_, Option<i64>>(17)?) {
+            (Some(j), Some(e)) => Some((j, e)),
+            _ => None,
+        },
     })
 }
 
@@ -189,6 +197,7 @@ impl Tx<'_> {
     /// a no-op. Returns whether a row was inserted. Only
     /// `crate::outbox::queue` calls it (`tests/layers.rs` checks), which
     /// derives every column from a typed message.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert_outbox(
         &self,
         dedupe_key: &str,
@@ -196,14 +205,24 @@ impl Tx<'_> {
         channel: &str,
         kind: &str,
         payload: &serde_json::Value,
+        claim: Option<(i64, i64)>,
         now_ms: i64,
     ) -> anyhow::Result<bool> {
         let n = self.conn
             .prepare_cached(
-                "INSERT INTO outbox (dedupe_key, task_id, channel, kind, payload, next_attempt_at_ms, created_at_ms) \
-                 VALUES (?1,?2,?3,?4,?5,?6,?6) ON CONFLICT(dedupe_key) DO NOTHING",
+                "INSERT INTO outbox (dedupe_key, task_id, channel, kind, payload, next_attempt_at_ms, created_at_ms, job_id, job_epoch) \
+                 VALUES (?1,?2,?3,?4,?5,?6,?6,?7,?8) ON CONFLICT(dedupe_key) DO NOTHING",
             )?
-            .execute(params![dedupe_key, task_id, channel, kind, payload.to_string(), now_ms])?;
+            .execute(params![
+                dedupe_key,
+                task_id,
+                channel,
+                kind,
+                payload.to_string(),
+                now_ms,
+                claim.map(|c| c.0),
+                claim.map(|c| c.1)
+            ])?;
         Ok(n == 1)
     }
 
@@ -291,7 +310,7 @@ mod tests {
         let t = 1_800_000_000_000i64;
         let hour = 3_600_000;
         db.write(|tx| {
-            tx.insert_outbox("k", None, "notify", "x", &serde_json::json!({}), t)?;
+            tx.insert_outbox("k", None, "notify", "x", &serde_json::json!({}), None, t)?;
             Ok(())
         })
         .unwrap();
@@ -318,7 +337,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
         db.write(|tx| {
-            tx.insert_outbox("k", None, "notify", "x", &serde_json::json!({}), 1)?;
+            tx.insert_outbox("k", None, "notify", "x", &serde_json::json!({}), None, 1)?;
             Ok(())
         })
         .unwrap();

@@ -575,4 +575,35 @@ CREATE TABLE gone_sessions (
     r#"
 ALTER TABLE merge_line ADD COLUMN built TEXT;
 "#,
+    // 26: the fence of every outside effect (DESIGN §11 INV-10).
+    // `jobs.claim_sha`: origin's head of the task branch when the claim's
+    // run started (after the worktree was synced), the lease of its push
+    // (`--force-with-lease=<branch>:<claim_sha>`); '' when origin had no
+    // such branch (the lease: the ref is absent), NULL when not recorded
+    // (a claim of an older orch, a deferred merge: the push is unleased
+    // as before). `jobs.host_id`: the claimer's `ORCH_HOST_ID`; the reaper
+    // judges a job of another host by its heartbeat alone and kills
+    // nothing there. `outbox.job_id`/`job_epoch`: the claim a row was
+    // queued for; `orch deliver` dead-letters a row whose job has since
+    // been claimed again. `fence_refusals`: each effect a stale claim
+    // tried and was refused (one row per refusal; `orch why` lists them),
+    // a table rather than a column because one job can have several
+    // stale claims, each refused at several effects.
+    r#"
+ALTER TABLE jobs ADD COLUMN claim_sha TEXT;
+ALTER TABLE jobs ADD COLUMN host_id TEXT;
+ALTER TABLE outbox ADD COLUMN job_id INTEGER;
+ALTER TABLE outbox ADD COLUMN job_epoch INTEGER;
+CREATE TABLE fence_refusals (
+    id            INTEGER PRIMARY KEY,
+    job_id        INTEGER NOT NULL REFERENCES jobs(id),
+    task_id       INTEGER NOT NULL REFERENCES tasks(id),
+    epoch         INTEGER NOT NULL,
+    current_epoch INTEGER NOT NULL,
+    effect        TEXT NOT NULL,
+    reason        TEXT NOT NULL,
+    at_ms         INTEGER NOT NULL
+);
+CREATE INDEX fence_refusals_task ON fence_refusals(task_id);
+"#,
 ];

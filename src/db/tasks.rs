@@ -349,6 +349,19 @@ impl Tx<'_> {
         Ok((n == 1).then(|| self.conn.last_insert_rowid()))
     }
 
+    /// Moves task `id`'s worktree path from `from` to `to` (a fresh
+    /// worktree for a claim whose task's own was held by another run,
+    /// DESIGN §11 INV-10): the one writer of `tasks.worktree` after the
+    /// task's creation. Returns false (nothing written) when the task's
+    /// path is no longer `from`.
+    pub fn move_task_worktree(&self, id: i64, from: &str, to: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE tasks SET worktree=?3 WHERE id=?1 AND worktree=?2")?
+            .execute(params![id, from, to])?
+            == 1)
+    }
+
     /// Compare-and-swap of a task's stage: moves it from `(from, version)`
     /// to `to` with `version + 1` and the given retry count and escalation.
     /// Returns false (and changes nothing) when the task is no longer at

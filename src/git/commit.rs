@@ -74,6 +74,32 @@ impl Repo {
         self.push_task_branch(worktree, branch, Some(expected_remote_sha))
     }
 
+    /// Push the worktree's HEAD to `refs/heads/<branch>` on origin only
+    /// while origin's branch is at `expected` — `None`: only while origin
+    /// has no such branch (`--force-with-lease=refs/heads/<branch>:<expected>`,
+    /// an empty expectation for absent). The lease of a claim's push
+    /// (DESIGN §11 INV-10): a push of another epoch since the claim makes
+    /// origin refuse this one.
+    ///
+    /// Guarantees: same refusals as [`Repo::push_branch`]; the lease is
+    /// checked by origin.
+    /// Assumptions: as [`Repo::push_branch`].
+    /// Errors: [`Error::InvalidRef`] for a refused branch or an `expected`
+    /// that is not a full hex object id; [`Error::Subprocess`] when the
+    /// lease is stale or the push fails.
+    pub fn push_branch_leased(
+        &self,
+        worktree: &Path,
+        branch: &str,
+        expected: Option<&str>,
+    ) -> anyhow::Result<()> {
+        validate_task_branch(branch, &self.branch_prefix, &self.default_branch)?;
+        if let Some(sha) = expected {
+            validate_sha(sha)?;
+        }
+        self.push_task_branch(worktree, branch, Some(expected.unwrap_or("")))
+    }
+
     /// Push HEAD to a task branch that the caller has already validated.
     fn push_task_branch(
         &self,

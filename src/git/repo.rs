@@ -232,6 +232,19 @@ impl Repo {
         Self::resolve_ref(&self.clone_dir, &Self::remote_ref(name))
     }
 
+    /// The sha of origin's `refs/heads/<name>` as the clone last fetched
+    /// it (`refs/remotes/origin/<name>`), `None` if origin had no such
+    /// branch then. Fetches nothing: right after [`Repo::sync`] it is
+    /// origin's branch as of that fetch.
+    ///
+    /// Guarantees: read-only. Assumptions: no lock taken.
+    /// Errors: [`Error::InvalidRef`] for a name that is not a plain branch
+    /// name; [`Error::Subprocess`] from git.
+    pub fn fetched_branch_sha(&self, name: &str) -> anyhow::Result<Option<String>> {
+        validate_branch_name(name)?;
+        Self::resolve_ref(&self.clone_dir, &Self::remote_ref(name))
+    }
+
     /// The sha of origin's `refs/heads/<name>` read with `git ls-remote`,
     /// `None` if origin has no such branch. Unlike
     /// [`Repo::remote_branch_sha`] it fetches nothing: for plans

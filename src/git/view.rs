@@ -40,6 +40,10 @@ pub struct CloneView {
 }
 
 impl CloneView {
+    /// The view's folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
     /// The copy of `refs/`, to bind over `<clone>/refs`.
     pub fn refs_dir(&self) -> PathBuf {
         self.dir.join("refs")

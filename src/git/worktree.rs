@@ -35,6 +35,26 @@ impl Repo {
     /// worktree of this clone, or is on another branch (nothing is deleted);
     /// [`Error::Subprocess`] from git.
     pub fn ensure_worktree(&self, worktree: &Path, branch: &str) -> anyhow::Result<()> {
+        self.ensure_worktree_with(worktree, branch, false)
+    }
+
+    /// [`Repo::ensure_worktree`] for a worktree of its own of one claim
+    /// (DESIGN §11 INV-10: the task's worktree was held by an older epoch
+    /// that may still run): `branch` may be checked out in that other
+    /// worktree too (`git worktree add --force`), which orch never uses
+    /// again and the reaper removes once its run lock is free.
+    ///
+    /// Assumptions and errors: as [`Repo::ensure_worktree`].
+    pub fn ensure_worktree_beside(&self, worktree: &Path, branch: &str) -> anyhow::Result<()> {
+        self.ensure_worktree_with(worktree, branch, true)
+    }
+
+    fn ensure_worktree_with(
+        &self,
+        worktree: &Path,
+        branch: &str,
+        force: bool,
+    ) -> anyhow::Result<()> {
         validate_task_branch(branch, &self.branch_prefix, &self.default_branch)?;
         let default = self.default_branch()?;
         let worktree = absolute(worktree)?;
@@ -70,28 +90,24 @@ impl Repo {
         let local = Self::resolve_ref(clone, &format!("refs/heads/{branch}"))?;
         // `branch` made (`-b`) or reset (`-B`) at `start` in the new
         // worktree, untracked: the upstream is set below when origin has it.
-        let add_at = |create: &str, start: &str| {
-            let args = [
-                "worktree",
-                "add",
-                "--quiet",
-                "--no-track",
-                create,
-                branch,
-                wt,
-                start,
-            ];
+        let add = |rest: &[&str]| {
+            let mut args = vec!["worktree", "add", "--quiet"];
+            if force {
+                args.push("--force");
+            }
+            args.extend_from_slice(rest);
             git_ok(clone, &args)
         };
+        let add_at = |create: &str, start: &str| add(&["--no-track", create, branch, wt, start]);
         match (remote, local) {
             (Some(r), Some(l)) if r == l || self.is_ancestor(clone, &r, &l)? => {
-                git_ok(clone, &["worktree", "add", "--quiet", wt, branch])?;
+                add(&[wt, branch])?;
             }
             (Some(_), _) => {
                 add_at("-B", &remote_ref)?;
             }
             (None, Some(_)) => {
-                git_ok(clone, &["worktree", "add", "--quiet", wt, branch])?;
+                add(&[wt, branch])?;
             }
             (None, None) => {
                 let base = Self::remote_ref(default);

@@ -85,7 +85,7 @@ pub(super) fn give_back(
                 job_id: job.id,
                 from: JobStatus::Running,
                 to: JobStatus::Queued,
-                attempt: Some(job.attempt),
+                epoch: Some(job.epoch),
                 how: How::Unclaim {
                     pid,
                     start_time: start,

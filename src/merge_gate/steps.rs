@@ -525,7 +525,7 @@ pub(super) fn retest(
             || {
                 if let Some(j) = job.filter(|_| last_beat.elapsed() >= beat_every) {
                     last_beat = std::time::Instant::now();
-                    db.write(|tx| tx.heartbeat(j.id, j.attempt, now_ms()))?;
+                    db.write(|tx| tx.heartbeat(j.id, j.epoch, now_ms()))?;
                 }
                 Ok(())
             },

@@ -2,7 +2,10 @@
 //! of `jobs.status` — claim, finish (done, failed, cancelled), requeue,
 //! defer, unclaim, cancel — goes through [`change`], which checks that the
 //! edge is legal and applies the compare-and-swap (on the status, and on
-//! the claim attempt when the caller knows it), returning
+//! the claim's epoch when the caller knows it: every claim takes a new
+//! one, so a stale claim — a worker the reaper gave up on, a claim given
+//! back and taken again at the same attempt — changes nothing; DESIGN §11
+//! INV-10), returning
 //! [`Changed::Lost`] uniformly when another actor changed the job first.
 //!
 //! The legal edges:
@@ -101,10 +104,10 @@ pub struct JobChange<'a> {
     pub job_id: i64,
     pub from: JobStatus,
     pub to: JobStatus,
-    /// The claim attempt the caller read; the swap is refused when the
-    /// job's attempt changed. `None`: any attempt (the status alone is
-    /// compared).
-    pub attempt: Option<i64>,
+    /// The claim epoch the caller holds (or read); the swap is refused
+    /// when the job's epoch changed (it was claimed again meanwhile).
+    /// `None`: any epoch (the status alone is compared).
+    pub epoch: Option<i64>,
     pub how: How<'a>,
 }
 
@@ -113,7 +116,7 @@ pub struct JobChange<'a> {
 pub enum Changed {
     /// The job is now at the requested status.
     Applied,
-    /// The job was not at `from` (or not at `attempt`); nothing was written.
+    /// The job was not at `from` (or not at `epoch`); nothing was written.
     Lost,
 }
 
@@ -130,25 +133,25 @@ pub fn change(tx: &Tx, c: &JobChange, now_ms: i64) -> anyhow::Result<Changed> {
         ))
         .into());
     }
-    let (id, attempt) = (c.job_id, c.attempt);
+    let (id, epoch) = (c.job_id, c.epoch);
     let won = match c.how {
-        How::Claim { worker } => tx.claim_job(id, attempt, worker, now_ms)?,
-        How::Finish { error } => tx.finish_job(id, attempt, c.to, error, now_ms)?,
+        How::Claim { worker } => tx.claim_job(id, epoch, worker, now_ms)?,
+        How::Finish { error } => tx.finish_job(id, epoch, c.to, error, now_ms)?,
         How::Retry {
             error,
             available_at_ms,
-        } => tx.requeue_job(id, attempt, false, error, available_at_ms, now_ms)?,
+        } => tx.requeue_job(id, epoch, false, error, available_at_ms, now_ms)?,
         How::Free {
             error,
             available_at_ms,
-        } => tx.requeue_job(id, attempt, true, error, available_at_ms, now_ms)?,
+        } => tx.requeue_job(id, epoch, true, error, available_at_ms, now_ms)?,
         How::Defer {
             reason,
             available_at_ms,
             lease,
-        } => tx.defer_merge_job(id, attempt, reason, available_at_ms, lease, now_ms)?,
-        How::Unclaim { pid, start_time } => tx.unclaim_job(id, attempt, pid, start_time)?,
-        How::Cancel { reason } => tx.cancel_queued_job(id, attempt, reason, now_ms)?,
+        } => tx.defer_merge_job(id, epoch, reason, available_at_ms, lease, now_ms)?,
+        How::Unclaim { pid, start_time } => tx.unclaim_job(id, epoch, pid, start_time)?,
+        How::Cancel { reason } => tx.cancel_queued_job(id, epoch, reason, now_ms)?,
     };
     Ok(if won { Changed::Applied } else { Changed::Lost })
 }
@@ -261,7 +264,7 @@ pub fn claim(
         job_id: id,
         from: JobStatus::Queued,
         to: JobStatus::Running,
-        attempt: None,
+        epoch: None,
         how: How::Claim { worker },
     };
     match change(tx, &c, now_ms)? {
@@ -271,11 +274,11 @@ pub fn claim(
 }
 
 /// Finishes running job `job_id` as `to` (done, failed, cancelled), under
-/// claim `attempt` when given.
+/// claim `epoch` when given.
 pub fn finish(
     tx: &Tx,
     job_id: i64,
-    attempt: Option<i64>,
+    epoch: Option<i64>,
     to: JobStatus,
     error: Option<&str>,
     now_ms: i64,
@@ -284,7 +287,7 @@ pub fn finish(
         job_id,
         from: JobStatus::Running,
         to,
-        attempt,
+        epoch,
         how: How::Finish { error },
     };
     change(tx, &c, now_ms)
@@ -295,7 +298,7 @@ fn cancel_queued(tx: &Tx, j: &Job, reason: &str, now_ms: i64) -> anyhow::Result<
         job_id: j.id,
         from: JobStatus::Queued,
         to: JobStatus::Cancelled,
-        attempt: Some(j.attempt),
+        epoch: Some(j.epoch),
         how: How::Cancel { reason },
     };
     change(tx, &c, now_ms)
@@ -320,7 +323,7 @@ pub fn cancel_task_jobs(
             _ => finish(
                 tx,
                 j.id,
-                Some(j.attempt),
+                Some(j.epoch),
                 JobStatus::Cancelled,
                 Some(reason),
                 now_ms,
@@ -374,6 +377,10 @@ pub enum Finalized {
     },
     /// Another actor finished this job first; nothing was done.
     Lost,
+    /// The caller's claim is stale (the job was claimed again, or taken
+    /// back): nothing of its finalize was applied, the refusal recorded
+    /// (DESIGN §11 INV-10, `crate::fence`).
+    Refused { reason: String },
 }
 
 impl Finalized {
@@ -432,17 +439,18 @@ impl std::fmt::Display for Finalized {
                  runnable at {until_ms} (unix ms): {reason}"
             ),
             Finalized::Lost => f.write_str("another actor finished the job first"),
+            Finalized::Refused { reason } => write!(f, "refused: {reason}"),
         }
     }
 }
 
-/// A failed run of running job `job` (claim `job.attempt`): queue the next
+/// A failed run of running job `job` (claim `job.epoch`): queue the next
 /// attempt with exponential backoff (`ORCH_JOB_BACKOFF_S` · 2^(attempt-1),
 /// see [`crate::backoff`]), or at `ORCH_JOB_MAX_ATTEMPTS` fail the job and
 /// escalate its task ([`fail_and_escalate`]). Shared by the worker (a
 /// failed gate) and the reaper (Tier-1).
 ///
-/// Guarantees: a claim on the job's attempt; a loser writes nothing and
+/// Guarantees: a claim on the job's epoch; a loser writes nothing and
 /// gets `Finalized::Lost`.
 pub fn retry_or_fail(
     tx: &Tx,
@@ -460,7 +468,7 @@ pub fn retry_or_fail(
             job_id: job.id,
             from: JobStatus::Running,
             to: JobStatus::Queued,
-            attempt: Some(job.attempt),
+            epoch: Some(job.epoch),
             how: How::Retry {
                 error: reason,
                 available_at_ms: now + delay_ms,
@@ -494,7 +502,7 @@ pub fn retry_or_fail(
 }
 
 /// The one "fail the job and escalate the task": running job `job` (claim
-/// `job.attempt`) becomes `failed` with `error`, and its task — if it is
+/// `job.epoch`) becomes `failed` with `error`, and its task — if it is
 /// still at the job's stage and version — is escalated with `why` through
 /// the transition rule (a rerun of its stage that enqueues nothing),
 /// recorded with `cause` (`job-failed`, `finalize-failed`).
@@ -515,7 +523,7 @@ pub fn fail_and_escalate(
     let failed = finish(
         tx,
         job.id,
-        Some(job.attempt),
+        Some(job.epoch),
         JobStatus::Failed,
         Some(error),
         now,
@@ -714,7 +722,7 @@ mod tests {
                 TransitionCause::GatePassed,
                 "ok",
             )
-            .finishing(job);
+            .finishing(job, 1);
             assert!(matches!(
                 apply(
                     tx,
@@ -841,7 +849,7 @@ mod tests {
                 job_id: job,
                 from,
                 to,
-                attempt: None,
+                epoch: None,
                 how,
             };
             let err = db.write(|tx| change(tx, &c, 5)).unwrap_err();
@@ -855,16 +863,16 @@ mod tests {
     }
 
     #[test]
-    fn a_swap_against_a_changed_attempt_or_status_is_lost() {
+    fn a_swap_against_a_changed_epoch_or_status_is_lost() {
         let (_d, db, job) = db_with_job();
         let claimed = db.write(|tx| claim(tx, job, ("h", 1, 1), 5)).unwrap();
-        assert_eq!(claimed.unwrap().status, JobStatus::Running);
-        // Requeue under attempt 1: attempt 2 now.
-        let retry = |attempt| JobChange {
+        assert_eq!(claimed.unwrap().epoch, 1);
+        // Requeue under epoch 1: attempt 2, and epoch 2 once claimed.
+        let retry = |epoch| JobChange {
             job_id: job,
             from: JobStatus::Running,
             to: JobStatus::Queued,
-            attempt: Some(attempt),
+            epoch: Some(epoch),
             how: How::Retry {
                 error: "boom",
                 available_at_ms: 0,
@@ -875,7 +883,7 @@ mod tests {
             Changed::Applied
         );
         db.write(|tx| claim(tx, job, ("h", 1, 1), 7)).unwrap();
-        // A late actor still holding attempt 1 loses, and writes nothing.
+        // A late actor still holding epoch 1 loses, and writes nothing.
         assert_eq!(
             db.write(|tx| change(tx, &retry(1), 8)).unwrap(),
             Changed::Lost
@@ -885,9 +893,32 @@ mod tests {
             .unwrap();
         assert_eq!(lost, Changed::Lost);
         let j = db.job(job).unwrap().unwrap();
-        assert_eq!((j.status, j.attempt), (JobStatus::Running, 2));
-        // The right attempt wins; a second finish finds it no longer running.
-        let done = |tx: &Tx| finish(tx, job, Some(2), JobStatus::Done, None, 9);
+        assert_eq!((j.status, j.attempt, j.epoch), (JobStatus::Running, 2, 2));
+        // A claim given back and taken again keeps its attempt but not its
+        // epoch: the first claim's holder is stale (the attempt alone
+        // would have let it through).
+        let unclaim = JobChange {
+            job_id: job,
+            from: JobStatus::Running,
+            to: JobStatus::Queued,
+            epoch: Some(2),
+            how: How::Unclaim {
+                pid: 1,
+                start_time: 1,
+            },
+        };
+        assert_eq!(
+            db.write(|tx| change(tx, &unclaim, 8)).unwrap(),
+            Changed::Applied
+        );
+        db.write(|tx| claim(tx, job, ("h", 1, 1), 8)).unwrap();
+        let j = db.job(job).unwrap().unwrap();
+        assert_eq!((j.attempt, j.epoch), (2, 3));
+        let stale = |tx: &Tx| finish(tx, job, Some(2), JobStatus::Done, None, 9);
+        assert_eq!(db.write(stale).unwrap(), Changed::Lost);
+        assert!(!db.write(|tx| tx.record_exit(job, 2, 0, 9)).unwrap());
+        // The right epoch wins; a second finish finds it no longer running.
+        let done = |tx: &Tx| finish(tx, job, Some(3), JobStatus::Done, None, 9);
         assert_eq!(db.write(done).unwrap(), Changed::Applied);
         assert_eq!(db.write(done).unwrap(), Changed::Lost);
         // A claim of a job that is not queued is lost too.

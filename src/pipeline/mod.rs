@@ -70,6 +70,9 @@ pub struct Move {
     /// The job that finishes with this move: its `running → done` claim is
     /// part of the transaction.
     pub job_id: Option<i64>,
+    /// The claim epoch of `job_id` the mover holds: the move is lost when
+    /// the job was claimed again since (DESIGN §11 INV-10).
+    pub job_epoch: Option<i64>,
     /// The job whose failure caused this move (an escalation after the job
     /// failed): recorded as the transition's job, not claimed.
     pub cause_job: Option<i64>,
@@ -105,6 +108,7 @@ impl Move {
             cause,
             reason: reason.into(),
             job_id: None,
+            job_epoch: None,
             cause_job: None,
             developer_retry: false,
             reset: false,
@@ -113,9 +117,10 @@ impl Move {
         }
     }
 
-    /// Finishes running job `id` with this move.
-    pub fn finishing(mut self, job_id: i64) -> Move {
+    /// Finishes running job `job_id`, claimed at `epoch`, with this move.
+    pub fn finishing(mut self, job_id: i64, epoch: i64) -> Move {
         self.job_id = Some(job_id);
+        self.job_epoch = Some(epoch);
         self
     }
 }
@@ -156,7 +161,10 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     }
     if let Some(job_id) = m.job_id {
         match tx.job(job_id)? {
-            Some(j) if j.status == JobStatus::Running && j.task_id == task.id => {}
+            Some(j)
+                if j.status == JobStatus::Running
+                    && j.task_id == task.id
+                    && m.job_epoch.is_none_or(|e| e == j.epoch) => {}
             _ => return Ok(Moved::Lost),
         }
     }
@@ -210,7 +218,9 @@ pub fn apply(tx: &Tx, policy: Policy, m: &Move, now_ms: i64) -> anyhow::Result<M
     )?;
     // 3. terminal claim of the finishing job
     if let Some(job_id) = m.job_id {
-        if job::finish(tx, job_id, None, JobStatus::Done, None, now_ms)? == job::Changed::Lost {
+        if job::finish(tx, job_id, m.job_epoch, JobStatus::Done, None, now_ms)?
+            == job::Changed::Lost
+        {
             anyhow::bail!("job {job_id} changed inside an IMMEDIATE transaction");
         }
     }

@@ -274,7 +274,7 @@ pub(super) fn park(tx: &Tx, task_id: i64, reason: &str, now_ms: i64) -> anyhow::
     Ok(())
 }
 
-/// A run of running job `job` (claim `job.attempt`) stopped by an
+/// A run of running job `job` (claim `job.epoch`) stopped by an
 /// account limit (`kind`, `reset_at_ms` when the CLI said): the job is
 /// requeued without counting an attempt, and `account` is paused until
 /// the reset — or, without one (or with one already past), for
@@ -282,7 +282,7 @@ pub(super) fn park(tx: &Tx, task_id: i64, reason: &str, now_ms: i64) -> anyhow::
 /// 64× — and runnable then. A new pause writes one notification (dedupe
 /// key `pause:<account>:<since_ms>`).
 ///
-/// Guarantees: a claim on the job's attempt; a loser writes nothing and
+/// Guarantees: a claim on the job's epoch; a loser writes nothing and
 /// gets `Finalized::Lost`.
 #[allow(clippy::too_many_arguments)]
 pub fn pause_for_limit(
@@ -308,7 +308,7 @@ pub fn pause_for_limit(
         job_id: job.id,
         from: JobStatus::Running,
         to: JobStatus::Queued,
-        attempt: Some(job.attempt),
+        epoch: Some(job.epoch),
         how: How::Free {
             error: &reason,
             available_at_ms: until,

@@ -15,6 +15,7 @@ use crate::ctx::Ctx;
 use crate::db::{Db, Job, Task};
 use crate::error::is_permanent;
 use crate::failpoint::failpoint;
+use crate::fence;
 use crate::pipeline::gate::{self, Gate};
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::spend;
@@ -38,17 +39,36 @@ use crate::pipeline::{self, Actor, JobStatus, Move, Moved, Stage};
 /// fails and its task is escalated with the reason (one notification), and
 /// this returns `Ok(Finalized::Failed)`.
 ///
-/// Guarantees: idempotent up to the terminal claim; the terminal claim is
-/// one transaction, and an actor that loses it writes nothing.
+/// Fenced (DESIGN §11 INV-10): `epoch` is the caller's claim (the
+/// worker's own, the epoch the reaper planned on). Before each effect
+/// outside the database — the commit into the worktree, the push, the
+/// one transaction that queues its messages — the job must still be
+/// running at that epoch; a stale epoch's finalize is refused and
+/// recorded ([`fence::guard`]), returning [`Finalized::Refused`]. The
+/// push carries the claim's lease (`jobs.claim_sha`,
+/// `--force-with-lease`): origin's branch moved since the claim (another
+/// epoch pushed) refuses it, recorded the same way, and the job fails at
+/// once (never retried).
+///
+/// Guarantees: idempotent up to the terminal claim (a finalize of the
+/// same epoch run again finds origin at its head: no push); the terminal
+/// claim is one transaction, and an actor that loses it writes nothing.
 /// Errors: database errors, and git errors below the cap (the job stays
 /// `running` with its exit recorded, so the reaper's Tier-2 finishes it
 /// later).
-pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
-    let err = match finalize_once(ctx, db, job_id, actor) {
+pub fn finalize(
+    ctx: &Ctx,
+    db: &Db,
+    job_id: i64,
+    epoch: i64,
+    actor: Actor,
+) -> anyhow::Result<Finalized> {
+    let claim = fence::Claim { job_id, epoch };
+    let err = match finalize_once(ctx, db, claim, actor) {
         Ok(f) => return Ok(f),
         Err(e) => e,
     };
-    let Some(job) = db.job(job_id)?.filter(|j| j.status == JobStatus::Running) else {
+    let Some(job) = db.job(job_id)?.filter(|j| fence::holds(j, claim)) else {
         return Err(err);
     };
     let reason = format!("finalize failed: {}", name_failure(&err));
@@ -57,7 +77,7 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
     let policy = ctx.policy();
     let now = now_ms();
     let out = db.write(|tx| {
-        let Some(n) = tx.note_finalize_failure(job.id, job.attempt, &reason)? else {
+        let Some(n) = tx.note_finalize_failure(job.id, job.epoch, &reason)? else {
             return Ok(None);
         };
         if !permanent && n < cap {
@@ -94,8 +114,17 @@ pub fn finalize(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result
 }
 
 /// One try of [`finalize`], without the failure accounting.
-fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Result<Finalized> {
-    let job = db.job(job_id)?.context("no such job")?;
+fn finalize_once(
+    ctx: &Ctx,
+    db: &Db,
+    claim: fence::Claim,
+    actor: Actor,
+) -> anyhow::Result<Finalized> {
+    let job = db.job(claim.job_id)?.context("no such job")?;
+    if job.epoch != claim.epoch {
+        let reason = fence::refuse(db, claim, "finalize", &job)?;
+        return Ok(Finalized::Refused { reason });
+    }
     if job.status != JobStatus::Running || job.exit_code.is_none() {
         return Ok(Finalized::Lost);
     }
@@ -109,7 +138,7 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
             jobs::finish(
                 tx,
                 job.id,
-                Some(job.attempt),
+                Some(job.epoch),
                 JobStatus::Cancelled,
                 Some(&reason),
                 now_ms(),
@@ -130,7 +159,7 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
     // Git: the job's work reaches origin. Recreates a missing worktree and
     // aborts a rebase a crashed merge step left in progress; a no-op on a
     // healthy worktree.
-    repo.ensure_worktree(&worktree, &task.branch)?;
+    super::ensure_worktree(&repo, &worktree, &task.branch)?;
     // A file that still holds conflict markers is never committed: the run
     // failed, and the retry starts again from what was pushed.
     let marked = if agent_ok {
@@ -153,9 +182,25 @@ fn finalize_once(ctx: &Ctx, db: &Db, job_id: i64, actor: Actor) -> anyhow::Resul
             "{}({}): auto-commit from {} run_id={run_id}",
             job.role, task.project, job.role
         );
+        if let Some(reason) = fence::guard(db, claim, "commit")? {
+            return Ok(Finalized::Refused { reason });
+        }
         repo.commit_all(&worktree, &msg)?;
         failpoint("finalize.after_commit");
-        push_task_branch(&repo, &worktree, &task.branch, stage)?;
+        if let Some(reason) = fence::guard(db, claim, "push")? {
+            return Ok(Finalized::Refused { reason });
+        }
+        let lease = job.claim_sha.as_deref();
+        if let Err(moved) = push_task_branch(&repo, &worktree, &task.branch, stage, lease)? {
+            let reason = format!(
+                "job {} epoch {}: push refused, {moved}: another epoch (or someone else) pushed",
+                job.id, job.epoch
+            );
+            let now = now_ms();
+            db.write(|tx| fence::record_reason(tx, claim, "push", &job, reason.clone(), now))?;
+            fence::warn_refused(claim, job.task_id, "push", &reason);
+            return Err(crate::error::Error::Permanent(reason).into());
+        }
         failpoint("finalize.after_push");
         Some(repo.head_sha(&worktree)?)
     } else {
@@ -251,31 +296,85 @@ fn job_error_text(db: &Db, job: &Job) -> anyhow::Result<String> {
         .map_or_else(|| "the agent's account hit its limit".into(), |e| e.reason))
 }
 
-/// Pushes the task branch unless origin already has the worktree's head.
+/// Pushes the task branch unless origin already has the worktree's head
+/// (a finalize of the same epoch run again: no push).
+///
+/// `lease` is the claim's (`jobs.claim_sha`: origin's branch when the run
+/// started, '' for none; `None` when not recorded). With a lease the push
+/// is `--force-with-lease=<branch>:<lease>`, and origin's branch found
+/// elsewhere than the lease — another epoch, or someone, pushed since the
+/// claim — is `Ok(Err(what moved))`, nothing pushed (INV-10).
 ///
 /// orch rewrites a task branch in one place only: the merge step of
 /// deploy-staging rebases it onto main. A crash between that rebase and its
 /// push leaves a local branch that is a rebase of origin's; in that stage
-/// (only) the branch is replaced with `--force-with-lease` on the sha just
-/// seen. Everywhere else a non-fast-forward is an error, so a commit someone
-/// else pushed to the branch is never overwritten.
+/// (only) the branch is replaced under the lease (without one, on the sha
+/// just seen). Everywhere else a non-fast-forward is an error, so a commit
+/// someone else pushed to the branch is never overwritten.
 fn push_task_branch(
     repo: &crate::git::Repo,
     worktree: &Path,
     branch: &str,
     stage: Stage,
-) -> anyhow::Result<()> {
+    lease: Option<&str>,
+) -> anyhow::Result<Result<(), String>> {
     let head = repo.head_sha(worktree)?;
-    match repo.remote_branch_sha(branch)? {
-        Some(remote) if remote == head => Ok(()),
-        Some(remote)
-            if stage == Stage::DeployStaging && !repo.is_ancestor(worktree, &remote, &head)? =>
-        {
-            warn!(target: "worker", branch, remote = %remote, head = %head, "origin has the branch before a rebase; replacing it");
-            repo.push_branch_force_with_lease(worktree, branch, &remote)
-        }
-        _ => repo.push_branch(worktree, branch),
+    let remote = repo.remote_branch_sha(branch)?;
+    if remote.as_deref() == Some(head.as_str()) {
+        return Ok(Ok(()));
     }
+    let rewrite = |r: &str| -> anyhow::Result<bool> {
+        Ok(stage == Stage::DeployStaging && !repo.is_ancestor(worktree, r, &head)?)
+    };
+    let Some(lease) = lease else {
+        return match remote {
+            Some(r) if rewrite(&r)? => {
+                warn!(target: "worker", branch, remote = %r, head = %head, "origin has the branch before a rebase; replacing it");
+                repo.push_branch_force_with_lease(worktree, branch, &r)
+            }
+            _ => repo.push_branch(worktree, branch),
+        }
+        .map(Ok);
+    };
+    let expected = Some(lease).filter(|l| !l.is_empty());
+    let moved = |now: Option<&str>| {
+        format!(
+            "origin's {branch} moved since the claim ({} → {})",
+            expected.map_or("absent", short),
+            now.map_or("deleted", short)
+        )
+    };
+    if remote.as_deref() != expected {
+        return Ok(Err(moved(remote.as_deref())));
+    }
+    let pushed = match &remote {
+        // Not a rewrite: origin refuses a non-fast-forward.
+        Some(r) if !rewrite(r)? && !repo.is_ancestor(worktree, r, &head)? => {
+            repo.push_branch(worktree, branch)
+        }
+        Some(r) if rewrite(r)? => {
+            warn!(target: "worker", branch, remote = %r, head = %head, "origin has the branch before a rebase; replacing it under the claim's lease");
+            repo.push_branch_leased(worktree, branch, expected)
+        }
+        _ => repo.push_branch_leased(worktree, branch, expected),
+    };
+    match pushed {
+        Ok(()) => Ok(Ok(())),
+        Err(e) => {
+            // Origin refused the lease: the branch moved between the read
+            // above and the push.
+            let now = repo.remote_branch_sha(branch)?;
+            if now.as_deref() != expected && now.as_deref() != Some(head.as_str()) {
+                return Ok(Err(moved(now.as_deref())));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The first 10 characters of a sha, for people.
+fn short(sha: &str) -> &str {
+    &sha[..sha.len().min(10)]
 }
 
 /// Finalize's one write: in one transaction, records the pushed head
@@ -326,7 +425,7 @@ fn apply(
                 );
             }
             Decision::Ready { awaiting } => {
-                let done = jobs::finish(tx, job.id, Some(job.attempt), JobStatus::Done, None, now)?;
+                let done = jobs::finish(tx, job.id, Some(job.epoch), JobStatus::Done, None, now)?;
                 if done != Changed::Applied {
                     return Ok(Finalized::Lost);
                 }
@@ -360,7 +459,7 @@ fn apply(
                 } else {
                     pipeline::TransitionCause::GatePassed
                 };
-                let mut m = Move::new(task, to, actor, cause, reason).finishing(job.id);
+                let mut m = Move::new(task, to, actor, cause, reason).finishing(job.id, job.epoch);
                 m.developer_retry = retry;
                 m.log_path = log;
                 match pipeline::apply(tx, policy, &m, now)? {
@@ -373,7 +472,7 @@ fn apply(
                 }
             }
             Gate::Pending(reason) => {
-                let done = jobs::finish(tx, job.id, Some(job.attempt), JobStatus::Done, None, now)?;
+                let done = jobs::finish(tx, job.id, Some(job.epoch), JobStatus::Done, None, now)?;
                 if done == Changed::Applied {
                     Finalized::Waiting {
                         reason: reason.clone(),

@@ -22,6 +22,7 @@ use crate::ctx::Ctx;
 use crate::db::{Db, Job, RunRecord, Task};
 use crate::error::is_permanent;
 use crate::failpoint::failpoint;
+use crate::fence;
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::spend;
 use crate::pipeline::{self, Actor, JobStatus, Stage};
@@ -115,7 +116,14 @@ pub fn work_once(
     }
     info!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.counted_attempt(), run = job.attempt, "claimed job");
     failpoint("worker.after_claim");
-    let exit_code = match run_agent_unless_merge_pending(ctx, db, &job) {
+    // The worktree is bound to this claim for the run and its finalize
+    // (DESIGN §11 INV-10): the run lock is held until this returns.
+    let mut run_lock = None;
+    let ran = bind_worktree(ctx, db, &job).and_then(|lock| {
+        run_lock = Some(lock);
+        run_agent_unless_merge_pending(ctx, db, &job)
+    });
+    let exit_code = match ran {
         Ok(code) => code,
         Err(e) if e.downcast_ref::<Stopped>().is_some() => {
             let Some(Stopped(sig)) = e.downcast_ref::<Stopped>() else {
@@ -145,15 +153,21 @@ pub fn work_once(
     };
     let Some(exit_code) = exit_code else {
         warn!(target: "worker", job = job.id, "job was taken from this worker while its agent ran; result discarded");
+        // The fence's refusal of this claim's run, when it was refused.
+        let refused = db
+            .fence_refusals(job.task_id)?
+            .into_iter()
+            .rfind(|r| r.job_id == job.id && r.epoch == job.epoch);
         return Ok(WorkOutcome::Ran {
             job_id: job.id,
             task_id: job.task_id,
             stage: job.stage,
             exit_code: -1,
-            finalized: Finalized::Lost,
+            finalized: refused.map_or(Finalized::Lost, |r| Finalized::Refused { reason: r.reason }),
         });
     };
-    let finalized = finalize(ctx, db, job.id, Actor::Worker)?;
+    let finalized = finalize(ctx, db, job.id, job.epoch, Actor::Worker)?;
+    drop(run_lock);
     if finalized.needs_a_human() {
         warn!(target: "worker", job = job.id, task = job.task_id, exit_code, outcome = %finalized, "finalized job; needs a human");
     } else {
@@ -202,7 +216,7 @@ fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path) -> anyhow::Resu
                 job_id: job.id,
                 from: JobStatus::Running,
                 to: JobStatus::Queued,
-                attempt: Some(job.attempt),
+                epoch: Some(job.epoch),
                 how: jobs::How::Free {
                     error: &reason,
                     available_at_ms: now,
@@ -213,6 +227,59 @@ fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path) -> anyhow::Resu
     })?;
     warn!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.attempt, signal = %name, requeued = (changed == Changed::Applied), "stopped by {name}: agent's process group stopped; job requeued without counting the attempt");
     Ok(())
+}
+
+/// Binds the task's worktree to `job`'s claim for its run and finalize
+/// (DESIGN §11 INV-10): takes the worktree's run lock
+/// ([`fence::try_lock`]). When another run holds it — an older epoch that
+/// may still live (a stopped worker, one on a partitioned host) — this
+/// claim does not share the worktree: it gets one of its own
+/// ([`fence::epoch_worktree`], made from the task branch by
+/// [`crate::git::Repo::ensure_worktree_beside`]), which becomes the task's
+/// worktree; the old one is left to its holder and removed by the reaper
+/// once its lock is free. Returns the lock, held until dropped.
+///
+/// Errors: the task vanished, or its worktree moved meanwhile; I/O
+/// errors taking the lock; database errors.
+fn bind_worktree(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<fence::RunLock> {
+    let task = db.task(job.task_id)?.context("job's task vanished")?;
+    let claim = fence::Claim::of(job);
+    let worktree = std::path::absolute(&task.worktree)
+        .with_context(|| format!("making {} absolute", task.worktree))?;
+    let held_by = match fence::try_lock(&ctx.settings, &worktree, claim)? {
+        Ok(lock) => return Ok(lock),
+        Err(held_by) => held_by,
+    };
+    let own = fence::epoch_worktree(&worktree, claim);
+    let lock = fence::try_lock(&ctx.settings, &own, claim)?
+        .map_err(|h| anyhow::anyhow!("worktree {} is held by {h}", own.display()))?;
+    let own_str = own.to_string_lossy();
+    if !db.write(|tx| tx.move_task_worktree(task.id, &task.worktree, &own_str))? {
+        anyhow::bail!(
+            "task {}'s worktree changed while job {} was claimed",
+            task.id,
+            job.id
+        );
+    }
+    warn!(target: "fence", job = job.id, task = task.id, epoch = job.epoch, held_by = %held_by, old = %worktree.display(), worktree = %own.display(), "the task's worktree is held by another run that may still live; this epoch runs in a worktree of its own");
+    Ok(lock)
+}
+
+/// Makes sure `worktree` exists on `branch`: a claim's own worktree
+/// ([`fence::is_epoch_worktree`]) may share the branch with the stale
+/// worktree it replaced.
+///
+/// Errors: as [`crate::git::Repo::ensure_worktree`].
+pub(crate) fn ensure_worktree(
+    repo: &crate::git::Repo,
+    worktree: &Path,
+    branch: &str,
+) -> anyhow::Result<()> {
+    if fence::is_epoch_worktree(worktree) {
+        repo.ensure_worktree_beside(worktree, branch)
+    } else {
+        repo.ensure_worktree(worktree, branch)
+    }
 }
 
 /// A deferred merge (`merge_pending`) keeps its agent's result: the claim
@@ -298,12 +365,20 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     if repo.drop_tampered_worktree(&worktree, &task.branch)? {
         warn!(target: "worker", job = job.id, worktree = %worktree.display(), "the worktree's git metadata had been changed; re-created from the task branch");
     }
-    repo.ensure_worktree(&worktree, &task.branch)?;
+    ensure_worktree(&repo, &worktree, &task.branch)?;
     // A run starts from what was committed: uncommitted edits are a dead
     // run's (a worker killed mid-run, recovered by Tier-1), and running on
     // top of them would apply the same edit twice.
     repo.discard_changes(&worktree)?;
     let base_sha = repo.head_sha(&worktree)?;
+    // The lease of this claim's push: origin's branch as the run starts
+    // from it, as fetched by the sync above (INV-10: a push of another
+    // epoch meanwhile refuses ours).
+    let claim = fence::Claim::of(job);
+    let origin_head = repo.fetched_branch_sha(&task.branch)?;
+    if !db.write(|tx| tx.set_claim_sha(job.id, job.epoch, origin_head.as_deref()))? {
+        return Ok(None);
+    }
     let mut notes = Vec::new();
     if job.stage == Stage::Development && sent_back_by_merge_gate(db, &task)? {
         match repo.merge_default_in(&worktree)? {
@@ -350,7 +425,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         timeout: Duration::from_secs(timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
-    let (runner, clone_view) = agent_runner(ctx, &repo, &task, &worktree, &verdict_file)?;
+    let (runner, clone_view) = agent_runner(ctx, &repo, &task, claim, &worktree, &verdict_file)?;
     let started = now_ms();
     // The beat's cadence is this process's own span: the monotonic clock,
     // so a wall clock set back does not stop the heartbeats.
@@ -365,7 +440,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         db.write(|tx| {
             tx.set_job_agent(
                 job.id,
-                job.attempt,
+                job.epoch,
                 s.pid as i64,
                 s.start_time as i64,
                 timeout_s as i64,
@@ -375,7 +450,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let mut on_tick = || {
         if last_beat.elapsed() >= heartbeat_every {
             last_beat = std::time::Instant::now();
-            db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
+            db.write(|tx| tx.heartbeat(job.id, job.epoch, now_ms()))?;
         }
         record_session_seen(db, job, &mut watch.borrow_mut())
     };
@@ -422,8 +497,24 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         }
         (out, None)
     };
+    // INV-10: nothing of a run whose claim went stale meanwhile (the
+    // reaper gave up on this worker; another epoch holds or finished the
+    // job) reaches anything — not its clone view, its result or its
+    // finalize. Refused and recorded.
+    // The task's folder of views goes with its last view (`remove_dir`
+    // leaves a folder another claim's view is in).
+    let views = ctx.settings.clone_view_dir(task.id);
+    if fence::guard(db, claim, "finalize")?.is_some() {
+        if let Some(view) = clone_view {
+            let _ = std::fs::remove_dir_all(view.dir());
+            let _ = std::fs::remove_dir(&views);
+        }
+        return Ok(None);
+    }
     if let Some(view) = clone_view {
-        let applied = repo.apply_clone_view(view, &worktree)?;
+        let applied = repo.apply_clone_view(view, &worktree);
+        let _ = std::fs::remove_dir(&views);
+        let applied = applied?;
         if !applied.discarded.is_empty() {
             warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
         }
@@ -523,7 +614,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     };
     let now = now_ms();
     let recorded = db.write(|tx| {
-        if !tx.record_exit(job.id, job.attempt, exit_code, now)? {
+        if !tx.record_exit(job.id, job.epoch, exit_code, now)? {
             return Ok(false);
         }
         tx.insert_agent_run(job, &record)?;
@@ -665,7 +756,8 @@ fn append_to_log(path: &Path, line: &str) {
 /// writable; the shared clone read-only) plus what a commit needs: its
 /// verdict folder and the worktree's own admin folder writable, and the
 /// clone's `refs/`, `logs/` and `objects/` replaced by private stand-ins
-/// ([`crate::git::CloneView`], under `<state>/clone-views/task-<id>`, the
+/// ([`crate::git::CloneView`], under
+/// `<state>/clone-views/task-<id>/job<job>-e<epoch>`, the
 /// clone's object store bound read-only as their alternate). The rest of
 /// the clone — `config`, `hooks/`, `info/`, `packed-refs`, other worktrees'
 /// admin folders — stays read-only, so an agent can commit but plant
@@ -678,6 +770,7 @@ fn agent_runner(
     ctx: &Ctx,
     repo: &crate::git::Repo,
     task: &crate::db::Task,
+    claim: fence::Claim,
     worktree: &Path,
     verdict_file: &Path,
 ) -> anyhow::Result<(Runner, Option<crate::git::CloneView>)> {
@@ -690,7 +783,13 @@ fn agent_runner(
     // The view's logs/ is bound over the clone's: it must exist.
     std::fs::create_dir_all(clone.join("logs"))
         .with_context(|| format!("creating {}", clone.join("logs").display()))?;
-    let view = repo.clone_view(&ctx.settings.clone_view_dir(task.id), &task.branch)?;
+    // One view per claim: a stale run's view is never the one a later
+    // epoch's worker applies (nor emptied under it).
+    let view_dir = ctx
+        .settings
+        .clone_view_dir(task.id)
+        .join(format!("job{}-e{}", claim.job_id, claim.epoch));
+    let view = repo.clone_view(&view_dir, &task.branch)?;
     let mut confinement = sandbox::confinement(&ctx.settings, &clone, worktree);
     if let Some(admin) = crate::git::worktree_admin_dir(worktree) {
         confinement.writable.push(admin);

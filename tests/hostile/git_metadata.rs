@@ -219,14 +219,7 @@ fn git_dir(dir: &Path, args: &[&str]) -> String {
 fn the_reaper_finishing_a_job_refuses_a_changed_worktree_at_once() {
     let Some(mut h) = Hostile::new() else { return };
     h.sbx.add_issue("dies finalizing");
-    let out = h
-        .sbx
-        .orch()
-        .args(["work-once"])
-        .env("FAILPOINTS", "worker.after_exit_recorded=return")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "killed by the failpoint");
+    h.sbx.work_once_dying_after_the_exit();
     let wt = h.sbx.worktree(1);
     tamper_after_the_run(&wt, r#"echo "$PWD/evil.git" > "$admin/commondir""#);
     let origin_refs = h.sbx.origin_git(&["for-each-ref"]);
