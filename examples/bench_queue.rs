@@ -901,6 +901,10 @@ fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
         fsync == "on",
         "the server runs with fsync={fsync}: its figures would not be durable ones"
     );
+    ensure!(
+        sync_commit == "on",
+        "synchronous_commit is {sync_commit} after setting it on"
+    );
     let schema = format!("orch_bench_raw_{}", std::process::id());
     println!(
         "raw PostgreSQL queue benchmark: {} tasks x {CYCLES_PER_TASK} claim+complete cycles, \
@@ -915,7 +919,7 @@ fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
         }
     );
     println!(
-        "server {server}: fsync={fsync}, synchronous_commit={sync_commit} (each session sets on), \
+        "server {server}: fsync={fsync}, synchronous_commit={sync_commit} (set by each session), \
          wal_sync_method={wal_sync}; schema {schema}"
     );
     println!("orch has no PostgreSQL backend yet: raw figures only, no orch side and no ratio");
@@ -984,7 +988,7 @@ fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
         "postgres": {
             "server": server,
             "fsync": fsync,
-            "synchronous_commit": "on",
+            "synchronous_commit": sync_commit,
             "wal_sync_method": wal_sync,
             "tasks": args.n,
             "cycles": args.n * CYCLES_PER_TASK,
