@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod detached;
+
 /// How often the wait loops poll (`try_wait`, group membership).
 const POLL: Duration = Duration::from_millis(50);
 
@@ -58,7 +60,7 @@ pub struct RunSpec {
 
 /// Identity of a started process: the pid and its start time, field 22 of
 /// `/proc/<pid>/stat` (clock ticks since boot). The pair survives pid reuse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Spawned {
     pub pid: i32,
     pub start_time: u64,
@@ -533,8 +535,11 @@ impl Runner {
         run_piped(&self.wrapped(spec)?, tick, on_spawn, on_tick, talk)
     }
 
-    /// `spec` as this runner starts it: under bubblewrap, its argv wrapped.
-    fn wrapped(&self, spec: &RunSpec) -> anyhow::Result<RunSpec> {
+    /// `spec` as this runner starts it: under bubblewrap, its argv wrapped
+    /// (what a detached run's supervisor runs).
+    ///
+    /// Errors: under bubblewrap, a program that is not an executable file.
+    pub fn wrapped(&self, spec: &RunSpec) -> anyhow::Result<RunSpec> {
         match self {
             Runner::Group => Ok(spec.clone()),
             Runner::Bwrap(c) => {

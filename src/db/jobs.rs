@@ -56,6 +56,13 @@ pub struct Job {
     /// more for every later claim; 0 for a job never claimed. Effects
     /// outside the database are fenced on it (DESIGN §11 INV-10).
     pub epoch: i64,
+    /// How the current claim's agent runs (migration 24): `child`,
+    /// `supervisor` or `systemd` ([`crate::process::detached`]); `None`
+    /// until it started (and for a claim before migration 24).
+    pub runner: Option<String>,
+    /// Where the current claim's detached run is found again: a
+    /// supervisor's `pid:start_time:boot_id`, a systemd unit's name.
+    pub run_handle: Option<String>,
 }
 
 impl Job {
@@ -82,7 +89,7 @@ pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, statu
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
     merge_pending, merge_defers, finalize_failures, free_attempts, claimed_boot_ms, heartbeat_boot_ms, \
-    exit_boot_ms, scheduled_at_ms, epoch";
+    exit_boot_ms, scheduled_at_ms, epoch, runner, run_handle";
 
 pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -116,6 +123,8 @@ pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
         exit_boot_ms: r.get(27)?,
         scheduled_at_ms: r.get(28)?,
         epoch: r.get(29)?,
+        runner: r.get(30)?,
+        run_handle: r.get(31)?,
     })
 }
 
@@ -144,6 +153,11 @@ pub struct RunRecord {
     /// The CLI's session-cumulative usage, where it reports one
     /// ([`crate::agent::AgentResult::cumulative`]).
     pub cumulative: Option<crate::agent::Usage>,
+    /// The runner that ran it (`child`, `supervisor`, `systemd`).
+    pub runner: Option<String>,
+    /// Whether a process other than the one that started the run recorded
+    /// its end (a detached run adopted after its watcher died).
+    pub adopted: bool,
 }
 
 /// What orch judged of a job's latest run ([`Db::run_judgement`]).
@@ -538,6 +552,63 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Records how running job `id`'s claim `epoch` runs its agent:
+    /// `runner` (`child`, `supervisor`, `systemd`) and the detached run's
+    /// `handle` (see [`Job::run_handle`]). Returns false when the job is no
+    /// longer running that claim.
+    pub fn set_job_run(
+        &self,
+        id: i64,
+        epoch: i64,
+        runner: &str,
+        handle: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET runner=?3, run_handle=?4 WHERE id=?1 AND epoch=?2 AND status='running'",
+            )?
+            .execute(params![id, epoch, runner, handle])?;
+        Ok(n == 1)
+    }
+
+    /// Makes `watcher` (boot id, pid, process start time) the worker of
+    /// running job `id`'s claim `epoch` — its detached run still going or
+    /// ended unrecorded — if `old` (the job's worker as the caller saw it)
+    /// still is: a compare-and-swap, so of two adopters one wins. The
+    /// heartbeat is refreshed (wall time `now_ms` and this boot's clock).
+    /// Returns whether this call took it.
+    pub fn take_watch(
+        &self,
+        id: i64,
+        epoch: i64,
+        old: (Option<&str>, Option<i64>, Option<i64>),
+        watcher: (&str, i64, i64),
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET worker_host=?6, worker_pid=?7, worker_start_time=?8, \
+                 heartbeat_at_ms=?9, heartbeat_boot_ms=?10 \
+                 WHERE id=?1 AND epoch=?2 AND status='running' AND exit_recorded_at_ms IS NULL \
+                 AND worker_host IS ?3 AND worker_pid IS ?4 AND worker_start_time IS ?5",
+            )?
+            .execute(params![
+                id,
+                epoch,
+                old.0,
+                old.1,
+                old.2,
+                watcher.0,
+                watcher.1,
+                watcher.2,
+                now_ms,
+                crate::clock::boot_ms()
+            ])?;
+        Ok(n == 1)
+    }
+
     /// Refreshes the heartbeat of running job `id` (claim `attempt`): the
     /// wall time `now_ms` and this boot's clock.
     pub fn heartbeat(&self, id: i64, attempt: i64, now_ms: i64) -> anyhow::Result<()> {
@@ -582,8 +653,8 @@ impl Tx<'_> {
             "INSERT INTO agent_runs (job_id, task_id, stage, role, attempt, pid, argv, exit_code, duration_ms, success, \
              usage_known, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd, \
              session_id, permission_denials, log_path, started_at_ms, error, retryable, base_sha, \
-             limit_kind, limit_reset_ms, kind, cost_known, cumulative_usage) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28) \
+             limit_kind, limit_reset_ms, kind, cost_known, cumulative_usage, runner, adopted) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30) \
              ON CONFLICT(job_id, attempt) DO NOTHING",
         )?
         .execute(params![
@@ -615,6 +686,8 @@ impl Tx<'_> {
             r.kind.as_str(),
             r.cost_usd.is_some(),
             r.cumulative.map(|u| serde_json::to_string(&u)).transpose()?,
+            r.runner,
+            r.adopted,
         ])?;
         Ok(())
     }
@@ -662,7 +735,7 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET status='running', epoch=epoch+1, worker_host=?2, worker_pid=?3, worker_start_time=?4, \
-                 claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
+                 claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, runner=NULL, run_handle=NULL, \
                  claimed_boot_ms=?7, heartbeat_boot_ms=?7, \
                  exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
                  exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END, \

@@ -24,8 +24,11 @@ use crate::failpoint::failpoint;
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::spend;
 use crate::pipeline::{self, Actor, JobStatus, Stage};
-use crate::process::{self, Bind, RunSpec, Runner};
+use crate::config::AgentRunner;
+use crate::process::detached::{self, Paths};
+use crate::process::{self, Bind, RunOutcome, RunSpec, Runner};
 
+pub mod adopt;
 mod finalize;
 pub use finalize::finalize;
 
@@ -58,6 +61,17 @@ pub enum WorkOutcome {
         /// `SIGTERM` or `SIGINT`.
         signal: String,
     },
+    /// This worker was asked to stop (SIGTERM, SIGINT) while it watched a
+    /// detached run: it left the run alone, still going (or ended, its
+    /// exit record written), for a later tick to adopt (DESIGN §4
+    /// "Detached runs"); the job stays running.
+    Left {
+        job_id: i64,
+        task_id: i64,
+        stage: Stage,
+        /// `SIGTERM` or `SIGINT`.
+        signal: String,
+    },
     /// `--dry-run`: the job the real run would claim and the argv its
     /// agent would run; nothing was claimed or run.
     WouldRun {
@@ -83,6 +97,13 @@ pub fn work_once(
     if process::stop_signal().is_some() {
         // Asked to stop before the claim: claim nothing.
         return Ok(WorkOutcome::Idle);
+    }
+    // A detached run whose watcher died is this worker's to finish (or to
+    // watch) before it takes new work.
+    if !db.is_rehearsal() {
+        if let Some(out) = adopt::adopt_one(ctx, db)? {
+            return Ok(out);
+        }
     }
     let (host, pid, start) = process::identity();
     let now = now_ms();
@@ -112,8 +133,8 @@ pub fn work_once(
     }
     info!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.counted_attempt(), run = job.attempt, "claimed job");
     failpoint("worker.after_claim");
-    let exit_code = match run_agent_unless_merge_pending(ctx, db, &job) {
-        Ok(code) => code,
+    let end = match run_agent_unless_merge_pending(ctx, db, &job) {
+        Ok(end) => end,
         Err(e) if e.downcast_ref::<Stopped>().is_some() => {
             let Some(Stopped(sig)) = e.downcast_ref::<Stopped>() else {
                 unreachable!()
@@ -140,15 +161,58 @@ pub fn work_once(
             });
         }
     };
-    let Some(exit_code) = exit_code else {
-        warn!(target: "worker", job = job.id, "job was taken from this worker while its agent ran; result discarded");
-        return Ok(WorkOutcome::Ran {
-            job_id: job.id,
-            task_id: job.task_id,
-            stage: job.stage,
-            exit_code: -1,
-            finalized: Finalized::Lost,
-        });
+    conclude(ctx, db, &job, end)
+}
+
+/// How a run this worker started or watched ended for it.
+#[derive(Debug)]
+enum RunEnd {
+    /// Its exit, run and verdict are recorded: this exit code.
+    Recorded(i64),
+    /// The job was taken from this worker meanwhile; nothing recorded.
+    Lost,
+    /// The worker was asked to stop by this signal and left the detached
+    /// run for a later tick.
+    Left(i32),
+    /// The detached run died without an exit record and the job was
+    /// recovered (Tier-1) as this says.
+    Recovered(Finalized),
+}
+
+/// The end of `work-once` for `job` whose run ended as `end`: finalize a
+/// recorded run, report the rest.
+///
+/// Errors: database errors and those of [`finalize`].
+fn conclude(ctx: &Ctx, db: &Db, job: &Job, end: RunEnd) -> anyhow::Result<WorkOutcome> {
+    let exit_code = match end {
+        RunEnd::Recorded(code) => code,
+        RunEnd::Lost => {
+            warn!(target: "worker", job = job.id, "job was taken from this worker while its agent ran; result discarded");
+            return Ok(WorkOutcome::Ran {
+                job_id: job.id,
+                task_id: job.task_id,
+                stage: job.stage,
+                exit_code: -1,
+                finalized: Finalized::Lost,
+            });
+        }
+        RunEnd::Recovered(finalized) => {
+            return Ok(WorkOutcome::Ran {
+                job_id: job.id,
+                task_id: job.task_id,
+                stage: job.stage,
+                exit_code: -1,
+                finalized,
+            })
+        }
+        RunEnd::Left(sig) => {
+            return Ok(WorkOutcome::Left {
+                job_id: job.id,
+                task_id: job.task_id,
+                stage: job.stage,
+                signal: process::signal_name(sig),
+            })
+        }
     };
     let finalized = finalize(ctx, db, job.id, Actor::Worker)?;
     if finalized.needs_a_human() {
@@ -214,11 +278,11 @@ fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path) -> anyhow::Resu
 
 /// A deferred merge (`merge_pending`) keeps its agent's result: the claim
 /// kept the exit code, and only the merge runs again (in [`finalize`]).
-fn run_agent_unless_merge_pending(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
+fn run_agent_unless_merge_pending(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
     match job.exit_code {
         Some(code) if job.merge_pending => {
             info!(target: "worker", job = job.id, defers = job.merge_defers, "deferred merge: the agent is not run again");
-            Ok(Some(code))
+            Ok(RunEnd::Recorded(code))
         }
         _ => run_agent(ctx, db, job),
     }
@@ -273,9 +337,10 @@ fn brief_of(
     )
 }
 
-/// Prepares the worktree, runs the agent, and records its exit, run and
-/// verdict in one transaction. Returns the exit code, or `None` when the
-/// job was taken from this worker meanwhile (nothing recorded).
+/// Prepares the worktree, runs the agent (as the worker's child or
+/// detached, `ORCH_AGENT_RUNNER`), and records its exit, run and verdict
+/// in one transaction ([`record_run`]). Returns how the run ended for
+/// this worker.
 ///
 /// The worktree is reset to the branch head and cleaned before every
 /// attempt after the first, so a killed or failed run's edits never reach
@@ -283,7 +348,7 @@ fn brief_of(
 /// that contains origin's current default branch (merged in here; a
 /// conflicted merge is left for the agent, its files named in the
 /// feedback).
-fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
+fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
     let task = db.task(job.task_id)?.context("job's task vanished")?;
     let project = ctx.project(&task.project)?;
     let repo = ctx.repo(project);
@@ -347,12 +412,22 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         timeout: Duration::from_secs(timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
+    let how = runner_of(ctx, kind)?;
     let (runner, clone_view) = agent_runner(ctx, &repo, &task, &worktree, &verdict_file)?;
-    let started = now_ms();
-    // The beat's cadence is this process's own span: the monotonic clock,
-    // so a wall clock set back does not stop the heartbeats.
-    let heartbeat_every = Duration::from_secs(ctx.settings.heartbeat_s);
-    let mut last_beat = std::time::Instant::now();
+    let facts = RunFacts {
+        kind,
+        argv,
+        log_path: log_path.clone(),
+        verdict_file,
+        timeout_s,
+        started_at_ms: now_ms(),
+        base_sha: matches!(job.stage, Stage::Architecture | Stage::Development).then_some(base_sha),
+        clone_view,
+    };
+    if how != AgentRunner::Child {
+        return run_detached(ctx, db, job, &runner, &spec, facts);
+    }
+    db.write(|tx| tx.set_job_run(job.id, job.epoch, "child", None))?;
     let mut agent_pid = None;
     let on_spawn = |s: &process::Spawned| {
         agent_pid = Some(s.pid as i64);
@@ -366,13 +441,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             )
         })
     };
-    let on_tick = || {
-        if last_beat.elapsed() >= heartbeat_every {
-            last_beat = std::time::Instant::now();
-            db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
-        }
-        Ok(())
-    };
+    let on_tick = beat(ctx, db, job);
     // An ACP agent is talked to, not fed a prompt file, and its result
     // comes from the exchange, never from its log.
     let (outcome, acp) = if kind == crate::config::AgentKind::Acp {
@@ -396,21 +465,272 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         let out = runner.run(&spec, Duration::from_millis(200), on_spawn, on_tick)?;
         (out, None)
     };
+    let ended = Ended {
+        outcome,
+        acp,
+        agent_pid,
+        runner: "child",
+        adopted: false,
+    };
+    Ok(record_run(ctx, db, job, facts, ended)?.map_or(RunEnd::Lost, RunEnd::Recorded))
+}
+
+/// What the end of a run needs to be recorded, known before the agent
+/// starts: a detached run's spec carries it ([`detached::Spec::facts`]) to
+/// whoever records the run's end — its watcher, or an adopter.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFacts {
+    kind: crate::config::AgentKind,
+    /// The agent's argv as rendered (not wrapped by the sandbox).
+    argv: Vec<String>,
+    log_path: PathBuf,
+    verdict_file: PathBuf,
+    timeout_s: u64,
+    /// Wall time before the start, unix ms.
+    started_at_ms: i64,
+    /// The branch head the run started from (architecture, development).
+    base_sha: Option<String>,
+    /// The sandboxed agent's view of the clone, applied after the run.
+    clone_view: Option<crate::git::CloneView>,
+}
+
+/// How a run ended, as its runner reports it.
+struct Ended {
+    outcome: RunOutcome,
+    /// An ACP agent's exchange (child runner only).
+    acp: Option<crate::acp::Outcome>,
+    agent_pid: Option<i64>,
+    /// `child`, `supervisor`, `systemd`.
+    runner: &'static str,
+    /// Recorded by another process than the one that started the run.
+    adopted: bool,
+}
+
+/// The runner of this run (`ORCH_AGENT_RUNNER`; `auto` is `supervisor`
+/// until the systemd runner's probe is wired in). An ACP agent is talked
+/// to over its stdin and stdout, so it always runs as the worker's child.
+///
+/// Errors: [`crate::error::Error::Config`] for `systemd`, which this build
+/// cannot start yet.
+fn runner_of(ctx: &Ctx, kind: crate::config::AgentKind) -> anyhow::Result<AgentRunner> {
+    if kind == crate::config::AgentKind::Acp {
+        return Ok(AgentRunner::Child);
+    }
+    match ctx.settings.agent_runner {
+        AgentRunner::Auto | AgentRunner::Supervisor => Ok(AgentRunner::Supervisor),
+        AgentRunner::Child => Ok(AgentRunner::Child),
+        AgentRunner::Systemd => Err(crate::error::Error::config(
+            "ORCH_AGENT_RUNNER",
+            "systemd: the transient-unit runner is not wired in this build; use supervisor or auto",
+        )
+        .into()),
+    }
+}
+
+/// The per-tick work of a worker while a run goes: the heartbeat at
+/// `ORCH_HEARTBEAT_S` (its cadence is this process's own span, the
+/// monotonic clock, so a wall clock set back does not stop it).
+fn beat<'a>(ctx: &'a Ctx, db: &'a Db, job: &'a Job) -> impl FnMut() -> anyhow::Result<()> + 'a {
+    let every = Duration::from_secs(ctx.settings.heartbeat_s);
+    let mut last = std::time::Instant::now();
+    move || {
+        if last.elapsed() >= every {
+            last = std::time::Instant::now();
+            db.write(|tx| tx.heartbeat(job.id, job.attempt, now_ms()))?;
+        }
+        Ok(())
+    }
+}
+
+/// How long [`detached::start`] waits for the supervisor's start record.
+const DETACHED_START_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a watcher looks for a detached run's exit record.
+const WATCH_POLL: Duration = Duration::from_millis(200);
+
+/// How often a watcher checks that a detached run's supervisor lives.
+const WATCH_ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts `spec` (confined by `runner`) detached ([`detached::start`]),
+/// records its handle on the job, then watches it ([`follow`]).
+///
+/// Errors: the run cannot be started (a set-up failure of the job);
+/// database errors; those of [`follow`].
+fn run_detached(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    runner: &Runner,
+    spec: &RunSpec,
+    facts: RunFacts,
+) -> anyhow::Result<RunEnd> {
+    let paths = Paths::new(&ctx.settings.logs_dir(), job.id, job.epoch);
+    let timeout_s = facts.timeout_s;
+    let dspec = detached::Spec::new(&runner.wrapped(spec)?, job.id, job.epoch, &paths, facts);
+    let started = detached::start(&dspec, &paths, DETACHED_START_WAIT)?;
+    let handle = started.handle(&process::boot_id());
+    let ours = db.write(|tx| {
+        tx.set_job_agent(
+            job.id,
+            job.attempt,
+            started.agent.pid as i64,
+            started.agent.start_time as i64,
+            timeout_s as i64,
+        )?;
+        tx.set_job_run(job.id, job.epoch, "supervisor", Some(&handle))
+    })?;
+    if !ours {
+        warn!(target: "worker", job = job.id, "job was taken from this worker as its run started; stopping the run");
+        detached::stop(
+            Some(&handle),
+            Some(started.agent),
+            Duration::from_secs(ctx.settings.kill_grace_s),
+        );
+        return Ok(RunEnd::Lost);
+    }
+    info!(target: "worker", job = job.id, supervisor = started.supervisor.pid, agent = started.agent.pid, "agent started detached");
+    follow(ctx, db, job, &paths, &handle, dspec.facts, false)
+}
+
+/// Why a watch ended.
+enum Watched {
+    Exited(detached::Exited),
+    /// This worker was asked to stop by this signal.
+    Left(i32),
+    /// The run is gone without an exit record: why.
+    Gone(String),
+}
+
+/// Watches job `job`'s detached run (files `paths`, supervisor `handle`)
+/// until it ends, then records it ([`record_run`]; `adopted`: this process
+/// did not start it). Heartbeats while it goes. On SIGTERM or SIGINT it
+/// leaves the run alone and returns [`RunEnd::Left`]; a run gone without
+/// an exit record is recovered at once (Tier-1, [`adopt::recover`]).
+///
+/// Errors: an unreadable exit record; database errors; those of
+/// [`record_run`].
+fn follow(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    paths: &Paths,
+    handle: &str,
+    facts: RunFacts,
+    adopted: bool,
+) -> anyhow::Result<RunEnd> {
+    let mut on_tick = beat(ctx, db, job);
+    let mut last_check = std::time::Instant::now();
+    let watched = loop {
+        if let Some(e) = detached::read_exit(paths, job.id, job.epoch)? {
+            break Watched::Exited(e);
+        }
+        if let Some(sig) = process::stop_signal() {
+            break Watched::Left(sig);
+        }
+        if last_check.elapsed() >= WATCH_ALIVE_EVERY {
+            last_check = std::time::Instant::now();
+            match detached::state(paths, job.id, job.epoch, Some(handle))? {
+                detached::State::Exited(e) => break Watched::Exited(e),
+                detached::State::Running => {}
+                detached::State::Gone(why) => break Watched::Gone(why),
+            }
+        }
+        if let Err(e) = on_tick() {
+            warn!(target: "worker", job = job.id, error = %format!("{e:#}"), "tick callback failed");
+        }
+        std::thread::sleep(WATCH_POLL);
+    };
+    match watched {
+        Watched::Exited(e) => {
+            let ended = Ended {
+                outcome: e.outcome()?,
+                acp: None,
+                agent_pid: e.agent.map(|a| a.pid as i64),
+                runner: "supervisor",
+                adopted,
+            };
+            if let Some(error) = &e.error {
+                append_to_log(&facts.log_path, &format!("orch: the agent did not start: {error}\n"));
+            }
+            Ok(record_run(ctx, db, job, facts, ended)?.map_or(RunEnd::Lost, RunEnd::Recorded))
+        }
+        Watched::Left(sig) => {
+            warn!(target: "worker", job = job.id, task = job.task_id, signal = %process::signal_name(sig), "asked to stop: leaving the detached run alone; a later tick adopts it");
+            Ok(RunEnd::Left(sig))
+        }
+        Watched::Gone(why) => {
+            warn!(target: "worker", job = job.id, task = job.task_id, why = %why, "the detached run died without an exit record; recovering the job");
+            let reason = format!("the detached run died: {why}");
+            Ok(adopt::recover(ctx, db, job.id, job.attempt, &reason)?
+                .map_or(RunEnd::Lost, RunEnd::Recovered))
+        }
+    }
+}
+
+/// The end of every run, shared by the child runner, a detached run's
+/// watcher and its adopter: applies the sandboxed agent's clone view,
+/// reads the result (the log's last line, or the ACP exchange), and
+/// records the exit, the run (with its runner and whether it was adopted)
+/// and the verdict in one transaction. Returns the exit code, or `None`
+/// when the job was taken meanwhile or the exit was recorded already
+/// (nothing written). A child run stopped by SIGTERM requeues the job and
+/// returns the [`Stopped`] error.
+///
+/// Errors: the task or its project vanished; the clone view cannot be
+/// applied; database errors.
+fn record_run(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    facts: RunFacts,
+    ended: Ended,
+) -> anyhow::Result<Option<i64>> {
+    let task = db.task(job.task_id)?.context("job's task vanished")?;
+    let repo = ctx.repo(ctx.project(&task.project)?);
+    let worktree = std::path::absolute(&task.worktree)
+        .with_context(|| format!("making {} absolute", task.worktree))?;
+    let RunFacts {
+        kind,
+        argv,
+        log_path,
+        verdict_file,
+        timeout_s,
+        started_at_ms: started,
+        base_sha,
+        clone_view,
+    } = facts;
     if let Some(view) = clone_view {
-        let applied = repo.apply_clone_view(view, &worktree)?;
-        if !applied.discarded.is_empty() {
-            warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
+        if view.dir().exists() {
+            let applied = repo.apply_clone_view(view, &worktree)?;
+            if !applied.discarded.is_empty() {
+                warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
+            }
+        } else {
+            warn!(target: "worker", job = job.id, view = %view.dir().display(), "the run's clone view is gone (applied by an earlier try): nothing to carry over");
         }
         if repo.repair_index(&worktree)? {
             info!(target: "worker", job = job.id, "the agent left staged files its store kept; the index was reset to HEAD, the files are committed from the worktree");
         }
     }
+    let outcome = ended.outcome;
     if let process::ExitKind::Stopped(sig) = outcome.exit {
-        record_stopped(db, job, sig, &log_path)?;
-        return Err(Stopped(sig).into());
+        if ended.runner == "child" {
+            record_stopped(db, job, sig, &log_path)?;
+            return Err(Stopped(sig).into());
+        }
+        append_to_log(
+            &log_path,
+            &format!(
+                "orch: the run's supervisor got {}; the agent's process group was stopped\n",
+                process::signal_name(sig)
+            ),
+        );
     }
     failpoint("worker.after_agent_exit");
 
+    let agent = ctx.config.agent(&job.role)?;
+    let acp = ended.acp;
     let timed_out = outcome.exit == process::ExitKind::TimedOut;
     if timed_out {
         append_to_log(
@@ -467,7 +787,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     });
     let record = RunRecord {
         limit,
-        pid: agent_pid,
+        pid: ended.agent_pid,
         argv,
         exit_code,
         duration_ms: outcome.duration_ms,
@@ -493,7 +813,9 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         log_path: log_path.to_string_lossy().into_owned(),
         started_at_ms: started,
         error,
-        base_sha: matches!(job.stage, Stage::Architecture | Stage::Development).then_some(base_sha),
+        base_sha,
+        runner: Some(ended.runner.to_string()),
+        adopted: ended.adopted,
     };
     let now = now_ms();
     let recorded = db.write(|tx| {
