@@ -170,6 +170,12 @@ pub struct RunJudgement {
     pub session_id: Option<String>,
     /// The account limit that stopped the run: kind and reset (unix ms).
     pub limit: Option<(crate::agent::LimitKind, Option<i64>)>,
+    /// The runner that ran it (`child`, `supervisor`, `systemd`; `None`
+    /// before migration 24).
+    pub runner: Option<String>,
+    /// Recorded by another process than the one that started it (a
+    /// detached run adopted after its watcher died).
+    pub adopted: bool,
 }
 
 /// Usage and outcome of a job's latest agent run, for the run report.
@@ -314,7 +320,7 @@ impl Db {
             .conn
             .prepare_cached(
                 "SELECT error, retryable, permission_denials, base_sha, session_id, limit_kind, \
-                 limit_reset_ms FROM agent_runs \
+                 limit_reset_ms, runner, adopted FROM agent_runs \
                  WHERE job_id=?1 ORDER BY attempt DESC LIMIT 1",
             )?
             .query_row([job_id], |r| {
@@ -333,6 +339,8 @@ impl Db {
                         Some("rate") => Some((crate::agent::LimitKind::Rate, r.get(6)?)),
                         _ => None,
                     },
+                    runner: r.get(7)?,
+                    adopted: r.get(8)?,
                 })
             })
             .optional()?)
