@@ -564,10 +564,12 @@ fn adopt(ctx: &Ctx, db: &Db, job_id: i64, epoch: i64) -> anyhow::Result<String> 
 
 /// Tier-1 for one job ([`worker::adopt::recover`]), described.
 fn recover(ctx: &Ctx, db: &Db, job_id: i64, attempt: i64, reason: &str) -> anyhow::Result<String> {
-    Ok(match worker::adopt::recover(ctx, db, job_id, attempt, reason)? {
-        Some(out) => describe(&out),
-        None => "skipped: job changed since the plan".into(),
-    })
+    Ok(
+        match worker::adopt::recover(ctx, db, job_id, attempt, reason)? {
+            Some(out) => describe(&out),
+            None => "skipped: job changed since the plan".into(),
+        },
+    )
 }
 
 fn describe(f: &Finalized) -> String {

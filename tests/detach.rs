@@ -57,7 +57,9 @@ fn assert_each_analysis_ran_once(sbx: &Sandbox, starts_file: &Path, tasks: i64) 
         "one recorded run per analysis job"
     );
     assert_eq!(
-        sbx.count("SELECT COUNT(*) FROM jobs WHERE stage='analysis' AND (status<>'done' OR attempt<>1)"),
+        sbx.count(
+            "SELECT COUNT(*) FROM jobs WHERE stage='analysis' AND (status<>'done' OR attempt<>1)"
+        ),
         0,
         "each analysis job done at its first attempt"
     );
@@ -118,7 +120,8 @@ fn four_detached_runs_outlive_kill_9_of_every_orch_process_and_each_finishes_onc
         "{plan}"
     );
     assert!(
-        sbx.ok(&["reap", "--dry-run"]).contains("its detached run goes on"),
+        sbx.ok(&["reap", "--dry-run"])
+            .contains("its detached run goes on"),
         "the plan says so"
     );
     sbx.ok(&["reap"]);
@@ -155,7 +158,10 @@ fn four_detached_runs_outlive_kill_9_of_every_orch_process_and_each_finishes_onc
         "every run was adopted, and says which runner ran it"
     );
     let why = sbx.ok(&["task", "show", "1"]);
-    assert!(why.contains("supervisor") && why.contains("adopted"), "{why}");
+    assert!(
+        why.contains("supervisor") && why.contains("adopted"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -174,7 +180,9 @@ fn an_orch_binary_replaced_mid_run_and_its_worker_killed_leaves_the_run_to_finis
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(30, "the detached run started", || detached_running(&sbx) == 1);
+    wait_until(30, "the detached run started", || {
+        detached_running(&sbx) == 1
+    });
     // The upgrade: a new binary renamed over the old one, then the old
     // worker killed.
     let new = bin_dir.join("orch.new");
@@ -200,7 +208,9 @@ fn sigterm_to_a_worker_leaves_its_detached_run_going_and_a_later_tick_adopts_it(
     let (sbx, file) = sandbox();
     sbx.add_issue("worker stopped");
     let worker = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", "2")]);
-    wait_until(30, "the detached run started", || detached_running(&sbx) == 1);
+    wait_until(30, "the detached run started", || {
+        detached_running(&sbx) == 1
+    });
     // SAFETY: kill(2) on the worker we spawned.
     assert_eq!(unsafe { libc::kill(worker.id() as i32, libc::SIGTERM) }, 0);
     let out = worker.wait_with_output().unwrap();
@@ -261,7 +271,9 @@ fn a_crash_anywhere_on_the_adoption_path_ends_the_job_done_once() {
             );
         } else {
             let mut worker = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", "1")]);
-            wait_until(30, "the detached run started", || detached_running(&sbx) == 1);
+            wait_until(30, "the detached run started", || {
+                detached_running(&sbx) == 1
+            });
             kill9(worker.id());
             worker.wait().unwrap();
             let exit = sbx.state_dir().join("logs/job1-e1.exit");
@@ -297,11 +309,7 @@ fn a_crash_anywhere_on_the_adoption_path_ends_the_job_done_once() {
             1,
             "{point} in {who}: one recorded run"
         );
-        assert_eq!(
-            starts(&file).len(),
-            runs,
-            "{point} in {who}: agent starts"
-        );
+        assert_eq!(starts(&file).len(), runs, "{point} in {who}: agent starts");
         assert_eq!(
             sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running'"),
             0,

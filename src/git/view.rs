@@ -29,6 +29,7 @@ use crate::error::Error;
 ///   from the agent's branch arrive, each checked by git against its id;
 ///   an agent can neither delete nor corrupt an object another task's
 ///   history needs.
+///
 /// Serializable so a detached run's spec carries it to whoever records
 /// the run's end (DESIGN §4 "Detached runs").
 #[derive(Debug, serde::Serialize, serde::Deserialize)]

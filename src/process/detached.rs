@@ -290,7 +290,12 @@ pub enum State {
 ///
 /// Errors: an exit record that cannot be read or parsed, or is another
 /// claim's.
-pub fn state(paths: &Paths, job_id: i64, epoch: i64, handle: Option<&str>) -> anyhow::Result<State> {
+pub fn state(
+    paths: &Paths,
+    job_id: i64,
+    epoch: i64,
+    handle: Option<&str>,
+) -> anyhow::Result<State> {
     if let Some(e) = read_exit(paths, job_id, epoch)? {
         return Ok(State::Exited(e));
     }
@@ -337,7 +342,11 @@ pub fn read_exit(paths: &Paths, job_id: i64, epoch: i64) -> anyhow::Result<Optio
 /// already; `/proc/self/exe` cannot be started or exits non-zero; the
 /// agent could not be spawned (the supervisor's `not_started` record:
 /// its error); no record within `wait` (the supervisor is then killed).
-pub fn start<T: Serialize>(spec: &Spec<T>, paths: &Paths, wait: Duration) -> anyhow::Result<Started> {
+pub fn start<T: Serialize>(
+    spec: &Spec<T>,
+    paths: &Paths,
+    wait: Duration,
+) -> anyhow::Result<Started> {
     if paths.started.exists() || paths.exit.exists() {
         bail!(
             "{} or {} exists already: this claim was started before",
@@ -494,8 +503,7 @@ pub fn stop(handle: Option<&str>, agent: Option<Spawned>, grace: Duration) -> bo
         any |= super::kill_group(h.supervisor.pid, grace);
     }
     if let Some(a) = agent {
-        let ours_or_free =
-            super::proc_start_time(a.pid).is_none_or(|start| start == a.start_time);
+        let ours_or_free = super::proc_start_time(a.pid).is_none_or(|start| start == a.start_time);
         if ours_or_free && super::group_exists(a.pid) {
             any |= super::kill_group(a.pid, grace);
         }

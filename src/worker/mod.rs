@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use crate::clock::now_ms;
+use crate::config::AgentRunner;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job, RunRecord, Task};
 use crate::error::is_permanent;
@@ -24,7 +25,6 @@ use crate::failpoint::failpoint;
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::spend;
 use crate::pipeline::{self, Actor, JobStatus, Stage};
-use crate::config::AgentRunner;
 use crate::process::detached::{self, Paths};
 use crate::process::{self, Bind, RunOutcome, RunSpec, Runner};
 
@@ -651,7 +651,10 @@ fn follow(
                 adopted,
             };
             if let Some(error) = &e.error {
-                append_to_log(&facts.log_path, &format!("orch: the agent did not start: {error}\n"));
+                append_to_log(
+                    &facts.log_path,
+                    &format!("orch: the agent did not start: {error}\n"),
+                );
             }
             Ok(record_run(ctx, db, job, facts, ended)?.map_or(RunEnd::Lost, RunEnd::Recorded))
         }
