@@ -156,7 +156,7 @@ pub fn read_spec<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Spec<T>> {
 }
 
 /// The supervisor's record, written as soon as the agent is spawned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Started {
     pub job_id: i64,
@@ -165,6 +165,9 @@ pub struct Started {
     pub supervisor: Spawned,
     /// The agent (its own process group).
     pub agent: Spawned,
+    /// The machine's boot id ([`super::boot_id`]): after a reboot the
+    /// pids mean nothing.
+    pub boot_id: String,
     /// Wall time of the spawn, unix ms.
     pub at_ms: i64,
 }
@@ -172,12 +175,31 @@ pub struct Started {
 impl Started {
     /// The handle stored on the job (`jobs.run_handle`):
     /// `<supervisor pid>:<its start time>:<boot id>`.
-    pub fn handle(&self, boot_id: &str) -> String {
+    pub fn handle(&self) -> String {
         format!(
-            "{}:{}:{boot_id}",
-            self.supervisor.pid, self.supervisor.start_time
+            "{}:{}:{}",
+            self.supervisor.pid, self.supervisor.start_time, self.boot_id
         )
     }
+}
+
+/// How long after its spec was written a run with neither a handle nor a
+/// start record counts as starting (its worker died while starting it),
+/// not as gone: longer than any [`start`] waits.
+const STARTING_GRACE: Duration = Duration::from_secs(60);
+
+/// The run's handle: `handle` (`jobs.run_handle`) when given, else the one
+/// its start record names (its worker died before recording it).
+pub fn handle_of(paths: &Paths, handle: Option<&str>) -> Option<String> {
+    match handle.filter(|h| !h.is_empty()) {
+        Some(h) => Some(h.to_string()),
+        None => read_started(paths).map(|s| s.handle()),
+    }
+}
+
+/// The run's start record, if it is there and reads.
+pub fn read_started(paths: &Paths) -> Option<Started> {
+    read_json(&paths.started).ok()
 }
 
 /// A supervisor as `jobs.run_handle` names it.
@@ -284,9 +306,11 @@ pub enum State {
 }
 
 /// Where the run of claim `epoch` of job `job_id` (supervisor `handle`,
-/// `jobs.run_handle`) stands. The exit record is read first and again
-/// after a dead supervisor is seen, so a run that ends between the two
-/// looks is never taken for gone.
+/// `jobs.run_handle`, else its start record's) stands. The exit record is
+/// read first and again after a dead supervisor is seen, so a run that
+/// ends between the two looks is never taken for gone. A run with no
+/// handle and no start record whose spec is younger than a minute is
+/// starting: [`State::Running`].
 ///
 /// Errors: an exit record that cannot be read or parsed, or is another
 /// claim's.
@@ -299,19 +323,31 @@ pub fn state(
     if let Some(e) = read_exit(paths, job_id, epoch)? {
         return Ok(State::Exited(e));
     }
-    let why = match handle.map(|h| (h, Handle::parse(h))) {
+    let handle = handle_of(paths, handle);
+    let why = match handle.as_deref().map(|h| (h, Handle::parse(h))) {
         Some((_, Some(h))) if h.alive() => return Ok(State::Running),
         Some((_, Some(h))) if h.boot_id != super::boot_id() => {
             "its supervisor ran before a reboot or on another host".to_string()
         }
         Some((_, Some(h))) => format!("its supervisor pid {} is gone", h.supervisor.pid),
         Some((h, None)) => format!("its handle {h:?} names no supervisor"),
-        None => "it has no handle".to_string(),
+        None if starting(paths) => return Ok(State::Running),
+        None => "it never started".to_string(),
     };
     match read_exit(paths, job_id, epoch)? {
         Some(e) => Ok(State::Exited(e)),
         None => Ok(State::Gone(format!("{why}, without an exit record"))),
     }
+}
+
+/// Whether the spec at `paths.spec` was written less than
+/// [`STARTING_GRACE`] ago.
+fn starting(paths: &Paths) -> bool {
+    std::fs::metadata(&paths.spec)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < STARTING_GRACE)
 }
 
 /// The exit record at `paths.exit`, if there is one.
@@ -466,6 +502,7 @@ pub fn supervise(spec_path: &Path) -> anyhow::Result<()> {
                     epoch: spec.epoch,
                     supervisor: me,
                     agent: *s,
+                    boot_id: super::boot_id(),
                     at_ms: crate::clock::now_ms(),
                 },
             )
@@ -569,9 +606,10 @@ mod tests {
                 pid: 4243,
                 start_time: 100,
             },
+            boot_id: "abc-def".into(),
             at_ms: 1,
         };
-        let h = Handle::parse(&s.handle("abc-def")).unwrap();
+        let h = Handle::parse(&s.handle()).unwrap();
         assert_eq!(h.supervisor, s.supervisor);
         assert_eq!(h.boot_id, "abc-def");
         for junk in ["", "1:2:x", "x:2:b", "5", "5:x:b"] {

@@ -122,7 +122,7 @@ fn take_over(ctx: &Ctx, db: &Db, j: &Job) -> anyhow::Result<Option<WorkOutcome>>
     }
     info!(target: "worker", job = j.id, task = j.task_id, epoch = j.epoch, "adopted: watching a detached run whose watcher died");
     let facts = facts_of(ctx, j)?;
-    let handle = j.run_handle.clone().unwrap_or_default();
+    let handle = detached::handle_of(&paths(ctx, j), j.run_handle.as_deref()).unwrap_or_default();
     let end = follow(ctx, db, j, &paths(ctx, j), &handle, facts, true)?;
     conclude(ctx, db, j, end).map(Some)
 }
@@ -224,10 +224,15 @@ pub fn stop_run(ctx: &Ctx, j: &Job) -> bool {
             pid: pid as i32,
             start_time: start as u64,
         }),
+        // A worker that died starting a detached run recorded no agent:
+        // its start record names it.
+        _ if is_detached(j) => detached::read_started(&paths(ctx, j)).map(|s| s.agent),
         _ => None,
     };
-    let handle = j.run_handle.as_deref().filter(|_| is_detached(j));
-    let stopped = detached::stop(handle, agent, grace);
+    let handle = is_detached(j)
+        .then(|| detached::handle_of(&paths(ctx, j), j.run_handle.as_deref()))
+        .flatten();
+    let stopped = detached::stop(handle.as_deref(), agent, grace);
     if stopped {
         warn!(target: "reap", job = j.id, pgid = ?j.agent_pid, "stopped what was left of the run (supervisor, agent process group)");
     }

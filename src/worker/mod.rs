@@ -568,8 +568,13 @@ fn run_detached(
     let paths = Paths::new(&ctx.settings.logs_dir(), job.id, job.epoch);
     let timeout_s = facts.timeout_s;
     let dspec = detached::Spec::new(&runner.wrapped(spec)?, job.id, job.epoch, &paths, facts);
+    // The runner first: a worker that dies while starting the run leaves a
+    // job whose run any tick finds (by its files) and judges.
+    if !db.write(|tx| tx.set_job_run(job.id, job.epoch, "supervisor", None))? {
+        return Ok(RunEnd::Lost);
+    }
     let started = detached::start(&dspec, &paths, DETACHED_START_WAIT)?;
-    let handle = started.handle(&process::boot_id());
+    let handle = started.handle();
     let ours = db.write(|tx| {
         tx.set_job_agent(
             job.id,
