@@ -31,8 +31,10 @@ pub mod detached;
 /// How often the wait loops poll (`try_wait`, group membership).
 const POLL: Duration = Duration::from_millis(50);
 
-/// What to run and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to run and how (serializable: a detached run's spec carries it,
+/// [`detached::Spec`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunSpec {
     /// `argv[0]` is the program (looked up in `PATH` if it has no slash);
     /// no shell is involved.

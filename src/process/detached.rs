@@ -85,16 +85,7 @@ pub struct Spec<T> {
     pub version: u32,
     pub job_id: i64,
     pub epoch: i64,
-    pub argv: Vec<String>,
-    pub cwd: PathBuf,
-    pub env: Vec<(String, String)>,
-    pub env_remove_prefix: Option<String>,
-    pub stdin_path: Option<PathBuf>,
-    pub log_path: PathBuf,
-    /// Wall-clock limit of the agent's run, in milliseconds from spawn.
-    pub timeout_ms: u64,
-    /// TERM → KILL grace at the timeout, in milliseconds.
-    pub kill_grace_ms: u64,
+    pub run: RunSpec,
     /// Where the [`Started`] record goes.
     pub started_path: PathBuf,
     /// Where the [`Exited`] record goes.
@@ -105,36 +96,15 @@ pub struct Spec<T> {
 impl<T> Spec<T> {
     /// A spec for `run` of claim `epoch` of job `job_id`, its records at
     /// `paths`.
-    pub fn new(run: &RunSpec, job_id: i64, epoch: i64, paths: &Paths, facts: T) -> Spec<T> {
+    pub fn new(run: RunSpec, job_id: i64, epoch: i64, paths: &Paths, facts: T) -> Spec<T> {
         Spec {
             version: SPEC_VERSION,
             job_id,
             epoch,
-            argv: run.argv.clone(),
-            cwd: run.cwd.clone(),
-            env: run.env.clone(),
-            env_remove_prefix: run.env_remove_prefix.clone(),
-            stdin_path: run.stdin_path.clone(),
-            log_path: run.log_path.clone(),
-            timeout_ms: run.timeout.as_millis() as u64,
-            kill_grace_ms: run.kill_grace.as_millis() as u64,
+            run,
             started_path: paths.started.clone(),
             exit_path: paths.exit.clone(),
             facts,
-        }
-    }
-
-    /// The [`RunSpec`] the supervisor runs.
-    pub fn run_spec(&self) -> RunSpec {
-        RunSpec {
-            argv: self.argv.clone(),
-            cwd: self.cwd.clone(),
-            env: self.env.clone(),
-            env_remove_prefix: self.env_remove_prefix.clone(),
-            stdin_path: self.stdin_path.clone(),
-            log_path: self.log_path.clone(),
-            timeout: Duration::from_millis(self.timeout_ms),
-            kill_grace: Duration::from_millis(self.kill_grace_ms),
         }
     }
 }
@@ -491,7 +461,7 @@ pub fn supervise(spec_path: &Path) -> anyhow::Result<()> {
     let me = super::current_process();
     let mut agent = None;
     let result = super::run(
-        &spec.run_spec(),
+        &spec.run,
         Duration::from_millis(200),
         |s| {
             agent = Some(*s);
@@ -657,10 +627,10 @@ mod tests {
             timeout: Duration::from_secs(1),
             kill_grace: Duration::from_secs(1),
         };
-        let spec = Spec::new(&run, 1, 1, &paths, 7u8);
+        let spec = Spec::new(run.clone(), 1, 1, &paths, 7u8);
         write_json_atomic(&paths.spec, &spec).unwrap();
         let back: Spec<u8> = read_spec(&paths.spec).unwrap();
-        assert_eq!(back.run_spec(), run);
+        assert_eq!(back.run, run);
         let mut v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&paths.spec).unwrap()).unwrap();
         v["extra"] = 1.into();

@@ -65,17 +65,8 @@ pub fn adopt_one(ctx: &Ctx, db: &Db) -> anyhow::Result<Option<WorkOutcome>> {
             continue;
         }
         let adopted = match run_state(ctx, &j) {
-            Ok(detached::State::Exited(e)) => {
-                finish_adopted(ctx, db, &j, &e, Actor::Worker)?.map(|(exit_code, finalized)| {
-                    WorkOutcome::Ran {
-                        job_id: j.id,
-                        task_id: j.task_id,
-                        stage: j.stage,
-                        exit_code,
-                        finalized,
-                    }
-                })
-            }
+            Ok(detached::State::Exited(e)) => finish_adopted(ctx, db, &j, &e, Actor::Worker)?
+                .map(|(exit_code, finalized)| WorkOutcome::ran(&j, exit_code, finalized)),
             Ok(detached::State::Running) => take_over(ctx, db, &j)?,
             Ok(detached::State::Gone(_)) => None,
             Err(e) => {

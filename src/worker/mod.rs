@@ -84,6 +84,19 @@ pub enum WorkOutcome {
     },
 }
 
+impl WorkOutcome {
+    /// [`WorkOutcome::Ran`] for `job` (`exit_code` -1: no agent exit).
+    fn ran(job: &Job, exit_code: i64, finalized: Finalized) -> WorkOutcome {
+        WorkOutcome::Ran {
+            job_id: job.id,
+            task_id: job.task_id,
+            stage: job.stage,
+            exit_code,
+            finalized,
+        }
+    }
+}
+
 /// Claims and runs at most one job.
 ///
 /// Errors: database errors; failures of the job itself are recorded on the
@@ -152,13 +165,7 @@ pub fn work_once(
             // it is retried with backoff and, at the cap — or at once when
             // it cannot succeed — the job fails and the task is escalated.
             let finalized = setup_failed(ctx, db, &job, &e)?;
-            return Ok(WorkOutcome::Ran {
-                job_id: job.id,
-                task_id: job.task_id,
-                stage: job.stage,
-                exit_code: -1,
-                finalized,
-            });
+            return Ok(WorkOutcome::ran(&job, -1, finalized));
         }
     };
     conclude(ctx, db, &job, end)
@@ -188,23 +195,9 @@ fn conclude(ctx: &Ctx, db: &Db, job: &Job, end: RunEnd) -> anyhow::Result<WorkOu
         RunEnd::Recorded(code) => code,
         RunEnd::Lost => {
             warn!(target: "worker", job = job.id, "job was taken from this worker while its agent ran; result discarded");
-            return Ok(WorkOutcome::Ran {
-                job_id: job.id,
-                task_id: job.task_id,
-                stage: job.stage,
-                exit_code: -1,
-                finalized: Finalized::Lost,
-            });
+            return Ok(WorkOutcome::ran(job, -1, Finalized::Lost));
         }
-        RunEnd::Recovered(finalized) => {
-            return Ok(WorkOutcome::Ran {
-                job_id: job.id,
-                task_id: job.task_id,
-                stage: job.stage,
-                exit_code: -1,
-                finalized,
-            })
-        }
+        RunEnd::Recovered(finalized) => return Ok(WorkOutcome::ran(job, -1, finalized)),
         RunEnd::Left(sig) => {
             return Ok(WorkOutcome::Left {
                 job_id: job.id,
@@ -220,13 +213,7 @@ fn conclude(ctx: &Ctx, db: &Db, job: &Job, end: RunEnd) -> anyhow::Result<WorkOu
     } else {
         info!(target: "worker", job = job.id, task = job.task_id, exit_code, outcome = %finalized, "finalized job");
     }
-    Ok(WorkOutcome::Ran {
-        job_id: job.id,
-        task_id: job.task_id,
-        stage: job.stage,
-        exit_code,
-        finalized,
-    })
+    Ok(WorkOutcome::ran(job, exit_code, finalized))
 }
 
 /// [`run_agent`]'s error when the worker was asked to stop by this signal
@@ -567,7 +554,7 @@ fn run_detached(
 ) -> anyhow::Result<RunEnd> {
     let paths = Paths::new(&ctx.settings.logs_dir(), job.id, job.epoch);
     let timeout_s = facts.timeout_s;
-    let dspec = detached::Spec::new(&runner.wrapped(spec)?, job.id, job.epoch, &paths, facts);
+    let dspec = detached::Spec::new(runner.wrapped(spec)?, job.id, job.epoch, &paths, facts);
     // The runner first: a worker that dies while starting the run leaves a
     // job whose run any tick finds (by its files) and judges.
     if !db.write(|tx| tx.set_job_run(job.id, job.epoch, "supervisor", None))? {
