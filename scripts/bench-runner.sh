@@ -55,7 +55,7 @@ for runner in child supervisor; do
     "$orch" init >/dev/null
     for i in $(seq "$runs"); do
       "$orch" issue add --project widget --title "bench $i" >/dev/null
-      "$orch" work-once >/dev/null
+      "$orch" work-once --role analyst >/dev/null
     done
     sqlite3 -separator ' ' "$ORCH_STATE_DIR/orch.db" \
       "SELECT id, claimed_at_ms, exit_recorded_at_ms, finished_at_ms FROM jobs WHERE stage='analysis' AND status='done' ORDER BY id" > "$base/jobs"

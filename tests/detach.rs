@@ -111,6 +111,8 @@ fn four_detached_runs_outlive_kill_9_of_every_orch_process_and_each_finishes_onc
         "every agent outlives its killed worker"
     );
 
+    // A run that goes on without a worker is no broken invariant.
+    sbx.ok(&["check"]);
     // The reaper's plan leaves every live run running.
     let plan = sbx.json(&["reap", "--dry-run"]);
     let actions = plan["actions"].as_array().unwrap();
@@ -232,6 +234,52 @@ fn sigterm_to_a_worker_leaves_its_detached_run_going_and_a_later_tick_adopts_it(
     assert_each_analysis_ran_once(&sbx, &file, 1);
     let why = sbx.ok(&["why", "1"]);
     assert!(why.contains("adopted"), "{why}");
+}
+
+#[test]
+fn a_detached_run_past_its_timeout_with_no_watcher_is_stopped_and_recovered() {
+    let (mut sbx, file) = sandbox();
+    sbx.add_issue("runs away");
+    let mut worker = sbx.spawn(
+        &["work-once"],
+        &[("FAKE_AGENT_MODE_ANALYST", "hang-with-child")],
+    );
+    wait_until(30, "the run and its child started", || {
+        detached_running(&sbx) == 1 && starts(&file).len() == 2
+    });
+    kill9(worker.id());
+    worker.wait().unwrap();
+    let handle: String = sbx
+        .db()
+        .query_row("SELECT run_handle FROM jobs WHERE id=1", [], |r| r.get(0))
+        .unwrap();
+    let supervisor: i32 = handle.split(':').next().unwrap().parse().unwrap();
+    assert!(pid_alive(supervisor));
+    // The reaper's clock is past the timeout (120 s) + grace + 60 s.
+    sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "300000");
+    let plan = sbx.json(&["reap", "--dry-run"]);
+    assert_eq!(plan["actions"][0]["action"], "timeout", "{plan}");
+    let done = sbx.json(&["reap"]);
+    assert!(
+        done["actions"][0]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("requeued for attempt 2"),
+        "{done}"
+    );
+    for pid in starts(&file).into_iter().chain([supervisor]) {
+        wait_until(10, "the supervisor, its agent and the agent's child gone", || {
+            !pid_alive(pid)
+        });
+    }
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM agent_runs"),
+        0,
+        "the stopped run is not recorded"
+    );
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+    sbx.check_invariants();
 }
 
 /// A crash at every point between the agent's exit and the job's

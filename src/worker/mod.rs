@@ -533,8 +533,12 @@ fn beat<'a>(ctx: &'a Ctx, db: &'a Db, job: &'a Job) -> impl FnMut() -> anyhow::R
 /// How long [`detached::start`] waits for the supervisor's start record.
 const DETACHED_START_WAIT: Duration = Duration::from_secs(30);
 
-/// How often a watcher looks for a detached run's exit record.
-const WATCH_POLL: Duration = Duration::from_millis(200);
+/// How often a watcher looks for a detached run's exit record (one
+/// `stat`): the latency from the agent's exit to its record.
+const WATCH_POLL: Duration = Duration::from_millis(50);
+
+/// How often a watcher runs its per-tick work (heartbeat, hooks).
+const WATCH_TICK: Duration = Duration::from_millis(200);
 
 /// How often a watcher checks that a detached run's supervisor lives.
 const WATCH_ALIVE_EVERY: Duration = Duration::from_secs(1);
@@ -613,6 +617,7 @@ fn follow(
 ) -> anyhow::Result<RunEnd> {
     let mut on_tick = beat(ctx, db, job);
     let mut last_check = std::time::Instant::now();
+    let mut last_tick = std::time::Instant::now();
     let watched = loop {
         if let Some(e) = detached::read_exit(paths, job.id, job.epoch)? {
             break Watched::Exited(e);
@@ -628,8 +633,11 @@ fn follow(
                 detached::State::Gone(why) => break Watched::Gone(why),
             }
         }
-        if let Err(e) = on_tick() {
-            warn!(target: "worker", job = job.id, error = %format!("{e:#}"), "tick callback failed");
+        if last_tick.elapsed() >= WATCH_TICK {
+            last_tick = std::time::Instant::now();
+            if let Err(e) = on_tick() {
+                warn!(target: "worker", job = job.id, error = %format!("{e:#}"), "tick callback failed");
+            }
         }
         std::thread::sleep(WATCH_POLL);
     };
