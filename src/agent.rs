@@ -14,6 +14,7 @@
 pub mod codex;
 pub mod gemini;
 pub mod opencode;
+pub mod session;
 
 use std::fmt;
 use std::path::Path;
@@ -127,6 +128,13 @@ pub struct AgentResult {
     /// priced per model.
     #[serde(default)]
     pub model_usage: Vec<ModelUsage>,
+    /// `cost_usd` is the CLI's figure for the whole session so far, not
+    /// this run's: Claude Code's `total_cost_usd` (and `modelUsage`) on a
+    /// resumed session include the earlier runs (its `usage` and
+    /// `num_turns` do not). Scoped to the run with
+    /// [`AgentResult::scope_cost_to_run`].
+    #[serde(default)]
+    pub cost_is_session_total: bool,
 }
 
 impl AgentResult {
@@ -148,6 +156,7 @@ impl AgentResult {
             api_error_type: None,
             cumulative: None,
             model_usage: Vec::new(),
+            cost_is_session_total: false,
         }
     }
 
@@ -159,6 +168,24 @@ impl AgentResult {
         if let (Some(total), Some(prev)) = (self.cumulative, previous) {
             self.usage = Some(total.since(prev));
         }
+    }
+
+    /// Makes `cost_usd` this run's alone where the CLI reported the
+    /// session's total ([`AgentResult::cost_is_session_total`]): `spent` is
+    /// what is already recorded for the session (US dollars,
+    /// [`crate::db::Db::session_spent`]; 0 for a new session). The
+    /// difference is at least 0 (a total that went down is not a refund).
+    /// What an earlier run of the session spent without orch recording it
+    /// (killed with its worker before its result) lands on this run: each
+    /// dollar the session reports is counted once. No-op otherwise.
+    pub fn scope_cost_to_run(&mut self, spent: f64) {
+        if !self.cost_is_session_total {
+            return;
+        }
+        if let Some(total) = self.cost_usd {
+            self.cost_usd = Some((total - spent).max(0.0));
+        }
+        self.cost_is_session_total = false;
     }
 
     /// The run's cost in US dollars: the one the CLI reported, else its
@@ -625,6 +652,7 @@ fn result_from_json(v: &Value) -> Option<AgentResult> {
         api_error_type: str_field("api_error_type"),
         cumulative: None,
         model_usage: Vec::new(),
+        cost_is_session_total: true,
     })
 }
 
@@ -969,6 +997,40 @@ mod tests {
         // The last result wins.
         let two = format!("{MAX_TURNS}\n{SUCCESS}");
         assert!(parse_result(&two).unwrap().success);
+    }
+
+    #[test]
+    fn a_resumed_sessions_total_cost_is_scoped_to_the_run_and_its_tokens_are_left_alone() {
+        let first =
+            parse_result(include_str!("../tests/fixtures/claude/resumed/first.json")).unwrap();
+        let mut resumed = parse_result(include_str!(
+            "../tests/fixtures/claude/resumed/resumed.json"
+        ))
+        .unwrap();
+        assert!(first.cost_is_session_total && resumed.cost_is_session_total);
+        assert_eq!(first.session_id, resumed.session_id);
+        let tokens = resumed.usage;
+        // The session's first run: nothing recorded before, the total is its own.
+        let mut fresh = first.clone();
+        fresh.scope_cost_to_run(0.0);
+        assert_eq!(fresh.cost_usd, Some(0.057));
+        resumed.scope_cost_to_run(fresh.cost_usd.unwrap());
+        let cost = resumed.cost_usd.unwrap();
+        assert!((cost - 0.019).abs() < 1e-12, "{cost}");
+        assert_eq!(resumed.usage, tokens, "usage is already the run's own");
+        assert!(!resumed.cost_is_session_total);
+        // Scoped once: a second call changes nothing.
+        resumed.scope_cost_to_run(0.05);
+        assert!((resumed.cost_usd.unwrap() - 0.019).abs() < 1e-12);
+        // A total below what was recorded is no refund.
+        let mut lower = first.clone();
+        lower.scope_cost_to_run(0.5);
+        assert_eq!(lower.cost_usd, Some(0.0));
+        // Kinds that report a run's own cost are left alone.
+        let mut own = AgentResult::empty(true);
+        own.cost_usd = Some(0.2);
+        own.scope_cost_to_run(0.1);
+        assert_eq!(own.cost_usd, Some(0.2));
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
     let previous_session = if agent.resume {
         // Stored ids were checked when stored; a database from before that
         // check may still hold anything the agent printed.
-        match db.last_session(task.id, role)? {
+        match session_to_resume(db, task, role, job)? {
             Some(id) if crate::agent::is_session_id_of(agent.kind, &id) => id,
             Some(id) => {
                 warn!(target: "brief", task = task.id, role, job = job_id, kind = %agent.kind, session_id = ?crate::agent::bounded(&id, 80), "the stored session id is not {}: not resumed", crate::agent::session_id_shape(agent.kind));
@@ -170,6 +170,21 @@ pub fn render(ctx: &Ctx, db: &Db, run: RunOf<'_>, notes: &[String]) -> anyhow::R
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path)
         .map_err(|e| anyhow::anyhow!("cannot make {} absolute: {e}", path.display()))
+}
+/// The session a run of `role` on `task` resumes (with `resume = true`):
+/// the one recorded on `job` while its last run went — a run killed with
+/// its worker and requeued resumes where it was —, else the role's latest
+/// session on the task; never one the CLI said it no longer has.
+fn session_to_resume(
+    db: &Db,
+    task: &Task,
+    role: &str,
+    job: Option<&Job>,
+) -> anyhow::Result<Option<String>> {
+    if let Some(id) = job.map(|j| db.job_session(j.id)).transpose()?.flatten() {
+        return Ok(Some(id));
+    }
+    db.last_session(task.id, role)
 }
 
 /// The placeholders whose values carry text an agent wrote: a reviewer's

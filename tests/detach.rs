@@ -268,9 +268,11 @@ fn a_detached_run_past_its_timeout_with_no_watcher_is_stopped_and_recovered() {
         "{done}"
     );
     for pid in starts(&file).into_iter().chain([supervisor]) {
-        wait_until(10, "the supervisor, its agent and the agent's child gone", || {
-            !pid_alive(pid)
-        });
+        wait_until(
+            10,
+            "the supervisor, its agent and the agent's child gone",
+            || !pid_alive(pid),
+        );
     }
     assert_eq!(
         sbx.count("SELECT COUNT(*) FROM agent_runs"),

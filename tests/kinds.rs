@@ -249,7 +249,10 @@ fn every_kind_takes_a_task_to_done_with_its_captured_usage() {
         }
         assert_eq!(
             runs.iter()
-                .filter(|r| r.8.contains("resume") || r.8.contains("--session"))
+                // Whole argv elements: a checkout path may contain "resume".
+                .filter(|r| r.8.contains("\"resume\"")
+                    || r.8.contains("\"--resume\"")
+                    || r.8.contains("\"--session\""))
                 .count(),
             1,
             "{}: the deployer's second run resumed",

@@ -48,14 +48,7 @@ fn a_killed_worker_loses_its_agent_and_tier1_requeues_the_job_and_kills_orphans(
         "--dry-run writes nothing"
     );
 
-    let done = sbx.json(&["reap"]);
-    assert!(
-        done["actions"][0]["result"]
-            .as_str()
-            .unwrap()
-            .starts_with("requeued for attempt 2"),
-        "{done}"
-    );
+    sbx.reap_requeues(2);
     wait_until(10, "orphaned child killed", || !pid_alive(child));
     assert_eq!(
         sbx.count("SELECT COUNT(*) FROM jobs WHERE status='queued' AND attempt=2"),

@@ -17,6 +17,7 @@ mod merge_line;
 mod metrics;
 mod operator;
 mod pipeline;
+mod resume;
 mod rework;
 // Crash points and the test clock need the `testing` feature.
 #[cfg(feature = "testing")]

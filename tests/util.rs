@@ -106,13 +106,6 @@ impl Sandbox {
             String::from_utf8_lossy(&out.stderr)
         );
         let mut env = BTreeMap::new();
-        // The scripted agents read their captures from the checkout: a
-        // checkout under /tmp (CI may clone there) is hidden by the agent
-        // sandbox's private /tmp, so the captures are bound in.
-        env.insert(
-            "ORCH_AGENT_SANDBOX_WRITABLE".to_string(),
-            AGENT_FIXTURES.to_string(),
-        );
         for line in std::fs::read_to_string(dir.join("orch.env"))
             .unwrap()
             .lines()
@@ -121,6 +114,16 @@ impl Sandbox {
                 env.insert(k.to_string(), v.trim_matches('"').to_string());
             }
         }
+        // The scripted agents read their captures from the checkout: a
+        // checkout under /tmp (CI may clone there) is hidden by the agent
+        // sandbox's private /tmp, so the captures are bound in, beside
+        // the fake agent's session store (orch.env).
+        let writable = env
+            .get("ORCH_AGENT_SANDBOX_WRITABLE")
+            .map_or(AGENT_FIXTURES.to_string(), |w| {
+                format!("{AGENT_FIXTURES}:{w}")
+            });
+        env.insert("ORCH_AGENT_SANDBOX_WRITABLE".to_string(), writable);
         Sandbox {
             _tmp: tmp,
             dir,
@@ -295,6 +298,19 @@ impl Sandbox {
         git_in(&self.dir, &a)
     }
 
+    /// Runs `orch reap` and asserts its first action requeued a job for
+    /// `attempt` (Tier-1: its worker is gone).
+    pub fn reap_requeues(&self, attempt: i64) {
+        let done = self.json(&["reap"]);
+        assert!(
+            done["actions"][0]["result"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("requeued for attempt {attempt}")),
+            "{done}"
+        );
+    }
+
     /// The stage of task `id`.
     pub fn stage(&self, id: i64) -> String {
         self.db()
@@ -322,7 +338,11 @@ impl Sandbox {
             }
             self.ok(&["tick"]);
         }
-        assert!(done(self), "condition not reached after {max} ticks");
+        assert!(
+            done(self),
+            "condition not reached after {max} ticks\n{}",
+            self.dump()
+        );
     }
 
     /// Starts `orch serve` on a free loopback port and waits for /healthz.

@@ -169,6 +169,7 @@ impl Outcome {
             // model.
             cumulative: None,
             model_usage: Vec::new(),
+            cost_is_session_total: false,
         }
     }
 }

@@ -347,9 +347,11 @@ impl Db {
     }
 
     /// The session id of the latest run of `role` on task `task_id` that
-    /// reported one (for `resume`).
+    /// reported one (for `resume`), unless the CLI said it no longer has
+    /// that session ([`Tx::forget_session`]): then `None`, never an older
+    /// one.
     pub fn last_session(&self, task_id: i64, role: &str) -> anyhow::Result<Option<String>> {
-        Ok(self
+        let last: Option<String> = self
             .conn
             .query_row(
                 "SELECT session_id FROM agent_runs WHERE task_id=?1 AND role=?2 \
@@ -357,7 +359,57 @@ impl Db {
                 params![task_id, role],
                 |r| r.get(0),
             )
+            .optional()?;
+        match last {
+            Some(id) if self.session_gone(task_id, role, &id)? => Ok(None),
+            last => Ok(last),
+        }
+    }
+
+    /// The session id recorded on job `job_id` while its latest run went
+    /// (`jobs.session_id`, [`Tx::record_job_session`]), unless the CLI
+    /// has since said it no longer has it. What a rescued job resumes.
+    pub fn job_session(&self, job_id: i64) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT j.session_id FROM jobs j WHERE j.id=?1 AND j.session_id IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM gone_sessions g WHERE g.task_id=j.task_id \
+                 AND g.role=j.role AND g.session_id=j.session_id)",
+            )?
+            .query_row([job_id], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Whether the CLI said it no longer has session `session_id` of
+    /// `role` on task `task_id` ([`Tx::forget_session`]).
+    pub fn session_gone(&self, task_id: i64, role: &str, session_id: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM gone_sessions WHERE task_id=?1 AND role=?2 AND session_id=?3",
+            )?
+            .query_row(params![task_id, role, session_id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// What orch has recorded as spent in session `session_id` of `role`
+    /// on task `task_id`: the sum of its runs' known costs, in US dollars
+    /// (0 when none). A CLI that reports the session's total cost
+    /// (Claude Code on `--resume`) is diffed against it
+    /// ([`crate::agent::AgentResult::scope_cost_to_run`]), so every dollar
+    /// is counted once — a killed run's, which has no row, by the run that
+    /// resumes its session. Only the same task and role: an id the agent
+    /// printed never reaches another task's figures.
+    pub fn session_spent(&self, task_id: i64, role: &str, session_id: &str) -> anyhow::Result<f64> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(SUM(cost_usd), 0.0) FROM agent_runs WHERE session_id=?1 \
+                 AND task_id=?2 AND role=?3 AND cost_known=1",
+            )?
+            .query_row(params![session_id, task_id, role], |r| r.get(0))?)
     }
 
     /// The session-cumulative usage stored with the latest run of `role`
@@ -624,6 +676,43 @@ impl Tx<'_> {
             "UPDATE jobs SET heartbeat_at_ms=?3, heartbeat_boot_ms=?4 WHERE id=?1 AND attempt=?2 AND status='running'",
         )?
         .execute(params![id, attempt, now_ms, crate::clock::boot_ms()])?;
+        Ok(())
+    }
+
+    /// Records `session_id`, the session the agent of running job `id`
+    /// printed, on the job — only for the claim of `epoch` (a claim the
+    /// reaper took away records nothing). Returns whether it was written
+    /// (false too when the job already holds that id).
+    pub fn record_job_session(
+        &self,
+        id: i64,
+        epoch: i64,
+        session_id: &str,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET session_id=?3 WHERE id=?1 AND epoch=?2 AND status='running' \
+                 AND session_id IS NOT ?3",
+            )?
+            .execute(params![id, epoch, session_id])?;
+        Ok(n == 1)
+    }
+
+    /// Records that the agent CLI no longer has session `session_id` of
+    /// `job`'s role and task (it answered `--resume` with "No conversation
+    /// found"): the id is never offered to `{previous_session}` again, and
+    /// the job forgets it (its next run records its own).
+    pub fn forget_session(&self, job: &Job, session_id: &str, now_ms: i64) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO gone_sessions (task_id, role, session_id, job_id, at_ms) \
+                 VALUES (?1,?2,?3,?4,?5) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![job.task_id, job.role, session_id, job.id, now_ms])?;
+        self.conn
+            .prepare_cached("UPDATE jobs SET session_id=NULL WHERE id=?1 AND session_id=?2")?
+            .execute(params![job.id, session_id])?;
         Ok(())
     }
 
@@ -894,5 +983,92 @@ impl Tx<'_> {
             )?
             .execute(params![id, attempt, pid, start_time])?
             == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database with task 1 (project `p`) and its running job 1, claimed
+    /// at epoch 2; agent runs of the developer in sessions `a` and `b`.
+    fn db() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 1000).unwrap();
+        db.conn
+            .execute_batch(
+                "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms) \
+                 VALUES ('p', 'local', 'local', 'main', '/r', 1);
+                 INSERT INTO tasks (project, tracker_issue_id, sequence, title, stage, version, branch, \
+                 worktree, created_at_ms, updated_at_ms) \
+                 VALUES ('p', '1', 1, 't', 'development', 1, 'orch/p-1', '/w', 1, 1);
+                 INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, available_at_ms, \
+                 created_at_ms, epoch) VALUES (1, 'development', 'developer', 1, 'running', 2, 1, 1, 2);
+                 INSERT INTO agent_runs (job_id, task_id, stage, role, attempt, argv, cost_usd, cost_known, \
+                 session_id, log_path, started_at_ms) VALUES
+                 (1, 1, 'development', 'developer', 1, '[]', 0.057, 1, 'a', '/l', 1),
+                 (1, 1, 'development', 'developer', 2, '[]', 0.019, 1, 'a', '/l', 2),
+                 (1, 1, 'development', 'developer', 3, '[]', 0.0, 0, 'a', '/l', 3),
+                 (1, 1, 'development', 'reviewer', 4, '[]', 0.5, 1, 'a', '/l', 4),
+                 (1, 1, 'development', 'developer', 5, '[]', 0.2, 1, 'b', '/l', 5);",
+            )
+            .unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn a_running_jobs_session_is_recorded_by_its_own_epoch_only() {
+        let (_d, db) = db();
+        assert_eq!(db.job_session(1).unwrap(), None);
+        let stale = db.write(|tx| tx.record_job_session(1, 1, "x")).unwrap();
+        assert!(!stale, "an older claim records nothing");
+        assert!(db.write(|tx| tx.record_job_session(1, 2, "x")).unwrap());
+        assert!(!db.write(|tx| tx.record_job_session(1, 2, "x")).unwrap());
+        assert_eq!(db.job_session(1).unwrap().as_deref(), Some("x"));
+        // The id outlives the claim: a requeued job keeps it for its next.
+        db.conn
+            .execute("UPDATE jobs SET status='queued' WHERE id=1", [])
+            .unwrap();
+        assert_eq!(db.job_session(1).unwrap().as_deref(), Some("x"));
+        assert!(!db.write(|tx| tx.record_job_session(1, 2, "y")).unwrap());
+    }
+
+    #[test]
+    fn a_session_the_cli_lost_is_never_offered_again() {
+        let (_d, db) = db();
+        db.write(|tx| tx.record_job_session(1, 2, "b")).unwrap();
+        assert_eq!(
+            db.last_session(1, "developer").unwrap().as_deref(),
+            Some("b")
+        );
+        let job = db.job(1).unwrap().unwrap();
+        db.write(|tx| tx.forget_session(&job, "b", 10)).unwrap();
+        db.write(|tx| tx.forget_session(&job, "b", 11)).unwrap();
+        assert_eq!(db.job_session(1).unwrap(), None);
+        assert_eq!(
+            db.last_session(1, "developer").unwrap(),
+            None,
+            "not an older one either"
+        );
+        assert!(db.session_gone(1, "developer", "b").unwrap());
+        assert!(!db.session_gone(1, "reviewer", "b").unwrap());
+        assert_eq!(
+            db.last_session(1, "reviewer").unwrap().as_deref(),
+            Some("a")
+        );
+        // A job that records the lost id again (an agent printing it) does
+        // not get it offered.
+        db.write(|tx| tx.record_job_session(1, 2, "b")).unwrap();
+        assert_eq!(db.job_session(1).unwrap(), None);
+    }
+
+    #[test]
+    fn what_a_session_spent_is_its_roles_known_costs_on_the_task() {
+        let (_d, db) = db();
+        let spent = db.session_spent(1, "developer", "a").unwrap();
+        assert!((spent - 0.076).abs() < 1e-12, "{spent}");
+        assert_eq!(db.session_spent(1, "developer", "none").unwrap(), 0.0);
+        assert_eq!(db.session_spent(2, "developer", "a").unwrap(), 0.0);
+        assert!((db.session_spent(1, "reviewer", "a").unwrap() - 0.5).abs() < 1e-12);
     }
 }

@@ -547,7 +547,25 @@ CREATE TABLE merge_batches (
     r#"
 ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
 "#,
-    // 24: detached runs (DESIGN §4 "Detached runs"). `jobs.runner` names
+    // 24: resume across a rescue (DESIGN §4 "Agents"). `jobs.session_id`:
+    // the agent CLI's session id of the job's latest run, recorded as soon
+    // as the CLI prints it (its first event under stream-json), by the
+    // claim of that epoch only, so a run killed with its worker can be
+    // resumed by the next claim. `gone_sessions`: ids the CLI said it no
+    // longer has ("No conversation found with session ID"); never offered
+    // to `{previous_session}` again.
+    r#"
+ALTER TABLE jobs ADD COLUMN session_id TEXT;
+CREATE TABLE gone_sessions (
+    task_id    INTEGER NOT NULL REFERENCES tasks(id),
+    role       TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    job_id     INTEGER NOT NULL REFERENCES jobs(id),
+    at_ms      INTEGER NOT NULL,
+    PRIMARY KEY (task_id, role, session_id)
+);
+"#,
+    // 25: detached runs (DESIGN §4 "Detached runs"). `jobs.runner` names
     // how the current claim's agent runs (`child`, `supervisor`,
     // `systemd`; NULL before it started) and `jobs.run_handle` how to find
     // it again (a supervisor's `pid:start:boot`, a unit's name), both

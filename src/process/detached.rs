@@ -441,6 +441,23 @@ pub fn run_agent_command(spec: &Path, supervise_it: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Renames a run's records (spec, start and exit records, runner log)
+/// out of the way, each with `.<tag>` appended, so the same claim can
+/// start its run again (a resume the CLI refused). A file that is not
+/// there is skipped.
+///
+/// Errors: a rename fails.
+pub fn set_aside(paths: &Paths, tag: &str) -> anyhow::Result<()> {
+    for p in [&paths.spec, &paths.started, &paths.exit, &paths.runner_log] {
+        if p.exists() {
+            let mut to = p.as_os_str().to_owned();
+            to.push(format!(".{tag}"));
+            std::fs::rename(p, &to).with_context(|| format!("renaming {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// The supervisor: runs the agent of the spec at `spec_path` to its end
 /// as [`super::run`] does, writing the [`Started`] and [`Exited`]
 /// records. SIGTERM or SIGINT stop the agent's group (TERM, grace, KILL)

@@ -16,7 +16,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tracing::{info, warn};
 
-use super::{conclude, follow, record_run, Ended, RunFacts, WorkOutcome};
+use super::{conclude, follow, record_run, settle, Ended, RunFacts, WorkOutcome};
+use crate::agent::session::Watch;
 use crate::clock::now_ms;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job};
@@ -114,7 +115,9 @@ fn take_over(ctx: &Ctx, db: &Db, j: &Job) -> anyhow::Result<Option<WorkOutcome>>
     info!(target: "worker", job = j.id, task = j.task_id, epoch = j.epoch, "adopted: watching a detached run whose watcher died");
     let facts = facts_of(ctx, j)?;
     let handle = detached::handle_of(&paths(ctx, j), j.run_handle.as_deref()).unwrap_or_default();
-    let end = follow(ctx, db, j, &paths(ctx, j), &handle, facts, true)?;
+    let mut watch = Watch::new(facts.kind, &facts.log_path, facts.log_from);
+    let watched = follow(ctx, db, j, &paths(ctx, j), &handle, &mut watch)?;
+    let end = settle(ctx, db, j, facts, watched, true)?;
     conclude(ctx, db, j, end).map(Some)
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tracing::{info, warn};
 
+use crate::agent::session::Watch;
 use crate::clock::now_ms;
 use crate::config::AgentRunner;
 use crate::ctx::Ctx;
@@ -30,7 +31,9 @@ use crate::process::{self, Bind, RunOutcome, RunSpec, Runner};
 
 pub mod adopt;
 mod finalize;
+mod resume;
 pub use finalize::finalize;
+use resume::{record_session_seen, resume_refused};
 
 /// How much of the end of an agent's log orch reads for its result JSON,
 /// in bytes (a result longer than this reads as no result).
@@ -375,7 +378,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
         }
     }
 
-    let brief = brief_of(ctx, db, &task, job, &notes)?;
+    let mut brief = brief_of(ctx, db, &task, job, &notes)?;
     let agent = ctx.config.agent(&job.role)?;
     let kind = agent.kind;
     let verdict_file = brief.verdict_file.clone();
@@ -389,19 +392,22 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
 
     let timeout_s = brief.timeout_s;
     let argv = brief.argv.clone();
-    let spec = RunSpec {
+    let mut spec = RunSpec {
         argv: argv.clone(),
         cwd: worktree.clone(),
         env: brief.env.clone(),
         env_remove_prefix: Some("ORCH_".into()),
-        stdin_path: Some(prompt_path),
+        stdin_path: Some(prompt_path.clone()),
         log_path: log_path.clone(),
         timeout: Duration::from_secs(timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
     let how = runner_of(ctx, kind)?;
     let (runner, clone_view) = agent_runner(ctx, &repo, &task, &worktree, &verdict_file)?;
-    let facts = RunFacts {
+    // The session id is recorded as soon as the CLI prints it, so a run
+    // killed with this worker can be resumed by the job's next claim.
+    let watch = std::cell::RefCell::new(Watch::from_end(kind, &log_path));
+    let mut facts = RunFacts {
         kind,
         argv,
         log_path: log_path.clone(),
@@ -410,13 +416,22 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
         started_at_ms: now_ms(),
         base_sha: matches!(job.stage, Stage::Architecture | Stage::Development).then_some(base_sha),
         clone_view,
+        resumed: brief.previous_session.clone(),
+        log_from: watch.borrow().start(),
+    };
+    // After a resume the CLI refused: the brief again, its session
+    // forgotten, for a run in a fresh session within the same claim.
+    let rebrief = || -> anyhow::Result<crate::brief::Brief> {
+        let brief = brief_of(ctx, db, &task, job, &notes)?;
+        std::fs::write(&prompt_path, &brief.prompt)?;
+        Ok(brief)
     };
     if how != AgentRunner::Child {
-        return run_detached(ctx, db, job, &runner, &spec, facts);
+        return run_detached(ctx, db, job, &runner, spec, facts, rebrief);
     }
     db.write(|tx| tx.set_job_run(job.id, job.epoch, "child", None))?;
     let mut agent_pid = None;
-    let on_spawn = |s: &process::Spawned| {
+    let mut on_spawn = |s: &process::Spawned| {
         agent_pid = Some(s.pid as i64);
         db.write(|tx| {
             tx.set_job_agent(
@@ -428,7 +443,11 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
             )
         })
     };
-    let on_tick = beat(ctx, db, job);
+    let mut heartbeat = beat(ctx, db, job);
+    let mut on_tick = || {
+        heartbeat()?;
+        record_session_seen(db, job, &mut watch.borrow_mut())
+    };
     // An ACP agent is talked to, not fed a prompt file, and its result
     // comes from the exchange, never from its log.
     let (outcome, acp) = if kind == crate::config::AgentKind::Acp {
@@ -449,7 +468,28 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
         )?;
         (out, Some(acp))
     } else {
-        let out = runner.run(&spec, Duration::from_millis(200), on_spawn, on_tick)?;
+        let tick = Duration::from_millis(200);
+        let mut out = runner.run(&spec, tick, &mut on_spawn, &mut on_tick)?;
+        // Each refusal forgets the id it names: this ends, at the latest
+        // with a run that resumes nothing.
+        while resume_refused(
+            db,
+            job,
+            kind,
+            brief.previous_session.as_deref(),
+            &log_path,
+            watch.borrow().start(),
+            &out,
+        )? {
+            // The same claim runs the agent again, in a fresh session.
+            brief = rebrief()?;
+            spec.argv = brief.argv.clone();
+            facts.argv = brief.argv.clone();
+            facts.resumed = brief.previous_session.clone();
+            *watch.borrow_mut() = Watch::from_end(kind, &log_path);
+            facts.log_from = watch.borrow().start();
+            out = runner.run(&spec, tick, &mut on_spawn, &mut on_tick)?;
+        }
         (out, None)
     };
     let ended = Ended {
@@ -480,6 +520,11 @@ pub struct RunFacts {
     base_sha: Option<String>,
     /// The sandboxed agent's view of the clone, applied after the run.
     clone_view: Option<crate::git::CloneView>,
+    /// The session the run resumed (`{previous_session}`), against which
+    /// a session-total cost is scoped.
+    resumed: Option<String>,
+    /// Where this run's part of the log begins, in bytes.
+    log_from: u64,
 }
 
 /// How a run ended, as its runner reports it.
@@ -544,49 +589,78 @@ const WATCH_TICK: Duration = Duration::from_millis(200);
 const WATCH_ALIVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts `spec` (confined by `runner`) detached ([`detached::start`]),
-/// records its handle on the job, then watches it ([`follow`]).
+/// records its handle on the job, watches it ([`follow`]) and records its
+/// end ([`settle`]). A resume the CLI refused runs again in a fresh
+/// session within the same claim (`rebrief` renders it), the refused
+/// run's records set aside.
 ///
 /// Errors: the run cannot be started (a set-up failure of the job);
-/// database errors; those of [`follow`].
+/// database errors; those of [`follow`] and [`settle`].
 fn run_detached(
     ctx: &Ctx,
     db: &Db,
     job: &Job,
     runner: &Runner,
-    spec: &RunSpec,
-    facts: RunFacts,
+    mut spec: RunSpec,
+    mut facts: RunFacts,
+    rebrief: impl Fn() -> anyhow::Result<crate::brief::Brief>,
 ) -> anyhow::Result<RunEnd> {
     let paths = Paths::new(&ctx.settings.logs_dir(), job.id, job.epoch);
-    let timeout_s = facts.timeout_s;
-    let dspec = detached::Spec::new(runner.wrapped(spec)?, job.id, job.epoch, &paths, facts);
     // The runner first: a worker that dies while starting the run leaves a
     // job whose run any tick finds (by its files) and judges.
     if !db.write(|tx| tx.set_job_run(job.id, job.epoch, "supervisor", None))? {
         return Ok(RunEnd::Lost);
     }
-    let started = detached::start(&dspec, &paths, DETACHED_START_WAIT)?;
-    let handle = started.handle();
-    let ours = db.write(|tx| {
-        tx.set_job_agent(
-            job.id,
-            job.attempt,
-            started.agent.pid as i64,
-            started.agent.start_time as i64,
-            timeout_s as i64,
-        )?;
-        tx.set_job_run(job.id, job.epoch, "supervisor", Some(&handle))
-    })?;
-    if !ours {
-        warn!(target: "worker", job = job.id, "job was taken from this worker as its run started; stopping the run");
-        detached::stop(
-            Some(&handle),
-            Some(started.agent),
-            Duration::from_secs(ctx.settings.kill_grace_s),
-        );
-        return Ok(RunEnd::Lost);
+    let mut refusals = 0;
+    loop {
+        let mut watch = Watch::from_end(facts.kind, &facts.log_path);
+        facts.log_from = watch.start();
+        let dspec = detached::Spec::new(runner.wrapped(&spec)?, job.id, job.epoch, &paths, &facts);
+        let started = detached::start(&dspec, &paths, DETACHED_START_WAIT)?;
+        let handle = started.handle();
+        let ours = db.write(|tx| {
+            tx.set_job_agent(
+                job.id,
+                job.attempt,
+                started.agent.pid as i64,
+                started.agent.start_time as i64,
+                facts.timeout_s as i64,
+            )?;
+            tx.set_job_run(job.id, job.epoch, "supervisor", Some(&handle))
+        })?;
+        if !ours {
+            warn!(target: "worker", job = job.id, "job was taken from this worker as its run started; stopping the run");
+            detached::stop(
+                Some(&handle),
+                Some(started.agent),
+                Duration::from_secs(ctx.settings.kill_grace_s),
+            );
+            return Ok(RunEnd::Lost);
+        }
+        info!(target: "worker", job = job.id, supervisor = started.supervisor.pid, agent = started.agent.pid, "agent started detached");
+        let watched = follow(ctx, db, job, &paths, &handle, &mut watch)?;
+        if let Watched::Exited(e) = &watched {
+            let refused = resume_refused(
+                db,
+                job,
+                facts.kind,
+                facts.resumed.as_deref(),
+                &facts.log_path,
+                facts.log_from,
+                &e.outcome()?,
+            )?;
+            if refused {
+                refusals += 1;
+                detached::set_aside(&paths, &format!("refused{refusals}"))?;
+                let brief = rebrief()?;
+                spec.argv = brief.argv.clone();
+                facts.argv = brief.argv;
+                facts.resumed = brief.previous_session;
+                continue;
+            }
+        }
+        return settle(ctx, db, job, facts, watched, false);
     }
-    info!(target: "worker", job = job.id, supervisor = started.supervisor.pid, agent = started.agent.pid, "agent started detached");
-    follow(ctx, db, job, &paths, &handle, dspec.facts, false)
 }
 
 /// Why a watch ended.
@@ -599,38 +673,40 @@ enum Watched {
 }
 
 /// Watches job `job`'s detached run (files `paths`, supervisor `handle`)
-/// until it ends, then records it ([`record_run`]; `adopted`: this process
-/// did not start it). Heartbeats while it goes. On SIGTERM or SIGINT it
-/// leaves the run alone and returns [`RunEnd::Left`]; a run gone without
-/// an exit record is recovered at once (Tier-1, [`adopt::recover`]).
+/// until it ends, this worker is asked to stop (SIGTERM, SIGINT: the run
+/// is left alone), or its supervisor is gone without an exit record.
+/// Meanwhile it heartbeats and records the session id `watch` finds in
+/// the log.
 ///
-/// Errors: an unreadable exit record; database errors; those of
-/// [`record_run`].
+/// Errors: an unreadable exit record.
 fn follow(
     ctx: &Ctx,
     db: &Db,
     job: &Job,
     paths: &Paths,
     handle: &str,
-    facts: RunFacts,
-    adopted: bool,
-) -> anyhow::Result<RunEnd> {
-    let mut on_tick = beat(ctx, db, job);
+    watch: &mut Watch,
+) -> anyhow::Result<Watched> {
+    let mut heartbeat = beat(ctx, db, job);
+    let mut on_tick = || {
+        heartbeat()?;
+        record_session_seen(db, job, watch)
+    };
     let mut last_check = std::time::Instant::now();
     let mut last_tick = std::time::Instant::now();
-    let watched = loop {
+    loop {
         if let Some(e) = detached::read_exit(paths, job.id, job.epoch)? {
-            break Watched::Exited(e);
+            return Ok(Watched::Exited(e));
         }
         if let Some(sig) = process::stop_signal() {
-            break Watched::Left(sig);
+            return Ok(Watched::Left(sig));
         }
         if last_check.elapsed() >= WATCH_ALIVE_EVERY {
             last_check = std::time::Instant::now();
             match detached::state(paths, job.id, job.epoch, Some(handle))? {
-                detached::State::Exited(e) => break Watched::Exited(e),
+                detached::State::Exited(e) => return Ok(Watched::Exited(e)),
                 detached::State::Running => {}
-                detached::State::Gone(why) => break Watched::Gone(why),
+                detached::State::Gone(why) => return Ok(Watched::Gone(why)),
             }
         }
         if last_tick.elapsed() >= WATCH_TICK {
@@ -640,7 +716,23 @@ fn follow(
             }
         }
         std::thread::sleep(WATCH_POLL);
-    };
+    }
+}
+
+/// What a watch's end means for job `job`: a run that ended is recorded
+/// ([`record_run`]; `adopted`: this process did not start it); a worker
+/// asked to stop leaves it ([`RunEnd::Left`]); a run gone without an exit
+/// record is recovered at once (Tier-1, [`adopt::recover`]).
+///
+/// Errors: those of [`record_run`] and [`adopt::recover`].
+fn settle(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    facts: RunFacts,
+    watched: Watched,
+    adopted: bool,
+) -> anyhow::Result<RunEnd> {
     match watched {
         Watched::Exited(e) => {
             let ended = Ended {
@@ -702,6 +794,8 @@ fn record_run(
         started_at_ms: started,
         base_sha,
         clone_view,
+        resumed,
+        log_from: _,
     } = facts;
     if let Some(view) = clone_view {
         if view.dir().exists() {
@@ -758,7 +852,7 @@ fn record_run(
             crate::agent::parse(kind, &String::from_utf8_lossy(&log), exit_code)
         }
     };
-    let result = vet_result(db, job, kind, parsed)?;
+    let result = vet_result(db, job, kind, resumed.as_deref(), parsed)?;
     if result.is_none() {
         info!(target: "worker", job = job.id, kind = %kind, log = %log_path.display(), "agent printed no result: usage unknown");
     }
@@ -826,6 +920,11 @@ fn record_run(
             return Ok(false);
         }
         tx.insert_agent_run(job, &record)?;
+        if let Some(id) = &record.session_id {
+            // What a later claim of this job resumes, also when the run
+            // was too quick for the watch or printed no early event.
+            tx.record_job_session(job.id, job.epoch, id)?;
+        }
         match &verdict {
             Ok(Some(v)) => tx.insert_verdict(
                 job.task_id,
@@ -857,11 +956,13 @@ fn record_run(
 /// [`crate::agent::parse`], or an ACP exchange's): a session id not of the
 /// kind's shape is dropped (never stored, never resumed), and a
 /// session-cumulative usage is scoped to this run against the figure
-/// stored for the session.
+/// stored for the session, a session-total cost against what is recorded
+/// as spent in the session the run resumed (`resumed`, else its own).
 fn vet_result(
     db: &Db,
     job: &Job,
     kind: crate::config::AgentKind,
+    resumed: Option<&str>,
     parsed: Option<crate::agent::AgentResult>,
 ) -> anyhow::Result<Option<crate::agent::AgentResult>> {
     let Some(mut r) = parsed else {
@@ -878,6 +979,10 @@ fn vet_result(
     if let (Some(_), Some(id)) = (r.cumulative, r.session_id.as_deref()) {
         let previous = db.session_cumulative(job.task_id, &job.role, id)?;
         r.scope_to_run(previous);
+    }
+    if let Some(id) = resumed.or(r.session_id.as_deref()) {
+        let spent = db.session_spent(job.task_id, &job.role, id)?;
+        r.scope_cost_to_run(spent);
     }
     Ok(Some(r))
 }
