@@ -555,9 +555,16 @@ fn adopt(ctx: &Ctx, db: &Db, job_id: i64, epoch: i64) -> anyhow::Result<String> 
         return Ok("skipped: the run's exit record is gone".into());
     };
     Ok(
-        match worker::adopt::finish_adopted(ctx, db, &j, &exited, Actor::Reaper)? {
-            Some((code, out)) => format!("adopted (agent exited {code}): {}", describe(&out)),
-            None => "skipped: another process adopted it first".into(),
+        match worker::adopt::finish_adopted(ctx, db, &j, &exited, Actor::Reaper) {
+            Ok(Some((code, out))) => format!("adopted (agent exited {code}): {}", describe(&out)),
+            Ok(None) => "skipped: another process adopted it first".into(),
+            Err(e) => match worker::stopped_by(&e) {
+                Some(sig) => format!(
+                    "adopted: its supervisor was stopped by {}; requeued without counting the attempt",
+                    process::signal_name(sig)
+                ),
+                None => return Err(e),
+            },
         },
     )
 }

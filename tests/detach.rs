@@ -284,6 +284,54 @@ fn a_detached_run_past_its_timeout_with_no_watcher_is_stopped_and_recovered() {
     sbx.check_invariants();
 }
 
+/// `systemctl stop` of a unit whose cgroup holds the supervisor (the
+/// supervisor runner under systemd) stops the run as it stops a child
+/// run: the job is requeued without counting the attempt.
+#[test]
+fn sigterm_to_a_runs_supervisor_requeues_the_job_without_counting_the_attempt() {
+    let (sbx, file) = sandbox();
+    sbx.add_issue("supervisor stopped");
+    let worker = sbx.spawn(
+        &["--json", "work-once"],
+        &[("FAKE_AGENT_MODE_ANALYST", "hang")],
+    );
+    wait_until(30, "the detached run started", || {
+        detached_running(&sbx) == 1 && starts(&file).len() == 1
+    });
+    let handle: String = sbx
+        .db()
+        .query_row("SELECT run_handle FROM jobs WHERE id=1", [], |r| r.get(0))
+        .unwrap();
+    let supervisor: i32 = handle.split(':').next().unwrap().parse().unwrap();
+    // SAFETY: kill(2) on the supervisor this test's worker started.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGTERM) }, 0);
+    let out = worker.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stopped by SIGTERM: agent's process group stopped; job requeued without counting the attempt"),
+        "{stderr}"
+    );
+    assert!(!pid_alive(starts(&file)[0]), "the agent was stopped");
+    let (status, error, free): (String, String, i64) = sbx
+        .db()
+        .query_row(
+            "SELECT status, last_error, free_attempts FROM jobs WHERE id=1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "queued");
+    assert!(
+        error.starts_with("stopped by SIGTERM: the run's supervisor was stopped"),
+        "{error}"
+    );
+    assert_eq!(free, 1, "the attempt is not counted");
+    let v = sbx.json(&["work-once"]);
+    assert_eq!(v["finalized"]["action"], "advanced", "{v}");
+    sbx.check_invariants();
+}
+
 /// A crash at every point between the agent's exit and the job's
 /// finalize, in the supervisor or in the adopter: the job ends done once,
 /// its agent ran once — except when the supervisor itself died before

@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tracing::{info, warn};
 
-use super::{conclude, follow, record_run, settle, Ended, RunFacts, WorkOutcome};
+use super::{conclude, follow, record_run, settle, stopped_outcome, Ended, RunFacts, WorkOutcome};
 use crate::agent::session::Watch;
 use crate::clock::now_ms;
 use crate::ctx::Ctx;
@@ -66,9 +66,16 @@ pub fn adopt_one(ctx: &Ctx, db: &Db) -> anyhow::Result<Option<WorkOutcome>> {
             continue;
         }
         let adopted = match run_state(ctx, &j) {
-            Ok(detached::State::Exited(e)) => finish_adopted(ctx, db, &j, &e, Actor::Worker)?
-                .map(|(exit_code, finalized)| WorkOutcome::ran(&j, exit_code, finalized)),
-            Ok(detached::State::Running) => take_over(ctx, db, &j)?,
+            Ok(detached::State::Exited(e)) => {
+                match finish_adopted(ctx, db, &j, &e, Actor::Worker) {
+                    Ok(done) => done.map(|(code, finalized)| WorkOutcome::ran(&j, code, finalized)),
+                    Err(e) => Some(stopped_outcome(&j, e)?),
+                }
+            }
+            Ok(detached::State::Running) => match take_over(ctx, db, &j) {
+                Ok(out) => out,
+                Err(e) => Some(stopped_outcome(&j, e)?),
+            },
             Ok(detached::State::Gone(_)) => None,
             Err(e) => {
                 warn!(target: "worker", job = j.id, error = %format!("{e:#}"), "cannot judge the detached run; left to the reaper");

@@ -151,17 +151,7 @@ pub fn work_once(
     failpoint("worker.after_claim");
     let end = match run_agent_unless_merge_pending(ctx, db, &job) {
         Ok(end) => end,
-        Err(e) if e.downcast_ref::<Stopped>().is_some() => {
-            let Some(Stopped(sig)) = e.downcast_ref::<Stopped>() else {
-                unreachable!()
-            };
-            return Ok(WorkOutcome::Stopped {
-                job_id: job.id,
-                task_id: job.task_id,
-                stage: job.stage,
-                signal: process::signal_name(*sig),
-            });
-        }
+        Err(e) if stopped_by(&e).is_some() => return stopped_outcome(&job, e),
         Err(e) => {
             // The agent could not even start (clone, fetch, worktree,
             // config): a set-up failure counts as an attempt of the job, so
@@ -232,18 +222,37 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-/// Records that the worker stopped `job`'s run on signal `sig`: the log
-/// says so, and the job goes back to queued, runnable now, without
-/// counting the attempt (`How::Free`). Logs the WARN line an operator
-/// greps for.
-fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path) -> anyhow::Result<()> {
+/// The signal that stopped a run, when `e` is [`Stopped`] (the job is
+/// requeued already, its attempt not counted).
+pub fn stopped_by(e: &anyhow::Error) -> Option<i32> {
+    e.downcast_ref::<Stopped>().map(|s| s.0)
+}
+
+/// [`WorkOutcome::Stopped`] for `job` when `e` is [`Stopped`], else `e`.
+fn stopped_outcome(job: &Job, e: anyhow::Error) -> anyhow::Result<WorkOutcome> {
+    match stopped_by(&e) {
+        Some(sig) => Ok(WorkOutcome::Stopped {
+            job_id: job.id,
+            task_id: job.task_id,
+            stage: job.stage,
+            signal: process::signal_name(sig),
+        }),
+        None => Err(e),
+    }
+}
+
+/// Records that `who` (`the worker`, or a detached run's supervisor)
+/// stopped `job`'s run on signal `sig`: the log says so, and the job goes
+/// back to queued, runnable now, without counting the attempt
+/// (`How::Free`). Logs the WARN line an operator greps for.
+fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path, who: &str) -> anyhow::Result<()> {
     let name = process::signal_name(sig);
     append_to_log(
         log_path,
-        &format!("orch: the worker got {name}; agent's process group stopped, job requeued\n"),
+        &format!("orch: {who} got {name}; agent's process group stopped, job requeued\n"),
     );
     let reason = format!(
-        "stopped by {name}: the worker was stopped while the agent ran; requeued, the attempt not counted"
+        "stopped by {name}: {who} was stopped while the agent ran; requeued, the attempt not counted"
     );
     let now = now_ms();
     let changed = db.write(|tx| {
@@ -735,6 +744,20 @@ fn settle(
 ) -> anyhow::Result<RunEnd> {
     match watched {
         Watched::Exited(e) => {
+            if adopted {
+                // An adopter does not start the run again: a resume the
+                // CLI refused only forgets the session, and the run is
+                // recorded as it ended (the next claim starts fresh).
+                resume_refused(
+                    db,
+                    job,
+                    facts.kind,
+                    facts.resumed.as_deref(),
+                    &facts.log_path,
+                    facts.log_from,
+                    &e.outcome()?,
+                )?;
+            }
             let ended = Ended {
                 outcome: e.outcome()?,
                 acp: None,
@@ -812,17 +835,14 @@ fn record_run(
     }
     let outcome = ended.outcome;
     if let process::ExitKind::Stopped(sig) = outcome.exit {
-        if ended.runner == "child" {
-            record_stopped(db, job, sig, &log_path)?;
-            return Err(Stopped(sig).into());
-        }
-        append_to_log(
-            &log_path,
-            &format!(
-                "orch: the run's supervisor got {}; the agent's process group was stopped\n",
-                process::signal_name(sig)
-            ),
-        );
+        // Stopped is no failure of the agent's (`systemctl stop`, a
+        // supervisor stopped with its cgroup): requeued without an attempt.
+        let who = match ended.runner {
+            "child" => "the worker",
+            _ => "the run's supervisor",
+        };
+        record_stopped(db, job, sig, &log_path, who)?;
+        return Err(Stopped(sig).into());
     }
     failpoint("worker.after_agent_exit");
 
