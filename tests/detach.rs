@@ -38,6 +38,11 @@ fn detached_running(sbx: &Sandbox) -> i64 {
     sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running' AND runner='supervisor' AND run_handle IS NOT NULL")
 }
 
+/// The exit record of job `job`'s first claim.
+fn exit_record(sbx: &Sandbox, job: i64) -> PathBuf {
+    sbx.state_dir().join(format!("logs/job{job}-e1.exit"))
+}
+
 /// SIGKILL to `pid` (an orch process this test started).
 fn kill9(pid: u32) {
     // SAFETY: kill(2) on a process this test spawned.
@@ -135,9 +140,10 @@ fn four_detached_runs_outlive_kill_9_of_every_orch_process_and_each_finishes_onc
     assert_eq!(v["finalized"]["action"], "advanced", "{v}");
 
     // The others end with nobody watching; the reaper adopts them.
-    wait_until(30, "every agent exited", || {
-        agents.iter().all(|p| !pid_alive(*p))
+    wait_until(30, "every run's exit record", || {
+        (1..=4).all(|job| exit_record(&sbx, job).exists())
     });
+    assert!(agents.iter().all(|p| !pid_alive(*p)));
     let done = sbx.json(&["reap"]);
     let results: Vec<&str> = done["actions"]
         .as_array()
@@ -196,7 +202,9 @@ fn an_orch_binary_replaced_mid_run_and_its_worker_killed_leaves_the_run_to_finis
     assert!(pid_alive(agent), "the run goes on through the upgrade");
 
     // The new binary's ticks finish it.
-    wait_until(30, "the agent exited", || !pid_alive(agent));
+    wait_until(30, "the run's exit record", || {
+        exit_record(&sbx, 1).exists()
+    });
     let out = sbx.orch_at(&bin).args(["--json", "reap"]).output().unwrap();
     assert!(out.status.success());
     let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -374,8 +382,9 @@ fn a_crash_anywhere_on_the_adoption_path_ends_the_job_done_once() {
             });
             kill9(worker.id());
             worker.wait().unwrap();
-            let exit = sbx.state_dir().join("logs/job1-e1.exit");
-            wait_until(30, "the run's exit record", || exit.exists());
+            wait_until(30, "the run's exit record", || {
+                exit_record(&sbx, 1).exists()
+            });
             let out = sbx
                 .orch()
                 .args([who])
