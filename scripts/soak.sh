@@ -40,7 +40,7 @@ export ORCH_AGENT_TIMEOUT_S=30 ORCH_KILL_GRACE_S=1
 # The merge line runs in its own loop (killed like the rest); a staging
 # deferral would retry at once and never escalate for waiting (like
 # ORCH_JOB_MAX_ATTEMPTS above).
-export ORCH_MERGE_GATE_DEFER_S=0 ORCH_MERGE_GATE_MAX_DEFERS=1000000
+export ORCH_STAGING_CHECK_INFRA_BACKOFF_S=0 ORCH_STAGING_CHECK_MAX_INFRA=1000000
 export FAKE_AGENT_SLEEP=${FAKE_AGENT_SLEEP:-0}
 # Each task changes its own file: conflicts between tasks are the merge
 # gate's tests, not the soak's.

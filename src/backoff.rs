@@ -13,8 +13,9 @@
 ///   message id;
 /// - job retry: base `ORCH_JOB_BACKOFF_S`, cap base · 2^16, `n` =
 ///   attempt − 1, no jitter;
-/// - merge deferral: base `ORCH_MERGE_GATE_DEFER_S`, cap base · 2^4, `n` =
-///   defers so far, no jitter.
+/// - the staging check's INFRA backoff: base
+///   `ORCH_STAGING_CHECK_INFRA_BACKOFF_S`, cap base · 2^4, `n` = INFRA
+///   answers so far, no jitter.
 pub fn backoff_ms(base_ms: i64, cap_ms: i64, n: i64, jitter_seed: Option<i64>) -> i64 {
     let doubled = base_ms.saturating_mul(1i64 << n.clamp(0, 32));
     let d = doubled.min(cap_ms);

@@ -96,7 +96,9 @@ impl Check {
 /// Runs the checks: every role's agent program on PATH (or an executable
 /// path), every project's test command startable (its program on PATH; a
 /// path relative to the worktree is only noted), clone URL reachable and
-/// default branch present (`git ls-remote`). With `online`, every Plane
+/// default branch present (`git ls-remote`), merges landing only the
+/// tested tip (`merge_style`, [`crate::forge::Forge::lands_tested_tip`]).
+/// With `online`, every Plane
 /// project's states resolve by asking Plane (nothing is cached), Gitea
 /// answers its version and the token holds `write:repository` and
 /// `write:issue` on every Gitea project's repository (probes that create
@@ -162,6 +164,20 @@ pub fn run(ctx: &Ctx, db: Option<&Db>, online: bool) -> Vec<Check> {
                 )),
             });
         checks.push(Check::new(format!("project {} clone", p.name), branch));
+        let forge = crate::forge::Forge::for_project(ctx, p);
+        let landing = forge
+            .lands_tested_tip(p)
+            .map(|()| {
+                format!(
+                    "{}: main moves only to the merge line's tested tip",
+                    forge.name()
+                )
+            })
+            .map_err(|e| e.to_string());
+        checks.push(Check::new(
+            format!("project {} merge style", p.name),
+            landing,
+        ));
         if let Some(origin) = local_origin(&p.clone_url) {
             checks.push(Check::new(
                 format!("project {} origin writable", p.name),

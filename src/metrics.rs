@@ -31,7 +31,7 @@ pub const TICKS: [&str; 7] = [
 
 /// Counters of the `counters` table with their metric name and help;
 /// any other counter is exported as `orch_events_total{name}`.
-const KNOWN_COUNTERS: [(&str, &str, &str); 15] = [
+const KNOWN_COUNTERS: [(&str, &str, &str); 16] = [
     (
         "reconcile.unblocked_total",
         "orch_reconcile_unblocked_total",
@@ -106,6 +106,11 @@ const KNOWN_COUNTERS: [(&str, &str, &str); 15] = [
         "merge_line.sent_back_total",
         "orch_merge_line_sent_back_total",
         "Tasks the merge line sent back to development (a conflict, red tests, a refused branch).",
+    ),
+    (
+        "merge_line.taken_out_total",
+        "orch_merge_line_taken_out_total",
+        "Tasks the merge line took out because their branch was not what was validated (someone else pushed to it): back to deploy-staging, or escalated.",
     ),
 ];
 
@@ -301,6 +306,22 @@ pub fn render(ctx: &Ctx, db: &Db) -> anyhow::Result<String> {
             *n as f64,
         );
     }
+    m.family(
+        "orch_merge_line_awaiting_staging",
+        "gauge",
+        "Tasks the deployer passed that await the staging check before they are ready to merge, by project.",
+    );
+    let mut awaiting: BTreeMap<String, i64> = BTreeMap::new();
+    for r in db.line_awaiting_staging(None, None)? {
+        *awaiting.entry(r.project).or_default() += 1;
+    }
+    for (project, n) in &awaiting {
+        m.sample(
+            "orch_merge_line_awaiting_staging",
+            &[("project", project)],
+            *n as f64,
+        );
+    }
     let hour_ago = now - 3_600_000;
     let landed = db.line_landed_since(hour_ago)?;
     m.family(
@@ -318,7 +339,7 @@ pub fn render(ctx: &Ctx, db: &Db) -> anyhow::Result<String> {
     m.family(
         "orch_merge_line_time_in_line_seconds",
         "gauge",
-        "Mean time from ready to merge to landed of the tasks landed in the last hour, by project.",
+        "Mean time from entering the merge line (the deployer's PASS, the staging check's wait included) to landed of the tasks landed in the last hour, by project.",
     );
     for (project, n, sum_ms) in &landed {
         if *n > 0 {

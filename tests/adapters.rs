@@ -1344,30 +1344,51 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
             .to_string()
     };
     let path = sbx.dir.join("orch.toml");
-    let cfg = std::fs::read_to_string(&path).unwrap().replace(
-        "forge = \"gitea\"",
-        "forge = \"gitea\"\nmerge_style = \"squash\"",
+    let original = std::fs::read_to_string(&path).unwrap();
+    // A style whose merge is not the tested tip fails offline already.
+    std::fs::write(
+        &path,
+        original.replace(
+            "forge = \"gitea\"",
+            "forge = \"gitea\"\nmerge_style = \"squash\"",
+        ),
+    )
+    .unwrap();
+    let out = sbx.orch().args(["config", "check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    let l = line(&text, "FAIL project widget merge style");
+    assert!(
+        l.contains("projects.widget.merge_style")
+            && l.contains("\"squash\"")
+            && l.contains("fast-forward-only"),
+        "{l}"
     );
-    std::fs::write(&path, cfg).unwrap();
+    std::fs::write(&path, &original).unwrap();
 
     // Everything allowed (the fixture's repository, manual merges on).
     let (code, text) = check(&sbx);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(
+        line(&text, "ok   project widget merge style"),
+        "ok   project widget merge style: gitea: main moves only to the merge line's tested tip"
+    );
+    assert_eq!(
         line(&text, "ok   project widget gitea merge style"),
-        "ok   project widget gitea merge style: projects.widget.merge_style = \"squash\": \
-         acme/widget allows it (allow_squash_merge)"
+        "ok   project widget gitea merge style: projects.widget.merge_style = \"fast-forward-only\": \
+         acme/widget allows it (allow_fast_forward_only_merge)"
     );
     assert!(
         line(&text, "ok   project widget gitea manual merge").contains("acme/widget allows"),
         "{text}"
     );
 
-    // Squash merges off, and manual merges off while the line batches (8).
+    // Fast-forward-only merges off, and manual merges off while the line
+    // batches (8).
     {
         let mut st = gitea.state.lock().unwrap();
         st.repo_settings
-            .insert("allow_squash_merge", serde_json::json!(false));
+            .insert("allow_fast_forward_only_merge", serde_json::json!(false));
         st.repo_settings
             .insert("allow_manual_merge", serde_json::json!(false));
     }
@@ -1376,8 +1397,9 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
     assert_eq!(code, Some(3), "{text}");
     assert_eq!(
         line(&text, "FAIL project widget gitea merge style"),
-        "FAIL project widget gitea merge style: projects.widget.merge_style = \"squash\" but \
-         acme/widget does not allow squash merges (Gitea: repository settings → Pull Requests)"
+        "FAIL project widget gitea merge style: projects.widget.merge_style = \"fast-forward-only\" \
+         but acme/widget does not allow fast-forward-only merges (Gitea: repository settings → \
+         Pull Requests)"
     );
     let l = line(&text, "FAIL project widget gitea manual merge");
     assert!(
@@ -1388,13 +1410,14 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
     );
     assert!(!text.contains(GITEA_TOKEN), "the token is never shown");
 
-    // Squash allowed again; manual merges off but every merge is one PR's.
+    // Fast-forward-only allowed again; manual merges off but every merge
+    // is one PR's.
     gitea
         .state
         .lock()
         .unwrap()
         .repo_settings
-        .remove("allow_squash_merge");
+        .remove("allow_fast_forward_only_merge");
     sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "1");
     let (code, text) = check(&sbx);
     assert_eq!(code, Some(0), "{text}");

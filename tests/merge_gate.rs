@@ -216,7 +216,7 @@ fn two_green_branches_on_the_same_lines_the_second_waits_for_the_lease_then_conf
 #[test]
 fn two_branches_green_alone_but_red_together_are_caught_by_the_retest() {
     let mut sbx = Sandbox::new();
-    sbx.set("ORCH_MERGE_GATE_DEFER_S", "0");
+    sbx.set("ORCH_STAGING_CHECK_INFRA_BACKOFF_S", "0");
     let one = sbx.add_issue("first feature");
     to_deploy_staging(
         &sbx,
@@ -315,7 +315,7 @@ fn two_branches_green_alone_but_red_together_are_caught_by_the_retest() {
 #[test]
 fn two_merge_gates_at_once_one_proceeds_the_other_defers_and_both_finish_in_order() {
     let mut sbx = Sandbox::new();
-    sbx.set("ORCH_MERGE_GATE_DEFER_S", "3600");
+    sbx.set("ORCH_STAGING_CHECK_INFRA_BACKOFF_S", "3600");
     let one = sbx.add_issue("first");
     to_deploy_staging(&sbx, one, &[("FAKE_AGENT_DEV_FILE", "one.md")]);
     let two = sbx.add_issue("second");

@@ -11,14 +11,30 @@ use crate::util::*;
 const NOT_DEPLOYER: [&str; 5] = ["analyst", "architect", "developer", "reviewer", "tester"];
 
 /// Adds an issue and runs every role but the deployer (with `env`) until
-/// it waits at deploy-staging, then its deployer: the task is ready.
+/// it waits at deploy-staging, then its deployer: the task is ready. The
+/// development CI is the local forge's (`orch ci`).
 fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
+    ready_by(sbx, title, env, &|| {
+        let o = sbx
+            .orch_std()
+            .args(["ci"])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{o:?}");
+    })
+}
+
+/// [`ready`] with `between` run after each round of the roles (and after
+/// the deployer): what records the development CI and delivers messages.
+fn ready_by(sbx: &Sandbox, title: &str, env: &[(&str, &str)], between: &dyn Fn()) -> i64 {
     let id = sbx.add_issue(title);
-    for _ in 0..10 {
+    for _ in 0..12 {
         if sbx.stage(id) == "deploy-staging" {
             let v = sbx.json(&["work-once", "--role", "deployer"]);
             assert_eq!(v["task_id"], id, "{v}");
             assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+            between();
             return id;
         }
         for role in NOT_DEPLOYER {
@@ -30,14 +46,7 @@ fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
                 .unwrap();
             assert!(o.status.success(), "{o:?}");
         }
-        // The local forge's CI of the development heads.
-        let o = sbx
-            .orch_std()
-            .args(["ci"])
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{o:?}");
+        between();
     }
     panic!("task {id} never reached deploy-staging");
 }
@@ -45,6 +54,14 @@ fn ready(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
 /// One run of the line; the project's report.
 fn line(sbx: &Sandbox) -> serde_json::Value {
     sbx.json(&["merge-gate"])["projects"][0].clone()
+}
+
+/// [`ready`] for each name in turn, each task writing its own `<name>.md`.
+fn ready_each(sbx: &Sandbox, names: &[&str]) -> Vec<i64> {
+    names
+        .iter()
+        .map(|n| ready(sbx, n, &env_of(&own_file(n))))
+        .collect()
 }
 
 fn own_file(n: &str) -> [(&'static str, String); 1] {
@@ -65,10 +82,7 @@ fn counter(sbx: &Sandbox, name: &str) -> i64 {
 fn three_ready_tasks_land_as_one_batch_tested_once_and_the_line_is_visible() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
-    let ids: Vec<i64> = ["a", "b", "c"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b", "c"]);
     sbx.push_to_main("README.md", "Main moved meanwhile.");
 
     // Waiting: `why` names the place, `status` the line, the metrics the
@@ -280,10 +294,7 @@ fn the_batch_size_follows_the_backlog_within_its_bounds() {
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false")
         .set("ORCH_MERGE_LINE_BATCH_MAX", "2");
-    let ids: Vec<i64> = ["a", "b", "c"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b", "c"]);
     let v = line(&sbx);
     assert_eq!(v["batches"][0]["landed"], json!(&ids[..2]), "{v}");
     assert_eq!(v["batches"][1]["landed"], json!(&ids[2..]), "{v}");
@@ -305,24 +316,14 @@ const GITEA_API: &str = "/api/v1/repos/acme/widget";
 #[cfg(feature = "testing")]
 #[test]
 fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_marked_once() {
-    use crate::fakes::{FakeGitea, FakePr, GITEA_TOKEN};
+    use crate::fakes::FakePr;
 
     let mut sbx = Sandbox::new();
     sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
-    let ids: Vec<i64> = ["a", "b"]
-        .iter()
-        .map(|n| ready(&sbx, n, &env_of(&own_file(n))))
-        .collect();
+    let ids = ready_each(&sbx, &["a", "b"]);
     // The project now merges through Gitea; its PRs exist, as the outbox's
     // open_pr deliveries made them (numbers 7, 8).
-    let path = sbx.dir.join("orch.toml");
-    let cfg = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, cfg.replace("forge = \"local\"", "forge = \"gitea\"")).unwrap();
-    let gitea = FakeGitea::start(sbx.origin());
-    sbx.set("ORCH_GITEA_URL", &gitea.url())
-        .set("ORCH_GITEA_TOKEN", GITEA_TOKEN)
-        .set("ORCH_HTTP_CONNECT_TIMEOUT_MS", "1000")
-        .set("ORCH_HTTP_TIMEOUT_MS", "2000");
+    let gitea = on_gitea(&mut sbx, "");
     {
         let mut st = gitea.state.lock().unwrap();
         for id in &ids {
@@ -443,9 +444,8 @@ fn on_gitea_every_pr_of_a_landed_batch_ends_merged_the_tip_merged_the_others_mar
 #[test]
 fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
     // Two projects on one origin; widget (first in the config) has a ready
-    // task whose branch someone else pushed to after the deployer's PASS,
-    // so its line must refuse to overwrite it; gadget's ready task must
-    // land all the same.
+    // task but its origin becomes unreachable, so its line fails; gadget's
+    // ready task must land all the same.
     let sbx = Sandbox::new();
     sbx.append_config(&format!(
         "\n[[projects]]\nname = \"gadget\"\ntracker = \"local\"\nforge = \"local\"\nclone_url = \"{}\"\ntest_command = [\"sh\", \"test.sh\"]\nauto_approve_analysis = true\n",
@@ -488,41 +488,16 @@ fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
         let v = sbx.json(&["work-once", "--role", "deployer"]);
         assert_eq!(v["finalized"]["action"], "waiting", "{v}");
     }
-    // Someone else pushes to widget's task branch.
-    let branch = sbx
-        .db()
-        .query_row("SELECT branch FROM tasks WHERE id=?1", [w], |r| {
-            r.get::<_, String>(0)
-        })
-        .unwrap();
-    let other = sbx.dir.join("someone-else");
-    git_in(
-        &sbx.dir,
-        &[
-            "clone",
-            "-q",
-            "-b",
-            &branch,
-            sbx.origin().to_str().unwrap(),
-            other.to_str().unwrap(),
-        ],
-    );
-    std::fs::write(other.join("theirs.md"), "not validated\n").unwrap();
-    git_in(&other, &["add", "theirs.md"]);
-    git_in(
-        &other,
-        &[
-            "-c",
-            "user.name=x",
-            "-c",
-            "user.email=x@example.com",
-            "commit",
-            "-qm",
-            "theirs",
-        ],
-    );
-    git_in(&other, &["push", "-q", "origin", &branch]);
-    let theirs = git_in(&other, &["rev-parse", "HEAD"]);
+    // widget's origin goes away (the first clone_url in the config).
+    let path = sbx.dir.join("orch.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    let url = format!("clone_url = \"{}\"", sbx.origin().display());
+    let gone = sbx.dir.join("gone.git");
+    std::fs::write(
+        &path,
+        cfg.replacen(&url, &format!("clone_url = \"{}\"", gone.display()), 1),
+    )
+    .unwrap();
 
     let out = sbx.orch().args(["--json", "merge-gate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -531,19 +506,13 @@ fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
     let widget = projects.iter().find(|p| p["project"] == "widget").unwrap();
     let gadget = projects.iter().find(|p| p["project"] == "gadget").unwrap();
     assert!(
-        widget["error"].as_str().unwrap_or("").contains(&branch),
-        "widget's error names the branch: {widget}"
+        widget["error"].as_str().unwrap_or("").contains("gone.git"),
+        "widget's error names its origin: {widget}"
     );
     assert_eq!(gadget["batches"][0]["landed"], json!([g]), "{gadget}");
     assert!(gadget.get("error").is_none(), "{gadget}");
     assert_eq!(sbx.stage(g), "deploy");
     assert_eq!(sbx.stage(w), "deploy-staging");
-    // Their commit is still on origin, not overwritten.
-    assert_eq!(
-        sbx.origin_git(&["rev-parse", &branch]).trim(),
-        theirs.trim(),
-        "the foreign push survives"
-    );
     // The text form names the failure too.
     let out = sbx.orch().args(["merge-gate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -551,4 +520,459 @@ fn a_project_whose_line_fails_does_not_stop_the_next_projects_line() {
         String::from_utf8_lossy(&out.stdout).contains("  error: "),
         "{out:?}"
     );
+}
+
+/// Someone else's clone of origin's `branch` (under the sandbox).
+fn someone_elses_clone(sbx: &Sandbox, branch: &str, name: &str) -> std::path::PathBuf {
+    let other = sbx.dir.join(name);
+    git_in(
+        &sbx.dir,
+        &[
+            "clone",
+            "-q",
+            "-b",
+            branch,
+            sbx.origin().to_str().unwrap(),
+            other.to_str().unwrap(),
+        ],
+    );
+    other
+}
+
+/// Commits `file` in `dir` as someone else; the new head.
+fn commit_as_someone_else(dir: &std::path::Path, file: &str) -> String {
+    std::fs::write(dir.join(file), "not validated\n").unwrap();
+    git_in(dir, &["add", file]);
+    git_in(
+        dir,
+        &[
+            "-c",
+            "user.name=x",
+            "-c",
+            "user.email=x@example.com",
+            "commit",
+            "-qm",
+            file,
+        ],
+    );
+    git_in(dir, &["rev-parse", "HEAD"]).trim().to_string()
+}
+
+fn branch_of(sbx: &Sandbox, id: i64) -> String {
+    sbx.db()
+        .query_row("SELECT branch FROM tasks WHERE id=?1", [id], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+}
+
+#[test]
+fn someone_elses_push_to_a_ready_branch_takes_that_task_out_and_the_rest_of_the_batch_lands() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    let ids = ready_each(&sbx, &["a", "b", "c", "d"]);
+    let (b, c, d) = (ids[1], ids[2], ids[3]);
+    // b, c: commits pushed on top of their branches. d: its branch
+    // rewritten (someone force-pushed a history without d's commits).
+    let b_branch = branch_of(&sbx, b);
+    let other = someone_elses_clone(&sbx, &b_branch, "someone-else");
+    let theirs = commit_as_someone_else(&other, "theirs.md");
+    git_in(&other, &["push", "-q", "origin", &b_branch]);
+    let c_branch = branch_of(&sbx, c);
+    let other = someone_elses_clone(&sbx, &c_branch, "someone-else-c");
+    let theirs_c = commit_as_someone_else(&other, "theirs-c.md");
+    git_in(&other, &["push", "-q", "origin", &c_branch]);
+    let d_branch = branch_of(&sbx, d);
+    let d_head = sbx.origin_git(&["rev-parse", &d_branch]);
+    let rewrite = someone_elses_clone(&sbx, "main", "someone-else-2");
+    let rewritten = commit_as_someone_else(&rewrite, "rewritten.md");
+    git_in(
+        &rewrite,
+        &["push", "-q", "-f", "origin", &format!("HEAD:{d_branch}")],
+    );
+
+    // A crash right after b's worktree took the commits in, before the
+    // move: the next run still takes b out (its head is not what was
+    // validated), c and d too, and lands a.
+    let crash = sbx
+        .orch_std()
+        .args(["merge-gate"])
+        .env("FAILPOINTS", "foreign.after_take_in=return")
+        .output()
+        .unwrap();
+    assert!(!crash.status.success(), "{crash:?}");
+    assert_eq!(sbx.stage(b), "deploy-staging");
+    let out = sbx.orch().args(["--json", "merge-gate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let batch = &v["projects"][0]["batches"][0];
+    assert_eq!(batch["landed"], json!([ids[0]]), "{v}");
+    let out_ids: Vec<i64> = batch["taken_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(out_ids, [b, c, d], "{v}");
+    let why_out = |i: usize| batch["taken_out"][i][1].as_str().unwrap().to_string();
+    assert!(
+        why_out(0).contains("neither the revision validated before the line"),
+        "{v}"
+    );
+    assert!(
+        why_out(1).contains(&format!("someone else pushed to {c_branch}")),
+        "{v}"
+    );
+    assert!(why_out(2).contains("someone else rewrote"), "{v}");
+    assert_eq!(counter(&sbx, "merge_line.taken_out_total"), 3);
+    assert!(sbx
+        .ok(&["metrics"])
+        .contains("orch_merge_line_taken_out_total 3"));
+    // b goes back to deploy-staging with their commit in its worktree;
+    // origin keeps it. d is escalated naming both heads; origin keeps the
+    // rewrite.
+    assert_eq!(sbx.stage(b), "deploy-staging");
+    let last = sbx.transitions(b).last().unwrap().clone();
+    assert_eq!(last.1, "deploy-staging");
+    assert_eq!(sbx.origin_git(&["rev-parse", &b_branch]), theirs);
+    assert_eq!(sbx.stage(c), "deploy-staging");
+    assert_eq!(sbx.origin_git(&["rev-parse", &c_branch]), theirs_c);
+    let c_worktree: String = sbx
+        .db()
+        .query_row("SELECT worktree FROM tasks WHERE id=?1", [c], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        git_in(std::path::Path::new(&c_worktree), &["rev-parse", "HEAD"]).trim(),
+        theirs_c,
+        "c's worktree took their commit"
+    );
+    let (escalated, why): (i64, String) = sbx
+        .db()
+        .query_row(
+            "SELECT escalated, COALESCE(escalated_reason,'') FROM tasks WHERE id=?1",
+            [d],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(escalated, 1);
+    assert!(why.contains(&rewritten) && why.contains(&d_head), "{why}");
+    assert_eq!(sbx.origin_git(&["rev-parse", &d_branch]), rewritten);
+    // No loop: the next run has nothing to do and fails nothing.
+    let out = sbx.orch().args(["merge-gate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing ready to merge"));
+
+    // deploy-staging runs again on b's and c's new heads; then they land,
+    // with their commits, validated this time.
+    for id in [b, c] {
+        let v = sbx.json(&["work-once", "--role", "deployer"]);
+        assert_eq!(v["task_id"], id, "{v}");
+        assert_eq!(v["finalized"]["action"], "waiting", "{v}");
+    }
+    let v = line(&sbx);
+    assert_eq!(v["batches"][0]["landed"], json!([b, c]), "{v}");
+    let tree = sbx.origin_git(&["ls-tree", "--name-only", "main"]);
+    assert!(
+        tree.contains("theirs.md") && tree.contains("theirs-c.md"),
+        "{tree}"
+    );
+    assert!(!tree.contains("rewritten.md"), "{tree}");
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+/// Switches the sandbox's project to Gitea (`extra` added after the
+/// `forge` line) and starts the fake, with the settings orch needs.
+#[cfg(feature = "testing")]
+fn on_gitea(sbx: &mut Sandbox, extra: &str) -> crate::fakes::FakeGitea {
+    use crate::fakes::{FakeGitea, GITEA_TOKEN};
+    let path = sbx.dir.join("orch.toml");
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        cfg.replace("forge = \"local\"", &format!("forge = \"gitea\"{}", extra)),
+    )
+    .unwrap();
+    let gitea = FakeGitea::start(sbx.origin());
+    sbx.set("ORCH_GITEA_URL", &gitea.url())
+        .set("ORCH_GITEA_TOKEN", GITEA_TOKEN)
+        .set("ORCH_HTTP_CONNECT_TIMEOUT_MS", "1000")
+        .set("ORCH_HTTP_TIMEOUT_MS", "2000");
+    gitea
+}
+
+#[cfg(feature = "testing")]
+#[test]
+fn a_gitea_merge_style_whose_merge_is_not_the_tested_tip_lands_nothing_and_says_which_setting() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    let ids = ready_each(&sbx, &["a", "b"]);
+    let gitea = on_gitea(&mut sbx, "\nmerge_style = \"squash\"");
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    let branches: Vec<String> = ids
+        .iter()
+        .map(|id| sbx.origin_git(&["rev-parse", &format!("orch/widget-{id}")]))
+        .collect();
+    let tested = "SELECT COUNT(*) FROM ci_statuses WHERE context='orch/test'";
+    let tests_before = sbx.count(tested);
+
+    // The line: one clear error naming the project and the setting,
+    // nothing built, tested, pushed or merged; a second run the same.
+    for _ in 0..2 {
+        let out = sbx.orch().args(["--json", "merge-gate"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let err = v["projects"][0]["error"].as_str().unwrap_or("").to_string();
+        assert!(
+            err.contains("projects.widget.merge_style")
+                && err.contains("\"squash\"")
+                && err.contains("fast-forward-only"),
+            "{v}"
+        );
+        assert!(v["projects"][0]["batches"].as_array().unwrap().is_empty());
+    }
+    // A dry run says the same, and so does the by-hand gate (exit 2).
+    let out = sbx
+        .orch()
+        .args(["--json", "merge-gate", "--dry-run"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = sbx
+        .orch()
+        .args(["merge-gate", "--task", &ids[0].to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("projects.widget.merge_style"),
+        "{out:?}"
+    );
+    assert!(gitea.server.lines().is_empty(), "Gitea was not asked");
+    assert_eq!(sbx.origin_git(&["rev-parse", "main"]), main);
+    for (id, head) in ids.iter().zip(&branches) {
+        assert_eq!(sbx.stage(*id), "deploy-staging");
+        assert_eq!(
+            &sbx.origin_git(&["rev-parse", &format!("orch/widget-{id}")]),
+            head,
+            "the branch was not rebased"
+        );
+    }
+    assert_eq!(sbx.count(tested), tests_before, "nothing tested");
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM leases"), 0);
+    // `orch config check` fails on it before any of this.
+    let out = sbx.orch().args(["config", "check"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL project widget merge style")
+                && l.contains("projects.widget.merge_style")),
+        "{text}"
+    );
+    sbx.check_invariants();
+}
+
+/// [`ready`] on a Gitea project: the PRs are opened by `orch deliver`
+/// (the outbox's open_pr messages), the development CI is what Gitea
+/// answers reconcile.
+#[cfg(feature = "testing")]
+fn ready_on_gitea(sbx: &Sandbox, title: &str, env: &[(&str, &str)]) -> i64 {
+    ready_by(sbx, title, env, &|| {
+        sbx.json(&["deliver"]);
+        sbx.json(&["reconcile"]);
+    })
+}
+
+#[cfg(feature = "testing")]
+#[test]
+fn a_gitea_batch_of_prs_opened_in_the_same_run_lands_with_one_merge_and_a_missing_pr_dead_letters()
+{
+    use crate::fakes::Fault;
+
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false")
+        .set("ORCH_RECONCILE_GRACE_S", "0")
+        // A message Gitea cannot take yet is a dead letter at once (the
+        // run reports of the task whose PR is missing).
+        .set("ORCH_OUTBOX_MAX_ATTEMPTS", "1");
+    let gitea = on_gitea(&mut sbx, "");
+    // Gitea's CI is green for every head it is asked about.
+    gitea.state.lock().unwrap().success_after_polls = Some(0);
+    // The first PR Gitea is asked to open is refused: task a's PR is
+    // never opened (its open_pr message a dead letter).
+    gitea.faults.push(
+        "POST",
+        "/repos/acme/widget/pulls",
+        Fault::Status(
+            403,
+            json!({"message": "user should have permission to create a pull request"}),
+            vec![],
+        ),
+    );
+    let ids: Vec<i64> = ["a", "b", "c"]
+        .iter()
+        .map(|n| ready_on_gitea(&sbx, n, &env_of(&own_file(n))))
+        .collect();
+    let branches: Vec<String> = ids.iter().map(|id| branch_of(&sbx, *id)).collect();
+    let open_pr = |id: i64| -> (String, String) {
+        sbx.db()
+            .query_row(
+                "SELECT status, COALESCE(last_error,'') FROM outbox WHERE kind='open_pr' AND task_id=?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(open_pr(ids[0]).0, "dead", "{:?}", open_pr(ids[0]));
+    let prs = gitea.state.lock().unwrap().prs.clone();
+    assert_eq!(
+        prs.iter().map(|p| p.head.clone()).collect::<Vec<_>>(),
+        branches[1..],
+        "b's and c's PRs opened through the outbox, nothing pre-seeded"
+    );
+
+    // One batch, tested once; Gitea merges only the tip's PR (c), naming
+    // the tested head; main is that head.
+    gitea.server.clear();
+    let v = line(&sbx);
+    let b = &v["batches"][0];
+    assert_eq!(b["tasks"], json!(ids), "{v}");
+    assert_eq!(b["landed"], json!(ids), "{v}");
+    assert_eq!(b["tests"], 1, "{v}");
+    let main = sbx.origin_git(&["rev-parse", "main"]);
+    assert_eq!(b["tip"], main.as_str(), "{v}");
+    assert_eq!(main, sbx.origin_git(&["rev-parse", &branches[2]]));
+    let merges: Vec<String> = gitea
+        .server
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("POST ") && l.ends_with("/merge"))
+        .collect();
+    let c_pr = prs[1].number;
+    assert_eq!(merges, [format!("POST {GITEA_API}/pulls/{c_pr}/merge")]);
+    let body = gitea.state.lock().unwrap().prs[1]
+        .merge_body
+        .clone()
+        .unwrap();
+    assert_eq!(body["Do"], "fast-forward-only");
+    assert_eq!(body["head_commit_id"], main.as_str());
+    for id in &ids {
+        assert_eq!(sbx.stage(*id), "deploy");
+    }
+
+    // The others' PRs are marked merged by `orch deliver`: b's by main's
+    // commit; a has no PR: a dead letter saying so, once.
+    for _ in 0..3 {
+        sbx.json(&["deliver"]);
+    }
+    let prs = gitea.state.lock().unwrap().prs.clone();
+    assert!(prs.iter().all(|p| p.merged), "{prs:?}");
+    let mark = prs[0].merge_body.clone().unwrap();
+    assert_eq!(mark["Do"], "manually-merged");
+    assert_eq!(mark["MergeCommitID"], main.as_str());
+    let marks: Vec<(i64, String, String)> = {
+        let db = sbx.db();
+        let mut st = db
+            .prepare(
+                "SELECT task_id, status, COALESCE(last_error,'') FROM outbox \
+                 WHERE kind='mark_merged' ORDER BY task_id",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(marks.len(), 2, "none for the tip: {marks:?}");
+    assert_eq!((marks[1].0, marks[1].1.as_str()), (ids[1], "delivered"));
+    assert_eq!((marks[0].0, marks[0].1.as_str()), (ids[0], "dead"));
+    assert!(
+        marks[0].2.starts_with("permanent: ")
+            && marks[0]
+                .2
+                .contains(&format!("no pull request for {}", branches[0]))
+            && marks[0].2.contains(&main),
+        "a dead letter at once, with the reason: {marks:?}"
+    );
+    let mark_calls = gitea
+        .server
+        .lines()
+        .iter()
+        .filter(|l| l.ends_with("/merge"))
+        .count();
+    assert_eq!(mark_calls, 2, "the tip's merge and b's mark; none for a");
+    assert!(sbx.origin_git(&["rev-list", "--merges", "main"]).is_empty());
+    assert_main_always_green(&sbx);
+    sbx.check_invariants();
+}
+
+#[test]
+fn a_push_while_a_task_awaits_the_staging_check_is_taken_in_and_staged_again_never_dropped() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_MERGE_GATE_ENABLED", "false");
+    // A staging instance that is never reached: the head check comes
+    // before the suite.
+    sbx.append_config(&format!(
+        "\n[projects.staging]\nurl = \"http://127.0.0.1:9\"\ndb = \"{}\"\nconfig = \"{}\"\ntimeout_s = 1\n",
+        sbx.dir.join("staging.db").display(),
+        sbx.dir.join("staging.toml").display()
+    ));
+    let ids = ready_each(&sbx, &["a", "b"]);
+    let (a, b) = (ids[0], ids[1]);
+    let a_branch = branch_of(&sbx, a);
+    let passed = sbx.origin_git(&["rev-parse", &a_branch]);
+    let other = someone_elses_clone(&sbx, &a_branch, "someone-else");
+    let theirs = commit_as_someone_else(&other, "theirs.md");
+    git_in(&other, &["push", "-q", "origin", &a_branch]);
+    let b_branch = branch_of(&sbx, b);
+    let rewrite = someone_elses_clone(&sbx, "main", "someone-else-2");
+    let rewritten = commit_as_someone_else(&rewrite, "rewritten.md");
+    git_in(
+        &rewrite,
+        &["push", "-q", "-f", "origin", &format!("HEAD:{b_branch}")],
+    );
+
+    let out = sbx.orch().args(["merge-gate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // a: their commit taken into the worktree, deploy-staging again.
+    let t = sbx.transitions(a);
+    assert_eq!(t.last().unwrap().1, "deploy-staging");
+    let reason: String = sbx
+        .db()
+        .query_row(
+            "SELECT reason FROM transitions WHERE task_id=?1 ORDER BY id DESC LIMIT 1",
+            [a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        reason.starts_with(&format!("staging check: someone else pushed to {a_branch}")),
+        "{reason}"
+    );
+    let wt: String = sbx
+        .db()
+        .query_row("SELECT worktree FROM tasks WHERE id=?1", [a], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        git_in(std::path::Path::new(&wt), &["rev-parse", "HEAD"]).trim(),
+        theirs
+    );
+    // b: escalated; origin keeps the rewrite.
+    let escalated: i64 = sbx.count(&format!("SELECT escalated FROM tasks WHERE id={b}"));
+    assert_eq!(escalated, 1);
+    assert_eq!(sbx.origin_git(&["rev-parse", &b_branch]), rewritten);
+
+    // The deployer runs again on a's new head and pushes nothing away: the
+    // staging check now awaits that head.
+    let v = sbx.json(&["work-once", "--role", "deployer"]);
+    assert_eq!(v["task_id"], a, "{v}");
+    let why = v["finalized"]["reason"].as_str().unwrap_or("").to_string();
+    assert!(
+        why.contains(&format!("awaiting the staging check of {theirs}")),
+        "{v}"
+    );
+    assert_ne!(theirs, passed);
+    assert_eq!(sbx.origin_git(&["rev-parse", &a_branch]), theirs);
+    sbx.check_invariants();
 }

@@ -726,7 +726,7 @@ fn config_show_names_each_setting_source_and_redacts_secrets() {
     assert!(out.contains("ok   agent developer: "), "{out}");
     assert!(out.contains("ok   project widget test command: "), "{out}");
     assert!(out.contains("ok   project widget clone: "), "{out}");
-    assert!(out.ends_with("1 of 10 checks failed\n"), "{out}");
+    assert!(out.ends_with("1 of 11 checks failed\n"), "{out}");
 }
 
 #[test]
@@ -734,9 +734,15 @@ fn config_check_finds_a_missing_default_branch_and_passes_a_good_config() {
     let sbx = Sandbox::new();
     let (code, out, err) = run(&sbx, &["config", "check"]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.ends_with("all 10 checks passed\n"), "{out}");
+    assert!(out.ends_with("all 11 checks passed\n"), "{out}");
     assert!(
         out.contains("ok   project widget origin writable: "),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "ok   project widget merge style: local forge: main moves only to the merge line's tested tip"
+        ),
         "{out}"
     );
     let path = sbx.dir.join("orch.toml");

@@ -127,6 +127,7 @@ fn a_crash_at_any_named_point_is_continued_by_the_next_ticks() {
         // the merge line's points, between building the batch, testing
         // it, fast-forwarding main and applying the moves; main moves
         // first so that the rebase really happens
+        ("merge_line.after_rebase", "merge-gate"),
         ("merge_line.after_build", "merge-gate"),
         ("merge_line.after_test", "merge-gate"),
         ("merge_line.after_fast_forward", "merge-gate"),

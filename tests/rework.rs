@@ -487,7 +487,7 @@ fn agents_show_renders_what_the_worker_renders() {
 #[test]
 fn two_tasks_on_the_same_lines_the_second_resolves_its_conflict_and_both_ship() {
     let mut sbx = Sandbox::new();
-    sbx.set("ORCH_MERGE_GATE_DEFER_S", "0");
+    sbx.set("ORCH_STAGING_CHECK_INFRA_BACKOFF_S", "0");
     let one = sbx.add_issue("first");
     let two = sbx.add_issue("second");
     // Both branches start from the seed and append to CHANGES.md.

@@ -464,7 +464,7 @@ fn the_staging_step_defers_on_infra_rolls_back_on_fail_and_makes_the_validated_r
         stg.dir.join("orch.toml").display(),
         stg.dir.join("orch.env").display()
     ));
-    prod.set("ORCH_MERGE_GATE_DEFER_S", "0")
+    prod.set("ORCH_STAGING_CHECK_INFRA_BACKOFF_S", "0")
         .set("ORCH_PLANE_WEBHOOK_SECRET", "production-plane-secret")
         .set("ORCH_GITEA_WEBHOOK_SECRET", "production-gitea-secret");
     prod.ok(&["init"]);
@@ -509,6 +509,28 @@ fn the_staging_step_defers_on_infra_rolls_back_on_fail_and_makes_the_validated_r
         prod.ok(&["status"])
             .contains(&format!("awaiting the staging check: {id}")),
         "status names the task awaiting the staging check"
+    );
+    // And the metrics count it, apart from the tasks ready to merge.
+    let metrics = prod.ok(&["metrics"]);
+    assert!(
+        metrics.contains("orch_merge_line_awaiting_staging{project=\"widget\"} 1")
+            && !metrics.contains("orch_merge_line_waiting{project=\"widget\"}"),
+        "{metrics}"
+    );
+    // The INFRA backoff's old setting name is still read, with a warning.
+    let out = prod
+        .orch()
+        .env_remove("ORCH_STAGING_CHECK_INFRA_BACKOFF_S")
+        .env("ORCH_MERGE_GATE_DEFER_S", "0")
+        .args(["status"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "ORCH_MERGE_GATE_DEFER_S is deprecated: set ORCH_STAGING_CHECK_INFRA_BACKOFF_S instead"
+        ),
+        "{out:?}"
     );
     let step = prod.ok(&["merge-gate"]);
     assert!(step.contains("staging-check INFRA"), "{step}");

@@ -108,7 +108,7 @@ pub fn line(ctx: &Ctx, project: Option<&str>, dry_run: bool) -> anyhow::Result<(
                     .join(", ")
             };
             text += &format!(
-                "  batch {}: landed [{}]{}, sent back [{}], back in line [{}]; {} test run(s), {} split(s), {} flaky retr{}\n",
+                "  batch {}: landed [{}]{}, sent back [{}], back in line [{}], taken out [{}]; {} test run(s), {} split(s), {} flaky retr{}\n",
                 b.batch_id.unwrap_or(0),
                 list(&b.landed),
                 b.tip
@@ -117,6 +117,7 @@ pub fn line(ctx: &Ctx, project: Option<&str>, dry_run: bool) -> anyhow::Result<(
                     .unwrap_or_default(),
                 list(&b.sent_back.iter().map(|(t, _)| *t).collect::<Vec<_>>()),
                 list(&b.requeued),
+                list(&b.taken_out.iter().map(|(t, _)| *t).collect::<Vec<_>>()),
                 b.tests,
                 b.splits,
                 b.flaky_retries,

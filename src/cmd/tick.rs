@@ -83,12 +83,18 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<Output> {
                     .map(|p| {
                         let landed: usize = p.batches.iter().map(|b| b.landed.len()).sum();
                         let back: usize = p.batches.iter().map(|b| b.sent_back.len()).sum();
+                        let out: usize = p.batches.iter().map(|b| b.taken_out.len()).sum();
                         match &p.busy {
                             Some(b) if p.batches.is_empty() => format!("{}: waits: {b}", p.project),
                             _ => format!(
-                                "{}: {} batch(es), {landed} landed, {back} sent back",
+                                "{}: {} batch(es), {landed} landed, {back} sent back{}",
                                 p.project,
-                                p.batches.len()
+                                p.batches.len(),
+                                if out > 0 {
+                                    format!(", {out} taken out (someone else pushed)")
+                                } else {
+                                    String::new()
+                                }
                             ),
                         }
                     })

@@ -281,13 +281,16 @@ pub struct Settings {
     /// lasts without renewal; a backstop, since a lease whose job ended is
     /// released at once.
     pub merge_gate_lease_ttl_s: u64,
-    /// `ORCH_MERGE_GATE_DEFER_S` (default 30): delay before the staging
-    /// check of a task whose last check answered INFRA runs again;
-    /// doubles per answer, up to 16×.
-    pub merge_gate_defer_s: u64,
-    /// `ORCH_MERGE_GATE_MAX_DEFERS` (default 24): INFRA answers of one
-    /// task's staging check after which the next escalates the task.
-    pub merge_gate_max_defers: u32,
+    /// `ORCH_STAGING_CHECK_INFRA_BACKOFF_S` (default 30; the deprecated
+    /// `ORCH_MERGE_GATE_DEFER_S` is still read, with a warning): delay
+    /// before the staging check of a task whose last check answered INFRA
+    /// runs again; doubles per answer, up to 16×.
+    pub staging_infra_backoff_s: u64,
+    /// `ORCH_STAGING_CHECK_MAX_INFRA` (default 24; the deprecated
+    /// `ORCH_MERGE_GATE_MAX_DEFERS` is still read, with a warning): INFRA
+    /// answers of one task's staging check after which the next escalates
+    /// the task.
+    pub staging_max_infra: u32,
     /// `ORCH_MERGE_LINE_BATCH_MIN` (default 1) and
     /// `ORCH_MERGE_LINE_BATCH_MAX` (default 8, at least the minimum): the
     /// merge line's batch size `k` is the backlog of ready tasks of a repo
@@ -424,6 +427,15 @@ impl Settings {
         let num = |key: &str, default: u64, min: u64| setting_num(&get, key, default, min);
         let num32 = |key: &str, default: u32, min: u32| setting_u32(&get, key, default, min);
         let flag = |key: &str, default: bool| setting_flag(&get, key, default);
+        // A renamed setting: the new key, else the old one (still read,
+        // with a warning naming the new one).
+        let renamed = |new: &'static str, old: &'static str| -> &'static str {
+            if get(new).is_none() && get(old).is_some() {
+                tracing::warn!(target: "config", "{old} is deprecated: set {new} instead (read {old} this time)");
+                return old;
+            }
+            new
+        };
         Ok(Settings {
             reconcile_enabled: flag("ORCH_RECONCILE_ENABLED", true)?,
             reconcile_grace_s: num("ORCH_RECONCILE_GRACE_S", 300, 0)?,
@@ -457,8 +469,19 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             merge_gate_lease_ttl_s: num("ORCH_MERGE_GATE_LEASE_TTL_S", 7200, 1)?,
-            merge_gate_defer_s: num("ORCH_MERGE_GATE_DEFER_S", 30, 0)?,
-            merge_gate_max_defers: num32("ORCH_MERGE_GATE_MAX_DEFERS", 24, 0)?,
+            staging_infra_backoff_s: num(
+                renamed(
+                    "ORCH_STAGING_CHECK_INFRA_BACKOFF_S",
+                    "ORCH_MERGE_GATE_DEFER_S",
+                ),
+                30,
+                0,
+            )?,
+            staging_max_infra: num32(
+                renamed("ORCH_STAGING_CHECK_MAX_INFRA", "ORCH_MERGE_GATE_MAX_DEFERS"),
+                24,
+                0,
+            )?,
             merge_line_batch_min: num32("ORCH_MERGE_LINE_BATCH_MIN", 1, 1)?,
             merge_line_batch_max: {
                 let min = num32("ORCH_MERGE_LINE_BATCH_MIN", 1, 1)?;

@@ -353,4 +353,37 @@ mod tests {
             "config: ORCH_NOTIFIER: \"pager\": expected log or telegram"
         );
     }
+
+    #[test]
+    fn the_staging_checks_infra_settings_are_read_by_their_new_names_and_their_old_ones() {
+        let load = |pairs: &[(&str, &str)]| {
+            let s = Settings::load(&env(pairs), None, None).unwrap();
+            (s.staging_infra_backoff_s, s.staging_max_infra)
+        };
+        assert_eq!(load(&[]), (30, 24));
+        let old = [
+            ("ORCH_MERGE_GATE_DEFER_S", "5"),
+            ("ORCH_MERGE_GATE_MAX_DEFERS", "6"),
+        ];
+        assert_eq!(load(&old), (5, 6), "the old names are still read");
+        let both = [
+            old[0],
+            old[1],
+            ("ORCH_STAGING_CHECK_INFRA_BACKOFF_S", "7"),
+            ("ORCH_STAGING_CHECK_MAX_INFRA", "8"),
+        ];
+        assert_eq!(load(&both), (7, 8), "the new names win");
+        let e =
+            Settings::load(&env(&[("ORCH_MERGE_GATE_DEFER_S", "soon")]), None, None).unwrap_err();
+        assert!(e.to_string().contains("ORCH_MERGE_GATE_DEFER_S"), "{e}");
+        let known = crate::config::known_keys();
+        for k in [
+            "ORCH_STAGING_CHECK_INFRA_BACKOFF_S",
+            "ORCH_STAGING_CHECK_MAX_INFRA",
+            "ORCH_MERGE_GATE_DEFER_S",
+            "ORCH_MERGE_GATE_MAX_DEFERS",
+        ] {
+            assert!(known.contains(k), "{k} is a known setting");
+        }
+    }
 }

@@ -26,11 +26,17 @@ pub struct LineRow {
     pub batch_id: Option<i64>,
     /// Its 1-based position in that batch.
     pub position: Option<i64>,
-    /// The revision the staging check validates (`staging`) or validated
-    /// (`[projects.staging]`): the head the deployer passed.
+    /// The revision validated before the line: the one the staging check
+    /// validates (`staging`) or validated (`[projects.staging]`), else the
+    /// head the line first found the branch at (the deployer's PASS),
+    /// recorded at its first build. The line lands only this revision or
+    /// its own rebase of it (`built`).
     pub validated: Option<String>,
     /// The commit the line last rebased its branch onto.
     pub base: Option<String>,
+    /// The head that rebase gave the branch (a rebase of `validated` or
+    /// of an earlier `built`); `None` until the line first built it.
+    pub built: Option<String>,
     /// Why it was sent back or split.
     pub reason: Option<String>,
     pub ready_at_ms: i64,
@@ -45,7 +51,7 @@ pub struct LineRow {
 const COLS: &str = "merge_line.task_id, merge_line.project, merge_line.task_version, \
      merge_line.state, merge_line.batch_id, merge_line.position, merge_line.validated, \
      merge_line.base, merge_line.reason, merge_line.ready_at_ms, merge_line.updated_at_ms, merge_line.landed_at_ms, \
-     merge_line.staging_defers, merge_line.staging_at_ms";
+     merge_line.staging_defers, merge_line.staging_at_ms, merge_line.built";
 
 /// The rows whose task still waits at deploy-staging at the row's version.
 const CURRENT: &str = "EXISTS \
@@ -73,6 +79,7 @@ fn row(r: &Row) -> rusqlite::Result<LineRow> {
         landed_at_ms: r.get(11)?,
         staging_defers: r.get(12)?,
         staging_at_ms: r.get(13)?,
+        built: r.get(14)?,
     })
 }
 
@@ -163,7 +170,7 @@ impl Tx<'_> {
                  ready_at_ms, updated_at_ms) VALUES (?1,?2,?3,?6,?4,?5,?5) \
                  ON CONFLICT(task_id) DO UPDATE SET project=excluded.project, \
                  task_version=excluded.task_version, state=excluded.state, batch_id=NULL, position=NULL, \
-                 validated=excluded.validated, base=NULL, reason=NULL, ready_at_ms=excluded.ready_at_ms, \
+                 validated=excluded.validated, base=NULL, built=NULL, reason=NULL, ready_at_ms=excluded.ready_at_ms, \
                  updated_at_ms=excluded.updated_at_ms, landed_at_ms=NULL, staging_defers=0, \
                  staging_at_ms=NULL",
             )?
@@ -238,11 +245,24 @@ impl Tx<'_> {
         Ok(())
     }
 
-    /// Records that the line rebased task `task_id`'s branch onto `base`.
-    pub fn line_set_base(&self, task_id: i64, base: &str) -> anyhow::Result<()> {
+    /// Records `validated` for task `task_id` when its row has none (a
+    /// project without `[projects.staging]`): the head the line first
+    /// found its branch at, which the deployer passed.
+    pub fn line_set_validated(&self, task_id: i64, validated: &str) -> anyhow::Result<()> {
         self.conn
-            .prepare_cached("UPDATE merge_line SET base=?2 WHERE task_id=?1")?
-            .execute(params![task_id, base])?;
+            .prepare_cached(
+                "UPDATE merge_line SET validated=?2 WHERE task_id=?1 AND validated IS NULL",
+            )?
+            .execute(params![task_id, validated])?;
+        Ok(())
+    }
+
+    /// Records that the line rebased task `task_id`'s branch onto `base`,
+    /// giving it head `built` (before it pushes it).
+    pub fn line_set_built(&self, task_id: i64, base: &str, built: &str) -> anyhow::Result<()> {
+        self.conn
+            .prepare_cached("UPDATE merge_line SET base=?2, built=?3 WHERE task_id=?1")?
+            .execute(params![task_id, base, built])?;
         Ok(())
     }
 

@@ -565,7 +565,17 @@ CREATE TABLE gone_sessions (
     PRIMARY KEY (task_id, role, session_id)
 );
 "#,
-    // 25: detached runs (DESIGN §4 "Detached runs"). `jobs.runner` names
+    // 25: `merge_line.built`, the head the line last rebased the task's
+    // branch to (recorded with `base`, before the push): a rebase of
+    // `validated`, or of an earlier `built`. At the next build the
+    // branch's head must be one of the two (or what a rebase of them
+    // started from) — else it is content staging never validated and the
+    // task goes back to deploy-staging (DESIGN §7, "someone else pushed to
+    // a task branch").
+    r#"
+ALTER TABLE merge_line ADD COLUMN built TEXT;
+"#,
+    // 26: detached runs (DESIGN §4 "Detached runs"). `jobs.runner` names
     // how the current claim's agent runs (`child`, `supervisor`,
     // `systemd`; NULL before it started) and `jobs.run_handle` how to find
     // it again (a supervisor's `pid:start:boot`, a unit's name), both

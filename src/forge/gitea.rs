@@ -275,9 +275,15 @@ pub(super) fn deliver(
 
 /// Marks the PR of a task that landed inside a merge-line batch (not as
 /// its tip) merged by `m.merge_commit`. Already merged (a repeat, or
-/// Gitea's own manual-merge detection) is success; closed without merging,
-/// the style not allowed (405) or a commit Gitea refuses (409) are
-/// [`AdapterError::Rejected`]: a dead letter, logged by `orch deliver`.
+/// Gitea's own manual-merge detection) is success; no PR for the branch,
+/// closed without merging, the style not allowed (405) or a commit Gitea
+/// refuses (409) are [`AdapterError::Rejected`]: a dead letter with the
+/// reason, logged by `orch deliver`.
+///
+/// No PR is not "not yet": the task's `open_pr` message comes first (per
+/// task and channel, a message waits while an earlier one is pending), so
+/// when this one is sent that one was delivered or dead-lettered, and the
+/// PR will not appear by waiting.
 fn mark_merged(
     g: &Gitea,
     db: &Db,
@@ -286,13 +292,26 @@ fn mark_merged(
     m: &MarkMerged,
 ) -> Result<String, AdapterError> {
     let op = "mark pull request merged";
-    let number = pull_number(g, db, task, project, op)?;
-    let pr = g.get_pull(&project.repo, number)?;
     let rejected = |message: String| AdapterError::Rejected {
         service: "gitea",
         op: op.into(),
         message,
     };
+    let number = match pull_number(g, db, task, project, op) {
+        Err(AdapterError::NotYet { .. }) => {
+            return Err(rejected(format!(
+                "no pull request for {} into {} on {}: nothing to mark merged (its changes \
+                 are on {} at {}; its PR was never opened — see its open_pr message — or is gone)",
+                m.branch,
+                project.default_branch,
+                project.repo,
+                project.default_branch,
+                m.merge_commit
+            )))
+        }
+        found => found?,
+    };
+    let pr = g.get_pull(&project.repo, number)?;
     if !pr.merged {
         if pr.state != "open" {
             return Err(rejected(format!(

@@ -32,7 +32,7 @@ use tracing::info;
 
 use crate::adapters::gitea::Links;
 use crate::adapters::{AdapterError, Clients};
-use crate::config::{AdapterSettings, ForgeKind, ProjectConfig};
+use crate::config::{AdapterSettings, ForgeKind, MergeStyle, ProjectConfig};
 use crate::ctx::Ctx;
 use crate::db::{Db, OutboxRow, Task, Tx};
 use crate::git::{FastForward, Repo};
@@ -163,6 +163,48 @@ impl<'a> Forge<'a> {
         }
     }
 
+    /// Whether a merge through this forge with `project`'s `merge_style`
+    /// moves main to exactly the commit the merge line tested (DESIGN §7,
+    /// "main only moves by fast-forward to a tested tip"). The local forge
+    /// always does (a non-forced fast-forward push). On Gitea only
+    /// `fast-forward-only` does (Gitea refuses when main moved; needs
+    /// Gitea ≥ 1.22): `merge` and `rebase-merge` write a merge commit and
+    /// `squash` a new commit on main, and `rebase` replays the branch onto
+    /// whatever main holds when Gitea merges — `head_commit_id` guards the
+    /// PR's head, not the base, so a main that moved after the line's
+    /// build would get a tree nobody tested, and a merge cannot be undone.
+    /// Checked by `orch config check`, by the merge line and the by-hand
+    /// gate before anything happens, and by [`Forge::merge_into_default`].
+    ///
+    /// Errors: [`crate::error::Error::Config`] naming the project's
+    /// `merge_style` setting and why.
+    pub fn lands_tested_tip(&self, project: &ProjectConfig) -> Result<(), crate::error::Error> {
+        let style = project.merge_style;
+        match self {
+            Forge::Local => Ok(()),
+            Forge::Gitea(_) if style == MergeStyle::FastForwardOnly => Ok(()),
+            Forge::Gitea(_) => {
+                let writes = match style {
+                    MergeStyle::Rebase => {
+                        "replays the branch onto whatever main holds when it merges"
+                    }
+                    MergeStyle::Squash => "writes a new squashed commit on main",
+                    _ => "writes a merge commit on main",
+                };
+                Err(crate::error::Error::config(
+                    format!("projects.{}.merge_style", project.name),
+                    format!(
+                        "{:?}: Gitea {writes}, a tree the merge line never tested if main moved \
+                         after its build; project {} merges nothing until it is \
+                         \"fast-forward-only\" (Gitea 1.22 or later)",
+                        style.as_str(),
+                        project.name
+                    ),
+                ))
+            }
+        }
+    }
+
     /// Moves the default branch to the worktree's head, the one
     /// forge-specific step of the merge gate. Local: a non-forced
     /// fast-forward push ([`Repo::fast_forward_default`]). Gitea: merges
@@ -172,15 +214,18 @@ impl<'a> Forge<'a> {
     /// [`FastForward::NotFastForward`] so the gate catches up and tests
     /// again.
     ///
-    /// Guarantees: idempotent (`AlreadyMerged` the second time).
-    /// Errors: git errors; for Gitea, API errors and a merge Gitea refuses
-    /// for now (405: checks running or missing, approvals).
+    /// Guarantees: idempotent (`AlreadyMerged` the second time); main ends
+    /// on the tested head or does not move ([`Forge::lands_tested_tip`]).
+    /// Errors: a `merge_style` refused by [`Forge::lands_tested_tip`]
+    /// (nothing is sent); git errors; for Gitea, API errors and a merge
+    /// Gitea refuses for now (405: checks running or missing, approvals).
     pub fn merge_into_default(
         &self,
         project: &ProjectConfig,
         repo: &Repo,
         task: &Task,
     ) -> anyhow::Result<FastForward> {
+        self.lands_tested_tip(project)?;
         match self {
             Forge::Local => repo.fast_forward_default(Path::new(&task.worktree)),
             Forge::Gitea(s) => {

@@ -161,6 +161,32 @@ impl Repo {
         Ok(RebaseOutcome::Conflict { files })
     }
 
+    /// Moves the worktree's branch forward to commit `to` (one the clone
+    /// has: origin's head of the branch after a fetch), `git merge
+    /// --ff-only`: how a task takes in commits someone else pushed on top
+    /// of its branch (DESIGN §7, "someone else pushed to a task branch").
+    ///
+    /// Guarantees: `Ok(true)` when HEAD is now `to`; `Ok(false)`, nothing
+    /// changed, when `to` is not a descendant of HEAD (no merge commit is
+    /// ever made) or is HEAD already.
+    /// Assumptions: takes `path_lock(worktree)`; the caller does not hold
+    /// it. The worktree is clean.
+    /// Errors: [`Error::InvalidRef`] for an unusable `to`;
+    /// [`Error::TamperedGitMetadata`]; [`Error::Subprocess`] from git.
+    pub fn fast_forward_worktree(&self, worktree: &Path, to: &str) -> anyhow::Result<bool> {
+        super::names::validate_sha(to)?;
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        let wt = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&wt)?;
+        let head = Self::head_sha_of(&wt)?;
+        if head == to || !Self::is_ancestor_at((&wt).into(), &head, to)? {
+            return Ok(false);
+        }
+        git_ok(&wt, &["merge", "--quiet", "--ff-only", to])?;
+        Ok(Self::head_sha_of(&wt)? == to)
+    }
+
     /// Fetch, then merge origin's current default branch into the
     /// worktree's branch (the conflict handoff: a task the merge gate sent
     /// back starts its development run on a branch that contains main).

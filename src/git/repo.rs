@@ -205,6 +205,17 @@ impl Repo {
         Self::head_sha_of(&wt)
     }
 
+    /// The commit the worktree's last rebase (or merge, or reset) started
+    /// from — its `ORIG_HEAD` — if it has one.
+    ///
+    /// Guarantees: read-only. Assumptions: no lock taken.
+    /// Errors: an error if `worktree` is not a worktree of this clone;
+    /// [`Error::TamperedGitMetadata`]; [`Error::Subprocess`] from git.
+    pub fn orig_head(&self, worktree: &Path) -> anyhow::Result<Option<String>> {
+        let wt = self.check_worktree(&absolute(worktree)?)?;
+        Self::resolve_ref(&wt, "ORIG_HEAD^{commit}")
+    }
+
     /// Fetch origin (cloning if needed), then the sha of origin's
     /// `refs/heads/<name>`, `None` if origin has no such branch. `name` may
     /// be any branch, including the default branch.

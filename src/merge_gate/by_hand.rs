@@ -130,8 +130,10 @@ fn claim(
 ///
 /// Errors: [`Error::Usage`] for an unknown task, one not at
 /// deploy-staging, or an escalated one; [`Error::InvalidRef`] when the
-/// task's branch is not a task branch (e.g. `main`), before anything is
-/// done; git, process and database errors (the lease and the job are given
+/// task's branch is not a task branch (e.g. `main`), and
+/// [`Error::Config`] for a `merge_style` whose merge is not the tested
+/// head (`Forge::lands_tested_tip`), both before anything is done; git,
+/// process and database errors (the lease and the job are given
 /// back first).
 pub fn run_by_hand(ctx: &Ctx, db: &Db, task_id: i64, dry_run: bool) -> anyhow::Result<Report> {
     let task = db
@@ -154,6 +156,7 @@ pub fn run_by_hand(ctx: &Ctx, db: &Db, task_id: i64, dry_run: bool) -> anyhow::R
     let project = ctx.project(&task.project)?;
     let repo = ctx.repo(project);
     validate_task_branch(&task.branch, &repo.branch_prefix, &project.default_branch)?;
+    crate::forge::Forge::for_project(ctx, project).lands_tested_tip(project)?;
     let lease = lease_name(ctx, project);
     let mut steps = Steps::new(task.id, dry_run);
     let result = by_hand(ctx, db, project, &repo, &task, lease.as_deref(), &mut steps)?;

@@ -61,6 +61,7 @@ use crate::failpoint::failpoint;
 use crate::forge::Forge;
 use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
 use crate::outbox::{self, ForgeMessage, MarkMerged, Message, Occasion};
+use crate::pipeline::foreign::{self, OnOrigin};
 use crate::pipeline::lease::holder;
 pub use crate::pipeline::lease::LINE_HOLDER;
 use crate::pipeline::{self, Actor, Move, Moved, Stage, TransitionCause};
@@ -108,6 +109,10 @@ pub struct BatchReport {
     pub sent_back: Vec<(i64, String)>,
     /// Tasks back in the line (after a culprit, or main moved).
     pub requeued: Vec<i64>,
+    /// Tasks taken out because their branch is not what was validated
+    /// (someone else pushed to it, DESIGN §7): back to deploy-staging, or
+    /// escalated for a rewritten branch — `(task, reason)`.
+    pub taken_out: Vec<(i64, String)>,
     /// Test runs of the batch (tip, flaky retry, bisection).
     pub tests: u32,
     pub flaky_retries: u32,
@@ -118,9 +123,12 @@ pub struct BatchReport {
 /// step (tasks awaiting the staging check), then, where tasks are ready,
 /// the batches. A project whose lease is busy is reported busy and skipped.
 ///
-/// Errors: [`crate::error::Error::Usage`] for an unknown project; git,
-/// process and database errors (the lease is released first; the batch
-/// stays in the store and the next run continues it).
+/// Errors: [`crate::error::Error::Usage`] for an unknown project. A
+/// project's own failure — git, process and database errors (the lease is
+/// released first; the batch stays in the store and the next run
+/// continues it), a `merge_style` whose merge is not the tested tip
+/// ([`Forge::lands_tested_tip`]: nothing is built) — is its report's
+/// `error`.
 pub fn run_line(
     ctx: &Ctx,
     db: &Db,
@@ -173,6 +181,8 @@ fn line_of(
             error: None,
         }));
     }
+    // A merge style whose result is not the tested tip lands nothing.
+    Forge::for_project(ctx, p).lands_tested_tip(p)?;
     let mut report = if dry_run {
         plan(ctx, db, p)?
     } else {
@@ -381,11 +391,26 @@ fn round(
             continue;
         }
         match build_one(db, repo, default, &task, r, &tip, steps) {
-            Ok(Ok(head)) => {
+            Ok(Build::Head(head)) => {
                 tip = head.clone();
                 built.push(Built { task, head });
             }
-            Ok(Err(reason)) => send_back(ctx, db, &task, &reason, None, &mut rep)?,
+            Ok(Build::Conflict(reason)) => send_back(ctx, db, &task, &reason, None, &mut rep)?,
+            // Someone else pushed to the branch: out of the line (one rule,
+            // `foreign`), the rest of the batch goes on.
+            Ok(Build::Foreign(on)) => {
+                if let Some((reason, moved)) =
+                    foreign::take_out(ctx.policy(), db, repo, &task, &on, "merge line")?
+                {
+                    steps.push(format!("task {}: {reason}; out of the batch", task.id));
+                    taken_out(db, &mut rep, task.id, reason, moved)?;
+                }
+            }
+            Ok(Build::NotValidated(reason)) => {
+                steps.push(format!("task {}: {reason}; out of the batch", task.id));
+                let moved = foreign::restage(ctx.policy(), db, &task, &reason)?;
+                taken_out(db, &mut rep, task.id, reason, moved)?;
+            }
             // One task's worktree that can never be used (its git metadata
             // changed, …) must not hold up the line: it goes back.
             Err(e) if crate::error::is_permanent(&e) => {
@@ -545,9 +570,42 @@ fn round(
     Ok(rep)
 }
 
-/// Builds `task` (row `r`) on `tip`: rebases its branch onto it (shedding
-/// what it was last built on), records the base, pushes the branch.
-/// `Ok(head)`, or `Err(reason)` when it conflicts with the tasks ahead.
+/// Counts task `id` taken out of its batch (`reason`), unless its move
+/// was lost to another actor.
+fn taken_out(
+    db: &Db,
+    rep: &mut BatchReport,
+    id: i64,
+    reason: String,
+    moved: Moved,
+) -> anyhow::Result<()> {
+    if moved != Moved::Lost {
+        db.write(|tx| tx.bump_counter("merge_line.taken_out_total", 1))?;
+        rep.taken_out.push((id, reason));
+    }
+    Ok(())
+}
+
+/// How [`build_one`] ended for a task.
+enum Build {
+    /// Built: the branch's head, the batch's new tip.
+    Head(String),
+    /// It conflicts with the tasks ahead: back to development, this reason.
+    Conflict(String),
+    /// Origin's branch holds commits someone else pushed
+    /// ([`foreign::take_out`]).
+    Foreign(OnOrigin),
+    /// The worktree's head is neither the revision validated before the
+    /// line nor the line's rebase of it: deploy-staging again, this reason.
+    NotValidated(String),
+}
+
+/// Builds `task` (row `r`) on `tip`: checks that origin's branch is orch's
+/// own ([`foreign::on_origin`]) and that the branch's head is the
+/// revision validated before the line or the line's own rebase of it
+/// ([`is_validated`]; the first build records `validated` when staging
+/// did not), then rebases it onto `tip` (shedding what it was last built
+/// on), records the base and the new head, pushes the branch.
 fn build_one(
     db: &Db,
     repo: &Repo,
@@ -556,11 +614,31 @@ fn build_one(
     r: &LineRow,
     tip: &str,
     steps: &mut Steps,
-) -> anyhow::Result<Result<String, String>> {
+) -> anyhow::Result<Build> {
     let worktree = Path::new(&task.worktree);
     repo.ensure_worktree(worktree, &task.branch)?;
     let before = repo.head_sha(worktree)?;
     let pushed = repo.remote_branch_sha(&task.branch)?;
+    let validated = match &r.validated {
+        Some(v) => v.clone(),
+        None => {
+            db.write(|tx| tx.line_set_validated(task.id, &before))?;
+            before.clone()
+        }
+    };
+    let on = foreign::on_origin(repo, worktree, pushed.as_deref(), &before)?;
+    if on != OnOrigin::Ours {
+        return Ok(Build::Foreign(on));
+    }
+    if !is_validated(repo, worktree, &before, &validated, r.built.as_deref())? {
+        return Ok(Build::NotValidated(format!(
+            "merge line: {} is at {}, neither the revision validated before the line ({}) nor \
+             the line's rebase of it; deploy-staging runs again to validate it",
+            task.branch,
+            short(&before),
+            short(&validated)
+        )));
+    }
     match repo.rebase_onto(worktree, Some((tip, r.base.as_deref())))? {
         RebaseOutcome::Conflict { files } => {
             let files = files.join(", ");
@@ -570,7 +648,7 @@ fn build_one(
                 task.branch,
                 short(tip)
             ));
-            return Ok(Err(format!(
+            return Ok(Build::Conflict(format!(
                 "merge line: rebase onto {default} and the tasks ahead of it ({}) conflicts in {files}",
                 short(tip)
             )));
@@ -590,7 +668,11 @@ fn build_one(
             short(&new_head)
         )),
     }
-    db.write(|tx| tx.line_set_base(task.id, tip))?;
+    // A crash here leaves a rebase neither recorded nor pushed: the rerun
+    // finds origin's branch and the validated revision in `ORIG_HEAD`.
+    failpoint("merge_line.after_rebase");
+    let head = repo.head_sha(worktree)?;
+    db.write(|tx| tx.line_set_built(task.id, tip, &head))?;
     sync_branch(
         repo,
         worktree,
@@ -599,7 +681,30 @@ fn build_one(
         &before,
         steps,
     )?;
-    Ok(Ok(repo.head_sha(worktree)?))
+    Ok(Build::Head(head))
+}
+
+/// Whether the worktree's pre-rebase head `before` is what may land: the
+/// revision validated before the line, or the head the line's last
+/// rebase gave the branch (`built`, a rebase of a validated revision), or
+/// — after a crash between a rebase and its record — a rebase of one of
+/// them (the worktree's `ORIG_HEAD` is one of them and `before` does not
+/// descend from it: a fast-forward onto someone else's commits does).
+fn is_validated(
+    repo: &Repo,
+    worktree: &Path,
+    before: &str,
+    validated: &str,
+    built: Option<&str>,
+) -> anyhow::Result<bool> {
+    let ours = |sha: &str| sha == validated || Some(sha) == built;
+    if ours(before) {
+        return Ok(true);
+    }
+    Ok(match repo.orig_head(worktree)? {
+        Some(orig) if ours(&orig) => !repo.is_ancestor(worktree, &orig, before)?,
+        _ => false,
+    })
 }
 
 /// Runs the test command on `b`'s head (the tip of the tasks up to it),

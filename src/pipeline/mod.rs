@@ -19,6 +19,7 @@
 //! the checks in step 1 and 3 and the writes after them are one atomic step.
 
 pub mod ci;
+pub mod foreign;
 pub mod gate;
 pub mod job;
 pub mod lease;

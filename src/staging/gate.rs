@@ -18,6 +18,7 @@ use crate::ctx::Ctx;
 use crate::db::{Db, LineRow, Task};
 use crate::failpoint::failpoint;
 use crate::git::Repo;
+use crate::pipeline::foreign;
 use crate::pipeline::{self, Actor, Move, Moved, Stage, TransitionCause};
 
 /// The waivers and the settings (with `env_file`'s webhook secrets) the
@@ -56,7 +57,7 @@ fn setup(
 /// - FAIL → back to development through the transition rule, the failed
 ///   checks the reason (the next run's feedback);
 /// - INFRA → the row stays `staging`, retried after a backoff
-///   (`ORCH_MERGE_GATE_DEFER_S`, doubling); at `ORCH_MERGE_GATE_MAX_DEFERS`
+///   (`ORCH_STAGING_CHECK_INFRA_BACKOFF_S`, doubling); at `ORCH_STAGING_CHECK_MAX_INFRA`
 ///   answers the task is escalated;
 /// - a task branch whose head on origin moved since the deployer's PASS is
 ///   not validated: deploy-staging runs again on the new head (`restage`);
@@ -122,30 +123,41 @@ fn check_one(
         Ok(x) => x,
         Err(why) => {
             let why = format!("staging check not run: {why}");
-            let moved = escalate(ctx, db, task, &why)?;
+            let moved = foreign::escalate(ctx.policy(), db, task, &why)?;
             return Ok(format!("task {id}: {why}{}", lost(moved)));
         }
     };
     let head = repo.remote_branch_sha(&task.branch)?;
     if head.as_deref() != Some(rev) {
-        let reason = format!(
-            "staging check not run: branch {} is at {} on origin, not {rev} which the deployer passed",
-            task.branch,
-            head.as_deref().unwrap_or("(none)")
-        );
-        let m = Move::new(
+        // Someone else pushed to the branch: the one rule (DESIGN §7).
+        let worktree = std::path::Path::new(&task.worktree);
+        repo.ensure_worktree(worktree, &task.branch)?;
+        let ours = repo.head_sha(worktree)?;
+        let on = foreign::on_origin(repo, worktree, head.as_deref(), &ours)?;
+        let (reason, moved) = match foreign::take_out(
+            ctx.policy(),
+            db,
+            repo,
             task,
-            Stage::DeployStaging,
-            Actor::Worker,
-            TransitionCause::Restage,
-            reason.clone(),
-        );
-        let moved = db.write(|tx| {
-            let mut m = m.clone();
-            m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?.map(|j| j.id);
-            pipeline::apply(tx, ctx.policy(), &m, now_ms())
-        })?;
-        warn!(target: "gate", task = id, revision = %rev, "staging check: the head moved; deploy-staging runs again");
+            &on,
+            "staging check",
+        )? {
+            Some(out) => out,
+            // Origin lost the head (deleted, or set back to an ancestor):
+            // deploy-staging runs again and its push restores it.
+            None => {
+                let reason = format!(
+                    "staging check not run: branch {} is at {} on origin, not {rev} which the deployer passed",
+                    task.branch,
+                    head.as_deref().unwrap_or("(none)")
+                );
+                (
+                    reason.clone(),
+                    foreign::restage(ctx.policy(), db, task, &reason)?,
+                )
+            }
+        };
+        warn!(target: "gate", task = id, revision = %rev, "staging check: the head moved; out of the line");
         return Ok(format!("task {id}: {reason}{}", lost(moved)));
     }
     let target = Target {
@@ -217,9 +229,9 @@ fn check_one(
             Status::Infra => {
                 let reason = format!("staging-check INFRA on {rev}: {}", not_passed.join("; "));
                 tx.bump_counter("merge_gate.deferred_total", 1)?;
-                if row.staging_defers >= s.merge_gate_max_defers as i64 {
+                if row.staging_defers >= s.staging_max_infra as i64 {
                     let why = format!(
-                        "staging check deferred {} times (ORCH_MERGE_GATE_MAX_DEFERS): {reason}",
+                        "staging check deferred {} times (ORCH_STAGING_CHECK_MAX_INFRA): {reason}",
                         row.staging_defers
                     );
                     let mut m = Move::new(
@@ -234,7 +246,7 @@ fn check_one(
                     pipeline::apply(tx, ctx.policy(), &m, now)?;
                     return Ok(format!("task {id}: {why}; escalated"));
                 }
-                let base_ms = s.merge_gate_defer_s as i64 * 1000;
+                let base_ms = s.staging_infra_backoff_s as i64 * 1000;
                 let at = now + backoff_ms(base_ms, base_ms << 4, row.staging_defers, None);
                 tx.line_staging_defer(id, row.staging_defers + 1, at, &reason, now)?;
                 format!(
@@ -246,24 +258,6 @@ fn check_one(
         })
     })?;
     Ok(line)
-}
-
-/// Escalates `task` (still at deploy-staging) with `why`, in one
-/// transaction.
-fn escalate(ctx: &Ctx, db: &Db, task: &Task, why: &str) -> anyhow::Result<Moved> {
-    let mut m = Move::new(
-        task,
-        Stage::DeployStaging,
-        Actor::Worker,
-        TransitionCause::JobFailed,
-        why,
-    );
-    m.escalate = Some(why.to_string());
-    db.write(|tx| {
-        let mut m = m.clone();
-        m.cause_job = tx.latest_job_at(task, Stage::DeployStaging)?.map(|j| j.id);
-        pipeline::apply(tx, ctx.policy(), &m, now_ms())
-    })
 }
 
 /// `" (the task moved meanwhile)"` when `moved` was lost.
