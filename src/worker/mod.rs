@@ -649,16 +649,7 @@ fn run_detached(
         info!(target: "worker", job = job.id, supervisor = started.supervisor.pid, agent = started.agent.pid, "agent started detached");
         let watched = follow(ctx, db, job, &paths, &handle, &mut watch)?;
         if let Watched::Exited(e) = &watched {
-            let refused = resume_refused(
-                db,
-                job,
-                facts.kind,
-                facts.resumed.as_deref(),
-                &facts.log_path,
-                facts.log_from,
-                &e.outcome()?,
-            )?;
-            if refused {
+            if refused(db, job, &facts, e)? {
                 refusals += 1;
                 detached::set_aside(&paths, &format!("refused{refusals}"))?;
                 let brief = rebrief()?;
@@ -670,6 +661,20 @@ fn run_detached(
         }
         return settle(ctx, db, job, facts, watched, false);
     }
+}
+
+/// Whether the detached run described by `facts` that ended as `e` was a
+/// resume the CLI refused ([`resume_refused`]: the session is forgotten).
+fn refused(db: &Db, job: &Job, facts: &RunFacts, e: &detached::Exited) -> anyhow::Result<bool> {
+    resume_refused(
+        db,
+        job,
+        facts.kind,
+        facts.resumed.as_deref(),
+        &facts.log_path,
+        facts.log_from,
+        &e.outcome()?,
+    )
 }
 
 /// Why a watch ended.
@@ -748,15 +753,7 @@ fn settle(
                 // An adopter does not start the run again: a resume the
                 // CLI refused only forgets the session, and the run is
                 // recorded as it ended (the next claim starts fresh).
-                resume_refused(
-                    db,
-                    job,
-                    facts.kind,
-                    facts.resumed.as_deref(),
-                    &facts.log_path,
-                    facts.log_from,
-                    &e.outcome()?,
-                )?;
+                refused(db, job, &facts, &e)?;
             }
             let ended = Ended {
                 outcome: e.outcome()?,
