@@ -212,6 +212,45 @@ fn an_orch_binary_replaced_mid_run_and_its_worker_killed_leaves_the_run_to_finis
     assert_each_analysis_ran_once(&sbx, &file, 1);
 }
 
+/// Under bubblewrap the run's end carries the clone view over: the
+/// adopter reads it from the run's spec.
+#[test]
+fn a_sandboxed_run_adopted_by_the_reaper_has_its_work_pushed() {
+    let mut sbx = Sandbox::new_in(Path::new("/var/tmp/orch-tests"));
+    sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0")
+        .set("ORCH_AGENT_SANDBOX", "bwrap");
+    sbx.add_issue("sandboxed");
+    let mut worker = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", "2")]);
+    wait_until(30, "the detached run started", || {
+        detached_running(&sbx) == 1
+    });
+    kill9(worker.id());
+    worker.wait().unwrap();
+    wait_until(30, "the run's exit record", || {
+        exit_record(&sbx, 1).exists()
+    });
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sbx.state_dir().join("logs/job1-e1.spec")).unwrap())
+            .unwrap();
+    assert_eq!(spec["run"]["argv"][0], "bwrap", "{spec}");
+    assert!(spec["facts"]["clone_view"].is_object(), "{spec}");
+    let done = sbx.json(&["reap"]);
+    assert_eq!(
+        done["actions"][0]["result"], "adopted (agent exited 0): advanced analysis → architecture",
+        "{done}"
+    );
+    let analysis = sbx.origin_git(&["show", "orch/widget-1:docs/work-items/1/analysis.md"]);
+    assert!(
+        !analysis.is_empty(),
+        "the adopted run's work reached origin"
+    );
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM agent_runs WHERE adopted=1 AND runner='supervisor'"),
+        1
+    );
+    sbx.check_invariants();
+}
+
 #[test]
 fn sigterm_to_a_worker_leaves_its_detached_run_going_and_a_later_tick_adopts_it() {
     use std::os::unix::process::ExitStatusExt;

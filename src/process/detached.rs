@@ -369,7 +369,9 @@ pub fn start<T: Serialize>(
         .with_context(|| format!("opening {}", paths.runner_log.display()))?;
     let log2 = log.try_clone()?;
     let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg("run-agent")
+    // `ps` shows `orch run-agent --spec …` (the program is this binary).
+    cmd.arg0("orch")
+        .arg("run-agent")
         .arg("--spec")
         .arg(&paths.spec)
         .current_dir("/")
@@ -431,6 +433,7 @@ pub fn run_agent_command(spec: &Path, supervise_it: bool) -> anyhow::Result<()> 
         return supervise(spec);
     }
     Command::new("/proc/self/exe")
+        .arg0("orch")
         .arg("run-agent")
         .arg("--spec")
         .arg(spec)
