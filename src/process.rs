@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 pub mod detached;
+pub mod systemd;
 
 /// How often the wait loops poll (`try_wait`, group membership).
 const POLL: Duration = Duration::from_millis(50);

@@ -70,7 +70,8 @@ pub fn use_bwrap(settings: &Settings, child: Child) -> anyhow::Result<bool> {
 /// The base every confined child shares, for a child working in
 /// `worktree` of the shared clone `clone`: the filesystem read-only, a
 /// private `/tmp`, its own pid namespace ([`Confinement::wrap`]); hidden:
-/// orch's state directory, the database files (`-wal`, `-shm`, `-journal`
+/// orch's state directory, the service managers' sockets
+/// ([`manager_dirs`]), the database files (`-wal`, `-shm`, `-journal`
 /// too) wherever they are, every `.env` from orch's working directory up,
 /// the paths [`hidden_paths`] names (secrets file, credentials
 /// directory, `ORCH_AGENT_SANDBOX_HIDE`); bound back: the clone read-only,
@@ -86,6 +87,7 @@ pub fn confinement(settings: &Settings, clone: &Path, worktree: &Path) -> Confin
         hidden_files.extend(cwd.ancestors().map(|d| d.join(".env")));
     }
     let mut hidden_dirs = vec![abs(&settings.state_dir)];
+    hidden_dirs.extend(manager_dirs(std::env::var_os("XDG_RUNTIME_DIR")));
     for p in hidden_paths(settings, std::env::var_os("CREDENTIALS_DIRECTORY")) {
         if p.is_dir() {
             hidden_dirs.push(p);
@@ -102,6 +104,23 @@ pub fn confinement(settings: &Settings, clone: &Path, worktree: &Path) -> Confin
         writable,
         overlays: vec![],
     }
+}
+
+/// The folders that hold the sockets of every user's service manager and
+/// session bus: `/run/user` (`/run/user/<uid>/systemd/private`, `…/bus`)
+/// and `runtime_dir` (`$XDG_RUNTIME_DIR`) when it is absolute and
+/// elsewhere. Hidden from every confined child: orch starts agent runs as
+/// units of its user's manager (`process::systemd`), and a child that
+/// reached that manager could start a unit of its own, as orch and outside
+/// its sandbox — with orch's state, database and worktrees in reach.
+pub fn manager_dirs(runtime_dir: Option<std::ffi::OsString>) -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/run/user")];
+    dirs.extend(
+        runtime_dir
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute() && !p.starts_with("/run/user")),
+    );
+    dirs
 }
 
 /// The paths hidden beyond orch's own state: [`SECRETS_FILE`], the
@@ -184,6 +203,26 @@ mod tests {
             hidden_paths(&s, Some("".into())),
             [SECRETS_FILE, "/srv/a.key", "/srv/keys"].map(PathBuf::from)
         );
+    }
+
+    #[test]
+    fn the_service_managers_sockets_are_hidden() {
+        assert_eq!(manager_dirs(None), [PathBuf::from("/run/user")]);
+        assert_eq!(
+            manager_dirs(Some("/run/user/995".into())),
+            [PathBuf::from("/run/user")]
+        );
+        assert_eq!(
+            manager_dirs(Some("/var/tmp/xdg".into())),
+            ["/run/user", "/var/tmp/xdg"].map(PathBuf::from)
+        );
+        assert_eq!(
+            manager_dirs(Some("relative".into())),
+            [PathBuf::from("/run/user")]
+        );
+        let s = settings(&[]);
+        let c = confinement(&s, Path::new("/c"), Path::new("/w"));
+        assert!(c.hidden_dirs.contains(&PathBuf::from("/run/user")), "{c:?}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::util::Sandbox;
 mod admin_listener;
 mod git_metadata;
 mod secrets_file;
+mod service_manager;
 mod session_id;
 mod test_script;
 mod verdict_path;
