@@ -353,14 +353,7 @@ pub fn start<T: Serialize>(
     paths: &Paths,
     wait: Duration,
 ) -> anyhow::Result<Started> {
-    if paths.started.exists() || paths.exit.exists() {
-        bail!(
-            "{} or {} exists already: this claim was started before",
-            paths.started.display(),
-            paths.exit.display()
-        );
-    }
-    write_json_atomic(&paths.spec, spec)?;
+    write_new_spec(spec, paths)?;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -396,6 +389,68 @@ pub fn start<T: Serialize>(
             tail(&paths.runner_log)
         );
     }
+    wait_started(spec, paths, wait)
+}
+
+/// [`start`] in a transient systemd unit of orch's own user manager
+/// ([`super::systemd`], unit `orch-run-job<N>-e<E>.service`): the unit runs
+/// the supervisor itself (`orch run-agent --spec FILE --supervise`, the
+/// binary at [`super::systemd::this_binary`]), with `env` set in the unit
+/// (the manager's environment is not the worker's), its output appended to
+/// `paths.runner_log`, and stopped by the manager at `runtime_max` at the
+/// latest. The records, and so the liveness and adoption, are the
+/// supervisor's.
+///
+/// Errors: those of [`start`]; the unit cannot be started.
+pub fn start_unit<T: Serialize>(
+    spec: &Spec<T>,
+    paths: &Paths,
+    env: Vec<(String, String)>,
+    runtime_max: Duration,
+    wait: Duration,
+) -> anyhow::Result<Started> {
+    use super::systemd;
+    let unit = systemd::UnitName::for_run(spec.job_id, spec.epoch).map_err(anyhow::Error::msg)?;
+    write_new_spec(spec, paths)?;
+    let program = systemd::this_binary()?;
+    let unit_spec = systemd::UnitSpec {
+        unit,
+        argv: vec![
+            program.to_string_lossy().into_owned(),
+            "run-agent".into(),
+            "--spec".into(),
+            paths.spec.to_string_lossy().into_owned(),
+            "--supervise".into(),
+        ],
+        env,
+        cwd: PathBuf::from("/"),
+        output: Some(paths.runner_log.clone()),
+        runtime_max,
+        stop_grace: Duration::from_millis(spec.run.kill_grace.as_millis() as u64 * 2),
+    };
+    systemd::start_transient(&unit_spec)?;
+    wait_started(spec, paths, wait)
+}
+
+/// Writes `spec` to `paths.spec` (mode 0600) for a claim never started.
+///
+/// Errors: records of this claim exist already; the write fails.
+fn write_new_spec<T: Serialize>(spec: &Spec<T>, paths: &Paths) -> anyhow::Result<()> {
+    if paths.started.exists() || paths.exit.exists() {
+        bail!(
+            "{} or {} exists already: this claim was started before",
+            paths.started.display(),
+            paths.exit.display()
+        );
+    }
+    write_json_atomic(&paths.spec, spec)
+}
+
+/// Waits up to `wait` for the supervisor's start record of `spec`'s run.
+///
+/// Errors: the agent could not be spawned (the `not_started` record's
+/// error); no record within `wait`; a record of another claim.
+fn wait_started<T>(spec: &Spec<T>, paths: &Paths, wait: Duration) -> anyhow::Result<Started> {
     let deadline = Instant::now() + wait;
     loop {
         if paths.started.exists() {

@@ -436,7 +436,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
         Ok(brief)
     };
     if how != AgentRunner::Child {
-        return run_detached(ctx, db, job, &runner, spec, facts, rebrief);
+        return run_detached(ctx, db, job, how, &runner, spec, facts, rebrief);
     }
     db.write(|tx| tx.set_job_run(job.id, job.epoch, "child", None))?;
     let mut agent_pid = None;
@@ -548,25 +548,51 @@ struct Ended {
     adopted: bool,
 }
 
-/// The runner of this run (`ORCH_AGENT_RUNNER`; `auto` is `supervisor`
-/// until the systemd runner's probe is wired in). An ACP agent is talked
-/// to over its stdin and stdout, so it always runs as the worker's child.
+/// The runner of this run (`ORCH_AGENT_RUNNER`; `auto`: `systemd` where
+/// [`process::systemd::probe`] passes, else `supervisor`). An ACP agent is
+/// talked to over its stdin and stdout, so it always runs as the worker's
+/// child.
 ///
-/// Errors: [`crate::error::Error::Config`] for `systemd`, which this build
-/// cannot start yet.
+/// Errors: [`crate::error::Error::Config`] for `systemd` where its probe
+/// fails (its reason).
 fn runner_of(ctx: &Ctx, kind: crate::config::AgentKind) -> anyhow::Result<AgentRunner> {
     if kind == crate::config::AgentKind::Acp {
         return Ok(AgentRunner::Child);
     }
     match ctx.settings.agent_runner {
+        AgentRunner::Auto if process::systemd::probe().is_ok() => Ok(AgentRunner::Systemd),
         AgentRunner::Auto | AgentRunner::Supervisor => Ok(AgentRunner::Supervisor),
         AgentRunner::Child => Ok(AgentRunner::Child),
-        AgentRunner::Systemd => Err(crate::error::Error::config(
-            "ORCH_AGENT_RUNNER",
-            "systemd: the transient-unit runner is not wired in this build; use supervisor or auto",
-        )
-        .into()),
+        AgentRunner::Systemd => match process::systemd::probe() {
+            Ok(()) => Ok(AgentRunner::Systemd),
+            Err(why) => Err(crate::error::Error::config(
+                "ORCH_AGENT_RUNNER",
+                format!("systemd: {why}"),
+            )
+            .into()),
+        },
     }
+}
+
+/// What a run unit's environment gets from the worker's (the unit starts
+/// in its manager's environment, not the worker's): every variable the
+/// agent would inherit — not `ORCH_*`, nothing named like a secret
+/// (`process::systemd` refuses those: they stay in the spec, 0600), no
+/// value with a newline.
+fn unit_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, v)| {
+            !k.starts_with("ORCH_")
+                && !["_SECRET", "_TOKEN", "_KEY", "_PASSWORD"]
+                    .iter()
+                    .any(|s| k.ends_with(s))
+                && k.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !v.contains('\n')
+        })
+        .collect()
 }
 
 /// The per-tick work of a worker while a run goes: the heartbeat at
@@ -605,10 +631,12 @@ const WATCH_ALIVE_EVERY: Duration = Duration::from_secs(1);
 ///
 /// Errors: the run cannot be started (a set-up failure of the job);
 /// database errors; those of [`follow`] and [`settle`].
+#[allow(clippy::too_many_arguments)]
 fn run_detached(
     ctx: &Ctx,
     db: &Db,
     job: &Job,
+    how: AgentRunner,
     runner: &Runner,
     mut spec: RunSpec,
     mut facts: RunFacts,
@@ -617,7 +645,11 @@ fn run_detached(
     let paths = Paths::new(&ctx.settings.logs_dir(), job.id, job.epoch);
     // The runner first: a worker that dies while starting the run leaves a
     // job whose run any tick finds (by its files) and judges.
-    if !db.write(|tx| tx.set_job_run(job.id, job.epoch, "supervisor", None))? {
+    let runner_name = match how {
+        AgentRunner::Systemd => "systemd",
+        _ => "supervisor",
+    };
+    if !db.write(|tx| tx.set_job_run(job.id, job.epoch, runner_name, None))? {
         return Ok(RunEnd::Lost);
     }
     let mut refusals = 0;
@@ -625,7 +657,15 @@ fn run_detached(
         let mut watch = Watch::from_end(facts.kind, &facts.log_path);
         facts.log_from = watch.start();
         let dspec = detached::Spec::new(runner.wrapped(&spec)?, job.id, job.epoch, &paths, &facts);
-        let started = detached::start(&dspec, &paths, DETACHED_START_WAIT)?;
+        let started = if how == AgentRunner::Systemd {
+            // The manager stops the unit at the latest well after the
+            // supervisor's own timeout and grace.
+            let grace = Duration::from_secs(ctx.settings.kill_grace_s);
+            let runtime_max = spec.timeout + grace * 2 + Duration::from_secs(60);
+            detached::start_unit(&dspec, &paths, unit_env(), runtime_max, DETACHED_START_WAIT)?
+        } else {
+            detached::start(&dspec, &paths, DETACHED_START_WAIT)?
+        };
         let handle = started.handle();
         let ours = db.write(|tx| {
             tx.set_job_agent(
@@ -635,7 +675,7 @@ fn run_detached(
                 started.agent.start_time as i64,
                 facts.timeout_s as i64,
             )?;
-            tx.set_job_run(job.id, job.epoch, "supervisor", Some(&handle))
+            tx.set_job_run(job.id, job.epoch, runner_name, Some(&handle))
         })?;
         if !ours {
             warn!(target: "worker", job = job.id, "job was taken from this worker as its run started; stopping the run");
@@ -646,7 +686,7 @@ fn run_detached(
             );
             return Ok(RunEnd::Lost);
         }
-        info!(target: "worker", job = job.id, supervisor = started.supervisor.pid, agent = started.agent.pid, "agent started detached");
+        info!(target: "worker", job = job.id, runner = runner_name, supervisor = started.supervisor.pid, agent = started.agent.pid, "agent started detached");
         let watched = follow(ctx, db, job, &paths, &handle, &mut watch)?;
         if let Watched::Exited(e) = &watched {
             if refused(db, job, &facts, e)? {
