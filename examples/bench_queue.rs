@@ -41,6 +41,33 @@
 //! "raw": {…}, "ratio": orch cycles/s ÷ raw cycles/s, …}`.
 //!
 //! It measures; it asserts no time.
+//!
+//! ## PostgreSQL (issue 25)
+//!
+//! ```sh
+//! scripts/pg-cluster start /tmp/orch-pg    # prints the URL
+//! cargo run --release --example bench_queue -- --postgres URL [--n 1000] [--rounds 3] [--procs 1,2,4]
+//! ```
+//!
+//! With `--postgres URL` the run measures the **raw PostgreSQL ceiling**
+//! only: orch has no PostgreSQL backend yet, so there is no orch side and
+//! no ratio (the line says so). In a schema of its own (`orch_bench_raw_<pid>`,
+//! dropped at the end) it builds the same minimal tables as the raw SQLite
+//! side, enqueues N tasks (one transaction each), then starts P worker
+//! processes (this example again, `--pg-worker`), each with one
+//! connection, released together; each loops claim+complete until the
+//! queue is empty. A claim is one transaction holding `UPDATE jobs … WHERE
+//! id = (SELECT id … ORDER BY available_at_ms, id LIMIT 1 FOR UPDATE SKIP
+//! LOCKED) RETURNING …`; a complete is one transaction marking the job
+//! done, moving the task and inserting the next stage's job: the same
+//! 7 cycles and 14 commits per task as on SQLite. Durable: every session
+//! sets `synchronous_commit = on` and the run refuses a server with
+//! `fsync` off. Per P, the figure is the cycles (claims) per second of wall
+//! time from the release to the last worker's end; after each drain the
+//! run checks every task done and every job claimed exactly once (a
+//! `claims` counter). The last line is JSON: `{"postgres": {"server",
+//! "fsync", "synchronous_commit", "wal_sync_method", "cycles", "procs":
+//! {"1": {"cycles_per_s", "enqueue_per_s", …}, …}}, "orch": null, …}`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -61,6 +88,12 @@ struct Args {
     rounds: usize,
     keep: bool,
     profile: bool,
+    /// `--postgres URL`: the raw PostgreSQL ceiling instead.
+    postgres: Option<String>,
+    /// Worker processes per PostgreSQL drain (`--procs 1,2,4`).
+    procs: Vec<usize>,
+    /// `--pg-worker URL SCHEMA`: this process is one of the drain's workers.
+    pg_worker: Option<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -70,6 +103,9 @@ fn parse_args() -> anyhow::Result<Args> {
         rounds: 1,
         keep: false,
         profile: false,
+        postgres: None,
+        procs: vec![1, 2, 4],
+        pg_worker: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,6 +126,21 @@ fn parse_args() -> anyhow::Result<Args> {
             }
             "--keep" => a.keep = true,
             "--profile" => a.profile = true,
+            "--postgres" => a.postgres = Some(value("--postgres")?),
+            "--procs" => {
+                let v = value("--procs")?;
+                a.procs = v
+                    .split(',')
+                    .map(|p| p.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .ok()
+                    .filter(|p: &Vec<usize>| !p.is_empty() && !p.contains(&0))
+                    .with_context(|| format!("--procs: not a list of positive numbers: {v:?}"))?;
+            }
+            "--pg-worker" => {
+                let url = value("--pg-worker")?;
+                a.pg_worker = Some((url, value("--pg-worker")?));
+            }
             "-h" | "--help" => {
                 println!(
                     "usage: bench_queue [--db PATH] [--n 1000] [--rounds 1] [--keep] [--profile]\n\
@@ -100,7 +151,10 @@ fn parse_args() -> anyhow::Result<Args> {
                      --keep: keep the last round's databases\n\
                      --profile: no timing; count the WAL frames and statements of each claim\n\
                      \x20          and complete transaction (checkpoints off), print the\n\
-                     \x20          statements of one claim and one complete with their query plans"
+                     \x20          statements of one claim and one complete with their query plans\n\
+                     --postgres URL: the raw PostgreSQL claim+complete ceiling instead (orch has\n\
+                     \x20          no PostgreSQL backend yet): N tasks drained by each number of\n\
+                     \x20          worker processes in --procs (default 1,2,4), R rounds, medians"
                 );
                 std::process::exit(0);
             }
@@ -626,6 +680,328 @@ fn profile(path: &Path, raw_path: &Path, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ------------------------------------------------------------ postgres
+
+/// The raw PostgreSQL side's tables: the raw SQLite side's, with a
+/// `claims` counter per job (every claim adds one; the check after a drain
+/// wants exactly one) and the queue index ending in `id` so the claim's
+/// `ORDER BY available_at_ms, id` is read from it in order (SQLite's index
+/// holds the rowid anyway).
+const PG_SCHEMA: &str = "
+DROP TABLE IF EXISTS jobs, tasks;
+CREATE TABLE tasks (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title TEXT NOT NULL,
+                    stage BIGINT NOT NULL, version BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);
+CREATE TABLE jobs (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, task_id BIGINT NOT NULL,
+                   stage BIGINT NOT NULL, status TEXT NOT NULL, available_at_ms BIGINT NOT NULL,
+                   worker_pid BIGINT, claimed_at_ms BIGINT, finished_at_ms BIGINT,
+                   claims BIGINT NOT NULL DEFAULT 0);
+CREATE INDEX jobs_status ON jobs(status, available_at_ms, id);
+";
+
+const PG_CLAIM: &str = "UPDATE jobs SET status='running', worker_pid=$2, claimed_at_ms=$1, \
+     claims=claims+1 WHERE id = (SELECT id FROM jobs WHERE status='queued' AND available_at_ms<=$1 \
+     ORDER BY available_at_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, task_id, stage";
+
+/// Connects to `url` with `synchronous_commit = on` (whatever the server's
+/// default) and `search_path` set to `schema` when given.
+fn pg_connect(url: &str, schema: Option<&str>) -> anyhow::Result<postgres::Client> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls)
+        .with_context(|| format!("connecting to {url}"))?;
+    client.batch_execute("SET synchronous_commit = on")?;
+    if let Some(s) = schema {
+        client.batch_execute(&format!("SET search_path = {s}"))?;
+    }
+    Ok(client)
+}
+
+/// One worker's connection and prepared statements.
+struct PgRaw {
+    client: postgres::Client,
+    claim: postgres::Statement,
+    done: postgres::Statement,
+    advance: postgres::Statement,
+    next: postgres::Statement,
+    pid: i64,
+}
+
+impl PgRaw {
+    fn open(url: &str, schema: &str) -> anyhow::Result<PgRaw> {
+        let mut client = pg_connect(url, Some(schema))?;
+        let claim = client.prepare(PG_CLAIM)?;
+        let done = client.prepare(
+            "UPDATE jobs SET status='done', finished_at_ms=$2 WHERE id=$1 AND status='running'",
+        )?;
+        let advance = client.prepare(
+            "UPDATE tasks SET stage=stage+1, version=version+1, updated_at_ms=$3 \
+             WHERE id=$1 AND stage=$2",
+        )?;
+        let next = client.prepare(
+            "INSERT INTO jobs (task_id, stage, status, available_at_ms) VALUES ($1, $2, 'queued', $3)",
+        )?;
+        Ok(PgRaw {
+            client,
+            claim,
+            done,
+            advance,
+            next,
+            pid: std::process::id() as i64,
+        })
+    }
+
+    /// Transaction 1: claims the oldest queued job, `None` when none is.
+    fn claim(&mut self) -> anyhow::Result<Option<Claimed>> {
+        let mut tx = self.client.transaction()?;
+        let row = tx.query_opt(&self.claim, &[&orch::clock::now_ms(), &self.pid])?;
+        tx.commit()?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
+    /// Transaction 2: the job done, the task moved, the next stage's job.
+    fn complete(&mut self, (job, task, stage): Claimed) -> anyhow::Result<()> {
+        let mut tx = self.client.transaction()?;
+        let at = orch::clock::now_ms();
+        let n = tx.execute(&self.done, &[&job, &at])?;
+        ensure!(n == 1, "raw job {job} was not running");
+        tx.execute(&self.advance, &[&task, &stage, &at])?;
+        if stage + 1 < CYCLES_PER_TASK as i64 {
+            tx.execute(&self.next, &[&task, &(stage + 1), &at])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// `--pg-worker URL SCHEMA`: connect, say `ready`, wait for `go` on stdin,
+/// drain the queue, print `{"cycles", "claim_s", "complete_s"}`.
+fn pg_worker(url: &str, schema: &str) -> anyhow::Result<()> {
+    use std::io::{BufRead, Write};
+    let mut w = PgRaw::open(url, schema)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()?;
+    let mut go = String::new();
+    std::io::stdin().lock().read_line(&mut go)?;
+    ensure!(go.trim() == "go", "expected go on stdin, got {go:?}");
+    let mut f = Figures::default();
+    loop {
+        let t = Instant::now();
+        let claimed = w.claim()?;
+        f.claim += t.elapsed();
+        let Some(c) = claimed else { break };
+        let t = Instant::now();
+        w.complete(c)?;
+        f.complete += t.elapsed();
+        f.cycles += 1;
+    }
+    writeln!(
+        out,
+        "{}",
+        json!({"cycles": f.cycles, "claim_s": f.claim.as_secs_f64(), "complete_s": f.complete.as_secs_f64()})
+    )?;
+    Ok(())
+}
+
+/// One drain with `procs` worker processes on freshly built tables in
+/// `schema` (`admin`'s `search_path`): the
+/// enqueue time (this process) and the workers' summed figures, `drain`
+/// being the wall time from their release to the last one's report.
+fn pg_round(
+    admin: &mut postgres::Client,
+    url: &str,
+    schema: &str,
+    n: usize,
+    procs: usize,
+) -> anyhow::Result<Figures> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    admin.batch_execute(PG_SCHEMA)?;
+    let mut f = Figures::default();
+    let mut q = PgRaw::open(url, schema)?;
+    let add_task = q.client.prepare(
+        "INSERT INTO tasks (title, stage, version, updated_at_ms) VALUES ($1, 0, 1, $2) RETURNING id",
+    )?;
+    let t = Instant::now();
+    for i in 1..=n {
+        let mut tx = q.client.transaction()?;
+        let at = orch::clock::now_ms();
+        let task: i64 = tx
+            .query_one(&add_task, &[&format!("Work item {i}"), &at])?
+            .get(0);
+        tx.execute(&q.next, &[&task, &0i64, &at])?;
+        tx.commit()?;
+    }
+    f.enqueue = t.elapsed();
+    // Statistics for the planner, as autovacuum would gather them on a live
+    // queue; without them a fresh table's claim may not use the index.
+    admin.batch_execute("ANALYZE tasks; ANALYZE jobs")?;
+    drop(q);
+
+    let exe = std::env::current_exe()?;
+    let mut workers = Vec::new();
+    for _ in 0..procs {
+        let mut child = Command::new(&exe)
+            .args(["--pg-worker", url, schema])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a worker process")?;
+        let mut out = BufReader::new(child.stdout.take().context("worker stdout")?);
+        let mut ready = String::new();
+        out.read_line(&mut ready)?;
+        ensure!(ready.trim() == "ready", "a worker did not start: {ready:?}");
+        workers.push((child, out));
+    }
+    let t = Instant::now();
+    for (child, _) in &mut workers {
+        writeln!(child.stdin.as_mut().context("worker stdin")?, "go")?;
+    }
+    for (_, out) in &mut workers {
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let v: serde_json::Value = serde_json::from_str(line.trim())
+            .with_context(|| format!("a worker's report: {line:?}"))?;
+        f.cycles += v["cycles"].as_u64().unwrap_or(0) as usize;
+        f.claim += Duration::from_secs_f64(v["claim_s"].as_f64().unwrap_or(0.0));
+        f.complete += Duration::from_secs_f64(v["complete_s"].as_f64().unwrap_or(0.0));
+    }
+    f.drain = t.elapsed();
+    for (mut child, _) in workers {
+        let status = child.wait()?;
+        ensure!(status.success(), "a worker failed: {status}");
+    }
+    let count = |admin: &mut postgres::Client, sql: &str| -> anyhow::Result<usize> {
+        Ok(admin.query_one(sql, &[])?.get::<_, i64>(0) as usize)
+    };
+    f.done = count(
+        admin,
+        &format!("SELECT COUNT(*) FROM tasks WHERE stage={CYCLES_PER_TASK}"),
+    )?;
+    let jobs = count(admin, "SELECT COUNT(*) FROM jobs")?;
+    let twice = count(admin, "SELECT COUNT(*) FROM jobs WHERE claims<>1")?;
+    ensure!(
+        f.done == n && jobs == n * CYCLES_PER_TASK && f.cycles == jobs && twice == 0,
+        "{procs} worker(s): {} of {n} tasks done, {} cycles, {jobs} jobs, {twice} not claimed exactly once",
+        f.done,
+        f.cycles
+    );
+    Ok(f)
+}
+
+/// `--postgres URL`: the raw ceiling with each number of worker processes.
+fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
+    let mut admin = pg_connect(url, None)?;
+    let show = |c: &mut postgres::Client, what: &str| -> anyhow::Result<String> {
+        Ok(c.query_one(&format!("SHOW {what}"), &[])?.get(0))
+    };
+    let server = show(&mut admin, "server_version")?;
+    let fsync = show(&mut admin, "fsync")?;
+    let sync_commit = show(&mut admin, "synchronous_commit")?;
+    let wal_sync = show(&mut admin, "wal_sync_method")?;
+    ensure!(
+        fsync == "on",
+        "the server runs with fsync={fsync}: its figures would not be durable ones"
+    );
+    ensure!(
+        sync_commit == "on",
+        "synchronous_commit is {sync_commit} after setting it on"
+    );
+    let schema = format!("orch_bench_raw_{}", std::process::id());
+    println!(
+        "raw PostgreSQL queue benchmark: {} tasks x {CYCLES_PER_TASK} claim+complete cycles, \
+         {} round(s), worker processes {:?}, build {}",
+        args.n,
+        args.rounds,
+        args.procs,
+        if cfg!(debug_assertions) {
+            "debug (numbers are not representative)"
+        } else {
+            "release"
+        }
+    );
+    println!(
+        "server {server}: fsync={fsync}, synchronous_commit={sync_commit} (set by each session), \
+         wal_sync_method={wal_sync}; schema {schema}"
+    );
+    println!("orch has no PostgreSQL backend yet: raw figures only, no orch side and no ratio");
+    admin.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; SET search_path = {schema}"
+    ))?;
+    let run = |admin: &mut postgres::Client| -> anyhow::Result<Vec<(usize, Vec<Figures>)>> {
+        let mut by: Vec<(usize, Vec<Figures>)> =
+            args.procs.iter().map(|&p| (p, Vec::new())).collect();
+        for r in 1..=args.rounds {
+            for (p, figures) in &mut by {
+                let f = pg_round(admin, url, &schema, args.n, *p)?;
+                println!("round {r}, {p} worker process(es):");
+                line("raw", args.n, &f);
+                figures.push(f);
+            }
+        }
+        // The claim's plan on the last drained tables (analysed): it should
+        // read the queue index, not scan the queue.
+        let plan: Vec<String> = admin
+            .query(&format!("EXPLAIN {PG_CLAIM}"), &[&0i64, &0i64])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        println!("claim plan:\n  {}", plan.join("\n  "));
+        Ok(by)
+    };
+    let by = run(&mut admin);
+    let dropped = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
+    let by = by?;
+    dropped?;
+    let one = by
+        .iter()
+        .find(|(p, _)| *p == 1)
+        .map(|(_, f)| median(f.iter().map(Figures::cycles_per_s).collect()));
+    let mut procs = serde_json::Map::new();
+    for (p, figures) in &by {
+        let cps = median(figures.iter().map(Figures::cycles_per_s).collect());
+        let per = |d: fn(&Figures) -> Duration| {
+            median(
+                figures
+                    .iter()
+                    .map(|f| d(f).as_secs_f64() * 1e3 / f.cycles.max(1) as f64)
+                    .collect(),
+            )
+        };
+        let claim_ms = per(|f| f.claim);
+        let complete_ms = per(|f| f.complete);
+        println!(
+            "{p} worker process(es): median {cps:.0} cycles/s{} (claim tx {claim_ms:.3} ms, \
+             complete tx {complete_ms:.3} ms per cycle and process)",
+            one.map_or(String::new(), |o| format!(", {:.2}x one process", cps / o))
+        );
+        procs.insert(
+            p.to_string(),
+            json!({
+                "cycles_per_s": cps,
+                "enqueue_per_s": median(figures.iter().map(|f| f.enqueue_per_s(args.n)).collect()),
+                "drain_s": median(figures.iter().map(|f| f.drain.as_secs_f64()).collect()),
+                "claim_tx_ms": claim_ms,
+                "complete_tx_ms": complete_ms,
+            }),
+        );
+    }
+    let report = json!({
+        "postgres": {
+            "server": server,
+            "fsync": fsync,
+            "synchronous_commit": sync_commit,
+            "wal_sync_method": wal_sync,
+            "tasks": args.n,
+            "cycles": args.n * CYCLES_PER_TASK,
+            "rounds": args.rounds,
+            "procs": procs,
+        },
+        "orch": null,
+        "note": "orch has no PostgreSQL backend yet: raw figures only",
+    });
+    println!("{report}");
+    Ok(())
+}
+
 // ------------------------------------------------------------ report
 
 fn remove_db(path: &Path) {
@@ -663,6 +1039,12 @@ fn line(label: &str, n: usize, f: &Figures) {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    if let Some((url, schema)) = &args.pg_worker {
+        return pg_worker(url, schema);
+    }
+    if let Some(url) = &args.postgres {
+        return pg_main(&args, url);
+    }
     let temp = match &args.db {
         Some(_) => None,
         None => {

@@ -6,7 +6,8 @@
 //! transitions form a legal path with consecutive versions that ends at
 //! the task's stage; no two jobs for one (task, stage, version); at most one
 //! queued-or-running job per task; no running job whose worker is gone
-//! (meaningful after a `reap`); every delivery processed, retryable or
+//! (meaningful after a `reap`; a detached run whose supervisor lives
+//! counts as watched); every delivery processed, retryable or
 //! dead-lettered with its reason; every outbox message pending, delivered
 //! or dead with its reason; a task the merge line landed left
 //! deploy-staging, and a batched one has its batch and position.
@@ -165,10 +166,18 @@ pub fn run(
             );
         }
         for j in jobs.iter().filter(|j| j.status == JobStatus::Running) {
-            let alive = match (&j.worker_host, j.worker_pid, j.worker_start_time) {
+            let watched = match (&j.worker_host, j.worker_pid, j.worker_start_time) {
                 (Some(h), Some(p), Some(s)) => live_worker(h, p, s),
                 _ => false,
             };
+            // A detached run whose supervisor lives goes on without a
+            // worker: a later tick adopts it (DESIGN §4 "Detached runs").
+            let alive = watched
+                || (j.exit_recorded_at_ms.is_none()
+                    && j.run_handle
+                        .as_deref()
+                        .and_then(crate::process::detached::Handle::parse)
+                        .is_some_and(|h| h.alive()));
             if !alive && j.exit_recorded_at_ms.is_some() && j.finalize_failures > 0 {
                 bad(
                     "jobs",

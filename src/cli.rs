@@ -105,6 +105,20 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Run one agent detached (internal: started by work-once)
+    ///
+    /// Without --supervise: starts the supervisor and exits at once. With
+    /// it: runs the agent of the spec file to its end, writing its start
+    /// and exit records next to its log (DESIGN §4 "Detached runs").
+    #[command(name = "run-agent", hide = true)]
+    RunAgent {
+        /// The run's spec, written by orch under its state directory
+        #[arg(long)]
+        spec: std::path::PathBuf,
+        /// Be the supervisor (run the agent) rather than start it
+        #[arg(long)]
+        supervise: bool,
+    },
     /// One reconcile pass: advance tasks whose gate passed without an event
     Reconcile {
         /// Print what the pass would do; write nothing

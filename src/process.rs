@@ -26,13 +26,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+pub mod detached;
 pub mod systemd;
 
 /// How often the wait loops poll (`try_wait`, group membership).
 const POLL: Duration = Duration::from_millis(50);
 
-/// What to run and how.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to run and how (serializable: a detached run's spec carries it,
+/// [`detached::Spec`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunSpec {
     /// `argv[0]` is the program (looked up in `PATH` if it has no slash);
     /// no shell is involved.
@@ -60,7 +63,7 @@ pub struct RunSpec {
 
 /// Identity of a started process: the pid and its start time, field 22 of
 /// `/proc/<pid>/stat` (clock ticks since boot). The pair survives pid reuse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Spawned {
     pub pid: i32,
     pub start_time: u64,
@@ -535,8 +538,11 @@ impl Runner {
         run_piped(&self.wrapped(spec)?, tick, on_spawn, on_tick, talk)
     }
 
-    /// `spec` as this runner starts it: under bubblewrap, its argv wrapped.
-    fn wrapped(&self, spec: &RunSpec) -> anyhow::Result<RunSpec> {
+    /// `spec` as this runner starts it: under bubblewrap, its argv wrapped
+    /// (what a detached run's supervisor runs).
+    ///
+    /// Errors: under bubblewrap, a program that is not an executable file.
+    pub fn wrapped(&self, spec: &RunSpec) -> anyhow::Result<RunSpec> {
         match self {
             Runner::Group => Ok(spec.clone()),
             Runner::Bwrap(c) => {

@@ -10,6 +10,11 @@
 //! meanwhile is skipped. `--dry-run` prints the plan and writes nothing.
 //!
 //! Crash policy (what happens to a half-done row):
+//! - running, detached run (DESIGN §4 "Detached runs"), no exit recorded,
+//!   worker gone → its run ended (exit record): adopt — record it and
+//!   finalize, never run again; its run goes on: leave it running; its run
+//!   is gone without an exit record: Tier-1, below. Past its timeout the
+//!   run is stopped (supervisor and agent groups) and recovered.
 //! - running, no exit recorded, worker gone → Tier-1: kill any orphaned
 //!   agent group, then requeue (attempt+1, backoff) or fail at the cap and
 //!   escalate. The agent's work is not trusted: the next attempt starts
@@ -21,15 +26,14 @@
 //!   worker's pid is gone.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::clock::now_ms;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job};
-use crate::pipeline::job::{self as jobs, Finalized};
+use crate::pipeline::job::Finalized;
 use crate::pipeline::{Actor, JobStatus};
 use crate::process;
 use crate::worker;
@@ -132,6 +136,25 @@ pub enum Action {
         epoch: i64,
         running_s: i64,
     },
+    /// Adoption: the worker is gone and the job's detached run ended,
+    /// its exit record written: record it and finalize; the agent is never
+    /// run again.
+    Adopt {
+        job_id: i64,
+        task_id: i64,
+        epoch: i64,
+        /// The exit record's `exit` (`code`, `signal`, `timed_out`, …).
+        exit: String,
+        reason: String,
+    },
+    /// The worker is gone but the job's detached run still goes: it is
+    /// left running (a worker may take over watching it), not restarted.
+    LeaveRunning {
+        job_id: i64,
+        task_id: i64,
+        epoch: i64,
+        reason: String,
+    },
     /// A merge lease whose holder is gone or that expired.
     ReleaseLeases,
     /// The worktree of a task done for at least `ORCH_WORKTREE_KEEP_S`
@@ -149,12 +172,15 @@ pub enum Action {
 
 impl Action {
     /// The action's kind as counted in `reap.<kind>_total`: `recover`,
-    /// `finish`, `timeout`, `release_leases`.
+    /// `finish`, `timeout`, `adopt`, `leave_running`, `release_leases`,
+    /// `remove_worktree`.
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Recover { .. } => "recover",
             Action::Finish { .. } => "finish",
             Action::Timeout { .. } => "timeout",
+            Action::Adopt { .. } => "adopt",
+            Action::LeaveRunning { .. } => "leave_running",
             Action::ReleaseLeases => "release_leases",
             Action::RemoveWorktree { .. } | Action::RemoveOrphanWorktree { .. } => {
                 "remove_worktree"
@@ -198,6 +224,25 @@ impl std::fmt::Display for Action {
             } => write!(
                 f,
                 "timeout job {job_id} (task {task_id}, attempt {attempt}): running {running_s}s"
+            ),
+            Action::Adopt {
+                job_id,
+                task_id,
+                epoch,
+                exit,
+                reason,
+            } => write!(
+                f,
+                "adopt job {job_id} (task {task_id}, epoch {epoch}): its detached run ended ({exit}) and {reason}"
+            ),
+            Action::LeaveRunning {
+                job_id,
+                task_id,
+                epoch,
+                reason,
+            } => write!(
+                f,
+                "leave job {job_id} running (task {task_id}, epoch {epoch}): its detached run goes on; {reason}"
             ),
             Action::ReleaseLeases => write!(f, "release stale leases"),
             Action::RemoveWorktree {
@@ -256,10 +301,10 @@ impl Now<'_> {
 ///
 /// A job claimed under another host id ([`process::host_id`]) is judged
 /// by its heartbeat's age on the wall clock alone: its processes are not
-/// this machine's to look up (nor to kill, [`other_host`]).
+/// this machine's to look up (nor to kill, [`worker::adopt::other_host`]).
 fn worker_gone(ctx: &Ctx, j: &Job, now: &Now, alive: &mut Liveness) -> Option<String> {
     let stale_ms = ctx.settings.heartbeat_stale_s as i64 * 1000;
-    if let Some(host) = other_host(j) {
+    if let Some(host) = worker::adopt::other_host(j) {
         let age = now.wall_ms - j.heartbeat_at_ms.or(j.claimed_at_ms).unwrap_or(0);
         return (age > stale_ms)
             .then(|| format!("worker on host {host}: heartbeat {}s old", age / 1000));
@@ -285,13 +330,53 @@ fn worker_gone(ctx: &Ctx, j: &Job, now: &Now, alive: &mut Liveness) -> Option<St
     (age > stale_ms).then(|| format!("heartbeat {}s old", age / 1000))
 }
 
-/// The host id of job `j`'s claim when it is not this machine's
-/// ([`process::host_id`]); `None` for this host's claims and for claims
-/// of an older orch that recorded none.
-fn other_host(j: &Job) -> Option<&str> {
-    j.host_id
-        .as_deref()
-        .filter(|h| *h != process::host_id().as_str())
+/// The plan for running job `j` whose run is detached and whose exit is
+/// not recorded, when its worker is gone: adopt a run that ended, leave a
+/// live one running (unless past its timeout: `None`, the timeout
+/// backstop), recover one gone without an exit record. `None` as well
+/// while its worker lives, and for a run of another host (its records
+/// are that host's: judged by the heartbeat, as a child run is).
+fn plan_detached(
+    ctx: &Ctx,
+    j: &Job,
+    clocks: &Now,
+    alive: &mut Liveness,
+    timed_out: bool,
+) -> Option<Action> {
+    if worker::adopt::other_host(j).is_some() {
+        return None;
+    }
+    let reason = worker_gone(ctx, j, clocks, alive)?;
+    match worker::adopt::run_state(ctx, j) {
+        Ok(process::detached::State::Exited(e)) => Some(Action::Adopt {
+            job_id: j.id,
+            task_id: j.task_id,
+            epoch: j.epoch,
+            exit: e.exit,
+            reason,
+        }),
+        Ok(process::detached::State::Running) if timed_out => None,
+        Ok(process::detached::State::Running) => Some(Action::LeaveRunning {
+            job_id: j.id,
+            task_id: j.task_id,
+            epoch: j.epoch,
+            reason,
+        }),
+        Ok(process::detached::State::Gone(why)) => Some(Action::Recover {
+            job_id: j.id,
+            task_id: j.task_id,
+            attempt: j.attempt,
+            epoch: j.epoch,
+            reason: format!("{reason}; the detached run is gone: {why}"),
+        }),
+        Err(e) => Some(Action::Recover {
+            job_id: j.id,
+            task_id: j.task_id,
+            attempt: j.attempt,
+            epoch: j.epoch,
+            reason: format!("{reason}; the detached run's exit record is unreadable: {e:#}"),
+        }),
+    }
 }
 
 /// Plans a pass over the running jobs at `now` (wall clock, unix ms).
@@ -331,9 +416,17 @@ pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
             .claimed_at_ms
             .map_or(0, |c| clocks.since(&j, c, j.claimed_boot_ms))
             / 1000;
-        // The worker enforces the timeout itself; step in only once it had
-        // the kill grace and a minute more to do so.
-        if running_s > timeout_s + ctx.settings.kill_grace_s as i64 + 60 {
+        // The worker (or a detached run's supervisor) enforces the timeout
+        // itself; step in only once it had the kill grace and a minute
+        // more to do so.
+        let timed_out = running_s > timeout_s + ctx.settings.kill_grace_s as i64 + 60;
+        if worker::adopt::is_detached(&j) {
+            if let Some(action) = plan_detached(ctx, &j, &clocks, &mut alive, timed_out) {
+                actions.push(action);
+                continue;
+            }
+        }
+        if timed_out {
             actions.push(Action::Timeout {
                 job_id: j.id,
                 task_id: j.task_id,
@@ -479,27 +572,6 @@ fn remove_orphan_worktree(ctx: &Ctx, db: &Db, path: &str) -> anyhow::Result<Stri
     })
 }
 
-/// Kills what is left of job `j`'s agent process group. The leader itself
-/// usually died with its worker (PDEATHSIG), but its children survive in
-/// the group; Linux does not hand out a pid that is still some group's id,
-/// so a live group `agent_pid` is still the group we started.
-fn kill_agent(ctx: &Ctx, j: &Job) -> bool {
-    let Some(pgid) = j.agent_pid.map(|p| p as i32) else {
-        return false;
-    };
-    // The pid is free, or still ours (alive or a zombie nobody reaped,
-    // with the start time we recorded): not someone else's process.
-    let ours_or_free = match process::proc_start_time(pgid) {
-        None => true,
-        Some(start) => j.agent_start_time == Some(start as i64),
-    };
-    if ours_or_free && process::group_exists(pgid) {
-        warn!(target: "reap", job = j.id, pgid, "killing orphaned agent process group");
-        return process::kill_group(pgid, Duration::from_secs(ctx.settings.kill_grace_s));
-    }
-    false
-}
-
 /// Executes planned actions; each re-checks its claim first.
 ///
 /// Assumptions: the caller holds the `reap` tick lock.
@@ -525,6 +597,11 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
                 *epoch,
                 &format!("agent timed out after {running_s}s"),
             )?,
+            Action::Adopt { job_id, epoch, .. } => match adopt(ctx, db, *job_id, *epoch) {
+                Ok(r) => r,
+                Err(e) => format!("adoption failed, will retry next pass: {e:#}"),
+            },
+            Action::LeaveRunning { .. } => "left running: its detached run goes on".into(),
             Action::Finish { job_id, epoch, .. } => {
                 match worker::finalize(ctx, db, *job_id, *epoch, Actor::Reaper) {
                     Ok(out) => describe(&out),
@@ -561,81 +638,42 @@ pub fn execute(ctx: &Ctx, db: &Db, actions: Vec<Action>) -> anyhow::Result<Vec<D
     Ok(done)
 }
 
-/// Tier-1 for one job: claims it — still running at `epoch`, its exit
-/// unrecorded — by requeueing or failing it in one transaction, and only as
-/// the winner kills what is left of that claim's agent group on this host
-/// (a live worker's late exit, and every effect of its run, is then
-/// refused by the epoch check: INV-10). A job of another host is never
-/// killed: its old run is fenced, not stopped.
-fn recover(ctx: &Ctx, db: &Db, job_id: i64, epoch: i64, reason: &str) -> anyhow::Result<String> {
-    let now = now_ms();
-    let claimed = db.write(|tx| match tx.job(job_id)? {
-        Some(j)
-            if j.status == JobStatus::Running
-                && j.epoch == epoch
-                && j.exit_recorded_at_ms.is_none() =>
-        {
-            let out = jobs::retry_or_fail(
-                tx,
-                ctx.policy(),
-                &ctx.settings,
-                &j,
-                reason,
-                Actor::Reaper,
-                now,
-            )?;
-            Ok(Some((j, out)))
-        }
-        _ => Ok(None),
-    })?;
-    let Some((old, out)) = claimed else {
+/// Adopts job `job_id`'s claim `epoch` whose detached run ended
+/// ([`worker::adopt::finish_adopted`]), re-checking first that it is still
+/// running that claim with its exit unrecorded and its run's exit record
+/// there.
+fn adopt(ctx: &Ctx, db: &Db, job_id: i64, epoch: i64) -> anyhow::Result<String> {
+    let Some(j) = db.job(job_id)?.filter(|j| {
+        j.status == JobStatus::Running && j.epoch == epoch && j.exit_recorded_at_ms.is_none()
+    }) else {
         return Ok("skipped: job changed since the plan".into());
     };
-    if out != Finalized::Lost && other_host(&old).is_none() {
-        kill_agent(ctx, &old);
-    }
-    if let Finalized::Retrying { run, .. } = out {
-        discard_killed_edits(ctx, db, &old, run);
-    }
-    Ok(describe(&out))
+    let process::detached::State::Exited(exited) = worker::adopt::run_state(ctx, &j)? else {
+        return Ok("skipped: the run's exit record is gone".into());
+    };
+    Ok(
+        match worker::adopt::finish_adopted(ctx, db, &j, &exited, Actor::Reaper) {
+            Ok(Some((code, out))) => format!("adopted (agent exited {code}): {}", describe(&out)),
+            Ok(None) => "skipped: another process adopted it first".into(),
+            Err(e) => match worker::stopped_by(&e) {
+                Some(sig) => format!(
+                    "adopted: its supervisor was stopped by {}; requeued without counting the attempt",
+                    process::signal_name(sig)
+                ),
+                None => return Err(e),
+            },
+        },
+    )
 }
 
-/// After a requeue: resets the task's worktree to its branch head and
-/// cleans it, so the killed run's half-done edits never reach a commit
-/// (the next attempt resets it too, before its agent starts). Skipped when
-/// a worker already claimed `next_attempt`. Best effort: a failure is
-/// logged, the worker's own reset still holds.
-fn discard_killed_edits(ctx: &Ctx, db: &Db, old: &Job, next_attempt: i64) {
-    let result = (|| -> anyhow::Result<bool> {
-        let still_queued = db
-            .job(old.id)?
-            .is_some_and(|j| j.status == JobStatus::Queued && j.attempt == next_attempt);
-        let Some(task) = db.task(old.task_id)? else {
-            return Ok(false);
-        };
-        let worktree = std::path::Path::new(&task.worktree);
-        if !still_queued || !worktree.exists() {
-            return Ok(false);
-        }
-        // The old run may still live (another host's, a stopped worker):
-        // its worktree is its own until its run lock is free; the next
-        // claim gets a worktree of its own meanwhile.
-        if !crate::fence::is_free(&ctx.settings, worktree)? {
-            return Ok(false);
-        }
-        let repo = ctx.repo(ctx.project(&task.project)?);
-        repo.discard_changes(worktree)?;
-        Ok(true)
-    })();
-    match result {
-        Ok(true) => {
-            info!(target: "reap", job = old.id, "worktree reset to the branch head and cleaned")
-        }
-        Ok(false) => {}
-        Err(e) => {
-            warn!(target: "reap", job = old.id, error = %format!("{e:#}"), "could not reset the worktree; the next attempt resets it")
-        }
-    }
+/// Tier-1 for one job ([`worker::adopt::recover`]), described.
+fn recover(ctx: &Ctx, db: &Db, job_id: i64, epoch: i64, reason: &str) -> anyhow::Result<String> {
+    Ok(
+        match worker::adopt::recover(ctx, db, job_id, epoch, reason)? {
+            Some(out) => describe(&out),
+            None => "skipped: job changed since the plan".into(),
+        },
+    )
 }
 
 fn describe(f: &Finalized) -> String {

@@ -108,6 +108,12 @@ pub enum Cause {
         /// The verdict the job's agent (or orch, `UNREADABLE`) recorded.
         verdict: Option<String>,
         verdict_summary: Option<String>,
+        /// The runner that ran its latest run (`child`, `supervisor`,
+        /// `systemd`; `None` before migration 24).
+        runner: Option<String>,
+        /// Its latest run was adopted: recorded by another process than
+        /// the one that started it (DESIGN §4 "Detached runs").
+        adopted: bool,
     },
     /// A worker/reaper move with no job (should not happen; kept honest).
     NoJob,
@@ -166,6 +172,9 @@ pub enum Waiting {
         agent_pid: Option<i64>,
         worker_host: Option<String>,
         worker_pid: Option<i64>,
+        /// How its agent runs (`child`, `supervisor`, `systemd`; `None`
+        /// until it started).
+        runner: Option<String>,
     },
     /// Its job's agent exited but the finalize failed: nothing runs for
     /// it until the reaper finalizes it again at `retry_at_ms` (its next
@@ -356,6 +365,8 @@ fn cause(db: &Db, task: &Task, t: &TransitionRow, jobs: &[Job]) -> anyhow::Resul
                             .flatten(),
                         exit_code: j.exit_code.or(run.map(|r| r.2).filter(|c| *c >= 0)),
                         success: run.and_then(|r| r.1),
+                        runner: judged.as_ref().and_then(|r| r.runner.clone()),
+                        adopted: judged.as_ref().is_some_and(|r| r.adopted),
                         error: judged.and_then(|r| r.error).map(|e| e.reason),
                         verdict_summary: verdict.as_ref().map(|v| v.1.clone()),
                         verdict: verdict.map(|v| v.0),
@@ -487,6 +498,7 @@ pub fn waiting(
             agent_pid: j.agent_pid,
             worker_host: j.worker_host.clone(),
             worker_pid: j.worker_pid,
+            runner: j.runner.clone(),
         });
     }
     if let Some(j) = jobs.iter().find(|j| j.status == JobStatus::Queued) {
@@ -691,11 +703,16 @@ impl Waiting {
                 agent_pid,
                 heartbeat_at_ms,
                 epoch,
+                runner,
                 ..
             } => format!(
-                "job {job_id} ({role}, attempt {attempt}): running for {}, agent pid {}, last heartbeat {}, epoch {epoch}",
+                "job {job_id} ({role}, attempt {attempt}): running for {}, agent pid {}{}, last heartbeat {}, epoch {epoch}",
                 claimed_at_ms.map_or("?".into(), span),
                 agent_pid.map_or("-".into(), |p| p.to_string()),
+                runner
+                    .as_deref()
+                    .filter(|r| *r != "child")
+                    .map_or(String::new(), |r| format!(" (runner {r})")),
                 heartbeat_at_ms.map_or("never".into(), t)
             ),
             Waiting::FinalizeFailed {
@@ -850,6 +867,8 @@ impl Cause {
                 error,
                 verdict,
                 epoch,
+                runner,
+                adopted,
                 ..
             } => {
                 let mut s = match job_error {
@@ -871,6 +890,12 @@ impl Cause {
                 }
                 if let Some(v) = verdict {
                     s += &format!(", verdict {v}");
+                }
+                if let Some(r) = runner {
+                    s += &format!(", runner {r}");
+                }
+                if *adopted {
+                    s += ", adopted";
                 }
                 s
             }
@@ -937,6 +962,7 @@ mod tests {
             agent_pid: Some(9),
             worker_host: None,
             worker_pid: None,
+            runner: Some("child".into()),
         };
         assert_eq!(
             running.describe(now),

@@ -562,7 +562,7 @@ fn status_task_show_logs_and_usage_read_like_people_write() {
     sbx.add_issue("Add a button");
     sbx.ok(&["work-once"]);
     let shown = stable(&sbx, &sbx.ok(&["task", "show", "1"]));
-    let head: Vec<&str> = shown.lines().take(11).collect();
+    let head: Vec<&str> = shown.lines().take(12).collect();
     assert_eq!(
         head.join("\n"),
         "\
@@ -575,6 +575,7 @@ transitions:
   v2   analysis        → architecture    worker     <time>  analysis gate passed
 jobs:
   job 1    analysis        done       attempt 1 epoch 1 exit 0, ran <span>, finished <ago>
+    run by the supervisor runner
     log    <sbx>/state/logs/job1-a1.log
     prompt <sbx>/state/logs/job1-a1.prompt"
     );

@@ -17,9 +17,12 @@ fn a_killed_worker_loses_its_agent_and_tier1_requeues_the_job_and_kills_orphans(
     let mut sbx = Sandbox::new();
     let pidfile = sbx.dir.join("pids");
     sbx.add_issue("worker dies");
-    // The test reads host pids from the file: no pid namespace.
+    // The test reads host pids from the file: no pid namespace. The
+    // child runner: its agent dies with its worker (tests/detach.rs has
+    // the detached runner's).
     sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap())
-        .set("ORCH_AGENT_SANDBOX", "none");
+        .set("ORCH_AGENT_SANDBOX", "none")
+        .set("ORCH_AGENT_RUNNER", "child");
     let mut worker = sbx.spawn(
         &["work-once"],
         &[("FAKE_AGENT_MODE_ANALYST", "hang-with-child")],
@@ -641,8 +644,11 @@ fn sigterm_to_a_worker_stops_the_agents_group_and_requeues_the_job_saying_why() 
     let mut sbx = Sandbox::new();
     let pidfile = sbx.dir.join("pids");
     sbx.add_issue("worker stopped");
+    // The child runner's stop (a detached run is left going instead:
+    // tests/detach.rs).
     sbx.set("FAKE_AGENT_PIDFILE", pidfile.to_str().unwrap())
         .set("ORCH_AGENT_SANDBOX", "none")
+        .set("ORCH_AGENT_RUNNER", "child")
         .set("ORCH_KILL_GRACE_S", "2");
     let worker = sbx.spawn(
         &["work-once"],

@@ -90,8 +90,10 @@ fn kill_a_run_after_its_session_is_recorded(sbx: &Sandbox) -> String {
 fn a_run_killed_with_its_worker_resumes_its_session_and_its_spend_is_counted_once() {
     let (mut sbx, log) = resuming("analyst");
     // The test kills the worker: no pid namespace needed, but the run must
-    // die with it (it does under both runners).
-    sbx.set("ORCH_AGENT_SANDBOX", "none");
+    // die with it (it does under both sandboxes): the child runner (a
+    // detached run would outlive it and be adopted: tests/detach.rs).
+    sbx.set("ORCH_AGENT_SANDBOX", "none")
+        .set("ORCH_AGENT_RUNNER", "child");
     sbx.add_issue("resume me");
     let id = kill_a_run_after_its_session_is_recorded(&sbx);
 
@@ -126,12 +128,25 @@ fn a_run_killed_with_its_worker_resumes_its_session_and_its_spend_is_counted_onc
 
 #[test]
 fn a_session_the_cli_no_longer_has_starts_a_fresh_one_in_the_same_claim() {
+    for runner in ["child", "supervisor"] {
+        fresh_session_after_a_refusal(runner);
+    }
+}
+
+/// [`a_session_the_cli_no_longer_has_starts_a_fresh_one_in_the_same_claim`]
+/// with the resuming claim's run started by `runner`.
+fn fresh_session_after_a_refusal(runner: &str) {
     let (mut sbx, log) = resuming("analyst");
-    sbx.set("ORCH_AGENT_SANDBOX", "none");
+    // The killed run dies with its worker: the child runner. The refusal
+    // itself is handled by both runners (the detached one sets the
+    // refused run's records aside and starts it again).
+    sbx.set("ORCH_AGENT_SANDBOX", "none")
+        .set("ORCH_AGENT_RUNNER", "child");
     sbx.add_issue("lost session");
     let id = kill_a_run_after_its_session_is_recorded(&sbx);
     // The CLI lost the transcript (another config dir, cleaned up, …).
     std::fs::remove_file(sessions_dir(&sbx).join(&id)).unwrap();
+    sbx.set("ORCH_AGENT_RUNNER", runner);
 
     let out = sbx.orch().args(["--json", "work-once"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -334,8 +334,10 @@ fn a_killed_runs_edits_never_reach_the_branch() {
     let mut sbx = Sandbox::new();
     let pidfile = sbx.dir.join("pids");
     sbx.set("ORCH_HEARTBEAT_STALE_S", "600");
-    // The agent's pids are read from the host: no pid namespace.
-    sbx.set("ORCH_AGENT_SANDBOX", "none");
+    // The agent's pids are read from the host: no pid namespace. The
+    // child runner: the agent dies with its killed worker.
+    sbx.set("ORCH_AGENT_SANDBOX", "none")
+        .set("ORCH_AGENT_RUNNER", "child");
     sbx.add_issue("killed midway");
     work_until_stage(&sbx, "development");
     let wt = sbx.worktree(1);

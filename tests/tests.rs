@@ -24,6 +24,8 @@ mod rework;
 #[cfg(feature = "testing")]
 mod adapters;
 #[cfg(feature = "testing")]
+mod detach;
+#[cfg(feature = "testing")]
 mod fakes;
 #[cfg(feature = "testing")]
 mod limits;

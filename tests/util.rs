@@ -169,6 +169,14 @@ impl Sandbox {
         Command::from_std(c)
     }
 
+    /// A raw `std::process::Command` for the `orch` binary at `bin` (a
+    /// copy, e.g. to replace it mid-run), in the sandbox.
+    pub fn orch_at(&self, bin: &Path) -> StdCommand {
+        let mut c = StdCommand::new(bin);
+        self.apply_env(&mut c);
+        c
+    }
+
     /// A raw `std::process::Command` for `orch` (for background children).
     pub fn orch_std(&self) -> StdCommand {
         let mut c = StdCommand::new(env!("CARGO_BIN_EXE_orch"));

@@ -154,6 +154,12 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         Command::Man { dir, dry_run } => {
             return docs::man(dir.as_deref(), dry_run, cli.json).map(|()| exit::OK)
         }
+        // A detached run's supervisor reads its spec only: no settings,
+        // database or config, so an upgrade or a broken config cannot
+        // touch a run that goes on.
+        Command::RunAgent { spec, supervise } => {
+            return orch::process::detached::run_agent_command(&spec, supervise).map(|()| exit::OK)
+        }
         _ => {}
     }
     let settings = Settings::load(
@@ -227,7 +233,10 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         },
         Command::Why { task } => (why::run(&ctx, task)?, exit::OK),
         Command::Metrics { textfile } => (metrics::run(&ctx, textfile.as_deref())?, exit::OK),
-        Command::Completions { .. } | Command::Man { .. } | Command::StagingCheck(_) => {
+        Command::Completions { .. }
+        | Command::Man { .. }
+        | Command::RunAgent { .. }
+        | Command::StagingCheck(_) => {
             unreachable!("dispatched before the context loads")
         }
     };

@@ -195,7 +195,22 @@ fn show(ctx: &Ctx, db: &Db, id: i64) -> anyhow::Result<Output> {
                 .map(|e| format!("  ({e})"))
                 .unwrap_or_default()
         );
+        if j.status == orch::pipeline::JobStatus::Running {
+            if let Some(r) = &j.runner {
+                text += &format!("    runs ({r} runner, epoch {})\n", j.epoch);
+            }
+        }
         if let Some(run) = db.run_judgement(j.id)? {
+            if let Some(r) = &run.runner {
+                text += &format!(
+                    "    run by the {r} runner{}\n",
+                    if run.adopted {
+                        ", adopted (recorded after its watcher died)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             let denials = orch::agent::name_denials(&run.denials);
             if !denials.is_empty() {
                 text += &format!("    denied ({}): {}\n", denials.len(), denials.join(", "));

@@ -79,6 +79,14 @@ pub fn text(o: &WorkOutcome) -> String {
         } => format!(
             "job {job_id} (task {task_id}, {stage}): stopped by {signal}; the agent's process group was stopped and the job requeued without counting the attempt"
         ),
+        WorkOutcome::Left {
+            job_id,
+            task_id,
+            stage,
+            signal,
+        } => format!(
+            "job {job_id} (task {task_id}, {stage}): stopped by {signal}; its detached run was left going for a later tick to adopt"
+        ),
         WorkOutcome::WouldRun {
             job_id,
             task_id,

@@ -37,8 +37,8 @@ pub use file::{
     ProjectConfig, StagingConfig, TrackerKind, MAX_WHOLE, ROLES,
 };
 pub use settings::{
-    is_secret, known_keys, load_settings_file, missing_secret_hint, unknown_keys, AgentSandbox,
-    Secret, Settings, SettingsFile, INSTALLED_SECRETS_FILE, INSTALLED_SETTINGS_FILE,
+    is_secret, known_keys, load_settings_file, missing_secret_hint, unknown_keys, AgentRunner,
+    AgentSandbox, Secret, Settings, SettingsFile, INSTALLED_SECRETS_FILE, INSTALLED_SETTINGS_FILE,
 };
 pub(crate) use settings::{setting_flag, setting_num};
 pub use state_names::{StateKind, StateNames, TrackerStates};

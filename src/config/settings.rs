@@ -322,6 +322,27 @@ pub struct Settings {
     /// database, `.env`, `/etc/orch/secrets.env` and
     /// `$CREDENTIALS_DIRECTORY`, which are always hidden.
     pub agent_sandbox_hide: Vec<PathBuf>,
+    /// `ORCH_AGENT_RUNNER` (`auto`, `child`, `supervisor`, `systemd`;
+    /// default `auto`): how an agent run is started (DESIGN §4 "Detached
+    /// runs").
+    pub agent_runner: AgentRunner,
+}
+
+/// The value of `ORCH_AGENT_RUNNER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentRunner {
+    /// Unset or `auto`: `systemd` where its probe passes, else
+    /// `supervisor`.
+    Auto,
+    /// `child`: the agent is the worker's child and dies with it
+    /// (SIGTERM to the worker stops it and requeues the job); for the demo
+    /// and tests.
+    Child,
+    /// `supervisor`: orch's own supervisor, in a session of its own,
+    /// outlives every orch process.
+    Supervisor,
+    /// `systemd`: a transient systemd unit per run.
+    Systemd,
 }
 
 /// The value of `ORCH_AGENT_SANDBOX`.
@@ -491,6 +512,18 @@ impl Settings {
                 None => agent_login_paths(lookup("CLAUDE_CONFIG_DIR"), lookup("HOME")),
             },
             agent_sandbox_hide: absolute_paths(&get, "ORCH_AGENT_SANDBOX_HIDE")?,
+            agent_runner: match get("ORCH_AGENT_RUNNER").as_deref().map(str::trim) {
+                None | Some("auto") => AgentRunner::Auto,
+                Some("child") => AgentRunner::Child,
+                Some("supervisor") => AgentRunner::Supervisor,
+                Some("systemd") => AgentRunner::Systemd,
+                Some(other) => {
+                    return Err(Error::config(
+                        "ORCH_AGENT_RUNNER",
+                        format!("{other:?}: expected auto, child, supervisor or systemd"),
+                    ))
+                }
+            },
             db_path,
             config_path,
             config_explicit,

@@ -63,6 +63,13 @@ pub struct Job {
     /// The claimer's host id (`ORCH_HOST_ID`, [`crate::process::host_id`];
     /// migration 26), `None` for a claim of an older orch.
     pub host_id: Option<String>,
+    /// How the current claim's agent runs (migration 27): `child`,
+    /// `supervisor` or `systemd` ([`crate::process::detached`]); `None`
+    /// until it started (and for a claim before migration 27).
+    pub runner: Option<String>,
+    /// Where the current claim's detached run is found again: a
+    /// supervisor's `pid:start_time:boot_id`, a systemd unit's name.
+    pub run_handle: Option<String>,
 }
 
 impl Job {
@@ -89,7 +96,7 @@ pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, statu
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
     merge_pending, merge_defers, finalize_failures, free_attempts, claimed_boot_ms, heartbeat_boot_ms, \
-    exit_boot_ms, scheduled_at_ms, epoch, claim_sha, host_id";
+    exit_boot_ms, scheduled_at_ms, epoch, claim_sha, host_id, runner, run_handle";
 
 pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
     Ok(Job {
@@ -125,6 +132,8 @@ pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
         epoch: r.get(29)?,
         claim_sha: r.get(30)?,
         host_id: r.get(31)?,
+        runner: r.get(32)?,
+        run_handle: r.get(33)?,
     })
 }
 
@@ -153,6 +162,11 @@ pub struct RunRecord {
     /// The CLI's session-cumulative usage, where it reports one
     /// ([`crate::agent::AgentResult::cumulative`]).
     pub cumulative: Option<crate::agent::Usage>,
+    /// The runner that ran it (`child`, `supervisor`, `systemd`).
+    pub runner: Option<String>,
+    /// Whether a process other than the one that started the run recorded
+    /// its end (a detached run adopted after its watcher died).
+    pub adopted: bool,
 }
 
 /// What orch judged of a job's latest run ([`Db::run_judgement`]).
@@ -165,6 +179,12 @@ pub struct RunJudgement {
     pub session_id: Option<String>,
     /// The account limit that stopped the run: kind and reset (unix ms).
     pub limit: Option<(crate::agent::LimitKind, Option<i64>)>,
+    /// The runner that ran it (`child`, `supervisor`, `systemd`; `None`
+    /// before migration 27).
+    pub runner: Option<String>,
+    /// Recorded by another process than the one that started it (a
+    /// detached run adopted after its watcher died).
+    pub adopted: bool,
 }
 
 /// Usage and outcome of a job's latest agent run, for the run report.
@@ -309,7 +329,7 @@ impl Db {
             .conn
             .prepare_cached(
                 "SELECT error, retryable, permission_denials, base_sha, session_id, limit_kind, \
-                 limit_reset_ms FROM agent_runs \
+                 limit_reset_ms, runner, adopted FROM agent_runs \
                  WHERE job_id=?1 ORDER BY attempt DESC LIMIT 1",
             )?
             .query_row([job_id], |r| {
@@ -328,6 +348,8 @@ impl Db {
                         Some("rate") => Some((crate::agent::LimitKind::Rate, r.get(6)?)),
                         _ => None,
                     },
+                    runner: r.get(7)?,
+                    adopted: r.get(8)?,
                 })
             })
             .optional()?)
@@ -613,6 +635,63 @@ impl Tx<'_> {
             == 1)
     }
 
+    /// Records how running job `id`'s claim `epoch` runs its agent:
+    /// `runner` (`child`, `supervisor`, `systemd`) and the detached run's
+    /// `handle` (see [`Job::run_handle`]). Returns false when the job is no
+    /// longer running that claim.
+    pub fn set_job_run(
+        &self,
+        id: i64,
+        epoch: i64,
+        runner: &str,
+        handle: Option<&str>,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET runner=?3, run_handle=?4 WHERE id=?1 AND epoch=?2 AND status='running'",
+            )?
+            .execute(params![id, epoch, runner, handle])?;
+        Ok(n == 1)
+    }
+
+    /// Makes `watcher` (boot id, pid, process start time) the worker of
+    /// running job `id`'s claim `epoch` — its detached run still going or
+    /// ended unrecorded — if `old` (the job's worker as the caller saw it)
+    /// still is: a compare-and-swap, so of two adopters one wins. The
+    /// heartbeat is refreshed (wall time `now_ms` and this boot's clock).
+    /// Returns whether this call took it.
+    pub fn take_watch(
+        &self,
+        id: i64,
+        epoch: i64,
+        old: (Option<&str>, Option<i64>, Option<i64>),
+        watcher: (&str, i64, i64),
+        now_ms: i64,
+    ) -> anyhow::Result<bool> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE jobs SET worker_host=?6, worker_pid=?7, worker_start_time=?8, \
+                 heartbeat_at_ms=?9, heartbeat_boot_ms=?10 \
+                 WHERE id=?1 AND epoch=?2 AND status='running' AND exit_recorded_at_ms IS NULL \
+                 AND worker_host IS ?3 AND worker_pid IS ?4 AND worker_start_time IS ?5",
+            )?
+            .execute(params![
+                id,
+                epoch,
+                old.0,
+                old.1,
+                old.2,
+                watcher.0,
+                watcher.1,
+                watcher.2,
+                now_ms,
+                crate::clock::boot_ms()
+            ])?;
+        Ok(n == 1)
+    }
+
     /// Refreshes the heartbeat of running job `id` (claim `epoch`): the
     /// wall time `now_ms` and this boot's clock.
     pub fn heartbeat(&self, id: i64, epoch: i64, now_ms: i64) -> anyhow::Result<()> {
@@ -694,8 +773,8 @@ impl Tx<'_> {
             "INSERT INTO agent_runs (job_id, task_id, stage, role, attempt, pid, argv, exit_code, duration_ms, success, \
              usage_known, input_tokens, output_tokens, cache_read_input_tokens, cache_creation_input_tokens, cost_usd, \
              session_id, permission_denials, log_path, started_at_ms, error, retryable, base_sha, \
-             limit_kind, limit_reset_ms, kind, cost_known, cumulative_usage) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28) \
+             limit_kind, limit_reset_ms, kind, cost_known, cumulative_usage, runner, adopted) \
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30) \
              ON CONFLICT(job_id, attempt) DO NOTHING",
         )?
         .execute(params![
@@ -727,6 +806,8 @@ impl Tx<'_> {
             r.kind.as_str(),
             r.cost_usd.is_some(),
             r.cumulative.map(|u| serde_json::to_string(&u)).transpose()?,
+            r.runner,
+            r.adopted,
         ])?;
         Ok(())
     }
@@ -776,6 +857,7 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status='running', epoch=epoch+1, host_id=?8, claim_sha=NULL, \
                  worker_host=?2, worker_pid=?3, worker_start_time=?4, claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
+                 runner=NULL, run_handle=NULL, \
                  claimed_boot_ms=?7, heartbeat_boot_ms=?7, \
                  exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
                  exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END, \

@@ -606,4 +606,17 @@ CREATE TABLE fence_refusals (
 );
 CREATE INDEX fence_refusals_task ON fence_refusals(task_id);
 "#,
+    // 27: detached runs (DESIGN §4 "Detached runs"). `jobs.runner` names
+    // how the current claim's agent runs (`child`, `supervisor`,
+    // `systemd`; NULL before it started) and `jobs.run_handle` how to find
+    // it again (a supervisor's `pid:start:boot`, a unit's name), both
+    // cleared by every claim; a run records which runner ran it and
+    // whether another process than the one that started it recorded its
+    // end (`adopted`).
+    r#"
+ALTER TABLE jobs ADD COLUMN runner TEXT;
+ALTER TABLE jobs ADD COLUMN run_handle TEXT;
+ALTER TABLE agent_runs ADD COLUMN runner TEXT;
+ALTER TABLE agent_runs ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0;
+"#,
 ];

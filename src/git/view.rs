@@ -29,7 +29,11 @@ use crate::error::Error;
 ///   from the agent's branch arrive, each checked by git against its id;
 ///   an agent can neither delete nor corrupt an object another task's
 ///   history needs.
-#[derive(Debug)]
+///
+/// Serializable so a detached run's spec carries it to whoever records
+/// the run's end (DESIGN §4 "Detached runs").
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CloneView {
     dir: PathBuf,
     branch: String,
@@ -40,10 +44,11 @@ pub struct CloneView {
 }
 
 impl CloneView {
-    /// The view's folder.
+    /// The view's folder (gone once the view was applied).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
     /// The copy of `refs/`, to bind over `<clone>/refs`.
     pub fn refs_dir(&self) -> PathBuf {
         self.dir.join("refs")

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::agent::session::Watch;
 use crate::clock::now_ms;
+use crate::config::AgentRunner;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job, RunRecord, Task};
 use crate::error::is_permanent;
@@ -26,8 +27,10 @@ use crate::fence;
 use crate::pipeline::job::{self as jobs, Changed, Finalized};
 use crate::pipeline::spend;
 use crate::pipeline::{self, Actor, JobStatus, Stage};
-use crate::process::{self, Bind, RunSpec, Runner};
+use crate::process::detached::{self, Paths};
+use crate::process::{self, Bind, RunOutcome, RunSpec, Runner};
 
+pub mod adopt;
 mod finalize;
 mod resume;
 pub use finalize::finalize;
@@ -62,6 +65,17 @@ pub enum WorkOutcome {
         /// `SIGTERM` or `SIGINT`.
         signal: String,
     },
+    /// This worker was asked to stop (SIGTERM, SIGINT) while it watched a
+    /// detached run: it left the run alone, still going (or ended, its
+    /// exit record written), for a later tick to adopt (DESIGN §4
+    /// "Detached runs"); the job stays running.
+    Left {
+        job_id: i64,
+        task_id: i64,
+        stage: Stage,
+        /// `SIGTERM` or `SIGINT`.
+        signal: String,
+    },
     /// `--dry-run`: the job the real run would claim and the argv its
     /// agent would run; nothing was claimed or run.
     WouldRun {
@@ -72,6 +86,19 @@ pub enum WorkOutcome {
         attempt: i64,
         argv: Vec<String>,
     },
+}
+
+impl WorkOutcome {
+    /// [`WorkOutcome::Ran`] for `job` (`exit_code` -1: no agent exit).
+    fn ran(job: &Job, exit_code: i64, finalized: Finalized) -> WorkOutcome {
+        WorkOutcome::Ran {
+            job_id: job.id,
+            task_id: job.task_id,
+            stage: job.stage,
+            exit_code,
+            finalized,
+        }
+    }
 }
 
 /// Claims and runs at most one job.
@@ -87,6 +114,13 @@ pub fn work_once(
     if process::stop_signal().is_some() {
         // Asked to stop before the claim: claim nothing.
         return Ok(WorkOutcome::Idle);
+    }
+    // A detached run whose watcher died is this worker's to finish (or to
+    // watch) before it takes new work.
+    if !db.is_rehearsal() {
+        if let Some(out) = adopt::adopt_one(ctx, db)? {
+            return Ok(out);
+        }
     }
     let (host, pid, start) = process::identity();
     let now = now_ms();
@@ -123,63 +157,73 @@ pub fn work_once(
         run_lock = Some(lock);
         run_agent_unless_merge_pending(ctx, db, &job)
     });
-    let exit_code = match ran {
-        Ok(code) => code,
-        Err(e) if e.downcast_ref::<Stopped>().is_some() => {
-            let Some(Stopped(sig)) = e.downcast_ref::<Stopped>() else {
-                unreachable!()
-            };
-            return Ok(WorkOutcome::Stopped {
-                job_id: job.id,
-                task_id: job.task_id,
-                stage: job.stage,
-                signal: process::signal_name(*sig),
-            });
-        }
+    let end = match ran {
+        Ok(end) => end,
+        Err(e) if stopped_by(&e).is_some() => return stopped_outcome(&job, e),
         Err(e) => {
             // The agent could not even start (clone, fetch, worktree,
             // config): a set-up failure counts as an attempt of the job, so
             // it is retried with backoff and, at the cap — or at once when
             // it cannot succeed — the job fails and the task is escalated.
             let finalized = setup_failed(ctx, db, &job, &e)?;
-            return Ok(WorkOutcome::Ran {
+            return Ok(WorkOutcome::ran(&job, -1, finalized));
+        }
+    };
+    let out = conclude(ctx, db, &job, end);
+    drop(run_lock);
+    out
+}
+
+/// How a run this worker started or watched ended for it.
+#[derive(Debug)]
+enum RunEnd {
+    /// Its exit, run and verdict are recorded: this exit code.
+    Recorded(i64),
+    /// The job was taken from this worker meanwhile; nothing recorded.
+    Lost,
+    /// The worker was asked to stop by this signal and left the detached
+    /// run for a later tick.
+    Left(i32),
+    /// The detached run died without an exit record and the job was
+    /// recovered (Tier-1) as this says.
+    Recovered(Finalized),
+}
+
+/// The end of `work-once` for `job` whose run ended as `end`: finalize a
+/// recorded run, report the rest.
+///
+/// Errors: database errors and those of [`finalize`].
+fn conclude(ctx: &Ctx, db: &Db, job: &Job, end: RunEnd) -> anyhow::Result<WorkOutcome> {
+    let exit_code = match end {
+        RunEnd::Recorded(code) => code,
+        RunEnd::Lost => {
+            warn!(target: "worker", job = job.id, "job was taken from this worker while its agent ran; result discarded");
+            // The fence's refusal of this claim's run, when it was refused.
+            let refused = db
+                .fence_refusals(job.task_id)?
+                .into_iter()
+                .rfind(|r| r.job_id == job.id && r.epoch == job.epoch);
+            let finalized =
+                refused.map_or(Finalized::Lost, |r| Finalized::Refused { reason: r.reason });
+            return Ok(WorkOutcome::ran(job, -1, finalized));
+        }
+        RunEnd::Recovered(finalized) => return Ok(WorkOutcome::ran(job, -1, finalized)),
+        RunEnd::Left(sig) => {
+            return Ok(WorkOutcome::Left {
                 job_id: job.id,
                 task_id: job.task_id,
                 stage: job.stage,
-                exit_code: -1,
-                finalized,
-            });
+                signal: process::signal_name(sig),
+            })
         }
     };
-    let Some(exit_code) = exit_code else {
-        warn!(target: "worker", job = job.id, "job was taken from this worker while its agent ran; result discarded");
-        // The fence's refusal of this claim's run, when it was refused.
-        let refused = db
-            .fence_refusals(job.task_id)?
-            .into_iter()
-            .rfind(|r| r.job_id == job.id && r.epoch == job.epoch);
-        return Ok(WorkOutcome::Ran {
-            job_id: job.id,
-            task_id: job.task_id,
-            stage: job.stage,
-            exit_code: -1,
-            finalized: refused.map_or(Finalized::Lost, |r| Finalized::Refused { reason: r.reason }),
-        });
-    };
     let finalized = finalize(ctx, db, job.id, job.epoch, Actor::Worker)?;
-    drop(run_lock);
     if finalized.needs_a_human() {
         warn!(target: "worker", job = job.id, task = job.task_id, exit_code, outcome = %finalized, "finalized job; needs a human");
     } else {
         info!(target: "worker", job = job.id, task = job.task_id, exit_code, outcome = %finalized, "finalized job");
     }
-    Ok(WorkOutcome::Ran {
-        job_id: job.id,
-        task_id: job.task_id,
-        stage: job.stage,
-        exit_code,
-        finalized,
-    })
+    Ok(WorkOutcome::ran(job, exit_code, finalized))
 }
 
 /// [`run_agent`]'s error when the worker was asked to stop by this signal
@@ -195,18 +239,37 @@ impl std::fmt::Display for Stopped {
 
 impl std::error::Error for Stopped {}
 
-/// Records that the worker stopped `job`'s run on signal `sig`: the log
-/// says so, and the job goes back to queued, runnable now, without
-/// counting the attempt (`How::Free`). Logs the WARN line an operator
-/// greps for.
-fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path) -> anyhow::Result<()> {
+/// The signal that stopped a run, when `e` is [`Stopped`] (the job is
+/// requeued already, its attempt not counted).
+pub fn stopped_by(e: &anyhow::Error) -> Option<i32> {
+    e.downcast_ref::<Stopped>().map(|s| s.0)
+}
+
+/// [`WorkOutcome::Stopped`] for `job` when `e` is [`Stopped`], else `e`.
+fn stopped_outcome(job: &Job, e: anyhow::Error) -> anyhow::Result<WorkOutcome> {
+    match stopped_by(&e) {
+        Some(sig) => Ok(WorkOutcome::Stopped {
+            job_id: job.id,
+            task_id: job.task_id,
+            stage: job.stage,
+            signal: process::signal_name(sig),
+        }),
+        None => Err(e),
+    }
+}
+
+/// Records that `who` (`the worker`, or a detached run's supervisor)
+/// stopped `job`'s run on signal `sig`: the log says so, and the job goes
+/// back to queued, runnable now, without counting the attempt
+/// (`How::Free`). Logs the WARN line an operator greps for.
+fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path, who: &str) -> anyhow::Result<()> {
     let name = process::signal_name(sig);
     append_to_log(
         log_path,
-        &format!("orch: the worker got {name}; agent's process group stopped, job requeued\n"),
+        &format!("orch: {who} got {name}; agent's process group stopped, job requeued\n"),
     );
     let reason = format!(
-        "stopped by {name}: the worker was stopped while the agent ran; requeued, the attempt not counted"
+        "stopped by {name}: {who} was stopped while the agent ran; requeued, the attempt not counted"
     );
     let now = now_ms();
     let changed = db.write(|tx| {
@@ -227,6 +290,18 @@ fn record_stopped(db: &Db, job: &Job, sig: i32, log_path: &Path) -> anyhow::Resu
     })?;
     warn!(target: "worker", job = job.id, task = job.task_id, stage = %job.stage, attempt = job.attempt, signal = %name, requeued = (changed == Changed::Applied), "stopped by {name}: agent's process group stopped; job requeued without counting the attempt");
     Ok(())
+}
+
+/// A deferred merge (`merge_pending`) keeps its agent's result: the claim
+/// kept the exit code, and only the merge runs again (in [`finalize`]).
+fn run_agent_unless_merge_pending(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
+    match job.exit_code {
+        Some(code) if job.merge_pending => {
+            info!(target: "worker", job = job.id, defers = job.merge_defers, "deferred merge: the agent is not run again");
+            Ok(RunEnd::Recorded(code))
+        }
+        _ => run_agent(ctx, db, job),
+    }
 }
 
 /// Binds the task's worktree to `job`'s claim for its run and finalize
@@ -282,18 +357,6 @@ pub(crate) fn ensure_worktree(
     }
 }
 
-/// A deferred merge (`merge_pending`) keeps its agent's result: the claim
-/// kept the exit code, and only the merge runs again (in [`finalize`]).
-fn run_agent_unless_merge_pending(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
-    match job.exit_code {
-        Some(code) if job.merge_pending => {
-            info!(target: "worker", job = job.id, defers = job.merge_defers, "deferred merge: the agent is not run again");
-            Ok(Some(code))
-        }
-        _ => run_agent(ctx, db, job),
-    }
-}
-
 /// Per-run file names: `job<id>-a<attempt>.<ext>`.
 pub fn run_file(dir: &Path, job: &Job, ext: &str) -> PathBuf {
     dir.join(format!("job{}-a{}.{ext}", job.id, job.attempt))
@@ -343,9 +406,10 @@ fn brief_of(
     )
 }
 
-/// Prepares the worktree, runs the agent, and records its exit, run and
-/// verdict in one transaction. Returns the exit code, or `None` when the
-/// job was taken from this worker meanwhile (nothing recorded).
+/// Prepares the worktree, runs the agent (as the worker's child or
+/// detached, `ORCH_AGENT_RUNNER`), and records its exit, run and verdict
+/// in one transaction ([`record_run`]). Returns how the run ended for
+/// this worker.
 ///
 /// The worktree is reset to the branch head and cleaned before every
 /// attempt after the first, so a killed or failed run's edits never reach
@@ -353,7 +417,7 @@ fn brief_of(
 /// that contains origin's current default branch (merged in here; a
 /// conflicted merge is left for the agent, its files named in the
 /// feedback).
-fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
+fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
     let task = db.task(job.task_id)?.context("job's task vanished")?;
     let project = ctx.project(&task.project)?;
     let repo = ctx.repo(project);
@@ -377,7 +441,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     let claim = fence::Claim::of(job);
     let origin_head = repo.fetched_branch_sha(&task.branch)?;
     if !db.write(|tx| tx.set_claim_sha(job.id, job.epoch, origin_head.as_deref()))? {
-        return Ok(None);
+        return Ok(RunEnd::Lost);
     }
     let mut notes = Vec::new();
     if job.stage == Stage::Development && sent_back_by_merge_gate(db, &task)? {
@@ -414,7 +478,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     std::fs::write(&prompt_path, &brief.prompt)?;
 
     let timeout_s = brief.timeout_s;
-    let mut argv = brief.argv.clone();
+    let argv = brief.argv.clone();
     let mut spec = RunSpec {
         argv: argv.clone(),
         cwd: worktree.clone(),
@@ -425,16 +489,35 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         timeout: Duration::from_secs(timeout_s),
         kill_grace: Duration::from_secs(ctx.settings.kill_grace_s),
     };
+    let how = runner_of(ctx, kind)?;
     let (runner, clone_view) = agent_runner(ctx, &repo, &task, claim, &worktree, &verdict_file)?;
-    let started = now_ms();
-    // The beat's cadence is this process's own span: the monotonic clock,
-    // so a wall clock set back does not stop the heartbeats.
-    let heartbeat_every = Duration::from_secs(ctx.settings.heartbeat_s);
-    let mut last_beat = std::time::Instant::now();
-    let mut agent_pid = None;
     // The session id is recorded as soon as the CLI prints it, so a run
     // killed with this worker can be resumed by the job's next claim.
     let watch = std::cell::RefCell::new(Watch::from_end(kind, &log_path));
+    let mut facts = RunFacts {
+        kind,
+        argv,
+        log_path: log_path.clone(),
+        verdict_file,
+        timeout_s,
+        started_at_ms: now_ms(),
+        base_sha: matches!(job.stage, Stage::Architecture | Stage::Development).then_some(base_sha),
+        clone_view,
+        resumed: brief.previous_session.clone(),
+        log_from: watch.borrow().start(),
+    };
+    // After a resume the CLI refused: the brief again, its session
+    // forgotten, for a run in a fresh session within the same claim.
+    let rebrief = || -> anyhow::Result<crate::brief::Brief> {
+        let brief = brief_of(ctx, db, &task, job, &notes)?;
+        std::fs::write(&prompt_path, &brief.prompt)?;
+        Ok(brief)
+    };
+    if how != AgentRunner::Child {
+        return run_detached(ctx, db, job, how, &runner, spec, facts, rebrief);
+    }
+    db.write(|tx| tx.set_job_run(job.id, job.epoch, "child", None))?;
+    let mut agent_pid = None;
     let mut on_spawn = |s: &process::Spawned| {
         agent_pid = Some(s.pid as i64);
         db.write(|tx| {
@@ -447,11 +530,9 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             )
         })
     };
+    let mut heartbeat = beat(ctx, db, job);
     let mut on_tick = || {
-        if last_beat.elapsed() >= heartbeat_every {
-            last_beat = std::time::Instant::now();
-            db.write(|tx| tx.heartbeat(job.id, job.epoch, now_ms()))?;
-        }
+        heartbeat()?;
         record_session_seen(db, job, &mut watch.borrow_mut())
     };
     // An ACP agent is talked to, not fed a prompt file, and its result
@@ -488,23 +569,380 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             &out,
         )? {
             // The same claim runs the agent again, in a fresh session.
-            brief = brief_of(ctx, db, &task, job, &notes)?;
-            std::fs::write(&prompt_path, &brief.prompt)?;
-            argv = brief.argv.clone();
+            brief = rebrief()?;
             spec.argv = brief.argv.clone();
+            facts.argv = brief.argv.clone();
+            facts.resumed = brief.previous_session.clone();
             *watch.borrow_mut() = Watch::from_end(kind, &log_path);
+            facts.log_from = watch.borrow().start();
             out = runner.run(&spec, tick, &mut on_spawn, &mut on_tick)?;
         }
         (out, None)
     };
+    let ended = Ended {
+        outcome,
+        acp,
+        agent_pid,
+        runner: "child",
+        adopted: false,
+    };
+    Ok(record_run(ctx, db, job, facts, ended)?.map_or(RunEnd::Lost, RunEnd::Recorded))
+}
+
+/// What the end of a run needs to be recorded, known before the agent
+/// starts: a detached run's spec carries it ([`detached::Spec::facts`]) to
+/// whoever records the run's end — its watcher, or an adopter.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunFacts {
+    kind: crate::config::AgentKind,
+    /// The agent's argv as rendered (not wrapped by the sandbox).
+    argv: Vec<String>,
+    log_path: PathBuf,
+    verdict_file: PathBuf,
+    timeout_s: u64,
+    /// Wall time before the start, unix ms.
+    started_at_ms: i64,
+    /// The branch head the run started from (architecture, development).
+    base_sha: Option<String>,
+    /// The sandboxed agent's view of the clone, applied after the run.
+    clone_view: Option<crate::git::CloneView>,
+    /// The session the run resumed (`{previous_session}`), against which
+    /// a session-total cost is scoped.
+    resumed: Option<String>,
+    /// Where this run's part of the log begins, in bytes.
+    log_from: u64,
+}
+
+/// How a run ended, as its runner reports it.
+struct Ended {
+    outcome: RunOutcome,
+    /// An ACP agent's exchange (child runner only).
+    acp: Option<crate::acp::Outcome>,
+    agent_pid: Option<i64>,
+    /// `child`, `supervisor`, `systemd`.
+    runner: &'static str,
+    /// Recorded by another process than the one that started the run.
+    adopted: bool,
+}
+
+/// The runner of this run (`ORCH_AGENT_RUNNER`; `auto`: `systemd` where
+/// [`process::systemd::probe`] passes, else `supervisor`). An ACP agent is
+/// talked to over its stdin and stdout, so it always runs as the worker's
+/// child.
+///
+/// Errors: [`crate::error::Error::Config`] for `systemd` where its probe
+/// fails (its reason).
+fn runner_of(ctx: &Ctx, kind: crate::config::AgentKind) -> anyhow::Result<AgentRunner> {
+    if kind == crate::config::AgentKind::Acp {
+        return Ok(AgentRunner::Child);
+    }
+    match ctx.settings.agent_runner {
+        AgentRunner::Auto if process::systemd::probe().is_ok() => Ok(AgentRunner::Systemd),
+        AgentRunner::Auto | AgentRunner::Supervisor => Ok(AgentRunner::Supervisor),
+        AgentRunner::Child => Ok(AgentRunner::Child),
+        AgentRunner::Systemd => match process::systemd::probe() {
+            Ok(()) => Ok(AgentRunner::Systemd),
+            Err(why) => Err(crate::error::Error::config(
+                "ORCH_AGENT_RUNNER",
+                format!("systemd: {why}"),
+            )
+            .into()),
+        },
+    }
+}
+
+/// What a run unit's environment gets from the worker's (the unit starts
+/// in its manager's environment, not the worker's): every variable the
+/// agent would inherit — not `ORCH_*`, nothing named like a secret
+/// (`process::systemd` refuses those: they stay in the spec, 0600), no
+/// value with a newline.
+fn unit_env() -> Vec<(String, String)> {
+    std::env::vars()
+        .filter(|(k, v)| {
+            !k.starts_with("ORCH_")
+                && !["_SECRET", "_TOKEN", "_KEY", "_PASSWORD"]
+                    .iter()
+                    .any(|s| k.ends_with(s))
+                && k.chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !v.contains('\n')
+        })
+        .collect()
+}
+
+/// The per-tick work of a worker while a run goes: the heartbeat at
+/// `ORCH_HEARTBEAT_S` (its cadence is this process's own span, the
+/// monotonic clock, so a wall clock set back does not stop it).
+fn beat<'a>(ctx: &'a Ctx, db: &'a Db, job: &'a Job) -> impl FnMut() -> anyhow::Result<()> + 'a {
+    let every = Duration::from_secs(ctx.settings.heartbeat_s);
+    let mut last = std::time::Instant::now();
+    move || {
+        if last.elapsed() >= every {
+            last = std::time::Instant::now();
+            db.write(|tx| tx.heartbeat(job.id, job.epoch, now_ms()))?;
+        }
+        Ok(())
+    }
+}
+
+/// How long [`detached::start`] waits for the supervisor's start record.
+const DETACHED_START_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a watcher looks for a detached run's exit record (one
+/// `stat`): the latency from the agent's exit to its record.
+const WATCH_POLL: Duration = Duration::from_millis(50);
+
+/// How often a watcher runs its per-tick work (heartbeat, hooks).
+const WATCH_TICK: Duration = Duration::from_millis(200);
+
+/// How often a watcher checks that a detached run's supervisor lives.
+const WATCH_ALIVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts `spec` (confined by `runner`) detached ([`detached::start`]),
+/// records its handle on the job, watches it ([`follow`]) and records its
+/// end ([`settle`]). A resume the CLI refused runs again in a fresh
+/// session within the same claim (`rebrief` renders it), the refused
+/// run's records set aside.
+///
+/// Errors: the run cannot be started (a set-up failure of the job);
+/// database errors; those of [`follow`] and [`settle`].
+#[allow(clippy::too_many_arguments)]
+fn run_detached(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    how: AgentRunner,
+    runner: &Runner,
+    mut spec: RunSpec,
+    mut facts: RunFacts,
+    rebrief: impl Fn() -> anyhow::Result<crate::brief::Brief>,
+) -> anyhow::Result<RunEnd> {
+    let paths = Paths::new(&ctx.settings.logs_dir(), job.id, job.epoch);
+    // The runner first: a worker that dies while starting the run leaves a
+    // job whose run any tick finds (by its files) and judges.
+    let runner_name = match how {
+        AgentRunner::Systemd => "systemd",
+        _ => "supervisor",
+    };
+    if !db.write(|tx| tx.set_job_run(job.id, job.epoch, runner_name, None))? {
+        return Ok(RunEnd::Lost);
+    }
+    let mut refusals = 0;
+    loop {
+        let mut watch = Watch::from_end(facts.kind, &facts.log_path);
+        facts.log_from = watch.start();
+        let dspec = detached::Spec::new(runner.wrapped(&spec)?, job.id, job.epoch, &paths, &facts);
+        let started = if how == AgentRunner::Systemd {
+            // The manager stops the unit at the latest well after the
+            // supervisor's own timeout and grace.
+            let grace = Duration::from_secs(ctx.settings.kill_grace_s);
+            let runtime_max = spec.timeout + grace * 2 + Duration::from_secs(60);
+            detached::start_unit(&dspec, &paths, unit_env(), runtime_max, DETACHED_START_WAIT)?
+        } else {
+            detached::start(&dspec, &paths, DETACHED_START_WAIT)?
+        };
+        let handle = started.handle();
+        let ours = db.write(|tx| {
+            tx.set_job_agent(
+                job.id,
+                job.epoch,
+                started.agent.pid as i64,
+                started.agent.start_time as i64,
+                facts.timeout_s as i64,
+            )?;
+            tx.set_job_run(job.id, job.epoch, runner_name, Some(&handle))
+        })?;
+        if !ours {
+            warn!(target: "worker", job = job.id, "job was taken from this worker as its run started; stopping the run");
+            detached::stop(
+                Some(&handle),
+                Some(started.agent),
+                Duration::from_secs(ctx.settings.kill_grace_s),
+            );
+            return Ok(RunEnd::Lost);
+        }
+        info!(target: "worker", job = job.id, runner = runner_name, supervisor = started.supervisor.pid, agent = started.agent.pid, "agent started detached");
+        let watched = follow(ctx, db, job, &paths, &handle, &mut watch)?;
+        if let Watched::Exited(e) = &watched {
+            if refused(db, job, &facts, e)? {
+                refusals += 1;
+                detached::set_aside(&paths, &format!("refused{refusals}"))?;
+                let brief = rebrief()?;
+                spec.argv = brief.argv.clone();
+                facts.argv = brief.argv;
+                facts.resumed = brief.previous_session;
+                continue;
+            }
+        }
+        return settle(ctx, db, job, facts, watched, false);
+    }
+}
+
+/// Whether the detached run described by `facts` that ended as `e` was a
+/// resume the CLI refused ([`resume_refused`]: the session is forgotten).
+fn refused(db: &Db, job: &Job, facts: &RunFacts, e: &detached::Exited) -> anyhow::Result<bool> {
+    resume_refused(
+        db,
+        job,
+        facts.kind,
+        facts.resumed.as_deref(),
+        &facts.log_path,
+        facts.log_from,
+        &e.outcome()?,
+    )
+}
+
+/// Why a watch ended.
+enum Watched {
+    Exited(detached::Exited),
+    /// This worker was asked to stop by this signal.
+    Left(i32),
+    /// The run is gone without an exit record: why.
+    Gone(String),
+}
+
+/// Watches job `job`'s detached run (files `paths`, supervisor `handle`)
+/// until it ends, this worker is asked to stop (SIGTERM, SIGINT: the run
+/// is left alone), or its supervisor is gone without an exit record.
+/// Meanwhile it heartbeats and records the session id `watch` finds in
+/// the log.
+///
+/// Errors: an unreadable exit record.
+fn follow(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    paths: &Paths,
+    handle: &str,
+    watch: &mut Watch,
+) -> anyhow::Result<Watched> {
+    let mut heartbeat = beat(ctx, db, job);
+    let mut on_tick = || {
+        heartbeat()?;
+        record_session_seen(db, job, watch)
+    };
+    let mut last_check = std::time::Instant::now();
+    let mut last_tick = std::time::Instant::now();
+    loop {
+        if let Some(e) = detached::read_exit(paths, job.id, job.epoch)? {
+            return Ok(Watched::Exited(e));
+        }
+        if let Some(sig) = process::stop_signal() {
+            return Ok(Watched::Left(sig));
+        }
+        if last_check.elapsed() >= WATCH_ALIVE_EVERY {
+            last_check = std::time::Instant::now();
+            match detached::state(paths, job.id, job.epoch, Some(handle))? {
+                detached::State::Exited(e) => return Ok(Watched::Exited(e)),
+                detached::State::Running => {}
+                detached::State::Gone(why) => return Ok(Watched::Gone(why)),
+            }
+        }
+        if last_tick.elapsed() >= WATCH_TICK {
+            last_tick = std::time::Instant::now();
+            if let Err(e) = on_tick() {
+                warn!(target: "worker", job = job.id, error = %format!("{e:#}"), "tick callback failed");
+            }
+        }
+        std::thread::sleep(WATCH_POLL);
+    }
+}
+
+/// What a watch's end means for job `job`: a run that ended is recorded
+/// ([`record_run`]; `adopted`: this process did not start it); a worker
+/// asked to stop leaves it ([`RunEnd::Left`]); a run gone without an exit
+/// record is recovered at once (Tier-1, [`adopt::recover`]).
+///
+/// Errors: those of [`record_run`] and [`adopt::recover`].
+fn settle(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    facts: RunFacts,
+    watched: Watched,
+    adopted: bool,
+) -> anyhow::Result<RunEnd> {
+    match watched {
+        Watched::Exited(e) => {
+            if adopted {
+                // An adopter does not start the run again: a resume the
+                // CLI refused only forgets the session, and the run is
+                // recorded as it ended (the next claim starts fresh).
+                refused(db, job, &facts, &e)?;
+            }
+            let ended = Ended {
+                outcome: e.outcome()?,
+                acp: None,
+                agent_pid: e.agent.map(|a| a.pid as i64),
+                runner: "supervisor",
+                adopted,
+            };
+            if let Some(error) = &e.error {
+                append_to_log(
+                    &facts.log_path,
+                    &format!("orch: the agent did not start: {error}\n"),
+                );
+            }
+            Ok(record_run(ctx, db, job, facts, ended)?.map_or(RunEnd::Lost, RunEnd::Recorded))
+        }
+        Watched::Left(sig) => {
+            warn!(target: "worker", job = job.id, task = job.task_id, signal = %process::signal_name(sig), "asked to stop: leaving the detached run alone; a later tick adopts it");
+            Ok(RunEnd::Left(sig))
+        }
+        Watched::Gone(why) => {
+            warn!(target: "worker", job = job.id, task = job.task_id, why = %why, "the detached run died without an exit record; recovering the job");
+            let reason = format!("the detached run died: {why}");
+            Ok(adopt::recover(ctx, db, job.id, job.epoch, &reason)?
+                .map_or(RunEnd::Lost, RunEnd::Recovered))
+        }
+    }
+}
+
+/// The end of every run, shared by the child runner, a detached run's
+/// watcher and its adopter: applies the sandboxed agent's clone view,
+/// reads the result (the log's last line, or the ACP exchange), and
+/// records the exit, the run (with its runner and whether it was adopted)
+/// and the verdict in one transaction. Returns the exit code, or `None`
+/// when the job was taken meanwhile or the exit was recorded already
+/// (nothing written). A child run stopped by SIGTERM requeues the job and
+/// returns the [`Stopped`] error.
+///
+/// Errors: the task or its project vanished; the clone view cannot be
+/// applied; database errors.
+fn record_run(
+    ctx: &Ctx,
+    db: &Db,
+    job: &Job,
+    facts: RunFacts,
+    ended: Ended,
+) -> anyhow::Result<Option<i64>> {
+    let task = db.task(job.task_id)?.context("job's task vanished")?;
+    let repo = ctx.repo(ctx.project(&task.project)?);
+    let worktree = std::path::absolute(&task.worktree)
+        .with_context(|| format!("making {} absolute", task.worktree))?;
+    let RunFacts {
+        kind,
+        argv,
+        log_path,
+        verdict_file,
+        timeout_s,
+        started_at_ms: started,
+        base_sha,
+        clone_view,
+        resumed,
+        log_from: _,
+    } = facts;
     // INV-10: nothing of a run whose claim went stale meanwhile (the
-    // reaper gave up on this worker; another epoch holds or finished the
+    // reaper gave up on its watcher; another epoch holds or finished the
     // job) reaches anything — not its clone view, its result or its
     // finalize. Refused and recorded.
     // The task's folder of views goes with its last view (`remove_dir`
     // leaves a folder another claim's view is in).
     let views = ctx.settings.clone_view_dir(task.id);
-    if fence::guard(db, claim, "finalize")?.is_some() {
+    if fence::guard(db, fence::Claim::of(job), "finalize")?.is_some() {
         if let Some(view) = clone_view {
             let _ = std::fs::remove_dir_all(view.dir());
             let _ = std::fs::remove_dir(&views);
@@ -512,22 +950,35 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         return Ok(None);
     }
     if let Some(view) = clone_view {
-        let applied = repo.apply_clone_view(view, &worktree);
-        let _ = std::fs::remove_dir(&views);
-        let applied = applied?;
-        if !applied.discarded.is_empty() {
-            warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
+        if view.dir().exists() {
+            let applied = repo.apply_clone_view(view, &worktree);
+            let _ = std::fs::remove_dir(&views);
+            let applied = applied?;
+            if !applied.discarded.is_empty() {
+                warn!(target: "worker", job = job.id, refs = %applied.discarded.join(", "), "the agent changed refs other than its branch's; discarded");
+            }
+        } else {
+            warn!(target: "worker", job = job.id, view = %view.dir().display(), "the run's clone view is gone (applied by an earlier try): nothing to carry over");
         }
         if repo.repair_index(&worktree)? {
             info!(target: "worker", job = job.id, "the agent left staged files its store kept; the index was reset to HEAD, the files are committed from the worktree");
         }
     }
+    let outcome = ended.outcome;
     if let process::ExitKind::Stopped(sig) = outcome.exit {
-        record_stopped(db, job, sig, &log_path)?;
+        // Stopped is no failure of the agent's (`systemctl stop`, a
+        // supervisor stopped with its cgroup): requeued without an attempt.
+        let who = match ended.runner {
+            "child" => "the worker",
+            _ => "the run's supervisor",
+        };
+        record_stopped(db, job, sig, &log_path, who)?;
         return Err(Stopped(sig).into());
     }
     failpoint("worker.after_agent_exit");
 
+    let agent = ctx.config.agent(&job.role)?;
+    let acp = ended.acp;
     let timed_out = outcome.exit == process::ExitKind::TimedOut;
     if timed_out {
         append_to_log(
@@ -552,7 +1003,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
             crate::agent::parse(kind, &String::from_utf8_lossy(&log), exit_code)
         }
     };
-    let result = vet_result(db, job, kind, brief.previous_session.as_deref(), parsed)?;
+    let result = vet_result(db, job, kind, resumed.as_deref(), parsed)?;
     if result.is_none() {
         info!(target: "worker", job = job.id, kind = %kind, log = %log_path.display(), "agent printed no result: usage unknown");
     }
@@ -584,7 +1035,7 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
     });
     let record = RunRecord {
         limit,
-        pid: agent_pid,
+        pid: ended.agent_pid,
         argv,
         exit_code,
         duration_ms: outcome.duration_ms,
@@ -610,7 +1061,9 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<Option<i64>> {
         log_path: log_path.to_string_lossy().into_owned(),
         started_at_ms: started,
         error,
-        base_sha: matches!(job.stage, Stage::Architecture | Stage::Development).then_some(base_sha),
+        base_sha,
+        runner: Some(ended.runner.to_string()),
+        adopted: ended.adopted,
     };
     let now = now_ms();
     let recorded = db.write(|tx| {

@@ -1,0 +1,719 @@
+//! Detached agent runs: a run that outlives every orch process (DESIGN §4
+//! "Detached runs").
+//!
+//! The worker writes a [`Spec`] under orch's state directory (never where
+//! an agent can write) and calls [`start`]: it starts `orch run-agent
+//! --spec FILE` in a session of its own, which starts the supervisor
+//! (`orch run-agent --spec FILE --supervise`) and exits at once — the
+//! supervisor is nobody's child that dies with orch, its stdio is not the
+//! worker's, and it is the leader of its own session and process group.
+//! Both are this very binary (`/proc/self/exe`), so a binary replaced on
+//! disk mid-run changes neither the spec's reader nor the records' writer.
+//!
+//! The supervisor ([`supervise`]) runs the agent exactly as
+//! [`super::run`] does (its own process group, stdin the prompt file,
+//! stdout and stderr the run's log, the role's timeout: TERM to the group,
+//! KILL after the grace), and writes two records next to the log, each to
+//! a temporary file, fsynced, renamed: [`Started`] (`job<N>-e<E>.run`,
+//! supervisor and agent pid with their start times and the boot id) as
+//! soon as the agent is spawned, and [`Exited`] (`job<N>-e<E>.exit`) once
+//! it ended. Then it exits. Any later process judges the run from those
+//! files and `/proc` alone ([`state`]).
+//!
+//! The agent keeps `PR_SET_PDEATHSIG` towards the supervisor: a supervisor
+//! killed (or a reboot) ends its agent too, and the run is gone without an
+//! exit record — a dead run, which the reaper's Tier-1 recovers.
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{ExitKind, RunOutcome, RunSpec, Spawned};
+use crate::failpoint::failpoint;
+
+/// The [`Spec`] format this binary writes and reads.
+pub const SPEC_VERSION: u32 = 1;
+
+/// The largest spec or record file read back, in bytes.
+const MAX_RECORD_BYTES: u64 = 4 << 20;
+
+/// How often [`start`] looks for the supervisor's [`Started`] record.
+const START_POLL: Duration = Duration::from_millis(10);
+
+/// The files of one detached run (claim `epoch` of job `job_id`), all in
+/// the logs folder next to the run's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// `job<N>-e<E>.spec`: what to run ([`Spec`]).
+    pub spec: PathBuf,
+    /// `job<N>-e<E>.run`: the [`Started`] record.
+    pub started: PathBuf,
+    /// `job<N>-e<E>.exit`: the [`Exited`] record.
+    pub exit: PathBuf,
+    /// `job<N>-e<E>.runner.log`: the supervisor's own messages.
+    pub runner_log: PathBuf,
+}
+
+impl Paths {
+    /// The files of claim `epoch` of job `job_id` in folder `dir`.
+    pub fn new(dir: &Path, job_id: i64, epoch: i64) -> Paths {
+        let f = |ext: &str| dir.join(format!("job{job_id}-e{epoch}.{ext}"));
+        Paths {
+            spec: f("spec"),
+            started: f("run"),
+            exit: f("exit"),
+            runner_log: f("runner.log"),
+        }
+    }
+}
+
+/// What a detached run runs: a [`RunSpec`] (its argv already wrapped by
+/// the sandbox), the claim it belongs to, where its records go, and the
+/// caller's own `facts` (the worker's post-run facts, for whoever records
+/// the run's end; the supervisor ignores them). Read back strictly: an
+/// unknown field or another `version` is an error.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec<T> {
+    pub version: u32,
+    pub job_id: i64,
+    pub epoch: i64,
+    pub run: RunSpec,
+    /// Where the [`Started`] record goes.
+    pub started_path: PathBuf,
+    /// Where the [`Exited`] record goes.
+    pub exit_path: PathBuf,
+    pub facts: T,
+}
+
+impl<T> Spec<T> {
+    /// A spec for `run` of claim `epoch` of job `job_id`, its records at
+    /// `paths`.
+    pub fn new(run: RunSpec, job_id: i64, epoch: i64, paths: &Paths, facts: T) -> Spec<T> {
+        Spec {
+            version: SPEC_VERSION,
+            job_id,
+            epoch,
+            run,
+            started_path: paths.started.clone(),
+            exit_path: paths.exit.clone(),
+            facts,
+        }
+    }
+}
+
+/// Reads the spec at `path` strictly.
+///
+/// Errors: unreadable, larger than 4 MiB, not JSON of this shape, or of
+/// another [`SPEC_VERSION`].
+pub fn read_spec<T: DeserializeOwned>(path: &Path) -> anyhow::Result<Spec<T>> {
+    let spec: Spec<T> = read_json(path)?;
+    if spec.version != SPEC_VERSION {
+        bail!(
+            "{}: spec version {} (this orch reads {SPEC_VERSION})",
+            path.display(),
+            spec.version
+        );
+    }
+    Ok(spec)
+}
+
+/// The supervisor's record, written as soon as the agent is spawned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Started {
+    pub job_id: i64,
+    pub epoch: i64,
+    /// The supervisor (its own session and process group).
+    pub supervisor: Spawned,
+    /// The agent (its own process group).
+    pub agent: Spawned,
+    /// The machine's boot id ([`super::boot_id`]): after a reboot the
+    /// pids mean nothing.
+    pub boot_id: String,
+    /// Wall time of the spawn, unix ms.
+    pub at_ms: i64,
+}
+
+impl Started {
+    /// The handle stored on the job (`jobs.run_handle`):
+    /// `<supervisor pid>:<its start time>:<boot id>`.
+    pub fn handle(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.supervisor.pid, self.supervisor.start_time, self.boot_id
+        )
+    }
+}
+
+/// How long after its spec was written a run with neither a handle nor a
+/// start record counts as starting (its worker died while starting it),
+/// not as gone: longer than any [`start`] waits.
+const STARTING_GRACE: Duration = Duration::from_secs(60);
+
+/// The run's handle: `handle` (`jobs.run_handle`) when given, else the one
+/// its start record names (its worker died before recording it).
+pub fn handle_of(paths: &Paths, handle: Option<&str>) -> Option<String> {
+    match handle.filter(|h| !h.is_empty()) {
+        Some(h) => Some(h.to_string()),
+        None => read_started(paths).map(|s| s.handle()),
+    }
+}
+
+/// The run's start record, if it is there and reads.
+pub fn read_started(paths: &Paths) -> Option<Started> {
+    read_json(&paths.started).ok()
+}
+
+/// A supervisor as `jobs.run_handle` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handle {
+    pub supervisor: Spawned,
+    pub boot_id: String,
+}
+
+impl Handle {
+    /// Parses [`Started::handle`]'s text; `None` when it is not that shape.
+    pub fn parse(s: &str) -> Option<Handle> {
+        let mut it = s.splitn(3, ':');
+        let pid = it.next()?.parse().ok().filter(|p: &i32| *p > 1)?;
+        let start_time = it.next()?.parse().ok()?;
+        let boot_id = it.next()?.to_string();
+        Some(Handle {
+            supervisor: Spawned { pid, start_time },
+            boot_id,
+        })
+    }
+
+    /// Whether the supervisor still runs: on this boot, its pid alive
+    /// with the recorded start time.
+    pub fn alive(&self) -> bool {
+        self.boot_id == super::boot_id()
+            && super::is_alive(self.supervisor.pid, self.supervisor.start_time)
+    }
+}
+
+/// How a detached run ended, as the supervisor saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exited {
+    pub job_id: i64,
+    pub epoch: i64,
+    /// `code`, `signal`, `timed_out`, `stopped` (the supervisor was asked
+    /// to stop: SIGTERM to it stops the agent's group), or `not_started`
+    /// (the spawn failed: `error` says why).
+    pub exit: String,
+    /// The exit status for `code`.
+    pub code: Option<i32>,
+    /// The signal for `signal` and `stopped`.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// From spawn until the agent was reaped, in milliseconds.
+    pub duration_ms: i64,
+    pub agent: Option<Spawned>,
+    pub error: Option<String>,
+}
+
+impl Exited {
+    fn of(job_id: i64, epoch: i64, outcome: &RunOutcome, agent: Option<Spawned>) -> Exited {
+        let (exit, code, signal) = match outcome.exit {
+            ExitKind::Code(c) => ("code", Some(c), None),
+            ExitKind::Signal(s) => ("signal", None, Some(s)),
+            ExitKind::TimedOut => ("timed_out", None, None),
+            ExitKind::Stopped(s) => ("stopped", None, Some(s)),
+        };
+        Exited {
+            job_id,
+            epoch,
+            exit: exit.into(),
+            code,
+            signal,
+            timed_out: outcome.exit == ExitKind::TimedOut,
+            duration_ms: outcome.duration_ms,
+            agent,
+            error: None,
+        }
+    }
+
+    /// The outcome as [`super::run`] would have returned it; a run that
+    /// never started reads as exit 127 (a shell's "not found").
+    ///
+    /// Errors: an `exit` word this binary does not know, or a word
+    /// without its number.
+    pub fn outcome(&self) -> anyhow::Result<RunOutcome> {
+        let exit = match (self.exit.as_str(), self.code, self.signal) {
+            ("code", Some(c), _) => ExitKind::Code(c),
+            ("signal", _, Some(s)) => ExitKind::Signal(s),
+            ("timed_out", ..) => ExitKind::TimedOut,
+            ("stopped", _, Some(s)) => ExitKind::Stopped(s),
+            ("not_started", ..) => ExitKind::Code(127),
+            (other, ..) => bail!("exit record says {other:?} without its number"),
+        };
+        Ok(RunOutcome {
+            exit,
+            duration_ms: self.duration_ms,
+        })
+    }
+}
+
+/// Where a detached run stands, judged from its records and `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// It ended: its exit record.
+    Exited(Exited),
+    /// Its supervisor still runs.
+    Running,
+    /// Its supervisor is gone and left no exit record (killed, a reboot):
+    /// why it counts as gone.
+    Gone(String),
+}
+
+/// Where the run of claim `epoch` of job `job_id` (supervisor `handle`,
+/// `jobs.run_handle`, else its start record's) stands. The exit record is
+/// read first and again after a dead supervisor is seen, so a run that
+/// ends between the two looks is never taken for gone. A run with no
+/// handle and no start record whose spec is younger than a minute is
+/// starting: [`State::Running`].
+///
+/// Errors: an exit record that cannot be read or parsed, or is another
+/// claim's.
+pub fn state(
+    paths: &Paths,
+    job_id: i64,
+    epoch: i64,
+    handle: Option<&str>,
+) -> anyhow::Result<State> {
+    if let Some(e) = read_exit(paths, job_id, epoch)? {
+        return Ok(State::Exited(e));
+    }
+    let handle = handle_of(paths, handle);
+    let why = match handle.as_deref().map(|h| (h, Handle::parse(h))) {
+        Some((_, Some(h))) if h.alive() => return Ok(State::Running),
+        Some((_, Some(h))) if h.boot_id != super::boot_id() => {
+            "its supervisor ran before a reboot or on another host".to_string()
+        }
+        Some((_, Some(h))) => format!("its supervisor pid {} is gone", h.supervisor.pid),
+        Some((h, None)) => format!("its handle {h:?} names no supervisor"),
+        None if starting(paths) => return Ok(State::Running),
+        None => "it never started".to_string(),
+    };
+    match read_exit(paths, job_id, epoch)? {
+        Some(e) => Ok(State::Exited(e)),
+        None => Ok(State::Gone(format!("{why}, without an exit record"))),
+    }
+}
+
+/// Whether the spec at `paths.spec` was written less than
+/// [`STARTING_GRACE`] ago.
+fn starting(paths: &Paths) -> bool {
+    std::fs::metadata(&paths.spec)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < STARTING_GRACE)
+}
+
+/// The exit record at `paths.exit`, if there is one.
+///
+/// Errors: it cannot be read or parsed, or it names another job or epoch.
+pub fn read_exit(paths: &Paths, job_id: i64, epoch: i64) -> anyhow::Result<Option<Exited>> {
+    if !paths.exit.exists() {
+        return Ok(None);
+    }
+    let e: Exited = read_json(&paths.exit)?;
+    if (e.job_id, e.epoch) != (job_id, epoch) {
+        bail!(
+            "{}: the exit record is job {} epoch {}, not job {job_id} epoch {epoch}",
+            paths.exit.display(),
+            e.job_id,
+            e.epoch
+        );
+    }
+    Ok(Some(e))
+}
+
+/// Starts the run `spec` describes, detached: writes the spec (mode 0600)
+/// to `paths.spec`, starts `orch run-agent` in a new session with stdin
+/// `/dev/null` and stdout and stderr appended to `paths.runner_log`, and
+/// waits up to `wait` for the supervisor's [`Started`] record.
+///
+/// Errors: the spec cannot be written; records of this claim exist
+/// already; `/proc/self/exe` cannot be started or exits non-zero; the
+/// agent could not be spawned (the supervisor's `not_started` record:
+/// its error); no record within `wait` (the supervisor is then killed).
+pub fn start<T: Serialize>(
+    spec: &Spec<T>,
+    paths: &Paths,
+    wait: Duration,
+) -> anyhow::Result<Started> {
+    write_new_spec(spec, paths)?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&paths.runner_log)
+        .with_context(|| format!("opening {}", paths.runner_log.display()))?;
+    let log2 = log.try_clone()?;
+    let mut cmd = Command::new("/proc/self/exe");
+    // `ps` shows `orch run-agent --spec …` (the program is this binary).
+    cmd.arg0("orch")
+        .arg("run-agent")
+        .arg("--spec")
+        .arg(&paths.spec)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: setsid(2) is async-signal-safe and touches no memory.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = cmd
+        .status()
+        .context("starting the run's supervisor (/proc/self/exe run-agent)")?;
+    if !status.success() {
+        bail!(
+            "the run's launcher exited {status}: {}",
+            tail(&paths.runner_log)
+        );
+    }
+    wait_started(spec, paths, wait)
+}
+
+/// [`start`] in a transient systemd unit of orch's own user manager
+/// ([`super::systemd`], unit `orch-run-job<N>-e<E>.service`): the unit runs
+/// the supervisor itself (`orch run-agent --spec FILE --supervise`, the
+/// binary at [`super::systemd::this_binary`]), with `env` set in the unit
+/// (the manager's environment is not the worker's), its output appended to
+/// `paths.runner_log`, and stopped by the manager at `runtime_max` at the
+/// latest. The records, and so the liveness and adoption, are the
+/// supervisor's.
+///
+/// Errors: those of [`start`]; the unit cannot be started.
+pub fn start_unit<T: Serialize>(
+    spec: &Spec<T>,
+    paths: &Paths,
+    env: Vec<(String, String)>,
+    runtime_max: Duration,
+    wait: Duration,
+) -> anyhow::Result<Started> {
+    use super::systemd;
+    let unit = systemd::UnitName::for_run(spec.job_id, spec.epoch).map_err(anyhow::Error::msg)?;
+    write_new_spec(spec, paths)?;
+    let program = systemd::this_binary()?;
+    let unit_spec = systemd::UnitSpec {
+        unit,
+        argv: vec![
+            program.to_string_lossy().into_owned(),
+            "run-agent".into(),
+            "--spec".into(),
+            paths.spec.to_string_lossy().into_owned(),
+            "--supervise".into(),
+        ],
+        env,
+        cwd: PathBuf::from("/"),
+        output: Some(paths.runner_log.clone()),
+        runtime_max,
+        stop_grace: Duration::from_millis(spec.run.kill_grace.as_millis() as u64 * 2),
+    };
+    systemd::start_transient(&unit_spec)?;
+    wait_started(spec, paths, wait)
+}
+
+/// Writes `spec` to `paths.spec` (mode 0600) for a claim never started.
+///
+/// Errors: records of this claim exist already; the write fails.
+fn write_new_spec<T: Serialize>(spec: &Spec<T>, paths: &Paths) -> anyhow::Result<()> {
+    if paths.started.exists() || paths.exit.exists() {
+        bail!(
+            "{} or {} exists already: this claim was started before",
+            paths.started.display(),
+            paths.exit.display()
+        );
+    }
+    write_json_atomic(&paths.spec, spec)
+}
+
+/// Waits up to `wait` for the supervisor's start record of `spec`'s run.
+///
+/// Errors: the agent could not be spawned (the `not_started` record's
+/// error); no record within `wait`; a record of another claim.
+fn wait_started<T>(spec: &Spec<T>, paths: &Paths, wait: Duration) -> anyhow::Result<Started> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if paths.started.exists() {
+            let s: Started = read_json(&paths.started)?;
+            if (s.job_id, s.epoch) != (spec.job_id, spec.epoch) {
+                bail!("{}: another claim's record", paths.started.display());
+            }
+            return Ok(s);
+        }
+        if let Some(e) = read_exit(paths, spec.job_id, spec.epoch)? {
+            bail!(
+                "{}",
+                e.error
+                    .unwrap_or_else(|| format!("the agent ended before it started: {}", e.exit))
+            );
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the run's supervisor wrote no start record within {} ms: {}",
+                wait.as_millis(),
+                tail(&paths.runner_log)
+            );
+        }
+        std::thread::sleep(START_POLL);
+    }
+}
+
+/// `orch run-agent --spec FILE`: without `supervise`, starts the
+/// supervisor (this binary again, with `--supervise`) and returns at once;
+/// with it, is the supervisor ([`supervise`]).
+///
+/// Errors: the supervisor cannot be started; those of [`supervise`].
+pub fn run_agent_command(spec: &Path, supervise_it: bool) -> anyhow::Result<()> {
+    if supervise_it {
+        return supervise(spec);
+    }
+    Command::new("/proc/self/exe")
+        .arg0("orch")
+        .arg("run-agent")
+        .arg("--spec")
+        .arg(spec)
+        .arg("--supervise")
+        .current_dir("/")
+        .spawn()
+        .context("starting the supervisor")?;
+    Ok(())
+}
+
+/// Renames a run's records (spec, start and exit records, runner log)
+/// out of the way, each with `.<tag>` appended, so the same claim can
+/// start its run again (a resume the CLI refused). A file that is not
+/// there is skipped.
+///
+/// Errors: a rename fails.
+pub fn set_aside(paths: &Paths, tag: &str) -> anyhow::Result<()> {
+    for p in [&paths.spec, &paths.started, &paths.exit, &paths.runner_log] {
+        if p.exists() {
+            let mut to = p.as_os_str().to_owned();
+            to.push(format!(".{tag}"));
+            std::fs::rename(p, &to).with_context(|| format!("renaming {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The supervisor: runs the agent of the spec at `spec_path` to its end
+/// as [`super::run`] does, writing the [`Started`] and [`Exited`]
+/// records. SIGTERM or SIGINT stop the agent's group (TERM, grace, KILL)
+/// and end in an `exit: "stopped"` record. A spawn that fails ends in a
+/// `not_started` record naming the error.
+///
+/// Errors: the spec cannot be read; the exit record cannot be written.
+pub fn supervise(spec_path: &Path) -> anyhow::Result<()> {
+    // Our own session and process group: the reaper stops a run by its
+    // supervisor's group.
+    // SAFETY: setsid(2) has no memory effects; failing (already a group
+    // leader) leaves us in the launcher's fresh session, which is fine.
+    unsafe {
+        libc::setsid();
+    }
+    let spec: Spec<serde::de::IgnoredAny> = read_spec(spec_path)?;
+    super::stop_on_signals().context("installing the stop handler")?;
+    let me = super::current_process();
+    let mut agent = None;
+    let result = super::run(
+        &spec.run,
+        Duration::from_millis(200),
+        |s| {
+            agent = Some(*s);
+            write_json_atomic(
+                &spec.started_path,
+                &Started {
+                    job_id: spec.job_id,
+                    epoch: spec.epoch,
+                    supervisor: me,
+                    agent: *s,
+                    boot_id: super::boot_id(),
+                    at_ms: crate::clock::now_ms(),
+                },
+            )
+        },
+        || Ok(()),
+    );
+    failpoint("supervisor.after_agent_exit");
+    let exited = match result {
+        Ok(outcome) => Exited::of(spec.job_id, spec.epoch, &outcome, agent),
+        Err(e) => Exited {
+            job_id: spec.job_id,
+            epoch: spec.epoch,
+            exit: "not_started".into(),
+            code: None,
+            signal: None,
+            timed_out: false,
+            duration_ms: 0,
+            agent,
+            error: Some(format!("{e:#}")),
+        },
+    };
+    write_json_atomic(&spec.exit_path, &exited)?;
+    failpoint("supervisor.after_exit_record");
+    Ok(())
+}
+
+/// Stops a detached run: its supervisor's group (after checking the
+/// supervisor is still the process `handle` names), then the agent's
+/// group (`agent`, pid and start time as recorded: only a group that is
+/// still ours or whose leader is gone). TERM, `grace`, KILL each.
+/// Returns whether anything was signalled.
+pub fn stop(handle: Option<&str>, agent: Option<Spawned>, grace: Duration) -> bool {
+    let mut any = false;
+    if let Some(h) = handle.and_then(Handle::parse).filter(Handle::alive) {
+        any |= super::kill_group(h.supervisor.pid, grace);
+    }
+    if let Some(a) = agent {
+        let ours_or_free = super::proc_start_time(a.pid).is_none_or(|start| start == a.start_time);
+        if ours_or_free && super::group_exists(a.pid) {
+            any |= super::kill_group(a.pid, grace);
+        }
+    }
+    any
+}
+
+/// Writes `value` as JSON to `path` atomically: a temporary file in the
+/// same folder (mode 0600), fsynced, renamed over `path`, the folder
+/// fsynced.
+///
+/// Errors: any of those steps.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&serde_json::to_vec(value)?)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().with_context(|| format!("writing {}", path.display()))
+}
+
+/// Reads a record or spec at `path` strictly (at most 4 MiB, no symlink).
+fn read_json<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let bytes = crate::untrusted::open_regular(path)
+        .and_then(|f| crate::untrusted::read_bounded(f, MAX_RECORD_BYTES, false))
+        .with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The last line of a runner log, for an error.
+fn tail(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.lines().last().map(str::to_string))
+        .unwrap_or_else(|| "(its log is empty)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handle_round_trips_and_junk_is_no_handle() {
+        let s = Started {
+            job_id: 3,
+            epoch: 2,
+            supervisor: Spawned {
+                pid: 4242,
+                start_time: 99,
+            },
+            agent: Spawned {
+                pid: 4243,
+                start_time: 100,
+            },
+            boot_id: "abc-def".into(),
+            at_ms: 1,
+        };
+        let h = Handle::parse(&s.handle()).unwrap();
+        assert_eq!(h.supervisor, s.supervisor);
+        assert_eq!(h.boot_id, "abc-def");
+        for junk in ["", "1:2:x", "x:2:b", "5", "5:x:b"] {
+            assert_eq!(Handle::parse(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn an_exit_record_reads_back_as_the_outcome_and_unknown_words_are_errors() {
+        let o = RunOutcome {
+            exit: ExitKind::Signal(9),
+            duration_ms: 5,
+        };
+        let e = Exited::of(1, 1, &o, None);
+        assert_eq!(e.outcome().unwrap(), o);
+        let t = Exited::of(
+            1,
+            1,
+            &RunOutcome {
+                exit: ExitKind::TimedOut,
+                duration_ms: 5,
+            },
+            None,
+        );
+        assert!(t.timed_out);
+        assert_eq!(t.outcome().unwrap().exit, ExitKind::TimedOut);
+        let bad = Exited {
+            exit: "vanished".into(),
+            ..e
+        };
+        assert!(bad.outcome().is_err());
+    }
+
+    #[test]
+    fn a_spec_with_an_unknown_field_or_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), 1, 1);
+        let run = RunSpec {
+            argv: vec!["true".into()],
+            cwd: "/".into(),
+            env: vec![],
+            env_remove_prefix: None,
+            stdin_path: None,
+            log_path: dir.path().join("log"),
+            timeout: Duration::from_secs(1),
+            kill_grace: Duration::from_secs(1),
+        };
+        let spec = Spec::new(run.clone(), 1, 1, &paths, 7u8);
+        write_json_atomic(&paths.spec, &spec).unwrap();
+        let back: Spec<u8> = read_spec(&paths.spec).unwrap();
+        assert_eq!(back.run, run);
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&paths.spec).unwrap()).unwrap();
+        v["extra"] = 1.into();
+        std::fs::write(&paths.spec, v.to_string()).unwrap();
+        assert!(read_spec::<u8>(&paths.spec).is_err());
+        v.as_object_mut().unwrap().remove("extra");
+        v["version"] = 99.into();
+        std::fs::write(&paths.spec, v.to_string()).unwrap();
+        assert!(read_spec::<u8>(&paths.spec).is_err());
+    }
+}
