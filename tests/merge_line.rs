@@ -991,14 +991,7 @@ fn a_push_while_a_task_awaits_the_staging_check_is_taken_in_and_staged_again_nev
 /// deployer validates the new head and the line lands it.
 #[test]
 fn someone_elses_push_while_the_deployer_runs_is_kept_and_staged_again() {
-    // Outside /tmp: the agent's gate file must be visible in its sandbox.
-    let sbx = Sandbox::new_in(std::path::Path::new("/var/tmp/orch-tests"));
-    let ci = || {
-        let o = sbx.orch_std().args(["ci"]).output().unwrap();
-        assert!(o.status.success(), "{o:?}");
-    };
-    let id = at_deploy_staging(&sbx, "kept", &[], &ci);
-    let branch = branch_of(&sbx, id);
+    let (sbx, id, branch) = deployer_queued("kept");
     let version = sbx.count(&format!("SELECT version FROM tasks WHERE id={id}"));
     let theirs = deployer_running_while(&sbx, || {
         let other = someone_elses_clone(&sbx, &branch, "someone-else");
@@ -1055,6 +1048,20 @@ fn someone_elses_push_while_the_deployer_runs_is_kept_and_staged_again() {
     sbx.check_invariants();
 }
 
+/// A sandbox (outside /tmp: the agent's gate file must be visible in its
+/// sandbox) with one task, `title`, at deploy-staging, its deployer
+/// queued; the task's id and branch.
+fn deployer_queued(title: &str) -> (Sandbox, i64, String) {
+    let sbx = Sandbox::new_in(std::path::Path::new("/var/tmp/orch-tests"));
+    let ci = || {
+        let o = sbx.orch_std().args(["ci"]).output().unwrap();
+        assert!(o.status.success(), "{o:?}");
+    };
+    let id = at_deploy_staging(&sbx, title, &[], &ci);
+    let branch = branch_of(&sbx, id);
+    (sbx, id, branch)
+}
+
 /// Runs the queued deployer, doing `meanwhile` while its agent runs;
 /// returns what `meanwhile` returned once the deployer's `work-once`
 /// finished.
@@ -1081,13 +1088,7 @@ fn deployer_running_while(sbx: &Sandbox, meanwhile: impl FnOnce() -> String) -> 
 /// origin keeps the rewrite.
 #[test]
 fn someone_elses_rewrite_while_the_deployer_runs_is_kept_and_escalated() {
-    let sbx = Sandbox::new_in(std::path::Path::new("/var/tmp/orch-tests"));
-    let ci = || {
-        let o = sbx.orch_std().args(["ci"]).output().unwrap();
-        assert!(o.status.success(), "{o:?}");
-    };
-    let id = at_deploy_staging(&sbx, "rewritten", &[], &ci);
-    let branch = branch_of(&sbx, id);
+    let (sbx, id, branch) = deployer_queued("rewritten");
     let rewritten = deployer_running_while(&sbx, || {
         let rewrite = someone_elses_clone(&sbx, "main", "someone-else");
         let rewritten = commit_as_someone_else(&rewrite, "rewritten.md");

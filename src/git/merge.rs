@@ -477,4 +477,19 @@ mod tests {
         );
         assert_eq!(f.origin_sha("main"), main);
     }
+
+    #[test]
+    fn a_rebased_history_has_every_change_of_the_one_it_replaced_and_no_other() {
+        let f = fixture();
+        let (wt, before) = f.work(3, "b.txt", "b\n");
+        f.advance_main("c.txt", "c\n");
+        let RebaseOutcome::Rebased { new_head } = f.repo.rebase_onto_default(&wt).unwrap() else {
+            panic!("expected Rebased");
+        };
+        assert!(!f.repo.is_ancestor(&wt, &before, &new_head).unwrap());
+        assert!(f.repo.has_every_change_of(&wt, &new_head, &before).unwrap());
+        // Another history's commit is not in it.
+        let (_, other) = f.work(4, "d.txt", "d\n");
+        assert!(!f.repo.has_every_change_of(&wt, &new_head, &other).unwrap());
+    }
 }
