@@ -33,6 +33,19 @@ fn sandbox() -> (Sandbox, PathBuf) {
     (sbx, file)
 }
 
+/// Starts job 1's run detached (the fake agent sleeping `sleep_s`), kills
+/// its watching worker with SIGKILL once the run started, and waits for
+/// the run's exit record: a run that ended with no orch watching it.
+fn run_outliving_its_watcher(sbx: &Sandbox, sleep_s: &str) {
+    let mut worker = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", sleep_s)]);
+    wait_until(30, "the detached run started", || {
+        detached_running(sbx) == 1
+    });
+    kill9(worker.id());
+    worker.wait().unwrap();
+    wait_until(30, "the run's exit record", || exit_record(sbx, 1).exists());
+}
+
 /// Jobs whose detached run has started (its handle recorded).
 fn detached_running(sbx: &Sandbox) -> i64 {
     sbx.count("SELECT COUNT(*) FROM jobs WHERE status='running' AND runner='supervisor' AND run_handle IS NOT NULL")
@@ -220,15 +233,7 @@ fn a_sandboxed_run_adopted_by_the_reaper_has_its_work_pushed() {
     sbx.set("ORCH_REAPER_FINALIZE_GRACE_S", "0")
         .set("ORCH_AGENT_SANDBOX", "bwrap");
     sbx.add_issue("sandboxed");
-    let mut worker = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", "2")]);
-    wait_until(30, "the detached run started", || {
-        detached_running(&sbx) == 1
-    });
-    kill9(worker.id());
-    worker.wait().unwrap();
-    wait_until(30, "the run's exit record", || {
-        exit_record(&sbx, 1).exists()
-    });
+    run_outliving_its_watcher(&sbx, "2");
     let spec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sbx.state_dir().join("logs/job1-e1.spec")).unwrap())
             .unwrap();
@@ -415,15 +420,7 @@ fn a_crash_anywhere_on_the_adoption_path_ends_the_job_done_once() {
                 String::from_utf8_lossy(&out.stderr)
             );
         } else {
-            let mut worker = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", "1")]);
-            wait_until(30, "the detached run started", || {
-                detached_running(&sbx) == 1
-            });
-            kill9(worker.id());
-            worker.wait().unwrap();
-            wait_until(30, "the run's exit record", || {
-                exit_record(&sbx, 1).exists()
-            });
+            run_outliving_its_watcher(&sbx, "1");
             let out = sbx
                 .orch()
                 .args([who])
