@@ -757,6 +757,39 @@ mod tests {
     }
 
     #[test]
+    fn a_run_in_a_unit_is_judged_by_its_exit_record_or_its_unit_never_by_a_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), 7, 2);
+        // A supervisor that is gone: a child already reaped.
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        let dead = format!("{pid}:1:{}", super::super::boot_id());
+        match state_by_runner(&paths, 7, 2, Some("supervisor"), Some(&dead)).unwrap() {
+            State::Gone(why) => assert!(why.contains("supervisor pid"), "{why}"),
+            other => panic!("a dead supervisor is gone: {other:?}"),
+        }
+        // The same dead pid says nothing of a run in a unit: only its
+        // unit (absent here, or no manager to ask) does.
+        match state_by_runner(&paths, 7, 2, Some("systemd"), Some(&dead)).unwrap() {
+            State::Gone(why) => assert!(why.contains("orch-run-job7-e2.service"), "{why}"),
+            State::Running => {}
+            State::Exited(e) => panic!("no exit record was written: {e:?}"),
+        }
+        let o = RunOutcome {
+            exit: ExitKind::Code(0),
+            duration_ms: 5,
+        };
+        write_json_atomic(&paths.exit, &Exited::of(7, 2, &o, None)).unwrap();
+        for runner in ["systemd", "supervisor"] {
+            match state_by_runner(&paths, 7, 2, Some(runner), Some(&dead)).unwrap() {
+                State::Exited(e) => assert_eq!(e.outcome().unwrap(), o),
+                other => panic!("{runner}: an exit record is the end: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn an_exit_record_reads_back_as_the_outcome_and_unknown_words_are_errors() {
         let o = RunOutcome {
             exit: ExitKind::Signal(9),
