@@ -174,10 +174,12 @@ pub fn run(
             // worker: a later tick adopts it (DESIGN §4 "Detached runs").
             let alive = watched
                 || (j.exit_recorded_at_ms.is_none()
-                    && j.run_handle
-                        .as_deref()
-                        .and_then(crate::process::detached::Handle::parse)
-                        .is_some_and(|h| h.alive()));
+                    && crate::process::detached::may_run(
+                        j.id,
+                        j.epoch,
+                        j.runner.as_deref(),
+                        j.run_handle.as_deref(),
+                    ));
             if !alive && j.exit_recorded_at_ms.is_some() && j.finalize_failures > 0 {
                 bad(
                     "jobs",

@@ -310,6 +310,71 @@ pub fn state(
     }
 }
 
+/// Where the run of claim `epoch` of job `job_id` stands, by its runner
+/// (`jobs.runner`): a run in a transient unit (`systemd`) by
+/// [`unit_state`], any other by [`state`] (supervisor `handle`).
+///
+/// Errors: those of [`state`] and [`unit_state`].
+pub fn state_by_runner(
+    paths: &Paths,
+    job_id: i64,
+    epoch: i64,
+    runner: Option<&str>,
+    handle: Option<&str>,
+) -> anyhow::Result<State> {
+    if runner == Some("systemd") {
+        unit_state(paths, job_id, epoch)
+    } else {
+        state(paths, job_id, epoch, handle)
+    }
+}
+
+/// [`state`] for a run in a transient unit (`jobs.runner` `systemd`): the
+/// exit record, else what the service manager says of the unit
+/// `orch-run-job<N>-e<E>.service` — no pid or boot id compared. A unit's
+/// own view of `/proc` can hide the supervisor (`ProtectProc=invisible`
+/// hides a non-dumpable process) and show another boot id than the
+/// supervisor's (a container's boot id is not what a new `/proc` mount
+/// shows), so the manager's word is the only one that holds. A manager
+/// that cannot be asked counts as running: the run is watched, never
+/// started again, and the reaper's timeout backstop still ends it.
+///
+/// Errors: those of [`read_exit`].
+pub fn unit_state(paths: &Paths, job_id: i64, epoch: i64) -> anyhow::Result<State> {
+    use super::systemd::{self, UnitName, UnitState};
+    if let Some(e) = read_exit(paths, job_id, epoch)? {
+        return Ok(State::Exited(e));
+    }
+    let unit = UnitName::for_run(job_id, epoch).map_err(anyhow::Error::msg)?;
+    let why = match systemd::unit_state(&unit) {
+        UnitState::Active => return Ok(State::Running),
+        UnitState::Unknown(why) => {
+            tracing::warn!(target: "worker", job = job_id, epoch, unit = %unit, why = %why, "cannot ask the service manager about the run's unit; taking it as running");
+            return Ok(State::Running);
+        }
+        UnitState::Finished if starting(paths) && read_started(paths).is_none() => {
+            return Ok(State::Running)
+        }
+        UnitState::Finished => format!("its unit {unit} is gone"),
+    };
+    match read_exit(paths, job_id, epoch)? {
+        Some(e) => Ok(State::Exited(e)),
+        None => Ok(State::Gone(format!("{why}, without an exit record"))),
+    }
+}
+
+/// Whether the run of claim `epoch` of job `job_id` (runner `runner`,
+/// supervisor `handle`) may still be going: its unit is active (or the
+/// manager cannot be asked), or its supervisor lives. No record read.
+pub fn may_run(job_id: i64, epoch: i64, runner: Option<&str>, handle: Option<&str>) -> bool {
+    use super::systemd::{self, UnitName, UnitState};
+    if runner == Some("systemd") {
+        return UnitName::for_run(job_id, epoch)
+            .is_ok_and(|u| systemd::unit_state(&u) != UnitState::Finished);
+    }
+    handle.and_then(Handle::parse).is_some_and(|h| h.alive())
+}
+
 /// Whether the spec at `paths.spec` was written less than
 /// [`STARTING_GRACE`] ago.
 fn starting(paths: &Paths) -> bool {
@@ -593,6 +658,35 @@ pub fn stop(handle: Option<&str>, agent: Option<Spawned>, grace: Duration) -> bo
     any
 }
 
+/// [`stop`], and for a run in a transient unit (`runner` `systemd`) its
+/// unit `orch-run-job<N>-e<E>.service` too: the manager signals its whole
+/// cgroup, which holds every process of the run, also one that left both
+/// groups or that this process's `/proc` does not show. Returns whether
+/// anything was signalled or stopped; a unit that could not be stopped is
+/// logged.
+pub fn stop_by_runner(
+    job_id: i64,
+    epoch: i64,
+    runner: Option<&str>,
+    handle: Option<&str>,
+    agent: Option<Spawned>,
+    grace: Duration,
+) -> bool {
+    use super::systemd::{self, UnitName};
+    let mut any = stop(handle, agent, grace);
+    if runner == Some("systemd") {
+        if let Ok(unit) = UnitName::for_run(job_id, epoch) {
+            match systemd::stop_unit(&unit, grace) {
+                Ok(was) => any |= was,
+                Err(e) => {
+                    tracing::warn!(target: "worker", job = job_id, epoch, unit = %unit, error = %format!("{e:#}"), "could not stop the run's unit")
+                }
+            }
+        }
+    }
+    any
+}
+
 /// Writes `value` as JSON to `path` atomically: a temporary file in the
 /// same folder (mode 0600), fsynced, renamed over `path`, the folder
 /// fsynced.
@@ -659,6 +753,39 @@ mod tests {
         assert_eq!(h.boot_id, "abc-def");
         for junk in ["", "1:2:x", "x:2:b", "5", "5:x:b"] {
             assert_eq!(Handle::parse(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_in_a_unit_is_judged_by_its_exit_record_or_its_unit_never_by_a_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), 7, 2);
+        // A supervisor that is gone: a child already reaped.
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        child.wait().unwrap();
+        let dead = format!("{pid}:1:{}", super::super::boot_id());
+        match state_by_runner(&paths, 7, 2, Some("supervisor"), Some(&dead)).unwrap() {
+            State::Gone(why) => assert!(why.contains("supervisor pid"), "{why}"),
+            other => panic!("a dead supervisor is gone: {other:?}"),
+        }
+        // The same dead pid says nothing of a run in a unit: only its
+        // unit (absent here, or no manager to ask) does.
+        match state_by_runner(&paths, 7, 2, Some("systemd"), Some(&dead)).unwrap() {
+            State::Gone(why) => assert!(why.contains("orch-run-job7-e2.service"), "{why}"),
+            State::Running => {}
+            State::Exited(e) => panic!("no exit record was written: {e:?}"),
+        }
+        let o = RunOutcome {
+            exit: ExitKind::Code(0),
+            duration_ms: 5,
+        };
+        write_json_atomic(&paths.exit, &Exited::of(7, 2, &o, None)).unwrap();
+        for runner in ["systemd", "supervisor"] {
+            match state_by_runner(&paths, 7, 2, Some(runner), Some(&dead)).unwrap() {
+                State::Exited(e) => assert_eq!(e.outcome().unwrap(), o),
+                other => panic!("{runner}: an exit record is the end: {other:?}"),
+            }
         }
     }
 

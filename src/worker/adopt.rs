@@ -47,11 +47,28 @@ pub fn paths(ctx: &Ctx, j: &Job) -> Paths {
     Paths::new(&ctx.settings.logs_dir(), j.id, j.epoch)
 }
 
-/// Where job `j`'s detached run stands ([`detached::state`]).
+/// Where job `j`'s detached run stands, by its runner
+/// ([`detached::state_by_runner`]: a transient unit by its manager's
+/// word, a supervisor by its pid).
 ///
 /// Errors: its exit record is unreadable or another claim's.
 pub fn run_state(ctx: &Ctx, j: &Job) -> anyhow::Result<detached::State> {
-    detached::state(&paths(ctx, j), j.id, j.epoch, j.run_handle.as_deref())
+    detached::state_by_runner(
+        &paths(ctx, j),
+        j.id,
+        j.epoch,
+        j.runner.as_deref(),
+        j.run_handle.as_deref(),
+    )
+}
+
+/// The runner name job `j`'s detached run records (`systemd` or
+/// `supervisor`).
+pub fn runner_name(j: &Job) -> &'static str {
+    match j.runner.as_deref() {
+        Some("systemd") => "systemd",
+        _ => "supervisor",
+    }
 }
 
 /// What a worker does before it claims: finds one running job whose
@@ -133,8 +150,9 @@ fn take_over(ctx: &Ctx, db: &Db, j: &Job) -> anyhow::Result<Option<WorkOutcome>>
     let facts = facts_of(ctx, j)?;
     let handle = detached::handle_of(&paths(ctx, j), j.run_handle.as_deref()).unwrap_or_default();
     let mut watch = Watch::new(facts.kind, &facts.log_path, facts.log_from);
-    let watched = follow(ctx, db, j, &paths(ctx, j), &handle, &mut watch)?;
-    let end = settle(ctx, db, j, facts, watched, true)?;
+    let runner = runner_name(j);
+    let watched = follow(ctx, db, j, &paths(ctx, j), runner, &handle, &mut watch)?;
+    let end = settle(ctx, db, j, facts, watched, runner, true)?;
     conclude(ctx, db, j, end).map(Some)
 }
 
@@ -161,7 +179,7 @@ pub fn finish_adopted(
         outcome: exited.outcome()?,
         acp: None,
         agent_pid: exited.agent.map(|a| a.pid as i64),
-        runner: "supervisor",
+        runner: runner_name(j),
         adopted: true,
     };
     let Some(exit_code) = record_run(ctx, db, j, facts, ended)? else {
@@ -224,8 +242,8 @@ pub fn recover(
 }
 
 /// Stops what is left of job `j`'s run: a detached run's supervisor (its
-/// group, checked against the recorded start time) and the agent's
-/// process group. The agent's leader usually died with its worker or
+/// group, checked against the recorded start time), the agent's process
+/// group, and a run's transient unit (`jobs.runner` `systemd`). The agent's leader usually died with its worker or
 /// supervisor (PDEATHSIG), but its children survive in the group; Linux
 /// does not hand out a pid that is still some group's id, so a live group
 /// `agent_pid` is still the group we started. Returns whether anything
@@ -245,7 +263,14 @@ pub fn stop_run(ctx: &Ctx, j: &Job) -> bool {
     let handle = is_detached(j)
         .then(|| detached::handle_of(&paths(ctx, j), j.run_handle.as_deref()))
         .flatten();
-    let stopped = detached::stop(handle.as_deref(), agent, grace);
+    let stopped = detached::stop_by_runner(
+        j.id,
+        j.epoch,
+        j.runner.as_deref(),
+        handle.as_deref(),
+        agent,
+        grace,
+    );
     if stopped {
         warn!(target: "reap", job = j.id, pgid = ?j.agent_pid, "stopped what was left of the run (supervisor, agent process group)");
     }

@@ -757,7 +757,10 @@ fn run_detached(
         })?;
         if !ours {
             warn!(target: "worker", job = job.id, "job was taken from this worker as its run started; stopping the run");
-            detached::stop(
+            detached::stop_by_runner(
+                job.id,
+                job.epoch,
+                Some(runner_name),
                 Some(&handle),
                 Some(started.agent),
                 Duration::from_secs(ctx.settings.kill_grace_s),
@@ -765,7 +768,7 @@ fn run_detached(
             return Ok(RunEnd::Lost);
         }
         info!(target: "worker", job = job.id, runner = runner_name, supervisor = started.supervisor.pid, agent = started.agent.pid, "agent started detached");
-        let watched = follow(ctx, db, job, &paths, &handle, &mut watch)?;
+        let watched = follow(ctx, db, job, &paths, runner_name, &handle, &mut watch)?;
         if let Watched::Exited(e) = &watched {
             if refused(db, job, &facts, e)? {
                 refusals += 1;
@@ -777,7 +780,7 @@ fn run_detached(
                 continue;
             }
         }
-        return settle(ctx, db, job, facts, watched, false);
+        return settle(ctx, db, job, facts, watched, runner_name, false);
     }
 }
 
@@ -804,9 +807,11 @@ enum Watched {
     Gone(String),
 }
 
-/// Watches job `job`'s detached run (files `paths`, supervisor `handle`)
-/// until it ends, this worker is asked to stop (SIGTERM, SIGINT: the run
-/// is left alone), or its supervisor is gone without an exit record.
+/// Watches job `job`'s detached run (files `paths`, runner `runner`,
+/// supervisor `handle`) until it ends, this worker is asked to stop
+/// (SIGTERM, SIGINT: the run is left alone), or it is gone without an exit
+/// record ([`detached::state_by_runner`]: a run in a transient unit by the
+/// manager's word, as `/proc` may hide its supervisor).
 /// Meanwhile it heartbeats and records the session id `watch` finds in
 /// the log.
 ///
@@ -816,6 +821,7 @@ fn follow(
     db: &Db,
     job: &Job,
     paths: &Paths,
+    runner: &str,
     handle: &str,
     watch: &mut Watch,
 ) -> anyhow::Result<Watched> {
@@ -835,7 +841,7 @@ fn follow(
         }
         if last_check.elapsed() >= WATCH_ALIVE_EVERY {
             last_check = std::time::Instant::now();
-            match detached::state(paths, job.id, job.epoch, Some(handle))? {
+            match detached::state_by_runner(paths, job.id, job.epoch, Some(runner), Some(handle))? {
                 detached::State::Exited(e) => return Ok(Watched::Exited(e)),
                 detached::State::Running => {}
                 detached::State::Gone(why) => return Ok(Watched::Gone(why)),
@@ -852,7 +858,8 @@ fn follow(
 }
 
 /// What a watch's end means for job `job`: a run that ended is recorded
-/// ([`record_run`]; `adopted`: this process did not start it); a worker
+/// ([`record_run`]; `runner`: the detached runner that ran it; `adopted`:
+/// this process did not start it); a worker
 /// asked to stop leaves it ([`RunEnd::Left`]); a run gone without an exit
 /// record is recovered at once (Tier-1, [`adopt::recover`]).
 ///
@@ -863,6 +870,7 @@ fn settle(
     job: &Job,
     facts: RunFacts,
     watched: Watched,
+    runner: &'static str,
     adopted: bool,
 ) -> anyhow::Result<RunEnd> {
     match watched {
@@ -877,7 +885,7 @@ fn settle(
                 outcome: e.outcome()?,
                 acp: None,
                 agent_pid: e.agent.map(|a| a.pid as i64),
-                runner: "supervisor",
+                runner,
                 adopted,
             };
             if let Some(error) = &e.error {
