@@ -1229,6 +1229,28 @@ fn config_check_online_resolves_the_plane_states_without_caching_them() {
     );
 }
 
+/// `orch config check --online` in `sbx`: its exit code and stdout.
+fn check_online(sbx: &Sandbox) -> (Option<i32>, String) {
+    let out = sbx
+        .orch()
+        .args(["config", "check", "--online"])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
+}
+
+/// The line of `text` that starts with `start` (panics naming it when
+/// there is none).
+fn check_line(text: &str, start: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line {start:?} in:\n{text}"))
+        .to_string()
+}
+
 #[test]
 fn config_check_online_asks_gitea_for_its_version_and_the_tokens_scopes_and_telegram_for_its_bot() {
     // The fakes are bound, not `..`-dropped: they serve while bound.
@@ -1239,33 +1261,18 @@ fn config_check_online_asks_gitea_for_its_version_and_the_tokens_scopes_and_tele
         tg: _tg,
         ..
     } = World::new();
-    let check = |sbx: &Sandbox| {
-        let out = sbx
-            .orch()
-            .args(["config", "check", "--online"])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        (out.status.code(), text)
-    };
-    let line = |text: &str, start: &str| {
-        text.lines()
-            .find(|l| l.starts_with(start))
-            .unwrap_or_else(|| panic!("no line {start:?} in:\n{text}"))
-            .to_string()
-    };
-    let (code, text) = check(&sbx);
+    let (code, text) = check_online(&sbx);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(
-        line(&text, "ok   gitea version"),
+        check_line(&text, "ok   gitea version"),
         "ok   gitea version: Gitea 1.25.4"
     );
     assert_eq!(
-        line(&text, "ok   project widget gitea token"),
+        check_line(&text, "ok   project widget gitea token"),
         "ok   project widget gitea token: write:repository and write:issue on acme/widget"
     );
     assert_eq!(
-        line(&text, "ok   telegram bot"),
+        check_line(&text, "ok   telegram bot"),
         "ok   telegram bot: @orch_pipeline_bot posts to supergroup \"Delivery pipeline\" (-1001234567890)"
     );
     // The probes were writes that Gitea refuses at validation: nothing made.
@@ -1287,30 +1294,30 @@ fn config_check_online_asks_gitea_for_its_version_and_the_tokens_scopes_and_tele
         st.scopes = Some(vec!["write:repository"]);
         st.version = Some("1.21.11".into());
     }
-    let (code, text) = check(&sbx);
+    let (code, text) = check_online(&sbx);
     assert_eq!(code, Some(3), "{text}");
     assert_eq!(
-        line(&text, "FAIL project widget gitea token"),
+        check_line(&text, "FAIL project widget gitea token"),
         "FAIL project widget gitea token: ORCH_GITEA_TOKEN lacks write:issue on acme/widget \
          (a token needs write:repository and write:issue)"
     );
     assert!(
-        line(&text, "ok   gitea version").contains("older than 1.22"),
+        check_line(&text, "ok   gitea version").contains("older than 1.22"),
         "{text}"
     );
 
     // A chat the bot cannot see, then a revoked bot token.
     sbx.set("ORCH_TELEGRAM_CHAT_ID", "-1009999999999");
-    let (code, text) = check(&sbx);
+    let (code, text) = check_online(&sbx);
     assert_eq!(code, Some(3), "{text}");
-    let l = line(&text, "FAIL telegram bot");
+    let l = check_line(&text, "FAIL telegram bot");
     assert!(
         l.contains("ORCH_TELEGRAM_CHAT_ID") && l.contains("chat not found"),
         "{l}"
     );
     sbx.set("ORCH_TELEGRAM_BOT_TOKEN", "7123456789:revoked");
-    let (_, text) = check(&sbx);
-    let l = line(&text, "FAIL telegram bot");
+    let (_, text) = check_online(&sbx);
+    let l = check_line(&text, "FAIL telegram bot");
     assert!(
         l.contains("ORCH_TELEGRAM_BOT_TOKEN")
             && l.contains("Unauthorized")
@@ -1320,8 +1327,8 @@ fn config_check_online_asks_gitea_for_its_version_and_the_tokens_scopes_and_tele
 
     // A Gitea that refuses the token altogether.
     sbx.set("ORCH_GITEA_TOKEN", "wrong");
-    let (_, text) = check(&sbx);
-    let l = line(&text, "FAIL project widget gitea token");
+    let (_, text) = check_online(&sbx);
+    let l = check_line(&text, "FAIL project widget gitea token");
     assert!(l.contains("401"), "{l}");
 }
 
@@ -1334,23 +1341,6 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
         tg: _tg,
         ..
     } = World::new();
-    let check = |sbx: &Sandbox| {
-        let out = sbx
-            .orch()
-            .args(["config", "check", "--online"])
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
-    };
-    let line = |text: &str, start: &str| {
-        text.lines()
-            .find(|l| l.starts_with(start))
-            .unwrap_or_else(|| panic!("no line {start:?} in:\n{text}"))
-            .to_string()
-    };
     let path = sbx.dir.join("orch.toml");
     let original = std::fs::read_to_string(&path).unwrap();
     // A style whose merge is not the tested tip fails offline already.
@@ -1365,7 +1355,7 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
     let out = sbx.orch().args(["config", "check"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(out.status.code(), Some(3), "{text}");
-    let l = line(&text, "FAIL project widget merge style");
+    let l = check_line(&text, "FAIL project widget merge style");
     assert!(
         l.contains("projects.widget.merge_style")
             && l.contains("\"squash\"")
@@ -1375,19 +1365,19 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
     std::fs::write(&path, &original).unwrap();
 
     // Everything allowed (the fixture's repository, manual merges on).
-    let (code, text) = check(&sbx);
+    let (code, text) = check_online(&sbx);
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(
-        line(&text, "ok   project widget merge style"),
+        check_line(&text, "ok   project widget merge style"),
         "ok   project widget merge style: gitea: main moves only to the merge line's tested tip"
     );
     assert_eq!(
-        line(&text, "ok   project widget gitea merge style"),
+        check_line(&text, "ok   project widget gitea merge style"),
         "ok   project widget gitea merge style: projects.widget.merge_style = \"fast-forward-only\": \
          acme/widget allows it (allow_fast_forward_only_merge)"
     );
     assert!(
-        line(&text, "ok   project widget gitea manual merge").contains("acme/widget allows"),
+        check_line(&text, "ok   project widget gitea manual merge").contains("acme/widget allows"),
         "{text}"
     );
 
@@ -1401,15 +1391,15 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
             .insert("allow_manual_merge", serde_json::json!(false));
     }
     sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "8");
-    let (code, text) = check(&sbx);
+    let (code, text) = check_online(&sbx);
     assert_eq!(code, Some(3), "{text}");
     assert_eq!(
-        line(&text, "FAIL project widget gitea merge style"),
+        check_line(&text, "FAIL project widget gitea merge style"),
         "FAIL project widget gitea merge style: projects.widget.merge_style = \"fast-forward-only\" \
          but acme/widget does not allow fast-forward-only merges (Gitea: repository settings → \
          Pull Requests)"
     );
-    let l = line(&text, "FAIL project widget gitea manual merge");
+    let l = check_line(&text, "FAIL project widget gitea manual merge");
     assert!(
         l.contains("ORCH_MERGE_LINE_BATCH_MAX = 8")
             && l.contains("does not allow marking pull requests merged manually")
@@ -1427,10 +1417,10 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
         .repo_settings
         .remove("allow_fast_forward_only_merge");
     sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "1");
-    let (code, text) = check(&sbx);
+    let (code, text) = check_online(&sbx);
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        line(&text, "ok   project widget gitea manual merge")
+        check_line(&text, "ok   project widget gitea manual merge")
             .contains("not needed: ORCH_MERGE_LINE_BATCH_MAX = 1"),
         "{text}"
     );
@@ -1443,10 +1433,11 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
         .repo_settings
         .insert("allow_manual_merge", serde_json::Value::Null);
     sbx.set("ORCH_MERGE_LINE_BATCH_MAX", "8");
-    let (code, text) = check(&sbx);
+    let (code, text) = check_online(&sbx);
     assert_eq!(code, Some(0), "{text}");
     assert!(
-        line(&text, "ok   project widget gitea manual merge").contains("no allow_manual_merge"),
+        check_line(&text, "ok   project widget gitea manual merge")
+            .contains("no allow_manual_merge"),
         "{text}"
     );
 
@@ -1458,10 +1449,10 @@ fn config_check_online_asks_gitea_whether_the_repository_allows_orchs_merges() {
             .replace("repo = \"acme/widget\"", "repo = \"acme/gone\""),
     )
     .unwrap();
-    let (code, text) = check(&sbx);
+    let (code, text) = check_online(&sbx);
     assert_eq!(code, Some(3), "{text}");
     assert!(
-        line(&text, "FAIL project widget gitea repository").contains("404"),
+        check_line(&text, "FAIL project widget gitea repository").contains("404"),
         "{text}"
     );
 }
