@@ -243,9 +243,9 @@ fn the_reaper_finishing_a_job_refuses_a_changed_worktree_at_once() {
     h.assert_no_leak();
 }
 
-#[test]
-fn the_merge_gate_refuses_a_changed_worktree_and_main_does_not_move() {
-    let Some(h) = Hostile::new() else { return };
+/// Takes a new task ("merge me", task 1) to deploy-staging: each role
+/// runs in turn, with the CI step between rounds.
+fn to_deploy_staging(h: &Hostile) {
     h.sbx.add_issue("merge me");
     for _ in 0..10 {
         if h.sbx.stage(1) == "deploy-staging" {
@@ -256,6 +256,12 @@ fn the_merge_gate_refuses_a_changed_worktree_and_main_does_not_move() {
         }
         h.sbx.ok(&["ci"]);
     }
+}
+
+#[test]
+fn the_merge_gate_refuses_a_changed_worktree_and_main_does_not_move() {
+    let Some(h) = Hostile::new() else { return };
+    to_deploy_staging(&h);
     assert_eq!(h.sbx.stage(1), "deploy-staging");
     let wt = h.sbx.worktree(1);
     tamper_after_the_run(&wt, r#"echo "$PWD/evil.git" > "$admin/commondir""#);
@@ -284,16 +290,7 @@ fn the_merge_gate_refuses_a_changed_worktree_and_main_does_not_move() {
 #[test]
 fn the_merge_line_sends_back_a_task_whose_worktree_changed_and_main_does_not_move() {
     let Some(h) = Hostile::new() else { return };
-    h.sbx.add_issue("merge me");
-    for _ in 0..10 {
-        if h.sbx.stage(1) == "deploy-staging" {
-            break;
-        }
-        for role in ["analyst", "architect", "developer", "reviewer", "tester"] {
-            h.sbx.ok(&["work-once", "--role", role]);
-        }
-        h.sbx.ok(&["ci"]);
-    }
+    to_deploy_staging(&h);
     // The deployer passes: the task is ready to merge. Then its worktree's
     // git metadata is changed before the line builds it.
     h.sbx.ok(&["work-once", "--role", "deployer"]);
