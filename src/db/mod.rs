@@ -23,6 +23,7 @@ mod merge_line;
 mod outbox;
 mod pauses;
 mod schema;
+mod schema_pg;
 mod tasks;
 mod usage;
 
@@ -53,6 +54,7 @@ use crate::error::Error;
 use crate::sql::{Conn, Dialect};
 
 pub use schema::MIGRATIONS;
+pub use schema_pg::{PG_BASELINE, PG_BASELINE_VERSION, PG_MIGRATIONS_AFTER};
 
 /// The schema version this binary writes (`PRAGMA user_version` on
 /// SQLite, the `schema_version` row on PostgreSQL: one numbering).
