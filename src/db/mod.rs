@@ -39,11 +39,6 @@ pub use pauses::Pause;
 pub use tasks::{CachedState, ProjectRow, Task, TransitionRow};
 pub use usage::UsageRow;
 
-/// Until the pgschema helper's baseline lands.
-const PG_BASELINE: &str = "";
-const PG_BASELINE_VERSION: usize = 27;
-const PG_MIGRATIONS_AFTER: &[&str] = &[];
-
 use std::path::Path;
 use std::time::Duration;
 
@@ -311,12 +306,23 @@ impl Db {
             Dialect::Sqlite => Ok(self
                 .conn
                 .query_row("PRAGMA user_version", [], |r| r.get(0))?),
-            Dialect::Postgres => Ok(self.conn.query_row(
-                "SELECT CASE WHEN to_regclass('schema_version') IS NULL THEN 0 \
-                 ELSE (SELECT COALESCE(MAX(version), 0) FROM schema_version) END",
-                [],
-                |r| r.get(0),
-            )?),
+            Dialect::Postgres => {
+                // Two statements: a query naming a missing table fails
+                // when it is planned, whatever branch it would take.
+                let exists: bool = self.conn.query_row(
+                    "SELECT to_regclass('schema_version') IS NOT NULL",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Ok(0);
+                }
+                Ok(self.conn.query_row(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+                    [],
+                    |r| r.get(0),
+                )?)
+            }
         }
     }
 
