@@ -231,6 +231,14 @@ impl Db {
         let current = self
             .user_version()
             .with_context(|| format!("reading the schema version of {}", path.display()))?;
+        if current == 0 && self.dialect() == Dialect::Postgres {
+            // A PostgreSQL database without orch's schema: as a missing
+            // SQLite file, `orch init` creates it.
+            return Err(Error::NotInitialised {
+                path: path.to_path_buf(),
+            }
+            .into());
+        }
         let latest = not_newer_than_this_binary(current)?;
         if current < latest {
             return Err(Error::SchemaTooOld {
