@@ -23,6 +23,7 @@ mod merge_line;
 mod outbox;
 mod pauses;
 mod schema;
+mod schema_pg;
 mod tasks;
 mod usage;
 
@@ -47,6 +48,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use crate::error::Error;
 
 pub use schema::MIGRATIONS;
+pub use schema_pg::{PG_BASELINE, PG_BASELINE_VERSION, PG_MIGRATIONS_AFTER};
 
 /// The schema version this binary writes (`PRAGMA user_version`).
 pub fn schema_version() -> i64 {
