@@ -1,0 +1,432 @@
+//! `orch migrate --from PATH` (issue 25): an SQLite database made by real
+//! orch commands copied into a real PostgreSQL database. Skipped unless
+//! `ORCH_TEST_PG` holds the URL of a server where the test may `CREATE
+//! DATABASE` (`scripts/pg-cluster start DIR` makes one).
+
+use std::path::Path;
+
+use crate::operator::{dump, run};
+use crate::util::*;
+
+/// A database made for one test on the `ORCH_TEST_PG` server, dropped
+/// (with any session still on it) at the end.
+struct ScratchPg {
+    admin: postgres::Config,
+    name: String,
+    url: String,
+}
+
+impl ScratchPg {
+    /// `None` (the test is skipped) when `ORCH_TEST_PG` is not set.
+    fn new(test: &str) -> Option<ScratchPg> {
+        let Ok(admin_url) = std::env::var("ORCH_TEST_PG") else {
+            eprintln!("{test}: skipped, ORCH_TEST_PG (a PostgreSQL URL) is not set");
+            return None;
+        };
+        let admin: postgres::Config = admin_url.parse().expect("ORCH_TEST_PG is a URL");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let name = format!("orch_migrate_{}_{nanos}", std::process::id());
+        let mut c = admin.connect(postgres::NoTls).unwrap();
+        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+        // The same URL with this database's name as its path.
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let rest = base.split_once("://").unwrap().1;
+        let server = match rest.find('/') {
+            Some(i) => &base[..base.len() - rest.len() + i],
+            None => base,
+        };
+        let url = format!("{server}/{name}{query}");
+        Some(ScratchPg { admin, name, url })
+    }
+
+    fn connect(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
+    }
+
+    /// What `orch init` leaves on PostgreSQL: the baseline schema (with
+    /// `meta.instance_id`) and the project registry.
+    fn init(&self) {
+        let mut c = self.connect();
+        c.batch_execute(&format!("BEGIN; {} COMMIT;", orch::db::PG_BASELINE))
+            .unwrap();
+        c.batch_execute(
+            "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms, claim_seq) \
+             VALUES ('widget', 'local', 'local', 'main', '/not/the/sqlite/one', 1, 99)",
+        )
+        .unwrap();
+    }
+}
+
+impl Drop for ScratchPg {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.admin.connect(postgres::NoTls) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// The copied tables: every table but `schema_version`, by name.
+fn pg_tables(c: &mut postgres::Client) -> Vec<String> {
+    c.query(
+        "SELECT table_name::text FROM information_schema.tables \
+          WHERE table_schema = current_schema() AND table_name <> 'schema_version' ORDER BY 1",
+        &[],
+    )
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// Every row of `table` in both databases, each value rendered by its
+/// PostgreSQL column's type, the rows sorted: equal when the copy is.
+fn rows_of(
+    lite: &rusqlite::Connection,
+    c: &mut postgres::Client,
+    table: &str,
+) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    let columns: Vec<(String, String)> = c
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+              WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            &[&table],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let list = columns
+        .iter()
+        .map(|(n, _)| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!("SELECT {list} FROM \"{table}\"");
+    let mut want: Vec<Vec<String>> = lite
+        .prepare(&sql)
+        .unwrap()
+        .query_map([], |r| {
+            let mut row = Vec::new();
+            for (i, (_, ty)) in columns.iter().enumerate() {
+                row.push(match ty.as_str() {
+                    "bigint" => format!("{:?}", r.get::<_, Option<i64>>(i)?),
+                    "double precision" => format!("{:?}", r.get::<_, Option<f64>>(i)?),
+                    "text" => format!("{:?}", r.get::<_, Option<String>>(i)?),
+                    "bytea" => format!("{:?}", r.get::<_, Option<Vec<u8>>>(i)?),
+                    other => panic!("column type {other}"),
+                });
+            }
+            Ok(row)
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut got: Vec<Vec<String>> = c
+        .query(&sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| {
+            columns
+                .iter()
+                .enumerate()
+                .map(|(i, (_, ty))| match ty.as_str() {
+                    "bigint" => format!("{:?}", r.get::<_, Option<i64>>(i)),
+                    "double precision" => format!("{:?}", r.get::<_, Option<f64>>(i)),
+                    "text" => format!("{:?}", r.get::<_, Option<String>>(i)),
+                    "bytea" => format!("{:?}", r.get::<_, Option<Vec<u8>>>(i)),
+                    other => panic!("column type {other}"),
+                })
+                .collect()
+        })
+        .collect();
+    want.sort();
+    got.sort();
+    (want, got)
+}
+
+fn count_pg(c: &mut postgres::Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM \"{table}\""), &[])
+        .unwrap()
+        .get(0)
+}
+
+/// A body an older orch stored before deliveries had to be JSON: not
+/// UTF-8, with a NUL.
+const RAW_BODY: &[u8] = &[0xff, 0xfe, 0x00, b'{', 0x80, b'}', 0xc3];
+
+/// A sandbox whose database real commands filled: two work items run
+/// through the pipeline (tasks, jobs, transitions, runs, verdicts, the
+/// merge line, outbox rows), a delivery ingested from a file, and one
+/// inbox row with a non-UTF-8 body.
+fn filled_sandbox() -> Sandbox {
+    let sbx = Sandbox::new();
+    sbx.add_issue("first");
+    sbx.add_issue("second");
+    sbx.ok(&["tick"]);
+    let file =
+        Path::new(ROOT).join("tests/fixtures/plane/webhooks/issue-updated-state-in-progress.json");
+    sbx.ok(&[
+        "ingest",
+        "--source",
+        "plane",
+        "--event",
+        "issue",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    sbx.db()
+        .execute(
+            "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms, \
+             processed_at_ms, outcome) VALUES ('plane', 'issue', 'old-raw', 'h', '{}', ?1, 5, 6, 'ignored')",
+            [RAW_BODY],
+        )
+        .unwrap();
+    for table in [
+        "tasks",
+        "jobs",
+        "transitions",
+        "inbox",
+        "outbox",
+        "agent_runs",
+    ] {
+        assert!(
+            sbx.count(&format!("SELECT count(*) FROM {table}")) > 0,
+            "the sandbox has {table} rows"
+        );
+    }
+    sbx
+}
+
+#[test]
+fn migrate_copies_every_row_id_and_byte_and_dry_run_changes_nothing() {
+    let Some(pg) = ScratchPg::new("migrate_copies_every_row_id_and_byte") else {
+        return;
+    };
+    pg.init();
+    let sbx = filled_sandbox();
+    let from = sbx.db_path();
+    let from = from.to_str().unwrap();
+    let before = dump(&sbx);
+    let mut c = pg.connect();
+    let pg_instance: String = c
+        .query_one("SELECT value FROM meta WHERE key = 'instance_id'", &[])
+        .unwrap()
+        .get(0);
+
+    // Dry run: the same copy, rolled back.
+    let (code, out, err) = run(
+        &sbx,
+        &[
+            "--json",
+            "migrate",
+            "--from",
+            from,
+            "--db",
+            &pg.url,
+            "--dry-run",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dry: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(dry["dry_run"], true);
+    for table in pg_tables(&mut c) {
+        let want = if ["meta", "projects"].contains(&table.as_str()) {
+            1
+        } else {
+            0
+        };
+        assert_eq!(count_pg(&mut c, &table), want, "{table} after the dry run");
+    }
+    let kept: (String, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT value FROM meta), (SELECT claim_seq FROM projects)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(kept, (pg_instance.clone(), 99), "the dry run rolled back");
+
+    // The copy.
+    let (code, out, err) = run(
+        &sbx,
+        &["--json", "migrate", "--from", from, "--db", &pg.url],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let real: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(real["dry_run"], false);
+    assert_eq!(
+        real["tables"], dry["tables"],
+        "the dry run reported the real copy"
+    );
+    assert_eq!(real["schema_version"], orch::db::schema_version());
+    let lite = sbx.db();
+    let tables = pg_tables(&mut c);
+    assert_eq!(real["tables"].as_array().unwrap().len(), tables.len());
+    let reported: std::collections::BTreeMap<String, i64> = real["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["table"].as_str().unwrap().to_string(),
+                t["rows"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    for table in &tables {
+        let (want, got) = rows_of(&lite, &mut c, table);
+        assert_eq!(got, want, "rows of {table}");
+        assert_eq!(
+            reported[table],
+            want.len() as i64,
+            "{table}'s reported rows"
+        );
+    }
+    // Foreign-key order: a table is copied after those it refers to.
+    let order: Vec<&str> = real["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    let at = |t: &str| order.iter().position(|x| *x == t).unwrap();
+    assert!(
+        at("projects") < at("tasks") && at("tasks") < at("jobs"),
+        "{order:?}"
+    );
+    assert!(
+        at("jobs") < at("transitions") && at("inbox") < at("transitions"),
+        "{order:?}"
+    );
+
+    // The raw body byte for byte, and the source's instance id.
+    let body: Vec<u8> = c
+        .query_one("SELECT body FROM inbox WHERE delivery_id = 'old-raw'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(body, RAW_BODY);
+    let lite_instance: String = lite
+        .query_row("SELECT value FROM meta WHERE key='instance_id'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let instance: String = c
+        .query_one("SELECT value FROM meta WHERE key = 'instance_id'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(instance, lite_instance);
+    assert_ne!(instance, pg_instance);
+    // Each identity goes on past the largest copied id.
+    for table in ["tasks", "jobs", "inbox", "outbox", "transitions"] {
+        let max: i64 = lite
+            .query_row(&format!("SELECT max(id) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        let next: i64 = c
+            .query_one(
+                &format!("SELECT nextval(pg_get_serial_sequence('{table}', 'id'))"),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(next, max + 1, "{table}'s next id");
+    }
+    assert_eq!(dump(&sbx), before, "the SQLite file is left as it was");
+
+    // A second copy into the now filled database is refused, naming why.
+    let (code, out, err) = run(&sbx, &["migrate", "--from", from, "--db", &pg.url]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains("not empty") && err.contains("tasks ("),
+        "{err}"
+    );
+    for table in ["tasks", "inbox"] {
+        assert_eq!(
+            count_pg(&mut c, table),
+            reported[table],
+            "{table} unchanged"
+        );
+    }
+}
+
+#[test]
+fn migrate_refuses_an_old_source_a_bare_target_and_a_value_that_does_not_fit() {
+    let Some(pg) = ScratchPg::new("migrate_refuses") else {
+        return;
+    };
+    let sbx = Sandbox::new();
+    let task = sbx.add_issue("one");
+    let from = sbx.db_path();
+    let from = from.to_str().unwrap();
+
+    // --db is not a PostgreSQL URL.
+    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", "/var/tmp/x.db"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("ORCH_DB") && err.contains("not a PostgreSQL URL"),
+        "{err}"
+    );
+
+    // The target has no schema yet.
+    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &pg.url]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not initialised"), "{err}");
+    pg.init();
+
+    // No such source.
+    let (code, _, err) = run(
+        &sbx,
+        &["migrate", "--from", "/var/tmp/no-such.db", "--db", &pg.url],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no database at /var/tmp/no-such.db"), "{err}");
+
+    // A source at an older schema version.
+    let old = sbx.dir.join("old.db");
+    std::fs::copy(sbx.db_path(), &old).unwrap();
+    let older = orch::db::schema_version() - 1;
+    rusqlite::Connection::open(&old)
+        .unwrap()
+        .pragma_update(None, "user_version", older)
+        .unwrap();
+    let (code, _, err) = run(
+        &sbx,
+        &["migrate", "--from", old.to_str().unwrap(), "--db", &pg.url],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("schema version {older}")) && err.contains("orch init"),
+        "{err}"
+    );
+
+    // Text in a BIGINT column: named by table, column and row id; nothing
+    // is committed.
+    sbx.db()
+        .execute("UPDATE tasks SET sequence = 'soon' WHERE id = ?1", [task])
+        .unwrap();
+    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &pg.url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("table tasks, column sequence, row id {task}"))
+            && err.contains("BIGINT"),
+        "{err}"
+    );
+    let mut c = pg.connect();
+    for table in ["tasks", "jobs", "transitions"] {
+        assert_eq!(count_pg(&mut c, table), 0, "{table} rolled back");
+    }
+    let claim_seq: i64 = c
+        .query_one("SELECT claim_seq FROM projects", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(claim_seq, 99, "the registry row the copy deleted is back");
+}
