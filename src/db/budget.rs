@@ -2,7 +2,7 @@
 //! per project and per task, a role's typical cost, and the parked tasks.
 //! Spend is in a [`Measure`]: dollars or tokens.
 
-use rusqlite::params;
+use crate::sql::params;
 use serde::Serialize;
 
 use super::{Db, Tx};

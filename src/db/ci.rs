@@ -1,7 +1,7 @@
 //! What the forge said about a branch: CI statuses (`ci_statuses`),
 //! branch heads (`branch_heads`) and pull requests (`pull_requests`).
 
-use rusqlite::{params, OptionalExtension};
+use crate::sql::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Db, Tx};

@@ -1,7 +1,7 @@
 //! Jobs (`jobs`), their agent runs (`agent_runs`) and verdicts
 //! (`verdicts`).
 
-use rusqlite::{params, OptionalExtension, Row};
+use crate::sql::{params, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -98,7 +98,7 @@ pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, statu
     merge_pending, merge_defers, finalize_failures, free_attempts, claimed_boot_ms, heartbeat_boot_ms, \
     exit_boot_ms, scheduled_at_ms, epoch, claim_sha, host_id, runner, run_handle";
 
-pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
+pub(super) fn job_row(r: &Row) -> crate::sql::Result<Job> {
     Ok(Job {
         id: r.get(0)?,
         task_id: r.get(1)?,
@@ -274,7 +274,7 @@ impl Db {
             "SELECT {JOB_COLS} FROM jobs WHERE status=?1 ORDER BY id LIMIT ?2"
         ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(rusqlite::params![status, limit], job_row)?;
+        let rows = stmt.query_map(params![status, limit], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -584,15 +584,25 @@ impl Tx<'_> {
         task_version: i64,
         now_ms: i64,
     ) -> anyhow::Result<i64> {
-        let inserted = self.conn.prepare_cached(
-            "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, available_at_ms, created_at_ms, \
-             scheduled_at_ms) VALUES (?1,?2,?3,?4,'queued',1,?5,?5,?5) ON CONFLICT(task_id, stage, task_version) DO NOTHING",
-        )?
-        .execute(params![task_id, stage, role, task_version, now_ms])?;
-        if inserted == 1 {
-            // The row this statement inserted (a replay inserts none and
-            // leaves the rowid alone): no second lookup.
-            return Ok(self.conn.last_insert_rowid());
+        const INSERT: &str = "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, \
+             available_at_ms, created_at_ms, scheduled_at_ms) VALUES (?1,?2,?3,?4,'queued',1,?5,?5,?5) \
+             ON CONFLICT(task_id, stage, task_version) DO NOTHING";
+        let args = params![task_id, stage, role, task_version, now_ms];
+        // The row this statement inserted (a replay inserts none): no
+        // second lookup. SQLite's `RETURNING` would make the plan of the
+        // claim's transaction read `transitions` whole (the plan test in
+        // `pipeline::job`), so there it is the connection's last rowid.
+        let inserted = match self.conn.sqlite() {
+            Some(c) => (self.conn.prepare_cached(INSERT)?.execute(args)? == 1)
+                .then(|| c.last_insert_rowid()),
+            None => self
+                .conn
+                .prepare_cached(&format!("{INSERT} RETURNING id"))?
+                .query_row(args, |r| r.get(0))
+                .optional()?,
+        };
+        if let Some(id) = inserted {
+            return Ok(id);
         }
         Ok(self
             .conn

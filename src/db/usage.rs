@@ -1,7 +1,7 @@
 //! Accounting: token and cost totals over `agent_runs`, status counts,
 //! `counters`, and the reconciler's pass reports (`reconcile_passes`).
 
-use rusqlite::{params, OptionalExtension};
+use crate::sql::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -68,7 +68,7 @@ impl Db {
              AND (?2 IS NULL OR started_at_ms >= ?2) \
              GROUP BY task_id, stage, role ORDER BY task_id, MIN(id)",
         )?;
-        let rows = stmt.query_map(rusqlite::params![task_id, since_ms], |r| {
+        let rows = stmt.query_map(params![task_id, since_ms], |r| {
             Ok(UsageRow {
                 task_id: r.get(0)?,
                 stage: r.get(1)?,
