@@ -50,7 +50,8 @@ impl ScratchPg {
     }
 
     /// What `orch init` leaves on PostgreSQL: the baseline schema (with
-    /// `meta.instance_id`) and the project registry.
+    /// `meta.instance_id`) and the project registry (its row made to
+    /// differ from the source's, to see it replaced).
     fn init(&self) {
         let mut c = self.connect();
         c.batch_execute(&format!("BEGIN; {} COMMIT;", orch::db::PG_BASELINE))
@@ -407,6 +408,17 @@ fn migrate_refuses_an_old_source_a_bare_target_and_a_value_that_does_not_fit() {
         err.contains(&format!("schema version {older}")) && err.contains("orch init"),
         "{err}"
     );
+
+    // Another migration holds the migrate lock: busy, exit 75, after the
+    // copy's lock timeout.
+    let mut holder = pg.connect();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&orch::db::PG_MIGRATE_LOCK])
+        .unwrap();
+    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &pg.url]);
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("taking the migrate lock"), "{err}");
+    drop(holder);
 
     // Text in a BIGINT column: named by table, column and row id; nothing
     // is committed.

@@ -53,20 +53,19 @@ pub fn run(ctx: &Ctx, from: &Path, dry_run: bool) -> anyhow::Result<Output> {
     })
 }
 
-/// The PostgreSQL URL `--db` / `ORCH_DB` holds, refused unless it is one.
-/// The one place that reads it (Settings will get a proper target type).
+/// The PostgreSQL URL `--db` / `ORCH_DB` holds ([`orch::db::postgres_url`]),
+/// refused unless it is one.
 fn postgres_url(ctx: &Ctx) -> Result<String, Error> {
-    let db = ctx.settings.db_path.to_string_lossy().into_owned();
-    if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        Ok(db)
-    } else {
-        Err(Error::config(
+    match orch::db::postgres_url(&ctx.settings.db_path) {
+        Some(url) => Ok(url.to_string()),
+        None => Err(Error::config(
             "ORCH_DB",
             format!(
-                "{db} is not a PostgreSQL URL: `orch migrate` copies into the database \
-                 --db / ORCH_DB names, as postgres://… or postgresql://…"
+                "{} is not a PostgreSQL URL: `orch migrate` copies into the database \
+                 --db / ORCH_DB names, as postgres://… or postgresql://…",
+                ctx.settings.db_path.display()
             ),
-        ))
+        )),
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Raw `rusqlite` on the source (opened read-only, read in one read
 //! transaction: one consistent snapshot even while another orch writes
-//! to it) and raw `postgres` on the target (one transaction, holding
-//! [`PG_MIGRATE_LOCK_KEY`]). Every table is copied in foreign-key order
+//! to it) and raw `postgres` on the target (one transaction, holding the
+//! migrate lock [`PG_MIGRATE_LOCK`] and then the write lock
+//! [`PG_WRITE_LOCK`], so neither a migration nor any orch write runs
+//! beside it). Every table is copied in foreign-key order
 //! with its ids; each identity is then set past its largest id; row counts
 //! are compared before the commit. A dry run does all of it and rolls
 //! back. The SQLite file is never written, so going back is pointing
@@ -18,14 +20,10 @@ use postgres::types::ToSql;
 use rusqlite::types::ValueRef;
 use rusqlite::OpenFlags;
 
+use super::{PG_MIGRATE_LOCK, PG_WRITE_LOCK};
 use crate::error::Error;
 
-/// The key of `pg_advisory_xact_lock` held by the copy (and meant for
-/// PostgreSQL migrations too, DESIGN §10: "the migrate lock"): the ASCII
-/// bytes of `orchmigr` as one big-endian `i64`.
-pub const PG_MIGRATE_LOCK_KEY: i64 = 0x6f72_6368_6d69_6772;
-
-/// How long the copy waits for [`PG_MIGRATE_LOCK_KEY`] (or any row lock)
+/// How long the copy waits for its advisory locks (or any row lock)
 /// before giving up with [`Error::DbBusy`] (exit 75).
 const LOCK_TIMEOUT: &str = "10s";
 
@@ -188,7 +186,7 @@ fn quote(name: &str) -> String {
 /// (not initialised), is at another version, or holds rows in any table
 /// but those `orch init` writes (`meta`, `projects`: replaced), or when
 /// the source has dangling foreign keys; [`Error::DbBusy`] when the
-/// migrate lock stays held past 10 s. Fails (rolled back) when a value
+/// migrate or write lock stays held past 10 s. Fails (rolled back) when a value
 /// does not fit its target column (the error names table, column and row
 /// id), when the two schemas differ in tables or columns, or when the row
 /// counts differ after the copy.
@@ -214,11 +212,13 @@ pub fn copy_sqlite_to_postgres(
     let version = check_source(&src, sqlite)?;
 
     let mut client = postgres::Client::connect(pg_url, postgres::NoTls)
-        .context("connecting to the PostgreSQL database (ORCH_DB)")?;
+        .with_context(|| format!("connecting to PostgreSQL at {}", super::redact(pg_url)))?;
     let mut tx = client.transaction()?;
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))?;
-    tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&PG_MIGRATE_LOCK_KEY])
-        .map_err(|e| busy_or(e, "taking the migrate lock"))?;
+    for (key, name) in [(PG_MIGRATE_LOCK, "migrate"), (PG_WRITE_LOCK, "write")] {
+        tx.query_one("SELECT pg_advisory_xact_lock($1)", &[&key])
+            .map_err(|e| busy_or(e, &format!("taking the {name} lock")))?;
+    }
     check_target(&mut tx, version)?;
 
     let tables = copy_order(&src)?;
@@ -561,10 +561,5 @@ mod tests {
         assert!(fits(PgType::Text, ValueRef::Text(b"a\0b"))
             .unwrap_err()
             .contains("NUL"));
-    }
-
-    #[test]
-    fn the_lock_key_spells_its_name() {
-        assert_eq!(&PG_MIGRATE_LOCK_KEY.to_be_bytes(), b"orchmigr");
     }
 }

@@ -30,7 +30,7 @@ mod usage;
 
 pub use budget::{Measure, Parked};
 pub use ci::{PullRequestRow, ORCH_TEST_CONTEXT};
-pub use copy::{copy_sqlite_to_postgres, CopyReport, TableCopy, PG_MIGRATE_LOCK_KEY};
+pub use copy::{copy_sqlite_to_postgres, CopyReport, TableCopy};
 pub use fence::FenceRefusal;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded, StoredDelivery};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
@@ -40,11 +40,6 @@ pub use outbox::{OutboxRow, MAX_RETRY_WAIT_MS};
 pub use pauses::Pause;
 pub use tasks::{CachedState, ProjectRow, Task, TransitionRow};
 pub use usage::UsageRow;
-
-/// Until the pgschema helper's baseline lands.
-const PG_BASELINE: &str = "";
-const PG_BASELINE_VERSION: usize = 27;
-const PG_MIGRATIONS_AFTER: &[&str] = &[];
 
 use std::path::Path;
 use std::time::Duration;
