@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Context;
-use postgres::types::ToSql;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
 use rusqlite::types::ValueRef;
 use rusqlite::OpenFlags;
 
@@ -82,6 +83,15 @@ impl PgType {
             "text" => Some(PgType::Text),
             "bytea" => Some(PgType::Bytea),
             _ => None,
+        }
+    }
+
+    fn pg_type(self) -> Type {
+        match self {
+            PgType::BigInt => Type::INT8,
+            PgType::Double => Type::FLOAT8,
+            PgType::Text => Type::TEXT,
+            PgType::Bytea => Type::BYTEA,
         }
     }
 
@@ -432,8 +442,8 @@ fn copy_order(src: &rusqlite::Connection) -> anyhow::Result<Vec<String>> {
     Ok(order)
 }
 
-/// Copies every row of `table` (ordered by rowid), each value bound by
-/// its target column's type; returns the rows copied.
+/// Copies every row of `table` (ordered by rowid) with one binary `COPY`,
+/// each value bound by its target column's type; returns the rows copied.
 fn copy_table(
     src: &rusqlite::Connection,
     tx: &mut postgres::Transaction,
@@ -457,20 +467,22 @@ fn copy_table(
         .map(|(c, _)| quote(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let marks = (1..=columns.len())
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let insert = tx.prepare(&format!(
-        "INSERT INTO {} ({list}) VALUES ({marks})",
-        quote(table)
-    ))?;
+    let types: Vec<Type> = columns.iter().map(|(_, ty)| ty.pg_type()).collect();
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {} ({list}) FROM STDIN (FORMAT binary)",
+            quote(table)
+        ))
+        .context("starting COPY")?;
+    // Dropped unfinished (an error below), the COPY is aborted and the
+    // transaction with it.
+    let mut sink = BinaryCopyInWriter::new(sink, &types);
     let mut select = src.prepare(&format!(
         "SELECT rowid, {list} FROM {} ORDER BY rowid",
         quote(table)
     ))?;
     let mut rows = select.query([])?;
-    let mut copied = 0u64;
+    let mut read = 0u64;
     while let Some(row) = rows.next()? {
         let rowid: i64 = row.get(0)?;
         let mut cells = Vec::with_capacity(columns.len());
@@ -481,9 +493,15 @@ fn copy_table(
             cells.push(cell);
         }
         let params: Vec<&(dyn ToSql + Sync)> = cells.iter().map(Cell::as_param).collect();
-        tx.execute(&insert, &params)
+        sink.write(&params)
             .with_context(|| format!("table {table}, row id {rowid}"))?;
-        copied += 1;
+        read += 1;
+    }
+    // Constraint violations (a key, a foreign key) are reported here, by
+    // PostgreSQL, with the offending key.
+    let copied = sink.finish()?;
+    if copied != read {
+        anyhow::bail!("read {read} rows from SQLite but PostgreSQL took {copied}");
     }
     Ok(copied)
 }
