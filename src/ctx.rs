@@ -91,7 +91,7 @@ impl Ctx {
     /// Errors: [`Error::NotInitialised`] before `orch init` (no state
     /// folder is created then).
     pub fn tick_lock(&self, name: &str) -> anyhow::Result<crate::lock::LockGuard> {
-        if !self.settings.db_path.is_file() {
+        if !Db::exists(&self.settings.db_path) {
             return Err(Error::NotInitialised {
                 path: self.settings.db_path.clone(),
             }

@@ -48,21 +48,41 @@ pub enum Error {
     },
     /// A parameter that cannot be encoded (an integer beyond `i64`).
     Parameter(String),
+    /// PostgreSQL refused to prepare a statement (a dialect bug: the
+    /// statement is named, shortened).
+    Prepare {
+        /// The statement as orch wrote it.
+        sql: String,
+        /// The server's error.
+        error: postgres::Error,
+    },
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Sqlite(e) => e.fmt(f),
-            Error::Postgres(e) => match e.as_db_error() {
-                // The server's message, not the driver's "db error".
-                Some(db) => write!(f, "{}: {}", db.severity(), db.message()),
-                None => e.fmt(f),
-            },
+            Error::Postgres(e) => f.write_str(&pg_message(e)),
             Error::NoRows => f.write_str("query returned no rows"),
             Error::Conversion { column, message } => write!(f, "column {column}: {message}"),
             Error::Parameter(m) => write!(f, "parameter: {m}"),
+            Error::Prepare { sql, error } => {
+                let short: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+                let short: String = short.chars().take(600).collect();
+                write!(f, "{} (preparing `{short}`)", pg_message(error))
+            }
         }
+    }
+}
+
+/// The server's message (not the driver's "db error"), with its detail.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(d) => format!("{}: {} ({d})", db.severity(), db.message()),
+            None => format!("{}: {}", db.severity(), db.message()),
+        },
+        None => e.to_string(),
     }
 }
 
@@ -95,7 +115,7 @@ impl Error {
     /// The SQLSTATE of a PostgreSQL error.
     fn sqlstate(&self) -> Option<&str> {
         match self {
-            Error::Postgres(e) => e.code().map(|c| c.code()),
+            Error::Postgres(e) | Error::Prepare { error: e, .. } => e.code().map(|c| c.code()),
             _ => None,
         }
     }
@@ -492,6 +512,115 @@ pub enum Dialect {
 pub struct PgConn {
     client: postgres::Client,
     cache: HashMap<String, postgres::Statement>,
+    /// Inside a transaction block (`BEGIN` … `COMMIT`/`ROLLBACK` through
+    /// [`Conn::execute_batch`]): a statement that fails to prepare there
+    /// would abort the transaction, so a trial preparation is wrapped in a
+    /// savepoint.
+    in_transaction: bool,
+}
+
+impl PgConn {
+    /// `sql` prepared untyped (the server deduces every parameter's
+    /// type); inside a transaction within a savepoint, so that a failure
+    /// leaves the transaction usable.
+    fn try_prepare(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        if !self.in_transaction {
+            return self.prepare_wide(sql);
+        }
+        self.client.batch_execute("SAVEPOINT orch_prepare")?;
+        let out = self.prepare_wide(sql);
+        self.client.batch_execute(if out.is_ok() {
+            "RELEASE orch_prepare"
+        } else {
+            "ROLLBACK TO orch_prepare; RELEASE orch_prepare"
+        })?;
+        out
+    }
+
+    /// `sql` prepared untyped, then again with every parameter the
+    /// server typed as a narrower integer (`?1 + 100` makes `?1` an
+    /// `INT4`) typed `INT8`: orch's integers are 64-bit (times in ms).
+    fn prepare_wide(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        let text = dollar_params(sql);
+        let stmt = self.client.prepare(&text)?;
+        if !stmt
+            .params()
+            .iter()
+            .any(|t| *t == Type::INT4 || *t == Type::INT2)
+        {
+            return Ok(stmt);
+        }
+        let wide: Vec<Type> = stmt
+            .params()
+            .iter()
+            .map(|t| match *t {
+                Type::INT4 | Type::INT2 => Type::INT8,
+                _ => t.clone(),
+            })
+            .collect();
+        self.client.prepare_typed(&text, &wide)
+    }
+
+    fn remember(&mut self, sql: &str, stmt: &postgres::Statement) {
+        if self.cache.len() >= PG_STATEMENT_CACHE {
+            self.cache.clear();
+        }
+        self.cache.insert(sql.to_string(), stmt.clone());
+    }
+
+    /// `sql` prepared with its parameters typed by `values` (integer
+    /// `INT8`, real `FLOAT8`, text `TEXT`, bytes `BYTEA`; a null left to
+    /// the server, or `TEXT` when the server cannot type it either), and
+    /// cached.
+    fn prepare_typed(&mut self, sql: &str, values: &[ValueRef<'_>]) -> Result<postgres::Statement> {
+        let unspecified = Type::new(
+            "unspecified".into(),
+            0,
+            postgres::types::Kind::Pseudo,
+            "pg_catalog".into(),
+        );
+        let types = |null: &Type| -> Vec<Type> {
+            values
+                .iter()
+                .map(|v| match v {
+                    ValueRef::Null => null.clone(),
+                    ValueRef::Integer(_) => Type::INT8,
+                    ValueRef::Real(_) => Type::FLOAT8,
+                    ValueRef::Text(_) => Type::TEXT,
+                    ValueRef::Blob(_) => Type::BYTEA,
+                })
+                .collect()
+        };
+        let text = dollar_params(sql);
+        let stmt = match self.client.prepare_typed(&text, &types(&unspecified)) {
+            Err(e) if untyped_parameter(&e) => {
+                self.client.prepare_typed(&text, &types(&Type::TEXT))
+            }
+            other => other,
+        }
+        .map_err(|error| Error::Prepare {
+            sql: sql.to_string(),
+            error,
+        })?;
+        self.remember(sql, &stmt);
+        Ok(stmt)
+    }
+}
+
+/// Whether preparing failed only because a parameter's type could not be
+/// deduced (42P18), was deduced two ways (42P08), or was deduced as one
+/// that does not fit where it is used (42804, 42883).
+fn untyped_parameter(e: &postgres::Error) -> bool {
+    matches!(
+        e.code().map(|c| c.code()),
+        Some("42P18" | "42P08" | "42804" | "42883")
+    )
+}
+
+/// A PostgreSQL statement: prepared, or to be prepared at its first run.
+pub enum PgStmt {
+    Ready(postgres::Statement),
+    Deferred(String),
 }
 
 /// One connection: SQLite or PostgreSQL.
@@ -520,7 +649,37 @@ impl Conn {
         Ok(Conn::Postgres(RefCell::new(PgConn {
             client,
             cache: HashMap::new(),
+            in_transaction: false,
         })))
+    }
+
+    /// Opens `target`: a PostgreSQL URL ([`is_postgres_url`]) or an
+    /// SQLite file (created if missing), with `busy_timeout_ms` as SQLite's
+    /// busy timeout or PostgreSQL's `lock_timeout`. For tools and tests;
+    /// orch itself opens through `db::Db`.
+    pub fn open(target: &str, busy_timeout_ms: u64) -> Result<Conn> {
+        if is_postgres_url(target) {
+            let c = Conn::connect_postgres(target)?;
+            c.execute_batch(&format!("SET lock_timeout = '{busy_timeout_ms}ms'"))?;
+            return Ok(c);
+        }
+        let c = rusqlite::Connection::open(target)?;
+        c.busy_timeout(std::time::Duration::from_millis(busy_timeout_ms))?;
+        Ok(Conn::Sqlite(c))
+    }
+
+    /// The names of the database's own tables, sorted.
+    pub fn table_names(&self) -> Result<Vec<String>> {
+        let sql = match self.dialect() {
+            Dialect::Sqlite => {
+                "SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            }
+            Dialect::Postgres => {
+                "SELECT CAST(table_name AS TEXT) FROM information_schema.tables \
+                 WHERE table_schema=current_schema() AND table_type='BASE TABLE' ORDER BY 1"
+            }
+        };
+        self.prepare(sql)?.query_map([], |r| r.get(0))?.collect()
     }
 
     /// The dialect of this connection.
@@ -546,14 +705,25 @@ impl Conn {
             Conn::Postgres(pg) => {
                 let mut pg = pg.borrow_mut();
                 if let Some(s) = pg.cache.get(sql) {
-                    return Ok(Stmt::Postgres(self, s.clone()));
+                    return Ok(Stmt::Postgres(self, PgStmt::Ready(s.clone())));
                 }
-                let stmt = pg.client.prepare(&dollar_params(sql))?;
-                if pg.cache.len() >= PG_STATEMENT_CACHE {
-                    pg.cache.clear();
+                match pg.try_prepare(sql) {
+                    Ok(stmt) => {
+                        pg.remember(sql, &stmt);
+                        Ok(Stmt::Postgres(self, PgStmt::Ready(stmt)))
+                    }
+                    // The server could not type a parameter from the
+                    // statement alone (`CASE WHEN … THEN ?5`, `?2 IS
+                    // NULL`): it is prepared at its first run, typed by
+                    // the values it is given.
+                    Err(e) if untyped_parameter(&e) => {
+                        Ok(Stmt::Postgres(self, PgStmt::Deferred(sql.to_string())))
+                    }
+                    Err(error) => Err(Error::Prepare {
+                        sql: sql.to_string(),
+                        error,
+                    }),
                 }
-                pg.cache.insert(sql.to_string(), stmt.clone());
-                Ok(Stmt::Postgres(self, stmt))
             }
         }
     }
@@ -588,7 +758,19 @@ impl Conn {
     pub fn execute_batch(&self, sql: &str) -> Result<()> {
         match self {
             Conn::Sqlite(c) => Ok(c.execute_batch(sql)?),
-            Conn::Postgres(pg) => Ok(pg.borrow_mut().client.batch_execute(sql)?),
+            Conn::Postgres(pg) => {
+                let mut pg = pg.borrow_mut();
+                let out = pg.client.batch_execute(sql);
+                let head = sql.trim_start().to_ascii_uppercase();
+                if head.starts_with("BEGIN") {
+                    pg.in_transaction = out.is_ok();
+                } else if head.starts_with("COMMIT")
+                    || (head.starts_with("ROLLBACK") && !head.starts_with("ROLLBACK TO"))
+                {
+                    pg.in_transaction = false;
+                }
+                Ok(out?)
+            }
         }
     }
 }
@@ -620,7 +802,7 @@ impl<'c> std::ops::Deref for SqliteStmt<'c> {
 pub enum Stmt<'c> {
     #[allow(private_interfaces)]
     Sqlite(SqliteStmt<'c>),
-    Postgres(&'c Conn, postgres::Statement),
+    Postgres(&'c Conn, PgStmt),
 }
 
 /// Binds SQLite parameters by position.
@@ -639,11 +821,24 @@ fn sqlite_bind(stmt: &mut rusqlite::Statement<'_>, values: &[ValueRef<'_>]) -> R
 }
 
 impl Stmt<'_> {
-    fn pg<T>(&self, f: impl FnOnce(&mut postgres::Client, &postgres::Statement) -> T) -> T {
-        match self {
-            Stmt::Postgres(Conn::Postgres(pg), s) => f(&mut pg.borrow_mut().client, s),
-            _ => unreachable!("a PostgreSQL statement of a PostgreSQL connection"),
+    /// Runs `f` with the client and the statement, prepared now (typed
+    /// by `values`) if it was deferred.
+    fn pg<T>(
+        &mut self,
+        values: &[ValueRef<'_>],
+        f: impl FnOnce(&mut postgres::Client, &postgres::Statement) -> Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let Stmt::Postgres(Conn::Postgres(pg), s) = self else {
+            unreachable!("a PostgreSQL statement of a PostgreSQL connection");
+        };
+        let mut pg = pg.borrow_mut();
+        if let PgStmt::Deferred(sql) = s {
+            *s = PgStmt::Ready(pg.prepare_typed(sql, values)?);
         }
+        let PgStmt::Ready(stmt) = s else {
+            unreachable!("prepared above");
+        };
+        Ok(f(&mut pg.client, stmt)?)
     }
 
     /// Runs the statement; returns the rows it changed.
@@ -657,7 +852,7 @@ impl Stmt<'_> {
             Stmt::Postgres(..) => {
                 let args: Vec<&(dyn PgToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                let n = self.pg(|c, s| c.execute(s, &args))?;
+                let n = self.pg(&values, |c, s| c.execute(s, &args))?;
                 Ok(n as usize)
             }
         }
@@ -682,7 +877,7 @@ impl Stmt<'_> {
             Stmt::Postgres(..) => {
                 let args: Vec<&(dyn PgToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                let rows = self.pg(|c, s| c.query(s, &args))?;
+                let rows = self.pg(&values, |c, s| c.query(s, &args))?;
                 match rows.first() {
                     Some(r) => f(&Row::Postgres(r)),
                     None => Err(Error::NoRows),
@@ -710,7 +905,7 @@ impl Stmt<'_> {
             Stmt::Postgres(..) => {
                 let args: Vec<&(dyn PgToSql + Sync)> =
                     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect();
-                let rows = self.pg(|c, s| c.query(s, &args))?;
+                let rows = self.pg(&values, |c, s| c.query(s, &args))?;
                 out.extend(rows.iter().map(|r| f(&Row::Postgres(r))));
             }
         }
@@ -724,11 +919,21 @@ impl Stmt<'_> {
             .map(|r| r.is_some())
     }
 
+    /// How many columns the statement's rows have.
+    pub fn column_count(&self) -> usize {
+        match self {
+            Stmt::Sqlite(s) => s.column_count(),
+            Stmt::Postgres(_, PgStmt::Ready(s)) => s.columns().len(),
+            Stmt::Postgres(_, PgStmt::Deferred(_)) => 0,
+        }
+    }
+
     /// How many parameters the statement takes.
     pub fn parameter_count(&self) -> usize {
         match self {
             Stmt::Sqlite(s) => s.parameter_count(),
-            Stmt::Postgres(_, s) => s.params().len(),
+            Stmt::Postgres(_, PgStmt::Ready(s)) => s.params().len(),
+            Stmt::Postgres(_, PgStmt::Deferred(sql)) => dollar_params(sql).matches('$').count(),
         }
     }
 }

@@ -98,7 +98,7 @@ impl Db {
     /// split tasks, then ready ones by the time they became ready.
     pub fn line_waiting(&self, project: Option<&str>) -> anyhow::Result<Vec<LineRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLS} FROM merge_line WHERE {WAITING} AND (?1 IS NULL OR project=?1) \
+            "SELECT {COLS} FROM merge_line WHERE {WAITING} AND (CAST(?1 AS TEXT) IS NULL OR project=?1) \
              ORDER BY project, CASE state WHEN 'batched' THEN 0 WHEN 'split' THEN 1 ELSE 2 END, \
              batch_id, position, ready_at_ms, task_id"
         ))?;
@@ -117,8 +117,8 @@ impl Db {
     ) -> anyhow::Result<Vec<LineRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {COLS} FROM merge_line WHERE state='staging' AND {CURRENT} \
-             AND (?1 IS NULL OR project=?1) \
-             AND (?2 IS NULL OR COALESCE(staging_at_ms, 0)<=?2) \
+             AND (CAST(?1 AS TEXT) IS NULL OR project=?1) \
+             AND (CAST(?2 AS BIGINT) IS NULL OR COALESCE(staging_at_ms, 0)<=?2) \
              ORDER BY project, ready_at_ms, task_id"
         ))?;
         let rows = stmt.query_map(params![project, due_ms], row)?;

@@ -308,12 +308,23 @@ impl Db {
             Dialect::Sqlite => Ok(self
                 .conn
                 .query_row("PRAGMA user_version", [], |r| r.get(0))?),
-            Dialect::Postgres => Ok(self.conn.query_row(
-                "SELECT CASE WHEN to_regclass('schema_version') IS NULL THEN 0 \
-                 ELSE (SELECT COALESCE(MAX(version), 0) FROM schema_version) END",
-                [],
-                |r| r.get(0),
-            )?),
+            Dialect::Postgres => {
+                // Two statements: a query naming a missing table fails
+                // when it is planned, whatever branch it would take.
+                let exists: bool = self.conn.query_row(
+                    "SELECT to_regclass('schema_version') IS NOT NULL",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Ok(0);
+                }
+                Ok(self.conn.query_row(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+                    [],
+                    |r| r.get(0),
+                )?)
+            }
         }
     }
 

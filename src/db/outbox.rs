@@ -76,7 +76,7 @@ impl Db {
     /// Outbox messages of a task (all when `task_id` is None), oldest first.
     pub fn outbox(&self, task_id: Option<i64>) -> anyhow::Result<Vec<OutboxRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {OUTBOX_COLS} FROM outbox WHERE ?1 IS NULL OR task_id=?1 ORDER BY id"
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE CAST(?1 AS BIGINT) IS NULL OR task_id=?1 ORDER BY id"
         ))?;
         let rows = stmt.query_map([task_id], outbox_row)?;
         Ok(rows.collect::<Result<_, _>>()?)

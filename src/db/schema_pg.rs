@@ -376,6 +376,18 @@ CREATE TABLE fence_refusals (
 );
 CREATE INDEX fence_refusals_task ON fence_refusals(task_id);
 
+-- A delivery body (BYTEA) as JSON, NULL when it is not UTF-8 JSON: the
+-- lookups in bodies (`Db::failed_deliveries_for`, the tracker comment) read
+-- through it, as SQLite's do through json_valid. Not a table: the schema test
+-- compares tables, columns and indexes only.
+CREATE FUNCTION orch_json(b BYTEA) RETURNS JSONB LANGUAGE plpgsql IMMUTABLE AS $fn$
+BEGIN
+    RETURN convert_from(b, 'UTF8')::jsonb;
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END
+$fn$;
+
 -- PostgreSQL's `PRAGMA user_version`: one row, the schema version.
 CREATE TABLE schema_version (version BIGINT NOT NULL);
 INSERT INTO schema_version (version) VALUES (27);

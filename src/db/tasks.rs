@@ -243,7 +243,7 @@ impl Db {
     pub fn last_transition_is_rerun(&self, id: i64) -> anyhow::Result<bool> {
         Ok(self.conn
             .prepare_cached(
-                "SELECT from_stage IS to_stage FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+                "SELECT from_stage IS NOT DISTINCT FROM to_stage FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
             )?
             .query_row([id], |r| r.get(0))
             .optional()?
@@ -308,9 +308,9 @@ impl Tx<'_> {
              ON CONFLICT(name) DO UPDATE SET tracker=excluded.tracker, tracker_project_id=excluded.tracker_project_id, \
              forge=excluded.forge, repo=excluded.repo, default_branch=excluded.default_branch, \
              clone_url=excluded.clone_url, synced_at_ms=excluded.synced_at_ms \
-             WHERE projects.tracker IS NOT excluded.tracker OR projects.tracker_project_id IS NOT excluded.tracker_project_id \
-             OR projects.forge IS NOT excluded.forge OR projects.repo IS NOT excluded.repo \
-             OR projects.default_branch IS NOT excluded.default_branch OR projects.clone_url IS NOT excluded.clone_url",
+             WHERE projects.tracker IS DISTINCT FROM excluded.tracker OR projects.tracker_project_id IS DISTINCT FROM excluded.tracker_project_id \
+             OR projects.forge IS DISTINCT FROM excluded.forge OR projects.repo IS DISTINCT FROM excluded.repo \
+             OR projects.default_branch IS DISTINCT FROM excluded.default_branch OR projects.clone_url IS DISTINCT FROM excluded.clone_url",
         )?
         .execute(params![
             p.name,
