@@ -3,76 +3,48 @@
 //! `ORCH_TEST_PG` holds the URL of a server where the test may `CREATE
 //! DATABASE` (`scripts/pg-cluster start DIR` makes one).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::operator::{dump, run};
+use crate::operator::run;
 use crate::util::*;
 
-/// A database made for one test on the `ORCH_TEST_PG` server, dropped
-/// (with any session still on it) at the end.
-struct ScratchPg {
-    admin: postgres::Config,
-    name: String,
-    url: String,
+/// A sandbox on SQLite whatever the suite runs on (`ORCH_DB` set to its
+/// state folder's file), initialised; and that file's path.
+fn sqlite_sandbox() -> (Sandbox, PathBuf) {
+    let mut sbx = Sandbox::uninitialised();
+    let path = sbx.state_dir().join("orch.db");
+    sbx.set("ORCH_DB", path.to_str().unwrap());
+    sbx.ok(&["init"]);
+    (sbx, path)
 }
 
-impl ScratchPg {
-    /// `None` (the test is skipped) when `ORCH_TEST_PG` is not set.
-    fn new(test: &str) -> Option<ScratchPg> {
-        let Ok(admin_url) = std::env::var("ORCH_TEST_PG") else {
-            eprintln!("{test}: skipped, ORCH_TEST_PG (a PostgreSQL URL) is not set");
-            return None;
-        };
-        let admin: postgres::Config = admin_url.parse().expect("ORCH_TEST_PG is a URL");
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("orch_migrate_{}_{nanos}", std::process::id());
-        let mut c = admin.connect(postgres::NoTls).unwrap();
-        c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
-        // The same URL with this database's name as its path.
-        let (base, query) = match admin_url.split_once('?') {
-            Some((b, q)) => (b, format!("?{q}")),
-            None => (admin_url.as_str(), String::new()),
-        };
-        let rest = base.split_once("://").unwrap().1;
-        let server = match rest.find('/') {
-            Some(i) => &base[..base.len() - rest.len() + i],
-            None => base,
-        };
-        let url = format!("{server}/{name}{query}");
-        Some(ScratchPg { admin, name, url })
+/// A sandbox on PostgreSQL (its own database, dropped with it), made by
+/// `orch init` when `init`; `None` (the test is skipped) when the suite
+/// does not run on PostgreSQL.
+fn postgres_sandbox(test: &str, init: bool) -> Option<(Sandbox, String)> {
+    if pg_base().is_none() {
+        eprintln!("{test}: skipped, ORCH_TEST_PG (a PostgreSQL URL) is not set");
+        return None;
     }
-
-    fn connect(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url, postgres::NoTls).unwrap()
-    }
-
-    /// What `orch init` leaves on PostgreSQL: the baseline schema (with
-    /// `meta.instance_id`) and the project registry (its row made to
-    /// differ from the source's, to see it replaced).
-    fn init(&self) {
-        let mut c = self.connect();
-        c.batch_execute(&format!("BEGIN; {} COMMIT;", orch::db::PG_BASELINE))
-            .unwrap();
-        c.batch_execute(
-            "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms, claim_seq) \
-             VALUES ('widget', 'local', 'local', 'main', '/not/the/sqlite/one', 1, 99)",
-        )
-        .unwrap();
-    }
+    let sbx = if init {
+        Sandbox::new()
+    } else {
+        Sandbox::uninitialised()
+    };
+    let url = sbx.db_path().to_str().unwrap().to_string();
+    assert!(url.starts_with("postgres"), "{url}");
+    Some((sbx, url))
 }
 
-impl Drop for ScratchPg {
-    fn drop(&mut self) {
-        if let Ok(mut c) = self.admin.connect(postgres::NoTls) {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
+fn connect(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap()
+}
+
+/// The SQLite file and its WAL, byte for byte: what "left as it was"
+/// compares.
+fn file_bytes(path: &Path) -> (Vec<u8>, Option<Vec<u8>>) {
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    (std::fs::read(path).unwrap(), std::fs::read(wal).ok())
 }
 
 /// The copied tables: every table but `schema_version`, by name.
@@ -163,12 +135,12 @@ fn count_pg(c: &mut postgres::Client, table: &str) -> i64 {
 /// UTF-8, with a NUL.
 const RAW_BODY: &[u8] = &[0xff, 0xfe, 0x00, b'{', 0x80, b'}', 0xc3];
 
-/// A sandbox whose database real commands filled: two work items run
-/// through the pipeline (tasks, jobs, transitions, runs, verdicts, the
+/// An SQLite sandbox whose database real commands filled: two work items
+/// run through the pipeline (tasks, jobs, transitions, runs, verdicts, the
 /// merge line, outbox rows), a delivery ingested from a file, and one
 /// inbox row with a non-UTF-8 body.
-fn filled_sandbox() -> Sandbox {
-    let sbx = Sandbox::new();
+fn filled_sandbox() -> (Sandbox, PathBuf) {
+    let (sbx, path) = sqlite_sandbox();
     sbx.add_issue("first");
     sbx.add_issue("second");
     sbx.ok(&["tick"]);
@@ -183,13 +155,13 @@ fn filled_sandbox() -> Sandbox {
         "--file",
         file.to_str().unwrap(),
     ]);
-    sbx.db()
-        .execute(
-            "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms, \
-             processed_at_ms, outcome) VALUES ('plane', 'issue', 'old-raw', 'h', '{}', ?1, 5, 6, 'ignored')",
-            [RAW_BODY],
-        )
-        .unwrap();
+    let lite = rusqlite::Connection::open(&path).unwrap();
+    lite.execute(
+        "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms, \
+         processed_at_ms, outcome) VALUES ('plane', 'issue', 'old-raw', 'h', '{}', ?1, 5, 6, 'ignored')",
+        [RAW_BODY],
+    )
+    .unwrap();
     for table in [
         "tasks",
         "jobs",
@@ -198,29 +170,46 @@ fn filled_sandbox() -> Sandbox {
         "outbox",
         "agent_runs",
     ] {
-        assert!(
-            sbx.count(&format!("SELECT count(*) FROM {table}")) > 0,
-            "the sandbox has {table} rows"
-        );
+        let n: i64 = lite
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert!(n > 0, "the sandbox has {table} rows");
     }
-    sbx
+    (sbx, path)
 }
 
+/// What `orch init` made on the target, changed so that its replacement
+/// shows: the registry row's `claim_seq` becomes 99. Returns the target's
+/// instance id.
+fn mark_target(c: &mut postgres::Client) -> String {
+    let marked = c
+        .execute(
+            "UPDATE projects SET claim_seq = 99 WHERE name = 'widget'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(marked, 1, "orch init synced the registry");
+    c.query_one("SELECT value FROM meta WHERE key = 'instance_id'", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// The copy of a database real commands filled: a dry run changes
+/// nothing; the real one copies every row (values compared by type), ids,
+/// the non-UTF-8 body byte for byte and the instance id, in foreign-key
+/// order, and sets each identity past its largest id; the SQLite file is
+/// left as it was; a second copy into the filled database is refused.
 #[test]
 fn migrate_copies_every_row_id_and_byte_and_dry_run_changes_nothing() {
-    let Some(pg) = ScratchPg::new("migrate_copies_every_row_id_and_byte") else {
+    let Some((_target, url)) = postgres_sandbox("migrate_copies_every_row_id_and_byte", true)
+    else {
         return;
     };
-    pg.init();
-    let sbx = filled_sandbox();
-    let from = sbx.db_path();
-    let from = from.to_str().unwrap();
-    let before = dump(&sbx);
-    let mut c = pg.connect();
-    let pg_instance: String = c
-        .query_one("SELECT value FROM meta WHERE key = 'instance_id'", &[])
-        .unwrap()
-        .get(0);
+    let (sbx, path) = filled_sandbox();
+    let from = path.to_str().unwrap();
+    let before = file_bytes(&path);
+    let mut c = connect(&url);
+    let pg_instance = mark_target(&mut c);
 
     // Dry run: the same copy, rolled back.
     let (code, out, err) = run(
@@ -231,7 +220,7 @@ fn migrate_copies_every_row_id_and_byte_and_dry_run_changes_nothing() {
             "--from",
             from,
             "--db",
-            &pg.url,
+            &url,
             "--dry-run",
         ],
     );
@@ -258,10 +247,7 @@ fn migrate_copies_every_row_id_and_byte_and_dry_run_changes_nothing() {
     assert_eq!(kept, (pg_instance.clone(), 99), "the dry run rolled back");
 
     // The copy.
-    let (code, out, err) = run(
-        &sbx,
-        &["--json", "migrate", "--from", from, "--db", &pg.url],
-    );
+    let (code, out, err) = run(&sbx, &["--json", "migrate", "--from", from, "--db", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
     let real: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(real["dry_run"], false);
@@ -270,7 +256,7 @@ fn migrate_copies_every_row_id_and_byte_and_dry_run_changes_nothing() {
         "the dry run reported the real copy"
     );
     assert_eq!(real["schema_version"], orch::db::schema_version());
-    let lite = sbx.db();
+    let lite = rusqlite::Connection::open(&path).unwrap();
     let tables = pg_tables(&mut c);
     assert_eq!(real["tables"].as_array().unwrap().len(), tables.len());
     let reported: std::collections::BTreeMap<String, i64> = real["tables"]
@@ -293,6 +279,11 @@ fn migrate_copies_every_row_id_and_byte_and_dry_run_changes_nothing() {
             "{table}'s reported rows"
         );
     }
+    let claim_seq: i64 = c
+        .query_one("SELECT claim_seq FROM projects", &[])
+        .unwrap()
+        .get(0);
+    assert_ne!(claim_seq, 99, "the registry is the source's");
     // Foreign-key order: a table is copied after those it refers to.
     let order: Vec<&str> = real["tables"]
         .as_array()
@@ -341,10 +332,14 @@ fn migrate_copies_every_row_id_and_byte_and_dry_run_changes_nothing() {
             .get(0);
         assert_eq!(next, max + 1, "{table}'s next id");
     }
-    assert_eq!(dump(&sbx), before, "the SQLite file is left as it was");
+    drop(lite);
+    assert!(
+        file_bytes(&path) == before,
+        "the SQLite file is left as it was"
+    );
 
     // A second copy into the now filled database is refused, naming why.
-    let (code, out, err) = run(&sbx, &["migrate", "--from", from, "--db", &pg.url]);
+    let (code, out, err) = run(&sbx, &["migrate", "--from", from, "--db", &url]);
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(
         err.contains("not empty") && err.contains("tasks ("),
@@ -359,15 +354,19 @@ fn migrate_copies_every_row_id_and_byte_and_dry_run_changes_nothing() {
     }
 }
 
+/// What the copy refuses (exit 2, nothing changed): a --db that is not a
+/// PostgreSQL URL, a target `orch init` has not made, a missing source, a
+/// source at an older schema; a held migrate lock is exit 75; a value
+/// that does not fit its column fails (exit 1) naming table, column and
+/// row id, and rolls everything back.
 #[test]
 fn migrate_refuses_an_old_source_a_bare_target_and_a_value_that_does_not_fit() {
-    let Some(pg) = ScratchPg::new("migrate_refuses") else {
+    let Some((target, url)) = postgres_sandbox("migrate_refuses", false) else {
         return;
     };
-    let sbx = Sandbox::new();
+    let (sbx, path) = sqlite_sandbox();
     let task = sbx.add_issue("one");
-    let from = sbx.db_path();
-    let from = from.to_str().unwrap();
+    let from = path.to_str().unwrap();
 
     // --db is not a PostgreSQL URL.
     let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", "/var/tmp/x.db"]);
@@ -378,22 +377,24 @@ fn migrate_refuses_an_old_source_a_bare_target_and_a_value_that_does_not_fit() {
     );
 
     // The target has no schema yet.
-    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &pg.url]);
+    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &url]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not initialised"), "{err}");
-    pg.init();
+    target.ok(&["init"]);
+    let mut c = connect(&url);
+    mark_target(&mut c);
 
     // No such source.
     let (code, _, err) = run(
         &sbx,
-        &["migrate", "--from", "/var/tmp/no-such.db", "--db", &pg.url],
+        &["migrate", "--from", "/var/tmp/no-such.db", "--db", &url],
     );
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no database at /var/tmp/no-such.db"), "{err}");
 
     // A source at an older schema version.
     let old = sbx.dir.join("old.db");
-    std::fs::copy(sbx.db_path(), &old).unwrap();
+    std::fs::copy(&path, &old).unwrap();
     let older = orch::db::schema_version() - 1;
     rusqlite::Connection::open(&old)
         .unwrap()
@@ -401,7 +402,7 @@ fn migrate_refuses_an_old_source_a_bare_target_and_a_value_that_does_not_fit() {
         .unwrap();
     let (code, _, err) = run(
         &sbx,
-        &["migrate", "--from", old.to_str().unwrap(), "--db", &pg.url],
+        &["migrate", "--from", old.to_str().unwrap(), "--db", &url],
     );
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -411,28 +412,28 @@ fn migrate_refuses_an_old_source_a_bare_target_and_a_value_that_does_not_fit() {
 
     // Another migration holds the migrate lock: busy, exit 75, after the
     // copy's lock timeout.
-    let mut holder = pg.connect();
+    let mut holder = connect(&url);
     holder
         .execute("SELECT pg_advisory_lock($1)", &[&orch::db::PG_MIGRATE_LOCK])
         .unwrap();
-    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &pg.url]);
+    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &url]);
     assert_eq!(code, 75, "{err}");
     assert!(err.contains("taking the migrate lock"), "{err}");
     drop(holder);
 
     // Text in a BIGINT column: named by table, column and row id; nothing
     // is committed.
-    sbx.db()
+    rusqlite::Connection::open(&path)
+        .unwrap()
         .execute("UPDATE tasks SET sequence = 'soon' WHERE id = ?1", [task])
         .unwrap();
-    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &pg.url]);
+    let (code, _, err) = run(&sbx, &["migrate", "--from", from, "--db", &url]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!("table tasks, column sequence, row id {task}"))
             && err.contains("BIGINT"),
         "{err}"
     );
-    let mut c = pg.connect();
     for table in ["tasks", "jobs", "transitions"] {
         assert_eq!(count_pg(&mut c, table), 0, "{table} rolled back");
     }
