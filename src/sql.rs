@@ -641,6 +641,47 @@ pub fn is_postgres_url(target: &str) -> bool {
     target.starts_with("postgres://") || target.starts_with("postgresql://")
 }
 
+/// The Unix socket folder a PostgreSQL URL connects through: a host that
+/// is a percent-encoded absolute path (`postgres://u@%2Frun%2Fpg/db`) or a
+/// `host=/dir` parameter. `None` for a TCP host. The agent sandbox hides it
+/// (an agent must not reach orch's database).
+pub fn postgres_socket_dir(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.split_once("://")?.1;
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let decode = |s: &str| -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let from_query = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("host="))
+        .map(decode);
+    let authority = main.split('/').next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = decode(host.rsplit_once(':').map_or(host, |(h, _)| h));
+    [from_query, Some(host)]
+        .into_iter()
+        .flatten()
+        .find(|h| h.starts_with('/'))
+        .map(std::path::PathBuf::from)
+}
+
 impl Conn {
     /// Connects to PostgreSQL at `url` (libpq's URL form; a Unix socket is
     /// `?host=/dir`), without TLS (a socket or loopback; see README).
@@ -1128,6 +1169,22 @@ mod tests {
         assert_eq!(
             dollar_params("SELECT ?1, '?', \"a?\" FROM t WHERE a=?2 AND b=?"),
             "SELECT $1, '?', \"a?\" FROM t WHERE a=$2 AND b=$3"
+        );
+    }
+
+    #[test]
+    fn a_socket_folder_is_read_from_either_form_of_url() {
+        assert_eq!(
+            postgres_socket_dir("postgres://orch@%2Fvar%2Ftmp%2Fpg%2Fsock:5432/orch"),
+            Some("/var/tmp/pg/sock".into())
+        );
+        assert_eq!(
+            postgres_socket_dir("postgresql://orch:pw@/orch?host=/run/postgresql"),
+            Some("/run/postgresql".into())
+        );
+        assert_eq!(
+            postgres_socket_dir("postgres://orch:pw@db.lan:5432/orch"),
+            None
         );
     }
 

@@ -274,6 +274,16 @@ impl Db {
         connect(path.as_os_str(), path, OpenFlags::SQLITE_OPEN_READ_ONLY, 0)?.user_version()
     }
 
+    /// The schema version of the database at `path`, `None` when there is
+    /// none yet: no file, or a PostgreSQL database without orch's schema.
+    pub fn existing_version(path: &Path) -> anyhow::Result<Option<i64>> {
+        if postgres_url(path).is_none() && !path.exists() {
+            return Ok(None);
+        }
+        let v = Db::open_readonly_version(path)?;
+        Ok((postgres_url(path).is_none() || v > 0).then_some(v))
+    }
+
     /// Whether a database exists at `path`: the file, or (PostgreSQL) a
     /// server that answers. Says nothing of its schema.
     pub fn exists(path: &Path) -> bool {
