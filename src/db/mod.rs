@@ -15,6 +15,7 @@
 
 mod budget;
 mod ci;
+mod copy;
 mod fence;
 mod inbox;
 mod jobs;
@@ -29,6 +30,7 @@ mod usage;
 
 pub use budget::{Measure, Parked};
 pub use ci::{PullRequestRow, ORCH_TEST_CONTEXT};
+pub use copy::{copy_sqlite_to_postgres, CopyReport, TableCopy};
 pub use fence::FenceRefusal;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded, StoredDelivery};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
