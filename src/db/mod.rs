@@ -296,7 +296,9 @@ impl Db {
     /// server that answers. Says nothing of its schema.
     pub fn exists(path: &Path) -> bool {
         match postgres_url(path) {
-            Some(_) => true,
+            // A server that does not answer "exists": opening it then
+            // names the connection error.
+            Some(_) => Db::open_readonly_version(path).map_or(true, |v| v > 0),
             None => path.is_file(),
         }
     }
