@@ -488,13 +488,21 @@ impl Db {
             return self.savepoint(f, !commit);
         }
         let open = self.begin()?;
+        let sequences = if commit {
+            Vec::new()
+        } else {
+            self.sequences()?
+        };
         let out = f(&Tx {
             db: self,
             ended: Default::default(),
         });
         match (&out, commit) {
             (Ok(_), true) => open.finish("COMMIT")?,
-            (Ok(_), false) => open.finish("ROLLBACK")?,
+            (Ok(_), false) => {
+                self.restore_sequences(&sequences)?;
+                open.finish("ROLLBACK")?
+            }
             // `f`'s error is the one to report: SQLite may already
             // have rolled back (SQLITE_FULL, an I/O error).
             (Err(_), _) => drop(open.finish("ROLLBACK")),
@@ -514,11 +522,45 @@ impl Db {
     pub fn rehearse_all<T>(&self, f: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
         anyhow::ensure!(!self.rehearsing.get(), "a rehearsal is already running");
         let open = self.begin()?;
+        let sequences = self.sequences()?;
         self.rehearsing.set(true);
         let out = f(self);
         self.rehearsing.set(false);
+        self.restore_sequences(&sequences)?;
         open.finish("ROLLBACK")?;
         out
+    }
+
+    /// PostgreSQL's identity sequences and their last values (`None`: not
+    /// used yet); empty on SQLite, whose rowids roll back with their rows.
+    fn sequences(&self) -> anyhow::Result<Vec<(String, Option<i64>)>> {
+        if self.dialect() != Dialect::Postgres {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT CAST(quote_ident(schemaname) || '.' || quote_ident(sequencename) AS TEXT), last_value \
+                 FROM pg_sequences WHERE schemaname=current_schema()",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Puts the sequences back where [`Db::sequences`] found them, before a
+    /// rehearsal's rollback: a sequence is not transactional, and a dry
+    /// run must leave the ids the real run will take (and say) alone. The
+    /// rehearsal holds the write lock, so no other writer took one since.
+    fn restore_sequences(&self, sequences: &[(String, Option<i64>)]) -> anyhow::Result<()> {
+        for (name, last) in sequences {
+            let (value, called) = last.map_or((1, false), |v| (v, true));
+            self.conn.query_row(
+                "SELECT setval(CAST(CAST(?1 AS TEXT) AS regclass), ?2, ?3)",
+                crate::sql::params![name, value, called],
+                |_| Ok(()),
+            )?;
+        }
+        Ok(())
     }
 
     /// Whether this is a rehearsal ([`Db::rehearse_all`]): effects outside
