@@ -95,6 +95,7 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport
         // transaction; the reaper and deliver only plan, no agent runs.
         return db.rehearse_all(|db| steps(ctx, db, max_jobs, true));
     }
+    db.mark_host_seen(crate::clock::now_ms())?;
     steps(ctx, &db, max_jobs, false)
 }
 

@@ -16,6 +16,7 @@
 mod budget;
 mod ci;
 mod fence;
+mod hosts;
 mod inbox;
 mod jobs;
 mod leases;
@@ -29,6 +30,7 @@ mod usage;
 pub use budget::{Measure, Parked};
 pub use ci::{PullRequestRow, ORCH_TEST_CONTEXT};
 pub use fence::FenceRefusal;
+pub use hosts::Host;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded, StoredDelivery};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
 pub use leases::{Lease, LeaseAcquire};
@@ -268,6 +270,14 @@ impl Db {
         }
         tx.commit()?;
         Ok(applied)
+    }
+
+    /// Whether this store is shared between hosts (PostgreSQL): then a
+    /// tick lock is a lease row (`tick:<name>`, [`crate::ctx::Ctx::tick_lock`])
+    /// rather than a file lock of one host's state folder. An SQLite file
+    /// is one host's: `false`.
+    pub fn is_shared(&self) -> bool {
+        false
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits when it
