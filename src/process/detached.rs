@@ -854,6 +854,61 @@ fn tail(path: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// Job 1 running at claim epoch 2 in a fresh database at `path`, its
+    /// heartbeat at 5 ms.
+    fn job_at_epoch_2(path: &Path) {
+        let db = crate::db::Db::open(path, 5000).unwrap();
+        db.conn()
+            .execute_batch(
+                "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms) \
+                 VALUES ('p', 'local', 'local', 'main', '/r', 1);
+                 INSERT INTO tasks (project, tracker_issue_id, sequence, title, stage, version, branch, \
+                 worktree, created_at_ms, updated_at_ms) VALUES ('p', '1', 1, 't', 'analysis', 1, 'b', '/w', 1, 1);
+                 INSERT INTO jobs (id, task_id, stage, role, task_version, status, available_at_ms, \
+                 created_at_ms, heartbeat_at_ms, epoch) VALUES (1, 1, 'analysis', 'analyst', 1, 'running', \
+                 1, 1, 5, 2);",
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_supervisor_heartbeats_only_its_own_claim_and_a_lost_database_stops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        job_at_epoch_2(&path);
+        let beat = |db: &Path| Beat {
+            db: db.to_string_lossy().into_owned(),
+            busy_timeout_ms: 1000,
+            every_ms: 100,
+        };
+        let heartbeat = || -> i64 {
+            let db = crate::db::Db::open_existing(&path, 1000).unwrap();
+            db.job(1).unwrap().unwrap().heartbeat_at_ms.unwrap()
+        };
+        // A stale claim (epoch 1): its first beat writes nothing and ends
+        // the loop by itself.
+        let (_stop, stopped) = std::sync::mpsc::channel();
+        heartbeat_loop(&beat(&path), 1, 1, &stopped);
+        assert_eq!(heartbeat(), 5);
+        // The current claim: beats until stopped.
+        let b = beat(&path);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || heartbeat_loop(&b, 1, 2, &stopped));
+        std::thread::sleep(Duration::from_millis(350));
+        drop(stop);
+        t.join().unwrap();
+        assert!(heartbeat() > 5);
+        // No database there: it goes on beating (and failing) until stopped.
+        let b = beat(&dir.path().join("gone.db"));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || heartbeat_loop(&b, 1, 2, &stopped));
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(!t.is_finished());
+        drop(stop);
+        t.join().unwrap();
+        assert!(!dir.path().join("gone.db").exists(), "nothing created");
+    }
+
     #[test]
     fn a_handle_round_trips_and_junk_is_no_handle() {
         let s = Started {
