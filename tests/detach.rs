@@ -518,7 +518,9 @@ fn a_detached_run_whose_watcher_died_keeps_a_fresh_heartbeat_while_it_runs() {
         1,
         "the run goes on, not recovered"
     );
-    wait_until(30, "the run's exit record", || exit_record(&sbx, 1).exists());
+    wait_until(30, "the run's exit record", || {
+        exit_record(&sbx, 1).exists()
+    });
     let done = sbx.json(&["reap"]);
     assert_eq!(
         done["actions"][0]["result"], "adopted (agent exited 0): advanced analysis → architecture",
