@@ -43,7 +43,7 @@ pub struct Job {
     /// attempt numbers do not count toward `ORCH_JOB_MAX_ATTEMPTS`.
     pub free_attempts: i64,
     /// The worker's boot-clock reading (`clock::boot_ms`, of boot
-    /// `worker_host`) at the claim (migration 15).
+    /// `worker_boot`) at the claim (migration 15).
     pub claimed_boot_ms: Option<i64>,
     /// The worker's boot-clock reading at its last heartbeat.
     pub heartbeat_boot_ms: Option<i64>,
