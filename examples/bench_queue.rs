@@ -338,11 +338,11 @@ impl Side for Orch {
     }
 
     fn mode(&self) -> anyhow::Result<String> {
-        mode(self.db.conn())
+        mode(self.db.sqlite())
     }
 
     fn conn(&self) -> &Connection {
-        self.db.conn()
+        self.db.sqlite()
     }
 }
 

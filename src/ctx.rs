@@ -16,7 +16,7 @@ pub enum TickLock {
     /// flock(2) on `<state>/locks/<name>.lock`: a store of one host.
     File(crate::lock::LockGuard),
     /// The lease row `tick:<name>`: a store shared between hosts.
-    Lease(TickLease),
+    Lease(Box<TickLease>),
     /// A dry run's look: the lease was free; nothing is held.
     Looked,
 }
@@ -162,7 +162,7 @@ impl Ctx {
     ///
     /// Errors: as [`Ctx::tick_lock`].
     pub fn tick_lock_for(&self, name: &str, dry_run: bool) -> anyhow::Result<TickLock> {
-        if !self.settings.db_path.is_file() {
+        if !Db::exists(&self.settings.db_path) {
             return Err(Error::NotInitialised {
                 path: self.settings.db_path.clone(),
             }
@@ -204,11 +204,11 @@ impl Ctx {
         let ttl_ms = self.settings.tick_lease_ttl_s as i64 * 1000;
         match db.write(|tx| tx.acquire_lease(&lease, &holder, None, now, ttl_ms))? {
             LeaseAcquire::Acquired(_) => {
-                let held = TickLock::Lease(TickLease {
+                let held = TickLock::Lease(Box::new(TickLease {
                     db,
                     name: lease,
                     holder,
-                });
+                }));
                 crate::failpoint::failpoint("tick_lock.lease_taken");
                 Ok(held)
             }

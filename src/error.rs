@@ -165,12 +165,15 @@ pub fn is_permanent(err: &anyhow::Error) -> bool {
             cause.downcast_ref::<rusqlite::Error>(),
             Some(rusqlite::Error::SqliteFailure(f, _))
                 if f.code == rusqlite::ErrorCode::ConstraintViolation
-        )
+        ) || cause
+            .downcast_ref::<crate::sql::Error>()
+            .is_some_and(crate::sql::Error::is_constraint)
     })
 }
 
 /// The exit code for any error chain: the first typed [`Error`] in the
-/// chain decides; a SQLite busy/locked error means [`exit::BUSY`].
+/// chain decides; a busy/locked database (SQLite busy, PostgreSQL lock
+/// timeout, serialization failure or deadlock) means [`exit::BUSY`].
 pub fn exit_code_for(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<Error>() {
@@ -184,6 +187,12 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
             ) {
                 return exit::BUSY;
             }
+        }
+        if cause
+            .downcast_ref::<crate::sql::Error>()
+            .is_some_and(crate::sql::Error::is_busy)
+        {
+            return exit::BUSY;
         }
     }
     exit::ERROR

@@ -37,6 +37,7 @@ pub mod reconcile;
 pub mod report;
 pub mod sandbox;
 pub mod serve;
+pub mod sql;
 pub mod staging;
 pub mod status;
 pub mod tick;

@@ -16,7 +16,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use crate::sql::{FromSql, ToSql, ValueRef};
 
 /// Implements `Display`, `Serialize`, `ToSql` and `FromSql` for a type
 /// with `as_str` and `FromStr<Err = String>`: stored and printed as its
@@ -36,16 +36,14 @@ macro_rules! named {
         }
 
         impl ToSql for $t {
-            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-                Ok(ToSqlOutput::from(self.as_str()))
+            fn to_sql(&self) -> Result<ValueRef<'_>, String> {
+                Ok(ValueRef::Text(self.as_str()))
             }
         }
 
         impl FromSql for $t {
-            fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
-                v.as_str()?
-                    .parse()
-                    .map_err(|e: String| FromSqlError::Other(e.into()))
+            fn from_sql(v: ValueRef<'_>) -> Result<Self, String> {
+                v.as_str()?.parse()
             }
         }
     };
@@ -421,7 +419,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_sqlite_and_json() {
-        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let c = crate::sql::Conn::from(rusqlite::Connection::open_in_memory().unwrap());
         for s in Stage::ALL {
             let back: Stage = c.query_row("SELECT ?1", [s], |r| r.get(0)).unwrap();
             assert_eq!(back, s);
@@ -500,7 +498,7 @@ mod tests {
 
     #[test]
     fn an_unknown_stored_name_is_an_error_naming_it() {
-        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let c = crate::sql::Conn::from(rusqlite::Connection::open_in_memory().unwrap());
         let err = c
             .query_row("SELECT 'limbo'", [], |r| r.get::<_, Stage>(0))
             .unwrap_err();

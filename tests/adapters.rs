@@ -102,7 +102,7 @@ impl World {
             .execute(
                 "INSERT INTO outbox (dedupe_key, task_id, channel, kind, payload, next_attempt_at_ms, created_at_ms) \
                  VALUES (?1, 1, ?2, ?3, ?4, 0, 0)",
-                rusqlite::params![key, channel, kind, payload.to_string()],
+                orch::sql::params![key, channel, kind, payload.to_string()],
             )
             .unwrap();
     }

@@ -12,7 +12,15 @@ fn init_is_idempotent_and_a_newer_database_is_refused() {
     let dump = |sbx: &Sandbox| -> String {
         let db = sbx.db();
         let mut st = db
-            .prepare("SELECT type||name||COALESCE(sql,'') FROM sqlite_master ORDER BY name")
+            .prepare(match db.dialect() {
+                orch::sql::Dialect::Sqlite => {
+                    "SELECT type||name||COALESCE(sql,'') FROM sqlite_master ORDER BY name"
+                }
+                orch::sql::Dialect::Postgres => {
+                    "SELECT table_name||'.'||column_name||':'||data_type FROM information_schema.columns \
+                     WHERE table_schema=current_schema() ORDER BY 1"
+                }
+            })
             .unwrap();
         st.query_map([], |r| r.get::<_, String>(0))
             .unwrap()
@@ -25,9 +33,7 @@ fn init_is_idempotent_and_a_newer_database_is_refused() {
     assert_eq!(dump(&sbx), schema);
     assert!(sbx.ok(&["init"]).contains("is up to date"));
 
-    sbx.db()
-        .pragma_update(None, "user_version", latest + 5)
-        .unwrap();
+    sbx.set_schema_version(latest + 5);
     let out = sbx.orch().args(["status"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

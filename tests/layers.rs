@@ -309,6 +309,7 @@ const FLOORS: &[(&str, &[&str])] = &[
             "untrusted",
             "acp",
             "webhook_source",
+            "sql",
         ],
     ),
     ("store", &["db"]),

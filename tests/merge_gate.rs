@@ -512,7 +512,7 @@ fn a_task_branch_that_targets_main_is_refused_before_any_push() {
         sbx.db()
             .execute(
                 "UPDATE tasks SET branch=?1 WHERE id=?2",
-                rusqlite::params![name, one],
+                orch::sql::params![name, one],
             )
             .unwrap();
         for dry in [false, true] {
@@ -674,7 +674,7 @@ fn a_stuck_lease_holds_the_line_until_it_expires() {
     sbx.db()
         .execute(
             "INSERT INTO leases (name, holder, job_id, acquired_at_ms, expires_at_ms) VALUES (?1,'task:99',NULL,?2,?3)",
-            rusqlite::params![LEASE, now, now + 3_600_000],
+            orch::sql::params![LEASE, now, now + 3_600_000],
         )
         .unwrap();
     let job = staging_job(&sbx, one);

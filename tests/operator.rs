@@ -11,15 +11,7 @@ use crate::util::*;
 /// unchanged.
 pub fn dump(sbx: &Sandbox) -> String {
     let db = sbx.db();
-    let tables: Vec<String> = {
-        let mut st = db
-            .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
-            .unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
+    let tables = db.table_names().unwrap();
     let mut out = String::new();
     for t in tables {
         let mut st = db.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
@@ -28,7 +20,7 @@ pub fn dump(sbx: &Sandbox) -> String {
             .query_map([], |r| {
                 let mut line = String::new();
                 for i in 0..n {
-                    let v: rusqlite::types::Value = r.get(i)?;
+                    let v: orch::sql::Value = r.get(i)?;
                     line += &format!("{v:?}|");
                 }
                 Ok(line)
@@ -126,9 +118,7 @@ fn a_config_without_projects_is_warned_about() {
 fn an_old_schema_is_migrated_only_by_init() {
     let sbx = Sandbox::new();
     let latest = orch::db::schema_version();
-    sbx.db()
-        .pragma_update(None, "user_version", latest - 1)
-        .unwrap();
+    sbx.set_schema_version(latest - 1);
     let (code, _, err) = run(&sbx, &["task", "list"]);
     assert_eq!(code, 2, "{err}");
     assert!(
@@ -897,7 +887,7 @@ fn status_and_metrics_list_stages_in_pipeline_order() {
         sbx.db()
             .execute(
                 "UPDATE tasks SET stage=?1 WHERE id=?2",
-                rusqlite::params![stage, id],
+                orch::sql::params![stage, id],
             )
             .unwrap();
     }

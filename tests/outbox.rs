@@ -299,13 +299,14 @@ fn rows_queued_by_an_older_orch_deliver_and_a_malformed_row_is_a_dead_letter() {
     let db = sbx.db();
     let mut ids = Vec::new();
     for (key, channel, kind, payload) in &rows {
-        db.execute(
+        let row = db.query_row(
             "INSERT INTO outbox (dedupe_key, task_id, channel, kind, payload, next_attempt_at_ms, created_at_ms) \
-             VALUES (?1,?2,?3,?4,?5,?6,?6) ON CONFLICT(dedupe_key) DO NOTHING",
-            rusqlite::params![key, id, channel, kind, payload.to_string(), 0],
+             VALUES (?1,?2,?3,?4,?5,?6,?6) ON CONFLICT(dedupe_key) DO NOTHING RETURNING id",
+            orch::sql::params![key, id, channel, kind, payload.to_string(), 0],
+            |r| r.get::<_, i64>(0),
         )
         .unwrap();
-        ids.push(db.last_insert_rowid());
+        ids.push(row);
     }
     drop(db);
 

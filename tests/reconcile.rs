@@ -280,11 +280,7 @@ fn blocked_or_needs_input_in_the_tracker_and_tracker_errors_are_skipped_and_the_
     );
 
     // with the networked guard switched off, the tracker is not asked
-    let mut sbx_off = Sandbox {
-        _tmp: tempfile::tempdir().unwrap(),
-        dir: w.sbx.dir.clone(),
-        env: w.sbx.env.clone(),
-    };
+    let mut sbx_off = w.sbx.alias();
     sbx_off
         .set("ORCH_RECONCILE_SKIP_BLOCKED_ENABLED", "false")
         .set("ORCH_RECONCILE_PLANE_ENABLED", "false");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 use hmac::{Hmac, Mac};
-use rusqlite::Connection;
+use orch::sql::Conn;
 use sha2::Sha256;
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -50,6 +50,69 @@ pub struct Sandbox {
     pub _tmp: tempfile::TempDir,
     pub dir: PathBuf,
     pub env: BTreeMap<String, String>,
+    /// The sandbox's own PostgreSQL database, dropped with it, when the
+    /// suite runs on PostgreSQL ([`pg_base`]).
+    pg: Option<PgDb>,
+}
+
+/// The PostgreSQL server the suite runs against: `ORCH_TEST_PG`, a URL of
+/// a database on a server where the suite may `CREATE DATABASE` (CI's
+/// throw-away cluster, `scripts/pg-cluster`). Unset: SQLite.
+pub fn pg_base() -> Option<String> {
+    std::env::var("ORCH_TEST_PG").ok().filter(|u| !u.is_empty())
+}
+
+/// Whether the suite runs on PostgreSQL. A test about SQLite's own file
+/// (permissions, WAL, a database copied by path) returns early on it,
+/// saying so: `if util::skip_on_postgres("why") { return; }`.
+pub fn skip_on_postgres(why: &str) -> bool {
+    if pg_base().is_some() {
+        eprintln!("skipped on PostgreSQL: {why}");
+        return true;
+    }
+    false
+}
+
+/// A database of its own on the suite's PostgreSQL server.
+struct PgDb {
+    base: String,
+    name: String,
+    url: String,
+}
+
+impl PgDb {
+    fn create(base: &str) -> PgDb {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "orch_t{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let c = Conn::open(base, 10_000).unwrap();
+        c.execute_batch(&format!("CREATE DATABASE {name}")).unwrap();
+        let (path, query) = match base.split_once('?') {
+            Some((p, q)) => (p, format!("?{q}")),
+            None => (base, String::new()),
+        };
+        let (server, _) = path.rsplit_once('/').unwrap();
+        let url = format!("{server}/{name}{query}");
+        PgDb {
+            base: base.to_string(),
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        if let Ok(c) = Conn::open(&self.base, 10_000) {
+            let _ = c.execute_batch(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
 }
 
 impl Sandbox {
@@ -124,11 +187,41 @@ impl Sandbox {
                 format!("{AGENT_FIXTURES}:{w}")
             });
         env.insert("ORCH_AGENT_SANDBOX_WRITABLE".to_string(), writable);
+        let pg = pg_base().map(|base| PgDb::create(&base));
+        if let Some(pg) = &pg {
+            env.insert("ORCH_DB".to_string(), pg.url.clone());
+        }
         Sandbox {
             _tmp: tmp,
             dir,
             env,
+            pg,
         }
+    }
+
+    /// A second handle on this sandbox (same folder, database and
+    /// settings), whose settings can be changed apart; dropping it drops
+    /// nothing.
+    pub fn alias(&self) -> Sandbox {
+        Sandbox {
+            _tmp: tempfile::tempdir().unwrap(),
+            dir: self.dir.clone(),
+            env: self.env.clone(),
+            pg: None,
+        }
+    }
+
+    /// Writes the database's schema version (`PRAGMA user_version`, or
+    /// PostgreSQL's `schema_version` row), to fake an older or newer orch.
+    pub fn set_schema_version(&self, v: i64) {
+        let db = self.db();
+        match db.dialect() {
+            orch::sql::Dialect::Sqlite => db.execute_batch(&format!("PRAGMA user_version = {v}")),
+            orch::sql::Dialect::Postgres => db
+                .execute("UPDATE schema_version SET version=?1", [v])
+                .map(drop),
+        }
+        .unwrap();
     }
 
     /// Sets (or overrides) an environment variable for every later command.
@@ -210,8 +303,13 @@ impl Sandbox {
         self.dir.join(&self.env["ORCH_STATE_DIR"])
     }
 
+    /// The database: the SQLite file in the state folder, or (on
+    /// PostgreSQL) the sandbox's own database's URL, as `ORCH_DB` takes it.
     pub fn db_path(&self) -> PathBuf {
-        self.state_dir().join("orch.db")
+        match &self.pg {
+            Some(pg) => PathBuf::from(&pg.url),
+            None => self.state_dir().join("orch.db"),
+        }
     }
 
     /// The prompt file of the latest run of task `task`'s `stage` job
@@ -221,7 +319,7 @@ impl Sandbox {
             .db()
             .query_row(
                 "SELECT job_id, attempt FROM agent_runs WHERE task_id=?1 AND stage=?2 ORDER BY id DESC LIMIT 1",
-                rusqlite::params![task, stage],
+                orch::sql::params![task, stage],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
@@ -262,10 +360,8 @@ impl Sandbox {
     }
 
     /// A read connection to the sandbox database.
-    pub fn db(&self) -> Connection {
-        let c = Connection::open(self.db_path()).unwrap();
-        c.busy_timeout(Duration::from_secs(5)).unwrap();
-        c
+    pub fn db(&self) -> Conn {
+        Conn::open(self.db_path().to_str().unwrap(), 5_000).unwrap()
     }
 
     pub fn count(&self, sql: &str) -> i64 {
@@ -453,25 +549,17 @@ impl Sandbox {
     /// refs: what "writes nothing" compares.
     pub fn dump(&self) -> String {
         let db = self.db();
-        let tables: Vec<String> = db
-            .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let tables = db.table_names().unwrap();
         let mut out = String::new();
         for t in tables {
-            let mut st = db
-                .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
-                .unwrap();
+            let mut st = db.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
             let n = st.column_count();
-            let rows = st
+            let mut rows: Vec<String> = st
                 .query_map([], |r| {
                     Ok((0..n)
                         .map(|i| match r.get_ref(i).unwrap() {
-                            rusqlite::types::ValueRef::Text(b)
-                            | rusqlite::types::ValueRef::Blob(b) => {
+                            orch::sql::ValueRef::Text(t) => t.chars().take(80).collect(),
+                            orch::sql::ValueRef::Blob(b) => {
                                 String::from_utf8_lossy(b).chars().take(80).collect()
                             }
                             other => format!("{other:?}"),
@@ -479,9 +567,13 @@ impl Sandbox {
                         .collect::<Vec<_>>()
                         .join("|"))
                 })
-                .unwrap();
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            // Sorted: the same rows in the same order on either backend.
+            rows.sort();
             for row in rows {
-                out += &format!("{t}: {}\n", row.unwrap());
+                out += &format!("{t}: {row}\n");
             }
         }
         out += &self.origin_git(&["for-each-ref"]);
@@ -493,17 +585,19 @@ impl Sandbox {
     /// running without a worker, at most one job per (task, stage, version).
     pub fn check_invariants(&self) {
         let db = self.db();
-        let ok: String = db
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(ok, "ok");
-        let fk = db
-            .prepare("PRAGMA foreign_key_check")
-            .unwrap()
-            .query_map([], |_| Ok(()))
-            .unwrap()
-            .count();
-        assert_eq!(fk, 0, "foreign key violations");
+        if db.dialect() == orch::sql::Dialect::Sqlite {
+            let ok: String = db
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(ok, "ok");
+            let fk = db
+                .prepare("PRAGMA foreign_key_check")
+                .unwrap()
+                .query_map([], |_| Ok(()))
+                .unwrap()
+                .count();
+            assert_eq!(fk, 0, "foreign key violations");
+        }
         let order = [
             "analysis",
             "architecture",
@@ -546,7 +640,7 @@ impl Sandbox {
             last = Some((task, version, to));
         }
         let dup: i64 = db
-            .query_row("SELECT COUNT(*) FROM (SELECT 1 FROM jobs GROUP BY task_id, stage, task_version HAVING COUNT(*)>1)", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM (SELECT 1 FROM jobs GROUP BY task_id, stage, task_version HAVING COUNT(*)>1) AS d", [], |r| r.get(0))
             .unwrap();
         assert_eq!(dup, 0);
         let out = self.orch().args(["check"]).output().unwrap();

@@ -2,7 +2,7 @@
 //! per project and per task, a role's typical cost, and the parked tasks.
 //! Spend is in a [`Measure`]: dollars or tokens.
 
-use rusqlite::params;
+use crate::sql::params;
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -69,7 +69,7 @@ impl Db {
             .conn
             .prepare_cached(&format!(
                 "SELECT COALESCE(SUM({}),0.0) FROM agent_runs r JOIN tasks t ON t.id=r.task_id \
-                 WHERE r.started_at_ms>=?1 AND (?2 IS NULL OR t.project=?2)",
+                 WHERE r.started_at_ms>=?1 AND (CAST(?2 AS TEXT) IS NULL OR t.project=?2)",
                 measure.sql()
             ))?
             .query_row(params![since_ms, project], |r| r.get(0))?)

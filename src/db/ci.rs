@@ -1,7 +1,7 @@
 //! What the forge said about a branch: CI statuses (`ci_statuses`),
 //! branch heads (`branch_heads`) and pull requests (`pull_requests`).
 
-use rusqlite::{params, OptionalExtension};
+use crate::sql::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -183,7 +183,7 @@ impl Tx<'_> {
             "INSERT INTO pull_requests (task_id, number, html_url, head_branch, merged, at_ms) \
              VALUES (?1,?2,?3,?4,?5,?6) ON CONFLICT(task_id) DO UPDATE SET number=excluded.number, \
              html_url=excluded.html_url, head_branch=excluded.head_branch, \
-             merged=MAX(pull_requests.merged, excluded.merged), at_ms=excluded.at_ms",
+             merged=CASE WHEN pull_requests.merged > excluded.merged THEN pull_requests.merged ELSE excluded.merged END, at_ms=excluded.at_ms",
         )?
         .execute(params![
             task_id,

@@ -3,7 +3,7 @@
 //! database and was refused, one row (`fence_refusals`, migration 26).
 //! Written only by `crate::fence::refuse`.
 
-use rusqlite::params;
+use crate::sql::params;
 
 use super::{Db, Tx};
 

@@ -2,7 +2,7 @@
 //! that ran `work-once`, `tick` or `reap`, refreshed by each. What
 //! `orch status` lists; a job's own liveness stays its heartbeat.
 
-use rusqlite::{params, Row};
+use crate::sql::{params, Row};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -20,7 +20,7 @@ pub struct Host {
     pub seen_at_ms: Option<i64>,
 }
 
-fn host_row(r: &Row) -> rusqlite::Result<Host> {
+fn host_row(r: &Row) -> crate::sql::Result<Host> {
     Ok(Host {
         id: r.get(0)?,
         boot_id: r.get(1)?,

@@ -1,7 +1,7 @@
 //! The inbox (`inbox`): deliveries as received, until ingested or
 //! dead-lettered.
 
-use rusqlite::{params, OptionalExtension};
+use crate::sql::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -72,7 +72,7 @@ const INBOX_COLS: &str =
     "id, source, event, delivery_id, received_at_ms, processed_at_ms, outcome, \
      attempts, error, dead";
 
-fn inbox_row(r: &rusqlite::Row) -> rusqlite::Result<InboxRow> {
+fn inbox_row(r: &crate::sql::Row) -> crate::sql::Result<InboxRow> {
     Ok(InboxRow {
         id: r.get(0)?,
         source: r.get(1)?,
@@ -143,18 +143,20 @@ impl Db {
         if about.is_empty() {
             return Ok(Vec::new());
         }
-        let terms = vec!["(source=? AND json_extract(j, ?)=?)"; about.len()].join(" OR ");
+        let (json, at) = self.json_lookup();
+        let terms = vec![format!("(source=? AND {at}=?)"); about.len()].join(" OR ");
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {INBOX_COLS} FROM ( \
-               SELECT *, CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END AS j \
-               FROM inbox WHERE dead=1 OR (processed_at_ms IS NULL AND error IS NOT NULL)) \
+               SELECT *, {json} AS j \
+               FROM inbox WHERE dead=1 OR (processed_at_ms IS NULL AND error IS NOT NULL)) AS d \
              WHERE j IS NOT NULL AND ({terms}) \
              ORDER BY id DESC"
         ))?;
-        let args = about
+        let args: Vec<&str> = about
             .iter()
-            .flat_map(|(source, path, value)| [*source, *path, value.as_str()]);
-        let rows = stmt.query_map(rusqlite::params_from_iter(args), inbox_row)?;
+            .flat_map(|(source, path, value)| [*source, *path, value.as_str()])
+            .collect();
+        let rows = stmt.query_map(args, inbox_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -170,19 +172,22 @@ impl Db {
         tracker_issue_id: &str,
         since_ms: i64,
     ) -> anyhow::Result<Option<String>> {
+        let (json, at) = self.json_lookup();
         let absent: String = q
             .absent
             .iter()
-            .map(|_| " AND json_extract(j, ?) IS NULL")
+            .map(|_| format!(" AND {at} IS NULL"))
             .collect();
+        let html = at.replacen('?', "?1", 1);
+        let item = at.replacen('?', "?5", 1);
         let sql = format!(
-            "SELECT json_extract(j, ?1) FROM ( \
-               SELECT id, CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END AS j \
-               FROM inbox WHERE source=?2 AND event=?3 AND received_at_ms>=?4) \
-             WHERE j IS NOT NULL AND json_extract(j, ?5)=?6{absent} \
+            "SELECT {html} FROM ( \
+               SELECT id, {json} AS j \
+               FROM inbox WHERE source=?2 AND event=?3 AND received_at_ms>=?4) AS d \
+             WHERE j IS NOT NULL AND {item}=?6{absent} \
              ORDER BY id DESC LIMIT 1"
         );
-        use rusqlite::types::Value as Sql;
+        use crate::sql::Value as Sql;
         let text = |s: &str| Sql::Text(s.to_string());
         let args = [
             text(q.html_path),
@@ -197,9 +202,27 @@ impl Db {
         Ok(self
             .conn
             .prepare_cached(&sql)?
-            .query_row(rusqlite::params_from_iter(args), |r| r.get(0))
+            .query_row(args.collect::<Vec<_>>(), |r| r.get(0))
             .optional()?
             .flatten())
+    }
+
+    /// How a lookup in delivery bodies reads, in this database's dialect:
+    /// the body as JSON (`NULL` when it is not UTF-8 JSON), and the text
+    /// at a JSON path given as the next parameter (`$.data.id`) in that
+    /// JSON (`j`). PostgreSQL's `orch_json` is the baseline's function that
+    /// answers `NULL` for a body that does not parse.
+    fn json_lookup(&self) -> (&'static str, &'static str) {
+        match self.dialect() {
+            crate::sql::Dialect::Sqlite => (
+                "CASE WHEN json_valid(CAST(body AS TEXT)) THEN CAST(body AS TEXT) END",
+                "json_extract(j, ?)",
+            ),
+            crate::sql::Dialect::Postgres => (
+                "orch_json(body)",
+                "(jsonb_path_query_first(j, CAST(CAST(? AS TEXT) AS jsonpath)) #>> '{}')",
+            ),
+        }
     }
 
     /// Inbox ids still to ingest (not processed, not dead), oldest first.
@@ -298,11 +321,11 @@ impl Tx<'_> {
         if let Some(id) = existing {
             return Ok(Recorded::Duplicate(id));
         }
-        self.conn.prepare_cached(
+        let id = self.conn.prepare_cached(
             "INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms) \
-             VALUES (?1,?2,?3,?4,?5,?6,?7)",
+             VALUES (?1,?2,?3,?4,?5,?6,?7) RETURNING id",
         )?
-        .execute(params![
+        .query_row(params![
             d.source,
             d.event,
             d.delivery_id,
@@ -310,8 +333,8 @@ impl Tx<'_> {
             d.headers.to_string(),
             d.body,
             now_ms
-        ])?;
-        Ok(Recorded::Stored(self.conn.last_insert_rowid()))
+        ], |r| r.get(0))?;
+        Ok(Recorded::Stored(id))
     }
 
     /// Marks inbox row `id` processed with `outcome`.
@@ -367,7 +390,7 @@ mod tests {
             .conn
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap();
-        let args = rusqlite::params_from_iter(std::iter::repeat_n("x", stmt.parameter_count()));
+        let args: Vec<&str> = std::iter::repeat_n("x", stmt.parameter_count()).collect();
         let rows = stmt.query_map(args, |r| r.get::<_, String>(3)).unwrap();
         rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
     }

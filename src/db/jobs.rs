@@ -1,7 +1,7 @@
 //! Jobs (`jobs`), their agent runs (`agent_runs`) and verdicts
 //! (`verdicts`).
 
-use rusqlite::{params, OptionalExtension, Row};
+use crate::sql::{params, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -102,7 +102,7 @@ pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, statu
     merge_pending, merge_defers, finalize_failures, free_attempts, claimed_boot_ms, heartbeat_boot_ms, \
     exit_boot_ms, scheduled_at_ms, epoch, claim_sha, host_id, runner, run_handle, worker_boot";
 
-pub(super) fn job_row(r: &Row) -> rusqlite::Result<Job> {
+pub(super) fn job_row(r: &Row) -> crate::sql::Result<Job> {
     Ok(Job {
         id: r.get(0)?,
         task_id: r.get(1)?,
@@ -279,7 +279,7 @@ impl Db {
             "SELECT {JOB_COLS} FROM jobs WHERE status=?1 ORDER BY id LIMIT ?2"
         ))?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map(rusqlite::params![status, limit], job_row)?;
+        let rows = stmt.query_map(params![status, limit], job_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -512,10 +512,27 @@ impl Db {
         // available; each reads its own index (the second forced: by
         // order alone the planner would walk every queued job).
         let slack = crate::clock::STEP_SLACK_MS;
+        // The skip lists are JSON arrays: SQLite reads them with
+        // `json_each`, PostgreSQL with `jsonb_array_elements_text`, and
+        // only SQLite needs the second index forced.
+        let pg = self.dialect() == crate::sql::Dialect::Postgres;
+        let (roles, tasks) = if pg {
+            (
+                "SELECT 1 FROM jsonb_array_elements_text(CAST(CAST(?4 AS TEXT) AS jsonb)) AS s(value) \
+                 WHERE s.value=j.role",
+                "SELECT 1 FROM jsonb_array_elements_text(CAST(CAST(?5 AS TEXT) AS jsonb)) AS s(value) \
+                 WHERE CAST(s.value AS BIGINT)=j.task_id",
+            )
+        } else {
+            (
+                "SELECT 1 FROM json_each(?4) WHERE value=j.role",
+                "SELECT 1 FROM json_each(?5) WHERE value=j.task_id",
+            )
+        };
         for (index, available) in [
             ("", "j.available_at_ms<=?1".to_string()),
             (
-                "INDEXED BY jobs_scheduled",
+                if pg { "" } else { "INDEXED BY jobs_scheduled" },
                 format!("j.scheduled_at_ms>?1 + {slack}"),
             ),
         ] {
@@ -526,10 +543,10 @@ impl Db {
                        (t.version<>j.task_version OR t.stage<>j.stage) AS moved FROM jobs j {index} \
                        JOIN tasks t ON t.id=j.task_id \
                        WHERE j.status='queued' AND {available} AND t.escalated=0 \
-                         AND (?2 IS NULL OR j.role=?2) AND (?3 IS NULL OR t.project=?3) \
-                         AND NOT EXISTS (SELECT 1 FROM json_each(?4) WHERE value=j.role) \
-                         AND NOT EXISTS (SELECT 1 FROM json_each(?5) WHERE value=j.task_id) \
-                       ORDER BY j.available_at_ms, j.id LIMIT 1)"
+                         AND (CAST(?2 AS TEXT) IS NULL OR j.role=?2) AND (CAST(?3 AS TEXT) IS NULL OR t.project=?3) \
+                         AND NOT EXISTS ({roles}) \
+                         AND NOT EXISTS ({tasks}) \
+                       ORDER BY j.available_at_ms, j.id LIMIT 1) AS q"
                 ))?
                 .query_row(
                     params![now_ms, role, project, skip, skip_tasks],
@@ -589,15 +606,25 @@ impl Tx<'_> {
         task_version: i64,
         now_ms: i64,
     ) -> anyhow::Result<i64> {
-        let inserted = self.conn.prepare_cached(
-            "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, available_at_ms, created_at_ms, \
-             scheduled_at_ms) VALUES (?1,?2,?3,?4,'queued',1,?5,?5,?5) ON CONFLICT(task_id, stage, task_version) DO NOTHING",
-        )?
-        .execute(params![task_id, stage, role, task_version, now_ms])?;
-        if inserted == 1 {
-            // The row this statement inserted (a replay inserts none and
-            // leaves the rowid alone): no second lookup.
-            return Ok(self.conn.last_insert_rowid());
+        const INSERT: &str = "INSERT INTO jobs (task_id, stage, role, task_version, status, attempt, \
+             available_at_ms, created_at_ms, scheduled_at_ms) VALUES (?1,?2,?3,?4,'queued',1,?5,?5,?5) \
+             ON CONFLICT(task_id, stage, task_version) DO NOTHING";
+        let args = params![task_id, stage, role, task_version, now_ms];
+        // The row this statement inserted (a replay inserts none): no
+        // second lookup. SQLite's `RETURNING` would make the plan of the
+        // claim's transaction read `transitions` whole (the plan test in
+        // `pipeline::job`), so there it is the connection's last rowid.
+        let inserted = match self.conn.sqlite() {
+            Some(c) => (self.conn.prepare_cached(INSERT)?.execute(args)? == 1)
+                .then(|| c.last_insert_rowid()),
+            None => self
+                .conn
+                .prepare_cached(&format!("{INSERT} RETURNING id"))?
+                .query_row(args, |r| r.get(0))
+                .optional()?,
+        };
+        if let Some(id) = inserted {
+            return Ok(id);
         }
         Ok(self
             .conn
@@ -681,7 +708,7 @@ impl Tx<'_> {
                 "UPDATE jobs SET worker_host=?6, worker_pid=?7, worker_start_time=?8, \
                  heartbeat_at_ms=?9, heartbeat_boot_ms=?10, worker_boot=?11 \
                  WHERE id=?1 AND epoch=?2 AND status='running' AND exit_recorded_at_ms IS NULL \
-                 AND worker_host IS ?3 AND worker_pid IS ?4 AND worker_start_time IS ?5",
+                 AND worker_host IS NOT DISTINCT FROM ?3 AND worker_pid IS NOT DISTINCT FROM ?4 AND worker_start_time IS NOT DISTINCT FROM ?5",
             )?
             .execute(params![
                 id,
@@ -724,7 +751,7 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET session_id=?3 WHERE id=?1 AND epoch=?2 AND status='running' \
-                 AND session_id IS NOT ?3",
+                 AND session_id IS DISTINCT FROM ?3",
             )?
             .execute(params![id, epoch, session_id])?;
         Ok(n == 1)
@@ -870,7 +897,7 @@ impl Tx<'_> {
                  exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
                  exit_recorded_at_ms=CASE WHEN merge_pending=1 THEN ?5 END, \
                  exit_boot_ms=CASE WHEN merge_pending=1 THEN ?7 END \
-                 WHERE id=?1 AND status='queued' AND (?6 IS NULL OR epoch=?6)",
+                 WHERE id=?1 AND status='queued' AND (CAST(?6 AS BIGINT) IS NULL OR epoch=?6)",
             )?
             .execute(params![
                 id,
@@ -904,7 +931,7 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status=?2, \
                  last_error=CASE WHEN ?2='done' THEN ?3 ELSE COALESCE(?3, last_error) END, finished_at_ms=?4 \
-                 WHERE id=?1 AND status='running' AND (?5 IS NULL OR epoch=?5)",
+                 WHERE id=?1 AND status='running' AND (CAST(?5 AS BIGINT) IS NULL OR epoch=?5)",
             )?
             .execute(params![id, status, error, now_ms, epoch])?;
         self.note_ended(id, epoch, n == 1);
@@ -923,7 +950,7 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET status='cancelled', last_error=?2, finished_at_ms=?3 \
-                 WHERE id=?1 AND status='queued' AND (?4 IS NULL OR epoch=?4)",
+                 WHERE id=?1 AND status='queued' AND (CAST(?4 AS BIGINT) IS NULL OR epoch=?4)",
             )?
             .execute(params![id, reason, now_ms, epoch])?;
         Ok(n == 1)
@@ -953,7 +980,7 @@ impl Tx<'_> {
                  worker_host=NULL, worker_boot=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
                  claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
-                 merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (?4 IS NULL OR epoch=?4)",
+                 merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (CAST(?4 AS BIGINT) IS NULL OR epoch=?4)",
             )?
             .execute(params![id, error, available_at_ms, epoch, now_ms, i64::from(free)])?;
         self.note_ended(id, epoch, n == 1);
@@ -1002,7 +1029,7 @@ impl Tx<'_> {
                  available_at_ms=?3, last_error=?2, deferred_on=?5, worker_host=NULL, worker_boot=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
                  heartbeat_at_ms=NULL, claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, scheduled_at_ms=?6 \
-                 WHERE id=?1 AND status='running' AND (?4 IS NULL OR epoch=?4) AND exit_code IS NOT NULL",
+                 WHERE id=?1 AND status='running' AND (CAST(?4 AS BIGINT) IS NULL OR epoch=?4) AND exit_code IS NOT NULL",
             )?
             .execute(params![id, reason, available_at_ms, epoch, lease, now_ms])?;
         self.note_ended(id, epoch, n == 1);
@@ -1024,7 +1051,7 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status='queued', worker_host=NULL, worker_boot=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, claimed_at_ms=NULL, heartbeat_at_ms=NULL \
-                 WHERE id=?1 AND status='running' AND (?2 IS NULL OR epoch=?2) AND worker_pid=?3 \
+                 WHERE id=?1 AND status='running' AND (CAST(?2 AS BIGINT) IS NULL OR epoch=?2) AND worker_pid=?3 \
                  AND worker_start_time=?4",
             )?
             .execute(params![id, epoch, pid, start_time])?

@@ -11,7 +11,7 @@
 //! still holds it for its next run. The predicate lives in [`stale`], the
 //! one definition the acquire, the reaper's plan and its release share.
 
-use rusqlite::{params, OptionalExtension, Row};
+use crate::sql::{params, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -42,7 +42,7 @@ pub(super) fn stale(now_param: &str) -> String {
 
 pub(super) const LEASE_COLS: &str = "name, holder, job_id, acquired_at_ms, expires_at_ms";
 
-pub(super) fn lease_row(r: &Row) -> rusqlite::Result<Lease> {
+pub(super) fn lease_row(r: &Row) -> crate::sql::Result<Lease> {
     Ok(Lease {
         name: r.get(0)?,
         holder: r.get(1)?,

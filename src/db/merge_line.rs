@@ -8,7 +8,7 @@
 //! any more — every reader joins `tasks` on stage and version, so no
 //! other write path has to clean it up.
 
-use rusqlite::{params, OptionalExtension, Row};
+use crate::sql::{params, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -63,7 +63,7 @@ const WAITING: &str = "merge_line.state IN ('ready','batched','split') AND EXIST
      (SELECT 1 FROM tasks WHERE tasks.id=merge_line.task_id AND tasks.stage='deploy-staging' \
      AND tasks.version=merge_line.task_version AND tasks.escalated=0)";
 
-fn row(r: &Row) -> rusqlite::Result<LineRow> {
+fn row(r: &Row) -> crate::sql::Result<LineRow> {
     Ok(LineRow {
         task_id: r.get(0)?,
         project: r.get(1)?,
@@ -98,7 +98,7 @@ impl Db {
     /// split tasks, then ready ones by the time they became ready.
     pub fn line_waiting(&self, project: Option<&str>) -> anyhow::Result<Vec<LineRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLS} FROM merge_line WHERE {WAITING} AND (?1 IS NULL OR project=?1) \
+            "SELECT {COLS} FROM merge_line WHERE {WAITING} AND (CAST(?1 AS TEXT) IS NULL OR project=?1) \
              ORDER BY project, CASE state WHEN 'batched' THEN 0 WHEN 'split' THEN 1 ELSE 2 END, \
              batch_id, position, ready_at_ms, task_id"
         ))?;
@@ -117,8 +117,8 @@ impl Db {
     ) -> anyhow::Result<Vec<LineRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {COLS} FROM merge_line WHERE state='staging' AND {CURRENT} \
-             AND (?1 IS NULL OR project=?1) \
-             AND (?2 IS NULL OR COALESCE(staging_at_ms, 0)<=?2) \
+             AND (CAST(?1 AS TEXT) IS NULL OR project=?1) \
+             AND (CAST(?2 AS BIGINT) IS NULL OR COALESCE(staging_at_ms, 0)<=?2) \
              ORDER BY project, ready_at_ms, task_id"
         ))?;
         let rows = stmt.query_map(params![project, due_ms], row)?;
@@ -199,12 +199,13 @@ impl Tx<'_> {
 
     /// Opens batch of `size` tasks for `project`; returns its id.
     pub fn line_open_batch(&self, project: &str, size: i64, now_ms: i64) -> anyhow::Result<i64> {
-        self.conn
+        Ok(self
+            .conn
             .prepare_cached(
-                "INSERT INTO merge_batches (project, size, state, created_at_ms) VALUES (?1,?2,'building',?3)",
+                "INSERT INTO merge_batches (project, size, state, created_at_ms) VALUES (?1,?2,'building',?3) \
+                 RETURNING id",
             )?
-            .execute(params![project, size, now_ms])?;
-        Ok(self.conn.last_insert_rowid())
+            .query_row(params![project, size, now_ms], |r| r.get(0))?)
     }
 
     /// Puts task `task_id` in batch `batch_id` at `position` (1-based).

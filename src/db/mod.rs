@@ -24,6 +24,7 @@ mod merge_line;
 mod outbox;
 mod pauses;
 mod schema;
+mod schema_pg;
 mod tasks;
 mod usage;
 
@@ -44,13 +45,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 
 use crate::error::Error;
+use crate::sql::{Conn, Dialect};
 
 pub use schema::MIGRATIONS;
+pub use schema_pg::{PG_BASELINE, PG_BASELINE_VERSION, PG_MIGRATIONS_AFTER};
 
-/// The schema version this binary writes (`PRAGMA user_version`).
+/// The schema version this binary writes (`PRAGMA user_version` on
+/// SQLite, the `schema_version` row on PostgreSQL: one numbering).
 pub fn schema_version() -> i64 {
     MIGRATIONS.len() as i64
 }
@@ -71,9 +75,23 @@ fn not_newer_than_this_binary(current: i64) -> Result<i64, Error> {
 /// Prepared statements kept per connection (see [`Db::open`]).
 const STATEMENT_CACHE: usize = 64;
 
+/// The advisory lock every PostgreSQL write transaction takes first
+/// (`pg_advisory_xact_lock`): one writer at a time, what SQLite's
+/// `BEGIN IMMEDIATE` means (DESIGN §10 "Concurrency").
+pub const PG_WRITE_LOCK: i64 = 0x6f72_6368_0001;
+/// The advisory lock of a PostgreSQL migration (`orch init`).
+pub const PG_MIGRATE_LOCK: i64 = 0x6f72_6368_0002;
+
+/// The PostgreSQL URL `target` holds (`postgres://…` or
+/// `postgresql://…`), or `None` for an SQLite path. `ORCH_DB`/`--db` hold
+/// either; this is the one place that tells them apart.
+pub fn postgres_url(target: &Path) -> Option<&str> {
+    target.to_str().filter(|t| crate::sql::is_postgres_url(t))
+}
+
 /// An open database.
 pub struct Db {
-    conn: Connection,
+    conn: Conn,
     /// Inside [`Db::rehearse_all`]: every write is a savepoint of the one
     /// outer transaction, which is rolled back at the end.
     rehearsing: std::cell::Cell<bool>,
@@ -84,8 +102,6 @@ pub struct Db {
 /// transaction's own writes (one connection); the writes are methods of
 /// `Tx`.
 pub struct Tx<'a> {
-    /// `None` for a savepoint inside a rehearsal.
-    tx: Option<rusqlite::Transaction<'a>>,
     db: &'a Db,
     /// The claims (job id, epoch) this transaction ended by a won
     /// compare-and-swap on the job running at that epoch (finish, requeue,
@@ -101,14 +117,42 @@ impl std::ops::Deref for Tx<'_> {
     }
 }
 
+/// Rolls back an open transaction when dropped unfinished (a panic in
+/// the transaction's body).
+struct Open<'a> {
+    conn: &'a Conn,
+    done: bool,
+}
+
+impl Open<'_> {
+    fn finish(mut self, sql: &str) -> crate::sql::Result<()> {
+        self.done = true;
+        self.conn.execute_batch(sql)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
 impl Db {
     /// Opens (creating if needed) the database at `path`, sets WAL,
     /// `synchronous=FULL` (a delivery is durable before the shim answers),
     /// foreign keys and the busy timeout, and applies pending migrations.
+    /// A PostgreSQL URL ([`postgres_url`]) connects and migrates there.
     ///
     /// Errors: [`Error::SchemaTooNew`] when the file was written by a newer
     /// orch; SQLite errors with the path as context.
     pub fn open(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
+        if let Some(url) = postgres_url(path) {
+            let mut db = connect_postgres(url, busy_timeout_ms, false)?;
+            db.migrate().context("migrating the PostgreSQL database")?;
+            return Ok(db);
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating database directory {}", dir.display()))?;
@@ -119,7 +163,7 @@ impl Db {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
             busy_timeout_ms,
         )?;
-        db.conn
+        db.sqlite()
             .pragma_update(None, "journal_mode", "WAL")
             .with_context(|| format!("setting WAL on {}", path.display()))?;
         db.migrate()
@@ -135,6 +179,11 @@ impl Db {
     /// [`Error::SchemaTooNew`] when a newer orch wrote it; SQLite errors
     /// with the path as context.
     pub fn open_existing(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
+        if let Some(url) = postgres_url(path) {
+            let db = connect_postgres(url, busy_timeout_ms, false)?;
+            db.require_current(path)?;
+            return Ok(db);
+        }
         require_file(path)?;
         let db = connect(
             path.as_os_str(),
@@ -150,10 +199,16 @@ impl Db {
     /// (`SQLITE_OPEN_READ_ONLY`): needs no write access to the file or its
     /// folder. When the folder is not writable and SQLite cannot make the
     /// WAL index, the file is opened `immutable` (no other writer can
-    /// exist then). Any write through it fails.
+    /// exist then). Any write through it fails. On PostgreSQL the session
+    /// is `default_transaction_read_only`.
     ///
     /// Errors: as [`Db::open_existing`].
     pub fn open_read_only(path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
+        if let Some(url) = postgres_url(path) {
+            let db = connect_postgres(url, busy_timeout_ms, true)?;
+            db.require_current(path)?;
+            return Ok(db);
+        }
         require_file(path)?;
         let open = |uri: &str| -> anyhow::Result<Db> {
             let db = connect(
@@ -198,6 +253,9 @@ impl Db {
     /// Errors: [`Error::NotInitialised`] when there is no file at `path`;
     /// SQLite errors with the path as context.
     pub fn open_as_is(path: &Path, busy_timeout_ms: u64, writable: bool) -> anyhow::Result<Db> {
+        if let Some(url) = postgres_url(path) {
+            return connect_postgres(url, busy_timeout_ms, !writable);
+        }
         require_file(path)?;
         let mode = if writable {
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -207,16 +265,77 @@ impl Db {
         connect(path.as_os_str(), path, mode, busy_timeout_ms)
     }
 
-    /// The `user_version` of an existing database file, without migrating.
+    /// The schema version of an existing database, without migrating; 0
+    /// for an empty PostgreSQL database.
     pub fn open_readonly_version(path: &Path) -> anyhow::Result<i64> {
+        if let Some(url) = postgres_url(path) {
+            return connect_postgres(url, 0, true)?.user_version();
+        }
         connect(path.as_os_str(), path, OpenFlags::SQLITE_OPEN_READ_ONLY, 0)?.user_version()
     }
 
-    /// The database's `PRAGMA user_version`.
+    /// The schema version of the database at `path`, `None` when there is
+    /// none yet: no file, or a PostgreSQL database without orch's schema.
+    pub fn existing_version(path: &Path) -> anyhow::Result<Option<i64>> {
+        if postgres_url(path).is_none() && !path.exists() {
+            return Ok(None);
+        }
+        let v = Db::open_readonly_version(path)?;
+        Ok((postgres_url(path).is_none() || v > 0).then_some(v))
+    }
+
+    /// Whether a database exists at `path`: the file, or (PostgreSQL) a
+    /// server that answers. Says nothing of its schema.
+    pub fn exists(path: &Path) -> bool {
+        match postgres_url(path) {
+            Some(_) => true,
+            None => path.is_file(),
+        }
+    }
+
+    /// The dialect of this database.
+    pub fn dialect(&self) -> Dialect {
+        self.conn.dialect()
+    }
+
+    /// Whether this store is shared by several hosts (PostgreSQL): tick
+    /// locks are then lease rows, and liveness is judged by heartbeats.
+    pub fn is_shared(&self) -> bool {
+        self.dialect() == Dialect::Postgres
+    }
+
+    /// The SQLite connection (pragmas, checkpoints). Panics on
+    /// PostgreSQL: only SQLite-only code (the serve writer's checkpoints,
+    /// benchmarks) calls it, after checking [`Db::dialect`].
+    pub fn sqlite(&self) -> &Connection {
+        self.conn.sqlite().expect("an SQLite database")
+    }
+
+    /// The database's schema version: `PRAGMA user_version` on SQLite,
+    /// the `schema_version` row on PostgreSQL (0 when there is none).
     pub fn user_version(&self) -> anyhow::Result<i64> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+        match self.dialect() {
+            Dialect::Sqlite => Ok(self
+                .conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))?),
+            Dialect::Postgres => {
+                // Two statements: a query naming a missing table fails
+                // when it is planned, whatever branch it would take.
+                let exists: bool = self.conn.query_row(
+                    "SELECT to_regclass('schema_version') IS NOT NULL",
+                    [],
+                    |r| r.get(0),
+                )?;
+                if !exists {
+                    return Ok(0);
+                }
+                Ok(self.conn.query_row(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+                    [],
+                    |r| r.get(0),
+                )?)
+            }
+        }
     }
 
     /// Applies pending migrations in one exclusive transaction. Returns how
@@ -227,14 +346,17 @@ impl Db {
         if current == latest {
             return Ok(0);
         }
+        if self.dialect() == Dialect::Postgres {
+            return self.apply_migrations_pg();
+        }
         // A migration that rebuilds a table (20: `inbox`) drops a table
         // other tables refer to; SQLite's procedure for that is foreign
         // keys off for the change (the pragma is a no-op inside a
         // transaction, so it is set before) and `foreign_key_check` before
         // the commit. They are on again whatever the outcome.
-        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        self.sqlite().pragma_update(None, "foreign_keys", "OFF")?;
         let applied = self.apply_migrations();
-        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        self.sqlite().pragma_update(None, "foreign_keys", "ON")?;
         applied
     }
 
@@ -242,9 +364,10 @@ impl Db {
     /// exclusive transaction, committed only if it left no foreign key
     /// dangling that did not dangle before.
     fn apply_migrations(&mut self) -> anyhow::Result<usize> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Exclusive)?;
+        let Conn::Sqlite(conn) = &mut self.conn else {
+            unreachable!("SQLite migrations on SQLite");
+        };
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
         let dangling = |tx: &rusqlite::Transaction| -> rusqlite::Result<i64> {
             tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
                 r.get(0)
@@ -272,12 +395,44 @@ impl Db {
         Ok(applied)
     }
 
-    /// Whether this store is shared between hosts (PostgreSQL): then a
-    /// tick lock is a lease row (`tick:<name>`, [`crate::ctx::Ctx::tick_lock`])
-    /// rather than a file lock of one host's state folder. An SQLite file
-    /// is one host's: `false`.
-    pub fn is_shared(&self) -> bool {
-        false
+    /// PostgreSQL's migrations: in one transaction under
+    /// [`PG_MIGRATE_LOCK`], the baseline (this schema as of SQLite's
+    /// migration [`PG_BASELINE_VERSION`], DESIGN §10) on an empty
+    /// database, then every later migration; DDL is transactional, so a
+    /// failure changes nothing.
+    fn apply_migrations_pg(&mut self) -> anyhow::Result<usize> {
+        let open = Open {
+            conn: &self.conn,
+            done: false,
+        };
+        self.conn.execute_batch(&format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({PG_MIGRATE_LOCK})"
+        ))?;
+        // Re-read under the lock: another process may have migrated.
+        let current = self.user_version()?;
+        let mut applied = 0;
+        if current == 0 {
+            self.conn
+                .execute_batch(PG_BASELINE)
+                .context("the PostgreSQL baseline schema")?;
+            applied += 1;
+        }
+        let from = (current as usize).max(PG_BASELINE_VERSION);
+        for (i, sql) in PG_MIGRATIONS_AFTER
+            .iter()
+            .enumerate()
+            .skip(from - PG_BASELINE_VERSION)
+        {
+            let version = PG_BASELINE_VERSION + i + 1;
+            self.conn
+                .execute_batch(sql)
+                .with_context(|| format!("migration {version}"))?;
+            self.conn
+                .execute("UPDATE schema_version SET version=?1", [version as i64])?;
+            applied += 1;
+        }
+        open.finish("COMMIT")?;
+        Ok(applied)
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction and commits when it
@@ -294,6 +449,23 @@ impl Db {
         self.immediate(f, false)
     }
 
+    /// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite; on
+    /// PostgreSQL `BEGIN` and the write lock ([`PG_WRITE_LOCK`]), the
+    /// same meaning: one writer at a time, waiting its turn.
+    fn begin(&self) -> anyhow::Result<Open<'_>> {
+        let open = Open {
+            conn: &self.conn,
+            done: false,
+        };
+        match self.dialect() {
+            Dialect::Sqlite => self.conn.execute_batch("BEGIN IMMEDIATE")?,
+            Dialect::Postgres => self.conn.execute_batch(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})"
+            ))?,
+        }
+        Ok(open)
+    }
+
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction (a savepoint inside a
     /// rehearsal) and commits it when `commit` and `f` succeeded; otherwise
     /// rolls it back. The one body of [`Db::write`] and [`Db::rehearse`].
@@ -305,23 +477,17 @@ impl Db {
         if self.rehearsing.get() {
             return self.savepoint(f, !commit);
         }
-        let tx = Tx {
-            tx: Some(rusqlite::Transaction::new_unchecked(
-                &self.conn,
-                TransactionBehavior::Immediate,
-            )?),
+        let open = self.begin()?;
+        let out = f(&Tx {
             db: self,
             ended: Default::default(),
-        };
-        let out = f(&tx);
-        if let Some(t) = tx.tx {
-            match (&out, commit) {
-                (Ok(_), true) => t.commit()?,
-                (Ok(_), false) => t.rollback()?,
-                // `f`'s error is the one to report: SQLite may already
-                // have rolled back (SQLITE_FULL, an I/O error).
-                (Err(_), _) => drop(t.rollback()),
-            }
+        });
+        match (&out, commit) {
+            (Ok(_), true) => open.finish("COMMIT")?,
+            (Ok(_), false) => open.finish("ROLLBACK")?,
+            // `f`'s error is the one to report: SQLite may already
+            // have rolled back (SQLITE_FULL, an I/O error).
+            (Err(_), _) => drop(open.finish("ROLLBACK")),
         }
         out
     }
@@ -337,11 +503,11 @@ impl Db {
     /// Errors: `f`'s error (after the rollback); database errors.
     pub fn rehearse_all<T>(&self, f: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
         anyhow::ensure!(!self.rehearsing.get(), "a rehearsal is already running");
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let open = self.begin()?;
         self.rehearsing.set(true);
         let out = f(self);
         self.rehearsing.set(false);
-        self.conn.execute_batch("ROLLBACK")?;
+        open.finish("ROLLBACK")?;
         out
     }
 
@@ -358,7 +524,6 @@ impl Db {
     ) -> anyhow::Result<T> {
         self.conn.execute_batch("SAVEPOINT orch_step")?;
         let out = f(&Tx {
-            tx: None,
             db: self,
             ended: Default::default(),
         });
@@ -385,19 +550,68 @@ impl Db {
     }
 
     /// The raw connection, for read-only queries.
-    pub fn conn(&self) -> &Connection {
+    pub fn conn(&self) -> &Conn {
         &self.conn
     }
 
     /// `PRAGMA integrity_check` and `PRAGMA foreign_key_check` results:
-    /// `("ok", 0)` for a healthy database.
+    /// `("ok", 0)` for a healthy database. PostgreSQL checks both on
+    /// every write, so it is always `("ok", 0)` there.
     pub fn integrity(&self) -> anyhow::Result<(String, usize)> {
+        if self.dialect() == Dialect::Postgres {
+            return Ok(("ok".to_string(), 0));
+        }
         let ok: String = self
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        let mut stmt = self.conn.prepare("PRAGMA foreign_key_check")?;
-        let fk = stmt.query_map([], |_| Ok(()))?.count();
+        let fk = self
+            .conn
+            .prepare("PRAGMA foreign_key_check")?
+            .query_map([], |_| Ok(()))?
+            .count();
         Ok((ok, fk))
+    }
+}
+
+/// A PostgreSQL session for orch: `lock_timeout` at the busy timeout (a
+/// lock not had by then is exit 75, as SQLITE_BUSY), and
+/// `idle_in_transaction_session_timeout`, so a stopped host (SIGSTOP)
+/// never holds row or advisory locks for long (DESIGN §10).
+fn connect_postgres(url: &str, busy_timeout_ms: u64, read_only: bool) -> anyhow::Result<Db> {
+    let conn = Conn::connect_postgres(url)
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
+    let lock = if busy_timeout_ms == 0 {
+        "0".to_string()
+    } else {
+        format!("{busy_timeout_ms}ms")
+    };
+    conn.execute_batch(&format!(
+        "SET lock_timeout = '{lock}'; SET idle_in_transaction_session_timeout = '60s'; \
+         SET client_min_messages = warning{}",
+        if read_only {
+            "; SET default_transaction_read_only = on"
+        } else {
+            ""
+        }
+    ))?;
+    Ok(Db {
+        conn,
+        rehearsing: Default::default(),
+    })
+}
+
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.split_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    match auth.and_then(|a| a.split_once(':')) {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -432,7 +646,7 @@ fn connect(
     }
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(Db {
-        conn,
+        conn: Conn::Sqlite(conn),
         rehearsing: Default::default(),
     })
 }
@@ -470,7 +684,9 @@ fn is_cantopen(err: &anyhow::Error) -> bool {
             c.downcast_ref::<rusqlite::Error>(),
             Some(rusqlite::Error::SqliteFailure(f, _))
                 if matches!(f.code, rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
-        )
+        ) || c
+            .downcast_ref::<crate::sql::Error>()
+            .is_some_and(|e| e.is_cantopen())
     })
 }
 

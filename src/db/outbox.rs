@@ -2,7 +2,7 @@
 //! caused them, delivered later with a send counter, backoff and dead
 //! letters.
 
-use rusqlite::{params, OptionalExtension, Row};
+use crate::sql::{params, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -40,7 +40,7 @@ pub(super) const OUTBOX_COLS: &str =
     next_attempt_at_ms, last_error, remote_id, created_at_ms, delivered_at_ms, \
     retries, retried_at_ms, retried_by, job_id, job_epoch";
 
-pub(super) fn outbox_row(r: &Row) -> rusqlite::Result<OutboxRow> {
+pub(super) fn outbox_row(r: &Row) -> crate::sql::Result<OutboxRow> {
     let payload: String = r.get(5)?;
     Ok(OutboxRow {
         id: r.get(0)?,
@@ -76,7 +76,7 @@ impl Db {
     /// Outbox messages of a task (all when `task_id` is None), oldest first.
     pub fn outbox(&self, task_id: Option<i64>) -> anyhow::Result<Vec<OutboxRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {OUTBOX_COLS} FROM outbox WHERE ?1 IS NULL OR task_id=?1 ORDER BY id"
+            "SELECT {OUTBOX_COLS} FROM outbox WHERE CAST(?1 AS BIGINT) IS NULL OR task_id=?1 ORDER BY id"
         ))?;
         let rows = stmt.query_map([task_id], outbox_row)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -1,7 +1,7 @@
 //! Paused accounts (`pauses`): dispatch of an agent account stopped by its
 //! usage or rate limit until a reset time (issue 16).
 
-use rusqlite::{params, OptionalExtension};
+use crate::sql::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -36,7 +36,7 @@ impl Pause {
     }
 }
 
-fn pause_row(r: &rusqlite::Row) -> rusqlite::Result<Pause> {
+fn pause_row(r: &crate::sql::Row) -> crate::sql::Result<Pause> {
     Ok(Pause {
         account: r.get(0)?,
         kind: r.get(1)?,

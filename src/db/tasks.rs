@@ -3,7 +3,7 @@
 //! tracker's issues (`local_issues`) and the cached Plane states
 //! (`tracker_states`).
 
-use rusqlite::{params, OptionalExtension, Row};
+use crate::sql::{params, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -40,7 +40,7 @@ pub(super) const TASK_COLS: &str =
     branch, worktree, developer_retries, escalated, escalated_reason, created_at_ms, updated_at_ms, \
     parked_at_ms, parked_reason, budget_waived";
 
-pub(super) fn task_row(r: &Row) -> rusqlite::Result<Task> {
+pub(super) fn task_row(r: &Row) -> crate::sql::Result<Task> {
     Ok(Task {
         id: r.get(0)?,
         project: r.get(1)?,
@@ -243,7 +243,7 @@ impl Db {
     pub fn last_transition_is_rerun(&self, id: i64) -> anyhow::Result<bool> {
         Ok(self.conn
             .prepare_cached(
-                "SELECT from_stage IS to_stage FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
+                "SELECT from_stage IS NOT DISTINCT FROM to_stage FROM transitions WHERE task_id=?1 ORDER BY version DESC LIMIT 1",
             )?
             .query_row([id], |r| r.get(0))
             .optional()?
@@ -308,9 +308,9 @@ impl Tx<'_> {
              ON CONFLICT(name) DO UPDATE SET tracker=excluded.tracker, tracker_project_id=excluded.tracker_project_id, \
              forge=excluded.forge, repo=excluded.repo, default_branch=excluded.default_branch, \
              clone_url=excluded.clone_url, synced_at_ms=excluded.synced_at_ms \
-             WHERE projects.tracker IS NOT excluded.tracker OR projects.tracker_project_id IS NOT excluded.tracker_project_id \
-             OR projects.forge IS NOT excluded.forge OR projects.repo IS NOT excluded.repo \
-             OR projects.default_branch IS NOT excluded.default_branch OR projects.clone_url IS NOT excluded.clone_url",
+             WHERE projects.tracker IS DISTINCT FROM excluded.tracker OR projects.tracker_project_id IS DISTINCT FROM excluded.tracker_project_id \
+             OR projects.forge IS DISTINCT FROM excluded.forge OR projects.repo IS DISTINCT FROM excluded.repo \
+             OR projects.default_branch IS DISTINCT FROM excluded.default_branch OR projects.clone_url IS DISTINCT FROM excluded.clone_url",
         )?
         .execute(params![
             p.name,
@@ -340,13 +340,13 @@ impl Tx<'_> {
         worktree: &str,
         now_ms: i64,
     ) -> anyhow::Result<Option<i64>> {
-        let n = self.conn
+        Ok(self.conn
             .prepare_cached(
                 "INSERT INTO tasks (project, tracker_issue_id, sequence, title, body, stage, version, branch, worktree, created_at_ms, updated_at_ms) \
-                 VALUES (?1,?2,?3,?4,?5,?6,1,?7,?8,?9,?9) ON CONFLICT(project, tracker_issue_id) DO NOTHING",
+                 VALUES (?1,?2,?3,?4,?5,?6,1,?7,?8,?9,?9) ON CONFLICT(project, tracker_issue_id) DO NOTHING RETURNING id",
             )?
-            .execute(params![project, tracker_issue_id, sequence, title, body, stage, branch, worktree, now_ms])?;
-        Ok((n == 1).then(|| self.conn.last_insert_rowid()))
+            .query_row(params![project, tracker_issue_id, sequence, title, body, stage, branch, worktree, now_ms], |r| r.get(0))
+            .optional()?)
     }
 
     /// Moves task `id`'s worktree path from `from` to `to` (a fresh
@@ -437,11 +437,11 @@ impl Tx<'_> {
         state: &str,
         now_ms: i64,
     ) -> anyhow::Result<i64> {
-        self.conn.prepare_cached(
-            "INSERT INTO local_issues (project, title, body, state, created_at_ms, updated_at_ms) VALUES (?1,?2,?3,?4,?5,?5)",
+        Ok(self.conn.prepare_cached(
+            "INSERT INTO local_issues (project, title, body, state, created_at_ms, updated_at_ms) VALUES (?1,?2,?3,?4,?5,?5) \
+             RETURNING id",
         )?
-        .execute(params![project, title, body, state, now_ms])?;
-        Ok(self.conn.last_insert_rowid())
+        .query_row(params![project, title, body, state, now_ms], |r| r.get(0))?)
     }
 
     /// Sets a local tracker issue's state.

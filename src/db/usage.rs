@@ -1,7 +1,7 @@
 //! Accounting: token and cost totals over `agent_runs`, status counts,
 //! `counters`, and the reconciler's pass reports (`reconcile_passes`).
 
-use rusqlite::{params, OptionalExtension};
+use crate::sql::{params, OptionalExtension};
 use serde::Serialize;
 
 use super::{Db, Tx};
@@ -58,17 +58,23 @@ impl Db {
         task_id: Option<i64>,
         since_ms: Option<i64>,
     ) -> anyhow::Result<Vec<UsageRow>> {
-        let mut stmt = self.conn.prepare(
+        let denials = match self.dialect() {
+            crate::sql::Dialect::Sqlite => "json_array_length(permission_denials)",
+            crate::sql::Dialect::Postgres => {
+                "jsonb_array_length(CAST(permission_denials AS jsonb))"
+            }
+        };
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT task_id, stage, role, COUNT(*), SUM(input_tokens), SUM(output_tokens), \
              SUM(cache_read_input_tokens), SUM(cache_creation_input_tokens), SUM(cost_usd), \
              SUM(CASE WHEN usage_known=0 THEN 1 ELSE 0 END), \
-             SUM(COALESCE(json_array_length(permission_denials), 0)), \
+             SUM(COALESCE({denials}, 0)), \
              SUM(CASE WHEN usage_known=1 AND cost_known=0 THEN 1 ELSE 0 END) \
-             FROM agent_runs WHERE (?1 IS NULL OR task_id=?1) \
-             AND (?2 IS NULL OR started_at_ms >= ?2) \
+             FROM agent_runs WHERE (CAST(?1 AS BIGINT) IS NULL OR task_id=?1) \
+             AND (CAST(?2 AS BIGINT) IS NULL OR started_at_ms >= ?2) \
              GROUP BY task_id, stage, role ORDER BY task_id, MIN(id)",
-        )?;
-        let rows = stmt.query_map(rusqlite::params![task_id, since_ms], |r| {
+        ))?;
+        let rows = stmt.query_map(params![task_id, since_ms], |r| {
             Ok(UsageRow {
                 task_id: r.get(0)?,
                 stage: r.get(1)?,
@@ -238,7 +244,7 @@ impl Tx<'_> {
     /// Adds `by` to counter `name`.
     pub fn bump_counter(&self, name: &str, by: i64) -> anyhow::Result<()> {
         self.conn.prepare_cached(
-            "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+            "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value=counters.value+excluded.value",
         )?
         .execute(params![name, by])?;
         Ok(())

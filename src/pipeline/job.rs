@@ -666,7 +666,7 @@ mod tests {
     /// Runs `f` in a write transaction; returns the rows it changed and
     /// the query plan lines of every statement it ran.
     fn rows_and_plans<T>(db: &Db, f: impl FnOnce(&Tx) -> anyhow::Result<T>) -> (u64, Vec<String>) {
-        let conn = db.conn();
+        let conn = db.sqlite();
         TRACED.with(|t| t.borrow_mut().clear());
         conn.trace_v2(
             rusqlite::trace::TraceEventCodes::SQLITE_TRACE_STMT,

@@ -106,7 +106,12 @@ pub fn start(db_path: &Path, busy_timeout_ms: u64) -> anyhow::Result<(Writer, Wr
 /// checkpoints of its own.
 fn open_writer_db(db_path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
     let db = Db::open(db_path, busy_timeout_ms)?;
-    db.conn()
+    if db.dialect() == crate::sql::Dialect::Postgres {
+        // `synchronous_commit` is the server's and stays on (DESIGN §10);
+        // WAL and checkpoints are the server's own.
+        return Ok(db);
+    }
+    db.sqlite()
         .pragma_update(None, "synchronous", "FULL")
         .context("setting synchronous=FULL on the writer's connection")?;
     let mode: String = db
@@ -116,7 +121,7 @@ fn open_writer_db(db_path: &Path, busy_timeout_ms: u64) -> anyhow::Result<Db> {
         mode.eq_ignore_ascii_case("wal"),
         "the inbox database is in {mode} mode, not WAL"
     );
-    db.conn()
+    db.sqlite()
         .pragma_update(None, "wal_autocheckpoint", 0)
         .context("turning off the writer's own checkpoints")?;
     Ok(db)
@@ -202,6 +207,10 @@ fn store_batch(db: &Db, batch: &[Pending], now_ms: i64) -> anyhow::Result<Vec<Re
 }
 
 fn checkpoint_loop(db: &Db, wake: &std_mpsc::Receiver<()>) {
+    if db.dialect() == crate::sql::Dialect::Postgres {
+        while wake.recv().is_ok() {}
+        return;
+    }
     while wake.recv().is_ok() {
         while wake.try_recv().is_ok() {}
         if let Err(e) = db
@@ -249,7 +258,7 @@ mod tests {
         let get = |pragma: &str| -> String {
             db.conn()
                 .query_row(&format!("PRAGMA {pragma}"), [], |r| {
-                    r.get::<_, rusqlite::types::Value>(0)
+                    r.get::<_, crate::sql::Value>(0)
                 })
                 .map(|v| format!("{v:?}"))
                 .unwrap()

@@ -179,31 +179,26 @@ impl Hostile {
             }
         }
         let db = self.sbx.db();
-        let tables: Vec<String> = db
-            .prepare("SELECT name FROM sqlite_master WHERE type='table'")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        for t in tables {
+        for t in db.table_names().unwrap() {
             let mut st = db.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
             let n = st.column_count();
-            let mut rows = st.query([]).unwrap();
-            while let Some(r) = rows.next().unwrap() {
-                for i in 0..n {
-                    let bytes: Vec<u8> = match r.get_ref(i).unwrap() {
-                        rusqlite::types::ValueRef::Text(b) | rusqlite::types::ValueRef::Blob(b) => {
-                            b.to_vec()
-                        }
-                        _ => continue,
-                    };
-                    for s in &secrets {
-                        assert!(
-                            !contains(&bytes, s.as_bytes()),
-                            "secret {s:?} leaked into table {t}"
-                        );
-                    }
+            let cells = st
+                .query_map([], |r| {
+                    Ok((0..n)
+                        .filter_map(|i| match r.get_ref(i).unwrap() {
+                            orch::sql::ValueRef::Text(t) => Some(t.as_bytes().to_vec()),
+                            orch::sql::ValueRef::Blob(b) => Some(b.to_vec()),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>())
+                })
+                .unwrap();
+            for bytes in cells.flat_map(Result::unwrap) {
+                for s in &secrets {
+                    assert!(
+                        !contains(&bytes, s.as_bytes()),
+                        "secret {s:?} leaked into table {t}"
+                    );
                 }
             }
         }
