@@ -689,10 +689,13 @@ fn beat<'a>(ctx: &'a Ctx, db: &'a Db, job: &'a Job) -> impl FnMut() -> anyhow::R
 }
 
 /// The database target a detached run's supervisor heartbeats through
-/// ([`detached::Beat`]): `ORCH_DB` as this process reads it, a path made
-/// absolute (the supervisor runs in `/`).
+/// ([`detached::Beat`]): `ORCH_DB` as this process reads it, a PostgreSQL
+/// URL as it is, a path made absolute (the supervisor runs in `/`).
 fn store_target(ctx: &Ctx) -> String {
     let p = &ctx.settings.db_path;
+    if let Some(url) = crate::db::postgres_url(p) {
+        return url.to_string();
+    }
     std::path::absolute(p)
         .unwrap_or_else(|_| p.clone())
         .to_string_lossy()
