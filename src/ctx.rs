@@ -50,6 +50,21 @@ impl Drop for TickLease {
     }
 }
 
+/// Whether the holder `<host id>:<pid>:<start time>` of a tick lease is a
+/// process of this host id ([`crate::process::host_id`]) that is gone:
+/// no live process with that pid and start time. Another host's holder
+/// is never looked up (`false`): its lease only expires.
+fn holder_died_here(holder: &str) -> bool {
+    let mut it = holder.rsplitn(3, ':');
+    let (Some(start), Some(pid), Some(host)) = (it.next(), it.next(), it.next()) else {
+        return false;
+    };
+    let (Ok(start), Ok(pid)) = (start.parse::<u64>(), pid.parse::<i32>()) else {
+        return false;
+    };
+    host == crate::process::host_id() && !crate::process::is_alive(pid, start)
+}
+
 /// Whether tick locks are lease rows even on a store of one host: the
 /// hidden testing setting `ORCH_TICK_LOCKS=lease` (builds with the
 /// `testing` feature only), so the lease path runs on SQLite in tests.
@@ -194,6 +209,7 @@ impl Ctx {
             return match db.lease(&lease)? {
                 Some(l)
                     if l.holder != holder
+                        && !holder_died_here(&l.holder)
                         && !db.stale_leases(now)?.iter().any(|x| x.name == lease) =>
                 {
                     Err(busy(&l).into())
@@ -202,7 +218,23 @@ impl Ctx {
             };
         }
         let ttl_ms = self.settings.tick_lease_ttl_s as i64 * 1000;
-        match db.write(|tx| tx.acquire_lease(&lease, &holder, None, now, ttl_ms))? {
+        // A holder of this host that died (killed, crashed) frees it at
+        // once, as its flock would be: taken over in the same transaction.
+        let (taken, from) =
+            db.write(
+                |tx| match tx.acquire_lease(&lease, &holder, None, now, ttl_ms)? {
+                    LeaseAcquire::Busy(l) if holder_died_here(&l.holder) => {
+                        tx.release_lease(&lease, &l.holder)?;
+                        let taken = tx.acquire_lease(&lease, &holder, None, now, ttl_ms)?;
+                        Ok((taken, Some(l.holder)))
+                    }
+                    taken => Ok((taken, None)),
+                },
+            )?;
+        if let Some(dead) = from {
+            tracing::info!(lease = %lease, holder = %dead, "took over the tick lease of a process of this host that is gone");
+        }
+        match taken {
             LeaseAcquire::Acquired(_) => {
                 let held = TickLock::Lease(Box::new(TickLease {
                     db,
