@@ -524,41 +524,26 @@ impl PgConn {
     /// type); inside a transaction within a savepoint, so that a failure
     /// leaves the transaction usable.
     fn try_prepare(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        self.guarded(|c| prepare_wide(c, sql))
+    }
+
+    /// `f` (a preparation), inside a savepoint when in a transaction: a
+    /// failure leaves the transaction usable.
+    fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
         if !self.in_transaction {
-            return self.prepare_wide(sql);
+            return f(&mut self.client);
         }
         self.client.batch_execute("SAVEPOINT orch_prepare")?;
-        let out = self.prepare_wide(sql);
+        let out = f(&mut self.client);
         self.client.batch_execute(if out.is_ok() {
             "RELEASE orch_prepare"
         } else {
             "ROLLBACK TO orch_prepare; RELEASE orch_prepare"
         })?;
         out
-    }
-
-    /// `sql` prepared untyped, then again with every parameter the
-    /// server typed as a narrower integer (`?1 + 100` makes `?1` an
-    /// `INT4`) typed `INT8`: orch's integers are 64-bit (times in ms).
-    fn prepare_wide(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
-        let text = dollar_params(sql);
-        let stmt = self.client.prepare(&text)?;
-        if !stmt
-            .params()
-            .iter()
-            .any(|t| *t == Type::INT4 || *t == Type::INT2)
-        {
-            return Ok(stmt);
-        }
-        let wide: Vec<Type> = stmt
-            .params()
-            .iter()
-            .map(|t| match *t {
-                Type::INT4 | Type::INT2 => Type::INT8,
-                _ => t.clone(),
-            })
-            .collect();
-        self.client.prepare_typed(&text, &wide)
     }
 
     fn remember(&mut self, sql: &str, stmt: &postgres::Statement) {
@@ -592,9 +577,9 @@ impl PgConn {
                 .collect()
         };
         let text = dollar_params(sql);
-        let stmt = match self.client.prepare_typed(&text, &types(&unspecified)) {
+        let stmt = match self.guarded(|c| c.prepare_typed(&text, &types(&unspecified))) {
             Err(e) if untyped_parameter(&e) => {
-                self.client.prepare_typed(&text, &types(&Type::TEXT))
+                self.guarded(|c| c.prepare_typed(&text, &types(&Type::TEXT)))
             }
             other => other,
         }
@@ -605,6 +590,33 @@ impl PgConn {
         self.remember(sql, &stmt);
         Ok(stmt)
     }
+}
+
+/// `sql` prepared untyped, then again with every parameter the
+/// server typed as a narrower integer (`?1 + 100` makes `?1` an
+/// `INT4`) typed `INT8`: orch's integers are 64-bit (times in ms).
+fn prepare_wide(
+    client: &mut postgres::Client,
+    sql: &str,
+) -> Result<postgres::Statement, postgres::Error> {
+    let text = dollar_params(sql);
+    let stmt = client.prepare(&text)?;
+    if !stmt
+        .params()
+        .iter()
+        .any(|t| *t == Type::INT4 || *t == Type::INT2)
+    {
+        return Ok(stmt);
+    }
+    let wide: Vec<Type> = stmt
+        .params()
+        .iter()
+        .map(|t| match *t {
+            Type::INT4 | Type::INT2 => Type::INT8,
+            _ => t.clone(),
+        })
+        .collect();
+    client.prepare_typed(&text, &wide)
 }
 
 /// Whether preparing failed only because a parameter's type could not be
@@ -626,7 +638,7 @@ pub enum PgStmt {
 /// One connection: SQLite or PostgreSQL.
 pub enum Conn {
     Sqlite(rusqlite::Connection),
-    Postgres(RefCell<PgConn>),
+    Postgres(Box<RefCell<PgConn>>),
 }
 
 impl From<rusqlite::Connection> for Conn {
@@ -687,11 +699,11 @@ impl Conn {
     /// `?host=/dir`), without TLS (a socket or loopback; see README).
     pub fn connect_postgres(url: &str) -> Result<Conn> {
         let client = postgres::Client::connect(url, postgres::NoTls)?;
-        Ok(Conn::Postgres(RefCell::new(PgConn {
+        Ok(Conn::Postgres(Box::new(RefCell::new(PgConn {
             client,
             cache: HashMap::new(),
             in_transaction: false,
-        })))
+        }))))
     }
 
     /// Opens `target`: a PostgreSQL URL ([`is_postgres_url`]) or an

@@ -165,6 +165,9 @@ fn run_unprivileged(sbx: &Sandbox, args: &[&str]) -> (i32, String, String) {
 
 #[test]
 fn read_commands_work_on_a_read_only_database_and_writers_fail_cleanly() {
+    if skip_on_postgres("a read-only SQLite file and folder") {
+        return;
+    }
     let sbx = Sandbox::new();
     let task = sbx.add_issue("read me");
     let before = dump(&sbx);
@@ -317,7 +320,22 @@ fn rehearse_then_run(sbx: &Sandbox, args: &[&str]) -> String {
 /// The words of a dry run's plan and of the real run's report, with the
 /// tense made the same ("would create" / "created").
 fn normalise(s: &str) -> String {
-    s.replace("created local issue", "create local issue")
+    let s = s.replace("created local issue", "create local issue");
+    if pg_base().is_none() {
+        return s;
+    }
+    // PostgreSQL's identity sequences are not transactional: a rolled
+    // back rehearsal still takes the ids it would use, so the real run's
+    // ids are later ones.
+    s.split('\n')
+        .map(|l| {
+            l.split(' ')
+                .map(|w| if w.parse::<i64>().is_ok() { "<id>" } else { w })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The subcommands (space-separated paths) listed in `orch [PATH…] --help`.

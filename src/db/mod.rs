@@ -15,6 +15,7 @@
 
 mod budget;
 mod ci;
+mod copy;
 mod fence;
 mod hosts;
 mod inbox;
@@ -30,6 +31,7 @@ mod usage;
 
 pub use budget::{Measure, Parked};
 pub use ci::{PullRequestRow, ORCH_TEST_CONTEXT};
+pub use copy::{copy_sqlite_to_postgres, CopyReport, TableCopy};
 pub use fence::FenceRefusal;
 pub use hosts::Host;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded, StoredDelivery};
@@ -233,6 +235,14 @@ impl Db {
         let current = self
             .user_version()
             .with_context(|| format!("reading the schema version of {}", path.display()))?;
+        if current == 0 && self.dialect() == Dialect::Postgres {
+            // A PostgreSQL database without orch's schema: as a missing
+            // SQLite file, `orch init` creates it.
+            return Err(Error::NotInitialised {
+                path: path.to_path_buf(),
+            }
+            .into());
+        }
         let latest = not_newer_than_this_binary(current)?;
         if current < latest {
             return Err(Error::SchemaTooOld {
@@ -288,7 +298,9 @@ impl Db {
     /// server that answers. Says nothing of its schema.
     pub fn exists(path: &Path) -> bool {
         match postgres_url(path) {
-            Some(_) => true,
+            // A server that does not answer "exists": opening it then
+            // names the connection error.
+            Some(_) => Db::open_readonly_version(path).map_or(true, |v| v > 0),
             None => path.is_file(),
         }
     }
