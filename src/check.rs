@@ -17,7 +17,7 @@
 
 use serde::Serialize;
 
-use crate::db::Db;
+use crate::db::{Db, Job};
 use crate::pipeline::{is_legal, JobStatus, Stage};
 
 /// One violated invariant.
@@ -30,13 +30,12 @@ pub struct Violation {
 
 /// Runs every check; an empty list means consistent.
 ///
-/// `live_worker(host, pid, start_time)` tells whether a running job's
-/// worker is alive (the reaper's notion); pass `|_, _, _| true` to skip
-/// that check.
-pub fn run(
-    db: &Db,
-    live_worker: &dyn Fn(&str, i64, i64) -> bool,
-) -> anyhow::Result<Vec<Violation>> {
+/// `live_worker(job)` tells whether a running job's worker is alive (the
+/// reaper's notion: [`crate::fence::Here::worker_gone`]); pass `|_| true`
+/// to skip that check. A detached run whose supervisor lives counts as
+/// watched only when the job is of this host and boot
+/// ([`crate::fence::owned_here`]): no other job's processes are looked up.
+pub fn run(db: &Db, live_worker: &dyn Fn(&Job) -> bool) -> anyhow::Result<Vec<Violation>> {
     let mut v = Vec::new();
     let mut bad = |invariant: &'static str, detail: String| v.push(Violation { invariant, detail });
 
@@ -166,14 +165,12 @@ pub fn run(
             );
         }
         for j in jobs.iter().filter(|j| j.status == JobStatus::Running) {
-            let watched = match (&j.worker_host, j.worker_pid, j.worker_start_time) {
-                (Some(h), Some(p), Some(s)) => live_worker(h, p, s),
-                _ => false,
-            };
+            let watched = live_worker(j);
             // A detached run whose supervisor lives goes on without a
             // worker: a later tick adopts it (DESIGN §4 "Detached runs").
             let alive = watched
                 || (j.exit_recorded_at_ms.is_none()
+                    && crate::fence::owned_here(j)
                     && crate::process::detached::may_run(
                         j.id,
                         j.epoch,

@@ -25,10 +25,11 @@ pub mod exit {
 /// Errors the core reports and callers branch on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A non-blocking tick lock (`<state_dir>/locks/<name>.lock`) is held by
-    /// another process.
-    #[error("another orch process holds the {name} lock ({path})")]
-    LockBusy { name: String, path: PathBuf },
+    /// A non-blocking tick lock (`<state_dir>/locks/<name>.lock`, or on a
+    /// shared store the lease `tick:<name>`) is held by another process;
+    /// `held` says where (the lock file, or the lease and its holder).
+    #[error("another orch process holds the {name} lock ({held})")]
+    LockBusy { name: String, held: String },
 
     /// The database stayed locked past `ORCH_BUSY_TIMEOUT_MS`.
     #[error("database is busy (locked past the busy timeout): {0}")]

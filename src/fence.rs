@@ -59,6 +59,93 @@ pub fn holds(job: &Job, claim: Claim) -> bool {
     job.status == JobStatus::Running && job.epoch == claim.epoch
 }
 
+/// Where a liveness judgement stands: the time now on both clocks and
+/// this process's host id and boot id. A job's worker (`jobs.worker_host`,
+/// `worker_boot`) is looked up in `/proc` only when it is of this host id
+/// and this boot ([`Here::owns`]); any other job's worker is judged by its
+/// heartbeat's age alone, and nothing of it is signalled. The one
+/// judgement: the reaper, `orch check` and the adopter use it.
+#[derive(Debug, Clone)]
+pub struct Here {
+    /// Wall clock, unix ms.
+    pub wall_ms: i64,
+    /// This boot's monotonic clock (`clock::boot_ms`), ms.
+    pub boot_ms: i64,
+    /// [`crate::process::host_id`].
+    pub host_id: String,
+    /// [`crate::process::boot_id`].
+    pub boot_id: String,
+}
+
+impl Here {
+    /// This process's vantage at wall time `wall_ms` (unix ms).
+    pub fn at(wall_ms: i64) -> Here {
+        Here {
+            wall_ms,
+            boot_ms: crate::clock::boot_ms(),
+            host_id: crate::process::host_id(),
+            boot_id: crate::process::boot_id(),
+        }
+    }
+
+    /// Whether job `j`'s worker runs on this host id and this boot: the
+    /// only jobs whose processes this process may look up or signal.
+    pub fn owns(&self, j: &Job) -> bool {
+        j.worker_host.as_deref() == Some(self.host_id.as_str())
+            && j.worker_boot.as_deref() == Some(self.boot_id.as_str())
+    }
+
+    /// Milliseconds since the event job `j` recorded at wall time
+    /// `wall_ms` and boot-clock time `boot_ms`: on the boot clock when the
+    /// job's worker runs on this boot ([`Here::owns`]), so a jump of the
+    /// wall clock does not count; else on the wall clock. Never negative.
+    pub fn since(&self, j: &Job, wall_ms: i64, boot_ms: Option<i64>) -> i64 {
+        let boot_ms = boot_ms.filter(|_| self.owns(j));
+        crate::clock::elapsed_ms(wall_ms, boot_ms, self.wall_ms, self.boot_ms)
+    }
+
+    /// Why the worker of running job `j` is gone, or `None` while it
+    /// lives. A worker of this host and boot: its pid must live
+    /// (`lives(pid, start_time)`, a `/proc` look-up the caller may cache)
+    /// and its heartbeat be younger than `stale_ms`, measured on the boot
+    /// clock. Any other worker (another host, or this host before a
+    /// reboot): its heartbeat's age on the wall clock alone (the last
+    /// heartbeat, else the claim).
+    pub fn worker_gone(
+        &self,
+        j: &Job,
+        stale_ms: i64,
+        lives: &mut dyn FnMut(i64, i64) -> bool,
+    ) -> Option<String> {
+        if !self.owns(j) {
+            let age = self.wall_ms - j.heartbeat_at_ms.or(j.claimed_at_ms).unwrap_or(0);
+            let whose = match j.worker_host.as_deref() {
+                Some(h) if h == self.host_id => "worker ran before a reboot".to_string(),
+                Some(h) => format!("worker on host {h}"),
+                None => "worker on an unrecorded host".to_string(),
+            };
+            return (age > stale_ms).then(|| format!("{whose}: heartbeat {}s old", age / 1000));
+        }
+        match (j.worker_pid, j.worker_start_time) {
+            (Some(pid), Some(start)) if lives(pid, start) => {}
+            (Some(pid), _) => return Some(format!("worker pid {pid} is gone")),
+            _ => return Some("job has no worker identity".into()),
+        }
+        let age = match (j.heartbeat_at_ms, j.claimed_at_ms) {
+            (Some(beat), _) => self.since(j, beat, j.heartbeat_boot_ms),
+            (None, Some(claimed)) => self.since(j, claimed, j.claimed_boot_ms),
+            (None, None) => self.wall_ms,
+        };
+        (age > stale_ms).then(|| format!("heartbeat {}s old", age / 1000))
+    }
+}
+
+/// Whether job `j`'s worker runs on this host id and this boot
+/// ([`Here::owns`], now).
+pub fn owned_here(j: &Job) -> bool {
+    Here::at(crate::clock::now_ms()).owns(j)
+}
+
 /// Who holds the job instead of a stale claim, for people: `epoch 2
 /// holds the job`, `epoch 2 finished it (done)`, `the job was taken back
 /// (queued for its next claim)`.
@@ -289,6 +376,76 @@ fn is_number(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A running job claimed at wall time 1,000 s by `host`/`boot`,
+    /// worker pid 7 started at 70, last heartbeat at `beat_ms`.
+    fn running(host: &str, boot: Option<&str>, beat_ms: i64) -> Job {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("orch.db"), 5000).unwrap();
+        db.conn()
+            .execute_batch(&format!(
+                "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms) \
+                 VALUES ('p', 'local', 'local', 'main', '/r', 1);
+                 INSERT INTO tasks (project, tracker_issue_id, sequence, title, stage, version, branch, \
+                 worktree, created_at_ms, updated_at_ms) VALUES ('p', '1', 1, 't', 'development', 1, 'b', '/w', 1, 1);
+                 INSERT INTO jobs (id, task_id, stage, role, task_version, status, available_at_ms, \
+                 created_at_ms, worker_host, worker_boot, worker_pid, worker_start_time, claimed_at_ms, \
+                 heartbeat_at_ms, host_id, epoch) VALUES (1, 1, 'development', 'developer', 1, 'running', 1, 1, \
+                 '{host}', {}, 7, 70, 1000000, {beat_ms}, '{host}', 1);",
+                boot.map_or("NULL".to_string(), |b| format!("'{b}'"))
+            ))
+            .unwrap();
+        db.job(1).unwrap().unwrap()
+    }
+
+    #[test]
+    fn only_a_job_of_this_host_and_boot_is_looked_up_in_proc() {
+        let here = Here {
+            wall_ms: 1_100_000,
+            boot_ms: 5_000,
+            host_id: "a".into(),
+            boot_id: "boot1".into(),
+        };
+        let stale_ms = 60_000;
+        let looked = std::cell::RefCell::new(Vec::new());
+        let mut lives = |pid: i64, start: i64| {
+            looked.borrow_mut().push((pid, start));
+            false
+        };
+        // Another host, fresh heartbeat (10 s): alive, nothing looked up.
+        let other = running("b", Some("boot1"), 1_090_000);
+        assert!(!here.owns(&other));
+        assert_eq!(here.worker_gone(&other, stale_ms, &mut lives), None);
+        // Another host, heartbeat 100 s old: gone, by its age alone.
+        let other = running("b", Some("boot1"), 1_000_000);
+        assert_eq!(
+            here.worker_gone(&other, stale_ms, &mut lives).as_deref(),
+            Some("worker on host b: heartbeat 100s old")
+        );
+        // This host before a reboot: its heartbeat too, not /proc.
+        let rebooted = running("a", Some("boot0"), 1_090_000);
+        assert_eq!(here.worker_gone(&rebooted, stale_ms, &mut lives), None);
+        let rebooted = running("a", Some("boot0"), 1_000_000);
+        assert_eq!(
+            here.worker_gone(&rebooted, stale_ms, &mut lives).as_deref(),
+            Some("worker ran before a reboot: heartbeat 100s old")
+        );
+        // No boot recorded (a claim before migration 26): heartbeat only.
+        let unknown = running("a", None, 1_090_000);
+        assert!(!here.owns(&unknown));
+        assert_eq!(here.worker_gone(&unknown, stale_ms, &mut lives), None);
+        assert!(looked.borrow().is_empty(), "{looked:?}");
+        // This host and boot: its pid is looked up, and it is dead.
+        let mine = running("a", Some("boot1"), 1_090_000);
+        assert!(here.owns(&mine));
+        assert_eq!(
+            here.worker_gone(&mine, stale_ms, &mut lives).as_deref(),
+            Some("worker pid 7 is gone")
+        );
+        assert_eq!(*looked.borrow(), vec![(7, 70)]);
+        // Alive, with a fresh heartbeat: alive.
+        assert_eq!(here.worker_gone(&mine, stale_ms, &mut |_, _| true), None);
+    }
 
     #[test]
     fn an_epoch_worktree_replaces_an_earlier_suffix_and_keeps_the_folder() {

@@ -55,7 +55,7 @@ pub fn try_tick_lock(locks_dir: &Path, name: &str) -> anyhow::Result<LockGuard> 
         Ok(()) => Ok(LockGuard { _file: file, path }),
         Err(TryLockError::WouldBlock) => Err(Error::LockBusy {
             name: name.to_string(),
-            path,
+            held: path.display().to_string(),
         }
         .into()),
         Err(TryLockError::Error(e)) => {

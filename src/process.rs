@@ -836,12 +836,13 @@ pub fn host_id() -> String {
         .clone()
 }
 
-/// This process's identity as a job's worker: (boot id, pid, process
+/// This process's identity as a job's worker: (host id, pid, process
 /// start time), as recorded on a claimed job (`worker_host`, `worker_pid`,
-/// `worker_start_time`).
+/// `worker_start_time`; the claim records [`boot_id`] beside them in
+/// `worker_boot`).
 pub fn identity() -> (String, i64, i64) {
     let me = current_process();
-    (boot_id(), me.pid as i64, me.start_time as i64)
+    (host_id(), me.pid as i64, me.start_time as i64)
 }
 
 /// (pid, start time) of the current process; start time 0 if `/proc` is

@@ -33,6 +33,7 @@ use tracing::info;
 use crate::clock::now_ms;
 use crate::ctx::Ctx;
 use crate::db::{Db, Job};
+use crate::fence::Here;
 use crate::pipeline::job::Finalized;
 use crate::pipeline::{Actor, JobStatus};
 use crate::process;
@@ -273,61 +274,18 @@ pub struct Done {
 /// however many jobs name it: `(pid, start time) → alive`.
 type Liveness = HashMap<(i64, i64), bool>;
 
-/// The time now on both clocks, and this machine's boot id: what the
-/// reaper measures the spans of a running job against (`clock`'s rules).
-#[derive(Debug, Clone, Copy)]
-struct Now<'a> {
-    /// Wall clock, unix ms.
-    wall_ms: i64,
-    /// This boot's monotonic clock (`clock::boot_ms`).
-    boot_ms: i64,
-    /// `process::boot_id()`.
-    boot_id: &'a str,
-}
-
-impl Now<'_> {
-    /// Milliseconds since the event job `j` recorded at wall time
-    /// `wall_ms` and boot-clock time `boot_ms`: on the boot clock when
-    /// the job's worker runs on this boot (`worker_host`), so a jump of
-    /// the wall clock does not count; else on the wall clock.
-    fn since(&self, j: &Job, wall_ms: i64, boot_ms: Option<i64>) -> i64 {
-        let boot_ms = boot_ms.filter(|_| j.worker_host.as_deref() == Some(self.boot_id));
-        crate::clock::elapsed_ms(wall_ms, boot_ms, self.wall_ms, self.boot_ms)
-    }
-}
-
-/// Why the worker of running job `j` is gone, or `None` when it lives.
-/// The heartbeat's age is measured on the boot clock ([`Now::since`]).
-///
-/// A job claimed under another host id ([`process::host_id`]) is judged
-/// by its heartbeat's age on the wall clock alone: its processes are not
-/// this machine's to look up (nor to kill, [`worker::adopt::other_host`]).
-fn worker_gone(ctx: &Ctx, j: &Job, now: &Now, alive: &mut Liveness) -> Option<String> {
+/// Why the worker of running job `j` is gone, or `None` when it lives:
+/// the one judgement ([`Here::worker_gone`]), its `/proc` look-ups cached
+/// for the pass. A job of another host or boot is judged by its
+/// heartbeat's age alone: its processes are not this machine's to look up
+/// (nor to kill, [`worker::adopt::recover`]).
+fn worker_gone(ctx: &Ctx, j: &Job, now: &Here, alive: &mut Liveness) -> Option<String> {
     let stale_ms = ctx.settings.heartbeat_stale_s as i64 * 1000;
-    if let Some(host) = worker::adopt::other_host(j) {
-        let age = now.wall_ms - j.heartbeat_at_ms.or(j.claimed_at_ms).unwrap_or(0);
-        return (age > stale_ms)
-            .then(|| format!("worker on host {host}: heartbeat {}s old", age / 1000));
-    }
-    if j.worker_host.as_deref() != Some(now.boot_id) {
-        return Some("worker ran before a reboot or on another host".into());
-    }
-    let mut lives = |pid: i64, start: i64| {
+    now.worker_gone(j, stale_ms, &mut |pid, start| {
         *alive
             .entry((pid, start))
             .or_insert_with(|| process::is_alive(pid as i32, start as u64))
-    };
-    match (j.worker_pid, j.worker_start_time) {
-        (Some(pid), Some(start)) if lives(pid, start) => {}
-        (Some(pid), _) => return Some(format!("worker pid {pid} is gone")),
-        _ => return Some("job has no worker identity".into()),
-    }
-    let age = match (j.heartbeat_at_ms, j.claimed_at_ms) {
-        (Some(beat), _) => now.since(j, beat, j.heartbeat_boot_ms),
-        (None, Some(claimed)) => now.since(j, claimed, j.claimed_boot_ms),
-        (None, None) => now.wall_ms,
-    };
-    (age > stale_ms).then(|| format!("heartbeat {}s old", age / 1000))
+    })
 }
 
 /// The plan for running job `j` whose run is detached and whose exit is
@@ -339,7 +297,7 @@ fn worker_gone(ctx: &Ctx, j: &Job, now: &Now, alive: &mut Liveness) -> Option<St
 fn plan_detached(
     ctx: &Ctx,
     j: &Job,
-    clocks: &Now,
+    clocks: &Here,
     alive: &mut Liveness,
     timed_out: bool,
 ) -> Option<Action> {
@@ -385,12 +343,7 @@ fn plan_detached(
 /// forward jump of the wall clock neither times out nor reaps a live,
 /// heartbeating worker's job.
 pub fn plan(ctx: &Ctx, db: &Db, now: i64) -> anyhow::Result<Vec<Action>> {
-    let boot = process::boot_id();
-    let clocks = Now {
-        wall_ms: now,
-        boot_ms: crate::clock::boot_ms(),
-        boot_id: &boot,
-    };
+    let clocks = Here::at(now);
     let grace_ms = ctx.settings.reaper_finalize_grace_s as i64 * 1000;
     let mut actions = Vec::new();
     let mut alive = Liveness::new();

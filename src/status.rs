@@ -30,6 +30,9 @@ pub struct Status {
     /// for them until the reaper retries.
     pub finalize_failed: Vec<crate::reap::FinalizeFailed>,
     pub leases: Vec<Lease>,
+    /// The hosts that ran `work-once`, `tick` or `reap` against this
+    /// store, the most recently seen first.
+    pub hosts: Vec<HostStatus>,
     /// The merge line per project with tasks ready to merge.
     pub merge_line: Vec<LineStatus>,
     /// Agent accounts whose dispatch is paused now (usage or rate limit),
@@ -53,6 +56,21 @@ pub struct Status {
     pub waiting: Vec<Waiting>,
     /// How many tasks wait for a human (`waiting` may show fewer).
     pub waiting_total: usize,
+}
+
+/// A host (`hosts` row) and how long ago it was last seen.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    /// The host id (`ORCH_HOST_ID`).
+    pub id: String,
+    /// Its boot id when last seen.
+    pub boot_id: Option<String>,
+    /// The orch version it ran when last seen.
+    pub version: Option<String>,
+    /// When it was last seen, unix ms.
+    pub seen_at_ms: Option<i64>,
+    /// Seconds since then (`None` when never recorded).
+    pub age_s: Option<i64>,
 }
 
 /// One repository's merge line: the tasks ready to merge in line order
@@ -331,6 +349,17 @@ pub fn document(
         running_total,
         finalize_failed,
         leases: db.leases()?,
+        hosts: db
+            .hosts()?
+            .into_iter()
+            .map(|h| HostStatus {
+                age_s: h.seen_at_ms.map(|t| (now - t).max(0) / 1000),
+                id: h.id,
+                boot_id: h.boot_id,
+                version: h.version,
+                seen_at_ms: h.seen_at_ms,
+            })
+            .collect(),
         merge_line: merge_line(db)?,
         pauses: db
             .pauses()?
@@ -433,6 +462,16 @@ impl fmt::Display for Status {
                     .map(|j| format!(" for job {j}"))
                     .unwrap_or_default(),
                 crate::clock::ago(l.expires_at_ms, self.now_ms)
+            )?;
+        }
+        for h in &self.hosts {
+            writeln!(
+                f,
+                "host {} (orch {}) seen {}",
+                h.id,
+                h.version.as_deref().unwrap_or("?"),
+                h.seen_at_ms
+                    .map_or_else(|| "never".into(), |t| crate::clock::ago(t, self.now_ms))
             )?;
         }
         for l in &self.merge_line {
@@ -599,6 +638,13 @@ mod tests {
                 acquired_at_ms: 900_000,
                 expires_at_ms: 1_600_000,
             }],
+            hosts: vec![HostStatus {
+                id: "a".into(),
+                boot_id: Some("b00t".into()),
+                version: Some("0.1.0".into()),
+                seen_at_ms: Some(970_000),
+                age_s: Some(30),
+            }],
             merge_line: vec![],
             pauses: vec![],
             parked: vec![],
@@ -650,6 +696,7 @@ jobs: queued=1 running=1
   … and 2 more (orch status --all)
   FINALIZE FAILED job 8 task 5 development attempt 1: finalize failed: git push: remote unpack failed; the reaper retries it in 3 min (finalize 1 of 5 failed)
 lease merge:acme/app held by task:4 for job 9, expires in 10 min
+host a (orch 0.1.0) seen 30 s ago
 inbox: pending=1 failing=0 dead=2
 outbox: none
   dead letter 5 task-3-v2-notify after 8 attempt(s): HTTP 500 (orch outbox retry 5)

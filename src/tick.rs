@@ -60,13 +60,15 @@ pub struct TickReport {
     pub merge_line: Step<Vec<crate::merge_gate::LineReport>>,
 }
 
-/// Runs `f` under tick lock `name`; a lock held elsewhere skips it.
+/// Runs `f` under tick lock `name`; a lock held elsewhere skips it. In
+/// a dry run a lease is only looked at ([`Ctx::tick_lock_for`]).
 fn step<T>(
     ctx: &Ctx,
     name: &str,
+    dry_run: bool,
     f: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<Step<T>> {
-    let lock = match ctx.tick_lock(name) {
+    let lock = match ctx.tick_lock_for(name, dry_run) {
         Ok(l) => l,
         Err(e) if exit_code_for(&e) == exit::BUSY => return Ok(Step::Busy),
         Err(e) => return Err(e),
@@ -95,6 +97,7 @@ pub fn run(ctx: &Ctx, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport
         // transaction; the reaper and deliver only plan, no agent runs.
         return db.rehearse_all(|db| steps(ctx, db, max_jobs, true));
     }
+    db.mark_host_seen(crate::clock::now_ms())?;
     steps(ctx, &db, max_jobs, false)
 }
 
@@ -112,8 +115,10 @@ fn merge_ci(before: Option<Step<CiPass>>, pass: Step<CiPass>) -> Step<CiPass> {
 }
 
 fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<TickReport> {
-    let ingest = step(ctx, "ingest", || ingest::ingest_pending(ctx, db, 1000))?;
-    let reap = step(ctx, "reap", || {
+    let ingest = step(ctx, "ingest", dry_run, || {
+        ingest::ingest_pending(ctx, db, 1000)
+    })?;
+    let reap = step(ctx, "reap", dry_run, || {
         let plan = reap::plan(ctx, db, crate::clock::now_ms())?;
         let actions = if dry_run {
             plan.into_iter()
@@ -127,8 +132,12 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
         };
         Ok(Reaped { dry_run, actions })
     })?;
-    let reconcile = step(ctx, "reconcile", || reconcile::run(ctx, db, dry_run))?;
-    let deliver = step(ctx, "deliver", || deliver::deliver_due(ctx, db, 1000))?;
+    let reconcile = step(ctx, "reconcile", dry_run, || {
+        reconcile::run(ctx, db, dry_run)
+    })?;
+    let deliver = step(ctx, "deliver", dry_run, || {
+        deliver::deliver_due(ctx, db, 1000)
+    })?;
     let mut work = Vec::new();
     let mut ci: Option<Step<CiPass>> = None;
     let work_some =
@@ -143,7 +152,7 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
                         // No job is runnable: the development heads that wait
                         // for the local forge's CI get it now, and a task it
                         // moves has its next job in this tick.
-                        let pass = step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?;
+                        let pass = step(ctx, "ci", dry_run, || ci::run(ctx, db, None, dry_run))?;
                         let moved = matches!(&pass, Step::Ran(p) if p.runs.iter().any(|r| r.moved));
                         *ci = Some(merge_ci(ci.take(), pass));
                         if !moved {
@@ -156,7 +165,7 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
             Ok(())
         };
     work_some(&mut work, &mut ci)?;
-    let merge_line = step(ctx, "merge-line", || {
+    let merge_line = step(ctx, "merge-line", dry_run, || {
         crate::merge_gate::run_line(ctx, db, None, dry_run)
     })?;
     if let Step::Ran(reports) = &merge_line {
@@ -171,7 +180,7 @@ fn steps(ctx: &Ctx, db: &Db, max_jobs: u32, dry_run: bool) -> anyhow::Result<Tic
     let ci = match ci {
         Some(ci) => ci,
         // The job cap ended the loop: CI still gets its pass.
-        None => step(ctx, "ci", || ci::run(ctx, db, None, dry_run))?,
+        None => step(ctx, "ci", dry_run, || ci::run(ctx, db, None, dry_run))?,
     };
     if !work.is_empty() && !dry_run {
         // Deliver what the jobs just wrote; busy means another deliver runs.

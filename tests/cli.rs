@@ -97,6 +97,9 @@ fn every_command_has_help() {
 
 #[test]
 fn a_second_reap_while_one_holds_the_lock_exits_75() {
+    if skip_on_postgres("the file lock; on a shared store it is a lease (the next test)") {
+        return;
+    }
     let sbx = Sandbox::new();
     sbx.ok(&["init"]);
     let locks = std::path::PathBuf::from(&sbx.env["ORCH_STATE_DIR"]).join("locks");
@@ -105,6 +108,129 @@ fn a_second_reap_while_one_holds_the_lock_exits_75() {
     assert_eq!(out.status.code(), Some(75));
     drop(held);
     sbx.ok(&["reap"]);
+}
+
+/// Tick locks as lease rows (`ORCH_TICK_LOCKS=lease`, what a store shared
+/// between hosts uses): while one `orch reap` holds `tick:reap` a second
+/// exits 75 with the lock's line, naming the lease and its holder; the
+/// lease is gone once the first finished; a dry run only looks.
+#[test]
+fn a_second_reap_while_one_holds_the_tick_lease_exits_75() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_TICK_LOCKS", "lease");
+    sbx.ok(&["init"]);
+    let lease = "SELECT COUNT(*) FROM leases WHERE name='tick:reap'";
+    let mut first = sbx.spawn(
+        &["reap"],
+        &[("FAILPOINTS", "tick_lock.lease_taken=sleep(3000)")],
+    );
+    wait_until(20, "the first reap to take its lease", || {
+        sbx.count(lease) == 1
+    });
+    let holder: String = sbx
+        .db()
+        .query_row(
+            "SELECT holder FROM leases WHERE name='tick:reap'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        holder.rsplit(':').nth(1),
+        Some(first.id().to_string().as_str()),
+        "holder host:pid:start names the first reap: {holder}"
+    );
+    for args in [
+        &["reap"][..],
+        &["reap", "--dry-run"],
+        &["tick", "--dry-run"],
+    ] {
+        let out = sbx.orch().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if args[0] == "tick" {
+            // A tick skips a busy step and goes on.
+            assert!(out.status.success(), "{args:?}: {stderr}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(75), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "another orch process holds the reap lock (lease tick:reap held by {holder}"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(first.wait().unwrap().success());
+    assert_eq!(sbx.count(lease), 0, "released when the pass ended");
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM leases"), 0);
+    sbx.ok(&["reap"]);
+    sbx.ok(&["tick"]);
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM leases"), 0);
+}
+
+/// A tick lease whose holder was killed -9: on this host (its pid gone) the
+/// next pass takes it over at once, as a file lock would be free; another
+/// host's holds until its TTL (`ORCH_TICK_LEASE_TTL_S`) — the next pass
+/// after it takes it over, and the reaper releases one nobody takes
+/// (`release_stale_leases`).
+#[test]
+fn a_tick_lease_of_a_killed_holder_is_taken_over_after_its_ttl_and_reaped() {
+    let mut sbx = Sandbox::new();
+    sbx.set("ORCH_TICK_LOCKS", "lease")
+        .set("ORCH_TICK_LEASE_TTL_S", "60");
+    sbx.ok(&["init"]);
+    let killed = |args: &[&str], host: &str| {
+        let out = sbx
+            .orch()
+            .args(args)
+            .env("FAILPOINTS", "tick_lock.lease_taken=return")
+            .env("ORCH_HOST_ID", host)
+            .output()
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(libc::SIGKILL),
+            "{out:?}"
+        );
+    };
+    // This host's: free at once.
+    let here = orch::process::host_id();
+    killed(&["ingest"], &here);
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM leases"), 1);
+    sbx.ok(&["ingest"]);
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM leases"), 0);
+    // Host a's.
+    killed(&["reconcile"], "host-a");
+    killed(&["reap"], "host-a");
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM leases"), 2);
+    // Within the TTL: busy.
+    let out = sbx.orch().args(["reconcile"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(75), "{out:?}");
+    // Past it (the clock 61 s on): reap takes `tick:reap` over and
+    // releases `tick:reconcile`.
+    let later = [("ORCH_TEST_CLOCK_OFFSET_MS", "61000")];
+    let out = sbx
+        .orch()
+        .args(["--json", "reap"])
+        .envs(later)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results: Vec<&str> = v["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["result"].as_str())
+        .collect();
+    assert!(
+        results
+            .iter()
+            .any(|r| r.starts_with("released tick:reconcile held by ")),
+        "{v}"
+    );
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM leases"), 0, "{v}");
+    sbx.ok(&["reconcile"]);
 }
 
 #[test]

@@ -461,3 +461,72 @@ fn a_crash_anywhere_on_the_adoption_path_ends_the_job_done_once() {
         sbx.check_invariants();
     }
 }
+
+/// A detached run's supervisor heartbeats its job (DESIGN §10 "Hosts"):
+/// with its watcher killed -9, the job's heartbeat stays fresh while the
+/// agent runs, so another host's reaper — which judges the job by its
+/// heartbeat alone — leaves it running; once the agent ended, this host
+/// adopts the run and the job is done once. The supervisor's spec names
+/// the database, the claim and the interval.
+#[test]
+fn a_detached_run_whose_watcher_died_keeps_a_fresh_heartbeat_while_it_runs() {
+    let (mut sbx, file) = sandbox();
+    sbx.set("ORCH_HEARTBEAT_S", "1");
+    sbx.add_issue("heartbeats");
+    let mut worker = sbx.spawn(&["work-once"], &[("FAKE_AGENT_SLEEP", "6")]);
+    wait_until(30, "the detached run started", || {
+        detached_running(&sbx) == 1
+    });
+    kill9(worker.id());
+    worker.wait().unwrap();
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sbx.state_dir().join("logs/job1-e1.spec")).unwrap())
+            .unwrap();
+    assert_eq!(spec["heartbeat"]["every_ms"], 1000, "{spec}");
+    assert_eq!(
+        spec["heartbeat"]["db"],
+        sbx.db_path().to_str().unwrap(),
+        "{spec}"
+    );
+    let beat = || sbx.count("SELECT heartbeat_at_ms FROM jobs WHERE id=1");
+    let killed_at = orch::clock::now_ms();
+    wait_until(5, "a heartbeat after the watcher died", || {
+        beat() > killed_at
+    });
+    let later = beat();
+    wait_until(5, "the next heartbeat", || beat() > later);
+    // Host b's reaper: a heartbeat younger than 2 s is a live worker.
+    let out = sbx
+        .orch()
+        .args(["--json", "reap"])
+        .envs([("ORCH_HOST_ID", "host-b"), ("ORCH_HEARTBEAT_STALE_S", "2")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = sbx
+        .orch()
+        .args(["--json", "reap"])
+        .envs([("ORCH_HOST_ID", "host-b"), ("ORCH_HEARTBEAT_STALE_S", "2")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["actions"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        sbx.count("SELECT COUNT(*) FROM jobs WHERE id=1 AND status='running' AND epoch=1"),
+        1,
+        "the run goes on, not recovered"
+    );
+    wait_until(30, "the run's exit record", || {
+        exit_record(&sbx, 1).exists()
+    });
+    let done = sbx.json(&["reap"]);
+    assert_eq!(
+        done["actions"][0]["result"], "adopted (agent exited 0): advanced analysis → architecture",
+        "{done}"
+    );
+    assert_each_analysis_ran_once(&sbx, &file, 1);
+    let log = std::fs::read_to_string(sbx.state_dir().join("logs/job1-e1.runner.log")).unwrap();
+    assert!(!log.contains("cannot write the job's heartbeat"), "{log}");
+}

@@ -436,3 +436,42 @@ fn a_stale_claim_cannot_queue_its_run_report() {
         2
     );
 }
+
+/// Every host that runs `work-once`, `tick` or `reap` against the store
+/// has a `hosts` row, refreshed (not duplicated) each time, and `orch
+/// status` lists each with its age; a dry run records nothing.
+#[test]
+fn status_lists_each_host_that_ran_with_its_age() {
+    let sbx = Sandbox::new();
+    sbx.ok(&["init"]);
+    let as_host = |host: &str, args: &[&str]| {
+        let out = sbx
+            .orch()
+            .args(args)
+            .env("ORCH_HOST_ID", host)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?} on {host}: {out:?}");
+    };
+    as_host("dry", &["reap", "--dry-run"]);
+    as_host("dry", &["tick", "--dry-run"]);
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM hosts"), 0);
+    as_host("host-a", &["work-once"]);
+    as_host("host-b", &["reap"]);
+    as_host("host-a", &["tick"]);
+    assert_eq!(sbx.count("SELECT COUNT(*) FROM hosts"), 2);
+    let v = sbx.json(&["status"]);
+    let hosts = v["hosts"].as_array().unwrap();
+    let ids: Vec<&str> = hosts.iter().map(|h| h["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["host-a", "host-b"], "{v}");
+    for h in hosts {
+        assert!(h["age_s"].as_i64().unwrap() < 60, "{h}");
+        assert_eq!(h["version"], env!("CARGO_PKG_VERSION"), "{h}");
+        assert_eq!(h["boot_id"], orch::process::boot_id(), "{h}");
+    }
+    let text = sbx.ok(&["status"]);
+    assert!(
+        text.contains(&format!("host host-a (orch {})", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+}

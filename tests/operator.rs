@@ -597,13 +597,18 @@ jobs:
 
     // Escalated: status lists it with the command that moves it on.
     sbx.ok(&["task", "cancel", "1", "--reason", "stop here"]);
-    let status = stable(&sbx, &sbx.ok(&["status"]));
+    // The host that ran the work-once (`hosts`), its id this machine's.
+    let status = stable(&sbx, &sbx.ok(&["status"]))
+        .replace(&orch::process::host_id(), "<host>")
+        .replace(env!("CARGO_PKG_VERSION"), "<version>")
+        .replace("seen just now", "seen <ago>");
     assert_eq!(
         status,
         "\
 tasks:
   architecture    1  (escalated)
 jobs: cancelled=1 done=1
+host <host> (orch <version>) seen <ago>
 inbox: pending=0 failing=0 dead=0
 outbox: pending=6
 counters: none

@@ -10,9 +10,13 @@ use orch::error::exit;
 /// Runs the check; returns what to print and the exit code.
 pub fn run(ctx: &Ctx) -> anyhow::Result<(Output, i32)> {
     let db = ctx.open_db_read_only()?;
-    let boot = orch::process::boot_id();
-    let live = |host: &str, pid: i64, start: i64| {
-        host == boot && orch::process::is_alive(pid as i32, start as u64)
+    let here = orch::fence::Here::at(orch::clock::now_ms());
+    let stale_ms = ctx.settings.heartbeat_stale_s as i64 * 1000;
+    let live = |j: &orch::db::Job| {
+        here.worker_gone(j, stale_ms, &mut |pid, start| {
+            orch::process::is_alive(pid as i32, start as u64)
+        })
+        .is_none()
     };
     let mut violations = orch::check::run(&db, &live)?;
     violations.extend(orch::check::repositories(ctx, &db)?);

@@ -94,6 +94,7 @@ fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Resu
             "ORCH_VERDICT_FILE",
             "ORCH_TEST_CLOCK_OFFSET_MS",
             "ORCH_TEST_WALL_JUMP_MS",
+            "ORCH_TICK_LOCKS",
         ]
         .contains(&key.as_str())
         {

@@ -22,6 +22,7 @@ pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
             text,
         });
     }
+    db.mark_host_seen(orch::clock::now_ms())?;
     let started = std::time::Instant::now();
     let done = reap::execute(ctx, &db, plan)?;
     super::finish_tick(ctx, "reap", started, &counts(&done));

@@ -40,6 +40,7 @@ pub fn run(
     }
     let db = ctx.open_db()?;
     if !dry_run {
+        db.mark_host_seen(orch::clock::now_ms())?;
         // `systemctl stop` sends SIGTERM: stop the agent's group and
         // record why instead of dying with it running (main re-raises).
         orch::process::stop_on_signals()?;

@@ -281,6 +281,10 @@ pub struct Settings {
     /// lasts without renewal; a backstop, since a lease whose job ended is
     /// released at once.
     pub merge_gate_lease_ttl_s: u64,
+    /// `ORCH_TICK_LEASE_TTL_S` (default 900): on a store shared between
+    /// hosts a tick lock is the lease row `tick:<name>`; one whose holder
+    /// died is free again after this long (and `orch reap` releases it).
+    pub tick_lease_ttl_s: u64,
     /// `ORCH_STAGING_CHECK_INFRA_BACKOFF_S` (default 30; the deprecated
     /// `ORCH_MERGE_GATE_DEFER_S` is still read, with a warning): delay
     /// before the staging check of a task whose last check answered INFRA
@@ -469,6 +473,7 @@ impl Settings {
                 })
                 .unwrap_or_default(),
             merge_gate_lease_ttl_s: num("ORCH_MERGE_GATE_LEASE_TTL_S", 7200, 1)?,
+            tick_lease_ttl_s: num("ORCH_TICK_LEASE_TTL_S", 900, 1)?,
             staging_infra_backoff_s: num(
                 renamed(
                     "ORCH_STAGING_CHECK_INFRA_BACKOFF_S",
@@ -745,6 +750,9 @@ pub fn known_keys() -> std::collections::BTreeSet<String> {
             "ORCH_ENV_FILE",
             "ORCH_TEST_CLOCK_OFFSET_MS",
             "ORCH_TEST_WALL_JUMP_MS",
+            // Test builds: tick locks as lease rows on SQLite too
+            // (`ctx::Ctx::tick_lock`).
+            "ORCH_TICK_LOCKS",
             "ORCH_TASK_ID",
             "ORCH_STAGE",
             "ORCH_ROLE",

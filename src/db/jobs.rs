@@ -43,7 +43,7 @@ pub struct Job {
     /// attempt numbers do not count toward `ORCH_JOB_MAX_ATTEMPTS`.
     pub free_attempts: i64,
     /// The worker's boot-clock reading (`clock::boot_ms`, of boot
-    /// `worker_host`) at the claim (migration 15).
+    /// `worker_boot`) at the claim (migration 15).
     pub claimed_boot_ms: Option<i64>,
     /// The worker's boot-clock reading at its last heartbeat.
     pub heartbeat_boot_ms: Option<i64>,
@@ -70,6 +70,10 @@ pub struct Job {
     /// Where the current claim's detached run is found again: a
     /// supervisor's `pid:start_time:boot_id`, a systemd unit's name.
     pub run_handle: Option<String>,
+    /// The boot id (`/proc/sys/kernel/random/boot_id`) of the worker's
+    /// machine (migration 28); `worker_host` is its host id. `None` while
+    /// no worker holds the job.
+    pub worker_boot: Option<String>,
 }
 
 impl Job {
@@ -96,7 +100,7 @@ pub(super) const JOB_COLS: &str = "id, task_id, stage, role, task_version, statu
     worker_host, worker_pid, worker_start_time, agent_pid, agent_start_time, claimed_at_ms, \
     heartbeat_at_ms, timeout_s, exit_code, exit_recorded_at_ms, last_error, created_at_ms, finished_at_ms, \
     merge_pending, merge_defers, finalize_failures, free_attempts, claimed_boot_ms, heartbeat_boot_ms, \
-    exit_boot_ms, scheduled_at_ms, epoch, claim_sha, host_id, runner, run_handle";
+    exit_boot_ms, scheduled_at_ms, epoch, claim_sha, host_id, runner, run_handle, worker_boot";
 
 pub(super) fn job_row(r: &Row) -> crate::sql::Result<Job> {
     Ok(Job {
@@ -134,6 +138,7 @@ pub(super) fn job_row(r: &Row) -> crate::sql::Result<Job> {
         host_id: r.get(31)?,
         runner: r.get(32)?,
         run_handle: r.get(33)?,
+        worker_boot: r.get(34)?,
     })
 }
 
@@ -682,7 +687,8 @@ impl Tx<'_> {
         Ok(n == 1)
     }
 
-    /// Makes `watcher` (boot id, pid, process start time) the worker of
+    /// Makes `watcher` (host id, pid, process start time; this boot's id
+    /// recorded beside it in `worker_boot`) the worker of
     /// running job `id`'s claim `epoch` — its detached run still going or
     /// ended unrecorded — if `old` (the job's worker as the caller saw it)
     /// still is: a compare-and-swap, so of two adopters one wins. The
@@ -700,7 +706,7 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET worker_host=?6, worker_pid=?7, worker_start_time=?8, \
-                 heartbeat_at_ms=?9, heartbeat_boot_ms=?10 \
+                 heartbeat_at_ms=?9, heartbeat_boot_ms=?10, worker_boot=?11 \
                  WHERE id=?1 AND epoch=?2 AND status='running' AND exit_recorded_at_ms IS NULL \
                  AND worker_host IS NOT DISTINCT FROM ?3 AND worker_pid IS NOT DISTINCT FROM ?4 AND worker_start_time IS NOT DISTINCT FROM ?5",
             )?
@@ -714,19 +720,21 @@ impl Tx<'_> {
                 watcher.1,
                 watcher.2,
                 now_ms,
-                crate::clock::boot_ms()
+                crate::clock::boot_ms(),
+                crate::process::boot_id()
             ])?;
         Ok(n == 1)
     }
 
     /// Refreshes the heartbeat of running job `id` (claim `epoch`): the
-    /// wall time `now_ms` and this boot's clock.
-    pub fn heartbeat(&self, id: i64, epoch: i64, now_ms: i64) -> anyhow::Result<()> {
-        self.conn.prepare_cached(
+    /// wall time `now_ms` and this boot's clock. Returns false (nothing
+    /// written) when the job no longer runs that claim.
+    pub fn heartbeat(&self, id: i64, epoch: i64, now_ms: i64) -> anyhow::Result<bool> {
+        let n = self.conn.prepare_cached(
             "UPDATE jobs SET heartbeat_at_ms=?3, heartbeat_boot_ms=?4 WHERE id=?1 AND epoch=?2 AND status='running'",
         )?
         .execute(params![id, epoch, now_ms, crate::clock::boot_ms()])?;
-        Ok(())
+        Ok(n == 1)
     }
 
     /// Records `session_id`, the session the agent of running job `id`
@@ -866,8 +874,8 @@ impl Tx<'_> {
     // given: every claim takes a new one, DESIGN §11 INV-10) and returns
     // whether it changed the row.
 
-    /// `queued → running`: claims job `id` for `worker` (boot id, pid,
-    /// process start time), with the time on the wall clock (`now_ms`) and
+    /// `queued → running`: claims job `id` for `worker` (host id, pid,
+    /// process start time; this boot's id recorded in `worker_boot`), with the time on the wall clock (`now_ms`) and
     /// on this boot's clock. A `merge_pending` job keeps its agent's exit
     /// code (its exit counts as recorded now, so the reaper's finalize
     /// grace starts again): the worker runs only its merge.
@@ -883,7 +891,7 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET status='running', epoch=epoch+1, host_id=?8, claim_sha=NULL, \
-                 worker_host=?2, worker_pid=?3, worker_start_time=?4, claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
+                 worker_host=?2, worker_boot=?9, worker_pid=?3, worker_start_time=?4, claimed_at_ms=?5, heartbeat_at_ms=?5, agent_pid=NULL, agent_start_time=NULL, \
                  runner=NULL, run_handle=NULL, \
                  claimed_boot_ms=?7, heartbeat_boot_ms=?7, \
                  exit_code=CASE WHEN merge_pending=1 THEN exit_code END, \
@@ -899,7 +907,8 @@ impl Tx<'_> {
                 now_ms,
                 epoch,
                 crate::clock::boot_ms(),
-                crate::process::host_id()
+                crate::process::host_id(),
+                crate::process::boot_id()
             ])?;
         Ok(n == 1)
     }
@@ -968,7 +977,7 @@ impl Tx<'_> {
             .prepare_cached(
                 "UPDATE jobs SET status='queued', attempt=attempt+1, free_attempts=free_attempts+?6, \
                  available_at_ms=?3, last_error=?2, \
-                 worker_host=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
+                 worker_host=NULL, worker_boot=NULL, worker_pid=NULL, worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, \
                  claimed_at_ms=NULL, heartbeat_at_ms=NULL, exit_code=NULL, exit_recorded_at_ms=NULL, \
                  claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, exit_boot_ms=NULL, scheduled_at_ms=?5, \
                  merge_pending=0, finalize_failures=0 WHERE id=?1 AND status='running' AND (CAST(?4 AS BIGINT) IS NULL OR epoch=?4)",
@@ -1017,7 +1026,7 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "UPDATE jobs SET status='queued', merge_pending=1, merge_defers=merge_defers+1, \
-                 available_at_ms=?3, last_error=?2, deferred_on=?5, worker_host=NULL, worker_pid=NULL, \
+                 available_at_ms=?3, last_error=?2, deferred_on=?5, worker_host=NULL, worker_boot=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, agent_pid=NULL, agent_start_time=NULL, claimed_at_ms=NULL, \
                  heartbeat_at_ms=NULL, claimed_boot_ms=NULL, heartbeat_boot_ms=NULL, scheduled_at_ms=?6 \
                  WHERE id=?1 AND status='running' AND (CAST(?4 AS BIGINT) IS NULL OR epoch=?4) AND exit_code IS NOT NULL",
@@ -1040,7 +1049,7 @@ impl Tx<'_> {
         Ok(self
             .conn
             .prepare_cached(
-                "UPDATE jobs SET status='queued', worker_host=NULL, worker_pid=NULL, \
+                "UPDATE jobs SET status='queued', worker_host=NULL, worker_boot=NULL, worker_pid=NULL, \
                  worker_start_time=NULL, claimed_at_ms=NULL, heartbeat_at_ms=NULL \
                  WHERE id=?1 AND status='running' AND (CAST(?2 AS BIGINT) IS NULL OR epoch=?2) AND worker_pid=?3 \
                  AND worker_start_time=?4",

@@ -619,4 +619,27 @@ ALTER TABLE jobs ADD COLUMN run_handle TEXT;
 ALTER TABLE agent_runs ADD COLUMN runner TEXT;
 ALTER TABLE agent_runs ADD COLUMN adopted INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 28: hosts (DESIGN §10 "Hosts"). From now on `jobs.worker_host` holds
+    // the worker's host id (`ORCH_HOST_ID`) and the new `jobs.worker_boot`
+    // its boot id; every liveness judgement looks in `/proc` only for a
+    // job of its own host id and boot (`fence::Here::owns`) and judges any
+    // other by its heartbeat's age alone. Rows claimed before held the
+    // boot id in `worker_host`: it moves to `worker_boot`, and
+    // `worker_host` becomes the claim's `host_id` (migration 26) — so a
+    // job claimed by this host on this boot is still this host's after the
+    // upgrade. A claim older than migration 26 (no `host_id`) gets no
+    // worker host: judged by its heartbeat alone, never signalled.
+    // `hosts`: one row per host id, upserted by `work-once`, `tick` and
+    // `reap` (its boot id, orch version and when it was last seen, unix
+    // ms), listed by `orch status`.
+    r#"
+ALTER TABLE jobs ADD COLUMN worker_boot TEXT;
+UPDATE jobs SET worker_boot = worker_host, worker_host = host_id WHERE worker_host IS NOT NULL;
+CREATE TABLE hosts (
+    id         TEXT PRIMARY KEY,
+    boot_id    TEXT,
+    version    TEXT,
+    seen_at_ms INTEGER
+);
+"#,
 ];

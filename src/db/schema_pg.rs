@@ -397,7 +397,19 @@ INSERT INTO schema_version (version) VALUES (27);
 /// from version `PG_BASELINE_VERSION + i` to `PG_BASELINE_VERSION + i + 1`
 /// (the SQLite migration of the same number, translated). Append to this
 /// list and to `MIGRATIONS` together; the schema test fails otherwise.
-pub const PG_MIGRATIONS_AFTER: &[&str] = &[];
+pub const PG_MIGRATIONS_AFTER: &[&str] = &[
+    // 28: hosts (SQLite's migration 28 says why).
+    r#"
+ALTER TABLE jobs ADD COLUMN worker_boot TEXT;
+UPDATE jobs SET worker_boot = worker_host, worker_host = host_id WHERE worker_host IS NOT NULL;
+CREATE TABLE hosts (
+    id         TEXT PRIMARY KEY,
+    boot_id    TEXT,
+    version    TEXT,
+    seen_at_ms BIGINT
+);
+"#,
+];
 
 #[cfg(test)]
 mod tests {

@@ -91,6 +91,28 @@ pub struct Spec<T> {
     /// Where the [`Exited`] record goes.
     pub exit_path: PathBuf,
     pub facts: T,
+    /// How the supervisor heartbeats the job while the agent runs; `None`:
+    /// it does not (a spec of an older orch).
+    #[serde(default)]
+    pub heartbeat: Option<Beat>,
+}
+
+/// What a supervisor needs to heartbeat its job ([`Spec::heartbeat`]):
+/// while the agent runs it refreshes the job's heartbeat every `every_ms`
+/// — only while the job runs the spec's claim (its epoch, `running`) —
+/// so a run whose watcher died is judged live by the heartbeat alone, as
+/// a host that shares the store judges it. A database it cannot reach
+/// never stops the agent: it logs and tries again at the next beat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Beat {
+    /// The database target (`ORCH_DB`, as the worker read it; a path
+    /// absolute).
+    pub db: String,
+    /// The database's busy timeout (`ORCH_BUSY_TIMEOUT_MS`), ms.
+    pub busy_timeout_ms: u64,
+    /// The heartbeat interval (`ORCH_HEARTBEAT_S`), ms.
+    pub every_ms: u64,
 }
 
 impl<T> Spec<T> {
@@ -105,7 +127,14 @@ impl<T> Spec<T> {
             started_path: paths.started.clone(),
             exit_path: paths.exit.clone(),
             facts,
+            heartbeat: None,
         }
+    }
+
+    /// This spec, its supervisor heartbeating the job as `beat` says.
+    pub fn with_heartbeat(mut self, beat: Beat) -> Spec<T> {
+        self.heartbeat = Some(beat);
+        self
     }
 }
 
@@ -600,11 +629,17 @@ pub fn supervise(spec_path: &Path) -> anyhow::Result<()> {
     super::stop_on_signals().context("installing the stop handler")?;
     let me = super::current_process();
     let mut agent = None;
+    let mut beats = None;
     let result = super::run(
         &spec.run,
         Duration::from_millis(200),
         |s| {
             agent = Some(*s);
+            // After the spawn: no thread of ours is about at the fork.
+            beats = spec
+                .heartbeat
+                .clone()
+                .map(|b| Heartbeats::start(b, spec.job_id, spec.epoch));
             write_json_atomic(
                 &spec.started_path,
                 &Started {
@@ -619,6 +654,7 @@ pub fn supervise(spec_path: &Path) -> anyhow::Result<()> {
         },
         || Ok(()),
     );
+    drop(beats);
     failpoint("supervisor.after_agent_exit");
     let exited = match result {
         Ok(outcome) => Exited::of(spec.job_id, spec.epoch, &outcome, agent),
@@ -637,6 +673,92 @@ pub fn supervise(spec_path: &Path) -> anyhow::Result<()> {
     write_json_atomic(&spec.exit_path, &exited)?;
     failpoint("supervisor.after_exit_record");
     Ok(())
+}
+
+/// The supervisor's heartbeat thread ([`Beat`]); dropping it stops the
+/// thread and waits for it (at most one write in flight).
+struct Heartbeats {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeats {
+    /// Starts heartbeating claim `epoch` of job `job_id` as `beat` says.
+    fn start(beat: Beat, job_id: i64, epoch: i64) -> Heartbeats {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || heartbeat_loop(&beat, job_id, epoch, &stopped))
+            .map_err(|e| tracing::warn!(target: "worker", job = job_id, epoch, error = %e, "cannot start the heartbeat thread; the run goes on without it"))
+            .ok();
+        Heartbeats {
+            stop: Some(stop),
+            thread,
+        }
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens the store a supervisor heartbeats through: `target` as the
+/// worker named it, as it is (a binary that replaced this one may have
+/// migrated it; the heartbeat's columns stay). The one place the
+/// supervisor opens a database.
+///
+/// Errors: no database there; the database's own errors.
+fn open_store(target: &str, busy_timeout_ms: u64) -> anyhow::Result<crate::db::Db> {
+    crate::db::Db::open_as_is(Path::new(target), busy_timeout_ms, true)
+}
+
+/// Every `beat.every_ms` until `stopped` fires (or its sender is gone):
+/// refreshes the heartbeat of claim `epoch` of job `job_id`. A claim no
+/// longer current ends the loop, said once in the log; a database error
+/// is logged (once per run of failures) and the next beat tries again.
+fn heartbeat_loop(beat: &Beat, job_id: i64, epoch: i64, stopped: &std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::RecvTimeoutError;
+    use tracing::{info, warn};
+    let every = Duration::from_millis(beat.every_ms.max(100));
+    let mut db = None;
+    let mut failing = false;
+    loop {
+        match stopped.recv_timeout(every) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let beat_once = |db: &mut Option<crate::db::Db>| -> anyhow::Result<bool> {
+            if db.is_none() {
+                *db = Some(open_store(&beat.db, beat.busy_timeout_ms)?);
+            }
+            let d = db.as_ref().expect("opened above");
+            d.write(|tx| tx.heartbeat(job_id, epoch, crate::clock::now_ms()))
+        };
+        match beat_once(&mut db) {
+            Ok(true) => {
+                if failing {
+                    info!(target: "worker", job = job_id, epoch, "heartbeat written again");
+                }
+                failing = false;
+            }
+            Ok(false) => {
+                warn!(target: "worker", job = job_id, epoch, "the job no longer runs this claim: this supervisor writes no more heartbeats");
+                return;
+            }
+            Err(e) => {
+                if !failing {
+                    warn!(target: "worker", job = job_id, epoch, error = %format!("{e:#}"), "cannot write the job's heartbeat; the run goes on, the next beat tries again");
+                }
+                failing = true;
+                db = None;
+            }
+        }
+    }
 }
 
 /// Stops a detached run: its supervisor's group (after checking the
@@ -731,6 +853,61 @@ fn tail(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Job 1 running at claim epoch 2 in a fresh database at `path`, its
+    /// heartbeat at 5 ms.
+    fn job_at_epoch_2(path: &Path) {
+        let db = crate::db::Db::open(path, 5000).unwrap();
+        db.conn()
+            .execute_batch(
+                "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms) \
+                 VALUES ('p', 'local', 'local', 'main', '/r', 1);
+                 INSERT INTO tasks (project, tracker_issue_id, sequence, title, stage, version, branch, \
+                 worktree, created_at_ms, updated_at_ms) VALUES ('p', '1', 1, 't', 'analysis', 1, 'b', '/w', 1, 1);
+                 INSERT INTO jobs (id, task_id, stage, role, task_version, status, available_at_ms, \
+                 created_at_ms, heartbeat_at_ms, epoch) VALUES (1, 1, 'analysis', 'analyst', 1, 'running', \
+                 1, 1, 5, 2);",
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn a_supervisor_heartbeats_only_its_own_claim_and_a_lost_database_stops_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orch.db");
+        job_at_epoch_2(&path);
+        let beat = |db: &Path| Beat {
+            db: db.to_string_lossy().into_owned(),
+            busy_timeout_ms: 1000,
+            every_ms: 100,
+        };
+        let heartbeat = || -> i64 {
+            let db = crate::db::Db::open_existing(&path, 1000).unwrap();
+            db.job(1).unwrap().unwrap().heartbeat_at_ms.unwrap()
+        };
+        // A stale claim (epoch 1): its first beat writes nothing and ends
+        // the loop by itself.
+        let (_stop, stopped) = std::sync::mpsc::channel();
+        heartbeat_loop(&beat(&path), 1, 1, &stopped);
+        assert_eq!(heartbeat(), 5);
+        // The current claim: beats until stopped.
+        let b = beat(&path);
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || heartbeat_loop(&b, 1, 2, &stopped));
+        std::thread::sleep(Duration::from_millis(350));
+        drop(stop);
+        t.join().unwrap();
+        assert!(heartbeat() > 5);
+        // No database there: it goes on beating (and failing) until stopped.
+        let b = beat(&dir.path().join("gone.db"));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || heartbeat_loop(&b, 1, 2, &stopped));
+        std::thread::sleep(Duration::from_millis(350));
+        assert!(!t.is_finished());
+        drop(stop);
+        t.join().unwrap();
+        assert!(!dir.path().join("gone.db").exists(), "nothing created");
+    }
 
     #[test]
     fn a_handle_round_trips_and_junk_is_no_handle() {

@@ -72,19 +72,21 @@ pub fn runner_name(j: &Job) -> &'static str {
 }
 
 /// What a worker does before it claims: finds one running job whose
-/// detached run's watcher died on this boot, and finishes it (its run
+/// detached run's watcher died on this host and boot
+/// ([`crate::fence::Here::owns`]: no other job's processes are looked
+/// up), and finishes it (its run
 /// ended: [`finish_adopted`]) or watches it to its end (its run goes on).
 /// A run gone without an exit record is left to the reaper's Tier-1.
 /// Returns what it did, or `None` when there was nothing to adopt.
 ///
 /// Errors: database errors; those of [`finish_adopted`] and the watch.
 pub fn adopt_one(ctx: &Ctx, db: &Db) -> anyhow::Result<Option<WorkOutcome>> {
-    let boot = process::boot_id();
+    let here = crate::fence::Here::at(now_ms());
     for j in db.jobs_with_status(JobStatus::Running)? {
         if !is_detached(&j) || j.exit_recorded_at_ms.is_some() {
             continue;
         }
-        let watcher_dead = j.worker_host.as_deref() == Some(boot.as_str())
+        let watcher_dead = here.owns(&j)
             && match (j.worker_pid, j.worker_start_time) {
                 (Some(pid), Some(start)) => !process::is_alive(pid as i32, start as u64),
                 _ => true,
@@ -197,8 +199,8 @@ pub fn finish_adopted(
 /// the winner stops what is left of that claim's run on this host (a
 /// detached run's supervisor, the agent's group; a live worker's late
 /// exit, and every effect of its run, is then refused by the epoch check:
-/// INV-10). A job of another host is never stopped: its old run is
-/// fenced, not killed. Returns what the claim did, or `None` when the job
+/// INV-10). A job of another host or boot ([`crate::fence::Here::owns`])
+/// is never stopped: its old run is fenced, not killed. Returns what the claim did, or `None` when the job
 /// changed meanwhile.
 ///
 /// Errors: database errors.
@@ -232,7 +234,7 @@ pub fn recover(
     let Some((old, out)) = claimed else {
         return Ok(None);
     };
-    if out != Finalized::Lost && other_host(&old).is_none() {
+    if out != Finalized::Lost && crate::fence::owned_here(&old) {
         stop_run(ctx, &old);
     }
     if let Finalized::Retrying { run, .. } = out {

@@ -688,6 +688,20 @@ fn beat<'a>(ctx: &'a Ctx, db: &'a Db, job: &'a Job) -> impl FnMut() -> anyhow::R
     }
 }
 
+/// The database target a detached run's supervisor heartbeats through
+/// ([`detached::Beat`]): `ORCH_DB` as this process reads it, a PostgreSQL
+/// URL as it is, a path made absolute (the supervisor runs in `/`).
+fn store_target(ctx: &Ctx) -> String {
+    let p = &ctx.settings.db_path;
+    if let Some(url) = crate::db::postgres_url(p) {
+        return url.to_string();
+    }
+    std::path::absolute(p)
+        .unwrap_or_else(|_| p.clone())
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// How long [`detached::start`] waits for the supervisor's start record.
 const DETACHED_START_WAIT: Duration = Duration::from_secs(30);
 
@@ -734,7 +748,12 @@ fn run_detached(
     loop {
         let mut watch = Watch::from_end(facts.kind, &facts.log_path);
         facts.log_from = watch.start();
-        let dspec = detached::Spec::new(runner.wrapped(&spec)?, job.id, job.epoch, &paths, &facts);
+        let dspec = detached::Spec::new(runner.wrapped(&spec)?, job.id, job.epoch, &paths, &facts)
+            .with_heartbeat(detached::Beat {
+                db: store_target(ctx),
+                busy_timeout_ms: ctx.settings.busy_timeout_ms,
+                every_ms: ctx.settings.heartbeat_s * 1000,
+            });
         let started = if how == AgentRunner::Systemd {
             // The manager stops the unit at the latest well after the
             // supervisor's own timeout and grace.
