@@ -45,29 +45,48 @@
 //! ## PostgreSQL (issue 25)
 //!
 //! ```sh
-//! scripts/pg-cluster start /tmp/orch-pg    # prints the URL
+//! scripts/pg-cluster start /var/tmp/orch-pg    # prints the URL
 //! cargo run --release --example bench_queue -- --postgres URL [--n 1000] [--rounds 3] [--procs 1,2,4]
 //! ```
 //!
-//! With `--postgres URL` the run measures the **raw PostgreSQL ceiling**
-//! only: orch has no PostgreSQL backend yet, so there is no orch side and
-//! no ratio (the line says so). In a schema of its own (`orch_bench_raw_<pid>`,
-//! dropped at the end) it builds the same minimal tables as the raw SQLite
-//! side, enqueues N tasks (one transaction each), then starts P worker
-//! processes (this example again, `--pg-worker`), each with one
-//! connection, released together; each loops claim+complete until the
-//! queue is empty. A claim is one transaction holding `UPDATE jobs … WHERE
-//! id = (SELECT id … ORDER BY available_at_ms, id LIMIT 1 FOR UPDATE SKIP
+//! With `--postgres URL` both sides run on the PostgreSQL server of URL,
+//! each round in two parts:
+//!
+//! - **one process, alternated**, as the SQLite mode: orch in a database
+//!   of its own (`CREATE DATABASE orch_bench_<pid>_<k>` on that server,
+//!   migrated by `Db::open`, dropped after the round) through the same
+//!   `create_task`, `claim_next` and `apply` as on SQLite; raw on fresh
+//!   minimal tables in a schema of its own in URL's database
+//!   (`orch_bench_raw_<pid>`, dropped at the end); step by step,
+//!   alternating, so the machine's noise hits both alike. The ratio is
+//!   orch cycles/s ÷ raw cycles/s.
+//! - **P worker processes** for each P in `--procs`: N tasks enqueued by
+//!   this process, then P workers (this example again: `--pg-worker URL
+//!   SCHEMA` for raw, `--orch-worker DB_URL` for orch), each with one
+//!   connection, released together, each looping claim + complete until
+//!   nothing is claimable; the figure is the cycles (claims) per second of
+//!   wall time from the release to the last worker's end. Raw and orch
+//!   drain in turn (who goes first swaps each round), orch again in a
+//!   fresh database.
+//!
+//! Raw's claim is one transaction holding `UPDATE jobs … WHERE id =
+//! (SELECT id … ORDER BY available_at_ms, id LIMIT 1 FOR UPDATE SKIP
 //! LOCKED) RETURNING …`; a complete is one transaction marking the job
-//! done, moving the task and inserting the next stage's job: the same
-//! 7 cycles and 14 commits per task as on SQLite. Durable: every session
-//! sets `synchronous_commit = on` and the run refuses a server with
-//! `fsync` off. Per P, the figure is the cycles (claims) per second of wall
-//! time from the release to the last worker's end; after each drain the
-//! run checks every task done and every job claimed exactly once (a
-//! `claims` counter). The last line is JSON: `{"postgres": {"server",
-//! "fsync", "synchronous_commit", "wal_sync_method", "cycles", "procs":
-//! {"1": {"cycles_per_s", "enqueue_per_s", …}, …}}, "orch": null, …}`.
+//! done, moving the task and inserting the next stage's job: the same 7
+//! cycles and 14 commits per task as on SQLite. Orch's transactions are
+//! its own (`Db::write`: `BEGIN`, then the one write lock
+//! `pg_advisory_xact_lock`). Both sides `ANALYZE` their tables between
+//! the enqueue and the drain, as autovacuum would on a live queue.
+//! Durable: raw sessions set `synchronous_commit = on`, orch's session
+//! must show it on (orch does not set it: the server's default), and the
+//! run refuses a server with `fsync` off. After each drain the run checks
+//! every task done and every job claimed exactly once (raw: a `claims`
+//! counter; orch: `epoch = 1` and `status = 'done'`). The last line is
+//! JSON, the SQLite mode's keys for the alternated part (`cycles_per_s`,
+//! `raw`, `ratio`, …) plus `{"postgres": {"server", "fsync",
+//! "synchronous_commit", "wal_sync_method", "cycles", "procs": {"1":
+//! {"cycles_per_s", "enqueue_per_s", …, "orch": {…}, "ratio"}, …}}}`
+//! (raw's figures per P, orch's beside them).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -157,9 +176,10 @@ fn parse_args() -> anyhow::Result<Args> {
                      --profile: no timing; count the WAL frames and statements of each claim\n\
                      \x20          and complete transaction (checkpoints off), print the\n\
                      \x20          statements of one claim and one complete with their query plans\n\
-                     --postgres URL: the raw PostgreSQL claim+complete ceiling instead (orch has\n\
-                     \x20          no PostgreSQL backend yet): N tasks drained by each number of\n\
-                     \x20          worker processes in --procs (default 1,2,4), R rounds, medians"
+                     --postgres URL: on the PostgreSQL server of URL instead: orch (a fresh\n\
+                     \x20          database per drain) against raw, one process alternated, then\n\
+                     \x20          N tasks drained by each number of worker processes in --procs\n\
+                     \x20          (default 1,2,4); R rounds, medians"
                 );
                 std::process::exit(0);
             }
