@@ -79,6 +79,31 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy an SQLite database into a new PostgreSQL one (--db / ORCH_DB)
+    ///
+    /// The target is the PostgreSQL database that --db / ORCH_DB names
+    /// (postgres://… or postgresql://…), initialised by `orch init` and
+    /// empty but for what init writes (the instance id and the project
+    /// registry, both replaced by the source's). The source must be at this
+    /// orch's schema (run `orch init` on it first). Every table is copied
+    /// in one transaction, ids kept, blobs byte for byte; row counts are
+    /// compared before the commit. The source is opened read-only and left
+    /// as it was: going back is pointing ORCH_DB at it again. Stop orch's
+    /// timers and `orch serve` first: what they write to the SQLite file
+    /// after the copy's snapshot is not copied. Exit 0 copied (or would
+    /// copy, with --dry-run); 2 refused (the source's schema, a target not
+    /// initialised or not empty, ORCH_DB not a PostgreSQL URL), nothing
+    /// changed; 75 another migration holds the lock; 1 the copy failed and
+    /// was rolled back (a value that does not fit its column is named by
+    /// table, column and row id).
+    Migrate {
+        /// The SQLite database file to copy from
+        #[arg(long, value_name = "PATH")]
+        from: PathBuf,
+        /// Copy everything, compare the counts, then roll back: write nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Webhook shim: verify signatures, store deliveries in the inbox, answer
     ///
     /// Routes: POST /webhooks/plane, POST /webhooks/gitea, GET /healthz

@@ -87,6 +87,14 @@ pub fn confinement(settings: &Settings, clone: &Path, worktree: &Path) -> Confin
         hidden_files.extend(cwd.ancestors().map(|d| d.join(".env")));
     }
     let mut hidden_dirs = vec![abs(&settings.state_dir)];
+    // A PostgreSQL store reached through a Unix socket: its folder (a TCP
+    // store must be guarded by its password, which agents never see).
+    hidden_dirs.extend(
+        settings
+            .db_path
+            .to_str()
+            .and_then(crate::sql::postgres_socket_dir),
+    );
     hidden_dirs.extend(manager_dirs(std::env::var_os("XDG_RUNTIME_DIR")));
     for p in hidden_paths(settings, std::env::var_os("CREDENTIALS_DIRECTORY")) {
         if p.is_dir() {

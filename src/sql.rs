@@ -524,41 +524,26 @@ impl PgConn {
     /// type); inside a transaction within a savepoint, so that a failure
     /// leaves the transaction usable.
     fn try_prepare(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        self.guarded(|c| prepare_wide(c, sql))
+    }
+
+    /// `f` (a preparation), inside a savepoint when in a transaction: a
+    /// failure leaves the transaction usable.
+    fn guarded<T>(
+        &mut self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
         if !self.in_transaction {
-            return self.prepare_wide(sql);
+            return f(&mut self.client);
         }
         self.client.batch_execute("SAVEPOINT orch_prepare")?;
-        let out = self.prepare_wide(sql);
+        let out = f(&mut self.client);
         self.client.batch_execute(if out.is_ok() {
             "RELEASE orch_prepare"
         } else {
             "ROLLBACK TO orch_prepare; RELEASE orch_prepare"
         })?;
         out
-    }
-
-    /// `sql` prepared untyped, then again with every parameter the
-    /// server typed as a narrower integer (`?1 + 100` makes `?1` an
-    /// `INT4`) typed `INT8`: orch's integers are 64-bit (times in ms).
-    fn prepare_wide(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
-        let text = dollar_params(sql);
-        let stmt = self.client.prepare(&text)?;
-        if !stmt
-            .params()
-            .iter()
-            .any(|t| *t == Type::INT4 || *t == Type::INT2)
-        {
-            return Ok(stmt);
-        }
-        let wide: Vec<Type> = stmt
-            .params()
-            .iter()
-            .map(|t| match *t {
-                Type::INT4 | Type::INT2 => Type::INT8,
-                _ => t.clone(),
-            })
-            .collect();
-        self.client.prepare_typed(&text, &wide)
     }
 
     fn remember(&mut self, sql: &str, stmt: &postgres::Statement) {
@@ -592,9 +577,9 @@ impl PgConn {
                 .collect()
         };
         let text = dollar_params(sql);
-        let stmt = match self.client.prepare_typed(&text, &types(&unspecified)) {
+        let stmt = match self.guarded(|c| c.prepare_typed(&text, &types(&unspecified))) {
             Err(e) if untyped_parameter(&e) => {
-                self.client.prepare_typed(&text, &types(&Type::TEXT))
+                self.guarded(|c| c.prepare_typed(&text, &types(&Type::TEXT)))
             }
             other => other,
         }
@@ -605,6 +590,33 @@ impl PgConn {
         self.remember(sql, &stmt);
         Ok(stmt)
     }
+}
+
+/// `sql` prepared untyped, then again with every parameter the
+/// server typed as a narrower integer (`?1 + 100` makes `?1` an
+/// `INT4`) typed `INT8`: orch's integers are 64-bit (times in ms).
+fn prepare_wide(
+    client: &mut postgres::Client,
+    sql: &str,
+) -> Result<postgres::Statement, postgres::Error> {
+    let text = dollar_params(sql);
+    let stmt = client.prepare(&text)?;
+    if !stmt
+        .params()
+        .iter()
+        .any(|t| *t == Type::INT4 || *t == Type::INT2)
+    {
+        return Ok(stmt);
+    }
+    let wide: Vec<Type> = stmt
+        .params()
+        .iter()
+        .map(|t| match *t {
+            Type::INT4 | Type::INT2 => Type::INT8,
+            _ => t.clone(),
+        })
+        .collect();
+    client.prepare_typed(&text, &wide)
 }
 
 /// Whether preparing failed only because a parameter's type could not be
@@ -626,7 +638,7 @@ pub enum PgStmt {
 /// One connection: SQLite or PostgreSQL.
 pub enum Conn {
     Sqlite(rusqlite::Connection),
-    Postgres(RefCell<PgConn>),
+    Postgres(Box<RefCell<PgConn>>),
 }
 
 impl From<rusqlite::Connection> for Conn {
@@ -641,16 +653,57 @@ pub fn is_postgres_url(target: &str) -> bool {
     target.starts_with("postgres://") || target.starts_with("postgresql://")
 }
 
+/// The Unix socket folder a PostgreSQL URL connects through: a host that
+/// is a percent-encoded absolute path (`postgres://u@%2Frun%2Fpg/db`) or a
+/// `host=/dir` parameter. `None` for a TCP host. The agent sandbox hides it
+/// (an agent must not reach orch's database).
+pub fn postgres_socket_dir(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.split_once("://")?.1;
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let decode = |s: &str| -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let from_query = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("host="))
+        .map(decode);
+    let authority = main.split('/').next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = decode(host.rsplit_once(':').map_or(host, |(h, _)| h));
+    [from_query, Some(host)]
+        .into_iter()
+        .flatten()
+        .find(|h| h.starts_with('/'))
+        .map(std::path::PathBuf::from)
+}
+
 impl Conn {
     /// Connects to PostgreSQL at `url` (libpq's URL form; a Unix socket is
     /// `?host=/dir`), without TLS (a socket or loopback; see README).
     pub fn connect_postgres(url: &str) -> Result<Conn> {
         let client = postgres::Client::connect(url, postgres::NoTls)?;
-        Ok(Conn::Postgres(RefCell::new(PgConn {
+        Ok(Conn::Postgres(Box::new(RefCell::new(PgConn {
             client,
             cache: HashMap::new(),
             in_transaction: false,
-        })))
+        }))))
     }
 
     /// Opens `target`: a PostgreSQL URL ([`is_postgres_url`]) or an
@@ -1128,6 +1181,22 @@ mod tests {
         assert_eq!(
             dollar_params("SELECT ?1, '?', \"a?\" FROM t WHERE a=?2 AND b=?"),
             "SELECT $1, '?', \"a?\" FROM t WHERE a=$2 AND b=$3"
+        );
+    }
+
+    #[test]
+    fn a_socket_folder_is_read_from_either_form_of_url() {
+        assert_eq!(
+            postgres_socket_dir("postgres://orch@%2Fvar%2Ftmp%2Fpg%2Fsock:5432/orch"),
+            Some("/var/tmp/pg/sock".into())
+        );
+        assert_eq!(
+            postgres_socket_dir("postgresql://orch:pw@/orch?host=/run/postgresql"),
+            Some("/run/postgresql".into())
+        );
+        assert_eq!(
+            postgres_socket_dir("postgres://orch:pw@db.lan:5432/orch"),
+            None
         );
     }
 

@@ -431,12 +431,13 @@ fn an_idle_reconcile_pass_writes_nothing_and_status_still_shows_when_it_ran() {
     // A commit grows the WAL, and the checkpoint at the last close
     // rewrites the database file; an idle pass leaves the file as it was
     // and the WAL empty (or absent).
+    let sqlite = pg_base().is_none();
     let db = sbx.db_path();
     let wal = db.with_extension("db-wal");
     let stamp =
         |p: &std::path::Path| std::fs::metadata(p).map(|m| (m.len(), m.modified().unwrap()));
     let wal_len = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
-    let before = (stamp(&db).unwrap(), wal_len(&wal));
+    let before = sqlite.then(|| (stamp(&db).unwrap(), wal_len(&wal)));
     sbx.set("ORCH_TEST_CLOCK_OFFSET_MS", "3600000");
     sbx.ok(&["reconcile"]);
     sbx.ok(&["reconcile"]);
@@ -445,8 +446,10 @@ fn an_idle_reconcile_pass_writes_nothing_and_status_still_shows_when_it_ran() {
         1,
         "unchanged passes write no report, an hour later too"
     );
+    // The file's stamp and WAL are SQLite's; the pass count above says
+    // the same on either backend.
     assert_eq!(
-        (stamp(&db).unwrap(), wal_len(&wal)),
+        sqlite.then(|| (stamp(&db).unwrap(), wal_len(&wal))),
         before,
         "an idle pass writes nothing to the database"
     );

@@ -622,15 +622,25 @@ fn with_50000_deliveries_stored_2000_more_are_stored_once_each() {
     let sbx = Sandbox::new();
     sbx.ok(&["init"]);
     // Seeded in one statement: fast even in a debug build.
-    let seeded = sbx
-        .db()
+    let db = sbx.db();
+    let (hash, body) = match db.dialect() {
+        orch::sql::Dialect::Sqlite => ("printf('%064x', i)", "'{\"seed\":' || i || '}'"),
+        orch::sql::Dialect::Postgres => (
+            "lpad(to_hex(i), 64, '0')",
+            "convert_to('{\"seed\":' || i || '}', 'UTF8')",
+        ),
+    };
+    let seeded = db
         .execute(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 49999) \
-             INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms, processed_at_ms, outcome) \
-             SELECT 'plane', 'issue', 'seed-' || i, printf('%064x', i), '{}', '{\"seed\":' || i || '}', 1, 2, 'seeded' FROM n",
+            &format!(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 49999) \
+                 INSERT INTO inbox (source, event, delivery_id, body_sha256, headers, body, received_at_ms, processed_at_ms, outcome) \
+                 SELECT 'plane', 'issue', 'seed-' || i, {hash}, '{{}}', {body}, 1, 2, 'seeded' FROM n"
+            ),
             [],
         )
         .unwrap();
+    drop(db);
     assert_eq!(seeded, 50_000);
     let server = sbx.serve();
     let started = Instant::now();

@@ -16,6 +16,7 @@ mod layers;
 mod logs;
 mod merge_line;
 mod metrics;
+mod migrate;
 mod operator;
 mod pipeline;
 mod resume;

@@ -640,7 +640,7 @@ impl Sandbox {
             last = Some((task, version, to));
         }
         let dup: i64 = db
-            .query_row("SELECT COUNT(*) FROM (SELECT 1 FROM jobs GROUP BY task_id, stage, task_version HAVING COUNT(*)>1)", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM (SELECT 1 FROM jobs GROUP BY task_id, stage, task_version HAVING COUNT(*)>1) AS d", [], |r| r.get(0))
             .unwrap();
         assert_eq!(dup, 0);
         let out = self.orch().args(["check"]).output().unwrap();

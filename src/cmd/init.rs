@@ -15,11 +15,7 @@ pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
         return plan(ctx);
     }
     ctx.ensure_state_dirs()?;
-    let before = if ctx.settings.db_path.exists() {
-        Some(Db::open_readonly_version(&ctx.settings.db_path)?)
-    } else {
-        None
-    };
+    let before = Db::existing_version(&ctx.settings.db_path)?;
     let db = ctx.init_db()?;
     let version = db.user_version()?;
     let text = match before {
@@ -52,11 +48,7 @@ fn plan(ctx: &Ctx) -> anyhow::Result<Output> {
     let s = &ctx.settings;
     let latest = orch::db::schema_version();
     let missing: Vec<_> = s.state_dirs().into_iter().filter(|d| !d.is_dir()).collect();
-    let before = if s.db_path.exists() {
-        Some(Db::open_readonly_version(&s.db_path)?)
-    } else {
-        None
-    };
+    let before = Db::existing_version(&s.db_path)?;
     let mut text = super::DRY_RUN_NOTE.to_string();
     for d in &missing {
         text += &format!("create folder {}\n", d.display());

@@ -15,6 +15,7 @@ mod issue;
 mod logs;
 mod merge_gate;
 mod metrics;
+mod migrate;
 mod outbox;
 mod reap;
 mod reconcile;
@@ -187,6 +188,7 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
     }
     let (out, code) = match cli.command {
         Command::Init { dry_run } => (init::run(&ctx, dry_run)?, exit::OK),
+        Command::Migrate { from, dry_run } => (migrate::run(&ctx, &from, dry_run)?, exit::OK),
         Command::Serve { bind } => return serve::run(&ctx, bind).map(|()| exit::OK),
         Command::Ingest(args) => (ingest::run(&ctx, args)?, exit::OK),
         Command::WorkOnce {

@@ -361,7 +361,7 @@ impl Tx<'_> {
     ) -> anyhow::Result<bool> {
         self.conn
             .prepare_cached(
-                "UPDATE inbox SET attempts=attempts+1, error=?2, dead=(attempts+1>=?3) WHERE id=?1",
+                "UPDATE inbox SET attempts=attempts+1, error=?2, dead=CASE WHEN attempts+1>=?3 THEN 1 ELSE 0 END WHERE id=?1",
             )?
             .execute(params![id, error, max_attempts])?;
         Ok(self

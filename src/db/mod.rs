@@ -15,6 +15,7 @@
 
 mod budget;
 mod ci;
+mod copy;
 mod fence;
 mod inbox;
 mod jobs;
@@ -29,6 +30,7 @@ mod usage;
 
 pub use budget::{Measure, Parked};
 pub use ci::{PullRequestRow, ORCH_TEST_CONTEXT};
+pub use copy::{copy_sqlite_to_postgres, CopyReport, TableCopy};
 pub use fence::FenceRefusal;
 pub use inbox::{Delivery, InboxRow, NewDelivery, Recorded, StoredDelivery};
 pub use jobs::{Job, RunJudgement, RunRecord, RunUsage};
@@ -231,6 +233,14 @@ impl Db {
         let current = self
             .user_version()
             .with_context(|| format!("reading the schema version of {}", path.display()))?;
+        if current == 0 && self.dialect() == Dialect::Postgres {
+            // A PostgreSQL database without orch's schema: as a missing
+            // SQLite file, `orch init` creates it.
+            return Err(Error::NotInitialised {
+                path: path.to_path_buf(),
+            }
+            .into());
+        }
         let latest = not_newer_than_this_binary(current)?;
         if current < latest {
             return Err(Error::SchemaTooOld {
@@ -272,11 +282,23 @@ impl Db {
         connect(path.as_os_str(), path, OpenFlags::SQLITE_OPEN_READ_ONLY, 0)?.user_version()
     }
 
+    /// The schema version of the database at `path`, `None` when there is
+    /// none yet: no file, or a PostgreSQL database without orch's schema.
+    pub fn existing_version(path: &Path) -> anyhow::Result<Option<i64>> {
+        if postgres_url(path).is_none() && !path.exists() {
+            return Ok(None);
+        }
+        let v = Db::open_readonly_version(path)?;
+        Ok((postgres_url(path).is_none() || v > 0).then_some(v))
+    }
+
     /// Whether a database exists at `path`: the file, or (PostgreSQL) a
     /// server that answers. Says nothing of its schema.
     pub fn exists(path: &Path) -> bool {
         match postgres_url(path) {
-            Some(_) => true,
+            // A server that does not answer "exists": opening it then
+            // names the connection error.
+            Some(_) => Db::open_readonly_version(path).map_or(true, |v| v > 0),
             None => path.is_file(),
         }
     }
@@ -466,13 +488,21 @@ impl Db {
             return self.savepoint(f, !commit);
         }
         let open = self.begin()?;
+        let sequences = if commit {
+            Vec::new()
+        } else {
+            self.sequences()?
+        };
         let out = f(&Tx {
             db: self,
             ended: Default::default(),
         });
         match (&out, commit) {
             (Ok(_), true) => open.finish("COMMIT")?,
-            (Ok(_), false) => open.finish("ROLLBACK")?,
+            (Ok(_), false) => {
+                self.restore_sequences(&sequences)?;
+                open.finish("ROLLBACK")?
+            }
             // `f`'s error is the one to report: SQLite may already
             // have rolled back (SQLITE_FULL, an I/O error).
             (Err(_), _) => drop(open.finish("ROLLBACK")),
@@ -492,11 +522,45 @@ impl Db {
     pub fn rehearse_all<T>(&self, f: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
         anyhow::ensure!(!self.rehearsing.get(), "a rehearsal is already running");
         let open = self.begin()?;
+        let sequences = self.sequences()?;
         self.rehearsing.set(true);
         let out = f(self);
         self.rehearsing.set(false);
+        self.restore_sequences(&sequences)?;
         open.finish("ROLLBACK")?;
         out
+    }
+
+    /// PostgreSQL's identity sequences and their last values (`None`: not
+    /// used yet); empty on SQLite, whose rowids roll back with their rows.
+    fn sequences(&self) -> anyhow::Result<Vec<(String, Option<i64>)>> {
+        if self.dialect() != Dialect::Postgres {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT CAST(quote_ident(schemaname) || '.' || quote_ident(sequencename) AS TEXT), last_value \
+                 FROM pg_sequences WHERE schemaname=current_schema()",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Puts the sequences back where [`Db::sequences`] found them, before a
+    /// rehearsal's rollback: a sequence is not transactional, and a dry
+    /// run must leave the ids the real run will take (and say) alone. The
+    /// rehearsal holds the write lock, so no other writer took one since.
+    fn restore_sequences(&self, sequences: &[(String, Option<i64>)]) -> anyhow::Result<()> {
+        for (name, last) in sequences {
+            let (value, called) = last.map_or((1, false), |v| (v, true));
+            self.conn.query_row(
+                "SELECT setval(CAST(CAST(?1 AS TEXT) AS regclass), ?2, ?3)",
+                crate::sql::params![name, value, called],
+                |_| Ok(()),
+            )?;
+        }
+        Ok(())
     }
 
     /// Whether this is a rehearsal ([`Db::rehearse_all`]): effects outside

@@ -109,7 +109,7 @@ impl Db {
     /// no active job: waiting for approval), `done` or `active`.
     pub fn tasks_by_stage_and_state(&self) -> anyhow::Result<Vec<(Stage, String, i64)>> {
         let mut stmt = self.conn.prepare(
-            "SELECT stage, CASE WHEN escalated THEN 'escalated' WHEN stage=?1 THEN 'done' \
+            "SELECT stage, CASE WHEN escalated<>0 THEN 'escalated' WHEN stage=?1 THEN 'done' \
                WHEN stage=?2 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.task_id=tasks.id \
                  AND j.status IN ('queued','running')) THEN 'awaiting_human' ELSE 'active' END AS state, \
              COUNT(*) FROM tasks GROUP BY stage, state",

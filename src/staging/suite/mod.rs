@@ -345,7 +345,7 @@ impl<'a> Suite<'a> {
 
     fn c3_schema(&mut self) -> Outcome {
         let path = &self.target.db;
-        if !path.is_file() {
+        if !crate::db::Db::exists(path) {
             return fail(format!("no database at {}", path.display()));
         }
         let db = match self.open_db(false) {
