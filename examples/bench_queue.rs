@@ -93,8 +93,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use orch::config::Config;
-use orch::db::{redact, Db, ProjectRow};
+use orch::db::{Db, ProjectRow};
 use orch::pipeline::{self, Actor, Move, Moved, Policy, Stage, WorkItem};
+use orch::sql::redact;
 use orch::sql::Dialect;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::json;

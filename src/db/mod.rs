@@ -232,9 +232,9 @@ impl Db {
 
     /// Refuses a database whose schema is not this binary's.
     fn require_current(&self, path: &Path) -> anyhow::Result<()> {
-        let current = self
-            .user_version()
-            .with_context(|| format!("reading the schema version of {}", path.display()))?;
+        let current = self.user_version().with_context(|| {
+            format!("reading the schema version of {}", crate::sql::shown(path))
+        })?;
         if current == 0 && self.dialect() == Dialect::Postgres {
             // A PostgreSQL database without orch's schema: as a missing
             // SQLite file, `orch init` creates it.
@@ -630,10 +630,12 @@ impl Db {
 /// A PostgreSQL session for orch: `lock_timeout` at the busy timeout (a
 /// lock not had by then is exit 75, as SQLITE_BUSY), and
 /// `idle_in_transaction_session_timeout`, so a stopped host (SIGSTOP)
-/// never holds row or advisory locks for long (DESIGN §10).
+/// never holds row or advisory locks for long (DESIGN §10), and
+/// `synchronous_commit = on` whatever the role or database says: a commit
+/// (a delivery's 202 among them) is durable when it returns.
 fn connect_postgres(url: &str, busy_timeout_ms: u64, read_only: bool) -> anyhow::Result<Db> {
     let conn = Conn::connect_postgres(url)
-        .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
+        .with_context(|| format!("connecting to PostgreSQL at {}", crate::sql::redact(url)))?;
     let lock = if busy_timeout_ms == 0 {
         "0".to_string()
     } else {
@@ -641,7 +643,7 @@ fn connect_postgres(url: &str, busy_timeout_ms: u64, read_only: bool) -> anyhow:
     };
     conn.execute_batch(&format!(
         "SET lock_timeout = '{lock}'; SET idle_in_transaction_session_timeout = '60s'; \
-         SET client_min_messages = warning{}",
+         SET client_min_messages = warning; SET synchronous_commit = on{}",
         if read_only {
             "; SET default_transaction_read_only = on"
         } else {
@@ -652,21 +654,6 @@ fn connect_postgres(url: &str, busy_timeout_ms: u64, read_only: bool) -> anyhow:
         conn,
         rehearsing: Default::default(),
     })
-}
-
-/// `url` with its password replaced by `***`, for messages and logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.split_once('@') {
-        Some((a, h)) => (Some(a), h),
-        None => (None, rest),
-    };
-    match auth.and_then(|a| a.split_once(':')) {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
 }
 
 /// Errors with [`Error::NotInitialised`] unless `path` is a file.
