@@ -16,8 +16,9 @@ use orch::webhook::Source;
 #[derive(Debug, Parser)]
 #[command(name = "orch", version = version_line(), propagate_version = true)]
 pub struct Cli {
-    /// The SQLite database file [default: $ORCH_STATE_DIR/orch.db]
-    #[arg(long, global = true, env = "ORCH_DB", value_name = "PATH")]
+    /// The database: an SQLite file, or a PostgreSQL URL (postgres://…,
+    /// postgresql://…) [default: $ORCH_STATE_DIR/orch.db]
+    #[arg(long, global = true, env = "ORCH_DB", value_name = "PATH|URL")]
     pub db: Option<PathBuf>,
     /// The TOML config with projects and agents [default: ./orch.toml]
     #[arg(long, global = true, env = "ORCH_CONFIG", value_name = "PATH")]

@@ -139,7 +139,8 @@ pub fn missing_secret_hint(key: &str) -> String {
 pub struct Settings {
     /// `ORCH_STATE_DIR` (default `./orch-state`): logs, locks, repos, worktrees.
     pub state_dir: PathBuf,
-    /// `ORCH_DB` (default `<state_dir>/orch.db`): the SQLite database file.
+    /// `ORCH_DB` (default `<state_dir>/orch.db`): the SQLite database file,
+    /// or a PostgreSQL URL (`postgres://…`; `db::postgres_url` reads it).
     pub db_path: PathBuf,
     /// `ORCH_CONFIG` (default `./orch.toml`; a missing default file means
     /// no projects): the TOML registry of projects and agents.
