@@ -118,6 +118,7 @@ impl Ctx {
     pub fn init_db(&self) -> anyhow::Result<Db> {
         self.ensure_state_dirs()?;
         let db = Db::open(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
         self.sync_registry(&db)?;
         Ok(db)
     }
@@ -129,6 +130,7 @@ impl Ctx {
     /// [`Error::SchemaTooOld`] (run `orch init`), [`Error::SchemaTooNew`].
     pub fn open_db(&self) -> anyhow::Result<Db> {
         let db = Db::open_existing(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
         self.ensure_state_dirs()?;
         self.sync_registry(&db)?;
         Ok(db)
@@ -185,6 +187,7 @@ impl Ctx {
         }
         self.ensure_state_dirs()?;
         let db = Db::open_existing(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
         if !db.is_shared() && !leases_forced() {
             drop(db);
             return Ok(TickLock::File(crate::lock::try_tick_lock(
