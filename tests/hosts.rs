@@ -365,7 +365,12 @@ fn two_hosts_on_one_postgres_survive_kill_9_and_a_stopped_host_and_finish_every_
         .set("ORCH_MAX_CONCURRENCY", "8")
         .set("ORCH_HEARTBEAT_S", "1")
         .set("ORCH_HEARTBEAT_STALE_S", &STALE_S.to_string())
-        .set("ORCH_TICK_LEASE_TTL_S", "5")
+        // Above any pass's length here, and the stop's: a merge line of
+        // one host must not overlap the other's (the merge lease's holder
+        // is the line, not a host: an expired tick:merge-line lease lets
+        // two lines rebase one branch at once, and one escalates it as
+        // rewritten by someone else).
+        .set("ORCH_TICK_LEASE_TTL_S", "30")
         .set("ORCH_REAPER_FINALIZE_GRACE_S", "2")
         .set("FAKE_AGENT_SLEEP", "1")
         // Each task its own file: concurrent tasks do not conflict on main.
