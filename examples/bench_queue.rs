@@ -45,29 +45,48 @@
 //! ## PostgreSQL (issue 25)
 //!
 //! ```sh
-//! scripts/pg-cluster start /tmp/orch-pg    # prints the URL
+//! scripts/pg-cluster start /var/tmp/orch-pg    # prints the URL
 //! cargo run --release --example bench_queue -- --postgres URL [--n 1000] [--rounds 3] [--procs 1,2,4]
 //! ```
 //!
-//! With `--postgres URL` the run measures the **raw PostgreSQL ceiling**
-//! only: orch has no PostgreSQL backend yet, so there is no orch side and
-//! no ratio (the line says so). In a schema of its own (`orch_bench_raw_<pid>`,
-//! dropped at the end) it builds the same minimal tables as the raw SQLite
-//! side, enqueues N tasks (one transaction each), then starts P worker
-//! processes (this example again, `--pg-worker`), each with one
-//! connection, released together; each loops claim+complete until the
-//! queue is empty. A claim is one transaction holding `UPDATE jobs … WHERE
-//! id = (SELECT id … ORDER BY available_at_ms, id LIMIT 1 FOR UPDATE SKIP
+//! With `--postgres URL` both sides run on the PostgreSQL server of URL,
+//! each round in two parts:
+//!
+//! - **one process, alternated**, as the SQLite mode: orch in a database
+//!   of its own (`CREATE DATABASE orch_bench_<pid>_<k>` on that server,
+//!   migrated by `Db::open`, dropped after the round) through the same
+//!   `create_task`, `claim_next` and `apply` as on SQLite; raw on fresh
+//!   minimal tables in a schema of its own in URL's database
+//!   (`orch_bench_raw_<pid>`, dropped at the end); step by step,
+//!   alternating, so the machine's noise hits both alike. The ratio is
+//!   orch cycles/s ÷ raw cycles/s.
+//! - **P worker processes** for each P in `--procs`: N tasks enqueued by
+//!   this process, then P workers (this example again: `--pg-worker URL
+//!   SCHEMA` for raw, `--orch-worker DB_URL` for orch), each with one
+//!   connection, released together, each looping claim + complete until
+//!   nothing is claimable; the figure is the cycles (claims) per second of
+//!   wall time from the release to the last worker's end. Raw and orch
+//!   drain in turn (who goes first swaps each round), orch again in a
+//!   fresh database.
+//!
+//! Raw's claim is one transaction holding `UPDATE jobs … WHERE id =
+//! (SELECT id … ORDER BY available_at_ms, id LIMIT 1 FOR UPDATE SKIP
 //! LOCKED) RETURNING …`; a complete is one transaction marking the job
-//! done, moving the task and inserting the next stage's job: the same
-//! 7 cycles and 14 commits per task as on SQLite. Durable: every session
-//! sets `synchronous_commit = on` and the run refuses a server with
-//! `fsync` off. Per P, the figure is the cycles (claims) per second of wall
-//! time from the release to the last worker's end; after each drain the
-//! run checks every task done and every job claimed exactly once (a
-//! `claims` counter). The last line is JSON: `{"postgres": {"server",
-//! "fsync", "synchronous_commit", "wal_sync_method", "cycles", "procs":
-//! {"1": {"cycles_per_s", "enqueue_per_s", …}, …}}, "orch": null, …}`.
+//! done, moving the task and inserting the next stage's job: the same 7
+//! cycles and 14 commits per task as on SQLite. Orch's transactions are
+//! its own (`Db::write`: `BEGIN`, then the one write lock
+//! `pg_advisory_xact_lock`). Both sides `ANALYZE` their tables between
+//! the enqueue and the drain, as autovacuum would on a live queue.
+//! Durable: raw sessions set `synchronous_commit = on`, orch's session
+//! must show it on (orch does not set it: the server's default), and the
+//! run refuses a server with `fsync` off. After each drain the run checks
+//! every task done and every job claimed exactly once (raw: a `claims`
+//! counter; orch: `epoch = 1` and `status = 'done'`). The last line is
+//! JSON, the SQLite mode's keys for the alternated part (`cycles_per_s`,
+//! `raw`, `ratio`, …) plus `{"postgres": {"server", "fsync",
+//! "synchronous_commit", "wal_sync_method", "cycles", "procs": {"1":
+//! {"cycles_per_s", "enqueue_per_s", …, "orch": {…}, "ratio"}, …}}}`
+//! (raw's figures per P, orch's beside them).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -76,6 +95,8 @@ use anyhow::{bail, ensure, Context as _};
 use orch::config::Config;
 use orch::db::{Db, ProjectRow};
 use orch::pipeline::{self, Actor, Move, Moved, Policy, Stage, WorkItem};
+use orch::sql::redact;
+use orch::sql::Dialect;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::json;
 
@@ -92,8 +113,10 @@ struct Args {
     postgres: Option<String>,
     /// Worker processes per PostgreSQL drain (`--procs 1,2,4`).
     procs: Vec<usize>,
-    /// `--pg-worker URL SCHEMA`: this process is one of the drain's workers.
+    /// `--pg-worker URL SCHEMA`: this process is one of the raw drain's workers.
     pg_worker: Option<(String, String)>,
+    /// `--orch-worker URL`: this process is one of orch's drain's workers.
+    orch_worker: Option<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -106,6 +129,7 @@ fn parse_args() -> anyhow::Result<Args> {
         postgres: None,
         procs: vec![1, 2, 4],
         pg_worker: None,
+        orch_worker: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -141,6 +165,7 @@ fn parse_args() -> anyhow::Result<Args> {
                 let url = value("--pg-worker")?;
                 a.pg_worker = Some((url, value("--pg-worker")?));
             }
+            "--orch-worker" => a.orch_worker = Some(value("--orch-worker")?),
             "-h" | "--help" => {
                 println!(
                     "usage: bench_queue [--db PATH] [--n 1000] [--rounds 1] [--keep] [--profile]\n\
@@ -152,9 +177,10 @@ fn parse_args() -> anyhow::Result<Args> {
                      --profile: no timing; count the WAL frames and statements of each claim\n\
                      \x20          and complete transaction (checkpoints off), print the\n\
                      \x20          statements of one claim and one complete with their query plans\n\
-                     --postgres URL: the raw PostgreSQL claim+complete ceiling instead (orch has\n\
-                     \x20          no PostgreSQL backend yet): N tasks drained by each number of\n\
-                     \x20          worker processes in --procs (default 1,2,4), R rounds, medians"
+                     --postgres URL: on the PostgreSQL server of URL instead: orch (a fresh\n\
+                     \x20          database per drain) against raw, one process alternated, then\n\
+                     \x20          N tasks drained by each number of worker processes in --procs\n\
+                     \x20          (default 1,2,4); R rounds, medians"
                 );
                 std::process::exit(0);
             }
@@ -214,17 +240,20 @@ const CONFIG: &str = "[agents.default]\nargv = [\"true\"]\n\n[[projects]]\nname 
 trait Side {
     /// Enqueues work item `i` in one transaction.
     fn enqueue(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Between the enqueue and the drain: PostgreSQL sides `ANALYZE`
+    /// their tables, as autovacuum would on a live queue (without
+    /// statistics a fresh table's claim may not use the index); nothing
+    /// on SQLite.
+    fn settle(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Claims a job (transaction 1): `(job, task, stage)`, `None` when the
     /// queue is empty.
     fn claim(&mut self) -> anyhow::Result<Option<Claimed>>;
     /// Completes a claimed job (transaction 2).
     fn complete(&mut self, c: Claimed) -> anyhow::Result<()>;
     /// Tasks done.
-    fn done(&self) -> anyhow::Result<usize>;
-    /// `<synchronous>/<journal_mode>`.
-    fn mode(&self) -> anyhow::Result<String>;
-    /// The side's connection (for `--profile`).
-    fn conn(&self) -> &Connection;
+    fn done(&mut self) -> anyhow::Result<usize>;
 
     /// Claims a job and completes it, timing both transactions into `f`;
     /// `None` when the queue is empty (after the claim transaction).
@@ -241,6 +270,11 @@ trait Side {
     }
 }
 
+/// An SQLite side, for `--profile`: its connection.
+trait Profiled: Side {
+    fn conn(&self) -> &Connection;
+}
+
 /// A claimed job: `(job id, task id, stage number)` (the stage number is
 /// the raw side's; orch reads its task).
 type Claimed = (i64, i64, i64);
@@ -254,20 +288,51 @@ struct Orch {
 }
 
 impl Orch {
-    fn open(path: &Path) -> anyhow::Result<Orch> {
+    /// Opens (creating and migrating) orch's database at `target` (an
+    /// SQLite path or a PostgreSQL URL) and registers the project;
+    /// `worktrees` only names the tasks' worktree paths (nothing is made
+    /// there).
+    fn open(target: &Path, worktrees: PathBuf) -> anyhow::Result<Orch> {
+        let db = Db::open(target, 5000)?;
         let config = Config::parse(CONFIG)?;
-        let db = Db::open(path, 5000)?;
         let p = &config.projects[0];
         db.write(|tx| tx.sync_project(&ProjectRow::of(p), orch::clock::now_ms()))?;
+        Orch::with(db, config, worktrees)
+    }
+
+    /// A worker process's side (`--orch-worker`): the database another
+    /// process made, opened as `orch work` opens it.
+    fn attach(target: &Path) -> anyhow::Result<Orch> {
+        let db = Db::open_existing(target, 5000)?;
+        Orch::with(db, Config::parse(CONFIG)?, PathBuf::from("/nonexistent"))
+    }
+
+    fn with(db: Db, config: Config, worktrees: PathBuf) -> anyhow::Result<Orch> {
         Ok(Orch {
             db,
             config,
-            worktrees: path.with_extension("worktrees"),
+            worktrees,
             worker: orch::process::identity(),
             policy: Policy {
                 max_developer_retries: 3,
             },
         })
+    }
+
+    /// SQLite: `<synchronous>/<journal_mode>`; PostgreSQL:
+    /// `synchronous_commit=<value>` of orch's own session.
+    fn mode(&self) -> anyhow::Result<String> {
+        match self.db.dialect() {
+            Dialect::Sqlite => mode(self.db.sqlite()),
+            Dialect::Postgres => {
+                let v: String = self.db.conn().query_row(
+                    "SELECT current_setting('synchronous_commit')",
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok(format!("synchronous_commit={v}"))
+            }
+        }
     }
 }
 
@@ -329,18 +394,23 @@ impl Side for Orch {
         Ok(())
     }
 
-    fn done(&self) -> anyhow::Result<usize> {
+    fn settle(&mut self) -> anyhow::Result<()> {
+        if self.db.dialect() == Dialect::Postgres {
+            self.db.conn().execute_batch("ANALYZE")?;
+        }
+        Ok(())
+    }
+
+    fn done(&mut self) -> anyhow::Result<usize> {
         Ok(self.db.conn().query_row(
             "SELECT COUNT(*) FROM tasks WHERE stage=?1",
             [Stage::Done],
             |r| r.get(0),
         )?)
     }
+}
 
-    fn mode(&self) -> anyhow::Result<String> {
-        mode(self.db.sqlite())
-    }
-
+impl Profiled for Orch {
     fn conn(&self) -> &Connection {
         self.db.sqlite()
     }
@@ -363,6 +433,10 @@ struct Raw {
 }
 
 impl Raw {
+    fn mode(&self) -> anyhow::Result<String> {
+        mode(&self.conn)
+    }
+
     /// Opens a raw connection the way `Db::open` does: WAL, `synchronous`
     /// copied from orch's connection (`sync`), the same busy timeout.
     fn open(path: &Path, sync: &str) -> anyhow::Result<Raw> {
@@ -440,18 +514,16 @@ impl Side for Raw {
         Ok(())
     }
 
-    fn done(&self) -> anyhow::Result<usize> {
+    fn done(&mut self) -> anyhow::Result<usize> {
         Ok(self.conn.query_row(
             "SELECT COUNT(*) FROM tasks WHERE stage=?1",
             [CYCLES_PER_TASK as i64],
             |r| r.get(0),
         )?)
     }
+}
 
-    fn mode(&self) -> anyhow::Result<String> {
-        mode(&self.conn)
-    }
-
+impl Profiled for Raw {
     fn conn(&self) -> &Connection {
         &self.conn
     }
@@ -461,7 +533,7 @@ impl Side for Raw {
 /// steps, raw first on even ones), so a disk or CPU hiccup from the rest
 /// of the machine hits both alike. Each side's time is the sum of its own
 /// steps.
-fn round(orch: &mut Orch, raw: &mut Raw, n: usize) -> anyhow::Result<(Figures, Figures)> {
+fn round(orch: &mut dyn Side, raw: &mut dyn Side, n: usize) -> anyhow::Result<(Figures, Figures)> {
     let (mut o, mut r) = (Figures::default(), Figures::default());
     for i in 1..=n {
         let (a, b): (&mut dyn Side, &mut dyn Side) = if i % 2 == 1 {
@@ -479,6 +551,8 @@ fn round(orch: &mut Orch, raw: &mut Raw, n: usize) -> anyhow::Result<(Figures, F
         o.enqueue += to;
         r.enqueue += tr;
     }
+    orch.settle()?;
+    raw.settle()?;
     let (mut orch_open, mut raw_open) = (true, true);
     let mut step = 0usize;
     while orch_open || raw_open {
@@ -594,10 +668,10 @@ impl Tally {
 /// Prints the frames and statements per claim and per complete, then the
 /// statements of one claim and one complete with their query plans.
 fn profile(path: &Path, raw_path: &Path, n: usize) -> anyhow::Result<()> {
-    let mut orch = Orch::open(path)?;
+    let mut orch = Orch::open(path, path.with_extension("worktrees"))?;
     let sync = orch.mode()?.split('/').next().unwrap_or("FULL").to_string();
     let mut raw = Raw::open(raw_path, &sync)?;
-    let sides: [(&str, &mut dyn Side, &Path); 2] =
+    let sides: [(&str, &mut dyn Profiled, &Path); 2] =
         [("orch", &mut orch, path), ("raw", &mut raw, raw_path)];
     for (name, side, file) in sides {
         for i in 1..=n {
@@ -714,9 +788,11 @@ fn pg_connect(url: &str, schema: Option<&str>) -> anyhow::Result<postgres::Clien
     Ok(client)
 }
 
-/// One worker's connection and prepared statements.
+/// One raw connection and its prepared statements (a worker process's, or
+/// the enqueuing and alternating side's).
 struct PgRaw {
     client: postgres::Client,
+    add_task: postgres::Statement,
     claim: postgres::Statement,
     done: postgres::Statement,
     advance: postgres::Statement,
@@ -727,6 +803,9 @@ struct PgRaw {
 impl PgRaw {
     fn open(url: &str, schema: &str) -> anyhow::Result<PgRaw> {
         let mut client = pg_connect(url, Some(schema))?;
+        let add_task = client.prepare(
+            "INSERT INTO tasks (title, stage, version, updated_at_ms) VALUES ($1, 0, 1, $2) RETURNING id",
+        )?;
         let claim = client.prepare(PG_CLAIM)?;
         let done = client.prepare(
             "UPDATE jobs SET status='done', finished_at_ms=$2 WHERE id=$1 AND status='running'",
@@ -740,12 +819,32 @@ impl PgRaw {
         )?;
         Ok(PgRaw {
             client,
+            add_task,
             claim,
             done,
             advance,
             next,
             pid: std::process::id() as i64,
         })
+    }
+}
+
+impl Side for PgRaw {
+    /// One transaction: the task and its first job.
+    fn enqueue(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut tx = self.client.transaction()?;
+        let at = orch::clock::now_ms();
+        let task: i64 = tx
+            .query_one(&self.add_task, &[&format!("Work item {i}"), &at])?
+            .get(0);
+        tx.execute(&self.next, &[&task, &0i64, &at])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn settle(&mut self) -> anyhow::Result<()> {
+        self.client.batch_execute("ANALYZE tasks; ANALYZE jobs")?;
+        Ok(())
     }
 
     /// Transaction 1: claims the oldest queued job, `None` when none is.
@@ -769,13 +868,19 @@ impl PgRaw {
         tx.commit()?;
         Ok(())
     }
+
+    fn done(&mut self) -> anyhow::Result<usize> {
+        let sql = format!("SELECT COUNT(*) FROM tasks WHERE stage={CYCLES_PER_TASK}");
+        Ok(self.client.query_one(&sql, &[])?.get::<_, i64>(0) as usize)
+    }
 }
 
-/// `--pg-worker URL SCHEMA`: connect, say `ready`, wait for `go` on stdin,
-/// drain the queue, print `{"cycles", "claim_s", "complete_s"}`.
-fn pg_worker(url: &str, schema: &str) -> anyhow::Result<()> {
+/// A worker process's body (`--pg-worker URL SCHEMA` for the raw side,
+/// `--orch-worker URL` for orch's): say `ready`, wait for `go` on stdin,
+/// cycle until nothing is claimable, print `{"cycles", "claim_s",
+/// "complete_s"}`.
+fn worker(side: &mut dyn Side) -> anyhow::Result<()> {
     use std::io::{BufRead, Write};
-    let mut w = PgRaw::open(url, schema)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready")?;
     out.flush()?;
@@ -783,16 +888,7 @@ fn pg_worker(url: &str, schema: &str) -> anyhow::Result<()> {
     std::io::stdin().lock().read_line(&mut go)?;
     ensure!(go.trim() == "go", "expected go on stdin, got {go:?}");
     let mut f = Figures::default();
-    loop {
-        let t = Instant::now();
-        let claimed = w.claim()?;
-        f.claim += t.elapsed();
-        let Some(c) = claimed else { break };
-        let t = Instant::now();
-        w.complete(c)?;
-        f.complete += t.elapsed();
-        f.cycles += 1;
-    }
+    while side.cycle(&mut f)?.is_some() {}
     writeln!(
         out,
         "{}",
@@ -801,46 +897,18 @@ fn pg_worker(url: &str, schema: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One drain with `procs` worker processes on freshly built tables in
-/// `schema` (`admin`'s `search_path`): the
-/// enqueue time (this process) and the workers' summed figures, `drain`
-/// being the wall time from their release to the last one's report.
-fn pg_round(
-    admin: &mut postgres::Client,
-    url: &str,
-    schema: &str,
-    n: usize,
-    procs: usize,
-) -> anyhow::Result<Figures> {
+/// Drains a queue with `procs` worker processes (this example again,
+/// with `worker_args`), each started and connected before all are
+/// released together: their summed cycles and transaction times, `drain`
+/// being the wall time from the release to the last one's report.
+fn drain_with(worker_args: &[&str], procs: usize) -> anyhow::Result<Figures> {
     use std::io::{BufRead, BufReader, Write};
     use std::process::{Command, Stdio};
-    admin.batch_execute(PG_SCHEMA)?;
-    let mut f = Figures::default();
-    let mut q = PgRaw::open(url, schema)?;
-    let add_task = q.client.prepare(
-        "INSERT INTO tasks (title, stage, version, updated_at_ms) VALUES ($1, 0, 1, $2) RETURNING id",
-    )?;
-    let t = Instant::now();
-    for i in 1..=n {
-        let mut tx = q.client.transaction()?;
-        let at = orch::clock::now_ms();
-        let task: i64 = tx
-            .query_one(&add_task, &[&format!("Work item {i}"), &at])?
-            .get(0);
-        tx.execute(&q.next, &[&task, &0i64, &at])?;
-        tx.commit()?;
-    }
-    f.enqueue = t.elapsed();
-    // Statistics for the planner, as autovacuum would gather them on a live
-    // queue; without them a fresh table's claim may not use the index.
-    admin.batch_execute("ANALYZE tasks; ANALYZE jobs")?;
-    drop(q);
-
     let exe = std::env::current_exe()?;
     let mut workers = Vec::new();
     for _ in 0..procs {
         let mut child = Command::new(&exe)
-            .args(["--pg-worker", url, schema])
+            .args(worker_args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -851,6 +919,7 @@ fn pg_round(
         ensure!(ready.trim() == "ready", "a worker did not start: {ready:?}");
         workers.push((child, out));
     }
+    let mut f = Figures::default();
     let t = Instant::now();
     for (child, _) in &mut workers {
         writeln!(child.stdin.as_mut().context("worker stdin")?, "go")?;
@@ -869,25 +938,209 @@ fn pg_round(
         let status = child.wait()?;
         ensure!(status.success(), "a worker failed: {status}");
     }
-    let count = |admin: &mut postgres::Client, sql: &str| -> anyhow::Result<usize> {
-        Ok(admin.query_one(sql, &[])?.get::<_, i64>(0) as usize)
-    };
-    f.done = count(
+    Ok(f)
+}
+
+/// `SELECT COUNT(*) …` through `admin`.
+fn pg_count(admin: &mut postgres::Client, sql: &str) -> anyhow::Result<usize> {
+    Ok(admin.query_one(sql, &[])?.get::<_, i64>(0) as usize)
+}
+
+/// One raw drain with `procs` worker processes on freshly built tables in
+/// `schema` (`admin`'s `search_path`): the enqueue time (this process)
+/// and [`drain_with`]'s figures; then every task must be done and every
+/// job claimed exactly once.
+fn pg_round(
+    admin: &mut postgres::Client,
+    url: &str,
+    schema: &str,
+    n: usize,
+    procs: usize,
+) -> anyhow::Result<Figures> {
+    admin.batch_execute(PG_SCHEMA)?;
+    let mut q = PgRaw::open(url, schema)?;
+    let t = Instant::now();
+    for i in 1..=n {
+        q.enqueue(i)?;
+    }
+    let enqueue = t.elapsed();
+    q.settle()?;
+    drop(q);
+    let mut f = drain_with(&["--pg-worker", url, schema], procs)?;
+    f.enqueue = enqueue;
+    f.done = pg_count(
         admin,
         &format!("SELECT COUNT(*) FROM tasks WHERE stage={CYCLES_PER_TASK}"),
     )?;
-    let jobs = count(admin, "SELECT COUNT(*) FROM jobs")?;
-    let twice = count(admin, "SELECT COUNT(*) FROM jobs WHERE claims<>1")?;
+    let jobs = pg_count(admin, "SELECT COUNT(*) FROM jobs")?;
+    let twice = pg_count(admin, "SELECT COUNT(*) FROM jobs WHERE claims<>1")?;
     ensure!(
         f.done == n && jobs == n * CYCLES_PER_TASK && f.cycles == jobs && twice == 0,
-        "{procs} worker(s): {} of {n} tasks done, {} cycles, {jobs} jobs, {twice} not claimed exactly once",
+        "raw, {procs} worker(s): {} of {n} tasks done, {} cycles, {jobs} jobs, {twice} not claimed exactly once",
         f.done,
         f.cycles
     );
     Ok(f)
 }
 
-/// `--postgres URL`: the raw ceiling with each number of worker processes.
+/// A database of its own for one orch round, on the server of `url`
+/// (`CREATE DATABASE`), dropped (`WITH (FORCE)`) when this is.
+struct PgDatabase {
+    base: String,
+    name: String,
+    url: String,
+}
+
+impl PgDatabase {
+    fn create(base: &str, name: String) -> anyhow::Result<PgDatabase> {
+        pg_connect(base, None)?.batch_execute(&format!("CREATE DATABASE {name}"))?;
+        // The URL's path is the database: swap it, keep the query.
+        let (path, query) = match base.split_once('?') {
+            Some((p, q)) => (p, format!("?{q}")),
+            None => (base, String::new()),
+        };
+        let (server, _) = path
+            .rsplit_once('/')
+            .filter(|(s, _)| s.contains("://") && !s.ends_with('/'))
+            .with_context(|| format!("{}: no database name to replace", redact(base)))?;
+        Ok(PgDatabase {
+            base: base.to_string(),
+            url: format!("{server}/{name}{query}"),
+            name,
+        })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut c) = pg_connect(&self.base, None) {
+            let _ = c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// Fresh database names for orch's rounds: `orch_bench_<pid>_<k>`.
+fn next_db_name() -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!(
+        "orch_bench_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// Every task done and every job claimed exactly once (one epoch) and
+/// done, in orch's database behind `o`.
+fn check_orch(o: &mut Orch, n: usize, cycles: usize, what: &str) -> anyhow::Result<usize> {
+    let done = o.done()?;
+    let count = |sql: &str| -> anyhow::Result<usize> {
+        Ok(o.db.conn().query_row(sql, [], |r| r.get::<_, i64>(0))? as usize)
+    };
+    let jobs = count("SELECT COUNT(*) FROM jobs")?;
+    let odd = count("SELECT COUNT(*) FROM jobs WHERE epoch<>1 OR status<>'done'")?;
+    ensure!(
+        done == n && jobs == n * CYCLES_PER_TASK && cycles == jobs && odd == 0,
+        "orch, {what}: {done} of {n} tasks done, {cycles} cycles, {jobs} jobs, \
+         {odd} not claimed exactly once or not done"
+    );
+    Ok(done)
+}
+
+/// One orch drain with `procs` worker processes (`--orch-worker`) in a
+/// fresh database: N tasks enqueued here through `pipeline::create_task`,
+/// then each worker loops `claim_next` + `pipeline::apply` until nothing
+/// is runnable.
+fn pg_orch_round(url: &str, n: usize, procs: usize) -> anyhow::Result<Figures> {
+    let db = PgDatabase::create(url, next_db_name())?;
+    let mut o = Orch::open(Path::new(&db.url), bench_worktrees())?;
+    ensure_durable(&o)?;
+    let t = Instant::now();
+    for i in 1..=n {
+        o.enqueue(i)?;
+    }
+    let enqueue = t.elapsed();
+    o.settle()?;
+    let mut f = drain_with(&["--orch-worker", &db.url], procs)?;
+    f.enqueue = enqueue;
+    f.done = check_orch(&mut o, n, f.cycles, &format!("{procs} worker(s)"))?;
+    drop(o);
+    drop(db);
+    Ok(f)
+}
+
+/// The worktree folder orch's PostgreSQL side names in its tasks (nothing
+/// is created there).
+fn bench_worktrees() -> PathBuf {
+    std::env::temp_dir().join("orch-bench-queue-worktrees")
+}
+
+/// Refuses an orch session without `synchronous_commit = on`.
+fn ensure_durable(o: &Orch) -> anyhow::Result<String> {
+    let mode = o.mode()?;
+    ensure!(
+        mode == "synchronous_commit=on",
+        "orch's session has {mode}: its figures would not be durable ones"
+    );
+    Ok(mode)
+}
+
+/// One alternated round on PostgreSQL, as the SQLite mode's: orch in a
+/// fresh database, raw on fresh tables in `schema`, one process, step by
+/// step.
+fn pg_alternated(
+    admin: &mut postgres::Client,
+    url: &str,
+    schema: &str,
+    n: usize,
+) -> anyhow::Result<(Figures, Figures)> {
+    let db = PgDatabase::create(url, next_db_name())?;
+    let mut o = Orch::open(Path::new(&db.url), bench_worktrees())?;
+    ensure_durable(&o)?;
+    admin.batch_execute(PG_SCHEMA)?;
+    let mut raw = PgRaw::open(url, schema)?;
+    let (fo, fr) = round(&mut o, &mut raw, n)?;
+    check_orch(&mut o, n, fo.cycles, "one process, alternated")?;
+    let jobs = pg_count(admin, "SELECT COUNT(*) FROM jobs WHERE claims=1")?;
+    ensure!(
+        fr.done == n && jobs == n * CYCLES_PER_TASK && fr.cycles == jobs,
+        "raw, alternated: {} of {n} tasks done, {} cycles, {jobs} jobs claimed once",
+        fr.done,
+        fr.cycles
+    );
+    drop(raw);
+    drop(o);
+    drop(db);
+    Ok((fo, fr))
+}
+
+/// Median over rounds of `f`.
+fn med_of(figures: &[Figures], f: impl Fn(&Figures) -> f64) -> f64 {
+    median(figures.iter().map(f).collect())
+}
+
+/// A side's medians as JSON: `cycles_per_s`, `enqueue_per_s`, `drain_s`,
+/// and the claim and complete transactions' mean times in ms (per cycle
+/// and process).
+fn pg_figures(figures: &[Figures], n: usize) -> serde_json::Value {
+    let per = |d: fn(&Figures) -> Duration| {
+        med_of(figures, |f| {
+            d(f).as_secs_f64() * 1e3 / f.cycles.max(1) as f64
+        })
+    };
+    json!({
+        "cycles_per_s": med_of(figures, Figures::cycles_per_s),
+        "enqueue_per_s": med_of(figures, |f| f.enqueue_per_s(n)),
+        "drain_s": med_of(figures, |f| f.drain.as_secs_f64()),
+        "claim_tx_ms": per(|f| f.claim),
+        "complete_tx_ms": per(|f| f.complete),
+    })
+}
+
+/// `--postgres URL`: orch against the raw ceiling, one process
+/// alternated, then each number of worker processes.
 fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
     let mut admin = pg_connect(url, None)?;
     let show = |c: &mut postgres::Client, what: &str| -> anyhow::Result<String> {
@@ -907,7 +1160,7 @@ fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
     );
     let schema = format!("orch_bench_raw_{}", std::process::id());
     println!(
-        "raw PostgreSQL queue benchmark: {} tasks x {CYCLES_PER_TASK} claim+complete cycles, \
+        "PostgreSQL queue benchmark, orch and raw: {} tasks x {CYCLES_PER_TASK} claim+complete cycles, \
          {} round(s), worker processes {:?}, build {}",
         args.n,
         args.rounds,
@@ -919,22 +1172,49 @@ fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
         }
     );
     println!(
-        "server {server}: fsync={fsync}, synchronous_commit={sync_commit} (set by each session), \
-         wal_sync_method={wal_sync}; schema {schema}"
+        "server {server}: fsync={fsync}, synchronous_commit={sync_commit} (raw: set by each session; \
+         orch: the server's default, checked), wal_sync_method={wal_sync}; raw schema {schema}, \
+         orch in a fresh database per drain (orch_bench_{}_<k>)",
+        std::process::id()
     );
-    println!("orch has no PostgreSQL backend yet: raw figures only, no orch side and no ratio");
     admin.batch_execute(&format!(
         "CREATE SCHEMA {schema}; SET search_path = {schema}"
     ))?;
-    let run = |admin: &mut postgres::Client| -> anyhow::Result<Vec<(usize, Vec<Figures>)>> {
-        let mut by: Vec<(usize, Vec<Figures>)> =
+    /// Per round: the alternated pair, then per P (raw, orch).
+    type Rounds = (
+        Vec<(Figures, Figures)>,
+        Vec<(usize, Vec<(Figures, Figures)>)>,
+    );
+    let run = |admin: &mut postgres::Client| -> anyhow::Result<Rounds> {
+        let mut pairs = Vec::new();
+        let mut by: Vec<(usize, Vec<(Figures, Figures)>)> =
             args.procs.iter().map(|&p| (p, Vec::new())).collect();
         for r in 1..=args.rounds {
+            let (o, raw) = pg_alternated(admin, url, &schema, args.n)?;
+            println!(
+                "round {r}, one process, alternated: orch / raw = {:.2} (cycles/s), {:.2} (enqueue)",
+                o.cycles_per_s() / raw.cycles_per_s(),
+                o.enqueue_per_s(args.n) / raw.enqueue_per_s(args.n)
+            );
+            line("orch", args.n, &o);
+            line("raw", args.n, &raw);
+            pairs.push((o, raw));
             for (p, figures) in &mut by {
-                let f = pg_round(admin, url, &schema, args.n, *p)?;
-                println!("round {r}, {p} worker process(es):");
-                line("raw", args.n, &f);
-                figures.push(f);
+                // Who drains first swaps each round.
+                let (raw, o) = if r % 2 == 1 {
+                    let raw = pg_round(admin, url, &schema, args.n, *p)?;
+                    (raw, pg_orch_round(url, args.n, *p)?)
+                } else {
+                    let o = pg_orch_round(url, args.n, *p)?;
+                    (pg_round(admin, url, &schema, args.n, *p)?, o)
+                };
+                println!(
+                    "round {r}, {p} worker process(es): orch / raw = {:.2} (cycles/s)",
+                    o.cycles_per_s() / raw.cycles_per_s()
+                );
+                line("orch", args.n, &o);
+                line("raw", args.n, &raw);
+                figures.push((raw, o));
             }
         }
         // The claim's plan on the last drained tables (analysed): it should
@@ -944,46 +1224,73 @@ fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        println!("claim plan:\n  {}", plan.join("\n  "));
-        Ok(by)
+        println!("raw claim plan:\n  {}", plan.join("\n  "));
+        Ok((pairs, by))
     };
-    let by = run(&mut admin);
+    let out = run(&mut admin);
     let dropped = admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"));
-    let by = by?;
+    let (pairs, by) = out?;
     dropped?;
-    let one = by
-        .iter()
-        .find(|(p, _)| *p == 1)
-        .map(|(_, f)| median(f.iter().map(Figures::cycles_per_s).collect()));
-    let mut procs = serde_json::Map::new();
-    for (p, figures) in &by {
-        let cps = median(figures.iter().map(Figures::cycles_per_s).collect());
-        let per = |d: fn(&Figures) -> Duration| {
+
+    let orch1: Vec<Figures> = pairs.iter().map(|p| p.0).collect();
+    let raw1: Vec<Figures> = pairs.iter().map(|p| p.1).collect();
+    let ratio = median(
+        pairs
+            .iter()
+            .map(|(o, r)| o.cycles_per_s() / r.cycles_per_s())
+            .collect(),
+    );
+    let enqueue_ratio = median(
+        pairs
+            .iter()
+            .map(|(o, r)| o.enqueue_per_s(args.n) / r.enqueue_per_s(args.n))
+            .collect(),
+    );
+    println!(
+        "one process, alternated: median orch {:.0} cycles/s, raw {:.0}: orch / raw = {ratio:.2} \
+         (goal >= 0.80); enqueue {enqueue_ratio:.2}",
+        med_of(&orch1, Figures::cycles_per_s),
+        med_of(&raw1, Figures::cycles_per_s),
+    );
+    let one = |side: usize| {
+        by.iter().find(|(p, _)| *p == 1).map(|(_, f)| {
             median(
-                figures
-                    .iter()
-                    .map(|f| d(f).as_secs_f64() * 1e3 / f.cycles.max(1) as f64)
+                f.iter()
+                    .map(|pair| if side == 0 { pair.0 } else { pair.1 }.cycles_per_s())
                     .collect(),
             )
+        })
+    };
+    let (raw_one, orch_one) = (one(0), one(1));
+    let mut procs = serde_json::Map::new();
+    for (p, figures) in &by {
+        let raw: Vec<Figures> = figures.iter().map(|f| f.0).collect();
+        let orch: Vec<Figures> = figures.iter().map(|f| f.1).collect();
+        let (rc, oc) = (
+            med_of(&raw, Figures::cycles_per_s),
+            med_of(&orch, Figures::cycles_per_s),
+        );
+        let times = |o: Option<f64>, c: f64| {
+            o.map_or(String::new(), |o| format!(", {:.2}x one process", c / o))
         };
-        let claim_ms = per(|f| f.claim);
-        let complete_ms = per(|f| f.complete);
+        let ratio = median(
+            figures
+                .iter()
+                .map(|(r, o)| o.cycles_per_s() / r.cycles_per_s())
+                .collect(),
+        );
         println!(
-            "{p} worker process(es): median {cps:.0} cycles/s{} (claim tx {claim_ms:.3} ms, \
-             complete tx {complete_ms:.3} ms per cycle and process)",
-            one.map_or(String::new(), |o| format!(", {:.2}x one process", cps / o))
+            "{p} worker process(es): median raw {rc:.0} cycles/s{}, orch {oc:.0}{}; orch / raw = {ratio:.2}",
+            times(raw_one, rc),
+            times(orch_one, oc)
         );
-        procs.insert(
-            p.to_string(),
-            json!({
-                "cycles_per_s": cps,
-                "enqueue_per_s": median(figures.iter().map(|f| f.enqueue_per_s(args.n)).collect()),
-                "drain_s": median(figures.iter().map(|f| f.drain.as_secs_f64()).collect()),
-                "claim_tx_ms": claim_ms,
-                "complete_tx_ms": complete_ms,
-            }),
-        );
+        let mut v = pg_figures(&raw, args.n);
+        v["orch"] = pg_figures(&orch, args.n);
+        v["ratio"] = json!(ratio);
+        procs.insert(p.to_string(), v);
     }
+    let mut orch = pg_figures(&orch1, args.n);
+    orch["raw"] = pg_figures(&raw1, args.n);
     let report = json!({
         "postgres": {
             "server": server,
@@ -995,8 +1302,21 @@ fn pg_main(args: &Args, url: &str) -> anyhow::Result<()> {
             "rounds": args.rounds,
             "procs": procs,
         },
-        "orch": null,
-        "note": "orch has no PostgreSQL backend yet: raw figures only",
+        "enqueue_s": med_of(&orch1, |f| f.enqueue.as_secs_f64()),
+        "drain_s": med_of(&orch1, |f| f.drain.as_secs_f64()),
+        "done": args.n,
+        "mode": "synchronous_commit=on",
+        "cycles": args.n * CYCLES_PER_TASK,
+        "cycles_per_s": med_of(&orch1, Figures::cycles_per_s),
+        "raw": {
+            "enqueue_s": med_of(&raw1, |f| f.enqueue.as_secs_f64()),
+            "drain_s": med_of(&raw1, |f| f.drain.as_secs_f64()),
+            "done": args.n,
+            "cycles_per_s": med_of(&raw1, Figures::cycles_per_s),
+        },
+        "ratio": ratio,
+        "enqueue_ratio": enqueue_ratio,
+        "rounds": args.rounds,
     });
     println!("{report}");
     Ok(())
@@ -1040,7 +1360,10 @@ fn line(label: &str, n: usize, f: &Figures) {
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     if let Some((url, schema)) = &args.pg_worker {
-        return pg_worker(url, schema);
+        return worker(&mut PgRaw::open(url, schema)?);
+    }
+    if let Some(url) = &args.orch_worker {
+        return worker(&mut Orch::attach(Path::new(url))?);
     }
     if let Some(url) = &args.postgres {
         return pg_main(&args, url);
@@ -1104,7 +1427,7 @@ fn main() -> anyhow::Result<()> {
     for r in 1..=args.rounds {
         remove_db(&path);
         remove_db(&raw_path);
-        let mut orch = Orch::open(&path)?;
+        let mut orch = Orch::open(&path, path.with_extension("worktrees"))?;
         let orch_mode = orch.mode()?;
         let sync = orch_mode.split('/').next().unwrap_or("FULL").to_string();
         let mut raw = Raw::open(&raw_path, &sync)?;

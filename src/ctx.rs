@@ -186,15 +186,18 @@ impl Ctx {
             .into());
         }
         self.ensure_state_dirs()?;
-        let db = Db::open_existing(&self.settings.db_path, self.settings.busy_timeout_ms)?;
-        db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
-        if !db.is_shared() && !leases_forced() {
-            drop(db);
+        // Shared or not is read from the target (`Db::is_shared` of what
+        // it opens), so a file lock is taken before the database is
+        // opened, as DESIGN §3 asks.
+        let shared = crate::db::postgres_url(&self.settings.db_path).is_some();
+        if !shared && !leases_forced() {
             return Ok(TickLock::File(crate::lock::try_tick_lock(
                 &self.settings.locks_dir(),
                 name,
             )?));
         }
+        let db = Db::open_existing(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
         let lease = format!("tick:{name}");
         let me = crate::process::current_process();
         let holder = format!("{}:{}:{}", crate::process::host_id(), me.pid, me.start_time);

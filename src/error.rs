@@ -50,14 +50,14 @@ pub enum Error {
     /// one.
     #[error(
         "no database at {}: run `orch init` to create it (or point --db / ORCH_DB at it)",
-        path.display()
+        crate::sql::shown(path)
     )]
     NotInitialised { path: PathBuf },
 
     /// The database needs migrating: nothing but `orch init` migrates.
     #[error(
         "database {} has schema version {db}, this orch needs {binary}: run `orch init` to migrate it",
-        path.display()
+        crate::sql::shown(path)
     )]
     SchemaTooOld { path: PathBuf, db: i64, binary: i64 },
 

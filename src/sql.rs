@@ -694,6 +694,45 @@ pub fn postgres_socket_dir(url: &str) -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
 }
 
+/// `url` with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (main, query) = match rest.split_once('?') {
+        Some((m, q)) => (m, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = main.split_at(main.find('/').unwrap_or(main.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((auth, host)) => match auth.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => authority.to_string(),
+        },
+        None => authority.to_string(),
+    };
+    let query = query.map(|q| {
+        let kept: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some(("password", _)) => "password=***".to_string(),
+                _ => kv.to_string(),
+            })
+            .collect();
+        format!("?{}", kept.join("&"))
+    });
+    format!("{scheme}://{authority}{path}{}", query.unwrap_or_default())
+}
+
+/// A database target for people: an SQLite path as it is, a PostgreSQL
+/// URL with its password replaced by `***` ([`redact`]).
+pub fn shown(target: &std::path::Path) -> String {
+    match target.to_str() {
+        Some(t) if is_postgres_url(t) => redact(t),
+        _ => target.display().to_string(),
+    }
+}
+
 impl Conn {
     /// Connects to PostgreSQL at `url` (libpq's URL form; a Unix socket is
     /// `?host=/dir`), without TLS (a socket or loopback; see README).
@@ -1197,6 +1236,24 @@ mod tests {
         assert_eq!(
             postgres_socket_dir("postgres://orch:pw@db.lan:5432/orch"),
             None
+        );
+    }
+
+    #[test]
+    fn a_password_is_never_shown() {
+        assert_eq!(
+            redact("postgres://orch:s3cr@t@db.lan:5432/orch"),
+            "postgres://orch:***@db.lan:5432/orch"
+        );
+        assert_eq!(
+            redact("postgresql://orch@/orch?host=/run/pg&password=hunter2"),
+            "postgresql://orch@/orch?host=/run/pg&password=***"
+        );
+        let plain = "postgres://orch@%2Fvar%2Frun:5432/orch";
+        assert_eq!(redact(plain), plain);
+        assert_eq!(
+            shown(std::path::Path::new("/var/lib/orch/orch.db")),
+            "/var/lib/orch/orch.db"
         );
     }
 

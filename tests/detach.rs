@@ -496,21 +496,19 @@ fn a_detached_run_whose_watcher_died_keeps_a_fresh_heartbeat_while_it_runs() {
     let later = beat();
     wait_until(5, "the next heartbeat", || beat() > later);
     // Host b's reaper: a heartbeat younger than 2 s is a live worker.
-    let out = sbx
-        .orch()
-        .args(["--json", "reap"])
-        .envs([("ORCH_HOST_ID", "host-b"), ("ORCH_HEARTBEAT_STALE_S", "2")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let reap_on_b = || {
+        let out = sbx
+            .orch()
+            .args(["--json", "reap"])
+            .envs([("ORCH_HOST_ID", "host-b"), ("ORCH_HEARTBEAT_STALE_S", "2")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        out
+    };
+    reap_on_b();
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    let out = sbx
-        .orch()
-        .args(["--json", "reap"])
-        .envs([("ORCH_HOST_ID", "host-b"), ("ORCH_HEARTBEAT_STALE_S", "2")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let out = reap_on_b();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["actions"], serde_json::json!([]), "{v}");
     assert_eq!(

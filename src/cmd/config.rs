@@ -119,6 +119,8 @@ fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Resu
         };
         let value = match value {
             Some(_) if is_secret(&key) => Some("[redacted]".to_string()),
+            // A PostgreSQL URL may carry its password.
+            Some(v) if key == "ORCH_DB" => Some(orch::sql::shown(std::path::Path::new(&v))),
             v => v,
         };
         settings.push((key, value, source));
@@ -161,7 +163,7 @@ fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Resu
     let mut text = format!(
         "paths:\n  config   {}\n  database {}\n  state    {}\n",
         s.config_path.display(),
-        s.db_path.display(),
+        orch::sql::shown(&s.db_path),
         s.state_dir.display()
     );
     text += "settings:\n";
@@ -217,7 +219,7 @@ fn show(ctx: &Ctx, db: Option<&orch::db::Db>, sources: &Sources) -> anyhow::Resu
     }
     Ok(Output {
         json: json!({
-            "paths": { "config": s.config_path, "db": s.db_path, "state_dir": s.state_dir },
+            "paths": { "config": s.config_path, "db": orch::sql::shown(&s.db_path), "state_dir": s.state_dir },
             "settings": settings.iter().map(|(k, v, src)| json!({ "key": k, "value": v, "source": src })).collect::<Vec<_>>(),
             "agents": agents,
             "projects": projects,

@@ -21,20 +21,20 @@ pub fn run(ctx: &Ctx, dry_run: bool) -> anyhow::Result<Output> {
     let text = match before {
         Some(v) if v == version => format!(
             "database {} is up to date (schema {version})",
-            ctx.settings.db_path.display()
+            orch::sql::shown(&ctx.settings.db_path)
         ),
         Some(v) => format!(
             "migrated {} from schema {v} to {version}",
-            ctx.settings.db_path.display()
+            orch::sql::shown(&ctx.settings.db_path)
         ),
         None => format!(
             "created {} (schema {version})",
-            ctx.settings.db_path.display()
+            orch::sql::shown(&ctx.settings.db_path)
         ),
     };
     Ok(Output {
         json: json!({
-            "db": ctx.settings.db_path, "state_dir": ctx.settings.state_dir,
+            "db": orch::sql::shown(&ctx.settings.db_path), "state_dir": ctx.settings.state_dir,
             "schema_version": version, "previous_version": before,
             "projects": ctx.config.projects.iter().map(|p| &p.name).collect::<Vec<_>>(),
         }),
@@ -56,17 +56,20 @@ fn plan(ctx: &Ctx) -> anyhow::Result<Output> {
     text += &match before {
         Some(v) if v == latest => format!(
             "leave {} as it is (schema {latest}, up to date)\n",
-            s.db_path.display()
+            orch::sql::shown(&s.db_path)
         ),
         Some(v) if v > latest => format!(
             "refuse {}: schema {v} is newer than this orch ({latest})\n",
-            s.db_path.display()
+            orch::sql::shown(&s.db_path)
         ),
         Some(v) => format!(
             "migrate {} from schema {v} to {latest}\n",
-            s.db_path.display()
+            orch::sql::shown(&s.db_path)
         ),
-        None => format!("create {} (schema {latest})\n", s.db_path.display()),
+        None => format!(
+            "create {} (schema {latest})\n",
+            orch::sql::shown(&s.db_path)
+        ),
     };
     text += &format!(
         "sync {} project(s) into the registry\n",
@@ -74,7 +77,7 @@ fn plan(ctx: &Ctx) -> anyhow::Result<Output> {
     );
     Ok(Output {
         json: json!({
-            "dry_run": true, "db": s.db_path, "schema_version": latest,
+            "dry_run": true, "db": orch::sql::shown(&s.db_path), "schema_version": latest,
             "previous_version": before, "create_folders": missing,
             "projects": ctx.config.projects.iter().map(|p| &p.name).collect::<Vec<_>>(),
         }),

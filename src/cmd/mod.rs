@@ -159,7 +159,12 @@ pub fn run(cli: Cli, sources: &Sources) -> anyhow::Result<i32> {
         // database or config, so an upgrade or a broken config cannot
         // touch a run that goes on.
         Command::RunAgent { spec, supervise } => {
-            return orch::process::detached::run_agent_command(&spec, supervise).map(|()| exit::OK)
+            return orch::process::detached::run_agent_command(
+                &spec,
+                supervise,
+                orch::worker::supervisor_heartbeat,
+            )
+            .map(|()| exit::OK)
         }
         _ => {}
     }

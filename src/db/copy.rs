@@ -222,7 +222,7 @@ pub fn copy_sqlite_to_postgres(
     let version = check_source(&src, sqlite)?;
 
     let mut client = postgres::Client::connect(pg_url, postgres::NoTls)
-        .with_context(|| format!("connecting to PostgreSQL at {}", super::redact(pg_url)))?;
+        .with_context(|| format!("connecting to PostgreSQL at {}", crate::sql::redact(pg_url)))?;
     let mut tx = client.transaction()?;
     tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))?;
     for (key, name) in [(PG_MIGRATE_LOCK, "migrate"), (PG_WRITE_LOCK, "write")] {

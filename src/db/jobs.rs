@@ -513,20 +513,21 @@ impl Db {
         // order alone the planner would walk every queued job).
         let slack = crate::clock::STEP_SLACK_MS;
         // The skip lists are JSON arrays: SQLite reads them with
-        // `json_each`, PostgreSQL with `jsonb_array_elements_text`, and
-        // only SQLite needs the second index forced.
+        // `json_each`, PostgreSQL with jsonb's own tests, and only SQLite
+        // needs the second index forced.
         let pg = self.dialect() == crate::sql::Dialect::Postgres;
         let (roles, tasks) = if pg {
+            // Plain filters, not anti-joins over the array's elements:
+            // the planner then walks the queue in order and stops at the
+            // first row that passes.
             (
-                "SELECT 1 FROM jsonb_array_elements_text(CAST(CAST(?4 AS TEXT) AS jsonb)) AS s(value) \
-                 WHERE s.value=j.role",
-                "SELECT 1 FROM jsonb_array_elements_text(CAST(CAST(?5 AS TEXT) AS jsonb)) AS s(value) \
-                 WHERE CAST(s.value AS BIGINT)=j.task_id",
+                "(jsonb_exists(CAST(CAST(?4 AS TEXT) AS jsonb), j.role))",
+                "(CAST(CAST(?5 AS TEXT) AS jsonb) @> jsonb_build_array(j.task_id))",
             )
         } else {
             (
-                "SELECT 1 FROM json_each(?4) WHERE value=j.role",
-                "SELECT 1 FROM json_each(?5) WHERE value=j.task_id",
+                "EXISTS (SELECT 1 FROM json_each(?4) WHERE value=j.role)",
+                "EXISTS (SELECT 1 FROM json_each(?5) WHERE value=j.task_id)",
             )
         };
         for (index, available) in [
@@ -544,8 +545,8 @@ impl Db {
                        JOIN tasks t ON t.id=j.task_id \
                        WHERE j.status='queued' AND {available} AND t.escalated=0 \
                          AND (CAST(?2 AS TEXT) IS NULL OR j.role=?2) AND (CAST(?3 AS TEXT) IS NULL OR t.project=?3) \
-                         AND NOT EXISTS ({roles}) \
-                         AND NOT EXISTS ({tasks}) \
+                         AND NOT {roles} \
+                         AND NOT {tasks} \
                        ORDER BY j.available_at_ms, j.id LIMIT 1) AS q"
                 ))?
                 .query_row(

@@ -232,9 +232,9 @@ impl Db {
 
     /// Refuses a database whose schema is not this binary's.
     fn require_current(&self, path: &Path) -> anyhow::Result<()> {
-        let current = self
-            .user_version()
-            .with_context(|| format!("reading the schema version of {}", path.display()))?;
+        let current = self.user_version().with_context(|| {
+            format!("reading the schema version of {}", crate::sql::shown(path))
+        })?;
         if current == 0 && self.dialect() == Dialect::Postgres {
             // A PostgreSQL database without orch's schema: as a missing
             // SQLite file, `orch init` creates it.
@@ -509,13 +509,21 @@ impl Db {
             return self.savepoint(f, !commit);
         }
         let open = self.begin()?;
+        let sequences = if commit {
+            Vec::new()
+        } else {
+            self.sequences()?
+        };
         let out = f(&Tx {
             db: self,
             ended: Default::default(),
         });
         match (&out, commit) {
             (Ok(_), true) => open.finish("COMMIT")?,
-            (Ok(_), false) => open.finish("ROLLBACK")?,
+            (Ok(_), false) => {
+                self.restore_sequences(&sequences)?;
+                open.finish("ROLLBACK")?
+            }
             // `f`'s error is the one to report: SQLite may already
             // have rolled back (SQLITE_FULL, an I/O error).
             (Err(_), _) => drop(open.finish("ROLLBACK")),
@@ -535,11 +543,45 @@ impl Db {
     pub fn rehearse_all<T>(&self, f: impl FnOnce(&Db) -> anyhow::Result<T>) -> anyhow::Result<T> {
         anyhow::ensure!(!self.rehearsing.get(), "a rehearsal is already running");
         let open = self.begin()?;
+        let sequences = self.sequences()?;
         self.rehearsing.set(true);
         let out = f(self);
         self.rehearsing.set(false);
+        self.restore_sequences(&sequences)?;
         open.finish("ROLLBACK")?;
         out
+    }
+
+    /// PostgreSQL's identity sequences and their last values (`None`: not
+    /// used yet); empty on SQLite, whose rowids roll back with their rows.
+    fn sequences(&self) -> anyhow::Result<Vec<(String, Option<i64>)>> {
+        if self.dialect() != Dialect::Postgres {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT CAST(quote_ident(schemaname) || '.' || quote_ident(sequencename) AS TEXT), last_value \
+                 FROM pg_sequences WHERE schemaname=current_schema()",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Puts the sequences back where [`Db::sequences`] found them, before a
+    /// rehearsal's rollback: a sequence is not transactional, and a dry
+    /// run must leave the ids the real run will take (and say) alone. The
+    /// rehearsal holds the write lock, so no other writer took one since.
+    fn restore_sequences(&self, sequences: &[(String, Option<i64>)]) -> anyhow::Result<()> {
+        for (name, last) in sequences {
+            let (value, called) = last.map_or((1, false), |v| (v, true));
+            self.conn.query_row(
+                "SELECT setval(CAST(CAST(?1 AS TEXT) AS regclass), ?2, ?3)",
+                crate::sql::params![name, value, called],
+                |_| Ok(()),
+            )?;
+        }
+        Ok(())
     }
 
     /// Whether this is a rehearsal ([`Db::rehearse_all`]): effects outside
@@ -607,10 +649,12 @@ impl Db {
 /// A PostgreSQL session for orch: `lock_timeout` at the busy timeout (a
 /// lock not had by then is exit 75, as SQLITE_BUSY), and
 /// `idle_in_transaction_session_timeout`, so a stopped host (SIGSTOP)
-/// never holds row or advisory locks for long (DESIGN §10).
+/// never holds row or advisory locks for long (DESIGN §10), and
+/// `synchronous_commit = on` whatever the role or database says: a commit
+/// (a delivery's 202 among them) is durable when it returns.
 fn connect_postgres(url: &str, busy_timeout_ms: u64, read_only: bool) -> anyhow::Result<Db> {
     let conn = Conn::connect_postgres(url)
-        .with_context(|| format!("connecting to PostgreSQL at {}", redact(url)))?;
+        .with_context(|| format!("connecting to PostgreSQL at {}", crate::sql::redact(url)))?;
     let lock = if busy_timeout_ms == 0 {
         "0".to_string()
     } else {
@@ -618,7 +662,7 @@ fn connect_postgres(url: &str, busy_timeout_ms: u64, read_only: bool) -> anyhow:
     };
     conn.execute_batch(&format!(
         "SET lock_timeout = '{lock}'; SET idle_in_transaction_session_timeout = '60s'; \
-         SET client_min_messages = warning{}",
+         SET client_min_messages = warning; SET synchronous_commit = on{}",
         if read_only {
             "; SET default_transaction_read_only = on"
         } else {
@@ -629,21 +673,6 @@ fn connect_postgres(url: &str, busy_timeout_ms: u64, read_only: bool) -> anyhow:
         conn,
         rehearsing: Default::default(),
     })
-}
-
-/// `url` with its password replaced by `***`, for messages and logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.split_once('@') {
-        Some((a, h)) => (Some(a), h),
-        None => (None, rest),
-    };
-    match auth.and_then(|a| a.split_once(':')) {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
 }
 
 /// Errors with [`Error::NotInitialised`] unless `path` is a file.

@@ -577,9 +577,9 @@ fn wait_started<T>(spec: &Spec<T>, paths: &Paths, wait: Duration) -> anyhow::Res
 /// with it, is the supervisor ([`supervise`]).
 ///
 /// Errors: the supervisor cannot be started; those of [`supervise`].
-pub fn run_agent_command(spec: &Path, supervise_it: bool) -> anyhow::Result<()> {
+pub fn run_agent_command(spec: &Path, supervise_it: bool, beat: BeatFn) -> anyhow::Result<()> {
     if supervise_it {
-        return supervise(spec);
+        return supervise(spec, beat);
     }
     Command::new("/proc/self/exe")
         .arg0("orch")
@@ -617,7 +617,7 @@ pub fn set_aside(paths: &Paths, tag: &str) -> anyhow::Result<()> {
 /// `not_started` record naming the error.
 ///
 /// Errors: the spec cannot be read; the exit record cannot be written.
-pub fn supervise(spec_path: &Path) -> anyhow::Result<()> {
+pub fn supervise(spec_path: &Path, beat_fn: BeatFn) -> anyhow::Result<()> {
     // Our own session and process group: the reaper stops a run by its
     // supervisor's group.
     // SAFETY: setsid(2) has no memory effects; failing (already a group
@@ -639,7 +639,7 @@ pub fn supervise(spec_path: &Path) -> anyhow::Result<()> {
             beats = spec
                 .heartbeat
                 .clone()
-                .map(|b| Heartbeats::start(b, spec.job_id, spec.epoch));
+                .map(|b| Heartbeats::start(b, spec.job_id, spec.epoch, beat_fn));
             write_json_atomic(
                 &spec.started_path,
                 &Started {
@@ -683,12 +683,13 @@ struct Heartbeats {
 }
 
 impl Heartbeats {
-    /// Starts heartbeating claim `epoch` of job `job_id` as `beat` says.
-    fn start(beat: Beat, job_id: i64, epoch: i64) -> Heartbeats {
+    /// Starts heartbeating claim `epoch` of job `job_id` as `beat` says,
+    /// each beat written by `beat_fn`.
+    fn start(beat: Beat, job_id: i64, epoch: i64, beat_fn: BeatFn) -> Heartbeats {
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("heartbeat".into())
-            .spawn(move || heartbeat_loop(&beat, job_id, epoch, &stopped))
+            .spawn(move || heartbeat_loop(&beat, job_id, epoch, &stopped, beat_fn))
             .map_err(|e| tracing::warn!(target: "worker", job = job_id, epoch, error = %e, "cannot start the heartbeat thread; the run goes on without it"))
             .ok();
         Heartbeats {
@@ -707,39 +708,34 @@ impl Drop for Heartbeats {
     }
 }
 
-/// Opens the store a supervisor heartbeats through: `target` as the
-/// worker named it, as it is (a binary that replaced this one may have
-/// migrated it; the heartbeat's columns stay). The one place the
-/// supervisor opens a database.
-///
-/// Errors: no database there; the database's own errors.
-fn open_store(target: &str, busy_timeout_ms: u64) -> anyhow::Result<crate::db::Db> {
-    crate::db::Db::open_as_is(Path::new(target), busy_timeout_ms, true)
-}
+/// Writes one heartbeat of a supervisor: `(database target, busy
+/// timeout ms, job id, epoch)` → whether the claim is still current
+/// (`Ok(false)`: a stale claim, nothing written). The store is a floor
+/// above this module, so the caller (`orch run-agent`) hands the writer
+/// in: `worker::supervisor_heartbeat`.
+pub type BeatFn = fn(&str, u64, i64, i64) -> anyhow::Result<bool>;
 
 /// Every `beat.every_ms` until `stopped` fires (or its sender is gone):
 /// refreshes the heartbeat of claim `epoch` of job `job_id`. A claim no
 /// longer current ends the loop, said once in the log; a database error
 /// is logged (once per run of failures) and the next beat tries again.
-fn heartbeat_loop(beat: &Beat, job_id: i64, epoch: i64, stopped: &std::sync::mpsc::Receiver<()>) {
+fn heartbeat_loop(
+    beat: &Beat,
+    job_id: i64,
+    epoch: i64,
+    stopped: &std::sync::mpsc::Receiver<()>,
+    beat_fn: BeatFn,
+) {
     use std::sync::mpsc::RecvTimeoutError;
     use tracing::{info, warn};
     let every = Duration::from_millis(beat.every_ms.max(100));
-    let mut db = None;
     let mut failing = false;
     loop {
         match stopped.recv_timeout(every) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        let beat_once = |db: &mut Option<crate::db::Db>| -> anyhow::Result<bool> {
-            if db.is_none() {
-                *db = Some(open_store(&beat.db, beat.busy_timeout_ms)?);
-            }
-            let d = db.as_ref().expect("opened above");
-            d.write(|tx| tx.heartbeat(job_id, epoch, crate::clock::now_ms()))
-        };
-        match beat_once(&mut db) {
+        match beat_fn(&beat.db, beat.busy_timeout_ms, job_id, epoch) {
             Ok(true) => {
                 if failing {
                     info!(target: "worker", job = job_id, epoch, "heartbeat written again");
@@ -755,7 +751,6 @@ fn heartbeat_loop(beat: &Beat, job_id: i64, epoch: i64, stopped: &std::sync::mps
                     warn!(target: "worker", job = job_id, epoch, error = %format!("{e:#}"), "cannot write the job's heartbeat; the run goes on, the next beat tries again");
                 }
                 failing = true;
-                db = None;
             }
         }
     }
@@ -888,12 +883,20 @@ mod tests {
         // A stale claim (epoch 1): its first beat writes nothing and ends
         // the loop by itself.
         let (_stop, stopped) = std::sync::mpsc::channel();
-        heartbeat_loop(&beat(&path), 1, 1, &stopped);
+        heartbeat_loop(
+            &beat(&path),
+            1,
+            1,
+            &stopped,
+            crate::worker::supervisor_heartbeat,
+        );
         assert_eq!(heartbeat(), 5);
         // The current claim: beats until stopped.
         let b = beat(&path);
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let t = std::thread::spawn(move || heartbeat_loop(&b, 1, 2, &stopped));
+        let t = std::thread::spawn(move || {
+            heartbeat_loop(&b, 1, 2, &stopped, crate::worker::supervisor_heartbeat)
+        });
         std::thread::sleep(Duration::from_millis(350));
         drop(stop);
         t.join().unwrap();
@@ -901,7 +904,9 @@ mod tests {
         // No database there: it goes on beating (and failing) until stopped.
         let b = beat(&dir.path().join("gone.db"));
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let t = std::thread::spawn(move || heartbeat_loop(&b, 1, 2, &stopped));
+        let t = std::thread::spawn(move || {
+            heartbeat_loop(&b, 1, 2, &stopped, crate::worker::supervisor_heartbeat)
+        });
         std::thread::sleep(Duration::from_millis(350));
         assert!(!t.is_finished());
         drop(stop);

@@ -245,6 +245,25 @@ pub fn stopped_by(e: &anyhow::Error) -> Option<i32> {
     e.downcast_ref::<Stopped>().map(|s| s.0)
 }
 
+/// One heartbeat of a detached run's supervisor
+/// ([`crate::process::detached::BeatFn`]): opens the store at `target` as
+/// it is (a binary that replaced this one may have migrated it; the
+/// heartbeat's columns stay) and refreshes the heartbeat of claim `epoch`
+/// of job `job_id`, guarded by the epoch. Returns whether the claim is
+/// still current. Opened per beat (a beat is every `ORCH_HEARTBEAT_S`), so
+/// a database that went away and came back is simply used again.
+///
+/// Errors: no database there; the database's own errors.
+pub fn supervisor_heartbeat(
+    target: &str,
+    busy_timeout_ms: u64,
+    job_id: i64,
+    epoch: i64,
+) -> anyhow::Result<bool> {
+    Db::open_as_is(Path::new(target), busy_timeout_ms, true)?
+        .write(|tx| tx.heartbeat(job_id, epoch, crate::clock::now_ms()))
+}
+
 /// [`WorkOutcome::Stopped`] for `job` when `e` is [`Stopped`], else `e`.
 fn stopped_outcome(job: &Job, e: anyhow::Error) -> anyhow::Result<WorkOutcome> {
     match stopped_by(&e) {

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::util::Sandbox;
 
 mod admin_listener;
+mod database;
 mod git_metadata;
 mod secrets_file;
 mod service_manager;
