@@ -118,6 +118,7 @@ impl Ctx {
     pub fn init_db(&self) -> anyhow::Result<Db> {
         self.ensure_state_dirs()?;
         let db = Db::open(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
         self.sync_registry(&db)?;
         Ok(db)
     }
@@ -129,6 +130,7 @@ impl Ctx {
     /// [`Error::SchemaTooOld`] (run `orch init`), [`Error::SchemaTooNew`].
     pub fn open_db(&self) -> anyhow::Result<Db> {
         let db = Db::open_existing(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
         self.ensure_state_dirs()?;
         self.sync_registry(&db)?;
         Ok(db)
@@ -195,6 +197,7 @@ impl Ctx {
             )?));
         }
         let db = Db::open_existing(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
         let lease = format!("tick:{name}");
         let me = crate::process::current_process();
         let holder = format!("{}:{}:{}", crate::process::host_id(), me.pid, me.start_time);

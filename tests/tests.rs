@@ -10,6 +10,7 @@ mod cli;
 mod fence;
 mod hardening;
 mod hostile;
+mod hosts;
 mod ingest;
 mod kinds;
 mod layers;

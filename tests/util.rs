@@ -306,9 +306,11 @@ impl Sandbox {
     /// The database: the SQLite file in the state folder, or (on
     /// PostgreSQL) the sandbox's own database's URL, as `ORCH_DB` takes it.
     pub fn db_path(&self) -> PathBuf {
-        match &self.pg {
-            Some(pg) => PathBuf::from(&pg.url),
-            None => self.state_dir().join("orch.db"),
+        match (&self.pg, self.env.get("ORCH_DB")) {
+            (Some(pg), _) => PathBuf::from(&pg.url),
+            // An alias of a sandbox on PostgreSQL: the same database.
+            (None, Some(url)) if orch::sql::is_postgres_url(url) => PathBuf::from(url),
+            (None, _) => self.state_dir().join("orch.db"),
         }
     }
 

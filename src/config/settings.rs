@@ -605,6 +605,13 @@ impl Settings {
     pub fn repos_dir(&self) -> PathBuf {
         self.state_dir.join("repos")
     }
+    /// How long a PostgreSQL session may sit idle inside a transaction
+    /// before the server ends it, in ms: half `ORCH_HEARTBEAT_STALE_S`, at
+    /// most 60 s — so a stopped host's locks are gone before another
+    /// host judges its jobs dead ([`crate::db::Db::set_idle_in_transaction_timeout`]).
+    pub fn idle_in_transaction_ms(&self) -> u64 {
+        (self.heartbeat_stale_s.saturating_mul(1000) / 2).clamp(1, 60_000)
+    }
     /// `<state_dir>/worktrees`: one worktree per task.
     pub fn worktrees_dir(&self) -> PathBuf {
         self.state_dir.join("worktrees")

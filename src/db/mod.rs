@@ -310,6 +310,25 @@ impl Db {
         self.conn.dialect()
     }
 
+    /// On PostgreSQL, ends this session once it has sat `ms` milliseconds
+    /// inside a transaction with no statement running
+    /// (`idle_in_transaction_session_timeout`; a session starts at 60 s): a
+    /// process stopped mid-transaction (SIGSTOP, a host partitioned) then
+    /// holds the write lock and its row locks no longer than that, so
+    /// another host's reaper can rescue its jobs (DESIGN §10). Nothing on
+    /// SQLite (a stopped writer there is one machine's problem).
+    ///
+    /// Errors: the database's.
+    pub fn set_idle_in_transaction_timeout(&self, ms: u64) -> anyhow::Result<()> {
+        if self.dialect() == Dialect::Postgres {
+            self.conn.execute_batch(&format!(
+                "SET idle_in_transaction_session_timeout = '{}ms'",
+                ms.max(1)
+            ))?;
+        }
+        Ok(())
+    }
+
     /// Whether this store is shared by several hosts (PostgreSQL): tick
     /// locks are then lease rows, and liveness is judged by heartbeats.
     pub fn is_shared(&self) -> bool {

@@ -213,6 +213,25 @@ impl Repo {
         Ok(())
     }
 
+    /// Moves the worktree's branch to commit `to` (one the clone has:
+    /// origin's head of the branch after a fetch), dropping whatever the
+    /// branch had that `to` lacks (`git reset --hard`): how a host takes a
+    /// task branch another host rewrote (the merge line's rebase) on a
+    /// store shared by hosts (DESIGN §10).
+    ///
+    /// Assumptions: takes `path_lock(worktree)`; the caller does not hold
+    /// it. Errors: [`Error::InvalidRef`] for an unusable `to`;
+    /// [`Error::TamperedGitMetadata`]; [`Error::Subprocess`] from git.
+    pub fn reset_worktree_to(&self, worktree: &Path, to: &str) -> anyhow::Result<()> {
+        super::names::validate_sha(to)?;
+        let worktree = absolute(worktree)?;
+        let _wt = self.lock(&worktree)?;
+        let wt = self.check_worktree(&worktree)?;
+        Self::clear_stale_index_lock(&wt)?;
+        git_ok(&wt, &["reset", "--quiet", "--hard", to])?;
+        Ok(())
+    }
+
     /// True when `path` (a file or directory, relative to the repository
     /// root, e.g. `docs/work-items/12/`) exists in the worktree's HEAD
     /// commit. Uncommitted files do not count.

@@ -453,12 +453,27 @@ fn run_agent(ctx: &Ctx, db: &Db, job: &Job) -> anyhow::Result<RunEnd> {
     // run's (a worker killed mid-run, recovered by Tier-1), and running on
     // top of them would apply the same edit twice.
     repo.discard_changes(&worktree)?;
-    let base_sha = repo.head_sha(&worktree)?;
     // The lease of this claim's push: origin's branch as the run starts
     // from it, as fetched by the sync above (INV-10: a push of another
     // epoch meanwhile refuses ours).
     let claim = fence::Claim::of(job);
     let origin_head = repo.fetched_branch_sha(&task.branch)?;
+    // The task's earlier jobs may have run on another host (a store shared
+    // by hosts, DESIGN §10): their commits are on origin's branch, not in
+    // this host's worktree. The run starts from origin's branch: a
+    // fast-forward when the worktree is behind it (nothing here is lost);
+    // on a shared store, a reset when another host rewrote the branch (the
+    // merge line's rebase) — what this worktree has beyond origin is a
+    // dead or refused run's, never pushed.
+    if let Some(head) = &origin_head {
+        if repo.fast_forward_worktree(&worktree, head)? {
+            info!(target: "worker", job = job.id, sha = %head, "worktree moved forward to origin's task branch");
+        } else if db.is_shared() && repo.head_sha(&worktree)? != *head {
+            warn!(target: "worker", job = job.id, sha = %head, "worktree reset to origin's task branch, which another host rewrote");
+            repo.reset_worktree_to(&worktree, head)?;
+        }
+    }
+    let base_sha = repo.head_sha(&worktree)?;
     if !db.write(|tx| tx.set_claim_sha(job.id, job.epoch, origin_head.as_deref()))? {
         return Ok(RunEnd::Lost);
     }
