@@ -571,7 +571,8 @@ pub fn waiting(
                 .leases()?
                 .into_iter()
                 .find(|l| {
-                    l.name.starts_with("merge:") && l.holder != crate::pipeline::lease::LINE_HOLDER
+                    l.name.starts_with("merge:")
+                        && !crate::pipeline::lease::is_line_holder(&l.holder)
                 })
                 .map(|l| l.holder);
             return Ok(Waiting::MergeLine {

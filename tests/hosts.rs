@@ -365,11 +365,11 @@ fn two_hosts_on_one_postgres_survive_kill_9_and_a_stopped_host_and_finish_every_
         .set("ORCH_MAX_CONCURRENCY", "8")
         .set("ORCH_HEARTBEAT_S", "1")
         .set("ORCH_HEARTBEAT_STALE_S", &STALE_S.to_string())
-        // Above any pass's length here, and the stop's: a merge line of
-        // one host must not overlap the other's (the merge lease's holder
-        // is the line, not a host: an expired tick:merge-line lease lets
-        // two lines rebase one branch at once, and one escalates it as
-        // rewritten by someone else).
+        // Above any pass's length here, and the stop's. With a 5 s lease
+        // this test once saw two hosts' merge lines rebase one branch at
+        // once (the merge lease's holder was the line, not a host); the
+        // holder is `merge-line@<host id>` now, but the short lease is not
+        // tried again here: an expired tick lease still doubles passes.
         .set("ORCH_TICK_LEASE_TTL_S", "30")
         .set("ORCH_REAPER_FINALIZE_GRACE_S", "2")
         .set("FAKE_AGENT_SLEEP", "1")

@@ -8,7 +8,7 @@
 //! it ready.
 //!
 //! Then one round, per repository, under its merge lease (holder
-//! [`LINE_HOLDER`] while the line works):
+//! [`line_holder`] while the line works):
 //!
 //! 1. **choose**: a batch a crash left (`batched` rows, same order), else
 //!    one `split` task alone, else the first `k` ready tasks, `k` the
@@ -63,7 +63,7 @@ use crate::git::{validate_task_branch, FastForward, RebaseOutcome, Repo};
 use crate::outbox::{self, ForgeMessage, MarkMerged, Message, Occasion};
 use crate::pipeline::foreign::{self, OnOrigin};
 use crate::pipeline::lease::holder;
-pub use crate::pipeline::lease::LINE_HOLDER;
+pub use crate::pipeline::lease::line_holder;
 use crate::pipeline::{self, Actor, Move, Moved, Stage, TransitionCause};
 
 /// What a ready task's deployer job says when it finishes
@@ -227,10 +227,13 @@ fn plan(ctx: &Ctx, db: &Db, project: &ProjectConfig) -> anyhow::Result<LineRepor
     let ids: Vec<i64> = batch.iter().map(|r| r.task_id).collect();
     if let Some(name) = &lease {
         match db.lease(name)? {
-            Some(l) if l.holder != LINE_HOLDER => {
+            Some(l) if l.holder != line_holder() => {
                 steps.push(format!("would wait: {}", busy_reason(&l)));
             }
-            _ => steps.push(format!("would take lease {name} (holder {LINE_HOLDER})")),
+            _ => steps.push(format!(
+                "would take lease {name} (holder {})",
+                line_holder()
+            )),
         }
     }
     steps.push(format!(
@@ -295,7 +298,7 @@ fn run_project(ctx: &Ctx, db: &Db, project: &ProjectConfig) -> anyhow::Result<Li
         if let Some(name) = &lease {
             let ttl_ms = ctx.settings.merge_gate_lease_ttl_s as i64 * 1000;
             let now = now_ms();
-            match db.write(|tx| tx.acquire_lease(name, LINE_HOLDER, None, now, ttl_ms))? {
+            match db.write(|tx| tx.acquire_lease(name, &line_holder(), None, now, ttl_ms))? {
                 LeaseAcquire::Acquired(l) => steps.push(took_lease(&l)),
                 LeaseAcquire::Busy(l) => {
                     let why = busy_reason(&l);
@@ -310,7 +313,7 @@ fn run_project(ctx: &Ctx, db: &Db, project: &ProjectConfig) -> anyhow::Result<Li
         if let Some(name) = &lease {
             // After a landing the lease went to the deploy job; otherwise
             // the line gives it back between rounds.
-            db.write(|tx| tx.release_lease(name, LINE_HOLDER))?;
+            db.write(|tx| tx.release_lease(name, &line_holder()))?;
         }
         let batch = out?;
         let main_moved = batch.landed.is_empty()
@@ -339,7 +342,7 @@ struct Built {
 }
 
 /// One round for batch `rows`: choose → build → test → (bisect) →
-/// fast-forward → apply. The caller holds the lease as [`LINE_HOLDER`].
+/// fast-forward → apply. The caller holds the lease as [`line_holder`].
 fn round(
     ctx: &Ctx,
     db: &Db,
@@ -765,7 +768,7 @@ fn apply_landed(
     } = *landing;
     let moved = db.write(|tx| {
         if let (Some(name), Some(last)) = (lease, landed.last()) {
-            tx.transfer_lease(name, LINE_HOLDER, &holder(last.task.id))?;
+            tx.transfer_lease(name, &line_holder(), &holder(last.task.id))?;
         }
         let mut moved = Vec::new();
         for b in landed {

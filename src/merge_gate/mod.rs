@@ -51,6 +51,6 @@ mod steps;
 pub use by_hand::{release_by_hand, run_by_hand, ByHand, Report};
 pub use lease::lease_name;
 pub use line::{
-    awaiting_staging, batch_size, run_line, BatchReport, LineReport, LINE_HOLDER, READY,
+    awaiting_staging, batch_size, line_holder, run_line, BatchReport, LineReport, READY,
 };
 pub use steps::merge_into_default;

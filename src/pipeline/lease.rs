@@ -13,10 +13,23 @@ pub fn holder(task_id: i64) -> String {
     format!("task:{task_id}")
 }
 
-/// The merge lease's holder while the merge line (`crate::merge_gate`)
-/// builds, tests and fast-forwards a batch; at a landing it passes to the
-/// last landed task (`task:<id>`), whose move into deploy hands it on.
-pub const LINE_HOLDER: &str = "merge-line";
+/// The merge lease's holder while this host's merge line
+/// (`crate::merge_gate`) builds, tests and fast-forwards a batch:
+/// `merge-line@<host id>`; at a landing it passes to the last landed task
+/// (`task:<id>`), whose move into deploy hands it on. Per host, so two
+/// hosts' lines on one store never hold a repo's lease at once (a pass
+/// that outlives its tick lease still meets the other host's lease).
+pub fn line_holder() -> String {
+    format!("{LINE_HOLDER_PREFIX}{}", crate::process::host_id())
+}
+
+/// What every merge line's holder starts with ([`line_holder`]).
+pub const LINE_HOLDER_PREFIX: &str = "merge-line@";
+
+/// Whether `holder` is a merge line's (of any host), not a task's.
+pub fn is_line_holder(holder: &str) -> bool {
+    holder.starts_with(LINE_HOLDER_PREFIX)
+}
 
 /// Releases the merge lease(s) task `task_id` holds, and only those.
 /// Returns the released lease names (empty when it held none — e.g. the

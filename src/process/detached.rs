@@ -708,12 +708,12 @@ impl Drop for Heartbeats {
     }
 }
 
-/// Writes one heartbeat of a supervisor: `(database target, busy
-/// timeout ms, job id, epoch)` → whether the claim is still current
-/// (`Ok(false)`: a stale claim, nothing written). The store is a floor
+/// Writes one heartbeat of a supervisor: `(what the spec says of it, job
+/// id, epoch)` → whether the claim is still current (`Ok(false)`: a stale
+/// claim, nothing written). The store is a floor
 /// above this module, so the caller (`orch run-agent`) hands the writer
 /// in: `worker::supervisor_heartbeat`.
-pub type BeatFn = fn(&str, u64, i64, i64) -> anyhow::Result<bool>;
+pub type BeatFn = fn(&Beat, i64, i64) -> anyhow::Result<bool>;
 
 /// Every `beat.every_ms` until `stopped` fires (or its sender is gone):
 /// refreshes the heartbeat of claim `epoch` of job `job_id`. A claim no
@@ -735,7 +735,7 @@ fn heartbeat_loop(
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        match beat_fn(&beat.db, beat.busy_timeout_ms, job_id, epoch) {
+        match beat_fn(beat, job_id, epoch) {
             Ok(true) => {
                 if failing {
                     info!(target: "worker", job = job_id, epoch, "heartbeat written again");

@@ -246,22 +246,26 @@ pub fn stopped_by(e: &anyhow::Error) -> Option<i32> {
 }
 
 /// One heartbeat of a detached run's supervisor
-/// ([`crate::process::detached::BeatFn`]): opens the store at `target` as
+/// ([`crate::process::detached::BeatFn`]): opens the store `beat.db` as
 /// it is (a binary that replaced this one may have migrated it; the
 /// heartbeat's columns stay) and refreshes the heartbeat of claim `epoch`
 /// of job `job_id`, guarded by the epoch. Returns whether the claim is
 /// still current. Opened per beat (a beat is every `ORCH_HEARTBEAT_S`), so
 /// a database that went away and came back is simply used again.
 ///
+/// On PostgreSQL its session's idle-in-transaction timeout is one beat
+/// interval (1–60 s), so a supervisor stopped mid-beat (SIGSTOP) holds the
+/// write lock no longer than that.
+///
 /// Errors: no database there; the database's own errors.
 pub fn supervisor_heartbeat(
-    target: &str,
-    busy_timeout_ms: u64,
+    beat: &process::detached::Beat,
     job_id: i64,
     epoch: i64,
 ) -> anyhow::Result<bool> {
-    Db::open_as_is(Path::new(target), busy_timeout_ms, true)?
-        .write(|tx| tx.heartbeat(job_id, epoch, crate::clock::now_ms()))
+    let db = Db::open_as_is(Path::new(&beat.db), beat.busy_timeout_ms, true)?;
+    db.set_idle_in_transaction_timeout(beat.every_ms.clamp(1_000, 60_000))?;
+    db.write(|tx| tx.heartbeat(job_id, epoch, crate::clock::now_ms()))
 }
 
 /// [`WorkOutcome::Stopped`] for `job` when `e` is [`Stopped`], else `e`.
