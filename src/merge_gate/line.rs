@@ -620,8 +620,26 @@ fn build_one(
 ) -> anyhow::Result<Build> {
     let worktree = Path::new(&task.worktree);
     repo.ensure_worktree(worktree, &task.branch)?;
-    let before = repo.head_sha(worktree)?;
+    let mut before = repo.head_sha(worktree)?;
     let pushed = repo.remote_branch_sha(&task.branch)?;
+    // On a store shared by hosts the line's last build of this task may
+    // have run on another host: origin then holds that build (the row's
+    // `built`, or the validated revision), and this host's worktree is
+    // behind it. It is orch's own, so the worktree takes it, rather than
+    // calling it someone else's rewrite.
+    if let Some(p) = pushed.as_deref() {
+        let ours = r.built.as_deref() == Some(p) || r.validated.as_deref() == Some(p);
+        if db.is_shared() && ours && p != before {
+            repo.reset_worktree_to(worktree, p)?;
+            steps.push(format!(
+                "task {}: {} at origin's {} (the line's own build on another host)",
+                task.id,
+                task.branch,
+                short(p)
+            ));
+            before = p.to_string();
+        }
+    }
     let validated = match &r.validated {
         Some(v) => v.clone(),
         None => {
