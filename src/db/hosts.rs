@@ -110,14 +110,9 @@ mod tests {
     /// claim that recorded no host id gets no worker host.
     #[test]
     fn migration_28_moves_the_boot_id_to_worker_boot() {
-        use rusqlite::Connection;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.db");
-        let c = Connection::open(&path).unwrap();
-        for sql in &super::super::MIGRATIONS[..27] {
-            c.execute_batch(sql).unwrap();
-        }
-        c.pragma_update(None, "user_version", 27).unwrap();
+        let c = crate::db::tests::sqlite_at_schema(&path, 27);
         c.execute_batch(
             "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms) \
              VALUES ('p', 'local', 'local', 'main', '/r', 1);

@@ -751,8 +751,20 @@ fn is_cantopen(err: &anyhow::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A raw SQLite connection to a new database at `path` whose schema is
+    /// that of migration `version` (applied one by one, as an older orch
+    /// left it): where a migration test puts its old rows.
+    pub(crate) fn sqlite_at_schema(path: &Path, version: usize) -> Connection {
+        let c = Connection::open(path).unwrap();
+        for sql in &MIGRATIONS[..version] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", version as i64).unwrap();
+        c
+    }
 
     #[test]
     fn migrating_twice_is_a_no_op() {
@@ -773,12 +785,8 @@ mod tests {
     fn migration_20_keeps_the_inbox_and_drops_its_source_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.db");
-        let c = Connection::open(&path).unwrap();
+        let c = sqlite_at_schema(&path, 19);
         c.pragma_update(None, "foreign_keys", "ON").unwrap();
-        for sql in &MIGRATIONS[..19] {
-            c.execute_batch(sql).unwrap();
-        }
-        c.pragma_update(None, "user_version", 19).unwrap();
         c.execute_batch(
             "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms)
                  VALUES ('p','plane','local','main','/r',0);
@@ -869,11 +877,7 @@ mod tests {
         use crate::model::TransitionCause as C;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orch.db");
-        let c = Connection::open(&path).unwrap();
-        for sql in &MIGRATIONS[..20] {
-            c.execute_batch(sql).unwrap();
-        }
-        c.pragma_update(None, "user_version", 20).unwrap();
+        let c = sqlite_at_schema(&path, 20);
         c.execute_batch(
             "INSERT INTO projects (name, tracker, forge, default_branch, clone_url, synced_at_ms) \
              VALUES ('p', 'local', 'local', 'main', '/r', 1);
