@@ -179,24 +179,28 @@ impl Ctx {
     ///
     /// Errors: as [`Ctx::tick_lock`].
     pub fn tick_lock_for(&self, name: &str, dry_run: bool) -> anyhow::Result<TickLock> {
-        if !Db::exists(&self.settings.db_path) {
-            return Err(Error::NotInitialised {
-                path: self.settings.db_path.clone(),
-            }
-            .into());
-        }
-        self.ensure_state_dirs()?;
         // Shared or not is read from the target (`Db::is_shared` of what
         // it opens), so a file lock is taken before the database is
         // opened, as DESIGN §3 asks.
         let shared = crate::db::postgres_url(&self.settings.db_path).is_some();
         if !shared && !leases_forced() {
+            if !self.settings.db_path.is_file() {
+                return Err(Error::NotInitialised {
+                    path: self.settings.db_path.clone(),
+                }
+                .into());
+            }
+            self.ensure_state_dirs()?;
             return Ok(TickLock::File(crate::lock::try_tick_lock(
                 &self.settings.locks_dir(),
                 name,
             )?));
         }
+        // A lease: the one connection it is taken through also says
+        // whether there is a database ([`Error::NotInitialised`] before
+        // `orch init`, no state folder made then).
         let db = Db::open_existing(&self.settings.db_path, self.settings.busy_timeout_ms)?;
+        self.ensure_state_dirs()?;
         db.set_idle_in_transaction_timeout(self.settings.idle_in_transaction_ms())?;
         let lease = format!("tick:{name}");
         let me = crate::process::current_process();

@@ -762,7 +762,8 @@ pub(super) mod tests {
         for sql in &MIGRATIONS[..version] {
             c.execute_batch(sql).unwrap();
         }
-        c.pragma_update(None, "user_version", version as i64).unwrap();
+        c.pragma_update(None, "user_version", version as i64)
+            .unwrap();
         c
     }
 
