@@ -161,13 +161,7 @@ pub fn is_permanent(err: &anyhow::Error) -> bool {
                     | Error::TamperedGitMetadata { .. }
             );
         }
-        matches!(
-            cause.downcast_ref::<rusqlite::Error>(),
-            Some(rusqlite::Error::SqliteFailure(f, _))
-                if f.code == rusqlite::ErrorCode::ConstraintViolation
-        ) || cause
-            .downcast_ref::<crate::sql::Error>()
-            .is_some_and(crate::sql::Error::is_constraint)
+        crate::sql::Error::test_cause(cause, crate::sql::Error::is_constraint)
     })
 }
 
@@ -179,19 +173,7 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
         if let Some(e) = cause.downcast_ref::<Error>() {
             return e.exit_code();
         }
-        if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
-        {
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-            ) {
-                return exit::BUSY;
-            }
-        }
-        if cause
-            .downcast_ref::<crate::sql::Error>()
-            .is_some_and(crate::sql::Error::is_busy)
-        {
+        if crate::sql::Error::test_cause(cause, crate::sql::Error::is_busy) {
             return exit::BUSY;
         }
     }

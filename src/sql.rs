@@ -120,14 +120,20 @@ impl Error {
         }
     }
 
+    /// SQLite's error code, for this error or a raw `rusqlite` one.
+    fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => Some(f.code),
+            _ => None,
+        }
+    }
+
     /// A constraint was violated (UNIQUE, FOREIGN KEY, CHECK, NOT NULL):
     /// the same row conflicts the same way next time.
     pub fn is_constraint(&self) -> bool {
-        match self {
-            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
-                f.code == rusqlite::ErrorCode::ConstraintViolation
-            }
-            _ => self.sqlstate().is_some_and(|s| s.starts_with("23")),
+        match self.sqlite_code() {
+            Some(code) => code == rusqlite::ErrorCode::ConstraintViolation,
+            None => self.sqlstate().is_some_and(|s| s.starts_with("23")),
         }
     }
 
@@ -136,19 +142,37 @@ impl Error {
     /// timeout (55P03) or an idle transaction timed out (25P03). Trying
     /// again later is the answer (exit 75).
     pub fn is_busy(&self) -> bool {
-        match self {
-            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => matches!(
-                f.code,
+        match self.sqlite_code() {
+            Some(code) => matches!(
+                code,
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ),
-            _ => matches!(self.sqlstate(), Some("40001" | "40P01" | "55P03" | "25P03")),
+            None => matches!(self.sqlstate(), Some("40001" | "40P01" | "55P03" | "25P03")),
         }
     }
 
     /// SQLite could not open the file or its WAL index.
     pub fn is_cantopen(&self) -> bool {
-        matches!(self, Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-            if matches!(f.code, rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly))
+        matches!(
+            self.sqlite_code(),
+            Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+        )
+    }
+
+    /// `test` of the store error `cause` is (one cause of an error
+    /// chain): this layer's [`Error`], or a raw `rusqlite` error (orch's
+    /// SQLite connections are opened and pragma'd through rusqlite
+    /// itself). `false` for anything else.
+    pub fn test_cause(cause: &(dyn StdError + 'static), test: fn(&Error) -> bool) -> bool {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return test(e);
+        }
+        match cause.downcast_ref::<rusqlite::Error>() {
+            Some(rusqlite::Error::SqliteFailure(f, m)) => test(&Error::Sqlite(
+                rusqlite::Error::SqliteFailure(*f, m.clone()),
+            )),
+            _ => false,
+        }
     }
 }
 

@@ -739,15 +739,8 @@ fn uri_path(path: &Path) -> String {
 /// Whether SQLite could not open the file or its WAL index (a read-only
 /// folder without `-shm`).
 fn is_cantopen(err: &anyhow::Error) -> bool {
-    err.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<rusqlite::Error>(),
-            Some(rusqlite::Error::SqliteFailure(f, _))
-                if matches!(f.code, rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
-        ) || c
-            .downcast_ref::<crate::sql::Error>()
-            .is_some_and(|e| e.is_cantopen())
-    })
+    err.chain()
+        .any(|c| crate::sql::Error::test_cause(c, crate::sql::Error::is_cantopen))
 }
 
 #[cfg(test)]
